@@ -1,0 +1,88 @@
+"""Errors raised by the control plane; each maps to one HTTP status in the REST API.
+
+::
+
+    ModelplaneError
+    └── ControlPlaneError               control_plane_error, 500
+        ├── NotFoundError               not_found, 404 (model, version, alias, run, token …)
+        ├── AlreadyExistsError          already_exists, 409
+        ├── ConflictError               conflict, 409 (state forbids it: deployed version archived …)
+        ├── InvalidInputError           invalid_input, 400 / 422 (names the field)
+        │   ├── InvalidArtifactError    invalid_artifact, 400 (not ONNX, signature mismatch)
+        │   └── StageTransitionError    invalid_stage_transition, 409
+        ├── PayloadTooLargeError        payload_too_large, 413
+        ├── AuthenticationError         unauthenticated, 401 (missing, unknown, expired token)
+        ├── PermissionDeniedError       permission_denied, 403 (role too low, self-approval)
+        ├── IntegrityError              artifact_corrupt, 500 (digest mismatch on read)
+        ├── SchemaOutdatedError         schema_outdated, 503 (database needs `modelplane db upgrade`)
+        └── ControlPlaneUnavailableError control_plane_unavailable, 503 (client cannot reach it)
+"""
+
+from modelplane.errors import ModelplaneError
+
+
+class ControlPlaneError(ModelplaneError):
+    """A failure in the control plane."""
+
+    code = "control_plane_error"
+    http_status = 500
+
+
+class NotFoundError(ControlPlaneError):
+    code = "not_found"
+    http_status = 404
+
+
+class AlreadyExistsError(ControlPlaneError):
+    code = "already_exists"
+    http_status = 409
+
+
+class ConflictError(ControlPlaneError):
+    code = "conflict"
+    http_status = 409
+
+
+class InvalidInputError(ControlPlaneError):
+    code = "invalid_input"
+    http_status = 400
+
+
+class InvalidArtifactError(InvalidInputError):
+    code = "invalid_artifact"
+    http_status = 400
+
+
+class StageTransitionError(InvalidInputError):
+    code = "invalid_stage_transition"
+    http_status = 409
+
+
+class PayloadTooLargeError(ControlPlaneError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class AuthenticationError(ControlPlaneError):
+    code = "unauthenticated"
+    http_status = 401
+
+
+class PermissionDeniedError(ControlPlaneError):
+    code = "permission_denied"
+    http_status = 403
+
+
+class IntegrityError(ControlPlaneError):
+    code = "artifact_corrupt"
+    http_status = 500
+
+
+class SchemaOutdatedError(ControlPlaneError):
+    code = "schema_outdated"
+    http_status = 503
+
+
+class ControlPlaneUnavailableError(ControlPlaneError):
+    code = "control_plane_unavailable"
+    http_status = 503

@@ -1,0 +1,78 @@
+"""The ``modelplane`` command: the composition root for every package's command group.
+
+Command modules import their heavy dependencies (Ray, SQLAlchemy, ONNX Runtime) inside
+the commands, so ``modelplane --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import typer
+
+from modelplane import __version__
+from modelplane.errors import ModelplaneError
+
+app = typer.Typer(
+    name="modelplane",
+    help="Model serving on Ray with a control plane: registry, rollouts, monitoring, training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the modelplane version."""
+    typer.echo(f"modelplane {__version__}")
+
+
+@app.command()
+def config(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """Show the settings resolved from the environment (secrets hidden)."""
+    from modelplane.settings import get_settings
+
+    settings = get_settings()
+    values = {k: str(v) for k, v in asdict(settings).items() if k != "token"}
+    values["token"] = "set" if settings.token else "unset"
+    if as_json:
+        typer.echo(json.dumps(values, indent=2))
+        return
+    for key, value in values.items():
+        typer.echo(f"{key:22} {value}")
+
+
+@app.command()
+def quickstart() -> None:
+    """Run the main job on the embedded default (local Ray, SQLite, local artifacts)."""
+    from modelplane.quickstart import run_quickstart
+
+    run_quickstart()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app and turn known errors into one clear line."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except ModelplaneError as error:
+        typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        typer.secho("aborted", fg=typer.colors.RED, err=True)
+        sys.exit(130)
+    except Exception as error:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Errors raised by the data plane.
+
+::
+
+    ModelplaneError
+    └── ServingError                serving_error, HTTP 500
+        ├── InvalidRequestError     invalid_request, HTTP 400 (names the offending field)
+        ├── ModelNotFoundError      model_not_found, HTTP 404
+        ├── ModelNotReadyError      model_not_ready, HTTP 503
+        └── InferenceFailedError    inference_failed, HTTP 500
+"""
+
+from modelplane.errors import ModelplaneError
+
+
+class ServingError(ModelplaneError):
+    """A failure in the data plane."""
+
+    code = "serving_error"
+    http_status = 500
+
+
+class InvalidRequestError(ServingError):
+    """An inference request that does not match the protocol or the model's signature."""
+
+    code = "invalid_request"
+    http_status = 400
+
+
+class ModelNotFoundError(ServingError):
+    """No endpoint or version by that name is deployed."""
+
+    code = "model_not_found"
+    http_status = 404
+
+
+class ModelNotReadyError(ServingError):
+    """The endpoint exists but its models are still loading."""
+
+    code = "model_not_ready"
+    http_status = 503
+
+
+class InferenceFailedError(ServingError):
+    """The model raised while running a valid request."""
+
+    code = "inference_failed"
+    http_status = 500

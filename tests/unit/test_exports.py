@@ -1,0 +1,29 @@
+"""Pin each package's public face: adding or dropping a public name is a deliberate change."""
+
+from __future__ import annotations
+
+import control_plane
+import kernels
+import modelplane
+import serving
+import training
+
+EXPECTED = {
+    modelplane: {"ConfigurationError", "ModelplaneError", "Settings", "__version__", "get_settings"},
+    serving: {
+        "InferenceFailedError", "InvalidRequestError", "ModelNotFoundError",
+        "ModelNotReadyError", "ServingError",
+    },
+    training: {"InvalidJobSpecError", "JobSubmissionError", "TrainingError"},
+}
+
+
+def test_public_names_are_pinned() -> None:
+    for package, names in EXPECTED.items():
+        assert set(package.__all__) == names, package.__name__
+
+
+def test_every_exported_name_exists() -> None:
+    for package in (modelplane, serving, training, kernels, control_plane):
+        for name in package.__all__:
+            assert hasattr(package, name), f"{package.__name__}.{name}"

@@ -1,0 +1,100 @@
+"""The settings object reads every variable and rejects bad values by name."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from modelplane.errors import ConfigurationError
+from modelplane.settings import Settings
+
+
+def test_defaults_are_rooted_in_the_home_folder(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path)})
+    assert settings.home == tmp_path
+    assert settings.db_url == f"sqlite:///{tmp_path / 'modelplane.db'}"
+    assert settings.artifact_uri == str(tmp_path / "artifacts")
+    assert settings.http_port == 8000
+    assert settings.url == "http://127.0.0.1:8000"
+    assert settings.token is None
+    assert settings.reads_require_token is False
+    assert settings.admin_token_path == tmp_path / "admin.token"
+
+
+def test_home_defaults_to_dot_modelplane_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({}).home == tmp_path / ".modelplane"
+
+
+def test_every_variable_is_read(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "MODELPLANE_HOME": str(tmp_path),
+            "MODELPLANE_DB_URL": "postgresql+psycopg://u:p@db:5432/mp",
+            "MODELPLANE_ARTIFACT_URI": "s3://bucket/prefix",
+            "MODELPLANE_HTTP_HOST": "0.0.0.0",
+            "MODELPLANE_HTTP_PORT": "9100",
+            "MODELPLANE_URL": "https://mp.example:443/",
+            "MODELPLANE_TOKEN": "mp_secret",
+            "MODELPLANE_MAX_ARTIFACT_MB": "16",
+            "MODELPLANE_READS_REQUIRE_TOKEN": "yes",
+        }
+    )
+    assert settings.db_url == "postgresql+psycopg://u:p@db:5432/mp"
+    assert settings.artifact_uri == "s3://bucket/prefix"
+    assert settings.http_host == "0.0.0.0"
+    assert settings.http_port == 9100
+    assert settings.url == "https://mp.example:443"
+    assert settings.token == "mp_secret"
+    assert settings.max_artifact_bytes == 16 * 1024 * 1024
+    assert settings.reads_require_token is True
+    assert "mp_secret" not in repr(settings)
+
+
+def test_url_follows_the_port_when_unset(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path), "MODELPLANE_HTTP_PORT": "8123"})
+    assert settings.url == "http://127.0.0.1:8123"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MODELPLANE_HTTP_PORT", "eighty", "TCP port|positive integer"),
+        ("MODELPLANE_HTTP_PORT", "70000", "TCP port"),
+        ("MODELPLANE_HTTP_PORT", "0", "positive integer"),
+        ("MODELPLANE_MAX_ARTIFACT_MB", "-5", "positive integer"),
+        ("MODELPLANE_READS_REQUIRE_TOKEN", "maybe", "true/false"),
+        ("MODELPLANE_URL", "localhost:8000", "http:// or https://"),
+        ("MODELPLANE_DB_URL", "modelplane.db", "SQLAlchemy URL"),
+    ],
+)
+def test_a_bad_value_is_rejected_naming_the_variable(
+    tmp_path: Path, variable: str, value: str, expected: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=expected) as caught:
+        Settings.from_env({"MODELPLANE_HOME": str(tmp_path), variable: value})
+    assert variable in caught.value.message
+    assert repr(value) in caught.value.message
+    assert caught.value.detail["variable"] == variable
+    assert caught.value.code == "configuration_error"
+
+
+def test_resolved_token_falls_back_to_the_admin_token_file(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path)})
+    assert settings.resolved_token() is None
+    settings.admin_token_path.write_text("mp_admin\n")
+    assert settings.resolved_token() == "mp_admin"
+    explicit = Settings.from_env({"MODELPLANE_HOME": str(tmp_path), "MODELPLANE_TOKEN": "mp_x"})
+    assert explicit.resolved_token() == "mp_x"
+
+
+def test_configuration_errors_pickle_with_their_detail() -> None:
+    error = ConfigurationError("bad", detail={"variable": "X"})
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is ConfigurationError
+    assert copy.message == "bad"
+    assert copy.detail == {"variable": "X"}
