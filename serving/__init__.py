@@ -5,6 +5,7 @@ from serving.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
+    PayloadTooLargeError,
     ServingError,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "InvalidRequestError",
     "ModelNotFoundError",
     "ModelNotReadyError",
+    "PayloadTooLargeError",
     "ServingError",
 ]

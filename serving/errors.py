@@ -5,6 +5,7 @@
     ModelplaneError
     └── ServingError                serving_error, HTTP 500
         ├── InvalidRequestError     invalid_request, HTTP 400 (names the offending field)
+        ├── PayloadTooLargeError    payload_too_large, HTTP 413 (body over the configured limit)
         ├── ModelNotFoundError      model_not_found, HTTP 404
         ├── ModelNotReadyError      model_not_ready, HTTP 503
         └── InferenceFailedError    inference_failed, HTTP 500
@@ -25,6 +26,13 @@ class InvalidRequestError(ServingError):
 
     code = "invalid_request"
     http_status = 400
+
+
+class PayloadTooLargeError(ServingError):
+    """A request body larger than the server accepts (before or after decompression)."""
+
+    code = "payload_too_large"
+    http_status = 413
 
 
 class ModelNotFoundError(ServingError):

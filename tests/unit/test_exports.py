@@ -12,7 +12,7 @@ EXPECTED = {
     modelplane: {"ConfigurationError", "ModelplaneError", "Settings", "__version__", "get_settings"},
     serving: {
         "InferenceFailedError", "InvalidRequestError", "ModelNotFoundError",
-        "ModelNotReadyError", "ServingError",
+        "ModelNotReadyError", "PayloadTooLargeError", "ServingError",
     },
     training: {"InvalidJobSpecError", "JobSubmissionError", "TrainingError"},
 }

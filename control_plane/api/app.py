@@ -1,0 +1,37 @@
+"""Build the control plane's FastAPI application.
+
+``build_api`` makes the app whose routes are relative (``/models``…); it is what Serve
+mounts at ``/api``. ``build_standalone_app`` wraps it under ``/api`` for uvicorn, so both
+modes answer the same URLs.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from control_plane.api import routes_admin, routes_registry, routes_tracking
+from control_plane.api.errors import RequestIdMiddleware, install_error_handlers
+from control_plane.service import ControlPlane
+from modelplane import __version__
+
+
+def build_api(cp: ControlPlane) -> FastAPI:
+    app = FastAPI(
+        title="modelplane control plane",
+        version=__version__,
+        description="Model registry, experiment tracking, artifacts and tokens.",
+    )
+    app.state.control_plane = cp
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(routes_admin.router)
+    app.include_router(routes_registry.router)
+    app.include_router(routes_tracking.router)
+    return app
+
+
+def build_standalone_app(cp: ControlPlane) -> FastAPI:
+    """The API mounted at ``/api`` of an otherwise empty app, for uvicorn."""
+    root = FastAPI(title="modelplane", version=__version__, openapi_url=None, docs_url=None)
+    root.mount("/api", build_api(cp))
+    return root

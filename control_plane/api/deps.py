@@ -1,0 +1,60 @@
+"""Request dependencies: the control plane instance and the calling principal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from control_plane.auth import ANONYMOUS, Principal
+from control_plane.errors import AuthenticationError
+from control_plane.service import ControlPlane
+
+
+def control_plane(request: Request) -> ControlPlane:
+    return request.app.state.control_plane  # type: ignore[no-any-return]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthenticationError(
+            "the Authorization header must be `Bearer <token>`", detail={"field": "authorization"}
+        )
+    return secret.strip()
+
+
+def writer(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]) -> Principal:
+    """The principal behind a mutating call; a valid token is required."""
+    secret = _bearer(request)
+    if secret is None:
+        raise AuthenticationError(
+            "this call changes state and needs `Authorization: Bearer <token>`; set "
+            "MODELPLANE_TOKEN (the admin token is in $MODELPLANE_HOME/admin.token)",
+            detail={"field": "authorization"},
+        )
+    return cp.tokens.authenticate(secret)
+
+
+def reader(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]) -> Principal:
+    """The principal behind a read; anonymous unless reads require a token."""
+    secret = _bearer(request)
+    if secret is None:
+        if cp.settings.reads_require_token:
+            raise AuthenticationError(
+                "reads need a token on this control plane (MODELPLANE_READS_REQUIRE_TOKEN); "
+                "send `Authorization: Bearer <token>`",
+                detail={"field": "authorization"},
+            )
+        return ANONYMOUS
+    return cp.tokens.authenticate(secret)
+
+
+CP = Annotated[ControlPlane, Depends(control_plane)]
+Writer = Annotated[Principal, Depends(writer)]
+Reader = Annotated[Principal, Depends(reader)]
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
+Offset = Annotated[int, Query(ge=0, description="Items to skip.")]

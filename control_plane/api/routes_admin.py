@@ -1,0 +1,103 @@
+"""REST routes for health, artifacts (streamed both ways) and tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from anyio import to_thread
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from control_plane.api.deps import CP, Reader, Writer
+from control_plane.artifacts import check_digest
+from control_plane.errors import InvalidInputError, PayloadTooLargeError
+from control_plane.schemas import ArtifactOut, Role, TokenCreate, TokenCreated, TokenOut
+from modelplane import __version__
+
+router = APIRouter()
+DIGEST_HEADER = "x-artifact-digest"
+
+
+@router.get("/health", tags=["admin"])
+def health(cp: CP) -> dict[str, str]:
+    """Liveness of the control plane and its store."""
+    with cp.db.session(readonly=True) as session:
+        session.connection().exec_driver_sql("SELECT 1")
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/whoami", tags=["admin"])
+def whoami(actor: Reader) -> dict[str, str]:
+    return {"name": actor.name, "role": actor.role.value}
+
+
+@router.post(
+    "/artifacts",
+    response_model=ArtifactOut,
+    status_code=201,
+    tags=["artifacts"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload_artifact(request: Request, cp: CP, actor: Writer) -> ArtifactOut:
+    """Stream raw bytes into the artifact store; send ``x-artifact-digest`` to have it checked."""
+    actor.require(Role.DEPLOYER)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInputError("Content-Length must be a non-negative integer",
+                                    detail={"field": "content-length"})
+        if int(declared) > cp.artifacts.max_bytes:
+            raise PayloadTooLargeError(
+                f"artifact of {declared} bytes exceeds the "
+                f"{cp.artifacts.max_bytes // (1024 * 1024)} MiB limit "
+                "(MODELPLANE_MAX_ARTIFACT_MB on the control plane)",
+                detail={"limit_bytes": cp.artifacts.max_bytes},
+            )
+    expected = request.headers.get(DIGEST_HEADER)
+    writer = await to_thread.run_sync(cp.artifacts.writer, expected)
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                await to_thread.run_sync(writer.write, chunk)
+        if writer.size == 0:
+            raise InvalidInputError("the upload is empty; send the file as the request body",
+                                    detail={"field": "body"})
+        info = await to_thread.run_sync(writer.commit)
+    except BaseException:
+        writer.abort()
+        raise
+    return ArtifactOut(digest=info.digest, size=info.size)
+
+
+@router.get("/artifacts/{digest}", tags=["artifacts"], response_class=StreamingResponse)
+def download_artifact(digest: str, cp: CP, _: Reader) -> Response:
+    """Stream an artifact; the server re-hashes as it sends, the client checks the header."""
+    check_digest(digest)
+    info = cp.artifacts.info(digest)
+    chunks: Iterator[bytes] = cp.artifacts.iter_verified(digest)
+    return StreamingResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers={DIGEST_HEADER: digest, "content-length": str(info.size)},
+    )
+
+
+@router.get("/tokens", response_model=list[TokenOut], tags=["tokens"])
+def list_tokens(cp: CP, actor: Writer) -> list[TokenOut]:
+    actor.require(Role.ADMIN)
+    return cp.tokens.list()
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201, tags=["tokens"])
+def create_token(body: TokenCreate, cp: CP, actor: Writer) -> TokenCreated:
+    return cp.tokens.create(body, actor)
+
+
+@router.delete("/tokens/{name}", response_model=TokenOut, tags=["tokens"])
+def revoke_token(name: str, cp: CP, actor: Writer) -> TokenOut:
+    return cp.tokens.revoke(name, actor)

@@ -1,0 +1,90 @@
+"""REST routes for experiments and runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from control_plane.api.deps import CP, Limit, Offset, Reader, Writer
+from control_plane.errors import InvalidInputError
+from control_plane.schemas import (
+    ExperimentCreate,
+    ExperimentOut,
+    MetricBatch,
+    MetricOut,
+    Page,
+    ParamsUpdate,
+    RunArtifactCreate,
+    RunArtifactOut,
+    RunComparison,
+    RunCreate,
+    RunOut,
+    RunUpdate,
+)
+
+router = APIRouter(tags=["tracking"])
+
+
+@router.get("/experiments", response_model=Page[ExperimentOut])
+def list_experiments(
+    cp: CP, _: Reader, limit: Limit = 50, offset: Offset = 0
+) -> Page[ExperimentOut]:
+    return cp.tracker.list_experiments(limit=limit, offset=offset)
+
+
+@router.post("/experiments", response_model=ExperimentOut, status_code=201)
+def create_experiment(body: ExperimentCreate, cp: CP, actor: Writer) -> ExperimentOut:
+    return cp.tracker.create_experiment(body, actor)
+
+
+@router.get("/experiments/{name}/runs", response_model=Page[RunOut])
+def list_runs(name: str, cp: CP, _: Reader, limit: Limit = 50, offset: Offset = 0) -> Page[RunOut]:
+    return cp.tracker.list_runs(name, limit=limit, offset=offset)
+
+
+@router.post("/runs", response_model=RunOut, status_code=201)
+def start_run(body: RunCreate, cp: CP, actor: Writer) -> RunOut:
+    return cp.tracker.start_run(body, actor)
+
+
+@router.get("/runs/compare", response_model=RunComparison)
+def compare_runs(
+    cp: CP,
+    _: Reader,
+    ids: Annotated[str, Query(min_length=1, description="Comma-separated run ids.")],
+) -> RunComparison:
+    run_ids = [part.strip() for part in ids.split(",") if part.strip()]
+    if not run_ids:
+        raise InvalidInputError("ids must list at least one run id", detail={"field": "ids"})
+    return cp.tracker.compare_runs(run_ids)
+
+
+@router.get("/runs/{run_id}", response_model=RunOut)
+def get_run(run_id: str, cp: CP, _: Reader) -> RunOut:
+    return cp.tracker.get_run(run_id)
+
+
+@router.patch("/runs/{run_id}", response_model=RunOut)
+def update_run(run_id: str, body: RunUpdate, cp: CP, actor: Writer) -> RunOut:
+    return cp.tracker.update_run(run_id, body, actor)
+
+
+@router.post("/runs/{run_id}/params", response_model=RunOut)
+def log_params(run_id: str, body: ParamsUpdate, cp: CP, actor: Writer) -> RunOut:
+    return cp.tracker.log_params(run_id, body, actor)
+
+
+@router.post("/runs/{run_id}/metrics", status_code=201)
+def log_metrics(run_id: str, body: MetricBatch, cp: CP, actor: Writer) -> dict[str, int]:
+    return {"stored": cp.tracker.log_metrics(run_id, body, actor)}
+
+
+@router.get("/runs/{run_id}/metrics/{key}", response_model=list[MetricOut])
+def metric_history(run_id: str, key: str, cp: CP, _: Reader) -> list[MetricOut]:
+    return cp.tracker.metric_history(run_id, key)
+
+
+@router.post("/runs/{run_id}/artifacts", response_model=RunArtifactOut, status_code=201)
+def log_artifact(run_id: str, body: RunArtifactCreate, cp: CP, actor: Writer) -> RunArtifactOut:
+    return cp.tracker.log_artifact(run_id, body, actor)

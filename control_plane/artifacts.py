@@ -1,0 +1,232 @@
+"""Content-addressed artifact storage: ``sha256/ab/abcdef…``, written atomically, verified on read.
+
+A write streams into a temporary name while hashing, is fsync'd, then renamed to its
+digest; a crash at any point leaves at most a temporary file (removed at the next start),
+never a partial artifact under a final name. Every read re-hashes what it returns and
+raises :class:`IntegrityError` if the bytes no longer match their name.
+
+The default backend is a local folder; any fsspec URI (``s3://bucket/prefix``) works the
+same way, with the rename replaced by the backend's move (on object stores the final key
+appears whole or not at all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from control_plane.errors import (
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+
+CHUNK_SIZE = 1024 * 1024
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What a stored artifact is: its sha256 digest and size in bytes."""
+
+    digest: str
+    size: int
+
+
+def check_digest(digest: str) -> str:
+    """Return ``digest`` if it is 64 lowercase hex characters, else raise naming the field."""
+    if not _DIGEST.match(digest):
+        raise InvalidInputError(
+            f"artifact digest {digest!r} is not a sha256 hex digest (64 characters 0-9a-f)",
+            detail={"field": "digest"},
+        )
+    return digest
+
+
+class ArtifactStore:
+    """Artifacts addressed by sha256, in a local folder or behind an fsspec URI."""
+
+    def __init__(self, uri: str, *, max_bytes: int) -> None:
+        import fsspec
+
+        self.uri = uri.rstrip("/")
+        self.max_bytes = max_bytes
+        protocol = self.uri.split("://", 1)[0] if "://" in self.uri else "file"
+        self.is_local = protocol in {"file", "local"}
+        self.fs: Any = fsspec.filesystem(protocol)
+        self.root = self.uri.split("://", 1)[1] if "://" in self.uri else self.uri
+        if self.is_local:
+            self.root = str(Path(self.root).absolute())
+            Path(self.root, "tmp").mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, digest: str) -> str:
+        """Where an artifact with this digest lives (a local path or a key in the fs)."""
+        check_digest(digest)
+        return f"{self.root}/sha256/{digest[:2]}/{digest}"
+
+    def local_path(self, digest: str) -> Path:
+        """The artifact's file on local disk (local stores only)."""
+        if not self.is_local:
+            raise InvalidInputError("local_path needs a local artifact store")
+        path = Path(self.path_of(digest))
+        if not path.exists():
+            raise NotFoundError(f"no artifact with digest {digest}", detail={"digest": digest})
+        return path
+
+    def exists(self, digest: str) -> bool:
+        return bool(self.fs.exists(self.path_of(digest)))
+
+    def info(self, digest: str) -> ArtifactInfo:
+        path = self.path_of(digest)
+        if not self.fs.exists(path):
+            raise NotFoundError(f"no artifact with digest {digest}", detail={"digest": digest})
+        return ArtifactInfo(digest=digest, size=int(self.fs.size(path)))
+
+    def writer(self, expected_digest: str | None = None) -> ArtifactWriter:
+        """Start a streaming write; call ``write`` per chunk, then ``commit`` or ``abort``."""
+        if expected_digest is not None:
+            check_digest(expected_digest)
+        return ArtifactWriter(self, expected_digest)
+
+    def put(self, chunks: Iterable[bytes], expected_digest: str | None = None) -> ArtifactInfo:
+        """Store a stream of bytes and return its digest and size."""
+        writer = self.writer(expected_digest)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.commit()
+
+    def put_file(self, path: str | os.PathLike[str]) -> ArtifactInfo:
+        """Store a local file, streamed in chunks."""
+        with open(path, "rb") as handle:
+            return self.put(iter(lambda: handle.read(CHUNK_SIZE), b""))
+
+    def iter_verified(self, digest: str) -> Iterator[bytes]:
+        """Yield the artifact's bytes; raise IntegrityError at the end if they do not hash to it."""
+        path = self.path_of(digest)
+        if not self.fs.exists(path):
+            raise NotFoundError(f"no artifact with digest {digest}", detail={"digest": digest})
+        hasher = hashlib.sha256()
+        with self.fs.open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK_SIZE):
+                hasher.update(chunk)
+                yield chunk
+        if hasher.hexdigest() != digest:
+            raise IntegrityError(
+                f"artifact {digest} is corrupt: its bytes hash to {hasher.hexdigest()}; "
+                "re-upload it or restore the artifact store from a backup",
+                detail={"digest": digest, "actual": hasher.hexdigest()},
+            )
+
+    def read_bytes(self, digest: str) -> bytes:
+        """The whole artifact, verified (for small artifacts such as ONNX models under test)."""
+        return b"".join(self.iter_verified(digest))
+
+    def remove_partial_writes(self) -> int:
+        """Delete temporary files left by writers that died; returns how many were removed."""
+        if not self.is_local:
+            return 0
+        removed = 0
+        for leftover in Path(self.root, "tmp").glob("*.part"):
+            pid = leftover.name.split("-", 1)[0]
+            if pid.isdigit() and _process_alive(int(pid)):
+                continue
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+class ArtifactWriter:
+    """One streaming write into an :class:`ArtifactStore`, hashed and size-limited as it goes."""
+
+    def __init__(self, store: ArtifactStore, expected_digest: str | None) -> None:
+        self._store = store
+        self._expected = expected_digest
+        self._hasher = hashlib.sha256()
+        self._size = 0
+        self._temp = f"{store.root}/tmp/{os.getpid()}-{uuid.uuid4().hex}.part"
+        if not store.is_local:
+            store.fs.makedirs(f"{store.root}/tmp", exist_ok=True)
+        self._handle: Any = store.fs.open(self._temp, "wb")
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self._store.max_bytes:
+            self.abort()
+            raise PayloadTooLargeError(
+                f"artifact exceeds the {self._store.max_bytes // (1024 * 1024)} MiB limit; "
+                "raise MODELPLANE_MAX_ARTIFACT_MB on the control plane to accept it",
+                detail={"limit_bytes": self._store.max_bytes},
+            )
+        self._hasher.update(chunk)
+        self._handle.write(chunk)
+
+    def abort(self) -> None:
+        """Discard what was written; safe to call twice."""
+        if self._done:
+            return
+        self._done = True
+        self._handle.close()
+        if self._store.fs.exists(self._temp):
+            self._store.fs.rm(self._temp)
+
+    def commit(self) -> ArtifactInfo:
+        """Make the bytes durable under their digest; identical content is stored once."""
+        digest = self._hasher.hexdigest()
+        if self._expected is not None and digest != self._expected:
+            self.abort()
+            raise IntegrityError(
+                f"upload hashes to {digest}, not the declared {self._expected}; "
+                "the transfer was corrupted, retry the upload",
+                detail={"expected": self._expected, "actual": digest},
+            )
+        if self._store.is_local:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        self._handle.close()
+        self._done = True
+        final = self._store.path_of(digest)
+        fs = self._store.fs
+        if fs.exists(final):
+            fs.rm(self._temp)
+        elif self._store.is_local:
+            Path(final).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._temp, final)
+            _fsync_dir(Path(final).parent)
+        else:
+            fs.mv(self._temp, final)
+        return ArtifactInfo(digest=digest, size=self._size)
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

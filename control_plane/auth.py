@@ -1,0 +1,179 @@
+"""API tokens: created with a role, stored hashed, expiring and revocable.
+
+Roles are ordered: ``reader`` < ``deployer`` < ``approver`` < ``admin``; each has the
+powers of those before it. A token's name is the principal recorded as the actor of what
+it does (who registered a version, who approved it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from control_plane.errors import (
+    AlreadyExistsError,
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from control_plane.schemas import Role, TokenCreate, TokenCreated, TokenOut
+from control_plane.store import Database
+from control_plane.store.models import TokenRow
+
+_RANK = {Role.READER: 0, Role.DEPLOYER: 1, Role.APPROVER: 2, Role.ADMIN: 3}
+TOKEN_PREFIX = "mp_"
+ADMIN_TOKEN_NAME = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's name and role."""
+
+    name: str
+    role: Role
+
+    def require(self, role: Role) -> None:
+        """Raise PermissionDeniedError unless this principal has at least ``role``."""
+        if _RANK[self.role] < _RANK[role]:
+            raise PermissionDeniedError(
+                f"token {self.name!r} has role {self.role.value}; this needs {role.value} "
+                "or higher (ask an admin for a token: `modelplane token create`)",
+                detail={"required_role": role.value, "role": self.role.value},
+            )
+
+
+ANONYMOUS = Principal(name="anonymous", role=Role.READER)
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class TokenService:
+    """Create, check, list and revoke API tokens."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create(self, spec: TokenCreate, actor: Principal) -> TokenCreated:
+        actor.require(Role.ADMIN)
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        expires = (
+            datetime.now(UTC) + timedelta(days=spec.expires_in_days)
+            if spec.expires_in_days
+            else None
+        )
+        with self._db.session() as session:
+            if session.scalar(select(TokenRow.id).where(TokenRow.name == spec.name)):
+                raise AlreadyExistsError(
+                    f"a token named {spec.name!r} exists; pick another name or revoke it",
+                    detail={"field": "name"},
+                )
+            row = TokenRow(
+                name=spec.name,
+                token_hash=hash_token(secret),
+                prefix=secret[: len(TOKEN_PREFIX) + 4],
+                role=spec.role.value,
+                created_by=actor.name,
+                expires_at=expires,
+            )
+            session.add(row)
+            session.flush()
+            return TokenCreated(token=secret, info=_token_out(row))
+
+    def authenticate(self, secret: str) -> Principal:
+        """The principal a bearer token stands for; raise if unknown, revoked or expired."""
+        now = datetime.now(UTC)
+        with self._db.session(readonly=True) as session:
+            row = session.scalar(select(TokenRow).where(TokenRow.token_hash == hash_token(secret)))
+            if row is None:
+                raise AuthenticationError(
+                    "the bearer token is not known; check MODELPLANE_TOKEN or ask an admin "
+                    "for a new one (`modelplane token create`)"
+                )
+            if row.revoked_at is not None:
+                raise AuthenticationError(f"token {row.name!r} was revoked; ask an admin for a new one")
+            if row.expires_at is not None and row.expires_at <= now:
+                raise AuthenticationError(
+                    f"token {row.name!r} expired at {row.expires_at.isoformat()}; ask an admin "
+                    "for a new one"
+                )
+            return Principal(name=row.name, role=Role(row.role))
+
+    def list(self) -> list[TokenOut]:
+        with self._db.session(readonly=True) as session:
+            rows = session.scalars(select(TokenRow).order_by(TokenRow.id)).all()
+            return [_token_out(row) for row in rows]
+
+    def revoke(self, name: str, actor: Principal) -> TokenOut:
+        actor.require(Role.ADMIN)
+        with self._db.session() as session:
+            row = session.scalar(select(TokenRow).where(TokenRow.name == name))
+            if row is None:
+                raise NotFoundError(f"no token named {name!r}", detail={"field": "name"})
+            if row.revoked_at is None:
+                row.revoked_at = datetime.now(UTC)
+            return _token_out(row)
+
+    def bootstrap_admin(self, token_path: Path) -> str | None:
+        """On first start, create the admin token and write it to ``token_path`` (mode 0600).
+
+        Returns the new secret, or None when an active admin token already exists.
+        """
+        with self._db.session() as session:
+            existing = session.scalar(
+                select(TokenRow.id).where(
+                    TokenRow.role == Role.ADMIN.value, TokenRow.revoked_at.is_(None)
+                )
+            )
+            if existing is not None:
+                return None
+            secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+            name = ADMIN_TOKEN_NAME
+            if session.scalar(select(TokenRow.id).where(TokenRow.name == name)):
+                name = f"{ADMIN_TOKEN_NAME}-{secrets.token_hex(3)}"
+            session.add(
+                TokenRow(
+                    name=name,
+                    token_hash=hash_token(secret),
+                    prefix=secret[: len(TOKEN_PREFIX) + 4],
+                    role=Role.ADMIN.value,
+                    created_by="bootstrap",
+                )
+            )
+            # Written inside the transaction: if the file cannot be written the token row
+            # is rolled back, so no admin token exists that nobody can read.
+            write_secret_file(token_path, secret)
+        return secret
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    """Write ``secret`` to ``path`` atomically, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (secret + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+
+
+def _token_out(row: TokenRow) -> TokenOut:
+    return TokenOut(
+        name=row.name,
+        prefix=row.prefix,
+        role=Role(row.role),
+        created_by=row.created_by,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )

@@ -1,0 +1,476 @@
+"""The model registry: models, versions, aliases, stages, approvals.
+
+Transport-free: the REST routes and tests call these methods directly. Each method that
+changes state runs in one transaction, and every check happens before anything is
+written, so a refused call leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.orm import Session
+
+from control_plane.artifacts import ArtifactStore
+from control_plane.auth import Principal
+from control_plane.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    StageTransitionError,
+)
+from control_plane.onnx_check import check_signature, signature_of
+from control_plane.schemas import (
+    AliasSet,
+    ApprovalCreate,
+    ApprovalOut,
+    ModelCreate,
+    ModelManifest,
+    ModelOut,
+    ModelPolicy,
+    ModelUpdate,
+    Page,
+    Role,
+    Stage,
+    StageChange,
+    VersionCreate,
+    VersionOut,
+)
+from control_plane.store import Database
+from control_plane.store.models import (
+    AliasRow,
+    ApprovalRow,
+    EndpointRouteRow,
+    ModelRow,
+    ModelVersionRow,
+    StageEventRow,
+)
+
+ALLOWED_TRANSITIONS: dict[Stage, frozenset[Stage]] = {
+    Stage.NONE: frozenset({Stage.STAGING, Stage.ARCHIVED}),
+    Stage.STAGING: frozenset({Stage.NONE, Stage.PRODUCTION, Stage.ARCHIVED}),
+    Stage.PRODUCTION: frozenset({Stage.STAGING, Stage.ARCHIVED}),
+    Stage.ARCHIVED: frozenset({Stage.STAGING}),
+}
+
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<version>\d+)|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63}))?$")
+
+
+def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """Split ``name``, ``name:3`` or ``name@alias`` into (name, version, alias)."""
+    match = _REF.match(ref)
+    if match is None:
+        raise InvalidInputError(
+            f"model reference {ref!r} is not valid; use NAME, NAME:VERSION or NAME@ALIAS",
+            detail={"field": "model_ref"},
+        )
+    version = match.group("version")
+    return match.group("name"), int(version) if version else None, match.group("alias")
+
+
+class Registry:
+    """Models and their versions, with aliases, stages, approvals and lineage."""
+
+    def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
+        self.db = db
+        self.artifacts = artifacts
+
+    # ------------------------------------------------------------ models
+
+    def create_model(self, spec: ModelCreate, actor: Principal) -> ModelOut:
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            if session.scalar(select(ModelRow.id).where(ModelRow.name == spec.name)):
+                raise AlreadyExistsError(
+                    f"model {spec.name!r} already exists", detail={"field": "name"}
+                )
+            row = ModelRow(
+                name=spec.name,
+                description=spec.description,
+                owner=actor.name,
+                tags=dict(spec.tags),
+                policy=spec.policy.model_dump(),
+            )
+            session.add(row)
+            session.flush()
+            return self._model_out(session, row)
+
+    def update_model(self, name: str, spec: ModelUpdate, actor: Principal) -> ModelOut:
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            row = _model(session, name)
+            if spec.description is not None:
+                row.description = spec.description
+            if spec.tags is not None:
+                row.tags = dict(spec.tags)
+            if spec.policy is not None:
+                actor.require(Role.ADMIN)
+                row.policy = spec.policy.model_dump()
+            row.updated_at = datetime.now(UTC)
+            return self._model_out(session, row)
+
+    def get_model(self, name: str) -> ModelOut:
+        with self.db.session(readonly=True) as session:
+            return self._model_out(session, _model(session, name))
+
+    def list_models(self, *, limit: int = 50, offset: int = 0) -> Page[ModelOut]:
+        with self.db.session(readonly=True) as session:
+            total = session.scalar(select(func.count(ModelRow.id))) or 0
+            rows = session.scalars(
+                select(ModelRow).order_by(ModelRow.name).limit(limit).offset(offset)
+            ).all()
+            items = [self._model_out(session, row) for row in rows]
+        return Page[ModelOut](items=items, total=total, limit=limit, offset=offset)
+
+    # ------------------------------------------------------------ versions
+
+    def register_version(self, name: str, spec: VersionCreate, actor: Principal) -> VersionOut:
+        """Register an uploaded ONNX artifact as the model's next version.
+
+        The model is created (owned by ``actor``) if it does not exist. The artifact must
+        load in ONNX Runtime and match the manifest's signature.
+        """
+        actor.require(Role.DEPLOYER)
+        if not self.artifacts.exists(spec.artifact_digest):
+            raise NotFoundError(
+                f"no artifact with digest {spec.artifact_digest}; upload it first "
+                "(POST /api/artifacts)",
+                detail={"field": "artifact_digest"},
+            )
+        # The expensive checks run before the transaction so the write lock is held briefly.
+        actual = signature_of(self.artifacts.read_bytes(spec.artifact_digest))
+        check_signature(spec.manifest.signature, actual)
+        size = self.artifacts.info(spec.artifact_digest).size
+        for attempt in range(2):
+            try:
+                return self._insert_version(name, spec, size, actor)
+            except SAIntegrityError:
+                # Two first registrations raced to create the model; the loser retries once.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _insert_version(
+        self, name: str, spec: VersionCreate, size: int, actor: Principal
+    ) -> VersionOut:
+        with self.db.session() as session:
+            model = session.scalar(select(ModelRow).where(ModelRow.name == name))
+            if model is None:
+                model = ModelRow(name=name, owner=actor.name, description="", tags={}, policy={})
+                session.add(model)
+                session.flush()
+            parent = spec.manifest.lineage.parent_version
+            if parent is not None and _version(session, model, parent, missing_ok=True) is None:
+                raise NotFoundError(
+                    f"lineage.parent_version {parent} does not exist for model {name!r}",
+                    detail={"field": "manifest.lineage.parent_version"},
+                )
+            # The UPDATE takes the row's write lock until commit, so concurrent
+            # registrations are serialized and numbers are gapless.
+            session.execute(
+                update(ModelRow)
+                .where(ModelRow.id == model.id)
+                .values(last_version=ModelRow.last_version + 1, updated_at=datetime.now(UTC))
+            )
+            session.refresh(model)
+            row = ModelVersionRow(
+                model_id=model.id,
+                version=model.last_version,
+                artifact_digest=spec.artifact_digest,
+                artifact_size=size,
+                manifest=spec.manifest.model_dump(mode="json"),
+                description=spec.description,
+                parent_version=parent,
+                run_id=spec.manifest.lineage.run_id,
+                created_by=actor.name,
+            )
+            session.add(row)
+            session.flush()
+            return _version_out(session, model, row)
+
+    def get_version(self, name: str, version: int) -> VersionOut:
+        with self.db.session(readonly=True) as session:
+            model = _model(session, name)
+            return _version_out(session, model, _version(session, model, version))
+
+    def resolve(self, ref: str) -> VersionOut:
+        """The version a reference names: ``name:3``, ``name@champion`` or ``name`` (latest)."""
+        name, version, alias = parse_ref(ref)
+        with self.db.session(readonly=True) as session:
+            model = _model(session, name)
+            if alias is not None:
+                version = session.scalar(
+                    select(AliasRow.version).where(
+                        AliasRow.model_id == model.id, AliasRow.alias == alias
+                    )
+                )
+                if version is None:
+                    raise NotFoundError(
+                        f"model {name!r} has no alias {alias!r}", detail={"field": "alias"}
+                    )
+            elif version is None:
+                version = session.scalar(
+                    select(func.max(ModelVersionRow.version)).where(
+                        ModelVersionRow.model_id == model.id
+                    )
+                )
+                if version is None:
+                    raise NotFoundError(
+                        f"model {name!r} has no versions yet", detail={"field": "model_ref"}
+                    )
+            return _version_out(session, model, _version(session, model, version))
+
+    def list_versions(self, name: str, *, limit: int = 50, offset: int = 0) -> Page[VersionOut]:
+        with self.db.session(readonly=True) as session:
+            model = _model(session, name)
+            query = select(ModelVersionRow).where(ModelVersionRow.model_id == model.id)
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = session.scalars(
+                query.order_by(ModelVersionRow.version.desc()).limit(limit).offset(offset)
+            ).all()
+            items = [_version_out(session, model, row) for row in rows]
+        return Page[VersionOut](items=items, total=total, limit=limit, offset=offset)
+
+    def delete_version(self, name: str, version: int, actor: Principal) -> None:
+        """Delete a version's record (its number is never reused); refused while deployed."""
+        actor.require(Role.ADMIN)
+        with self.db.session() as session:
+            model = _model(session, name)
+            row = _version(session, model, version)
+            _refuse_if_deployed(session, model, row, "deleted")
+            session.execute(
+                AliasRow.__table__.delete().where(
+                    AliasRow.model_id == model.id, AliasRow.version == version
+                )
+            )
+            session.delete(row)
+
+    def reject_version(self, name: str, version: int, reason: str, actor: Principal) -> VersionOut:
+        """Mark a version rejected (a failed rollout); it can no longer reach production."""
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            model = _model(session, name)
+            row = _version(session, model, version)
+            row.status = "rejected"
+            row.status_reason = reason
+            return _version_out(session, model, row)
+
+    # ------------------------------------------------------------ aliases
+
+    def set_alias(self, name: str, alias: str, spec: AliasSet, actor: Principal) -> VersionOut:
+        """Point ``alias`` at a version, creating or moving it in one statement."""
+        actor.require(Role.DEPLOYER)
+        parse_ref(f"{name}@{alias}")
+        with self.db.session() as session:
+            model = _model(session, name)
+            target = _version(session, model, spec.version)
+            row = session.scalar(
+                select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
+            )
+            if row is None:
+                session.add(
+                    AliasRow(
+                        model_id=model.id, alias=alias, version=spec.version, updated_by=actor.name
+                    )
+                )
+            else:
+                row.version = spec.version
+                row.updated_by = actor.name
+                row.updated_at = datetime.now(UTC)
+            session.flush()
+            return _version_out(session, model, target)
+
+    def delete_alias(self, name: str, alias: str, actor: Principal) -> None:
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            model = _model(session, name)
+            row = session.scalar(
+                select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
+            )
+            if row is None:
+                raise NotFoundError(f"model {name!r} has no alias {alias!r}", detail={"field": "alias"})
+            session.delete(row)
+
+    # ------------------------------------------------------------ stages and approvals
+
+    def transition_stage(
+        self, name: str, version: int, spec: StageChange, actor: Principal
+    ) -> VersionOut:
+        """Move a version to another stage, enforcing the allowed transitions and policy."""
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            model = _model(session, name)
+            row = _version(session, model, version)
+            current = Stage(row.stage)
+            if spec.stage == current:
+                return _version_out(session, model, row)
+            if spec.stage not in ALLOWED_TRANSITIONS[current]:
+                allowed = ", ".join(sorted(s.value for s in ALLOWED_TRANSITIONS[current]))
+                raise StageTransitionError(
+                    f"{name}:{version} cannot move from {current.value} to {spec.stage.value}; "
+                    f"from {current.value} it may move to: {allowed}",
+                    detail={"field": "stage", "from": current.value, "to": spec.stage.value},
+                )
+            if spec.stage == Stage.ARCHIVED:
+                _refuse_if_deployed(session, model, row, "archived")
+            if spec.stage == Stage.PRODUCTION:
+                _check_production_allowed(session, model, row)
+            session.add(
+                StageEventRow(
+                    version_id=row.id,
+                    from_stage=current.value,
+                    to_stage=spec.stage.value,
+                    actor=actor.name,
+                    reason=spec.reason,
+                )
+            )
+            row.stage = spec.stage.value
+            return _version_out(session, model, row)
+
+    def approve(
+        self, name: str, version: int, spec: ApprovalCreate, actor: Principal
+    ) -> ApprovalOut:
+        """Record an approval decision; the approver must not be the version's registrant."""
+        actor.require(Role.APPROVER)
+        with self.db.session() as session:
+            model = _model(session, name)
+            row = _version(session, model, version)
+            if row.created_by == actor.name:
+                raise PermissionDeniedError(
+                    f"{actor.name!r} registered {name}:{version} and cannot approve it; "
+                    "another approver must decide",
+                    detail={"field": "approver"},
+                )
+            approval = ApprovalRow(
+                version_id=row.id, approver=actor.name, decision=spec.decision, comment=spec.comment
+            )
+            session.add(approval)
+            session.flush()
+            return _approval_out(model, row, approval)
+
+    def list_approvals(self, name: str, version: int) -> list[ApprovalOut]:
+        with self.db.session(readonly=True) as session:
+            model = _model(session, name)
+            row = _version(session, model, version)
+            return [_approval_out(model, row, a) for a in _approvals(session, row)]
+
+    # ------------------------------------------------------------ helpers
+
+    def _model_out(self, session: Session, row: ModelRow) -> ModelOut:
+        aliases = session.execute(
+            select(AliasRow.alias, AliasRow.version).where(AliasRow.model_id == row.id)
+        ).all()
+        latest = session.scalar(
+            select(func.max(ModelVersionRow.version)).where(ModelVersionRow.model_id == row.id)
+        )
+        return ModelOut(
+            name=row.name,
+            description=row.description,
+            owner=row.owner,
+            tags=row.tags,
+            policy=ModelPolicy.model_validate(row.policy),
+            latest_version=latest,
+            aliases={alias: version for alias, version in aliases},
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+def _model(session: Session, name: str) -> ModelRow:
+    row = session.scalar(select(ModelRow).where(ModelRow.name == name))
+    if row is None:
+        raise NotFoundError(f"no model named {name!r}", detail={"field": "model"})
+    return row
+
+
+def _version(
+    session: Session, model: ModelRow, version: int, *, missing_ok: bool = False
+) -> ModelVersionRow:
+    row = session.scalar(
+        select(ModelVersionRow).where(
+            ModelVersionRow.model_id == model.id, ModelVersionRow.version == version
+        )
+    )
+    if row is None and not missing_ok:
+        raise NotFoundError(
+            f"model {model.name!r} has no version {version}", detail={"field": "version"}
+        )
+    return row  # type: ignore[return-value]
+
+
+def _approvals(session: Session, row: ModelVersionRow) -> list[ApprovalRow]:
+    return list(
+        session.scalars(
+            select(ApprovalRow).where(ApprovalRow.version_id == row.id).order_by(ApprovalRow.id)
+        ).all()
+    )
+
+
+def _refuse_if_deployed(session: Session, model: ModelRow, row: ModelVersionRow, verb: str) -> None:
+    routed = session.scalar(
+        select(func.count(EndpointRouteRow.id)).where(EndpointRouteRow.version_id == row.id)
+    )
+    if routed:
+        raise ConflictError(
+            f"{model.name}:{row.version} is deployed and cannot be {verb}; remove it from "
+            "its endpoints first (`modelplane undeploy` or a rollout)",
+            detail={"field": "version"},
+        )
+
+
+def _check_production_allowed(session: Session, model: ModelRow, row: ModelVersionRow) -> None:
+    if row.status == "rejected":
+        raise StageTransitionError(
+            f"{model.name}:{row.version} was rejected ({row.status_reason}) and cannot go to "
+            "production; register a new version",
+            detail={"field": "stage"},
+        )
+    if not ModelPolicy.model_validate(model.policy).require_approval_for_production:
+        return
+    decisions = _approvals(session, row)
+    latest = decisions[-1].decision if decisions else None
+    if latest != "approved":
+        raise PermissionDeniedError(
+            f"model {model.name!r} requires an approval before production and "
+            f"{model.name}:{row.version} has "
+            + ("none" if latest is None else "a rejection as its latest decision")
+            + f"; an approver other than {row.created_by!r} must run "
+            f"`modelplane models approve {model.name}:{row.version}`",
+            detail={"field": "stage", "reason": "approval_required"},
+        )
+
+
+def _version_out(session: Session, model: ModelRow, row: ModelVersionRow) -> VersionOut:
+    aliases = session.scalars(
+        select(AliasRow.alias).where(AliasRow.model_id == model.id, AliasRow.version == row.version)
+    ).all()
+    return VersionOut(
+        model=model.name,
+        version=row.version,
+        stage=Stage(row.stage),
+        status=row.status,  # type: ignore[arg-type]
+        status_reason=row.status_reason,
+        description=row.description,
+        aliases=sorted(aliases),
+        artifact_digest=row.artifact_digest,
+        artifact_size=row.artifact_size,
+        manifest=ModelManifest.model_validate(row.manifest),
+        created_by=row.created_by,
+        created_at=row.created_at,
+    )
+
+
+def _approval_out(model: ModelRow, row: ModelVersionRow, approval: ApprovalRow) -> ApprovalOut:
+    return ApprovalOut(
+        model=model.name,
+        version=row.version,
+        approver=approval.approver,
+        decision=approval.decision,
+        comment=approval.comment,
+        created_at=approval.created_at,
+    )

@@ -1,0 +1,336 @@
+"""Every wire object of the control plane: REST bodies and the model manifest.
+
+All are pydantic v2 models that refuse unknown fields, so a typo in a request is a 422
+naming the field rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'.")]
+AliasName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex.")]
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stage(StrEnum):
+    """Lifecycle of a model version: none → staging → production → archived."""
+
+    NONE = "none"
+    STAGING = "staging"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+
+
+class Role(StrEnum):
+    """Token roles, each including the powers of those before it."""
+
+    READER = "reader"
+    DEPLOYER = "deployer"
+    APPROVER = "approver"
+    ADMIN = "admin"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    KILLED = "killed"
+
+
+# ---------------------------------------------------------------- manifest
+
+
+TensorDType = Literal[
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "string",
+]
+
+
+class TensorSpec(Wire):
+    """One input or output of a model."""
+
+    name: str = Field(min_length=1, description="Tensor name as in the ONNX graph.")
+    dtype: TensorDType = Field(description="Element type, numpy spelling.")
+    shape: list[int | None] = Field(
+        description="Dimensions; null marks a dynamic one (the batch axis)."
+    )
+
+
+class Signature(Wire):
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+
+
+class Lineage(Wire):
+    """Where a version came from."""
+
+    parent_version: int | None = Field(None, ge=1, description="Version this one was tuned from.")
+    dataset_uri: str | None = None
+    dataset_digest: str | None = None
+    run_id: str | None = Field(None, description="Experiment run that produced it.")
+    code_commit: str | None = None
+    code_branch: str | None = None
+    packages: dict[str, str] = Field(default_factory=dict, description="Package versions.")
+
+
+class ModelManifest(Wire):
+    """What the registry knows about an ONNX artifact besides its bytes."""
+
+    format_version: Literal[1] = 1
+    signature: Signature
+    task: Literal["classification", "regression", "other"] = "other"
+    feature_names: list[str] | None = None
+    class_labels: list[str] | None = None
+    reference_profile: dict[str, Any] | None = Field(
+        None, description="Drift reference as produced by kernels.ReferenceProfile.to_dict()."
+    )
+    metrics: dict[str, float] = Field(default_factory=dict)
+    lineage: Lineage = Field(default_factory=Lineage)
+
+
+# ---------------------------------------------------------------- registry
+
+
+class ModelPolicy(Wire):
+    require_approval_for_production: bool = False
+
+
+class ModelCreate(Wire):
+    name: Name
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    policy: ModelPolicy = Field(default_factory=ModelPolicy)
+
+
+class ModelUpdate(Wire):
+    description: str | None = None
+    tags: dict[str, str] | None = None
+    policy: ModelPolicy | None = None
+
+
+class ModelOut(Wire):
+    name: str
+    description: str
+    owner: str
+    tags: dict[str, str]
+    policy: ModelPolicy
+    latest_version: int | None
+    aliases: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+
+
+class VersionCreate(Wire):
+    artifact_digest: Digest
+    manifest: ModelManifest
+    description: str = ""
+
+
+class VersionOut(Wire):
+    model: str
+    version: int
+    stage: Stage
+    status: Literal["ready", "rejected"]
+    status_reason: str
+    description: str
+    aliases: list[str]
+    artifact_digest: str
+    artifact_size: int
+    manifest: ModelManifest
+    created_by: str
+    created_at: datetime
+
+
+class AliasSet(Wire):
+    version: int = Field(ge=1)
+
+
+class StageChange(Wire):
+    stage: Stage
+    reason: str = ""
+
+
+class RejectVersion(Wire):
+    reason: str = Field(min_length=1)
+
+
+class ApprovalCreate(Wire):
+    decision: Literal["approved", "rejected"]
+    comment: str = ""
+
+
+class ApprovalOut(Wire):
+    model: str
+    version: int
+    approver: str
+    decision: str
+    comment: str
+    created_at: datetime
+
+
+class Deployment(Wire):
+    endpoint: str
+    weight: float
+    shadow: bool
+
+
+class LineageOut(Wire):
+    model: str
+    version: int
+    lineage: Lineage
+    run: RunOut | None
+    parents: list[int] = Field(description="Parent chain, nearest first.")
+    deployments: list[Deployment]
+    approvals: list[ApprovalOut]
+
+
+# ---------------------------------------------------------------- tracking
+
+
+class ExperimentCreate(Wire):
+    name: Name
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ExperimentOut(Wire):
+    name: str
+    description: str
+    tags: dict[str, str]
+    created_by: str
+    created_at: datetime
+    run_count: int
+
+
+class RunCreate(Wire):
+    experiment: Name = Field(description="Created if it does not exist.")
+    name: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    parent_run_id: str | None = None
+    environment: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunUpdate(Wire):
+    status: RunStatus
+
+
+class MetricPoint(Wire):
+    key: str = Field(min_length=1, max_length=128)
+    value: float
+    step: int = Field(0, ge=0)
+    timestamp: datetime | None = None
+
+
+class MetricBatch(Wire):
+    metrics: list[MetricPoint] = Field(min_length=1, max_length=10_000)
+
+
+class ParamsUpdate(Wire):
+    params: dict[str, Any]
+
+
+class RunArtifactCreate(Wire):
+    path: str = Field(min_length=1, max_length=512)
+    digest: Digest
+
+
+class RunArtifactOut(Wire):
+    path: str
+    digest: str
+    size: int
+
+
+class RunOut(Wire):
+    id: str
+    experiment: str
+    name: str
+    status: RunStatus
+    parent_run_id: str | None
+    params: dict[str, Any]
+    tags: dict[str, str]
+    environment: dict[str, Any]
+    created_by: str
+    start_time: datetime
+    end_time: datetime | None
+    latest_metrics: dict[str, float]
+    children: list[str]
+    artifacts: list[RunArtifactOut]
+
+
+class MetricOut(Wire):
+    key: str
+    value: float
+    step: int
+    timestamp: datetime
+
+
+class RunComparison(Wire):
+    runs: list[str]
+    params: dict[str, dict[str, Any]] = Field(description="param → run id → value")
+    last_metrics: dict[str, dict[str, float]] = Field(description="metric → run id → last value")
+    best_metrics: dict[str, dict[str, float]] = Field(
+        description="metric → run id → best value (max, or min for names with loss/error)"
+    )
+
+
+# ---------------------------------------------------------------- tokens and misc
+
+
+class TokenCreate(Wire):
+    name: Name
+    role: Role
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class TokenOut(Wire):
+    name: str
+    prefix: str
+    role: Role
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(Wire):
+    token: str = Field(description="The secret; shown once, stored only hashed.")
+    info: TokenOut
+
+
+class ArtifactOut(Wire):
+    digest: str
+    size: int
+
+
+class ErrorBody(Wire):
+    error: str = Field(description="Stable error code.")
+    detail: str = Field(description="What was wrong and what to do.")
+    request_id: str
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+LineageOut.model_rebuild()

@@ -1,0 +1,141 @@
+"""The store's engine, its sessions and its schema version.
+
+``Database.session()`` is the one way code touches the store: it commits on success,
+rolls back on any exception and always closes, so every state change is one transaction.
+
+SQLite gets foreign keys, a busy timeout and WAL. Writers open their transaction with
+``BEGIN IMMEDIATE``: a deferred transaction that reads and then writes can fail at once
+with SQLITE_BUSY when another writer committed in between (the busy timeout does not
+apply to that upgrade), which would surface as random 500s under concurrent registrations.
+Read-only sessions use a plain deferred ``BEGIN`` so they never block writers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.errors import SchemaOutdatedError
+
+_SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class Database:
+    """An engine plus transactional sessions; create one per process."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = _create_engine(url)
+        self._writer = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = sessionmaker(
+            self.engine.execution_options(modelplane_readonly=True), expire_on_commit=False
+        )
+        if migrate:
+            upgrade_schema(self.engine)
+        else:
+            ensure_schema_current(self.engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        """One transaction: committed if the block succeeds, rolled back if it raises."""
+        factory = self._reader if readonly else self._writer
+        session = factory()
+        try:
+            yield session
+            if readonly:
+                session.rollback()
+            else:
+                session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        """Close every pooled connection (tests and shutdown)."""
+        self.engine.dispose()
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, future=True)
+
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module so "begin" below decides.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        readonly = connection.get_execution_options().get("modelplane_readonly", False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return config
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Apply every pending migration (idempotent; a fresh database gets them all)."""
+    from alembic import command
+
+    config = _alembic_config(engine)
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def schema_revisions(engine: Engine) -> tuple[str | None, str]:
+    """(the database's revision, the newest revision this code knows)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    assert head is not None
+    return current, head
+
+
+def ensure_schema_current(engine: Engine) -> None:
+    """Refuse to run against an old schema, naming the command that upgrades it."""
+    current, head = schema_revisions(engine)
+    if current != head:
+        raise SchemaOutdatedError(
+            f"the database schema is at revision {current or 'empty'} but this modelplane "
+            f"needs {head}; run `modelplane db upgrade` (it backs nothing up: snapshot a "
+            "production database first)",
+            detail={"current": current, "required": head},
+        )

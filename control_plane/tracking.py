@@ -1,0 +1,260 @@
+"""Experiment tracking: experiments, runs, params, metrics with steps, artifacts, comparison."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from control_plane.artifacts import ArtifactStore
+from control_plane.auth import Principal
+from control_plane.errors import AlreadyExistsError, ConflictError, NotFoundError
+from control_plane.schemas import (
+    ExperimentCreate,
+    ExperimentOut,
+    MetricBatch,
+    MetricOut,
+    Page,
+    ParamsUpdate,
+    Role,
+    RunArtifactCreate,
+    RunArtifactOut,
+    RunComparison,
+    RunCreate,
+    RunOut,
+    RunStatus,
+    RunUpdate,
+)
+from control_plane.store import Database
+from control_plane.store.models import ExperimentRow, RunArtifactRow, RunMetricRow, RunRow
+
+_LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller values of ``metric`` are better, judged by its name."""
+    lowered = metric.lower()
+    return any(word in lowered for word in _LOWER_IS_BETTER)
+
+
+class Tracker:
+    """Experiments and runs."""
+
+    def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
+        self.db = db
+        self.artifacts = artifacts
+
+    def create_experiment(self, spec: ExperimentCreate, actor: Principal) -> ExperimentOut:
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            if session.scalar(select(ExperimentRow.id).where(ExperimentRow.name == spec.name)):
+                raise AlreadyExistsError(
+                    f"experiment {spec.name!r} already exists", detail={"field": "name"}
+                )
+            row = ExperimentRow(
+                name=spec.name, description=spec.description, tags=dict(spec.tags),
+                created_by=actor.name,
+            )
+            session.add(row)
+            session.flush()
+            return _experiment_out(session, row)
+
+    def list_experiments(self, *, limit: int = 50, offset: int = 0) -> Page[ExperimentOut]:
+        with self.db.session(readonly=True) as session:
+            total = session.scalar(select(func.count(ExperimentRow.id))) or 0
+            rows = session.scalars(
+                select(ExperimentRow).order_by(ExperimentRow.name).limit(limit).offset(offset)
+            ).all()
+            items = [_experiment_out(session, row) for row in rows]
+        return Page[ExperimentOut](items=items, total=total, limit=limit, offset=offset)
+
+    def start_run(self, spec: RunCreate, actor: Principal) -> RunOut:
+        """Start a run in ``spec.experiment``, creating the experiment if needed."""
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            experiment = session.scalar(
+                select(ExperimentRow).where(ExperimentRow.name == spec.experiment)
+            )
+            if experiment is None:
+                experiment = ExperimentRow(
+                    name=spec.experiment, description="", tags={}, created_by=actor.name
+                )
+                session.add(experiment)
+                session.flush()
+            if spec.parent_run_id is not None:
+                _run(session, spec.parent_run_id, field="parent_run_id")
+            row = RunRow(
+                id=uuid.uuid4().hex,
+                experiment_id=experiment.id,
+                parent_run_id=spec.parent_run_id,
+                name=spec.name,
+                params=dict(spec.params),
+                tags=dict(spec.tags),
+                environment=dict(spec.environment),
+                created_by=actor.name,
+            )
+            session.add(row)
+            session.flush()
+            return _run_out(session, row)
+
+    def get_run(self, run_id: str) -> RunOut:
+        with self.db.session(readonly=True) as session:
+            return _run_out(session, _run(session, run_id))
+
+    def list_runs(
+        self, experiment: str, *, limit: int = 50, offset: int = 0
+    ) -> Page[RunOut]:
+        with self.db.session(readonly=True) as session:
+            exp = session.scalar(select(ExperimentRow).where(ExperimentRow.name == experiment))
+            if exp is None:
+                raise NotFoundError(f"no experiment named {experiment!r}", detail={"field": "experiment"})
+            query = select(RunRow).where(RunRow.experiment_id == exp.id)
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = session.scalars(
+                query.order_by(RunRow.start_time.desc()).limit(limit).offset(offset)
+            ).all()
+            items = [_run_out(session, row) for row in rows]
+        return Page[RunOut](items=items, total=total, limit=limit, offset=offset)
+
+    def update_run(self, run_id: str, spec: RunUpdate, actor: Principal) -> RunOut:
+        """Set a run's status; leaving ``running`` records the end time."""
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            row = _run(session, run_id)
+            if row.status != RunStatus.RUNNING.value and spec.status != RunStatus(row.status):
+                raise ConflictError(
+                    f"run {run_id} already ended as {row.status}", detail={"field": "status"}
+                )
+            row.status = spec.status.value
+            if spec.status != RunStatus.RUNNING and row.end_time is None:
+                row.end_time = datetime.now(UTC)
+            return _run_out(session, row)
+
+    def log_params(self, run_id: str, spec: ParamsUpdate, actor: Principal) -> RunOut:
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            row = _run(session, run_id)
+            row.params = {**row.params, **spec.params}
+            return _run_out(session, row)
+
+    def log_metrics(self, run_id: str, batch: MetricBatch, actor: Principal) -> int:
+        """Append a batch of metric points in one transaction; returns how many were stored."""
+        actor.require(Role.DEPLOYER)
+        now = datetime.now(UTC)
+        with self.db.session() as session:
+            _run(session, run_id)
+            session.add_all(
+                RunMetricRow(
+                    run_id=run_id, key=p.key, value=p.value, step=p.step,
+                    timestamp=p.timestamp or now,
+                )
+                for p in batch.metrics
+            )
+        return len(batch.metrics)
+
+    def metric_history(self, run_id: str, key: str) -> list[MetricOut]:
+        with self.db.session(readonly=True) as session:
+            _run(session, run_id)
+            rows = session.scalars(
+                select(RunMetricRow)
+                .where(RunMetricRow.run_id == run_id, RunMetricRow.key == key)
+                .order_by(RunMetricRow.step, RunMetricRow.id)
+            ).all()
+            return [
+                MetricOut(key=r.key, value=r.value, step=r.step, timestamp=r.timestamp)
+                for r in rows
+            ]
+
+    def log_artifact(self, run_id: str, spec: RunArtifactCreate, actor: Principal) -> RunArtifactOut:
+        """Attach an uploaded artifact to a run under a path (replacing one at that path)."""
+        actor.require(Role.DEPLOYER)
+        info = self.artifacts.info(spec.digest)
+        with self.db.session() as session:
+            _run(session, run_id)
+            row = session.scalar(
+                select(RunArtifactRow).where(
+                    RunArtifactRow.run_id == run_id, RunArtifactRow.path == spec.path
+                )
+            )
+            if row is None:
+                row = RunArtifactRow(run_id=run_id, path=spec.path, digest=info.digest, size=info.size)
+                session.add(row)
+            else:
+                row.digest, row.size = info.digest, info.size
+            return RunArtifactOut(path=spec.path, digest=info.digest, size=info.size)
+
+    def compare_runs(self, run_ids: list[str]) -> RunComparison:
+        """Params and last/best metrics of several runs, side by side."""
+        params: dict[str, dict[str, Any]] = {}
+        last: dict[str, dict[str, float]] = {}
+        best: dict[str, dict[str, float]] = {}
+        with self.db.session(readonly=True) as session:
+            for run_id in run_ids:
+                row = _run(session, run_id, field="run_ids")
+                for key, value in row.params.items():
+                    params.setdefault(key, {})[run_id] = value
+                for key, value in _latest_metrics(session, run_id).items():
+                    last.setdefault(key, {})[run_id] = value
+                extremes = session.execute(
+                    select(RunMetricRow.key, func.min(RunMetricRow.value), func.max(RunMetricRow.value))
+                    .where(RunMetricRow.run_id == run_id)
+                    .group_by(RunMetricRow.key)
+                ).all()
+                for key, low, high in extremes:
+                    best.setdefault(key, {})[run_id] = float(low if lower_is_better(key) else high)
+        return RunComparison(runs=run_ids, params=params, last_metrics=last, best_metrics=best)
+
+
+def _run(session: Session, run_id: str, *, field: str = "run_id") -> RunRow:
+    row = session.get(RunRow, run_id)
+    if row is None:
+        raise NotFoundError(f"no run with id {run_id!r}", detail={"field": field})
+    return row
+
+
+def _latest_metrics(session: Session, run_id: str) -> dict[str, float]:
+    # The point with the highest step per key; ties broken by insertion order.
+    rows = session.execute(
+        select(RunMetricRow.key, RunMetricRow.value)
+        .where(RunMetricRow.run_id == run_id)
+        .order_by(RunMetricRow.key, RunMetricRow.step, RunMetricRow.id)
+    ).all()
+    return {key: value for key, value in rows}
+
+
+def _experiment_out(session: Session, row: ExperimentRow) -> ExperimentOut:
+    count = session.scalar(select(func.count(RunRow.id)).where(RunRow.experiment_id == row.id)) or 0
+    return ExperimentOut(
+        name=row.name, description=row.description, tags=row.tags, created_by=row.created_by,
+        created_at=row.created_at, run_count=count,
+    )
+
+
+def _run_out(session: Session, row: RunRow) -> RunOut:
+    experiment = session.get(ExperimentRow, row.experiment_id)
+    assert experiment is not None
+    children = session.scalars(
+        select(RunRow.id).where(RunRow.parent_run_id == row.id).order_by(RunRow.start_time)
+    ).all()
+    artifacts = session.scalars(
+        select(RunArtifactRow).where(RunArtifactRow.run_id == row.id).order_by(RunArtifactRow.path)
+    ).all()
+    return RunOut(
+        id=row.id,
+        experiment=experiment.name,
+        name=row.name,
+        status=RunStatus(row.status),
+        parent_run_id=row.parent_run_id,
+        params=row.params,
+        tags=row.tags,
+        environment=row.environment,
+        created_by=row.created_by,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        latest_metrics=_latest_metrics(session, row.id),
+        children=list(children),
+        artifacts=[RunArtifactOut(path=a.path, digest=a.digest, size=a.size) for a in artifacts],
+    )

@@ -1,0 +1,151 @@
+"""Wire models of the Open Inference Protocol v2 REST API (KServe v2, Triton's HTTP API).
+
+Every object is closed (``extra="forbid"``) except ``parameters``, which the spec leaves
+open: any key, and clients such as tritonclient put their own there (``binary_data_size``,
+``binary_data_output``, ``priority``, user parameters). Values are kept as given; the
+codec checks the few keys the binary extension gives meaning to.
+
+``codec.decode_request`` validates requests with these models; responses are built as
+plain dicts on the request path (cheaper than model instances) and these models
+document their shape in the OpenAPI schema and in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The literal mirrors datatypes.Datatype; a test keeps the two in step.
+DatatypeName = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+"""A v2 tensor datatype name as a type, for fields that hold one."""
+
+# Strict ints: lax mode would take "3" or 3.0 or true as a dimension, which the spec
+# does not allow and which hides client bugs.
+Dimension = Annotated[int, Field(strict=True, ge=0)]
+MetadataDimension = Annotated[int, Field(strict=True, ge=-1)]
+
+Parameters = dict[str, Any]
+"""A v2 ``$parameters`` object: arbitrary keys; the spec expects string, number or bool values."""
+
+
+class _Closed(BaseModel):
+    # Closed objects catch misspelt fields (``input`` for ``inputs``) instead of dropping them.
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestInput(_Closed):
+    """One input tensor of an inference request."""
+
+    name: str = Field(description="Name of the input tensor.")
+    shape: list[Dimension] = Field(description="Shape of the tensor; each dimension >= 0.")
+    datatype: DatatypeName = Field(description="v2 datatype of the tensor elements.")
+    parameters: Parameters | None = Field(
+        default=None,
+        description="Per-input parameters; `binary_data_size` places the tensor in the "
+        "binary part of the body (binary tensor extension).",
+    )
+    data: Any = Field(
+        default=None,
+        description="Tensor elements in row-major order, flat or nested; absent when the "
+        "tensor travels as binary data.",
+    )
+
+
+class RequestOutput(_Closed):
+    """An output the client asks for, and how it wants it returned."""
+
+    name: str = Field(description="Name of the requested output tensor.")
+    parameters: Parameters | None = Field(
+        default=None,
+        description="Per-output parameters; `binary_data: true` asks for the tensor in the "
+        "binary part of the response.",
+    )
+
+
+class InferenceRequest(_Closed):
+    """The JSON part of ``POST /v2/models/{model}[/versions/{version}]/infer``."""
+
+    id: str | None = Field(default=None, description="Request id, echoed in the response.")
+    parameters: Parameters | None = Field(
+        default=None,
+        description="Request parameters; `binary_data_output: true` asks for every output "
+        "in binary unless the output says otherwise.",
+    )
+    inputs: list[RequestInput] = Field(description="Input tensors.")
+    outputs: list[RequestOutput] | None = Field(
+        default=None, description="Outputs to return; absent means every output of the model."
+    )
+
+
+class ResponseOutput(_Closed):
+    """One output tensor of an inference response."""
+
+    name: str = Field(description="Name of the output tensor.")
+    shape: list[Dimension] = Field(description="Shape of the tensor.")
+    datatype: DatatypeName = Field(description="v2 datatype of the tensor elements.")
+    parameters: Parameters | None = Field(
+        default=None,
+        description="Per-output parameters; `binary_data_size` gives the byte length of the "
+        "tensor in the binary part of the body.",
+    )
+    data: list[Any] | None = Field(
+        default=None,
+        description="Tensor elements, flat in row-major order; absent for binary outputs.",
+    )
+
+
+class InferenceResponse(_Closed):
+    """The JSON part of an inference response."""
+
+    model_name: str = Field(description="Name of the model (endpoint) that answered.")
+    model_version: str | None = Field(default=None, description="Version that answered.")
+    id: str | None = Field(default=None, description="The request id, when the request had one.")
+    parameters: Parameters | None = Field(default=None, description="Response parameters.")
+    outputs: list[ResponseOutput] = Field(description="Output tensors.")
+
+
+class TensorMetadata(_Closed):
+    """Name, datatype and shape of a model input or output."""
+
+    name: str = Field(description="Name of the tensor.")
+    datatype: DatatypeName = Field(description="v2 datatype of the tensor elements.")
+    shape: list[MetadataDimension] = Field(
+        description="Shape of the tensor; -1 marks a dimension of any size."
+    )
+    parameters: Parameters | None = Field(default=None, description="Tensor parameters.")
+
+
+class ModelMetadata(_Closed):
+    """``GET /v2/models/{model}[/versions/{version}]``: what a model takes and returns."""
+
+    name: str = Field(description="Name of the model.")
+    versions: list[str] | None = Field(default=None, description="Versions that can be addressed.")
+    platform: str = Field(description="Framework and backend, e.g. `onnxruntime_onnx`.")
+    inputs: list[TensorMetadata] = Field(description="Inputs the model takes.")
+    outputs: list[TensorMetadata] = Field(description="Outputs the model returns.")
+    parameters: Parameters | None = Field(default=None, description="Model parameters.")
+
+
+class ServerMetadata(_Closed):
+    """``GET /v2``: the server's name, version and the protocol extensions it supports."""
+
+    name: str = Field(description="Name of the server.")
+    version: str = Field(description="Version of the server.")
+    extensions: list[str] = Field(
+        default_factory=list, description="Supported extensions, e.g. `binary_tensor_data`."
+    )

@@ -1,0 +1,213 @@
+"""Tensor payloads: JSON ``data`` and binary-extension buffers to numpy arrays and back.
+
+Numeric tensors never go through a per-element Python loop: JSON lists become arrays in
+one ``np.asarray`` call and binary buffers are viewed with ``np.frombuffer`` (no copy).
+BYTES tensors are lists of variable-length strings, so a loop over elements is the least
+work there is. Every function takes ``field``, the path of the tensor in the request
+(``inputs[1]``), so that its errors name what was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from serving.errors import InvalidRequestError
+from serving.protocol.datatypes import to_numpy_dtype
+
+_LENGTH = struct.Struct("<I")
+# Kinds np.asarray may infer from JSON numbers that fit each target kind: JSON true/false
+# only fill BOOL, and floats never fill integer tensors (no silent truncation).
+_ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
+
+
+def element_count(shape: list[int]) -> int:
+    """Number of elements a tensor of ``shape`` holds (1 for a scalar's empty shape)."""
+    # math.prod on Python ints cannot overflow, unlike np.prod on int64.
+    return math.prod(shape)
+
+
+def _invalid(message: str, field: str) -> InvalidRequestError:
+    return InvalidRequestError(message, detail={"field": field})
+
+
+def _count_mismatch(
+    field: str, shape: list[int], expected: int, got: int, what: str
+) -> InvalidRequestError:
+    return _invalid(
+        f"{field}.shape {shape} holds {expected} elements but {what} has {got}", f"{field}.shape"
+    )
+
+
+def array_from_json(data: Any, datatype: str, shape: list[int], field: str) -> np.ndarray:
+    """Build the tensor ``field`` from its JSON ``data`` (flat or nested, row-major)."""
+    expected = element_count(shape)
+    if datatype == "BYTES":
+        flat = _flatten_strings(data, f"{field}.data")
+        if len(flat) != expected:
+            raise _count_mismatch(field, shape, expected, len(flat), "data")
+        array = np.empty(expected, dtype=np.object_)
+        array[:] = flat
+        return array.reshape(shape)
+    try:
+        # No dtype: let numpy infer what the JSON held, then check it before casting, so
+        # that "1.5" for an INT32 or 300 for a UINT8 is an error, not a silent change.
+        raw = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise _invalid(
+            f"{field}.data is ragged: nested lists must be rectangular ({exc})", f"{field}.data"
+        ) from None
+    if raw.size != expected:
+        raise _count_mismatch(field, shape, expected, raw.size, "data")
+    target = to_numpy_dtype(datatype)
+    if expected and raw.dtype.kind not in _ACCEPTED_KINDS[target.kind]:
+        wanted = (
+            "true/false" if target.kind == "b" else "integers" if target.kind in "iu" else "numbers"
+        )
+        raise _invalid(
+            f"{field}.data must hold {wanted} for datatype {datatype}, got {raw.dtype.kind!r}-kind "
+            "values (e.g. strings, nulls, floats or mixed)",
+            f"{field}.data",
+        )
+    if expected and target.kind in "iu" and target != raw.dtype:
+        info = np.iinfo(target)
+        low, high = raw.min(), raw.max()
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise _invalid(
+                f"{field}.data holds {bad}, out of range for {datatype} [{info.min}, {info.max}]",
+                f"{field}.data",
+            )
+    return raw.astype(target, copy=False).reshape(shape)
+
+
+def _flatten_strings(data: Any, field: str) -> list[bytes]:
+    """The leaves of a (possibly nested) JSON list of strings, UTF-8 encoded, row-major."""
+    out: list[bytes] = []
+    # An explicit stack instead of recursion: nesting depth is client-controlled.
+    stack = [iter(data if isinstance(data, list) else [data])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, str):
+                out.append(item.encode("utf-8"))
+            elif isinstance(item, list):
+                stack.append(iter(item))
+                break
+            else:
+                raise _invalid(
+                    f"{field} must hold strings for datatype BYTES, got {type(item).__name__} "
+                    f"{item!r:.40}",
+                    field,
+                )
+        else:
+            stack.pop()
+    return out
+
+
+def array_from_binary(
+    buffer: memoryview, datatype: str, shape: list[int], field: str
+) -> np.ndarray:
+    """View the tensor ``field`` from its slice of the binary part of the body.
+
+    Numeric arrays share memory with the body and are read-only; they are copied only when
+    the slice is misaligned for the dtype (some consumers require aligned memory).
+    """
+    expected = element_count(shape)
+    if datatype == "BYTES":
+        array = decode_bytes_elements(buffer, field)
+        if array.size != expected:
+            raise _count_mismatch(field, shape, expected, array.size, "its binary data")
+        return array.reshape(shape)
+    dtype = to_numpy_dtype(datatype)
+    if len(buffer) != expected * dtype.itemsize:
+        raise _invalid(
+            f"{field}.parameters.binary_data_size is {len(buffer)} but shape {shape} of "
+            f"{datatype} needs {expected * dtype.itemsize} bytes",
+            f"{field}.parameters.binary_data_size",
+        )
+    array = np.frombuffer(buffer, dtype=dtype)
+    if datatype == "BOOL" and expected and array.view(np.uint8).max() > 1:
+        # numpy would read byte 2 as a bool that is neither True nor False.
+        raise _invalid(f"{field} binary BOOL data holds a byte other than 0 or 1", field)
+    if not array.flags.aligned:
+        array = array.copy()
+    return array.reshape(shape)
+
+
+def decode_bytes_elements(buffer: memoryview, field: str) -> np.ndarray:
+    """Split a BYTES buffer (4-byte little-endian length, then the bytes; repeated)."""
+    items: list[bytes] = []
+    offset, end = 0, len(buffer)
+    while offset < end:
+        if end - offset < 4:
+            raise _invalid(
+                f"{field} BYTES element {len(items)} has a truncated 4-byte length prefix "
+                f"({end - offset} bytes left)",
+                field,
+            )
+        (length,) = _LENGTH.unpack_from(buffer, offset)
+        offset += 4
+        if length > end - offset:
+            raise _invalid(
+                f"{field} BYTES element {len(items)} claims {length} bytes but only "
+                f"{end - offset} remain in its binary data",
+                field,
+            )
+        items.append(bytes(buffer[offset : offset + length]))
+        offset += length
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array
+
+
+def _element_bytes(item: Any) -> bytes:
+    # The same rule as tritonclient's serialize_byte_tensor: bytes as they are,
+    # anything else through str() and UTF-8.
+    if isinstance(item, bytes):
+        return item
+    return str(item).encode("utf-8")
+
+
+def encode_bytes_elements(array: np.ndarray) -> bytes:
+    """Serialize a BYTES tensor into length-prefixed elements, row-major."""
+    parts: list[bytes] = []
+    for item in array.ravel(order="C").tolist():
+        raw = _element_bytes(item)
+        parts.append(_LENGTH.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def json_data(array: np.ndarray, datatype: str, field: str) -> list[Any]:
+    """The flat JSON ``data`` list of a tensor (BYTES elements as UTF-8 strings)."""
+    flat = array.ravel(order="C").tolist()
+    if datatype != "BYTES":
+        return flat
+    out: list[str] = []
+    for item in flat:
+        if isinstance(item, bytes):
+            try:
+                out.append(item.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise _invalid(
+                    f"{field} holds bytes that are not UTF-8 and cannot travel as JSON; request "
+                    "it with parameters.binary_data: true",
+                    field,
+                ) from None
+        else:
+            out.append(str(item))
+    return out
+
+
+def binary_data(array: np.ndarray, datatype: str) -> bytes | memoryview:
+    """The binary-extension payload of a tensor: little-endian, row-major."""
+    if datatype == "BYTES":
+        return encode_bytes_elements(array)
+    dtype = to_numpy_dtype(datatype)
+    # A view when the array already is contiguous little-endian; a copy only otherwise.
+    contiguous = np.ascontiguousarray(array, dtype=dtype)
+    # Flattened to bytes so that 0-d and empty arrays become plain (possibly empty) buffers.
+    return memoryview(contiguous.reshape(-1).view(np.uint8))
