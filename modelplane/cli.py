@@ -53,6 +53,19 @@ def quickstart() -> None:
     run_quickstart()
 
 
+def _register_groups() -> None:
+    from control_plane.cli import experiments, models, server, tokens
+
+    app.add_typer(models.app, name="models")
+    app.add_typer(experiments.app, name="experiments")
+    app.add_typer(tokens.app, name="token")
+    app.add_typer(server.db_app, name="db")
+    app.command("api")(server.api)
+
+
+_register_groups()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and turn known errors into one clear line."""
     try:

@@ -1,0 +1,1 @@
+"""The control plane's command groups, assembled by :mod:`modelplane.cli`."""

@@ -1,0 +1,45 @@
+"""``modelplane token …``: create, list and revoke API tokens (admin only)."""
+
+from __future__ import annotations
+
+import typer
+
+from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_table
+
+app = typer.Typer(help="API tokens with roles: reader, deployer, approver, admin.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def create(
+    name: str = typer.Argument(..., help="Who or what the token is for; recorded as the actor."),
+    role: str = typer.Option("reader", help="reader, deployer, approver or admin."),
+    expires_in_days: int | None = typer.Option(None, min=1, help="Expire after N days."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Create a token; its secret is printed once and stored only hashed."""
+    from control_plane.schemas import Role
+
+    if role not in {r.value for r in Role}:
+        raise typer.BadParameter(f"role {role!r} is not one of reader, deployer, approver, admin")
+    created = client(url).create_token(name, role, expires_in_days=expires_in_days)
+    emit(as_json, created, lambda: typer.echo(
+        f"{created.token}\n(token {name!r}, role {role}; shown once: store it now)"))
+
+
+@app.command("list")
+def list_tokens(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
+    """List tokens (never their secrets)."""
+    tokens = client(url).list_tokens()
+    emit(as_json, tokens, lambda: print_table(
+        "tokens", ["name", "role", "prefix", "created_by", "expires", "revoked", "last_used"],
+        [[t.name, t.role, t.prefix + "…", t.created_by, t.expires_at, t.revoked_at,
+          t.last_used_at] for t in tokens],
+    ))
+
+
+@app.command()
+def revoke(name: str = typer.Argument(..., help="Token name."), url: str | None = UrlOption) -> None:
+    """Revoke a token; calls with it fail from now on."""
+    client(url).revoke_token(name)
+    typer.echo(f"revoked {name}")

@@ -1,0 +1,368 @@
+"""The Python client for the control plane's REST API (httpx, typed results).
+
+The CLI and training jobs use it; errors come back as the same exception classes the
+server raised (``NotFoundError``, ``PermissionDeniedError`` …), with the server's message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+import control_plane.errors as cp_errors
+from control_plane.errors import ControlPlaneError, ControlPlaneUnavailableError, IntegrityError
+from control_plane.schemas import (
+    AliasSet,
+    ApprovalCreate,
+    ApprovalOut,
+    ArtifactOut,
+    ExperimentCreate,
+    ExperimentOut,
+    LineageOut,
+    MetricBatch,
+    MetricOut,
+    MetricPoint,
+    ModelCreate,
+    ModelManifest,
+    ModelOut,
+    ModelPolicy,
+    ModelUpdate,
+    Page,
+    ParamsUpdate,
+    RejectVersion,
+    Role,
+    RunArtifactCreate,
+    RunArtifactOut,
+    RunComparison,
+    RunCreate,
+    RunOut,
+    RunStatus,
+    RunUpdate,
+    Stage,
+    StageChange,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+    VersionCreate,
+    VersionOut,
+)
+from modelplane.errors import ModelplaneError
+from modelplane.settings import Settings, get_settings
+
+M = TypeVar("M", bound=BaseModel)
+_CHUNK = 1024 * 1024
+_ERRORS_BY_CODE: dict[str, type[ControlPlaneError]] = {
+    cls.code: cls
+    for cls in vars(cp_errors).values()
+    if isinstance(cls, type) and issubclass(cls, ControlPlaneError)
+} | {"validation_error": cp_errors.InvalidInputError}
+
+
+class Client:
+    """Typed access to a running control plane.
+
+    ``url`` and ``token`` default to ``MODELPLANE_URL`` and ``MODELPLANE_TOKEN`` (or the
+    local admin token file).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        settings: Settings | None = None,
+    ) -> None:
+        settings = settings or get_settings()
+        self.url = (url or settings.url).rstrip("/")
+        token = token or settings.resolved_token()
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=f"{self.url}/api",
+            headers=headers,
+            timeout=timeout,
+            transport=httpx.HTTPTransport(retries=2),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise ControlPlaneUnavailableError(
+                f"cannot reach the control plane at {self.url} ({type(error).__name__}); is it "
+                "running? Start it with `modelplane up` or set MODELPLANE_URL",
+                detail={"url": self.url},
+            ) from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+    def _get(self, path: str, model: type[M], **params: Any) -> M:
+        return model.model_validate(self._request("GET", path, params=params).json())
+
+    def _send(self, method: str, path: str, body: BaseModel | None, model: type[M]) -> M:
+        payload = body.model_dump(mode="json", exclude_unset=False) if body is not None else None
+        return model.model_validate(self._request(method, path, json=payload).json())
+
+    # ------------------------------------------------------------ admin
+
+    def health(self) -> dict[str, str]:
+        return self._request("GET", "/health").json()
+
+    def whoami(self) -> dict[str, str]:
+        return self._request("GET", "/whoami").json()
+
+    # ------------------------------------------------------------ artifacts
+
+    def upload_artifact(self, source: str | os.PathLike[str] | bytes) -> ArtifactOut:
+        """Stream a file (or bytes) to the artifact store; the server checks the digest."""
+        if isinstance(source, bytes):
+            digest, content, size = hashlib.sha256(source).hexdigest(), source, len(source)
+        else:
+            path = Path(source)
+            digest, size = _file_digest(path), path.stat().st_size
+            content = _file_chunks(path)
+        response = self._request(
+            "POST",
+            "/artifacts",
+            content=content,
+            headers={
+                "content-type": "application/octet-stream",
+                "content-length": str(size),
+                "x-artifact-digest": digest,
+            },
+        )
+        return ArtifactOut.model_validate(response.json())
+
+    def download_artifact(self, digest: str, destination: str | os.PathLike[str]) -> Path:
+        """Stream an artifact to ``destination`` atomically, verifying its digest."""
+        target = Path(destination)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        hasher = hashlib.sha256()
+        try:
+            with self._http.stream("GET", f"/artifacts/{digest}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                with open(temp, "wb") as handle:
+                    for chunk in response.iter_bytes(_CHUNK):
+                        hasher.update(chunk)
+                        handle.write(chunk)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            if hasher.hexdigest() != digest:
+                raise IntegrityError(
+                    f"downloaded artifact hashes to {hasher.hexdigest()}, not {digest}; retry",
+                    detail={"expected": digest, "actual": hasher.hexdigest()},
+                )
+            os.replace(temp, target)
+        except httpx.TransportError as error:
+            raise ControlPlaneUnavailableError(
+                f"download of {digest} from {self.url} failed ({type(error).__name__}); retry"
+            ) from None
+        finally:
+            temp.unlink(missing_ok=True)
+        return target
+
+    # ------------------------------------------------------------ registry
+
+    def create_model(
+        self, name: str, *, description: str = "", tags: dict[str, str] | None = None,
+        require_approval_for_production: bool = False,
+    ) -> ModelOut:
+        body = ModelCreate(
+            name=name, description=description, tags=tags or {},
+            policy=ModelPolicy(require_approval_for_production=require_approval_for_production),
+        )
+        return self._send("POST", "/models", body, ModelOut)
+
+    def update_model(self, name: str, update: ModelUpdate) -> ModelOut:
+        return self._send("PATCH", f"/models/{name}", update, ModelOut)
+
+    def get_model(self, name: str) -> ModelOut:
+        return self._get(f"/models/{name}", ModelOut)
+
+    def list_models(self, *, limit: int = 50, offset: int = 0) -> Page[ModelOut]:
+        return self._get("/models", Page[ModelOut], limit=limit, offset=offset)
+
+    def register_version(
+        self,
+        name: str,
+        model: str | os.PathLike[str] | bytes,
+        manifest: ModelManifest | dict[str, Any],
+        *,
+        description: str = "",
+    ) -> VersionOut:
+        """Upload an ONNX model and register it as the next version of ``name``."""
+        artifact = self.upload_artifact(model)
+        body = VersionCreate(
+            artifact_digest=artifact.digest,
+            manifest=ModelManifest.model_validate(manifest),
+            description=description,
+        )
+        return self._send("POST", f"/models/{name}/versions", body, VersionOut)
+
+    def get_version(self, name: str, version: int) -> VersionOut:
+        return self._get(f"/models/{name}/versions/{version}", VersionOut)
+
+    def list_versions(self, name: str, *, limit: int = 50, offset: int = 0) -> Page[VersionOut]:
+        return self._get(f"/models/{name}/versions", Page[VersionOut], limit=limit, offset=offset)
+
+    def resolve(self, ref: str) -> VersionOut:
+        """The version ``name``, ``name:3`` or ``name@alias`` refers to."""
+        return self._get(f"/refs/{ref}", VersionOut)
+
+    def delete_version(self, name: str, version: int) -> None:
+        self._request("DELETE", f"/models/{name}/versions/{version}")
+
+    def set_alias(self, name: str, alias: str, version: int) -> VersionOut:
+        return self._send("PUT", f"/models/{name}/aliases/{alias}", AliasSet(version=version), VersionOut)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._request("DELETE", f"/models/{name}/aliases/{alias}")
+
+    def transition_stage(
+        self, name: str, version: int, stage: Stage | str, *, reason: str = ""
+    ) -> VersionOut:
+        body = StageChange(stage=Stage(stage), reason=reason)
+        return self._send("POST", f"/models/{name}/versions/{version}/stage", body, VersionOut)
+
+    def reject_version(self, name: str, version: int, reason: str) -> VersionOut:
+        body = RejectVersion(reason=reason)
+        return self._send("POST", f"/models/{name}/versions/{version}/reject", body, VersionOut)
+
+    def approve(
+        self, name: str, version: int, *, decision: str = "approved", comment: str = ""
+    ) -> ApprovalOut:
+        body = ApprovalCreate(decision=decision, comment=comment)  # type: ignore[arg-type]
+        return self._send("POST", f"/models/{name}/versions/{version}/approvals", body, ApprovalOut)
+
+    def list_approvals(self, name: str, version: int) -> list[ApprovalOut]:
+        data = self._request("GET", f"/models/{name}/versions/{version}/approvals").json()
+        return [ApprovalOut.model_validate(item) for item in data]
+
+    def lineage(self, name: str, version: int) -> LineageOut:
+        return self._get(f"/models/{name}/versions/{version}/lineage", LineageOut)
+
+    # ------------------------------------------------------------ tracking
+
+    def create_experiment(
+        self, name: str, *, description: str = "", tags: dict[str, str] | None = None
+    ) -> ExperimentOut:
+        body = ExperimentCreate(name=name, description=description, tags=tags or {})
+        return self._send("POST", "/experiments", body, ExperimentOut)
+
+    def list_experiments(self, *, limit: int = 50, offset: int = 0) -> Page[ExperimentOut]:
+        return self._get("/experiments", Page[ExperimentOut], limit=limit, offset=offset)
+
+    def start_run(
+        self,
+        experiment: str,
+        *,
+        name: str = "",
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+        capture_environment: bool = True,
+    ) -> RunOut:
+        """Start a run; by default the client records this process's environment with it."""
+        from control_plane.environment import capture_environment as capture
+
+        body = RunCreate(
+            experiment=experiment, name=name, params=params or {}, tags=tags or {},
+            parent_run_id=parent_run_id,
+            environment=capture() if capture_environment else {},
+        )
+        return self._send("POST", "/runs", body, RunOut)
+
+    def get_run(self, run_id: str) -> RunOut:
+        return self._get(f"/runs/{run_id}", RunOut)
+
+    def list_runs(self, experiment: str, *, limit: int = 50, offset: int = 0) -> Page[RunOut]:
+        return self._get(f"/experiments/{experiment}/runs", Page[RunOut], limit=limit, offset=offset)
+
+    def end_run(self, run_id: str, status: RunStatus | str = RunStatus.FINISHED) -> RunOut:
+        return self._send("PATCH", f"/runs/{run_id}", RunUpdate(status=RunStatus(status)), RunOut)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> RunOut:
+        return self._send("POST", f"/runs/{run_id}/params", ParamsUpdate(params=params), RunOut)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], *, step: int = 0) -> int:
+        """Log several metrics at one step in a single request."""
+        batch = MetricBatch(
+            metrics=[MetricPoint(key=k, value=float(v), step=step) for k, v in metrics.items()]
+        )
+        response = self._request("POST", f"/runs/{run_id}/metrics", json=batch.model_dump(mode="json"))
+        return int(response.json()["stored"])
+
+    def metric_history(self, run_id: str, key: str) -> list[MetricOut]:
+        data = self._request("GET", f"/runs/{run_id}/metrics/{key}").json()
+        return [MetricOut.model_validate(item) for item in data]
+
+    def log_artifact(
+        self, run_id: str, path: str, source: str | os.PathLike[str] | bytes
+    ) -> RunArtifactOut:
+        artifact = self.upload_artifact(source)
+        body = RunArtifactCreate(path=path, digest=artifact.digest)
+        return self._send("POST", f"/runs/{run_id}/artifacts", body, RunArtifactOut)
+
+    def compare_runs(self, run_ids: list[str]) -> RunComparison:
+        return self._get("/runs/compare", RunComparison, ids=",".join(run_ids))
+
+    # ------------------------------------------------------------ tokens
+
+    def create_token(
+        self, name: str, role: Role | str, *, expires_in_days: int | None = None
+    ) -> TokenCreated:
+        body = TokenCreate(name=name, role=Role(role), expires_in_days=expires_in_days)
+        return self._send("POST", "/tokens", body, TokenCreated)
+
+    def list_tokens(self) -> list[TokenOut]:
+        return [TokenOut.model_validate(item) for item in self._request("GET", "/tokens").json()]
+
+    def revoke_token(self, name: str) -> TokenOut:
+        return TokenOut.model_validate(self._request("DELETE", f"/tokens/{name}").json())
+
+
+def _error_from(response: httpx.Response) -> ModelplaneError:
+    try:
+        body = response.json()
+        code, message = body.get("error", ""), body.get("detail", response.text)
+        context = body.get("context") or {}
+    except ValueError:
+        code, message, context = "", response.text or response.reason_phrase, {}
+    cls = _ERRORS_BY_CODE.get(code, ControlPlaneError)
+    error = cls(str(message), detail={**context, "status": response.status_code, "code": code})
+    return error
+
+
+def _file_digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
