@@ -52,9 +52,9 @@ class Database:
         session = factory()
         try:
             yield session
-            if readonly:
-                session.rollback()
-            else:
+            # A read-only session is simply closed: a rollback would expire the rows
+            # the caller is about to read, close() detaches them with their values.
+            if not readonly:
                 session.commit()
         except BaseException:
             session.rollback()

@@ -1,0 +1,187 @@
+"""The control plane over real HTTP: a real server process, the real client, real files."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from control_plane.client import Client
+from control_plane.errors import (
+    AuthenticationError,
+    InvalidArtifactError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+)
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.servers import ControlPlaneProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:
+    home = tmp_path_factory.mktemp("cp") / "home"
+    process = ControlPlaneProcess(home, extra_env={"MODELPLANE_MAX_ARTIFACT_MB": "4"}).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(server: ControlPlaneProcess) -> Iterator[Client]:
+    with Client(server.url, server.admin_token) as client:
+        yield client
+
+
+def test_register_resolve_and_download(admin: Client, tmp_path: Path) -> None:
+    model_file = tmp_path / "m.onnx"
+    model_file.write_bytes(linear_classifier(seed=11))
+    version = admin.register_version("http-iris", model_file, linear_classifier_manifest())
+    assert version.version == 1 and version.created_by == "admin"
+    admin.set_alias("http-iris", "champion", 1)
+    assert admin.resolve("http-iris@champion").artifact_digest == version.artifact_digest
+    target = admin.download_artifact(version.artifact_digest, tmp_path / "copy.onnx")
+    assert target.read_bytes() == model_file.read_bytes()
+
+
+def test_errors_arrive_as_typed_exceptions_with_messages(admin: Client, server: ControlPlaneProcess) -> None:
+    with pytest.raises(NotFoundError, match="no model named 'ghost'"):
+        admin.get_model("ghost")
+    with pytest.raises(InvalidArtifactError, match="ONNX Runtime can load"):
+        admin.register_version("broken", b"not onnx at all", linear_classifier_manifest())
+    with pytest.raises(NotFoundError):
+        admin.get_model("broken")  # nothing was written
+    with pytest.raises(PayloadTooLargeError, match="4 MiB limit"):
+        admin.upload_artifact(os.urandom(5 * 1024 * 1024))
+    with pytest.raises(InvalidInputError, match="limit: Input should be less than or equal to 500"):
+        admin._request("GET", "/models", params={"limit": 1000})
+    with Client(server.url, "mp_wrong") as stranger, pytest.raises(AuthenticationError, match="not known"):
+        stranger.create_model("nope")
+    body = httpx.post(f"{server.url}/api/models", json={"name": "anon"}).json()
+    assert body["error"] == "unauthenticated" and body["request_id"]
+    assert "Traceback" not in str(body)
+
+
+def test_roles_and_self_approval_over_http(admin: Client, server: ControlPlaneProcess) -> None:
+    deployer_secret = admin.create_token("dana", "deployer").token
+    approver_secret = admin.create_token("abe", "approver").token
+    reader_secret = admin.create_token("rita", "reader").token
+    with Client(server.url, deployer_secret) as dana, Client(server.url, approver_secret) as abe:
+        dana.create_model("gated", require_approval_for_production=True)
+        dana.register_version("gated", linear_classifier(seed=3), linear_classifier_manifest())
+        dana.transition_stage("gated", 1, "staging")
+        with pytest.raises(PermissionDeniedError, match="requires an approval"):
+            dana.transition_stage("gated", 1, "production")
+        with pytest.raises(PermissionDeniedError, match="needs approver"):
+            dana.approve("gated", 1)
+        abe.approve("gated", 1, comment="reviewed")
+        assert dana.transition_stage("gated", 1, "production").stage.value == "production"
+        assert [a.approver for a in abe.list_approvals("gated", 1)] == ["abe"]
+    with Client(server.url, reader_secret) as rita:
+        assert rita.get_model("gated").name == "gated"
+        with pytest.raises(PermissionDeniedError):
+            rita.create_model("forbidden")
+    admin.revoke_token("rita")
+    with Client(server.url, reader_secret) as rita, pytest.raises(AuthenticationError, match="revoked"):
+        rita.whoami()
+
+
+def test_tracking_over_http(admin: Client) -> None:
+    run = admin.start_run("http-exp", name="baseline", params={"lr": 0.01})
+    for epoch in range(3):
+        admin.log_metrics(run.id, {"loss": 1.0 / (epoch + 1), "accuracy": 0.5 + epoch / 10}, step=epoch)
+    admin.log_artifact(run.id, "notes.txt", b"hello")
+    admin.end_run(run.id)
+    fetched = admin.get_run(run.id)
+    assert fetched.status.value == "finished"
+    assert fetched.latest_metrics == {"loss": pytest.approx(1 / 3), "accuracy": pytest.approx(0.7)}
+    assert fetched.environment["python_version"]
+    assert [m.step for m in admin.metric_history(run.id, "loss")] == [0, 1, 2]
+    other = admin.start_run("http-exp", params={"lr": 0.1})
+    comparison = admin.compare_runs([run.id, other.id])
+    assert comparison.params["lr"] == {run.id: 0.01, other.id: 0.1}
+
+
+def test_pagination(admin: Client) -> None:
+    for index in range(5):
+        admin.create_model(f"page-{index}")
+    first = admin.list_models(limit=2, offset=0)
+    second = admin.list_models(limit=2, offset=2)
+    assert first.total == second.total >= 5
+    assert len(first.items) == len(second.items) == 2
+    assert {m.name for m in first.items}.isdisjoint(m.name for m in second.items)
+
+
+def test_concurrent_registrations_are_gapless(tmp_path: Path) -> None:
+    """8 clients across two server processes sharing one SQLite file: versions 1..N."""
+    home = tmp_path / "home"
+    first = ControlPlaneProcess(home).start()
+    second = ControlPlaneProcess(home).start()
+    try:
+        token = first.admin_token
+        payloads = [linear_classifier(seed=100 + i) for i in range(24)]
+
+        def register(index: int) -> int:
+            url = (first if index % 2 else second).url
+            with Client(url, token) as client:
+                return client.register_version(
+                    "race", payloads[index], linear_classifier_manifest()
+                ).version
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            versions = sorted(pool.map(register, range(len(payloads))))
+        assert versions == list(range(1, len(payloads) + 1))
+        with Client(first.url, token) as client:
+            listed = client.list_versions("race", limit=100)
+            assert sorted(v.version for v in listed.items) == versions
+            digests = {v.artifact_digest for v in listed.items}
+            assert digests == {hashlib.sha256(p).hexdigest() for p in payloads}
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_sigkill_during_upload_leaves_no_partial_artifact(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    server = ControlPlaneProcess(home).start()
+    token = server.admin_token
+    payload = os.urandom(3 * 1024 * 1024)
+    digest = hashlib.sha256(payload).hexdigest()
+    sent = 0
+
+    def slow_body() -> Iterator[bytes]:
+        nonlocal sent
+        for start in range(0, len(payload), 256 * 1024):
+            if start == 1024 * 1024:
+                server.kill()  # the server dies with a third of the upload written
+            sent += 1
+            yield payload[start : start + 256 * 1024]
+            time.sleep(0.02)
+
+    with pytest.raises(httpx.TransportError):
+        httpx.post(
+            f"{server.url}/api/artifacts",
+            content=slow_body(),
+            headers={"authorization": f"Bearer {token}", "x-artifact-digest": digest},
+            timeout=10,
+        )
+    artifacts = home / "artifacts"
+    assert not (artifacts / "sha256" / digest[:2] / digest).exists()
+    leftovers = list((artifacts / "tmp").iterdir())
+    assert leftovers, "the killed server should have left its partial upload behind"
+
+    restarted = ControlPlaneProcess(home).start()
+    try:
+        assert list((artifacts / "tmp").iterdir()) == []
+        with Client(restarted.url, token) as client:
+            assert client.list_models().total == 0
+            assert client.upload_artifact(payload).digest == digest
+            assert (artifacts / "sha256" / digest[:2] / digest).read_bytes() == payload
+    finally:
+        restarted.stop()

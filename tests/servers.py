@@ -1,0 +1,81 @@
+"""Run the control plane as a real server process on loopback, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port
+
+
+@dataclass
+class ControlPlaneProcess:
+    """``modelplane api`` in a subprocess with its own MODELPLANE_HOME."""
+
+    home: Path
+    db_url: str | None = None
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+        env.update(
+            MODELPLANE_HOME=str(self.home),
+            MODELPLANE_HTTP_PORT=str(self.port),
+            MODELPLANE_URL=self.url,
+            **self.extra_env,
+        )
+        if self.db_url:
+            env["MODELPLANE_DB_URL"] = self.db_url
+        return env
+
+    def start(self, timeout: float = 30.0) -> ControlPlaneProcess:
+        log = open(self.home.parent / f"api-{self.port}.log", "ab")  # noqa: SIM115
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "modelplane.cli", "api"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"control plane exited with {self.process.returncode}; "
+                                   f"see {log.name}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"control plane did not answer within {timeout}s; see {log.name}")
+
+    @property
+    def admin_token(self) -> str:
+        return (self.home / "admin.token").read_text().strip()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup runs, as in a crash."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,0 +1,80 @@
+"""Content-addressed artifacts: atomic writes, verification on read, limits, crash cleanup."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from control_plane.artifacts import ArtifactStore
+from control_plane.errors import (
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+
+
+def test_put_and_read_round_trip(artifacts: ArtifactStore) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    info = artifacts.put([data[:1000], data[1000:]])
+    assert info.digest == hashlib.sha256(data).hexdigest()
+    assert info.size == len(data)
+    assert artifacts.read_bytes(info.digest) == data
+    path = Path(artifacts.path_of(info.digest))
+    assert path.parts[-3:] == ("sha256", info.digest[:2], info.digest)
+    assert list(Path(artifacts.root, "tmp").iterdir()) == []
+
+
+def test_identical_content_is_stored_once(artifacts: ArtifactStore) -> None:
+    first = artifacts.put([b"same bytes"])
+    second = artifacts.put([b"same ", b"bytes"])
+    assert first == second
+    assert len(list(Path(artifacts.root, "sha256").rglob("*"))) == 2  # one folder, one file
+
+
+def test_corruption_is_detected_on_read(artifacts: ArtifactStore) -> None:
+    info = artifacts.put([b"precious model"])
+    Path(artifacts.path_of(info.digest)).write_bytes(b"tampered model")
+    with pytest.raises(IntegrityError, match="corrupt") as caught:
+        artifacts.read_bytes(info.digest)
+    assert caught.value.detail["actual"] == hashlib.sha256(b"tampered model").hexdigest()
+
+
+def test_declared_digest_must_match(artifacts: ArtifactStore) -> None:
+    wrong = hashlib.sha256(b"other").hexdigest()
+    with pytest.raises(IntegrityError, match="not the declared"):
+        artifacts.put([b"payload"], expected_digest=wrong)
+    assert not artifacts.exists(hashlib.sha256(b"payload").hexdigest())
+
+
+def test_size_limit_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "a"), max_bytes=1024)
+    with pytest.raises(PayloadTooLargeError, match="MODELPLANE_MAX_ARTIFACT_MB"):
+        store.put([b"x" * 600, b"y" * 600])
+    assert list(Path(store.root, "tmp").iterdir()) == []
+    assert not Path(store.root, "sha256").exists()
+
+
+def test_bad_and_unknown_digests(artifacts: ArtifactStore) -> None:
+    with pytest.raises(InvalidInputError, match="not a sha256"):
+        artifacts.path_of("../../etc/passwd")
+    with pytest.raises(NotFoundError):
+        artifacts.read_bytes("0" * 64)
+
+
+def test_partial_writes_of_dead_processes_are_removed(artifacts: ArtifactStore) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    tmp = Path(artifacts.root, "tmp")
+    (tmp / f"{dead_pid}-abc.part").write_bytes(b"half an upload")
+    live = artifacts.writer()
+    live.write(b"in progress")
+    assert artifacts.remove_partial_writes() == 1
+    assert [p.name.split("-")[0] for p in tmp.iterdir()] == [str(os.getpid())]
+    live.abort()

@@ -1,0 +1,62 @@
+"""Tokens: hashed storage, roles, expiry, revocation, the first admin token."""
+
+from __future__ import annotations
+
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from control_plane.auth import TokenService, hash_token
+from control_plane.errors import AlreadyExistsError, AuthenticationError, PermissionDeniedError
+from control_plane.schemas import Role, TokenCreate
+from control_plane.store import Database
+from control_plane.store.models import TokenRow
+from tests.unit.control_plane.conftest import ADMIN, ALICE
+
+
+def test_admin_token_bootstraps_once_with_mode_0600(db: Database, tmp_path: Path) -> None:
+    tokens = TokenService(db)
+    path = tmp_path / "home" / "admin.token"
+    secret = tokens.bootstrap_admin(path)
+    assert secret is not None and path.read_text().strip() == secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert tokens.bootstrap_admin(path) is None
+    assert tokens.authenticate(secret).role == Role.ADMIN
+
+
+def test_secrets_are_stored_hashed(db: Database) -> None:
+    tokens = TokenService(db)
+    created = tokens.create(TokenCreate(name="ci", role=Role.DEPLOYER), ADMIN)
+    with db.session(readonly=True) as session:
+        row = session.scalar(select(TokenRow).where(TokenRow.name == "ci"))
+    assert row.token_hash == hash_token(created.token)
+    assert created.token not in (row.token_hash, row.prefix)
+    assert tokens.authenticate(created.token).name == "ci"
+
+
+def test_revoked_expired_and_unknown_tokens_fail(db: Database) -> None:
+    tokens = TokenService(db)
+    created = tokens.create(TokenCreate(name="temp", role=Role.READER), ADMIN)
+    tokens.revoke("temp", ADMIN)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        tokens.authenticate(created.token)
+    expiring = tokens.create(TokenCreate(name="short", role=Role.READER, expires_in_days=1), ADMIN)
+    with db.session() as session:
+        row = session.scalar(select(TokenRow).where(TokenRow.name == "short"))
+        row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    with pytest.raises(AuthenticationError, match="expired"):
+        tokens.authenticate(expiring.token)
+    with pytest.raises(AuthenticationError, match="not known"):
+        tokens.authenticate("mp_guess")
+
+
+def test_only_admins_manage_tokens(db: Database) -> None:
+    tokens = TokenService(db)
+    with pytest.raises(PermissionDeniedError, match="needs admin"):
+        tokens.create(TokenCreate(name="x", role=Role.ADMIN), ALICE)
+    tokens.create(TokenCreate(name="x", role=Role.READER), ADMIN)
+    with pytest.raises(AlreadyExistsError):
+        tokens.create(TokenCreate(name="x", role=Role.READER), ADMIN)

@@ -1,0 +1,221 @@
+"""The registry against a real database: versions, aliases, stages, approvals, lineage."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from control_plane.artifacts import ArtifactStore
+from control_plane.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    InvalidArtifactError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    StageTransitionError,
+)
+from control_plane.lineage import version_lineage
+from control_plane.registry import Registry, parse_ref
+from control_plane.schemas import (
+    AliasSet,
+    ApprovalCreate,
+    ModelCreate,
+    ModelPolicy,
+    Stage,
+    StageChange,
+    VersionCreate,
+)
+from control_plane.store.models import EndpointRouteRow, EndpointRow, ModelRow, ModelVersionRow
+from control_plane.tracking import Tracker
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB, READER
+
+
+def _register(registry: Registry, name: str = "iris", seed: int = 0, **manifest: object):
+    info = registry.artifacts.put([linear_classifier(seed=seed)])
+    spec = VersionCreate(
+        artifact_digest=info.digest, manifest=linear_classifier_manifest(**manifest)
+    )
+    return registry.register_version(name, spec, ALICE)
+
+
+def _row_count(registry: Registry, table: type) -> int:
+    with registry.db.session(readonly=True) as session:
+        return session.scalar(select(func.count()).select_from(table)) or 0
+
+
+def test_versions_start_at_one_and_increase(registry: Registry) -> None:
+    assert [_register(registry, seed=i).version for i in range(3)] == [1, 2, 3]
+    model = registry.get_model("iris")
+    assert model.owner == "alice"
+    assert model.latest_version == 3
+
+
+def test_version_numbers_are_never_reused(registry: Registry) -> None:
+    _register(registry, seed=1)
+    _register(registry, seed=2)
+    registry.delete_version("iris", 2, ADMIN)
+    assert _register(registry, seed=3).version == 3
+
+
+def test_refs_resolve(registry: Registry) -> None:
+    for seed in range(3):
+        _register(registry, seed=seed)
+    registry.set_alias("iris", "champion", AliasSet(version=2), ALICE)
+    assert registry.resolve("iris").version == 3
+    assert registry.resolve("iris:1").version == 1
+    assert registry.resolve("iris@champion").version == 2
+    assert registry.resolve("iris@champion").aliases == ["champion"]
+    with pytest.raises(NotFoundError, match="no alias 'challenger'"):
+        registry.resolve("iris@challenger")
+    with pytest.raises(NotFoundError, match="no version 9"):
+        registry.resolve("iris:9")
+    with pytest.raises(NotFoundError, match="no model named 'nope'"):
+        registry.resolve("nope")
+    with pytest.raises(InvalidInputError, match="NAME:VERSION"):
+        parse_ref("iris:latest")
+
+
+def test_alias_moves_atomically(registry: Registry) -> None:
+    _register(registry, seed=1)
+    _register(registry, seed=2)
+    registry.set_alias("iris", "champion", AliasSet(version=1), ALICE)
+    registry.set_alias("iris", "champion", AliasSet(version=2), ALICE)
+    assert registry.get_model("iris").aliases == {"champion": 2}
+    assert registry.get_version("iris", 1).aliases == []
+    with pytest.raises(NotFoundError):
+        registry.set_alias("iris", "champion", AliasSet(version=7), ALICE)
+    assert registry.get_model("iris").aliases == {"champion": 2}
+
+
+def test_bad_onnx_is_refused_and_nothing_is_written(registry: Registry) -> None:
+    info = registry.artifacts.put([b"this is not an onnx file"])
+    spec = VersionCreate(artifact_digest=info.digest, manifest=linear_classifier_manifest())
+    with pytest.raises(InvalidArtifactError, match="ONNX Runtime can load"):
+        registry.register_version("iris", spec, ALICE)
+    assert _row_count(registry, ModelVersionRow) == 0
+    assert _row_count(registry, ModelRow) == 0
+
+
+def test_signature_mismatch_names_the_field(registry: Registry) -> None:
+    info = registry.artifacts.put([linear_classifier()])
+    manifest = linear_classifier_manifest()
+    manifest["signature"]["outputs"][0]["dtype"] = "float64"
+    spec = VersionCreate(artifact_digest=info.digest, manifest=manifest)
+    with pytest.raises(InvalidArtifactError, match="declares dtype float64") as caught:
+        registry.register_version("iris", spec, ALICE)
+    assert caught.value.detail["field"] == "manifest.signature.outputs[0].dtype"
+    manifest = linear_classifier_manifest()
+    manifest["signature"]["inputs"][0]["name"] = "features"
+    with pytest.raises(InvalidArtifactError, match="names \\['features'\\]"):
+        registry.register_version(
+            "iris", VersionCreate(artifact_digest=info.digest, manifest=manifest), ALICE
+        )
+    assert _row_count(registry, ModelVersionRow) == 0
+
+
+def test_unknown_artifact_is_refused(registry: Registry) -> None:
+    spec = VersionCreate(artifact_digest="a" * 64, manifest=linear_classifier_manifest())
+    with pytest.raises(NotFoundError, match="upload it first"):
+        registry.register_version("iris", spec, ALICE)
+
+
+def test_stage_transitions_are_enforced(registry: Registry) -> None:
+    _register(registry)
+    with pytest.raises(StageTransitionError, match="cannot move from none to production"):
+        registry.transition_stage("iris", 1, StageChange(stage=Stage.PRODUCTION), ALICE)
+    for stage in (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED):
+        assert registry.transition_stage("iris", 1, StageChange(stage=stage), ALICE).stage == stage
+    with pytest.raises(StageTransitionError, match="from archived it may move to: staging$"):
+        registry.transition_stage("iris", 1, StageChange(stage=Stage.PRODUCTION), ALICE)
+    restored = registry.transition_stage("iris", 1, StageChange(stage=Stage.STAGING), ALICE)
+    assert restored.stage == Stage.STAGING
+
+
+def test_deployed_versions_cannot_be_archived_or_deleted(registry: Registry) -> None:
+    _register(registry)
+    with registry.db.session() as session:
+        model = session.scalar(select(ModelRow))
+        version = session.scalar(select(ModelVersionRow))
+        endpoint = EndpointRow(name="iris-prod", model_id=model.id, config={})
+        session.add(endpoint)
+        session.flush()
+        session.add(EndpointRouteRow(endpoint_id=endpoint.id, version_id=version.id, weight=100))
+    with pytest.raises(ConflictError, match="is deployed and cannot be archived"):
+        registry.transition_stage("iris", 1, StageChange(stage=Stage.ARCHIVED), ALICE)
+    with pytest.raises(ConflictError, match="cannot be deleted"):
+        registry.delete_version("iris", 1, ADMIN)
+    assert registry.get_version("iris", 1).stage == Stage.NONE
+
+
+def test_production_needs_approval_from_someone_else(registry: Registry) -> None:
+    registry.create_model(
+        ModelCreate(name="fraud", policy=ModelPolicy(require_approval_for_production=True)), ALICE
+    )
+    _register(registry, name="fraud")
+    registry.transition_stage("fraud", 1, StageChange(stage=Stage.STAGING), ALICE)
+    with pytest.raises(PermissionDeniedError, match="requires an approval"):
+        registry.transition_stage("fraud", 1, StageChange(stage=Stage.PRODUCTION), ALICE)
+    self_approver = type(ALICE)("alice", BOB.role)
+    with pytest.raises(PermissionDeniedError, match="cannot approve it"):
+        registry.approve("fraud", 1, ApprovalCreate(decision="approved"), self_approver)
+    with pytest.raises(PermissionDeniedError, match="needs approver"):
+        registry.approve("fraud", 1, ApprovalCreate(decision="approved"), ALICE)
+    approval = registry.approve(
+        "fraud", 1, ApprovalCreate(decision="approved", comment="metrics ok"), BOB
+    )
+    assert (approval.approver, approval.decision, approval.comment) == ("bob", "approved", "metrics ok")
+    promoted = registry.transition_stage("fraud", 1, StageChange(stage=Stage.PRODUCTION), ALICE)
+    assert promoted.stage == Stage.PRODUCTION
+
+
+def test_a_later_rejection_blocks_production(registry: Registry) -> None:
+    registry.create_model(
+        ModelCreate(name="fraud", policy=ModelPolicy(require_approval_for_production=True)), ALICE
+    )
+    _register(registry, name="fraud")
+    registry.transition_stage("fraud", 1, StageChange(stage=Stage.STAGING), ALICE)
+    registry.approve("fraud", 1, ApprovalCreate(decision="approved"), BOB)
+    registry.approve("fraud", 1, ApprovalCreate(decision="rejected", comment="bias"), BOB)
+    with pytest.raises(PermissionDeniedError, match="rejection"):
+        registry.transition_stage("fraud", 1, StageChange(stage=Stage.PRODUCTION), ALICE)
+
+
+def test_rejected_versions_cannot_reach_production(registry: Registry) -> None:
+    _register(registry)
+    registry.transition_stage("iris", 1, StageChange(stage=Stage.STAGING), ALICE)
+    registry.reject_version("iris", 1, "p95 latency 80 ms > 50 ms", ALICE)
+    with pytest.raises(StageTransitionError, match="p95 latency"):
+        registry.transition_stage("iris", 1, StageChange(stage=Stage.PRODUCTION), ALICE)
+
+
+def test_roles_are_enforced(registry: Registry) -> None:
+    with pytest.raises(PermissionDeniedError, match="role reader"):
+        registry.create_model(ModelCreate(name="x"), READER)
+    registry.create_model(ModelCreate(name="x"), ALICE)
+    with pytest.raises(AlreadyExistsError):
+        registry.create_model(ModelCreate(name="x"), ALICE)
+
+
+def test_lineage_follows_parents_and_runs(registry: Registry, tracker: Tracker) -> None:
+    from control_plane.schemas import RunCreate
+
+    run = tracker.start_run(RunCreate(experiment="iris-exp", params={"lr": 0.1}), ALICE)
+    _register(registry, seed=1, lineage={"dataset_uri": "sklearn://iris", "run_id": run.id})
+    _register(registry, seed=2, lineage={"parent_version": 1})
+    _register(registry, seed=3, lineage={"parent_version": 2, "code_commit": "abc123"})
+    lineage = version_lineage(registry, tracker, "iris", 3)
+    assert lineage.parents == [2, 1]
+    assert lineage.lineage.code_commit == "abc123"
+    first = version_lineage(registry, tracker, "iris", 1)
+    assert first.run is not None and first.run.params == {"lr": 0.1}
+    assert first.lineage.dataset_uri == "sklearn://iris"
+    with pytest.raises(NotFoundError, match="parent_version 9"):
+        _register(registry, seed=4, lineage={"parent_version": 9})
+
+
+def test_registry_artifacts_are_the_uploaded_bytes(registry: Registry, artifacts: ArtifactStore) -> None:
+    version = _register(registry, seed=5)
+    assert artifacts.read_bytes(version.artifact_digest) == linear_classifier(seed=5)
+    assert version.artifact_size == len(linear_classifier(seed=5))

@@ -1,0 +1,58 @@
+"""The store: migrations, pragmas, transactions, refusal on an old schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select, text
+
+from control_plane.errors import SchemaOutdatedError
+from control_plane.store import Database
+from control_plane.store.database import schema_revisions
+from control_plane.store.models import Base, ModelRow
+
+
+def test_migrated_schema_matches_the_models(db: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with db.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        differences = compare_metadata(context, Base.metadata)
+    assert differences == []
+
+
+def test_migration_is_idempotent_and_records_head(db_url: str) -> None:
+    Database(db_url).dispose()
+    database = Database(db_url)  # second start: nothing to apply
+    current, head = schema_revisions(database.engine)
+    assert current == head == "0001"
+    database.dispose()
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    with database.session(readonly=True) as session:
+        assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+    database.dispose()
+
+
+def test_refuses_an_old_schema_naming_the_upgrade_command(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    create_engine(url).dispose()
+    with pytest.raises(SchemaOutdatedError, match="modelplane db upgrade") as caught:
+        Database(url, migrate=False)
+    assert caught.value.detail["current"] is None
+    assert caught.value.http_status == 503
+
+
+def test_a_failing_block_writes_nothing(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.session() as session:
+        session.add(ModelRow(name="half", owner="x", tags={}, policy={}))
+        session.flush()
+        raise RuntimeError("crash after the insert, before the commit")
+    with db.session(readonly=True) as session:
+        assert session.scalar(select(ModelRow).where(ModelRow.name == "half")) is None

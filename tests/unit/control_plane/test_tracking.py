@@ -1,0 +1,88 @@
+"""Experiment tracking against a real database."""
+
+from __future__ import annotations
+
+import pytest
+
+from control_plane.environment import capture_environment
+from control_plane.errors import ConflictError, NotFoundError
+from control_plane.schemas import (
+    ExperimentCreate,
+    MetricBatch,
+    MetricPoint,
+    ParamsUpdate,
+    RunArtifactCreate,
+    RunCreate,
+    RunStatus,
+    RunUpdate,
+)
+from control_plane.tracking import Tracker, lower_is_better
+from tests.unit.control_plane.conftest import ALICE
+
+
+def _metrics(*points: tuple[str, float, int]) -> MetricBatch:
+    return MetricBatch(metrics=[MetricPoint(key=k, value=v, step=s) for k, v, s in points])
+
+
+def test_run_lifecycle(tracker: Tracker) -> None:
+    tracker.create_experiment(ExperimentCreate(name="digits", description="mlp"), ALICE)
+    run = tracker.start_run(
+        RunCreate(experiment="digits", name="lr-0.1", params={"lr": 0.1}, tags={"team": "ml"}),
+        ALICE,
+    )
+    assert run.status == RunStatus.RUNNING and run.end_time is None
+    assert tracker.log_metrics(
+        run.id, _metrics(("loss", 1.0, 0), ("loss", 0.4, 1), ("accuracy", 0.9, 1)), ALICE
+    ) == 3
+    tracker.log_params(run.id, ParamsUpdate(params={"epochs": 5}), ALICE)
+    ended = tracker.update_run(run.id, RunUpdate(status=RunStatus.FINISHED), ALICE)
+    assert ended.status == RunStatus.FINISHED and ended.end_time is not None
+    assert ended.params == {"lr": 0.1, "epochs": 5}
+    assert ended.latest_metrics == {"loss": 0.4, "accuracy": 0.9}
+    assert [m.value for m in tracker.metric_history(run.id, "loss")] == [1.0, 0.4]
+    with pytest.raises(ConflictError, match="already ended"):
+        tracker.update_run(run.id, RunUpdate(status=RunStatus.FAILED), ALICE)
+    experiments = tracker.list_experiments()
+    assert [(e.name, e.run_count) for e in experiments.items] == [("digits", 1)]
+
+
+def test_runs_create_their_experiment_and_nest(tracker: Tracker) -> None:
+    parent = tracker.start_run(RunCreate(experiment="sweep"), ALICE)
+    children = [
+        tracker.start_run(RunCreate(experiment="sweep", parent_run_id=parent.id), ALICE)
+        for _ in range(2)
+    ]
+    assert sorted(tracker.get_run(parent.id).children) == sorted(c.id for c in children)
+    assert tracker.list_runs("sweep").total == 3
+    with pytest.raises(NotFoundError, match="no run with id 'missing'"):
+        tracker.start_run(RunCreate(experiment="sweep", parent_run_id="missing"), ALICE)
+
+
+def test_compare_runs_picks_last_and_best(tracker: Tracker) -> None:
+    a = tracker.start_run(RunCreate(experiment="cmp", params={"lr": 0.1}), ALICE)
+    b = tracker.start_run(RunCreate(experiment="cmp", params={"lr": 0.01}), ALICE)
+    tracker.log_metrics(a.id, _metrics(("val_loss", 0.5, 0), ("val_loss", 0.3, 1),
+                                       ("val_loss", 0.35, 2), ("accuracy", 0.8, 2)), ALICE)
+    tracker.log_metrics(b.id, _metrics(("val_loss", 0.6, 0), ("accuracy", 0.7, 0),
+                                       ("accuracy", 0.75, 1), ("accuracy", 0.72, 2)), ALICE)
+    result = tracker.compare_runs([a.id, b.id])
+    assert result.params == {"lr": {a.id: 0.1, b.id: 0.01}}
+    assert result.last_metrics["val_loss"] == {a.id: 0.35, b.id: 0.6}
+    assert result.best_metrics["val_loss"] == {a.id: 0.3, b.id: 0.6}
+    assert result.best_metrics["accuracy"] == {a.id: 0.8, b.id: 0.75}
+    assert lower_is_better("val_loss") and not lower_is_better("accuracy")
+
+
+def test_run_artifacts(tracker: Tracker) -> None:
+    run = tracker.start_run(RunCreate(experiment="art"), ALICE)
+    info = tracker.artifacts.put([b"confusion matrix"])
+    tracker.log_artifact(run.id, RunArtifactCreate(path="plots/cm.txt", digest=info.digest), ALICE)
+    assert [(a.path, a.size) for a in tracker.get_run(run.id).artifacts] == [("plots/cm.txt", 16)]
+
+
+def test_environment_capture_describes_this_process() -> None:
+    env = capture_environment()
+    assert env["python_version"].count(".") == 2
+    assert "sqlalchemy" in env["packages"]
+    assert env["hardware"]["cpu_count"] >= 1
+    assert len(env["git"].get("commit", "x" * 40)) == 40
