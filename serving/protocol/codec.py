@@ -15,10 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pydantic_core
-from pydantic import ValidationError
 
 from serving.errors import InferenceFailedError, InvalidRequestError
-from serving.protocol.datatypes import V2_DATATYPES, from_numpy_dtype
+from serving.protocol.datatypes import from_numpy_dtype
 from serving.protocol.framing import (
     DEFAULT_MAX_BODY_BYTES,
     INFERENCE_HEADER_CONTENT_LENGTH,
@@ -27,7 +26,7 @@ from serving.protocol.framing import (
     get_header,
     json_header_length,
 )
-from serving.protocol.schemas import InferenceRequest
+from serving.protocol.schemas import InferenceRequest, parse_inference_request
 from serving.protocol.tensors import array_from_binary, array_from_json, binary_data, json_data
 
 _SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
@@ -95,15 +94,18 @@ def decode_request(
 ) -> DecodedRequest:
     """Decode an infer request body (JSON, or JSON plus binary tensors) into arrays.
 
-    Raises ``InvalidRequestError`` naming the offending field for anything malformed, and
-    ``PayloadTooLargeError`` for a body (or its decompressed form) over ``max_body_bytes``.
+    ``headers`` may be any mapping; ``Inference-Header-Content-Length`` and
+    ``Content-Encoding`` (gzip, deflate) are read from it. Numeric arrays taken from the
+    binary part are read-only views of ``body`` (no copy). Raises ``InvalidRequestError``
+    naming the offending field for anything malformed, and ``PayloadTooLargeError`` for a
+    body (or its decompressed form) over ``max_body_bytes``.
     """
     check_body_size(len(body), max_body_bytes)
     body = decompress_body(bytes(body), get_header(headers, "Content-Encoding"), max_body_bytes)
     header_length = json_header_length(headers, len(body))
     view = memoryview(body)
     json_part = body if header_length is None else view[:header_length].tobytes()
-    request = _validate(json_part)
+    request = parse_inference_request(json_part)
     parameters = request.parameters or {}
     binary_data_output = _bool_parameter(parameters, "binary_data_output", "parameters")
     offset = len(json_part)
@@ -122,13 +124,16 @@ def decode_request(
         if size is None:
             if tensor.data is None:
                 raise _invalid(
-                    f"{field} has neither data nor parameters.binary_data_size", f"{field}.data"
+                    f"{field}.data is absent and {field}.parameters.binary_data_size is not set; "
+                    "send the tensor as JSON data or as binary data",
+                    f"{field}.data",
                 )
             array = array_from_json(tensor.data, tensor.datatype, tensor.shape, field)
         else:
             if tensor.data is not None:
                 raise _invalid(
-                    f"{field} has both data and parameters.binary_data_size; send one",
+                    f"{field}.data and {field}.parameters.binary_data_size are both set; send "
+                    "the tensor one way",
                     f"{field}.data",
                 )
             if offset + size > len(body):
@@ -158,40 +163,6 @@ def decode_request(
         parameters=parameters,
         binary_data_output=binary_data_output,
     )
-
-
-def _validate(json_part: bytes) -> InferenceRequest:
-    try:
-        # pydantic-core parses and validates in one pass, several times faster than
-        # json.loads followed by validation of the resulting dicts.
-        return InferenceRequest.model_validate_json(json_part)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        field = _location(first["loc"])
-        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-        raise _invalid(_describe(first, field) + more, field) from None
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    """Pydantic's ``('inputs', 1, 'shape', 0)`` as ``inputs[1].shape[0]``."""
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
-    return path or "body"
-
-
-def _describe(error: Any, field: str) -> str:
-    kind, value = error["type"], error.get("input")
-    if kind == "json_invalid":
-        return f"the request body is not valid JSON: {error['ctx']['error']}"
-    if kind == "missing":
-        return f"{field} is required"
-    if kind == "extra_forbidden":
-        return f"{field} is not a field of the v2 protocol; check its spelling"
-    if kind == "literal_error" and field.endswith("datatype"):
-        return f"{field} {value!r} is not a v2 datatype; expected one of {', '.join(V2_DATATYPES)}"
-    return f"{field}: {error['msg']} (got {value!r:.60})"
 
 
 def _invalid(message: str, field: str) -> InvalidRequestError:

@@ -3,7 +3,8 @@
 The v2 protocol names eleven fixed-width numeric types, BOOL and BYTES. Numeric and BOOL
 tensors travel as raw little-endian buffers in the binary extension, so each maps to one
 numpy dtype with an explicit byte order. BYTES tensors hold variable-length byte strings;
-in numpy they are ``object`` arrays whose elements are ``bytes``.
+in numpy they are ``object`` arrays whose elements are ``bytes``. Triton's BF16 is an
+extension outside the v2 spec (and needs ``ml_dtypes``), so it is not accepted.
 """
 
 from __future__ import annotations

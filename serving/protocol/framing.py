@@ -97,12 +97,13 @@ def decompress_body(body: bytes, content_encoding: str | None, limit: int | None
         data = inflater.decompress(body, 0 if limit is None else limit + 1)
     except zlib.error as exc:
         raise InvalidRequestError(
-            f"the body is not valid {encoding} data ({exc})", detail={"field": "Content-Encoding"}
+            f"the body is not valid {encoding} data, as its Content-Encoding says ({exc})",
+            detail={"field": "Content-Encoding"},
         ) from None
     check_body_size(len(data), limit, what="decompressed request body")
     if not inflater.eof or inflater.unused_data:
         raise InvalidRequestError(
-            f"the {encoding} body is truncated or has trailing bytes",
+            f"the body is truncated or has trailing bytes after its Content-Encoding {encoding} stream",
             detail={"field": "Content-Encoding"},
         )
     return data

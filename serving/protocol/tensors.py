@@ -22,6 +22,15 @@ _LENGTH = struct.Struct("<I")
 # Kinds np.asarray may infer from JSON numbers that fit each target kind: JSON true/false
 # only fill BOOL, and floats never fill integer tensors (no silent truncation).
 _ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
+_WANTED = {"b": "true/false", "u": "integers", "i": "integers", "f": "numbers"}
+_KIND_NAMES = {
+    "b": "true/false",
+    "i": "integers",
+    "u": "integers",
+    "f": "non-integer numbers",
+    "U": "strings",
+    "O": "nulls, objects or mixed values",
+}
 
 
 def element_count(shape: list[int]) -> int:
@@ -54,34 +63,70 @@ def array_from_json(data: Any, datatype: str, shape: list[int], field: str) -> n
         return array.reshape(shape)
     try:
         # No dtype: let numpy infer what the JSON held, then check it before casting, so
-        # that "1.5" for an INT32 or 300 for a UINT8 is an error, not a silent change.
+        # that 1.5 for an INT32 or "2" for an FP32 is an error, not a silent change.
         raw = np.asarray(data)
     except (ValueError, TypeError) as exc:
         raise _invalid(
-            f"{field}.data is ragged: nested lists must be rectangular ({exc})", f"{field}.data"
+            f"{field}.data is not a rectangular nested list ({exc})", f"{field}.data"
         ) from None
     if raw.size != expected:
         raise _count_mismatch(field, shape, expected, raw.size, "data")
     target = to_numpy_dtype(datatype)
-    if expected and raw.dtype.kind not in _ACCEPTED_KINDS[target.kind]:
-        wanted = (
-            "true/false" if target.kind == "b" else "integers" if target.kind in "iu" else "numbers"
-        )
+    if not expected:
+        return np.empty(shape, dtype=target)
+    kind = raw.dtype.kind
+    if kind not in _ACCEPTED_KINDS[target.kind]:
+        if kind in "fO" and target.kind in "iuf":
+            # numpy infers float64 or object for integers past int64 (UINT64 data)
+            # and for values such as null; sort those out element by element.
+            return _exact_numbers(data, target, datatype, field).reshape(shape)
         raise _invalid(
-            f"{field}.data must hold {wanted} for datatype {datatype}, got {raw.dtype.kind!r}-kind "
-            "values (e.g. strings, nulls, floats or mixed)",
+            f"{field}.data must hold {_WANTED[target.kind]} for datatype {datatype}, got "
+            f"{_KIND_NAMES.get(kind, 'mixed values')}",
             f"{field}.data",
         )
-    if expected and target.kind in "iu" and target != raw.dtype:
+    if target.kind in "iu" and target != raw.dtype:
         info = np.iinfo(target)
         low, high = raw.min(), raw.max()
         if low < info.min or high > info.max:
-            bad = low if low < info.min else high
+            raise _out_of_range(low if low < info.min else high, datatype, field)
+    # Floats past the target's range round to +-inf, as IEEE casts (and Triton) do; the
+    # warning numpy would print for that is noise in a server log.
+    with np.errstate(over="ignore"):
+        return raw.astype(target, copy=False).reshape(shape)
+
+
+def _exact_numbers(data: Any, target: np.dtype, datatype: str, field: str) -> np.ndarray:
+    """Convert JSON numbers numpy could not type exactly, checking each element (rare path)."""
+    # dtype=object keeps the parsed Python ints and floats as they are, not rounded.
+    flat = np.asarray(data, dtype=np.object_).ravel().tolist()
+    allowed = (int,) if target.kind in "iu" else (int, float)
+    for index, value in enumerate(flat):
+        if type(value) not in allowed:
             raise _invalid(
-                f"{field}.data holds {bad}, out of range for {datatype} [{info.min}, {info.max}]",
+                f"{field}.data element {index} (row-major) is {value!r:.40}, not "
+                f"{_WANTED[target.kind]} as datatype {datatype} needs",
                 f"{field}.data",
             )
-    return raw.astype(target, copy=False).reshape(shape)
+    try:
+        with np.errstate(over="ignore"):
+            return np.array(flat, dtype=target)
+    except OverflowError:
+        if target.kind == "f":
+            raise _invalid(
+                f"{field}.data holds an integer too large for {datatype}", f"{field}.data"
+            ) from None
+        info = np.iinfo(target)
+        bad = next(v for v in flat if not info.min <= v <= info.max)
+        raise _out_of_range(bad, datatype, field) from None
+
+
+def _out_of_range(value: Any, datatype: str, field: str) -> InvalidRequestError:
+    info = np.iinfo(to_numpy_dtype(datatype))
+    return _invalid(
+        f"{field}.data holds {value}, out of range for {datatype} [{info.min}, {info.max}]",
+        f"{field}.data",
+    )
 
 
 def _flatten_strings(data: Any, field: str) -> list[bytes]:
