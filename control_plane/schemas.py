@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'.")]
 AliasName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+# Bounded to what every backend's INTEGER holds, so huge numbers are a 422, not an overflow.
+MAX_INT = 2**31 - 1
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_INT)]
+# JSON has no NaN or infinity, and a stored one could never be served back.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex.")]
 
 
@@ -61,7 +66,7 @@ class TensorSpec(Wire):
 
     name: str = Field(min_length=1, description="Tensor name as in the ONNX graph.")
     dtype: TensorDType = Field(description="Element type, numpy spelling.")
-    shape: list[int | None] = Field(
+    shape: list[Annotated[int, Field(ge=0, le=MAX_INT)] | None] = Field(
         description="Dimensions; null marks a dynamic one (the batch axis)."
     )
 
@@ -74,7 +79,7 @@ class Signature(Wire):
 class Lineage(Wire):
     """Where a version came from."""
 
-    parent_version: int | None = Field(None, ge=1, description="Version this one was tuned from.")
+    parent_version: VersionNumber | None = Field(None, description="Version this one was tuned from.")
     dataset_uri: str | None = None
     dataset_digest: str | None = None
     run_id: str | None = Field(None, description="Experiment run that produced it.")
@@ -94,7 +99,7 @@ class ModelManifest(Wire):
     reference_profile: dict[str, Any] | None = Field(
         None, description="Drift reference as produced by kernels.ReferenceProfile.to_dict()."
     )
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, Finite] = Field(default_factory=dict)
     lineage: Lineage = Field(default_factory=Lineage)
 
 
@@ -152,7 +157,7 @@ class VersionOut(Wire):
 
 
 class AliasSet(Wire):
-    version: int = Field(ge=1)
+    version: VersionNumber
 
 
 class StageChange(Wire):
@@ -227,8 +232,8 @@ class RunUpdate(Wire):
 
 class MetricPoint(Wire):
     key: str = Field(min_length=1, max_length=128)
-    value: float
-    step: int = Field(0, ge=0)
+    value: Finite
+    step: int = Field(0, ge=0, le=MAX_INT)
     timestamp: datetime | None = None
 
 

@@ -33,5 +33,8 @@ def build_api(cp: ControlPlane) -> FastAPI:
 def build_standalone_app(cp: ControlPlane) -> FastAPI:
     """The API mounted at ``/api`` of an otherwise empty app, for uvicorn."""
     root = FastAPI(title="modelplane", version=__version__, openapi_url=None, docs_url=None)
+    # Paths that miss the mount (odd encodings) get the same error bodies as the API.
+    install_error_handlers(root)
+    root.add_middleware(RequestIdMiddleware)
     root.mount("/api", build_api(cp))
     return root

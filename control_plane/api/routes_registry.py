@@ -22,7 +22,7 @@ from control_plane.schemas import (
 )
 
 router = APIRouter(tags=["registry"])
-VersionNumber = Path(ge=1, description="Version number.")
+VersionNumber = Path(ge=1, le=2**31 - 1, description="Version number.")
 
 
 @router.get("/models", response_model=Page[ModelOut])
