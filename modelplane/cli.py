@@ -78,14 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         typer.secho("aborted", fg=typer.colors.RED, err=True)
         sys.exit(130)
-    except Exception as error:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
-
+    except typer.TyperException as error:  # usage errors, bad parameters
+        show = getattr(error, "show", None)
+        if show is None:
+            raise
+        show()
+        sys.exit(getattr(error, "exit_code", 2))
 
 if __name__ == "__main__":
     main()

@@ -62,6 +62,22 @@ class Settings:
         """A copy with some fields replaced (tests and the CLI's ``--url`` use this)."""
         return replace(self, **changes)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``MODELPLANE_*`` variables, to hand to another process or replica."""
+        env = {
+            "MODELPLANE_HOME": str(self.home),
+            "MODELPLANE_DB_URL": self.db_url,
+            "MODELPLANE_ARTIFACT_URI": self.artifact_uri,
+            "MODELPLANE_HTTP_HOST": self.http_host,
+            "MODELPLANE_HTTP_PORT": str(self.http_port),
+            "MODELPLANE_URL": self.url,
+            "MODELPLANE_MAX_ARTIFACT_MB": str(self.max_artifact_bytes // (1024 * 1024)),
+            "MODELPLANE_READS_REQUIRE_TOKEN": "true" if self.reads_require_token else "false",
+        }
+        if self.token:
+            env["MODELPLANE_TOKEN"] = self.token
+        return env
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate every ``MODELPLANE_*`` variable."""

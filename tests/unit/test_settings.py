@@ -98,3 +98,16 @@ def test_configuration_errors_pickle_with_their_detail() -> None:
     assert type(copy) is ConfigurationError
     assert copy.message == "bad"
     assert copy.detail == {"variable": "X"}
+
+
+def test_to_env_round_trips(tmp_path: Path) -> None:
+    original = Settings.from_env(
+        {
+            "MODELPLANE_HOME": str(tmp_path),
+            "MODELPLANE_HTTP_PORT": "9001",
+            "MODELPLANE_TOKEN": "mp_t",
+            "MODELPLANE_MAX_ARTIFACT_MB": "7",
+            "MODELPLANE_READS_REQUIRE_TOKEN": "1",
+        }
+    )
+    assert Settings.from_env(original.to_env()) == original

@@ -78,3 +78,22 @@ def test_partial_writes_of_dead_processes_are_removed(artifacts: ArtifactStore) 
     assert artifacts.remove_partial_writes() == 1
     assert [p.name.split("-")[0] for p in tmp.iterdir()] == [str(os.getpid())]
     live.abort()
+
+
+def test_an_fsspec_store_behaves_the_same() -> None:
+    """The remote path (fsspec, no local rename) on fsspec's in-memory filesystem."""
+    import uuid
+
+    store = ArtifactStore(f"memory://bucket-{uuid.uuid4().hex}/models", max_bytes=1024 * 1024)
+    assert not store.is_local
+    data = os.urandom(300_000)
+    info = store.put([data[:100_000], data[100_000:]])
+    assert store.exists(info.digest)
+    assert store.read_bytes(info.digest) == data
+    assert store.fs.ls(f"{store.root}/tmp") == []
+    with store.fs.open(store.path_of(info.digest), "wb") as handle:
+        handle.write(b"bit rot")
+    with pytest.raises(IntegrityError):
+        store.read_bytes(info.digest)
+    with pytest.raises(PayloadTooLargeError):
+        store.put([b"z" * (1024 * 1024 + 1)])

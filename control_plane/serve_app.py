@@ -1,0 +1,51 @@
+"""The control plane as a Ray Serve application mounted at ``/api``.
+
+One replica (the store may be SQLite, which wants a single writer process), built inside the replica from the settings passed as environment variables, so the
+same code runs embedded and on a cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelplane.settings import Settings
+
+APP_NAME = "control-plane"
+ROUTE_PREFIX = "/api"
+
+
+def _build_replica_api() -> Any:
+    # Runs inside the replica: settings come from the runtime_env variables.
+    from control_plane.api import build_api
+    from control_plane.service import ControlPlane
+    from modelplane.settings import get_settings
+
+    return build_api(ControlPlane.start(get_settings()))
+
+
+def control_plane_application(settings: Settings, *, num_cpus: float = 0.25) -> Any:
+    """A Serve application (bind()-ed) that serves the REST API for ``settings``."""
+    from ray import serve
+
+    deployment = serve.deployment(serve.ingress(_build_replica_api)())
+    return deployment.options(
+        name="ControlPlane",
+        num_replicas=1,
+        max_ongoing_requests=64,
+        ray_actor_options={
+            "num_cpus": num_cpus,
+            "runtime_env": {"env_vars": settings.to_env()},
+        },
+    ).bind()
+
+
+def deploy_control_plane(settings: Settings, *, num_cpus: float = 0.25) -> None:
+    """Run (or update) the control plane application on the connected Ray cluster."""
+    from ray import serve
+
+    serve.run(
+        control_plane_application(settings, num_cpus=num_cpus),
+        name=APP_NAME,
+        route_prefix=ROUTE_PREFIX,
+        blocking=False,
+    )

@@ -1,0 +1,122 @@
+"""The `modelplane` CLI against a real control plane server, as a user drives it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.servers import ControlPlaneProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:
+    process = ControlPlaneProcess(tmp_path_factory.mktemp("cli") / "home").start()
+    yield process
+    process.stop()
+
+
+def cli(server: ControlPlaneProcess, *args: str, token: str | None = None, ok: bool = True):
+    env = dict(server.env)
+    if token:
+        env["MODELPLANE_TOKEN"] = token
+    result = subprocess.run(
+        [sys.executable, "-m", "modelplane.cli", *args], env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def test_register_alias_stage_show_and_lineage(server: ControlPlaneProcess, tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(linear_classifier(seed=21))
+    manifest = tmp_path / "manifest.yaml"
+    import yaml
+
+    manifest.write_text(yaml.safe_dump(linear_classifier_manifest(
+        lineage={"dataset_uri": "sklearn://iris", "code_commit": "deadbeef"})))
+    registered = json.loads(cli(server, "models", "register", "cli-iris", str(model),
+                                "-m", str(manifest), "--json").stdout)
+    assert registered["version"] == 1
+    assert "cli-iris@champion → cli-iris:1" in cli(server, "models", "alias", "cli-iris",
+                                                     "champion", "1").stdout
+    assert "now staging" in cli(server, "models", "stage", "cli-iris:1", "staging").stdout
+    shown = json.loads(cli(server, "models", "show", "cli-iris@champion", "--json").stdout)
+    assert shown["stage"] == "staging" and shown["aliases"] == ["champion"]
+    listed = json.loads(cli(server, "models", "list", "--json").stdout)
+    assert any(m["name"] == "cli-iris" and m["latest_version"] == 1 for m in listed["items"])
+    lineage = json.loads(cli(server, "models", "lineage", "cli-iris:1", "--json").stdout)
+    assert lineage["lineage"]["code_commit"] == "deadbeef"
+    table = cli(server, "models", "show", "cli-iris").stdout
+    assert "versions" in table and "staging" in table
+
+
+def test_cli_errors_say_what_to_do(server: ControlPlaneProcess) -> None:
+    missing = cli(server, "models", "show", "ghost:1", ok=False)
+    assert missing.returncode == 1
+    assert "no model named 'ghost'" in missing.stderr and "Traceback" not in missing.stderr
+    bad_stage = cli(server, "models", "stage", "cli-iris:1", "live", ok=False)
+    assert bad_stage.returncode == 2 and "not one of none, staging" in bad_stage.stderr
+    bad_ref = cli(server, "models", "approve", "cli-iris", ok=False)
+    assert bad_ref.returncode == 2 and "NAME:VERSION" in bad_ref.stderr
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "modelplane.cli", "models", "list", "--url", "http://127.0.0.1:9"],
+        env=server.env, capture_output=True, text=True, timeout=60,
+    )
+    assert unreachable.returncode == 1 and "modelplane up" in unreachable.stderr
+
+
+def test_tokens_and_approvals(server: ControlPlaneProcess, tmp_path: Path) -> None:
+    approver = cli(server, "token", "create", "carol", "--role", "approver", "--json").stdout
+    secret = json.loads(approver)["token"]
+    listed = json.loads(cli(server, "token", "list", "--json").stdout)
+    assert {"admin", "carol"} <= {t["name"] for t in listed}
+    assert all("token_hash" not in t and secret not in json.dumps(t) for t in listed)
+    out = cli(server, "models", "approve", "cli-iris:1", "--comment", "ok", token=secret).stdout
+    assert "approved cli-iris:1 by carol" in out
+    cli(server, "token", "revoke", "carol")
+    denied = cli(server, "models", "approve", "cli-iris:1", token=secret, ok=False)
+    assert denied.returncode == 1 and "revoked" in denied.stderr
+
+
+def test_experiments_commands(server: ControlPlaneProcess) -> None:
+    from control_plane.client import Client
+
+    with Client(server.url, server.admin_token) as client:
+        runs = []
+        for lr in (0.1, 0.01):
+            run = client.start_run("cli-exp", params={"lr": lr}, capture_environment=False)
+            client.log_metrics(run.id, {"val_loss": lr * 3}, step=0)
+            runs.append(run.id)
+    experiments = json.loads(cli(server, "experiments", "list", "--json").stdout)
+    assert any(e["name"] == "cli-exp" and e["run_count"] == 2 for e in experiments["items"])
+    listed = json.loads(cli(server, "experiments", "runs", "cli-exp", "--json").stdout)
+    assert {r["id"] for r in listed["items"]} == set(runs)
+    compared = json.loads(cli(server, "experiments", "compare", *runs, "--json").stdout)
+    assert compared["params"]["lr"] == {runs[0]: 0.1, runs[1]: 0.01}
+    assert "val_loss" in cli(server, "experiments", "compare", *runs).stdout
+
+
+def test_reads_can_require_a_token(tmp_path: Path) -> None:
+    locked = ControlPlaneProcess(
+        tmp_path / "home", extra_env={"MODELPLANE_READS_REQUIRE_TOKEN": "true"}
+    ).start()
+    try:
+        env = {k: v for k, v in locked.env.items()}
+        anonymous = subprocess.run(
+            [sys.executable, "-c",
+             "import httpx,sys; r=httpx.get(sys.argv[1]); print(r.status_code, r.json()['error'])",
+             f"{locked.url}/api/models"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert anonymous.stdout.split() == ["401", "unauthenticated"]
+        assert json.loads(cli(locked, "models", "list", "--json").stdout)["total"] == 0
+    finally:
+        locked.stop()
