@@ -22,6 +22,9 @@ from control_plane.schemas import (
     ApprovalCreate,
     ApprovalOut,
     ArtifactOut,
+    BatchSettings,
+    DeployRequest,
+    EndpointOut,
     ExperimentCreate,
     ExperimentOut,
     LineageOut,
@@ -44,11 +47,13 @@ from control_plane.schemas import (
     RunOut,
     RunStatus,
     RunUpdate,
+    ScaleSettings,
     Stage,
     StageChange,
     TokenCreate,
     TokenCreated,
     TokenOut,
+    TrafficUpdate,
     VersionCreate,
     VersionOut,
 )
@@ -326,6 +331,45 @@ class Client:
 
     def compare_runs(self, run_ids: list[str]) -> RunComparison:
         return self._get("/runs/compare", RunComparison, ids=",".join(run_ids))
+
+    # ------------------------------------------------------------ serving
+
+    def deploy(
+        self,
+        endpoint: str,
+        model_ref: str,
+        *,
+        placement: str | None = None,
+        scaling: ScaleSettings | dict[str, Any] | None = None,
+        batching: BatchSettings | dict[str, Any] | None = None,
+        weight: float | None = None,
+    ) -> EndpointOut:
+        """Serve ``model_ref`` on ``endpoint`` (new endpoint: all traffic; else added at 0%)."""
+        body = DeployRequest(
+            endpoint=endpoint, model_ref=model_ref, placement=placement,  # type: ignore[arg-type]
+            scaling=ScaleSettings.model_validate(scaling) if scaling is not None else None,
+            batching=BatchSettings.model_validate(batching or {}), weight=weight,
+        )
+        return self._send("POST", "/endpoints", body, EndpointOut)
+
+    def set_traffic(
+        self, endpoint: str, weights: dict[int, float], *, shadows: list[int] | None = None
+    ) -> EndpointOut:
+        body = TrafficUpdate(weights=weights, shadows=shadows or [])
+        return self._send("PUT", f"/endpoints/{endpoint}/traffic", body, EndpointOut)
+
+    def undeploy(self, endpoint: str) -> None:
+        self._request("DELETE", f"/endpoints/{endpoint}")
+
+    def get_endpoint(self, endpoint: str) -> EndpointOut:
+        return self._get(f"/endpoints/{endpoint}", EndpointOut)
+
+    def list_endpoints(self) -> list[EndpointOut]:
+        return [EndpointOut.model_validate(e) for e in self._request("GET", "/endpoints").json()]
+
+    def endpoint_stats(self, endpoint: str, *, window_s: float = 60.0) -> dict[str, Any]:
+        """Per-version live statistics (p50/p95/p99 ms, error rate, throughput, shadows)."""
+        return self._request("GET", f"/endpoints/{endpoint}/stats", params={"window": window_s}).json()
 
     # ------------------------------------------------------------ tokens
 

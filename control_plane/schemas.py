@@ -12,6 +12,10 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Serving settings are the data plane's own wire objects: one definition, two packages.
+from serving.schemas import BatchingConfig as BatchSettings
+from serving.schemas import ScalingConfig as ScaleSettings
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'.")]
 AliasName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
@@ -339,3 +343,51 @@ class Page(BaseModel, Generic[T]):
 
 
 LineageOut.model_rebuild()
+
+
+# ---------------------------------------------------------------- deployments
+
+
+class DeployRequest(Wire):
+    """Put a model version on an endpoint (creating the endpoint when it is new)."""
+
+    endpoint: Name
+    model_ref: str = Field(description="NAME, NAME:VERSION or NAME@ALIAS.")
+    placement: Literal["colocated", "isolated"] | None = Field(
+        None, description="Only for a new endpoint; colocated by default."
+    )
+    scaling: ScaleSettings | None = Field(
+        None, description="Endpoint replicas (colocated) or this version's (isolated)."
+    )
+    batching: BatchSettings = Field(default_factory=BatchSettings)
+    weight: float | None = Field(
+        None, ge=0, le=100,
+        description="Traffic share; default 100 for a new endpoint, 0 for an added version.",
+    )
+
+
+class TrafficUpdate(Wire):
+    """The whole route table: weights in percent summing to 100, plus shadow versions."""
+
+    weights: dict[int, float] = Field(min_length=1)
+    shadows: list[int] = Field(default_factory=list)
+
+
+class RouteOut(Wire):
+    version: int
+    weight: float
+    shadow: bool
+    batching: BatchSettings
+    scaling: ScaleSettings | None
+
+
+class EndpointOut(Wire):
+    name: str
+    model: str
+    placement: str
+    scaling: ScaleSettings
+    generation: int
+    routes: list[RouteOut]
+    url: str = Field(description="Inference URL prefix (Open Inference Protocol v2).")
+    created_at: datetime
+    updated_at: datetime

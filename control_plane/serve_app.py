@@ -20,7 +20,9 @@ def _build_replica_api() -> Any:
     from control_plane.service import ControlPlane
     from modelplane.settings import get_settings
 
-    return build_api(ControlPlane.start(get_settings()))
+    cp = ControlPlane.start(get_settings())
+    cp.attach_serve()
+    return build_api(cp)
 
 
 def control_plane_application(settings: Settings, *, num_cpus: float = 0.25) -> Any:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 from control_plane.artifacts import ArtifactStore
 from control_plane.auth import TokenService
+from control_plane.deployments import Deployments
 from control_plane.registry import Registry
 from control_plane.store import Database
 from control_plane.tracking import Tracker
@@ -25,7 +28,11 @@ class ControlPlane:
     registry: Registry
     tracker: Tracker
     tokens: TokenService
+    deployments: Deployments
     new_admin_token: str | None = None
+    reconciler: Any = None
+    _reconcile_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def start(cls, settings: Settings, *, migrate: bool = True) -> ControlPlane:
@@ -44,15 +51,44 @@ class ControlPlane:
                 settings.admin_token_path,
                 new_admin,
             )
+        registry = Registry(db, artifacts)
         return cls(
             settings=settings,
             db=db,
             artifacts=artifacts,
-            registry=Registry(db, artifacts),
+            registry=registry,
             tracker=Tracker(db, artifacts),
             tokens=tokens,
+            deployments=Deployments(db, registry, base_url=settings.url),
             new_admin_token=new_admin,
         )
 
+    def attach_serve(self, *, interval_s: float = 10.0) -> None:
+        """Drive Ray Serve from the store: reconcile now, then every ``interval_s``."""
+        from control_plane.reconciler import RayServeBackend, Reconciler
+
+        env = {"MODELPLANE_TOKEN": self.settings.token} if self.settings.token else {}
+        self.reconciler = Reconciler(self.db, RayServeBackend(), base_url=self.settings.url,
+                                     replica_env=env)
+        self.apply()
+        thread = threading.Thread(target=self._reconcile_forever, args=(interval_s,),
+                                  name="reconciler", daemon=True)
+        thread.start()
+
+    def apply(self) -> Any:
+        """Make Serve match the store now (no-op without Serve); returns the report."""
+        if self.reconciler is None:
+            return None
+        with self._reconcile_lock:
+            return self.reconciler.reconcile()
+
+    def _reconcile_forever(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.apply()
+            except Exception:  # keep converging; the next pass may succeed
+                log.exception("reconcile pass failed")
+
     def close(self) -> None:
+        self._stop.set()
         self.db.dispose()

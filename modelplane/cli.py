@@ -54,7 +54,11 @@ def quickstart() -> None:
 
 
 def _register_groups() -> None:
-    from control_plane.cli import experiments, models, server, tokens
+    from control_plane.cli import experiments, models, server, serving, tokens
+
+    for command in (serving.up, serving.down, serving.status, serving.deploy, serving.traffic,
+                    serving.undeploy):
+        app.command()(command)
 
     app.add_typer(models.app, name="models")
     app.add_typer(experiments.app, name="experiments")

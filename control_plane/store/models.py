@@ -154,6 +154,8 @@ class EndpointRouteRow(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     weight: Mapped[float] = mapped_column(Float, default=0.0)
     shadow: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Per-version serving settings: batching, and scaling in the isolated placement.
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class ExperimentRow(Base):

@@ -27,7 +27,7 @@ def test_migration_is_idempotent_and_records_head(db_url: str) -> None:
     Database(db_url).dispose()
     database = Database(db_url)  # second start: nothing to apply
     current, head = schema_revisions(database.engine)
-    assert current == head == "0001"
+    assert current == head == "0002"
     database.dispose()
 
 
@@ -56,3 +56,32 @@ def test_a_failing_block_writes_nothing(db: Database) -> None:
         raise RuntimeError("crash after the insert, before the commit")
     with db.session(readonly=True) as session:
         assert session.scalar(select(ModelRow).where(ModelRow.name == "half")) is None
+
+
+def test_an_upgraded_database_ends_identical_to_a_fresh_one(tmp_path: Path) -> None:
+    """Upgrade step by step from the first revision; compare with a fresh head schema."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from control_plane.store.database import _alembic_config
+
+    old_url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(old_url)
+    config = _alembic_config(engine)
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    engine.dispose()
+    upgraded = Database(old_url)
+    fresh = Database(f"sqlite:///{tmp_path / 'fresh.db'}")
+
+    def describe(database: Database) -> dict:
+        inspector = inspect(database.engine)
+        return {
+            table: sorted((c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table))
+            for table in inspector.get_table_names()
+        }
+
+    assert describe(upgraded) == describe(fresh)
+    upgraded.dispose()
+    fresh.dispose()

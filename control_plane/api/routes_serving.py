@@ -1,0 +1,57 @@
+"""REST routes for endpoints: deploy, traffic, undeploy, status and live statistics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from control_plane.api.deps import CP, Reader, Writer
+from control_plane.schemas import DeployRequest, EndpointOut, TrafficUpdate
+
+router = APIRouter(tags=["serving"])
+
+
+@router.get("/endpoints", response_model=list[EndpointOut])
+def list_endpoints(cp: CP, _: Reader) -> list[EndpointOut]:
+    return cp.deployments.list()
+
+
+@router.post("/endpoints", response_model=EndpointOut, status_code=201)
+def deploy(body: DeployRequest, cp: CP, actor: Writer) -> EndpointOut:
+    """Serve a model version on an endpoint (new endpoint: 100%; existing: added at 0%)."""
+    result = cp.deployments.deploy(body, actor)
+    cp.apply()
+    return result
+
+
+@router.get("/endpoints/{name}", response_model=EndpointOut)
+def get_endpoint(name: str, cp: CP, _: Reader) -> EndpointOut:
+    return cp.deployments.get(name)
+
+
+@router.put("/endpoints/{name}/traffic", response_model=EndpointOut)
+def set_traffic(name: str, body: TrafficUpdate, cp: CP, actor: Writer) -> EndpointOut:
+    """Replace the route table: weights summing to 100 and shadow versions."""
+    result = cp.deployments.set_traffic(name, body, actor)
+    cp.apply()
+    return result
+
+
+@router.delete("/endpoints/{name}", status_code=204)
+def undeploy(name: str, cp: CP, actor: Writer) -> Response:
+    cp.deployments.undeploy(name, actor)
+    cp.apply()
+    return Response(status_code=204)
+
+
+@router.get("/endpoints/{name}/stats")
+def endpoint_stats(
+    name: str, cp: CP, _: Reader,
+    window: Annotated[float, Query(gt=0, le=300, description="Seconds to look back.")] = 60.0,
+) -> dict[str, Any]:
+    """Live per-version statistics from the Monitor over the last ``window`` seconds."""
+    from control_plane.observability import endpoint_stats as read_stats
+
+    cp.deployments.get(name)
+    return {"endpoint": name, "window_s": window, "versions": read_stats(name, window)}

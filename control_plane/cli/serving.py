@@ -1,0 +1,169 @@
+"""``modelplane up|down|status|deploy|traffic|undeploy``: run the platform and its endpoints."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_table
+
+
+def up(
+    num_cpus: int | None = typer.Option(None, help="CPUs for a new local Ray head (default: all)."),
+    fast_ingress: bool | None = typer.Option(
+        None, "--fast-ingress/--default-ingress",
+        help="HAProxy + throughput-optimized Serve (default: when HAProxy is available).",
+    ),
+) -> None:
+    """Start Ray (if none is reachable), Serve, the Monitor and the control plane at /api."""
+    from rich.console import Console
+
+    from control_plane.platform import start_platform
+    from modelplane.settings import get_settings
+
+    console = Console()
+    settings = get_settings()
+    with console.status("starting modelplane …") as status:
+        info = start_platform(settings, num_cpus=num_cpus, fast_ingress=fast_ingress,
+                              progress=lambda message: status.update(message + " …"))
+    console.print(f"[green]modelplane is up[/green] (Ray at {info.ray_address}"
+                  + (", HAProxy ingress" if info.fast_ingress else "") + ")")
+    console.print(f"  control plane  {info.api_url}   (docs: {info.api_url}/docs)")
+    console.print(f"  inference      {info.inference_url}/models/<endpoint>/infer")
+    console.print(f"  metrics        {info.api_url}/metrics")
+    console.print(f"  admin token    {settings.admin_token_path}")
+    console.print("  stop with      modelplane down")
+
+
+def down() -> None:
+    """Shut down Serve, and the local Ray head if `modelplane up` started it."""
+    from control_plane.platform import stop_platform
+    from modelplane.settings import get_settings
+
+    stopped_ray = stop_platform(get_settings(), progress=typer.echo)
+    typer.echo("modelplane is down" + (" (Ray head stopped)" if stopped_ray else ""))
+
+
+def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
+    """Endpoints, their versions and weights, and whether each is ready."""
+    api = client(url)
+    health = api.health()
+    endpoints = api.list_endpoints()
+    ready = {e.name: _is_ready(api.url, e.name) for e in endpoints}
+    payload = {"control_plane": health, "endpoints": endpoints, "ready": ready}
+    emit(as_json, payload, lambda: print_table(
+        f"modelplane {health.get('version', '')} at {api.url}",
+        ["endpoint", "model", "placement", "routes", "ready", "url"],
+        [[e.name, e.model, e.placement,
+          ", ".join(f"v{r.version}={'shadow' if r.shadow else f'{r.weight:g}%'}" for r in e.routes),
+          "yes" if ready[e.name] else "no", e.url] for e in endpoints],
+    ))
+
+
+def _is_ready(base_url: str, endpoint: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{base_url}/v2/models/{endpoint}/ready", timeout=3).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _parse_autoscale(raw: str) -> dict[str, int]:
+    low, sep, high = raw.partition(":")
+    if not sep or not low.isdigit() or not high.isdigit() or int(high) < max(int(low), 1):
+        raise typer.BadParameter(f"--autoscale {raw!r} must be MIN:MAX with MAX >= MIN, MAX >= 1")
+    return {"min_replicas": int(low), "max_replicas": int(high)}
+
+
+def deploy(
+    endpoint: str = typer.Argument(..., help="Endpoint name (the URL is /v2/models/ENDPOINT)."),
+    model_ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
+    placement: str | None = typer.Option(None, help="colocated (default) or isolated; new endpoints only."),
+    replicas: int | None = typer.Option(None, min=1, help="Fixed replica count."),
+    autoscale: str | None = typer.Option(None, help="MIN:MAX replicas with autoscaling."),
+    num_cpus: float | None = typer.Option(None, min=0, help="CPUs per replica (default 0.5)."),
+    num_gpus: float | None = typer.Option(None, min=0, help="GPUs per replica."),
+    max_batch_size: int = typer.Option(1, min=1, help="Dynamic batching; 1 turns it off."),
+    batch_wait_ms: float = typer.Option(2.0, min=0, help="Longest wait to fill a batch."),
+    weight: float | None = typer.Option(None, min=0, max=100, help="Traffic share for an added version."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the endpoint serves it."),
+    timeout: float = typer.Option(300, help="Seconds to wait."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Serve a model version on an endpoint (new: all traffic; existing: added at 0%)."""
+    if placement not in (None, "colocated", "isolated"):
+        raise typer.BadParameter(f"--placement {placement!r} must be colocated or isolated")
+    if replicas is not None and autoscale is not None:
+        raise typer.BadParameter("give --replicas or --autoscale, not both")
+    scaling: dict[str, object] | None = None
+    if replicas is not None or autoscale is not None or num_cpus is not None or num_gpus is not None:
+        scaling = {}
+        if replicas is not None:
+            scaling["replicas"] = replicas
+        if autoscale is not None:
+            scaling["autoscaling"] = _parse_autoscale(autoscale)
+        if num_cpus is not None:
+            scaling["num_cpus"] = num_cpus
+        if num_gpus is not None:
+            scaling["num_gpus"] = num_gpus
+    api = client(url)
+    result = api.deploy(endpoint, model_ref, placement=placement, scaling=scaling, weight=weight,
+                        batching={"max_batch_size": max_batch_size,
+                                  "batch_wait_timeout_ms": batch_wait_ms})
+    version = api.resolve(model_ref).version
+    if wait:
+        _wait_serving(api.url, endpoint, version, timeout)
+    emit(as_json, result, lambda: typer.echo(
+        f"{endpoint}: " + ", ".join(f"v{r.version}={'shadow' if r.shadow else f'{r.weight:g}%'}"
+                                    for r in result.routes) + f"\n  {result.url}/infer"))
+
+
+def _wait_serving(base_url: str, endpoint: str, version: int, timeout: float) -> None:
+    import httpx
+    from rich.console import Console
+
+    deadline = time.monotonic() + timeout
+    with Console(stderr=True).status(f"waiting for {endpoint} to load version {version} …"):
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{base_url}/v2/models/{endpoint}", timeout=3)
+                if response.status_code == 200 and str(version) in response.json().get("versions", []):
+                    return
+            except (httpx.TransportError, ValueError):
+                pass
+            time.sleep(0.5)
+    raise typer.BadParameter(
+        f"{endpoint} did not load version {version} within {timeout:.0f}s; "
+        "`modelplane status` and `serve status` show why"
+    )
+
+
+def traffic(
+    endpoint: str = typer.Argument(..., help="Endpoint name."),
+    weights: list[str] = typer.Argument(..., help="VERSION=PERCENT pairs summing to 100, e.g. 3=90 4=10."),
+    shadow: list[int] = typer.Option([], "--shadow", help="Version to mirror traffic to (repeatable)."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Set an endpoint's route table; versions not named are unloaded."""
+    parsed: dict[int, float] = {}
+    for pair in weights:
+        version, sep, percent = pair.partition("=")
+        try:
+            parsed[int(version)] = float(percent)
+        except ValueError:
+            raise typer.BadParameter(f"{pair!r} is not VERSION=PERCENT (for example 3=90)") from None
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not VERSION=PERCENT (for example 3=90)")
+    result = client(url).set_traffic(endpoint, parsed, shadows=list(shadow))
+    emit(as_json, result, lambda: typer.echo(
+        f"{endpoint}: " + ", ".join(f"v{r.version}={'shadow' if r.shadow else f'{r.weight:g}%'}"
+                                    for r in result.routes)))
+
+
+def undeploy(endpoint: str = typer.Argument(..., help="Endpoint name."),
+             url: str | None = UrlOption) -> None:
+    """Remove an endpoint and its replicas."""
+    client(url).undeploy(endpoint)
+    typer.echo(f"undeployed {endpoint}")

@@ -1,0 +1,226 @@
+"""Desired serving state: which versions each endpoint serves, with what weights.
+
+The store is the source of truth; every change here is one transaction and bumps the
+endpoint's generation, then the reconciler makes Ray Serve match.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.auth import Principal
+from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
+from control_plane.registry import Registry, parse_ref
+from control_plane.schemas import (
+    BatchSettings,
+    DeployRequest,
+    EndpointOut,
+    Role,
+    RouteOut,
+    ScaleSettings,
+    TrafficUpdate,
+)
+from control_plane.store import Database
+from control_plane.store.models import EndpointRouteRow, EndpointRow, ModelRow, ModelVersionRow
+
+
+class Deployments:
+    """Endpoints and their route tables, as stored."""
+
+    def __init__(self, db: Database, registry: Registry, *, base_url: str) -> None:
+        self.db = db
+        self.registry = registry
+        self.base_url = base_url.rstrip("/")
+
+    def deploy(self, spec: DeployRequest, actor: Principal) -> EndpointOut:
+        """Create the endpoint serving ``spec.model_ref``, or add that version to it."""
+        actor.require(Role.DEPLOYER)
+        name, _, _ = parse_ref(spec.model_ref)
+        version = self.registry.resolve(spec.model_ref).version
+        with self.db.session() as session:
+            model = session.scalar(select(ModelRow).where(ModelRow.name == name))
+            assert model is not None
+            row = _version_row(session, model, version)
+            endpoint = session.scalar(select(EndpointRow).where(EndpointRow.name == spec.endpoint))
+            if endpoint is None:
+                endpoint = EndpointRow(
+                    name=spec.endpoint, model_id=model.id,
+                    placement=spec.placement or "colocated",
+                    config={"scaling": (spec.scaling or ScaleSettings()).model_dump()},
+                )
+                session.add(endpoint)
+                session.flush()
+                weight = 100.0 if spec.weight is None else spec.weight
+                if weight != 100.0:
+                    raise InvalidInputError(
+                        "the first version of a new endpoint takes all traffic; omit weight",
+                        detail={"field": "weight"},
+                    )
+            else:
+                if endpoint.model_id != model.id:
+                    other = session.get(ModelRow, endpoint.model_id)
+                    raise ConflictError(
+                        f"endpoint {spec.endpoint!r} serves model {other.name if other else '?'!r}, "
+                        f"not {name!r}; pick another endpoint name",
+                        detail={"field": "endpoint"},
+                    )
+                if spec.placement and spec.placement != endpoint.placement:
+                    raise ConflictError(
+                        f"endpoint {spec.endpoint!r} is {endpoint.placement}; placement cannot "
+                        "change in place (undeploy and deploy again)",
+                        detail={"field": "placement"},
+                    )
+                if spec.scaling is not None and endpoint.placement == "colocated":
+                    endpoint.config = {**endpoint.config, "scaling": spec.scaling.model_dump()}
+                weight = 0.0 if spec.weight is None else spec.weight
+            if row.status == "rejected" and weight > 0:
+                raise ConflictError(
+                    f"{name}:{version} was rejected ({row.status_reason}); it cannot take traffic",
+                    detail={"field": "model_ref"},
+                )
+            settings = {"batching": spec.batching.model_dump()}
+            if endpoint.placement == "isolated":
+                settings["scaling"] = (spec.scaling or ScaleSettings()).model_dump()
+            route = _route(session, endpoint, row)
+            if route is None:
+                session.add(EndpointRouteRow(endpoint_id=endpoint.id, version_id=row.id,
+                                             weight=weight, shadow=False, settings=settings))
+                if weight > 0:
+                    _rescale_others(session, endpoint, row.id, weight)
+            else:
+                route.settings = settings
+                if spec.weight is not None:
+                    route.weight, route.shadow = weight, False
+                    _rescale_others(session, endpoint, row.id, weight)
+            _touch(endpoint)
+            session.flush()
+            return self._endpoint_out(session, endpoint)
+
+    def set_traffic(self, endpoint_name: str, spec: TrafficUpdate, actor: Principal) -> EndpointOut:
+        """Replace the route table; versions not named are removed from the endpoint."""
+        actor.require(Role.DEPLOYER)
+        total = sum(spec.weights.values())
+        if any(w < 0 for w in spec.weights.values()) or not math.isclose(total, 100.0, abs_tol=1e-6):
+            raise InvalidInputError(
+                f"weights must be non-negative and sum to 100, got {total:g}",
+                detail={"field": "weights"},
+            )
+        overlap = set(spec.shadows) & {v for v, w in spec.weights.items() if w > 0}
+        if overlap:
+            raise InvalidInputError(
+                f"version(s) {sorted(overlap)} cannot both take traffic and shadow it",
+                detail={"field": "shadows"},
+            )
+        with self.db.session() as session:
+            endpoint = _endpoint(session, endpoint_name)
+            model = session.get(ModelRow, endpoint.model_id)
+            assert model is not None
+            wanted = {**{v: (w, False) for v, w in spec.weights.items()},
+                      **{v: (0.0, True) for v in spec.shadows}}
+            existing = {r.version_id: r for r in _routes(session, endpoint)}
+            keep: set[int] = set()
+            for number, (weight, shadow) in wanted.items():
+                row = _version_row(session, model, number)
+                if row.status == "rejected" and (weight > 0 or shadow):
+                    raise ConflictError(
+                        f"{model.name}:{number} was rejected ({row.status_reason}); it cannot "
+                        "serve traffic",
+                        detail={"field": "weights"},
+                    )
+                route = existing.get(row.id)
+                if route is None:
+                    settings = {"batching": BatchSettings().model_dump()}
+                    if endpoint.placement == "isolated":
+                        settings["scaling"] = ScaleSettings().model_dump()
+                    route = EndpointRouteRow(endpoint_id=endpoint.id, version_id=row.id,
+                                             settings=settings)
+                    session.add(route)
+                route.weight, route.shadow = weight, shadow
+                keep.add(row.id)
+            for version_id, route in existing.items():
+                if version_id not in keep:
+                    session.delete(route)
+            _touch(endpoint)
+            session.flush()
+            session.expire_all()
+            return self._endpoint_out(session, endpoint)
+
+    def undeploy(self, endpoint_name: str, actor: Principal) -> None:
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            session.delete(_endpoint(session, endpoint_name))
+
+    def get(self, endpoint_name: str) -> EndpointOut:
+        with self.db.session(readonly=True) as session:
+            return self._endpoint_out(session, _endpoint(session, endpoint_name))
+
+    def list(self) -> list[EndpointOut]:
+        with self.db.session(readonly=True) as session:
+            rows = session.scalars(select(EndpointRow).order_by(EndpointRow.name)).all()
+            return [self._endpoint_out(session, row) for row in rows]
+
+    def _endpoint_out(self, session: Session, endpoint: EndpointRow) -> EndpointOut:
+        model = session.get(ModelRow, endpoint.model_id)
+        assert model is not None
+        routes = []
+        for route in _routes(session, endpoint):
+            version = session.get(ModelVersionRow, route.version_id)
+            assert version is not None
+            scaling = route.settings.get("scaling")
+            routes.append(RouteOut(
+                version=version.version, weight=route.weight, shadow=route.shadow,
+                batching=BatchSettings.model_validate(route.settings.get("batching", {})),
+                scaling=ScaleSettings.model_validate(scaling) if scaling else None,
+            ))
+        return EndpointOut(
+            name=endpoint.name, model=model.name, placement=endpoint.placement,
+            scaling=ScaleSettings.model_validate(endpoint.config.get("scaling", {})),
+            generation=endpoint.generation,
+            routes=sorted(routes, key=lambda r: r.version),
+            url=f"{self.base_url}/v2/models/{endpoint.name}",
+            created_at=endpoint.created_at, updated_at=endpoint.updated_at,
+        )
+
+
+def _endpoint(session: Session, name: str) -> EndpointRow:
+    row = session.scalar(select(EndpointRow).where(EndpointRow.name == name))
+    if row is None:
+        raise NotFoundError(f"no endpoint named {name!r}", detail={"field": "endpoint"})
+    return row
+
+
+def _version_row(session: Session, model: ModelRow, version: int) -> ModelVersionRow:
+    row = session.scalar(select(ModelVersionRow).where(
+        ModelVersionRow.model_id == model.id, ModelVersionRow.version == version))
+    if row is None:
+        raise NotFoundError(f"model {model.name!r} has no version {version}",
+                            detail={"field": "version"})
+    return row
+
+
+def _routes(session: Session, endpoint: EndpointRow) -> list[EndpointRouteRow]:
+    return list(session.scalars(
+        select(EndpointRouteRow).where(EndpointRouteRow.endpoint_id == endpoint.id)
+    ).all())
+
+
+def _route(session: Session, endpoint: EndpointRow, version: ModelVersionRow) -> EndpointRouteRow | None:
+    return session.scalar(select(EndpointRouteRow).where(
+        EndpointRouteRow.endpoint_id == endpoint.id, EndpointRouteRow.version_id == version.id))
+
+
+def _rescale_others(session: Session, endpoint: EndpointRow, version_id: int, weight: float) -> None:
+    """Give the other weighted versions the remaining share, in their current proportions."""
+    others = [r for r in _routes(session, endpoint) if r.version_id != version_id and not r.shadow]
+    total = sum(r.weight for r in others)
+    for route in others:
+        route.weight = (100.0 - weight) * (route.weight / total) if total > 0 else 0.0
+
+
+def _touch(endpoint: EndpointRow) -> None:
+    endpoint.generation += 1
+    endpoint.updated_at = datetime.now(UTC)

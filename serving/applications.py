@@ -1,0 +1,106 @@
+"""Build the Serve applications for an endpoint from its :class:`EndpointConfig`.
+
+Colocated: one application, ``endpoint-{name}`` at ``/v2/models/{name}``, one deployment
+whose replicas hold every version. Isolated: the same application name and prefix for the
+router, plus one application per version (``endpoint-{name}-v{n}``, no HTTP route) with
+its own replicas, resources and autoscaling. Keeping each version in its own application
+means adding or removing a version never changes the router's constructor arguments, so
+the router is reconfigured, not restarted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.schemas import EndpointConfig, ScalingConfig, VersionConfig
+
+SERVER_APP = "inference-server"
+SERVER_ROUTE = "/v2"
+
+
+def endpoint_app_name(endpoint: str) -> str:
+    return f"endpoint-{endpoint}"
+
+
+def version_app_name(endpoint: str, version: int) -> str:
+    return f"endpoint-{endpoint}-v{version}"
+
+
+def endpoint_route_prefix(endpoint: str) -> str:
+    return f"/v2/models/{endpoint}"
+
+
+def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongoing: int = 1) -> dict[str, Any]:
+    actor: dict[str, Any] = {"num_cpus": scaling.num_cpus, "runtime_env": {"env_vars": env}}
+    if scaling.num_gpus:
+        actor["num_gpus"] = scaling.num_gpus
+    if scaling.memory_mb:
+        actor["memory"] = scaling.memory_mb * 1024 * 1024
+    options: dict[str, Any] = {
+        "ray_actor_options": actor,
+        # Serve caps a batch at max_ongoing_requests without saying so: keep it above.
+        "max_ongoing_requests": max(scaling.max_ongoing_requests, min_ongoing),
+        "graceful_shutdown_timeout_s": 10,
+        "health_check_period_s": 5,
+    }
+    if scaling.autoscaling is not None:
+        auto = scaling.autoscaling
+        options["autoscaling_config"] = {
+            "min_replicas": auto.min_replicas,
+            "max_replicas": auto.max_replicas,
+            "initial_replicas": max(auto.min_replicas, 1),
+            "target_ongoing_requests": auto.target_ongoing_requests,
+            "upscale_delay_s": 3,
+            "downscale_delay_s": 30,
+        }
+    else:
+        options["num_replicas"] = scaling.replicas
+    return options
+
+
+def _batch_floor(versions: list[VersionConfig]) -> int:
+    return 2 * max((v.batching.max_batch_size for v in versions), default=1)
+
+
+def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str]) -> Any:
+    """The application serving ``config.endpoint``'s HTTP route (endpoint or router)."""
+    from ray import serve
+
+    from serving.endpoint import EndpointRouter, EndpointServer
+
+    user_config = config.model_dump(mode="json")
+    if config.placement == "colocated":
+        options = _deployment_options(config.scaling, env=env,
+                                      min_ongoing=_batch_floor(config.versions))
+        deployment = serve.deployment(EndpointServer).options(
+            name="endpoint", user_config=user_config, **options
+        )
+        return deployment.bind()
+    options = _deployment_options(config.scaling, env=env)
+    deployment = serve.deployment(EndpointRouter).options(
+        name="router", user_config=user_config, **options
+    )
+    return deployment.bind()
+
+
+def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: dict[str, str]) -> Any:
+    """Isolated placement: the application running one version's ModelServer replicas."""
+    from ray import serve
+
+    from serving.endpoint import ModelServer, model_server_name
+
+    options = _deployment_options(version.scaling, env=env, min_ongoing=_batch_floor([version]))
+    deployment = serve.deployment(ModelServer).options(name=model_server_name(version.version), **options)
+    return deployment.bind(version.model_dump(mode="json"))
+
+
+def build_server_app() -> Any:
+    """``/v2``: server health and metadata."""
+    from ray import serve
+
+    from serving.endpoint import InferenceServer
+
+    return serve.deployment(InferenceServer).options(
+        name="server", num_replicas=1, ray_actor_options={"num_cpus": 0.05},
+        max_ongoing_requests=256,
+    ).bind()

@@ -1,0 +1,213 @@
+"""The inference core: one endpoint's v2 routes, transport-free.
+
+``InferenceCore.handle`` takes a method, the path below ``/v2/models/{endpoint}``, the
+headers and the body, and returns status, headers and body. It decodes, picks the version
+(pin, stickiness or weights), validates, runs through the version's backend, encodes,
+records statistics and schedules shadows after the answer. The Serve deployments
+(colocated endpoint, isolated router) are thin adapters around it; so are the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from modelplane.errors import ModelplaneError
+from serving.errors import InferenceFailedError, InvalidRequestError, ModelNotFoundError
+from serving.protocol import decode_request, encode_response, from_numpy_dtype
+from serving.routing import Router
+from serving.schemas import EndpointConfig, TensorSignature, VersionConfig
+from serving.stats import ENDPOINT_LEVEL, StatsRecorder, compare_outputs
+from serving.validation import check_requested_outputs, numpy_dtype, validate_inputs
+
+log = logging.getLogger(__name__)
+_PATH = re.compile(r"^(?:/versions/(?P<version>[^/]+))?(?P<action>/infer|/ready)?/?$")
+MAX_SHADOWS_IN_FLIGHT = 256
+
+
+class VersionBackend(Protocol):
+    """Where a version runs: in this process (colocated) or behind a handle (isolated)."""
+
+    config: VersionConfig
+
+    async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class HttpResult:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json(status: int, payload: Any, request_id: str | None = None) -> HttpResult:
+    headers = {"content-type": "application/json"}
+    if request_id:
+        headers["x-request-id"] = request_id
+    return HttpResult(status, json.dumps(payload).encode(), headers)
+
+
+def error_result(error: ModelplaneError, request_id: str) -> HttpResult:
+    # The v2 spec's error body is {"error": "<message>"}; tritonclient shows that field,
+    # so the message goes there and the stable code beside it.
+    return _json(
+        error.http_status,
+        {"error": error.message, "code": error.code, "request_id": request_id},
+        request_id,
+    )
+
+
+def tensor_metadata(specs: list[TensorSignature]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": spec.name,
+            "datatype": from_numpy_dtype(numpy_dtype(spec.dtype)) if spec.dtype != "string" else "BYTES",
+            "shape": [-1 if dim is None else dim for dim in spec.shape],
+        }
+        for spec in specs
+    ]
+
+
+class InferenceCore:
+    """The request path of one endpoint; swap configuration and backends with ``update``."""
+
+    def __init__(self, config: EndpointConfig, backends: Mapping[int, VersionBackend]) -> None:
+        self.recorder = StatsRecorder()
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.shadows_dropped = 0
+        self.update(config, backends)
+
+    def update(self, config: EndpointConfig, backends: Mapping[int, VersionBackend]) -> None:
+        """Install a new route table and version set (one assignment: requests see old or new)."""
+        self._state = (config, dict(backends), Router.compile(config.routes))
+
+    @property
+    def config(self) -> EndpointConfig:
+        return self._state[0]
+
+    def take_stats(self) -> StatsRecorder:
+        """The statistics since the last call, replaced by a fresh recorder."""
+        taken, self.recorder = self.recorder, StatsRecorder()
+        return taken
+
+    async def handle(
+        self, method: str, subpath: str, headers: Mapping[str, str], body: bytes
+    ) -> HttpResult:
+        started = time.perf_counter()
+        config, backends, router = self._state
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        version = ENDPOINT_LEVEL
+        try:
+            match = _PATH.match(subpath)
+            if match is None:
+                raise ModelNotFoundError(f"no route {subpath!r} under /v2/models/{config.endpoint}")
+            pinned = _parse_version(match.group("version"), backends, config.endpoint)
+            action = match.group("action")
+            if action is None or action == "/ready":
+                if method != "GET":
+                    raise InvalidRequestError(f"use GET for {subpath or 'metadata'}",
+                                              detail={"field": "method"})
+                return self._metadata(config, backends, pinned, ready=action == "/ready")
+            if method != "POST":
+                raise InvalidRequestError("inference requests must be POST", detail={"field": "method"})
+            request = decode_request(body, headers, max_body_bytes=config.max_body_bytes)
+            if request.id:
+                request_id = request.id
+            version = pinned if pinned is not None else router.pick(headers.get(router.sticky_header))
+            backend = backends[version]
+            model = f"{config.endpoint}:{version}"
+            arrays = validate_inputs(request, backend.config.inputs, model=model)
+            wanted = check_requested_outputs(request, backend.config.outputs, model=model)
+            outputs = await backend.infer(arrays)
+            chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
+            encoded = encode_response(chosen, model_name=config.endpoint,
+                                      model_version=str(version), request=request)
+            elapsed = time.perf_counter() - started
+            self.recorder.record(version, 200, elapsed)
+            if pinned is None:
+                for shadow in router.shadows:
+                    self._start_shadow(backends.get(shadow), arrays, outputs, elapsed)
+            return HttpResult(200, encoded.body, {**encoded.headers, "x-request-id": request_id})
+        except ModelplaneError as error:
+            self.recorder.record(version, error.http_status, time.perf_counter() - started, error.code)
+            if error.http_status >= 500:
+                log.warning("request %s to %s failed: %s", request_id, config.endpoint, error.message)
+            return error_result(error, request_id)
+        except Exception as error:  # a backend failure must never take routing down
+            log.exception("request %s to %s failed unexpectedly", request_id, config.endpoint)
+            self.recorder.record(version, 500, time.perf_counter() - started, "internal_error")
+            failure = InferenceFailedError(
+                f"{config.endpoint}:{version} failed ({type(error).__name__}); request id "
+                f"{request_id} is in the replica log"
+            )
+            return error_result(failure, request_id)
+
+    def _metadata(self, config: EndpointConfig, backends: Mapping[int, VersionBackend],
+                  pinned: int | None, *, ready: bool) -> HttpResult:
+        if ready:
+            return _json(200, {"name": config.endpoint, "ready": True})
+        router_versions = Router.compile(config.routes).versions
+        shown = pinned if pinned is not None else (router_versions[0] if router_versions
+                                                    else min(backends, default=None))
+        if shown is None:
+            raise ModelNotFoundError(f"endpoint {config.endpoint!r} has no versions")
+        spec = backends[shown].config
+        return _json(200, {
+            "name": config.endpoint,
+            "versions": [str(v) for v in sorted(backends)],
+            "platform": "onnxruntime_onnx",
+            "inputs": tensor_metadata(spec.inputs),
+            "outputs": tensor_metadata(spec.outputs),
+            "parameters": {"version": str(shown), "weights": {str(k): v for k, v in config.routes.weights.items()}},
+        })
+
+    def _start_shadow(self, backend: VersionBackend | None, arrays: dict[str, np.ndarray],
+                      primary: dict[str, np.ndarray], primary_latency: float) -> None:
+        if backend is None:
+            return
+        if len(self._shadow_tasks) >= MAX_SHADOWS_IN_FLIGHT:
+            self.shadows_dropped += 1  # a slow shadow must not grow memory without bound
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run_shadow(backend, arrays, primary, primary_latency)
+        )
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _run_shadow(self, backend: VersionBackend, arrays: dict[str, np.ndarray],
+                          primary: dict[str, np.ndarray], primary_latency: float) -> None:
+        # Yield first so the primary response goes out before the shadow starts.
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        version = backend.config.version
+        try:
+            outputs = await backend.infer(arrays)
+        except Exception as error:
+            self.recorder.record_shadow(version, agreed=None, abs_diff=0.0,
+                                        latency_delta_s=0.0, failed=True)
+            log.debug("shadow %s failed: %s", version, error)
+            return
+        latency = time.perf_counter() - started
+        agreed, diff = compare_outputs(backend.config.task, primary, outputs)
+        self.recorder.record_shadow(version, agreed=agreed, abs_diff=diff,
+                                    latency_delta_s=latency - primary_latency, failed=False)
+
+
+def _parse_version(raw: str | None, backends: Mapping[int, VersionBackend], endpoint: str) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) not in backends:
+        raise ModelNotFoundError(
+            f"endpoint {endpoint!r} has no version {raw!r} loaded; loaded: {sorted(backends)}",
+            detail={"field": "version"},
+        )
+    return int(raw)

@@ -1,0 +1,215 @@
+"""Serve deployments of the data plane, thin adapters around :class:`InferenceCore`.
+
+- ``EndpointServer``: the colocated placement. Every replica loads every version of its
+  endpoint and makes the weighted choice in-process: one hop.
+- ``EndpointRouter`` + ``ModelServer``: the isolated placement. The router makes the same
+  choice and forwards through a handle to one deployment per version.
+- ``InferenceServer``: ``/v2`` itself (server health and metadata, and 404s for models
+  that no endpoint serves).
+
+Configuration arrives as the Serve ``user_config`` (an :class:`EndpointConfig`); Serve
+calls ``reconfigure`` on every live replica when it changes, so weights, shadows and the
+version set change without restarting any replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving.applications import version_app_name
+from serving.backends import LocalVersion, RemoteVersion, load_runner
+from serving.core import HttpResult, InferenceCore, _json, error_result
+from serving.errors import ModelNotFoundError, ModelNotReadyError
+from serving.monitor import get_monitor
+from serving.schemas import EndpointConfig, VersionConfig
+
+log = logging.getLogger(__name__)
+
+
+def _to_response(result: HttpResult) -> Response:
+    return Response(content=result.body, status_code=result.status, headers=result.headers)
+
+
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # outside a replica (unit tests)
+        return f"pid-{os.getpid()}"
+
+
+class _StatsShipping:
+    """Sends the core's statistics to the Monitor about once a second, off the request path."""
+
+    core: InferenceCore | None
+    _shipper: asyncio.Task[None] | None = None
+
+    def _ensure_shipping(self) -> None:
+        if self._shipper is None or self._shipper.done():
+            self._shipper = asyncio.get_running_loop().create_task(self._ship_forever())
+
+    async def _ship_forever(self) -> None:
+        replica = _replica_id()
+        while True:
+            core = self.core
+            interval = core.config.stats_interval_s if core else 1.0
+            await asyncio.sleep(interval)
+            if core is None:
+                continue
+            delta = core.take_stats().to_delta()
+            if not delta:
+                continue
+            monitor = get_monitor(core.config.monitor_actor, core.config.monitor_namespace)
+            if monitor is None:
+                continue
+            try:
+                await asyncio.wait_for(
+                    asyncio.wrap_future(monitor.record.remote(core.config.endpoint, replica, delta).future()),
+                    timeout=5,
+                )
+            except Exception as error:  # the monitor restarting must not break serving
+                log.warning("could not ship statistics to the monitor: %s", error)
+
+
+class EndpointServer(_StatsShipping):
+    """Colocated endpoint replica: all versions in-process, route table in memory."""
+
+    def __init__(self) -> None:
+        self.core: InferenceCore | None = None
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="onnx")
+        self._loaded: dict[tuple[int, str, Any], LocalVersion] = {}
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load new versions, drop removed ones and swap the route table, in place."""
+        from kernels import warmup
+
+        config = EndpointConfig.model_validate(user_config)
+        backends: dict[int, LocalVersion] = {}
+        loop = asyncio.get_running_loop()
+        for version in config.versions:
+            key = _version_key(version)
+            backend = self._loaded.get(key)
+            if backend is None:
+                runner = await loop.run_in_executor(None, load_runner, version)
+                backend = LocalVersion(version, runner, self._executor)
+            backends[version.version] = backend
+        await loop.run_in_executor(None, warmup)
+        self._loaded = {_version_key(b.config): b for b in backends.values()}
+        if self.core is None:
+            self.core = InferenceCore(config, backends)
+        else:
+            self.core.update(config, backends)
+        self._ensure_shipping()
+
+    async def __call__(self, request: Request) -> Response:
+        core = self.core
+        if core is None:
+            return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
+        subpath = _subpath(request, core.config.endpoint)
+        body = await request.body() if request.method == "POST" else b""
+        return _to_response(await core.handle(request.method, subpath, request.headers, body))
+
+    def check_health(self) -> None:
+        if self.core is None:
+            raise RuntimeError("no configuration received yet")
+
+
+class ModelServer:
+    """Isolated placement: one version per deployment, batched, called by the router."""
+
+    def __init__(self, version: dict[str, Any]) -> None:
+        from kernels import warmup
+
+        config = VersionConfig.model_validate(version)
+        self.local = LocalVersion(config, load_runner(config),
+                                  ThreadPoolExecutor(max_workers=4, thread_name_prefix="onnx"))
+        warmup()
+
+    async def infer(self, arrays: dict[str, Any]) -> dict[str, Any]:
+        return await self.local.infer(arrays)
+
+
+class EndpointRouter(_StatsShipping):
+    """Isolated placement: route table in memory, versions behind handles."""
+
+    def __init__(self) -> None:
+        self.core: InferenceCore | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        from ray import serve
+
+        config = EndpointConfig.model_validate(user_config)
+        backends = {
+            v.version: RemoteVersion(
+                v,
+                serve.get_deployment_handle(
+                    model_server_name(v.version),
+                    app_name=version_app_name(config.endpoint, v.version),
+                ),
+            )
+            for v in config.versions
+        }
+        if self.core is None:
+            self.core = InferenceCore(config, backends)
+        else:
+            self.core.update(config, backends)
+        self._ensure_shipping()
+
+    async def __call__(self, request: Request) -> Response:
+        core = self.core
+        if core is None:
+            return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
+        subpath = _subpath(request, core.config.endpoint)
+        body = await request.body() if request.method == "POST" else b""
+        return _to_response(await core.handle(request.method, subpath, request.headers, body))
+
+
+class InferenceServer:
+    """``/v2``: server metadata and health; unknown model names get a 404 naming them."""
+
+    async def __call__(self, request: Request) -> Response:
+        from modelplane import __version__
+
+        path = _strip_prefix(request, "/v2").rstrip("/")
+        if path in ("", "/"):
+            return _to_response(_json(200, {"name": "modelplane", "version": __version__,
+                                            "extensions": ["binary_tensor_data"]}))
+        if path in ("/health/live", "/health/ready"):
+            return _to_response(_json(200, {"live": True} if path.endswith("live") else {"ready": True}))
+        if path.startswith("/models/"):
+            name = path.split("/")[2]
+            error = ModelNotFoundError(f"no endpoint named {name!r} is deployed; "
+                                       "`modelplane status` lists the endpoints")
+            return _to_response(error_result(error, request.headers.get("x-request-id", "")))
+        return _to_response(error_result(ModelNotFoundError(f"no route {path!r} under /v2"), ""))
+
+
+def model_server_name(version: int) -> str:
+    return f"model-v{version}"
+
+
+def _version_key(config: VersionConfig) -> tuple[int, str, Any]:
+    # A version is reloaded only when what it runs changes, not when its route weight does.
+    return (config.version, config.digest, (config.batching, config.intra_op_threads))
+
+
+def _strip_prefix(request: Request, prefix: str) -> str:
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    if path.startswith(prefix):
+        path = path[len(prefix):]
+    return path
+
+
+def _subpath(request: Request, endpoint: str) -> str:
+    return _strip_prefix(request, f"/v2/models/{endpoint}")

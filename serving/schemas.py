@@ -1,0 +1,122 @@
+"""Wire objects of the data plane: what the reconciler hands each endpoint.
+
+An :class:`EndpointConfig` travels as a Serve ``user_config``; a change to it reaches
+every replica through ``reconfigure`` without a restart. Serving never imports the control
+plane: these models carry everything a replica needs (artifact URL, digest, signature).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STICKY_HEADER = "x-modelplane-key"
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSignature(Wire):
+    """One input or output as the model declares it; ``None`` dims are dynamic."""
+
+    name: str
+    dtype: str = Field(description="numpy spelling: float32, int64, string …")
+    shape: list[int | None]
+
+
+class BatchingConfig(Wire):
+    """Dynamic batching for one version (``max_batch_size`` 1 turns it off)."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
+    batch_wait_timeout_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+
+
+class AutoscalingConfig(Wire):
+    """Serve autoscaling bounds; ``min_replicas`` 0 allows scale to zero."""
+
+    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 2
+    target_ongoing_requests: Annotated[float, Field(gt=0, le=10_000)] = 16.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be >= min_replicas")
+        return self
+
+
+class ScalingConfig(Wire):
+    """Fixed replicas or autoscaling, and what each replica reserves."""
+
+    replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: Annotated[float, Field(ge=0, le=512)] = 0.5
+    num_gpus: Annotated[float, Field(ge=0, le=64)] = 0.0
+    memory_mb: Annotated[int, Field(ge=0)] = 0
+    max_ongoing_requests: Annotated[int, Field(ge=1, le=100_000)] = 64
+
+
+class VersionConfig(Wire):
+    """One model version an endpoint can route to."""
+
+    version: Annotated[int, Field(ge=1)]
+    model: str
+    artifact_url: str = Field(description="HTTP URL the replica downloads the ONNX file from.")
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: list[TensorSignature] = Field(min_length=1)
+    outputs: list[TensorSignature] = Field(min_length=1)
+    task: Literal["classification", "regression", "other"] = "other"
+    reference_profile: dict[str, Any] | None = None
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    scaling: ScalingConfig = Field(
+        default_factory=ScalingConfig, description="Isolated placement only."
+    )
+    intra_op_threads: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class RouteTable(Wire):
+    """Which versions answer and in what share; shadows get a copy after the answer."""
+
+    weights: dict[int, Annotated[float, Field(ge=0)]]
+    shadows: list[int] = Field(default_factory=list)
+    sticky_header: str = STICKY_HEADER
+
+    @model_validator(mode="after")
+    def _has_traffic(self) -> RouteTable:
+        if self.weights and sum(self.weights.values()) <= 0:
+            raise ValueError("at least one version needs a positive weight")
+        if set(self.shadows) & {v for v, w in self.weights.items() if w > 0}:
+            raise ValueError("a version cannot both take traffic and shadow it")
+        return self
+
+
+class EndpointConfig(Wire):
+    """Everything an endpoint's replicas need: versions, routes, placement, scaling."""
+
+    endpoint: str
+    placement: Literal["colocated", "isolated"] = "colocated"
+    versions: list[VersionConfig]
+    routes: RouteTable
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    monitor_actor: str = "modelplane-monitor"
+    monitor_namespace: str = "modelplane"
+    stats_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    generation: int = 0
+
+    @model_validator(mode="after")
+    def _routes_name_known_versions(self) -> EndpointConfig:
+        known = {v.version for v in self.versions}
+        routed = set(self.routes.weights) | set(self.routes.shadows)
+        unknown = routed - known
+        if unknown:
+            raise ValueError(f"route table names versions {sorted(unknown)} that are not loaded")
+        return self
+
+    def version(self, number: int) -> VersionConfig | None:
+        for candidate in self.versions:
+            if candidate.version == number:
+                return candidate
+        return None

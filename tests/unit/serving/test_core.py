@@ -1,0 +1,182 @@
+"""The inference core with in-process backends: routing, validation, shadows, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import tritonclient.http as tc
+
+from serving.core import InferenceCore
+from serving.schemas import EndpointConfig, RouteTable, TensorSignature, VersionConfig
+
+
+def version_config(version: int, task: str = "classification") -> VersionConfig:
+    return VersionConfig(
+        version=version, model="iris", artifact_url="http://unused", digest="0" * 64,
+        inputs=[TensorSignature(name="input", dtype="float32", shape=[None, 4])],
+        outputs=[TensorSignature(name="probabilities", dtype="float32", shape=[None, 3])],
+        task=task,
+    )
+
+
+class FakeBackend:
+    """Answers one-hot class ``answer``; optionally fails or sleeps."""
+
+    def __init__(self, version: int, answer: int, *, fail: bool = False, delay: float = 0.0):
+        self.config = version_config(version)
+        self.answer, self.fail, self.delay, self.calls = answer, fail, delay, 0
+
+    async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("shadow exploded")
+        rows = arrays["input"].shape[0]
+        out = np.zeros((rows, 3), dtype=np.float32)
+        out[:, self.answer] = 1.0
+        return {"probabilities": out}
+
+
+def make_core(weights: dict[int, float], shadows=(), backends=None) -> InferenceCore:
+    backends = backends or {v: FakeBackend(v, answer=v % 3) for v in {*weights, *shadows}}
+    config = EndpointConfig(endpoint="iris", versions=[b.config for b in backends.values()],
+                            routes=RouteTable(weights=weights, shadows=list(shadows)))
+    return InferenceCore(config, backends)
+
+
+def triton_body(rows: int = 2, binary: bool = False) -> tuple[bytes, dict[str, str]]:
+    tensor = tc.InferInput("input", [rows, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((rows, 4), np.float32), binary_data=binary)
+    wanted = [tc.InferRequestedOutput("probabilities", binary_data=binary)]
+    body, json_size = tc.InferenceServerClient.generate_request_body(
+        [tensor], outputs=wanted, request_id="r1"
+    )
+    headers = {"inference-header-content-length": str(json_size)} if json_size else {}
+    return body, headers
+
+
+def header(result) -> dict:
+    """The JSON part of a v2 response (the whole body unless binary tensors follow)."""
+    lowered = {k.lower(): v for k, v in result.headers.items()}
+    size = lowered.get("inference-header-content-length")
+    return json.loads(result.body[: int(size)] if size else result.body)
+
+
+def call(core: InferenceCore, subpath: str, body: bytes = b"", headers=None, method="POST"):
+    return asyncio.run(core.handle(method, subpath, headers or {}, body))
+
+
+def test_infer_answers_with_the_version_and_request_id() -> None:
+    core = make_core({1: 100})
+    body, headers = triton_body()
+    result = call(core, "/infer", body, headers)
+    assert result.status == 200
+    payload = header(result)
+    assert payload["model_version"] == "1" and payload["id"] == "r1"
+    assert np.array(payload["outputs"][0]["data"]).reshape(2, 3)[:, 1].tolist() == [1.0, 1.0]
+
+
+def test_binary_outputs_parse_with_tritonclient() -> None:
+    core = make_core({1: 100})
+    body, headers = triton_body(rows=3, binary=True)
+    result = call(core, "/infer", body, headers)
+    lowered = {k.lower(): v for k, v in result.headers.items()}
+    parsed = tc.InferenceServerClient.parse_response_body(
+        result.body, header_length=int(lowered["inference-header-content-length"])
+    )
+    assert parsed.as_numpy("probabilities").shape == (3, 3)
+    assert parsed.as_numpy("probabilities")[:, 1].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_pinned_version_bypasses_weights() -> None:
+    core = make_core({1: 100, 2: 0})
+    body, headers = triton_body()
+    result = call(core, "/versions/2/infer", body, headers)
+    assert header(result)["model_version"] == "2"
+    missing = call(core, "/versions/9/infer", body, headers)
+    assert missing.status == 404 and "no version '9'" in json.loads(missing.body)["error"]
+
+
+def test_sticky_header_keeps_a_user_on_one_variant() -> None:
+    core = make_core({1: 50, 2: 50})
+    body, headers = triton_body()
+    seen = Counter(
+        header(call(core, "/infer", body, {**headers, "x-modelplane-key": "user-42"}))["model_version"]
+        for _ in range(40)
+    )
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "fragment"),
+    [
+        (lambda b: b"{not json", 400, ""),
+        (lambda b: b.replace(b'"FP32"', b'"FP64"'), 400, "expects float32"),
+        (lambda b: b.replace(b'"shape":[2,4]', b'"shape":[4,2]'), 400, "expects [-1, 4]"),
+        (lambda b: b.replace(b'"name":"input"', b'"name":"features"'), 400, "not an input of iris:1"),
+    ],
+)
+def test_bad_requests_name_the_problem_and_are_counted(mutate, status, fragment) -> None:
+    core = make_core({1: 100})
+    body, _ = triton_body()
+    result = call(core, "/infer", mutate(body))
+    payload = header(result)
+    assert result.status == status
+    assert fragment in payload["error"]
+    assert payload["code"] == "invalid_request" and payload["request_id"]
+    recorded = sum(s.codes[status] for s in core.recorder.versions.values())
+    assert recorded == 1
+
+
+def test_shadow_failure_and_slowness_never_touch_the_primary() -> None:
+    backends = {1: FakeBackend(1, answer=0), 2: FakeBackend(2, answer=0, fail=True),
+                3: FakeBackend(3, answer=1, delay=0.05)}
+    core = make_core({1: 100}, shadows=(2, 3), backends=backends)
+    body, headers = triton_body()
+
+    async def scenario():
+        results = [await core.handle("POST", "/infer", headers, body) for _ in range(10)]
+        await asyncio.sleep(0.2)  # let shadows finish
+        return results
+
+    results = asyncio.run(scenario())
+    assert {r.status for r in results} == {200}
+    assert {header(r)["model_version"] for r in results} == {"1"}
+    stats = core.recorder.versions
+    assert stats[2].shadow.errors == 10
+    assert stats[3].shadow.compared == 10 and stats[3].shadow.agreed == 0
+    assert stats[3].shadow.latency_delta_sum_s > 0
+
+
+def test_a_failing_version_answers_500_with_the_request_id() -> None:
+    backends = {1: FakeBackend(1, answer=0, fail=True)}
+    core = make_core({1: 100}, backends=backends)
+    body, headers = triton_body()
+    result = call(core, "/infer", body, headers)
+    payload = header(result)
+    assert result.status == 500 and payload["request_id"] == "r1"
+    assert "r1" in payload["error"]
+    assert call(core, "", method="GET").status == 200  # still serving metadata
+
+
+def test_metadata_and_ready() -> None:
+    core = make_core({1: 100, 2: 0})
+    meta = header(call(core, "", method="GET"))
+    assert meta["versions"] == ["1", "2"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert header(call(core, "/versions/2", method="GET"))["parameters"]["version"] == "2"
+    assert call(core, "/ready", method="GET").status == 200
+
+
+def test_route_table_swaps_atomically() -> None:
+    core = make_core({1: 100, 2: 0})
+    body, headers = triton_body()
+    assert header(call(core, "/infer", body, headers))["model_version"] == "1"
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"routes": RouteTable(weights={1: 0, 2: 100})}), backends)
+    assert header(call(core, "/infer", body, headers))["model_version"] == "2"

@@ -1,0 +1,56 @@
+"""Weighted choice, stickiness and compiled route tables."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from scipy import stats
+
+from serving.errors import ModelNotFoundError
+from serving.routing import Router
+from serving.schemas import RouteTable
+
+
+def test_weights_are_honoured_within_binomial_tolerance() -> None:
+    router = Router.compile(RouteTable(weights={3: 90, 4: 10}))
+    rng = random.Random(7)
+    n = 20_000
+    picks = Counter(router.pick(rng=rng) for _ in range(n))
+    result = stats.binomtest(picks[4], n, 0.10)
+    assert result.pvalue > 1e-4, picks
+
+
+def test_zero_weights_never_answer() -> None:
+    router = Router.compile(RouteTable(weights={1: 0, 2: 100, 3: 0}))
+    rng = random.Random(1)
+    assert {router.pick(rng=rng) for _ in range(500)} == {2}
+
+
+def test_sticky_keys_stay_on_one_variant_and_spread() -> None:
+    router = Router.compile(RouteTable(weights={1: 50, 2: 50}))
+    for key in ("alice", "bob", "carol"):
+        assert len({router.pick(key) for _ in range(50)}) == 1
+    spread = Counter(router.pick(f"user-{i}") for i in range(4000))
+    assert 0.45 < spread[1] / 4000 < 0.55
+
+
+def test_sticky_assignment_is_stable_across_processes() -> None:
+    # blake2b, not Python's salted hash: the same on every replica.
+    router = Router.compile(RouteTable(weights={1: 50, 2: 50}))
+    assert [router.pick(k) for k in ("a", "b", "c", "d", "e", "f")] == [
+        router.pick(k) for k in ("a", "b", "c", "d", "e", "f")
+    ]
+
+
+def test_no_traffic_is_a_clear_error() -> None:
+    with pytest.raises(ModelNotFoundError, match="routes no traffic"):
+        Router.compile(RouteTable(weights={})).pick()
+
+
+def test_route_table_rejects_contradictions() -> None:
+    with pytest.raises(ValueError, match="positive weight"):
+        RouteTable(weights={1: 0})
+    with pytest.raises(ValueError, match="both take traffic and shadow"):
+        RouteTable(weights={1: 100}, shadows=[1])
