@@ -1,0 +1,162 @@
+"""Compiled null distributions for drift statistics, and p-values from them.
+
+Every count statistic is, to second order, a scaled Pearson statistic, so its null
+distribution is close to ``c * chi2(d)``. ``count_null_moments`` simulates the two-sample
+null (reference and live both multinomial draws from the reference proportions) and
+returns the first two moments of each statistic's chi-square form, from which the
+caller fits ``c`` and ``d`` (Satterthwaite). ``w1_null_moments`` simulates the limit of
+``sqrt(n N / (n + N)) * W1``: the integral of ``|B(F(x))|`` for a Brownian bridge ``B``
+over the reference sample, whose mean, spread and skew fit a shifted gamma.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kernels._gamma_kernels import chi2_sf, gammaincc
+from kernels._jit import f64, f64_1d, f64_2d, helper, i64, i64_1d, kernel
+from kernels._kolmogorov_kernels import kolmogorov_sf
+from kernels._stats_kernels import (
+    CHI2,
+    HELLINGER,
+    JS,
+    KL,
+    KS,
+    N_COUNT_STATS,
+    N_STATS,
+    PSI,
+    WASSERSTEIN,
+    count_stats_into,
+)
+
+# Brownian-bridge points used for the Wasserstein null: the reference sample's gaps are
+# pooled into at most this many blocks, which moves the moments by well under 1%.
+_W1_BLOCKS = 128
+
+
+@helper
+def chi2_form(stats, out):
+    """Map [PSI, KL, JS, Hellinger, chi2] to their ~chi-square forms (second-order terms
+    of each divergence equal, respectively, 1, 1/2, 1/8, 1/8 and n times a Pearson sum)."""
+    out[PSI] = stats[PSI]
+    out[KL] = 2.0 * stats[KL]
+    out[JS] = 8.0 * stats[JS] * stats[JS]
+    out[HELLINGER] = 8.0 * stats[HELLINGER] * stats[HELLINGER]
+    out[CHI2] = stats[CHI2]
+
+
+@kernel(f64_2d(i64_1d, i64, f64, i64, i64))
+def count_null_moments(ref, n, pseudo, sims, seed):
+    """Mean and variance (rows) of each count statistic's chi-square form under the null."""
+    big_n = ref.sum()
+    p = ref / big_n
+    np.random.seed(seed)
+    raw = np.empty(N_COUNT_STATS)
+    form = np.empty(N_COUNT_STATS)
+    mean = np.zeros(N_COUNT_STATS)
+    m2 = np.zeros(N_COUNT_STATS)
+    for s in range(sims):
+        reference = np.random.multinomial(big_n, p)
+        live = np.random.multinomial(n, p)
+        count_stats_into(reference, live, pseudo, raw)
+        chi2_form(raw, form)
+        # Welford's update: stable for the tiny variances of large windows.
+        for j in range(N_COUNT_STATS):
+            delta = form[j] - mean[j]
+            mean[j] += delta / (s + 1)
+            m2[j] += delta * (form[j] - mean[j])
+    out = np.empty((2, N_COUNT_STATS))
+    out[0] = mean
+    out[1] = m2 / max(sims - 1, 1)
+    return out
+
+
+@kernel(f64_1d(f64_1d, i64_1d, i64, i64))
+def w1_null_moments(u, cum, sims, seed):
+    """Mean, standard deviation and skewness of the limiting scaled Wasserstein-1 null."""
+    out = np.zeros(3)
+    gaps = u.size - 1
+    if gaps < 1:
+        return out
+    m = cum[gaps]
+    blocks = min(gaps, _W1_BLOCKS)
+    times = np.empty(blocks)
+    weights = np.empty(blocks)
+    for b in range(blocks):
+        lo = b * gaps // blocks
+        hi = (b + 1) * gaps // blocks
+        weight = 0.0
+        moment = 0.0
+        for j in range(lo, hi):
+            width = u[j + 1] - u[j]
+            weight += width
+            moment += width * (cum[j] / m)
+        weights[b] = weight
+        times[b] = moment / weight if weight > 0 else cum[lo] / m
+    np.random.seed(seed)
+    values = np.empty(sims)
+    walk = np.empty(blocks)
+    for s in range(sims):
+        position = 0.0
+        previous = 0.0
+        for b in range(blocks):
+            position += math.sqrt(max(times[b] - previous, 0.0)) * np.random.standard_normal()
+            previous = times[b]
+            walk[b] = position
+        end = position + math.sqrt(max(1.0 - previous, 0.0)) * np.random.standard_normal()
+        total = 0.0
+        for b in range(blocks):
+            total += weights[b] * abs(walk[b] - times[b] * end)
+        values[s] = total
+    mean = values.mean()
+    centered = values - mean
+    var = (centered**2).mean()
+    out[0] = mean
+    out[1] = math.sqrt(var)
+    out[2] = (centered**3).mean() / var**1.5 if var > 0 else 0.0
+    return out
+
+
+@helper
+def _w1_pvalue(z, mean, sd, skew):
+    if sd <= 0.0:
+        return 1.0 if z <= mean else 0.0
+    if skew <= 1e-3:  # no skew to fit: normal tail
+        return 0.5 * math.erfc((z - mean) / sd / math.sqrt(2.0))
+    shape = 4.0 / (skew * skew)
+    scale = sd * skew / 2.0
+    origin = mean - shape * scale
+    if z <= origin:
+        return 1.0
+    return gammaincc(shape, (z - origin) / scale)
+
+
+@kernel(f64_2d(f64_2d, i64_1d, i64_1d, f64_2d, f64_2d, f64_2d))
+def pvalues(stats, sample_count, ref_n, scale, dof, w1_null):
+    """Calibrated p-values for every statistic of every feature (NaN where the statistic is).
+
+    ``scale``/``dof`` [F, 5]: fitted ``c * chi2(d)`` null of each count statistic's
+    chi-square form; ``w1_null`` [F, 3]: mean, sd, skew of the limiting Wasserstein null.
+    """
+    features = stats.shape[0]
+    out = np.full((features, N_STATS), math.nan)
+    form = np.empty(N_COUNT_STATS)
+    for f in range(features):
+        chi2_form(stats[f], form)
+        for j in range(N_COUNT_STATS):
+            if form[j] == form[j] and scale[f, j] > 0.0:
+                out[f, j] = chi2_sf(form[j] / scale[f, j], dof[f, j])
+            elif form[j] == form[j]:
+                out[f, j] = 1.0  # a degenerate null (one bin): nothing can drift
+        n = sample_count[f]
+        big_n = ref_n[f]
+        if n > 0 and big_n > 0 and stats[f, KS] == stats[f, KS]:
+            m1 = float(max(n, big_n))
+            m2 = float(min(n, big_n))
+            en = m1 * m2 / (m1 + m2)  # as scipy.stats.ks_2samp, larger size first
+            out[f, KS] = kolmogorov_sf(np.int64(round(en)), stats[f, KS])
+            out[f, WASSERSTEIN] = _w1_pvalue(math.sqrt(en) * stats[f, WASSERSTEIN],
+                                             w1_null[f, 0], w1_null[f, 1], w1_null[f, 2])
+    return out
