@@ -31,10 +31,6 @@ from kernels._stats_kernels import (
     count_stats_into,
 )
 
-# Brownian-bridge points used for the Wasserstein null: the reference sample's gaps are
-# pooled into at most this many blocks, which moves the moments by well under 1%.
-_W1_BLOCKS = 128
-
 
 @helper
 def chi2_form(stats, out):
@@ -73,15 +69,19 @@ def count_null_moments(ref, n, pseudo, sims, seed):
     return out
 
 
-@kernel(f64_1d(f64_1d, i64_1d, i64, i64))
-def w1_null_moments(u, cum, sims, seed):
-    """Mean, standard deviation and skewness of the limiting scaled Wasserstein-1 null."""
+@kernel(f64_1d(f64_1d, i64_1d, f64_2d))
+def w1_null_moments(u, cum, normals):
+    """Mean, standard deviation and skewness of the limiting scaled Wasserstein-1 null.
+
+    ``normals`` (simulations x (blocks + 1)) are standard normal draws; the caller keeps
+    one fixed matrix, so every feature reuses it (common random numbers, no RNG cost).
+    """
     out = np.zeros(3)
     gaps = u.size - 1
     if gaps < 1:
         return out
     m = cum[gaps]
-    blocks = min(gaps, _W1_BLOCKS)
+    blocks = min(gaps, normals.shape[1] - 1)
     times = np.empty(blocks)
     weights = np.empty(blocks)
     for b in range(blocks):
@@ -95,17 +95,21 @@ def w1_null_moments(u, cum, sims, seed):
             moment += width * (cum[j] / m)
         weights[b] = weight
         times[b] = moment / weight if weight > 0 else cum[lo] / m
-    np.random.seed(seed)
+    steps = np.empty(blocks + 1)
+    previous = 0.0
+    for b in range(blocks):
+        steps[b] = math.sqrt(max(times[b] - previous, 0.0))
+        previous = times[b]
+    steps[blocks] = math.sqrt(max(1.0 - previous, 0.0))
+    sims = normals.shape[0]
     values = np.empty(sims)
     walk = np.empty(blocks)
     for s in range(sims):
         position = 0.0
-        previous = 0.0
         for b in range(blocks):
-            position += math.sqrt(max(times[b] - previous, 0.0)) * np.random.standard_normal()
-            previous = times[b]
+            position += steps[b] * normals[s, b]
             walk[b] = position
-        end = position + math.sqrt(max(1.0 - previous, 0.0)) * np.random.standard_normal()
+        end = position + steps[blocks] * normals[s, blocks]
         total = 0.0
         for b in range(blocks):
             total += weights[b] * abs(walk[b] - times[b] * end)

@@ -1,8 +1,8 @@
 """Compiled drift statistics: from histogram counts, and from live samples against a
 sorted reference sample.
 
-Count statistics, in column order ``COUNT_STATS``: PSI and KL on pseudo-count smoothed
-proportions; Jensen-Shannon distance and Hellinger distance on raw proportions (both are
+Count statistics, in column order ``PSI..CHI2``: PSI and KL on pseudo-count smoothed
+proportions over the bins occupied in either histogram; Jensen-Shannon distance and Hellinger distance on raw proportions (both are
 finite with empty bins); Pearson chi-square of live counts against reference
 proportions (smoothed) scaled to the live total.
 
@@ -30,12 +30,13 @@ N_COUNT_STATS = 5
 @helper
 def count_stats_into(ref, live, pseudo, out):
     """Fill ``out[0:5]`` with PSI, KL(live||ref), JS distance, Hellinger, chi-square."""
-    k = ref.size
     big_n = 0
     n = 0
-    for i in range(k):
+    k = 0  # bins occupied on either side; a bin empty on both carries no evidence
+    for i in range(ref.size):
         big_n += ref[i]
         n += live[i]
+        k += (ref[i] + live[i]) > 0
     if n == 0 or big_n == 0:
         for s in range(N_COUNT_STATS):
             out[s] = math.nan
@@ -48,7 +49,10 @@ def count_stats_into(ref, live, pseudo, out):
     chi2 = 0.0
     ref_total = big_n + k * pseudo
     live_total = n + k * pseudo
-    for i in range(k):
+    for i in range(ref.size):
+        if ref[i] + live[i] == 0:
+            # Smoothing it would still give p != q (the totals differ) and bias every score.
+            continue
         p = (ref[i] + pseudo) / ref_total
         q = (live[i] + pseudo) / live_total
         if q > 0.0:

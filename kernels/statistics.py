@@ -16,7 +16,8 @@ statistic          definition                                                   
 =================  ==============================================================  ===============================================
 
 Smoothing: with ``pseudo_count`` e (default 0.5, the Jeffreys prior) each of the k bins
-gets ``p_i = (R_i + e) / (N + k e)``. PSI and KL are infinite on an empty bin, and the
+occupied in either histogram gets ``p_i = (R_i + e) / (N + k e)``; bins empty on both
+sides are left out, since smoothing them would score a difference where there is none. PSI and KL are infinite on an empty bin, and the
 usual fix (a 1e-4 floor) lets one empty bin of a small window dominate the score; a
 pseudo-count shrinks empty and tiny bins toward uniform by an amount that vanishes as
 windows grow. Non-finite sample values are treated as missing and ignored.
@@ -60,9 +61,10 @@ def hellinger(reference_counts: Any, live_counts: Any) -> float:
 
 def chi_square(reference_counts: Any, live_counts: Any, pseudo_count: float = 0.0) -> tuple[float, float]:
     """Pearson chi-square of live counts against reference proportions scaled to the live
-    total, and its p-value on ``bins - 1`` degrees of freedom (1.0 for a single bin)."""
+    total, and its p-value on ``occupied bins - 1`` degrees of freedom (1.0 for one bin)."""
     stat = float(_counts(reference_counts, live_counts, pseudo_count)[_k.CHI2])
-    return stat, float(chi2_sf(stat, float(len(np.atleast_1d(reference_counts)) - 1)))
+    occupied = np.count_nonzero(np.add(reference_counts, live_counts))
+    return stat, float(chi2_sf(stat, float(occupied - 1)))
 
 
 def ks_2samp(reference: Any, live: Any) -> tuple[float, float]:
