@@ -58,6 +58,24 @@ def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongo
     return options
 
 
+def _code_version(cls: type, options: dict[str, Any], *init_args: Any) -> str:
+    """A deployment version that changes only when its replicas must be replaced.
+
+    Serve gives every ``serve.run`` a random version unless one is set, so each route
+    change would roll every replica. With a version derived from what a replica is built
+    from (class, constructor arguments, actor options, modelplane's own version), a
+    change of ``user_config`` or replica count is applied in place (``reconfigure``).
+    """
+    import hashlib
+    import json
+
+    from modelplane import __version__
+
+    document = json.dumps([cls.__qualname__, __version__, options.get("ray_actor_options"),
+                           init_args], sort_keys=True, default=str)
+    return hashlib.sha256(document.encode()).hexdigest()[:16]
+
+
 def _batch_floor(versions: list[VersionConfig]) -> int:
     return 2 * max((v.batching.max_batch_size for v in versions), default=1)
 
@@ -73,12 +91,14 @@ def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str]) -> Any:
         options = _deployment_options(config.scaling, env=env,
                                       min_ongoing=_batch_floor(config.versions))
         deployment = serve.deployment(EndpointServer).options(
-            name="endpoint", user_config=user_config, **options
+            name="endpoint", user_config=user_config,
+            version=_code_version(EndpointServer, options), _internal=True, **options
         )
         return deployment.bind()
     options = _deployment_options(config.scaling, env=env)
     deployment = serve.deployment(EndpointRouter).options(
-        name="router", user_config=user_config, **options
+        name="router", user_config=user_config,
+        version=_code_version(EndpointRouter, options), _internal=True, **options
     )
     return deployment.bind()
 
@@ -90,8 +110,12 @@ def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: di
     from serving.endpoint import ModelServer, model_server_name
 
     options = _deployment_options(version.scaling, env=env, min_ongoing=_batch_floor([version]))
-    deployment = serve.deployment(ModelServer).options(name=model_server_name(version.version), **options)
-    return deployment.bind(version.model_dump(mode="json"))
+    init = version.model_dump(mode="json")
+    deployment = serve.deployment(ModelServer).options(
+        name=model_server_name(version.version),
+        version=_code_version(ModelServer, options, init), _internal=True, **options,
+    )
+    return deployment.bind(init)
 
 
 def build_server_app() -> Any:

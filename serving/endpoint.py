@@ -33,8 +33,12 @@ from serving.schemas import EndpointConfig, VersionConfig
 log = logging.getLogger(__name__)
 
 
-def _to_response(result: HttpResult) -> Response:
-    return Response(content=result.body, status_code=result.status, headers=result.headers)
+REPLICA_HEADER = "x-modelplane-replica"
+
+
+def _to_response(result: HttpResult, replica: str | None = None) -> Response:
+    headers = result.headers if replica is None else {**result.headers, REPLICA_HEADER: replica}
+    return Response(content=result.body, status_code=result.status, headers=headers)
 
 
 def _replica_id() -> str:
@@ -51,13 +55,14 @@ class _StatsShipping:
 
     core: InferenceCore | None
     _shipper: asyncio.Task[None] | None = None
+    _replica: str = ""
 
     def _ensure_shipping(self) -> None:
         if self._shipper is None or self._shipper.done():
             self._shipper = asyncio.get_running_loop().create_task(self._ship_forever())
 
     async def _ship_forever(self) -> None:
-        replica = _replica_id()
+        replica = self._replica
         while True:
             core = self.core
             interval = core.config.stats_interval_s if core else 1.0
@@ -84,6 +89,7 @@ class EndpointServer(_StatsShipping):
 
     def __init__(self) -> None:
         self.core: InferenceCore | None = None
+        self._replica = _replica_id()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="onnx")
         self._loaded: dict[tuple[int, str, Any], LocalVersion] = {}
 
@@ -115,7 +121,8 @@ class EndpointServer(_StatsShipping):
             return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
         subpath = _subpath(request, core.config.endpoint)
         body = await request.body() if request.method == "POST" else b""
-        return _to_response(await core.handle(request.method, subpath, request.headers, body))
+        result = await core.handle(request.method, subpath, request.headers, body)
+        return _to_response(result, self._replica)
 
     def check_health(self) -> None:
         if self.core is None:
@@ -142,6 +149,7 @@ class EndpointRouter(_StatsShipping):
 
     def __init__(self) -> None:
         self.core: InferenceCore | None = None
+        self._replica = _replica_id()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         from ray import serve
@@ -169,7 +177,8 @@ class EndpointRouter(_StatsShipping):
             return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
         subpath = _subpath(request, core.config.endpoint)
         body = await request.body() if request.method == "POST" else b""
-        return _to_response(await core.handle(request.method, subpath, request.headers, body))
+        result = await core.handle(request.method, subpath, request.headers, body)
+        return _to_response(result, self._replica)
 
 
 class InferenceServer:

@@ -89,3 +89,11 @@ def serve_session(ray_session: None) -> Iterator[int]:
         yield port
     finally:
         serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def platform(serve_session: int, tmp_path_factory: pytest.TempPathFactory):
+    """The whole platform on the session's Ray and Serve (one control plane for all tests)."""
+    from tests.platform import start_platform_on_session
+
+    return start_platform_on_session(serve_session, tmp_path_factory.mktemp("platform") / "home")

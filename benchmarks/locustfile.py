@@ -1,0 +1,50 @@
+"""Locust load test for a modelplane endpoint (Open Inference Protocol v2 infer).
+
+    locust -f benchmarks/locustfile.py --host http://127.0.0.1:8000 \\
+        --headless -u 32 -r 32 -t 60s
+
+Environment: ``MODELPLANE_ENDPOINT`` (default ``iris``), ``MODELPLANE_FEATURES`` (input
+width, default 4), ``MODELPLANE_BATCH`` (rows per request, default 1),
+``MODELPLANE_INPUT_NAME`` (default ``input``), ``MODELPLANE_STICKY`` (send a per-user
+``x-modelplane-key`` so A/B assignment is per user), ``MODELPLANE_DRIFT`` (add this many
+standard deviations to the first feature, to exercise drift monitoring).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+
+from locust import FastHttpUser, constant, task
+
+ENDPOINT = os.environ.get("MODELPLANE_ENDPOINT", "iris")
+FEATURES = int(os.environ.get("MODELPLANE_FEATURES", "4"))
+BATCH = int(os.environ.get("MODELPLANE_BATCH", "1"))
+INPUT_NAME = os.environ.get("MODELPLANE_INPUT_NAME", "input")
+STICKY = os.environ.get("MODELPLANE_STICKY", "") not in ("", "0", "false")
+DRIFT = float(os.environ.get("MODELPLANE_DRIFT", "0"))
+
+
+class InferenceUser(FastHttpUser):
+    """Sends v2 infer requests with random rows back to back."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.key = uuid.uuid4().hex
+        self.rng = random.Random(self.key)
+
+    @task
+    def infer(self) -> None:
+        data = [self.rng.gauss(0.0, 1.0) for _ in range(FEATURES * BATCH)]
+        if DRIFT:
+            for row in range(BATCH):
+                data[row * FEATURES] += DRIFT
+        body = {"inputs": [{"name": INPUT_NAME, "datatype": "FP32",
+                            "shape": [BATCH, FEATURES], "data": data}]}
+        headers = {"x-modelplane-key": self.key} if STICKY else {}
+        with self.client.post(f"/v2/models/{ENDPOINT}/infer", json=body, headers=headers,
+                              name=f"/v2/models/{ENDPOINT}/infer", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")

@@ -1,0 +1,177 @@
+"""Endpoints on a real local Ray + Serve, driven through the control plane and tritonclient."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import Counter
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as tc
+from scipy import stats
+
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.platform import Platform
+
+
+@pytest.fixture(scope="module")
+def iris(platform: Platform) -> Platform:
+    """Model `serve-iris` with three versions; endpoint `iris` serving v1."""
+    with platform.client() as client:
+        for seed in (1, 2, 3):
+            client.register_version("serve-iris", linear_classifier(seed=seed),
+                                    linear_classifier_manifest())
+        client.deploy("iris", "serve-iris:1")
+    platform.wait_endpoint("iris", {1})
+    return platform
+
+
+def triton(platform: Platform) -> tc.InferenceServerClient:
+    return tc.InferenceServerClient(f"127.0.0.1:{platform.port}", concurrency=8)
+
+
+def rows(n: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_round_trip(iris: Platform, binary: bool) -> None:
+    from onnxruntime import InferenceSession
+
+    client = triton(iris)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("iris")
+    metadata = client.get_model_metadata("iris")
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    data = rows(5)
+    tensor = tc.InferInput("input", [5, 4], "FP32")
+    tensor.set_data_from_numpy(data, binary_data=binary)
+    wanted = [tc.InferRequestedOutput("probabilities", binary_data=binary)]
+    result = client.infer("iris", [tensor], outputs=wanted, request_id="req-7")
+    expected = InferenceSession(linear_classifier(seed=1)).run(None, {"input": data})[0]
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=1e-6)
+    response = result.get_response()
+    assert response["model_version"] == "1" and response["id"] == "req-7"
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(iris: Platform) -> None:
+    url = f"{iris.url}/v2/models/iris/infer"
+    good = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3]}]}
+    bad_bodies = [
+        b"{not json",
+        b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2]}]}',
+        b'{"inputs": [{"name": "input", "datatype": "INT64", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
+        b'{"inputs": [{"name": "other", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
+        b'{"inputs": []}',
+    ]
+    with httpx.Client(timeout=30) as http:
+        statuses = Counter()
+        for index in range(1000):
+            body = bad_bodies[index % len(bad_bodies)]
+            response = http.post(url, content=body, headers={"content-type": "application/json"})
+            statuses[response.status_code] += 1
+            assert 400 <= response.status_code < 500, response.text
+            assert response.json()["error"]
+        lying = http.post(url, content=b'{"inputs":[]}', headers={"inference-header-content-length": "999"})
+        assert lying.status_code == 400
+        unknown = http.post(f"{iris.url}/v2/models/ghost/infer", json=good)
+        assert unknown.status_code == 404 and "ghost" in unknown.json()["error"]
+        assert http.post(url, json=good).status_code == 200
+    assert sum(statuses.values()) == 1000
+
+
+def _versions_seen(platform: Platform, n: int, *, key: str | None = None) -> Counter:
+    payload = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.1, 0.2, 0.3, 0.4]}]}
+    headers = {"x-modelplane-key": key} if key else {}
+
+    def one(_: int) -> str:
+        with httpx.Client(timeout=30) as http:
+            response = http.post(f"{platform.url}/v2/models/iris/infer", json=payload, headers=headers)
+            assert response.status_code == 200, response.text
+            return response.json()["model_version"]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        return Counter(pool.map(one, range(n)))
+
+
+def test_weighted_split_stickiness_and_live_changes(iris: Platform) -> None:
+    with iris.client() as client:
+        client.set_traffic("iris", {1: 90, 2: 10})
+    iris.wait_endpoint("iris", {1, 2})
+    iris.wait_weights("iris", {1: 90, 2: 10})
+    seen = _versions_seen(iris, 2000)
+    assert set(seen) == {"1", "2"}
+    assert stats.binomtest(seen["2"], 2000, 0.10).pvalue > 1e-4, seen
+    for key in ("alice", "bob"):
+        assert len(_versions_seen(iris, 30, key=key)) == 1
+
+
+def test_weight_changes_under_load_lose_no_request(iris: Platform) -> None:
+    with iris.client() as client:
+        client.set_traffic("iris", {1: 50, 2: 50})
+    iris.wait_weights("iris", {1: 50, 2: 50})
+    failures: list[str] = []
+    answered = Counter()
+    replicas: list[set[str]] = [set()]
+    stop = threading.Event()
+
+    def load() -> None:
+        payload = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]}]}
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                response = http.post(f"{iris.url}/v2/models/iris/infer", json=payload)
+                if response.status_code != 200:
+                    failures.append(response.text)
+                else:
+                    answered[response.json()["model_version"]] += 1
+                    replicas[-1].add(response.headers["x-modelplane-replica"])
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    replicas.append(set())
+    try:
+        with iris.client() as client:
+            for weights in ({1: 10, 2: 90}, {1: 100, 2: 0}, {1: 0, 2: 100}, {1: 50, 2: 50}):
+                client.set_traffic("iris", weights)
+                iris.wait_weights("iris", weights)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert failures == []
+    assert sum(answered.values()) > 50
+    assert replicas[1] and replicas[1] <= replicas[0], f"a replica restarted: {replicas}"
+
+
+def test_shadows_never_touch_the_primary(iris: Platform) -> None:
+    with iris.client() as client:
+        client.set_traffic("iris", {1: 100}, shadows=[3])
+    iris.wait_endpoint("iris", {1, 3})
+    seen = _versions_seen(iris, 200)
+    assert seen == Counter({"1": 200})
+    time.sleep(2.5)  # replicas ship statistics about once a second
+    with iris.client() as client:
+        stats_now = client.endpoint_stats("iris", window_s=60)["versions"]
+    shadow = stats_now["3"]["shadow"]
+    assert shadow["compared"] >= 150
+    assert 0.0 <= shadow["agreement"] <= 1.0
+    primary = stats_now["1"]
+    assert primary["requests"] >= 200 and primary["p95_ms"] > 0
+
+
+def test_metrics_parse_and_name_every_version(iris: Platform) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    time.sleep(1.5)
+    text = httpx.get(f"{iris.url}/api/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {"modelplane_requests", "modelplane_request_latency_seconds",
+            "modelplane_traffic_weight", "modelplane_replicas"} <= set(families)
+    versions = {s.labels["version"] for s in families["modelplane_requests"].samples
+                if s.labels.get("endpoint") == "iris"}
+    assert {"1", "2"} <= versions

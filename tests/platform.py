@@ -1,0 +1,73 @@
+"""A whole modelplane on the test session's Ray: Monitor, /v2, control plane at /api."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from control_plane.client import Client
+from modelplane.settings import Settings
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    port: int
+
+    @property
+    def url(self) -> str:
+        return self.settings.url
+
+    @property
+    def token(self) -> str:
+        return self.settings.admin_token_path.read_text().strip()
+
+    def client(self) -> Client:
+        return Client(self.url, self.token, settings=self.settings)
+
+    def wait_endpoint(self, endpoint: str, versions: set[int], timeout: float = 120.0) -> None:
+        """Until the endpoint's metadata lists exactly ``versions``."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{self.url}/v2/models/{endpoint}", timeout=5)
+                last = response.text
+                if response.status_code == 200 and {
+                    int(v) for v in response.json()["versions"]
+                } == versions:
+                    return
+            except (httpx.TransportError, ValueError, KeyError):
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"{endpoint} did not serve versions {versions}: {last}")
+
+    def wait_weights(self, endpoint: str, weights: dict[int, float], timeout: float = 30.0) -> float:
+        """Until every answer shows the new weights; returns how long it took."""
+        started = time.monotonic()
+        want = {str(k): float(v) for k, v in weights.items()}
+        while time.monotonic() - started < timeout:
+            response = httpx.get(f"{self.url}/v2/models/{endpoint}", timeout=5)
+            if response.status_code == 200 and response.json()["parameters"]["weights"] == want:
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise AssertionError(f"{endpoint} never showed weights {weights}")
+
+
+def start_platform_on_session(port: int, home: Path) -> Platform:
+    from ray import serve
+
+    from control_plane.platform import wait_healthy
+    from control_plane.serve_app import deploy_control_plane
+    from serving.applications import SERVER_APP, SERVER_ROUTE, build_server_app
+    from serving.monitor import ensure_monitor
+
+    settings = Settings.from_env({"MODELPLANE_HOME": str(home), "MODELPLANE_HTTP_PORT": str(port)})
+    ensure_monitor()
+    serve.run(build_server_app(), name=SERVER_APP, route_prefix=SERVER_ROUTE, blocking=False)
+    deploy_control_plane(settings)
+    wait_healthy(settings.url, timeout_s=120)
+    return Platform(settings, port)
