@@ -20,7 +20,7 @@ KIND_CATEGORICAL = 1
 
 # Rank-lookup cells per distinct sample value: enough that most cells hold at most one
 # value, so finding a live value's rank is one multiply and a short scan.
-_CELLS_PER_VALUE = 4
+_CELLS_PER_VALUE = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,8 +36,8 @@ class ProfileLayout:
     ref_min: np.ndarray  # float64[F]
     ref_max: np.ndarray  # float64[F]
     sample_offsets: np.ndarray  # int64[F+1] into uniques and cumulative
-    uniques: np.ndarray  # float64: distinct sorted sample values
-    cumulative: np.ndarray  # int64: sample values <= each distinct value
+    uniques: np.ndarray  # float64: distinct sorted sample values, padded (pad_sample)
+    cumulative: np.ndarray  # int64: sample values <= each distinct value, padded
     sample_n: np.ndarray  # int64[F] sample size (0 for categorical or empty)
     table_offsets: np.ndarray  # int64[F+1] into table (each feature: cells + 1 entries)
     table: np.ndarray  # int64: distinct values in cells before each cell
@@ -65,8 +65,8 @@ class ProfileLayout:
         for f in features:
             sample = np.asarray(f.sample, dtype=np.float64)
             values, counts = np.unique(sample, return_counts=True)
-            uniques.append(values)
-            cumulative.append(np.cumsum(counts, dtype=np.int64))
+            uniques.append(pad_sample(values))
+            cumulative.append(pad_cumulative(counts))
             sizes.append(sample.size)
             table, lo, scale = rank_table(values)
             tables.append(table)
@@ -113,6 +113,21 @@ def rank_table(values: np.ndarray) -> tuple[np.ndarray, float, float]:
     cell_of = np.minimum(((values - lo) * scale).astype(np.int64), cells - 1)
     table = np.searchsorted(cell_of, np.arange(cells + 1), side="left").astype(np.int64)
     return table, lo, scale
+
+
+def pad_sample(values: np.ndarray) -> np.ndarray:
+    """``[u0, u0..u(M-1), NaN]``: the rank kernel reads one past either end without a
+    bounds check, and NaN compares False so a scan stops there."""
+    if values.size == 0:
+        return np.array([np.nan, np.nan])
+    return np.concatenate(([values[0]], values, [np.nan]))
+
+
+def pad_cumulative(counts: np.ndarray) -> np.ndarray:
+    """``[0, c0..c(M-1), m]`` for distinct-value counts: ``cj`` values are <= the j-th."""
+    cumulative = np.cumsum(counts, dtype=np.int64)
+    total = cumulative[-1] if cumulative.size else 0
+    return np.concatenate(([0], cumulative, [total])).astype(np.int64)
 
 
 def _offsets(sizes: list[int]) -> np.ndarray:

@@ -8,7 +8,7 @@ proportions (smoothed) scaled to the live total.
 
 Sample statistics (KS, Wasserstein-1) never sort the live values. Each live value is
 ranked among the reference sample's distinct values through a cell table (see
-``kernels._layout.rank_table``: one multiply and a short scan); counts and offset sums per gap between reference values
+``kernels._layout.rank_table``: one multiply, one lookup, one comparison); counts and offset sums per gap between reference values
 then give the KS distance exactly, and the Wasserstein integral exactly for every gap
 where the live CDF stays on one side of the reference CDF. The few gaps where it crosses
 are integrated from their own sorted values in a second pass.
@@ -83,71 +83,72 @@ def count_stats_into(ref, live, pseudo, out):
 
 
 @helper
-def sample_stats(xs, u, cum, m, table, lo, scale, gcnt, gsum, eq, before, head, chain):
+def sample_stats(xs, up, cp, m, table, lo, scale, ranks, gcnt, gsum, eq, before, cursor, values):
     """(live count, KS distance, Wasserstein-1) of values ``xs`` against a reference sample.
 
-    ``u``/``cum``: distinct sorted reference values and how many sample values are <= each;
-    ``m``: sample size. Scratch: ``gcnt``, ``gsum``, ``before``, ``head`` need ``u.size + 1``
-    entries, ``eq`` ``u.size``, ``chain`` ``xs.size``. Non-finite values are skipped.
+    ``up``: the M distinct sorted sample values padded as ``[u0, u0..u(M-1), NaN]``;
+    ``cp``: ``[0, c0..c(M-1), m]`` with ``cj`` the sample values <= ``u(j)``; ``m`` the
+    sample size. Scratch: ``ranks``/``values`` ``xs.size`` entries, ``gcnt``/``gsum``/
+    ``before``/``cursor`` M + 1, ``eq`` M. Non-finite values are skipped.
     """
-    M = u.size
+    M = up.size - 2
+    n_values = xs.size
+    if M <= 0:
+        n = 0
+        for r in range(n_values):
+            n += math.isfinite(xs[r])
+        return n, math.nan, math.nan
+    # Three passes instead of one: branches that depend on the data mispredicted on
+    # every few values and cost more than the lookups. Pass 1 has no data-dependent
+    # branch: the cell table's first candidate, plus one comparison (the padding makes
+    # both ends safe, NaN compares False). NaN and -inf land in cell 0, +inf in the last.
+    top = table.size - 2.0
+    for r in range(n_values):
+        x = xs[r]
+        t = (x - lo) * scale
+        t = min(t if t >= 0.0 else 0.0, top)
+        k = table[np.int64(t)]
+        ranks[r] = k + (up[k + 1] <= x)
+    # Pass 2: a cell holding several sample values needs a few more steps (rare).
+    for r in range(n_values):
+        k = ranks[r]
+        x = xs[r]
+        while up[k + 1] <= x:
+            k += 1
+        ranks[r] = k
     for g in range(M + 1):
         gcnt[g] = 0
         gsum[g] = 0.0
-        head[g] = -1
     for g in range(M):
         eq[g] = 0
+    # Pass 3: per gap between sample values, count and sum offsets from the gap's finite
+    # edge (small numbers: no cancellation later), and tally ties.
     n = 0
-    last = M - 1
-    cells = table.size - 1
-    for r in range(xs.size):
+    for r in range(n_values):
         x = xs[r]
         if not math.isfinite(x):
             continue
         n += 1
-        if M == 0:
-            continue
-        # k = how many of u are <= x. Inlined: a helper taking arrays costs reference
-        # counting on every call, which was 5x the work of the lookup itself.
-        if x < u[0]:
-            k = 0
-        elif x >= u[last]:
-            k = M
-        else:
-            c = min(np.int64((x - lo) * scale), cells - 1)
-            k = table[c]
-            stop = table[c + 1]
-            if stop - k <= 8:
-                while k < stop and u[k] <= x:
-                    k += 1
-            else:
-                while k < stop:
-                    mid = (k + stop) >> 1
-                    if u[mid] <= x:
-                        k = mid + 1
-                    else:
-                        stop = mid
-        if k > 0 and u[k - 1] == x:
+        k = ranks[r]
+        edge = up[k]  # u(k-1); for k = 0, u0 (then x < u0)
+        if x == edge and k > 0:
             eq[k - 1] += 1
+            ranks[r] = -1  # not in any gap
         else:
             gcnt[k] += 1
-            # Offsets from the gap's finite edge: small numbers, so no cancellation later.
-            gsum[k] += (u[0] - x) if k == 0 else (x - u[k - 1])
-            # Thread the gap's values into a list, so a crossing gap finds them directly.
-            chain[r] = head[k]
-            head[k] = r
-    if n == 0 or M == 0:
+            gsum[k] += abs(x - edge)
+    if n == 0:
         return n, math.nan, math.nan
     d = 0.0
     w = gsum[0] / n + gsum[M] / n  # outer gaps: reference CDF is 0 (left) or 1 (right)
     below = 0  # live values <= the left edge of the current gap
     crossings = 0
     for g in range(M + 1):
-        c = 0.0 if g == 0 else cum[g - 1] / m
+        c = cp[g] / m
         k = gcnt[g]
         before[g] = below
         if 0 < g < M:
-            width = u[g] - u[g - 1]
+            width = up[g + 1] - up[g]
             start = below / n - c
             end = (below + k) / n - c
             if (start >= 0.0 and end >= 0.0) or (start <= 0.0 and end <= 0.0):
@@ -161,48 +162,56 @@ def sample_stats(xs, u, cum, m, table, lo, scale, gcnt, gsum, eq, before, head, 
             d = max(d, abs(below / n - c))
         if g < M:
             below += eq[g]
-            d = max(d, abs(below / n - cum[g] / m))
+            d = max(d, abs(below / n - cp[g + 1] / m))
     if crossings:
-        w += _crossing_integral(xs, u, cum, m, n, gcnt, before, head, chain)
+        w += _crossing_integral(xs, ranks, up, cp, m, n, gcnt, before, cursor, values)
     return n, d, w
 
 
 @helper
-def _crossing_integral(xs, u, cum, m, n, gcnt, before, head, chain):
-    """Wasserstein contribution of the gaps where the live CDF crosses the reference's."""
-    largest = 0
-    for g in range(1, u.size):
-        largest = max(largest, -gcnt[g])
-    values = np.empty(largest)
+def _crossing_integral(xs, ranks, up, cp, m, n, gcnt, before, cursor, values):
+    """Wasserstein contribution of the gaps where the live CDF crosses the reference's
+    (marked by a negative ``gcnt``): each is integrated step by step over its sorted values."""
+    M = up.size - 2
+    # Bucket the crossing gaps' values contiguously: one more sweep over the ranks, which
+    # costs less than keeping per-gap lists during the main pass for every value.
+    total = 0
+    for g in range(M + 1):
+        cursor[g] = total
+        if gcnt[g] < 0:
+            total -= gcnt[g]
+    for r in range(xs.size):
+        k = ranks[r]
+        if k >= 0 and gcnt[k] < 0 and math.isfinite(xs[r]):
+            values[cursor[k]] = xs[r]
+            cursor[k] += 1
     w = 0.0
-    for g in range(1, u.size):
+    for g in range(1, M):
         k = -gcnt[g]
         if k <= 0:
             continue
-        # Gather the gap's values from its list and sort them: a gap usually holds about
-        # n / sample-size values, where insertion sort beats a general sort.
-        r = head[g]
-        for i in range(k):
-            values[i] = xs[r]
-            r = chain[r]
+        lo = cursor[g] - k
+        hi = cursor[g]
+        # A gap usually holds about n / sample-size values: insertion sort beats a general
+        # sort there; a crowded gap is sorted wholesale.
         if k > 32:
-            values[:k].sort()
+            values[lo:hi].sort()
         else:
-            for i in range(1, k):
+            for i in range(lo + 1, hi):
                 v = values[i]
                 j = i - 1
-                while j >= 0 and values[j] > v:
+                while j >= lo and values[j] > v:
                     values[j + 1] = values[j]
                     j -= 1
                 values[j + 1] = v
-        c = cum[g - 1] / m
+        c = cp[g] / m
         level = before[g]
-        previous = u[g - 1]
-        for i in range(k):
+        previous = up[g]
+        for i in range(lo, hi):
             w += abs(level / n - c) * (values[i] - previous)
             previous = values[i]
             level += 1
-        w += abs(level / n - c) * (u[g] - previous)
+        w += abs(level / n - c) * (up[g + 1] - previous)
     return w
 
 
@@ -215,14 +224,16 @@ def pair_count_stats(ref, live, pseudo):
 
 
 @kernel(f64_1d(f64_1d, i64_1d, i64_1d, f64, f64, f64_1d))
-def pair_sample_stats(u, cum, table, lo, scale, live):
-    """[live count, KS distance, Wasserstein-1] of ``live`` against one reference sample."""
-    M = u.size
-    m = cum[M - 1] if M > 0 else 0
-    n, d, w = sample_stats(live, u, cum, m, table, lo, scale,
-                           np.empty(M + 1, dtype=np.int64), np.empty(M + 1),
-                           np.empty(max(M, 1), dtype=np.int64), np.empty(M + 1, dtype=np.int64),
-                           np.empty(M + 1, dtype=np.int64), np.empty(live.size, dtype=np.int64))
+def pair_sample_stats(up, cp, table, lo, scale, live):
+    """[live count, KS distance, Wasserstein-1] of ``live`` against one padded sample
+    (see :func:`sample_stats` for ``up`` and ``cp``)."""
+    M = up.size - 2
+    width = max(M + 1, 1)
+    n, d, w = sample_stats(live, up, cp, cp[M + 1], table, lo, scale,
+                           np.empty(live.size, dtype=np.int64), np.empty(width, dtype=np.int64),
+                           np.empty(width), np.empty(width, dtype=np.int64),
+                           np.empty(width, dtype=np.int64), np.empty(width, dtype=np.int64),
+                           np.empty(live.size))
     out = np.empty(3)
     out[0] = n
     out[1] = d
@@ -254,21 +265,22 @@ def snapshot(ref_counts, live_counts, bin_offsets, pseudo, samples, size, kinds,
         return
     widest = 1
     for f in range(first, stop):
-        widest = max(widest, sample_offsets[f + 1] - sample_offsets[f] + 1)
+        widest = max(widest, sample_offsets[f + 1] - sample_offsets[f])
+    ranks = np.empty(size, dtype=np.int64)
     gcnt = np.empty(widest, dtype=np.int64)
     gsum = np.empty(widest)
     eq = np.empty(widest, dtype=np.int64)
     before = np.empty(widest, dtype=np.int64)
-    head = np.empty(widest, dtype=np.int64)
-    chain = np.empty(size, dtype=np.int64)
+    cursor = np.empty(widest, dtype=np.int64)
+    values = np.empty(size)
     for f in range(first, stop):
         if kinds[f] != 0:
             continue
         a, b = sample_offsets[f], sample_offsets[f + 1]
         ta, tb = table_offsets[f], table_offsets[f + 1]
         n, d, w = sample_stats(samples[f, :size], uniques[a:b], cumulative[a:b], sample_n[f],
-                               table[ta:tb], table_lo[f], table_scale[f], gcnt, gsum, eq,
-                               before, head, chain)
+                               table[ta:tb], table_lo[f], table_scale[f], ranks, gcnt, gsum,
+                               eq, before, cursor, values)
         sample_count[f] = n
         stats[f, KS] = d
         stats[f, WASSERSTEIN] = w

@@ -82,8 +82,9 @@ def w1_null(profile: ReferenceProfile, feature: int) -> np.ndarray:
     key = ("w1", feature)
     if key not in layout.cache:
         a, b = layout.sample_offsets[feature], layout.sample_offsets[feature + 1]
-        layout.cache[key] = _ck.w1_null_moments(layout.uniques[a:b], layout.cumulative[a:b],
-                                                _bridge_normals())
+        # Strip the padding (see _layout.pad_sample): the null needs the plain values.
+        layout.cache[key] = _ck.w1_null_moments(layout.uniques[a + 1:b - 1],
+                                                layout.cumulative[a + 1:b - 1], _bridge_normals())
     return layout.cache[key]
 
 

@@ -1,10 +1,12 @@
 """A mergeable quantile sketch for positive values such as latencies.
 
-The mapping is DDSketch's logarithmic one: value ``x`` lands in bin
-``ceil(log(x) / log(gamma))`` with ``gamma = (1 + alpha) / (1 - alpha)``, and a bin is
-reported as ``2 * gamma**i / (1 + gamma)``, which is within relative error ``alpha`` of
-every value in it. Bins are a dense int64 array over ``[min_value, max_value]``, so
-merging two sketches is an array addition and a sketch ships as arrays or bytes.
+The mapping is DDSketch's: with ``gamma = (1 + alpha) / (1 - alpha)`` no bin spans more
+than a factor ``gamma``, and a bin is reported as ``2 * upper_edge / (1 + gamma)``, within
+relative error ``alpha`` of every value in it. The bin of ``x`` comes from DDSketch's
+cubically interpolated approximation of ``log(x)`` (bits and six flops instead of a libm
+call; see :mod:`kernels._sketch_kernels`). Bins are a dense int64 array over
+``[min_value, max_value]``, so merging is an array addition and a sketch ships as
+arrays or bytes.
 """
 
 from __future__ import annotations
@@ -34,36 +36,26 @@ class Sketch:
     negative and infinite values are never folded in: they are counted apart.
     """
 
-    __slots__ = (
-        "_bins",
-        "_counters",
-        "_extrema",
-        "_inv_log_gamma",
-        "_log_gamma",
-        "_offset",
-        "_value_scale",
-        "alpha",
-        "gamma",
-        "max_value",
-        "min_value",
-    )
+    __slots__ = ("_bins", "_counters", "_extrema", "_multiplier", "_offset", "_value_scale",
+                 "alpha", "gamma", "max_value", "min_value")
 
     def __init__(self, alpha: float = 0.01, min_value: float = 1e-9, max_value: float = 1e6) -> None:
         if not 0.0 < alpha < 1.0:
             raise InvalidValueError(f"Sketch alpha must lie in (0, 1), got {alpha!r}; 0.01 means 1% relative error.")
-        if not 0.0 < min_value < max_value < math.inf:
+        if not 1e-300 <= min_value < max_value <= 1e300:
             raise InvalidValueError(
-                f"Sketch range must satisfy 0 < min_value < max_value < inf, got [{min_value!r}, {max_value!r}]."
+                f"Sketch range must satisfy 1e-300 <= min_value < max_value <= 1e300, got "
+                f"[{min_value!r}, {max_value!r}]."
             )
         self.alpha = float(alpha)
         self.min_value = float(min_value)
         self.max_value = float(max_value)
         self.gamma = (1.0 + self.alpha) / (1.0 - self.alpha)
-        self._log_gamma = math.log(self.gamma)
-        self._inv_log_gamma = 1.0 / self._log_gamma
+        # DDSketch's multiplier for the cubic mapping: bins 1/C narrower than log's.
+        self._multiplier = 1.0 / (math.log1p(2.0 * self.alpha / (1.0 - self.alpha)) * _k.C)
         self._value_scale = 2.0 / (1.0 + self.gamma)
-        self._offset = math.ceil(math.log(self.min_value) * self._inv_log_gamma)
-        last = math.ceil(math.log(self.max_value) * self._inv_log_gamma)
+        self._offset = math.ceil(_k.key_of(self.min_value) * self._multiplier)
+        last = math.ceil(_k.key_of(self.max_value) * self._multiplier)
         self._bins = np.zeros(last - self._offset + 1, dtype=np.int64)
         self._counters = np.zeros(_k.N_COUNTERS, dtype=np.int64)
         self._extrema = np.array([0.0, math.inf, -math.inf])
@@ -72,13 +64,13 @@ class Sketch:
     def add(self, value: float) -> None:
         """Record one value."""
         _k.add_value(self._bins, self._counters, self._extrema, float(value),
-                     self._inv_log_gamma, self._offset, self.min_value, self.max_value)
+                     self._multiplier, self._offset, self.min_value, self.max_value)
 
     def add_many(self, values: Iterable[float] | np.ndarray) -> None:
         """Record a batch of values in one compiled pass (any shape; it is flattened)."""
         array = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
         _k.add_values(self._bins, self._counters, self._extrema, array,
-                      self._inv_log_gamma, self._offset, self.min_value, self.max_value)
+                      self._multiplier, self._offset, self.min_value, self.max_value)
 
     def reset(self) -> None:
         """Forget every value, keeping the parameters."""
@@ -102,7 +94,7 @@ class Sketch:
         """
         self._check_compatible(other)
         if not _k.subtract_from(self._bins, self._counters, self._extrema, other._bins,
-                                other._counters, other._extrema, self._log_gamma,
+                                other._counters, other._extrema, self._multiplier,
                                 self._offset, self.min_value):
             raise KernelError(
                 "Cannot subtract a sketch whose counts exceed this one's; subtract only a "
@@ -133,12 +125,20 @@ class Sketch:
 
     def quantiles(self, qs: Iterable[float] | np.ndarray) -> np.ndarray:
         """Several quantiles in one pass over the bins; each q must lie in [0, 1]."""
-        array = np.ascontiguousarray(qs, dtype=np.float64).reshape(-1)
-        # min()/max() on the handful of qs beat np.all() by ~5 us, a third of a query.
-        if array.size and not (min(array) >= 0.0 and max(array) <= 1.0):
-            raise InvalidValueError(f"Quantiles must lie in [0, 1], got {array.tolist()!r}.")
-        return _k.quantiles(self._bins, self._counters, self._extrema, array,
-                            self._log_gamma, self._offset, self._value_scale)
+        return _k.quantiles(self._bins, self._counters, self._extrema, _check_qs(qs),
+                            self._multiplier, self._offset, self._value_scale)
+
+    def _merged_quantiles(self, bins: np.ndarray, counters: np.ndarray, extrema: np.ndarray,
+                          rows: np.ndarray, qs: Iterable[float] | np.ndarray) -> np.ndarray:
+        # Quantiles of the merge of rows of 2-D state with this sketch's parameters.
+        return _k.merged_quantiles(bins, counters, extrema, rows, _check_qs(qs),
+                                   self._multiplier, self._offset, self._value_scale)
+
+    def _view(self, bins: np.ndarray, counters: np.ndarray, extrema: np.ndarray) -> Sketch:
+        # A sketch with these parameters whose state lives in the given arrays (not copied).
+        clone = self.copy()
+        clone._bins, clone._counters, clone._extrema = bins, counters, extrema
+        return clone
 
     @property
     def count(self) -> int:
@@ -282,3 +282,11 @@ class Sketch:
     def __repr__(self) -> str:
         return (f"Sketch(alpha={self.alpha}, count={self.count}, min={self.min:.6g}, "
                 f"max={self.max:.6g}, rejected={self.rejected_count})")
+
+
+def _check_qs(qs: Iterable[float] | np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(qs, dtype=np.float64).reshape(-1)
+    # min()/max() on the handful of qs beat np.all() by ~5 us, a third of a query.
+    if array.size and not (min(array) >= 0.0 and max(array) <= 1.0):
+        raise InvalidValueError(f"Quantiles must lie in [0, 1], got {array.tolist()!r}.")
+    return array

@@ -32,7 +32,7 @@ import numpy as np
 from kernels import _stats_kernels as _k
 from kernels._gamma_kernels import chi2_sf
 from kernels._kolmogorov_kernels import kolmogorov_sf
-from kernels._layout import rank_table
+from kernels._layout import pad_cumulative, pad_sample, rank_table
 from kernels.errors import ShapeMismatchError
 
 DEFAULT_PSEUDO_COUNT = 0.5
@@ -96,6 +96,6 @@ def _samples(reference: Any, live: Any) -> tuple[int, float, float]:
     ref = np.asarray(reference, dtype=np.float64).reshape(-1)
     values, counts = np.unique(ref[np.isfinite(ref)], return_counts=True)
     table, lo, scale = rank_table(values)
-    out = _k.pair_sample_stats(values, np.cumsum(counts, dtype=np.int64), table, lo, scale,
+    out = _k.pair_sample_stats(pad_sample(values), pad_cumulative(counts), table, lo, scale,
                                np.ascontiguousarray(live, dtype=np.float64).reshape(-1))
     return int(out[0]), float(out[1]), float(out[2])

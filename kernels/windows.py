@@ -37,7 +37,15 @@ class SketchWindow:
         self.slots = int(slots)
         self.slot_seconds = float(slot_seconds)
         self._clock = clock
-        self._ring = [Sketch(alpha, min_value, max_value) for _ in range(self.slots)]
+        template = Sketch(alpha, min_value, max_value)
+        # One 2-D array per kind of state, a row per slot; each slot's Sketch is a view of
+        # its rows, so a query merges slots in a single compiled call.
+        self._bins = np.zeros((self.slots, template._bins.size), dtype=np.int64)
+        self._counters = np.zeros((self.slots, template._counters.size), dtype=np.int64)
+        self._extrema = np.tile(template._extrema, (self.slots, 1))
+        self._ring = [template._view(self._bins[i], self._counters[i], self._extrema[i])
+                      for i in range(self.slots)]
+        self._template = template
         self._epoch = math.floor(clock() / self.slot_seconds)  # slot number of the newest slot
         self._head = 0  # ring index of the newest slot
 
@@ -70,23 +78,29 @@ class SketchWindow:
         """Fold a sketch (for instance a replica's delta) into the current slot."""
         self._rotate().merge(sketch)
 
-    def sketch(self, seconds: float | None = None) -> Sketch:
-        """A new sketch of the last ``seconds`` (whole window when None), merged from slots."""
-        current = self._rotate()
+    def _rows(self, seconds: float | None) -> np.ndarray:
+        """Ring rows covering the last ``seconds``, newest first."""
+        self._rotate()
         if seconds is None:
             count = self.slots
         elif seconds <= 0:
             raise InvalidValueError(f"A window query needs seconds > 0, got {seconds!r}.")
         else:
             count = min(self.slots, math.ceil(seconds / self.slot_seconds))
-        merged = current.copy()
-        for back in range(1, count):
-            merged.merge(self._ring[(self._head - back) % self.slots])
+        return (self._head - np.arange(count, dtype=np.int64)) % self.slots
+
+    def sketch(self, seconds: float | None = None) -> Sketch:
+        """A new sketch of the last ``seconds`` (whole window when None), merged from slots."""
+        merged = self._template.copy()
+        merged.reset()
+        for row in self._rows(seconds):
+            merged.merge(self._ring[row])
         return merged
 
     def quantiles(self, qs: Iterable[float], seconds: float | None = None) -> np.ndarray:
-        """Quantiles of the last ``seconds`` (see :meth:`sketch`)."""
-        return self.sketch(seconds).quantiles(qs)
+        """Quantiles of the last ``seconds`` (see :meth:`sketch`), merged in one call."""
+        return self._template._merged_quantiles(self._bins, self._counters, self._extrema,
+                                                self._rows(seconds), qs)
 
     def reset(self) -> None:
         """Forget everything; the clock keeps its place."""
