@@ -2,16 +2,16 @@
 sorted reference sample.
 
 Count statistics, in column order ``PSI..CHI2``: PSI and KL on pseudo-count smoothed
-proportions over the bins occupied in either histogram; Jensen-Shannon distance and Hellinger distance on raw proportions (both are
-finite with empty bins); Pearson chi-square of live counts against reference
-proportions (smoothed) scaled to the live total.
+proportions over the bins occupied in either histogram; Jensen-Shannon and Hellinger
+distances on raw proportions (both finite with empty bins); Pearson chi-square of live
+counts against smoothed reference proportions scaled to the live total.
 
 Sample statistics (KS, Wasserstein-1) never sort the live values. Each live value is
-ranked among the reference sample's distinct values through a cell table (see
-``kernels._layout.rank_table``: one multiply, one lookup, one comparison); counts and offset sums per gap between reference values
-then give the KS distance exactly, and the Wasserstein integral exactly for every gap
-where the live CDF stays on one side of the reference CDF. The few gaps where it crosses
-are integrated from their own sorted values in a second pass.
+ranked among the reference sample's distinct values through a cell table
+(``kernels._layout.rank_table``: one multiply, one lookup, one comparison). Counts and
+offset sums per gap between reference values then give the KS distance exactly, and the
+Wasserstein integral exactly for every gap where the live CDF stays on one side of the
+reference CDF; the few gaps where it crosses are integrated from their own sorted values.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from kernels._jit import f64, f64_1d, f64_2d, helper, i64, i64_1d, kernel, void
+from kernels._jit import f64, f64_1d, f64_2d, helper, i32_1d, i64, i64_1d, kernel, void
 
 PSI, KL, JS, HELLINGER, CHI2, KS, WASSERSTEIN = range(7)
 N_STATS = 7
@@ -98,35 +98,37 @@ def sample_stats(xs, up, cp, m, table, lo, scale, ranks, gcnt, gsum, eq, before,
         for r in range(n_values):
             n += math.isfinite(xs[r])
         return n, math.nan, math.nan
-    # Three passes instead of one: branches that depend on the data mispredicted on
-    # every few values and cost more than the lookups. Pass 1 has no data-dependent
-    # branch: the cell table's first candidate, plus one comparison (the padding makes
-    # both ends safe, NaN compares False). NaN and -inf land in cell 0, +inf in the last.
+    # Two passes instead of one: branches that depend on the data mispredicted every few
+    # values and cost more than the lookups. Pass 1 ranks: a cell holding at most one
+    # sample value needs the table entry plus one comparison, no data-dependent branch
+    # (the padding makes both ends safe, NaN compares False); crowded cells are flagged
+    # negative in the table and are rare, so that branch predicts well. NaN and -inf
+    # land in cell 0, +inf in the last cell.
     top = table.size - 2.0
     for r in range(n_values):
         x = xs[r]
         t = (x - lo) * scale
         t = min(t if t >= 0.0 else 0.0, top)
         k = table[np.int64(t)]
-        ranks[r] = k + (up[k + 1] <= x)
-    # Pass 2: a cell holding several sample values needs a few more steps (rare).
-    for r in range(n_values):
-        k = ranks[r]
-        x = xs[r]
-        while up[k + 1] <= x:
-            k += 1
-        ranks[r] = k
+        if k >= 0:
+            ranks[r] = k + (up[k + 1] <= x)
+        else:
+            k = -1 - k
+            while up[k + 1] <= x:
+                k += 1
+            ranks[r] = k
     for g in range(M + 1):
         gcnt[g] = 0
         gsum[g] = 0.0
     for g in range(M):
         eq[g] = 0
-    # Pass 3: per gap between sample values, count and sum offsets from the gap's finite
+    # Pass 2: per gap between sample values, count and sum offsets from the gap's finite
     # edge (small numbers: no cancellation later), and tally ties.
     n = 0
     for r in range(n_values):
         x = xs[r]
         if not math.isfinite(x):
+            ranks[r] = -1
             continue
         n += 1
         k = ranks[r]
@@ -142,15 +144,19 @@ def sample_stats(xs, up, cp, m, table, lo, scale, ranks, gcnt, gsum, eq, before,
     d = 0.0
     w = gsum[0] / n + gsum[M] / n  # outer gaps: reference CDF is 0 (left) or 1 (right)
     below = 0  # live values <= the left edge of the current gap
+    f_below = 0.0  # below / n: the live CDF at the gap's left edge
+    c = 0.0  # the reference CDF across the gap (cp[0] / m)
     crossings = 0
+    # CDF values are counts divided by sizes exactly as scipy.stats.ks_2samp computes them;
+    # each is computed once and carried to the next gap (divisions dominated this loop).
     for g in range(M + 1):
-        c = cp[g] / m
         k = gcnt[g]
         before[g] = below
+        f_after = (below + k) / n if k > 0 else f_below
         if 0 < g < M:
             width = up[g + 1] - up[g]
-            start = below / n - c
-            end = (below + k) / n - c
+            start = f_below - c
+            end = f_after - c
             if (start >= 0.0 and end >= 0.0) or (start <= 0.0 and end <= 0.0):
                 # Live CDF on one side: the integral of (F_live - c) over the gap, closed form.
                 w += abs(start * width + (k * width - gsum[g]) / n)
@@ -159,10 +165,14 @@ def sample_stats(xs, up, cp, m, table, lo, scale, ranks, gcnt, gsum, eq, before,
                 crossings += 1
         below += k
         if k > 0:
-            d = max(d, abs(below / n - c))
+            d = max(d, abs(f_after - c))
         if g < M:
-            below += eq[g]
-            d = max(d, abs(below / n - cp[g + 1] / m))
+            f_below = f_after
+            if eq[g] > 0:
+                below += eq[g]
+                f_below = below / n
+            c = cp[g + 1] / m
+            d = max(d, abs(f_below - c))
     if crossings:
         w += _crossing_integral(xs, ranks, up, cp, m, n, gcnt, before, cursor, values)
     return n, d, w
@@ -182,7 +192,7 @@ def _crossing_integral(xs, ranks, up, cp, m, n, gcnt, before, cursor, values):
             total -= gcnt[g]
     for r in range(xs.size):
         k = ranks[r]
-        if k >= 0 and gcnt[k] < 0 and math.isfinite(xs[r]):
+        if k >= 0 and gcnt[k] < 0:
             values[cursor[k]] = xs[r]
             cursor[k] += 1
     w = 0.0
@@ -223,14 +233,14 @@ def pair_count_stats(ref, live, pseudo):
     return out
 
 
-@kernel(f64_1d(f64_1d, i64_1d, i64_1d, f64, f64, f64_1d))
+@kernel(f64_1d(f64_1d, i64_1d, i32_1d, f64, f64, f64_1d))
 def pair_sample_stats(up, cp, table, lo, scale, live):
     """[live count, KS distance, Wasserstein-1] of ``live`` against one padded sample
     (see :func:`sample_stats` for ``up`` and ``cp``)."""
     M = up.size - 2
     width = max(M + 1, 1)
     n, d, w = sample_stats(live, up, cp, cp[M + 1], table, lo, scale,
-                           np.empty(live.size, dtype=np.int64), np.empty(width, dtype=np.int64),
+                           np.empty(live.size, dtype=np.int32), np.empty(width, dtype=np.int64),
                            np.empty(width), np.empty(width, dtype=np.int64),
                            np.empty(width, dtype=np.int64), np.empty(width, dtype=np.int64),
                            np.empty(live.size))
@@ -242,7 +252,7 @@ def pair_sample_stats(up, cp, table, lo, scale, live):
 
 
 @kernel(void(i64_1d, i64_1d, i64_1d, f64, f64_2d, i64, i64_1d, i64_1d, f64_1d, i64_1d,
-             i64_1d, i64_1d, i64_1d, f64_1d, f64_1d, i64, i64, f64_2d, i64_1d, i64_1d))
+             i64_1d, i64_1d, i32_1d, f64_1d, f64_1d, i64, i64, f64_2d, i64_1d, i64_1d))
 def snapshot(ref_counts, live_counts, bin_offsets, pseudo, samples, size, kinds, sample_offsets,
              uniques, cumulative, sample_n, table_offsets, table, table_lo, table_scale,
              first, stop, stats, count_n, sample_count):
@@ -266,7 +276,7 @@ def snapshot(ref_counts, live_counts, bin_offsets, pseudo, samples, size, kinds,
     widest = 1
     for f in range(first, stop):
         widest = max(widest, sample_offsets[f + 1] - sample_offsets[f])
-    ranks = np.empty(size, dtype=np.int64)
+    ranks = np.empty(size, dtype=np.int32)
     gcnt = np.empty(widest, dtype=np.int64)
     gsum = np.empty(widest)
     eq = np.empty(widest, dtype=np.int64)
