@@ -27,7 +27,7 @@ CATEGORICAL = "categorical"
 _BYTES_MAGIC = b"MPRP1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FeatureProfile:
     """One feature of the reference data.
 
@@ -55,6 +55,20 @@ class FeatureProfile:
     def bins(self) -> int:
         """Number of histogram bins (at least 1)."""
         return len(self.counts)
+
+    def _key(self) -> tuple[Any, ...]:
+        # Missing extrema are NaN, and NaN != NaN would make a feature unequal to its own
+        # copy (pickled or parsed): compare them as None.
+        return (self.name, self.kind, self.edges, self.counts, self.count, self.missing,
+                _json_float(self.min), _json_float(self.max), self.sample)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FeatureProfile):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def missing_rate(self) -> float:
@@ -97,6 +111,11 @@ class ReferenceProfile:
             for i, name in enumerate(names)
         )
         return cls(features)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The packed layout is derived (and holds caches); rebuild it after unpickling
+        # rather than shipping it between Ray actors.
+        return {**self.__dict__, "_layout": None}
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -36,7 +36,8 @@ class LiveWindow:
     """Live histograms and quality counters for one reference profile, plus a sample ring.
 
     ``sample_capacity`` rows are kept for sample statistics (KS, Wasserstein); 0 keeps
-    none, and the drift report then uses histogram statistics only.
+    none, and the drift report then uses histogram statistics only. A window is not
+    locked: one thread updates it (replicas ship deltas to the monitor, which merges).
     """
 
     def __init__(self, profile: ReferenceProfile, sample_capacity: int = 10_000) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -60,6 +61,14 @@ def test_round_trips_through_strict_json_and_bytes() -> None:
     assert again == profile
     assert ReferenceProfile.from_bytes(profile.to_bytes()) == profile
     assert math.isnan(again.features[3].min)
+
+
+def test_pickles_without_its_derived_layout() -> None:
+    profile = ReferenceProfile.from_matrix(_matrix(), categorical=[1])
+    profile.layout()
+    copy = pickle.loads(pickle.dumps(profile))
+    assert copy == profile and copy._layout is None
+    assert copy.layout().n_bins == profile.layout().n_bins
 
 
 def test_layout_packs_every_feature() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -138,6 +139,12 @@ def test_bytes_and_arrays_round_trip() -> None:
     assert Sketch.from_bytes(Sketch().to_bytes()) == Sketch()
     # Only the occupied span of bins travels.
     assert len(sketch.to_bytes()) < 8 * sketch.to_arrays()["bins"].size
+
+
+def test_sketch_pickles_for_ray() -> None:
+    sketch = Sketch()
+    sketch.add_many([0.1, 0.2, np.nan])
+    assert pickle.loads(pickle.dumps(sketch)) == sketch
 
 
 def test_corrupt_bytes_are_refused() -> None:
