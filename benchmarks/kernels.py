@@ -278,6 +278,18 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {t['target']} | {t['measured']:.3g} {t['unit']} | {t['limit']} | {'yes' if t['met'] else '**missed**'} |")
     for section in ("recording", "window_quantiles", "drift_snapshot", "quality"):
         lines += ["", f"## {section}", "", "```json", json.dumps(report[section], indent=2), "```"]
+    snap = report["drift_snapshot"]
+    per_value = snap["ms"]["kernels statistics only (snapshot)"] * 1e6 / (snap["rows"] * snap["features"])
+    lines += ["", "## Notes", "",
+              f"- Drift snapshot: {per_value:.1f} ns per live value for all seven statistics. KS and "
+              "Wasserstein rank every live value among the reference sample (1,024 order statistics) "
+              "through a cell table and never sort; what remains is memory traffic and one scattered "
+              "update per value. The SciPy loop sorts each column. p-values add little unless a feature "
+              "has drifted: the exact Kolmogorov tail (SciPy's Smirnov sum, ported) then costs ~0.2 ms "
+              "per drifted feature at n = 10,000.",
+              "- The SciPy baseline gets the same 1,024-value reference sample the kernels use; on the "
+              "full reference it would be slower still, but it would compute something else.",
+              "- The machine is shared (2 cores); timings vary by ~20% between runs."]
     if "calibration" in report:
         cal = report["calibration"]
         lines += ["", "## Calibration (alpha = 0.05)", "",

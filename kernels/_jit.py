@@ -23,8 +23,6 @@ i64_1d = numba.int64[::1]
 i32_1d = numba.int32[::1]
 i64_2d = numba.int64[:, ::1]
 void = numba.void
-Tuple = numba.types.Tuple
-UniTuple = numba.types.UniTuple
 
 
 def kernel(signature: Any) -> Callable[[Callable[..., Any]], Any]:

@@ -6,7 +6,7 @@ Pelz-Good and the one-sided Smirnov sum). ``ks_2samp(method='asymp')`` reports
 ``kstwo.sf(D, round(n1 * n2 / (n1 + n2)))``; reproducing it here keeps p-values on the
 request path free of SciPy while agreeing with it to ~1e-12. The Smirnov sum works in
 logarithms of float64 rather than SciPy's double-double; its terms are all positive, so
-nothing cancels.
+nothing cancels (:mod:`kernels._smirnov_kernels`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from kernels._jit import f64, helper, i64, kernel
+from kernels._smirnov_kernels import smirnov_sf
 
 _EP128 = 2.0**128
 _EM128 = 2.0**-128
@@ -25,7 +26,6 @@ _SQRT3 = math.sqrt(3.0)
 _PI2 = math.pi**2
 _PI4 = math.pi**4
 _PI6 = math.pi**6
-_MIN_LOG = -708.3964185322641  # log of the smallest normal float64
 _STIRLING = np.array([-2.955065359477124183e-2, 6.4102564102564102564e-3,
                       -1.9175269175269175269e-3, 8.4175084175084175084e-4,
                       -5.952380952380952381e-4, 7.9365079365079365079e-4,
@@ -45,51 +45,6 @@ def _log_nfactorial_div_n_pow_n(n):
     for c in _STIRLING:  # Horner, highest degree first, as numpy.polyval
         poly = poly * x + c
     return math.log(n) / 2 - n + _LOG_2PI / 2 + rn * poly
-
-
-@kernel(f64(i64, f64))
-def smirnov_sf(n, x):
-    """One-sided Smirnov P(D+_n > x) (SciPy's ``scipy.special.smirnov``)."""
-    if n == 1:
-        return _clip(1.0 - x)
-    if x <= 0.0:
-        return 1.0
-    if x >= 1.0:
-        return 0.0
-    nx = n * x
-    nxfl = math.floor(nx)
-    alpha = nx - nxfl
-    if nxfl == 0 or (nxfl == 1 and alpha == 0.0):
-        return _clip(1.0 - x * (1.0 + x) ** (n - 1))
-    if -2.0 * n * x * x < _MIN_LOG:
-        return 0.0
-    if nxfl >= n - 1:
-        return (1.0 - x) ** n
-    if n > 1_000_000:
-        return math.exp(-((6.0 * n * x + 1.0) ** 2) / 18.0 / n)
-    # Birnbaum-Tingey lower sum: sum_v C(n,v) (x+v/n)^(v-1) (1-x-v/n)^(n-v), times x.
-    terms = n - nxfl - (0 if alpha == 0.0 else 1)
-    if alpha == 0.0:
-        terms -= 1
-    terms += 1
-    log_binomial = 0.0
-    total = 0.0
-    for v in range(terms):
-        up = (v + nx) / n
-        down = (n - v - nx) / n
-        log_term = log_binomial + (n - v) * math.log(down)
-        if v != 1:
-            log_term += (v - 1) * math.log(up)
-        term = math.exp(log_term)
-        total += term
-        # Same early exit as SciPy: the remaining terms cannot move the sum.
-        if term != 0.0:
-            if 4.0 * (terms - v) * term < 2.220446049250313e-16 * total and v != terms - 1:
-                break
-        elif v > n // 2:
-            break  # underflowed past the peak: the rest is smaller still
-        log_binomial += math.log((n - v) / (v + 1.0))
-    return _clip(x * total)
 
 
 @helper

@@ -21,7 +21,7 @@ import numpy as np
 from kernels import _calibration_kernels as _ck
 from kernels import _stats_kernels as _sk
 from kernels.calibration import CORRECTIONS, STATISTICS, adjust_pvalues, null_parameters
-from kernels.errors import InvalidValueError
+from kernels.errors import InvalidValueError, ShapeMismatchError
 from kernels.profile import ReferenceProfile
 from kernels.quality import LiveWindow
 from kernels.statistics import DEFAULT_PSEUDO_COUNT
@@ -100,6 +100,9 @@ def drift_report(profile: ReferenceProfile, live: LiveWindow | Any, *, alpha: fl
         window = LiveWindow(profile, sample_capacity=rows.shape[0] if rows.ndim == 2 else 1)
         window.update(rows)
         live = window
+    elif live.profile is not profile and live.profile != profile:
+        raise ShapeMismatchError("The live window was built on another reference profile; build "
+                                 "it with LiveWindow(profile) for the profile you check against.")
     stats, count_n, sample_n = snapshot(profile, live, pseudo_count, threads)
     has_samples = live.sample_columns().shape[1] > 0
     scale, dof, w1 = null_parameters(profile, count_n, pseudo_count, has_samples)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kernels import InvalidValueError, adjust_pvalues, drift_report, thresholds
+from kernels import InvalidValueError, ShapeMismatchError, adjust_pvalues, drift_report, thresholds
 from kernels.profile import ReferenceProfile
 from kernels.quality import LiveWindow
 from kernels.statistics import chi_square, hellinger, js_distance, psi
@@ -136,3 +136,6 @@ def test_arguments_are_checked() -> None:
         drift_report(PROFILE, _live(10), alpha=1.5)
     with pytest.raises(InvalidValueError):
         thresholds(PROFILE, 100, alpha=0.0)
+    other = ReferenceProfile.from_matrix(REFERENCE[:500], categorical=[4])
+    with pytest.raises(ShapeMismatchError, match="another reference profile"):
+        drift_report(PROFILE, LiveWindow(other))

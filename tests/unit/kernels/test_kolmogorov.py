@@ -7,7 +7,8 @@ import pytest
 from scipy import special, stats
 
 from kernels._gamma_kernels import chi2_sf, gammaincc
-from kernels._kolmogorov_kernels import kolmogorov_sf, smirnov_sf
+from kernels._kolmogorov_kernels import kolmogorov_sf
+from kernels._smirnov_kernels import smirnov_sf
 
 # Sizes straddle SciPy's switch points: n <= 140 (Durbin, Pomeranz), the Pelz-Good and
 # Durbin regions above, and very large n.
