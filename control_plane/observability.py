@@ -37,3 +37,31 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+def monitor_totals() -> list[dict[str, Any]]:
+    """Cumulative per-version counters from the Monitor, or [] without one."""
+    import ray
+
+    monitor = _monitor()
+    if monitor is None:
+        return []
+    return list(ray.get(monitor.totals.remote(), timeout=10))
+
+
+def running_replicas() -> dict[str, int]:
+    """Running replicas per Serve application (summed over its deployments)."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        return {}
+    if not ray.is_initialized():
+        return {}
+    counts: dict[str, int] = {}
+    for name, app in serve.status().applications.items():
+        total = 0
+        for deployment in app.deployments.values():
+            total += int(deployment.replica_states.get("RUNNING", 0))
+        counts[name] = total
+    return counts

@@ -9,6 +9,7 @@ endpoint. It is idempotent: run twice, it finds everything up and changes nothin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from control_plane.errors import ControlPlaneUnavailableError
+from control_plane.ray_auth import apply_ray_auth_env, ray_auth_env
 from modelplane.settings import Settings
 
 NAMESPACE = "modelplane"
@@ -57,11 +59,37 @@ def _ray_bin() -> str:
     return str(candidate) if candidate.exists() else "ray"
 
 
+def _resolve(address: str) -> str | None:
+    """``auto`` → the address Ray recorded for the newest local cluster (None if none)."""
+    if address != "auto":
+        return address
+    # Where `ray start` records it (ray._common.utils.get_ray_address_file).
+    temp_root = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    with contextlib.suppress(OSError):
+        return (Path(temp_root) / "ray" / "ray_current_cluster").read_text().strip() or None
+    return None
+
+
+def _reachable(address: str) -> bool:
+    # ray.init retries a dead GCS for a minute or more; a TCP probe answers at once.
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _connect(address: str) -> bool:
     import ray
 
+    resolved = _resolve(address)
+    if resolved is None or not _reachable(resolved):
+        return False
     try:
-        ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR",
+        ray.init(address=resolved, namespace=NAMESPACE, logging_level="ERROR",
                  log_to_driver=False)
         return True
     except (ConnectionError, RuntimeError):
@@ -71,15 +99,22 @@ def _connect(address: str) -> bool:
 def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingress: bool | None = None,
                    progress: Callable[[str], None] = print, timeout_s: float = 180.0) -> PlatformInfo:
     """Bring everything up (see the module docstring); returns where it listens."""
+    apply_ray_auth_env()
+    import logging
+
     import ray
     from ray import serve
 
     from control_plane.serve_app import deploy_control_plane
+
+    # Serve narrates every step at INFO; the caller's progress callback tells the story.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     from serving.applications import SERVER_APP, SERVER_ROUTE, build_server_app
     from serving.monitor import ensure_monitor
 
     settings.home.mkdir(parents=True, exist_ok=True)
-    address = os.environ.get("RAY_ADDRESS") or "auto"
+    record = _head_record(settings)
+    address = os.environ.get("RAY_ADDRESS") or str((record or {}).get("address") or "auto")
     fast = fast_ingress_available() if fast_ingress is None else fast_ingress
     started = False
     if not ray.is_initialized() and not _connect(address):
@@ -89,20 +124,8 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
                 "or unset it to start a local head"
             )
         progress("starting a local Ray head" + (" (HAProxy ingress)" if fast else ""))
-        command = [_ray_bin(), "start", "--head", "--disable-usage-stats",
-                   "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
-        if num_cpus is not None:
-            command.append(f"--num-cpus={num_cpus}")
-        env = {**os.environ, **ingress_env(fast)}
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
-        if result.returncode != 0:
-            raise ControlPlaneUnavailableError(
-                "`ray start --head` failed: " + (result.stderr or result.stdout)[-800:]
-            )
-        (settings.home / HEAD_RECORD).write_text(json.dumps({"started_by": "modelplane"}))
+        _start_head(settings, num_cpus=num_cpus, fast=fast, timeout_s=timeout_s)
         started = True
-        if not _connect("auto"):
-            raise ControlPlaneUnavailableError("started a Ray head but cannot connect to it")
     progress(f"starting Serve on {settings.http_host}:{settings.http_port}")
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     ensure_monitor()
@@ -117,6 +140,46 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         api_url=f"{settings.url}/api",
         inference_url=f"{settings.url}/v2",
     )
+
+
+def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout_s: float) -> None:
+    """``ray start --head --block`` as a child we own, so ``down`` stops exactly this head.
+
+    (``ray stop`` would stop every Ray on the machine, other users' clusters included.)
+    """
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        gcs_port = probe.getsockname()[1]
+    command = [_ray_bin(), "start", "--head", "--block", "--disable-usage-stats",
+               f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={num_cpus}")
+    log_path = settings.home / "ray-head.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command, env={**os.environ, **ingress_env(fast), **ray_auth_env()}, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    address = f"127.0.0.1:{gcs_port}"
+    (settings.home / HEAD_RECORD).write_text(json.dumps({"pid": process.pid, "address": address}))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ControlPlaneUnavailableError(
+                f"`ray start --head` exited with {process.returncode}; see {log_path}")
+        if _connect(address):
+            return
+        time.sleep(1.0)
+    raise ControlPlaneUnavailableError(f"the Ray head did not come up in {timeout_s:.0f}s; see {log_path}")
+
+
+def _head_record(settings: Settings) -> dict[str, object] | None:
+    try:
+        return json.loads((settings.home / HEAD_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def wait_healthy(url: str, *, timeout_s: float = 120.0) -> None:
@@ -139,20 +202,62 @@ def wait_healthy(url: str, *, timeout_s: float = 120.0) -> None:
 
 def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print) -> bool:
     """Shut Serve down, and the Ray head too if ``start_platform`` started it."""
+    apply_ray_auth_env()
     import ray
     from ray import serve
 
-    record = settings.home / HEAD_RECORD
-    address = os.environ.get("RAY_ADDRESS") or "auto"
-    if ray.is_initialized() or _connect(address):
+    record = _head_record(settings)
+    if record and record.get("address"):
+        # The head is ours: stopping it stops Serve with it, without Serve's slow drain.
+        ray.shutdown()
+    elif ray.is_initialized() or _connect(os.environ.get("RAY_ADDRESS") or "auto"):
         progress("shutting down Serve")
         serve.shutdown()
         ray.shutdown()
     else:
         progress("no Ray cluster is reachable; nothing to shut down")
-    if record.exists():
-        progress("stopping the local Ray head")
-        subprocess.run([_ray_bin(), "stop"], capture_output=True, text=True, timeout=120)
-        record.unlink(missing_ok=True)
-        return True
-    return False
+    if not record or not record.get("address"):
+        return False
+    progress(f"stopping the local Ray head at {record['address']}")
+    _stop_cluster_processes(int(str(record["address"]).rsplit(":", 1)[1]),
+                            head_pid=int(record.get("pid") or 0))
+    (settings.home / HEAD_RECORD).unlink(missing_ok=True)
+    return True
+
+
+def _stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 20.0) -> None:
+    """Stop exactly the processes of the Ray cluster whose GCS listens on ``gcs_port``.
+
+    ``ray stop`` would stop every Ray cluster on the machine. Here the members are the
+    descendants of our ``ray start`` process (collected before anything is signalled, so
+    none is orphaned first; Ray renames some, and Serve's HAProxy is among them) plus any
+    process whose command line names our GCS port. SIGTERM first, SIGKILL stragglers
+    (the GCS server does not always exit on SIGTERM).
+    """
+    import re
+
+    import psutil
+
+    pattern = re.compile(rf"(--gcs_server_port={gcs_port}|gcs[-_]address=\S*:{gcs_port}|--port={gcs_port})\b")
+    members: list[psutil.Process] = []
+    if head_pid:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            head = psutil.Process(head_pid)
+            members = [head, *head.children(recursive=True)]
+    seen = {p.pid for p in members}
+    for process in psutil.process_iter(["cmdline"]):
+        if process.pid in seen:
+            continue
+        try:
+            if pattern.search(" ".join(process.info["cmdline"] or [])):
+                members.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for process in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(members, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)

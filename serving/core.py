@@ -49,11 +49,9 @@ class HttpResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _json(status: int, payload: Any, request_id: str | None = None) -> HttpResult:
-    headers = {"content-type": "application/json"}
-    if request_id:
-        headers["x-request-id"] = request_id
-    return HttpResult(status, json.dumps(payload).encode(), headers)
+def _json(status: int, payload: Any) -> HttpResult:
+    # No x-request-id header: Serve's proxy sets its own; ours is in the body.
+    return HttpResult(status, json.dumps(payload).encode(), {"content-type": "application/json"})
 
 
 def error_result(error: ModelplaneError, request_id: str) -> HttpResult:
@@ -62,7 +60,6 @@ def error_result(error: ModelplaneError, request_id: str) -> HttpResult:
     return _json(
         error.http_status,
         {"error": error.message, "code": error.code, "request_id": request_id},
-        request_id,
     )
 
 
@@ -136,7 +133,7 @@ class InferenceCore:
             if pinned is None:
                 for shadow in router.shadows:
                     self._start_shadow(backends.get(shadow), arrays, outputs, elapsed)
-            return HttpResult(200, encoded.body, {**encoded.headers, "x-request-id": request_id})
+            return HttpResult(200, encoded.body, dict(encoded.headers))
         except ModelplaneError as error:
             self.recorder.record(version, error.http_status, time.perf_counter() - started, error.code)
             if error.http_status >= 500:

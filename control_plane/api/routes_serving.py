@@ -55,3 +55,13 @@ def endpoint_stats(
 
     cp.deployments.get(name)
     return {"endpoint": name, "window_s": window, "versions": read_stats(name, window)}
+
+
+@router.get("/metrics", tags=["admin"], response_class=Response)
+def metrics(cp: CP) -> Response:
+    """Prometheus exposition: request counts, latency quantiles, weights, shadows, replicas."""
+    from control_plane.metrics import CONTENT_TYPE, render
+    from control_plane.observability import monitor_totals, running_replicas
+
+    body = render(monitor_totals(), cp.deployments.list(), running_replicas())
+    return Response(content=body, media_type=CONTENT_TYPE)

@@ -1,0 +1,95 @@
+"""`modelplane up / deploy / traffic / status / undeploy / down`, as a user runs them.
+
+`up` starts its own Ray head here (in a private RAY_TMPDIR, so it neither finds nor
+disturbs the test session's Ray) with the fastest ingress available, and `down` stops
+exactly that head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from control_plane.client import Client
+from tests.conftest import free_port
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+
+
+@pytest.fixture(scope="module")
+def cli_env() -> Iterator[dict[str, str]]:
+    root = Path(tempfile.mkdtemp(prefix="mp"))  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPLANE_", "RAY_"))}
+    env.update(MODELPLANE_HOME=str(root / "home"), MODELPLANE_HTTP_PORT=str(free_port()),
+               RAY_TMPDIR=str(root / "ray"))
+    yield env
+    subprocess.run([sys.executable, "-m", "modelplane.cli", "down"], env=env,
+                   capture_output=True, timeout=180)
+
+
+def run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "modelplane.cli", *args], env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def infer(url: str, endpoint: str) -> httpx.Response:
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    return httpx.post(f"{url}/v2/models/{endpoint}/infer", json=body, timeout=30)
+
+
+def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None:
+    up = run(cli_env, "up", "--num-cpus", "2")
+    assert "modelplane is up" in up.stdout
+    assert "admin.token" in up.stdout
+    url = f"http://127.0.0.1:{cli_env['MODELPLANE_HTTP_PORT']}"
+    again = run(cli_env, "up")  # idempotent: finds everything running
+    assert "modelplane is up" in again.stdout
+
+    token = (Path(cli_env["MODELPLANE_HOME"]) / "admin.token").read_text().strip()
+    with Client(url, token) as client:
+        for seed in (1, 2):
+            client.register_version("cli-iris", linear_classifier(seed=seed), linear_classifier_manifest())
+
+    deployed = run(cli_env, "deploy", "iris", "cli-iris:1", "--num-cpus", "0.25")
+    assert "v1=100%" in deployed.stdout
+    first = infer(url, "iris")
+    assert first.status_code == 200 and first.json()["model_version"] == "1"
+
+    run(cli_env, "traffic", "iris", "1=50", "2=50")
+    seen = Counter()
+    for _ in range(200):
+        response = infer(url, "iris")
+        assert response.status_code == 200
+        seen[response.json()["model_version"]] += 1
+    assert set(seen) == {"1", "2"}, seen
+
+    status = json.loads(run(cli_env, "status", "--json").stdout)
+    assert status["ready"] == {"iris": True}
+    routes = {r["version"]: r["weight"] for r in status["endpoints"][0]["routes"]}
+    assert routes == {1: 50.0, 2: 50.0}
+
+    run(cli_env, "undeploy", "iris")
+    gone = None
+    for _ in range(60):
+        gone = infer(url, "iris")
+        if gone.status_code == 404:
+            break
+        import time
+
+        time.sleep(0.5)
+    assert gone is not None and gone.status_code == 404
+
+    down = run(cli_env, "down", timeout=180)
+    assert "modelplane is down" in down.stdout
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/v2/health/live", timeout=2)
