@@ -86,6 +86,7 @@ class InferenceCore:
     def update(self, config: EndpointConfig, backends: Mapping[int, VersionBackend]) -> None:
         """Install a new route table and version set (one assignment: requests see old or new)."""
         self._state = (config, dict(backends), Router.compile(config.routes))
+        self.recorder.enabled = config.monitoring
 
     @property
     def config(self) -> EndpointConfig:
@@ -93,7 +94,7 @@ class InferenceCore:
 
     def take_stats(self) -> StatsRecorder:
         """The statistics since the last call, replaced by a fresh recorder."""
-        taken, self.recorder = self.recorder, StatsRecorder()
+        taken, self.recorder = self.recorder, StatsRecorder(enabled=self.recorder.enabled)
         return taken
 
     async def handle(

@@ -103,6 +103,7 @@ class EndpointConfig(Wire):
     monitor_actor: str = "modelplane-monitor"
     monitor_namespace: str = "modelplane"
     stats_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    monitoring: bool = Field(True, description="Record latency and status statistics.")
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     generation: int = 0
 

@@ -58,8 +58,9 @@ class VersionStats:
 class StatsRecorder:
     """Per-version statistics of one replica between two flushes."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
         self.versions: dict[int, VersionStats] = {}
+        self.enabled = enabled
 
     def _of(self, version: int) -> VersionStats:
         stats = self.versions.get(version)
@@ -68,6 +69,8 @@ class StatsRecorder:
         return stats
 
     def record(self, version: int, status: int, latency_s: float, error_code: str | None = None) -> None:
+        if not self.enabled:
+            return
         stats = self._of(version)
         stats.codes[status] += 1
         if error_code:
@@ -77,6 +80,8 @@ class StatsRecorder:
 
     def record_shadow(self, version: int, *, agreed: bool | None, abs_diff: float,
                       latency_delta_s: float, failed: bool) -> None:
+        if not self.enabled:
+            return
         shadow = self._of(version).shadow
         if failed:
             shadow.errors += 1

@@ -175,3 +175,31 @@ def test_metrics_parse_and_name_every_version(iris: Platform) -> None:
     versions = {s.labels["version"] for s in families["modelplane_requests"].samples
                 if s.labels.get("endpoint") == "iris"}
     assert {"1", "2"} <= versions
+
+
+def test_isolated_placement_batches_and_splits_answers_correctly(platform: Platform) -> None:
+    from onnxruntime import InferenceSession
+    from ray import serve
+
+    with platform.client() as client:
+        client.register_version("iso-model", linear_classifier(seed=8), linear_classifier_manifest())
+        client.deploy("iso", "iso-model:1", placement="isolated",
+                      scaling={"replicas": 1, "num_cpus": 0.25},
+                      batching={"max_batch_size": 8, "batch_wait_timeout_ms": 20})
+    platform.wait_endpoint("iso", {1})
+    assert {"endpoint-iso", "endpoint-iso-v1"} <= set(serve.status().applications)
+    session = InferenceSession(linear_classifier(seed=8))
+
+    def one(index: int) -> tuple[np.ndarray, np.ndarray]:
+        data = rows(1 + index % 3, seed=index)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(data.shape),
+                            "data": data.ravel().tolist()}]}
+        response = httpx.post(f"{platform.url}/v2/models/iso/infer", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        output = response.json()["outputs"][0]
+        return np.array(output["data"], dtype=np.float32).reshape(output["shape"]), data
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(one, range(48)))
+    for got, data in answers:
+        np.testing.assert_allclose(got, session.run(None, {"input": data})[0], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,293 @@
+"""Serving benchmark: modelplane endpoints against a plain Ray Serve deployment, one run.
+
+    python -m benchmarks.serving [--seconds 8] [--sequential 300]
+
+The server side (a Ray head started here, and everything Serve runs on it) is pinned to
+core 0 and the load client to core 1. Two clusters run one after the other: Serve's
+default proxy (the plain deployment a Ray user writes by hand, and modelplane's
+colocated, isolated, batched, unmonitored and shadowed endpoints under the same
+settings) and the fast ingress `modelplane up` picks (HAProxy + throughput-optimized
+Serve). Results go to benchmarks/results/serving.json and serving.md with every ratio
+against its target, met or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+SMALL = (64, 256, 256, 10)
+HEAVY = (512, 4096, 4096, 1000)
+
+
+def mlp(sizes: tuple[int, ...], seed: int) -> bytes:
+    """An ONNX MLP (MatMul+Add+Relu per layer) with a dynamic batch axis."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, current = [], [], "input"
+    for layer, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        w = (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = np.zeros(n_out, dtype=np.float32)
+        inits += [numpy_helper.from_array(w, f"w{layer}"), numpy_helper.from_array(b, f"b{layer}")]
+        nodes += [helper.make_node("MatMul", [current, f"w{layer}"], [f"m{layer}"]),
+                  helper.make_node("Add", [f"m{layer}", f"b{layer}"], [f"a{layer}"])]
+        current = f"a{layer}"
+        if layer < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [current], [f"r{layer}"]))
+            current = f"r{layer}"
+    nodes.append(helper.make_node("Identity", [current], ["output"]))
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def manifest(sizes: tuple[int, ...]) -> dict[str, Any]:
+    return {"signature": {
+        "inputs": [{"name": "input", "dtype": "float32", "shape": [None, sizes[0]]}],
+        "outputs": [{"name": "output", "dtype": "float32", "shape": [None, sizes[-1]]}]},
+        "task": "classification"}
+
+
+def body(width: int) -> bytes:
+    data = np.random.default_rng(0).normal(size=width).round(4).tolist()
+    return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, width],
+                                   "data": data}]}).encode()
+
+
+def floor(model: bytes, width: int, repeats: int = 2000) -> float:
+    """p50 of session.run in-process, one row: the cost no server can avoid."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    row = np.random.default_rng(0).normal(size=(1, width)).astype(np.float32)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, {"input": row})
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
+
+
+class PlainOnnx:
+    """What a Ray user writes by hand: parse JSON, run the session, answer JSON."""
+
+    def __init__(self, model: bytes) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    async def __call__(self, request: Any) -> dict[str, Any]:
+        payload = await request.json()
+        tensor = payload["inputs"][0]
+        x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        out = self.session.run(None, {"input": x})[0]
+        return {"outputs": [{"name": "output", "datatype": "FP32", "shape": list(out.shape),
+                             "data": out.ravel().tolist()}]}
+
+
+def measure(url: str, payload: bytes, args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        handle.write(payload)
+    command = ["taskset", "-c", "1", sys.executable, "-m", "benchmarks.load_client", url,
+               handle.name, "--sequential", str(args.sequential), "--seconds", str(args.seconds)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).parent.parent)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(result.stdout)
+
+
+def wait_ok(url: str, payload: bytes, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(url, content=payload, timeout=30).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} never answered 200")
+
+
+def run_cluster(fast: bool, args: argparse.Namespace, models: dict[str, bytes]) -> dict[str, Any]:
+    """Start a pinned cluster, deploy each scenario in turn, measure it, tear it down."""
+    from ray import serve
+
+    from control_plane.client import Client
+    from control_plane.platform import start_platform, stop_platform
+    from modelplane.settings import Settings
+    from serving.applications import (
+        build_endpoint_app,
+        build_version_app,
+        endpoint_app_name,
+        endpoint_route_prefix,
+        version_app_name,
+    )
+    from serving.schemas import (
+        BatchingConfig,
+        EndpointConfig,
+        RouteTable,
+        ScalingConfig,
+        TensorSignature,
+        VersionConfig,
+    )
+    from tests.conftest import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="mpb"))
+    os.environ["RAY_TMPDIR"] = str(root / "ray")
+    port = free_port()
+    settings = Settings.from_env({"MODELPLANE_HOME": str(root / "home"),
+                                  "MODELPLANE_HTTP_PORT": str(port)})
+    start_platform(settings, num_cpus=4, fast_ingress=fast, progress=lambda m: print(" ", m))
+    base = settings.url
+    client = Client(base, settings.admin_token_path.read_text().strip(), settings=settings)
+    versions: dict[str, Any] = {}
+    for name, sizes in (("small", SMALL), ("heavy", HEAVY)):
+        for seed in (1, 2):
+            versions[f"{name}:{seed}"] = client.register_version(
+                f"bench-{name}", models[f"{name}{seed}"], manifest(sizes))
+
+    def version_config(key: str, sizes: tuple[int, ...], batch: int = 1) -> VersionConfig:
+        record = versions[key]
+        return VersionConfig(
+            version=record.version, model=record.model, digest=record.artifact_digest,
+            artifact_url=f"{base}/api/artifacts/{record.artifact_digest}",
+            inputs=[TensorSignature(name="input", dtype="float32", shape=[None, sizes[0]])],
+            outputs=[TensorSignature(name="output", dtype="float32", shape=[None, sizes[-1]])],
+            task="classification", scaling=ScalingConfig(num_cpus=0.5, max_ongoing_requests=64),
+            batching=BatchingConfig(max_batch_size=batch, batch_wait_timeout_ms=5.0))
+
+    results: dict[str, Any] = {}
+
+    def scenario(name: str, url: str, payload: bytes, cleanup: list[str]) -> None:
+        wait_ok(url, payload)
+        print(f"  measuring {name}")
+        results[name] = measure(url, payload, args)
+        print(f"    {results[name]}")
+        for app in cleanup:
+            serve.delete(app)
+
+    small_body, heavy_body = body(SMALL[0]), body(HEAVY[0])
+    plain = serve.deployment(PlainOnnx).options(
+        max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+    serve.run(plain.bind(models["small1"]), name="plain-small", route_prefix="/plain-small")
+    scenario("plain", f"{base}/plain-small", small_body, ["plain-small"])
+
+    def colocated(name: str, key_weights: dict[str, float], sizes, *, shadows=(), monitoring=True,
+                  batch=1, placement="colocated") -> str:
+        configs = [version_config(k, sizes, batch) for k in [*key_weights, *shadows]]
+        config = EndpointConfig(
+            endpoint=name, placement=placement, versions=configs,
+            routes=RouteTable(weights={versions[k].version: w for k, w in key_weights.items()},
+                              shadows=[versions[k].version for k in shadows]),
+            scaling=ScalingConfig(num_cpus=0.5, max_ongoing_requests=64), monitoring=monitoring)
+        apps = [endpoint_app_name(name)]
+        if placement == "isolated":
+            for version in configs:
+                app = version_app_name(name, version.version)
+                serve.run(build_version_app(config, version, env={}), name=app, route_prefix=None)
+                apps.append(app)
+        serve.run(build_endpoint_app(config, env={}), name=endpoint_app_name(name),
+                  route_prefix=endpoint_route_prefix(name), blocking=False)
+        return ",".join(apps)
+
+    canary = {"small:1": 90.0, "small:2": 10.0}
+    apps = colocated("b-colocated", canary, SMALL)
+    scenario("colocated", f"{base}/v2/models/b-colocated/infer", small_body, apps.split(","))
+    if not fast:
+        apps = colocated("b-nomon", canary, SMALL, monitoring=False)
+        scenario("colocated_monitoring_off", f"{base}/v2/models/b-nomon/infer", small_body, apps.split(","))
+        apps = colocated("b-shadow", {"small:1": 100.0}, SMALL, shadows=("small:2",))
+        scenario("colocated_shadow", f"{base}/v2/models/b-shadow/infer", small_body, apps.split(","))
+        apps = colocated("b-isolated", canary, SMALL, placement="isolated")
+        scenario("isolated", f"{base}/v2/models/b-isolated/infer", small_body, apps.split(","))
+        apps = colocated("b-heavy", {"heavy:1": 100.0}, HEAVY)
+        scenario("heavy_unbatched", f"{base}/v2/models/b-heavy/infer", heavy_body, apps.split(","))
+        apps = colocated("b-heavy-batch", {"heavy:1": 100.0}, HEAVY, batch=16)
+        scenario("heavy_batched", f"{base}/v2/models/b-heavy-batch/infer", heavy_body, apps.split(","))
+    client.close()
+    stop_platform(settings, progress=lambda m: print(" ", m))
+    return results
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--sequential", type=int, default=300)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {0})  # the server side; the load client pins itself to core 1
+    models = {f"{name}{seed}": mlp(sizes, seed)
+              for name, sizes in (("small", SMALL), ("heavy", HEAVY)) for seed in (1, 2)}
+    floors = {"small_session_run_p50_ms": floor(models["small1"], SMALL[0]),
+              "heavy_session_run_p50_ms": floor(models["heavy1"], HEAVY[0], repeats=200)}
+    print("default proxy cluster")
+    default = run_cluster(False, args, models)
+    print("fast ingress cluster")
+    fast = run_cluster(True, args, models)
+    plain, col = default["plain"], default["colocated"]
+    targets = [
+        ("colocated p50 / plain p50 (same Ray settings)", ratio(col["p50_ms"], plain["p50_ms"]), "<=", 1.10),
+        ("colocated throughput / plain", ratio(col["throughput_rps"], plain["throughput_rps"]), ">=", 0.90),
+        ("fast-ingress colocated throughput / plain (default proxy)",
+         ratio(fast["colocated"]["throughput_rps"], plain["throughput_rps"]), ">=", 5.0),
+        ("fast-ingress colocated p50 / plain p50", ratio(fast["colocated"]["p50_ms"], plain["p50_ms"]), "<=", 0.35),
+        ("isolated p50 / plain p50", ratio(default["isolated"]["p50_ms"], plain["p50_ms"]), "<=", 1.25),
+        ("heavy batched throughput / unbatched",
+         ratio(default["heavy_batched"]["throughput_rps"], default["heavy_unbatched"]["throughput_rps"]), ">=", 2.0),
+        ("monitoring on / off throughput",
+         ratio(col["throughput_rps"], default["colocated_monitoring_off"]["throughput_rps"]), ">=", 0.97),
+        ("shadow on / off primary p50", ratio(default["colocated_shadow"]["p50_ms"], col["p50_ms"]), "<=", 1.10),
+    ]
+    report = {
+        "floors": floors, "default_proxy": default, "fast_ingress": fast,
+        "targets": [{"name": n, "value": v, "op": op, "target": t,
+                     "met": bool(v <= t if op == "<=" else v >= t)} for n, v, op, t in targets],
+        "settings": {"seconds": args.seconds, "sequential": args.sequential, "concurrency": 32,
+                     "cpu": "server pinned to core 0, client to core 1"},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(report, indent=2))
+    lines = ["# Serving benchmark", "", f"Floors (in-process session.run p50): small "
+             f"{floors['small_session_run_p50_ms']:.3f} ms, heavy {floors['heavy_session_run_p50_ms']:.3f} ms", "",
+             "| scenario | ingress | p50 ms | p99 ms | req/s at 32 |", "|---|---|---|---|---|"]
+    for ingress, table in (("default proxy", default), ("fast (HAProxy)", fast)):
+        for name, row in table.items():
+            lines.append(f"| {name} | {ingress} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                         f"{row['throughput_rps']:.0f} |")
+    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for row in report["targets"]:
+        lines.append(f"| {row['name']} | {row['value']:.2f} | {row['op']} {row['target']} | "
+                     f"{'yes' if row['met'] else '**no**'} |")
+    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
