@@ -34,5 +34,18 @@ def ray_auth_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def apply_ray_auth_env() -> None:
-    """Set ``RAY_AUTH_MODE=token`` in this process when needed; call before importing ray."""
-    os.environ.update(ray_auth_env())
+    """Set ``RAY_AUTH_MODE=token`` in this process when needed.
+
+    Ray caches its configuration when it is imported; if it already is, the cache is
+    refreshed the way Ray itself does when it enables token mode.
+    """
+    import sys
+
+    needed = ray_auth_env()
+    if not needed:
+        return
+    os.environ.update(needed)
+    if "ray" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")
