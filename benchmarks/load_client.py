@@ -20,15 +20,16 @@ def sequential(url: str, body: bytes, count: int) -> dict[str, float]:
     parsed = urlparse(url)
     connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
     headers = {"content-type": "application/json"}
-    samples, failures = [], 0
+    samples, failures, example = [], 0, ""
     for index in range(count + 20):
         started = time.perf_counter()
         connection.request("POST", parsed.path, body, headers)
         response = connection.getresponse()
-        response.read()
+        payload = response.read()
         elapsed = time.perf_counter() - started
         if response.status != 200:
             failures += 1
+            example = example or f"HTTP {response.status}: {payload[:200]!r}"
         if index >= 20:  # the first requests warm connections and caches
             samples.append(elapsed)
     samples.sort()
@@ -36,6 +37,7 @@ def sequential(url: str, body: bytes, count: int) -> dict[str, float]:
         "p50_ms": 1000 * samples[len(samples) // 2],
         "p99_ms": 1000 * samples[min(len(samples) - 1, int(len(samples) * 0.99))],
         "sequential_failures": failures,
+        "failure_example": example,
     }
 
 

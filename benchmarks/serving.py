@@ -118,18 +118,23 @@ def measure(url: str, payload: bytes, args: argparse.Namespace) -> dict[str, flo
     return json.loads(result.stdout)
 
 
-def wait_ok(url: str, payload: bytes, timeout: float = 300) -> None:
+def wait_serving(url: str, versions: set[int], weights: dict[int, float], timeout: float = 300) -> None:
+    """Until the endpoint's metadata lists ``versions`` and shows ``weights``."""
     import httpx
 
+    want = {str(k): float(v) for k, v in weights.items()}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.post(url, content=payload, timeout=30).status_code == 200:
-                return
-        except httpx.TransportError:
+            response = httpx.get(url, timeout=10)
+            if response.status_code == 200:
+                meta = response.json()
+                if {int(v) for v in meta["versions"]} == versions and meta["parameters"]["weights"] == want:
+                    return
+        except (httpx.TransportError, ValueError, KeyError):
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"{url} never answered 200")
+    raise RuntimeError(f"{url} never served versions {versions} with weights {weights}")
 
 
 def run_cluster(fast: bool, args: argparse.Namespace, models: dict[str, bytes]) -> dict[str, Any]:
@@ -141,10 +146,7 @@ def run_cluster(fast: bool, args: argparse.Namespace, models: dict[str, bytes]) 
     from modelplane.settings import Settings
     from serving.applications import (
         build_endpoint_app,
-        build_version_app,
-        endpoint_app_name,
         endpoint_route_prefix,
-        version_app_name,
     )
     from serving.schemas import (
         BatchingConfig,
@@ -183,7 +185,6 @@ def run_cluster(fast: bool, args: argparse.Namespace, models: dict[str, bytes]) 
     results: dict[str, Any] = {}
 
     def scenario(name: str, url: str, payload: bytes, cleanup: list[str]) -> None:
-        wait_ok(url, payload)
         print(f"  measuring {name}")
         results[name] = measure(url, payload, args)
         print(f"    {results[name]}")
@@ -194,40 +195,53 @@ def run_cluster(fast: bool, args: argparse.Namespace, models: dict[str, bytes]) 
     plain = serve.deployment(PlainOnnx).options(
         max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
     serve.run(plain.bind(models["small1"]), name="plain-small", route_prefix="/plain-small")
+    time.sleep(2)  # let the proxies pick up the new route
     scenario("plain", f"{base}/plain-small", small_body, ["plain-small"])
 
-    def colocated(name: str, key_weights: dict[str, float], sizes, *, shadows=(), monitoring=True,
-                  batch=1, placement="colocated") -> str:
-        configs = [version_config(k, sizes, batch) for k in [*key_weights, *shadows]]
-        config = EndpointConfig(
-            endpoint=name, placement=placement, versions=configs,
-            routes=RouteTable(weights={versions[k].version: w for k, w in key_weights.items()},
-                              shadows=[versions[k].version for k in shadows]),
-            scaling=ScalingConfig(num_cpus=0.5, max_ongoing_requests=64), monitoring=monitoring)
-        apps = [endpoint_app_name(name)]
-        if placement == "isolated":
-            for version in configs:
-                app = version_app_name(name, version.version)
-                serve.run(build_version_app(config, version, env={}), name=app, route_prefix=None)
-                apps.append(app)
-        serve.run(build_endpoint_app(config, env={}), name=endpoint_app_name(name),
-                  route_prefix=endpoint_route_prefix(name), blocking=False)
-        return ",".join(apps)
+    def endpoint(name: str, model: str, weights: dict[int, float], *, shadows=(), placement=None,
+                 batch: int = 1) -> str:
+        """Deployed through the control plane, exactly as a user would."""
+        first, *rest = [*weights, *shadows]
+        scaling = {"num_cpus": 0.5, "max_ongoing_requests": 64}
+        batching = {"max_batch_size": batch, "batch_wait_timeout_ms": 5.0}
+        client.deploy(name, f"{model}:{first}", placement=placement, scaling=scaling, batching=batching)
+        for version in rest:
+            client.deploy(name, f"{model}:{version}", scaling=scaling, batching=batching)
+        client.set_traffic(name, weights, shadows=list(shadows))
+        wait_serving(f"{base}/v2/models/{name}", set(weights) | set(shadows), weights)
+        return name
 
-    canary = {"small:1": 90.0, "small:2": 10.0}
-    apps = colocated("b-colocated", canary, SMALL)
-    scenario("colocated", f"{base}/v2/models/b-colocated/infer", small_body, apps.split(","))
+    def undeploy(name: str) -> None:
+        client.undeploy(name)
+
+    canary = {1: 90.0, 2: 10.0}
+    scenario("colocated", f"{base}/v2/models/{endpoint('b-col', 'bench-small', canary)}/infer",
+             small_body, [])
+    undeploy("b-col")
     if not fast:
-        apps = colocated("b-nomon", canary, SMALL, monitoring=False)
-        scenario("colocated_monitoring_off", f"{base}/v2/models/b-nomon/infer", small_body, apps.split(","))
-        apps = colocated("b-shadow", {"small:1": 100.0}, SMALL, shadows=("small:2",))
-        scenario("colocated_shadow", f"{base}/v2/models/b-shadow/infer", small_body, apps.split(","))
-        apps = colocated("b-isolated", canary, SMALL, placement="isolated")
-        scenario("isolated", f"{base}/v2/models/b-isolated/infer", small_body, apps.split(","))
-        apps = colocated("b-heavy", {"heavy:1": 100.0}, HEAVY)
-        scenario("heavy_unbatched", f"{base}/v2/models/b-heavy/infer", heavy_body, apps.split(","))
-        apps = colocated("b-heavy-batch", {"heavy:1": 100.0}, HEAVY, batch=16)
-        scenario("heavy_batched", f"{base}/v2/models/b-heavy-batch/infer", heavy_body, apps.split(","))
+        # Monitoring cannot be switched off through the API (it is always on in production);
+        # this one endpoint is deployed straight onto Serve, outside the reconciler's names.
+        config = EndpointConfig(
+            endpoint="b-nomon", versions=[version_config("small:1", SMALL), version_config("small:2", SMALL)],
+            routes=RouteTable(weights={1: 90.0, 2: 10.0}),
+            scaling=ScalingConfig(num_cpus=0.5, max_ongoing_requests=64), monitoring=False)
+        serve.run(build_endpoint_app(config, env={}), name="bench-nomon",
+                  route_prefix=endpoint_route_prefix("b-nomon"))
+        wait_serving(f"{base}/v2/models/b-nomon", {1, 2}, {1: 90.0, 2: 10.0})
+        scenario("colocated_monitoring_off", f"{base}/v2/models/b-nomon/infer", small_body, ["bench-nomon"])
+        scenario("colocated_shadow", f"{base}/v2/models/{endpoint('b-sh', 'bench-small', {1: 100.0}, shadows=(2,))}/infer",
+                 small_body, [])
+        undeploy("b-sh")
+        scenario("isolated", f"{base}/v2/models/{endpoint('b-iso', 'bench-small', canary, placement='isolated')}/infer",
+                 small_body, [])
+        undeploy("b-iso")
+        scenario("heavy_unbatched", f"{base}/v2/models/{endpoint('b-heavy', 'bench-heavy', {1: 100.0})}/infer",
+                 heavy_body, [])
+        undeploy("b-heavy")
+        scenario("heavy_batched",
+                 f"{base}/v2/models/{endpoint('b-heavyb', 'bench-heavy', {1: 100.0}, batch=16)}/infer",
+                 heavy_body, [])
+        undeploy("b-heavyb")
     client.close()
     stop_platform(settings, progress=lambda m: print(" ", m))
     return results
