@@ -232,16 +232,16 @@ def run_cluster(fast: bool, args: argparse.Namespace, models: dict[str, bytes]) 
         scenario("colocated_shadow", f"{base}/v2/models/{endpoint('b-sh', 'bench-small', {1: 100.0}, shadows=(2,))}/infer",
                  small_body, [])
         undeploy("b-sh")
-        scenario("isolated", f"{base}/v2/models/{endpoint('b-iso', 'bench-small', canary, placement='isolated')}/infer",
-                 small_body, [])
-        undeploy("b-iso")
-        scenario("heavy_unbatched", f"{base}/v2/models/{endpoint('b-heavy', 'bench-heavy', {1: 100.0})}/infer",
-                 heavy_body, [])
-        undeploy("b-heavy")
-        scenario("heavy_batched",
-                 f"{base}/v2/models/{endpoint('b-heavyb', 'bench-heavy', {1: 100.0}, batch=16)}/infer",
-                 heavy_body, [])
-        undeploy("b-heavyb")
+    scenario("isolated", f"{base}/v2/models/{endpoint('b-iso', 'bench-small', canary, placement='isolated')}/infer",
+             small_body, [])
+    undeploy("b-iso")
+    scenario("heavy_unbatched", f"{base}/v2/models/{endpoint('b-heavy', 'bench-heavy', {1: 100.0})}/infer",
+             heavy_body, [])
+    undeploy("b-heavy")
+    scenario("heavy_batched",
+             f"{base}/v2/models/{endpoint('b-heavyb', 'bench-heavy', {1: 100.0}, batch=16)}/infer",
+             heavy_body, [])
+    undeploy("b-heavyb")
     client.close()
     stop_platform(settings, progress=lambda m: print(" ", m))
     return results
@@ -278,6 +278,14 @@ def main() -> None:
         ("monitoring on / off throughput",
          ratio(col["throughput_rps"], default["colocated_monitoring_off"]["throughput_rps"]), ">=", 0.97),
         ("shadow on / off primary p50", ratio(default["colocated_shadow"]["p50_ms"], col["p50_ms"]), "<=", 1.10),
+        # The same comparisons where Serve's proxy is not the bottleneck (HAProxy ingress).
+        ("[fast] colocated p50 / plain p50 (same Ray settings)",
+         ratio(fast["colocated"]["p50_ms"], fast["plain"]["p50_ms"]), "<=", 1.10),
+        ("[fast] colocated throughput / plain",
+         ratio(fast["colocated"]["throughput_rps"], fast["plain"]["throughput_rps"]), ">=", 0.90),
+        ("[fast] isolated p50 / plain p50", ratio(fast["isolated"]["p50_ms"], fast["plain"]["p50_ms"]), "<=", 1.25),
+        ("[fast] heavy batched throughput / unbatched",
+         ratio(fast["heavy_batched"]["throughput_rps"], fast["heavy_unbatched"]["throughput_rps"]), ">=", 2.0),
     ]
     report = {
         "floors": floors, "default_proxy": default, "fast_ingress": fast,

@@ -68,6 +68,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(iris: Platform) -> No
         b'{"inputs": []}',
     ]
     with httpx.Client(timeout=30) as http:
+        before = http.post(url, json=good).headers["x-modelplane-replica"]
         statuses = Counter()
         for index in range(1000):
             body = bad_bodies[index % len(bad_bodies)]
@@ -79,7 +80,9 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(iris: Platform) -> No
         assert lying.status_code == 400
         unknown = http.post(f"{iris.url}/v2/models/ghost/infer", json=good)
         assert unknown.status_code == 404 and "ghost" in unknown.json()["error"]
-        assert http.post(url, json=good).status_code == 200
+        after = http.post(url, json=good)
+        assert after.status_code == 200
+        assert after.headers["x-modelplane-replica"] == before, "a replica restarted"
     assert sum(statuses.values()) == 1000
 
 
