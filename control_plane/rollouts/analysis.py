@@ -1,0 +1,122 @@
+"""Analysis gates: judge a candidate against its SLOs and the stable version over a window.
+
+Input is the Monitor's per-version snapshot (``serving.monitor.MonitorState.snapshot``).
+A check needs ``min_samples`` requests in the window before it may decide anything; with
+fewer it is inconclusive, never a pass and never a failure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Thresholds for one rollout; ``None`` switches a check off."""
+
+    min_samples: int = 100
+    max_error_rate: float | None = 0.01
+    max_error_rate_increase: float | None = None  # absolute, over stable's rate
+    max_p95_ms: float | None = None
+    max_p99_ms: float | None = None
+    max_p95_ratio: float | None = 1.5  # candidate p95 / stable p95
+    min_shadow_agreement: float | None = None
+    failures_to_rollback: int = 2  # consecutive failing analyses
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One analysis: the verdict, each check's value and limit, and why."""
+
+    verdict: Verdict
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reason: str = ""
+
+
+def analyse(config: AnalysisConfig, candidate: dict[str, Any] | None,
+            stable: dict[str, Any] | None, *, shadow: bool = False) -> CheckResult:
+    """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks)."""
+    if shadow:
+        return _analyse_shadow(config, candidate)
+    samples = int((candidate or {}).get("requests", 0))
+    if samples < config.min_samples:
+        return CheckResult(Verdict.INCONCLUSIVE,
+                           reason=f"{samples} requests in the window, need {config.min_samples}")
+    assert candidate is not None
+    checks: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+
+    def check(name: str, value: float, limit: float | None, worse_if_above: bool = True) -> None:
+        if limit is None or value is None or math.isnan(value):
+            return
+        failed = value > limit if worse_if_above else value < limit
+        checks[name] = {"value": value, "limit": limit, "passed": not failed}
+        if failed:
+            failures.append(f"{name} {value:.4g} {'>' if worse_if_above else '<'} {limit:.4g}")
+
+    check("error_rate", float(candidate["error_rate"]), config.max_error_rate)
+    check("p95_ms", float(candidate["p95_ms"]), config.max_p95_ms)
+    check("p99_ms", float(candidate["p99_ms"]), config.max_p99_ms)
+    if stable and int(stable.get("requests", 0)) >= config.min_samples:
+        if config.max_error_rate_increase is not None:
+            check("error_rate_increase", float(candidate["error_rate"]) - float(stable["error_rate"]),
+                  config.max_error_rate_increase)
+        stable_p95 = float(stable["p95_ms"])
+        if stable_p95 > 0 and not math.isnan(stable_p95):
+            check("p95_ratio", float(candidate["p95_ms"]) / stable_p95, config.max_p95_ratio)
+    if failures:
+        return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
+    return CheckResult(Verdict.PASS, checks, "all checks passed")
+
+
+def _analyse_shadow(config: AnalysisConfig, candidate: dict[str, Any] | None) -> CheckResult:
+    shadow = (candidate or {}).get("shadow") or {}
+    compared = int(shadow.get("compared", 0))
+    if compared < config.min_samples:
+        return CheckResult(Verdict.INCONCLUSIVE,
+                           reason=f"{compared} mirrored requests compared, need {config.min_samples}")
+    errors = int(shadow.get("errors", 0))
+    error_rate = errors / (errors + compared)
+    checks = {"shadow_error_rate": {"value": error_rate, "limit": config.max_error_rate,
+                                    "passed": config.max_error_rate is None or error_rate <= config.max_error_rate}}
+    failures = [] if checks["shadow_error_rate"]["passed"] else [
+        f"shadow_error_rate {error_rate:.4g} > {config.max_error_rate:.4g}"]
+    agreement = shadow.get("agreement")
+    if config.min_shadow_agreement is not None and agreement is not None and not math.isnan(agreement):
+        passed = agreement >= config.min_shadow_agreement
+        checks["shadow_agreement"] = {"value": agreement, "limit": config.min_shadow_agreement,
+                                      "passed": passed}
+        if not passed:
+            failures.append(f"shadow_agreement {agreement:.4g} < {config.min_shadow_agreement:.4g}")
+    if failures:
+        return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
+    return CheckResult(Verdict.PASS, checks, "shadow checks passed")
+
+
+@dataclass
+class FailureStreak:
+    """Counts consecutive failing analyses; a rollback needs ``failures_to_rollback`` in a row.
+
+    Inconclusive analyses neither extend nor break a streak: too little traffic is not
+    evidence either way.
+    """
+
+    needed: int
+    count: int = 0
+
+    def observe(self, result: CheckResult) -> bool:
+        """Record one analysis; True when the candidate must be rolled back now."""
+        if result.verdict == Verdict.FAIL:
+            self.count += 1
+        elif result.verdict == Verdict.PASS:
+            self.count = 0
+        return self.count >= self.needed

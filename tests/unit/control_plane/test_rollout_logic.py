@@ -1,0 +1,96 @@
+"""Rollout plans, the lifecycle's allowed transitions and the analysis gates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from control_plane.errors import InvalidInputError
+from control_plane.rollouts import (
+    AnalysisConfig,
+    FailureStreak,
+    RolloutState,
+    Strategy,
+    Verdict,
+    analyse,
+    can_transition,
+    plan_steps,
+)
+
+
+def stats(requests: int = 500, error_rate: float = 0.0, p95: float = 10.0, p99: float = 20.0,
+          shadow: dict | None = None) -> dict:
+    return {"requests": requests, "error_rate": error_rate, "p95_ms": p95, "p99_ms": p99,
+            "shadow": shadow or {"compared": 0, "errors": 0, "agreement": math.nan}}
+
+
+def test_canary_plan_defaults_and_validation() -> None:
+    assert [s.candidate_weight for s in plan_steps(Strategy.CANARY)] == [5, 25, 50, 100]
+    steps = plan_steps(Strategy.CANARY, steps=[10, 100], step_duration_s=5)
+    assert [(s.candidate_weight, s.stable_weight, s.hold_s) for s in steps] == [(10, 90, 5), (100, 0, 5)]
+    for bad in ([50, 25, 100], [10, 50], [0, 100], [10, 150]):
+        with pytest.raises(InvalidInputError):
+            plan_steps(Strategy.CANARY, steps=bad)
+
+
+def test_rolling_follows_replica_shares_and_others_end_at_full() -> None:
+    assert [s.candidate_weight for s in plan_steps(Strategy.ROLLING, replicas=4)] == [25, 50, 75, 100]
+    assert [s.candidate_weight for s in plan_steps(Strategy.ROLLING, replicas=3)][-1] == 100
+    blue_green = plan_steps(Strategy.BLUE_GREEN)
+    assert [(s.shadow, s.candidate_weight) for s in blue_green] == [(True, 0), (False, 100)]
+    shadow = plan_steps(Strategy.SHADOW, shadow_then=Strategy.BLUE_GREEN)
+    assert shadow[0].shadow and shadow[-1].candidate_weight == 100
+    with pytest.raises(InvalidInputError, match="promotes through"):
+        plan_steps(Strategy.SHADOW, shadow_then=Strategy.SHADOW)
+
+
+def test_lifecycle_transitions() -> None:
+    assert can_transition(RolloutState.PENDING, RolloutState.PROGRESSING)
+    assert can_transition(RolloutState.PROGRESSING, RolloutState.PAUSED)
+    assert can_transition(RolloutState.PAUSED, RolloutState.PROGRESSING)
+    assert can_transition(RolloutState.AWAITING_APPROVAL, RolloutState.SUCCEEDED)
+    assert not can_transition(RolloutState.PENDING, RolloutState.SUCCEEDED)
+    for terminal in (RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, RolloutState.FAILED):
+        assert terminal.terminal
+        assert not any(can_transition(terminal, target) for target in RolloutState)
+
+
+def test_too_few_samples_never_decide() -> None:
+    config = AnalysisConfig(min_samples=100)
+    result = analyse(config, stats(requests=5, error_rate=1.0), stats())
+    assert result.verdict == Verdict.INCONCLUSIVE and "5 requests" in result.reason
+
+
+def test_error_rate_and_latency_gates_name_the_failing_check() -> None:
+    config = AnalysisConfig(max_error_rate=0.01, max_p95_ms=50, max_p95_ratio=1.5)
+    assert analyse(config, stats(), stats()).verdict == Verdict.PASS
+    failing = analyse(config, stats(error_rate=0.2), stats())
+    assert failing.verdict == Verdict.FAIL and "error_rate 0.2 > 0.01" in failing.reason
+    slow = analyse(config, stats(p95=60), stats(p95=10))
+    assert slow.verdict == Verdict.FAIL
+    assert slow.checks["p95_ms"]["passed"] is False and slow.checks["p95_ratio"]["value"] == 6.0
+
+
+def test_shadow_gate_uses_mirrored_comparisons() -> None:
+    config = AnalysisConfig(min_samples=50, min_shadow_agreement=0.9)
+    few = stats(shadow={"compared": 10, "errors": 0, "agreement": 1.0})
+    assert analyse(config, few, None, shadow=True).verdict == Verdict.INCONCLUSIVE
+    agree = stats(shadow={"compared": 100, "errors": 0, "agreement": 0.95})
+    assert analyse(config, agree, None, shadow=True).verdict == Verdict.PASS
+    differ = stats(shadow={"compared": 100, "errors": 0, "agreement": 0.7})
+    result = analyse(config, differ, None, shadow=True)
+    assert result.verdict == Verdict.FAIL and "shadow_agreement" in result.reason
+
+
+def test_rollback_needs_consecutive_failures() -> None:
+    config = AnalysisConfig(failures_to_rollback=2)
+    streak = FailureStreak(config.failures_to_rollback)
+    fail = analyse(config, stats(error_rate=0.5), stats())
+    ok = analyse(config, stats(), stats())
+    unsure = analyse(config, stats(requests=1), stats())
+    assert streak.observe(fail) is False
+    assert streak.observe(unsure) is False  # inconclusive keeps the streak
+    assert streak.observe(ok) is False  # a pass breaks it
+    assert streak.observe(fail) is False
+    assert streak.observe(fail) is True
