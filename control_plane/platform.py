@@ -200,6 +200,25 @@ def wait_healthy(url: str, *, timeout_s: float = 120.0) -> None:
     )
 
 
+def wait_serving(url: str, endpoint: str, version: int, *, timeout_s: float = 300.0) -> None:
+    """Wait until ``endpoint`` at ``url`` lists ``version`` among its loaded versions."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/v2/models/{endpoint}", timeout=3)
+            if response.status_code == 200 and str(version) in response.json().get("versions", []):
+                return
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise ControlPlaneUnavailableError(
+        f"{endpoint} did not load version {version} within {timeout_s:.0f}s; "
+        "`modelplane status` and `serve status` show why"
+    )
+
+
 def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print) -> bool:
     """Shut Serve down, and the Ray head too if ``start_platform`` started it."""
     apply_ray_auth_env()

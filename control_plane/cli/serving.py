@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import typer
 
 from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_table
@@ -114,30 +112,15 @@ def deploy(
                                   "batch_wait_timeout_ms": batch_wait_ms})
     version = api.resolve(model_ref).version
     if wait:
-        _wait_serving(api.url, endpoint, version, timeout)
+        from rich.console import Console
+
+        from control_plane.platform import wait_serving
+
+        with Console(stderr=True).status(f"waiting for {endpoint} to load version {version} …"):
+            wait_serving(api.url, endpoint, version, timeout_s=timeout)
     emit(as_json, result, lambda: typer.echo(
         f"{endpoint}: " + ", ".join(f"v{r.version}={'shadow' if r.shadow else f'{r.weight:g}%'}"
                                     for r in result.routes) + f"\n  {result.url}/infer"))
-
-
-def _wait_serving(base_url: str, endpoint: str, version: int, timeout: float) -> None:
-    import httpx
-    from rich.console import Console
-
-    deadline = time.monotonic() + timeout
-    with Console(stderr=True).status(f"waiting for {endpoint} to load version {version} …"):
-        while time.monotonic() < deadline:
-            try:
-                response = httpx.get(f"{base_url}/v2/models/{endpoint}", timeout=3)
-                if response.status_code == 200 and str(version) in response.json().get("versions", []):
-                    return
-            except (httpx.TransportError, ValueError):
-                pass
-            time.sleep(0.5)
-    raise typer.BadParameter(
-        f"{endpoint} did not load version {version} within {timeout:.0f}s; "
-        "`modelplane status` and `serve status` show why"
-    )
 
 
 def traffic(
