@@ -50,12 +50,23 @@ def _replica_id() -> str:
         return f"pid-{os.getpid()}"
 
 
-class _StatsShipping:
-    """Sends the core's statistics to the Monitor about once a second, off the request path."""
+class _CoreAdapter:
+    """HTTP in and out of the core, and the statistics shipped to the Monitor about once a
+    second, off the request path. Shared by the colocated endpoint and the isolated router.
+    """
 
     core: InferenceCore | None
     _shipper: asyncio.Task[None] | None = None
     _replica: str = ""
+
+    async def __call__(self, request: Request) -> Response:
+        core = self.core
+        if core is None:
+            return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
+        subpath = _subpath(request, core.config.endpoint)
+        body = await request.body() if request.method == "POST" else b""
+        result = await core.handle(request.method, subpath, request.headers, body)
+        return _to_response(result, self._replica)
 
     def _ensure_shipping(self) -> None:
         if self._shipper is None or self._shipper.done():
@@ -84,7 +95,7 @@ class _StatsShipping:
                 log.warning("could not ship statistics to the monitor: %s", error)
 
 
-class EndpointServer(_StatsShipping):
+class EndpointServer(_CoreAdapter):
     """Colocated endpoint replica: all versions in-process, route table in memory."""
 
     def __init__(self) -> None:
@@ -115,15 +126,6 @@ class EndpointServer(_StatsShipping):
             self.core.update(config, backends)
         self._ensure_shipping()
 
-    async def __call__(self, request: Request) -> Response:
-        core = self.core
-        if core is None:
-            return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
-        subpath = _subpath(request, core.config.endpoint)
-        body = await request.body() if request.method == "POST" else b""
-        result = await core.handle(request.method, subpath, request.headers, body)
-        return _to_response(result, self._replica)
-
     def check_health(self) -> None:
         if self.core is None:
             raise RuntimeError("no configuration received yet")
@@ -144,7 +146,7 @@ class ModelServer:
         return await self.local.infer(arrays)
 
 
-class EndpointRouter(_StatsShipping):
+class EndpointRouter(_CoreAdapter):
     """Isolated placement: route table in memory, versions behind handles."""
 
     def __init__(self) -> None:
@@ -170,15 +172,6 @@ class EndpointRouter(_StatsShipping):
         else:
             self.core.update(config, backends)
         self._ensure_shipping()
-
-    async def __call__(self, request: Request) -> Response:
-        core = self.core
-        if core is None:
-            return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
-        subpath = _subpath(request, core.config.endpoint)
-        body = await request.body() if request.method == "POST" else b""
-        result = await core.handle(request.method, subpath, request.headers, body)
-        return _to_response(result, self._replica)
 
 
 class InferenceServer:
