@@ -63,7 +63,6 @@ class TokenService:
 
     def create(self, spec: TokenCreate, actor: Principal) -> TokenCreated:
         actor.require(Role.ADMIN)
-        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires = (
             datetime.now(UTC) + timedelta(days=spec.expires_in_days)
             if spec.expires_in_days
@@ -75,14 +74,7 @@ class TokenService:
                     f"a token named {spec.name!r} exists; pick another name or revoke it",
                     detail={"field": "name"},
                 )
-            row = TokenRow(
-                name=spec.name,
-                token_hash=hash_token(secret),
-                prefix=secret[: len(TOKEN_PREFIX) + 4],
-                role=spec.role.value,
-                created_by=actor.name,
-                expires_at=expires,
-            )
+            secret, row = _new_token(spec.name, spec.role, actor.name, expires)
             session.add(row)
             session.flush()
             return TokenCreated(token=secret, info=_token_out(row))
@@ -134,23 +126,24 @@ class TokenService:
             )
             if existing is not None:
                 return None
-            secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
             name = ADMIN_TOKEN_NAME
             if session.scalar(select(TokenRow.id).where(TokenRow.name == name)):
                 name = f"{ADMIN_TOKEN_NAME}-{secrets.token_hex(3)}"
-            session.add(
-                TokenRow(
-                    name=name,
-                    token_hash=hash_token(secret),
-                    prefix=secret[: len(TOKEN_PREFIX) + 4],
-                    role=Role.ADMIN.value,
-                    created_by="bootstrap",
-                )
-            )
+            secret, row = _new_token(name, Role.ADMIN, "bootstrap", None)
+            session.add(row)
             # Written inside the transaction: if the file cannot be written the token row
             # is rolled back, so no admin token exists that nobody can read.
             write_secret_file(token_path, secret)
         return secret
+
+
+def _new_token(name: str, role: Role, created_by: str,
+               expires_at: datetime | None) -> tuple[str, TokenRow]:
+    """A fresh secret and the row that stores it hashed."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = TokenRow(name=name, token_hash=hash_token(secret), prefix=secret[: len(TOKEN_PREFIX) + 4],
+                   role=role.value, created_by=created_by, expires_at=expires_at)
+    return secret, row
 
 
 def write_secret_file(path: Path, secret: str) -> None:

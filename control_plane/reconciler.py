@@ -139,18 +139,17 @@ class Reconciler:
         env = self.replica_env
         if config.placement == "isolated":
             # Versions first: the router must never point at a version that is not up.
-            fresh = []
+            fresh: dict[str, str] = {}
             for version in config.versions:
                 app = version_app_name(config.endpoint, version.version)
-                if self._changed(app, version.model_dump_json()):
+                version_document = version.model_dump_json()
+                if self._changed(app, version_document):
                     self.backend.deploy(app, None, build_version_app(config, version, env=env))
-                    fresh.append(app)
+                    fresh[app] = version_document
             if fresh:
-                self.backend.wait_running(fresh, self.version_ready_timeout_s)
-                for app in fresh:
-                    self._remember(app, next(v for v in config.versions
-                                             if version_app_name(config.endpoint, v.version) == app
-                                             ).model_dump_json())
+                self.backend.wait_running(list(fresh), self.version_ready_timeout_s)
+                for app, version_document in fresh.items():
+                    self._remember(app, version_document)
                     report.applied.append(app)
         document = config.model_dump_json()
         if not self._changed(name, document):

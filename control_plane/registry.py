@@ -269,9 +269,7 @@ class Registry:
         with self.db.session() as session:
             model = _model(session, name)
             target = _version(session, model, spec.version)
-            row = session.scalar(
-                select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
-            )
+            row = _alias(session, model, alias)
             if row is None:
                 session.add(
                     AliasRow(
@@ -289,9 +287,7 @@ class Registry:
         actor.require(Role.DEPLOYER)
         with self.db.session() as session:
             model = _model(session, name)
-            row = session.scalar(
-                select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
-            )
+            row = _alias(session, model, alias)
             if row is None:
                 raise NotFoundError(f"model {name!r} has no alias {alias!r}", detail={"field": "alias"})
             session.delete(row)
@@ -401,6 +397,12 @@ def _version(
             f"model {model.name!r} has no version {version}", detail={"field": "version"}
         )
     return row  # type: ignore[return-value]
+
+
+def _alias(session: Session, model: ModelRow, alias: str) -> AliasRow | None:
+    return session.scalar(
+        select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
+    )
 
 
 def _approvals(session: Session, row: ModelVersionRow) -> list[ApprovalRow]:

@@ -114,7 +114,7 @@ class InferenceCore:
                 if method != "GET":
                     raise InvalidRequestError(f"use GET for {subpath or 'metadata'}",
                                               detail={"field": "method"})
-                return self._metadata(config, backends, pinned, ready=action == "/ready")
+                return self._metadata(config, backends, router, pinned, ready=action == "/ready")
             if method != "POST":
                 raise InvalidRequestError("inference requests must be POST", detail={"field": "method"})
             request = decode_request(body, headers, max_body_bytes=config.max_body_bytes)
@@ -150,11 +150,10 @@ class InferenceCore:
             return error_result(failure, request_id)
 
     def _metadata(self, config: EndpointConfig, backends: Mapping[int, VersionBackend],
-                  pinned: int | None, *, ready: bool) -> HttpResult:
+                  router: Router, pinned: int | None, *, ready: bool) -> HttpResult:
         if ready:
             return _json(200, {"name": config.endpoint, "ready": True})
-        router_versions = Router.compile(config.routes).versions
-        shown = pinned if pinned is not None else (router_versions[0] if router_versions
+        shown = pinned if pinned is not None else (router.versions[0] if router.versions
                                                     else min(backends, default=None))
         if shown is None:
             raise ModelNotFoundError(f"endpoint {config.endpoint!r} has no versions")

@@ -54,9 +54,14 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
         f"modelplane {health.get('version', '')} at {api.url}",
         ["endpoint", "model", "placement", "routes", "ready", "url"],
         [[e.name, e.model, e.placement,
-          ", ".join(f"v{r.version}={'shadow' if r.shadow else f'{r.weight:g}%'}" for r in e.routes),
+          _routes_text(e.routes),
           "yes" if ready[e.name] else "no", e.url] for e in endpoints],
     ))
+
+
+def _routes_text(routes: list) -> str:
+    """``v1=90%, v2=10%, v3=shadow``."""
+    return ", ".join(f"v{r.version}={'shadow' if r.shadow else f'{r.weight:g}%'}" for r in routes)
 
 
 def _is_ready(base_url: str, endpoint: str) -> bool:
@@ -119,8 +124,7 @@ def deploy(
         with Console(stderr=True).status(f"waiting for {endpoint} to load version {version} …"):
             wait_serving(api.url, endpoint, version, timeout_s=timeout)
     emit(as_json, result, lambda: typer.echo(
-        f"{endpoint}: " + ", ".join(f"v{r.version}={'shadow' if r.shadow else f'{r.weight:g}%'}"
-                                    for r in result.routes) + f"\n  {result.url}/infer"))
+        f"{endpoint}: {_routes_text(result.routes)}\n  {result.url}/infer"))
 
 
 def traffic(
@@ -141,8 +145,7 @@ def traffic(
             raise typer.BadParameter(f"{pair!r} is not VERSION=PERCENT (for example 3=90)")
     result = client(url).set_traffic(endpoint, parsed, shadows=list(shadow))
     emit(as_json, result, lambda: typer.echo(
-        f"{endpoint}: " + ", ".join(f"v{r.version}={'shadow' if r.shadow else f'{r.weight:g}%'}"
-                                    for r in result.routes)))
+        f"{endpoint}: {_routes_text(result.routes)}"))
 
 
 def undeploy(endpoint: str = typer.Argument(..., help="Endpoint name."),
