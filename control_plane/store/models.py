@@ -254,6 +254,9 @@ class RolloutRow(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_analysis: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reason: Mapped[str] = mapped_column(Text, default="")
+    # A version left loaded at 0% (drained) that the controller removes at ``retire_at``.
+    retire_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    retire_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
