@@ -25,7 +25,13 @@ from control_plane.schemas import (
     TrafficUpdate,
 )
 from control_plane.store import Database
-from control_plane.store.models import EndpointRouteRow, EndpointRow, ModelRow, ModelVersionRow
+from control_plane.store.models import (
+    EndpointRouteRow,
+    EndpointRow,
+    ModelRow,
+    ModelVersionRow,
+    RolloutRow,
+)
 
 
 class Deployments:
@@ -61,6 +67,7 @@ class Deployments:
                         detail={"field": "weight"},
                     )
             else:
+                refuse_during_rollout(session, endpoint.name, "deploy to it")
                 if endpoint.model_id != model.id:
                     other = session.get(ModelRow, endpoint.model_id)
                     raise ConflictError(
@@ -116,47 +123,63 @@ class Deployments:
                 detail={"field": "shadows"},
             )
         with self.db.session() as session:
-            endpoint = _endpoint(session, endpoint_name)
-            model = session.get(ModelRow, endpoint.model_id)
-            assert model is not None
-            wanted = {**{v: (w, False) for v, w in spec.weights.items()},
-                      **{v: (0.0, True) for v in spec.shadows}}
-            existing = {r.version_id: r for r in _routes(session, endpoint)}
-            keep: set[int] = set()
-            for number, (weight, shadow) in wanted.items():
-                row = _version_row(session, model, number)
-                if row.status == "rejected" and (weight > 0 or shadow):
-                    raise ConflictError(
-                        f"{model.name}:{number} was rejected ({row.status_reason}); it cannot "
-                        "serve traffic",
-                        detail={"field": "weights"},
-                    )
-                route = existing.get(row.id)
-                if route is None:
-                    settings = {"batching": BatchSettings().model_dump()}
-                    if endpoint.placement == "isolated":
-                        settings["scaling"] = ScaleSettings().model_dump()
-                    route = EndpointRouteRow(endpoint_id=endpoint.id, version_id=row.id,
-                                             settings=settings)
-                    session.add(route)
-                route.weight, route.shadow = weight, shadow
-                keep.add(row.id)
-            for version_id, route in existing.items():
-                if version_id not in keep:
-                    session.delete(route)
-            _touch(endpoint)
-            session.flush()
-            session.expire_all()
+            endpoint = endpoint_row(session, endpoint_name)
+            refuse_during_rollout(session, endpoint.name, "change its traffic")
+            self.write_routes(session, endpoint, spec.weights, spec.shadows)
             return self._endpoint_out(session, endpoint)
+
+    def write_routes(self, session: Session, endpoint: EndpointRow, weights: dict[int, float],
+                     shadows: list[int], *, allow_rejected: bool = False) -> None:
+        """Replace ``endpoint``'s route table inside the caller's transaction.
+
+        The rollout controller calls this in the same transaction that records the
+        rollout's step, so the store never describes traffic the rollout did not set.
+        """
+        model = session.get(ModelRow, endpoint.model_id)
+        assert model is not None
+        wanted = {**{v: (w, False) for v, w in weights.items()},
+                  **{v: (0.0, True) for v in shadows}}
+        existing = {r.version_id: r for r in _routes(session, endpoint)}
+        keep: set[int] = set()
+        template = next(iter(existing.values()), None)
+        for number, (weight, shadow) in wanted.items():
+            row = _version_row(session, model, number)
+            if row.status == "rejected" and (weight > 0 or shadow) and not allow_rejected:
+                raise ConflictError(
+                    f"{model.name}:{number} was rejected ({row.status_reason}); it cannot "
+                    "serve traffic",
+                    detail={"field": "weights"},
+                )
+            route = existing.get(row.id)
+            if route is None:
+                # A new version gets the settings of one already serving: a blue-green
+                # candidate runs at the same size as the version it replaces.
+                settings = dict(template.settings) if template is not None else {
+                    "batching": BatchSettings().model_dump()}
+                if endpoint.placement == "isolated":
+                    settings.setdefault("scaling", ScaleSettings().model_dump())
+                route = EndpointRouteRow(endpoint_id=endpoint.id, version_id=row.id,
+                                         settings=settings)
+                session.add(route)
+            route.weight, route.shadow = weight, shadow
+            keep.add(row.id)
+        for version_id, route in existing.items():
+            if version_id not in keep:
+                session.delete(route)
+        _touch(endpoint)
+        session.flush()
+        session.expire_all()
 
     def undeploy(self, endpoint_name: str, actor: Principal) -> None:
         actor.require(Role.DEPLOYER)
         with self.db.session() as session:
-            session.delete(_endpoint(session, endpoint_name))
+            endpoint = endpoint_row(session, endpoint_name)
+            refuse_during_rollout(session, endpoint.name, "undeploy it")
+            session.delete(endpoint)
 
     def get(self, endpoint_name: str) -> EndpointOut:
         with self.db.session(readonly=True) as session:
-            return self._endpoint_out(session, _endpoint(session, endpoint_name))
+            return self._endpoint_out(session, endpoint_row(session, endpoint_name))
 
     def list(self) -> list[EndpointOut]:
         with self.db.session(readonly=True) as session:
@@ -186,7 +209,21 @@ class Deployments:
         )
 
 
-def _endpoint(session: Session, name: str) -> EndpointRow:
+def refuse_during_rollout(session: Session, endpoint: str, verb: str) -> None:
+    """A rollout owns its endpoint's route table until it ends; others must not move it."""
+    from control_plane.rollouts.states import ACTIVE_STATES
+
+    active = session.scalar(select(RolloutRow).where(
+        RolloutRow.endpoint == endpoint, RolloutRow.state.in_(ACTIVE_STATES)))
+    if active is not None:
+        raise ConflictError(
+            f"endpoint {endpoint!r} has an active rollout (#{active.id}, {active.state}); "
+            f"to {verb} now, abort it first (`modelplane rollout abort {endpoint}`)",
+            detail={"field": "endpoint", "rollout": active.id},
+        )
+
+
+def endpoint_row(session: Session, name: str) -> EndpointRow:
     row = session.scalar(select(EndpointRow).where(EndpointRow.name == name))
     if row is None:
         raise NotFoundError(f"no endpoint named {name!r}", detail={"field": "endpoint"})

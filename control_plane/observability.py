@@ -18,24 +18,28 @@ def _monitor() -> Any | None:
     return get_monitor()
 
 
-def endpoint_stats(endpoint: str, window_s: float) -> dict[str, Any]:
-    """Per-version statistics (JSON-safe: NaN becomes None) or {} when there is no Monitor."""
+def version_stats(endpoint: str, window_s: float) -> dict[int, dict[str, Any]]:
+    """The Monitor's per-version snapshot as it is (NaN where there is no data), or {}."""
     import ray
 
     monitor = _monitor()
     if monitor is None:
         return {}
-    snapshot = ray.get(monitor.snapshot.remote(endpoint, window_s), timeout=10)
-    return {str(version): _json_safe(stats) for version, stats in snapshot.items()}
+    return ray.get(monitor.snapshot.remote(endpoint, window_s), timeout=10)
 
 
-def _json_safe(value: Any) -> Any:
+def endpoint_stats(endpoint: str, window_s: float) -> dict[str, Any]:
+    """Per-version statistics (JSON-safe: NaN becomes None) or {} when there is no Monitor."""
+    return {str(v): json_safe(stats) for v, stats in version_stats(endpoint, window_s).items()}
+
+
+def json_safe(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

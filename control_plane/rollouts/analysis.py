@@ -30,6 +30,10 @@ class AnalysisConfig:
     max_p99_ms: float | None = None
     max_p95_ratio: float | None = 1.5  # candidate p95 / stable p95
     min_shadow_agreement: float | None = None
+    fail_on_drift: bool = True
+    min_accuracy: float | None = None  # online accuracy from ground-truth feedback
+    max_mae: float | None = None  # the same, for regression
+    min_labels: int = 50  # joined feedback pairs needed before accuracy may decide
     failures_to_rollback: int = 2  # consecutive failing analyses
 
 
@@ -73,6 +77,20 @@ def analyse(config: AnalysisConfig, candidate: dict[str, Any] | None,
         stable_p95 = float(stable["p95_ms"])
         if stable_p95 > 0 and not math.isnan(stable_p95):
             check("p95_ratio", float(candidate["p95_ms"]) / stable_p95, config.max_p95_ratio)
+    drift = candidate.get("drift") or {}
+    if config.fail_on_drift and drift.get("verdict") in ("drift", "ok"):
+        drifted = list(drift.get("drifted_features") or [])
+        if (drift.get("prediction") or {}).get("drifted"):
+            drifted.append("<prediction>")
+        checks["drift"] = {"value": drifted, "limit": [], "passed": not drifted}
+        if drifted:
+            failures.append(f"drift in {', '.join(drifted)}")
+    accuracy = candidate.get("accuracy") or {}
+    if int(accuracy.get("labelled") or 0) >= config.min_labels:
+        if accuracy.get("accuracy") is not None:
+            check("accuracy", float(accuracy["accuracy"]), config.min_accuracy, worse_if_above=False)
+        if accuracy.get("mae") is not None:
+            check("mae", float(accuracy["mae"]), config.max_mae)
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
     return CheckResult(Verdict.PASS, checks, "all checks passed")

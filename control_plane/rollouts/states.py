@@ -20,6 +20,8 @@ class RolloutState(StrEnum):
 
 
 _TERMINAL = frozenset({RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, RolloutState.FAILED})
+# As stored values, for queries: a rollout in one of these owns its endpoint's traffic.
+ACTIVE_STATES = tuple(s.value for s in RolloutState if s not in _TERMINAL)
 
 TRANSITIONS: dict[RolloutState, frozenset[RolloutState]] = {
     RolloutState.PENDING: frozenset({RolloutState.PROGRESSING, RolloutState.FAILED}),

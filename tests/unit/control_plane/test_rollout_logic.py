@@ -94,3 +94,25 @@ def test_rollback_needs_consecutive_failures() -> None:
     assert streak.observe(ok) is False  # a pass breaks it
     assert streak.observe(fail) is False
     assert streak.observe(fail) is True
+
+
+def test_drift_and_online_accuracy_gates() -> None:
+    config = AnalysisConfig(min_samples=10, min_accuracy=0.9, min_labels=20)
+    drifted = {**stats(), "drift": {"verdict": "drift", "drifted_features": ["age"],
+                                   "prediction": {"drifted": False}}}
+    result = analyse(config, drifted, None)
+    assert result.verdict == Verdict.FAIL and "drift in age" in result.reason
+    insufficient = {**stats(), "drift": {"verdict": "insufficient", "drifted_features": []}}
+    assert analyse(config, insufficient, None).verdict == Verdict.PASS
+    assert "drift" not in analyse(config, insufficient, None).checks
+    off = AnalysisConfig(min_samples=10, fail_on_drift=False)
+    assert analyse(off, drifted, None).verdict == Verdict.PASS
+
+    few_labels = {**stats(), "accuracy": {"labelled": 19, "accuracy": 0.5}}
+    assert analyse(config, few_labels, None).verdict == Verdict.PASS
+    wrong = {**stats(), "accuracy": {"labelled": 20, "accuracy": 0.5}}
+    result = analyse(config, wrong, None)
+    assert result.verdict == Verdict.FAIL and result.checks["accuracy"]["value"] == 0.5
+    regression = AnalysisConfig(min_samples=10, max_mae=1.0, min_labels=5)
+    assert analyse(regression, {**stats(), "accuracy": {"labelled": 5, "mae": 2.5}},
+                   None).verdict == Verdict.FAIL

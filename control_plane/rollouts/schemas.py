@@ -1,0 +1,144 @@
+"""Rollout wire objects: what a user asks for, and what the API answers.
+
+Durations accept seconds as a number or a string with a unit (``"500ms"``, ``"60s"``,
+``"2m"``, ``"1h"``) so a ``rollout.yaml`` reads the way people write it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from control_plane.rollouts.analysis import AnalysisConfig
+from control_plane.rollouts.plan import Strategy
+from control_plane.rollouts.states import RolloutState
+from control_plane.schemas import AliasName, Name, Wire
+
+_DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """``"90s"`` → 90.0; numbers pass through; anything else is left for pydantic to refuse."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration; write e.g. 30, '30s', '500ms', '2m'")
+        return float(match["value"]) * _UNIT_SECONDS[match["unit"]]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=7 * 86400)]
+PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=7 * 86400)]
+
+
+class AnalysisSettings(Wire):
+    """The gates every step must pass; ``null`` switches a check off."""
+
+    interval_s: Annotated[PositiveSeconds, Field(ge=1)] = 10.0
+    window_s: Annotated[PositiveSeconds, Field(le=300)] = 60.0
+    min_samples: Annotated[int, Field(ge=1)] = 100
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = 0.01
+    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_p95_ms: Annotated[float, Field(gt=0)] | None = None
+    max_p99_ms: Annotated[float, Field(gt=0)] | None = None
+    max_p95_ratio: Annotated[float, Field(gt=0)] | None = 1.5
+    min_shadow_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    fail_on_drift: bool = True
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_mae: Annotated[float, Field(ge=0)] | None = None
+    min_labels: Annotated[int, Field(ge=1)] = 50
+    failures_to_rollback: Annotated[int, Field(ge=1, le=100)] = 2
+
+    def to_config(self) -> AnalysisConfig:
+        return AnalysisConfig(**self.model_dump(exclude={"interval_s", "window_s"}))
+
+
+class RolloutTemplate(Wire):
+    """How to roll out: strategy, steps and gates (an endpoint's default, or one rollout's)."""
+
+    strategy: Strategy = Strategy.CANARY
+    steps: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(
+        None, description="Canary weights in percent, increasing, ending at 100.")
+    step_duration_s: PositiveSeconds = 60.0
+    shadow_then: Strategy | None = Field(
+        None, description="For strategy shadow: promote through canary (default) or blue_green.")
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    keep_warm_s: Seconds = Field(
+        0.0, description="Hold the final 100% step at least this long with the old version "
+                         "loaded at 0%, so switching back is instant.")
+    drain_s: Seconds = Field(
+        5.0, description="How long a version stays loaded at 0% before it is removed.")
+    keep_candidate: bool = Field(
+        False, description="After a rollback, keep the candidate loaded at 0% for inspection.")
+    require_approval: bool | None = Field(
+        None, description="Wait for an approval before promoting (default: the model's policy).")
+
+
+class RolloutCreate(RolloutTemplate):
+    endpoint: Name
+    model_ref: str = Field(description="name:version or name@alias of the candidate.")
+
+
+class RolloutPolicy(Wire):
+    """Registry-driven deployment for one endpoint: moving ``track_alias`` starts a rollout."""
+
+    track_alias: AliasName
+    template: RolloutTemplate = Field(default_factory=RolloutTemplate)
+
+
+class RolloutAction(Wire):
+    reason: str = Field("", max_length=2000)
+
+
+class StepOut(Wire):
+    candidate_weight: float
+    shadow: bool
+    hold_s: float
+
+
+class RolloutOut(Wire):
+    id: int
+    endpoint: str
+    model: str
+    candidate_version: int
+    stable_version: int | None
+    strategy: Strategy
+    state: RolloutState
+    step_index: int
+    steps: list[StepOut]
+    step_started_at: datetime | None
+    failures: int
+    last_analysis: dict[str, Any]
+    reason: str
+    spec: dict[str, Any]
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @model_validator(mode="after")
+    def _step_in_range(self) -> RolloutOut:
+        if self.steps and not 0 <= self.step_index < len(self.steps):
+            raise ValueError("step_index outside the plan")
+        return self
+
+    @property
+    def current_step(self) -> StepOut:
+        return self.steps[self.step_index]
+
+
+class RolloutEventOut(Wire):
+    id: int
+    rollout_id: int
+    kind: str
+    from_state: str
+    to_state: str
+    step_index: int
+    actor: str
+    reason: str
+    data: dict[str, Any]
+    created_at: datetime

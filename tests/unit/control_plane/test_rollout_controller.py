@@ -1,0 +1,265 @@
+"""The rollout controller against a real store, with the Monitor's numbers and the clock injected."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from control_plane.auth import Principal
+from control_plane.deployments import Deployments
+from control_plane.errors import ConflictError, InvalidInputError, PermissionDeniedError
+from control_plane.registry import Registry
+from control_plane.rollouts.controller import RolloutController
+from control_plane.rollouts.schemas import RolloutCreate, RolloutPolicy, RolloutTemplate
+from control_plane.rollouts.states import RolloutState
+from control_plane.schemas import (
+    AliasSet,
+    ApprovalCreate,
+    DeployRequest,
+    ModelPolicy,
+    ModelUpdate,
+    Role,
+    TrafficUpdate,
+    VersionCreate,
+)
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB
+
+FAST = {"interval_s": 1, "window_s": 5, "min_samples": 20, "failures_to_rollback": 2}
+
+
+class World:
+    """A controller whose Monitor numbers and clock the test sets."""
+
+    def __init__(self, registry: Registry) -> None:
+        for seed in range(3):
+            info = registry.artifacts.put([linear_classifier(seed=seed)])
+            registry.register_version("iris", VersionCreate(
+                artifact_digest=info.digest, manifest=linear_classifier_manifest()), ALICE)
+        self.deployments = Deployments(registry.db, registry, base_url="http://cp:8000")
+        self.deployments.deploy(DeployRequest(endpoint="iris", model_ref="iris:1"), ALICE)
+        self.registry = registry
+        self.time = datetime(2026, 1, 1, tzinfo=UTC)
+        self.stats: dict[int, dict[str, Any]] = {}
+        self.applied = 0
+        self.alerts: list[dict[str, Any]] = []
+        self.controller = RolloutController(
+            registry.db, registry, self.deployments, stats=lambda endpoint, window: self.stats,
+            apply=self._apply, alert=lambda name, **kw: self.alerts.append({"name": name, **kw}),
+            now=lambda: self.time)
+
+    def _apply(self) -> None:
+        self.applied += 1
+
+    def serve(self, version: int, requests: int = 100, error_rate: float = 0.0, p95: float = 10.0,
+              **extra: Any) -> None:
+        self.stats[version] = {"requests": requests, "error_rate": error_rate, "p50_ms": p95 / 2,
+                               "p95_ms": p95, "p99_ms": p95 * 1.2, "throughput_rps": 10.0,
+                               "shadow": {"compared": 0, "errors": 0, "agreement": math.nan},
+                               **extra}
+
+    def run(self, seconds: float, step: float = 1.0) -> None:
+        for _ in range(int(seconds / step)):
+            self.time += timedelta(seconds=step)
+            self.controller.tick()
+
+    def weights(self) -> dict[int, float]:
+        endpoint = self.deployments.get("iris")
+        return {r.version: r.weight for r in endpoint.routes if not r.shadow}
+
+    def start(self, **spec: Any) -> int:
+        spec.setdefault("analysis", FAST)
+        spec.setdefault("step_duration_s", 3)
+        spec.setdefault("drain_s", 2)
+        rollout = self.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:2", **spec), ALICE)
+        return rollout.id
+
+
+@pytest.fixture
+def world(registry: Registry) -> World:
+    return World(registry)
+
+
+def test_good_canary_walks_every_step_and_is_promoted(world: World) -> None:
+    rollout_id = world.start(steps=[10, 50, 100])
+    assert world.controller.get(rollout_id).state == RolloutState.PENDING
+    world.serve(1)
+    world.serve(2)
+    seen = []
+    for _ in range(20):
+        world.run(1)
+        seen.append(world.weights().get(2))
+        if world.controller.get(rollout_id).state.terminal:
+            break
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.SUCCEEDED, rollout.reason
+    assert [w for w in dict.fromkeys(seen) if w is not None][:3] == [10, 50, 100]
+    version = world.registry.get_version("iris", 2)
+    assert "champion" in version.aliases and version.stage == "production"
+    # v1 stays loaded at 0% while it drains, then is removed and archived.
+    assert world.weights() == {2: 100.0, 1: 0.0}
+    world.run(3)
+    assert world.weights() == {2: 100.0}
+    assert world.registry.get_version("iris", 1).stage == "archived"
+    kinds = [e.kind for e in world.controller.events(rollout_id)]
+    assert kinds[0] == "created" and kinds.count("step") == 3 and kinds[-1] == "retired"
+
+
+def test_failing_candidate_needs_consecutive_failures_then_rolls_back(world: World) -> None:
+    rollout_id = world.start(steps=[20, 100])
+    world.serve(1)
+    world.serve(2, error_rate=0.2)
+    world.run(1)  # pending → progressing at 20%
+    world.run(1)  # first failing analysis: not yet
+    assert world.controller.get(rollout_id).state == RolloutState.PROGRESSING
+    assert world.controller.get(rollout_id).failures == 1
+    world.run(1)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK
+    assert "error_rate 0.2 > 0.01" in rollout.reason
+    assert world.weights() == {1: 100.0, 2: 0.0}
+    assert world.registry.get_version("iris", 2).status == "rejected"
+    assert world.alerts and world.alerts[0]["labels"]["version"] == "2"
+    assert world.alerts[0]["severity"] == "critical"
+    events = world.controller.events(rollout_id)
+    final = next(e for e in events if e.to_state == "rolled_back")
+    assert final.data["analysis"]["checks"]["error_rate"]["value"] == 0.2
+    world.run(3)
+    assert world.weights() == {1: 100.0}
+    with pytest.raises(ConflictError, match="rejected"):
+        world.start()
+
+
+def test_too_few_requests_never_decide(world: World) -> None:
+    rollout_id = world.start(steps=[100])
+    world.serve(1)
+    world.serve(2, requests=5, error_rate=1.0)
+    world.run(10)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.PROGRESSING
+    assert rollout.last_analysis["verdict"] == "inconclusive"
+    assert "5 requests" in rollout.last_analysis["reason"]
+
+
+def test_latency_ratio_to_stable_rolls_back(world: World) -> None:
+    rollout_id = world.start(steps=[50, 100], analysis={**FAST, "max_p95_ratio": 1.5})
+    world.serve(1, p95=10)
+    world.serve(2, p95=60)
+    world.run(4)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK and "p95_ratio 6" in rollout.reason
+
+
+def test_blue_green_mirrors_then_switches_and_switches_back_instantly(world: World) -> None:
+    rollout_id = world.start(strategy="blue_green", keep_warm_s=30,
+                             analysis={**FAST, "min_shadow_agreement": 0.9})
+    world.serve(1)
+    world.serve(2, requests=0, shadow={"compared": 50, "errors": 0, "agreement": 0.98})
+    world.run(1)
+    endpoint = world.deployments.get("iris")
+    assert {(r.version, r.weight, r.shadow) for r in endpoint.routes} == {(1, 100, False), (2, 0, True)}
+    world.run(4)
+    world.serve(2)
+    assert world.weights() == {2: 100.0, 1: 0.0}
+    applied = world.applied
+    world.controller.rollback(rollout_id, ALICE, "customers complain")
+    assert world.weights() == {1: 100.0, 2: 0.0}
+    assert world.applied > applied
+    assert world.controller.get(rollout_id).state == RolloutState.ROLLED_BACK
+
+
+def test_shadow_disagreement_discards_the_candidate(world: World) -> None:
+    rollout_id = world.start(strategy="shadow", analysis={**FAST, "min_shadow_agreement": 0.95})
+    world.serve(1)
+    world.serve(2, requests=0, shadow={"compared": 100, "errors": 0, "agreement": 0.7})
+    world.run(4)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK and "shadow_agreement 0.7" in rollout.reason
+    assert 2 not in world.weights() or world.weights()[2] == 0
+
+
+def test_approval_gate_waits_for_someone_other_than_the_registrant(world: World) -> None:
+    world.registry.update_model("iris", ModelUpdate(policy=ModelPolicy(
+        require_approval_for_production=True)), ADMIN)
+    rollout_id = world.start(steps=[100])
+    world.serve(1)
+    world.serve(2)
+    world.run(8)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.AWAITING_APPROVAL
+    with pytest.raises(PermissionDeniedError):
+        world.registry.approve("iris", 2, ApprovalCreate(decision="approved"),
+                               Principal("alice", Role.APPROVER))
+    world.registry.approve("iris", 2, ApprovalCreate(decision="approved"), BOB)
+    world.run(2)
+    assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
+    assert world.registry.get_version("iris", 2).stage == "production"
+
+
+def test_pause_resume_abort_and_guarding_the_route_table(world: World) -> None:
+    rollout_id = world.start(steps=[30, 100], step_duration_s=2)
+    world.serve(1)
+    world.serve(2)
+    world.run(1)
+    with pytest.raises(ConflictError, match="active rollout"):
+        world.deployments.set_traffic("iris", TrafficUpdate(weights={1: 100}), ALICE)
+    with pytest.raises(ConflictError, match="active rollout"):
+        world.start()
+    world.controller.pause(rollout_id, ALICE, "investigating")
+    world.run(10)
+    assert world.weights() == {1: 70.0, 2: 30.0}
+    world.controller.resume(rollout_id, ALICE)
+    with pytest.raises(ConflictError, match="not paused"):
+        world.controller.resume(rollout_id, ALICE)
+    world.controller.abort(rollout_id, ALICE, "wrong version")
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.FAILED and "aborted by alice" in rollout.reason
+    assert world.weights() == {1: 100.0, 2: 0.0}
+    assert world.registry.get_version("iris", 2).status == "ready"
+    with pytest.raises(ConflictError):
+        world.controller.promote(rollout_id, ALICE)
+
+
+def test_a_new_controller_resumes_from_the_store(world: World) -> None:
+    rollout_id = world.start(steps=[10, 50, 100], step_duration_s=3)
+    world.serve(1)
+    world.serve(2)
+    world.run(5)
+    before = world.controller.get(rollout_id)
+    assert before.step_index >= 1 and before.state == RolloutState.PROGRESSING
+    world.controller = RolloutController(
+        world.registry.db, world.registry, world.deployments, stats=lambda e, w: world.stats,
+        now=lambda: world.time)
+    world.run(20)
+    assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
+
+
+def test_moving_a_tracked_alias_starts_a_rollout(world: World) -> None:
+    template = RolloutTemplate(steps=[100], step_duration_s=2, analysis=FAST)
+    world.controller.set_policy("iris", RolloutPolicy(track_alias="challenger", template=template),
+                                ALICE)
+    world.run(2)
+    assert world.controller.list(endpoint="iris") == []
+    world.registry.set_alias("iris", "challenger", AliasSet(version=3), ALICE)
+    world.serve(1)
+    world.serve(3)
+    world.run(1)
+    started = world.controller.latest("iris")
+    assert started.candidate_version == 3 and started.created_by == "alias:challenger"
+    world.run(10)
+    assert world.controller.latest("iris").state == RolloutState.SUCCEEDED
+    world.run(10)
+    assert len(world.controller.list(endpoint="iris")) == 1
+
+
+def test_bad_requests_name_the_problem(world: World) -> None:
+    with pytest.raises(ConflictError, match="already takes the most traffic"):
+        world.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:1"), ALICE)
+    with pytest.raises(InvalidInputError, match="canary steps must increase"):
+        world.start(steps=[50, 20, 100])
+    with pytest.raises(ValueError, match="not a duration"):
+        RolloutCreate(endpoint="iris", model_ref="iris:2", step_duration_s="soon")
+    assert RolloutCreate(endpoint="iris", model_ref="iris:2", step_duration_s="2m").step_duration_s == 120
