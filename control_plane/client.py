@@ -17,6 +17,13 @@ from pydantic import BaseModel
 
 import control_plane.errors as cp_errors
 from control_plane.errors import ControlPlaneError, ControlPlaneUnavailableError, IntegrityError
+from control_plane.rollouts.schemas import (
+    RolloutAction,
+    RolloutCreate,
+    RolloutEventOut,
+    RolloutOut,
+    RolloutPolicy,
+)
 from control_plane.schemas import (
     AliasSet,
     ApprovalCreate,
@@ -370,6 +377,42 @@ class Client:
     def endpoint_stats(self, endpoint: str, *, window_s: float = 60.0) -> dict[str, Any]:
         """Per-version live statistics (p50/p95/p99 ms, error rate, throughput, shadows)."""
         return self._request("GET", f"/endpoints/{endpoint}/stats", params={"window": window_s}).json()
+
+    # ------------------------------------------------------------ rollouts
+
+    def start_rollout(self, spec: RolloutCreate | dict[str, Any]) -> RolloutOut:
+        """Start a rollout (see ``RolloutCreate``: strategy, steps, analysis gates …)."""
+        return self._send("POST", "/rollouts", RolloutCreate.model_validate(spec), RolloutOut)
+
+    def get_rollout(self, rollout_id: int) -> RolloutOut:
+        return self._get(f"/rollouts/{rollout_id}", RolloutOut)
+
+    def list_rollouts(self, *, endpoint: str | None = None, active: bool | None = None,
+                      limit: int = 50) -> list[RolloutOut]:
+        params: dict[str, Any] = {"limit": limit}
+        if endpoint is not None:
+            params["endpoint"] = endpoint
+        if active is not None:
+            params["active"] = str(active).lower()
+        return [RolloutOut.model_validate(r)
+                for r in self._request("GET", "/rollouts", params=params).json()]
+
+    def rollout_events(self, rollout_id: int) -> list[RolloutEventOut]:
+        return [RolloutEventOut.model_validate(e)
+                for e in self._request("GET", f"/rollouts/{rollout_id}/events").json()]
+
+    def rollout_action(self, rollout_id: int, action: str, reason: str = "") -> RolloutOut:
+        """``pause``, ``resume``, ``promote``, ``rollback`` or ``abort``."""
+        return self._send("POST", f"/rollouts/{rollout_id}/{action}", RolloutAction(reason=reason),
+                          RolloutOut)
+
+    def set_rollout_policy(self, endpoint: str, policy: RolloutPolicy | dict[str, Any] | None) -> None:
+        """Start rollouts when the policy's tracked alias moves (None switches it off)."""
+        if policy is None:
+            self._request("DELETE", f"/endpoints/{endpoint}/rollout-policy")
+        else:
+            self._send("PUT", f"/endpoints/{endpoint}/rollout-policy",
+                       RolloutPolicy.model_validate(policy), RolloutPolicy)
 
     # ------------------------------------------------------------ tokens
 

@@ -10,7 +10,9 @@ from typing import Any
 from control_plane.artifacts import ArtifactStore
 from control_plane.auth import TokenService
 from control_plane.deployments import Deployments
+from control_plane.observability import version_stats
 from control_plane.registry import Registry
+from control_plane.rollouts.controller import RolloutController
 from control_plane.store import Database
 from control_plane.tracking import Tracker
 from modelplane.settings import Settings
@@ -29,6 +31,7 @@ class ControlPlane:
     tracker: Tracker
     tokens: TokenService
     deployments: Deployments
+    rollouts: Any = None
     new_admin_token: str | None = None
     reconciler: Any = None
     _reconcile_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -52,16 +55,20 @@ class ControlPlane:
                 new_admin,
             )
         registry = Registry(db, artifacts)
-        return cls(
+        deployments = Deployments(db, registry, base_url=settings.url)
+        plane = cls(
             settings=settings,
             db=db,
             artifacts=artifacts,
             registry=registry,
             tracker=Tracker(db, artifacts),
             tokens=tokens,
-            deployments=Deployments(db, registry, base_url=settings.url),
+            deployments=deployments,
             new_admin_token=new_admin,
         )
+        plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
+                                           apply=plane.apply, alert=plane.raise_alert)
+        return plane
 
     def attach_serve(self, *, interval_s: float = 10.0) -> None:
         """Drive Ray Serve from the store: reconcile now, then every ``interval_s``."""
@@ -74,6 +81,26 @@ class ControlPlane:
         thread = threading.Thread(target=self._reconcile_forever, args=(interval_s,),
                                   name="reconciler", daemon=True)
         thread.start()
+        threading.Thread(target=self._advance_rollouts_forever, name="rollout-controller",
+                         daemon=True).start()
+
+    def _advance_rollouts_forever(self, tick_s: float = 0.25) -> None:
+        # Ticks are cheap (one indexed query when nothing is active); each rollout is
+        # analysed at its own interval, so a short tick only bounds reaction time.
+        while not self._stop.wait(tick_s):
+            try:
+                self.rollouts.tick()
+            except Exception:
+                log.exception("rollout controller pass failed")
+
+    def raise_alert(self, name: str, *, severity: str, labels: dict[str, str], summary: str,
+                    data: dict[str, Any] | None = None) -> None:
+        """Raise a one-shot alert through the alerting path (the log when there is none)."""
+        alerts = getattr(self, "alerts", None)
+        if alerts is not None:
+            alerts.fire_event(name, severity=severity, labels=labels, summary=summary, data=data)
+        else:
+            log.warning("alert %s [%s] %s: %s", name, severity, labels, summary)
 
     def apply(self) -> Any:
         """Make Serve match the store now (no-op without Serve); returns the report."""

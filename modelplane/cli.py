@@ -54,13 +54,14 @@ def quickstart() -> None:
 
 
 def _register_groups() -> None:
-    from control_plane.cli import experiments, models, server, serving, tokens
+    from control_plane.cli import experiments, models, rollouts, server, serving, tokens
 
     for command in (serving.up, serving.down, serving.status, serving.deploy, serving.traffic,
                     serving.undeploy):
         app.command()(command)
 
     app.add_typer(models.app, name="models")
+    app.add_typer(rollouts.app, name="rollout")
     app.add_typer(experiments.app, name="experiments")
     app.add_typer(tokens.app, name="token")
     app.add_typer(server.db_app, name="db")

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from control_plane.api import routes_admin, routes_registry, routes_serving, routes_tracking
+from control_plane.api import (
+    routes_admin,
+    routes_registry,
+    routes_rollouts,
+    routes_serving,
+    routes_tracking,
+)
 from control_plane.api.errors import RequestIdMiddleware, install_error_handlers
 from control_plane.service import ControlPlane
 from modelplane import __version__
@@ -28,6 +34,7 @@ def build_api(cp: ControlPlane) -> FastAPI:
     app.include_router(routes_registry.router)
     app.include_router(routes_tracking.router)
     app.include_router(routes_serving.router)
+    app.include_router(routes_rollouts.router)
     return app
 
 
