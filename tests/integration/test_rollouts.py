@@ -1,0 +1,279 @@
+"""Rollouts on a real local Ray + Serve, under load from a background client.
+
+Analysis runs every second over a few seconds of traffic so each rollout takes seconds;
+the decisions are the same ones a production rollout makes over minutes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import ray
+
+from control_plane.client import Client
+from control_plane.errors import ConflictError, PermissionDeniedError
+from control_plane.schemas import ModelPolicy, ModelUpdate
+from tests.load import BackgroundLoad
+from tests.onnx_models import (
+    calibrate_slow,
+    flaky_classifier,
+    linear_classifier,
+    linear_classifier_manifest,
+    slow_classifier,
+)
+from tests.platform import Platform
+
+ANALYSIS = {"interval_s": 1, "window_s": 3, "min_samples": 15, "failures_to_rollback": 2,
+            "max_p95_ratio": None}
+SMALL = {"num_cpus": 0.05}
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def rollout_ends(client: Client, rollout_id: int, timeout: float = 90.0) -> Any:
+    return wait_for(lambda: (r := client.get_rollout(rollout_id)).state.terminal and r,
+                    timeout, f"rollout #{rollout_id} to end")
+
+
+def served_weights(platform: Platform, endpoint: str) -> dict[int, float]:
+    metadata = httpx.get(f"{platform.url}/v2/models/{endpoint}", timeout=10).json()
+    return {int(v): w for v, w in metadata["parameters"]["weights"].items()}
+
+
+def stored_weights(client: Client, endpoint: str) -> dict[int, float]:
+    return {r.version: r.weight for r in client.get_endpoint(endpoint).routes if not r.shadow}
+
+
+@pytest.fixture
+def endpoint(platform: Platform, request: pytest.FixtureRequest) -> Iterator[tuple[str, Client]]:
+    """A fresh model and endpoint per test, serving v1 (a linear classifier); removed after."""
+    name = f"ro-{request.node.name.split('[')[0].removeprefix('test_')[:40].replace('_', '-')}"
+    client = platform.client()
+    client.register_version(name, linear_classifier(seed=1), linear_classifier_manifest())
+    client.deploy(name, f"{name}:1", scaling=SMALL)
+    platform.wait_endpoint(name, {1})
+    yield name, client
+    for rollout in client.list_rollouts(endpoint=name, active=True):
+        client.rollout_action(rollout.id, "abort", "test finished")
+    client.undeploy(name)
+    client.close()
+
+
+def start(client: Client, name: str, **spec: Any) -> Any:
+    spec.setdefault("analysis", ANALYSIS)
+    spec.setdefault("step_duration_s", 2)
+    spec.setdefault("drain_s", 1)
+    return client.start_rollout({"endpoint": name, "model_ref": f"{name}:2", **spec})
+
+
+def test_good_candidate_is_promoted_through_every_step_without_a_failed_request(
+        platform: Platform, endpoint: tuple[str, Client]) -> None:
+    name, client = endpoint
+    client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
+    with BackgroundLoad(platform.url, name) as load:
+        rollout = start(client, name, steps=[25, 50, 100],
+                        analysis={**ANALYSIS, "max_p95_ms": 2000})
+        done = rollout_ends(client, rollout.id)
+        wait_for(lambda: served_weights(platform, name) == {2: 100.0}, 30, "v1 to be removed")
+        time.sleep(1)
+    assert done.state == "succeeded", done.reason
+    steps = [e for e in client.rollout_events(rollout.id) if e.kind == "step"]
+    assert [e.data["weights"][str(2)] for e in steps] == [25, 50, 100]
+    version = client.get_version(name, 2)
+    assert "champion" in version.aliases and version.stage == "production"
+    assert wait_for(lambda: client.get_version(name, 1).stage == "archived", 20, "v1 archived")
+    assert load.failures() == [], load.failures()[:3]
+    assert set(load.versions()) == {1, 2} and len(load.answers) > 100
+
+
+def test_candidate_failing_a_fifth_of_requests_is_rolled_back(
+        platform: Platform, endpoint: tuple[str, Client]) -> None:
+    name, client = endpoint
+    threshold = 0.8416  # P(N(0,1) > 0.8416) = 0.2
+    client.register_version(name, flaky_classifier(threshold, seed=1), linear_classifier_manifest())
+    with BackgroundLoad(platform.url, name) as load:
+        rollout = start(client, name, steps=[50, 100], step_duration_s=30)
+        done = rollout_ends(client, rollout.id)
+        after_rollback = len(load.answers)
+        wait_for(lambda: served_weights(platform, name).get(1) == 100.0, 10, "v1 at 100%")
+        time.sleep(2)
+        settled = len(load.answers)
+        time.sleep(2)
+    assert done.state == "rolled_back"
+    assert "automatic rollback" in done.reason and "error_rate" in done.reason
+    rejected = client.get_version(name, 2)
+    assert rejected.status == "rejected" and "error_rate" in rejected.status_reason
+    assert stored_weights(client, name) == {1: 100.0}
+    # Every failure is the candidate's own, on the inputs that break it.
+    failures = load.failures()
+    assert failures and all(f.version == 2 and f.row[0, 0] > threshold for f in failures)
+    assert not load.failures(settled) and load.versions(settled) == {1: len(load.answers) - settled}
+    assert after_rollback <= settled
+    final = next(e for e in client.rollout_events(rollout.id) if e.to_state == "rolled_back")
+    assert final.data["analysis"]["candidate"]["error_rate"] > 0.01
+
+
+def test_candidate_adding_latency_is_rolled_back_on_p95(
+        platform: Platform, endpoint: tuple[str, Client]) -> None:
+    name, client = endpoint
+    client.register_version(name, slow_classifier(calibrate_slow(80), seed=1),
+                            linear_classifier_manifest())
+    with BackgroundLoad(platform.url, name) as load:
+        rollout = start(client, name, steps=[50, 100], step_duration_s=30,
+                        analysis={**ANALYSIS, "max_p95_ms": 40, "min_samples": 10})
+        done = rollout_ends(client, rollout.id)
+    assert done.state == "rolled_back" and "p95_ms" in done.reason, done.reason
+    assert done.last_analysis["candidate"]["p95_ms"] > 40
+    assert load.failures() == []
+    assert client.get_version(name, 2).status == "rejected"
+
+
+def test_shadow_measures_agreement_on_a_known_fraction(
+        platform: Platform, endpoint: tuple[str, Client]) -> None:
+    name, client = endpoint
+    candidate = linear_classifier(seed=7)
+    client.register_version(name, candidate, linear_classifier_manifest())
+    # The agreement the candidate should show on the load's input distribution.
+    rows = np.random.default_rng(99).normal(size=(20000, 4)).astype(np.float32)
+    stable_top = ort.InferenceSession(linear_classifier(seed=1)).run(None, {"input": rows})[0]
+    candidate_top = ort.InferenceSession(candidate).run(None, {"input": rows})[0]
+    expected = float(np.mean(stable_top.argmax(1) == candidate_top.argmax(1)))
+    assert 0.05 < expected < 0.95  # the candidate differs on a real fraction of inputs
+    with BackgroundLoad(platform.url, name) as load:
+        rollout = start(client, name, strategy="shadow", step_duration_s=600,
+                        analysis={**ANALYSIS, "window_s": 60, "min_samples": 200})
+        wait_for(lambda: client.get_rollout(rollout.id).last_analysis.get("verdict") == "pass",
+                 90, "enough mirrored requests")
+        analysis = client.get_rollout(rollout.id).last_analysis
+        client.rollout_action(rollout.id, "abort", "measured")
+    shadow = analysis["candidate"]["shadow"]
+    n = shadow["compared"]
+    tolerance = 4 * np.sqrt(expected * (1 - expected) / n)
+    assert abs(shadow["agreement"] - expected) < tolerance, (shadow, expected)
+    # Mirrored requests never reached clients: every answer came from the stable version.
+    assert load.versions() and set(load.versions()) == {1} and load.failures() == []
+
+
+def test_blue_green_switches_then_switches_back_instantly(
+        platform: Platform, endpoint: tuple[str, Client]) -> None:
+    name, client = endpoint
+    client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
+    with BackgroundLoad(platform.url, name) as load:
+        rollout = start(client, name, strategy="blue_green", keep_warm_s=300)
+        wait_for(lambda: served_weights(platform, name) == {2: 100.0, 1: 0.0}, 60, "the switch")
+        switched = len(load.answers)
+        time.sleep(1)
+        replicas_before = _replica_actors(name)
+        client.rollout_action(rollout.id, "rollback", "switching back")
+        wait_for(lambda: served_weights(platform, name) == {1: 100.0, 2: 0.0}, 10, "switch back")
+        back = len(load.answers)
+        time.sleep(1)
+    assert client.get_rollout(rollout.id).state == "rolled_back"
+    assert load.versions(switched)[2] > 0
+    assert set(load.versions(back)) == {1}
+    # Instant: the same replicas answered; nothing was reloaded or restarted.
+    assert _replica_actors(name) == replicas_before
+    assert load.failures() == []
+
+
+def test_promotion_waits_for_an_approver_other_than_the_registrant(
+        platform: Platform, endpoint: tuple[str, Client]) -> None:
+    name, client = endpoint
+    client.update_model(name, ModelUpdate(policy=ModelPolicy(require_approval_for_production=True)))
+    client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
+    with BackgroundLoad(platform.url, name):
+        rollout = start(client, name, steps=[100], analysis={**ANALYSIS, "min_samples": 5})
+        wait_for(lambda: client.get_rollout(rollout.id).state == "awaiting_approval", 60,
+                 "the approval gate")
+        with pytest.raises(PermissionDeniedError, match="cannot approve"):
+            client.approve(name, 2)
+        approver = client.create_token(f"approver-{name}", "approver")
+        with Client(platform.url, approver.token, settings=platform.settings) as other:
+            other.approve(name, 2)
+        done = rollout_ends(client, rollout.id)
+    assert done.state == "succeeded"
+    assert client.get_version(name, 2).stage == "production"
+
+
+def test_control_plane_killed_mid_rollout_resumes_and_traffic_matches_the_store(
+        platform: Platform, endpoint: tuple[str, Client]) -> None:
+    name, client = endpoint
+    client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
+    with BackgroundLoad(platform.url, name) as load:
+        rollout = start(client, name, steps=[20, 60, 100], step_duration_s=4)
+        wait_for(lambda: client.get_rollout(rollout.id).step_index >= 1, 60, "step 2")
+        replica = _control_plane_replica()
+        ray.kill(replica, no_restart=False)
+        wait_for(lambda: _control_plane_replica() is not None and _healthy(platform), 120,
+                 "the control plane to come back")
+        done = rollout_ends(client, rollout.id, timeout=120)
+        wait_for(lambda: served_weights(platform, name) == stored_weights(client, name), 30,
+                 "the route table to match the store")
+    assert done.state == "succeeded", done.reason
+    assert stored_weights(client, name) == {2: 100.0}
+    steps = [e.data["weights"]["2"] for e in client.rollout_events(rollout.id) if e.kind == "step"]
+    assert steps == [20, 60, 100]  # resumed at its step, none repeated or skipped
+    assert load.versions()[2] > 0
+    # Requests in flight at the kill go to the data plane, which the kill does not touch.
+    assert load.failures() == []
+
+
+def test_route_table_is_guarded_and_bad_specs_are_clear(
+        platform: Platform, endpoint: tuple[str, Client]) -> None:
+    name, client = endpoint
+    client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
+    response = httpx.post(f"{platform.url}/api/rollouts", json={
+        "endpoint": name, "model_ref": f"{name}:2", "steps": [50, 10]},
+        headers={"authorization": f"Bearer {platform.token}"})
+    assert response.status_code == 400 and "increase" in response.json()["detail"]
+    response = httpx.post(f"{platform.url}/api/rollouts", json={
+        "endpoint": name, "model_ref": f"{name}:2", "step_duration_s": "soon"},
+        headers={"authorization": f"Bearer {platform.token}"})
+    assert response.status_code == 422 and "step_duration_s" in response.text
+    rollout = start(client, name, step_duration_s=600)
+    with pytest.raises(ConflictError, match="active rollout"):
+        client.set_traffic(name, {1: 100})
+    client.rollout_action(rollout.id, "pause")
+    assert client.get_rollout(rollout.id).state == "paused"
+    client.rollout_action(rollout.id, "abort", "done")
+    assert client.get_rollout(rollout.id).state == "failed"
+
+
+def _replica_actors(app_suffix: str) -> set[str]:
+    from ray.util import list_named_actors
+
+    return {a["name"] for a in list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::endpoint-{app_suffix}#")}
+
+
+def _control_plane_replica() -> Any:
+    from ray.util import list_named_actors
+
+    for actor in list_named_actors(all_namespaces=True):
+        if actor["name"].startswith("SERVE_REPLICA::control-plane#"):
+            try:
+                return ray.get_actor(actor["name"], namespace=actor["namespace"])
+            except ValueError:
+                return None
+    return None
+
+
+def _healthy(platform: Platform) -> bool:
+    try:
+        return httpx.get(f"{platform.url}/api/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
