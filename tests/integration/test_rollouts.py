@@ -218,13 +218,14 @@ def test_control_plane_killed_mid_rollout_resumes_and_traffic_matches_the_store(
         wait_for(lambda: client.get_rollout(rollout.id).step_index >= 1, 60, "step 2")
         replica = _control_plane_replica()
         ray.kill(replica, no_restart=False)
-        wait_for(lambda: _control_plane_replica() is not None and _healthy(platform), 120,
-                 "the control plane to come back")
+        wait_for(lambda: (new := _control_plane_replica()) is not None
+                 and new._actor_id != replica._actor_id and _healthy(platform), 120,
+                 "a new control plane replica")
         done = rollout_ends(client, rollout.id, timeout=120)
         wait_for(lambda: served_weights(platform, name) == stored_weights(client, name), 30,
                  "the route table to match the store")
     assert done.state == "succeeded", done.reason
-    assert stored_weights(client, name) == {2: 100.0}
+    wait_for(lambda: stored_weights(client, name) == {2: 100.0}, 30, "v1 drained and removed")
     steps = [e.data["weights"]["2"] for e in client.rollout_events(rollout.id) if e.kind == "step"]
     assert steps == [20, 60, 100]  # resumed at its step, none repeated or skipped
     assert load.versions()[2] > 0
