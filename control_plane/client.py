@@ -294,14 +294,19 @@ class Client:
         tags: dict[str, str] | None = None,
         parent_run_id: str | None = None,
         capture_environment: bool = True,
+        environment: dict[str, Any] | None = None,
     ) -> RunOut:
-        """Start a run; by default the client records this process's environment with it."""
+        """Start a run; by default the client records this process's environment with it.
+
+        ``environment`` replaces the captured one (a job records its cluster too).
+        """
         from control_plane.environment import capture_environment as capture
 
+        if environment is None:
+            environment = capture() if capture_environment else {}
         body = RunCreate(
             experiment=experiment, name=name, params=params or {}, tags=tags or {},
-            parent_run_id=parent_run_id,
-            environment=capture() if capture_environment else {},
+            parent_run_id=parent_run_id, environment=environment,
         )
         return self._send("POST", "/runs", body, RunOut)
 
