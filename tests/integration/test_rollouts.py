@@ -6,8 +6,13 @@ the decisions are the same ones a production rollout makes over minutes.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -278,3 +283,38 @@ def _healthy(platform: Platform) -> bool:
         return httpx.get(f"{platform.url}/api/health", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_cli_runs_a_rollout_from_a_file_and_shows_its_history(
+        platform: Platform, endpoint: tuple[str, Client], tmp_path: Path) -> None:
+    import yaml
+
+    name, client = endpoint
+    client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
+    spec = tmp_path / "rollout.yaml"
+    spec.write_text(yaml.safe_dump({"strategy": "canary", "steps": [50, 100],
+                                    "step_duration_s": "2s", "drain_s": "1s",
+                                    "analysis": {**ANALYSIS, "interval_s": "1s"}}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+        env.update(MODELPLANE_URL=platform.url, MODELPLANE_TOKEN=platform.token,
+                   MODELPLANE_HOME=str(tmp_path / "home"))
+        return subprocess.run([sys.executable, "-m", "modelplane.cli", "rollout", *args],
+                              env=env, capture_output=True, text=True, timeout=180)
+
+    bad = cli("start", name, f"{name}:2", "--steps", "50,10")
+    assert bad.returncode == 1 and "canary steps must increase" in bad.stderr
+    with BackgroundLoad(platform.url, name):
+        started = cli("start", name, f"{name}:2", "-f", str(spec), "--watch")
+    assert started.returncode == 0, started.stderr + started.stdout
+    assert "succeeded" in started.stdout and "step 2/2" in started.stdout
+    status = cli("status", name)
+    assert "succeeded" in status.stdout and f"{name}:2" in status.stdout
+    events = json.loads(cli("history", name, "--json").stdout)
+    assert [e["kind"] for e in events][:3] == ["created", "transition", "step"]
+    assert any(e["to_state"] == "succeeded" for e in events)
+    listed = cli("list", "--endpoint", name)
+    assert "succeeded" in listed.stdout
+    missing = cli("status", "no-such-endpoint")
+    assert missing.returncode == 1 and "has had no rollout" in missing.stderr
