@@ -114,6 +114,7 @@ class Reconciler:
             outputs=[TensorSignature(**spec) for spec in signature["outputs"]],
             task=row.manifest.get("task", "other"),
             reference_profile=row.manifest.get("reference_profile"),
+            class_labels=row.manifest.get("class_labels"),
             batching=BatchingConfig(**route.settings.get("batching", {})),
             scaling=_scaling(route.settings.get("scaling")),
         )

@@ -15,23 +15,37 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from modelplane.errors import ModelplaneError
-from serving.errors import InferenceFailedError, InvalidRequestError, ModelNotFoundError
+from serving.errors import (
+    InferenceFailedError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+)
+from serving.feedback_wire import parse_feedback
+from serving.observations import VersionMonitoring, data_age_seconds
 from serving.protocol import decode_request, encode_response, from_numpy_dtype
 from serving.routing import Router
 from serving.schemas import EndpointConfig, TensorSignature, VersionConfig
 from serving.stats import ENDPOINT_LEVEL, StatsRecorder, compare_outputs
-from serving.validation import check_requested_outputs, numpy_dtype, validate_inputs
+from serving.validation import (
+    check_requested_outputs,
+    numpy_dtype,
+    rejection_reason,
+    validate_inputs,
+)
 
 log = logging.getLogger(__name__)
-_PATH = re.compile(r"^(?:/versions/(?P<version>[^/]+))?(?P<action>/infer|/ready)?/?$")
+_PATH = re.compile(r"^(?:/versions/(?P<version>[^/]+))?(?P<action>/infer|/ready|/feedback)?/?$")
 MAX_SHADOWS_IN_FLIGHT = 256
+# Takes (endpoint, [(request_id, labels)]) and answers what the Monitor joined.
+FeedbackSink = Callable[[str, list[tuple[str, list[Any]]]], Awaitable[dict[str, Any]]]
 
 
 class VersionBackend(Protocol):
@@ -77,16 +91,21 @@ def tensor_metadata(specs: list[TensorSignature]) -> list[dict[str, Any]]:
 class InferenceCore:
     """The request path of one endpoint; swap configuration and backends with ``update``."""
 
-    def __init__(self, config: EndpointConfig, backends: Mapping[int, VersionBackend]) -> None:
+    def __init__(self, config: EndpointConfig, backends: Mapping[int, VersionBackend],
+                 *, feedback_sink: FeedbackSink | None = None) -> None:
         self.recorder = StatsRecorder()
+        self.feedback_sink = feedback_sink
+        self.monitoring: dict[int, VersionMonitoring] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.shadows_dropped = 0
         self.update(config, backends)
 
     def update(self, config: EndpointConfig, backends: Mapping[int, VersionBackend]) -> None:
         """Install a new route table and version set (one assignment: requests see old or new)."""
+        self.monitoring = _monitoring_for(config, backends, self.monitoring)
         self._state = (config, dict(backends), Router.compile(config.routes))
         self.recorder.enabled = config.monitoring
+        self.recorder.monitoring = self.monitoring
 
     @property
     def config(self) -> EndpointConfig:
@@ -94,7 +113,8 @@ class InferenceCore:
 
     def take_stats(self) -> StatsRecorder:
         """The statistics since the last call, replaced by a fresh recorder."""
-        taken, self.recorder = self.recorder, StatsRecorder(enabled=self.recorder.enabled)
+        taken, self.recorder = self.recorder, StatsRecorder(
+            enabled=self.recorder.enabled, monitoring=self.monitoring)
         return taken
 
     async def handle(
@@ -117,6 +137,8 @@ class InferenceCore:
                 return self._metadata(config, backends, router, pinned, ready=action == "/ready")
             if method != "POST":
                 raise InvalidRequestError("inference requests must be POST", detail={"field": "method"})
+            if action == "/feedback":
+                return await self._feedback(config.endpoint, body)
             request = decode_request(body, headers, max_body_bytes=config.max_body_bytes)
             if request.id:
                 request_id = request.id
@@ -128,15 +150,20 @@ class InferenceCore:
             outputs = await backend.infer(arrays)
             chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
             encoded = encode_response(chosen, model_name=config.endpoint,
-                                      model_version=str(version), request=request)
+                                      model_version=str(version), request=request,
+                                      response_id=request_id)
             elapsed = time.perf_counter() - started
             self.recorder.record(version, 200, elapsed)
+            age = data_age_seconds(request.parameters, time.time()) if request.parameters else None
+            self.recorder.observe(version, request_id, arrays, outputs, age)
             if pinned is None:
                 for shadow in router.shadows:
                     self._start_shadow(backends.get(shadow), arrays, outputs, elapsed)
             return HttpResult(200, encoded.body, dict(encoded.headers))
         except ModelplaneError as error:
             self.recorder.record(version, error.http_status, time.perf_counter() - started, error.code)
+            if 400 <= error.http_status < 500:
+                self.recorder.record_rejection(version, rejection_reason(error))
             if error.http_status >= 500:
                 log.warning("request %s to %s failed: %s", request_id, config.endpoint, error.message)
             return error_result(error, request_id)
@@ -148,6 +175,15 @@ class InferenceCore:
                 f"{request_id} is in the replica log"
             )
             return error_result(failure, request_id)
+
+    async def _feedback(self, endpoint: str, body: bytes) -> HttpResult:
+        """Ground truth for earlier requests, handed to the Monitor for the join."""
+        items = parse_feedback(body)
+        sink = self.feedback_sink
+        if sink is None:
+            raise ModelNotReadyError("feedback needs the Monitor, which this replica cannot "
+                                     "reach yet; retry in a few seconds")
+        return _json(200, await sink(endpoint, items))
 
     def _metadata(self, config: EndpointConfig, backends: Mapping[int, VersionBackend],
                   router: Router, pinned: int | None, *, ready: bool) -> HttpResult:
@@ -197,6 +233,20 @@ class InferenceCore:
         agreed, diff = compare_outputs(backend.config.task, primary, outputs)
         self.recorder.record_shadow(version, agreed=agreed, abs_diff=diff,
                                     latency_delta_s=latency - primary_latency, failed=False)
+
+
+def _monitoring_for(config: EndpointConfig, backends: Mapping[int, VersionBackend],
+                    previous: dict[int, VersionMonitoring]) -> dict[int, VersionMonitoring]:
+    """Per version, how to monitor it; a version whose configuration is unchanged keeps
+    its parsed profiles (parsing a profile takes milliseconds, a reconfigure is frequent)."""
+    result: dict[int, VersionMonitoring] = {}
+    for number, backend in backends.items():
+        spec = previous.get(number)
+        version = backend.config
+        if spec is None or spec.source != VersionMonitoring.source_of(version):
+            spec = VersionMonitoring.build(version)
+        result[number] = spec
+    return result
 
 
 def _parse_version(raw: str | None, backends: Mapping[int, VersionBackend], endpoint: str) -> int | None:

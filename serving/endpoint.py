@@ -28,6 +28,7 @@ from serving.backends import LocalVersion, RemoteVersion, load_runner
 from serving.core import HttpResult, InferenceCore, _json, error_result
 from serving.errors import ModelNotFoundError, ModelNotReadyError
 from serving.monitor import get_monitor
+from serving.observations import attach_profiles
 from serving.schemas import EndpointConfig, VersionConfig
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class _CoreAdapter:
     core: InferenceCore | None
     _shipper: asyncio.Task[None] | None = None
     _replica: str = ""
+    _profiles_shipped: frozenset[str] = frozenset()  # reference profiles the Monitor holds
 
     async def __call__(self, request: Request) -> Response:
         core = self.core
@@ -67,6 +69,18 @@ class _CoreAdapter:
         body = await request.body() if request.method == "POST" else b""
         result = await core.handle(request.method, subpath, request.headers, body)
         return _to_response(result, self._replica)
+
+    def _new_core(self, config: EndpointConfig, backends: dict[str, Any]) -> InferenceCore:
+        return InferenceCore(config, backends, feedback_sink=self._send_feedback)
+
+    async def _send_feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
+        config = self.core.config if self.core else None
+        monitor = get_monitor(config.monitor_actor, config.monitor_namespace) if config else None
+        if monitor is None:
+            raise ModelNotReadyError("the Monitor is not running, so feedback cannot be joined; "
+                                     "retry once `modelplane up` has started it")
+        return await asyncio.wait_for(  # type: ignore[no-any-return]
+            asyncio.wrap_future(monitor.feedback.remote(endpoint, items).future()), timeout=10)
 
     def _ensure_shipping(self) -> None:
         if self._shipper is None or self._shipper.done():
@@ -86,13 +100,19 @@ class _CoreAdapter:
             monitor = get_monitor(core.config.monitor_actor, core.config.monitor_namespace)
             if monitor is None:
                 continue
+            # Profiles travel once; a Monitor that restarted (and lost them) asks again.
+            attach_profiles(delta, core.monitoring, set(self._profiles_shipped))
+            sent = {core.monitoring[v].profile_key for v, d in delta.items() if "profile" in d}
             try:
-                await asyncio.wait_for(
+                answer = await asyncio.wait_for(
                     asyncio.wrap_future(monitor.record.remote(core.config.endpoint, replica, delta).future()),
                     timeout=5,
                 )
             except Exception as error:  # the monitor restarting must not break serving
                 log.warning("could not ship statistics to the monitor: %s", error)
+                continue
+            missing = set((answer or {}).get("missing_profiles", ()))
+            self._profiles_shipped = frozenset((self._profiles_shipped | sent) - missing)
 
 
 class EndpointServer(_CoreAdapter):
@@ -121,7 +141,7 @@ class EndpointServer(_CoreAdapter):
         await loop.run_in_executor(None, warmup)
         self._loaded = {_version_key(b.config): b for b in backends.values()}
         if self.core is None:
-            self.core = InferenceCore(config, backends)
+            self.core = self._new_core(config, backends)
         else:
             self.core.update(config, backends)
         self._ensure_shipping()
@@ -168,7 +188,7 @@ class EndpointRouter(_CoreAdapter):
             for v in config.versions
         }
         if self.core is None:
-            self.core = InferenceCore(config, backends)
+            self.core = self._new_core(config, backends)
         else:
             self.core.update(config, backends)
         self._ensure_shipping()

@@ -2,11 +2,15 @@
 
 One named Ray actor per cluster. Replicas send deltas about once a second; the control
 plane asks for p50/p95/p99, error rates, throughput and shadow agreement over a window,
-and renders cumulative totals as Prometheus metrics.
+and for the monitoring signals: drift against the version's reference profile, data
+quality, online accuracy from ground-truth feedback, and anomalies. It also holds the
+recent predictions that feedback joins with, so a label sent to any replica finds the
+prediction any replica made. Cumulative totals back the Prometheus metrics.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -14,12 +18,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.stats import LATENCY_MAX_S, LATENCY_MIN_S, ShadowStats
+from serving.anomalies import BASELINE_LAG_S, AnomalyTracker
+from serving.drift_window import ALPHA as DRIFT_ALPHA
+from serving.drift_window import MIN_ROWS as DRIFT_MIN_ROWS
+from serving.drift_window import SlottedCounts, judge
+from serving.feedback import FeedbackJoin
+from serving.monitor_sections import (
+    accuracy_section,
+    anomaly_counts,
+    joined_counts,
+    monitoring_counts,
+    quality_section,
+)
+from serving.profiles import load_profiles
+from serving.stats import ENDPOINT_LEVEL, LATENCY_MAX_S, LATENCY_MIN_S, ShadowStats
+
+log = logging.getLogger(__name__)
 
 MONITOR_NAME = "modelplane-monitor"
 MONITOR_NAMESPACE = "modelplane"
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
+METRICS_WINDOW_S = 60.0  # window of the windowed signals in the Prometheus exposition
 
 
 class CounterWindow:
@@ -42,6 +62,18 @@ class CounterWindow:
     def add(self, values: dict[str, float]) -> None:
         self._current().update(values)
 
+    def completed(self, after_epoch: int, lag_slots: int) -> list[tuple[int, Counter[str]]]:
+        """Slots ``(epoch, counts)`` newer than ``after_epoch`` that ended ``lag_slots`` ago."""
+        self._current()
+        newest = self._epoch - lag_slots
+        oldest = max(after_epoch + 1, self._epoch - self.slots + 1)
+        return [(epoch, self._ring[(self._head - (self._epoch - epoch)) % self.slots])
+                for epoch in range(oldest, newest + 1)]
+
+    @property
+    def epoch(self) -> int:
+        return math.floor(self._clock() / self.slot_seconds)
+
     def total(self, seconds: float) -> Counter[str]:
         self._current()
         count = min(self.slots, max(1, math.ceil(seconds / self.slot_seconds)))
@@ -60,46 +92,132 @@ class VersionSeries:
     totals: Counter[str] = field(default_factory=Counter)
     latency_total: Any = None
     first_seen: float = 0.0
+    anomalies: AnomalyTracker | None = None
+    # Monitoring: what the replicas said about the version, its live drift counts.
+    meta: dict[str, Any] = field(default_factory=dict)
+    inputs: SlottedCounts | None = None
+    predictions: SlottedCounts | None = None
+    last_request_at: float = 0.0
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.inputs.profile.names if self.inputs else ()
+
+    @property
+    def prediction_names(self) -> tuple[str, ...]:
+        return self.predictions.profile.names if self.predictions else ()
 
 
 class MonitorState:
-    """The Monitor's logic, Ray-free so it is unit-tested with a fake clock."""
+    """The Monitor's logic, Ray-free so it is unit-tested with a fake clock.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    ``wall_clock`` dates requests for freshness (replicas stamp them with wall time);
+    ``clock`` drives the windows.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time, *,
+                 drift_alpha: float = DRIFT_ALPHA, drift_min_rows: int = DRIFT_MIN_ROWS) -> None:
         self._clock = clock
+        self._wall = wall_clock
         self.series: dict[tuple[str, int], VersionSeries] = {}
         self.replicas: dict[str, dict[str, float]] = {}
+        self.profiles: dict[str, tuple[Any, Any]] = {}  # key -> (inputs, predictions)
+        self.join = FeedbackJoin(clock)
+        self.drift_alpha, self.drift_min_rows = drift_alpha, drift_min_rows
+        self._drift_cache: dict[tuple[str, int, float], tuple[Any, dict[str, Any]]] = {}
 
     def _series(self, endpoint: str, version: int) -> VersionSeries:
         from kernels import Sketch, SketchWindow
 
         key = (endpoint, version)
         if key not in self.series:
+            counters = CounterWindow(SLOTS, SLOT_SECONDS, self._clock)
             self.series[key] = VersionSeries(
                 latency=SketchWindow(SLOTS, SLOT_SECONDS, clock=self._clock,
                                      min_value=LATENCY_MIN_S, max_value=LATENCY_MAX_S),
-                counters=CounterWindow(SLOTS, SLOT_SECONDS, self._clock),
+                counters=counters,
                 latency_total=Sketch(0.01, LATENCY_MIN_S, LATENCY_MAX_S),
                 first_seen=self._clock(),
+                anomalies=AnomalyTracker.starting(counters.epoch),
             )
         return self.series[key]
 
-    def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]]) -> None:
-        """Merge one replica's delta (see ``StatsRecorder.to_delta``)."""
+    def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """Merge one replica's delta (see ``StatsRecorder.to_delta``).
+
+        Returns the reference profiles the delta referred to that this Monitor does not
+        hold (a restarted Monitor has none): the replica sends them with its next delta.
+        """
         from kernels import Sketch
 
         self.replicas.setdefault(endpoint, {})[replica] = self._clock()
+        missing_profiles: set[str] = set()
         for version, data in delta.items():
             series = self._series(endpoint, int(version))
+            counts: dict[str, float] = {f"code:{c}": n for c, n in data.get("codes", {}).items()}
             if data.get("latency"):
                 sketch = Sketch.from_bytes(data["latency"])
                 series.latency.merge(sketch)
                 series.latency_total.merge(sketch)
-            counts: dict[str, float] = {f"code:{c}": n for c, n in data.get("codes", {}).items()}
+                counts["lat:sum"], counts["lat:n"] = data.get("latency_sum", 0.0), sketch.count
             counts.update({f"error:{c}": n for c, n in data.get("errors", {}).items()})
+            counts.update({f"rej:{r}": n for r, n in data.get("rejected", {}).items()})
             counts.update({f"shadow:{k}": v for k, v in data.get("shadow", {}).items() if v})
+            part = data.get("monitoring")
+            if part is not None:
+                self._install_profile(data.get("profile"), part.get("profile_key", ""))
+                counts.update(self._record_monitoring(endpoint, int(version), series, part,
+                                                      missing_profiles))
             series.counters.add(counts)
             series.totals.update(counts)
+        return {"missing_profiles": sorted(missing_profiles)}
+
+    def _install_profile(self, document: dict[str, Any] | None, key: str) -> None:
+        if document is None or not key or key in self.profiles:
+            return
+        try:
+            self.profiles[key] = load_profiles(document)
+        except Exception as error:  # one bad profile must not stop the Monitor
+            log.warning("ignoring an unreadable reference profile %s: %s", key, error)
+
+    def _record_monitoring(self, endpoint: str, version: int, series: VersionSeries,
+                           part: dict[str, Any], missing_profiles: set[str]) -> dict[str, float]:
+        series.meta = {k: part.get(k) for k in ("task", "n_classes", "class_labels", "profile_key", "problem")}
+        series.last_request_at = max(series.last_request_at, part.get("last_request_at") or 0.0)
+        key = part.get("profile_key") or ""
+        if key and series.inputs is None and series.predictions is None:
+            profiles = self.profiles.get(key)
+            if profiles is None:
+                missing_profiles.add(key)
+            else:
+                inputs, predictions = profiles
+                series.inputs = inputs and SlottedCounts(inputs, SLOTS, SLOT_SECONDS, self._clock)
+                series.predictions = predictions and SlottedCounts(predictions, SLOTS, SLOT_SECONDS,
+                                                                    self._clock)
+        for window, name in ((series.inputs, "inputs"), (series.predictions, "predictions")):
+            if window is not None and part.get(name):
+                window.add(part[name])
+        counts = monitoring_counts(part, series.input_names, series.prediction_names)
+        if part.get("feedback"):
+            for pair in self.join.add_predictions(endpoint, version, part["feedback"]):
+                _merge(counts, joined_counts(pair, series.meta))
+        return counts
+
+    def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
+        """Join ground truth with the predictions kept for it (see :mod:`serving.feedback`)."""
+        joined, waiting = self.join.add_labels(endpoint, items)
+        by_version: dict[int, Counter[str]] = {}
+        for pair in joined:
+            series = self._series(endpoint, pair.version)
+            by_version.setdefault(pair.version, Counter()).update(joined_counts(pair, series.meta))
+        for version, counts in by_version.items():
+            series = self._series(endpoint, version)
+            series.counters.add(counts)
+            series.totals.update(counts)
+        invalid = sum(int(c.get("fb:invalid", 0)) for c in by_version.values())
+        return {"received": len(items), "joined": len(joined), "waiting": waiting,
+                "invalid_labels": invalid}
 
     def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, dict[str, Any]]:
         """Per-version statistics over the last ``window_s`` seconds."""
@@ -136,15 +254,60 @@ class MonitorState:
                     "latency_delta_ms": 1000 * shadow.latency_delta_sum_s / shadow.compared
                     if shadow.compared else math.nan,
                 },
+                **self._monitoring_sections(endpoint, version, series, counts, window_s),
             }
         return result
 
+    def _monitoring_sections(self, endpoint: str, version: int, series: VersionSeries,
+                             counts: Counter[str], window_s: float) -> dict[str, Any]:
+        problem = series.meta.get("problem") or ""
+        if version != ENDPOINT_LEVEL and not series.meta:
+            problem = "no monitoring data from the replicas (monitoring off or no traffic yet)"
+        age = self._wall() - series.last_request_at if series.last_request_at else None
+        quality = quality_section(counts, input_names=series.input_names,
+                                  prediction_names=series.prediction_names,
+                                  last_request_age_s=age, problem=problem)
+        anomalies: dict[str, Any] = {}
+        if series.anomalies is not None:
+            series.anomalies.fold(series.counters.completed(series.anomalies.folded_epoch,
+                                                            BASELINE_LAG_S))
+            anomalies = series.anomalies.judge(counts)
+        anomalies.update(anomaly_counts(quality))
+        anomalies["any"] = bool(anomalies.get("latency_ms", {}).get("anomalous")
+                                or anomalies.get("error_rate", {}).get("anomalous"))
+        return {"drift": self._drift(endpoint, version, series, window_s, problem),
+                "quality": quality,
+                "accuracy": accuracy_section(counts, series.meta),
+                "anomalies": anomalies}
+
+    def _drift(self, endpoint: str, version: int, series: VersionSeries, window_s: float,
+               problem: str) -> dict[str, Any]:
+        """The drift section, computed at most once per slot for a given window."""
+        key = (endpoint, version, float(window_s))
+        stamp = (series.counters.epoch, series.totals.get("q:rows", 0))
+        cached = self._drift_cache.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        inputs = series.inputs.window(window_s) if series.inputs else None
+        predictions = series.predictions.window(window_s) if series.predictions else None
+        if series.inputs is None and series.predictions is None and not problem:
+            problem = "waiting for the version's reference profile"
+        result = judge(inputs, predictions, alpha=self.drift_alpha, min_rows=self.drift_min_rows,
+                       problem=problem)
+        self._drift_cache[key] = (stamp, result)
+        return result
+
     def totals(self) -> list[dict[str, Any]]:
-        """Cumulative counters and all-time latency quantiles per (endpoint, version)."""
+        """Cumulative counters and all-time latency quantiles per (endpoint, version), and
+        the monitoring signals over :data:`METRICS_WINDOW_S` (drift, accuracy, anomalies)."""
         rows = []
+        snapshots: dict[str, dict[int, dict[str, Any]]] = {}
         for (endpoint, version), series in sorted(self.series.items()):
             sketch = series.latency_total
             quantiles = sketch.quantiles([0.5, 0.95, 0.99]) if sketch.count else [math.nan] * 3
+            if endpoint not in snapshots:
+                snapshots[endpoint] = self.snapshot(endpoint, METRICS_WINDOW_S)
+            window = snapshots[endpoint].get(version, {})
             rows.append({
                 "endpoint": endpoint, "version": version,
                 "codes": {int(k[5:]): int(v) for k, v in series.totals.items() if k.startswith("code:")},
@@ -152,13 +315,31 @@ class MonitorState:
                 "shadow_agreed": int(series.totals.get("shadow:agreed", 0)),
                 "latency_count": int(sketch.count), "latency_sum": float(sketch.sum),
                 "latency_quantiles": {q: float(v) for q, v in zip((0.5, 0.95, 0.99), quantiles, strict=True)},
+                "monitoring": {
+                    "totals": {k: float(v) for k, v in series.totals.items()
+                               if k.startswith(("q:", "qp:", "rej:", "fb:"))},
+                    "window_s": METRICS_WINDOW_S,
+                    "drift": window.get("drift"),
+                    "accuracy": window.get("accuracy"),
+                    "anomalies": window.get("anomalies"),
+                    "quality": window.get("quality"),
+                    "feedback": self.join.stats(endpoint),
+                },
             })
         return rows
 
     def forget(self, endpoint: str) -> None:
         for key in [k for k in self.series if k[0] == endpoint]:
             del self.series[key]
+        for key in [k for k in self._drift_cache if k[0] == endpoint]:
+            del self._drift_cache[key]
         self.replicas.pop(endpoint, None)
+        self.join.forget(endpoint)
+
+
+def _merge(counts: dict[str, float], more: dict[str, float]) -> None:
+    for key, value in more.items():
+        counts[key] = counts.get(key, 0) + value
 
 
 class MonitorActor:
@@ -170,8 +351,11 @@ class MonitorActor:
         warmup()
         self.state = MonitorState()
 
-    def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]]) -> None:
-        self.state.record(endpoint, replica, delta)
+    def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        return self.state.record(endpoint, replica, delta)
+
+    def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
+        return self.state.feedback(endpoint, items)
 
     def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, dict[str, Any]]:
         return self.state.snapshot(endpoint, window_s)

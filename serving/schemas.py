@@ -68,7 +68,12 @@ class VersionConfig(Wire):
     inputs: list[TensorSignature] = Field(min_length=1)
     outputs: list[TensorSignature] = Field(min_length=1)
     task: Literal["classification", "regression", "other"] = "other"
-    reference_profile: dict[str, Any] | None = None
+    reference_profile: dict[str, Any] | None = Field(
+        None, description="Drift reference (serving.profiles.build_reference_profile)."
+    )
+    class_labels: list[str] | None = Field(
+        None, description="Classification: class names by index, for ground-truth labels."
+    )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     scaling: ScalingConfig = Field(
         default_factory=ScalingConfig, description="Isolated placement only."
@@ -121,3 +126,23 @@ class EndpointConfig(Wire):
             if candidate.version == number:
                 return candidate
         return None
+
+
+FiniteLabel = Annotated[float, Field(allow_inf_nan=False)]
+Label = Annotated[int | FiniteLabel | Annotated[str, Field(max_length=256)], Field(union_mode="smart")]
+
+
+class FeedbackItem(Wire):
+    """The true label (class index or name) or value of an earlier request."""
+
+    request_id: str = Field(min_length=1, max_length=256,
+                            description="The `id` of the inference response.")
+    label: Label | Annotated[list[Label], Field(min_length=1, max_length=4096)] = Field(
+        description="One label per row of the request; a single value for one-row requests."
+    )
+
+
+class FeedbackRequest(Wire):
+    """``POST /v2/models/{endpoint}/feedback``: ground truth for requests, any time later."""
+
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=10_000)

@@ -7,10 +7,13 @@ in the replica swaps the recorder about once a second and sends what it collecte
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from serving.observations import VersionMonitoring, VersionObservations
 
 # Latencies in seconds: 1 µs to ~3 h, with 1% relative accuracy.
 LATENCY_MIN_S = 1e-6
@@ -52,15 +55,23 @@ class VersionStats:
     latencies: list[float] = field(default_factory=list)
     codes: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)  # refused requests, by reason
     shadow: ShadowStats = field(default_factory=ShadowStats)
+    observations: VersionObservations | None = None
 
 
 class StatsRecorder:
-    """Per-version statistics of one replica between two flushes."""
+    """Per-version statistics of one replica between two flushes.
 
-    def __init__(self, *, enabled: bool = True) -> None:
+    ``monitoring`` (per version) switches on the observation of inputs and predictions
+    for drift, data quality and the feedback join (see :mod:`serving.observations`).
+    """
+
+    def __init__(self, *, enabled: bool = True,
+                 monitoring: Mapping[int, VersionMonitoring] | None = None) -> None:
         self.versions: dict[int, VersionStats] = {}
         self.enabled = enabled
+        self.monitoring: Mapping[int, VersionMonitoring] = monitoring or {}
 
     def _of(self, version: int) -> VersionStats:
         stats = self.versions.get(version)
@@ -77,6 +88,25 @@ class StatsRecorder:
             stats.errors[error_code] += 1
         if version != ENDPOINT_LEVEL:
             stats.latencies.append(latency_s)
+
+    def record_rejection(self, version: int, reason: str) -> None:
+        """A request refused before the model ran (schema violation, malformed body …)."""
+        if self.enabled:
+            self._of(version).rejected[reason] += 1
+
+    def observe(self, version: int, request_id: str, arrays: dict[str, np.ndarray],
+                outputs: dict[str, np.ndarray], data_age_s: float | None = None) -> None:
+        """An answered request's inputs and outputs, for drift, quality and feedback."""
+        if not self.enabled:
+            return
+        stats = self._of(version)
+        observations = stats.observations
+        if observations is None:
+            spec = self.monitoring.get(version)
+            if spec is None:
+                return
+            observations = stats.observations = VersionObservations(spec)
+        observations.add(request_id, arrays, outputs, data_age_s)
 
     def record_shadow(self, version: int, *, agreed: bool | None, abs_diff: float,
                       latency_delta_s: float, failed: bool) -> None:
@@ -102,10 +132,14 @@ class StatsRecorder:
                 sketch_bytes = sketch.to_bytes()
             delta[version] = {
                 "latency": sketch_bytes,
+                "latency_sum": float(sum(stats.latencies)),
                 "codes": dict(stats.codes),
                 "errors": dict(stats.errors),
+                "rejected": dict(stats.rejected),
                 "shadow": stats.shadow.to_dict(),
             }
+            if stats.observations is not None:
+                delta[version]["monitoring"] = stats.observations.to_delta()
         return delta
 
 

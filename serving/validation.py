@@ -23,6 +23,20 @@ def numpy_dtype(name: str) -> np.dtype:
     return _NUMPY[name]
 
 
+def rejection_reason(error: Exception) -> str:
+    """A bounded label for why a request was refused (a metric label, never a message)."""
+    from serving.errors import ModelNotFoundError, PayloadTooLargeError
+
+    detail = getattr(error, "detail", None) or {}
+    if detail.get("reason"):
+        return str(detail["reason"])
+    if isinstance(error, PayloadTooLargeError):
+        return "payload_too_large"
+    if isinstance(error, ModelNotFoundError):
+        return "unknown_version"
+    return "malformed"
+
+
 def validate_inputs(
     request: DecodedRequest, signature: Sequence[TensorSignature], *, model: str
 ) -> dict[str, np.ndarray]:
@@ -38,7 +52,7 @@ def validate_inputs(
             raise InvalidRequestError(
                 f"input {tensor.name!r} is not an input of {model}; it takes "
                 f"{sorted(expected)}",
-                detail={"field": f"inputs.{tensor.name}"},
+                detail={"field": f"inputs.{tensor.name}", "reason": "unknown_input"},
             )
         want = numpy_dtype(spec.dtype)
         data = tensor.data
@@ -50,7 +64,7 @@ def validate_inputs(
             raise InvalidRequestError(
                 f"input {tensor.name!r} has datatype {tensor.datatype} but {model} expects "
                 f"{spec.dtype}",
-                detail={"field": f"inputs.{tensor.name}.datatype"},
+                detail={"field": f"inputs.{tensor.name}.datatype", "reason": "datatype"},
             )
         shape = data.shape
         if len(shape) != len(spec.shape) or any(
@@ -60,14 +74,14 @@ def validate_inputs(
             raise InvalidRequestError(
                 f"input {tensor.name!r} has shape {list(shape)} but {model} expects "
                 f"[{', '.join(readable)}] (-1 is any size)",
-                detail={"field": f"inputs.{tensor.name}.shape"},
+                detail={"field": f"inputs.{tensor.name}.shape", "reason": "shape"},
             )
         arrays[tensor.name] = data
     missing = [name for name in expected if name not in arrays]
     if missing:
         raise InvalidRequestError(
             f"{model} needs input(s) {missing} which the request does not carry",
-            detail={"field": f"inputs.{missing[0]}"},
+            detail={"field": f"inputs.{missing[0]}", "reason": "missing_input"},
         )
     return arrays
 
@@ -84,6 +98,6 @@ def check_requested_outputs(
             raise InvalidRequestError(
                 f"requested output {output.name!r} is not an output of {model}; it has "
                 f"{sorted(known)}",
-                detail={"field": f"outputs.{output.name}"},
+                detail={"field": f"outputs.{output.name}", "reason": "unknown_output"},
             )
     return [output.name for output in request.outputs]

@@ -232,12 +232,14 @@ def encode_response(
     model_version: str | None = None,
     request: DecodedRequest | None = None,
     parameters: Mapping[str, Any] | None = None,
+    response_id: str | None = None,
 ) -> EncodedResponse:
     """Encode output arrays as a v2 inference response, the way tritonclient reads it.
 
     Each output goes in the binary part when ``request`` asked for it there
     (``DecodedRequest.output_is_binary``), else as JSON ``data``; without a request every
-    output is JSON. The request ``id`` is echoed. With any binary output the body is the
+    output is JSON. The request ``id`` is echoed; a request without one gets
+    ``response_id`` (the server's id for it, which feedback refers to). With any binary output the body is the
     JSON header followed by the tensors, ``Inference-Header-Content-Length`` gives the
     header's length and the content type is ``application/octet-stream``.
     """
@@ -266,6 +268,8 @@ def encode_response(
         response["model_version"] = model_version
     if request is not None and request.id is not None:
         response["id"] = request.id
+    elif response_id is not None:
+        response["id"] = response_id
     if parameters:
         response["parameters"] = dict(parameters)
     response["outputs"] = described

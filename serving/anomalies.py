@@ -1,0 +1,100 @@
+"""Latency and error-rate anomalies against an EWMA baseline per version.
+
+Each completed one-second slot of a version (with traffic) updates an exponentially
+weighted mean and variance of its mean latency and of its server-error rate. Slots join
+the baseline :data:`BASELINE_LAG_S` seconds late, so the recent traffic under judgement
+is not already part of what it is compared with. A window is anomalous when its value
+lies more than :data:`Z_LIMIT` deviations above the baseline, with the deviation floored
+(10% of the mean for latency, one point for the error rate) so that a perfectly steady
+baseline does not turn noise into alarms, and only once the baseline has seen
+:data:`MIN_BASELINE_SLOTS` slots and the window holds :data:`MIN_REQUESTS` requests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+EWMA_WEIGHT = 0.05  # per slot: a memory of about 20 seconds of traffic
+BASELINE_LAG_S = 10
+MIN_BASELINE_SLOTS = 30
+MIN_REQUESTS = 20
+Z_LIMIT = 4.0
+LATENCY_FLOOR = 0.10  # of the baseline mean
+ERROR_RATE_FLOOR = 0.01
+
+
+@dataclass
+class EwmaBaseline:
+    """Exponentially weighted mean and variance of a per-slot signal."""
+
+    weight: float = EWMA_WEIGHT
+    mean: float = math.nan
+    variance: float = 0.0
+    slots: int = 0
+
+    def update(self, value: float) -> None:
+        if self.slots == 0:
+            self.mean = value
+        else:
+            delta = value - self.mean
+            self.mean += self.weight * delta
+            self.variance = (1 - self.weight) * (self.variance + self.weight * delta * delta)
+        self.slots += 1
+
+    def judge(self, value: float | None, floor: float, *, requests: int) -> dict[str, Any]:
+        """How far ``value`` is above the baseline, and whether that is an anomaly."""
+        deviation = max(math.sqrt(self.variance), floor)
+        ready = self.slots >= MIN_BASELINE_SLOTS and requests >= MIN_REQUESTS and value is not None
+        z = (value - self.mean) / deviation if ready and deviation > 0 else None  # type: ignore[operator]
+        return {"value": value, "baseline": None if math.isnan(self.mean) else self.mean,
+                "deviation": deviation if self.slots else None, "z": z,
+                "baseline_slots": self.slots,
+                "anomalous": bool(z is not None and z > Z_LIMIT)}
+
+
+@dataclass
+class AnomalyTracker:
+    """One version's latency and error-rate baselines, fed by completed slots."""
+
+    latency_ms: EwmaBaseline
+    error_rate: EwmaBaseline
+    folded_epoch: int
+
+    @classmethod
+    def starting(cls, epoch: int) -> AnomalyTracker:
+        return cls(EwmaBaseline(), EwmaBaseline(), epoch)
+
+    def fold(self, slots: list[tuple[int, dict[str, float]]]) -> None:
+        """Feed the slots (epoch, counters) that completed more than the lag ago."""
+        for epoch, counts in slots:
+            if epoch <= self.folded_epoch:
+                continue
+            self.folded_epoch = epoch
+            requests, server_errors, latency_sum, latency_n = slot_traffic(counts)
+            if requests:
+                self.error_rate.update(server_errors / requests)
+            if latency_n:
+                self.latency_ms.update(1000 * latency_sum / latency_n)
+
+    def judge(self, counts: dict[str, float]) -> dict[str, Any]:
+        requests, server_errors, latency_sum, latency_n = slot_traffic(counts)
+        latency = 1000 * latency_sum / latency_n if latency_n else None
+        error_rate = server_errors / requests if requests else None
+        floor = LATENCY_FLOOR * self.latency_ms.mean if self.latency_ms.slots else 0.0
+        return {
+            "latency_ms": self.latency_ms.judge(latency, floor, requests=requests),
+            "error_rate": self.error_rate.judge(error_rate, ERROR_RATE_FLOOR, requests=requests),
+        }
+
+
+def slot_traffic(counts: dict[str, float]) -> tuple[int, int, float, float]:
+    """(requests, server errors, latency sum in seconds, latencies) of counters."""
+    requests = server_errors = 0
+    for key, value in counts.items():
+        if key.startswith("code:"):
+            requests += int(value)
+            if int(key[5:]) >= 500:
+                server_errors += int(value)
+    return requests, server_errors, float(counts.get("lat:sum", 0.0)), float(counts.get("lat:n", 0.0))

@@ -1,0 +1,181 @@
+"""Drift over rolling windows: live counts per second at the Monitor, verdicts on query.
+
+Replicas ship, per version and about once a second, the live histograms and quality
+counters of the inputs and of the predictions over the reference bins, plus the newest
+rows. :class:`SlottedCounts` keeps the counts per one-second slot for the Monitor's
+five minutes and only the newest :data:`SAMPLE_LIMIT` rows (windows always end now, so
+older rows are never needed); :func:`judge` builds the window's live data and asks the
+kernels for a drift report.
+
+Decisions: numeric features by the two-sample Kolmogorov-Smirnov test, categorical ones
+by chi-square, each p-value calibrated at the window's size by the kernels; p-values of
+every input and prediction feature are adjusted together (Benjamini-Hochberg), so that
+the version's verdict keeps its false-alarm rate at ``alpha`` however many features it
+has. Fewer than ``min_rows`` rows in the window give ``insufficient``: no verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from kernels import LiveWindow, ReferenceProfile
+
+SAMPLE_LIMIT = 2000
+MIN_ROWS = 100
+ALPHA = 0.005
+CORRECTION = "bh"
+NUMERIC_TEST = "ks"
+CATEGORICAL_TEST = "chi2"
+REPORTED = ("psi", "js", "ks", "wasserstein", "chi2")
+
+
+@dataclass
+class _Slot:
+    epoch: int
+    hist: np.ndarray
+    missing: np.ndarray
+    out_of_range: np.ndarray
+    rows: int
+
+
+class SlottedCounts:
+    """One profile's live counts per one-second slot, and the newest rows."""
+
+    def __init__(self, profile: ReferenceProfile, slots: int, slot_seconds: float,
+                 clock: Callable[[], float]) -> None:
+        self.profile, self.slots, self.slot_seconds, self._clock = profile, slots, slot_seconds, clock
+        self._entries: deque[_Slot] = deque()
+        self._samples: deque[tuple[int, np.ndarray]] = deque()
+        self._sample_rows = 0
+
+    def _epoch(self) -> int:
+        return math.floor(self._clock() / self.slot_seconds)
+
+    def add(self, part: dict[str, Any]) -> None:
+        """Merge one replica's shipment (see ``VersionObservations.to_delta``)."""
+        epoch = self._epoch()
+        hist = np.asarray(part["hist"], dtype=np.int64)
+        if hist.shape[0] != self.profile.layout().n_bins:
+            return  # shipped against another profile (a replica mid-reconfigure): skip
+        last = self._entries[-1] if self._entries else None
+        if last is not None and last.epoch == epoch:
+            last.hist += hist
+            last.missing += part["missing"]
+            last.out_of_range += part["out_of_range"]
+            last.rows += int(part["rows"])
+        else:
+            self._entries.append(_Slot(epoch, hist.copy(), np.array(part["missing"], dtype=np.int64),
+                                       np.array(part["out_of_range"], dtype=np.int64), int(part["rows"])))
+        while self._entries and self._entries[0].epoch <= epoch - self.slots:
+            self._entries.popleft()
+        samples = np.asarray(part.get("samples", ()), dtype=np.float64)
+        if samples.ndim == 2 and samples.shape[0]:
+            self._samples.append((epoch, samples[-SAMPLE_LIMIT:]))
+            self._sample_rows += min(samples.shape[0], SAMPLE_LIMIT)
+            # Keep the newest SAMPLE_LIMIT rows: whole chunks go once the rest suffice.
+            while self._sample_rows - self._samples[0][1].shape[0] >= SAMPLE_LIMIT:
+                self._sample_rows -= self._samples.popleft()[1].shape[0]
+
+    def window(self, window_s: float) -> tuple[LiveWindow, int] | None:
+        """The last ``window_s`` seconds as a live window (counts and newest rows)."""
+        from kernels import LiveWindow
+
+        first = self._epoch() - max(1, math.ceil(window_s / self.slot_seconds)) + 1
+        chosen = [slot for slot in self._entries if slot.epoch >= first]
+        if not chosen:
+            return None
+        rows = [chunk for epoch, chunk in reversed(self._samples) if epoch >= first]
+        sample = np.concatenate(rows)[:SAMPLE_LIMIT] if rows else np.empty((0, self.profile.n_features))
+        live = LiveWindow(self.profile, sample_capacity=sample.shape[0])
+        if sample.shape[0]:
+            live.update(sample)  # fills the sample ring; the counts are replaced below
+        live.hist[:] = np.sum([slot.hist for slot in chosen], axis=0)
+        live.missing[:] = np.sum([slot.missing for slot in chosen], axis=0)
+        live.out_of_range[:] = np.sum([slot.out_of_range for slot in chosen], axis=0)
+        return live, sum(slot.rows for slot in chosen)
+
+
+@dataclass(frozen=True)
+class _Tested:
+    group: str  # "inputs" or "prediction"
+    name: str
+    test: str
+    statistic: float
+    pvalue: float
+    n: int
+    statistics: dict[str, float]
+
+
+def judge(inputs: tuple[LiveWindow, int] | None, predictions: tuple[LiveWindow, int] | None,
+          *, alpha: float = ALPHA, min_rows: int = MIN_ROWS, problem: str = "") -> dict[str, Any]:
+    """The drift section of a version's snapshot (see ``MonitorState.snapshot``)."""
+    from kernels import adjust_pvalues
+
+    groups = {"inputs": inputs, "prediction": predictions}
+    rows = {name: (part[1] if part else 0) for name, part in groups.items()}
+    tested: list[_Tested] = []
+    for name, part in groups.items():
+        if part is not None and part[1] >= min_rows:
+            tested.extend(_test(name, part[0]))
+    adjusted = adjust_pvalues([t.pvalue for t in tested], CORRECTION) if tested else np.array([])
+    features: dict[str, dict[str, dict[str, Any]]] = {"inputs": {}, "prediction": {}}
+    for t, p in zip(tested, adjusted, strict=True):
+        features[t.group][t.name] = {
+            "statistic": _finite(t.statistic), "p_value": _finite(float(p)),
+            "raw_p_value": _finite(t.pvalue), "drifted": bool(p <= alpha), "test": t.test,
+            "n": t.n, "statistics": {k: _finite(v) for k, v in t.statistics.items()},
+        }
+    drifted = {g: [n for n, f in features[g].items() if f["drifted"]] for g in features}
+    enough = {g: rows[g] >= min_rows for g in rows}
+    reason = problem
+    if not any(enough.values()):
+        reason = problem or f"{rows['inputs']} rows in the window, need {min_rows}"
+
+    def verdict(*names: str) -> str:
+        if any(drifted[g] for g in names):
+            return "drift"
+        return "ok" if any(enough[g] for g in names) else "insufficient"
+
+    return {
+        "verdict": verdict("inputs", "prediction"),
+        "reason": reason,
+        "samples": rows["inputs"],
+        "alpha": alpha,
+        "correction": CORRECTION,
+        "features": features["inputs"],
+        "drifted_features": drifted["inputs"],
+        "prediction": {
+            "verdict": verdict("prediction"),
+            "drifted": bool(drifted["prediction"]),
+            "samples": rows["prediction"],
+            "features": features["prediction"],
+            "drifted_features": drifted["prediction"],
+        },
+    }
+
+
+def _test(group: str, live: LiveWindow) -> list[_Tested]:
+    from kernels import drift_report
+
+    # Uncorrected here: the correction runs once over inputs and predictions together.
+    report = drift_report(live.profile, live, correction="none", test=NUMERIC_TEST)
+    out = []
+    for feature in report.features:
+        test = CATEGORICAL_TEST if feature.kind == "categorical" else NUMERIC_TEST
+        if math.isnan(feature.pvalues[test]):
+            test = "psi"  # no samples in the window: the calibrated histogram test decides
+        out.append(_Tested(group, feature.name, test, feature.statistics[test],
+                           feature.pvalues[test], feature.n,
+                           {k: feature.statistics[k] for k in REPORTED}))
+    return out
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

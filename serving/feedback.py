@@ -1,0 +1,193 @@
+"""The ground-truth join: predictions kept by request id until their labels arrive.
+
+Replicas ship each answered request's predicted values with their statistics; the Monitor
+keeps them here, bounded by count and by age (the oldest go first and are counted), so a
+label sent hours later through ``POST /v2/models/{e}/feedback`` on any replica finds the
+prediction any other replica made. A label can also arrive before its prediction (that is
+shipped about a second after the answer): it waits, briefly and in bounded numbers.
+
+Accuracy, precision, recall and F1 are computed from a confusion count the same way
+scikit-learn does: ``average='binary'`` (positive class 1) for two classes, ``'macro'``
+over the classes seen otherwise, and 0 where a ratio has nothing to divide by.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+MAX_PREDICTIONS = 200_000
+MAX_PREDICTION_AGE_S = 24 * 3600.0
+MAX_WAITING_LABELS = 10_000
+MAX_LABEL_WAIT_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPrediction:
+    version: int
+    values: list[float]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedPair:
+    """A prediction and its ground truth, per row of the request."""
+
+    endpoint: str
+    version: int
+    predicted: list[float]
+    labels: list[Any]
+
+
+class FeedbackJoin:
+    """Predictions by (endpoint, request id), and labels waiting for their prediction."""
+
+    def __init__(self, clock: Callable[[], float], *, max_predictions: int = MAX_PREDICTIONS,
+                 max_age_s: float = MAX_PREDICTION_AGE_S, max_waiting: int = MAX_WAITING_LABELS,
+                 max_wait_s: float = MAX_LABEL_WAIT_S) -> None:
+        self._clock = clock
+        self.max_predictions, self.max_age_s = max_predictions, max_age_s
+        self.max_waiting, self.max_wait_s = max_waiting, max_wait_s
+        # Insertion order is arrival order, so the oldest entry is always first.
+        self._predictions: OrderedDict[tuple[str, str], StoredPrediction] = OrderedDict()
+        self._waiting: OrderedDict[tuple[str, str], tuple[list[Any], float]] = OrderedDict()
+        self.counters: Counter[str] = Counter()  # by endpoint: "<endpoint>:<event>"
+        self._held: Counter[str] = Counter()
+
+    def add_predictions(self, endpoint: str, version: int,
+                        items: Iterable[tuple[str, list[float]]]) -> list[JoinedPair]:
+        """Keep predictions; those whose labels already arrived are joined at once."""
+        now = self._clock()
+        joined = []
+        for request_id, values in items:
+            key = (endpoint, request_id)
+            waiting = self._waiting.pop(key, None)
+            if waiting is not None:
+                joined.append(JoinedPair(endpoint, version, list(values), waiting[0]))
+                self._count(endpoint, "joined")
+                continue
+            if self._predictions.pop(key, None) is not None:
+                self._count(endpoint, "replaced")  # a client reused a request id: newest wins
+                self._held[endpoint] -= 1
+            self._predictions[key] = StoredPrediction(version, list(values), now)
+            self._held[endpoint] += 1
+            self._count(endpoint, "stored")
+        self._trim(now)
+        return joined
+
+    def add_labels(self, endpoint: str, items: Iterable[tuple[str, list[Any]]]) -> tuple[list[JoinedPair], int]:
+        """Join labels with their predictions: (pairs joined now, labels left waiting)."""
+        now = self._clock()
+        self._trim(now)
+        joined, waiting = [], 0
+        for request_id, labels in items:
+            key = (endpoint, request_id)
+            stored = self._predictions.pop(key, None)
+            if stored is None:
+                self._waiting.pop(key, None)
+                self._waiting[key] = (list(labels), now)
+                waiting += 1
+                continue
+            self._held[endpoint] -= 1
+            self._count(endpoint, "joined")
+            joined.append(JoinedPair(endpoint, stored.version, stored.values, list(labels)))
+        while len(self._waiting) > self.max_waiting:
+            (dropped, _), _ = self._waiting.popitem(last=False)
+            self._count(dropped, "labels_unmatched")
+        return joined, waiting
+
+    def held(self, endpoint: str) -> int:
+        """Predictions of ``endpoint`` waiting for their labels."""
+        return int(self._held[endpoint])
+
+    def stats(self, endpoint: str) -> dict[str, int]:
+        """Counters of one endpoint's join (held, dropped, expired, waiting labels …)."""
+        prefix = f"{endpoint}:"
+        out = {key[len(prefix):]: int(value) for key, value in self.counters.items()
+               if key.startswith(prefix)}
+        out["held"] = self.held(endpoint)
+        out["labels_waiting"] = sum(1 for e, _ in self._waiting if e == endpoint)
+        return out
+
+    def forget(self, endpoint: str) -> None:
+        for store in (self._predictions, self._waiting):
+            for key in [k for k in store if k[0] == endpoint]:
+                del store[key]
+        for key in [k for k in self.counters if k.startswith(f"{endpoint}:")]:
+            del self.counters[key]
+        self._held.pop(endpoint, None)
+
+    def _count(self, endpoint: str, event: str, n: int = 1) -> None:
+        self.counters[f"{endpoint}:{event}"] += n
+
+    def _trim(self, now: float) -> None:
+        predictions = self._predictions
+        while len(predictions) > self.max_predictions:
+            (endpoint, _), _ = predictions.popitem(last=False)
+            self._held[endpoint] -= 1
+            self._count(endpoint, "dropped_full")
+        horizon = now - self.max_age_s
+        while predictions:
+            key, oldest = next(iter(predictions.items()))
+            if oldest.at >= horizon:
+                break
+            del predictions[key]
+            self._held[key[0]] -= 1
+            self._count(key[0], "expired")
+        waiting, horizon = self._waiting, now - self.max_wait_s
+        while waiting:
+            key, (_, at) = next(iter(waiting.items()))
+            if at >= horizon:
+                break
+            del waiting[key]
+            self._count(key[0], "labels_unmatched")
+
+
+def class_index(label: Any, class_labels: list[str] | None) -> int | None:
+    """A classification label as a class index: an index, a whole number, or a class name."""
+    if isinstance(label, bool):
+        return int(label)
+    if isinstance(label, int):
+        return label
+    if isinstance(label, float):
+        return int(label) if label.is_integer() else None
+    text = str(label)
+    if class_labels and text in class_labels:
+        return class_labels.index(text)
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def classification_metrics(confusion: dict[tuple[int, int], float], n_classes: int | None) -> dict[str, Any]:
+    """Accuracy, precision, recall and F1 from ``{(true, predicted): count}``, as sklearn."""
+    labelled = int(sum(confusion.values()))
+    if not labelled:
+        return {"labelled": 0, "accuracy": None, "precision": None, "recall": None, "f1": None,
+                "average": None}
+    correct = sum(n for (t, p), n in confusion.items() if t == p)
+    classes = sorted({t for t, _ in confusion} | {p for _, p in confusion})
+    binary = n_classes == 2 or (n_classes is None and set(classes) <= {0, 1})
+    scores = [_class_scores(confusion, c) for c in ([1] if binary else classes)]
+    precision, recall, f1 = (sum(s[i] for s in scores) / len(scores) for i in range(3))
+    return {"labelled": labelled, "accuracy": correct / labelled, "precision": precision,
+            "recall": recall, "f1": f1, "average": "binary" if binary else "macro"}
+
+
+def regression_metrics(labelled: float, abs_sum: float, square_sum: float) -> dict[str, Any]:
+    """MAE and RMSE from the sums of absolute and squared errors."""
+    if not labelled:
+        return {"labelled": 0, "mae": None, "rmse": None}
+    return {"labelled": int(labelled), "mae": abs_sum / labelled,
+            "rmse": math.sqrt(square_sum / labelled)}
+
+
+def _class_scores(confusion: dict[tuple[int, int], float], label: int) -> tuple[float, float, float]:
+    tp = confusion.get((label, label), 0)
+    predicted = sum(n for (_, p), n in confusion.items() if p == label)
+    actual = sum(n for (t, _), n in confusion.items() if t == label)
+    precision = tp / predicted if predicted else 0.0
+    recall = tp / actual if actual else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1

@@ -1,0 +1,297 @@
+"""What a replica observes of answered requests, per version, for monitoring.
+
+Inputs and predictions feed drift (live histograms and a sample ring over the version's
+reference profile), data quality (missing and out-of-range values, rows outside the
+reference support, the age of the data) and the feedback join (the predicted value of
+each request, by request id).
+
+The request path only appends references (request id, arrays, outputs) to a list. The
+compiled kernels run once per chunk of :data:`CHUNK_REQUESTS` requests, or when the
+statistics are shipped, which is what makes them cheap: one pass over 64 rows costs
+about what one pass over one row does. Everything is bounded: a chunk is processed as
+soon as it fills, the sample ring has a fixed capacity, and at most
+:data:`MAX_FEEDBACK_PER_DELTA` predictions are kept per shipment (the rest are counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from serving.profiles import CONFIDENCE, feature_matrix, load_profiles, prediction_features
+
+if TYPE_CHECKING:
+    from kernels import LiveWindow, ReferenceProfile
+    from serving.schemas import TensorSignature, VersionConfig
+
+log = logging.getLogger(__name__)
+
+CHUNK_REQUESTS = 64
+SAMPLE_CAPACITY = 512  # rows per shipment kept for KS and Wasserstein at the Monitor
+MAX_FEEDBACK_PER_DELTA = 20_000
+FEATURE_TIMESTAMP = "feature_timestamp"
+JOINABLE_TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True, eq=False)
+class VersionMonitoring:
+    """How one version is monitored: its profiles, task and support, parsed once."""
+
+    version: int
+    task: str
+    inputs: tuple[TensorSignature, ...]
+    output: str
+    profile: ReferenceProfile | None
+    prediction_profile: ReferenceProfile | None
+    profile_key: str
+    profile_document: dict[str, Any] | None
+    n_classes: int | None
+    class_labels: tuple[str, ...] | None
+    source: tuple[Any, ...]
+    problem: str = ""
+
+    @staticmethod
+    def source_of(config: VersionConfig) -> tuple[Any, ...]:
+        """What the monitoring of a version depends on. A version number and digest fix
+        the manifest (versions are never reused), so the profile need not be compared."""
+        return (config.version, config.digest, config.task, config.model)
+
+    @classmethod
+    def build(cls, config: VersionConfig) -> VersionMonitoring:
+        """Parse the version's reference profile; a broken one turns drift off, not serving."""
+        document = config.reference_profile
+        problem = ""
+        try:
+            profile, predictions = load_profiles(document)
+        except Exception as error:  # a bad profile must not stop the version from serving
+            profile, predictions, problem = None, None, f"reference profile unreadable: {error}"
+            log.warning("%s:%s: %s", config.model, config.version, problem)
+        width = _static_width(config.inputs)
+        if profile is not None and width is not None and width != profile.n_features:
+            problem = (f"reference profile has {profile.n_features} features but the inputs "
+                       f"have {width} values per row")
+            profile = None
+        if profile is None and not problem:
+            problem = "no reference profile in the manifest"
+        key = ""
+        if document:
+            key = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+        first = config.outputs[0]
+        n_classes = None
+        if config.task == "classification":
+            if config.class_labels:
+                n_classes = len(config.class_labels)
+            elif len(first.shape) == 2 and first.shape[1] and first.shape[1] > 1:
+                n_classes = int(first.shape[1])
+        return cls(
+            version=config.version, task=config.task, inputs=tuple(config.inputs),
+            output=first.name, profile=profile, prediction_profile=predictions,
+            profile_key=key if profile is not None or predictions is not None else "",
+            profile_document=document, n_classes=n_classes,
+            class_labels=tuple(config.class_labels) if config.class_labels else None,
+            source=cls.source_of(config), problem=problem,
+        )
+
+    def meta(self) -> dict[str, Any]:
+        """What the Monitor needs to know about the version (small; sent with every delta)."""
+        return {"task": self.task, "n_classes": self.n_classes,
+                "class_labels": list(self.class_labels) if self.class_labels else None,
+                "profile_key": self.profile_key, "problem": self.problem}
+
+
+class VersionObservations:
+    """One version's observations since the last shipment."""
+
+    def __init__(self, monitoring: VersionMonitoring) -> None:
+        from kernels import LiveWindow
+
+        self.monitoring = monitoring
+        self._pending: list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]] = []
+        self.rows = 0
+        self.missing_values = 0
+        self.rows_with_missing = 0
+        self.rows_out_of_support = 0
+        self.unmonitored_rows = 0  # rows whose shape did not fit the profile
+        self.data_age = [0, 0.0, 0.0]  # count, sum, max (seconds)
+        self.last_request_at = 0.0
+        self.feedback: list[tuple[str, list[float]]] = []
+        self.feedback_dropped = 0
+        self.inputs: LiveWindow | None = (
+            LiveWindow(monitoring.profile, SAMPLE_CAPACITY) if monitoring.profile else None)
+        self.predictions: LiveWindow | None = (
+            LiveWindow(monitoring.prediction_profile, SAMPLE_CAPACITY)
+            if monitoring.prediction_profile else None)
+
+    def add(self, request_id: str, arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+            data_age_s: float | None) -> None:
+        """Keep the request for the next chunk (the request path: no computation here)."""
+        self._pending.append((request_id, arrays, outputs))
+        self.last_request_at = time.time()
+        if data_age_s is not None:
+            age = self.data_age
+            age[0] += 1
+            age[1] += data_age_s
+            age[2] = max(age[2], data_age_s)
+        if len(self._pending) >= CHUNK_REQUESTS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Run the kernels over every pending request at once."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        monitoring = self.monitoring
+        matrices = [feature_matrix(monitoring.inputs, arrays) for _, arrays, _ in pending]
+        if all(m is not None for m in matrices):
+            features = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)  # type: ignore[arg-type]
+            self._account_inputs(features)  # type: ignore[arg-type]
+        outputs = [out.get(monitoring.output) for _, _, out in pending]
+        if any(o is None for o in outputs):
+            return
+        scores = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)  # type: ignore[arg-type]
+        predicted = prediction_features(monitoring.task, scores)  # type: ignore[arg-type]
+        if predicted is None:
+            return
+        window = self.predictions
+        if window is not None and predicted.shape[1] == window.profile.n_features:
+            window.update(predicted)
+        if monitoring.task in JOINABLE_TASKS:
+            self._keep_for_feedback([rid for rid, _, _ in pending], outputs, predicted[:, 0])
+
+    def _account_inputs(self, features: np.ndarray) -> None:
+        rows = features.shape[0]
+        self.rows += rows
+        missing = ~np.isfinite(features)
+        self.missing_values += int(missing.sum())
+        self.rows_with_missing += int(missing.any(axis=1).sum())
+        window = self.inputs
+        if window is None:
+            return
+        if features.shape[1] != window.profile.n_features:
+            self.unmonitored_rows += rows
+            return
+        window.update(features)
+        self.rows_out_of_support += _rows_outside_support(window.profile, features)
+
+    def _keep_for_feedback(self, request_ids: list[str], outputs: list[Any], values: np.ndarray) -> None:
+        room = MAX_FEEDBACK_PER_DELTA - len(self.feedback)
+        if room < len(request_ids):
+            self.feedback_dropped += len(request_ids) - max(room, 0)
+            request_ids = request_ids[:max(room, 0)]
+        flat = values.tolist()
+        if len(flat) == len(outputs):  # one row per request: the common case
+            self.feedback.extend(zip(request_ids, ([v] for v in flat), strict=False))
+            return
+        start = 0
+        for request_id, output in zip(request_ids, outputs, strict=False):
+            rows = output.shape[0] if output.ndim else 1
+            self.feedback.append((request_id, flat[start:start + rows]))
+            start += rows
+
+    def to_delta(self) -> dict[str, Any]:
+        """Plain data for the Monitor (numpy arrays travel as they are)."""
+        self.flush()
+        unusual = 0
+        if self.predictions is not None and CONFIDENCE in self.predictions.profile.names:
+            unusual = int(self.predictions.out_of_range[self.predictions.profile.names.index(CONFIDENCE)])
+        return {
+            **self.monitoring.meta(),
+            "rows": self.rows,
+            "missing_values": self.missing_values,
+            "rows_with_missing": self.rows_with_missing,
+            "rows_out_of_support": self.rows_out_of_support,
+            "unmonitored_rows": self.unmonitored_rows,
+            "unusual_confidence": unusual,
+            "inputs": _window_part(self.inputs),
+            "predictions": _window_part(self.predictions),
+            "data_age": list(self.data_age),
+            "last_request_at": self.last_request_at,
+            "feedback": self.feedback,
+            "feedback_dropped": self.feedback_dropped,
+        }
+
+
+def data_age_seconds(parameters: dict[str, Any], now: float) -> float | None:
+    """Age of the request's features from its ``feature_timestamp`` parameter, if any.
+
+    The timestamp is Unix seconds or ISO 8601 (with a zone; naive means UTC). An
+    unreadable one is ignored rather than refused: monitoring must not reject traffic.
+    """
+    raw = parameters.get(FEATURE_TIMESTAMP) if parameters else None
+    if raw is None or isinstance(raw, bool):
+        return None
+    try:
+        if isinstance(raw, int | float):
+            stamp = float(raw)
+        else:
+            parsed = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                from datetime import UTC
+
+                parsed = parsed.replace(tzinfo=UTC)
+            stamp = parsed.timestamp()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(stamp):
+        return None
+    return max(now - stamp, 0.0)
+
+
+def attach_profiles(delta: dict[int, dict[str, Any]], monitoring: dict[int, VersionMonitoring],
+                    known: set[str]) -> None:
+    """Add the reference profiles the Monitor has not acknowledged yet to a delta."""
+    for version, data in delta.items():
+        part = data.get("monitoring")
+        spec = monitoring.get(version)
+        if part is None or spec is None or not spec.profile_key or spec.profile_key in known:
+            continue
+        data["profile"] = spec.profile_document
+
+
+def _window_part(window: LiveWindow | None) -> dict[str, Any] | None:
+    if window is None or window.rows == 0:
+        return None
+    return {"hist": window.hist, "missing": window.missing,
+            "out_of_range": window.out_of_range, "rows": window.rows,
+            "samples": window.samples()}
+
+
+def _rows_outside_support(profile: ReferenceProfile, features: np.ndarray) -> int:
+    """Rows with a value outside the reference [min, max] or a category it never saw."""
+    layout = profile.layout()
+    support = layout.cache.get("support")
+    if support is None:
+        numeric = np.flatnonzero(layout.kinds == 0)
+        categorical = [(i, np.asarray(f.edges)) for i, f in enumerate(profile.features)
+                       if f.kind == "categorical"]
+        support = layout.cache["support"] = (numeric, layout.ref_min[numeric],
+                                             layout.ref_max[numeric], categorical)
+    numeric, low, high, categorical = support
+    with np.errstate(invalid="ignore"):
+        values = features[:, numeric]
+        outside = ((values < low) | (values > high)).any(axis=1)  # NaN compares False: missing
+    for index, codes in categorical:
+        column = features[:, index]
+        outside |= np.isfinite(column) & ~np.isin(column, codes)
+    return int(outside.sum())
+
+
+def _static_width(inputs: list[TensorSignature]) -> int | None:
+    """Values per row across the inputs, when every non-batch dimension is fixed."""
+    width = 0
+    for spec in inputs:
+        if spec.dtype == "string" or not spec.shape:
+            return None
+        rest = spec.shape[1:]
+        if any(dim is None for dim in rest):
+            return None
+        width += int(np.prod(rest)) if rest else 1
+    return width

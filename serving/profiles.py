@@ -1,0 +1,117 @@
+"""Monitoring profiles: a version's inputs and predictions as rows x features matrices.
+
+The manifest's ``reference_profile`` is ``kernels.ReferenceProfile.to_dict()`` of the
+input features plus, under ``"predictions"``, the same for the prediction features that
+:func:`prediction_features` derives from the model's first output. Replicas derive the
+features of live traffic with the same two functions (:func:`feature_matrix` and
+:func:`prediction_features`), so the reference and the live windows always agree on what
+a feature is.
+
+Prediction features by task:
+
+- classification: ``predicted_class`` (categorical: argmax of a score matrix, or the
+  label itself when the output is one label per row) and, for score outputs,
+  ``confidence`` (the row's highest score);
+- regression and other: the output's columns (``prediction`` for a single column,
+  ``prediction_0`` … otherwise; at most :data:`MAX_OUTPUT_COLUMNS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from kernels import ReferenceProfile
+    from serving.schemas import TensorSignature
+
+PREDICTIONS_KEY = "predictions"
+MAX_OUTPUT_COLUMNS = 16
+PREDICTED_CLASS = "predicted_class"
+CONFIDENCE = "confidence"
+
+
+def feature_matrix(inputs: Sequence[TensorSignature], arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The request's inputs as one float64 rows x features matrix, in signature order.
+
+    Every input contributes its values per row (axis 0), flattened. None when an input is
+    a string tensor or has no row axis: such models get no drift or range checks.
+    """
+    parts = []
+    for spec in inputs:
+        array = arrays[spec.name]
+        if array.ndim == 0 or array.dtype == object or array.dtype.kind in "SU":
+            return None
+        parts.append(array.reshape(array.shape[0], -1))
+    if len(parts) == 1:
+        return np.asarray(parts[0], dtype=np.float64)
+    return np.concatenate(parts, axis=1, dtype=np.float64)
+
+
+def prediction_names(task: str, output: np.ndarray) -> tuple[str, ...]:
+    """Names of the prediction features for an output of this shape (see the module doc)."""
+    columns = 1 if output.ndim <= 1 else int(np.prod(output.shape[1:]))
+    if task == "classification":
+        return (PREDICTED_CLASS,) if columns == 1 else (PREDICTED_CLASS, CONFIDENCE)
+    if columns == 1:
+        return ("prediction",)
+    return tuple(f"prediction_{i}" for i in range(min(columns, MAX_OUTPUT_COLUMNS)))
+
+
+def prediction_features(task: str, output: np.ndarray) -> np.ndarray | None:
+    """Rows x prediction-features float64 matrix of one output (see :func:`prediction_names`)."""
+    if output.ndim == 0 or output.dtype == object or output.dtype.kind in "SU":
+        return None
+    flat = output.reshape(output.shape[0], -1)
+    if task == "classification":
+        if flat.shape[1] == 1:
+            return np.asarray(flat, dtype=np.float64)
+        scores = np.asarray(flat, dtype=np.float64)
+        return np.stack([scores.argmax(axis=1), scores.max(axis=1)], axis=1)
+    return np.asarray(flat[:, :MAX_OUTPUT_COLUMNS], dtype=np.float64)
+
+
+def build_reference_profile(
+    inputs: Any,
+    outputs: Any = None,
+    *,
+    task: str = "other",
+    feature_names: Sequence[str] | None = None,
+    categorical: Sequence[int | str] = (),
+    bins: int = 10,
+    sample_size: int = 1024,
+) -> dict[str, Any]:
+    """The manifest's ``reference_profile`` from training inputs and the model's outputs.
+
+    ``inputs`` is rows x features (the model's input layout); ``outputs`` is the model's
+    first output on those rows (scores or labels for classification, values otherwise).
+    """
+    from kernels import ReferenceProfile
+
+    matrix = np.asarray(inputs, dtype=np.float64)
+    profile = ReferenceProfile.from_matrix(matrix, names=feature_names, bins=bins,
+                                           categorical=categorical, sample_size=sample_size)
+    document = profile.to_dict()
+    if outputs is not None:
+        output = np.asarray(outputs)
+        features = prediction_features(task, output)
+        if features is not None:
+            names = prediction_names(task, output)
+            kinds = [PREDICTED_CLASS] if task == "classification" else []
+            document[PREDICTIONS_KEY] = ReferenceProfile.from_matrix(
+                features, names=names, bins=bins, categorical=kinds, sample_size=sample_size
+            ).to_dict()
+    return document
+
+
+def load_profiles(document: dict[str, Any] | None) -> tuple[ReferenceProfile | None, ReferenceProfile | None]:
+    """(input profile, prediction profile) from a manifest's ``reference_profile``."""
+    if not document:
+        return None, None
+    from kernels import ReferenceProfile
+
+    inputs = ReferenceProfile.from_dict(document) if document.get("features") else None
+    predictions = document.get(PREDICTIONS_KEY)
+    return inputs, ReferenceProfile.from_dict(predictions) if predictions else None

@@ -1,0 +1,80 @@
+"""Latency and error-rate anomalies against an EWMA baseline, at the Monitor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import Sketch
+from serving.anomalies import EWMA_WEIGHT, EwmaBaseline
+from serving.monitor import MonitorState
+from serving.stats import LATENCY_MAX_S, LATENCY_MIN_S
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def delta(latencies: list[float], errors: int = 0) -> dict:
+    sketch = Sketch(0.01, LATENCY_MIN_S, LATENCY_MAX_S)
+    sketch.add_many(np.asarray(latencies))
+    return {1: {"latency": sketch.to_bytes(), "latency_sum": float(sum(latencies)),
+                "codes": {200: len(latencies) - errors, **({500: errors} if errors else {})}}}
+
+
+def run(state: MonitorState, clock: Clock, seconds: int, latency_s: float, errors: int = 0,
+        per_second: int = 50, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(seconds):
+        values = rng.normal(latency_s, latency_s * 0.05, per_second).clip(1e-5).tolist()
+        state.record("e", "r", delta(values, errors))
+        clock.now += 1
+
+
+def test_the_baseline_is_an_exponentially_weighted_mean_and_variance() -> None:
+    values = np.random.default_rng(1).normal(10, 2, 200)
+    baseline = EwmaBaseline()
+    for v in values:
+        baseline.update(float(v))
+    weights = (1 - EWMA_WEIGHT) ** np.arange(len(values) - 1)[::-1] * EWMA_WEIGHT
+    # The first value seeds the mean; each later one pulls it by EWMA_WEIGHT.
+    expected = values[0] * (1 - EWMA_WEIGHT) ** (len(values) - 1) + (weights * values[1:]).sum()
+    assert baseline.mean == pytest.approx(expected)
+    assert np.sqrt(baseline.variance) == pytest.approx(2, rel=0.35)
+
+
+def test_steady_latency_is_not_an_anomaly_and_a_tripling_is() -> None:
+    clock = Clock()
+    state = MonitorState(clock=clock)
+    run(state, clock, 60, 0.010)
+    steady = state.snapshot("e", 5)[1]["anomalies"]
+    assert steady["latency_ms"]["baseline_slots"] >= 30
+    assert steady["latency_ms"]["baseline"] == pytest.approx(10, rel=0.05)
+    assert not steady["latency_ms"]["anomalous"] and not steady["any"]
+    run(state, clock, 5, 0.030, seed=1)
+    spike = state.snapshot("e", 5)[1]["anomalies"]
+    assert spike["latency_ms"]["anomalous"] and spike["any"]
+    assert spike["latency_ms"]["value"] == pytest.approx(30, rel=0.05)
+    assert spike["latency_ms"]["z"] > 4
+
+
+def test_an_error_burst_is_an_anomaly() -> None:
+    clock = Clock()
+    state = MonitorState(clock=clock)
+    run(state, clock, 60, 0.010, errors=0)
+    run(state, clock, 5, 0.010, errors=10)
+    errors = state.snapshot("e", 5)[1]["anomalies"]["error_rate"]
+    assert errors["value"] == pytest.approx(0.2) and errors["anomalous"]
+
+
+def test_a_young_baseline_judges_nothing() -> None:
+    clock = Clock()
+    state = MonitorState(clock=clock)
+    run(state, clock, 8, 0.010)
+    run(state, clock, 3, 0.100)
+    latency = state.snapshot("e", 3)[1]["anomalies"]["latency_ms"]
+    assert latency["z"] is None and not latency["anomalous"]

@@ -1,0 +1,147 @@
+"""Ground truth: the bounded prediction store, the join, and sklearn-equal online metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics
+
+from serving.feedback import FeedbackJoin, class_index, classification_metrics, regression_metrics
+from serving.monitor import MonitorState
+from tests.unit.serving.monitoring_helpers import make_core, predict, reference_profile, send_many
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_store_drops_the_oldest_when_full_and_counts_them() -> None:
+    join = FeedbackJoin(Clock(), max_predictions=3)
+    join.add_predictions("e", 1, [(f"r{i}", [i]) for i in range(5)])
+    assert join.held("e") == 3 and join.stats("e")["dropped_full"] == 2
+    joined, waiting = join.add_labels("e", [("r0", [0]), ("r4", [4])])
+    assert [p.predicted for p in joined] == [[4]] and waiting == 1  # r0 was dropped
+
+
+def test_predictions_expire_by_age() -> None:
+    clock = Clock()
+    join = FeedbackJoin(clock, max_age_s=3600)
+    join.add_predictions("e", 1, [("old", [1])])
+    clock.now = 1800
+    join.add_predictions("e", 1, [("new", [2])])
+    clock.now = 3601
+    joined, _ = join.add_labels("e", [("old", [1]), ("new", [2])])
+    assert [p.labels for p in joined] == [[2]]
+    assert join.stats("e")["expired"] == 1
+
+
+def test_labels_that_arrive_first_wait_for_their_prediction_then_give_up() -> None:
+    clock = Clock()
+    join = FeedbackJoin(clock, max_wait_s=60)
+    assert join.add_labels("e", [("early", [1]), ("never", [0])]) == ([], 2)
+    clock.now = 30
+    joined = join.add_predictions("e", 2, [("early", [1])])
+    assert [(p.version, p.predicted, p.labels) for p in joined] == [(2, [1], [1])]
+    clock.now = 100
+    join.add_predictions("e", 2, [])
+    assert join.stats("e")["labels_unmatched"] == 1 and join.stats("e")["labels_waiting"] == 0
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_classification_metrics_equal_sklearn(classes: int) -> None:
+    rng = np.random.default_rng(classes)
+    truth = rng.integers(0, classes, 400)
+    guess = np.where(rng.random(400) < 0.7, truth, rng.integers(0, classes, 400))
+    confusion: dict = {}
+    for t, p in zip(truth.tolist(), guess.tolist(), strict=True):
+        confusion[(t, p)] = confusion.get((t, p), 0) + 1
+    ours = classification_metrics(confusion, classes)
+    average = "binary" if classes == 2 else "macro"
+    assert ours["average"] == average
+    assert ours["accuracy"] == pytest.approx(metrics.accuracy_score(truth, guess))
+    assert ours["precision"] == pytest.approx(metrics.precision_score(truth, guess, average=average))
+    assert ours["recall"] == pytest.approx(metrics.recall_score(truth, guess, average=average))
+    assert ours["f1"] == pytest.approx(metrics.f1_score(truth, guess, average=average))
+
+
+def test_metrics_where_a_class_is_never_predicted_follow_sklearn_zero_division() -> None:
+    truth, guess = [0, 1, 2, 2], [0, 0, 0, 0]
+    confusion = {(0, 0): 1, (1, 0): 1, (2, 0): 2}
+    ours = classification_metrics(confusion, 3)
+    assert ours["precision"] == pytest.approx(
+        metrics.precision_score(truth, guess, average="macro", zero_division=0))
+    assert ours["f1"] == pytest.approx(metrics.f1_score(truth, guess, average="macro", zero_division=0))
+
+
+def test_regression_metrics_equal_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    truth, guess = rng.normal(size=200), rng.normal(size=200)
+    errors = truth - guess
+    ours = regression_metrics(200, np.abs(errors).sum(), (errors ** 2).sum())
+    assert ours["mae"] == pytest.approx(metrics.mean_absolute_error(truth, guess))
+    assert ours["rmse"] == pytest.approx(np.sqrt(metrics.mean_squared_error(truth, guess)))
+
+
+def test_labels_by_index_number_or_name() -> None:
+    names = ["cat", "dog"]
+    assert [class_index(v, names) for v in (1, 1.0, "dog", "0", True, 1.5, "fish")] == [
+        1, 1, 1, 0, 1, None, None]
+
+
+def test_feedback_through_the_route_joins_predictions_from_any_replica() -> None:
+    clock = Clock()
+    state = MonitorState(clock=clock)
+
+    async def sink(endpoint, items):
+        return state.feedback(endpoint, items)
+
+    replicas = [make_core(reference_profile(), feedback_sink=sink) for _ in range(2)]
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(60, 4)).astype(np.float32)
+    for index, core in enumerate(replicas):
+        half = rows[index * 30:(index + 1) * 30]
+        asyncio.run(send_many(core, [r[None, :] for r in half], prefix=f"c{index}-"))
+        state.record("churn", f"replica-{index}", core.take_stats().to_delta())
+    predicted = predict(rows).argmax(axis=1)
+    truth = np.where(rng.random(60) < 0.6, predicted, (predicted + 1) % 3)
+    ids = [f"c{i // 30}-{i % 30}" for i in range(60)]
+    body = {"feedback": [{"request_id": rid, "label": int(t)} for rid, t in zip(ids, truth, strict=True)]}
+    answer = asyncio.run(replicas[0].handle("POST", "/feedback", {}, json.dumps(body).encode()))
+    assert answer.status == 200
+    assert json.loads(answer.body) == {"received": 60, "joined": 60, "waiting": 0, "invalid_labels": 0}
+    accuracy = state.snapshot("churn", 60)[1]["accuracy"]
+    assert accuracy["labelled"] == 60
+    assert accuracy["accuracy"] == pytest.approx(metrics.accuracy_score(truth, predicted))
+    assert accuracy["f1"] == pytest.approx(metrics.f1_score(truth, predicted, average="macro"))
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b'{"feedback": []}', "feedback"),
+    (b'{"feedback": [{"request_id": "", "label": 1}]}', "feedback[0].request_id"),
+    (b'{"feedback": [{"request_id": "a", "label": NaN}]}', "feedback[0].label"),
+    (b'{"feedback": [{"request_id": "a"}]}', "feedback[0].label"),
+    (b'{"feedback": [{"request_id": "a", "label": 1, "extra": 2}]}', "feedback[0].extra"),
+    (b"[1, 2", "body"),
+])
+def test_bad_feedback_gets_a_400_naming_the_field(body: bytes, field: str) -> None:
+    async def sink(endpoint, items):
+        raise AssertionError("bad feedback must not reach the Monitor")
+
+    core = make_core(None, feedback_sink=sink)
+    result = asyncio.run(core.handle("POST", "/feedback", {}, body))
+    payload = json.loads(result.body)
+    assert result.status == 400 and payload["code"] == "invalid_request"
+    assert payload["error"].startswith(field), payload["error"]
+
+
+def test_feedback_without_a_monitor_is_a_503() -> None:
+    core = make_core(None)
+    result = asyncio.run(core.handle("POST", "/feedback", {}, b'{"feedback": [{"request_id": "a", "label": 1}]}'))
+    assert result.status == 503 and "Monitor" in json.loads(result.body)["error"]

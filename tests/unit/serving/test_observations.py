@@ -1,0 +1,153 @@
+"""What a replica records of answered requests: exact quality counts, drift counts, feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from kernels import LiveWindow
+from serving import observations
+from serving.observations import VersionMonitoring, data_age_seconds
+from serving.profiles import load_profiles, prediction_features
+from tests.unit.serving.monitoring_helpers import (
+    make_core,
+    predict,
+    reference_profile,
+    send,
+    send_many,
+    version_config,
+)
+
+PROFILE = reference_profile()
+
+
+def test_nans_and_out_of_range_values_are_counted_exactly() -> None:
+    core = make_core(PROFILE)
+    inputs, _ = load_profiles(PROFILE)
+    rng = np.random.default_rng(3)
+    batches = []
+    for i in range(150):  # more than one chunk, one to four rows each
+        rows = rng.normal(size=(1 + i % 4, 4))
+        rows[rng.random(rows.shape) < 0.1] = np.nan
+        rows[rng.random(rows.shape) < 0.05] = 50.0  # far outside the training range
+        batches.append(rows.astype(np.float32))
+    assert {r.status for r in asyncio.run(send_many(core, batches))} == {200}
+    part = core.take_stats().to_delta()[1]["monitoring"]
+
+    everything = np.concatenate(batches).astype(np.float64)
+    lows = np.array([f.min for f in inputs.features])
+    highs = np.array([f.max for f in inputs.features])
+    missing = np.isnan(everything)
+    outside = ~missing & ((everything < lows) | (everything > highs))
+    assert part["rows"] == everything.shape[0]
+    assert part["missing_values"] == missing.sum() > 0
+    assert part["rows_with_missing"] == missing.any(axis=1).sum()
+    assert part["inputs"]["missing"].tolist() == missing.sum(axis=0).tolist()
+    assert part["inputs"]["out_of_range"].tolist() == outside.sum(axis=0).tolist()
+    assert part["rows_out_of_support"] == outside.any(axis=1).sum() > 0
+
+
+def test_chunked_counts_equal_one_pass_over_every_row() -> None:
+    core = make_core(PROFILE)
+    rng = np.random.default_rng(4)
+    batches = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(300)]
+    asyncio.run(send_many(core, batches))
+    part = core.take_stats().to_delta()[1]["monitoring"]
+    inputs, predictions = load_profiles(PROFILE)
+    rows = np.concatenate(batches).astype(np.float64)
+    expected = LiveWindow(inputs, 0)
+    expected.update(rows)
+    assert part["inputs"]["hist"].tolist() == expected.hist.tolist()
+    expected_predictions = LiveWindow(predictions, 0)
+    expected_predictions.update(prediction_features("classification", predict(rows).astype(np.float32)))
+    assert part["predictions"]["hist"].tolist() == expected_predictions.hist.tolist()
+    # The sample ring keeps the newest rows, bounded by its capacity.
+    assert part["inputs"]["samples"].shape == (observations.SAMPLE_CAPACITY, 4)
+    np.testing.assert_array_equal(part["inputs"]["samples"], rows[-observations.SAMPLE_CAPACITY:])
+
+
+def test_predictions_are_kept_by_response_id_for_feedback() -> None:
+    core = make_core(PROFILE)
+    rows = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)
+    named = send(core, rows[:1], "client-id")
+    anonymous = send(core, rows[1:])
+    server_id = json.loads(anonymous.body)["id"]  # the server's id comes back when none was sent
+    assert json.loads(named.body)["id"] == "client-id" and server_id
+    kept = dict(core.take_stats().to_delta()[1]["monitoring"]["feedback"])
+    classes = predict(rows).argmax(axis=1).tolist()
+    assert kept == {"client-id": [classes[0]], server_id: classes[1:]}
+
+
+def test_feedback_kept_per_shipment_is_bounded_and_the_rest_counted(monkeypatch) -> None:
+    monkeypatch.setattr(observations, "MAX_FEEDBACK_PER_DELTA", 10)
+    core = make_core(PROFILE)
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 25))
+    part = core.take_stats().to_delta()[1]["monitoring"]
+    assert len(part["feedback"]) == 10 and part["feedback_dropped"] == 15
+
+
+def test_a_version_without_a_profile_still_counts_missing_values() -> None:
+    core = make_core(None)
+    rows = np.array([[np.nan, 1, 2, np.nan]], dtype=np.float32)
+    send(core, rows)
+    part = core.take_stats().to_delta()[1]["monitoring"]
+    assert part["missing_values"] == 2 and part["inputs"] is None
+    assert part["problem"] == "no reference profile in the manifest"
+
+
+def test_a_profile_of_the_wrong_width_turns_drift_off_and_says_why() -> None:
+    config = version_config(profile=reference_profile()).model_copy(
+        update={"inputs": [version_config().inputs[0].model_copy(update={"shape": [None, 5]})]})
+    spec = VersionMonitoring.build(config)
+    assert spec.profile is None
+    assert "profile has 4 features but the inputs have 5" in spec.problem
+
+
+def test_rejections_are_counted_by_reason() -> None:
+    core = make_core(PROFILE)
+    good = {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0, 0, 0, 0]}
+    bodies = [
+        {"inputs": [{**good, "shape": [2, 2]}]},
+        {"inputs": [{**good, "datatype": "INT32"}]},
+        {"inputs": [{**good, "name": "other"}]},
+        {"inputs": [good], "outputs": [{"name": "nope"}]},
+    ]
+    for body in bodies:
+        result = asyncio.run(core.handle("POST", "/infer", {}, json.dumps(body).encode()))
+        assert result.status == 400
+    asyncio.run(core.handle("POST", "/infer", {}, b"{not json"))
+    delta = core.take_stats().to_delta()
+    assert delta[1]["rejected"] == {"shape": 1, "datatype": 1, "unknown_input": 1, "unknown_output": 1}
+    assert delta[0]["rejected"] == {"malformed": 1}  # refused before a version was chosen
+
+
+def test_feature_timestamps_give_the_age_of_the_data() -> None:
+    core = make_core(PROFILE)
+    now = datetime.now(UTC).timestamp()
+    send(core, np.zeros((1, 4), np.float32), feature_timestamp=now - 30)
+    send(core, np.zeros((1, 4), np.float32),
+         feature_timestamp=datetime.fromtimestamp(now - 90, UTC).isoformat())
+    send(core, np.zeros((1, 4), np.float32), feature_timestamp="yesterday")  # ignored, still served
+    count, total, oldest = core.take_stats().to_delta()[1]["monitoring"]["data_age"]
+    assert count == 2
+    assert total == pytest.approx(120, abs=2) and oldest == pytest.approx(90, abs=1)
+
+
+@pytest.mark.parametrize(("raw", "age"), [
+    (1000.0, 500.0), ("1970-01-01T00:16:40Z", 500.0), ("1970-01-01T00:16:40", 500.0),
+    (2000, 0.0), ("nonsense", None), (True, None), (None, None),
+])
+def test_data_age_parsing(raw, age) -> None:
+    assert data_age_seconds({"feature_timestamp": raw}, now=1500.0) == age
+
+
+def test_monitoring_off_records_nothing() -> None:
+    core = make_core(PROFILE)
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"monitoring": False}), backends)
+    send(core, np.zeros((1, 4), np.float32))
+    assert core.take_stats().to_delta() == {}
