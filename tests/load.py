@@ -6,6 +6,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -20,6 +21,7 @@ class Answer:
     status: int
     version: int | None  # who answered, or whose failure it was
     outputs: np.ndarray | None = None
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -31,6 +33,8 @@ class BackgroundLoad:
     workers: int = 3
     n_features: int = 4
     seed: int = 0
+    # Applied to each drawn row; may be swapped while the load runs (e.g. to start a breach).
+    shape_rows: Callable[[np.ndarray], np.ndarray] | None = None
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -55,6 +59,8 @@ class BackgroundLoad:
         with httpx.Client(timeout=30) as http:
             while not self._stop.is_set():
                 row = rng.normal(size=(1, self.n_features)).astype(np.float32)
+                if self.shape_rows is not None:
+                    row = self.shape_rows(row)
                 body = {"inputs": [{"name": "input", "shape": list(row.shape), "datatype": "FP32",
                                     "data": row.ravel().tolist()}]}
                 try:
