@@ -263,3 +263,14 @@ def test_bad_requests_name_the_problem(world: World) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         RolloutCreate(endpoint="iris", model_ref="iris:2", step_duration_s="soon")
     assert RolloutCreate(endpoint="iris", model_ref="iris:2", step_duration_s="2m").step_duration_s == 120
+
+
+def test_the_shipped_rollout_example_is_valid() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    example = Path(__file__).parents[3] / "examples" / "rollout-canary.yaml"
+    template = RolloutTemplate.model_validate(yaml.safe_load(example.read_text()))
+    assert template.step_duration_s == 120 and template.analysis.interval_s == 10
+    assert template.analysis.to_config().min_accuracy == 0.9
