@@ -6,8 +6,11 @@
 Environment: ``MODELPLANE_ENDPOINT`` (default ``iris``), ``MODELPLANE_FEATURES`` (input
 width, default 4), ``MODELPLANE_BATCH`` (rows per request, default 1),
 ``MODELPLANE_INPUT_NAME`` (default ``input``), ``MODELPLANE_STICKY`` (send a per-user
-``x-modelplane-key`` so A/B assignment is per user), ``MODELPLANE_DRIFT`` (add this many
-standard deviations to the first feature, to exercise drift monitoring).
+``x-modelplane-key`` so A/B assignment is per user), ``MODELPLANE_ROWS`` (a ``.npy`` file
+of real feature rows to sample from instead of standard normal draws),
+``MODELPLANE_DRIFT`` (add this many standard deviations to one feature, to exercise drift
+monitoring) and ``MODELPLANE_DRIFT_FEATURE`` (which one, default 0), ``MODELPLANE_WAIT``
+(seconds each user waits between requests, default 0).
 """
 
 from __future__ import annotations
@@ -24,12 +27,29 @@ BATCH = int(os.environ.get("MODELPLANE_BATCH", "1"))
 INPUT_NAME = os.environ.get("MODELPLANE_INPUT_NAME", "input")
 STICKY = os.environ.get("MODELPLANE_STICKY", "") not in ("", "0", "false")
 DRIFT = float(os.environ.get("MODELPLANE_DRIFT", "0"))
+DRIFT_FEATURE = int(os.environ.get("MODELPLANE_DRIFT_FEATURE", "0"))
+WAIT = float(os.environ.get("MODELPLANE_WAIT", "0"))
+ROWS_FILE = os.environ.get("MODELPLANE_ROWS", "")
+
+
+def _load_rows() -> tuple[list[list[float]], list[float]] | None:
+    if not ROWS_FILE:
+        return None
+    import numpy as np
+
+    rows = np.load(ROWS_FILE).astype(float)
+    return rows.tolist(), rows.std(axis=0).tolist()
+
+
+ROWS = _load_rows()
+if ROWS is not None:
+    FEATURES = len(ROWS[0][0])
 
 
 class InferenceUser(FastHttpUser):
     """Sends v2 infer requests with random rows back to back."""
 
-    wait_time = constant(0)
+    wait_time = constant(WAIT)
 
     def on_start(self) -> None:
         self.key = uuid.uuid4().hex
@@ -37,10 +57,15 @@ class InferenceUser(FastHttpUser):
 
     @task
     def infer(self) -> None:
-        data = [self.rng.gauss(0.0, 1.0) for _ in range(FEATURES * BATCH)]
+        if ROWS is None:
+            data = [self.rng.gauss(0.0, 1.0) for _ in range(FEATURES * BATCH)]
+            scale = 1.0
+        else:
+            data = [x for _ in range(BATCH) for x in self.rng.choice(ROWS[0])]
+            scale = ROWS[1][DRIFT_FEATURE]
         if DRIFT:
             for row in range(BATCH):
-                data[row * FEATURES] += DRIFT
+                data[row * FEATURES + DRIFT_FEATURE] += DRIFT * scale
         body = {"inputs": [{"name": INPUT_NAME, "datatype": "FP32",
                             "shape": [BATCH, FEATURES], "data": data}]}
         headers = {"x-modelplane-key": self.key} if STICKY else {}
