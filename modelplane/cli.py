@@ -55,6 +55,7 @@ def quickstart() -> None:
 
 def _register_groups() -> None:
     from control_plane.cli import experiments, models, rollouts, server, serving, tokens
+    from training import cli as training_cli
 
     for command in (serving.up, serving.down, serving.status, serving.deploy, serving.traffic,
                     serving.undeploy):
@@ -65,6 +66,7 @@ def _register_groups() -> None:
     app.add_typer(experiments.app, name="experiments")
     app.add_typer(tokens.app, name="token")
     app.add_typer(server.db_app, name="db")
+    app.add_typer(training_cli.app, name="train")
     app.command("api")(server.api)
 
 

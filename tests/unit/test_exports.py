@@ -14,7 +14,10 @@ EXPECTED = {
         "InferenceFailedError", "InvalidRequestError", "ModelNotFoundError",
         "ModelNotReadyError", "PayloadTooLargeError", "ServingError",
     },
-    training: {"InvalidJobSpecError", "JobSubmissionError", "TrainingError"},
+    training: {
+        "CheckpointNotFoundError", "ExportMismatchError", "InvalidJobSpecError", "JobFailedError",
+        "JobSpec", "JobSubmissionError", "TrainingError", "load_job_spec", "run_job", "submit_spec",
+    },
 }
 
 

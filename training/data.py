@@ -1,0 +1,266 @@
+"""Load a job's data: a bundled scikit-learn dataset or a CSV/Parquet file (path or fsspec URI).
+
+The job loads the table once on the driver, checks it, splits it, and hands the arrays to
+the workers through Ray's object store, so a file only has to be readable where the job
+starts. The dataset's content digest (sha256 of the file, or of the bundled arrays) goes
+into the registered version's lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from training.errors import InvalidJobSpecError
+from training.schemas import DataSpec
+
+_CHUNK = 1024 * 1024
+# More distinct target values than this is a regression target, not classes.
+MAX_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features and target of every row, with what lineage needs to know about them."""
+
+    features: np.ndarray  # float32, rows x features
+    target: np.ndarray  # int64 class indices, or float32 values for regression
+    feature_names: list[str]
+    class_labels: list[str] | None
+    uri: str
+    digest: str
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.class_labels) if self.class_labels is not None else 1
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and held-out validation rows."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def load_dataset(spec: DataSpec, task: str) -> Dataset:
+    """Read, check and encode the data the spec names."""
+    labels: list[str] | None = None
+    if spec.dataset is not None:
+        frame, target, uri, digest, class_names = _bundled(spec.dataset)
+        if task == "classification":
+            # Keep scikit-learn's class order (breast_cancer: 0 is malignant).
+            labels = class_names
+    else:
+        assert spec.path is not None and spec.target is not None
+        table = _read_table(spec)
+        _check_columns(spec, list(table.columns))
+        target = table[spec.target].to_numpy()
+        frame = table.drop(columns=[spec.target])
+        uri, digest = spec.path, file_digest(spec.path)
+    names = spec.features or [str(c) for c in frame.columns]
+    unknown = [name for name in names if name not in frame.columns]
+    if unknown:
+        raise _error("data.features", f"columns {unknown} are not in {spec.uri} (it has "
+                     f"{_preview([str(c) for c in frame.columns])})")
+    features = _numeric_features(frame[names], spec)
+    if labels is not None:
+        encoded = target.astype(np.int64)
+    else:
+        encoded, labels = _encode_target(target, task, spec)
+    return Dataset(features, encoded, [str(n) for n in names], labels, uri, digest)
+
+
+def split_dataset(dataset: Dataset, *, validation_split: float, seed: int) -> Split:
+    """Hold out ``validation_split`` of the rows, stratified by class when every class can be."""
+    from sklearn.model_selection import train_test_split
+
+    stratify = None
+    if dataset.class_labels is not None:
+        counts = np.bincount(dataset.target, minlength=len(dataset.class_labels))
+        held_out = int(np.ceil(validation_split * len(dataset.target)))
+        if counts.min() >= 2 and held_out >= len(counts):
+            stratify = dataset.target
+    x_train, x_val, y_train, y_val = train_test_split(
+        dataset.features, dataset.target, test_size=validation_split, random_state=seed,
+        stratify=stratify,
+    )
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise _error("data.validation_split", f"leaves no rows on one side of the split "
+                     f"({len(dataset.target)} rows in all)")
+    return Split(x_train, y_train, x_val, y_val)
+
+
+def table_columns(spec: DataSpec) -> list[str]:
+    """Column names of the spec's data, reading as little as possible (for checks before submit)."""
+    if spec.dataset is not None:
+        frame, *_ = _bundled(spec.dataset)
+        return [str(c) for c in frame.columns]
+    assert spec.path is not None
+    kind = _format(spec)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            with _open(spec.path) as handle:
+                return list(pq.read_schema(handle).names)
+        import pandas as pd
+
+        with _open(spec.path) as handle:
+            return [str(c) for c in pd.read_csv(handle, nrows=0).columns]
+    except InvalidJobSpecError:
+        raise
+    except Exception as error:  # pandas/pyarrow raise many types for a bad file
+        raise _error("data.path", f"cannot read {spec.path} as {kind}: {_first_line(error)}") from None
+
+
+def check_columns(spec: DataSpec) -> None:
+    """Raise naming the field if the target or a feature column is missing (cheap)."""
+    if spec.path is not None:
+        _check_columns(spec, table_columns(spec))
+    elif spec.features:
+        columns = table_columns(spec)
+        unknown = [name for name in spec.features if name not in columns]
+        if unknown:
+            raise _error("data.features", f"columns {unknown} are not in {spec.uri} "
+                         f"(it has {_preview(columns)})")
+
+
+def file_digest(location: str) -> str:
+    """sha256 of a file's bytes, local or remote."""
+    hasher = hashlib.sha256()
+    with _open(location) as handle:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _bundled(name: str) -> tuple[Any, np.ndarray, str, str, list[str] | None]:
+    import pandas as pd
+    from sklearn import datasets
+
+    loaded = getattr(datasets, f"load_{name}")()
+    names = [str(n) for n in loaded.feature_names]
+    features = np.asarray(loaded.data, dtype=np.float64)
+    target = np.asarray(loaded.target)
+    hasher = hashlib.sha256(features.tobytes())
+    hasher.update(target.tobytes())
+    classes = [str(c) for c in loaded.target_names] if hasattr(loaded, "target_names") else None
+    frame = pd.DataFrame(features, columns=names)
+    return frame, target, f"sklearn://{name}", hasher.hexdigest(), classes
+
+
+def _read_table(spec: DataSpec) -> Any:
+    import pandas as pd
+
+    assert spec.path is not None
+    kind = _format(spec)
+    try:
+        with _open(spec.path) as handle:
+            return pd.read_parquet(handle) if kind == "parquet" else pd.read_csv(handle)
+    except InvalidJobSpecError:
+        raise
+    except Exception as error:
+        raise _error("data.path", f"cannot read {spec.path} as {kind}: {_first_line(error)}") from None
+
+
+def _open(location: str) -> Any:
+    import fsspec
+
+    try:
+        return fsspec.open(location, "rb").open()
+    except FileNotFoundError:
+        raise _error("data.path", f"{location} does not exist") from None
+    except Exception as error:
+        raise _error("data.path", f"cannot open {location}: {_first_line(error)}") from None
+
+
+def _format(spec: DataSpec) -> str:
+    if spec.format != "auto":
+        return spec.format
+    assert spec.path is not None
+    lowered = spec.path.lower().split("?", 1)[0]
+    if lowered.endswith((".parquet", ".pq")):
+        return "parquet"
+    if lowered.endswith((".csv", ".csv.gz", ".txt")):
+        return "csv"
+    raise _error("data.format", f"cannot tell the format of {spec.path} from its name; "
+                 "set data.format to csv or parquet")
+
+
+def _check_columns(spec: DataSpec, columns: list[str]) -> None:
+    if spec.target not in columns:
+        raise _error("data.target", f"column {spec.target!r} is not in {spec.path} "
+                     f"(it has {_preview(columns)})")
+    unknown = [name for name in spec.features or [] if name not in columns]
+    if unknown:
+        raise _error("data.features", f"columns {unknown} are not in {spec.path} "
+                     f"(it has {_preview(columns)})")
+
+
+def _numeric_features(frame: Any, spec: DataSpec) -> np.ndarray:
+    import pandas as pd
+
+    text = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if text:
+        raise _error("data.features", f"columns {text} are not numeric; encode them as numbers "
+                     "or leave them out of data.features")
+    values = frame.to_numpy(dtype=np.float64)
+    missing = ~np.isfinite(values)
+    if missing.any():
+        bad = [str(frame.columns[i]) for i in np.flatnonzero(missing.any(axis=0))]
+        raise _error("data.path", f"feature columns {_preview(bad)} have {int(missing.sum())} "
+                     "missing or infinite values; fill or drop those rows first")
+    if len(values) < 2:
+        raise _error("data.path", f"{spec.uri} has {len(values)} rows; at least 2 are needed")
+    return values.astype(np.float32)
+
+
+def _encode_target(target: np.ndarray, task: str, spec: DataSpec) -> tuple[np.ndarray, list[str] | None]:
+    import pandas as pd
+
+    if pd.isna(target).any():
+        raise _error("data.target", f"the target has {int(pd.isna(target).sum())} missing values")
+    if task == "regression":
+        try:
+            values = target.astype(np.float64)
+        except (TypeError, ValueError):
+            raise _error("data.target", "a regressor needs a numeric target; use a "
+                         "classifier architecture for labels") from None
+        if not np.isfinite(values).all():
+            raise _error("data.target", "the target has infinite values")
+        return values.astype(np.float32), None
+    classes, encoded = np.unique(target, return_inverse=True)
+    if len(classes) < 2:
+        raise _error("data.target", f"a classifier needs at least 2 classes; the target has "
+                     f"{len(classes)}")
+    if len(classes) > MAX_CLASSES:
+        raise _error("model.architecture", f"the target has {len(classes)} distinct values, "
+                     "too many to be classes; use mlp_regressor for a continuous target")
+    return encoded.astype(np.int64), [_label(c) for c in classes]
+
+
+def _label(value: Any) -> str:
+    # Integral floats read from CSV (1.0) are labelled as the integers people wrote.
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _preview(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+def _error(field: str, message: str) -> InvalidJobSpecError:
+    return InvalidJobSpecError(f"{field}: {message}", detail={"field": field})

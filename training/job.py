@@ -1,0 +1,73 @@
+"""The training job's entrypoint, for ``ray job submit`` and for running by hand.
+
+::
+
+    ray job submit --address http://HEAD:8265 --working-dir . \\
+        --runtime-env-json '{"env_vars": {"MODELPLANE_URL": "http://HEAD:8000"}}' \\
+        -- python -m training.job --config job.yaml
+
+    python -m training.job --config job.yaml          # joins a running local Ray, or starts one
+
+The job reports to the control plane named by ``MODELPLANE_URL`` with ``MODELPLANE_TOKEN``
+(``modelplane train submit`` passes both, and the code commit in ``MODELPLANE_CODE_COMMIT``
+and ``MODELPLANE_CODE_BRANCH``). Exit status: 0 done, 1 failed, 2 invalid spec, 130 stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED = 1, 2, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.job", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="The job spec (YAML).")
+    parser.add_argument("--address", default=None,
+                        help="Ray address (default: RAY_ADDRESS, or a running local Ray); "
+                        "'local' starts a private one.")
+    parser.add_argument("--no-register", action="store_true",
+                        help="Train, evaluate and export, but register no version.")
+    args = parser.parse_args(argv)
+    return run_entrypoint(args.config, address=args.address, register=not args.no_register)
+
+
+def run_entrypoint(config: str, *, address: str | None = None, num_cpus: int | None = None,
+                   register: bool = True) -> int:
+    """Load the spec, run the job, and turn the outcome into an exit status and one line."""
+    from modelplane.errors import ModelplaneError
+    from training.errors import InvalidJobSpecError
+    from training.runner import run_job
+    from training.spec import load_job_spec
+
+    # `ray job stop` sends SIGTERM: unwind like Ctrl-C so the run is marked killed.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        spec = load_job_spec(config)
+        result = run_job(spec, address=address, num_cpus=num_cpus, register=register,
+                         echo=lambda line: print(line, flush=True))
+    except InvalidJobSpecError as error:
+        print(f"error: {error.message}", file=sys.stderr, flush=True)
+        return EXIT_INVALID
+    except ModelplaneError as error:
+        print(f"error: {error.message}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("stopped; the run is marked killed", file=sys.stderr, flush=True)
+        return EXIT_STOPPED
+    ending = f" at epoch {result.epochs}" if result.stopped_early else ""
+    target = f"{result.model}:{result.version}" if result.version else "no version registered"
+    print(f"done{' (stopped early' + ending + ')' if ending else ''}: run {result.run_id}, {target}",
+          flush=True)
+    return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

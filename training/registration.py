@@ -1,0 +1,112 @@
+"""Build the version's manifest (signature, reference profile, metrics, lineage) and register it.
+
+The manifest is the control plane's :class:`~control_plane.schemas.ModelManifest`; the
+signature is read back from the exported file by ONNX Runtime, so it cannot disagree
+with what the registry will check.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from control_plane.schemas import Lineage, ModelManifest, VersionOut
+from training.data import Dataset
+from training.schemas import JobSpec
+
+# Packages whose versions decide what a trained model is; recorded in lineage.
+LINEAGE_PACKAGES = ("modelplane", "torch", "ray", "numpy", "scikit-learn", "pandas", "onnx",
+                    "onnxruntime")
+# Reference samples per feature: KS and Wasserstein stay within 1/(2*256) of the full
+# data's CDF, and the profile stays small enough to travel in every endpoint's config.
+PROFILE_SAMPLE_SIZE = 256
+# `modelplane train submit` passes the submitter's checkout here: a job's working
+# directory on the cluster is an unpacked copy without .git.
+COMMIT_ENV = "MODELPLANE_CODE_COMMIT"
+BRANCH_ENV = "MODELPLANE_CODE_BRANCH"
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    commit: str | None
+    branch: str | None
+
+
+def code_version(cwd: str | None = None) -> CodeVersion:
+    """The git commit and branch the job's code came from, if anyone knows."""
+    from control_plane.environment import git_info
+
+    found = git_info(cwd)
+    commit = found.get("commit") or os.environ.get(COMMIT_ENV) or None
+    branch = found.get("branch") or os.environ.get(BRANCH_ENV) or None
+    return CodeVersion(commit, branch)
+
+
+def lineage_packages() -> dict[str, str]:
+    versions = {}
+    for name in LINEAGE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def reference_profile(spec: JobSpec, features: np.ndarray, feature_names: list[str],
+                      first_output: np.ndarray) -> dict[str, Any]:
+    """The drift reference from the training rows and the model's first output on them.
+
+    Built by the serving stack's own builder, so the live windows replicas keep derive
+    their prediction features exactly as the reference did.
+    """
+    from serving.profiles import build_reference_profile
+
+    return build_reference_profile(features, first_output, task=spec.task,
+                                   feature_names=feature_names, sample_size=PROFILE_SAMPLE_SIZE)
+
+
+def build_manifest(
+    *,
+    spec: JobSpec,
+    dataset: Dataset,
+    onnx_model: bytes,
+    profile: dict[str, Any],
+    metrics: dict[str, float],
+    run_id: str,
+    parent_version: int | None,
+    code: CodeVersion,
+) -> ModelManifest:
+    from control_plane.onnx_check import signature_of
+
+    return ModelManifest(
+        signature=signature_of(onnx_model),
+        task=spec.task,  # type: ignore[arg-type]
+        feature_names=dataset.feature_names,
+        class_labels=dataset.class_labels,
+        reference_profile=profile,
+        metrics=metrics,
+        lineage=Lineage(
+            parent_version=parent_version,
+            dataset_uri=dataset.uri,
+            dataset_digest=dataset.digest,
+            run_id=run_id,
+            code_commit=code.commit,
+            code_branch=code.branch,
+            packages=lineage_packages(),
+        ),
+    )
+
+
+def register(client: Any, spec: JobSpec, onnx_model: bytes, manifest: ModelManifest) -> VersionOut:
+    """Register the next version of the spec's model and point its alias at it."""
+    registration = spec.registration
+    description = registration.description or (
+        f"{spec.model.architecture} trained by experiment {spec.experiment.name}")
+    version = client.register_version(spec.model_name, onnx_model, manifest, description=description)
+    if registration.alias:
+        version = client.set_alias(spec.model_name, registration.alias, version.version)
+    return version

@@ -1,0 +1,277 @@
+"""Run one job from a validated spec: data → Ray Train → evaluation → ONNX → registered version.
+
+The driver (this module, in the ``ray job submit`` entrypoint or ``modelplane train run``)
+loads and splits the data once and puts it in Ray's object store, starts a tracked run,
+fits a ``TorchTrainer``, then evaluates the final (or best) weights on the held-out rows,
+exports them to ONNX, checks ONNX Runtime against torch, and registers the version with
+its manifest. The run ends ``finished``, ``failed`` or ``killed`` whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
+from training.data import Dataset, Split, load_dataset, split_dataset
+from training.errors import TrainingError
+from training.finetune import MODEL_BUNDLE_ARTIFACT, check_architecture, load_fine_tune_source
+from training.preflight import check_resources
+from training.schemas import JobSpec
+from training.spec import dump_job_spec
+
+# Ray Train's controller polls workers this often; a worker's report waits for the poll,
+# so Ray's 2 s default would stretch every short epoch to 2 s.
+HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_INTERVAL_S = "0.25"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a finished job produced."""
+
+    run_id: str
+    model: str
+    version: int | None
+    epochs: int
+    stopped_early: bool
+    metrics: dict[str, float]
+    max_abs_diff: float
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None = None,
+            register: bool = True, echo: Callable[[str], None] = print) -> JobResult:
+    """Run the whole job; ``address="local"`` starts a private Ray instead of joining one."""
+    from control_plane.client import Client
+    from control_plane.ray_auth import apply_ray_auth_env
+    from modelplane.settings import get_settings
+
+    apply_ray_auth_env()
+    settings = get_settings()
+    token = settings.resolved_token()
+    client = Client(settings.url, token, settings=settings)
+    client.health()  # fail now, not after an hour of training, if the tracker is unreachable
+
+    dataset = load_dataset(spec.data, spec.task)
+    split = split_dataset(dataset, validation_split=spec.data.validation_split, seed=spec.data.seed)
+    echo(f"data {dataset.uri}: {len(split.x_train)} training and {len(split.x_val)} validation "
+         f"rows, {len(dataset.feature_names)} features"
+         + (f", {dataset.n_outputs} classes" if dataset.class_labels else ""))
+    init = None
+    if spec.model.init_from:
+        init = load_fine_tune_source(spec.model.init_from, client,
+                                     n_features=len(dataset.feature_names),
+                                     n_outputs=dataset.n_outputs)
+        check_architecture(init, spec.model.model_dump(mode="json"))
+        echo(f"fine-tuning from {init.model}:{init.version}")
+    resume, resume_epoch = None, None
+    if spec.checkpoint.resume_from:
+        resume = resolve_resume(spec.checkpoint.resume_from, client)
+        resume_epoch = _checkpoint_epoch(resume)
+        echo(f"resuming from {resume} (after epoch {resume_epoch})")
+
+    cluster = _connect_ray(address, num_cpus)
+    check_resources(spec.resources, cluster["nodes"], cluster["address"])
+
+    from training.tracking import flat_params, run_environment
+
+    train_run_name = f"{spec.experiment.name}-{uuid.uuid4().hex[:8]}"
+    storage = _storage_path(spec)
+    params = flat_params(spec) | {
+        "n_features": len(dataset.feature_names), "n_outputs": dataset.n_outputs,
+        "train_rows": len(split.x_train), "validation_rows": len(split.x_val),
+    }
+    if resume is not None:
+        params |= {"resumed_from_checkpoint": resume, "resumed_from_epoch": resume_epoch}
+    tags = {**spec.experiment.tags, "architecture": spec.model.architecture,
+            "dataset": dataset.uri, "ray_train_run": train_run_name,
+            CHECKPOINT_DIR_TAG: f"{storage.rstrip('/')}/{train_run_name}"}
+    if submission := _submission_id():
+        tags["ray_job_submission_id"] = submission
+    run = client.start_run(spec.experiment.name, name=spec.experiment.run_name or train_run_name,
+                           params=params, tags=tags, environment=run_environment(cluster["summary"]))
+    echo(f"run {run.id} in experiment {spec.experiment.name}")
+    try:
+        result = _finish(spec, client, token, run.id, dataset, split, train_run_name, storage,
+                         init=init, resume=resume, register=register, echo=echo)
+    except KeyboardInterrupt:
+        _end_quietly(client, run.id, "killed")
+        raise
+    except BaseException:
+        _end_quietly(client, run.id, "failed")
+        raise
+    client.end_run(run.id, "finished")
+    client.close()
+    return result
+
+
+def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Dataset, split: Split,
+            train_run_name: str, storage: str, *, init: Any, resume: str | None, register: bool,
+            echo: Callable[[str], None]) -> JobResult:
+    from training.early_stopping import EarlyStopping
+    from training.evaluation import classification_metrics, regression_metrics
+    from training.export import check_parity, export_onnx, torch_outputs
+    from training.models import from_bundle, to_bundle
+    from training.registration import build_manifest, code_version, reference_profile
+    from training.registration import register as register_version
+
+    state = _fit(spec, client, token, run_id, dataset, split, train_run_name, storage,
+                 init_state=init.state_dict if init else None, resume=resume, echo=echo)
+    network = from_bundle(state["network"])
+    best = state.get("best_weights")
+    if best is not None:
+        best_epoch = state["early_stopping"]["best_epoch"]
+        network.load_state_dict(best)
+        echo(f"using the weights of epoch {best_epoch}, the best "
+             f"{spec.early_stopping.metric if spec.early_stopping else 'val_loss'}")
+    epochs = int(state["epoch"])
+    stopped = EarlyStopping.from_state(state["early_stopping"]).should_stop \
+        and epochs < spec.hyperparameters.epochs
+    outputs = torch_outputs(network, split.x_val)
+    if spec.task == "classification":
+        metrics = classification_metrics(split.y_val, outputs["probabilities"])
+    else:
+        metrics = regression_metrics(split.y_val, outputs["prediction"])
+    echo("held-out evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    client.log_metrics(run_id, {f"eval_{k}": v for k, v in metrics.items()}, step=epochs)
+
+    onnx_model = export_onnx(network)
+    diff = check_parity(onnx_model, network, split.x_val)
+    echo(f"exported ONNX ({len(onnx_model) / 1024:.0f} KiB); ONNX Runtime matches torch on "
+         f"{len(split.x_val)} rows (max abs diff {diff:.2g})")
+    bundle = io.BytesIO()
+    import torch
+
+    torch.save(to_bundle(network), bundle)
+    client.log_artifact(run_id, MODEL_BUNDLE_ARTIFACT, bundle.getvalue())
+    client.log_artifact(run_id, "model/model.onnx", onnx_model)
+    client.log_artifact(run_id, "job.yaml", dump_job_spec(spec).encode())
+    client.log_params(run_id, {"epochs_run": epochs, "stopped_early": stopped,
+                               "onnx_max_abs_diff": diff})
+    if not register:
+        return JobResult(run_id, spec.model_name, None, epochs, stopped, metrics, diff)
+
+    first_output = next(iter(torch_outputs(network, split.x_train).values()))
+    manifest = build_manifest(
+        spec=spec, dataset=dataset, onnx_model=onnx_model,
+        profile=reference_profile(spec, split.x_train, dataset.feature_names, first_output),
+        metrics=metrics, run_id=run_id,
+        parent_version=init.version if init and init.model == spec.model_name else None,
+        code=code_version(),
+    )
+    version = register_version(client, spec, onnx_model, manifest)
+    client.log_params(run_id, {"registered_version": f"{version.model}:{version.version}"})
+    alias = f" (alias {spec.registration.alias})" if spec.registration.alias else ""
+    echo(f"registered {version.model}:{version.version}{alias}")
+    return JobResult(run_id, version.model, version.version, epochs, stopped, metrics, diff)
+
+
+def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Dataset, split: Split,
+         train_run_name: str, storage: str, *, init_state: Any, resume: str | None,
+         echo: Callable[[str], None]) -> dict[str, Any]:
+    """Train on Ray Train; returns the state in the final checkpoint."""
+    import ray
+    from ray.train import (
+        CheckpointConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
+    from ray.train.torch import TorchTrainer
+
+    from training.loop import train_worker
+    from training.tracking import TrackerCallback
+
+    resources = spec.resources
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = resources.gpus
+    data = ray.put({"x_train": split.x_train, "y_train": split.y_train,
+                    "x_val": split.x_val, "y_val": split.y_val})
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "data": data,
+                           "n_outputs": dataset.n_outputs, "init_state": init_state,
+                           "resume_from": resume},
+        scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=train_run_name, storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            callbacks=[TrackerCallback(client.url, token, run_id,
+                                       spec.hyperparameters.epochs)],
+            # Ray Train narrates every report at INFO; the callback prints one line an epoch.
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    device = "GPU" if resources.use_gpu else "CPU"
+    echo(f"training on {resources.num_workers} {device} worker(s) for up to "
+         f"{spec.hyperparameters.epochs} epochs; checkpoints in {storage}/{train_run_name}")
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as error:
+        raise TrainingError(f"training failed: {_first_lines(error)}",
+                            detail={"run_id": run_id}) from None
+    if result.checkpoint is None:
+        raise TrainingError("training ended without a checkpoint", detail={"run_id": run_id})
+    return load_state(result.checkpoint)
+
+
+def _connect_ray(address: str | None, num_cpus: int | None) -> dict[str, Any]:
+    """Join (or start) Ray; returns the alive nodes' resources and a summary for the run."""
+    import ray
+
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
+    if not ray.is_initialized():
+        if address == "local":
+            ray.init(address="local", num_cpus=num_cpus, logging_level="WARNING")
+        else:
+            # None: RAY_ADDRESS (set by `ray job submit`) or a running local cluster.
+            ray.init(address=address, logging_level="WARNING")
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    context = ray.get_runtime_context()
+    summary = {"ray_version": ray.__version__, "address": context.gcs_address,
+               "nodes": len(nodes), "resources": ray.cluster_resources()}
+    return {"nodes": nodes, "address": context.gcs_address, "summary": summary}
+
+
+def _storage_path(spec: JobSpec) -> str:
+    if spec.checkpoint.storage_path:
+        return spec.checkpoint.storage_path
+    from ray.train.constants import DEFAULT_STORAGE_PATH
+
+    return str(DEFAULT_STORAGE_PATH)
+
+
+def _checkpoint_epoch(location: str) -> int:
+    from ray.train import Checkpoint
+
+    return int(load_state(Checkpoint(location))["epoch"])
+
+
+def _submission_id() -> str | None:
+    # The job supervisor hands the driver its job config (with the submission id) here.
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        return config.get("metadata", {}).get("job_submission_id") or None
+    except ValueError:
+        return None
+
+
+def _end_quietly(client: Any, run_id: str, status: str) -> None:
+    # The original error matters more than this bookkeeping.
+    with contextlib.suppress(Exception):
+        client.end_run(run_id, status)
+
+
+def _first_lines(error: BaseException, limit: int = 20) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return "\n".join(lines[-limit:]) if lines else type(error).__name__
+

@@ -1,0 +1,312 @@
+"""The training job spec: one YAML file, validated as pydantic models before anything runs.
+
+Every section refuses unknown keys, so a typo (``learnin_rate``) is an error naming the
+field rather than a silently ignored setting. Checks that need the data or the cluster
+(does the target column exist, are there enough GPUs) live in :mod:`training.preflight`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from control_plane.schemas import AliasName, Name
+
+BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
+# Which task each bundled dataset is: a classifier on diabetes makes no sense.
+BUNDLED_TASKS = {
+    "digits": "classification",
+    "breast_cancer": "classification",
+    "wine": "classification",
+    "diabetes": "regression",
+}
+ARCHITECTURE_TASKS = {
+    "mlp_classifier": "classification",
+    "cnn_classifier": "classification",
+    "mlp_regressor": "regression",
+}
+# Metrics every epoch reports, per task; early stopping may watch any of them.
+EPOCH_METRICS = {
+    "classification": {"train_loss": "min", "val_loss": "min", "val_accuracy": "max"},
+    "regression": {"train_loss": "min", "val_loss": "min", "val_mae": "min", "val_rmse": "min"},
+}
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExperimentSpec(Section):
+    """Where the run is tracked."""
+
+    name: Name = Field(description="Experiment name; created if it does not exist.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags put on every run.")
+    run_name: str = Field("", max_length=200, description="Run name (default: generated).")
+
+
+class ModelSpec(Section):
+    """The network: an MLP for tabular data or a small CNN for images."""
+
+    architecture: Literal["mlp_classifier", "mlp_regressor", "cnn_classifier"] = Field(
+        description="mlp_classifier, mlp_regressor or cnn_classifier."
+    )
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [64, 64],
+        description="MLP: width of each hidden layer. CNN: width of the dense layers after the convolutions.",
+    )
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [16, 32], description="CNN: output channels of each conv block."
+    )
+    kernel_size: Annotated[int, Field(ge=1, le=15)] = Field(3, description="CNN: conv kernel size.")
+    image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = Field(
+        None,
+        description="CNN: [channels, height, width] the flat feature row is reshaped to.",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    activation: Literal["relu", "gelu", "tanh", "silu", "leaky_relu"] = "relu"
+    init_from: str | None = Field(
+        None,
+        description="Fine-tune: start from a registered version's weights (NAME:VERSION or "
+        "NAME@ALIAS); it becomes the new version's parent.",
+    )
+
+    @property
+    def task(self) -> str:
+        return ARCHITECTURE_TASKS[self.architecture]
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd_kernel(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd, so each convolution keeps the image's size")
+        return value
+
+    @model_validator(mode="after")
+    def _cnn_needs_an_image(self) -> ModelSpec:
+        if self.architecture == "cnn_classifier" and self.image_shape is None:
+            raise _at(
+                "image_shape",
+                "required for cnn_classifier: [channels, height, width], e.g. [1, 8, 8] for digits",
+            )
+        return self
+
+
+class DataSpec(Section):
+    """A bundled scikit-learn dataset, or a CSV/Parquet file by path or fsspec URI."""
+
+    dataset: str | None = Field(
+        None, description=f"Bundled scikit-learn dataset: {', '.join(BUNDLED_DATASETS)}."
+    )
+    path: str | None = Field(
+        None,
+        description="CSV or Parquet file: a local path (relative to the spec file) or an "
+        "fsspec URI (s3://, gs://, https://).",
+    )
+    format: Literal["auto", "csv", "parquet"] = Field(
+        "auto", description="File format; auto goes by the file extension."
+    )
+    features: list[str] | None = Field(
+        None, description="Feature columns (default: every column but the target)."
+    )
+    target: str | None = Field(None, description="Target column (files only).")
+    validation_split: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of rows held out for validation."
+    )
+    seed: int = Field(0, ge=0, description="Seed for the split, initialisation and shuffling.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str | None) -> str | None:
+        if value is not None and value not in BUNDLED_DATASETS:
+            raise ValueError(
+                f"unknown dataset {value!r}; choose one of {', '.join(BUNDLED_DATASETS)}, "
+                "or give data.path to a CSV/Parquet file"
+            )
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _distinct_features(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("features must list at least one column (or be left out)")
+            if len(set(value)) != len(value):
+                raise ValueError("features lists a column more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.dataset is None) == (self.path is None):
+            raise _at("dataset", "give exactly one of data.dataset (bundled) or data.path (a file)")
+        if self.path is not None and not self.target:
+            raise _at("target", "required with data.path: name the target column")
+        if self.dataset is not None and self.target is not None:
+            raise _at("target", f"cannot be set for the bundled dataset {self.dataset!r}; "
+                                "its target is fixed")
+        if self.target is not None and self.features and self.target in self.features:
+            raise _at("features", f"lists the target column {self.target!r}")
+        return self
+
+    @property
+    def uri(self) -> str:
+        """The dataset's URI as recorded in lineage (before relative paths are resolved)."""
+        return f"sklearn://{self.dataset}" if self.dataset else str(self.path)
+
+
+class SchedulerSpec(Section):
+    """Learning-rate schedule, stepped once per epoch."""
+
+    type: Literal["none", "step", "cosine", "exponential"] = "none"
+    step_size: PositiveInt = Field(10, description="step: epochs between decays.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step/exponential: decay factor.")
+
+
+class HyperparametersSpec(Section):
+    """Optimisation settings; batch_size is per worker."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="Initial learning rate.")
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        64, description="Rows per step on each worker."
+    )
+    epochs: Annotated[int, Field(ge=1, le=100_000)] = Field(20, description="Most epochs to run.")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty (decoupled for adamw).")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only.")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_shorthand(cls, value: Any) -> Any:
+        # `scheduler: cosine` is the common case; the mapping form carries options.
+        return {"type": value} if isinstance(value, str) else value
+
+
+class ResourcesSpec(Section):
+    """How many Ray Train workers, and what each reserves."""
+
+    num_workers: Annotated[int, Field(ge=1, le=4096)] = Field(
+        1, description="Workers; data is sharded across them and gradients averaged (DDP)."
+    )
+    use_gpu: bool = Field(False, description="Train on GPUs (NCCL); CPUs and gloo otherwise.")
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=512)
+    gpus_per_worker: float | None = Field(
+        None, ge=0.0, le=64, description="GPUs each worker reserves (default 1 with use_gpu)."
+    )
+
+    @model_validator(mode="after")
+    def _gpus_need_use_gpu(self) -> ResourcesSpec:
+        if self.gpus_per_worker and not self.use_gpu:
+            raise _at("gpus_per_worker", "is set but use_gpu is false; set use_gpu: true")
+        if self.use_gpu and self.gpus_per_worker == 0:
+            raise _at("gpus_per_worker", "is 0 but use_gpu is true")
+        return self
+
+    @property
+    def gpus(self) -> float:
+        """GPUs each worker reserves."""
+        if not self.use_gpu:
+            return 0.0
+        return 1.0 if self.gpus_per_worker is None else self.gpus_per_worker
+
+
+class EarlyStoppingSpec(Section):
+    """Stop when the watched metric has not improved by min_delta for patience epochs."""
+
+    metric: str = Field("val_loss", description="An epoch metric, e.g. val_loss or val_accuracy.")
+    mode: Literal["min", "max"] | None = Field(
+        None, description="min or max (default: max for accuracy, min otherwise)."
+    )
+    patience: Annotated[int, Field(ge=1, le=100_000)] = 5
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as better.")
+    restore_best: bool = Field(
+        True, description="Register the best epoch's weights rather than the last epoch's."
+    )
+
+
+class CheckpointSpec(Section):
+    """Checkpoints go through Ray Train's storage; resume picks the latest."""
+
+    every_n_epochs: PositiveInt = Field(1, description="Checkpoint every N epochs (and the last).")
+    keep: PositiveInt = Field(2, description="Checkpoints kept; older ones are deleted.")
+    storage_path: str | None = Field(
+        None,
+        description="Where checkpoints live: a local folder or a URI every node can reach "
+        "(s3://…). Default: Ray's ~/ray_results.",
+    )
+    resume_from: str | None = Field(
+        None,
+        description="Resume from a tracked run (its id) or a checkpoint path: the latest "
+        "checkpoint there sets the starting epoch, weights and optimizer.",
+    )
+
+
+class RegistrationSpec(Section):
+    """The registered version the job ends with."""
+
+    model_name: Name | None = Field(None, description="Registry model (default: experiment name).")
+    alias: AliasName | None = Field(None, description="Alias to point at the new version.")
+    description: str = Field("", max_length=2000)
+
+
+class JobSpec(Section):
+    """A whole training job."""
+
+    experiment: ExperimentSpec
+    model: ModelSpec
+    data: DataSpec
+    hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    early_stopping: EarlyStoppingSpec | None = None
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    registration: RegistrationSpec = Field(default_factory=RegistrationSpec)
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    @property
+    def model_name(self) -> str:
+        return self.registration.model_name or self.experiment.name
+
+    @property
+    def stopping_mode(self) -> str:
+        """``min`` or ``max`` for the early-stopping metric."""
+        assert self.early_stopping is not None
+        return self.early_stopping.mode or EPOCH_METRICS[self.task][self.early_stopping.metric]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        task = self.model.task
+        if self.data.dataset is not None and BUNDLED_TASKS[self.data.dataset] != task:
+            raise _at(
+                "model.architecture",
+                f"{self.model.architecture} is a {task} model but {self.data.dataset} is a "
+                f"{BUNDLED_TASKS[self.data.dataset]} dataset",
+            )
+        if self.early_stopping is not None and self.early_stopping.metric not in EPOCH_METRICS[task]:
+            raise _at(
+                "early_stopping.metric",
+                f"unknown metric {self.early_stopping.metric!r} for {task}; choose one of "
+                f"{', '.join(EPOCH_METRICS[task])}",
+            )
+        return self
+
+
+class FieldError(ValueError):
+    """A check across fields that knows which one is wrong, relative to where it is raised.
+
+    :mod:`training.spec` joins ``field`` to the error's location, so a ``DataSpec`` check
+    raising ``FieldError("target", …)`` is reported as ``data.target``.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _at(field: str, message: str) -> FieldError:
+    return FieldError(field, message)

@@ -1,0 +1,206 @@
+"""Submit training jobs to a Ray cluster through Ray's job API, and follow, inspect or stop them.
+
+``submit_spec`` checks the spec (fields, data columns, the cluster's CPUs and GPUs)
+before anything reaches the cluster, then submits ``python -m training.job --config …``
+with the control plane's address and token and the local code commit in the job's
+environment. Ray's token authentication is switched on for the client when this machine
+has a Ray token, so users never handle it.
+
+Without ``--working-dir`` the job gets a fresh working directory holding only the
+resolved spec, and runs the modelplane installed beside Ray on the cluster. With one,
+the spec must lie inside it and the directory's code is what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.errors import InvalidJobSpecError, JobFailedError, JobSubmissionError
+from training.registration import BRANCH_ENV, COMMIT_ENV
+from training.spec import dump_job_spec, load_job_spec
+
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+TERMINAL_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
+SPEC_NAME = "job.yaml"
+
+
+def dashboard_address(address: str | None = None) -> str:
+    """``--address``, else Ray's own variables, else the local dashboard."""
+    if address:
+        return address
+    for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        value = os.environ.get(name, "")
+        # RAY_ADDRESS often holds a GCS address (host:6379), which the job API does not speak.
+        if value.startswith(("http://", "https://")):
+            return value
+    return DEFAULT_DASHBOARD
+
+
+class JobClient:
+    """Ray's ``JobSubmissionClient`` with token auth handled and errors that say what to do."""
+
+    def __init__(self, address: str | None = None) -> None:
+        from control_plane.ray_auth import apply_ray_auth_env
+
+        apply_ray_auth_env()
+        from ray.job_submission import JobSubmissionClient
+
+        self.address = dashboard_address(address).rstrip("/")
+        try:
+            self._client = JobSubmissionClient(self.address)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise JobSubmissionError(
+                f"cannot reach Ray's job API at {self.address} ({_first_line(error)}); is a Ray "
+                "head running with its dashboard? Pass --address http://HEAD:8265 or set "
+                "RAY_API_SERVER_ADDRESS",
+                detail={"address": self.address},
+            ) from None
+
+    def submit(self, entrypoint: str, runtime_env: dict[str, Any], *,
+               submission_id: str | None = None, metadata: dict[str, str] | None = None) -> str:
+        return self._call(self._client.submit_job, entrypoint=entrypoint,
+                          runtime_env=runtime_env, submission_id=submission_id,
+                          metadata=metadata or {})
+
+    def info(self, job_id: str) -> Any:
+        return self._call(self._client.get_job_info, job_id)
+
+    def status(self, job_id: str) -> str:
+        return str(self._call(self._client.get_job_status, job_id).value)
+
+    def logs(self, job_id: str) -> str:
+        return self._call(self._client.get_job_logs, job_id)
+
+    def stop(self, job_id: str) -> bool:
+        return bool(self._call(self._client.stop_job, job_id))
+
+    def list(self) -> list[Any]:
+        return self._call(self._client.list_jobs)
+
+    def nodes(self) -> list[dict[str, float]]:
+        """Total resources of each alive node, for the checks before submission."""
+        from ray.util.state import list_nodes
+
+        try:
+            nodes = list_nodes(address=self.address, filters=[("state", "=", "ALIVE")])
+        except Exception as error:  # the state API raises its own and requests' errors
+            raise JobSubmissionError(
+                f"cannot list the nodes of the cluster at {self.address}: {_first_line(error)}; "
+                "pass --no-resource-check to submit without checking CPUs and GPUs",
+                detail={"address": self.address},
+            ) from None
+        return [dict(node.resources_total or {}) for node in nodes]
+
+    def follow(self, job_id: str, echo: Callable[[str], None], *, poll_s: float = 1.0) -> str:
+        """Print the job's output as it grows until the job ends; returns its final status."""
+        shown = 0
+        while True:
+            status = self.status(job_id)  # read before the logs, so no tail is missed
+            text = self.logs(job_id)
+            if len(text) > shown:
+                echo(text[shown:].rstrip("\n"))
+                shown = len(text)
+            if status in TERMINAL_STATES:
+                return status
+            time.sleep(poll_s)
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (RuntimeError, ConnectionError) as error:
+            message = _first_line(error)
+            if "does not exist" in message or "404" in message:
+                raise JobSubmissionError(
+                    f"no job {args[0] if args else ''} on the cluster at {self.address}; "
+                    "`modelplane train list` shows the jobs there",
+                    detail={"address": self.address},
+                ) from None
+            raise JobSubmissionError(f"Ray's job API at {self.address} failed: {message}",
+                                     detail={"address": self.address}) from None
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    address: str
+    status: str | None = None
+
+
+def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None,
+                working_dir: str | os.PathLike[str] | None = None, wait: bool = False,
+                check_resources: bool = True, submission_id: str | None = None,
+                echo: Callable[[str], None] = print) -> Submission:
+    """Check the spec, submit it, and (with ``wait``) follow it to the end."""
+    from training.preflight import check_data
+    from training.preflight import check_resources as check_cluster
+
+    path = Path(spec_path)
+    spec = load_job_spec(path)
+    check_data(spec)
+    client = JobClient(address)
+    if check_resources:
+        check_cluster(spec.resources, client.nodes(), client.address)
+    env = job_environment(path.parent)
+    metadata = {"experiment": spec.experiment.name, "model": spec.model_name}
+    if working_dir is None:
+        with tempfile.TemporaryDirectory(prefix="modelplane-job-") as staging:
+            # The resolved spec: local paths in it are absolute, so they mean the same there.
+            (Path(staging) / SPEC_NAME).write_text(dump_job_spec(spec))
+            job_id = client.submit(_entrypoint(SPEC_NAME), {"working_dir": staging, "env_vars": env},
+                                   submission_id=submission_id, metadata=metadata)
+    else:
+        root = Path(working_dir).resolve()
+        try:
+            relative = path.resolve().relative_to(root)
+        except ValueError:
+            raise InvalidJobSpecError(
+                f"the spec {path} is not inside --working-dir {root}; put it there so the job "
+                "can read it", detail={"field": "config"},
+            ) from None
+        job_id = client.submit(_entrypoint(relative.as_posix()),
+                               {"working_dir": str(root), "env_vars": env},
+                               submission_id=submission_id, metadata=metadata)
+    echo(f"submitted job {job_id} to {client.address} (experiment {spec.experiment.name})")
+    if not wait:
+        echo(f"follow it with: modelplane train logs {job_id} --follow")
+        return Submission(job_id, client.address)
+    status = client.follow(job_id, echo)
+    if status != "SUCCEEDED":
+        raise JobFailedError(f"job {job_id} ended {status}; `modelplane train logs {job_id}` "
+                             "shows why", detail={"job_id": job_id, "status": status})
+    echo(f"job {job_id} {status}")
+    return Submission(job_id, client.address, status)
+
+
+def job_environment(code_dir: Path) -> dict[str, str]:
+    """What the job needs from here: the control plane, its token, and the code version."""
+    from control_plane.environment import git_info
+    from modelplane.settings import get_settings
+
+    settings = get_settings()
+    env = {"MODELPLANE_URL": settings.url}
+    token = settings.resolved_token()
+    if token:
+        env["MODELPLANE_TOKEN"] = token
+    git = git_info(code_dir)
+    if git.get("commit"):
+        env[COMMIT_ENV] = git["commit"]
+    if git.get("branch"):
+        env[BRANCH_ENV] = git["branch"]
+    return env
+
+
+def _entrypoint(spec_path: str) -> str:
+    return f"python -m training.job --config {shlex.quote(spec_path)}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
