@@ -34,6 +34,8 @@ class ControlPlane:
     rollouts: Any = None
     new_admin_token: str | None = None
     reconciler: Any = None
+    # control_plane.alerts.AlertService: rules, events (``fire_event``), notification.
+    alerts: Any = None
     _reconcile_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -55,6 +57,8 @@ class ControlPlane:
                 new_admin,
             )
         registry = Registry(db, artifacts)
+        from control_plane.alerts import AlertService
+
         deployments = Deployments(db, registry, base_url=settings.url)
         plane = cls(
             settings=settings,
@@ -65,6 +69,7 @@ class ControlPlane:
             tokens=tokens,
             deployments=deployments,
             new_admin_token=new_admin,
+            alerts=AlertService(db),
         )
         plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
                                            apply=plane.apply, alert=plane.raise_alert)
@@ -83,6 +88,13 @@ class ControlPlane:
         thread.start()
         threading.Thread(target=self._advance_rollouts_forever, name="rollout-controller",
                          daemon=True).start()
+        self.start_alerts()
+
+    def start_alerts(self) -> None:
+        """Evaluate the alert rules against the Monitor in the alerts' own thread."""
+        from control_plane.observability import endpoint_stats
+
+        self.alerts.start(endpoint_stats, lambda: [e.name for e in self.deployments.list()])
 
     def _advance_rollouts_forever(self, tick_s: float = 0.25) -> None:
         # Ticks are cheap (one indexed query when nothing is active); each rollout is
@@ -118,4 +130,6 @@ class ControlPlane:
 
     def close(self) -> None:
         self._stop.set()
+        if self.alerts is not None:
+            self.alerts.stop()
         self.db.dispose()

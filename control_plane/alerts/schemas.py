@@ -1,0 +1,130 @@
+"""Wire objects of alerting: rules, webhook receivers, alerts, history, the YAML file.
+
+A rules file (``modelplane alerts apply rules.yaml``) holds the same objects the REST API
+takes::
+
+    receivers:
+      - name: ops
+        url: https://hooks.example.com/modelplane
+    rules:
+      - name: input-drift
+        metric: drift            # see `modelplane alerts rules --metrics`
+        comparison: "=="
+        threshold: 1
+        window_s: 60
+        for_s: 120
+        severity: critical
+        labels: {team: fraud}
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from control_plane.schemas import Finite, Name, Wire
+
+Comparison = Literal[">", ">=", "<", "<=", "==", "!="]
+Severity = Literal["info", "warning", "critical"]
+LabelMap = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]],
+                     Field(max_length=32)]
+
+
+class AlertRuleSpec(Wire):
+    """When a metric of an endpoint's version crosses a threshold for long enough."""
+
+    name: Name
+    metric: str = Field(description="A monitoring signal; `modelplane alerts rules --metrics` lists them.")
+    comparison: Comparison = ">"
+    threshold: Finite
+    window_s: float = Field(60.0, gt=0, le=300, description="Monitor window the metric is read over.")
+    for_s: float = Field(0.0, ge=0, le=7 * 86400,
+                         description="How long the condition must hold before the alert fires.")
+    every_s: float = Field(10.0, ge=0.5, le=3600, description="Evaluation interval.")
+    severity: Severity = "warning"
+    endpoint: Name | None = Field(None, description="Only this endpoint (default: every endpoint).")
+    version: int | None = Field(None, ge=0, description="Only this version (default: every version).")
+    labels: LabelMap = Field(default_factory=dict, description="Added to every alert of the rule.")
+    summary: str = Field("", max_length=500, description=(
+        "Message template: {endpoint} {version} {metric} {value} {threshold} {details}."))
+    enabled: bool = True
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        from control_plane.alerts.signals import SIGNALS
+
+        if value not in SIGNALS:
+            raise ValueError(f"unknown metric {value!r}; use one of {sorted(SIGNALS)}")
+        return value
+
+
+class AlertRuleOut(AlertRuleSpec):
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ReceiverSpec(Wire):
+    """A webhook: every firing and resolved alert is POSTed to ``url`` as JSON."""
+
+    name: Name
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2000)
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    max_attempts: int = Field(4, ge=1, le=10, description="Tries per notification.")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="First retry delay; doubles each try.")
+    enabled: bool = True
+
+
+class ReceiverOut(ReceiverSpec):
+    created_at: datetime
+
+
+class AlertsFile(Wire):
+    """A YAML file of rules and receivers (``modelplane alerts apply``)."""
+
+    rules: list[AlertRuleSpec] = Field(default_factory=list)
+    receivers: list[ReceiverSpec] = Field(default_factory=list)
+
+
+class AlertOut(Wire):
+    """An alert of a rule that is pending or firing now."""
+
+    fingerprint: str
+    name: str
+    state: Literal["pending", "firing"]
+    severity: str
+    labels: dict[str, str]
+    summary: str
+    value: float | None
+    data: dict[str, Any]
+    started_at: datetime
+    fired_at: datetime | None
+
+
+class AlertEventOut(Wire):
+    """One entry of the alert history: a rule's alert firing or resolving, or an event."""
+
+    id: int
+    fingerprint: str
+    name: str
+    state: Literal["firing", "resolved"]
+    kind: Literal["rule", "event"]
+    severity: str
+    labels: dict[str, str]
+    summary: str
+    value: float | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventCreate(Wire):
+    """A one-shot alert (fires once, never resolves): rollbacks, operator notes."""
+
+    name: Name
+    severity: Severity = "warning"
+    labels: LabelMap = Field(default_factory=dict)
+    summary: str = Field("", max_length=2000)
+    data: dict[str, Any] = Field(default_factory=dict)

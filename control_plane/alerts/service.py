@@ -1,0 +1,269 @@
+"""The alert service: rules evaluated against the Monitor, one-shot events, notification.
+
+An evaluator thread wakes every :data:`TICK_S` and evaluates each enabled rule whose
+``every_s`` has elapsed: it reads the rule's metric for every (endpoint, version) in scope
+over the rule's window, steps each alert's state machine (:mod:`control_plane.alerts.states`)
+and, on a transition to firing or resolved, writes the history and notifies the log and
+the webhooks (:mod:`control_plane.alerts.notify`). Events (``fire_event``: a rollout's
+automatic rollback) go through the same history and notification path at once.
+
+Reading the Monitor and listing endpoints are injected, so the evaluation is tested with
+plain functions and a fake clock; the control plane passes the real ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from control_plane.alerts.notify import Notification, Notifier
+from control_plane.alerts.schemas import (
+    AlertEventOut,
+    AlertOut,
+    AlertRuleOut,
+    AlertRuleSpec,
+    ReceiverOut,
+    ReceiverSpec,
+)
+from control_plane.alerts.signals import COMPARE, SIGNALS
+from control_plane.alerts.states import Alert, AlertState, fingerprint
+from control_plane.alerts.store import AlertStore
+from control_plane.schemas import Page
+from control_plane.store import Database
+
+log = logging.getLogger(__name__)
+TICK_S = 0.25
+EVENT_DEDUP_S = 60.0  # the same event (name and labels) again within this is dropped
+ReadStats = Callable[[str, float], dict[str, Any]]  # (endpoint, window_s) -> {version: stats}
+ListEndpoints = Callable[[], list[str]]
+
+
+class AlertService:
+    """Alert rules, their alerts' states, events, history and notification."""
+
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = AlertStore(db)
+        self.notifier = Notifier()
+        self.counters: Counter[str] = Counter()
+        self._clock = clock
+        self._lock = threading.RLock()  # evaluator, REST calls and rollouts share the state
+        self._alerts: dict[str, Alert] = {}
+        self._due: dict[str, float] = {}
+        self._recent_events: dict[str, float] = {}
+        self._rules: list[AlertRuleSpec] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            self._alerts = {a.fingerprint: a for a in self.store.load_active()}
+            self.notifier.configure(self.store.receivers())
+        except Exception:  # a broken store must not stop the control plane from starting
+            log.exception("could not load alert state; starting with none")
+
+    # ------------------------------------------------------------ rules and receivers
+
+    def put_rule(self, spec: AlertRuleSpec, actor: str) -> AlertRuleOut:
+        result = self.store.put_rule(spec, actor)
+        with self._lock:
+            self._rules = None
+            self._due.pop(spec.name, None)
+        return result
+
+    def delete_rule(self, name: str) -> None:
+        self.store.delete_rule(name)
+        with self._lock:
+            self._rules = None
+            for alert in [a for a in self._alerts.values() if a.name == name]:
+                self._transition(alert, alert.step(False, self._clock(), 0.0))
+                self._alerts.pop(alert.fingerprint, None)
+
+    def rules(self) -> list[AlertRuleOut]:
+        return self.store.rules()
+
+    def put_receiver(self, spec: ReceiverSpec) -> ReceiverOut:
+        result = self.store.put_receiver(spec)
+        self.notifier.configure(self.store.receivers())
+        return result
+
+    def delete_receiver(self, name: str) -> None:
+        self.store.delete_receiver(name)
+        self.notifier.configure(self.store.receivers())
+
+    def receivers(self) -> list[ReceiverOut]:
+        return self.store.receivers()
+
+    def active(self) -> list[AlertOut]:
+        return self.store.active()
+
+    def history(self, **filters: Any) -> Page[AlertEventOut]:
+        return self.store.history(**filters)
+
+    # ------------------------------------------------------------ events
+
+    def fire_event(self, name: str, *, severity: str, labels: dict[str, str], summary: str,
+                   data: dict[str, Any] | None = None) -> None:
+        """Record and notify a one-shot alert (firing at once, never resolving).
+
+        Safe from any thread and never raises: a failing store or receiver is logged, and
+        the caller (a rollback in progress) carries on.
+        """
+        try:
+            labels = {str(k): str(v) for k, v in labels.items()}
+            now = self._clock()
+            key = fingerprint(name, labels)
+            with self._lock:
+                last = self._recent_events.get(key)
+                if last is not None and now - last < EVENT_DEDUP_S:
+                    self.counters["events_deduplicated"] += 1
+                    return
+                self._recent_events = {k: t for k, t in self._recent_events.items()
+                                       if now - t < EVENT_DEDUP_S}
+                self._recent_events[key] = now
+            alert = Alert(fingerprint=key, name=name, labels=labels, severity=severity,
+                          state=AlertState.FIRING, started_at=now, fired_at=now, summary=summary,
+                          data=dict(data or {}))
+            self._transition(alert, AlertState.FIRING, kind="event")
+        except Exception:
+            log.exception("could not record the alert event %s", name)
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, read_stats: ReadStats, list_endpoints: ListEndpoints,
+                 now: float | None = None) -> int:
+        """Evaluate every rule that is due; returns how many were evaluated."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            if self._rules is None:
+                self._rules = list(self.store.rules())
+            due = [r for r in self._rules if r.enabled and self._due.get(r.name, 0.0) <= now]
+        if not due:
+            return 0
+        cache: dict[tuple[str, float], dict[str, Any]] = {}
+        endpoints: list[str] | None = None
+        for rule in due:
+            if rule.endpoint is None and endpoints is None:
+                endpoints = list_endpoints()
+            readings = self._read(rule, [rule.endpoint] if rule.endpoint else endpoints or [],
+                                  read_stats, cache)
+            with self._lock:
+                self._due[rule.name] = now + rule.every_s
+                self._apply(rule, readings, now)
+        return len(due)
+
+    def _read(self, rule: AlertRuleSpec, endpoints: list[str], read_stats: ReadStats,
+              cache: dict[tuple[str, float], dict[str, Any]]) -> dict[str, tuple[dict[str, str], float | None, dict[str, Any]]]:
+        """Per alert fingerprint: labels, value and details of the rule's metric."""
+        signal = SIGNALS[rule.metric]
+        readings = {}
+        for endpoint in endpoints:
+            key = (endpoint, rule.window_s)
+            if key not in cache:
+                try:
+                    cache[key] = read_stats(endpoint, rule.window_s)
+                except Exception as error:  # one unreachable endpoint must not stop the rest
+                    log.warning("alert rule %s could not read %s: %s", rule.name, endpoint, error)
+                    cache[key] = {}
+            for version, stats in cache[key].items():
+                number = int(version)
+                if number == 0 or (rule.version is not None and number != rule.version):
+                    continue
+                labels = {**rule.labels, "alertname": rule.name, "endpoint": endpoint,
+                          "version": str(number), "severity": rule.severity}
+                value, details = signal.read(stats)
+                readings[fingerprint(rule.name, labels)] = (labels, value, details)
+        return readings
+
+    def _apply(self, rule: AlertRuleSpec, readings: dict[str, Any], now: float) -> None:
+        compare = COMPARE[rule.comparison]
+        seen = set()
+        for key, (labels, value, details) in readings.items():
+            seen.add(key)
+            alert = self._alerts.get(key) or Alert(key, rule.name, labels, rule.severity)
+            holds = value is not None and math.isfinite(value) and compare(value, rule.threshold)
+            was = alert.state
+            notify = alert.step(holds, now, rule.for_s)
+            if holds or alert.state == AlertState.RESOLVED:
+                alert.value = value if value is not None and math.isfinite(value) else None
+                alert.data = details
+                alert.summary = _summary(rule, labels, value, details)
+            if alert.active:
+                self._alerts[key] = alert
+            else:
+                self._alerts.pop(key, None)
+            if notify is not None or alert.state != was:
+                self._transition(alert, notify)
+        # Alerts of this rule whose version no longer reports (undeployed) resolve.
+        for alert in [a for a in self._alerts.values() if a.name == rule.name and a.fingerprint not in seen]:
+            self._transition(alert, alert.step(False, now, rule.for_s))
+            if not alert.active:
+                self._alerts.pop(alert.fingerprint, None)
+
+    def _transition(self, alert: Alert, notify: AlertState | None, kind: str = "rule") -> None:
+        try:
+            self.store.save(alert, notify=notify, kind=kind)
+        except Exception:
+            log.exception("could not store alert %s", alert.name)
+        if notify is not None:
+            self.notifier.notify(Notification(notify.value, _alert_document(alert, kind)))
+
+    # ------------------------------------------------------------ the evaluator thread
+
+    def start(self, read_stats: ReadStats, list_endpoints: ListEndpoints) -> None:
+        """Evaluate in a background thread until :meth:`stop` (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.wait(TICK_S):
+                try:
+                    self.evaluate(read_stats, list_endpoints)
+                except Exception:  # keep evaluating; the next pass may succeed
+                    log.exception("alert evaluation failed")
+
+        self._thread = threading.Thread(target=run, name="alert-evaluator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.notifier.close()
+
+    def metrics(self) -> dict[str, Any]:
+        """For the Prometheus exposition: active alerts and notification counters."""
+        with self._lock:
+            active = [(a.name, a.severity, a.state.value) for a in self._alerts.values()]
+        return {"active": active, "receivers": self.notifier.stats(),
+                "notifications": dict(self.notifier.counters)}
+
+
+def _summary(rule: AlertRuleSpec, labels: dict[str, str], value: float | None,
+             details: dict[str, Any]) -> str:
+    named = ", ".join(details.get("drifted_features") or [])
+    fields = {"endpoint": labels["endpoint"], "version": labels["version"], "metric": rule.metric,
+              "value": "none" if value is None else f"{value:.4g}", "threshold": f"{rule.threshold:g}",
+              "details": named}
+    default = "{endpoint} v{version}: {metric} = {value} ({comparison} {threshold})"
+    if named:
+        default += "; drifted: {details}"
+    try:
+        return (rule.summary or default).format(**fields, comparison=rule.comparison)
+    except (KeyError, IndexError, ValueError):  # a template naming unknown fields
+        return default.format(**fields, comparison=rule.comparison)
+
+
+def _alert_document(alert: Alert, kind: str) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    def iso(seconds: float | None) -> str | None:
+        return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+
+    return {"name": alert.name, "fingerprint": alert.fingerprint, "kind": kind,
+            "severity": alert.severity, "labels": alert.labels, "summary": alert.summary,
+            "value": alert.value, "data": alert.data, "started_at": iso(alert.started_at),
+            "fired_at": iso(alert.fired_at), "resolved_at": iso(alert.resolved_at)}

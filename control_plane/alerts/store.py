@@ -1,0 +1,159 @@
+"""Alerting's tables: rules, receivers, the alerts active now, and the history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from control_plane.alerts.schemas import (
+    AlertEventOut,
+    AlertOut,
+    AlertRuleOut,
+    AlertRuleSpec,
+    ReceiverOut,
+    ReceiverSpec,
+)
+from control_plane.alerts.states import Alert, AlertState
+from control_plane.errors import NotFoundError
+from control_plane.schemas import Page
+from control_plane.store import Database
+from control_plane.store.models import (
+    AlertEventRow,
+    AlertReceiverRow,
+    AlertRow,
+    AlertRuleRow,
+    utcnow,
+)
+
+
+def _time(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+class AlertStore:
+    """Every alerting read and write, each one transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------ rules
+
+    def put_rule(self, spec: AlertRuleSpec, actor: str) -> AlertRuleOut:
+        """Create or replace the rule named ``spec.name``."""
+        document = spec.model_dump(mode="json")
+        with self.db.session() as session:
+            row = session.scalar(select(AlertRuleRow).where(AlertRuleRow.name == spec.name))
+            if row is None:
+                row = AlertRuleRow(name=spec.name, spec=document, created_by=actor)
+                session.add(row)
+            else:
+                row.spec, row.updated_at = document, utcnow()
+            session.flush()
+            return _rule_out(row)
+
+    def delete_rule(self, name: str) -> None:
+        with self.db.session() as session:
+            if session.execute(delete(AlertRuleRow).where(AlertRuleRow.name == name)).rowcount == 0:
+                raise NotFoundError(f"no alert rule named {name!r}; `modelplane alerts rules` lists them",
+                                    detail={"field": "name"})
+
+    def rules(self) -> list[AlertRuleOut]:
+        with self.db.session(readonly=True) as session:
+            return [_rule_out(r) for r in session.scalars(select(AlertRuleRow).order_by(AlertRuleRow.name))]
+
+    # ------------------------------------------------------------ receivers
+
+    def put_receiver(self, spec: ReceiverSpec) -> ReceiverOut:
+        document = spec.model_dump(mode="json")
+        with self.db.session() as session:
+            row = session.scalar(select(AlertReceiverRow).where(AlertReceiverRow.name == spec.name))
+            if row is None:
+                row = AlertReceiverRow(name=spec.name, spec=document)
+                session.add(row)
+            else:
+                row.spec = document
+            session.flush()
+            return ReceiverOut(**row.spec, created_at=row.created_at)
+
+    def delete_receiver(self, name: str) -> None:
+        with self.db.session() as session:
+            if session.execute(delete(AlertReceiverRow).where(AlertReceiverRow.name == name)).rowcount == 0:
+                raise NotFoundError(f"no alert receiver named {name!r}", detail={"field": "name"})
+
+    def receivers(self) -> list[ReceiverOut]:
+        with self.db.session(readonly=True) as session:
+            rows = session.scalars(select(AlertReceiverRow).order_by(AlertReceiverRow.name))
+            return [ReceiverOut(**r.spec, created_at=r.created_at) for r in rows]
+
+    # ------------------------------------------------------------ alerts and history
+
+    def save(self, alert: Alert, *, notify: AlertState | None, kind: str = "rule") -> None:
+        """Persist an alert's state and, when it fired or resolved, its history entry."""
+        with self.db.session() as session:
+            row = session.scalar(select(AlertRow).where(AlertRow.fingerprint == alert.fingerprint))
+            if alert.active and kind == "rule":
+                if row is None:
+                    row = AlertRow(fingerprint=alert.fingerprint, started_at=_time(alert.started_at))
+                    session.add(row)
+                row.name, row.state, row.severity = alert.name, alert.state.value, alert.severity
+                row.labels, row.summary, row.value = alert.labels, alert.summary, alert.value
+                row.data, row.fired_at, row.updated_at = alert.data, _time(alert.fired_at), utcnow()
+                row.started_at = _time(alert.started_at) or row.started_at
+            elif row is not None:
+                session.delete(row)
+            if notify is not None:
+                session.add(AlertEventRow(
+                    fingerprint=alert.fingerprint, name=alert.name, state=notify.value, kind=kind,
+                    endpoint=alert.labels.get("endpoint", "")[:128], severity=alert.severity, labels=alert.labels, summary=alert.summary,
+                    value=alert.value, data=alert.data))
+
+    def load_active(self) -> list[Alert]:
+        """The alerts pending or firing when the control plane last stopped."""
+        with self.db.session(readonly=True) as session:
+            return [
+                Alert(fingerprint=r.fingerprint, name=r.name, labels=dict(r.labels),
+                      severity=r.severity, state=AlertState(r.state),
+                      started_at=r.started_at.timestamp(),
+                      fired_at=r.fired_at.timestamp() if r.fired_at else None,
+                      value=r.value, summary=r.summary, data=dict(r.data))
+                for r in session.scalars(select(AlertRow))
+            ]
+
+    def active(self) -> list[AlertOut]:
+        with self.db.session(readonly=True) as session:
+            rows = session.scalars(select(AlertRow).order_by(AlertRow.started_at))
+            return [AlertOut(fingerprint=r.fingerprint, name=r.name, state=r.state,  # type: ignore[arg-type]
+                             severity=r.severity, labels=r.labels, summary=r.summary, value=r.value,
+                             data=r.data, started_at=r.started_at, fired_at=r.fired_at)
+                    for r in rows]
+
+    def history(self, *, limit: int = 50, offset: int = 0, name: str | None = None,
+                endpoint: str | None = None) -> Page[AlertEventOut]:
+        """Newest first; ``endpoint`` matches the alerts' ``endpoint`` label."""
+        query = select(AlertEventRow)
+        if name:
+            query = query.where(AlertEventRow.name == name)
+        if endpoint:
+            query = query.where(AlertEventRow.endpoint == endpoint)
+        with self.db.session(readonly=True) as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            page = list(session.scalars(query.order_by(AlertEventRow.id.desc())
+                                        .limit(limit).offset(offset)))
+            return Page[AlertEventOut](items=[_event_out(r) for r in page], total=total,
+                                       limit=limit, offset=offset)
+
+
+def _rule_out(row: AlertRuleRow) -> AlertRuleOut:
+    return AlertRuleOut(**row.spec, created_by=row.created_by, created_at=row.created_at,
+                        updated_at=row.updated_at)
+
+
+def _event_out(row: AlertEventRow) -> AlertEventOut:
+    fields: dict[str, Any] = {
+        "id": row.id, "fingerprint": row.fingerprint, "name": row.name, "state": row.state,
+        "kind": row.kind, "severity": row.severity, "labels": row.labels, "summary": row.summary,
+        "value": row.value, "data": row.data, "created_at": row.created_at,
+    }
+    return AlertEventOut(**fields)
