@@ -383,6 +383,88 @@ class Client:
         """Per-version live statistics (p50/p95/p99 ms, error rate, throughput, shadows)."""
         return self._request("GET", f"/endpoints/{endpoint}/stats", params={"window": window_s}).json()
 
+    # ------------------------------------------------------------ monitoring and alerts
+
+    def send_feedback(self, endpoint: str, labels: dict[str, Any] | list[tuple[str, Any]]) -> dict[str, Any]:
+        """Ground truth for earlier requests: ``{response id: true label or value}`` (a list
+        of labels for a request of several rows). Any time later; any replica joins it."""
+        pairs = labels.items() if isinstance(labels, dict) else labels
+        body = {"feedback": [{"request_id": rid, "label": label} for rid, label in pairs]}
+        try:
+            response = self._http.post(f"{self.url}/v2/models/{endpoint}/feedback", json=body)
+        except httpx.TransportError as error:
+            raise ControlPlaneUnavailableError(
+                f"cannot reach {self.url} to send feedback ({type(error).__name__}); is it running?",
+                detail={"url": self.url},
+            ) from None
+        if response.status_code >= 400:
+            raise _inference_error_from(response)
+        return response.json()  # type: ignore[no-any-return]
+
+    def endpoint_monitoring(self, endpoint: str, *, window_s: float = 60.0) -> dict[str, Any]:
+        """Per version: drift verdicts by feature, data quality, online accuracy, anomalies."""
+        return self._request("GET", f"/endpoints/{endpoint}/monitoring",
+                             params={"window": window_s}).json()
+
+    def monitoring_signals(self) -> dict[str, str]:
+        """The metrics alert rules can watch, with their meaning."""
+        return self._request("GET", "/monitoring/signals").json()
+
+    def alerts(self) -> list[Any]:
+        """Alerts pending or firing now."""
+        from control_plane.alerts.schemas import AlertOut
+
+        return [AlertOut.model_validate(a) for a in self._request("GET", "/alerts").json()]
+
+    def alert_history(self, *, limit: int = 50, offset: int = 0, name: str | None = None,
+                      endpoint: str | None = None) -> Any:
+        """Firings, resolutions and events, newest first (a ``Page``)."""
+        from control_plane.alerts.schemas import AlertEventOut
+
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        params.update({k: v for k, v in (("name", name), ("endpoint", endpoint)) if v})
+        return self._get("/alerts/history", Page[AlertEventOut], **params)
+
+    def alert_rules(self) -> list[Any]:
+        from control_plane.alerts.schemas import AlertRuleOut
+
+        return [AlertRuleOut.model_validate(r) for r in self._request("GET", "/alerts/rules").json()]
+
+    def put_alert_rule(self, rule: Any) -> Any:
+        """Create or replace a rule (an ``AlertRuleSpec`` or its dict)."""
+        from control_plane.alerts.schemas import AlertRuleOut, AlertRuleSpec
+
+        spec = AlertRuleSpec.model_validate(rule)
+        return self._send("PUT", f"/alerts/rules/{spec.name}", spec, AlertRuleOut)
+
+    def delete_alert_rule(self, name: str) -> None:
+        self._request("DELETE", f"/alerts/rules/{name}")
+
+    def alert_receivers(self) -> list[Any]:
+        from control_plane.alerts.schemas import ReceiverOut
+
+        return [ReceiverOut.model_validate(r) for r in self._request("GET", "/alerts/receivers").json()]
+
+    def put_alert_receiver(self, receiver: Any) -> Any:
+        """Create or replace a webhook receiver (a ``ReceiverSpec`` or its dict)."""
+        from control_plane.alerts.schemas import ReceiverOut, ReceiverSpec
+
+        spec = ReceiverSpec.model_validate(receiver)
+        return self._send("PUT", f"/alerts/receivers/{spec.name}", spec, ReceiverOut)
+
+    def delete_alert_receiver(self, name: str) -> None:
+        self._request("DELETE", f"/alerts/receivers/{name}")
+
+    def fire_alert_event(self, name: str, *, severity: str = "warning",
+                         labels: dict[str, str] | None = None, summary: str = "",
+                         data: dict[str, Any] | None = None) -> None:
+        """Raise a one-shot alert through the control plane's notification path."""
+        from control_plane.alerts.schemas import EventCreate
+
+        body = EventCreate(name=name, severity=severity, labels=labels or {},  # type: ignore[arg-type]
+                           summary=summary, data=data or {})
+        self._request("POST", "/alerts/events", json=body.model_dump(mode="json"))
+
     # ------------------------------------------------------------ rollouts
 
     def start_rollout(self, spec: RolloutCreate | dict[str, Any]) -> RolloutOut:
@@ -444,6 +526,21 @@ def _error_from(response: httpx.Response) -> ModelplaneError:
     cls = _ERRORS_BY_CODE.get(code, ControlPlaneError)
     error = cls(str(message), detail={**context, "status": response.status_code, "code": code})
     return error
+
+
+def _inference_error_from(response: httpx.Response) -> ModelplaneError:
+    """The data plane's error (v2 body ``{"error": message, "code"}``) as its own class."""
+    import serving.errors as serving_errors
+
+    try:
+        body = response.json()
+        message, code = str(body.get("error", response.text)), str(body.get("code", ""))
+    except ValueError:
+        message, code = response.text or response.reason_phrase, ""
+    classes = {cls.code: cls for cls in vars(serving_errors).values()
+               if isinstance(cls, type) and issubclass(cls, serving_errors.ServingError)}
+    return classes.get(code, serving_errors.ServingError)(
+        message, detail={"status": response.status_code, "code": code})
 
 
 def _file_digest(path: Path) -> str:

@@ -1,8 +1,13 @@
 """Every Prometheus metric modelplane exposes, defined in this one module.
 
 Labels are bounded: endpoint, model, version, code (HTTP status) and quantile, never a
-path or a user id. Values come from the Monitor (request path statistics), the store
-(route tables) and Serve (replica counts), collected when ``/api/metrics`` is scraped.
+path or a user id; monitoring adds feature (a name from the version's reference profile),
+statistic, reason (a rejection reason or a drop cause), and alerting adds alertname,
+severity, state and receiver. Values come from the Monitor (request path statistics,
+drift, data quality, online accuracy, anomalies), the store (route tables), Serve
+(replica counts) and the alert service, collected when ``/api/metrics`` is scraped.
+Windowed signals (drift, online accuracy, anomalies) are over the Monitor's
+``METRICS_WINDOW_S`` (60 s); counters are cumulative since the Monitor started.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class _ModelplaneCollector:
     def __init__(self, monitor_rows: list[dict[str, Any]], endpoints: list[Any],
-                 replicas: dict[str, int]) -> None:
+                 replicas: dict[str, int], alerts: dict[str, Any] | None = None) -> None:
         self.monitor_rows, self.endpoints, self.replicas = monitor_rows, endpoints, replicas
+        self.alerts = alerts
 
     def collect(self):  # type: ignore[no-untyped-def]
         requests = CounterMetricFamily(
@@ -73,10 +79,167 @@ class _ModelplaneCollector:
                 if key in self.replicas:
                     replicas.add_metric([endpoint.name, str(route.version)], self.replicas[key])
         yield from (requests, latency, compared, agreement, weight, shadow, replicas, generation)
+        yield from _monitoring_families(self.monitor_rows)
+        if self.alerts is not None:
+            yield from _alert_families(self.alerts)
 
 
-def render(monitor_rows: list[dict[str, Any]], endpoints: list[Any], replicas: dict[str, int]) -> bytes:
+def render(monitor_rows: list[dict[str, Any]], endpoints: list[Any], replicas: dict[str, int],
+           alerts: dict[str, Any] | None = None) -> bytes:
     """The Prometheus text exposition for the given state."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ModelplaneCollector(monitor_rows, endpoints, replicas))  # type: ignore[arg-type]
+    registry.register(_ModelplaneCollector(monitor_rows, endpoints, replicas, alerts))  # type: ignore[arg-type]
     return generate_latest(registry)
+
+
+_VERSION = ["endpoint", "version"]
+_FEATURE = ["endpoint", "version", "feature"]
+_ONLINE = ("accuracy", "precision", "recall", "f1", "mae", "rmse")
+_DRIFT_STATISTICS = ("psi", "js", "ks", "wasserstein", "chi2")
+
+
+def _gauge(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, labels=labels)
+
+
+def _counter(name: str, text: str, labels: list[str]) -> CounterMetricFamily:
+    return CounterMetricFamily(name, text, labels=labels)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _monitoring_families(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
+    """Drift, data quality, online accuracy, anomalies and the feedback store."""
+    f = {
+        "drift": _gauge("modelplane_drift_detected", "1 when the version's drift verdict is drift, "
+                        "0 when ok (absent with too few rows).", _VERSION),
+        "drift_rows": _gauge("modelplane_drift_window_rows", "Input rows in the drift window.", _VERSION),
+        "pvalue": _gauge("modelplane_feature_drift_p_value",
+                         "Adjusted drift p-value of an input feature.", _FEATURE),
+        "drifted": _gauge("modelplane_feature_drifted", "1 when an input feature drifted.", _FEATURE),
+        "statistic": _gauge("modelplane_feature_drift_statistic",
+                            "Drift statistic of an input feature against the reference.",
+                            [*_FEATURE, "statistic"]),
+        "prediction": _gauge("modelplane_prediction_drift_detected",
+                             "1 when the predictions drifted, 0 when not.", _VERSION),
+        "prediction_pvalue": _gauge("modelplane_prediction_drift_p_value",
+                                    "Adjusted drift p-value of a prediction feature.", _FEATURE),
+        "rows": _counter("modelplane_input_rows", "Input rows observed.", _VERSION),
+        "missing": _counter("modelplane_missing_values", "Missing (NaN, inf) input values.", _FEATURE),
+        "out_of_range": _counter("modelplane_out_of_range_values",
+                                 "Input values outside the reference [min, max] or categories.",
+                                 _FEATURE),
+        "support": _counter("modelplane_rows_out_of_support",
+                            "Rows with any value outside the reference support.", _VERSION),
+        "confidence": _counter("modelplane_unusual_confidence",
+                               "Predictions whose confidence lies outside the reference's range.",
+                               _VERSION),
+        "rejected": _counter("modelplane_rejected_requests", "Requests refused, by reason.",
+                             [*_VERSION, "reason"]),
+        "age": _gauge("modelplane_last_request_age_seconds", "Seconds since the version last answered.",
+                      _VERSION),
+        "data_age": _gauge("modelplane_data_age_seconds",
+                           "Mean age of the features sent with feature_timestamp.", _VERSION),
+        "labelled": _counter("modelplane_feedback_labelled",
+                             "Predictions joined with their ground truth.", _VERSION),
+        "latency_anomaly": _gauge("modelplane_latency_anomaly",
+                                  "1 when latency is anomalous against its EWMA baseline.", _VERSION),
+        "latency_baseline": _gauge("modelplane_latency_baseline_seconds",
+                                   "EWMA baseline of the mean latency.", _VERSION),
+        "error_anomaly": _gauge("modelplane_error_rate_anomaly",
+                                "1 when the error rate is anomalous against its EWMA baseline.", _VERSION),
+        "held": _gauge("modelplane_predictions_held",
+                       "Predictions kept for the ground-truth join.", ["endpoint"]),
+        "dropped": _counter("modelplane_predictions_dropped",
+                            "Kept predictions dropped unjoined (full store, too old).",
+                            ["endpoint", "reason"]),
+        "unmatched": _counter("modelplane_feedback_unmatched",
+                              "Labels that never found their prediction.", ["endpoint"]),
+    }
+    online = {name: _gauge(f"modelplane_online_{name}", f"Online {name} from feedback.", _VERSION)
+              for name in _ONLINE}
+    feedback_done: set[str] = set()
+    for row in rows:
+        monitoring = row.get("monitoring")
+        if not monitoring or row["version"] == 0:
+            continue
+        labels = [row["endpoint"], str(row["version"])]
+        totals = monitoring.get("totals") or {}
+        drift = monitoring.get("drift") or {}
+        if drift.get("verdict") in ("drift", "ok"):
+            f["drift"].add_metric(labels, 1.0 if drift["verdict"] == "drift" else 0.0)
+        f["drift_rows"].add_metric(labels, float(drift.get("samples") or 0))
+        for name, feature in (drift.get("features") or {}).items():
+            if (p := _number(feature.get("p_value"))) is not None:
+                f["pvalue"].add_metric([*labels, name], p)
+            f["drifted"].add_metric([*labels, name], float(bool(feature.get("drifted"))))
+            for statistic in _DRIFT_STATISTICS:
+                if (value := _number((feature.get("statistics") or {}).get(statistic))) is not None:
+                    f["statistic"].add_metric([*labels, name, statistic], value)
+        prediction = drift.get("prediction") or {}
+        if prediction.get("verdict") in ("drift", "ok"):
+            f["prediction"].add_metric(labels, float(prediction["verdict"] == "drift"))
+        for name, feature in (prediction.get("features") or {}).items():
+            if (p := _number(feature.get("p_value"))) is not None:
+                f["prediction_pvalue"].add_metric([*labels, name], p)
+        f["rows"].add_metric(labels, totals.get("q:rows", 0.0))
+        f["support"].add_metric(labels, totals.get("q:rows_out_of_support", 0.0))
+        f["confidence"].add_metric(labels, totals.get("q:unusual_confidence", 0.0))
+        f["labelled"].add_metric(labels, totals.get("fb:n", 0.0))
+        for key, value in totals.items():
+            if key.startswith("q:missing:"):
+                f["missing"].add_metric([*labels, key[10:]], value)
+            elif key.startswith("q:oor:"):
+                f["out_of_range"].add_metric([*labels, key[6:]], value)
+            elif key.startswith("rej:"):
+                f["rejected"].add_metric([*labels, key[4:]], value)
+        quality = monitoring.get("quality") or {}
+        if (age := _number(quality.get("last_request_age_s"))) is not None:
+            f["age"].add_metric(labels, age)
+        if (data_age := _number(quality.get("data_age_s"))) is not None:
+            f["data_age"].add_metric(labels, data_age)
+        accuracy = monitoring.get("accuracy") or {}
+        for name, family in online.items():
+            if (value := _number(accuracy.get(name))) is not None:
+                family.add_metric(labels, value)
+        anomalies = monitoring.get("anomalies") or {}
+        latency = anomalies.get("latency_ms") or {}
+        if latency.get("z") is not None:
+            f["latency_anomaly"].add_metric(labels, float(bool(latency.get("anomalous"))))
+        if (baseline := _number(latency.get("baseline"))) is not None:
+            f["latency_baseline"].add_metric(labels, baseline / 1000)
+        errors = anomalies.get("error_rate") or {}
+        if errors.get("z") is not None:
+            f["error_anomaly"].add_metric(labels, float(bool(errors.get("anomalous"))))
+        feedback = monitoring.get("feedback") or {}
+        if row["endpoint"] not in feedback_done and feedback:
+            feedback_done.add(row["endpoint"])
+            f["held"].add_metric([row["endpoint"]], feedback.get("held", 0))
+            for reason in ("dropped_full", "expired"):
+                f["dropped"].add_metric([row["endpoint"], reason], feedback.get(reason, 0))
+            f["unmatched"].add_metric([row["endpoint"]], feedback.get("labels_unmatched", 0))
+    yield from f.values()
+    yield from online.values()
+
+
+def _alert_families(alerts: dict[str, Any]):  # type: ignore[no-untyped-def]
+    active = _gauge("modelplane_alerts", "Alerts pending or firing now.",
+                    ["alertname", "severity", "state"])
+    counts: dict[tuple[str, str, str], int] = {}
+    for key in alerts.get("active", []):
+        counts[tuple(key)] = counts.get(tuple(key), 0) + 1  # type: ignore[index]
+    for key, count in sorted(counts.items()):
+        active.add_metric(list(key), count)
+    notifications = _counter("modelplane_alert_notifications",
+                             "Webhook deliveries by outcome (sent, failed, dropped, retries).",
+                             ["receiver", "outcome"])
+    for receiver, outcomes in sorted(alerts.get("receivers", {}).items()):
+        for outcome, count in sorted(outcomes.items()):
+            notifications.add_metric([receiver, outcome], count)
+    yield from (active, notifications)

@@ -68,6 +68,10 @@ def _register_groups() -> None:
     app.add_typer(server.db_app, name="db")
     app.add_typer(training_cli.app, name="train")
     app.command("api")(server.api)
+    from control_plane.cli import monitoring
+
+    app.command("monitor")(monitoring.monitor)
+    app.add_typer(monitoring.alerts_app, name="alerts")
 
 
 _register_groups()

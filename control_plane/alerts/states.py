@@ -56,7 +56,8 @@ class Alert:
             if self.state in (AlertState.INACTIVE, AlertState.RESOLVED):
                 self.state, self.started_at = AlertState.PENDING, now
                 self.fired_at = self.resolved_at = None
-            if self.state == AlertState.PENDING and now - (self.started_at or now) >= for_s:
+            started = self.started_at if self.started_at is not None else now
+            if self.state == AlertState.PENDING and now - started >= for_s:
                 self.state, self.fired_at = AlertState.FIRING, now
                 return AlertState.FIRING
             return None

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from control_plane.api import (
     routes_admin,
+    routes_monitoring,
     routes_registry,
     routes_rollouts,
     routes_serving,
@@ -35,6 +36,7 @@ def build_api(cp: ControlPlane) -> FastAPI:
     app.include_router(routes_tracking.router)
     app.include_router(routes_serving.router)
     app.include_router(routes_rollouts.router)
+    app.include_router(routes_monitoring.router)
     return app
 
 

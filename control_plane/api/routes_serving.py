@@ -63,5 +63,6 @@ def metrics(cp: CP) -> Response:
     from control_plane.metrics import CONTENT_TYPE, render
     from control_plane.observability import monitor_totals, running_replicas
 
-    body = render(monitor_totals(), cp.deployments.list(), running_replicas())
+    alerts = cp.alerts.metrics() if cp.alerts is not None else None
+    body = render(monitor_totals(), cp.deployments.list(), running_replicas(), alerts)
     return Response(content=body, media_type=CONTENT_TYPE)

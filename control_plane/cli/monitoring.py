@@ -1,0 +1,212 @@
+"""``modelplane monitor ENDPOINT`` and ``modelplane alerts list|rules|history|apply|delete``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from control_plane.cli.output import JsonOption, UrlOption, client, emit, fmt, print_table
+
+alerts_app = typer.Typer(help="Alerts on the monitoring signals: active alerts, rules, history.",
+                         no_args_is_help=True)
+
+
+@alerts_app.command("list")
+def list_alerts(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
+    """Alerts pending or firing now."""
+    alerts = client(url).alerts()
+    emit(as_json, alerts, lambda: print_table(
+        "active alerts", ["alert", "state", "severity", "endpoint", "version", "value", "since", "summary"],
+        [[a.name, a.state, a.severity, a.labels.get("endpoint"), a.labels.get("version"), a.value,
+          a.fired_at or a.started_at, a.summary] for a in alerts],
+        footer="" if alerts else "no alert is pending or firing"))
+
+
+@alerts_app.command("rules")
+def rules(
+    metrics: bool = typer.Option(False, "--metrics", help="List the metrics rules can watch instead."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Alert rules (or, with --metrics, the signals a rule can watch)."""
+    api = client(url)
+    if metrics:
+        signals = api.monitoring_signals()
+        emit(as_json, signals, lambda: print_table(
+            "metrics for alert rules", ["metric", "meaning"], sorted(signals.items())))
+        return
+    found = api.alert_rules()
+    emit(as_json, found, lambda: print_table(
+        "alert rules", ["rule", "condition", "window", "for", "every", "severity", "scope", "enabled"],
+        [[r.name, f"{r.metric} {r.comparison} {r.threshold:g}", f"{r.window_s:g}s", f"{r.for_s:g}s",
+          f"{r.every_s:g}s", r.severity, _scope(r), "yes" if r.enabled else "no"] for r in found],
+        footer="" if found else "no rules; add some with `modelplane alerts apply rules.yaml`"))
+
+
+@alerts_app.command("history")
+def history(
+    limit: int = typer.Option(20, min=1, max=500, help="Entries to show."),
+    name: str | None = typer.Option(None, help="Only this alert."),
+    endpoint: str | None = typer.Option(None, help="Only this endpoint."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Alerts that fired or resolved, and one-shot events (rollbacks), newest first."""
+    page = client(url).alert_history(limit=limit, name=name, endpoint=endpoint)
+    emit(as_json, page, lambda: print_table(
+        "alert history", ["when", "alert", "state", "kind", "severity", "endpoint", "version", "summary"],
+        [[e.created_at, e.name, e.state, e.kind, e.severity, e.labels.get("endpoint"),
+          e.labels.get("version"), e.summary] for e in page.items],
+        footer=f"{len(page.items)} of {page.total}"))
+
+
+@alerts_app.command("apply")
+def apply(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML with rules: and receivers:."),
+    prune: bool = typer.Option(False, help="Delete rules the file does not name."),
+    url: str | None = UrlOption,
+) -> None:
+    """Create or replace the rules and webhook receivers a YAML file declares."""
+    import yaml
+    from pydantic import ValidationError
+
+    from control_plane.alerts.schemas import AlertsFile
+
+    try:
+        declared = AlertsFile.model_validate(yaml.safe_load(file.read_text()) or {})
+    except (yaml.YAMLError, ValidationError) as error:
+        raise typer.BadParameter(f"{file}: {error}") from None
+    api = client(url)
+    for receiver in declared.receivers:
+        api.put_alert_receiver(receiver)
+        typer.echo(f"receiver {receiver.name}: {receiver.url}")
+    for rule in declared.rules:
+        api.put_alert_rule(rule)
+        typer.echo(f"rule {rule.name}: {rule.metric} {rule.comparison} {rule.threshold:g}")
+    if prune:
+        keep = {r.name for r in declared.rules}
+        for rule in api.alert_rules():
+            if rule.name not in keep:
+                api.delete_alert_rule(rule.name)
+                typer.echo(f"deleted rule {rule.name}")
+
+
+@alerts_app.command("delete")
+def delete(name: str = typer.Argument(..., help="Rule name."), url: str | None = UrlOption) -> None:
+    """Delete an alert rule (its firing alerts resolve)."""
+    client(url).delete_alert_rule(name)
+    typer.echo(f"deleted rule {name}")
+
+
+def monitor(
+    endpoint: str = typer.Argument(..., help="Endpoint name."),
+    window: float = typer.Option(60.0, min=1, max=300, help="Seconds each figure looks back."),
+    interval: float = typer.Option(2.0, min=0.2, help="Seconds between refreshes."),
+    once: bool = typer.Option(False, "--once", help="Print once and exit."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Live table per version: latency, errors, throughput, drift by feature, quality, accuracy."""
+    api = client(url)
+    api.get_endpoint(endpoint)  # a clear 404 for a typo, before any table
+    if as_json:
+        emit(True, api.endpoint_stats(endpoint, window_s=window), lambda: None)
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    if once:
+        Console().print(render(endpoint, api.endpoint_stats(endpoint, window_s=window), window))
+        return
+    with Live(auto_refresh=False) as live:
+        try:
+            while True:
+                live.update(render(endpoint, api.endpoint_stats(endpoint, window_s=window), window),
+                            refresh=True)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            pass
+
+
+def render(endpoint: str, stats: dict[str, Any], window: float) -> Any:
+    """The tables of one refresh: versions, then drift verdicts by feature."""
+    from rich.console import Group
+    from rich.table import Table
+
+    versions = {v: s for v, s in sorted(stats.get("versions", {}).items(), key=lambda i: int(i[0]))
+                if v != "0"}
+    main = Table(title=f"{endpoint}: last {window:g} s per version ({time.strftime('%H:%M:%S')})",
+                 title_justify="left")
+    for column in ("version", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "drift",
+                   "missing", "out of range", "rejected", "last request", "accuracy", "anomalies"):
+        main.add_column(column)
+    for version, row in versions.items():
+        quality, drift = row.get("quality") or {}, row.get("drift") or {}
+        main.add_row(version, fmt(row.get("throughput_rps")), fmt(row.get("p50_ms")),
+                     fmt(row.get("p95_ms")), fmt(row.get("p99_ms")),
+                     f"{100 * (row.get('error_rate') or 0):.2f}%", _drift_text(drift),
+                     fmt(quality.get("missing")), fmt(quality.get("out_of_range")),
+                     fmt(quality.get("rejected_total")), _age(quality.get("last_request_age_s")),
+                     _accuracy_text(row.get("accuracy") or {}), _anomaly_text(row.get("anomalies") or {}))
+    features = Table(title="drift by feature (adjusted p-value; inputs, then predictions)",
+                     title_justify="left")
+    features.add_column("feature")
+    names: list[str] = []
+    for row in versions.values():
+        drift = row.get("drift") or {}
+        for name in [*drift.get("features", {}), *[f"→ {n}" for n in (drift.get("prediction") or {}).get("features", {})]]:
+            if name not in names:
+                names.append(name)
+    for version in versions:
+        features.add_column(f"v{version}")
+    for name in names:
+        cells = []
+        for row in versions.values():
+            drift = row.get("drift") or {}
+            group = (drift.get("prediction") or {}) if name.startswith("→ ") else drift
+            feature = (group.get("features") or {}).get(name.removeprefix("→ "))
+            cells.append(_feature_text(feature))
+        features.add_row(name, *cells)
+    return Group(main, features) if names else main
+
+
+def _scope(rule: Any) -> str:
+    where = rule.endpoint or "every endpoint"
+    return where + (f" v{rule.version}" if rule.version is not None else "")
+
+
+def _drift_text(drift: dict[str, Any]) -> str:
+    verdict = drift.get("verdict") or "-"
+    if verdict == "drift":
+        named = [*drift.get("drifted_features", []),
+                 *[f"→{n}" for n in (drift.get("prediction") or {}).get("drifted_features", [])]]
+        return f"[red]DRIFT[/red] {', '.join(named)}"
+    return "ok" if verdict == "ok" else "[dim]too few rows[/dim]" if verdict == "insufficient" else verdict
+
+
+def _feature_text(feature: dict[str, Any] | None) -> str:
+    if not feature:
+        return "-"
+    p = feature.get("p_value")
+    shown = f"{feature.get('test')} p={fmt(p)}"
+    return f"[red]drift[/red] {shown}" if feature.get("drifted") else shown
+
+
+def _accuracy_text(accuracy: dict[str, Any]) -> str:
+    labelled = accuracy.get("labelled") or 0
+    if not labelled:
+        return "[dim]no feedback[/dim]"
+    if accuracy.get("task") == "regression":
+        return f"MAE {fmt(accuracy.get('mae'))} RMSE {fmt(accuracy.get('rmse'))} (n={labelled})"
+    return f"acc {fmt(accuracy.get('accuracy'))} F1 {fmt(accuracy.get('f1'))} (n={labelled})"
+
+
+def _anomaly_text(anomalies: dict[str, Any]) -> str:
+    found = [name for name in ("latency_ms", "error_rate") if (anomalies.get(name) or {}).get("anomalous")]
+    if anomalies.get("out_of_support_rows"):
+        found.append(f"{anomalies['out_of_support_rows']} rows off-support")
+    return ", ".join(found) or "-"
+
+
+def _age(seconds: Any) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}s ago"

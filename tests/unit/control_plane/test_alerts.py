@@ -1,0 +1,237 @@
+"""Alert rules against monitoring snapshots: states, deduplication, events, history, restarts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from control_plane.alerts import AlertService
+from control_plane.alerts.schemas import AlertRuleSpec, AlertsFile
+from control_plane.alerts.signals import SIGNALS
+from control_plane.alerts.states import Alert, AlertState
+from control_plane.store import Database
+
+
+class Stats:
+    """What the Monitor would answer: per endpoint, per version, a snapshot section."""
+
+    def __init__(self) -> None:
+        self.versions: dict[str, dict[str, dict[str, Any]]] = {}
+        self.reads: list[tuple[str, float]] = []
+
+    def drift(self, endpoint: str, version: int, verdict: str, drifted: list[str] = ()) -> None:
+        self.versions.setdefault(endpoint, {})[str(version)] = {
+            "requests": 500, "error_rate": 0.0,
+            "drift": {"verdict": verdict, "drifted_features": list(drifted), "samples": 500,
+                      "features": {name: {"p_value": 1e-9} for name in drifted},
+                      "prediction": {"verdict": "ok", "drifted_features": []}}}
+
+    def __call__(self, endpoint: str, window_s: float) -> dict[str, Any]:
+        self.reads.append((endpoint, window_s))
+        return self.versions.get(endpoint, {})
+
+    def endpoints(self) -> list[str]:
+        return sorted(self.versions)
+
+
+def drift_rule(**overrides: Any) -> AlertRuleSpec:
+    fields = {"name": "input-drift", "metric": "drift", "comparison": "==", "threshold": 1,
+              "window_s": 10, "every_s": 1, "for_s": 0, "severity": "critical",
+              "labels": {"team": "risk"}}
+    return AlertRuleSpec(**{**fields, **overrides})
+
+
+@pytest.fixture
+def service(db: Database):
+    svc = AlertService(db)
+    yield svc
+    svc.stop()
+
+
+def history(svc: AlertService) -> list[tuple[str, str, str]]:
+    return [(e.name, e.state, e.kind) for e in reversed(svc.history(limit=500).items)]
+
+
+def test_the_state_machine_waits_for_the_duration_then_fires_once_and_resolves_once() -> None:
+    alert = Alert("f", "rule", {}, "warning")
+    assert alert.step(True, 0.0, for_s=10) is None and alert.state == AlertState.PENDING
+    assert alert.step(True, 5.0, for_s=10) is None
+    assert alert.step(True, 10.0, for_s=10) == AlertState.FIRING
+    assert [alert.step(True, t, for_s=10) for t in (11.0, 12.0)] == [None, None]
+    assert alert.step(False, 13.0, for_s=10) == AlertState.RESOLVED
+    assert alert.step(False, 14.0, for_s=10) is None
+
+
+def test_a_condition_that_stops_while_pending_is_never_notified() -> None:
+    alert = Alert("f", "rule", {}, "warning")
+    alert.step(True, 0.0, for_s=10)
+    assert alert.step(False, 5.0, for_s=10) is None and alert.state == AlertState.INACTIVE
+    alert.step(True, 6.0, for_s=10)
+    assert alert.started_at == 6.0  # the duration starts over
+
+
+def test_a_drifting_version_fires_once_names_the_feature_and_resolves(service, caplog) -> None:
+    stats = Stats()
+    stats.drift("churn", 1, "ok")
+    stats.drift("churn", 2, "drift", ["income"])
+    service.put_rule(drift_rule(for_s=2), "alice")
+    caplog.set_level(logging.INFO, logger="modelplane.alerts")
+    for now in range(0, 6):  # due every second; pending at 0, firing at 2, then quiet
+        service.evaluate(stats, stats.endpoints, now=float(now))
+    assert history(service) == [("input-drift", "firing", "rule")]
+    [active] = service.active()
+    assert active.state == "firing" and active.labels == {
+        "team": "risk", "alertname": "input-drift", "endpoint": "churn", "version": "2",
+        "severity": "critical"}
+    assert "income" in active.summary and active.data["drifted_features"] == ["income"]
+    assert "alert input-drift firing [critical]" in caplog.text
+    stats.drift("churn", 2, "ok")
+    service.evaluate(stats, stats.endpoints, now=6.0)
+    assert history(service)[-1] == ("input-drift", "resolved", "rule")
+    assert service.active() == []
+
+
+def test_rules_are_evaluated_at_their_own_interval_over_their_window(service) -> None:
+    stats = Stats()
+    stats.drift("churn", 1, "ok")
+    service.put_rule(drift_rule(every_s=5, window_s=30), "alice")
+    assert [service.evaluate(stats, stats.endpoints, now=t) for t in (0.0, 1.0, 4.9, 5.0)] == [1, 0, 0, 1]
+    assert stats.reads == [("churn", 30.0), ("churn", 30.0)]
+
+
+def test_no_evidence_never_fires(service) -> None:
+    stats = Stats()
+    stats.drift("churn", 1, "insufficient")
+    service.put_rule(drift_rule(), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    assert service.active() == [] and history(service) == []
+
+
+def test_an_undeployed_version_resolves_its_alert(service) -> None:
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    stats.versions.clear()
+    service.evaluate(stats, stats.endpoints, now=1.0)
+    assert history(service) == [("input-drift", "firing", "rule"), ("input-drift", "resolved", "rule")]
+
+
+def test_a_rule_scoped_to_an_endpoint_and_version_ignores_the_others(service) -> None:
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    stats.drift("churn", 2, "drift", ["age"])
+    stats.drift("fraud", 1, "drift", ["age"])
+    service.put_rule(drift_rule(endpoint="churn", version=2), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    assert [(a.labels["endpoint"], a.labels["version"]) for a in service.active()] == [("churn", "2")]
+
+
+def test_a_restarted_service_remembers_firing_alerts_and_does_not_refire(db: Database) -> None:
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    first = AlertService(db)
+    first.put_rule(drift_rule(), "alice")
+    first.evaluate(stats, stats.endpoints, now=0.0)
+    first.stop()
+    second = AlertService(db)
+    second.evaluate(stats, stats.endpoints, now=1.0)
+    assert history(second) == [("input-drift", "firing", "rule")]
+    stats.drift("churn", 1, "ok")
+    second.evaluate(stats, stats.endpoints, now=2.0)
+    assert history(second)[-1] == ("input-drift", "resolved", "rule")
+    second.stop()
+
+
+def test_deleting_a_rule_resolves_its_alerts(service) -> None:
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    service.delete_rule("input-drift")
+    assert history(service)[-1] == ("input-drift", "resolved", "rule")
+    assert service.rules() == [] and service.active() == []
+
+
+def test_events_fire_at_once_are_kept_in_history_and_deduplicated(service) -> None:
+    labels = {"endpoint": "churn", "rollout": "7"}
+    service.fire_event("rollout-rolled-back", severity="critical", labels=labels,
+                       summary="candidate v2 failed its analysis", data={"error_rate": 0.2})
+    service.fire_event("rollout-rolled-back", severity="critical", labels=labels, summary="again")
+    service.fire_event("rollout-rolled-back", severity="critical", labels={**labels, "rollout": "8"},
+                       summary="another rollout")
+    assert history(service) == [("rollout-rolled-back", "firing", "event")] * 2
+    [_, oldest] = service.history(endpoint="churn").items
+    assert oldest.data == {"error_rate": 0.2} and oldest.summary == "candidate v2 failed its analysis"
+    assert service.counters["events_deduplicated"] == 1
+    assert service.active() == []  # events never resolve, so they are not listed as active
+
+
+def test_an_event_never_raises_into_its_caller(db: Database) -> None:
+    service = AlertService(db)
+    db.dispose()
+    service.store.db = Database.__new__(Database)  # a store that fails on every call
+    service.fire_event("rollout-rolled-back", severity="critical", labels={}, summary="x")
+    service.notifier.close()
+
+
+def test_history_filters_and_pages(service) -> None:
+    for index in range(5):
+        service.fire_event(f"event-{index % 2}", severity="info",
+                           labels={"endpoint": "a" if index < 3 else "b", "n": str(index)}, summary="")
+    assert service.history(name="event-0").total == 3
+    assert service.history(endpoint="b").total == 2
+    page = service.history(limit=2, offset=1)
+    assert page.total == 5 and [e.labels["n"] for e in page.items] == ["3", "2"]
+
+
+def test_rule_specs_name_what_is_wrong() -> None:
+    with pytest.raises(ValidationError, match="unknown metric 'drfit'; use one of"):
+        drift_rule(metric="drfit")
+    with pytest.raises(ValidationError, match="comparison"):
+        drift_rule(comparison="=>")
+    with pytest.raises(ValidationError, match="window_s"):
+        drift_rule(window_s=0)
+
+
+def test_a_rules_file_parses_into_rules_and_receivers() -> None:
+    document = yaml.safe_load("""
+receivers:
+  - {name: ops, url: "http://127.0.0.1:9/hook"}
+rules:
+  - {name: slow, metric: p95_ms, threshold: 250, for_s: 60}
+  - {name: accuracy-drop, metric: accuracy, comparison: "<", threshold: 0.8, window_s: 300}
+""")
+    parsed = AlertsFile.model_validate(document)
+    assert [r.name for r in parsed.rules] == ["slow", "accuracy-drop"]
+    assert parsed.receivers[0].max_attempts == 4
+
+
+def test_every_signal_reads_a_real_monitor_snapshot() -> None:
+    import asyncio
+
+    import numpy as np
+
+    from serving.monitor import MonitorState
+    from serving.observations import attach_profiles
+    from tests.unit.serving.monitoring_helpers import make_core, reference_profile, send_many
+
+    state = MonitorState()
+    core = make_core(reference_profile())
+    rows = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    asyncio.run(send_many(core, [r[None, :] for r in rows]))
+    delta = core.take_stats().to_delta()
+    attach_profiles(delta, core.monitoring, set())
+    state.record("churn", "replica", delta)
+    state.feedback("churn", [(f"r{i}", [i % 3]) for i in range(50)])
+    snapshot = state.snapshot("churn", 60)[1]
+    values = {name: signal.read(snapshot)[0] for name, signal in SIGNALS.items()}
+    assert values["requests"] == 200 and values["drift"] == 0.0 and values["labelled"] == 50
+    assert 0 <= values["accuracy"] <= 1 and values["drift_p_value"] > 0.005
+    assert values["missing_rate"] == 0.0 and values["rejected"] == 0
+    assert values["mae"] is None  # a classifier has no regression error
+    assert values["latency_anomaly"] is None  # no baseline yet: no verdict
