@@ -16,9 +16,7 @@ and ``MODELPLANE_CODE_BRANCH``). Exit status: 0 done, 1 failed, 2 invalid spec, 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from typing import Any
 
 EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED = 1, 2, 130
 
@@ -40,33 +38,29 @@ def run_entrypoint(config: str, *, address: str | None = None, num_cpus: int | N
     """Load the spec, run the job, and turn the outcome into an exit status and one line."""
     from modelplane.errors import ModelplaneError
     from training.errors import InvalidJobSpecError
-    from training.runner import run_job
+    from training.runner import STOP_REQUESTED, handle_stop_signal, run_job
     from training.spec import load_job_spec
 
     # `ray job stop` sends SIGTERM: unwind like Ctrl-C so the run is marked killed.
-    signal.signal(signal.SIGTERM, _interrupt)
+    handle_stop_signal()
     try:
         spec = load_job_spec(config)
         result = run_job(spec, address=address, num_cpus=num_cpus, register=register,
                          echo=lambda line: print(line, flush=True))
-    except InvalidJobSpecError as error:
+    except BaseException as error:
+        # Ray may turn the interrupt into an error of its own: the request decides.
+        if STOP_REQUESTED.is_set() or isinstance(error, KeyboardInterrupt):
+            print("stopped; the run is marked killed", file=sys.stderr, flush=True)
+            return EXIT_STOPPED
+        if not isinstance(error, ModelplaneError):
+            raise
         print(f"error: {error.message}", file=sys.stderr, flush=True)
-        return EXIT_INVALID
-    except ModelplaneError as error:
-        print(f"error: {error.message}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("stopped; the run is marked killed", file=sys.stderr, flush=True)
-        return EXIT_STOPPED
+        return EXIT_INVALID if isinstance(error, InvalidJobSpecError) else EXIT_FAILED
     ending = f" at epoch {result.epochs}" if result.stopped_early else ""
     target = f"{result.model}:{result.version}" if result.version else "no version registered"
     print(f"done{' (stopped early' + ending + ')' if ending else ''}: run {result.run_id}, {target}",
           flush=True)
     return 0
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

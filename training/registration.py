@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,14 +37,21 @@ class CodeVersion:
     branch: str | None
 
 
-def code_version(cwd: str | None = None) -> CodeVersion:
-    """The git commit and branch the job's code came from, if anyone knows."""
+def code_version() -> CodeVersion:
+    """The git commit and branch of the code that trained the model, as far as is known.
+
+    First the checkout this package runs from (an editable install, or a working
+    directory shipped with the job, which has no .git), then what the submitter passed,
+    then the current directory's checkout.
+    """
     from control_plane.environment import git_info
 
-    found = git_info(cwd)
-    commit = found.get("commit") or os.environ.get(COMMIT_ENV) or None
-    branch = found.get("branch") or os.environ.get(BRANCH_ENV) or None
-    return CodeVersion(commit, branch)
+    for found in (git_info(Path(__file__).parent),
+                  {"commit": os.environ.get(COMMIT_ENV), "branch": os.environ.get(BRANCH_ENV)},
+                  git_info()):
+        if found.get("commit"):
+            return CodeVersion(found["commit"], found.get("branch") or None)
+    return CodeVersion(None, None)
 
 
 def lineage_packages() -> dict[str, str]:

@@ -13,6 +13,8 @@ import contextlib
 import io
 import json
 import os
+import signal
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,11 @@ from training.finetune import MODEL_BUNDLE_ARTIFACT, check_architecture, load_fi
 from training.preflight import check_resources
 from training.schemas import JobSpec
 from training.spec import dump_job_spec
+
+# Set when the job is asked to stop (SIGTERM from `ray job stop`): whatever exception the
+# interrupted Ray call turns that into, the run ends "killed", not "failed".
+STOP_REQUESTED = threading.Event()
+_handle_stop_signal = False
 
 # Ray Train's controller polls workers this often; a worker's report waits for the poll,
 # so Ray's 2 s default would stretch every short epoch to 2 s.
@@ -100,11 +107,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     try:
         result = _finish(spec, client, token, run.id, dataset, split, train_run_name, storage,
                          init=init, resume=resume, register=register, echo=echo)
-    except KeyboardInterrupt:
-        _end_quietly(client, run.id, "killed")
-        raise
-    except BaseException:
-        _end_quietly(client, run.id, "failed")
+    except BaseException as error:
+        stopped = STOP_REQUESTED.is_set() or isinstance(error, KeyboardInterrupt)
+        _end_quietly(client, run.id, "killed" if stopped else "failed")
         raise
     client.end_run(run.id, "finished")
     client.close()
@@ -224,6 +229,18 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     return load_state(result.checkpoint)
 
 
+def handle_stop_signal() -> None:
+    """Turn SIGTERM into KeyboardInterrupt (and set ``STOP_REQUESTED``) in this process."""
+    global _handle_stop_signal
+    _handle_stop_signal = True
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    STOP_REQUESTED.set()
+    raise KeyboardInterrupt
+
+
 def _connect_ray(address: str | None, num_cpus: int | None) -> dict[str, Any]:
     """Join (or start) Ray; returns the alive nodes' resources and a summary for the run."""
     import ray
@@ -235,6 +252,9 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> dict[str, Any]:
         else:
             # None: RAY_ADDRESS (set by `ray job submit`) or a running local cluster.
             ray.init(address=address, logging_level="WARNING")
+        if _handle_stop_signal:
+            # ray.init replaces SIGTERM's handler with one that exits at once.
+            signal.signal(signal.SIGTERM, _on_sigterm)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     context = ray.get_runtime_context()
     summary = {"ray_version": ray.__version__, "address": context.gcs_address,

@@ -1,0 +1,338 @@
+"""Training jobs on a real Ray head started here, reporting to a real control plane.
+
+The head (`ray start --head`, every port chosen free, a private RAY_TMPDIR) runs the
+platform too (`modelplane up` joins it), so a registered version can be served. Jobs
+reach it the ways users submit them: Ray's own `ray job submit` CLI, `modelplane train
+submit`, and `modelplane train run` on a private local Ray. This process never connects
+to Ray itself: every Ray client is a subprocess, as it would be for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from control_plane.client import Client
+from control_plane.ray_auth import ray_auth_env
+from tests.conftest import free_port
+
+BIN = Path(sys.executable).parent
+HEAD_PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
+              "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+              "node-manager-port", "object-manager-port")
+
+
+@dataclass
+class Cluster:
+    root: Path
+    env: dict[str, str]  # for every subprocess: Ray token mode, MODELPLANE_* of the platform
+    dashboard: str
+    url: str
+    gcs_port: int
+    head: subprocess.Popen[bytes]
+
+    @property
+    def token(self) -> str:
+        return (Path(self.env["MODELPLANE_HOME"]) / "admin.token").read_text().strip()
+
+    def client(self) -> Client:
+        return Client(self.url, self.token)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="mpt"))  # short: Ray's socket paths live under it
+    ports = _distinct_free_ports(len(HEAD_PORTS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPLANE_", "RAY_"))}
+    env.update(ray_auth_env(env), RAY_TMPDIR=str(root / "ray"), MODELPLANE_HOME=str(root / "home"),
+               MODELPLANE_HTTP_PORT=str(free_port()),
+               # `ray job stop` SIGKILLs a job 3 s after SIGTERM by default; a loaded CI box
+               # may need longer for the job to mark its run killed.
+               RAY_JOB_STOP_WAIT_TIME_S="30",
+               # Jobs run `python -m training.job`: the head's python must be this venv's.
+               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    env["MODELPLANE_URL"] = f"http://127.0.0.1:{env['MODELPLANE_HTTP_PORT']}"
+    command = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+               "--num-cpus=6", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               *(f"--{name}={port}" for name, port in zip(HEAD_PORTS, ports, strict=True))]
+    log = open(root / "head.log", "wb")  # noqa: SIM115
+    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    gcs_port, dashboard = ports[0], f"http://127.0.0.1:{ports[1]}"
+    try:
+        _wait_for_dashboard(dashboard, head, root / "head.log")
+        up = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"],
+                            env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"},
+                            capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield Cluster(root, env, dashboard, env["MODELPLANE_URL"], gcs_port, head)
+    finally:
+        from control_plane.platform import _stop_cluster_processes
+
+        _stop_cluster_processes(gcs_port, head_pid=head.pid, grace_s=5)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(cluster: Cluster) -> None:
+    """Two CPU workers, submitted with Ray's CLI; the version serves what torch computes."""
+    staging = cluster.root / "job-digits"
+    _write_spec(staging / "job.yaml", cluster, experiment="t-digits", dataset="digits",
+                epochs=4, workers=2, every=2, model_name="t-digits", alias="challenger")
+    client = cluster.client()
+    runtime_env = {"env_vars": {"MODELPLANE_URL": cluster.url, "MODELPLANE_TOKEN": cluster.token}}
+    submitted = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
+         "--working-dir", str(staging), "--runtime-env-json", json.dumps(runtime_env),
+         "--", "python", "-m", "training.job", "--config", "job.yaml"],
+        env=cluster.env, capture_output=True, text=True, timeout=300)
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, output
+    assert "registered t-digits:1" in output, output
+
+    run = _only_run(client, "t-digits")
+    assert run.status == "finished"
+    assert [m.step for m in client.metric_history(run.id, "val_loss")] == [1, 2, 3, 4]
+    assert [m.step for m in client.metric_history(run.id, "checkpoint_epoch")] == [2, 4]
+    assert run.params["resources.num_workers"] == 2
+    assert run.environment["python_version"] and "torch" in run.environment["packages"]
+    assert run.environment["ray_cluster"]["resources"]["CPU"] == 6
+    assert re.fullmatch(r"raysubmit_\w+", run.tags["ray_job_submission_id"])
+
+    version = client.resolve("t-digits@challenger")
+    manifest = version.manifest
+    assert version.version == 1 and manifest.task == "classification"
+    assert [s.name for s in manifest.signature.outputs] == ["probabilities", "label"]
+    assert manifest.signature.inputs[0].shape == [None, 64]
+    assert {"accuracy", "precision", "recall", "f1", "roc_auc"} <= set(manifest.metrics)
+    assert manifest.metrics["accuracy"] > 0.8
+    lineage = client.lineage("t-digits", 1)
+    assert lineage.run is not None and lineage.run.id == run.id
+    assert lineage.lineage.dataset_uri == "sklearn://digits"
+    assert re.fullmatch(r"[0-9a-f]{64}", lineage.lineage.dataset_digest or "")
+    assert re.fullmatch(r"[0-9a-f]{40}", lineage.lineage.code_commit or "")
+    assert {"torch", "ray", "onnxruntime"} <= set(lineage.lineage.packages)
+    profile = manifest.reference_profile or {}
+    assert len(profile["features"]) == 64
+    assert [f["name"] for f in profile["predictions"]["features"]] == ["predicted_class", "confidence"]
+
+    rows = _digits_rows(32)
+    expected = _torch_outputs(client, run, rows)
+    client.deploy("t-digits", "t-digits:1", scaling={"num_cpus": 0.25})
+    from control_plane.platform import wait_serving
+
+    wait_serving(cluster.url, "t-digits", 1, timeout_s=180)
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                        "data": rows.ravel().tolist()}]}
+    response = httpx.post(f"{cluster.url}/v2/models/t-digits/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    served = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
+    np.testing.assert_allclose(served["probabilities"], expected["probabilities"], atol=1e-4)
+    assert served["label"].tolist() == expected["label"].tolist()
+    client.undeploy("t-digits")
+
+
+def test_a_plateau_ends_the_run_before_the_epoch_limit(cluster: Cluster) -> None:
+    """`modelplane train run`: a learning rate too small to move val_loss by min_delta."""
+    spec = _write_spec(cluster.root / "plateau" / "job.yaml", cluster, experiment="t-plateau",
+                       dataset="breast_cancer", epochs=50, workers=1, every=10,
+                       learning_rate=1e-6, early_stopping={"metric": "val_loss", "patience": 2,
+                                                           "min_delta": 0.01})
+    env = {**cluster.env, "RAY_TMPDIR": str(cluster.root / "local-ray")}
+    result = subprocess.run([sys.executable, "-m", "modelplane.cli", "train", "run", str(spec),
+                             "--num-cpus", "2"], env=env, capture_output=True, text=True,
+                            timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "done (stopped early at epoch 3)" in output, output
+
+    client = cluster.client()
+    run = _only_run(client, "t-plateau")
+    assert [m.step for m in client.metric_history(run.id, "val_loss")] == [1, 2, 3]
+    assert run.params["epochs_run"] == 3 and run.params["stopped_early"] is True
+    # The last epoch is always checkpointed, early or not.
+    assert [m.step for m in client.metric_history(run.id, "checkpoint_epoch")] == [3]
+
+
+def test_a_stopped_job_resumes_from_its_checkpoint(cluster: Cluster) -> None:
+    """Stopped with `ray job stop` mid-way, resubmitted with resume: it goes on, not over."""
+    first = _write_spec(cluster.root / "resume" / "first.yaml", cluster, experiment="t-resume",
+                        dataset="breast_cancer", epochs=5000, workers=1, every=1)
+    job_id = _submit(cluster, first)
+    client = cluster.client()
+    run = _wait_for(lambda: _runs(client, "t-resume")[0] if _runs(client, "t-resume") else None,
+                    "the run to start", cluster, job_id)
+    _wait_for(lambda: _last_step(client, run.id, "checkpoint_epoch") >= 3,
+              "a checkpoint after epoch 3", cluster, job_id)
+    stopped = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", cluster.dashboard,
+                              job_id], env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    _wait_for(lambda: client.get_run(run.id).status != "running", "the run to end", cluster, None)
+    assert client.get_run(run.id).status == "killed"
+    seen = _last_step(client, run.id, "checkpoint_epoch")
+
+    second = _write_spec(cluster.root / "resume" / "second.yaml", cluster, experiment="t-resume",
+                         dataset="breast_cancer", epochs=seen + 4, workers=1, every=1,
+                         resume_from=run.id)
+    result = _modelplane(cluster, "train", "submit", str(second), "--address", cluster.dashboard,
+                         "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    resumed = next(r for r in _runs(client, "t-resume") if r.id != run.id)
+    start = resumed.params["resumed_from_epoch"]
+    assert start >= seen >= 3  # the latest checkpoint: at least the last one the run logged
+    steps = [m.step for m in client.metric_history(resumed.id, "val_loss")]
+    assert steps == list(range(start + 1, seen + 5))
+
+
+def test_bad_specs_fail_before_submission_naming_the_field(cluster: Cluster) -> None:
+    root = cluster.root / "bad"
+    csv = root / "table.csv"
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    csv.write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    cases = {
+        "data.dataset": {"data": {"dataset": "iris2"}},
+        "data.target": {"data": {"path": str(csv), "target": "outcome"}},
+        "hyperparameters.learning_rate": {"hyperparameters": {"learning_rate": -0.1}},
+        "resources.use_gpu": {"resources": {"num_workers": 2, "use_gpu": True}},
+    }
+    for field, override in cases.items():
+        spec = {"experiment": {"name": "t-bad"}, "model": {"architecture": "mlp_classifier"},
+                "data": {"dataset": "digits"}, **override}
+        path = root / f"{field}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        result = _modelplane(cluster, "train", "submit", str(path), "--address", cluster.dashboard)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert field in result.stderr and "submitted" not in result.stdout, result.stderr
+    assert "GPUs" in result.stderr and "has 0" in result.stderr
+    listed = _modelplane(cluster, "train", "list", "--address", cluster.dashboard, "--json")
+    assert "t-bad" not in {job["experiment"] for job in json.loads(listed.stdout)}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _write_spec(path: Path, cluster: Cluster, *, experiment: str, dataset: str, epochs: int,
+                workers: int, every: int, learning_rate: float = 0.003,
+                early_stopping: dict[str, Any] | None = None, resume_from: str | None = None,
+                model_name: str | None = None, alias: str | None = None) -> Path:
+    spec: dict[str, Any] = {
+        "experiment": {"name": experiment},
+        "model": {"architecture": "mlp_classifier", "hidden_sizes": [32]},
+        "data": {"dataset": dataset, "seed": 0},
+        "hyperparameters": {"learning_rate": learning_rate, "batch_size": 64, "epochs": epochs},
+        "resources": {"num_workers": workers, "cpus_per_worker": 1},
+        "checkpoint": {"every_n_epochs": every, "keep": 2,
+                       "storage_path": str(cluster.root / "checkpoints")},
+        "registration": {"model_name": model_name or experiment},
+    }
+    if early_stopping:
+        spec["early_stopping"] = early_stopping
+    if resume_from:
+        spec["checkpoint"]["resume_from"] = resume_from
+    if alias:
+        spec["registration"]["alias"] = alias
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _modelplane(cluster: Cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "modelplane.cli", *args], env=cluster.env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _submit(cluster: Cluster, spec: Path) -> str:
+    result = _modelplane(cluster, "train", "submit", str(spec), "--address", cluster.dashboard)
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"submitted job (\S+)", result.stdout)
+    assert match, result.stdout
+    return match.group(1)
+
+
+def _runs(client: Client, experiment: str) -> list[Any]:
+    from control_plane.errors import NotFoundError
+
+    try:
+        return client.list_runs(experiment).items
+    except NotFoundError:
+        return []
+
+
+def _only_run(client: Client, experiment: str) -> Any:
+    runs = _runs(client, experiment)
+    assert len(runs) == 1, runs
+    return client.get_run(runs[0].id)
+
+
+def _last_step(client: Client, run_id: str, key: str) -> int:
+    return max((m.step for m in client.metric_history(run_id, key)), default=0)
+
+
+def _wait_for(probe: Any, what: str, cluster: Cluster, job_id: str | None,
+              timeout: float = 180) -> Any:
+    """Poll ``probe`` until it returns something truthy; show the job's logs if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    logs = _modelplane(cluster, "train", "logs", job_id, "--address", cluster.dashboard) \
+        if job_id else None
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{logs.stdout}" if logs else ""))
+
+
+def _digits_rows(count: int) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().data[:count].astype(np.float32)
+
+
+def _torch_outputs(client: Client, run: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The trained network's outputs in torch, from the bundle the job saved on its run."""
+    from training.export import torch_outputs
+    from training.finetune import MODEL_BUNDLE_ARTIFACT
+    from training.models import load_bundle
+
+    digest = next(a.digest for a in run.artifacts if a.path == MODEL_BUNDLE_ARTIFACT)
+    with tempfile.TemporaryDirectory() as directory:
+        path = client.download_artifact(digest, Path(directory) / "model.pt")
+        return torch_outputs(load_bundle(path), rows)
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def _wait_for_dashboard(url: str, head: subprocess.Popen[bytes], log: Path,
+                        timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"`ray start --head` exited with {head.returncode}; see {log}")
+        try:
+            httpx.get(f"{url}/api/version", timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the Ray dashboard did not answer at {url}; see {log}")
