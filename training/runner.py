@@ -191,8 +191,8 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     )
     from ray.train.torch import TorchTrainer
 
+    from training.callbacks import TrackerCallback
     from training.loop import train_worker
-    from training.tracking import TrackerCallback
 
     resources = spec.resources
     per_worker = {"CPU": resources.cpus_per_worker}

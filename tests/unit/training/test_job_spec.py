@@ -1,0 +1,127 @@
+"""Job specs: the shipped examples load, and every bad field is named before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from training import InvalidJobSpecError, JobSpec, load_job_spec
+from training.spec import dump_job_spec, parse_job_spec
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples").glob("*.yaml"))
+JOB_EXAMPLES = [p for p in EXAMPLES if "experiment:" in p.read_text()]
+BASE = {"experiment": {"name": "digits"}, "model": {"architecture": "mlp_classifier"},
+        "data": {"dataset": "digits"}}
+
+
+def spec_with(**sections: Any) -> dict[str, Any]:
+    return {**BASE, **sections}
+
+
+def error_for(raw: dict[str, Any]) -> InvalidJobSpecError:
+    with pytest.raises(InvalidJobSpecError) as caught:
+        parse_job_spec(raw)
+    return caught.value
+
+
+@pytest.mark.parametrize("path", JOB_EXAMPLES, ids=lambda p: p.name)
+def test_every_example_spec_is_valid(path: Path) -> None:
+    spec = load_job_spec(path)
+    assert spec.data.dataset in {"digits", "breast_cancer", "wine", "diabetes"}
+    assert spec.registration.model_name
+
+
+def test_examples_cover_the_three_jobs_the_issue_names() -> None:
+    specs = [load_job_spec(p) for p in JOB_EXAMPLES]
+    assert {(s.data.dataset, s.task) for s in specs} >= {
+        ("digits", "classification"), ("breast_cancer", "classification"),
+        ("diabetes", "regression")}
+    assert any(s.model.architecture == "cnn_classifier" for s in specs)
+
+
+@pytest.mark.parametrize(("raw", "field", "words"), [
+    (spec_with(data={"dataset": "iris2"}), "data.dataset", "unknown dataset 'iris2'"),
+    (spec_with(hyperparameters={"learning_rate": -0.1}), "hyperparameters.learning_rate",
+     "greater than 0 (got -0.1)"),
+    (spec_with(hyperparameters={"learnin_rate": 0.1}), "hyperparameters.learnin_rate",
+     "allowed here: batch_size, epochs, learning_rate"),
+    (spec_with(data={"path": "x.csv"}), "data.target", "name the target column"),
+    (spec_with(data={"dataset": "digits", "target": "y"}), "data.target", "fixed"),
+    (spec_with(data={"dataset": "digits", "path": "x.csv"}), "data.dataset", "exactly one"),
+    (spec_with(model={"architecture": "cnn_classifier"}), "model.image_shape", "[1, 8, 8]"),
+    (spec_with(model={"architecture": "cnn_classifier", "image_shape": [1, 8, 8],
+                      "kernel_size": 4}), "model.kernel_size", "odd"),
+    (spec_with(model={"architecture": "mlp_regressor"}), "model.architecture",
+     "regression model but digits is a classification dataset"),
+    (spec_with(early_stopping={"metric": "val_mae"}), "early_stopping.metric", "val_accuracy"),
+    (spec_with(resources={"gpus_per_worker": 1}), "resources.gpus_per_worker", "use_gpu"),
+    (spec_with(resources={"num_workers": 0}), "resources.num_workers", "greater than or equal to 1"),
+    (spec_with(data={"dataset": "digits", "validation_split": 1.5}), "data.validation_split", "less than 1"),
+    (spec_with(hyperparameters={"scheduler": "cosin"}), "hyperparameters.scheduler.type", "cosine"),
+    (spec_with(registration={"alias": "9bad"}), "registration.alias", "pattern"),
+    ({"experiment": {"name": "x"}, "data": {"dataset": "digits"}}, "model", "missing"),
+])
+def test_a_bad_spec_names_the_field(raw: dict[str, Any], field: str, words: str) -> None:
+    error = error_for(raw)
+    assert error.detail["field"] == field
+    assert f"{field}: " in error.message and words in error.message
+    assert error.code == "invalid_job_spec" and error.http_status == 400
+
+
+def test_every_problem_is_listed_not_just_the_first() -> None:
+    error = error_for(spec_with(hyperparameters={"learning_rate": 0, "epochs": 0}))
+    fields = [item["field"] for item in error.detail["errors"]]
+    assert fields == ["hyperparameters.learning_rate", "hyperparameters.epochs"]
+
+
+def test_yaml_errors_say_where(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("experiment:\n  name: [unclosed\nmodel: {}\n")
+    with pytest.raises(InvalidJobSpecError, match=r"not valid YAML at line \d+, column \d+"):
+        load_job_spec(path)
+    with pytest.raises(InvalidJobSpecError, match="cannot read the job spec"):
+        load_job_spec(tmp_path / "missing.yaml")
+    path.write_text("- a list\n")
+    with pytest.raises(InvalidJobSpecError, match="must be a mapping"):
+        load_job_spec(path)
+
+
+def test_local_paths_are_relative_to_the_spec_file(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    (folder / "job.yaml").write_text(yaml.safe_dump({
+        "experiment": {"name": "t"}, "model": {"architecture": "mlp_regressor"},
+        "data": {"path": "data/table.csv", "target": "y"},
+        "checkpoint": {"storage_path": "ckpt", "resume_from": "../old/run"},
+    }))
+    spec = load_job_spec(folder / "job.yaml")
+    assert spec.data.path == str(folder / "data" / "table.csv")
+    assert spec.checkpoint.storage_path == str(folder / "ckpt")
+    assert Path(spec.checkpoint.resume_from or "") == folder / ".." / "old" / "run"
+
+
+def test_a_run_id_and_a_remote_uri_are_left_as_they_are(tmp_path: Path) -> None:
+    run_id = "0123456789abcdef0123456789abcdef"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec_with(
+        checkpoint={"resume_from": run_id, "storage_path": "s3://bucket/ckpt"})))
+    spec = load_job_spec(tmp_path / "job.yaml")
+    assert spec.checkpoint.resume_from == run_id
+    assert spec.checkpoint.storage_path == "s3://bucket/ckpt"
+
+
+def test_defaults_and_derived_settings() -> None:
+    spec = parse_job_spec(spec_with(early_stopping={"metric": "val_accuracy"},
+                                    resources={"use_gpu": True, "num_workers": 2}))
+    assert spec.stopping_mode == "max"
+    assert spec.resources.gpus == 1.0
+    assert spec.model_name == "digits"
+    assert spec.hyperparameters.scheduler.type == "none"
+
+
+def test_the_dumped_spec_reads_back_the_same() -> None:
+    spec = parse_job_spec(spec_with(hyperparameters={"scheduler": {"type": "step", "step_size": 3}}))
+    again = JobSpec.model_validate(yaml.safe_load(dump_job_spec(spec)))
+    assert again == spec

@@ -1,0 +1,51 @@
+"""The Ray Train callback that logs every epoch to the experiment tracker.
+
+It runs in the Train controller, which Ray places on the driver's node: whatever
+control-plane address the job's driver can reach, the callback can too, while workers on
+other nodes might not.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ray.train import UserCallback
+
+from training.tracking import epoch_metrics, progress_line
+
+
+class TrackerCallback(UserCallback):
+    """Logs every epoch's metrics to the run (step = epoch) and prints a progress line."""
+
+    def __init__(self, url: str, token: str | None, run_id: str, epochs: int) -> None:
+        self.url, self.token, self.run_id, self.epochs = url, token, run_id, epochs
+        self._client: Any = None
+        self._failures = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The callback is shipped to the controller actor; its HTTP client is made there.
+        return {**self.__dict__, "_client": None}
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if not metrics or "epoch" not in metrics[0]:
+            return
+        first = metrics[0]  # all ranks report the same all-reduced values
+        epoch = int(first["epoch"])
+        values = epoch_metrics(first)
+        if checkpoint is not None:
+            values["checkpoint_epoch"] = float(epoch)
+        print(progress_line(epoch, self.epochs, values), flush=True)
+        try:
+            self._tracker().log_metrics(self.run_id, values, step=epoch)
+        except Exception as error:  # a tracker hiccup must not kill hours of training
+            self._failures += 1
+            print(f"warning: could not log epoch {epoch} to the tracker at {self.url}: {error}",
+                  file=sys.stderr, flush=True)
+
+    def _tracker(self) -> Any:
+        if self._client is None:
+            from control_plane.client import Client
+
+            self._client = Client(self.url, self.token)
+        return self._client
