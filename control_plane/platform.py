@@ -35,6 +35,7 @@ class PlatformInfo:
     fast_ingress: bool
     api_url: str
     inference_url: str
+    dashboard_url: str | None = None  # Ray's dashboard and job API, where we know it
 
 
 def fast_ingress_available() -> bool:
@@ -139,6 +140,7 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         fast_ingress=fast and started,
         api_url=f"{settings.url}/api",
         inference_url=f"{settings.url}/v2",
+        dashboard_url=recorded_dashboard(settings),
     )
 
 
@@ -149,11 +151,16 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
     """
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        gcs_port = probe.getsockname()[1]
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    # Free ports, not Ray's defaults: another Ray on this machine must not block this one.
+    gcs_port, dashboard_port = free_port(), free_port()
     command = [_ray_bin(), "start", "--head", "--block", "--disable-usage-stats",
-               f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+               f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={dashboard_port}"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     log_path = settings.home / "ray-head.log"
@@ -163,7 +170,9 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     address = f"127.0.0.1:{gcs_port}"
-    (settings.home / HEAD_RECORD).write_text(json.dumps({"pid": process.pid, "address": address}))
+    (settings.home / HEAD_RECORD).write_text(json.dumps({
+        "pid": process.pid, "address": address,
+        "dashboard_url": f"http://127.0.0.1:{dashboard_port}"}))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -173,6 +182,12 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
             return
         time.sleep(1.0)
     raise ControlPlaneUnavailableError(f"the Ray head did not come up in {timeout_s:.0f}s; see {log_path}")
+
+
+def recorded_dashboard(settings: Settings) -> str | None:
+    """The dashboard (job API) URL of the Ray head that `modelplane up` started, if any."""
+    url = (_head_record(settings) or {}).get("dashboard_url")
+    return str(url) if url else None
 
 
 def _head_record(settings: Settings) -> dict[str, object] | None:

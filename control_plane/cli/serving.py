@@ -30,6 +30,8 @@ def up(
     console.print(f"  control plane  {info.api_url}   (docs: {info.api_url}/docs)")
     console.print(f"  inference      {info.inference_url}/models/<endpoint>/infer")
     console.print(f"  metrics        {info.api_url}/metrics")
+    if info.dashboard_url:
+        console.print(f"  Ray dashboard  {info.dashboard_url}   (job API for `modelplane train submit`)")
     console.print(f"  admin token    {settings.admin_token_path}")
     console.print("  stop with      modelplane down")
 
