@@ -58,11 +58,12 @@ class FeedbackJoin:
         self._held: Counter[str] = Counter()
 
     def add_predictions(self, endpoint: str, version: int,
-                        items: Iterable[tuple[str, list[float]]]) -> list[JoinedPair]:
-        """Keep predictions; those whose labels already arrived are joined at once."""
+                        items: Iterable[tuple[str, float | list[float]]]) -> list[JoinedPair]:
+        """Keep predictions (a value, or a list per row); labels already waiting join now."""
         now = self._clock()
         joined = []
-        for request_id, values in items:
+        for request_id, predicted in items:
+            values = predicted if isinstance(predicted, list) else [predicted]
             key = (endpoint, request_id)
             waiting = self._waiting.pop(key, None)
             if waiting is not None:

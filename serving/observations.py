@@ -5,10 +5,10 @@ reference profile), data quality (missing and out-of-range values, rows outside 
 reference support, the age of the data) and the feedback join (the predicted value of
 each request, by request id).
 
-The request path only appends references (request id, arrays, outputs) to a list. The
-compiled kernels run once per chunk of :data:`CHUNK_REQUESTS` requests, or when the
-statistics are shipped, which is what makes them cheap: one pass over 64 rows costs
-about what one pass over one row does. Everything is bounded: a chunk is processed as
+The request path only appends references (request id, arrays, outputs) to a list
+(``StatsRecorder.observe``). The compiled kernels run once per chunk of
+:data:`CHUNK_REQUESTS` requests, or when the statistics are shipped, which is what makes
+them cheap: one pass over 256 rows costs little more than the call itself. Everything is bounded: a chunk is processed as
 soon as it fills, the sample ring has a fixed capacity, and at most
 :data:`MAX_FEEDBACK_PER_DELTA` predictions are kept per shipment (the rest are counted).
 """
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.profiles import CONFIDENCE, feature_matrix, load_profiles, prediction_features
+from serving.profiles import CONFIDENCE, batch_features, load_profiles, prediction_features
 
 if TYPE_CHECKING:
     from kernels import LiveWindow, ReferenceProfile
@@ -34,11 +34,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHUNK_REQUESTS = 64
+CHUNK_REQUESTS = 256
 SAMPLE_CAPACITY = 512  # rows per shipment kept for KS and Wasserstein at the Monitor
 MAX_FEEDBACK_PER_DELTA = 20_000
 FEATURE_TIMESTAMP = "feature_timestamp"
 JOINABLE_TASKS = ("classification", "regression")
+# An answered request as the request path keeps it: id, inputs, outputs, data age.
+Observed = tuple[str, dict[str, np.ndarray], dict[str, np.ndarray], float | None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,13 +110,12 @@ class VersionMonitoring:
 
 
 class VersionObservations:
-    """One version's observations since the last shipment."""
+    """One version's observations since the last shipment, accounted a chunk at a time."""
 
     def __init__(self, monitoring: VersionMonitoring) -> None:
         from kernels import LiveWindow
 
         self.monitoring = monitoring
-        self._pending: list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]] = []
         self.rows = 0
         self.missing_values = 0
         self.rows_with_missing = 0
@@ -122,38 +123,34 @@ class VersionObservations:
         self.unmonitored_rows = 0  # rows whose shape did not fit the profile
         self.data_age = [0, 0.0, 0.0]  # count, sum, max (seconds)
         self.last_request_at = 0.0
-        self.feedback: list[tuple[str, list[float]]] = []
+        # Per request id: the predicted value, or a list of them for a request of many rows.
+        self.feedback: list[tuple[str, float | list[float]]] = []
         self.feedback_dropped = 0
+        # Counts only (no sample ring: writing every row into a ring was most of the
+        # kernel's cost); the newest rows are kept as the chunks themselves instead.
         self.inputs: LiveWindow | None = (
-            LiveWindow(monitoring.profile, SAMPLE_CAPACITY) if monitoring.profile else None)
+            LiveWindow(monitoring.profile, 0) if monitoring.profile else None)
         self.predictions: LiveWindow | None = (
-            LiveWindow(monitoring.prediction_profile, SAMPLE_CAPACITY)
-            if monitoring.prediction_profile else None)
+            LiveWindow(monitoring.prediction_profile, 0) if monitoring.prediction_profile else None)
+        self._recent_inputs = RecentRows()
+        self._recent_predictions = RecentRows()
 
-    def add(self, request_id: str, arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-            data_age_s: float | None) -> None:
-        """Keep the request for the next chunk (the request path: no computation here)."""
-        self._pending.append((request_id, arrays, outputs))
-        self.last_request_at = time.time()
-        if data_age_s is not None:
-            age = self.data_age
-            age[0] += 1
-            age[1] += data_age_s
-            age[2] = max(age[2], data_age_s)
-        if len(self._pending) >= CHUNK_REQUESTS:
-            self.flush()
-
-    def flush(self) -> None:
-        """Run the kernels over every pending request at once."""
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
+    def account(self, items: list[Observed]) -> None:
+        """Run the kernels once over a chunk of answered requests."""
         monitoring = self.monitoring
-        matrices = [feature_matrix(monitoring.inputs, arrays) for _, arrays, _ in pending]
-        if all(m is not None for m in matrices):
-            features = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)  # type: ignore[arg-type]
-            self._account_inputs(features)  # type: ignore[arg-type]
-        outputs = [out.get(monitoring.output) for _, _, out in pending]
+        # Stamped per chunk: freshness is exact to the statistics interval (about 1 s).
+        self.last_request_at = time.time()
+        request_ids, inputs, answers, stamps = zip(*items, strict=True)
+        ages = [age for age in stamps if age is not None]
+        if ages:
+            age = self.data_age
+            age[0] += len(ages)
+            age[1] += sum(ages)
+            age[2] = max(age[2], *ages)
+        features = batch_features(monitoring.inputs, inputs)
+        if features is not None:
+            self._account_inputs(features)
+        outputs = [answer.get(monitoring.output) for answer in answers]
         if any(o is None for o in outputs):
             return
         scores = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)  # type: ignore[arg-type]
@@ -163,23 +160,33 @@ class VersionObservations:
         window = self.predictions
         if window is not None and predicted.shape[1] == window.profile.n_features:
             window.update(predicted)
+            self._recent_predictions.add(predicted)
         if monitoring.task in JOINABLE_TASKS:
-            self._keep_for_feedback([rid for rid, _, _ in pending], outputs, predicted[:, 0])
+            self._keep_for_feedback(list(request_ids), outputs, predicted[:, 0])
 
     def _account_inputs(self, features: np.ndarray) -> None:
         rows = features.shape[0]
         self.rows += rows
-        missing = ~np.isfinite(features)
-        self.missing_values += int(missing.sum())
-        self.rows_with_missing += int(missing.any(axis=1).sum())
         window = self.inputs
-        if window is None:
+        if window is None or features.shape[1] != window.profile.n_features:
+            if window is not None:
+                self.unmonitored_rows += rows
+            missing = ~np.isfinite(features)
+            self.missing_values += int(missing.sum())
+            self.rows_with_missing += int(missing.any(axis=1).sum())
             return
-        if features.shape[1] != window.profile.n_features:
-            self.unmonitored_rows += rows
-            return
+        # The kernel counts per feature in one pass; the per-row counts below cost NumPy
+        # passes, so they run only for the chunks that held such a value (comparing the
+        # counters' bytes is far cheaper than summing them).
+        missing_before, outside_before = window.missing.tobytes(), window.out_of_range.tobytes()
         window.update(features)
-        self.rows_out_of_support += _rows_outside_support(window.profile, features)
+        self._recent_inputs.add(features)
+        if window.missing.tobytes() != missing_before:
+            missing = ~np.isfinite(features)
+            self.missing_values += int(missing.sum())
+            self.rows_with_missing += int(missing.any(axis=1).sum())
+        if window.out_of_range.tobytes() != outside_before:
+            self.rows_out_of_support += _rows_outside_support(window.profile, features)
 
     def _keep_for_feedback(self, request_ids: list[str], outputs: list[Any], values: np.ndarray) -> None:
         room = MAX_FEEDBACK_PER_DELTA - len(self.feedback)
@@ -188,17 +195,16 @@ class VersionObservations:
             request_ids = request_ids[:max(room, 0)]
         flat = values.tolist()
         if len(flat) == len(outputs):  # one row per request: the common case
-            self.feedback.extend(zip(request_ids, ([v] for v in flat), strict=False))
+            self.feedback.extend(zip(request_ids, flat, strict=False))
             return
         start = 0
         for request_id, output in zip(request_ids, outputs, strict=False):
             rows = output.shape[0] if output.ndim else 1
-            self.feedback.append((request_id, flat[start:start + rows]))
+            self.feedback.append((request_id, flat[start] if rows == 1 else flat[start:start + rows]))
             start += rows
 
     def to_delta(self) -> dict[str, Any]:
         """Plain data for the Monitor (numpy arrays travel as they are)."""
-        self.flush()
         unusual = 0
         if self.predictions is not None and CONFIDENCE in self.predictions.profile.names:
             unusual = int(self.predictions.out_of_range[self.predictions.profile.names.index(CONFIDENCE)])
@@ -210,8 +216,8 @@ class VersionObservations:
             "rows_out_of_support": self.rows_out_of_support,
             "unmonitored_rows": self.unmonitored_rows,
             "unusual_confidence": unusual,
-            "inputs": _window_part(self.inputs),
-            "predictions": _window_part(self.predictions),
+            "inputs": _window_part(self.inputs, self._recent_inputs),
+            "predictions": _window_part(self.predictions, self._recent_predictions),
             "data_age": list(self.data_age),
             "last_request_at": self.last_request_at,
             "feedback": self.feedback,
@@ -256,12 +262,31 @@ def attach_profiles(delta: dict[int, dict[str, Any]], monitoring: dict[int, Vers
         data["profile"] = spec.profile_document
 
 
-def _window_part(window: LiveWindow | None) -> dict[str, Any] | None:
+class RecentRows:
+    """The newest :data:`SAMPLE_CAPACITY` rows, kept as the chunks they arrived in."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._rows = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        self._chunks.append(rows)
+        self._rows += rows.shape[0]
+        while self._rows - self._chunks[0].shape[0] >= SAMPLE_CAPACITY:
+            self._rows -= self._chunks.pop(0).shape[0]
+
+    def newest(self) -> np.ndarray:
+        if not self._chunks:
+            return np.empty((0, 0))
+        return np.concatenate(self._chunks)[-SAMPLE_CAPACITY:]
+
+
+def _window_part(window: LiveWindow | None, recent: RecentRows) -> dict[str, Any] | None:
     if window is None or window.rows == 0:
         return None
     return {"hist": window.hist, "missing": window.missing,
             "out_of_range": window.out_of_range, "rows": window.rows,
-            "samples": window.samples()}
+            "samples": recent.newest()}
 
 
 def _rows_outside_support(profile: ReferenceProfile, features: np.ndarray) -> int:

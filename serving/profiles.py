@@ -3,9 +3,9 @@
 The manifest's ``reference_profile`` is ``kernels.ReferenceProfile.to_dict()`` of the
 input features plus, under ``"predictions"``, the same for the prediction features that
 :func:`prediction_features` derives from the model's first output. Replicas derive the
-features of live traffic with the same two functions (:func:`feature_matrix` and
-:func:`prediction_features`), so the reference and the live windows always agree on what
-a feature is.
+features of live traffic with :func:`batch_features` (each input's values per row, in
+signature order: the layout the model takes) and :func:`prediction_features`, so the
+reference and the live windows always agree on what a feature is.
 
 Prediction features by task:
 
@@ -33,21 +33,30 @@ PREDICTED_CLASS = "predicted_class"
 CONFIDENCE = "confidence"
 
 
-def feature_matrix(inputs: Sequence[TensorSignature], arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """The request's inputs as one float64 rows x features matrix, in signature order.
+def batch_features(inputs: Sequence[TensorSignature],
+                   requests: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray | None:
+    """Many requests' inputs as one float64 rows x features matrix (rows in request order).
 
-    Every input contributes its values per row (axis 0), flattened. None when an input is
-    a string tensor or has no row axis: such models get no drift or range checks.
+    Every input contributes its values per row (axis 0), flattened, in signature order;
+    each input is concatenated across requests first, so a chunk of single-input requests
+    costs one concatenation and one conversion. None when an input is a string tensor or
+    has no row axis: such models get no drift or range checks.
     """
-    parts = []
+    if not requests or any(spec.dtype == "string" or not spec.shape for spec in inputs):
+        return None
+    columns = []
     for spec in inputs:
-        array = arrays[spec.name]
-        if array.ndim == 0 or array.dtype == object or array.dtype.kind in "SU":
+        arrays = [request[spec.name] for request in requests]
+        joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        if joined.ndim == 0 or joined.dtype == object or joined.dtype.kind in "SU":
             return None
-        parts.append(array.reshape(array.shape[0], -1))
-    if len(parts) == 1:
-        return np.asarray(parts[0], dtype=np.float64)
-    return np.concatenate(parts, axis=1, dtype=np.float64)
+        columns.append(joined.reshape(joined.shape[0], -1))
+    if len(columns) == 1:
+        matrix = np.ascontiguousarray(columns[0], dtype=np.float64)
+        # Binary tensors decode to read-only views of the body; the kernels take writable
+        # arrays (a Numba signature detail), so a read-only one is copied.
+        return matrix if matrix.flags.writeable else matrix.copy()
+    return np.concatenate(columns, axis=1, dtype=np.float64)
 
 
 def prediction_names(task: str, output: np.ndarray) -> tuple[str, ...]:

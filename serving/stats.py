@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.observations import VersionMonitoring, VersionObservations
+from serving.observations import CHUNK_REQUESTS, Observed, VersionMonitoring, VersionObservations
 
 # Latencies in seconds: 1 µs to ~3 h, with 1% relative accuracy.
 LATENCY_MIN_S = 1e-6
@@ -72,6 +72,8 @@ class StatsRecorder:
         self.versions: dict[int, VersionStats] = {}
         self.enabled = enabled
         self.monitoring: Mapping[int, VersionMonitoring] = monitoring or {}
+        self._observed: dict[int, list[Observed]] = {}
+        self._observed_count = 0
 
     def _of(self, version: int) -> VersionStats:
         stats = self.versions.get(version)
@@ -99,14 +101,26 @@ class StatsRecorder:
         """An answered request's inputs and outputs, for drift, quality and feedback."""
         if not self.enabled:
             return
-        stats = self._of(version)
-        observations = stats.observations
-        if observations is None:
-            spec = self.monitoring.get(version)
-            if spec is None:
-                return
-            observations = stats.observations = VersionObservations(spec)
-        observations.add(request_id, arrays, outputs, data_age_s)
+        # The request path: one append. The kernels run per chunk (flush_observations).
+        pending = self._observed.get(version)
+        if pending is None:
+            pending = self._observed[version] = []
+        pending.append((request_id, arrays, outputs, data_age_s))
+        self._observed_count += 1
+        if self._observed_count >= CHUNK_REQUESTS:
+            self.flush_observations()
+
+    def flush_observations(self) -> None:
+        """Account every observed request since the last flush, a version at a time."""
+        observed, self._observed, self._observed_count = self._observed, {}, 0
+        for version, items in observed.items():
+            stats = self._of(version)
+            if stats.observations is None:
+                spec = self.monitoring.get(version)
+                if spec is None:
+                    continue
+                stats.observations = VersionObservations(spec)
+            stats.observations.account(items)
 
     def record_shadow(self, version: int, *, agreed: bool | None, abs_diff: float,
                       latency_delta_s: float, failed: bool) -> None:
@@ -123,6 +137,7 @@ class StatsRecorder:
 
     def to_delta(self) -> dict[int, dict[str, Any]]:
         """The collected statistics as plain data (sketches as bytes) for the Monitor."""
+        self.flush_observations()
         delta: dict[int, dict[str, Any]] = {}
         for version, stats in self.versions.items():
             sketch_bytes = None

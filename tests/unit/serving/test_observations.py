@@ -79,7 +79,7 @@ def test_predictions_are_kept_by_response_id_for_feedback() -> None:
     assert json.loads(named.body)["id"] == "client-id" and server_id
     kept = dict(core.take_stats().to_delta()[1]["monitoring"]["feedback"])
     classes = predict(rows).argmax(axis=1).tolist()
-    assert kept == {"client-id": [classes[0]], server_id: classes[1:]}
+    assert kept == {"client-id": classes[0], server_id: classes[1:]}
 
 
 def test_feedback_kept_per_shipment_is_bounded_and_the_rest_counted(monkeypatch) -> None:

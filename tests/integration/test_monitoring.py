@@ -1,0 +1,268 @@
+"""Monitoring on a real platform: real requests through the endpoint, the Monitor, the control
+plane's alert evaluator, a real webhook receiver, the Python client and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sklearn import metrics
+
+from serving.profiles import build_reference_profile
+from tests.integration.test_monitoring_webhooks import Receiver
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.platform import Platform
+
+ENDPOINT = "watched"
+FEATURES = ["f0", "f1", "f2", "f3"]
+WINDOW_S = 2.0
+
+
+def run_model(model: bytes, rows: np.ndarray) -> np.ndarray:
+    from onnxruntime import InferenceSession
+
+    return InferenceSession(model).run(None, {"input": rows.astype(np.float32)})[0]
+
+
+@pytest.fixture(scope="module")
+def watched(platform: Platform) -> Iterator[Platform]:
+    """Endpoint `watched`: a binary classifier with a reference profile; v1 takes the
+    traffic, v2 is loaded at 0% and reached by pinned requests (the data-quality checks)."""
+    training = np.random.default_rng(0).normal(size=(5000, 4))
+    with platform.client() as client:
+        for seed in (31, 32):
+            model = linear_classifier(n_classes=2, seed=seed)
+            profile = build_reference_profile(training, run_model(model, training),
+                                              task="classification", feature_names=FEATURES)
+            client.register_version("watched-model", model, linear_classifier_manifest(
+                n_classes=2, reference_profile=profile, feature_names=FEATURES))
+        client.deploy(ENDPOINT, "watched-model:1")
+        client.deploy(ENDPOINT, "watched-model:2")
+    platform.wait_endpoint(ENDPOINT, {1, 2})
+    yield platform
+    with platform.client() as client:
+        for rule in client.alert_rules():
+            client.delete_alert_rule(rule.name)
+        client.undeploy(ENDPOINT)
+
+
+def infer(http: httpx.Client, url: str, rows: np.ndarray, **extra: Any) -> httpx.Response:
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                        "data": [None if np.isnan(v) else float(v) for v in rows.ravel()]}], **extra}
+    # NaN travels as JSON's NaN token (the v2 JSON the codec reads); None marks it above.
+    text = json.dumps(body).replace("null", "NaN")
+    return http.post(url, content=text, headers={"content-type": "application/json"})
+
+
+def monitoring(platform: Platform, version: int, window_s: float = 300.0) -> dict[str, Any]:
+    with platform.client() as client:
+        return client.endpoint_monitoring(ENDPOINT, window_s=window_s)["versions"].get(str(version), {})
+
+
+def eventually(check, timeout: float = 20.0, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def test_feedback_gives_the_accuracy_sklearn_computes_on_the_same_pairs(watched: Platform) -> None:
+    url = f"{watched.url}/v2/models/{ENDPOINT}/versions/1/infer"
+    rows = np.random.default_rng(1).normal(size=(120, 4))
+    ids, predicted = [], []
+    with httpx.Client(timeout=30) as http:
+        for row in rows:
+            answer = infer(http, url, row[None, :]).json()
+            ids.append(answer["id"])  # the server assigned it: the request carried none
+            predicted.append(int(np.argmax(answer["outputs"][0]["data"])))
+        truth = np.where(np.random.default_rng(2).random(120) < 0.7, predicted, 1 - np.array(predicted))
+        # Half through the Python client, half straight to the route of any replica.
+        with watched.client() as client:
+            first = client.send_feedback(ENDPOINT, dict(zip(ids[:60], truth[:60].tolist(), strict=True)))
+        second = http.post(f"{watched.url}/v2/models/{ENDPOINT}/feedback", json={"feedback": [
+            {"request_id": rid, "label": int(label)} for rid, label in zip(ids[60:], truth[60:], strict=True)]})
+        bad = http.post(f"{watched.url}/v2/models/{ENDPOINT}/feedback",
+                        json={"feedback": [{"request_id": "x", "label": [1, None]}]})
+        assert infer(http, url, rows[:1]).status_code == 200  # still serving
+    assert first["received"] == 60 and first["joined"] + first["waiting"] == 60
+    assert second.status_code == 200 and second.json()["received"] == 60
+    assert bad.status_code == 400 and bad.json()["error"].startswith("feedback[0].label")
+    accuracy = eventually(lambda: (a := monitoring(watched, 1)["accuracy"])["labelled"] == 120 and a)
+    assert accuracy, monitoring(watched, 1)["accuracy"]
+    assert accuracy["average"] == "binary"
+    assert accuracy["accuracy"] == pytest.approx(metrics.accuracy_score(truth, predicted))
+    assert accuracy["precision"] == pytest.approx(metrics.precision_score(truth, predicted))
+    assert accuracy["recall"] == pytest.approx(metrics.recall_score(truth, predicted))
+    assert accuracy["f1"] == pytest.approx(metrics.f1_score(truth, predicted))
+
+
+def test_nans_out_of_range_values_and_rejections_are_counted_exactly(watched: Platform) -> None:
+    url = f"{watched.url}/v2/models/{ENDPOINT}/versions/2/infer"
+    rng = np.random.default_rng(3)
+    sent = []
+    with httpx.Client(timeout=30) as http:
+        for index in range(40):
+            rows = rng.normal(size=(1 + index % 3, 4))
+            rows[rng.random(rows.shape) < 0.15] = np.nan
+            rows[rng.random(rows.shape) < 0.1] = 1000.0  # far outside the training range
+            assert infer(http, url, rows, parameters={"feature_timestamp": time.time() - 60}).status_code == 200
+            sent.append(rows)
+        good = {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0, 0, 0, 0]}
+        for body in [{"inputs": [{**good, "shape": [2, 2]}]}] * 3 + [{"inputs": [{**good, "datatype": "FP64"}]}] * 2:
+            assert http.post(url, json=body).status_code == 400
+    everything = np.concatenate(sent)
+    missing = np.isnan(everything)
+    outside = everything == 1000.0
+    expected_features = {name: {"missing": int(missing[:, i].sum()), "out_of_range": int(outside[:, i].sum())}
+                         for i, name in enumerate(FEATURES)}
+
+    def counted() -> dict[str, Any] | bool:
+        quality = monitoring(watched, 2).get("quality") or {}
+        return quality.get("rows") == everything.shape[0] and quality.get("rejected_total") == 5 and quality
+
+    quality = eventually(counted)
+    assert quality, monitoring(watched, 2).get("quality")
+    assert quality["features"] == expected_features
+    assert quality["missing"] == missing.sum() and quality["out_of_range"] == outside.sum()
+    assert quality["rows_with_missing"] == missing.any(axis=1).sum()
+    assert quality["rows_out_of_support"] == outside.any(axis=1).sum()
+    assert quality["rejected"] == {"shape": 3, "datatype": 2}
+    assert quality["data_age_count"] == 40 and 55 < quality["data_age_s"] < 120
+    assert 0 <= quality["last_request_age_s"] < 60
+    exposition = httpx.get(f"{watched.url}/api/metrics", timeout=30).text
+    for name, counts in expected_features.items():
+        line = f'modelplane_missing_values_total{{endpoint="{ENDPOINT}",feature="{name}",version="2"}}'
+        if counts["missing"]:
+            assert f"{line} {float(counts['missing'])}" in exposition
+    assert f'modelplane_rejected_requests_total{{endpoint="{ENDPOINT}",reason="shape",version="2"}} 3.0' in exposition
+
+
+@pytest.fixture
+def hanging_receiver(watched: Platform) -> Iterator[str]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    with watched.client() as client:
+        client.put_alert_receiver({"name": "hung", "url": f"http://127.0.0.1:{listener.getsockname()[1]}/",
+                                   "timeout_s": 4, "max_attempts": 3, "backoff_s": 0.5})
+    yield "hung"
+    with watched.client() as client:
+        client.delete_alert_receiver("hung")
+    listener.close()
+
+
+def test_a_receiver_that_is_down_does_not_slow_serving(watched: Platform, hanging_receiver: str) -> None:
+    url = f"{watched.url}/v2/models/{ENDPOINT}/versions/1/infer"
+    rows = np.zeros((1, 4))
+    with watched.client() as client, httpx.Client(timeout=30) as http:
+        for index in range(3):
+            started = time.monotonic()
+            client.fire_alert_event(f"operator-note-{index}", severity="info", summary="hung receiver test")
+            # Delivery to the receiver waits 4 s per try; the call must not.
+            assert time.monotonic() - started < 2.0
+        slowest = 0.0
+        for _ in range(30):
+            started = time.monotonic()
+            assert infer(http, url, rows).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 2.0
+        history = client.alert_history(name="operator-note-0")
+        assert history.total == 1 and history.items[0].kind == "event"
+    retried = 'modelplane_alert_notifications_total{outcome="retries",receiver="hung"}'
+    assert eventually(lambda: retried in httpx.get(f"{watched.url}/api/metrics", timeout=30).text, 15)
+
+
+class Traffic:
+    """Requests of 10 rows each in a background thread; ``shift`` moves feature f2."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.shift, self.sent, self.failed = url, 0.0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(4)
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.is_set():
+                rows = rng.normal(size=(10, 4))
+                rows[:, 2] += self.shift
+                if infer(http, self.url, rows).status_code == 200:
+                    self.sent += 1
+                else:
+                    self.failed += 1
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_drift_alert_stays_quiet_on_training_traffic_and_fires_on_a_one_sigma_shift(watched: Platform) -> None:
+    receiver = Receiver()
+    with watched.client() as client:
+        client.put_alert_receiver({"name": "drift-hook", "url": receiver.url})
+        client.put_alert_rule({"name": "watched-drift", "metric": "drift", "comparison": "==",
+                               "threshold": 1, "endpoint": ENDPOINT, "version": 1,
+                               "window_s": WINDOW_S, "every_s": WINDOW_S, "for_s": WINDOW_S,
+                               "severity": "critical", "labels": {"team": "risk"}})
+    traffic = Traffic(f"{watched.url}/v2/models/{ENDPOINT}/infer")
+    try:
+        verdicts = []
+        while len(verdicts) < 22:  # consecutive windows of training-distribution traffic
+            time.sleep(WINDOW_S)
+            verdicts.append(monitoring(watched, 1, WINDOW_S)["drift"]["verdict"])
+        assert verdicts.count("ok") >= 20, verdicts
+        assert receiver.received == [], receiver.received
+        shifted_at = time.monotonic()
+        traffic.shift = 1.0
+        assert eventually(lambda: receiver.received, timeout=5 * WINDOW_S, interval=0.05), "never fired"
+        windows = (time.monotonic() - shifted_at) / WINDOW_S
+        # Three windows, plus the second a replica may hold its statistics before shipping.
+        assert windows <= 3 + 1 / WINDOW_S, windows
+        [firing] = receiver.received
+        assert firing["status"] == "firing" and firing["alert"]["labels"]["endpoint"] == ENDPOINT
+        assert "f2" in firing["alert"]["data"]["drifted_features"] and "f2" in firing["alert"]["summary"]
+    finally:
+        traffic.stop()
+    assert traffic.failed == 0
+    # No traffic: too few rows for a verdict, so the condition no longer holds.
+    assert eventually(lambda: len(receiver.received) == 2, timeout=5 * WINDOW_S), receiver.received
+    assert receiver.received[1]["status"] == "resolved"
+    with watched.client() as client:
+        client.delete_alert_receiver("drift-hook")
+    receiver.close()
+
+
+def cli(platform: Platform, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+    env.update(MODELPLANE_URL=platform.url, MODELPLANE_TOKEN=platform.token,
+               MODELPLANE_HOME=str(platform.settings.home), COLUMNS="200")
+    result = subprocess.run([sys.executable, "-m", "modelplane.cli", *args], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
+def test_the_cli_shows_versions_alerts_rules_and_history(watched: Platform) -> None:
+    table = cli(watched, "monitor", ENDPOINT, "--once", "--window", "300")
+    assert "drift by feature" in table and "f2" in table and "acc " in table
+    rules = json.loads(cli(watched, "alerts", "rules", "--json"))
+    assert [r["name"] for r in rules] == ["watched-drift"]
+    history = json.loads(cli(watched, "alerts", "history", "--name", "watched-drift", "--json"))
+    assert [e["state"] for e in history["items"]] == ["resolved", "firing"]
+    assert "watched-drift" in cli(watched, "alerts", "history")
+    assert json.loads(cli(watched, "alerts", "list", "--json")) == []
+    assert "drift" in cli(watched, "alerts", "rules", "--metrics")
