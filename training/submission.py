@@ -50,7 +50,13 @@ class JobClient:
         from control_plane.ray_auth import apply_ray_auth_env
 
         apply_ray_auth_env()
+        import logging
+
         from ray.job_submission import JobSubmissionClient
+
+        # Ray narrates the working-directory upload at INFO; submit prints its own line.
+        for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self.address = dashboard_address(address).rstrip("/")
         try:

@@ -10,9 +10,7 @@ to Ray itself: every Ray client is a subprocess, as it would be for a user.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,23 +26,23 @@ import pytest
 import yaml
 
 from control_plane.client import Client
-from control_plane.ray_auth import ray_auth_env
 from tests.conftest import free_port
-
-BIN = Path(sys.executable).parent
-HEAD_PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-              "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-              "node-manager-port", "object-manager-port")
+from tests.ray_head import BIN, RayHead
 
 
 @dataclass
 class Cluster:
-    root: Path
-    env: dict[str, str]  # for every subprocess: Ray token mode, MODELPLANE_* of the platform
-    dashboard: str
+    head: RayHead
+    env: dict[str, str]  # for every subprocess: the head's Ray settings and MODELPLANE_*
     url: str
-    gcs_port: int
-    head: subprocess.Popen[bytes]
+
+    @property
+    def root(self) -> Path:
+        return self.head.root
+
+    @property
+    def dashboard(self) -> str:
+        return self.head.dashboard
 
     @property
     def token(self) -> str:
@@ -56,45 +54,36 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="mpt"))  # short: Ray's socket paths live under it
-    ports = _distinct_free_ports(len(HEAD_PORTS))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPLANE_", "RAY_"))}
-    env.update(ray_auth_env(env), RAY_TMPDIR=str(root / "ray"), MODELPLANE_HOME=str(root / "home"),
-               MODELPLANE_HTTP_PORT=str(free_port()),
-               # `ray job stop` SIGKILLs a job 3 s after SIGTERM by default; a loaded CI box
-               # may need longer for the job to mark its run killed.
-               RAY_JOB_STOP_WAIT_TIME_S="30",
-               # Jobs run `python -m training.job`: the head's python must be this venv's.
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    env["MODELPLANE_URL"] = f"http://127.0.0.1:{env['MODELPLANE_HTTP_PORT']}"
-    command = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-               "--num-cpus=6", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               *(f"--{name}={port}" for name, port in zip(HEAD_PORTS, ports, strict=True))]
-    log = open(root / "head.log", "wb")  # noqa: SIM115
-    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    gcs_port, dashboard = ports[0], f"http://127.0.0.1:{ports[1]}"
+    # `ray job stop` SIGKILLs a job 3 s after SIGTERM by default; a loaded CI box may need
+    # longer for the job to mark its run killed.
+    head = RayHead(num_cpus=6, extra_env={"RAY_JOB_STOP_WAIT_TIME_S": "30"})
     try:
-        _wait_for_dashboard(dashboard, head, root / "head.log")
+        head.start()
+        port = free_port()
+        env = {**head.env, "MODELPLANE_HOME": str(head.root / "home"),
+               "MODELPLANE_HTTP_PORT": str(port), "MODELPLANE_URL": f"http://127.0.0.1:{port}"}
         up = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"],
-                            env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"},
+                            env={**env, "RAY_ADDRESS": head.gcs_address},
                             capture_output=True, text=True, timeout=300)
         assert up.returncode == 0, up.stdout + up.stderr
-        yield Cluster(root, env, dashboard, env["MODELPLANE_URL"], gcs_port, head)
+        yield Cluster(head, env, env["MODELPLANE_URL"])
     finally:
-        from control_plane.platform import _stop_cluster_processes
-
-        _stop_cluster_processes(gcs_port, head_pid=head.pid, grace_s=5)
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
+        head.stop()
 
 
-def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(cluster: Cluster) -> None:
-    """Two CPU workers, submitted with Ray's CLI; the version serves what torch computes."""
+@dataclass
+class SubmittedJob:
+    output: str
+    run: Any
+    version: Any
+
+
+@pytest.fixture(scope="module")
+def digits_job(cluster: Cluster) -> SubmittedJob:
+    """Two CPU workers on digits, submitted with Ray's own CLI."""
     staging = cluster.root / "job-digits"
     _write_spec(staging / "job.yaml", cluster, experiment="t-digits", dataset="digits",
                 epochs=4, workers=2, every=2, model_name="t-digits", alias="challenger")
-    client = cluster.client()
     runtime_env = {"env_vars": {"MODELPLANE_URL": cluster.url, "MODELPLANE_TOKEN": cluster.token}}
     submitted = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
@@ -103,9 +92,15 @@ def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(cluster
         env=cluster.env, capture_output=True, text=True, timeout=300)
     output = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, output
-    assert "registered t-digits:1" in output, output
+    client = cluster.client()
+    return SubmittedJob(output, _only_run(client, "t-digits"), client.resolve("t-digits@challenger"))
 
-    run = _only_run(client, "t-digits")
+
+def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(
+        cluster: Cluster, digits_job: SubmittedJob) -> None:
+    """The run is tracked per epoch; the version serves what torch computes."""
+    assert "registered t-digits:1 (alias challenger)" in digits_job.output, digits_job.output
+    client, run = cluster.client(), digits_job.run
     assert run.status == "finished"
     assert [m.step for m in client.metric_history(run.id, "val_loss")] == [1, 2, 3, 4]
     assert [m.step for m in client.metric_history(run.id, "checkpoint_epoch")] == [2, 4]
@@ -114,7 +109,7 @@ def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(cluster
     assert run.environment["ray_cluster"]["resources"]["CPU"] == 6
     assert re.fullmatch(r"raysubmit_\w+", run.tags["ray_job_submission_id"])
 
-    version = client.resolve("t-digits@challenger")
+    version = digits_job.version
     manifest = version.manifest
     assert version.version == 1 and manifest.task == "classification"
     assert [s.name for s in manifest.signature.outputs] == ["probabilities", "label"]
@@ -127,6 +122,7 @@ def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(cluster
     assert re.fullmatch(r"[0-9a-f]{64}", lineage.lineage.dataset_digest or "")
     assert re.fullmatch(r"[0-9a-f]{40}", lineage.lineage.code_commit or "")
     assert {"torch", "ray", "onnxruntime"} <= set(lineage.lineage.packages)
+    assert lineage.lineage.parent_version is None
     profile = manifest.reference_profile or {}
     assert len(profile["features"]) == 64
     assert [f["name"] for f in profile["predictions"]["features"]] == ["predicted_class", "confidence"]
@@ -147,19 +143,22 @@ def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(cluster
     client.undeploy("t-digits")
 
 
-def test_a_plateau_ends_the_run_before_the_epoch_limit(cluster: Cluster) -> None:
-    """`modelplane train run`: a learning rate too small to move val_loss by min_delta."""
+def test_a_plateau_ends_the_run_before_the_epoch_limit(cluster: Cluster,
+                                                       digits_job: SubmittedJob) -> None:
+    """`modelplane train run` fine-tuning the digits version at a learning rate too small to
+    move val_loss by min_delta: the run stops after `patience` flat epochs."""
     spec = _write_spec(cluster.root / "plateau" / "job.yaml", cluster, experiment="t-plateau",
-                       dataset="breast_cancer", epochs=50, workers=1, every=10,
-                       learning_rate=1e-6, early_stopping={"metric": "val_loss", "patience": 2,
-                                                           "min_delta": 0.01})
+                       dataset="digits", epochs=50, workers=1, every=10, learning_rate=1e-7,
+                       early_stopping={"metric": "val_loss", "patience": 2, "min_delta": 0.01},
+                       init_from="t-digits:1", model_name="t-digits")
     env = {**cluster.env, "RAY_TMPDIR": str(cluster.root / "local-ray")}
     result = subprocess.run([sys.executable, "-m", "modelplane.cli", "train", "run", str(spec),
                              "--num-cpus", "2"], env=env, capture_output=True, text=True,
                             timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "done (stopped early at epoch 3)" in output, output
+    assert "fine-tuning from t-digits:1" in output, output
+    assert "done (stopped early at epoch 3): run" in output, output
 
     client = cluster.client()
     run = _only_run(client, "t-plateau")
@@ -167,6 +166,10 @@ def test_a_plateau_ends_the_run_before_the_epoch_limit(cluster: Cluster) -> None
     assert run.params["epochs_run"] == 3 and run.params["stopped_early"] is True
     # The last epoch is always checkpointed, early or not.
     assert [m.step for m in client.metric_history(run.id, "checkpoint_epoch")] == [3]
+    # Fine-tuned from version 1's weights: as accurate at once, and its child in lineage.
+    first_epoch = client.metric_history(run.id, "val_accuracy")[0].value
+    assert first_epoch >= digits_job.version.manifest.metrics["accuracy"] - 0.05
+    assert client.lineage("t-digits", 2).lineage.parent_version == 1
 
 
 def test_a_stopped_job_resumes_from_its_checkpoint(cluster: Cluster) -> None:
@@ -229,7 +232,8 @@ def test_bad_specs_fail_before_submission_naming_the_field(cluster: Cluster) -> 
 def _write_spec(path: Path, cluster: Cluster, *, experiment: str, dataset: str, epochs: int,
                 workers: int, every: int, learning_rate: float = 0.003,
                 early_stopping: dict[str, Any] | None = None, resume_from: str | None = None,
-                model_name: str | None = None, alias: str | None = None) -> Path:
+                init_from: str | None = None, model_name: str | None = None,
+                alias: str | None = None) -> Path:
     spec: dict[str, Any] = {
         "experiment": {"name": experiment},
         "model": {"architecture": "mlp_classifier", "hidden_sizes": [32]},
@@ -246,6 +250,8 @@ def _write_spec(path: Path, cluster: Cluster, *, experiment: str, dataset: str, 
         spec["checkpoint"]["resume_from"] = resume_from
     if alias:
         spec["registration"]["alias"] = alias
+    if init_from:
+        spec["model"]["init_from"] = init_from
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -313,26 +319,3 @@ def _torch_outputs(client: Client, run: Any, rows: np.ndarray) -> dict[str, np.n
     with tempfile.TemporaryDirectory() as directory:
         path = client.download_artifact(digest, Path(directory) / "model.pt")
         return torch_outputs(load_bundle(path), rows)
-
-
-def _distinct_free_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
-def _wait_for_dashboard(url: str, head: subprocess.Popen[bytes], log: Path,
-                        timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if head.poll() is not None:
-            raise RuntimeError(f"`ray start --head` exited with {head.returncode}; see {log}")
-        try:
-            httpx.get(f"{url}/api/version", timeout=2)
-            return
-        except httpx.TransportError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the Ray dashboard did not answer at {url}; see {log}")

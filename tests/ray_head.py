@@ -1,0 +1,93 @@
+"""A private Ray head (`ray start --head --block`) for tests and benchmarks that submit jobs.
+
+Every port is chosen free and the temp dir is private, so it neither finds nor disturbs
+any other Ray on the machine; ``stop`` ends exactly its own processes (``ray stop`` would
+end every cluster here). Processes talk to it as users do: through ``env``, which carries
+Ray's token mode when this machine has a Ray token.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from control_plane.ray_auth import ray_auth_env
+from tests.conftest import free_port
+
+BIN = Path(sys.executable).parent
+_PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
+          "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+          "node-manager-port", "object-manager-port")
+
+
+@dataclass
+class RayHead:
+    num_cpus: int = 4
+    extra_env: dict[str, str] = field(default_factory=dict)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mph")))
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    ports: list[int] = field(default_factory=list)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.ports[0]}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.ports[1]}"
+
+    def start(self, timeout: float = 120.0) -> RayHead:
+        """Start the head; returns once its dashboard (the job API) answers."""
+        self.ports = _distinct_free_ports(len(_PORTS))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPLANE_", "RAY_"))}
+        # Short RAY_TMPDIR: Ray's socket paths live under it. Jobs run `python -m …`, so the
+        # head's `python` must be this one.
+        env.update(ray_auth_env(env), RAY_TMPDIR=str(self.root / "ray"),
+                   PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", **self.extra_env)
+        self.env = env
+        command = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+                   f"--num-cpus={self.num_cpus}", "--include-dashboard=true",
+                   "--dashboard-host=127.0.0.1",
+                   *(f"--{name}={port}" for name, port in zip(_PORTS, self.ports, strict=True))]
+        log_path = self.root / "head.log"
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"`ray start --head` exited with {self.process.returncode}; "
+                                   f"see {log_path}")
+            try:
+                httpx.get(f"{self.dashboard}/api/version", timeout=2)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.5)
+        raise RuntimeError(f"the Ray dashboard did not answer at {self.dashboard}; see {log_path}")
+
+    def stop(self) -> None:
+        """Stop exactly this head's processes and remove its files."""
+        from control_plane.platform import _stop_cluster_processes
+
+        if self.process is not None:
+            _stop_cluster_processes(self.ports[0], head_pid=self.process.pid, grace_s=5)
+            self.process = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
