@@ -14,8 +14,8 @@ app = typer.Typer(
 )
 AddressOption = typer.Option(
     None, "--address",
-    help="Ray dashboard URL (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, or "
-    "http://127.0.0.1:8265).",
+    help="Ray dashboard URL (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, the head "
+    "`modelplane up` started, or http://127.0.0.1:8265).",
 )
 JobIdArgument = typer.Argument(..., help="Submission id, as `train submit` printed it.")
 

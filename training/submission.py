@@ -32,7 +32,8 @@ SPEC_NAME = "job.yaml"
 
 
 def dashboard_address(address: str | None = None) -> str:
-    """``--address``, else Ray's own variables, else the local dashboard."""
+    """``--address``, else Ray's own variables, else the head `modelplane up` started, else
+    the local default."""
     if address:
         return address
     for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
@@ -40,7 +41,10 @@ def dashboard_address(address: str | None = None) -> str:
         # RAY_ADDRESS often holds a GCS address (host:6379), which the job API does not speak.
         if value.startswith(("http://", "https://")):
             return value
-    return DEFAULT_DASHBOARD
+    from control_plane.platform import recorded_dashboard
+    from modelplane.settings import get_settings
+
+    return recorded_dashboard(get_settings()) or DEFAULT_DASHBOARD
 
 
 class JobClient:

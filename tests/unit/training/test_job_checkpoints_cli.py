@@ -67,3 +67,23 @@ def test_submit_refuses_a_bad_spec_before_contacting_ray(tmp_path: Path,
     assert exited.value.code == 1
     error = capsys.readouterr().err
     assert "hyperparameters.learning_rate" in error and "greater than 0" in error
+
+
+def test_the_job_api_address_comes_from_flag_ray_variables_or_the_platforms_head(
+        modelplane_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.submission import DEFAULT_DASHBOARD, dashboard_address
+
+    for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    assert dashboard_address() == DEFAULT_DASHBOARD
+    modelplane_home.mkdir(parents=True)
+    (modelplane_home / "ray-head.json").write_text(json.dumps(
+        {"pid": 1, "address": "127.0.0.1:6379", "dashboard_url": "http://127.0.0.1:40123"}))
+    assert dashboard_address() == "http://127.0.0.1:40123"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # a GCS address: not the job API
+    assert dashboard_address() == "http://127.0.0.1:40123"
+    monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.5:8265")
+    assert dashboard_address() == "http://10.0.0.5:8265"
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://10.0.0.6:8265")
+    assert dashboard_address() == "http://10.0.0.6:8265"
+    assert dashboard_address("http://flag:8265") == "http://flag:8265"
