@@ -152,10 +152,10 @@ def run_model(name: str, sizes: tuple[int, ...], args: argparse.Namespace, workd
 
 
 def kernel_floor(monitoring: Any, pool: list[list[dict[str, np.ndarray]]]) -> dict[str, float]:
-    """``LiveWindow.update`` on one batch's rows: fresh rows each call (live traffic) and
-    the same rows again and again (how kernel micro-benchmarks usually measure). The
-    bisection over bin edges branches on the data, so repeated rows train the branch
-    predictor and look several times cheaper than traffic is."""
+    """``LiveWindow.update`` on one batch's rows: other rows each call (live traffic) and
+    the same rows again and again (how the kernel micro-benchmark measures it). The
+    kernel runs several times faster on rows it has just seen, so a benchmark that
+    repeats one batch understates what live traffic costs."""
     from kernels import LiveWindow
     from serving.profiles import batch_features
 

@@ -40,6 +40,7 @@ MONITOR_NAMESPACE = "modelplane"
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
 METRICS_WINDOW_S = 60.0  # window of the windowed signals in the Prometheus exposition
+DRIFT_CACHE_LIMIT = 1024
 
 
 class CounterWindow:
@@ -261,7 +262,9 @@ class MonitorState:
     def _monitoring_sections(self, endpoint: str, version: int, series: VersionSeries,
                              counts: Counter[str], window_s: float) -> dict[str, Any]:
         problem = series.meta.get("problem") or ""
-        if version != ENDPOINT_LEVEL and not series.meta:
+        if version == ENDPOINT_LEVEL:
+            problem = "requests refused before a version was chosen: no model inputs to judge"
+        elif not series.meta:
             problem = "no monitoring data from the replicas (monitoring off or no traffic yet)"
         age = self._wall() - series.last_request_at if series.last_request_at else None
         quality = quality_section(counts, input_names=series.input_names,
@@ -294,6 +297,8 @@ class MonitorState:
             problem = "waiting for the version's reference profile"
         result = judge(inputs, predictions, alpha=self.drift_alpha, min_rows=self.drift_min_rows,
                        problem=problem)
+        if len(self._drift_cache) >= DRIFT_CACHE_LIMIT:  # callers choose windows freely
+            self._drift_cache.clear()
         self._drift_cache[key] = (stamp, result)
         return result
 

@@ -301,7 +301,7 @@ def _rows_outside_support(profile: ReferenceProfile, features: np.ndarray) -> in
                                              layout.ref_max[numeric], categorical)
     numeric, low, high, categorical = support
     with np.errstate(invalid="ignore"):
-        values = features[:, numeric]
+        values = features if not categorical else features[:, numeric]  # no copy when all numeric
         outside = ((values < low) | (values > high)).any(axis=1)  # NaN compares False: missing
     for index, codes in categorical:
         column = features[:, index]
