@@ -86,9 +86,10 @@ def list_jobs(address: str | None = AddressOption, as_json: bool = JsonOption) -
     rows = [{"job_id": j.submission_id, "status": str(j.status.value),
              "experiment": (j.metadata or {}).get("experiment", ""),
              "start_time": _seconds(j.start_time), "entrypoint": j.entrypoint} for j in jobs]
+    # The entrypoint is left to --json: the table keeps room for whole job ids.
     emit(as_json, rows, lambda: print_table(
-        "training jobs", ["job", "status", "experiment", "started", "entrypoint"],
-        [list(row.values()) for row in rows],
+        "training jobs", ["job", "status", "experiment", "started"],
+        [[row["job_id"], row["status"], row["experiment"], row["start_time"]] for row in rows],
     ))
 
 

@@ -116,3 +116,11 @@ def test_the_manifest_carries_signature_profile_and_lineage() -> None:
     predictions = ReferenceProfile.from_dict(profile["predictions"])
     assert predictions.names == ("predicted_class", "confidence")
     assert max(len(f.sample) for f in features.features) <= 256  # small enough to ship
+
+
+def test_a_regressor_is_checked_in_units_of_its_targets_spread() -> None:
+    torch.manual_seed(0)
+    network = build_network(SPECS["mlp_regressor"], 64, 1)
+    network.set_statistics(ROWS, ROWS[:, 0] * 1e5 + 3e5)  # house prices: float32 steps of 1/32
+    network.eval()
+    assert check_parity(export_onnx(network), network, ROWS) <= 1e-4
