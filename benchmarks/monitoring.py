@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -180,8 +181,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="Per mode and round.")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
         models = {name: run_model(name, sizes, args, Path(workdir)) for name, sizes in MODELS.items()}
+    load = {"before": load_before[0], "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     targets = []
     for name, summary in models.items():
         for label, key, op, limit in TARGETS:
@@ -189,13 +192,16 @@ def main() -> None:
             targets.append({"model": name, "name": label, "value": value, "op": op, "target": limit,
                             "met": bool(value <= limit if op == "<=" else value >= limit)})
     report = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
-              "python": platform.python_version(), "settings": vars(args), "models": models,
+              "python": platform.python_version(), "settings": vars(args), "load_average": load,
+              "models": models,
               "targets": targets}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "monitoring.json").write_text(json.dumps(report, indent=2))
     lines = ["# Monitoring benchmark", "",
              f"Run {report['when']}, Python {report['python']}; batches of {BATCH} single-row requests, "
-             f"{args.rounds} alternating rounds of {args.seconds:g} s per mode.", "",
+             f"{args.rounds} alternating rounds of {args.seconds:g} s per mode; load average "
+             f"{load['before']:.1f} before, {load['after']:.1f} after, on {load['cpus']} CPUs (a "
+             "machine shared with other work: compare on and off, measured in the same run).", "",
              "| model | layers | off: batch mean (p50) µs | on: batch mean (p50) µs | off: rows/s | "
              "on: rows/s | kernel update, fresh / repeated rows µs | Monitor record ms | "
              "Monitor drift query ms |", "|---|---|---|---|---|---|---|---|---|"]

@@ -45,7 +45,7 @@ class AlertRuleSpec(Wire):
     every_s: float = Field(10.0, ge=0.5, le=3600, description="Evaluation interval.")
     severity: Severity = "warning"
     endpoint: Name | None = Field(None, description="Only this endpoint (default: every endpoint).")
-    version: int | None = Field(None, ge=0, description="Only this version (default: every version).")
+    version: int | None = Field(None, ge=1, description="Only this version (default: every version).")
     labels: LabelMap = Field(default_factory=dict, description="Added to every alert of the rule.")
     summary: str = Field("", max_length=500, description=(
         "Message template: {endpoint} {version} {metric} {value} {threshold} {details}."))

@@ -218,29 +218,35 @@ def test_drift_alert_stays_quiet_on_training_traffic_and_fires_on_a_one_sigma_sh
                                "threshold": 1, "endpoint": ENDPOINT, "version": 1,
                                "window_s": WINDOW_S, "every_s": WINDOW_S, "for_s": WINDOW_S,
                                "severity": "critical", "labels": {"team": "risk"}})
+    # Other tests' rollouts share this control plane: look only at this rule's alerts.
+    def notified() -> list[dict[str, Any]]:
+        return [n for n in receiver.received if n["alert"]["name"] == "watched-drift"]
+
     traffic = Traffic(f"{watched.url}/v2/models/{ENDPOINT}/infer")
     try:
-        verdicts = []
-        while len(verdicts) < 22:  # consecutive windows of training-distribution traffic
+        verdicts: list[str] = []
+        # Windows of training-distribution traffic, each judged on its own rows. A single
+        # window may cross the 0.005 level by chance; the rule's for_s asks two in a row.
+        while verdicts.count("ok") < 20 and len(verdicts) < 30:
             time.sleep(WINDOW_S)
             verdicts.append(monitoring(watched, 1, WINDOW_S)["drift"]["verdict"])
         assert verdicts.count("ok") >= 20, verdicts
-        assert receiver.received == [], receiver.received
+        assert notified() == [], notified()
         shifted_at = time.monotonic()
         traffic.shift = 1.0
-        assert eventually(lambda: receiver.received, timeout=5 * WINDOW_S, interval=0.05), "never fired"
+        assert eventually(notified, timeout=5 * WINDOW_S, interval=0.05), "never fired"
         windows = (time.monotonic() - shifted_at) / WINDOW_S
         # Three windows, plus the second a replica may hold its statistics before shipping.
         assert windows <= 3 + 1 / WINDOW_S, windows
-        [firing] = receiver.received
+        [firing] = notified()
         assert firing["status"] == "firing" and firing["alert"]["labels"]["endpoint"] == ENDPOINT
         assert "f2" in firing["alert"]["data"]["drifted_features"] and "f2" in firing["alert"]["summary"]
     finally:
         traffic.stop()
     assert traffic.failed == 0
     # No traffic: too few rows for a verdict, so the condition no longer holds.
-    assert eventually(lambda: len(receiver.received) == 2, timeout=5 * WINDOW_S), receiver.received
-    assert receiver.received[1]["status"] == "resolved"
+    assert eventually(lambda: len(notified()) == 2, timeout=5 * WINDOW_S), notified()
+    assert notified()[1]["status"] == "resolved"
     with watched.client() as client:
         client.delete_alert_receiver("drift-hook")
     receiver.close()
