@@ -27,7 +27,8 @@ class FineTuneSource:
     bundle_model: dict[str, Any]
 
 
-def load_fine_tune_source(ref: str, client: Any, *, n_features: int, n_outputs: int) -> FineTuneSource:
+def load_fine_tune_source(ref: str, client: Any, *, model_spec: dict[str, Any], n_features: int,
+                          n_outputs: int) -> FineTuneSource:
     """Resolve ``ref`` (NAME:VERSION or NAME@ALIAS) to its trained weights; check they fit."""
     import torch
 
@@ -48,21 +49,29 @@ def load_fine_tune_source(ref: str, client: Any, *, n_features: int, n_outputs: 
     with tempfile.TemporaryDirectory() as directory:
         path = client.download_artifact(digest, Path(directory) / "model.pt")
         bundle = torch.load(path, map_location="cpu", weights_only=True)
-    if (bundle["n_features"], bundle["n_outputs"]) != (n_features, n_outputs):
-        raise _error(f"{ref} takes {bundle['n_features']} features and has {bundle['n_outputs']} "
-                     f"outputs; this job's data has {n_features} and {n_outputs}")
+    problem = bundle_mismatch(bundle, model_spec, n_features, n_outputs)
+    if problem:
+        raise _error(f"{version.model}:{version.version} {problem}")
     return FineTuneSource(version.model, version.version, bundle["state_dict"], bundle["model"])
 
 
-def check_architecture(source: FineTuneSource, model_spec: dict[str, Any]) -> None:
-    """The job's network must have the parent's shape for its weights to load."""
+def bundle_mismatch(bundle: dict[str, Any], model_spec: dict[str, Any], n_features: int,
+                    n_outputs: int) -> str | None:
+    """Why a saved network's weights cannot load into this job's network (None if they can)."""
+    if (bundle["n_features"], bundle["n_outputs"]) != (n_features, n_outputs):
+        return (f"takes {bundle['n_features']} features and has {bundle['n_outputs']} outputs; "
+                f"this job's data has {n_features} and {n_outputs}")
     keys = ("architecture", "hidden_sizes", "channels", "kernel_size", "image_shape")
-    parent = {k: source.bundle_model.get(k) for k in keys}
-    wanted = {k: model_spec.get(k) for k in keys}
-    if parent != wanted:
-        diff = {k: (parent[k], wanted[k]) for k in keys if parent[k] != wanted[k]}
-        raise _error(f"{source.model}:{source.version} has a different network; "
-                     f"(parent, this job) differ in {diff}")
+    saved = {k: _plain(bundle["model"].get(k)) for k in keys}
+    wanted = {k: _plain(model_spec.get(k)) for k in keys}
+    differ = {k: (saved[k], wanted[k]) for k in keys if saved[k] != wanted[k]}
+    if differ:
+        return f"has a different network; (saved, this job) differ in {differ}"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _error(message: str) -> InvalidJobSpecError:

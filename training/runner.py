@@ -22,8 +22,8 @@ from typing import Any
 
 from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
 from training.data import Dataset, Split, load_dataset, split_dataset
-from training.errors import TrainingError
-from training.finetune import MODEL_BUNDLE_ARTIFACT, check_architecture, load_fine_tune_source
+from training.errors import InvalidJobSpecError, TrainingError
+from training.finetune import MODEL_BUNDLE_ARTIFACT, bundle_mismatch, load_fine_tune_source
 from training.preflight import check_resources
 from training.schemas import JobSpec
 from training.spec import dump_job_spec
@@ -70,17 +70,16 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     echo(f"data {dataset.uri}: {len(split.x_train)} training and {len(split.x_val)} validation "
          f"rows, {len(dataset.feature_names)} features"
          + (f", {dataset.n_outputs} classes" if dataset.class_labels else ""))
+    shape = {"model_spec": spec.model.model_dump(mode="json"),
+             "n_features": len(dataset.feature_names), "n_outputs": dataset.n_outputs}
     init = None
     if spec.model.init_from:
-        init = load_fine_tune_source(spec.model.init_from, client,
-                                     n_features=len(dataset.feature_names),
-                                     n_outputs=dataset.n_outputs)
-        check_architecture(init, spec.model.model_dump(mode="json"))
+        init = load_fine_tune_source(spec.model.init_from, client, **shape)
         echo(f"fine-tuning from {init.model}:{init.version}")
     resume, resume_epoch = None, None
     if spec.checkpoint.resume_from:
         resume = resolve_resume(spec.checkpoint.resume_from, client)
-        resume_epoch = _checkpoint_epoch(resume)
+        resume_epoch = _resumable_epoch(resume, shape)
         echo(f"resuming from {resume} (after epoch {resume_epoch})")
 
     cluster = _connect_ray(address, num_cpus)
@@ -110,6 +109,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     except BaseException as error:
         stopped = STOP_REQUESTED.is_set() or isinstance(error, KeyboardInterrupt)
         _end_quietly(client, run.id, "killed" if stopped else "failed")
+        client.close()
         raise
     client.end_run(run.id, "finished")
     client.close()
@@ -270,10 +270,16 @@ def _storage_path(spec: JobSpec) -> str:
     return str(DEFAULT_STORAGE_PATH)
 
 
-def _checkpoint_epoch(location: str) -> int:
+def _resumable_epoch(location: str, shape: dict[str, Any]) -> int:
+    """The epoch a checkpoint was taken after; raise naming the field if it cannot resume this job."""
     from ray.train import Checkpoint
 
-    return int(load_state(Checkpoint(location))["epoch"])
+    state = load_state(Checkpoint(location))
+    problem = bundle_mismatch(state["network"], **shape)
+    if problem:
+        raise InvalidJobSpecError(f"checkpoint.resume_from: the checkpoint at {location} {problem}",
+                                  detail={"field": "checkpoint.resume_from"})
+    return int(state["epoch"])
 
 
 def _submission_id() -> str | None:

@@ -124,3 +124,15 @@ def test_a_regressor_is_checked_in_units_of_its_targets_spread() -> None:
     network.set_statistics(ROWS, ROWS[:, 0] * 1e5 + 3e5)  # house prices: float32 steps of 1/32
     network.eval()
     assert check_parity(export_onnx(network), network, ROWS) <= 1e-4
+
+
+def test_saved_weights_fit_only_the_same_network() -> None:
+    from training.finetune import bundle_mismatch
+    from training.models import to_bundle
+
+    bundle = to_bundle(trained_like("cnn_classifier"))
+    same = SPECS["cnn_classifier"].model_dump(mode="json")
+    assert bundle_mismatch(bundle, {**same, "dropout": 0.5}, 64, 10) is None  # not a shape
+    assert "10 outputs" in (bundle_mismatch(bundle, same, 64, 3) or "")
+    wider = bundle_mismatch(bundle, {**same, "channels": [8, 8]}, 64, 10) or ""
+    assert "'channels': ([4, 8], [8, 8])" in wider
