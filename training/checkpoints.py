@@ -81,8 +81,8 @@ def load_state(checkpoint: Any) -> dict[str, Any]:
     import torch
 
     with checkpoint.as_directory() as directory:
-        # Optimizer state holds plain Python values beside tensors; the file is our own.
-        return torch.load(f"{directory}/{STATE_FILE}", map_location="cpu", weights_only=False)
+        # Tensors and plain values only: a checkpoint from elsewhere cannot run code here.
+        return torch.load(f"{directory}/{STATE_FILE}", map_location="cpu", weights_only=True)
 
 
 def _filesystem(location: str) -> tuple[Any, str]:
