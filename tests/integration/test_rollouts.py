@@ -130,6 +130,9 @@ def test_candidate_failing_a_fifth_of_requests_is_rolled_back(
     assert after_rollback <= settled
     final = next(e for e in client.rollout_events(rollout.id) if e.to_state == "rolled_back")
     assert final.data["analysis"]["candidate"]["error_rate"] > 0.01
+    alerts = client.alert_history(name="RolloutRolledBack", endpoint=name).items
+    assert len(alerts) == 1 and alerts[0].severity == "critical"
+    assert alerts[0].labels["version"] == "2" and "error_rate" in alerts[0].summary
 
 
 def test_candidate_adding_latency_is_rolled_back_on_p95(
@@ -253,6 +256,7 @@ def test_route_table_is_guarded_and_bad_specs_are_clear(
     rollout = start(client, name, step_duration_s=600)
     with pytest.raises(ConflictError, match="active rollout"):
         client.set_traffic(name, {1: 100})
+    wait_for(lambda: client.get_rollout(rollout.id).state == "progressing", 30, "the first step")
     client.rollout_action(rollout.id, "pause")
     assert client.get_rollout(rollout.id).state == "paused"
     client.rollout_action(rollout.id, "abort", "done")
