@@ -118,6 +118,7 @@ def main() -> None:
     from tests.ray_head import RayHead
     from tests.servers import ControlPlaneProcess
 
+    load_at_start = os.getloadavg()[0]
     head = RayHead(num_cpus=max(counts) + 1).start()
     control = ControlPlaneProcess(head.root / "home").start()
     try:
@@ -143,10 +144,11 @@ def main() -> None:
     finally:
         control.stop()
         head.stop()
-    report(results, args, rows)
+    report(results, args, rows, load=(load_at_start, os.getloadavg()[0]))
 
 
-def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, rows: int) -> None:
+def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, rows: int,
+           load: tuple[float, float]) -> None:
     def best(workers: str, key: str, high: bool = True) -> float:
         values = [r[key] for r in results[workers]]
         return max(values) if high else min(values)
@@ -161,7 +163,8 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, r
                   for key in ("train_samples_per_s", "epoch_samples_per_s", "submit_to_registered_s")}
     document = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(),
+                    "load_average_1m": {"start": load[0], "end": load[1]}},
         "settings": {"epochs": args.epochs, "copies": args.copies, "rows": rows,
                      "repeats": args.repeats},
         "summary": summary, "ratios_2_over_1": ratios, "runs": results,
@@ -174,7 +177,8 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, r
         "",
         f"One job (MLP 64→256→128→10 on {rows:,} rows of noisy digits, batch 128 per worker, "
         f"{args.epochs} epochs) submitted through `modelplane train submit` to a private Ray head, "
-        f"on {os.cpu_count()} CPUs; best of {args.repeats} run(s). Produced by "
+        f"on {os.cpu_count()} CPUs (1-minute load average {load[0]:.1f} before, {load[1]:.1f} "
+        f"after: other work shared the machine); best of {args.repeats} run(s). Produced by "
         "`python -m benchmarks.training`.",
         "",
         "| workers | training samples/s | epoch samples/s | submit → registered |",
