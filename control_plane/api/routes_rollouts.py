@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from control_plane.api.deps import CP, Limit, Reader, Writer
 from control_plane.rollouts.schemas import (
@@ -14,8 +14,10 @@ from control_plane.rollouts.schemas import (
     RolloutOut,
     RolloutPolicy,
 )
+from control_plane.schemas import MAX_INT
 
 router = APIRouter(tags=["rollouts"])
+RolloutId = Annotated[int, Path(ge=1, le=MAX_INT, description="The rollout's number.")]
 
 
 @router.post("/rollouts", response_model=RolloutOut, status_code=201)
@@ -35,18 +37,18 @@ def list_rollouts(
 
 
 @router.get("/rollouts/{rollout_id}", response_model=RolloutOut)
-def get_rollout(rollout_id: int, cp: CP, _: Reader) -> RolloutOut:
+def get_rollout(rollout_id: RolloutId, cp: CP, _: Reader) -> RolloutOut:
     return cp.rollouts.get(rollout_id)
 
 
 @router.get("/rollouts/{rollout_id}/events", response_model=list[RolloutEventOut])
-def rollout_events(rollout_id: int, cp: CP, _: Reader) -> list[RolloutEventOut]:
+def rollout_events(rollout_id: RolloutId, cp: CP, _: Reader) -> list[RolloutEventOut]:
     """The audit log: every transition, step and failing analysis, oldest first."""
     return cp.rollouts.events(rollout_id)
 
 
 def _action(name: str, doc: str) -> None:
-    def act(rollout_id: int, cp: CP, actor: Writer, body: RolloutAction | None = None) -> RolloutOut:
+    def act(rollout_id: RolloutId, cp: CP, actor: Writer, body: RolloutAction | None = None) -> RolloutOut:
         return getattr(cp.rollouts, name)(rollout_id, actor, (body or RolloutAction()).reason)
 
     act.__name__ = f"{name}_rollout"
