@@ -166,7 +166,8 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
     log_path = settings.home / "ray-head.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            command, env={**os.environ, **ingress_env(fast), **ray_auth_env()}, stdout=log, stderr=subprocess.STDOUT,
+            command, env={**os.environ, **ingress_env(fast), **ray_auth_env(), "PATH": _path_with_this_python()},
+            stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     address = f"127.0.0.1:{gcs_port}"
@@ -182,6 +183,13 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
             return
         time.sleep(1.0)
     raise ControlPlaneUnavailableError(f"the Ray head did not come up in {timeout_s:.0f}s; see {log_path}")
+
+
+def _path_with_this_python() -> str:
+    """PATH with this interpreter's folder first: jobs run ``python -m …`` on the head, and
+    that must be the Python modelplane is installed in (a virtualenv need not be active)."""
+    here = str(Path(sys.executable).parent)
+    return os.pathsep.join([here, *(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != here)])
 
 
 def recorded_dashboard(settings: Settings) -> str | None:

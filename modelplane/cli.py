@@ -46,11 +46,13 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON for sc
 
 
 @app.command()
-def quickstart() -> None:
+def quickstart(
+    short: bool = typer.Option(False, "--short", help="Shorter holds and fewer epochs (tests, slow machines)."),
+) -> None:
     """Run the main job on the embedded default (local Ray, SQLite, local artifacts)."""
     from modelplane.quickstart import run_quickstart
 
-    run_quickstart()
+    run_quickstart(short=short)
 
 
 def _register_groups() -> None:

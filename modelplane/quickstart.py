@@ -1,136 +1,369 @@
-"""The main job: the modelplane story on the embedded default, step by step.
+"""The main job: the whole modelplane story on the embedded default, step by step.
 
-It runs every part that exists today: the platform on a local Ray (Serve, the Monitor,
-the control plane with a SQLite store and a local artifact folder), two trained and
-tracked versions, an endpoint serving live traffic, a 90/10 canary with per-version
-statistics, and the promotion of the better version. Rollouts that decide on their own,
-training on Ray Train and drift alerts join the story as they land. The platform is left
-running; `modelplane down` stops it.
+1. start the platform (local Ray head, Serve, the Monitor, the control plane on SQLite);
+2. train version 1 on Ray Train (a job submitted through Ray's job API), register it,
+   serve it;
+3. send live traffic with Locust in the background, plus labelled requests whose ground
+   truth is fed back, so online accuracy is measured;
+4. train version 2 with other hyperparameters: the endpoint follows the ``challenger``
+   alias, so a canary rollout starts on its own, is analysed and promoted;
+5. train a deliberately bad version 3, on a copy of the data whose labels were shuffled
+   (a broken join upstream): its canary fails the online-accuracy gate and is rolled back
+   automatically, with the reason recorded;
+6. shift one feature of the live traffic: the drift alert fires and names it;
+7. print where to look. The platform keeps running; ``modelplane down`` stops it.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
-from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rich.console import Console
-from rich.table import Table
 
 from modelplane import __version__
-from modelplane.settings import get_settings
+from modelplane.errors import ModelplaneError
+from modelplane.settings import Settings, get_settings
 
 MODEL = "breast-cancer"
 ENDPOINT = "breast-cancer"
 EXPERIMENT = "quickstart"
+TRACKED_ALIAS = "challenger"
+DRIFT_RULE = "breast-cancer-input-drift"
+DRIFT_FEATURE = 0  # "mean radius"
+LOCUSTFILE = Path(__file__).resolve().parents[1] / "benchmarks" / "locustfile.py"
 
 
-def _send(url: str, rows: np.ndarray, count: int, *, seed: int = 0) -> Counter[str]:
-    """``count`` single-row v2 requests with real rows; returns answers per version."""
-    import httpx
-
-    rng = np.random.default_rng(seed)
-    seen: Counter[str] = Counter()
-    with httpx.Client(timeout=30) as http:
-        for index in rng.integers(0, len(rows), size=count):
-            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, rows.shape[1]],
-                                "data": rows[index].tolist()}]}
-            response = http.post(f"{url}/v2/models/{ENDPOINT}/infer", json=body)
-            seen[response.json().get("model_version", f"HTTP {response.status_code}")] += 1
-    return seen
+class QuickstartError(ModelplaneError):
+    code = "quickstart_failed"
 
 
-def _stats_table(stats: dict[str, Any]) -> Table:
-    table = Table(title=f"{ENDPOINT}: last 60 s per version", title_justify="left")
-    for column in ("version", "requests", "errors", "p50 ms", "p95 ms", "p99 ms"):
-        table.add_column(column)
-    for version, row in sorted(stats.get("versions", {}).items()):
-        if version == "0":
-            continue
-        table.add_row(version, str(row["requests"]), str(row["server_errors"]),
-                      *(f"{row[k]:.2f}" if row[k] is not None else "-" for k in ("p50_ms", "p95_ms", "p99_ms")))
-    return table
+@dataclass(frozen=True)
+class Pace:
+    """How long things take: the full story, or a shorter one for tests and slow machines."""
+
+    epochs: int
+    step_s: float
+    interval_s: float
+    window_s: float
+    min_samples: int
+    min_labels: int
+
+    @classmethod
+    def for_run(cls, short: bool) -> Pace:
+        if short:
+            return cls(epochs=8, step_s=4, interval_s=1, window_s=8, min_samples=15, min_labels=8)
+        return cls(epochs=25, step_s=10, interval_s=2, window_s=15, min_samples=30, min_labels=12)
 
 
-def run_quickstart() -> None:
-    """Run every part of the story that exists, printing what each step does."""
-    from sklearn.datasets import load_breast_cancer
+def run_quickstart(*, short: bool = False) -> None:
+    """Run the story, printing what each step does; raises QuickstartError on a failure."""
+    Story(get_settings(), Pace.for_run(short), Console()).run()
 
-    from control_plane.client import Client
-    from control_plane.platform import start_platform, wait_serving
-    from modelplane.demo_model import train_breast_cancer_classifier
 
-    console = Console()
-    settings = get_settings()
-    console.rule(f"modelplane {__version__} quickstart")
-    console.print(f"home {settings.home}\nstore {settings.db_url}\nartifacts {settings.artifact_uri}")
+class Story:
+    def __init__(self, settings: Settings, pace: Pace, console: Console) -> None:
+        self.settings, self.pace, self.console = settings, pace, console
+        self.work = settings.home / "quickstart"
+        self.client: Any = None
+        self.dashboard: str | None = None
+        self.locust: subprocess.Popen[bytes] | None = None
+        self.feedback: LabelledTraffic | None = None
 
-    console.print("\n[bold]1. start the platform[/bold] (Ray, Serve, Monitor, control plane)")
-    with console.status("starting …") as status:
-        info = start_platform(settings, progress=lambda m: status.update(m + " …"))
-    console.print(f"  control plane {info.api_url}, inference {info.inference_url}"
-                  + (" (HAProxy ingress)" if info.fast_ingress else ""))
-    client = Client(settings.url, settings.resolved_token(), settings=settings)
+    # ------------------------------------------------------------ the steps
 
-    console.print("\n[bold]2. train two versions on scikit-learn's breast cancer data[/bold]")
-    versions = []
-    for name, learning_rate, epochs in (("baseline", 0.05, 50), ("tuned", 0.5, 300)):
-        run = client.start_run(EXPERIMENT, name=name,
-                               params={"learning_rate": learning_rate, "epochs": epochs})
-        with console.status(f"  training {name} …"):
-            model = train_breast_cancer_classifier(learning_rate=learning_rate, epochs=epochs)
-        client.log_metrics(run.id, model.metrics, step=epochs)
-        client.end_run(run.id)
-        manifest = dict(model.manifest)
-        manifest["lineage"] = {**manifest["lineage"], "run_id": run.id}
-        if versions:
-            manifest["lineage"]["parent_version"] = versions[-1].version
-        version = client.register_version(MODEL, model.onnx_bytes, manifest,
-                                          description=f"{name} (lr={learning_rate})")
-        versions.append(version)
-        console.print(f"  registered {MODEL}:{version.version}  val_accuracy="
-                      f"{model.metrics['val_accuracy']:.3f}  run {run.id[:12]}")
-    first, second = versions
+    def run(self) -> None:
+        console = self.console
+        console.rule(f"modelplane {__version__} quickstart")
+        console.print(f"home {self.settings.home}   store {self.settings.db_url}")
+        self.work.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_platform()
+            first = self.train(1, "baseline", hidden=[16], learning_rate=0.003, epochs=self.pace.epochs)
+            self.serve(first)
+            self.start_traffic()
+            second = self.train(2, "wider", hidden=[64, 32], learning_rate=0.003,
+                                epochs=self.pace.epochs)
+            self.follow_rollout(second, expect="succeeded")
+            third = self.train(3, "trained on shuffled labels (deliberately bad)",
+                               hidden=[64, 32], learning_rate=0.003, epochs=self.pace.epochs,
+                               data=self._shuffled_labels())
+            self.follow_rollout(third, expect="rolled_back")
+            self.drift()
+        finally:
+            self.stop_traffic()
+        self.where_to_look()
 
-    console.print(f"\n[bold]3. serve {MODEL}:{first.version}[/bold] at /v2/models/{ENDPOINT}")
-    client.deploy(ENDPOINT, f"{MODEL}:{first.version}", scaling={"num_cpus": 0.25})
-    client.set_traffic(ENDPOINT, {first.version: 100})  # a rerun finds the endpoint serving
-    with console.status("  loading the model on Serve …"):
-        wait_serving(settings.url, ENDPOINT, first.version)
-    rows = load_breast_cancer().data.astype(np.float32)
-    seen = _send(settings.url, rows, 200)
-    console.print(f"  200 requests answered: {dict(seen)}")
+    def start_platform(self) -> None:
+        from control_plane.client import Client
+        from control_plane.platform import start_platform
 
-    console.print(f"\n[bold]4. canary: {MODEL}:{second.version} takes 10% of live traffic[/bold]")
-    client.deploy(ENDPOINT, f"{MODEL}:{second.version}")
-    client.set_traffic(ENDPOINT, {first.version: 90, second.version: 10})
-    with console.status("  loading the candidate in place (no replica restarts) …"):
-        wait_serving(settings.url, ENDPOINT, second.version)
-        time.sleep(1.0)
-    seen = _send(settings.url, rows, 500, seed=1)
-    console.print(f"  500 requests answered: {dict(sorted(seen.items()))}")
-    time.sleep(2.5)  # replicas report to the Monitor about once a second
-    console.print(_stats_table(client.endpoint_stats(ENDPOINT, window_s=60)))
+        self.step("1. start the platform", "Ray head, Serve, Monitor, control plane")
+        with self.console.status("starting …") as status:
+            info = start_platform(self.settings, progress=lambda m: status.update(m + " …"))
+        self.dashboard = info.dashboard_url
+        self.console.print(f"  control plane {info.api_url}   inference {info.inference_url}"
+                           + (" (HAProxy ingress)" if info.fast_ingress else ""))
+        if info.dashboard_url:
+            self.console.print(f"  Ray dashboard and job API {info.dashboard_url}")
+        self.client = Client(self.settings.url, self.settings.resolved_token(), settings=self.settings)
+        self.client.put_alert_rule({
+            "name": DRIFT_RULE, "metric": "drifted_features", "comparison": ">", "threshold": 0,
+            "window_s": 30, "every_s": 2, "endpoint": ENDPOINT, "severity": "warning",
+            "summary": "{endpoint} v{version}: input drift in {details}"})
 
-    best = max(versions, key=lambda v: v.manifest.metrics["val_accuracy"])
-    console.print(f"\n[bold]5. promote {MODEL}:{best.version}[/bold] (all traffic, alias, stage)")
-    client.set_traffic(ENDPOINT, {best.version: 100})
-    client.set_alias(MODEL, "champion", best.version)
-    client.transition_stage(MODEL, best.version, "staging", reason="best validation accuracy")
-    client.transition_stage(MODEL, best.version, "production", reason="quickstart canary")
-    lineage = client.lineage(MODEL, best.version)
-    console.print(f"  {MODEL}@champion → version {best.version}, production, parents "
-                  f"{lineage.parents or 'none'}, deployed on "
-                  f"{[d.endpoint for d in lineage.deployments]}")
-    client.close()
+    def train(self, number: int, label: str, *, hidden: list[int], learning_rate: float,
+              epochs: int, data: dict[str, Any] | None = None) -> int:
+        from training.submission import submit_spec
 
-    url = settings.url
-    console.print("\n[bold green]done.[/bold green] modelplane is still running:")
-    console.print(f"  infer      curl -X POST {url}/v2/models/{ENDPOINT}/infer -d "
-                  "'{\"inputs\":[{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[1,30],\"data\":[...]}]}'")
-    console.print(f"  tritonclient.http.InferenceServerClient('{url.split('://', 1)[1]}')"
-                  f".infer('{ENDPOINT}', inputs)")
-    console.print(f"  metrics    {url}/api/metrics")
-    console.print(f"  status     modelplane status;  modelplane models show {MODEL}")
-    console.print("  stop       modelplane down")
+        title = "2. train version 1" if number == 1 else f"{number + 2}. train version {number}"
+        self.step(title, f"{label}: Ray Train job submitted through Ray's job API")
+        spec = self.work / f"job-v{number}.yaml"
+        spec.write_text(yaml.safe_dump(_job_spec(label, hidden, learning_rate, epochs, data)))
+        before = self._latest_version()
+        with self.console.status(f"  training {label} …") as status:
+            def show(text: str) -> None:
+                for line in text.splitlines():
+                    if _is_story_line(line):
+                        status.update(f"  {line.strip()[:100]}")
+                        if line.lstrip().startswith(("held-out", "registered", "submitted")):
+                            self.console.print(f"  {line.strip()}")
+
+            submit_spec(spec, address=self.dashboard, wait=True, echo=show)
+        version = self._latest_version()
+        if version is None or version == before:
+            raise QuickstartError(f"the training job for version {number} registered nothing; "
+                                  f"see `modelplane train list` and its logs")
+        return version
+
+    def serve(self, version: int) -> None:
+        from control_plane.platform import wait_serving
+
+        self.step(f"2. serve {MODEL}:{version}", f"at /v2/models/{ENDPOINT}")
+        if any(e.name == ENDPOINT for e in self.client.list_endpoints()):
+            for rollout in self.client.list_rollouts(endpoint=ENDPOINT, active=True):
+                self.client.rollout_action(rollout.id, "abort", "quickstart restarted")
+            self.client.undeploy(ENDPOINT)
+        self.client.deploy(ENDPOINT, f"{MODEL}:{version}", scaling={"num_cpus": 0.25})
+        with self.console.status("  loading the model on Serve …"):
+            wait_serving(self.settings.url, ENDPOINT, version)
+        template = {
+            "strategy": "canary", "steps": [25, 50, 100], "step_duration_s": self.pace.step_s,
+            "drain_s": 2,
+            "analysis": {"interval_s": self.pace.interval_s, "window_s": self.pace.window_s,
+                         "min_samples": self.pace.min_samples, "max_error_rate": 0.01,
+                         "max_p95_ms": 500, "max_p95_ratio": None, "min_accuracy": 0.85,
+                         "min_labels": self.pace.min_labels, "fail_on_drift": False,
+                         "failures_to_rollback": 2}}
+        self.client.set_rollout_policy(ENDPOINT, {"track_alias": TRACKED_ALIAS, "template": template})
+        self.console.print(f"  serving; moving @{TRACKED_ALIAS} onto a new version starts a canary "
+                           "(25% → 50% → 100%), gated on errors, p95 and online accuracy")
+
+    def start_traffic(self) -> None:
+        from sklearn.datasets import load_breast_cancer
+
+        self.step("3. live traffic", "Locust in the background, and labelled requests with feedback")
+        data = load_breast_cancer()
+        rows_file = self.work / "rows.npy"
+        np.save(rows_file, data.data.astype(np.float32))
+        self.locust = self._start_locust(rows_file, drift=0.0)
+        self.feedback = LabelledTraffic(self.settings.url, self.client, data.data.astype(np.float32),
+                                        data.target)
+        self.feedback.start()
+        time.sleep(3)
+        stats = self.client.endpoint_stats(ENDPOINT, window_s=10)["versions"]
+        answered = sum(v["requests"] for v in stats.values())
+        if answered == 0:
+            raise QuickstartError(f"no traffic reached {ENDPOINT}; see {self.work / 'locust.log'}")
+        self.console.print(f"  {answered} requests in the last 10 s; Locust log {self.work / 'locust.log'}")
+
+    def follow_rollout(self, version: int, *, expect: str) -> None:
+        from rich.live import Live
+
+        from control_plane.cli.rollouts import rollout_view
+
+        self.console.print(f"  @{TRACKED_ALIAS} → {MODEL}:{version}: the endpoint starts a rollout")
+        rollout = _wait(lambda: next((r for r in self.client.list_rollouts(endpoint=ENDPOINT, limit=1)
+                                      if r.candidate_version == version), None),
+                        60, f"a rollout of version {version}")
+        with Live(console=self.console, refresh_per_second=4) as live:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                rollout = self.client.get_rollout(rollout.id)
+                stats = self.client.endpoint_stats(ENDPOINT, window_s=self.pace.window_s)["versions"]
+                live.update(rollout_view(rollout, self.client.get_endpoint(ENDPOINT), stats))
+                if rollout.state.terminal:
+                    break
+                time.sleep(0.5)
+        self.console.print()
+        if rollout.state.value != expect:
+            raise QuickstartError(
+                f"rollout #{rollout.id} of version {version} ended {rollout.state.value} "
+                f"({rollout.reason}), expected {expect}; `modelplane rollout history "
+                f"{rollout.id}` shows every decision")
+        if expect == "succeeded":
+            champion = self.client.resolve(f"{MODEL}@champion")
+            self.console.print(f"  [green]promoted[/green]: {MODEL}@champion → version "
+                               f"{champion.version}, stage {champion.stage.value}")
+        else:
+            rejected = self.client.get_version(MODEL, version)
+            reason = rollout.reason.removeprefix("automatic rollback: ")
+            self.console.print(f"  [red]rolled back automatically[/red]: {reason}")
+            self.console.print(f"  {MODEL}:{version} is {rejected.status}; the stable version "
+                               "took 100% back and a RolloutRolledBack alert was raised")
+
+    def drift(self) -> None:
+        from sklearn.datasets import load_breast_cancer
+
+        feature = str(load_breast_cancer().feature_names[DRIFT_FEATURE])
+        self.step("6. drifted traffic", f"Locust now adds 3 standard deviations to {feature!r}")
+        self._stop_locust()
+        self.locust = self._start_locust(self.work / "rows.npy", drift=3.0)
+        with self.console.status("  waiting for the Monitor's drift verdict and the alert …"):
+            alert = _wait(lambda: next((a for a in self.client.alerts()
+                                        if a.name == DRIFT_RULE and a.state == "firing"), None),
+                          180, "the drift alert to fire")
+        self.console.print(f"  [yellow]alert firing[/yellow] {alert.name}: {alert.summary}")
+
+    def where_to_look(self) -> None:
+        url = self.settings.url
+        host = url.split("://", 1)[1]
+        console = self.console
+        console.rule("[bold green]done[/bold green] — modelplane is still running")
+        console.print(f"  infer        curl -X POST {url}/v2/models/{ENDPOINT}/infer -d "
+                      "'{\"inputs\":[{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[1,30],\"data\":[...]}]}'")
+        console.print("  tritonclient import tritonclient.http as tc; "
+                      f"tc.InferenceServerClient('{host}').infer('{ENDPOINT}', inputs)")
+        console.print(f"  metrics      {url}/api/metrics")
+        console.print(f"  monitor      modelplane monitor {ENDPOINT}")
+        console.print(f"  rollouts     modelplane rollout list --endpoint {ENDPOINT}; "
+                      f"modelplane rollout history {ENDPOINT}")
+        console.print("  alerts       modelplane alerts list; modelplane alerts history")
+        console.print(f"  registry     modelplane models show {MODEL}; modelplane experiments runs {EXPERIMENT}")
+        if self.dashboard:
+            console.print(f"  Ray          {self.dashboard}  (modelplane train list)")
+        console.print("  stop         modelplane down")
+
+    # ------------------------------------------------------------ helpers
+
+    def step(self, title: str, detail: str) -> None:
+        self.console.print(f"\n[bold]{title}[/bold] — {detail}")
+
+    def _shuffled_labels(self) -> dict[str, Any]:
+        """The training data with its labels shuffled: what a broken upstream join produces."""
+        from sklearn.datasets import load_breast_cancer
+
+        frame = load_breast_cancer(as_frame=True).frame
+        frame["target"] = np.random.default_rng(3).permutation(frame["target"].to_numpy())
+        path = self.work / "breast-cancer-shuffled-labels.csv"
+        frame.to_csv(path, index=False)
+        return {"path": str(path), "target": "target"}
+
+    def _latest_version(self) -> int | None:
+        from control_plane.errors import NotFoundError
+
+        try:
+            return self.client.get_model(MODEL).latest_version
+        except NotFoundError:
+            return None
+
+    def _start_locust(self, rows_file: Path, *, drift: float) -> subprocess.Popen[bytes]:
+        if not LOCUSTFILE.is_file():
+            raise QuickstartError(f"{LOCUSTFILE} is missing; run the quickstart from a checkout "
+                                  "of the repository (./scripts/quickstart.sh)")
+        env = {**os.environ, "MODELPLANE_ENDPOINT": ENDPOINT, "MODELPLANE_ROWS": str(rows_file),
+               "MODELPLANE_WAIT": "0.05", "MODELPLANE_DRIFT": str(drift),
+               "MODELPLANE_DRIFT_FEATURE": str(DRIFT_FEATURE)}
+        log = open(self.work / "locust.log", "ab")  # noqa: SIM115 (the child owns it)
+        return subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "3",
+             "-r", "3", "--host", self.settings.url, "--only-summary"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def _stop_locust(self) -> None:
+        if self.locust is not None and self.locust.poll() is None:
+            self.locust.terminate()
+            try:
+                self.locust.wait(15)
+            except subprocess.TimeoutExpired:
+                self.locust.kill()
+        self.locust = None
+
+    def stop_traffic(self) -> None:
+        self._stop_locust()
+        if self.feedback is not None:
+            self.feedback.stop()
+        if self.client is not None:
+            self.client.close()
+
+
+class LabelledTraffic(threading.Thread):
+    """Requests whose true labels are known, fed back as ground truth shortly after."""
+
+    def __init__(self, url: str, client: Any, rows: np.ndarray, labels: np.ndarray) -> None:
+        super().__init__(name="labelled-traffic", daemon=True)
+        self.url, self.client, self.rows, self.labels = url, client, rows, labels
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+    def run(self) -> None:
+        import httpx
+
+        rng = np.random.default_rng(7)
+        pending: dict[str, int] = {}
+        with httpx.Client(timeout=10) as http:
+            while not self._stop_event.wait(0.05):
+                index = int(rng.integers(len(self.rows)))
+                body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, self.rows.shape[1]],
+                                    "data": self.rows[index].tolist()}]}
+                try:
+                    response = http.post(f"{self.url}/v2/models/{ENDPOINT}/infer", json=body)
+                    if response.status_code == 200:
+                        pending[response.json()["id"]] = int(self.labels[index])
+                    if len(pending) >= 10:
+                        self.client.send_feedback(ENDPOINT, pending)
+                        pending = {}
+                except (httpx.HTTPError, ModelplaneError, ValueError, KeyError):
+                    time.sleep(0.5)  # the endpoint is briefly busy; labels are best effort
+
+
+def _job_spec(label: str, hidden: list[int], learning_rate: float, epochs: int,
+              data: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "experiment": {"name": EXPERIMENT, "tags": {"story": "quickstart", "variant": label}},
+        "model": {"architecture": "mlp_classifier", "hidden_sizes": hidden, "dropout": 0.1},
+        "data": {**(data or {"dataset": "breast_cancer"}), "validation_split": 0.25, "seed": 0},
+        "hyperparameters": {"optimizer": "adam", "learning_rate": learning_rate,
+                            "batch_size": 32, "epochs": epochs},
+        "resources": {"num_workers": 2, "cpus_per_worker": 0.5},
+        "early_stopping": {"metric": "val_loss", "patience": 5},
+        "registration": {"model_name": MODEL, "alias": TRACKED_ALIAS, "description": label},
+    }
+
+
+def _is_story_line(line: str) -> bool:
+    """The job's own progress lines, not Ray's log chatter."""
+    text = line.strip()
+    return bool(text) and not text.startswith(("(", "[", "20", "INFO", "WARNING", "Traceback"))
+
+
+def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise QuickstartError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -215,10 +215,11 @@ def policy(
 def _print_status(rollout: Any, endpoint: Any) -> None:
     from rich.console import Console
 
-    Console().print(_status_view(rollout, endpoint, None))
+    Console().print(rollout_view(rollout, endpoint, None))
 
 
-def _status_view(rollout: Any, endpoint: Any, stats: dict[str, Any] | None) -> Any:
+def rollout_view(rollout: Any, endpoint: Any, stats: dict[str, Any] | None) -> Any:
+    """A rich renderable: state, step, route table, last analysis, per-version statistics."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -269,7 +270,7 @@ def _watch(api: Any, rollout_id: int, refresh: float) -> None:
             rollout = api.get_rollout(rollout_id)
             window = float(rollout.spec.get("analysis", {}).get("window_s", 60))
             stats = api.endpoint_stats(rollout.endpoint, window_s=window).get("versions", {})
-            live.update(_status_view(rollout, api.get_endpoint(rollout.endpoint), stats))
+            live.update(rollout_view(rollout, api.get_endpoint(rollout.endpoint), stats))
             if rollout.state.terminal:
                 break
             time.sleep(refresh)
