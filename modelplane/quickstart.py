@@ -162,7 +162,7 @@ class Story:
             "analysis": {"interval_s": self.pace.interval_s, "window_s": self.pace.window_s,
                          "min_samples": self.pace.min_samples, "max_error_rate": 0.01,
                          "max_p95_ms": 500, "max_p95_ratio": None, "min_accuracy": 0.85,
-                         "min_labels": self.pace.min_labels, "fail_on_drift": False,
+                         "min_labels": self.pace.min_labels,
                          "failures_to_rollback": 2}}
         self.client.set_rollout_policy(ENDPOINT, {"track_alias": TRACKED_ALIAS, "template": template})
         self.console.print(f"  serving; moving @{TRACKED_ALIAS} onto a new version starts a canary "

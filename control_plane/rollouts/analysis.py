@@ -30,7 +30,7 @@ class AnalysisConfig:
     max_p99_ms: float | None = None
     max_p95_ratio: float | None = 1.5  # candidate p95 / stable p95
     min_shadow_agreement: float | None = None
-    fail_on_drift: bool = True
+    fail_on_drift: bool = False
     min_accuracy: float | None = None  # online accuracy from ground-truth feedback
     max_mae: float | None = None  # the same, for regression
     min_labels: int = 50  # joined feedback pairs needed before accuracy may decide

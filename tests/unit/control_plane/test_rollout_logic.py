@@ -97,7 +97,7 @@ def test_rollback_needs_consecutive_failures() -> None:
 
 
 def test_drift_and_online_accuracy_gates() -> None:
-    config = AnalysisConfig(min_samples=10, min_accuracy=0.9, min_labels=20)
+    config = AnalysisConfig(min_samples=10, min_accuracy=0.9, min_labels=20, fail_on_drift=True)
     drifted = {**stats(), "drift": {"verdict": "drift", "drifted_features": ["age"],
                                    "prediction": {"drifted": False}}}
     result = analyse(config, drifted, None)
@@ -105,7 +105,7 @@ def test_drift_and_online_accuracy_gates() -> None:
     insufficient = {**stats(), "drift": {"verdict": "insufficient", "drifted_features": []}}
     assert analyse(config, insufficient, None).verdict == Verdict.PASS
     assert "drift" not in analyse(config, insufficient, None).checks
-    off = AnalysisConfig(min_samples=10, fail_on_drift=False)
+    off = AnalysisConfig(min_samples=10)
     assert analyse(off, drifted, None).verdict == Verdict.PASS
 
     few_labels = {**stats(), "accuracy": {"labelled": 19, "accuracy": 0.5}}
