@@ -144,23 +144,40 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
     )
 
 
+# Every port a head listens on, chosen free: Ray's defaults (6379, 8265, 52365 …) may be
+# held by another Ray on this machine, and a clash leaves e.g. the job API without an agent.
+HEAD_PORT_OPTIONS = ("port", "dashboard-port", "ray-client-server-port",
+                     "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                     "metrics-export-port", "runtime-env-agent-port", "node-manager-port",
+                     "object-manager-port")
+
+
+def head_ports() -> dict[str, int]:
+    """Distinct free loopback ports for every ``ray start --head`` port option."""
+    import socket
+
+    sockets = []
+    try:
+        for _ in HEAD_PORT_OPTIONS:
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            sockets.append(probe)  # held open until all are chosen, so none repeats
+        return {name: probe.getsockname()[1] for name, probe in zip(HEAD_PORT_OPTIONS, sockets, strict=True)}
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
 def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout_s: float) -> None:
     """``ray start --head --block`` as a child we own, so ``down`` stops exactly this head.
 
     (``ray stop`` would stop every Ray on the machine, other users' clusters included.)
     """
-    import socket
-
-    def free_port() -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
-
-    # Free ports, not Ray's defaults: another Ray on this machine must not block this one.
-    gcs_port, dashboard_port = free_port(), free_port()
+    ports = head_ports()
     command = [_ray_bin(), "start", "--head", "--block", "--disable-usage-stats",
-               f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dashboard_port}"]
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               *(f"--{name}={port}" for name, port in ports.items())]
+    gcs_port, dashboard_port = ports["port"], ports["dashboard-port"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     log_path = settings.home / "ray-head.log"

@@ -19,13 +19,10 @@ from pathlib import Path
 
 import httpx
 
+from control_plane.platform import head_ports
 from control_plane.ray_auth import ray_auth_env
-from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent
-_PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-          "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-          "node-manager-port", "object-manager-port")
 
 
 @dataclass
@@ -35,19 +32,19 @@ class RayHead:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mph")))
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
-    ports: list[int] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def gcs_address(self) -> str:
-        return f"127.0.0.1:{self.ports[0]}"
+        return f"127.0.0.1:{self.ports['port']}"
 
     @property
     def dashboard(self) -> str:
-        return f"http://127.0.0.1:{self.ports[1]}"
+        return f"http://127.0.0.1:{self.ports['dashboard-port']}"
 
     def start(self, timeout: float = 120.0) -> RayHead:
         """Start the head; returns once its dashboard (the job API) answers."""
-        self.ports = _distinct_free_ports(len(_PORTS))
+        self.ports = head_ports()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPLANE_", "RAY_"))}
         # Short RAY_TMPDIR: Ray's socket paths live under it. Jobs run `python -m …`, so the
         # head's `python` must be this one.
@@ -57,7 +54,7 @@ class RayHead:
         command = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
                    f"--num-cpus={self.num_cpus}", "--include-dashboard=true",
                    "--dashboard-host=127.0.0.1",
-                   *(f"--{name}={port}" for name, port in zip(_PORTS, self.ports, strict=True))]
+                   *(f"--{name}={port}" for name, port in self.ports.items())]
         log_path = self.root / "head.log"
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -79,15 +76,6 @@ class RayHead:
         from control_plane.platform import _stop_cluster_processes
 
         if self.process is not None:
-            _stop_cluster_processes(self.ports[0], head_pid=self.process.pid, grace_s=5)
+            _stop_cluster_processes(self.ports['port'], head_pid=self.process.pid, grace_s=5)
             self.process = None
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _distinct_free_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
