@@ -171,11 +171,6 @@ def _cnn(spec: ModelSpec, n_features: int, n_out: int) -> nn.Sequential:
             height, width = height // 2, width // 2
         channels = out_channels
     layers.append(nn.Flatten())
-    n_in = channels * height * width
-    for hidden in spec.hidden_sizes:
-        layers += [nn.Linear(n_in, hidden), _ACTIVATIONS[spec.activation]()]
-        if spec.dropout:
-            layers.append(nn.Dropout(spec.dropout))
-        n_in = hidden
-    layers.append(nn.Linear(n_in, n_out))
+    # The dense head is the MLP's layers, flattened in so state_dict keys stay "<index>.weight".
+    layers += _mlp(spec, channels * height * width, n_out)
     return nn.Sequential(*layers)

@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 from control_plane.client import Client
 from tests.conftest import free_port
 from tests.ray_head import BIN, RayHead
+from tests.waiting import wait_for
 
 
 @dataclass
@@ -178,7 +178,7 @@ def test_a_stopped_job_resumes_from_its_checkpoint(cluster: Cluster) -> None:
                         dataset="breast_cancer", epochs=5000, workers=1, every=1)
     job_id = _submit(cluster, first)
     client = cluster.client()
-    run = _wait_for(lambda: _runs(client, "t-resume")[0] if _runs(client, "t-resume") else None,
+    run = _wait_for(lambda: (runs := _runs(client, "t-resume")) and runs[0],
                     "the run to start", cluster, job_id)
     _wait_for(lambda: _last_step(client, run.id, "checkpoint_epoch") >= 3,
               "a checkpoint after epoch 3", cluster, job_id)
@@ -291,16 +291,14 @@ def _last_step(client: Client, run_id: str, key: str) -> int:
 
 def _wait_for(probe: Any, what: str, cluster: Cluster, job_id: str | None,
               timeout: float = 180) -> Any:
-    """Poll ``probe`` until it returns something truthy; show the job's logs if it never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    logs = _modelplane(cluster, "train", "logs", job_id, "--address", cluster.dashboard) \
-        if job_id else None
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{logs.stdout}" if logs else ""))
+    """:func:`wait_for`, showing the job's logs if it times out."""
+    try:
+        return wait_for(probe, timeout, what, interval=0.5)
+    except AssertionError as error:
+        if job_id is None:
+            raise
+        logs = _modelplane(cluster, "train", "logs", job_id, "--address", cluster.dashboard)
+        raise AssertionError(f"{error}\n{logs.stdout}") from None
 
 
 def _digits_rows(count: int) -> np.ndarray:

@@ -1,0 +1,19 @@
+"""Polling for tests that wait on something outside the process (a job, a rollout)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition", *,
+             interval: float = 0.2) -> Any:
+    """Call ``check`` until it returns something truthy and return that; AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
