@@ -13,6 +13,7 @@ Windowed signals (drift, online accuracy, anomalies) are over the Monitor's
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -231,9 +232,7 @@ def _monitoring_families(rows: list[dict[str, Any]]):  # type: ignore[no-untyped
 def _alert_families(alerts: dict[str, Any]):  # type: ignore[no-untyped-def]
     active = _gauge("modelplane_alerts", "Alerts pending or firing now.",
                     ["alertname", "severity", "state"])
-    counts: dict[tuple[str, str, str], int] = {}
-    for key in alerts.get("active", []):
-        counts[tuple(key)] = counts.get(tuple(key), 0) + 1  # type: ignore[index]
+    counts = Counter(tuple(key) for key in alerts.get("active", []))
     for key, count in sorted(counts.items()):
         active.add_metric(list(key), count)
     notifications = _counter("modelplane_alert_notifications",

@@ -101,7 +101,7 @@ class _CoreAdapter:
             if monitor is None:
                 continue
             # Profiles travel once; a Monitor that restarted (and lost them) asks again.
-            attach_profiles(delta, core.monitoring, set(self._profiles_shipped))
+            attach_profiles(delta, core.monitoring, self._profiles_shipped)
             sent = {core.monitoring[v].profile_key for v, d in delta.items() if "profile" in d}
             try:
                 answer = await asyncio.wait_for(

@@ -20,8 +20,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -240,8 +241,6 @@ def data_age_seconds(parameters: dict[str, Any], now: float) -> float | None:
         else:
             parsed = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
             if parsed.tzinfo is None:
-                from datetime import UTC
-
                 parsed = parsed.replace(tzinfo=UTC)
             stamp = parsed.timestamp()
     except (TypeError, ValueError, OverflowError):
@@ -252,7 +251,7 @@ def data_age_seconds(parameters: dict[str, Any], now: float) -> float | None:
 
 
 def attach_profiles(delta: dict[int, dict[str, Any]], monitoring: dict[int, VersionMonitoring],
-                    known: set[str]) -> None:
+                    known: AbstractSet[str]) -> None:
     """Add the reference profiles the Monitor has not acknowledged yet to a delta."""
     for version, data in delta.items():
         part = data.get("monitoring")

@@ -183,11 +183,12 @@ class AlertService:
         for key, (labels, value, details) in readings.items():
             seen.add(key)
             alert = self._alerts.get(key) or Alert(key, rule.name, labels, rule.severity)
-            holds = value is not None and math.isfinite(value) and compare(value, rule.threshold)
+            finite = value if value is not None and math.isfinite(value) else None
+            holds = finite is not None and compare(finite, rule.threshold)
             was = alert.state
             notify = alert.step(holds, now, rule.for_s)
             if holds or alert.state == AlertState.RESOLVED:
-                alert.value = value if value is not None and math.isfinite(value) else None
+                alert.value = finite
                 alert.data = details
                 alert.summary = _summary(rule, labels, value, details)
             if alert.active:
