@@ -36,19 +36,10 @@ def _weights(url: str, http: httpx.Client) -> dict[str, float]:
     return http.get(url).json()["parameters"]["weights"]
 
 
-def _wait_state(client: Any, rollout_id: int, check: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rollout = client.get_rollout(rollout_id)
-        if check(rollout):
-            return rollout
-        time.sleep(0.1)
-    raise RuntimeError(f"rollout #{rollout_id} did not reach the expected state")
-
-
 def rollback_once(platform: Any, name: str, interval: float, failures_needed: int) -> dict[str, Any]:
     from tests.load import BackgroundLoad
     from tests.onnx_models import flaky_classifier, linear_classifier, linear_classifier_manifest
+    from tests.waiting import wait_for
 
     healthy_rows = lambda row: np.concatenate([-np.abs(row[:, :1]) - 0.01, row[:, 1:]], axis=1)  # noqa: E731
     with platform.client() as client:
@@ -64,7 +55,8 @@ def rollback_once(platform: Any, name: str, interval: float, failures_needed: in
                 "step_duration_s": 3600, "drain_s": 1,
                 "analysis": {"interval_s": interval, "window_s": 2, "min_samples": 10,
                              "failures_to_rollback": failures_needed, "max_p95_ratio": None}})
-            _wait_state(client, rollout.id, lambda r: r.last_analysis.get("verdict") == "pass")
+            wait_for(lambda: client.get_rollout(rollout.id).last_analysis.get("verdict") == "pass",
+                     120, "a passing analysis")
             time.sleep(1.5)  # let a window of healthy traffic pass
             onset = time.monotonic()
             load.shape_rows = None
@@ -89,6 +81,7 @@ def rollback_once(platform: Any, name: str, interval: float, failures_needed: in
 def promotion_once(platform: Any, name: str) -> dict[str, Any]:
     from tests.load import BackgroundLoad
     from tests.onnx_models import linear_classifier, linear_classifier_manifest
+    from tests.waiting import wait_for
 
     with platform.client() as client:
         client.register_version(name, linear_classifier(seed=1), linear_classifier_manifest())
@@ -102,7 +95,8 @@ def promotion_once(platform: Any, name: str) -> dict[str, Any]:
                 "step_duration_s": 2, "drain_s": 1,
                 "analysis": {"interval_s": 1, "window_s": 2, "min_samples": 10,
                              "max_p95_ratio": None}})
-            done = _wait_state(client, rollout.id, lambda r: r.state.terminal)
+            done = wait_for(lambda: (r := client.get_rollout(rollout.id)).state.terminal and r,
+                            120, "the rollout to end")
             platform.wait_weights(name, {2: 100.0})
             elapsed = time.monotonic() - started
             time.sleep(1)

@@ -278,13 +278,13 @@ def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print
     if not record or not record.get("address"):
         return False
     progress(f"stopping the local Ray head at {record['address']}")
-    _stop_cluster_processes(int(str(record["address"]).rsplit(":", 1)[1]),
+    stop_cluster_processes(int(str(record["address"]).rsplit(":", 1)[1]),
                             head_pid=int(record.get("pid") or 0))
     (settings.home / HEAD_RECORD).unlink(missing_ok=True)
     return True
 
 
-def _stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 20.0) -> None:
+def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 20.0) -> None:
     """Stop exactly the processes of the Ray cluster whose GCS listens on ``gcs_port``.
 
     ``ray stop`` would stop every Ray cluster on the machine. Here the members are the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,11 +84,10 @@ class ControlPlane:
         self.reconciler = Reconciler(self.db, RayServeBackend(), base_url=self.settings.url,
                                      replica_env=env)
         self.apply()
-        thread = threading.Thread(target=self._reconcile_forever, args=(interval_s,),
-                                  name="reconciler", daemon=True)
-        thread.start()
-        threading.Thread(target=self._advance_rollouts_forever, name="rollout-controller",
-                         daemon=True).start()
+        self._every(interval_s, self.apply, "reconciler")
+        # Ticks are cheap (one indexed query when nothing is active); each rollout is
+        # analysed at its own interval, so a short tick only bounds reaction time.
+        self._every(0.25, self.rollouts.tick, "rollout-controller")
         self.start_alerts()
 
     def start_alerts(self) -> None:
@@ -96,21 +96,11 @@ class ControlPlane:
 
         self.alerts.start(endpoint_stats, lambda: [e.name for e in self.deployments.list()])
 
-    def _advance_rollouts_forever(self, tick_s: float = 0.25) -> None:
-        # Ticks are cheap (one indexed query when nothing is active); each rollout is
-        # analysed at its own interval, so a short tick only bounds reaction time.
-        while not self._stop.wait(tick_s):
-            try:
-                self.rollouts.tick()
-            except Exception:
-                log.exception("rollout controller pass failed")
-
     def raise_alert(self, name: str, *, severity: str, labels: dict[str, str], summary: str,
                     data: dict[str, Any] | None = None) -> None:
         """Raise a one-shot alert through the alerting path (the log when there is none)."""
-        alerts = getattr(self, "alerts", None)
-        if alerts is not None:
-            alerts.fire_event(name, severity=severity, labels=labels, summary=summary, data=data)
+        if self.alerts is not None:
+            self.alerts.fire_event(name, severity=severity, labels=labels, summary=summary, data=data)
         else:
             log.warning("alert %s [%s] %s: %s", name, severity, labels, summary)
 
@@ -121,12 +111,16 @@ class ControlPlane:
         with self._reconcile_lock:
             return self.reconciler.reconcile()
 
-    def _reconcile_forever(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                self.apply()
-            except Exception:  # keep converging; the next pass may succeed
-                log.exception("reconcile pass failed")
+    def _every(self, interval_s: float, work: Callable[[], Any], name: str) -> None:
+        """Run ``work`` every ``interval_s`` in a daemon thread until :meth:`close`."""
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    work()
+                except Exception:  # keep going; the next pass may succeed
+                    log.exception("%s pass failed", name)
+
+        threading.Thread(target=loop, name=name, daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()

@@ -73,9 +73,9 @@ class RayHead:
 
     def stop(self) -> None:
         """Stop exactly this head's processes and remove its files."""
-        from control_plane.platform import _stop_cluster_processes
+        from control_plane.platform import stop_cluster_processes
 
         if self.process is not None:
-            _stop_cluster_processes(self.ports['port'], head_pid=self.process.pid, grace_s=5)
+            stop_cluster_processes(self.ports['port'], head_pid=self.process.pid, grace_s=5)
             self.process = None
         shutil.rmtree(self.root, ignore_errors=True)

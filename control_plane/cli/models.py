@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -14,6 +13,7 @@ from control_plane.cli.output import (
     emit,
     print_fields,
     print_table,
+    read_document,
 )
 
 app = typer.Typer(help="Model registry: versions, aliases, stages, approvals, lineage.",
@@ -84,13 +84,7 @@ def register(
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
     """Upload an ONNX file and register it as the model's next version."""
-    import yaml
-
-    text = manifest.read_text()
-    try:
-        data = json.loads(text) if manifest.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as error:
-        raise typer.BadParameter(f"{manifest} is not valid JSON/YAML: {error}") from None
+    data = read_document(manifest, "--manifest")
     version = client(url).register_version(name, model_file, data, description=description)
     emit(as_json, version, lambda: typer.echo(
         f"registered {version.model}:{version.version} (sha256 {version.artifact_digest[:12]}…)"))

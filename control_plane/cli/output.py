@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -18,6 +19,19 @@ def client(url: str | None = None) -> Any:
     from control_plane.client import Client
 
     return Client(url=url)
+
+
+def read_document(path: Path, option: str) -> Any:
+    """A JSON (``.json``) or YAML file given to ``option``, or a usage error that says why not."""
+    import yaml
+
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise typer.BadParameter(f"{path} does not exist", param_hint=option) from None
+    except (ValueError, yaml.YAMLError) as error:
+        raise typer.BadParameter(f"{path} is not valid JSON/YAML: {error}", param_hint=option) from None
 
 
 def to_jsonable(value: Any) -> Any:

@@ -11,7 +11,15 @@ from typing import Any
 
 import typer
 
-from control_plane.cli.output import JsonOption, UrlOption, client, emit, fmt, print_table
+from control_plane.cli.output import (
+    JsonOption,
+    UrlOption,
+    client,
+    emit,
+    fmt,
+    print_table,
+    read_document,
+)
 
 app = typer.Typer(help="Roll out a version: canary, blue-green, rolling or shadow, with "
                        "automatic promotion and rollback.", no_args_is_help=True)
@@ -33,14 +41,7 @@ def _resolve(api: Any, ref: str) -> Any:
 
 
 def _load_file(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise typer.BadParameter(f"{path} does not exist", param_hint="-f") from None
-    except yaml.YAMLError as error:
-        raise typer.BadParameter(f"{path} is not valid YAML: {error}", param_hint="-f") from None
+    loaded = read_document(path, "-f")
     if not isinstance(loaded, dict):
         raise typer.BadParameter(f"{path} must hold a mapping of rollout settings", param_hint="-f")
     return loaded

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 CONTROLLER = Principal(name="rollout-controller", role=Role.ADMIN)
 CHAMPION = "champion"
+ALIAS_CHECK_S = 1.0  # how often tracked aliases are compared with what endpoints serve
 StatsSource = Callable[[str, float], dict[int, dict[str, Any]]]
 AlertSink = Callable[..., None]
 
@@ -77,6 +78,7 @@ class RolloutController:
         self.db, self.registry, self.deployments = db, registry, deployments
         self._stats, self._apply, self._alert, self._now = stats, apply, alert, now
         self._analysed_at: dict[int, datetime] = {}
+        self._aliases_checked_at: datetime | None = None
         # One decision at a time in this process: the loop and API calls share rollouts.
         self._lock = threading.RLock()
 
@@ -242,7 +244,11 @@ class RolloutController:
                     log.exception("advancing rollout #%d failed", rollout.id)
             try:
                 changed |= self._retire_drained()
-                changed |= self._follow_aliases()
+                now = self._now()
+                if self._aliases_checked_at is None or \
+                        (now - self._aliases_checked_at).total_seconds() >= ALIAS_CHECK_S:
+                    self._aliases_checked_at = now
+                    changed |= self._follow_aliases()
             except Exception:
                 log.exception("rollout housekeeping failed")
         if changed:
@@ -263,12 +269,13 @@ class RolloutController:
         last = self._analysed_at.get(rollout.id)
         if last is None or (now - last).total_seconds() >= settings.interval_s:
             self._analysed_at[rollout.id] = now
-            result = self._analyse(rollout, settings, now)
-            if result is not None and result.verdict == Verdict.FAIL and \
+            analysed = self._analyse(rollout, settings, now)
+            if analysed is not None and analysed[0].verdict == Verdict.FAIL and \
                     rollout.failures + 1 >= settings.failures_to_rollback:
+                result, record = analysed
                 self._end(rollout, RolloutState.ROLLED_BACK, CONTROLLER.name,
-                          f"automatic rollback: {result.reason}",
-                          {"analysis": self.get(rollout.id).last_analysis}, reject=True)
+                          f"automatic rollback: {result.reason}", {"analysis": record},
+                          reject=True)
                 return True
             rollout = self.get(rollout.id)
         if rollout.state == RolloutState.AWAITING_APPROVAL:
@@ -288,7 +295,8 @@ class RolloutController:
         return True
 
     def _analyse(self, rollout: RolloutOut, settings: AnalysisSettings,
-                 now: datetime) -> CheckResult | None:
+                 now: datetime) -> tuple[CheckResult, dict[str, Any]] | None:
+        """Judge the current step, store the verdict; None when the rollout moved on meanwhile."""
         started = rollout.step_started_at or now
         window = min(settings.window_s, max(1.0, (now - started).total_seconds()))
         snapshot = self._stats(rollout.endpoint, window)
@@ -312,7 +320,7 @@ class RolloutController:
                 row.failures = 0
             row.last_analysis = record
             row.updated_at = now
-        return result
+        return result, record
 
     def _set_step(self, session: Session, row: RolloutRow, index: int, now: datetime) -> None:
         step = _steps(row)[index]
@@ -556,10 +564,8 @@ def _replicas(session: Session, endpoint: EndpointRow, stable: int) -> int:
 def _plan(spec: RolloutCreate, replicas: int) -> list[Step]:
     steps = plan_steps(spec.strategy, steps=spec.steps, step_duration_s=spec.step_duration_s,
                        replicas=replicas, shadow_then=spec.shadow_then)
-    if spec.strategy == Strategy.BLUE_GREEN or spec.shadow_then == Strategy.BLUE_GREEN \
-            or spec.keep_warm_s:
-        final = steps[-1]
-        steps[-1] = Step(final.candidate_weight, final.shadow, max(final.hold_s, spec.keep_warm_s))
+    final = steps[-1]
+    steps[-1] = Step(final.candidate_weight, final.shadow, max(final.hold_s, spec.keep_warm_s))
     return steps
 
 

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +33,11 @@ from tests.onnx_models import (
     slow_classifier,
 )
 from tests.platform import Platform
+from tests.waiting import wait_for
 
 ANALYSIS = {"interval_s": 1, "window_s": 3, "min_samples": 15, "failures_to_rollback": 2,
             "max_p95_ratio": None}
 SMALL = {"num_cpus": 0.05}
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def rollout_ends(client: Client, rollout_id: int, timeout: float = 90.0) -> Any:
