@@ -86,6 +86,8 @@ class ModelVersionRow(Base):
     parent_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_by: Mapped[str] = mapped_column(String(128))
+    # The registrant's subject (the person or service behind the token): approvals compare it.
+    created_by_subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     model: Mapped[ModelRow] = relationship(back_populates="versions")
@@ -109,6 +111,7 @@ class ApprovalRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
     approver: Mapped[str] = mapped_column(String(128))
+    approver_subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
     decision: Mapped[str] = mapped_column(String(16))
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -270,6 +273,10 @@ class RolloutRow(Base):
     # A version left loaded at 0% (drained) that the controller removes at ``retire_at``.
     retire_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     retire_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Follow-ups still owed after a terminal state (rejecting the candidate, the rollback
+    # alert): written in the transaction that ends the rollout, each removed once done, so a
+    # crash in between leaves them for the next pass (see control_plane.rollouts.followups).
+    followups: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -27,7 +27,7 @@ def test_migration_is_idempotent_and_records_head(db_url: str) -> None:
     Database(db_url).dispose()
     database = Database(db_url)  # second start: nothing to apply
     current, head = schema_revisions(database.engine)
-    assert current == head == "0004"
+    assert current == head == "0006"
     database.dispose()
 
 
