@@ -323,6 +323,25 @@ class ArtifactOut(Wire):
     size: int
 
 
+class IntegrityProblem(Wire):
+    """One thing wrong in the store (see control_plane.integrity)."""
+
+    kind: str = Field(description="artifact_missing, artifact_size, artifact_corrupt, alias, "
+                      "stage, orphan_route, orphan_rollout or orphan_lineage.")
+    subject: str = Field(description="What it concerns: a version ref, alias, endpoint or rollout.")
+    message: str
+
+
+class IntegrityReport(Wire):
+    """The result of ``modelplane db check``."""
+
+    ok: bool
+    problems: list[IntegrityProblem]
+    artifacts_checked: int
+    unreferenced_artifacts: list[str] = Field(
+        description="Digests in the artifact store that no version or run references.")
+
+
 class ErrorBody(Wire):
     error: str = Field(description="Stable error code.")
     detail: str = Field(description="What was wrong and what to do.")

@@ -1,4 +1,4 @@
-"""REST routes for health, artifacts (streamed both ways) and tokens."""
+"""REST routes for health, the integrity check, artifacts (streamed both ways) and tokens."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from fastapi.responses import StreamingResponse
 from control_plane.api.deps import CP, Reader, Writer
 from control_plane.artifacts import check_digest
 from control_plane.errors import InvalidInputError, PayloadTooLargeError
-from control_plane.schemas import ArtifactOut, Role, TokenCreate, TokenCreated, TokenOut
+from control_plane.schemas import (
+    ArtifactOut,
+    IntegrityReport,
+    Role,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+)
 from modelplane import __version__
 
 router = APIRouter()
@@ -85,6 +92,15 @@ def download_artifact(digest: str, cp: CP, _: Reader) -> Response:
         media_type="application/octet-stream",
         headers={DIGEST_HEADER: digest, "content-length": str(info.size)},
     )
+
+
+@router.get("/integrity", response_model=IntegrityReport, tags=["admin"])
+def check_store_integrity(cp: CP, actor: Writer, verify: bool = False) -> IntegrityReport:
+    """The store's integrity check (``modelplane db check``); ``verify`` re-hashes every artifact."""
+    from control_plane.integrity import check_integrity
+
+    actor.require(Role.ADMIN)
+    return check_integrity(cp.db, cp.artifacts, verify=verify)
 
 
 @router.get("/tokens", response_model=list[TokenOut], tags=["tokens"])

@@ -1,8 +1,10 @@
-"""``modelplane api`` (the control plane under uvicorn) and ``modelplane db`` (migrations)."""
+"""``modelplane api`` (the control plane under uvicorn) and ``modelplane db`` (migrations, checks)."""
 
 from __future__ import annotations
 
 import typer
+
+from control_plane.cli.output import JsonOption, emit
 
 db_app = typer.Typer(help="The control plane's database schema.", no_args_is_help=True)
 
@@ -54,3 +56,48 @@ def current() -> None:
         engine.dispose()
     typer.echo(f"database: {have or 'empty'}   code: {need}   "
                + ("up to date" if have == need else "run `modelplane db upgrade`"))
+
+
+@db_app.command()
+def check(
+    gc: bool = typer.Option(False, "--gc", help="Also remove unreferenced artifacts older than "
+                            "--gc-grace (after the check, only when it finds no problem)."),
+    gc_grace: float = typer.Option(3600.0, "--gc-grace", min=0.0,
+                                   help="Seconds an unreferenced artifact must be old to be removed."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Re-hash every artifact (reads every byte) or only check size."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Check the store: artifacts exist and verify, aliases and stages point at live versions,
+    no orphan routes, rollouts or lineage; list unreferenced artifacts. Exits 1 on a problem."""
+    from control_plane.artifacts import ArtifactStore
+    from control_plane.integrity import check_integrity, collect_garbage
+    from control_plane.store import Database
+    from modelplane.settings import get_settings
+
+    settings = get_settings()
+    db = Database(settings.db_url, migrate=False)
+    try:
+        artifacts = ArtifactStore(settings.artifact_uri, max_bytes=settings.max_artifact_bytes)
+        report = check_integrity(db, artifacts, verify=verify)
+    finally:
+        db.dispose()
+    removed: list[str] = []
+    if gc and report.ok:
+        removed = collect_garbage(artifacts, report, grace_s=gc_grace)
+
+    def human() -> None:
+        for problem in report.problems:
+            typer.echo(f"PROBLEM {problem.kind:<16} {problem.message}")
+        unreferenced = len(report.unreferenced_artifacts)
+        typer.echo(f"{report.artifacts_checked} artifact(s) checked, {len(report.problems)} "
+                   f"problem(s), {unreferenced} unreferenced artifact(s)"
+                   + (f", {len(removed)} removed" if gc else ""))
+        if gc and not report.ok:
+            typer.echo("--gc skipped: fix the problems above first", err=True)
+        elif unreferenced and not gc:
+            typer.echo("remove unreferenced artifacts with `modelplane db check --gc`")
+
+    emit(as_json, {**report.model_dump(mode="json"), "removed": removed}, human)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -185,3 +185,21 @@ def test_sigkill_during_upload_leaves_no_partial_artifact(tmp_path: Path) -> Non
             assert (artifacts / "sha256" / digest[:2] / digest).read_bytes() == payload
     finally:
         restarted.stop()
+
+
+def test_integrity_check_over_rest_is_for_admins(admin: Client, server: ControlPlaneProcess,
+                                                 tmp_path: Path) -> None:
+    model_file = tmp_path / "m.onnx"
+    model_file.write_bytes(linear_classifier(seed=23))
+    admin.register_version("integrity-iris", model_file, linear_classifier_manifest())
+    url = f"{server.url}/api/integrity"
+    answer = httpx.get(url, params={"verify": "true"},
+                       headers={"authorization": f"Bearer {server.admin_token}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["ok"] is True and report["problems"] == []
+    assert report["artifacts_checked"] >= 1
+    assert httpx.get(url, timeout=10).status_code == 401
+    reader = admin.create_token("integrity-reader", role="reader")
+    refused = httpx.get(url, headers={"authorization": f"Bearer {reader.token}"}, timeout=10)
+    assert refused.status_code == 403 and "admin" in refused.text

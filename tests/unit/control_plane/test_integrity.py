@@ -1,0 +1,123 @@
+"""The integrity check against a real store and artifact folder: each kind of damage is found."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sqlalchemy import update
+from typer.testing import CliRunner
+
+from control_plane.integrity import check_integrity, collect_garbage
+from control_plane.registry import Registry
+from control_plane.schemas import AliasSet, VersionCreate
+from control_plane.store.models import AliasRow, ModelVersionRow, RolloutRow
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.unit.control_plane.conftest import ALICE
+
+
+def _register(registry: Registry, seed: int) -> int:
+    info = registry.artifacts.put([linear_classifier(seed=seed)])
+    spec = VersionCreate(artifact_digest=info.digest, manifest=linear_classifier_manifest())
+    return registry.register_version("iris", spec, ALICE).version
+
+
+def _kinds(registry: Registry, *, verify: bool = True) -> list[str]:
+    return [p.kind for p in check_integrity(registry.db, registry.artifacts, verify=verify).problems]
+
+
+def test_a_healthy_store_has_no_problem(registry: Registry) -> None:
+    _register(registry, 1)
+    _register(registry, 2)
+    registry.set_alias("iris", "champion", AliasSet(version=2), ALICE)
+    report = check_integrity(registry.db, registry.artifacts)
+    assert report.ok and report.problems == []
+    assert report.artifacts_checked == 2
+    assert report.unreferenced_artifacts == []
+
+
+def test_missing_and_corrupt_artifacts_are_found(registry: Registry) -> None:
+    _register(registry, 1)
+    _register(registry, 2)
+    v1, v2 = registry.get_version("iris", 1), registry.get_version("iris", 2)
+    Path(registry.artifacts.path_of(v1.artifact_digest)).unlink()
+    corrupt = Path(registry.artifacts.path_of(v2.artifact_digest))
+    data = bytearray(corrupt.read_bytes())
+    data[-1] ^= 0xFF  # same size, different bytes: only re-hashing can tell
+    corrupt.write_bytes(bytes(data))
+
+    report = check_integrity(registry.db, registry.artifacts)
+    assert not report.ok
+    by_kind = {p.kind: p for p in report.problems}
+    assert set(by_kind) == {"artifact_missing", "artifact_corrupt"}
+    assert by_kind["artifact_missing"].subject == "iris:1"
+    assert v2.artifact_digest in by_kind["artifact_corrupt"].message
+    # Without re-hashing, the same-size corruption goes unseen; the missing file does not.
+    assert _kinds(registry, verify=False) == ["artifact_missing"]
+
+
+def test_aliases_to_missing_or_rejected_versions_are_found(registry: Registry) -> None:
+    _register(registry, 1)
+    _register(registry, 2)
+    registry.set_alias("iris", "champion", AliasSet(version=1), ALICE)
+    registry.set_alias("iris", "challenger", AliasSet(version=2), ALICE)
+    registry.reject_version("iris", 2, "rolled back", ALICE)
+    with registry.db.session() as session:
+        session.execute(update(AliasRow).where(AliasRow.alias == "champion").values(version=9))
+    problems = check_integrity(registry.db, registry.artifacts).problems
+    messages = sorted(p.message for p in problems if p.kind == "alias")
+    assert messages == [
+        "iris@challenger points at version 2, which is rejected",
+        "iris@champion points at version 9, which does not exist",
+    ]
+
+
+def test_orphan_lineage_rejected_production_and_orphan_rollouts_are_found(registry: Registry) -> None:
+    _register(registry, 1)
+    with registry.db.session() as session:
+        session.execute(update(ModelVersionRow).values(run_id="nosuchrun", stage="production",
+                                                       status="rejected"))
+        model_id = session.query(ModelVersionRow.model_id).scalar()
+        session.add(RolloutRow(endpoint="gone", model_id=model_id, candidate_version=7,
+                               strategy="canary", state="progressing", created_by="test"))
+    kinds = sorted(_kinds(registry))
+    assert kinds == ["orphan_lineage", "orphan_rollout", "orphan_rollout", "stage"]
+
+
+def test_gc_removes_only_old_unreferenced_artifacts(registry: Registry) -> None:
+    _register(registry, 1)
+    old = registry.artifacts.put([b"an upload nobody registered"])
+    fresh = registry.artifacts.put([b"a registration in flight"])
+    past = time.time() - 7200
+    os.utime(registry.artifacts.path_of(old.digest), (past, past))
+
+    report = check_integrity(registry.db, registry.artifacts)
+    assert report.ok
+    assert sorted(report.unreferenced_artifacts) == sorted([old.digest, fresh.digest])
+    assert collect_garbage(registry.artifacts, report, grace_s=3600) == [old.digest]
+    assert not registry.artifacts.exists(old.digest)
+    assert registry.artifacts.exists(fresh.digest)
+    # The referenced artifact is never a candidate.
+    assert registry.artifacts.exists(registry.get_version("iris", 1).artifact_digest)
+
+
+def test_cli_check_exits_1_with_the_problems(settings, tmp_path: Path) -> None:
+    from control_plane.service import ControlPlane
+    from modelplane.cli import app
+
+    cp = ControlPlane.start(settings)
+    try:
+        _register(cp.registry, 1)
+        digest = cp.registry.get_version("iris", 1).artifact_digest
+    finally:
+        cp.db.dispose()
+    runner = CliRunner()
+    healthy = runner.invoke(app, ["db", "check"])
+    assert healthy.exit_code == 0, healthy.output
+    assert "1 artifact(s) checked, 0 problem(s)" in healthy.output
+
+    Path(cp.artifacts.path_of(digest)).unlink()
+    broken = runner.invoke(app, ["db", "check", "--json"])
+    assert broken.exit_code == 1
+    assert '"kind": "artifact_missing"' in broken.output
