@@ -6,8 +6,6 @@ PostgreSQL server, again on a fresh PostgreSQL database.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,31 +17,16 @@ from control_plane.registry import Registry
 from control_plane.schemas import Role
 from control_plane.store import Database
 from control_plane.tracking import Tracker
+from tests.databases import fresh_postgres_database
 
-PG_URL_VARIABLE = "MODELPLANE_TEST_PG_URL"
 
-
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'modelplane.db'}"
         return
-    admin_url = os.environ.get(PG_URL_VARIABLE)
-    if not admin_url:
-        pytest.skip(f"{PG_URL_VARIABLE} is unset; .ci/run starts PostgreSQL and sets it")
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"mp_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
