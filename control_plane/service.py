@@ -52,11 +52,9 @@ class ControlPlane:
         tokens = TokenService(db)
         new_admin = tokens.bootstrap_admin(settings.admin_token_path)
         if new_admin:
-            log.warning(
-                "created the admin token and wrote it to %s (mode 0600); it is shown once: %s",
-                settings.admin_token_path,
-                new_admin,
-            )
+            # Only the path: this log is a Serve replica log, which Ray's dashboard serves.
+            log.warning("created the admin token and wrote it to %s (mode 0600)",
+                        settings.admin_token_path)
         registry = Registry(db, artifacts)
         from control_plane.alerts import AlertService
 

@@ -48,7 +48,9 @@ class AlertRuleSpec(Wire):
     version: int | None = Field(None, ge=1, description="Only this version (default: every version).")
     labels: LabelMap = Field(default_factory=dict, description="Added to every alert of the rule.")
     summary: str = Field("", max_length=500, description=(
-        "Message template: {endpoint} {version} {metric} {value} {threshold} {details}."))
+        "Message template with named fields only: {endpoint} {version} {metric} {value} "
+        "{comparison} {threshold} {details} (no format specs, conversions, attributes or "
+        "indexes; {{ and }} are literal braces)."))
     enabled: bool = True
 
     @field_validator("metric")
@@ -60,11 +62,28 @@ class AlertRuleSpec(Wire):
             raise ValueError(f"unknown metric {value!r}; use one of {sorted(SIGNALS)}")
         return value
 
+    @field_validator("summary")
+    @classmethod
+    def _safe_template(cls, value: str) -> str:
+        from control_plane.alerts.templates import template_problem
+
+        problem = template_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
 
 class AlertRuleOut(AlertRuleSpec):
     created_by: str
     created_at: datetime
     updated_at: datetime
+
+    @field_validator("summary")
+    @classmethod
+    def _safe_template(cls, value: str) -> str:
+        # A rule stored before templates were checked still loads: it renders safely
+        # (control_plane.alerts.templates) and the evaluator must not fail on it.
+        return value
 
 
 class ReceiverSpec(Wire):

@@ -33,6 +33,7 @@ from control_plane.alerts.schemas import (
 from control_plane.alerts.signals import COMPARE, SIGNALS
 from control_plane.alerts.states import Alert, AlertState, fingerprint
 from control_plane.alerts.store import AlertStore
+from control_plane.alerts.templates import render_template
 from control_plane.schemas import Page
 from control_plane.store import Database
 
@@ -249,13 +250,14 @@ def _summary(rule: AlertRuleSpec, labels: dict[str, str], value: float | None,
     fields = {"endpoint": labels["endpoint"], "version": labels["version"], "metric": rule.metric,
               "value": "none" if value is None else f"{value:.4g}", "threshold": f"{rule.threshold:g}",
               "details": named}
+    fields["comparison"] = rule.comparison
     default = "{endpoint} v{version}: {metric} = {value} ({comparison} {threshold})"
     if named:
         default += "; drifted: {details}"
-    try:
-        return (rule.summary or default).format(**fields, comparison=rule.comparison)
-    except (KeyError, IndexError, ValueError):  # a template naming unknown fields
-        return default.format(**fields, comparison=rule.comparison)
+    # Never str.format: a stored template from before templates were checked may hold a
+    # format spec or attribute access; render_template refuses those and we fall back.
+    rendered = render_template(rule.summary, fields) if rule.summary else None
+    return rendered or render_template(default, fields) or f"{rule.name}: {rule.metric}"
 
 
 def _alert_document(alert: Alert, kind: str) -> dict[str, Any]:
