@@ -43,19 +43,45 @@ def chi2_form(stats, out):
     out[CHI2] = stats[CHI2]
 
 
+@helper
+def multinomial_into(draws, weights, out):
+    """Fill ``out`` with one multinomial(``draws``, ``weights / weights.sum()``) draw.
+
+    Sequential binomials whose conditional probability is a ratio of integer counts,
+    ``weights[i] / sum(weights[i:])``: it lies in [0, 1] exactly (IEEE division is
+    monotone), and the last occupied bin takes the rest. ``np.random.multinomial`` on
+    float proportions subtracts them from a running 1.0, and rounding left the
+    conditional probability a few ulps above 1 for some reference histograms (a crash).
+    """
+    rest = 0
+    for i in range(weights.size):
+        rest += weights[i]
+    left = draws
+    for i in range(weights.size):
+        if left == 0 or weights[i] == 0:
+            out[i] = 0
+        elif weights[i] >= rest:
+            out[i] = left
+        else:
+            out[i] = np.random.binomial(left, weights[i] / rest)
+        rest -= weights[i]
+        left -= out[i]
+
+
 @kernel(f64_2d(i64_1d, i64, f64, i64, i64))
 def count_null_moments(ref, n, pseudo, sims, seed):
     """Mean and variance (rows) of each count statistic's chi-square form under the null."""
     big_n = ref.sum()
-    p = ref / big_n
     np.random.seed(seed)
     raw = np.empty(N_COUNT_STATS)
     form = np.empty(N_COUNT_STATS)
     mean = np.zeros(N_COUNT_STATS)
     m2 = np.zeros(N_COUNT_STATS)
+    reference = np.empty(ref.size, dtype=np.int64)
+    live = np.empty(ref.size, dtype=np.int64)
     for s in range(sims):
-        reference = np.random.multinomial(big_n, p)
-        live = np.random.multinomial(n, p)
+        multinomial_into(big_n, ref, reference)
+        multinomial_into(n, ref, live)
         count_stats_into(reference, live, pseudo, raw)
         chi2_form(raw, form)
         # Welford's update: stable for the tiny variances of large windows.
