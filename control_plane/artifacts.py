@@ -12,6 +12,8 @@ appears whole or not at all).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -26,6 +28,7 @@ from control_plane.errors import (
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
+    StorageFullError,
 )
 
 CHUNK_SIZE = 1024 * 1024
@@ -174,16 +177,34 @@ class ArtifactWriter:
                 detail={"limit_bytes": self._store.max_bytes},
             )
         self._hasher.update(chunk)
-        self._handle.write(chunk)
+        with self._out_of_space_aborts():
+            self._handle.write(chunk)
 
     def abort(self) -> None:
-        """Discard what was written; safe to call twice."""
+        """Discard what was written; safe to call twice, and on a full disk."""
         if self._done:
             return
         self._done = True
-        self._handle.close()
+        # Closing flushes the buffer, which fails again on a full disk; the file goes anyway.
+        with contextlib.suppress(OSError):
+            self._handle.close()
         if self._store.fs.exists(self._temp):
             self._store.fs.rm(self._temp)
+
+    @contextlib.contextmanager
+    def _out_of_space_aborts(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.abort()
+            raise StorageFullError(
+                f"the artifact store ({self._store.uri}) has no space left; nothing was "
+                "stored. Free space there or point MODELPLANE_ARTIFACT_URI at a larger store, "
+                "then retry the upload",
+                detail={"artifact_uri": self._store.uri},
+            ) from None
 
     def commit(self) -> ArtifactInfo:
         """Make the bytes durable under their digest; identical content is stored once."""
@@ -195,21 +216,22 @@ class ArtifactWriter:
                 "the transfer was corrupted, retry the upload",
                 detail={"expected": self._expected, "actual": digest},
             )
-        if self._store.is_local:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-        self._handle.close()
-        self._done = True
         final = self._store.path_of(digest)
         fs = self._store.fs
-        if fs.exists(final):
-            fs.rm(self._temp)
-        elif self._store.is_local:
-            Path(final).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._temp, final)
-            _fsync_dir(Path(final).parent)
-        else:
-            fs.mv(self._temp, final)
+        with self._out_of_space_aborts():
+            if self._store.is_local:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+            self._handle.close()
+            if fs.exists(final):
+                fs.rm(self._temp)
+            elif self._store.is_local:
+                Path(final).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self._temp, final)
+                _fsync_dir(Path(final).parent)
+            else:
+                fs.mv(self._temp, final)
+        self._done = True
         return ArtifactInfo(digest=digest, size=self._size)
 
 

@@ -11,6 +11,7 @@
         │   ├── InvalidArtifactError    invalid_artifact, 400 (not ONNX, signature mismatch)
         │   └── StageTransitionError    invalid_stage_transition, 409
         ├── PayloadTooLargeError        payload_too_large, 413
+        ├── StorageFullError            storage_full, 507 (the artifact store has no space left)
         ├── AuthenticationError         unauthenticated, 401 (missing, unknown, expired token)
         ├── PermissionDeniedError       permission_denied, 403 (role too low, self-approval)
         ├── IntegrityError              artifact_corrupt, 500 (digest mismatch on read)
@@ -61,6 +62,11 @@ class StageTransitionError(InvalidInputError):
 class PayloadTooLargeError(ControlPlaneError):
     code = "payload_too_large"
     http_status = 413
+
+
+class StorageFullError(ControlPlaneError):
+    code = "storage_full"
+    http_status = 507
 
 
 class AuthenticationError(ControlPlaneError):

@@ -27,6 +27,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.unit)
         elif parts and parts[0] == "integration":
             item.add_marker(pytest.mark.integration)
+        elif parts and parts[0] == "faults":
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.faults)
 
 
 def free_port() -> int:
