@@ -1,8 +1,10 @@
 """API tokens: created with a role, stored hashed, expiring and revocable.
 
 Roles are ordered: ``reader`` < ``deployer`` < ``approver`` < ``admin``; each has the
-powers of those before it. A token's name is the principal recorded as the actor of what
-it does (who registered a version, who approved it).
+powers of those before it. Narrow roles sit beside the ladder: a reader's reads plus the
+calls that name them (``trainer``: what a training job does, see :data:`TRAINING`). A
+token's name is the principal recorded as the actor of what it does (who registered a
+version, who approved it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from control_plane.schemas import Role, TokenCreate, TokenCreated, TokenOut
 from control_plane.store import Database
 from control_plane.store.models import TokenRow
 
-_RANK = {Role.READER: 0, Role.DEPLOYER: 1, Role.APPROVER: 2, Role.ADMIN: 3}
+# Narrow roles rank as readers; calls open to them say so with ``require(..., also=…)``.
+_RANK = {Role.READER: 0, Role.TRAINER: 0, Role.DEPLOYER: 1, Role.APPROVER: 2, Role.ADMIN: 3}
+# Who may track runs, upload artifacts, register versions and move aliases besides deployers.
+TRAINING = frozenset({Role.TRAINER})
 TOKEN_PREFIX = "mp_"
 ADMIN_TOKEN_NAME = "admin"
 
@@ -38,9 +43,10 @@ class Principal:
     name: str
     role: Role
 
-    def require(self, role: Role) -> None:
-        """Raise PermissionDeniedError unless this principal has at least ``role``."""
-        if _RANK[self.role] < _RANK[role]:
+    def require(self, role: Role, *, also: frozenset[Role] = frozenset()) -> None:
+        """Raise PermissionDeniedError unless this principal has at least ``role`` or is
+        one of the narrow roles in ``also``."""
+        if self.role not in also and _RANK[self.role] < _RANK[role]:
             raise PermissionDeniedError(
                 f"token {self.name!r} has role {self.role.value}; this needs {role.value} "
                 "or higher (ask an admin for a token: `modelplane token create`)",
@@ -62,12 +68,17 @@ class TokenService:
         self._db = db
 
     def create(self, spec: TokenCreate, actor: Principal) -> TokenCreated:
-        actor.require(Role.ADMIN)
-        expires = (
-            datetime.now(UTC) + timedelta(days=spec.expires_in_days)
-            if spec.expires_in_days
-            else None
-        )
+        """A new token. Admins mint any; a deployer may mint an expiring ``trainer`` token
+        (a training job's, whose rights are a subset of the deployer's own)."""
+        if spec.role is Role.TRAINER and (spec.expires_in_days or spec.expires_in_minutes):
+            actor.require(Role.DEPLOYER)
+        else:
+            actor.require(Role.ADMIN)
+        expires = None
+        if spec.expires_in_days:
+            expires = datetime.now(UTC) + timedelta(days=spec.expires_in_days)
+        elif spec.expires_in_minutes:
+            expires = datetime.now(UTC) + timedelta(minutes=spec.expires_in_minutes)
         with self._db.session() as session:
             if session.scalar(select(TokenRow.id).where(TokenRow.name == spec.name)):
                 raise AlreadyExistsError(
@@ -104,9 +115,15 @@ class TokenService:
             return [_token_out(row) for row in rows]
 
     def revoke(self, name: str, actor: Principal) -> TokenOut:
-        actor.require(Role.ADMIN)
+        """Revoke a token: admins any; any token itself (a job ending); a deployer the
+        trainer tokens it minted (``train stop`` / ``train status`` after a job ended)."""
+        if actor.name != name:
+            actor.require(Role.DEPLOYER)
         with self._db.session() as session:
             row = session.scalar(select(TokenRow).where(TokenRow.name == name))
+            if actor.name != name and _RANK[actor.role] < _RANK[Role.ADMIN] and (
+                    row is None or row.role != Role.TRAINER.value or row.created_by != actor.name):
+                actor.require(Role.ADMIN)
             if row is None:
                 raise NotFoundError(f"no token named {name!r}", detail={"field": "name"})
             if row.revoked_at is None:

@@ -504,9 +504,11 @@ class Client:
     # ------------------------------------------------------------ tokens
 
     def create_token(
-        self, name: str, role: Role | str, *, expires_in_days: int | None = None
+        self, name: str, role: Role | str, *, expires_in_days: int | None = None,
+        expires_in_minutes: int | None = None,
     ) -> TokenCreated:
-        body = TokenCreate(name=name, role=Role(role), expires_in_days=expires_in_days)
+        body = TokenCreate(name=name, role=Role(role), expires_in_days=expires_in_days,
+                           expires_in_minutes=expires_in_minutes)
         return self._send("POST", "/tokens", body, TokenCreated)
 
     def list_tokens(self) -> list[TokenOut]:

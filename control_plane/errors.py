@@ -16,7 +16,9 @@
         ├── PermissionDeniedError       permission_denied, 403 (role too low, self-approval)
         ├── IntegrityError              artifact_corrupt, 500 (digest mismatch on read)
         ├── SchemaOutdatedError         schema_outdated, 503 (database needs `modelplane db upgrade`)
-        └── ControlPlaneUnavailableError control_plane_unavailable, 503 (client cannot reach it)
+        ├── ControlPlaneUnavailableError control_plane_unavailable, 503 (client cannot reach it)
+        ├── MonitorUnavailableError     monitor_unavailable, 503 (statistics are unknown now)
+        └── OwnershipConflictError      ownership_conflict, 409 (another store's control plane runs)
 """
 
 from modelplane.errors import ModelplaneError
@@ -92,3 +94,17 @@ class SchemaOutdatedError(ControlPlaneError):
 class ControlPlaneUnavailableError(ControlPlaneError):
     code = "control_plane_unavailable"
     http_status = 503
+
+
+class MonitorUnavailableError(ControlPlaneError):
+    """The Monitor did not answer (gone, restarting or overloaded): statistics are unknown."""
+
+    code = "monitor_unavailable"
+    http_status = 503
+
+
+class OwnershipConflictError(ControlPlaneError):
+    """The Ray cluster runs the control plane (or an application) of another store."""
+
+    code = "ownership_conflict"
+    http_status = 409

@@ -24,9 +24,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class _ModelplaneCollector:
     def __init__(self, monitor_rows: list[dict[str, Any]], endpoints: list[Any],
-                 replicas: dict[str, int], alerts: dict[str, Any] | None = None) -> None:
+                 replicas: dict[str, int], alerts: dict[str, Any] | None = None,
+                 monitor_up: bool | None = None) -> None:
         self.monitor_rows, self.endpoints, self.replicas = monitor_rows, endpoints, replicas
-        self.alerts = alerts
+        self.alerts, self.monitor_up = alerts, monitor_up
 
     def collect(self):  # type: ignore[no-untyped-def]
         requests = CounterMetricFamily(
@@ -80,16 +81,23 @@ class _ModelplaneCollector:
                 if key in self.replicas:
                     replicas.add_metric([endpoint.name, str(route.version)], self.replicas[key])
         yield from (requests, latency, compared, agreement, weight, shadow, replicas, generation)
+        if self.monitor_up is not None:
+            up = GaugeMetricFamily("modelplane_monitor_up", "1 when the Monitor answered this "
+                                   "scrape; 0 when it did not (its families are absent then).")
+            up.add_metric([], 1.0 if self.monitor_up else 0.0)
+            yield up
         yield from _monitoring_families(self.monitor_rows)
         if self.alerts is not None:
             yield from _alert_families(self.alerts)
 
 
 def render(monitor_rows: list[dict[str, Any]], endpoints: list[Any], replicas: dict[str, int],
-           alerts: dict[str, Any] | None = None) -> bytes:
-    """The Prometheus text exposition for the given state."""
+           alerts: dict[str, Any] | None = None, *, monitor_up: bool | None = None) -> bytes:
+    """The Prometheus text exposition for the given state (``monitor_up``: whether the
+    Monitor answered; None leaves ``modelplane_monitor_up`` out)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ModelplaneCollector(monitor_rows, endpoints, replicas, alerts))  # type: ignore[arg-type]
+    registry.register(_ModelplaneCollector(monitor_rows, endpoints, replicas, alerts,  # type: ignore[arg-type]
+                                           monitor_up))
     return generate_latest(registry)
 
 

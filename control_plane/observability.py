@@ -1,36 +1,93 @@
-"""Reading the data plane's Monitor from the control plane (absent without Ray)."""
+"""Reading the data plane's Monitor from the control plane (absent without Ray).
+
+Missing evidence is unknown, never empty: when the Monitor is gone, restarting or slow,
+:func:`read_version_stats` raises :class:`MonitorUnavailableError` within
+:data:`MONITOR_TIMEOUT_S`, and for :data:`MONITOR_RETRY_S` afterwards it raises at once
+without asking again, so a dead Monitor never holds a caller (the rollout controller's
+lock, the alert evaluator, a REST call) for long. Callers decide what unknown means to
+them: alerts keep their state and say their data is stale, a rollout analysis is
+inconclusive, ``/api/metrics`` serves what it has.
+"""
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from typing import Any
 
+from control_plane.errors import MonitorUnavailableError
 
-def _monitor() -> Any | None:
+MONITOR_TIMEOUT_S = 2.0  # a healthy Monitor answers in milliseconds
+MONITOR_RETRY_S = 5.0  # after a failure, how long callers are told "unknown" without asking
+
+_breaker_lock = threading.Lock()
+_unavailable: tuple[float, str] | None = None  # (retry at, why) after a failed read
+
+
+def _ray_ready() -> bool:
     try:
         import ray
     except ImportError:
-        return None
-    if not ray.is_initialized():
-        return None
+        return False
+    return bool(ray.is_initialized())
+
+
+def _ask(method: str, *args: Any) -> Any:
+    """Call the Monitor's ``method``; MonitorUnavailableError quickly when it cannot answer."""
+    global _unavailable
+    import ray
+
     from serving.monitor import get_monitor
 
-    return get_monitor()
+    with _breaker_lock:
+        if _unavailable is not None and time.monotonic() < _unavailable[0]:
+            raise MonitorUnavailableError(_unavailable[1])
+    try:
+        monitor = get_monitor()
+        if monitor is None:
+            raise MonitorUnavailableError("the Monitor is not running; `modelplane up` starts it")
+        result = ray.get(getattr(monitor, method).remote(*args), timeout=MONITOR_TIMEOUT_S)
+    except Exception as error:
+        why = error.message if isinstance(error, MonitorUnavailableError) else (
+            f"the Monitor did not answer within {MONITOR_TIMEOUT_S:g}s "
+            f"({type(error).__name__}); statistics are unknown until it does")
+        with _breaker_lock:
+            _unavailable = (time.monotonic() + MONITOR_RETRY_S, why)
+        raise MonitorUnavailableError(why) from None
+    with _breaker_lock:
+        _unavailable = None
+    return result
+
+
+def monitor_available() -> bool:
+    """Whether the last read of the Monitor succeeded (True before any read)."""
+    with _breaker_lock:
+        return _unavailable is None
+
+
+def read_version_stats(endpoint: str, window_s: float) -> dict[int, dict[str, Any]]:
+    """The Monitor's per-version snapshot (NaN where there is no data); {} without Ray.
+
+    Raises MonitorUnavailableError when Ray runs but the Monitor does not answer.
+    """
+    if not _ray_ready():
+        return {}
+    return dict(_ask("snapshot", endpoint, window_s))
 
 
 def version_stats(endpoint: str, window_s: float) -> dict[int, dict[str, Any]]:
-    """The Monitor's per-version snapshot as it is (NaN where there is no data), or {}."""
-    import ray
-
-    monitor = _monitor()
-    if monitor is None:
+    """As :func:`read_version_stats`, but {} when the Monitor cannot answer: the rollout
+    controller's source, for which no statistics make every analysis inconclusive."""
+    try:
+        return read_version_stats(endpoint, window_s)
+    except MonitorUnavailableError:
         return {}
-    return ray.get(monitor.snapshot.remote(endpoint, window_s), timeout=10)
 
 
 def endpoint_stats(endpoint: str, window_s: float) -> dict[str, Any]:
-    """Per-version statistics (JSON-safe: NaN becomes None) or {} when there is no Monitor."""
-    return {str(v): json_safe(stats) for v, stats in version_stats(endpoint, window_s).items()}
+    """Per-version statistics, JSON-safe (NaN becomes None); raises MonitorUnavailableError."""
+    return {str(v): json_safe(stats) for v, stats in read_version_stats(endpoint, window_s).items()}
 
 
 def json_safe(value: Any) -> Any:
@@ -44,24 +101,21 @@ def json_safe(value: Any) -> Any:
 
 
 def monitor_totals() -> list[dict[str, Any]]:
-    """Cumulative per-version counters from the Monitor, or [] without one."""
-    import ray
+    """Cumulative per-version counters from the Monitor; [] without Ray.
 
-    monitor = _monitor()
-    if monitor is None:
+    Raises MonitorUnavailableError when Ray runs but the Monitor does not answer.
+    """
+    if not _ray_ready():
         return []
-    return list(ray.get(monitor.totals.remote(), timeout=10))
+    return list(_ask("totals"))
 
 
 def running_replicas() -> dict[str, int]:
     """Running replicas per Serve application (summed over its deployments)."""
-    try:
-        import ray
-        from ray import serve
-    except ImportError:
+    if not _ray_ready():
         return {}
-    if not ray.is_initialized():
-        return {}
+    from ray import serve
+
     counts: dict[str, int] = {}
     for name, app in serve.status().applications.items():
         total = 0

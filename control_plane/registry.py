@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
 from control_plane.artifacts import ArtifactStore
-from control_plane.auth import Principal
+from control_plane.auth import TRAINING, Principal
 from control_plane.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -135,7 +135,7 @@ class Registry:
         The model is created (owned by ``actor``) if it does not exist. The artifact must
         load in ONNX Runtime and match the manifest's signature.
         """
-        actor.require(Role.DEPLOYER)
+        actor.require(Role.DEPLOYER, also=TRAINING)
         if not self.artifacts.exists(spec.artifact_digest):
             raise NotFoundError(
                 f"no artifact with digest {spec.artifact_digest}; upload it first "
@@ -264,7 +264,7 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, spec: AliasSet, actor: Principal) -> VersionOut:
         """Point ``alias`` at a version, creating or moving it in one statement."""
-        actor.require(Role.DEPLOYER)
+        actor.require(Role.DEPLOYER, also=TRAINING)
         parse_ref(f"{name}@{alias}")
         with self.db.session() as session:
             model = _model(session, name)

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Serving settings are the data plane's own wire objects: one definition, two packages.
 from serving.schemas import BatchingConfig as BatchSettings
@@ -44,6 +44,9 @@ class Role(StrEnum):
     """Token roles, each including the powers of those before it."""
 
     READER = "reader"
+    # A training job's own token: a reader's reads plus tracking runs, uploading artifacts,
+    # registering versions and moving aliases; never deploying, approving or minting tokens.
+    TRAINER = "trainer"
     DEPLOYER = "deployer"
     APPROVER = "approver"
     ADMIN = "admin"
@@ -300,6 +303,16 @@ class TokenCreate(Wire):
     name: Name
     role: Role
     expires_in_days: int | None = Field(None, ge=1, le=3650)
+    expires_in_minutes: int | None = Field(
+        None, ge=1, le=3650 * 24 * 60,
+        description="Lifetime in minutes, for short-lived tokens (a training job's); "
+        "give this or expires_in_days, not both.")
+
+    @model_validator(mode="after")
+    def _one_lifetime(self) -> TokenCreate:
+        if self.expires_in_days is not None and self.expires_in_minutes is not None:
+            raise ValueError("give expires_in_days or expires_in_minutes, not both")
+        return self
 
 
 class TokenOut(Wire):

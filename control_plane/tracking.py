@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from control_plane.artifacts import ArtifactStore
-from control_plane.auth import Principal
+from control_plane.auth import TRAINING, Principal
 from control_plane.errors import AlreadyExistsError, ConflictError, NotFoundError
 from control_plane.schemas import (
     ExperimentCreate,
@@ -48,7 +48,7 @@ class Tracker:
         self.artifacts = artifacts
 
     def create_experiment(self, spec: ExperimentCreate, actor: Principal) -> ExperimentOut:
-        actor.require(Role.DEPLOYER)
+        actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
             if session.scalar(select(ExperimentRow.id).where(ExperimentRow.name == spec.name)):
                 raise AlreadyExistsError(
@@ -73,7 +73,7 @@ class Tracker:
 
     def start_run(self, spec: RunCreate, actor: Principal) -> RunOut:
         """Start a run in ``spec.experiment``, creating the experiment if needed."""
-        actor.require(Role.DEPLOYER)
+        actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
             experiment = session.scalar(
                 select(ExperimentRow).where(ExperimentRow.name == spec.experiment)
@@ -121,7 +121,7 @@ class Tracker:
 
     def update_run(self, run_id: str, spec: RunUpdate, actor: Principal) -> RunOut:
         """Set a run's status; leaving ``running`` records the end time."""
-        actor.require(Role.DEPLOYER)
+        actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
             row = _run(session, run_id)
             if row.status != RunStatus.RUNNING.value and spec.status != RunStatus(row.status):
@@ -134,7 +134,7 @@ class Tracker:
             return _run_out(session, row)
 
     def log_params(self, run_id: str, spec: ParamsUpdate, actor: Principal) -> RunOut:
-        actor.require(Role.DEPLOYER)
+        actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
             row = _run(session, run_id)
             row.params = {**row.params, **spec.params}
@@ -142,7 +142,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str, batch: MetricBatch, actor: Principal) -> int:
         """Append a batch of metric points in one transaction; returns how many were stored."""
-        actor.require(Role.DEPLOYER)
+        actor.require(Role.DEPLOYER, also=TRAINING)
         now = datetime.now(UTC)
         with self.db.session() as session:
             _run(session, run_id)
@@ -170,7 +170,7 @@ class Tracker:
 
     def log_artifact(self, run_id: str, spec: RunArtifactCreate, actor: Principal) -> RunArtifactOut:
         """Attach an uploaded artifact to a run under a path (replacing one at that path)."""
-        actor.require(Role.DEPLOYER)
+        actor.require(Role.DEPLOYER, also=TRAINING)
         info = self.artifacts.info(spec.digest)
         with self.db.session() as session:
             _run(session, run_id)

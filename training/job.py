@@ -30,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-register", action="store_true",
                         help="Train, evaluate and export, but register no version.")
     args = parser.parse_args(argv)
-    return run_entrypoint(args.config, address=args.address, register=not args.no_register)
+    from training.job_token import revoke_own_token
+
+    try:
+        return run_entrypoint(args.config, address=args.address, register=not args.no_register)
+    finally:
+        # The token `train submit` minted for this job dies with it, whatever the outcome.
+        revoke_own_token()
 
 
 def run_entrypoint(config: str, *, address: str | None = None, num_cpus: int | None = None,

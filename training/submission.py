@@ -2,7 +2,8 @@
 
 ``submit_spec`` checks the spec (fields, data columns, the cluster's CPUs and GPUs)
 before anything reaches the cluster, then submits ``python -m training.job --config …``
-with the control plane's address and token and the local code commit in the job's
+with the control plane's address, a token minted for this job alone (see
+:mod:`training.job_token`; never the caller's own) and the local code commit in the job's
 environment. Ray's token authentication is switched on for the client when this machine
 has a Ray token, so users never handle it.
 
@@ -23,6 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import InvalidJobSpecError, JobFailedError, JobSubmissionError
+from training.job_token import (
+    DEFAULT_LIFETIME_MINUTES,
+    JOB_TOKEN_METADATA,
+    mint_job_token,
+    revoke_if_ended,
+    revoke_job_token,
+)
 from training.registration import BRANCH_ENV, COMMIT_ENV
 from training.spec import dump_job_spec, load_job_spec
 
@@ -80,7 +88,10 @@ class JobClient:
                           metadata=metadata or {})
 
     def info(self, job_id: str) -> Any:
-        return self._call(self._client.get_job_info, job_id)
+        """The job's Ray ``JobInfo``; a job seen ended has its job token revoked."""
+        info = self._call(self._client.get_job_info, job_id)
+        revoke_if_ended(info, TERMINAL_STATES)
+        return info
 
     def status(self, job_id: str) -> str:
         return str(self._call(self._client.get_job_status, job_id).value)
@@ -89,7 +100,10 @@ class JobClient:
         return self._call(self._client.get_job_logs, job_id)
 
     def stop(self, job_id: str) -> bool:
-        return bool(self._call(self._client.stop_job, job_id))
+        """Ask the job to stop; its token is revoked by the job on exit, or here once ended."""
+        stopped = bool(self._call(self._client.stop_job, job_id))
+        self.info(job_id)
+        return stopped
 
     def list(self) -> list[Any]:
         return self._call(self._client.list_jobs)
@@ -118,6 +132,7 @@ class JobClient:
                 echo(text[shown:].rstrip("\n"))
                 shown = len(text)
             if status in TERMINAL_STATES:
+                self.info(job_id)  # revokes the job's token
                 return status
             time.sleep(poll_s)
 
@@ -146,8 +161,10 @@ class Submission:
 def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None,
                 working_dir: str | os.PathLike[str] | None = None, wait: bool = False,
                 check_resources: bool = True, submission_id: str | None = None,
-                echo: Callable[[str], None] = print) -> Submission:
-    """Check the spec, submit it, and (with ``wait``) follow it to the end."""
+                echo: Callable[[str], None] = print,
+                token_minutes: int = DEFAULT_LIFETIME_MINUTES) -> Submission:
+    """Check the spec, submit it with a job token living ``token_minutes`` at most, and
+    (with ``wait``) follow it to the end."""
     from training.preflight import check_data
     from training.preflight import check_resources as check_cluster
 
@@ -157,8 +174,31 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
     client = JobClient(address)
     if check_resources:
         check_cluster(spec.resources, client.nodes(), client.address)
-    env = job_environment(path.parent)
-    metadata = {"experiment": spec.experiment.name, "model": spec.model_name}
+    token = mint_job_token(spec.experiment.name, lifetime_minutes=token_minutes)
+    env = {**job_environment(path.parent), **token.env()}
+    metadata = {"experiment": spec.experiment.name, "model": spec.model_name,
+                JOB_TOKEN_METADATA: token.name}
+    try:
+        job_id = _submit(client, path, spec, working_dir, env, submission_id, metadata)
+    except BaseException:
+        revoke_job_token(token.name)  # no job will ever use it
+        raise
+    echo(f"submitted job {job_id} to {client.address} (experiment {spec.experiment.name})")
+    if not wait:
+        echo(f"follow it with: modelplane train logs {job_id} --follow")
+        return Submission(job_id, client.address)
+    status = client.follow(job_id, echo)
+    if status != "SUCCEEDED":
+        raise JobFailedError(f"job {job_id} ended {status}; `modelplane train logs {job_id}` "
+                             "shows why", detail={"job_id": job_id, "status": status})
+    echo(f"job {job_id} {status}")
+    return Submission(job_id, client.address, status)
+
+
+def _submit(client: JobClient, path: Path, spec: Any, working_dir: str | os.PathLike[str] | None,
+            env: dict[str, str], submission_id: str | None, metadata: dict[str, str]) -> str:
+    """Hand the job to Ray: in a fresh working directory holding the resolved spec, or in
+    ``working_dir`` (which must hold the spec)."""
     if working_dir is None:
         with tempfile.TemporaryDirectory(prefix="modelplane-job-") as staging:
             # The resolved spec: local paths in it are absolute, so they mean the same there.
@@ -177,28 +217,17 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
         job_id = client.submit(_entrypoint(relative.as_posix()),
                                {"working_dir": str(root), "env_vars": env},
                                submission_id=submission_id, metadata=metadata)
-    echo(f"submitted job {job_id} to {client.address} (experiment {spec.experiment.name})")
-    if not wait:
-        echo(f"follow it with: modelplane train logs {job_id} --follow")
-        return Submission(job_id, client.address)
-    status = client.follow(job_id, echo)
-    if status != "SUCCEEDED":
-        raise JobFailedError(f"job {job_id} ended {status}; `modelplane train logs {job_id}` "
-                             "shows why", detail={"job_id": job_id, "status": status})
-    echo(f"job {job_id} {status}")
-    return Submission(job_id, client.address, status)
+    return job_id
 
 
 def job_environment(code_dir: Path) -> dict[str, str]:
-    """What the job needs from here: the control plane, its token, and the code version."""
+    """What the job needs from here besides its token: the control plane and the code
+    version. The caller's own token never goes in: the job's environment is readable by
+    whoever can list the cluster's jobs."""
     from control_plane.environment import git_info
     from modelplane.settings import get_settings
 
-    settings = get_settings()
-    env = {"MODELPLANE_URL": settings.url}
-    token = settings.resolved_token()
-    if token:
-        env["MODELPLANE_TOKEN"] = token
+    env = {"MODELPLANE_URL": get_settings().url}
     git = git_info(code_dir)
     if git.get("commit"):
         env[COMMIT_ENV] = git["commit"]

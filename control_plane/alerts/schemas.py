@@ -121,6 +121,9 @@ class AlertOut(Wire):
     data: dict[str, Any]
     started_at: datetime
     fired_at: datetime | None
+    stale: str | None = Field(None, description=(
+        "Why the alert's data is stale (the Monitor did not answer); it keeps its last "
+        "state until the Monitor answers again."))
 
 
 class AlertEventOut(Wire):

@@ -148,16 +148,22 @@ class AlertService:
         for rule in due:
             if rule.endpoint is None and endpoints is None:
                 endpoints = list_endpoints()
+            unknown: dict[str, str] = {}
             readings = self._read(rule, [rule.endpoint] if rule.endpoint else endpoints or [],
-                                  read_stats, cache)
+                                  read_stats, cache, unknown)
             with self._lock:
                 self._due[rule.name] = now + rule.every_s
-                self._apply(rule, readings, now)
+                self._apply(rule, readings, now, unknown)
         return len(due)
 
     def _read(self, rule: AlertRuleSpec, endpoints: list[str], read_stats: ReadStats,
-              cache: dict[tuple[str, float], dict[str, Any]]) -> dict[str, tuple[dict[str, str], float | None, dict[str, Any]]]:
-        """Per alert fingerprint: labels, value and details of the rule's metric."""
+              cache: dict[tuple[str, float], dict[str, Any] | str],
+              unknown: dict[str, str]) -> dict[str, tuple[dict[str, str], float | None, dict[str, Any]]]:
+        """Per alert fingerprint: labels, value and details of the rule's metric.
+
+        An endpoint whose statistics could not be read lands in ``unknown`` (endpoint →
+        why), not in the readings: no answer is not evidence that a condition stopped.
+        """
         signal = SIGNALS[rule.metric]
         readings = {}
         for endpoint in endpoints:
@@ -167,8 +173,13 @@ class AlertService:
                     cache[key] = read_stats(endpoint, rule.window_s)
                 except Exception as error:  # one unreachable endpoint must not stop the rest
                     log.warning("alert rule %s could not read %s: %s", rule.name, endpoint, error)
-                    cache[key] = {}
-            for version, stats in cache[key].items():
+                    cache[key] = str(getattr(error, "message", None) or error) or type(error).__name__
+            read = cache[key]
+            if isinstance(read, str) or not read:
+                # Nothing at all for a listed endpoint: a Monitor that just (re)started.
+                unknown[endpoint] = read or "the Monitor has no statistics for this endpoint yet"
+                continue
+            for version, stats in read.items():
                 number = int(version)
                 if number == 0 or (rule.version is not None and number != rule.version):
                     continue
@@ -178,17 +189,19 @@ class AlertService:
                 readings[fingerprint(rule.name, labels)] = (labels, value, details)
         return readings
 
-    def _apply(self, rule: AlertRuleSpec, readings: dict[str, Any], now: float) -> None:
+    def _apply(self, rule: AlertRuleSpec, readings: dict[str, Any], now: float,
+               unknown: dict[str, str] | None = None) -> None:
         compare = COMPARE[rule.comparison]
+        unknown = unknown or {}
         seen = set()
         for key, (labels, value, details) in readings.items():
             seen.add(key)
             alert = self._alerts.get(key) or Alert(key, rule.name, labels, rule.severity)
             finite = value if value is not None and math.isfinite(value) else None
             holds = finite is not None and compare(finite, rule.threshold)
-            was = alert.state
+            was, was_stale = alert.state, "stale" in alert.data
             notify = alert.step(holds, now, rule.for_s)
-            if holds or alert.state == AlertState.RESOLVED:
+            if holds or alert.state == AlertState.RESOLVED or was_stale:
                 alert.value = finite
                 alert.data = details
                 alert.summary = _summary(rule, labels, value, details)
@@ -196,10 +209,17 @@ class AlertService:
                 self._alerts[key] = alert
             else:
                 self._alerts.pop(key, None)
-            if notify is not None or alert.state != was:
+            if notify is not None or alert.state != was or was_stale:
                 self._transition(alert, notify)
-        # Alerts of this rule whose version no longer reports (undeployed) resolve.
+        # Alerts of this rule whose version no longer reports (undeployed) resolve; those
+        # whose endpoint could not be read keep their state and say their data is stale.
         for alert in [a for a in self._alerts.values() if a.name == rule.name and a.fingerprint not in seen]:
+            why = unknown.get(alert.labels.get("endpoint", ""))
+            if why is not None:
+                if "stale" not in alert.data:
+                    alert.data = {**alert.data, "stale": why, "stale_since": _iso(now)}
+                    self._transition(alert, None)
+                continue
             self._transition(alert, alert.step(False, now, rule.for_s))
             if not alert.active:
                 self._alerts.pop(alert.fingerprint, None)
@@ -260,12 +280,14 @@ def _summary(rule: AlertRuleSpec, labels: dict[str, str], value: float | None,
     return rendered or render_template(default, fields) or f"{rule.name}: {rule.metric}"
 
 
-def _alert_document(alert: Alert, kind: str) -> dict[str, Any]:
+def _iso(seconds: float | None) -> str | None:
     from datetime import UTC, datetime
 
-    def iso(seconds: float | None) -> str | None:
-        return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
 
+
+def _alert_document(alert: Alert, kind: str) -> dict[str, Any]:
+    iso = _iso
     return {"name": alert.name, "fingerprint": alert.fingerprint, "kind": kind,
             "severity": alert.severity, "labels": alert.labels, "summary": alert.summary,
             "value": alert.value, "data": alert.data, "started_at": iso(alert.started_at),

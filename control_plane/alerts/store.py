@@ -126,7 +126,8 @@ class AlertStore:
             rows = session.scalars(select(AlertRow).order_by(AlertRow.started_at))
             return [AlertOut(fingerprint=r.fingerprint, name=r.name, state=r.state,  # type: ignore[arg-type]
                              severity=r.severity, labels=r.labels, summary=r.summary, value=r.value,
-                             data=r.data, started_at=r.started_at, fired_at=r.fired_at)
+                             data=r.data, started_at=r.started_at, fired_at=r.fired_at,
+                             stale=(r.data or {}).get("stale"))
                     for r in rows]
 
     def history(self, *, limit: int = 50, offset: int = 0, name: str | None = None,

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from control_plane.api.deps import CP, Reader, Writer
 from control_plane.artifacts import check_digest
+from control_plane.auth import TRAINING
 from control_plane.errors import InvalidInputError, PayloadTooLargeError
 from control_plane.schemas import (
     ArtifactOut,
@@ -52,7 +53,7 @@ def whoami(actor: Reader) -> dict[str, str]:
 )
 async def upload_artifact(request: Request, cp: CP, actor: Writer) -> ArtifactOut:
     """Stream raw bytes into the artifact store; send ``x-artifact-digest`` to have it checked."""
-    actor.require(Role.DEPLOYER)
+    actor.require(Role.DEPLOYER, also=TRAINING)
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():

@@ -60,9 +60,14 @@ def endpoint_stats(
 @router.get("/metrics", tags=["admin"], response_class=Response)
 def metrics(cp: CP) -> Response:
     """Prometheus exposition: request counts, latency quantiles, weights, shadows, replicas."""
+    from control_plane.errors import MonitorUnavailableError
     from control_plane.metrics import CONTENT_TYPE, render
     from control_plane.observability import monitor_totals, running_replicas
 
     alerts = cp.alerts.metrics() if cp.alerts is not None else None
-    body = render(monitor_totals(), cp.deployments.list(), running_replicas(), alerts)
+    try:
+        rows, monitor_up = monitor_totals(), True
+    except MonitorUnavailableError:  # serve what the store and Serve know; say the Monitor is down
+        rows, monitor_up = [], False
+    body = render(rows, cp.deployments.list(), running_replicas(), alerts, monitor_up=monitor_up)
     return Response(content=body, media_type=CONTENT_TYPE)

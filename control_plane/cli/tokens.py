@@ -6,14 +6,14 @@ import typer
 
 from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_table
 
-app = typer.Typer(help="API tokens with roles: reader, deployer, approver, admin.",
+app = typer.Typer(help="API tokens with roles: reader, deployer, approver, admin (and trainer, a training job's).",
                   no_args_is_help=True)
 
 
 @app.command()
 def create(
     name: str = typer.Argument(..., help="Who or what the token is for; recorded as the actor."),
-    role: str = typer.Option("reader", help="reader, deployer, approver or admin."),
+    role: str = typer.Option("reader", help="reader, deployer, approver or admin; trainer for a training job (runs, artifacts, versions, aliases)."),
     expires_in_days: int | None = typer.Option(None, min=1, help="Expire after N days."),
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
@@ -21,7 +21,7 @@ def create(
     from control_plane.schemas import Role
 
     if role not in {r.value for r in Role}:
-        raise typer.BadParameter(f"role {role!r} is not one of reader, deployer, approver, admin")
+        raise typer.BadParameter(f"role {role!r} is not one of {', '.join(r.value for r in Role)}")
     created = client(url).create_token(name, role, expires_in_days=expires_in_days)
     emit(as_json, created, lambda: typer.echo(
         f"{created.token}\n(token {name!r}, role {role}; shown once: store it now)"))

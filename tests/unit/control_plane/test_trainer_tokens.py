@@ -1,0 +1,107 @@
+"""The ``trainer`` role: a training job's own token, minted per job, narrow and short-lived."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from control_plane.auth import Principal, TokenService
+from control_plane.errors import AuthenticationError, PermissionDeniedError
+from control_plane.registry import Registry
+from control_plane.schemas import (
+    AliasSet,
+    DeployRequest,
+    ExperimentCreate,
+    MetricBatch,
+    Role,
+    RunCreate,
+    TokenCreate,
+    VersionCreate,
+)
+from control_plane.store import Database
+from control_plane.tracking import Tracker
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.unit.control_plane.conftest import ADMIN, ALICE, READER
+
+
+def _trainer(tokens: TokenService, minter: Principal = ALICE, name: str = "job-1") -> Principal:
+    created = tokens.create(TokenCreate(name=name, role=Role.TRAINER, expires_in_minutes=30), minter)
+    return tokens.authenticate(created.token)
+
+
+def test_a_deployer_mints_an_expiring_trainer_token_and_nothing_else(db: Database) -> None:
+    tokens = TokenService(db)
+    before = datetime.now(UTC)
+    created = tokens.create(TokenCreate(name="job-1", role=Role.TRAINER, expires_in_minutes=30), ALICE)
+    expires = created.info.expires_at
+    assert expires is not None
+    assert before + timedelta(minutes=29) < expires <= datetime.now(UTC) + timedelta(minutes=30)
+    assert created.info.created_by == "alice"
+    # Without an expiry, or any other role, minting stays an admin's.
+    for spec in (TokenCreate(name="job-2", role=Role.TRAINER),
+                 TokenCreate(name="job-3", role=Role.DEPLOYER, expires_in_minutes=5),
+                 TokenCreate(name="job-4", role=Role.READER, expires_in_minutes=5)):
+        with pytest.raises(PermissionDeniedError, match="needs admin"):
+            tokens.create(spec, ALICE)
+    with pytest.raises(PermissionDeniedError, match="needs deployer"):
+        tokens.create(TokenCreate(name="job-5", role=Role.TRAINER, expires_in_minutes=5), READER)
+
+
+def test_one_lifetime_only() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        TokenCreate(name="x", role=Role.TRAINER, expires_in_days=1, expires_in_minutes=5)
+
+
+def test_a_trainer_tracks_registers_and_moves_aliases(db: Database, registry: Registry,
+                                                      tracker: Tracker) -> None:
+    job = _trainer(TokenService(db))
+    tracker.create_experiment(ExperimentCreate(name="exp"), job)
+    run = tracker.start_run(RunCreate(experiment="exp"), job)
+    assert tracker.log_metrics(run.id, MetricBatch.model_validate(
+        {"metrics": [{"key": "loss", "value": 0.5, "step": 1}]}), job) == 1
+    info = registry.artifacts.put([linear_classifier(seed=0)])
+    version = registry.register_version("iris", VersionCreate(artifact_digest=info.digest,
+                                                           manifest=linear_classifier_manifest()), job)
+    moved = registry.set_alias("iris", "challenger", AliasSet(version=version.version), job)
+    assert "challenger" in moved.aliases
+
+
+def test_a_trainer_cannot_deploy_approve_stage_or_manage_tokens(db: Database, registry: Registry) -> None:
+    from control_plane.deployments import Deployments
+
+    tokens = TokenService(db)
+    job = _trainer(tokens)
+    info = registry.artifacts.put([linear_classifier(seed=0)])
+    registry.register_version("iris", VersionCreate(artifact_digest=info.digest,
+                                                           manifest=linear_classifier_manifest()), ALICE)
+    deployments = Deployments(db, registry, base_url="http://127.0.0.1:8000")
+    with pytest.raises(PermissionDeniedError):
+        deployments.deploy(DeployRequest(endpoint="iris", model_ref="iris:1"), job)
+    from control_plane.schemas import StageChange
+
+    with pytest.raises(PermissionDeniedError):
+        registry.transition_stage("iris", 1, StageChange(stage="production"), job)
+    with pytest.raises(PermissionDeniedError):
+        tokens.create(TokenCreate(name="job-2", role=Role.TRAINER, expires_in_minutes=5), job)
+    with pytest.raises(PermissionDeniedError):
+        tokens.revoke("admin", job)
+
+
+def test_revocation_by_the_job_its_minter_or_an_admin(db: Database) -> None:
+    tokens = TokenService(db)
+    for name, revoker in (("job-self", None), ("job-minter", ALICE), ("job-admin", ADMIN)):
+        created = tokens.create(TokenCreate(name=name, role=Role.TRAINER, expires_in_minutes=30),
+                                ALICE)
+        job = tokens.authenticate(created.token)
+        assert tokens.revoke(name, revoker or job).revoked_at is not None
+        with pytest.raises(AuthenticationError, match="revoked"):
+            tokens.authenticate(created.token)
+    # Another deployer revokes neither someone else's job token nor a deployer's token.
+    _trainer(tokens, ALICE, "job-alices")
+    carol = Principal("carol", Role.DEPLOYER)
+    with pytest.raises(PermissionDeniedError, match="needs admin"):
+        tokens.revoke("job-alices", carol)
+    tokens.create(TokenCreate(name="ci", role=Role.DEPLOYER), ADMIN)
+    with pytest.raises(PermissionDeniedError, match="needs admin"):
+        tokens.revoke("ci", ALICE)
