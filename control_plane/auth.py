@@ -1,7 +1,8 @@
 """API tokens: created with a role, stored hashed, expiring and revocable.
 
-Roles are ordered: ``reader`` < ``deployer`` < ``approver`` < ``admin``; each has the
-powers of those before it. Narrow roles sit beside the ladder: a reader's reads plus the
+Roles are ordered: ``reader`` < ``labeler`` < ``deployer`` < ``approver`` < ``admin``; each
+has the powers of those before it (``labeler``, for label sources, adds posting ground truth
+to ``/v2/models/{e}/feedback``). Narrow roles sit beside the ladder: a reader's reads plus the
 calls that name them (``trainer``: what a training job does, see :data:`TRAINING`). A
 token's name is the principal recorded as the actor of what it does (who registered a
 version, who approved it).
@@ -29,7 +30,8 @@ from control_plane.store import Database
 from control_plane.store.models import TokenRow
 
 # Narrow roles rank as readers; calls open to them say so with ``require(..., also=…)``.
-_RANK = {Role.READER: 0, Role.TRAINER: 0, Role.DEPLOYER: 1, Role.APPROVER: 2, Role.ADMIN: 3}
+_RANK = {Role.READER: 0, Role.TRAINER: 0, Role.LABELER: 1, Role.DEPLOYER: 2, Role.APPROVER: 3,
+         Role.ADMIN: 4}
 # Who may track runs, upload artifacts, register versions and move aliases besides deployers.
 TRAINING = frozenset({Role.TRAINER})
 TOKEN_PREFIX = "mp_"

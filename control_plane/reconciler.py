@@ -65,13 +65,17 @@ class Reconciler:
 
     def __init__(self, db: Database, backend: ServeBackend, *, base_url: str,
                  replica_env: dict[str, str] | None = None, stats_interval_s: float = 1.0,
-                 version_ready_timeout_s: float = 300.0) -> None:
+                 version_ready_timeout_s: float = 300.0, feedback_allows_anonymous: bool = False,
+                 max_body_bytes: int = 64 * 1024 * 1024) -> None:
         self.db = db
         self.backend = backend
         self.base_url = base_url.rstrip("/")
         self.replica_env = dict(replica_env or {})
         self.stats_interval_s = stats_interval_s
         self.version_ready_timeout_s = version_ready_timeout_s
+        # The replicas' edge: where they check feedback tokens, and their body limit.
+        self.feedback_allows_anonymous = feedback_allows_anonymous
+        self.max_body_bytes = max_body_bytes
         self._applied: dict[str, str] = {}
 
     def desired(self) -> dict[str, EndpointConfig]:
@@ -99,6 +103,9 @@ class Reconciler:
                     routes=RouteTable(weights=weights, shadows=shadows),
                     scaling=_scaling(endpoint.config.get("scaling")),
                     stats_interval_s=self.stats_interval_s,
+                    control_plane_url=self.base_url,
+                    feedback_allows_anonymous=self.feedback_allows_anonymous,
+                    max_body_bytes=self.max_body_bytes,
                     generation=endpoint.generation,
                 )
         return configs

@@ -47,6 +47,8 @@ class Role(StrEnum):
     # A training job's own token: a reader's reads plus tracking runs, uploading artifacts,
     # registering versions and moving aliases; never deploying, approving or minting tokens.
     TRAINER = "trainer"
+    # A label source: a reader's reads plus posting feedback (ground truth) to endpoints.
+    LABELER = "labeler"
     DEPLOYER = "deployer"
     APPROVER = "approver"
     ADMIN = "admin"

@@ -79,8 +79,10 @@ class ControlPlane:
         from control_plane.reconciler import RayServeBackend, Reconciler
 
         env = {"MODELPLANE_TOKEN": self.settings.token} if self.settings.token else {}
-        self.reconciler = Reconciler(self.db, RayServeBackend(), base_url=self.settings.url,
-                                     replica_env=env)
+        self.reconciler = Reconciler(
+            self.db, RayServeBackend(), base_url=self.settings.url, replica_env=env,
+            feedback_allows_anonymous=self.settings.feedback_allows_anonymous,
+            max_body_bytes=self.settings.max_request_bytes)
         self.apply()
         self._every(interval_s, self.apply, "reconciler")
         # Ticks are cheap (one indexed query when nothing is active); each rollout is

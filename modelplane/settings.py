@@ -11,6 +11,8 @@
 | ``MODELPLANE_TOKEN``            | unset (falls back to ``$MODELPLANE_HOME/admin.token``) | bearer token clients send |
 | ``MODELPLANE_MAX_ARTIFACT_MB``  | ``2048``                                 | largest artifact accepted, in MiB |
 | ``MODELPLANE_READS_REQUIRE_TOKEN`` | ``false``                             | whether GET calls also need a token |
+| ``MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS`` | ``false``                      | accept ``/v2/models/{e}/feedback`` without a label source's token |
+| ``MODELPLANE_MAX_REQUEST_MB``   | ``64``                                   | largest inference request body a replica reads, in MiB (413 above) |
 
 Values are validated when read: a bad one raises :class:`ConfigurationError` naming the
 variable, the value and what is expected, before anything starts.
@@ -43,6 +45,9 @@ class Settings:
     token: str | None = field(default=None, repr=False)
     max_artifact_bytes: int = 2048 * 1024 * 1024
     reads_require_token: bool = False
+    # Labels steer rollouts (the accuracy gate): only label sources post them unless opened.
+    feedback_allows_anonymous: bool = False
+    max_request_bytes: int = 64 * 1024 * 1024
 
     @property
     def admin_token_path(self) -> Path:
@@ -73,6 +78,8 @@ class Settings:
             "MODELPLANE_URL": self.url,
             "MODELPLANE_MAX_ARTIFACT_MB": str(self.max_artifact_bytes // (1024 * 1024)),
             "MODELPLANE_READS_REQUIRE_TOKEN": "true" if self.reads_require_token else "false",
+            "MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS": "true" if self.feedback_allows_anonymous else "false",
+            "MODELPLANE_MAX_REQUEST_MB": str(self.max_request_bytes // (1024 * 1024)),
         }
         if self.token:
             env["MODELPLANE_TOKEN"] = self.token
@@ -99,6 +106,8 @@ class Settings:
             token=env.get("MODELPLANE_TOKEN") or None,
             max_artifact_bytes=_positive_int(env, "MODELPLANE_MAX_ARTIFACT_MB", 2048) * 1024 * 1024,
             reads_require_token=_bool(env, "MODELPLANE_READS_REQUIRE_TOKEN", False),
+            feedback_allows_anonymous=_bool(env, "MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS", False),
+            max_request_bytes=_bounded_int(env, "MODELPLANE_MAX_REQUEST_MB", 64, 4096) * 1024 * 1024,
         )
 
 
@@ -119,6 +128,13 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise _invalid(name, raw, "a positive integer") from None
     if value <= 0:
         raise _invalid(name, raw, "a positive integer")
+    return value
+
+
+def _bounded_int(env: Mapping[str, str], name: str, default: int, most: int) -> int:
+    value = _positive_int(env, name, default)
+    if value > most:
+        raise _invalid(name, env[name], f"a positive integer of at most {most}")
     return value
 
 

@@ -3,7 +3,10 @@
 ``InferenceCore.handle`` takes a method, the path below ``/v2/models/{endpoint}``, the
 headers and the body, and returns status, headers and body. It decodes, picks the version
 (pin, stickiness or weights), validates, runs through the version's backend, encodes,
-records statistics and schedules shadows after the answer. The Serve deployments
+records statistics and schedules shadows after the answer. Every answer carries the
+server's own request id (``x-modelplane-request-id``, and ``modelplane_request_id`` in the
+response ``parameters``): feedback joins on it, never on the client's ``id``, so a caller
+cannot choose the keys its labels land on. The Serve deployments
 (colocated endpoint, isolated router) are thin adapters around it; so are the tests.
 """
 
@@ -13,8 +16,8 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,13 +30,22 @@ from serving.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
+    PayloadTooLargeError,
 )
+from serving.feedback_auth import FeedbackAuthorizer
 from serving.feedback_wire import parse_feedback
 from serving.observations import VersionMonitoring, data_age_seconds
 from serving.protocol import decode_request, encode_response, from_numpy_dtype
 from serving.routing import Router
 from serving.schemas import EndpointConfig, TensorSignature, VersionConfig
-from serving.stats import ENDPOINT_LEVEL, StatsRecorder, compare_outputs
+from serving.stats import (
+    ENDPOINT_LEVEL,
+    ROUTED_PINNED,
+    ROUTED_RANDOMLY,
+    ROUTED_STICKY,
+    StatsRecorder,
+    compare_outputs,
+)
 from serving.validation import (
     check_requested_outputs,
     numpy_dtype,
@@ -44,6 +56,11 @@ from serving.validation import (
 log = logging.getLogger(__name__)
 _PATH = re.compile(r"^(?:/versions/(?P<version>[^/]+))?(?P<action>/infer|/ready|/feedback)?/?$")
 MAX_SHADOWS_IN_FLIGHT = 256
+REQUEST_ID_HEADER = "x-modelplane-request-id"
+REQUEST_ID_PARAMETER = "modelplane_request_id"
+MAX_FEEDBACK_BODY_BYTES = 4 * 1024 * 1024
+BODY_LIMIT_SETTING = "MODELPLANE_MAX_REQUEST_MB"
+_VERSION = re.compile(r"[0-9]{1,9}")  # ASCII only: int() also takes '²' and '٣'
 # Takes (endpoint, [(request_id, labels)]) and answers what the Monitor joined.
 FeedbackSink = Callable[[str, list[tuple[str, list[Any]]]], Awaitable[dict[str, Any]]]
 
@@ -71,9 +88,27 @@ def _json(status: int, payload: Any) -> HttpResult:
 def error_result(error: ModelplaneError, request_id: str) -> HttpResult:
     # The v2 spec's error body is {"error": "<message>"}; tritonclient shows that field,
     # so the message goes there and the stable code beside it.
-    return _json(
+    result = _json(
         error.http_status,
         {"error": error.message, "code": error.code, "request_id": request_id},
+    )
+    if request_id:
+        result.headers[REQUEST_ID_HEADER] = request_id
+    return result
+
+
+def new_request_id() -> str:
+    """The server's id for one request: 128 random bits, so nobody can guess one ahead."""
+    return secrets.token_hex(16)
+
+
+def body_too_large(size: int, limit: int, what: str) -> PayloadTooLargeError:
+    """The 413 for a body over ``limit``, naming the limit and the setting behind it."""
+    return PayloadTooLargeError(
+        f"the {what} is {size} bytes or more, over this endpoint's limit of {limit} bytes "
+        f"({BODY_LIMIT_SETTING} for infer bodies, {MAX_FEEDBACK_BODY_BYTES} bytes for feedback); "
+        "send smaller batches",
+        detail={"field": "body", "size": size, "limit": limit},
     )
 
 
@@ -92,9 +127,12 @@ class InferenceCore:
     """The request path of one endpoint; swap configuration and backends with ``update``."""
 
     def __init__(self, config: EndpointConfig, backends: Mapping[int, VersionBackend],
-                 *, feedback_sink: FeedbackSink | None = None) -> None:
+                 *, feedback_sink: FeedbackSink | None = None,
+                 feedback_authorizer: FeedbackAuthorizer | None = None) -> None:
         self.recorder = StatsRecorder()
         self.feedback_sink = feedback_sink
+        self._fixed_authorizer = feedback_authorizer
+        self.feedback_authorizer = feedback_authorizer or _authorizer_for(config, None)
         self.monitoring: dict[int, VersionMonitoring] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.shadows_dropped = 0
@@ -103,6 +141,8 @@ class InferenceCore:
     def update(self, config: EndpointConfig, backends: Mapping[int, VersionBackend]) -> None:
         """Install a new route table and version set (one assignment: requests see old or new)."""
         self.monitoring = _monitoring_for(config, backends, self.monitoring)
+        if self._fixed_authorizer is None:
+            self.feedback_authorizer = _authorizer_for(config, self.feedback_authorizer)
         self._state = (config, dict(backends), Router.compile(config.routes))
         self.recorder.enabled = config.monitoring
         self.recorder.monitoring = self.monitoring
@@ -117,13 +157,27 @@ class InferenceCore:
             enabled=self.recorder.enabled, monitoring=self.monitoring)
         return taken
 
+    def body_limit(self, subpath: str) -> int:
+        """The largest body this path accepts, checked before the body is read."""
+        if subpath.rstrip("/").endswith("/feedback"):
+            return MAX_FEEDBACK_BODY_BYTES
+        return self.config.max_body_bytes
+
+    def refuse(self, error: ModelplaneError) -> HttpResult:
+        """An answer for a request refused before ``handle`` (its body was too large)."""
+        request_id = new_request_id()
+        self.recorder.record(ENDPOINT_LEVEL, error.http_status, 0.0, error.code)
+        self.recorder.record_rejection(ENDPOINT_LEVEL, rejection_reason(error))
+        return error_result(error, request_id)
+
     async def handle(
         self, method: str, subpath: str, headers: Mapping[str, str], body: bytes
     ) -> HttpResult:
         started = time.perf_counter()
         config, backends, router = self._state
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = new_request_id()
         version = ENDPOINT_LEVEL
+        routed = ROUTED_RANDOMLY
         try:
             match = _PATH.match(subpath)
             if match is None:
@@ -138,11 +192,14 @@ class InferenceCore:
             if method != "POST":
                 raise InvalidRequestError("inference requests must be POST", detail={"field": "method"})
             if action == "/feedback":
-                return await self._feedback(config.endpoint, body)
+                return await self._feedback(config.endpoint, headers, body)
+            if len(body) > config.max_body_bytes:
+                raise body_too_large(len(body), config.max_body_bytes, "request body")
             request = decode_request(body, headers, max_body_bytes=config.max_body_bytes)
-            if request.id:
-                request_id = request.id
-            version = pinned if pinned is not None else router.pick(headers.get(router.sticky_header))
+            sticky_key = headers.get(router.sticky_header)
+            routed = ROUTED_PINNED if pinned is not None else (
+                ROUTED_STICKY if sticky_key else ROUTED_RANDOMLY)
+            version = pinned if pinned is not None else router.pick(sticky_key)
             backend = backends[version]
             model = f"{config.endpoint}:{version}"
             arrays = validate_inputs(request, backend.config.inputs, model=model)
@@ -151,17 +208,19 @@ class InferenceCore:
             chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
             encoded = encode_response(chosen, model_name=config.endpoint,
                                       model_version=str(version), request=request,
-                                      response_id=request_id)
+                                      response_id=request_id,
+                                      parameters={REQUEST_ID_PARAMETER: request_id})
             elapsed = time.perf_counter() - started
-            self.recorder.record(version, 200, elapsed)
+            self.recorder.record(version, 200, elapsed, routed=routed)
             age = data_age_seconds(request.parameters, time.time()) if request.parameters else None
             self.recorder.observe(version, request_id, arrays, outputs, age)
             if pinned is None:
                 for shadow in router.shadows:
                     self._start_shadow(backends.get(shadow), arrays, outputs, elapsed)
-            return HttpResult(200, encoded.body, dict(encoded.headers))
+            return HttpResult(200, encoded.body, {**encoded.headers, REQUEST_ID_HEADER: request_id})
         except ModelplaneError as error:
-            self.recorder.record(version, error.http_status, time.perf_counter() - started, error.code)
+            self.recorder.record(version, error.http_status, time.perf_counter() - started,
+                                 error.code, routed=routed)
             if 400 <= error.http_status < 500:
                 self.recorder.record_rejection(version, rejection_reason(error))
             if error.http_status >= 500:
@@ -169,15 +228,20 @@ class InferenceCore:
             return error_result(error, request_id)
         except Exception as error:  # a backend failure must never take routing down
             log.exception("request %s to %s failed unexpectedly", request_id, config.endpoint)
-            self.recorder.record(version, 500, time.perf_counter() - started, "internal_error")
+            self.recorder.record(version, 500, time.perf_counter() - started, "internal_error",
+                                 routed=routed)
             failure = InferenceFailedError(
                 f"{config.endpoint}:{version} failed ({type(error).__name__}); request id "
                 f"{request_id} is in the replica log"
             )
             return error_result(failure, request_id)
 
-    async def _feedback(self, endpoint: str, body: bytes) -> HttpResult:
-        """Ground truth for earlier requests, handed to the Monitor for the join."""
+    async def _feedback(self, endpoint: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
+        """Ground truth for earlier requests from a label source, handed to the Monitor."""
+        # The token first: an anonymous caller learns nothing, not even parse errors.
+        await self.feedback_authorizer.check(headers)
+        if len(body) > MAX_FEEDBACK_BODY_BYTES:
+            raise body_too_large(len(body), MAX_FEEDBACK_BODY_BYTES, "feedback body")
         items = parse_feedback(body)
         sink = self.feedback_sink
         if sink is None:
@@ -249,10 +313,25 @@ def _monitoring_for(config: EndpointConfig, backends: Mapping[int, VersionBacken
     return result
 
 
+def _authorizer_for(config: EndpointConfig, current: FeedbackAuthorizer | None) -> FeedbackAuthorizer:
+    """The feedback check for ``config``; the current one (and its cache) while unchanged."""
+    url = config.control_plane_url.rstrip("/") if config.control_plane_url else None
+    if (current is not None and current.authority_url == url
+            and current.allows_anonymous == config.feedback_allows_anonymous):
+        return current
+    return FeedbackAuthorizer(config.control_plane_url,
+                              allows_anonymous=config.feedback_allows_anonymous)
+
+
 def _parse_version(raw: str | None, backends: Mapping[int, VersionBackend], endpoint: str) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) not in backends:
+    if _VERSION.fullmatch(raw) is None:
+        raise InvalidRequestError(
+            f"version {raw[:32]!r} is not a version number; use /versions/<digits 0-9>/infer",
+            detail={"field": "version"},
+        )
+    if int(raw) not in backends:
         raise ModelNotFoundError(
             f"endpoint {endpoint!r} has no version {raw!r} loaded; loaded: {sorted(backends)}",
             detail={"field": "version"},

@@ -23,10 +23,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from modelplane.errors import ModelplaneError
 from serving.applications import version_app_name
 from serving.backends import LocalVersion, RemoteVersion, load_runner
-from serving.core import HttpResult, InferenceCore, _json, error_result
-from serving.errors import ModelNotFoundError, ModelNotReadyError
+from serving.core import HttpResult, InferenceCore, _json, body_too_large, error_result
+from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serving.monitor import get_monitor
 from serving.observations import attach_profiles
 from serving.schemas import EndpointConfig, VersionConfig
@@ -66,7 +67,10 @@ class _CoreAdapter:
         if core is None:
             return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
         subpath = _subpath(request, core.config.endpoint)
-        body = await request.body() if request.method == "POST" else b""
+        try:
+            body = await read_body(request, core.body_limit(subpath)) if request.method == "POST" else b""
+        except ModelplaneError as error:
+            return _to_response(core.refuse(error), self._replica)
         result = await core.handle(request.method, subpath, request.headers, body)
         return _to_response(result, self._replica)
 
@@ -212,6 +216,25 @@ class InferenceServer:
                                        "`modelplane status` lists the endpoints")
             return _to_response(error_result(error, request.headers.get("x-request-id", "")))
         return _to_response(error_result(ModelNotFoundError(f"no route {path!r} under /v2"), ""))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) before it is read when ``Content-Length`` says it is over
+    ``limit``, and as soon as a chunked body's running size passes it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit() and len(declared) <= 20):
+            raise InvalidRequestError("Content-Length must be a whole number of bytes",
+                                      detail={"field": "content-length"})
+        if int(declared) > limit:
+            raise body_too_large(int(declared), limit, "request body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(size, limit, "request body")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def model_server_name(version: int) -> str:

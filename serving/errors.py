@@ -8,7 +8,10 @@
         ├── PayloadTooLargeError    payload_too_large, HTTP 413 (body over the configured limit)
         ├── ModelNotFoundError      model_not_found, HTTP 404
         ├── ModelNotReadyError      model_not_ready, HTTP 503
-        └── InferenceFailedError    inference_failed, HTTP 500
+        ├── InferenceFailedError    inference_failed, HTTP 500
+        ├── UnauthenticatedError    unauthenticated, HTTP 401 (no token, or one not known)
+        ├── ForbiddenError          forbidden, HTTP 403 (the token's role is too low)
+        └── AuthorityUnavailableError  authority_unavailable, HTTP 503 (tokens cannot be checked)
 """
 
 from modelplane.errors import ModelplaneError
@@ -54,3 +57,24 @@ class InferenceFailedError(ServingError):
 
     code = "inference_failed"
     http_status = 500
+
+
+class UnauthenticatedError(ServingError):
+    """A call that needs a token came without one, or with one the control plane refused."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class ForbiddenError(ServingError):
+    """The token is valid but its role does not allow the call."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class AuthorityUnavailableError(ServingError):
+    """The control plane, which checks tokens, cannot be reached: the call is refused."""
+
+    code = "authority_unavailable"
+    http_status = 503

@@ -1,10 +1,11 @@
 """The ground-truth join: predictions kept by request id until their labels arrive.
 
 Replicas ship each answered request's predicted values with their statistics; the Monitor
-keeps them here, bounded by count and by age (the oldest go first and are counted), so a
-label sent hours later through ``POST /v2/models/{e}/feedback`` on any replica finds the
+keeps them here, bounded by count, by (estimated) bytes and by age (the oldest go first and
+are counted), so a label sent hours later through ``POST /v2/models/{e}/feedback`` on any replica finds the
 prediction any other replica made. A label can also arrive before its prediction (that is
-shipped about a second after the answer): it waits, briefly and in bounded numbers.
+shipped about a second after the answer): it waits, briefly and in bounded numbers and
+bytes. Request ids are the server's (``x-modelplane-request-id``), never the client's.
 
 Accuracy, precision, recall and F1 are computed from a confusion count the same way
 scikit-learn does: ``average='binary'`` (positive class 1) for two classes, ``'macro'``
@@ -23,6 +24,23 @@ MAX_PREDICTIONS = 200_000
 MAX_PREDICTION_AGE_S = 24 * 3600.0
 MAX_WAITING_LABELS = 10_000
 MAX_LABEL_WAIT_S = 120.0
+# Bytes, estimated as CPython holds them: a request of many rows keeps one value per row,
+# so a count bound alone would let a few large batches take gigabytes.
+MAX_PREDICTION_BYTES = 128 * 1024 * 1024
+MAX_WAITING_BYTES = 16 * 1024 * 1024
+ENTRY_OVERHEAD_BYTES = 240  # dict slot, key tuple, dataclass, list header
+VALUE_BYTES = 32  # a float object and its list slot
+
+
+def prediction_bytes(request_id: str, values: list[float]) -> int:
+    """What one stored prediction costs, estimated (the bound the store keeps)."""
+    return ENTRY_OVERHEAD_BYTES + len(request_id) + VALUE_BYTES * len(values)
+
+
+def labels_bytes(request_id: str, labels: list[Any]) -> int:
+    """What one waiting list of labels costs, estimated."""
+    return ENTRY_OVERHEAD_BYTES + len(request_id) + sum(
+        VALUE_BYTES + (len(label) if isinstance(label, str) else 0) for label in labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +48,7 @@ class StoredPrediction:
     version: int
     values: list[float]
     at: float
+    size: int  # estimated bytes, counted against the store's byte bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +66,17 @@ class FeedbackJoin:
 
     def __init__(self, clock: Callable[[], float], *, max_predictions: int = MAX_PREDICTIONS,
                  max_age_s: float = MAX_PREDICTION_AGE_S, max_waiting: int = MAX_WAITING_LABELS,
-                 max_wait_s: float = MAX_LABEL_WAIT_S) -> None:
+                 max_wait_s: float = MAX_LABEL_WAIT_S, max_bytes: int = MAX_PREDICTION_BYTES,
+                 max_waiting_bytes: int = MAX_WAITING_BYTES) -> None:
         self._clock = clock
         self.max_predictions, self.max_age_s = max_predictions, max_age_s
         self.max_waiting, self.max_wait_s = max_waiting, max_wait_s
+        self.max_bytes, self.max_waiting_bytes = max_bytes, max_waiting_bytes
         # Insertion order is arrival order, so the oldest entry is always first.
         self._predictions: OrderedDict[tuple[str, str], StoredPrediction] = OrderedDict()
-        self._waiting: OrderedDict[tuple[str, str], tuple[list[Any], float]] = OrderedDict()
+        self._waiting: OrderedDict[tuple[str, str], tuple[list[Any], float, int]] = OrderedDict()
+        self.bytes_held = 0  # estimated bytes of the stored predictions
+        self.waiting_bytes = 0
         self.counters: Counter[str] = Counter()  # by endpoint: "<endpoint>:<event>"
         self._held: Counter[str] = Counter()
 
@@ -67,13 +90,18 @@ class FeedbackJoin:
             key = (endpoint, request_id)
             waiting = self._waiting.pop(key, None)
             if waiting is not None:
+                self.waiting_bytes -= waiting[2]
                 joined.append(JoinedPair(endpoint, version, list(values), waiting[0]))
                 self._count(endpoint, "joined")
                 continue
-            if self._predictions.pop(key, None) is not None:
-                self._count(endpoint, "replaced")  # a client reused a request id: newest wins
+            replaced = self._predictions.pop(key, None)
+            if replaced is not None:
+                self._count(endpoint, "replaced")  # the same id shipped twice: newest wins
                 self._held[endpoint] -= 1
-            self._predictions[key] = StoredPrediction(version, list(values), now)
+                self.bytes_held -= replaced.size
+            size = prediction_bytes(request_id, values)
+            self._predictions[key] = StoredPrediction(version, list(values), now, size)
+            self.bytes_held += size
             self._held[endpoint] += 1
             self._count(endpoint, "stored")
         self._trim(now)
@@ -88,15 +116,22 @@ class FeedbackJoin:
             key = (endpoint, request_id)
             stored = self._predictions.pop(key, None)
             if stored is None:
-                self._waiting.pop(key, None)
-                self._waiting[key] = (list(labels), now)
+                earlier = self._waiting.pop(key, None)
+                if earlier is not None:
+                    self.waiting_bytes -= earlier[2]
+                size = labels_bytes(request_id, labels)
+                self._waiting[key] = (list(labels), now, size)
+                self.waiting_bytes += size
                 waiting += 1
                 continue
             self._held[endpoint] -= 1
+            self.bytes_held -= stored.size
             self._count(endpoint, "joined")
             joined.append(JoinedPair(endpoint, stored.version, stored.values, list(labels)))
-        while len(self._waiting) > self.max_waiting:
-            (dropped, _), _ = self._waiting.popitem(last=False)
+        while self._waiting and (len(self._waiting) > self.max_waiting
+                                 or self.waiting_bytes > self.max_waiting_bytes):
+            (dropped, _), (_, _, size) = self._waiting.popitem(last=False)
+            self.waiting_bytes -= size
             self._count(dropped, "labels_unmatched")
         return joined, waiting
 
@@ -113,10 +148,17 @@ class FeedbackJoin:
         out["labels_waiting"] = sum(1 for e, _ in self._waiting if e == endpoint)
         return out
 
+    def memory(self) -> dict[str, int]:
+        """The store's estimated bytes and its bounds (all endpoints together)."""
+        return {"predictions": len(self._predictions), "prediction_bytes": self.bytes_held,
+                "max_prediction_bytes": self.max_bytes, "labels_waiting": len(self._waiting),
+                "waiting_bytes": self.waiting_bytes, "max_waiting_bytes": self.max_waiting_bytes}
+
     def forget(self, endpoint: str) -> None:
-        for store in (self._predictions, self._waiting):
-            for key in [k for k in store if k[0] == endpoint]:
-                del store[key]
+        for key in [k for k in self._predictions if k[0] == endpoint]:
+            self.bytes_held -= self._predictions.pop(key).size
+        for key in [k for k in self._waiting if k[0] == endpoint]:
+            self.waiting_bytes -= self._waiting.pop(key)[2]
         for key in [k for k in self.counters if k.startswith(f"{endpoint}:")]:
             del self.counters[key]
         self._held.pop(endpoint, None)
@@ -126,9 +168,11 @@ class FeedbackJoin:
 
     def _trim(self, now: float) -> None:
         predictions = self._predictions
-        while len(predictions) > self.max_predictions:
-            (endpoint, _), _ = predictions.popitem(last=False)
+        while predictions and (len(predictions) > self.max_predictions
+                               or self.bytes_held > self.max_bytes):
+            (endpoint, _), dropped = predictions.popitem(last=False)
             self._held[endpoint] -= 1
+            self.bytes_held -= dropped.size
             self._count(endpoint, "dropped_full")
         horizon = now - self.max_age_s
         while predictions:
@@ -137,13 +181,15 @@ class FeedbackJoin:
                 break
             del predictions[key]
             self._held[key[0]] -= 1
+            self.bytes_held -= oldest.size
             self._count(key[0], "expired")
         waiting, horizon = self._waiting, now - self.max_wait_s
         while waiting:
-            key, (_, at) = next(iter(waiting.items()))
+            key, (_, at, size) = next(iter(waiting.items()))
             if at >= horizon:
                 break
             del waiting[key]
+            self.waiting_bytes -= size
             self._count(key[0], "labels_unmatched")
 
 
@@ -158,7 +204,9 @@ def class_index(label: Any, class_labels: list[str] | None) -> int | None:
     text = str(label)
     if class_labels and text in class_labels:
         return class_labels.index(text)
-    return int(text) if text.lstrip("-").isdigit() else None
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+    digits = text[1:] if text.startswith("-") else text
+    return int(text) if digits.isascii() and digits.isdigit() else None
 
 
 def classification_metrics(confusion: dict[tuple[int, int], float], n_classes: int | None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Parsing ``POST /v2/models/{endpoint}/feedback`` bodies into (request id, labels) pairs.
 
-Body: ``{"feedback": [{"request_id": "…", "label": 1}, …]}``. A label is a class index,
+Body: ``{"feedback": [{"request_id": "…", "label": 1}, …]}``, where ``request_id`` is the
+server's id of the answer (its ``x-modelplane-request-id`` header). A label is a class index,
 a class name or a value; a request of several rows takes a list with one label per row.
 """
 
@@ -25,7 +26,7 @@ def parse_feedback(body: bytes) -> list[tuple[str, list[Any]]]:
         first = error.errors()[0]
         field = _field(first["loc"])
         raise InvalidRequestError(
-            f"{field}: {first['msg']}; send {{\"feedback\": [{{\"request_id\": \"<response id>\", "
+            f"{field}: {first['msg']}; send {{\"feedback\": [{{\"request_id\": \"<x-modelplane-request-id of the answer>\", "
             f"\"label\": <true class or value>}}]}}",
             detail={"field": field, "reason": "malformed"},
         ) from None

@@ -22,7 +22,7 @@ from serving.anomalies import BASELINE_LAG_S, AnomalyTracker
 from serving.drift_window import ALPHA as DRIFT_ALPHA
 from serving.drift_window import MIN_ROWS as DRIFT_MIN_ROWS
 from serving.drift_window import SlottedCounts, judge
-from serving.feedback import FeedbackJoin
+from serving.feedback import MAX_PREDICTION_BYTES, FeedbackJoin
 from serving.monitor_sections import (
     accuracy_section,
     anomaly_counts,
@@ -31,7 +31,15 @@ from serving.monitor_sections import (
     quality_section,
 )
 from serving.profiles import load_profiles
-from serving.stats import ENDPOINT_LEVEL, LATENCY_MAX_S, LATENCY_MIN_S, ShadowStats
+from serving.stats import (
+    ENDPOINT_LEVEL,
+    LATENCY_MAX_S,
+    LATENCY_MIN_S,
+    ROUTED_PINNED,
+    ROUTED_RANDOMLY,
+    ROUTED_STICKY,
+    ShadowStats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +126,14 @@ class MonitorState:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, *,
-                 drift_alpha: float = DRIFT_ALPHA, drift_min_rows: int = DRIFT_MIN_ROWS) -> None:
+                 drift_alpha: float = DRIFT_ALPHA, drift_min_rows: int = DRIFT_MIN_ROWS,
+                 prediction_store_bytes: int = MAX_PREDICTION_BYTES) -> None:
         self._clock = clock
         self._wall = wall_clock
         self.series: dict[tuple[str, int], VersionSeries] = {}
         self.replicas: dict[str, dict[str, float]] = {}
         self.profiles: dict[str, tuple[Any, Any]] = {}  # key -> (inputs, predictions)
-        self.join = FeedbackJoin(clock)
+        self.join = FeedbackJoin(clock, max_bytes=prediction_store_bytes)
         self.drift_alpha, self.drift_min_rows = drift_alpha, drift_min_rows
         self._drift_cache: dict[tuple[str, int, float], tuple[Any, dict[str, Any]]] = {}
 
@@ -164,6 +173,8 @@ class MonitorState:
                 counts["lat:sum"], counts["lat:n"] = data.get("latency_sum", 0.0), sketch.count
             counts.update({f"error:{c}": n for c, n in data.get("errors", {}).items()})
             counts.update({f"rej:{r}": n for r, n in data.get("rejected", {}).items()})
+            for kind, codes in (data.get("routed_apart") or {}).items():
+                counts.update({f"{kind}:{c}": n for c, n in codes.items()})
             counts.update({f"shadow:{k}": v for k, v in data.get("shadow", {}).items() if v})
             part = data.get("monitoring")
             if part is not None:
@@ -247,6 +258,13 @@ class MonitorState:
                 "p50_ms": float(p50) * 1000, "p95_ms": float(p95) * 1000,
                 "p99_ms": float(p99) * 1000,
                 "throughput_rps": requests / span,
+                # The analysis sample: randomly routed requests the version answered.
+                # Pinned and sticky requests are chosen by callers, and 4xx were refused
+                # before the model judged anything, so each is a figure of its own.
+                "routing": _routing(codes, counts),
+                "pinned_requests": _count_of(counts, ROUTED_PINNED),
+                "sticky_requests": _count_of(counts, ROUTED_STICKY),
+                "rejected_requests": client_errors,
                 "shadow": {
                     "compared": int(shadow.compared),
                     "errors": int(shadow.errors),
@@ -342,6 +360,23 @@ class MonitorState:
         self.join.forget(endpoint)
 
 
+def _count_of(counts: Counter[str], kind: str) -> int:
+    prefix = f"{kind}:"
+    return int(sum(n for k, n in counts.items() if k.startswith(prefix)))
+
+
+def _routing(codes: dict[int, int], counts: Counter[str]) -> dict[str, dict[str, int]]:
+    """Per way of routing, the answered (not 4xx) requests and the 5xx among them."""
+    apart = {kind: {int(k[len(kind) + 1:]): int(n) for k, n in counts.items()
+                    if k.startswith(f"{kind}:")} for kind in (ROUTED_PINNED, ROUTED_STICKY)}
+    random = {code: n - sum(a.get(code, 0) for a in apart.values()) for code, n in codes.items()}
+    out = {}
+    for kind, by_code in ((ROUTED_RANDOMLY, random), *apart.items()):
+        out[kind] = {"requests": sum(n for c, n in by_code.items() if not 400 <= c < 500),
+                     "server_errors": sum(n for c, n in by_code.items() if c >= 500)}
+    return out
+
+
 def _merge(counts: dict[str, float], more: dict[str, float]) -> None:
     for key, value in more.items():
         counts[key] = counts.get(key, 0) + value
@@ -350,11 +385,11 @@ def _merge(counts: dict[str, float], more: dict[str, float]) -> None:
 class MonitorActor:
     """The Ray actor wrapping :class:`MonitorState` (created by :func:`ensure_monitor`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prediction_store_bytes: int = MAX_PREDICTION_BYTES) -> None:
         from kernels import warmup
 
         warmup()
-        self.state = MonitorState()
+        self.state = MonitorState(prediction_store_bytes=prediction_store_bytes)
 
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]]) -> dict[str, Any]:
         return self.state.record(endpoint, replica, delta)
@@ -371,15 +406,20 @@ class MonitorActor:
     def forget(self, endpoint: str) -> None:
         self.state.forget(endpoint)
 
+    def feedback_memory(self) -> dict[str, int]:
+        """The prediction store's estimated bytes and bounds (see ``FeedbackJoin.memory``)."""
+        return self.state.join.memory()
 
-def ensure_monitor(name: str = MONITOR_NAME, namespace: str = MONITOR_NAMESPACE) -> Any:
+
+def ensure_monitor(name: str = MONITOR_NAME, namespace: str = MONITOR_NAMESPACE, *,
+                   prediction_store_bytes: int = MAX_PREDICTION_BYTES) -> Any:
     """The cluster's Monitor actor, created (detached, no CPU reserved) if it is missing."""
     import ray
 
     actor_class = ray.remote(num_cpus=0, max_restarts=-1)(MonitorActor)
     return actor_class.options(
         name=name, namespace=namespace, lifetime="detached", get_if_exists=True
-    ).remote()
+    ).remote(prediction_store_bytes)
 
 
 def get_monitor(name: str = MONITOR_NAME, namespace: str = MONITOR_NAMESPACE) -> Any | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STICKY_HEADER = "x-modelplane-key"
 
@@ -109,7 +109,12 @@ class EndpointConfig(Wire):
     monitor_namespace: str = "modelplane"
     stats_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     monitoring: bool = Field(True, description="Record latency and status statistics.")
-    max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
+        64 * 1024 * 1024, description="Largest request body, checked before it is read (413).")
+    control_plane_url: str | None = Field(
+        None, description="Where replicas check feedback tokens (GET /api/whoami).")
+    feedback_allows_anonymous: bool = Field(
+        False, description="Accept feedback without a token (MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS).")
     generation: int = 0
 
     @model_validator(mode="after")
@@ -128,6 +133,8 @@ class EndpointConfig(Wire):
         return None
 
 
+MAX_FEEDBACK_ITEMS = 10_000
+MAX_FEEDBACK_LABELS = 100_000
 FiniteLabel = Annotated[float, Field(allow_inf_nan=False)]
 Label = Annotated[int | FiniteLabel | Annotated[str, Field(max_length=256)], Field(union_mode="smart")]
 
@@ -136,7 +143,9 @@ class FeedbackItem(Wire):
     """The true label (class index or name) or value of an earlier request."""
 
     request_id: str = Field(min_length=1, max_length=256,
-                            description="The `id` of the inference response.")
+                            description="The server's id of the answer: its "
+                            "`x-modelplane-request-id` header (also in the response's "
+                            "`parameters`), not the client's `id`.")
     label: Label | Annotated[list[Label], Field(min_length=1, max_length=4096)] = Field(
         description="One label per row of the request; a single value for one-row requests."
     )
@@ -145,4 +154,14 @@ class FeedbackItem(Wire):
 class FeedbackRequest(Wire):
     """``POST /v2/models/{endpoint}/feedback``: ground truth for requests, any time later."""
 
-    feedback: list[FeedbackItem] = Field(min_length=1, max_length=10_000)
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)
+
+    @field_validator("feedback")
+    @classmethod
+    def _bounded_labels(cls, items: list[FeedbackItem]) -> list[FeedbackItem]:
+        # Items and labels per item are bounded apart; their product must be too.
+        total = sum(len(i.label) if isinstance(i.label, list) else 1 for i in items)
+        if total > MAX_FEEDBACK_LABELS:
+            raise ValueError(f"{total} labels in one batch, at most {MAX_FEEDBACK_LABELS}; "
+                             "send them in several batches")
+        return items

@@ -19,6 +19,12 @@ from serving.observations import CHUNK_REQUESTS, Observed, VersionMonitoring, Ve
 LATENCY_MIN_S = 1e-6
 LATENCY_MAX_S = 1e4
 ENDPOINT_LEVEL = 0  # requests refused before a version was chosen
+# How a request reached its version. Only randomly routed requests are the analysis
+# sample: a caller picks the version of a pinned request, and a sticky key lets a caller
+# pick one too (by trying keys), so both are counted apart.
+ROUTED_RANDOMLY = "random"
+ROUTED_PINNED = "pinned"
+ROUTED_STICKY = "sticky"
 
 
 def new_latency_sketch() -> Any:
@@ -56,6 +62,7 @@ class VersionStats:
     codes: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)  # refused requests, by reason
+    routed_apart: dict[str, Counter[int]] = field(default_factory=dict)  # pinned/sticky codes
     shadow: ShadowStats = field(default_factory=ShadowStats)
     observations: VersionObservations | None = None
 
@@ -81,11 +88,15 @@ class StatsRecorder:
             stats = self.versions[version] = VersionStats()
         return stats
 
-    def record(self, version: int, status: int, latency_s: float, error_code: str | None = None) -> None:
+    def record(self, version: int, status: int, latency_s: float, error_code: str | None = None,
+               routed: str = ROUTED_RANDOMLY) -> None:
+        """One request's status and latency; ``routed`` says how it reached the version."""
         if not self.enabled:
             return
         stats = self._of(version)
         stats.codes[status] += 1
+        if routed != ROUTED_RANDOMLY:
+            stats.routed_apart.setdefault(routed, Counter())[status] += 1
         if error_code:
             stats.errors[error_code] += 1
         if version != ENDPOINT_LEVEL:
@@ -151,6 +162,7 @@ class StatsRecorder:
                 "codes": dict(stats.codes),
                 "errors": dict(stats.errors),
                 "rejected": dict(stats.rejected),
+                "routed_apart": {kind: dict(codes) for kind, codes in stats.routed_apart.items()},
                 "shadow": stats.shadow.to_dict(),
             }
             if stats.observations is not None:

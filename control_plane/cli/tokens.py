@@ -13,7 +13,7 @@ app = typer.Typer(help="API tokens with roles: reader, deployer, approver, admin
 @app.command()
 def create(
     name: str = typer.Argument(..., help="Who or what the token is for; recorded as the actor."),
-    role: str = typer.Option("reader", help="reader, deployer, approver or admin; trainer for a training job (runs, artifacts, versions, aliases)."),
+    role: str = typer.Option("reader", help="reader, labeler (posts feedback), deployer, approver or admin; trainer for a training job (runs, artifacts, versions, aliases)."),
     expires_in_days: int | None = typer.Option(None, min=1, help="Expire after N days."),
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:

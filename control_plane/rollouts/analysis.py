@@ -3,6 +3,12 @@
 Input is the Monitor's per-version snapshot (``serving.monitor.MonitorState.snapshot``).
 A check needs ``min_samples`` requests in the window before it may decide anything; with
 fewer it is inconclusive, never a pass and never a failure.
+
+The sample is the randomly routed traffic the version answered: requests pinned to a
+version (``/versions/{v}/infer``) or carrying a stickiness key let the caller choose the
+version, so anyone could fill the candidate's sample or post its errors; requests refused
+with a 4xx were never judged by the model. Pinned and sticky requests count only where a
+rollout opts in (``include_pinned``, ``include_sticky``); 4xx never count.
 """
 
 from __future__ import annotations
@@ -35,6 +41,18 @@ class AnalysisConfig:
     max_mae: float | None = None  # the same, for regression
     min_labels: int = 50  # joined feedback pairs needed before accuracy may decide
     failures_to_rollback: int = 2  # consecutive failing analyses
+    include_sticky: bool = False  # count sticky-keyed requests in the sample (A/B by user)
+    include_pinned: bool = False  # count requests pinned to a version (callers choose it)
+
+
+def sample_of(config: AnalysisConfig, stats: dict[str, Any] | None) -> tuple[int, float]:
+    """(requests, error rate) of the sample in one version's snapshot: randomly routed
+    requests the version answered, plus sticky or pinned ones where ``config`` says so."""
+    routing = (stats or {}).get("routing") or {}
+    kinds = ["random"] + ["sticky"] * config.include_sticky + ["pinned"] * config.include_pinned
+    requests = sum(int((routing.get(kind) or {}).get("requests", 0)) for kind in kinds)
+    errors = sum(int((routing.get(kind) or {}).get("server_errors", 0)) for kind in kinds)
+    return requests, (errors / requests if requests else 0.0)
 
 
 @dataclass(frozen=True)
@@ -51,11 +69,17 @@ def analyse(config: AnalysisConfig, candidate: dict[str, Any] | None,
     """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks)."""
     if shadow:
         return _analyse_shadow(config, candidate)
-    samples = int((candidate or {}).get("requests", 0))
+    samples, error_rate = sample_of(config, candidate)
     if samples < config.min_samples:
+        apart = ", ".join(f"{int((candidate or {}).get(f'{what}_requests', 0))} {what}"
+                          for what, counted in (("pinned", config.include_pinned),
+                                                ("sticky", config.include_sticky),
+                                                ("rejected", False)) if not counted)
         return CheckResult(Verdict.INCONCLUSIVE,
-                           reason=f"{samples} requests in the window, need {config.min_samples}")
+                           reason=f"{samples} randomly routed requests answered in the window, "
+                                  f"need {config.min_samples} (not counted: {apart})")
     assert candidate is not None
+    stable_samples, stable_error_rate = sample_of(config, stable)
     checks: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
 
@@ -67,12 +91,12 @@ def analyse(config: AnalysisConfig, candidate: dict[str, Any] | None,
         if failed:
             failures.append(f"{name} {value:.4g} {'>' if worse_if_above else '<'} {limit:.4g}")
 
-    check("error_rate", float(candidate["error_rate"]), config.max_error_rate)
+    check("error_rate", error_rate, config.max_error_rate)
     check("p95_ms", float(candidate["p95_ms"]), config.max_p95_ms)
     check("p99_ms", float(candidate["p99_ms"]), config.max_p99_ms)
-    if stable and int(stable.get("requests", 0)) >= config.min_samples:
+    if stable and stable_samples >= config.min_samples:
         if config.max_error_rate_increase is not None:
-            check("error_rate_increase", float(candidate["error_rate"]) - float(stable["error_rate"]),
+            check("error_rate_increase", error_rate - stable_error_rate,
                   config.max_error_rate_increase)
         stable_p95 = float(stable["p95_ms"])
         if stable_p95 > 0 and not math.isnan(stable_p95):

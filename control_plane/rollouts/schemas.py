@@ -54,6 +54,12 @@ class AnalysisSettings(Wire):
     max_mae: Annotated[float, Field(ge=0)] | None = None
     min_labels: Annotated[int, Field(ge=1)] = 50
     failures_to_rollback: Annotated[int, Field(ge=1, le=100)] = 2
+    # The sample is randomly routed traffic: callers choose the version of pinned and
+    # sticky requests, so counting them lets anyone fill or poison a candidate's evidence.
+    include_sticky: bool = Field(False, description="Count sticky-keyed (A/B by user) requests "
+                                 "in min_samples and error_rate.")
+    include_pinned: bool = Field(False, description="Count requests pinned to a version "
+                                 "(/versions/{v}/infer) in min_samples and error_rate.")
 
     def to_config(self) -> AnalysisConfig:
         return AnalysisConfig(**self.model_dump(exclude={"interval_s", "window_s"}))

@@ -48,6 +48,9 @@ MetadataDimension = Annotated[int, Field(strict=True, ge=-1)]
 Parameters = dict[str, Any]
 """A v2 ``$parameters`` object: arbitrary keys; the spec expects string, number or bool values."""
 
+# The client's id is echoed and logged, never stored: a bound keeps it from carrying bulk.
+MAX_REQUEST_ID_CHARS = 256
+
 
 class _Closed(BaseModel):
     # Closed objects catch misspelt fields (``input`` for ``inputs``) instead of dropping them.
@@ -86,7 +89,9 @@ class RequestOutput(_Closed):
 class InferenceRequest(_Closed):
     """The JSON part of ``POST /v2/models/{model}[/versions/{version}]/infer``."""
 
-    id: str | None = Field(default=None, description="Request id, echoed in the response.")
+    id: str | None = Field(default=None, max_length=MAX_REQUEST_ID_CHARS,
+                           description="Request id, echoed in the response (at most "
+                           f"{MAX_REQUEST_ID_CHARS} characters).")
     parameters: Parameters | None = Field(
         default=None,
         description="Request parameters; `binary_data_output: true` asks for every output "

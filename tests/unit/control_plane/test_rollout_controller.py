@@ -59,6 +59,8 @@ class World:
         self.stats[version] = {"requests": requests, "error_rate": error_rate, "p50_ms": p95 / 2,
                                "p95_ms": p95, "p99_ms": p95 * 1.2, "throughput_rps": 10.0,
                                "shadow": {"compared": 0, "errors": 0, "agreement": math.nan},
+                               "routing": {"random": {"requests": requests,
+                                                      "server_errors": round(requests * error_rate)}},
                                **extra}
 
     def run(self, seconds: float, step: float = 1.0) -> None:

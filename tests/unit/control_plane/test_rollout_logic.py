@@ -22,7 +22,9 @@ from control_plane.rollouts import (
 def stats(requests: int = 500, error_rate: float = 0.0, p95: float = 10.0, p99: float = 20.0,
           shadow: dict | None = None) -> dict:
     return {"requests": requests, "error_rate": error_rate, "p95_ms": p95, "p99_ms": p99,
-            "shadow": shadow or {"compared": 0, "errors": 0, "agreement": math.nan}}
+            "shadow": shadow or {"compared": 0, "errors": 0, "agreement": math.nan},
+            "routing": {"random": {"requests": requests,
+                                   "server_errors": round(requests * error_rate)}}}
 
 
 def test_canary_plan_defaults_and_validation() -> None:
@@ -59,7 +61,7 @@ def test_lifecycle_transitions() -> None:
 def test_too_few_samples_never_decide() -> None:
     config = AnalysisConfig(min_samples=100)
     result = analyse(config, stats(requests=5, error_rate=1.0), stats())
-    assert result.verdict == Verdict.INCONCLUSIVE and "5 requests" in result.reason
+    assert result.verdict == Verdict.INCONCLUSIVE and "5 randomly routed requests" in result.reason
 
 
 def test_error_rate_and_latency_gates_name_the_failing_check() -> None:

@@ -159,8 +159,10 @@ def test_a_failing_version_answers_500_with_the_request_id() -> None:
     body, headers = triton_body()
     result = call(core, "/infer", body, headers)
     payload = header(result)
-    assert result.status == 500 and payload["request_id"] == "r1"
-    assert "r1" in payload["error"]
+    # The server's id, not the client's "r1": the one the replica log and feedback know.
+    server_id = result.headers["x-modelplane-request-id"]
+    assert result.status == 500 and payload["request_id"] == server_id != "r1"
+    assert server_id in payload["error"]
     assert call(core, "", method="GET").status == 200  # still serving metadata
 
 

@@ -10,6 +10,7 @@ import pytest
 from sklearn import metrics
 
 from serving.feedback import FeedbackJoin, class_index, classification_metrics, regression_metrics
+from serving.feedback_auth import FeedbackAuthorizer
 from serving.monitor import MonitorState
 from tests.unit.serving.monitoring_helpers import make_core, predict, reference_profile, send_many
 
@@ -102,16 +103,19 @@ def test_feedback_through_the_route_joins_predictions_from_any_replica() -> None
     async def sink(endpoint, items):
         return state.feedback(endpoint, items)
 
-    replicas = [make_core(reference_profile(), feedback_sink=sink) for _ in range(2)]
+    open_to_all = FeedbackAuthorizer(None, allows_anonymous=True)
+    replicas = [make_core(reference_profile(), feedback_sink=sink, feedback_authorizer=open_to_all)
+                for _ in range(2)]
     rng = np.random.default_rng(2)
     rows = rng.normal(size=(60, 4)).astype(np.float32)
+    ids = []
     for index, core in enumerate(replicas):
         half = rows[index * 30:(index + 1) * 30]
-        asyncio.run(send_many(core, [r[None, :] for r in half], prefix=f"c{index}-"))
+        answers = asyncio.run(send_many(core, [r[None, :] for r in half], prefix=f"c{index}-"))
+        ids += [a.headers["x-modelplane-request-id"] for a in answers]
         state.record("churn", f"replica-{index}", core.take_stats().to_delta())
     predicted = predict(rows).argmax(axis=1)
     truth = np.where(rng.random(60) < 0.6, predicted, (predicted + 1) % 3)
-    ids = [f"c{i // 30}-{i % 30}" for i in range(60)]
     body = {"feedback": [{"request_id": rid, "label": int(t)} for rid, t in zip(ids, truth, strict=True)]}
     answer = asyncio.run(replicas[0].handle("POST", "/feedback", {}, json.dumps(body).encode()))
     assert answer.status == 200
@@ -134,7 +138,8 @@ def test_bad_feedback_gets_a_400_naming_the_field(body: bytes, field: str) -> No
     async def sink(endpoint, items):
         raise AssertionError("bad feedback must not reach the Monitor")
 
-    core = make_core(None, feedback_sink=sink)
+    core = make_core(None, feedback_sink=sink,
+                     feedback_authorizer=FeedbackAuthorizer(None, allows_anonymous=True))
     result = asyncio.run(core.handle("POST", "/feedback", {}, body))
     payload = json.loads(result.body)
     assert result.status == 400 and payload["code"] == "invalid_request"
@@ -142,6 +147,6 @@ def test_bad_feedback_gets_a_400_naming_the_field(body: bytes, field: str) -> No
 
 
 def test_feedback_without_a_monitor_is_a_503() -> None:
-    core = make_core(None)
+    core = make_core(None, feedback_authorizer=FeedbackAuthorizer(None, allows_anonymous=True))
     result = asyncio.run(core.handle("POST", "/feedback", {}, b'{"feedback": [{"request_id": "a", "label": 1}]}'))
     assert result.status == 503 and "Monitor" in json.loads(result.body)["error"]

@@ -70,16 +70,21 @@ def test_chunked_counts_equal_one_pass_over_every_row() -> None:
     np.testing.assert_array_equal(part["inputs"]["samples"], rows[-observations.SAMPLE_CAPACITY:])
 
 
-def test_predictions_are_kept_by_response_id_for_feedback() -> None:
+def test_predictions_are_kept_by_the_server_id_never_the_clients() -> None:
     core = make_core(PROFILE)
     rows = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)
     named = send(core, rows[:1], "client-id")
     anonymous = send(core, rows[1:])
-    server_id = json.loads(anonymous.body)["id"]  # the server's id comes back when none was sent
-    assert json.loads(named.body)["id"] == "client-id" and server_id
+    named_id = named.headers["x-modelplane-request-id"]
+    server_id = anonymous.headers["x-modelplane-request-id"]
+    # The client's id is echoed; the server's id is in the header and the parameters.
+    assert json.loads(named.body)["id"] == "client-id"
+    assert json.loads(named.body)["parameters"]["modelplane_request_id"] == named_id
+    assert json.loads(anonymous.body)["id"] == server_id
+    assert len({named_id, server_id}) == 2 and len(server_id) == 32
     kept = dict(core.take_stats().to_delta()[1]["monitoring"]["feedback"])
     classes = predict(rows).argmax(axis=1).tolist()
-    assert kept == {"client-id": classes[0], server_id: classes[1:]}
+    assert kept == {named_id: classes[0], server_id: classes[1:]}
 
 
 def test_feedback_kept_per_shipment_is_bounded_and_the_rest_counted(monkeypatch) -> None:

@@ -1,0 +1,136 @@
+"""Who may post feedback: the caller's bearer token, checked with the control plane.
+
+Labels steer rollouts (the accuracy gate), so only label sources may send them: tokens
+whose role is ``labeler`` or higher. Serving never imports the control plane, so a replica
+asks it over HTTP: ``GET {control plane}/api/whoami`` with the caller's token answers the
+token's name and role, or 401 for a token that is unknown, revoked or expired. Answers
+(refusals too) are cached by the token's sha256 for a short time, so a label source posting
+often costs one check per TTL and a revoked token stops working within it. When the
+control plane cannot be reached the call is refused with 503: failing open would let
+anyone post labels whenever the control plane restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from serving.errors import AuthorityUnavailableError, ForbiddenError, UnauthenticatedError
+
+# The control plane's roles from ``labeler`` up (reader < labeler < deployer < approver < admin).
+LABEL_SOURCE_ROLES = frozenset({"labeler", "deployer", "approver", "admin"})
+CACHE_TTL_S = 10.0
+MAX_CACHED_TOKENS = 1024
+CHECK_TIMEOUT_S = 3.0
+MAX_TOKEN_CHARS = 512
+ANONYMOUS_SETTING = "MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS"
+_HOW = (f"send `Authorization: Bearer <token>` of a label source (role labeler or higher: "
+        f"`modelplane token create NAME --role labeler`); an operator can open feedback to "
+        f"anyone with {ANONYMOUS_SETTING}=true")
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What the control plane said about one token: its role, or why it refused it."""
+
+    name: str = ""
+    role: str = ""
+    refusal: str = ""
+
+
+class FeedbackAuthorizer:
+    """Checks that a feedback call comes from a label source; see the module docstring."""
+
+    def __init__(self, authority_url: str | None, *, allows_anonymous: bool = False,
+                 ttl_s: float = CACHE_TTL_S, clock: Callable[[], float] = time.monotonic,
+                 transport: Any = None) -> None:
+        self.authority_url = authority_url.rstrip("/") if authority_url else None
+        self.allows_anonymous = allows_anonymous
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._transport = transport  # tests hand an httpx transport; None is the network
+        self._cache: OrderedDict[str, tuple[float, _Answer]] = OrderedDict()
+        self.checks = 0  # calls made to the control plane (the cache's effect is visible)
+
+    async def check(self, headers: Mapping[str, str]) -> str:
+        """The caller's token name ("anonymous" where the operator allows it); raises 401/403/503."""
+        header = headers.get("authorization")
+        if header is None:
+            if self.allows_anonymous:
+                return "anonymous"
+            raise UnauthenticatedError(f"feedback needs a token: {_HOW}",
+                                       detail={"field": "authorization"})
+        scheme, _, secret = header.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret or len(secret) > MAX_TOKEN_CHARS:
+            raise UnauthenticatedError(f"the Authorization header must be `Bearer <token>`: {_HOW}",
+                                       detail={"field": "authorization"})
+        answer = await self._answer(secret)
+        if answer.refusal:
+            raise UnauthenticatedError(f"the control plane refused the token: {answer.refusal}",
+                                       detail={"field": "authorization"})
+        if answer.role not in LABEL_SOURCE_ROLES:
+            raise ForbiddenError(
+                f"token {answer.name!r} has role {answer.role}; feedback needs labeler or higher "
+                "(ask an admin: `modelplane token create NAME --role labeler`)",
+                detail={"field": "authorization", "role": answer.role,
+                        "required_role": "labeler"},
+            )
+        return answer.name
+
+    async def _answer(self, secret: str) -> _Answer:
+        key = hashlib.sha256(secret.encode()).hexdigest()
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        answer = await self._ask(secret)
+        self._cache.pop(key, None)
+        self._cache[key] = (now + self.ttl_s, answer)
+        while len(self._cache) > MAX_CACHED_TOKENS:
+            self._cache.popitem(last=False)
+        return answer
+
+    async def _ask(self, secret: str) -> _Answer:
+        import httpx
+
+        if self.authority_url is None:
+            raise AuthorityUnavailableError(
+                "this endpoint was not given the control plane's address, so it cannot check "
+                f"tokens; redeploy it from `modelplane up`, or set {ANONYMOUS_SETTING}=true",
+                detail={"cause": "no control plane address"})
+        url = f"{self.authority_url}/api/whoami"
+        self.checks += 1
+        try:
+            async with httpx.AsyncClient(timeout=CHECK_TIMEOUT_S, transport=self._transport) as http:
+                response = await http.get(url, headers={"authorization": f"Bearer {secret}"})
+        except httpx.HTTPError as error:
+            raise AuthorityUnavailableError(
+                f"cannot check the token: the control plane at {self.authority_url} did not "
+                f"answer ({type(error).__name__}); retry when it is back",
+                detail={"cause": "control plane unreachable"}) from None
+        if response.status_code in (401, 403):
+            return _Answer(refusal=_message(response))
+        if response.status_code != 200:
+            raise AuthorityUnavailableError(
+                f"cannot check the token: the control plane answered HTTP "
+                f"{response.status_code}; retry shortly",
+                detail={"cause": f"control plane answered {response.status_code}"})
+        try:
+            body = response.json()
+            return _Answer(name=str(body["name"]), role=str(body["role"]))
+        except (ValueError, KeyError, TypeError):
+            raise AuthorityUnavailableError(
+                "cannot check the token: the control plane's answer was not understood",
+                detail={"cause": "unreadable whoami answer"}) from None
+
+
+def _message(response: Any) -> str:
+    try:
+        return str(response.json().get("detail") or "not accepted")[:300]
+    except ValueError:
+        return "not accepted"
