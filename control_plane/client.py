@@ -386,8 +386,13 @@ class Client:
     # ------------------------------------------------------------ monitoring and alerts
 
     def send_feedback(self, endpoint: str, labels: dict[str, Any] | list[tuple[str, Any]]) -> dict[str, Any]:
-        """Ground truth for earlier requests: ``{response id: true label or value}`` (a list
-        of labels for a request of several rows). Any time later; any replica joins it."""
+        """Ground truth for earlier requests: ``{request id: true label or value}`` (a list
+        of labels for a request of several rows). Any time later; any replica joins it.
+
+        The request id is the server's: each answer's ``x-modelplane-request-id`` header
+        (also ``parameters["modelplane_request_id"]`` in its body, which tritonclient's
+        ``InferResult.get_response()`` shows), never the ``id`` the request carried. The
+        client's token needs role ``labeler`` or higher (a 401/403 otherwise)."""
         pairs = labels.items() if isinstance(labels, dict) else labels
         body = {"feedback": [{"request_id": rid, "label": label} for rid, label in pairs]}
         try:

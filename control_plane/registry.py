@@ -58,13 +58,15 @@ ALLOWED_TRANSITIONS: dict[Stage, frozenset[Stage]] = {
     Stage.ARCHIVED: frozenset({Stage.STAGING}),
 }
 
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<version>\d+)|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63}))?$")
+# ASCII digits, at most ten: \d also takes other scripts' digits, and an unbounded number
+# overflows the store's INTEGER (a 500, not the 400 it is).
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<version>[0-9]{1,10})|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63}))?$")
 
 
 def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
     """Split ``name``, ``name:3`` or ``name@alias`` into (name, version, alias)."""
     match = _REF.match(ref)
-    if match is None:
+    if match is None or int(match.group("version") or 0) > 2**31 - 1:
         raise InvalidInputError(
             f"model reference {ref!r} is not valid; use NAME, NAME:VERSION or NAME@ALIAS",
             detail={"field": "model_ref"},

@@ -6,11 +6,12 @@ naming the field rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 # Serving settings are the data plane's own wire objects: one definition, two packages.
 from serving.schemas import BatchingConfig as BatchSettings
@@ -24,6 +25,24 @@ MAX_INT = 2**31 - 1
 VersionNumber = Annotated[int, Field(ge=1, le=MAX_INT)]
 # JSON has no NaN or infinity, and a stored one could never be served back.
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _finite_everywhere(value: Any, path: str = "") -> Any:
+    """``value`` unchanged, or a ValueError naming where a NaN or an infinity sits in it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path or 'value'} is {value}; JSON numbers must be finite "
+                         "(send a string such as \"nan\" to record one)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite_everywhere(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _finite_everywhere(item, f"{path}[{index}]")
+    return value
+
+
+# Free-form JSON (run params, environment) with no NaN or infinity anywhere inside.
+FiniteJson = Annotated[dict[str, Any], AfterValidator(_finite_everywhere)]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex.")]
 
 
@@ -229,10 +248,10 @@ class ExperimentOut(Wire):
 class RunCreate(Wire):
     experiment: Name = Field(description="Created if it does not exist.")
     name: str = ""
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: FiniteJson = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
     parent_run_id: str | None = None
-    environment: dict[str, Any] = Field(default_factory=dict)
+    environment: FiniteJson = Field(default_factory=dict)
 
 
 class RunUpdate(Wire):
@@ -251,7 +270,7 @@ class MetricBatch(Wire):
 
 
 class ParamsUpdate(Wire):
-    params: dict[str, Any]
+    params: FiniteJson
 
 
 class RunArtifactCreate(Wire):
@@ -403,8 +422,8 @@ class DeployRequest(Wire):
 class TrafficUpdate(Wire):
     """The whole route table: weights in percent summing to 100, plus shadow versions."""
 
-    weights: dict[int, float] = Field(min_length=1)
-    shadows: list[int] = Field(default_factory=list)
+    weights: dict[VersionNumber, float] = Field(min_length=1, max_length=64)
+    shadows: list[VersionNumber] = Field(default_factory=list, max_length=64)
 
 
 class RouteOut(Wire):

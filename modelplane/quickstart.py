@@ -330,8 +330,8 @@ class LabelledTraffic(threading.Thread):
                                     "data": self.rows[index].tolist()}]}
                 try:
                     response = http.post(f"{self.url}/v2/models/{ENDPOINT}/infer", json=body)
-                    if response.status_code == 200:
-                        pending[response.json()["id"]] = int(self.labels[index])
+                    if response.status_code == 200:  # labels join on the server's id
+                        pending[response.headers["x-modelplane-request-id"]] = int(self.labels[index])
                     if len(pending) >= 10:
                         self.client.send_feedback(ENDPOINT, pending)
                         pending = {}

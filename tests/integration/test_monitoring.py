@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
+from control_plane.client import Client
 from serving.profiles import build_reference_profile
 from tests.integration.test_monitoring_webhooks import Receiver
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
@@ -82,18 +83,23 @@ def test_feedback_gives_the_accuracy_sklearn_computes_on_the_same_pairs(watched:
     url = f"{watched.url}/v2/models/{ENDPOINT}/versions/1/infer"
     rows = np.random.default_rng(1).normal(size=(120, 4))
     ids, predicted = [], []
+    with watched.client() as client:
+        labeler = client.create_token("monitoring-labeler", "labeler").token
     with httpx.Client(timeout=30) as http:
         for row in rows:
-            answer = infer(http, url, row[None, :]).json()
-            ids.append(answer["id"])  # the server assigned it: the request carried none
-            predicted.append(int(np.argmax(answer["outputs"][0]["data"])))
+            response = infer(http, url, row[None, :])
+            ids.append(response.headers["x-modelplane-request-id"])  # the server's id, the join key
+            predicted.append(int(np.argmax(response.json()["outputs"][0]["data"])))
         truth = np.where(np.random.default_rng(2).random(120) < 0.7, predicted, 1 - np.array(predicted))
-        # Half through the Python client, half straight to the route of any replica.
-        with watched.client() as client:
+        # Half through the Python client, half straight to the route of any replica, each
+        # with a label source's token.
+        with Client(watched.url, labeler) as client:
             first = client.send_feedback(ENDPOINT, dict(zip(ids[:60], truth[:60].tolist(), strict=True)))
-        second = http.post(f"{watched.url}/v2/models/{ENDPOINT}/feedback", json={"feedback": [
-            {"request_id": rid, "label": int(label)} for rid, label in zip(ids[60:], truth[60:], strict=True)]})
-        bad = http.post(f"{watched.url}/v2/models/{ENDPOINT}/feedback",
+        as_labeler = {"authorization": f"Bearer {labeler}"}
+        second = http.post(f"{watched.url}/v2/models/{ENDPOINT}/feedback", headers=as_labeler,
+                           json={"feedback": [{"request_id": rid, "label": int(label)}
+                                              for rid, label in zip(ids[60:], truth[60:], strict=True)]})
+        bad = http.post(f"{watched.url}/v2/models/{ENDPOINT}/feedback", headers=as_labeler,
                         json={"feedback": [{"request_id": "x", "label": [1, None]}]})
         assert infer(http, url, rows[:1]).status_code == 200  # still serving
     assert first["received"] == 60 and first["joined"] + first["waiting"] == 60

@@ -1,0 +1,68 @@
+"""The analysis sample is the randomly routed traffic a version answered: pinned, sticky and
+rejected requests are counted apart and cannot fill or poison a rollout's gates (issue 13).
+Real inference cores (in-process backends) feed a real MonitorState; its snapshot is judged."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from control_plane.rollouts import AnalysisConfig, Verdict, analyse
+from serving.monitor import MonitorState
+from tests.unit.serving.monitoring_helpers import infer_body, make_core
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _traffic(pinned: int, sticky: int, rejected: int, randomly: int) -> dict:
+    core = make_core()
+    row = infer_body(np.zeros((1, 4), np.float32))
+    bad = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}'
+
+    async def send() -> None:
+        for _ in range(pinned):
+            assert (await core.handle("POST", "/versions/1/infer", {}, row)).status == 200
+        for index in range(sticky):
+            headers = {"x-modelplane-key": f"user-{index}"}
+            assert (await core.handle("POST", "/infer", headers, row)).status == 200
+        for _ in range(rejected):  # wrong shape: refused after the version was chosen
+            assert (await core.handle("POST", "/infer", {}, bad)).status == 400
+        for _ in range(randomly):
+            assert (await core.handle("POST", "/infer", {}, row)).status == 200
+
+    asyncio.run(send())
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", core.take_stats().to_delta())
+    return state.snapshot("churn", 60)[1]
+
+
+def test_pinned_sticky_and_rejected_requests_are_figures_of_their_own() -> None:
+    stats = _traffic(pinned=30, sticky=20, rejected=10, randomly=7)
+    assert stats["requests"] == 67  # everything the version saw, as before
+    assert stats["routing"]["random"] == {"requests": 7, "server_errors": 0}
+    assert stats["routing"]["pinned"] == {"requests": 30, "server_errors": 0}
+    assert stats["routing"]["sticky"] == {"requests": 20, "server_errors": 0}
+    assert (stats["pinned_requests"], stats["sticky_requests"], stats["rejected_requests"]) == (30, 20, 10)
+
+
+def test_a_flood_of_pinned_sticky_and_4xx_requests_does_not_reach_min_samples() -> None:
+    stats = _traffic(pinned=150, sticky=150, rejected=150, randomly=20)
+    result = analyse(AnalysisConfig(min_samples=100), stats, None)
+    assert result.verdict == Verdict.INCONCLUSIVE
+    assert "20 randomly routed" in result.reason and "150 pinned" in result.reason
+    # An operator may opt in to sticky (A/B per user) or pinned traffic.
+    opted = analyse(AnalysisConfig(min_samples=100, include_sticky=True), stats, None)
+    assert opted.verdict == Verdict.PASS
+
+
+def test_rejected_requests_do_not_dilute_the_error_rate() -> None:
+    stats = _traffic(pinned=0, sticky=0, rejected=900, randomly=100)
+    stats["routing"]["random"]["server_errors"] = 5  # 5 of the 100 answered failed
+    result = analyse(AnalysisConfig(min_samples=100, max_error_rate=0.01), stats, None)
+    assert result.verdict == Verdict.FAIL and result.checks["error_rate"]["value"] == 0.05

@@ -1,0 +1,53 @@
+"""What a client sends is checked at the edge: non-finite numbers, other scripts' digits and
+integers past the store's range are 4xx naming the field, never a 500 later (issue 13)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from control_plane.errors import InvalidInputError
+from control_plane.registry import parse_ref
+from control_plane.schemas import ParamsUpdate, RunCreate, TrafficUpdate
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    ('{"experiment": "e", "params": {"lr": NaN}}', "lr is nan"),
+    ('{"experiment": "e", "params": {"grid": {"lr": [0.1, Infinity]}}}', "grid.lr[1] is inf"),
+    ('{"experiment": "e", "environment": {"load": -Infinity}}', "load is -inf"),
+])
+def test_non_finite_run_params_are_refused_naming_where(body: str, where: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        RunCreate.model_validate_json(body)
+    error = raised.value.errors()[0]
+    assert error["loc"][0] in ("params", "environment") and where in error["msg"]
+
+
+def test_finite_params_of_any_shape_pass_unchanged() -> None:
+    params = {"lr": 0.1, "layers": [64, 32], "opt": {"name": "adam", "beta": [0.9, 0.999]},
+              "note": "nan", "on": True, "none": None}
+    assert RunCreate(experiment="e", params=params).params == params
+    with pytest.raises(ValidationError, match="x is nan"):
+        ParamsUpdate.model_validate_json('{"params": {"x": NaN}}')
+
+
+@pytest.mark.parametrize("ref", ["m:²", "m:\u0663", "m:99999999999", "m:" + "9" * 5000])
+def test_model_refs_take_ascii_versions_the_store_can_hold(ref: str) -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        parse_ref(ref)
+    assert raised.value.detail["field"] == "model_ref"
+
+
+def test_model_refs_still_parse() -> None:
+    assert parse_ref("m:2147483647") == ("m", 2147483647, None)
+    assert parse_ref("m@champion") == ("m", None, "champion")
+
+
+@pytest.mark.parametrize("body", [
+    '{"weights": {"99999999999999999999": 100}}',
+    '{"weights": {"0": 100}}',
+    '{"weights": {"1": 100}, "shadows": [99999999999999999999]}',
+])
+def test_traffic_versions_are_bounded_like_every_version(body: str) -> None:
+    with pytest.raises(ValidationError):
+        TrafficUpdate.model_validate_json(body)
