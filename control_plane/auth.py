@@ -4,8 +4,10 @@ Roles are ordered: ``reader`` < ``labeler`` < ``deployer`` < ``approver`` < ``ad
 has the powers of those before it (``labeler``, for label sources, adds posting ground truth
 to ``/v2/models/{e}/feedback``). Narrow roles sit beside the ladder: a reader's reads plus the
 calls that name them (``trainer``: what a training job does, see :data:`TRAINING`). A
-token's name is the principal recorded as the actor of what it does (who registered a
-version, who approved it).
+token's name is the principal recorded as the actor of what it does; its subject is the
+person or service it was issued to (default: the name). Rules about people, such as "the
+approver is not the registrant", compare subjects, so one person holding two tokens is
+still one person.
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ ADMIN_TOKEN_NAME = "admin"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's name and role."""
+    """Who is calling: the token's name and role, and the subject it was issued to."""
 
     name: str
     role: Role
+    subject: str = ""  # empty: the name stands for the subject (built-in principals)
+
+    def __post_init__(self) -> None:
+        if not self.subject:
+            object.__setattr__(self, "subject", self.name)
 
     def require(self, role: Role, *, also: frozenset[Role] = frozenset()) -> None:
         """Raise PermissionDeniedError unless this principal has at least ``role`` or is
@@ -87,7 +94,15 @@ class TokenService:
                     f"a token named {spec.name!r} exists; pick another name or revoke it",
                     detail={"field": "name"},
                 )
-            secret, row = _new_token(spec.name, spec.role, actor.name, expires)
+            # Only an admin issues tokens to someone else: a token a deployer mints (a
+            # training job's) acts for the deployer, so what it registers is theirs.
+            subject = (spec.subject or spec.name) if actor.role is Role.ADMIN else actor.subject
+            if spec.subject and spec.subject != subject:
+                raise PermissionDeniedError(
+                    f"only an admin issues tokens to another subject; {actor.name!r} mints "
+                    f"tokens for its own subject {actor.subject!r} (omit subject)",
+                    detail={"field": "subject"})
+            secret, row = _new_token(spec.name, spec.role, actor.name, expires, subject=subject)
             session.add(row)
             session.flush()
             return TokenCreated(token=secret, info=_token_out(row))
@@ -109,7 +124,7 @@ class TokenService:
                     f"token {row.name!r} expired at {row.expires_at.isoformat()}; ask an admin "
                     "for a new one"
                 )
-            return Principal(name=row.name, role=Role(row.role))
+            return Principal(name=row.name, role=Role(row.role), subject=row.subject or row.name)
 
     def list(self) -> list[TokenOut]:
         with self._db.session(readonly=True) as session:
@@ -157,11 +172,12 @@ class TokenService:
 
 
 def _new_token(name: str, role: Role, created_by: str,
-               expires_at: datetime | None) -> tuple[str, TokenRow]:
+               expires_at: datetime | None, *, subject: str | None = None) -> tuple[str, TokenRow]:
     """A fresh secret and the row that stores it hashed."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = TokenRow(name=name, token_hash=hash_token(secret), prefix=secret[: len(TOKEN_PREFIX) + 4],
-                   role=role.value, created_by=created_by, expires_at=expires_at)
+                   role=role.value, subject=subject or name, created_by=created_by,
+                   expires_at=expires_at)
     return secret, row
 
 
@@ -183,6 +199,7 @@ def _token_out(row: TokenRow) -> TokenOut:
         name=row.name,
         prefix=row.prefix,
         role=Role(row.role),
+        subject=row.subject or row.name,
         created_by=row.created_by,
         created_at=row.created_at,
         expires_at=row.expires_at,

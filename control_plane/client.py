@@ -510,10 +510,11 @@ class Client:
 
     def create_token(
         self, name: str, role: Role | str, *, expires_in_days: int | None = None,
-        expires_in_minutes: int | None = None,
+        expires_in_minutes: int | None = None, subject: str | None = None,
     ) -> TokenCreated:
+        """A new token; ``subject`` is the person or service it is for (default: ``name``)."""
         body = TokenCreate(name=name, role=Role(role), expires_in_days=expires_in_days,
-                           expires_in_minutes=expires_in_minutes)
+                           expires_in_minutes=expires_in_minutes, subject=subject)
         return self._send("POST", "/tokens", body, TokenCreated)
 
     def list_tokens(self) -> list[TokenOut]:

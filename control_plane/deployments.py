@@ -14,11 +14,12 @@ from sqlalchemy.orm import Session
 
 from control_plane.auth import Principal
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
-from control_plane.registry import Registry, parse_ref
+from control_plane.registry import Registry, latest_decision, parse_ref, registrant_subject
 from control_plane.schemas import (
     BatchSettings,
     DeployRequest,
     EndpointOut,
+    ModelPolicy,
     Role,
     RouteOut,
     ScaleSettings,
@@ -32,6 +33,10 @@ from control_plane.store.models import (
     ModelVersionRow,
     RolloutRow,
 )
+
+# Without a configured max_unapproved_weight, a manual change may give an unapproved
+# version as much as the default canary's last step below 100% (a rollout uses its own).
+DEFAULT_UNAPPROVED_WEIGHT = 50.0
 
 
 class Deployments:
@@ -52,6 +57,7 @@ class Deployments:
             assert model is not None
             row = _version_row(session, model, version)
             endpoint = session.scalar(select(EndpointRow).where(EndpointRow.name == spec.endpoint))
+            before = _version_weights(session, endpoint) if endpoint is not None else {}
             if endpoint is None:
                 endpoint = EndpointRow(
                     name=spec.endpoint, model_id=model.id,
@@ -103,6 +109,9 @@ class Deployments:
                 if spec.weight is not None:
                     route.weight, route.shadow = weight, False
                     _rescale_others(session, endpoint, row.id, weight)
+            session.flush()
+            refuse_unapproved_traffic(session, model, before, _version_weights(session, endpoint),
+                                      field="weight")
             _touch(endpoint)
             session.flush()
             return self._endpoint_out(session, endpoint)
@@ -125,6 +134,10 @@ class Deployments:
         with self.db.session() as session:
             endpoint = endpoint_row(session, endpoint_name)
             refuse_during_rollout(session, endpoint.name, "change its traffic")
+            model = session.get(ModelRow, endpoint.model_id)
+            assert model is not None
+            refuse_unapproved_traffic(session, model, _version_weights(session, endpoint),
+                                      spec.weights, field="weights")
             self.write_routes(session, endpoint, spec.weights, spec.shadows)
             return self._endpoint_out(session, endpoint)
 
@@ -223,6 +236,34 @@ def refuse_during_rollout(session: Session, endpoint: str, verb: str) -> None:
         )
 
 
+def refuse_unapproved_traffic(session: Session, model: ModelRow, before: dict[int, float],
+                              after: dict[int, float], *, field: str) -> None:
+    """Where ``model``'s policy requires approval, no unapproved version may gain traffic
+    beyond the policy's limit: a manual change must not do what a rollout may not."""
+    policy = ModelPolicy.model_validate(model.policy)
+    if not policy.require_approval_for_production:
+        return
+    limit = policy.max_unapproved_weight
+    limit = DEFAULT_UNAPPROVED_WEIGHT if limit is None else limit
+    for version, weight in sorted(after.items()):
+        # Only a gain is refused: an unapproved version already above the limit (the
+        # policy changed later) may still be turned down.
+        if weight <= limit or weight <= before.get(version, 0.0):
+            continue
+        row = _version_row(session, model, version)
+        # A version in production passed the policy's gate (or predates the policy).
+        if row.stage == "production" or latest_decision(session, row) == "approved":
+            continue
+        raise ConflictError(
+            f"model {model.name!r} requires approval (policy require_approval_for_production): "
+            f"{model.name}:{version} is not approved and may take at most {limit:g}% of "
+            f"traffic, not {weight:g}%; an approver other than {registrant_subject(row)!r} "
+            f"must run `modelplane models approve {model.name}:{version}` first, or roll it "
+            "out (`modelplane rollout start`), which waits for the approval at the limit",
+            detail={"field": field, "policy": "require_approval_for_production",
+                    "version": version, "limit": limit})
+
+
 def endpoint_row(session: Session, name: str) -> EndpointRow:
     row = session.scalar(select(EndpointRow).where(EndpointRow.name == name))
     if row is None:
@@ -237,6 +278,15 @@ def _version_row(session: Session, model: ModelRow, version: int) -> ModelVersio
         raise NotFoundError(f"model {model.name!r} has no version {version}",
                             detail={"field": "version"})
     return row
+
+
+def _version_weights(session: Session, endpoint: EndpointRow) -> dict[int, float]:
+    """The endpoint's traffic by version number (shadows take none)."""
+    rows = session.execute(
+        select(ModelVersionRow.version, EndpointRouteRow.weight, EndpointRouteRow.shadow)
+        .join(ModelVersionRow, ModelVersionRow.id == EndpointRouteRow.version_id)
+        .where(EndpointRouteRow.endpoint_id == endpoint.id)).all()
+    return {version: 0.0 if shadow else weight for version, weight, shadow in rows}
 
 
 def _routes(session: Session, endpoint: EndpointRow) -> list[EndpointRouteRow]:

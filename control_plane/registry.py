@@ -190,6 +190,7 @@ class Registry:
                 parent_version=parent,
                 run_id=spec.manifest.lineage.run_id,
                 created_by=actor.name,
+                created_by_subject=actor.subject,
             )
             session.add(row)
             session.flush()
@@ -258,8 +259,7 @@ class Registry:
         with self.db.session() as session:
             model = _model(session, name)
             row = _version(session, model, version)
-            row.status = "rejected"
-            row.status_reason = reason
+            mark_rejected(row, reason)
             return _version_out(session, model, row)
 
     # ------------------------------------------------------------ aliases
@@ -333,19 +333,25 @@ class Registry:
     def approve(
         self, name: str, version: int, spec: ApprovalCreate, actor: Principal
     ) -> ApprovalOut:
-        """Record an approval decision; the approver must not be the version's registrant."""
+        """Record an approval decision; the approver must not be the version's registrant.
+
+        People are compared by subject, not by token: a second token of the registrant's
+        subject cannot approve either.
+        """
         actor.require(Role.APPROVER)
         with self.db.session() as session:
             model = _model(session, name)
             row = _version(session, model, version)
-            if row.created_by == actor.name:
+            if registrant_subject(row) == actor.subject:
                 raise PermissionDeniedError(
-                    f"{actor.name!r} registered {name}:{version} and cannot approve it; "
-                    "another approver must decide",
-                    detail={"field": "approver"},
+                    f"{actor.subject!r} registered {name}:{version} (token {row.created_by!r}) "
+                    f"and cannot approve it, with token {actor.name!r} or any other of theirs; "
+                    "an approver issued to another subject must decide",
+                    detail={"field": "approver", "subject": actor.subject},
                 )
             approval = ApprovalRow(
-                version_id=row.id, approver=actor.name, decision=spec.decision, comment=spec.comment
+                version_id=row.id, approver=actor.name, approver_subject=actor.subject,
+                decision=spec.decision, comment=spec.comment,
             )
             session.add(approval)
             session.flush()
@@ -407,6 +413,24 @@ def _alias(session: Session, model: ModelRow, alias: str) -> AliasRow | None:
     )
 
 
+def mark_rejected(row: ModelVersionRow, reason: str) -> None:
+    """Reject ``row`` inside the caller's transaction (a rollback's follow-up uses this so the
+    rejection and the record that it is done commit together)."""
+    row.status = "rejected"
+    row.status_reason = reason
+
+
+def registrant_subject(row: ModelVersionRow) -> str:
+    """Who registered ``row``: the subject, or the token's name for rows from before subjects."""
+    return row.created_by_subject or row.created_by
+
+
+def latest_decision(session: Session, row: ModelVersionRow) -> str | None:
+    """The version's latest approval decision (``approved``/``rejected``), None if none."""
+    return session.scalar(select(ApprovalRow.decision).where(
+        ApprovalRow.version_id == row.id).order_by(ApprovalRow.id.desc()).limit(1))
+
+
 def _approvals(session: Session, row: ModelVersionRow) -> list[ApprovalRow]:
     return list(
         session.scalars(
@@ -443,7 +467,7 @@ def _check_production_allowed(session: Session, model: ModelRow, row: ModelVersi
             f"model {model.name!r} requires an approval before production and "
             f"{model.name}:{row.version} has "
             + ("none" if latest is None else "a rejection as its latest decision")
-            + f"; an approver other than {row.created_by!r} must run "
+            + f"; an approver other than {registrant_subject(row)!r} must run "
             f"`modelplane models approve {model.name}:{row.version}`",
             detail={"field": "stage", "reason": "approval_required"},
         )
@@ -465,6 +489,7 @@ def _version_out(session: Session, model: ModelRow, row: ModelVersionRow) -> Ver
         artifact_size=row.artifact_size,
         manifest=ModelManifest.model_validate(row.manifest),
         created_by=row.created_by,
+        created_by_subject=registrant_subject(row),
         created_at=row.created_at,
     )
 
@@ -474,6 +499,7 @@ def _approval_out(model: ModelRow, row: ModelVersionRow, approval: ApprovalRow) 
         model=model.name,
         version=row.version,
         approver=approval.approver,
+        approver_subject=approval.approver_subject or approval.approver,
         decision=approval.decision,
         comment=approval.comment,
         created_at=approval.created_at,

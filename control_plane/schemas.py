@@ -20,6 +20,9 @@ from serving.schemas import ScalingConfig as ScaleSettings
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'.")]
 AliasName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+# A person or service a token is issued to: a user name or an e-mail address.
+Subject = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$",
+                               description="Letters, digits, '.', '_', '@', '+', '-'.")]
 # Bounded to what every backend's INTEGER holds, so huge numbers are a 422, not an overflow.
 MAX_INT = 2**31 - 1
 VersionNumber = Annotated[int, Field(ge=1, le=MAX_INT)]
@@ -135,7 +138,17 @@ class ModelManifest(Wire):
 
 
 class ModelPolicy(Wire):
-    require_approval_for_production: bool = False
+    """What a model's versions must pass before they serve or reach production."""
+
+    require_approval_for_production: bool = Field(
+        False, description="An approver whose subject differs from the registrant's must "
+                           "approve a version before it is promoted or takes more traffic "
+                           "than max_unapproved_weight.")
+    max_unapproved_weight: float | None = Field(
+        None, ge=0, lt=100,
+        description="The most traffic (percent) an unapproved version may take when approval "
+                    "is required. Default: a rollout's last step below 100%; 50 for "
+                    "`deploy`/`traffic`.")
 
 
 class ModelCreate(Wire):
@@ -181,6 +194,7 @@ class VersionOut(Wire):
     artifact_size: int
     manifest: ModelManifest
     created_by: str
+    created_by_subject: str = Field(description="The registrant's subject (person or service).")
     created_at: datetime
 
 
@@ -206,6 +220,7 @@ class ApprovalOut(Wire):
     model: str
     version: int
     approver: str
+    approver_subject: str = Field(description="The approver's subject (person or service).")
     decision: str
     comment: str
     created_at: datetime
@@ -323,6 +338,9 @@ class RunComparison(Wire):
 class TokenCreate(Wire):
     name: Name
     role: Role
+    subject: Subject | None = Field(
+        None, description="The person or service the token is issued to (default: its name); "
+                          "approvals compare subjects, so one person's tokens share one.")
     expires_in_days: int | None = Field(None, ge=1, le=3650)
     expires_in_minutes: int | None = Field(
         None, ge=1, le=3650 * 24 * 60,
@@ -340,6 +358,7 @@ class TokenOut(Wire):
     name: str
     prefix: str
     role: Role
+    subject: str
     created_by: str
     created_at: datetime
     expires_at: datetime | None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import typer
 
 from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_table
@@ -15,6 +17,9 @@ def create(
     name: str = typer.Argument(..., help="Who or what the token is for; recorded as the actor."),
     role: str = typer.Option("reader", help="reader, labeler (posts feedback), deployer, approver or admin; trainer for a training job (runs, artifacts, versions, aliases)."),
     expires_in_days: int | None = typer.Option(None, min=1, help="Expire after N days."),
+    subject: str | None = typer.Option(
+        None, help="The person or service the token is issued to (default: NAME). Give all of "
+                   "one person's tokens the same subject: approvals compare subjects."),
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
     """Create a token; its secret is printed once and stored only hashed."""
@@ -22,9 +27,16 @@ def create(
 
     if role not in {r.value for r in Role}:
         raise typer.BadParameter(f"role {role!r} is not one of {', '.join(r.value for r in Role)}")
-    created = client(url).create_token(name, role, expires_in_days=expires_in_days)
+    if subject is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}", subject):
+        raise typer.BadParameter(
+            f"subject {subject!r} is not valid: up to 128 letters, digits, '.', '_', '@', '+', "
+            "'-', starting with a letter or digit (e.g. alice or alice@example.com)",
+            param_hint="--subject")
+    created = client(url).create_token(name, role, expires_in_days=expires_in_days,
+                                       subject=subject)
     emit(as_json, created, lambda: typer.echo(
-        f"{created.token}\n(token {name!r}, role {role}; shown once: store it now)"))
+        f"{created.token}\n(token {name!r}, role {role}, subject {created.info.subject!r}; "
+        "shown once: store it now)"))
 
 
 @app.command("list")
@@ -32,8 +44,9 @@ def list_tokens(as_json: bool = JsonOption, url: str | None = UrlOption) -> None
     """List tokens (never their secrets)."""
     tokens = client(url).list_tokens()
     emit(as_json, tokens, lambda: print_table(
-        "tokens", ["name", "role", "prefix", "created_by", "expires", "revoked", "last_used"],
-        [[t.name, t.role, t.prefix + "…", t.created_by, t.expires_at, t.revoked_at,
+        "tokens", ["name", "role", "subject", "prefix", "created_by", "expires", "revoked",
+                   "last_used"],
+        [[t.name, t.role, t.subject, t.prefix + "…", t.created_by, t.expires_at, t.revoked_at,
           t.last_used_at] for t in tokens],
     ))
 

@@ -30,6 +30,9 @@ from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.observability import json_safe
 from control_plane.registry import Registry
 from control_plane.rollouts.analysis import CheckResult, Verdict, analyse
+from control_plane.rollouts.approvals import approval_gate
+from control_plane.rollouts.deadline import inconclusive_for, past_deadline
+from control_plane.rollouts.followups import AlertSink, FollowUps, owe
 from control_plane.rollouts.plan import Step, Strategy, plan_steps
 from control_plane.rollouts.schemas import (
     AnalysisSettings,
@@ -58,7 +61,6 @@ CONTROLLER = Principal(name="rollout-controller", role=Role.ADMIN)
 CHAMPION = "champion"
 ALIAS_CHECK_S = 1.0  # how often tracked aliases are compared with what endpoints serve
 StatsSource = Callable[[str, float], dict[int, dict[str, Any]]]
-AlertSink = Callable[..., None]
 
 
 class RolloutController:
@@ -76,7 +78,8 @@ class RolloutController:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db, self.registry, self.deployments = db, registry, deployments
-        self._stats, self._apply, self._alert, self._now = stats, apply, alert, now
+        self._stats, self._apply, self._now = stats, apply, now
+        self._followups = FollowUps(db, alert)
         self._analysed_at: dict[int, datetime] = {}
         self._aliases_checked_at: datetime | None = None
         # One decision at a time in this process: the loop and API calls share rollouts.
@@ -123,9 +126,11 @@ class RolloutController:
             )
             session.add(row)
             session.flush()
+            gate = approval_gate(session, row)
             _event(session, row, "created", actor.name,
                    f"{spec.strategy.value} of v{candidate.version} over v{stable}",
-                   {"plan": row.spec["plan"]})
+                   {"plan": row.spec["plan"],
+                    "approval": {"required": gate.required, "limit": gate.limit}})
             return _out(session, row)
 
     def get(self, rollout_id: int) -> RolloutOut:
@@ -190,6 +195,8 @@ class RolloutController:
                     f"rollout #{current.id} is {current.state}; only a progressing or "
                     "approval-waiting rollout can be promoted (resume it first if paused)",
                     detail={"field": "state"})
+            with self.db.session(readonly=True) as session:
+                approval_gate(session, _rollout(session, rollout_id)).refuse_promotion(rollout_id)
             self._finish_steps(current, actor.name, reason or f"promoted by {actor.name}")
         self._apply()
         return self.get(rollout_id)
@@ -237,6 +244,10 @@ class RolloutController:
         """One pass: advance every active rollout, remove drained versions, follow aliases."""
         changed = False
         with self._lock:
+            try:  # first what an earlier pass owes (it may have crashed mid-rollback)
+                changed |= self._followups.finish_all()
+            except Exception:
+                log.exception("finishing rollout follow-ups failed")
             for rollout in self.list(active=True, limit=1000):
                 try:
                     changed |= self._advance(rollout)
@@ -257,17 +268,14 @@ class RolloutController:
     def _advance(self, rollout: RolloutOut) -> bool:
         now = self._now()
         if rollout.state == RolloutState.PENDING:
-            with self.db.session() as session:
-                row = _rollout(session, rollout.id)
-                _transition(session, row, RolloutState.PROGRESSING, CONTROLLER.name,
-                            "first step")
-                self._set_step(session, row, 0, now)
-            return True
+            return self._next_step(rollout.id, 0, now)
         if rollout.state == RolloutState.PAUSED:
             return False
         settings = AnalysisSettings.model_validate(rollout.spec["analysis"])
         last = self._analysed_at.get(rollout.id)
-        if last is None or (now - last).total_seconds() >= settings.interval_s:
+        # A rollout waiting for approval before its first step has no traffic to judge.
+        if rollout.step_started_at is not None and \
+                (last is None or (now - last).total_seconds() >= settings.interval_s):
             self._analysed_at[rollout.id] = now
             analysed = self._analyse(rollout, settings, now)
             if analysed is not None and analysed[0].verdict == Verdict.FAIL and \
@@ -278,6 +286,11 @@ class RolloutController:
                           reject=True)
                 return True
             rollout = self.get(rollout.id)
+            overdue = past_deadline(rollout.last_analysis, settings, rollout.state)
+            if overdue:
+                self._end(rollout, RolloutState.FAILED, CONTROLLER.name, overdue,
+                          {"analysis": rollout.last_analysis}, reject=False)
+                return True
         if rollout.state == RolloutState.AWAITING_APPROVAL:
             return self._check_approval(rollout)
         step = rollout.current_step
@@ -285,13 +298,25 @@ class RolloutController:
         if held < step.hold_s or rollout.last_analysis.get("verdict") != Verdict.PASS:
             return False
         if rollout.step_index + 1 < len(rollout.steps):
-            with self.db.session() as session:
-                row = _rollout(session, rollout.id)
-                if row.state != RolloutState.PROGRESSING:
-                    return False
-                self._set_step(session, row, rollout.step_index + 1, now)
-            return True
+            return self._next_step(rollout.id, rollout.step_index + 1, now)
         self._finish_steps(rollout, CONTROLLER.name, "every step passed its analysis")
+        return True
+
+    def _next_step(self, rollout_id: int, index: int, now: datetime) -> bool:
+        """Move to step ``index``, or wait for an approval if that step would exceed the limit."""
+        with self.db.session() as session:
+            row = _rollout(session, rollout_id)
+            if row.state not in (RolloutState.PENDING, RolloutState.PROGRESSING):
+                return False
+            gate = approval_gate(session, row)
+            if gate.blocks(_steps(row)[index].candidate_weight):
+                _transition(session, row, RolloutState.AWAITING_APPROVAL, CONTROLLER.name,
+                            gate.waiting_reason(), {"limit": gate.limit, "next_step": index})
+                return False
+            if row.state == RolloutState.PENDING:
+                _transition(session, row, RolloutState.PROGRESSING, CONTROLLER.name,
+                            "first step")
+            self._set_step(session, row, index, now)
         return True
 
     def _analyse(self, rollout: RolloutOut, settings: AnalysisSettings,
@@ -308,6 +333,8 @@ class RolloutController:
             "verdict": result.verdict.value, "reason": result.reason, "checks": result.checks,
             "at": now.isoformat(), "window_s": window, "step_index": rollout.step_index,
             "candidate": _summary(candidate), "stable": _summary(stable),
+            "inconclusive_since": inconclusive_for(rollout.last_analysis, result.verdict, now,
+                                                   started, rollout.state),
         })
         with self.db.session() as session:
             row = _rollout(session, rollout.id)
@@ -337,51 +364,58 @@ class RolloutController:
 
     def _finish_steps(self, rollout: RolloutOut, actor: str, reason: str) -> None:
         """After the last step (or a manual promote): wait for approval, or promote."""
-        if self._approval_needed(rollout) and self._decision(rollout) != "approved":
-            with self.db.session() as session:
-                row = _rollout(session, rollout.id)
-                final = len(_steps(row)) - 1
-                if row.step_index != final:
-                    self._set_step(session, row, final, self._now())
+        with self.db.session() as session:
+            row = _rollout(session, rollout.id)
+            gate = approval_gate(session, row)
+            if gate.required and not gate.approved:
                 if row.state != RolloutState.AWAITING_APPROVAL:
                     _transition(session, row, RolloutState.AWAITING_APPROVAL, actor,
-                                f"{reason}; waiting for an approval of "
-                                f"v{row.candidate_version} by someone other than its registrant")
-            return
+                                f"{reason}; {gate.waiting_reason()}", {"limit": gate.limit})
+                return
         self._promote(rollout, actor, reason)
 
     def _check_approval(self, rollout: RolloutOut) -> bool:
-        decision = self._decision(rollout)
-        if decision == "approved":
-            self._promote(rollout, CONTROLLER.name, "approved")
-            return True
-        if decision == "rejected":
-            self._end(rollout, RolloutState.ROLLED_BACK, CONTROLLER.name,
-                      "the approver rejected the candidate", {}, reject=True)
-            return True
-        return False
-
-    def _approval_needed(self, rollout: RolloutOut) -> bool:
-        required = rollout.spec.get("require_approval")
-        if required is None:
-            return self.registry.get_model(rollout.model).policy.require_approval_for_production
-        return bool(required)
-
-    def _decision(self, rollout: RolloutOut) -> str | None:
-        approvals = self.registry.list_approvals(rollout.model, rollout.candidate_version)
-        return approvals[-1].decision if approvals else None
+        """An approval resumes the walk (at the step it waited before); a rejection rolls back."""
+        with self.db.session() as session:
+            row = _rollout(session, rollout.id)
+            if row.state != RolloutState.AWAITING_APPROVAL:
+                return False
+            gate = approval_gate(session, row)
+            if gate.decision != "rejected":
+                if gate.required and not gate.approved:
+                    return False
+                _transition(session, row, RolloutState.PROGRESSING, CONTROLLER.name,
+                            "approved" if gate.approved
+                            else "the model's policy no longer requires an approval")
+                if row.step_started_at is None:  # it waited before its first step
+                    self._set_step(session, row, 0, self._now())
+                return True
+        self._end(rollout, RolloutState.ROLLED_BACK, CONTROLLER.name,
+                  "the approver rejected the candidate", {}, reject=True)
+        return True
 
     def _promote(self, rollout: RolloutOut, actor: str, reason: str) -> None:
         # The registry steps are idempotent: after a crash between them and the final
-        # transaction, the next tick repeats them and then finishes.
+        # transaction, the next tick repeats them and then finishes. One that fails ends
+        # the rollout failed (traffic back on stable), never an error every tick.
         name, version = rollout.model, rollout.candidate_version
-        self.registry.set_alias(name, CHAMPION, AliasSet(version=version), CONTROLLER)
         note = f"rollout #{rollout.id} on {rollout.endpoint}"
-        if self.registry.get_version(name, version).stage in (Stage.NONE, Stage.ARCHIVED):
+        step = f"moving the {CHAMPION} alias to v{version}"
+        try:
+            self.registry.set_alias(name, CHAMPION, AliasSet(version=version), CONTROLLER)
+            if self.registry.get_version(name, version).stage in (Stage.NONE, Stage.ARCHIVED):
+                step = f"moving v{version} to staging"
+                self.registry.transition_stage(name, version, StageChange(
+                    stage=Stage.STAGING, reason=note), CONTROLLER)
+            step = f"moving v{version} to production"
             self.registry.transition_stage(name, version, StageChange(
-                stage=Stage.STAGING, reason=note), CONTROLLER)
-        self.registry.transition_stage(name, version, StageChange(
-            stage=Stage.PRODUCTION, reason=note), CONTROLLER)
+                stage=Stage.PRODUCTION, reason=note), CONTROLLER)
+        except Exception as error:
+            log.warning("promotion of rollout #%d failed at %s: %s", rollout.id, step, error)
+            self._end(self.get(rollout.id), RolloutState.FAILED, CONTROLLER.name,
+                      f"promotion failed {step}: {error}; traffic restored to the stable "
+                      "version", {"error": type(error).__name__}, reject=False)
+            return
         with self.db.session() as session:
             row = _rollout(session, rollout.id)
             if RolloutState(row.state).terminal:
@@ -421,21 +455,12 @@ class RolloutController:
             _transition(session, row, state, actor, reason,
                         {**data, "weights": {str(k): v for k, v in weights.items()}})
             row.finished_at = now
+            # What is still owed commits with the state, so a crash cannot lose it.
+            owe(row, reject=reason if reject else None,
+                alert=_rollback_alert(rollout, reason, data)
+                if state == RolloutState.ROLLED_BACK else None)
         self._apply()  # traffic first: the registry and the alert can wait a moment
-        if reject:
-            self.registry.reject_version(rollout.model, rollout.candidate_version, reason,
-                                         CONTROLLER)
-        if self._alert is not None and state == RolloutState.ROLLED_BACK:
-            try:
-                self._alert(
-                    "RolloutRolledBack", severity="critical",
-                    labels={"endpoint": rollout.endpoint, "model": rollout.model,
-                            "version": str(rollout.candidate_version)},
-                    summary=f"rollout #{rollout.id} of {rollout.model}:"
-                            f"{rollout.candidate_version} on {rollout.endpoint}: {reason}",
-                    data={"rollout": rollout.id, **data})
-            except Exception:  # an alert sink failure must never undo a rollback
-                log.exception("raising the rollback alert failed")
+        self._followups.finish(rollout.id)
 
     def _retire_drained(self) -> bool:
         """Remove versions whose drain time is over; archive a replaced stable version."""
@@ -585,6 +610,15 @@ def _step_traffic(row: RolloutRow, step: Step) -> tuple[dict[int, float], list[i
     if stable is not None:
         weights[stable] = step.stable_weight  # kept loaded at 0% until promotion: instant switch back
     return weights, []
+
+
+def _rollback_alert(rollout: RolloutOut, reason: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "RolloutRolledBack", "severity": "critical",
+            "labels": {"endpoint": rollout.endpoint, "model": rollout.model,
+                       "version": str(rollout.candidate_version)},
+            "summary": f"rollout #{rollout.id} of {rollout.model}:{rollout.candidate_version} "
+                       f"on {rollout.endpoint}: {reason}",
+            "data": {"rollout": rollout.id, **data}}
 
 
 def _summary(stats: dict[str, Any] | None) -> dict[str, Any]:

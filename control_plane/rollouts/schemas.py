@@ -54,6 +54,9 @@ class AnalysisSettings(Wire):
     max_mae: Annotated[float, Field(ge=0)] | None = None
     min_labels: Annotated[int, Field(ge=1)] = 50
     failures_to_rollback: Annotated[int, Field(ge=1, le=100)] = 2
+    inconclusive_deadline_s: PositiveSeconds | None = Field(
+        1800.0, description="A progressing rollout whose analyses stay inconclusive this long "
+                            "fails and traffic returns to the stable version; null waits forever.")
     # The sample is randomly routed traffic: callers choose the version of pinned and
     # sticky requests, so counting them lets anyone fill or poison a candidate's evidence.
     include_sticky: bool = Field(False, description="Count sticky-keyed (A/B by user) requests "
@@ -62,7 +65,8 @@ class AnalysisSettings(Wire):
                                  "(/versions/{v}/infer) in min_samples and error_rate.")
 
     def to_config(self) -> AnalysisConfig:
-        return AnalysisConfig(**self.model_dump(exclude={"interval_s", "window_s"}))
+        return AnalysisConfig(**self.model_dump(
+            exclude={"interval_s", "window_s", "inconclusive_deadline_s"}))
 
 
 class RolloutTemplate(Wire):
@@ -83,7 +87,8 @@ class RolloutTemplate(Wire):
     keep_candidate: bool = Field(
         False, description="After a rollback, keep the candidate loaded at 0% for inspection.")
     require_approval: bool | None = Field(
-        None, description="Wait for an approval before promoting (default: the model's policy).")
+        None, description="true: wait for an approval as if the model's policy required one. "
+                          "Never weakens the policy: false or null leave it in force.")
 
 
 class RolloutCreate(RolloutTemplate):

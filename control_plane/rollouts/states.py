@@ -24,7 +24,11 @@ _TERMINAL = frozenset({RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, Rollout
 ACTIVE_STATES = tuple(s.value for s in RolloutState if s not in _TERMINAL)
 
 TRANSITIONS: dict[RolloutState, frozenset[RolloutState]] = {
-    RolloutState.PENDING: frozenset({RolloutState.PROGRESSING, RolloutState.FAILED}),
+    # awaiting_approval straight from pending: an unapproved candidate whose first step
+    # would exceed the approval limit waits with no traffic at all.
+    RolloutState.PENDING: frozenset({
+        RolloutState.PROGRESSING, RolloutState.AWAITING_APPROVAL, RolloutState.FAILED,
+    }),
     RolloutState.PROGRESSING: frozenset({
         RolloutState.PAUSED, RolloutState.AWAITING_APPROVAL, RolloutState.SUCCEEDED,
         RolloutState.ROLLED_BACK, RolloutState.FAILED,

@@ -276,7 +276,7 @@ class RolloutRow(Base):
     # Follow-ups still owed after a terminal state (rejecting the candidate, the rollback
     # alert): written in the transaction that ends the rollout, each removed once done, so a
     # crash in between leaves them for the next pass (see control_plane.rollouts.followups).
-    followups: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    followups: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

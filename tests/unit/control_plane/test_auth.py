@@ -60,3 +60,18 @@ def test_only_admins_manage_tokens(db: Database) -> None:
     tokens.create(TokenCreate(name="x", role=Role.READER), ADMIN)
     with pytest.raises(AlreadyExistsError):
         tokens.create(TokenCreate(name="x", role=Role.READER), ADMIN)
+
+
+def test_tokens_carry_their_subject_defaulting_to_the_name(db: Database) -> None:
+    tokens = TokenService(db)
+    named = tokens.create(TokenCreate(name="alice-laptop", role=Role.APPROVER,
+                                      subject="alice@example.com"), ADMIN)
+    plain = tokens.create(TokenCreate(name="ci", role=Role.DEPLOYER), ADMIN)
+    assert named.info.subject == "alice@example.com" and plain.info.subject == "ci"
+    principal = tokens.authenticate(named.token)
+    assert (principal.name, principal.subject) == ("alice-laptop", "alice@example.com")
+    assert tokens.authenticate(plain.token).subject == "ci"
+    assert {t.name: t.subject for t in tokens.list()} == {
+        "alice-laptop": "alice@example.com", "ci": "ci"}
+    with pytest.raises(ValueError, match="subject"):
+        TokenCreate(name="x", role=Role.READER, subject="alice smith")

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from control_plane.artifacts import ArtifactStore
+from control_plane.auth import TokenService
 from control_plane.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -22,10 +23,13 @@ from control_plane.schemas import (
     ApprovalCreate,
     ModelCreate,
     ModelPolicy,
+    Role,
     Stage,
     StageChange,
+    TokenCreate,
     VersionCreate,
 )
+from control_plane.store import Database
 from control_plane.store.models import EndpointRouteRow, EndpointRow, ModelRow, ModelVersionRow
 from control_plane.tracking import Tracker
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
@@ -219,3 +223,29 @@ def test_registry_artifacts_are_the_uploaded_bytes(registry: Registry, artifacts
     version = _register(registry, seed=5)
     assert artifacts.read_bytes(version.artifact_digest) == linear_classifier(seed=5)
     assert version.artifact_size == len(linear_classifier(seed=5))
+
+
+def test_one_subject_with_two_tokens_cannot_approve_its_own_version(
+        registry: Registry, db: Database) -> None:
+    """Registered with alice's deployer token; her approver token (another name) is refused."""
+    tokens = TokenService(db)
+    deployer = tokens.create(TokenCreate(name="alice-ci", role=Role.DEPLOYER, subject="alice"), ADMIN)
+    approver = tokens.create(TokenCreate(name="alice-review", role=Role.APPROVER, subject="alice"),
+                             ADMIN)
+    other = tokens.create(TokenCreate(name="bob-review", role=Role.APPROVER, subject="bob"), ADMIN)
+    registry.create_model(
+        ModelCreate(name="fraud", policy=ModelPolicy(require_approval_for_production=True)), ADMIN)
+    info = registry.artifacts.put([linear_classifier(seed=0)])
+    registry.register_version("fraud", VersionCreate(
+        artifact_digest=info.digest, manifest=linear_classifier_manifest()),
+        tokens.authenticate(deployer.token))
+    version = registry.get_version("fraud", 1)
+    assert (version.created_by, version.created_by_subject) == ("alice-ci", "alice")
+    with pytest.raises(PermissionDeniedError, match="'alice' registered fraud:1") as refused:
+        registry.approve("fraud", 1, ApprovalCreate(decision="approved"),
+                         tokens.authenticate(approver.token))
+    assert refused.value.detail["field"] == "approver"
+    assert registry.list_approvals("fraud", 1) == []
+    approval = registry.approve("fraud", 1, ApprovalCreate(decision="approved"),
+                                tokens.authenticate(other.token))
+    assert (approval.approver, approval.approver_subject) == ("bob-review", "bob")

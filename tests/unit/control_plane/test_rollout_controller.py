@@ -192,11 +192,13 @@ def test_approval_gate_waits_for_someone_other_than_the_registrant(world: World)
     world.run(8)
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.AWAITING_APPROVAL
+    # No step below 100%: the limit is 0, so the unapproved candidate waits with no traffic.
+    assert world.weights().get(2, 0.0) == 0.0
     with pytest.raises(PermissionDeniedError):
         world.registry.approve("iris", 2, ApprovalCreate(decision="approved"),
                                Principal("alice", Role.APPROVER))
     world.registry.approve("iris", 2, ApprovalCreate(decision="approved"), BOB)
-    world.run(2)
+    world.run(8)
     assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
     assert world.registry.get_version("iris", 2).stage == "production"
 

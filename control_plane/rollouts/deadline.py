@@ -1,0 +1,46 @@
+"""The inconclusive deadline: a rollout cannot wait for evidence forever.
+
+Analyses are inconclusive while evidence is missing (too few requests, the Monitor gone
+or stale). A progressing rollout whose analyses have stayed inconclusive for
+``analysis.inconclusive_deadline_s`` seconds without a break ends by this rule: it
+**fails, and traffic goes back to the stable version**; the candidate is not rejected,
+since nothing showed it to be bad (start a new rollout once traffic or the Monitor is
+back). Waiting for an approval, or paused, is not waiting for evidence: the clock starts
+afresh on the first inconclusive analysis of a progressing step.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from control_plane.rollouts.analysis import Verdict
+from control_plane.rollouts.schemas import AnalysisSettings
+from control_plane.rollouts.states import RolloutState
+
+
+def inconclusive_for(previous: dict[str, Any], verdict: Verdict, now: datetime,
+                     step_started: datetime, state: RolloutState) -> str | None:
+    """When the current unbroken run of inconclusive analyses began (ISO time), or None."""
+    if verdict != Verdict.INCONCLUSIVE or state != RolloutState.PROGRESSING:
+        return None
+    since = previous.get("inconclusive_since")
+    if since is None:
+        return now.isoformat()
+    # A resumed step restarts its clock: paused time is not time spent waiting for evidence.
+    return max(datetime.fromisoformat(since), step_started).isoformat()
+
+
+def past_deadline(record: dict[str, Any], settings: AnalysisSettings,
+                  state: RolloutState) -> str | None:
+    """The reason to end the rollout when its evidence is overdue, None while within time."""
+    since, at = record.get("inconclusive_since"), record.get("at")
+    if settings.inconclusive_deadline_s is None or state != RolloutState.PROGRESSING \
+            or since is None or at is None:
+        return None
+    waited = (datetime.fromisoformat(at) - datetime.fromisoformat(since)).total_seconds()
+    if waited < settings.inconclusive_deadline_s:
+        return None
+    return (f"analysis inconclusive for {waited:.0f}s, past inconclusive_deadline_s="
+            f"{settings.inconclusive_deadline_s:g} ({record.get('reason', '')}); failed and "
+            "traffic restored to the stable version")

@@ -1,0 +1,141 @@
+"""A rollout's follow-ups: the work still owed after its terminal state is committed.
+
+A rollback moves traffic first (stable to 100%, the candidate drained) and then owes two
+things: the candidate's rejection in the registry, and the ``RolloutRolledBack`` alert.
+Both are recorded as pending (``RolloutRow.followups``) in the very transaction that
+commits the terminal state, and each is removed once done; so a control plane that dies
+in between leaves them for the next pass, which finishes them. Draining needs no entry:
+``retire_version``/``retire_at`` are written in that same transaction.
+
+- The rejection and the removal of its entry commit together: it happens exactly once.
+- The alert is sent, then its entry removed: a crash between the two sends it again on
+  the next pass (at least once; an alert lost to a crash would be worse than a repeat).
+- A registry step that fails (the store refuses the write) is not retried every tick:
+  the rollout ends ``failed`` with the reason, and the follow-up is dropped; an alert
+  sink that fails is logged and dropped, because an alert must never undo a rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.observability import json_safe
+from control_plane.registry import mark_rejected
+from control_plane.rollouts.states import RolloutState
+from control_plane.store import Database
+from control_plane.store.models import ModelVersionRow, RolloutEventRow, RolloutRow
+
+log = logging.getLogger(__name__)
+
+REJECT = "reject"
+ALERT = "alert"
+ACTOR = "rollout-controller"
+AlertSink = Callable[..., None]
+
+
+def owe(row: RolloutRow, *, reject: str | None = None,
+        alert: dict[str, Any] | None = None) -> None:
+    """Record, inside the terminal transaction, what the next step must finish."""
+    pending: dict[str, Any] = {}
+    if reject is not None:
+        pending[REJECT] = reject
+    if alert is not None:
+        pending[ALERT] = json_safe(alert)
+    row.followups = pending or None
+
+
+class FollowUps:
+    """Finishes pending follow-ups, each once; safe to call on every controller pass."""
+
+    def __init__(self, db: Database, alert: AlertSink | None) -> None:
+        self._db, self._alert = db, alert
+
+    def finish_all(self) -> bool:
+        """Finish every rollout's pending follow-ups; True if anything was done."""
+        with self._db.session(readonly=True) as session:
+            due = session.scalars(select(RolloutRow.id).where(
+                RolloutRow.followups.is_not(None)).order_by(RolloutRow.id)).all()
+        for rollout_id in due:
+            self.finish(rollout_id)
+        return bool(due)
+
+    def finish(self, rollout_id: int) -> None:
+        self._reject(rollout_id)
+        self._raise_alert(rollout_id)
+
+    def _reject(self, rollout_id: int) -> None:
+        try:
+            with self._db.session() as session:
+                row = session.get(RolloutRow, rollout_id, with_for_update=True)
+                if row is None or REJECT not in (row.followups or {}):
+                    return
+                pending = dict(row.followups or {})
+                reason = pending.pop(REJECT)
+                version = session.scalar(select(ModelVersionRow).where(
+                    ModelVersionRow.model_id == row.model_id,
+                    ModelVersionRow.version == row.candidate_version))
+                if version is not None:
+                    mark_rejected(version, reason)
+                row.followups = pending or None
+                _event(row, session, "followup",
+                       f"v{row.candidate_version} rejected in the registry: {reason}")
+        except Exception as error:
+            log.exception("rejecting the candidate of rollout #%d failed", rollout_id)
+            self._fail(rollout_id, REJECT, f"rejecting the candidate in the registry failed "
+                                           f"({type(error).__name__}: {error})")
+
+    def _raise_alert(self, rollout_id: int) -> None:
+        with self._db.session(readonly=True) as session:
+            row = session.get(RolloutRow, rollout_id)
+            alert = (row.followups or {}).get(ALERT) if row is not None else None
+        if alert is None:
+            return
+        failure = ""
+        if self._alert is None:  # a controller built without alerting: the log is the sink
+            log.warning("alert %s: %s", alert["name"], alert.get("summary", ""))
+        else:
+            try:
+                self._alert(alert["name"], **{k: v for k, v in alert.items() if k != "name"})
+            except Exception as error:  # an alert sink failure must never undo a rollback
+                log.exception("raising the rollback alert of rollout #%d failed", rollout_id)
+                failure = f"{type(error).__name__}: {error}"
+        with self._db.session() as session:
+            row = session.get(RolloutRow, rollout_id, with_for_update=True)
+            if row is None:
+                return
+            pending = dict(row.followups or {})
+            pending.pop(ALERT, None)
+            row.followups = pending or None
+            _event(row, session, "followup_failed" if failure else "followup",
+                   f"raising the {alert['name']} alert failed: {failure}" if failure
+                   else f"{alert['name']} alert raised")
+
+    def _fail(self, rollout_id: int, step: str, reason: str) -> None:
+        """A registry step failed: drop it, and the rollout ends failed with the reason."""
+        with self._db.session() as session:
+            row = session.get(RolloutRow, rollout_id, with_for_update=True)
+            if row is None:
+                return
+            pending = dict(row.followups or {})
+            pending.pop(step, None)
+            row.followups = pending or None
+            previous = row.state
+            # The one move out of a terminal state: the rollback happened (traffic is on
+            # stable) but its registry step did not, and "rolled_back" would claim it did.
+            row.state, row.reason = RolloutState.FAILED.value, f"{row.reason}; {reason}"
+            row.updated_at = datetime.now(UTC)
+            _event(row, session, "transition", reason, from_state=previous,
+                   to_state=RolloutState.FAILED.value)
+
+
+def _event(row: RolloutRow, session: Session, kind: str, reason: str, *, from_state: str = "",
+           to_state: str = "") -> None:
+    session.add(RolloutEventRow(
+        rollout_id=row.id, kind=kind, from_state=from_state, to_state=to_state,
+        step_index=row.step_index or 0, actor=ACTOR, reason=reason, data={}))
