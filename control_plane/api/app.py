@@ -7,7 +7,7 @@ modes answer the same URLs.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from control_plane.api import (
     routes_admin,
@@ -17,13 +17,16 @@ from control_plane.api import (
     routes_serving,
     routes_tracking,
 )
+from control_plane.api.access import enforce_access
 from control_plane.api.errors import RequestIdMiddleware, install_error_handlers
 from control_plane.service import ControlPlane
 from modelplane import __version__
 
 
 def build_api(cp: ControlPlane) -> FastAPI:
+    # Every route's caller is checked against its rule in access.ROUTE_ACCESS first.
     app = FastAPI(
+        dependencies=[Depends(enforce_access)],
         title="modelplane control plane",
         version=__version__,
         description="Model registry, experiment tracking, artifacts and tokens.",

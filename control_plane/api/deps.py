@@ -15,7 +15,8 @@ def control_plane(request: Request) -> ControlPlane:
     return request.app.state.control_plane  # type: ignore[no-any-return]
 
 
-def _bearer(request: Request) -> str | None:
+def bearer_secret(request: Request) -> str | None:
+    """The bearer token of the call, None without one; 401 for a malformed header."""
     header = request.headers.get("authorization")
     if header is None:
         return None
@@ -29,7 +30,10 @@ def _bearer(request: Request) -> str | None:
 
 def writer(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]) -> Principal:
     """The principal behind a mutating call; a valid token is required."""
-    secret = _bearer(request)
+    known = getattr(request.state, "principal", None)  # found by access.enforce_access
+    if known is not None and known is not ANONYMOUS:
+        return known  # type: ignore[no-any-return]
+    secret = bearer_secret(request)
     if secret is None:
         raise AuthenticationError(
             "this call changes state and needs `Authorization: Bearer <token>`; set "
@@ -41,7 +45,10 @@ def writer(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]
 
 def reader(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]) -> Principal:
     """The principal behind a read; anonymous unless reads require a token."""
-    secret = _bearer(request)
+    known = getattr(request.state, "principal", None)  # found by access.enforce_access
+    if known is not None:
+        return known  # type: ignore[no-any-return]
+    secret = bearer_secret(request)
     if secret is None:
         if cp.settings.reads_require_token:
             raise AuthenticationError(

@@ -1,0 +1,171 @@
+"""The authorization matrix: every route of the control plane's app, every kind of caller.
+
+Routes come from the application itself (its OpenAPI document and its other routes), not
+from a list kept here: a new route without a rule in control_plane/api/access.py fails.
+Each route is called anonymously, with a revoked token and with a token of every role, on
+a real control plane (SQLite file, artifact folder) with reads open and with reads
+requiring a token, and each answer is checked against the route's declared rule:
+
+- refused callers get 401 (no valid token where one is needed) or 403 (role too low);
+- allowed callers get past authorization: neither 401 nor 403 (a route whose service
+  decides more finely, ``finer`` in the table, may still answer 403 to some), and never
+  a 500, whatever the dummy path and body make of the call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from starlette.routing import Route
+
+from control_plane.api.access import ROUTE_ACCESS, Access, route_key
+from control_plane.schemas import Role, TokenCreate
+from modelplane.settings import Settings
+
+# Path parameters get values that parse (so the call reaches its handler) but name nothing.
+PARAMETER_VALUES = {"digest": "0" * 64, "version": "1", "rollout_id": "1"}
+DEFAULT_VALUE = "matrix-probe"
+
+
+@dataclass(frozen=True)
+class Caller:
+    label: str
+    token: str | None
+    role: Role | None  # None: anonymous or revoked
+    revoked: bool = False
+
+
+@dataclass
+class Matrix:
+    client: TestClient
+    cp: object
+    callers: list[Caller]
+
+
+@pytest.fixture
+def matrix(tmp_path: Path) -> Iterator[Matrix]:
+    from control_plane.api import build_api
+    from control_plane.auth import Principal
+    from control_plane.service import ControlPlane
+
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")})
+    cp = ControlPlane.start(settings)
+    root = Principal("matrix-root", Role.ADMIN)
+    callers = [Caller("anonymous", None, None)]
+    for role in Role:
+        # Trainer tokens must expire; any token may.
+        created = cp.tokens.create(TokenCreate(name=f"matrix-{role.value}", role=role,
+                                               expires_in_days=1), root)
+        callers.append(Caller(role.value, created.token, role))
+    revoked = cp.tokens.create(TokenCreate(name="matrix-revoked", role=Role.ADMIN), root)
+    cp.tokens.revoke("matrix-revoked", root)
+    callers.append(Caller("revoked admin", revoked.token, None, revoked=True))
+    client = TestClient(build_api(cp), raise_server_exceptions=False)
+    try:
+        yield Matrix(client, cp, callers)
+    finally:
+        client.close()
+        cp.close()
+
+
+def app_routes(app: object) -> dict[str, str]:
+    """``"METHOD /path"`` → a concrete URL, for every route the app serves."""
+    found: dict[str, str] = {}
+    for path, operations in app.openapi()["paths"].items():  # type: ignore[attr-defined]
+        for method in operations:
+            found[route_key(method, path)] = _concrete(path)
+    # Routes outside the OpenAPI document: the document itself and its viewers, and any
+    # API route hidden from it.
+    for route in app.routes:  # type: ignore[attr-defined]
+        if isinstance(route, Route | APIRoute) and getattr(route, "include_in_schema", True) is False:
+            for method in route.methods or ():
+                if method != "HEAD":
+                    found[route_key(method, route.path)] = _concrete(route.path)
+    return found
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"\{(\w+)(?::\w+)?\}",
+                  lambda m: PARAMETER_VALUES.get(m.group(1), DEFAULT_VALUE), path)
+
+
+def test_every_route_declares_who_may_call_it(matrix: Matrix) -> None:
+    routes = app_routes(matrix.client.app)
+    assert len(routes) > 50  # the enumeration really sees the app's routes
+    undeclared = sorted(set(routes) - set(ROUTE_ACCESS))
+    assert not undeclared, (
+        f"routes without an access rule: {undeclared}. Declare each in "
+        "control_plane/api/access.py, ROUTE_ACCESS: add '\"METHOD /path\": RULE' with one of "
+        "PUBLIC, READ, TOKEN, TRAIN, DEPLOY, APPROVE, ADMIN or a new Access(...)")
+    stale = sorted(set(ROUTE_ACCESS) - set(routes))
+    assert not stale, f"ROUTE_ACCESS declares routes the app does not have: {stale}; remove them"
+
+
+@pytest.mark.parametrize("reads_require_token", [False, True])
+def test_every_route_answers_every_caller_as_declared(matrix: Matrix,
+                                                      reads_require_token: bool) -> None:
+    cp = matrix.cp
+    cp.settings = cp.settings.with_overrides(reads_require_token=reads_require_token)  # type: ignore[attr-defined]
+    routes = app_routes(matrix.client.app)
+    wrong: list[str] = []
+    for key, url in sorted(routes.items()):
+        rule = ROUTE_ACCESS[key]
+        method = key.split(" ", 1)[0]
+        for caller in matrix.callers:
+            status = _call(matrix.client, method, url, caller)
+            expected = _expected(rule, caller, cp.settings)  # type: ignore[attr-defined]
+            if not _matches(expected, status, rule):
+                wrong.append(f"{key} as {caller.label}: {status}, expected {expected} "
+                             f"({rule.label or rule})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_an_undeclared_route_is_refused_to_everyone(matrix: Matrix) -> None:
+    """Fail closed: a route someone forgot to declare answers nobody, admins included."""
+    app = matrix.client.app
+
+    @app.get("/matrix-undeclared")  # type: ignore[attr-defined]
+    def undeclared() -> dict[str, str]:
+        return {"leaked": "yes"}
+
+    for caller in matrix.callers:
+        response = matrix.client.get("/matrix-undeclared", headers=_headers(caller))
+        assert response.status_code == 403, (caller.label, response.text)
+        assert "control_plane/api/access.py" in response.json()["detail"]
+
+
+def _headers(caller: Caller) -> dict[str, str]:
+    return {"authorization": f"Bearer {caller.token}"} if caller.token else {}
+
+
+def _call(client: TestClient, method: str, url: str, caller: Caller) -> int:
+    headers = _headers(caller)
+    if method in {"POST", "PUT", "PATCH"}:
+        if url == "/artifacts":
+            headers = {**headers, "content-type": "application/octet-stream"}
+            return client.request(method, url, headers=headers, content=b"matrix").status_code
+        return client.request(method, url, headers=headers, json={}).status_code
+    return client.request(method, url, headers=headers).status_code
+
+
+def _expected(rule: Access, caller: Caller, settings: Settings) -> str:
+    if rule.role is None:
+        return "allowed"
+    if caller.revoked:
+        return "401"
+    if caller.role is None:
+        return "allowed" if rule.anonymous_allowed(settings) else "401"
+    return "allowed" if rule.allows(caller.role) else "403"
+
+
+def _matches(expected: str, status: int, rule: Access) -> bool:
+    if expected == "allowed":
+        refused = {401} if rule.finer else {401, 403}
+        return status not in refused and status < 500
+    return status == int(expected)
