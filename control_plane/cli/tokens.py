@@ -8,7 +8,7 @@ import typer
 
 from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_table
 
-app = typer.Typer(help="API tokens with roles: reader, deployer, approver, admin (and trainer, a training job's).",
+app = typer.Typer(help="API tokens with roles: reader, labeler (a label source), deployer, approver, admin (and trainer, a training job's).",
                   no_args_is_help=True)
 
 
