@@ -98,15 +98,23 @@ def _connect(address: str) -> bool:
 
 
 def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingress: bool | None = None,
-                   progress: Callable[[str], None] = print, timeout_s: float = 180.0) -> PlatformInfo:
-    """Bring everything up (see the module docstring); returns where it listens."""
+                   progress: Callable[[str], None] = print, timeout_s: float = 180.0,
+                   take_over: bool = False) -> PlatformInfo:
+    """Bring everything up (see the module docstring); returns where it listens.
+
+    When the cluster already runs the control plane of another store (another home, so
+    another database), nothing is changed and OwnershipConflictError names both homes,
+    unless ``take_over``: then this store's control plane replaces it, and the other
+    store's endpoints keep serving, never changed or deleted by this one.
+    """
     apply_ray_auth_env()
     import logging
 
     import ray
     from ray import serve
 
-    from control_plane.serve_app import deploy_control_plane
+    from control_plane.ownership import claim_control_plane
+    from control_plane.serve_app import deploy_control_plane, read_store_identity
 
     # Serve narrates every step at INFO; the caller's progress callback tells the story.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
@@ -129,10 +137,15 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         started = True
     progress(f"starting Serve on {settings.http_host}:{settings.http_port}")
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    # Before anything on the cluster changes: is the control plane there this store's?
+    store_id = read_store_identity(settings)
+    replaced = claim_control_plane(str(settings.home), store_id, take_over=take_over)
+    if replaced is not None:
+        progress(f"taking over from the control plane of {replaced.describe()}")
     ensure_monitor()
     serve.run(build_server_app(), name=SERVER_APP, route_prefix=SERVER_ROUTE, blocking=False)
     progress("deploying the control plane at /api")
-    deploy_control_plane(settings)
+    deploy_control_plane(settings, store_id=store_id)
     wait_healthy(settings.url, timeout_s=timeout_s)
     return PlatformInfo(
         ray_address=ray.get_runtime_context().gcs_address,
@@ -173,6 +186,8 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
 
     (``ray stop`` would stop every Ray on the machine, other users' clusters included.)
     """
+    from control_plane.replica_env import without_secrets
+
     ports = head_ports()
     command = [_ray_bin(), "start", "--head", "--block", "--disable-usage-stats",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -183,7 +198,10 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
     log_path = settings.home / "ray-head.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            command, env={**os.environ, **ingress_env(fast), **ray_auth_env(), "PATH": _path_with_this_python()},
+            # Every Ray worker inherits the head's environment: keep the store's URL and the
+            # operator's token out of it (the control plane gets its settings explicitly).
+            command, env={**without_secrets(os.environ), **ingress_env(fast), **ray_auth_env(),
+                          "PATH": _path_with_this_python()},
             stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )

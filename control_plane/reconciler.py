@@ -6,20 +6,44 @@ steady state costs nothing; after a restart that memory is empty and it re-appli
 endpoint once, which Serve treats as a no-op for unchanged applications (no replica
 restarts). Serve itself is behind the ``ServeBackend`` protocol so the logic is tested with
 a fake backend and no cluster.
+
+Each endpoint is applied on its own, under its own lock, and nothing waits for a model to
+load: a pass submits applications and reads their status on the next pass. An endpoint
+that fails (an exception, Serve's DEPLOY_FAILED, or not running within
+``start_timeout_s``) is recorded with its error and retried with exponential backoff
+(:meth:`Reconciler.states`, shown by ``modelplane status``), while every other endpoint
+goes on. An isolated router only ever points at versions that run: versions that do not
+run yet are left out of it while they take no traffic, so a rollback that sets a broken
+candidate to 0% is applied at once. Endpoints with a rollout that just ended are applied
+first in a pass.
+
+Every application carries this store's id (:mod:`control_plane.ownership`); an application
+marked by another store is never changed or deleted, and one without a mark (made before
+marks existed) is updated (and so marked) but never deleted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import select
 
+from control_plane.ownership import STORE_ID_ENV, application_owners
 from control_plane.store import Database
-from control_plane.store.models import EndpointRouteRow, EndpointRow, ModelRow, ModelVersionRow
+from control_plane.store.models import (
+    EndpointRouteRow,
+    EndpointRow,
+    ModelRow,
+    ModelVersionRow,
+    RolloutRow,
+)
 from serving.applications import (
     build_endpoint_app,
     build_version_app,
@@ -38,19 +62,41 @@ from serving.schemas import (
 
 log = logging.getLogger(__name__)
 ENDPOINT_APP_PREFIX = "endpoint-"
+RETRY_BASE_S = 5.0  # first retry of a failed endpoint; doubles per failure
+RETRY_MAX_S = 300.0
+RECENT_ROLLBACK_S = 600.0  # endpoints whose rollout ended this recently go first in a pass
+
+
+@dataclass(frozen=True)
+class ServeApp:
+    """What Serve says about one application."""
+
+    status: str  # RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY, DELETING …
+    message: str = ""
+    owner: str | None = None  # the store id it carries; None: unmarked
 
 
 class ServeBackend(Protocol):
     """The few Serve operations the reconciler needs."""
 
-    def applications(self) -> dict[str, str]:
-        """Application name → status for every running application."""
+    def applications(self) -> dict[str, ServeApp]:
+        """Every application Serve knows, by name (a plain status string is accepted too)."""
 
     def deploy(self, name: str, route_prefix: str | None, app: Any) -> None: ...
 
     def delete(self, name: str) -> None: ...
 
-    def wait_running(self, names: list[str], timeout_s: float) -> None: ...
+
+@dataclass(frozen=True)
+class EndpointApplyState:
+    """How applying one endpoint went: ``applied`` (Serve runs it), ``pending`` (submitted,
+    not running yet), ``failed`` (``error`` says why; retried at ``retry_at``)."""
+
+    state: Literal["applied", "pending", "failed"]
+    error: str | None = None
+    retry_at: datetime | None = None
+    since: datetime | None = None
+    failures: int = 0
 
 
 @dataclass
@@ -58,6 +104,9 @@ class ReconcileReport:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # endpoint → error
+    foreign: list[str] = field(default_factory=list)  # another store's applications, left alone
 
 
 class Reconciler:
@@ -77,12 +126,38 @@ class Reconciler:
         self.feedback_allows_anonymous = feedback_allows_anonymous
         self.max_body_bytes = max_body_bytes
         self._applied: dict[str, str] = {}
+        self._states: dict[str, EndpointApplyState] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.store_id: str | None = None
+        self.start_timeout_s = self.version_ready_timeout_s  # then it counts as failed
+        self._clock: Callable[[], float] = time.time
 
-    def desired(self) -> dict[str, EndpointConfig]:
-        """Every stored endpoint as the configuration its replicas should run."""
+    def own(self, store_id: str | None, *, start_timeout_s: float | None = None,
+            clock: Callable[[], float] | None = None) -> Reconciler:
+        """Mark every application with ``store_id`` and leave other stores' alone (None:
+        no marks, every ``endpoint-*`` application is this reconciler's, as in tests)."""
+        self.store_id = store_id
+        if store_id:
+            self.replica_env[STORE_ID_ENV] = store_id
+        if start_timeout_s is not None:
+            self.start_timeout_s = start_timeout_s
+        if clock is not None:
+            self._clock = clock
+        return self
+
+    def states(self) -> dict[str, EndpointApplyState]:
+        """Endpoint → how applying it went, for every endpoint applied since start."""
+        return dict(self._states)
+
+    def desired(self, only: str | None = None) -> dict[str, EndpointConfig]:
+        """Every stored endpoint (or just ``only``) as the configuration its replicas should run."""
         configs: dict[str, EndpointConfig] = {}
+        query = select(EndpointRow)
+        if only is not None:
+            query = query.where(EndpointRow.name == only)
         with self.db.session(readonly=True) as session:
-            for endpoint in session.scalars(select(EndpointRow)).all():
+            for endpoint in session.scalars(query).all():
                 model = session.get(ModelRow, endpoint.model_id)
                 assert model is not None
                 rows = session.execute(
@@ -126,47 +201,189 @@ class Reconciler:
             scaling=_scaling(route.settings.get("scaling")),
         )
 
-    def reconcile(self) -> ReconcileReport:
-        """Apply every endpoint that changed and delete applications nobody wants."""
+    def reconcile(self, endpoint: str | None = None) -> ReconcileReport:
+        """Apply every endpoint (or just ``endpoint``), each on its own, then delete this
+        store's applications that nobody wants. Never waits for a model to load."""
         report = ReconcileReport()
-        desired = self.desired()
-        for config in desired.values():
-            self._apply(config, report)
-        wanted = {endpoint_app_name(name) for name in desired}
-        wanted |= {version_app_name(name, v.version) for name, c in desired.items()
-                   if c.placement == "isolated" for v in c.versions}
-        for app in self.backend.applications():
-            if app.startswith(ENDPOINT_APP_PREFIX) and app not in wanted:
-                self.backend.delete(app)
-                self._applied.pop(app, None)
-                report.deleted.append(app)
+        # Serve's view first, the store's after: an application deployed meanwhile by
+        # another thread was stored before it was deployed, so the sweep below wants it.
+        apps = self._applications()
+        names = [endpoint] if endpoint is not None else self._endpoint_names()
+        for name in names:
+            self._apply_endpoint(name, apps, report)
+        wanted: set[str] = set()
+        for name, config in self.desired().items():
+            wanted.add(endpoint_app_name(name))
+            if config.placement == "isolated":
+                wanted |= {version_app_name(name, v.version) for v in config.versions}
+        for app, seen in apps.items():
+            if not app.startswith(ENDPOINT_APP_PREFIX) or app in wanted:
+                continue
+            if endpoint is not None and app != endpoint_app_name(endpoint) and \
+                    not app.startswith(endpoint_app_name(endpoint) + "-v"):
+                continue
+            if self.store_id and seen.owner != self.store_id:
+                report.foreign.append(app)  # another store's, or unmarked: never ours to delete
+                continue
+            self.backend.delete(app)
+            self._applied.pop(app, None)
+            report.deleted.append(app)
+        stored = self._names()
+        for name in [n for n in list(self._states) if endpoint in (None, n) and n not in stored]:
+            self._states.pop(name, None)  # undeployed
         return report
 
-    def _apply(self, config: EndpointConfig, report: ReconcileReport) -> None:
-        name = endpoint_app_name(config.endpoint)
+    def _applications(self) -> dict[str, ServeApp]:
+        return {name: seen if isinstance(seen, ServeApp) else ServeApp(str(seen))
+                for name, seen in self.backend.applications().items()}
+
+    def _names(self) -> set[str]:
+        with self.db.session(readonly=True) as session:
+            return set(session.scalars(select(EndpointRow.name)).all())
+
+    def _endpoint_names(self) -> list[str]:
+        """Every stored endpoint; those whose rollout just ended (a rollback) first."""
+        since = datetime.now(UTC) - timedelta(seconds=RECENT_ROLLBACK_S)
+        with self.db.session(readonly=True) as session:
+            names = sorted(session.scalars(select(EndpointRow.name)).all())
+            urgent = set(session.scalars(select(RolloutRow.endpoint).where(
+                RolloutRow.state.in_(("rolled_back", "failed")),
+                RolloutRow.finished_at >= since)).all())
+        return sorted(names, key=lambda name: name not in urgent)
+
+    def _lock(self, endpoint: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(endpoint, threading.Lock())
+
+    def _apply_endpoint(self, endpoint: str, apps: dict[str, ServeApp],
+                        report: ReconcileReport) -> None:
+        """Apply one endpoint; whatever goes wrong is recorded against it alone."""
+        with self._lock(endpoint):
+            try:
+                # Read under the lock: two passes never apply an older table after a newer.
+                config = self.desired(only=endpoint).get(endpoint)
+                if config is not None:
+                    self._apply(config, apps, report)
+            except Exception as error:  # one broken endpoint must not stop the others
+                log.warning("applying endpoint %s failed: %s", endpoint, error)
+                self._failed(endpoint, f"{type(error).__name__}: {error}", report)
+
+    def _apply(self, config: EndpointConfig, apps: dict[str, ServeApp],
+               report: ReconcileReport) -> None:
+        endpoint = config.endpoint
+        name = endpoint_app_name(endpoint)
+        foreign = self._foreign(name, apps, report)
+        if foreign is not None:
+            self._failed(endpoint, foreign, report)
+            return
+        for app in [a for a in list(self._applied) if a not in apps and
+                    (a == name or a.startswith(name + "-v"))]:
+            self._applied.pop(app, None)  # gone from Serve (deleted by hand, Serve restarted)
         env = self.replica_env
+        retry = self._retry_due(endpoint)
+        waiting: dict[int, str] = {}  # version → why it is not running yet
+        failure: str | None = None
         if config.placement == "isolated":
             # Versions first: the router must never point at a version that is not up.
-            fresh: dict[str, str] = {}
             for version in config.versions:
-                app = version_app_name(config.endpoint, version.version)
+                app = version_app_name(endpoint, version.version)
+                foreign = self._foreign(app, apps, report)
+                if foreign is not None:
+                    failure = failure or foreign
+                    waiting[version.version] = f"{app} belongs to another store"
+                    continue
                 version_document = version.model_dump_json()
-                if self._changed(app, version_document):
+                seen = apps.get(app)
+                broken = seen is not None and _failed_status(seen.status)
+                if self._changed(app, version_document) or (broken and retry):
                     self.backend.deploy(app, None, build_version_app(config, version, env=env))
-                    fresh[app] = version_document
-            if fresh:
-                self.backend.wait_running(list(fresh), self.version_ready_timeout_s)
-                for app, version_document in fresh.items():
                     self._remember(app, version_document)
                     report.applied.append(app)
+                    waiting[version.version] = "submitted to Serve"
+                elif seen is None or not seen.status.endswith("RUNNING"):
+                    status = seen.status if seen else "MISSING"
+                    waiting[version.version] = f"{app} is {status}" + (
+                        f": {seen.message}" if seen and seen.message else "")
+                    if broken:
+                        failure = failure or waiting[version.version]
+            config = _without(config, set(waiting))
+            if config is None:  # a version that takes traffic is not running: keep the router
+                self._not_running(endpoint, waiting, failure, report)
+                return
+        else:
+            seen = apps.get(name)
+            if seen is not None and _failed_status(seen.status):
+                failure = f"{name} is {seen.status}" + (f": {seen.message}" if seen.message else "")
+                if retry:
+                    self._applied.pop(name, None)
+            elif seen is None or not seen.status.endswith("RUNNING"):
+                waiting[0] = f"{name} is {seen.status if seen else 'MISSING'}" + (
+                    f": {seen.message}" if seen and seen.message else "")
         document = config.model_dump_json()
-        if not self._changed(name, document):
+        if self._changed(name, document):
+            self.backend.deploy(name, endpoint_route_prefix(endpoint),
+                                build_endpoint_app(config, env=env))
+            self._remember(name, document)
+            report.applied.append(name)
+            waiting.setdefault(0, "submitted to Serve")
+            failure = None  # a fresh submission: judged again on the next pass
+        else:
             report.unchanged.append(name)
+        if waiting or failure:
+            self._not_running(endpoint, waiting, failure, report)
+        else:
+            previous = self._states.get(endpoint)
+            self._states[endpoint] = EndpointApplyState("applied", since=(
+                previous.since if previous and previous.state == "applied" else self._now()))
+
+    def _foreign(self, app: str, apps: dict[str, ServeApp], report: ReconcileReport) -> str | None:
+        """Why ``app`` must be left alone (another store's), or None when it is ours to change."""
+        seen = apps.get(app)
+        if not self.store_id or seen is None or seen.owner in (None, self.store_id):
+            return None
+        report.foreign.append(app)
+        return (f"Serve application {app} belongs to another store ({seen.owner}); this control "
+                f"plane never changes it. Undeploy it from that store, or delete it through Ray "
+                f"Serve (ray.serve.delete({app!r})), and this endpoint is applied")
+
+    def _not_running(self, endpoint: str, waiting: dict[int, str], failure: str | None,
+                     report: ReconcileReport) -> None:
+        """Pending until ``start_timeout_s``, failed after that or when Serve gave up."""
+        previous = self._states.get(endpoint)
+        since = previous.since if previous and previous.state != "applied" and previous.since \
+            else self._now()
+        why = "; ".join(waiting[v] for v in sorted(waiting)) or failure or "not running"
+        if failure is None and (self._now() - since).total_seconds() > self.start_timeout_s:
+            failure = f"not running after {self.start_timeout_s:.0f}s: {why}"
+        if failure is not None:
+            self._failed(endpoint, failure, report)
             return
-        self.backend.deploy(name, endpoint_route_prefix(config.endpoint),
-                            build_endpoint_app(config, env=env))
-        self._remember(name, document)
-        report.applied.append(name)
+        self._states[endpoint] = EndpointApplyState(
+            "pending", error=why, since=since,
+            failures=previous.failures if previous else 0)
+        report.pending.append(endpoint)
+
+    def _failed(self, endpoint: str, error: str, report: ReconcileReport) -> None:
+        previous = self._states.get(endpoint)
+        now = self._now()
+        if previous is not None and previous.state == "failed" and previous.error == error and \
+                previous.retry_at is not None and previous.retry_at > now:
+            report.failed[endpoint] = error  # the same failure, retry not due yet
+            return
+        failures = (previous.failures if previous else 0) + 1
+        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1))
+        self._states[endpoint] = EndpointApplyState(
+            "failed", error=error[:2000], retry_at=now + timedelta(seconds=delay),
+            since=previous.since if previous and previous.since else now, failures=failures)
+        report.failed[endpoint] = error
+
+    def _retry_due(self, endpoint: str) -> bool:
+        state = self._states.get(endpoint)
+        return state is not None and state.state == "failed" and \
+            state.retry_at is not None and state.retry_at <= self._now()
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     def _changed(self, app: str, document: str) -> bool:
         return self._applied.get(app) != _digest(document)
@@ -178,10 +395,14 @@ class Reconciler:
 class RayServeBackend:
     """The real Serve, through its public API."""
 
-    def applications(self) -> dict[str, str]:
-        from ray import serve
+    def applications(self) -> dict[str, ServeApp]:
+        from control_plane.ownership import serve_details
 
-        return {name: str(app.status) for name, app in serve.status().applications.items()}
+        details = serve_details()
+        owners = application_owners(details)
+        return {name: ServeApp(str(app.get("status", "")), str(app.get("message") or "")[:1000],
+                               owners[name].store_id)
+                for name, app in (details.get("applications") or {}).items()}
 
     def deploy(self, name: str, route_prefix: str | None, app: Any) -> None:
         # serve.run waits until the application is RUNNING; the reconciler must not (a
@@ -200,23 +421,22 @@ class RayServeBackend:
 
         serve.delete(name, _blocking=False)
 
-    def wait_running(self, names: list[str], timeout_s: float) -> None:
-        from ray import serve
 
-        deadline = time.monotonic() + timeout_s
-        pending = set(names)
-        while pending:
-            statuses = serve.status().applications
-            for name in list(pending):
-                status = str(statuses[name].status) if name in statuses else "MISSING"
-                if status.endswith("RUNNING"):
-                    pending.discard(name)
-                elif status.endswith("DEPLOY_FAILED"):
-                    raise RuntimeError(f"Serve could not deploy {name}: {statuses[name].message}")
-            if pending and time.monotonic() > deadline:
-                raise TimeoutError(f"{sorted(pending)} not running after {timeout_s:.0f}s")
-            if pending:
-                time.sleep(0.2)
+def _failed_status(status: str) -> bool:
+    return status.endswith(("DEPLOY_FAILED", "UNHEALTHY"))
+
+
+def _without(config: EndpointConfig, missing: set[int]) -> EndpointConfig | None:
+    """``config`` without the versions in ``missing``; None if one of them takes traffic."""
+    if not missing:
+        return config
+    if any(config.routes.weights.get(v, 0.0) > 0 for v in missing):
+        return None
+    routes = config.routes.model_copy(update={
+        "weights": {v: w for v, w in config.routes.weights.items() if v not in missing},
+        "shadows": [v for v in config.routes.shadows if v not in missing]})
+    return config.model_copy(update={
+        "versions": [v for v in config.versions if v.version not in missing], "routes": routes})
 
 
 def _scaling(raw: dict[str, Any] | None) -> ScalingConfig:

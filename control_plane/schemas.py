@@ -453,6 +453,16 @@ class RouteOut(Wire):
     scaling: ScaleSettings | None
 
 
+class EndpointServing(Wire):
+    """How applying an endpoint to Ray Serve went, as the reconciler last saw it."""
+
+    state: Literal["applied", "pending", "failed"] = Field(description=(
+        "applied: Serve runs it; pending: submitted, not running yet; failed: see error."))
+    error: str | None = Field(None, description="Why it is pending or failed (Serve's message).")
+    retry_at: datetime | None = Field(None, description="When a failed endpoint is tried again.")
+    since: datetime | None = Field(None, description="When it entered this state.")
+
+
 class EndpointOut(Wire):
     name: str
     model: str
@@ -463,3 +473,5 @@ class EndpointOut(Wire):
     url: str = Field(description="Inference URL prefix (Open Inference Protocol v2).")
     created_at: datetime
     updated_at: datetime
+    serving: EndpointServing | None = Field(None, description=(
+        "How applying it to Ray Serve went; absent before the reconciler's first pass."))

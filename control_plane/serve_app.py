@@ -25,9 +25,16 @@ def _build_replica_api() -> Any:
     return build_api(cp)
 
 
-def control_plane_application(settings: Settings, *, num_cpus: float = 0.25) -> Any:
-    """A Serve application (bind()-ed) that serves the REST API for ``settings``."""
+def control_plane_application(settings: Settings, *, store_id: str,
+                              num_cpus: float = 0.25) -> Any:
+    """A Serve application (bind()-ed) that serves the REST API for ``settings``.
+
+    Its environment carries the store's id and home (``control_plane.ownership``): that is
+    how another ``modelplane up`` sees whose control plane runs.
+    """
     from ray import serve
+
+    from control_plane.ownership import STORE_ID_ENV
 
     deployment = serve.deployment(serve.ingress(_build_replica_api)())
     return deployment.options(
@@ -36,18 +43,37 @@ def control_plane_application(settings: Settings, *, num_cpus: float = 0.25) -> 
         max_ongoing_requests=64,
         ray_actor_options={
             "num_cpus": num_cpus,
-            "runtime_env": {"env_vars": settings.to_env()},
+            "runtime_env": {"env_vars": {**settings.to_env(), STORE_ID_ENV: store_id}},
         },
     ).bind()
 
 
-def deploy_control_plane(settings: Settings, *, num_cpus: float = 0.25) -> None:
-    """Run (or update) the control plane application on the connected Ray cluster."""
+def deploy_control_plane(settings: Settings, *, store_id: str | None = None,
+                         num_cpus: float = 0.25) -> None:
+    """Run (or update) the control plane application on the connected Ray cluster.
+
+    ``store_id`` defaults to the identity of the store in ``settings`` (created if new).
+    """
     from ray import serve
 
+    if store_id is None:
+        store_id = read_store_identity(settings)
     serve.run(
-        control_plane_application(settings, num_cpus=num_cpus),
+        control_plane_application(settings, store_id=store_id, num_cpus=num_cpus),
         name=APP_NAME,
         route_prefix=ROUTE_PREFIX,
         blocking=False,
     )
+
+
+def read_store_identity(settings: Settings) -> str:
+    """The identity of the store ``settings`` name (migrating it, creating the id if new)."""
+    from control_plane.ownership import store_identity
+    from control_plane.store import Database
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_url, migrate=True)
+    try:
+        return store_identity(db)
+    finally:
+        db.dispose()

@@ -12,6 +12,7 @@ from control_plane.artifacts import ArtifactStore
 from control_plane.auth import TokenService
 from control_plane.deployments import Deployments
 from control_plane.observability import version_stats
+from control_plane.ownership import store_identity
 from control_plane.registry import Registry
 from control_plane.rollouts.controller import RolloutController
 from control_plane.store import Database
@@ -35,9 +36,10 @@ class ControlPlane:
     rollouts: Any = None
     new_admin_token: str | None = None
     reconciler: Any = None
+    # This store's identity (control_plane.ownership), read once at start.
+    store_id: str | None = None
     # control_plane.alerts.AlertService: rules, events (``fire_event``), notification.
     alerts: Any = None
-    _reconcile_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -69,6 +71,7 @@ class ControlPlane:
             deployments=deployments,
             new_admin_token=new_admin,
             alerts=AlertService(db),
+            store_id=store_identity(db),
         )
         plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
                                            apply=plane.apply, alert=plane.raise_alert)
@@ -83,6 +86,7 @@ class ControlPlane:
             self.db, RayServeBackend(), base_url=self.settings.url, replica_env=env,
             feedback_allows_anonymous=self.settings.feedback_allows_anonymous,
             max_body_bytes=self.settings.max_request_bytes)
+        self.reconciler.own(self.store_id)
         self.apply()
         self._every(interval_s, self.apply, "reconciler")
         # Ticks are cheap (one indexed query when nothing is active); each rollout is
@@ -104,12 +108,17 @@ class ControlPlane:
         else:
             log.warning("alert %s [%s] %s: %s", name, severity, labels, summary)
 
-    def apply(self) -> Any:
-        """Make Serve match the store now (no-op without Serve); returns the report."""
+    def apply(self, endpoint: str | None = None) -> Any:
+        """Make Serve match the store now, for every endpoint or just ``endpoint`` (no-op
+        without Serve); returns the report. Submits and returns: never waits for a model
+        to load, and each endpoint is applied under its own lock, not one for all."""
         if self.reconciler is None:
             return None
-        with self._reconcile_lock:
-            return self.reconciler.reconcile()
+        return self.reconciler.reconcile(endpoint)
+
+    def serving_states(self) -> dict[str, Any]:
+        """Endpoint → how applying it to Serve went (``EndpointApplyState``); {} without Serve."""
+        return self.reconciler.states() if self.reconciler is not None else {}
 
     def _every(self, interval_s: float, work: Callable[[], Any], name: str) -> None:
         """Run ``work`` every ``interval_s`` in a daemon thread until :meth:`close`."""

@@ -24,6 +24,7 @@ from training.errors import (
     InvalidJobSpecError,
     JobFailedError,
     JobSubmissionError,
+    ResourcesUnavailableError,
     TrainingError,
 )
 from training.schemas import JobSpec
@@ -42,6 +43,7 @@ __all__ = [
     "JobFailedError",
     "JobSpec",
     "JobSubmissionError",
+    "ResourcesUnavailableError",
     "TrainingError",
     "load_job_spec",
     "run_job",

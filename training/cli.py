@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -44,11 +45,15 @@ def submit(
 @app.command()
 def status(job_id: str = JobIdArgument, address: str | None = AddressOption,
            as_json: bool = JsonOption) -> None:
-    """A job's status, message, times and entrypoint."""
+    """A job's status, message, times and entrypoint; a job waiting for its workers says
+    what it needs and what is free."""
     from training.submission import JobClient
 
-    info = JobClient(address).info(job_id)
-    payload = {"job_id": job_id, "status": str(info.status.value), "message": info.message,
+    client = JobClient(address)
+    info = client.info(job_id)
+    waiting = _waiting(client, job_id, str(info.status.value))
+    payload = {"job_id": job_id, "status": str(info.status.value),
+               "message": waiting or info.message, "waiting": waiting,
                "entrypoint": info.entrypoint, "start_time": _seconds(info.start_time),
                "end_time": _seconds(info.end_time), "metadata": info.metadata or {}}
     emit(as_json, payload, lambda: print_fields(
@@ -82,14 +87,20 @@ def list_jobs(address: str | None = AddressOption, as_json: bool = JsonOption) -
     """Jobs on the cluster, newest first."""
     from training.submission import JobClient
 
-    jobs = sorted(JobClient(address).list(), key=lambda j: j.start_time or 0, reverse=True)
+    client = JobClient(address)
+    jobs = sorted(client.list(), key=lambda j: j.start_time or 0, reverse=True)
     rows = [{"job_id": j.submission_id, "status": str(j.status.value),
+             "waiting": _waiting(client, j.submission_id, str(j.status.value)),
              "experiment": (j.metadata or {}).get("experiment", ""),
              "start_time": _seconds(j.start_time), "entrypoint": j.entrypoint} for j in jobs]
     # The entrypoint is left to --json: the table keeps room for whole job ids.
+    # What a waiting job needs goes under the table, whole: a cell would squeeze the job ids.
+    footer = "\n".join(f"{row['job_id']}: {row['waiting']}" for row in rows if row["waiting"])
     emit(as_json, rows, lambda: print_table(
         "training jobs", ["job", "status", "experiment", "started"],
-        [[row["job_id"], row["status"], row["experiment"], row["start_time"]] for row in rows],
+        [[row["job_id"], f"{row['status']}, waiting" if row["waiting"] else row["status"],
+          row["experiment"], row["start_time"]] for row in rows],
+        footer=footer,
     ))
 
 
@@ -99,13 +110,28 @@ def run(
     num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs for the local Ray (default: all)."),
     register: bool = typer.Option(True, "--register/--no-register",
                                   help="Register the trained version."),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", metavar="FIELD=VALUE",
+        help="Override a field of the spec, e.g. --set hyperparameters.epochs=2 (repeatable).",
+    ),
 ) -> None:
     """Run a job here, on a private local Ray, without a cluster."""
     from training.job import run_entrypoint
 
-    code = run_entrypoint(str(spec), address="local", num_cpus=num_cpus, register=register)
+    code = run_entrypoint(str(spec), address="local", num_cpus=num_cpus, register=register,
+                          overrides=overrides or ())
     if code:
         raise typer.Exit(code)
+
+
+def _waiting(client: Any, job_id: str | None, status: str) -> str | None:
+    """``waiting for resources (needs …, free …)`` for a running job whose driver says it
+    waits for its workers (the job prints it; Ray's job API has no other place for it)."""
+    if status != "RUNNING" or not job_id:
+        return None
+    from training.capacity import waiting_note
+
+    return waiting_note(client.logs(job_id))
 
 
 def _seconds(milliseconds: int | None) -> str | None:

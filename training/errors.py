@@ -7,6 +7,7 @@
         ├── InvalidJobSpecError     invalid_job_spec, HTTP 400 (names the field)
         ├── JobSubmissionError      job_submission_failed, HTTP 502
         ├── JobFailedError          job_failed, HTTP 500 (a followed job ended badly)
+        ├── ResourcesUnavailableError resources_unavailable, HTTP 503 (workers not placed in time)
         ├── CheckpointNotFoundError checkpoint_not_found, HTTP 404 (nothing to resume from)
         └── ExportMismatchError     export_mismatch, HTTP 500 (ONNX Runtime and torch disagree)
 
@@ -43,6 +44,14 @@ class JobFailedError(TrainingError):
 
     code = "job_failed"
     http_status = 500
+
+
+class ResourcesUnavailableError(TrainingError):
+    """The cluster could hold the workers but did not free them within
+    ``resources.placement_timeout_s``."""
+
+    code = "resources_unavailable"
+    http_status = 503
 
 
 class CheckpointNotFoundError(TrainingError):

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from training.capacity import ClusterCapacity, Placement, plan_placement, wait_for_placement
 from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
 from training.data import Dataset, Split, load_dataset, split_dataset
 from training.errors import InvalidJobSpecError, TrainingError
 from training.finetune import MODEL_BUNDLE_ARTIFACT, bundle_mismatch, load_fine_tune_source
-from training.preflight import check_resources
 from training.schemas import JobSpec
 from training.spec import dump_job_spec
 
@@ -37,6 +37,11 @@ _handle_stop_signal = False
 # so Ray's 2 s default would stretch every short epoch to 2 s.
 HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_INTERVAL_S = "0.25"
+# Ray Train's own wait for the workers' placement group. The job has already waited for
+# free resources itself; this bounds the rest (another job may take them first), and the
+# floor gives Ray a moment to create the group even when the budget is nearly spent.
+WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+MIN_WORKER_GROUP_START_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,12 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
         echo(f"resuming from {resume} (after epoch {resume_epoch})")
 
     cluster = _connect_ray(address, num_cpus)
-    check_resources(spec.resources, cluster["nodes"], cluster["address"])
+    where = cluster["address"]
+    placement = _plan(spec, where)  # a job the cluster can never hold stops here, unrun
+    if spec.resources.num_workers == "auto":
+        echo(f"num_workers auto: {placement.num_workers} worker(s), the most this cluster can "
+             f"hold beside its Serve replicas (max_workers "
+             f"{spec.resources.max_workers or placement.num_workers})")
 
     from training.tracking import flat_params, run_environment
 
@@ -92,7 +102,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     params = flat_params(spec) | {
         "n_features": len(dataset.feature_names), "n_outputs": dataset.n_outputs,
         "train_rows": len(split.x_train), "validation_rows": len(split.x_val),
+        "resources.num_workers": placement.num_workers,
     }
+    if spec.resources.num_workers == "auto":
+        params["resources.num_workers_requested"] = "auto"
     if resume is not None:
         params |= {"resumed_from_checkpoint": resume, "resumed_from_epoch": resume_epoch}
     tags = {**spec.experiment.tags, "architecture": spec.model.architecture,
@@ -104,11 +117,15 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
                            params=params, tags=tags, environment=run_environment(cluster["summary"]))
     echo(f"run {run.id} in experiment {spec.experiment.name}")
     try:
+        placement, left_s = wait_for_placement(lambda: _plan(spec, where),
+                                               spec.resources.placement_timeout_s, echo)
         result = _finish(spec, client, token, run.id, dataset, split, train_run_name, storage,
-                         init=init, resume=resume, register=register, echo=echo)
+                         init=init, resume=resume, register=register, echo=echo,
+                         placement=placement, placement_left_s=left_s)
     except BaseException as error:
         stopped = STOP_REQUESTED.is_set() or isinstance(error, KeyboardInterrupt)
-        _end_quietly(client, run.id, "killed" if stopped else "failed")
+        _end_quietly(client, run.id, "killed" if stopped else "failed",
+                     None if stopped else _reason(error))
         client.close()
         raise
     client.end_run(run.id, "finished")
@@ -118,7 +135,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
 
 def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Dataset, split: Split,
             train_run_name: str, storage: str, *, init: Any, resume: str | None, register: bool,
-            echo: Callable[[str], None]) -> JobResult:
+            echo: Callable[[str], None], placement: Placement,
+            placement_left_s: float) -> JobResult:
     from training.early_stopping import EarlyStopping
     from training.evaluation import classification_metrics, regression_metrics
     from training.export import check_parity, export_onnx, torch_outputs
@@ -127,7 +145,8 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     from training.registration import register as register_version
 
     state = _fit(spec, client, token, run_id, dataset, split, train_run_name, storage,
-                 init_state=init.state_dict if init else None, resume=resume, echo=echo)
+                 init_state=init.state_dict if init else None, resume=resume, echo=echo,
+                 placement=placement, placement_left_s=placement_left_s)
     network = from_bundle(state["network"])
     best = state.get("best_weights")
     if best is not None:
@@ -179,11 +198,13 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
 
 def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Dataset, split: Split,
          train_run_name: str, storage: str, *, init_state: Any, resume: str | None,
-         echo: Callable[[str], None]) -> dict[str, Any]:
+         echo: Callable[[str], None], placement: Placement,
+         placement_left_s: float) -> dict[str, Any]:
     """Train on Ray Train; returns the state in the final checkpoint."""
     import ray
     from ray.train import (
         CheckpointConfig,
+        FailureConfig,
         LoggingConfig,
         RunConfig,
         ScalingConfig,
@@ -195,9 +216,7 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     from training.loop import train_worker
 
     resources = spec.resources
-    per_worker = {"CPU": resources.cpus_per_worker}
-    if resources.use_gpu:
-        per_worker["GPU"] = resources.gpus
+    os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{max(placement_left_s, MIN_WORKER_GROUP_START_S):g}"
     data = ray.put({"x_train": split.x_train, "y_train": split.y_train,
                     "x_val": split.x_val, "y_val": split.y_val})
     trainer = TorchTrainer(
@@ -205,11 +224,14 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
         train_loop_config={"spec": spec.model_dump(mode="json"), "data": data,
                            "n_outputs": dataset.n_outputs, "init_state": init_state,
                            "resume_from": resume},
-        scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
-                                     resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(num_workers=placement.num_workers, use_gpu=resources.use_gpu,
+                                     resources_per_worker=dict(placement.bundle)),
         run_config=RunConfig(
             name=train_run_name, storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            # Ray Train retries a worker group that fails to start (or to be placed) forever,
+            # a traceback each time: fail once instead, in one line (see training_failure).
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
             callbacks=[TrackerCallback(client.url, token, run_id,
                                        spec.hyperparameters.epochs)],
             # Ray Train narrates every report at INFO; the callback prints one line an epoch.
@@ -217,13 +239,12 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
         ),
     )
     device = "GPU" if resources.use_gpu else "CPU"
-    echo(f"training on {resources.num_workers} {device} worker(s) for up to "
+    echo(f"training on {placement.num_workers} {device} worker(s) for up to "
          f"{spec.hyperparameters.epochs} epochs; checkpoints in {storage}/{train_run_name}")
     try:
         result = trainer.fit()
     except TrainingFailedError as error:
-        raise TrainingError(f"training failed: {_first_lines(error)}",
-                            detail={"run_id": run_id}) from None
+        raise training_failure(error, spec, placement, run_id) from None
     if result.checkpoint is None:
         raise TrainingError("training ended without a checkpoint", detail={"run_id": run_id})
     return load_state(result.checkpoint)
@@ -291,10 +312,64 @@ def _submission_id() -> str | None:
         return None
 
 
-def _end_quietly(client: Any, run_id: str, status: str) -> None:
+def _plan(spec: JobSpec, where: str) -> Placement:
+    from training.cluster import cluster_here
+
+    return plan_placement(spec.resources, cluster_here(where))
+
+
+def training_failure(error: BaseException, spec: JobSpec, placement: Placement, run_id: str,
+                     read_cluster: Callable[[str], ClusterCapacity] | None = None) -> TrainingError:
+    """One line for a failed ``fit``: what went wrong, and for a worker group that could not
+    start, what to do (Ray's own error is a traceback meant for Ray's developers).
+    ``read_cluster`` reads the cluster's figures now (default: the one this process joined)."""
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import (
+        WorkerGroupStartupFailedError,
+        WorkerGroupStartupTimeoutError,
+    )
+
+    from training.cluster import cluster_here
+
+    read_cluster = read_cluster or cluster_here
+    cause = getattr(error, "controller_failure", None) if isinstance(error, ControllerError) else None
+    if isinstance(cause, WorkerGroupStartupTimeoutError):
+        # Free when the job looked, taken before Ray Train placed the group: report now's figures.
+        fresh = Placement(placement.num_workers, placement.bundle, False,
+                          read_cluster(placement.cluster.where))
+        return fresh.timeout_error(spec.resources.placement_timeout_s)
+    if isinstance(cause, WorkerGroupStartupFailedError):
+        reason = _first_line(cause.__cause__ or cause)
+        return TrainingError(f"the {placement.needs} did not start: {reason}; the Ray logs of "
+                             "the job's workers say why (`ray logs`, or the dashboard)",
+                             detail={"run_id": run_id})
+    if cause is not None:
+        return TrainingError(f"Ray Train's controller failed: {_first_line(cause)}",
+                             detail={"run_id": run_id})
+    return TrainingError(f"training failed: {_first_lines(error)}", detail={"run_id": run_id})
+
+
+def _reason(error: BaseException) -> str:
+    """Why a run failed, as kept on it (the ``failure_reason`` param)."""
+    from modelplane.errors import ModelplaneError
+
+    if isinstance(error, ModelplaneError):
+        return error.message[:2000]
+    return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _end_quietly(client: Any, run_id: str, status: str, reason: str | None = None) -> None:
     # The original error matters more than this bookkeeping.
     with contextlib.suppress(Exception):
+        if reason:
+            client.log_params(run_id, {"failure_reason": reason})
+    with contextlib.suppress(Exception):
         client.end_run(run_id, status)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
 
 
 def _first_lines(error: BaseException, limit: int = 20) -> str:

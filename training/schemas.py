@@ -34,6 +34,12 @@ EPOCH_METRICS = {
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
+# Ray Train's own wait was 60 s per try, retried forever; ten minutes covers another job
+# finishing on a small cluster without leaving a job waiting all night.
+DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
+DEFAULT_MAX_WORKERS = 4
+MAX_WORKERS = 4096
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -185,16 +191,43 @@ class HyperparametersSpec(Section):
 
 
 class ResourcesSpec(Section):
-    """How many Ray Train workers, and what each reserves."""
+    """How many Ray Train workers, what each reserves, and how long to wait for them."""
 
-    num_workers: Annotated[int, Field(ge=1, le=4096)] = Field(
-        1, description="Workers; data is sharded across them and gradients averaged (DDP)."
+    num_workers: int | Literal["auto"] = Field(
+        1,
+        description="Workers; data is sharded across them and gradients averaged (DDP). "
+        "auto: as many as the cluster can ever hold beside its Serve replicas, from 1 up to "
+        "max_workers, decided when the job starts.",
+    )
+    max_workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | None = Field(
+        None, description=f"With num_workers: auto, the most workers to start "
+        f"(default {DEFAULT_MAX_WORKERS})."
     )
     use_gpu: bool = Field(False, description="Train on GPUs (NCCL); CPUs and gloo otherwise.")
     cpus_per_worker: float = Field(1.0, gt=0.0, le=512)
     gpus_per_worker: float | None = Field(
         None, ge=0.0, le=64, description="GPUs each worker reserves (default 1 with use_gpu)."
     )
+    memory_per_worker_gb: float | None = Field(
+        None, gt=0.0, le=65536,
+        description="Memory each worker reserves in Ray's scheduler, in GB (default: none).",
+    )
+    placement_timeout_s: float = Field(
+        DEFAULT_PLACEMENT_TIMEOUT_S, gt=0.0, le=7 * 24 * 3600,
+        description="How long the job waits for its workers to be placed when the cluster is "
+        "busy; then it fails, saying what it needed and what was free.",
+    )
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _whole_workers_or_auto(cls, value: Any) -> Any:
+        # One message for both forms (pydantic would report each member of the union).
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+            raise ValueError(f"must be a whole number greater than or equal to 1 and at most "
+                             f"{MAX_WORKERS}, or auto (got {value!r})")
+        return value
 
     @model_validator(mode="after")
     def _gpus_need_use_gpu(self) -> ResourcesSpec:
@@ -202,6 +235,8 @@ class ResourcesSpec(Section):
             raise _at("gpus_per_worker", "is set but use_gpu is false; set use_gpu: true")
         if self.use_gpu and self.gpus_per_worker == 0:
             raise _at("gpus_per_worker", "is 0 but use_gpu is true")
+        if self.max_workers is not None and self.num_workers != "auto":
+            raise _at("max_workers", "only applies with num_workers: auto; set one or the other")
         return self
 
     @property
@@ -210,6 +245,16 @@ class ResourcesSpec(Section):
         if not self.use_gpu:
             return 0.0
         return 1.0 if self.gpus_per_worker is None else self.gpus_per_worker
+
+    @property
+    def worker_bundle(self) -> dict[str, float]:
+        """What one worker reserves, in Ray's resource names (memory in bytes)."""
+        bundle = {"CPU": self.cpus_per_worker}
+        if self.gpus:
+            bundle["GPU"] = self.gpus
+        if self.memory_per_worker_gb:
+            bundle["memory"] = self.memory_per_worker_gb * 1e9
+        return bundle
 
 
 class EarlyStoppingSpec(Section):

@@ -7,7 +7,9 @@ and whose ``detail["field"]`` names the first.
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,12 @@ from training.errors import InvalidJobSpecError
 from training.schemas import FieldError, JobSpec
 
 
-def load_job_spec(path: str | os.PathLike[str]) -> JobSpec:
-    """Load, validate and resolve a spec file; local paths in it are relative to the file."""
+def load_job_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> JobSpec:
+    """Load, validate and resolve a spec file; local paths in it are relative to the file.
+
+    ``overrides`` are ``section.field=value`` settings applied over the file before it is
+    validated (``hyperparameters.epochs=2``); values are read as YAML (``2``, ``auto``, ``[32]``).
+    """
     source = Path(path)
     try:
         text = source.read_text()
@@ -39,7 +45,35 @@ def load_job_spec(path: str | os.PathLike[str]) -> JobSpec:
             f"{source} is not valid YAML{where}: {problem}",
             detail={"field": "config", "path": str(source)},
         ) from None
+    if overrides:
+        raw = apply_overrides(raw, overrides)
     return resolve_paths(parse_job_spec(raw, source=str(source)), source.parent)
+
+
+def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
+    """``raw`` with each ``dotted.field=value`` set; an override that is not one is an error."""
+    if not isinstance(raw, dict):
+        return raw  # parse_job_spec says what is wrong with it
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise InvalidJobSpecError(
+                f"--set {item!r}: give section.field=value, e.g. hyperparameters.epochs=2",
+                detail={"field": "--set"},
+            )
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        target = result
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[parts[-1]] = value
+    return result
 
 
 def parse_job_spec(raw: Any, *, source: str = "job spec") -> JobSpec:

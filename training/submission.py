@@ -108,20 +108,6 @@ class JobClient:
     def list(self) -> list[Any]:
         return self._call(self._client.list_jobs)
 
-    def nodes(self) -> list[dict[str, float]]:
-        """Total resources of each alive node, for the checks before submission."""
-        from ray.util.state import list_nodes
-
-        try:
-            nodes = list_nodes(address=self.address, filters=[("state", "=", "ALIVE")])
-        except Exception as error:  # the state API raises its own and requests' errors
-            raise JobSubmissionError(
-                f"cannot list the nodes of the cluster at {self.address}: {_first_line(error)}; "
-                "pass --no-resource-check to submit without checking CPUs and GPUs",
-                detail={"address": self.address},
-            ) from None
-        return [dict(node.resources_total or {}) for node in nodes]
-
     def follow(self, job_id: str, echo: Callable[[str], None], *, poll_s: float = 1.0) -> str:
         """Print the job's output as it grows until the job ends; returns its final status."""
         shown = 0
@@ -165,15 +151,21 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
                 token_minutes: int = DEFAULT_LIFETIME_MINUTES) -> Submission:
     """Check the spec, submit it with a job token living ``token_minutes`` at most, and
     (with ``wait``) follow it to the end."""
+    from training.capacity import plan_placement
+    from training.cluster import cluster_from_dashboard
     from training.preflight import check_data
-    from training.preflight import check_resources as check_cluster
 
     path = Path(spec_path)
     spec = load_job_spec(path)
     check_data(spec)
     client = JobClient(address)
     if check_resources:
-        check_cluster(spec.resources, client.nodes(), client.address)
+        # Never fits: refused here. Busy: say the job will wait (it checks again, exactly).
+        placement = plan_placement(spec.resources, cluster_from_dashboard(client.address))
+        if not placement.fits_now:
+            echo(f"the cluster is busy: the job will wait for its workers (needs "
+                 f"{placement.needs}, free now {placement.free}), "
+                 f"{spec.resources.placement_timeout_s:g} s at most (resources.placement_timeout_s)")
     token = mint_job_token(spec.experiment.name, lifetime_minutes=token_minutes)
     env = {**job_environment(path.parent), **token.env()}
     metadata = {"experiment": spec.experiment.name, "model": spec.model_name,

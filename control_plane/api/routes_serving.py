@@ -7,41 +7,53 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from control_plane.api.deps import CP, Reader, Writer
-from control_plane.schemas import DeployRequest, EndpointOut, TrafficUpdate
+from control_plane.schemas import DeployRequest, EndpointOut, EndpointServing, TrafficUpdate
 
 router = APIRouter(tags=["serving"])
 
 
+def _with_serving(cp: Any, endpoint: EndpointOut) -> EndpointOut:
+    """``endpoint`` with how applying it to Serve went (error and retry time when failed)."""
+    state = cp.serving_states().get(endpoint.name)
+    if state is None:
+        return endpoint
+    return endpoint.model_copy(update={"serving": EndpointServing(
+        state=state.state, error=state.error, retry_at=state.retry_at, since=state.since)})
+
+
 @router.get("/endpoints", response_model=list[EndpointOut])
 def list_endpoints(cp: CP, _: Reader) -> list[EndpointOut]:
-    return cp.deployments.list()
+    return [_with_serving(cp, endpoint) for endpoint in cp.deployments.list()]
 
 
 @router.post("/endpoints", response_model=EndpointOut, status_code=201)
 def deploy(body: DeployRequest, cp: CP, actor: Writer) -> EndpointOut:
-    """Serve a model version on an endpoint (new endpoint: 100%; existing: added at 0%)."""
+    """Serve a model version on an endpoint (new endpoint: 100%; existing: added at 0%).
+
+    Returns once Serve has the change, without waiting for a model to load: ``serving``
+    in ``GET /endpoints/{name}`` follows it to running (or says why not)."""
     result = cp.deployments.deploy(body, actor)
-    cp.apply()
-    return result
+    cp.apply(result.name)
+    return _with_serving(cp, result)
 
 
 @router.get("/endpoints/{name}", response_model=EndpointOut)
 def get_endpoint(name: str, cp: CP, _: Reader) -> EndpointOut:
-    return cp.deployments.get(name)
+    return _with_serving(cp, cp.deployments.get(name))
 
 
 @router.put("/endpoints/{name}/traffic", response_model=EndpointOut)
 def set_traffic(name: str, body: TrafficUpdate, cp: CP, actor: Writer) -> EndpointOut:
     """Replace the route table: weights summing to 100 and shadow versions."""
     result = cp.deployments.set_traffic(name, body, actor)
-    cp.apply()
-    return result
+    cp.apply(result.name)
+    return _with_serving(cp, result)
 
 
 @router.delete("/endpoints/{name}", status_code=204)
 def undeploy(name: str, cp: CP, actor: Writer) -> Response:
     cp.deployments.undeploy(name, actor)
-    cp.apply()
+    cp.apply(name)
     return Response(status_code=204)
 
 

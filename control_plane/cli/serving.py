@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_table
+
+if TYPE_CHECKING:
+    from control_plane.schemas import EndpointServing
 
 
 def up(
@@ -12,6 +17,12 @@ def up(
     fast_ingress: bool | None = typer.Option(
         None, "--fast-ingress/--default-ingress",
         help="HAProxy + throughput-optimized Serve (default: when HAProxy is available).",
+    ),
+    take_over: bool = typer.Option(
+        False, "--take-over",
+        help="Replace a control plane of another store (another home) running on this Ray "
+             "cluster; its endpoints keep serving, untouched. Without it, `up` stops and "
+             "names both homes.",
     ),
 ) -> None:
     """Start Ray (if none is reachable), Serve, the Monitor and the control plane at /api."""
@@ -24,7 +35,8 @@ def up(
     settings = get_settings()
     with console.status("starting modelplane …") as status:
         info = start_platform(settings, num_cpus=num_cpus, fast_ingress=fast_ingress,
-                              progress=lambda message: status.update(message + " …"))
+                              progress=lambda message: status.update(message + " …"),
+                              take_over=take_over)
     console.print(f"[green]modelplane is up[/green] (Ray at {info.ray_address}"
                   + (", HAProxy ingress" if info.fast_ingress else "") + ")")
     console.print(f"  control plane  {info.api_url}   (docs: {info.api_url}/docs)")
@@ -54,11 +66,24 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
     payload = {"control_plane": health, "endpoints": endpoints, "ready": ready}
     emit(as_json, payload, lambda: print_table(
         f"modelplane {health.get('version', '')} at {api.url}",
-        ["endpoint", "model", "placement", "routes", "ready", "url"],
+        ["endpoint", "model", "placement", "routes", "ready", "serving", "url"],
         [[e.name, e.model, e.placement,
           _routes_text(e.routes),
-          "yes" if ready[e.name] else "no", e.url] for e in endpoints],
+          "yes" if ready[e.name] else "no", _serving_text(e.serving), e.url] for e in endpoints],
     ))
+
+
+def _serving_text(serving: EndpointServing | None) -> str:
+    """``applied``, ``pending: why`` or ``failed: why (retry at 12:00:05 UTC)``."""
+    if serving is None:
+        return "-"
+    text = serving.state
+    if serving.error:
+        error = serving.error
+        text += f": {error if len(error) <= 160 else error[:157] + '...'}"
+    if serving.retry_at is not None:
+        text += f" (retry at {serving.retry_at:%H:%M:%S} UTC)"
+    return text
 
 
 def _routes_text(routes: list) -> str:

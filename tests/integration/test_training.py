@@ -221,7 +221,7 @@ def test_bad_specs_fail_before_submission_naming_the_field(cluster: Cluster) -> 
         result = _modelplane(cluster, "train", "submit", str(path), "--address", cluster.dashboard)
         assert result.returncode == 1, result.stdout + result.stderr
         assert field in result.stderr and "submitted" not in result.stdout, result.stderr
-    assert "GPUs" in result.stderr and "has 0" in result.stderr
+    assert "has 0 GPU" in result.stderr
     listed = _modelplane(cluster, "train", "list", "--address", cluster.dashboard, "--json")
     assert "t-bad" not in {job["experiment"] for job in json.loads(listed.stdout)}
 

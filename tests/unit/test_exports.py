@@ -16,7 +16,7 @@ EXPECTED = {
     },
     training: {
         "CheckpointNotFoundError", "ExportMismatchError", "InvalidJobSpecError", "JobFailedError",
-        "JobSpec", "JobSubmissionError", "TrainingError", "load_job_spec", "run_job", "submit_spec",
+        "JobSpec", "JobSubmissionError", "ResourcesUnavailableError", "TrainingError", "load_job_spec", "run_job", "submit_spec",
     },
 }
 

@@ -129,6 +129,8 @@ def test_isolated_endpoints_get_an_application_per_version(deployments: Deployme
     reconciler = Reconciler(deployments.db, serve, base_url="http://cp:8000")
     deployments.deploy(DeployRequest(endpoint="big", model_ref="iris:1", placement="isolated"), ALICE)
     deployments.deploy(DeployRequest(endpoint="big", model_ref="iris:2", weight=10), ALICE)
+    reconciler.reconcile()  # the versions are submitted; the router waits until they run
+    assert sorted(serve.apps) == ["endpoint-big-v1", "endpoint-big-v2"]
     reconciler.reconcile()
     assert sorted(serve.apps) == ["endpoint-big", "endpoint-big-v1", "endpoint-big-v2"]
     assert serve.calls.index(("deploy", "endpoint-big-v2")) < serve.calls.index(("deploy", "endpoint-big"))

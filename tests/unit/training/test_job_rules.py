@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from training import InvalidJobSpecError
+from training.capacity import (
+    ClusterCapacity,
+    NodeCapacity,
+    plan_placement,
+    wait_for_placement,
+    waiting_note,
+)
 from training.early_stopping import EarlyStopping
+from training.errors import ResourcesUnavailableError
 from training.evaluation import classification_metrics, regression_metrics
-from training.preflight import check_data, check_resources
+from training.preflight import check_data
 from training.schemas import ResourcesSpec
 from training.spec import parse_job_spec
 from training.tracking import epoch_metrics, flat_params, progress_line
@@ -67,26 +75,110 @@ def test_regression_metrics() -> None:
     assert metrics == pytest.approx({"mae": 2 / 3, "rmse": math.sqrt(4 / 3), "r2": 1 - 4 / 2})
 
 
-NODES = [{"CPU": 4.0}, {"CPU": 2.0, "GPU": 1.0}]
+def cluster(*nodes: tuple[dict, dict, dict]) -> ClusterCapacity:
+    """Nodes as (total, free, held by Serve)."""
+    return ClusterCapacity("http://head:8265", tuple(
+        NodeCapacity(f"n{i}", total, free, serving) for i, (total, free, serving) in enumerate(nodes)))
+
+
+NODES = cluster(({"CPU": 4.0}, {"CPU": 4.0}, {}), ({"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}, {}))
+# The issue's 2-core machine: the platform's replicas hold 0.3 CPU.
+LAPTOP = cluster(({"CPU": 2.0}, {"CPU": 1.7}, {"CPU": 0.3}))
 
 
 @pytest.mark.parametrize(("resources", "field", "words"), [
-    ({"num_workers": 2, "use_gpu": True}, "resources.num_workers", "asks for 2 GPUs"),
-    ({"num_workers": 1, "use_gpu": True, "gpus_per_worker": 2}, "resources.num_workers", "2 GPUs"),
-    ({"num_workers": 4, "cpus_per_worker": 2}, "resources.num_workers", "8 CPUs"),
-    ({"num_workers": 1, "cpus_per_worker": 5}, "resources.cpus_per_worker", "no node"),
-    ({"num_workers": 1, "use_gpu": True, "cpus_per_worker": 3}, "resources.cpus_per_worker", "and 1 GPUs"),
+    ({"num_workers": 2, "use_gpu": True}, "resources.num_workers", "asks 2 GPU"),
+    ({"num_workers": 1, "use_gpu": True, "gpus_per_worker": 2}, "resources.gpus_per_worker",
+     "each worker asks 2 GPU"),
+    ({"num_workers": 4, "cpus_per_worker": 2}, "resources.num_workers",
+     "asks 8 CPU for its workers (num_workers 4 x cpus_per_worker 2)"),
+    ({"num_workers": 1, "cpus_per_worker": 5}, "resources.cpus_per_worker", "to at most 4"),
+    ({"num_workers": 1, "use_gpu": True, "cpus_per_worker": 3}, "resources.num_workers",
+     "at once"),
+    ({"num_workers": 1, "memory_per_worker_gb": 64}, "resources.memory_per_worker_gb", "64 GB"),
 ])
 def test_workers_the_cluster_cannot_place_are_refused(resources: dict, field: str, words: str) -> None:
+    nodes = cluster(({"CPU": 4.0, "memory": 8e9}, {"CPU": 4.0, "memory": 8e9}, {}),
+                    ({"CPU": 2.0, "GPU": 1.0, "memory": 8e9}, {"CPU": 2.0, "GPU": 1.0}, {}))
     with pytest.raises(InvalidJobSpecError) as caught:
-        check_resources(ResourcesSpec(**resources), NODES, "http://head:8265")
-    assert caught.value.detail["field"] == field and words in caught.value.message
+        plan_placement(ResourcesSpec(**resources), nodes)
+    assert caught.value.detail["field"] == field and words in caught.value.message, caught.value.message
+
+
+def test_the_issues_laptop_refuses_two_whole_cpu_workers_with_the_figures() -> None:
+    with pytest.raises(InvalidJobSpecError) as caught:
+        plan_placement(ResourcesSpec(num_workers=2), LAPTOP)
+    assert caught.value.message == (
+        "resources.num_workers: the job asks 2 CPU for its workers (num_workers 2 x "
+        "cpus_per_worker 1); the cluster at http://head:8265 has 2 CPU, of which 0.3 are held "
+        "by Serve replicas; lower resources.cpus_per_worker to 0.8 or resources.num_workers "
+        "to 1, set num_workers: auto, or add a node")
+    # What the message suggests does fit.
+    assert plan_placement(ResourcesSpec(num_workers=2, cpus_per_worker=0.8), LAPTOP).fits_now
+    assert plan_placement(ResourcesSpec(num_workers=1), LAPTOP).fits_now
 
 
 def test_no_gpus_at_all_names_use_gpu() -> None:
-    with pytest.raises(InvalidJobSpecError, match=r"resources.use_gpu: .* has 0"):
-        check_resources(ResourcesSpec(use_gpu=True), [{"CPU": 8.0}], "here")
-    check_resources(ResourcesSpec(num_workers=3, cpus_per_worker=2), NODES, "here")
+    with pytest.raises(InvalidJobSpecError, match=r"resources.use_gpu: .* has 0 GPU"):
+        plan_placement(ResourcesSpec(use_gpu=True), cluster(({"CPU": 8.0}, {"CPU": 8.0}, {})))
+    assert plan_placement(ResourcesSpec(num_workers=3, cpus_per_worker=2), NODES).num_workers == 3
+
+
+def test_auto_takes_the_most_workers_the_cluster_can_ever_hold_up_to_max_workers() -> None:
+    assert plan_placement(ResourcesSpec(num_workers="auto"), LAPTOP).num_workers == 1
+    assert plan_placement(ResourcesSpec(num_workers="auto", cpus_per_worker=0.5), LAPTOP).num_workers == 3
+    assert plan_placement(ResourcesSpec(num_workers="auto", max_workers=2, cpus_per_worker=0.5),
+                          LAPTOP).num_workers == 2
+    # Busy (another job holds a CPU) does not shrink auto: the job waits for its workers.
+    busy = cluster(({"CPU": 2.0}, {"CPU": 0.7}, {"CPU": 0.3}))
+    placement = plan_placement(ResourcesSpec(num_workers="auto", max_workers=2, cpus_per_worker=0.5), busy)
+    assert placement.num_workers == 2 and not placement.fits_now
+    assert placement.needs == "2 workers x 0.5 CPU" and placement.free == "0.7 CPU"
+    with pytest.raises(InvalidJobSpecError, match="resources.cpus_per_worker: each worker asks 2 CPU"):
+        plan_placement(ResourcesSpec(num_workers="auto", cpus_per_worker=2), LAPTOP)
+
+
+def test_workers_are_placed_whole_on_nodes() -> None:
+    # 3 CPU free in all, but 1.5 on each node: two 1-CPU workers fit, three do not.
+    split = cluster(({"CPU": 1.5}, {"CPU": 1.5}, {}), ({"CPU": 1.5}, {"CPU": 1.5}, {}))
+    assert plan_placement(ResourcesSpec(num_workers=2), split).fits_now
+    with pytest.raises(InvalidJobSpecError, match="num_workers to 2"):
+        plan_placement(ResourcesSpec(num_workers=3), split)
+
+
+def test_a_busy_cluster_makes_the_job_wait_then_go_or_time_out() -> None:
+    clock = FakeClock()
+    frees = iter([0.7, 0.7, 0.7, 1.7])
+    plan = lambda: plan_placement(ResourcesSpec(num_workers=1),  # noqa: E731
+                                  cluster(({"CPU": 2.0}, {"CPU": next(frees)}, {"CPU": 0.3})))
+    lines: list[str] = []
+    placement, left = wait_for_placement(plan, 60, lines.append, poll_s=2, clock=clock,
+                                         sleep=clock.sleep)
+    assert placement.fits_now and left == 54
+    assert lines == ["waiting for resources (needs 1 worker x 1 CPU, free 0.7 CPU); the job fails "
+                     "if they are not free within 60 s (resources.placement_timeout_s)",
+                     "resources free after 6 s: starting 1 worker x 1 CPU"]
+    assert waiting_note("data …\n" + lines[0]) == "waiting for resources (needs 1 worker x 1 CPU, free 0.7 CPU)"
+    assert waiting_note("\n".join(lines)) is None and waiting_note("epoch 1/2") is None
+
+    held = cluster(({"CPU": 2.0}, {"CPU": 0.7}, {"CPU": 0.3}))
+    with pytest.raises(ResourcesUnavailableError) as caught:
+        wait_for_placement(lambda: plan_placement(ResourcesSpec(num_workers=1), held), 5,
+                           lines.append, poll_s=2, clock=clock, sleep=clock.sleep)
+    assert caught.value.detail["field"] == "resources.placement_timeout_s"
+    assert "(1 worker x 1 CPU) could not be placed within 5 s" in caught.value.message
+    assert "2 CPU, of which 0.3 are held by Serve replicas and 1 by other work" in caught.value.message
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def test_a_cnn_image_must_fit_the_files_feature_columns(tmp_path) -> None:

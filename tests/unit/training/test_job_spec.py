@@ -125,3 +125,37 @@ def test_the_dumped_spec_reads_back_the_same() -> None:
     spec = parse_job_spec(spec_with(hyperparameters={"scheduler": {"type": "step", "step_size": 3}}))
     again = JobSpec.model_validate(yaml.safe_load(dump_job_spec(spec)))
     assert again == spec
+
+
+@pytest.mark.parametrize(("resources", "field", "words"), [
+    ({"num_workers": "many"}, "resources.num_workers", "auto"),
+    ({"num_workers": 2, "max_workers": 4}, "resources.max_workers", "only applies with num_workers: auto"),
+    ({"placement_timeout_s": 0}, "resources.placement_timeout_s", "greater than 0"),
+    ({"memory_per_worker_gb": -1}, "resources.memory_per_worker_gb", "greater than 0"),
+])
+def test_bad_resources_name_the_field(resources: dict[str, Any], field: str, words: str) -> None:
+    error = error_for(spec_with(resources=resources))
+    assert error.detail["field"] == field and words in error.message, error.message
+
+
+def test_auto_workers_and_the_placement_wait_have_defaults() -> None:
+    resources = parse_job_spec(spec_with(resources={"num_workers": "auto", "max_workers": 2,
+                                                    "memory_per_worker_gb": 0.5})).resources
+    assert resources.num_workers == "auto" and resources.max_workers == 2
+    assert resources.placement_timeout_s == 600
+    assert resources.worker_bundle == {"CPU": 1.0, "memory": 5e8}
+
+
+def test_set_overrides_a_field_before_validation(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec_with(hyperparameters={"epochs": 30})))
+    spec = load_job_spec(path, ["hyperparameters.epochs=2", "resources.num_workers=auto",
+                                "model.hidden_sizes=[8]", "experiment.tags.owner=ci"])
+    assert spec.hyperparameters.epochs == 2 and spec.resources.num_workers == "auto"
+    assert spec.model.hidden_sizes == [8] and spec.experiment.tags == {"owner": "ci"}
+    assert load_job_spec(path).hyperparameters.epochs == 30  # the file is left as it was
+    with pytest.raises(InvalidJobSpecError, match="hyperparameters.epochs: .*greater than or equal to 1"):
+        load_job_spec(path, ["hyperparameters.epochs=0"])
+    with pytest.raises(InvalidJobSpecError, match="give section.field=value") as caught:
+        load_job_spec(path, ["hyperparameters.epochs"])
+    assert caught.value.detail["field"] == "--set"

@@ -1,0 +1,229 @@
+"""Training jobs never hang: on a real 2-CPU head running the platform, a job the cluster can
+never hold is refused before it runs, a job that fits only later waits and then runs, a job
+that never gets its workers within ``resources.placement_timeout_s`` ends ``failed`` with
+the reason, and every example in examples/ runs to a registered version.
+
+The head (`ray start --head --num-cpus=2`, every port free, a private RAY_TMPDIR) is the
+issue's laptop: `modelplane up` puts the platform's replicas on it. As in
+test_training.py, this process never connects to Ray: every Ray client is a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from control_plane.client import Client
+from tests.conftest import free_port
+from tests.ray_head import BIN, RayHead
+from tests.waiting import wait_for
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+JOB_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.yaml") if "experiment:" in p.read_text())
+
+
+@dataclass
+class Laptop:
+    head: RayHead
+    env: dict[str, str]
+    url: str
+
+    @property
+    def token(self) -> str:
+        return (Path(self.env["MODELPLANE_HOME"]) / "admin.token").read_text().strip()
+
+    def client(self) -> Client:
+        return Client(self.url, self.token)
+
+    def modelplane(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "modelplane.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def ray_job_submit(self, working_dir: Path, *job_args: str,
+                       timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Ray's own CLI, as the README shows it, following the job to its end."""
+        runtime_env = {"env_vars": {"MODELPLANE_URL": self.url, "MODELPLANE_TOKEN": self.token}}
+        return subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", self.head.dashboard,
+             "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env),
+             "--", "python", "-m", "training.job", *job_args],
+            env=self.env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def laptop() -> Iterator[Laptop]:
+    head = RayHead(num_cpus=2, extra_env={"RAY_JOB_STOP_WAIT_TIME_S": "30"})
+    try:
+        head.start()
+        port = free_port()
+        env = {**head.env, "MODELPLANE_HOME": str(head.root / "home"),
+               "MODELPLANE_HTTP_PORT": str(port), "MODELPLANE_URL": f"http://127.0.0.1:{port}"}
+        up = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"],
+                            env={**env, "RAY_ADDRESS": head.gcs_address},
+                            capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield Laptop(head, env, env["MODELPLANE_URL"])
+    finally:
+        head.stop()
+
+
+def test_a_job_the_cluster_can_never_hold_is_refused_before_it_runs(laptop: Laptop) -> None:
+    """The issue's case: 2 workers of 1 CPU on 2 CPUs, some held by Serve replicas."""
+    spec = _write_spec(laptop.head.root / "never" / "job.yaml", laptop, experiment="t-never",
+                       workers=2)
+    result = laptop.modelplane("train", "submit", str(spec), "--address", laptop.head.dashboard)
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = " ".join(result.stderr.split())
+    assert "submitted" not in result.stdout, result.stdout
+    assert "resources.num_workers: the job asks 2 CPU for its workers" in error, error
+    assert re.search(r"has 2 CPU, of which 0\.\d+ are held by Serve replicas", error), error
+    assert re.search(r"lower resources\.cpus_per_worker to 0\.\d or resources\.num_workers to 1",
+                     error), error
+    listed = laptop.modelplane("train", "list", "--address", laptop.head.dashboard, "--json")
+    assert "t-never" not in {job["experiment"] for job in json.loads(listed.stdout)}
+
+    # Ray's own CLI skips `train submit`: the job itself refuses, before any run starts.
+    submitted = laptop.ray_job_submit(spec.parent, "--config", "job.yaml")
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode != 0, output
+    assert "error: resources.num_workers: the job asks 2 CPU" in output, output
+    assert "Traceback" not in output, output
+    assert _runs(laptop.client(), "t-never") == []
+
+
+def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(laptop: Laptop) -> None:
+    """A long job holds 1 CPU: a job with a 5 s placement timeout fails saying why, one with
+    time to spare waits (and says so in `train status` and `train list`) and runs once the
+    long job is stopped."""
+    root, client = laptop.head.root / "busy", laptop.client()
+    holder, _ = _submit(laptop, _write_spec(root / "holder.yaml", laptop, experiment="t-holder",
+                                            workers=1, epochs=100_000))
+    run = wait_for(lambda: (runs := _runs(client, "t-holder")) and runs[0], 180, "the holder's run")
+    wait_for(lambda: client.metric_history(run.id, "val_loss"), 180, "the holder's first epoch")
+
+    hasty = _write_spec(root / "hasty.yaml", laptop, experiment="t-hasty", workers=1,
+                        placement_timeout_s=5)
+    patient = _write_spec(root / "patient.yaml", laptop, experiment="t-patient", workers=1,
+                          placement_timeout_s=300, epochs=2)
+    (hasty_id, said), (patient_id, _) = _submit(laptop, hasty), _submit(laptop, patient)
+    assert re.search(r"the cluster is busy: the job will wait for its workers \(needs 1 worker "
+                     r"x 1 CPU, free now 0\.\d+ CPU\), 5 s at most", said), said
+
+    # The one with 5 s ends failed, its run too, with the reason; one line, no traceback.
+    wait_for(lambda: _status(laptop, hasty_id) in {"FAILED", "SUCCEEDED", "STOPPED"}, 180,
+             "the hasty job to end")
+    assert _status(laptop, hasty_id) == "FAILED"
+    logs = laptop.modelplane("train", "logs", hasty_id, "--address", laptop.head.dashboard).stdout
+    assert logs.count("could not be placed within 5 s") == 1, logs
+    assert "Traceback" not in logs and "WorkerGroupStartup" not in logs, logs
+    failed = client.get_run(_runs(client, "t-hasty")[0].id)
+    assert failed.status == "failed"
+    reason = failed.params["failure_reason"]
+    assert reason.startswith("resources.placement_timeout_s: the workers (1 worker x 1 CPU) "
+                             "could not be placed within 5 s"), reason
+    assert re.search(r"2 CPU, of which 0\.\d+ are held by Serve replicas and 1 by other work",
+                     reason), reason
+
+    # The patient one waits and says so where a user looks.
+    note = re.compile(r"waiting for resources \(needs 1 worker x 1 CPU, free 0\.\d+ CPU\)")
+    status = wait_for(lambda: note.search(_status_text(laptop, patient_id)) and
+                      _status_text(laptop, patient_id), 180, "train status to say it waits")
+    assert "RUNNING" in status, status
+    listed = json.loads(laptop.modelplane("train", "list", "--address", laptop.head.dashboard,
+                                          "--json").stdout)
+    row = next(job for job in listed if job["job_id"] == patient_id)
+    assert row["status"] == "RUNNING" and note.fullmatch(row["waiting"] or ""), row
+    table = " ".join(laptop.modelplane("train", "list", "--address",
+                                       laptop.head.dashboard).stdout.split())
+    assert "RUNNING, waiting" in table and f"{patient_id}: {row['waiting']}" in table, table
+
+    stopped = laptop.modelplane("train", "stop", holder, "--address", laptop.head.dashboard)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    wait_for(lambda: _status(laptop, patient_id) in {"FAILED", "SUCCEEDED", "STOPPED"}, 300,
+             "the patient job to end")
+    logs = laptop.modelplane("train", "logs", patient_id, "--address", laptop.head.dashboard).stdout
+    assert _status(laptop, patient_id) == "SUCCEEDED", logs
+    assert re.search(r"resources free after \d+ s: starting 1 worker x 1 CPU", logs), logs
+    assert "registered t-patient:1" in logs, logs
+    assert client.get_run(_runs(client, "t-patient")[0].id).status == "finished"
+    assert _status_text(laptop, patient_id).count("waiting for resources") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", JOB_EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_runs_to_a_registered_version_with_ray_job_submit(
+        laptop: Laptop, example: Path) -> None:
+    """Unchanged but for two epochs (`--set`, as the README documents) and where checkpoints go."""
+    spec = yaml.safe_load(example.read_text())
+    model = spec["registration"]["model_name"]
+    checkpoints = laptop.head.root / "example-checkpoints"
+    result = laptop.ray_job_submit(EXAMPLES, "--config", example.name,
+                                   "--set", "hyperparameters.epochs=2",
+                                   "--set", f"checkpoint.storage_path={checkpoints}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert re.search(rf"registered {model}:\d+", output), output
+    assert "num_workers auto: 1 worker(s)" in output, output
+    version = laptop.client().resolve(f"{model}@{spec['registration']['alias']}"
+                                      if spec["registration"].get("alias") else f"{model}:1")
+    assert version.manifest.metrics
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _write_spec(path: Path, laptop: Laptop, *, experiment: str, workers: int, epochs: int = 2,
+                placement_timeout_s: float | None = None) -> Path:
+    resources: dict[str, Any] = {"num_workers": workers, "cpus_per_worker": 1}
+    if placement_timeout_s is not None:
+        resources["placement_timeout_s"] = placement_timeout_s
+    spec = {
+        "experiment": {"name": experiment},
+        "model": {"architecture": "mlp_classifier", "hidden_sizes": [16]},
+        "data": {"dataset": "breast_cancer"},
+        "hyperparameters": {"epochs": epochs, "batch_size": 64},
+        "resources": resources,
+        "checkpoint": {"every_n_epochs": 1000, "storage_path": str(laptop.head.root / "checkpoints")},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _submit(laptop: Laptop, spec: Path) -> tuple[str, str]:
+    """The job id `train submit` printed, and all it printed."""
+    result = laptop.modelplane("train", "submit", str(spec), "--address", laptop.head.dashboard)
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"submitted job (\S+)", result.stdout)
+    assert match, result.stdout
+    return match.group(1), result.stdout
+
+
+def _status(laptop: Laptop, job_id: str) -> str:
+    result = laptop.modelplane("train", "status", job_id, "--address", laptop.head.dashboard, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)["status"]
+
+
+def _status_text(laptop: Laptop, job_id: str) -> str:
+    result = laptop.modelplane("train", "status", job_id, "--address", laptop.head.dashboard)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _runs(client: Client, experiment: str) -> list[Any]:
+    from control_plane.errors import NotFoundError
+
+    try:
+        return client.list_runs(experiment).items
+    except NotFoundError:
+        return []

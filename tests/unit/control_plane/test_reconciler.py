@@ -1,0 +1,231 @@
+"""The reconciler against a fake Serve: endpoints apart, nothing waits, failures retried,
+isolated routers only on running versions, other stores' applications left alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from control_plane.deployments import Deployments
+from control_plane.ownership import STORE_ID_ENV, AppOwner, application_owners, store_identity
+from control_plane.reconciler import RETRY_BASE_S, Reconciler, ServeApp
+from control_plane.registry import Registry
+from control_plane.schemas import DeployRequest, ScaleSettings, TrafficUpdate, VersionCreate
+from control_plane.store import Database
+from control_plane.store.models import ModelRow, RolloutRow
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.unit.control_plane.conftest import ALICE
+
+ME, OTHER = "a" * 32, "b" * 32
+
+
+class Serve:
+    """A Serve whose applications start when told to (``start``) or fail (``fail``).
+
+    It has no way to wait: a reconciler that tried would raise AttributeError.
+    """
+
+    def __init__(self, *, owner: str | None = ME) -> None:
+        self.apps: dict[str, ServeApp] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.autostart = True
+        self.owner = owner
+
+    def applications(self) -> dict[str, ServeApp]:
+        return dict(self.apps)
+
+    def deploy(self, name: str, route_prefix: str | None, app: Any) -> None:
+        self.calls.append(("deploy", name))
+        self.apps[name] = ServeApp("RUNNING" if self.autostart else "DEPLOYING", owner=self.owner)
+
+    def delete(self, name: str) -> None:
+        self.calls.append(("delete", name))
+        self.apps.pop(name, None)
+
+    def set(self, name: str, status: str, message: str = "") -> None:
+        self.apps[name] = ServeApp(status, message, self.apps[name].owner)
+
+    def deploys(self) -> list[str]:
+        return [name for kind, name in self.calls if kind == "deploy"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def deployments(registry: Registry) -> Deployments:
+    for seed in range(3):
+        info = registry.artifacts.put([linear_classifier(seed=seed)])
+        registry.register_version(
+            "iris", VersionCreate(artifact_digest=info.digest, manifest=linear_classifier_manifest()),
+            ALICE)
+    return Deployments(registry.db, registry, base_url="http://cp:8000")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def reconciler(deployments: Deployments, serve: Serve, clock: Clock, **options: Any) -> Reconciler:
+    return Reconciler(deployments.db, serve, base_url="http://cp:8000").own(
+        ME, clock=clock, **options)
+
+
+def test_an_endpoint_that_never_starts_does_not_hold_the_others(deployments, clock) -> None:
+    serve = Serve()
+    serve.autostart = False
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="big", model_ref="iris:1", placement="isolated",
+                                     scaling=ScaleSettings(num_gpus=8)), ALICE)
+    report = rec.reconcile()
+    assert report.pending == ["big"] and "endpoint-big" not in serve.apps  # router waits
+    assert rec.states()["big"].state == "pending"
+    serve.autostart = True
+    deployments.deploy(DeployRequest(endpoint="small", model_ref="iris:1"), ALICE)
+    report = rec.reconcile("small")
+    assert report.applied == ["endpoint-small"] and "big" not in report.applied
+    rec.reconcile()
+    assert rec.states()["small"].state == "applied" and rec.states()["big"].state == "pending"
+    serve.set("endpoint-big-v1", "DEPLOYING", "1 replica pending: GPU 8 not available")
+    rec.reconcile()
+    assert "GPU 8 not available" in rec.states()["big"].error
+
+
+def test_a_failed_endpoint_shows_its_error_and_is_retried_with_backoff(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1"), ALICE)
+    rec.reconcile()
+    serve.set("endpoint-ep", "DEPLOY_FAILED", "model failed to load: digest mismatch")
+    rec.reconcile()
+    state = rec.states()["ep"]
+    assert state.state == "failed" and "digest mismatch" in state.error
+    assert state.retry_at == datetime.fromtimestamp(clock.now + RETRY_BASE_S, UTC)
+    deploys = len(serve.deploys())
+    rec.reconcile()
+    assert len(serve.deploys()) == deploys  # not before its retry time
+    clock.now += RETRY_BASE_S
+    rec.reconcile()
+    assert len(serve.deploys()) == deploys + 1 and rec.states()["ep"].state == "pending"
+    serve.set("endpoint-ep", "DEPLOY_FAILED", "model failed to load: digest mismatch")
+    rec.reconcile()
+    state = rec.states()["ep"]
+    assert state.retry_at == datetime.fromtimestamp(clock.now + 2 * RETRY_BASE_S, UTC)
+    serve.set("endpoint-ep", "RUNNING")
+    clock.now += 2 * RETRY_BASE_S
+    rec.reconcile()
+    rec.reconcile()
+    assert rec.states()["ep"].state == "applied"
+
+
+def test_a_changed_route_table_is_applied_at_once_even_while_a_retry_waits(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1"), ALICE)
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:2", weight=10), ALICE)
+    rec.reconcile()
+    serve.set("endpoint-ep", "DEPLOY_FAILED", "v2 failed to load")
+    rec.reconcile()
+    deploys = len(serve.deploys())
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 100}), ALICE)  # a rollback
+    rec.reconcile("ep")
+    assert len(serve.deploys()) == deploys + 1
+
+
+def test_an_endpoint_pending_past_its_start_timeout_is_failed(deployments, clock) -> None:
+    serve = Serve()
+    serve.autostart = False
+    rec = reconciler(deployments, serve, clock, start_timeout_s=60)
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1"), ALICE)
+    rec.reconcile()
+    clock.now += 30
+    rec.reconcile()
+    assert rec.states()["ep"].state == "pending"
+    clock.now += 31
+    rec.reconcile()
+    state = rec.states()["ep"]
+    assert state.state == "failed" and "not running after 60s" in state.error
+
+
+def test_an_isolated_router_leaves_out_a_zero_weight_version_that_does_not_run(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="big", model_ref="iris:1", placement="isolated"), ALICE)
+    rec.reconcile()
+    rec.reconcile()
+    assert rec.desired()["big"].routes.weights == {1: 100.0} and "endpoint-big" in serve.apps
+    serve.autostart = False
+    deployments.deploy(DeployRequest(endpoint="big", model_ref="iris:2", weight=10), ALICE)
+    rec.reconcile()
+    router_deploys = serve.deploys().count("endpoint-big")
+    assert router_deploys == 1  # v2 takes 10% and is not running: the router waits
+    deployments.set_traffic("big", TrafficUpdate(weights={1: 100, 2: 0}), ALICE)  # rolled back
+    rec.reconcile("big")
+    assert serve.deploys().count("endpoint-big") == 2  # applied now, without v2
+    assert rec.states()["big"].state == "pending"  # v2 still starting
+
+
+def test_other_stores_applications_are_never_changed_or_deleted(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    serve.apps["endpoint-theirs"] = ServeApp("RUNNING", owner=OTHER)
+    serve.apps["endpoint-clash"] = ServeApp("RUNNING", owner=OTHER)
+    serve.apps["endpoint-legacy"] = ServeApp("RUNNING", owner=None)
+    serve.apps["endpoint-mine-gone"] = ServeApp("RUNNING", owner=ME)
+    deployments.deploy(DeployRequest(endpoint="clash", model_ref="iris:1"), ALICE)
+    report = rec.reconcile()
+    assert report.deleted == ["endpoint-mine-gone"]
+    assert {"endpoint-theirs", "endpoint-clash", "endpoint-legacy"} <= set(serve.apps)
+    assert "endpoint-clash" not in serve.deploys()
+    state = rec.states()["clash"]
+    assert state.state == "failed" and "belongs to another store" in state.error
+    assert OTHER in state.error
+
+
+def test_an_unmarked_application_of_a_stored_endpoint_is_adopted(deployments, clock) -> None:
+    serve = Serve()
+    serve.apps["endpoint-ep"] = ServeApp("RUNNING", owner=None)
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1"), ALICE)
+    assert rec.reconcile().applied == ["endpoint-ep"] and serve.apps["endpoint-ep"].owner == ME
+    assert rec.replica_env[STORE_ID_ENV] == ME
+
+
+def test_an_endpoint_whose_rollout_just_ended_goes_first(deployments, clock, db: Database) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    for name in ("a", "b", "z"):
+        deployments.deploy(DeployRequest(endpoint=name, model_ref="iris:1"), ALICE)
+    with db.session() as session:
+        model = session.scalar(select(ModelRow))
+        session.add(RolloutRow(endpoint="z", model_id=model.id, candidate_version=2, stable_version=1,
+                               strategy="canary", state="rolled_back", created_by="alice",
+                               finished_at=datetime.now(UTC)))
+    rec.reconcile()
+    assert serve.deploys() == ["endpoint-z", "endpoint-a", "endpoint-b"]
+
+
+def test_the_store_identity_is_made_once_and_kept(db: Database) -> None:
+    first = store_identity(db)
+    assert len(first) == 32 and store_identity(db) == first
+
+
+def test_owners_are_read_from_each_deployments_runtime_environment() -> None:
+    env = {"env_vars": {STORE_ID_ENV: ME, "MODELPLANE_HOME": "/srv/a"}}
+    details = {"applications": {
+        "control-plane": {"deployments": {"ControlPlane": {"deployment_config": {
+            "ray_actor_options": {"runtime_env": env}}}}},
+        "endpoint-x": {"deployments": {"endpoint": {"deployment_config": {}}}},
+    }}
+    owners = application_owners(details)
+    assert owners == {"control-plane": AppOwner(ME, "/srv/a"), "endpoint-x": AppOwner(None)}
+    assert "/srv/a" in owners["control-plane"].describe()

@@ -1,0 +1,55 @@
+"""What a job says when Ray Train cannot start its workers: one line a person can act on."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.capacity import ClusterCapacity, NodeCapacity, plan_placement
+from training.errors import ResourcesUnavailableError, TrainingError
+from training.runner import training_failure
+from training.spec import parse_job_spec
+
+SPEC = parse_job_spec({"experiment": {"name": "x"}, "model": {"architecture": "mlp_classifier"},
+                       "data": {"dataset": "digits"},
+                       "resources": {"num_workers": 1, "placement_timeout_s": 30}})
+
+
+def cluster(free: float) -> ClusterCapacity:
+    return ClusterCapacity("10.0.0.1:6379", (NodeCapacity("n0", {"CPU": 2.0}, {"CPU": free},
+                                                          {"CPU": 0.3}),))
+
+
+PLACEMENT = plan_placement(SPEC.resources, cluster(1.7))
+
+
+def test_a_placement_timeout_in_ray_train_reads_as_the_jobs_own_with_the_figures_now() -> None:
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    # Free when the job looked; another job took the CPU before Ray Train placed the group.
+    error = training_failure(ControllerError(WorkerGroupStartupTimeoutError(1)), SPEC, PLACEMENT,
+                             "run-1", read_cluster=lambda where: cluster(0.7))
+    assert isinstance(error, ResourcesUnavailableError)
+    assert error.message.startswith("resources.placement_timeout_s: the workers (1 worker x 1 "
+                                    "CPU) could not be placed within 30 s; the cluster at "
+                                    "10.0.0.1:6379 has 2 CPU, of which 0.3 are held by Serve "
+                                    "replicas and 1 by other work")
+    assert "\n" not in error.message
+
+
+def test_workers_that_fail_to_start_are_reported_once_with_the_cause() -> None:
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupFailedError
+
+    try:
+        try:
+            raise RuntimeError("The actor died unexpectedly: out of memory\nmore detail")
+        except RuntimeError as cause:
+            raise WorkerGroupStartupFailedError("At least one worker failed") from cause
+    except WorkerGroupStartupFailedError as failed:
+        error = training_failure(ControllerError(failed), SPEC, PLACEMENT, "run-1",
+                                 read_cluster=pytest.fail)
+    assert type(error) is TrainingError
+    assert error.message.startswith("the 1 worker x 1 CPU did not start: The actor died "
+                                    "unexpectedly: out of memory;")
+    assert "\n" not in error.message and error.detail == {"run_id": "run-1"}
