@@ -1,4 +1,4 @@
-"""``modelplane models …``: list, show, register, alias, stage, approve, reject, lineage."""
+"""``modelplane models …``: list, show, register, alias, stage, approve, reject, policy, lineage."""
 
 from __future__ import annotations
 
@@ -134,12 +134,39 @@ def approve(
     comment: str = typer.Option("", help="Why."),
     url: str | None = UrlOption,
 ) -> None:
-    """Approve (or reject) a version for production; the registrant cannot approve."""
+    """Approve (or reject) a version; nobody with the registrant's subject can approve."""
     name, version = _split(ref)
     result = client(url).approve(
         name, version, decision="rejected" if reject else "approved", comment=comment
     )
-    typer.echo(f"{result.decision} {name}:{version} by {result.approver}")
+    typer.echo(f"{result.decision} {name}:{version} by {result.approver} "
+               f"(subject {result.approver_subject})")
+
+
+@app.command()
+def policy(
+    name: str = typer.Argument(..., help="Model name."),
+    require_approval: bool | None = typer.Option(
+        None, "--require-approval/--no-require-approval",
+        help="Versions need an approval by another subject before production and before "
+             "taking more than the unapproved limit of traffic."),
+    max_unapproved_weight: float | None = typer.Option(
+        None, min=0, max=99.999, help="Traffic share (percent) an unapproved version may "
+        "take (default: a rollout's last step below 100%; 50 for deploy/traffic)."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Show a model's policy, or change the options given (the others stay as they are)."""
+    from control_plane.schemas import ModelPolicy, ModelUpdate
+
+    api = client(url)
+    current = api.get_model(name).policy
+    changes = {k: v for k, v in {"require_approval_for_production": require_approval,
+                                 "max_unapproved_weight": max_unapproved_weight}.items()
+               if v is not None}
+    if changes:
+        wanted = ModelPolicy.model_validate({**current.model_dump(), **changes})
+        current = api.update_model(name, ModelUpdate(policy=wanted)).policy
+    emit(as_json, current, lambda: print_fields(f"policy of {name}", current.model_dump()))
 
 
 @app.command()

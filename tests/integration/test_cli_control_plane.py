@@ -86,6 +86,27 @@ def test_tokens_and_approvals(server: ControlPlaneProcess, tmp_path: Path) -> No
     assert denied.returncode == 1 and "revoked" in denied.stderr
 
 
+def test_subjects_and_the_approval_policy(server: ControlPlaneProcess) -> None:
+    """cli-iris:1 was registered with the admin token: a second token issued to the same
+    subject cannot approve it; the policy is shown and changed from the CLI."""
+    twin = json.loads(cli(server, "token", "create", "admin-review", "--role", "approver",
+                          "--subject", "admin", "--json").stdout)
+    listed = {t["name"]: t["subject"] for t in json.loads(cli(server, "token", "list", "--json").stdout)}
+    assert listed["admin-review"] == "admin" and listed["admin"] == "admin"
+    refused = cli(server, "models", "approve", "cli-iris:1", token=twin["token"], ok=False)
+    assert refused.returncode == 1 and "'admin' registered cli-iris:1" in refused.stderr
+    bad = cli(server, "token", "create", "someone", "--subject", "alice smith", ok=False)
+    assert bad.returncode == 2 and "--subject" in bad.stderr and "Traceback" not in bad.stderr
+    changed = cli(server, "models", "policy", "cli-iris", "--require-approval",
+                  "--max-unapproved-weight", "10", "--json").stdout
+    assert json.loads(changed) == {"require_approval_for_production": True,
+                                   "max_unapproved_weight": 10.0}
+    shown = cli(server, "models", "policy", "cli-iris").stdout
+    assert "max_unapproved_weight" in shown and "10" in shown
+    cli(server, "models", "policy", "cli-iris", "--no-require-approval")
+    assert "False" in cli(server, "models", "policy", "cli-iris").stdout
+
+
 def test_experiments_commands(server: ControlPlaneProcess) -> None:
     from control_plane.client import Client
 

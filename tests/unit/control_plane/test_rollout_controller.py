@@ -143,7 +143,7 @@ def test_too_few_requests_never_decide(world: World) -> None:
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.PROGRESSING
     assert rollout.last_analysis["verdict"] == "inconclusive"
-    assert "5 requests" in rollout.last_analysis["reason"]
+    assert "5 randomly routed requests" in rollout.last_analysis["reason"]
 
 
 def test_latency_ratio_to_stable_rolls_back(world: World) -> None:
