@@ -80,8 +80,10 @@ class ControlPlane:
     def attach_serve(self, *, interval_s: float = 10.0) -> None:
         """Drive Ray Serve from the store: reconcile now, then every ``interval_s``."""
         from control_plane.reconciler import RayServeBackend, Reconciler
+        from control_plane.replica_env import replica_environment
 
-        env = {"MODELPLANE_TOKEN": self.settings.token} if self.settings.token else {}
+        # Never the store's URL or the operator's token: a read-only token at most.
+        env = replica_environment(self.settings, self.tokens)
         self.reconciler = Reconciler(
             self.db, RayServeBackend(), base_url=self.settings.url, replica_env=env,
             feedback_allows_anonymous=self.settings.feedback_allows_anonymous,

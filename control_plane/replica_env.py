@@ -1,0 +1,67 @@
+"""The environment model replicas get from the control plane: only what they need.
+
+A replica needs no store (it is handed its artifact URL, digest and manifest) and no
+token of the operator's: what a replica's runtime environment holds is visible to anyone
+who can read the Serve application's config on Ray's dashboard. So replicas get nothing,
+except, when reads require a token (``MODELPLANE_READS_REQUIRE_TOKEN``), a read-only
+token to download their artifacts with.
+
+That token is a ``reader`` token the control plane mints for itself and keeps in
+``$MODELPLANE_HOME/replica.token`` (mode 0600), so it is the same after a restart and
+replicas are not replaced for a new one; a revoked or lost one is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+
+from control_plane.auth import Principal, TokenService, write_secret_file
+from control_plane.errors import AuthenticationError
+from control_plane.schemas import Role, TokenCreate
+from modelplane.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPLICA_TOKEN_NAME = "serving-replicas"
+REPLICA_TOKEN_FILE = "replica.token"
+# What no Ray worker may inherit: the store's URL (with its password) and a person's token.
+SECRET_VARIABLES = ("MODELPLANE_DB_URL", "MODELPLANE_TOKEN")
+# The control plane acting for itself when it mints the replicas' token.
+_SELF = Principal(name="control-plane", role=Role.ADMIN)
+
+
+def replica_environment(settings: Settings, tokens: TokenService) -> dict[str, str]:
+    """Variables for every model replica's runtime environment."""
+    if not settings.reads_require_token:
+        return {}
+    return {"MODELPLANE_TOKEN": replica_read_token(settings, tokens)}
+
+
+def replica_read_token(settings: Settings, tokens: TokenService) -> str:
+    """The replicas' read-only token: the kept one while it still works, else a new one."""
+    path = settings.home / REPLICA_TOKEN_FILE
+    try:
+        kept = path.read_text().strip()
+    except OSError:
+        kept = ""
+    if kept:
+        try:
+            if tokens.authenticate(kept).role is Role.READER:
+                return kept
+        except AuthenticationError:
+            pass  # revoked or expired: mint another below
+    names = {token.name for token in tokens.list()}
+    name = REPLICA_TOKEN_NAME
+    while name in names:
+        name = f"{REPLICA_TOKEN_NAME}-{secrets.token_hex(3)}"
+    created = tokens.create(TokenCreate(name=name, role=Role.READER), _SELF)
+    write_secret_file(path, created.token)
+    log.info("minted the replicas' read-only token %r (kept in %s)", name, path)
+    return created.token
+
+
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` less :data:`SECRET_VARIABLES`, for a Ray head every worker inherits from."""
+    return {name: value for name, value in environ.items() if name not in SECRET_VARIABLES}

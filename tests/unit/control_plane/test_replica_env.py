@@ -1,0 +1,67 @@
+"""What model replicas get in their environment: no store URL, no person's token; a
+read-only token of their own when reads require one, the same one after a restart."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from control_plane.auth import Principal, TokenService
+from control_plane.replica_env import (
+    REPLICA_TOKEN_FILE,
+    replica_environment,
+    without_secrets,
+)
+from control_plane.schemas import Role
+from control_plane.store import Database
+from modelplane.settings import Settings
+
+
+def _settings(home: Path, *, reads_require_token: bool) -> Settings:
+    return Settings.from_env({"MODELPLANE_HOME": str(home),
+                              "MODELPLANE_TOKEN": "mp_operator",
+                              "MODELPLANE_READS_REQUIRE_TOKEN": str(reads_require_token)})
+
+
+def test_open_reads_give_replicas_nothing(db: Database, tmp_path: Path) -> None:
+    settings = _settings(tmp_path, reads_require_token=False)
+    assert replica_environment(settings, TokenService(db)) == {}
+    assert not (tmp_path / REPLICA_TOKEN_FILE).exists()
+
+
+def test_closed_reads_give_replicas_a_kept_read_only_token(db: Database, tmp_path: Path) -> None:
+    tokens = TokenService(db)
+    settings = _settings(tmp_path, reads_require_token=True)
+    env = replica_environment(settings, tokens)
+    assert set(env) == {"MODELPLANE_TOKEN"} and env["MODELPLANE_TOKEN"] != "mp_operator"
+    principal = tokens.authenticate(env["MODELPLANE_TOKEN"])
+    assert principal.role is Role.READER
+    kept = tmp_path / REPLICA_TOKEN_FILE
+    assert kept.read_text().strip() == env["MODELPLANE_TOKEN"]
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    # A restart keeps it (replicas are not replaced for a new token)...
+    assert replica_environment(settings, tokens) == env
+    # ...until it is revoked: then a new one, under a new name.
+    tokens.revoke(principal.name, Principal("root", Role.ADMIN))
+    renewed = replica_environment(settings, tokens)
+    assert renewed != env
+    assert tokens.authenticate(renewed["MODELPLANE_TOKEN"]).role is Role.READER
+    assert kept.read_text().strip() == renewed["MODELPLANE_TOKEN"]
+
+
+def test_a_tampered_token_file_is_not_trusted(db: Database, tmp_path: Path) -> None:
+    """An admin token dropped into the file is not handed to replicas."""
+    tokens = TokenService(db)
+    from control_plane.schemas import TokenCreate
+
+    admin = tokens.create(TokenCreate(name="ops", role=Role.ADMIN), Principal("root", Role.ADMIN))
+    (tmp_path / REPLICA_TOKEN_FILE).write_text(admin.token)
+    env = replica_environment(_settings(tmp_path, reads_require_token=True), tokens)
+    assert env["MODELPLANE_TOKEN"] != admin.token
+    assert tokens.authenticate(env["MODELPLANE_TOKEN"]).role is Role.READER
+
+
+def test_a_ray_head_inherits_no_secret() -> None:
+    environ = {"MODELPLANE_DB_URL": "postgresql+psycopg://u:pw@db/mp", "MODELPLANE_TOKEN": "mp_x",
+               "MODELPLANE_HOME": "/srv/mp", "PATH": "/usr/bin"}
+    assert without_secrets(environ) == {"MODELPLANE_HOME": "/srv/mp", "PATH": "/usr/bin"}
