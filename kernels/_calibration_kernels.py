@@ -1,10 +1,11 @@
 """Compiled null distributions for drift statistics, and p-values from them.
 
 Every count statistic is, to second order, a scaled Pearson statistic, so its null
-distribution is close to ``c * chi2(d)``. ``count_null_moments`` simulates the two-sample
+distribution is close to ``c * chi2(d)``. ``count_null_forms`` simulates the two-sample
 null (reference and live both multinomial draws from the reference proportions) and
-returns the first two moments of each statistic's chi-square form, from which the
-caller fits ``c`` and ``d`` (Satterthwaite). ``w1_null_moments`` simulates the limit of
+returns each statistic's chi-square form per simulated window, from whose moments the
+caller fits ``c`` and ``d`` (Satterthwaite) and whose upper tail it keeps for p-values
+where the fit is poor (:func:`count_pvalue`). ``w1_null_moments`` simulates the limit of
 ``sqrt(n N / (n + N)) * W1``: the integral of ``|B(F(x))|`` for a Brownian bridge ``B``
 over the reference sample, whose mean, spread and skew fit a shifted gamma.
 """
@@ -16,7 +17,7 @@ import math
 import numpy as np
 
 from kernels._gamma_kernels import chi2_sf, gammaincc
-from kernels._jit import f64, f64_1d, f64_2d, helper, i64, i64_1d, kernel
+from kernels._jit import f64, f64_1d, f64_2d, f64_3d, helper, i64, i64_1d, kernel
 from kernels._kolmogorov_kernels import kolmogorov_sf
 from kernels._stats_kernels import (
     CHI2,
@@ -69,14 +70,13 @@ def multinomial_into(draws, weights, out):
 
 
 @kernel(f64_2d(i64_1d, i64, f64, i64, i64))
-def count_null_moments(ref, n, pseudo, sims, seed):
-    """Mean and variance (rows) of each count statistic's chi-square form under the null."""
+def count_null_forms(ref, n, pseudo, sims, seed):
+    """Each count statistic's chi-square form (rows) in ``sims`` simulated null windows."""
     big_n = ref.sum()
     np.random.seed(seed)
     raw = np.empty(N_COUNT_STATS)
     form = np.empty(N_COUNT_STATS)
-    mean = np.zeros(N_COUNT_STATS)
-    m2 = np.zeros(N_COUNT_STATS)
+    out = np.empty((N_COUNT_STATS, sims))
     reference = np.empty(ref.size, dtype=np.int64)
     live = np.empty(ref.size, dtype=np.int64)
     for s in range(sims):
@@ -84,15 +84,43 @@ def count_null_moments(ref, n, pseudo, sims, seed):
         multinomial_into(n, ref, live)
         count_stats_into(reference, live, pseudo, raw)
         chi2_form(raw, form)
-        # Welford's update: stable for the tiny variances of large windows.
-        for j in range(N_COUNT_STATS):
-            delta = form[j] - mean[j]
-            mean[j] += delta / (s + 1)
-            m2[j] += delta * (form[j] - mean[j])
-    out = np.empty((2, N_COUNT_STATS))
-    out[0] = mean
-    out[1] = m2 / max(sims - 1, 1)
+        out[:, s] = form
     return out
+
+
+@helper
+def count_pvalue(form, scale, dof, tail, sims):
+    """p-value of a count statistic's chi-square form under its null.
+
+    ``scale``/``dof``: the fitted ``c * chi2(d)``; ``scale`` 0 marks a degenerate null
+    (one occupied reference bin), where the exact test applies: under it every live value
+    lands in that bin and the statistic is 0, so anything else is impossible. ``tail``:
+    the largest simulated forms, ascending, out of ``sims`` (empty when the null was not
+    simulated): in that range the p-value is the share of simulated windows at least as
+    extreme, which holds where the fitted curve does not (a handful of expected values
+    per bin, rare categories, two-valued features); past the last simulated value the
+    fitted curve, capped at one simulated window's share, carries on.
+    """
+    if form != form:
+        return math.nan
+    if scale <= 0.0:
+        return 1.0 if form <= 0.0 else 0.0
+    fitted = chi2_sf(form / scale, dof)
+    keep = tail.size
+    if sims <= 0 or keep == 0 or form < tail[0]:
+        return fitted
+    lo = 0
+    hi = keep
+    while lo < hi:  # first simulated value >= form
+        mid = (lo + hi) // 2
+        if tail[mid] < form:
+            lo = mid + 1
+        else:
+            hi = mid
+    above = keep - lo
+    if above == 0:
+        return min(fitted, 1.0 / sims)
+    return above / sims
 
 
 @kernel(f64_1d(f64_1d, i64_1d, f64_2d))
@@ -163,12 +191,14 @@ def _w1_pvalue(z, mean, sd, skew):
     return gammaincc(shape, (z - origin) / scale)
 
 
-@kernel(f64_2d(f64_2d, i64_1d, i64_1d, f64_2d, f64_2d, f64_2d))
-def pvalues(stats, sample_count, ref_n, scale, dof, w1_null):
+@kernel(f64_2d(f64_2d, i64_1d, i64_1d, f64_2d, f64_2d, f64_3d, i64_1d, f64_2d))
+def pvalues(stats, sample_count, ref_n, scale, dof, tails, sims, w1_null):
     """Calibrated p-values for every statistic of every feature (NaN where the statistic is).
 
     ``scale``/``dof`` [F, 5]: fitted ``c * chi2(d)`` null of each count statistic's
-    chi-square form; ``w1_null`` [F, 3]: mean, sd, skew of the limiting Wasserstein null.
+    chi-square form; ``tails`` [F, 5, keep] and ``sims`` [F]: the simulated null's upper
+    tail where it was simulated (``sims`` 0 where not; see :func:`count_pvalue`);
+    ``w1_null`` [F, 3]: mean, sd, skew of the limiting Wasserstein null.
     """
     features = stats.shape[0]
     out = np.full((features, N_STATS), math.nan)
@@ -176,17 +206,19 @@ def pvalues(stats, sample_count, ref_n, scale, dof, w1_null):
     for f in range(features):
         chi2_form(stats[f], form)
         for j in range(N_COUNT_STATS):
-            if form[j] == form[j] and scale[f, j] > 0.0:
-                out[f, j] = chi2_sf(form[j] / scale[f, j], dof[f, j])
-            elif form[j] == form[j]:
-                out[f, j] = 1.0  # a degenerate null (one bin): nothing can drift
+            out[f, j] = count_pvalue(form[j], scale[f, j], dof[f, j], tails[f, j], sims[f])
         n = sample_count[f]
         big_n = ref_n[f]
         if n > 0 and big_n > 0 and stats[f, KS] == stats[f, KS]:
             m1 = float(max(n, big_n))
             m2 = float(min(n, big_n))
             en = m1 * m2 / (m1 + m2)  # as scipy.stats.ks_2samp, larger size first
-            out[f, KS] = kolmogorov_sf(np.int64(round(en)), stats[f, KS])
+            if w1_null[f, 1] > 0.0:
+                out[f, KS] = kolmogorov_sf(np.int64(round(en)), stats[f, KS])
+            else:
+                # A constant reference (the null has no spread): the exact test, as for
+                # a one-bin histogram. Any live value elsewhere is impossible under it.
+                out[f, KS] = 1.0 if stats[f, KS] <= 0.0 else 0.0
             out[f, WASSERSTEIN] = _w1_pvalue(math.sqrt(en) * stats[f, WASSERSTEIN],
                                              w1_null[f, 0], w1_null[f, 1], w1_null[f, 2])
     return out

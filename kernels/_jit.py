@@ -19,6 +19,7 @@ i64 = numba.int64
 b1 = numba.boolean
 f64_1d = numba.float64[::1]
 f64_2d = numba.float64[:, ::1]
+f64_3d = numba.float64[:, :, ::1]
 i64_1d = numba.int64[::1]
 i32_1d = numba.int32[::1]
 i64_2d = numba.int64[:, ::1]

@@ -13,20 +13,23 @@ from __future__ import annotations
 import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from kernels import _calibration_kernels as _ck
 from kernels import _stats_kernels as _sk
-from kernels.calibration import CORRECTIONS, STATISTICS, adjust_pvalues, null_parameters
+from kernels.calibration import CORRECTIONS, STATISTICS, adjust_pvalues, declines, null_parameters
 from kernels.errors import InvalidValueError, ShapeMismatchError
 from kernels.profile import ReferenceProfile
 from kernels.quality import LiveWindow
 from kernels.statistics import DEFAULT_PSEUDO_COUNT
 
 _SAMPLE_TESTS = ("ks", "wasserstein")
+# Where the chosen statistic has no calibrated p-value for a feature (it does not apply,
+# or it declined), the first of these that has one decides.
+FALLBACK_TESTS = ("ks", "psi", "chi2", "wasserstein")
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -43,6 +46,9 @@ class FeatureDrift:
     pvalue: float
     adjusted_pvalue: float
     drifted: bool
+    # Statistics that cannot be calibrated for this feature and window, with the reason;
+    # their p-values are NaN and they never decide (see kernels.calibration.declines).
+    declined: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,9 @@ def drift_report(profile: ReferenceProfile, live: LiveWindow | Any, *, alpha: fl
     ``profile``.
 
     ``test`` is the statistic that decides (one of ``STATISTICS``); features it does not
-    apply to (KS or Wasserstein on a categorical feature or a window without samples) are
-    decided by PSI. ``correction`` is ``bh`` (controls the false discovery rate, and the
+    apply to (KS or Wasserstein on a categorical feature or a window without samples) or
+    that it cannot be calibrated for (``FeatureDrift.declined`` says why) are decided by
+    the first of ``FALLBACK_TESTS`` that can, and ``FeatureDrift.test`` names it. ``correction`` is ``bh`` (controls the false discovery rate, and the
     family-wise rate when nothing drifted), ``bonferroni`` or ``none``. ``threads`` > 1
     splits features across threads; the kernels release the GIL.
     """
@@ -105,11 +112,16 @@ def drift_report(profile: ReferenceProfile, live: LiveWindow | Any, *, alpha: fl
                                  "it with LiveWindow(profile) for the profile you check against.")
     stats, count_n, sample_n = snapshot(profile, live, pseudo_count, threads)
     has_samples = live.sample_columns().shape[1] > 0
-    scale, dof, w1 = null_parameters(profile, count_n, pseudo_count, has_samples)
+    scale, dof, tails, sims, w1 = null_parameters(profile, count_n, pseudo_count, has_samples)
     layout = profile.layout()
-    p = _ck.pvalues(stats, sample_n, layout.ref_n, scale, dof, w1)
-    index = STATISTICS.index(test)
-    chosen = np.where(np.isnan(p[:, index]) & ~np.isnan(stats[:, 0]), STATISTICS.index("psi"), index)
+    p = _ck.pvalues(stats, sample_n, layout.ref_n, scale, dof, tails, sims, w1)
+    declined = [declines(profile, f, int(count_n[f]), int(sample_n[f])) for f in range(p.shape[0])]
+    for f, reasons in enumerate(declined):
+        for name in reasons:
+            p[f, STATISTICS.index(name)] = math.nan
+    order = [STATISTICS.index(name) for name in (test, *FALLBACK_TESTS) if name != test]
+    order.insert(0, STATISTICS.index(test))
+    chosen = np.array([next((j for j in order if not math.isnan(row[j])), order[0]) for row in p])
     decisive = p[np.arange(p.shape[0]), chosen]
     adjusted = adjust_pvalues(decisive, correction)
     features = tuple(
@@ -120,6 +132,7 @@ def drift_report(profile: ReferenceProfile, live: LiveWindow | Any, *, alpha: fl
             test=STATISTICS[chosen[f]], pvalue=float(decisive[f]),
             adjusted_pvalue=float(adjusted[f]),
             drifted=bool(adjusted[f] <= alpha),  # NaN (no live data) compares False
+            declined=declined[f],
         )
         for f, feature in enumerate(profile.features)
     )

@@ -193,9 +193,18 @@ def _profile_column(name: str, column: np.ndarray, is_categorical: bool, bins: i
         return FeatureProfile(name, CATEGORICAL, tuple(codes.tolist()), (*counts.tolist(), 0),
                               int(finite.size), missing, lo, hi)
     ordered = np.sort(finite)
-    edges = np.unique(np.quantile(ordered, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
-    # An edge at the minimum would leave the first bin empty in the reference.
-    edges = edges[edges > lo]
+    distinct = np.unique(ordered)
+    if distinct.size <= bins:
+        # Few distinct values (binary, small integers, a constant): one bin per value plus
+        # an empty bin on either side. Quantile edges would merge a rare value into its
+        # neighbour (a 0/1 feature with 5% ones got one bin and no histogram drift at
+        # all), and the outer bins make a never-seen value visible to every statistic.
+        above = np.nextafter(distinct[-1], np.inf)
+        edges = np.append(distinct, above) if np.isfinite(above) else distinct
+    else:
+        edges = np.unique(np.quantile(ordered, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+        # An edge at the minimum would leave the first bin empty in the reference.
+        edges = edges[edges > lo]
     counts = np.bincount(np.searchsorted(edges, ordered, side="right"), minlength=edges.size + 1)
     if ordered.size > sample_size:
         picks = ((np.arange(sample_size) + 0.5) * (ordered.size / sample_size)).astype(np.int64)

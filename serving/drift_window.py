@@ -170,7 +170,9 @@ def _test(group: str, live: LiveWindow) -> list[_Tested]:
     for feature in report.features:
         test = CATEGORICAL_TEST if feature.kind == "categorical" else NUMERIC_TEST
         if math.isnan(feature.pvalues[test]):
-            test = "psi"  # no samples in the window: the calibrated histogram test decides
+            # No samples in the window, or the test declined for this feature (KS on a
+            # reference with ties): the statistic the report fell back to decides.
+            test = feature.test
         out.append(_Tested(group, feature.name, test, feature.statistics[test],
                            feature.pvalues[test], feature.n,
                            {k: feature.statistics[k] for k in REPORTED}))

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from kernels import InvalidValueError, ShapeMismatchError, adjust_pvalues, drift_report, thresholds
+from kernels.calibration import STATISTICS
 from kernels.profile import ReferenceProfile
 from kernels.quality import LiveWindow
 from kernels.statistics import chi_square, hellinger, js_distance, psi
@@ -139,3 +140,59 @@ def test_arguments_are_checked() -> None:
     other = ReferenceProfile.from_matrix(REFERENCE[:500], categorical=[4])
     with pytest.raises(ShapeMismatchError, match="another reference profile"):
         drift_report(PROFILE, LiveWindow(other))
+
+
+def _kinds_profile(rng: np.random.Generator, rows: int) -> tuple[ReferenceProfile, np.ndarray]:
+    data = np.column_stack([rng.standard_t(2, rows), (rng.random(rows) < 0.05).astype(float),
+                            np.full(rows, 7.0), rng.normal(size=rows)])
+    return ReferenceProfile.from_matrix(data, names=["t2", "binary", "constant", "normal"]), data
+
+
+def test_statistics_that_cannot_be_calibrated_decline_and_say_why() -> None:
+    rng = np.random.default_rng(31)
+    profile, _ = _kinds_profile(rng, 20_000)
+    _, live = _kinds_profile(rng, 2000)
+    report = drift_report(profile, live, test="wasserstein")
+    t2, binary, normal = report.feature("t2"), report.feature("binary"), report.feature("normal")
+    assert set(t2.declined) == {"wasserstein"} and "heavy tails" in t2.declined["wasserstein"]
+    assert math.isnan(t2.pvalues["wasserstein"]) and not math.isnan(t2.statistics["wasserstein"])
+    assert t2.test == "ks" and t2.pvalue == t2.pvalues["ks"]  # decided by one that can
+    assert set(binary.declined) == {"ks"} and "ties" in binary.declined["ks"]
+    assert drift_report(profile, live, test="ks").feature("binary").test == "psi"
+    assert normal.declined == {} and normal.test == "wasserstein"
+    assert report.to_dict()["features"][0]["declined"]["wasserstein"] == t2.declined["wasserstein"]
+    limits = thresholds(profile, 2000)
+    assert math.isnan(limits["t2"]["wasserstein"]) and math.isnan(limits["binary"]["ks"])
+
+
+def test_a_rare_binary_value_gets_its_own_bin_and_its_drift_is_seen() -> None:
+    rng = np.random.default_rng(32)
+    profile, _ = _kinds_profile(rng, 20_000)
+    assert profile.feature("binary").counts[0] == 0 and len(profile.feature("binary").counts) == 4
+    _, live = _kinds_profile(rng, 2000)
+    live[:, 1] = (rng.random(2000) < 0.10).astype(float)  # ones 5% -> 10%
+    report = drift_report(profile, live, test="psi")
+    assert report.drifted == ("binary",)
+
+
+def test_constant_features_get_the_exact_test() -> None:
+    rng = np.random.default_rng(33)
+    profile, _ = _kinds_profile(rng, 20_000)
+    _, live = _kinds_profile(rng, 500)
+    same = drift_report(profile, live, test="ks").feature("constant")
+    assert same.pvalues["psi"] == same.pvalues["ks"] == same.pvalues["wasserstein"] == 1.0
+    live[0, 2] = 8.0  # one value the reference never had: impossible under the null
+    moved = drift_report(profile, live, test="ks").feature("constant")
+    assert moved.pvalues["psi"] == moved.pvalues["ks"] == moved.pvalues["wasserstein"] == 0.0
+    assert moved.drifted and thresholds(profile, 500)["constant"]["ks"] == 0.0
+
+
+def test_a_handful_of_live_values_decides_nothing() -> None:
+    rng = np.random.default_rng(34)
+    profile, _ = _kinds_profile(rng, 20_000)
+    _, live = _kinds_profile(rng, 500)
+    live[5:, 3] = np.nan  # five values of "normal" left
+    live[:5, 3] += 10.0  # far off, but five values are no evidence a calibrated test can use
+    feature = drift_report(profile, live, test="ks").feature("normal")
+    assert set(feature.declined) == set(STATISTICS) and "5 live value(s)" in feature.declined["ks"]
+    assert math.isnan(feature.pvalue) and not feature.drifted

@@ -34,8 +34,8 @@ def _categorical_profile(counts: tuple[int, ...]) -> ReferenceProfile:
 @pytest.mark.parametrize("n", [60, 250])
 def test_the_reported_reference_histogram_gets_a_null_at_small_windows(n: int) -> None:
     counts = np.array(CRASH_COUNTS, dtype=np.int64)
-    scale, dof = count_null(counts, n)
-    assert np.all(scale > 0) and np.all(dof > 0)
+    scale, dof, tail = count_null(counts, n)
+    assert np.all(scale > 0) and np.all(dof > 0) and np.all(np.diff(tail, axis=1) >= 0)
     profile = _categorical_profile(CRASH_COUNTS)
     rng = np.random.default_rng(n)
     live = rng.choice(5, size=(n, 1), p=counts[:5] / counts.sum()).astype(float)
@@ -79,7 +79,8 @@ def _numpy_null_moments(ref: np.ndarray, n: int, pseudo: float, sims: int) -> np
 def test_null_moments_agree_with_a_numpy_simulation(n: int) -> None:
     ref = np.array(CRASH_COUNTS, dtype=np.int64)
     sims = 20_000
-    ours = _ck.count_null_moments(ref, n, 0.5, sims, 5)[:, [_ck.PSI, _ck.CHI2]]
+    forms = _ck.count_null_forms(ref, n, 0.5, sims, 5)[[_ck.PSI, _ck.CHI2]]
+    ours = np.array([forms.mean(axis=1), forms.var(axis=1, ddof=1)])
     theirs = _numpy_null_moments(ref, n, 0.5, sims)
     # Means within 5 standard errors; variances within 10% (both are simulations).
     assert np.all(np.abs(ours[0] - theirs[0]) < 5 * np.sqrt(theirs[1] / sims)), (ours, theirs)
@@ -96,11 +97,12 @@ _COUNT_VECTORS = st.lists(st.one_of(st.just(0), st.integers(0, 50), st.integers(
 def test_count_null_takes_any_count_vector(counts: list[int], n: int, seed: int) -> None:
     ref = np.array(counts, dtype=np.int64)
     if ref.sum() > 0:
-        moments = _ck.count_null_moments(ref, n, 0.5, 200, seed)
+        forms = _ck.count_null_forms(ref, n, 0.5, 200, seed)
         # No live values: every statistic is undefined (NaN), which decides nothing.
-        assert np.all(np.isfinite(moments)) if n > 0 else np.all(np.isnan(moments))
-        assert not np.any(moments[1] < 0)
-    scale, dof = count_null(ref, n)
+        assert np.all(np.isfinite(forms)) if n > 0 else np.all(np.isnan(forms))
+        assert not np.any(forms < 0)
+    scale, dof, tail = count_null(ref, n)
+    assert np.all(np.isfinite(tail))
     assert np.all(np.isfinite(scale)) and np.all(scale >= 0)
     assert np.all(np.isfinite(dof)) and np.all(dof >= 0)
     occupied = int((ref > 0).sum())

@@ -48,7 +48,9 @@ def test_categorical_single_value_missing_and_non_finite() -> None:
     b, c, d, e = profile.features[1:]
     assert b.kind == "categorical" and b.edges == (0.0, 1.0, 2.0, 3.0)
     assert b.counts[:-1] == tuple(np.bincount(data[:, 1].astype(int))) and b.counts[-1] == 0
-    assert c.bins == 1 and c.counts == (5000,) and c.min == c.max == 3.0
+    # A constant gets its own bin with an empty one on either side, so any other value shows.
+    assert c.edges == (3.0, float(np.nextafter(3.0, np.inf))) and c.counts == (0, 5000, 0)
+    assert c.min == c.max == 3.0
     assert d.count == 0 and d.missing == 5000 and math.isnan(d.min) and d.missing_rate == 1.0
     assert e.missing == int((~np.isfinite(data[:, 4])).sum())
     assert e.count + e.missing == 5000
