@@ -100,6 +100,9 @@ class VersionSeries:
     counters: CounterWindow
     totals: Counter[str] = field(default_factory=Counter)
     latency_total: Any = None
+    # Pinned and sticky requests' latencies, kept apart from the randomly routed ones in
+    # ``latency`` (the analysis sample); made on the first such request, as few get any.
+    latency_apart: Any = None
     first_seen: float = 0.0
     anomalies: AnomalyTracker | None = None
     # Monitoring: what the replicas said about the version, its live drift counts.
@@ -166,11 +169,17 @@ class MonitorState:
         for version, data in delta.items():
             series = self._series(endpoint, int(version))
             counts: dict[str, float] = {f"code:{c}": n for c, n in data.get("codes", {}).items()}
-            if data.get("latency"):
-                sketch = Sketch.from_bytes(data["latency"])
-                series.latency.merge(sketch)
+            latency_n, latency_sum = 0, 0.0
+            for key in ("latency", "latency_apart"):
+                if not data.get(key):
+                    continue
+                sketch = Sketch.from_bytes(data[key])
+                self._latency_window(series, apart=key == "latency_apart").merge(sketch)
                 series.latency_total.merge(sketch)
-                counts["lat:sum"], counts["lat:n"] = data.get("latency_sum", 0.0), sketch.count
+                latency_n += sketch.count
+                latency_sum += data.get(f"{key}_sum", 0.0)
+            if latency_n:
+                counts["lat:sum"], counts["lat:n"] = latency_sum, latency_n
             counts.update({f"error:{c}": n for c, n in data.get("errors", {}).items()})
             counts.update({f"rej:{r}": n for r, n in data.get("rejected", {}).items()})
             for kind, codes in (data.get("routed_apart") or {}).items():
@@ -184,6 +193,16 @@ class MonitorState:
             series.counters.add(counts)
             series.totals.update(counts)
         return {"missing_profiles": sorted(missing_profiles)}
+
+    def _latency_window(self, series: VersionSeries, *, apart: bool) -> Any:
+        if not apart:
+            return series.latency
+        if series.latency_apart is None:
+            from kernels import SketchWindow
+
+            series.latency_apart = SketchWindow(SLOTS, SLOT_SECONDS, clock=self._clock,
+                                                min_value=LATENCY_MIN_S, max_value=LATENCY_MAX_S)
+        return series.latency_apart
 
     def _install_profile(self, document: dict[str, Any] | None, key: str) -> None:
         if document is None or not key or key in self.profiles:
@@ -243,7 +262,10 @@ class MonitorState:
             server_errors = sum(n for c, n in codes.items() if c >= 500)
             client_errors = sum(n for c, n in codes.items() if 400 <= c < 500)
             shadow = ShadowStats(**{k[7:]: v for k, v in counts.items() if k.startswith("shadow:")})
-            sketch = series.latency.sketch(window_s)
+            sketch = series.latency.sketch(window_s)  # the randomly routed requests
+            sample_latency = _quantiles_ms(sketch)
+            if series.latency_apart is not None:
+                sketch.merge(series.latency_apart.sketch(window_s))
             have = sketch.count
             p50, p95, p99 = (sketch.quantiles([0.5, 0.95, 0.99]) if have else [math.nan] * 3)
             span = min(window_s, max(self._clock() - series.first_seen, SLOT_SECONDS))
@@ -265,6 +287,7 @@ class MonitorState:
                 "pinned_requests": _count_of(counts, ROUTED_PINNED),
                 "sticky_requests": _count_of(counts, ROUTED_STICKY),
                 "rejected_requests": client_errors,
+                "sample_latency": sample_latency,
                 "shadow": {
                     "compared": int(shadow.compared),
                     "errors": int(shadow.errors),
@@ -358,6 +381,13 @@ class MonitorState:
             del self._drift_cache[key]
         self.replicas.pop(endpoint, None)
         self.join.forget(endpoint)
+
+
+def _quantiles_ms(sketch: Any) -> dict[str, float]:
+    """Count and p50/p95/p99 in milliseconds of ``sketch`` (NaN where it is empty)."""
+    quantiles = sketch.quantiles([0.5, 0.95, 0.99]) if sketch.count else [math.nan] * 3
+    return {"count": int(sketch.count), "p50_ms": float(quantiles[0]) * 1000,
+            "p95_ms": float(quantiles[1]) * 1000, "p99_ms": float(quantiles[2]) * 1000}
 
 
 def _count_of(counts: Counter[str], kind: str) -> int:

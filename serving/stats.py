@@ -58,7 +58,8 @@ class ShadowStats:
 class VersionStats:
     """One version's counts and latency values since the last flush."""
 
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # randomly routed requests
+    latencies_apart: list[float] = field(default_factory=list)  # pinned and sticky ones
     codes: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)  # refused requests, by reason
@@ -100,7 +101,7 @@ class StatsRecorder:
         if error_code:
             stats.errors[error_code] += 1
         if version != ENDPOINT_LEVEL:
-            stats.latencies.append(latency_s)
+            (stats.latencies if routed == ROUTED_RANDOMLY else stats.latencies_apart).append(latency_s)
 
     def record_rejection(self, version: int, reason: str) -> None:
         """A request refused before the model ran (schema violation, malformed body …)."""
@@ -151,14 +152,12 @@ class StatsRecorder:
         self.flush_observations()
         delta: dict[int, dict[str, Any]] = {}
         for version, stats in self.versions.items():
-            sketch_bytes = None
-            if stats.latencies:
-                sketch = new_latency_sketch()
-                sketch.add_many(np.asarray(stats.latencies, dtype=np.float64))
-                sketch_bytes = sketch.to_bytes()
             delta[version] = {
-                "latency": sketch_bytes,
+                "latency": _sketch_bytes(stats.latencies),
                 "latency_sum": float(sum(stats.latencies)),
+                # Apart: callers chose the version, so rollouts do not judge these.
+                "latency_apart": _sketch_bytes(stats.latencies_apart),
+                "latency_apart_sum": float(sum(stats.latencies_apart)),
                 "codes": dict(stats.codes),
                 "errors": dict(stats.errors),
                 "rejected": dict(stats.rejected),
@@ -168,6 +167,14 @@ class StatsRecorder:
             if stats.observations is not None:
                 delta[version]["monitoring"] = stats.observations.to_delta()
         return delta
+
+
+def _sketch_bytes(latencies: list[float]) -> bytes | None:
+    if not latencies:
+        return None
+    sketch = new_latency_sketch()
+    sketch.add_many(np.asarray(latencies, dtype=np.float64))
+    return sketch.to_bytes()  # type: ignore[no-any-return]
 
 
 def compare_outputs(task: str, primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> tuple[bool | None, float]:

@@ -8,7 +8,8 @@ The sample is the randomly routed traffic the version answered: requests pinned 
 version (``/versions/{v}/infer``) or carrying a stickiness key let the caller choose the
 version, so anyone could fill the candidate's sample or post its errors; requests refused
 with a 4xx were never judged by the model. Pinned and sticky requests count only where a
-rollout opts in (``include_pinned``, ``include_sticky``); 4xx never count.
+rollout opts in (``include_pinned``, ``include_sticky``); 4xx never count. The latency
+gates read the same sample's p95/p99.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def sample_of(config: AnalysisConfig, stats: dict[str, Any] | None) -> tuple[int
     return requests, (errors / requests if requests else 0.0)
 
 
+def latency_of(config: AnalysisConfig, stats: dict[str, Any]) -> dict[str, float]:
+    """p95 and p99 (ms) the gates judge: the randomly routed requests' (``sample_latency``),
+    or every request's where the rollout also counts sticky or pinned ones."""
+    sample = stats.get("sample_latency")
+    if sample is None or config.include_sticky or config.include_pinned:
+        return {"p95_ms": float(stats["p95_ms"]), "p99_ms": float(stats["p99_ms"])}
+    return {"p95_ms": float(sample["p95_ms"]), "p99_ms": float(sample["p99_ms"])}
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """One analysis: the verdict, each check's value and limit, and why."""
@@ -91,16 +101,17 @@ def analyse(config: AnalysisConfig, candidate: dict[str, Any] | None,
         if failed:
             failures.append(f"{name} {value:.4g} {'>' if worse_if_above else '<'} {limit:.4g}")
 
+    latency = latency_of(config, candidate)
     check("error_rate", error_rate, config.max_error_rate)
-    check("p95_ms", float(candidate["p95_ms"]), config.max_p95_ms)
-    check("p99_ms", float(candidate["p99_ms"]), config.max_p99_ms)
+    check("p95_ms", latency["p95_ms"], config.max_p95_ms)
+    check("p99_ms", latency["p99_ms"], config.max_p99_ms)
     if stable and stable_samples >= config.min_samples:
         if config.max_error_rate_increase is not None:
             check("error_rate_increase", error_rate - stable_error_rate,
                   config.max_error_rate_increase)
-        stable_p95 = float(stable["p95_ms"])
+        stable_p95 = latency_of(config, stable)["p95_ms"]
         if stable_p95 > 0 and not math.isnan(stable_p95):
-            check("p95_ratio", float(candidate["p95_ms"]) / stable_p95, config.max_p95_ratio)
+            check("p95_ratio", latency["p95_ms"] / stable_p95, config.max_p95_ratio)
     drift = candidate.get("drift") or {}
     if config.fail_on_drift and drift.get("verdict") in ("drift", "ok"):
         drifted = list(drift.get("drifted_features") or [])

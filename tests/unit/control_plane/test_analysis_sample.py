@@ -10,6 +10,7 @@ import numpy as np
 
 from control_plane.rollouts import AnalysisConfig, Verdict, analyse
 from serving.monitor import MonitorState
+from serving.stats import ROUTED_PINNED, StatsRecorder
 from tests.unit.serving.monitoring_helpers import infer_body, make_core
 
 
@@ -66,3 +67,20 @@ def test_rejected_requests_do_not_dilute_the_error_rate() -> None:
     stats["routing"]["random"]["server_errors"] = 5  # 5 of the 100 answered failed
     result = analyse(AnalysisConfig(min_samples=100, max_error_rate=0.01), stats, None)
     assert result.verdict == Verdict.FAIL and result.checks["error_rate"]["value"] == 0.05
+
+
+def test_slow_pinned_requests_do_not_move_the_latency_gates() -> None:
+    recorder = StatsRecorder()
+    for _ in range(200):
+        recorder.record(1, 200, 0.010)  # randomly routed: 10 ms
+        recorder.record(1, 200, 0.900, routed=ROUTED_PINNED)  # an attacker's heavy batches
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", recorder.to_delta())
+    stats = state.snapshot("churn", 60)[1]
+    assert stats["latency_count"] == 400 and stats["p95_ms"] > 800  # everything, as before
+    assert stats["sample_latency"]["count"] == 200
+    assert abs(stats["sample_latency"]["p95_ms"] - 10) < 0.5
+    gates = AnalysisConfig(min_samples=100, max_p95_ms=100)
+    assert analyse(gates, stats, None).verdict == Verdict.PASS
+    opted = analyse(AnalysisConfig(min_samples=100, max_p95_ms=100, include_pinned=True), stats, None)
+    assert opted.verdict == Verdict.FAIL and "p95_ms" in opted.reason
