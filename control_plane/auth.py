@@ -95,8 +95,13 @@ class TokenService:
                     detail={"field": "name"},
                 )
             # Only an admin issues tokens to someone else: a token a deployer mints (a
-            # training job's) acts for the deployer, so what it registers is theirs.
-            subject = (spec.subject or spec.name) if actor.role is Role.ADMIN else actor.subject
+            # training job's) acts for the deployer, so what it registers is theirs; so does
+            # an admin's trainer token unless the admin names another subject.
+            if actor.role is Role.ADMIN:
+                subject = spec.subject or (
+                    actor.subject if spec.role is Role.TRAINER else spec.name)
+            else:
+                subject = actor.subject
             if spec.subject and spec.subject != subject:
                 raise PermissionDeniedError(
                     f"only an admin issues tokens to another subject; {actor.name!r} mints "

@@ -75,3 +75,19 @@ def test_tokens_carry_their_subject_defaulting_to_the_name(db: Database) -> None
         "alice-laptop": "alice@example.com", "ci": "ci"}
     with pytest.raises(ValueError, match="subject"):
         TokenCreate(name="x", role=Role.READER, subject="alice smith")
+
+
+def test_a_training_jobs_token_acts_for_whoever_minted_it(db: Database) -> None:
+    """What a job's trainer token registers is its submitter's: one person, one subject."""
+    tokens = TokenService(db)
+    deployer = tokens.authenticate(tokens.create(TokenCreate(
+        name="dana-ci", role=Role.DEPLOYER, subject="dana"), ADMIN).token)
+    job = tokens.create(TokenCreate(name="job-1", role=Role.TRAINER, expires_in_minutes=30),
+                        deployer)
+    assert job.info.subject == "dana" and tokens.authenticate(job.token).subject == "dana"
+    with pytest.raises(PermissionDeniedError, match="only an admin issues tokens to another"):
+        tokens.create(TokenCreate(name="job-2", role=Role.TRAINER, expires_in_minutes=30,
+                                  subject="erin"), deployer)
+    admins_job = tokens.create(TokenCreate(name="job-3", role=Role.TRAINER, expires_in_days=1),
+                               ADMIN)
+    assert admins_job.info.subject == ADMIN.subject
