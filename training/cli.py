@@ -34,12 +34,18 @@ def submit(
         True, "--resource-check/--no-resource-check",
         help="Check the cluster has the CPUs and GPUs asked for (off for autoscaling clusters).",
     ),
+    token_hours: int = typer.Option(
+        24, "--token-hours", min=1, max=24 * 365,
+        help="Lifetime of the token minted for the job (revoked earlier when the job ends); "
+        "give long jobs enough to register at the end.",
+    ),
 ) -> None:
     """Check a job spec and submit it with Ray's job submission client."""
     from training.submission import submit_spec
 
     submit_spec(spec, address=address, working_dir=working_dir, wait=wait,
-                check_resources=resource_check, submission_id=job_id, echo=typer.echo)
+                check_resources=resource_check, submission_id=job_id, echo=typer.echo,
+                token_minutes=token_hours * 60)
 
 
 @app.command()
