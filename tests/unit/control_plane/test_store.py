@@ -85,3 +85,41 @@ def test_an_upgraded_database_ends_identical_to_a_fresh_one(tmp_path: Path) -> N
     assert describe(upgraded) == describe(fresh)
     upgraded.dispose()
     fresh.dispose()
+
+
+def test_migration_0006_gives_old_versions_and_approvals_their_subjects(tmp_path: Path) -> None:
+    """Rows from before subjects: the subject of the token of that name, else the name."""
+    from alembic import command
+
+    from control_plane.store.database import _alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    config = _alembic_config(engine)
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+    with engine.begin() as connection:
+        now = "2026-01-01 00:00:00"
+        connection.execute(text(
+            "INSERT INTO api_tokens (name, token_hash, prefix, role, subject, created_by, "
+            f"created_at) VALUES ('alice-ci', 'h1', 'mp_x', 'deployer', 'alice', 'admin', '{now}')"))
+        connection.execute(text(
+            "INSERT INTO models (name, description, owner, tags, policy, last_version, "
+            f"created_at, updated_at) VALUES ('m', '', 'alice-ci', '{{}}', '{{}}', 1, '{now}', '{now}')"))
+        connection.execute(text(
+            "INSERT INTO model_versions (model_id, version, stage, status, status_reason, "
+            "description, artifact_digest, artifact_size, manifest, created_by, created_at) "
+            f"VALUES (1, 1, 'none', 'ready', '', '', 'd', 1, '{{}}', 'alice-ci', '{now}')"))
+        connection.execute(text(
+            "INSERT INTO approvals (version_id, approver, decision, comment, created_at) "
+            f"VALUES (1, 'gone-token', 'approved', '', '{now}')"))
+    engine.dispose()
+    database = Database(url)
+    with database.engine.connect() as connection:
+        assert connection.execute(text(
+            "SELECT created_by_subject FROM model_versions")).scalar() == "alice"
+        assert connection.execute(text(
+            "SELECT approver_subject FROM approvals")).scalar() == "gone-token"
+        assert connection.execute(text("SELECT followups FROM rollouts")).all() == []
+    database.dispose()
