@@ -8,6 +8,7 @@ names are prefixed by section: ``q:`` quality, ``rej:`` rejections, ``fb:`` feed
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -62,7 +63,9 @@ def joined_counts(pair: JoinedPair, meta: dict[str, Any]) -> dict[str, float]:
         for label, predicted in zip(pair.labels, pair.predicted, strict=True):
             try:
                 error = float(label) - float(predicted)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
+                error = math.nan
+            if not math.isfinite(error):  # a label string such as "1e999" parses to inf
                 counts["fb:invalid"] += 1
                 continue
             counts["fb:n"] += 1

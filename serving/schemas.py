@@ -135,8 +135,12 @@ class EndpointConfig(Wire):
 
 MAX_FEEDBACK_ITEMS = 10_000
 MAX_FEEDBACK_LABELS = 100_000
-FiniteLabel = Annotated[float, Field(allow_inf_nan=False)]
-Label = Annotated[int | FiniteLabel | Annotated[str, Field(max_length=256)], Field(union_mode="smart")]
+FiniteLabel = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15)]
+# Bounded: a label is a class index or a measured value, and a 400-digit integer would
+# overflow the float the error is computed in.
+IntegerLabel = Annotated[int, Field(ge=-(2**53), le=2**53)]
+Label = Annotated[IntegerLabel | FiniteLabel | Annotated[str, Field(max_length=256)],
+                  Field(union_mode="smart")]
 
 
 class FeedbackItem(Wire):

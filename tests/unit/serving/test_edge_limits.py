@@ -15,9 +15,10 @@ from starlette.requests import Request
 from serving.core import MAX_FEEDBACK_BODY_BYTES
 from serving.endpoint import read_body
 from serving.errors import InvalidRequestError, PayloadTooLargeError
-from serving.feedback import FeedbackJoin, class_index, prediction_bytes
+from serving.feedback import FeedbackJoin, JoinedPair, class_index, prediction_bytes
 from serving.feedback_auth import FeedbackAuthorizer
 from serving.monitor import MonitorState
+from serving.monitor_sections import joined_counts
 from tests.unit.serving.monitoring_helpers import infer_body, make_core, send
 
 
@@ -175,3 +176,18 @@ def test_the_monitor_stays_under_its_bound_whatever_the_replicas_ship() -> None:
 def test_class_labels_in_other_scripts_are_not_class_indexes() -> None:
     assert class_index("²", None) is None and class_index("٣", None) is None
     assert class_index("-2", None) == -2 and class_index("3", None) == 3
+
+
+def test_labels_that_no_float_holds_are_refused_or_counted_invalid() -> None:
+    async def sink(endpoint: str, items: Any) -> dict[str, Any]:
+        return state.feedback(endpoint, items)
+
+    state = MonitorState(clock=Clock())
+    core = make_core(feedback_sink=sink,
+                     feedback_authorizer=FeedbackAuthorizer(None, allows_anonymous=True))
+    huge = b'{"feedback": [{"request_id": "a", "label": 1' + b"0" * 400 + b"}]}"
+    result = call(core, "/feedback", huge)
+    assert result.status == 400 and json.loads(result.body)["error"].startswith("feedback[0].label")
+    pair = JoinedPair("e", 1, [1.0, 2.0], ["1e999", 3.0])
+    assert joined_counts(pair, {"task": "regression"}) == {"fb:invalid": 1, "fb:n": 1,
+                                                          "fb:abs": 1.0, "fb:sq": 1.0}
