@@ -73,8 +73,10 @@ def start(
     window: str | None = typer.Option(None, help="Analysis window, e.g. 60s."),
     failures_to_rollback: int | None = typer.Option(None, help="Consecutive failing analyses that roll back."),
     keep_warm: str | None = typer.Option(None, help="Keep the old version loaded this long after the switch."),
-    require_approval: bool | None = typer.Option(
-        None, "--require-approval/--no-approval", help="Wait for an approval before promoting."),
+    require_approval: bool = typer.Option(
+        False, "--require-approval",
+        help="Wait for an approval, as if the model's policy required one; nothing here can "
+             "lift a policy that does."),
     watch_progress: bool = typer.Option(False, "--watch", help="Follow the rollout until it ends."),
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
@@ -84,7 +86,7 @@ def start(
     for key, value in {"endpoint": endpoint, "model_ref": model_ref, "strategy": strategy,
                        "steps": _steps(steps) if steps else None, "step_duration_s": step_duration,
                        "shadow_then": shadow_then, "keep_warm_s": keep_warm,
-                       "require_approval": require_approval}.items():
+                       "require_approval": True if require_approval else None}.items():
         if value is not None:
             spec[key] = value
     for key, value in {"max_error_rate": max_error_rate, "max_p95_ms": max_p95_ms,
