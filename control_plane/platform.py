@@ -277,8 +277,14 @@ def wait_serving(url: str, endpoint: str, version: int, *, timeout_s: float = 30
     )
 
 
-def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print) -> bool:
-    """Shut Serve down, and the Ray head too if ``start_platform`` started it."""
+def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print,
+                  force: bool = False) -> bool:
+    """Shut Serve down, and the Ray head too if ``start_platform`` started it.
+
+    On a cluster this home did not start, Serve is shut down only when the control plane
+    there is this store's (or none runs), unless ``force``: ``down`` from another folder
+    must not stop another store's serving.
+    """
     apply_ray_auth_env()
     import ray
     from ray import serve
@@ -288,6 +294,8 @@ def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print
         # The head is ours: stopping it stops Serve with it, without Serve's slow drain.
         ray.shutdown()
     elif ray.is_initialized() or _connect(os.environ.get("RAY_ADDRESS") or "auto"):
+        if not force:
+            _refuse_another_store(settings)
         progress("shutting down Serve")
         serve.shutdown()
         ray.shutdown()
@@ -300,6 +308,49 @@ def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print
                             head_pid=int(record.get("pid") or 0))
     (settings.home / HEAD_RECORD).unlink(missing_ok=True)
     return True
+
+
+def _refuse_another_store(settings: Settings) -> None:
+    """OwnershipConflictError when the control plane on Serve belongs to another store."""
+    from control_plane.errors import OwnershipConflictError
+    from control_plane.ownership import application_owners, serve_details
+    from control_plane.serve_app import APP_NAME
+
+    try:
+        running = application_owners(serve_details()).get(APP_NAME)
+    except Exception:  # Serve is not running: nobody's serving to protect
+        return
+    if running is None or running.home == str(settings.home):
+        return
+    if running.store_id is not None and running.store_id == _existing_store_identity(settings):
+        return
+    raise OwnershipConflictError(
+        f"this Ray cluster runs the control plane of {running.describe()}, not this home's "
+        f"({settings.home}); `modelplane down` from here would stop it and every endpoint it "
+        "serves. Nothing was stopped: run `modelplane down` from its home, or pass --force to "
+        "shut Serve down anyway",
+        detail={"running_store": running.store_id, "running_home": running.home,
+                "home": str(settings.home)})
+
+
+def _existing_store_identity(settings: Settings) -> str | None:
+    """This home's store id if its store exists (never creates one), else None."""
+    from sqlalchemy.engine import make_url
+
+    from control_plane.ownership import store_identity
+    from control_plane.store import Database
+
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return None
+    try:
+        db = Database(settings.db_url, migrate=False)
+    except Exception:  # an old schema or an unreachable server: not provably this store
+        return None
+    try:
+        return store_identity(db)
+    finally:
+        db.dispose()
 
 
 def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 20.0) -> None:

@@ -48,12 +48,18 @@ def up(
     console.print("  stop with      modelplane down")
 
 
-def down() -> None:
+def down(
+    force: bool = typer.Option(
+        False, "--force",
+        help="Shut Serve down even when the control plane there belongs to another store "
+             "(another home); without it, `down` stops and names both homes.",
+    ),
+) -> None:
     """Shut down Serve, and the local Ray head if `modelplane up` started it."""
     from control_plane.platform import stop_platform
     from modelplane.settings import get_settings
 
-    stopped_ray = stop_platform(get_settings(), progress=typer.echo)
+    stopped_ray = stop_platform(get_settings(), progress=typer.echo, force=force)
     typer.echo("modelplane is down" + (" (Ray head stopped)" if stopped_ray else ""))
 
 
