@@ -189,23 +189,51 @@ def test_blue_green_switches_then_switches_back_instantly(
     assert load.failures() == []
 
 
-def test_promotion_waits_for_an_approver_other_than_the_registrant(
+def test_an_unapproved_candidate_never_takes_more_than_the_limit(
         platform: Platform, endpoint: tuple[str, Client]) -> None:
+    """Approval gating on real Serve: the candidate is held at the policy's limit (served
+    weights and answers counted by version), a second token of the registrant's subject
+    cannot approve, and another subject's approval lets the rollout finish."""
     name, client = endpoint
-    client.update_model(name, ModelUpdate(policy=ModelPolicy(require_approval_for_production=True)))
+    client.update_model(name, ModelUpdate(policy=ModelPolicy(
+        require_approval_for_production=True, max_unapproved_weight=20)))
     client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
-    with BackgroundLoad(platform.url, name):
-        rollout = start(client, name, steps=[100], analysis={**ANALYSIS, "min_samples": 5})
-        wait_for(lambda: client.get_rollout(rollout.id).state == "awaiting_approval", 60,
+    registrant = client.get_version(name, 2).created_by_subject
+    with pytest.raises(ConflictError, match="require_approval_for_production"):
+        client.set_traffic(name, {1: 50, 2: 50})
+    served: list[dict[int, float]] = []
+    with BackgroundLoad(platform.url, name) as load:
+        started = len(load.answers)
+        rollout = start(client, name, steps=[20, 60, 100], analysis={**ANALYSIS, "min_samples": 5})
+        wait_for(lambda: served.append(served_weights(platform, name)) is None
+                 and client.get_rollout(rollout.id).state == "awaiting_approval", 60,
                  "the approval gate")
-        with pytest.raises(PermissionDeniedError, match="cannot approve"):
-            client.approve(name, 2)
-        approver = client.create_token(f"approver-{name}", "approver")
-        with Client(platform.url, approver.token, settings=platform.settings) as other:
+        second = client.create_token(f"{name}-again", "approver", subject=registrant)
+        with Client(platform.url, second.token, settings=platform.settings) as same_person, \
+                pytest.raises(PermissionDeniedError, match="cannot approve"):
+            same_person.approve(name, 2)
+        held_until = time.monotonic() + 5
+        while time.monotonic() < held_until:
+            served.append(served_weights(platform, name))
+            time.sleep(0.25)
+        assert client.get_rollout(rollout.id).state == "awaiting_approval"
+        unapproved = load.versions(started)
+        reviewer = client.create_token(f"{name}-reviewer", "approver", subject=f"{name}-reviewer")
+        with Client(platform.url, reviewer.token, settings=platform.settings) as other:
             other.approve(name, 2)
         done = rollout_ends(client, rollout.id)
-    assert done.state == "succeeded"
+    assert done.state == "succeeded", done.reason
+    assert max(w.get(2, 0.0) for w in served) == 20.0, served
+    total = unapproved[1] + unapproved[2]
+    assert total >= 50 and unapproved[2] > 0, unapproved
+    # Answers by version follow the weights: v2's share stays within chance of 20%.
+    assert unapproved[2] / total <= 0.2 + 4 * (0.2 * 0.8 / total) ** 0.5, unapproved
+    events = client.rollout_events(rollout.id)
+    assert [e.data["weights"]["2"] for e in events if e.kind == "step"] == [20, 60, 100]
+    approval = next(i for i, e in enumerate(events) if e.reason == "approved")
+    assert all(e.data["weights"]["2"] <= 20 for e in events[:approval] if e.kind == "step")
     assert client.get_version(name, 2).stage == "production"
+    assert load.failures() == []
 
 
 def test_control_plane_killed_mid_rollout_resumes_and_traffic_matches_the_store(
