@@ -223,11 +223,12 @@ def test_every_signal_reads_a_real_monitor_snapshot() -> None:
     state = MonitorState()
     core = make_core(reference_profile())
     rows = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
-    asyncio.run(send_many(core, [r[None, :] for r in rows]))
+    answers = asyncio.run(send_many(core, [r[None, :] for r in rows]))
     delta = core.take_stats().to_delta()
     attach_profiles(delta, core.monitoring, set())
     state.record("churn", "replica", delta)
-    state.feedback("churn", [(f"r{i}", [i % 3]) for i in range(50)])
+    ids = [a.headers["x-modelplane-request-id"] for a in answers]  # feedback joins on these
+    state.feedback("churn", [(ids[i], [i % 3]) for i in range(50)])
     snapshot = state.snapshot("churn", 60)[1]
     values = {name: signal.read(snapshot)[0] for name, signal in SIGNALS.items()}
     assert values["requests"] == 200 and values["drift"] == 0.0 and values["labelled"] == 50

@@ -29,13 +29,14 @@ def exposition(tmp_path_factory) -> dict[tuple[str, tuple[tuple[str, str], ...]]
     rows = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
     rows[:5, 2] = np.nan
     rows[5:8, 0] = 40.0
-    asyncio.run(send_many(core, [r[None, :] for r in rows]))
+    answers = asyncio.run(send_many(core, [r[None, :] for r in rows]))
     asyncio.run(core.handle("POST", "/infer", {}, json.dumps(
         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 2], "data": [0, 0, 0, 0]}]}).encode()))
     delta = core.take_stats().to_delta()
     attach_profiles(delta, core.monitoring, set())
     state.record("churn", "replica", delta)
-    state.feedback("churn", [(f"r{i}", [i % 3]) for i in range(100)])
+    ids = [a.headers["x-modelplane-request-id"] for a in answers]  # feedback joins on these
+    state.feedback("churn", [(ids[i], [i % 3]) for i in range(100)])
 
     db = Database(f"sqlite:///{tmp_path_factory.mktemp('alerts') / 'm.db'}")
     alerts = AlertService(db)
