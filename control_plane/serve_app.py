@@ -43,7 +43,10 @@ def control_plane_application(settings: Settings, *, store_id: str,
         max_ongoing_requests=64,
         ray_actor_options={
             "num_cpus": num_cpus,
-            "runtime_env": {"env_vars": {**settings.to_env(), STORE_ID_ENV: store_id}},
+            # Not the operator's own token: the control plane needs none, and a runtime
+            # environment is shown on Ray's dashboard.
+            "runtime_env": {"env_vars": {**settings.with_overrides(token=None).to_env(),
+                                         STORE_ID_ENV: store_id}},
         },
     ).bind()
 

@@ -205,13 +205,20 @@ def test_replicas_hold_no_store_url_or_operator_token_and_load_with_a_read_token
         ray.init(configure_logging=False, log_to_driver=False)
         found = {}
         for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=10000):
-            if not actor.class_name.startswith("ServeReplica:endpoint-"):
+            if not actor.class_name.startswith(("ServeReplica:endpoint-",
+                                                "ServeReplica:control-plane")):
                 continue
             handle = ray.get_actor(actor.name, namespace="serve")
             found[actor.class_name] = ray.get(
                 handle.__ray_call__.remote(lambda self: dict(os.environ)))
         print(json.dumps(found))
     """)
+    control_planes = [env for name, env in environments.items() if "control-plane" in name]
+    assert len(control_planes) == 1, sorted(environments)
+    # The control plane holds the store's URL, but not the token of whoever ran `up`.
+    assert control_planes[0]["MODELPLANE_DB_URL"] == head.db_url
+    assert OPERATOR_TOKEN not in json.dumps(control_planes[0])
+    environments = {n: e for n, e in environments.items() if "control-plane" not in n}
     assert environments, "no endpoint replica found"
     for replica, env in environments.items():
         dumped = json.dumps(env)
