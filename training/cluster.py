@@ -4,7 +4,7 @@ is unreserved now, and what Serve's actors hold.
 Two readers, for the two places a job is checked:
 
 * :func:`cluster_here` in a process connected to Ray (the job's driver): totals and free
-  amounts straight from the GCS, exact;
+  amounts straight from the GCS, exact, plus what an autoscaler may still add;
 * :func:`cluster_from_dashboard` from a machine that only reaches the job API
   (``modelplane train submit``): the state API's nodes, and what alive actors and created
   placement groups reserve, subtracted from the totals. Tasks outside either are missed,
@@ -40,6 +40,13 @@ def cluster_here(where: str) -> ClusterCapacity:
                      serving.get(node_id, {}))
         for node_id, total in sorted(totals.items())
     )
+    limits = _pick(state.state.get_max_resources_from_cluster_config() or {})
+    headroom = {r: limit - sum(n.total.get(r, 0.0) for n in nodes) for r, limit in limits.items()}
+    if any(amount > 0 for amount in headroom.values()):
+        # An autoscaling cluster grows when Ray Train asks for the workers' placement group:
+        # count what it may still add as free now, so the job asks instead of waiting on it.
+        room = {r: max(0.0, amount) for r, amount in headroom.items()}
+        nodes += (NodeCapacity("nodes the autoscaler may add", room, room),)
     return ClusterCapacity(where, nodes)
 
 

@@ -25,7 +25,7 @@ from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
 from training.data import Dataset, Split, load_dataset, split_dataset
 from training.errors import InvalidJobSpecError, TrainingError
 from training.finetune import MODEL_BUNDLE_ARTIFACT, bundle_mismatch, load_fine_tune_source
-from training.schemas import JobSpec
+from training.schemas import DEFAULT_MAX_WORKERS, JobSpec
 from training.spec import dump_job_spec
 
 # Set when the job is asked to stop (SIGTERM from `ray job stop`): whatever exception the
@@ -93,7 +93,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     if spec.resources.num_workers == "auto":
         echo(f"num_workers auto: {placement.num_workers} worker(s), the most this cluster can "
              f"hold beside its Serve replicas (max_workers "
-             f"{spec.resources.max_workers or placement.num_workers})")
+             f"{spec.resources.max_workers or DEFAULT_MAX_WORKERS})")
 
     from training.tracking import flat_params, run_environment
 
