@@ -171,9 +171,12 @@ def w1_null_moments(u, cum, normals):
     mean = values.mean()
     centered = values - mean
     var = (centered**2).mean()
+    sd = math.sqrt(var)
     out[0] = mean
-    out[1] = math.sqrt(var)
-    out[2] = (centered**3).mean() / var**1.5 if var > 0 else 0.0
+    out[1] = sd
+    # Standardise before cubing: var ** 1.5 underflows to 0 for a tiny spread (values
+    # 1e-162 apart), which made the skew NaN.
+    out[2] = ((centered / sd) ** 3).mean() if sd > 0 else 0.0
     return out
 
 
