@@ -16,6 +16,7 @@
         ├── PermissionDeniedError       permission_denied, 403 (role too low, self-approval)
         ├── IntegrityError              artifact_corrupt, 500 (digest mismatch on read)
         ├── SchemaOutdatedError         schema_outdated, 503 (database needs `modelplane db upgrade`)
+        ├── StoreUnavailableError       store_unavailable, 503 (the database cannot be reached)
         ├── ControlPlaneUnavailableError control_plane_unavailable, 503 (client cannot reach it)
         ├── MonitorUnavailableError     monitor_unavailable, 503 (statistics are unknown now)
         └── OwnershipConflictError      ownership_conflict, 409 (another store's control plane runs)
@@ -88,6 +89,11 @@ class IntegrityError(ControlPlaneError):
 
 class SchemaOutdatedError(ControlPlaneError):
     code = "schema_outdated"
+    http_status = 503
+
+
+class StoreUnavailableError(ControlPlaneError):
+    code = "store_unavailable"
     http_status = 503
 
 

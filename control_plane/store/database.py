@@ -8,6 +8,10 @@ SQLite gets foreign keys, a busy timeout and WAL. Writers open their transaction
 with SQLITE_BUSY when another writer committed in between (the busy timeout does not
 apply to that upgrade), which would surface as random 500s under concurrent registrations.
 Read-only sessions use a plain deferred ``BEGIN`` so they never block writers.
+
+A database that cannot be reached (PostgreSQL stopped, the network gone) is a
+:class:`StoreUnavailableError` (503) within about a second, never a hang or a 500: the
+transaction was not committed, so nothing is half-written, and the caller may retry.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.errors import SchemaOutdatedError
+from control_plane.errors import SchemaOutdatedError, StoreUnavailableError
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -56,8 +61,18 @@ class Database:
             # the caller is about to read, close() detaches them with their values.
             if not readonly:
                 session.commit()
+        except DBAPIError as error:
+            _rollback_quietly(session)
+            if error.connection_invalidated or _is_unreachable(error):
+                raise StoreUnavailableError(
+                    f"the store ({self.engine.url.render_as_string(hide_password=True)}) cannot "
+                    f"be reached: {str(error.orig).strip().splitlines()[0] if error.orig else error}"
+                    "; nothing was written, retry when it is back",
+                    detail={"store": self.engine.url.get_backend_name()},
+                ) from None
+            raise
         except BaseException:
-            session.rollback()
+            _rollback_quietly(session)
             raise
         finally:
             session.close()
@@ -67,10 +82,32 @@ class Database:
         self.engine.dispose()
 
 
+def _rollback_quietly(session: Session) -> None:
+    # Rolling back on a dead connection raises too; the transaction is gone either way.
+    try:
+        session.rollback()
+    except DBAPIError:
+        session.invalidate()
+
+
+def _is_unreachable(error: DBAPIError) -> bool:
+    """Whether the error says the server is gone, rather than what the statement did."""
+    sqlstate = getattr(error.orig, "sqlstate", None) or ""
+    # psycopg: class 08 is "connection exception"; 57P0x is an admin or crash shutdown.
+    if sqlstate.startswith("08") or sqlstate.startswith("57P0"):
+        return True
+    name = type(error.orig).__name__
+    return name in {"OperationalError", "InterfaceError"} and "sqlite" not in type(error.orig).__module__
+
+
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
+        # A stopped server must fail calls in about a second, not after the OS's TCP
+        # timeout: connecting is bounded, and pooled connections are checked before use.
+        connect_args = {"connect_timeout": 2} if parsed.get_backend_name() == "postgresql" else {}
+        return create_engine(url, pool_pre_ping=True, pool_timeout=2, future=True,
+                             connect_args=connect_args)
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,135 @@
+"""The store goes away: PostgreSQL stopped under a running control plane, then started again.
+
+The test runs its own PostgreSQL cluster (Debian's binaries, a data folder in tmp, a free
+port), so stopping it disturbs nothing else. Every call made while it is down fails fast
+with a 503 that names the store; nothing is half-written; calls succeed again once it is
+back, without restarting the control plane.
+"""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from control_plane.client import Client
+from control_plane.errors import StoreUnavailableError
+from tests.conftest import free_port
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.servers import ControlPlaneProcess
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL server run as the ``postgres`` user."""
+
+    def __init__(self, data: Path) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not bins or shutil.which("su") is None:
+            pytest.skip("PostgreSQL's binaries are not installed (scripts/test-postgres.sh "
+                        "installs them)")
+        self.bin = Path(bins[-1]).parent
+        self.data = data
+        self.port = free_port()
+
+    def _as_postgres(self, *command: str) -> None:
+        line = " ".join(command)
+        subprocess.run(["su", "postgres", "-c", line], check=True, capture_output=True, timeout=60)
+
+    def init(self) -> None:
+        self.data.mkdir(parents=True)
+        shutil.chown(self.data, "postgres", "postgres")
+        self._as_postgres(f"{self.bin}/initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+
+    def start(self) -> None:
+        self._as_postgres(f"{self.bin}/pg_ctl", "-D", str(self.data), "-l",
+                          str(self.data / "server.log"), "-w", "-o",
+                          f"'-p {self.port} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off'",
+                          "start")
+
+    def stop(self) -> None:
+        self._as_postgres(f"{self.bin}/pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    # Not under pytest's tmp folder: that is root's alone, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="modelplane-pg-outage-"))
+    root.chmod(0o755)
+    server = PrivatePostgres(root / "data")
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        subprocess.run(["su", "postgres", "-c",
+                        f"{server.bin}/pg_ctl -D {server.data} -m immediate stop"],
+                       capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _timed(call: Callable[[], Any]) -> tuple[float, BaseException | None]:
+    started = time.monotonic()
+    try:
+        call()
+    except BaseException as error:  # the outcome is what the test looks at
+        return time.monotonic() - started, error
+    return time.monotonic() - started, None
+
+
+def test_calls_fail_fast_with_503_while_the_store_is_down(postgres: PrivatePostgres,
+                                                           tmp_path: Path) -> None:
+    server = ControlPlaneProcess(tmp_path / "home", db_url=postgres.url).start(timeout=60)
+    try:
+        with Client(server.url, server.admin_token, timeout=30) as client:
+            client.register_version("outage", linear_classifier(seed=1), linear_classifier_manifest())
+            run = client.start_run("outage")
+            client.set_alias("outage", "champion", 1)
+
+            postgres.stop()
+            calls: dict[str, Callable[[], Any]] = {
+                "create model": lambda: client.create_model("outage-new"),
+                "register version": lambda: client.register_version(
+                    "outage", linear_classifier(seed=2), linear_classifier_manifest()),
+                "move alias": lambda: client.set_alias("outage", "champion", 1),
+                "log metrics": lambda: client.log_metrics(run.id, {"loss": 0.5}, step=1),
+                "read model": lambda: client.get_model("outage"),
+            }
+            timings = {}
+            for name, call in calls.items():
+                elapsed, error = _timed(call)
+                timings[name] = round(elapsed, 3)
+                assert isinstance(error, StoreUnavailableError), (name, error)
+                assert "store" in error.message and "postgresql" in error.message, error.message
+                assert "nothing was written" in error.message
+                # Fails fast, never the OS's TCP timeout (the generous bound is for a loaded CI).
+                assert elapsed < 5, (name, elapsed)
+            health = httpx.get(f"{server.url}/api/health", timeout=10)
+            assert health.status_code == 503 and health.json()["error"] == "store_unavailable"
+            print(f"\nstore down: each call failed in {timings} s")
+
+            postgres.start()
+            # Back without restarting the control plane: pooled connections are re-made.
+            client.create_model("outage-after")
+            assert client.register_version("outage", linear_classifier(seed=3),
+                                           linear_classifier_manifest()).version == 2
+            assert sorted(v.version for v in client.list_versions("outage").items) == [1, 2]
+            assert client.resolve("outage@champion").version == 1
+            names = {m.name for m in client.list_models().items}
+            assert "outage-new" not in names and "outage-after" in names
+        report = httpx.get(f"{server.url}/api/integrity", params={"verify": "true"},
+                           headers={"authorization": f"Bearer {server.admin_token}"}, timeout=30)
+        assert report.status_code == 200 and report.json()["problems"] == []
+    finally:
+        server.stop()
