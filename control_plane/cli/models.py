@@ -58,7 +58,7 @@ def show(
             "inputs": [f"{s.name} {s.dtype}{s.shape}" for s in version.manifest.signature.inputs],
             "outputs": [f"{s.name} {s.dtype}{s.shape}" for s in version.manifest.signature.outputs],
             "metrics": version.manifest.metrics, "created_by": version.created_by,
-            "created_at": version.created_at,
+            "registrant": version.created_by_subject, "created_at": version.created_at,
         }))
         return
     model = api.get_model(ref)

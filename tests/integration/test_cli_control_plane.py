@@ -95,6 +95,7 @@ def test_subjects_and_the_approval_policy(server: ControlPlaneProcess) -> None:
     assert listed["admin-review"] == "admin" and listed["admin"] == "admin"
     refused = cli(server, "models", "approve", "cli-iris:1", token=twin["token"], ok=False)
     assert refused.returncode == 1 and "'admin' registered cli-iris:1" in refused.stderr
+    assert "registrant" in cli(server, "models", "show", "cli-iris:1").stdout
     bad = cli(server, "token", "create", "someone", "--subject", "alice smith", ok=False)
     assert bad.returncode == 2 and "--subject" in bad.stderr and "Traceback" not in bad.stderr
     changed = cli(server, "models", "policy", "cli-iris", "--require-approval",
