@@ -168,7 +168,9 @@ class TokenService:
             name = ADMIN_TOKEN_NAME
             if session.scalar(select(TokenRow.id).where(TokenRow.name == name)):
                 name = f"{ADMIN_TOKEN_NAME}-{secrets.token_hex(3)}"
-            secret, row = _new_token(name, Role.ADMIN, "bootstrap", None)
+            # Every bootstrapped admin token stands for the same operator, whatever its name.
+            secret, row = _new_token(name, Role.ADMIN, "bootstrap", None,
+                                     subject=ADMIN_TOKEN_NAME)
             session.add(row)
             # Written inside the transaction: if the file cannot be written the token row
             # is rolled back, so no admin token exists that nobody can read.

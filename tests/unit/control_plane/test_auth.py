@@ -91,3 +91,13 @@ def test_a_training_jobs_token_acts_for_whoever_minted_it(db: Database) -> None:
     admins_job = tokens.create(TokenCreate(name="job-3", role=Role.TRAINER, expires_in_days=1),
                                ADMIN)
     assert admins_job.info.subject == ADMIN.subject
+
+
+def test_every_bootstrapped_admin_token_is_the_same_operator(db: Database, tmp_path: Path) -> None:
+    tokens = TokenService(db)
+    first = tokens.bootstrap_admin(tmp_path / "admin.token")
+    tokens.revoke("admin", ADMIN)
+    second = tokens.bootstrap_admin(tmp_path / "admin.token")
+    assert first and second
+    again = tokens.authenticate(second)
+    assert again.name != "admin" and again.subject == "admin"
