@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from control_plane.errors import InvalidInputError
+from control_plane.auth import Principal
+from control_plane.errors import InvalidInputError, PermissionDeniedError
 from control_plane.registry import parse_ref
-from control_plane.schemas import ParamsUpdate, RunCreate, TrafficUpdate
+from control_plane.schemas import ParamsUpdate, Role, RunCreate, TrafficUpdate
+from serving.feedback_auth import LABEL_SOURCE_ROLES
 
 
 @pytest.mark.parametrize(("body", "where"), [
@@ -51,3 +53,24 @@ def test_model_refs_still_parse() -> None:
 def test_traffic_versions_are_bounded_like_every_version(body: str) -> None:
     with pytest.raises(ValidationError):
         TrafficUpdate.model_validate_json(body)
+
+
+def test_labeler_sits_between_reader_and_deployer() -> None:
+    labeler = Principal(name="labels", role=Role.LABELER)
+    labeler.require(Role.READER)
+    labeler.require(Role.LABELER)
+    with pytest.raises(PermissionDeniedError, match="needs deployer"):
+        labeler.require(Role.DEPLOYER)
+    with pytest.raises(PermissionDeniedError):
+        Principal(name="eyes", role=Role.READER).require(Role.LABELER)
+    Principal(name="ops", role=Role.DEPLOYER).require(Role.LABELER)
+    # The data plane's own list of who may post labels (it cannot import the control plane)
+    # is exactly the roles the control plane ranks at labeler or above.
+    ranked = set()
+    for role in Role:
+        try:
+            Principal(name="any", role=role).require(Role.LABELER)
+        except PermissionDeniedError:
+            continue
+        ranked.add(role.value)
+    assert ranked == LABEL_SOURCE_ROLES
