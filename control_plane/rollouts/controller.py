@@ -11,6 +11,10 @@ stored start, because the Monitor (a detached actor) kept counting while the con
 plane was down. The analysis window is the last ``window_s`` seconds, so evidence from
 before the restart still counts and a breach that began meanwhile is caught at the first
 analysis.
+
+Concepts kept apart: approval gating (``approvals``: an unapproved candidate waits at its
+limit), a rollback's follow-ups (``followups``: stored with the terminal state, finished
+once by the next pass) and the inconclusive deadline (``deadline``).
 """
 
 from __future__ import annotations
