@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -366,16 +366,18 @@ class Reconciler:
     def _failed(self, endpoint: str, error: str, report: ReconcileReport) -> None:
         previous = self._states.get(endpoint)
         now = self._now()
-        if previous is not None and previous.state == "failed" and previous.error == error and \
+        report.failed[endpoint] = error
+        if previous is not None and previous.state == "failed" and \
                 previous.retry_at is not None and previous.retry_at > now:
-            report.failed[endpoint] = error  # the same failure, retry not due yet
+            # Still failed before its retry: keep the retry time (Serve's message may change
+            # every pass, and must not push the retry out forever), show the latest error.
+            self._states[endpoint] = replace(previous, error=error[:2000])
             return
         failures = (previous.failures if previous else 0) + 1
         delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failures - 1))
         self._states[endpoint] = EndpointApplyState(
             "failed", error=error[:2000], retry_at=now + timedelta(seconds=delay),
             since=previous.since if previous and previous.since else now, failures=failures)
-        report.failed[endpoint] = error
 
     def _retry_due(self, endpoint: str) -> bool:
         state = self._states.get(endpoint)

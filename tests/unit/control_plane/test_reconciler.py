@@ -127,6 +127,25 @@ def test_a_failed_endpoint_shows_its_error_and_is_retried_with_backoff(deploymen
     assert rec.states()["ep"].state == "applied"
 
 
+def test_a_changing_error_message_does_not_push_the_retry_out(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1"), ALICE)
+    rec.reconcile()
+    serve.set("endpoint-ep", "DEPLOY_FAILED", "replica failed after 10s")
+    rec.reconcile()
+    retry_at = rec.states()["ep"].retry_at
+    clock.now += RETRY_BASE_S - 1
+    serve.set("endpoint-ep", "DEPLOY_FAILED", "replica failed after 14s")
+    rec.reconcile()
+    state = rec.states()["ep"]
+    assert state.retry_at == retry_at and state.error.endswith("after 14s")
+    deploys = len(serve.deploys())
+    clock.now += 1
+    rec.reconcile()
+    assert len(serve.deploys()) == deploys + 1  # retried on time
+
+
 def test_a_changed_route_table_is_applied_at_once_even_while_a_retry_waits(deployments, clock) -> None:
     serve = Serve()
     rec = reconciler(deployments, serve, clock)
