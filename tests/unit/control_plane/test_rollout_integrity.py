@@ -304,3 +304,18 @@ def test_waiting_for_an_approval_is_not_waiting_for_evidence(world: World) -> No
 def test_a_principal_without_a_subject_stands_for_itself() -> None:
     assert Principal("ci", Role.DEPLOYER).subject == "ci"
     assert Principal("ci", Role.DEPLOYER, subject="alice").subject == "alice"
+
+
+def test_paused_time_does_not_count_toward_the_deadline(world: World) -> None:
+    world.serve(1)
+    world.serve(2, requests=3)
+    rollout_id = world.start(steps=[20, 100], analysis={
+        "interval_s": 1, "window_s": 5, "min_samples": 20, "inconclusive_deadline_s": 30})
+    world.run(20)
+    world.controller.pause(rollout_id, ALICE, "looking")
+    world.run(60)
+    world.controller.resume(rollout_id, ALICE)
+    world.run(20)
+    assert world.controller.get(rollout_id).state == RolloutState.PROGRESSING
+    world.run(15)
+    assert world.controller.get(rollout_id).state == RolloutState.FAILED
