@@ -10,7 +10,10 @@ width, default 4), ``MODELPLANE_BATCH`` (rows per request, default 1),
 of real feature rows to sample from instead of standard normal draws),
 ``MODELPLANE_DRIFT`` (add this many standard deviations to one feature, to exercise drift
 monitoring) and ``MODELPLANE_DRIFT_FEATURE`` (which one, default 0), ``MODELPLANE_WAIT``
-(seconds each user waits between requests, default 0).
+(seconds each user waits between requests, default 0), ``MODELPLANE_FEEDBACK_TOKEN`` (a
+token of role labeler or higher: each user then posts its answers' predicted classes back
+as labels, 20 at a time, keyed on the server's ``x-modelplane-request-id``, to load the
+feedback route and the Monitor's join too).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from typing import Any
 
 from locust import FastHttpUser, constant, task
 
@@ -30,6 +34,8 @@ DRIFT = float(os.environ.get("MODELPLANE_DRIFT", "0"))
 DRIFT_FEATURE = int(os.environ.get("MODELPLANE_DRIFT_FEATURE", "0"))
 WAIT = float(os.environ.get("MODELPLANE_WAIT", "0"))
 ROWS_FILE = os.environ.get("MODELPLANE_ROWS", "")
+FEEDBACK_TOKEN = os.environ.get("MODELPLANE_FEEDBACK_TOKEN", "")
+FEEDBACK_BATCH = 20
 
 
 def _load_rows() -> tuple[list[list[float]], list[float]] | None:
@@ -54,6 +60,7 @@ class InferenceUser(FastHttpUser):
     def on_start(self) -> None:
         self.key = uuid.uuid4().hex
         self.rng = random.Random(self.key)
+        self.labels: list[dict[str, object]] = []
 
     @task
     def infer(self) -> None:
@@ -73,3 +80,21 @@ class InferenceUser(FastHttpUser):
                               name=f"/v2/models/{ENDPOINT}/infer", catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            elif FEEDBACK_TOKEN:
+                self._label(response)
+
+    def _label(self, response: Any) -> None:
+        """Keep this answer's predicted classes (a value per row for a regressor) against the
+        server's id for it; post them in batches."""
+        output = response.json()["outputs"][0]
+        rows, data = output["shape"][0], output["data"]
+        width = len(data) // rows if rows else 1
+        per_row = [data[r * width:(r + 1) * width] for r in range(rows)]
+        labels = [max(range(width), key=row.__getitem__) if width > 1 else row[0] for row in per_row]
+        self.labels.append({"request_id": response.headers["x-modelplane-request-id"],
+                            "label": labels[0] if rows == 1 else labels})
+        if len(self.labels) >= FEEDBACK_BATCH:
+            batch, self.labels = self.labels, []
+            self.client.post(f"/v2/models/{ENDPOINT}/feedback", json={"feedback": batch},
+                             headers={"authorization": f"Bearer {FEEDBACK_TOKEN}"},
+                             name=f"/v2/models/{ENDPOINT}/feedback")

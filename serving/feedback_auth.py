@@ -58,10 +58,10 @@ class FeedbackAuthorizer:
 
     async def check(self, headers: Mapping[str, str]) -> str:
         """The caller's token name ("anonymous" where the operator allows it); raises 401/403/503."""
+        if self.allows_anonymous:  # the operator opened feedback: tokens are not checked
+            return "anonymous"
         header = headers.get("authorization")
         if header is None:
-            if self.allows_anonymous:
-                return "anonymous"
             raise UnauthenticatedError(f"feedback needs a token: {_HOW}",
                                        detail={"field": "authorization"})
         scheme, _, secret = header.partition(" ")

@@ -71,6 +71,7 @@ def test_no_token_is_a_401_unless_the_operator_opened_feedback(server: ControlPl
         asyncio.run(FeedbackAuthorizer(server.url).check({}))
     opened = FeedbackAuthorizer(server.url, allows_anonymous=True)
     assert asyncio.run(opened.check({})) == "anonymous"
+    assert asyncio.run(opened.check(bearer("mp_made-up"))) == "anonymous"  # open: not checked
     assert opened.checks == 0
 
 
