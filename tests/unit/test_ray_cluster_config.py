@@ -67,5 +67,9 @@ def test_the_job_api_is_not_bound_to_every_interface(config: dict[str, Any]) -> 
 
 def test_the_code_ships_from_the_checkout_not_a_placeholder(config: dict[str, Any]) -> None:
     assert "example.invalid" not in CONFIG.read_text()
-    assert config["file_mounts"]["~/modelplane"] == "."
-    assert {".venv", ".modelplane"} <= set(config["rsync_exclude"])
+    shipped = config["file_mounts"]["~/modelplane"]
+    assert shipped == "build/cluster-code"
+    # The export is made from the committed tree, in a folder git ignores.
+    assert f"git archive HEAD | tar -x -C {shipped}" in CONFIG.read_text()
+    ignored = (CONFIG.parent / ".gitignore").read_text().split()
+    assert shipped.split("/")[0] + "/" in ignored
