@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,10 @@ DEFAULT_LIFETIME_MINUTES = 24 * 60
 
 @dataclass(frozen=True)
 class JobToken:
+    """A job's token: its name (in the job's metadata) and its secret (in its environment)."""
+
     name: str
-    secret: str = ""
+    secret: str = field(repr=False)
 
     def env(self) -> dict[str, str]:
         """What the job's runtime environment holds of it."""
