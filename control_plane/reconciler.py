@@ -233,6 +233,17 @@ class Reconciler:
             self._states.pop(name, None)  # undeployed
         return report
 
+    def reconcile_pending(self) -> ReconcileReport:
+        """Apply only the endpoints still starting (no sweep): cheap enough to run every
+        second, so an isolated router switches soon after its versions run."""
+        report = ReconcileReport()
+        pending = [name for name, state in list(self._states.items()) if state.state == "pending"]
+        if pending:
+            apps = self._applications()
+            for name in pending:
+                self._apply_endpoint(name, apps, report)
+        return report
+
     def _applications(self) -> dict[str, ServeApp]:
         return {name: seen if isinstance(seen, ServeApp) else ServeApp(str(seen))
                 for name, seen in self.backend.applications().items()}
@@ -310,15 +321,15 @@ class Reconciler:
             if config is None:  # a version that takes traffic is not running: keep the router
                 self._not_running(endpoint, waiting, failure, report)
                 return
-        else:
-            seen = apps.get(name)
-            if seen is not None and _failed_status(seen.status):
-                failure = f"{name} is {seen.status}" + (f": {seen.message}" if seen.message else "")
-                if retry:
-                    self._applied.pop(name, None)
-            elif seen is None or not seen.status.endswith("RUNNING"):
-                waiting[0] = f"{name} is {seen.status if seen else 'MISSING'}" + (
-                    f": {seen.message}" if seen and seen.message else "")
+        seen = apps.get(name)  # the endpoint's own application (the router when isolated)
+        if seen is not None and _failed_status(seen.status):
+            failure = failure or f"{name} is {seen.status}" + (
+                f": {seen.message}" if seen.message else "")
+            if retry:
+                self._applied.pop(name, None)
+        elif seen is None or not seen.status.endswith("RUNNING"):
+            waiting[0] = f"{name} is {seen.status if seen else 'MISSING'}" + (
+                f": {seen.message}" if seen and seen.message else "")
         document = config.model_dump_json()
         if self._changed(name, document):
             self.backend.deploy(name, endpoint_route_prefix(endpoint),

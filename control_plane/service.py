@@ -91,6 +91,8 @@ class ControlPlane:
         self.reconciler.own(self.store_id)
         self.apply()
         self._every(interval_s, self.apply, "reconciler")
+        # Endpoints still starting are looked at every second, not every interval_s.
+        self._every(1.0, self.reconciler.reconcile_pending, "reconciler-pending")
         # Ticks are cheap (one indexed query when nothing is active); each rollout is
         # analysed at its own interval, so a short tick only bounds reaction time.
         self._every(0.25, self.rollouts.tick, "rollout-controller")

@@ -100,6 +100,20 @@ def test_an_endpoint_that_never_starts_does_not_hold_the_others(deployments, clo
     assert "GPU 8 not available" in rec.states()["big"].error
 
 
+def test_only_pending_endpoints_are_looked_at_between_passes(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="big", model_ref="iris:1", placement="isolated"), ALICE)
+    deployments.deploy(DeployRequest(endpoint="small", model_ref="iris:1"), ALICE)
+    serve.autostart = False
+    rec.reconcile()
+    serve.set("endpoint-small", "RUNNING")
+    assert rec.reconcile_pending().pending == ["big"] and rec.states()["small"].state == "applied"
+    serve.set("endpoint-big-v1", "RUNNING")
+    assert rec.reconcile_pending().applied == ["endpoint-big"]  # the router, at once
+    assert rec.reconcile_pending().applied == [] and rec.reconcile_pending().pending == ["big"]
+
+
 def test_a_failed_endpoint_shows_its_error_and_is_retried_with_backoff(deployments, clock) -> None:
     serve = Serve()
     rec = reconciler(deployments, serve, clock)
