@@ -10,6 +10,8 @@ from control_plane.auth import Principal
 from control_plane.errors import InvalidInputError, PermissionDeniedError
 from control_plane.registry import parse_ref
 from control_plane.schemas import ParamsUpdate, Role, RunCreate, TrafficUpdate
+from modelplane.errors import ConfigurationError
+from modelplane.settings import Settings
 from serving.feedback_auth import LABEL_SOURCE_ROLES
 
 
@@ -74,3 +76,17 @@ def test_labeler_sits_between_reader_and_deployer() -> None:
             continue
         ranked.add(role.value)
     assert ranked == LABEL_SOURCE_ROLES
+
+
+def test_the_edge_settings_are_read_checked_and_handed_on(tmp_path) -> None:
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path),
+                                  "MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS": "yes",
+                                  "MODELPLANE_MAX_REQUEST_MB": "8"})
+    assert settings.feedback_allows_anonymous and settings.max_request_bytes == 8 * 1024 * 1024
+    assert Settings.from_env(settings.to_env()) == settings
+    default = Settings.from_env({"MODELPLANE_HOME": str(tmp_path)})
+    assert not default.feedback_allows_anonymous and default.max_request_bytes == 64 * 1024 * 1024
+    for name, value in (("MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS", "maybe"),
+                        ("MODELPLANE_MAX_REQUEST_MB", "0"), ("MODELPLANE_MAX_REQUEST_MB", "5000")):
+        with pytest.raises(ConfigurationError, match=name):
+            Settings.from_env({"MODELPLANE_HOME": str(tmp_path), name: value})
