@@ -26,7 +26,14 @@ from starlette.responses import Response
 from modelplane.errors import ModelplaneError
 from serving.applications import version_app_name
 from serving.backends import LocalVersion, RemoteVersion, load_runner
-from serving.core import HttpResult, InferenceCore, _json, body_too_large, error_result
+from serving.core import (
+    HttpResult,
+    InferenceCore,
+    _json,
+    body_too_large,
+    error_result,
+    new_request_id,
+)
 from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serving.monitor import get_monitor
 from serving.observations import attach_profiles
@@ -214,7 +221,7 @@ class InferenceServer:
             name = path.split("/")[2]
             error = ModelNotFoundError(f"no endpoint named {name!r} is deployed; "
                                        "`modelplane status` lists the endpoints")
-            return _to_response(error_result(error, request.headers.get("x-request-id", "")))
+            return _to_response(error_result(error, new_request_id()))
         return _to_response(error_result(ModelNotFoundError(f"no route {path!r} under /v2"), ""))
 
 

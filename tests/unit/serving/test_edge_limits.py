@@ -13,7 +13,7 @@ import pytest
 from starlette.requests import Request
 
 from serving.core import MAX_FEEDBACK_BODY_BYTES
-from serving.endpoint import read_body
+from serving.endpoint import InferenceServer, read_body
 from serving.errors import InvalidRequestError, PayloadTooLargeError
 from serving.feedback import FeedbackJoin, JoinedPair, class_index, prediction_bytes
 from serving.feedback_auth import FeedbackAuthorizer
@@ -191,3 +191,12 @@ def test_labels_that_no_float_holds_are_refused_or_counted_invalid() -> None:
     pair = JoinedPair("e", 1, [1.0, 2.0], ["1e999", 3.0])
     assert joined_counts(pair, {"task": "regression"}) == {"fb:invalid": 1, "fb:n": 1,
                                                           "fb:abs": 1.0, "fb:sq": 1.0}
+
+
+def test_the_inference_server_never_takes_the_clients_request_id() -> None:
+    request, _ = _request([b""], {"x-request-id": "chosen-by-caller"})
+    request.scope["path"] = "/v2/models/ghost/infer"
+    response = asyncio.run(InferenceServer()(request))
+    server_id = response.headers["x-modelplane-request-id"]
+    assert response.status_code == 404 and server_id != "chosen-by-caller" and len(server_id) == 32
+    assert json.loads(response.body)["request_id"] == server_id
