@@ -60,7 +60,7 @@ REQUEST_ID_HEADER = "x-modelplane-request-id"
 REQUEST_ID_PARAMETER = "modelplane_request_id"
 MAX_FEEDBACK_BODY_BYTES = 4 * 1024 * 1024
 BODY_LIMIT_SETTING = "MODELPLANE_MAX_REQUEST_MB"
-_VERSION = re.compile(r"[0-9]{1,9}")  # ASCII only: int() also takes '²' and '٣'
+_VERSION = re.compile(r"[0-9]{1,9}")  # ASCII: isdigit() takes '²' (int() refuses it), int() takes '٣'
 # Takes (endpoint, [(request_id, labels)]) and answers what the Monitor joined.
 FeedbackSink = Callable[[str, list[tuple[str, list[Any]]]], Awaitable[dict[str, Any]]]
 
