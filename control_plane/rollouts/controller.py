@@ -36,7 +36,7 @@ from control_plane.registry import Registry
 from control_plane.rollouts.analysis import CheckResult, Verdict, analyse
 from control_plane.rollouts.approvals import approval_gate
 from control_plane.rollouts.deadline import inconclusive_for, past_deadline
-from control_plane.rollouts.followups import AlertSink, FollowUps, owe
+from control_plane.rollouts.followups import AlertSink, FollowUps, owe, owe_archive
 from control_plane.rollouts.plan import Step, Strategy, plan_steps
 from control_plane.rollouts.schemas import (
     AnalysisSettings,
@@ -83,7 +83,7 @@ class RolloutController:
     ) -> None:
         self.db, self.registry, self.deployments = db, registry, deployments
         self._stats, self._apply, self._now = stats, apply, now
-        self._followups = FollowUps(db, alert)
+        self._followups = FollowUps(db, alert, registry)
         self._analysed_at: dict[int, datetime] = {}
         self._aliases_checked_at: datetime | None = None
         # One decision at a time in this process: the loop and API calls share rollouts.
@@ -472,7 +472,7 @@ class RolloutController:
         with self.db.session() as session:
             due = session.scalars(select(RolloutRow).where(
                 RolloutRow.retire_at.is_not(None), RolloutRow.retire_at <= now)).all()
-            archive: list[tuple[str, int]] = []
+            archive: list[int] = []
             for row in due:
                 version = row.retire_version
                 row.retire_version, row.retire_at = None, None
@@ -491,15 +491,11 @@ class RolloutController:
                 _event(session, row, "retired", CONTROLLER.name,
                        f"v{version} drained and removed from {row.endpoint}")
                 if row.state == RolloutState.SUCCEEDED and version == row.stable_version:
-                    model = session.get(ModelRow, row.model_id)
-                    assert model is not None
-                    archive.append((model.name, version))
-        for name, version in archive:
-            try:
-                self.registry.transition_stage(name, version, StageChange(
-                    stage=Stage.ARCHIVED, reason="replaced by a rollout"), CONTROLLER)
-            except Exception as error:  # e.g. still served by another endpoint
-                log.info("not archiving %s:%d: %s", name, version, error)
+                    # Owed with the removal: a crash before the archive cannot lose it.
+                    owe_archive(row, version)
+                    archive.append(row.id)
+        for rollout_id in archive:
+            self._followups.finish(rollout_id)
         return bool(due)
 
     def _follow_aliases(self) -> bool:

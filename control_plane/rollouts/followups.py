@@ -5,9 +5,16 @@ things: the candidate's rejection in the registry, and the ``RolloutRolledBack``
 Both are recorded as pending (``RolloutRow.followups``) in the very transaction that
 commits the terminal state, and each is removed once done; so a control plane that dies
 in between leaves them for the next pass, which finishes them. Draining needs no entry:
-``retire_version``/``retire_at`` are written in that same transaction.
+``retire_version``/``retire_at`` are written in that same transaction. After a promotion,
+the replaced stable version's archive is owed the same way, written in the transaction
+that removes the drained version from the route table.
 
 - The rejection and the removal of its entry commit together: it happens exactly once.
+- The archive is a stage change through the registry, then its entry removed: a crash
+  between the two repeats it, and the registry records no event for a version already in
+  the stage asked for, so it too happens exactly once. An archive the registry refuses
+  (e.g. the version is still served by another endpoint) is dropped with a
+  ``followup_failed`` event; the version keeps its stage and the rollout its state.
 - The alert is sent, then its entry removed: a crash between the two sends it again on
   the next pass (at least once; an alert lost to a crash would be worse than a repeat).
 - A registry step that fails (the store refuses the write) is not retried every tick:
@@ -25,16 +32,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control_plane.auth import Principal
 from control_plane.observability import json_safe
-from control_plane.registry import mark_rejected
+from control_plane.registry import Registry, mark_rejected
 from control_plane.rollouts.states import RolloutState
+from control_plane.schemas import Role, Stage, StageChange
 from control_plane.store import Database
-from control_plane.store.models import ModelVersionRow, RolloutEventRow, RolloutRow
+from control_plane.store.models import ModelRow, ModelVersionRow, RolloutEventRow, RolloutRow
 
 log = logging.getLogger(__name__)
 
 REJECT = "reject"
 ALERT = "alert"
+ARCHIVE = "archive"
 ACTOR = "rollout-controller"
 AlertSink = Callable[..., None]
 
@@ -50,11 +60,17 @@ def owe(row: RolloutRow, *, reject: str | None = None,
     row.followups = pending or None
 
 
+def owe_archive(row: RolloutRow, version: int) -> None:
+    """Record, inside the transaction that removes the drained ``version``, its archive."""
+    row.followups = {**(row.followups or {}), ARCHIVE: version}
+
+
 class FollowUps:
     """Finishes pending follow-ups, each once; safe to call on every controller pass."""
 
-    def __init__(self, db: Database, alert: AlertSink | None) -> None:
-        self._db, self._alert = db, alert
+    def __init__(self, db: Database, alert: AlertSink | None,
+                 registry: Registry | None = None) -> None:
+        self._db, self._alert, self._registry = db, alert, registry
 
     def finish_all(self) -> bool:
         """Finish every rollout's pending follow-ups; True if anything was done."""
@@ -68,6 +84,7 @@ class FollowUps:
     def finish(self, rollout_id: int) -> None:
         self._reject(rollout_id)
         self._raise_alert(rollout_id)
+        self._archive(rollout_id)
 
     def _reject(self, rollout_id: int) -> None:
         try:
@@ -115,6 +132,32 @@ class FollowUps:
             _event(row, session, "followup_failed" if failure else "followup",
                    f"raising the {alert['name']} alert failed: {failure}" if failure
                    else f"{alert['name']} alert raised")
+
+    def _archive(self, rollout_id: int) -> None:
+        with self._db.session(readonly=True) as session:
+            row = session.get(RolloutRow, rollout_id)
+            version = (row.followups or {}).get(ARCHIVE) if row is not None else None
+            model = session.get(ModelRow, row.model_id) if version is not None else None
+        if version is None or model is None or self._registry is None:
+            return
+        failure = ""
+        try:
+            self._registry.transition_stage(model.name, version, StageChange(
+                stage=Stage.ARCHIVED, reason="replaced by a rollout"),
+                Principal(name=ACTOR, role=Role.ADMIN))
+        except Exception as error:  # e.g. still served by another endpoint
+            log.info("not archiving %s:%d: %s", model.name, version, error)
+            failure = f"{type(error).__name__}: {error}"
+        with self._db.session() as session:
+            row = session.get(RolloutRow, rollout_id, with_for_update=True)
+            if row is None:
+                return
+            pending = dict(row.followups or {})
+            pending.pop(ARCHIVE, None)
+            row.followups = pending or None
+            _event(row, session, "followup_failed" if failure else "followup",
+                   f"v{version} not archived: {failure}" if failure
+                   else f"v{version} archived in the registry")
 
     def _fail(self, rollout_id: int, step: str, reason: str) -> None:
         """A registry step failed: drop it, and the rollout ends failed with the reason."""

@@ -107,7 +107,8 @@ def test_good_canary_walks_every_step_and_is_promoted(world: World) -> None:
     assert world.weights() == {2: 100.0}
     assert world.registry.get_version("iris", 1).stage == "archived"
     kinds = [e.kind for e in world.controller.events(rollout_id)]
-    assert kinds[0] == "created" and kinds.count("step") == 3 and kinds[-1] == "retired"
+    assert kinds[0] == "created" and kinds.count("step") == 3 and kinds[-2:] == ["retired",
+                                                                                "followup"]
 
 
 def test_failing_candidate_needs_consecutive_failures_then_rolls_back(world: World) -> None:

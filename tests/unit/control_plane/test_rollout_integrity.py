@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from control_plane.auth import Principal, TokenService
 from control_plane.errors import ConflictError, PermissionDeniedError
@@ -27,7 +27,7 @@ from control_plane.schemas import (
     TokenCreate,
     TrafficUpdate,
 )
-from control_plane.store.models import RolloutRow
+from control_plane.store.models import ModelVersionRow, RolloutRow, StageEventRow
 from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB
 from tests.unit.control_plane.test_rollout_controller import World
 
@@ -266,6 +266,43 @@ def test_a_rejection_done_before_the_crash_is_not_done_again(world: World) -> No
     world.run(2)
     kinds = [e.reason for e in world.controller.events(rollout_id) if e.kind == "followup"]
     assert len(kinds) == 2 and len(world.alerts) == 1
+
+
+def test_an_archive_interrupted_after_the_drained_removal_is_finished_exactly_once(
+        world: World) -> None:
+    """The crash comes after v1 left the route table and before it was archived."""
+    world.serve(1)
+    world.serve(2)
+    rollout_id = world.start(steps=[100], step_duration_s=2)
+    original = Registry.transition_stage
+
+    def crash_on_archive(self: Registry, name: str, version: int, spec: StageChange,
+                         actor: Principal) -> Any:
+        if spec.stage == Stage.ARCHIVED:
+            raise Crash
+        return original(self, name, version, spec, actor)
+
+    world.registry.transition_stage = crash_on_archive.__get__(world.registry)  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        world.run(20)
+    assert world.weights() == {2: 100.0} and world.registry.get_version("iris", 1).stage == "none"
+    with world.registry.db.session(readonly=True) as session:
+        assert session.get(RolloutRow, rollout_id).followups == {"archive": 1}
+
+    del world.registry.transition_stage  # the new process runs the registry unpatched
+    world.controller = RolloutController(
+        world.registry.db, world.registry, world.deployments, stats=lambda e, w: world.stats,
+        now=lambda: world.time)
+    world.run(3)
+    assert world.registry.get_version("iris", 1).stage == "archived"
+    with world.registry.db.session(readonly=True) as session:
+        history = session.execute(select(StageEventRow.from_stage, StageEventRow.to_stage)
+                                  .join(ModelVersionRow).where(ModelVersionRow.version == 1)).all()
+    assert [tuple(h) for h in history] == [("none", "archived")]
+    kinds = [e.kind for e in world.controller.events(rollout_id)]
+    assert kinds.count("retired") == 1 and kinds.count("followup") == 1
+    with world.registry.db.session(readonly=True) as session:
+        assert session.get(RolloutRow, rollout_id).followups is None
 
 
 # ---------------------------------------------------------------- the inconclusive deadline
