@@ -90,8 +90,13 @@ class _CoreAdapter:
         if monitor is None:
             raise ModelNotReadyError("the Monitor is not running, so feedback cannot be joined; "
                                      "retry once `modelplane up` has started it")
-        return await asyncio.wait_for(  # type: ignore[no-any-return]
-            asyncio.wrap_future(monitor.feedback.remote(endpoint, items).future()), timeout=10)
+        try:
+            return await asyncio.wait_for(  # type: ignore[no-any-return]
+                asyncio.wrap_future(monitor.feedback.remote(endpoint, items).future()), timeout=10)
+        except Exception as error:  # restarting or overloaded: the label source may retry
+            raise ModelNotReadyError(
+                f"the Monitor did not answer ({type(error).__name__}); send the same batch "
+                "again in a few seconds (safe: a prediction joins one label at most)") from None
 
     def _ensure_shipping(self) -> None:
         if self._shipper is None or self._shipper.done():
