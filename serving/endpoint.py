@@ -104,6 +104,8 @@ class _CoreAdapter:
 
     async def _ship_forever(self) -> None:
         replica = self._replica
+        monitor: Any = None
+        monitor_key: tuple[str, str] | None = None
         while True:
             core = self.core
             interval = core.config.stats_interval_s if core else 1.0
@@ -113,9 +115,12 @@ class _CoreAdapter:
             delta = core.take_stats().to_delta()
             if not delta:
                 continue
-            monitor = get_monitor(core.config.monitor_actor, core.config.monitor_namespace)
-            if monitor is None:
-                continue
+            key = (core.config.monitor_actor, core.config.monitor_namespace)
+            if monitor is None or key != monitor_key:
+                # A GCS lookup blocks: off the event loop, and only until a handle is found.
+                monitor, monitor_key = await asyncio.to_thread(get_monitor, *key), key
+                if monitor is None:
+                    continue
             # Profiles travel once; a Monitor that restarted (and lost them) asks again.
             attach_profiles(delta, core.monitoring, self._profiles_shipped)
             sent = {core.monitoring[v].profile_key for v, d in delta.items() if "profile" in d}
@@ -126,6 +131,7 @@ class _CoreAdapter:
                 )
             except Exception as error:  # the monitor restarting must not break serving
                 log.warning("could not ship statistics to the monitor: %s", error)
+                monitor = None  # a new Monitor has a new handle: look it up again
                 continue
             missing = set((answer or {}).get("missing_profiles", ()))
             self._profiles_shipped = frozenset((self._profiles_shipped | sent) - missing)
