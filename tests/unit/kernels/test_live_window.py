@@ -63,6 +63,32 @@ def test_counts_equal_numpy_reference(batches: list[np.ndarray]) -> None:
     np.testing.assert_array_equal(window.samples(), everything[-50:])
 
 
+def _wide_profile() -> ReferenceProfile:
+    # More edges than the kernel counts one by one (16): its bisection path.
+    rng = np.random.default_rng(5)
+    data = np.column_stack([rng.normal(size=4000), rng.integers(0, 40, 4000).astype(float),
+                            rng.integers(0, 6, 4000).astype(float)])
+    return ReferenceProfile.from_matrix(data, categorical=[1], bins=40)
+
+
+WIDE = _wide_profile()
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=hnp.arrays(np.float64, st.tuples(st.integers(0, 60), st.just(3)),
+                        elements=st.one_of(st.floats(-4, 45), st.integers(-2, 45).map(float),
+                                           st.just(np.nan))))
+def test_counts_equal_numpy_reference_with_many_bins(batch: np.ndarray) -> None:
+    assert len(WIDE.features[0].edges) > 16 and len(WIDE.features[1].edges) > 16
+    window = LiveWindow(WIDE, sample_capacity=0)
+    window.update(batch)
+    hists, missing, out = reference_counts(WIDE, batch)
+    for i, hist in enumerate(hists):
+        np.testing.assert_array_equal(window.feature_counts(i), hist)
+    np.testing.assert_array_equal(window.missing, missing)
+    np.testing.assert_array_equal(window.out_of_range, out)
+
+
 def test_quality_summary_and_rates() -> None:
     window = LiveWindow(PROFILE, sample_capacity=0)
     batch = np.array([[0.0, 1.0, 1.0, 0.5], [np.nan, 9.0, 1.0, 2.0], [100.0, 2.0, np.nan, np.nan]])
