@@ -156,6 +156,8 @@ def test_an_endpoint_that_cannot_start_delays_no_traffic_change_and_no_rollback(
     rollback_s = time.monotonic() - started
     assert client.get_rollout(rollout.id).state == "rolled_back"
     assert rollback_s <= baseline + 2.0, (baseline, rollback_s)
+    print(f"traffic change served after {baseline:.2f}s alone, {with_stuck:.2f}s beside a "
+          f"stuck endpoint (its deploy call {deploy_s:.2f}s); rollback served after {rollback_s:.2f}s")
     # The stuck endpoint says why it is not serving, in REST and in `modelplane status`.
     state = wait_for(lambda: (s := client.get_endpoint("stuck").serving) and "DEPLOYING" in (s.error or "")
                      and s, 30, "Serve's status in the endpoint's state")
@@ -222,3 +224,37 @@ def test_a_killed_monitor_neither_resolves_alerts_nor_breaks_metrics(platform: P
         client.delete_alert_rule("busy")
         client.undeploy(name)
         client.close()
+
+
+def test_take_over_replaces_only_the_control_plane_and_can_be_undone(
+        platform: Platform, tmp_path: Path) -> None:
+    client = platform.client()
+    name = "kept"
+    serve_endpoint(platform, client, name)
+    client.close()
+    ours = our_store(platform)
+    rows = np.random.default_rng(6).normal(size=(8, 4)).astype(np.float32)
+    before = predict(platform, name, rows)
+
+    def up(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+        env.update(MODELPLANE_HOME=str(home), MODELPLANE_HTTP_PORT=str(platform.port),
+                   RAY_ADDRESS=ray.get_runtime_context().gcs_address, COLUMNS="300")
+        return subprocess.run([sys.executable, "-m", "modelplane.cli", "up", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    other = tmp_path / "new-owner"
+    with BackgroundLoad(platform.url, name) as load:
+        taken = up(other, "--take-over")
+        time.sleep(12)  # a pass of the new control plane's reconciler
+        owners = application_owners(serve_details())
+        back = up(platform.settings.home, "--take-over")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert owners["control-plane"].home == str(other) and owners["control-plane"].store_id != ours
+    assert owners[f"endpoint-{name}"].store_id == ours  # the old store's endpoint, untouched
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert load.failures() == [], load.failures()[:3]
+    np.testing.assert_array_equal(predict(platform, name, rows), before)
+    assert application_owners(serve_details())["control-plane"].store_id == ours
+    with platform.client() as client:  # the original store manages it again
+        client.undeploy(name)
