@@ -276,6 +276,13 @@ class RolloutController:
         if rollout.state == RolloutState.PAUSED:
             return False
         settings = AnalysisSettings.model_validate(rollout.spec["analysis"])
+        if rollout.failures >= settings.failures_to_rollback:
+            # The streak reached its limit and was stored, but the process died before the
+            # rollback committed: the decision stands, whatever the next window shows.
+            self._end(rollout, RolloutState.ROLLED_BACK, CONTROLLER.name,
+                      f"automatic rollback: {rollout.last_analysis.get('reason', '')}",
+                      {"analysis": rollout.last_analysis}, reject=True)
+            return True
         last = self._analysed_at.get(rollout.id)
         # A rollout waiting for approval before its first step has no traffic to judge.
         if rollout.step_started_at is not None and \

@@ -268,6 +268,35 @@ def test_a_rejection_done_before_the_crash_is_not_done_again(world: World) -> No
     assert len(kinds) == 2 and len(world.alerts) == 1
 
 
+def test_a_failure_streak_stored_at_its_limit_rolls_back_after_a_crash(world: World) -> None:
+    """The crash comes after the analysis that reached the limit, before the rollback."""
+    world.serve(1)
+    world.serve(2, error_rate=0.5)
+    rollout_id = world.start(steps=[50, 100], step_duration_s=30)
+
+    def crash(*_: Any, **__: Any) -> None:
+        raise Crash
+
+    world.controller._end = crash  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        world.run(10)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.PROGRESSING and rollout.failures == 2
+    world.serve(2)  # the candidate answers well in the new process's first window
+    world.controller = RolloutController(
+        world.registry.db, world.registry, world.deployments, stats=lambda e, w: world.stats,
+        alert=lambda name, **kw: world.alerts.append({"name": name, **kw}),
+        now=lambda: world.time)
+    world.run(2)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason
+    assert rollout.reason.startswith("automatic rollback: error_rate"), rollout.reason
+    assert world.weights().get(2, 0.0) == 0.0 and world.weights()[1] == 100.0
+    assert world.registry.get_version("iris", 2).status == "rejected"
+    kinds = [e.kind for e in world.controller.events(rollout_id)]
+    assert kinds.count("analysis_failed") == 2 and len(world.alerts) == 1
+
+
 def test_an_archive_interrupted_after_the_drained_removal_is_finished_exactly_once(
         world: World) -> None:
     """The crash comes after v1 left the route table and before it was archived."""
