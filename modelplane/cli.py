@@ -82,7 +82,8 @@ _register_groups()
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and turn known errors into one clear line."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click returns a command's `typer.Exit` code instead of raising.
+        code = app(args=argv, standalone_mode=False)
     except ModelplaneError as error:
         typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
         sys.exit(1)
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         show()
         sys.exit(getattr(error, "exit_code", 2))
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 if __name__ == "__main__":
     main()

@@ -51,8 +51,7 @@ def submit(
 @app.command()
 def status(job_id: str = JobIdArgument, address: str | None = AddressOption,
            as_json: bool = JsonOption) -> None:
-    """A job's status, message, times and entrypoint; a job waiting for its workers says
-    what it needs and what is free."""
+    """A job's status, message, times and entrypoint; a waiting job, what it needs and is free."""
     from training.submission import JobClient
 
     client = JobClient(address)

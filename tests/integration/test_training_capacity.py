@@ -99,6 +99,17 @@ def test_a_job_the_cluster_can_never_hold_is_refused_before_it_runs(laptop: Lapt
     assert "Traceback" not in output, output
     assert _runs(laptop.client(), "t-never") == []
 
+    # `train run` on a private local Ray of 1 CPU: the same check, the same kind of answer.
+    env = {**laptop.env, "RAY_TMPDIR": str(laptop.head.root / "local-ray")}
+    local = subprocess.run([sys.executable, "-m", "modelplane.cli", "train", "run", str(spec),
+                            "--num-cpus", "1"], env=env, capture_output=True, text=True, timeout=300)
+    error = " ".join((local.stdout + local.stderr).split())
+    assert local.returncode == 2, error
+    assert re.search(r"error: resources\.num_workers: the job asks 2 CPU for its workers .* has "
+                     r"1 CPU; lower resources\.cpus_per_worker to 0\.5 or resources\.num_workers "
+                     r"to 1, set num_workers: auto, or add a node", error), error
+    assert _runs(laptop.client(), "t-never") == []
+
 
 def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(laptop: Laptop) -> None:
     """A long job holds 1 CPU: a job with a 5 s placement timeout fails saying why, one with

@@ -87,3 +87,16 @@ def test_the_job_api_address_comes_from_flag_ray_variables_or_the_platforms_head
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://10.0.0.6:8265")
     assert dashboard_address() == "http://10.0.0.6:8265"
     assert dashboard_address("http://flag:8265") == "http://flag:8265"
+
+
+def test_train_run_exits_with_the_jobs_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid spec is exit status 2 (the job's own), not 0: scripts and CI rely on it."""
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"experiment": {"name": "x"},
+                                    "model": {"architecture": "mlp_classifier"},
+                                    "data": {"dataset": "digits"},
+                                    "resources": {"num_workers": 2, "max_workers": 2}}))
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "run", str(path)])
+    assert exited.value.code == 2
+    assert "resources.max_workers: only applies with num_workers: auto" in capsys.readouterr().err
