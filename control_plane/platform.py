@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from control_plane.errors import ControlPlaneUnavailableError
@@ -36,6 +36,23 @@ class PlatformInfo:
     api_url: str
     inference_url: str
     dashboard_url: str | None = None  # Ray's dashboard and job API, where we know it
+    # The store's endpoints, each with its route table and whether it answers with it.
+    endpoints: list[EndpointRestored] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EndpointRestored:
+    """An endpoint of the store as ``up`` found it served: what it routes, and whether it
+    answered with exactly those versions before ``up`` stopped waiting."""
+
+    name: str
+    weights: dict[int, float]
+    serving: bool
+
+    def describe(self) -> str:
+        table = ", ".join(f"v{v}={w:g}%" for v, w in sorted(self.weights.items()))
+        return f"{self.name} ({table}) " + ("serving" if self.serving else
+                                            "still starting: `modelplane status` says why")
 
 
 def fast_ingress_available() -> bool:
@@ -147,6 +164,10 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
     progress("deploying the control plane at /api")
     deploy_control_plane(settings, store_id=store_id)
     wait_healthy(settings.url, timeout_s=timeout_s)
+    # On a fresh head (a first start, or Ray restarted) the reconciler rebuilds every
+    # endpoint from the store: say what came back, and wait for it within the same budget.
+    endpoints = wait_store_endpoints(settings, progress=progress, timeout_s=timeout_s,
+                                     restoring=started)
     return PlatformInfo(
         ray_address=ray.get_runtime_context().gcs_address,
         started_ray=started,
@@ -154,7 +175,43 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         api_url=f"{settings.url}/api",
         inference_url=f"{settings.url}/v2",
         dashboard_url=recorded_dashboard(settings),
+        endpoints=endpoints,
     )
+
+
+def wait_store_endpoints(settings: Settings, *, progress: Callable[[str], None],
+                         timeout_s: float, restoring: bool) -> list[EndpointRestored]:
+    """Every endpoint the store describes, once each serves its route table (or time is up)."""
+    import httpx
+
+    from control_plane.client import Client
+
+    with Client(settings.url, settings.resolved_token(), settings=settings) as client:
+        wanted = {e.name: {r.version: r.weight for r in e.routes if not r.shadow}
+                  for e in client.list_endpoints()}
+    if not wanted:
+        return []
+    if restoring:
+        progress(f"restoring {len(wanted)} endpoint(s) from the store: {', '.join(sorted(wanted))}")
+    serving: dict[str, bool] = dict.fromkeys(wanted, False)
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=3) as http:
+        while time.monotonic() < deadline and not all(serving.values()):
+            for name, weights in wanted.items():
+                if serving[name]:
+                    continue
+                try:
+                    answer = http.get(f"{settings.url}/v2/models/{name}")
+                    served = answer.json().get("parameters", {}).get("weights", {}) \
+                        if answer.status_code == 200 else {}
+                except (httpx.TransportError, ValueError):
+                    served = {}
+                serving[name] = {int(v): float(w) for v, w in served.items()} == weights
+            if not all(serving.values()):
+                waiting = sorted(n for n, ok in serving.items() if not ok)
+                progress(f"waiting for {', '.join(waiting)} to serve")
+                time.sleep(0.5)
+    return [EndpointRestored(name, wanted[name], serving[name]) for name in sorted(wanted)]
 
 
 # Every port a head listens on, chosen free: Ray's defaults (6379, 8265, 52365 …) may be

@@ -45,6 +45,11 @@ def up(
     if info.dashboard_url:
         console.print(f"  Ray dashboard  {info.dashboard_url}   (job API for `modelplane train submit`)")
     console.print(f"  admin token    {settings.admin_token_path}")
+    if info.endpoints:
+        console.print(("  restored from the store:" if info.started_ray else "  endpoints:"),
+                      highlight=False)
+        for endpoint in info.endpoints:
+            console.print(f"    {endpoint.describe()}", highlight=False)
     console.print("  stop with      modelplane down")
 
 

@@ -7,6 +7,7 @@ exactly that head.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -93,3 +94,64 @@ def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None
     assert "modelplane is down" in down.stdout
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/v2/health/live", timeout=2)
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_up_after_the_ray_head_crashed_restores_the_store(cli_env: dict[str, str]) -> None:
+    """Fault: the whole Ray head SIGKILLed; `up` again converges to the store and says so."""
+    import signal
+    import time
+
+    home = Path(cli_env["MODELPLANE_HOME"])
+    url = f"http://127.0.0.1:{cli_env['MODELPLANE_HTTP_PORT']}"
+    # Serve's own proxy: HAProxy's fixed stats ports would tie this test to the machine.
+    run(cli_env, "up", "--num-cpus", "2", "--default-ingress")
+    token = (home / "admin.token").read_text().strip()
+    with Client(url, token) as client:
+        for seed in (3, 4):
+            client.register_version("crash-iris", linear_classifier(seed=seed),
+                                    linear_classifier_manifest())
+    run(cli_env, "deploy", "crash", "crash-iris:1", "--num-cpus", "0.25")
+    run(cli_env, "deploy", "crash", "crash-iris:2", "--num-cpus", "0.25")
+    run(cli_env, "traffic", "crash", "1=70", "2=30")
+
+    head = int(json.loads((home / "ray-head.json").read_text())["pid"])
+    for pid in [head, *_descendants(head)]:  # the head and everything it started, at once
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for _ in range(60):
+        try:
+            httpx.get(f"{url}/v2/health/live", timeout=1)
+        except httpx.TransportError:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the killed head still answered")
+
+    again = run(cli_env, "up", "--num-cpus", "2", "--default-ingress")
+    assert "restored from the store:" in again.stdout, again.stdout
+    assert "crash (v1=70%, v2=30%) serving" in again.stdout, again.stdout
+    seen = Counter()
+    for _ in range(100):
+        answer = infer(url, "crash")
+        assert answer.status_code == 200, answer.text
+        seen[answer.json()["model_version"]] += 1
+    assert set(seen) == {"1", "2"}, seen
+    run(cli_env, "down", timeout=180)
