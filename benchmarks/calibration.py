@@ -257,7 +257,9 @@ def heat_map(result: dict[str, Any], path: Path) -> None:
     for i, j in np.ndindex(grid.shape):
         text = "declined" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}"
         bold = not np.isnan(grid[i, j]) and miscalibrated(rows[i][0], float(grid[i, j]), result["tolerance"])
-        axes.text(j, i, text, ha="center", va="center", fontsize=6, fontweight="bold" if bold else "normal")
+        dark = not np.isnan(grid[i, j]) and abs(grid[i, j] - ALPHA) > 0.7 * ALPHA  # white on dark
+        axes.text(j, i, text, ha="center", va="center", fontsize=6, color="white" if dark else "black",
+                  fontweight="bold" if bold else "normal")
     axes.set_xticks(range(len(STATISTICS)), STATISTICS)
     axes.set_yticks(range(len(rows)), [f"{k}, n={n}" for k, n in rows], fontsize=7)
     axes.set_title(f"False-alarm rate at alpha = {ALPHA} ({result['trials']} trials per cell; bold: outside "

@@ -213,20 +213,44 @@ def _first_report_seconds(features: int) -> float:
 
 
 def bench_quality(quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Quality pass + histogram update of a 32 x 64 batch."""
+    """Quality pass + histogram update of a 32 x 64 batch: the same batch again and again,
+    and fresh batches (rows the kernel has not seen, as live traffic is)."""
     from kernels import LiveWindow, ReferenceProfile
 
     profile = ReferenceProfile.from_matrix(RNG.normal(size=(20_000, 64)))
     batch = RNG.normal(size=(32, 64))
     batch[RNG.random(batch.shape) < 0.02] = np.nan
+    # 512 distinct batches (8 MiB, more than L2 holds): each call reads rows it has not
+    # seen, so neither the caches nor the branch predictor remember them.
+    fresh = RNG.normal(size=(512, 32, 64))
+    fresh[RNG.random(fresh.shape) < 0.02] = np.nan
+    chunks = RNG.normal(size=(64, 256, 64))  # a replica's chunk of 256 requests
     with_ring = LiveWindow(profile, sample_capacity=10_000)
     counts_only = LiveWindow(profile, sample_capacity=0)
     n = 500 if quick else 5000
+    turn = {"i": 0}
+
+    def next_fresh(window: LiveWindow, source: np.ndarray) -> None:
+        turn["i"] = (turn["i"] + 1) % source.shape[0]
+        window.update(source[turn["i"]])
+
     t_ring = timed("LiveWindow.update with ring", lambda: with_ring.update(batch), number=n)
     t_counts = timed("LiveWindow.update no ring", lambda: counts_only.update(batch), number=n)
-    result = {"batch": [32, 64], "us": {"LiveWindow.update (histograms + counters + sample ring)": t_ring * 1e6,
-                                        "LiveWindow.update (histograms + counters, no ring)": t_counts * 1e6}}
-    return result, [target("quality + histogram update, 32 x 64 batch (with sample ring)", t_ring * 1e6, 20, "us", False)]
+    t_fresh_ring = timed("LiveWindow.update with ring, fresh rows", lambda: next_fresh(with_ring, fresh), number=n)
+    t_fresh = timed("LiveWindow.update no ring, fresh rows", lambda: next_fresh(counts_only, fresh), number=n)
+    t_chunk = timed("LiveWindow.update no ring, fresh 256-row chunk",
+                    lambda: next_fresh(counts_only, chunks), number=max(n // 8, 50))
+    result = {"batch": [32, 64], "us": {
+        "LiveWindow.update (histograms + counters + sample ring), same batch": t_ring * 1e6,
+        "LiveWindow.update (histograms + counters, no ring), same batch": t_counts * 1e6,
+        "LiveWindow.update (histograms + counters + sample ring), fresh rows": t_fresh_ring * 1e6,
+        "LiveWindow.update (histograms + counters, no ring), fresh rows": t_fresh * 1e6,
+        "LiveWindow.update (no ring), fresh 256 x 64 chunk (a replica's chunk)": t_chunk * 1e6},
+        "ns_per_value_fresh_no_ring": t_fresh * 1e9 / batch.size}
+    return result, [
+        target("quality + histogram update, 32 x 64 batch (with sample ring)", t_ring * 1e6, 20, "us", False),
+        target("quality + histogram update, 32 x 64 fresh batch (with sample ring)", t_fresh_ring * 1e6, 20, "us", False),
+    ]
 
 
 def bench_calibration(quick: bool) -> dict[str, Any]:
@@ -267,14 +291,16 @@ def environment() -> dict[str, Any]:
         pass
     import os
 
+    # The cores this process may run on (a benchmark pinned with taskset sees fewer).
     return {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-            "scipy": scipy.__version__, "cpu": cpu, "cpus": os.cpu_count(),
+            "scipy": scipy.__version__, "cpu": cpu, "cpus": len(os.sched_getaffinity(0)),
+            "machine_cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Kernel benchmarks", "", f"Run {report['environment']['date']} on {report['environment']['cpu']} "
-             f"({report['environment']['cpus']} CPUs), Python {report['environment']['python']}, "
+             f"({report['environment']['cpus']} of {report['environment']['machine_cpus']} CPUs), Python {report['environment']['python']}, "
              f"NumPy {report['environment']['numpy']}, Numba {report['environment']['numba']}, "
              f"SciPy {report['environment']['scipy']}. Fastest of repeated runs (medians in kernels.json), "
              "one thread unless named.", "",

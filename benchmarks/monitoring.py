@@ -184,7 +184,9 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
         models = {name: run_model(name, sizes, args, Path(workdir)) for name, sizes in MODELS.items()}
-    load = {"before": load_before[0], "after": os.getloadavg()[0], "cpus": os.cpu_count()}
+    # cpus: the cores this process may run on (fewer than the machine's when pinned).
+    load = {"before": load_before[0], "after": os.getloadavg()[0], "cpus": len(os.sched_getaffinity(0)),
+            "machine_cpus": os.cpu_count()}
     targets = []
     for name, summary in models.items():
         for label, key, op, limit in TARGETS:
@@ -200,7 +202,8 @@ def main() -> None:
     lines = ["# Monitoring benchmark", "",
              f"Run {report['when']}, Python {report['python']}; batches of {BATCH} single-row requests, "
              f"{args.rounds} alternating rounds of {args.seconds:g} s per mode; load average "
-             f"{load['before']:.1f} before, {load['after']:.1f} after, on {load['cpus']} CPUs (a "
+             f"{load['before']:.1f} before, {load['after']:.1f} after, on {load['cpus']} of the machine's "
+             f"{load['machine_cpus']} CPUs (a "
              "machine shared with other work: compare on and off, measured in the same run).", "",
              "| model | layers | off: batch mean (p50) µs | on: batch mean (p50) µs | off: rows/s | "
              "on: rows/s | kernel update, fresh / repeated rows µs | Monitor record ms | "
