@@ -10,11 +10,17 @@ a new replica, which resumes from the store. How each phase is hit:
   had applied them yet or not, the store is what the new replica serves.
 - **analysis**: killed, the same way, as soon as the first failing analysis of a streak
   that needs three is visible (analyses run once a second, so the kill lands before the
-  next); the new replica must continue the stored streak, not start it again.
+  next); the new replica must continue the stored streak, not start it again. And killed
+  between the analysis that completes a streak and the rollback it decides: too short a
+  window to hit from outside, so ``RolloutController._end`` is wrapped inside the
+  replica's process (below) to SIGKILL it there; the new replica must roll back on the
+  stored streak without another failing analysis.
 - **rollback between its state commit and the candidate's rejection**: that window is
   only the reconciler's submit, too short to hit from outside. The test wraps
   ``FollowUps._reject`` inside the replica's own process (Ray's ``__ray_call__`` on the
   replica actor), so the process SIGKILLs itself when the rejection is about to start.
+  Each wrapper is installed before the rollout it targets starts and fires only for that
+  rollout (or model), so a later test's rollout cannot trip it.
 - **promotion drain**: likewise, ``Registry.transition_stage`` is wrapped so the process
   SIGKILLs itself when it is about to archive the replaced stable version, i.e. after
   the drained version's removal from the route table committed and before its archive.
@@ -141,7 +147,7 @@ def wait_replaced(platform: Platform, killed: int) -> float:
     return time.monotonic() - started
 
 
-def _kills() -> tuple[Callable[..., int], Callable[..., int]]:
+def _kills() -> tuple[Callable[..., int], Callable[..., int], Callable[..., int]]:
     """Wrappers run inside the control plane's process; built here so cloudpickle ships
     them by value (the replica cannot import this test module)."""
 
@@ -184,7 +190,24 @@ def _kills() -> tuple[Callable[..., int], Callable[..., int]]:
         Registry.transition_stage = transition_stage
         return os.getpid()
 
-    return kill_before_rejecting, kill_before_archiving
+    def kill_before_rolling_back(_replica: Any, after_rollout: int) -> int:
+        import os
+        import signal
+
+        from control_plane.rollouts.controller import RolloutController
+
+        original = RolloutController._end
+
+        def _end(self: Any, rollout: Any, state: Any, actor: str, reason: str,
+                 data: dict[str, Any], *, reject: bool) -> None:
+            if rollout.id == after_rollout + 1 and reason.startswith("automatic rollback"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            original(self, rollout, state, actor, reason, data, reject=reject)
+
+        RolloutController._end = _end
+        return os.getpid()
+
+    return kill_before_rejecting, kill_before_archiving, kill_before_rolling_back
 
 
 def arm(platform: Platform, wrapper: Callable[..., int], *args: Any) -> int:
@@ -351,6 +374,7 @@ def test_killed_in_analysis_and_between_a_rollback_and_its_rejection(
     name, client, ledger = rollout_endpoint
     client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
     client.register_version(name, linear_classifier(seed=3), linear_classifier_manifest())
+    client.register_version(name, linear_classifier(seed=4), linear_classifier_manifest())
     restarts: list[float] = []
     with BackgroundLoad(platform.url, name) as load:
         # Rollback: killed after the rolled_back state (and what it owes) committed.
@@ -381,11 +405,24 @@ def test_killed_in_analysis_and_between_a_rollback_and_its_rejection(
             (at_kill.state, at_kill.failures)
         ends(client, second.id)
         settled(platform, client, name, {1: 100.0})
+
+        # Analysis: killed after the streak reached its limit, before the rollback committed.
+        pid = arm(platform, _kills()[2], ledger.last_rollout_id())
+        third = client.start_rollout({"endpoint": name, "model_ref": f"{name}:4",
+                                      "steps": [50, 100], "step_duration_s": 600,
+                                      "drain_s": 2, "analysis": FAILING})
+        wait_for(lambda: not _alive(pid), 120, "the kill before the rollback")
+        at_kill = ledger.rollout(third.id)
+        assert at_kill.state == "progressing" and at_kill.failures == 2, \
+            (at_kill.state, at_kill.failures)
+        restarts.append(wait_replaced(platform, pid))
+        ends(client, third.id)
+        settled(platform, client, name, {1: 100.0})
         time.sleep(2)  # a second pass would repeat a follow-up here
     report("control plane killed in analysis and between a rollback and its rejection",
            load, restarts)
 
-    for rollout, version, streak in ((first, 2, 1), (second, 3, 3)):
+    for rollout, version, streak in ((first, 2, 1), (second, 3, 3), (third, 4, 2)):
         row = ledger.rollout(rollout.id)
         kinds = ledger.kinds(rollout.id)
         assert row.state == "rolled_back" and row.followups is None, (row.state, row.followups)
