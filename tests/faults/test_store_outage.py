@@ -9,11 +9,14 @@ back, without restarting the control plane.
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,10 @@ import pytest
 from control_plane.client import Client
 from control_plane.errors import StoreUnavailableError
 from tests.conftest import free_port
+from tests.load import BackgroundLoad
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.servers import ControlPlaneProcess
+from tests.waiting import wait_for
 
 
 class PrivatePostgres:
@@ -133,3 +138,88 @@ def test_calls_fail_fast_with_503_while_the_store_is_down(postgres: PrivatePostg
         assert report.status_code == 200 and report.json()["problems"] == []
     finally:
         server.stop()
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    result = subprocess.run([sys.executable, "-m", "modelplane.cli", *args], env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_serving_and_a_rollout_ride_out_a_30s_store_outage(postgres: PrivatePostgres) -> None:
+    """The whole platform (`modelplane up` on its own Ray head) with its store on PostgreSQL:
+    stopped for 30 s mid-rollout, no inference request fails, every mutating call is a fast
+    503, the rollout decides nothing meanwhile and goes on to promotion afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="mpso"))  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPLANE_", "RAY_"))}
+    env.update(MODELPLANE_HOME=str(root / "home"), MODELPLANE_HTTP_PORT=str(free_port()),
+               MODELPLANE_DB_URL=postgres.url, RAY_TMPDIR=str(root / "ray"))
+    url = f"http://127.0.0.1:{env['MODELPLANE_HTTP_PORT']}"
+    _cli(env, "up", "--num-cpus", "2", "--default-ingress")
+    try:
+        token = (root / "home" / "admin.token").read_text().strip()
+        with Client(url, token, timeout=30) as client:
+            for seed in (1, 2):
+                client.register_version("outage-e", linear_classifier(seed=seed),
+                                        linear_classifier_manifest())
+            client.deploy("outage-e", "outage-e:1", scaling={"num_cpus": 0.1})
+            wait_for(lambda: _ready(f"{url}/v2/models/outage-e/ready"), 180,
+                     "the endpoint to be ready")
+            with BackgroundLoad(url, "outage-e", workers=2) as load:
+                rollout = client.start_rollout({
+                    "endpoint": "outage-e", "model_ref": "outage-e:2", "steps": [50, 100],
+                    "step_duration_s": 600, "drain_s": 1,
+                    "analysis": {"interval_s": 1, "window_s": 3, "min_samples": 10,
+                                 "max_p95_ratio": None, "max_p95_ms": 5000}})
+                wait_for(lambda: client.get_rollout(rollout.id).last_analysis.get("verdict")
+                         == "pass", 120, "a passing analysis before the outage")
+                before = client.get_rollout(rollout.id)
+                events_before = len(client.rollout_events(rollout.id))
+
+                postgres.stop()
+                down_at = time.time()
+                refused, slowest = 0, 0.0
+                while time.time() - down_at < 30:
+                    elapsed, error = _timed(lambda: client.create_model("during-outage"))
+                    assert isinstance(error, StoreUnavailableError), error
+                    refused, slowest = refused + 1, max(slowest, elapsed)
+                    time.sleep(1)
+                postgres.start()
+                up_at = time.time()
+
+                wait_for(lambda: _after(client.get_rollout(rollout.id).last_analysis, up_at)
+                         == "pass", 120, "a passing analysis after the outage")
+                after = client.get_rollout(rollout.id)
+                assert (after.state, after.step_index) == (before.state, before.step_index)
+                during = [e for e in client.rollout_events(rollout.id)[events_before:]
+                          if down_at < e.created_at.timestamp() < up_at]
+                assert during == [], during
+                client.rollout_action(rollout.id, "promote", "the outage is over")
+                wait_for(lambda: client.get_rollout(rollout.id).state.terminal, 120,
+                         "the rollout to finish")
+                assert client.get_rollout(rollout.id).state == "succeeded"
+                time.sleep(1)
+            failed = load.failures()
+            print(f"\nstore down 30 s: {len(load.answers)} inference requests, {len(failed)} "
+                  f"failed; {refused} API calls refused, slowest in {slowest:.3f} s")
+            assert failed == [], failed[:3]
+            assert slowest < 5
+    finally:
+        subprocess.run([sys.executable, "-m", "modelplane.cli", "down"], env=env,
+                       capture_output=True, timeout=180)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _after(record: dict[str, Any], moment: float) -> str | None:
+    """The analysis's verdict if it was made after ``moment``."""
+    if not record or datetime.fromisoformat(record["at"]).timestamp() <= moment:
+        return None
+    return str(record["verdict"])
