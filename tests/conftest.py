@@ -15,8 +15,19 @@ from pathlib import Path
 import pytest
 
 from modelplane.settings import Settings, reset_settings_cache
+from tests.databases import fresh_postgres_database, platform_store, platform_store_description
 
 _TESTS_DIR = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a bad MODELPLANE_TEST_PLATFORM_STORE before any test runs, not in the first test."""
+    platform_store()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say in the header which store the platform runs on, so two runs' logs tell apart."""
+    return platform_store_description()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -43,7 +54,7 @@ def free_port() -> int:
 def modelplane_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh MODELPLANE_HOME for one test, with every other MODELPLANE_* variable unset."""
     for name in list(os.environ):
-        if name.startswith("MODELPLANE_") and name != "MODELPLANE_TEST_PG_URL":
+        if name.startswith("MODELPLANE_") and not name.startswith("MODELPLANE_TEST_"):
             monkeypatch.delenv(name)
     home = tmp_path / "home"
     monkeypatch.setenv("MODELPLANE_HOME", str(home))
@@ -96,7 +107,16 @@ def serve_session(ray_session: None) -> Iterator[int]:
 
 @pytest.fixture(scope="session")
 def platform(serve_session: int, tmp_path_factory: pytest.TempPathFactory):
-    """The whole platform on the session's Ray and Serve (one control plane for all tests)."""
+    """The whole platform on the session's Ray and Serve (one control plane for all tests).
+
+    Its store is a SQLite file in its home, or, with MODELPLANE_TEST_PLATFORM_STORE=postgres,
+    a fresh database on the server in MODELPLANE_TEST_PG_URL (dropped at the session's end).
+    """
     from tests.platform import start_platform_on_session
 
-    return start_platform_on_session(serve_session, tmp_path_factory.mktemp("platform") / "home")
+    home = tmp_path_factory.mktemp("platform") / "home"
+    if platform_store() == "sqlite":
+        yield start_platform_on_session(serve_session, home)
+        return
+    with fresh_postgres_database() as db_url:
+        yield start_platform_on_session(serve_session, home, db_url=db_url)

@@ -1,4 +1,5 @@
-"""Throwaway databases for tests: a fresh PostgreSQL database per test when one is configured."""
+"""Throwaway databases for tests: a fresh PostgreSQL database per test when one is configured,
+and the choice of store for the session's whole platform (``MODELPLANE_TEST_PLATFORM_STORE``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,37 @@ from contextlib import contextmanager
 import pytest
 
 PG_URL_VARIABLE = "MODELPLANE_TEST_PG_URL"
+PLATFORM_STORE_VARIABLE = "MODELPLANE_TEST_PLATFORM_STORE"
+PLATFORM_STORES = ("sqlite", "postgres")
+
+
+def platform_store() -> str:
+    """Which store the session's ``platform`` runs on: ``sqlite`` (default) or ``postgres``.
+
+    Raises :class:`pytest.UsageError` for an unknown value, or for ``postgres`` without a
+    server: a PostgreSQL run that quietly skipped, or fell back to SQLite, would pass CI
+    while proving nothing about PostgreSQL.
+    """
+    chosen = (os.environ.get(PLATFORM_STORE_VARIABLE) or "sqlite").strip().lower()
+    if chosen not in PLATFORM_STORES:
+        raise pytest.UsageError(
+            f"{PLATFORM_STORE_VARIABLE}={os.environ[PLATFORM_STORE_VARIABLE]!r} is invalid: "
+            f"expected one of {', '.join(PLATFORM_STORES)} (or unset for sqlite)")
+    if chosen == "postgres" and not os.environ.get(PG_URL_VARIABLE):
+        raise pytest.UsageError(
+            f"{PLATFORM_STORE_VARIABLE}=postgres needs a PostgreSQL server, but {PG_URL_VARIABLE} "
+            f"is unset; start one with: export {PG_URL_VARIABLE}=\"$(scripts/test-postgres.sh)\"")
+    return chosen
+
+
+def platform_store_description() -> str:
+    """One line for pytest's header saying where the platform's store lives."""
+    if platform_store() == "sqlite":
+        return "modelplane platform store: sqlite (a file in the session's platform home)"
+    from sqlalchemy.engine import make_url
+
+    server = make_url(os.environ[PG_URL_VARIABLE]).render_as_string(hide_password=True)
+    return f"modelplane platform store: postgres (a fresh database on {server}, dropped afterwards)"
 
 
 @contextmanager

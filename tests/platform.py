@@ -57,7 +57,9 @@ class Platform:
         raise AssertionError(f"{endpoint} never showed weights {weights}")
 
 
-def start_platform_on_session(port: int, home: Path) -> Platform:
+def start_platform_on_session(port: int, home: Path, *, db_url: str | None = None) -> Platform:
+    """Monitor, /v2 and the control plane on the session's Serve; the store at ``db_url``
+    (any SQLAlchemy URL), or a SQLite file in ``home`` when None."""
     from ray import serve
 
     from control_plane.platform import wait_healthy
@@ -65,7 +67,10 @@ def start_platform_on_session(port: int, home: Path) -> Platform:
     from serving.applications import SERVER_APP, SERVER_ROUTE, build_server_app
     from serving.monitor import ensure_monitor
 
-    settings = Settings.from_env({"MODELPLANE_HOME": str(home), "MODELPLANE_HTTP_PORT": str(port)})
+    env = {"MODELPLANE_HOME": str(home), "MODELPLANE_HTTP_PORT": str(port)}
+    if db_url is not None:
+        env["MODELPLANE_DB_URL"] = db_url
+    settings = Settings.from_env(env)
     ensure_monitor()
     serve.run(build_server_app(), name=SERVER_APP, route_prefix=SERVER_ROUTE, blocking=False)
     deploy_control_plane(settings)
