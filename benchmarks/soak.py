@@ -60,38 +60,16 @@ class Story:
     rollouts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # The parent pid is the 2nd field after the ")" that ends the command name.
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def processes() -> dict[int, str]:
     """PID → title of every process of the Ray this soak started (its own descendants only:
     other Rays on the machine are none of its business)."""
+    from tests.processes import descendants, title
+
     found = {}
-    for pid in _descendants(os.getpid()):
-        try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        title = raw.split(b"\0")[0].decode(errors="replace")
-        if title.startswith("ray::") or title.endswith(("raylet", "gcs_server")):
-            found[pid] = title
+    for pid in descendants(os.getpid()):
+        name = title(pid)
+        if name and (name.startswith("ray::") or name.endswith(("raylet", "gcs_server"))):
+            found[pid] = name
     return found
 
 
@@ -163,6 +141,7 @@ def run(minutes: float, seed: int) -> dict[str, Any]:
              for i, e in enumerate(ENDPOINTS)}
     time.sleep(10)  # warm: the memory baseline is of a platform that has served
     memory_start = memory_by_role()
+    load_start = os.getloadavg()
     started = time.monotonic()
     deadline = started + minutes * 60
     next_rollout = started + rng.uniform(5, 15)
@@ -218,7 +197,9 @@ def run(minutes: float, seed: int) -> dict[str, Any]:
     memory_end = memory_by_role()
     for load in loads.values():
         load.stop()
-    return _summarise(minutes, seed, story, loads, memory_start, memory_end)
+    result = _summarise(minutes, seed, story, loads, memory_start, memory_end)
+    result["machine_load"] = {"start": load_start, "end": os.getloadavg(), "cores": os.cpu_count()}
+    return result
 
 
 def _summarise(minutes: float, seed: int, story: Story, loads: dict[str, Any],
@@ -288,6 +269,8 @@ def _markdown(result: dict[str, Any]) -> str:
         f"| rollouts ended | {len(result['rollouts'])}: "
         f"{dict(Counter((r['broken'], r['state']) for r in result['rollouts']))} "
         "(broken?, state) |",
+        f"| machine load (1/5/15 min) at start, end | {result['machine_load']['start']}, "
+        f"{result['machine_load']['end']} on {result['machine_load']['cores']} cores |",
         f"| target (≤ 0.1% other failures, all explained, memory within bound) | "
         f"{'met' if result['target_met'] else 'NOT met'} |", "",
         "Failure causes: " + (", ".join(f"{k!r}: {v}" for k, v in result["causes"].items())

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,25 +26,11 @@ from control_plane.errors import NotFoundError
 from tests.load import Answer, BackgroundLoad
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.platform import Platform
+from tests.processes import replica_pids
 from tests.waiting import wait_for
 
 SMALL = {"num_cpus": 0.05}
 WORKERS = 3
-
-
-def replica_pids(app: str) -> list[int]:
-    """PIDs of the Serve replica processes of application ``app`` (from their process titles)."""
-    title = re.compile(rb"^ray::ServeReplica:" + re.escape(app.encode()) + rb":")
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if title.match((entry / "cmdline").read_bytes()):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return sorted(pids)
 
 
 def report(name: str, load: BackgroundLoad, fault_at: float) -> float:

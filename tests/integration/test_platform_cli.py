@@ -23,6 +23,7 @@ import pytest
 from control_plane.client import Client
 from tests.conftest import free_port
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.processes import descendants
 
 
 @pytest.fixture(scope="module")
@@ -96,24 +97,6 @@ def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None
         httpx.get(f"{url}/v2/health/live", timeout=2)
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def test_up_after_the_ray_head_crashed_restores_the_store(cli_env: dict[str, str]) -> None:
     """Fault: the whole Ray head SIGKILLed; `up` again converges to the store and says so."""
     import signal
@@ -133,7 +116,7 @@ def test_up_after_the_ray_head_crashed_restores_the_store(cli_env: dict[str, str
     run(cli_env, "traffic", "crash", "1=70", "2=30")
 
     head = int(json.loads((home / "ray-head.json").read_text())["pid"])
-    for pid in [head, *_descendants(head)]:  # the head and everything it started, at once
+    for pid in [head, *descendants(head)]:  # the head and everything it started, at once
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     for _ in range(60):
