@@ -20,8 +20,9 @@ def list_alerts(as_json: bool = JsonOption, url: str | None = UrlOption) -> None
     alerts = client(url).alerts()
     emit(as_json, alerts, lambda: print_table(
         "active alerts", ["alert", "state", "severity", "endpoint", "version", "value", "since", "summary"],
-        [[a.name, a.state, a.severity, a.labels.get("endpoint"), a.labels.get("version"), a.value,
-          a.fired_at or a.started_at, a.summary] for a in alerts],
+        [[a.name, a.state + (" (stale)" if a.stale else ""), a.severity, a.labels.get("endpoint"),
+          a.labels.get("version"), a.value, a.fired_at or a.started_at,
+          a.summary + (f" [stale: {a.stale}]" if a.stale else "")] for a in alerts],
         footer="" if alerts else "no alert is pending or firing"))
 
 

@@ -202,6 +202,12 @@ def test_a_killed_monitor_neither_resolves_alerts_nor_breaks_metrics(platform: P
             assert stats.status_code == 503 and stats.json()["error"] == "monitor_unavailable"
             stale = wait_for(lambda: [a for a in busy() if a.stale], 30, "the alert to go stale")
             assert stale[0].state == "firing" and "Monitor" in stale[0].stale
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+            env.update(MODELPLANE_URL=platform.url, MODELPLANE_TOKEN=platform.token, COLUMNS="400")
+            listed = subprocess.run([sys.executable, "-m", "modelplane.cli", "alerts", "list"],
+                                    env=env, capture_output=True, text=True, timeout=60)
+            assert listed.returncode == 0, listed.stderr
+            assert "firing (stale)" in listed.stdout, listed.stdout
             time.sleep(5)  # several evaluations without a Monitor
             assert resolved() == [] and busy()[0].state == "firing"
             ensure_monitor()
