@@ -29,12 +29,13 @@ _LIMIT = 10_000
 
 
 def cluster_here(where: str) -> ClusterCapacity:
-    """The cluster this process's Ray is connected to."""
+    """The cluster this process's Ray is connected to, whose GCS is at ``where``."""
     from ray._private import state
 
     totals = state.total_resources_per_node()
     free = state.available_resources_per_node()
-    serving = _serve_holdings(address=None)
+    # The GCS address, not RAY_ADDRESS: `train run` starts a private Ray beside whatever that names.
+    serving = _serve_holdings(address=where)
     nodes = tuple(
         NodeCapacity(node_id[:8], _pick(total), _pick(free.get(node_id, {})),
                      serving.get(node_id, {}))
@@ -84,7 +85,7 @@ def cluster_from_dashboard(address: str) -> ClusterCapacity:
     return ClusterCapacity(address, tuple(capacities))
 
 
-def _serve_holdings(address: str | None) -> dict[str, dict[str, float]]:
+def _serve_holdings(address: str) -> dict[str, dict[str, float]]:
     from ray.util.state import list_actors
 
     try:
