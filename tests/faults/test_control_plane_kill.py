@@ -6,8 +6,9 @@ a new replica, which resumes from the store. How each phase is hit:
 - **step change**: the test polls the store and kills the process (its id asked of the
   replica actor through Ray, since other Ray sessions may run a replica of the same title;
   checked against the title ``ray::ServeReplica:control-plane:…`` under /proc) as soon as
-  the second step's event is visible. The step's routes and its event commit together, so whether the reconciler
-  had applied them yet or not, the store is what the new replica serves.
+  the second step's event is visible. The step's routes and its event commit together,
+  so whether the reconciler had applied them yet or not, the store is what the new
+  replica serves.
 - **analysis**: killed, the same way, as soon as the first failing analysis of a streak
   that needs three is visible (analyses run once a second, so the kill lands before the
   next); the new replica must continue the stored streak, not start it again. And killed
@@ -19,20 +20,24 @@ a new replica, which resumes from the store. How each phase is hit:
   only the reconciler's submit, too short to hit from outside. The test wraps
   ``FollowUps._reject`` inside the replica's own process (Ray's ``__ray_call__`` on the
   replica actor), so the process SIGKILLs itself when the rejection is about to start.
-  Each wrapper is installed before the rollout it targets starts and fires only for that
-  rollout (or model), so a later test's rollout cannot trip it.
 - **promotion drain**: likewise, ``Registry.transition_stage`` is wrapped so the process
   SIGKILLs itself when it is about to archive the replaced stable version, i.e. after
-  the drained version's removal from the route table committed and before its archive.
+  the drained version's removal from the route table committed and before its archive
+  (installed in the replica that resumed after the step-change kill, with the last
+  step's hold and the drain still ahead).
+
+Each wrapper fires only for the rollout (or model) it targets, so a later test's rollout
+cannot trip it.
 
 The wrappers live only in the killed process (the replacement runs unpatched code), so
 the product carries no fault hook and pays nothing for one.
 
 After each rollout the route table served equals the store's, and every follow-up
 (rejection, alias move, stage change, alert, drain and removal) is counted in the store
-exactly once: registry stage events, the alias row, alert history and rollout events.
-Each scenario reports requests sent, answered, failed (with causes) and the time from the
-last kill to a new control plane answering; no inference request may fail.
+exactly once: registry stage events, the alias row (the registry keeps no alias history,
+so its value and who set it), alert history and rollout events. Each scenario reports
+requests sent, answered, failed (with causes) and the time from each kill to a new
+control plane answering; no inference request may fail.
 """
 
 from __future__ import annotations
@@ -333,10 +338,10 @@ def test_killed_at_a_step_change_and_in_the_promotion_drain(
     client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
     restarts: list[float] = []
     with BackgroundLoad(platform.url, name) as load:
-        rollout = client.start_rollout({"endpoint": name, "model_ref": f"{name}:2",
-                                        "steps": [30, 60, 100], "step_duration_s": 3,
-                                        "drain_s": 4, "analysis": PASSING})
         pid = the_control_plane(platform)[1]
+        rollout = client.start_rollout({"endpoint": name, "model_ref": f"{name}:2",
+                                        "steps": [30, 60, 100], "step_duration_s": 4,
+                                        "drain_s": 4, "analysis": PASSING})
         wait_for(lambda: ledger.kinds(rollout.id)["step"] >= 2, 120, "the second step",
                  interval=0.02)
         os.kill(pid, signal.SIGKILL)
@@ -391,17 +396,18 @@ def test_killed_in_analysis_and_between_a_rollback_and_its_rejection(
         settled(platform, client, name, {1: 100.0})
 
         # Analysis: killed after the first failing analysis of a streak of three.
+        pid = the_control_plane(platform)[1]
         second = client.start_rollout({"endpoint": name, "model_ref": f"{name}:3",
                                        "steps": [50, 100], "step_duration_s": 600,
                                        "drain_s": 2, "analysis": {**FAILING,
                                                                   "failures_to_rollback": 3}})
-        pid = the_control_plane(platform)[1]
         wait_for(lambda: ledger.kinds(second.id)["analysis_failed"] >= 1, 120,
                  "the first failing analysis", interval=0.02)
         os.kill(pid, signal.SIGKILL)
         at_kill = ledger.rollout(second.id)
         restarts.append(wait_replaced(platform, pid))
-        assert at_kill.state == "progressing" and at_kill.failures == 1, \
+        # Mid-streak (a loaded machine may let a second failure in before the kill lands).
+        assert at_kill.state == "progressing" and at_kill.failures in (1, 2), \
             (at_kill.state, at_kill.failures)
         ends(client, second.id)
         settled(platform, client, name, {1: 100.0})
