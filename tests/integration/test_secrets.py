@@ -35,7 +35,6 @@ from tests.ray_head import RayHead
 from tests.waiting import wait_for
 
 DB_MARKER = "secret-store-marker"
-OPERATOR_TOKEN = "mp_operator-token-marker"
 
 
 @dataclass
@@ -44,6 +43,7 @@ class Head:
     env: dict[str, str]
     url: str
     db_url: str
+    operator_token: str = ""
 
     @property
     def admin_token(self) -> str:
@@ -69,7 +69,7 @@ class Head:
 def head() -> Iterator[Head]:
     ray = RayHead(num_cpus=4, extra_env={"RAY_JOB_STOP_WAIT_TIME_S": "30"})
     try:
-        ray.start()
+        ray.start(timeout=300)  # a loaded 2-core box can take minutes
         port = free_port()
         home = ray.root / "home"
         # A store URL that would be a secret on a cluster; the marker finds it anywhere.
@@ -77,14 +77,21 @@ def head() -> Iterator[Head]:
         env = {**ray.env, "MODELPLANE_HOME": str(home), "MODELPLANE_HTTP_PORT": str(port),
                "MODELPLANE_URL": f"http://127.0.0.1:{port}", "MODELPLANE_DB_URL": db_url,
                "MODELPLANE_READS_REQUIRE_TOKEN": "true"}
-        # The operator's own token in the shell that starts the platform must not reach
-        # replicas either.
         up = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"],
-                            env={**env, "RAY_ADDRESS": ray.gcs_address,
-                                 "MODELPLANE_TOKEN": OPERATOR_TOKEN},
+                            env={**env, "RAY_ADDRESS": ray.gcs_address},
                             capture_output=True, text=True, timeout=300)
         assert up.returncode == 0, up.stdout + up.stderr
-        yield Head(ray, env, env["MODELPLANE_URL"], db_url)
+        head = Head(ray, env, env["MODELPLANE_URL"], db_url)
+        # The operator then runs `up` again with their own token in the shell: it must
+        # reach neither the control plane's environment nor any replica's.
+        with head.client() as admin:
+            head.operator_token = admin.create_token("operator", "admin").token
+        again = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"],
+                               env={**env, "RAY_ADDRESS": ray.gcs_address,
+                                    "MODELPLANE_TOKEN": head.operator_token},
+                               capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+        yield head
     finally:
         ray.stop()
 
@@ -217,7 +224,7 @@ def test_replicas_hold_no_store_url_or_operator_token_and_load_with_a_read_token
     assert len(control_planes) == 1, sorted(environments)
     # The control plane holds the store's URL, but not the token of whoever ran `up`.
     assert control_planes[0]["MODELPLANE_DB_URL"] == head.db_url
-    assert OPERATOR_TOKEN not in json.dumps(control_planes[0])
+    assert head.operator_token not in json.dumps(control_planes[0])
     environments = {n: e for n, e in environments.items() if "control-plane" not in n}
     assert environments, "no endpoint replica found"
     for replica, env in environments.items():
@@ -225,7 +232,7 @@ def test_replicas_hold_no_store_url_or_operator_token_and_load_with_a_read_token
         assert "MODELPLANE_DB_URL" not in env, replica
         assert DB_MARKER not in dumped, replica
         assert head.admin_token not in dumped, replica
-        assert OPERATOR_TOKEN not in dumped, replica
+        assert head.operator_token not in dumped, replica
         token = env.get("MODELPLANE_TOKEN")
         assert token, f"{replica} has no token to read its artifact with"
         bearer = {"authorization": f"Bearer {token}"}
