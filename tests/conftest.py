@@ -52,7 +52,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def modelplane_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh MODELPLANE_HOME for one test, with every other MODELPLANE_* variable unset."""
+    """A fresh MODELPLANE_HOME for one test, with every other MODELPLANE_* variable unset
+    (but the MODELPLANE_TEST_* ones, which choose the tests' databases)."""
     for name in list(os.environ):
         if name.startswith("MODELPLANE_") and not name.startswith("MODELPLANE_TEST_"):
             monkeypatch.delenv(name)
