@@ -5,7 +5,7 @@ keyed ``"METHOD /path"`` as the OpenAPI document names it. :func:`enforce_access
 before each route (an app-wide dependency) and refuses a call the entry does not allow:
 401 without a valid token where one is needed, 403 for a role below the entry's. A route
 with no entry is refused for everyone (fail closed) and fails
-tests/unit/control_plane/test_authorization_matrix.py, which calls every route the app
+tests/unit/control_plane/test_route_access_matrix.py, which calls every route the app
 has anonymously, as each role and with a revoked token, and checks the answers against
 this table.
 

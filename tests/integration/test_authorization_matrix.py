@@ -21,7 +21,7 @@ from control_plane.schemas import Role
 from serving.access import ANYONE, ENDPOINT_ROUTES, LABEL_SOURCE, SERVER_ROUTES
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.platform import Platform
-from tests.unit.control_plane.test_authorization_matrix import _concrete
+from tests.unit.control_plane.test_route_access_matrix import _concrete
 
 ENDPOINT = "matrix"
 INFER_BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
