@@ -112,6 +112,7 @@ def test_feedback_gives_the_accuracy_sklearn_computes_on_the_same_pairs(watched:
     assert accuracy["precision"] == pytest.approx(metrics.precision_score(truth, predicted))
     assert accuracy["recall"] == pytest.approx(metrics.recall_score(truth, predicted))
     assert accuracy["f1"] == pytest.approx(metrics.f1_score(truth, predicted))
+    assert "acc " in cli(watched, "monitor", ENDPOINT, "--once", "--window", "300")
 
 
 def test_nans_out_of_range_values_and_rejections_are_counted_exactly(watched: Platform) -> None:
@@ -162,7 +163,7 @@ def hanging_receiver(watched: Platform) -> Iterator[str]:
     listener.listen(64)
     with watched.client() as client:
         client.put_alert_receiver({"name": "hung", "url": f"http://127.0.0.1:{listener.getsockname()[1]}/",
-                                   "timeout_s": 4, "max_attempts": 3, "backoff_s": 0.5})
+                                   "timeout_s": 10, "max_attempts": 3, "backoff_s": 0.5})
     yield "hung"
     with watched.client() as client:
         client.delete_alert_receiver("hung")
@@ -176,14 +177,15 @@ def test_a_receiver_that_is_down_does_not_slow_serving(watched: Platform, hangin
         for index in range(3):
             started = time.monotonic()
             client.fire_alert_event(f"operator-note-{index}", severity="info", summary="hung receiver test")
-            # Delivery to the receiver waits 4 s per try; the call must not.
-            assert time.monotonic() - started < 2.0
+            # Delivery to the receiver waits 10 s per try; a call that waited for it would
+            # take that long. Half of it leaves room for a loaded machine, not for a wait.
+            assert time.monotonic() - started < 5.0
         slowest = 0.0
         for _ in range(30):
             started = time.monotonic()
             assert infer(http, url, rows).status_code == 200
             slowest = max(slowest, time.monotonic() - started)
-        assert slowest < 2.0
+        assert slowest < 5.0
         history = client.alert_history(name="operator-note-0")
         assert history.total == 1 and history.items[0].kind == "event"
     retried = 'modelplane_alert_notifications_total{outcome="retries",receiver="hung"}'
@@ -216,7 +218,7 @@ class Traffic:
         self._thread.join(10)
 
 
-def test_drift_alert_stays_quiet_on_training_traffic_and_fires_on_a_one_sigma_shift(watched: Platform) -> None:
+def test_drift_alert_stays_quiet_on_training_traffic_fires_on_a_one_sigma_shift_and_shows_in_the_cli(watched: Platform) -> None:
     receiver = Receiver()
     with watched.client() as client:
         client.put_alert_receiver({"name": "drift-hook", "url": receiver.url})
@@ -253,6 +255,16 @@ def test_drift_alert_stays_quiet_on_training_traffic_and_fires_on_a_one_sigma_sh
     # No traffic: too few rows for a verdict, so the condition no longer holds.
     assert eventually(lambda: len(notified()) == 2, timeout=5 * WINDOW_S), notified()
     assert notified()[1]["status"] == "resolved"
+    # The CLI shows what just happened (here, so no other test's order matters).
+    table = cli(watched, "monitor", ENDPOINT, "--once", "--window", "300")
+    assert "drift by feature" in table and "f2" in table
+    rules = json.loads(cli(watched, "alerts", "rules", "--json"))
+    assert [r["name"] for r in rules] == ["watched-drift"]
+    history = json.loads(cli(watched, "alerts", "history", "--name", "watched-drift", "--json"))
+    assert [e["state"] for e in history["items"]] == ["resolved", "firing"]
+    assert "watched-drift" in cli(watched, "alerts", "history")
+    assert json.loads(cli(watched, "alerts", "list", "--json")) == []
+    assert "drift" in cli(watched, "alerts", "rules", "--metrics")
     with watched.client() as client:
         client.delete_alert_receiver("drift-hook")
     receiver.close()
@@ -266,15 +278,3 @@ def cli(platform: Platform, *args: str) -> str:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr + result.stdout
     return result.stdout
-
-
-def test_the_cli_shows_versions_alerts_rules_and_history(watched: Platform) -> None:
-    table = cli(watched, "monitor", ENDPOINT, "--once", "--window", "300")
-    assert "drift by feature" in table and "f2" in table and "acc " in table
-    rules = json.loads(cli(watched, "alerts", "rules", "--json"))
-    assert [r["name"] for r in rules] == ["watched-drift"]
-    history = json.loads(cli(watched, "alerts", "history", "--name", "watched-drift", "--json"))
-    assert [e["state"] for e in history["items"]] == ["resolved", "firing"]
-    assert "watched-drift" in cli(watched, "alerts", "history")
-    assert json.loads(cli(watched, "alerts", "list", "--json")) == []
-    assert "drift" in cli(watched, "alerts", "rules", "--metrics")
