@@ -189,7 +189,7 @@ def test_a_receiver_that_is_down_does_not_slow_serving(watched: Platform, hangin
         history = client.alert_history(name="operator-note-0")
         assert history.total == 1 and history.items[0].kind == "event"
     retried = 'modelplane_alert_notifications_total{outcome="retries",receiver="hung"}'
-    assert eventually(lambda: retried in httpx.get(f"{watched.url}/api/metrics", timeout=30).text, 15)
+    assert eventually(lambda: retried in httpx.get(f"{watched.url}/api/metrics", timeout=30).text, 40)
 
 
 class Traffic:
