@@ -100,8 +100,9 @@ def test_acknowledged_writes_survive_repeated_kill_9(tmp_path: Path) -> None:
     final = ForkedControlPlane(home).start()
     try:
         with Client(final.url, token) as client:
-            stored = {v.version: v.artifact_digest
-                      for v in client.list_versions(MODEL, limit=500).items}
+            stored: dict[int, str] = {}
+            while len(page := client.list_versions(MODEL, limit=500, offset=len(stored)).items):
+                stored.update((v.version, v.artifact_digest) for v in page)
             assert sorted(stored) == list(range(1, max(stored) + 1)), "version numbers have gaps"
             for version, digest in ledger.versions.items():
                 assert stored.get(version) == digest, f"acknowledged version {version} is lost"
