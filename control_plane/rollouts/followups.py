@@ -122,16 +122,8 @@ class FollowUps:
             except Exception as error:  # an alert sink failure must never undo a rollback
                 log.exception("raising the rollback alert of rollout #%d failed", rollout_id)
                 failure = f"{type(error).__name__}: {error}"
-        with self._db.session() as session:
-            row = session.get(RolloutRow, rollout_id, with_for_update=True)
-            if row is None:
-                return
-            pending = dict(row.followups or {})
-            pending.pop(ALERT, None)
-            row.followups = pending or None
-            _event(row, session, "followup_failed" if failure else "followup",
-                   f"raising the {alert['name']} alert failed: {failure}" if failure
-                   else f"{alert['name']} alert raised")
+        self._settle(rollout_id, ALERT, f"raising the {alert['name']} alert failed: {failure}"
+                     if failure else f"{alert['name']} alert raised", failed=bool(failure))
 
     def _archive(self, rollout_id: int) -> None:
         with self._db.session(readonly=True) as session:
@@ -148,16 +140,17 @@ class FollowUps:
         except Exception as error:  # e.g. still served by another endpoint
             log.info("not archiving %s:%d: %s", model.name, version, error)
             failure = f"{type(error).__name__}: {error}"
+        self._settle(rollout_id, ARCHIVE, f"v{version} not archived: {failure}" if failure
+                     else f"v{version} archived in the registry", failed=bool(failure))
+
+    def _settle(self, rollout_id: int, step: str, reason: str, *, failed: bool) -> None:
+        """The follow-up ``step`` is no longer owed; its outcome goes into the audit log."""
         with self._db.session() as session:
             row = session.get(RolloutRow, rollout_id, with_for_update=True)
             if row is None:
                 return
-            pending = dict(row.followups or {})
-            pending.pop(ARCHIVE, None)
-            row.followups = pending or None
-            _event(row, session, "followup_failed" if failure else "followup",
-                   f"v{version} not archived: {failure}" if failure
-                   else f"v{version} archived in the registry")
+            _drop(row, step)
+            _event(row, session, "followup_failed" if failed else "followup", reason)
 
     def _fail(self, rollout_id: int, step: str, reason: str) -> None:
         """A registry step failed: drop it, and the rollout ends failed with the reason."""
@@ -165,9 +158,7 @@ class FollowUps:
             row = session.get(RolloutRow, rollout_id, with_for_update=True)
             if row is None:
                 return
-            pending = dict(row.followups or {})
-            pending.pop(step, None)
-            row.followups = pending or None
+            _drop(row, step)
             previous = row.state
             # The one move out of a terminal state: the rollback happened (traffic is on
             # stable) but its registry step did not, and "rolled_back" would claim it did.
@@ -175,6 +166,12 @@ class FollowUps:
             row.updated_at = datetime.now(UTC)
             _event(row, session, "transition", reason, from_state=previous,
                    to_state=RolloutState.FAILED.value)
+
+
+def _drop(row: RolloutRow, step: str) -> None:
+    pending = dict(row.followups or {})
+    pending.pop(step, None)
+    row.followups = pending or None
 
 
 def _event(row: RolloutRow, session: Session, kind: str, reason: str, *, from_state: str = "",
