@@ -71,6 +71,21 @@ class RayHead:
                 time.sleep(0.5)
         raise RuntimeError(f"the Ray dashboard did not answer at {self.dashboard}; see {log_path}")
 
+    def up_platform(self, **settings: str) -> dict[str, str]:
+        """`modelplane up` on this head with its own home and HTTP port (plus ``settings``,
+        MODELPLANE_* variables); returns the environment a client of that platform uses."""
+        from tests.conftest import free_port
+
+        port = free_port()
+        env = {**self.env, "MODELPLANE_HOME": str(self.root / "home"),
+               "MODELPLANE_HTTP_PORT": str(port), "MODELPLANE_URL": f"http://127.0.0.1:{port}",
+               **settings}
+        up = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"],
+                            env={**env, "RAY_ADDRESS": self.gcs_address},
+                            capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        return env
+
     def stop(self) -> None:
         """Stop exactly this head's processes and remove its files."""
         from control_plane.platform import stop_cluster_processes

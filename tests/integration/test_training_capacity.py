@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from control_plane.client import Client
-from tests.conftest import free_port
 from tests.ray_head import BIN, RayHead
 from tests.waiting import wait_for
 
@@ -64,13 +63,7 @@ def laptop() -> Iterator[Laptop]:
     head = RayHead(num_cpus=2, extra_env={"RAY_JOB_STOP_WAIT_TIME_S": "30"})
     try:
         head.start()
-        port = free_port()
-        env = {**head.env, "MODELPLANE_HOME": str(head.root / "home"),
-               "MODELPLANE_HTTP_PORT": str(port), "MODELPLANE_URL": f"http://127.0.0.1:{port}"}
-        up = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"],
-                            env={**env, "RAY_ADDRESS": head.gcs_address},
-                            capture_output=True, text=True, timeout=300)
-        assert up.returncode == 0, up.stdout + up.stderr
+        env = head.up_platform()
         yield Laptop(head, env, env["MODELPLANE_URL"])
     finally:
         head.stop()
