@@ -28,6 +28,13 @@ class Platform:
     def client(self) -> Client:
         return Client(self.url, self.token, settings=self.settings)
 
+    def healthy(self) -> bool:
+        """Whether the control plane answers its health check now."""
+        try:
+            return httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
     def wait_endpoint(self, endpoint: str, versions: set[int], timeout: float = 120.0) -> None:
         """Until the endpoint's metadata lists exactly ``versions``."""
         deadline = time.monotonic() + timeout

@@ -70,6 +70,7 @@ from control_plane.store.models import (
 from tests.load import BackgroundLoad
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.platform import Platform
+from tests.processes import title
 from tests.waiting import wait_for
 
 SMALL = {"num_cpus": 0.05}
@@ -94,13 +95,6 @@ def _in_replica_getpid() -> Callable[[Any], int]:
     return getpid  # nested, so cloudpickle ships it by value
 
 
-def _replica_title(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def _replica() -> tuple[Any, int] | None:
     """This session's control plane replica actor and its process id, if one answers.
 
@@ -116,16 +110,9 @@ def _replica() -> tuple[Any, int] | None:
         except Exception:  # gone, or not started yet
             continue
         # The process the test kills is the control plane's Serve replica by its title too.
-        assert _replica_title(pid).startswith(f"ray::ServeReplica:{APP}:".encode()), pid
+        assert (title(pid) or "").startswith(f"ray::ServeReplica:{APP}:"), pid
         return handle, pid
     return None
-
-
-def _healthy(platform: Platform) -> bool:
-    try:
-        return httpx.get(f"{platform.url}/api/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _alive(pid: int) -> bool:
@@ -140,7 +127,7 @@ def the_control_plane(platform: Platform, *, not_pid: int | None = None) -> tupl
     """The answering control plane replica (another than ``not_pid``): actor and pid."""
     def check() -> tuple[Any, int] | None:
         found = _replica()
-        return found if found and found[1] != not_pid and _healthy(platform) else None
+        return found if found and found[1] != not_pid and platform.healthy() else None
     return wait_for(check, 180, "a control plane replica answering")
 
 

@@ -248,7 +248,7 @@ def test_control_plane_killed_mid_rollout_resumes_and_traffic_matches_the_store(
         replica = _control_plane_replica()
         ray.kill(replica, no_restart=False)
         wait_for(lambda: (new := _control_plane_replica()) is not None
-                 and new._actor_id != replica._actor_id and _healthy(platform), 120,
+                 and new._actor_id != replica._actor_id and platform.healthy(), 120,
                  "a new control plane replica")
         done = rollout_ends(client, rollout.id, timeout=120)
         wait_for(lambda: served_weights(platform, name) == stored_weights(client, name), 30,
@@ -301,13 +301,6 @@ def _control_plane_replica() -> Any:
             except ValueError:
                 return None
     return None
-
-
-def _healthy(platform: Platform) -> bool:
-    try:
-        return httpx.get(f"{platform.url}/api/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_cli_runs_a_rollout_from_a_file_and_shows_its_history(
