@@ -33,6 +33,17 @@ def test_smirnov_matches_scipy(n: int) -> None:
         assert abs(smirnov_sf(n, x) - expected) <= 1e-12 + 1e-9 * expected
 
 
+@pytest.mark.parametrize("n", [1024, 1500, 5000, 9091, 20_000, 100_001])
+def test_smirnov_tail_matches_scipy_where_the_sum_is_taken_on_a_coarse_grid(n: int) -> None:
+    # Large n and nx^2 past the Kolmogorov switch: the region where the thousands of
+    # Birnbaum-Tingey terms are summed on a coarse grid, down to p-values near 1e-300.
+    rng = np.random.default_rng(n)
+    for x in np.concatenate([rng.uniform(1.0 / np.sqrt(n), 25.0 / np.sqrt(n), 200),
+                             np.linspace(1.5, 25.0, 60) / np.sqrt(n)]):
+        expected = special.smirnov(n, x)
+        assert abs(smirnov_sf(n, x) - expected) <= 1e-300 + 1e-9 * expected, (n, x)
+
+
 @pytest.mark.parametrize("dof", [1, 2, 9, 19, 99, 999])
 def test_chi2_sf_matches_scipy(dof: int) -> None:
     xs = np.concatenate([np.linspace(0, 5 * dof + 20, 50), [1e-8, dof, 10 * dof + 100]])
