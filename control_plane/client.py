@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,7 +73,7 @@ _ERRORS_BY_CODE: dict[str, type[ControlPlaneError]] = {
     cls.code: cls
     for cls in vars(cp_errors).values()
     if isinstance(cls, type) and issubclass(cls, ControlPlaneError)
-} | {"validation_error": cp_errors.InvalidInputError}
+}
 
 
 class Client:
@@ -524,31 +524,34 @@ class Client:
         return TokenOut.model_validate(self._request("DELETE", f"/tokens/{name}").json())
 
 
-def _error_from(response: httpx.Response) -> ModelplaneError:
-    try:
-        body = response.json()
-        code, message = body.get("error", ""), body.get("detail", response.text)
-        context = body.get("context") or {}
-    except ValueError:
-        code, message, context = "", response.text or response.reason_phrase, {}
-    cls = _ERRORS_BY_CODE.get(code, ControlPlaneError)
-    error = cls(str(message), detail={**context, "status": response.status_code, "code": code})
-    return error
+def _error_from(
+    response: httpx.Response,
+    classes: Mapping[str, type[ModelplaneError]] = _ERRORS_BY_CODE,
+    fallback: type[ModelplaneError] = ControlPlaneError,
+) -> ModelplaneError:
+    """The error an answer carries (``modelplane.errors.error_body``) as its own class.
 
-
-def _inference_error_from(response: httpx.Response) -> ModelplaneError:
-    """The data plane's error (v2 body ``{"error": message, "code"}``) as its own class."""
-    import serving.errors as serving_errors
-
+    Both planes send the same body, so one reader serves the control plane's answers and
+    the data plane's (``classes`` then maps the serving codes).
+    """
     try:
         body = response.json()
         message, code = str(body.get("error", response.text)), str(body.get("code", ""))
-    except ValueError:
-        message, code = response.text or response.reason_phrase, ""
+        detail = body.get("detail")
+    except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
+        message, code, detail = response.text or response.reason_phrase, "", None
+    detail = detail if isinstance(detail, dict) else {}
+    return classes.get(code, fallback)(
+        message, detail={**detail, "status": response.status_code, "code": code})
+
+
+def _inference_error_from(response: httpx.Response) -> ModelplaneError:
+    """The data plane's error as the ``serving.errors`` class its code names."""
+    import serving.errors as serving_errors
+
     classes = {cls.code: cls for cls in vars(serving_errors).values()
                if isinstance(cls, type) and issubclass(cls, serving_errors.ServingError)}
-    return classes.get(code, serving_errors.ServingError)(
-        message, detail={"status": response.status_code, "code": code})
+    return _error_from(response, classes, serving_errors.ServingError)
 
 
 def _file_digest(path: Path) -> str:

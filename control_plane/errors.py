@@ -7,9 +7,11 @@
         ├── NotFoundError               not_found, 404 (model, version, alias, run, token …)
         ├── AlreadyExistsError          already_exists, 409
         ├── ConflictError               conflict, 409 (state forbids it: deployed version archived …)
-        ├── InvalidInputError           invalid_input, 400 / 422 (names the field)
+        ├── InvalidInputError           invalid_input, 400 (names the field)
         │   ├── InvalidArtifactError    invalid_artifact, 400 (not ONNX, signature mismatch)
-        │   └── StageTransitionError    invalid_stage_transition, 409
+        │   ├── StageTransitionError    invalid_stage_transition, 409
+        │   └── RequestSchemaError      validation_error, 422 (body, query or path off its schema)
+        ├── MethodNotAllowedError       method_not_allowed, 405
         ├── PayloadTooLargeError        payload_too_large, 413
         ├── StorageFullError            storage_full, 507 (the artifact store has no space left)
         ├── AuthenticationError         unauthenticated, 401 (missing, unknown, expired token)
@@ -60,6 +62,20 @@ class InvalidArtifactError(InvalidInputError):
 class StageTransitionError(InvalidInputError):
     code = "invalid_stage_transition"
     http_status = 409
+
+
+class RequestSchemaError(InvalidInputError):
+    """The body, query or path does not match the route's schema; ``detail["fields"]`` names them."""
+
+    code = "validation_error"
+    http_status = 422
+
+
+class MethodNotAllowedError(ControlPlaneError):
+    """The path exists but not with this HTTP method."""
+
+    code = "method_not_allowed"
+    http_status = 405
 
 
 class PayloadTooLargeError(ControlPlaneError):

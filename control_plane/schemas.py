@@ -396,10 +396,16 @@ class IntegrityReport(Wire):
 
 
 class ErrorBody(Wire):
-    error: str = Field(description="Stable error code.")
-    detail: str = Field(description="What was wrong and what to do.")
-    request_id: str
-    context: dict[str, Any] = Field(default_factory=dict)
+    """Every error answer of both planes, as ``modelplane.errors.error_body`` builds it."""
+
+    error: str = Field(description="What was wrong and what to do (the Open Inference "
+                       "Protocol's field, which tritonclient prints).")
+    code: str = Field(description="Stable machine-readable error code, e.g. not_found.")
+    request_id: str = Field(description="The server's id for the request, also in a header "
+                            "(x-request-id on /api, x-modelplane-request-id on /v2); the "
+                            "server logs failures with it.")
+    detail: dict[str, Any] = Field(default_factory=dict, description="Structured context: "
+                                   "the field at fault, the allowed values, the limit.")
 
 
 T = TypeVar("T")

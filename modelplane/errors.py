@@ -13,6 +13,10 @@ Every error carries a stable machine-readable ``code``, the HTTP status it maps 
 message that says what was wrong and what to do, and an optional ``detail`` dict of
 structured context (the field name, the allowed values). Errors cross Ray actor
 boundaries, so they must pickle with all of that intact.
+
+Both planes answer an error with the same JSON body, built by :func:`error_body`::
+
+    {"error": message, "code": code, "request_id": id, "detail": {...}}
 """
 
 from __future__ import annotations
@@ -35,10 +39,6 @@ class ModelplaneError(Exception):
         # Keyword-only arguments do not survive the default Exception pickling.
         return (_rebuild, (type(self), self.message, self.detail))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The error as the JSON body clients receive (without the request id)."""
-        return {"error": self.code, "detail": self.message, "context": self.detail}
-
     def __str__(self) -> str:
         return self.message
 
@@ -47,6 +47,21 @@ def _rebuild(cls: type[ModelplaneError], message: str, detail: dict[str, Any]) -
     error = cls.__new__(cls)
     ModelplaneError.__init__(error, message, detail=detail)
     return error
+
+
+def error_body(error: ModelplaneError, request_id: str) -> dict[str, Any]:
+    """The JSON body the data plane and the control plane answer ``error`` with.
+
+    ``error`` holds the message, not the code: the Open Inference Protocol's error body is
+    ``{"error": "<message>"}`` and tritonclient prints that field, so a user of the official
+    client reads what was wrong. The stable code sits beside it for programs.
+    """
+    return {
+        "error": error.message,
+        "code": error.code,
+        "request_id": request_id,
+        "detail": dict(error.detail),
+    }
 
 
 class ConfigurationError(ModelplaneError):

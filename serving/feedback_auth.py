@@ -131,6 +131,6 @@ class FeedbackAuthorizer:
 
 def _message(response: Any) -> str:
     try:
-        return str(response.json().get("detail") or "not accepted")[:300]
+        return str(response.json().get("error") or "not accepted")[:300]
     except ValueError:
         return "not accepted"

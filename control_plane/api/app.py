@@ -19,6 +19,7 @@ from control_plane.api import (
 )
 from control_plane.api.access import enforce_access
 from control_plane.api.errors import RequestIdMiddleware, install_error_handlers
+from control_plane.schemas import ErrorBody
 from control_plane.service import ControlPlane
 from modelplane import __version__
 
@@ -30,6 +31,9 @@ def build_api(cp: ControlPlane) -> FastAPI:
         title="modelplane control plane",
         version=__version__,
         description="Model registry, experiment tracking, artifacts and tokens.",
+        # Every error answer has one body (FastAPI's default 422 schema does not apply).
+        responses={status: {"model": ErrorBody, "description": "The error, its code and the "
+                            "request id."} for status in ("4XX", "5XX")},
     )
     app.state.control_plane = cp
     install_error_handlers(app)

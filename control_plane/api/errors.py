@@ -1,7 +1,9 @@
 """The one mapping from errors to HTTP responses, registered when the app is built.
 
-Bodies are always ``{"error", "detail", "request_id", "context"}``; a client never sees a
-traceback. Unexpected exceptions are logged with the request id and answered 500.
+Every failure becomes an error of the tree first (FastAPI's validation errors and
+Starlette's 404/405 too), so bodies are always :func:`modelplane.errors.error_body`'s
+``{"error": message, "code", "request_id", "detail"}``, the data plane's shape; a client
+never sees a traceback. Unexpected exceptions are logged with the request id and answered 500.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelplane.errors import ModelplaneError
+from control_plane.errors import (
+    ControlPlaneError,
+    InvalidInputError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RequestSchemaError,
+)
+from modelplane.errors import ModelplaneError, error_body
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
@@ -26,13 +35,20 @@ def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", None) or uuid.uuid4().hex
 
 
+# Starlette raises its HTTPException for routing misses and unparseable bodies.
+_HTTP_ERRORS: dict[int, type[ControlPlaneError]] = {
+    400: InvalidInputError, 404: NotFoundError, 405: MethodNotAllowedError,
+}
+
+
 def error_response(
-    request: Request, status: int, code: str, detail: str, context: dict[str, Any] | None = None
+    request: Request, error: ModelplaneError, status: int | None = None
 ) -> JSONResponse:
+    """``error`` as the JSON answer, with its own HTTP status unless ``status`` is given."""
     rid = request_id(request)
     return JSONResponse(
-        status_code=status,
-        content={"error": code, "detail": detail, "request_id": rid, "context": context or {}},
+        status_code=status or error.http_status,
+        content=error_body(error, rid),
         headers={REQUEST_ID_HEADER: rid},
     )
 
@@ -45,28 +61,25 @@ def _field_path(location: tuple[Any, ...] | list[Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelplaneError)
     async def _modelplane(request: Request, error: ModelplaneError) -> JSONResponse:
-        return error_response(request, error.http_status, error.code, error.message, error.detail)
+        return error_response(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [f"{_field_path(e['loc'])}: {e['msg']}" for e in error.errors()]
         fields = [_field_path(e["loc"]) for e in error.errors()]
-        return error_response(
-            request, 422, "validation_error", "; ".join(problems), {"fields": fields}
-        )
+        problem = RequestSchemaError("; ".join(problems), detail={"fields": fields})
+        return error_response(request, problem)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(request, error.status_code, code, str(error.detail))
+        cls = _HTTP_ERRORS.get(error.status_code, ControlPlaneError)
+        return error_response(request, cls(str(error.detail)), error.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error in request %s", request_id(request))
-        return error_response(
-            request, 500, "internal_error",
-            "the control plane failed unexpectedly; the request id is in its log",
-        )
+        return error_response(request, ControlPlaneError(
+            "the control plane failed unexpectedly; the request id is in its log"))
 
 
 class RequestIdMiddleware:

@@ -121,7 +121,7 @@ def test_calls_fail_fast_with_503_while_the_store_is_down(postgres: PrivatePostg
                 # Fails fast, never the OS's TCP timeout (the generous bound is for a loaded CI).
                 assert elapsed < 5, (name, elapsed)
             health = httpx.get(f"{server.url}/api/health", timeout=10)
-            assert health.status_code == 503 and health.json()["error"] == "store_unavailable"
+            assert health.status_code == 503 and health.json()["code"] == "store_unavailable"
             print(f"\nstore down: each call failed in {timings} s")
 
             postgres.start()

@@ -64,7 +64,7 @@ def test_errors_arrive_as_typed_exceptions_with_messages(admin: Client, server: 
     with Client(server.url, "mp_wrong") as stranger, pytest.raises(AuthenticationError, match="not known"):
         stranger.create_model("nope")
     body = httpx.post(f"{server.url}/api/models", json={"name": "anon"}).json()
-    assert body["error"] == "unauthenticated" and body["request_id"]
+    assert body["code"] == "unauthenticated" and body["request_id"]
     assert "Traceback" not in str(body)
 
 

@@ -19,4 +19,4 @@ def test_the_same_api_answers_under_serve(platform: Platform) -> None:
     spec = httpx.get(f"{platform.url}/api/openapi.json").json()
     assert "/models/{name}/versions" in spec["paths"]
     missing = httpx.get(f"{platform.url}/api/models/absent").json()
-    assert missing["error"] == "not_found" and missing["request_id"]
+    assert missing["code"] == "not_found" and missing["request_id"]

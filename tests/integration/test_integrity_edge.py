@@ -262,9 +262,9 @@ def test_unicode_digits_huge_numbers_and_nan_are_4xx(platform: Platform, edge: d
         api = f"{platform.url}/api"
         bad_run = http.post(f"{api}/runs", headers=headers,
                             content=b'{"experiment": "edge-nan", "params": {"lr": NaN}}')
-        assert bad_run.status_code == 422 and "lr is nan" in bad_run.json()["detail"]
+        assert bad_run.status_code == 422 and "lr is nan" in bad_run.json()["error"]
         huge_ref = http.get(f"{api}/refs/edge:99999999999999999999", headers=headers)
-        assert huge_ref.status_code == 400 and "model reference" in huge_ref.json()["detail"]
+        assert huge_ref.status_code == 400 and "model reference" in huge_ref.json()["error"]
         # A row stored before the edge checked (an infinity) does not make reads fail.
         run = admin.start_run("edge-nan")
         database = Database(platform.settings.db_url, migrate=False)

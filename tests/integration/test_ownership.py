@@ -199,7 +199,7 @@ def test_a_killed_monitor_neither_resolves_alerts_nor_breaks_metrics(platform: P
             assert "modelplane_monitor_up 0.0" in metrics.text
             assert f'modelplane_traffic_weight{{endpoint="{name}"' in metrics.text
             stats = httpx.get(f"{platform.url}/api/endpoints/{name}/stats", timeout=30)
-            assert stats.status_code == 503 and stats.json()["error"] == "monitor_unavailable"
+            assert stats.status_code == 503 and stats.json()["code"] == "monitor_unavailable"
             stale = wait_for(lambda: [a for a in busy() if a.stale], 30, "the alert to go stale")
             assert stale[0].state == "firing" and "Monitor" in stale[0].stale
             env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}

@@ -269,7 +269,7 @@ def test_route_table_is_guarded_and_bad_specs_are_clear(
     response = httpx.post(f"{platform.url}/api/rollouts", json={
         "endpoint": name, "model_ref": f"{name}:2", "steps": [50, 10]},
         headers={"authorization": f"Bearer {platform.token}"})
-    assert response.status_code == 400 and "increase" in response.json()["detail"]
+    assert response.status_code == 400 and "increase" in response.json()["error"]
     response = httpx.post(f"{platform.url}/api/rollouts", json={
         "endpoint": name, "model_ref": f"{name}:2", "step_duration_s": "soon"},
         headers={"authorization": f"Bearer {platform.token}"})

@@ -1,4 +1,5 @@
-"""One exception tree: every package's errors root in ModelplaneError and pickle intact."""
+"""One exception tree: every package's errors root in ModelplaneError, pickle intact, and
+answer both planes with one body."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import control_plane.errors
 import kernels.errors
 import serving.errors
 import training.errors
-from modelplane.errors import ModelplaneError
+from control_plane.schemas import ErrorBody
+from modelplane.errors import ModelplaneError, error_body
 
 _MODULES = [kernels.errors, serving.errors, control_plane.errors, training.errors]
 _ERRORS = [
@@ -36,7 +38,16 @@ def test_error_roots_in_modelplane_error_and_pickles(cls: type[ModelplaneError])
     assert type(copy) is cls
     assert str(copy) == "what went wrong; what to do"
     assert copy.detail == {"field": "inputs[0].shape"}
-    assert copy.to_dict()["error"] == cls.code
+    assert error_body(copy, "r1") == {"error": "what went wrong; what to do", "code": cls.code,
+                                      "request_id": "r1", "detail": {"field": "inputs[0].shape"}}
+
+
+def test_the_error_body_is_the_documented_schema() -> None:
+    # The message, not the code, is under "error": tritonclient prints that field.
+    body = error_body(serving.errors.InvalidRequestError("shape [2] is not [1, 4]"), "abc")
+    assert ErrorBody.model_validate(body).model_dump() == body
+    assert body["error"] == "shape [2] is not [1, 4]" and body["code"] == "invalid_request"
+    assert body["detail"] == {}
 
 
 def test_error_codes_are_unique_within_a_package() -> None:

@@ -91,6 +91,6 @@ def test_the_api_answers_a_template_bomb_with_a_4xx_naming_the_field(api, templa
     response = api.put("/api/alerts/rules/bomb", json=rule(name="bomb", summary=template))
     assert response.status_code == 422, response.text
     body = response.json()
-    assert body["context"]["fields"] == ["summary"] and body["detail"].startswith("summary: ")
+    assert body["detail"]["fields"] == ["summary"] and body["error"].startswith("summary: ")
     assert api.get("/api/alerts/rules").json() == []
     assert api.get("/api/health").status_code == 200

@@ -137,7 +137,7 @@ def test_an_undeclared_route_is_refused_to_everyone(matrix: Matrix) -> None:
     for caller in matrix.callers:
         response = matrix.client.get("/matrix-undeclared", headers=_headers(caller))
         assert response.status_code == 403, (caller.label, response.text)
-        assert "control_plane/api/access.py" in response.json()["detail"]
+        assert "control_plane/api/access.py" in response.json()["error"]
 
 
 def _headers(caller: Caller) -> dict[str, str]:
