@@ -2,12 +2,19 @@
 
 The store is the source of truth; every change here is one transaction and bumps the
 endpoint's generation, then the reconciler makes Ray Serve match.
+
+An endpoint's route table is read in one place, :func:`read_routes`: this module, the
+rollout controller and the reconciler all see the same :class:`Routes`, so "the stable
+version", "the weights" and "the shadows" mean one thing everywhere.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -39,6 +46,79 @@ from control_plane.store.models import (
 DEFAULT_UNAPPROVED_WEIGHT = 50.0
 
 
+@dataclass(frozen=True)
+class Route:
+    """One version's place in an endpoint's route table: the stored rows, read together."""
+
+    row: EndpointRouteRow  # weight, shadow and the version's serving settings
+    version_row: ModelVersionRow  # the version served: number, manifest, artifact
+
+    @property
+    def version(self) -> int:
+        return self.version_row.version
+
+    @property
+    def weight(self) -> float:
+        return self.row.weight
+
+    @property
+    def shadow(self) -> bool:
+        return self.row.shadow
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.row.settings
+
+
+@dataclass(frozen=True)
+class Routes:
+    """An endpoint's route table as stored, in version order (see :func:`read_routes`)."""
+
+    entries: tuple[Route, ...]
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self.entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    @property
+    def weights(self) -> dict[int, float]:
+        """Traffic (percent) by version number, for the versions that take traffic; a
+        shadow only receives copies, so it is not among them."""
+        return {r.version: r.weight for r in self.entries if not r.shadow}
+
+    @property
+    def shadows(self) -> list[int]:
+        """The versions that receive mirrored copies of the traffic."""
+        return [r.version for r in self.entries if r.shadow]
+
+    @property
+    def stable(self) -> int | None:
+        """The version taking the most traffic (the lowest on a tie), None without any."""
+        weights = self.weights
+        return max(weights, key=lambda v: weights[v]) if weights else None
+
+    def get(self, version: int) -> Route | None:
+        """``version``'s route, None where the endpoint does not route to it."""
+        return next((r for r in self.entries if r.version == version), None)
+
+
+def read_routes(session: Session, endpoint: EndpointRow) -> Routes:
+    """``endpoint``'s route table: the one query that reads traffic weights.
+
+    The rows are the session's own, so a caller inside a transaction may change them.
+    Version order makes everything built from the table (the reconciler's documents, the
+    settings a new route copies) the same on every read.
+    """
+    rows = session.execute(
+        select(EndpointRouteRow, ModelVersionRow)
+        .join(ModelVersionRow, ModelVersionRow.id == EndpointRouteRow.version_id)
+        .where(EndpointRouteRow.endpoint_id == endpoint.id)
+        .order_by(ModelVersionRow.version)).all()
+    return Routes(tuple(Route(route, version) for route, version in rows))
+
+
 class Deployments:
     """Endpoints and their route tables, as stored."""
 
@@ -57,7 +137,7 @@ class Deployments:
             assert model is not None
             row = _version_row(session, model, version)
             endpoint = session.scalar(select(EndpointRow).where(EndpointRow.name == spec.endpoint))
-            before = _version_weights(session, endpoint) if endpoint is not None else {}
+            before = read_routes(session, endpoint).weights if endpoint is not None else {}
             if endpoint is None:
                 endpoint = EndpointRow(
                     name=spec.endpoint, model_id=model.id,
@@ -98,7 +178,8 @@ class Deployments:
             settings = {"batching": spec.batching.model_dump()}
             if endpoint.placement == "isolated":
                 settings["scaling"] = (spec.scaling or ScaleSettings()).model_dump()
-            route = _route(session, endpoint, row)
+            existing = read_routes(session, endpoint).get(version)
+            route = existing.row if existing is not None else None
             if route is None:
                 session.add(EndpointRouteRow(endpoint_id=endpoint.id, version_id=row.id,
                                              weight=weight, shadow=False, settings=settings))
@@ -110,8 +191,8 @@ class Deployments:
                     route.weight, route.shadow = weight, False
                     _rescale_others(session, endpoint, row.id, weight)
             session.flush()
-            refuse_unapproved_traffic(session, model, before, _version_weights(session, endpoint),
-                                      field="weight")
+            refuse_unapproved_traffic(session, model, before,
+                                      read_routes(session, endpoint).weights, field="weight")
             _touch(endpoint)
             session.flush()
             return self._endpoint_out(session, endpoint)
@@ -136,7 +217,7 @@ class Deployments:
             refuse_during_rollout(session, endpoint.name, "change its traffic")
             model = session.get(ModelRow, endpoint.model_id)
             assert model is not None
-            refuse_unapproved_traffic(session, model, _version_weights(session, endpoint),
+            refuse_unapproved_traffic(session, model, read_routes(session, endpoint).weights,
                                       spec.weights, field="weights")
             self.write_routes(session, endpoint, spec.weights, spec.shadows)
             return self._endpoint_out(session, endpoint)
@@ -152,7 +233,7 @@ class Deployments:
         assert model is not None
         wanted = {**{v: (w, False) for v, w in weights.items()},
                   **{v: (0.0, True) for v in shadows}}
-        existing = {r.version_id: r for r in _routes(session, endpoint)}
+        existing = {r.row.version_id: r.row for r in read_routes(session, endpoint)}
         keep: set[int] = set()
         template = next(iter(existing.values()), None)
         for number, (weight, shadow) in wanted.items():
@@ -203,12 +284,10 @@ class Deployments:
         model = session.get(ModelRow, endpoint.model_id)
         assert model is not None
         routes = []
-        for route in _routes(session, endpoint):
-            version = session.get(ModelVersionRow, route.version_id)
-            assert version is not None
+        for route in read_routes(session, endpoint):
             scaling = route.settings.get("scaling")
             routes.append(RouteOut(
-                version=version.version, weight=route.weight, shadow=route.shadow,
+                version=route.version, weight=route.weight, shadow=route.shadow,
                 batching=BatchSettings.model_validate(route.settings.get("batching", {})),
                 scaling=ScaleSettings.model_validate(scaling) if scaling else None,
             ))
@@ -280,29 +359,10 @@ def _version_row(session: Session, model: ModelRow, version: int) -> ModelVersio
     return row
 
 
-def _version_weights(session: Session, endpoint: EndpointRow) -> dict[int, float]:
-    """The endpoint's traffic by version number (shadows take none)."""
-    rows = session.execute(
-        select(ModelVersionRow.version, EndpointRouteRow.weight, EndpointRouteRow.shadow)
-        .join(ModelVersionRow, ModelVersionRow.id == EndpointRouteRow.version_id)
-        .where(EndpointRouteRow.endpoint_id == endpoint.id)).all()
-    return {version: 0.0 if shadow else weight for version, weight, shadow in rows}
-
-
-def _routes(session: Session, endpoint: EndpointRow) -> list[EndpointRouteRow]:
-    return list(session.scalars(
-        select(EndpointRouteRow).where(EndpointRouteRow.endpoint_id == endpoint.id)
-    ).all())
-
-
-def _route(session: Session, endpoint: EndpointRow, version: ModelVersionRow) -> EndpointRouteRow | None:
-    return session.scalar(select(EndpointRouteRow).where(
-        EndpointRouteRow.endpoint_id == endpoint.id, EndpointRouteRow.version_id == version.id))
-
-
 def _rescale_others(session: Session, endpoint: EndpointRow, version_id: int, weight: float) -> None:
     """Give the other weighted versions the remaining share, in their current proportions."""
-    others = [r for r in _routes(session, endpoint) if r.version_id != version_id and not r.shadow]
+    others = [r.row for r in read_routes(session, endpoint)
+              if r.row.version_id != version_id and not r.shadow]
     total = sum(r.weight for r in others)
     for route in others:
         route.weight = (100.0 - weight) * (route.weight / total) if total > 0 else 0.0

@@ -35,15 +35,10 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy import select
 
+from control_plane.deployments import Route, read_routes
 from control_plane.ownership import STORE_ID_ENV, application_owners
 from control_plane.store import Database
-from control_plane.store.models import (
-    EndpointRouteRow,
-    EndpointRow,
-    ModelRow,
-    ModelVersionRow,
-    RolloutRow,
-)
+from control_plane.store.models import EndpointRow, ModelRow, RolloutRow
 from serving.applications import (
     build_endpoint_app,
     build_version_app,
@@ -160,22 +155,14 @@ class Reconciler:
             for endpoint in session.scalars(query).all():
                 model = session.get(ModelRow, endpoint.model_id)
                 assert model is not None
-                rows = session.execute(
-                    select(EndpointRouteRow, ModelVersionRow)
-                    .join(ModelVersionRow, ModelVersionRow.id == EndpointRouteRow.version_id)
-                    .where(EndpointRouteRow.endpoint_id == endpoint.id)
-                    .order_by(ModelVersionRow.version)
-                ).all()
-                if not rows:
+                routes = read_routes(session, endpoint)
+                if not routes:
                     continue
-                versions = [self._version_config(model.name, route, row) for route, row in rows]
-                weights = {row.version: route.weight for route, row in rows if not route.shadow}
-                shadows = [row.version for route, row in rows if route.shadow]
                 configs[endpoint.name] = EndpointConfig(
                     endpoint=endpoint.name,
                     placement=endpoint.placement,  # type: ignore[arg-type]
-                    versions=versions,
-                    routes=RouteTable(weights=weights, shadows=shadows),
+                    versions=[self._version_config(model.name, route) for route in routes],
+                    routes=RouteTable(weights=routes.weights, shadows=routes.shadows),
                     scaling=_scaling(endpoint.config.get("scaling")),
                     stats_interval_s=self.stats_interval_s,
                     control_plane_url=self.base_url,
@@ -185,7 +172,8 @@ class Reconciler:
                 )
         return configs
 
-    def _version_config(self, model: str, route: EndpointRouteRow, row: ModelVersionRow) -> VersionConfig:
+    def _version_config(self, model: str, route: Route) -> VersionConfig:
+        row = route.version_row
         signature = row.manifest["signature"]
         return VersionConfig(
             version=row.version,

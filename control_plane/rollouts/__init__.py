@@ -1,8 +1,9 @@
 """Progressive delivery: rollout plans, analysis gates and the rollout state machine.
 
 The modules here are pure logic (no store, no Ray, an injected clock) so that every
-decision is unit-tested; the controller that persists rollouts and moves traffic builds
-on them.
+decision is unit-tested: a rollout decides in one function, ``decision.decide``; the
+controller (``controller``, with ``moves``, ``manual`` and ``aliases``) gathers its
+evidence, stores what it decides and moves traffic.
 """
 
 from control_plane.rollouts.analysis import (

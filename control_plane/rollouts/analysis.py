@@ -15,7 +15,7 @@ gates read the same sample's p95/p99.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -155,21 +155,28 @@ def _analyse_shadow(config: AnalysisConfig, candidate: dict[str, Any] | None) ->
     return CheckResult(Verdict.PASS, checks, "shadow checks passed")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FailureStreak:
-    """Counts consecutive failing analyses; a rollback needs ``failures_to_rollback`` in a row.
+    """Consecutive failing analyses; a rollback needs ``needed`` in a row.
 
     Inconclusive analyses neither extend nor break a streak: too little traffic is not
-    evidence either way.
+    evidence either way. The one implementation of the rule: ``decide`` (in
+    ``control_plane.rollouts.decision``) counts a rollout's analyses with it, and the
+    store keeps ``count`` as the rollout's ``failures``.
     """
 
     needed: int
     count: int = 0
 
-    def observe(self, result: CheckResult) -> bool:
-        """Record one analysis; True when the candidate must be rolled back now."""
-        if result.verdict == Verdict.FAIL:
-            self.count += 1
-        elif result.verdict == Verdict.PASS:
-            self.count = 0
+    def after(self, verdict: Verdict) -> FailureStreak:
+        """The streak once one more analysis, with ``verdict``, is counted."""
+        if verdict == Verdict.FAIL:
+            return replace(self, count=self.count + 1)
+        if verdict == Verdict.PASS:
+            return replace(self, count=0)
+        return self
+
+    @property
+    def reached(self) -> bool:
+        """Whether the candidate must be rolled back."""
         return self.count >= self.needed

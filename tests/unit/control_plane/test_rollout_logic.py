@@ -88,14 +88,16 @@ def test_shadow_gate_uses_mirrored_comparisons() -> None:
 def test_rollback_needs_consecutive_failures() -> None:
     config = AnalysisConfig(failures_to_rollback=2)
     streak = FailureStreak(config.failures_to_rollback)
-    fail = analyse(config, stats(error_rate=0.5), stats())
-    ok = analyse(config, stats(), stats())
-    unsure = analyse(config, stats(requests=1), stats())
-    assert streak.observe(fail) is False
-    assert streak.observe(unsure) is False  # inconclusive keeps the streak
-    assert streak.observe(ok) is False  # a pass breaks it
-    assert streak.observe(fail) is False
-    assert streak.observe(fail) is True
+    fail = analyse(config, stats(error_rate=0.5), stats()).verdict
+    ok = analyse(config, stats(), stats()).verdict
+    unsure = analyse(config, stats(requests=1), stats()).verdict
+    seen = []
+    for verdict in (fail, unsure, ok, fail, fail):
+        streak = streak.after(verdict)
+        seen.append((streak.count, streak.reached))
+    # Inconclusive keeps the streak, a pass breaks it, two failures in a row reach it.
+    assert seen == [(1, False), (1, False), (0, False), (1, False), (2, True)]
+    assert FailureStreak(2).after(fail) == FailureStreak(2, 1)  # a value: nothing is changed
 
 
 def test_drift_and_online_accuracy_gates() -> None:

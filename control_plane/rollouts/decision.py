@@ -1,0 +1,208 @@
+"""Where a rollout decides: one pure function from a rollout and its evidence to a Decision.
+
+``decide`` reads nothing and writes nothing. The controller gathers the evidence (the
+Monitor's numbers when an analysis is due, the candidate's approval gate), calls it,
+stores what it returns (a new analysis with the failure streak it leads to) and then acts
+on it (moves traffic, promotes, rolls back). So every branch is tested with plain values.
+
+The rules, in the order they apply:
+
+1. pending: take the first step, or wait for an approval if it would exceed the limit;
+2. paused: hold;
+3. a failure streak stored at its limit rolls back: the process died between the analysis
+   that reached it and the rollback, and the decision stands whatever the next window
+   shows (docs/rollouts.md, "resumption");
+4. a new analysis updates the streak (:class:`FailureStreak`): reaching the limit rolls
+   back; inconclusive evidence past ``inconclusive_deadline_s`` fails back to stable
+   (:mod:`deadline`);
+5. awaiting approval: a rejection rolls back, an approval (or a policy that no longer
+   asks for one) resumes, anything else holds (:mod:`approvals`);
+6. progressing: hold until the step has been held ``hold_s`` and its latest analysis
+   passed; then the next step (approval permitting) or, after the last, promote (or wait
+   for an approval first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from control_plane.observability import json_safe
+from control_plane.rollouts.analysis import FailureStreak, Verdict, analyse
+from control_plane.rollouts.approvals import ApprovalGate
+from control_plane.rollouts.deadline import inconclusive_for, past_deadline
+from control_plane.rollouts.schemas import AnalysisSettings, RolloutOut
+from control_plane.rollouts.states import RolloutState
+
+ANALYSED_STATES = (RolloutState.PROGRESSING, RolloutState.AWAITING_APPROVAL)
+
+
+class Action(StrEnum):
+    """What the controller does with a rollout after a decision."""
+
+    HOLD = "hold"  # stay at the current step
+    WAIT_INCONCLUSIVE = "wait_inconclusive"  # stay: too little evidence (the deadline runs)
+    ADVANCE = "advance"  # move to ``Decision.step_index`` (from pending: the first step)
+    AWAIT_APPROVAL = "await_approval"  # wait at the approval limit for an approval
+    RESUME = "resume"  # approved while waiting: progressing again
+    PROMOTE = "promote"  # the candidate takes 100% and the champion alias
+    ROLLBACK = "rollback"  # stable back to 100%, the candidate rejected
+    FAIL = "fail"  # stable back to 100%, the candidate not judged (no evidence in time)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The Monitor's numbers for one analysis: each version's statistics over the window."""
+
+    window_s: float
+    candidate: dict[str, Any] | None
+    stable: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a decision reads besides the rollout: the approval gate as it is now and, when
+    an analysis is due (:func:`analysis_due`), the Monitor's snapshot."""
+
+    gate: ApprovalGate
+    snapshot: Snapshot | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of :func:`decide`: what to do, why, and what to store."""
+
+    action: Action
+    reason: str
+    streak: int  # consecutive failing analyses after this decision (the rollout's failures)
+    analysis: dict[str, Any]  # the analysis record the decision rests on ({} when none yet)
+    analysed: bool = False  # ``analysis`` is this decision's own, to be stored with ``streak``
+    step_index: int | None = None  # ADVANCE, or RESUME before the first step: the step to take
+    data: dict[str, Any] = field(default_factory=dict)  # for the transition's audit event
+
+    @property
+    def failed_analysis(self) -> bool:
+        """Whether this decision took an analysis that failed (it gets an audit event)."""
+        return self.analysed and self.analysis.get("verdict") == Verdict.FAIL
+
+
+def settings_of(rollout: RolloutOut) -> AnalysisSettings:
+    return AnalysisSettings.model_validate(rollout.spec["analysis"])
+
+
+def analysis_due(rollout: RolloutOut, last: datetime | None, now: datetime) -> bool:
+    """Whether to read the Monitor for ``rollout`` now (``last``: its previous analysis in
+    this process). Only a step with traffic is judged, every ``interval_s``; a rollout
+    waiting for approval before its first step has none, and a streak already at its limit
+    is decided without new evidence."""
+    if rollout.state not in ANALYSED_STATES or rollout.step_started_at is None:
+        return False
+    settings = settings_of(rollout)
+    if rollout.failures >= settings.failures_to_rollback:
+        return False
+    return last is None or (now - last).total_seconds() >= settings.interval_s
+
+
+def analysis_window(rollout: RolloutOut, now: datetime) -> float:
+    """Seconds of statistics to judge: the last ``window_s``, but never from before the step."""
+    started = rollout.step_started_at or now
+    return min(settings_of(rollout).window_s, max(1.0, (now - started).total_seconds()))
+
+
+def decide(rollout: RolloutOut, evidence: Evidence, now: datetime) -> Decision:
+    """Decide what ``rollout`` does next, on ``evidence``, at ``now``. Pure."""
+    settings = settings_of(rollout)
+    state, gate = rollout.state, evidence.gate
+    streak = FailureStreak(settings.failures_to_rollback, rollout.failures)
+    record, analysed = rollout.last_analysis, False
+    # A streak stored at its limit is decided as stored (rule 3), not on new evidence.
+    if evidence.snapshot is not None and state in ANALYSED_STATES and not streak.reached:
+        judged, record = _judge(rollout, settings, evidence.snapshot, now)
+        streak, analysed = streak.after(judged), True
+
+    def outcome(action: Action, reason: str, **details: Any) -> Decision:
+        return Decision(action, reason, streak.count, record, analysed, **details)
+
+    if state == RolloutState.PENDING:
+        return _next_step(rollout, 0, gate, outcome)
+    if state not in ANALYSED_STATES:
+        return outcome(Action.HOLD, f"the rollout is {state}")
+    if streak.reached:
+        return outcome(Action.ROLLBACK, f"automatic rollback: {record.get('reason', '')}",
+                       data={"analysis": record})
+    overdue = past_deadline(record, settings, state) if analysed else None
+    if overdue:
+        return outcome(Action.FAIL, overdue, data={"analysis": record})
+
+    if state == RolloutState.AWAITING_APPROVAL:
+        if gate.decision == "rejected":
+            return outcome(Action.ROLLBACK, "the approver rejected the candidate")
+        if gate.required and not gate.approved:
+            return outcome(Action.HOLD, gate.waiting_reason())
+        return outcome(Action.RESUME, "approved" if gate.approved
+                       else "the model's policy no longer requires an approval",
+                       step_index=0 if rollout.step_started_at is None else None)
+
+    verdict = record.get("verdict")
+    if verdict == Verdict.INCONCLUSIVE:
+        return outcome(Action.WAIT_INCONCLUSIVE, record.get("reason", ""))
+    if verdict == Verdict.FAIL:
+        return outcome(Action.HOLD, f"{streak.count} of {streak.needed} failing analyses in a "
+                                    f"row: {record.get('reason', '')}")
+    if verdict != Verdict.PASS:
+        return outcome(Action.HOLD, "no analysis of this step yet")
+    hold_s = rollout.current_step.hold_s
+    held = (now - (rollout.step_started_at or now)).total_seconds()
+    if held < hold_s:
+        return outcome(Action.HOLD, f"the step has held {held:g}s of {hold_s:g}s")
+    if rollout.step_index + 1 < len(rollout.steps):
+        return _next_step(rollout, rollout.step_index + 1, gate, outcome)
+    reason = "every step passed its analysis"
+    if gate.required and not gate.approved:
+        return outcome(Action.AWAIT_APPROVAL, f"{reason}; {gate.waiting_reason()}",
+                       data={"limit": gate.limit})
+    return outcome(Action.PROMOTE, reason)
+
+
+def _next_step(rollout: RolloutOut, index: int, gate: ApprovalGate,
+               outcome: Callable[..., Decision]) -> Decision:
+    """Take step ``index``, or wait for an approval if that step would exceed the limit."""
+    if gate.blocks(rollout.steps[index].candidate_weight):
+        return outcome(Action.AWAIT_APPROVAL, gate.waiting_reason(),
+                       data={"limit": gate.limit, "next_step": index})
+    reason = "first step" if rollout.state == RolloutState.PENDING else \
+        f"step {rollout.step_index + 1} held its time and passed its analysis"
+    return outcome(Action.ADVANCE, reason, step_index=index)
+
+
+def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
+           now: datetime) -> tuple[Verdict, dict[str, Any]]:
+    """Analyse the current step on ``snapshot``: the verdict and the record to store."""
+    result = analyse(settings.to_config(), snapshot.candidate, snapshot.stable,
+                     shadow=rollout.current_step.shadow)
+    started = rollout.step_started_at or now
+    return result.verdict, json_safe({
+        "verdict": result.verdict.value, "reason": result.reason, "checks": result.checks,
+        "at": now.isoformat(), "window_s": snapshot.window_s, "step_index": rollout.step_index,
+        "candidate": _summary(snapshot.candidate), "stable": _summary(snapshot.stable),
+        "inconclusive_since": inconclusive_for(rollout.last_analysis, result.verdict, now,
+                                               started, rollout.state),
+    })
+
+
+def _summary(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The numbers of one version's statistics kept with an analysis."""
+    if not stats:
+        return {}
+    keys = ("requests", "error_rate", "p50_ms", "p95_ms", "p99_ms", "throughput_rps")
+    summary = {k: stats.get(k) for k in keys}
+    if stats.get("shadow", {}).get("compared"):
+        summary["shadow"] = stats["shadow"]
+    if stats.get("drift"):
+        summary["drift"] = {k: stats["drift"].get(k) for k in ("verdict", "drifted_features")}
+    if stats.get("accuracy"):
+        summary["accuracy"] = stats["accuracy"]
+    return summary

@@ -1,0 +1,76 @@
+"""People's actions on a rollout: pause, resume, promote, roll back, abort.
+
+Each takes the controller's lock, so it never interleaves with a decision of the loop,
+and asks the reconciler to apply at once where traffic moved.
+"""
+
+from __future__ import annotations
+
+from control_plane.auth import Principal
+from control_plane.errors import ConflictError
+from control_plane.rollouts.approvals import approval_gate
+from control_plane.rollouts.moves import TrafficMoves
+from control_plane.rollouts.records import rollout_out, rollout_row, transition
+from control_plane.rollouts.schemas import RolloutOut
+from control_plane.rollouts.states import RolloutState
+from control_plane.schemas import Role
+
+
+class ManualActions(TrafficMoves):
+    """What a deployer may do to a rollout by hand."""
+
+    def pause(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
+        """Hold traffic where it is and stop analysing until resumed."""
+        actor.require(Role.DEPLOYER)
+        with self._lock, self.db.session() as session:
+            row = rollout_row(session, rollout_id)
+            transition(session, row, RolloutState.PAUSED, actor.name, reason or "paused")
+            return rollout_out(session, row)
+
+    def resume(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
+        """Continue a paused rollout; the current step's hold starts again."""
+        actor.require(Role.DEPLOYER)
+        with self._lock, self.db.session() as session:
+            row = rollout_row(session, rollout_id)
+            if row.state != RolloutState.PAUSED:
+                raise ConflictError(f"rollout #{row.id} is {row.state}, not paused",
+                                    detail={"field": "state"})
+            transition(session, row, RolloutState.PROGRESSING, actor.name, reason or "resumed")
+            row.step_started_at = self._now()
+            return rollout_out(session, row)
+
+    def promote(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
+        """Skip the remaining steps: the candidate takes 100% and is promoted (approval permitting)."""
+        actor.require(Role.DEPLOYER)
+        with self._lock:
+            current = self.get(rollout_id)
+            if current.state not in (RolloutState.PROGRESSING, RolloutState.AWAITING_APPROVAL):
+                raise ConflictError(
+                    f"rollout #{current.id} is {current.state}; only a progressing or "
+                    "approval-waiting rollout can be promoted (resume it first if paused)",
+                    detail={"field": "state"})
+            with self.db.session(readonly=True) as session:
+                approval_gate(session, rollout_row(session, rollout_id)).refuse_promotion(rollout_id)
+            self._promote(current, actor.name, reason or f"promoted by {actor.name}")
+        self._apply()
+        return self.get(rollout_id)
+
+    def rollback(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
+        """Stable back to 100% now; the candidate is rejected in the registry."""
+        actor.require(Role.DEPLOYER)
+        why = f"rolled back by {actor.name}" + (f": {reason}" if reason else "")
+        with self._lock:
+            self._end(self.get(rollout_id), RolloutState.ROLLED_BACK, actor.name, why, {},
+                      reject=True)
+        self._apply()
+        return self.get(rollout_id)
+
+    def abort(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
+        """Stop the rollout and restore the stable version, without judging the candidate."""
+        actor.require(Role.DEPLOYER)
+        why = f"aborted by {actor.name}" + (f": {reason}" if reason else "")
+        with self._lock:
+            self._end(self.get(rollout_id), RolloutState.FAILED, actor.name, why, {},
+                      reject=False)
+        self._apply()
+        return self.get(rollout_id)

@@ -1,0 +1,194 @@
+"""Moving a rollout's traffic: to a step, to the candidate (promotion), back to stable
+(rollback or abort), and removing a version once it has drained.
+
+Every move is one store transaction that writes the rollout's new state, its audit event
+and the endpoint's route table together; the reconciler then makes Serve match. So the
+store always describes the traffic a rollout set, and a restarted control plane resumes
+from what is stored. What a move leaves owed (the candidate's rejection, the alert, the
+replaced version's archive) commits with it and is finished by :mod:`followups`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.deployments import Deployments, endpoint_row, read_routes
+from control_plane.errors import ConflictError
+from control_plane.registry import Registry
+from control_plane.rollouts.followups import AlertSink, FollowUps, owe, owe_archive
+from control_plane.rollouts.records import (
+    CONTROLLER,
+    event,
+    rollout_out,
+    rollout_row,
+    step_traffic,
+    steps,
+    transition,
+)
+from control_plane.rollouts.schemas import RolloutOut
+from control_plane.rollouts.states import ACTIVE_STATES, RolloutState, can_transition
+from control_plane.schemas import AliasSet, Stage, StageChange
+from control_plane.store import Database
+from control_plane.store.models import EndpointRow, RolloutRow
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+StatsSource = Callable[[str, float], dict[int, dict[str, Any]]]
+
+
+class TrafficMoves:
+    """The controller's hands: every change a rollout makes to an endpoint's traffic."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        deployments: Deployments,
+        *,
+        stats: StatsSource,
+        apply: Callable[[], Any] = lambda: None,
+        alert: AlertSink | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.db, self.registry, self.deployments = db, registry, deployments
+        self._stats, self._apply, self._now = stats, apply, now
+        self._followups = FollowUps(db, alert, registry)
+        # One decision at a time in this process: the loop and API calls share rollouts.
+        self._lock = threading.RLock()
+
+    def get(self, rollout_id: int) -> RolloutOut:
+        with self.db.session(readonly=True) as session:
+            return rollout_out(session, rollout_row(session, rollout_id))
+
+    def _set_step(self, session: Session, row: RolloutRow, index: int, now: datetime) -> None:
+        """Give the candidate step ``index``'s traffic; the step's hold starts ``now``."""
+        step = steps(row)[index]
+        endpoint = endpoint_row(session, row.endpoint)
+        weights, shadows = step_traffic(row, step)
+        self.deployments.write_routes(session, endpoint, weights, shadows)
+        row.step_index, row.step_started_at, row.updated_at = index, now, now
+        # A new step is judged on its own evidence.
+        row.last_analysis = {}
+        event(session, row, "step", CONTROLLER.name,
+              f"step {index + 1}/{len(steps(row))}: "
+              + ("candidate mirrored" if step.shadow else f"candidate at {step.candidate_weight:g}%"),
+              {"weights": {str(k): v for k, v in weights.items()}, "shadows": shadows})
+
+    def _promote(self, rollout: RolloutOut, actor: str, reason: str) -> None:
+        """The candidate becomes the champion in production and takes 100%; stable drains."""
+        # The registry steps are idempotent: after a crash between them and the final
+        # transaction, the next tick repeats them and then finishes. One that fails ends
+        # the rollout failed (traffic back on stable), never an error every tick.
+        name, version = rollout.model, rollout.candidate_version
+        note = f"rollout #{rollout.id} on {rollout.endpoint}"
+        step = f"moving the {CHAMPION} alias to v{version}"
+        try:
+            self.registry.set_alias(name, CHAMPION, AliasSet(version=version), CONTROLLER)
+            if self.registry.get_version(name, version).stage in (Stage.NONE, Stage.ARCHIVED):
+                step = f"moving v{version} to staging"
+                self.registry.transition_stage(name, version, StageChange(
+                    stage=Stage.STAGING, reason=note), CONTROLLER)
+            step = f"moving v{version} to production"
+            self.registry.transition_stage(name, version, StageChange(
+                stage=Stage.PRODUCTION, reason=note), CONTROLLER)
+        except Exception as error:
+            log.warning("promotion of rollout #%d failed at %s: %s", rollout.id, step, error)
+            self._end(self.get(rollout.id), RolloutState.FAILED, CONTROLLER.name,
+                      f"promotion failed {step}: {error}; traffic restored to the stable "
+                      "version", {"error": type(error).__name__}, reject=False)
+            return
+        with self.db.session() as session:
+            row = rollout_row(session, rollout.id)
+            if RolloutState(row.state).terminal:
+                return
+            now = self._now()
+            endpoint = endpoint_row(session, row.endpoint)
+            weights = {row.candidate_version: 100.0}
+            if row.stable_version is not None:
+                weights[row.stable_version] = 0.0  # drains, then is removed and archived
+                row.retire_version = row.stable_version
+                row.retire_at = now + timedelta(seconds=float(row.spec.get("drain_s", 5.0)))
+            self.deployments.write_routes(session, endpoint, weights, [])
+            transition(session, row, RolloutState.SUCCEEDED, actor, reason,
+                       {"weights": {str(k): v for k, v in weights.items()},
+                        "alias": CHAMPION, "stage": Stage.PRODUCTION.value})
+            row.finished_at = now
+
+    def _end(self, rollout: RolloutOut, state: RolloutState, actor: str, reason: str,
+             data: dict[str, Any], *, reject: bool) -> None:
+        """Roll back or abort: stable to 100% first, the candidate drained, then removed."""
+        if not can_transition(rollout.state, state):
+            raise ConflictError(f"rollout #{rollout.id} is {rollout.state} and cannot become "
+                                f"{state}", detail={"field": "state"})
+        with self.db.session() as session:
+            row = rollout_row(session, rollout.id)
+            if not can_transition(RolloutState(row.state), state):
+                return
+            now = self._now()
+            endpoint = endpoint_row(session, row.endpoint)
+            weights: dict[int, float] = {row.candidate_version: 0.0}
+            if row.stable_version is not None:
+                weights[row.stable_version] = 100.0
+            self.deployments.write_routes(session, endpoint, weights, [], allow_rejected=True)
+            if not row.spec.get("keep_candidate"):
+                row.retire_version = row.candidate_version
+                row.retire_at = now + timedelta(seconds=float(row.spec.get("drain_s", 5.0)))
+            transition(session, row, state, actor, reason,
+                       {**data, "weights": {str(k): v for k, v in weights.items()}})
+            row.finished_at = now
+            # What is still owed commits with the state, so a crash cannot lose it.
+            owe(row, reject=reason if reject else None,
+                alert=_rollback_alert(rollout, reason, data)
+                if state == RolloutState.ROLLED_BACK else None)
+        self._apply()  # traffic first: the registry and the alert can wait a moment
+        self._followups.finish(rollout.id)
+
+    def _retire_drained(self) -> bool:
+        """Remove versions whose drain time is over; archive a replaced stable version."""
+        now = self._now()
+        with self.db.session() as session:
+            due = session.scalars(select(RolloutRow).where(
+                RolloutRow.retire_at.is_not(None), RolloutRow.retire_at <= now)).all()
+            archive: list[int] = []
+            for row in due:
+                version = row.retire_version
+                row.retire_version, row.retire_at = None, None
+                endpoint = session.scalar(select(EndpointRow).where(
+                    EndpointRow.name == row.endpoint))
+                if endpoint is None or version is None:
+                    continue
+                routes = read_routes(session, endpoint)
+                weights = routes.weights
+                if weights.get(version) != 0.0 or any(
+                        r.state in ACTIVE_STATES for r in session.scalars(select(RolloutRow).where(
+                            RolloutRow.endpoint == row.endpoint, RolloutRow.id != row.id))):
+                    continue  # taken back into service, or a newer rollout owns the table
+                del weights[version]
+                self.deployments.write_routes(session, endpoint, weights, routes.shadows,
+                                              allow_rejected=True)
+                event(session, row, "retired", CONTROLLER.name,
+                      f"v{version} drained and removed from {row.endpoint}")
+                if row.state == RolloutState.SUCCEEDED and version == row.stable_version:
+                    # Owed with the removal: a crash before the archive cannot lose it.
+                    owe_archive(row, version)
+                    archive.append(row.id)
+        for rollout_id in archive:
+            self._followups.finish(rollout_id)
+        return bool(due)
+
+
+def _rollback_alert(rollout: RolloutOut, reason: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "RolloutRolledBack", "severity": "critical",
+            "labels": {"endpoint": rollout.endpoint, "model": rollout.model,
+                       "version": str(rollout.candidate_version)},
+            "summary": f"rollout #{rollout.id} of {rollout.model}:{rollout.candidate_version} "
+                       f"on {rollout.endpoint}: {reason}",
+            "data": {"rollout": rollout.id, **data}}
