@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from modelplane.errors import ModelplaneError
+from modelplane.errors import ModelplaneError, error_body
 from serving.errors import (
     InferenceFailedError,
     InvalidRequestError,
@@ -81,17 +81,15 @@ class HttpResult:
 
 
 def _json(status: int, payload: Any) -> HttpResult:
-    # No x-request-id header: Serve's proxy sets its own; ours is in the body.
-    return HttpResult(status, json.dumps(payload).encode(), {"content-type": "application/json"})
+    # No x-request-id header: Serve's proxy sets its own; ours is in the body. default=str:
+    # an error's detail holding a NumPy scalar must still give an answer.
+    return HttpResult(status, json.dumps(payload, default=str).encode(), {"content-type": "application/json"})
 
 
 def error_result(error: ModelplaneError, request_id: str) -> HttpResult:
     # The v2 spec's error body is {"error": "<message>"}; tritonclient shows that field,
     # so the message goes there and the stable code beside it.
-    result = _json(
-        error.http_status,
-        {"error": error.message, "code": error.code, "request_id": request_id},
-    )
+    result = _json(error.http_status, error_body(error, request_id))
     if request_id:
         result.headers[REQUEST_ID_HEADER] = request_id
     return result
