@@ -61,7 +61,8 @@ def _replica_id() -> str:
 
 class _CoreAdapter:
     """HTTP in and out of the core, and the statistics shipped to the Monitor about once a
-    second, off the request path. Shared by the colocated endpoint and the isolated router.
+    second, off the request path (accounted in a worker thread). Shared by the colocated
+    endpoint and the isolated router.
     """
 
     core: InferenceCore | None
@@ -112,7 +113,9 @@ class _CoreAdapter:
             await asyncio.sleep(interval)
             if core is None:
                 continue
-            delta = core.take_stats().to_delta()
+            # The monitoring kernels run here, in a worker thread: they release the GIL,
+            # and the event loop keeps answering requests meanwhile.
+            delta = await asyncio.to_thread(core.take_stats().to_delta)
             if not delta:
                 continue
             key = (core.config.monitor_actor, core.config.monitor_namespace)

@@ -185,6 +185,8 @@ class MonitorState:
             for kind, codes in (data.get("routed_apart") or {}).items():
                 counts.update({f"{kind}:{c}": n for c, n in codes.items()})
             counts.update({f"shadow:{k}": v for k, v in data.get("shadow", {}).items() if v})
+            if data.get("unobserved_requests"):
+                counts["q:unobserved_requests"] = data["unobserved_requests"]
             part = data.get("monitoring")
             if part is not None:
                 self._install_profile(data.get("profile"), part.get("profile_key", ""))

@@ -104,6 +104,8 @@ def quality_section(counts: Counter[str], *, input_names: tuple[str, ...],
         "data_age_s": counts["q:age_sum"] / age_n if age_n else None,
         "data_age_count": int(age_n),
         "unmonitored_rows": int(counts.get("q:unmonitored_rows", 0)),
+        # Answered requests a replica failed to account (its log says why): not in drift.
+        "unobserved_requests": int(counts.get("q:unobserved_requests", 0)),
         "monitored": not problem,
         "problem": problem,
     }

@@ -6,10 +6,11 @@ reference support, the age of the data) and the feedback join (the predicted val
 each request, by request id).
 
 The request path only appends references (request id, arrays, outputs) to a list
-(``StatsRecorder.observe``). The compiled kernels run once per chunk of
-:data:`CHUNK_REQUESTS` requests, or when the statistics are shipped, which is what makes
-them cheap: one pass over 256 rows costs little more than the call itself. Everything is bounded: a chunk is processed as
-soon as it fills, the sample ring has a fixed capacity, and at most
+(``StatsRecorder.observe``). The compiled kernels run over everything observed when the
+statistics are shipped, in the replica's shipping thread, off the request path: one
+pass over a second's rows costs little more than the call itself. Everything is bounded:
+at most :data:`PENDING_LIMIT` requests wait unaccounted (past that the request path
+accounts them itself), the sample ring has a fixed capacity, and at most
 :data:`MAX_FEEDBACK_PER_DELTA` predictions are kept per shipment (the rest are counted).
 """
 
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHUNK_REQUESTS = 256
+# Observed requests held unaccounted at most (about a second of a busy replica's traffic).
+PENDING_LIMIT = 4096
 SAMPLE_CAPACITY = 512  # rows per shipment kept for KS and Wasserstein at the Monitor
 MAX_FEEDBACK_PER_DELTA = 20_000
 FEATURE_TIMESTAMP = "feature_timestamp"

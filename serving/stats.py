@@ -1,11 +1,15 @@
 """What a replica measures per version, kept locally and shipped to the Monitor as deltas.
 
 Recording is a few in-process operations per request (no remote call); a background task
-in the replica swaps the recorder about once a second and sends what it collected.
+in the replica swaps the recorder about once a second, accounts the observed requests
+(the monitoring kernels) in a worker thread and sends what it collected. Observation work
+never decides a request's outcome: the request path only appends, and a failure while
+accounting is logged and counted (``unobserved_requests``), never raised to a caller.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from serving.observations import CHUNK_REQUESTS, Observed, VersionMonitoring, VersionObservations
+from serving.observations import PENDING_LIMIT, Observed, VersionMonitoring, VersionObservations
+
+log = logging.getLogger(__name__)
 
 # Latencies in seconds: 1 µs to ~3 h, with 1% relative accuracy.
 LATENCY_MIN_S = 1e-6
@@ -66,6 +72,7 @@ class VersionStats:
     routed_apart: dict[str, Counter[int]] = field(default_factory=dict)  # pinned/sticky codes
     shadow: ShadowStats = field(default_factory=ShadowStats)
     observations: VersionObservations | None = None
+    unobserved: int = 0  # answered requests whose accounting failed (logged, not raised)
 
 
 class StatsRecorder:
@@ -113,26 +120,38 @@ class StatsRecorder:
         """An answered request's inputs and outputs, for drift, quality and feedback."""
         if not self.enabled:
             return
-        # The request path: one append. The kernels run per chunk (flush_observations).
+        # The request path: one append. The kernels run when the statistics are shipped
+        # (to_delta, off the request path), or here once PENDING_LIMIT requests wait.
         pending = self._observed.get(version)
         if pending is None:
             pending = self._observed[version] = []
         pending.append((request_id, arrays, outputs, data_age_s))
         self._observed_count += 1
-        if self._observed_count >= CHUNK_REQUESTS:
+        if self._observed_count >= PENDING_LIMIT:
             self.flush_observations()
 
     def flush_observations(self) -> None:
-        """Account every observed request since the last flush, a version at a time."""
+        """Account every observed request since the last flush, a version at a time.
+
+        Never raises: a version whose accounting fails (a model answering an output the
+        profile cannot read, a kernel fault) loses that chunk's observations, which are
+        counted as ``unobserved_requests`` and logged; serving and the other versions
+        carry on."""
         observed, self._observed, self._observed_count = self._observed, {}, 0
         for version, items in observed.items():
             stats = self._of(version)
-            if stats.observations is None:
-                spec = self.monitoring.get(version)
-                if spec is None:
-                    continue
-                stats.observations = VersionObservations(spec)
-            stats.observations.account(items)
+            try:
+                if stats.observations is None:
+                    spec = self.monitoring.get(version)
+                    if spec is None:
+                        continue
+                    stats.observations = VersionObservations(spec)
+                stats.observations.account(items)
+            except Exception:
+                if not stats.unobserved:
+                    log.exception("version %s: could not account %d observed requests; "
+                                  "they are counted as unobserved", version, len(items))
+                stats.unobserved += len(items)
 
     def record_shadow(self, version: int, *, agreed: bool | None, abs_diff: float,
                       latency_delta_s: float, failed: bool) -> None:
@@ -166,6 +185,8 @@ class StatsRecorder:
             }
             if stats.observations is not None:
                 delta[version]["monitoring"] = stats.observations.to_delta()
+            if stats.unobserved:
+                delta[version]["unobserved_requests"] = stats.unobserved
         return delta
 
 

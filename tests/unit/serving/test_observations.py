@@ -156,3 +156,50 @@ def test_monitoring_off_records_nothing() -> None:
     core.update(config.model_copy(update={"monitoring": False}), backends)
     send(core, np.zeros((1, 4), np.float32))
     assert core.take_stats().to_delta() == {}
+
+
+def test_the_request_path_only_appends_and_the_shipment_accounts(monkeypatch) -> None:
+    accounted: list[int] = []
+    original = observations.VersionObservations.account
+
+    def counting(self, items):
+        accounted.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(observations.VersionObservations, "account", counting)
+    core = make_core(PROFILE)
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 600))
+    assert accounted == []  # 600 answers, no kernel on any request's path
+    part = core.take_stats().to_delta()[1]["monitoring"]
+    assert accounted == [600] and part["rows"] == 600
+
+
+def test_a_backlog_past_the_limit_is_accounted_on_the_request_path(monkeypatch) -> None:
+    monkeypatch.setattr(observations, "PENDING_LIMIT", 50)
+    monkeypatch.setattr("serving.stats.PENDING_LIMIT", 50)
+    core = make_core(PROFILE)
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 120))
+    assert core.recorder._observed_count == 20  # two full backlogs accounted, 20 waiting
+    assert core.take_stats().to_delta()[1]["monitoring"]["rows"] == 120
+
+
+def test_accounting_that_fails_never_changes_an_answer_and_is_counted(monkeypatch, caplog) -> None:
+    def broken(self, items):
+        raise FloatingPointError("a kernel fault")
+
+    monkeypatch.setattr(observations, "PENDING_LIMIT", 8)
+    monkeypatch.setattr("serving.stats.PENDING_LIMIT", 8)
+    monkeypatch.setattr(observations.VersionObservations, "account", broken)
+    core = make_core(PROFILE)
+    results = asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 20))
+    assert [r.status for r in results] == [200] * 20  # accounted on the path: still answered
+    delta = core.take_stats().to_delta()[1]
+    assert delta["codes"] == {200: 20}  # each request counted once, as answered
+    assert delta["unobserved_requests"] == 20
+    assert "could not account" in caplog.text
+
+    from serving.monitor import MonitorState
+
+    state = MonitorState()
+    state.record("churn", "replica-1", {1: delta})
+    assert state.snapshot("churn", 60)[1]["quality"]["unobserved_requests"] == 20
