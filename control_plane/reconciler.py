@@ -169,6 +169,7 @@ class Reconciler:
                     feedback_allows_anonymous=self.feedback_allows_anonymous,
                     max_body_bytes=self.max_body_bytes,
                     generation=endpoint.generation,
+                    incarnation=f"{endpoint.created_at.isoformat()}#{endpoint.id}",
                 )
         return configs
 

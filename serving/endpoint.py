@@ -38,6 +38,7 @@ from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotRead
 from serving.monitor import get_monitor
 from serving.observations import attach_profiles
 from serving.schemas import EndpointConfig, VersionConfig
+from serving.stats import ServedConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,12 @@ def _replica_id() -> str:
         return str(serve.get_replica_context().replica_id.unique_id)
     except Exception:  # outside a replica (unit tests)
         return f"pid-{os.getpid()}"
+
+
+def served_by(config: EndpointConfig) -> ServedConfig:
+    """What the Monitor needs to know of the configuration a delta was recorded under."""
+    return ServedConfig(config.incarnation, config.generation,
+                        tuple(v.version for v in config.versions))
 
 
 class _CoreAdapter:
@@ -129,7 +136,8 @@ class _CoreAdapter:
             sent = {core.monitoring[v].profile_key for v, d in delta.items() if "profile" in d}
             try:
                 answer = await asyncio.wait_for(
-                    asyncio.wrap_future(monitor.record.remote(core.config.endpoint, replica, delta).future()),
+                    asyncio.wrap_future(monitor.record.remote(
+                        core.config.endpoint, replica, delta, served_by(core.config)).future()),
                     timeout=5,
                 )
             except Exception as error:  # the monitor restarting must not break serving

@@ -38,6 +38,7 @@ from serving.stats import (
     ROUTED_PINNED,
     ROUTED_RANDOMLY,
     ROUTED_STICKY,
+    ServedConfig,
     ShadowStats,
 )
 
@@ -139,6 +140,7 @@ class MonitorState:
         self.join = FeedbackJoin(clock, max_bytes=prediction_store_bytes)
         self.drift_alpha, self.drift_min_rows = drift_alpha, drift_min_rows
         self._drift_cache: dict[tuple[str, int, float], tuple[Any, dict[str, Any]]] = {}
+        self.served: dict[str, ServedConfig] = {}  # per endpoint, the newest configuration seen
 
     def _series(self, endpoint: str, version: int) -> VersionSeries:
         from kernels import Sketch, SketchWindow
@@ -156,17 +158,24 @@ class MonitorState:
             )
         return self.series[key]
 
-    def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]]) -> dict[str, Any]:
-        """Merge one replica's delta (see ``StatsRecorder.to_delta``).
+    def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
+               served: ServedConfig | None = None) -> dict[str, Any]:
+        """Merge one replica's delta (see ``StatsRecorder.to_delta``) recorded under
+        ``served`` (see :meth:`_admit`).
 
         Returns the reference profiles the delta referred to that this Monitor does not
         hold (a restarted Monitor has none): the replica sends them with its next delta.
         """
         from kernels import Sketch
 
+        versions = self._admit(endpoint, served)
+        if versions is None:
+            return {"missing_profiles": []}
         self.replicas.setdefault(endpoint, {})[replica] = self._clock()
         missing_profiles: set[str] = set()
         for version, data in delta.items():
+            if versions and int(version) not in versions and int(version) != ENDPOINT_LEVEL:
+                continue  # a version the endpoint no longer serves (an older replica's last words)
             series = self._series(endpoint, int(version))
             counts: dict[str, float] = {f"code:{c}": n for c, n in data.get("codes", {}).items()}
             latency_n, latency_sum = 0, 0.0
@@ -376,13 +385,39 @@ class MonitorState:
             })
         return rows
 
-    def forget(self, endpoint: str) -> None:
-        for key in [k for k in self.series if k[0] == endpoint]:
+    def _admit(self, endpoint: str, served: ServedConfig | None) -> frozenset[int] | None:
+        """The versions ``endpoint`` serves now, after taking in the configuration a delta
+        was recorded under; None when the delta belongs to an older incarnation of the
+        endpoint (deleted and created again under the same name) and must be dropped.
+
+        A newer incarnation starts the endpoint's statistics afresh; a newer generation
+        that serves fewer versions forgets the removed ones, so a version deployed again
+        later starts afresh too. Deltas without an identity (an empty set) are merged."""
+        if served is None or not served.incarnation:
+            return frozenset()
+        known = self.served.get(endpoint)
+        if known is not None and served.incarnation < known.incarnation:
+            return None
+        if known is not None and served.incarnation > known.incarnation:
+            self.forget(endpoint)
+            known = None
+        if known is None or served.generation > known.generation:
+            if known is not None:
+                for version in set(known.versions) - set(served.versions):
+                    self.forget(endpoint, version)
+            self.served[endpoint] = known = served
+        return frozenset(known.versions)
+
+    def forget(self, endpoint: str, version: int | None = None) -> None:
+        """Drop what is known of ``endpoint`` (or of one of its versions)."""
+        for key in [k for k in self.series if k[0] == endpoint and version in (None, k[1])]:
             del self.series[key]
-        for key in [k for k in self._drift_cache if k[0] == endpoint]:
+        for key in [k for k in self._drift_cache if k[0] == endpoint and version in (None, k[1])]:
             del self._drift_cache[key]
-        self.replicas.pop(endpoint, None)
-        self.join.forget(endpoint)
+        if version is None:
+            self.replicas.pop(endpoint, None)
+            self.served.pop(endpoint, None)
+            self.join.forget(endpoint)
 
 
 def _quantiles_ms(sketch: Any) -> dict[str, float]:
@@ -423,8 +458,9 @@ class MonitorActor:
         warmup()
         self.state = MonitorState(prediction_store_bytes=prediction_store_bytes)
 
-    def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]]) -> dict[str, Any]:
-        return self.state.record(endpoint, replica, delta)
+    def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
+               served: ServedConfig | None = None) -> dict[str, Any]:
+        return self.state.record(endpoint, replica, delta, served)
 
     def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         return self.state.feedback(endpoint, items)
@@ -435,8 +471,8 @@ class MonitorActor:
     def totals(self) -> list[dict[str, Any]]:
         return self.state.totals()
 
-    def forget(self, endpoint: str) -> None:
-        self.state.forget(endpoint)
+    def forget(self, endpoint: str, version: int | None = None) -> None:
+        self.state.forget(endpoint, version)
 
     def feedback_memory(self) -> dict[str, int]:
         """The prediction store's estimated bytes and bounds (see ``FeedbackJoin.memory``)."""

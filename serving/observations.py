@@ -279,6 +279,9 @@ class RecentRows:
     def newest(self) -> np.ndarray:
         if not self._chunks:
             return np.empty((0, 0))
+        last = self._chunks[-1]
+        if last.shape[0] >= SAMPLE_CAPACITY:  # a shipment's one chunk: no copy of it all
+            return last[-SAMPLE_CAPACITY:].copy()
         return np.concatenate(self._chunks)[-SAMPLE_CAPACITY:]
 
 

@@ -116,6 +116,10 @@ class EndpointConfig(Wire):
     feedback_allows_anonymous: bool = Field(
         False, description="Accept feedback without a token (MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS).")
     generation: int = 0
+    # Which creation of this endpoint name the configuration belongs to (the store row's
+    # creation time and id): sortable, so the Monitor starts afresh for a newer one and
+    # ignores the last shipments of an older one instead of merging two endpoints.
+    incarnation: str = ""
 
     @model_validator(mode="after")
     def _routes_name_known_versions(self) -> EndpointConfig:

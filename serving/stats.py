@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +31,14 @@ ENDPOINT_LEVEL = 0  # requests refused before a version was chosen
 ROUTED_RANDOMLY = "random"
 ROUTED_PINNED = "pinned"
 ROUTED_STICKY = "sticky"
+
+
+class ServedConfig(NamedTuple):
+    """The configuration a replica recorded a delta under, as the Monitor needs it."""
+
+    incarnation: str  # which creation of the endpoint name (EndpointConfig.incarnation)
+    generation: int  # which change of its configuration
+    versions: tuple[int, ...]  # the versions it serves
 
 
 def new_latency_sketch() -> Any:
