@@ -6,10 +6,15 @@ logging on and off, one process, both measured in the same run.
 A batch is what ``serve.batch`` hands the model server: 32 single-row requests, run as one
 ONNX call (``ModelRunner.run_batch``). With monitoring on, each of the 32 requests is also
 observed the way the inference core does it (``StatsRecorder.observe``: the request path
-part) and, once a second, the statistics are taken and shipped as the replica does
-(``to_delta``: the kernels over the pending chunk, the sample rings, the kept predictions),
-so the figures include every cost monitoring adds to a replica. Off and on alternate in
-rounds to share the machine's noise. Results: benchmarks/results/monitoring.json and .md.
+part, an append) and, once a second, the statistics are taken and shipped as the replica
+does (``to_delta``: the kernels over every pending request, the sample rings, the kept
+predictions). A replica runs ``to_delta`` in its shipping thread, off the request path;
+here it runs in the same thread, outside the per-batch timing but inside the throughput
+figure, so the throughput ratio includes every cost monitoring adds to a replica. Off and
+on alternate in rounds to share the machine's noise. This model answers 32 rows in ~120 µs,
+so the kernels' per-row cost (64 features) weighs far more here than beside the ~0.5 ms of
+CPU a served request costs: benchmarks/monitoring_served.py measures that. Results:
+benchmarks/results/monitoring.json and .md.
 """
 
 from __future__ import annotations
