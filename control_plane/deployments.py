@@ -55,6 +55,7 @@ class Route:
 
     @property
     def version(self) -> int:
+        """The version's number."""
         return self.version_row.version
 
     @property

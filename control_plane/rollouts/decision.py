@@ -90,6 +90,7 @@ class Decision:
 
 
 def settings_of(rollout: RolloutOut) -> AnalysisSettings:
+    """The analysis gates ``rollout`` was started with."""
     return AnalysisSettings.model_validate(rollout.spec["analysis"])
 
 

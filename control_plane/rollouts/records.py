@@ -22,6 +22,7 @@ CONTROLLER = Principal(name="rollout-controller", role=Role.ADMIN)
 
 
 def rollout_row(session: Session, rollout_id: int) -> RolloutRow:
+    """The stored rollout ``rollout_id``; a 404 where there is none."""
     row = session.get(RolloutRow, rollout_id)
     if row is None:
         raise NotFoundError(f"no rollout #{rollout_id}", detail={"field": "rollout"})
@@ -48,6 +49,7 @@ def event(session: Session, row: RolloutRow, kind: str, actor: str, reason: str,
 
 
 def rollout_out(session: Session, row: RolloutRow) -> RolloutOut:
+    """``row`` as the API shows it, and as :func:`decision.decide` reads it."""
     model = session.get(ModelRow, row.model_id)
     assert model is not None
     return RolloutOut(
@@ -87,10 +89,12 @@ def replicas(endpoint: EndpointRow, routes: Routes, stable: int) -> int:
 
 
 def step_json(step: Step) -> dict[str, Any]:
+    """``step`` as stored in the rollout's ``spec["plan"]``."""
     return {"candidate_weight": step.candidate_weight, "shadow": step.shadow, "hold_s": step.hold_s}
 
 
 def steps(row: RolloutRow) -> list[Step]:
+    """The plan stored with ``row``."""
     return [Step(**s) for s in row.spec["plan"]]
 
 
