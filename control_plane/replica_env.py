@@ -25,7 +25,6 @@ from modelplane.settings import Settings
 log = logging.getLogger(__name__)
 
 REPLICA_TOKEN_NAME = "serving-replicas"
-REPLICA_TOKEN_FILE = "replica.token"
 # What no Ray worker may inherit: the store's URL (with its password) and a person's token.
 SECRET_VARIABLES = ("MODELPLANE_DB_URL", "MODELPLANE_TOKEN")
 # The control plane acting for itself when it mints the replicas' token.
@@ -41,7 +40,7 @@ def replica_environment(settings: Settings, tokens: TokenService) -> dict[str, s
 
 def replica_read_token(settings: Settings, tokens: TokenService) -> str:
     """The replicas' read-only token: the kept one while it still works, else a new one."""
-    path = settings.home / REPLICA_TOKEN_FILE
+    path = settings.replica_token_path
     try:
         kept = path.read_text().strip()
     except OSError:

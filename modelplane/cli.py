@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 
 import typer
 
@@ -35,14 +34,13 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON for sc
     """Show the settings resolved from the environment (secrets hidden)."""
     from modelplane.settings import get_settings
 
-    settings = get_settings()
-    values = {k: str(v) for k, v in asdict(settings).items() if k != "token"}
-    values["token"] = "set" if settings.token else "unset"
+    values = get_settings().described()
     if as_json:
         typer.echo(json.dumps(values, indent=2))
         return
+    width = max(map(len, values))
     for key, value in values.items():
-        typer.echo(f"{key:22} {value}")
+        typer.echo(f"{key:{width}}  {value}")
 
 
 @app.command()

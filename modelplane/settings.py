@@ -8,51 +8,144 @@
 | ``MODELPLANE_HTTP_PORT``        | ``8000``                                 | port Serve listens on (inference and ``/api``) |
 | ``MODELPLANE_HTTP_HOST``        | ``127.0.0.1``                            | address Serve binds |
 | ``MODELPLANE_URL``              | ``http://127.0.0.1:$MODELPLANE_HTTP_PORT`` | the control plane's address, for clients |
-| ``MODELPLANE_TOKEN``            | unset (falls back to ``$MODELPLANE_HOME/admin.token``) | bearer token clients send |
+| ``MODELPLANE_TOKEN``            | unset (falls back to ``$MODELPLANE_HOME/admin.token``) | bearer token clients send; in a model replica, the replicas' read-only token |
+| ``MODELPLANE_CACHE_DIR``        | ``modelplane-cache`` in the temp folder  | node-local folder where model replicas keep downloaded artifacts |
 | ``MODELPLANE_MAX_ARTIFACT_MB``  | ``2048``                                 | largest artifact accepted, in MiB |
 | ``MODELPLANE_READS_REQUIRE_TOKEN`` | ``false``                             | whether GET calls also need a token |
 | ``MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS`` | ``false``                      | accept ``/v2/models/{e}/feedback`` without a label source's token |
 | ``MODELPLANE_MAX_REQUEST_MB``   | ``64``                                   | largest inference request body a replica reads, in MiB (413 above) |
 
-Values are validated when read: a bad one raises :class:`ConfigurationError` naming the
-variable, the value and what is expected, before anything starts.
+Each variable is a field of :class:`Settings` (``MODELPLANE_`` plus the field's name);
+pydantic-settings reads and converts them. An empty variable counts as unset. Values are
+validated when read: a bad one raises :class:`ConfigurationError` naming the variable, the
+value and what is expected, before anything starts.
 """
 
 from __future__ import annotations
 
-import os
+import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from contextvars import ContextVar
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
+from urllib.parse import urlparse, urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from modelplane.errors import ConfigurationError
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+PREFIX = "MODELPLANE_"
+MIB = 1024 * 1024
+REPLICA_TOKEN_FILE = "replica.token"
+_BOOLEAN = "one of true/false, 1/0, yes/no, on/off"
+
+# The mapping Settings.from_env reads instead of os.environ, for the construction under way.
+_given_environ: ContextVar[Mapping[str, str] | None] = ContextVar("_given_environ", default=None)
 
 
-@dataclass(frozen=True)
-class Settings:
+def _expects(phrase: str) -> dict[str, Any]:
+    """Field metadata: what a valid value looks like, for the error that names the variable."""
+    return {"expected": phrase}
+
+
+def _default_cache_dir() -> Path:
+    # Resolved in the process that reads the settings: each node's own temp folder.
+    return Path(tempfile.gettempdir()) / "modelplane-cache"
+
+
+class Settings(BaseSettings):
     """Resolved configuration; build it with :meth:`from_env`."""
 
-    home: Path
-    db_url: str
-    artifact_uri: str
-    http_host: str
-    http_port: int
-    url: str
-    token: str | None = field(default=None, repr=False)
-    max_artifact_bytes: int = 2048 * 1024 * 1024
-    reads_require_token: bool = False
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, frozen=True,
+                                      extra="ignore")
+
+    # Fields that default to something derived from another come after it: a validator
+    # sees only the fields declared before its own.
+    home: Path = Field(Path(".modelplane"), validate_default=True)
+    http_port: int = Field(8000, gt=0, le=65535, json_schema_extra=_expects(
+        "a TCP port (a positive integer of at most 65535)"))
+    http_host: str = "127.0.0.1"
+    db_url: str = Field("", validate_default=True, json_schema_extra=_expects(
+        "an SQLAlchemy URL such as sqlite:///path/modelplane.db or "
+        "postgresql+psycopg://user:pass@host/db"))
+    artifact_uri: str = Field("", validate_default=True)
+    url: str = Field("", validate_default=True, json_schema_extra=_expects(
+        "an http:// or https:// URL such as http://127.0.0.1:8000"))
+    token: str | None = Field(None, repr=False)
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    max_artifact_mb: int = Field(2048, gt=0, json_schema_extra=_expects("a positive integer"))
+    reads_require_token: bool = Field(False, json_schema_extra=_expects(_BOOLEAN))
     # Labels steer rollouts (the accuracy gate): only label sources post them unless opened.
-    feedback_allows_anonymous: bool = False
-    max_request_bytes: int = 64 * 1024 * 1024
+    feedback_allows_anonymous: bool = Field(False, json_schema_extra=_expects(_BOOLEAN))
+    max_request_mb: int = Field(64, gt=0, le=4096, json_schema_extra=_expects(
+        "a positive integer of at most 4096"))
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   env_settings: Any, dotenv_settings: Any,
+                                   file_secret_settings: Any) -> tuple[Any, ...]:
+        # The environment alone (or the mapping from_env was given): no .env file, no secrets dir.
+        return init_settings, _Environment(settings_cls)
+
+    @field_validator("reads_require_token", "feedback_allows_anonymous", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        # pydantic reads " true " as no boolean; a stray space in a shell export is forgiven.
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, home: Path) -> Path:
+        return home.expanduser().absolute()
+
+    @field_validator("db_url")
+    @classmethod
+    def _check_db_url(cls, url: str, info: ValidationInfo) -> str:
+        if not url and "home" in info.data:
+            return f"sqlite:///{info.data['home'] / 'modelplane.db'}"
+        if "://" not in url or not url.split(":", 1)[0]:
+            raise ValueError("not an SQLAlchemy URL")
+        return url
+
+    @field_validator("artifact_uri")
+    @classmethod
+    def _default_artifacts(cls, uri: str, info: ValidationInfo) -> str:
+        if not uri and "home" in info.data:
+            return str(info.data["home"] / "artifacts")
+        return uri
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str, info: ValidationInfo) -> str:
+        if not url:
+            if "http_port" not in info.data:
+                return url  # the port's own error is the one reported
+            url = f"http://127.0.0.1:{info.data['http_port']}"
+        parsed = urlparse(url)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+            raise ValueError("not an http(s) URL")
+        return url.rstrip("/")
+
+    @property
+    def max_artifact_bytes(self) -> int:
+        """``MODELPLANE_MAX_ARTIFACT_MB`` in bytes."""
+        return self.max_artifact_mb * MIB
+
+    @property
+    def max_request_bytes(self) -> int:
+        """``MODELPLANE_MAX_REQUEST_MB`` in bytes."""
+        return self.max_request_mb * MIB
 
     @property
     def admin_token_path(self) -> Path:
         """Where the control plane writes the admin token on first start (mode 0600)."""
         return self.home / "admin.token"
+
+    @property
+    def replica_token_path(self) -> Path:
+        """Where the control plane keeps the model replicas' read-only token (mode 0600)."""
+        return self.home / REPLICA_TOKEN_FILE
 
     def resolved_token(self) -> str | None:
         """The token a client should send: ``MODELPLANE_TOKEN``, else the local admin token."""
@@ -63,114 +156,81 @@ class Settings:
         except OSError:
             return None
 
+    def replica_token_kept(self) -> bool:
+        """Whether the control plane keeps a token for model replicas (never its value)."""
+        try:
+            return bool(self.replica_token_path.read_text().strip())
+        except OSError:
+            return False
+
+    def described(self) -> dict[str, str]:
+        """Every setting as text for people (``modelplane config``), secrets hidden: the
+        tokens only as set or unset, the store's password as ``***``."""
+        values = {k: str(v) for k, v in self.model_dump(exclude={"token"}).items()}
+        values["db_url"] = _without_password(self.db_url)
+        values["token"] = "set" if self.token else "unset"
+        values["replica_token"] = "set" if self.replica_token_kept() else "unset"
+        return values
+
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced (tests and the CLI's ``--url`` use this)."""
-        return replace(self, **changes)
+        return self.model_copy(update=changes)
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``MODELPLANE_*`` variables, to hand to another process or replica."""
-        env = {
-            "MODELPLANE_HOME": str(self.home),
-            "MODELPLANE_DB_URL": self.db_url,
-            "MODELPLANE_ARTIFACT_URI": self.artifact_uri,
-            "MODELPLANE_HTTP_HOST": self.http_host,
-            "MODELPLANE_HTTP_PORT": str(self.http_port),
-            "MODELPLANE_URL": self.url,
-            "MODELPLANE_MAX_ARTIFACT_MB": str(self.max_artifact_bytes // (1024 * 1024)),
-            "MODELPLANE_READS_REQUIRE_TOKEN": "true" if self.reads_require_token else "false",
-            "MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS": "true" if self.feedback_allows_anonymous else "false",
-            "MODELPLANE_MAX_REQUEST_MB": str(self.max_request_bytes // (1024 * 1024)),
-        }
-        if self.token:
-            env["MODELPLANE_TOKEN"] = self.token
+        env = {}
+        for field, value in self.model_dump().items():
+            if value is None:  # an unset token stays unset
+                continue
+            env[variable(field)] = ("true" if value else "false") if isinstance(value, bool) else str(value)
         return env
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate every ``MODELPLANE_*`` variable."""
-        env = os.environ if environ is None else environ
-        home = Path(env.get("MODELPLANE_HOME") or ".modelplane").expanduser().absolute()
-        port = _port(env, "MODELPLANE_HTTP_PORT", 8000)
-        host = env.get("MODELPLANE_HTTP_HOST") or "127.0.0.1"
-        db_url = env.get("MODELPLANE_DB_URL") or f"sqlite:///{home / 'modelplane.db'}"
-        _check_db_url(db_url)
-        url = (env.get("MODELPLANE_URL") or f"http://127.0.0.1:{port}").rstrip("/")
-        _check_http_url(url)
-        return cls(
-            home=home,
-            db_url=db_url,
-            artifact_uri=env.get("MODELPLANE_ARTIFACT_URI") or str(home / "artifacts"),
-            http_host=host,
-            http_port=port,
-            url=url,
-            token=env.get("MODELPLANE_TOKEN") or None,
-            max_artifact_bytes=_positive_int(env, "MODELPLANE_MAX_ARTIFACT_MB", 2048) * 1024 * 1024,
-            reads_require_token=_bool(env, "MODELPLANE_READS_REQUIRE_TOKEN", False),
-            feedback_allows_anonymous=_bool(env, "MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS", False),
-            max_request_bytes=_bounded_int(env, "MODELPLANE_MAX_REQUEST_MB", 64, 4096) * 1024 * 1024,
-        )
+        """Read and validate every ``MODELPLANE_*`` variable of ``environ`` (default: os.environ)."""
+        given = _given_environ.set(environ)
+        try:
+            return cls()
+        except ValidationError as error:
+            raise _invalid(error) from None
+        finally:
+            _given_environ.reset(given)
 
 
-def _invalid(name: str, value: str, expected: str) -> ConfigurationError:
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, reading the mapping ``from_env`` was given."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        given = _given_environ.get()
+        if given is None:
+            return super()._load_env_vars()
+        return {(name if self.case_sensitive else name.lower()): value
+                for name, value in given.items() if not (self.env_ignore_empty and value == "")}
+
+
+def variable(field: str) -> str:
+    """The environment variable of a :class:`Settings` field."""
+    return PREFIX + field.upper()
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+def _invalid(error: ValidationError) -> ConfigurationError:
+    # The first failure, in field order: the one the reader fixes first.
+    first = error.errors()[0]
+    field = str(first["loc"][0])
+    name, value = variable(field), str(first["input"])
+    extra = Settings.model_fields[field].json_schema_extra
+    expected = extra["expected"] if isinstance(extra, dict) else first["msg"]
     return ConfigurationError(
         f"{name}={value!r} is invalid: expected {expected}. Fix or unset {name}.",
         detail={"variable": name, "value": value, "expected": expected},
     )
-
-
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _invalid(name, raw, "a positive integer") from None
-    if value <= 0:
-        raise _invalid(name, raw, "a positive integer")
-    return value
-
-
-def _bounded_int(env: Mapping[str, str], name: str, default: int, most: int) -> int:
-    value = _positive_int(env, name, default)
-    if value > most:
-        raise _invalid(name, env[name], f"a positive integer of at most {most}")
-    return value
-
-
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _positive_int(env, name, default)
-    if value > 65535:
-        raise _invalid(name, env[name], "a TCP port between 1 and 65535")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise _invalid(name, raw, "one of true/false, 1/0, yes/no, on/off")
-
-
-def _check_db_url(url: str) -> None:
-    scheme = url.split(":", 1)[0]
-    if "://" not in url or not scheme:
-        raise _invalid(
-            "MODELPLANE_DB_URL", url,
-            "an SQLAlchemy URL such as sqlite:///path/modelplane.db or "
-            "postgresql+psycopg://user:pass@host/db",
-        )
-
-
-def _check_http_url(url: str) -> None:
-    parsed = urlparse(url)
-    if parsed.scheme not in {"http", "https"} or not parsed.netloc:
-        raise _invalid("MODELPLANE_URL", url, "an http:// or https:// URL such as http://127.0.0.1:8000")
 
 
 _cached: Settings | None = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
+from modelplane.settings import get_settings
 from serving.errors import ServingError
 
 _CHUNK = 1024 * 1024
@@ -21,8 +21,7 @@ class ArtifactFetchError(ServingError):
 
 def default_cache_dir() -> Path:
     """``MODELPLANE_CACHE_DIR``, else a folder under the system temp dir (node-local)."""
-    configured = os.environ.get("MODELPLANE_CACHE_DIR")
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / "modelplane-cache"
+    return get_settings().cache_dir
 
 
 def _sha256(path: Path) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modelplane.settings import get_settings
 from serving.artifact_cache import fetch_artifact
 from serving.model_runner import ModelRunner
 from serving.schemas import VersionConfig
@@ -17,8 +17,9 @@ from serving.schemas import VersionConfig
 
 def load_runner(config: VersionConfig, *, cache_dir: Path | None = None) -> ModelRunner:
     """Download (or reuse) the version's artifact, build its session and warm it up."""
+    # In a replica MODELPLANE_TOKEN is the replicas' read-only token, when reads need one.
     path = fetch_artifact(config.artifact_url, config.digest, cache_dir=cache_dir,
-                          token=os.environ.get("MODELPLANE_TOKEN"))
+                          token=get_settings().token)
     runner = ModelRunner(config, path)
     runner.warmup()
     return runner

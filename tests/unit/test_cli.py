@@ -40,7 +40,8 @@ def test_config_json_reflects_the_environment(modelplane_home: Path) -> None:
     )
     values = json.loads(result.stdout)
     assert values["home"] == str(modelplane_home)
-    assert values["token"] == "unset"
+    assert values["token"] == "unset" and values["replica_token"] == "unset"
+    assert "cache_dir" in values
 
 
 def test_a_bad_setting_is_a_one_line_error(

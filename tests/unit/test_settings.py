@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
             "MODELPLANE_TOKEN": "mp_secret",
             "MODELPLANE_MAX_ARTIFACT_MB": "16",
             "MODELPLANE_READS_REQUIRE_TOKEN": "yes",
+            "MODELPLANE_CACHE_DIR": str(tmp_path / "cache"),
         }
     )
     assert settings.db_url == "postgresql+psycopg://u:p@db:5432/mp"
@@ -52,7 +54,13 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.token == "mp_secret"
     assert settings.max_artifact_bytes == 16 * 1024 * 1024
     assert settings.reads_require_token is True
+    assert settings.cache_dir == tmp_path / "cache"
     assert "mp_secret" not in repr(settings)
+
+
+def test_the_artifact_cache_defaults_to_the_temp_folder(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path), "MODELPLANE_CACHE_DIR": ""})
+    assert settings.cache_dir == Path(tempfile.gettempdir()) / "modelplane-cache"
 
 
 def test_url_follows_the_port_when_unset(tmp_path: Path) -> None:
@@ -111,3 +119,20 @@ def test_to_env_round_trips(tmp_path: Path) -> None:
         }
     )
     assert Settings.from_env(original.to_env()) == original
+
+
+def test_described_hides_every_secret(tmp_path: Path) -> None:
+    settings = Settings.from_env({
+        "MODELPLANE_HOME": str(tmp_path), "MODELPLANE_TOKEN": "mp_secret",
+        "MODELPLANE_DB_URL": "postgresql+psycopg://u:pa55@db:5432/mp",
+        "MODELPLANE_CACHE_DIR": str(tmp_path / "cache"),
+    })
+    shown = settings.described()
+    assert shown["token"] == "set" and shown["replica_token"] == "unset"
+    assert shown["db_url"] == "postgresql+psycopg://u:***@db:5432/mp"
+    assert shown["cache_dir"] == str(tmp_path / "cache")
+    settings.replica_token_path.write_text("mp_replica\n")
+    shown = settings.described()
+    assert shown["replica_token"] == "set"
+    assert not any(secret in value for value in shown.values()
+                   for secret in ("mp_secret", "pa55", "mp_replica"))

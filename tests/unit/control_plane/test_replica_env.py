@@ -7,14 +7,10 @@ import stat
 from pathlib import Path
 
 from control_plane.auth import Principal, TokenService
-from control_plane.replica_env import (
-    REPLICA_TOKEN_FILE,
-    replica_environment,
-    without_secrets,
-)
+from control_plane.replica_env import replica_environment, without_secrets
 from control_plane.schemas import Role
 from control_plane.store import Database
-from modelplane.settings import Settings
+from modelplane.settings import REPLICA_TOKEN_FILE, Settings
 
 
 def _settings(home: Path, *, reads_require_token: bool) -> Settings:
