@@ -555,11 +555,8 @@ def _inference_error_from(response: httpx.Response) -> ModelplaneError:
 
 
 def _file_digest(path: Path) -> str:
-    hasher = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

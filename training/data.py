@@ -17,7 +17,6 @@ import numpy as np
 from training.errors import InvalidJobSpecError
 from training.schemas import DataSpec
 
-_CHUNK = 1024 * 1024
 # More distinct target values than this is a regression target, not classes.
 MAX_CLASSES = 1000
 
@@ -133,11 +132,8 @@ def check_columns(spec: DataSpec) -> None:
 
 def file_digest(location: str) -> str:
     """sha256 of a file's bytes, local or remote."""
-    hasher = hashlib.sha256()
     with _open(location) as handle:
-        while chunk := handle.read(_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _bundled(name: str) -> tuple[Any, np.ndarray, str, str, list[str] | None]:
