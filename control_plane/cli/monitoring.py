@@ -116,41 +116,43 @@ def monitor(
     from rich.console import Console
     from rich.live import Live
 
+    console = Console()
     if once:
-        Console().print(render(endpoint, api.endpoint_stats(endpoint, window_s=window), window))
+        console.print(render(endpoint, api.endpoint_stats(endpoint, window_s=window), window,
+                             width=console.width))
         return
-    with Live(auto_refresh=False) as live:
+    with Live(console=console, auto_refresh=False) as live:
         try:
             while True:
-                live.update(render(endpoint, api.endpoint_stats(endpoint, window_s=window), window),
-                            refresh=True)
+                # The width is read at each refresh, so the layout follows a resized terminal.
+                live.update(render(endpoint, api.endpoint_stats(endpoint, window_s=window), window,
+                                   width=console.width), refresh=True)
                 time.sleep(interval)
         except KeyboardInterrupt:
             pass
 
 
-def render(endpoint: str, stats: dict[str, Any], window: float) -> Any:
-    """The tables of one refresh: versions, then drift verdicts by feature."""
+def render(endpoint: str, stats: dict[str, Any], window: float, *, width: int = 200) -> Any:
+    """The tables of one refresh: versions, then drift verdicts by feature.
+
+    One row per version when that table fits ``width`` columns; otherwise it is stacked,
+    one row per figure and one column per version, so a narrow terminal shows every figure
+    instead of wrapping thirteen columns into unreadable slivers.
+    """
     from rich.console import Group
     from rich.table import Table
 
     versions = {v: s for v, s in sorted(stats.get("versions", {}).items(), key=lambda i: int(i[0]))
                 if v != "0"}
-    main = Table(title=f"{endpoint}: last {window:g} s per version ({time.strftime('%H:%M:%S')})",
-                 title_justify="left")
-    for column in ("version", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "drift",
-                   "missing", "out of range", "rejected", "last request", "accuracy", "anomalies"):
-        main.add_column(column)
-    for version, row in versions.items():
-        quality, drift = row.get("quality") or {}, row.get("drift") or {}
-        main.add_row(version, fmt(row.get("throughput_rps")), fmt(row.get("p50_ms")),
-                     fmt(row.get("p95_ms")), fmt(row.get("p99_ms")),
-                     f"{100 * (row.get('error_rate') or 0):.2f}%", _drift_text(drift),
-                     fmt(quality.get("missing")), fmt(quality.get("out_of_range")),
-                     fmt(quality.get("rejected_total")), _age(quality.get("last_request_age_s")),
-                     _accuracy_text(row.get("accuracy") or {}), _anomaly_text(row.get("anomalies") or {}))
-    features = Table(title="drift by feature (adjusted p-value; inputs, then predictions)",
-                     title_justify="left")
+    title = f"{endpoint}: last {window:g} s per version ({time.strftime('%H:%M:%S')})"
+    figures = {version: _figures(row) for version, row in versions.items()}
+    main = _one_row_per_version(title, figures)
+    if _natural_width(main) > width:
+        main = _one_column_per_version(title, figures)
+    features_title = "drift by feature (adjusted p-value; inputs, then predictions)"
+    # A table's title wraps at the table's width: let a narrow table widen to keep it whole.
+    features = Table(title=features_title, title_justify="left",
+                     min_width=min(len(features_title), width))
     features.add_column("feature")
     names: list[str] = []
     for row in versions.values():
@@ -169,6 +171,54 @@ def render(endpoint: str, stats: dict[str, Any], window: float) -> Any:
             cells.append(_feature_text(feature))
         features.add_row(name, *cells)
     return Group(main, features) if names else main
+
+
+def _figures(row: dict[str, Any]) -> dict[str, str]:
+    """One version's figures as text, by column heading."""
+    quality, drift = row.get("quality") or {}, row.get("drift") or {}
+    return {
+        "req/s": fmt(row.get("throughput_rps")), "p50 ms": fmt(row.get("p50_ms")),
+        "p95 ms": fmt(row.get("p95_ms")), "p99 ms": fmt(row.get("p99_ms")),
+        "errors": f"{100 * (row.get('error_rate') or 0):.2f}%", "drift": _drift_text(drift),
+        "missing": fmt(quality.get("missing")), "out of range": fmt(quality.get("out_of_range")),
+        "rejected": fmt(quality.get("rejected_total")),
+        "last request": _age(quality.get("last_request_age_s")),
+        "accuracy": _accuracy_text(row.get("accuracy") or {}),
+        "anomalies": _anomaly_text(row.get("anomalies") or {}),
+    }
+
+
+def _one_row_per_version(title: str, figures: dict[str, dict[str, str]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("version")
+    for heading in _figures({}):
+        table.add_column(heading)
+    for version, shown in figures.items():
+        table.add_row(version, *shown.values())
+    return table
+
+
+def _one_column_per_version(title: str, figures: dict[str, dict[str, str]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    for version in figures:
+        table.add_column(f"v{version}")
+    for heading in _figures({}):
+        table.add_row(heading, *(shown[heading] for shown in figures.values()))
+    return table
+
+
+def _natural_width(table: Any) -> int:
+    """The columns ``table`` takes when nothing in it wraps."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, table).maximum
 
 
 def _scope(rule: Any) -> str:
