@@ -44,8 +44,8 @@ TARGETS = (("mean per-batch time, monitoring on / off", "time_ratio", "<=", 1.05
 def setup(name: str, sizes: tuple[int, ...], workdir: Path) -> tuple[Any, Any]:
     """A runner for the MLP and the version's monitoring (profile from its training rows)."""
     from serving.model_runner import ModelRunner
-    from serving.observations import VersionMonitoring
-    from serving.profiles import build_reference_profile
+    from serving.monitoring.observations import VersionMonitoring
+    from serving.monitoring.profiles import build_reference_profile
     from serving.schemas import TensorSignature, VersionConfig
 
     model = mlp(sizes, seed=1)
@@ -66,7 +66,7 @@ def setup(name: str, sizes: tuple[int, ...], workdir: Path) -> tuple[Any, Any]:
 def measure(runner: Any, monitoring: Any, pool: list[list[dict[str, np.ndarray]]], *, on: bool,
             seconds: float) -> dict[str, Any]:
     """Batches for ``seconds``; per-batch times and the rows answered per second."""
-    from serving.stats import StatsRecorder
+    from serving.monitoring.stats import StatsRecorder
 
     recorder = StatsRecorder(enabled=on, monitoring={1: monitoring})
     times, batches, shipped = [], 0, 0
@@ -97,9 +97,9 @@ def measure(runner: Any, monitoring: Any, pool: list[list[dict[str, np.ndarray]]
 
 def monitor_side(monitoring: Any, pool: list[list[dict[str, np.ndarray]]], runner: Any) -> dict[str, float]:
     """What the Monitor pays per shipment and per drift query (informative, not a target)."""
-    from serving.monitor import MonitorState
-    from serving.observations import attach_profiles
-    from serving.stats import StatsRecorder
+    from serving.monitoring.monitor import MonitorState
+    from serving.monitoring.observations import attach_profiles
+    from serving.monitoring.stats import StatsRecorder
 
     state = MonitorState()
     record_ms, query_ms = [], []
@@ -163,7 +163,7 @@ def kernel_floor(monitoring: Any, pool: list[list[dict[str, np.ndarray]]]) -> di
     kernel runs several times faster on rows it has just seen, so a benchmark that
     repeats one batch understates what live traffic costs."""
     from kernels import LiveWindow
-    from serving.profiles import batch_features
+    from serving.monitoring.profiles import batch_features
 
     window = LiveWindow(monitoring.profile, 0)
     batches = [batch_features(monitoring.inputs, items) for items in pool]

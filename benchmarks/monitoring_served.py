@@ -42,7 +42,7 @@ def profiled_manifest(model: bytes) -> dict[str, Any]:
     """The benchmark manifest plus a reference profile from the model's training-like rows."""
     import onnxruntime as ort
 
-    from serving.profiles import build_reference_profile
+    from serving.monitoring.profiles import build_reference_profile
 
     rows = np.random.default_rng(0).normal(size=(5000, SMALL[0])).astype(np.float32)
     scores = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input": rows})[0]

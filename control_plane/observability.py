@@ -38,7 +38,7 @@ def _ask(method: str, *args: Any) -> Any:
     global _unavailable
     import ray
 
-    from serving.monitor import get_monitor
+    from serving.monitoring.monitor import get_monitor
 
     with _breaker_lock:
         if _unavailable is not None and time.monotonic() < _unavailable[0]:

@@ -136,7 +136,7 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
     # Serve narrates every step at INFO; the caller's progress callback tells the story.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     from serving.applications import SERVER_APP, SERVER_ROUTE, build_server_app
-    from serving.monitor import ensure_monitor
+    from serving.monitoring.monitor import ensure_monitor
 
     settings.home.mkdir(parents=True, exist_ok=True)
     record = _head_record(settings)

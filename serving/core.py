@@ -33,12 +33,9 @@ from serving.errors import (
     PayloadTooLargeError,
 )
 from serving.feedback_auth import FeedbackAuthorizer
-from serving.feedback_wire import parse_feedback
-from serving.observations import VersionMonitoring, data_age_seconds
-from serving.protocol import decode_request, encode_response, from_numpy_dtype
-from serving.routing import Router
-from serving.schemas import EndpointConfig, TensorSignature, VersionConfig
-from serving.stats import (
+from serving.monitoring.feedback_wire import parse_feedback
+from serving.monitoring.observations import VersionMonitoring, data_age_seconds
+from serving.monitoring.stats import (
     ENDPOINT_LEVEL,
     ROUTED_PINNED,
     ROUTED_RANDOMLY,
@@ -46,6 +43,9 @@ from serving.stats import (
     StatsRecorder,
     compare_outputs,
 )
+from serving.protocol import decode_request, encode_response, from_numpy_dtype
+from serving.routing import Router
+from serving.schemas import EndpointConfig, TensorSignature, VersionConfig
 from serving.validation import (
     check_requested_outputs,
     numpy_dtype,

@@ -35,10 +35,10 @@ from serving.core import (
     new_request_id,
 )
 from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
-from serving.monitor import get_monitor
-from serving.observations import attach_profiles
+from serving.monitoring.monitor import get_monitor
+from serving.monitoring.observations import attach_profiles
+from serving.monitoring.stats import ServedConfig
 from serving.schemas import EndpointConfig, VersionConfig
-from serving.stats import ServedConfig
 
 log = logging.getLogger(__name__)
 

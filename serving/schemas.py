@@ -69,7 +69,7 @@ class VersionConfig(Wire):
     outputs: list[TensorSignature] = Field(min_length=1)
     task: Literal["classification", "regression", "other"] = "other"
     reference_profile: dict[str, Any] | None = Field(
-        None, description="Drift reference (serving.profiles.build_reference_profile)."
+        None, description="Drift reference (serving.monitoring.profiles.build_reference_profile)."
     )
     class_labels: list[str] | None = Field(
         None, description="Classification: class names by index, for ground-truth labels."

@@ -72,7 +72,7 @@ def start_platform_on_session(port: int, home: Path, *, db_url: str | None = Non
     from control_plane.platform import wait_healthy
     from control_plane.serve_app import deploy_control_plane
     from serving.applications import SERVER_APP, SERVER_ROUTE, build_server_app
-    from serving.monitor import ensure_monitor
+    from serving.monitoring.monitor import ensure_monitor
 
     env = {"MODELPLANE_HOME": str(home), "MODELPLANE_HTTP_PORT": str(port)}
     if db_url is not None:

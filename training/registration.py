@@ -71,7 +71,7 @@ def reference_profile(spec: JobSpec, features: np.ndarray, feature_names: list[s
     Built by the serving stack's own builder, so the live windows replicas keep derive
     their prediction features exactly as the reference did.
     """
-    from serving.profiles import build_reference_profile
+    from serving.monitoring.profiles import build_reference_profile
 
     return build_reference_profile(features, first_output, task=spec.task,
                                    feature_names=feature_names, sample_size=PROFILE_SAMPLE_SIZE)

@@ -1,6 +1,6 @@
 """Analysis gates: judge a candidate against its SLOs and the stable version over a window.
 
-Input is the Monitor's per-version snapshot (``serving.monitor.MonitorState.snapshot``).
+Input is the Monitor's per-version snapshot (``serving.monitoring.monitor.MonitorState.snapshot``).
 A check needs ``min_samples`` requests in the window before it may decide anything; with
 fewer it is inconclusive, never a pass and never a failure.
 

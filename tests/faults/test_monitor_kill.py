@@ -29,7 +29,7 @@ def _analysis_at(record: dict) -> float:
 
 
 def test_monitor_killed_mid_rollout(platform: Platform) -> None:
-    from serving.monitor import ensure_monitor, get_monitor
+    from serving.monitoring.monitor import ensure_monitor, get_monitor
 
     name = "fault-monitor-kill"
     client: Client = platform.client()

@@ -214,7 +214,7 @@ def test_the_monitors_prediction_store_stays_under_its_byte_bound(platform: Plat
     from ray import serve
 
     from serving.applications import build_endpoint_app
-    from serving.monitor import ensure_monitor
+    from serving.monitoring.monitor import ensure_monitor
     from serving.schemas import EndpointConfig, RouteTable, TensorSignature, VersionConfig
 
     bound = 512 * 1024

@@ -24,7 +24,7 @@ from tests.platform import Platform
 ENDPOINT = "exact-latency"
 REPLICAS = 2
 REQUESTS = 600
-RELATIVE_ACCURACY = 0.01  # the latency sketch's alpha (serving.stats.new_latency_sketch)
+RELATIVE_ACCURACY = 0.01  # the latency sketch's alpha (serving.monitoring.stats.new_latency_sketch)
 
 
 def _replica_calls() -> tuple[Callable[[Any], int], Callable[[Any], list[float]]]:
@@ -33,7 +33,7 @@ def _replica_calls() -> tuple[Callable[[Any], int], Callable[[Any], list[float]]
     def start_logging(_replica: Any) -> int:
         import os
 
-        from serving import stats
+        from serving.monitoring import stats
 
         if not hasattr(stats, "_exact_latencies"):
             stats._exact_latencies = []
@@ -50,7 +50,7 @@ def _replica_calls() -> tuple[Callable[[Any], int], Callable[[Any], list[float]]
         return os.getpid()
 
     def logged(_replica: Any) -> list[float]:
-        from serving import stats
+        from serving.monitoring import stats
 
         return list(getattr(stats, "_exact_latencies", []))
 

@@ -19,7 +19,7 @@ import pytest
 from sklearn import metrics
 
 from control_plane.client import Client
-from serving.profiles import build_reference_profile
+from serving.monitoring.profiles import build_reference_profile
 from tests.integration.test_monitoring_webhooks import Receiver
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.platform import Platform

@@ -175,7 +175,7 @@ def test_an_endpoint_that_cannot_start_delays_no_traffic_change_and_no_rollback(
 
 
 def test_a_killed_monitor_neither_resolves_alerts_nor_breaks_metrics(platform: Platform) -> None:
-    from serving.monitor import ensure_monitor, get_monitor
+    from serving.monitoring.monitor import ensure_monitor, get_monitor
 
     client = platform.client()
     name = "watched-owner"

@@ -216,8 +216,8 @@ def test_every_signal_reads_a_real_monitor_snapshot() -> None:
 
     import numpy as np
 
-    from serving.monitor import MonitorState
-    from serving.observations import attach_profiles
+    from serving.monitoring.monitor import MonitorState
+    from serving.monitoring.observations import attach_profiles
     from tests.unit.serving.monitoring_helpers import make_core, reference_profile, send_many
 
     state = MonitorState()

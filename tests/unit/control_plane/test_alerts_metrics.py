@@ -15,8 +15,8 @@ from control_plane.alerts import AlertService
 from control_plane.alerts.schemas import AlertRuleSpec
 from control_plane.metrics import render
 from control_plane.store import Database
-from serving.monitor import MonitorState
-from serving.observations import attach_profiles
+from serving.monitoring.monitor import MonitorState
+from serving.monitoring.observations import attach_profiles
 from tests.unit.serving.monitoring_helpers import make_core, reference_profile, send_many
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -9,8 +9,8 @@ import asyncio
 import numpy as np
 
 from control_plane.rollouts import AnalysisConfig, Verdict, analyse
-from serving.monitor import MonitorState
-from serving.stats import ROUTED_PINNED, StatsRecorder
+from serving.monitoring.monitor import MonitorState
+from serving.monitoring.stats import ROUTED_PINNED, StatsRecorder
 from tests.unit.serving.monitoring_helpers import infer_body, make_core
 
 

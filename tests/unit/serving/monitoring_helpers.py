@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from serving.core import InferenceCore
-from serving.profiles import build_reference_profile
+from serving.monitoring.profiles import build_reference_profile
 from serving.schemas import EndpointConfig, RouteTable, TensorSignature, VersionConfig
 
 FEATURES = ("age", "income", "tenure", "score")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from kernels import Sketch
-from serving.anomalies import EWMA_WEIGHT, EwmaBaseline
-from serving.monitor import MonitorState
-from serving.stats import LATENCY_MAX_S, LATENCY_MIN_S
+from serving.monitoring.anomalies import EWMA_WEIGHT, EwmaBaseline
+from serving.monitoring.monitor import MonitorState
+from serving.monitoring.stats import LATENCY_MAX_S, LATENCY_MIN_S
 
 
 class Clock:

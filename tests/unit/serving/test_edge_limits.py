@@ -15,10 +15,10 @@ from starlette.requests import Request
 from serving.core import MAX_FEEDBACK_BODY_BYTES
 from serving.endpoint import InferenceServer, read_body
 from serving.errors import InvalidRequestError, PayloadTooLargeError
-from serving.feedback import FeedbackJoin, JoinedPair, class_index, prediction_bytes
 from serving.feedback_auth import FeedbackAuthorizer
-from serving.monitor import MonitorState
-from serving.monitor_sections import joined_counts
+from serving.monitoring.feedback import FeedbackJoin, JoinedPair, class_index, prediction_bytes
+from serving.monitoring.monitor import MonitorState
+from serving.monitoring.sections import joined_counts
 from tests.unit.serving.monitoring_helpers import infer_body, make_core, send
 
 

@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from serving.feedback import FeedbackJoin, class_index, classification_metrics, regression_metrics
 from serving.feedback_auth import FeedbackAuthorizer
-from serving.monitor import MonitorState
+from serving.monitoring.feedback import (
+    FeedbackJoin,
+    class_index,
+    classification_metrics,
+    regression_metrics,
+)
+from serving.monitoring.monitor import MonitorState
 from tests.unit.serving.monitoring_helpers import make_core, predict, reference_profile, send_many
 
 

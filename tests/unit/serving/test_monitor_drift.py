@@ -9,10 +9,10 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from serving.drift_window import SAMPLE_LIMIT
-from serving.monitor import MonitorState
-from serving.observations import attach_profiles
-from serving.profiles import load_profiles
+from serving.monitoring.drift_window import SAMPLE_LIMIT
+from serving.monitoring.monitor import MonitorState
+from serving.monitoring.observations import attach_profiles
+from serving.monitoring.profiles import load_profiles
 from tests.unit.serving.monitoring_helpers import FEATURES, make_core, reference_profile, send_many
 
 PROFILE = reference_profile()

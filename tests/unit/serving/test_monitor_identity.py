@@ -3,8 +3,8 @@ name, and forgets a version the endpoint stops serving."""
 
 from __future__ import annotations
 
-from serving.monitor import MonitorState
-from serving.stats import ServedConfig, StatsRecorder
+from serving.monitoring.monitor import MonitorState
+from serving.monitoring.stats import ServedConfig, StatsRecorder
 
 FIRST = "2026-11-30T01:00:00+00:00#4"
 SECOND = "2026-11-30T02:00:00+00:00#4"  # the same row id again (SQLite reuses it)

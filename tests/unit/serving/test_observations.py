@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from kernels import LiveWindow
-from serving import observations
-from serving.observations import VersionMonitoring, data_age_seconds
-from serving.profiles import load_profiles, prediction_features
+from serving.monitoring import observations
+from serving.monitoring.observations import VersionMonitoring, data_age_seconds
+from serving.monitoring.profiles import load_profiles, prediction_features
 from tests.unit.serving.monitoring_helpers import (
     make_core,
     predict,
@@ -176,7 +176,7 @@ def test_the_request_path_only_appends_and_the_shipment_accounts(monkeypatch) ->
 
 def test_a_backlog_past_the_limit_is_accounted_on_the_request_path(monkeypatch) -> None:
     monkeypatch.setattr(observations, "PENDING_LIMIT", 50)
-    monkeypatch.setattr("serving.stats.PENDING_LIMIT", 50)
+    monkeypatch.setattr("serving.monitoring.stats.PENDING_LIMIT", 50)
     core = make_core(PROFILE)
     asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 120))
     assert core.recorder._observed_count == 20  # two full backlogs accounted, 20 waiting
@@ -188,7 +188,7 @@ def test_accounting_that_fails_never_changes_an_answer_and_is_counted(monkeypatc
         raise FloatingPointError("a kernel fault")
 
     monkeypatch.setattr(observations, "PENDING_LIMIT", 8)
-    monkeypatch.setattr("serving.stats.PENDING_LIMIT", 8)
+    monkeypatch.setattr("serving.monitoring.stats.PENDING_LIMIT", 8)
     monkeypatch.setattr(observations.VersionObservations, "account", broken)
     core = make_core(PROFILE)
     results = asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 20))
@@ -198,7 +198,7 @@ def test_accounting_that_fails_never_changes_an_answer_and_is_counted(monkeypatc
     assert delta["unobserved_requests"] == 20
     assert "could not account" in caplog.text
 
-    from serving.monitor import MonitorState
+    from serving.monitoring.monitor import MonitorState
 
     state = MonitorState()
     state.record("churn", "replica-1", {1: delta})

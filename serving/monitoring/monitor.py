@@ -18,20 +18,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.anomalies import BASELINE_LAG_S, AnomalyTracker
-from serving.drift_window import ALPHA as DRIFT_ALPHA
-from serving.drift_window import MIN_ROWS as DRIFT_MIN_ROWS
-from serving.drift_window import SlottedCounts, judge
-from serving.feedback import MAX_PREDICTION_BYTES, FeedbackJoin
-from serving.monitor_sections import (
+from serving.monitoring.anomalies import BASELINE_LAG_S, AnomalyTracker
+from serving.monitoring.drift_window import ALPHA as DRIFT_ALPHA
+from serving.monitoring.drift_window import MIN_ROWS as DRIFT_MIN_ROWS
+from serving.monitoring.drift_window import SlottedCounts, judge
+from serving.monitoring.feedback import MAX_PREDICTION_BYTES, FeedbackJoin
+from serving.monitoring.profiles import load_profiles
+from serving.monitoring.sections import (
     accuracy_section,
     anomaly_counts,
     joined_counts,
     monitoring_counts,
     quality_section,
 )
-from serving.profiles import load_profiles
-from serving.stats import (
+from serving.monitoring.stats import (
     ENDPOINT_LEVEL,
     LATENCY_MAX_S,
     LATENCY_MIN_S,
@@ -247,7 +247,7 @@ class MonitorState:
         return counts
 
     def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
-        """Join ground truth with the predictions kept for it (see :mod:`serving.feedback`)."""
+        """Join ground truth with the predictions kept for it (see :mod:`serving.monitoring.feedback`)."""
         joined, waiting = self.join.add_labels(endpoint, items)
         by_version: dict[int, Counter[str]] = {}
         for pair in joined:

@@ -12,7 +12,12 @@ import math
 from collections import Counter
 from typing import Any
 
-from serving.feedback import JoinedPair, class_index, classification_metrics, regression_metrics
+from serving.monitoring.feedback import (
+    JoinedPair,
+    class_index,
+    classification_metrics,
+    regression_metrics,
+)
 
 MAX_CONFUSION_CLASSES = 64  # beyond this only accuracy is counted (the matrix grows as k^2)
 _QUALITY_SCALARS = ("rows", "missing_values", "rows_with_missing", "rows_out_of_support",

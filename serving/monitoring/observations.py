@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.profiles import CONFIDENCE, batch_features, load_profiles, prediction_features
+from serving.monitoring.profiles import (
+    CONFIDENCE,
+    batch_features,
+    load_profiles,
+    prediction_features,
+)
 
 if TYPE_CHECKING:
     from kernels import LiveWindow, ReferenceProfile

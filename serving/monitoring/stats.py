@@ -17,7 +17,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from serving.observations import PENDING_LIMIT, Observed, VersionMonitoring, VersionObservations
+from serving.monitoring.observations import (
+    PENDING_LIMIT,
+    Observed,
+    VersionMonitoring,
+    VersionObservations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +92,7 @@ class StatsRecorder:
     """Per-version statistics of one replica between two flushes.
 
     ``monitoring`` (per version) switches on the observation of inputs and predictions
-    for drift, data quality and the feedback join (see :mod:`serving.observations`).
+    for drift, data quality and the feedback join (see :mod:`serving.monitoring.observations`).
     """
 
     def __init__(self, *, enabled: bool = True,
