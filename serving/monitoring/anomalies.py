@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from serving.monitoring import counters
+
 EWMA_WEIGHT = 0.05  # per slot: a memory of about 20 seconds of traffic
 BASELINE_LAG_S = 10
 MIN_BASELINE_SLOTS = 30
@@ -91,10 +93,7 @@ class AnomalyTracker:
 
 def slot_traffic(counts: dict[str, float]) -> tuple[int, int, float, float]:
     """(requests, server errors, latency sum in seconds, latencies) of counters."""
-    requests = server_errors = 0
-    for key, value in counts.items():
-        if key.startswith("code:"):
-            requests += int(value)
-            if int(key[5:]) >= 500:
-                server_errors += int(value)
-    return requests, server_errors, float(counts.get("lat:sum", 0.0)), float(counts.get("lat:n", 0.0))
+    codes = counters.codes(counts)
+    return (sum(codes.values()), sum(n for status, n in codes.items() if status >= 500),
+            float(counts.get(counters.LATENCY_SUM, 0.0)),
+            float(counts.get(counters.LATENCY_COUNT, 0.0)))

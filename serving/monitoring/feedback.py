@@ -77,7 +77,7 @@ class FeedbackJoin:
         self._waiting: OrderedDict[tuple[str, str], tuple[list[Any], float, int]] = OrderedDict()
         self.bytes_held = 0  # estimated bytes of the stored predictions
         self.waiting_bytes = 0
-        self.counters: Counter[str] = Counter()  # by endpoint: "<endpoint>:<event>"
+        self.counters: Counter[tuple[str, str]] = Counter()  # by (endpoint, event)
         self._held: Counter[str] = Counter()
 
     def add_predictions(self, endpoint: str, version: int,
@@ -141,9 +141,7 @@ class FeedbackJoin:
 
     def stats(self, endpoint: str) -> dict[str, int]:
         """Counters of one endpoint's join (held, dropped, expired, waiting labels …)."""
-        prefix = f"{endpoint}:"
-        out = {key[len(prefix):]: int(value) for key, value in self.counters.items()
-               if key.startswith(prefix)}
+        out = {event: int(value) for (of, event), value in self.counters.items() if of == endpoint}
         out["held"] = self.held(endpoint)
         out["labels_waiting"] = sum(1 for e, _ in self._waiting if e == endpoint)
         return out
@@ -159,12 +157,12 @@ class FeedbackJoin:
             self.bytes_held -= self._predictions.pop(key).size
         for key in [k for k in self._waiting if k[0] == endpoint]:
             self.waiting_bytes -= self._waiting.pop(key)[2]
-        for key in [k for k in self.counters if k.startswith(f"{endpoint}:")]:
+        for key in [k for k in self.counters if k[0] == endpoint]:
             del self.counters[key]
         self._held.pop(endpoint, None)
 
     def _count(self, endpoint: str, event: str, n: int = 1) -> None:
-        self.counters[f"{endpoint}:{event}"] += n
+        self.counters[(endpoint, event)] += n
 
     def _trim(self, now: float) -> None:
         predictions = self._predictions

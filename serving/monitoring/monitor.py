@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.monitoring import counters
 from serving.monitoring.anomalies import BASELINE_LAG_S, AnomalyTracker
 from serving.monitoring.drift_window import ALPHA as DRIFT_ALPHA
 from serving.monitoring.drift_window import MIN_ROWS as DRIFT_MIN_ROWS
@@ -41,11 +42,10 @@ from serving.monitoring.stats import (
     ServedConfig,
     ShadowStats,
 )
+from serving.names import MONITOR_NAME, MONITOR_NAMESPACE
 
 log = logging.getLogger(__name__)
 
-MONITOR_NAME = "modelplane-monitor"
-MONITOR_NAMESPACE = "modelplane"
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
 METRICS_WINDOW_S = 60.0  # window of the windowed signals in the Prometheus exposition
@@ -177,7 +177,7 @@ class MonitorState:
             if versions and int(version) not in versions and int(version) != ENDPOINT_LEVEL:
                 continue  # a version the endpoint no longer serves (an older replica's last words)
             series = self._series(endpoint, int(version))
-            counts: dict[str, float] = {f"code:{c}": n for c, n in data.get("codes", {}).items()}
+            counts: dict[str, float] = {counters.CODE.key(c): n for c, n in data.get("codes", {}).items()}
             latency_n, latency_sum = 0, 0.0
             for key in ("latency", "latency_apart"):
                 if not data.get(key):
@@ -188,14 +188,14 @@ class MonitorState:
                 latency_n += sketch.count
                 latency_sum += data.get(f"{key}_sum", 0.0)
             if latency_n:
-                counts["lat:sum"], counts["lat:n"] = latency_sum, latency_n
-            counts.update({f"error:{c}": n for c, n in data.get("errors", {}).items()})
-            counts.update({f"rej:{r}": n for r, n in data.get("rejected", {}).items()})
+                counts[counters.LATENCY_SUM], counts[counters.LATENCY_COUNT] = latency_sum, latency_n
+            counts.update({counters.ERROR.key(c): n for c, n in data.get("errors", {}).items()})
+            counts.update({counters.REJECTED.key(r): n for r, n in data.get("rejected", {}).items()})
             for kind, codes in (data.get("routed_apart") or {}).items():
-                counts.update({f"{kind}:{c}": n for c, n in codes.items()})
-            counts.update({f"shadow:{k}": v for k, v in data.get("shadow", {}).items() if v})
+                counts.update({counters.routed(kind).key(c): n for c, n in codes.items()})
+            counts.update({counters.SHADOW.key(k): v for k, v in data.get("shadow", {}).items() if v})
             if data.get("unobserved_requests"):
-                counts["q:unobserved_requests"] = data["unobserved_requests"]
+                counts[counters.UNOBSERVED_REQUESTS] = data["unobserved_requests"]
             part = data.get("monitoring")
             if part is not None:
                 self._install_profile(data.get("profile"), part.get("profile_key", ""))
@@ -257,7 +257,7 @@ class MonitorState:
             series = self._series(endpoint, version)
             series.counters.add(counts)
             series.totals.update(counts)
-        invalid = sum(int(c.get("fb:invalid", 0)) for c in by_version.values())
+        invalid = sum(int(c.get(counters.INVALID_LABELS, 0)) for c in by_version.values())
         return {"received": len(items), "joined": len(joined), "waiting": waiting,
                 "invalid_labels": invalid}
 
@@ -268,11 +268,11 @@ class MonitorState:
             if name != endpoint:
                 continue
             counts = series.counters.total(window_s)
-            codes = {int(k[5:]): int(v) for k, v in counts.items() if k.startswith("code:")}
+            codes = counters.codes(counts)
             requests = sum(codes.values())
             server_errors = sum(n for c, n in codes.items() if c >= 500)
             client_errors = sum(n for c, n in codes.items() if 400 <= c < 500)
-            shadow = ShadowStats(**{k[7:]: v for k, v in counts.items() if k.startswith("shadow:")})
+            shadow = ShadowStats(**counters.SHADOW.read(counts))
             sketch = series.latency.sketch(window_s)  # the randomly routed requests
             sample_latency = _quantiles_ms(sketch)
             if series.latency_apart is not None:
@@ -286,7 +286,7 @@ class MonitorState:
                 "client_errors": client_errors,
                 "error_rate": server_errors / requests if requests else 0.0,
                 "codes": codes,
-                "errors": {k[6:]: int(v) for k, v in counts.items() if k.startswith("error:")},
+                "errors": {code: int(n) for code, n in counters.ERROR.read(counts).items()},
                 "latency_count": int(have),
                 "p50_ms": float(p50) * 1000, "p95_ms": float(p95) * 1000,
                 "p99_ms": float(p99) * 1000,
@@ -339,7 +339,7 @@ class MonitorState:
                problem: str) -> dict[str, Any]:
         """The drift section, computed at most once per slot for a given window."""
         key = (endpoint, version, float(window_s))
-        stamp = (series.counters.epoch, series.totals.get("q:rows", 0))
+        stamp = (series.counters.epoch, series.totals.get(counters.ROWS, 0))
         cached = self._drift_cache.get(key)
         if cached is not None and cached[0] == stamp:
             return cached[1]
@@ -367,9 +367,9 @@ class MonitorState:
             window = snapshots[endpoint].get(version, {})
             rows.append({
                 "endpoint": endpoint, "version": version,
-                "codes": {int(k[5:]): int(v) for k, v in series.totals.items() if k.startswith("code:")},
-                "shadow_compared": int(series.totals.get("shadow:compared", 0)),
-                "shadow_agreed": int(series.totals.get("shadow:agreed", 0)),
+                "codes": counters.codes(series.totals),
+                "shadow_compared": int(series.totals.get(counters.SHADOW.key("compared"), 0)),
+                "shadow_agreed": int(series.totals.get(counters.SHADOW.key("agreed"), 0)),
                 "latency_count": int(sketch.count), "latency_sum": float(sketch.sum),
                 "latency_quantiles": {q: float(v) for q, v in zip((0.5, 0.95, 0.99), quantiles, strict=True)},
                 "monitoring": {
@@ -428,14 +428,13 @@ def _quantiles_ms(sketch: Any) -> dict[str, float]:
 
 
 def _count_of(counts: Counter[str], kind: str) -> int:
-    prefix = f"{kind}:"
-    return int(sum(n for k, n in counts.items() if k.startswith(prefix)))
+    return int(counters.routed(kind).total(counts))
 
 
 def _routing(codes: dict[int, int], counts: Counter[str]) -> dict[str, dict[str, int]]:
     """Per way of routing, the answered (not 4xx) requests and the 5xx among them."""
-    apart = {kind: {int(k[len(kind) + 1:]): int(n) for k, n in counts.items()
-                    if k.startswith(f"{kind}:")} for kind in (ROUTED_PINNED, ROUTED_STICKY)}
+    apart = {kind: counters.codes(counts, counters.routed(kind))
+             for kind in (ROUTED_PINNED, ROUTED_STICKY)}
     random = {code: n - sum(a.get(code, 0) for a in apart.values()) for code, n in codes.items()}
     out = {}
     for kind, by_code in ((ROUTED_RANDOMLY, random), *apart.items()):

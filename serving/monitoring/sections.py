@@ -2,8 +2,8 @@
 
 Replicas' monitoring deltas become counters (:func:`monitoring_counts`) that the Monitor
 adds to each version's one-second slots and to its all-time totals; the snapshot reads a
-window of them back as the ``quality``, ``accuracy`` and ``anomalies`` sections. Counter
-names are prefixed by section: ``q:`` quality, ``rej:`` rejections, ``fb:`` feedback.
+window of them back as the ``quality``, ``accuracy`` and ``anomalies`` sections. The
+counters' names are those of :mod:`serving.monitoring.counters`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from typing import Any
 
+from serving.monitoring import counters
 from serving.monitoring.feedback import (
     JoinedPair,
     class_index,
@@ -20,28 +21,30 @@ from serving.monitoring.feedback import (
 )
 
 MAX_CONFUSION_CLASSES = 64  # beyond this only accuracy is counted (the matrix grows as k^2)
-_QUALITY_SCALARS = ("rows", "missing_values", "rows_with_missing", "rows_out_of_support",
-                    "unusual_confidence", "unmonitored_rows")
 
 
 def monitoring_counts(part: dict[str, Any], input_names: tuple[str, ...],
                       prediction_names: tuple[str, ...]) -> dict[str, float]:
     """Counters of one replica's monitoring delta (see ``VersionObservations.to_delta``)."""
-    counts: dict[str, float] = {f"q:{key}": part[key] for key in _QUALITY_SCALARS if part.get(key)}
+    counts: dict[str, float] = {counter: part[key]
+                                for key, counter in counters.QUALITY_SCALARS.items() if part.get(key)}
     age_n, age_sum, _ = part.get("data_age") or (0, 0.0, 0.0)
     if age_n:
-        counts["q:age_n"], counts["q:age_sum"] = age_n, age_sum
+        counts[counters.DATA_AGE_COUNT], counts[counters.DATA_AGE_SUM] = age_n, age_sum
     if part.get("feedback_dropped"):
-        counts["fb:dropped_at_replica"] = part["feedback_dropped"]
-    for kind, names, section in (("inputs", input_names, "q"), ("predictions", prediction_names, "qp")):
+        counts[counters.FEEDBACK_DROPPED_AT_REPLICA] = part["feedback_dropped"]
+    for kind, names, missing_of, outside_of in (
+            ("inputs", input_names, counters.INPUT_MISSING, counters.INPUT_OUT_OF_RANGE),
+            ("predictions", prediction_names, counters.PREDICTION_MISSING,
+             counters.PREDICTION_OUT_OF_RANGE)):
         window = part.get(kind)
         if not window or len(window["missing"]) != len(names):
             continue
         for name, missing, outside in zip(names, window["missing"], window["out_of_range"], strict=True):
             if missing:
-                counts[f"{section}:missing:{name}"] = int(missing)
+                counts[missing_of.key(name)] = int(missing)
             if outside:
-                counts[f"{section}:oor:{name}"] = int(outside)
+                counts[outside_of.key(name)] = int(outside)
     return counts
 
 
@@ -49,7 +52,7 @@ def joined_counts(pair: JoinedPair, meta: dict[str, Any]) -> dict[str, float]:
     """Counters of one joined (prediction, ground truth) pair, per row."""
     counts: Counter[str] = Counter()
     if len(pair.labels) != len(pair.predicted):
-        counts["fb:invalid"] += len(pair.labels)
+        counts[counters.INVALID_LABELS] += len(pair.labels)
         return counts
     task = meta.get("task")
     if task == "classification":
@@ -57,13 +60,13 @@ def joined_counts(pair: JoinedPair, meta: dict[str, Any]) -> dict[str, float]:
         for label, predicted in zip(pair.labels, pair.predicted, strict=True):
             truth = class_index(label, meta.get("class_labels"))
             if truth is None:
-                counts["fb:invalid"] += 1
+                counts[counters.INVALID_LABELS] += 1
                 continue
             guess = int(predicted)
-            counts["fb:n"] += 1
-            counts["fb:correct"] += truth == guess
+            counts[counters.LABELLED] += 1
+            counts[counters.CORRECT] += truth == guess
             if small:
-                counts[f"fb:cm:{truth}:{guess}"] += 1
+                counts[counters.confusion_key(truth, guess)] += 1
     elif task == "regression":
         for label, predicted in zip(pair.labels, pair.predicted, strict=True):
             try:
@@ -71,11 +74,11 @@ def joined_counts(pair: JoinedPair, meta: dict[str, Any]) -> dict[str, float]:
             except (TypeError, ValueError, OverflowError):
                 error = math.nan
             if not math.isfinite(error):  # a label string such as "1e999" parses to inf
-                counts["fb:invalid"] += 1
+                counts[counters.INVALID_LABELS] += 1
                 continue
-            counts["fb:n"] += 1
-            counts["fb:abs"] += abs(error)
-            counts["fb:sq"] += error * error
+            counts[counters.LABELLED] += 1
+            counts[counters.ABS_ERROR_SUM] += abs(error)
+            counts[counters.SQUARED_ERROR_SUM] += error * error
     return counts
 
 
@@ -83,34 +86,36 @@ def quality_section(counts: Counter[str], *, input_names: tuple[str, ...],
                     prediction_names: tuple[str, ...], last_request_age_s: float | None,
                     problem: str) -> dict[str, Any]:
     """Missing and out-of-range values, refused requests, freshness, over a window."""
-    features = {name: {"missing": int(counts.get(f"q:missing:{name}", 0)),
-                       "out_of_range": int(counts.get(f"q:oor:{name}", 0))} for name in input_names}
-    rejected = {k[4:]: int(v) for k, v in counts.items() if k.startswith("rej:")}
-    rows = int(counts.get("q:rows", 0))
-    age_n = counts.get("q:age_n", 0)
-    missing = int(counts.get("q:missing_values", 0))
+    features = {name: {"missing": int(counts.get(counters.INPUT_MISSING.key(name), 0)),
+                       "out_of_range": int(counts.get(counters.INPUT_OUT_OF_RANGE.key(name), 0))}
+                for name in input_names}
+    rejected = {reason: int(n) for reason, n in counters.REJECTED.read(counts).items()}
+    rows = int(counts.get(counters.ROWS, 0))
+    age_n = counts.get(counters.DATA_AGE_COUNT, 0)
+    missing = int(counts.get(counters.MISSING_VALUES, 0))
     out_of_range = sum(f["out_of_range"] for f in features.values())
     cells = rows * len(input_names)
     return {
         "rows": rows,
         "missing": missing,
-        "rows_with_missing": int(counts.get("q:rows_with_missing", 0)),
+        "rows_with_missing": int(counts.get(counters.ROWS_WITH_MISSING, 0)),
         "missing_rate": missing / cells if cells else None,
         "out_of_range": out_of_range,
         "out_of_range_rate": out_of_range / cells if cells else None,
-        "rows_out_of_support": int(counts.get("q:rows_out_of_support", 0)),
-        "unusual_confidence": int(counts.get("q:unusual_confidence", 0)),
+        "rows_out_of_support": int(counts.get(counters.ROWS_OUT_OF_SUPPORT, 0)),
+        "unusual_confidence": int(counts.get(counters.UNUSUAL_CONFIDENCE, 0)),
         "features": features,
-        "prediction_out_of_range": {name: int(counts.get(f"qp:oor:{name}", 0))
-                                    for name in prediction_names},
+        "prediction_out_of_range": {
+            name: int(counts.get(counters.PREDICTION_OUT_OF_RANGE.key(name), 0))
+            for name in prediction_names},
         "rejected": rejected,
         "rejected_total": sum(rejected.values()),
         "last_request_age_s": last_request_age_s,
-        "data_age_s": counts["q:age_sum"] / age_n if age_n else None,
+        "data_age_s": counts[counters.DATA_AGE_SUM] / age_n if age_n else None,
         "data_age_count": int(age_n),
-        "unmonitored_rows": int(counts.get("q:unmonitored_rows", 0)),
+        "unmonitored_rows": int(counts.get(counters.UNMONITORED_ROWS, 0)),
         # Answered requests a replica failed to account (its log says why): not in drift.
-        "unobserved_requests": int(counts.get("q:unobserved_requests", 0)),
+        "unobserved_requests": int(counts.get(counters.UNOBSERVED_REQUESTS, 0)),
         "monitored": not problem,
         "problem": problem,
     }
@@ -119,25 +124,22 @@ def quality_section(counts: Counter[str], *, input_names: tuple[str, ...],
 def accuracy_section(counts: Counter[str], meta: dict[str, Any]) -> dict[str, Any]:
     """Online accuracy from the feedback pairs joined in the window."""
     task = meta.get("task")
-    invalid = int(counts.get("fb:invalid", 0))
+    invalid = int(counts.get(counters.INVALID_LABELS, 0))
     if task == "regression":
-        result = regression_metrics(counts.get("fb:n", 0), counts.get("fb:abs", 0.0),
-                                    counts.get("fb:sq", 0.0))
+        result = regression_metrics(counts.get(counters.LABELLED, 0),
+                                    counts.get(counters.ABS_ERROR_SUM, 0.0),
+                                    counts.get(counters.SQUARED_ERROR_SUM, 0.0))
     elif task == "classification":
-        confusion = {}
-        for key, value in counts.items():
-            if key.startswith("fb:cm:"):
-                truth, guess = key[6:].split(":")
-                confusion[(int(truth), int(guess))] = value
-        labelled = int(counts.get("fb:n", 0))
+        confusion = counters.confusion(counts)
+        labelled = int(counts.get(counters.LABELLED, 0))
         if confusion and sum(confusion.values()) == labelled:
             result = classification_metrics(confusion, meta.get("n_classes"))
         else:  # too many classes for a confusion count: accuracy only
             result = {"labelled": labelled, "precision": None, "recall": None, "f1": None,
-                      "accuracy": counts.get("fb:correct", 0) / labelled if labelled else None,
+                      "accuracy": counts.get(counters.CORRECT, 0) / labelled if labelled else None,
                       "average": None}
     else:
-        result = {"labelled": int(counts.get("fb:n", 0))}
+        result = {"labelled": int(counts.get(counters.LABELLED, 0))}
     return {**result, "task": task, "invalid": invalid}
 
 
