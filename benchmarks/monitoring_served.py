@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from control_plane.client import Client
     from control_plane.platform import start_platform, stop_platform
     from modelplane.settings import Settings
-    from serving.applications import build_endpoint_app, endpoint_app_name, endpoint_route_prefix
+    from serving.applications import build_endpoint_app
+    from serving.names import endpoint_app_name, endpoint_route_prefix, endpoint_url
     from serving.schemas import EndpointConfig
     from tests.conftest import free_port
 
@@ -135,15 +136,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client.deploy("b-mon", "bench-small:1", scaling=scaling)
         client.deploy("b-mon", "bench-small:2", scaling=scaling)
         client.set_traffic("b-mon", canary)
-        wait_serving(f"{base}/v2/models/b-mon", {1, 2}, canary)
+        wait_serving(endpoint_url(base, "b-mon"), {1, 2}, canary)
         # The twin: exactly the configuration the reconciler gave "on", monitoring off.
         deployed = deployed_user_config(endpoint_app_name("b-mon"))
         off = EndpointConfig.model_validate({**deployed, "endpoint": "b-off", "monitoring": False})
         serve.run(build_endpoint_app(off, env={}), name="bench-monitoring-off",
                   route_prefix=endpoint_route_prefix("b-off"))
-        wait_serving(f"{base}/v2/models/b-off", {1, 2}, canary)
+        wait_serving(endpoint_url(base, "b-off"), {1, 2}, canary)
         payload = body(SMALL[0])
-        urls = {"on": f"{base}/v2/models/b-mon/infer", "off": f"{base}/v2/models/b-off/infer"}
+        urls = {"on": endpoint_url(base, "b-mon", "infer"), "off": endpoint_url(base, "b-off", "infer")}
         warm = argparse.Namespace(sequential=50, seconds=2.0)
         for url in urls.values():
             measure(url, payload, warm)

@@ -37,6 +37,7 @@ def _weights(url: str, http: httpx.Client) -> dict[str, float]:
 
 
 def rollback_once(platform: Any, name: str, interval: float, failures_needed: int) -> dict[str, Any]:
+    from serving.names import endpoint_url
     from tests.load import BackgroundLoad
     from tests.onnx_models import flaky_classifier, linear_classifier, linear_classifier_manifest
     from tests.waiting import wait_for
@@ -47,7 +48,7 @@ def rollback_once(platform: Any, name: str, interval: float, failures_needed: in
         client.register_version(name, flaky_classifier(0.0, seed=1), linear_classifier_manifest())
         client.deploy(name, f"{name}:1", scaling={"num_cpus": 0.1})
         platform.wait_endpoint(name, {1})
-        url = f"{platform.url}/v2/models/{name}"
+        url = endpoint_url(platform.url, name)
         with BackgroundLoad(platform.url, name, workers=4, shape_rows=healthy_rows) as load, \
                 httpx.Client(timeout=10) as http:
             rollout = client.start_rollout({

@@ -43,6 +43,7 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from serving.names import endpoint_url
     from tests.conftest import free_port
     from tests.onnx_models import linear_classifier, linear_classifier_manifest
     from tests.platform import start_platform_on_session
@@ -61,7 +62,7 @@ def main() -> None:
             client.register_version("prop", linear_classifier(seed=seed), linear_classifier_manifest())
         client.deploy("prop", "prop:1", scaling={"replicas": args.replicas, "num_cpus": 0.25})
         client.deploy("prop", "prop:2")
-        url = f"{platform.url}/v2/models/prop"
+        url = endpoint_url(platform.url, "prop")
         replicas_with(url, {"1": 100.0, "2": 0.0}, args.replicas, timeout=300)
         ids_before = _replica_ids(url, args.replicas)
         durations = []

@@ -144,10 +144,8 @@ def run_cluster(fast: bool, args: argparse.Namespace, models: dict[str, bytes]) 
     from control_plane.client import Client
     from control_plane.platform import start_platform, stop_platform
     from modelplane.settings import Settings
-    from serving.applications import (
-        build_endpoint_app,
-        endpoint_route_prefix,
-    )
+    from serving.applications import build_endpoint_app
+    from serving.names import endpoint_route_prefix, endpoint_url
     from serving.schemas import (
         BatchingConfig,
         EndpointConfig,
@@ -208,14 +206,14 @@ def run_cluster(fast: bool, args: argparse.Namespace, models: dict[str, bytes]) 
         for version in rest:
             client.deploy(name, f"{model}:{version}", scaling=scaling, batching=batching)
         client.set_traffic(name, weights, shadows=list(shadows))
-        wait_serving(f"{base}/v2/models/{name}", set(weights) | set(shadows), weights)
+        wait_serving(endpoint_url(base, name), set(weights) | set(shadows), weights)
         return name
 
     def undeploy(name: str) -> None:
         client.undeploy(name)
 
     canary = {1: 90.0, 2: 10.0}
-    scenario("colocated", f"{base}/v2/models/{endpoint('b-col', 'bench-small', canary)}/infer",
+    scenario("colocated", endpoint_url(base, endpoint("b-col", "bench-small", canary), "infer"),
              small_body, [])
     undeploy("b-col")
     if not fast:
@@ -227,19 +225,21 @@ def run_cluster(fast: bool, args: argparse.Namespace, models: dict[str, bytes]) 
             scaling=ScalingConfig(num_cpus=0.5, max_ongoing_requests=64), monitoring=False)
         serve.run(build_endpoint_app(config, env={}), name="bench-nomon",
                   route_prefix=endpoint_route_prefix("b-nomon"))
-        wait_serving(f"{base}/v2/models/b-nomon", {1, 2}, {1: 90.0, 2: 10.0})
-        scenario("colocated_monitoring_off", f"{base}/v2/models/b-nomon/infer", small_body, ["bench-nomon"])
-        scenario("colocated_shadow", f"{base}/v2/models/{endpoint('b-sh', 'bench-small', {1: 100.0}, shadows=(2,))}/infer",
-                 small_body, [])
+        wait_serving(endpoint_url(base, "b-nomon"), {1, 2}, {1: 90.0, 2: 10.0})
+        scenario("colocated_monitoring_off", endpoint_url(base, "b-nomon", "infer"), small_body,
+                 ["bench-nomon"])
+        shadowed = endpoint("b-sh", "bench-small", {1: 100.0}, shadows=(2,))
+        scenario("colocated_shadow", endpoint_url(base, shadowed, "infer"), small_body, [])
         undeploy("b-sh")
-    scenario("isolated", f"{base}/v2/models/{endpoint('b-iso', 'bench-small', canary, placement='isolated')}/infer",
-             small_body, [])
+    isolated = endpoint("b-iso", "bench-small", canary, placement="isolated")
+    scenario("isolated", endpoint_url(base, isolated, "infer"), small_body, [])
     undeploy("b-iso")
-    scenario("heavy_unbatched", f"{base}/v2/models/{endpoint('b-heavy', 'bench-heavy', {1: 100.0})}/infer",
+    scenario("heavy_unbatched",
+             endpoint_url(base, endpoint("b-heavy", "bench-heavy", {1: 100.0}), "infer"),
              heavy_body, [])
     undeploy("b-heavy")
     scenario("heavy_batched",
-             f"{base}/v2/models/{endpoint('b-heavyb', 'bench-heavy', {1: 100.0}, batch=16)}/infer",
+             endpoint_url(base, endpoint("b-heavyb", "bench-heavy", {1: 100.0}, batch=16), "infer"),
              heavy_body, [])
     undeploy("b-heavyb")
     client.close()

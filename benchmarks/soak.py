@@ -95,11 +95,14 @@ def memory_by_role() -> dict[str, float]:
 
 
 def pick_victim(rng: random.Random) -> tuple[str, int] | None:
+    from serving.names import endpoint_app_name
+
     titles = processes()
     candidates: list[tuple[str, int]] = []
     for pid, title in titles.items():
         for endpoint in ENDPOINTS:
-            if re.match(rf"^ray::ServeReplica:endpoint-{endpoint}(-v\d+)?:", title):
+            app = re.escape(endpoint_app_name(endpoint))
+            if re.match(rf"^ray::ServeReplica:{app}(-v\d+)?:", title):  # its own or a version's
                 candidates.append((f"replica:{endpoint}", pid))
         if title.startswith("ray::MonitorActor"):
             candidates.append(("monitor", pid))

@@ -66,6 +66,7 @@ from control_plane.schemas import (
 )
 from modelplane.errors import ModelplaneError
 from modelplane.settings import Settings, get_settings
+from serving.names import endpoint_url
 
 M = TypeVar("M", bound=BaseModel)
 _CHUNK = 1024 * 1024
@@ -396,7 +397,7 @@ class Client:
         pairs = labels.items() if isinstance(labels, dict) else labels
         body = {"feedback": [{"request_id": rid, "label": label} for rid, label in pairs]}
         try:
-            response = self._http.post(f"{self.url}/v2/models/{endpoint}/feedback", json=body)
+            response = self._http.post(endpoint_url(self.url, endpoint, "feedback"), json=body)
         except httpx.TransportError as error:
             raise ControlPlaneUnavailableError(
                 f"cannot reach {self.url} to send feedback ({type(error).__name__}); is it running?",

@@ -40,6 +40,7 @@ from control_plane.store.models import (
     ModelVersionRow,
     RolloutRow,
 )
+from serving.names import endpoint_url
 
 # Without a configured max_unapproved_weight, a manual change may give an unapproved
 # version as much as the default canary's last step below 100% (a rollout uses its own).
@@ -297,7 +298,7 @@ class Deployments:
             scaling=ScaleSettings.model_validate(endpoint.config.get("scaling", {})),
             generation=endpoint.generation,
             routes=sorted(routes, key=lambda r: r.version),
-            url=f"{self.base_url}/v2/models/{endpoint.name}",
+            url=endpoint_url(self.base_url, endpoint.name),
             created_at=endpoint.created_at, updated_at=endpoint.updated_at,
         )
 

@@ -19,6 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from serving.names import serving_app_name
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -76,8 +78,7 @@ class _ModelplaneCollector:
                 labels = [endpoint.name, endpoint.model, str(route.version)]
                 weight.add_metric(labels, 0.0 if route.shadow else route.weight)
                 shadow.add_metric(labels, 1.0 if route.shadow else 0.0)
-                key = (f"endpoint-{endpoint.name}" if endpoint.placement == "colocated"
-                       else f"endpoint-{endpoint.name}-v{route.version}")
+                key = serving_app_name(endpoint.name, route.version, endpoint.placement)
                 if key in self.replicas:
                     replicas.add_metric([endpoint.name, str(route.version)], self.replicas[key])
         yield from (requests, latency, compared, agreement, weight, shadow, replicas, generation)

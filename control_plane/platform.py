@@ -23,6 +23,7 @@ from pathlib import Path
 from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ray_auth import apply_ray_auth_env, ray_auth_env
 from modelplane.settings import Settings
+from serving.names import SERVER_APP, SERVER_ROUTE, endpoint_url
 
 NAMESPACE = "modelplane"
 HEAD_RECORD = "ray-head.json"
@@ -135,7 +136,7 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
 
     # Serve narrates every step at INFO; the caller's progress callback tells the story.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    from serving.applications import SERVER_APP, SERVER_ROUTE, build_server_app
+    from serving.applications import build_server_app
     from serving.monitoring.monitor import ensure_monitor
 
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -201,7 +202,7 @@ def wait_store_endpoints(settings: Settings, *, progress: Callable[[str], None],
                 if serving[name]:
                     continue
                 try:
-                    answer = http.get(f"{settings.url}/v2/models/{name}")
+                    answer = http.get(endpoint_url(settings.url, name))
                     served = answer.json().get("parameters", {}).get("weights", {}) \
                         if answer.status_code == 200 else {}
                 except (httpx.TransportError, ValueError):
@@ -322,7 +323,7 @@ def wait_serving(url: str, endpoint: str, version: int, *, timeout_s: float = 30
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            response = httpx.get(f"{url}/v2/models/{endpoint}", timeout=3)
+            response = httpx.get(endpoint_url(url, endpoint), timeout=3)
             if response.status_code == 200 and str(version) in response.json().get("versions", []):
                 return
         except (httpx.TransportError, ValueError):

@@ -39,11 +39,11 @@ from control_plane.deployments import Route, read_routes
 from control_plane.ownership import STORE_ID_ENV, application_owners
 from control_plane.store import Database
 from control_plane.store.models import EndpointRow, ModelRow, RolloutRow
-from serving.applications import (
-    build_endpoint_app,
-    build_version_app,
+from serving.applications import build_endpoint_app, build_version_app
+from serving.names import (
     endpoint_app_name,
     endpoint_route_prefix,
+    is_endpoint_app,
     version_app_name,
 )
 from serving.schemas import (
@@ -56,7 +56,6 @@ from serving.schemas import (
 )
 
 log = logging.getLogger(__name__)
-ENDPOINT_APP_PREFIX = "endpoint-"
 RETRY_BASE_S = 5.0  # first retry of a failed endpoint; doubles per failure
 RETRY_MAX_S = 300.0
 RECENT_ROLLBACK_S = 600.0  # endpoints whose rollout ended this recently go first in a pass
@@ -206,11 +205,8 @@ class Reconciler:
             if config.placement == "isolated":
                 wanted |= {version_app_name(name, v.version) for v in config.versions}
         for app, seen in apps.items():
-            if not app.startswith(ENDPOINT_APP_PREFIX) or app in wanted:
-                continue
-            if endpoint is not None and app != endpoint_app_name(endpoint) and \
-                    not app.startswith(endpoint_app_name(endpoint) + "-v"):
-                continue
+            if app in wanted or not is_endpoint_app(app, endpoint):
+                continue  # not an endpoint's, still wanted, or not the one endpoint swept
             if self.store_id and seen.owner != self.store_id:
                 report.foreign.append(app)  # another store's, or unmarked: never ours to delete
                 continue
@@ -276,8 +272,8 @@ class Reconciler:
         if foreign is not None:
             self._failed(endpoint, foreign, report)
             return
-        for app in [a for a in list(self._applied) if a not in apps and
-                    (a == name or a.startswith(name + "-v"))]:
+        for app in [a for a in list(self._applied)
+                    if a not in apps and is_endpoint_app(a, endpoint)]:
             self._applied.pop(app, None)  # gone from Serve (deleted by hand, Serve restarted)
         env = self.replica_env
         retry = self._retry_due(endpoint)

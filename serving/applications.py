@@ -5,29 +5,15 @@ whose replicas hold every version. Isolated: the same application name and prefi
 router, plus one application per version (``endpoint-{name}-v{n}``, no HTTP route) with
 its own replicas, resources and autoscaling. Keeping each version in its own application
 means adding or removing a version never changes the router's constructor arguments, so
-the router is reconfigured, not restarted.
+the router is reconfigured, not restarted. The names come from :mod:`serving.names`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from serving.names import model_server_name
 from serving.schemas import EndpointConfig, ScalingConfig, VersionConfig
-
-SERVER_APP = "inference-server"
-SERVER_ROUTE = "/v2"
-
-
-def endpoint_app_name(endpoint: str) -> str:
-    return f"endpoint-{endpoint}"
-
-
-def version_app_name(endpoint: str, version: int) -> str:
-    return f"endpoint-{endpoint}-v{version}"
-
-
-def endpoint_route_prefix(endpoint: str) -> str:
-    return f"/v2/models/{endpoint}"
 
 
 def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongoing: int = 1) -> dict[str, Any]:
@@ -107,7 +93,7 @@ def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: di
     """Isolated placement: the application running one version's ModelServer replicas."""
     from ray import serve
 
-    from serving.endpoint import ModelServer, model_server_name
+    from serving.endpoint import ModelServer
 
     options = _deployment_options(version.scaling, env=env, min_ongoing=_batch_floor([version]))
     init = version.model_dump(mode="json")

@@ -43,6 +43,7 @@ from serving.monitoring.stats import (
     StatsRecorder,
     compare_outputs,
 )
+from serving.names import endpoint_route_prefix
 from serving.protocol import decode_request, encode_response, from_numpy_dtype
 from serving.routing import Router
 from serving.schemas import EndpointConfig, TensorSignature, VersionConfig
@@ -179,7 +180,8 @@ class InferenceCore:
         try:
             match = _PATH.match(subpath)
             if match is None:
-                raise ModelNotFoundError(f"no route {subpath!r} under /v2/models/{config.endpoint}")
+                raise ModelNotFoundError(
+                    f"no route {subpath!r} under {endpoint_route_prefix(config.endpoint)}")
             pinned = _parse_version(match.group("version"), backends, config.endpoint)
             action = match.group("action")
             if action is None or action == "/ready":

@@ -24,7 +24,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelplane.errors import ModelplaneError
-from serving.applications import version_app_name
 from serving.backends import LocalVersion, RemoteVersion, load_runner
 from serving.core import (
     HttpResult,
@@ -38,6 +37,7 @@ from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotRead
 from serving.monitoring.monitor import get_monitor
 from serving.monitoring.observations import attach_profiles
 from serving.monitoring.stats import ServedConfig
+from serving.names import SERVER_ROUTE, endpoint_route_prefix, model_server_name, version_app_name
 from serving.schemas import EndpointConfig, VersionConfig
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ class InferenceServer:
     async def __call__(self, request: Request) -> Response:
         from modelplane import __version__
 
-        path = _strip_prefix(request, "/v2").rstrip("/")
+        path = _strip_prefix(request, SERVER_ROUTE).rstrip("/")
         if path in ("", "/"):
             return _to_response(_json(200, {"name": "modelplane", "version": __version__,
                                             "extensions": ["binary_tensor_data"]}))
@@ -244,7 +244,7 @@ class InferenceServer:
             error = ModelNotFoundError(f"no endpoint named {name!r} is deployed; "
                                        "`modelplane status` lists the endpoints")
             return _to_response(error_result(error, new_request_id()))
-        return _to_response(error_result(ModelNotFoundError(f"no route {path!r} under /v2"), ""))
+        return _to_response(error_result(ModelNotFoundError(f"no route {path!r} under {SERVER_ROUTE}"), ""))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -266,10 +266,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def model_server_name(version: int) -> str:
-    return f"model-v{version}"
-
-
 def _version_key(config: VersionConfig) -> tuple[int, str, Any]:
     # A version is reloaded only when what it runs changes, not when its route weight does.
     return (config.version, config.digest, (config.batching, config.intra_op_threads))
@@ -286,4 +282,4 @@ def _strip_prefix(request: Request, prefix: str) -> str:
 
 
 def _subpath(request: Request, endpoint: str) -> str:
-    return _strip_prefix(request, f"/v2/models/{endpoint}")
+    return _strip_prefix(request, endpoint_route_prefix(endpoint))

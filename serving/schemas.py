@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.names import MONITOR_NAME, MONITOR_NAMESPACE
+
 STICKY_HEADER = "x-modelplane-key"
 
 
@@ -105,8 +107,8 @@ class EndpointConfig(Wire):
     versions: list[VersionConfig]
     routes: RouteTable
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    monitor_actor: str = "modelplane-monitor"
-    monitor_namespace: str = "modelplane"
+    monitor_actor: str = MONITOR_NAME
+    monitor_namespace: str = MONITOR_NAMESPACE
     stats_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     monitoring: bool = Field(True, description="Record latency and status statistics.")
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
+from serving.names import endpoint_url
+
 _FAILED_VERSION = re.compile(r":(\d+) failed")
 
 
@@ -90,7 +92,7 @@ class BackgroundLoad:
         body = {"inputs": [{"name": "input", "shape": list(row.shape), "datatype": "FP32",
                             "data": row.ravel().tolist()}]}
         try:
-            response = http.post(f"{self.url}/v2/models/{self.endpoint}/infer", json=body)
+            response = http.post(endpoint_url(self.url, self.endpoint, "infer"), json=body)
         except httpx.HTTPError as error:  # connection refused or reset, timeouts, protocol errors
             time.sleep(0.05)
             return Answer(row, 0, None, error=f"{type(error).__name__}: {error}")

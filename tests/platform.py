@@ -10,6 +10,7 @@ import httpx
 
 from control_plane.client import Client
 from modelplane.settings import Settings
+from serving.names import SERVER_APP, SERVER_ROUTE, endpoint_url
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Platform:
         last = None
         while time.monotonic() < deadline:
             try:
-                response = httpx.get(f"{self.url}/v2/models/{endpoint}", timeout=5)
+                response = httpx.get(endpoint_url(self.url, endpoint), timeout=5)
                 last = response.text
                 if response.status_code == 200 and {
                     int(v) for v in response.json()["versions"]
@@ -57,7 +58,7 @@ class Platform:
         started = time.monotonic()
         want = {str(k): float(v) for k, v in weights.items()}
         while time.monotonic() - started < timeout:
-            response = httpx.get(f"{self.url}/v2/models/{endpoint}", timeout=5)
+            response = httpx.get(endpoint_url(self.url, endpoint), timeout=5)
             if response.status_code == 200 and response.json()["parameters"]["weights"] == want:
                 return time.monotonic() - started
             time.sleep(0.05)
@@ -71,7 +72,7 @@ def start_platform_on_session(port: int, home: Path, *, db_url: str | None = Non
 
     from control_plane.platform import wait_healthy
     from control_plane.serve_app import deploy_control_plane
-    from serving.applications import SERVER_APP, SERVER_ROUTE, build_server_app
+    from serving.applications import build_server_app
     from serving.monitoring.monitor import ensure_monitor
 
     env = {"MODELPLANE_HOME": str(home), "MODELPLANE_HTTP_PORT": str(port)}

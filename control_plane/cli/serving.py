@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_table
+from serving.names import endpoint_url
 
 if TYPE_CHECKING:
     from control_plane.schemas import EndpointServing
@@ -106,7 +107,7 @@ def _is_ready(base_url: str, endpoint: str) -> bool:
     import httpx
 
     try:
-        return httpx.get(f"{base_url}/v2/models/{endpoint}/ready", timeout=3).status_code == 200
+        return httpx.get(endpoint_url(base_url, endpoint, "ready"), timeout=3).status_code == 200
     except httpx.TransportError:
         return False
 

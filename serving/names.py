@@ -1,0 +1,61 @@
+"""Every name the data plane is known by: Serve applications, HTTP routes, the Monitor.
+
+The control plane deploys, sweeps, counts and calls what the data plane serves, so both
+derive these names here and cannot drift apart. Plain strings, no imports: anything may
+import this module, however light it must stay.
+
+- ``inference-server`` at ``/v2``: server metadata and health.
+- ``endpoint-{e}`` at ``/v2/models/{e}``: an endpoint (colocated), or its router (isolated).
+- ``endpoint-{e}-v{n}``, no route: version ``n`` of an isolated endpoint, one deployment
+  ``model-v{n}`` the router calls through a handle.
+- ``modelplane-monitor`` in Ray namespace ``modelplane``: the Monitor actor.
+"""
+
+from __future__ import annotations
+
+SERVER_APP = "inference-server"
+SERVER_ROUTE = "/v2"
+ENDPOINT_APP_PREFIX = "endpoint-"
+MONITOR_NAME = "modelplane-monitor"
+MONITOR_NAMESPACE = "modelplane"
+
+
+def endpoint_app_name(endpoint: str) -> str:
+    """The Serve application that answers ``endpoint``'s route."""
+    return f"{ENDPOINT_APP_PREFIX}{endpoint}"
+
+
+def version_app_name(endpoint: str, version: int) -> str:
+    """The Serve application running one version of an isolated endpoint."""
+    return f"{endpoint_app_name(endpoint)}-v{version}"
+
+
+def serving_app_name(endpoint: str, version: int, placement: str) -> str:
+    """The application whose replicas run ``version``: the endpoint's own when colocated."""
+    if placement == "colocated":
+        return endpoint_app_name(endpoint)
+    return version_app_name(endpoint, version)
+
+
+def is_endpoint_app(app: str, endpoint: str | None = None) -> bool:
+    """Whether Serve application ``app`` is an endpoint's (its own or one of its versions');
+    only ``endpoint``'s when it is given."""
+    if endpoint is None:
+        return app.startswith(ENDPOINT_APP_PREFIX)
+    own = endpoint_app_name(endpoint)
+    return app == own or app.startswith(f"{own}-v")
+
+
+def model_server_name(version: int) -> str:
+    """The deployment inside a version's application (isolated placement)."""
+    return f"model-v{version}"
+
+
+def endpoint_route_prefix(endpoint: str) -> str:
+    """``/v2/models/{endpoint}``: the route prefix of the endpoint's application."""
+    return f"{SERVER_ROUTE}/models/{endpoint}"
+
+
+def endpoint_url(base_url: str, endpoint: str, *path: str) -> str:
+    """``{base_url}/v2/models/{endpoint}[/{path}…]``, e.g. ``endpoint_url(url, "iris", "infer")``."""
+    return "/".join([f"{base_url}{endpoint_route_prefix(endpoint)}", *path])
