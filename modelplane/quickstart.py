@@ -1,22 +1,24 @@
 """The main job: the whole modelplane story on the embedded default, step by step.
 
 1. start the platform (local Ray head, Serve, the Monitor, the control plane on SQLite);
-2. train version 1 on Ray Train (a job submitted through Ray's job API), register it,
-   serve it;
-3. send live traffic with Locust in the background, plus labelled requests whose ground
+2. train version 1 on Ray Train (a job submitted through Ray's job API) and register it;
+3. serve it;
+4. send live traffic with Locust in the background, plus labelled requests whose ground
    truth is fed back, so online accuracy is measured;
-4. train version 2 with other hyperparameters: the endpoint follows the ``challenger``
+5. train version 2 with other hyperparameters: the endpoint follows the ``challenger``
    alias, so a canary rollout starts on its own, is analysed and promoted;
-5. train a deliberately bad version 3, on a copy of the data whose labels were shuffled
+6. train a deliberately bad version 3, on a copy of the data whose labels were shuffled
    (a broken join upstream): its canary fails the online-accuracy gate and is rolled back
    automatically, with the reason recorded;
-6. shift one feature of the live traffic: the drift alert fires and names it;
-7. print where to look. The platform keeps running; ``modelplane down`` stops it.
+7. shift one feature of the live traffic: the drift alert fires and names it.
+
+Then it prints where to look. The platform keeps running; ``modelplane down`` stops it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -41,6 +43,7 @@ TRACKED_ALIAS = "challenger"
 DRIFT_RULE = "breast-cancer-input-drift"
 DRIFT_FEATURE = 0  # "mean radius"
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "benchmarks" / "locustfile.py"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class QuickstartError(ModelplaneError):
@@ -78,6 +81,7 @@ class Story:
         self.dashboard: str | None = None
         self.locust: subprocess.Popen[bytes] | None = None
         self.feedback: LabelledTraffic | None = None
+        self.steps = 0
 
     # ------------------------------------------------------------ the steps
 
@@ -107,9 +111,16 @@ class Story:
         from control_plane.client import Client
         from control_plane.platform import start_platform
 
-        self.step("1. start the platform", "Ray head, Serve, Monitor, control plane")
+        self.step("start the platform", "Ray head, Serve, Monitor, control plane")
         with self.console.status("starting …") as status:
             info = start_platform(self.settings, progress=lambda m: status.update(m + " …"))
+        # The rest of the story reaches the platform over HTTP and Ray's job API, so this
+        # process stops being a Ray driver: Ray prints its cluster-wide notes (the raylet's
+        # "N worker processes have been started" …) to every driver's stdout, in the middle
+        # of the story. They stay in Ray's logs; our own failures still surface here.
+        import ray
+
+        ray.shutdown()  # only disconnects: the head and everything on it keep running
         self.dashboard = info.dashboard_url
         self.console.print(f"  control plane {info.api_url}   inference {info.inference_url}"
                            + (" (HAProxy ingress)" if info.fast_ingress else ""))
@@ -125,8 +136,7 @@ class Story:
               epochs: int, data: dict[str, Any] | None = None) -> int:
         from training.submission import submit_spec
 
-        title = "2. train version 1" if number == 1 else f"{number + 2}. train version {number}"
-        self.step(title, f"{label}: Ray Train job submitted through Ray's job API")
+        self.step(f"train version {number}", f"{label}: Ray Train job submitted through Ray's job API")
         spec = self.work / f"job-v{number}.yaml"
         spec.write_text(yaml.safe_dump(_job_spec(label, hidden, learning_rate, epochs, data)))
         before = self._latest_version()
@@ -148,7 +158,7 @@ class Story:
     def serve(self, version: int) -> None:
         from control_plane.platform import wait_serving
 
-        self.step(f"2. serve {MODEL}:{version}", f"at /v2/models/{ENDPOINT}")
+        self.step(f"serve {MODEL}:{version}", f"at /v2/models/{ENDPOINT}")
         if any(e.name == ENDPOINT for e in self.client.list_endpoints()):
             for rollout in self.client.list_rollouts(endpoint=ENDPOINT, active=True):
                 self.client.rollout_action(rollout.id, "abort", "quickstart restarted")
@@ -171,7 +181,7 @@ class Story:
     def start_traffic(self) -> None:
         from sklearn.datasets import load_breast_cancer
 
-        self.step("3. live traffic", "Locust in the background, and labelled requests with feedback")
+        self.step("live traffic", "Locust in the background, and labelled requests with feedback")
         data = load_breast_cancer()
         rows_file = self.work / "rows.npy"
         np.save(rows_file, data.data.astype(np.float32))
@@ -225,7 +235,7 @@ class Story:
         from sklearn.datasets import load_breast_cancer
 
         feature = str(load_breast_cancer().feature_names[DRIFT_FEATURE])
-        self.step("6. drifted traffic", f"Locust now adds 3 standard deviations to {feature!r}")
+        self.step("drifted traffic", f"Locust now adds 3 standard deviations to {feature!r}")
         self._stop_locust()
         self.locust = self._start_locust(self.work / "rows.npy", drift=3.0)
         with self.console.status("  waiting for the Monitor's drift verdict and the alert …"):
@@ -256,7 +266,9 @@ class Story:
     # ------------------------------------------------------------ helpers
 
     def step(self, title: str, detail: str) -> None:
-        self.console.print(f"\n[bold]{title}[/bold] — {detail}")
+        """Print the next step's heading, numbered in the order the story reaches it."""
+        self.steps += 1
+        self.console.print(f"\n[bold]{self.steps}. {title}[/bold] — {detail}")
 
     def _shuffled_labels(self) -> dict[str, Any]:
         """The training data with its labels shuffled: what a broken upstream join produces."""
@@ -355,7 +367,8 @@ def _job_spec(label: str, hidden: list[int], learning_rate: float, epochs: int,
 
 def _is_story_line(line: str) -> bool:
     """The job's own progress lines, not Ray's log chatter."""
-    text = line.strip()
+    # Ray colours its prefixes ("\x1b[33m(raylet)\x1b[0m …"): judge the text without them.
+    text = _ANSI_ESCAPE.sub("", line).strip()
     return bool(text) and not text.startswith(("(", "[", "20", "INFO", "WARNING", "Traceback"))
 
 

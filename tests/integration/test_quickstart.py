@@ -38,6 +38,9 @@ def test_quickstart_tells_the_whole_story() -> None:
                          "registered breast-cancer:3", "promoted", "rolled back automatically",
                          "alert firing", "modelplane down"):
             assert promised in out, promised
+        # Every step numbered once, in order; Ray's own notes stay out of the story.
+        assert re.findall(r"^(\d+)\. ", out, flags=re.MULTILINE) == [str(n) for n in range(1, 8)]
+        assert "(raylet)" not in out + result.stderr
         metrics = httpx.get(f"http://127.0.0.1:{port}/api/metrics", timeout=30).text
         served = set(re.findall(r'endpoint="breast-cancer",version="(\d+)"', metrics))
         assert {"1", "2", "3"} <= served, served
