@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from serving.names import serving_app_name
 
+if TYPE_CHECKING:
+    from serving.monitoring import VersionTotals
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _ModelplaneCollector:
-    def __init__(self, monitor_rows: list[dict[str, Any]], endpoints: list[Any],
+    def __init__(self, monitor_rows: list[VersionTotals], endpoints: list[Any],
                  replicas: dict[str, int], alerts: dict[str, Any] | None = None,
                  monitor_up: bool | None = None) -> None:
         self.monitor_rows, self.endpoints, self.replicas = monitor_rows, endpoints, replicas
@@ -45,21 +48,21 @@ class _ModelplaneCollector:
             "modelplane_shadow_compared", "Shadow answers compared with the primary.",
             labels=["endpoint", "version"])
         for row in self.monitor_rows:
-            labels = [row["endpoint"], str(row["version"])]
-            for code, count in sorted(row["codes"].items()):
+            labels = [row.endpoint, str(row.version)]
+            for code, count in sorted(row.codes.items()):
                 requests.add_metric([*labels, str(code)], count)
-            if row["version"] == 0:
+            if row.version == 0:
                 continue
-            base = {"endpoint": row["endpoint"], "version": str(row["version"])}
-            for quantile, value in row["latency_quantiles"].items():
+            base = {"endpoint": row.endpoint, "version": str(row.version)}
+            for quantile, value in row.latency_quantiles.items():
                 if not math.isnan(value):
                     latency.add_sample("modelplane_request_latency_seconds",
                                        {**base, "quantile": str(quantile)}, value)
-            latency.add_sample("modelplane_request_latency_seconds_count", base, row["latency_count"])
-            latency.add_sample("modelplane_request_latency_seconds_sum", base, row["latency_sum"])
-            if row["shadow_compared"]:
-                compared.add_metric(labels, row["shadow_compared"])
-                agreement.add_metric(labels, row["shadow_agreed"] / row["shadow_compared"])
+            latency.add_sample("modelplane_request_latency_seconds_count", base, row.latency_count)
+            latency.add_sample("modelplane_request_latency_seconds_sum", base, row.latency_sum)
+            if row.shadow_compared:
+                compared.add_metric(labels, row.shadow_compared)
+                agreement.add_metric(labels, row.shadow_agreed / row.shadow_compared)
         weight = GaugeMetricFamily(
             "modelplane_traffic_weight", "Share of traffic routed to a version, percent.",
             labels=["endpoint", "model", "version"])
@@ -92,7 +95,7 @@ class _ModelplaneCollector:
             yield from _alert_families(self.alerts)
 
 
-def render(monitor_rows: list[dict[str, Any]], endpoints: list[Any], replicas: dict[str, int],
+def render(monitor_rows: list[VersionTotals], endpoints: list[Any], replicas: dict[str, int],
            alerts: dict[str, Any] | None = None, *, monitor_up: bool | None = None) -> bytes:
     """The Prometheus text exposition for the given state (``monitor_up``: whether the
     Monitor answered; None leaves ``modelplane_monitor_up`` out)."""
@@ -124,7 +127,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _monitoring_families(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
+def _monitoring_families(rows: list[VersionTotals]):  # type: ignore[no-untyped-def]
     """Drift, data quality, online accuracy, anomalies and the feedback store."""
     f = {
         "drift": _gauge("modelplane_drift_detected", "1 when the version's drift verdict is drift, "
@@ -176,64 +179,58 @@ def _monitoring_families(rows: list[dict[str, Any]]):  # type: ignore[no-untyped
               for name in _ONLINE}
     feedback_done: set[str] = set()
     for row in rows:
-        monitoring = row.get("monitoring")
-        if not monitoring or row["version"] == 0:
+        if row.version == 0:
             continue
-        labels = [row["endpoint"], str(row["version"])]
-        totals = monitoring.get("totals") or {}
-        drift = monitoring.get("drift") or {}
-        if drift.get("verdict") in ("drift", "ok"):
-            f["drift"].add_metric(labels, 1.0 if drift["verdict"] == "drift" else 0.0)
-        f["drift_rows"].add_metric(labels, float(drift.get("samples") or 0))
-        for name, feature in (drift.get("features") or {}).items():
-            if (p := _number(feature.get("p_value"))) is not None:
+        labels = [row.endpoint, str(row.version)]
+        totals, window = row.quality, row.window
+        drift = window.drift
+        if drift.verdict.judged:
+            f["drift"].add_metric(labels, 1.0 if drift.verdict == "drift" else 0.0)
+        f["drift_rows"].add_metric(labels, float(drift.samples))
+        for name, feature in drift.features.items():
+            if (p := _number(feature.p_value)) is not None:
                 f["pvalue"].add_metric([*labels, name], p)
-            f["drifted"].add_metric([*labels, name], float(bool(feature.get("drifted"))))
+            f["drifted"].add_metric([*labels, name], float(feature.drifted))
             for statistic in _DRIFT_STATISTICS:
-                if (value := _number((feature.get("statistics") or {}).get(statistic))) is not None:
+                if (value := _number(feature.statistics.get(statistic))) is not None:
                     f["statistic"].add_metric([*labels, name, statistic], value)
-        prediction = drift.get("prediction") or {}
-        if prediction.get("verdict") in ("drift", "ok"):
-            f["prediction"].add_metric(labels, float(prediction["verdict"] == "drift"))
-        for name, feature in (prediction.get("features") or {}).items():
-            if (p := _number(feature.get("p_value"))) is not None:
+        prediction = drift.prediction
+        if prediction.verdict.judged:
+            f["prediction"].add_metric(labels, float(prediction.verdict == "drift"))
+        for name, feature in prediction.features.items():
+            if (p := _number(feature.p_value)) is not None:
                 f["prediction_pvalue"].add_metric([*labels, name], p)
-        f["rows"].add_metric(labels, totals.get("q:rows", 0.0))
-        f["support"].add_metric(labels, totals.get("q:rows_out_of_support", 0.0))
-        f["confidence"].add_metric(labels, totals.get("q:unusual_confidence", 0.0))
-        f["labelled"].add_metric(labels, totals.get("fb:n", 0.0))
-        for key, value in totals.items():
-            if key.startswith("q:missing:"):
-                f["missing"].add_metric([*labels, key[10:]], value)
-            elif key.startswith("q:oor:"):
-                f["out_of_range"].add_metric([*labels, key[6:]], value)
-            elif key.startswith("rej:"):
-                f["rejected"].add_metric([*labels, key[4:]], value)
-        quality = monitoring.get("quality") or {}
-        if (age := _number(quality.get("last_request_age_s"))) is not None:
+        f["rows"].add_metric(labels, totals.rows)
+        f["support"].add_metric(labels, totals.rows_out_of_support)
+        f["confidence"].add_metric(labels, totals.unusual_confidence)
+        f["labelled"].add_metric(labels, totals.labelled)
+        for name, count in totals.missing.items():
+            f["missing"].add_metric([*labels, name], count)
+        for name, count in totals.out_of_range.items():
+            f["out_of_range"].add_metric([*labels, name], count)
+        for reason, count in totals.rejected.items():
+            f["rejected"].add_metric([*labels, reason], count)
+        if (age := _number(window.quality.last_request_age_s)) is not None:
             f["age"].add_metric(labels, age)
-        if (data_age := _number(quality.get("data_age_s"))) is not None:
+        if (data_age := _number(window.quality.data_age_s)) is not None:
             f["data_age"].add_metric(labels, data_age)
-        accuracy = monitoring.get("accuracy") or {}
         for name, family in online.items():
-            if (value := _number(accuracy.get(name))) is not None:
+            if (value := _number(getattr(window.accuracy, name))) is not None:
                 family.add_metric(labels, value)
-        anomalies = monitoring.get("anomalies") or {}
-        latency = anomalies.get("latency_ms") or {}
-        if latency.get("z") is not None:
-            f["latency_anomaly"].add_metric(labels, float(bool(latency.get("anomalous"))))
-        if (baseline := _number(latency.get("baseline"))) is not None:
+        latency = window.anomalies.latency_ms
+        if latency is not None and latency.z is not None:
+            f["latency_anomaly"].add_metric(labels, float(latency.anomalous))
+        if latency is not None and (baseline := _number(latency.baseline)) is not None:
             f["latency_baseline"].add_metric(labels, baseline / 1000)
-        errors = anomalies.get("error_rate") or {}
-        if errors.get("z") is not None:
-            f["error_anomaly"].add_metric(labels, float(bool(errors.get("anomalous"))))
-        feedback = monitoring.get("feedback") or {}
-        if row["endpoint"] not in feedback_done and feedback:
-            feedback_done.add(row["endpoint"])
-            f["held"].add_metric([row["endpoint"]], feedback.get("held", 0))
-            for reason in ("dropped_full", "expired"):
-                f["dropped"].add_metric([row["endpoint"], reason], feedback.get(reason, 0))
-            f["unmatched"].add_metric([row["endpoint"]], feedback.get("labels_unmatched", 0))
+        errors = window.anomalies.error_rate
+        if errors is not None and errors.z is not None:
+            f["error_anomaly"].add_metric(labels, float(errors.anomalous))
+        if row.endpoint not in feedback_done:
+            feedback_done.add(row.endpoint)
+            f["held"].add_metric([row.endpoint], row.feedback.held)
+            f["dropped"].add_metric([row.endpoint, "dropped_full"], row.feedback.dropped_full)
+            f["dropped"].add_metric([row.endpoint, "expired"], row.feedback.expired)
+            f["unmatched"].add_metric([row.endpoint], row.feedback.labels_unmatched)
     yield from f.values()
     yield from online.values()
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control_plane.errors import MonitorUnavailableError
+
+if TYPE_CHECKING:
+    from serving.monitoring import VersionSnapshot, VersionTotals
 
 MONITOR_TIMEOUT_S = 2.0  # a healthy Monitor answers in milliseconds
 MONITOR_RETRY_S = 5.0  # after a failure, how long callers are told "unknown" without asking
@@ -66,7 +69,7 @@ def monitor_available() -> bool:
         return _unavailable is None
 
 
-def read_version_stats(endpoint: str, window_s: float) -> dict[int, dict[str, Any]]:
+def read_version_stats(endpoint: str, window_s: float) -> dict[int, VersionSnapshot]:
     """The Monitor's per-version snapshot (NaN where there is no data); {} without Ray.
 
     Raises MonitorUnavailableError when Ray runs but the Monitor does not answer.
@@ -76,7 +79,7 @@ def read_version_stats(endpoint: str, window_s: float) -> dict[int, dict[str, An
     return dict(_ask("snapshot", endpoint, window_s))
 
 
-def version_stats(endpoint: str, window_s: float) -> dict[int, dict[str, Any]]:
+def version_stats(endpoint: str, window_s: float) -> dict[int, VersionSnapshot]:
     """As :func:`read_version_stats`, but {} when the Monitor cannot answer: the rollout
     controller's source, for which no statistics make every analysis inconclusive."""
     try:
@@ -86,8 +89,10 @@ def version_stats(endpoint: str, window_s: float) -> dict[int, dict[str, Any]]:
 
 
 def endpoint_stats(endpoint: str, window_s: float) -> dict[str, Any]:
-    """Per-version statistics, JSON-safe (NaN becomes None); raises MonitorUnavailableError."""
-    return {str(v): json_safe(stats) for v, stats in read_version_stats(endpoint, window_s).items()}
+    """Per-version statistics as the REST API answers them: JSON-safe (NaN becomes None);
+    raises MonitorUnavailableError."""
+    return {str(v): json_safe(stats.to_json())
+            for v, stats in read_version_stats(endpoint, window_s).items()}
 
 
 def json_safe(value: Any) -> Any:
@@ -100,7 +105,7 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def monitor_totals() -> list[dict[str, Any]]:
+def monitor_totals() -> list[VersionTotals]:
     """Cumulative per-version counters from the Monitor; [] without Ray.
 
     Raises MonitorUnavailableError when Ray runs but the Monitor does not answer.

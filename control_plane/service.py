@@ -100,9 +100,9 @@ class ControlPlane:
 
     def start_alerts(self) -> None:
         """Evaluate the alert rules against the Monitor in the alerts' own thread."""
-        from control_plane.observability import endpoint_stats
+        from control_plane.observability import read_version_stats
 
-        self.alerts.start(endpoint_stats, lambda: [e.name for e in self.deployments.list()])
+        self.alerts.start(read_version_stats, lambda: [e.name for e in self.deployments.list()])
 
     def raise_alert(self, name: str, *, severity: str, labels: dict[str, str], summary: str,
                     data: dict[str, Any] | None = None) -> None:

@@ -36,11 +36,12 @@ from control_plane.alerts.store import AlertStore
 from control_plane.alerts.templates import render_template
 from control_plane.schemas import Page
 from control_plane.store import Database
+from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
 TICK_S = 0.25
 EVENT_DEDUP_S = 60.0  # the same event (name and labels) again within this is dropped
-ReadStats = Callable[[str, float], dict[str, Any]]  # (endpoint, window_s) -> {version: stats}
+ReadStats = Callable[[str, float], dict[int, VersionSnapshot]]  # (endpoint, window_s) -> by version
 ListEndpoints = Callable[[], list[str]]
 
 
@@ -143,7 +144,7 @@ class AlertService:
             due = [r for r in self._rules if r.enabled and self._due.get(r.name, 0.0) <= now]
         if not due:
             return 0
-        cache: dict[tuple[str, float], dict[str, Any]] = {}
+        cache: dict[tuple[str, float], dict[int, VersionSnapshot] | str] = {}
         endpoints: list[str] | None = None
         for rule in due:
             if rule.endpoint is None and endpoints is None:
@@ -157,7 +158,7 @@ class AlertService:
         return len(due)
 
     def _read(self, rule: AlertRuleSpec, endpoints: list[str], read_stats: ReadStats,
-              cache: dict[tuple[str, float], dict[str, Any] | str],
+              cache: dict[tuple[str, float], dict[int, VersionSnapshot] | str],
               unknown: dict[str, str]) -> dict[str, tuple[dict[str, str], float | None, dict[str, Any]]]:
         """Per alert fingerprint: labels, value and details of the rule's metric.
 

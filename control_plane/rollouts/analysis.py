@@ -1,6 +1,6 @@
 """Analysis gates: judge a candidate against its SLOs and the stable version over a window.
 
-Input is the Monitor's per-version snapshot (``serving.monitoring.monitor.MonitorState.snapshot``).
+Input is the Monitor's per-version snapshot (:class:`serving.monitoring.VersionSnapshot`).
 A check needs ``min_samples`` requests in the window before it may decide anything; with
 fewer it is inconclusive, never a pass and never a failure.
 
@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+
+from serving.monitoring import ShadowComparison, Traffic, VersionSnapshot
 
 
 class Verdict(StrEnum):
@@ -46,23 +48,23 @@ class AnalysisConfig:
     include_pinned: bool = False  # count requests pinned to a version (callers choose it)
 
 
-def sample_of(config: AnalysisConfig, stats: dict[str, Any] | None) -> tuple[int, float]:
+def sample_of(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, float]:
     """(requests, error rate) of the sample in one version's snapshot: randomly routed
     requests the version answered, plus sticky or pinned ones where ``config`` says so."""
-    routing = (stats or {}).get("routing") or {}
+    routing = stats.traffic.routing if stats is not None else {}
     kinds = ["random"] + ["sticky"] * config.include_sticky + ["pinned"] * config.include_pinned
-    requests = sum(int((routing.get(kind) or {}).get("requests", 0)) for kind in kinds)
-    errors = sum(int((routing.get(kind) or {}).get("server_errors", 0)) for kind in kinds)
+    counted = [routing[kind] for kind in kinds if kind in routing]
+    requests = sum(routed.requests for routed in counted)
+    errors = sum(routed.server_errors for routed in counted)
     return requests, (errors / requests if requests else 0.0)
 
 
-def latency_of(config: AnalysisConfig, stats: dict[str, Any]) -> dict[str, float]:
-    """p95 and p99 (ms) the gates judge: the randomly routed requests' (``sample_latency``),
+def latency_of(config: AnalysisConfig, stats: VersionSnapshot) -> dict[str, float]:
+    """p95 and p99 (ms) the gates judge: the randomly routed requests' (``latency.sample``),
     or every request's where the rollout also counts sticky or pinned ones."""
-    sample = stats.get("sample_latency")
-    if sample is None or config.include_sticky or config.include_pinned:
-        return {"p95_ms": float(stats["p95_ms"]), "p99_ms": float(stats["p99_ms"])}
-    return {"p95_ms": float(sample["p95_ms"]), "p99_ms": float(sample["p99_ms"])}
+    every = config.include_sticky or config.include_pinned
+    latency = stats.latency.all_requests if every else stats.latency.sample
+    return {"p95_ms": float(latency.p95_ms), "p99_ms": float(latency.p99_ms)}
 
 
 @dataclass(frozen=True)
@@ -74,17 +76,18 @@ class CheckResult:
     reason: str = ""
 
 
-def analyse(config: AnalysisConfig, candidate: dict[str, Any] | None,
-            stable: dict[str, Any] | None, *, shadow: bool = False) -> CheckResult:
+def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
+            stable: VersionSnapshot | None, *, shadow: bool = False) -> CheckResult:
     """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks)."""
     if shadow:
         return _analyse_shadow(config, candidate)
     samples, error_rate = sample_of(config, candidate)
     if samples < config.min_samples:
-        apart = ", ".join(f"{int((candidate or {}).get(f'{what}_requests', 0))} {what}"
-                          for what, counted in (("pinned", config.include_pinned),
-                                                ("sticky", config.include_sticky),
-                                                ("rejected", False)) if not counted)
+        traffic = candidate.traffic if candidate is not None else Traffic()
+        apart = ", ".join(f"{count} {what}" for what, count, counted in (
+            ("pinned", traffic.pinned_requests, config.include_pinned),
+            ("sticky", traffic.sticky_requests, config.include_sticky),
+            ("rejected", traffic.rejected_requests, False)) if not counted)
         return CheckResult(Verdict.INCONCLUSIVE,
                            reason=f"{samples} randomly routed requests answered in the window, "
                                   f"need {config.min_samples} (not counted: {apart})")
@@ -112,38 +115,38 @@ def analyse(config: AnalysisConfig, candidate: dict[str, Any] | None,
         stable_p95 = latency_of(config, stable)["p95_ms"]
         if stable_p95 > 0 and not math.isnan(stable_p95):
             check("p95_ratio", latency["p95_ms"] / stable_p95, config.max_p95_ratio)
-    drift = candidate.get("drift") or {}
-    if config.fail_on_drift and drift.get("verdict") in ("drift", "ok"):
-        drifted = list(drift.get("drifted_features") or [])
-        if (drift.get("prediction") or {}).get("drifted"):
+    drift = candidate.drift
+    if config.fail_on_drift and drift.verdict.judged:
+        drifted = list(drift.drifted_features)
+        if drift.prediction.drifted:
             drifted.append("<prediction>")
         checks["drift"] = {"value": drifted, "limit": [], "passed": not drifted}
         if drifted:
             failures.append(f"drift in {', '.join(drifted)}")
-    accuracy = candidate.get("accuracy") or {}
-    if int(accuracy.get("labelled") or 0) >= config.min_labels:
-        if accuracy.get("accuracy") is not None:
-            check("accuracy", float(accuracy["accuracy"]), config.min_accuracy, worse_if_above=False)
-        if accuracy.get("mae") is not None:
-            check("mae", float(accuracy["mae"]), config.max_mae)
+    accuracy = candidate.accuracy
+    if accuracy.labelled >= config.min_labels:
+        if accuracy.accuracy is not None:
+            check("accuracy", float(accuracy.accuracy), config.min_accuracy, worse_if_above=False)
+        if accuracy.mae is not None:
+            check("mae", float(accuracy.mae), config.max_mae)
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
     return CheckResult(Verdict.PASS, checks, "all checks passed")
 
 
-def _analyse_shadow(config: AnalysisConfig, candidate: dict[str, Any] | None) -> CheckResult:
-    shadow = (candidate or {}).get("shadow") or {}
-    compared = int(shadow.get("compared", 0))
+def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -> CheckResult:
+    shadow = candidate.shadow if candidate is not None else ShadowComparison()
+    compared = shadow.compared
     if compared < config.min_samples:
         return CheckResult(Verdict.INCONCLUSIVE,
                            reason=f"{compared} mirrored requests compared, need {config.min_samples}")
-    errors = int(shadow.get("errors", 0))
+    errors = shadow.errors
     error_rate = errors / (errors + compared)
     checks = {"shadow_error_rate": {"value": error_rate, "limit": config.max_error_rate,
                                     "passed": config.max_error_rate is None or error_rate <= config.max_error_rate}}
     failures = [] if checks["shadow_error_rate"]["passed"] else [
         f"shadow_error_rate {error_rate:.4g} > {config.max_error_rate:.4g}"]
-    agreement = shadow.get("agreement")
+    agreement = shadow.agreement
     if config.min_shadow_agreement is not None and agreement is not None and not math.isnan(agreement):
         passed = agreement >= config.min_shadow_agreement
         checks["shadow_agreement"] = {"value": agreement, "limit": config.min_shadow_agreement,

@@ -25,7 +25,7 @@ The rules, in the order they apply:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -36,6 +36,7 @@ from control_plane.rollouts.approvals import ApprovalGate
 from control_plane.rollouts.deadline import inconclusive_for, past_deadline
 from control_plane.rollouts.schemas import AnalysisSettings, RolloutOut
 from control_plane.rollouts.states import RolloutState
+from serving.monitoring import VersionSnapshot
 
 ANALYSED_STATES = (RolloutState.PROGRESSING, RolloutState.AWAITING_APPROVAL)
 
@@ -58,8 +59,8 @@ class Snapshot:
     """The Monitor's numbers for one analysis: each version's statistics over the window."""
 
     window_s: float
-    candidate: dict[str, Any] | None
-    stable: dict[str, Any] | None
+    candidate: VersionSnapshot | None
+    stable: VersionSnapshot | None
 
 
 @dataclass(frozen=True)
@@ -194,16 +195,18 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
     })
 
 
-def _summary(stats: dict[str, Any] | None) -> dict[str, Any]:
+def _summary(stats: VersionSnapshot | None) -> dict[str, Any]:
     """The numbers of one version's statistics kept with an analysis."""
-    if not stats:
+    if stats is None:
         return {}
-    keys = ("requests", "error_rate", "p50_ms", "p95_ms", "p99_ms", "throughput_rps")
-    summary = {k: stats.get(k) for k in keys}
-    if stats.get("shadow", {}).get("compared"):
-        summary["shadow"] = stats["shadow"]
-    if stats.get("drift"):
-        summary["drift"] = {k: stats["drift"].get(k) for k in ("verdict", "drifted_features")}
-    if stats.get("accuracy"):
-        summary["accuracy"] = stats["accuracy"]
+    traffic, latency = stats.traffic, stats.latency.all_requests
+    summary: dict[str, Any] = {
+        "requests": traffic.requests, "error_rate": traffic.error_rate,
+        "p50_ms": latency.p50_ms, "p95_ms": latency.p95_ms, "p99_ms": latency.p99_ms,
+        "throughput_rps": traffic.throughput_rps}
+    if stats.shadow.compared:
+        summary["shadow"] = asdict(stats.shadow)
+    summary["drift"] = {"verdict": stats.drift.verdict.value,
+                        "drifted_features": list(stats.drift.drifted_features)}
+    summary["accuracy"] = stats.accuracy.to_json()
     return summary

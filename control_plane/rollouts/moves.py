@@ -37,11 +37,12 @@ from control_plane.rollouts.states import ACTIVE_STATES, RolloutState, can_trans
 from control_plane.schemas import AliasSet, Stage, StageChange
 from control_plane.store import Database
 from control_plane.store.models import EndpointRow, RolloutRow
+from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-StatsSource = Callable[[str, float], dict[int, dict[str, Any]]]
+StatsSource = Callable[[str, float], dict[int, VersionSnapshot]]
 
 
 class TrafficMoves:

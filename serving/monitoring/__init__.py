@@ -11,8 +11,34 @@ sections of :mod:`~serving.monitoring.sections`, the anomalies of
 :mod:`~serving.monitoring.feedback` (fed by the bodies :mod:`~serving.monitoring.feedback_wire`
 parses).
 
-Importing this package is cheap: the modules above load NumPy and the kernels, so they are
-imported where they are used.
+The Monitor answers with the typed schema of :mod:`~serving.monitoring.snapshot`, named
+here; its counters' names are spelled in :mod:`~serving.monitoring.counters`. Importing
+this package is cheap: the modules that load NumPy and the kernels are imported where
+they are used.
 """
 
-__all__: list[str] = []
+from serving.monitoring.snapshot import (
+    Accuracy,
+    Anomalies,
+    Drift,
+    DriftVerdict,
+    Latency,
+    Quality,
+    ShadowComparison,
+    Traffic,
+    VersionSnapshot,
+    VersionTotals,
+)
+
+__all__ = [
+    "Accuracy",
+    "Anomalies",
+    "Drift",
+    "DriftVerdict",
+    "Latency",
+    "Quality",
+    "ShadowComparison",
+    "Traffic",
+    "VersionSnapshot",
+    "VersionTotals",
+]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from serving.monitoring import counters
+from serving.monitoring.snapshot import BaselineJudgement
 
 EWMA_WEIGHT = 0.05  # per slot: a memory of about 20 seconds of traffic
 BASELINE_LAG_S = 10
@@ -45,15 +45,15 @@ class EwmaBaseline:
             self.variance = (1 - self.weight) * (self.variance + self.weight * delta * delta)
         self.slots += 1
 
-    def judge(self, value: float | None, floor: float, *, requests: int) -> dict[str, Any]:
+    def judge(self, value: float | None, floor: float, *, requests: int) -> BaselineJudgement:
         """How far ``value`` is above the baseline, and whether that is an anomaly."""
         deviation = max(math.sqrt(self.variance), floor)
         ready = self.slots >= MIN_BASELINE_SLOTS and requests >= MIN_REQUESTS and value is not None
         z = (value - self.mean) / deviation if ready and deviation > 0 else None  # type: ignore[operator]
-        return {"value": value, "baseline": None if math.isnan(self.mean) else self.mean,
-                "deviation": deviation if self.slots else None, "z": z,
-                "baseline_slots": self.slots,
-                "anomalous": bool(z is not None and z > Z_LIMIT)}
+        return BaselineJudgement(value=value, baseline=None if math.isnan(self.mean) else self.mean,
+                                 deviation=deviation if self.slots else None, z=z,
+                                 baseline_slots=self.slots,
+                                 anomalous=bool(z is not None and z > Z_LIMIT))
 
 
 @dataclass
@@ -80,15 +80,14 @@ class AnomalyTracker:
             if latency_n:
                 self.latency_ms.update(1000 * latency_sum / latency_n)
 
-    def judge(self, counts: dict[str, float]) -> dict[str, Any]:
+    def judge(self, counts: dict[str, float]) -> tuple[BaselineJudgement, BaselineJudgement]:
+        """The window's (mean latency in ms, error rate) against their baselines."""
         requests, server_errors, latency_sum, latency_n = slot_traffic(counts)
         latency = 1000 * latency_sum / latency_n if latency_n else None
         error_rate = server_errors / requests if requests else None
         floor = LATENCY_FLOOR * self.latency_ms.mean if self.latency_ms.slots else 0.0
-        return {
-            "latency_ms": self.latency_ms.judge(latency, floor, requests=requests),
-            "error_rate": self.error_rate.judge(error_rate, ERROR_RATE_FLOOR, requests=requests),
-        }
+        return (self.latency_ms.judge(latency, floor, requests=requests),
+                self.error_rate.judge(error_rate, ERROR_RATE_FLOOR, requests=requests))
 
 
 def slot_traffic(counts: dict[str, float]) -> tuple[int, int, float, float]:

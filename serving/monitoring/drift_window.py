@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serving.monitoring.snapshot import Drift, DriftVerdict, FeatureDrift, PredictionDrift
+
 if TYPE_CHECKING:
     from kernels import LiveWindow, ReferenceProfile
 
@@ -114,7 +116,7 @@ class _Tested:
 
 
 def judge(inputs: tuple[LiveWindow, int] | None, predictions: tuple[LiveWindow, int] | None,
-          *, alpha: float = ALPHA, min_rows: int = MIN_ROWS, problem: str = "") -> dict[str, Any]:
+          *, alpha: float = ALPHA, min_rows: int = MIN_ROWS, problem: str = "") -> Drift:
     """The drift section of a version's snapshot (see ``MonitorState.snapshot``)."""
     from kernels import adjust_pvalues
 
@@ -125,40 +127,39 @@ def judge(inputs: tuple[LiveWindow, int] | None, predictions: tuple[LiveWindow, 
         if part is not None and part[1] >= min_rows:
             tested.extend(_test(name, part[0]))
     adjusted = adjust_pvalues([t.pvalue for t in tested], CORRECTION) if tested else np.array([])
-    features: dict[str, dict[str, dict[str, Any]]] = {"inputs": {}, "prediction": {}}
+    features: dict[str, dict[str, FeatureDrift]] = {"inputs": {}, "prediction": {}}
     for t, p in zip(tested, adjusted, strict=True):
-        features[t.group][t.name] = {
-            "statistic": _finite(t.statistic), "p_value": _finite(float(p)),
-            "raw_p_value": _finite(t.pvalue), "drifted": bool(p <= alpha), "test": t.test,
-            "n": t.n, "statistics": {k: _finite(v) for k, v in t.statistics.items()},
-        }
-    drifted = {g: [n for n, f in features[g].items() if f["drifted"]] for g in features}
+        features[t.group][t.name] = FeatureDrift(
+            statistic=_finite(t.statistic), p_value=_finite(float(p)),
+            raw_p_value=_finite(t.pvalue), drifted=bool(p <= alpha), test=t.test, n=t.n,
+            statistics={k: _finite(v) for k, v in t.statistics.items()})
+    drifted = {g: tuple(n for n, f in features[g].items() if f.drifted) for g in features}
     enough = {g: rows[g] >= min_rows for g in rows}
     reason = problem
     if not any(enough.values()):
         reason = problem or f"{rows['inputs']} rows in the window, need {min_rows}"
 
-    def verdict(*names: str) -> str:
+    def verdict(*names: str) -> DriftVerdict:
         if any(drifted[g] for g in names):
-            return "drift"
-        return "ok" if any(enough[g] for g in names) else "insufficient"
+            return DriftVerdict.DRIFT
+        return DriftVerdict.OK if any(enough[g] for g in names) else DriftVerdict.INSUFFICIENT
 
-    return {
-        "verdict": verdict("inputs", "prediction"),
-        "reason": reason,
-        "samples": rows["inputs"],
-        "alpha": alpha,
-        "correction": CORRECTION,
-        "features": features["inputs"],
-        "drifted_features": drifted["inputs"],
-        "prediction": {
-            "verdict": verdict("prediction"),
-            "drifted": bool(drifted["prediction"]),
-            "samples": rows["prediction"],
-            "features": features["prediction"],
-            "drifted_features": drifted["prediction"],
-        },
-    }
+    return Drift(
+        verdict=verdict("inputs", "prediction"),
+        reason=reason,
+        samples=rows["inputs"],
+        alpha=alpha,
+        correction=CORRECTION,
+        features=features["inputs"],
+        drifted_features=drifted["inputs"],
+        prediction=PredictionDrift(
+            verdict=verdict("prediction"),
+            drifted=bool(drifted["prediction"]),
+            samples=rows["prediction"],
+            features=features["prediction"],
+            drifted_features=drifted["prediction"],
+        ),
+    )
 
 
 def _test(group: str, live: LiveWindow) -> list[_Tested]:

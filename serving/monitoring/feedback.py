@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from serving.monitoring.snapshot import FeedbackStore
+
 MAX_PREDICTIONS = 200_000
 MAX_PREDICTION_AGE_S = 24 * 3600.0
 MAX_WAITING_LABELS = 10_000
@@ -139,12 +141,13 @@ class FeedbackJoin:
         """Predictions of ``endpoint`` waiting for their labels."""
         return int(self._held[endpoint])
 
-    def stats(self, endpoint: str) -> dict[str, int]:
+    def stats(self, endpoint: str) -> FeedbackStore:
         """Counters of one endpoint's join (held, dropped, expired, waiting labels …)."""
-        out = {event: int(value) for (of, event), value in self.counters.items() if of == endpoint}
-        out["held"] = self.held(endpoint)
-        out["labels_waiting"] = sum(1 for e, _ in self._waiting if e == endpoint)
-        return out
+        events = {event: int(value) for (of, event), value in self.counters.items()
+                  if of == endpoint}
+        return FeedbackStore(held=self.held(endpoint),
+                             labels_waiting=sum(1 for e, _ in self._waiting if e == endpoint),
+                             **events)
 
     def memory(self) -> dict[str, int]:
         """The store's estimated bytes and its bounds (all endpoints together)."""

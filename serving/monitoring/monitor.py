@@ -27,10 +27,21 @@ from serving.monitoring.feedback import MAX_PREDICTION_BYTES, FeedbackJoin
 from serving.monitoring.profiles import load_profiles
 from serving.monitoring.sections import (
     accuracy_section,
-    anomaly_counts,
+    anomalies_section,
     joined_counts,
     monitoring_counts,
     quality_section,
+)
+from serving.monitoring.snapshot import (
+    Drift,
+    Latency,
+    QualityTotals,
+    Quantiles,
+    RoutedRequests,
+    ShadowComparison,
+    Traffic,
+    VersionSnapshot,
+    VersionTotals,
 )
 from serving.monitoring.stats import (
     ENDPOINT_LEVEL,
@@ -139,7 +150,7 @@ class MonitorState:
         self.profiles: dict[str, tuple[Any, Any]] = {}  # key -> (inputs, predictions)
         self.join = FeedbackJoin(clock, max_bytes=prediction_store_bytes)
         self.drift_alpha, self.drift_min_rows = drift_alpha, drift_min_rows
-        self._drift_cache: dict[tuple[str, int, float], tuple[Any, dict[str, Any]]] = {}
+        self._drift_cache: dict[tuple[str, int, float], tuple[Any, Drift]] = {}
         self.served: dict[str, ServedConfig] = {}  # per endpoint, the newest configuration seen
 
     def _series(self, endpoint: str, version: int) -> VersionSeries:
@@ -261,58 +272,19 @@ class MonitorState:
         return {"received": len(items), "joined": len(joined), "waiting": waiting,
                 "invalid_labels": invalid}
 
-    def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, dict[str, Any]]:
+    def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, VersionSnapshot]:
         """Per-version statistics over the last ``window_s`` seconds."""
-        result: dict[int, dict[str, Any]] = {}
-        for (name, version), series in sorted(self.series.items()):
-            if name != endpoint:
-                continue
-            counts = series.counters.total(window_s)
-            codes = counters.codes(counts)
-            requests = sum(codes.values())
-            server_errors = sum(n for c, n in codes.items() if c >= 500)
-            client_errors = sum(n for c, n in codes.items() if 400 <= c < 500)
-            shadow = ShadowStats(**counters.SHADOW.read(counts))
-            sketch = series.latency.sketch(window_s)  # the randomly routed requests
-            sample_latency = _quantiles_ms(sketch)
-            if series.latency_apart is not None:
-                sketch.merge(series.latency_apart.sketch(window_s))
-            have = sketch.count
-            p50, p95, p99 = (sketch.quantiles([0.5, 0.95, 0.99]) if have else [math.nan] * 3)
-            span = min(window_s, max(self._clock() - series.first_seen, SLOT_SECONDS))
-            result[version] = {
-                "requests": requests,
-                "server_errors": server_errors,
-                "client_errors": client_errors,
-                "error_rate": server_errors / requests if requests else 0.0,
-                "codes": codes,
-                "errors": {code: int(n) for code, n in counters.ERROR.read(counts).items()},
-                "latency_count": int(have),
-                "p50_ms": float(p50) * 1000, "p95_ms": float(p95) * 1000,
-                "p99_ms": float(p99) * 1000,
-                "throughput_rps": requests / span,
-                # The analysis sample: randomly routed requests the version answered.
-                # Pinned and sticky requests are chosen by callers, and 4xx were refused
-                # before the model judged anything, so each is a figure of its own.
-                "routing": _routing(codes, counts),
-                "pinned_requests": _count_of(counts, ROUTED_PINNED),
-                "sticky_requests": _count_of(counts, ROUTED_STICKY),
-                "rejected_requests": client_errors,
-                "sample_latency": sample_latency,
-                "shadow": {
-                    "compared": int(shadow.compared),
-                    "errors": int(shadow.errors),
-                    "agreement": shadow.agreed / shadow.compared if shadow.compared else math.nan,
-                    "mean_abs_diff": shadow.abs_diff_sum / shadow.compared if shadow.compared else math.nan,
-                    "latency_delta_ms": 1000 * shadow.latency_delta_sum_s / shadow.compared
-                    if shadow.compared else math.nan,
-                },
-                **self._monitoring_sections(endpoint, version, series, counts, window_s),
-            }
-        return result
+        return {version: self._version_snapshot(endpoint, version, series, window_s)
+                for (name, version), series in sorted(self.series.items()) if name == endpoint}
 
-    def _monitoring_sections(self, endpoint: str, version: int, series: VersionSeries,
-                             counts: Counter[str], window_s: float) -> dict[str, Any]:
+    def _version_snapshot(self, endpoint: str, version: int, series: VersionSeries,
+                          window_s: float) -> VersionSnapshot:
+        counts = series.counters.total(window_s)
+        sketch = series.latency.sketch(window_s)  # the randomly routed requests
+        sample_latency = _quantiles_ms(sketch)
+        if series.latency_apart is not None:
+            sketch.merge(series.latency_apart.sketch(window_s))
+        span = min(window_s, max(self._clock() - series.first_seen, SLOT_SECONDS))
         problem = series.meta.get("problem") or ""
         if version == ENDPOINT_LEVEL:
             problem = "requests refused before a version was chosen: no model inputs to judge"
@@ -322,21 +294,23 @@ class MonitorState:
         quality = quality_section(counts, input_names=series.input_names,
                                   prediction_names=series.prediction_names,
                                   last_request_age_s=age, problem=problem)
-        anomalies: dict[str, Any] = {}
+        judged = None
         if series.anomalies is not None:
             series.anomalies.fold(series.counters.completed(series.anomalies.folded_epoch,
                                                             BASELINE_LAG_S))
-            anomalies = series.anomalies.judge(counts)
-        anomalies.update(anomaly_counts(quality))
-        anomalies["any"] = bool(anomalies.get("latency_ms", {}).get("anomalous")
-                                or anomalies.get("error_rate", {}).get("anomalous"))
-        return {"drift": self._drift(endpoint, version, series, window_s, problem),
-                "quality": quality,
-                "accuracy": accuracy_section(counts, series.meta),
-                "anomalies": anomalies}
+            judged = series.anomalies.judge(counts)
+        return VersionSnapshot(
+            traffic=_traffic(counts, span),
+            latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency),
+            shadow=_shadow(ShadowStats(**counters.SHADOW.read(counts))),
+            drift=self._drift(endpoint, version, series, window_s, problem),
+            quality=quality,
+            accuracy=accuracy_section(counts, series.meta),
+            anomalies=anomalies_section(quality, judged),
+        )
 
     def _drift(self, endpoint: str, version: int, series: VersionSeries, window_s: float,
-               problem: str) -> dict[str, Any]:
+               problem: str) -> Drift:
         """The drift section, computed at most once per slot for a given window."""
         key = (endpoint, version, float(window_s))
         stamp = (series.counters.epoch, series.totals.get(counters.ROWS, 0))
@@ -354,35 +328,36 @@ class MonitorState:
         self._drift_cache[key] = (stamp, result)
         return result
 
-    def totals(self) -> list[dict[str, Any]]:
+    def totals(self) -> list[VersionTotals]:
         """Cumulative counters and all-time latency quantiles per (endpoint, version), and
         the monitoring signals over :data:`METRICS_WINDOW_S` (drift, accuracy, anomalies)."""
         rows = []
-        snapshots: dict[str, dict[int, dict[str, Any]]] = {}
+        snapshots: dict[str, dict[int, VersionSnapshot]] = {}
         for (endpoint, version), series in sorted(self.series.items()):
-            sketch = series.latency_total
+            sketch, totals = series.latency_total, series.totals
             quantiles = sketch.quantiles([0.5, 0.95, 0.99]) if sketch.count else [math.nan] * 3
             if endpoint not in snapshots:
                 snapshots[endpoint] = self.snapshot(endpoint, METRICS_WINDOW_S)
-            window = snapshots[endpoint].get(version, {})
-            rows.append({
-                "endpoint": endpoint, "version": version,
-                "codes": counters.codes(series.totals),
-                "shadow_compared": int(series.totals.get(counters.SHADOW.key("compared"), 0)),
-                "shadow_agreed": int(series.totals.get(counters.SHADOW.key("agreed"), 0)),
-                "latency_count": int(sketch.count), "latency_sum": float(sketch.sum),
-                "latency_quantiles": {q: float(v) for q, v in zip((0.5, 0.95, 0.99), quantiles, strict=True)},
-                "monitoring": {
-                    "totals": {k: float(v) for k, v in series.totals.items()
-                               if k.startswith(("q:", "qp:", "rej:", "fb:"))},
-                    "window_s": METRICS_WINDOW_S,
-                    "drift": window.get("drift"),
-                    "accuracy": window.get("accuracy"),
-                    "anomalies": window.get("anomalies"),
-                    "quality": window.get("quality"),
-                    "feedback": self.join.stats(endpoint),
-                },
-            })
+            rows.append(VersionTotals(
+                endpoint=endpoint, version=version,
+                codes=counters.codes(totals),
+                shadow_compared=int(totals.get(counters.SHADOW.key("compared"), 0)),
+                shadow_agreed=int(totals.get(counters.SHADOW.key("agreed"), 0)),
+                latency_count=int(sketch.count), latency_sum=float(sketch.sum),
+                latency_quantiles={q: float(v) for q, v in
+                                   zip((0.5, 0.95, 0.99), quantiles, strict=True)},
+                quality=QualityTotals(
+                    rows=int(totals.get(counters.ROWS, 0)),
+                    rows_out_of_support=int(totals.get(counters.ROWS_OUT_OF_SUPPORT, 0)),
+                    unusual_confidence=int(totals.get(counters.UNUSUAL_CONFIDENCE, 0)),
+                    labelled=int(totals.get(counters.LABELLED, 0)),
+                    missing=_ints(counters.INPUT_MISSING.read(totals)),
+                    out_of_range=_ints(counters.INPUT_OUT_OF_RANGE.read(totals)),
+                    rejected=_ints(counters.REJECTED.read(totals))),
+                window_s=METRICS_WINDOW_S,
+                window=snapshots[endpoint][version],
+                feedback=self.join.stats(endpoint),
+            ))
         return rows
 
     def _admit(self, endpoint: str, served: ServedConfig | None) -> frozenset[int] | None:
@@ -420,27 +395,57 @@ class MonitorState:
             self.join.forget(endpoint)
 
 
-def _quantiles_ms(sketch: Any) -> dict[str, float]:
+def _quantiles_ms(sketch: Any) -> Quantiles:
     """Count and p50/p95/p99 in milliseconds of ``sketch`` (NaN where it is empty)."""
     quantiles = sketch.quantiles([0.5, 0.95, 0.99]) if sketch.count else [math.nan] * 3
-    return {"count": int(sketch.count), "p50_ms": float(quantiles[0]) * 1000,
-            "p95_ms": float(quantiles[1]) * 1000, "p99_ms": float(quantiles[2]) * 1000}
+    return Quantiles(count=int(sketch.count), p50_ms=float(quantiles[0]) * 1000,
+                     p95_ms=float(quantiles[1]) * 1000, p99_ms=float(quantiles[2]) * 1000)
 
 
-def _count_of(counts: Counter[str], kind: str) -> int:
-    return int(counters.routed(kind).total(counts))
+def _traffic(counts: Counter[str], span_s: float) -> Traffic:
+    codes = counters.codes(counts)
+    requests = sum(codes.values())
+    server_errors = sum(n for c, n in codes.items() if c >= 500)
+    return Traffic(
+        requests=requests,
+        server_errors=server_errors,
+        client_errors=sum(n for c, n in codes.items() if 400 <= c < 500),
+        error_rate=server_errors / requests if requests else 0.0,
+        throughput_rps=requests / span_s,
+        codes=codes,
+        errors=_ints(counters.ERROR.read(counts)),
+        # The analysis sample: randomly routed requests the version answered. Pinned and
+        # sticky requests are chosen by callers, and 4xx were refused before the model
+        # judged anything, so each is a figure of its own.
+        routing=_routing(codes, counts),
+        pinned_requests=int(counters.routed(ROUTED_PINNED).total(counts)),
+        sticky_requests=int(counters.routed(ROUTED_STICKY).total(counts)),
+    )
 
 
-def _routing(codes: dict[int, int], counts: Counter[str]) -> dict[str, dict[str, int]]:
+def _routing(codes: dict[int, int], counts: Counter[str]) -> dict[str, RoutedRequests]:
     """Per way of routing, the answered (not 4xx) requests and the 5xx among them."""
     apart = {kind: counters.codes(counts, counters.routed(kind))
              for kind in (ROUTED_PINNED, ROUTED_STICKY)}
     random = {code: n - sum(a.get(code, 0) for a in apart.values()) for code, n in codes.items()}
-    out = {}
-    for kind, by_code in ((ROUTED_RANDOMLY, random), *apart.items()):
-        out[kind] = {"requests": sum(n for c, n in by_code.items() if not 400 <= c < 500),
-                     "server_errors": sum(n for c, n in by_code.items() if c >= 500)}
-    return out
+    return {kind: RoutedRequests(
+                requests=sum(n for c, n in by_code.items() if not 400 <= c < 500),
+                server_errors=sum(n for c, n in by_code.items() if c >= 500))
+            for kind, by_code in ((ROUTED_RANDOMLY, random), *apart.items())}
+
+
+def _shadow(shadow: ShadowStats) -> ShadowComparison:
+    compared = shadow.compared
+    if not compared:
+        return ShadowComparison(errors=int(shadow.errors))
+    return ShadowComparison(compared=int(compared), errors=int(shadow.errors),
+                            agreement=shadow.agreed / compared,
+                            mean_abs_diff=shadow.abs_diff_sum / compared,
+                            latency_delta_ms=1000 * shadow.latency_delta_sum_s / compared)
+
+
+def _ints(counts: dict[str, float]) -> dict[str, int]:
+    return {member: int(n) for member, n in counts.items()}
 
 
 def _merge(counts: dict[str, float], more: dict[str, float]) -> None:
@@ -464,10 +469,10 @@ class MonitorActor:
     def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         return self.state.feedback(endpoint, items)
 
-    def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, dict[str, Any]]:
+    def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, VersionSnapshot]:
         return self.state.snapshot(endpoint, window_s)
 
-    def totals(self) -> list[dict[str, Any]]:
+    def totals(self) -> list[VersionTotals]:
         return self.state.totals()
 
     def forget(self, endpoint: str, version: int | None = None) -> None:

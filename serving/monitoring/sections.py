@@ -2,8 +2,9 @@
 
 Replicas' monitoring deltas become counters (:func:`monitoring_counts`) that the Monitor
 adds to each version's one-second slots and to its all-time totals; the snapshot reads a
-window of them back as the ``quality``, ``accuracy`` and ``anomalies`` sections. The
-counters' names are those of :mod:`serving.monitoring.counters`.
+window of them back as the ``quality``, ``accuracy`` and ``anomalies`` sections (see
+:mod:`serving.monitoring.snapshot`). The counters' names are those of
+:mod:`serving.monitoring.counters`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from serving.monitoring.feedback import (
     class_index,
     classification_metrics,
     regression_metrics,
+)
+from serving.monitoring.snapshot import (
+    Accuracy,
+    Anomalies,
+    BaselineJudgement,
+    FeatureQuality,
+    Quality,
 )
 
 MAX_CONFUSION_CLASSES = 64  # beyond this only accuracy is counted (the matrix grows as k^2)
@@ -84,44 +92,41 @@ def joined_counts(pair: JoinedPair, meta: dict[str, Any]) -> dict[str, float]:
 
 def quality_section(counts: Counter[str], *, input_names: tuple[str, ...],
                     prediction_names: tuple[str, ...], last_request_age_s: float | None,
-                    problem: str) -> dict[str, Any]:
+                    problem: str) -> Quality:
     """Missing and out-of-range values, refused requests, freshness, over a window."""
-    features = {name: {"missing": int(counts.get(counters.INPUT_MISSING.key(name), 0)),
-                       "out_of_range": int(counts.get(counters.INPUT_OUT_OF_RANGE.key(name), 0))}
-                for name in input_names}
-    rejected = {reason: int(n) for reason, n in counters.REJECTED.read(counts).items()}
+    features = {name: FeatureQuality(
+        missing=int(counts.get(counters.INPUT_MISSING.key(name), 0)),
+        out_of_range=int(counts.get(counters.INPUT_OUT_OF_RANGE.key(name), 0)))
+        for name in input_names}
     rows = int(counts.get(counters.ROWS, 0))
     age_n = counts.get(counters.DATA_AGE_COUNT, 0)
     missing = int(counts.get(counters.MISSING_VALUES, 0))
-    out_of_range = sum(f["out_of_range"] for f in features.values())
+    out_of_range = sum(f.out_of_range for f in features.values())
     cells = rows * len(input_names)
-    return {
-        "rows": rows,
-        "missing": missing,
-        "rows_with_missing": int(counts.get(counters.ROWS_WITH_MISSING, 0)),
-        "missing_rate": missing / cells if cells else None,
-        "out_of_range": out_of_range,
-        "out_of_range_rate": out_of_range / cells if cells else None,
-        "rows_out_of_support": int(counts.get(counters.ROWS_OUT_OF_SUPPORT, 0)),
-        "unusual_confidence": int(counts.get(counters.UNUSUAL_CONFIDENCE, 0)),
-        "features": features,
-        "prediction_out_of_range": {
+    return Quality(
+        rows=rows,
+        missing=missing,
+        rows_with_missing=int(counts.get(counters.ROWS_WITH_MISSING, 0)),
+        missing_rate=missing / cells if cells else None,
+        out_of_range=out_of_range,
+        out_of_range_rate=out_of_range / cells if cells else None,
+        rows_out_of_support=int(counts.get(counters.ROWS_OUT_OF_SUPPORT, 0)),
+        unusual_confidence=int(counts.get(counters.UNUSUAL_CONFIDENCE, 0)),
+        features=features,
+        prediction_out_of_range={
             name: int(counts.get(counters.PREDICTION_OUT_OF_RANGE.key(name), 0))
             for name in prediction_names},
-        "rejected": rejected,
-        "rejected_total": sum(rejected.values()),
-        "last_request_age_s": last_request_age_s,
-        "data_age_s": counts[counters.DATA_AGE_SUM] / age_n if age_n else None,
-        "data_age_count": int(age_n),
-        "unmonitored_rows": int(counts.get(counters.UNMONITORED_ROWS, 0)),
-        # Answered requests a replica failed to account (its log says why): not in drift.
-        "unobserved_requests": int(counts.get(counters.UNOBSERVED_REQUESTS, 0)),
-        "monitored": not problem,
-        "problem": problem,
-    }
+        rejected={reason: int(n) for reason, n in counters.REJECTED.read(counts).items()},
+        last_request_age_s=last_request_age_s,
+        data_age_s=counts[counters.DATA_AGE_SUM] / age_n if age_n else None,
+        data_age_count=int(age_n),
+        unmonitored_rows=int(counts.get(counters.UNMONITORED_ROWS, 0)),
+        unobserved_requests=int(counts.get(counters.UNOBSERVED_REQUESTS, 0)),
+        problem=problem,
+    )
 
 
-def accuracy_section(counts: Counter[str], meta: dict[str, Any]) -> dict[str, Any]:
+def accuracy_section(counts: Counter[str], meta: dict[str, Any]) -> Accuracy:
     """Online accuracy from the feedback pairs joined in the window."""
     task = meta.get("task")
     invalid = int(counts.get(counters.INVALID_LABELS, 0))
@@ -135,23 +140,25 @@ def accuracy_section(counts: Counter[str], meta: dict[str, Any]) -> dict[str, An
         if confusion and sum(confusion.values()) == labelled:
             result = classification_metrics(confusion, meta.get("n_classes"))
         else:  # too many classes for a confusion count: accuracy only
-            result = {"labelled": labelled, "precision": None, "recall": None, "f1": None,
-                      "accuracy": counts.get(counters.CORRECT, 0) / labelled if labelled else None,
-                      "average": None}
+            result = {"labelled": labelled,
+                      "accuracy": counts.get(counters.CORRECT, 0) / labelled if labelled else None}
     else:
         result = {"labelled": int(counts.get(counters.LABELLED, 0))}
-    return {**result, "task": task, "invalid": invalid}
+    return Accuracy(**result, task=task, invalid=invalid)
 
 
-def anomaly_counts(quality: dict[str, Any]) -> dict[str, Any]:
-    """The prediction-anomaly part: rows outside the reference support, unusual confidence."""
-    rows = quality["rows"]
-    unusual = quality["unusual_confidence"]
-    return {
-        "out_of_support_rows": quality["rows_out_of_support"],
-        "out_of_support_rate": quality["rows_out_of_support"] / rows if rows else None,
-        "unusual_confidence": unusual,
-        "unusual_confidence_rate": unusual / rows if rows else None,
-        # Predictions outside the reference's range or classes it never predicted.
-        "unusual_predictions": sum(quality["prediction_out_of_range"].values()),
-    }
+def anomalies_section(quality: Quality,
+                      judged: tuple[BaselineJudgement, BaselineJudgement] | None) -> Anomalies:
+    """Latency and error rate against their baselines (``judged``: see
+    ``AnomalyTracker.judge``), and the predictions unlike the reference's."""
+    rows = quality.rows
+    latency_ms, error_rate = judged or (None, None)
+    return Anomalies(
+        latency_ms=latency_ms,
+        error_rate=error_rate,
+        out_of_support_rows=quality.rows_out_of_support,
+        out_of_support_rate=quality.rows_out_of_support / rows if rows else None,
+        unusual_confidence=quality.unusual_confidence,
+        unusual_confidence_rate=quality.unusual_confidence / rows if rows else None,
+        unusual_predictions=sum(quality.prediction_out_of_range.values()),
+    )

@@ -249,7 +249,7 @@ def test_the_monitors_prediction_store_stays_under_its_byte_bound(platform: Plat
 
 def _dropped(monitor: Any) -> int:
     totals = ray.get(monitor.totals.remote())
-    return sum(int(row["monitoring"]["feedback"].get("dropped_full", 0)) for row in totals)
+    return sum(row.feedback.dropped_full for row in totals)
 
 
 def test_unicode_digits_huge_numbers_and_nan_are_4xx(platform: Platform, edge: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ import pytest
 from control_plane.alerts import AlertService
 from control_plane.alerts.schemas import AlertRuleSpec, ReceiverSpec
 from control_plane.store import Database
+from serving.monitoring import VersionSnapshot
+from tests.snapshots import drifting
 
 
 class Receiver:
@@ -85,9 +87,8 @@ def eventually(check: Any, timeout: float = 5.0) -> bool:
     return True
 
 
-def drift_stats(verdict: str) -> dict[str, Any]:
-    return {"1": {"drift": {"verdict": verdict, "drifted_features": ["income"] if verdict == "drift" else [],
-                            "features": {}, "prediction": {}}}}
+def drift_stats(verdict: str) -> dict[int, VersionSnapshot]:
+    return {1: drifting(verdict, ["income"] if verdict == "drift" else [])}
 
 
 def test_a_receiver_gets_the_firing_and_the_resolved_notification(service) -> None:

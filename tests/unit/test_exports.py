@@ -6,6 +6,7 @@ import control_plane
 import kernels
 import modelplane
 import serving
+import serving.monitoring
 import training
 
 EXPECTED = {
@@ -13,6 +14,10 @@ EXPECTED = {
     serving: {
         "InferenceFailedError", "InvalidRequestError", "ModelNotFoundError",
         "ModelNotReadyError", "PayloadTooLargeError", "ServingError",
+    },
+    serving.monitoring: {
+        "Accuracy", "Anomalies", "Drift", "DriftVerdict", "Latency", "Quality", "ShadowComparison",
+        "Traffic", "VersionSnapshot", "VersionTotals",
     },
     training: {
         "CheckpointNotFoundError", "ExportMismatchError", "InvalidJobSpecError", "JobFailedError",

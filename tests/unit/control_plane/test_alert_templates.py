@@ -12,6 +12,8 @@ from control_plane.alerts import AlertService
 from control_plane.alerts.schemas import AlertRuleSpec
 from control_plane.alerts.templates import render_template, template_problem
 from control_plane.store import Database
+from serving.monitoring import VersionSnapshot
+from tests.snapshots import drifting
 
 BOMBS = ["{endpoint:>999999999}", "{endpoint.x}", "{endpoint!r}", "{0}", "{endpoint[0]}", "{}",
          "{endpoint:{version}}", "{__class__}", "unclosed {endpoint", "stray } brace"]
@@ -51,9 +53,8 @@ def test_rendering_is_bounded_in_size() -> None:
 
 
 class Drifting:
-    def __call__(self, endpoint: str, window_s: float) -> dict[str, Any]:
-        return {"1": {"drift": {"verdict": "drift", "drifted_features": ["income"], "features": {},
-                                "prediction": {}}}}
+    def __call__(self, endpoint: str, window_s: float) -> dict[int, VersionSnapshot]:
+        return {1: drifting("drift", ["income"])}
 
 
 @pytest.mark.parametrize("template", ["{endpoint:>999999999}", "{endpoint.x}", "{0}"])

@@ -14,23 +14,22 @@ from control_plane.alerts.schemas import AlertRuleSpec, AlertsFile
 from control_plane.alerts.signals import SIGNALS
 from control_plane.alerts.states import Alert, AlertState
 from control_plane.store import Database
+from serving.monitoring import VersionSnapshot
+from tests.snapshots import drifting
 
 
 class Stats:
     """What the Monitor would answer: per endpoint, per version, a snapshot section."""
 
     def __init__(self) -> None:
-        self.versions: dict[str, dict[str, dict[str, Any]]] = {}
+        self.versions: dict[str, dict[int, VersionSnapshot]] = {}
         self.reads: list[tuple[str, float]] = []
 
     def drift(self, endpoint: str, version: int, verdict: str, drifted: list[str] = ()) -> None:
-        self.versions.setdefault(endpoint, {})[str(version)] = {
-            "requests": 500, "error_rate": 0.0,
-            "drift": {"verdict": verdict, "drifted_features": list(drifted), "samples": 500,
-                      "features": {name: {"p_value": 1e-9} for name in drifted},
-                      "prediction": {"verdict": "ok", "drifted_features": []}}}
+        self.versions.setdefault(endpoint, {})[version] = drifting(
+            verdict, drifted, requests=500, samples=500, prediction="ok")
 
-    def __call__(self, endpoint: str, window_s: float) -> dict[str, Any]:
+    def __call__(self, endpoint: str, window_s: float) -> dict[int, VersionSnapshot]:
         self.reads.append((endpoint, window_s))
         return self.versions.get(endpoint, {})
 

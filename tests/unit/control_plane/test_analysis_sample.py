@@ -5,11 +5,14 @@ Real inference cores (in-process backends) feed a real MonitorState; its snapsho
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 
 from control_plane.rollouts import AnalysisConfig, Verdict, analyse
+from serving.monitoring import VersionSnapshot
 from serving.monitoring.monitor import MonitorState
+from serving.monitoring.snapshot import RoutedRequests
 from serving.monitoring.stats import ROUTED_PINNED, StatsRecorder
 from tests.unit.serving.monitoring_helpers import infer_body, make_core
 
@@ -21,7 +24,7 @@ class Clock:
         return self.now
 
 
-def _traffic(pinned: int, sticky: int, rejected: int, randomly: int) -> dict:
+def _traffic(pinned: int, sticky: int, rejected: int, randomly: int) -> VersionSnapshot:
     core = make_core()
     row = infer_body(np.zeros((1, 4), np.float32))
     bad = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}'
@@ -44,12 +47,12 @@ def _traffic(pinned: int, sticky: int, rejected: int, randomly: int) -> dict:
 
 
 def test_pinned_sticky_and_rejected_requests_are_figures_of_their_own() -> None:
-    stats = _traffic(pinned=30, sticky=20, rejected=10, randomly=7)
-    assert stats["requests"] == 67  # everything the version saw, as before
-    assert stats["routing"]["random"] == {"requests": 7, "server_errors": 0}
-    assert stats["routing"]["pinned"] == {"requests": 30, "server_errors": 0}
-    assert stats["routing"]["sticky"] == {"requests": 20, "server_errors": 0}
-    assert (stats["pinned_requests"], stats["sticky_requests"], stats["rejected_requests"]) == (30, 20, 10)
+    traffic = _traffic(pinned=30, sticky=20, rejected=10, randomly=7).traffic
+    assert traffic.requests == 67  # everything the version saw, as before
+    assert traffic.routing["random"] == RoutedRequests(requests=7, server_errors=0)
+    assert traffic.routing["pinned"] == RoutedRequests(requests=30, server_errors=0)
+    assert traffic.routing["sticky"] == RoutedRequests(requests=20, server_errors=0)
+    assert (traffic.pinned_requests, traffic.sticky_requests, traffic.rejected_requests) == (30, 20, 10)
 
 
 def test_a_flood_of_pinned_sticky_and_4xx_requests_does_not_reach_min_samples() -> None:
@@ -64,7 +67,8 @@ def test_a_flood_of_pinned_sticky_and_4xx_requests_does_not_reach_min_samples() 
 
 def test_rejected_requests_do_not_dilute_the_error_rate() -> None:
     stats = _traffic(pinned=0, sticky=0, rejected=900, randomly=100)
-    stats["routing"]["random"]["server_errors"] = 5  # 5 of the 100 answered failed
+    routing = {**stats.traffic.routing, "random": RoutedRequests(requests=100, server_errors=5)}
+    stats = replace(stats, traffic=replace(stats.traffic, routing=routing))  # 5 of 100 failed
     result = analyse(AnalysisConfig(min_samples=100, max_error_rate=0.01), stats, None)
     assert result.verdict == Verdict.FAIL and result.checks["error_rate"]["value"] == 0.05
 
@@ -77,9 +81,10 @@ def test_slow_pinned_requests_do_not_move_the_latency_gates() -> None:
     state = MonitorState(clock=Clock())
     state.record("churn", "replica", recorder.to_delta())
     stats = state.snapshot("churn", 60)[1]
-    assert stats["latency_count"] == 400 and stats["p95_ms"] > 800  # everything, as before
-    assert stats["sample_latency"]["count"] == 200
-    assert abs(stats["sample_latency"]["p95_ms"] - 10) < 0.5
+    every, sample = stats.latency.all_requests, stats.latency.sample
+    assert every.count == 400 and every.p95_ms > 800  # everything, as before
+    assert sample.count == 200
+    assert abs(sample.p95_ms - 10) < 0.5
     gates = AnalysisConfig(min_samples=100, max_p95_ms=100)
     assert analyse(gates, stats, None).verdict == Verdict.PASS
     opted = analyse(AnalysisConfig(min_samples=100, max_p95_ms=100, include_pinned=True), stats, None)

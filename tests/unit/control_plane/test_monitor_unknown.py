@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from control_plane.alerts import AlertService
@@ -11,6 +9,8 @@ from control_plane.alerts.schemas import AlertRuleSpec
 from control_plane.errors import MonitorUnavailableError
 from control_plane.metrics import render
 from control_plane.store import Database
+from serving.monitoring import VersionSnapshot
+from tests.snapshots import drifting
 
 
 class Monitor:
@@ -19,14 +19,12 @@ class Monitor:
     def __init__(self) -> None:
         self.mode = "drift"
 
-    def __call__(self, endpoint: str, window_s: float) -> dict[str, Any]:
+    def __call__(self, endpoint: str, window_s: float) -> dict[int, VersionSnapshot]:
         if self.mode == "gone":
             raise MonitorUnavailableError("the Monitor did not answer within 2s")
         if self.mode == "empty":
             return {}
-        verdict = "drift" if self.mode == "drift" else "ok"
-        return {"1": {"drift": {"verdict": verdict, "drifted_features": ["income"] * (verdict == "drift"),
-                                "features": {}, "prediction": {}}}}
+        return {1: drifting("drift", ["income"]) if self.mode == "drift" else drifting("ok")}
 
 
 @pytest.fixture

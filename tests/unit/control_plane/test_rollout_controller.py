@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +24,9 @@ from control_plane.schemas import (
     TrafficUpdate,
     VersionCreate,
 )
+from serving.monitoring import ShadowComparison, VersionSnapshot
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
+from tests.snapshots import served
 from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB
 
 FAST = {"interval_s": 1, "window_s": 5, "min_samples": 20, "failures_to_rollback": 2}
@@ -43,7 +44,7 @@ class World:
         self.deployments.deploy(DeployRequest(endpoint="iris", model_ref="iris:1"), ALICE)
         self.registry = registry
         self.time = datetime(2026, 1, 1, tzinfo=UTC)
-        self.stats: dict[int, dict[str, Any]] = {}
+        self.stats: dict[int, VersionSnapshot] = {}
         self.applied = 0
         self.alerts: list[dict[str, Any]] = []
         self.controller = RolloutController(
@@ -55,13 +56,8 @@ class World:
         self.applied += 1
 
     def serve(self, version: int, requests: int = 100, error_rate: float = 0.0, p95: float = 10.0,
-              **extra: Any) -> None:
-        self.stats[version] = {"requests": requests, "error_rate": error_rate, "p50_ms": p95 / 2,
-                               "p95_ms": p95, "p99_ms": p95 * 1.2, "throughput_rps": 10.0,
-                               "shadow": {"compared": 0, "errors": 0, "agreement": math.nan},
-                               "routing": {"random": {"requests": requests,
-                                                      "server_errors": round(requests * error_rate)}},
-                               **extra}
+              shadow: ShadowComparison | None = None) -> None:
+        self.stats[version] = served(requests, error_rate, p95, shadow=shadow)
 
     def run(self, seconds: float, step: float = 1.0) -> None:
         for _ in range(int(seconds / step)):
@@ -160,7 +156,7 @@ def test_blue_green_mirrors_then_switches_and_switches_back_instantly(world: Wor
     rollout_id = world.start(strategy="blue_green", keep_warm_s=30,
                              analysis={**FAST, "min_shadow_agreement": 0.9})
     world.serve(1)
-    world.serve(2, requests=0, shadow={"compared": 50, "errors": 0, "agreement": 0.98})
+    world.serve(2, requests=0, shadow=ShadowComparison(compared=50, agreement=0.98))
     world.run(1)
     endpoint = world.deployments.get("iris")
     assert {(r.version, r.weight, r.shadow) for r in endpoint.routes} == {(1, 100, False), (2, 0, True)}
@@ -177,7 +173,7 @@ def test_blue_green_mirrors_then_switches_and_switches_back_instantly(world: Wor
 def test_shadow_disagreement_discards_the_candidate(world: World) -> None:
     rollout_id = world.start(strategy="shadow", analysis={**FAST, "min_shadow_agreement": 0.95})
     world.serve(1)
-    world.serve(2, requests=0, shadow={"compared": 100, "errors": 0, "agreement": 0.7})
+    world.serve(2, requests=0, shadow=ShadowComparison(compared=100, agreement=0.7))
     world.run(4)
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.ROLLED_BACK and "shadow_agreement 0.7" in rollout.reason

@@ -6,7 +6,6 @@ the approval gate and the Monitor's snapshot, and reads the Decision.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +20,8 @@ from control_plane.rollouts.decision import (
     decide,
 )
 from control_plane.rollouts.schemas import RolloutOut, StepOut
+from serving.monitoring import ShadowComparison
+from tests.snapshots import served
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ANALYSIS = {"interval_s": 1, "window_s": 5, "min_samples": 20, "failures_to_rollback": 2,
@@ -48,19 +49,9 @@ def gate(*, required: bool = False, decision: str | None = None,
                         version=2, registrant="alice")
 
 
-def stats(requests: int = 100, error_rate: float = 0.0, p95: float = 10.0,
-          **extra: Any) -> dict[str, Any]:
-    return {"requests": requests, "error_rate": error_rate, "p50_ms": p95 / 2, "p95_ms": p95,
-            "p99_ms": p95 * 1.2, "throughput_rps": 10.0,
-            "shadow": {"compared": 0, "errors": 0, "agreement": math.nan},
-            "routing": {"random": {"requests": requests,
-                                   "server_errors": round(requests * error_rate)}},
-            **extra}
-
-
-HEALTHY = Snapshot(5.0, stats(), stats())
-FAILING = Snapshot(5.0, stats(error_rate=0.2), stats())
-SPARSE = Snapshot(5.0, stats(requests=3), stats())
+HEALTHY = Snapshot(5.0, served(), served())
+FAILING = Snapshot(5.0, served(error_rate=0.2), served())
+SPARSE = Snapshot(5.0, served(requests=3), served())
 
 
 def at(seconds: float) -> datetime:
@@ -218,8 +209,8 @@ def test_paused_holds_whatever_the_evidence() -> None:
 
 
 def test_a_shadow_step_is_judged_on_mirrored_comparisons() -> None:
-    mirrored = stats(requests=0, shadow={"compared": 50, "errors": 0, "agreement": 0.98})
-    decision = decide(rollout(shadow_first=True), evidence(Snapshot(5.0, mirrored, stats())),
+    mirrored = served(requests=0, shadow=ShadowComparison(compared=50, agreement=0.98))
+    decision = decide(rollout(shadow_first=True), evidence(Snapshot(5.0, mirrored, served())),
                       at(10))
     assert decision.analysis["reason"] == "shadow checks passed"
     assert decision.action == Action.ADVANCE

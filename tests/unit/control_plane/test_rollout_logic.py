@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import pytest
 
@@ -17,14 +17,13 @@ from control_plane.rollouts import (
     can_transition,
     plan_steps,
 )
+from serving.monitoring import Accuracy, Drift, DriftVerdict, ShadowComparison, VersionSnapshot
+from tests.snapshots import served
 
 
 def stats(requests: int = 500, error_rate: float = 0.0, p95: float = 10.0, p99: float = 20.0,
-          shadow: dict | None = None) -> dict:
-    return {"requests": requests, "error_rate": error_rate, "p95_ms": p95, "p99_ms": p99,
-            "shadow": shadow or {"compared": 0, "errors": 0, "agreement": math.nan},
-            "routing": {"random": {"requests": requests,
-                                   "server_errors": round(requests * error_rate)}}}
+          shadow: ShadowComparison | None = None) -> VersionSnapshot:
+    return served(requests, error_rate, p95, p99=p99, shadow=shadow)
 
 
 def test_canary_plan_defaults_and_validation() -> None:
@@ -76,11 +75,11 @@ def test_error_rate_and_latency_gates_name_the_failing_check() -> None:
 
 def test_shadow_gate_uses_mirrored_comparisons() -> None:
     config = AnalysisConfig(min_samples=50, min_shadow_agreement=0.9)
-    few = stats(shadow={"compared": 10, "errors": 0, "agreement": 1.0})
+    few = stats(shadow=ShadowComparison(compared=10, agreement=1.0))
     assert analyse(config, few, None, shadow=True).verdict == Verdict.INCONCLUSIVE
-    agree = stats(shadow={"compared": 100, "errors": 0, "agreement": 0.95})
+    agree = stats(shadow=ShadowComparison(compared=100, agreement=0.95))
     assert analyse(config, agree, None, shadow=True).verdict == Verdict.PASS
-    differ = stats(shadow={"compared": 100, "errors": 0, "agreement": 0.7})
+    differ = stats(shadow=ShadowComparison(compared=100, agreement=0.7))
     result = analyse(config, differ, None, shadow=True)
     assert result.verdict == Verdict.FAIL and "shadow_agreement" in result.reason
 
@@ -102,21 +101,20 @@ def test_rollback_needs_consecutive_failures() -> None:
 
 def test_drift_and_online_accuracy_gates() -> None:
     config = AnalysisConfig(min_samples=10, min_accuracy=0.9, min_labels=20, fail_on_drift=True)
-    drifted = {**stats(), "drift": {"verdict": "drift", "drifted_features": ["age"],
-                                   "prediction": {"drifted": False}}}
+    drifted = replace(stats(), drift=Drift(verdict=DriftVerdict.DRIFT, drifted_features=("age",)))
     result = analyse(config, drifted, None)
     assert result.verdict == Verdict.FAIL and "drift in age" in result.reason
-    insufficient = {**stats(), "drift": {"verdict": "insufficient", "drifted_features": []}}
+    insufficient = replace(stats(), drift=Drift(verdict=DriftVerdict.INSUFFICIENT))
     assert analyse(config, insufficient, None).verdict == Verdict.PASS
     assert "drift" not in analyse(config, insufficient, None).checks
     off = AnalysisConfig(min_samples=10)
     assert analyse(off, drifted, None).verdict == Verdict.PASS
 
-    few_labels = {**stats(), "accuracy": {"labelled": 19, "accuracy": 0.5}}
+    few_labels = replace(stats(), accuracy=Accuracy(labelled=19, accuracy=0.5))
     assert analyse(config, few_labels, None).verdict == Verdict.PASS
-    wrong = {**stats(), "accuracy": {"labelled": 20, "accuracy": 0.5}}
+    wrong = replace(stats(), accuracy=Accuracy(labelled=20, accuracy=0.5))
     result = analyse(config, wrong, None)
     assert result.verdict == Verdict.FAIL and result.checks["accuracy"]["value"] == 0.5
     regression = AnalysisConfig(min_samples=10, max_mae=1.0, min_labels=5)
-    assert analyse(regression, {**stats(), "accuracy": {"labelled": 5, "mae": 2.5}},
+    assert analyse(regression, replace(stats(), accuracy=Accuracy(labelled=5, mae=2.5)),
                    None).verdict == Verdict.FAIL

@@ -51,15 +51,15 @@ def test_steady_latency_is_not_an_anomaly_and_a_tripling_is() -> None:
     clock = Clock()
     state = MonitorState(clock=clock)
     run(state, clock, 60, 0.010)
-    steady = state.snapshot("e", 5)[1]["anomalies"]
-    assert steady["latency_ms"]["baseline_slots"] >= 30
-    assert steady["latency_ms"]["baseline"] == pytest.approx(10, rel=0.05)
-    assert not steady["latency_ms"]["anomalous"] and not steady["any"]
+    steady = state.snapshot("e", 5)[1].anomalies
+    assert steady.latency_ms.baseline_slots >= 30
+    assert steady.latency_ms.baseline == pytest.approx(10, rel=0.05)
+    assert not steady.latency_ms.anomalous and not steady.any
     run(state, clock, 5, 0.030, seed=1)
-    spike = state.snapshot("e", 5)[1]["anomalies"]
-    assert spike["latency_ms"]["anomalous"] and spike["any"]
-    assert spike["latency_ms"]["value"] == pytest.approx(30, rel=0.05)
-    assert spike["latency_ms"]["z"] > 4
+    spike = state.snapshot("e", 5)[1].anomalies
+    assert spike.latency_ms.anomalous and spike.any
+    assert spike.latency_ms.value == pytest.approx(30, rel=0.05)
+    assert spike.latency_ms.z > 4
 
 
 def test_an_error_burst_is_an_anomaly() -> None:
@@ -67,8 +67,8 @@ def test_an_error_burst_is_an_anomaly() -> None:
     state = MonitorState(clock=clock)
     run(state, clock, 60, 0.010, errors=0)
     run(state, clock, 5, 0.010, errors=10)
-    errors = state.snapshot("e", 5)[1]["anomalies"]["error_rate"]
-    assert errors["value"] == pytest.approx(0.2) and errors["anomalous"]
+    errors = state.snapshot("e", 5)[1].anomalies.error_rate
+    assert errors.value == pytest.approx(0.2) and errors.anomalous
 
 
 def test_a_young_baseline_judges_nothing() -> None:
@@ -76,5 +76,5 @@ def test_a_young_baseline_judges_nothing() -> None:
     state = MonitorState(clock=clock)
     run(state, clock, 8, 0.010)
     run(state, clock, 3, 0.100)
-    latency = state.snapshot("e", 3)[1]["anomalies"]["latency_ms"]
-    assert latency["z"] is None and not latency["anomalous"]
+    latency = state.snapshot("e", 3)[1].anomalies.latency_ms
+    assert latency.z is None and not latency.anomalous

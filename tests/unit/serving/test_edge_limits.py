@@ -16,6 +16,7 @@ from serving.core import MAX_FEEDBACK_BODY_BYTES
 from serving.endpoint import InferenceServer, read_body
 from serving.errors import InvalidRequestError, PayloadTooLargeError
 from serving.feedback_auth import FeedbackAuthorizer
+from serving.monitoring import counters
 from serving.monitoring.feedback import FeedbackJoin, JoinedPair, class_index, prediction_bytes
 from serving.monitoring.monitor import MonitorState
 from serving.monitoring.sections import joined_counts
@@ -150,7 +151,7 @@ def test_the_prediction_store_is_bounded_by_bytes() -> None:
         assert join.bytes_held <= bound
     memory = join.memory()
     assert memory["prediction_bytes"] == sum(prediction_bytes(f"r{i}", big) for i in range(47, 50))
-    assert join.stats("e")["dropped_full"] == 47 and join.held("e") == 3
+    assert join.stats("e").dropped_full == 47 and join.held("e") == 3
     join.add_labels("e", [("r49", [1] * 10_000)])  # joining releases the bytes
     assert join.bytes_held == 2 * prediction_bytes("r48", big)
 
@@ -160,7 +161,7 @@ def test_waiting_labels_are_bounded_by_bytes() -> None:
     for index in range(100):
         join.add_labels("e", [(f"w{index}", ["x" * 256] * 100)])
         assert join.waiting_bytes <= 200_000
-    assert join.stats("e")["labels_unmatched"] > 0
+    assert join.stats("e").labels_unmatched > 0
     join.forget("e")
     assert join.waiting_bytes == 0 and join.bytes_held == 0
 
@@ -189,8 +190,9 @@ def test_labels_that_no_float_holds_are_refused_or_counted_invalid() -> None:
     result = call(core, "/feedback", huge)
     assert result.status == 400 and json.loads(result.body)["error"].startswith("feedback[0].label")
     pair = JoinedPair("e", 1, [1.0, 2.0], ["1e999", 3.0])
-    assert joined_counts(pair, {"task": "regression"}) == {"fb:invalid": 1, "fb:n": 1,
-                                                          "fb:abs": 1.0, "fb:sq": 1.0}
+    assert joined_counts(pair, {"task": "regression"}) == {
+        counters.INVALID_LABELS: 1, counters.LABELLED: 1,
+        counters.ABS_ERROR_SUM: 1.0, counters.SQUARED_ERROR_SUM: 1.0}
 
 
 def test_the_inference_server_never_takes_the_clients_request_id() -> None:

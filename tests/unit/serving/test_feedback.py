@@ -31,7 +31,7 @@ class Clock:
 def test_the_store_drops_the_oldest_when_full_and_counts_them() -> None:
     join = FeedbackJoin(Clock(), max_predictions=3)
     join.add_predictions("e", 1, [(f"r{i}", [i]) for i in range(5)])
-    assert join.held("e") == 3 and join.stats("e")["dropped_full"] == 2
+    assert join.held("e") == 3 and join.stats("e").dropped_full == 2
     joined, waiting = join.add_labels("e", [("r0", [0]), ("r4", [4])])
     assert [p.predicted for p in joined] == [[4]] and waiting == 1  # r0 was dropped
 
@@ -45,7 +45,7 @@ def test_predictions_expire_by_age() -> None:
     clock.now = 3601
     joined, _ = join.add_labels("e", [("old", [1]), ("new", [2])])
     assert [p.labels for p in joined] == [[2]]
-    assert join.stats("e")["expired"] == 1
+    assert join.stats("e").expired == 1
 
 
 def test_labels_that_arrive_first_wait_for_their_prediction_then_give_up() -> None:
@@ -57,7 +57,7 @@ def test_labels_that_arrive_first_wait_for_their_prediction_then_give_up() -> No
     assert [(p.version, p.predicted, p.labels) for p in joined] == [(2, [1], [1])]
     clock.now = 100
     join.add_predictions("e", 2, [])
-    assert join.stats("e")["labels_unmatched"] == 1 and join.stats("e")["labels_waiting"] == 0
+    assert join.stats("e").labels_unmatched == 1 and join.stats("e").labels_waiting == 0
 
 
 @pytest.mark.parametrize("classes", [2, 3, 5])
@@ -125,10 +125,10 @@ def test_feedback_through_the_route_joins_predictions_from_any_replica() -> None
     answer = asyncio.run(replicas[0].handle("POST", "/feedback", {}, json.dumps(body).encode()))
     assert answer.status == 200
     assert json.loads(answer.body) == {"received": 60, "joined": 60, "waiting": 0, "invalid_labels": 0}
-    accuracy = state.snapshot("churn", 60)[1]["accuracy"]
-    assert accuracy["labelled"] == 60
-    assert accuracy["accuracy"] == pytest.approx(metrics.accuracy_score(truth, predicted))
-    assert accuracy["f1"] == pytest.approx(metrics.f1_score(truth, predicted, average="macro"))
+    accuracy = state.snapshot("churn", 60)[1].accuracy
+    assert accuracy.labelled == 60
+    assert accuracy.accuracy == pytest.approx(metrics.accuracy_score(truth, predicted))
+    assert accuracy.f1 == pytest.approx(metrics.f1_score(truth, predicted, average="macro"))
 
 
 @pytest.mark.parametrize(("body", "field"), [

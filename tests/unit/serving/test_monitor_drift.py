@@ -9,10 +9,12 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from serving.monitoring import Drift
 from serving.monitoring.drift_window import SAMPLE_LIMIT
 from serving.monitoring.monitor import MonitorState
 from serving.monitoring.observations import attach_profiles
 from serving.monitoring.profiles import load_profiles
+from serving.monitoring.snapshot import FeatureQuality
 from tests.unit.serving.monitoring_helpers import FEATURES, make_core, reference_profile, send_many
 
 PROFILE = reference_profile()
@@ -32,11 +34,11 @@ def ship(core, state: MonitorState, replica: str = "replica-a") -> dict:
     return state.record("churn", replica, delta)
 
 
-def window_of(core, state: MonitorState, clock: Clock, rows: np.ndarray, seconds: float = 2.0) -> dict:
+def window_of(core, state: MonitorState, clock: Clock, rows: np.ndarray, seconds: float = 2.0) -> Drift:
     """Send ``rows`` (one request each), ship, and read the drift over the next window."""
     asyncio.run(send_many(core, [r[None, :].astype(np.float32) for r in rows]))
     ship(core, state)
-    drift = state.snapshot("churn", seconds)[1]["drift"]
+    drift = state.snapshot("churn", seconds)[1].drift
     clock.now += seconds
     return drift
 
@@ -51,15 +53,15 @@ def test_unshifted_traffic_never_drifts_and_a_one_sigma_shift_is_named(monitored
     core, state, clock = monitored
     rng = np.random.default_rng(11)
     verdicts = [window_of(core, state, clock, rng.normal(size=(300, 4))) for _ in range(25)]
-    assert [v["verdict"] for v in verdicts] == ["ok"] * 25
-    assert all(v["drifted_features"] == [] for v in verdicts)
+    assert [v.verdict for v in verdicts] == ["ok"] * 25
+    assert all(v.drifted_features == () for v in verdicts)
     shifted = rng.normal(size=(300, 4))
     shifted[:, 1] += 1.0  # income moves by one standard deviation
     drift = window_of(core, state, clock, shifted)
-    assert drift["verdict"] == "drift"
-    assert drift["drifted_features"] == ["income"]
-    assert drift["features"]["income"]["test"] == "ks" and drift["features"]["income"]["p_value"] < 1e-6
-    assert set(drift["features"]) == set(FEATURES)
+    assert drift.verdict == "drift"
+    assert drift.drifted_features == ("income",)
+    assert drift.features["income"].test == "ks" and drift.features["income"].p_value < 1e-6
+    assert set(drift.features) == set(FEATURES)
 
 
 def test_the_statistics_match_scipy(monitored) -> None:
@@ -70,7 +72,7 @@ def test_the_statistics_match_scipy(monitored) -> None:
     live = rows.astype(np.float64)
     for index, name in enumerate(FEATURES):
         feature = inputs.feature(name)
-        reported = drift["features"][name]["statistics"]
+        reported = drift.features[name].statistics
         reference = np.asarray(feature.sample)
         assert reported["ks"] == pytest.approx(stats.ks_2samp(reference, live[:, index]).statistic)
         assert reported["wasserstein"] == pytest.approx(
@@ -78,33 +80,33 @@ def test_the_statistics_match_scipy(monitored) -> None:
         live_counts = np.bincount(np.searchsorted(feature.edges, live[:, index], side="right"),
                                   minlength=len(feature.counts))
         assert reported["js"] == pytest.approx(jensenshannon(feature.counts, live_counts))
-        assert drift["features"][name]["n"] == 400
+        assert drift.features[name].n == 400
 
 
 def test_prediction_drift_uses_chi_square_on_the_class_and_ks_on_confidence(monitored) -> None:
     core, state, clock = monitored
     rows = np.random.default_rng(13).normal(size=(400, 4))
     rows[:, 0] += 2.0  # moves the predicted classes
-    prediction = window_of(core, state, clock, rows)["prediction"]
-    assert prediction["drifted"] and prediction["verdict"] == "drift"
-    assert prediction["features"]["predicted_class"]["test"] == "chi2"
-    assert prediction["features"]["confidence"]["test"] == "ks"
+    prediction = window_of(core, state, clock, rows).prediction
+    assert prediction.drifted and prediction.verdict == "drift"
+    assert prediction.features["predicted_class"].test == "chi2"
+    assert prediction.features["confidence"].test == "ks"
 
 
 def test_too_few_rows_give_no_verdict(monitored) -> None:
     core, state, clock = monitored
     drift = window_of(core, state, clock, np.random.default_rng(14).normal(size=(20, 4)) + 5)
-    assert drift["verdict"] == "insufficient"
-    assert drift["reason"] == "20 rows in the window, need 100" and drift["features"] == {}
+    assert drift.verdict == "insufficient"
+    assert drift.reason == "20 rows in the window, need 100" and drift.features == {}
 
 
 def test_windows_forget_old_traffic(monitored) -> None:
     core, state, clock = monitored
     shifted = np.random.default_rng(15).normal(size=(300, 4)) + 3
-    assert window_of(core, state, clock, shifted, seconds=2)["verdict"] == "drift"
+    assert window_of(core, state, clock, shifted, seconds=2).verdict == "drift"
     clock.now += 10
-    assert state.snapshot("churn", 2)[1]["drift"]["verdict"] == "insufficient"
-    assert state.snapshot("churn", 60)[1]["drift"]["verdict"] == "drift"
+    assert state.snapshot("churn", 2)[1].drift.verdict == "insufficient"
+    assert state.snapshot("churn", 60)[1].drift.verdict == "drift"
 
 
 def test_the_monitor_keeps_only_the_newest_rows(monitored) -> None:
@@ -129,10 +131,10 @@ def test_a_restarted_monitor_asks_for_the_profile_again(monitored) -> None:
     key = core.monitoring[1].profile_key
     attach_profiles(delta, core.monitoring, {key})  # this replica believes it sent it already
     assert fresh.record("churn", "replica-a", delta) == {"missing_profiles": [key]}
-    assert "waiting for the version's reference profile" in fresh.snapshot("churn", 5)[1]["drift"]["reason"]
+    assert "waiting for the version's reference profile" in fresh.snapshot("churn", 5)[1].drift.reason
     asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 5))
     assert ship(core, fresh) == {"missing_profiles": []}
-    assert fresh.snapshot("churn", 5)[1]["drift"]["samples"] == 5
+    assert fresh.snapshot("churn", 5)[1].drift.samples == 5
 
 
 def test_quality_counters_reach_the_snapshot(monitored) -> None:
@@ -142,9 +144,9 @@ def test_quality_counters_reach_the_snapshot(monitored) -> None:
     rows[2, 3] = 99.0
     asyncio.run(send_many(core, [r[None, :].astype(np.float32) for r in rows]))
     ship(core, state)
-    quality = state.snapshot("churn", 5)[1]["quality"]
-    assert quality["rows"] == 10 and quality["missing"] == 2 and quality["out_of_range"] == 1
-    assert quality["features"]["age"] == {"missing": 2, "out_of_range": 0}
-    assert quality["features"]["score"] == {"missing": 0, "out_of_range": 1}
-    assert quality["rows_out_of_support"] == 1
-    assert 0 <= quality["last_request_age_s"] < 5
+    quality = state.snapshot("churn", 5)[1].quality
+    assert quality.rows == 10 and quality.missing == 2 and quality.out_of_range == 1
+    assert quality.features["age"] == FeatureQuality(missing=2, out_of_range=0)
+    assert quality.features["score"] == FeatureQuality(missing=0, out_of_range=1)
+    assert quality.rows_out_of_support == 1
+    assert 0 <= quality.last_request_age_s < 5

@@ -19,7 +19,7 @@ def delta(requests: dict[int, int]) -> dict:
 
 
 def requests_by_version(state: MonitorState) -> dict[int, int]:
-    return {v: s["requests"] for v, s in state.snapshot("e", 60).items()}
+    return {v: s.traffic.requests for v, s in state.snapshot("e", 60).items()}
 
 
 def test_a_new_endpoint_of_the_same_name_starts_afresh() -> None:

@@ -202,4 +202,4 @@ def test_accounting_that_fails_never_changes_an_answer_and_is_counted(monkeypatc
 
     state = MonitorState()
     state.record("churn", "replica-1", {1: delta})
-    assert state.snapshot("churn", 60)[1]["quality"]["unobserved_requests"] == 20
+    assert state.snapshot("churn", 60)[1].quality.unobserved_requests == 20
