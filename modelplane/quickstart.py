@@ -157,8 +157,9 @@ class Story:
 
     def serve(self, version: int) -> None:
         from control_plane.platform import wait_serving
+        from serving.names import endpoint_route_prefix
 
-        self.step(f"serve {MODEL}:{version}", f"at /v2/models/{ENDPOINT}")
+        self.step(f"serve {MODEL}:{version}", f"at {endpoint_route_prefix(ENDPOINT)}")
         if any(e.name == ENDPOINT for e in self.client.list_endpoints()):
             for rollout in self.client.list_rollouts(endpoint=ENDPOINT, active=True):
                 self.client.rollout_action(rollout.id, "abort", "quickstart restarted")
@@ -245,11 +246,13 @@ class Story:
         self.console.print(f"  [yellow]alert firing[/yellow] {alert.name}: {alert.summary}")
 
     def where_to_look(self) -> None:
+        from serving.names import endpoint_url
+
         url = self.settings.url
         host = url.split("://", 1)[1]
         console = self.console
         console.rule("[bold green]done[/bold green] — modelplane is still running")
-        console.print(f"  infer        curl -X POST {url}/v2/models/{ENDPOINT}/infer -d "
+        console.print(f"  infer        curl -X POST {endpoint_url(url, ENDPOINT, 'infer')} -d "
                       "'{\"inputs\":[{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[1,30],\"data\":[...]}]}'")
         console.print("  tritonclient import tritonclient.http as tc; "
                       f"tc.InferenceServerClient('{host}').infer('{ENDPOINT}', inputs)")
@@ -333,6 +336,9 @@ class LabelledTraffic(threading.Thread):
     def run(self) -> None:
         import httpx
 
+        from serving.names import endpoint_url
+
+        infer_url = endpoint_url(self.url, ENDPOINT, "infer")
         rng = np.random.default_rng(7)
         pending: dict[str, int] = {}
         with httpx.Client(timeout=10) as http:
@@ -341,7 +347,7 @@ class LabelledTraffic(threading.Thread):
                 body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, self.rows.shape[1]],
                                     "data": self.rows[index].tolist()}]}
                 try:
-                    response = http.post(f"{self.url}/v2/models/{ENDPOINT}/infer", json=body)
+                    response = http.post(infer_url, json=body)
                     if response.status_code == 200:  # labels join on the server's id
                         pending[response.headers["x-modelplane-request-id"]] = int(self.labels[index])
                     if len(pending) >= 10:
