@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 
 # Observed requests held unaccounted at most (about a second of a busy replica's traffic).
 PENDING_LIMIT = 4096
-SAMPLE_CAPACITY = 512  # rows per shipment kept for KS and Wasserstein at the Monitor
+# Rows per shipment kept for KS and Wasserstein at the Monitor, which holds the newest
+# 2,000 (drift_window.SAMPLE_LIMIT): 256 a second spread them over the last several
+# seconds of a busy replica, and keep a shipment small (they travel as float32).
+SAMPLE_CAPACITY = 256
 MAX_FEEDBACK_PER_DELTA = 20_000
 FEATURE_TIMESTAMP = "feature_timestamp"
 JOINABLE_TASKS = ("classification", "regression")
@@ -286,8 +289,8 @@ class RecentRows:
             return np.empty((0, 0))
         last = self._chunks[-1]
         if last.shape[0] >= SAMPLE_CAPACITY:  # a shipment's one chunk: no copy of it all
-            return last[-SAMPLE_CAPACITY:].copy()
-        return np.concatenate(self._chunks)[-SAMPLE_CAPACITY:]
+            return last[-SAMPLE_CAPACITY:].astype(np.float32)
+        return np.concatenate(self._chunks)[-SAMPLE_CAPACITY:].astype(np.float32)
 
 
 def _window_part(window: LiveWindow | None, recent: RecentRows) -> dict[str, Any] | None:

@@ -66,7 +66,8 @@ def test_unshifted_traffic_never_drifts_and_a_one_sigma_shift_is_named(monitored
 
 def test_the_statistics_match_scipy(monitored) -> None:
     core, state, clock = monitored
-    rows = np.random.default_rng(12).normal(loc=0.3, size=(400, 4)).astype(np.float32)
+    # Within one shipment's sample (SAMPLE_CAPACITY rows), so KS sees every row.
+    rows = np.random.default_rng(12).normal(loc=0.3, size=(250, 4)).astype(np.float32)
     drift = window_of(core, state, clock, rows, seconds=5)
     inputs, _ = load_profiles(PROFILE)
     live = rows.astype(np.float64)
@@ -80,7 +81,7 @@ def test_the_statistics_match_scipy(monitored) -> None:
         live_counts = np.bincount(np.searchsorted(feature.edges, live[:, index], side="right"),
                                   minlength=len(feature.counts))
         assert reported["js"] == pytest.approx(jensenshannon(feature.counts, live_counts))
-        assert drift.features[name].n == 400
+        assert drift.features[name].n == 250
 
 
 def test_prediction_drift_uses_chi_square_on_the_class_and_ks_on_confidence(monitored) -> None:
