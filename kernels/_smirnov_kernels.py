@@ -25,8 +25,9 @@ _EPS = 2.220446049250313e-16
 _LOG_SQRT_2PI = 0.9189385332046728
 # The coarse sum runs for at least this many terms (below, the exact sum is cheap) …
 _COARSE_MIN_TERMS = 1024
-# … on a grid this fraction of the bump's width apart (Poisson error ~exp(-2 pi^2 * 16)) …
-_COARSE_STEPS_PER_WIDTH = 4.0
+# … on a grid this fraction of the bump's width apart (Poisson error ~exp(-2 pi^2 * 256); a fine
+# grid keeps 8 steps clear of the singularities closer in, so more tails take this path) …
+_COARSE_STEPS_PER_WIDTH = 16.0
 # … and covers the terms within this many log units of the largest (e^-46 ~ 1e-20),
 _COARSE_LOG_SPAN = 46.0
 # … each at least this many steps from the summand's singularities.
