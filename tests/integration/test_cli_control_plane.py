@@ -134,7 +134,7 @@ def test_reads_can_require_a_token(tmp_path: Path) -> None:
         env = {k: v for k, v in locked.env.items()}
         anonymous = subprocess.run(
             [sys.executable, "-c",
-             "import httpx,sys; r=httpx.get(sys.argv[1]); print(r.status_code, r.json()['error'])",
+             "import httpx,sys; r=httpx.get(sys.argv[1]); print(r.status_code, r.json()['code'])",
              f"{locked.url}/api/models"],
             env=env, capture_output=True, text=True, timeout=60,
         )
