@@ -57,20 +57,19 @@ class ManualActions(TrafficMoves):
 
     def rollback(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
         """Stable back to 100% now; the candidate is rejected in the registry."""
-        actor.require(Role.DEPLOYER)
-        why = f"rolled back by {actor.name}" + (f": {reason}" if reason else "")
-        with self._lock:
-            self._end(self.get(rollout_id), RolloutState.ROLLED_BACK, actor.name, why, {},
-                      reject=True)
-        self._apply()
-        return self.get(rollout_id)
+        return self._end_by_hand(rollout_id, actor, reason, "rolled back", RolloutState.ROLLED_BACK,
+                                 reject=True)
 
     def abort(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
         """Stop the rollout and restore the stable version, without judging the candidate."""
+        return self._end_by_hand(rollout_id, actor, reason, "aborted", RolloutState.FAILED,
+                                 reject=False)
+
+    def _end_by_hand(self, rollout_id: int, actor: Principal, reason: str, verb: str,
+                     state: RolloutState, *, reject: bool) -> RolloutOut:
         actor.require(Role.DEPLOYER)
-        why = f"aborted by {actor.name}" + (f": {reason}" if reason else "")
+        why = f"{verb} by {actor.name}" + (f": {reason}" if reason else "")
         with self._lock:
-            self._end(self.get(rollout_id), RolloutState.FAILED, actor.name, why, {},
-                      reject=False)
+            self._end(self.get(rollout_id), state, actor.name, why, {}, reject=reject)
         self._apply()
         return self.get(rollout_id)
