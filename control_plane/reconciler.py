@@ -109,7 +109,7 @@ class Reconciler:
     def __init__(self, db: Database, backend: ServeBackend, *, base_url: str,
                  replica_env: dict[str, str] | None = None, stats_interval_s: float = 1.0,
                  version_ready_timeout_s: float = 300.0, feedback_allows_anonymous: bool = False,
-                 max_body_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_body_bytes: int = 64 * 1024 * 1024, access_log: bool = False) -> None:
         self.db = db
         self.backend = backend
         self.base_url = base_url.rstrip("/")
@@ -119,6 +119,7 @@ class Reconciler:
         # The replicas' edge: where they check feedback tokens, and their body limit.
         self.feedback_allows_anonymous = feedback_allows_anonymous
         self.max_body_bytes = max_body_bytes
+        self.access_log = access_log  # Serve's per-request access log in the replicas
         self._applied: dict[str, str] = {}
         self._states: dict[str, EndpointApplyState] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -292,7 +293,8 @@ class Reconciler:
                 seen = apps.get(app)
                 broken = seen is not None and _failed_status(seen.status)
                 if self._changed(app, version_document) or (broken and retry):
-                    self.backend.deploy(app, None, build_version_app(config, version, env=env))
+                    self.backend.deploy(app, None, build_version_app(
+                        config, version, env=env, access_log=self.access_log))
                     self._remember(app, version_document)
                     report.applied.append(app)
                     waiting[version.version] = "submitted to Serve"
@@ -318,7 +320,7 @@ class Reconciler:
         document = config.model_dump_json()
         if self._changed(name, document):
             self.backend.deploy(name, endpoint_route_prefix(endpoint),
-                                build_endpoint_app(config, env=env))
+                                build_endpoint_app(config, env=env, access_log=self.access_log))
             self._remember(name, document)
             report.applied.append(name)
             waiting.setdefault(0, "submitted to Serve")

@@ -87,7 +87,7 @@ class ControlPlane:
         self.reconciler = Reconciler(
             self.db, RayServeBackend(), base_url=self.settings.url, replica_env=env,
             feedback_allows_anonymous=self.settings.feedback_allows_anonymous,
-            max_body_bytes=self.settings.max_request_bytes)
+            max_body_bytes=self.settings.max_request_bytes, access_log=self.settings.access_log)
         self.reconciler.own(self.store_id)
         self.apply()
         self._every(interval_s, self.apply, "reconciler")

@@ -16,7 +16,8 @@ from serving.names import model_server_name
 from serving.schemas import EndpointConfig, ScalingConfig, VersionConfig
 
 
-def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongoing: int = 1) -> dict[str, Any]:
+def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongoing: int = 1,
+                        access_log: bool = False) -> dict[str, Any]:
     actor: dict[str, Any] = {"num_cpus": scaling.num_cpus, "runtime_env": {"env_vars": env}}
     if scaling.num_gpus:
         actor["num_gpus"] = scaling.num_gpus
@@ -28,6 +29,9 @@ def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongo
         "max_ongoing_requests": max(scaling.max_ongoing_requests, min_ongoing),
         "graceful_shutdown_timeout_s": 10,
         "health_check_period_s": 5,
+        # Serve's access log formats a line per request, a cost of its own on a small
+        # model; the Monitor already counts every request by version, code and latency.
+        "logging_config": {"enable_access_log": access_log},
     }
     if scaling.autoscaling is not None:
         auto = scaling.autoscaling
@@ -66,7 +70,7 @@ def _batch_floor(versions: list[VersionConfig]) -> int:
     return 2 * max((v.batching.max_batch_size for v in versions), default=1)
 
 
-def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str]) -> Any:
+def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str], access_log: bool = False) -> Any:
     """The application serving ``config.endpoint``'s HTTP route (endpoint or router)."""
     from ray import serve
 
@@ -74,14 +78,14 @@ def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str]) -> Any:
 
     user_config = config.model_dump(mode="json")
     if config.placement == "colocated":
-        options = _deployment_options(config.scaling, env=env,
+        options = _deployment_options(config.scaling, env=env, access_log=access_log,
                                       min_ongoing=_batch_floor(config.versions))
         deployment = serve.deployment(EndpointServer).options(
             name="endpoint", user_config=user_config,
             version=_code_version(EndpointServer, options), _internal=True, **options
         )
         return deployment.bind()
-    options = _deployment_options(config.scaling, env=env)
+    options = _deployment_options(config.scaling, env=env, access_log=access_log)
     deployment = serve.deployment(EndpointRouter).options(
         name="router", user_config=user_config,
         version=_code_version(EndpointRouter, options), _internal=True, **options
@@ -89,13 +93,15 @@ def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str]) -> Any:
     return deployment.bind()
 
 
-def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: dict[str, str]) -> Any:
+def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: dict[str, str],
+                      access_log: bool = False) -> Any:
     """Isolated placement: the application running one version's ModelServer replicas."""
     from ray import serve
 
     from serving.endpoint import ModelServer
 
-    options = _deployment_options(version.scaling, env=env, min_ongoing=_batch_floor([version]))
+    options = _deployment_options(version.scaling, env=env, access_log=access_log,
+                                  min_ongoing=_batch_floor([version]))
     init = version.model_dump(mode="json")
     deployment = serve.deployment(ModelServer).options(
         name=model_server_name(version.version),
