@@ -1,0 +1,377 @@
+"""Peer servers benchmark: modelplane's serving against PyTriton, FastAPI, MLServer and KServe.
+
+    python -m benchmarks.peers [--seconds 15] [--sequential 300]
+                               [--only pytriton,fastapi,mlserver,kserve] [--models small,large]
+
+Every server answers the same v2 REST infer request (benchmarks/serving.py's one-row JSON
+body) for the same ONNX MLPs: small [B,64]->256->256->10 and large [B,512]->4096->4096->1000,
+through ONNX Runtime on one intra-op thread. Each runs in turn, alone, with its whole
+process tree pinned to core 0 (``taskset -c 0``) while benchmarks/load_client.py drives it
+from core 1: a sequential latency run (``--sequential`` requests, p50/p99), then 32
+concurrent requests for ``--seconds`` (throughput). The server side's CPU time over the
+throughput round (user + system of every process of the server, parent and children),
+divided by the requests answered, is the CPU per request.
+
+The peers (benchmarks/peer_servers/, one script each) run from venvs of their own under
+``~/.cache/modelplane-bench/venvs`` that this script builds on first use with pinned
+versions (benchmarks/peer_envs.py). Before a server is measured its answer is checked
+against ONNX Runtime run here on the same input, and the official ``tritonclient`` (HTTP)
+sends it one JSON and one binary-data infer call: "yes" where the answer is right. A peer
+that cannot be installed or started gets a "skipped: <reason>" or "failed: <reason>" row.
+
+Ray Serve without modelplane and modelplane's own endpoints run from the project's venv;
+they plug in through ``IN_PROJECT`` below (a launcher per scenario). Results go to
+benchmarks/results/peers.json, peers.md (with the goal ratios against PyTriton and FastAPI)
+and peers.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from benchmarks import peer_report
+from benchmarks.peer_envs import ORT, EnvError, PeerEnv, ensure
+from benchmarks.serving import HEAVY, SMALL, body, measure, mlp
+
+SERVERS_DIR = Path(__file__).parent / "peer_servers"
+SIZES = {"small": SMALL, "large": HEAVY}
+READY_TIMEOUT_S = 240  # PyTriton starts tritonserver and a Python backend stub: ~15 s here
+GRACE_S = 10
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer server: its venv and the script (in benchmarks/peer_servers) that starts it."""
+
+    label: str
+    env: PeerEnv
+    script: str
+    settings: str
+
+
+PEERS = {
+    "pytriton": Peer("PyTriton 0.7.0", PeerEnv("pytriton", "0.7.0", (
+        "nvidia-pytriton==0.7.0", ORT, "numpy==1.26.4")),  # PyTriton requires numpy<2
+        "pytriton_server.py", "dynamic batching: max batch 32, no queue delay"),
+    "fastapi": Peer("FastAPI 0.165.0 + uvicorn 0.54.0", PeerEnv("fastapi", "0.165.0", (
+        "fastapi==0.165.0", "uvicorn[standard]==0.54.0", ORT, "numpy==2.4.6")),
+        "fastapi_server.py", "hand-written JSON handler, uvloop + httptools, no access log"),
+    "mlserver": Peer("MLServer 1.7.1", PeerEnv("mlserver", "1.7.1", (
+        "mlserver==1.7.1", ORT, "numpy==2.4.6")),
+        "mlserver_server.py", "custom MLModel runtime, parallel_workers 0, debug (access log) off"),
+    "kserve": Peer("KServe 0.21.0", PeerEnv("kserve", "0.21.0", (
+        "kserve==0.21.0", ORT, "numpy==2.4.6")),
+        "kserve_server.py", "kserve.Model subclass, ModelServer(workers=1), per-request logs off"),
+}
+
+
+@dataclass
+class Running:
+    """A started server as the measurement sees it."""
+
+    infer_url: str
+    model_name: str  # the name in /v2/models/<name>/infer, for tritonclient
+    processes: Callable[[], list[Any]]  # psutil.Process of every process of the server now
+    stop: Callable[[], None]
+    references: tuple[bytes, ...]  # the models whose answer is right (a canary has two)
+    log: Path | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+# (model "small"/"large", models by "<model><seed>", a scratch folder) -> a ready server
+Launcher = Callable[[str, dict[str, bytes], Path], Running]
+
+# ---------------------------------------------------------------------------------------
+# In-project scenarios: the hook. Ray Serve's direct ingress without modelplane and
+# modelplane's endpoints run from the project's venv, started with
+# control_plane.platform.start_platform as benchmarks/serving.py's run_cluster does (fast
+# ingress; one version; a 90/10 canary of seeds 1 and 2; the large model batched with
+# max_batch_size 32 and a 2 ms wait). A launcher returns a ready Running whose
+# ``processes`` lists the whole server side (benchmarks/monitoring_served.py's
+# server_processes finds a Ray session's). None: not written yet, reported as skipped.
+# The goal ratios in peer_report.py read the rows named here.
+IN_PROJECT: dict[str, Launcher | None] = {
+    "ray-serve": None,
+    "modelplane": None,
+    "modelplane-canary": None,
+    "modelplane-batched": None,
+}
+LABELS = {"ray-serve": "Ray Serve direct ingress", "modelplane": "modelplane (one version)",
+          "modelplane-canary": "modelplane (90/10 canary)",
+          "modelplane-batched": "modelplane (batched 32, 2 ms)"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path | None, chars: int = 3000) -> str:
+    if path is None or not path.exists():
+        return ""
+    return path.read_text(errors="replace")[-chars:]
+
+
+def launch_peer(peer: Peer, model: str, models: dict[str, bytes], workdir: Path) -> Running:
+    """Start ``peer``'s script on core 0 from its venv and wait until the model is ready."""
+    import httpx
+    import psutil
+
+    model_path = workdir / f"{model}.onnx"
+    model_path.write_bytes(models[f"{model}1"])
+    port, log = free_port(), workdir / "server.log"
+    command = ["taskset", "-c", "0", str(peer.env.python), str(SERVERS_DIR / peer.script),
+               str(model_path), str(port), model]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with log.open("wb") as handle:
+        # Its own session: stop() signals the whole group; cwd: the scratch folder (PyTriton's
+        # workspace and MLServer's metrics files go there and are removed with it).
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=workdir,
+                                   env=env, start_new_session=True)
+    root = psutil.Process(process.pid)
+
+    def processes() -> list[Any]:
+        try:
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def stop() -> None:
+        stop_tree(process, processes())
+
+    base = f"http://127.0.0.1:{port}"
+    deadline, started = time.monotonic() + READY_TIMEOUT_S, time.monotonic()
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{peer.label} exited with {process.returncode} before it was "
+                                   f"ready; its log ends:\n{tail(log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{peer.label} not ready after {READY_TIMEOUT_S} s; its log "
+                                   f"ends:\n{tail(log)}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/v2/models/{model}/ready", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.5)
+    except BaseException:
+        stop()
+        raise
+    return Running(f"{base}/v2/models/{model}/infer", model, processes, stop,
+                   (models[f"{model}1"],), log, {"start_s": round(time.monotonic() - started, 1)})
+
+
+def stop_tree(process: subprocess.Popen, tree: list[Any]) -> None:
+    """SIGINT to the server (a graceful stop), then SIGTERM and SIGKILL to its process group,
+    then SIGKILL to any process of its tree that left the group."""
+    import psutil
+
+    for sig, wait in ((signal.SIGINT, GRACE_S), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        if process.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            if sig == signal.SIGINT:
+                process.send_signal(sig)
+            else:
+                os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(wait)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for child in tree[1:]:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def reference(models: tuple[bytes, ...], x: np.ndarray) -> list[np.ndarray]:
+    """ONNX Runtime in this process: what a right answer is, one per accepted model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return [ort.InferenceSession(m, options, providers=["CPUExecutionProvider"])
+            .run(None, {"input": x})[0] for m in models]
+
+
+def right(answer: np.ndarray, expected: list[np.ndarray]) -> bool:
+    return any(answer.shape == e.shape and np.allclose(answer, e, rtol=1e-4, atol=1e-5)
+               for e in expected)
+
+
+def check_answer(server: Running, payload: bytes) -> None:
+    """The benchmark body's answer against ONNX Runtime here; raises with what came back."""
+    import httpx
+
+    request = json.loads(payload)["inputs"][0]
+    x = np.asarray(request["data"], dtype=np.float32).reshape(request["shape"])
+    response = httpx.post(server.infer_url, content=payload,
+                          headers={"content-type": "application/json"}, timeout=60)
+    if response.status_code != 200:
+        raise RuntimeError(f"the benchmark request got HTTP {response.status_code}: "
+                           f"{response.text[:500]}")
+    try:
+        output = next(o for o in response.json()["outputs"] if o["name"] == "output")
+        answer = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+    except (ValueError, KeyError, StopIteration) as exc:
+        raise RuntimeError(f"unreadable answer ({exc!r}): {response.text[:500]}") from exc
+    expected = reference(server.references, x)
+    if not right(answer, expected):
+        raise RuntimeError(f"wrong answer: {answer.ravel()[:8]} ... expected "
+                           f"{expected[0].ravel()[:8]} ...")
+
+
+def tritonclient_checks(server: Running, width: int) -> dict[str, str]:
+    """One JSON and one binary-data infer call through tritonclient.http: "yes" when the
+    answer is right, else "no: <why>"."""
+    import tritonclient.http as triton
+
+    x = np.random.default_rng(7).normal(size=(1, width)).astype(np.float32)
+    expected = reference(server.references, x)
+    client = triton.InferenceServerClient(urlparse(server.infer_url).netloc, network_timeout=60)
+    results = {}
+    try:
+        for mode, binary in (("json", False), ("binary", True)):
+            tensor = triton.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            try:
+                result = client.infer(server.model_name, [tensor], outputs=[
+                    triton.InferRequestedOutput("output", binary_data=binary)])
+                answer = result.as_numpy("output")
+                ok = answer is not None and right(answer, expected)
+                results[mode] = "yes" if ok else f"no: wrong answer {answer!r:.200}"
+            except Exception as exc:  # any failure is the finding, not a crash
+                results[mode] = f"no: {type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        client.close()
+    return results
+
+
+def cpu_seconds(processes: list[Any]) -> dict[tuple[int, float], float]:
+    """user + system seconds per process, keyed by (pid, create time) against pid reuse."""
+    import psutil
+
+    found = {}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            found[(process.pid, process.create_time())] = times.user + times.system
+    return found
+
+
+def measure_server(server: Running, payload: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    """The sequential run, then the throughput round with the server's CPU around it."""
+    row: dict[str, Any] = dict(measure(server.infer_url, payload, argparse.Namespace(
+        sequential=args.sequential, seconds=0)))
+    before = cpu_seconds(server.processes())
+    loaded = measure(server.infer_url, payload, argparse.Namespace(sequential=0, seconds=args.seconds))
+    after = cpu_seconds(server.processes())
+    row.update(loaded)
+    # A process that ended during the round takes its CPU with it; one that started counts whole.
+    spent = sum(seconds - before.get(key, 0.0) for key, seconds in after.items())
+    answered = loaded["throughput_requests"]
+    row["server_cpu_s"] = spent
+    row["server_processes"] = len(after)
+    row["cpu_ms_per_request"] = 1000 * spent / answered if answered else float("nan")
+    row["failures"] = row["sequential_failures"] + row["throughput_failures"]
+    return row
+
+
+def scenario(name: str, label: str, launcher: Launcher, model: str, models: dict[str, bytes],
+             args: argparse.Namespace) -> dict[str, Any]:
+    """Start, check, measure and stop one server on one model; a failure is recorded."""
+    row: dict[str, Any] = {"server": name, "label": label, "model": model}
+    width = SIZES[model][0]
+    payload = body(width)
+    workdir = Path(tempfile.mkdtemp(prefix=f"peer-{name}-"))
+    server = None
+    try:
+        print(f"  starting {label} ({model})", flush=True)
+        server = launcher(model, models, workdir)
+        row.update(server.notes)
+        check_answer(server, payload)
+        checks = tritonclient_checks(server, width)
+        row["tritonclient_json"], row["tritonclient_binary"] = checks["json"], checks["binary"]
+        print(f"    answer right; tritonclient JSON {checks['json'][:60]}, binary "
+              f"{checks['binary'][:60]}", flush=True)
+        row.update(measure_server(server, payload, args))
+        row["status"] = "ok"
+        print(f"    {row['throughput_rps']:.0f} req/s, p50 {row['p50_ms']:.2f} ms, p99 "
+              f"{row['p99_ms']:.2f} ms, {row['cpu_ms_per_request']:.2f} CPU ms/request, "
+              f"{row['failures']} failures", flush=True)
+    except Exception as exc:
+        row["status"] = f"failed: {exc}"
+        print(f"    {row['status']}", flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--sequential", type=int, default=300)
+    parser.add_argument("--only", default=",".join([*PEERS, *IN_PROJECT]),
+                        help="comma-separated servers: " + ", ".join([*PEERS, *IN_PROJECT]))
+    parser.add_argument("--models", default="small,large")
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [s for s in chosen if s not in PEERS and s not in IN_PROJECT]
+    unknown += [m for m in wanted if m not in SIZES]
+    if unknown:
+        parser.error(f"unknown server or model: {', '.join(unknown)}")
+    print("venvs")
+    envs: dict[str, Any] = {}
+    for name in (s for s in chosen if s in PEERS):
+        try:
+            envs[name] = ensure(PEERS[name].env)
+        except EnvError as exc:
+            envs[name] = {"error": str(exc)}
+    # The server side's core; every server is also started under taskset -c 0, and the
+    # load client pins itself to core 1.
+    os.sched_setaffinity(0, {0})
+    models = {f"{m}{seed}": mlp(SIZES[m], seed) for m in wanted for seed in (1, 2)}
+    rows = []
+    for name in chosen:
+        peer = PEERS.get(name)
+        for model in wanted:
+            if peer is not None and "error" in envs[name]:
+                rows.append({"server": name, "label": peer.label, "model": model,
+                             "status": f"skipped: venv: {envs[name]['error']}"})
+            elif peer is not None:
+                rows.append({**scenario(name, peer.label, functools.partial(launch_peer, peer),
+                                        model, models, args), "settings": peer.settings})
+            elif IN_PROJECT[name] is None:
+                rows.append({"server": name, "label": LABELS[name], "model": model,
+                             "status": "skipped: not implemented yet (benchmarks/peers.py IN_PROJECT)"})
+            else:
+                rows.append(scenario(name, LABELS[name], IN_PROJECT[name], model, models, args))
+    settings = {"seconds": args.seconds, "sequential": args.sequential, "concurrency": 32,
+                "cpu": "server pinned to core 0, load client to core 1",
+                "onnxruntime": ORT + ", one intra-op thread in every server"}
+    peer_report.write(rows, envs, settings)
+
+
+if __name__ == "__main__":
+    main()
