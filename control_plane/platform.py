@@ -66,11 +66,19 @@ def fast_ingress_available() -> bool:
         return shutil.which("haproxy") is not None
 
 
+# HAProxy's own listeners (its stats page and Prometheus exporter) default to fixed ports,
+# so a second cluster on the machine (another home, a test, a benchmark) had its HAProxy
+# exit at start; each head gets free ones unless the operator chose them.
+HAPROXY_PORT_SETTINGS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
 def ingress_env(fast: bool) -> dict[str, str]:
     """Environment for a Ray head (and its workers) that selects Serve's ingress mode."""
     if not fast:
         return {}
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    ports = iter(_free_ports(len(HAPROXY_PORT_SETTINGS)))
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            **{name: os.environ.get(name) or str(next(ports)) for name in HAPROXY_PORT_SETTINGS}}
 
 
 def _ray_bin() -> str:
@@ -144,6 +152,7 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
     address = os.environ.get("RAY_ADDRESS") or str((record or {}).get("address") or "auto")
     fast = fast_ingress_available() if fast_ingress is None else fast_ingress
     started = False
+    warm_kernels(progress)
     if not ray.is_initialized() and not _connect(address):
         if os.environ.get("RAY_ADDRESS"):
             raise ControlPlaneUnavailableError(
@@ -178,6 +187,22 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         dashboard_url=recorded_dashboard(settings),
         endpoints=endpoints,
     )
+
+
+def warm_kernels(progress: Callable[[str], None]) -> None:
+    """Compile the monitoring kernels here, once, before any replica needs them.
+
+    Every process on this machine that serves or monitors loads them from Numba's on-disk
+    cache; with a cold cache (a fresh install, or kernels changed) each would compile them
+    itself, three or four processes at once on the same cores, and the first endpoint
+    took over a minute to answer where it takes seconds once they are compiled."""
+    from kernels import warmup
+
+    progress("loading the monitoring kernels")
+    seconds = warmup()
+    if seconds > 5:
+        progress(f"compiled the monitoring kernels in {seconds:.0f}s; later starts load them "
+                 "from the cache")
 
 
 def wait_store_endpoints(settings: Settings, *, progress: Callable[[str], None],
@@ -225,15 +250,20 @@ HEAD_PORT_OPTIONS = ("port", "dashboard-port", "ray-client-server-port",
 
 def head_ports() -> dict[str, int]:
     """Distinct free loopback ports for every ``ray start --head`` port option."""
+    return dict(zip(HEAD_PORT_OPTIONS, _free_ports(len(HEAD_PORT_OPTIONS)), strict=True))
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on every interface now."""
     import socket
 
     sockets = []
     try:
-        for _ in HEAD_PORT_OPTIONS:
+        for _ in range(count):
             probe = socket.socket()
-            probe.bind(("127.0.0.1", 0))
+            probe.bind(("0.0.0.0", 0))  # HAProxy binds its listeners on every interface
             sockets.append(probe)  # held open until all are chosen, so none repeats
-        return {name: probe.getsockname()[1] for name, probe in zip(HEAD_PORT_OPTIONS, sockets, strict=True)}
+        return [probe.getsockname()[1] for probe in sockets]
     finally:
         for probe in sockets:
             probe.close()
@@ -270,12 +300,22 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            _abandon_head(settings, gcs_port, process.pid)
             raise ControlPlaneUnavailableError(
                 f"`ray start --head` exited with {process.returncode}; see {log_path}")
         if _connect(address):
             return
         time.sleep(1.0)
+    _abandon_head(settings, gcs_port, process.pid)
     raise ControlPlaneUnavailableError(f"the Ray head did not come up in {timeout_s:.0f}s; see {log_path}")
+
+
+def _abandon_head(settings: Settings, gcs_port: int, head_pid: int) -> None:
+    """Stop what a failed ``ray start`` left running: it exits without stopping the GCS
+    server and raylet it started, which would hold ports and memory until a reboot."""
+    stop_cluster_processes(gcs_port, head_pid=head_pid, grace_s=5)
+    with contextlib.suppress(OSError):
+        (settings.home / HEAD_RECORD).unlink()
 
 
 def _path_with_this_python() -> str:

@@ -35,5 +35,7 @@ echo "==> installing modelplane ($spec) into .venv; the first time takes a few m
 # package's looser requirement can pull a CUDA build.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e "$spec"
+echo "==> compiling the monitoring kernels into Numba's cache (about half a minute, once)"
+.venv/bin/python -c "from kernels import warmup; warmup()"
 echo "$want" > "$stamp"
 echo "==> .venv ready"
