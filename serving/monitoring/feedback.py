@@ -18,7 +18,7 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from serving.monitoring.snapshot import FeedbackStore
 
@@ -30,7 +30,7 @@ MAX_LABEL_WAIT_S = 120.0
 # so a count bound alone would let a few large batches take gigabytes.
 MAX_PREDICTION_BYTES = 128 * 1024 * 1024
 MAX_WAITING_BYTES = 16 * 1024 * 1024
-ENTRY_OVERHEAD_BYTES = 240  # dict slot, key tuple, dataclass, list header
+ENTRY_OVERHEAD_BYTES = 240  # dict slot, key tuple, record, list header
 VALUE_BYTES = 32  # a float object and its list slot
 
 
@@ -45,8 +45,9 @@ def labels_bytes(request_id: str, labels: list[Any]) -> int:
         VALUE_BYTES + (len(label) if isinstance(label, str) else 0) for label in labels)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredPrediction:
+class StoredPrediction(NamedTuple):
+    # A tuple, not a dataclass: one is made per answered request, and a frozen
+    # dataclass's __init__ costs several times a tuple's.
     version: int
     values: list[float]
     at: float
@@ -86,26 +87,33 @@ class FeedbackJoin:
                         items: Iterable[tuple[str, float | list[float]]]) -> list[JoinedPair]:
         """Keep predictions (a value, or a list per row); labels already waiting join now."""
         now = self._clock()
-        joined = []
+        joined: list[JoinedPair] = []
+        # One call stores a shipment's worth (hundreds a second per replica) for the whole
+        # cluster, so the loop does the least per item: counts are added once at the end.
+        predictions, waiting_labels = self._predictions, self._waiting
+        stored = replaced = added_bytes = 0
         for request_id, predicted in items:
-            values = predicted if isinstance(predicted, list) else [predicted]
+            values = list(predicted) if isinstance(predicted, list) else [predicted]
             key = (endpoint, request_id)
-            waiting = self._waiting.pop(key, None)
-            if waiting is not None:
-                self.waiting_bytes -= waiting[2]
-                joined.append(JoinedPair(endpoint, version, list(values), waiting[0]))
-                self._count(endpoint, "joined")
-                continue
-            replaced = self._predictions.pop(key, None)
-            if replaced is not None:
-                self._count(endpoint, "replaced")  # the same id shipped twice: newest wins
-                self._held[endpoint] -= 1
-                self.bytes_held -= replaced.size
+            if waiting_labels:
+                waiting = waiting_labels.pop(key, None)
+                if waiting is not None:
+                    self.waiting_bytes -= waiting[2]
+                    joined.append(JoinedPair(endpoint, version, values, waiting[0]))
+                    continue
+            earlier = predictions.pop(key, None)
+            if earlier is not None:  # the same id shipped twice: newest wins
+                replaced += 1
+                added_bytes -= earlier.size
             size = prediction_bytes(request_id, values)
-            self._predictions[key] = StoredPrediction(version, list(values), now, size)
-            self.bytes_held += size
-            self._held[endpoint] += 1
-            self._count(endpoint, "stored")
+            predictions[key] = StoredPrediction(version, values, now, size)
+            added_bytes += size
+            stored += 1
+        self.bytes_held += added_bytes
+        self._held[endpoint] += stored - replaced
+        for event, count in (("stored", stored), ("replaced", replaced), ("joined", len(joined))):
+            if count:
+                self._count(endpoint, event, count)
         self._trim(now)
         return joined
 
