@@ -1,7 +1,7 @@
 """Peer servers benchmark: modelplane's serving against PyTriton, FastAPI, MLServer and KServe.
 
-    python -m benchmarks.peers [--seconds 15] [--sequential 300]
-                               [--only pytriton,fastapi,mlserver,kserve] [--models small,large]
+    python -m benchmarks.peers [--seconds 15] [--sequential 300] [--models small,large]
+        [--only pytriton,fastapi,mlserver,kserve,ray-serve,modelplane,modelplane-canary,modelplane-batched]
 
 Every server answers the same v2 REST infer request (benchmarks/serving.py's one-row JSON
 body) for the same ONNX MLPs: small [B,64]->256->256->10 and large [B,512]->4096->4096->1000,
@@ -10,7 +10,8 @@ process tree pinned to core 0 (``taskset -c 0``) while benchmarks/load_client.py
 from core 1: a sequential latency run (``--sequential`` requests, p50/p99), then 32
 concurrent requests for ``--seconds`` (throughput). The server side's CPU time over the
 throughput round (user + system of every process of the server, parent and children),
-divided by the requests answered, is the CPU per request.
+divided by the requests answered, is the CPU per request. Run it on an otherwise idle
+machine: anything else on core 0 shows in every figure but the CPU per request.
 
 The peers (benchmarks/peer_servers/, one script each) run from venvs of their own under
 ``~/.cache/modelplane-bench/venvs`` that this script builds on first use with pinned
@@ -19,8 +20,10 @@ against ONNX Runtime run here on the same input, and the official ``tritonclient
 sends it one JSON and one binary-data infer call: "yes" where the answer is right. A peer
 that cannot be installed or started gets a "skipped: <reason>" or "failed: <reason>" row.
 
-Ray Serve without modelplane and modelplane's own endpoints run from the project's venv;
-they plug in through ``IN_PROJECT`` below (a launcher per scenario). Results go to
+Ray Serve without modelplane and modelplane's own endpoints (one version, a 90/10 canary,
+the large model batched) run from the project's venv on one local platform with the fast
+ingress (benchmarks/peers_inproject.py), after the peers; they plug in through
+``IN_PROJECT`` below (a launcher per scenario). Results go to
 benchmarks/results/peers.json, peers.md (with the goal ratios against PyTriton and FastAPI)
 and peers.png.
 """
@@ -45,7 +48,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from benchmarks import peer_report
+from benchmarks import peer_report, peers_inproject
 from benchmarks.peer_envs import ORT, EnvError, PeerEnv, ensure
 from benchmarks.serving import HEAVY, SMALL, body, measure, mlp
 
@@ -98,21 +101,13 @@ class Running:
 Launcher = Callable[[str, dict[str, bytes], Path], Running]
 
 # ---------------------------------------------------------------------------------------
-# In-project scenarios: the hook. Ray Serve's direct ingress without modelplane and
-# modelplane's endpoints run from the project's venv, started with
-# control_plane.platform.start_platform as benchmarks/serving.py's run_cluster does (fast
-# ingress; one version; a 90/10 canary of seeds 1 and 2; the large model batched with
-# max_batch_size 32 and a 2 ms wait). A launcher returns a ready Running whose
-# ``processes`` lists the whole server side (benchmarks/monitoring_served.py's
-# server_processes finds a Ray session's). None: not written yet, reported as skipped.
-# The goal ratios in peer_report.py read the rows named here.
-IN_PROJECT: dict[str, Launcher | None] = {
-    "ray-serve": None,
-    "modelplane": None,
-    "modelplane-canary": None,
-    "modelplane-batched": None,
-}
-LABELS = {"ray-serve": "Ray Serve direct ingress", "modelplane": "modelplane (one version)",
+# In-project scenarios: the hook. Ray Serve without modelplane and modelplane's endpoints
+# run from the project's venv on one platform started with
+# control_plane.platform.start_platform (benchmarks/peers_inproject.py). A launcher returns
+# a ready Running whose ``processes`` lists the whole server side; one mapped to None is
+# reported as skipped. The goal ratios in peer_report.py read the rows named here.
+IN_PROJECT: dict[str, Launcher | None] = dict(peers_inproject.LAUNCHERS)
+LABELS = {"ray-serve": "Ray Serve direct ingress (plain)", "modelplane": "modelplane (one version)",
           "modelplane-canary": "modelplane (90/10 canary)",
           "modelplane-batched": "modelplane (batched 32, 2 ms)"}
 
@@ -353,20 +348,23 @@ def main() -> None:
     os.sched_setaffinity(0, {0})
     models = {f"{m}{seed}": mlp(SIZES[m], seed) for m in wanted for seed in (1, 2)}
     rows = []
-    for name in chosen:
-        peer = PEERS.get(name)
-        for model in wanted:
-            if peer is not None and "error" in envs[name]:
-                rows.append({"server": name, "label": peer.label, "model": model,
-                             "status": f"skipped: venv: {envs[name]['error']}"})
-            elif peer is not None:
-                rows.append({**scenario(name, peer.label, functools.partial(launch_peer, peer),
-                                        model, models, args), "settings": peer.settings})
-            elif IN_PROJECT[name] is None:
-                rows.append({"server": name, "label": LABELS[name], "model": model,
-                             "status": "skipped: not implemented yet (benchmarks/peers.py IN_PROJECT)"})
-            else:
-                rows.append(scenario(name, LABELS[name], IN_PROJECT[name], model, models, args))
+    try:
+        for name in chosen:
+            peer, launcher = PEERS.get(name), IN_PROJECT.get(name)
+            for model in wanted:
+                if peer is not None and "error" in envs[name]:
+                    rows.append({"server": name, "label": peer.label, "model": model,
+                                 "status": f"skipped: venv: {envs[name]['error']}"})
+                elif peer is not None:
+                    rows.append({**scenario(name, peer.label, functools.partial(launch_peer, peer),
+                                            model, models, args), "settings": peer.settings})
+                elif launcher is None:
+                    rows.append({"server": name, "label": LABELS[name], "model": model,
+                                 "status": "skipped: no launcher (benchmarks/peers.py IN_PROJECT)"})
+                else:
+                    rows.append(scenario(name, LABELS[name], launcher, model, models, args))
+    finally:
+        peers_inproject.shutdown()  # the platform, if an in-project scenario started it
     settings = {"seconds": args.seconds, "sequential": args.sequential, "concurrency": 32,
                 "cpu": "server pinned to core 0, load client to core 1",
                 "onnxruntime": ORT + ", one intra-op thread in every server"}

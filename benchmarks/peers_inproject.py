@@ -1,0 +1,207 @@
+"""The in-project scenarios of benchmarks/peers.py: Ray Serve without modelplane, and modelplane.
+
+One local platform, started by the first of these scenarios with
+``control_plane.platform.start_platform`` as benchmarks/serving.py's ``run_cluster`` does,
+with the fast ingress ``modelplane up`` picks (HAProxy + throughput-optimized Serve), and
+stopped by ``shutdown``. The Ray head inherits the benchmark's core-0 affinity, so all it
+runs shares core 0 as the peers do. Scaling as in serving.py: half a CPU and 64 ongoing
+requests per replica, one replica.
+
+- ``ray-serve``: benchmarks/serving.py's PlainOnnx (what a Ray user writes by hand: parse
+  JSON, run the session, answer JSON) as a Serve application on the same ingress (HAProxy
+  turns on Serve's direct ingress), routed at ``/v2/models/<name>`` so its infer URL has
+  the peers' shape.
+- ``modelplane``: one version, deployed through the control plane as a user would.
+- ``modelplane-canary``: versions 1 and 2 (seeds 1 and 2) at 90/10.
+- ``modelplane-batched``: one version with dynamic batching, max batch 32, 2 ms wait.
+
+The whole server side, for CPU per request, is every process of the Ray session plus
+HAProxy (benchmarks/monitoring_served.py's ``server_processes``): controller, proxies,
+control plane and Monitor included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SCALING = {"num_cpus": 0.5, "max_ongoing_requests": 64}
+MODEL_NAMES = {"small": "bench-small", "large": "bench-large"}
+
+
+class Platform:
+    """The one platform these scenarios share, started on first use."""
+
+    def __init__(self) -> None:
+        self.root: Path | None = None
+        self.settings: Any = None
+        self.client: Any = None
+        self.versions: dict[str, int] = {}  # "<model><seed>" -> registered version
+        self.failed = ""
+
+    def ensure(self) -> None:
+        """Start the platform unless it runs; one that failed to start is not tried again
+        (a half-started head is stopped, and the later scenarios fail with its reason)."""
+        if self.client is not None:
+            return
+        if self.failed:
+            raise RuntimeError(f"the platform did not start: {self.failed}")
+        from benchmarks.peers import free_port
+        from control_plane.client import Client
+        from control_plane.platform import start_platform
+        from modelplane.settings import Settings
+
+        self.root = Path(tempfile.mkdtemp(prefix="mpp"))
+        os.environ["RAY_TMPDIR"] = str(self.root / "ray")
+        self.settings = Settings.from_env({"MODELPLANE_HOME": str(self.root / "home"),
+                                           "MODELPLANE_HTTP_PORT": str(free_port())})
+        try:
+            start_platform(self.settings, num_cpus=4, fast_ingress=True,
+                           progress=lambda m: print("   ", m, flush=True))
+            self.client = Client(self.settings.url,
+                                 self.settings.admin_token_path.read_text().strip(),
+                                 settings=self.settings)
+        except Exception as exc:
+            self.failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.shutdown()
+            raise
+
+    @property
+    def base(self) -> str:
+        return self.settings.url
+
+    def version(self, model: str, seed: int, models: dict[str, bytes]) -> int:
+        """Register ``<model><seed>`` once; its version number."""
+        from benchmarks.peers import SIZES
+        from benchmarks.serving import manifest
+
+        key = f"{model}{seed}"
+        if key not in self.versions:
+            record = self.client.register_version(MODEL_NAMES[model], models[key],
+                                                  manifest(SIZES[model]))
+            self.versions[key] = int(record.version)
+        return self.versions[key]
+
+    def processes(self) -> list[Any]:
+        from benchmarks.monitoring_served import server_processes
+
+        return server_processes(self.root)
+
+    def shutdown(self) -> None:
+        if self.settings is None:
+            return
+        from control_plane.platform import stop_platform
+
+        if self.client is not None:
+            self.client.close()
+        stop_platform(self.settings, progress=lambda m: print("   ", m, flush=True))
+        self.client = self.settings = None
+
+
+PLATFORM = Platform()
+
+
+def wait_gone(url: str, timeout: float = 120) -> None:
+    """Until ``url`` stops answering 200: the last scenario's replicas are being removed and
+    must not spend core 0 during the next one."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=5).status_code != 200:
+                return
+        time.sleep(0.5)
+
+
+def wait_answering(url: str, payload: bytes, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.post(url, content=payload, headers={"content-type": "application/json"},
+                          timeout=10).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} never answered 200")
+
+
+def ray_serve(model: str, models: dict[str, bytes], workdir: Path) -> Any:
+    """PlainOnnx on Serve, no control plane."""
+    from ray import serve
+
+    from benchmarks.peers import SIZES, Running
+    from benchmarks.serving import PlainOnnx, body
+
+    PLATFORM.ensure()
+    name = f"rs-{model}"
+    app, url = f"bench-{name}", f"{PLATFORM.base}/v2/models/{name}/infer"
+    deployment = serve.deployment(PlainOnnx).options(
+        max_ongoing_requests=SCALING["max_ongoing_requests"],
+        ray_actor_options={"num_cpus": SCALING["num_cpus"]})
+
+    def stop() -> None:
+        serve.delete(app)
+        wait_gone(url.removesuffix("/infer"))
+
+    try:
+        serve.run(deployment.bind(models[f"{model}1"]), name=app, route_prefix=f"/v2/models/{name}")
+        wait_answering(url, body(SIZES[model][0]))
+    except BaseException:
+        stop()
+        raise
+    return Running(url, name, PLATFORM.processes, stop, (models[f"{model}1"],),
+                   notes={"settings": "PlainOnnx on Serve, fast ingress (HAProxy)"})
+
+
+def endpoint(label: str, weights: dict[int, float], batch: int = 1):
+    """A launcher for one modelplane endpoint: seeds ``weights`` (seed -> traffic %)."""
+
+    def launch(model: str, models: dict[str, bytes], workdir: Path) -> Any:
+        from benchmarks.peers import Running
+        from benchmarks.serving import wait_serving
+        from serving.names import endpoint_url
+
+        PLATFORM.ensure()
+        client, name = PLATFORM.client, f"{label}-{model}"
+        versions = {PLATFORM.version(model, seed, models): share for seed, share in weights.items()}
+        batching = {"max_batch_size": batch, "batch_wait_timeout_ms": 2.0}
+
+        def stop() -> None:
+            client.undeploy(name)
+            wait_gone(endpoint_url(PLATFORM.base, name))
+
+        try:
+            for version in versions:
+                client.deploy(name, f"{MODEL_NAMES[model]}:{version}", scaling=SCALING,
+                              batching=batching)
+            client.set_traffic(name, versions)
+            wait_serving(endpoint_url(PLATFORM.base, name), set(versions), versions)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                stop()
+            raise
+        return Running(endpoint_url(PLATFORM.base, name, "infer"), name, PLATFORM.processes, stop,
+                       tuple(models[f"{model}{seed}"] for seed in weights),
+                       notes={"settings": f"fast ingress (HAProxy), traffic {versions}, "
+                                          f"max batch {batch}" + (", 2 ms wait" if batch > 1 else "")})
+
+    return launch
+
+
+LAUNCHERS = {
+    "ray-serve": ray_serve,
+    "modelplane": endpoint("mp", {1: 100.0}),
+    "modelplane-canary": endpoint("mpc", {1: 90.0, 2: 10.0}),
+    "modelplane-batched": endpoint("mpb", {1: 100.0}, batch=32),
+}
+
+
+def shutdown() -> None:
+    """Stop the platform if a scenario started it."""
+    PLATFORM.shutdown()
