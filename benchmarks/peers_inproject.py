@@ -15,15 +15,15 @@ requests per replica, one replica.
 - ``modelplane-canary``: versions 1 and 2 (seeds 1 and 2) at 90/10.
 - ``modelplane-batched``: one version with dynamic batching, max batch 32, 2 ms wait.
 
-The whole server side, for CPU per request, is every process of the Ray session plus
-HAProxy (benchmarks/monitoring_served.py's ``server_processes``): controller, proxies,
-control plane and Monitor included.
+The whole server side, for CPU per request, is every process of the Ray session and their
+children (HAProxy among them): controller, proxies, control plane and Monitor included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -67,7 +67,8 @@ class Platform:
                                  settings=self.settings)
         except Exception as exc:
             self.failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self.shutdown()
+            with contextlib.suppress(Exception):  # the start's error is the one to report
+                self.shutdown()
             raise
 
     @property
@@ -87,9 +88,18 @@ class Platform:
         return self.versions[key]
 
     def processes(self) -> list[Any]:
-        from benchmarks.monitoring_served import server_processes
+        """Every process of this Ray session (its command line names the session's
+        folder) and their children, HAProxy among them. Unlike monitoring_served's
+        server_processes, not every HAProxy on the machine: another cluster's is not ours."""
+        import psutil
 
-        return server_processes(self.root)
+        roots = [p for p in psutil.process_iter(["cmdline"])
+                 if str(self.root) in " ".join(p.info["cmdline"] or ())]
+        found = {p.pid: p for p in roots}
+        for process in roots:
+            with contextlib.suppress(psutil.Error):
+                found.update({c.pid: c for c in process.children(recursive=True)})
+        return list(found.values())
 
     def shutdown(self) -> None:
         if self.settings is None:
@@ -100,6 +110,8 @@ class Platform:
             self.client.close()
         stop_platform(self.settings, progress=lambda m: print("   ", m, flush=True))
         self.client = self.settings = None
+        if not self.failed and self.root is not None:  # a failed start keeps its Ray logs
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 PLATFORM = Platform()
@@ -203,5 +215,9 @@ LAUNCHERS = {
 
 
 def shutdown() -> None:
-    """Stop the platform if a scenario started it."""
-    PLATFORM.shutdown()
+    """Stop the platform if a scenario started it (a failure to stop is printed, so the
+    results are still written)."""
+    try:
+        PLATFORM.shutdown()
+    except Exception as exc:
+        print(f"  stopping the platform failed: {exc!r}", flush=True)
