@@ -49,9 +49,6 @@ class LocalVersion:
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._batched is not None:
             return await self._batched(arrays)  # type: ignore[no-any-return]
-        runner = self.runner
-        if runner.inline_rows and runner.rows_of(arrays) <= runner.inline_rows:
-            return runner.run(arrays)  # shorter than the hand-off to a thread (see warmup)
         # ONNX Runtime releases the GIL; the event loop keeps accepting requests meanwhile.
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.runner.run, arrays)
