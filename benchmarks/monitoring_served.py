@@ -28,14 +28,13 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.serving import SMALL, body, manifest, measure, mlp, wait_serving
+from benchmarks.serving import SMALL, body, fast_platform, manifest, measure, mlp, wait_serving
 
 RESULTS = Path(__file__).parent / "results"
 TWIN, TWIN_APP = "b-twin", "bench-monitoring-twin"
@@ -193,23 +192,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     from ray import serve
 
-    from control_plane.client import Client
-    from control_plane.platform import start_platform, stop_platform
-    from modelplane.settings import Settings
     from serving.applications import build_endpoint_app
     from serving.monitoring.monitor import get_monitor
     from serving.names import endpoint_app_name, endpoint_route_prefix, endpoint_url
     from serving.schemas import EndpointConfig
-    from tests.conftest import free_port
 
-    root = Path(tempfile.mkdtemp(prefix="mpm"))
-    os.environ["RAY_TMPDIR"] = str(root / "ray")
-    settings = Settings.from_env({"MODELPLANE_HOME": str(root / "home"),
-                                  "MODELPLANE_HTTP_PORT": str(free_port())})
-    start_platform(settings, num_cpus=4, fast_ingress=True, progress=lambda m: print(" ", m))
-    base = settings.url
-    client = Client(base, settings.admin_token_path.read_text().strip(), settings=settings)
-    try:
+    with fast_platform("mpm") as (root, settings, client):
+        base = settings.url
         for seed in (1, 2):
             model = mlp(SMALL, seed)
             client.register_version("bench-small", model, profiled_manifest(model))
@@ -255,9 +244,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(3)  # the last shipment reaches the Monitor
         snapshot = ray.get(get_monitor().snapshot.remote(TWIN, 3600))
         return {"rounds": rounds, "monitor_rows_seen": _rows_seen(snapshot)}
-    finally:
-        client.close()
-        stop_platform(settings, progress=lambda m: print(" ", m))
 
 
 def _rows_seen(snapshot: dict[int, Any]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from benchmarks.serving import SMALL, body, manifest, mlp, wait_serving
+from benchmarks.serving import SMALL, body, fast_platform, manifest, mlp, wait_serving
 
 RESULTS = Path(__file__).parent / "results"
 AFTER_S = 2.0  # the window after a change that is compared with the steady state
@@ -108,19 +107,9 @@ def summarise(samples: list[tuple[float, float, bool]], changes: list[float]) ->
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from control_plane.client import Client
-    from control_plane.platform import start_platform, stop_platform
-    from modelplane.settings import Settings
     from serving.names import endpoint_url
-    from tests.conftest import free_port
 
-    root = Path(tempfile.mkdtemp(prefix="mprc"))
-    os.environ["RAY_TMPDIR"] = str(root / "ray")
-    settings = Settings.from_env({"MODELPLANE_HOME": str(root / "home"),
-                                  "MODELPLANE_HTTP_PORT": str(free_port())})
-    start_platform(settings, num_cpus=4, fast_ingress=True, progress=lambda m: print(" ", m))
-    client = Client(settings.url, settings.admin_token_path.read_text().strip(), settings=settings)
-    try:
+    with fast_platform("mprc") as (_, settings, client):
         for seed in (1, 2):
             client.register_version("route-bench", mlp(SMALL, seed), manifest(SMALL))
         scaling = {"num_cpus": 0.5, "max_ongoing_requests": 64}
@@ -141,9 +130,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load.stop()
         return {"summary": summarise(load.samples, changes),
                 "failure_examples": load.failures[:5]}
-    finally:
-        client.close()
-        stop_platform(settings, progress=lambda m: print(" ", m))
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ against its target, met or not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,28 @@ def measure(url: str, payload: bytes, args: argparse.Namespace) -> dict[str, flo
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     return json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def fast_platform(prefix: str) -> Iterator[tuple[Path, Any, Any]]:
+    """A private platform with the fast ingress, as ``modelplane up`` starts one, in a
+    fresh temporary folder: (that folder, its Settings, an admin Client); stopped on exit."""
+    from control_plane.client import Client
+    from control_plane.platform import start_platform, stop_platform
+    from modelplane.settings import Settings
+    from tests.conftest import free_port
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["RAY_TMPDIR"] = str(root / "ray")
+    settings = Settings.from_env({"MODELPLANE_HOME": str(root / "home"),
+                                  "MODELPLANE_HTTP_PORT": str(free_port())})
+    start_platform(settings, num_cpus=4, fast_ingress=True, progress=lambda m: print(" ", m))
+    client = Client(settings.url, settings.admin_token_path.read_text().strip(), settings=settings)
+    try:
+        yield root, settings, client
+    finally:
+        client.close()
+        stop_platform(settings, progress=lambda m: print(" ", m))
 
 
 def wait_serving(url: str, versions: set[int], weights: dict[int, float], timeout: float = 300) -> None:
