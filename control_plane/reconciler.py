@@ -17,6 +17,12 @@ run yet are left out of it while they take no traffic, so a rollback that sets a
 candidate to 0% is applied at once. Endpoints with a rollout that just ended are applied
 first in a pass.
 
+A change to an endpoint's routes alone (weights, shadows, stickiness: every rollout step)
+is posted to the route board (:mod:`serving.route_board`) instead of Serve: a Serve
+reconfigure takes each replica out of the fast ingress while it runs. Serve's own
+configuration then lags behind the board until the next change of anything else; the
+board is posted to again on every pass, and where it cannot take a table, Serve gets it.
+
 Every application carries this store's id (:mod:`control_plane.ownership`); an application
 marked by another store is never changed or deleted, and one without a mark (made before
 marks existed) is updated (and so marked) but never deleted.
@@ -59,6 +65,7 @@ log = logging.getLogger(__name__)
 RETRY_BASE_S = 5.0  # first retry of a failed endpoint; doubles per failure
 RETRY_MAX_S = 300.0
 RECENT_ROLLBACK_S = 600.0  # endpoints whose rollout ended this recently go first in a pass
+POST_TIMEOUT_S = 5.0  # a route board slower than this: the routes go through Serve
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,10 @@ class ServeBackend(Protocol):
 
     def delete(self, name: str) -> None: ...
 
+    def post_routes(self, endpoint: str, config: EndpointConfig) -> bool:
+        """Hand ``config``'s route table to the live replicas without a Serve reconfigure
+        (:mod:`serving.route_board`); False when that could not be done."""
+
 
 @dataclass(frozen=True)
 class EndpointApplyState:
@@ -96,6 +107,7 @@ class EndpointApplyState:
 @dataclass
 class ReconcileReport:
     applied: list[str] = field(default_factory=list)
+    routed: list[str] = field(default_factory=list)  # route tables posted, no Serve change
     deleted: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
@@ -121,6 +133,10 @@ class Reconciler:
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log  # Serve's per-request access log in the replicas
         self._applied: dict[str, str] = {}
+        # Per endpoint application: the digest of what Serve last got, routes excluded, and
+        # whether the route board holds a newer table than Serve's (to post it again).
+        self._deployed: dict[str, str] = {}
+        self._board_ahead: dict[str, EndpointConfig] = {}
         self._states: dict[str, EndpointApplyState] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -212,7 +228,7 @@ class Reconciler:
                 report.foreign.append(app)  # another store's, or unmarked: never ours to delete
                 continue
             self.backend.delete(app)
-            self._applied.pop(app, None)
+            self._forget(app)
             report.deleted.append(app)
         stored = self._names()
         for name in [n for n in list(self._states) if endpoint in (None, n) and n not in stored]:
@@ -275,7 +291,7 @@ class Reconciler:
             return
         for app in [a for a in list(self._applied)
                     if a not in apps and is_endpoint_app(a, endpoint)]:
-            self._applied.pop(app, None)  # gone from Serve (deleted by hand, Serve restarted)
+            self._forget(app)  # gone from Serve (deleted by hand, Serve restarted)
         env = self.replica_env
         retry = self._retry_due(endpoint)
         waiting: dict[int, str] = {}  # version → why it is not running yet
@@ -313,15 +329,25 @@ class Reconciler:
             failure = failure or f"{name} is {seen.status}" + (
                 f": {seen.message}" if seen.message else "")
             if retry:
-                self._applied.pop(name, None)
+                self._forget(name)
         elif seen is None or not seen.status.endswith("RUNNING"):
             waiting[0] = f"{name} is {seen.status if seen else 'MISSING'}" + (
                 f": {seen.message}" if seen and seen.message else "")
         document = config.model_dump_json()
-        if self._changed(name, document):
+        if self._changed(name, document) and self._routes_only(name, config, seen) and \
+                self.backend.post_routes(endpoint, config):
+            self._remember(name, document)
+            self._board_ahead[name] = config
+            report.routed.append(name)
+        elif self._changed(name, document) or (
+                name in self._board_ahead and not self.backend.post_routes(endpoint, config)):
+            # A board that restarted empty is posted to again each pass; where it cannot
+            # be, Serve's own configuration catches up with the routes.
             self.backend.deploy(name, endpoint_route_prefix(endpoint),
                                 build_endpoint_app(config, env=env, access_log=self.access_log))
             self._remember(name, document)
+            self._deployed[name] = _digest(_structure(config))
+            self._board_ahead.pop(name, None)
             report.applied.append(name)
             waiting.setdefault(0, "submitted to Serve")
             failure = None  # a fresh submission: judged again on the next pass
@@ -385,6 +411,18 @@ class Reconciler:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
+    def _routes_only(self, app: str, config: EndpointConfig, seen: ServeApp | None) -> bool:
+        """Whether ``config`` differs from what Serve last got in its routes alone, on an
+        application that has not failed (a failed one gets all of it again from Serve)."""
+        return seen is not None and not _failed_status(seen.status) and \
+            self._deployed.get(app) == _digest(_structure(config))
+
+    def _forget(self, app: str) -> None:
+        """Forget what was applied to ``app``: the next pass submits it to Serve again."""
+        self._applied.pop(app, None)
+        self._deployed.pop(app, None)
+        self._board_ahead.pop(app, None)
+
     def _changed(self, app: str, document: str) -> bool:
         return self._applied.get(app) != _digest(document)
 
@@ -393,7 +431,22 @@ class Reconciler:
 
 
 class RayServeBackend:
-    """The real Serve, through its public API."""
+    """The real Serve, through its public API, and the route board beside it."""
+
+    def __init__(self) -> None:
+        # Made before the first endpoint: its replicas find it at once, not on a later retry.
+        self._board: Any = None
+        self._route_board()
+
+    def _route_board(self) -> Any:
+        from serving.route_board import ensure_route_board
+
+        if self._board is None:
+            try:
+                self._board = ensure_route_board()
+            except Exception as error:  # routes then go through Serve until it can be made
+                log.warning("could not make the route board: %s", error)
+        return self._board
 
     def applications(self) -> dict[str, ServeApp]:
         from control_plane.ownership import serve_details
@@ -421,6 +474,22 @@ class RayServeBackend:
 
         serve.delete(name, _blocking=False)
 
+    def post_routes(self, endpoint: str, config: EndpointConfig) -> bool:
+        import ray
+
+        from serving.route_board import PostedRoutes
+
+        posted = PostedRoutes(config.incarnation, config.generation, config.routes.model_dump_json())
+        board = self._route_board()
+        if board is None:
+            return False
+        try:
+            return bool(ray.get(board.post.remote(endpoint, posted), timeout=POST_TIMEOUT_S))
+        except Exception as error:  # Serve's reconfigure delivers the routes instead
+            log.warning("could not post routes of %s to the route board: %s", endpoint, error)
+            self._board = None
+            return False
+
 
 def _failed_status(status: str) -> bool:
     return status.endswith(("DEPLOY_FAILED", "UNHEALTHY"))
@@ -437,6 +506,11 @@ def _without(config: EndpointConfig, missing: set[int]) -> EndpointConfig | None
         "shadows": [v for v in config.routes.shadows if v not in missing]})
     return config.model_copy(update={
         "versions": [v for v in config.versions if v.version not in missing], "routes": routes})
+
+
+def _structure(config: EndpointConfig) -> str:
+    """Everything in ``config`` that only a Serve reconfigure can change."""
+    return config.model_dump_json(exclude={"routes", "generation"})
 
 
 def _scaling(raw: dict[str, Any] | None) -> ScalingConfig:

@@ -146,6 +146,11 @@ class InferenceCore:
         self.recorder.enabled = config.monitoring
         self.recorder.monitoring = self.monitoring
 
+    def route(self, config: EndpointConfig) -> None:
+        """Install ``config``, which differs from the current one only in its routes and
+        generation (the version set and its backends stay)."""
+        self.update(config, self._state[1])
+
     @property
     def config(self) -> EndpointConfig:
         return self._state[0]

@@ -8,8 +8,10 @@
   that no endpoint serves).
 
 Configuration arrives as the Serve ``user_config`` (an :class:`EndpointConfig`); Serve
-calls ``reconfigure`` on every live replica when it changes, so weights, shadows and the
-version set change without restarting any replica.
+calls ``reconfigure`` on every live replica when it changes, so the version set changes
+without restarting any replica. Weights, shadows and stickiness also arrive from the
+route board (:mod:`serving.route_board`), which changes them without Serve taking the
+replica out of its ingress while it reconfigures.
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ from serving.monitoring.monitor import get_monitor
 from serving.monitoring.observations import attach_profiles
 from serving.monitoring.stats import ServedConfig
 from serving.names import SERVER_ROUTE, endpoint_route_prefix, model_server_name, version_app_name
+from serving.route_board import WAIT_S, PostedRoutes, get_route_board
 from serving.schemas import EndpointConfig, VersionConfig
 
 log = logging.getLogger(__name__)
 
 
 REPLICA_HEADER = "x-modelplane-replica"
+BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
+FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
 
 
 def _to_response(result: HttpResult, replica: str | None = None) -> Response:
@@ -76,6 +81,9 @@ class _CoreAdapter:
     _shipper: asyncio.Task[None] | None = None
     _replica: str = ""
     _profiles_shipped: frozenset[str] = frozenset()  # reference profiles the Monitor holds
+    _follower: asyncio.Task[None] | None = None
+    # The newest route board posting seen: applied, or kept until the version it names loads.
+    _posted: PostedRoutes | None = None
 
     async def __call__(self, request: Request) -> Response:
         core = self.core
@@ -109,6 +117,68 @@ class _CoreAdapter:
     def _ensure_shipping(self) -> None:
         if self._shipper is None or self._shipper.done():
             self._shipper = asyncio.get_running_loop().create_task(self._ship_forever())
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.get_running_loop().create_task(self._follow_routes())
+
+    def _with_posted(self, config: EndpointConfig) -> EndpointConfig:
+        """``config`` with the route board's routes where those are newer and name only
+        versions that ``config`` loads."""
+        posted = self._posted
+        if posted is not None and posted.newer_than(config):
+            return posted.applied_to(config) or config
+        return config
+
+    async def _first_posting(self, config: EndpointConfig) -> None:
+        """Before a new replica first answers: the board's table, where it is newer than the
+        one in Serve's configuration (a route change made while this replica started)."""
+        try:
+            board = await asyncio.to_thread(get_route_board)
+            if board is not None:
+                posted = await asyncio.wait_for(asyncio.wrap_future(
+                    board.read.remote(config.endpoint, config.incarnation).future()),
+                    timeout=FIRST_READ_TIMEOUT_S)
+                if posted is not None and posted.newer_than(config):
+                    posted.applied_to(config)  # raises if it is not a route table
+                    self._posted = posted
+        except Exception as error:  # the board is an optimisation: Serve's table still serves
+            log.warning("could not read the route board: %s", error)
+
+    async def _follow_routes(self) -> None:
+        """Long-poll the route board and swap in each newer route table."""
+        board: Any = None
+        while True:
+            core = self.core
+            if core is None:
+                await asyncio.sleep(1.0)
+                continue
+            if board is None:
+                board = await asyncio.to_thread(get_route_board)
+                if board is None:
+                    await asyncio.sleep(BOARD_RETRY_S)
+                    continue
+            config, held = core.config, self._posted
+            after = max(config.generation, held.generation if held is not None and
+                        held.incarnation == config.incarnation else 0)
+            try:
+                posted = await asyncio.wait_for(asyncio.wrap_future(board.wait.remote(
+                    config.endpoint, config.incarnation, after, WAIT_S).future()),
+                    timeout=WAIT_S + 10)
+            except Exception as error:  # restarting: look it up again; routes still arrive by Serve
+                log.warning("lost the route board (%s); looking it up again", type(error).__name__)
+                board = None
+                await asyncio.sleep(1.0)
+                continue
+            if posted is None or self.core is None or not posted.newer_than(self.core.config):
+                continue
+            try:
+                newer = posted.applied_to(self.core.config)
+            except ValueError as error:  # not a route table: never held, asked again later
+                log.warning("ignoring a malformed route board posting: %s", error)
+                await asyncio.sleep(BOARD_RETRY_S)
+                continue
+            self._posted = posted
+            if newer is not None:
+                self.core.route(newer)
 
     async def _ship_forever(self) -> None:
         replica = self._replica
@@ -174,6 +244,9 @@ class EndpointServer(_CoreAdapter):
         await loop.run_in_executor(None, warmup)
         self._loaded = {_version_key(b.config): b for b in backends.values()}
         if self.core is None:
+            await self._first_posting(config)
+        config = self._with_posted(config)
+        if self.core is None:
             self.core = self._new_core(config, backends)
         else:
             self.core.update(config, backends)
@@ -220,6 +293,9 @@ class EndpointRouter(_CoreAdapter):
             )
             for v in config.versions
         }
+        if self.core is None:
+            await self._first_posting(config)
+        config = self._with_posted(config)
         if self.core is None:
             self.core = self._new_core(config, backends)
         else:

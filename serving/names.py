@@ -9,6 +9,7 @@ import this module, however light it must stay.
 - ``endpoint-{e}-v{n}``, no route: version ``n`` of an isolated endpoint, one deployment
   ``model-v{n}`` the router calls through a handle.
 - ``modelplane-monitor`` in Ray namespace ``modelplane``: the Monitor actor.
+- ``modelplane-route-board`` in the same namespace: route tables posted to live replicas.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ SERVER_ROUTE = "/v2"
 ENDPOINT_APP_PREFIX = "endpoint-"
 MONITOR_NAME = "modelplane-monitor"
 MONITOR_NAMESPACE = "modelplane"
+ROUTE_BOARD_NAME = "modelplane-route-board"
+ROUTE_BOARD_NAMESPACE = MONITOR_NAMESPACE
 
 
 def endpoint_app_name(endpoint: str) -> str:

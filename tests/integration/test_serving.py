@@ -151,6 +151,37 @@ def test_weight_changes_under_load_lose_no_request(iris: Platform) -> None:
     assert replicas[1] and replicas[1] <= replicas[0], f"a replica restarted: {replicas}"
 
 
+def test_route_changes_skip_serve_and_reach_a_restarted_replica(iris: Platform) -> None:
+    import ray
+
+    from control_plane.ownership import serve_details
+
+    with iris.client() as client:
+        client.set_traffic("iris", {1: 30, 2: 70})
+    iris.wait_weights("iris", {1: 30, 2: 70})
+    deployment = serve_details()["applications"]["endpoint-iris"]["deployments"]["endpoint"]
+    in_serve = deployment["deployment_config"]["user_config"]["routes"]["weights"]
+    # The route board delivered the table: Serve never reconfigured (so never drained) a replica.
+    assert {int(k): v for k, v in in_serve.items()} != {1: 30.0, 2: 70.0}
+    killed = {r["replica_id"] for r in deployment["replicas"]}
+    for replica in deployment["replicas"]:
+        ray.kill(ray.get_actor(replica["actor_name"], namespace="serve"), no_restart=True)
+    # Serve starts a replica from its own (older) table; the replica takes the board's newer one.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{iris.url}/v2/models/iris", timeout=5)
+        except httpx.TransportError:
+            response = None
+        if response is not None and response.status_code == 200 and (
+                response.headers["x-modelplane-replica"] not in killed):
+            assert response.json()["parameters"]["weights"] == {"1": 30.0, "2": 70.0}
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no new replica answered within 120 s")
+
+
 def test_shadows_never_touch_the_primary(iris: Platform) -> None:
     with iris.client() as client:
         client.set_traffic("iris", {1: 100}, shadows=[3])

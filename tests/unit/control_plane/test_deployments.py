@@ -21,6 +21,8 @@ class FakeServe:
     def __init__(self) -> None:
         self.apps: dict[str, Any] = {}
         self.calls: list[tuple[str, str]] = []
+        self.board_up = True  # the route board answers
+        self.posted: list[Any] = []  # configurations whose routes went to the board
 
     def applications(self) -> dict[str, str]:
         return {name: "RUNNING" for name in self.apps}
@@ -32,6 +34,12 @@ class FakeServe:
     def delete(self, name: str) -> None:
         self.apps.pop(name, None)
         self.calls.append(("delete", name))
+
+    def post_routes(self, endpoint: str, config: Any) -> bool:
+        self.calls.append(("post", endpoint))
+        if self.board_up:
+            self.posted.append(config)
+        return self.board_up
 
     def wait_running(self, names: list[str], timeout_s: float) -> None:
         assert all(name in self.apps for name in names)

@@ -31,6 +31,8 @@ class Serve:
     def __init__(self, *, owner: str | None = ME) -> None:
         self.apps: dict[str, ServeApp] = {}
         self.calls: list[tuple[str, str]] = []
+        self.board_up = True  # the route board answers
+        self.posted: list[Any] = []  # configurations whose routes went to the board
         self.autostart = True
         self.owner = owner
 
@@ -44,6 +46,12 @@ class Serve:
     def delete(self, name: str) -> None:
         self.calls.append(("delete", name))
         self.apps.pop(name, None)
+
+    def post_routes(self, endpoint: str, config: Any) -> bool:
+        self.calls.append(("post", endpoint))
+        if self.board_up:
+            self.posted.append(config)
+        return self.board_up
 
     def set(self, name: str, status: str, message: str = "") -> None:
         self.apps[name] = ServeApp(status, message, self.apps[name].owner)
@@ -203,7 +211,9 @@ def test_an_isolated_router_leaves_out_a_zero_weight_version_that_does_not_run(d
     assert router_deploys == 1  # v2 takes 10% and is not running: the router waits
     deployments.set_traffic("big", TrafficUpdate(weights={1: 100, 2: 0}), ALICE)  # rolled back
     rec.reconcile("big")
-    assert serve.deploys().count("endpoint-big") == 2  # applied now, without v2
+    # Applied now, without v2: the router's versions are as before, so only its routes move.
+    assert serve.deploys().count("endpoint-big") == 1
+    assert [c.generation for c in serve.posted] == [rec.desired()["big"].generation]
     assert rec.states()["big"].state == "pending"  # v2 still starting
 
 
@@ -262,3 +272,62 @@ def test_owners_are_read_from_each_deployments_runtime_environment() -> None:
     owners = application_owners(details)
     assert owners == {"control-plane": AppOwner(ME, "/srv/a"), "endpoint-x": AppOwner(None)}
     assert "/srv/a" in owners["control-plane"].describe()
+
+
+def canary(deployments: Deployments) -> None:
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1"), ALICE)
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:2", weight=10), ALICE)
+
+
+def test_a_weight_change_goes_to_the_route_board_not_to_serve(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    canary(deployments)
+    rec.reconcile()
+    deploys = len(serve.deploys())
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 50, 2: 50}), ALICE)
+    report = rec.reconcile("ep")
+    assert report.routed == ["endpoint-ep"] and report.applied == []
+    assert len(serve.deploys()) == deploys
+    posted = serve.posted[-1]
+    assert posted.routes.weights == {1: 50.0, 2: 50.0}
+    assert posted.generation == rec.desired()["ep"].generation
+    serve.posted.clear()
+    rec.reconcile()  # a board that restarted empty gets the table again on every pass
+    assert [c.generation for c in serve.posted] == [posted.generation]
+    assert len(serve.deploys()) == deploys and rec.states()["ep"].state == "applied"
+
+
+def test_routes_go_through_serve_when_the_board_cannot_take_them(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    canary(deployments)
+    rec.reconcile()
+    deploys = len(serve.deploys())
+    serve.board_up = False
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 50, 2: 50}), ALICE)
+    assert rec.reconcile("ep").applied == ["endpoint-ep"] and len(serve.deploys()) == deploys + 1
+    serve.board_up = True
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 20, 2: 80}), ALICE)
+    assert rec.reconcile("ep").routed == ["endpoint-ep"]
+    serve.board_up = False  # lost after it took the table: Serve's configuration catches up
+    assert rec.reconcile("ep").applied == ["endpoint-ep"] and len(serve.deploys()) == deploys + 2
+    assert rec.reconcile("ep").unchanged == ["endpoint-ep"]  # and only once
+
+
+def test_anything_but_routes_is_still_applied_by_serve(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    canary(deployments)
+    rec.reconcile()
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 50, 2: 50}), ALICE)
+    rec.reconcile()
+    deploys = len(serve.deploys())
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:3", weight=0), ALICE)
+    assert rec.reconcile("ep").applied == ["endpoint-ep"]  # a new version: Serve loads it
+    restarted = reconciler(deployments, serve, clock)
+    assert restarted.reconcile("ep").applied == ["endpoint-ep"]  # no memory: Serve gets it all
+    assert len(serve.deploys()) == deploys + 2
+    serve.set("endpoint-ep", "DEPLOY_FAILED", "v3 failed to load")
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 100, 2: 0, 3: 0}), ALICE)
+    assert restarted.reconcile("ep").applied == ["endpoint-ep"]  # a failed app gets all of it
