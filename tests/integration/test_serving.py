@@ -157,7 +157,9 @@ def test_route_changes_skip_serve_and_reach_a_restarted_replica(iris: Platform) 
     from control_plane.ownership import serve_details
 
     with iris.client() as client:
-        client.set_traffic("iris", {1: 30, 2: 70})
+        client.set_traffic("iris", {1: 50, 2: 50})  # both versions loaded (through Serve)
+        iris.wait_weights("iris", {1: 50, 2: 50})
+        client.set_traffic("iris", {1: 30, 2: 70})  # then the routes alone
     iris.wait_weights("iris", {1: 30, 2: 70})
     deployment = serve_details()["applications"]["endpoint-iris"]["deployments"]["endpoint"]
     in_serve = deployment["deployment_config"]["user_config"]["routes"]["weights"]
@@ -180,6 +182,20 @@ def test_route_changes_skip_serve_and_reach_a_restarted_replica(iris: Platform) 
         time.sleep(0.1)
     else:
         raise AssertionError("no new replica answered within 120 s")
+
+
+@pytest.mark.parametrize("restarts", [True, False])
+def test_routes_still_arrive_after_the_route_board_dies(iris: Platform, restarts: bool) -> None:
+    import ray
+
+    from serving.route_board import get_route_board
+
+    ray.kill(get_route_board(), no_restart=not restarts)  # restarted empty, or gone for good
+    weights = {1: 40, 2: 60} if restarts else {1: 60, 2: 40}
+    with iris.client() as client:
+        client.set_traffic("iris", weights)
+    iris.wait_weights("iris", weights)
+    assert get_route_board() is not None  # made again where it was gone
 
 
 def test_shadows_never_touch_the_primary(iris: Platform) -> None:
