@@ -144,6 +144,20 @@ class Sketch:
         clone._bins, clone._counters, clone._extrema = bins, counters, extrema
         return clone
 
+    def bin_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(keys, counts)`` of the non-empty bins, in increasing order of value.
+
+        Keys index this sketch's bins, so they compare across sketches with the same
+        parameters; the zero bucket (values below ``min_value``) is key -1. A rank test
+        reads the bins as groups of tied values (see ``control_plane.rollouts.ab_test``).
+        """
+        keys = np.flatnonzero(self._bins)
+        counts = self._bins[keys]
+        if self.zero_count:
+            keys = np.concatenate(([-1], keys))
+            counts = np.concatenate(([self.zero_count], counts))
+        return keys.astype(np.int64), counts.astype(np.int64)
+
     @property
     def count(self) -> int:
         """Values folded into the distribution (zero bucket and overflow included)."""

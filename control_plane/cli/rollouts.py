@@ -73,6 +73,10 @@ def start(
     window: str | None = typer.Option(None, help="Analysis window, e.g. 60s."),
     failures_to_rollback: int | None = typer.Option(None, help="Consecutive failing analyses that roll back."),
     keep_warm: str | None = typer.Option(None, help="Keep the old version loaded this long after the switch."),
+    ab_test: bool = typer.Option(
+        False, "--ab-test",
+        help="Also compare the candidate with stable by sequential A/B tests (error rate, "
+             "latency); tune them under analysis.ab_test in the file."),
     require_approval: bool = typer.Option(
         False, "--require-approval",
         help="Wait for an approval, as if the model's policy required one; nothing here can "
@@ -96,6 +100,8 @@ def start(
                        "failures_to_rollback": failures_to_rollback}.items():
         if value is not None:
             analysis[key] = value
+    if ab_test and analysis.get("ab_test") is None:
+        analysis["ab_test"] = {}
     if analysis:
         spec["analysis"] = analysis
     for required in ("endpoint", "model_ref"):
@@ -138,7 +144,8 @@ def watch(
     refresh: float = typer.Option(1.0, min=0.2, help="Seconds between updates."),
     url: str | None = UrlOption,
 ) -> None:
-    """Live progress until the rollout ends: step, weights, per-version p95 and errors, verdicts."""
+    """Live progress until the rollout ends: step, weights, per-version p95 and errors,
+    verdicts, and the A/B tests' effects, intervals and the samples they still need."""
     api = client(url)
     _watch(api, _resolve(api, ref).id, refresh)
 
@@ -260,7 +267,38 @@ def rollout_view(rollout: Any, endpoint: Any, stats: dict[str, Any] | None) -> A
         table.add_row(version, role, *(fmt((values or {}).get(k)) for k in
                                        ("requests", "error_rate", "p50_ms", "p95_ms", "p99_ms")),
                       fmt(shadow.get("agreement")))
-    return Group(*lines, table)
+    ab = ab_view(rollout.ab_test)
+    return Group(*lines, table, *ab)
+
+
+def ab_view(result: Any) -> list[Any]:
+    """The A/B gate's tests (``RolloutOut.ab_test``): decision, effect (positive: the
+    candidate is worse), its anytime-valid interval, and the samples still needed."""
+    from rich.table import Table
+    from rich.text import Text
+
+    if result is None:
+        return []
+    colour = {"worse": "red", "no_worse": "green", "undecided": "yellow"}
+    head = Text.assemble("A/B test ", (result.decision, f"bold {colour.get(result.decision, '')}"),
+                         f" (alpha {result.alpha:g} over the rollout"
+                         + (f", block {result.block}, round {result.round}, "
+                            f"{result.window_s:g}s window)"
+                            if result.window_s is not None else ")")
+                         + f": {result.reason}")
+    if not result.metrics:
+        return [head]
+    table = Table(show_edge=False)
+    for column in ("metric", "decision", "effect", "interval", "min effect", "p (fixed n)",
+                   "candidate n", "needed", "more", "eta s"):
+        table.add_column(column)
+    for metric, test in result.metrics.items():
+        interval = "" if test.ci is None else f"[{fmt(test.ci[0])}, {fmt(test.ci[1])}]"
+        table.add_row(metric, Text(test.decision, style=colour.get(test.decision, "")),
+                      fmt(test.effect), interval, fmt(test.min_effect), fmt(test.p_value),
+                      fmt(test.candidate.n if test.candidate else None),
+                      fmt(test.samples_needed), fmt(test.more_needed), fmt(test.eta_s))
+    return [head, table]
 
 
 def _watch(api: Any, rollout_id: int, refresh: float) -> None:

@@ -48,14 +48,19 @@ class AnalysisConfig:
     include_pinned: bool = False  # count requests pinned to a version (callers choose it)
 
 
-def sample_of(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, float]:
-    """(requests, error rate) of the sample in one version's snapshot: randomly routed
-    requests the version answered, plus sticky or pinned ones where ``config`` says so."""
+def sample_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, int]:
+    """(requests, 5xx) of the sample in one version's snapshot: randomly routed requests
+    the version answered, plus sticky or pinned ones where ``config`` says so."""
     routing = stats.traffic.routing if stats is not None else {}
     kinds = ["random"] + ["sticky"] * config.include_sticky + ["pinned"] * config.include_pinned
     counted = [routing[kind] for kind in kinds if kind in routing]
-    requests = sum(routed.requests for routed in counted)
-    errors = sum(routed.server_errors for routed in counted)
+    return (sum(routed.requests for routed in counted),
+            sum(routed.server_errors for routed in counted))
+
+
+def sample_of(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, float]:
+    """(requests, error rate) of the sample (see :func:`sample_counts`)."""
+    requests, errors = sample_counts(config, stats)
     return requests, (errors / requests if requests else 0.0)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,12 +34,14 @@ from control_plane.deployments import Deployments, endpoint_row, read_routes, re
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.registry import Registry
 from control_plane.rollouts import aliases
+from control_plane.rollouts.ab_gate import ABWindow, tested
 from control_plane.rollouts.approvals import ApprovalGate, approval_gate
 from control_plane.rollouts.decision import (
     Action,
     Decision,
     Evidence,
     Snapshot,
+    ab_window,
     analysis_due,
     analysis_window,
     decide,
@@ -66,6 +69,7 @@ from control_plane.rollouts.states import ACTIVE_STATES, RolloutState
 from control_plane.schemas import Role
 from control_plane.store import Database
 from control_plane.store.models import ModelRow, RolloutEventRow, RolloutRow
+from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,11 @@ class RolloutController(ManualActions):
                     f"{endpoint.name!r}; roll out a different version",
                     detail={"field": "model_ref"})
             steps = plan(spec, replicas(endpoint, routes, stable))
+            if spec.analysis.ab_test is not None and not any(map(tested, steps)):
+                raise InvalidInputError(
+                    "the A/B gate compares versions that share traffic, and no step of this "
+                    f"{spec.strategy.value} plan gives both some; add a canary step below "
+                    "100 or set analysis.ab_test to null", detail={"field": "analysis.ab_test"})
             row = RolloutRow(
                 endpoint=endpoint.name, model_id=model.id, candidate_version=candidate.version,
                 stable_version=stable, strategy=spec.strategy.value,
@@ -212,9 +221,13 @@ class RolloutController(ManualActions):
             self._analysed_at[rollout.id] = now
             window = analysis_window(rollout, now)
             stats = self._stats(rollout.endpoint, window)
-            snapshot = Snapshot(window, stats.get(rollout.candidate_version),
-                                stats.get(rollout.stable_version) if rollout.stable_version
-                                else None)
+            snapshot = Snapshot(window, *self._versions(rollout, stats))
+            block = ab_window(rollout, now)
+            if block is not None:  # the A/B gate's window runs from its block's start
+                ab_stats = stats if block[1] == window else self._stats(rollout.endpoint,
+                                                                         block[1])
+                snapshot = replace(snapshot, ab=ABWindow(block[1], block[0],
+                                                         *self._versions(rollout, ab_stats)))
         with self.db.session(readonly=True) as session:
             gate = approval_gate(session, rollout_row(session, rollout.id))
         decision = decide(rollout, Evidence(gate, snapshot), now)
@@ -235,6 +248,13 @@ class RolloutController(ManualActions):
         if decision.action in (Action.ADVANCE, Action.AWAIT_APPROVAL, Action.RESUME):
             return self._move(rollout, decision, gate, now)
         return False  # hold, or wait for evidence
+
+    @staticmethod
+    def _versions(rollout: RolloutOut, stats: dict[int, VersionSnapshot]
+                  ) -> tuple[VersionSnapshot | None, VersionSnapshot | None]:
+        """The candidate's and the stable version's statistics in ``stats``."""
+        return (stats.get(rollout.candidate_version),
+                stats.get(rollout.stable_version) if rollout.stable_version else None)
 
     def _record(self, rollout: RolloutOut, decision: Decision, now: datetime) -> bool:
         """Store the decision's analysis and streak; False if the rollout changed meanwhile."""

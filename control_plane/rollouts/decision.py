@@ -12,7 +12,9 @@ The rules, in the order they apply:
 3. a failure streak stored at its limit rolls back: the process died between the analysis
    that reached it and the rollback, and the decision stands whatever the next window
    shows (docs/rollouts.md, "resumption");
-4. a new analysis updates the streak (:class:`FailureStreak`): reaching the limit rolls
+4. a new analysis (the threshold gates and, where the rollout has one, the A/B gate of
+   :mod:`ab_gate`: ``worse`` fails, ``undecided`` is inconclusive) updates the streak
+   (:class:`FailureStreak`): reaching the limit rolls
    back; inconclusive evidence past ``inconclusive_deadline_s`` fails back to stable
    (:mod:`deadline`);
 5. awaiting approval: a rejection rolls back, an approval (or a policy that no longer
@@ -25,13 +27,15 @@ The rules, in the order they apply:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from control_plane.observability import json_safe
-from control_plane.rollouts.analysis import FailureStreak, Verdict, analyse
+from control_plane.rollouts import ab_gate
+from control_plane.rollouts.ab_gate import ABWindow
+from control_plane.rollouts.analysis import CheckResult, FailureStreak, Verdict, analyse
 from control_plane.rollouts.approvals import ApprovalGate
 from control_plane.rollouts.deadline import inconclusive_for, past_deadline
 from control_plane.rollouts.schemas import AnalysisSettings, RolloutOut
@@ -56,11 +60,13 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The Monitor's numbers for one analysis: each version's statistics over the window."""
+    """The Monitor's numbers for one analysis: each version's statistics over the window,
+    and over the A/B gate's window where the rollout has one (:func:`ab_window`)."""
 
     window_s: float
     candidate: VersionSnapshot | None
     stable: VersionSnapshot | None
+    ab: ABWindow | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,15 @@ def analysis_window(rollout: RolloutOut, now: datetime) -> float:
     """Seconds of statistics to judge: the last ``window_s``, but never from before the step."""
     started = rollout.step_started_at or now
     return min(settings_of(rollout).window_s, max(1.0, (now - started).total_seconds()))
+
+
+def ab_window(rollout: RolloutOut, now: datetime) -> tuple[int, float] | None:
+    """(block, seconds) of statistics the A/B gate judges now (see :mod:`ab_gate`): the
+    current step's evidence since its block began; None where the gate is off or the step
+    is not tested."""
+    if settings_of(rollout).ab_test is None or not ab_gate.tested(rollout.current_step):
+        return None
+    return ab_gate.block_window(rollout.step_started_at or now, now)
 
 
 def decide(rollout: RolloutOut, evidence: Evidence, now: datetime) -> Decision:
@@ -183,8 +198,18 @@ def _next_step(rollout: RolloutOut, index: int, gate: ApprovalGate,
 def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
            now: datetime) -> tuple[Verdict, dict[str, Any]]:
     """Analyse the current step on ``snapshot``: the verdict and the record to store."""
-    result = analyse(settings.to_config(), snapshot.candidate, snapshot.stable,
+    config = settings.to_config()
+    result = analyse(config, snapshot.candidate, snapshot.stable,
                      shadow=rollout.current_step.shadow)
+    ab: dict[str, Any] = {}
+    if settings.ab_test is not None:
+        previous = rollout.last_analysis
+        same_step = previous.get("step_index") == rollout.step_index
+        judged = ab_gate.judge(settings.ab_test, config, snapshot.ab, step=rollout.current_step,
+                               steps=ab_gate.tested_steps(rollout.steps),
+                               previous=previous.get("ab_test") if same_step else None, now=now)
+        result = _with_ab_test(result, judged.decision, judged.reason)
+        ab = {"ab_test": judged.model_dump(mode="json")}
     started = rollout.step_started_at or now
     return result.verdict, json_safe({
         "verdict": result.verdict.value, "reason": result.reason, "checks": result.checks,
@@ -192,7 +217,25 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
         "candidate": _summary(snapshot.candidate), "stable": _summary(snapshot.stable),
         "inconclusive_since": inconclusive_for(rollout.last_analysis, result.verdict, now,
                                                started, rollout.state),
+        **ab,
     })
+
+
+def _with_ab_test(result: CheckResult, decision: str, reason: str) -> CheckResult:
+    """The threshold gates' result with the A/B gate's decision folded in: ``worse``
+    fails, ``undecided`` holds (inconclusive, never a failure), ``no_worse`` passes; a
+    threshold failure or too few requests stays as it is."""
+    if decision == "not_tested" or result.verdict == Verdict.INCONCLUSIVE:
+        return result
+    if decision == "worse":
+        reason = f"A/B test: {reason}"
+        joined = f"{result.reason}; {reason}" if result.verdict == Verdict.FAIL else reason
+        return replace(result, verdict=Verdict.FAIL, reason=joined)
+    if result.verdict == Verdict.FAIL:
+        return result
+    if decision == "undecided":
+        return replace(result, verdict=Verdict.INCONCLUSIVE, reason=f"A/B test {reason}")
+    return replace(result, reason=f"{result.reason}; A/B test: {reason}")
 
 
 def _summary(stats: VersionSnapshot | None) -> dict[str, Any]:

@@ -59,6 +59,7 @@ def rollout_out(session: Session, row: RolloutRow) -> RolloutOut:
         step_index=row.step_index, steps=[StepOut(**s) for s in row.spec["plan"]],
         step_started_at=row.step_started_at, failures=row.failures,
         last_analysis=row.last_analysis, reason=row.reason,
+        ab_test=(row.last_analysis or {}).get("ab_test"),
         spec={k: v for k, v in row.spec.items() if k != "plan"},
         created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
         finished_at=row.finished_at,

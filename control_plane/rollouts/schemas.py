@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -33,6 +33,47 @@ def parse_duration(value: Any) -> Any:
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=7 * 86400)]
 PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=7 * 86400)]
+
+
+class ABTestSettings(Wire):
+    """The A/B gate: the candidate against stable on the same window, by sequential tests
+    that may be read at every analysis (docs/rollouts.md, "A/B statistics").
+
+    Each ``*_effect`` is the smallest regression the gate must detect, with probability
+    ``power``; ``null`` switches that test off. The gate calls a candidate worse when it
+    is not, or no worse when it is worse by the effect, with probability at most ``alpha``
+    over the whole rollout: every tested step, metric and look together.
+    """
+
+    alpha: Annotated[float, Field(gt=0, le=0.2)] = Field(
+        0.05, description="Error probability of the gate over the whole rollout.")
+    power: Annotated[float, Field(ge=0.5, lt=1)] = Field(
+        0.8, description="Probability of a decision once the samples the gate asks for "
+                         "are in, when the effect is 0 or the minimum effect.")
+    error_rate_effect: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        0.01, description="Smallest increase of the 5xx rate over stable's to detect "
+                          "(absolute: 0.01 is one percentage point); two-proportion test.")
+    latency_effect: Annotated[float, Field(gt=0, lt=0.5)] | None = Field(
+        0.05, description="Smallest rise of P(a candidate request is slower than a stable "
+                          "one) above 1/2 to detect; rank (Mann-Whitney) test on the "
+                          "latency sketches' bins.")
+    accuracy_effect: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="Smallest drop of online accuracy (classifiers, joined feedback) "
+                          "below stable's to detect; waits for min_labels labels per version.")
+
+    @model_validator(mode="after")
+    def _some_test(self) -> ABTestSettings:
+        if (self.error_rate_effect, self.latency_effect, self.accuracy_effect) == (None,) * 3:
+            raise ValueError("set at least one of error_rate_effect, latency_effect and "
+                             "accuracy_effect, or switch the A/B gate off with ab_test: null")
+        return self
+
+    @property
+    def effects(self) -> dict[str, float]:
+        """The minimum effect of each test switched on, by metric."""
+        return {metric: effect for metric, effect in (
+            ("error_rate", self.error_rate_effect), ("latency", self.latency_effect),
+            ("accuracy", self.accuracy_effect)) if effect is not None}
 
 
 class AnalysisSettings(Wire):
@@ -64,9 +105,13 @@ class AnalysisSettings(Wire):
     include_pinned: bool = Field(False, description="Count requests pinned to a version "
                                  "(/versions/{v}/infer) in min_samples and error_rate.")
 
+    ab_test: ABTestSettings | None = Field(
+        None, description="Compare the candidate with stable by sequential A/B tests on "
+                          "error rate, latency and online accuracy; null: threshold gates only.")
+
     def to_config(self) -> AnalysisConfig:
         return AnalysisConfig(**self.model_dump(
-            exclude={"interval_s", "window_s", "inconclusive_deadline_s"}))
+            exclude={"interval_s", "window_s", "inconclusive_deadline_s", "ab_test"}))
 
 
 class RolloutTemplate(Wire):
@@ -113,6 +158,54 @@ class StepOut(Wire):
     hold_s: float
 
 
+class ABSample(Wire):
+    """One version's side of an A/B test: its samples, and the count the test compares
+    (5xx for the error rate, misclassified labels for accuracy; none for latency)."""
+
+    n: int
+    count: int | None = None
+
+
+class ABMetricOut(Wire):
+    """One A/B test of the last analysis: the effect (positive: the candidate is worse),
+    its anytime-valid interval, the decision and what a decision still needs."""
+
+    decision: Literal["worse", "no_worse", "undecided", "skipped"]
+    reason: str
+    min_effect: float
+    effect: float | None = None
+    ci: tuple[float | None, float | None] | None = Field(
+        None, description="Confidence sequence at this test's alpha: it holds the effect at "
+                          "every look with probability 1 - alpha.")
+    alpha: float | None = Field(None, description="This test's share of the rollout's alpha.")
+    z: float | None = Field(None, description="Fixed-sample z of 'no difference' (reference).")
+    p_value: float | None = Field(None, description="One-sided fixed-sample p-value "
+                                  "(reference; decisions use ci).")
+    candidate: ABSample | None = None
+    stable: ABSample | None = None
+    samples_needed: int | None = Field(
+        None, description="Candidate samples at which the test decides with the configured "
+                          "power, at the window's split between the versions.")
+    more_needed: int | None = Field(None, description="Candidate samples still to come.")
+    eta_s: float | None = Field(None, description="Seconds until then at the window's rate.")
+    round: int = Field(0, description="Which fresh test of the step this is (a new "
+                       "300-second block or a restarted hold starts one; alpha halves each).")
+    decided_at: str | None = Field(None, description="When the test stopped (ISO time).")
+
+
+class ABTestOut(Wire):
+    """The A/B gate's part of an analysis (``last_analysis["ab_test"]``)."""
+
+    decision: Literal["worse", "no_worse", "undecided", "not_tested"]
+    reason: str
+    alpha: float = Field(description="The rollout's alpha, shared by every test and look.")
+    window_s: float | None = Field(None, description="The A/B window: from the start of "
+                                   "the step's current 300-second block.")
+    block: int | None = Field(None, description="Which 300-second block of the step.")
+    round: int | None = Field(None, description="Which fresh test of the step (see metrics).")
+    metrics: dict[str, ABMetricOut] = Field(default_factory=dict)
+
+
 class RolloutOut(Wire):
     id: int
     endpoint: str
@@ -126,6 +219,8 @@ class RolloutOut(Wire):
     step_started_at: datetime | None
     failures: int
     last_analysis: dict[str, Any]
+    ab_test: ABTestOut | None = Field(
+        None, description="The A/B gate's part of last_analysis, typed; null when off.")
     reason: str
     spec: dict[str, Any]
     created_by: str

@@ -35,6 +35,7 @@ from serving.monitoring.sections import (
 from serving.monitoring.snapshot import (
     Drift,
     Latency,
+    LatencyBins,
     QualityTotals,
     Quantiles,
     RoutedRequests,
@@ -281,7 +282,7 @@ class MonitorState:
                           window_s: float) -> VersionSnapshot:
         counts = series.counters.total(window_s)
         sketch = series.latency.sketch(window_s)  # the randomly routed requests
-        sample_latency = _quantiles_ms(sketch)
+        sample_latency, sample_bins = _quantiles_ms(sketch), _bins(sketch)
         if series.latency_apart is not None:
             sketch.merge(series.latency_apart.sketch(window_s))
         span = min(window_s, max(self._clock() - series.first_seen, SLOT_SECONDS))
@@ -301,7 +302,8 @@ class MonitorState:
             judged = series.anomalies.judge(counts)
         return VersionSnapshot(
             traffic=_traffic(counts, span),
-            latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency),
+            latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency,
+                            all_bins=_bins(sketch), sample_bins=sample_bins),
             shadow=_shadow(ShadowStats(**counters.SHADOW.read(counts))),
             drift=self._drift(endpoint, version, series, window_s, problem),
             quality=quality,
@@ -400,6 +402,12 @@ def _quantiles_ms(sketch: Any) -> Quantiles:
     quantiles = sketch.quantiles([0.5, 0.95, 0.99]) if sketch.count else [math.nan] * 3
     return Quantiles(count=int(sketch.count), p50_ms=float(quantiles[0]) * 1000,
                      p95_ms=float(quantiles[1]) * 1000, p99_ms=float(quantiles[2]) * 1000)
+
+
+def _bins(sketch: Any) -> LatencyBins:
+    """``sketch``'s non-empty bins, as plain ints (the snapshot crosses the actor boundary)."""
+    keys, counts = sketch.bin_counts()
+    return LatencyBins(keys=tuple(keys.tolist()), counts=tuple(counts.tolist()))
 
 
 def _traffic(counts: Counter[str], span_s: float) -> Traffic:

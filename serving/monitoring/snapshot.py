@@ -82,11 +82,25 @@ class Quantiles:
 
 
 @dataclass(frozen=True)
+class LatencyBins:
+    """A window's latency sketch as its non-empty bins: ``counts[i]`` requests fell in bin
+    ``keys[i]``, keys in increasing order of latency (-1: below the sketch's range). Bins of
+    one Monitor share their edges, so two versions' bins compare key by key (the rollouts'
+    rank test on latency reads them)."""
+
+    keys: tuple[int, ...] = ()
+    counts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Latency:
-    """Every request's latency, and the analysis sample's (the randomly routed ones)."""
+    """Every request's latency, and the analysis sample's (the randomly routed ones), as
+    quantiles and as the sketch's bins."""
 
     all_requests: Quantiles = field(default_factory=Quantiles)
     sample: Quantiles = field(default_factory=Quantiles)
+    all_bins: LatencyBins = field(default_factory=LatencyBins)
+    sample_bins: LatencyBins = field(default_factory=LatencyBins)
 
 
 @dataclass(frozen=True)
