@@ -187,6 +187,13 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
     return Submission(job_id, client.address, status)
 
 
+def submit_resolved(client: JobClient, spec: Any, env: dict[str, str], *, submission_id: str,
+                    metadata: dict[str, str]) -> str:
+    """Hand a resolved spec to Ray in a fresh working directory (the control plane's own
+    submissions, such as a pipeline's training stage, which have no spec file)."""
+    return _submit(client, Path(SPEC_NAME), spec, None, env, submission_id, metadata)
+
+
 def _submit(client: JobClient, path: Path, spec: Any, working_dir: str | os.PathLike[str] | None,
             env: dict[str, str], submission_id: str | None, metadata: dict[str, str]) -> str:
     """Hand the job to Ray: in a fresh working directory holding the resolved spec, or in

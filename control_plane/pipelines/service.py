@@ -1,0 +1,404 @@
+"""Pipelines and their runs: stored, started, advanced stage by stage, cancelled.
+
+:meth:`Pipelines.tick` is the loop's one pass: it looks at each pipeline's triggers, then
+advances every active run by one pass of its current stage. A run's row carries a
+revision, so a write that lost a race (a cancel meanwhile, a second control plane) is
+refused by the store and the pass starts again from what is stored. A stage's action
+happens outside the transaction that records it; stages keep enough in ``progress`` to
+find that action again after a crash (see :mod:`control_plane.pipelines.stages`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from control_plane.auth import Principal
+from control_plane.errors import ConflictError, NotFoundError
+from control_plane.pipelines.cron import CronSchedule
+from control_plane.pipelines.records import (
+    ACTIVE_RUN_STATES,
+    PipelineOut,
+    PipelineRunOut,
+    RunState,
+    StageRecord,
+    StageState,
+    Trigger,
+    fresh_stages,
+)
+from control_plane.pipelines.spec import PipelineSpec
+from control_plane.pipelines.stages import Outcome, Stage, StageContext
+from control_plane.schemas import Role
+from control_plane.store import Database
+from control_plane.store.models import PipelineRow, PipelineRunRow
+
+log = logging.getLogger(__name__)
+
+# (run, kind, stage, reason): what happened to a run, for notifications.
+RunListener = Callable[[PipelineRunOut, str, str | None, str], None]
+DigestSource = Callable[[str], str]
+DriftAlerts = Callable[[str, datetime], list[datetime]]
+
+
+class Pipelines:
+    def __init__(self, db: Database, stages: Mapping[str, Stage], *,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 listener: RunListener | None = None, digest: DigestSource | None = None,
+                 drift_alerts: DriftAlerts | None = None) -> None:
+        self.db = db
+        self.stages = dict(stages)
+        self._now = now
+        self._listener = listener
+        self._digest = digest
+        self._drift_alerts = drift_alerts
+        self._lock = threading.Lock()  # one pass at a time in this process
+
+    # ------------------------------------------------------------ pipelines
+
+    def apply(self, spec: PipelineSpec, actor: Principal) -> PipelineOut:
+        """Create the pipeline or replace its spec (runs under way keep the spec they began with)."""
+        actor.require(Role.DEPLOYER)
+        now = self._now()
+        with self.db.session() as session:
+            row = session.scalar(select(PipelineRow).where(PipelineRow.name == spec.name))
+            document = spec.model_dump(mode="json")
+            if row is None:
+                row = PipelineRow(name=spec.name, spec=document, state={}, created_by=actor.name,
+                                  created_at=now, updated_at=now)
+                session.add(row)
+            elif row.spec != document:
+                row.spec, row.updated_at = document, now
+                # A changed schedule or data watch starts counting afresh.
+                row.state = {k: v for k, v in (row.state or {}).items() if k == "last_started_at"}
+            session.flush()
+            return self._pipeline_out(session, row)
+
+    def get(self, name: str) -> PipelineOut:
+        with self.db.session(readonly=True) as session:
+            return self._pipeline_out(session, self._row(session, name))
+
+    def list(self) -> list[PipelineOut]:
+        with self.db.session(readonly=True) as session:
+            rows = session.scalars(select(PipelineRow).order_by(PipelineRow.name)).all()
+            return [self._pipeline_out(session, row) for row in rows]
+
+    def delete(self, name: str, actor: Principal) -> None:
+        actor.require(Role.DEPLOYER)
+        with self.db.session() as session:
+            row = self._row(session, name)
+            if self._active(session, name) is not None:
+                raise ConflictError(f"pipeline {name!r} has a run under way; cancel it first "
+                                    f"(`modelplane pipeline cancel {name}`)", detail={"field": "name"})
+            session.delete(row)
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, name: str, actor: Principal, *, trigger: Trigger = Trigger.MANUAL,
+                  detail: dict[str, Any] | None = None) -> PipelineRunOut:
+        """A new run of ``name`` (pending); refused while another run of it is under way."""
+        actor.require(Role.DEPLOYER)
+        now = self._now()
+        with self.db.session() as session:
+            pipeline = self._row(session, name)
+            active = self._active(session, name)
+            if active is not None:
+                raise ConflictError(
+                    f"pipeline {name!r} is already running (run #{active.number}); wait for it "
+                    f"or cancel it (`modelplane pipeline cancel {name}`)", detail={"field": "name"})
+            number = (session.scalar(select(func.max(PipelineRunRow.number)).where(
+                PipelineRunRow.pipeline == name)) or 0) + 1
+            row = PipelineRunRow(
+                pipeline=name, number=number, state=RunState.PENDING.value, trigger=trigger.value,
+                trigger_detail=detail or {}, spec=pipeline.spec, stages=fresh_stages(),
+                reason="", created_by=actor.name, created_at=now, updated_at=now)
+            session.add(row)
+            pipeline.state = {**(pipeline.state or {}), "last_started_at": now.isoformat()}
+            session.flush()
+            run = _run_out(row)
+        self._tell(run, "started", None, f"{trigger.value} trigger" + (
+            f": {detail['reason']}" if detail and detail.get("reason") else ""))
+        return run
+
+    def run(self, name: str, number: int | None = None) -> PipelineRunOut:
+        """Run ``number`` of ``name``, or its latest."""
+        with self.db.session(readonly=True) as session:
+            self._row(session, name)
+            query = select(PipelineRunRow).where(PipelineRunRow.pipeline == name)
+            if number is not None:
+                query = query.where(PipelineRunRow.number == number)
+            row = session.scalar(query.order_by(PipelineRunRow.number.desc()).limit(1))
+            if row is None:
+                raise NotFoundError(f"pipeline {name!r} has no run" + (
+                    f" #{number}" if number is not None else " yet") +
+                    "; start one with `modelplane pipeline run`", detail={"field": "number"})
+            return _run_out(row)
+
+    def runs(self, name: str, *, limit: int = 50) -> list[PipelineRunOut]:
+        with self.db.session(readonly=True) as session:
+            self._row(session, name)
+            rows = session.scalars(select(PipelineRunRow).where(PipelineRunRow.pipeline == name)
+                                   .order_by(PipelineRunRow.number.desc()).limit(limit)).all()
+            return [_run_out(row) for row in rows]
+
+    def cancel(self, name: str, actor: Principal, reason: str = "") -> PipelineRunOut:
+        """Cancel the run under way: its stage's work is stopped (a job, a rollout)."""
+        actor.require(Role.DEPLOYER)
+        with self._lock:
+            for _ in range(5):
+                with self.db.session(readonly=True) as session:
+                    active = self._active(session, name)
+                    if active is None:
+                        raise ConflictError(f"pipeline {name!r} has no run under way",
+                                            detail={"field": "name"})
+                    run = _loaded(active)
+                current = run.out.current
+                if current is not None and current.state is StageState.RUNNING and \
+                        current.name in self.stages:
+                    self.stages[current.name].cancel(self._context(run, current))
+                why = reason or f"cancelled by {actor.name}"
+                try:
+                    return self._finish(run, RunState.CANCELLED, why, stage_state=StageState.CANCELLED)
+                except StaleDataError:
+                    continue  # the loop moved it meanwhile: look again
+            raise ConflictError(f"pipeline {name!r} kept changing; try again", detail={"field": "name"})
+
+    # ------------------------------------------------------------ the loop
+
+    def tick(self) -> None:
+        """Triggers first, then one pass of every active run."""
+        with self._lock:
+            self._check_triggers()
+            with self.db.session(readonly=True) as session:
+                rows = session.scalars(select(PipelineRunRow).where(
+                    PipelineRunRow.state.in_(ACTIVE_RUN_STATES)).order_by(PipelineRunRow.id)).all()
+                runs = [_loaded(row) for row in rows]
+            for run in runs:
+                try:
+                    self._advance(run)
+                except StaleDataError:
+                    log.info("run %s#%d changed during a pass; next pass", run.out.pipeline,
+                             run.out.number)
+                except Exception:  # one broken run must not stop the others
+                    log.exception("advancing pipeline run %s#%d failed", run.out.pipeline,
+                                  run.out.number)
+
+    def _advance(self, run: LoadedRun) -> None:
+        current = run.out.current
+        if current is None:
+            self._finish(run, RunState.SUCCEEDED, "every stage passed or was skipped")
+            return
+        if current.state is StageState.PENDING:
+            self._write(run, current.model_copy(update={
+                "state": StageState.RUNNING, "started_at": self._now()}), RunState.RUNNING)
+            return
+        stage = self.stages.get(current.name)
+        if stage is None:
+            outcome = Outcome(StageState.FAILED, reason=f"stage {current.name} is not available")
+        else:
+            try:
+                outcome = stage.advance(self._context(run, current))
+            except Exception as error:
+                log.warning("stage %s of %s#%d raised: %s", current.name, run.out.pipeline,
+                            run.out.number, error)
+                message = getattr(error, "message", None) or str(error) or type(error).__name__
+                outcome = Outcome(StageState.FAILED, reason=f"{type(error).__name__}: {message}")
+        record = current.model_copy(update={
+            "state": outcome.state,
+            "outputs": {**current.outputs, **outcome.outputs},
+            "progress": outcome.progress if outcome.progress is not None else current.progress,
+            "reason": outcome.reason or current.reason,
+            "inputs": outcome.inputs if outcome.inputs is not None else current.inputs,
+            "logs": outcome.logs or current.logs,
+            "finished_at": self._now() if outcome.state.done else None,
+        })
+        if record == current:
+            return  # nothing new: no write, no revision bump
+        if outcome.state is StageState.FAILED:
+            self._write(run, record, RunState.FAILED,
+                        reason=f"{current.name} failed: {outcome.reason}")
+            self._tell(run.out, "stage_failed", current.name, outcome.reason)
+            self._tell(run.out, "failed", current.name, outcome.reason)
+            return
+        self._write(run, record, RunState.RUNNING)
+        if outcome.state in (StageState.PASSED, StageState.SKIPPED):
+            self._tell(run.out, "stage_passed" if outcome.state is StageState.PASSED
+                       else "stage_skipped", current.name, outcome.reason)
+
+    def _context(self, run: LoadedRun, record: StageRecord) -> StageContext:
+        return StageContext(run=run.out, spec=PipelineSpec.model_validate(run.spec),
+                            record=record, now=self._now())
+
+    def _write(self, run: LoadedRun, record: StageRecord, state: RunState, *,
+               reason: str = "") -> None:
+        """Store ``record`` in place of its stage in ``run`` (and the run's new state); a
+        failed stage leaves the later ones skipped."""
+        now = self._now()
+        with self.db.session() as session:
+            row = _locked(session, run)
+            stages, after = [], False
+            for stage in row.stages:
+                if stage["name"] == record.name:
+                    stages.append(record.model_dump(mode="json"))
+                    after = True
+                elif after and state is RunState.FAILED and stage["state"] == StageState.PENDING.value:
+                    stages.append({**stage, "state": StageState.SKIPPED.value,
+                                   "reason": f"{record.name} failed before it"})
+                else:
+                    stages.append(stage)
+            row.stages, row.state, row.updated_at = stages, state.value, now
+            if reason:
+                row.reason = reason
+            if state.terminal:
+                row.finished_at = now
+
+    def _finish(self, run: LoadedRun, state: RunState, reason: str, *,
+                stage_state: StageState | None = None) -> PipelineRunOut:
+        now = self._now()
+        with self.db.session() as session:
+            row = _locked(session, run)
+            if stage_state is not None:
+                row.stages = [
+                    {**s, "state": stage_state.value, "finished_at": now.isoformat(), "reason": reason}
+                    if s["state"] in (StageState.PENDING.value, StageState.RUNNING.value) else s
+                    for s in row.stages]
+            row.state, row.reason, row.updated_at, row.finished_at = state.value, reason, now, now
+            session.flush()
+            finished = _run_out(row)
+        self._tell(finished, state.value, None, reason)
+        return finished
+
+    # ------------------------------------------------------------ triggers
+
+    def _check_triggers(self) -> None:
+        with self.db.session(readonly=True) as session:
+            pipelines = [(row.name, PipelineSpec.model_validate(row.spec), dict(row.state or {}))
+                         for row in session.scalars(select(PipelineRow)).all()]
+        for name, spec, state in pipelines:
+            try:
+                self._trigger(name, spec, state)
+            except Exception:
+                log.exception("checking the triggers of pipeline %s failed", name)
+
+    def _trigger(self, name: str, spec: PipelineSpec, state: dict[str, Any]) -> None:
+        triggers, now = spec.triggers, self._now()
+        remember: dict[str, Any] = {}
+        start: tuple[Trigger, dict[str, Any]] | None = None
+        if triggers.schedule:
+            due = _time(state.get("next_scheduled_at"))
+            if due is None:
+                upcoming = CronSchedule.parse(triggers.schedule).next_after(now)
+                remember["next_scheduled_at"] = upcoming.isoformat() if upcoming else None
+            elif now >= due:
+                upcoming = CronSchedule.parse(triggers.schedule).next_after(now)
+                remember["next_scheduled_at"] = upcoming.isoformat() if upcoming else None
+                start = (Trigger.SCHEDULE, {"reason": f"scheduled for {due.isoformat()}"})
+        if triggers.data_check_interval_s and spec.data is not None and self._digest is not None:
+            checked = _time(state.get("data_checked_at"))
+            if checked is None or (now - checked).total_seconds() >= triggers.data_check_interval_s:
+                digest = self._digest(spec.data.uri)
+                remember |= {"data_checked_at": now.isoformat(), "data_digest": digest}
+                seen = state.get("data_digest")
+                if seen is not None and seen != digest and start is None:
+                    start = (Trigger.DATA, {"reason": f"new data at {spec.data.uri}",
+                                            "digest": digest, "previous": seen})
+        if triggers.on_drift_alert and self._drift_alerts is not None:
+            since = _time(state.get("alerts_seen_until")) or now
+            fired = self._drift_alerts(spec.deploy.endpoint, since)
+            remember["alerts_seen_until"] = max([since, *fired]).isoformat()
+            if fired and start is None:
+                start = (Trigger.ALERT, {"reason": f"drift alert on {spec.deploy.endpoint}",
+                                         "fired_at": max(fired).isoformat()})
+        if start is not None:
+            last = _time(state.get("last_started_at"))
+            if last is not None and (now - last).total_seconds() < triggers.cooldown_s:
+                log.info("pipeline %s: %s trigger within the cool-down; not started", name, start[0])
+                start = None
+        if remember:
+            with self.db.session() as session:
+                row = session.scalar(select(PipelineRow).where(PipelineRow.name == name))
+                if row is not None:
+                    row.state = {**(row.state or {}), **remember}
+        if start is not None:
+            from control_plane.pipelines.stages import pipeline_principal
+
+            try:
+                self.start_run(name, pipeline_principal(name), trigger=start[0], detail=start[1])
+            except ConflictError:
+                log.info("pipeline %s: %s trigger while a run is under way; not started", name, start[0])
+
+    # ------------------------------------------------------------ helpers
+
+    def _tell(self, run: PipelineRunOut, kind: str, stage: str | None, reason: str) -> None:
+        if self._listener is not None:
+            try:
+                self._listener(run, kind, stage, reason)
+            except Exception:  # a notification never stops a run
+                log.exception("pipeline notification failed")
+
+    @staticmethod
+    def _row(session: Session, name: str) -> PipelineRow:
+        row = session.scalar(select(PipelineRow).where(PipelineRow.name == name))
+        if row is None:
+            raise NotFoundError(f"no pipeline named {name!r}; `modelplane pipeline list` lists "
+                                "them, `modelplane pipeline run FILE` creates one",
+                                detail={"field": "name"})
+        return row
+
+    @staticmethod
+    def _active(session: Session, name: str) -> PipelineRunRow | None:
+        return session.scalar(select(PipelineRunRow).where(
+            PipelineRunRow.pipeline == name, PipelineRunRow.state.in_(ACTIVE_RUN_STATES)).limit(1))
+
+    def _pipeline_out(self, session: Session, row: PipelineRow) -> PipelineOut:
+        last = session.scalar(select(func.max(PipelineRunRow.number)).where(
+            PipelineRunRow.pipeline == row.name))
+        return PipelineOut(name=row.name, description=row.spec.get("description", ""),
+                           spec=row.spec, triggers=dict(row.state or {}), created_by=row.created_by,
+                           created_at=row.created_at, updated_at=row.updated_at, last_run=last)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run as read for one pass: what the API shows, the spec it runs and its revision
+    (a write that finds another revision lost a race)."""
+
+    out: PipelineRunOut
+    spec: dict[str, Any]
+    revision: int
+
+
+def _locked(session: Session, run: LoadedRun) -> PipelineRunRow:
+    """``run``'s row, if nobody wrote it since it was read (the store checks the revision
+    again when the change is flushed)."""
+    row = session.get(PipelineRunRow, run.out.id)
+    if row is None or row.revision != run.revision:
+        raise StaleDataError("pipeline run changed since it was read")
+    return row
+
+
+def _loaded(row: PipelineRunRow) -> LoadedRun:
+    return LoadedRun(_run_out(row), dict(row.spec), int(row.revision))
+
+
+def _run_out(row: PipelineRunRow) -> PipelineRunOut:
+    return PipelineRunOut(
+        id=row.id, pipeline=row.pipeline, number=row.number, state=RunState(row.state),
+        trigger=Trigger(row.trigger), trigger_detail=row.trigger_detail or {},
+        stages=[StageRecord.model_validate(s) for s in row.stages], reason=row.reason,
+        created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
+        finished_at=row.finished_at)
+
+
+def _time(text: Any) -> datetime | None:
+    if not text:
+        return None
+    moment = datetime.fromisoformat(str(text))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,187 @@
+"""The pipeline spec (``pipeline.yaml``): what a run does, stage by stage, and what starts one.
+
+``load_pipeline_spec`` reads the file where the user is, resolves the training job spec
+(inline, or a path relative to the file, loaded and resolved as ``train submit`` does),
+and returns one self-contained document that the control plane stores; every problem is
+one :class:`InvalidPipelineSpecError` naming each bad field by its dotted path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from control_plane.errors import InvalidInputError
+from control_plane.rollouts.schemas import RolloutTemplate
+from control_plane.schemas import Name, Wire
+
+STAGES = ("validate_data", "train", "evaluate", "benchmark", "approve", "deploy")
+StageName = Literal["validate_data", "train", "evaluate", "benchmark", "approve", "deploy"]
+
+
+class InvalidPipelineSpecError(InvalidInputError):
+    """A pipeline spec that cannot be run; the message names every bad field."""
+
+
+class TrainingStage(Wire):
+    """The training job: a job spec document (``job``), resolved where the spec was read."""
+
+    job: dict[str, Any] = Field(description="A training job spec (training.schemas.JobSpec).")
+    timeout_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = Field(
+        6 * 3600, description="A job still running after this long is stopped and the stage fails.")
+
+    @field_validator("job")
+    @classmethod
+    def _a_job_spec(cls, job: dict[str, Any]) -> dict[str, Any]:
+        from training.errors import InvalidJobSpecError
+        from training.spec import parse_job_spec
+
+        try:
+            return parse_job_spec(job, source="the job").model_dump(mode="json")
+        except InvalidJobSpecError as error:
+            raise ValueError(error.message) from None
+
+
+class DataStage(Wire):
+    """Where the new data is and what it must look like (control_plane.pipelines.data_validation)."""
+
+    uri: str = Field(min_length=1, max_length=2000, description="The dataset the job trains on.")
+    expectations: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluateStage(Wire):
+    """Held-out metrics against thresholds and against the champion (control_plane.pipelines.evaluation)."""
+
+    data_uri: str | None = Field(None, description="Held-out rows; default: the data stage's uri.")
+    gates: dict[str, Any] = Field(default_factory=dict)
+
+
+class BenchmarkStage(Wire):
+    """The candidate served on a scratch replica and measured under a short load."""
+
+    rate: Annotated[float, Field(gt=0, le=100_000)] = 50.0
+    duration_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    p99_target_ms: Annotated[float, Field(gt=0, le=60_000)] = 50.0
+    max_slowdown: Annotated[float, Field(ge=1, le=100)] = Field(
+        1.5, description="The candidate's p99 over the champion's, at most.")
+
+
+class ApproveStage(Wire):
+    """``policy``: wait where the model's policy asks; ``always``: wait in any case."""
+
+    mode: Literal["policy", "always", "never"] = "policy"
+    timeout_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600)] = 7 * 24 * 3600
+
+
+class DeployStage(Wire):
+    """The endpoint, and the rollout that takes the candidate to it (a first version is
+    deployed directly)."""
+
+    endpoint: Name
+    rollout: RolloutTemplate = Field(default_factory=RolloutTemplate)
+
+
+class Triggers(Wire):
+    """What starts a run besides a person."""
+
+    schedule: str | None = Field(None, description="Cron syntax (minute hour day month weekday), UTC.")
+    data_check_interval_s: Annotated[float, Field(ge=10, le=30 * 24 * 3600)] | None = Field(
+        None, description="Start a run when the data uri's digest changes; checked this often.")
+    on_drift_alert: bool = Field(False, description="A drift alert on the endpoint starts a run.")
+    cooldown_s: Annotated[float, Field(ge=0, le=30 * 24 * 3600)] = Field(
+        3600, description="No trigger starts a run sooner than this after the last started one.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from control_plane.pipelines.cron import CronSchedule
+
+            try:
+                CronSchedule.parse(value)
+            except InvalidInputError as error:
+                raise ValueError(error.message) from None
+        return value
+
+
+class PipelineSpec(Wire):
+    """A whole pipeline."""
+
+    name: Name
+    description: str = Field("", max_length=2000)
+    data: DataStage | None = None
+    training: TrainingStage
+    evaluate: EvaluateStage | None = None
+    benchmark: BenchmarkStage | None = None
+    approve: ApproveStage = Field(default_factory=ApproveStage)
+    deploy: DeployStage
+    triggers: Triggers = Field(default_factory=Triggers)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineSpec:
+        if self.triggers.data_check_interval_s is not None and self.data is None:
+            raise ValueError("triggers.data_check_interval_s watches data.uri; add a data section")
+        if self.evaluate is not None and self.evaluate.data_uri is None and self.data is None:
+            raise ValueError("evaluate needs held-out rows: set evaluate.data_uri or a data section")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        from training.schemas import JobSpec
+
+        return JobSpec.model_validate(self.training.job).model_name
+
+
+def parse_pipeline_spec(raw: Any, *, source: str = "pipeline spec") -> PipelineSpec:
+    """Validate a spec document; every bad field named by its dotted path."""
+    if not isinstance(raw, dict):
+        raise InvalidPipelineSpecError(f"{source} must be a mapping of sections (name, training, "
+                                       "deploy, …)", detail={"field": "spec"})
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "spec"
+            problems.append((where, item["msg"].removeprefix("Value error, ")))
+        listed = "; ".join(f"{where}: {message}" for where, message in problems)
+        raise InvalidPipelineSpecError(f"{source} is not a valid pipeline: {listed}",
+                                       detail={"field": problems[0][0]}) from None
+
+
+def load_pipeline_spec(path: str | os.PathLike[str]) -> PipelineSpec:
+    """Read ``path``; ``training.job`` may be a path (relative to the file) or a mapping,
+    and local paths in the job spec are resolved against the file that holds them."""
+    from training.errors import InvalidJobSpecError
+    from training.spec import load_job_spec, parse_job_spec, resolve_paths
+
+    source = Path(path)
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except OSError as error:
+        raise InvalidPipelineSpecError(f"cannot read the pipeline spec {source}: "
+                                       f"{error.strerror or error}", detail={"field": "config"}) from None
+    except yaml.YAMLError as error:
+        raise InvalidPipelineSpecError(f"{source} is not valid YAML: {error}",
+                                       detail={"field": "config"}) from None
+    training = raw.get("training") if isinstance(raw, dict) else None
+    job = training.get("job") if isinstance(training, dict) else None
+    try:
+        if isinstance(job, str):
+            resolved = load_job_spec(source.parent / job)
+        elif isinstance(job, dict):
+            resolved = resolve_paths(parse_job_spec(job, source="training.job"), source.parent)
+        else:
+            resolved = None
+    except InvalidJobSpecError as error:
+        field = str((error.detail or {}).get("field") or "")
+        raise InvalidPipelineSpecError(
+            f"{source}: training.job: {error.message}",
+            detail={"field": f"training.job.{field}" if field else "training.job"}) from None
+    if resolved is not None:
+        raw = {**raw, "training": {**training, "job": resolved.model_dump(mode="json")}}
+    return parse_pipeline_spec(raw, source=str(source))

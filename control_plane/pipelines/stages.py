@@ -1,0 +1,340 @@
+"""What each stage does, one pass at a time.
+
+The runner calls a stage's ``advance`` on every pass until it answers with a final
+state. A pass must be safe to repeat: a stage keeps what it has done in ``progress``
+(persisted before the action it describes, so a crash in between is found and finished
+on the next pass, never done twice): the training stage stores its Ray submission id
+before submitting, and asks Ray whether that id exists before submitting again; the
+deploy stage looks for the rollout it may have started before starting one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from control_plane.auth import Principal
+from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
+from control_plane.pipelines.spec import PipelineSpec
+from control_plane.schemas import Role
+
+log = logging.getLogger(__name__)
+
+
+def pipeline_principal(pipeline: str) -> Principal:
+    """Who a run acts as: the pipeline itself, with a deployer's rights (creating or
+    changing a pipeline needs them)."""
+    return Principal(name=f"pipeline:{pipeline}"[:128], role=Role.DEPLOYER)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one pass of a stage found: still ``running``, or a final state."""
+
+    state: StageState
+    outputs: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, Any] | None = None  # replaces the stored progress when given
+    reason: str = ""
+    inputs: dict[str, Any] | None = None
+    logs: str | None = None
+
+
+@dataclass(frozen=True)
+class StageContext:
+    run: PipelineRunOut
+    spec: PipelineSpec
+    record: StageRecord
+    now: datetime
+
+    def earlier(self, name: str) -> StageRecord:
+        return next(s for s in self.run.stages if s.name == name)
+
+    @property
+    def candidate(self) -> tuple[str, int] | None:
+        """The model and version the training stage registered, once it has."""
+        outputs = self.earlier("train").outputs
+        if "version" not in outputs:
+            return None
+        return str(outputs["model"]), int(outputs["version"])
+
+
+class Stage(Protocol):
+    name: str
+
+    def advance(self, context: StageContext) -> Outcome: ...
+
+    def cancel(self, context: StageContext) -> None:
+        """Undo or stop what the stage has started (a run was cancelled in it)."""
+
+
+def _elapsed(context: StageContext) -> float:
+    started = context.record.started_at or context.now
+    return (context.now - started).total_seconds()
+
+
+# ---------------------------------------------------------------- train
+
+
+JobClientFactory = Callable[[], Any]
+
+
+class TrainStage:
+    """Submit the training job through Ray's job API and follow it to the end; pass with
+    the version it registered."""
+
+    name = "train"
+
+    def __init__(self, services: Any, job_client: JobClientFactory | None = None) -> None:
+        self.services = services
+        self._job_client = job_client or _default_job_client
+
+    def advance(self, context: StageContext) -> Outcome:
+        progress = dict(context.record.progress)
+        if "submission_id" not in progress:
+            # Stored before anything reaches Ray: a crash after submitting finds the job.
+            run = context.run
+            progress["submission_id"] = f"pipeline-{run.pipeline[:40]}-{run.number}-{secrets.token_hex(4)}"
+            return Outcome(StageState.RUNNING, progress=progress,
+                           inputs={"job": context.spec.training.job})
+        job_id = str(progress["submission_id"])
+        client = self._job_client()
+        logs = f"modelplane train logs {job_id}"
+        if not progress.get("submitted"):
+            if not self._exists(client, job_id):
+                self._submit(context, client, job_id, progress)
+            progress["submitted"] = True
+            return Outcome(StageState.RUNNING, progress=progress, outputs={"job_id": job_id},
+                           logs=logs)
+        status = client.status(job_id)
+        if status in ("PENDING", "RUNNING"):
+            if _elapsed(context) > context.spec.training.timeout_s:
+                client.stop(job_id)
+                return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
+                    f"training job {job_id} still {status} after "
+                    f"{context.spec.training.timeout_s:g} s (training.timeout_s); stopped"))
+            return Outcome(StageState.RUNNING, outputs={"job_id": job_id, "status": status}, logs=logs)
+        client.info(job_id)  # an ended job's token is revoked
+        if status != "SUCCEEDED":
+            tail = _last_line(client.logs(job_id))
+            return Outcome(StageState.FAILED, outputs={"job_id": job_id, "status": status}, logs=logs,
+                           reason=f"training job {job_id} ended {status}" + (f": {tail}" if tail else ""))
+        found = self._registered(job_id, context.spec.model_name)
+        if found is None:
+            return Outcome(StageState.FAILED, outputs={"job_id": job_id, "status": status}, logs=logs,
+                           reason=f"training job {job_id} succeeded but registered no version of "
+                                  f"{context.spec.model_name!r} (is registration switched off?)")
+        run_id, version = found
+        return Outcome(StageState.PASSED, logs=logs, outputs={
+            "job_id": job_id, "status": status, "run_id": run_id,
+            "model": context.spec.model_name, "version": version})
+
+    def cancel(self, context: StageContext) -> None:
+        job_id = context.record.progress.get("submission_id")
+        if job_id:
+            client = self._job_client()
+            if self._exists(client, str(job_id)):
+                client.stop(str(job_id))
+
+    @staticmethod
+    def _exists(client: Any, job_id: str) -> bool:
+        from training.errors import JobSubmissionError
+
+        try:
+            client.info(job_id)
+        except JobSubmissionError as error:
+            if "no job" in error.message:
+                return False
+            raise
+        return True
+
+    def _submit(self, context: StageContext, client: Any, job_id: str, progress: dict[str, Any]) -> None:
+        from pathlib import Path
+
+        from control_plane.schemas import TokenCreate
+        from training.job_token import JOB_TOKEN_METADATA, JobToken
+        from training.schemas import JobSpec
+        from training.submission import job_environment, submit_resolved
+
+        spec = JobSpec.model_validate(context.spec.training.job)
+        lifetime = int(context.spec.training.timeout_s // 60) + 60
+        actor = pipeline_principal(context.run.pipeline)
+        name = f"job-{job_id}"[:128]
+        created = self.services.tokens.create(
+            TokenCreate(name=name, role=Role.TRAINER, expires_in_minutes=lifetime), actor)
+        token = JobToken(name, created.token)
+        env = {**job_environment(Path(__file__).parent), **token.env()}
+        metadata = {"experiment": spec.experiment.name, "model": spec.model_name,
+                    JOB_TOKEN_METADATA: token.name, "pipeline": context.run.pipeline,
+                    "pipeline_run": str(context.run.number)}
+        try:
+            submit_resolved(client, spec, env, submission_id=job_id, metadata=metadata)
+        except BaseException:
+            self.services.tokens.revoke(name, actor)  # no job will ever use it
+            raise
+
+    def _registered(self, job_id: str, model: str) -> tuple[str, int] | None:
+        """The run the job recorded (tagged with its submission id) and the version from it."""
+        from control_plane.store.models import ModelRow, ModelVersionRow, RunRow
+
+        with self.services.db.session(readonly=True) as session:
+            runs = session.scalars(select(RunRow).order_by(RunRow.start_time.desc()).limit(500)).all()
+            run = next((r for r in runs if (r.tags or {}).get("ray_job_submission_id") == job_id), None)
+            if run is None:
+                return None
+            version = session.scalar(
+                select(ModelVersionRow.version).join(ModelRow, ModelRow.id == ModelVersionRow.model_id)
+                .where(ModelRow.name == model, ModelVersionRow.run_id == run.id)
+                .order_by(ModelVersionRow.version.desc()).limit(1))
+            return (run.id, int(version)) if version is not None else None
+
+
+def _default_job_client() -> Any:
+    from training.submission import JobClient
+
+    return JobClient()
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+# ---------------------------------------------------------------- approve
+
+
+class ApproveStage:
+    """Wait for an approval where the model's policy (or the spec) asks for one."""
+
+    name = "approve"
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    def advance(self, context: StageContext) -> Outcome:
+        from control_plane.registry import latest_decision
+        from control_plane.rollouts.approvals import POLICY
+        from control_plane.store.models import ModelRow, ModelVersionRow
+
+        settings = context.spec.approve
+        candidate = context.candidate
+        if settings.mode == "never" or candidate is None:
+            return Outcome(StageState.SKIPPED, reason="approve.mode is never")
+        model, version = candidate
+        with self.services.db.session(readonly=True) as session:
+            row = session.scalar(select(ModelVersionRow).join(ModelRow).where(
+                ModelRow.name == model, ModelVersionRow.version == version))
+            if row is None:
+                return Outcome(StageState.FAILED, reason=f"{model}:{version} no longer exists")
+            required = settings.mode == "always" or bool((row.model.policy or {}).get(POLICY))
+            decision = latest_decision(session, row)
+        if not required:
+            return Outcome(StageState.SKIPPED, reason=f"model {model!r} needs no approval ({POLICY} off)")
+        if decision == "approved":
+            return Outcome(StageState.PASSED, outputs={"decision": decision})
+        if decision == "rejected":
+            return Outcome(StageState.FAILED, outputs={"decision": decision},
+                           reason=f"{model}:{version} was rejected")
+        if _elapsed(context) > settings.timeout_s:
+            return Outcome(StageState.FAILED, reason=f"no approval of {model}:{version} within "
+                                                     f"{settings.timeout_s:g} s (approve.timeout_s)")
+        return Outcome(StageState.RUNNING, outputs={
+            "waiting": f"approve with `modelplane models approve {model}:{version}`"})
+
+    def cancel(self, context: StageContext) -> None:
+        return None
+
+
+# ---------------------------------------------------------------- deploy
+
+
+class DeployStage:
+    """The rollout that takes the candidate to the endpoint, followed to its end; a first
+    version on a new endpoint is deployed directly."""
+
+    name = "deploy"
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    def advance(self, context: StageContext) -> Outcome:
+        candidate = context.candidate
+        if candidate is None:
+            return Outcome(StageState.FAILED, reason="no candidate version to deploy")
+        model, version = candidate
+        endpoint = context.spec.deploy.endpoint
+        progress = dict(context.record.progress)
+        rollout_id = progress.get("rollout_id") or self._started(context, endpoint, version)
+        if rollout_id is None:
+            if not self._serving(endpoint):
+                return self._first_deploy(context, endpoint, model, version)
+            rollout = self._start(context, endpoint, model, version)
+            progress["rollout_id"] = rollout.id
+            return Outcome(StageState.RUNNING, progress=progress,
+                           outputs={"rollout_id": rollout.id, "state": rollout.state.value},
+                           logs=f"modelplane rollout watch {endpoint}")
+        progress["rollout_id"] = rollout_id
+        rollout = self.services.rollouts.get(int(rollout_id))
+        outputs = {"rollout_id": rollout.id, "state": rollout.state.value, "step": rollout.step_index}
+        logs = f"modelplane rollout watch {endpoint}"
+        if rollout.state.value == "succeeded":
+            return Outcome(StageState.PASSED, progress=progress, outputs=outputs, logs=logs)
+        if rollout.state.terminal:
+            return Outcome(StageState.FAILED, progress=progress, outputs=outputs, logs=logs,
+                           reason=f"rollout #{rollout.id} {rollout.state.value}: {rollout.reason}")
+        return Outcome(StageState.RUNNING, progress=progress, outputs=outputs, logs=logs)
+
+    def cancel(self, context: StageContext) -> None:
+        rollout_id = context.record.progress.get("rollout_id")
+        if rollout_id:
+            rollout = self.services.rollouts.get(int(rollout_id))
+            if not rollout.state.terminal:
+                self.services.rollouts.abort(
+                    int(rollout_id), pipeline_principal(context.run.pipeline),
+                    f"pipeline run {context.run.pipeline}#{context.run.number} cancelled")
+
+    def _serving(self, endpoint: str) -> bool:
+        from control_plane.errors import NotFoundError
+
+        try:
+            current = self.services.deployments.get(endpoint)
+        except NotFoundError:
+            return False
+        return any(route.weight > 0 for route in current.routes)
+
+    def _started(self, context: StageContext, endpoint: str, version: int) -> int | None:
+        """A rollout of ``version`` this stage started before a crash kept it from saying so."""
+        since = context.record.started_at
+        for rollout in self.services.rollouts.list(endpoint=endpoint, limit=5):
+            if rollout.candidate_version == version and since is not None and \
+                    rollout.created_at >= since - timedelta(seconds=1) and \
+                    rollout.created_by == pipeline_principal(context.run.pipeline).name:
+                return int(rollout.id)
+        return None
+
+    def _start(self, context: StageContext, endpoint: str, model: str, version: int) -> Any:
+        from control_plane.rollouts.schemas import RolloutCreate
+
+        template = context.spec.deploy.rollout.model_dump()
+        spec = RolloutCreate(endpoint=endpoint, model_ref=f"{model}:{version}", **template)
+        return self.services.rollouts.start(spec, pipeline_principal(context.run.pipeline))
+
+    def _first_deploy(self, context: StageContext, endpoint: str, model: str, version: int) -> Outcome:
+        from control_plane.schemas import DeployRequest
+
+        self.services.deployments.deploy(
+            DeployRequest(endpoint=endpoint, model_ref=f"{model}:{version}"),
+            pipeline_principal(context.run.pipeline))
+        self.services.apply(endpoint)
+        return Outcome(StageState.PASSED, outputs={"deployed": f"{model}:{version}",
+                                                   "endpoint": endpoint},
+                       reason="a new endpoint: deployed directly, no rollout")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,262 @@
+"""The pipeline runner on a real store, with stages scripted by the test: order, stops,
+resumption after a restart, cancellation, one run at a time, and the triggers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from control_plane.errors import ConflictError
+from control_plane.pipelines.cron import CronSchedule
+from control_plane.pipelines.records import RunState, StageState, Trigger
+from control_plane.pipelines.service import Pipelines
+from control_plane.pipelines.spec import (
+    STAGES,
+    InvalidPipelineSpecError,
+    load_pipeline_spec,
+    parse_pipeline_spec,
+)
+from control_plane.pipelines.stages import Outcome, StageContext
+from control_plane.store import Database
+from tests.unit.control_plane.conftest import ALICE, READER
+
+EXAMPLES = Path(__file__).parents[3] / "examples"
+
+
+def spec_document(**changes: Any) -> dict[str, Any]:
+    job = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+    return {"name": "bc", "training": {"job": job}, "deploy": {"endpoint": "bc"}, **changes}
+
+
+class Scripted:
+    """A stage that answers with ``outcomes`` in turn (the last one repeats)."""
+
+    def __init__(self, name: str, *outcomes: Outcome) -> None:
+        self.name = name
+        self.outcomes = list(outcomes) or [Outcome(StageState.PASSED, outputs={"by": name})]
+        self.calls: list[StageContext] = []
+        self.cancelled: list[StageContext] = []
+
+    def advance(self, context: StageContext) -> Outcome:
+        self.calls.append(context)
+        return self.outcomes[min(len(self.calls), len(self.outcomes)) - 1]
+
+    def cancel(self, context: StageContext) -> None:
+        self.cancelled.append(context)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def runner(db: Database, stages: dict[str, Scripted], clock: Clock, **options: Any) -> Pipelines:
+    return Pipelines(db, stages, now=clock, **options)
+
+
+def all_passing(**overrides: Scripted) -> dict[str, Scripted]:
+    return {name: overrides.get(name) or Scripted(name) for name in STAGES}
+
+
+def drive(pipelines: Pipelines, until: Callable[[], bool], passes: int = 40) -> None:
+    for _ in range(passes):
+        if until():
+            return
+        pipelines.tick()
+    assert until(), "the run did not get there"
+
+
+def test_a_run_passes_every_stage_in_order_and_keeps_their_outputs(db: Database) -> None:
+    stages, clock = all_passing(), Clock()
+    pipelines = runner(db, stages, clock)
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    run = pipelines.start_run("bc", ALICE)
+    assert run.number == 1 and run.state is RunState.PENDING
+    drive(pipelines, lambda: pipelines.run("bc").state.terminal)
+    done = pipelines.run("bc")
+    assert done.state is RunState.SUCCEEDED
+    assert [s.name for s in done.stages] == list(STAGES)
+    assert all(s.state is StageState.PASSED and s.outputs == {"by": s.name} for s in done.stages)
+    assert all(s.started_at is not None and s.finished_at is not None for s in done.stages)
+    # Each stage saw the ones before it finished.
+    deploy_saw = stages["deploy"].calls[0].run.stages
+    assert [s.state for s in deploy_saw[:-1]] == [StageState.PASSED] * (len(STAGES) - 1)
+
+
+def test_a_failing_stage_stops_the_run_and_no_later_stage_runs(db: Database) -> None:
+    failing = Scripted("evaluate", Outcome(StageState.FAILED, reason="candidate 0.91 < champion 0.95"))
+    stages, clock = all_passing(evaluate=failing), Clock()
+    pipelines = runner(db, stages, clock)
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    pipelines.start_run("bc", ALICE)
+    drive(pipelines, lambda: pipelines.run("bc").state.terminal)
+    run = pipelines.run("bc")
+    assert run.state is RunState.FAILED and "candidate 0.91 < champion 0.95" in run.reason
+    states = {s.name: s.state for s in run.stages}
+    assert states["evaluate"] is StageState.FAILED
+    assert states["benchmark"] is states["approve"] is states["deploy"] is StageState.SKIPPED
+    assert not stages["benchmark"].calls and not stages["deploy"].calls
+
+
+def test_a_restarted_runner_resumes_the_stage_with_its_progress(db: Database) -> None:
+    submitted: list[str] = []
+
+    class Train(Scripted):
+        def advance(self, context: StageContext) -> Outcome:
+            self.calls.append(context)
+            progress = context.record.progress
+            if "job" not in progress:
+                return Outcome(StageState.RUNNING, progress={"job": "j-1"})
+            if progress["job"] not in submitted:
+                submitted.append(progress["job"])
+            if len(self.calls) < 6:
+                return Outcome(StageState.RUNNING, outputs={"status": "RUNNING"})
+            return Outcome(StageState.PASSED, outputs={"version": 2})
+
+    clock = Clock()
+    first = runner(db, all_passing(train=Train("train")), clock)
+    first.apply(parse_pipeline_spec(spec_document()), ALICE)
+    first.start_run("bc", ALICE)
+    drive(first, lambda: bool(submitted))
+    assert first.run("bc").current.name == "train"
+    # A new control plane on the same store: the same job is followed, not submitted again.
+    second_train = Train("train")
+    second = runner(db, all_passing(train=second_train), clock)
+    drive(second, lambda: second.run("bc").state.terminal)
+    assert second.run("bc").state is RunState.SUCCEEDED and submitted == ["j-1"]
+    assert second_train.calls[0].record.progress == {"job": "j-1"}
+
+
+def test_cancel_stops_the_current_stage_and_a_cancelled_write_is_refused(db: Database) -> None:
+    train = Scripted("train", Outcome(StageState.RUNNING, progress={"job": "j-9"}))
+    stages, clock = all_passing(train=train), Clock()
+    pipelines = runner(db, stages, clock)
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    pipelines.start_run("bc", ALICE)
+    drive(pipelines, lambda: pipelines.run("bc").stages[1].state is StageState.RUNNING)
+    pipelines.tick()
+    cancelled = pipelines.cancel("bc", ALICE, "wrong data")
+    assert cancelled.state is RunState.CANCELLED and cancelled.reason == "wrong data"
+    assert train.cancelled and train.cancelled[0].record.progress == {"job": "j-9"}
+    assert {s.state for s in cancelled.stages[1:]} == {StageState.CANCELLED}
+    pipelines.tick()  # nothing moves a cancelled run
+    assert pipelines.run("bc").state is RunState.CANCELLED
+    with pytest.raises(ConflictError, match="no run under way"):
+        pipelines.cancel("bc", ALICE)
+
+
+def test_one_run_at_a_time_and_readers_cannot_start_one(db: Database) -> None:
+    from control_plane.errors import PermissionDeniedError
+
+    stages, clock = all_passing(train=Scripted("train", Outcome(StageState.RUNNING))), Clock()
+    pipelines = runner(db, stages, clock)
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    pipelines.start_run("bc", ALICE)
+    with pytest.raises(ConflictError, match="already running"):
+        pipelines.start_run("bc", ALICE)
+    with pytest.raises(PermissionDeniedError):
+        pipelines.start_run("bc", READER)
+    with pytest.raises(ConflictError, match="under way"):
+        pipelines.delete("bc", ALICE)
+
+
+def test_a_stage_that_raises_fails_the_run_with_the_error(db: Database) -> None:
+    class Broken(Scripted):
+        def advance(self, context: StageContext) -> Outcome:
+            raise RuntimeError("Ray's job API is down")
+
+    pipelines = runner(db, all_passing(train=Broken("train")), Clock())
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    pipelines.start_run("bc", ALICE)
+    drive(pipelines, lambda: pipelines.run("bc").state.terminal)
+    assert "RuntimeError: Ray's job API is down" in pipelines.run("bc").reason
+
+
+def test_schedule_data_and_drift_triggers_start_runs_within_the_cool_down(db: Database) -> None:
+    digests = {"uri": "d1"}
+    alerts: list[datetime] = []
+    clock = Clock()
+    pipelines = runner(db, all_passing(), clock, digest=lambda uri: digests["uri"],
+                       drift_alerts=lambda endpoint, since: [t for t in alerts if t > since])
+    triggers = {"schedule": "0 * * * *", "data_check_interval_s": 60, "on_drift_alert": True,
+                "cooldown_s": 600}
+    pipelines.apply(parse_pipeline_spec(spec_document(
+        triggers=triggers, data={"uri": "file:///data.csv"})), ALICE)
+    pipelines.tick()
+    assert pipelines.get("bc").last_run is None  # first look: digest remembered, nothing due
+
+    def finish() -> None:
+        drive(pipelines, lambda: pipelines.run("bc").state.terminal)
+
+    clock.now += timedelta(minutes=61)  # past 07:00
+    pipelines.tick()
+    assert pipelines.run("bc").trigger is Trigger.SCHEDULE
+    finish()
+    digests["uri"] = "d2"
+    clock.now += timedelta(minutes=2)
+    pipelines.tick()
+    assert pipelines.run("bc").number == 1  # new data, but within the cool-down
+    clock.now += timedelta(minutes=9)
+    digests["uri"] = "d3"
+    pipelines.tick()
+    run = pipelines.run("bc")
+    assert run.number == 2 and run.trigger is Trigger.DATA and run.trigger_detail["digest"] == "d3"
+    finish()
+    clock.now += timedelta(minutes=11)
+    alerts.append(clock.now - timedelta(seconds=5))
+    pipelines.tick()
+    run = pipelines.run("bc")
+    assert run.number == 3 and run.trigger is Trigger.ALERT
+    finish()
+    clock.now += timedelta(minutes=11)
+    pipelines.tick()
+    assert pipelines.run("bc").number == 3  # the same alert starts nothing twice
+
+
+def test_spec_errors_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(InvalidPipelineSpecError, match="deploy") as caught:
+        parse_pipeline_spec({"name": "bc", "training": spec_document()["training"]})
+    assert caught.value.detail["field"] == "deploy"
+    with pytest.raises(InvalidPipelineSpecError, match="5 fields"):
+        parse_pipeline_spec(spec_document(triggers={"schedule": "0 3 * *"}))
+    with pytest.raises(InvalidPipelineSpecError, match="data section"):
+        parse_pipeline_spec(spec_document(triggers={"data_check_interval_s": 60}))
+    bad_job = spec_document()
+    bad_job["training"]["job"]["hyperparameters"]["learning_rate"] = -1
+    with pytest.raises(InvalidPipelineSpecError, match="learning_rate"):
+        parse_pipeline_spec(bad_job)
+    (tmp_path / "job.yaml").write_text((EXAMPLES / "breast_cancer.yaml").read_text())
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(
+        {"name": "bc", "training": {"job": "job.yaml"}, "deploy": {"endpoint": "bc"}}))
+    spec = load_pipeline_spec(tmp_path / "pipeline.yaml")
+    assert spec.model_name == "breast-cancer" and spec.training.job["experiment"]["name"] == "breast-cancer"
+    (tmp_path / "pipeline.yaml").write_text("name: [unclosed")
+    with pytest.raises(InvalidPipelineSpecError, match="not valid YAML"):
+        load_pipeline_spec(tmp_path / "pipeline.yaml")
+
+
+@pytest.mark.parametrize(("text", "after", "expected"), [
+    ("0 3 * * *", "2026-11-30T06:00", "2026-12-01T03:00"),
+    ("*/15 * * * *", "2026-11-30T06:07", "2026-11-30T06:15"),
+    ("0 9 * * 1-5", "2026-12-04T10:00", "2026-12-07T09:00"),  # Friday → Monday
+    ("30 2 1 * *", "2026-11-30T06:00", "2026-12-01T02:30"),
+    ("0 0 29 2 *", "2026-03-01T00:00", "2028-02-29T00:00"),
+    ("0 12 13 * 5", "2026-11-30T06:00", "2026-12-04T12:00"),  # either day field matches
+])
+def test_cron_next_times(text: str, after: str, expected: str) -> None:
+    moment = datetime.fromisoformat(after).replace(tzinfo=UTC)
+    assert CronSchedule.parse(text).next_after(moment) == datetime.fromisoformat(expected).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["60 * * * *", "* * * * 8", "a * * * *", "*/0 * * * *", "5-1 * * * *"])
+def test_bad_cron_fields_are_refused(text: str) -> None:
+    with pytest.raises(Exception, match="schedule"):
+        CronSchedule.parse(text)
