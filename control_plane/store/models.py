@@ -407,3 +407,24 @@ class PipelineRunRow(Base):
     revision: Mapped[int] = mapped_column(Integer, default=1)
 
     __mapper_args__ = {"version_id_col": revision}
+
+
+class VersionBenchmarkRow(Base):
+    """A version's measured performance (control_plane.benchmarking): the settings it was
+    served and loaded with, the figures as a document, and its progress or error. At most
+    one per version runs at a time; the benchmark service checks it under the version's
+    row lock."""
+
+    __tablename__ = "version_benchmarks"
+    __table_args__ = (Index("ix_version_benchmarks_version_status", "version_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    settings: Mapped[dict[str, Any]] = mapped_column()
+    figures: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    progress: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
