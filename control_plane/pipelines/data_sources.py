@@ -1,0 +1,150 @@
+"""Read a pipeline's data by URI and fingerprint its content.
+
+The URIs are the ones training job specs name: ``sklearn://breast_cancer`` (a bundled
+scikit-learn dataset, as ``data.dataset`` records it in lineage), or a CSV or Parquet file
+by local path or fsspec URI (``s3://…``, ``file://…``). A bundled dataset reads as its
+feature columns plus a ``target`` column of class indices (or values), the rows and
+numbers training sees.
+
+:func:`dataset_digest` hashes the *content* (column names, kinds and values), not the
+bytes of a file: the same table written again, or as Parquet instead of CSV, has the same
+digest, so a data trigger re-runs a pipeline only when the data changed. (A version's
+``lineage.dataset_digest`` is training's hash of the file bytes; the two are not meant to
+be compared.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from control_plane.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+BUNDLED_SCHEME = "sklearn://"
+# The scikit-learn datasets training accepts (training.schemas.BUNDLED_DATASETS; the
+# control plane does not import training).
+BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
+TARGET_COLUMN = "target"
+DataFormat = Literal["auto", "csv", "parquet"]
+# Bumped if the canonical encoding below changes: old digests then differ, by design.
+_DIGEST_HEADER = b"modelplane-dataset-digest-v1\n"
+
+
+def load_dataset(uri: str, *, format: DataFormat = "auto") -> pd.DataFrame:
+    """The table at ``uri``: a bundled dataset (``sklearn://NAME``) or a CSV/Parquet file.
+
+    Raises :class:`InvalidInputError` naming the URI when it cannot be read.
+    """
+    if uri.startswith(BUNDLED_SCHEME):
+        return _bundled(uri.removeprefix(BUNDLED_SCHEME))
+    import pandas as pd
+
+    kind = format if format != "auto" else _format_of(uri)
+    try:
+        with _open(uri) as handle:
+            return pd.read_parquet(handle) if kind == "parquet" else pd.read_csv(handle)
+    except InvalidInputError:
+        raise
+    except Exception as error:  # pandas and pyarrow raise many types for a bad file
+        raise _error(f"cannot read {uri} as {kind}: {_first_line(error)}") from None
+
+
+def dataset_digest(data: pd.DataFrame | Mapping[str, Any] | str) -> str:
+    """sha256 (hex) of a table's canonical content: column names in order, and each
+    column's values, numbers as float64 (so 1 and 1.0 are one value), text as UTF-8, and
+    every missing value (None, NaN, NaT) as one marker. ``data`` may be a URI, read with
+    :func:`load_dataset`."""
+    import pandas as pd
+
+    if isinstance(data, str):
+        data = load_dataset(data)
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
+    hasher = hashlib.sha256(_DIGEST_HEADER)
+    hasher.update(f"rows={len(frame)};columns={frame.shape[1]}\n".encode())
+    for name in frame.columns:
+        hasher.update(_framed(str(name).encode()))
+        kind, payload = _canonical(frame[name])
+        hasher.update(kind)
+        hasher.update(payload)
+    return hasher.hexdigest()
+
+
+def _canonical(column: pd.Series) -> tuple[bytes, bytes]:
+    import pandas as pd
+
+    dtype = column.dtype
+    numeric = (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+               and not isinstance(dtype, pd.CategoricalDtype))
+    if numeric:
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        # One bit pattern for every missing value, and 0.0 for -0.0.
+        values = np.where(np.isnan(values), np.nan, values + 0.0)
+        return b"n", values.astype("<f8").tobytes()
+    missing = column.isna().to_numpy()
+    parts = [b"\x00" if absent else _framed(_text(value))
+             for value, absent in zip(column.tolist(), missing, strict=True)]
+    return b"t", b"".join(parts)
+
+
+def _text(value: Any) -> bytes:
+    if isinstance(value, bool | np.bool_):
+        return b"true" if value else b"false"
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value)).encode()
+    return str(value).encode()
+
+
+def _framed(raw: bytes) -> bytes:
+    # A length prefix, so ("ab", "c") and ("a", "bc") hash differently.
+    return b"\x01" + len(raw).to_bytes(8, "little") + raw
+
+
+def _bundled(name: str) -> pd.DataFrame:
+    import pandas as pd
+    from sklearn import datasets
+
+    if name not in BUNDLED_DATASETS:
+        raise _error(f"unknown bundled dataset {name!r}; choose one of "
+                     f"{', '.join(BUNDLED_SCHEME + n for n in BUNDLED_DATASETS)}, or give a "
+                     "CSV/Parquet path or URI")
+    loaded = getattr(datasets, f"load_{name}")()
+    names = [str(n) for n in loaded.feature_names]
+    frame = pd.DataFrame(np.asarray(loaded.data, dtype=np.float64), columns=names)
+    frame[TARGET_COLUMN] = np.asarray(loaded.target)
+    return frame
+
+
+def _format_of(uri: str) -> str:
+    lowered = uri.lower().split("?", 1)[0]
+    if lowered.endswith((".parquet", ".pq")):
+        return "parquet"
+    if lowered.endswith((".csv", ".csv.gz", ".txt")):
+        return "csv"
+    raise _error(f"cannot tell the format of {uri} from its name; name it .csv or .parquet, "
+                 "or give the format")
+
+
+def _open(uri: str) -> Any:
+    import fsspec
+
+    try:
+        return fsspec.open(uri, "rb").open()
+    except FileNotFoundError:
+        raise _error(f"{uri} does not exist") from None
+    except Exception as error:
+        raise _error(f"cannot open {uri}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+def _error(message: str) -> InvalidInputError:
+    return InvalidInputError(f"data: {message}", detail={"field": "data"})
