@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from serving.monitoring.stats import (
     compare_outputs,
 )
 from serving.names import endpoint_route_prefix
-from serving.protocol import decode_request, encode_response, from_numpy_dtype
+from serving.protocol import DecodedRequest, decode_request, encode_response, from_numpy_dtype
 from serving.routing import Router
 from serving.schemas import EndpointConfig, TensorSignature, VersionConfig
 from serving.validation import (
@@ -64,6 +64,7 @@ BODY_LIMIT_SETTING = "MODELPLANE_MAX_REQUEST_MB"
 _VERSION = re.compile(r"[0-9]{1,9}")  # ASCII: isdigit() takes '²' (int() refuses it), int() takes '٣'
 # Takes (endpoint, [(request_id, labels)]) and answers what the Monitor joined.
 FeedbackSink = Callable[[str, list[tuple[str, list[Any]]]], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
 
 
 class VersionBackend(Protocol):
@@ -79,6 +80,33 @@ class HttpResult:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Inferred:
+    """An answered inference, before a transport encodes it: ``outputs`` are the ones asked for."""
+
+    endpoint: str
+    version: int
+    request_id: str
+    request: DecodedRequest
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An inference the core refused or failed, already recorded; ``error`` says why."""
+
+    error: ModelplaneError
+    request_id: str
+
+
+def _encode_rest(answer: Inferred) -> HttpResult:
+    encoded = encode_response(answer.outputs, model_name=answer.endpoint,
+                              model_version=str(answer.version), request=answer.request,
+                              response_id=answer.request_id,
+                              parameters={REQUEST_ID_PARAMETER: answer.request_id})
+    return HttpResult(200, encoded.body, {**encoded.headers, REQUEST_ID_HEADER: answer.request_id})
 
 
 def _json(status: int, payload: Any) -> HttpResult:
@@ -180,8 +208,6 @@ class InferenceCore:
         started = time.perf_counter()
         config, backends, router = self._state
         request_id = new_request_id()
-        version = ENDPOINT_LEVEL
-        routed = ROUTED_RANDOMLY
         try:
             match = _PATH.match(subpath)
             if match is None:
@@ -198,48 +224,84 @@ class InferenceCore:
                 raise InvalidRequestError("inference requests must be POST", detail={"field": "method"})
             if action == "/feedback":
                 return await self._feedback(config.endpoint, headers, body)
+        except Exception as error:
+            failure = self._failed(error, ENDPOINT_LEVEL, ROUTED_RANDOMLY, started, request_id)
+            return error_result(failure, request_id)
+
+        def decode(config: EndpointConfig) -> DecodedRequest:
             if len(body) > config.max_body_bytes:
                 raise body_too_large(len(body), config.max_body_bytes, "request body")
-            request = decode_request(body, headers, max_body_bytes=config.max_body_bytes)
+            return decode_request(body, headers, max_body_bytes=config.max_body_bytes)
+
+        outcome = await self.infer(decode, _encode_rest, headers, version=match.group("version"),
+                                   started=started, request_id=request_id)
+        if isinstance(outcome, Refused):
+            return error_result(outcome.error, outcome.request_id)
+        return outcome
+
+    async def infer(self, decode: Callable[[EndpointConfig], DecodedRequest],
+                    encode: Callable[[Inferred], T], headers: Mapping[str, str], *,
+                    version: str | None = None, started: float | None = None,
+                    request_id: str | None = None) -> T | Refused:
+        """One inference, whatever the transport (REST here, gRPC in ``serving.grpc_calls``).
+
+        ``decode`` turns the transport's request into tensors, raising errors that name the
+        field; ``encode`` turns the answer into the transport's response (and may refuse an
+        output it cannot carry). Between them everything is shared: the version is pinned
+        (``version``), sticky (``headers``) or weighted, inputs are checked against its
+        signature, it runs, statistics are recorded and shadows start after the answer.
+        Errors come back as :class:`Refused`, already recorded.
+        """
+        started = time.perf_counter() if started is None else started
+        request_id = request_id or new_request_id()
+        config, backends, router = self._state
+        number = ENDPOINT_LEVEL
+        routed = ROUTED_RANDOMLY
+        try:
+            pinned = _parse_version(version, backends, config.endpoint)
+            request = decode(config)
             sticky_key = headers.get(router.sticky_header)
             routed = ROUTED_PINNED if pinned is not None else (
                 ROUTED_STICKY if sticky_key else ROUTED_RANDOMLY)
-            version = pinned if pinned is not None else router.pick(sticky_key)
-            backend = backends[version]
-            model = f"{config.endpoint}:{version}"
+            number = pinned if pinned is not None else router.pick(sticky_key)
+            backend = backends[number]
+            model = f"{config.endpoint}:{number}"
             arrays = validate_inputs(request, backend.config.inputs, model=model)
             wanted = check_requested_outputs(request, backend.config.outputs, model=model)
             outputs = await backend.infer(arrays)
             chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
-            encoded = encode_response(chosen, model_name=config.endpoint,
-                                      model_version=str(version), request=request,
-                                      response_id=request_id,
-                                      parameters={REQUEST_ID_PARAMETER: request_id})
+            answer = encode(Inferred(config.endpoint, number, request_id, request, chosen))
             elapsed = time.perf_counter() - started
-            self.recorder.record(version, 200, elapsed, routed=routed)
+            self.recorder.record(number, 200, elapsed, routed=routed)
             age = data_age_seconds(request.parameters, time.time()) if request.parameters else None
-            self.recorder.observe(version, request_id, arrays, outputs, age)
+            self.recorder.observe(number, request_id, arrays, outputs, age)
             if pinned is None:
                 for shadow in router.shadows:
                     self._start_shadow(backends.get(shadow), arrays, outputs, elapsed)
-            return HttpResult(200, encoded.body, {**encoded.headers, REQUEST_ID_HEADER: request_id})
-        except ModelplaneError as error:
+            return answer
+        except Exception as error:
+            return Refused(self._failed(error, number, routed, started, request_id), request_id)
+
+    def _failed(self, error: Exception, version: int, routed: str, started: float,
+                request_id: str) -> ModelplaneError:
+        """Record a failed request and return the error to answer with."""
+        endpoint = self.config.endpoint
+        if isinstance(error, ModelplaneError):
             self.recorder.record(version, error.http_status, time.perf_counter() - started,
                                  error.code, routed=routed)
             if 400 <= error.http_status < 500:
                 self.recorder.record_rejection(version, rejection_reason(error))
             if error.http_status >= 500:
-                log.warning("request %s to %s failed: %s", request_id, config.endpoint, error.message)
-            return error_result(error, request_id)
-        except Exception as error:  # a backend failure must never take routing down
-            log.exception("request %s to %s failed unexpectedly", request_id, config.endpoint)
-            self.recorder.record(version, 500, time.perf_counter() - started, "internal_error",
-                                 routed=routed)
-            failure = InferenceFailedError(
-                f"{config.endpoint}:{version} failed ({type(error).__name__}); request id "
-                f"{request_id} is in the replica log"
-            )
-            return error_result(failure, request_id)
+                log.warning("request %s to %s failed: %s", request_id, endpoint, error.message)
+            return error
+        # A backend failure must never take routing down: a 500 naming the request id.
+        log.error("request %s to %s failed unexpectedly", request_id, endpoint, exc_info=error)
+        self.recorder.record(version, 500, time.perf_counter() - started, "internal_error",
+                             routed=routed)
+        return InferenceFailedError(
+            f"{endpoint}:{version} failed ({type(error).__name__}); request id "
+            f"{request_id} is in the replica log"
+        )
 
     async def _feedback(self, endpoint: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
         """Ground truth for earlier requests from a label source, handed to the Monitor."""
