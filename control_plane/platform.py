@@ -3,8 +3,8 @@
 ``start_platform`` connects to a reachable Ray (``RAY_ADDRESS`` or a local head) or starts
 a local head, starts Serve on the configured port with the fastest ingress available
 (HAProxy plus throughput-optimized Serve when the HAProxy binary is present), and deploys
-the Monitor, ``/v2`` and the control plane at ``/api``, which then converges every stored
-endpoint. It is idempotent: run twice, it finds everything up and changes nothing.
+the Monitor, ``/v2``, the gRPC inference service and the control plane at ``/api``, which
+then converges every stored endpoint. It is idempotent: run twice, it finds everything up and changes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ray_auth import apply_ray_auth_env, ray_auth_env
 from modelplane.settings import Settings
-from serving.names import SERVER_APP, SERVER_ROUTE, endpoint_url
+from serving.names import GRPC_APP, SERVER_APP, SERVER_ROUTE, endpoint_url
 
 NAMESPACE = "modelplane"
 HEAD_RECORD = "ray-head.json"
@@ -39,6 +39,7 @@ class PlatformInfo:
     dashboard_url: str | None = None  # Ray's dashboard and job API, where we know it
     # The store's endpoints, each with its route table and whether it answers with it.
     endpoints: list[EndpointRestored] = field(default_factory=list)
+    grpc_address: str | None = None  # host:port of the gRPC inference service, when on
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,9 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         progress(f"taking over from the control plane of {replaced.describe()}")
     ensure_monitor()
     serve.run(build_server_app(), name=SERVER_APP, route_prefix=SERVER_ROUTE, blocking=False)
+    grpc_address = deploy_grpc_service(settings)
+    if grpc_address:
+        progress(f"starting the gRPC inference service on {grpc_address}")
     progress("deploying the control plane at /api")
     deploy_control_plane(settings, store_id=store_id)
     wait_healthy(settings.url, timeout_s=timeout_s)
@@ -186,7 +190,22 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         inference_url=f"{settings.url}/v2",
         dashboard_url=recorded_dashboard(settings),
         endpoints=endpoints,
+        grpc_address=grpc_address,
     )
+
+
+def deploy_grpc_service(settings: Settings) -> str | None:
+    """Run (or leave running) the gRPC inference service on ``MODELPLANE_HTTP_HOST`` and
+    ``MODELPLANE_GRPC_PORT``; returns its ``host:port``, or None when the port is 0 (off)."""
+    from ray import serve
+
+    from serving.applications import build_grpc_app
+
+    if not settings.grpc_port:
+        return None
+    app = build_grpc_app(settings.http_host, settings.grpc_port, settings.max_request_bytes)
+    serve.run(app, name=GRPC_APP, route_prefix=None, blocking=False)
+    return f"{settings.http_host}:{settings.grpc_port}"
 
 
 def warm_kernels(progress: Callable[[str], None]) -> None:

@@ -256,6 +256,10 @@ class Story:
                       "'{\"inputs\":[{\"name\":\"input\",\"datatype\":\"FP32\",\"shape\":[1,30],\"data\":[...]}]}'")
         console.print("  tritonclient import tritonclient.http as tc; "
                       f"tc.InferenceServerClient('{host}').infer('{ENDPOINT}', inputs)")
+        if self.settings.grpc_port:
+            grpc_host = f"{host.rsplit(':', 1)[0]}:{self.settings.grpc_port}"
+            console.print("  gRPC         import tritonclient.grpc as tc; "
+                          f"tc.InferenceServerClient('{grpc_host}').infer('{ENDPOINT}', inputs)")
         console.print(f"  metrics      {url}/api/metrics")
         console.print(f"  monitor      modelplane monitor {ENDPOINT}")
         console.print(f"  rollouts     modelplane rollout list --endpoint {ENDPOINT}; "

@@ -6,7 +6,8 @@
 | ``MODELPLANE_DB_URL``           | ``sqlite:///$MODELPLANE_HOME/modelplane.db`` | any SQLAlchemy URL (PostgreSQL on clusters) |
 | ``MODELPLANE_ARTIFACT_URI``     | ``$MODELPLANE_HOME/artifacts``           | local folder or fsspec URI (``s3://bucket/prefix``) |
 | ``MODELPLANE_HTTP_PORT``        | ``8000``                                 | port Serve listens on (inference and ``/api``) |
-| ``MODELPLANE_HTTP_HOST``        | ``127.0.0.1``                            | address Serve binds |
+| ``MODELPLANE_HTTP_HOST``        | ``127.0.0.1``                            | address Serve binds (and the gRPC service) |
+| ``MODELPLANE_GRPC_PORT``        | ``$MODELPLANE_HTTP_PORT + 1`` (``8001``) | port of the gRPC inference service (``tritonclient.grpc``); ``0`` turns it off |
 | ``MODELPLANE_URL``              | ``http://127.0.0.1:$MODELPLANE_HTTP_PORT`` | the control plane's address, for clients |
 | ``MODELPLANE_TOKEN``            | unset (falls back to ``$MODELPLANE_HOME/admin.token``) | bearer token clients send; in a model replica, the replicas' read-only token |
 | ``MODELPLANE_CACHE_DIR``        | ``modelplane-cache`` in the temp folder  | node-local folder where model replicas keep downloaded artifacts |
@@ -66,6 +67,11 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, gt=0, le=65535, json_schema_extra=_expects(
         "a TCP port (a positive integer of at most 65535)"))
     http_host: str = "127.0.0.1"
+    # None means the HTTP port plus one: Triton's 8000 and 8001 by default, and a platform
+    # started on a free HTTP port (tests, benchmarks) gets its own gRPC port too.
+    grpc_port: int | None = Field(None, ge=0, le=65535, validate_default=True,
+                                  json_schema_extra=_expects(
+                                      "a TCP port (at most 65535), or 0 to turn gRPC off"))
     db_url: str = Field("", validate_default=True, json_schema_extra=_expects(
         "an SQLAlchemy URL such as sqlite:///path/modelplane.db or "
         "postgresql+psycopg://user:pass@host/db"))
@@ -99,6 +105,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, home: Path) -> Path:
         return home.expanduser().absolute()
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _default_grpc_port(cls, port: int | None, info: ValidationInfo) -> int | None:
+        if port is None and "http_port" in info.data:
+            return info.data["http_port"] + 1 if info.data["http_port"] < 65535 else 0
+        return port
 
     @field_validator("db_url")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.names import model_server_name
+from serving.names import ENDPOINT_DEPLOYMENT, ROUTER_DEPLOYMENT, model_server_name
 from serving.schemas import EndpointConfig, ScalingConfig, VersionConfig
 
 
@@ -82,13 +82,13 @@ def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str], access_lo
         options = _deployment_options(config.scaling, env=env, access_log=access_log,
                                       min_ongoing=_batch_floor(config.versions))
         deployment = serve.deployment(EndpointServer).options(
-            name="endpoint", user_config=user_config,
+            name=ENDPOINT_DEPLOYMENT, user_config=user_config,
             version=_code_version(EndpointServer, options), _internal=True, **options
         )
         return deployment.bind()
     options = _deployment_options(config.scaling, env=env, access_log=access_log)
     deployment = serve.deployment(EndpointRouter).options(
-        name="router", user_config=user_config,
+        name=ROUTER_DEPLOYMENT, user_config=user_config,
         version=_code_version(EndpointRouter, options), _internal=True, **options
     )
     return deployment.bind()
@@ -121,3 +121,26 @@ def build_server_app() -> Any:
         name="server", num_replicas=1, ray_actor_options={"num_cpus": 0.05},
         max_ongoing_requests=256,
     ).bind()
+
+
+def build_grpc_app(host: str, port: int, max_message_bytes: int) -> Any:
+    """The gRPC inference service (``serving.grpc_ingress``) on ``host:port``.
+
+    One replica, on the head node: clients need one fixed address, as for ``/v2``.
+    """
+    from ray import serve
+
+    from serving.grpc_ingress import GrpcIngress
+
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": 0.05, "resources": {"node:__internal_head__": 0.001}},
+    }
+    # Calls reach it through its own gRPC server, never through Serve, so Serve's limit on
+    # ongoing requests does not apply to them. The version keeps a second `up` from
+    # restarting it (and dropping the port for a moment).
+    return serve.deployment(GrpcIngress).options(
+        name="grpc", num_replicas=1, max_ongoing_requests=8, graceful_shutdown_timeout_s=10,
+        logging_config={"enable_access_log": False},
+        version=_code_version(GrpcIngress, options, host, port, max_message_bytes), _internal=True,
+        **options,
+    ).bind(host, port, max_message_bytes)

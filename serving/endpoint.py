@@ -97,6 +97,12 @@ class _CoreAdapter:
         result = await core.handle(request.method, subpath, request.headers, body)
         return _to_response(result, self._replica)
 
+    async def grpc(self, call: Any) -> Any:
+        """A call from the gRPC ingress (``serving.grpc_ingress``), answered by this core."""
+        from serving.grpc_calls import answer_grpc
+
+        return await answer_grpc(self.core, call, self._replica)
+
     def _new_core(self, config: EndpointConfig, backends: dict[str, Any]) -> InferenceCore:
         return InferenceCore(config, backends, feedback_sink=self._send_feedback)
 

@@ -8,6 +8,8 @@ import this module, however light it must stay.
 - ``endpoint-{e}`` at ``/v2/models/{e}``: an endpoint (colocated), or its router (isolated).
 - ``endpoint-{e}-v{n}``, no route: version ``n`` of an isolated endpoint, one deployment
   ``model-v{n}`` the router calls through a handle.
+- ``grpc-ingress``, no HTTP route: the gRPC inference service, which finds an endpoint's
+  ingress deployment (``endpoint`` colocated, ``router`` isolated) by its model name.
 - ``modelplane-monitor`` in Ray namespace ``modelplane``: the Monitor actor.
 - ``modelplane-route-board`` in the same namespace: route tables posted to live replicas.
 """
@@ -17,6 +19,10 @@ from __future__ import annotations
 SERVER_APP = "inference-server"
 SERVER_ROUTE = "/v2"
 ENDPOINT_APP_PREFIX = "endpoint-"
+ENDPOINT_DEPLOYMENT = "endpoint"  # a colocated endpoint's one deployment
+ROUTER_DEPLOYMENT = "router"  # an isolated endpoint's router
+ENDPOINT_DEPLOYMENTS = (ENDPOINT_DEPLOYMENT, ROUTER_DEPLOYMENT)
+GRPC_APP = "grpc-ingress"
 MONITOR_NAME = "modelplane-monitor"
 MONITOR_NAMESPACE = "modelplane"
 ROUTE_BOARD_NAME = "modelplane-route-board"

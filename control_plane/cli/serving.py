@@ -42,6 +42,9 @@ def up(
                   + (", HAProxy ingress" if info.fast_ingress else "") + ")")
     console.print(f"  control plane  {info.api_url}   (docs: {info.api_url}/docs)")
     console.print(f"  inference      {info.inference_url}/models/<endpoint>/infer")
+    if info.grpc_address:
+        console.print(f"  gRPC           {info.grpc_address}   (tritonclient.grpc; "
+                      "MODELPLANE_GRPC_PORT)")
     console.print(f"  metrics        {info.api_url}/metrics")
     if info.dashboard_url:
         console.print(f"  Ray dashboard  {info.dashboard_url}   (job API for `modelplane train submit`)")

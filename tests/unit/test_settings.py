@@ -136,3 +136,13 @@ def test_described_hides_every_secret(tmp_path: Path) -> None:
     assert shown["replica_token"] == "set"
     assert not any(secret in value for value in shown.values()
                    for secret in ("mp_secret", "pa55", "mp_replica"))
+
+
+def test_the_grpc_port_follows_the_http_port_unless_set(tmp_path: Path) -> None:
+    home = {"MODELPLANE_HOME": str(tmp_path)}
+    assert Settings.from_env(home).grpc_port == 8001  # Triton's 8000 and 8001
+    assert Settings.from_env({**home, "MODELPLANE_HTTP_PORT": "9100"}).grpc_port == 9101
+    assert Settings.from_env({**home, "MODELPLANE_GRPC_PORT": "7001"}).grpc_port == 7001
+    assert Settings.from_env({**home, "MODELPLANE_GRPC_PORT": "0"}).grpc_port == 0  # off
+    with pytest.raises(ConfigurationError, match="MODELPLANE_GRPC_PORT='70000' is invalid"):
+        Settings.from_env({**home, "MODELPLANE_GRPC_PORT": "70000"})
