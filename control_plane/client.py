@@ -275,6 +275,54 @@ class Client:
     def lineage(self, name: str, version: int) -> LineageOut:
         return self._get(f"/models/{name}/versions/{version}/lineage", LineageOut)
 
+    # ------------------------------------------------------------ benchmarks
+
+    def start_benchmark(self, name: str, version: int, settings: Any = None) -> Any:
+        """Start benchmarking a version on a scratch replica (``BenchmarkSettings`` or its
+        dict: rate, duration_s, p99_target_ms, endpoint …); returns it running."""
+        from control_plane.benchmarking.schemas import BenchmarkOut, BenchmarkSettings
+
+        body = BenchmarkSettings.model_validate(settings or {})
+        return self._send("POST", f"/models/{name}/versions/{version}/benchmarks", body, BenchmarkOut)
+
+    def get_benchmark(self, name: str, version: int, benchmark_id: int) -> Any:
+        from control_plane.benchmarking.schemas import BenchmarkOut
+
+        return self._get(f"/models/{name}/versions/{version}/benchmarks/{benchmark_id}", BenchmarkOut)
+
+    def list_benchmarks(self, name: str, version: int, *, limit: int = 50) -> list[Any]:
+        """The version's benchmarks, newest first."""
+        from control_plane.benchmarking.schemas import BenchmarkOut
+
+        data = self._request("GET", f"/models/{name}/versions/{version}/benchmarks",
+                             params={"limit": limit}).json()
+        return [BenchmarkOut.model_validate(item) for item in data]
+
+    def latest_benchmark(self, name: str, version: int) -> Any:
+        """The version's newest benchmark that succeeded, None without one."""
+        return next((b for b in self.list_benchmarks(name, version, limit=500)
+                     if b.status == "succeeded"), None)
+
+    def wait_benchmark(self, name: str, version: int, benchmark_id: int, *,
+                       timeout_s: float = 1800.0, poll_s: float = 0.5,
+                       progress: Any = None) -> Any:
+        """Poll until the benchmark has finished (succeeded or failed) and return it;
+        ``progress`` is called with each new progress line."""
+        import time
+
+        deadline, said = time.monotonic() + timeout_s, ""
+        while True:
+            found = self.get_benchmark(name, version, benchmark_id)
+            if progress is not None and found.progress != said:
+                said = found.progress
+                progress(said)
+            if found.status != "running":
+                return found
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"benchmark #{benchmark_id} of {name}:{version} still runs "
+                                   f"after {timeout_s:g}s ({found.progress})")
+            time.sleep(poll_s)
+
     # ------------------------------------------------------------ tracking
 
     def create_experiment(

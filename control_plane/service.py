@@ -40,6 +40,8 @@ class ControlPlane:
     store_id: str | None = None
     # control_plane.alerts.AlertService: rules, events (``fire_event``), notification.
     alerts: Any = None
+    # control_plane.benchmarking.Benchmarks: version benchmarks on scratch replicas.
+    benchmarks: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -73,6 +75,9 @@ class ControlPlane:
             alerts=AlertService(db),
             store_id=store_identity(db),
         )
+        from control_plane.benchmarking import Benchmarks
+
+        plane.benchmarks = Benchmarks(plane)
         plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
                                            apply=plane.apply, alert=plane.raise_alert)
         return plane

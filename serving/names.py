@@ -10,6 +10,11 @@ import this module, however light it must stay.
   ``model-v{n}`` the router calls through a handle.
 - ``grpc-ingress``, no HTTP route: the gRPC inference service, which finds an endpoint's
   ingress deployment (``endpoint`` colocated, ``router`` isolated) by its model name.
+- ``endpoint-_bench-{store}-{id}`` (and ``…-v{n}`` when isolated): the scratch replica of
+  version benchmark ``id`` of the store whose id starts with ``store``, at
+  ``/v2/models/_bench-{store}-{id}``. A stored endpoint's name starts with a
+  letter or digit, so none collides, and :func:`is_endpoint_app` leaves them out: the
+  reconciler's sweep never touches a benchmark (the benchmark deletes its own).
 - ``modelplane-monitor`` in Ray namespace ``modelplane``: the Monitor actor.
 - ``modelplane-route-board`` in the same namespace: route tables posted to live replicas.
 """
@@ -27,6 +32,7 @@ MONITOR_NAME = "modelplane-monitor"
 MONITOR_NAMESPACE = "modelplane"
 ROUTE_BOARD_NAME = "modelplane-route-board"
 ROUTE_BOARD_NAMESPACE = MONITOR_NAMESPACE
+BENCHMARK_ENDPOINT_PREFIX = "_bench-"  # not a valid endpoint name: never a stored one's
 
 
 def endpoint_app_name(endpoint: str) -> str:
@@ -50,9 +56,21 @@ def is_endpoint_app(app: str, endpoint: str | None = None) -> bool:
     """Whether Serve application ``app`` is an endpoint's (its own or one of its versions');
     only ``endpoint``'s when it is given."""
     if endpoint is None:
-        return app.startswith(ENDPOINT_APP_PREFIX)
+        return app.startswith(ENDPOINT_APP_PREFIX) and not is_benchmark_app(app)
     own = endpoint_app_name(endpoint)
     return app == own or app.startswith(f"{own}-v")
+
+
+def benchmark_endpoint_name(benchmark_id: int, store_id: str | None = None) -> str:
+    """The scratch endpoint that version benchmark ``benchmark_id`` serves under (two
+    stores sharing a cluster number their benchmarks apart: the store id tells them apart)."""
+    store = f"{store_id[:8]}-" if store_id else ""
+    return f"{BENCHMARK_ENDPOINT_PREFIX}{store}{benchmark_id}"
+
+
+def is_benchmark_app(app: str) -> bool:
+    """Whether Serve application ``app`` is a version benchmark's scratch application."""
+    return app.startswith(endpoint_app_name(BENCHMARK_ENDPOINT_PREFIX))
 
 
 def model_server_name(version: int) -> str:

@@ -115,6 +115,9 @@ ROUTE_ACCESS: dict[str, Access] = {
     "POST /models/{name}/versions/{version}/approvals": APPROVE,
     "GET /models/{name}/versions/{version}/approvals": READ,
     "GET /models/{name}/versions/{version}/lineage": READ,
+    "POST /models/{name}/versions/{version}/benchmarks": DEPLOY,
+    "GET /models/{name}/versions/{version}/benchmarks": READ,
+    "GET /models/{name}/versions/{version}/benchmarks/{benchmark_id}": READ,
     # Tracking.
     "GET /experiments": READ,
     "POST /experiments": TRAIN,

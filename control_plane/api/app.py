@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 
 from control_plane.api import (
     routes_admin,
+    routes_benchmarks,
     routes_monitoring,
     routes_registry,
     routes_rollouts,
@@ -44,6 +45,7 @@ def build_api(cp: ControlPlane) -> FastAPI:
     app.include_router(routes_serving.router)
     app.include_router(routes_rollouts.router)
     app.include_router(routes_monitoring.router)
+    app.include_router(routes_benchmarks.router)
     return app
 
 

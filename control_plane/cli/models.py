@@ -1,4 +1,5 @@
-"""``modelplane models …``: list, show, register, alias, stage, approve, reject, policy, lineage."""
+"""``modelplane models …``: list, show, register, alias, stage, approve, reject, policy, lineage,
+benchmark, compare."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def show(
             "outputs": [f"{s.name} {s.dtype}{s.shape}" for s in version.manifest.signature.outputs],
             "metrics": version.manifest.metrics, "created_by": version.created_by,
             "registrant": version.created_by_subject, "created_at": version.created_at,
+            "benchmark": _benchmark_line(api.latest_benchmark(version.model, version.version)),
         }))
         return
     model = api.get_model(ref)
@@ -188,3 +190,92 @@ def lineage(
                         for d in result.deployments],
         "approvals": [f"{a.decision} by {a.approver}" for a in result.approvals],
     }))
+
+
+def _benchmark_line(found: object) -> str | None:
+    """The latest benchmark in one line: percentiles, the rate search, CPU and memory."""
+    if found is None:
+        return None
+    f = found.figures  # type: ignore[attr-defined]
+    best = f"{f.max_rate_within_p99:g} req/s" if f.max_rate_within_p99 is not None else "none"
+    gpu = f", GPU {f.gpu_memory_mb:.0f} MiB" if f.gpu_memory_mb is not None else ""
+    return (f"#{found.id} at {f.rate:g} req/s: p50 {f.latency_ms.p50:.2f} / p95 "  # type: ignore[attr-defined]
+            f"{f.latency_ms.p95:.2f} / p99 {f.latency_ms.p99:.2f} ms; p99 <= {f.p99_target_ms:g} ms "
+            f"up to {best}; CPU {f.cpu_ms_per_request:.3f} ms/request, RSS "
+            f"{f.memory_rss_mb:.0f} MiB{gpu}")
+
+
+@app.command()
+def benchmark(
+    ref: str = typer.Argument(..., help="NAME:VERSION"),
+    rate: float = typer.Option(50.0, help="Requests per second of the fixed-rate phase."),
+    p99_ms: float = typer.Option(50.0, "--p99-ms", help="p99 target the rate search must hold."),
+    seconds: float = typer.Option(5.0, help="Seconds of load at --rate."),
+    search_steps: int = typer.Option(4, min=0, max=12, help="Rates tried by the search; 0: none."),
+    endpoint: str | None = typer.Option(None, help="Serve it with this endpoint's settings."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the figures, showing progress."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Measure a version on a scratch replica: p50/p95/p99, the highest rate within the p99
+    target, CPU per request, memory. Stored on the version (`models show NAME:VERSION`)."""
+    from pydantic import ValidationError
+
+    from control_plane.benchmarking.schemas import BenchmarkSettings
+
+    name, version = _split(ref)
+    try:
+        settings = BenchmarkSettings(rate=rate, p99_target_ms=p99_ms, duration_s=seconds,
+                                     search_steps=search_steps, endpoint=endpoint)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = ".".join(str(p) for p in problem["loc"]) or "settings"
+        raise typer.BadParameter(problem["msg"], param_hint=field.replace("_", "-")) from None
+    api = client(url)
+    started = api.start_benchmark(name, version, settings)
+    if not wait:
+        emit(as_json, started, lambda: typer.echo(
+            f"benchmark #{started.id} of {name}:{version} started; `modelplane models benchmark "
+            f"{ref} --wait` waits for another, `modelplane models show {ref}` shows the figures"))
+        return
+    done = api.wait_benchmark(name, version, started.id, progress=None if as_json else (
+        lambda line: typer.echo(f"  {line}", err=True)))
+    if as_json:
+        emit(True, done, lambda: None)
+    elif done.status == "succeeded":
+        typer.echo(f"{name}:{version} {_benchmark_line(done)}")
+    if done.status != "succeeded":
+        if not as_json:
+            typer.echo(f"benchmark #{done.id} of {name}:{version} failed: {done.error}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    a: str = typer.Argument(..., help="NAME:VERSION (the base)"),
+    b: str = typer.Argument(..., help="NAME:VERSION (compared with the base)"),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Compare two versions' latest benchmarks and evaluation metrics; ratios are B over A."""
+    from control_plane.benchmarking import compare as compare_benchmarks
+
+    api = client(url)
+    (a_name, a_version), (b_name, b_version) = _split(a), _split(b)
+    result = compare_benchmarks(a, api.latest_benchmark(a_name, a_version),
+                                b, api.latest_benchmark(b_name, b_version))
+    a_metrics = api.get_version(a_name, a_version).manifest.metrics
+    b_metrics = api.get_version(b_name, b_version).manifest.metrics
+    metrics = {key: (a_metrics.get(key), b_metrics.get(key))
+               for key in sorted(set(a_metrics) | set(b_metrics))}
+    if as_json:
+        emit(True, {"benchmarks": result, "metrics": {
+            k: {"a": x, "b": y, "ratio": y / x if x and y is not None else None}
+            for k, (x, y) in metrics.items()}}, lambda: None)
+        return
+    missing = [ref for ref, found in ((a, result.a_benchmark), (b, result.b_benchmark)) if found is None]
+    rows = [[f.name, f.a, f.b, f"{f.ratio:.3g}x" if f.ratio is not None else None, f"{f.better} is better"]
+            for f in result.figures if f.a is not None or f.b is not None]
+    rows += [[f"metric {key}", x, y, f"{y / x:.3g}x" if x and y is not None else None, ""]
+             for key, (x, y) in metrics.items()]
+    print_table(f"{a} vs {b}", ["figure", a, b, "B/A", ""], rows,
+                footer=f"no successful benchmark of {', '.join(missing)}: run `modelplane models "
+                       "benchmark NAME:VERSION --wait`" if missing else "")

@@ -1,0 +1,117 @@
+"""Version benchmarks without a cluster: settings bounds, request bodies, the rate search,
+GPU readings, and scratch application names the reconciler never sweeps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from control_plane.benchmarking.inputs import request_bodies
+from control_plane.benchmarking.load import LoadResult, search_rate
+from control_plane.benchmarking.schemas import BenchmarkSettings
+from control_plane.benchmarking.scratch import parse_nvidia_smi
+from serving.names import (
+    benchmark_endpoint_name,
+    endpoint_app_name,
+    is_benchmark_app,
+    is_endpoint_app,
+)
+
+SIGNATURE = {"inputs": [{"name": "input", "dtype": "float32", "shape": [None, 4]}],
+             "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [None, 3]}]}
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"rate": 0}, "rate"), ({"rate": 200_000}, "rate"), ({"duration_s": 0}, "duration_s"),
+    ({"duration_s": 601}, "duration_s"), ({"rate": 1, "duration_s": 5}, "duration_s"),
+    ({"rate": 100_000, "duration_s": 600}, "duration_s"), ({"search_steps": 13}, "search_steps"),
+])
+def test_settings_out_of_bounds_name_the_field(values: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        BenchmarkSettings.model_validate(values)
+    assert caught.value.errors()[0]["loc"] == (field,)
+
+
+def test_bodies_are_what_tritonclient_sends() -> None:
+    import tritonclient.http as triton
+
+    for body in request_bodies(SIGNATURE, None, rows=2, count=3):
+        sent = json.loads(body)
+        (tensor,) = sent["inputs"]
+        array = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        expected = triton.InferInput("input", [2, 4], "FP32")
+        expected.set_data_from_numpy(array, binary_data=False)
+        triton_body, _ = triton.InferenceServerClient.generate_request_body([expected])
+        assert sent == json.loads(triton_body)
+
+
+def test_bodies_follow_the_reference_profile() -> None:
+    profile = {"version": 1, "features": [
+        {"name": f"f{i}", "kind": "numeric", "edges": [10.0 * i, 10.0 * i + 1], "counts": [5],
+         "count": 5, "missing": 0, "min": 10.0 * i, "max": 10.0 * i + 1, "sample": []}
+        for i in range(4)]}
+    for body in request_bodies(SIGNATURE, profile, count=8):
+        values = json.loads(body)["inputs"][0]["data"]
+        assert all(10 * i <= v <= 10 * i + 1 for i, v in enumerate(values))
+
+
+def _server(capacity: float):
+    """A fake server: p99 10 ms below ``capacity`` req/s, 1 s above it."""
+    def measure(rate: float) -> LoadResult:
+        result = LoadResult(rate, 1.0, elapsed_s=1.0)
+        n = int(rate)
+        result.latencies_s = [0.010 if rate <= capacity else 1.0] * n
+        return result
+    return measure
+
+
+def test_the_rate_search_doubles_then_bisects() -> None:
+    best, steps = search_rate(_server(300), 50, p99_target_ms=50, steps=6)
+    assert [s.rate for s in steps] == [50, 100, 200, 400, 300, 350]
+    assert best == 300 and [s.held for s in steps] == [True, True, True, False, True, False]
+
+
+def test_the_rate_search_halves_when_the_first_rate_breaks() -> None:
+    best, steps = search_rate(_server(30), 100, p99_target_ms=50, steps=3)
+    assert [s.rate for s in steps] == [100, 50, 25] and best == 25
+
+
+def test_nvidia_smi_memory_of_one_process() -> None:
+    output = "1234, 2048\n99, 10\n1234, 512\n"
+    assert parse_nvidia_smi(output, 1234) == (2048 + 512) * 1024 * 1024
+    assert parse_nvidia_smi(output, 5) is None
+
+
+def test_scratch_applications_are_never_endpoints() -> None:
+    name = endpoint_app_name(benchmark_endpoint_name(7, "0123456789abcdef"))
+    assert name == "endpoint-_bench-01234567-7"
+    assert is_benchmark_app(name) and is_benchmark_app(f"{name}-v3")
+    assert not is_endpoint_app(name) and not is_endpoint_app(f"{name}-v3")
+    assert is_endpoint_app("endpoint-iris") and not is_benchmark_app("endpoint-iris")
+
+
+def test_the_reconciler_sweep_leaves_a_benchmark_alone(db) -> None:
+    from control_plane.reconciler import Reconciler, ServeApp
+
+    class Backend:
+        def __init__(self) -> None:
+            self.apps = {"endpoint-_bench-5": ServeApp("RUNNING"), "endpoint-gone": ServeApp("RUNNING")}
+            self.deleted: list[str] = []
+
+        def applications(self) -> dict:
+            return dict(self.apps)
+
+        def deploy(self, *args: object) -> None: ...
+
+        def delete(self, name: str) -> None:
+            self.deleted.append(name)
+
+        def post_routes(self, *args: object) -> bool:
+            return True
+
+    backend = Backend()
+    Reconciler(db, backend, base_url="http://127.0.0.1:1").reconcile()
+    assert backend.deleted == ["endpoint-gone"]
