@@ -368,6 +368,15 @@ class Client:
     def end_run(self, run_id: str, status: RunStatus | str = RunStatus.FINISHED) -> RunOut:
         return self._send("PATCH", f"/runs/{run_id}", RunUpdate(status=RunStatus(status)), RunOut)
 
+    def report_training_submission(self, job_id: str, *, experiment: str, model: str,
+                                   address: str = "") -> None:
+        """Tell the control plane a training job was submitted (``training.submitted``)."""
+        from control_plane.schemas import TrainingSubmission
+
+        body = TrainingSubmission(job_id=job_id, experiment=experiment, model=model,
+                                  address=address)
+        self._request("POST", "/training/submissions", json=body.model_dump(mode="json"))
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> RunOut:
         return self._send("POST", f"/runs/{run_id}/params", ParamsUpdate(params=params), RunOut)
 

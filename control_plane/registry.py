@@ -24,6 +24,8 @@ from control_plane.errors import (
     PermissionDeniedError,
     StageTransitionError,
 )
+from control_plane.notifications import sources as events
+from control_plane.notifications.service import notify_on_commit
 from control_plane.onnx_check import check_signature, signature_of
 from control_plane.schemas import (
     AliasSet,
@@ -194,6 +196,13 @@ class Registry:
             )
             session.add(row)
             session.flush()
+            # Sent once this transaction commits (never for a registration rolled back).
+            notify_on_commit(session, events.version_registered(
+                name, row.version, actor=actor.name, run_id=row.run_id,
+                description=spec.description))
+            if ModelPolicy.model_validate(model.policy).require_approval_for_production:
+                notify_on_commit(session, events.approval_needed(
+                    name, row.version, why=f"model {name!r} requires an approval before production"))
             return _version_out(session, model, row)
 
     def get_version(self, name: str, version: int) -> VersionOut:
@@ -260,6 +269,8 @@ class Registry:
             model = _model(session, name)
             row = _version(session, model, version)
             mark_rejected(row, reason)
+            notify_on_commit(session, events.version_rejected(name, version, reason=reason,
+                                                              actor=actor.name))
             return _version_out(session, model, row)
 
     # ------------------------------------------------------------ aliases
@@ -328,6 +339,9 @@ class Registry:
                 )
             )
             row.stage = spec.stage.value
+            notify_on_commit(session, events.stage_changed(
+                name, version, from_stage=current.value, to_stage=spec.stage.value,
+                actor=actor.name, reason=spec.reason or ""))
             return _version_out(session, model, row)
 
     def approve(
@@ -355,6 +369,9 @@ class Registry:
             )
             session.add(approval)
             session.flush()
+            notify_on_commit(session, events.approval_decided(
+                name, version, decision=spec.decision, approver=actor.name,
+                comment=spec.comment or ""))
             return _approval_out(model, row, approval)
 
     def list_approvals(self, name: str, version: int) -> list[ApprovalOut]:

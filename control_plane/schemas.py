@@ -273,6 +273,15 @@ class RunUpdate(Wire):
     status: RunStatus
 
 
+class TrainingSubmission(Wire):
+    """A training job handed to Ray (``modelplane train submit``), for the notifications."""
+
+    job_id: str = Field(min_length=1, max_length=128, description="Ray's submission id.")
+    experiment: Name
+    model: Name = Field(description="The registry model the job will register a version of.")
+    address: str = Field("", max_length=2000, description="Ray's job API the job went to.")
+
+
 class MetricPoint(Wire):
     key: str = Field(min_length=1, max_length=128)
     value: Finite

@@ -42,6 +42,8 @@ class ControlPlane:
     alerts: Any = None
     # control_plane.benchmarking.Benchmarks: version benchmarks on scratch replicas.
     benchmarks: Any = None
+    # control_plane.notifications.NotificationService: every event to the alert receivers.
+    notifications: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -78,6 +80,11 @@ class ControlPlane:
         from control_plane.benchmarking import Benchmarks
 
         plane.benchmarks = Benchmarks(plane)
+        from control_plane.notifications import NotificationService
+
+        # Installed for the process: the registry, rollouts and tracking call notify().
+        plane.notifications = NotificationService(plane.alerts.notifier,
+                                                  base_url=settings.url).install()
         plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
                                            apply=plane.apply, alert=plane.raise_alert)
         return plane
@@ -142,6 +149,8 @@ class ControlPlane:
 
     def close(self) -> None:
         self._stop.set()
+        if self.notifications is not None:
+            self.notifications.uninstall()
         if self.alerts is not None:
             self.alerts.stop()
         self.db.dispose()

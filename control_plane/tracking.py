@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from control_plane.artifacts import ArtifactStore
 from control_plane.auth import TRAINING, Principal
 from control_plane.errors import AlreadyExistsError, ConflictError, NotFoundError
+from control_plane.notifications.service import notify_on_commit
+from control_plane.notifications.sources import training_ended
 from control_plane.schemas import (
     ExperimentCreate,
     ExperimentOut,
@@ -128,10 +130,14 @@ class Tracker:
                 raise ConflictError(
                     f"run {run_id} already ended as {row.status}", detail={"field": "status"}
                 )
+            ended = row.status == RunStatus.RUNNING.value and spec.status != RunStatus.RUNNING
             row.status = spec.status.value
             if spec.status != RunStatus.RUNNING and row.end_time is None:
                 row.end_time = datetime.now(UTC)
-            return _run_out(session, row)
+            out = _run_out(session, row)
+            if ended:  # a training job's run ending is its job's outcome
+                notify_on_commit(session, training_ended(out, out.experiment))
+            return out
 
     def log_params(self, run_id: str, spec: ParamsUpdate, actor: Principal) -> RunOut:
         actor.require(Role.DEPLOYER, also=TRAINING)

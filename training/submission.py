@@ -176,6 +176,7 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
         revoke_job_token(token.name)  # no job will ever use it
         raise
     echo(f"submitted job {job_id} to {client.address} (experiment {spec.experiment.name})")
+    _report_submitted(job_id, spec, client.address)
     if not wait:
         echo(f"follow it with: modelplane train logs {job_id} --follow")
         return Submission(job_id, client.address)
@@ -192,6 +193,23 @@ def submit_resolved(client: JobClient, spec: Any, env: dict[str, str], *, submis
     """Hand a resolved spec to Ray in a fresh working directory (the control plane's own
     submissions, such as a pipeline's training stage, which have no spec file)."""
     return _submit(client, Path(SPEC_NAME), spec, None, env, submission_id, metadata)
+
+
+def _report_submitted(job_id: str, spec: Any, address: str) -> None:
+    """Tell the control plane (best effort: the job runs whether it hears or not), so the
+    receivers that chose ``training.submitted`` are notified."""
+    import logging
+
+    from control_plane.client import Client
+    from modelplane.errors import ModelplaneError
+
+    try:
+        with Client() as api:
+            api.report_training_submission(job_id, experiment=spec.experiment.name,
+                                           model=spec.model_name, address=address)
+    except (ModelplaneError, OSError) as error:
+        logging.getLogger(__name__).warning("the control plane was not told of job %s: %s",
+                                            job_id, error)
 
 
 def _submit(client: JobClient, path: Path, spec: Any, working_dir: str | os.PathLike[str] | None,

@@ -6,6 +6,10 @@ or down delays nobody else: it is retried with exponential backoff, and when its
 is full new notifications for it are dropped and counted rather than held without bound.
 Retries happen on transport errors, 429 and 5xx; any other 4xx means the receiver refuses
 the payload, and trying again would not change its mind.
+
+Besides alerts, the channels carry the control plane's other events
+(:mod:`control_plane.notifications`): a receiver gets only the kinds its ``events``
+select, rendered in its ``format`` on its own thread.
 """
 
 from __future__ import annotations
@@ -17,13 +21,24 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from control_plane.alerts.schemas import ReceiverSpec
 
 log = logging.getLogger("modelplane.alerts")
 QUEUE_LIMIT = 1000
 PAYLOAD_VERSION = 1
+
+
+class Deliverable(Protocol):
+    """What a channel delivers: an alert's notification or another event."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def render(self, format: str) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -33,9 +48,25 @@ class Notification:
     status: str  # "firing" or "resolved"
     alert: dict[str, Any]
 
+    @property
+    def kind(self) -> str:
+        return f"alert.{self.status}"
+
     def payload(self) -> dict[str, Any]:
         return {"version": PAYLOAD_VERSION, "status": self.status, "alert": self.alert,
                 "sent_at": datetime.now(UTC).isoformat()}
+
+    def render(self, format: str) -> dict[str, Any]:
+        """The body for a receiver of ``format``: ``json`` is :meth:`payload`, unchanged."""
+        if format == "slack":
+            from control_plane.notifications.formats import slack_message
+            from control_plane.notifications.sources import alert_event
+
+            return slack_message(alert_event(self.status, self.alert))
+        return self.payload()
+
+    def describe(self) -> str:
+        return f"{self.alert.get('name')} {self.status}"
 
 
 class WebhookChannel:
@@ -46,14 +77,18 @@ class WebhookChannel:
 
         self.spec = spec
         self.counters: Counter[str] = Counter()
-        self._queue: queue.Queue[Notification | None] = queue.Queue(maxsize=QUEUE_LIMIT)
+        self._queue: queue.Queue[Deliverable | None] = queue.Queue(maxsize=QUEUE_LIMIT)
         self._stop = threading.Event()
         self._http = httpx.Client(timeout=spec.timeout_s, follow_redirects=False)
         self._thread = threading.Thread(target=self._run, name=f"alert-webhook-{spec.name}",
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, notification: Notification) -> None:
+    def accepts(self, kind: str) -> bool:
+        """Whether this receiver chose events of ``kind``."""
+        return self.spec.accepts(kind)
+
+    def submit(self, notification: Deliverable) -> None:
         try:
             self._queue.put_nowait(notification)
         except queue.Full:
@@ -76,11 +111,16 @@ class WebhookChannel:
                 return
             self._deliver(notification)
 
-    def _deliver(self, notification: Notification) -> None:
+    def _deliver(self, notification: Deliverable) -> None:
         import httpx
 
         spec = self.spec
-        payload = notification.payload()
+        try:
+            payload = notification.render(spec.format)
+        except Exception:  # a payload that cannot be built is dropped, not retried
+            self.counters["failed"] += 1
+            log.exception("webhook %s: could not render %s", spec.name, notification.describe())
+            return
         problem = ""
         for attempt in range(spec.max_attempts):
             if attempt:
@@ -100,8 +140,8 @@ class WebhookChannel:
             if response.status_code < 500 and response.status_code != 429:
                 break
         self.counters["failed"] += 1
-        log.warning("webhook %s could not be notified of %s %s (%s)", spec.name,
-                    notification.alert.get("name"), notification.status, problem)
+        log.warning("webhook %s could not be notified of %s (%s)", spec.name,
+                    notification.describe(), problem)
 
 
 class Notifier:
@@ -132,10 +172,15 @@ class Notifier:
         log.log(level, "alert %s %s [%s] %s %s", alert.get("name"), notification.status,
                 alert.get("severity"), alert.get("labels"), alert.get("summary"))
         self.counters[notification.status] += 1
+        self.deliver(notification)
+
+    def deliver(self, item: Deliverable) -> None:
+        """Queue ``item`` for every receiver that chose its kind; never blocks or raises."""
         with self._lock:
             channels = list(self._channels.values())
         for channel in channels:
-            channel.submit(notification)
+            if channel.accepts(item.kind):
+                channel.submit(item)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per receiver: notifications sent, failed, dropped and retries."""

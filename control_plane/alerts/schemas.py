@@ -6,6 +6,10 @@ takes::
     receivers:
       - name: ops
         url: https://hooks.example.com/modelplane
+      - name: ml-team                # a Slack incoming webhook
+        url: https://hooks.slack.com/services/T000/B000/XXXX
+        format: slack
+        events: ["alert.*", "rollout.*", "registry.approval_needed"]
     rules:
       - name: input-drift
         metric: drift            # see `modelplane alerts rules --metrics`
@@ -24,10 +28,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from control_plane.notifications.events import DEFAULT_EVENTS, check_pattern, matches
 from control_plane.schemas import Finite, Name, Wire
 
 Comparison = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
+ReceiverFormat = Literal["json", "slack"]
 LabelMap = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]],
                      Field(max_length=32)]
 
@@ -87,7 +93,8 @@ class AlertRuleOut(AlertRuleSpec):
 
 
 class ReceiverSpec(Wire):
-    """A webhook: every firing and resolved alert is POSTed to ``url`` as JSON."""
+    """A webhook: the events it chose (by default every firing and resolved alert) are
+    POSTed to ``url`` in its format."""
 
     name: Name
     url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2000)
@@ -95,6 +102,23 @@ class ReceiverSpec(Wire):
     max_attempts: int = Field(4, ge=1, le=10, description="Tries per notification.")
     backoff_s: float = Field(0.5, ge=0, le=60, description="First retry delay; doubles each try.")
     enabled: bool = True
+    events: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=lambda: list(DEFAULT_EVENTS), min_length=1, max_length=64, description=(
+            "Event kinds sent to this receiver: a kind (`rollout.rolled_back`), a group "
+            "(`alert.*`, `training.*`, `registry.*`, `rollout.*`, `pipeline.*`) or `*` for "
+            "all. Default: alerts only."))
+    format: ReceiverFormat = Field("json", description=(
+        "`json`: the alert payload as ever for alerts, a versioned event document for the "
+        "rest; `slack`: a Slack Block Kit message (for an incoming webhook)."))
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(check_pattern(p) for p in value))
+
+    def accepts(self, kind: str) -> bool:
+        """Whether an event of ``kind`` is sent to this receiver."""
+        return matches(self.events, kind)
 
 
 class ReceiverOut(ReceiverSpec):

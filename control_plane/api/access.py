@@ -130,6 +130,7 @@ ROUTE_ACCESS: dict[str, Access] = {
     "POST /runs/{run_id}/metrics": TRAIN,
     "GET /runs/{run_id}/metrics/{key}": READ,
     "POST /runs/{run_id}/artifacts": TRAIN,
+    "POST /training/submissions": DEPLOY,
     # Serving.
     "GET /endpoints": READ,
     "POST /endpoints": DEPLOY,

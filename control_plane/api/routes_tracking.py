@@ -15,12 +15,14 @@ from control_plane.schemas import (
     MetricOut,
     Page,
     ParamsUpdate,
+    Role,
     RunArtifactCreate,
     RunArtifactOut,
     RunComparison,
     RunCreate,
     RunOut,
     RunUpdate,
+    TrainingSubmission,
 )
 
 router = APIRouter(tags=["tracking"])
@@ -88,3 +90,15 @@ def metric_history(run_id: str, key: str, cp: CP, _: Reader) -> list[MetricOut]:
 @router.post("/runs/{run_id}/artifacts", response_model=RunArtifactOut, status_code=201)
 def log_artifact(run_id: str, body: RunArtifactCreate, cp: CP, actor: Writer) -> RunArtifactOut:
     return cp.tracker.log_artifact(run_id, body, actor)
+
+
+@router.post("/training/submissions", status_code=202)
+def training_submitted(body: TrainingSubmission, cp: CP, actor: Writer) -> dict[str, str]:
+    """Record that a training job was submitted to Ray: notified as ``training.submitted``."""
+    from control_plane.notifications.service import notify
+    from control_plane.notifications.sources import training_submitted as submitted
+
+    actor.require(Role.DEPLOYER)
+    notify(submitted(body.job_id, experiment=body.experiment, model=body.model,
+                     address=body.address, actor=actor.name))
+    return {"status": "accepted"}

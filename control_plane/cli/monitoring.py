@@ -1,4 +1,4 @@
-"""``modelplane monitor ENDPOINT`` and ``modelplane alerts list|rules|history|apply|delete``."""
+"""``modelplane monitor ENDPOINT`` and ``modelplane alerts list|rules|receivers|history|apply|delete``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 
 from control_plane.cli.output import JsonOption, UrlOption, client, emit, fmt, print_table
 
-alerts_app = typer.Typer(help="Alerts on the monitoring signals: active alerts, rules, history.",
+alerts_app = typer.Typer(help="Alerts on the monitoring signals: active alerts, rules, history, "
+                         "and the webhook receivers of alerts and other events.",
                          no_args_is_help=True)
 
 
@@ -44,6 +45,17 @@ def rules(
         [[r.name, f"{r.metric} {r.comparison} {r.threshold:g}", f"{r.window_s:g}s", f"{r.for_s:g}s",
           f"{r.every_s:g}s", r.severity, _scope(r), "yes" if r.enabled else "no"] for r in found],
         footer="" if found else "no rules; add some with `modelplane alerts apply rules.yaml`"))
+
+
+@alerts_app.command("receivers")
+def receivers(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
+    """Webhook receivers: where each posts, which events it gets and in which format (admin)."""
+    found = client(url).alert_receivers()
+    emit(as_json, found, lambda: print_table(
+        "receivers", ["receiver", "url", "format", "events", "tries", "enabled"],
+        [[r.name, r.url, r.format, ", ".join(r.events), r.max_attempts,
+          "yes" if r.enabled else "no"] for r in found],
+        footer="" if found else "no receivers; add some with `modelplane alerts apply rules.yaml`"))
 
 
 @alerts_app.command("history")
@@ -81,7 +93,8 @@ def apply(
     api = client(url)
     for receiver in declared.receivers:
         api.put_alert_receiver(receiver)
-        typer.echo(f"receiver {receiver.name}: {receiver.url}")
+        typer.echo(f"receiver {receiver.name}: {receiver.url} ({receiver.format}; "
+                   f"{', '.join(receiver.events)})")
     for rule in declared.rules:
         api.put_alert_rule(rule)
         typer.echo(f"rule {rule.name}: {rule.metric} {rule.comparison} {rule.threshold:g}")

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from control_plane.auth import Principal
 from control_plane.deployments import Routes
 from control_plane.errors import ConflictError, NotFoundError
+from control_plane.notifications.sources import rollout_transition
 from control_plane.observability import json_safe
 from control_plane.rollouts.plan import Step, Strategy, plan_steps
 from control_plane.rollouts.schemas import RolloutCreate, RolloutOut, StepOut
@@ -38,6 +39,7 @@ def transition(session: Session, row: RolloutRow, target: RolloutState, actor: s
                             detail={"field": "state"})
     event(session, row, "transition", actor, reason, data or {}, from_state=current, to_state=target)
     row.state, row.reason, row.updated_at = target.value, reason, datetime.now(UTC)
+    rollout_transition(session, row, current, target, actor, reason)  # notified on commit
 
 
 def event(session: Session, row: RolloutRow, kind: str, actor: str, reason: str,
