@@ -564,6 +564,57 @@ class Client:
             self._send("PUT", f"/endpoints/{endpoint}/rollout-policy",
                        RolloutPolicy.model_validate(policy), RolloutPolicy)
 
+    # ------------------------------------------------------------ pipelines
+
+    def apply_pipeline(self, spec: Any) -> Any:
+        """Create or replace a pipeline (a ``PipelineSpec`` or its document)."""
+        from control_plane.pipelines.records import PipelineOut
+        from control_plane.pipelines.spec import PipelineSpec, parse_pipeline_spec
+
+        body = spec if isinstance(spec, PipelineSpec) else parse_pipeline_spec(spec)
+        return self._send("PUT", f"/pipelines/{body.name}", body, PipelineOut)
+
+    def list_pipelines(self) -> list[Any]:
+        from control_plane.pipelines.records import PipelineOut
+
+        return [PipelineOut.model_validate(p) for p in self._request("GET", "/pipelines").json()]
+
+    def get_pipeline(self, name: str) -> Any:
+        from control_plane.pipelines.records import PipelineOut
+
+        return self._get(f"/pipelines/{name}", PipelineOut)
+
+    def delete_pipeline(self, name: str) -> None:
+        self._request("DELETE", f"/pipelines/{name}")
+
+    def start_pipeline_run(self, name: str, reason: str = "") -> Any:
+        from control_plane.pipelines.records import PipelineRunCreate, PipelineRunOut
+
+        return self._send("POST", f"/pipelines/{name}/runs", PipelineRunCreate(reason=reason),
+                          PipelineRunOut)
+
+    def pipeline_run(self, name: str, number: int | None = None) -> Any:
+        """Run ``number`` of ``name``, or its latest."""
+        from control_plane.pipelines.records import PipelineRunOut
+
+        return self._get(f"/pipelines/{name}/runs/{number if number is not None else 'latest'}",
+                         PipelineRunOut)
+
+    def pipeline_runs(self, name: str, *, limit: int = 50) -> list[Any]:
+        from control_plane.pipelines.records import PipelineRunOut
+
+        return [PipelineRunOut.model_validate(r) for r in
+                self._request("GET", f"/pipelines/{name}/runs", params={"limit": limit}).json()]
+
+    def pipeline_logs(self, name: str, number: int) -> str:
+        return str(self._request("GET", f"/pipelines/{name}/runs/{number}/logs").json()["text"])
+
+    def cancel_pipeline_run(self, name: str, reason: str = "") -> Any:
+        from control_plane.pipelines.records import PipelineRunOut
+
+        return self._send("POST", f"/pipelines/{name}/cancel", RolloutAction(reason=reason),
+                          PipelineRunOut)
+
     # ------------------------------------------------------------ tokens
 
     def create_token(

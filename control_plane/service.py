@@ -42,6 +42,8 @@ class ControlPlane:
     alerts: Any = None
     # control_plane.benchmarking.Benchmarks: version benchmarks on scratch replicas.
     benchmarks: Any = None
+    # control_plane.pipelines.Pipelines: pipelines, their runs and the loop that moves them.
+    pipelines: Any = None
     # control_plane.notifications.NotificationService: every event to the alert receivers.
     notifications: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -77,16 +79,19 @@ class ControlPlane:
             alerts=AlertService(db),
             store_id=store_identity(db),
         )
-        from control_plane.benchmarking import Benchmarks
-
-        plane.benchmarks = Benchmarks(plane)
         from control_plane.notifications import NotificationService
 
         # Installed for the process: the registry, rollouts and tracking call notify().
         plane.notifications = NotificationService(plane.alerts.notifier,
                                                   base_url=settings.url).install()
+        from control_plane.benchmarking import Benchmarks
+
+        plane.benchmarks = Benchmarks(plane)
         plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
                                            apply=plane.apply, alert=plane.raise_alert)
+        from control_plane.pipelines.wiring import build_pipelines
+
+        plane.pipelines = build_pipelines(plane)
         return plane
 
     def attach_serve(self, *, interval_s: float = 10.0) -> None:
@@ -108,6 +113,7 @@ class ControlPlane:
         # Ticks are cheap (one indexed query when nothing is active); each rollout is
         # analysed at its own interval, so a short tick only bounds reaction time.
         self._every(0.25, self.rollouts.tick, "rollout-controller")
+        self._every(1.0, self.pipelines.tick, "pipelines")
         self.start_alerts()
 
     def start_alerts(self) -> None:

@@ -72,6 +72,9 @@ def _register_groups() -> None:
 
     app.command("monitor")(monitoring.monitor)
     app.add_typer(monitoring.alerts_app, name="alerts")
+    from control_plane.cli import pipelines
+
+    app.add_typer(pipelines.app, name="pipeline")
 
 
 _register_groups()

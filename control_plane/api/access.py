@@ -151,6 +151,17 @@ ROUTE_ACCESS: dict[str, Access] = {
     "GET /endpoints/{name}/rollout-policy": READ,
     "PUT /endpoints/{name}/rollout-policy": DEPLOY,
     "DELETE /endpoints/{name}/rollout-policy": DEPLOY,
+    # Pipelines: a run trains, registers and deploys, so starting one is a deployer's act.
+    "PUT /pipelines/{name}": DEPLOY,
+    "GET /pipelines": READ,
+    "GET /pipelines/{name}": READ,
+    "DELETE /pipelines/{name}": DEPLOY,
+    "POST /pipelines/{name}/runs": DEPLOY,
+    "GET /pipelines/{name}/runs": READ,
+    "GET /pipelines/{name}/runs/latest": READ,
+    "GET /pipelines/{name}/runs/{number}": READ,
+    "GET /pipelines/{name}/runs/{number}/logs": READ,
+    "POST /pipelines/{name}/cancel": DEPLOY,
     # Monitoring and alerts; receivers are admin-only, reads included (webhook URLs
     # often carry a secret).
     "GET /endpoints/{name}/monitoring": READ,

@@ -13,6 +13,7 @@ from control_plane.api import (
     routes_admin,
     routes_benchmarks,
     routes_monitoring,
+    routes_pipelines,
     routes_registry,
     routes_rollouts,
     routes_serving,
@@ -46,6 +47,7 @@ def build_api(cp: ControlPlane) -> FastAPI:
     app.include_router(routes_rollouts.router)
     app.include_router(routes_monitoring.router)
     app.include_router(routes_benchmarks.router)
+    app.include_router(routes_pipelines.router)
     return app
 
 

@@ -100,3 +100,7 @@ class PipelineRunCreate(Wire):
     """``POST /api/pipelines/{name}/runs``: start a run by hand."""
 
     reason: str = Field("", max_length=2000)
+
+
+class PipelineLogsOut(Wire):
+    text: str = Field(description="Each stage's state and reason, then the training job's output.")

@@ -148,6 +148,25 @@ class Pipelines:
                                    .order_by(PipelineRunRow.number.desc()).limit(limit)).all()
             return [_run_out(row) for row in rows]
 
+    def logs(self, name: str, number: int | None = None) -> str:
+        """A run's stages with their reasons, then what each stage can show of its own
+        work (the training job's output)."""
+        run = self.run(name, number)
+        lines = [f"pipeline {run.pipeline} run #{run.number}: {run.state.value}"
+                 + (f" ({run.reason})" if run.reason else "")]
+        for stage in run.stages:
+            lines.append(f"  {stage.name:<14} {stage.state.value:<9} {stage.reason}".rstrip())
+        for stage in run.stages:
+            show = getattr(self.stages.get(stage.name), "logs", None)
+            if show is not None and stage.state is not StageState.PENDING:
+                try:
+                    text = show(stage)
+                except Exception as error:  # the logs are a courtesy: say why they are missing
+                    text = f"(cannot read them: {getattr(error, 'message', error)})"
+                if text:
+                    lines += ["", f"--- {stage.name} ---", text.rstrip()]
+        return "\n".join(lines) + "\n"
+
     def cancel(self, name: str, actor: Principal, reason: str = "") -> PipelineRunOut:
         """Cancel the run under way: its stage's work is stopped (a job, a rollout)."""
         actor.require(Role.DEPLOYER)

@@ -15,7 +15,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from control_plane.benchmarking.schemas import BenchmarkSettings
 from control_plane.errors import InvalidInputError
+from control_plane.pipelines.data_validation import DataExpectations
+from control_plane.pipelines.evaluation import EvaluationGates
 from control_plane.rollouts.schemas import RolloutTemplate
 from control_plane.schemas import Name, Wire
 
@@ -49,25 +52,31 @@ class TrainingStage(Wire):
 class DataStage(Wire):
     """Where the new data is and what it must look like (control_plane.pipelines.data_validation)."""
 
-    uri: str = Field(min_length=1, max_length=2000, description="The dataset the job trains on.")
-    expectations: dict[str, Any] = Field(default_factory=dict)
+    uri: str = Field(min_length=1, max_length=2000, description=(
+        "The dataset the job trains on: a file path or fsspec URI (CSV, Parquet), or "
+        "sklearn://breast_cancer|digits|wine|diabetes."))
+    expectations: DataExpectations = Field(default_factory=DataExpectations)
 
 
 class EvaluateStage(Wire):
     """Held-out metrics against thresholds and against the champion (control_plane.pipelines.evaluation)."""
 
     data_uri: str | None = Field(None, description="Held-out rows; default: the data stage's uri.")
-    gates: dict[str, Any] = Field(default_factory=dict)
+    gates: EvaluationGates = Field(default_factory=EvaluationGates)
 
 
-class BenchmarkStage(Wire):
-    """The candidate served on a scratch replica and measured under a short load."""
+class BenchmarkStage(BenchmarkSettings):
+    """The candidate and the champion each served on a scratch replica and measured under
+    the same short load (control_plane.benchmarking); the endpoint's serving settings are
+    used where it exists."""
 
-    rate: Annotated[float, Field(gt=0, le=100_000)] = 50.0
-    duration_s: Annotated[float, Field(gt=0, le=600)] = 5.0
-    p99_target_ms: Annotated[float, Field(gt=0, le=60_000)] = 50.0
     max_slowdown: Annotated[float, Field(ge=1, le=100)] = Field(
         1.5, description="The candidate's p99 over the champion's, at most.")
+
+    def measurement(self, endpoint: str | None) -> BenchmarkSettings:
+        """The benchmark's own settings, copying ``endpoint``'s serving settings."""
+        document = self.model_dump(exclude={"max_slowdown"})
+        return BenchmarkSettings.model_validate({**document, "endpoint": self.endpoint or endpoint})
 
 
 class ApproveStage(Wire):

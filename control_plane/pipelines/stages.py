@@ -134,6 +134,13 @@ class TrainStage:
             "job_id": job_id, "status": status, "run_id": run_id,
             "model": context.spec.model_name, "version": version})
 
+    def logs(self, record: StageRecord) -> str:
+        """The job's output, once it was submitted."""
+        job_id = record.progress.get("submission_id")
+        if not job_id or not record.progress.get("submitted"):
+            return ""
+        return str(self._job_client().logs(str(job_id)))
+
     def cancel(self, context: StageContext) -> None:
         job_id = context.record.progress.get("submission_id")
         if job_id:
@@ -197,7 +204,27 @@ class TrainStage:
 def _default_job_client() -> Any:
     from training.submission import JobClient
 
-    return JobClient()
+    return JobClient(_cluster_dashboard())
+
+
+def _cluster_dashboard() -> str | None:
+    """The job API of the cluster this process belongs to, as the cluster itself records
+    it (the control plane runs on it, so no setting is needed); None: ask the usual places."""
+    try:
+        import ray
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        if not ray.is_initialized():
+            return None
+        address = _internal_kv_get(ray_constants.DASHBOARD_ADDRESS,
+                                   namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
+    except Exception:  # no Ray here, or an older one: the configured address is used
+        return None
+    if not address:
+        return None
+    text = address.decode() if isinstance(address, bytes) else str(address)
+    return text if text.startswith(("http://", "https://")) else f"http://{text}"
 
 
 def _last_line(text: str) -> str:

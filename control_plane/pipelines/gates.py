@@ -1,0 +1,236 @@
+"""The stages that judge before anything takes traffic: the data, and the candidate against
+the champion on held-out rows. Each runs in one pass and stores its whole report.
+
+The champion is the version taking the most traffic on the pipeline's endpoint now; a
+pipeline whose endpoint serves nothing yet has none, and its first candidate is held to
+the absolute thresholds alone (the report says so).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from control_plane.pipelines.records import StageState
+from control_plane.pipelines.stages import Outcome, StageContext
+
+
+def champion(services: Any, endpoint: str, model: str) -> Any | None:
+    """The version of ``model`` taking the most traffic on ``endpoint``, or None."""
+    from control_plane.errors import NotFoundError
+
+    try:
+        current = services.deployments.get(endpoint)
+    except NotFoundError:
+        return None
+    live = [route for route in current.routes if route.weight > 0 and not route.shadow]
+    if not live or current.model != model:
+        return None
+    return services.registry.get_version(model, max(live, key=lambda r: r.weight).version)
+
+
+class ValidateDataStage:
+    """Schema, missing values, ranges, categories, row count, and drift of the new data
+    against the champion's reference profile (:mod:`control_plane.pipelines.data_validation`)."""
+
+    name = "validate_data"
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    def advance(self, context: StageContext) -> Outcome:
+        from control_plane.pipelines.data_validation import load_dataset, validate_data
+
+        data = context.spec.data
+        if data is None:
+            return Outcome(StageState.SKIPPED, reason="no data section in the spec")
+        table = load_dataset(data.uri)
+        best = champion(self.services, context.spec.deploy.endpoint, context.spec.model_name)
+        profile = best.manifest.reference_profile if best is not None else None
+        target = _target_column(context)
+        features = [c for c in table.columns if c != target]
+        # Without a champion's profile there is nothing to judge drift against: skipped.
+        report = validate_data(table[features], data.expectations, profile)
+        inputs = {"uri": data.uri, "digest": report.digest, "rows": report.rows,
+                  "reference": f"{best.model}:{best.version}" if best is not None and profile else None}
+        outputs = {"digest": report.digest, "rows": report.rows,
+                   "drifted": len(report.drift.drifted) if report.drift else 0,
+                   "report": report.model_dump(mode="json")}
+        if not report.passed:
+            return Outcome(StageState.FAILED, outputs=outputs, inputs=inputs, reason=report.reason)
+        return Outcome(StageState.PASSED, outputs=outputs, inputs=inputs)
+
+    def cancel(self, context: StageContext) -> None:
+        return None
+
+
+def _target_column(context: StageContext) -> str:
+    """The label column: the job spec's for a file, ``target`` for a bundled dataset."""
+    from training.schemas import JobSpec
+
+    return JobSpec.model_validate(context.spec.training.job).data.target or "target"
+
+
+class EvaluateStage:
+    """Held-out metrics against thresholds and against the champion scored on the same
+    rows, with a paired test (:mod:`control_plane.pipelines.evaluation`).
+
+    The held-out rows are ``evaluate.data_uri`` when given; otherwise the rows the
+    training job itself held out (its spec's split and seed), which the candidate never
+    trained on."""
+
+    name = "evaluate"
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    def advance(self, context: StageContext) -> Outcome:
+        from control_plane.pipelines.evaluation import evaluate
+
+        settings = context.spec.evaluate
+        if settings is None:
+            return Outcome(StageState.SKIPPED, reason="no evaluate section in the spec")
+        candidate = context.candidate
+        if candidate is None:
+            return Outcome(StageState.FAILED, reason="the training stage registered no version")
+        model, number = candidate
+        version = self.services.registry.get_version(model, number)
+        features, truth, source = self._held_out(context, version.manifest)
+        best = champion(self.services, context.spec.deploy.endpoint, model)
+        if best is not None and best.version == number:
+            best = None  # the candidate already serves: nothing to compare it with
+        read = self.services.artifacts.read_bytes
+        report = evaluate(read(version.artifact_digest),
+                          read(best.artifact_digest) if best is not None else None,
+                          features, truth, version.manifest, settings.gates,
+                          champion_manifest=best.manifest if best is not None else None)
+        inputs = {"rows": report.rows, "held_out": source,
+                  "champion": f"{best.model}:{best.version}" if best is not None else None}
+        outputs = {"metric": report.metric, "candidate": report.candidate,
+                   "champion": report.champion, "report": report.model_dump(mode="json")}
+        if not report.passed:
+            return Outcome(StageState.FAILED, outputs=outputs, inputs=inputs, reason=report.reason)
+        return Outcome(StageState.PASSED, outputs=outputs, inputs=inputs)
+
+    def cancel(self, context: StageContext) -> None:
+        return None
+
+    @staticmethod
+    def _held_out(context: StageContext, manifest: Any) -> tuple[Any, Any, str]:
+        settings = context.spec.evaluate
+        assert settings is not None
+        if settings.data_uri is not None:
+            from control_plane.pipelines.data_validation import load_dataset
+            from control_plane.pipelines.evaluation import features_and_target
+
+            features, truth = features_and_target(load_dataset(settings.data_uri), manifest,
+                                                  target=_target_column(context))
+            return features, truth, settings.data_uri
+        from training.data import load_dataset as load_training_data
+        from training.data import split_dataset
+        from training.schemas import JobSpec
+
+        job = JobSpec.model_validate(context.spec.training.job)
+        split = split_dataset(load_training_data(job.data, job.task),
+                              validation_split=job.data.validation_split, seed=job.data.seed)
+        return split.x_val, split.y_val, (f"the training job's own held-out rows "
+                                          f"({job.data.validation_split:g} of the data, seed {job.data.seed})")
+
+
+class BenchmarkStage:
+    """The candidate, then the champion, each on a scratch replica with the same settings
+    (:mod:`control_plane.benchmarking`), so the two are measured alike and at the same
+    time; the candidate fails when its p99 exceeds the champion's by more than
+    ``benchmark.max_slowdown``. The figures stay on each version (``models show``)."""
+
+    name = "benchmark"
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    def advance(self, context: StageContext) -> Outcome:
+        from control_plane.pipelines.stages import pipeline_principal
+
+        settings = context.spec.benchmark
+        if settings is None:
+            return Outcome(StageState.SKIPPED, reason="no benchmark section in the spec")
+        candidate = context.candidate
+        if candidate is None:
+            return Outcome(StageState.FAILED, reason="the training stage registered no version")
+        model, number = candidate
+        progress = dict(context.record.progress)
+        best = champion(self.services, context.spec.deploy.endpoint, model)
+        order = [("candidate", number)] + ([("champion", best.version)]
+                                           if best is not None and best.version != number else [])
+        measured: dict[str, Any] = {}
+        for role, version in order:
+            key = f"{role}_benchmark"
+            if key not in progress:
+                started = self.services.benchmarks.start(
+                    model, version, self._settings(context), pipeline_principal(context.run.pipeline))
+                progress[key] = started.id
+                return Outcome(StageState.RUNNING, progress=progress,
+                               outputs={key: started.id, "measuring": f"{model}:{version}"})
+            record = self.services.benchmarks.get(model, version, int(progress[key]))
+            if record.status == "running":
+                if _overdue(record, settings, context.now):
+                    return Outcome(StageState.FAILED, progress=progress, reason=(
+                        f"the benchmark of {model}:{version} (#{record.id}) never finished; "
+                        "the control plane may have restarted during it"))
+                return Outcome(StageState.RUNNING, progress=progress,
+                               outputs={"measuring": f"{model}:{version}", "step": record.progress})
+            if record.status != "succeeded" or record.figures is None:
+                return Outcome(StageState.FAILED, progress=progress,
+                               reason=f"the benchmark of {model}:{version} failed: {record.error}")
+            measured[role] = record.figures
+        return self._judge(measured, settings.max_slowdown, model, number,
+                           best.version if "champion" in measured else None, progress)
+
+    def cancel(self, context: StageContext) -> None:
+        return None  # a scratch replica is removed by its own benchmark when it ends
+
+    def _settings(self, context: StageContext) -> Any:
+        from control_plane.errors import NotFoundError
+
+        settings = context.spec.benchmark
+        assert settings is not None
+        endpoint = context.spec.deploy.endpoint
+        try:
+            self.services.deployments.get(endpoint)
+        except NotFoundError:
+            endpoint = None  # a first version: a fresh endpoint's settings
+        return settings.measurement(endpoint)
+
+    @staticmethod
+    def _judge(measured: dict[str, Any], max_slowdown: float, model: str, number: int,
+               champion_version: int | None, progress: dict[str, Any]) -> Outcome:
+        cand = measured["candidate"]
+        outputs: dict[str, Any] = {
+            "candidate": _figures(cand), "benchmark_id": progress["candidate_benchmark"]}
+        if "champion" not in measured:
+            return Outcome(StageState.PASSED, progress=progress, outputs=outputs,
+                           reason="no champion to compare with: figures recorded")
+        champ = measured["champion"]
+        outputs["champion"] = _figures(champ)
+        ratio = cand.latency_ms.p99 / champ.latency_ms.p99 if champ.latency_ms.p99 else None
+        outputs["p99_ratio"] = ratio
+        if ratio is not None and ratio > max_slowdown:
+            return Outcome(StageState.FAILED, progress=progress, outputs=outputs, reason=(
+                f"{model}:{number} answers at p99 {cand.latency_ms.p99:.2f} ms, {ratio:.2f}x "
+                f"the champion {model}:{champion_version}'s {champ.latency_ms.p99:.2f} ms "
+                f"(benchmark.max_slowdown {max_slowdown:g})"))
+        return Outcome(StageState.PASSED, progress=progress, outputs=outputs)
+
+
+def _figures(figures: Any) -> dict[str, Any]:
+    return {"p50_ms": figures.latency_ms.p50, "p95_ms": figures.latency_ms.p95,
+            "p99_ms": figures.latency_ms.p99, "achieved_rps": figures.achieved_rps,
+            "max_rate_within_p99": figures.max_rate_within_p99,
+            "cpu_ms_per_request": figures.cpu_ms_per_request,
+            "memory_rss_mb": figures.memory_rss_mb, "errors": figures.errors}
+
+
+def _overdue(record: Any, settings: Any, now: Any) -> bool:
+    """Longer than the benchmark could take: its load, its search, the model's load."""
+    allowed = settings.timeout_s + settings.duration_s * 2 + settings.step_seconds * (
+        settings.search_steps + 1) + 120
+    return (now - record.started_at).total_seconds() > allowed

@@ -1,0 +1,205 @@
+"""Each gate stops a run at its own stage, naming the cause, with no later stage run: the
+real data, evaluation, approval and deploy stages on a real store and real ONNX models
+(the training job is replaced by a stage that hands over a registered version)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from control_plane.deployments import Deployments
+from control_plane.pipelines.gates import BenchmarkStage, EvaluateStage, ValidateDataStage
+from control_plane.pipelines.records import RunState, StageState
+from control_plane.pipelines.service import Pipelines
+from control_plane.pipelines.spec import parse_pipeline_spec
+from control_plane.pipelines.stages import ApproveStage, DeployStage, Outcome, StageContext
+from control_plane.registry import Registry
+from control_plane.rollouts.controller import RolloutController
+from control_plane.schemas import DeployRequest, ModelManifest, VersionCreate
+from serving.monitoring.profiles import build_reference_profile
+from tests.unit.control_plane.conftest import ALICE, BOB
+from tests.unit.pipelines.test_evaluation import linear_model
+
+EXAMPLES = Path(__file__).parents[3] / "examples"
+
+
+@pytest.fixture(scope="module")
+def cancer() -> SimpleNamespace:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+
+    data = load_breast_cancer(as_frame=True)
+    frame = data.frame
+    x = data.data.to_numpy()
+    mean, std = x.mean(axis=0), x.std(axis=0)
+
+    def model(columns: list[int]) -> bytes:
+        fitted = LogisticRegression(max_iter=2000).fit(((x - mean) / std)[:, columns], data.target)
+        weights = np.zeros((30, 2))
+        weights[columns, 1] = fitted.coef_[0] / std[columns]  # the scaling inside the graph
+        bias = np.array([0.0, fitted.intercept_[0] - float((mean[columns] * weights[columns, 1]).sum())])
+        return linear_model(weights, bias, softmax=True)
+
+    profile = build_reference_profile(x, feature_names=list(data.feature_names), sample_size=256)
+    manifest = ModelManifest.model_validate({
+        "signature": {"inputs": [{"name": "input", "dtype": "float32", "shape": [None, 30]}],
+                      "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [None, 2]}]},
+        "task": "classification", "class_labels": [str(n) for n in data.target_names],
+        "reference_profile": profile})
+    return SimpleNamespace(frame=frame, strong=model(list(range(30))), weak=model([1]), manifest=manifest)
+
+
+class HandOver:
+    """The training stage, replaced: it passes with a version registered beforehand."""
+
+    name = "train"
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.calls = 0
+
+    def advance(self, context: StageContext) -> Outcome:
+        self.calls += 1
+        return Outcome(StageState.PASSED, outputs={"model": "bc", "version": self.version})
+
+    def cancel(self, context: StageContext) -> None:
+        return None
+
+
+class World:
+    def __init__(self, registry: Registry, cancer: SimpleNamespace, tmp_path: Path) -> None:
+        self.registry, self.cancer, self.tmp_path = registry, cancer, tmp_path
+        self.deployments = Deployments(registry.db, registry, base_url="http://cp:8000")
+        self.rollouts = RolloutController(registry.db, registry, self.deployments,
+                                          stats=lambda endpoint, window: {})
+        self.train = HandOver()
+        services = SimpleNamespace(db=registry.db, registry=registry, artifacts=registry.artifacts,
+                                   deployments=self.deployments, rollouts=self.rollouts,
+                                   apply=lambda endpoint=None: None)
+        self.stages: dict[str, Any] = {
+            "validate_data": ValidateDataStage(services), "train": self.train,
+            "evaluate": EvaluateStage(services), "benchmark": BenchmarkStage(services),
+            "approve": ApproveStage(services), "deploy": DeployStage(services)}
+        self.pipelines = Pipelines(registry.db, self.stages)
+        self.register(cancer.strong)  # v1, the champion
+        self.deployments.deploy(DeployRequest(endpoint="bc", model_ref="bc:1"), ALICE)
+
+    def register(self, onnx: bytes) -> int:
+        info = self.registry.artifacts.put([onnx])
+        return self.registry.register_version(
+            "bc", VersionCreate(artifact_digest=info.digest, manifest=self.cancer.manifest), ALICE).version
+
+    def run(self, frame: pd.DataFrame, candidate: bytes, **spec: Any) -> Any:
+        path = self.tmp_path / f"data-{len(list(self.tmp_path.iterdir()))}.csv"
+        frame.to_csv(path, index=False)
+        self.train.version = self.register(candidate)
+        job = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+        job["registration"]["model_name"] = "bc"
+        document = {"name": "bc", "training": {"job": job},
+                    "data": {"uri": str(path), "expectations": {
+                        "min_rows": 400, "drift": {"test": "auto", "alpha": 0.01}}},
+                    "evaluate": {"gates": {"min_accuracy": 0.9, "max_regression": 0.02}},
+                    "approve": {"mode": "never"},
+                    "deploy": {"endpoint": "bc", "rollout": {"steps": [50, 100]}}, **spec}
+        self.pipelines.apply(parse_pipeline_spec(document), ALICE)
+        started = self.pipelines.start_run("bc", ALICE)
+        for _ in range(40):
+            run = self.pipelines.run("bc", started.number)
+            if run.state.terminal or "rollout_id" in run.stages[-1].outputs:
+                return run
+            self.pipelines.tick()
+        return self.pipelines.run("bc", started.number)
+
+
+@pytest.fixture
+def world(registry: Registry, cancer: SimpleNamespace, tmp_path: Path) -> World:
+    return World(registry, cancer, tmp_path)
+
+
+def states(run: Any) -> dict[str, StageState]:
+    return {s.name: s.state for s in run.stages}
+
+
+def test_a_dropped_column_stops_the_run_at_validate_data(world: World) -> None:
+    run = world.run(world.cancer.frame.drop(columns=["mean radius"]), world.cancer.strong)
+    assert run.state is RunState.FAILED and "'mean radius' is missing" in run.reason
+    assert states(run)["validate_data"] is StageState.FAILED
+    assert set(list(states(run).values())[1:]) == {StageState.SKIPPED} and world.train.calls == 0
+
+
+def test_a_shifted_feature_stops_the_run_at_validate_data(world: World) -> None:
+    shifted = world.cancer.frame.copy()
+    shifted["worst area"] += 3 * shifted["worst area"].std()
+    run = world.run(shifted, world.cancer.strong)
+    assert run.state is RunState.FAILED and "'worst area' drifted" in run.reason
+    assert run.stages[0].inputs["reference"] == "bc:1" and world.train.calls == 0
+
+
+def test_a_candidate_worse_than_the_champion_stops_at_evaluate(world: World) -> None:
+    run = world.run(world.cancer.frame, world.cancer.weak)
+    assert run.state is RunState.FAILED and states(run)["evaluate"] is StageState.FAILED
+    assert "accuracy" in run.reason and run.stages[2].inputs["champion"] == "bc:1"
+    report = run.stages[2].outputs["report"]
+    assert report["comparison"]["p_value"] < 0.05  # McNemar says the gap is real
+    assert states(run)["deploy"] is StageState.SKIPPED and world.rollouts.list(endpoint="bc") == []
+
+
+def test_a_rollout_that_rolls_back_fails_the_run_at_deploy(world: World) -> None:
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    assert states(run)["evaluate"] is StageState.PASSED and states(run)["deploy"] is StageState.RUNNING
+    rollout_id = run.stages[-1].outputs["rollout_id"]
+    world.rollouts.tick()  # pending → its first step
+    world.rollouts.rollback(rollout_id, BOB, "error rate 12% on the canary")
+    world.pipelines.tick()
+    run = world.pipelines.run("bc", run.number)
+    assert run.state is RunState.FAILED and "rolled_back" in run.reason
+    assert "error rate 12% on the canary" in run.reason
+    assert len(world.rollouts.list(endpoint="bc")) == 1
+
+
+def test_a_promoted_rollout_ends_the_run_succeeded(world: World) -> None:
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    world.rollouts.tick()
+    world.rollouts.promote(run.stages[-1].outputs["rollout_id"], BOB, "looks good")
+    world.pipelines.tick()
+    world.pipelines.tick()
+    run = world.pipelines.run("bc", run.number)
+    assert run.state is RunState.SUCCEEDED, [(s.name, s.state, s.reason) for s in run.stages]
+
+
+def test_a_candidate_slower_than_the_champion_stops_at_benchmark(world: World) -> None:
+    class Figures(SimpleNamespace):
+        pass
+
+    def figures(p99: float) -> Any:
+        return Figures(latency_ms=SimpleNamespace(p50=p99 / 2, p95=p99 * 0.9, p99=p99),
+                       achieved_rps=50.0, max_rate_within_p99=100.0, cpu_ms_per_request=1.0,
+                       memory_rss_mb=200.0, errors=0)
+
+    class Measured:
+        """Benchmarks as control_plane.benchmarking records them, the candidate 3x slower."""
+
+        def __init__(self) -> None:
+            self.started: list[int] = []
+
+        def start(self, model: str, version: int, settings: Any, actor: Any) -> Any:
+            self.started.append(version)
+            return SimpleNamespace(id=len(self.started))
+
+        def get(self, model: str, version: int, benchmark_id: int) -> Any:
+            return SimpleNamespace(id=benchmark_id, status="succeeded", error="",
+                                   figures=figures(30.0 if version != 1 else 10.0))
+
+    measured = Measured()
+    world.stages["benchmark"].services.benchmarks = measured
+    run = world.run(world.cancer.frame, world.cancer.strong,
+                    benchmark={"rate": 20, "duration_s": 2, "max_slowdown": 1.5})
+    assert run.state is RunState.FAILED and states(run)["benchmark"] is StageState.FAILED
+    assert "3.00x the champion bc:1" in run.reason and measured.started == [2, 1]
+    assert states(run)["deploy"] is StageState.SKIPPED
