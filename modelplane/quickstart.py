@@ -5,18 +5,21 @@
 3. serve it;
 4. send live traffic with Locust in the background, plus labelled requests whose ground
    truth is fed back, so online accuracy is measured;
-5. train version 2 with other hyperparameters: the endpoint follows the ``challenger``
-   alias, so a canary rollout starts on its own, is analysed and promoted;
-6. train a deliberately bad version 3, on a copy of the data whose labels were shuffled
-   (a broken join upstream): its canary fails the online-accuracy gate and is rolled back
-   automatically, with the reason recorded;
-7. shift one feature of the live traffic: the drift alert fires and names it.
+5. run the pipeline for version 2 (other hyperparameters): the data is validated, the job
+   trains, the candidate is evaluated against the champion and benchmarked beside it,
+   then canaried under live traffic and promoted; each stage prints as it passes;
+6. run it again on a copy of the data whose labels were shuffled (a broken join
+   upstream): version 3 is stopped at the evaluate stage and never takes traffic;
+7. shift one feature of the live traffic: the drift alert fires and names it, and the
+   pipeline, watching for drift alerts, retrains on the latest (shifted) data by itself:
+   version 4 is validated, canaried and promoted.
 
 Then it prints where to look. The platform keeps running; ``modelplane down`` stops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -39,7 +42,7 @@ from modelplane.settings import Settings, get_settings
 MODEL = "breast-cancer"
 ENDPOINT = "breast-cancer"
 EXPERIMENT = "quickstart"
-TRACKED_ALIAS = "challenger"
+PIPELINE = "breast-cancer"
 DRIFT_RULE = "breast-cancer-input-drift"
 DRIFT_FEATURE = 0  # "mean radius"
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "benchmarks" / "locustfile.py"
@@ -60,12 +63,16 @@ class Pace:
     window_s: float
     min_samples: int
     min_labels: int
+    benchmark_s: float
+    search_steps: int
 
     @classmethod
     def for_run(cls, short: bool) -> Pace:
         if short:
-            return cls(epochs=8, step_s=4, interval_s=1, window_s=8, min_samples=15, min_labels=8)
-        return cls(epochs=25, step_s=10, interval_s=2, window_s=15, min_samples=30, min_labels=12)
+            return cls(epochs=8, step_s=4, interval_s=1, window_s=8, min_samples=15, min_labels=8,
+                       benchmark_s=2, search_steps=0)
+        return cls(epochs=25, step_s=10, interval_s=2, window_s=15, min_samples=30, min_labels=12,
+                   benchmark_s=5, search_steps=3)
 
 
 def run_quickstart(*, short: bool = False) -> None:
@@ -95,13 +102,17 @@ class Story:
             first = self.train(1, "baseline", hidden=[16], learning_rate=0.003, epochs=self.pace.epochs)
             self.serve(first)
             self.start_traffic()
-            second = self.train(2, "wider", hidden=[64, 32], learning_rate=0.003,
-                                epochs=self.pace.epochs)
-            self.follow_rollout(second, expect="succeeded")
-            third = self.train(3, "trained on shuffled labels (deliberately bad)",
-                               hidden=[64, 32], learning_rate=0.003, epochs=self.pace.epochs,
-                               data=self._shuffled_labels())
-            self.follow_rollout(third, expect="rolled_back")
+            self.step("pipeline run for version 2", "wider network: validate data, train, "
+                      "evaluate, benchmark, canary")
+            self.apply_pipeline(self._data_file("breast-cancer.csv"), "wider", hidden=[64, 32])
+            self.follow_run(self.client.start_pipeline_run(PIPELINE, "wider network").number,
+                            expect="succeeded")
+            self.step("pipeline run for version 3", "trained on shuffled labels (a broken "
+                      "upstream join)")
+            self.apply_pipeline(self._data_file("breast-cancer-shuffled-labels.csv", shuffle=True),
+                                "trained on shuffled labels", hidden=[64, 32])
+            self.follow_run(self.client.start_pipeline_run(PIPELINE, "shuffled labels").number,
+                            expect="failed")
             self.drift()
         finally:
             self.stop_traffic()
@@ -160,6 +171,9 @@ class Story:
         from serving.names import endpoint_route_prefix
 
         self.step(f"serve {MODEL}:{version}", f"at {endpoint_route_prefix(ENDPOINT)}")
+        if any(p.name == PIPELINE for p in self.client.list_pipelines()):
+            with contextlib.suppress(ModelplaneError):  # a run left by an interrupted story
+                self.client.cancel_pipeline_run(PIPELINE, "quickstart restarted")
         if any(e.name == ENDPOINT for e in self.client.list_endpoints()):
             for rollout in self.client.list_rollouts(endpoint=ENDPOINT, active=True):
                 self.client.rollout_action(rollout.id, "abort", "quickstart restarted")
@@ -167,17 +181,7 @@ class Story:
         self.client.deploy(ENDPOINT, f"{MODEL}:{version}", scaling={"num_cpus": 0.25})
         with self.console.status("  loading the model on Serve …"):
             wait_serving(self.settings.url, ENDPOINT, version)
-        template = {
-            "strategy": "canary", "steps": [25, 50, 100], "step_duration_s": self.pace.step_s,
-            "drain_s": 2,
-            "analysis": {"interval_s": self.pace.interval_s, "window_s": self.pace.window_s,
-                         "min_samples": self.pace.min_samples, "max_error_rate": 0.01,
-                         "max_p95_ms": 500, "max_p95_ratio": None, "min_accuracy": 0.85,
-                         "min_labels": self.pace.min_labels,
-                         "failures_to_rollback": 2}}
-        self.client.set_rollout_policy(ENDPOINT, {"track_alias": TRACKED_ALIAS, "template": template})
-        self.console.print(f"  serving; moving @{TRACKED_ALIAS} onto a new version starts a canary "
-                           "(25% → 50% → 100%), gated on errors, p95 and online accuracy")
+        self.console.print("  serving; new versions arrive through the pipeline")
 
     def start_traffic(self) -> None:
         from sklearn.datasets import load_breast_cancer
@@ -197,53 +201,108 @@ class Story:
             raise QuickstartError(f"no traffic reached {ENDPOINT}; see {self.work / 'locust.log'}")
         self.console.print(f"  {answered} requests in the last 10 s; Locust log {self.work / 'locust.log'}")
 
-    def follow_rollout(self, version: int, *, expect: str) -> None:
+    def apply_pipeline(self, data: Path, label: str, *, hidden: list[int],
+                       on_drift_alert: bool = False) -> None:
+        """Define (or update) the pipeline: this data, this network, the gates and the canary."""
+        pace = self.pace
+        template = {
+            "strategy": "canary", "steps": [25, 50, 100], "step_duration_s": pace.step_s,
+            "drain_s": 2,
+            "analysis": {"interval_s": pace.interval_s, "window_s": pace.window_s,
+                         "min_samples": pace.min_samples, "max_error_rate": 0.01,
+                         "max_p95_ms": 500, "max_p95_ratio": None, "min_accuracy": 0.85,
+                         "min_labels": pace.min_labels, "failures_to_rollback": 2}}
+        job = _job_spec(label, hidden, 0.003, pace.epochs, {"path": str(data), "target": "target"})
+        self.client.apply_pipeline({
+            "name": PIPELINE,
+            "description": "retrain, gate and roll out the breast cancer classifier",
+            "data": {"uri": str(data), "expectations": {
+                "min_rows": 400, "max_missing_rate": 0.0,
+                # One feature in ten may move (a retraining after drift); more stops the run.
+                "drift": {"test": "auto", "alpha": 0.01, "max_drifted_share": 0.1}}},
+            "training": {"job": job, "timeout_s": 1800},
+            "evaluate": {"gates": {"min_accuracy": 0.9, "max_regression": 0.02}},
+            # A shared laptop's p99 is noisy: the gate here only catches gross slowdowns.
+            "benchmark": {"rate": 20, "duration_s": pace.benchmark_s, "p99_target_ms": 200,
+                          "search_steps": pace.search_steps, "max_slowdown": 5.0},
+            "approve": {"mode": "policy"},
+            "deploy": {"endpoint": ENDPOINT, "rollout": template},
+            "triggers": {"on_drift_alert": on_drift_alert, "cooldown_s": 10},
+        })
+
+    def follow_run(self, number: int, *, expect: str) -> Any:
+        """Print each stage as it ends (the canary live while it runs) until the run ends."""
+        shown: set[str] = set()
+        deadline = time.monotonic() + 1800
+        with self.console.status(f"  run #{number} …") as status:
+            while time.monotonic() < deadline:
+                run = self.client.pipeline_run(PIPELINE, number)
+                for stage in run.stages:
+                    if stage.state.done and stage.name not in shown:
+                        shown.add(stage.name)
+                        self.console.print(f"  {_stage_line(stage)}")
+                    elif stage.state.value == "running":
+                        status.update(f"  {stage.name} …")
+                        rollout_id = stage.outputs.get("rollout_id")
+                        if stage.name == "deploy" and rollout_id:
+                            status.stop()
+                            self.watch_rollout(int(rollout_id))
+                            status.start()
+                if run.state.terminal:
+                    break
+                time.sleep(0.5)
+        if run.state.value != expect:
+            raise QuickstartError(
+                f"pipeline run #{number} ended {run.state.value} ({run.reason}), expected "
+                f"{expect}; `modelplane pipeline status {PIPELINE} --run {number}` shows each stage")
+        if expect == "succeeded":
+            champion = self.client.resolve(f"{MODEL}@champion")
+            self.console.print(f"  [green]promoted[/green]: {MODEL}@champion → version "
+                               f"{champion.version}, stage {champion.stage.value}")
+        else:
+            self.console.print(f"  [red]stopped[/red]: {run.reason}; it never took traffic")
+        return run
+
+    def watch_rollout(self, rollout_id: int) -> None:
         from rich.live import Live
 
         from control_plane.cli.rollouts import rollout_view
 
-        self.console.print(f"  @{TRACKED_ALIAS} → {MODEL}:{version}: the endpoint starts a rollout")
-        rollout = _wait(lambda: next((r for r in self.client.list_rollouts(endpoint=ENDPOINT, limit=1)
-                                      if r.candidate_version == version), None),
-                        60, f"a rollout of version {version}")
         with Live(console=self.console, refresh_per_second=4) as live:
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
-                rollout = self.client.get_rollout(rollout.id)
+                rollout = self.client.get_rollout(rollout_id)
                 stats = self.client.endpoint_stats(ENDPOINT, window_s=self.pace.window_s)["versions"]
                 live.update(rollout_view(rollout, self.client.get_endpoint(ENDPOINT), stats))
                 if rollout.state.terminal:
                     break
                 time.sleep(0.5)
         self.console.print()
-        if rollout.state.value != expect:
-            raise QuickstartError(
-                f"rollout #{rollout.id} of version {version} ended {rollout.state.value} "
-                f"({rollout.reason}), expected {expect}; `modelplane rollout history "
-                f"{rollout.id}` shows every decision")
-        if expect == "succeeded":
-            champion = self.client.resolve(f"{MODEL}@champion")
-            self.console.print(f"  [green]promoted[/green]: {MODEL}@champion → version "
-                               f"{champion.version}, stage {champion.stage.value}")
-        else:
-            rejected = self.client.get_version(MODEL, version)
-            reason = rollout.reason.removeprefix("automatic rollback: ")
-            self.console.print(f"  [red]rolled back automatically[/red]: {reason}")
-            self.console.print(f"  {MODEL}:{version} is {rejected.status}; the stable version "
-                               "took 100% back and a RolloutRolledBack alert was raised")
 
     def drift(self) -> None:
         from sklearn.datasets import load_breast_cancer
 
         feature = str(load_breast_cancer().feature_names[DRIFT_FEATURE])
-        self.step("drifted traffic", f"Locust now adds 3 standard deviations to {feature!r}")
+        self.step("drifted traffic", f"Locust now adds 3 standard deviations to {feature!r}; the "
+                  "pipeline retrains on drift alerts")
+        latest = self._data_file("breast-cancer-latest.csv", shift=3.0)
+        self.apply_pipeline(latest, "retrained on the latest data", hidden=[64, 32],
+                            on_drift_alert=True)
         self._stop_locust()
         self.locust = self._start_locust(self.work / "rows.npy", drift=3.0)
+        if self.feedback is not None:
+            self.feedback.shift(DRIFT_FEATURE, 3.0)
         with self.console.status("  waiting for the Monitor's drift verdict and the alert …"):
             alert = _wait(lambda: next((a for a in self.client.alerts()
                                         if a.name == DRIFT_RULE and a.state == "firing"), None),
                           180, "the drift alert to fire")
         self.console.print(f"  [yellow]alert firing[/yellow] {alert.name}: {alert.summary}")
+        run = _wait(lambda: next((r for r in self.client.pipeline_runs(PIPELINE, limit=1)
+                                  if r.trigger.value == "alert"), None),
+                    120, "the pipeline to start on the drift alert")
+        self.console.print(f"  the pipeline started run #{run.number} by itself "
+                           f"({run.trigger_detail.get('reason', 'drift alert')})")
+        self.follow_run(run.number, expect="succeeded")
 
     def where_to_look(self) -> None:
         from serving.names import endpoint_url
@@ -262,10 +321,13 @@ class Story:
                           f"tc.InferenceServerClient('{grpc_host}').infer('{ENDPOINT}', inputs)")
         console.print(f"  metrics      {url}/api/metrics")
         console.print(f"  monitor      modelplane monitor {ENDPOINT}")
+        console.print(f"  pipeline     modelplane pipeline history {PIPELINE}; "
+                      f"modelplane pipeline status {PIPELINE} --run 2")
         console.print(f"  rollouts     modelplane rollout list --endpoint {ENDPOINT}; "
                       f"modelplane rollout history {ENDPOINT}")
         console.print("  alerts       modelplane alerts list; modelplane alerts history")
-        console.print(f"  registry     modelplane models show {MODEL}; modelplane experiments runs {EXPERIMENT}")
+        console.print(f"  registry     modelplane models show {MODEL} (each version's benchmark); "
+                      f"modelplane experiments runs {EXPERIMENT}")
         if self.dashboard:
             console.print(f"  Ray          {self.dashboard}  (modelplane train list)")
         console.print("  stop         modelplane down")
@@ -277,15 +339,20 @@ class Story:
         self.steps += 1
         self.console.print(f"\n[bold]{self.steps}. {title}[/bold] — {detail}")
 
-    def _shuffled_labels(self) -> dict[str, Any]:
-        """The training data with its labels shuffled: what a broken upstream join produces."""
+    def _data_file(self, name: str, *, shuffle: bool = False, shift: float = 0.0) -> Path:
+        """The breast cancer data as a CSV file: as shipped, with its labels shuffled (what a
+        broken upstream join produces), or with the drift feature moved by ``shift`` std."""
         from sklearn.datasets import load_breast_cancer
 
         frame = load_breast_cancer(as_frame=True).frame
-        frame["target"] = np.random.default_rng(3).permutation(frame["target"].to_numpy())
-        path = self.work / "breast-cancer-shuffled-labels.csv"
+        if shuffle:
+            frame["target"] = np.random.default_rng(3).permutation(frame["target"].to_numpy())
+        if shift:
+            column = frame.columns[DRIFT_FEATURE]
+            frame[column] += shift * frame[column].std()
+        path = self.work / name
         frame.to_csv(path, index=False)
-        return {"path": str(path), "target": "target"}
+        return path
 
     def _latest_version(self) -> int | None:
         from control_plane.errors import NotFoundError
@@ -337,6 +404,12 @@ class LabelledTraffic(threading.Thread):
         self._stop_event.set()
         self.join(10)
 
+    def shift(self, feature: int, n_std: float) -> None:
+        """Move one feature of the rows sent from now on, as the rest of the traffic moved."""
+        rows = self.rows.copy()
+        rows[:, feature] += n_std * rows[:, feature].std()
+        self.rows = rows  # one assignment: the sending thread sees the old rows or the new
+
     def run(self) -> None:
         import httpx
 
@@ -371,8 +444,33 @@ def _job_spec(label: str, hidden: list[int], learning_rate: float, epochs: int,
                             "batch_size": 32, "epochs": epochs},
         "resources": {"num_workers": 2, "cpus_per_worker": 0.5},
         "early_stopping": {"metric": "val_loss", "patience": 5},
-        "registration": {"model_name": MODEL, "alias": TRACKED_ALIAS, "description": label},
+        "registration": {"model_name": MODEL, "description": label},
     }
+
+
+def _stage_line(stage: Any) -> str:
+    """One pipeline stage as the story tells it: its state and what it found."""
+    out = stage.outputs
+    found = {
+        "validate_data": lambda: f"{out.get('rows')} rows, {out.get('drifted', 0)} features drifted",
+        "train": lambda: f"job {out.get('job_id')} registered {out.get('model')}:{out.get('version')}",
+        "evaluate": lambda: ", ".join(
+            f"{who} {out[who][out['metric']]:.3f}" for who in ("candidate", "champion")
+            if out.get(who)) + f" {out.get('metric', '')}",
+        "benchmark": lambda: ", ".join(
+            f"{who} p99 {out[who]['p99_ms']:.2f} ms" for who in ("candidate", "champion")
+            if out.get(who)),
+        "deploy": lambda: f"rollout #{out['rollout_id']} {out.get('state')}" if "rollout_id" in out
+        else str(out.get("deployed", "")),
+    }
+    colour = {"passed": "green", "failed": "red"}.get(stage.state.value, "dim")
+    detail = stage.reason if stage.state.value in ("failed", "skipped") or not out else ""
+    if not detail and stage.name in found:
+        try:
+            detail = found[stage.name]()
+        except (KeyError, TypeError):
+            detail = ""
+    return f"[{colour}]{stage.name:<13} {stage.state.value:<8}[/{colour}] {detail}".rstrip()
 
 
 def _is_story_line(line: str) -> bool:

@@ -71,9 +71,13 @@ def show(
     print_fields(model.name, {"owner": model.owner, "description": model.description,
                               "tags": model.tags, "policy": model.policy.model_dump(),
                               "aliases": model.aliases})
-    print_table("versions", ["version", "stage", "status", "aliases", "created_by", "created_at"],
-                [[v.version, v.stage, v.status, v.aliases, v.created_by, v.created_at]
-                 for v in versions.items])
+    # The newest versions' latest benchmarks: one read each, so only for the most recent.
+    measured = {v.version: api.latest_benchmark(ref, v.version)
+                for v in sorted(versions.items, key=lambda v: -v.version)[:BENCHMARKS_SHOWN]}
+    print_table("versions", ["version", "stage", "status", "aliases", "created_by", "created_at",
+                             "benchmark (p50 / p99 ms, CPU ms/req)"],
+                [[v.version, v.stage, v.status, v.aliases, v.created_by, v.created_at,
+                  _benchmark_cell(measured.get(v.version))] for v in versions.items])
 
 
 @app.command()
@@ -190,6 +194,16 @@ def lineage(
                         for d in result.deployments],
         "approvals": [f"{a.decision} by {a.approver}" for a in result.approvals],
     }))
+
+
+BENCHMARKS_SHOWN = 20
+
+
+def _benchmark_cell(found: object) -> str:
+    if found is None:
+        return "-"
+    f = found.figures  # type: ignore[attr-defined]
+    return f"{f.latency_ms.p50:.2f} / {f.latency_ms.p99:.2f}, {f.cpu_ms_per_request:.2f}"
 
 
 def _benchmark_line(found: object) -> str | None:

@@ -8,6 +8,7 @@ the absolute thresholds alone (the report says so).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from control_plane.pipelines.records import StageState
@@ -26,6 +27,22 @@ def champion(services: Any, endpoint: str, model: str) -> Any | None:
     if not live or current.model != model:
         return None
     return services.registry.get_version(model, max(live, key=lambda r: r.weight).version)
+
+
+def reject(services: Any, context: StageContext, reason: str) -> None:
+    """Mark the candidate rejected with the gate's reason, so nobody deploys it by hand
+    (a rolled-back rollout does the same); a second rejection changes nothing."""
+    from control_plane.errors import ConflictError
+    from control_plane.pipelines.stages import pipeline_principal
+
+    candidate = context.candidate
+    if candidate is None:
+        return
+    model, number = candidate
+    why = f"pipeline {context.run.pipeline} run #{context.run.number}, {context.record.name}: {reason}"
+    with contextlib.suppress(ConflictError):  # already rejected
+        services.registry.reject_version(model, number, why[:2000],
+                                         pipeline_principal(context.run.pipeline))
 
 
 class ValidateDataStage:
@@ -108,6 +125,7 @@ class EvaluateStage:
         outputs = {"metric": report.metric, "candidate": report.candidate,
                    "champion": report.champion, "report": report.model_dump(mode="json")}
         if not report.passed:
+            reject(self.services, context, report.reason)
             return Outcome(StageState.FAILED, outputs=outputs, inputs=inputs, reason=report.reason)
         return Outcome(StageState.PASSED, outputs=outputs, inputs=inputs)
 
@@ -182,8 +200,11 @@ class BenchmarkStage:
                 return Outcome(StageState.FAILED, progress=progress,
                                reason=f"the benchmark of {model}:{version} failed: {record.error}")
             measured[role] = record.figures
-        return self._judge(measured, settings.max_slowdown, model, number,
-                           best.version if "champion" in measured else None, progress)
+        outcome = self._judge(measured, settings.max_slowdown, model, number,
+                              best.version if "champion" in measured else None, progress)
+        if outcome.state is StageState.FAILED:
+            reject(self.services, context, outcome.reason)
+        return outcome
 
     def cancel(self, context: StageContext) -> None:
         return None  # a scratch replica is removed by its own benchmark when it ends

@@ -22,6 +22,11 @@ from control_plane.store import Database
 from tests.conftest import free_port
 
 
+def _client_env(root: Path, port: int) -> dict[str, str]:
+    return {"MODELPLANE_HOME": str(root / ".modelplane"),
+            "MODELPLANE_URL": f"http://127.0.0.1:{port}"}
+
+
 def test_quickstart_tells_the_whole_story() -> None:
     root = Path(tempfile.mkdtemp(prefix="mpq"))  # short: Ray's socket paths live under it
     port = free_port()
@@ -35,17 +40,27 @@ def test_quickstart_tells_the_whole_story() -> None:
         out = result.stdout
         assert result.returncode == 0, out[-4000:] + result.stderr[-4000:]
         for promised in ("registered breast-cancer:1", "registered breast-cancer:2",
-                         "registered breast-cancer:3", "promoted", "rolled back automatically",
-                         "alert firing", "modelplane down"):
+                         "registered breast-cancer:3", "registered breast-cancer:4", "promoted",
+                         "it never took traffic", "alert firing", "started run #3 by itself",
+                         "modelplane down"):
             assert promised in out, promised
+        # The pipeline's stages print as they pass, and the shuffled labels stop at evaluate.
+        for stage in ("validate_data", "train", "evaluate", "benchmark", "approve", "deploy"):
+            assert re.search(rf"^\s+{stage}\s+(passed|skipped)", out, flags=re.MULTILINE), stage
+        assert re.search(r"^\s+evaluate\s+failed", out, flags=re.MULTILINE)
         # Every step numbered once, in order; Ray's own notes stay out of the story.
         assert re.findall(r"^(\d+)\. ", out, flags=re.MULTILINE) == [str(n) for n in range(1, 8)]
         assert "(raylet)" not in out + result.stderr
         metrics = httpx.get(f"http://127.0.0.1:{port}/api/metrics", timeout=30).text
         served = set(re.findall(r'endpoint="breast-cancer",version="(\d+)"', metrics))
         # The champion's figures; the Monitor forgets versions once the endpoint stops
-        # serving them (1 drained after the promotion, 3 after its rollback).
-        assert "2" in served, served
+        # serving them (1 and 2 drained after their successors' promotions).
+        assert "4" in served, served
+        shown = subprocess.run([sys.executable, "-m", "modelplane.cli", "models", "show",
+                                "breast-cancer"], cwd=root, env={**env, **_client_env(root, port)},
+                               capture_output=True, text=True, timeout=60)
+        cells = re.findall(r"\d+\.\d+ / \d+\.\d+, \d+\.\d+", shown.stdout)
+        assert len(cells) >= 3, shown.stdout  # the figures of 1, 2 and 4 (3 was never served)
     finally:
         subprocess.run([sys.executable, "-m", "modelplane.cli", "down"], cwd=root, env=env,
                        capture_output=True, timeout=180)
@@ -54,23 +69,30 @@ def test_quickstart_tells_the_whole_story() -> None:
     try:
         registry = Registry(db, ArtifactStore(str(home / "artifacts"), max_bytes=1 << 30))
         champion = registry.resolve("breast-cancer@champion")
-        assert champion.version == 2 and champion.stage.value == "production"
+        assert champion.version == 4 and champion.stage.value == "production"
         assert champion.manifest.lineage.run_id
-        assert registry.get_version("breast-cancer", 1).stage.value == "archived"
+        assert champion.manifest.lineage.dataset_uri.endswith("breast-cancer-latest.csv")
+        assert registry.get_version("breast-cancer", 2).stage.value == "archived"
         bad = registry.get_version("breast-cancer", 3)
-        assert bad.status == "rejected" and "accuracy" in bad.status_reason
+        assert bad.status == "rejected" and "evaluate" in bad.status_reason
         rollouts = RolloutController(db, registry, deployments=None,  # type: ignore[arg-type]
                                      stats=lambda e, w: {}).list(endpoint="breast-cancer")
-        outcome = {r.candidate_version: (r.state.value, r.reason) for r in rollouts}
-        assert outcome[2][0] == "succeeded"
-        assert outcome[3][0] == "rolled_back" and "accuracy" in outcome[3][1]
+        outcome = {r.candidate_version: r.state.value for r in rollouts}
+        assert outcome == {2: "succeeded", 4: "succeeded"}  # version 3 never reached traffic
         from sqlalchemy import select
 
+        from control_plane.store.models import ModelVersionRow, VersionBenchmarkRow
+
+        with db.session(readonly=True) as session:
+            measured = set(session.scalars(select(ModelVersionRow.version).join(
+                VersionBenchmarkRow, VersionBenchmarkRow.version_id == ModelVersionRow.id).where(
+                VersionBenchmarkRow.status == "succeeded")).all())
+        assert measured == {1, 2, 4}, measured
         from control_plane.store.models import AlertEventRow
 
         with db.session(readonly=True) as session:
             fired = session.scalars(select(AlertEventRow.name).where(
                 AlertEventRow.state == "firing")).all()
-        assert "breast-cancer-input-drift" in fired and "RolloutRolledBack" in fired
+        assert "breast-cancer-input-drift" in fired
     finally:
         db.dispose()

@@ -260,3 +260,18 @@ def test_cron_next_times(text: str, after: str, expected: str) -> None:
 def test_bad_cron_fields_are_refused(text: str) -> None:
     with pytest.raises(Exception, match="schedule"):
         CronSchedule.parse(text)
+
+
+def test_every_run_event_reaches_the_listener_once(db: Database) -> None:
+    events: list[tuple[int, str, str | None]] = []
+    failing = Scripted("benchmark", Outcome(StageState.FAILED, reason="3x slower"))
+    pipelines = runner(db, all_passing(benchmark=failing), Clock(),
+                       listener=lambda run, kind, stage, reason: events.append((run.number, kind, stage)))
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    pipelines.start_run("bc", ALICE)
+    drive(pipelines, lambda: pipelines.run("bc").state.terminal)
+    for _ in range(3):
+        pipelines.tick()  # nothing more to tell
+    assert events == [(1, "started", None), (1, "stage_passed", "validate_data"),
+                      (1, "stage_passed", "train"), (1, "stage_passed", "evaluate"),
+                      (1, "stage_failed", "benchmark"), (1, "failed", "benchmark")]

@@ -23,7 +23,7 @@ from control_plane.registry import Registry
 from control_plane.rollouts.controller import RolloutController
 from control_plane.schemas import DeployRequest, ModelManifest, VersionCreate
 from serving.monitoring.profiles import build_reference_profile
-from tests.unit.control_plane.conftest import ALICE, BOB
+from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB
 from tests.unit.pipelines.test_evaluation import linear_model
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
@@ -148,6 +148,8 @@ def test_a_candidate_worse_than_the_champion_stops_at_evaluate(world: World) -> 
     report = run.stages[2].outputs["report"]
     assert report["comparison"]["p_value"] < 0.05  # McNemar says the gap is real
     assert states(run)["deploy"] is StageState.SKIPPED and world.rollouts.list(endpoint="bc") == []
+    rejected = world.registry.get_version("bc", 2)
+    assert rejected.status == "rejected" and "evaluate" in rejected.status_reason
 
 
 def test_a_rollout_that_rolls_back_fails_the_run_at_deploy(world: World) -> None:
@@ -203,3 +205,50 @@ def test_a_candidate_slower_than_the_champion_stops_at_benchmark(world: World) -
     assert run.state is RunState.FAILED and states(run)["benchmark"] is StageState.FAILED
     assert "3.00x the champion bc:1" in run.reason and measured.started == [2, 1]
     assert states(run)["deploy"] is StageState.SKIPPED
+    assert world.registry.get_version("bc", 2).status == "rejected"
+
+
+@pytest.mark.parametrize("decision", ["approved", "rejected"])
+def test_a_run_waits_for_the_approval_the_policy_asks_for(world: World, decision: str) -> None:
+    from control_plane.schemas import ApprovalCreate, ModelPolicy, ModelUpdate
+
+    world.registry.update_model("bc", ModelUpdate(policy=ModelPolicy(
+        require_approval_for_production=True)), ADMIN)
+    run = world.run(world.cancer.frame, world.cancer.strong, approve={"mode": "policy"})
+    for _ in range(5):
+        world.pipelines.tick()
+    run = world.pipelines.run("bc", run.number)
+    assert states(run)["approve"] is StageState.RUNNING and states(run)["deploy"] is StageState.PENDING
+    assert "modelplane models approve bc:2" in run.stages[4].outputs["waiting"]
+    world.registry.approve("bc", 2, ApprovalCreate(decision=decision), BOB)
+    for _ in range(5):
+        world.pipelines.tick()
+    run = world.pipelines.run("bc", run.number)
+    if decision == "approved":
+        assert states(run)["approve"] is StageState.PASSED and "rollout_id" in run.stages[5].outputs
+    else:
+        assert run.state is RunState.FAILED and "bc:2 was rejected" in run.reason
+        assert states(run)["deploy"] is StageState.SKIPPED
+
+
+def test_drift_alerts_on_the_endpoint_are_what_starts_a_retraining(registry: Registry) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from control_plane.pipelines.wiring import drift_alerts
+    from control_plane.store.models import AlertEventRow, AlertRuleRow
+
+    now = datetime.now(UTC)
+    with registry.db.session() as session:
+        for name, metric in (("drifting", "drifted_features"), ("slow", "p99_ms")):
+            session.add(AlertRuleRow(name=name, spec={"name": name, "metric": metric},
+                                     created_by="t"))
+        for name, endpoint, state, age in (("drifting", "bc", "firing", 5),
+                                           ("drifting", "bc", "resolved", 4),
+                                           ("drifting", "other", "firing", 5),
+                                           ("slow", "bc", "firing", 5),
+                                           ("drifting", "bc", "firing", 600)):
+            session.add(AlertEventRow(fingerprint=name[:32], name=name, state=state, kind="rule",
+                                      endpoint=endpoint, severity="warning", labels={},
+                                      created_at=now - timedelta(seconds=age)))
+    fired = drift_alerts(registry.db)("bc", now - timedelta(seconds=60))
+    assert fired == [now - timedelta(seconds=5)]  # a drift rule, firing, this endpoint, recent
