@@ -135,6 +135,7 @@ class Story:
         self.dashboard = info.dashboard_url
         self.console.print(f"  control plane {info.api_url}   inference {info.inference_url}"
                            + (" (HAProxy ingress)" if info.fast_ingress else ""))
+        self.console.print(f"  console       {info.api_url}/ui   (sign in with the admin token)")
         if info.dashboard_url:
             self.console.print(f"  Ray dashboard and job API {info.dashboard_url}")
         self.client = Client(self.settings.url, self.settings.resolved_token(), settings=self.settings)
@@ -319,6 +320,7 @@ class Story:
             grpc_host = f"{host.rsplit(':', 1)[0]}:{self.settings.grpc_port}"
             console.print("  gRPC         import tritonclient.grpc as tc; "
                           f"tc.InferenceServerClient('{grpc_host}').infer('{ENDPOINT}', inputs)")
+        console.print(f"  console      {url}/api/ui   (token: {self.settings.admin_token_path})")
         console.print(f"  metrics      {url}/api/metrics")
         console.print(f"  monitor      modelplane monitor {ENDPOINT}")
         console.print(f"  pipeline     modelplane pipeline history {PIPELINE}; "

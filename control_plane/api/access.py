@@ -175,6 +175,20 @@ ROUTE_ACCESS: dict[str, Access] = {
     "GET /alerts/receivers": ADMIN,
     "PUT /alerts/receivers/{name}": ADMIN,
     "DELETE /alerts/receivers/{name}": ADMIN,
+    # The web console: page shells and their assets, with no data in them; every figure a
+    # page shows comes from the routes above, called with the person's own token.
+    "GET /ui": PUBLIC,
+    "GET /ui/endpoints": PUBLIC,
+    "GET /ui/rollouts": PUBLIC,
+    "GET /ui/rollouts/{rollout_id}": PUBLIC,
+    "GET /ui/monitoring": PUBLIC,
+    "GET /ui/models": PUBLIC,
+    "GET /ui/models/{name}": PUBLIC,
+    "GET /ui/models/{name}/versions/{version}": PUBLIC,
+    "GET /ui/alerts": PUBLIC,
+    "GET /ui/experiments": PUBLIC,
+    "GET /ui/signin": PUBLIC,
+    "GET /ui/static/{name}": PUBLIC,
 }
 
 

@@ -21,6 +21,7 @@ from control_plane.api import (
 )
 from control_plane.api.access import enforce_access
 from control_plane.api.errors import RequestIdMiddleware, install_error_handlers
+from control_plane.console import install_console
 from control_plane.schemas import ErrorBody
 from control_plane.service import ControlPlane
 from modelplane import __version__
@@ -48,6 +49,8 @@ def build_api(cp: ControlPlane) -> FastAPI:
     app.include_router(routes_monitoring.router)
     app.include_router(routes_benchmarks.router)
     app.include_router(routes_pipelines.router)
+    # The web console's page shells and assets (no data in them; see control_plane.console).
+    install_console(app)
     return app
 
 

@@ -41,6 +41,7 @@ def up(
     console.print(f"[green]modelplane is up[/green] (Ray at {info.ray_address}"
                   + (", HAProxy ingress" if info.fast_ingress else "") + ")")
     console.print(f"  control plane  {info.api_url}   (docs: {info.api_url}/docs)")
+    console.print(f"  console        {info.api_url}/ui   (sign in with a token)")
     console.print(f"  inference      {info.inference_url}/models/<endpoint>/infer")
     if info.grpc_address:
         console.print(f"  gRPC           {info.grpc_address}   (tritonclient.grpc; "
