@@ -121,7 +121,8 @@ class Reconciler:
     def __init__(self, db: Database, backend: ServeBackend, *, base_url: str,
                  replica_env: dict[str, str] | None = None, stats_interval_s: float = 1.0,
                  version_ready_timeout_s: float = 300.0, feedback_allows_anonymous: bool = False,
-                 max_body_bytes: int = 64 * 1024 * 1024, access_log: bool = False) -> None:
+                 max_body_bytes: int = 64 * 1024 * 1024, access_log: bool = False,
+                 lean_ingress: bool = False) -> None:
         self.db = db
         self.backend = backend
         self.base_url = base_url.rstrip("/")
@@ -132,6 +133,7 @@ class Reconciler:
         self.feedback_allows_anonymous = feedback_allows_anonymous
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log  # Serve's per-request access log in the replicas
+        self.lean_ingress = lean_ingress  # endpoint replicas answer on their own server
         self._applied: dict[str, str] = {}
         # Per endpoint application: the digest of what Serve last got, routes excluded, and
         # whether the route board holds a newer table than Serve's (to post it again).
@@ -344,7 +346,8 @@ class Reconciler:
             # A board that restarted empty is posted to again each pass; where it cannot
             # be, Serve's own configuration catches up with the routes.
             self.backend.deploy(name, endpoint_route_prefix(endpoint),
-                                build_endpoint_app(config, env=env, access_log=self.access_log))
+                                build_endpoint_app(config, env=env, access_log=self.access_log,
+                                                   lean_ingress=self.lean_ingress))
             self._remember(name, document)
             self._deployed[name] = _digest(_structure(config))
             self._board_ahead.pop(name, None)

@@ -104,7 +104,8 @@ class ControlPlane:
         self.reconciler = Reconciler(
             self.db, RayServeBackend(), base_url=self.settings.url, replica_env=env,
             feedback_allows_anonymous=self.settings.feedback_allows_anonymous,
-            max_body_bytes=self.settings.max_request_bytes, access_log=self.settings.access_log)
+            max_body_bytes=self.settings.max_request_bytes, access_log=self.settings.access_log,
+            lean_ingress=self.settings.lean_ingress)
         self.reconciler.own(self.store_id)
         self.apply()
         self._every(interval_s, self.apply, "reconciler")

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     max_request_mb: int = Field(64, gt=0, le=4096, json_schema_extra=_expects(
         "a positive integer of at most 4096"))
     access_log: bool = Field(False, json_schema_extra=_expects(_BOOLEAN))
+    # Endpoint replicas answer on their own lean HTTP server (serving.lean_ingress) where
+    # Serve's direct ingress runs; Serve keeps placement, health, drain and autoscaling.
+    lean_ingress: bool = Field(False, json_schema_extra=_expects(_BOOLEAN))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
@@ -95,7 +98,8 @@ class Settings(BaseSettings):
         # The environment alone (or the mapping from_env was given): no .env file, no secrets dir.
         return init_settings, _Environment(settings_cls)
 
-    @field_validator("reads_require_token", "feedback_allows_anonymous", "access_log", mode="before")
+    @field_validator("reads_require_token", "feedback_allows_anonymous", "access_log",
+                     "lean_ingress", mode="before")
     @classmethod
     def _strip(cls, value: Any) -> Any:
         # pydantic reads " true " as no boolean; a stray space in a shell export is forgiven.

@@ -71,11 +71,17 @@ def _batch_floor(versions: list[VersionConfig]) -> int:
     return 2 * max((v.batching.max_batch_size for v in versions), default=1)
 
 
-def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str], access_log: bool = False) -> Any:
-    """The application serving ``config.endpoint``'s HTTP route (endpoint or router)."""
+def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str], access_log: bool = False,
+                       lean_ingress: bool = False) -> Any:
+    """The application serving ``config.endpoint``'s HTTP route (endpoint or router);
+    ``lean_ingress``: its replicas answer on their own server (``serving.lean_ingress``)."""
     from ray import serve
 
     from serving.endpoint import EndpointRouter, EndpointServer
+    from serving.lean_ingress import SETTING as LEAN_INGRESS
+
+    if lean_ingress and not access_log:  # Serve's access log is written by Serve's server only
+        env = {**env, LEAN_INGRESS: "true"}
 
     user_config = config.model_dump(mode="json")
     if config.placement == "colocated":

@@ -36,6 +36,7 @@ from serving.core import (
     new_request_id,
 )
 from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
+from serving.lean_ingress import lean_ingress_enabled, start_lean_ingress
 from serving.monitoring.monitor import get_monitor
 from serving.monitoring.observations import attach_profiles
 from serving.monitoring.stats import ServedConfig
@@ -84,6 +85,7 @@ class _CoreAdapter:
     _follower: asyncio.Task[None] | None = None
     # The newest route board posting seen: applied, or kept until the version it names loads.
     _posted: PostedRoutes | None = None
+    _lean: Any = None  # the lean ingress's server (serving.lean_ingress), where it is on
 
     async def __call__(self, request: Request) -> Response:
         core = self.core
@@ -102,6 +104,13 @@ class _CoreAdapter:
         from serving.grpc_calls import answer_grpc
 
         return await answer_grpc(self.core, call, self._replica)
+
+    async def _start_lean_once(self, first: bool) -> None:
+        """With MODELPLANE_LEAN_INGRESS on, the lean ingress takes this replica's port, on the
+        first configuration only: Serve tells HAProxy the port after it, so no request is
+        in flight on Serve's server when it is replaced."""
+        if first and lean_ingress_enabled():
+            self._lean = await start_lean_ingress(self, {REPLICA_HEADER: self._replica})
 
     def _new_core(self, config: EndpointConfig, backends: dict[str, Any]) -> InferenceCore:
         return InferenceCore(config, backends, feedback_sink=self._send_feedback)
@@ -249,6 +258,7 @@ class EndpointServer(_CoreAdapter):
             backends[version.version] = backend
         await loop.run_in_executor(None, warmup)
         self._loaded = {_version_key(b.config): b for b in backends.values()}
+        first = self.core is None
         if self.core is None:
             await self._first_posting(config)
         config = self._with_posted(config)
@@ -257,6 +267,7 @@ class EndpointServer(_CoreAdapter):
         else:
             self.core.update(config, backends)
         self._ensure_shipping()
+        await self._start_lean_once(first)
 
     def check_health(self) -> None:
         if self.core is None:
@@ -299,6 +310,7 @@ class EndpointRouter(_CoreAdapter):
             )
             for v in config.versions
         }
+        first = self.core is None
         if self.core is None:
             await self._first_posting(config)
         config = self._with_posted(config)
@@ -307,6 +319,7 @@ class EndpointRouter(_CoreAdapter):
         else:
             self.core.update(config, backends)
         self._ensure_shipping()
+        await self._start_lean_once(first)
 
 
 class InferenceServer:

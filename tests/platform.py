@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,8 @@ def start_platform_on_session(port: int, home: Path, *, db_url: str | None = Non
     env = {"MODELPLANE_HOME": str(home), "MODELPLANE_HTTP_PORT": str(port)}
     if db_url is not None:
         env["MODELPLANE_DB_URL"] = db_url
+    if os.environ.get("MODELPLANE_TEST_LEAN_INGRESS"):  # the lean ingress on or off, by choice
+        env["MODELPLANE_LEAN_INGRESS"] = os.environ["MODELPLANE_TEST_LEAN_INGRESS"]
     settings = Settings.from_env(env)
     ensure_monitor()
     serve.run(build_server_app(), name=SERVER_APP, route_prefix=SERVER_ROUTE, blocking=False)

@@ -1,0 +1,148 @@
+"""The Serve internals the lean ingress borrows (``serving.serve_internals``) are still there
+and still mean what it relies on. A Ray upgrade that moves any of them fails here, and the
+replica falls back to Serve's own server (``find_replica`` names what is missing)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import socket
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+
+from serving import serve_internals
+from serving.lean_ingress import _take_over
+from serving.serve_internals import REPLICA_ATTRIBUTES, ReplicaSeam
+from tests.unit.serving.monitoring_helpers import make_core
+
+replica_module = pytest.importorskip("ray.serve._private.replica")
+Replica = replica_module.Replica
+
+
+def source(function: Any) -> str:
+    return inspect.getsource(function)
+
+
+def test_the_installed_ray_is_the_series_the_internals_were_read_from() -> None:
+    assert serve_internals.ray_version().startswith(serve_internals.RAY_SERIES)
+
+
+def test_the_replica_still_has_every_attribute_the_lean_ingress_uses() -> None:
+    init = source(Replica.__init__)
+    for name in REPLICA_ATTRIBUTES:
+        assert hasattr(Replica, name) or f"self.{name}" in init or f"self.{name}:" in init, name
+    assert inspect.iscoroutinefunction(Replica._dataplane_health_check)
+    assert "self._replica_impl" in source(replica_module.ReplicaActor.__init__)
+
+
+def test_serve_starts_its_direct_ingress_server_where_the_lean_ingress_looks_for_it() -> None:
+    from ray.serve._private import http_util
+
+    starting = source(Replica._maybe_start_direct_ingress_servers)
+    assert "self._direct_ingress_http_server_task" in starting
+    assert "self._direct_ingress_http_server," in starting
+    assert "start_asgi_http_server" in starting
+    # ... after the constructor, before the first reconfigure, as the take-over assumes.
+    initialize = source(Replica.initialize)
+    assert initialize.index("_on_initialized()") < initialize.index("call_reconfigure(")
+    assert "_maybe_start_direct_ingress_servers" in source(Replica._on_initialized)
+    assert "uvicorn.Server(" in source(http_util.start_asgi_http_server)
+
+
+def test_serve_drains_through_should_exit_and_the_task_it_keeps() -> None:
+    shutdown = source(Replica._perform_graceful_shutdown)
+    assert "self._direct_ingress_http_server.should_exit = True" in shutdown
+    assert "self._direct_ingress_http_server_task" in shutdown
+    assert "_direct_ingress_http_server.should_exit = True" in source(Replica._stop_accepting_direct_ingress)
+    assert "self.get_num_ongoing_requests()" in source(Replica._drain_ongoing_requests)
+    assert "DRAINING" in source(Replica._dataplane_health_check)
+
+
+def test_serve_counts_its_own_direct_ingress_requests_with_start_request() -> None:
+    assert "self._start_request(request_metadata)" in source(Replica._direct_ingress_asgi)
+    manager = replica_module.ReplicaMetricsManager
+    assert "self._num_ongoing_requests" in source(manager._add_autoscaling_metrics_point_async)
+    assert "self._num_ongoing_requests += delta" in source(manager._change_num_ongoing_requests)
+
+
+def test_start_request_waits_for_a_slot_and_counts_the_request() -> None:
+    counted: list[int] = []
+    fake = SimpleNamespace(_semaphore=asyncio.Semaphore(1), _reserved_slots=set(),
+                           _metrics_manager=SimpleNamespace(
+                               inc_num_ongoing_requests=lambda m: counted.append(1),
+                               dec_num_ongoing_requests=lambda m: counted.append(-1)))
+    seam = ReplicaSeam(SimpleNamespace(  # builds the request metadata as in a replica
+        _start_request=Replica._start_request.__get__(fake), _direct_ingress_http_server=None,
+        _route_prefix="/v2/models/churn", _deployment_id=SimpleNamespace(app_name="endpoint-churn")))
+
+    async def scenario() -> None:
+        enter = seam.ongoing()
+        async with enter():
+            assert counted == [1] and fake._semaphore.locked()
+        assert counted == [1, -1] and not fake._semaphore.locked()
+
+    asyncio.run(scenario())
+
+
+class Holder:
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+
+def test_the_lean_server_takes_over_serves_own_port_and_stops_as_serve_stops_it() -> None:
+    from ray.serve._private.http_util import start_asgi_http_server
+    from ray.serve.config import HTTPOptions
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ongoing: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def start_request(metadata: Any) -> Any:
+        ongoing.append(1)
+        yield
+
+    async def health() -> tuple[bool, str]:
+        return True, "success"
+
+    async def serve_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"serve"})
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        task, uvicorn_server = await start_asgi_http_server(
+            serve_app, HTTPOptions(host="127.0.0.1", port=port), event_loop=loop)
+        replica = SimpleNamespace(
+            _direct_ingress_http_server=uvicorn_server, _direct_ingress_http_server_task=task,
+            _start_request=start_request, _dataplane_health_check=health, _event_loop=loop,
+            _route_prefix="/v2/models/churn", _deployment_id=SimpleNamespace(app_name="endpoint-churn"))
+        lean = await _take_over(ReplicaSeam(replica), Holder(make_core()), {"x-modelplane-replica": "r"})
+        assert lean is not None and replica._direct_ingress_http_server is lean
+        assert task.done()  # Serve's server stopped; its socket lives on in the lean server
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            answer = await http.get("/v2/models/churn/ready")
+            assert answer.json() == {"name": "churn", "ready": True}
+            assert "server" not in answer.headers and answer.headers["x-modelplane-replica"] == "r"
+            assert (await http.get("/-/healthz")).text == "success"
+        assert ongoing == [1, 1]
+        # What Serve's drain does with the server it finds there.
+        replica._direct_ingress_http_server.should_exit = True
+        await asyncio.wait_for(replica._direct_ingress_http_server_task, 10)
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+
+    asyncio.run(scenario())
+
+
+def test_outside_a_replica_find_replica_says_why_and_changes_nothing() -> None:
+    async def scenario() -> tuple[Any, str]:
+        return serve_internals.find_replica()
+
+    seam, reason = asyncio.run(scenario())
+    assert seam is None and reason
