@@ -1,7 +1,9 @@
 """The web console in a real browser (Debian's chromium, driven by Playwright) against the
 session's platform: an endpoint under load, a live rollout rolled back from the page, a
 reader's forged action refused, drift on a shifted feature, a version's lineage, and the
-accessibility basics of every page. Screenshots of each page go to docs/console/.
+accessibility basics of every page. Each page is captured as a screenshot: into the
+test's temporary folder, or into docs/console/ (what the README shows) with
+MODELPLANE_UPDATE_SCREENSHOTS=1, so a test run leaves the checkout as it was.
 
 Chromium must be installed (scripts/test-chromium.sh; CI runs it): without it these tests
 fail, they are never skipped.
@@ -9,7 +11,9 @@ fail, they are never skipped.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +33,9 @@ from tests.waiting import wait_for
 
 ENDPOINT = "console"
 MODEL = "console-model"
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "console"
+         if os.environ.get("MODELPLANE_UPDATE_SCREENSHOTS") == "1"
+         else Path(tempfile.mkdtemp(prefix="console-shots-")))
 A11Y = (Path(__file__).parent / "console_a11y.js").read_text()
 SHIFT = 1.5  # standard deviations added to feature f2 of every request: drift
 ANALYSIS = {"interval_s": 1, "window_s": 3, "min_samples": 15, "failures_to_rollback": 2,
