@@ -47,7 +47,7 @@ def write_pipeline(root: Path) -> Path:
         "experiment": {"name": "pl-bc"},
         "model": {"architecture": "mlp_classifier", "hidden_sizes": [16]},
         "data": {"dataset": "breast_cancer", "seed": 0},
-        "hyperparameters": {"learning_rate": 0.01, "batch_size": 64, "epochs": 6},
+        "hyperparameters": {"learning_rate": 0.01, "batch_size": 64, "epochs": 4},
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "checkpoint": {"every_n_epochs": 3, "keep": 1, "storage_path": str(root / "checkpoints")},
         "registration": {"model_name": "pl-bc"},
