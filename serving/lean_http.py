@@ -12,8 +12,8 @@ Limits that keep a slow or malformed client from costing more than one connectio
 - the request line and headers are bounded (``MAX_URL_BYTES``, ``MAX_HEAD_BYTES``,
   ``MAX_HEADERS``); over them the answer is 414/431 and the connection closes;
 - a body over ``app.body_limit`` is refused (413) from ``Content-Length`` before any of it is
-  read, and a chunked one as soon as its running size passes the limit; the rest is read and
-  dropped, never held, so the connection stays usable, as uvicorn does;
+  read, and a chunked one as soon as its running size passes the limit, answered at once
+  with ``connection: close``; the rest is read and dropped, never held;
 - a request must arrive whole within ``read_timeout_s`` and an idle keep-alive connection
   closes after ``keep_alive_s``, both checked by one sweep a second, not a timer per request;
 - pipelined requests queue at most ``MAX_PIPELINED`` deep before reading pauses, and a
@@ -147,6 +147,7 @@ class _Connection(asyncio.Protocol):
         self.path = ""
         self.refused: Reply | None = None
         self.last = False  # no request after the ones queued (an upgrade was asked for)
+        self.close_after_read = False  # answered early: close once the request is read
         self.header_count = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -228,8 +229,9 @@ class _Connection(asyncio.Protocol):
         if self.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
             if self.refused is None:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            else:  # the client waits for our word before sending the body: refuse it now
-                self._fail(0, "", self.refused)
+            else:  # the client waits for our word before sending a body: none will come
+                self.parser = _Discard()  # type: ignore[assignment]
+                self.in_message = False
 
     def on_body(self, chunk: bytes) -> None:
         if self.refused is not None:
@@ -243,6 +245,11 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
+        if self.refused is not None:  # answered already; the connection ends with this request
+            self.parser = _Discard()  # type: ignore[assignment]
+            if self.close_after_read:
+                self.close()
+            return
         keep_alive = self.parser.should_keep_alive() and not self.server.draining
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.queue.append(_Request(self.method, self.path, self.headers, body, keep_alive, self.refused))
@@ -255,7 +262,15 @@ class _Connection(asyncio.Protocol):
 
     # -- answering -------------------------------------------------------------------------
     def _refuse(self, size: int, *, malformed: bool) -> None:
-        self.refused = self.server.app.refuse(self.path, size, self.limit, malformed)
+        """Answer now, not once the body is in (a client that announced a gigabyte waits for
+        the answer), with ``connection: close``; the rest of the body is read and dropped,
+        and the connection closes once it is in (closing earlier, with the body unread,
+        would reset the connection and could lose the answer)."""
+        self.refused = reply = self.server.app.refuse(self.path, size, self.limit, malformed)
+        self.body = []
+        self.queue.append(_Request(self.method, self.path, self.headers, b"", False, reply))
+        if self.worker is None:
+            self.worker = self.loop.create_task(self._answer_queued())
 
     async def _answer_queued(self) -> None:
         try:
@@ -273,7 +288,10 @@ class _Connection(asyncio.Protocol):
                     self.last and not self.queue)
                 self.transport.write(encode_reply(reply, self.server.extra_headers, keep_alive))
                 if not keep_alive:
-                    self.close()
+                    if self.in_message:  # a refusal answered before its body is in
+                        self.close_after_read = True
+                    else:
+                        self.close()
                     return
                 if self.writable is not None and not self.writable.done():
                     await self.writable  # the client is not reading: serve it no further
@@ -304,6 +322,9 @@ class _Connection(asyncio.Protocol):
 
     def sweep(self, now: float) -> None:
         if self.in_message and now - self.since > self.server.read_timeout_s:
+            if self.close_after_read:  # answered already
+                self.close()
+                return
             self.in_message = False
             self._fail(408, f"the request did not arrive within {self.server.read_timeout_s:g} s")
         elif self.idle and now - self.since > self.server.keep_alive_s:
@@ -348,7 +369,6 @@ class LeanServer:
         self.servers: list[asyncio.AbstractServer] = []
         self.should_exit = False
         self.draining = False
-        self.ongoing = 0
 
     async def start(self, sockets: list[Any]) -> None:
         """Listen on already bound ``sockets``."""
@@ -357,7 +377,6 @@ class LeanServer:
                 lambda: _Connection(self), sock=sock, backlog=2048))
 
     async def answer(self, request: _Request) -> Reply:
-        self.ongoing += 1
         try:
             if self.track is None:
                 return await self.app.call(request.method, request.path, request.headers, request.body)
@@ -368,8 +387,6 @@ class LeanServer:
             return json_reply(500, {"error": f"the replica failed ({type(error).__name__}); "
                                              "see its log", "code": "internal_error",
                                     "request_id": "", "detail": {}})
-        finally:
-            self.ongoing -= 1
 
     async def serve(self) -> None:
         """Run until ``should_exit``; then drain (see the class docstring)."""
