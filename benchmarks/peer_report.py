@@ -65,11 +65,13 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write(rows: list[dict[str, Any]], envs: dict[str, Any], settings: dict[str, Any]) -> None:
+def write(rows: list[dict[str, Any]], envs: dict[str, Any], settings: dict[str, Any],
+          results: str = "peers") -> None:
+    """``results``.json, .md and .png in benchmarks/results (a partial run keeps its own)."""
     goals = ratios(rows)
     RESULTS.mkdir(exist_ok=True)
     report = {"settings": settings, "venvs": envs, "rows": rows, "goals": goals}
-    (RESULTS / "peers.json").write_text(json.dumps(report, indent=2, default=str))
+    (RESULTS / f"{results}.json").write_text(json.dumps(report, indent=2, default=str))
     lines = ["# Peer servers benchmark", "",
              f"{settings['cpu']}; {settings['concurrency']} concurrent requests for "
              f"{settings['seconds']:g} s, {settings['sequential']} sequential requests; "
@@ -97,9 +99,9 @@ def write(rows: list[dict[str, Any]], envs: dict[str, Any], settings: dict[str, 
             else:
                 took = "reused" if env["reused"] else f"{env['install_s']:.0f}"
                 lines.append(f"| {name} | {took} | {env['size_mb']:.0f} |")
-    (RESULTS / "peers.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{results}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    chart(rows, RESULTS / "peers.png")
+    chart(rows, RESULTS / f"{results}.png")
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> None:

@@ -109,6 +109,8 @@ Launcher = Callable[[str, dict[str, bytes], Path], Running]
 IN_PROJECT: dict[str, Launcher | None] = dict(peers_inproject.LAUNCHERS)
 LABELS = {"ray-serve": "Ray Serve direct ingress (plain)", "modelplane": "modelplane (one version)",
           "modelplane-canary": "modelplane (90/10 canary)",
+          "modelplane-lean": "modelplane (one version, lean ingress)",
+          "modelplane-serve-ingress": "modelplane (one version, Serve's ingress)",
           "modelplane-batched": "modelplane (batched 32, 2 ms)"}
 
 
@@ -329,6 +331,8 @@ def main() -> None:
     parser.add_argument("--only", default=",".join([*PEERS, *IN_PROJECT]),
                         help="comma-separated servers: " + ", ".join([*PEERS, *IN_PROJECT]))
     parser.add_argument("--models", default="small,large")
+    parser.add_argument("--results", default="peers",
+                        help="file name in benchmarks/results (peers: the full comparison)")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -368,7 +372,7 @@ def main() -> None:
     settings = {"seconds": args.seconds, "sequential": args.sequential, "concurrency": 32,
                 "cpu": "server pinned to core 0, load client to core 1",
                 "onnxruntime": ORT + ", one intra-op thread in every server"}
-    peer_report.write(rows, envs, settings)
+    peer_report.write(rows, envs, settings, args.results)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ requests per replica, one replica.
 - ``modelplane``: one version, deployed through the control plane as a user would.
 - ``modelplane-canary``: versions 1 and 2 (seeds 1 and 2) at 90/10.
 - ``modelplane-batched``: one version with dynamic batching, max batch 32, 2 ms wait.
+- ``modelplane-lean`` and ``modelplane-serve-ingress``: one version with
+  ``MODELPLANE_LEAN_INGRESS`` on and off. The platform is started again whenever that
+  setting changes, so ``--only modelplane-serve-ingress,modelplane-lean,modelplane-serve-ingress,modelplane-lean``
+  alternates the two in one run.
 
 The whole server side, for CPU per request, is every process of the Ray session and their
 children (HAProxy among them): controller, proxies, control plane and Monitor included.
@@ -42,10 +46,16 @@ class Platform:
         self.client: Any = None
         self.versions: dict[str, int] = {}  # "<model><seed>" -> registered version
         self.failed = ""
+        self.lean: bool | None = None  # MODELPLANE_LEAN_INGRESS as started; None: the default
 
-    def ensure(self) -> None:
-        """Start the platform unless it runs; one that failed to start is not tried again
-        (a half-started head is stopped, and the later scenarios fail with its reason)."""
+    def ensure(self, lean: bool | None = None) -> None:
+        """Start the platform unless it runs (again, where ``lean`` asks for the other
+        ingress); one that failed to start is not tried again (a half-started head is
+        stopped, and the later scenarios fail with its reason)."""
+        if self.client is not None and lean is not None and lean != self.lean:
+            print(f"    restarting the platform with MODELPLANE_LEAN_INGRESS={lean}", flush=True)
+            self.shutdown()
+            self.versions = {}
         if self.client is not None:
             return
         if self.failed:
@@ -57,8 +67,11 @@ class Platform:
 
         self.root = Path(tempfile.mkdtemp(prefix="mpp"))
         os.environ["RAY_TMPDIR"] = str(self.root / "ray")
-        self.settings = Settings.from_env({"MODELPLANE_HOME": str(self.root / "home"),
-                                           "MODELPLANE_HTTP_PORT": str(free_port())})
+        env = {"MODELPLANE_HOME": str(self.root / "home"), "MODELPLANE_HTTP_PORT": str(free_port())}
+        if lean is not None:
+            env["MODELPLANE_LEAN_INGRESS"] = "true" if lean else "false"
+        self.lean = lean
+        self.settings = Settings.from_env(env)
         try:
             start_platform(self.settings, num_cpus=4, fast_ingress=True,
                            progress=lambda m: print("   ", m, flush=True))
@@ -171,15 +184,30 @@ def ray_serve(model: str, models: dict[str, bytes], workdir: Path) -> Any:
                    notes={"settings": "PlainOnnx on Serve, fast ingress (HAProxy)"})
 
 
-def endpoint(label: str, weights: dict[int, float], batch: int = 1):
-    """A launcher for one modelplane endpoint: seeds ``weights`` (seed -> traffic %)."""
+def answering_server(url: str, lean: bool | None, timeout: float = 30) -> str:
+    """Who answers ``url``: Serve's uvicorn names itself, the lean ingress sends no server
+    header. For a lean endpoint, waits until HAProxy sends to the replica's own port (it uses
+    Serve's proxy, a backup server, for a moment after a replica starts)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        server = httpx.get(url, timeout=10).headers.get("server", "lean ingress")
+        if not lean or server == "lean ingress" or time.monotonic() > deadline:
+            return server
+        time.sleep(0.5)
+
+
+def endpoint(label: str, weights: dict[int, float], batch: int = 1, lean: bool | None = None):
+    """A launcher for one modelplane endpoint: seeds ``weights`` (seed -> traffic %);
+    ``lean``: the lean ingress on or off (None: the platform's default)."""
 
     def launch(model: str, models: dict[str, bytes], workdir: Path) -> Any:
         from benchmarks.peers import Running
         from benchmarks.serving import wait_serving
         from serving.names import endpoint_url
 
-        PLATFORM.ensure()
+        PLATFORM.ensure(lean)
         client, name = PLATFORM.client, f"{label}-{model}"
         versions = {PLATFORM.version(model, seed, models): share for seed, share in weights.items()}
         batching = {"max_batch_size": batch, "batch_wait_timeout_ms": 2.0}
@@ -194,6 +222,7 @@ def endpoint(label: str, weights: dict[int, float], batch: int = 1):
                               batching=batching)
             client.set_traffic(name, versions)
             wait_serving(endpoint_url(PLATFORM.base, name), set(versions), versions)
+            answered_by = answering_server(endpoint_url(PLATFORM.base, name), lean)
         except BaseException:
             with contextlib.suppress(Exception):
                 stop()
@@ -201,7 +230,9 @@ def endpoint(label: str, weights: dict[int, float], batch: int = 1):
         return Running(endpoint_url(PLATFORM.base, name, "infer"), name, PLATFORM.processes, stop,
                        tuple(models[f"{model}{seed}"] for seed in weights),
                        notes={"settings": f"fast ingress (HAProxy), traffic {versions}, "
-                                          f"max batch {batch}" + (", 2 ms wait" if batch > 1 else "")})
+                                          f"max batch {batch}" + (", 2 ms wait" if batch > 1 else "")
+                                          + ("" if lean is None else f", lean ingress {'on' if lean else 'off'}"),
+                              "answered_by": answered_by})
 
     return launch
 
@@ -211,6 +242,8 @@ LAUNCHERS = {
     "modelplane": endpoint("mp", {1: 100.0}),
     "modelplane-canary": endpoint("mpc", {1: 90.0, 2: 10.0}),
     "modelplane-batched": endpoint("mpb", {1: 100.0}, batch=32),
+    "modelplane-lean": endpoint("mpl", {1: 100.0}, lean=True),
+    "modelplane-serve-ingress": endpoint("mps", {1: 100.0}, lean=False),
 }
 
 
