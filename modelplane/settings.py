@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     access_log: bool = Field(False, json_schema_extra=_expects(_BOOLEAN))
     # Endpoint replicas answer on their own lean HTTP server (serving.lean_ingress) where
     # Serve's direct ingress runs; Serve keeps placement, health, drain and autoscaling.
-    lean_ingress: bool = Field(False, json_schema_extra=_expects(_BOOLEAN))
+    lean_ingress: bool = Field(True, json_schema_extra=_expects(_BOOLEAN))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
