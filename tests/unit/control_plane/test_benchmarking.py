@@ -115,3 +115,38 @@ def test_the_reconciler_sweep_leaves_a_benchmark_alone(db) -> None:
     backend = Backend()
     Reconciler(db, backend, base_url="http://127.0.0.1:1").reconcile()
     assert backend.deleted == ["endpoint-gone"]
+
+
+@pytest.mark.parametrize("placement", ["colocated", "isolated"])
+def test_scratch_replicas_drain_briefly_and_keep_the_replica_environment(placement: str) -> None:
+    """Nothing calls a scratch replica after its measurement: each of its applications asks
+    Serve for a short direct-ingress drain instead of the default half minute, and keeps
+    the environment every replica gets (store mark, artifact token)."""
+    from control_plane.benchmarking import scratch
+    from control_plane.benchmarking.measure import Cluster, Target, scratch_config
+    from control_plane.benchmarking.schemas import BatchSettings, ServedWith
+
+    class Backend:
+        def __init__(self) -> None:
+            self.deployed: dict[str, object] = {}
+
+        def deploy(self, name: str, prefix: str | None, app: object) -> None:
+            self.deployed[name] = app
+
+    signature = {"inputs": [{"name": "x", "dtype": "FP32", "shape": [-1, 4]}],
+                 "outputs": [{"name": "y", "dtype": "FP32", "shape": [-1, 2]}]}
+    target = Target(model="m", version=3, digest="0" * 64,
+                    manifest={"signature": signature})
+    cluster = Cluster(backend=Backend(), env={"MODELPLANE_STORE_ID": "s"},
+                      base_url="http://127.0.0.1:1")
+    served = ServedWith(placement=placement, num_cpus=0.25, num_gpus=0, memory_mb=0,
+                        max_ongoing_requests=8, intra_op_threads=1,
+                        batching=BatchSettings.model_validate({}))
+    config = scratch_config("m-_bench-1", target, served, cluster)
+    scratch.deploy(config, cluster.env, cluster.backend)
+    assert sorted(cluster.backend.deployed) == scratch.application_names(config)
+    for app in cluster.backend.deployed.values():
+        env = app._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]
+        assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "1"
+        assert env["MODELPLANE_STORE_ID"] == "s"
+    assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in cluster.env
