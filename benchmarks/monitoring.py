@@ -4,7 +4,7 @@ logging on and off, one process, both measured in the same run.
     python -m benchmarks.monitoring [--seconds 2] [--rounds 6]
 
 A batch is what ``serve.batch`` hands the model server: 32 single-row requests, run as one
-ONNX call (``ModelRunner.run_batch``). With monitoring on, each of the 32 requests is also
+ONNX call (``OnnxRunner.run_batch``). With monitoring on, each of the 32 requests is also
 observed the way the inference core does it (``StatsRecorder.observe``: the request path
 part, an append) and, once a second, the statistics are taken and shipped as the replica
 does (``to_delta``: the kernels over every pending request, the sample rings, the kept
@@ -47,9 +47,9 @@ TARGETS = (("mean per-batch time, monitoring on / off", "time_ratio", "<=", 1.05
 
 def setup(name: str, sizes: tuple[int, ...], workdir: Path) -> tuple[Any, Any]:
     """A runner for the MLP and the version's monitoring (profile from its training rows)."""
-    from serving.model_runner import ModelRunner
     from serving.monitoring.observations import VersionMonitoring
     from serving.monitoring.profiles import build_reference_profile
+    from serving.runners.onnx import OnnxRunner
     from serving.schemas import TensorSignature, VersionConfig
 
     model = mlp(sizes, seed=1)
@@ -59,7 +59,7 @@ def setup(name: str, sizes: tuple[int, ...], workdir: Path) -> tuple[Any, Any]:
         version=1, model=name, artifact_url="http://unused", digest="0" * 64, task="classification",
         inputs=[TensorSignature(name="input", dtype="float32", shape=[None, sizes[0]])],
         outputs=[TensorSignature(name="output", dtype="float32", shape=[None, sizes[-1]])])
-    runner = ModelRunner(base, path)
+    runner = OnnxRunner(base, path)
     training = np.random.default_rng(0).normal(size=(5000, sizes[0])).astype(np.float32)
     outputs = runner.run({"input": training})["output"]
     config = base.model_copy(update={"reference_profile": build_reference_profile(

@@ -224,7 +224,13 @@ class Client:
         *,
         description: str = "",
     ) -> VersionOut:
-        """Upload an ONNX model and register it as the next version of ``name``."""
+        """Upload a model and register it as the next version of ``name``: an ONNX or
+        TorchScript file, or a folder (packed into a reproducible archive) or archive for
+        a version with code, as ``manifest``'s kind and code say (docs/models.md)."""
+        from control_plane.model_package import pack_folder
+
+        if not isinstance(model, bytes) and Path(model).is_dir():
+            model = pack_folder(Path(model))
         artifact = self.upload_artifact(model)
         body = VersionCreate(
             artifact_digest=artifact.digest,

@@ -199,6 +199,8 @@ class Reconciler:
             model=model,
             artifact_url=f"{self.base_url}/api/artifacts/{row.artifact_digest}",
             digest=row.artifact_digest,
+            kind=row.manifest.get("kind", "onnx"),
+            code=row.manifest.get("code"),
             inputs=[TensorSignature(**spec) for spec in signature["inputs"]],
             outputs=[TensorSignature(**spec) for spec in signature["outputs"]],
             task=row.manifest.get("task", "other"),

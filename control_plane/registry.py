@@ -24,9 +24,9 @@ from control_plane.errors import (
     PermissionDeniedError,
     StageTransitionError,
 )
+from control_plane.model_check import check_version
 from control_plane.notifications import sources as events
 from control_plane.notifications.service import notify_on_commit
-from control_plane.onnx_check import check_signature, signature_of
 from control_plane.schemas import (
     AliasSet,
     ApprovalCreate,
@@ -139,7 +139,12 @@ class Registry:
         The model is created (owned by ``actor``) if it does not exist. The artifact must
         load in ONNX Runtime and match the manifest's signature.
         """
-        actor.require(Role.DEPLOYER, also=TRAINING)
+        if spec.manifest.runs_archive_code:
+            # Code of the registrant's own runs on every replica that serves it: only those
+            # who may deploy may register it (a trainer's token may use builtin steps).
+            actor.require(Role.DEPLOYER)
+        else:
+            actor.require(Role.DEPLOYER, also=TRAINING)
         if not self.artifacts.exists(spec.artifact_digest):
             raise NotFoundError(
                 f"no artifact with digest {spec.artifact_digest}; upload it first "
@@ -147,8 +152,8 @@ class Registry:
                 detail={"field": "artifact_digest"},
             )
         # The expensive checks run before the transaction so the write lock is held briefly.
-        actual = signature_of(self.artifacts.read_bytes(spec.artifact_digest))
-        check_signature(spec.manifest.signature, actual)
+        check_version(spec.manifest, spec.artifact_digest,
+                      self.artifacts.read_bytes(spec.artifact_digest))
         size = self.artifacts.info(spec.artifact_digest).size
         for attempt in range(2):
             try:

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 # Serving settings are the data plane's own wire objects: one definition, two packages.
 from serving.schemas import BatchingConfig as BatchSettings
+from serving.schemas import ModelCode, ModelKind
 from serving.schemas import ScalingConfig as ScaleSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -119,11 +120,22 @@ class Lineage(Wire):
     packages: dict[str, str] = Field(default_factory=dict, description="Package versions.")
 
 
+MAX_EXAMPLE_VALUES = 100_000
+
+
 class ModelManifest(Wire):
-    """What the registry knows about an ONNX artifact besides its bytes."""
+    """What the registry knows about an artifact besides its bytes (docs/models.md)."""
 
     format_version: Literal[1] = 1
+    kind: ModelKind = Field("onnx", description=(
+        "onnx: an ONNX graph (a file, or an archive with code.preprocess/postprocess around "
+        "code.graph); python: an archive with code.entrypoint; torchscript: torch.jit.save's "
+        "file; torch_export: torch.export.save's file."))
+    code: ModelCode | None = Field(None, description="The Python the version runs (archives only).")
     signature: Signature
+    example_inputs: dict[str, list[Any]] | None = Field(None, description=(
+        "Inputs (name → rows, nested lists) the registration check runs the model on; "
+        "without them it runs on two rows drawn from the signature."))
     task: Literal["classification", "regression", "other"] = "other"
     feature_names: list[str] | None = None
     class_labels: list[str] | None = None
@@ -132,6 +144,51 @@ class ModelManifest(Wire):
     )
     metrics: dict[str, Finite] = Field(default_factory=dict)
     lineage: Lineage = Field(default_factory=Lineage)
+
+    @model_validator(mode="after")
+    def _kind_and_code_agree(self) -> ModelManifest:
+        code = self.code
+        if self.kind == "python":
+            if code is None or code.entrypoint is None:
+                raise ValueError("code.entrypoint: a python model names its class "
+                                 "(`module:Class` in the archive)")
+            if code.entrypoint.startswith("builtin:"):
+                raise ValueError("code.entrypoint: builtin: names a step; a python model's "
+                                 "class is `module:Class` in its archive")
+            if code.is_steps:
+                raise ValueError("code.preprocess/postprocess: a python model does its own "
+                                 "steps in predict; steps go around an onnx graph")
+        elif code is not None:
+            if self.kind in ("torchscript", "torch_export"):
+                raise ValueError(f"code: a {self.kind} model is a single file without code; "
+                                 "use kind python for code around it")
+            if code.entrypoint is not None:
+                raise ValueError("code.entrypoint: only a python model has one (kind: python)")
+            if not code.is_steps:
+                raise ValueError("code: an onnx model with code needs code.preprocess or "
+                                 "code.postprocess")
+        if code is not None:
+            allowed = set(TensorDType.__args__)  # type: ignore[attr-defined]
+            for side in ("graph_inputs", "graph_outputs"):
+                for spec in getattr(code, side) or ():
+                    if spec.dtype not in allowed:
+                        raise ValueError(f"code.{side}.{spec.name}.dtype: {spec.dtype!r} is not "
+                                         f"one of {sorted(allowed)}")
+        if self.example_inputs is not None:
+            names = {spec.name for spec in self.signature.inputs}
+            unknown = set(self.example_inputs) - names
+            if unknown:
+                raise ValueError(f"example_inputs.{sorted(unknown)[0]}: not an input of the "
+                                 f"signature ({sorted(names)})")
+            size = sum(len(str(v)) for v in self.example_inputs.values())
+            if size > 20 * MAX_EXAMPLE_VALUES:
+                raise ValueError("example_inputs: too large; a few rows are enough")
+        return self
+
+    @property
+    def runs_archive_code(self) -> bool:
+        """Whether registering it puts code of the registrant's own on the replicas."""
+        return self.code is not None and self.code.runs_archive_code
 
 
 # ---------------------------------------------------------------- registry

@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelplane.settings import get_settings
-from serving.artifact_cache import fetch_artifact
-from serving.model_runner import ModelRunner
+from serving.errors import ModelNotReadyError
+from serving.runners import Runner, load_runner
 from serving.schemas import VersionConfig
 
-
-def load_runner(config: VersionConfig, *, cache_dir: Path | None = None) -> ModelRunner:
-    """Download (or reuse) the version's artifact, build its session and warm it up."""
-    # In a replica MODELPLANE_TOKEN is the replicas' read-only token, when reads need one.
-    path = fetch_artifact(config.artifact_url, config.digest, cache_dir=cache_dir,
-                          token=get_settings().token)
-    runner = ModelRunner(config, path)
-    runner.warmup()
-    return runner
+__all__ = ["LocalVersion", "RemoteVersion", "UnloadableVersion", "load_runner"]
 
 
 class LocalVersion:
-    """A version whose ONNX session lives in this process, batched with ``serve.batch``."""
+    """A version whose model lives in this process, batched with ``serve.batch``."""
 
-    def __init__(self, config: VersionConfig, runner: ModelRunner, executor: ThreadPoolExecutor):
+    def __init__(self, config: VersionConfig, runner: Runner, executor: ThreadPoolExecutor):
         self.config = config
         self.runner = runner
         self._executor = executor
@@ -49,9 +39,25 @@ class LocalVersion:
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._batched is not None:
             return await self._batched(arrays)  # type: ignore[no-any-return]
-        # ONNX Runtime releases the GIL; the event loop keeps accepting requests meanwhile.
+        if self.runner.is_async:
+            return await self.runner.run_async(arrays)  # type: ignore[attr-defined,no-any-return]
+        # ONNX Runtime and torch release the GIL; the event loop keeps accepting requests.
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.runner.run, arrays)
+
+
+class UnloadableVersion:
+    """A version this replica could not load: it answers 503 with the cause while the
+    endpoint's other versions go on serving (a failed load never restarts the replica)."""
+
+    def __init__(self, config: VersionConfig, error: BaseException) -> None:
+        self.config = config
+        self.error = f"{type(error).__name__}: {error}"[:2000]
+
+    async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise ModelNotReadyError(
+            f"{self.config.model}:{self.config.version} could not be loaded on this replica: "
+            f"{self.error}", detail={"version": self.config.version, "reason": "load_failed"})
 
 
 class RemoteVersion:

@@ -55,6 +55,9 @@ from serving.validation import (
 )
 
 log = logging.getLogger(__name__)
+# The Open Inference Protocol's platform names (Triton's backends) for each model kind.
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch",
+             "torch_export": "pytorch_libtorch", "python": "python"}
 _PATH = re.compile(r"^(?:/versions/(?P<version>[^/]+))?(?P<action>/infer|/ready|/feedback)?/?$")
 MAX_SHADOWS_IN_FLIGHT = 256
 REQUEST_ID_HEADER = "x-modelplane-request-id"
@@ -319,6 +322,13 @@ class InferenceCore:
     def _metadata(self, config: EndpointConfig, backends: Mapping[int, VersionBackend],
                   router: Router, pinned: int | None, *, ready: bool) -> HttpResult:
         if ready:
+            asked = [pinned] if pinned is not None else [v for v, w in config.routes.weights.items()
+                                                         if w > 0 and v in backends]
+            unloadable = {v: getattr(backends[v], "error", None) for v in asked}
+            unloadable = {v: e for v, e in unloadable.items() if e is not None}
+            if unloadable:
+                return _json(503, {"name": config.endpoint, "ready": False, "error": "; ".join(
+                    f"version {v} could not be loaded: {e}" for v, e in sorted(unloadable.items()))})
             return _json(200, {"name": config.endpoint, "ready": True})
         shown = pinned if pinned is not None else (router.versions[0] if router.versions
                                                     else min(backends, default=None))
@@ -328,7 +338,7 @@ class InferenceCore:
         return _json(200, {
             "name": config.endpoint,
             "versions": [str(v) for v in sorted(backends)],
-            "platform": "onnxruntime_onnx",
+            "platform": PLATFORMS.get(spec.kind, spec.kind),
             "inputs": tensor_metadata(spec.inputs),
             "outputs": tensor_metadata(spec.outputs),
             "parameters": {"version": str(shown), "weights": {str(k): v for k, v in config.routes.weights.items()}},

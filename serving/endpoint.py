@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelplane.errors import ModelplaneError
-from serving.backends import LocalVersion, RemoteVersion, load_runner
+from serving.artifact_cache import ArtifactFetchError
+from serving.backends import LocalVersion, RemoteVersion, UnloadableVersion, load_runner
 from serving.core import (
     HttpResult,
     InferenceCore,
@@ -247,17 +249,18 @@ class EndpointServer(_CoreAdapter):
         from kernels import warmup
 
         config = EndpointConfig.model_validate(user_config)
-        backends: dict[int, LocalVersion] = {}
+        backends: dict[int, LocalVersion | UnloadableVersion] = {}
         loop = asyncio.get_running_loop()
         for version in config.versions:
             key = _version_key(version)
             backend = self._loaded.get(key)
             if backend is None:
-                runner = await loop.run_in_executor(None, load_runner, version)
-                backend = LocalVersion(version, runner, self._executor)
+                backend = await self._load(version)
             backends[version.version] = backend
         await loop.run_in_executor(None, warmup)
-        self._loaded = {_version_key(b.config): b for b in backends.values()}
+        # A version that failed to load is tried again on the next configuration.
+        self._loaded = {_version_key(b.config): b for b in backends.values()
+                        if isinstance(b, LocalVersion)}
         first = self.core is None
         if self.core is None:
             await self._first_posting(config)
@@ -268,6 +271,20 @@ class EndpointServer(_CoreAdapter):
             self.core.update(config, backends)
         self._ensure_shipping()
         await self._start_lean_once(first)
+
+    async def _load(self, version: VersionConfig) -> LocalVersion | UnloadableVersion:
+        """The loaded version, or, when its own code or files fail to load, a stand-in that
+        answers 503 with the cause. A download that failed is raised instead: Serve starts
+        the replica again and the next try may reach the control plane."""
+        try:
+            runner = await asyncio.get_running_loop().run_in_executor(None, load_runner, version)
+        except ArtifactFetchError:
+            raise
+        except Exception as error:
+            log.error("%s:%s could not be loaded; it answers 503 until it is replaced:\n%s",
+                      version.model, version.version, traceback.format_exc())
+            return UnloadableVersion(version, error)
+        return LocalVersion(version, runner, self._executor)
 
     def check_health(self) -> None:
         if self.core is None:

@@ -28,6 +28,41 @@ class TensorSignature(Wire):
     shape: list[int | None]
 
 
+ModelKind = Literal["onnx", "python", "torchscript", "torch_export"]
+# ``module:attribute`` inside a version's archive (modules relative to its root), or
+# ``builtin:name`` for a step that ships with modelplane (serving.runners.builtin_steps).
+CODE_REF = r"^(builtin:[a-z_]+|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$"
+CodeRef = Annotated[str, Field(pattern=CODE_REF, max_length=200)]
+
+
+class ModelCode(Wire):
+    """The Python a version runs, packed in its archive: a whole model (``entrypoint``), or
+    steps before and after an ONNX graph (``graph``) whose own signature is ``graph_inputs``
+    and ``graph_outputs``; the version's signature is then the outer one, as clients see it."""
+
+    entrypoint: CodeRef | None = Field(None, description=(
+        "python kind: the model class, `module:Class` (see docs/models.md)."))
+    preprocess: CodeRef | None = Field(None, description="onnx kind: inputs as sent → graph inputs.")
+    postprocess: CodeRef | None = Field(None, description="onnx kind: graph outputs → outputs returned.")
+    graph: str = Field("model.onnx", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,199}$",
+                       description="onnx kind with steps: the graph's path in the archive.")
+    graph_inputs: list[TensorSignature] | None = None
+    graph_outputs: list[TensorSignature] | None = None
+
+    @property
+    def is_steps(self) -> bool:
+        return self.preprocess is not None or self.postprocess is not None
+
+    @property
+    def refs(self) -> list[str]:
+        return [r for r in (self.entrypoint, self.preprocess, self.postprocess) if r is not None]
+
+    @property
+    def runs_archive_code(self) -> bool:
+        """Whether any of its code comes from the archive (not only modelplane's own steps)."""
+        return any(not ref.startswith("builtin:") for ref in self.refs)
+
+
 class BatchingConfig(Wire):
     """Dynamic batching for one version (``max_batch_size`` 1 turns it off)."""
 
@@ -65,8 +100,10 @@ class VersionConfig(Wire):
 
     version: Annotated[int, Field(ge=1)]
     model: str
-    artifact_url: str = Field(description="HTTP URL the replica downloads the ONNX file from.")
+    artifact_url: str = Field(description="HTTP URL the replica downloads the artifact from.")
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    kind: ModelKind = "onnx"
+    code: ModelCode | None = None
     inputs: list[TensorSignature] = Field(min_length=1)
     outputs: list[TensorSignature] = Field(min_length=1)
     task: Literal["classification", "regression", "other"] = "other"

@@ -27,6 +27,24 @@ class Platform:
     def token(self) -> str:
         return self.settings.admin_token_path.read_text().strip()
 
+    def cli(self, *args: str) -> str:
+        """``modelplane ARGS`` in this process against this platform; its output (the
+        command must succeed)."""
+        from typer.testing import CliRunner
+
+        from modelplane.cli import app
+        from modelplane.settings import reset_settings_cache
+
+        env = {"MODELPLANE_URL": self.url, "MODELPLANE_TOKEN": self.token,
+               "MODELPLANE_HOME": str(self.settings.home)}
+        reset_settings_cache()
+        try:
+            result = CliRunner().invoke(app, list(args), env=env)
+        finally:
+            reset_settings_cache()
+        assert result.exit_code == 0, result.output
+        return result.output
+
     def client(self) -> Client:
         return Client(self.url, self.token, settings=self.settings)
 

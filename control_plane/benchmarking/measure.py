@@ -65,6 +65,7 @@ def scratch_config(endpoint: str, target: Target, served: ServedWith, cluster: C
     version = VersionConfig(
         version=target.version, model=target.model,
         artifact_url=f"{cluster.base_url}/api/artifacts/{target.digest}", digest=target.digest,
+        kind=target.manifest.get("kind", "onnx"), code=target.manifest.get("code"),
         inputs=[TensorSignature(**spec) for spec in signature["inputs"]],
         outputs=[TensorSignature(**spec) for spec in signature["outputs"]],
         task=target.manifest.get("task", "other"),

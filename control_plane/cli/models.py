@@ -83,17 +83,55 @@ def show(
 @app.command()
 def register(
     name: str = typer.Argument(..., help="Model name (created if new)."),
-    model_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The .onnx file."),
+    model_file: Path = typer.Argument(..., exists=True, metavar="MODEL", help=(
+        "An .onnx file, a TorchScript file, or a folder (or zip) of code and files for a "
+        "python model or steps around a graph.")),
     manifest: Path = typer.Option(..., "--manifest", "-m", exists=True, dir_okay=False,
-                                  help="Manifest JSON or YAML (signature, task, lineage …)."),
+                                  help="Manifest JSON or YAML (signature, code, task, lineage …)."),
+    kind: str | None = typer.Option(None, "--kind", help=(
+        "onnx, python, torchscript or torch_export; default: the manifest's, else told "
+        "from MODEL.")),
     description: str = typer.Option("", help="Free text for this version."),
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
-    """Upload an ONNX file and register it as the model's next version."""
+    """Upload a model and register it as the model's next version (docs/models.md).
+
+    The registry loads it and runs it on example inputs before accepting it; a python
+    model or steps around a graph need a deployer's token."""
     data = read_document(manifest, "--manifest")
+    data["kind"] = _kind(kind, data, model_file)
     version = client(url).register_version(name, model_file, data, description=description)
     emit(as_json, version, lambda: typer.echo(
         f"registered {version.model}:{version.version} (sha256 {version.artifact_digest[:12]}…)"))
+
+
+def _kind(given: str | None, manifest: dict, model: Path) -> str:
+    """The kind to register: --kind, else the manifest's, else told from the file; an error
+    saying what to pass when they disagree or nothing tells."""
+    from control_plane.model_package import kind_of
+
+    kinds = ("onnx", "python", "torchscript", "torch_export")
+    if given is not None and given not in kinds:
+        raise typer.BadParameter(f"--kind {given!r} is not one of {', '.join(kinds)}")
+    stated = manifest.get("kind")
+    if given and stated and given != stated:
+        raise typer.BadParameter(f"--kind {given} but the manifest says kind: {stated}; "
+                                 "drop one of them")
+    if given or stated:
+        return str(given or stated)
+    found = kind_of(model)
+    if found == "archive":
+        code = manifest.get("code") or {}
+        if code.get("entrypoint"):
+            return "python"
+        if code.get("preprocess") or code.get("postprocess"):
+            return "onnx"
+        raise typer.BadParameter(f"{model} is a folder or archive: say what it is with --kind "
+                                 "python (and code.entrypoint) or steps in the manifest's code")
+    if found is None:
+        raise typer.BadParameter(f"cannot tell what {model} is; pass --kind onnx, python, "
+                                 "torchscript or torch_export")
+    return found
 
 
 @app.command()

@@ -79,13 +79,19 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
     health = api.health()
     endpoints = api.list_endpoints()
     ready = {e.name: _is_ready(api.url, e.name) for e in endpoints}
-    payload = {"control_plane": health, "endpoints": endpoints, "ready": ready}
+    # A version a replica could not load answers 503 with the cause while the others serve.
+    unloaded = {e.name: _unloaded_versions(api.url, e.name, [r.version for r in e.routes])
+                for e in endpoints}
+    payload = {"control_plane": health, "endpoints": endpoints, "ready": ready,
+               "versions_not_loaded": {name: found for name, found in unloaded.items() if found}}
     emit(as_json, payload, lambda: print_table(
         f"modelplane {health.get('version', '')} at {api.url}",
         ["endpoint", "model", "placement", "routes", "ready", "serving", "url"],
         [[e.name, e.model, e.placement,
           _routes_text(e.routes),
-          "yes" if ready[e.name] else "no", _serving_text(e.serving), e.url] for e in endpoints],
+          ("yes" if ready[e.name] else "no") + "".join(
+              f"; v{v} not loaded: {why[:200]}" for v, why in sorted(unloaded[e.name].items())),
+          _serving_text(e.serving), e.url] for e in endpoints],
     ))
 
 
@@ -114,6 +120,27 @@ def _is_ready(base_url: str, endpoint: str) -> bool:
         return httpx.get(endpoint_url(base_url, endpoint, "ready"), timeout=3).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _unloaded_versions(base_url: str, endpoint: str, versions: list[int]) -> dict[int, str]:
+    """The versions a replica answered it could not load, with the cause it gave."""
+    import httpx
+
+    found: dict[int, str] = {}
+    for version in versions:
+        try:
+            response = httpx.get(f"{endpoint_url(base_url, endpoint)}/versions/{version}/ready",
+                                 timeout=3)
+        except httpx.TransportError:
+            continue
+        if response.status_code == 503:
+            try:
+                body = response.json()
+            except ValueError:
+                continue
+            if body.get("ready") is False and body.get("error"):
+                found[version] = str(body["error"])
+    return found
 
 
 def _parse_autoscale(raw: str) -> dict[str, int]:

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
 from control_plane.errors import ConflictError, NotFoundError
-from modelplane.settings import reset_settings_cache
 from serving.names import is_benchmark_app
 from tests.onnx_models import (
     calibrate_slow,
@@ -46,17 +44,7 @@ def scratch_applications() -> list[str]:
 
 
 def cli(platform, *args: str) -> str:
-    from modelplane.cli import app
-
-    env = {"MODELPLANE_URL": platform.url, "MODELPLANE_TOKEN": platform.token,
-           "MODELPLANE_HOME": str(platform.settings.home)}
-    reset_settings_cache()
-    try:
-        result = CliRunner().invoke(app, list(args), env=env)
-    finally:
-        reset_settings_cache()
-    assert result.exit_code == 0, result.output
-    return result.output
+    return platform.cli(*args)
 
 
 def test_figures_are_measured_stored_shown_and_compared(platform, client) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from serving.errors import InferenceFailedError
+from serving.runners.base import Arrays, has_batch_axis, run_merged, zeros
 from serving.schemas import TensorSignature, VersionConfig
-from serving.validation import numpy_dtype
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,20 @@ def available_providers(use_gpu: bool | None = None) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-class ModelRunner:
-    """A loaded ONNX model; ``run`` is thread-safe and releases the GIL while it computes."""
+class OnnxRunner:
+    """A loaded ONNX model; ``run`` is thread-safe and releases the GIL while it computes.
 
-    def __init__(self, config: VersionConfig, model_path: Path, *, use_gpu: bool | None = None):
+    ``inputs`` and ``outputs`` are the graph's own (a version with steps around the graph
+    declares them apart from its outer signature)."""
+
+    def __init__(self, config: VersionConfig, model_path: Path, *, use_gpu: bool | None = None,
+                 inputs: list[TensorSignature] | None = None,
+                 outputs: list[TensorSignature] | None = None):
         import onnxruntime as ort
 
         self.config = config
+        self.inputs = inputs or config.inputs
+        outputs = outputs or config.outputs
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = 1
@@ -42,10 +49,11 @@ class ModelRunner:
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.providers = available_providers(use_gpu)
         self.session = ort.InferenceSession(str(model_path), options, providers=self.providers)
-        self.output_names = [o.name for o in config.outputs]
-        self.can_batch = all(_batch_axis(spec) for spec in (*config.inputs, *config.outputs))
+        self.output_names = [o.name for o in outputs]
+        self.can_batch = has_batch_axis([*self.inputs, *outputs])
+        self.is_async = False
 
-    def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, arrays: Arrays) -> Arrays:
         """Run the model on validated inputs; every output is returned."""
         feed = {name: _to_onnx(value) for name, value in arrays.items()}
         try:
@@ -57,31 +65,13 @@ class ModelRunner:
             ) from None
         return dict(zip(self.output_names, results, strict=True))
 
-    def run_batch(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def run_batch(self, items: list[Arrays]) -> list[Arrays]:
         """Run several requests as one batch along axis 0 and split the outputs back."""
-        if len(items) == 1:
-            return [self.run(items[0])]
-        rows = [next(iter(item.values())).shape[0] for item in items]
-        merged = {name: np.concatenate([item[name] for item in items]) for name in items[0]}
-        outputs = self.run(merged)
-        bounds = np.cumsum(rows)[:-1]
-        split = {name: np.split(value, bounds) for name, value in outputs.items()}
-        return [{name: parts[i] for name, parts in split.items()} for i in range(len(items))]
+        return run_merged(self.run, items)
 
     def warmup(self) -> None:
         """One inference on zeros so the first request pays no lazy initialisation."""
-        self.run({spec.name: _zeros(spec) for spec in self.config.inputs})
-
-
-def _batch_axis(spec: TensorSignature) -> bool:
-    return bool(spec.shape) and spec.shape[0] is None
-
-
-def _zeros(spec: TensorSignature) -> np.ndarray:
-    shape = tuple(1 if dim is None else dim for dim in spec.shape)
-    if spec.dtype == "string":
-        return np.full(shape, "", dtype=object)
-    return np.zeros(shape, dtype=numpy_dtype(spec.dtype))
+        self.run({spec.name: zeros(spec) for spec in self.inputs})
 
 
 def _to_onnx(value: np.ndarray) -> Any:

@@ -1,0 +1,96 @@
+"""A version's archive: a zip of code, weights and data, unpacked once per digest and
+imported under a package name of its own.
+
+The archive is only ever opened after its bytes hashed to the version's digest
+(serving.artifact_cache), so what runs is what was registered. Each archive becomes the
+package ``_modelplane_<digest>``: two versions with a module of the same name (every
+team's ``model.py``) never share a module, and a module imports its siblings relatively
+(``from .features import scale``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import types
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+MAX_MEMBERS = 10_000
+MAX_UNPACKED_BYTES = 8 * 2**30
+
+
+class ArchiveError(ValueError):
+    """The archive cannot be unpacked safely, or a reference in it does not resolve."""
+
+
+def check_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The archive's members, refused when one would land outside the folder (absolute
+    paths, ``..``, links) or the whole is too large to unpack."""
+    members = archive.infolist()
+    if len(members) > MAX_MEMBERS:
+        raise ArchiveError(f"the archive has {len(members)} members; at most {MAX_MEMBERS}")
+    total = 0
+    for member in members:
+        path = PurePosixPath(member.filename)
+        if path.is_absolute() or ".." in path.parts or "\\" in member.filename:
+            raise ArchiveError(f"archive member {member.filename!r} would land outside its folder")
+        if (member.external_attr >> 16) & 0o170000 == 0o120000:
+            raise ArchiveError(f"archive member {member.filename!r} is a symbolic link")
+        total += member.file_size
+    if total > MAX_UNPACKED_BYTES:
+        raise ArchiveError(f"the archive unpacks to {total} bytes; at most {MAX_UNPACKED_BYTES}")
+    return members
+
+
+def unpack(archive_path: Path, digest: str) -> Path:
+    """The folder ``archive_path`` unpacks to, beside it, made once: unpacked under a
+    temporary name and renamed, so a half-unpacked folder is never used."""
+    target = archive_path.parent / f"{digest}.d"
+    if target.is_dir():
+        return target
+    temp = archive_path.parent / f".{digest}.{os.getpid()}.unpacking"
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive_path) as archive:
+            check_members(archive)
+            archive.extractall(temp)
+        try:
+            os.replace(temp, target)
+        except OSError:
+            if not target.is_dir():  # another process renamed its copy first: use that
+                raise
+    except zipfile.BadZipFile as error:
+        raise ArchiveError(f"the artifact is not a zip archive: {error}") from None
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return target
+
+
+def package_name(digest: str) -> str:
+    return f"_modelplane_{digest[:32]}"
+
+
+def resolve(root: Path, digest: str, ref: str) -> Any:
+    """The object ``module:attribute`` names inside the archive unpacked at ``root``."""
+    module_name, _, attribute = ref.partition(":")
+    package = package_name(digest)
+    if package not in sys.modules:
+        module = types.ModuleType(package)
+        module.__path__ = [str(root)]
+        module.__file__ = str(root / "__init__.py")
+        sys.modules[package] = module
+    try:
+        module = importlib.import_module(f"{package}.{module_name}")
+    except ModuleNotFoundError as error:
+        if error.name and error.name.startswith(f"{package}.{module_name.split('.')[0]}"):
+            raise ArchiveError(f"{ref}: the archive has no module {module_name!r} "
+                               f"(its top level: {sorted(p.name for p in root.iterdir())[:20]})") from None
+        raise
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ArchiveError(f"{ref}: module {module_name!r} has no attribute {attribute!r}") from None

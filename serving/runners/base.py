@@ -1,0 +1,116 @@
+"""What every runner shares: batching along axis 0, and checking what a model returned
+against the version's declared outputs (a Python model can return anything)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from serving.errors import InferenceFailedError
+from serving.schemas import TensorSignature, VersionConfig
+from serving.validation import numpy_dtype
+
+Arrays = dict[str, np.ndarray]
+
+
+def has_batch_axis(specs: Sequence[TensorSignature]) -> bool:
+    return all(bool(spec.shape) and spec.shape[0] is None for spec in specs)
+
+
+def run_merged(run: Callable[[Arrays], Arrays], items: list[Arrays]) -> list[Arrays]:
+    """Run several requests as one batch along axis 0 and split the outputs back."""
+    if len(items) == 1:
+        return [run(items[0])]
+    rows = [next(iter(item.values())).shape[0] for item in items]
+    merged = {name: np.concatenate([item[name] for item in items]) for name in items[0]}
+    outputs = run(merged)
+    bounds = np.cumsum(rows)[:-1]
+    split = {name: np.split(value, bounds) for name, value in outputs.items()}
+    return [{name: parts[i] for name, parts in split.items()} for i in range(len(items))]
+
+
+def zeros(spec: TensorSignature, rows: int = 1) -> np.ndarray:
+    shape = tuple(rows if dim is None else dim for dim in spec.shape)
+    if spec.dtype == "string":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=numpy_dtype(spec.dtype))
+
+
+def conform_outputs(config: VersionConfig, produced: object, rows: int | None,
+                    specs: Sequence[TensorSignature] | None = None, *, what: str = "the model") -> Arrays:
+    """``produced`` as the declared outputs: a dict with every declared name, each an array
+    of the declared dtype (strings as bytes objects) and shape, ``rows`` long on a batch
+    axis. InferenceFailedError naming the output otherwise: a model that breaks its own
+    signature is a server fault, never passed on to the client as if it were an answer."""
+    specs = list(specs if specs is not None else config.outputs)
+    ref = f"{config.model}:{config.version}"
+    if not isinstance(produced, dict):
+        raise _broken(config, f"{ref} failed: {what} returned {type(produced).__name__}, not a dict "
+                      f"of output name to array ({[s.name for s in specs]})", None)
+    outputs: Arrays = {}
+    for spec in specs:
+        if spec.name not in produced:
+            raise _broken(config, f"{ref} failed: {what} returned no output {spec.name!r} (it "
+                          f"returned {sorted(map(str, produced))})", spec.name)
+        outputs[spec.name] = _conform(config, spec, produced[spec.name], rows, what, ref)
+    return outputs
+
+
+def _conform(config: VersionConfig, spec: TensorSignature, value: object, rows: int | None,
+             what: str, ref: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # anything numpy cannot hold
+        raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} is not an array: "
+                      f"{error}", spec.name) from None
+    if spec.dtype == "string":
+        if array.dtype.kind == "U":
+            array = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
+        elif array.dtype.kind == "S":
+            array = array.astype(object)
+        elif array.dtype != object:
+            raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} is {array.dtype}, "
+                          "declared string", spec.name)
+        elif array.size and not all(isinstance(v, bytes | str) for v in array.flat):
+            raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} holds values that "
+                          "are neither str nor bytes, declared string", spec.name)
+        else:
+            array = np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else v,
+                                 otypes=[object])(array) if array.size else array
+    else:
+        want = numpy_dtype(spec.dtype)
+        if array.dtype != want:
+            # Widening within a kind is what a model means (float64 arithmetic on float32
+            # inputs); a kind change (float to int, numbers to text) is a broken signature.
+            if array.dtype.kind != want.kind and not (want.kind == "f" and array.dtype.kind in "iu"):
+                raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} is {array.dtype}, "
+                              f"declared {spec.dtype}", spec.name)
+            array = array.astype(want)
+    if len(array.shape) != len(spec.shape) or any(
+            d is not None and d != n for d, n in zip(spec.shape, array.shape, strict=False)):
+        raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} has shape "
+                      f"{list(array.shape)}, declared {spec.shape}", spec.name)
+    if rows is not None and spec.shape and spec.shape[0] is None and array.shape[0] != rows:
+        raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} has {array.shape[0]} "
+                      f"rows for {rows} input rows", spec.name)
+    return array
+
+
+def _broken(config: VersionConfig, message: str, output: str | None) -> InferenceFailedError:
+    return InferenceFailedError(message, detail={"version": config.version, "reason": "broken_signature",
+                                                 **({"output": output} if output else {})})
+
+
+def input_rows(arrays: Arrays) -> int | None:
+    """The batch length the inputs share on axis 0 (None for scalars)."""
+    for value in arrays.values():
+        return int(value.shape[0]) if value.ndim else None
+    return None
+
+
+def failed_call(config: VersionConfig, what: str, error: Exception) -> InferenceFailedError:
+    """A model's own exception as the server fault it is, with its type and message."""
+    return InferenceFailedError(
+        f"{config.model}:{config.version} failed: {what} raised {type(error).__name__}: "
+        f"{str(error)[:300]}", detail={"version": config.version, "reason": "model_raised"})

@@ -1,0 +1,117 @@
+"""The registration check on every kind: a version is registered only once it loaded in a
+scratch process and answered as its manifest says; a failure names the field and carries
+the model's own traceback. Python code needs a deployer's token."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from control_plane.auth import Principal
+from control_plane.errors import InvalidArtifactError, PermissionDeniedError
+from control_plane.model_check import check_version
+from control_plane.model_package import pack_folder
+from control_plane.registry import Registry
+from control_plane.schemas import ModelManifest, Role, VersionCreate
+from tests.model_kinds import (
+    python_manifest,
+    python_model,
+    steps_manifest,
+    steps_model,
+    torch_export_model,
+    torchscript_manifest,
+    torchscript_model,
+)
+from tests.unit.control_plane.conftest import ALICE
+
+TRAINER = Principal("job-7", Role.TRAINER)
+
+
+def check(manifest: dict, artifact: bytes, **options: float) -> None:
+    check_version(ModelManifest.model_validate(manifest), hashlib.sha256(artifact).hexdigest(),
+                  artifact, **options)
+
+
+def refusal(manifest: dict, artifact: bytes, **options: float) -> InvalidArtifactError:
+    with pytest.raises(InvalidArtifactError) as caught:
+        check(manifest, artifact, **options)
+    return caught.value
+
+
+def test_every_kind_that_answers_as_declared_passes(tmp_path: Path) -> None:
+    check(python_manifest(), pack_folder(python_model(tmp_path / "py", 1)))
+    check(python_manifest(), pack_folder(python_model(tmp_path / "async", 1, asynchronous=True)))
+    check(steps_manifest(), pack_folder(steps_model(tmp_path / "steps", 1)))
+    check(torchscript_manifest(), torchscript_model(1))
+    check(torchscript_manifest(kind="torch_export"), torch_export_model(1))
+
+
+def test_an_import_that_fails_is_refused_with_its_traceback(tmp_path: Path) -> None:
+    folder = python_model(tmp_path / "m", 1)
+    (folder / "model.py").write_text("import a_package_nobody_installed\n" + (folder / "model.py").read_text())
+    error = refusal(python_manifest(), pack_folder(folder))
+    assert error.detail["field"] == "manifest.code.entrypoint" and error.detail["stage"] == "load"
+    assert "No module named 'a_package_nobody_installed'" in str(error)
+    assert "model.py" in error.detail["traceback"]
+
+
+def test_an_entrypoint_that_is_not_there_names_the_module(tmp_path: Path) -> None:
+    error = refusal(python_manifest("predictor:Model"),
+                    pack_folder(python_model(tmp_path / "m", 1)))
+    assert "the archive has no module 'predictor'" in str(error)
+    assert "model.py" in str(error)  # what the archive does hold
+
+
+def test_an_output_that_breaks_the_signature_names_the_output(tmp_path: Path) -> None:
+    folder = python_model(tmp_path / "m", 1, predict="return {'probabilities': x}")
+    error = refusal(python_manifest(), pack_folder(folder))
+    assert error.detail["field"] == "signature.outputs.probabilities"
+    assert "has shape [2, 4], declared [None, 3]" in str(error)
+
+
+def test_a_model_that_never_loads_is_stopped_at_the_timeout(tmp_path: Path) -> None:
+    folder = python_model(tmp_path / "m", 1, load="import time; time.sleep(60)")
+    error = refusal(python_manifest(), pack_folder(folder), timeout_s=5)
+    assert error.detail["stage"] == "timeout" and "did not finish in 5s" in str(error)
+
+
+def test_the_check_runs_without_the_platforms_secrets(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELPLANE_TOKEN", "mp_secret")
+    monkeypatch.setenv("MODELPLANE_DB_URL", "postgresql://admin:pw@db/modelplane")
+    folder = python_model(tmp_path / "m", 1, load=(
+        "import os; assert not [k for k in os.environ if k.startswith('MODELPLANE_')], "
+        "sorted(os.environ)"))
+    check(python_manifest(), pack_folder(folder))
+
+
+def test_steps_whose_graph_disagrees_with_the_declared_graph_signature_are_refused(
+        tmp_path: Path) -> None:
+    manifest = steps_manifest()
+    manifest["code"]["graph_inputs"][0]["name"] = "features"
+    error = refusal(manifest, pack_folder(steps_model(tmp_path / "s", 1)))
+    assert "features" in str(error) and "scaled" in str(error)
+
+
+@pytest.mark.parametrize(("manifest", "artifact", "message"), [
+    (python_manifest(), b"not a zip", "is a zip archive of its folder"),
+    (torchscript_manifest(), b"\x08\x01not torch", "not a torchscript file"),
+])
+def test_an_artifact_of_the_wrong_form_is_refused(manifest: dict, artifact: bytes,
+                                                  message: str) -> None:
+    assert message in str(refusal(manifest, artifact))
+
+
+def test_code_from_the_archive_needs_a_deployer_builtin_steps_do_not(
+        registry: Registry, tmp_path: Path) -> None:
+    code = registry.artifacts.put([pack_folder(python_model(tmp_path / "m", 1))])
+    spec = VersionCreate(artifact_digest=code.digest, manifest=python_manifest())
+    with pytest.raises(PermissionDeniedError, match="needs deployer"):
+        registry.register_version("py", spec, TRAINER)
+    assert registry.register_version("py", spec, ALICE).version == 1
+    steps = registry.artifacts.put([pack_folder(steps_model(tmp_path / "s", 1))])
+    version = registry.register_version(
+        "scaled", VersionCreate(artifact_digest=steps.digest, manifest=steps_manifest()), TRAINER)
+    assert version.manifest.code is not None and version.manifest.code.preprocess == "builtin:standardize"

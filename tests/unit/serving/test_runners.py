@@ -1,0 +1,187 @@
+"""Every model kind behind the one runner interface, checked against the same NumPy
+reference; outputs that break the signature are refused naming the output; archives are
+unpacked safely and never share modules."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from control_plane.model_package import kind_of, pack_folder
+from serving.errors import InferenceFailedError
+from serving.runners import build_runner
+from serving.runners.archive import ArchiveError, unpack
+from serving.schemas import VersionConfig
+from tests.model_kinds import (
+    LABELS,
+    python_manifest,
+    python_model,
+    reference,
+    steps_manifest,
+    steps_model,
+    torch_export_model,
+    torchscript_manifest,
+    torchscript_model,
+)
+from tests.onnx_models import linear_classifier_manifest
+
+ROWS = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
+
+
+def stored(tmp_path: Path, data: bytes) -> tuple[Path, str]:
+    """``data`` as a replica's cache holds it: a file named by its digest."""
+    digest = hashlib.sha256(data).hexdigest()
+    path = tmp_path / "cache" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path, digest
+
+
+def config(manifest: dict, digest: str, version: int = 1) -> VersionConfig:
+    signature = manifest["signature"]
+    return VersionConfig(version=version, model="m", artifact_url="http://unused", digest=digest,
+                         kind=manifest.get("kind", "onnx"), code=manifest.get("code"),
+                         inputs=signature["inputs"], outputs=signature["outputs"])
+
+
+def python_runner(tmp_path: Path, seed: int = 1, **model: object):
+    path, digest = stored(tmp_path, pack_folder(python_model(tmp_path / f"src{seed}", seed, **model)))
+    return build_runner(config(python_manifest(), digest), path)
+
+
+def test_a_python_model_answers_like_the_reference_alone_and_batched(tmp_path: Path) -> None:
+    runner = python_runner(tmp_path)
+    assert runner.can_batch and not runner.is_async
+    out = runner.run({"input": ROWS})
+    np.testing.assert_allclose(out["probabilities"], reference(ROWS, 1), rtol=1e-5)
+    assert out["probabilities"].dtype == np.float32
+    parts = runner.run_batch([{"input": ROWS[:2]}, {"input": ROWS[2:]}])
+    np.testing.assert_allclose(np.concatenate([p["probabilities"] for p in parts]),
+                               reference(ROWS, 1), rtol=1e-5)
+
+
+def test_an_async_predict_is_awaited(tmp_path: Path) -> None:
+    runner = python_runner(tmp_path, asynchronous=True)
+    assert runner.is_async
+    out = asyncio.run(runner.run_async({"input": ROWS}))
+    np.testing.assert_allclose(out["probabilities"], reference(ROWS, 1), rtol=1e-5)
+
+
+def test_not_batchable_unless_the_model_says_so(tmp_path: Path) -> None:
+    assert not python_runner(tmp_path, batchable=False).can_batch
+
+
+@pytest.mark.parametrize(("predict", "message"), [
+    ("return {'scores': x}", "returned no output 'probabilities'"),
+    ("return {'probabilities': x[:, :2]}", "has shape [6, 2], declared [None, 3]"),
+    ("return {'probabilities': x[:1, :3]}", "has 1 rows for 6 input rows"),
+    ("return {'probabilities': np.full((len(x), 3), 'a')}", "declared float32"),
+    ("return [x]", "returned list, not a dict"),
+    ("raise KeyError('feature_7')", "m:1 failed: predict raised KeyError: 'feature_7'"),
+])
+def test_an_output_that_breaks_the_signature_is_a_named_server_fault(
+        tmp_path: Path, predict: str, message: str) -> None:
+    runner = python_runner(tmp_path, predict=predict.replace("\n", "; "))
+    with pytest.raises(InferenceFailedError) as caught:
+        runner.run({"input": ROWS})
+    assert message in str(caught.value), str(caught.value)
+    assert caught.value.http_status == 500
+
+
+def test_float64_arithmetic_comes_back_as_the_declared_float32(tmp_path: Path) -> None:
+    runner = python_runner(tmp_path, predict="x = x.astype(np.float64)")
+    out = runner.run({"input": ROWS})
+    assert out["probabilities"].dtype == np.float32
+
+
+def test_two_archives_with_the_same_module_names_do_not_share_modules(tmp_path: Path) -> None:
+    one, two = python_runner(tmp_path, seed=1), python_runner(tmp_path, seed=2)
+    np.testing.assert_allclose(one.run({"input": ROWS})["probabilities"], reference(ROWS, 1), rtol=1e-5)
+    np.testing.assert_allclose(two.run({"input": ROWS})["probabilities"], reference(ROWS, 2), rtol=1e-5)
+    assert type(one.model).__module__ != type(two.model).__module__
+
+
+def test_steps_around_a_graph_take_raw_rows_and_return_labels(tmp_path: Path) -> None:
+    path, digest = stored(tmp_path, pack_folder(steps_model(tmp_path / "steps", 3)))
+    runner = build_runner(config(steps_manifest(), digest), path)
+    runner.warmup()
+    raw = 10.0 + 2.0 * ROWS
+    out = runner.run({"input": raw})
+    expected = reference(ROWS, 3)
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-5, atol=1e-6)
+    assert list(out["label"]) == [LABELS[i].encode() for i in expected.argmax(axis=1)]
+    assert runner.can_batch
+    merged = runner.run_batch([{"input": raw[:1]}, {"input": raw[1:]}])
+    assert [bytes(v) for p in merged for v in p["label"]] == list(out["label"])
+
+
+def test_a_custom_postprocess_gets_the_inputs_as_sent_when_it_asks(tmp_path: Path) -> None:
+    folder = steps_model(tmp_path / "custom", 3)
+    (folder / "rules.py").write_text(
+        "import numpy as np\n\n"
+        "def flag(outputs, inputs):\n"
+        "    return {'probabilities': outputs['probabilities'],\n"
+        "            'label': np.where(inputs['input'][:, 0] > 10, b'high', b'low').astype(object)}\n")
+    manifest = steps_manifest()
+    manifest["code"]["postprocess"] = "rules:flag"
+    path, digest = stored(tmp_path, pack_folder(folder))
+    out = build_runner(config(manifest, digest), path).run({"input": 10.0 + 2.0 * ROWS})
+    assert list(out["label"]) == [b"high" if v > 0 else b"low" for v in ROWS[:, 0]]
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "torch_export"])
+def test_a_torch_model_answers_like_the_reference(tmp_path: Path, kind: str) -> None:
+    data = torchscript_model(4) if kind == "torchscript" else torch_export_model(4)
+    path, digest = stored(tmp_path, data)
+    runner = build_runner(config(torchscript_manifest(kind=kind), digest), path)
+    runner.warmup()
+    np.testing.assert_allclose(runner.run({"input": ROWS})["probabilities"], reference(ROWS, 4),
+                               rtol=1e-5, atol=1e-6)
+    assert runner.can_batch and kind_of(path) == kind
+
+
+def test_a_builtin_step_without_its_parameters_names_the_file(tmp_path: Path) -> None:
+    folder = steps_model(tmp_path / "noparams", 3)
+    (folder / "label_map.json").unlink()
+    path, digest = stored(tmp_path, pack_folder(folder))
+    with pytest.raises(ArchiveError, match="label_map.json"):
+        build_runner(config(steps_manifest(), digest), path)
+
+
+@pytest.mark.parametrize("name", ["../escape.py", "/etc/evil.py", "a/../../b.py"])
+def test_an_archive_member_outside_its_folder_is_refused(tmp_path: Path, name: str) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, "print('escaped')")
+    path, digest = stored(tmp_path, buffer.getvalue())
+    with pytest.raises(ArchiveError, match="outside its folder"):
+        unpack(path, digest)
+    assert not (tmp_path / "escape.py").exists()
+
+
+def test_packing_is_reproducible_and_leaves_caches_out(tmp_path: Path) -> None:
+    folder = python_model(tmp_path / "m", 1)
+    first = pack_folder(folder)
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"cache")
+    (folder / "model.pyc").write_bytes(b"cache")
+    assert pack_folder(folder) == first
+    names = zipfile.ZipFile(io.BytesIO(first)).namelist()
+    assert names == sorted(names) == ["arithmetic.py", "model.py", "weights.npz"]
+    assert kind_of(folder) == "archive"
+
+
+def test_an_onnx_file_is_told_from_its_bytes(tmp_path: Path) -> None:
+    from tests.onnx_models import linear_classifier
+
+    path = tmp_path / "model.bin"
+    path.write_bytes(linear_classifier())
+    assert kind_of(path) == "onnx"
+    assert json.dumps(linear_classifier_manifest())  # the plain manifest stays kind onnx
