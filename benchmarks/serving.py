@@ -33,15 +33,19 @@ SMALL = (64, 256, 256, 10)
 HEAVY = (512, 4096, 4096, 1000)
 
 
-def mlp(sizes: tuple[int, ...], seed: int) -> bytes:
+def mlp_weights(sizes: tuple[int, ...], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each layer's (W, b) of :func:`mlp` for ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [((rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(np.float32),
+             np.zeros(n_out, dtype=np.float32)) for n_in, n_out in itertools.pairwise(sizes)]
+
+
+def mlp(sizes: tuple[int, ...], seed: int, *, input_name: str = "input") -> bytes:
     """An ONNX MLP (MatMul+Add+Relu per layer) with a dynamic batch axis."""
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(seed)
-    nodes, inits, current = [], [], "input"
-    for layer, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        w = (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
-        b = np.zeros(n_out, dtype=np.float32)
+    nodes, inits, current = [], [], input_name
+    for layer, (w, b) in enumerate(mlp_weights(sizes, seed)):
         inits += [numpy_helper.from_array(w, f"w{layer}"), numpy_helper.from_array(b, f"b{layer}")]
         nodes += [helper.make_node("MatMul", [current, f"w{layer}"], [f"m{layer}"]),
                   helper.make_node("Add", [f"m{layer}", f"b{layer}"], [f"a{layer}"])]
@@ -52,7 +56,7 @@ def mlp(sizes: tuple[int, ...], seed: int) -> bytes:
     nodes.append(helper.make_node("Identity", [current], ["output"]))
     graph = helper.make_graph(
         nodes, "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", sizes[0]])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", sizes[-1]])],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

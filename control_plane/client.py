@@ -70,6 +70,9 @@ from serving.names import endpoint_url
 
 M = TypeVar("M", bound=BaseModel)
 _CHUNK = 1024 * 1024
+# Registration waits for the registry's check: pip for the requirements, then the model
+# loaded and run in a scratch process (control_plane.model_check, 180 s each at most).
+REGISTER_TIMEOUT_S = 420.0
 _ERRORS_BY_CODE: dict[str, type[ControlPlaneError]] = {
     cls.code: cls
     for cls in vars(cp_errors).values()
@@ -237,7 +240,10 @@ class Client:
             manifest=ModelManifest.model_validate(manifest),
             description=description,
         )
-        return self._send("POST", f"/models/{name}/versions", body, VersionOut)
+        # The registry loads the model (and installs its requirements) before it answers.
+        response = self._request("POST", f"/models/{name}/versions",
+                                 json=body.model_dump(mode="json"), timeout=REGISTER_TIMEOUT_S)
+        return VersionOut.model_validate(response.json())
 
     def get_version(self, name: str, version: int) -> VersionOut:
         return self._get(f"/models/{name}/versions/{version}", VersionOut)

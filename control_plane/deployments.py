@@ -177,6 +177,7 @@ class Deployments:
                     f"{name}:{version} was rejected ({row.status_reason}); it cannot take traffic",
                     detail={"field": "model_ref"},
                 )
+            refuse_shared_requirements(endpoint, model.name, row, field="model_ref")
             settings = {"batching": spec.batching.model_dump()}
             if endpoint.placement == "isolated":
                 settings["scaling"] = (spec.scaling or ScaleSettings()).model_dump()
@@ -248,6 +249,7 @@ class Deployments:
                 )
             route = existing.get(row.id)
             if route is None:
+                refuse_shared_requirements(endpoint, model.name, row, field="weights")
                 # A new version gets the settings of one already serving: a blue-green
                 # candidate runs at the same size as the version it replaces.
                 settings = dict(template.settings) if template is not None else {
@@ -343,6 +345,19 @@ def refuse_unapproved_traffic(session: Session, model: ModelRow, before: dict[in
             "out (`modelplane rollout start`), which waits for the approval at the limit",
             detail={"field": field, "policy": "require_approval_for_production",
                     "version": version, "limit": limit})
+
+
+def refuse_shared_requirements(endpoint: EndpointRow, model: str, row: ModelVersionRow, *,
+                               field: str) -> None:
+    """A version with pip requirements of its own is served only in a process of its own:
+    colocated versions share one, and one version's packages would change the others'."""
+    requirements = ((row.manifest or {}).get("code") or {}).get("requirements") or []
+    if requirements and endpoint.placement != "isolated":
+        raise ConflictError(
+            f"{model}:{row.version} needs {requirements}, installed for it alone: serve it on an "
+            f"endpoint with placement isolated (`modelplane deploy ... --placement isolated`); "
+            f"{endpoint.name!r} is {endpoint.placement}",
+            detail={"field": field, "placement": endpoint.placement})
 
 
 def endpoint_row(session: Session, name: str) -> EndpointRow:

@@ -114,9 +114,12 @@ def run_scratch_check(manifest: ModelManifest, digest: str, artifact: bytes, *,
         request.write_text(json.dumps({"version": version, "artifact": str(artifact_path),
                                        "examples": manifest.example_inputs}))
         env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
+        paths = [str(Path(serving.__file__).resolve().parents[1])]
+        if manifest.code is not None and manifest.code.requirements:
+            paths.append(str(install_requirements(manifest.code.requirements, folder,
+                                                  timeout_s=timeout_s)))
         env.update(HOME=str(folder), TMPDIR=str(folder), OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(Path(serving.__file__).resolve().parents[1]),
-                   PYTHONDONTWRITEBYTECODE="1")
+                   PYTHONPATH=os.pathsep.join(paths), PYTHONDONTWRITEBYTECODE="1")
         try:
             completed = subprocess.run(
                 [sys.executable, "-m", "serving.runners.check", str(request), str(result)],
@@ -132,3 +135,31 @@ def run_scratch_check(manifest: ModelManifest, digest: str, artifact: bytes, *,
                 f"verdict: {(completed.stderr or completed.stdout)[-2000:]}",
                 detail={"field": "artifact_digest", "stage": "crashed"})
         return json.loads(result.read_text())  # type: ignore[no-any-return]
+
+
+def install_requirements(requirements: list[str], folder: Path, *, timeout_s: float) -> Path:
+    """pip-install ``requirements`` into a folder of their own (what the replica's runtime
+    environment will hold beside the platform's packages); InvalidArtifactError with pip's
+    own words when they cannot be installed. pip keeps its configuration (index, proxy,
+    certificates): it is the operator's, and no model code runs in this step."""
+    target = folder / "requirements"
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith("PIP_") or k in (*_KEPT_ENV, "HOME", "HTTP_PROXY", "HTTPS_PROXY",
+                                               "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+             "--quiet", "--target", str(target), *requirements],
+            env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise InvalidArtifactError(
+            f"manifest.code.requirements: installing {requirements} took over {timeout_s:g}s",
+            detail={"field": "manifest.code.requirements", "stage": "requirements"}) from None
+    if result.returncode != 0:
+        said = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        raise InvalidArtifactError(
+            f"manifest.code.requirements: pip could not install {requirements}: "
+            + " ".join(said[-3:])[:1500],
+            detail={"field": "manifest.code.requirements", "stage": "requirements",
+                    "pip": "\n".join(said[-40:])})
+    return target

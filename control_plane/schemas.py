@@ -167,6 +167,9 @@ class ModelManifest(Wire):
             if not code.is_steps:
                 raise ValueError("code: an onnx model with code needs code.preprocess or "
                                  "code.postprocess")
+        if code is not None and code.requirements and not code.runs_archive_code:
+            raise ValueError("code.requirements: only code from the archive has requirements "
+                             "(builtin: steps need none)")
         if code is not None:
             allowed = set(TensorDType.__args__)  # type: ignore[attr-defined]
             for side in ("graph_inputs", "graph_outputs"):

@@ -109,6 +109,11 @@ def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: di
 
     options = _deployment_options(version.scaling, env=env, access_log=access_log,
                                   min_ongoing=_batch_floor([version]))
+    if version.code is not None and version.code.requirements:
+        # The version's own packages, in a runtime environment of its own that keeps the
+        # platform's (Ray builds it once per node and set of requirements).
+        options["ray_actor_options"]["runtime_env"]["pip"] = {
+            "packages": list(version.code.requirements), "pip_check": False}
     init = version.model_dump(mode="json")
     deployment = serve.deployment(ModelServer).options(
         name=model_server_name(version.version),

@@ -35,6 +35,14 @@ CODE_REF = r"^(builtin:[a-z_]+|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*
 CodeRef = Annotated[str, Field(pattern=CODE_REF, max_length=200)]
 
 
+# A pip requirement by name, extras and version bounds only: no URLs, paths or pip options,
+# so a manifest cannot point an installer at another index or at local files.
+REQUIREMENT = (r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(\[[A-Za-z0-9._,-]{1,100}\])?"
+               r"( ?(==|>=|<=|~=|!=|>|<) ?[A-Za-z0-9.*+!_-]{1,50}( ?, ?(==|>=|<=|~=|!=|>|<) ?"
+               r"[A-Za-z0-9.*+!_-]{1,50})*)?$")
+Requirement = Annotated[str, Field(pattern=REQUIREMENT, max_length=300)]
+
+
 class ModelCode(Wire):
     """The Python a version runs, packed in its archive: a whole model (``entrypoint``), or
     steps before and after an ONNX graph (``graph``) whose own signature is ``graph_inputs``
@@ -48,6 +56,9 @@ class ModelCode(Wire):
                        description="onnx kind with steps: the graph's path in the archive.")
     graph_inputs: list[TensorSignature] | None = None
     graph_outputs: list[TensorSignature] | None = None
+    requirements: list[Requirement] = Field(default_factory=list, max_length=64, description=(
+        "pip requirements the code needs beyond the platform's own packages, installed for "
+        "the version alone (placement isolated; see docs/models.md)."))
 
     @property
     def is_steps(self) -> bool:

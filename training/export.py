@@ -1,7 +1,10 @@
 """Export a trained network to ONNX and prove ONNX Runtime reproduces it.
 
 The exported graph takes ``input`` (float32, ``[batch, features]``, batch dynamic) and
-returns ``probabilities`` and ``label`` (classifiers) or ``prediction`` (regressors).
+returns ``probabilities`` and ``label`` (classifiers) or ``prediction`` (regressors). With
+the standardisation as a step (``registration.preprocessing: step``) the graph takes
+``standardized`` rows instead, and the version is an archive of the graph and the fitted
+scaler (``builtin:standardize``), proved by the serving stack's own runner.
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ OPSET = 17
 TOLERANCE = 1e-4
 
 
-def export_onnx(network: Network) -> bytes:
-    """The network's serving form as ONNX bytes, with a dynamic batch axis."""
-    model = ServingModel(network).eval()
+STANDARDIZED = "standardized"
+
+
+def export_onnx(network: Network, *, standardize: bool = True) -> bytes:
+    """The network's serving form as ONNX bytes, with a dynamic batch axis; without the
+    standardisation (its input then named ``standardized``) when ``standardize`` is off."""
+    model = ServingModel(network, standardize=standardize).eval()
     names = model.output_names
+    input_name = INPUT_NAME if standardize else STANDARDIZED
     example = torch.zeros(2, network.n_features)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -31,8 +39,8 @@ def export_onnx(network: Network) -> bytes:
         # needs onnxscript (not a dependency); for these plain graphs both emit the same ops.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), buffer, dynamo=False, input_names=[INPUT_NAME], output_names=names,
-            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *names]},
+            model, (example,), buffer, dynamo=False, input_names=[input_name], output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in [input_name, *names]},
             opset_version=OPSET, do_constant_folding=True,
         )
     return buffer.getvalue()
@@ -59,8 +67,62 @@ def onnx_outputs(onnx_model: bytes, features: np.ndarray) -> dict[str, np.ndarra
     return dict(zip(names, values, strict=True))
 
 
+def steps_archive(network: Network, graph: bytes) -> bytes:
+    """The version with its scaler as a step: the graph (taking standardised rows) and the
+    fitted mean and scale for ``builtin:standardize``, as a reproducible zip."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from control_plane.model_package import pack_folder
+
+    with tempfile.TemporaryDirectory(prefix="modelplane-steps-") as folder:
+        root = Path(folder)
+        (root / "model.onnx").write_bytes(graph)
+        (root / "standardize.json").write_text(json.dumps({
+            "input": INPUT_NAME, "output": STANDARDIZED,
+            "mean": network.feature_mean.tolist(), "scale": network.feature_scale.tolist()}))
+        return pack_folder(root)
+
+
+def serving_form(network: Network, graph: bytes, *, as_step: bool) -> tuple[bytes, dict, dict | None]:
+    """What is registered: the artifact, its (outer) signature and its manifest ``code``:
+    the graph itself, or the archive of the graph and its scaler step."""
+    from control_plane.onnx_check import signature_of
+
+    signature = signature_of(graph).model_dump(mode="json")
+    if not as_step:
+        return graph, signature, None
+    code = {"preprocess": "builtin:standardize", "graph": "model.onnx",
+            "graph_inputs": signature["inputs"]}
+    outer = {**signature, "inputs": [{**signature["inputs"][0], "name": INPUT_NAME}]}
+    return steps_archive(network, graph), outer, code
+
+
+def runner_outputs(archive: bytes, signature: dict, code: dict,
+                   features: np.ndarray) -> dict[str, np.ndarray]:
+    """What the serving stack's runner computes for ``features`` with the version's steps."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    from serving.runners import build_runner
+    from serving.schemas import VersionConfig
+
+    digest = hashlib.sha256(archive).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="modelplane-parity-") as folder:
+        path = Path(folder) / digest
+        path.write_bytes(archive)
+        config = VersionConfig(version=1, model="parity", artifact_url="file:///unused",
+                               digest=digest, kind="onnx", code=code,
+                               inputs=signature["inputs"], outputs=signature["outputs"])
+        runner = build_runner(config, path, use_gpu=False)
+        return runner.run({INPUT_NAME: np.asarray(features, dtype=np.float32)})
+
+
 def check_parity(onnx_model: bytes, network: Network, features: np.ndarray,
-                 *, tolerance: float = TOLERANCE) -> float:
+                 *, tolerance: float = TOLERANCE,
+                 served: dict[str, np.ndarray] | None = None) -> float:
     """Max absolute difference between torch and ONNX Runtime; raise above ``tolerance``.
 
     A regressor's values are compared in units of the target's standard deviation (the
@@ -68,7 +130,7 @@ def check_parity(onnx_model: bytes, network: Network, features: np.ndarray,
     but it can hold them to 1e-4 of their spread.
     """
     expected = torch_outputs(network, features)
-    actual = onnx_outputs(onnx_model, features)
+    actual = served if served is not None else onnx_outputs(onnx_model, features)
     scale = float(network.target_scale) if network.spec.task == "regression" else 1.0
     worst = 0.0
     for name, want in expected.items():

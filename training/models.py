@@ -72,13 +72,15 @@ class ServingModel(nn.Module):
     version (top-1 agreement for classifiers), so probabilities come first.
     """
 
-    def __init__(self, network: Network) -> None:
+    def __init__(self, network: Network, *, standardize: bool = True) -> None:
         super().__init__()
         self.network = network
         self.task = network.spec.task
+        # False: the graph takes rows already standardised (by a step in front of it).
+        self.standardize = standardize
 
     def forward(self, x: torch.Tensor) -> Any:
-        out = self.network(x)
+        out = self.network(x) if self.standardize else self.network.body(x)
         if self.task == "classification":
             return torch.softmax(out, dim=1), torch.argmax(out, dim=1)
         return (out * self.network.target_scale + self.network.target_mean).reshape(-1)

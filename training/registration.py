@@ -81,17 +81,17 @@ def build_manifest(
     *,
     spec: JobSpec,
     dataset: Dataset,
-    onnx_model: bytes,
+    signature: dict[str, Any],
+    steps: dict[str, Any] | None,
     profile: dict[str, Any],
     metrics: dict[str, float],
     run_id: str,
     parent_version: int | None,
     code: CodeVersion,
 ) -> ModelManifest:
-    from control_plane.onnx_check import signature_of
-
     return ModelManifest(
-        signature=signature_of(onnx_model),
+        signature=signature,  # type: ignore[arg-type]
+        code=steps,  # type: ignore[arg-type]
         task=spec.task,  # type: ignore[arg-type]
         feature_names=dataset.feature_names,
         class_labels=dataset.class_labels,
@@ -109,12 +109,12 @@ def build_manifest(
     )
 
 
-def register(client: Any, spec: JobSpec, onnx_model: bytes, manifest: ModelManifest) -> VersionOut:
+def register(client: Any, spec: JobSpec, artifact: bytes, manifest: ModelManifest) -> VersionOut:
     """Register the next version of the spec's model and point its alias at it."""
     registration = spec.registration
     description = registration.description or (
         f"{spec.model.architecture} trained by experiment {spec.experiment.name}")
-    version = client.register_version(spec.model_name, onnx_model, manifest, description=description)
+    version = client.register_version(spec.model_name, artifact, manifest, description=description)
     if registration.alias:
         version = client.set_alias(spec.model_name, registration.alias, version.version)
     return version

@@ -139,7 +139,13 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
             placement_left_s: float) -> JobResult:
     from training.early_stopping import EarlyStopping
     from training.evaluation import classification_metrics, regression_metrics
-    from training.export import check_parity, export_onnx, torch_outputs
+    from training.export import (
+        check_parity,
+        export_onnx,
+        runner_outputs,
+        serving_form,
+        torch_outputs,
+    )
     from training.models import from_bundle, to_bundle
     from training.registration import build_manifest, code_version, reference_profile
     from training.registration import register as register_version
@@ -165,16 +171,23 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     echo("held-out evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     client.log_metrics(run_id, {f"eval_{k}": v for k, v in metrics.items()}, step=epochs)
 
-    onnx_model = export_onnx(network)
-    diff = check_parity(onnx_model, network, split.x_val)
-    echo(f"exported ONNX ({len(onnx_model) / 1024:.0f} KiB); ONNX Runtime matches torch on "
-         f"{len(split.x_val)} rows (max abs diff {diff:.2g})")
+    as_step = spec.registration.preprocessing == "step"
+    onnx_model = export_onnx(network, standardize=not as_step)
+    artifact, signature, steps = serving_form(network, onnx_model, as_step=as_step)
+    served = runner_outputs(artifact, signature, steps, split.x_val) if steps else None
+    diff = check_parity(onnx_model, network, split.x_val, served=served)
+    echo(f"exported ONNX ({len(onnx_model) / 1024:.0f} KiB)"
+         + (" behind its fitted scaler (builtin:standardize)" if steps else "")
+         + f"; {'the served steps and graph match' if steps else 'ONNX Runtime matches'} "
+         f"torch on {len(split.x_val)} rows (max abs diff {diff:.2g})")
     bundle = io.BytesIO()
     import torch
 
     torch.save(to_bundle(network), bundle)
     client.log_artifact(run_id, MODEL_BUNDLE_ARTIFACT, bundle.getvalue())
     client.log_artifact(run_id, "model/model.onnx", onnx_model)
+    if steps:
+        client.log_artifact(run_id, "model/model.zip", artifact)
     client.log_artifact(run_id, "job.yaml", dump_job_spec(spec).encode())
     client.log_params(run_id, {"epochs_run": epochs, "stopped_early": stopped,
                                "onnx_max_abs_diff": diff})
@@ -183,13 +196,13 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
 
     first_output = next(iter(torch_outputs(network, split.x_train).values()))
     manifest = build_manifest(
-        spec=spec, dataset=dataset, onnx_model=onnx_model,
+        spec=spec, dataset=dataset, signature=signature, steps=steps,
         profile=reference_profile(spec, split.x_train, dataset.feature_names, first_output),
         metrics=metrics, run_id=run_id,
         parent_version=init.version if init and init.model == spec.model_name else None,
         code=code_version(),
     )
-    version = register_version(client, spec, onnx_model, manifest)
+    version = register_version(client, spec, artifact, manifest)
     client.log_params(run_id, {"registered_version": f"{version.model}:{version.version}"})
     alias = f" (alias {spec.registration.alias})" if spec.registration.alias else ""
     echo(f"registered {version.model}:{version.version}{alias}")

@@ -294,6 +294,10 @@ class RegistrationSpec(Section):
     model_name: Name | None = Field(None, description="Registry model (default: experiment name).")
     alias: AliasName | None = Field(None, description="Alias to point at the new version.")
     description: str = Field("", max_length=2000)
+    preprocessing: Literal["in_graph", "step"] = Field("in_graph", description=(
+        "in_graph: the fitted standardisation is part of the ONNX graph; step: the graph "
+        "takes standardised rows and the version carries the fitted scaler as a "
+        "builtin:standardize step before it (docs/models.md)."))
 
 
 class JobSpec(Section):

@@ -209,6 +209,14 @@ def score_model(model: ModelSource, X: Any, manifest: ModelManifest | Mapping[st
     import onnxruntime as ort
 
     spec = ModelManifest.model_validate(manifest)
+    if spec.kind != "onnx" or spec.runs_archive_code:
+        # Scoring runs in the control plane's process: only code that ships with modelplane.
+        raise InvalidInputError(
+            f"the evaluate stage scores ONNX graphs, alone or with builtin: steps; this "
+            f"version is {spec.kind}" + (" with code of its own" if spec.runs_archive_code else ""),
+            detail={"field": "manifest.kind"})
+    if spec.code is not None:
+        return _read_outputs(_run_steps(model, _feeds(X, spec), spec), spec)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     source = model if isinstance(model, bytes) else os.fspath(model)
@@ -222,6 +230,33 @@ def score_model(model: ModelSource, X: Any, manifest: ModelManifest | Mapping[st
     names = [output.name for output in session.get_outputs()]
     outputs = dict(zip(names, session.run(names, feeds), strict=True))
     return _read_outputs(outputs, spec)
+
+
+def _run_steps(model: ModelSource, feeds: dict[str, np.ndarray],
+               spec: ModelManifest) -> dict[str, np.ndarray]:
+    """The builtin steps and the graph of an archive, run as a replica runs them."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    from serving.runners import build_runner
+    from serving.schemas import VersionConfig
+
+    data = model if isinstance(model, bytes) else Path(model).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="modelplane-evaluate-") as folder:
+        path = Path(folder) / digest
+        path.write_bytes(data)
+        config = VersionConfig(
+            version=1, model="evaluate", artifact_url="file:///unused", digest=digest,
+            code=spec.code, inputs=[s.model_dump() for s in spec.signature.inputs],
+            outputs=[s.model_dump() for s in spec.signature.outputs])
+        try:
+            runner = build_runner(config, path, use_gpu=False)
+        except Exception as error:
+            raise InvalidInputError(f"cannot load the model {_name(model)}: {error}"[:400],
+                                    detail={"field": "model"}) from None
+        return runner.run(feeds)
 
 
 def _feeds(X: Any, spec: ModelManifest) -> dict[str, np.ndarray]:

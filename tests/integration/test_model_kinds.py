@@ -16,7 +16,7 @@ import pytest
 import tritonclient.http as tc
 
 from control_plane.client import Client
-from control_plane.errors import InvalidArtifactError
+from control_plane.errors import ConflictError, InvalidArtifactError
 from tests.load import BackgroundLoad
 from tests.model_kinds import (
     LABELS,
@@ -177,6 +177,30 @@ def test_a_broken_model_is_refused_at_registration_naming_the_field(
     assert caught.value.detail["field"] == "signature.outputs.probabilities"
     assert "declared [None, 3]" in str(caught.value)
     assert client.get_model("kind-py").latest_version == 3  # nothing registered
+
+
+def test_a_model_with_requirements_is_served_in_its_own_environment_never_colocated(
+        platform: Platform, kinds: dict[str, Any]) -> None:
+    """`tabulate` is not among the platform's packages: the version imports it because its
+    isolated replica runs in a runtime environment with the version's requirements."""
+    client: Client = kinds["client"]
+    folder = python_model(kinds["root"] / "needs-tabulate", 5,
+                          load="import tabulate; assert tabulate.tabulate([[1]])")
+    manifest = python_manifest()
+    manifest["code"]["requirements"] = ["tabulate>=0.8"]
+    client.register_version("kind-req", folder, manifest)
+    with pytest.raises(ConflictError, match="placement isolated"):
+        client.deploy("kind-req-shared", "kind-req:1", scaling=SMALL)
+    client.deploy("kind-req", "kind-req:1", placement="isolated", scaling=SMALL)
+    try:
+        platform.wait_endpoint("kind-req", {1}, timeout=300)
+        answer = httpx.post(f"{platform.url}/v2/models/kind-req/infer", json=_body(), timeout=30)
+        assert answer.status_code == 200, answer.text
+        row = np.asarray(_body()["inputs"][0]["data"], dtype=np.float32).reshape(1, 4)
+        np.testing.assert_allclose(answer.json()["outputs"][0]["data"], reference(row, 5)[0],
+                                   rtol=1e-4)
+    finally:
+        client.undeploy("kind-req")
 
 
 def _weights(platform: Platform, endpoint: str) -> dict[int, float]:

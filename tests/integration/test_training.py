@@ -139,11 +139,13 @@ def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(
 def test_a_plateau_ends_the_run_before_the_epoch_limit(cluster: Cluster,
                                                        digits_job: SubmittedJob) -> None:
     """`modelplane train run` fine-tuning the digits version at a learning rate too small to
-    move val_loss by min_delta: the run stops after `patience` flat epochs."""
+    move val_loss by min_delta: the run stops after `patience` flat epochs. It registers its
+    scaler as a step in front of the graph (registration.preprocessing: step), and the
+    version serves on raw rows what torch computes."""
     spec = _write_spec(cluster.root / "plateau" / "job.yaml", cluster, experiment="t-plateau",
                        dataset="digits", epochs=50, workers=1, every=10, learning_rate=1e-7,
                        early_stopping={"metric": "val_loss", "patience": 2, "min_delta": 0.01},
-                       init_from="t-digits:1", model_name="t-digits")
+                       init_from="t-digits:1", model_name="t-digits", preprocessing="step")
     env = {**cluster.env, "RAY_TMPDIR": str(cluster.root / "local-ray")}
     result = subprocess.run([sys.executable, "-m", "modelplane.cli", "train", "run", str(spec),
                              "--num-cpus", "2"], env=env, capture_output=True, text=True,
@@ -163,6 +165,24 @@ def test_a_plateau_ends_the_run_before_the_epoch_limit(cluster: Cluster,
     first_epoch = client.metric_history(run.id, "val_accuracy")[0].value
     assert first_epoch >= digits_job.version.manifest.metrics["accuracy"] - 0.05
     assert client.lineage("t-digits", 2).lineage.parent_version == 1
+    assert "behind its fitted scaler (builtin:standardize)" in output, output
+
+    code = client.get_version("t-digits", 2).manifest.code
+    assert code is not None and code.preprocess == "builtin:standardize"
+    assert [s.name for s in code.graph_inputs or []] == ["standardized"]
+    rows = _digits_rows(16)
+    expected = _torch_outputs(client, run, rows)
+    client.deploy("t-digits-step", "t-digits:2", scaling={"num_cpus": 0.25})
+    from control_plane.platform import wait_serving
+
+    wait_serving(cluster.url, "t-digits-step", 2, timeout_s=180)
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                        "data": rows.ravel().tolist()}]}
+    response = httpx.post(f"{cluster.url}/v2/models/t-digits-step/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    served = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
+    np.testing.assert_allclose(served["probabilities"], expected["probabilities"], atol=1e-4)
+    client.undeploy("t-digits-step")
 
 
 def test_a_stopped_job_resumes_from_its_checkpoint(cluster: Cluster) -> None:
@@ -226,7 +246,7 @@ def _write_spec(path: Path, cluster: Cluster, *, experiment: str, dataset: str, 
                 workers: int, every: int, learning_rate: float = 0.003,
                 early_stopping: dict[str, Any] | None = None, resume_from: str | None = None,
                 init_from: str | None = None, model_name: str | None = None,
-                alias: str | None = None) -> Path:
+                alias: str | None = None, preprocessing: str | None = None) -> Path:
     spec: dict[str, Any] = {
         "experiment": {"name": experiment},
         "model": {"architecture": "mlp_classifier", "hidden_sizes": [32]},
@@ -243,6 +263,8 @@ def _write_spec(path: Path, cluster: Cluster, *, experiment: str, dataset: str, 
         spec["checkpoint"]["resume_from"] = resume_from
     if alias:
         spec["registration"]["alias"] = alias
+    if preprocessing:
+        spec["registration"]["preprocessing"] = preprocessing
     if init_from:
         spec["model"]["init_from"] = init_from
     path.parent.mkdir(parents=True, exist_ok=True)

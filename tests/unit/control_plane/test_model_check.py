@@ -115,3 +115,36 @@ def test_code_from_the_archive_needs_a_deployer_builtin_steps_do_not(
     version = registry.register_version(
         "scaled", VersionCreate(artifact_digest=steps.digest, manifest=steps_manifest()), TRAINER)
     assert version.manifest.code is not None and version.manifest.code.preprocess == "builtin:standardize"
+
+
+def test_requirements_are_installed_for_the_check_alone(tmp_path: Path) -> None:
+    """`tabulate` is not among the platform's packages: the model imports it only because
+    its requirements were installed for it (and the platform still lacks it after)."""
+    import importlib.util
+
+    assert importlib.util.find_spec("tabulate") is None
+    folder = python_model(tmp_path / "m", 1, load="import tabulate; assert tabulate.tabulate([[1]])")
+    with_requirement = python_manifest()
+    with_requirement["code"]["requirements"] = ["tabulate>=0.8"]
+    check(with_requirement, pack_folder(folder))
+    error = refusal(python_manifest(), pack_folder(folder))  # the same code without it
+    assert "No module named 'tabulate'" in str(error)
+    assert importlib.util.find_spec("tabulate") is None
+
+
+def test_requirements_that_cannot_be_installed_are_refused_with_pips_words(tmp_path: Path) -> None:
+    manifest = python_manifest()
+    manifest["code"]["requirements"] = ["modelplane-no-such-package-anywhere==9.9.9"]
+    error = refusal(manifest, pack_folder(python_model(tmp_path / "m", 1)))
+    assert error.detail["field"] == "manifest.code.requirements"
+    assert "modelplane-no-such-package-anywhere" in str(error)
+    assert "No matching distribution" in error.detail["pip"] or "not find" in error.detail["pip"]
+
+
+@pytest.mark.parametrize("requirement", ["git+https://example.com/x.git", "-e .",
+                                         "--index-url=http://evil.example", "x @ file:///tmp/x"])
+def test_a_requirement_that_is_not_a_plain_name_and_version_is_refused(requirement: str) -> None:
+    manifest = python_manifest()
+    manifest["code"]["requirements"] = [requirement]
+    with pytest.raises(ValueError, match="code.requirements"):
+        ModelManifest.model_validate(manifest)

@@ -291,3 +291,33 @@ def test_held_out_rows_from_a_loaded_table() -> None:
     assert np.array_equal(y, table["target"].to_numpy())
     with pytest.raises(InvalidInputError, match="the held-out data has no column 'label'"):
         features_and_target(table, spec, target="label")
+
+
+def test_a_candidate_with_its_scaler_as_a_step_scores_on_raw_rows(cancer: dict, tmp_path: Path) -> None:
+    """The same model as a graph on standardised rows behind builtin:standardize: given the
+    raw rows, it scores exactly as the graph does on the standardised ones."""
+    import json
+
+    from control_plane.model_package import pack_folder
+
+    mean, scale = np.full(30, 5.0), np.full(30, 3.0)
+    folder = tmp_path / "scaled"
+    folder.mkdir()
+    graph = onnx.load_from_string(cancer["strong"])
+    graph.graph.input[0].name = "standardized"
+    for node in graph.graph.node:
+        node.input[:] = ["standardized" if i == "input" else i for i in node.input]
+    (folder / "model.onnx").write_bytes(graph.SerializeToString())
+    (folder / "standardize.json").write_text(json.dumps(
+        {"input": "input", "output": "standardized", "mean": mean.tolist(), "scale": scale.tolist()}))
+    stepped = {**cancer["manifest"], "code": {
+        "preprocess": "builtin:standardize", "graph_inputs": [
+            {"name": "standardized", "dtype": "float32", "shape": [None, 30]}]}}
+    raw = cancer["x"] * scale + mean
+    report = evaluate(pack_folder(folder), cancer["strong"], raw, cancer["y"], stepped, {},
+                      champion_manifest=cancer["manifest"])
+    plain = evaluate(cancer["strong"], None, cancer["x"], cancer["y"], cancer["manifest"], {})
+    assert report.candidate["accuracy"] == pytest.approx(plain.candidate["accuracy"])
+    python_kind = {**cancer["manifest"], "kind": "python", "code": {"entrypoint": "model:Model"}}
+    with pytest.raises(InvalidInputError, match="this version is python with code of its own"):
+        evaluate(pack_folder(folder), None, raw, cancer["y"], python_kind, {})

@@ -100,7 +100,11 @@ def test_the_manifest_carries_signature_profile_and_lineage() -> None:
     model = export_onnx(network)
     first = torch_outputs(network, dataset.features)["probabilities"]
     profile = reference_profile(spec, dataset.features, dataset.feature_names, first)
-    manifest = build_manifest(spec=spec, dataset=dataset, onnx_model=model, profile=profile,
+    from training.export import serving_form
+
+    _, signature, steps = serving_form(network, model, as_step=False)
+    manifest = build_manifest(spec=spec, dataset=dataset, signature=signature, steps=steps,
+                              profile=profile,
                               metrics={"accuracy": 0.5}, run_id="r" * 32, parent_version=None,
                               code=CodeVersion("c" * 40, "main"))
     assert [(s.name, s.dtype, s.shape) for s in manifest.signature.inputs] == [("input", "float32", [None, 64])]
@@ -136,3 +140,32 @@ def test_saved_weights_fit_only_the_same_network() -> None:
     assert "10 outputs" in (bundle_mismatch(bundle, same, 64, 3) or "")
     wider = bundle_mismatch(bundle, {**same, "channels": [8, 8]}, 64, 10) or ""
     assert "'channels': ([4, 8], [8, 8])" in wider
+
+
+@pytest.mark.parametrize("name", ["mlp_classifier", "mlp_regressor"])
+def test_the_scaler_as_a_step_serves_what_torch_computes(name: str) -> None:
+    """registration.preprocessing: step — the graph takes standardised rows, the archive
+    carries the fitted scaler as builtin:standardize, and the serving runner on raw rows
+    reproduces torch; the outer signature is what clients send."""
+    from control_plane.schemas import ModelManifest
+    from training.export import runner_outputs, serving_form
+
+    network = trained_like(name)
+    rows = ROWS * 3 + 7  # raw rows far from standardised
+    if name == "mlp_regressor":
+        network.set_statistics(rows, rows[:, 0] * 10 + 100)
+    else:
+        network.set_statistics(rows)
+    graph = export_onnx(network, standardize=False)
+    artifact, signature, steps = serving_form(network, graph, as_step=True)
+    assert steps is not None and steps["preprocess"] == "builtin:standardize"
+    assert steps["graph_inputs"][0]["name"] == "standardized"
+    assert signature["inputs"][0]["name"] == "input"
+    ModelManifest.model_validate({"signature": signature, "code": steps})  # a valid manifest
+    served = runner_outputs(artifact, signature, steps, rows)
+    assert check_parity(graph, network, rows, served=served) <= 1e-4
+    import onnxruntime as ort  # the bare graph on raw rows is not the model: the step matters
+
+    bare = ort.InferenceSession(graph).run(None, {"standardized": rows.astype(np.float32)})[0]
+    first = next(iter(torch_outputs(network, rows).values()))
+    assert np.max(np.abs(bare - first)) > 1e-2
