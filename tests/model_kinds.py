@@ -140,3 +140,90 @@ def torch_export_model(seed: int) -> bytes:
 
 def torchscript_manifest(kind: str = "torchscript", **extra: object) -> dict:
     return linear_classifier_manifest(kind=kind, **extra)
+
+
+TEXT_VOCABULARY = ["good", "great", "tasty", "friendly", "bad", "awful", "cold", "rude",
+                   "the", "food", "was", "service", "and"]
+TEXT_LENGTH = 16
+TEXT_LABELS = ["negative", "positive"]
+
+
+def text_weights(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embeddings (row 0 pads and row 1 is unknown: both zero), the output layer and bias:
+    the first four words lean positive, the next four negative, the rest neither."""
+    rng = np.random.default_rng(seed)
+    embeddings = np.zeros((len(TEXT_VOCABULARY) + 2, 2), dtype=np.float32)
+    for index in range(len(TEXT_VOCABULARY)):
+        lean = 1.0 if index < 4 else -1.0 if index < 8 else 0.0
+        embeddings[index + 2] = [lean, 0.1 * rng.normal()]
+    weights = np.array([[-1.5, 1.5], [0.2, -0.2]], dtype=np.float32)
+    return embeddings, weights, np.array([0.05, -0.05], dtype=np.float32)
+
+
+def text_reference(texts: list[str], seed: int) -> np.ndarray:
+    """The text classifier's probabilities, in NumPy, from the same tokenizer."""
+    from serving.text import tokenize
+
+    embeddings, weights, bias = text_weights(seed)
+    ids = {word: i + 2 for i, word in enumerate(TEXT_VOCABULARY)}
+    pooled = np.stack([embeddings[[ids.get(w, 1) for w in tokenize(t)[:TEXT_LENGTH]] or [0]].sum(axis=0)
+                       for t in texts])
+    logits = pooled @ weights + bias
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def text_model(folder: Path, seed: int) -> Path:
+    """Tokenize (builtin) → an ONNX bag of embeddings and a softmax layer → label map."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    embeddings, weights, bias = text_weights(seed)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["E", "tokens"], ["embedded"]),
+         helper.make_node("ReduceSum", ["embedded", "axis"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "W"], ["raw"]),
+         helper.make_node("Add", ["raw", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "bag_of_embeddings",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", TEXT_LENGTH])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(embeddings, "E"), numpy_helper.from_array(weights, "W"),
+                     numpy_helper.from_array(bias, "b"),
+                     numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+    (folder / "tokenize.json").write_text(json.dumps(
+        {"input": "review", "output": "tokens", "vocabulary": TEXT_VOCABULARY,
+         "max_length": TEXT_LENGTH}))
+    (folder / "label_map.json").write_text(json.dumps(
+        {"scores": "probabilities", "output": "label", "labels": TEXT_LABELS}))
+    return folder
+
+
+def text_manifest(training_texts: list[str], seed: int) -> dict:
+    from serving.monitoring.profiles import build_text_reference_profile
+
+    return {
+        "signature": {
+            "inputs": [{"name": "review", "dtype": "string", "shape": [None]}],
+            "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [None, 2]},
+                        {"name": "label", "dtype": "string", "shape": [None]}]},
+        "task": "classification", "class_labels": TEXT_LABELS,
+        "code": {"preprocess": "builtin:tokenize", "postprocess": "builtin:label_map",
+                 "graph_inputs": [{"name": "tokens", "dtype": "int64", "shape": [None, TEXT_LENGTH]}],
+                 "graph_outputs": [{"name": "probabilities", "dtype": "float32", "shape": [None, 2]}]},
+        "reference_profile": build_text_reference_profile(
+            "review", training_texts, text_reference(training_texts, seed), task="classification",
+            vocabulary=TEXT_VOCABULARY),
+        "example_inputs": {"review": ["the food was great", "rude service and cold food"]},
+    }
+
+
+def review_texts(n: int, seed: int, *, extra: tuple[str, ...] = ()) -> list[str]:
+    rng = np.random.default_rng(seed)
+    pool = TEXT_VOCABULARY + list(extra)
+    return [" ".join(rng.choice(pool, size=int(rng.integers(3, 9)))) for _ in range(n)]

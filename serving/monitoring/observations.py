@@ -33,7 +33,9 @@ from serving.monitoring.profiles import (
     batch_features,
     load_profiles,
     prediction_features,
+    text_inputs,
 )
+from serving.text import is_text_input, text_feature_names
 
 if TYPE_CHECKING:
     from kernels import LiveWindow, ReferenceProfile
@@ -66,6 +68,7 @@ class VersionMonitoring:
     prediction_profile: ReferenceProfile | None
     profile_key: str
     profile_document: dict[str, Any] | None
+    texts: dict[str, frozenset[str] | None]  # text inputs monitored through derived features
     n_classes: int | None
     class_labels: tuple[str, ...] | None
     source: tuple[Any, ...]
@@ -87,7 +90,11 @@ class VersionMonitoring:
         except Exception as error:  # a bad profile must not stop the version from serving
             profile, predictions, problem = None, None, f"reference profile unreadable: {error}"
             log.warning("%s:%s: %s", config.model, config.version, problem)
-        width = _static_width(config.inputs)
+        try:
+            texts = text_inputs(document)
+        except Exception as error:
+            texts, profile, problem = {}, None, f"reference profile unreadable: {error}"
+        width = _static_width(config.inputs, texts)
         if profile is not None and width is not None and width != profile.n_features:
             problem = (f"reference profile has {profile.n_features} features but the inputs "
                        f"have {width} values per row")
@@ -108,7 +115,7 @@ class VersionMonitoring:
             version=config.version, task=config.task, inputs=tuple(config.inputs),
             output=first.name, profile=profile, prediction_profile=predictions,
             profile_key=key if profile is not None or predictions is not None else "",
-            profile_document=document, n_classes=n_classes,
+            profile_document=document, texts=texts, n_classes=n_classes,
             class_labels=tuple(config.class_labels) if config.class_labels else None,
             source=cls.source_of(config), problem=problem,
         )
@@ -158,7 +165,7 @@ class VersionObservations:
             age[0] += len(ages)
             age[1] += sum(ages)
             age[2] = max(age[2], *ages)
-        features = batch_features(monitoring.inputs, inputs)
+        features = batch_features(monitoring.inputs, inputs, monitoring.texts)
         if features is not None:
             self._account_inputs(features)
         outputs = [answer.get(monitoring.output) for answer in answers]
@@ -321,10 +328,16 @@ def _rows_outside_support(profile: ReferenceProfile, features: np.ndarray) -> in
     return int(outside.sum())
 
 
-def _static_width(inputs: list[TensorSignature]) -> int | None:
-    """Values per row across the inputs, when every non-batch dimension is fixed."""
+def _static_width(inputs: list[TensorSignature],
+                  texts: dict[str, frozenset[str] | None] | None = None) -> int | None:
+    """Values per row across the inputs, when every non-batch dimension is fixed (a text
+    input counts its derived features)."""
+    texts = texts or {}
     width = 0
     for spec in inputs:
+        if spec.name in texts and is_text_input(spec.dtype, spec.shape):
+            width += len(text_feature_names(spec.name, with_vocabulary=texts[spec.name] is not None))
+            continue
         if spec.dtype == "string" or not spec.shape:
             return None
         rest = spec.shape[1:]

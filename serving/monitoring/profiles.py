@@ -14,6 +14,11 @@ Prediction features by task:
   ``confidence`` (the row's highest score);
 - regression and other: the output's columns (``prediction`` for a single column,
   ``prediction_0`` … otherwise; at most :data:`MAX_OUTPUT_COLUMNS`).
+
+A text input (one string per row) is monitored through serving.text's derived features
+(characters, tokens, and the share of tokens outside the training vocabulary); the
+profile names its text inputs, with their vocabularies, under ``"text"``
+(:func:`build_text_reference_profile`).
 """
 
 from __future__ import annotations
@@ -23,31 +28,45 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serving.text import text_feature_names, text_features
+
 if TYPE_CHECKING:
     from kernels import ReferenceProfile
     from serving.schemas import TensorSignature
 
 PREDICTIONS_KEY = "predictions"
+TEXT_KEY = "text"
+MAX_VOCABULARY = 100_000
 MAX_OUTPUT_COLUMNS = 16
 PREDICTED_CLASS = "predicted_class"
 CONFIDENCE = "confidence"
 
 
 def batch_features(inputs: Sequence[TensorSignature],
-                   requests: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray | None:
+                   requests: Sequence[Mapping[str, np.ndarray]],
+                   texts: Mapping[str, frozenset[str] | None] | None = None) -> np.ndarray | None:
     """Many requests' inputs as one float64 rows x features matrix (rows in request order).
 
     Every input contributes its values per row (axis 0), flattened, in signature order;
     each input is concatenated across requests first, so a chunk of single-input requests
-    costs one concatenation and one conversion. None when an input is a string tensor or
+    costs one concatenation and one conversion. A text input named in ``texts`` (the
+    reference profile's text inputs, each with its vocabulary or None) contributes the
+    features serving.text derives from it. None when another input is a string tensor or
     has no row axis: such models get no drift or range checks.
     """
-    if not requests or any(spec.dtype == "string" or not spec.shape for spec in inputs):
+    texts = texts or {}
+    if not requests or any((spec.dtype == "string" and spec.name not in texts) or not spec.shape
+                           for spec in inputs):
         return None
     columns = []
     for spec in inputs:
         arrays = [request[spec.name] for request in requests]
         joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        if spec.name in texts and spec.dtype == "string":
+            if joined.ndim == 0:
+                return None
+            columns.append(text_features(joined.reshape(joined.shape[0], -1)[:, 0], texts[spec.name]))
+            continue
         if joined.ndim == 0 or joined.dtype == object or joined.dtype.kind in "SU":
             return None
         columns.append(joined.reshape(joined.shape[0], -1))
@@ -113,6 +132,30 @@ def build_reference_profile(
                 features, names=names, bins=bins, categorical=kinds, sample_size=sample_size
             ).to_dict()
     return document
+
+
+def build_text_reference_profile(name: str, texts: Sequence[Any], outputs: Any = None, *,
+                                 task: str = "other", vocabulary: Sequence[str] | None = None,
+                                 bins: int = 10, sample_size: int = 1024) -> dict[str, Any]:
+    """The reference profile of a model taking one text input ``name``: its derived
+    features over the training ``texts``, the vocabulary (for the unknown-token rate) and
+    the predictions, as :func:`build_reference_profile` makes them."""
+    if vocabulary is not None and len(vocabulary) > MAX_VOCABULARY:
+        raise ValueError(f"the vocabulary has {len(vocabulary)} words; at most {MAX_VOCABULARY}")
+    words = frozenset(vocabulary) if vocabulary is not None else None
+    document = build_reference_profile(
+        text_features(texts, words), outputs, task=task, bins=bins, sample_size=sample_size,
+        feature_names=text_feature_names(name, with_vocabulary=words is not None))
+    document[TEXT_KEY] = {name: {"vocabulary": sorted(words) if words is not None else None}}
+    return document
+
+
+def text_inputs(document: dict[str, Any] | None) -> dict[str, frozenset[str] | None]:
+    """The profile's text inputs and their vocabularies (None: no unknown-token rate)."""
+    found = (document or {}).get(TEXT_KEY) or {}
+    return {str(name): (frozenset(map(str, spec["vocabulary"]))
+                        if spec.get("vocabulary") is not None else None)
+            for name, spec in found.items()}
 
 
 def load_profiles(document: dict[str, Any] | None) -> tuple[ReferenceProfile | None, ReferenceProfile | None]:

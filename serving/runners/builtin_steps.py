@@ -5,6 +5,10 @@ own token may register a version that uses them.
 - ``builtin:standardize`` (preprocess), ``standardize.json``:
   ``{"input": "raw", "output": "input", "mean": [...], "scale": [...]}`` → ``(x - mean) / scale``
   as float32 (a fitted StandardScaler).
+- ``builtin:tokenize`` (preprocess), ``tokenize.json``:
+  ``{"input": "text", "output": "tokens", "vocabulary": [...], "max_length": 64}`` → int64
+  token ids ``[rows, max_length]`` (serving.text's tokenizer, lower-cased): 0 pads, 1 is
+  a word outside the vocabulary, the vocabulary's i-th word is i + 2.
 - ``builtin:label_map`` (postprocess), ``label_map.json``:
   ``{"scores": "probabilities", "output": "label", "labels": ["benign", ...]}`` → the
   label of each row's highest score as a string, the graph's outputs passed on beside it.
@@ -76,5 +80,26 @@ def label_map(params: dict[str, Any]) -> Callable[[Arrays], Arrays]:
     return step
 
 
+def tokenize(params: dict[str, Any]) -> Callable[[Arrays], Arrays]:
+    from serving.text import as_text
+    from serving.text import tokenize as words_of
+
+    source, target = str(params["input"]), str(params["output"])
+    length = int(params["max_length"])
+    if not 1 <= length <= 4096:
+        raise ValueError(f"max_length is {length}; it must lie in 1-4096")
+    ids = {str(word): index + 2 for index, word in enumerate(params["vocabulary"])}
+
+    def step(inputs: Arrays) -> Arrays:
+        texts = inputs[source].reshape(-1)
+        out = np.zeros((texts.shape[0], length), dtype=np.int64)
+        for row, value in enumerate(texts):
+            tokens = [ids.get(word, 1) for word in words_of(as_text(value))[:length]]
+            out[row, :len(tokens)] = tokens
+        return {target: out}
+
+    return step
+
+
 BUILTIN: dict[str, Callable[[dict[str, Any]], Callable[..., Arrays]]] = {
-    "standardize": standardize, "label_map": label_map}
+    "standardize": standardize, "tokenize": tokenize, "label_map": label_map}

@@ -20,11 +20,16 @@ from control_plane.errors import ConflictError, InvalidArtifactError
 from tests.load import BackgroundLoad
 from tests.model_kinds import (
     LABELS,
+    TEXT_LABELS,
     python_manifest,
     python_model,
     reference,
+    review_texts,
     steps_manifest,
     steps_model,
+    text_manifest,
+    text_model,
+    text_reference,
     torch_export_model,
     torchscript_manifest,
     torchscript_model,
@@ -201,6 +206,54 @@ def test_a_model_with_requirements_is_served_in_its_own_environment_never_coloca
                                    rtol=1e-4)
     finally:
         client.undeploy("kind-req")
+
+
+def test_a_text_classifier_takes_strings_through_tritonclient_and_drift_is_seen_in_its_words(
+        platform: Platform, kinds: dict[str, Any]) -> None:
+    """BYTES in and out, JSON and binary; drift measured on the texts' derived features:
+    the same kind of reviews leave unknown_rate quiet, reviews full of words the model
+    never saw move it."""
+    client: Client = kinds["client"]
+    client.register_version("kind-text", text_model(kinds["root"] / "text", 1),
+                            text_manifest(review_texts(800, 0), 1))
+    client.deploy("kind-text", "kind-text:1", scaling=SMALL)
+    try:
+        platform.wait_endpoint("kind-text", {1})
+        texts = ["the food was great", "rude service and cold food", "ramen was tasty"]
+        expected = text_reference(texts, 1)
+        for binary in (False, True):
+            tensor = tc.InferInput("review", [len(texts)], "BYTES")
+            tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object),
+                                       binary_data=binary)
+            result = triton(platform).infer("kind-text", [tensor], outputs=[
+                tc.InferRequestedOutput("probabilities", binary_data=binary),
+                tc.InferRequestedOutput("label", binary_data=binary)])
+            np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=1e-4, atol=1e-6)
+            labels = [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy("label")]
+            assert labels == [TEXT_LABELS[i] for i in expected.argmax(axis=1)]
+
+        def drift() -> dict[str, Any]:
+            return client.endpoint_monitoring("kind-text", window_s=120)["versions"]["1"]["drift"]
+
+        _send_reviews(platform, review_texts(300, 5))
+        settled = wait_for(lambda: (d := drift())["verdict"] != "insufficient"
+                           and "review.unknown_rate" in d["features"] and d, 30, "a drift verdict")
+        assert "review.unknown_rate" not in settled["drifted_features"], settled["drifted_features"]
+        _send_reviews(platform, review_texts(300, 6, extra=("ramen", "matcha", "kombucha", "tofu",
+                                                            "udon", "pho", "bao", "mochi")))
+        moved = wait_for(lambda: "review.unknown_rate" in (d := drift())["drifted_features"] and d,
+                         30, "unknown words to show as drift")
+        assert moved["verdict"] == "drift"
+    finally:
+        client.undeploy("kind-text")
+
+
+def _send_reviews(platform: Platform, texts: list[str]) -> None:
+    with httpx.Client(timeout=10) as http:
+        for text in texts:
+            body = {"inputs": [{"name": "review", "datatype": "BYTES", "shape": [1], "data": [text]}]}
+            answer = http.post(f"{platform.url}/v2/models/kind-text/infer", json=body)
+            assert answer.status_code == 200, answer.text
 
 
 def _weights(platform: Platform, endpoint: str) -> dict[int, float]:

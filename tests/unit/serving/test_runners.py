@@ -185,3 +185,22 @@ def test_an_onnx_file_is_told_from_its_bytes(tmp_path: Path) -> None:
     path.write_bytes(linear_classifier())
     assert kind_of(path) == "onnx"
     assert json.dumps(linear_classifier_manifest())  # the plain manifest stays kind onnx
+
+
+def test_a_text_classifier_takes_strings_and_answers_labels(tmp_path: Path) -> None:
+    from tests.model_kinds import (
+        TEXT_LABELS,
+        review_texts,
+        text_manifest,
+        text_model,
+        text_reference,
+    )
+
+    texts = review_texts(20, 3, extra=("ramen",))
+    path, digest = stored(tmp_path, pack_folder(text_model(tmp_path / "text", 1)))
+    manifest = text_manifest(review_texts(50, 0), 1)
+    runner = build_runner(config(manifest, digest), path)
+    out = runner.run({"review": np.array([t.encode() for t in texts], dtype=object)})
+    expected = text_reference(texts, 1)
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-5, atol=1e-6)
+    assert list(out["label"]) == [TEXT_LABELS[i].encode() for i in expected.argmax(axis=1)]
