@@ -12,6 +12,7 @@ store URL) and a temporary folder, for at most ``timeout_s``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ import serving
 from control_plane.errors import InvalidArtifactError
 from control_plane.onnx_check import check_signature, signature_of
 from control_plane.schemas import ModelManifest, Signature
+from serving.runners.requirements import PIP_OPTIONS
 
 CHECK_TIMEOUT_S = 180.0
 _KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT", "CUDA_VISIBLE_DEVICES")
@@ -44,7 +46,8 @@ def check_version(manifest: ModelManifest, digest: str, artifact: bytes, *,
         _check_archive(manifest, artifact)
     result = run_scratch_check(manifest, digest, artifact, timeout_s=timeout_s)
     if not result.get("ok"):
-        stage = "loading it" if result.get("stage") == "load" else "running it on example inputs"
+        stage = {"load": "loading it", "warmup": "warming it up as a replica does (one row of "
+                 "zeros, empty strings)"}.get(result.get("stage"), "running it on example inputs")
         field = result.get("field") or "artifact_digest"
         raise InvalidArtifactError(
             f"{field}: {stage} failed: {result.get('error')}",
@@ -120,37 +123,62 @@ def run_scratch_check(manifest: ModelManifest, digest: str, artifact: bytes, *,
                                                   timeout_s=timeout_s)))
         env.update(HOME=str(folder), TMPDIR=str(folder), OMP_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join(paths), PYTHONDONTWRITEBYTECODE="1")
-        try:
-            completed = subprocess.run(
+        output = folder / "output.log"
+        with open(output, "wb") as log:
+            # Its own session, so whatever the model starts is stopped with it; what it
+            # prints goes to a file (read back bounded), never into this process's memory.
+            process = subprocess.Popen(
                 [sys.executable, "-m", "serving.runners.check", str(request), str(result)],
-                cwd=folder, env=env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise InvalidArtifactError(
-                f"the registration check did not finish in {timeout_s:g}s (loading the model and "
-                "running it on example inputs); a model must load and answer within it",
-                detail={"field": "artifact_digest", "stage": "timeout"}) from None
+                cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                returncode = process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                raise InvalidArtifactError(
+                    f"the registration check did not finish in {timeout_s:g}s (loading the "
+                    "model and running it on example inputs); a model must load and answer "
+                    "within it", detail={"field": "artifact_digest", "stage": "timeout"}) from None
+            finally:
+                _kill_group(process)
         if not result.is_file():
             raise InvalidArtifactError(
-                f"the registration check's process ended ({completed.returncode}) without a "
-                f"verdict: {(completed.stderr or completed.stdout)[-2000:]}",
-                detail={"field": "artifact_digest", "stage": "crashed"})
-        return json.loads(result.read_text())  # type: ignore[no-any-return]
+                f"the registration check's process ended ({returncode}) without a verdict: "
+                f"{_tail(output)}", detail={"field": "artifact_digest", "stage": "crashed"})
+        return json.loads(result.read_text()[:1_000_000])  # type: ignore[no-any-return]
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - limit))
+        return handle.read().decode("utf-8", "replace")
 
 
 def install_requirements(requirements: list[str], folder: Path, *, timeout_s: float) -> Path:
     """pip-install ``requirements`` into a folder of their own (what the replica's runtime
     environment will hold beside the platform's packages); InvalidArtifactError with pip's
     own words when they cannot be installed. pip keeps its configuration (index, proxy,
-    certificates): it is the operator's, and no model code runs in this step."""
+    certificates): it is the operator's. Wheels only, so no package's build code runs
+    here; what a wheel's code does once imported is the check's (and the replicas') risk."""
     target = folder / "requirements"
     env = {k: v for k, v in os.environ.items()
-           if k.startswith("PIP_") or k in (*_KEPT_ENV, "HOME", "HTTP_PROXY", "HTTPS_PROXY",
+           if k.startswith("PIP_") or k in (*_KEPT_ENV, "HTTP_PROXY", "HTTPS_PROXY",
                                                "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")}
+    env["HOME"] = str(folder)
     try:
+        # Wheels only: a source package would run its own build code here.
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-             "--quiet", "--target", str(target), *requirements],
-            env=env, capture_output=True, text=True, timeout=timeout_s)
+            [sys.executable, "-m", "pip", "install", *PIP_OPTIONS, "--target", str(target),
+             *requirements],
+            cwd=folder, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise InvalidArtifactError(
             f"manifest.code.requirements: installing {requirements} took over {timeout_s:g}s",

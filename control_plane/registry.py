@@ -80,9 +80,12 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
 class Registry:
     """Models and their versions, with aliases, stages, approvals and lineage."""
 
-    def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
+    def __init__(self, db: Database, artifacts: ArtifactStore, *,
+                 model_code: str = "deployer") -> None:
         self.db = db
         self.artifacts = artifacts
+        # Who may register a version that runs code: deployer, admin or off (MODELPLANE_MODEL_CODE).
+        self.model_code = model_code
 
     # ------------------------------------------------------------ models
 
@@ -139,10 +142,16 @@ class Registry:
         The model is created (owned by ``actor``) if it does not exist. The artifact must
         load in ONNX Runtime and match the manifest's signature.
         """
-        if spec.manifest.runs_archive_code:
-            # Code of the registrant's own runs on every replica that serves it: only those
-            # who may deploy may register it (a trainer's token may use builtin steps).
-            actor.require(Role.DEPLOYER)
+        if spec.manifest.runs_code:
+            # Code of the registrant's own (a python model, steps from its archive, a torch
+            # program) runs on every replica that serves it, as the platform's OS user.
+            if self.model_code == "off":
+                raise PermissionDeniedError(
+                    f"this platform does not serve {spec.manifest.kind} models or steps of "
+                    "their own (MODELPLANE_MODEL_CODE=off); register an ONNX graph, with "
+                    "builtin: steps if it needs them",
+                    detail={"field": "manifest.kind", "model_code": "off"})
+            actor.require(Role.ADMIN if self.model_code == "admin" else Role.DEPLOYER)
         else:
             actor.require(Role.DEPLOYER, also=TRAINING)
         if not self.artifacts.exists(spec.artifact_digest):

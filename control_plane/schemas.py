@@ -190,8 +190,15 @@ class ModelManifest(Wire):
 
     @property
     def runs_archive_code(self) -> bool:
-        """Whether registering it puts code of the registrant's own on the replicas."""
+        """Whether its archive holds code of the registrant's own that replicas import."""
         return self.code is not None and self.code.runs_archive_code
+
+    @property
+    def runs_code(self) -> bool:
+        """Whether registering it puts code of the registrant's own on the replicas: a
+        python model, steps from its archive, or a torch program (TorchScript can call
+        operators that touch the replica's files)."""
+        return self.runs_archive_code or self.kind in ("torchscript", "torch_export")
 
 
 # ---------------------------------------------------------------- registry

@@ -63,7 +63,7 @@ class ControlPlane:
             # Only the path: this log is a Serve replica log, which Ray's dashboard serves.
             log.warning("created the admin token and wrote it to %s (mode 0600)",
                         settings.admin_token_path)
-        registry = Registry(db, artifacts)
+        registry = Registry(db, artifacts, model_code=settings.model_code)
         from control_plane.alerts import AlertService
 
         deployments = Deployments(db, registry, base_url=settings.url)

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # Endpoint replicas answer on their own lean HTTP server (serving.lean_ingress) where
     # Serve's direct ingress runs; Serve keeps placement, health, drain and autoscaling.
     lean_ingress: bool = Field(True, json_schema_extra=_expects(_BOOLEAN))
+    # Who may register a version that runs code (a python model, steps from its archive,
+    # a torch program): that code runs as the platform's OS user (docs/models.md).
+    model_code: Literal["deployer", "admin", "off"] = Field("deployer", json_schema_extra=_expects(
+        "deployer, admin or off"))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,

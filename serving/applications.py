@@ -112,8 +112,11 @@ def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: di
     if version.code is not None and version.code.requirements:
         # The version's own packages, in a runtime environment of its own that keeps the
         # platform's (Ray builds it once per node and set of requirements).
+        from serving.runners.requirements import PIP_OPTIONS
+
         options["ray_actor_options"]["runtime_env"]["pip"] = {
-            "packages": list(version.code.requirements), "pip_check": False}
+            "packages": list(version.code.requirements), "pip_check": False,
+            "pip_install_options": list(PIP_OPTIONS)}
     init = version.model_dump(mode="json")
     deployment = serve.deployment(ModelServer).options(
         name=model_server_name(version.version),

@@ -274,12 +274,12 @@ class EndpointServer(_CoreAdapter):
 
     async def _load(self, version: VersionConfig) -> LocalVersion | UnloadableVersion:
         """The loaded version, or, when its own code or files fail to load, a stand-in that
-        answers 503 with the cause. A download that failed is raised instead: Serve starts
-        the replica again and the next try may reach the control plane."""
+        answers 503 with the cause. A download or disk failure is raised instead: Serve starts
+        the replica again and the next try may succeed."""
         try:
             runner = await asyncio.get_running_loop().run_in_executor(None, load_runner, version)
-        except ArtifactFetchError:
-            raise
+        except (ArtifactFetchError, OSError):
+            raise  # a download or a full disk: Serve starts the replica again
         except Exception as error:
             log.error("%s:%s could not be loaded; it answers 503 until it is replaced:\n%s",
                       version.model, version.version, traceback.format_exc())

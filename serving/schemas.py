@@ -41,6 +41,8 @@ REQUIREMENT = (r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(\[[A-Za-z0-9._,-]{1,100}\])?"
                r"( ?(==|>=|<=|~=|!=|>|<) ?[A-Za-z0-9.*+!_-]{1,50}( ?, ?(==|>=|<=|~=|!=|>|<) ?"
                r"[A-Za-z0-9.*+!_-]{1,50})*)?$")
 Requirement = Annotated[str, Field(pattern=REQUIREMENT, max_length=300)]
+# pip installs a "name" ending so as a local file: never a package name.
+_ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".egg")
 
 
 class ModelCode(Wire):
@@ -59,6 +61,25 @@ class ModelCode(Wire):
     requirements: list[Requirement] = Field(default_factory=list, max_length=64, description=(
         "pip requirements the code needs beyond the platform's own packages, installed for "
         "the version alone (placement isolated; see docs/models.md)."))
+
+    @field_validator("graph")
+    @classmethod
+    def _inside_the_archive(cls, graph: str) -> str:
+        if ".." in graph.split("/"):
+            raise ValueError("the graph's path must stay inside the archive (no '..')")
+        return graph
+
+    @field_validator("requirements")
+    @classmethod
+    def _plain_requirements(cls, requirements: list[str]) -> list[str]:
+        for requirement in requirements:
+            name = requirement.split("[", 1)[0].split(" ", 1)[0]
+            name = next((name.split(op, 1)[0] for op in ("==", ">=", "<=", "~=", "!=", ">", "<")
+                         if op in name), name)
+            if name.lower().endswith(_ARCHIVE_SUFFIXES):
+                raise ValueError(f"{requirement!r} names a file; a requirement is a package name "
+                                 "with optional extras and version bounds")
+        return requirements
 
     @property
     def is_steps(self) -> bool:

@@ -96,8 +96,9 @@ def register(
 ) -> None:
     """Upload a model and register it as the model's next version (docs/models.md).
 
-    The registry loads it and runs it on example inputs before accepting it; a python
-    model or steps around a graph need a deployer's token."""
+    The registry loads it and runs it on example inputs before accepting it; a version
+    that runs code of its own (python, steps from its folder, torch) needs a deployer's
+    token, or what MODELPLANE_MODEL_CODE asks."""
     data = read_document(manifest, "--manifest")
     data["kind"] = _kind(kind, data, model_file)
     version = client(url).register_version(name, model_file, data, description=description)

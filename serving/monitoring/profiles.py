@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.text import text_feature_names, text_features
+from serving.text import is_text_input, text_feature_names, text_features
 
 if TYPE_CHECKING:
     from kernels import ReferenceProfile
@@ -54,7 +54,8 @@ def batch_features(inputs: Sequence[TensorSignature],
     features serving.text derives from it. None when another input is a string tensor or
     has no row axis: such models get no drift or range checks.
     """
-    texts = texts or {}
+    texts = {spec.name: texts[spec.name] for spec in inputs
+             if texts and spec.name in texts and is_text_input(spec.dtype, spec.shape)}
     if not requests or any((spec.dtype == "string" and spec.name not in texts) or not spec.shape
                            for spec in inputs):
         return None
@@ -142,7 +143,7 @@ def build_text_reference_profile(name: str, texts: Sequence[Any], outputs: Any =
     the predictions, as :func:`build_reference_profile` makes them."""
     if vocabulary is not None and len(vocabulary) > MAX_VOCABULARY:
         raise ValueError(f"the vocabulary has {len(vocabulary)} words; at most {MAX_VOCABULARY}")
-    words = frozenset(vocabulary) if vocabulary is not None else None
+    words = frozenset(w.lower() for w in vocabulary) if vocabulary is not None else None
     document = build_reference_profile(
         text_features(texts, words), outputs, task=task, bins=bins, sample_size=sample_size,
         feature_names=text_feature_names(name, with_vocabulary=words is not None))
@@ -153,7 +154,7 @@ def build_text_reference_profile(name: str, texts: Sequence[Any], outputs: Any =
 def text_inputs(document: dict[str, Any] | None) -> dict[str, frozenset[str] | None]:
     """The profile's text inputs and their vocabularies (None: no unknown-token rate)."""
     found = (document or {}).get(TEXT_KEY) or {}
-    return {str(name): (frozenset(map(str, spec["vocabulary"]))
+    return {str(name): (frozenset(str(w).lower() for w in spec["vocabulary"])
                         if spec.get("vocabulary") is not None else None)
             for name, spec in found.items()}
 

@@ -60,7 +60,14 @@ def conform_outputs(config: VersionConfig, produced: object, rows: int | None,
 def _conform(config: VersionConfig, spec: TensorSignature, value: object, rows: int | None,
              what: str, ref: str) -> np.ndarray:
     try:
-        array = np.asarray(value)
+        if spec.dtype == "string" and not isinstance(value, np.ndarray):
+            array = np.empty(len(value), dtype=object) if isinstance(value, list | tuple) else None
+            if array is not None and all(not isinstance(v, list | tuple) for v in value):
+                array[:] = list(value)  # str and bytes side by side, as numpy would not keep them
+            else:
+                array = np.asarray(value, dtype=object)
+        else:
+            array = np.asarray(value)
     except Exception as error:  # anything numpy cannot hold
         raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} is not an array: "
                       f"{error}", spec.name) from None
@@ -81,12 +88,7 @@ def _conform(config: VersionConfig, spec: TensorSignature, value: object, rows: 
     else:
         want = numpy_dtype(spec.dtype)
         if array.dtype != want:
-            # Widening within a kind is what a model means (float64 arithmetic on float32
-            # inputs); a kind change (float to int, numbers to text) is a broken signature.
-            if array.dtype.kind != want.kind and not (want.kind == "f" and array.dtype.kind in "iu"):
-                raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} is {array.dtype}, "
-                              f"declared {spec.dtype}", spec.name)
-            array = array.astype(want)
+            array = _cast(config, spec, array, want, what, ref)
     if len(array.shape) != len(spec.shape) or any(
             d is not None and d != n for d, n in zip(spec.shape, array.shape, strict=False)):
         raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} has shape "
@@ -95,6 +97,29 @@ def _conform(config: VersionConfig, spec: TensorSignature, value: object, rows: 
         raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} has {array.shape[0]} "
                       f"rows for {rows} input rows", spec.name)
     return array
+
+
+def _cast(config: VersionConfig, spec: TensorSignature, array: np.ndarray, want: np.dtype,
+          what: str, ref: str) -> np.ndarray:
+    """``array`` as the declared dtype when every value survives the cast (float64
+    arithmetic on float32 inputs, int64 counts declared int32); a kind change (numbers to
+    text, floats to integers) or a value the declared type cannot hold is refused."""
+    kinds = array.dtype.kind, want.kind
+    numeric = kinds[0] in "biuf" and kinds[1] in "biuf"
+    if not numeric or (kinds[1] in "iu" and kinds[0] == "f") or (kinds[1] == "b") != (kinds[0] == "b"):
+        raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} is {array.dtype}, "
+                      f"declared {spec.dtype}", spec.name)
+    if kinds[1] in "iu" and array.size:
+        limits = np.iinfo(want)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} holds values "
+                          f"outside {spec.dtype} ({array.min()} to {array.max()})", spec.name)
+    cast = array.astype(want)
+    if kinds[1] == "f" and array.size and not np.array_equal(
+            np.isfinite(cast), np.isfinite(array.astype(np.float64))):
+        raise _broken(config, f"{ref} failed: {what}'s output {spec.name!r} overflows "
+                      f"{spec.dtype}", spec.name)
+    return cast
 
 
 def _broken(config: VersionConfig, message: str, output: str | None) -> InferenceFailedError:

@@ -88,7 +88,9 @@ def tokenize(params: dict[str, Any]) -> Callable[[Arrays], Arrays]:
     length = int(params["max_length"])
     if not 1 <= length <= 4096:
         raise ValueError(f"max_length is {length}; it must lie in 1-4096")
-    ids = {str(word): index + 2 for index, word in enumerate(params["vocabulary"])}
+    ids: dict[str, int] = {}
+    for index, word in enumerate(params["vocabulary"]):  # lower-cased, as the tokenizer is
+        ids.setdefault(str(word).lower(), index + 2)
 
     def step(inputs: Arrays) -> Arrays:
         texts = inputs[source].reshape(-1)

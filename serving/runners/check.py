@@ -52,6 +52,11 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
     except Exception as error:
         return _failure("load", error, field=_load_field(config))
     try:
+        if not runner.is_async:
+            runner.warmup()  # what every replica does first (zeros, empty strings)
+    except Exception as error:
+        return _failure("warmup", error, field=_output_field(error) or _load_field(config))
+    try:
         inputs = examples(config, request.get("examples"))
         if runner.is_async:
             import asyncio
@@ -62,11 +67,15 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
         if runner.can_batch:  # what batching will do: the same rows, merged with themselves
             runner.run_batch([inputs, inputs])
     except Exception as error:
-        detail = getattr(error, "detail", None) or {}
-        field = f"signature.outputs.{detail['output']}" if detail.get("output") else None
-        return _failure("run", error, field=field)
+        return _failure("run", error, field=_output_field(error))
     return {"ok": True, "outputs": {name: {"dtype": str(value.dtype), "shape": list(value.shape)}
                                     for name, value in outputs.items()}}
+
+
+def _output_field(error: BaseException) -> str | None:
+    """``signature.outputs.<name>`` when the model broke its declared outputs."""
+    detail = getattr(error, "detail", None) or {}
+    return f"signature.outputs.{detail['output']}" if detail.get("output") else None
 
 
 def _load_field(config: Any) -> str:

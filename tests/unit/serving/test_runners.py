@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import zipfile
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from tests.model_kinds import (
     torchscript_manifest,
     torchscript_model,
 )
-from tests.onnx_models import linear_classifier_manifest
 
 ROWS = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
 
@@ -184,7 +182,48 @@ def test_an_onnx_file_is_told_from_its_bytes(tmp_path: Path) -> None:
     path = tmp_path / "model.bin"
     path.write_bytes(linear_classifier())
     assert kind_of(path) == "onnx"
-    assert json.dumps(linear_classifier_manifest())  # the plain manifest stays kind onnx
+
+
+def test_a_symbolic_link_in_an_archive_is_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        link = zipfile.ZipInfo("weights.npz")
+        link.external_attr = 0o120777 << 16
+        archive.writestr(link, "/etc/passwd")
+    path, digest = stored(tmp_path, buffer.getvalue())
+    with pytest.raises(ArchiveError, match="symbolic link"):
+        unpack(path, digest)
+
+
+@pytest.mark.parametrize(("dtype", "value", "message"), [
+    ("int8", np.array([300, -129], dtype=np.int64), "outside int8"),
+    ("float32", np.array([1e300], dtype=np.float64), "overflows float32"),
+    ("int32", np.array([1.5]), "is float64, declared int32"),
+    ("float32", np.array([True]), "is bool, declared float32"),
+])
+def test_a_cast_that_would_change_values_is_refused(dtype: str, value: np.ndarray, message: str) -> None:
+    from serving.runners.base import conform_outputs
+
+    spec = [{"name": "y", "dtype": dtype, "shape": [None]}]
+    cfg = VersionConfig(version=1, model="m", artifact_url="http://unused", digest="0" * 64,
+                        inputs=[{"name": "x", "dtype": "float32", "shape": [None]}], outputs=spec)
+    with pytest.raises(InferenceFailedError, match=message):
+        conform_outputs(cfg, {"y": value}, len(value))
+
+
+def test_casts_that_keep_the_values_and_mixed_strings_pass() -> None:
+    from serving.runners.base import conform_outputs
+
+    cfg = VersionConfig(version=1, model="m", artifact_url="http://unused", digest="0" * 64,
+                        inputs=[{"name": "x", "dtype": "float32", "shape": [None]}],
+                        outputs=[{"name": "n", "dtype": "int32", "shape": [None]},
+                                 {"name": "f", "dtype": "float32", "shape": [None]},
+                                 {"name": "s", "dtype": "string", "shape": [None]}])
+    out = conform_outputs(cfg, {"n": np.array([7, -3]), "f": np.array([1, 2]),
+                                "s": ["caf\u00e9", "na\u00efve".encode()]}, 2)
+    assert out["n"].dtype == np.int32 and out["n"].tolist() == [7, -3]
+    assert out["f"].dtype == np.float32
+    assert list(out["s"]) == ["caf\u00e9".encode(), "na\u00efve".encode()]
 
 
 def test_a_text_classifier_takes_strings_and_answers_labels(tmp_path: Path) -> None:
