@@ -35,19 +35,21 @@ def control_plane_application(settings: Settings, *, store_id: str,
     from ray import serve
 
     from control_plane.ownership import STORE_ID_ENV
+    from serving.applications import deployment_version
 
+    options: dict[str, Any] = {"ray_actor_options": {
+        "num_cpus": num_cpus,
+        # Not the operator's own token: the control plane needs none, and a runtime
+        # environment is shown on Ray's dashboard.
+        "runtime_env": {"env_vars": {**settings.with_overrides(token=None).to_env(),
+                                     STORE_ID_ENV: store_id}},
+    }}
     deployment = serve.deployment(serve.ingress(_build_replica_api)())
+    # A version from its code and settings: a second `up` with both unchanged leaves the
+    # running replica alone instead of replacing it (and draining the old one for 30 s).
     return deployment.options(
-        name="ControlPlane",
-        num_replicas=1,
-        max_ongoing_requests=64,
-        ray_actor_options={
-            "num_cpus": num_cpus,
-            # Not the operator's own token: the control plane needs none, and a runtime
-            # environment is shown on Ray's dashboard.
-            "runtime_env": {"env_vars": {**settings.with_overrides(token=None).to_env(),
-                                         STORE_ID_ENV: store_id}},
-        },
+        name="ControlPlane", num_replicas=1, max_ongoing_requests=64,
+        version=deployment_version("ControlPlane", options), _internal=True, **options,
     ).bind()
 
 

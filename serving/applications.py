@@ -10,6 +10,8 @@ the router is reconfigured, not restarted. The names come from :mod:`serving.nam
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 from serving.names import ENDPOINT_DEPLOYMENT, ROUTER_DEPLOYMENT, model_server_name
@@ -49,7 +51,7 @@ def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongo
     return options
 
 
-def _code_version(cls: type, options: dict[str, Any], *init_args: Any) -> str:
+def deployment_version(cls: type | str, options: dict[str, Any], *init_args: Any) -> str:
     """A deployment version that changes only when its replicas must be replaced.
 
     Serve gives every ``serve.run`` a random version unless one is set, so each route
@@ -62,9 +64,25 @@ def _code_version(cls: type, options: dict[str, Any], *init_args: Any) -> str:
 
     from modelplane import __version__
 
-    document = json.dumps([cls.__qualname__, __version__, options.get("ray_actor_options"),
+    name = cls if isinstance(cls, str) else cls.__qualname__
+    document = json.dumps([name, __version__, source_digest(), options.get("ray_actor_options"),
                            init_args], sort_keys=True, default=str)
     return hashlib.sha256(document.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """A digest of modelplane's own Python source, so replicas are replaced when the code
+    they run changed (an upgrade, or an edited checkout), and only then."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    hasher = hashlib.sha256()
+    for package in ("modelplane", "control_plane", "serving", "kernels", "training"):
+        for path in sorted((root / package).rglob("*.py")):
+            hasher.update(str(path.relative_to(root)).encode())
+            hasher.update(path.read_bytes())
+    return hasher.hexdigest()[:16]
 
 
 def _batch_floor(versions: list[VersionConfig]) -> int:
@@ -89,13 +107,13 @@ def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str], access_lo
                                       min_ongoing=_batch_floor(config.versions))
         deployment = serve.deployment(EndpointServer).options(
             name=ENDPOINT_DEPLOYMENT, user_config=user_config,
-            version=_code_version(EndpointServer, options), _internal=True, **options
+            version=deployment_version(EndpointServer, options), _internal=True, **options
         )
         return deployment.bind()
     options = _deployment_options(config.scaling, env=env, access_log=access_log)
     deployment = serve.deployment(EndpointRouter).options(
         name=ROUTER_DEPLOYMENT, user_config=user_config,
-        version=_code_version(EndpointRouter, options), _internal=True, **options
+        version=deployment_version(EndpointRouter, options), _internal=True, **options
     )
     return deployment.bind()
 
@@ -120,7 +138,7 @@ def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: di
     init = version.model_dump(mode="json")
     deployment = serve.deployment(ModelServer).options(
         name=model_server_name(version.version),
-        version=_code_version(ModelServer, options, init), _internal=True, **options,
+        version=deployment_version(ModelServer, options, init), _internal=True, **options,
     )
     return deployment.bind(init)
 
@@ -131,9 +149,11 @@ def build_server_app() -> Any:
 
     from serving.endpoint import InferenceServer
 
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0.05}}
+    # A stable version: a second `up` leaves the running replica alone.
     return serve.deployment(InferenceServer).options(
-        name="server", num_replicas=1, ray_actor_options={"num_cpus": 0.05},
-        max_ongoing_requests=256,
+        name="server", num_replicas=1, max_ongoing_requests=256,
+        version=deployment_version(InferenceServer, options), _internal=True, **options,
     ).bind()
 
 
@@ -155,6 +175,6 @@ def build_grpc_app(host: str, port: int, max_message_bytes: int) -> Any:
     return serve.deployment(GrpcIngress).options(
         name="grpc", num_replicas=1, max_ongoing_requests=8, graceful_shutdown_timeout_s=10,
         logging_config={"enable_access_log": False},
-        version=_code_version(GrpcIngress, options, host, port, max_message_bytes), _internal=True,
+        version=deployment_version(GrpcIngress, options, host, port, max_message_bytes), _internal=True,
         **options,
     ).bind(host, port, max_message_bytes)

@@ -214,8 +214,9 @@ def test_a_text_classifier_takes_strings_through_tritonclient_and_drift_is_seen_
     the same kind of reviews leave unknown_rate quiet, reviews full of words the model
     never saw move it."""
     client: Client = kinds["client"]
+    # As in real data, the training texts hold a word outside the model's vocabulary.
     client.register_version("kind-text", text_model(kinds["root"] / "text", 1),
-                            text_manifest(review_texts(800, 0), 1))
+                            text_manifest(review_texts(800, 0, extra=("ramen",)), 1))
     client.deploy("kind-text", "kind-text:1", scaling=SMALL)
     try:
         platform.wait_endpoint("kind-text", {1})
@@ -235,12 +236,13 @@ def test_a_text_classifier_takes_strings_through_tritonclient_and_drift_is_seen_
         def drift() -> dict[str, Any]:
             return client.endpoint_monitoring("kind-text", window_s=120)["versions"]["1"]["drift"]
 
-        _send_reviews(platform, review_texts(300, 5))
+        _send_reviews(platform, review_texts(300, 5, extra=("ramen",)))
         settled = wait_for(lambda: (d := drift())["verdict"] != "insufficient"
                            and "review.unknown_rate" in d["features"] and d, 30, "a drift verdict")
         assert "review.unknown_rate" not in settled["drifted_features"], settled["drifted_features"]
         _send_reviews(platform, review_texts(300, 6, extra=("ramen", "matcha", "kombucha", "tofu",
-                                                            "udon", "pho", "bao", "mochi")))
+                                                            "udon", "pho", "bao", "mochi",
+                                                            "gyoza", "dashi")))
         moved = wait_for(lambda: "review.unknown_rate" in (d := drift())["drifted_features"] and d,
                          30, "unknown words to show as drift")
         assert moved["verdict"] == "drift"
