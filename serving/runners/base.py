@@ -134,6 +134,18 @@ def input_rows(arrays: Arrays) -> int | None:
     return None
 
 
+def call_model(config: VersionConfig, what: str, function: Callable[..., object], *args: object) -> object:
+    """``function(*args)``; a model's own exception becomes the server fault it is."""
+    from serving.errors import ServingError
+
+    try:
+        return function(*args)
+    except ServingError:
+        raise
+    except Exception as error:
+        raise failed_call(config, what, error) from None
+
+
 def failed_call(config: VersionConfig, what: str, error: Exception) -> InferenceFailedError:
     """A model's own exception as the server fault it is, with its type and message."""
     return InferenceFailedError(

@@ -22,6 +22,7 @@ from serving.errors import ServingError
 from serving.runners import archive
 from serving.runners.base import (
     Arrays,
+    call_model,
     conform_outputs,
     failed_call,
     has_batch_axis,
@@ -55,12 +56,7 @@ class PythonRunner:
                           and has_batch_axis([*config.inputs, *config.outputs]))
 
     def run(self, arrays: Arrays) -> Arrays:
-        try:
-            produced = self._predict(arrays)
-        except ServingError:
-            raise
-        except Exception as error:
-            raise failed_call(self.config, "predict", error) from None
+        produced = call_model(self.config, "predict", self._predict, arrays)
         return conform_outputs(self.config, produced, input_rows(arrays), what="predict")
 
     async def run_async(self, arrays: Arrays) -> Arrays:

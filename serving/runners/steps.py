@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serving.errors import ServingError
 from serving.runners import archive, builtin_steps
 from serving.runners.base import (
     Arrays,
+    call_model,
     conform_outputs,
-    failed_call,
     has_batch_axis,
     input_rows,
     run_merged,
@@ -86,12 +85,7 @@ class StepsRunner:
         return conform_outputs(self.config, produced, rows, what="postprocess")
 
     def _call(self, what: str, step: Callable[..., Arrays], *args: Arrays) -> Arrays:
-        try:
-            return step(*args)
-        except ServingError:
-            raise
-        except Exception as error:
-            raise failed_call(self.config, what, error) from None
+        return call_model(self.config, what, step, *args)  # type: ignore[return-value]
 
     def run_batch(self, items: list[Arrays]) -> list[Arrays]:
         return run_merged(self.run, items)

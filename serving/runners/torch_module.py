@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import ServingError
 from serving.runners.base import (
     Arrays,
+    call_model,
     conform_outputs,
-    failed_call,
     has_batch_axis,
     input_rows,
     run_merged,
@@ -54,13 +53,8 @@ class TorchRunner:
 
         tensors = [torch.from_numpy(np.ascontiguousarray(arrays[spec.name])).to(self.device)
                    for spec in self.config.inputs]
-        try:
-            with torch.inference_mode():
-                result = self.module(*tensors)
-        except ServingError:
-            raise
-        except Exception as error:  # TorchScript raises its own error types
-            raise failed_call(self.config, "forward", error) from None
+        with torch.inference_mode():  # TorchScript raises its own error types
+            result = call_model(self.config, "forward", self.module, *tensors)
         return conform_outputs(self.config, self._named(result), input_rows(arrays), what="forward")
 
     def _named(self, result: Any) -> Any:
