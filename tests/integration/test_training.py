@@ -122,15 +122,7 @@ def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(
 
     rows = _digits_rows(32)
     expected = _torch_outputs(client, run, rows)
-    client.deploy("t-digits", "t-digits:1", scaling={"num_cpus": 0.25})
-    from control_plane.platform import wait_serving
-
-    wait_serving(cluster.url, "t-digits", 1, timeout_s=180)
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
-                        "data": rows.ravel().tolist()}]}
-    response = httpx.post(f"{cluster.url}/v2/models/t-digits/infer", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    served = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
+    served = _served(cluster, client, "t-digits", "t-digits:1", rows)
     np.testing.assert_allclose(served["probabilities"], expected["probabilities"], atol=1e-4)
     assert served["label"].tolist() == expected["label"].tolist()
     client.undeploy("t-digits")
@@ -172,15 +164,7 @@ def test_a_plateau_ends_the_run_before_the_epoch_limit(cluster: Cluster,
     assert [s.name for s in code.graph_inputs or []] == ["standardized"]
     rows = _digits_rows(16)
     expected = _torch_outputs(client, run, rows)
-    client.deploy("t-digits-step", "t-digits:2", scaling={"num_cpus": 0.25})
-    from control_plane.platform import wait_serving
-
-    wait_serving(cluster.url, "t-digits-step", 2, timeout_s=180)
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
-                        "data": rows.ravel().tolist()}]}
-    response = httpx.post(f"{cluster.url}/v2/models/t-digits-step/infer", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    served = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
+    served = _served(cluster, client, "t-digits-step", "t-digits:2", rows)
     np.testing.assert_allclose(served["probabilities"], expected["probabilities"], atol=1e-4)
     client.undeploy("t-digits-step")
 
@@ -320,6 +304,20 @@ def _digits_rows(count: int) -> np.ndarray:
     from sklearn.datasets import load_digits
 
     return load_digits().data[:count].astype(np.float32)
+
+
+def _served(cluster: Cluster, client: Client, endpoint: str, ref: str,
+            rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Deploy ``ref`` on ``endpoint``, wait until it serves, and answer ``rows`` through it."""
+    from control_plane.platform import wait_serving
+
+    client.deploy(endpoint, ref, scaling={"num_cpus": 0.25})
+    wait_serving(cluster.url, endpoint, int(ref.rsplit(":", 1)[1]), timeout_s=180)
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                        "data": rows.ravel().tolist()}]}
+    response = httpx.post(f"{cluster.url}/v2/models/{endpoint}/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
 
 
 def _torch_outputs(client: Client, run: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
