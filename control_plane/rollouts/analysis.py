@@ -10,6 +10,12 @@ version, so anyone could fill the candidate's sample or post its errors; request
 with a 4xx were never judged by the model. Pinned and sticky requests count only where a
 rollout opts in (``include_pinned``, ``include_sticky``); 4xx never count. The latency
 gates read the same sample's p95/p99.
+
+Online accuracy and MAE come from a handful of labels, so their point values swing widely
+(16 right out of 19 is 0.84 for a model whose accuracy is 0.94): their checks fail only
+when the one-sided ``GATE_CONFIDENCE`` bound is past the limit (Wilson's upper bound on
+accuracy below ``min_accuracy``; the normal lower bound on MAE above ``max_mae``), so a
+good candidate is not rolled back on a thin window's luck.
 """
 
 from __future__ import annotations
@@ -17,9 +23,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from statistics import NormalDist
 from typing import Any
 
 from serving.monitoring import ShadowComparison, Traffic, VersionSnapshot
+
+GATE_CONFIDENCE = 0.95
+_Z = NormalDist().inv_cdf(GATE_CONFIDENCE)
+
+
+def accuracy_upper_bound(accuracy: float, labelled: int, z: float = _Z) -> float:
+    """Wilson's one-sided upper confidence bound on a proportion seen as ``accuracy`` in
+    ``labelled`` trials."""
+    n = labelled
+    centre = accuracy + z * z / (2 * n)
+    spread = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
+def mae_lower_bound(mae: float, rmse: float | None, labelled: int, z: float = _Z) -> float:
+    """The normal one-sided lower confidence bound on the mean absolute error; the absolute
+    errors' variance is ``rmse² - mae²``."""
+    variance = max(0.0, (rmse or mae) ** 2 - mae ** 2)
+    return max(0.0, mae - z * math.sqrt(variance / labelled))
 
 
 class Verdict(StrEnum):
@@ -100,14 +126,25 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     stable_samples, stable_error_rate = sample_of(config, stable)
     checks: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
+    accuracy = candidate.accuracy
+    labelled = accuracy.labelled
 
-    def check(name: str, value: float, limit: float | None, worse_if_above: bool = True) -> None:
+    def check(name: str, value: float, limit: float | None, worse_if_above: bool = True,
+              bound: float | None = None) -> None:
+        """Fail when ``value`` (or, where given, its confidence ``bound``) is past ``limit``."""
         if limit is None or value is None or math.isnan(value):
             return
-        failed = value > limit if worse_if_above else value < limit
+        judged = value if bound is None else bound
+        failed = judged > limit if worse_if_above else judged < limit
         checks[name] = {"value": value, "limit": limit, "passed": not failed}
+        if bound is not None:
+            checks[name]["bound"] = bound
         if failed:
-            failures.append(f"{name} {value:.4g} {'>' if worse_if_above else '<'} {limit:.4g}")
+            sign = '>' if worse_if_above else '<'
+            evidence = "" if bound is None else (
+                f" ({GATE_CONFIDENCE:.0%} {'lower' if worse_if_above else 'upper'} bound "
+                f"{bound:.4g} over {labelled} labels)")
+            failures.append(f"{name} {value:.4g} {sign} {limit:.4g}{evidence}")
 
     latency = latency_of(config, candidate)
     check("error_rate", error_rate, config.max_error_rate)
@@ -128,12 +165,14 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         checks["drift"] = {"value": drifted, "limit": [], "passed": not drifted}
         if drifted:
             failures.append(f"drift in {', '.join(drifted)}")
-    accuracy = candidate.accuracy
-    if accuracy.labelled >= config.min_labels:
+    if labelled >= config.min_labels:
         if accuracy.accuracy is not None:
-            check("accuracy", float(accuracy.accuracy), config.min_accuracy, worse_if_above=False)
+            value = float(accuracy.accuracy)
+            check("accuracy", value, config.min_accuracy, worse_if_above=False,
+                  bound=accuracy_upper_bound(value, labelled))
         if accuracy.mae is not None:
-            check("mae", float(accuracy.mae), config.max_mae)
+            check("mae", float(accuracy.mae), config.max_mae,
+                  bound=mae_lower_bound(float(accuracy.mae), accuracy.rmse, labelled))
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
     return CheckResult(Verdict.PASS, checks, "all checks passed")

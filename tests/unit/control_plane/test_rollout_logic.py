@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
+from scipy import stats as stats_module
 
 from control_plane.errors import InvalidInputError
 from control_plane.rollouts import (
@@ -17,6 +19,7 @@ from control_plane.rollouts import (
     can_transition,
     plan_steps,
 )
+from control_plane.rollouts.analysis import accuracy_upper_bound, mae_lower_bound
 from serving.monitoring import Accuracy, Drift, DriftVerdict, ShadowComparison, VersionSnapshot
 from tests.snapshots import served
 
@@ -118,3 +121,37 @@ def test_drift_and_online_accuracy_gates() -> None:
     regression = AnalysisConfig(min_samples=10, max_mae=1.0, min_labels=5)
     assert analyse(regression, replace(stats(), accuracy=Accuracy(labelled=5, mae=2.5)),
                    None).verdict == Verdict.FAIL
+
+
+@pytest.mark.parametrize("correct, labelled", [(16, 19), (94, 100), (0, 30), (30, 30), (450, 600)])
+def test_the_accuracy_bound_is_wilsons(correct: int, labelled: int) -> None:
+    reference = stats_module.binomtest(correct, labelled).proportion_ci(0.90, method="wilson")
+    assert accuracy_upper_bound(correct / labelled, labelled) == pytest.approx(reference.high,
+                                                                               abs=1e-12)
+
+
+def test_accuracy_and_mae_gates_fail_on_evidence_not_on_a_thin_windows_luck() -> None:
+    """16 right out of 19 reads 0.84 for a model whose accuracy is 0.94: below 0.85, but no
+    evidence of it; 160 out of 200 is."""
+    config = AnalysisConfig(min_samples=10, min_accuracy=0.85, min_labels=8)
+    lucky = analyse(config, replace(stats(), accuracy=Accuracy(labelled=19, accuracy=16 / 19)), None)
+    assert lucky.verdict == Verdict.PASS
+    assert lucky.checks["accuracy"]["value"] < 0.85 < lucky.checks["accuracy"]["bound"]
+    worse = analyse(config, replace(stats(), accuracy=Accuracy(labelled=200, accuracy=0.8)), None)
+    assert worse.verdict == Verdict.FAIL
+    assert worse.reason.startswith("accuracy 0.8 < 0.85 (95% upper bound 0.84")
+    assert worse.reason.endswith("over 200 labels)")
+
+    # MAE: the absolute errors' spread is rmse² - mae²; a wide spread is weak evidence.
+    regression = AnalysisConfig(min_samples=10, max_mae=1.0, min_labels=5)
+    errors = np.abs(np.random.default_rng(3).normal(1.1, 1.0, size=40))
+    mae, rmse = float(errors.mean()), float(np.sqrt((errors ** 2).mean()))
+    assert mae_lower_bound(mae, rmse, errors.size) == pytest.approx(
+        mae - stats_module.norm.ppf(0.95) * errors.std() / np.sqrt(errors.size), rel=1e-9)
+    # MAE 1.1 over 40 labels with a spread of 1.0: above 1.0, but not credibly.
+    spread = analyse(regression, replace(stats(), accuracy=Accuracy(
+        labelled=40, mae=1.1, rmse=float(np.hypot(1.1, 1.0)))), None)
+    assert spread.verdict == Verdict.PASS and spread.checks["mae"]["bound"] < 1.0
+    tight = analyse(regression, replace(stats(), accuracy=Accuracy(labelled=40, mae=1.2, rmse=1.21)),
+                    None)
+    assert tight.verdict == Verdict.FAIL and tight.checks["mae"]["bound"] > 1.0
