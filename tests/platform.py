@@ -36,7 +36,7 @@ class Platform:
         from modelplane.settings import reset_settings_cache
 
         env = {"MODELPLANE_URL": self.url, "MODELPLANE_TOKEN": self.token,
-               "MODELPLANE_HOME": str(self.settings.home)}
+               "MODELPLANE_HOME": str(self.settings.home), "COLUMNS": "200"}
         reset_settings_cache()
         try:
             result = CliRunner().invoke(app, list(args), env=env)

@@ -192,7 +192,12 @@ class Pipelines:
     # ------------------------------------------------------------ the loop
 
     def tick(self) -> None:
-        """Triggers first, then one pass of every active run."""
+        """Triggers first, then a pass of every active run.
+
+        A pass goes on while it moves the run from one stage state to the next (started,
+        passed, skipped), so a run does not wait a loop interval between stages; each
+        move is its own committed write, so a crash resumes from the last one.
+        """
         with self._lock:
             self._check_triggers()
             with self.db.session(readonly=True) as session:
@@ -201,7 +206,7 @@ class Pipelines:
                 runs = [_loaded(row) for row in rows]
             for run in runs:
                 try:
-                    self._advance(run)
+                    self._pass(run)
                 except StaleDataError:
                     log.info("run %s#%d changed during a pass; next pass", run.out.pipeline,
                              run.out.number)
@@ -209,15 +214,32 @@ class Pipelines:
                     log.exception("advancing pipeline run %s#%d failed", run.out.pipeline,
                                   run.out.number)
 
-    def _advance(self, run: LoadedRun) -> None:
+    def _pass(self, run: LoadedRun) -> None:
+        for _ in range(2 * len(run.out.stages) + 1):  # each stage starts and ends once
+            if not self._advance(run):
+                return
+            reloaded = self._reload(run)
+            if reloaded is None:
+                return
+            run = reloaded
+
+    def _reload(self, run: LoadedRun) -> LoadedRun | None:
+        """``run`` as stored now, or None once it has ended."""
+        with self.db.session(readonly=True) as session:
+            row = session.get(PipelineRunRow, run.out.id)
+            return _loaded(row) if row is not None and row.state in ACTIVE_RUN_STATES else None
+
+    def _advance(self, run: LoadedRun) -> bool:
+        """One step of ``run``; True when it moved a stage on (started, passed or skipped
+        it), so the next stage may be taken at once."""
         current = run.out.current
         if current is None:
             self._finish(run, RunState.SUCCEEDED, "every stage passed or was skipped")
-            return
+            return False
         if current.state is StageState.PENDING:
             self._write(run, current.model_copy(update={
                 "state": StageState.RUNNING, "started_at": self._now()}), RunState.RUNNING)
-            return
+            return True
         stage = self.stages.get(current.name)
         if stage is None:
             outcome = Outcome(StageState.FAILED, reason=f"stage {current.name} is not available")
@@ -239,17 +261,19 @@ class Pipelines:
             "finished_at": self._now() if outcome.state.done else None,
         })
         if record == current:
-            return  # nothing new: no write, no revision bump
+            return False  # nothing new: no write, no revision bump
         if outcome.state is StageState.FAILED:
             self._write(run, record, RunState.FAILED,
                         reason=f"{current.name} failed: {outcome.reason}")
             self._tell(run.out, "stage_failed", current.name, outcome.reason)
             self._tell(run.out, "failed", current.name, outcome.reason)
-            return
+            return False
         self._write(run, record, RunState.RUNNING)
         if outcome.state in (StageState.PASSED, StageState.SKIPPED):
             self._tell(run.out, "stage_passed" if outcome.state is StageState.PASSED
                        else "stage_skipped", current.name, outcome.reason)
+            return True
+        return False
 
     def _context(self, run: LoadedRun, record: StageRecord) -> StageContext:
         return StageContext(run=run.out, spec=PipelineSpec.model_validate(run.spec),

@@ -4,10 +4,7 @@ plane's alert evaluator, a real webhook receiver, the Python client and the CLI.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -112,7 +109,7 @@ def test_feedback_gives_the_accuracy_sklearn_computes_on_the_same_pairs(watched:
     assert accuracy["precision"] == pytest.approx(metrics.precision_score(truth, predicted))
     assert accuracy["recall"] == pytest.approx(metrics.recall_score(truth, predicted))
     assert accuracy["f1"] == pytest.approx(metrics.f1_score(truth, predicted))
-    assert "acc " in cli(watched, "monitor", ENDPOINT, "--once", "--window", "300")
+    assert "acc " in watched.cli("monitor", ENDPOINT, "--once", "--window", "300")
 
 
 def test_nans_out_of_range_values_and_rejections_are_counted_exactly(watched: Platform) -> None:
@@ -255,26 +252,17 @@ def test_drift_alert_stays_quiet_on_training_traffic_fires_on_a_one_sigma_shift_
     # No traffic: too few rows for a verdict, so the condition no longer holds.
     assert eventually(lambda: len(notified()) == 2, timeout=5 * WINDOW_S), notified()
     assert notified()[1]["status"] == "resolved"
-    # The CLI shows what just happened (here, so no other test's order matters).
-    table = cli(watched, "monitor", ENDPOINT, "--once", "--window", "300")
+    # The CLI shows what just happened (here, so no other test's order matters; in this
+    # process: a CLI process costs seconds of start-up).
+    table = watched.cli("monitor", ENDPOINT, "--once", "--window", "300")
     assert "drift by feature" in table and "f2" in table
-    rules = json.loads(cli(watched, "alerts", "rules", "--json"))
+    rules = json.loads(watched.cli("alerts", "rules", "--json"))
     assert [r["name"] for r in rules] == ["watched-drift"]
-    history = json.loads(cli(watched, "alerts", "history", "--name", "watched-drift", "--json"))
+    history = json.loads(watched.cli("alerts", "history", "--name", "watched-drift", "--json"))
     assert [e["state"] for e in history["items"]] == ["resolved", "firing"]
-    assert "watched-drift" in cli(watched, "alerts", "history")
-    assert json.loads(cli(watched, "alerts", "list", "--json")) == []
-    assert "drift" in cli(watched, "alerts", "rules", "--metrics")
+    assert "watched-drift" in watched.cli("alerts", "history")
+    assert json.loads(watched.cli("alerts", "list", "--json")) == []
+    assert "drift" in watched.cli("alerts", "rules", "--metrics")
     with watched.client() as client:
         client.delete_alert_receiver("drift-hook")
     receiver.close()
-
-
-def cli(platform: Platform, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
-    env.update(MODELPLANE_URL=platform.url, MODELPLANE_TOKEN=platform.token,
-               MODELPLANE_HOME=str(platform.settings.home), COLUMNS="200")
-    result = subprocess.run([sys.executable, "-m", "modelplane.cli", *args], env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr + result.stdout
-    return result.stdout

@@ -46,9 +46,9 @@ def run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Com
     return result
 
 
-def infer(url: str, endpoint: str) -> httpx.Response:
+def infer(http: httpx.Client, url: str, endpoint: str) -> httpx.Response:
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
-    return httpx.post(f"{url}/v2/models/{endpoint}/infer", json=body, timeout=30)
+    return http.post(f"{url}/v2/models/{endpoint}/infer", json=body)
 
 
 def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None:
@@ -67,15 +67,16 @@ def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None
 
     deployed = run(cli_env, "deploy", "iris", "cli-iris:1", "--num-cpus", "0.25")
     assert "v1=100%" in deployed.stdout
-    first = infer(url, "iris")
-    assert first.status_code == 200 and first.json()["model_version"] == "1"
+    with httpx.Client(timeout=30) as http:
+        first = infer(http, url, "iris")
+        assert first.status_code == 200 and first.json()["model_version"] == "1"
 
-    run(cli_env, "traffic", "iris", "1=50", "2=50")
-    seen = Counter()
-    for _ in range(200):
-        response = infer(url, "iris")
-        assert response.status_code == 200
-        seen[response.json()["model_version"]] += 1
+        run(cli_env, "traffic", "iris", "1=50", "2=50")
+        seen = Counter()
+        for _ in range(200):
+            response = infer(http, url, "iris")
+            assert response.status_code == 200
+            seen[response.json()["model_version"]] += 1
     assert set(seen) == {"1", "2"}, seen
 
     status = json.loads(run(cli_env, "status", "--json").stdout)
@@ -101,19 +102,20 @@ def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None
     assert "restored from the store:" in restored.stdout, restored.stdout
     assert "iris (v1=50%, v2=50%) serving" in restored.stdout, restored.stdout
     seen = Counter()
-    for _ in range(100):
-        response = infer(url, "iris")
-        assert response.status_code == 200, response.text
-        seen[response.json()["model_version"]] += 1
-    assert set(seen) == {"1", "2"}, seen
+    with httpx.Client(timeout=30) as http:  # a new one: the old one's connections died
+        for _ in range(100):
+            response = infer(http, url, "iris")
+            assert response.status_code == 200, response.text
+            seen[response.json()["model_version"]] += 1
+        assert set(seen) == {"1", "2"}, seen
 
-    run(cli_env, "undeploy", "iris")
-    gone = None
-    for _ in range(60):
-        gone = infer(url, "iris")
-        if gone.status_code == 404:
-            break
-        time.sleep(0.5)
+        run(cli_env, "undeploy", "iris")
+        gone = None
+        for _ in range(60):
+            gone = infer(http, url, "iris")
+            if gone.status_code == 404:
+                break
+            time.sleep(0.5)
     assert gone is not None and gone.status_code == 404
 
     down = run(cli_env, "down", timeout=180)

@@ -90,14 +90,17 @@ def _versions_seen(platform: Platform, n: int, *, key: str | None = None) -> Cou
     payload = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.1, 0.2, 0.3, 0.4]}]}
     headers = {"x-modelplane-key": key} if key else {}
 
-    def one(_: int) -> str:
-        with httpx.Client(timeout=30) as http:
+    # One client for all threads (httpx's is thread-safe): building one per request loads
+    # the CA bundle each time, tens of ms of CPU. Versions are drawn per request, not per
+    # connection, so reused connections see the same split.
+    with httpx.Client(timeout=30) as http:
+        def one(_: int) -> str:
             response = http.post(f"{platform.url}/v2/models/iris/infer", json=payload, headers=headers)
             assert response.status_code == 200, response.text
             return response.json()["model_version"]
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        return Counter(pool.map(one, range(n)))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            return Counter(pool.map(one, range(n)))
 
 
 def test_weighted_split_stickiness_and_live_changes(iris: Platform) -> None:

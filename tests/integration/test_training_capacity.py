@@ -5,7 +5,7 @@ the reason, and every example in examples/ runs to a registered version.
 
 The head (`ray start --head --num-cpus=2`, every port free, a private RAY_TMPDIR) is the
 issue's laptop: `modelplane up` puts the platform's replicas on it. As in
-test_training.py, this process never connects to Ray: every Ray client is a subprocess.
+tests/integration/jobs/, this process never connects to Ray: every Ray client is a subprocess.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tests.ray_head import BIN, RayHead
 from tests.waiting import wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ENDED = {"FAILED", "SUCCEEDED", "STOPPED"}
 JOB_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.yaml") if "experiment:" in p.read_text())
 
 
@@ -123,8 +124,7 @@ def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(laptop: Laptop) 
                      r"x 1 CPU, free now 0\.\d+ CPU\), 5 s at most", said), said
 
     # The one with 5 s ends failed, its run too, with the reason; one line, no traceback.
-    wait_for(lambda: _status(laptop, hasty_id) in {"FAILED", "SUCCEEDED", "STOPPED"}, 180,
-             "the hasty job to end")
+    wait_for(lambda: _job_status(laptop, hasty_id) in ENDED, 180, "the hasty job to end")
     assert _status(laptop, hasty_id) == "FAILED"
     logs = laptop.modelplane("train", "logs", hasty_id, "--address", laptop.head.dashboard).stdout
     assert logs.count("could not be placed within 5 s") == 1, logs
@@ -139,8 +139,8 @@ def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(laptop: Laptop) 
 
     # The patient one waits and says so where a user looks.
     note = re.compile(r"waiting for resources \(needs 1 worker x 1 CPU, free 0\.\d+ CPU\)")
-    status = wait_for(lambda: note.search(_status_text(laptop, patient_id)) and
-                      _status_text(laptop, patient_id), 180, "train status to say it waits")
+    status = wait_for(lambda: note.search(text := _status_text(laptop, patient_id)) and text,
+                      180, "train status to say it waits")
     assert "RUNNING" in status, status
     listed = json.loads(laptop.modelplane("train", "list", "--address", laptop.head.dashboard,
                                           "--json").stdout)
@@ -152,8 +152,7 @@ def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(laptop: Laptop) 
 
     stopped = laptop.modelplane("train", "stop", holder, "--address", laptop.head.dashboard)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    wait_for(lambda: _status(laptop, patient_id) in {"FAILED", "SUCCEEDED", "STOPPED"}, 300,
-             "the patient job to end")
+    wait_for(lambda: _job_status(laptop, patient_id) in ENDED, 300, "the patient job to end")
     logs = laptop.modelplane("train", "logs", patient_id, "--address", laptop.head.dashboard).stdout
     assert _status(laptop, patient_id) == "SUCCEEDED", logs
     assert re.search(r"resources free after \d+ s: starting 1 worker x 1 CPU", logs), logs
@@ -210,6 +209,13 @@ def _submit(laptop: Laptop, spec: Path) -> tuple[str, str]:
     match = re.search(r"submitted job (\S+)", result.stdout)
     assert match, result.stdout
     return match.group(1), result.stdout
+
+
+def _job_status(laptop: Laptop, job_id: str) -> str:
+    """For polling: Ray's job API in this process, not a CLI process (seconds each)."""
+    from training.submission import JobClient
+
+    return JobClient(laptop.head.dashboard).status(job_id)
 
 
 def _status(laptop: Laptop, job_id: str) -> str:

@@ -80,9 +80,10 @@ def test_a_run_passes_every_stage_in_order_and_keeps_their_outputs(db: Database)
     pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
     run = pipelines.start_run("bc", ALICE)
     assert run.number == 1 and run.state is RunState.PENDING
-    drive(pipelines, lambda: pipelines.run("bc").state.terminal)
+    pipelines.tick()  # stages that end at once follow each other in one pass, not one a loop
     done = pipelines.run("bc")
     assert done.state is RunState.SUCCEEDED
+    assert all(len(stage.calls) == 1 for stage in stages.values())
     assert [s.name for s in done.stages] == list(STAGES)
     assert all(s.state is StageState.PASSED and s.outputs == {"by": s.name} for s in done.stages)
     assert all(s.started_at is not None and s.finished_at is not None for s in done.stages)

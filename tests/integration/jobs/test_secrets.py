@@ -1,6 +1,6 @@
 """Secrets stay where they belong, on a real Ray head running `modelplane up`.
 
-The head is the one tests/integration/test_training.py uses (`ray start --head`, every
+The head is the one the job tests share (this folder's conftest: `ray start --head`, every
 port free, a private RAY_TMPDIR), with reads requiring a token and the store's URL set
 explicitly, as on a cluster. This process never connects to Ray itself: jobs are submitted
 with `modelplane train submit`, and replicas are inspected by a Ray client subprocess.
@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,10 @@ import pytest
 import yaml
 
 from control_plane.client import Client
-from tests.conftest import free_port
+from tests.job_head import DB_MARKER, JobHead
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.ray_head import RayHead
 from tests.waiting import wait_for
-
-DB_MARKER = "secret-store-marker"
 
 
 @dataclass
@@ -66,34 +63,9 @@ class Head:
 
 
 @pytest.fixture(scope="module")
-def head() -> Iterator[Head]:
-    ray = RayHead(num_cpus=4, extra_env={"RAY_JOB_STOP_WAIT_TIME_S": "30"})
-    try:
-        ray.start(timeout=300)  # a loaded 2-core box can take minutes
-        port = free_port()
-        home = ray.root / "home"
-        # A store URL that would be a secret on a cluster; the marker finds it anywhere.
-        db_url = f"sqlite:///{home / (DB_MARKER + '.db')}"
-        env = {**ray.env, "MODELPLANE_HOME": str(home), "MODELPLANE_HTTP_PORT": str(port),
-               "MODELPLANE_URL": f"http://127.0.0.1:{port}", "MODELPLANE_DB_URL": db_url,
-               "MODELPLANE_READS_REQUIRE_TOKEN": "true"}
-        up = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"],
-                            env={**env, "RAY_ADDRESS": ray.gcs_address},
-                            capture_output=True, text=True, timeout=300)
-        assert up.returncode == 0, up.stdout + up.stderr
-        head = Head(ray, env, env["MODELPLANE_URL"], db_url)
-        # The operator then runs `up` again with their own token in the shell: it must
-        # reach neither the control plane's environment nor any replica's.
-        with head.client() as admin:
-            head.operator_token = admin.create_token("operator", "admin").token
-        again = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"],
-                               env={**env, "RAY_ADDRESS": ray.gcs_address,
-                                    "MODELPLANE_TOKEN": head.operator_token},
-                               capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stdout + again.stderr
-        yield head
-    finally:
-        ray.stop()
+def head(job_head: JobHead) -> Head:
+    return Head(job_head.ray, job_head.env, job_head.env["MODELPLANE_URL"], job_head.db_url,
+                job_head.operator_token)
 
 
 def _spec(path: Path, head: Head, *, experiment: str, epochs: int) -> Path:

@@ -1,7 +1,8 @@
 """Training jobs on a real Ray head started here, reporting to a real control plane.
 
-The head (`ray start --head`, every port chosen free, a private RAY_TMPDIR) runs the
-platform too (`modelplane up` joins it), so a registered version can be served. Jobs
+The head (`ray start --head`, every port chosen free, a private RAY_TMPDIR; this folder's
+conftest) runs the platform too (`modelplane up` joins it), so a registered version can be
+served. Jobs
 reach it the ways users submit them: Ray's own `ray job submit` CLI, `modelplane train
 submit`, and `modelplane train run` on a private local Ray. This process never connects
 to Ray itself: every Ray client is a subprocess, as it would be for a user.
@@ -14,7 +15,6 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from control_plane.client import Client
+from tests.job_head import JobHead
 from tests.ray_head import BIN, RayHead
 from tests.waiting import wait_for
 
@@ -52,16 +53,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    # `ray job stop` SIGKILLs a job 3 s after SIGTERM by default; a loaded CI box may need
-    # longer for the job to mark its run killed.
-    head = RayHead(num_cpus=6, extra_env={"RAY_JOB_STOP_WAIT_TIME_S": "30"})
-    try:
-        head.start()
-        env = head.up_platform()
-        yield Cluster(head, env, env["MODELPLANE_URL"])
-    finally:
-        head.stop()
+def cluster(job_head: JobHead) -> Cluster:
+    return Cluster(job_head.ray, job_head.env, job_head.env["MODELPLANE_URL"])
 
 
 @dataclass

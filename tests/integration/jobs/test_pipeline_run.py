@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pytest
 import yaml
 
 from control_plane.client import Client
+from tests.job_head import JobHead
 from tests.ray_head import RayHead
 from tests.waiting import wait_for
 
@@ -33,13 +33,8 @@ ENDPOINT = "pl-bc"
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[RayHead, dict[str, str]]]:
-    head = RayHead(num_cpus=4)
-    try:
-        head.start()
-        yield head, head.up_platform()
-    finally:
-        head.stop()
+def cluster(job_head: JobHead) -> tuple[RayHead, dict[str, str]]:
+    return job_head.ray, job_head.env
 
 
 def write_pipeline(root: Path) -> Path:
