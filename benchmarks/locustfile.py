@@ -13,7 +13,9 @@ monitoring) and ``MODELPLANE_DRIFT_FEATURE`` (which one, default 0), ``MODELPLAN
 (seconds each user waits between requests, default 0), ``MODELPLANE_FEEDBACK_TOKEN`` (a
 token of role labeler or higher: each user then posts its answers' predicted classes back
 as labels, 20 at a time, keyed on the server's ``x-modelplane-request-id``, to load the
-feedback route and the Monitor's join too).
+feedback route and the Monitor's join too), ``MODELPLANE_PARENT_PID`` (stop when that
+process is gone: a program that starts Locust in the background and is killed, even with
+SIGKILL, leaves no load running behind it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import random
 import uuid
 from typing import Any
 
-from locust import FastHttpUser, constant, task
+from locust import FastHttpUser, constant, events, task
 
 ENDPOINT = os.environ.get("MODELPLANE_ENDPOINT", "iris")
 FEATURES = int(os.environ.get("MODELPLANE_FEATURES", "4"))
@@ -50,6 +52,25 @@ def _load_rows() -> tuple[list[list[float]], list[float]] | None:
 ROWS = _load_rows()
 if ROWS is not None:
     FEATURES = len(ROWS[0][0])
+
+
+PARENT_PID = int(os.environ.get("MODELPLANE_PARENT_PID", "0") or 0)
+
+
+@events.init.add_listener
+def _stop_with_parent(environment: Any, **_: Any) -> None:
+    """Quit once ``MODELPLANE_PARENT_PID`` is gone (this process is re-parented then)."""
+    if not PARENT_PID:
+        return
+    import gevent
+
+    def watch() -> None:
+        while os.getppid() == PARENT_PID:
+            gevent.sleep(0.5)
+        if environment.runner is not None:
+            environment.runner.quit()
+
+    gevent.spawn(watch)
 
 
 class InferenceUser(FastHttpUser):

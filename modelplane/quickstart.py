@@ -370,7 +370,9 @@ class Story:
                                   "of the repository (./scripts/quickstart.sh)")
         env = {**os.environ, "MODELPLANE_ENDPOINT": ENDPOINT, "MODELPLANE_ROWS": str(rows_file),
                "MODELPLANE_WAIT": "0.05", "MODELPLANE_DRIFT": str(drift),
-               "MODELPLANE_DRIFT_FEATURE": str(DRIFT_FEATURE)}
+               "MODELPLANE_DRIFT_FEATURE": str(DRIFT_FEATURE),
+               # A quickstart killed by a signal skips its `finally`: Locust stops itself.
+               "MODELPLANE_PARENT_PID": str(os.getpid())}
         log = open(self.work / "locust.log", "ab")  # noqa: SIM115 (the child owns it)
         return subprocess.Popen(
             [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "3",

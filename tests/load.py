@@ -49,6 +49,10 @@ class BackgroundLoad:
     timeout_s: float = 30.0
     # Applied to each drawn row; may be swapped while the load runs (e.g. to start a breach).
     shape_rows: Callable[[np.ndarray], np.ndarray] | None = None
+    # A text model: each request is one text drawn from these (a BYTES input named
+    # ``text_input``) instead of a row of numbers.
+    texts: list[str] | None = None
+    text_input: str = "review"
     answers: list[Answer] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)  # tracebacks of worker threads that died
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -83,14 +87,21 @@ class BackgroundLoad:
         rng = np.random.default_rng(self.seed * 100 + index)
         with httpx.Client(timeout=self.timeout_s) as http:
             while not self._stop.is_set():
-                row = rng.normal(size=(1, self.n_features)).astype(np.float32)
-                if self.shape_rows is not None:
-                    row = self.shape_rows(row)
+                if self.texts is not None:
+                    row = np.asarray([self.texts[int(rng.integers(len(self.texts)))]], dtype=object)
+                else:
+                    row = rng.normal(size=(1, self.n_features)).astype(np.float32)
+                    if self.shape_rows is not None:
+                        row = self.shape_rows(row)
                 self.answers.append(self._one(http, row))
 
     def _one(self, http: httpx.Client, row: np.ndarray) -> Answer:
-        body = {"inputs": [{"name": "input", "shape": list(row.shape), "datatype": "FP32",
-                            "data": row.ravel().tolist()}]}
+        if self.texts is not None:
+            body = {"inputs": [{"name": self.text_input, "shape": [1], "datatype": "BYTES",
+                                "data": [str(row[0])]}]}
+        else:
+            body = {"inputs": [{"name": "input", "shape": list(row.shape), "datatype": "FP32",
+                                "data": row.ravel().tolist()}]}
         try:
             response = http.post(endpoint_url(self.url, self.endpoint, "infer"), json=body)
         except httpx.HTTPError as error:  # connection refused or reset, timeouts, protocol errors

@@ -76,15 +76,17 @@ def python_manifest(entrypoint: str = "model:Model", **extra: object) -> dict:
     return linear_classifier_manifest(kind="python", code={"entrypoint": entrypoint}, **extra)
 
 
-def steps_model(folder: Path, seed: int, *, mean: float = 10.0, scale: float = 2.0) -> Path:
+def steps_model(folder: Path, seed: int, *, mean: float = 10.0, scale: float = 2.0,
+                labels: list[str] = LABELS) -> Path:
     """Standardize (builtin) → the linear classifier graph → label map (builtin): clients
-    send raw rows ``mean + scale * x`` and get the probabilities for ``x`` and a label."""
+    send raw rows ``mean + scale * x`` and get the probabilities for ``x`` and a label.
+    With fewer ``labels`` than classes, rows whose best class has no label fail."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(linear_classifier(seed=seed, input_name="scaled"))
     (folder / "standardize.json").write_text(json.dumps(
         {"input": "input", "output": "scaled", "mean": [mean] * 4, "scale": [scale] * 4}))
     (folder / "label_map.json").write_text(json.dumps(
-        {"scores": "probabilities", "output": "label", "labels": LABELS}))
+        {"scores": "probabilities", "output": "label", "labels": labels}))
     return folder
 
 
@@ -99,7 +101,9 @@ def steps_manifest(**extra: object) -> dict:
     return manifest
 
 
-def _torch_linear(seed: int):
+def _torch_linear(seed: int, limit: float | None = None):
+    """The linear classifier as a torch module; with ``limit``, one that raises on rows
+    whose first feature is above it (a range check its authors wrote)."""
     import torch
 
     w, b = weights(seed)
@@ -113,10 +117,20 @@ def _torch_linear(seed: int):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.softmax(x @ self.w + self.b, dim=1)
 
-    return Linear()
+    class Guarded(Linear):
+        def __init__(self, limit: float) -> None:
+            super().__init__()
+            self.limit = limit
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x[:, 0] > self.limit).any()):
+                raise RuntimeError("feature 0 out of the range it was built for")
+            return torch.softmax(x @ self.w + self.b, dim=1)
+
+    return Linear() if limit is None else Guarded(limit)
 
 
-def torchscript_model(seed: int) -> bytes:
+def torchscript_model(seed: int, *, limit: float | None = None) -> bytes:
     import warnings
 
     import torch
@@ -124,7 +138,7 @@ def torchscript_model(seed: int) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; teams still ship it
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(_torch_linear(seed)), buffer)
+        torch.jit.save(torch.jit.script(_torch_linear(seed, limit)), buffer)
     return buffer.getvalue()
 
 
@@ -173,8 +187,10 @@ def text_reference(texts: list[str], seed: int) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def text_model(folder: Path, seed: int) -> Path:
-    """Tokenize (builtin) → an ONNX bag of embeddings and a softmax layer → label map."""
+def text_model(folder: Path, seed: int, *, extra_words: tuple[str, ...] = ()) -> Path:
+    """Tokenize (builtin) → an ONNX bag of embeddings and a softmax layer → label map.
+    ``extra_words`` go into the tokenizer's vocabulary but not the graph's embeddings (a
+    tokenizer refitted without re-exporting the graph): texts holding them fail."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -197,7 +213,7 @@ def text_model(folder: Path, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(model.SerializeToString())
     (folder / "tokenize.json").write_text(json.dumps(
-        {"input": "review", "output": "tokens", "vocabulary": TEXT_VOCABULARY,
+        {"input": "review", "output": "tokens", "vocabulary": TEXT_VOCABULARY + list(extra_words),
          "max_length": TEXT_LENGTH}))
     (folder / "label_map.json").write_text(json.dumps(
         {"scores": "probabilities", "output": "label", "labels": TEXT_LABELS}))

@@ -1,4 +1,4 @@
-"""Load a job's data: a bundled scikit-learn dataset or a CSV/Parquet file (path or fsspec URI).
+"""Load a job's data: a bundled dataset or a CSV/Parquet file (path or fsspec URI).
 
 The job loads the table once on the driver, checks it, splits it, and hands the arrays to
 the workers through Ray's object store, so a file only has to be readable where the job
@@ -25,7 +25,7 @@ MAX_CLASSES = 1000
 class Dataset:
     """Features and target of every row, with what lineage needs to know about them."""
 
-    features: np.ndarray  # float32, rows x features
+    features: np.ndarray  # float32, rows x features (texts: object, rows x 1)
     target: np.ndarray  # int64 class indices, or float32 values for regression
     feature_names: list[str]
     class_labels: list[str] | None
@@ -47,8 +47,9 @@ class Split:
     y_val: np.ndarray
 
 
-def load_dataset(spec: DataSpec, task: str) -> Dataset:
-    """Read, check and encode the data the spec names."""
+def load_dataset(spec: DataSpec, task: str, *, text: bool = False) -> Dataset:
+    """Read, check and encode the data the spec names; with ``text``, its one feature
+    column holds texts (features: an object array ``[rows, 1]`` of str)."""
     labels: list[str] | None = None
     if spec.dataset is not None:
         frame, target, uri, digest, class_names = _bundled(spec.dataset)
@@ -67,7 +68,7 @@ def load_dataset(spec: DataSpec, task: str) -> Dataset:
     if unknown:
         raise _error("data.features", f"columns {unknown} are not in {spec.uri} (it has "
                      f"{_preview([str(c) for c in frame.columns])})")
-    features = _numeric_features(frame[names], spec)
+    features = _text_feature(frame[names], spec) if text else _numeric_features(frame[names], spec)
     if labels is not None:
         encoded = target.astype(np.int64)
     else:
@@ -140,6 +141,13 @@ def _bundled(name: str) -> tuple[Any, np.ndarray, str, str, list[str] | None]:
     import pandas as pd
     from sklearn import datasets
 
+    if name == "reviews":
+        from training.text import REVIEW_CLASSES, generate_reviews, reviews_digest
+
+        texts, labels = generate_reviews()
+        return (pd.DataFrame({"review": texts}), labels, "generated://reviews",
+                reviews_digest(texts, labels), list(REVIEW_CLASSES))
+
     loaded = getattr(datasets, f"load_{name}")()
     names = [str(n) for n in loaded.feature_names]
     features = np.asarray(loaded.data, dtype=np.float64)
@@ -197,6 +205,20 @@ def _check_columns(spec: DataSpec, columns: list[str]) -> None:
     if unknown:
         raise _error("data.features", f"columns {unknown} are not in {spec.path} "
                      f"(it has {_preview(columns)})")
+
+
+def _text_feature(frame: Any, spec: DataSpec) -> np.ndarray:
+    if frame.shape[1] != 1:
+        raise _error("data.features", f"text_classifier reads one text column; the data has "
+                     f"{frame.shape[1]} ({_preview([str(c) for c in frame.columns])}): name it "
+                     "in data.features")
+    column = frame.iloc[:, 0]
+    if column.isna().any():
+        raise _error("data.path", f"the text column {frame.columns[0]!r} has "
+                     f"{int(column.isna().sum())} missing values; fill or drop those rows first")
+    if len(column) < 2:
+        raise _error("data.path", f"{spec.uri} has {len(column)} rows; at least 2 are needed")
+    return column.astype(str).to_numpy(dtype=object).reshape(-1, 1)
 
 
 def _numeric_features(frame: Any, spec: DataSpec) -> np.ndarray:

@@ -4,7 +4,9 @@ The exported graph takes ``input`` (float32, ``[batch, features]``, batch dynami
 returns ``probabilities`` and ``label`` (classifiers) or ``prediction`` (regressors). With
 the standardisation as a step (``registration.preprocessing: step``) the graph takes
 ``standardized`` rows instead, and the version is an archive of the graph and the fitted
-scaler (``builtin:standardize``), proved by the serving stack's own runner.
+scaler (``builtin:standardize``), proved by the serving stack's own runner. A text
+network's graph takes ``tokens`` (int64 ids) and is registered behind its fitted tokenizer
+and class names (``builtin:tokenize``, ``builtin:label_map``), proved the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from training.errors import ExportMismatchError
 from training.models import Network, ServingModel
+from training.text import TextEncoding
 
 INPUT_NAME = "input"
 OPSET = 17
@@ -24,15 +27,18 @@ TOLERANCE = 1e-4
 
 
 STANDARDIZED = "standardized"
+TOKENS = "tokens"
 
 
-def export_onnx(network: Network, *, standardize: bool = True) -> bytes:
+def export_onnx(network: Network, *, standardize: bool = True, input_name: str | None = None) -> bytes:
     """The network's serving form as ONNX bytes, with a dynamic batch axis; without the
-    standardisation (its input then named ``standardized``) when ``standardize`` is off."""
+    standardisation (its input then named ``standardized``) when ``standardize`` is off.
+    A text network's graph takes int64 token ids (``input_name``, default ``tokens``)."""
     model = ServingModel(network, standardize=standardize).eval()
     names = model.output_names
-    input_name = INPUT_NAME if standardize else STANDARDIZED
-    example = torch.zeros(2, network.n_features)
+    if input_name is None:
+        input_name = TOKENS if network.reads_text else INPUT_NAME if standardize else STANDARDIZED
+    example = torch.zeros(2, network.n_features, dtype=network.input_dtype)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter is deprecated in favour of the torch.export one, which
@@ -50,7 +56,7 @@ def torch_outputs(network: Network, features: np.ndarray) -> dict[str, np.ndarra
     """The serving outputs torch computes for ``features`` (eval mode, CPU)."""
     model = ServingModel(network.cpu().eval())
     with torch.no_grad():
-        result = model(torch.as_tensor(features, dtype=torch.float32))
+        result = model(torch.as_tensor(features, dtype=network.input_dtype))
     values = result if isinstance(result, tuple) else (result,)
     return {name: value.numpy() for name, value in zip(model.output_names, values, strict=True)}
 
@@ -99,9 +105,38 @@ def serving_form(network: Network, graph: bytes, *, as_step: bool) -> tuple[byte
     return steps_archive(network, graph), outer, code
 
 
+def text_serving_form(graph: bytes, encoding: TextEncoding,
+                      class_labels: list[str]) -> tuple[bytes, dict, dict]:
+    """A text version: its fitted tokenizer (``builtin:tokenize``), the graph on token ids,
+    and the class names (``builtin:label_map``), as one archive; the outer signature takes
+    one text per row and answers probabilities and the label's name."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from control_plane.model_package import pack_folder
+    from control_plane.onnx_check import signature_of
+
+    graph_signature = signature_of(graph).model_dump(mode="json")
+    probabilities = next(o for o in graph_signature["outputs"] if o["name"] == "probabilities")
+    signature = {"inputs": [{"name": encoding.input_name, "dtype": "string", "shape": [None]}],
+                 "outputs": [probabilities, {"name": "label", "dtype": "string", "shape": [None]}]}
+    code = {"preprocess": "builtin:tokenize", "graph": "model.onnx",
+            "graph_inputs": graph_signature["inputs"], "graph_outputs": graph_signature["outputs"],
+            "postprocess": "builtin:label_map"}
+    with tempfile.TemporaryDirectory(prefix="modelplane-text-") as folder:
+        root = Path(folder)
+        (root / "model.onnx").write_bytes(graph)
+        (root / "tokenize.json").write_text(json.dumps(encoding.step_params))
+        (root / "label_map.json").write_text(json.dumps(
+            {"scores": "probabilities", "output": "label", "labels": class_labels}))
+        return pack_folder(root), signature, code
+
+
 def runner_outputs(archive: bytes, signature: dict, code: dict,
-                   features: np.ndarray) -> dict[str, np.ndarray]:
-    """What the serving stack's runner computes for ``features`` with the version's steps."""
+                   features: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the serving stack's runner computes for ``features`` (rows for the ``input``,
+    or every input by name) with the version's steps."""
     import hashlib
     import tempfile
     from pathlib import Path
@@ -117,7 +152,9 @@ def runner_outputs(archive: bytes, signature: dict, code: dict,
                                digest=digest, kind="onnx", code=code,
                                inputs=signature["inputs"], outputs=signature["outputs"])
         runner = build_runner(config, path, use_gpu=False)
-        return runner.run({INPUT_NAME: np.asarray(features, dtype=np.float32)})
+        inputs = features if isinstance(features, dict) else {
+            INPUT_NAME: np.asarray(features, dtype=np.float32)}
+        return runner.run(inputs)
 
 
 def check_parity(onnx_model: bytes, network: Network, features: np.ndarray,

@@ -44,7 +44,8 @@ def train_worker(config: dict[str, Any]) -> None:
 
     # The same seed everywhere: identical initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(spec.data.seed)
-    network = build_network(spec.model, data["x_train"].shape[1], config["n_outputs"])
+    network = build_network(spec.model, data["x_train"].shape[1], config["n_outputs"],
+                            config.get("n_ids", 0))
     network.set_statistics(data["x_train"], data["y_train"] if regression else None)
     if config.get("init_state") is not None:
         # Fine-tuning keeps the parent's standardisation too: its weights were learned on it.

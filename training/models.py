@@ -1,5 +1,8 @@
 """The networks a job trains, and the serving form they are exported in.
 
+A text network (``text_classifier``) reads token ids instead (the job's tokenizer runs in
+front of the served graph as a ``builtin:tokenize`` step): an embedding bag and an MLP head.
+
 A :class:`Network` standardises its raw feature row itself (the training split's mean and
 standard deviation are buffers), so the served model takes the same raw rows the data had
 and no preprocessing has to travel beside the ONNX file. A regressor also learns on a
@@ -31,7 +34,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 class Network(nn.Module):
     """Standardise → body (MLP or CNN) → logits, or a standardised regression value."""
 
-    def __init__(self, spec: ModelSpec, n_features: int, n_outputs: int) -> None:
+    def __init__(self, spec: ModelSpec, n_features: int, n_outputs: int, n_ids: int = 0) -> None:
         super().__init__()
         self.spec = spec
         self.n_features = n_features
@@ -40,13 +43,26 @@ class Network(nn.Module):
         self.register_buffer("feature_scale", torch.ones(n_features))
         self.register_buffer("target_mean", torch.zeros(1))
         self.register_buffer("target_scale", torch.ones(1))
+        # A text network reads token ids; n_features is its max_length, and the embedding
+        # rows are padding, unknown and the vocabulary (n_ids, set by build_network).
+        self.reads_text = spec.reads_text
         if spec.architecture == "cnn_classifier":
             self.body: nn.Module = _cnn(spec, n_features, n_outputs)
+        elif self.reads_text:
+            self.body = _TextBag(spec, n_ids, n_outputs)
         else:
             self.body = _mlp(spec, n_features, n_outputs)
+        self.n_ids = n_ids
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return torch.long if self.reads_text else torch.float32
 
     def set_statistics(self, features: np.ndarray, target: np.ndarray | None = None) -> None:
-        """Fix the standardisation from the training split (constant columns pass through)."""
+        """Fix the standardisation from the training split (constant columns pass through);
+        token ids are not standardised."""
+        if self.reads_text:
+            return
         mean = features.mean(axis=0)
         scale = features.std(axis=0)
         scale[scale < 1e-8] = 1.0
@@ -58,6 +74,8 @@ class Network(nn.Module):
             self.target_scale.fill_(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reads_text:
+            return self.body(x)
         return self.body((x - self.feature_mean) / self.feature_scale)
 
     def scale_target(self, y: torch.Tensor) -> torch.Tensor:
@@ -90,8 +108,13 @@ class ServingModel(nn.Module):
         return ["probabilities", "label"] if self.task == "classification" else ["prediction"]
 
 
-def build_network(spec: ModelSpec, n_features: int, n_outputs: int) -> Network:
-    """A freshly initialised network for ``n_features`` inputs (``n_outputs`` classes or 1)."""
+def build_network(spec: ModelSpec, n_features: int, n_outputs: int, n_ids: int = 0) -> Network:
+    """A freshly initialised network for ``n_features`` inputs (``n_outputs`` classes or 1);
+    a text network reads ``n_features`` token ids of ``n_ids`` distinct values."""
+    if spec.reads_text and n_ids < 3:
+        raise InvalidJobSpecError(
+            "data: the training texts hold no word seen twice, so there is no vocabulary "
+            "to learn from", detail={"field": "data"})
     if spec.image_shape is not None and spec.architecture == "cnn_classifier":
         pixels = math.prod(spec.image_shape)
         if pixels != n_features:
@@ -100,7 +123,7 @@ def build_network(spec: ModelSpec, n_features: int, n_outputs: int) -> Network:
                 f"row has {n_features} features",
                 detail={"field": "model.image_shape"},
             )
-    return Network(spec, n_features, n_outputs)
+    return Network(spec, n_features, n_outputs, n_ids)
 
 
 def unwrap(model: nn.Module) -> Network:
@@ -117,6 +140,7 @@ def to_bundle(network: Network) -> dict[str, Any]:
         "model": network.spec.model_dump(mode="json"),
         "n_features": network.n_features,
         "n_outputs": network.n_outputs,
+        "n_ids": network.n_ids,
         "state_dict": {k: v.detach().cpu().clone() for k, v in network.state_dict().items()},
     }
 
@@ -126,7 +150,7 @@ def from_bundle(bundle: dict[str, Any]) -> Network:
     if bundle.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"unsupported model bundle format {bundle.get('format')!r}")
     network = build_network(ModelSpec.model_validate(bundle["model"]), bundle["n_features"],
-                            bundle["n_outputs"])
+                            bundle["n_outputs"], int(bundle.get("n_ids", 0)))
     network.load_state_dict(bundle["state_dict"])
     return network.eval()
 
@@ -176,3 +200,20 @@ def _cnn(spec: ModelSpec, n_features: int, n_out: int) -> nn.Sequential:
     # The dense head is the MLP's layers, flattened in so state_dict keys stay "<index>.weight".
     layers += _mlp(spec, channels * height * width, n_out)
     return nn.Sequential(*layers)
+
+
+class _TextBag(nn.Module):
+    """Token ids → the mean of their embeddings (padding left out) → the MLP head.
+
+    Word order is not read: for short texts a bag of words is the strong, cheap baseline,
+    and it exports to a handful of plain ONNX ops (Gather, ReduceSum, Div)."""
+
+    def __init__(self, spec: ModelSpec, n_ids: int, n_out: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_ids, spec.embedding_dim, padding_idx=0)
+        self.head = _mlp(spec, spec.embedding_dim, n_out)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != 0).unsqueeze(-1).to(self.embedding.weight.dtype)
+        summed = (self.embedding(ids) * mask).sum(dim=1)
+        return self.head(summed / mask.sum(dim=1).clamp(min=1.0))

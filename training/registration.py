@@ -77,6 +77,18 @@ def reference_profile(spec: JobSpec, features: np.ndarray, feature_names: list[s
                                    feature_names=feature_names, sample_size=PROFILE_SAMPLE_SIZE)
 
 
+def text_reference_profile(spec: JobSpec, encoding: Any, texts: np.ndarray,
+                           first_output: np.ndarray) -> dict[str, Any]:
+    """The drift reference of a text version: the raw training texts' derived features
+    (length, tokens, unknown-word rate against the fitted vocabulary) and the model's first
+    output on them."""
+    from serving.monitoring.profiles import build_text_reference_profile
+
+    return build_text_reference_profile(encoding.input_name, list(texts), first_output,
+                                        task=spec.task, vocabulary=encoding.vocabulary,
+                                        sample_size=PROFILE_SAMPLE_SIZE)
+
+
 def build_manifest(
     *,
     spec: JobSpec,

@@ -27,6 +27,7 @@ from training.errors import InvalidJobSpecError, TrainingError
 from training.finetune import MODEL_BUNDLE_ARTIFACT, bundle_mismatch, load_fine_tune_source
 from training.schemas import DEFAULT_MAX_WORKERS, JobSpec
 from training.spec import dump_job_spec
+from training.text import TextEncoding, fit_vocabulary
 
 # Set when the job is asked to stop (SIGTERM from `ray job stop`): whatever exception the
 # interrupted Ray call turns that into, the run ends "killed", not "failed".
@@ -70,13 +71,19 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     client = Client(settings.url, token, settings=settings)
     client.health()  # fail now, not after an hour of training, if the tracker is unreachable
 
-    dataset = load_dataset(spec.data, spec.task)
+    dataset = load_dataset(spec.data, spec.task, text=spec.model.reads_text)
     split = split_dataset(dataset, validation_split=spec.data.validation_split, seed=spec.data.seed)
     echo(f"data {dataset.uri}: {len(split.x_train)} training and {len(split.x_val)} validation "
          f"rows, {len(dataset.feature_names)} features"
          + (f", {dataset.n_outputs} classes" if dataset.class_labels else ""))
+    texts = None
+    if spec.model.reads_text:
+        texts = TextSplit.fitted(spec, split, dataset.feature_names[0])
+        split = texts.encoded()
+        echo(f"tokenizer: {len(texts.encoding.vocabulary)} words from the training texts "
+             f"(of at most {spec.model.vocabulary_size}), {spec.model.max_length} tokens a text")
     shape = {"model_spec": spec.model.model_dump(mode="json"),
-             "n_features": len(dataset.feature_names), "n_outputs": dataset.n_outputs}
+             "n_features": int(split.x_train.shape[1]), "n_outputs": dataset.n_outputs}
     init = None
     if spec.model.init_from:
         init = load_fine_tune_source(spec.model.init_from, client, **shape)
@@ -100,7 +107,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     train_run_name = f"{spec.experiment.name}-{uuid.uuid4().hex[:8]}"
     storage = _storage_path(spec)
     params = flat_params(spec) | {
-        "n_features": len(dataset.feature_names), "n_outputs": dataset.n_outputs,
+        "n_features": shape["n_features"], "n_outputs": dataset.n_outputs,
         "train_rows": len(split.x_train), "validation_rows": len(split.x_val),
         "resources.num_workers": placement.num_workers,
     }
@@ -108,6 +115,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
         params["resources.num_workers_requested"] = "auto"
     if resume is not None:
         params |= {"resumed_from_checkpoint": resume, "resumed_from_epoch": resume_epoch}
+    if texts is not None:
+        params["vocabulary_words"] = len(texts.encoding.vocabulary)
     tags = {**spec.experiment.tags, "architecture": spec.model.architecture,
             "dataset": dataset.uri, "ray_train_run": train_run_name,
             CHECKPOINT_DIR_TAG: f"{storage.rstrip('/')}/{train_run_name}"}
@@ -121,7 +130,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
                                                spec.resources.placement_timeout_s, echo)
         result = _finish(spec, client, token, run.id, dataset, split, train_run_name, storage,
                          init=init, resume=resume, register=register, echo=echo,
-                         placement=placement, placement_left_s=left_s)
+                         placement=placement, placement_left_s=left_s, texts=texts)
     except BaseException as error:
         stopped = STOP_REQUESTED.is_set() or isinstance(error, KeyboardInterrupt)
         _end_quietly(client, run.id, "killed" if stopped else "failed",
@@ -136,7 +145,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
 def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Dataset, split: Split,
             train_run_name: str, storage: str, *, init: Any, resume: str | None, register: bool,
             echo: Callable[[str], None], placement: Placement,
-            placement_left_s: float) -> JobResult:
+            placement_left_s: float, texts: TextSplit | None = None) -> JobResult:
     from training.early_stopping import EarlyStopping
     from training.evaluation import classification_metrics, regression_metrics
     from training.export import (
@@ -144,15 +153,22 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
         export_onnx,
         runner_outputs,
         serving_form,
+        text_serving_form,
         torch_outputs,
     )
     from training.models import from_bundle, to_bundle
-    from training.registration import build_manifest, code_version, reference_profile
+    from training.registration import (
+        build_manifest,
+        code_version,
+        reference_profile,
+        text_reference_profile,
+    )
     from training.registration import register as register_version
 
     state = _fit(spec, client, token, run_id, dataset, split, train_run_name, storage,
                  init_state=init.state_dict if init else None, resume=resume, echo=echo,
-                 placement=placement, placement_left_s=placement_left_s)
+                 placement=placement, placement_left_s=placement_left_s,
+                 n_ids=texts.encoding.id_count if texts is not None else 0)
     network = from_bundle(state["network"])
     best = state.get("best_weights")
     if best is not None:
@@ -171,13 +187,22 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     echo("held-out evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     client.log_metrics(run_id, {f"eval_{k}": v for k, v in metrics.items()}, step=epochs)
 
-    as_step = spec.registration.preprocessing == "step"
-    onnx_model = export_onnx(network, standardize=not as_step)
-    artifact, signature, steps = serving_form(network, onnx_model, as_step=as_step)
-    served = runner_outputs(artifact, signature, steps, split.x_val) if steps else None
+    if texts is not None:
+        assert dataset.class_labels is not None
+        onnx_model = export_onnx(network)
+        artifact, signature, steps = text_serving_form(onnx_model, texts.encoding,
+                                                       dataset.class_labels)
+        served = runner_outputs(artifact, signature, steps,
+                                {texts.encoding.input_name: texts.x_val[:, 0]})
+        behind = " behind its fitted tokenizer (builtin:tokenize) and class names"
+    else:
+        as_step = spec.registration.preprocessing == "step"
+        onnx_model = export_onnx(network, standardize=not as_step)
+        artifact, signature, steps = serving_form(network, onnx_model, as_step=as_step)
+        served = runner_outputs(artifact, signature, steps, split.x_val) if steps else None
+        behind = " behind its fitted scaler (builtin:standardize)" if steps else ""
     diff = check_parity(onnx_model, network, split.x_val, served=served)
-    echo(f"exported ONNX ({len(onnx_model) / 1024:.0f} KiB)"
-         + (" behind its fitted scaler (builtin:standardize)" if steps else "")
+    echo(f"exported ONNX ({len(onnx_model) / 1024:.0f} KiB){behind}"
          + f"; {'the served steps and graph match' if steps else 'ONNX Runtime matches'} "
          f"torch on {len(split.x_val)} rows (max abs diff {diff:.2g})")
     bundle = io.BytesIO()
@@ -195,9 +220,12 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
         return JobResult(run_id, spec.model_name, None, epochs, stopped, metrics, diff)
 
     first_output = next(iter(torch_outputs(network, split.x_train).values()))
+    if texts is not None:
+        profile = text_reference_profile(spec, texts.encoding, texts.x_train[:, 0], first_output)
+    else:
+        profile = reference_profile(spec, split.x_train, dataset.feature_names, first_output)
     manifest = build_manifest(
-        spec=spec, dataset=dataset, signature=signature, steps=steps,
-        profile=reference_profile(spec, split.x_train, dataset.feature_names, first_output),
+        spec=spec, dataset=dataset, signature=signature, steps=steps, profile=profile,
         metrics=metrics, run_id=run_id,
         parent_version=init.version if init and init.model == spec.model_name else None,
         code=code_version(),
@@ -212,7 +240,7 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
 def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Dataset, split: Split,
          train_run_name: str, storage: str, *, init_state: Any, resume: str | None,
          echo: Callable[[str], None], placement: Placement,
-         placement_left_s: float) -> dict[str, Any]:
+         placement_left_s: float, n_ids: int = 0) -> dict[str, Any]:
     """Train on Ray Train; returns the state in the final checkpoint."""
     import ray
     from ray.train import (
@@ -235,7 +263,7 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "data": data,
-                           "n_outputs": dataset.n_outputs, "init_state": init_state,
+                           "n_outputs": dataset.n_outputs, "n_ids": n_ids, "init_state": init_state,
                            "resume_from": resume},
         scaling_config=ScalingConfig(num_workers=placement.num_workers, use_gpu=resources.use_gpu,
                                      resources_per_worker=dict(placement.bundle)),
@@ -261,6 +289,25 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     if result.checkpoint is None:
         raise TrainingError("training ended without a checkpoint", detail={"run_id": run_id})
     return load_state(result.checkpoint)
+
+
+@dataclass(frozen=True)
+class TextSplit(Split):
+    """A text job's split as texts (``[rows, 1]``), with the tokenizer fitted on its
+    training rows."""
+
+    encoding: TextEncoding
+
+    @classmethod
+    def fitted(cls, spec: JobSpec, split: Split, column: str) -> TextSplit:
+        vocabulary = fit_vocabulary(split.x_train[:, 0], spec.model.vocabulary_size)
+        encoding = TextEncoding(vocabulary, spec.model.max_length, input_name=column)
+        return cls(split.x_train, split.y_train, split.x_val, split.y_val, encoding)
+
+    def encoded(self) -> Split:
+        """The same rows as token ids, as the network reads them."""
+        return Split(self.encoding.encode(self.x_train[:, 0]), self.y_train,
+                     self.encoding.encode(self.x_val[:, 0]), self.y_val)
 
 
 def handle_stop_signal() -> None:

@@ -13,18 +13,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from control_plane.schemas import AliasName, Name
 
-BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
+BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "reviews")
+# Datasets of texts (one text per row): generated in code (training/text.py).
+TEXT_DATASETS = ("reviews",)
 # Which task each bundled dataset is: a classifier on diabetes makes no sense.
 BUNDLED_TASKS = {
     "digits": "classification",
     "breast_cancer": "classification",
     "wine": "classification",
     "diabetes": "regression",
+    "reviews": "classification",
 }
 ARCHITECTURE_TASKS = {
     "mlp_classifier": "classification",
     "cnn_classifier": "classification",
     "mlp_regressor": "regression",
+    "text_classifier": "classification",
 }
 # Metrics every epoch reports, per task; early stopping may watch any of them.
 EPOCH_METRICS = {
@@ -54,10 +58,13 @@ class ExperimentSpec(Section):
 
 
 class ModelSpec(Section):
-    """The network: an MLP for tabular data or a small CNN for images."""
+    """The network: an MLP for tabular data, a small CNN for images, or a bag of embedded
+    words for texts."""
 
-    architecture: Literal["mlp_classifier", "mlp_regressor", "cnn_classifier"] = Field(
-        description="mlp_classifier, mlp_regressor or cnn_classifier."
+    architecture: Literal["mlp_classifier", "mlp_regressor", "cnn_classifier",
+                          "text_classifier"] = Field(
+        description="mlp_classifier, mlp_regressor, cnn_classifier or text_classifier (one "
+                    "text per row; served behind its tokenizer, a builtin:tokenize step)."
     )
     hidden_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=lambda: [64, 64],
@@ -71,6 +78,13 @@ class ModelSpec(Section):
         None,
         description="CNN: [channels, height, width] the flat feature row is reshaped to.",
     )
+    vocabulary_size: int = Field(5000, ge=10, le=100_000, description=(
+        "text_classifier: at most this many words, the most frequent in the training rows "
+        "(seen at least twice); others count as unknown."))
+    max_length: int = Field(64, ge=1, le=4096, description=(
+        "text_classifier: tokens read per text; the rest is cut."))
+    embedding_dim: int = Field(32, ge=1, le=1024, description=(
+        "text_classifier: width of each word's embedding (averaged over the text)."))
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
     activation: Literal["relu", "gelu", "tanh", "silu", "leaky_relu"] = "relu"
     init_from: str | None = Field(
@@ -90,6 +104,10 @@ class ModelSpec(Section):
             raise ValueError("must be odd, so each convolution keeps the image's size")
         return value
 
+    @property
+    def reads_text(self) -> bool:
+        return self.architecture == "text_classifier"
+
     @model_validator(mode="after")
     def _cnn_needs_an_image(self) -> ModelSpec:
         if self.architecture == "cnn_classifier" and self.image_shape is None:
@@ -104,7 +122,8 @@ class DataSpec(Section):
     """A bundled scikit-learn dataset, or a CSV/Parquet file by path or fsspec URI."""
 
     dataset: str | None = Field(
-        None, description=f"Bundled scikit-learn dataset: {', '.join(BUNDLED_DATASETS)}."
+        None, description=f"Bundled dataset: {', '.join(BUNDLED_DATASETS)} (scikit-learn's, "
+        "and reviews: texts generated in code)."
     )
     path: str | None = Field(
         None,
@@ -159,7 +178,9 @@ class DataSpec(Section):
     @property
     def uri(self) -> str:
         """The dataset's URI as recorded in lineage (before relative paths are resolved)."""
-        return f"sklearn://{self.dataset}" if self.dataset else str(self.path)
+        if self.dataset is None:
+            return str(self.path)
+        return f"{'generated' if self.dataset in TEXT_DATASETS else 'sklearn'}://{self.dataset}"
 
 
 class SchedulerSpec(Section):
@@ -297,7 +318,8 @@ class RegistrationSpec(Section):
     preprocessing: Literal["in_graph", "step"] = Field("in_graph", description=(
         "in_graph: the fitted standardisation is part of the ONNX graph; step: the graph "
         "takes standardised rows and the version carries the fitted scaler as a "
-        "builtin:standardize step before it (docs/models.md)."))
+        "builtin:standardize step before it (docs/models.md). A text_classifier always "
+        "takes texts through its fitted tokenizer, a builtin:tokenize step."))
 
 
 class JobSpec(Section):
@@ -335,6 +357,15 @@ class JobSpec(Section):
                 f"{self.model.architecture} is a {task} model but {self.data.dataset} is a "
                 f"{BUNDLED_TASKS[self.data.dataset]} dataset",
             )
+        text_data = self.data.dataset in TEXT_DATASETS
+        if self.data.dataset is not None and text_data != self.model.reads_text:
+            raise _at("model.architecture", (
+                f"{self.data.dataset} is a text dataset; use text_classifier" if text_data else
+                f"text_classifier reads texts, and {self.data.dataset} is not a text dataset "
+                f"(text: {', '.join(TEXT_DATASETS)}, or a file whose one feature column is text)"))
+        if self.model.reads_text and self.model.init_from:
+            raise _at("model.init_from", "not available for text_classifier: each job fits its "
+                      "own vocabulary, so another version's embeddings would not line up")
         if self.early_stopping is not None and self.early_stopping.metric not in EPOCH_METRICS[task]:
             raise _at(
                 "early_stopping.metric",

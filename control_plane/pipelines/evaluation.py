@@ -196,6 +196,10 @@ def features_and_target(table: Any, manifest: ModelManifest | Mapping[str, Any],
         raise InvalidInputError(f"the held-out data has no column {missing[0]!r} (the model "
                                 f"takes {len(names)} features; target {target!r})",
                                 detail={"field": "data"})
+    inputs = spec.signature.inputs
+    if len(inputs) == 1 and inputs[0].dtype == "string" and len(names) == 1:
+        # A text model (one text per row): the column's strings, as clients send them.
+        return table[names[0]].astype(str).to_numpy(dtype=object), table[target].to_numpy()
     return table[names].to_numpy(dtype=np.float64), table[target].to_numpy()
 
 

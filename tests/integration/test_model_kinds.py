@@ -149,6 +149,71 @@ def test_steps_and_torch_canaries_are_promoted_without_a_failed_request(
     np.testing.assert_allclose(result.as_numpy("probabilities"), reference(ROWS, 2), rtol=1e-4, atol=1e-6)
 
 
+def test_steps_torch_and_text_canaries_that_fail_some_rows_are_rolled_back(
+        platform: Platform, kinds: dict[str, Any]) -> None:
+    """Bugs each kind really has, each failing only some rows: a label map one class short
+    (rows whose best class has no name), a TorchScript module's own range check, and a
+    text version whose tokenizer knows a word its graph has no embedding for. Each canary
+    is rolled back on its error rate; the stable versions never fail."""
+    client: Client = kinds["client"]
+    root = kinds["root"]
+    # Seed 3's best class is 2 for about one row in seven of the load; never for the
+    # registration check's rows.
+    client.register_version("kind-steps", steps_model(root / "s3", 3, labels=LABELS[:2]),
+                            steps_manifest())
+    client.register_version("kind-torch", torchscript_model(3, limit=1.0), torchscript_manifest())
+    training_texts = review_texts(400, 0)
+    client.register_version("kind-text-roll", text_model(root / "t1", 1),
+                            text_manifest(training_texts, 1))
+    client.register_version("kind-text-roll", text_model(root / "t2", 1, extra_words=("ramen",)),
+                            text_manifest(training_texts, 1))
+    client.deploy("kind-text-roll", "kind-text-roll:1", scaling=SMALL)
+    try:
+        platform.wait_endpoint("kind-text-roll", {1})
+        candidates = {"kind-steps": 3, "kind-torch": 3, "kind-text-roll": 2}
+        stable = {"kind-steps": 2, "kind-torch": 2, "kind-text-roll": 1}
+        loads = {
+            "kind-steps": BackgroundLoad(platform.url, "kind-steps", workers=2, shape_rows=lambda row: (
+                STEPS_MEAN + STEPS_SCALE * row).astype(np.float32)),
+            "kind-torch": BackgroundLoad(platform.url, "kind-torch", workers=2),
+            "kind-text-roll": BackgroundLoad(platform.url, "kind-text-roll", workers=2,
+                                             texts=review_texts(200, 7, extra=("ramen",))),
+        }
+        for load in loads.values():
+            load.__enter__()
+        try:
+            rollouts = {name: client.start_rollout({
+                "endpoint": name, "model_ref": f"{name}:{version}", "steps": [50, 100],
+                "step_duration_s": 30, "drain_s": 1, "analysis": ANALYSIS})
+                for name, version in candidates.items()}
+            done = {name: wait_for(lambda r=r: (x := client.get_rollout(r.id)).state.terminal and x,
+                                   120, f"the {name} canary to end")
+                    for name, r in rollouts.items()}
+            for name, version in stable.items():
+                wait_for(lambda n=name, v=version: _weights(platform, n) == {v: 100.0}, 30,
+                         f"{name} back on v{version} alone")
+            settled = {name: len(load.answers) for name, load in loads.items()}
+            for name, load in loads.items():
+                wait_for(lambda n=name, ld=load: len(ld.answers) > settled[n] + 20, 30,
+                         f"{name} answers after the rollback")
+        finally:
+            for load in loads.values():
+                load.stop()
+    finally:
+        client.undeploy("kind-text-roll")
+    causes = {"kind-steps": "label_map 2 labels", "kind-torch": "feature 0 out of the range",
+              "kind-text-roll": "indices element out of data bounds"}
+    for name, rollout in done.items():
+        assert rollout.state == "rolled_back", (name, rollout.reason)
+        assert "error_rate" in json.dumps(rollout.last_analysis), rollout.last_analysis
+        load = loads[name]
+        failures = load.failures()
+        assert failures and all(a.version == candidates[name] for a in failures), failures[:3]
+        assert all(causes[name] in (a.error or "") for a in failures), failures[:2]
+        assert all(a.ok for a in load.answers[settled[name]:]), load.failures(settled[name])[:3]
+        assert load.versions()[stable[name]] > 0
+
+
 def test_a_version_that_cannot_load_on_its_replica_answers_503_and_the_others_serve(
         platform: Platform, kinds: dict[str, Any]) -> None:
     client: Client = kinds["client"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -179,6 +180,28 @@ def test_every_example_runs_to_a_registered_version_with_ray_job_submit(
     version = laptop.client().resolve(f"{model}@{spec['registration']['alias']}"
                                       if spec["registration"].get("alias") else f"{model}:1")
     assert version.manifest.metrics
+    if spec["model"]["architecture"] == "text_classifier":
+        _serves_texts(laptop, version)
+
+
+def _serves_texts(laptop: Laptop, version: Any) -> None:
+    """The trained text version, deployed, answers texts with the names of its classes."""
+    from control_plane.platform import wait_serving
+
+    assert version.manifest.code.preprocess == "builtin:tokenize"
+    client = laptop.client()
+    client.deploy(version.model, f"{version.model}:{version.version}", scaling={"num_cpus": 0.05})
+    try:
+        wait_serving(laptop.url, version.model, version.version, timeout_s=180)
+        texts = ["Really great, i love it. works so far", "It broke after a week. awful value"]
+        body = {"inputs": [{"name": "review", "datatype": "BYTES", "shape": [2], "data": texts}]}
+        answer = httpx.post(f"{laptop.url}/v2/models/{version.model}/infer", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o for o in answer.json()["outputs"]}
+        assert outputs["label"]["datatype"] == "BYTES"
+        assert outputs["label"]["data"] == ["positive", "negative"], outputs
+    finally:
+        client.undeploy(version.model)
 
 
 # ---------------------------------------------------------------- helpers

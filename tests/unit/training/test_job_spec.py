@@ -30,7 +30,7 @@ def error_for(raw: dict[str, Any]) -> InvalidJobSpecError:
 @pytest.mark.parametrize("path", JOB_EXAMPLES, ids=lambda p: p.name)
 def test_every_example_spec_is_valid(path: Path) -> None:
     spec = load_job_spec(path)
-    assert spec.data.dataset in {"digits", "breast_cancer", "wine", "diabetes"}
+    assert spec.data.dataset in {"digits", "breast_cancer", "wine", "diabetes", "reviews"}
     assert spec.registration.model_name
 
 
@@ -40,6 +40,7 @@ def test_examples_cover_the_three_jobs_the_issue_names() -> None:
         ("digits", "classification"), ("breast_cancer", "classification"),
         ("diabetes", "regression")}
     assert any(s.model.architecture == "cnn_classifier" for s in specs)
+    assert any(s.model.architecture == "text_classifier" for s in specs)
 
 
 @pytest.mark.parametrize(("raw", "field", "words"), [
