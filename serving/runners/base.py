@@ -150,4 +150,12 @@ def failed_call(config: VersionConfig, what: str, error: Exception) -> Inference
     """A model's own exception as the server fault it is, with its type and message."""
     return InferenceFailedError(
         f"{config.model}:{config.version} failed: {what} raised {type(error).__name__}: "
-        f"{str(error)[:300]}", detail={"version": config.version, "reason": "model_raised"})
+        f"{model_message(error)}", detail={"version": config.version, "reason": "model_raised"})
+
+
+def model_message(error: Exception, limit: int = 300) -> str:
+    """The model's own words: a TorchScript error puts the interpreter's traceback first
+    and the exception the model raised on its last line, so a message of several lines is
+    told by its last."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:limit]

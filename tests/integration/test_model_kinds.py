@@ -1,8 +1,8 @@
 """Every model kind on the real platform (Ray + Serve, the control plane, tritonclient): a
-Python model, a scaler + ONNX + label-map version, a TorchScript module and an exported
-torch program are registered through the checks, served, called with JSON and binary
-tensors (strings included), canaried against a version of the same kind, and rolled back
-on a failing gate; a version that cannot load on its replica answers 503 with the cause
+Python model, a scaler + ONNX + label-map version, a TorchScript module, an exported torch
+program and a text classifier (tokenizer + graph + label map) are registered through the
+checks, served, called with JSON and binary tensors (strings included), canaried against a
+version of the same kind, and rolled back on a failing gate; a version that cannot load on its replica answers 503 with the cause
 while the others serve, and `status` says why."""
 
 from __future__ import annotations

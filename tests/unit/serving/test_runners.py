@@ -145,6 +145,18 @@ def test_a_torch_model_answers_like_the_reference(tmp_path: Path, kind: str) -> 
     assert runner.can_batch and kind_of(path) == kind
 
 
+def test_a_torchscript_models_own_exception_is_what_the_client_reads(tmp_path: Path) -> None:
+    """TorchScript wraps it in the interpreter's traceback; the answer says what the model
+    said, not the first lines of serialized code."""
+    path, digest = stored(tmp_path, torchscript_model(4, limit=1.0))
+    runner = build_runner(config(torchscript_manifest(), digest), path)
+    with pytest.raises(InferenceFailedError) as caught:
+        runner.run({"input": np.full((1, 4), 2.0, dtype=np.float32)})
+    assert caught.value.message.endswith("feature 0 out of the range it was built for"), \
+        caught.value.message
+    assert "RuntimeError" in caught.value.message and "ops.prim" not in caught.value.message
+
+
 def test_a_builtin_step_without_its_parameters_names_the_file(tmp_path: Path) -> None:
     folder = steps_model(tmp_path / "noparams", 3)
     (folder / "label_map.json").unlink()
