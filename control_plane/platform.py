@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ray_auth import apply_ray_auth_env, ray_auth_env
@@ -470,14 +471,16 @@ def _existing_store_identity(settings: Settings) -> str | None:
         db.dispose()
 
 
-def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 20.0) -> None:
+def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 5.0) -> None:
     """Stop exactly the processes of the Ray cluster whose GCS listens on ``gcs_port``.
 
     ``ray stop`` would stop every Ray cluster on the machine. Here the members are the
     descendants of our ``ray start`` process (collected before anything is signalled, so
     none is orphaned first; Ray renames some, and Serve's HAProxy is among them) plus any
     process whose command line names our GCS port. SIGTERM first, SIGKILL stragglers
-    (the GCS server does not always exit on SIGTERM).
+    (the raylet takes about 15 s to act on SIGTERM, and `ray start --block` and a log
+    monitor ignore it; once the GCS is gone no state is left to save, so they are killed
+    after ``grace_s``). A zombie counts as gone: its parent may never reap it.
     """
     import re
 
@@ -501,8 +504,27 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
     for process in members:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
-    _, alive = psutil.wait_procs(members, timeout=grace_s)
+    alive = _wait_gone(members, grace_s)
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5)
+
+
+def _wait_gone(processes: list[Any], timeout_s: float) -> list[Any]:
+    """Wait up to ``timeout_s`` for ``processes`` to end; those still running (zombies
+    count as ended: waiting on another's child cannot reap it)."""
+    import psutil
+
+    def running(process: psutil.Process) -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in processes if running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if running(p)]
+    return alive

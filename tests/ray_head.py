@@ -91,6 +91,6 @@ class RayHead:
         from control_plane.platform import stop_cluster_processes
 
         if self.process is not None:
-            stop_cluster_processes(self.ports['port'], head_pid=self.process.pid, grace_s=5)
+            stop_cluster_processes(self.ports["port"], head_pid=self.process.pid)
             self.process = None
         shutil.rmtree(self.root, ignore_errors=True)

@@ -52,12 +52,22 @@ class Laptop:
     def ray_job_submit(self, working_dir: Path, *job_args: str,
                        timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Ray's own CLI, as the README shows it, following the job to its end."""
+        return subprocess.run(self._submit_command(working_dir, *job_args), env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def ray_job_submit_started(self, working_dir: Path, *job_args: str,
+                               log: Path) -> subprocess.Popen[bytes]:
+        """The same, running in the background, its output going to ``log``."""
+        with open(log, "wb") as output:
+            return subprocess.Popen(self._submit_command(working_dir, *job_args), env=self.env,
+                                    stdout=output, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+
+    def _submit_command(self, working_dir: Path, *job_args: str) -> list[str]:
         runtime_env = {"env_vars": {"MODELPLANE_URL": self.url, "MODELPLANE_TOKEN": self.token}}
-        return subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", self.head.dashboard,
-             "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env),
-             "--", "python", "-m", "training.job", *job_args],
-            env=self.env, capture_output=True, text=True, timeout=timeout)
+        return [str(BIN / "ray"), "job", "submit", "--address", self.head.dashboard,
+                "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env),
+                "--", "python", "-m", "training.job", *job_args]
 
 
 @pytest.fixture(scope="module")
@@ -162,19 +172,36 @@ def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(laptop: Laptop) 
     assert _status_text(laptop, patient_id).count("waiting for resources") == 0
 
 
+@pytest.fixture(scope="module")
+def example_jobs(laptop: Laptop) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], Path]]]:
+    """Every example submitted at once, as several users would: their workers queue for
+    the laptop's one free CPU, and their drivers' start-up, export and registration
+    overlap. Each `ray job submit` follows its own job; each test below reads one."""
+    checkpoints = laptop.head.root / "example-checkpoints"
+    started = {}
+    for example in JOB_EXAMPLES:
+        log = laptop.head.root / f"example-{example.stem}.log"
+        started[example.stem] = (laptop.ray_job_submit_started(
+            EXAMPLES, "--config", example.name, "--set", "hyperparameters.epochs=2",
+            "--set", f"checkpoint.storage_path={checkpoints}", log=log), log)
+    yield started
+    for process, _ in started.values():
+        if process.poll() is None:
+            process.kill()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("example", JOB_EXAMPLES, ids=lambda p: p.stem)
 def test_every_example_runs_to_a_registered_version_with_ray_job_submit(
-        laptop: Laptop, example: Path) -> None:
+        laptop: Laptop, example_jobs: dict[str, tuple[subprocess.Popen[bytes], Path]],
+        example: Path) -> None:
     """Unchanged but for two epochs (`--set`, as the README documents) and where checkpoints go."""
     spec = yaml.safe_load(example.read_text())
     model = spec["registration"]["model_name"]
-    checkpoints = laptop.head.root / "example-checkpoints"
-    result = laptop.ray_job_submit(EXAMPLES, "--config", example.name,
-                                   "--set", "hyperparameters.epochs=2",
-                                   "--set", f"checkpoint.storage_path={checkpoints}")
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    process, log = example_jobs[example.stem]
+    returncode = process.wait(timeout=900)
+    output = log.read_text(errors="replace")
+    assert returncode == 0, output
     assert re.search(rf"registered {model}:\d+", output), output
     assert "num_workers auto: 1 worker(s)" in output, output
     version = laptop.client().resolve(f"{model}@{spec['registration']['alias']}"
