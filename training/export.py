@@ -30,14 +30,13 @@ STANDARDIZED = "standardized"
 TOKENS = "tokens"
 
 
-def export_onnx(network: Network, *, standardize: bool = True, input_name: str | None = None) -> bytes:
+def export_onnx(network: Network, *, standardize: bool = True) -> bytes:
     """The network's serving form as ONNX bytes, with a dynamic batch axis; without the
     standardisation (its input then named ``standardized``) when ``standardize`` is off.
-    A text network's graph takes int64 token ids (``input_name``, default ``tokens``)."""
+    A text network's graph takes int64 token ids (``tokens``)."""
     model = ServingModel(network, standardize=standardize).eval()
     names = model.output_names
-    if input_name is None:
-        input_name = TOKENS if network.reads_text else INPUT_NAME if standardize else STANDARDIZED
+    input_name = TOKENS if network.reads_text else INPUT_NAME if standardize else STANDARDIZED
     example = torch.zeros(2, network.n_features, dtype=network.input_dtype)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -73,22 +72,32 @@ def onnx_outputs(onnx_model: bytes, features: np.ndarray) -> dict[str, np.ndarra
     return dict(zip(names, values, strict=True))
 
 
-def steps_archive(network: Network, graph: bytes) -> bytes:
-    """The version with its scaler as a step: the graph (taking standardised rows) and the
-    fitted mean and scale for ``builtin:standardize``, as a reproducible zip."""
-    import json
+def _pack(files: dict[str, bytes | str]) -> bytes:
+    """A reproducible zip of ``files`` (name → content), as versions are registered."""
     import tempfile
     from pathlib import Path
 
     from control_plane.model_package import pack_folder
 
-    with tempfile.TemporaryDirectory(prefix="modelplane-steps-") as folder:
+    with tempfile.TemporaryDirectory(prefix="modelplane-archive-") as folder:
         root = Path(folder)
-        (root / "model.onnx").write_bytes(graph)
-        (root / "standardize.json").write_text(json.dumps({
-            "input": INPUT_NAME, "output": STANDARDIZED,
-            "mean": network.feature_mean.tolist(), "scale": network.feature_scale.tolist()}))
+        for name, content in files.items():
+            path = root / name
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
         return pack_folder(root)
+
+
+def steps_archive(network: Network, graph: bytes) -> bytes:
+    """The version with its scaler as a step: the graph (taking standardised rows) and the
+    fitted mean and scale for ``builtin:standardize``, as a reproducible zip."""
+    import json
+
+    return _pack({"model.onnx": graph, "standardize.json": json.dumps({
+        "input": INPUT_NAME, "output": STANDARDIZED,
+        "mean": network.feature_mean.tolist(), "scale": network.feature_scale.tolist()})})
 
 
 def serving_form(network: Network, graph: bytes, *, as_step: bool) -> tuple[bytes, dict, dict | None]:
@@ -111,10 +120,7 @@ def text_serving_form(graph: bytes, encoding: TextEncoding,
     and the class names (``builtin:label_map``), as one archive; the outer signature takes
     one text per row and answers probabilities and the label's name."""
     import json
-    import tempfile
-    from pathlib import Path
 
-    from control_plane.model_package import pack_folder
     from control_plane.onnx_check import signature_of
 
     graph_signature = signature_of(graph).model_dump(mode="json")
@@ -124,13 +130,10 @@ def text_serving_form(graph: bytes, encoding: TextEncoding,
     code = {"preprocess": "builtin:tokenize", "graph": "model.onnx",
             "graph_inputs": graph_signature["inputs"], "graph_outputs": graph_signature["outputs"],
             "postprocess": "builtin:label_map"}
-    with tempfile.TemporaryDirectory(prefix="modelplane-text-") as folder:
-        root = Path(folder)
-        (root / "model.onnx").write_bytes(graph)
-        (root / "tokenize.json").write_text(json.dumps(encoding.step_params))
-        (root / "label_map.json").write_text(json.dumps(
-            {"scores": "probabilities", "output": "label", "labels": class_labels}))
-        return pack_folder(root), signature, code
+    archive = _pack({"model.onnx": graph, "tokenize.json": json.dumps(encoding.step_params),
+                     "label_map.json": json.dumps({"scores": "probabilities", "output": "label",
+                                                   "labels": class_labels})})
+    return archive, signature, code
 
 
 def runner_outputs(archive: bytes, signature: dict, code: dict,
