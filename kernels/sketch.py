@@ -20,6 +20,7 @@ import numpy as np
 
 from kernels import _sketch_kernels as _k
 from kernels.errors import InvalidValueError, KernelError, ShapeMismatchError
+from kernels.order_statistics import quantile_bound_ranks
 
 _MAGIC = b"MPSK"
 _VERSION = 1
@@ -131,6 +132,27 @@ class Sketch:
         """Several quantiles in one pass over the bins; each q must lie in [0, 1]."""
         return _k.quantiles(self._bins, self._counters, self._extrema, _check_qs(qs),
                             self._multiplier, self._offset, self._value_scale)
+
+    def quantile_bounds(self, qs: Iterable[float] | np.ndarray, confidence: float) -> np.ndarray:
+        """``(low, high)`` per q, shape ``(len(qs), 2)``: the order statistics that bound the
+        q-quantile of the distribution the values came from, each one-sided at
+        ``confidence`` whatever that distribution (:mod:`kernels.order_statistics`), read
+        within ``alpha``; NaN where the sketch holds too few values for a bound."""
+        qs = _check_qs(qs)
+        n = self.count
+        out = np.full((qs.size, 2), np.nan)
+        if n == 0:
+            return out
+        ranks = [quantile_bound_ranks(n, float(q), confidence) if 0.0 < q < 1.0 else (None, None)
+                 for q in qs]
+        # The k-th smallest is the nearest-rank quantile at any q in ((k - 1) / n, k / n].
+        wanted = [(i, j, (rank - 0.5) / n) for i, pair in enumerate(ranks)
+                  for j, rank in enumerate(pair) if rank is not None]
+        if wanted:
+            values = self.quantiles([q for _, _, q in wanted])
+            for (i, j, _), value in zip(wanted, values, strict=True):
+                out[i, j] = value
+        return out
 
     def _merged_quantiles(self, bins: np.ndarray, counters: np.ndarray, extrema: np.ndarray,
                           rows: np.ndarray, qs: Iterable[float] | np.ndarray) -> np.ndarray:

@@ -15,7 +15,11 @@ Online accuracy and MAE come from a handful of labels, so their point values swi
 (16 right out of 19 is 0.84 for a model whose accuracy is 0.94): their checks fail only
 when the one-sided ``GATE_CONFIDENCE`` bound is past the limit (Wilson's upper bound on
 accuracy below ``min_accuracy``; the normal lower bound on MAE above ``max_mae``), so a
-good candidate is not rolled back on a thin window's luck.
+good candidate is not rolled back on a thin window's luck. The latency gates judge the
+same way: ``max_p95_ms`` and ``max_p99_ms`` fail when the quantile's distribution-free
+lower bound is past the limit, and ``max_p95_ratio`` when the candidate p95's lower bound
+over stable p95's upper bound is (:mod:`kernels.order_statistics`; a p95 over ten
+requests has no upper bound, so such a ratio never fails).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from enum import StrEnum
 from statistics import NormalDist
 from typing import Any
 
-from serving.monitoring import ShadowComparison, Traffic, VersionSnapshot
+from serving.monitoring import Quantiles, ShadowComparison, Traffic, VersionSnapshot
 
 GATE_CONFIDENCE = 0.95
 _Z = NormalDist().inv_cdf(GATE_CONFIDENCE)
@@ -90,12 +94,11 @@ def sample_of(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[in
     return requests, (errors / requests if requests else 0.0)
 
 
-def latency_of(config: AnalysisConfig, stats: VersionSnapshot) -> dict[str, float]:
-    """p95 and p99 (ms) the gates judge: the randomly routed requests' (``latency.sample``),
-    or every request's where the rollout also counts sticky or pinned ones."""
+def latency_of(config: AnalysisConfig, stats: VersionSnapshot) -> Quantiles:
+    """The latency the gates judge: the randomly routed requests' (``latency.sample``), or
+    every request's where the rollout also counts sticky or pinned ones."""
     every = config.include_sticky or config.include_pinned
-    latency = stats.latency.all_requests if every else stats.latency.sample
-    return {"p95_ms": float(latency.p95_ms), "p99_ms": float(latency.p99_ms)}
+    return stats.latency.all_requests if every else stats.latency.sample
 
 
 @dataclass(frozen=True)
@@ -130,33 +133,40 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     labelled = accuracy.labelled
 
     def check(name: str, value: float, limit: float | None, worse_if_above: bool = True,
-              bound: float | None = None) -> None:
-        """Fail when ``value`` (or, where given, its confidence ``bound``) is past ``limit``."""
+              bound: float | None = None, evidence: str = "") -> None:
+        """Fail when ``value`` (or, where given, its confidence ``bound``) is past ``limit``;
+        a NaN bound (too little evidence for one) never fails."""
         if limit is None or value is None or math.isnan(value):
             return
         judged = value if bound is None else bound
         failed = judged > limit if worse_if_above else judged < limit
         checks[name] = {"value": value, "limit": limit, "passed": not failed}
         if bound is not None:
-            checks[name]["bound"] = bound
+            checks[name]["bound"] = None if math.isnan(bound) else bound
         if failed:
             sign = '>' if worse_if_above else '<'
-            evidence = "" if bound is None else (
+            why = "" if bound is None else (
                 f" ({GATE_CONFIDENCE:.0%} {'lower' if worse_if_above else 'upper'} bound "
-                f"{bound:.4g} over {labelled} labels)")
-            failures.append(f"{name} {value:.4g} {sign} {limit:.4g}{evidence}")
+                f"{bound:.4g} over {evidence})")
+            failures.append(f"{name} {value:.4g} {sign} {limit:.4g}{why}")
 
     latency = latency_of(config, candidate)
+    requests = f"{latency.count} requests"
     check("error_rate", error_rate, config.max_error_rate)
-    check("p95_ms", latency["p95_ms"], config.max_p95_ms)
-    check("p99_ms", latency["p99_ms"], config.max_p99_ms)
+    check("p95_ms", latency.p95_ms, config.max_p95_ms, bound=latency.p95_bounds_ms[0],
+          evidence=requests)
+    check("p99_ms", latency.p99_ms, config.max_p99_ms, bound=latency.p99_bounds_ms[0],
+          evidence=requests)
     if stable and stable_samples >= config.min_samples:
         if config.max_error_rate_increase is not None:
             check("error_rate_increase", error_rate - stable_error_rate,
                   config.max_error_rate_increase)
-        stable_p95 = latency_of(config, stable)["p95_ms"]
-        if stable_p95 > 0 and not math.isnan(stable_p95):
-            check("p95_ratio", latency["p95_ms"] / stable_p95, config.max_p95_ratio)
+        stable_latency = latency_of(config, stable)
+        if stable_latency.p95_ms > 0 and not math.isnan(stable_latency.p95_ms):
+            # Evidence of a slower candidate: its p95's lower bound over stable's upper one.
+            check("p95_ratio", latency.p95_ms / stable_latency.p95_ms, config.max_p95_ratio,
+                  bound=latency.p95_bounds_ms[0] / stable_latency.p95_bounds_ms[1],
+                  evidence=f"{latency.count} and {stable_latency.count} requests")
     drift = candidate.drift
     if config.fail_on_drift and drift.verdict.judged:
         drifted = list(drift.drifted_features)
@@ -169,10 +179,11 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         if accuracy.accuracy is not None:
             value = float(accuracy.accuracy)
             check("accuracy", value, config.min_accuracy, worse_if_above=False,
-                  bound=accuracy_upper_bound(value, labelled))
+                  bound=accuracy_upper_bound(value, labelled), evidence=f"{labelled} labels")
         if accuracy.mae is not None:
             check("mae", float(accuracy.mae), config.max_mae,
-                  bound=mae_lower_bound(float(accuracy.mae), accuracy.rmse, labelled))
+                  bound=mae_lower_bound(float(accuracy.mae), accuracy.rmse, labelled),
+                  evidence=f"{labelled} labels")
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
     return CheckResult(Verdict.PASS, checks, "all checks passed")

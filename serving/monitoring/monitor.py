@@ -33,6 +33,7 @@ from serving.monitoring.sections import (
     quality_section,
 )
 from serving.monitoring.snapshot import (
+    QUANTILE_CONFIDENCE,
     Drift,
     Latency,
     LatencyBins,
@@ -398,10 +399,17 @@ class MonitorState:
 
 
 def _quantiles_ms(sketch: Any) -> Quantiles:
-    """Count and p50/p95/p99 in milliseconds of ``sketch`` (NaN where it is empty)."""
-    quantiles = sketch.quantiles([0.5, 0.95, 0.99]) if sketch.count else [math.nan] * 3
-    return Quantiles(count=int(sketch.count), p50_ms=float(quantiles[0]) * 1000,
-                     p95_ms=float(quantiles[1]) * 1000, p99_ms=float(quantiles[2]) * 1000)
+    """Count, p50/p95/p99 and the p95's and p99's confidence bounds in milliseconds of
+    ``sketch`` (NaN where it is empty or too small for a bound)."""
+    n = int(sketch.count)
+    if not n:
+        return Quantiles()
+    quantiles = sketch.quantiles([0.5, 0.95, 0.99]) * 1000
+    bounds = sketch.quantile_bounds([0.95, 0.99], QUANTILE_CONFIDENCE) * 1000
+    return Quantiles(count=n, p50_ms=float(quantiles[0]), p95_ms=float(quantiles[1]),
+                     p99_ms=float(quantiles[2]),
+                     p95_bounds_ms=(float(bounds[0, 0]), float(bounds[0, 1])),
+                     p99_bounds_ms=(float(bounds[1, 0]), float(bounds[1, 1])))
 
 
 def _bins(sketch: Any) -> LatencyBins:

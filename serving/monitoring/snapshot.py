@@ -71,14 +71,24 @@ class Traffic:
         return self.client_errors
 
 
+QUANTILE_CONFIDENCE = 0.95
+
+
 @dataclass(frozen=True)
 class Quantiles:
-    """Latency quantiles in milliseconds over ``count`` requests (NaN when there are none)."""
+    """Latency quantiles in milliseconds over ``count`` requests (NaN when there are none).
+
+    ``p95_bounds_ms`` and ``p99_bounds_ms`` are distribution-free one-sided
+    ``QUANTILE_CONFIDENCE`` bounds ``(low, high)`` on the quantile the requests came from
+    (see :mod:`kernels.order_statistics`); NaN where ``count`` requests cannot give one.
+    """
 
     count: int = 0
     p50_ms: float = NAN
     p95_ms: float = NAN
     p99_ms: float = NAN
+    p95_bounds_ms: tuple[float, float] = (NAN, NAN)
+    p99_bounds_ms: tuple[float, float] = (NAN, NAN)
 
 
 @dataclass(frozen=True)
@@ -316,6 +326,7 @@ class VersionSnapshot:
             "errors": dict(traffic.errors),
             "latency_count": every.count,
             "p50_ms": every.p50_ms, "p95_ms": every.p95_ms, "p99_ms": every.p99_ms,
+            "p95_bounds_ms": list(every.p95_bounds_ms), "p99_bounds_ms": list(every.p99_bounds_ms),
             "throughput_rps": traffic.throughput_rps,
             "routing": {kind: asdict(routed) for kind, routed in traffic.routing.items()},
             "pinned_requests": traffic.pinned_requests,

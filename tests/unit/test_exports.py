@@ -16,7 +16,7 @@ EXPECTED = {
         "ModelNotReadyError", "PayloadTooLargeError", "ServingError",
     },
     serving.monitoring: {
-        "Accuracy", "Anomalies", "Drift", "DriftVerdict", "Latency", "Quality", "ShadowComparison",
+        "Accuracy", "Anomalies", "Drift", "DriftVerdict", "Latency", "Quality", "Quantiles", "ShadowComparison",
         "Traffic", "VersionSnapshot", "VersionTotals",
     },
     training: {

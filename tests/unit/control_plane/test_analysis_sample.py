@@ -89,3 +89,46 @@ def test_slow_pinned_requests_do_not_move_the_latency_gates() -> None:
     assert analyse(gates, stats, None).verdict == Verdict.PASS
     opted = analyse(AnalysisConfig(min_samples=100, max_p95_ms=100, include_pinned=True), stats, None)
     assert opted.verdict == Verdict.FAIL and "p95_ms" in opted.reason
+
+
+def _latency_snapshot(latencies_s: list[float]) -> VersionSnapshot:
+    """A version's snapshot from a real Monitor after randomly routed requests that took
+    ``latencies_s``."""
+    recorder = StatsRecorder()
+    for latency in latencies_s:
+        recorder.record(1, 200, latency)
+    state = MonitorState(clock=Clock())
+    state.record("latency", "replica", recorder.to_delta())
+    return state.snapshot("latency", 60)[1]
+
+
+def test_latency_gates_fail_on_evidence_not_on_a_thin_windows_luck() -> None:
+    rng = np.random.default_rng(3)
+    stable = _latency_snapshot(list(rng.lognormal(np.log(0.010), 0.3, size=300)))
+    # Twelve requests from the same distribution, one of them unlucky: the point p95 ratio
+    # is past 1.5, but twelve values cannot bound a p95 from above or place it far up.
+    lucky = [*rng.lognormal(np.log(0.010), 0.3, size=11), 0.040]
+    thin = _latency_snapshot(lucky)
+    gates = AnalysisConfig(min_samples=10, max_p95_ratio=1.5, max_p95_ms=25)
+    result = analyse(gates, thin, stable)
+    assert thin.latency.sample.p95_ms > 25 and result.checks["p95_ratio"]["value"] > 1.5
+    assert result.verdict == Verdict.PASS, result.reason
+    assert result.checks["p95_ms"]["bound"] < 25 and result.checks["p95_ratio"]["bound"] < 1.5
+    # Twelve slow requests are evidence enough against a 25 ms limit and against stable.
+    slow = _latency_snapshot(list(rng.lognormal(np.log(0.050), 0.1, size=12)))
+    failed = analyse(gates, slow, stable)
+    assert failed.verdict == Verdict.FAIL
+    assert "p95_ratio" in failed.reason and "95% lower bound" in failed.reason
+    assert "over 12 and 300 requests" in failed.reason
+
+
+def test_the_latency_bounds_tighten_with_evidence() -> None:
+    rng = np.random.default_rng(4)
+    widths = []
+    for n in (60, 600, 6000):
+        latency = _latency_snapshot(list(rng.lognormal(np.log(0.010), 0.3, size=n))).latency.sample
+        low, high = latency.p95_bounds_ms
+        assert low <= latency.p95_ms <= high
+        widths.append((high - low) / latency.p95_ms)
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[2] < 0.1
