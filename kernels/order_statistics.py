@@ -17,7 +17,7 @@ from functools import lru_cache
 # Below this many values every binomial term is summed; above it only the terms within
 # ``_TAIL_SDS`` standard deviations (plus a margin for skewed counts) of the mean, whose
 # outside mass is far below any confidence a gate uses.
-_EXACT_UP_TO = 5000
+_EXACT_UP_TO = 500
 _TAIL_SDS = 12.0
 
 
