@@ -29,6 +29,7 @@ from starlette.responses import Response
 from modelplane.errors import ModelplaneError
 from serving.artifact_cache import ArtifactFetchError
 from serving.backends import LocalVersion, RemoteVersion, UnloadableVersion, load_runner
+from serving.backlog import Backlog
 from serving.core import (
     HttpResult,
     InferenceCore,
@@ -88,6 +89,7 @@ class _CoreAdapter:
     # The newest route board posting seen: applied, or kept until the version it names loads.
     _posted: PostedRoutes | None = None
     _lean: Any = None  # the lean ingress's server (serving.lean_ingress), where it is on
+    _backlog: Backlog | None = None  # what the lean ingress counts for the models
 
     async def __call__(self, request: Request) -> Response:
         core = self.core
@@ -112,7 +114,8 @@ class _CoreAdapter:
         first configuration only: Serve tells HAProxy the port after it, so no request is
         in flight on Serve's server when it is replaced."""
         if first and lean_ingress_enabled():
-            self._lean = await start_lean_ingress(self, {REPLICA_HEADER: self._replica})
+            self._lean = await start_lean_ingress(self, {REPLICA_HEADER: self._replica},
+                                                  self._backlog)
 
     def _new_core(self, config: EndpointConfig, backends: dict[str, Any]) -> InferenceCore:
         return InferenceCore(config, backends, feedback_sink=self._send_feedback)
@@ -242,6 +245,7 @@ class EndpointServer(_CoreAdapter):
         self.core: InferenceCore | None = None
         self._replica = _replica_id()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="onnx")
+        self._backlog = Backlog()  # counted by the lean ingress, where it is on
         self._loaded: dict[tuple[int, str, Any], LocalVersion] = {}
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -284,7 +288,7 @@ class EndpointServer(_CoreAdapter):
             log.error("%s:%s could not be loaded; it answers 503 until it is replaced:\n%s",
                       version.model, version.version, traceback.format_exc())
             return UnloadableVersion(version, error)
-        return LocalVersion(version, runner, self._executor)
+        return LocalVersion(version, runner, self._executor, self._backlog)
 
     def check_health(self) -> None:
         if self.core is None:

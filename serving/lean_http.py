@@ -35,6 +35,8 @@ from urllib.parse import unquote
 
 import httptools
 
+from serving.backlog import Backlog
+
 log = logging.getLogger(__name__)
 
 MAX_URL_BYTES = 8 * 1024
@@ -130,6 +132,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[_Request] = deque()
+        self.waiting = 0  # requests in ``queue`` for the app (not refusals)
         self.worker: asyncio.Task[None] | None = None
         self.reading_paused = False
         self.writable: asyncio.Future[None] | None = None  # set while the client is not reading
@@ -253,6 +256,8 @@ class _Connection(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive() and not self.server.draining
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.queue.append(_Request(self.method, self.path, self.headers, body, keep_alive, self.refused))
+        self.waiting += 1
+        self.server.backlog.waiting += 1
         self.body = []
         if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()
@@ -276,6 +281,9 @@ class _Connection(asyncio.Protocol):
         try:
             while self.queue and not self.closing:
                 request = self.queue.popleft()
+                if request.refused is None:
+                    self.waiting -= 1
+                    self.server.backlog.waiting -= 1
                 if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2 and self.transport:
                     self.transport.resume_reading()
                     self.reading_paused = False
@@ -296,6 +304,9 @@ class _Connection(asyncio.Protocol):
                 if self.writable is not None and not self.writable.done():
                     await self.writable  # the client is not reading: serve it no further
         finally:
+            # Requests left queued on a closing connection are never answered.
+            self.server.backlog.waiting -= self.waiting
+            self.waiting = 0
             self.worker = None
             self.since = self.loop.time()
 
@@ -355,8 +366,10 @@ class LeanServer:
 
     def __init__(self, app: LeanApp, *, extra_headers: Mapping[str, str] | None = None,
                  keep_alive_s: float = 5.0, read_timeout_s: float = 60.0,
-                 track: Callable[[], Any] | None = None) -> None:
+                 track: Callable[[], Any] | None = None, backlog: Backlog | None = None) -> None:
         self.app = app
+        # Requests read and not yet begun, for the app's models (see serving.backlog).
+        self.backlog = backlog if backlog is not None else Backlog()
         self.loop = asyncio.get_running_loop()
         self.extra_headers = b"".join(f"{k}: {v}\r\n".encode("latin-1")
                                       for k, v in (extra_headers or {}).items())

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from serving.backlog import Backlog
 from serving.core import InferenceCore, body_too_large, error_result
 from serving.errors import InvalidRequestError, ModelNotReadyError
 from serving.lean_http import LeanServer, Reply, json_reply, text_reply
@@ -85,7 +86,8 @@ def lean_ingress_enabled() -> bool:
     return os.environ.get(SETTING, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-async def start_lean_ingress(holder: CoreHolder, extra_headers: dict[str, str]) -> LeanServer | None:
+async def start_lean_ingress(holder: CoreHolder, extra_headers: dict[str, str],
+                             backlog: Backlog | None = None) -> LeanServer | None:
     """Put the lean server on this replica's direct-ingress port; None (Serve's server keeps
     serving) where that cannot be done, with the reason logged."""
     seam, reason = find_replica()
@@ -95,14 +97,14 @@ async def start_lean_ingress(holder: CoreHolder, extra_headers: dict[str, str]) 
         log.log(logging.INFO if expected else logging.WARNING,
                 "lean ingress off, Serve's server answers: %s", reason)
         return None
-    return await _take_over(seam, holder, extra_headers)
+    return await _take_over(seam, holder, extra_headers, backlog)
 
 
-async def _take_over(seam: ReplicaSeam, holder: CoreHolder,
-                     extra_headers: dict[str, str]) -> LeanServer | None:
+async def _take_over(seam: ReplicaSeam, holder: CoreHolder, extra_headers: dict[str, str],
+                     backlog: Backlog | None = None) -> LeanServer | None:
     app = EndpointApp(holder, seam.route_prefix, seam.app_name, seam.health)
     server = LeanServer(app, extra_headers=extra_headers, keep_alive_s=seam.keep_alive_s,
-                        track=seam.ongoing())
+                        track=seam.ongoing(), backlog=backlog)
     try:
         sockets = await seam.listening_sockets()
         await server.start(sockets)
@@ -113,5 +115,6 @@ async def _take_over(seam: ReplicaSeam, holder: CoreHolder,
     # From here both listen on one socket, and no client knows the port yet: Serve reports
     # it to the controller (and HAProxy) only once this reconfigure has returned.
     await seam.replace_server(server, server.serve)
+    server.backlog.counted = True  # the models may run cheap calls inline from now on
     log.info("lean ingress on: this replica's data path is served without ASGI")
     return server

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from starlette.requests import Request
 
+from serving.backlog import Backlog
 from serving.endpoint import EndpointServer
 from serving.lean_http import LeanServer, PlainReply, text_reply
 from serving.lean_ingress import EndpointApp
@@ -286,3 +287,35 @@ def test_a_client_that_never_reads_does_not_get_more_requests_served() -> None:
         return app.calls
 
     assert asyncio.run(serving(app, scenario)) < 20_000
+
+
+def test_the_backlog_counts_requests_read_and_not_yet_begun() -> None:
+    seen: list[int] = []
+
+    class Noting(Echo):
+        async def call(self, method: str, path: str, headers: Any, body: bytes) -> Any:
+            seen.append(server_backlog.waiting)
+            return await super().call(method, path, headers, body)
+
+    server_backlog = Backlog()
+    app = Noting()
+
+    async def scenario(port: int, server: LeanServer) -> int:
+        raw = await exchange(port, b"GET /a HTTP/1.1\r\n\r\n" * 3
+                             + b"GET /b HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert statuses(raw) == [200] * 4
+        # A connection that closes with requests queued behind one in flight drops them.
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /wait HTTP/1.1\r\n\r\n" + b"GET /a HTTP/1.1\r\n\r\n" * 3)
+        await writer.drain()
+        while app.calls < 5:
+            await asyncio.sleep(0.01)
+        assert server_backlog.waiting == 3
+        writer.transport.abort()
+        await asyncio.sleep(0.1)
+        app.release.set()
+        await asyncio.sleep(0.1)
+        return server_backlog.waiting
+
+    assert asyncio.run(serving(app, scenario, backlog=server_backlog)) == 0
+    assert seen[:4] == [3, 2, 1, 0]  # pipelined: the ones behind each request wait

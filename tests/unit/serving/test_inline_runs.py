@@ -1,0 +1,107 @@
+"""A model measured cheap runs on the event loop while no other request waits, where the
+thread hop would cost more than the model; anything slow, a request with many rows, a
+backlog, or a server that counts none (Serve's own) sends it to the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.backends import INLINE_BELOW_S, LocalVersion
+from serving.backlog import Backlog
+from serving.runners.onnx import OnnxRunner
+from serving.schemas import VersionConfig
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+
+
+class ThreadNoting:
+    """An ONNX runner that notes the thread each call ran on, and can be made slow."""
+
+    can_batch = False
+    is_async = False
+
+    def __init__(self, runner: OnnxRunner) -> None:
+        self.runner, self.config = runner, runner.config
+        self.threads: list[int] = []
+        self.delay_s = 0.0
+
+    def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.get_ident())
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.runner.run(arrays)
+
+
+@pytest.fixture
+def backlog() -> Backlog:
+    counted = Backlog()
+    counted.counted = True
+    return counted
+
+
+@pytest.fixture
+def version(tmp_path: Path, backlog: Backlog) -> tuple[LocalVersion, ThreadNoting]:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(linear_classifier(seed=1))
+    signature = linear_classifier_manifest()["signature"]
+    config = VersionConfig(version=1, model="m", artifact_url="http://unused", digest="0" * 64,
+                           inputs=signature["inputs"], outputs=signature["outputs"])
+    runner = ThreadNoting(OnnxRunner(config, path))
+    return LocalVersion(config, runner, ThreadPoolExecutor(2), backlog), runner  # type: ignore[arg-type]
+
+
+def _answer(version: LocalVersion, rows: int = 1) -> tuple[dict[str, np.ndarray], int]:
+    async def call() -> tuple[dict[str, np.ndarray], int]:
+        arrays = {"input": np.ones((rows, 4), np.float32)}
+        return await version.infer(arrays), threading.get_ident()
+    return asyncio.run(call())
+
+
+def test_a_cheap_model_runs_inline_once_measured(version: tuple[LocalVersion, ThreadNoting]) -> None:
+    local, runner = version
+    loops = [_answer(local)[1] for _ in range(20)]
+    assert all(thread != loop for thread, loop in zip(runner.threads[:8], loops[:8], strict=True))
+    assert runner.threads[8:] == loops[8:]  # after eight measured calls, on the loop's thread
+    assert local.run_time.per_row_s < INLINE_BELOW_S
+    outputs, _ = _answer(local)
+    assert outputs["probabilities"].shape == (1, 3)  # the same answer either way
+
+
+def test_a_slow_model_and_a_large_request_go_to_the_pool(
+        version: tuple[LocalVersion, ThreadNoting]) -> None:
+    local, runner = version
+    for _ in range(10):
+        _answer(local)
+    per_row = local.run_time.per_row_s
+    many = int(INLINE_BELOW_S / per_row) * 2 + 1
+    _, loop = _answer(local, rows=many)
+    assert runner.threads[-1] != loop  # its rows would block the loop too long
+    runner.delay_s = 0.05  # the model turns slow: one call measured is enough
+    _answer(local)
+    _, loop = _answer(local)
+    assert runner.threads[-1] != loop and local.run_time.per_row_s > INLINE_BELOW_S
+
+
+def test_a_backlog_or_an_uncounted_server_sends_cheap_calls_to_the_pool(
+        version: tuple[LocalVersion, ThreadNoting], backlog: Backlog) -> None:
+    local, runner = version
+    for _ in range(10):
+        _answer(local)
+
+    def ran_inline() -> bool:
+        loop = _answer(local)[1]
+        return runner.threads[-1] == loop
+
+    assert ran_inline()
+    backlog.waiting = 2  # others wait: the hop lets the loop read and answer them in bursts
+    assert not ran_inline()
+    backlog.waiting, backlog.counted = 0, False  # nobody counts: no inline call
+    assert not ran_inline()
+    backlog.counted = True
+    assert ran_inline()
