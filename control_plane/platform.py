@@ -74,12 +74,20 @@ def fast_ingress_available() -> bool:
 HAPROXY_PORT_SETTINGS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
+# HAProxy's per-request metrics are one syslog datagram per request, parsed in Python by
+# the HAProxyManager actor into Ray metrics: a seventh of the core that serves the
+# requests, for counts and latencies the Monitor already keeps per version. Off unless
+# the operator turns them on.
+HAPROXY_REQUEST_METRICS = "RAY_SERVE_HAPROXY_METRICS_ENABLED"
+
+
 def ingress_env(fast: bool) -> dict[str, str]:
     """Environment for a Ray head (and its workers) that selects Serve's ingress mode."""
     if not fast:
         return {}
     ports = iter(_free_ports(len(HAPROXY_PORT_SETTINGS)))
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            HAPROXY_REQUEST_METRICS: os.environ.get(HAPROXY_REQUEST_METRICS) or "0",
             **{name: os.environ.get(name) or str(next(ports)) for name in HAPROXY_PORT_SETTINGS}}
 
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from control_plane.platform import HAPROXY_PORT_SETTINGS, ingress_env
+from control_plane.platform import HAPROXY_PORT_SETTINGS, HAPROXY_REQUEST_METRICS, ingress_env
 
 
 def test_each_head_gets_free_haproxy_ports_of_its_own() -> None:
@@ -27,3 +27,11 @@ def test_ports_an_operator_chose_are_kept(monkeypatch: pytest.MonkeyPatch) -> No
     env = ingress_env(True)
     assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "9101"
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
+
+
+def test_haproxys_per_request_metrics_are_off_unless_the_operator_asks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(HAPROXY_REQUEST_METRICS, raising=False)
+    assert ingress_env(True)[HAPROXY_REQUEST_METRICS] == "0"
+    monkeypatch.setenv(HAPROXY_REQUEST_METRICS, "1")
+    assert ingress_env(True)[HAPROXY_REQUEST_METRICS] == "1"
