@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from serving.backlog import Backlog
+from serving.batcher import DynamicBatcher
 from serving.errors import ModelNotReadyError
 from serving.runners import Runner, load_runner
 from serving.schemas import VersionConfig
@@ -56,7 +57,7 @@ def _rows(arrays: dict[str, np.ndarray]) -> int:
 
 
 class LocalVersion:
-    """A version whose model lives in this process, batched with ``serve.batch``; unbatched
+    """A version whose model lives in this process, batched by a ``DynamicBatcher``; unbatched
     calls run in the thread pool, or inline when they have measured cheap (``RunTime``) and
     no other request waits (``Backlog``)."""
 
@@ -67,23 +68,20 @@ class LocalVersion:
         self.run_time = RunTime()
         self._executor = executor
         self._backlog = backlog
-        self._batched: Any = None
+        self._batched: DynamicBatcher[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
         batching = config.batching
         if runner.can_batch and batching.max_batch_size > 1:
-            from ray import serve
 
             async def run_many(items: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._executor, runner.run_batch, items)
 
-            self._batched = serve.batch(
-                max_batch_size=batching.max_batch_size,
-                batch_wait_timeout_s=batching.batch_wait_timeout_ms / 1000,
-            )(run_many)
+            self._batched = DynamicBatcher(run_many, max_batch_size=batching.max_batch_size,
+                                           max_wait_s=batching.batch_wait_timeout_ms / 1000)
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._batched is not None:
-            return await self._batched(arrays)  # type: ignore[no-any-return]
+            return await self._batched(arrays)
         if self.runner.is_async:
             return await self.runner.run_async(arrays)  # type: ignore[attr-defined,no-any-return]
         rows = _rows(arrays)

@@ -1,0 +1,95 @@
+"""Dynamic batching: concurrent calls to one model merged into batches, as Triton forms them.
+
+A batch starts when the model is free and either ``max_batch_size`` requests wait or the
+oldest has waited ``max_wait_s``. Requests that arrive while a batch runs form the next
+one, which starts as soon as the model is free (its oldest request has waited the whole
+run), so under load batches fill without any added wait, and an idle model answers a lone
+request after ``max_wait_s``.
+
+Serve's ``serve.batch`` closes a batch on its timeout even while the previous one still
+runs: the next batches queue behind the running one with a request or two each, and a
+model saturated by 32 clients ran batches of three on average (a single-request batch a
+fifth of the time) where this batcher runs batches of 32.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class DynamicBatcher(Generic[Item, Result]):
+    """Calls ``run_batch`` with lists of at most ``max_batch_size`` items, one batch at a
+    time; ``run_batch`` answers each item, in order. A failed batch fails each of its
+    calls with the batch's exception; a cancelled call is left out of the batch."""
+
+    def __init__(self, run_batch: Callable[[list[Item]], Awaitable[list[Result]]], *,
+                 max_batch_size: int, max_wait_s: float) -> None:
+        if max_batch_size < 1 or max_wait_s < 0:
+            raise ValueError(f"need max_batch_size >= 1 and max_wait_s >= 0, got "
+                             f"{max_batch_size!r} and {max_wait_s!r}")
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._run_batch = run_batch
+        self._waiting: deque[tuple[Item, asyncio.Future[Result], float]] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.batches = 0  # batches run, and the items in them (tests and benchmarks read these)
+        self.items = 0
+
+    async def __call__(self, item: Item) -> Result:
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done():
+            self._arrived = asyncio.Event()
+            self._worker = loop.create_task(self._work())
+        future: asyncio.Future[Result] = loop.create_future()
+        self._waiting.append((item, future, loop.time()))
+        assert self._arrived is not None
+        self._arrived.set()
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        arrived = self._arrived
+        assert arrived is not None
+        while True:
+            if not self._waiting:
+                arrived.clear()
+                await arrived.wait()
+                continue
+            deadline = self._waiting[0][2] + self.max_wait_s
+            while len(self._waiting) < self.max_batch_size and loop.time() < deadline:
+                arrived.clear()
+                try:
+                    await asyncio.wait_for(arrived.wait(), deadline - loop.time())
+                except TimeoutError:
+                    break
+            taken = [self._waiting.popleft()
+                     for _ in range(min(self.max_batch_size, len(self._waiting)))]
+            batch = [(item, future) for item, future, _ in taken if not future.done()]
+            if batch:
+                await self._answer(batch)
+
+    async def _answer(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        self.batches += 1
+        self.items += len(batch)
+        try:
+            results = await self._run_batch([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} requests got {len(results)} answers")
+        except Exception as error:  # each call fails with the batch; the worker goes on
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
