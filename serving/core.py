@@ -13,6 +13,8 @@ cannot choose the keys its labels land on. The Serve deployments
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import json
 import logging
 import re
@@ -127,9 +129,19 @@ def error_result(error: ModelplaneError, request_id: str) -> HttpResult:
     return result
 
 
+# A keyed BLAKE2b of a counter is a pseudo-random function: without this process's key
+# the next id cannot be guessed, and the counter keeps ids unique. Reading 128 fresh
+# random bits per request instead (a getrandom() system call) showed as a sixth of the
+# replica's busy samples under load.
+_REQUEST_ID_KEY = secrets.token_bytes(32)
+_request_numbers = itertools.count()
+
+
 def new_request_id() -> str:
-    """The server's id for one request: 128 random bits, so nobody can guess one ahead."""
-    return secrets.token_hex(16)
+    """The server's id for one request: 128 pseudo-random bits, so nobody can guess one
+    ahead (feedback names the request it labels)."""
+    return hashlib.blake2b(next(_request_numbers).to_bytes(8, "little"), key=_REQUEST_ID_KEY,
+                           digest_size=16).hexdigest()
 
 
 def body_too_large(size: int, limit: int, what: str) -> PayloadTooLargeError:
