@@ -33,9 +33,10 @@ def quantile_bound_ranks(n: int, q: float, confidence: float) -> tuple[int | Non
         raise ValueError(f"need n >= 1, 0 < q < 1 and 0.5 <= confidence < 1; got n={n!r}, "
                          f"q={q!r}, confidence={confidence!r}")
     first, cdf = _binomial_cdf(n, q)
-    # low: the largest k with P(B <= k - 1) <= 1 - confidence.
-    below = [j for j, value in enumerate(cdf, start=first) if value <= 1.0 - confidence]
-    low = below[-1] + 1 if below else None
+    # low: the largest k with P(B <= k - 1) <= 1 - confidence, i.e. the first j (0-based)
+    # past it; none when even P(B <= 0) is over (terms before ``first`` are ~0).
+    past = next(j for j, value in enumerate(cdf, start=first) if value > 1.0 - confidence)
+    low = past if past > 0 else None
     # high: the smallest m with P(B <= m - 1) >= confidence, while m <= n.
     above = next((j for j, value in enumerate(cdf, start=first) if value >= confidence), n)
     high = above + 1 if above + 1 <= n else None

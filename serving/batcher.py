@@ -15,12 +15,9 @@ fifth of the time) where this batcher runs batches of 32.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
-
-log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -42,7 +39,7 @@ class DynamicBatcher(Generic[Item, Result]):
         self._waiting: deque[tuple[Item, asyncio.Future[Result], float]] = deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        self.batches = 0  # batches run, and the items in them (tests and benchmarks read these)
+        self.batches = 0  # batches run, and the items in them
         self.items = 0
 
     async def __call__(self, item: Item) -> Result:

@@ -132,7 +132,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[_Request] = deque()
-        self.waiting = 0  # requests in ``queue`` for the app (not refusals)
         self.worker: asyncio.Task[None] | None = None
         self.reading_paused = False
         self.writable: asyncio.Future[None] | None = None  # set while the client is not reading
@@ -256,7 +255,6 @@ class _Connection(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive() and not self.server.draining
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.queue.append(_Request(self.method, self.path, self.headers, body, keep_alive, self.refused))
-        self.waiting += 1
         self.server.backlog.waiting += 1
         self.body = []
         if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
@@ -282,7 +280,6 @@ class _Connection(asyncio.Protocol):
             while self.queue and not self.closing:
                 request = self.queue.popleft()
                 if request.refused is None:
-                    self.waiting -= 1
                     self.server.backlog.waiting -= 1
                 if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2 and self.transport:
                     self.transport.resume_reading()
@@ -305,8 +302,7 @@ class _Connection(asyncio.Protocol):
                     await self.writable  # the client is not reading: serve it no further
         finally:
             # Requests left queued on a closing connection are never answered.
-            self.server.backlog.waiting -= self.waiting
-            self.waiting = 0
+            self.server.backlog.waiting -= sum(r.refused is None for r in self.queue)
             self.worker = None
             self.since = self.loop.time()
 
