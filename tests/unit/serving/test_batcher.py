@@ -1,5 +1,6 @@
-"""Dynamic batching: batches fill under load without waiting, a full batch never waits,
-a failure fails its own batch alone, and a cancelled call is left out."""
+"""Dynamic batching: batches fill under load, a full batch never waits, the next batch
+gathers the calls sent once one ends for a bounded moment, a failure fails its own batch
+alone, and a cancelled call is left out."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ class Model:
     def __init__(self, seconds: float = 0.0) -> None:
         self.seconds = seconds
         self.batches: list[list[int]] = []
+        self.started: list[float] = []  # the loop time each batch began
         self.fail_on: int | None = None
 
     async def __call__(self, items: list[int]) -> list[int]:
         self.batches.append(list(items))
+        self.started.append(asyncio.get_running_loop().time())
         await asyncio.sleep(self.seconds)
         if self.fail_on in items:
             raise RuntimeError(f"model failed on {self.fail_on}")
@@ -56,6 +59,44 @@ def test_a_full_batch_starts_at_once_and_a_lone_call_after_the_wait() -> None:
     assert asyncio.run(main()) == [0, 2, 4, 6]  # not 30 s: the batch was full
     lone = DynamicBatcher(model, max_batch_size=4, max_wait_s=0.01)
     assert asyncio.run(lone(5)) == 10 and model.batches[-1] == [5]
+
+
+def test_after_a_batch_the_next_gathers_the_requests_its_callers_send_next() -> None:
+    # A batch of 0.4 s: the next one may gather for min(50 ms, a quarter of 0.4 s) once it
+    # ends, so two calls sent 5 ms after it ends join the call that waited through it.
+    model = Model(seconds=0.4)
+    batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.05)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher(1))
+        await asyncio.sleep(0.1)
+        waited = asyncio.ensure_future(batcher(2))  # arrives while the first batch runs
+        await first
+        await asyncio.sleep(0.005)
+        await asyncio.gather(waited, batcher(3), batcher(4))
+
+    asyncio.run(main())
+    assert model.batches == [[1], [2, 3, 4]]
+
+
+def test_the_gathering_lasts_a_quarter_of_the_last_batch_at_most() -> None:
+    # Batches of 0.4 s and a wait of 0.3 s: a call that waited through the first batch goes
+    # a quarter of its run (0.1 s) after it ends, not at once and not 0.3 s later.
+    model = Model(seconds=0.4)
+    batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.3)
+
+    async def main() -> float:
+        first = asyncio.ensure_future(batcher(1))
+        await asyncio.sleep(0.31)  # the first batch has begun
+        second = asyncio.ensure_future(batcher(2))
+        await first
+        ended = asyncio.get_running_loop().time()
+        await second
+        return model.started[1] - ended
+
+    gathered_for = asyncio.run(main())
+    assert model.batches == [[1], [2]]
+    assert 0.07 <= gathered_for <= 0.2, gathered_for
 
 
 def test_a_failed_batch_fails_its_calls_and_the_next_batch_is_served() -> None:
