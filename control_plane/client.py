@@ -34,6 +34,7 @@ from control_plane.schemas import (
     EndpointOut,
     ExperimentCreate,
     ExperimentOut,
+    LeadershipOut,
     LineageOut,
     MetricBatch,
     MetricOut,
@@ -144,6 +145,10 @@ class Client:
 
     def whoami(self) -> dict[str, str]:
         return self._request("GET", "/whoami").json()
+
+    def leadership(self) -> LeadershipOut:
+        """Which control plane runs the control loops (``GET /leadership``)."""
+        return LeadershipOut.model_validate(self._request("GET", "/leadership").json())
 
     # ------------------------------------------------------------ artifacts
 

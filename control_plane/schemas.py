@@ -471,6 +471,21 @@ class IntegrityReport(Wire):
         description="Digests in the artifact store that no version or run references.")
 
 
+class LeadershipOut(Wire):
+    """Who runs the control loops (control_plane.leadership), as the store has it."""
+
+    holder: str | None = Field(description="The lease's holder (host:pid:id), None if never held.")
+    term: int | None = Field(description="Counts the holders: one more at each takeover.")
+    acquired_at: datetime | None = None
+    renewed_at: datetime | None = None
+    expires_at: datetime | None = Field(
+        default=None, description="Another control plane takes over once this has passed "
+                                  "without a renewal.")
+    this_process: str | None = Field(
+        description="The holder id of the control plane that answered (None without loops).")
+    leading: bool = Field(description="Whether the control plane that answered runs the loops.")
+
+
 class ErrorBody(Wire):
     """Every error answer of both planes, as ``modelplane.errors.error_body`` builds it."""
 

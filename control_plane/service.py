@@ -46,6 +46,9 @@ class ControlPlane:
     pipelines: Any = None
     # control_plane.notifications.NotificationService: every event to the alert receivers.
     notifications: Any = None
+    # control_plane.leadership.Lease: whether this process runs the control loops (None:
+    # no loops attached, and whatever is called in-process acts).
+    lease: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
@@ -95,7 +98,8 @@ class ControlPlane:
         return plane
 
     def attach_serve(self, *, interval_s: float = 10.0) -> None:
-        """Drive Ray Serve from the store: reconcile now, then every ``interval_s``."""
+        """Drive Ray Serve from the store: reconcile now, then every ``interval_s``, while
+        this process holds the control loops' lease (control_plane.leadership)."""
         from control_plane.reconciler import RayServeBackend, Reconciler
         from control_plane.replica_env import replica_environment
 
@@ -107,21 +111,56 @@ class ControlPlane:
             max_body_bytes=self.settings.max_request_bytes, access_log=self.settings.access_log,
             lean_ingress=self.settings.lean_ingress)
         self.reconciler.own(self.store_id)
-        self.apply()
-        self._every(interval_s, self.apply, "reconciler")
-        # Endpoints still starting are looked at every second, not every interval_s.
-        self._every(1.0, self.reconciler.reconcile_pending, "reconciler-pending")
+        self.start_control_loops(interval_s=interval_s)
+
+    def start_control_loops(self, *, interval_s: float = 10.0, lease_s: float | None = None) -> None:
+        """Take part in the lease, and run the reconciler (where Serve is attached), rollout,
+        pipeline and alert loops in every pass where this process holds it."""
+        from control_plane.leadership import LEASE_S, Lease
+
+        self.lease = Lease(self.db, length_s=lease_s or LEASE_S)
+        self._keep_lease()
+        self._every(self.lease.renew_every_s, self._keep_lease, "lease")
+        if self.reconciler is not None:
+            self._every(interval_s, self._leading(self.apply), "reconciler")
+            # Endpoints still starting are looked at every second, not every interval_s.
+            self._every(1.0, self._leading(self.reconciler.reconcile_pending),
+                        "reconciler-pending")
         # Ticks are cheap (one indexed query when nothing is active); each rollout is
         # analysed at its own interval, so a short tick only bounds reaction time.
-        self._every(0.25, self.rollouts.tick, "rollout-controller")
-        self._every(1.0, self.pipelines.tick, "pipelines")
+        self._every(0.25, self._leading(self.rollouts.tick), "rollout-controller")
+        self._every(1.0, self._leading(self.pipelines.tick), "pipelines")
         self.start_alerts()
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process runs the control loops and applies to Serve."""
+        return self.lease is None or self.lease.held
+
+    def _keep_lease(self) -> None:
+        """Renew (or take) the lease; a process that just became the holder catches up at
+        once on what was stored while another held it."""
+        was_leading = self.lease.held
+        if self.lease.hold() and not was_leading:
+            self.apply()
+
+    def _leading(self, work: Callable[[], Any]) -> Callable[[], Any]:
+        def only_while_leading() -> Any:
+            return work() if self.leading else None
+        return only_while_leading
+
+    def step_down(self) -> None:
+        """Give the control loops' lease up (a graceful shutdown): the next control plane
+        takes over at its next renewal instead of a lease length later."""
+        if self.lease is not None:
+            self.lease.release()
 
     def start_alerts(self) -> None:
         """Evaluate the alert rules against the Monitor in the alerts' own thread."""
         from control_plane.observability import read_version_stats
 
-        self.alerts.start(read_version_stats, lambda: [e.name for e in self.deployments.list()])
+        self.alerts.start(read_version_stats, lambda: [e.name for e in self.deployments.list()],
+                          active=lambda: self.leading)
 
     def raise_alert(self, name: str, *, severity: str, labels: dict[str, str], summary: str,
                     data: dict[str, Any] | None = None) -> None:
@@ -133,9 +172,10 @@ class ControlPlane:
 
     def apply(self, endpoint: str | None = None) -> Any:
         """Make Serve match the store now, for every endpoint or just ``endpoint`` (no-op
-        without Serve); returns the report. Submits and returns: never waits for a model
-        to load, and each endpoint is applied under its own lock, not one for all."""
-        if self.reconciler is None:
+        without Serve, and where another control plane leads: it applies the store at its
+        next pass); returns the report. Submits and returns: never waits for a model to
+        load, and each endpoint is applied under its own lock, not one for all."""
+        if self.reconciler is None or not self.leading:
             return None
         return self.reconciler.reconcile(endpoint)
 
@@ -156,6 +196,7 @@ class ControlPlane:
 
     def close(self) -> None:
         self._stop.set()
+        self.step_down()
         if self.notifications is not None:
             self.notifications.uninstall()
         if self.alerts is not None:

@@ -235,8 +235,10 @@ class AlertService:
 
     # ------------------------------------------------------------ the evaluator thread
 
-    def start(self, read_stats: ReadStats, list_endpoints: ListEndpoints) -> None:
-        """Evaluate in a background thread until :meth:`stop` (idempotent)."""
+    def start(self, read_stats: ReadStats, list_endpoints: ListEndpoints, *,
+              active: Callable[[], bool] = lambda: True) -> None:
+        """Evaluate in a background thread until :meth:`stop` (idempotent), in each tick
+        where ``active()`` (this process leads the control loops)."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
@@ -244,7 +246,8 @@ class AlertService:
         def run() -> None:
             while not self._stop.wait(TICK_S):
                 try:
-                    self.evaluate(read_stats, list_endpoints)
+                    if active():
+                        self.evaluate(read_stats, list_endpoints)
                 except Exception:  # keep evaluating; the next pass may succeed
                     log.exception("alert evaluation failed")
 

@@ -88,6 +88,7 @@ ROUTE_ACCESS: dict[str, Access] = {
     "GET /metrics": PUBLIC,
     # Admin: who am I, artifacts, the integrity check, tokens.
     "GET /whoami": READ,
+    "GET /leadership": READ,
     "POST /artifacts": TRAIN,
     "GET /artifacts/{digest}": READ,
     "GET /integrity": ADMIN,

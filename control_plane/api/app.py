@@ -7,6 +7,9 @@ modes answer the same URLs.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI
 
 from control_plane.api import (
@@ -28,8 +31,16 @@ from modelplane import __version__
 
 
 def build_api(cp: ControlPlane) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Serve stops a replica gracefully through this: the next control plane takes the
+        # control loops over at once rather than when this one's lease runs out.
+        cp.step_down()
+
     # Every route's caller is checked against its rule in access.ROUTE_ACCESS first.
     app = FastAPI(
+        lifespan=lifespan,
         dependencies=[Depends(enforce_access)],
         title="modelplane control plane",
         version=__version__,

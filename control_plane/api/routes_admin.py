@@ -15,6 +15,7 @@ from control_plane.errors import InvalidInputError, PayloadTooLargeError
 from control_plane.schemas import (
     ArtifactOut,
     IntegrityReport,
+    LeadershipOut,
     Role,
     TokenCreate,
     TokenCreated,
@@ -32,6 +33,26 @@ def health(cp: CP) -> dict[str, str]:
     with cp.db.session(readonly=True) as session:
         session.connection().exec_driver_sql("SELECT 1")
     return {"status": "ok", "version": __version__}
+
+
+@router.get("/leadership", response_model=LeadershipOut, tags=["admin"])
+def leadership(cp: CP) -> LeadershipOut:
+    """Which control plane runs the reconciler, rollout, pipeline and alert loops."""
+    from datetime import UTC, datetime
+
+    from control_plane.leadership import read_lease
+
+    lease = read_lease(cp.db)
+
+    def when(seconds: float | None) -> datetime | None:
+        return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+    return LeadershipOut(
+        holder=lease.holder if lease else None, term=lease.term if lease else None,
+        acquired_at=when(lease.acquired_at if lease else None),
+        renewed_at=when(lease.renewed_at if lease else None),
+        expires_at=when(lease.expires_at if lease else None),
+        this_process=cp.lease.holder if cp.lease is not None else None, leading=cp.leading)
 
 
 @router.get("/whoami", tags=["admin"])

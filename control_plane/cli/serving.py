@@ -10,7 +10,7 @@ from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_
 from serving.names import endpoint_url
 
 if TYPE_CHECKING:
-    from control_plane.schemas import EndpointServing
+    from control_plane.schemas import EndpointServing, LeadershipOut
 
 
 def up(
@@ -74,7 +74,8 @@ def down(
 
 
 def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
-    """Endpoints, their versions and weights, and whether each is ready."""
+    """Endpoints, their versions and weights, whether each is ready, and which control
+    plane runs the control loops."""
     api = client(url)
     health = api.health()
     endpoints = api.list_endpoints()
@@ -82,10 +83,12 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
     # A version a replica could not load answers 503 with the cause while the others serve.
     unloaded = {e.name: _unloaded_versions(api.url, e.name, [r.version for r in e.routes])
                 for e in endpoints}
-    payload = {"control_plane": health, "endpoints": endpoints, "ready": ready,
+    leadership = api.leadership()
+    payload = {"control_plane": health, "leadership": leadership, "endpoints": endpoints,
+               "ready": ready,
                "versions_not_loaded": {name: found for name, found in unloaded.items() if found}}
     emit(as_json, payload, lambda: print_table(
-        f"modelplane {health.get('version', '')} at {api.url}",
+        f"modelplane {health.get('version', '')} at {api.url}; {_leadership_text(leadership)}",
         ["endpoint", "model", "placement", "routes", "ready", "serving", "url"],
         [[e.name, e.model, e.placement,
           _routes_text(e.routes),
@@ -93,6 +96,18 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
               f"; v{v} not loaded: {why[:200]}" for v, why in sorted(unloaded[e.name].items())),
           _serving_text(e.serving), e.url] for e in endpoints],
     ))
+
+
+def _leadership_text(lease: LeadershipOut) -> str:
+    """Who runs the control loops, and whether its lease is current."""
+    if lease.holder is None or lease.expires_at is None:
+        return "no control plane has run the control loops yet"
+    from datetime import UTC, datetime
+
+    left = (lease.expires_at - datetime.now(UTC)).total_seconds()
+    state = (f"lease renewed, {left:.0f} s left" if left > 0 else
+             f"LEASE EXPIRED {-left:.0f} s ago: no control plane runs the loops")
+    return f"control loops run by {lease.holder} (term {lease.term}; {state})"
 
 
 def _serving_text(serving: EndpointServing | None) -> str:

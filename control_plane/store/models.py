@@ -244,6 +244,21 @@ class StoreIdentityRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class LeaseRow(Base):
+    """A lease one process holds at a time (control_plane.leadership). Times are Unix
+    seconds from the holders' clocks, which must agree to well within a lease's length."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    # Counts the holders: a new holder's term is one more than the last one's.
+    term: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[float] = mapped_column(Float)
+    renewed_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
 class RolloutRow(Base):
     """A rollout: the persisted state machine the controller advances (see control_plane.rollouts).
 

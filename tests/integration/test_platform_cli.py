@@ -83,6 +83,8 @@ def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None
     assert status["ready"] == {"iris": True}
     routes = {r["version"]: r["weight"] for r in status["endpoints"][0]["routes"]}
     assert routes == {1: 50.0, 2: 50.0}
+    lease = status["leadership"]  # the one control plane runs the loops, in the first term
+    assert lease["leading"] and lease["holder"] == lease["this_process"] and lease["term"] == 1
 
     # Fault: the whole Ray head SIGKILLed (every process it started, at once); `up` again
     # converges to the store, says what it restored, and serves the same route table.

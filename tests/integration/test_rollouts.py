@@ -245,11 +245,18 @@ def test_control_plane_killed_mid_rollout_resumes_and_traffic_matches_the_store(
     with BackgroundLoad(platform.url, name) as load:
         rollout = start(client, name, steps=[20, 60, 100], step_duration_s=4)
         wait_for(lambda: client.get_rollout(rollout.id).step_index >= 1, 60, "step 2")
+        leader = client.leadership()
+        assert leader.leading and leader.holder == leader.this_process
         replica = _control_plane_replica()
         ray.kill(replica, no_restart=False)
         wait_for(lambda: (new := _control_plane_replica()) is not None
                  and new._actor_id != replica._actor_id and platform.healthy(), 120,
                  "a new control plane replica")
+        # The killed one could not give its lease up: the new one takes the next term once
+        # the lease runs out.
+        wait_for(lambda: client.leadership().term == leader.term + 1, 60, "a takeover")
+        successor = client.leadership()
+        assert successor.leading and successor.holder not in (None, leader.holder)
         done = rollout_ends(client, rollout.id, timeout=120)
         wait_for(lambda: served_weights(platform, name) == stored_weights(client, name), 30,
                  "the route table to match the store")

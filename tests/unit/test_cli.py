@@ -63,3 +63,24 @@ def test_importing_the_packages_is_cheap() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_status_says_who_runs_the_control_loops_and_whether_its_lease_is_current() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from control_plane.cli.serving import _leadership_text
+    from control_plane.schemas import LeadershipOut
+
+    now = datetime.now(UTC)
+
+    def lease(expires_in_s: float) -> LeadershipOut:
+        return LeadershipOut(holder="head:41:ab12", term=3, acquired_at=now, renewed_at=now,
+                             expires_at=now + timedelta(seconds=expires_in_s),
+                             this_process="head:41:ab12", leading=True)
+
+    assert "no control plane" in _leadership_text(LeadershipOut(
+        holder=None, term=None, this_process=None, leading=False))
+    current = _leadership_text(lease(8.4))
+    assert "head:41:ab12 (term 3" in current and "8 s left" in current
+    expired = _leadership_text(lease(-30))
+    assert "LEASE EXPIRED 30 s ago" in expired and "no control plane runs the loops" in expired

@@ -1,0 +1,159 @@
+"""Leadership of the control loops: a lease in the store, held by one control plane at a time.
+
+The reconciler, the rollout controller, the pipelines and the alert evaluator act on the
+world (Serve's applications, traffic, notifications). Two control planes acting at once
+would decide a rollout's step twice, count one failed analysis as two and send every
+alert twice. Two run whenever Serve starts a new control-plane replica before the old one
+has stopped (a second ``up`` with other settings, an upgrade, a replica that hangs without
+dying) and wherever an operator runs several for availability. So every control plane
+serves the API, and only the holder of the ``control-loops`` lease runs the loops.
+
+- **Taking and renewing** (:meth:`Lease.hold`): one transaction reads the lease row with
+  a row lock (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's write transactions are
+  serialized) and renews it when this process holds it, takes it when it has expired (one
+  more ``term``) or leaves it. Holders renew every third of the lease's length.
+- **Acting only while sure**: a holder treats the lease as its own for two thirds of its
+  length from the moment it asked for the renewal (a monotonic clock, so a paused process
+  or a stepped wall clock cannot stretch it); the others take it over only once the whole
+  length has passed since the renewal by the holder's wall clock. The third between is
+  the margin for the machines' clocks to disagree, and for a pass that began while sure
+  to end. A store that cannot be reached renews nothing, so a holder cut off from it
+  stops acting before anyone else starts.
+- **Handing over**: a control plane that shuts down gracefully gives the lease up
+  (:meth:`Lease.release`), so its successor takes over at its next renewal, not a lease
+  length later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from control_plane.store import Database
+from control_plane.store.models import LeaseRow
+
+log = logging.getLogger(__name__)
+
+CONTROL_LOOPS = "control-loops"
+LEASE_S = 10.0
+SURE_SHARE = 2 / 3  # of the lease's length, how long a holder acts after asking to renew
+RENEW_SHARE = 1 / 3  # of the lease's length, how often a holder renews
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A lease as the store has it (times in Unix seconds)."""
+
+    name: str
+    holder: str
+    term: int
+    acquired_at: float
+    renewed_at: float
+    expires_at: float
+
+
+def new_holder_id() -> str:
+    """A name for this process as a holder: its host and pid to be read by people, and a
+    random part so a restarted process with the same pid is another holder."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Lease:
+    """One process's claim on the lease ``name`` in ``db``."""
+
+    def __init__(self, db: Database, *, name: str = CONTROL_LOOPS, holder: str | None = None,
+                 length_s: float = LEASE_S, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        if length_s <= 0:
+            raise ValueError(f"a lease's length must be positive, got {length_s!r}")
+        self.db = db
+        self.name = name
+        self.holder = holder or new_holder_id()
+        self.length_s = length_s
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sure_until = float("-inf")  # on the monotonic clock
+        self.term: int | None = None  # this holder's term while it holds the lease
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.length_s * RENEW_SHARE
+
+    @property
+    def held(self) -> bool:
+        """Whether this process may act as the lease's holder now."""
+        return self._monotonic() < self._sure_until
+
+    def hold(self) -> bool:
+        """Renew the lease if this process holds it, take it if it is free or has expired;
+        whether this process holds it now. A store error keeps what was held until it runs
+        out (it is logged, and the next call tries again)."""
+        asked = self._monotonic()
+        now = self._clock()
+        try:
+            term = self._claim(now)
+        except IntegrityError:  # another process created the row first: it holds it
+            term = None
+        except Exception as error:
+            log.warning("could not renew the %s lease (held: %s): %s", self.name,
+                        self.held, error)
+            return self.held
+        was_held = self.held
+        if term is None:
+            self._sure_until, self.term = float("-inf"), None
+            if was_held:
+                log.warning("lost the %s lease to another holder", self.name)
+            return False
+        self._sure_until = asked + self.length_s * SURE_SHARE
+        if not was_held:
+            log.info("holding the %s lease as %s (term %d)", self.name, self.holder, term)
+        self.term = term
+        return True
+
+    def _claim(self, now: float) -> int | None:
+        with self.db.session() as session:
+            row = session.scalar(select(LeaseRow).where(LeaseRow.name == self.name)
+                                 .with_for_update())
+            if row is None:
+                session.add(LeaseRow(name=self.name, holder=self.holder, term=1, acquired_at=now,
+                                     renewed_at=now, expires_at=now + self.length_s))
+                return 1
+            if row.holder != self.holder:
+                if row.expires_at > now:
+                    return None
+                row.holder, row.term, row.acquired_at = self.holder, row.term + 1, now
+            row.renewed_at, row.expires_at = now, now + self.length_s
+            return row.term
+
+    def release(self) -> None:
+        """Give the lease up now, if this process holds it (the store may be gone: then
+        it runs out on its own)."""
+        self._sure_until, term, self.term = float("-inf"), self.term, None
+        if term is None:
+            return
+        try:
+            with self.db.session() as session:
+                session.execute(update(LeaseRow).where(
+                    LeaseRow.name == self.name, LeaseRow.holder == self.holder,
+                    LeaseRow.term == term).values(expires_at=self._clock()))
+        except Exception as error:
+            log.warning("could not give the %s lease up; it runs out in %.0f s: %s",
+                        self.name, self.length_s, error)
+
+
+def read_lease(db: Database, name: str = CONTROL_LOOPS) -> LeaseState | None:
+    """The lease as stored, or None if no one ever held it."""
+    with db.session(readonly=True) as session:
+        row = session.get(LeaseRow, name)
+        if row is None:
+            return None
+        return LeaseState(row.name, row.holder, row.term, row.acquired_at, row.renewed_at,
+                          row.expires_at)

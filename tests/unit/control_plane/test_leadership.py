@@ -1,0 +1,164 @@
+"""The control loops' lease: one holder at a time on a real store (SQLite, and PostgreSQL
+where one is given), a holder that stops acting before anyone else may start, a takeover
+once a lease runs out, a hand-over at release, and a store outage that costs the lease."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from control_plane.leadership import LEASE_S, SURE_SHARE, Lease, read_lease
+from control_plane.service import ControlPlane
+from control_plane.store import Database
+from modelplane.settings import Settings
+
+
+class Clocks:
+    """A wall clock and a monotonic clock that move together, when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now - 999_000.0  # another origin, as a real monotonic clock has
+
+
+def lease(db: Database, holder: str, clocks: Clocks) -> Lease:
+    return Lease(db, holder=holder, clock=clocks.wall, monotonic=clocks.monotonic)
+
+
+def test_one_holder_until_its_lease_runs_out_then_the_next_term(db: Database) -> None:
+    clocks = Clocks()
+    first, second = lease(db, "first", clocks), lease(db, "second", clocks)
+    assert first.hold() and first.held and first.term == 1
+    assert not second.hold() and not second.held and second.term is None
+
+    clocks.now += 5
+    assert first.hold() and not second.hold()  # renewed: its lease now ends at 15 s
+    clocks.now += LEASE_S - 0.5
+    assert not second.hold()
+    assert not first.held  # it has not renewed for two thirds of the lease: it stopped acting
+
+    clocks.now += 1  # 10.5 s since the last renewal
+    assert second.hold() and second.term == 2
+    assert not first.hold() and not first.held
+    stored = read_lease(db)
+    assert stored is not None and stored.holder == "second" and stored.term == 2
+    assert stored.expires_at == clocks.now + LEASE_S
+
+
+def test_a_holder_stops_acting_before_another_may_take_over(db: Database) -> None:
+    clocks = Clocks()
+    first, second = lease(db, "first", clocks), lease(db, "second", clocks)
+    assert first.hold()
+    sure_for = LEASE_S * SURE_SHARE
+    clocks.now += sure_for - 0.01
+    assert first.held
+    clocks.now += 0.02
+    assert not first.held
+    clocks.now = clocks.now - sure_for + LEASE_S - 0.02  # just before the lease runs out
+    assert not second.hold()
+    clocks.now += 0.04
+    assert second.hold()
+
+
+def test_release_hands_the_lease_over_at_once(db: Database) -> None:
+    clocks = Clocks()
+    first, second = lease(db, "first", clocks), lease(db, "second", clocks)
+    assert first.hold()
+    first.release()
+    assert not first.held and first.term is None
+    assert second.hold() and second.term == 2
+    first.release()  # not the holder: changes nothing
+    assert second.hold() and read_lease(db).holder == "second"
+
+
+def test_a_store_that_cannot_be_reached_costs_the_lease_when_it_runs_out(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    db = Database(f"sqlite:///{folder / 'modelplane.db'}")
+    clocks = Clocks()
+    holder = lease(db, "holder", clocks)
+    assert holder.hold()
+    db.dispose()
+    shutil.rmtree(folder)
+    (folder / "modelplane.db").mkdir(parents=True)  # a database file SQLite cannot open
+    clocks.now += 3
+    assert holder.hold() and holder.held  # kept: still within what it was sure of
+    clocks.now += LEASE_S * SURE_SHARE
+    assert not holder.hold() and not holder.held
+    db.dispose()
+
+
+def race(db: Database, contenders: int = 6) -> list[Lease]:
+    """``contenders`` fresh holders ask for the lease at once; those that got it."""
+    leases = [Lease(db) for _ in range(contenders)]
+    start = threading.Barrier(contenders)
+    won: list[Lease] = []
+    errors: list[BaseException] = []
+
+    def contend(candidate: Lease) -> None:
+        try:
+            start.wait(timeout=10)
+            if candidate.hold():
+                won.append(candidate)
+        except BaseException as error:  # a dead thread must fail the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=contend, args=(c,)) for c in leases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    return won
+
+
+def test_racing_processes_take_one_term_at_a_time(db: Database) -> None:
+    terms: list[int] = []
+    for _ in range(4):
+        won = race(db)
+        assert len(won) == 1, [c.holder for c in won]
+        assert read_lease(db).holder == won[0].holder
+        terms.append(won[0].term)
+        won[0].release()
+    assert terms == [1, 2, 3, 4]
+
+
+def test_of_two_control_planes_on_one_store_one_leads_and_the_other_takes_over(
+        tmp_path: Path) -> None:
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")})
+    first = ControlPlane.start(settings)
+    second = ControlPlane.start(settings)
+    try:
+        first.start_control_loops(lease_s=3.0)  # renewed every second
+        second.start_control_loops(lease_s=3.0)
+        assert first.leading and not second.leading
+        assert first.apply() is None and second.apply() is None  # no Serve attached here
+        pause = threading.Event()
+        for _ in range(8):  # more than a lease length: the leader keeps renewing
+            pause.wait(0.5)
+            assert first.leading and not second.leading
+        first.close()  # a graceful stop gives the lease up: taken at the next renewal
+        for _ in range(30):
+            if second.leading:
+                break
+            pause.wait(0.1)
+        assert second.leading and not first.leading
+        stored = read_lease(second.db)
+        assert stored.holder == second.lease.holder and stored.term == 2
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("length", [0.0, -1.0])
+def test_a_lease_needs_a_length(db: Database, length: float) -> None:
+    with pytest.raises(ValueError, match="length"):
+        Lease(db, length_s=length)
