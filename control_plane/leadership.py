@@ -22,6 +22,9 @@ serves the API, and only the holder of the ``control-loops`` lease runs the loop
 - **Handing over**: a control plane that shuts down gracefully gives the lease up
   (:meth:`Lease.release`), so its successor takes over at its next renewal, not a lease
   length later.
+- **Changes made elsewhere**: a control plane that does not lead and changed an endpoint
+  (a deploy, a traffic change) asks the leader to apply it (:func:`request_apply`); the
+  leader takes the requests every half second (:func:`take_apply_requests`).
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from control_plane.store import Database
-from control_plane.store.models import LeaseRow
+from control_plane.store.models import ApplyRequestRow, LeaseRow
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +160,25 @@ def read_lease(db: Database, name: str = CONTROL_LOOPS) -> LeaseState | None:
             return None
         return LeaseState(row.name, row.holder, row.term, row.acquired_at, row.renewed_at,
                           row.expires_at)
+
+
+ALL_ENDPOINTS = None
+
+
+def request_apply(db: Database, endpoint: str | None) -> None:
+    """Ask the leader to apply ``endpoint`` (None: every endpoint) to Serve."""
+    with db.session() as session:
+        session.add(ApplyRequestRow(endpoint=endpoint, requested_at=time.time()))
+
+
+def take_apply_requests(db: Database) -> set[str | None]:
+    """The endpoints asked for since the last call (None among them: every endpoint),
+    removed from the store in the same transaction."""
+    with db.session() as session:
+        rows = session.execute(select(ApplyRequestRow.id, ApplyRequestRow.endpoint)
+                               .with_for_update()).all()
+        if not rows:
+            return set()
+        session.execute(delete(ApplyRequestRow).where(
+            ApplyRequestRow.id.in_([row.id for row in rows])))
+        return {row.endpoint for row in rows}

@@ -1,7 +1,9 @@
 """The control plane as a Ray Serve application mounted at ``/api``.
 
-One replica (the store may be SQLite, which wants a single writer process), built inside the replica from the settings passed as environment variables, so the
-same code runs embedded and on a cluster.
+``MODELPLANE_CONTROL_PLANE_REPLICAS`` replicas (one by default; several only on
+PostgreSQL), each built inside its replica from the settings passed as environment
+variables, so the same code runs embedded and on a cluster. All serve the API; the holder
+of the store's lease runs the control loops (control_plane.leadership).
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ def control_plane_application(settings: Settings, *, store_id: str,
     # A version from its code and settings: a second `up` with both unchanged leaves the
     # running replica alone instead of replacing it (and draining the old one for 30 s).
     # Serve replaces a dead replica only when a health check fails, every 10 s by default:
-    # the only control plane's API and loops are gone until then. Its check is a bare
-    # actor call (no store), so checking every 2 s costs nothing.
+    # a lone control plane's API and loops are gone until then. Its check is a bare actor
+    # call (no store), so checking every 2 s costs nothing.
     return deployment.options(
-        name="ControlPlane", num_replicas=1, max_ongoing_requests=64,
+        name="ControlPlane", num_replicas=settings.control_plane_replicas,
+        max_ongoing_requests=64,
         health_check_period_s=2,
         version=deployment_version("ControlPlane", options), _internal=True, **options,
     ).bind()

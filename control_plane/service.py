@@ -123,6 +123,8 @@ class ControlPlane:
         self._every(self.lease.renew_every_s, self._keep_lease, "lease")
         if self.reconciler is not None:
             self._every(interval_s, self._leading(self.apply), "reconciler")
+            # What control planes that do not lead changed, applied within half a second.
+            self._every(0.5, self._leading(self._apply_requested), "apply-requests")
             # Endpoints still starting are looked at every second, not every interval_s.
             self._every(1.0, self._leading(self.reconciler.reconcile_pending),
                         "reconciler-pending")
@@ -143,6 +145,16 @@ class ControlPlane:
         was_leading = self.lease.held
         if self.lease.hold() and not was_leading:
             self.apply()
+
+    def _apply_requested(self) -> None:
+        from control_plane.leadership import take_apply_requests
+
+        requested = take_apply_requests(self.db)
+        if None in requested:
+            self.apply()
+            return
+        for endpoint in sorted(e for e in requested if e is not None):
+            self.apply(endpoint)
 
     def _leading(self, work: Callable[[], Any]) -> Callable[[], Any]:
         def only_while_leading() -> Any:
@@ -172,10 +184,15 @@ class ControlPlane:
 
     def apply(self, endpoint: str | None = None) -> Any:
         """Make Serve match the store now, for every endpoint or just ``endpoint`` (no-op
-        without Serve, and where another control plane leads: it applies the store at its
-        next pass); returns the report. Submits and returns: never waits for a model to
+        without Serve; where another control plane leads, that one is asked to); returns
+        the report (None where asked). Submits and returns: never waits for a model to
         load, and each endpoint is applied under its own lock, not one for all."""
-        if self.reconciler is None or not self.leading:
+        if self.reconciler is None:
+            return None
+        if not self.leading:
+            from control_plane.leadership import request_apply
+
+            request_apply(self.db, endpoint)
             return None
         return self.reconciler.reconcile(endpoint)
 

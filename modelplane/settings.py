@@ -15,6 +15,7 @@
 | ``MODELPLANE_READS_REQUIRE_TOKEN`` | ``false``                             | whether GET calls also need a token |
 | ``MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS`` | ``false``                      | accept ``/v2/models/{e}/feedback`` without a label source's token |
 | ``MODELPLANE_MAX_REQUEST_MB``   | ``64``                                   | largest inference request body a replica reads, in MiB (413 above) |
+| ``MODELPLANE_CONTROL_PLANE_REPLICAS`` | ``1``                              | control-plane replicas; more than one needs a PostgreSQL store and an artifact store every node reaches |
 
 Each variable is a field of :class:`Settings` (``MODELPLANE_`` plus the field's name);
 pydantic-settings reads and converts them. An empty variable counts as unset. Values are
@@ -94,6 +95,9 @@ class Settings(BaseSettings):
     # a torch program): that code runs as the platform's OS user (docs/models.md).
     model_code: Literal["deployer", "admin", "off"] = Field("deployer", json_schema_extra=_expects(
         "deployer, admin or off"))
+    # All serve the API; one at a time runs the control loops (control_plane.leadership).
+    control_plane_replicas: int = Field(1, ge=1, le=16, json_schema_extra=_expects(
+        "a whole number from 1 to 16; more than 1 only with a PostgreSQL MODELPLANE_DB_URL"))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
@@ -129,6 +133,15 @@ class Settings(BaseSettings):
         if "://" not in url or not url.split(":", 1)[0]:
             raise ValueError("not an SQLAlchemy URL")
         return url
+
+    @field_validator("control_plane_replicas")
+    @classmethod
+    def _replicas_need_a_shared_store(cls, replicas: int, info: ValidationInfo) -> int:
+        # SQLite is one file on one node: replicas elsewhere would each open their own.
+        if replicas > 1 and str(info.data.get("db_url", "")).startswith("sqlite"):
+            raise ValueError("more than one control plane needs a store they all reach: set "
+                             "MODELPLANE_DB_URL to a PostgreSQL URL")
+        return replicas
 
     @field_validator("artifact_uri")
     @classmethod

@@ -117,10 +117,11 @@ def serve_session(ray_session: None) -> Iterator[int]:
 
 @pytest.fixture(scope="session")
 def platform(serve_session: int, tmp_path_factory: pytest.TempPathFactory):
-    """The whole platform on the session's Ray and Serve (one control plane for all tests).
+    """The whole platform on the session's Ray and Serve (one for all tests).
 
-    Its store is a SQLite file in its home, or, with MODELPLANE_TEST_PLATFORM_STORE=postgres,
-    a fresh database on the server in MODELPLANE_TEST_PG_URL (dropped at the session's end).
+    Its store is a SQLite file in its home with one control plane, or, with
+    MODELPLANE_TEST_PLATFORM_STORE=postgres, a fresh database on the server in
+    MODELPLANE_TEST_PG_URL (dropped at the session's end) with two control planes.
     """
     from tests.platform import start_platform_on_session
 

@@ -86,7 +86,8 @@ class Platform:
 
 def start_platform_on_session(port: int, home: Path, *, db_url: str | None = None) -> Platform:
     """Monitor, /v2 and the control plane on the session's Serve; the store at ``db_url``
-    (any SQLAlchemy URL), or a SQLite file in ``home`` when None."""
+    (any SQLAlchemy URL) with two control planes, as a cluster runs them for availability
+    (control_plane.leadership), or a SQLite file in ``home`` and one when None."""
     from ray import serve
 
     from control_plane.platform import wait_healthy
@@ -97,6 +98,7 @@ def start_platform_on_session(port: int, home: Path, *, db_url: str | None = Non
     env = {"MODELPLANE_HOME": str(home), "MODELPLANE_HTTP_PORT": str(port)}
     if db_url is not None:
         env["MODELPLANE_DB_URL"] = db_url
+        env["MODELPLANE_CONTROL_PLANE_REPLICAS"] = "2"
     if os.environ.get("MODELPLANE_TEST_LEAN_INGRESS"):  # the lean ingress on or off, by choice
         env["MODELPLANE_LEAN_INGRESS"] = os.environ["MODELPLANE_TEST_LEAN_INGRESS"]
     settings = Settings.from_env(env)

@@ -259,6 +259,17 @@ class LeaseRow(Base):
     expires_at: Mapped[float] = mapped_column(Float)
 
 
+class ApplyRequestRow(Base):
+    """An endpoint a control plane that does not lead changed, for the leader to apply to
+    Serve at once (control_plane.leadership); None: every endpoint."""
+
+    __tablename__ = "apply_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    requested_at: Mapped[float] = mapped_column(Float)
+
+
 class RolloutRow(Base):
     """A rollout: the persisted state machine the controller advances (see control_plane.rollouts).
 

@@ -6,6 +6,7 @@ the decisions are the same ones a production rollout makes over minutes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -240,23 +241,26 @@ def test_an_unapproved_candidate_never_takes_more_than_the_limit(
 
 def test_control_plane_killed_mid_rollout_resumes_and_traffic_matches_the_store(
         platform: Platform, endpoint: tuple[str, Client]) -> None:
+    # With one control plane (SQLite) Serve starts another; with two (the PostgreSQL pass)
+    # the other serves meanwhile. Either way the next term's holder finishes the rollout.
     name, client = endpoint
     client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
+    replicas = _control_plane_replicas()
+    assert len(replicas) == platform.settings.control_plane_replicas
     with BackgroundLoad(platform.url, name) as load:
         rollout = start(client, name, steps=[20, 60, 100], step_duration_s=4)
         wait_for(lambda: client.get_rollout(rollout.id).step_index >= 1, 60, "step 2")
         leader = client.leadership()
-        assert leader.leading and leader.holder == leader.this_process
-        replica = _control_plane_replica()
-        ray.kill(replica, no_restart=False)
-        wait_for(lambda: (new := _control_plane_replica()) is not None
-                 and new._actor_id != replica._actor_id and platform.healthy(), 120,
-                 "a new control plane replica")
-        # The killed one could not give its lease up: the new one takes the next term once
-        # the lease runs out.
+        assert leader.holder is not None and leader.term is not None
+        killed = _leader_replica(leader.holder)
+        ray.kill(killed, no_restart=False)
+        wait_for(lambda: (now := _control_plane_replicas()).keys().isdisjoint({killed._actor_id})
+                 and len(now) == len(replicas) and platform.healthy(), 120,
+                 "the killed control plane replaced")
+        # The killed one could not give its lease up: another takes the next term once the
+        # lease runs out.
         wait_for(lambda: client.leadership().term == leader.term + 1, 60, "a takeover")
-        successor = client.leadership()
-        assert successor.leading and successor.holder not in (None, leader.holder)
+        assert client.leadership().holder not in (None, leader.holder)
         done = rollout_ends(client, rollout.id, timeout=120)
         wait_for(lambda: served_weights(platform, name) == stored_weights(client, name), 30,
                  "the route table to match the store")
@@ -298,16 +302,26 @@ def _replica_actors(app_suffix: str) -> set[str]:
             if a["name"].startswith(f"SERVE_REPLICA::endpoint-{app_suffix}#")}
 
 
-def _control_plane_replica() -> Any:
+def _control_plane_replicas() -> dict[Any, Any]:
+    """The live control-plane replicas' actor handles, by actor id."""
     from ray.util import list_named_actors
 
+    found = {}
     for actor in list_named_actors(all_namespaces=True):
         if actor["name"].startswith("SERVE_REPLICA::control-plane#"):
-            try:
-                return ray.get_actor(actor["name"], namespace=actor["namespace"])
-            except ValueError:
-                return None
-    return None
+            with contextlib.suppress(ValueError):  # gone between the listing and the lookup
+                handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
+                found[handle._actor_id] = handle
+    return found
+
+
+def _leader_replica(holder: str) -> Any:
+    """The control-plane replica whose process holds the lease (``host:pid:id``)."""
+    pid = int(holder.split(":")[-2])
+    for handle in _control_plane_replicas().values():
+        if ray.get(handle.__ray_call__.remote(lambda _: os.getpid()), timeout=30) == pid:
+            return handle
+    raise AssertionError(f"no live control-plane replica has pid {pid}")
 
 
 def test_cli_runs_a_rollout_from_a_file_and_shows_its_history(

@@ -146,3 +146,14 @@ def test_the_grpc_port_follows_the_http_port_unless_set(tmp_path: Path) -> None:
     assert Settings.from_env({**home, "MODELPLANE_GRPC_PORT": "0"}).grpc_port == 0  # off
     with pytest.raises(ConfigurationError, match="MODELPLANE_GRPC_PORT='70000' is invalid"):
         Settings.from_env({**home, "MODELPLANE_GRPC_PORT": "70000"})
+
+
+def test_several_control_planes_need_a_store_they_all_reach() -> None:
+    with pytest.raises(ConfigurationError, match="MODELPLANE_CONTROL_PLANE_REPLICAS.*PostgreSQL"):
+        Settings.from_env({"MODELPLANE_CONTROL_PLANE_REPLICAS": "2"})  # SQLite by default
+    with pytest.raises(ConfigurationError, match="MODELPLANE_CONTROL_PLANE_REPLICAS"):
+        Settings.from_env({"MODELPLANE_CONTROL_PLANE_REPLICAS": "0"})
+    settings = Settings.from_env({"MODELPLANE_CONTROL_PLANE_REPLICAS": "3",
+                                  "MODELPLANE_DB_URL": "postgresql+psycopg://mp@db/modelplane"})
+    assert settings.control_plane_replicas == 3
+    assert Settings.from_env({}).control_plane_replicas == 1

@@ -1,7 +1,8 @@
 """leases
 
 Leadership of the control loops: which control plane runs the reconciler, rollout,
-pipeline and alert loops, in which term, and until when (control_plane.leadership).
+pipeline and alert loops, in which term, and until when; and the endpoints other control
+planes changed, for the leader to apply (control_plane.leadership).
 
 Revision ID: 0009
 Revises: 0008
@@ -28,7 +29,15 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    op.create_table(
+        "apply_requests",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("endpoint", sa.String(length=128), nullable=True),
+        sa.Column("requested_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("apply_requests")
     op.drop_table("leases")

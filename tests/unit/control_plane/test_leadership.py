@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.leadership import LEASE_S, SURE_SHARE, Lease, read_lease
+from control_plane.leadership import (
+    LEASE_S,
+    SURE_SHARE,
+    Lease,
+    read_lease,
+    request_apply,
+    take_apply_requests,
+)
 from control_plane.service import ControlPlane
 from control_plane.store import Database
 from modelplane.settings import Settings
@@ -156,6 +163,17 @@ def test_of_two_control_planes_on_one_store_one_leads_and_the_other_takes_over(
     finally:
         first.close()
         second.close()
+
+
+def test_changes_made_by_a_follower_reach_the_leader_once(db: Database) -> None:
+    assert take_apply_requests(db) == set()
+    request_apply(db, "iris")
+    request_apply(db, "iris")
+    request_apply(db, "fraud")
+    assert take_apply_requests(db) == {"iris", "fraud"}
+    assert take_apply_requests(db) == set()  # taken: not applied twice
+    request_apply(db, None)
+    assert take_apply_requests(db) == {None}
 
 
 @pytest.mark.parametrize("length", [0.0, -1.0])
