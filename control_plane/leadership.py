@@ -21,7 +21,9 @@ serves the API, and only the holder of the ``control-loops`` lease runs the loop
   stops acting before anyone else starts.
 - **Handing over**: a control plane that shuts down gracefully gives the lease up
   (:meth:`Lease.release`), so its successor takes over at its next renewal, not a lease
-  length later.
+  length later. A holder whose process is gone from this machine (same host and PID
+  namespace, named in its holder id) is taken over at once too: a killed control plane
+  that Serve restarts on the same node does not leave the loops idle for a lease length.
 - **Changes made elsewhere**: a control plane that does not lead and changed an endpoint
   (a deploy, a traffic change) asks the leader to apply it (:func:`request_apply`); the
   leader takes the requests every half second (:func:`take_apply_requests`).
@@ -64,9 +66,37 @@ class LeaseState:
 
 
 def new_holder_id() -> str:
-    """A name for this process as a holder: its host and pid to be read by people, and a
-    random part so a restarted process with the same pid is another holder."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """A name for this process as a holder, ``host:pid-namespace:pid:random``: where it
+    runs, for people and for :func:`holder_is_gone`, and a random part so a restarted
+    process with the same pid is another holder."""
+    return f"{socket.gethostname()}:{_pid_namespace()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _pid_namespace() -> str:
+    # Two containers may share a host name and not their pids: the namespace tells them apart.
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    except OSError:
+        return ""
+
+
+def holder_is_gone(holder: str) -> bool:
+    """Whether ``holder`` names a process of this host and PID namespace that no longer
+    exists. Anything else (another machine, an unknown namespace, a pid in use, a holder
+    id of another shape) counts as alive: its lease runs out instead."""
+    parts = holder.split(":")
+    if len(parts) != 4 or not parts[1] or not parts[2].isdigit():
+        return False
+    host, namespace, pid, _ = parts
+    if host != socket.gethostname() or namespace != _pid_namespace():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, as another user's process
+        return False
+    return False
 
 
 class Lease:
@@ -84,6 +114,7 @@ class Lease:
         self._clock = clock
         self._monotonic = monotonic
         self._sure_until = float("-inf")  # on the monotonic clock
+        self._released = False
         self.term: int | None = None  # this holder's term while it holds the lease
 
     @property
@@ -98,7 +129,10 @@ class Lease:
     def hold(self) -> bool:
         """Renew the lease if this process holds it, take it if it is free or has expired;
         whether this process holds it now. A store error keeps what was held until it runs
-        out (it is logged, and the next call tries again)."""
+        out (it is logged, and the next call tries again). After :meth:`release`, False:
+        a process that gave the lease up is on its way out."""
+        if self._released:
+            return False
         asked = self._monotonic()
         now = self._clock()
         try:
@@ -131,14 +165,18 @@ class Lease:
                 return 1
             if row.holder != self.holder:
                 if row.expires_at > now:
-                    return None
+                    if not holder_is_gone(row.holder):
+                        return None
+                    log.warning("taking the %s lease over from %s, whose process is gone",
+                                self.name, row.holder)
                 row.holder, row.term, row.acquired_at = self.holder, row.term + 1, now
             row.renewed_at, row.expires_at = now, now + self.length_s
             return row.term
 
     def release(self) -> None:
-        """Give the lease up now, if this process holds it (the store may be gone: then
-        it runs out on its own)."""
+        """Give the lease up now, if this process holds it, and for good (the store may
+        be gone: then it runs out on its own)."""
+        self._released = True
         self._sure_until, term, self.term = float("-inf"), self.term, None
         if term is None:
             return

@@ -18,6 +18,7 @@ import numpy as np
 import ray
 
 from control_plane.client import Client
+from control_plane.leadership import LEASE_S, LeaseState, read_lease
 from control_plane.ownership import AppOwner, application_owners, serve_details, store_identity
 from control_plane.store import Database
 from tests.load import BackgroundLoad
@@ -232,6 +233,14 @@ def test_a_killed_monitor_neither_resolves_alerts_nor_breaks_metrics(platform: P
         client.close()
 
 
+def read_lease_of(platform: Platform) -> LeaseState | None:
+    db = Database(platform.settings.db_url, migrate=False)
+    try:
+        return read_lease(db)
+    finally:
+        db.dispose()
+
+
 def test_take_over_replaces_only_the_control_plane_and_can_be_undone(
         platform: Platform, tmp_path: Path) -> None:
     client = platform.client()
@@ -254,10 +263,14 @@ def test_take_over_replaces_only_the_control_plane_and_can_be_undone(
         taken = up(other, "--take-over")
         time.sleep(12)  # a pass of the new control plane's reconciler
         owners = application_owners(serve_details())
+        given_up = read_lease_of(platform)
         back = up(platform.settings.home, "--take-over")
     assert taken.returncode == 0, taken.stdout + taken.stderr
     assert owners["control-plane"].home == str(other) and owners["control-plane"].store_id != ours
     assert owners[f"endpoint-{name}"].store_id == ours  # the old store's endpoint, untouched
+    # Serve stopped our control plane gracefully, and it gave the loops' lease up rather
+    # than leaving it to run out (a lease that ran out ends a whole length after renewal).
+    assert given_up is not None and given_up.expires_at < given_up.renewed_at + LEASE_S
     assert back.returncode == 0, back.stdout + back.stderr
     assert load.failures() == [], load.failures()[:3]
     np.testing.assert_array_equal(predict(platform, name, rows), before)

@@ -257,8 +257,8 @@ def test_control_plane_killed_mid_rollout_resumes_and_traffic_matches_the_store(
         wait_for(lambda: (now := _control_plane_replicas()).keys().isdisjoint({killed._actor_id})
                  and len(now) == len(replicas) and platform.healthy(), 120,
                  "the killed control plane replaced")
-        # The killed one could not give its lease up: another takes the next term once the
-        # lease runs out.
+        # The killed one could not give its lease up: another takes the next term (at once,
+        # since its process is gone from this machine).
         wait_for(lambda: client.leadership().term == leader.term + 1, 60, "a takeover")
         assert client.leadership().holder not in (None, leader.holder)
         done = rollout_ends(client, rollout.id, timeout=120)

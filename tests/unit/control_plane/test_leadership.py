@@ -4,7 +4,10 @@ once a lease runs out, a hand-over at release, and a store outage that costs the
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from control_plane.leadership import (
     LEASE_S,
     SURE_SHARE,
     Lease,
+    new_holder_id,
     read_lease,
     request_apply,
     take_apply_requests,
@@ -81,9 +85,35 @@ def test_release_hands_the_lease_over_at_once(db: Database) -> None:
     assert first.hold()
     first.release()
     assert not first.held and first.term is None
+    assert not first.hold()  # given up for good: a process stopping does not take it back
     assert second.hold() and second.term == 2
     first.release()  # not the holder: changes nothing
     assert second.hold() and read_lease(db).holder == "second"
+
+
+def test_a_holder_whose_process_is_gone_from_this_machine_is_taken_over_at_once(
+        db: Database) -> None:
+    clocks = Clocks()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    host, namespace, _, tag = new_holder_id().split(":")
+
+    def holder(on_host: str, pid: int) -> str:
+        return ":".join([on_host, namespace, str(pid), tag])
+
+    def taken_at_once(first: str, name: str) -> bool:
+        assert Lease(db, name=name, holder=first, clock=clocks.wall,
+                     monotonic=clocks.monotonic).hold()
+        return Lease(db, name=name, holder="successor", clock=clocks.wall,
+                     monotonic=clocks.monotonic).hold()
+
+    assert taken_at_once(holder(host, ended.pid), "gone")
+    assert read_lease(db, "gone").term == 2
+    # A process that still runs, one on another machine, or a holder id of another shape
+    # keeps its lease until it runs out.
+    assert not taken_at_once(holder(host, os.getpid()), "alive")
+    assert not taken_at_once(holder("elsewhere", ended.pid), "elsewhere")
+    assert not taken_at_once(f"{host}:{ended.pid}", "old-shape")
 
 
 def test_a_store_that_cannot_be_reached_costs_the_lease_when_it_runs_out(tmp_path: Path) -> None:
