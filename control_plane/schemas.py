@@ -474,8 +474,11 @@ class IntegrityReport(Wire):
 class LeadershipOut(Wire):
     """Who runs the control loops (control_plane.leadership), as the store has it."""
 
-    holder: str | None = Field(description="The lease's holder (host:pid:id), None if never held.")
-    term: int | None = Field(description="Counts the holders: one more at each takeover.")
+    holder: str | None = Field(
+        default=None, description="The lease's holder (host:pid-namespace:pid:id), None if "
+                                  "never held.")
+    term: int | None = Field(default=None,
+                             description="Counts the holders: one more at each takeover.")
     acquired_at: datetime | None = None
     renewed_at: datetime | None = None
     expires_at: datetime | None = Field(

@@ -43,16 +43,12 @@ def leadership(cp: CP) -> LeadershipOut:
     from control_plane.leadership import read_lease
 
     lease = read_lease(cp.db)
-
-    def when(seconds: float | None) -> datetime | None:
-        return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
-
-    return LeadershipOut(
-        holder=lease.holder if lease else None, term=lease.term if lease else None,
-        acquired_at=when(lease.acquired_at if lease else None),
-        renewed_at=when(lease.renewed_at if lease else None),
-        expires_at=when(lease.expires_at if lease else None),
-        this_process=cp.lease.holder if cp.lease is not None else None, leading=cp.leading)
+    stored = {} if lease is None else {
+        "holder": lease.holder, "term": lease.term,
+        **{field: datetime.fromtimestamp(getattr(lease, field), UTC)
+           for field in ("acquired_at", "renewed_at", "expires_at")}}
+    return LeadershipOut(**stored, this_process=cp.lease.holder if cp.lease else None,
+                         leading=cp.leading)
 
 
 @router.get("/whoami", tags=["admin"])

@@ -210,3 +210,22 @@ def test_changes_made_by_a_follower_reach_the_leader_once(db: Database) -> None:
 def test_a_lease_needs_a_length(db: Database, length: float) -> None:
     with pytest.raises(ValueError, match="length"):
         Lease(db, length_s=length)
+
+
+def test_the_api_names_the_holder_and_says_when_no_one_ever_held_the_lease(
+        tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from control_plane.api import build_api
+
+    plane = ControlPlane.start(Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")}))
+    try:
+        api = TestClient(build_api(plane))
+        never = api.get("/leadership").json()
+        assert never["holder"] is None and never["term"] is None and never["expires_at"] is None
+        plane.start_control_loops(lease_s=3.0)
+        held = api.get("/leadership").json()
+        assert held["holder"] == held["this_process"] == plane.lease.holder
+        assert held["term"] == 1 and held["leading"] and held["expires_at"] > held["renewed_at"]
+    finally:
+        plane.close()
