@@ -30,6 +30,7 @@ from control_plane.schemas import (
     ApprovalOut,
     ArtifactOut,
     BatchSettings,
+    ClusterOut,
     DeployRequest,
     EndpointOut,
     ExperimentCreate,
@@ -145,6 +146,10 @@ class Client:
 
     def whoami(self) -> dict[str, str]:
         return self._request("GET", "/whoami").json()
+
+    def cluster(self) -> ClusterOut:
+        """Ray's nodes and the node of every endpoint replica (``GET /cluster``)."""
+        return ClusterOut.model_validate(self._request("GET", "/cluster").json())
 
     def leadership(self) -> LeadershipOut:
         """Which control plane runs the control loops (``GET /leadership``)."""

@@ -173,7 +173,8 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         _start_head(settings, num_cpus=num_cpus, fast=fast, timeout_s=timeout_s)
         started = True
     progress(f"starting Serve on {settings.http_host}:{settings.http_port}")
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.start(proxy_location=settings.proxy_location,
+                http_options={"host": settings.http_host, "port": settings.http_port})
     # Before anything on the cluster changes: is the control plane there this store's?
     store_id = read_store_identity(settings)
     replaced = claim_control_plane(str(settings.home), store_id, take_over=take_over)

@@ -471,6 +471,41 @@ class IntegrityReport(Wire):
         description="Digests in the artifact store that no version or run references.")
 
 
+class NodeOut(Wire):
+    """One Ray node, alive or lost, and how many endpoint replicas run on it."""
+
+    node_id: str
+    address: str = Field(description="The node's IP address.")
+    alive: bool = Field(description="False once Ray has lost the node (its raylet died).")
+    head: bool
+    cpus: float
+    gpus: float
+    resources: dict[str, float] = Field(description=(
+        "Custom resources the node offers (its labels, from `ray start --resources`)."))
+    endpoint_replicas: int = Field(description="Endpoint replicas Serve runs on it now.")
+
+
+class ReplicaOut(Wire):
+    """One replica of an endpoint (or of one version, isolated placement) and its node."""
+
+    endpoint: str
+    version: int | None = Field(description="Isolated placement's version; None: the "
+                                            "endpoint's own replicas (all its versions).")
+    deployment: str
+    replica_id: str
+    state: str = Field(description="Serve's replica state: STARTING, RUNNING, STOPPING …")
+    node_id: str | None = None
+    node_address: str | None = None
+    pid: int | None = None
+
+
+class ClusterOut(Wire):
+    """The Ray cluster as the control plane sees it (``GET /api/cluster``)."""
+
+    nodes: list[NodeOut]
+    replicas: list[ReplicaOut]
+
+
 class LeadershipOut(Wire):
     """Who runs the control loops (control_plane.leadership), as the store has it."""
 

@@ -41,6 +41,9 @@ def control_plane_application(settings: Settings, *, store_id: str,
 
     options: dict[str, Any] = {"ray_actor_options": {
         "num_cpus": num_cpus,
+        # On the head: the home folder (tokens, a SQLite store, local artifacts) is on the
+        # head's disk, and the head is the cluster's one indispensable node already (its GCS).
+        "resources": {"node:__internal_head__": 0.001},
         # Not the operator's own token: the control plane needs none, and a runtime
         # environment is shown on Ray's dashboard.
         "runtime_env": {"env_vars": {**settings.with_overrides(token=None).to_env(),

@@ -16,6 +16,7 @@
 | ``MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS`` | ``false``                      | accept ``/v2/models/{e}/feedback`` without a label source's token |
 | ``MODELPLANE_MAX_REQUEST_MB``   | ``64``                                   | largest inference request body a replica reads, in MiB (413 above) |
 | ``MODELPLANE_CONTROL_PLANE_REPLICAS`` | ``1``                              | control-plane replicas; more than one needs a PostgreSQL store and an artifact store every node reaches |
+| ``MODELPLANE_PROXY_LOCATION``   | ``EveryNode``                            | where Serve's HTTP ingress runs: ``EveryNode`` (put a load balancer over the nodes) or ``HeadOnly`` |
 
 Each variable is a field of :class:`Settings` (``MODELPLANE_`` plus the field's name);
 pydantic-settings reads and converts them. An empty variable counts as unset. Values are
@@ -98,6 +99,10 @@ class Settings(BaseSettings):
     # All serve the API; one at a time runs the control loops (control_plane.leadership).
     control_plane_replicas: int = Field(1, ge=1, le=16, json_schema_extra=_expects(
         "a whole number from 1 to 16; more than 1 only with a PostgreSQL MODELPLANE_DB_URL"))
+
+    # Serve's proxy_location, set when Serve starts (a running Serve keeps its own).
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", json_schema_extra=_expects("EveryNode or HeadOnly"))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.names import ENDPOINT_DEPLOYMENT, ROUTER_DEPLOYMENT, model_server_name
-from serving.schemas import EndpointConfig, ScalingConfig, VersionConfig
+from serving.schemas import RETRY_AFTER_S, EndpointConfig, ScalingConfig, VersionConfig
 
 
 def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongoing: int = 1,
@@ -25,6 +25,10 @@ def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongo
         actor["num_gpus"] = scaling.num_gpus
     if scaling.memory_mb:
         actor["memory"] = scaling.memory_mb * 1024 * 1024
+    if scaling.resources:
+        actor["resources"] = dict(scaling.resources)
+    if scaling.accelerator_type:
+        actor["accelerator_type"] = scaling.accelerator_type
     options: dict[str, Any] = {
         "ray_actor_options": actor,
         # Serve caps a batch at max_ongoing_requests without saying so: keep it above.
@@ -36,6 +40,11 @@ def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongo
         # and latency.
         "logging_config": {"enable_access_log": access_log},
     }
+    if scaling.max_queued_requests is not None:
+        options["max_queued_requests"] = scaling.max_queued_requests
+        options["backpressure_config"] = {"status_code": 503, "retry_after_s": RETRY_AFTER_S}
+    if scaling.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = scaling.max_replicas_per_node
     if scaling.autoscaling is not None:
         auto = scaling.autoscaling
         options["autoscaling_config"] = {
@@ -43,8 +52,8 @@ def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongo
             "max_replicas": auto.max_replicas,
             "initial_replicas": max(auto.min_replicas, 1),
             "target_ongoing_requests": auto.target_ongoing_requests,
-            "upscale_delay_s": 3,
-            "downscale_delay_s": 30,
+            "upscale_delay_s": auto.upscale_delay_s,
+            "downscale_delay_s": auto.downscale_delay_s,
         }
     else:
         options["num_replicas"] = scaling.replicas

@@ -8,6 +8,7 @@
         ├── PayloadTooLargeError    payload_too_large, HTTP 413 (body over the configured limit)
         ├── ModelNotFoundError      model_not_found, HTTP 404
         ├── ModelNotReadyError      model_not_ready, HTTP 503
+        ├── OverloadedError         overloaded, HTTP 503 with Retry-After (the replica's queue is full)
         ├── InferenceFailedError    inference_failed, HTTP 500
         ├── UnauthenticatedError    unauthenticated, HTTP 401 (no token, or one not known)
         ├── ForbiddenError          forbidden, HTTP 403 (the token's role is too low)
@@ -49,6 +50,14 @@ class ModelNotReadyError(ServingError):
     """The endpoint exists but its models are still loading."""
 
     code = "model_not_ready"
+    http_status = 503
+
+
+class OverloadedError(ServingError):
+    """The replica already holds its ``max_queued_requests`` waiting requests: this one is
+    refused at once, to be retried after ``detail["retry_after_s"]`` (sent as Retry-After)."""
+
+    code = "overloaded"
     http_status = 503
 
 

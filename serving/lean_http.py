@@ -18,7 +18,8 @@ Limits that keep a slow or malformed client from costing more than one connectio
   closes after ``keep_alive_s``, both checked by one sweep a second, not a timer per request;
 - pipelined requests queue at most ``MAX_PIPELINED`` deep before reading pauses, and a
   client that does not read its answers stops the next one from being served;
-- an exception in the app is a 500 for that request; the connection and server go on.
+- an exception in the app is a 500 for that request; the connection and server go on;
+- ``track`` (the replica's admission) may refuse a request with its own answer (``Refused``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ class LeanApp(Protocol):
 
     async def call(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """The answer to one whole request."""
+
+
+class Refused(Exception):
+    """Raised by the server's ``track`` context to answer a request without calling the app
+    (the replica's queue is full): ``reply`` is the answer."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
 
 
 class Headers(dict[str, str]):
@@ -391,6 +401,8 @@ class LeanServer:
                 return await self.app.call(request.method, request.path, request.headers, request.body)
             async with self.track():
                 return await self.app.call(request.method, request.path, request.headers, request.body)
+        except Refused as refused:
+            return refused.reply
         except Exception as error:  # one request's failure is that request's 500, nothing more
             log.exception("the lean ingress could not answer %s %s", request.method, request.path)
             return json_reply(500, {"error": f"the replica failed ({type(error).__name__}); "

@@ -22,8 +22,9 @@ from typing import Any
 
 from serving.backlog import Backlog
 from serving.core import InferenceCore, body_too_large, error_result
-from serving.errors import InvalidRequestError, ModelNotReadyError
-from serving.lean_http import LeanServer, Reply, json_reply, text_reply
+from serving.errors import InvalidRequestError, ModelNotReadyError, OverloadedError
+from serving.lean_http import LeanServer, Refused, Reply, json_reply, text_reply
+from serving.schemas import RETRY_AFTER_S
 from serving.serve_internals import DIRECT_INGRESS_OFF, ReplicaSeam, find_replica
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,18 @@ class EndpointApp:
                                  body if method == "POST" else b"")
 
 
+def overloaded(limit: int) -> Refused:
+    """The answer to a request that finds ``limit`` requests already waiting: 503 at once,
+    with Retry-After, as Serve's own ingress answers it (``backpressure_config``)."""
+    error = OverloadedError(
+        f"the endpoint's replica already holds {limit} requests waiting (max_queued_requests); "
+        f"retry in {RETRY_AFTER_S}s", detail={"max_queued_requests": limit,
+                                              "retry_after_s": RETRY_AFTER_S})
+    reply = error_result(error, "")
+    reply.headers["retry-after"] = str(RETRY_AFTER_S)
+    return Refused(reply)
+
+
 def lean_ingress_enabled() -> bool:
     import os
 
@@ -104,7 +117,7 @@ async def _take_over(seam: ReplicaSeam, holder: CoreHolder, extra_headers: dict[
                      backlog: Backlog | None = None) -> LeanServer | None:
     app = EndpointApp(holder, seam.route_prefix, seam.app_name, seam.health)
     server = LeanServer(app, extra_headers=extra_headers, keep_alive_s=seam.keep_alive_s,
-                        track=seam.ongoing(), backlog=backlog)
+                        track=seam.ongoing(overloaded), backlog=backlog)
     try:
         sockets = await seam.listening_sockets()
         await server.start(sockets)

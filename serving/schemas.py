@@ -108,6 +108,10 @@ class AutoscalingConfig(Wire):
     min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
     max_replicas: Annotated[int, Field(ge=1, le=1000)] = 2
     target_ongoing_requests: Annotated[float, Field(gt=0, le=10_000)] = 16.0
+    # How long the wanted count must stay above (below) the current one before Serve adds
+    # (removes) replicas: a short burst does not start replicas, a short lull does not stop them.
+    upscale_delay_s: Annotated[float, Field(ge=0, le=3600)] = 3.0
+    downscale_delay_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
@@ -116,8 +120,19 @@ class AutoscalingConfig(Wire):
         return self
 
 
+# What a request refused for a full queue is told to wait (``Retry-After``, seconds): about
+# the time a replica takes to work through a full queue, or autoscaling to add one.
+RETRY_AFTER_S = 1
+
+
+# A custom Ray resource a replica asks for: a node label (``node:gpu-a``, ``zone-b``) that
+# only the matching nodes provide, with a share small enough to fit many replicas.
+ResourceName = Annotated[str, Field(min_length=1, max_length=128,
+                                    pattern=r"^[A-Za-z0-9_.:/\-]+$")]
+
+
 class ScalingConfig(Wire):
-    """Fixed replicas or autoscaling, and what each replica reserves."""
+    """Fixed replicas or autoscaling, what each replica reserves, and where replicas go."""
 
     replicas: Annotated[int, Field(ge=1, le=1000)] = 1
     autoscaling: AutoscalingConfig | None = None
@@ -125,6 +140,33 @@ class ScalingConfig(Wire):
     num_gpus: Annotated[float, Field(ge=0, le=64)] = 0.0
     memory_mb: Annotated[int, Field(ge=0)] = 0
     max_ongoing_requests: Annotated[int, Field(ge=1, le=100_000)] = 64
+    # Requests a replica holds waiting for a slot beyond max_ongoing_requests; past it the
+    # replica answers 503 with Retry-After at once instead of letting latency grow. None:
+    # no bound.
+    max_queued_requests: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # At most this many replicas on one node (1 spreads them, one per node); None: no cap.
+    max_replicas_per_node: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # Custom Ray resources each replica needs (node labels, ``ray start --resources``).
+    resources: dict[ResourceName, Annotated[float, Field(gt=0, le=1_000_000)]] = Field(
+        default_factory=dict, max_length=16)
+    # Ray's accelerator type (``A100``, ``L4`` …): replicas go only to nodes with that GPU.
+    accelerator_type: Annotated[str, Field(min_length=1, max_length=64,
+                                           pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+
+    @field_validator("resources")
+    @classmethod
+    def _own_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        reserved = sorted(set(resources) & {"CPU", "GPU", "memory", "object_store_memory"})
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)} are set with num_cpus, num_gpus and "
+                             "memory_mb, not as custom resources")
+        return resources
+
+    @model_validator(mode="after")
+    def _placement_fits(self) -> ScalingConfig:
+        if self.accelerator_type is not None and not self.num_gpus:
+            raise ValueError("accelerator_type needs num_gpus > 0: it chooses the GPU type")
+        return self
 
 
 class VersionConfig(Wire):

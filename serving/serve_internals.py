@@ -18,6 +18,10 @@ What is borrowed, on the ``Replica`` object behind the replica actor
   enters per request: it waits for a slot under ``max_ongoing_requests`` and counts the
   request in the replica's ongoing requests, which autoscaling, the queue-length probes and
   the graceful drain read.
+- ``max_queued_requests``, ``_can_accept_request(metadata)`` and
+  ``_track_queued_request()``: the deployment's bound on requests waiting for a slot, the
+  check Serve's direct ingress makes before it admits a request, and the count of those
+  waiting that the check reads.
 - ``_dataplane_health_check()``: what the replica answers HAProxy's ``/-/healthz`` (503
   ``DRAINING`` once shutdown has begun, so HAProxy stops sending).
 - ``_event_loop``, ``_route_prefix``, ``_deployment_id``: where it runs and what it serves.
@@ -33,7 +37,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,8 @@ DIRECT_INGRESS_OFF = "Serve's direct ingress is off (no HAProxy)"
 
 # The Replica attributes used below: checked before any is touched.
 REPLICA_ATTRIBUTES = ("_direct_ingress_http_server", "_direct_ingress_http_server_task",
-                      "_start_request", "_dataplane_health_check", "_event_loop",
+                      "_start_request", "max_queued_requests", "_can_accept_request",
+                      "_track_queued_request", "_dataplane_health_check", "_event_loop",
                       "_route_prefix", "_deployment_id")
 
 
@@ -82,10 +87,30 @@ class ReplicaSeam:
     def keep_alive_s(self) -> float:
         return float(self.server.config.timeout_keep_alive)
 
-    def ongoing(self) -> Callable[[], Any]:
-        """A factory of the per-request context that counts the request as Serve does."""
-        start, metadata = self.replica._start_request, self._metadata
-        return lambda: start(metadata)
+    def ongoing(self, refusal: Callable[[int], BaseException]) -> Callable[[], Any]:
+        """A factory of the per-request context that admits and counts the request as
+        Serve's direct ingress does: refused (``refusal(limit)`` is raised) when the replica
+        already holds ``max_queued_requests`` waiting, else queued until a slot under
+        ``max_ongoing_requests`` is free, then counted in the ongoing requests."""
+        replica, metadata = self.replica, self._metadata
+        start = replica._start_request
+
+        @contextlib.asynccontextmanager
+        async def admitted() -> AsyncIterator[None]:
+            # Read per request: a changed limit reaches running replicas in place.
+            limit = replica.max_queued_requests
+            if limit == -1:
+                async with start(metadata):
+                    yield
+                return
+            if not replica._can_accept_request(metadata):
+                raise refusal(limit)
+            with replica._track_queued_request() as release_queue_slot:
+                async with start(metadata):
+                    release_queue_slot()  # running now, no longer waiting
+                    yield
+
+        return admitted
 
     async def health(self) -> tuple[bool, str]:
         healthy, message = await self.replica._dataplane_health_check()

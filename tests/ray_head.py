@@ -29,6 +29,7 @@ BIN = Path(sys.executable).parent
 class RayHead:
     num_cpus: int = 4
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)  # more `ray start --head` options
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mph")))
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -54,7 +55,7 @@ class RayHead:
         command = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
                    f"--num-cpus={self.num_cpus}", "--include-dashboard=true",
                    "--dashboard-host=127.0.0.1",
-                   *(f"--{name}={port}" for name, port in self.ports.items())]
+                   *(f"--{name}={port}" for name, port in self.ports.items()), *self.extra_args]
         log_path = self.root / "head.log"
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -14,6 +14,7 @@ from control_plane.auth import TRAINING
 from control_plane.errors import InvalidInputError, PayloadTooLargeError
 from control_plane.schemas import (
     ArtifactOut,
+    ClusterOut,
     IntegrityReport,
     LeadershipOut,
     Role,
@@ -49,6 +50,14 @@ def leadership(cp: CP) -> LeadershipOut:
            for field in ("acquired_at", "renewed_at", "expires_at")}}
     return LeadershipOut(**stored, this_process=cp.lease.holder if cp.lease else None,
                          leading=cp.leading)
+
+
+@router.get("/cluster", response_model=ClusterOut, tags=["admin"])
+def cluster() -> ClusterOut:
+    """Ray's nodes (a lost one stays listed, not alive) and the node of every endpoint replica."""
+    from control_plane.cluster_view import read_cluster
+
+    return read_cluster()
 
 
 @router.get("/whoami", tags=["admin"])

@@ -10,7 +10,7 @@ from control_plane.cli.output import JsonOption, UrlOption, client, emit, print_
 from serving.names import endpoint_url
 
 if TYPE_CHECKING:
-    from control_plane.schemas import EndpointServing, LeadershipOut
+    from control_plane.schemas import ClusterOut, EndpointServing, LeadershipOut
 
 
 def up(
@@ -74,8 +74,11 @@ def down(
 
 
 def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
-    """Endpoints, their versions and weights, whether each is ready, and which control
-    plane runs the control loops."""
+    """Endpoints, their versions and weights, whether each is ready, which control plane
+    runs the control loops, and the cluster's nodes (a lost one marked) with the endpoint
+    replicas on each."""
+    from control_plane.errors import ControlPlaneUnavailableError
+
     api = client(url)
     health = api.health()
     endpoints = api.list_endpoints()
@@ -84,18 +87,57 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
     unloaded = {e.name: _unloaded_versions(api.url, e.name, [r.version for r in e.routes])
                 for e in endpoints}
     leadership = api.leadership()
+    try:
+        cluster: ClusterOut | None = api.cluster()
+    except ControlPlaneUnavailableError:
+        cluster = None  # Serve's controller restarting: the endpoints are still worth showing
     payload = {"control_plane": health, "leadership": leadership, "endpoints": endpoints,
-               "ready": ready,
+               "ready": ready, "cluster": cluster,
                "versions_not_loaded": {name: found for name, found in unloaded.items() if found}}
-    emit(as_json, payload, lambda: print_table(
-        f"modelplane {health.get('version', '')} at {api.url}; {_leadership_text(leadership)}",
-        ["endpoint", "model", "placement", "routes", "ready", "serving", "url"],
-        [[e.name, e.model, e.placement,
-          _routes_text(e.routes),
-          ("yes" if ready[e.name] else "no") + "".join(
-              f"; v{v} not loaded: {why[:200]}" for v, why in sorted(unloaded[e.name].items())),
-          _serving_text(e.serving), e.url] for e in endpoints],
-    ))
+
+    def show() -> None:
+        print_table(
+            f"modelplane {health.get('version', '')} at {api.url}; {_leadership_text(leadership)}",
+            ["endpoint", "model", "placement", "routes", "ready", "serving", "url"],
+            [[e.name, e.model, e.placement,
+              _routes_text(e.routes),
+              ("yes" if ready[e.name] else "no") + "".join(
+                  f"; v{v} not loaded: {why[:200]}" for v, why in sorted(unloaded[e.name].items())),
+              _serving_text(e.serving), e.url] for e in endpoints],
+        )
+        if cluster is None:
+            typer.echo("nodes: Serve's controller did not answer; try again shortly")
+            return
+        print_table(_nodes_title(cluster), ["node", "address", "state", "CPUs", "GPUs",
+                                            "labels", "endpoint replicas"],
+                    [[n.node_id[:12] + (" (head)" if n.head else ""), n.address,
+                      "alive" if n.alive else "LOST", f"{n.cpus:g}", f"{n.gpus:g}",
+                      ", ".join(sorted(n.resources)) or "-", _replicas_text(cluster, n.node_id)]
+                     for n in cluster.nodes])
+
+    emit(as_json, payload, show)
+
+
+def _nodes_title(cluster: ClusterOut) -> str:
+    lost = sum(not n.alive for n in cluster.nodes)
+    alive = len(cluster.nodes) - lost
+    return f"{alive} node(s) alive" + (f", {lost} lost" if lost else "")
+
+
+def _replicas_text(cluster: ClusterOut, node_id: str) -> str:
+    """``fraud x2 (1 starting), iris-v3 x1`` for the replicas on one node."""
+    counts: dict[str, list[int]] = {}
+    for replica in cluster.replicas:
+        if replica.node_id != node_id:
+            continue
+        name = replica.endpoint + (f"-v{replica.version}" if replica.version else "")
+        if replica.deployment == "router":
+            name += " router"
+        running, other = counts.setdefault(name, [0, 0])
+        counts[name] = [running + (replica.state == "RUNNING"),
+                        other + (replica.state != "RUNNING")]
+    return ", ".join(f"{name} x{running + other}" + (f" ({other} not running)" if other else "")
+                     for name, (running, other) in sorted(counts.items())) or "-"
 
 
 def _leadership_text(lease: LeadershipOut) -> str:
@@ -165,12 +207,70 @@ def _parse_autoscale(raw: str) -> dict[str, int]:
     return {"min_replicas": int(low), "max_replicas": int(high)}
 
 
+def _parse_resources(pairs: list[str]) -> dict[str, float]:
+    resources: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, amount = pair.rpartition("=")
+        try:
+            resources[name] = float(amount)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise typer.BadParameter(f"--resource {pair!r} is not NAME=AMOUNT (for example "
+                                     "node:gpu-a=0.01)")
+    return resources
+
+
+def _scaling_options(*, replicas: int | None, autoscale: str | None, num_cpus: float | None,
+                     num_gpus: float | None, target_ongoing: float | None,
+                     downscale_delay: float | None, max_queued: int | None, spread: bool,
+                     max_per_node: int | None, resource: list[str],
+                     accelerator_type: str | None) -> dict[str, object] | None:
+    """The deploy request's ``scaling`` from the CLI's options (None: the endpoint's own)."""
+    if replicas is not None and autoscale is not None:
+        raise typer.BadParameter("give --replicas or --autoscale, not both")
+    if autoscale is None and (target_ongoing is not None or downscale_delay is not None):
+        raise typer.BadParameter("--target-ongoing and --downscale-delay need --autoscale MIN:MAX")
+    if spread and max_per_node is not None:
+        raise typer.BadParameter("give --spread or --max-per-node, not both (--spread is "
+                                 "--max-per-node 1)")
+    scaling: dict[str, object] = {}
+    if replicas is not None:
+        scaling["replicas"] = replicas
+    if autoscale is not None:
+        auto: dict[str, object] = dict(_parse_autoscale(autoscale))
+        if target_ongoing is not None:
+            auto["target_ongoing_requests"] = target_ongoing
+        if downscale_delay is not None:
+            auto["downscale_delay_s"] = downscale_delay
+        scaling["autoscaling"] = auto
+    optional = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_queued_requests": max_queued,
+                "max_replicas_per_node": 1 if spread else max_per_node,
+                "accelerator_type": accelerator_type,
+                "resources": _parse_resources(resource) or None}
+    scaling.update({key: value for key, value in optional.items() if value is not None})
+    return scaling or None
+
+
 def deploy(
     endpoint: str = typer.Argument(..., help="Endpoint name (the URL is /v2/models/ENDPOINT)."),
     model_ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."),
     placement: str | None = typer.Option(None, help="colocated (default) or isolated; new endpoints only."),
     replicas: int | None = typer.Option(None, min=1, help="Fixed replica count."),
-    autoscale: str | None = typer.Option(None, help="MIN:MAX replicas with autoscaling."),
+    autoscale: str | None = typer.Option(None, help="MIN:MAX replicas with autoscaling (MIN 0 scales to zero)."),
+    target_ongoing: float | None = typer.Option(
+        None, min=0.01, help="Autoscaling: ongoing requests per replica to aim for (default 16)."),
+    downscale_delay: float | None = typer.Option(
+        None, min=0, help="Autoscaling: seconds of low load before replicas stop (default 30)."),
+    max_queued: int | None = typer.Option(
+        None, min=1, help="Requests a replica holds waiting; more get 503 with Retry-After."),
+    spread: bool = typer.Option(False, "--spread", help="At most one replica per node."),
+    max_per_node: int | None = typer.Option(None, min=1, help="At most N replicas per node."),
+    resource: list[str] = typer.Option(
+        [], "--resource", help="Custom Ray resource each replica needs, NAME=AMOUNT (repeatable); "
+                               "nodes offer them with `ray start --resources`."),
+    accelerator_type: str | None = typer.Option(
+        None, help="GPU type the replicas need (A100, L4 …); needs --num-gpus."),
     num_cpus: float | None = typer.Option(None, min=0, help="CPUs per replica (default 0.5)."),
     num_gpus: float | None = typer.Option(None, min=0, help="GPUs per replica."),
     max_batch_size: int = typer.Option(1, min=1, help="Dynamic batching; 1 turns it off."),
@@ -183,19 +283,11 @@ def deploy(
     """Serve a model version on an endpoint (new: all traffic; existing: added at 0%)."""
     if placement not in (None, "colocated", "isolated"):
         raise typer.BadParameter(f"--placement {placement!r} must be colocated or isolated")
-    if replicas is not None and autoscale is not None:
-        raise typer.BadParameter("give --replicas or --autoscale, not both")
-    scaling: dict[str, object] | None = None
-    if replicas is not None or autoscale is not None or num_cpus is not None or num_gpus is not None:
-        scaling = {}
-        if replicas is not None:
-            scaling["replicas"] = replicas
-        if autoscale is not None:
-            scaling["autoscaling"] = _parse_autoscale(autoscale)
-        if num_cpus is not None:
-            scaling["num_cpus"] = num_cpus
-        if num_gpus is not None:
-            scaling["num_gpus"] = num_gpus
+    scaling = _scaling_options(
+        replicas=replicas, autoscale=autoscale, num_cpus=num_cpus, num_gpus=num_gpus,
+        target_ongoing=target_ongoing, downscale_delay=downscale_delay, max_queued=max_queued,
+        spread=spread, max_per_node=max_per_node, resource=resource,
+        accelerator_type=accelerator_type)
     api = client(url)
     result = api.deploy(endpoint, model_ref, placement=placement, scaling=scaling, weight=weight,
                         batching={"max_batch_size": max_batch_size,

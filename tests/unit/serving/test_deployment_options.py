@@ -34,3 +34,40 @@ def test_the_lean_ingress_reaches_endpoint_replicas_in_their_environment() -> No
     assert env_of(lean_ingress=True) == {"A": "1", "MODELPLANE_LEAN_INGRESS": "true"}
     # Serve's access log is written by Serve's own server: asking for it keeps that server.
     assert env_of(lean_ingress=True, access_log=True) == {"A": "1"}
+
+
+def test_placement_queue_and_autoscaling_reach_serve() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from serving.schemas import RETRY_AFTER_S, ScalingConfig
+
+    scaling = ScalingConfig(
+        autoscaling={"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 3,
+                     "downscale_delay_s": 5},
+        max_queued_requests=16, max_replicas_per_node=1, resources={"node:gpu-a": 0.01},
+        num_gpus=1, accelerator_type="L4")
+    config = EndpointConfig(endpoint="e", versions=[version_config()], scaling=scaling,
+                            routes=RouteTable(weights={1: 100}))
+    deployment = build_endpoint_app(config, env={})._bound_deployment
+    assert deployment.ray_actor_options["resources"] == {"node:gpu-a": 0.01}
+    assert deployment.ray_actor_options["accelerator_type"] == "L4"
+    assert deployment._deployment_config.max_queued_requests == 16
+    backpressure = deployment._deployment_config.backpressure_config
+    assert backpressure.status_code == 503 and backpressure.retry_after_s == RETRY_AFTER_S
+    assert deployment._replica_config.max_replicas_per_node == 1
+    auto = deployment._deployment_config.autoscaling_config
+    assert (auto.min_replicas, auto.max_replicas, auto.initial_replicas) == (0, 4, 1)
+    assert auto.target_ongoing_requests == 3 and auto.downscale_delay_s == 5
+    # Unset, Serve's own defaults stand: no queue bound, no cap per node, no labels.
+    plain = build_endpoint_app(endpoint(), env={})._bound_deployment
+    assert plain._deployment_config.max_queued_requests == -1
+    assert plain._replica_config.max_replicas_per_node is None
+    assert "resources" not in plain.ray_actor_options
+
+    with pytest.raises(ValidationError, match="num_cpus, num_gpus and memory_mb"):
+        ScalingConfig(resources={"CPU": 2})
+    with pytest.raises(ValidationError, match="accelerator_type needs num_gpus"):
+        ScalingConfig(accelerator_type="A100")
+    with pytest.raises(ValidationError, match="resources"):
+        ScalingConfig(resources={"bad name!": 1})

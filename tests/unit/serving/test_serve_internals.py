@@ -69,23 +69,93 @@ def test_serve_counts_its_own_direct_ingress_requests_with_start_request() -> No
     assert "self._num_ongoing_requests += delta" in source(manager._change_num_ongoing_requests)
 
 
+class FakeReplica:
+    """Serve's own admission code (``Replica``'s methods) on a replica of one slot."""
+
+    _start_request = Replica._start_request
+    _can_accept_request = Replica._can_accept_request
+    _is_replica_quiescing = Replica._is_replica_quiescing
+    _track_queued_request = Replica._track_queued_request
+
+    def __init__(self, max_queued: int) -> None:
+        self.counted: list[int] = []
+        self._semaphore = asyncio.Semaphore(1)
+        self._reserved_slots: set[str] = set()
+        self._num_queued_requests = 0
+        self._quiescing = False
+        self._metrics_manager = SimpleNamespace(
+            inc_num_ongoing_requests=lambda m: self.counted.append(1),
+            dec_num_ongoing_requests=lambda m: self.counted.append(-1))
+        self._direct_ingress_http_server = None
+        self._route_prefix = "/v2/models/churn"
+        self._deployment_id = SimpleNamespace(app_name="endpoint-churn")
+        self.limit = max_queued
+
+    @property
+    def max_queued_requests(self) -> int:
+        return self.limit
+
+
+class Full(Exception):
+    pass
+
+
 def test_start_request_waits_for_a_slot_and_counts_the_request() -> None:
-    counted: list[int] = []
-    fake = SimpleNamespace(_semaphore=asyncio.Semaphore(1), _reserved_slots=set(),
-                           _metrics_manager=SimpleNamespace(
-                               inc_num_ongoing_requests=lambda m: counted.append(1),
-                               dec_num_ongoing_requests=lambda m: counted.append(-1)))
-    seam = ReplicaSeam(SimpleNamespace(  # builds the request metadata as in a replica
-        _start_request=Replica._start_request.__get__(fake), _direct_ingress_http_server=None,
-        _route_prefix="/v2/models/churn", _deployment_id=SimpleNamespace(app_name="endpoint-churn")))
+    fake = FakeReplica(max_queued=-1)  # no bound: every request waits for the slot
+    seam = ReplicaSeam(fake)  # builds the request metadata as in a replica
 
     async def scenario() -> None:
-        enter = seam.ongoing()
+        enter = seam.ongoing(lambda limit: Full(limit))
         async with enter():
-            assert counted == [1] and fake._semaphore.locked()
-        assert counted == [1, -1] and not fake._semaphore.locked()
+            assert fake.counted == [1] and fake._semaphore.locked()
+        assert fake.counted == [1, -1] and not fake._semaphore.locked()
 
     asyncio.run(scenario())
+
+
+def test_a_full_queue_refuses_at_once_and_a_freed_slot_admits_the_waiting_request() -> None:
+    fake = FakeReplica(max_queued=1)
+    enter = ReplicaSeam(fake).ongoing(lambda limit: Full(limit))
+
+    async def scenario() -> None:
+        release_first = asyncio.Event()
+        order: list[str] = []
+
+        async def request(name: str, hold: asyncio.Event | None = None) -> None:
+            async with enter():
+                order.append(name)
+                if hold is not None:
+                    await hold.wait()
+
+        first = asyncio.create_task(request("first", release_first))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(request("second"))  # waits for the slot: queued
+        await asyncio.sleep(0.01)
+        assert fake._num_queued_requests == 1
+        with pytest.raises(Full) as refused:  # a second one waiting is over the bound
+            await request("third")
+        assert refused.value.args == (1,)
+        release_first.set()
+        await asyncio.gather(first, second)
+        assert order == ["first", "second"]
+        assert fake._num_queued_requests == 0 and fake.counted == [1, -1, 1, -1]
+        fake.limit = 5  # a changed bound applies to the next request, in place
+        await request("fourth")
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_request_is_told_why_and_when_to_retry() -> None:
+    import json
+
+    from serving.lean_ingress import overloaded
+    from serving.schemas import RETRY_AFTER_S
+
+    reply = overloaded(8).reply
+    assert reply.status == 503 and reply.headers["retry-after"] == str(RETRY_AFTER_S)
+    body = json.loads(reply.body)
+    assert body["code"] == "overloaded" and "max_queued_requests" in body["error"]
+    assert body["detail"] == {"max_queued_requests": 8, "retry_after_s": RETRY_AFTER_S}
 
 
 class Holder:
@@ -121,7 +191,7 @@ def test_the_lean_server_takes_over_serves_own_port_and_stops_as_serve_stops_it(
         replica = SimpleNamespace(
             _direct_ingress_http_server=uvicorn_server, _direct_ingress_http_server_task=task,
             _start_request=start_request, _dataplane_health_check=health, _event_loop=loop,
-            _route_prefix="/v2/models/churn", _deployment_id=SimpleNamespace(app_name="endpoint-churn"))
+            max_queued_requests=-1, _route_prefix="/v2/models/churn", _deployment_id=SimpleNamespace(app_name="endpoint-churn"))
         lean = await _take_over(ReplicaSeam(replica), Holder(make_core()), {"x-modelplane-replica": "r"})
         assert lean is not None and replica._direct_ingress_http_server is lean
         assert task.done()  # Serve's server stopped; its socket lives on in the lean server

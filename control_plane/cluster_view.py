@@ -1,0 +1,74 @@
+"""The cluster as the control plane sees it: Ray's nodes, and where each endpoint's replicas run.
+
+Read on demand (``GET /api/cluster``, ``modelplane status``) from Ray's GCS (``ray.nodes``)
+and the Serve controller (its instance details, what Serve's REST API and dashboard show),
+so a lost node and the replicas Serve moves off it show up as soon as Ray knows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from control_plane.errors import ControlPlaneUnavailableError
+from control_plane.schemas import ClusterOut, NodeOut, ReplicaOut
+from serving.names import ENDPOINT_APP_PREFIX, is_endpoint_app
+
+SERVE_DETAILS_TIMEOUT_S = 5.0
+# Resources every node has, or that name the node itself: not labels an operator chose.
+_BUILT_IN = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def read_cluster() -> ClusterOut:
+    """Every node Ray knows (alive or lost) and every endpoint replica Serve runs."""
+    try:
+        import ray
+        from ray.serve.context import _get_global_client
+    except ImportError:
+        raise ControlPlaneUnavailableError("Ray is not installed here") from None
+    if not ray.is_initialized():
+        raise ControlPlaneUnavailableError("this control plane is not connected to Ray")
+    try:
+        details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote(),
+                          timeout=SERVE_DETAILS_TIMEOUT_S)
+    except Exception as error:  # a controller restarting, or Ray going away
+        raise ControlPlaneUnavailableError(
+            f"Serve's controller did not answer ({type(error).__name__}); retry shortly") from None
+    replicas = _endpoint_replicas(details)
+    per_node: dict[str, int] = defaultdict(int)
+    for replica in replicas:
+        per_node[replica.node_id or ""] += 1
+    nodes = [_node(raw, per_node) for raw in ray.nodes()]
+    nodes.sort(key=lambda n: (not n.head, not n.alive, n.address))
+    return ClusterOut(nodes=nodes, replicas=replicas)
+
+
+def _node(raw: dict[str, Any], per_node: dict[str, int]) -> NodeOut:
+    resources = raw.get("Resources") or {}
+    labels = {name: float(amount) for name, amount in resources.items()
+              if name not in _BUILT_IN and not name.startswith("node:")}
+    return NodeOut(
+        node_id=raw["NodeID"], address=raw.get("NodeManagerAddress", ""),
+        alive=bool(raw.get("Alive")), head="node:__internal_head__" in resources,
+        cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)),
+        resources=labels, endpoint_replicas=per_node.get(raw["NodeID"], 0))
+
+
+def _endpoint_replicas(details: dict[str, Any]) -> list[ReplicaOut]:
+    found = []
+    for app_name, app in (details.get("applications") or {}).items():
+        if not is_endpoint_app(app_name):
+            continue
+        endpoint, _, version = app_name[len(ENDPOINT_APP_PREFIX):].rpartition("-v")
+        if not (endpoint and version.isdigit()):
+            endpoint, version = app_name[len(ENDPOINT_APP_PREFIX):], ""
+        for deployment_name, deployment in (app.get("deployments") or {}).items():
+            for replica in deployment.get("replicas") or []:
+                state = replica.get("state", "")
+                found.append(ReplicaOut(
+                    endpoint=endpoint, version=int(version) if version else None,
+                    deployment=deployment_name, replica_id=str(replica.get("replica_id", "")),
+                    state=str(getattr(state, "value", state)), node_id=replica.get("node_id"),
+                    node_address=replica.get("node_ip"), pid=replica.get("pid")))
+    found.sort(key=lambda r: (r.endpoint, r.version or 0, r.deployment, r.replica_id))
+    return found

@@ -1,0 +1,274 @@
+"""modelplane on a three-node Ray cluster (tests.cluster: a head and two worker nodes on
+loopback): replicas spread over the workers, their latencies merged exactly by the Monitor,
+autoscaling that follows load down to zero replicas, a full queue shed with 503 and
+Retry-After, and a worker node lost under load.
+
+The platform runs as on a cluster: `modelplane up` on the head (Serve's ingress on the head
+only, since every node here shares one machine's ports), the control plane pinned to the
+head, endpoint replicas on the workers (``--resource worker=…``) fetching their artifacts
+from the control plane over HTTP. Every node shares this machine's two cores, so the
+figures printed are for reading, not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from control_plane.client import Client
+from control_plane.schemas import ReplicaOut
+from modelplane.settings import Settings
+from tests.cluster import WORKER_RESOURCE, LoopbackCluster
+from tests.exact_latency import RELATIVE_ACCURACY, quantiles_ms
+from tests.load import BackgroundLoad
+from tests.onnx_models import (
+    calibrate_slow,
+    linear_classifier,
+    linear_classifier_manifest,
+    slow_classifier,
+)
+from tests.waiting import wait_for
+
+ON_WORKERS = {"resources": {WORKER_RESOURCE: 0.01}, "num_cpus": 0.1}
+ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                   "data": [0.1, 0.2, 0.3, 0.4]}]}
+
+
+@dataclass
+class ClusterPlatform:
+    cluster: LoopbackCluster
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.env["MODELPLANE_URL"]
+
+    def client(self) -> Client:
+        settings = Settings.from_env(self.env)
+        return Client(self.url, settings.resolved_token(), settings=settings)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "modelplane.cli", *args],
+                              env={**os.environ, **self.env}, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def cli_json(self, *args: str) -> Any:
+        out = self.cli(*args, "--json").stdout
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise AssertionError(f"`modelplane {' '.join(args)} --json` printed no JSON:\n"
+                                 f"{out[:2000]!r}") from None
+
+    def replicas(self, endpoint: str) -> list[ReplicaOut]:
+        with self.client() as api:
+            return [r for r in api.cluster().replicas if r.endpoint == endpoint]
+
+    def running_on(self, endpoint: str) -> list[str]:
+        """The node address of each running replica of ``endpoint``, sorted."""
+        return sorted(r.node_address or "" for r in self.replicas(endpoint) if r.state == "RUNNING")
+
+
+@pytest.fixture(scope="module")
+def platform() -> Iterator[ClusterPlatform]:
+    cluster = LoopbackCluster(num_cpus=2, workers=2, worker_cpus=2).start()
+    try:
+        env = cluster.up_platform(MODELPLANE_GRPC_PORT="0", MODELPLANE_PROXY_LOCATION="HeadOnly")
+        yield ClusterPlatform(cluster, env)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def models(platform: ClusterPlatform) -> dict[str, str]:
+    """A fast model and one taking about 30 ms a request, registered once."""
+    with platform.client() as api:
+        api.register_version("fast", linear_classifier(seed=3), linear_classifier_manifest())
+        api.register_version("slow", slow_classifier(calibrate_slow(30.0)),
+                             linear_classifier_manifest())
+    return {"fast": "fast:1", "slow": "slow:1"}
+
+
+def _worker_addresses(platform: ClusterPlatform) -> set[str]:
+    return {node.address for node in platform.cluster.nodes}
+
+
+def test_replicas_spread_over_the_workers_and_the_monitor_merges_them_exactly(
+        platform: ClusterPlatform, models: dict[str, str]) -> None:
+    # As an operator would: the CLI's --spread and --resource.
+    platform.cli("deploy", "spread", models["fast"], "--replicas", "2", "--spread",
+                 "--resource", f"{WORKER_RESOURCE}=0.01", "--num-cpus", "0.1")
+    on = platform.running_on("spread")
+    assert len(on) == 2 and set(on) == _worker_addresses(platform), on  # one on each worker
+
+    started = platform.cluster.python("""
+        from tests.exact_latency import endpoint_replicas, replica_calls
+        start_logging, _ = replica_calls()
+        print(json.dumps(ray.get([r.__ray_call__.remote(start_logging)
+                                  for r in endpoint_replicas("spread")])))
+    """)
+    assert len(set(started)) == 2
+    requests, failures = 400, []
+
+    def send(count: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            for _ in range(count):
+                answer = http.post(f"{platform.url}/v2/models/spread/infer", json=ROW)
+                if answer.status_code != 200:
+                    failures.append(answer.text)
+
+    senders = [threading.Thread(target=send, args=(requests // 4,)) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    assert failures == []
+
+    def monitor() -> dict[str, Any]:
+        with platform.client() as api:
+            return api.endpoint_stats("spread", window_s=300)["versions"].get("1", {})
+
+    seen = wait_for(lambda: (s := monitor()).get("latency_count", 0) >= requests and s,
+                    timeout=30, what="the Monitor to hold every request")
+    per_replica = platform.cluster.python("""
+        from tests.exact_latency import endpoint_replicas, replica_calls
+        _, logged = replica_calls()
+        print(json.dumps(ray.get([r.__ray_call__.remote(logged)
+                                  for r in endpoint_replicas("spread")])))
+    """)
+    assert all(per_replica), [len(v) for v in per_replica]  # both nodes' replicas served
+    exact = quantiles_ms(np.concatenate([np.asarray(v) for v in per_replica]))
+    assert sum(map(len, per_replica)) == requests == seen["latency_count"], seen
+    reported = np.array([seen["p50_ms"], seen["p95_ms"], seen["p99_ms"]])
+    print(f"\nexact p50/p95/p99 ms {exact.round(3).tolist()}, merged by the Monitor "
+          f"{reported.round(3).tolist()}, per node {[len(v) for v in per_replica]}")
+    assert np.all(np.abs(reported - exact) <= RELATIVE_ACCURACY * exact + 1e-9), (reported, exact)
+
+
+def test_autoscaling_adds_replicas_under_load_and_removes_them_after(
+        platform: ClusterPlatform, models: dict[str, str]) -> None:
+    with platform.client() as api:
+        api.deploy("elastic", models["slow"], scaling={
+            **ON_WORKERS, "autoscaling": {"min_replicas": 1, "max_replicas": 3,
+                                          "target_ongoing_requests": 1,
+                                          "upscale_delay_s": 1, "downscale_delay_s": 3}})
+    wait_for(lambda: len(platform.running_on("elastic")) == 1, timeout=120,
+             what="elastic's first replica")
+    with BackgroundLoad(platform.url, "elastic", workers=6) as load:
+        started = time.monotonic()
+        wait_for(lambda: len(platform.running_on("elastic")) == 3, timeout=90,
+                 what="three replicas under six concurrent callers")
+        scaled_up_s = time.monotonic() - started
+    assert load.failures() == [], load.failures()[:3]
+    stopped = time.monotonic()
+    wait_for(lambda: len(platform.running_on("elastic")) == 1, timeout=90,
+             what="back to one replica once the load stopped")
+    print(f"\nautoscaling 1 -> 3 replicas in {scaled_up_s:.1f}s under load "
+          f"({len(load.answers)} answers, all 200), back to 1 in "
+          f"{time.monotonic() - stopped:.1f}s after it stopped")
+
+
+def test_scale_to_zero_answers_the_first_request_after_idle(
+        platform: ClusterPlatform, models: dict[str, str]) -> None:
+    with platform.client() as api:
+        api.deploy("idle", models["fast"], scaling={
+            **ON_WORKERS, "autoscaling": {"min_replicas": 0, "max_replicas": 1,
+                                          "downscale_delay_s": 1}})
+    wait_for(lambda: platform.running_on("idle") == [], timeout=120,
+             what="idle to scale to zero replicas")
+    started = time.monotonic()
+    answer = httpx.post(f"{platform.url}/v2/models/idle/infer", json=ROW, timeout=120)
+    cold_start_s = time.monotonic() - started
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] == "1"
+    print(f"\nfirst request after scaling to zero answered in {cold_start_s:.1f}s (cold start)")
+
+
+def test_a_full_queue_is_shed_with_503_and_retry_after(
+        platform: ClusterPlatform, models: dict[str, str]) -> None:
+    with platform.client() as api:
+        api.deploy("narrow", models["slow"], scaling={
+            **ON_WORKERS, "replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 2})
+    wait_for(lambda: len(platform.running_on("narrow")) == 1, timeout=120, what="narrow")
+    callers, answers = 16, []
+    gate = threading.Barrier(callers)
+
+    def call() -> None:
+        with httpx.Client(timeout=60) as http:
+            gate.wait()
+            try:
+                answers.append(http.post(f"{platform.url}/v2/models/narrow/infer", json=ROW))
+            except httpx.HTTPError as error:
+                answers.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(isinstance(a, httpx.Response) for a in answers), answers
+    statuses = Counter(a.status_code for a in answers)
+    assert set(statuses) == {200, 503} and statuses[200] >= 1, statuses
+    for refused in (a for a in answers if a.status_code == 503):
+        assert refused.headers["retry-after"] == "1"
+        body = refused.json()
+        assert body["code"] == "overloaded" and "max_queued_requests" in body["error"], body
+    # The endpoint goes on serving once the burst is gone.
+    assert httpx.post(f"{platform.url}/v2/models/narrow/infer", json=ROW,
+                      timeout=30).status_code == 200
+    print(f"\n{callers} at once on one replica (1 running, 2 queued at most): {dict(statuses)}")
+
+
+def test_a_lost_worker_node_costs_only_its_requests_in_flight(
+        platform: ClusterPlatform, models: dict[str, str]) -> None:
+    """Last in the module: the cluster has one worker fewer afterwards."""
+    with platform.client() as api:
+        api.deploy("failover", models["fast"], scaling={**ON_WORKERS, "replicas": 2})
+    wait_for(lambda: len(platform.running_on("failover")) == 2, timeout=120, what="failover")
+    lost = platform.cluster.nodes[0]
+    survivor = platform.cluster.nodes[1]
+    assert set(platform.running_on("failover")) == {lost.address, survivor.address}
+
+    with BackgroundLoad(platform.url, "failover", workers=3) as load:
+        wait_for(lambda: len(load.answers) >= 50, timeout=60, what="load before the loss")
+        platform.cluster.kill_node(lost)
+        killed_at = time.monotonic()
+        wait_for(lambda: platform.running_on("failover") == [survivor.address] * 2,
+                 timeout=120, what="both replicas running on the surviving worker")
+        recovered_at = time.monotonic()
+        recovered = len(load.answers)
+        wait_for(lambda: len(load.answers) >= recovered + 100, timeout=60,
+                 what="load after recovery")
+    failures = load.failures()
+    after_recovery = load.failures(recovered)
+    print(f"\nnode {lost.name} killed: {len(failures)} failed of {len(load.answers)} "
+          f"({[f.error for f in failures][:3]}); replicas rescheduled in "
+          f"{recovered_at - killed_at:.1f}s; {len(load.answers) - recovered} answers after")
+    # Only requests in flight on the lost node may fail: at most one per load worker.
+    assert len(failures) <= load.workers, [f.error for f in failures]
+    assert after_recovery == []
+
+    def nodes_once_lost() -> dict[str, Any] | None:
+        # Ray declares a node dead after its health checks fail (seconds after the kill).
+        nodes = {n["address"]: n for n in platform.cli_json("status")["cluster"]["nodes"]}
+        return nodes if nodes[lost.address]["alive"] is False else None
+
+    nodes = wait_for(nodes_once_lost, timeout=90, interval=1, what="status to show the lost node")
+    assert nodes[survivor.address]["alive"] is True
+    assert nodes[survivor.address]["endpoint_replicas"] >= 2
+    text = platform.cli("status").stdout
+    assert "LOST" in text and "1 lost" in text, text
