@@ -32,6 +32,7 @@ from control_plane.errors import (
 )
 
 CHUNK_SIZE = 1024 * 1024
+STALE_PART_S = 6 * 3600  # no upload takes this long; a remote part older than it is left over
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -63,7 +64,10 @@ class ArtifactStore:
         self.max_bytes = max_bytes
         protocol = self.uri.split("://", 1)[0] if "://" in self.uri else "file"
         self.is_local = protocol in {"file", "local"}
-        self.fs: Any = fsspec.filesystem(protocol)
+        # A store of its own, not fsspec's cached instance: credentials and endpoint are
+        # read when it is made (AWS_* variables), and must be this store's.
+        self.fs: Any = fsspec.filesystem(protocol, **({} if self.is_local else
+                                                      {"skip_instance_cache": True}))
         self.root = self.uri.split("://", 1)[1] if "://" in self.uri else self.uri
         if self.is_local:
             self.root = str(Path(self.root).absolute())
@@ -136,9 +140,13 @@ class ArtifactStore:
         return b"".join(self.iter_verified(digest))
 
     def remove_partial_writes(self) -> int:
-        """Delete temporary files left by writers that died; returns how many were removed."""
+        """Delete temporary files left by writers that died; returns how many were removed.
+
+        Locally a writer's pid (in the name) says whether it lives. On a remote store the
+        writer may be on another machine, so a part is left alone until it is older than
+        any upload takes (``STALE_PART_S``)."""
         if not self.is_local:
-            return 0
+            return self._remove_stale_remote_parts()
         removed = 0
         for leftover in Path(self.root, "tmp").glob("*.part"):
             pid = leftover.name.split("-", 1)[0]
@@ -146,6 +154,25 @@ class ArtifactStore:
                 continue
             leftover.unlink(missing_ok=True)
             removed += 1
+        return removed
+
+
+    def _remove_stale_remote_parts(self) -> int:
+        import time
+
+        removed = 0
+        try:
+            parts = self.fs.ls(f"{self.root}/tmp", detail=True, refresh=True)
+        except FileNotFoundError:
+            return 0
+        for part in parts:
+            modified = part.get("LastModified") or part.get("mtime")
+            stamp = modified.timestamp() if hasattr(modified, "timestamp") else modified
+            if (str(part.get("name", "")).endswith(".part") and stamp is not None
+                    and time.time() - float(stamp) > STALE_PART_S):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(part["name"])
+                    removed += 1
         return removed
 
 

@@ -25,8 +25,15 @@ from modelplane.settings import Settings
 log = logging.getLogger(__name__)
 
 REPLICA_TOKEN_NAME = "serving-replicas"
-# What no Ray worker may inherit: the store's URL (with its password) and a person's token.
-SECRET_VARIABLES = ("MODELPLANE_DB_URL", "MODELPLANE_TOKEN")
+# The artifact store's credentials (S3 and S3-protocol stores, read by s3fs/botocore).
+ARTIFACT_STORE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Where and how to reach it: given to the control plane with the credentials.
+ARTIFACT_STORE_VARIABLES = (*ARTIFACT_STORE_SECRETS, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                            "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                            "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+# What no Ray worker may inherit: the store's URL (with its password), the artifact store's
+# credentials and a person's token. The control plane gets the first two explicitly.
+SECRET_VARIABLES = ("MODELPLANE_DB_URL", "MODELPLANE_TOKEN", *ARTIFACT_STORE_SECRETS)
 # The control plane acting for itself when it mints the replicas' token.
 _SELF = Principal(name="control-plane", role=Role.ADMIN)
 
@@ -59,6 +66,12 @@ def replica_read_token(settings: Settings, tokens: TokenService) -> str:
     write_secret_file(path, created.token)
     log.info("minted the replicas' read-only token %r (kept in %s)", name, path)
     return created.token
+
+
+def artifact_store_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``environ`` that say where the artifact store is and how to sign in
+    to it (``AWS_*``), for the control plane's runtime environment only."""
+    return {name: environ[name] for name in ARTIFACT_STORE_VARIABLES if environ.get(name)}
 
 
 def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:

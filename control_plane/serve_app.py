@@ -8,6 +8,7 @@ of the store's lease runs the control loops (control_plane.leadership).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from modelplane.settings import Settings
@@ -37,6 +38,7 @@ def control_plane_application(settings: Settings, *, store_id: str,
     from ray import serve
 
     from control_plane.ownership import STORE_ID_ENV
+    from control_plane.replica_env import artifact_store_environment
     from serving.applications import deployment_version
 
     options: dict[str, Any] = {"ray_actor_options": {
@@ -45,8 +47,10 @@ def control_plane_application(settings: Settings, *, store_id: str,
         # head's disk, and the head is the cluster's one indispensable node already (its GCS).
         "resources": {"node:__internal_head__": 0.001},
         # Not the operator's own token: the control plane needs none, and a runtime
-        # environment is shown on Ray's dashboard.
+        # environment is shown on Ray's dashboard. The artifact store's AWS_* variables as
+        # `up` sees them: Ray's workers do not inherit those (replica_env.SECRET_VARIABLES).
         "runtime_env": {"env_vars": {**settings.with_overrides(token=None).to_env(),
+                                     **artifact_store_environment(os.environ),
                                      STORE_ID_ENV: store_id}},
     }}
     deployment = serve.deployment(serve.ingress(_build_replica_api)())

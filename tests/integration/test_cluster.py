@@ -12,6 +12,8 @@ figures printed are for reading, not asserted.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -31,6 +33,7 @@ from control_plane.client import Client
 from control_plane.schemas import ReplicaOut
 from modelplane.settings import Settings
 from tests.cluster import WORKER_RESOURCE, LoopbackCluster
+from tests.databases import PG_URL_VARIABLE, fresh_postgres_database
 from tests.exact_latency import RELATIVE_ACCURACY, quantiles_ms
 from tests.load import BackgroundLoad
 from tests.onnx_models import (
@@ -39,6 +42,7 @@ from tests.onnx_models import (
     linear_classifier_manifest,
     slow_classifier,
 )
+from tests.s3_server import S3Server
 from tests.waiting import wait_for
 
 ON_WORKERS = {"resources": {WORKER_RESOURCE: 0.01}, "num_cpus": 0.1}
@@ -50,6 +54,7 @@ ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
 class ClusterPlatform:
     cluster: LoopbackCluster
     env: dict[str, str]
+    s3: S3Server
 
     @property
     def url(self) -> str:
@@ -85,12 +90,21 @@ class ClusterPlatform:
 
 @pytest.fixture(scope="module")
 def platform() -> Iterator[ClusterPlatform]:
-    cluster = LoopbackCluster(num_cpus=2, workers=2, worker_cpus=2).start()
-    try:
-        env = cluster.up_platform(MODELPLANE_GRPC_PORT="0", MODELPLANE_PROXY_LOCATION="HeadOnly")
-        yield ClusterPlatform(cluster, env)
-    finally:
-        cluster.stop()
+    """The platform as on a cluster: artifacts in an S3-protocol store, and the store on
+    PostgreSQL where one is given (CI), else SQLite on the head."""
+    with contextlib.ExitStack() as stack:
+        s3 = S3Server().start()
+        stack.callback(s3.stop)
+        store: dict[str, str] = {}
+        if os.environ.get(PG_URL_VARIABLE):
+            store["MODELPLANE_DB_URL"] = stack.enter_context(
+                fresh_postgres_database())
+        cluster = LoopbackCluster(num_cpus=2, workers=2, worker_cpus=2).start()
+        stack.callback(cluster.stop)
+        # The AWS_* variables reach only `up`, which hands them to the control plane.
+        env = cluster.up_platform(MODELPLANE_GRPC_PORT="0", MODELPLANE_PROXY_LOCATION="HeadOnly",
+                                  MODELPLANE_ARTIFACT_URI=s3.uri("artifacts"), **store, **s3.env)
+        yield ClusterPlatform(cluster, env, s3)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +173,27 @@ def test_replicas_spread_over_the_workers_and_the_monitor_merges_them_exactly(
     assert np.all(np.abs(reported - exact) <= RELATIVE_ACCURACY * exact + 1e-9), (reported, exact)
 
 
+def test_artifacts_live_in_the_object_store_and_a_changed_one_is_caught(
+        platform: ClusterPlatform, models: dict[str, str]) -> None:
+    with platform.client() as api:
+        digests = {api.resolve(ref).artifact_digest for ref in models.values()}
+        odd = api.upload_artifact(os.urandom(300_000)).digest
+    keys = platform.s3.keys("artifacts/")
+    assert {f"artifacts/sha256/{d[:2]}/{d}" for d in digests | {odd}} <= set(keys), keys
+    assert not [key for key in keys if key.startswith("artifacts/tmp/")]  # nothing half-written
+    # The worker replicas of the spread test loaded their model from there, through the
+    # control plane. Bit rot in the bucket is caught on the way out, not served.
+    platform.s3.client().put_object(Bucket=platform.s3.bucket, Body=b"bit rot",
+                                    Key=f"artifacts/sha256/{odd[:2]}/{odd}")
+    received, hasher = 0, hashlib.sha256()
+    with contextlib.suppress(httpx.HTTPError), httpx.stream(
+            "GET", f"{platform.url}/api/artifacts/{odd}", timeout=30) as answer:
+        for chunk in answer.iter_bytes():
+            received += len(chunk)
+            hasher.update(chunk)
+    assert hasher.hexdigest() != odd, "a changed artifact was served as if intact"
+
+
 def test_autoscaling_adds_replicas_under_load_and_removes_them_after(
         platform: ClusterPlatform, models: dict[str, str]) -> None:
     with platform.client() as api:
@@ -223,14 +258,21 @@ def test_a_full_queue_is_shed_with_503_and_retry_after(
     assert all(isinstance(a, httpx.Response) for a in answers), answers
     statuses = Counter(a.status_code for a in answers)
     assert set(statuses) == {200, 503} and statuses[200] >= 1, statuses
+    sources: Counter[str] = Counter()
     for refused in (a for a in answers if a.status_code == 503):
         assert refused.headers["retry-after"] == "1"
-        body = refused.json()
-        assert body["code"] == "overloaded" and "max_queued_requests" in body["error"], body
+        if refused.headers.get("content-type", "").startswith("application/json"):
+            body = refused.json()  # the replica's own answer (the lean ingress)
+            assert body["code"] == "overloaded" and "max_queued_requests" in body["error"], body
+            sources["replica"] += 1
+        else:  # Serve's, where a request reached the replica through Serve's proxy
+            assert "backpressure" in refused.text, refused.text
+            sources["serve"] += 1
     # The endpoint goes on serving once the burst is gone.
     assert httpx.post(f"{platform.url}/v2/models/narrow/infer", json=ROW,
                       timeout=30).status_code == 200
-    print(f"\n{callers} at once on one replica (1 running, 2 queued at most): {dict(statuses)}")
+    print(f"\n{callers} at once on one replica (1 running, 2 queued at most): {dict(statuses)}, "
+          f"refused by {dict(sources)}")
 
 
 def test_a_lost_worker_node_costs_only_its_requests_in_flight(

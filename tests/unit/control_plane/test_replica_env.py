@@ -61,3 +61,19 @@ def test_a_ray_head_inherits_no_secret() -> None:
     environ = {"MODELPLANE_DB_URL": "postgresql+psycopg://u:pw@db/mp", "MODELPLANE_TOKEN": "mp_x",
                "MODELPLANE_HOME": "/srv/mp", "PATH": "/usr/bin"}
     assert without_secrets(environ) == {"MODELPLANE_HOME": "/srv/mp", "PATH": "/usr/bin"}
+
+
+def test_the_artifact_stores_credentials_go_to_the_control_plane_only() -> None:
+    from control_plane.replica_env import artifact_store_environment
+
+    environ = {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3cret",
+               "AWS_SESSION_TOKEN": "tok", "AWS_ENDPOINT_URL": "http://minio:9000",
+               "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "", "PATH": "/usr/bin"}
+    # A Ray head (so every model replica) keeps where the store is, never how to sign in.
+    assert without_secrets(environ) == {"AWS_ENDPOINT_URL": "http://minio:9000",
+                                         "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "",
+                                         "PATH": "/usr/bin"}
+    # The control plane gets all of it that is set.
+    assert artifact_store_environment(environ) == {
+        "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3cret", "AWS_SESSION_TOKEN": "tok",
+        "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "eu-west-1"}
