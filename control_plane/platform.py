@@ -172,6 +172,7 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         progress("starting a local Ray head" + (" (HAProxy ingress)" if fast else ""))
         _start_head(settings, num_cpus=num_cpus, fast=fast, timeout_s=timeout_s)
         started = True
+    warn_unreachable_replicas(settings, progress)
     progress(f"starting Serve on {settings.http_host}:{settings.http_port}")
     serve.start(proxy_location=settings.proxy_location,
                 http_options={"host": settings.http_host, "port": settings.http_port})
@@ -202,6 +203,28 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         endpoints=endpoints,
         grpc_address=grpc_address,
     )
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def warn_unreachable_replicas(settings: Settings, progress: Callable[[str], None]) -> None:
+    """Say so when replicas on other nodes would listen where the ingress cannot reach them.
+
+    Serve's ingress and every replica's own listener bind ``MODELPLANE_HTTP_HOST``: on a
+    loopback address a replica on another node is reachable only through Serve's slower
+    proxy path, which nothing else reports."""
+    import ray
+
+    if settings.http_host not in LOOPBACK_HOSTS:
+        return
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    if len(alive) > 1:
+        progress(f"warning: this Ray cluster has {len(alive)} nodes and MODELPLANE_HTTP_HOST is "
+                 f"{settings.http_host}: replicas on the other nodes cannot be reached directly "
+                 "and every request to them takes Serve's proxy path. Set "
+                 "MODELPLANE_HTTP_HOST=0.0.0.0 (and keep the HTTP ports inside the cluster's "
+                 "network), then run `modelplane down` and `modelplane up`")
 
 
 def deploy_grpc_service(settings: Settings) -> str | None:

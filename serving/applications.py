@@ -54,6 +54,7 @@ def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongo
             "target_ongoing_requests": auto.target_ongoing_requests,
             "upscale_delay_s": auto.upscale_delay_s,
             "downscale_delay_s": auto.downscale_delay_s,
+            "look_back_period_s": auto.look_back_period_s,
         }
     else:
         options["num_replicas"] = scaling.replicas

@@ -112,6 +112,9 @@ class AutoscalingConfig(Wire):
     # (removes) replicas: a short burst does not start replicas, a short lull does not stop them.
     upscale_delay_s: Annotated[float, Field(ge=0, le=3600)] = 3.0
     downscale_delay_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
+    # The window Serve averages ongoing requests over before each decision: shorter
+    # follows load sooner, longer rides out bursts.
+    look_back_period_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:

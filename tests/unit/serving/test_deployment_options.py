@@ -44,7 +44,7 @@ def test_placement_queue_and_autoscaling_reach_serve() -> None:
 
     scaling = ScalingConfig(
         autoscaling={"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 3,
-                     "downscale_delay_s": 5},
+                     "downscale_delay_s": 5, "look_back_period_s": 10},
         max_queued_requests=16, max_replicas_per_node=1, resources={"node:gpu-a": 0.01},
         num_gpus=1, accelerator_type="L4")
     config = EndpointConfig(endpoint="e", versions=[version_config()], scaling=scaling,
@@ -59,6 +59,7 @@ def test_placement_queue_and_autoscaling_reach_serve() -> None:
     auto = deployment._deployment_config.autoscaling_config
     assert (auto.min_replicas, auto.max_replicas, auto.initial_replicas) == (0, 4, 1)
     assert auto.target_ongoing_requests == 3 and auto.downscale_delay_s == 5
+    assert auto.look_back_period_s == 10
     # Unset, Serve's own defaults stand: no queue bound, no cap per node, no labels.
     plain = build_endpoint_app(endpoint(), env={})._bound_deployment
     assert plain._deployment_config.max_queued_requests == -1
