@@ -95,8 +95,13 @@ def stepped_load(api: Any, url: str, steps: str, work: Path) -> dict[str, Any]:
     stop.set()
     sampler.join()
     history = _locust_history(work / "steps_stats_history.csv", started)
-    return {"steps": steps, "replicas": samples, "history": history, "load_ended_s": load_ended,
-            **_scaling_times(steps, samples, load_ended),
+    # Steps count from Locust's start, a second or two after its process was: read that off
+    # its first row and put every time on the steps' clock.
+    offset = history[0]["t"] if history else 0.0
+    samples = [(t - offset, n) for t, n in samples]
+    history = [{**row, "t": row["t"] - offset} for row in history]
+    return {"steps": steps, "replicas": samples, "history": history,
+            "load_ended_s": load_ended - offset, **_scaling_times(steps, samples),
             "requests": sum(int(r["requests"]) for r in history[-1:]),
             "failures": sum(int(r["failures"]) for r in history[-1:])}
 
@@ -115,7 +120,7 @@ def _locust_history(path: Path, started: float) -> list[dict[str, float]]:
     return rows
 
 
-def _scaling_times(steps: str, samples: list[tuple[float, int]], load_ended: float) -> dict[str, Any]:
+def _scaling_times(steps: str, samples: list[tuple[float, int]]) -> dict[str, Any]:
     """Per step: the most replicas seen during it and when it was first reached."""
     out, at = [], 0.0
     for users, seconds in parse_steps(steps):

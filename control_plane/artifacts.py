@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import re
 import uuid
@@ -30,6 +31,8 @@ from control_plane.errors import (
     PayloadTooLargeError,
     StorageFullError,
 )
+
+log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 STALE_PART_S = 6 * 3600  # no upload takes this long; a remote part older than it is left over
@@ -146,7 +149,12 @@ class ArtifactStore:
         writer may be on another machine, so a part is left alone until it is older than
         any upload takes (``STALE_PART_S``)."""
         if not self.is_local:
-            return self._remove_stale_remote_parts()
+            try:
+                return self._remove_stale_remote_parts()
+            except Exception as error:  # housekeeping: the store's trouble shows on real use
+                log.warning("could not look for stale parts in %s/tmp (%s: %s); will look "
+                            "again at the next start", self.uri, type(error).__name__, error)
+                return 0
         removed = 0
         for leftover in Path(self.root, "tmp").glob("*.part"):
             pid = leftover.name.split("-", 1)[0]

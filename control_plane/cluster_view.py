@@ -30,14 +30,16 @@ def read_cluster() -> ClusterOut:
     try:
         details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote(),
                           timeout=SERVE_DETAILS_TIMEOUT_S)
+        raw_nodes = ray.nodes()
     except Exception as error:  # a controller restarting, or Ray going away
         raise ControlPlaneUnavailableError(
-            f"Serve's controller did not answer ({type(error).__name__}); retry shortly") from None
+            f"Ray or Serve's controller did not answer ({type(error).__name__}); retry "
+            "shortly") from None
     replicas = _endpoint_replicas(details)
     per_node: dict[str, int] = defaultdict(int)
     for replica in replicas:
         per_node[replica.node_id or ""] += 1
-    nodes = [_node(raw, per_node) for raw in ray.nodes()]
+    nodes = [_node(raw, per_node) for raw in raw_nodes]
     nodes.sort(key=lambda n: (not n.head, not n.alive, n.address))
     return ClusterOut(nodes=nodes, replicas=replicas)
 
@@ -58,14 +60,17 @@ def _endpoint_replicas(details: dict[str, Any]) -> list[ReplicaOut]:
     for app_name, app in (details.get("applications") or {}).items():
         if not is_endpoint_app(app_name):
             continue
-        endpoint, _, version = app_name[len(ENDPOINT_APP_PREFIX):].rpartition("-v")
-        if not (endpoint and version.isdigit()):
-            endpoint, version = app_name[len(ENDPOINT_APP_PREFIX):], ""
         for deployment_name, deployment in (app.get("deployments") or {}).items():
+            # An isolated version's application runs deployment model-v{n}; an endpoint's
+            # own runs `endpoint` or `router` (its name may end in -v2 itself).
+            endpoint, version = app_name[len(ENDPOINT_APP_PREFIX):], ""
+            if deployment_name.startswith("model-v"):
+                version = deployment_name[len("model-v"):]
+                endpoint = endpoint.removesuffix(f"-v{version}")
             for replica in deployment.get("replicas") or []:
                 state = replica.get("state", "")
                 found.append(ReplicaOut(
-                    endpoint=endpoint, version=int(version) if version else None,
+                    endpoint=endpoint, version=int(version) if version.isdigit() else None,
                     deployment=deployment_name, replica_id=str(replica.get("replica_id", "")),
                     state=str(getattr(state, "value", state)), node_id=replica.get("node_id"),
                     node_address=replica.get("node_ip"), pid=replica.get("pid")))

@@ -77,12 +77,25 @@ def deploy_control_plane(settings: Settings, *, store_id: str | None = None,
 
     if store_id is None:
         store_id = read_store_identity(settings)
+    # A head started with --num-cpus=0 (usual where the head only coordinates) cannot
+    # reserve any CPU: the control plane then reserves none rather than never starting.
+    num_cpus = min(num_cpus, _head_cpus())
     serve.run(
         control_plane_application(settings, store_id=store_id, num_cpus=num_cpus),
         name=APP_NAME,
         route_prefix=ROUTE_PREFIX,
         blocking=False,
     )
+
+
+def _head_cpus() -> float:
+    import ray
+
+    for node in ray.nodes():
+        resources = node.get("Resources") or {}
+        if node.get("Alive") and "node:__internal_head__" in resources:
+            return float(resources.get("CPU", 0.0))
+    return float("inf")  # no head known here: ask for what was asked
 
 
 def read_store_identity(settings: Settings) -> str:

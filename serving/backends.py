@@ -11,7 +11,7 @@ import numpy as np
 
 from serving.backlog import Backlog
 from serving.batcher import DynamicBatcher
-from serving.errors import ModelNotReadyError
+from serving.errors import ModelNotReadyError, overloaded_error
 from serving.runners import Runner, load_runner
 from serving.schemas import VersionConfig
 
@@ -121,4 +121,9 @@ class RemoteVersion:
         self._handle = handle
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return await self._handle.infer.remote(arrays)  # type: ignore[no-any-return]
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            return await self._handle.infer.remote(arrays)  # type: ignore[no-any-return]
+        except BackPressureError:  # the version's own max_queued_requests, enforced by Serve
+            raise overloaded_error(None) from None

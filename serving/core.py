@@ -126,6 +126,9 @@ def error_result(error: ModelplaneError, request_id: str) -> HttpResult:
     result = _json(error.http_status, error_body(error, request_id))
     if request_id:
         result.headers[REQUEST_ID_HEADER] = request_id
+    retry_after = error.detail.get("retry_after_s") if error.code == "overloaded" else None
+    if retry_after is not None:
+        result.headers["retry-after"] = str(retry_after)
     return result
 
 

@@ -61,6 +61,17 @@ class OverloadedError(ServingError):
     http_status = 503
 
 
+def overloaded_error(limit: int | None) -> OverloadedError:
+    """The refusal of a request that finds its replica's queue full (``limit`` waiting, or
+    the limit Serve enforced at a handle when not known here)."""
+    from serving.schemas import RETRY_AFTER_S
+
+    held = f"already holds {limit} requests waiting" if limit is not None else "is full"
+    return OverloadedError(
+        f"the endpoint's replica queue {held} (max_queued_requests); retry in {RETRY_AFTER_S}s",
+        detail={"max_queued_requests": limit, "retry_after_s": RETRY_AFTER_S})
+
+
 class InferenceFailedError(ServingError):
     """The model raised while running a valid request."""
 

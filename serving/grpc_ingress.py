@@ -32,7 +32,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from modelplane.errors import ModelplaneError
 from serving.core import REQUEST_ID_HEADER
-from serving.errors import ModelNotFoundError, ModelNotReadyError
+from serving.errors import ModelNotFoundError, ModelNotReadyError, overloaded_error
 from serving.grpc_calls import GrpcFailure, GrpcModelCall, GrpcReply
 from serving.names import ENDPOINT_APP_PREFIX, ENDPOINT_DEPLOYMENTS, endpoint_app_name
 from serving.protocol.grpc_messages import (
@@ -206,12 +206,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return reply
 
     async def _forward(self, model: str, call: Any) -> GrpcReply:
-        from ray.serve.exceptions import DeploymentUnavailableError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         for attempt in range(2):
             handle = await self.directory.find(model)
             try:
                 return await handle.remote(call)  # type: ignore[no-any-return]
+            except BackPressureError:
+                raise overloaded_error(None) from None
             except DeploymentUnavailableError:
                 # Deleted, or replaced when the endpoint changed placement: look again once.
                 self.directory.forget(model)

@@ -66,6 +66,10 @@ class LeanApp(Protocol):
     async def call(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """The answer to one whole request."""
 
+    def counted(self, path: str) -> bool:
+        """Whether a request to ``path`` goes through ``track`` (health checks do not: a full
+        replica must still answer them, or its load balancer takes it out)."""
+
 
 class Refused(Exception):
     """Raised by the server's ``track`` context to answer a request without calling the app
@@ -397,7 +401,7 @@ class LeanServer:
 
     async def answer(self, request: _Request) -> Reply:
         try:
-            if self.track is None:
+            if self.track is None or not self.app.counted(request.path):
                 return await self.app.call(request.method, request.path, request.headers, request.body)
             async with self.track():
                 return await self.app.call(request.method, request.path, request.headers, request.body)

@@ -22,9 +22,8 @@ from typing import Any
 
 from serving.backlog import Backlog
 from serving.core import InferenceCore, body_too_large, error_result
-from serving.errors import InvalidRequestError, ModelNotReadyError, OverloadedError
+from serving.errors import InvalidRequestError, ModelNotReadyError, overloaded_error
 from serving.lean_http import LeanServer, Refused, Reply, json_reply, text_reply
-from serving.schemas import RETRY_AFTER_S
 from serving.serve_internals import DIRECT_INGRESS_OFF, ReplicaSeam, find_replica
 
 log = logging.getLogger(__name__)
@@ -65,6 +64,11 @@ class EndpointApp:
             error = body_too_large(size, limit, "request body")
         return error_result(error, "") if core is None else core.refuse(error)
 
+    def counted(self, path: str) -> bool:
+        # As Serve's direct ingress: health and paths it does not serve are answered before
+        # admission, so a replica with a full queue still passes HAProxy's health check.
+        return path not in HEALTH_PATHS and path.startswith(self.prefix)
+
     async def call(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         if path in HEALTH_PATHS:
             healthy, message = await self.health()
@@ -84,13 +88,7 @@ class EndpointApp:
 def overloaded(limit: int) -> Refused:
     """The answer to a request that finds ``limit`` requests already waiting: 503 at once,
     with Retry-After, as Serve's own ingress answers it (``backpressure_config``)."""
-    error = OverloadedError(
-        f"the endpoint's replica already holds {limit} requests waiting (max_queued_requests); "
-        f"retry in {RETRY_AFTER_S}s", detail={"max_queued_requests": limit,
-                                              "retry_after_s": RETRY_AFTER_S})
-    reply = error_result(error, "")
-    reply.headers["retry-after"] = str(RETRY_AFTER_S)
-    return Refused(reply)
+    return Refused(error_result(overloaded_error(limit), ""))
 
 
 def lean_ingress_enabled() -> bool:

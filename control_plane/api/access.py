@@ -89,7 +89,7 @@ ROUTE_ACCESS: dict[str, Access] = {
     # Admin: who am I, artifacts, the integrity check, tokens.
     "GET /whoami": READ,
     "GET /leadership": READ,
-    "GET /cluster": READ,
+    "GET /cluster": TOKEN,  # node addresses and process ids: not for anonymous readers
     "POST /artifacts": TRAIN,
     "GET /artifacts/{digest}": READ,
     "GET /integrity": ADMIN,

@@ -17,7 +17,7 @@ def test_steps_are_users_and_seconds_in_order() -> None:
 def test_scaling_times_are_read_per_step_and_after_the_load() -> None:
     samples = [(0.5, 1), (5.0, 1), (12.0, 2), (14.0, 3), (19.0, 3), (22.0, 3), (27.0, 2),
                (31.0, 1), (33.0, 1)]
-    times = _scaling_times("2:10,8:15,0:10", samples, load_ended=35)
+    times = _scaling_times("2:10,8:15,0:10", samples)
     assert times["per_step"] == [
         {"users": 2, "seconds": 10.0, "most_replicas": 1, "reached_after_s": 0.5},
         {"users": 8, "seconds": 15.0, "most_replicas": 3, "reached_after_s": 4.0},

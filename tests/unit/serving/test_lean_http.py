@@ -156,6 +156,9 @@ class Echo:
     def refuse(self, path: str, size: int, limit: int, malformed: bool) -> Any:
         return text_reply(400 if malformed else 413, f"refused {size}")
 
+    def counted(self, path: str) -> bool:
+        return True
+
     async def call(self, method: str, path: str, headers: Any, body: bytes) -> Any:
         self.calls += 1
         if path == "/boom":

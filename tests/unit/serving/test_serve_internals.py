@@ -145,6 +145,16 @@ def test_a_full_queue_refuses_at_once_and_a_freed_slot_admits_the_waiting_reques
     asyncio.run(scenario())
 
 
+def test_only_the_endpoints_own_routes_wait_for_admission() -> None:
+    from serving.lean_ingress import EndpointApp
+
+    app = EndpointApp(Holder(None), "/v2/models/churn", "endpoint-churn", health=None)
+    assert app.counted("/v2/models/churn/infer") and app.counted("/v2/models/churn/ready")
+    # A replica with a full queue still answers its load balancer's health check.
+    assert not app.counted("/-/healthz") and not app.counted("/-/routes")
+    assert not app.counted("/v2/models/other/infer")
+
+
 def test_a_refused_request_is_told_why_and_when_to_retry() -> None:
     import json
 
@@ -200,7 +210,7 @@ def test_the_lean_server_takes_over_serves_own_port_and_stops_as_serve_stops_it(
             assert answer.json() == {"name": "churn", "ready": True}
             assert "server" not in answer.headers and answer.headers["x-modelplane-replica"] == "r"
             assert (await http.get("/-/healthz")).text == "success"
-        assert ongoing == [1, 1]
+        assert ongoing == [1]  # the model's route counts; the health check does not
         # What Serve's drain does with the server it finds there.
         replica._direct_ingress_http_server.should_exit = True
         await asyncio.wait_for(replica._direct_ingress_http_server_task, 10)
@@ -216,3 +226,28 @@ def test_outside_a_replica_find_replica_says_why_and_changes_nothing() -> None:
 
     seam, reason = asyncio.run(scenario())
     assert seam is None and reason
+
+
+def test_a_full_version_behind_a_handle_is_overloaded_not_failed() -> None:
+    """Isolated placement: Serve enforces the version's max_queued_requests at the router's
+    handle and raises; the client gets 503 overloaded with Retry-After, not a 500."""
+    from ray.serve.exceptions import BackPressureError
+
+    from serving.backends import RemoteVersion
+    from serving.core import error_result
+    from serving.errors import OverloadedError
+    from tests.unit.serving.monitoring_helpers import version_config
+
+    class FullHandle:
+        class infer:
+            @staticmethod
+            def remote(arrays: Any) -> Any:
+                async def refuse() -> Any:
+                    raise BackPressureError(num_queued_requests=4, max_queued_requests=4)
+                return refuse()
+
+    version = RemoteVersion(version_config(), FullHandle())
+    with pytest.raises(OverloadedError) as refused:
+        asyncio.run(version.infer({}))
+    answer = error_result(refused.value, "req-1")
+    assert answer.status == 503 and answer.headers["retry-after"] == "1"
