@@ -77,7 +77,11 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
     """Endpoints, their versions and weights, whether each is ready, which control plane
     runs the control loops, and the cluster's nodes (a lost one marked) with the endpoint
     replicas on each."""
-    from control_plane.errors import ControlPlaneUnavailableError, NotFoundError
+    from control_plane.errors import (
+        AuthenticationError,
+        ControlPlaneUnavailableError,
+        NotFoundError,
+    )
 
     api = client(url)
     health = api.health()
@@ -89,9 +93,9 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
     leadership = api.leadership()
     try:
         cluster: ClusterOut | None = api.cluster()
-    except (ControlPlaneUnavailableError, NotFoundError):
-        # Serve's controller restarting, or a control plane from before /cluster: the
-        # endpoints are still worth showing.
+    except (ControlPlaneUnavailableError, NotFoundError, AuthenticationError):
+        # Serve's controller restarting, a control plane from before /cluster, or no token
+        # (the nodes need one; the endpoints do not): the rest is still worth showing.
         cluster = None
     payload = {"control_plane": health, "leadership": leadership, "endpoints": endpoints,
                "ready": ready, "cluster": cluster,
@@ -108,8 +112,8 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
               _serving_text(e.serving), e.url] for e in endpoints],
         )
         if cluster is None:
-            typer.echo("nodes: not known (Serve's controller did not answer, or the control "
-                       "plane is older than this CLI)")
+            typer.echo("nodes: not shown (they need a token: MODELPLANE_TOKEN; or Serve's "
+                       "controller did not answer, or the control plane is older than this CLI)")
             return
         print_table(_nodes_title(cluster), ["node", "address", "state", "CPUs", "GPUs",
                                             "labels", "endpoint replicas"],
