@@ -286,6 +286,12 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
         result = trainer.fit()
     except TrainingFailedError as error:
         raise training_failure(error, spec, placement, run_id) from None
+    except ray.exceptions.RayActorError as error:
+        # Ray Train's controller died (or was never started): one line, not a traceback.
+        raise TrainingError(f"Ray Train's controller died: {_first_line(error)}; the "
+                            "checkpoints so far are kept, resubmit the job (with "
+                            "checkpoint.resume_from: the run's id) to go on",
+                            detail={"run_id": run_id}) from None
     if result.checkpoint is None:
         raise TrainingError("training ended without a checkpoint", detail={"run_id": run_id})
     return load_state(result.checkpoint)
