@@ -50,10 +50,16 @@ def running(api: Any, endpoint: str) -> int:
     return sum(r.state == "RUNNING" for r in api.cluster().replicas if r.endpoint == endpoint)
 
 
+def replicas_in_any_state(api: Any, endpoint: str) -> int:
+    return sum(r.endpoint == endpoint for r in api.cluster().replicas)
+
+
 def wait_count(api: Any, endpoint: str, count: int, timeout: float) -> float:
+    """Seconds until ``count`` replicas run (zero: until none is left in any state)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if running(api, endpoint) == count:
+        found = running(api, endpoint) if count else replicas_in_any_state(api, endpoint)
+        if found == count:
             return time.monotonic() - started
         time.sleep(0.5)
     raise RuntimeError(f"{endpoint} did not reach {count} running replicas in {timeout:.0f}s")
