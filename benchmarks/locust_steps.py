@@ -16,10 +16,13 @@ from locust import LoadTestShape
 from benchmarks.load_steps import parse_steps, users_at
 from benchmarks.locustfile import InferenceUser  # noqa: F401 (the users Locust runs)
 
+SPAWN_RATE = 1000  # users started or stopped per second
+
 
 class StepShape(LoadTestShape):
     steps = parse_steps(os.environ.get("MODELPLANE_STEPS", "4:30"))
 
     def tick(self) -> tuple[int, float] | None:
         users = users_at(self.steps, self.get_run_time())
-        return None if users is None else (users, max(users, 1))
+        # Every user of a step starts (or stops) at once: the step is the load, not a ramp.
+        return None if users is None else (users, SPAWN_RATE)
