@@ -106,23 +106,25 @@ def leader_killed_halfway(api: Any, infer_url: str, payload: bytes, args: argpar
     before = api.leadership()
     holder_pid = int(str(before.holder).split(":")[2])
 
+    async def new_leader(killed_at: float) -> tuple[Any, float | None]:
+        """The lease once another term holds it, and how long after the kill that was seen."""
+        while time.monotonic() - killed_at < 120:
+            with contextlib.suppress(Exception):  # the killed one may have answered
+                now = await asyncio.to_thread(api.leadership)
+                if now.term != before.term:
+                    return now, time.monotonic() - killed_at
+            await asyncio.sleep(0.25)
+        return before, None
+
     async def run() -> dict[str, Any]:
         load = asyncio.create_task(closed_loop(infer_url, payload, args.concurrency, args.seconds * 2))
         await asyncio.sleep(args.seconds)
         os.kill(holder_pid, signal.SIGKILL)
-        return {"killed_at_s": args.seconds, **(await load)}
+        after, seen_after_s = await new_leader(time.monotonic())
+        return {"killed_at_s": args.seconds, "term_after": after.term,
+                "holder_after": after.holder, "new_leader_after_s": seen_after_s, **(await load)}
 
-    killed_at = time.monotonic()
-    measured = asyncio.run(run())
-    after = before
-    while after.term == before.term and time.monotonic() - killed_at < 120:
-        with contextlib.suppress(Exception):  # the killed one may have answered
-            after = api.leadership()
-        time.sleep(0.5)
-    return {**measured, "term_before": before.term, "term_after": after.term,
-            "holder_before": before.holder, "holder_after": after.holder,
-            "new_leader_after_s": time.monotonic() - killed_at - args.seconds
-            if after.term != before.term else None}
+    return {"term_before": before.term, "holder_before": before.holder, **asyncio.run(run())}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -160,7 +162,8 @@ def report(result: dict[str, Any]) -> str:
            is not None else "not within 120 s"),
         "",
         "The data path does not go through the control plane: serving goes on while the "
-        "leader dies and the other takes over the loops.",
+        "leader dies and the other takes over the loops. The dip in the seconds after the kill "
+        "is Serve starting a new control-plane process on the same two cores; nothing fails.",
         "",
     ]
     return "\n".join(lines)
