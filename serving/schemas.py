@@ -132,6 +132,19 @@ RETRY_AFTER_S = 1
 # only the matching nodes provide, with a share small enough to fit many replicas.
 ResourceName = Annotated[str, Field(min_length=1, max_length=128,
                                     pattern=r"^[A-Za-z0-9_.:/\-]+$")]
+CustomResources = Annotated[dict[ResourceName, Annotated[float, Field(gt=0, le=1_000_000)]],
+                            Field(max_length=16)]
+# Ray's own resources: each has its own setting, never a custom resource.
+RAY_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
+def check_custom_resources(resources: dict[str, float], set_with: str) -> dict[str, float]:
+    """``resources`` unchanged; raise when one of them is Ray's own (set with ``set_with``)."""
+    reserved = sorted(set(resources) & RAY_RESOURCES)
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)} are set with {set_with}, not as custom "
+                         "resources")
+    return resources
 
 
 class ScalingConfig(Wire):
@@ -150,8 +163,7 @@ class ScalingConfig(Wire):
     # At most this many replicas on one node (1 spreads them, one per node); None: no cap.
     max_replicas_per_node: Annotated[int, Field(ge=1, le=1000)] | None = None
     # Custom Ray resources each replica needs (node labels, ``ray start --resources``).
-    resources: dict[ResourceName, Annotated[float, Field(gt=0, le=1_000_000)]] = Field(
-        default_factory=dict, max_length=16)
+    resources: CustomResources = Field(default_factory=dict)
     # Ray's accelerator type (``A100``, ``L4`` …): replicas go only to nodes with that GPU.
     accelerator_type: Annotated[str, Field(min_length=1, max_length=64,
                                            pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
@@ -159,11 +171,7 @@ class ScalingConfig(Wire):
     @field_validator("resources")
     @classmethod
     def _own_resources(cls, resources: dict[str, float]) -> dict[str, float]:
-        reserved = sorted(set(resources) & {"CPU", "GPU", "memory", "object_store_memory"})
-        if reserved:
-            raise ValueError(f"{', '.join(reserved)} are set with num_cpus, num_gpus and "
-                             "memory_mb, not as custom resources")
-        return resources
+        return check_custom_resources(resources, "num_cpus, num_gpus and memory_mb")
 
     @model_validator(mode="after")
     def _placement_fits(self) -> ScalingConfig:

@@ -39,6 +39,7 @@ class WorkerNode:
     name: str
     address: str  # the node's IP on loopback
     process: subprocess.Popen[bytes]
+    lost: bool = False  # killed by kill_node
 
     @property
     def resource(self) -> str:
@@ -67,31 +68,44 @@ class LoopbackCluster(RayHead):
     def start(self, timeout: float = 120.0) -> LoopbackCluster:
         super().start(timeout)
         try:
-            # Every worker's ports chosen at once: chosen one node at a time, a port probed
-            # free for the second could be one the first's raylet has not bound yet.
-            ports = iter(_free_ports(len(WORKER_PORT_OPTIONS) * self.workers))
-            for index in range(self.workers):
-                node_ports = {option: next(ports) for option in WORKER_PORT_OPTIONS}
-                self.nodes.append(self._start_worker(f"w{index + 1}", f"127.0.0.{index + 2}",
-                                                     node_ports))
-                # One at a time: nodes of one machine share the session folder, and a raylet
-                # names its socket there by the first free number, so two starting at once
-                # can pick the same name and one dies binding it.
-                self.wait_nodes(2 + index, timeout)
+            for _ in range(self.workers):
+                self.add_worker(timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
+    @property
+    def alive(self) -> list[WorkerNode]:
+        """The worker nodes not lost."""
+        return [node for node in self.nodes if not node.lost]
+
+    def add_worker(self, timeout: float = 120.0) -> WorkerNode:
+        """Start one more worker node (``w{n}`` on 127.0.0.{n+1}), as an autoscaler adds a
+        machine; returns once Ray counts it alive."""
+        index = len(self.nodes) + 1
+        ports = dict(zip(WORKER_PORT_OPTIONS, _free_ports(len(WORKER_PORT_OPTIONS)), strict=True))
+        node = self._start_worker(f"w{index}", f"127.0.0.{index + 1}", ports)
+        self.nodes.append(node)
+        # Alive before the next starts: the ports probed free for it are then bound by this one.
+        self.wait_nodes(1 + len(self.alive), timeout)
+        return node
+
     def _start_worker(self, name: str, address: str, ports: dict[str, int]) -> WorkerNode:
+        # Its own temporary folder, as on its own machine: nodes sharing one would share the
+        # runtime environments' folder, where each node unpacks a job's working_dir afresh
+        # (over the one the job's driver runs in), and the raylet socket names.
+        temp_dir = self.root / name
         command = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
                    f"--address={self.gcs_address}", f"--node-ip-address={address}",
+                   f"--temp-dir={temp_dir}",
                    f"--num-cpus={self.worker_cpus}", "--object-store-memory=200000000",
                    f"--resources={json.dumps({f'node:{name}': 1, WORKER_RESOURCE: 1000})}",
                    *(f"--{option}={port}" for option, port in ports.items())]
         log_path = self.root / f"{name}.log"
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(command, env={**self.env, "RAY_TMPDIR": str(temp_dir)},
+                                       stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         return WorkerNode(name, address, process)
 
@@ -116,7 +130,7 @@ class LoopbackCluster(RayHead):
     def wait_nodes(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for node in self.nodes:
+            for node in self.alive:
                 if node.process.poll() is not None:
                     log = (self.root / f"{node.name}.log").read_text(errors="replace")
                     raise RuntimeError(f"`ray start` of worker {node.name} exited with "
@@ -130,7 +144,8 @@ class LoopbackCluster(RayHead):
 
     def _raylet_errors(self) -> str:
         lines = []
-        for path in sorted(self.root.glob("ray/ray/session_2*/logs/raylet*")):
+        for path in sorted(self.root.glob("*/ray/session_2*/logs/raylet*")
+                           + self.root.glob("*/session_2*/logs/raylet*")):
             for line in path.read_text(errors="replace").splitlines():
                 if " E " in line[:40] or "Address already in use" in line:
                     lines.append(f"{path.name}: {line[:400]}")
@@ -139,13 +154,14 @@ class LoopbackCluster(RayHead):
     def kill_node(self, node: WorkerNode) -> None:
         """Lose ``node`` as a machine is lost: SIGKILL its raylet and every process on it."""
         members = [node.process, *psutil.Process(node.process.pid).children(recursive=True)]
+        node.lost = True
         for member in members:
             with _suppress_gone():
                 os.kill(member.pid, signal.SIGKILL)
         node.process.wait(timeout=10)
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.alive:
             if node.process.poll() is None:
                 self.kill_node(node)
         super().stop()

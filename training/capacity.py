@@ -101,9 +101,9 @@ class Placement:
 def plan_placement(resources: ResourcesSpec, cluster: ClusterCapacity) -> Placement:
     """How many workers the job runs and whether they fit now; raise naming the field when
     the cluster can never hold them."""
-    bundle = resources.worker_bundle
+    bundle, strategy = resources.worker_bundle, resources.placement_strategy
     lasting = [{r: node.lasting(r) for r in bundle} for node in cluster.nodes]
-    ever = _workers_fitting(bundle, lasting)
+    ever = _workers_fitting(bundle, lasting, strategy)
     if resources.num_workers == "auto":
         wanted = min(resources.max_workers or DEFAULT_MAX_WORKERS, ever) or 1
     else:
@@ -111,7 +111,7 @@ def plan_placement(resources: ResourcesSpec, cluster: ClusterCapacity) -> Placem
     if ever < wanted:
         raise _never_fits(resources, wanted, cluster)
     free = [{r: node.free.get(r, 0.0) for r in bundle} for node in cluster.nodes]
-    return Placement(wanted, bundle, _workers_fitting(bundle, free) >= wanted, cluster)
+    return Placement(wanted, bundle, _workers_fitting(bundle, free, strategy) >= wanted, cluster)
 
 
 def wait_for_placement(plan: Callable[[], Placement], timeout_s: float,
@@ -158,16 +158,31 @@ def waiting_note(log: str) -> str | None:
     return None
 
 
-def _workers_fitting(bundle: Mapping[str, float], nodes: list[dict[str, float]]) -> int:
-    """How many bundles fit on these nodes (each bundle on one node)."""
-    count = 0
-    for node in nodes:
-        count += min(math.floor(node[r] / need + _EPSILON) for r, need in bundle.items() if need > 0)
-    return count
+def _workers_fitting(bundle: Mapping[str, float], nodes: list[dict[str, float]],
+                     strategy: str = "PACK") -> int:
+    """How many bundles fit on these nodes (each bundle on one node) under ``strategy``:
+    STRICT_SPREAD takes one a node, STRICT_PACK all on one node, PACK and SPREAD any."""
+    per_node = [min(math.floor(node[r] / need + _EPSILON) for r, need in bundle.items() if need > 0)
+                for node in nodes]
+    if strategy == "STRICT_SPREAD":
+        return sum(1 for count in per_node if count >= 1)
+    if strategy == "STRICT_PACK":
+        return max(per_node, default=0)
+    return sum(per_node)
 
 
 def _never_fits(resources: ResourcesSpec, wanted: int, cluster: ClusterCapacity) -> InvalidJobSpecError:
     bundle = resources.worker_bundle
+    for resource, need in resources.custom_per_worker.items():
+        if any(node.lasting(resource) + _EPSILON >= need for node in cluster.nodes):
+            continue
+        offered = sorted({r for node in cluster.nodes for r in node.total
+                          if r not in _UNITS and not r.startswith("node:")})
+        return _error("resources.custom_per_worker", (
+            f"each worker asks {_amount(resource, need)} but no node of the cluster at "
+            f"{cluster.where} offers that much {resource!r} (custom resources there: "
+            f"{', '.join(offered) or 'none'}); start nodes with `ray start --resources`, or "
+            f"drop {resource} from resources.custom_per_worker"))
     for resource in ("GPU", "CPU", "memory"):
         need = bundle.get(resource)
         if not need:
@@ -176,6 +191,16 @@ def _never_fits(resources: ResourcesSpec, wanted: int, cluster: ClusterCapacity)
         if sum(math.floor(value / need + _EPSILON) for value in lasting) >= wanted:
             continue
         return _shortage(resources, resource, wanted, lasting, cluster)
+    strategy = resources.placement_strategy
+    if strategy.startswith("STRICT_"):
+        lasting_nodes = [{r: node.lasting(r) for r in bundle} for node in cluster.nodes]
+        most = _workers_fitting(bundle, lasting_nodes, strategy)
+        where = "on its own node" if strategy == "STRICT_SPREAD" else "on one node"
+        return _error("resources.placement_strategy", (
+            f"{strategy} puts every worker {where}, and the cluster at {cluster.where} can "
+            f"hold {most} of the {wanted} that way beside its Serve replicas; lower "
+            f"resources.num_workers to {most}, use {strategy.removeprefix('STRICT_')}, or add "
+            "a node"))
     # Each resource alone fits, but not together on the same nodes.
     return _error("resources.num_workers", f"no node of the cluster at {cluster.where} holds "
                   f"one worker's {', '.join(_amount(r, v) for r, v in bundle.items())} at once "

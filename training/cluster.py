@@ -24,7 +24,8 @@ from training.capacity import ClusterCapacity, NodeCapacity
 from training.errors import JobSubmissionError
 
 SERVE_NAMESPACE = "serve"  # ray.serve._private.constants.SERVE_NAMESPACE
-_RESOURCES = ("CPU", "GPU", "memory")
+# The object store is no scheduling resource a job asks for.
+_IGNORED = frozenset({"object_store_memory"})
 _LIMIT = 10_000
 
 
@@ -113,4 +114,6 @@ def _add(held: dict[str, dict[str, float]],
 
 
 def _pick(resources: Mapping[str, Any]) -> dict[str, float]:
-    return {name: float(resources[name]) for name in _RESOURCES if name in resources}
+    # Custom resources too: a job may ask for a node label (resources.custom_per_worker).
+    return {name: float(amount) for name, amount in resources.items()
+            if name not in _IGNORED and isinstance(amount, int | float)}

@@ -27,6 +27,7 @@ from training.errors import InvalidJobSpecError, TrainingError
 from training.finetune import MODEL_BUNDLE_ARTIFACT, bundle_mismatch, load_fine_tune_source
 from training.schemas import DEFAULT_MAX_WORKERS, JobSpec
 from training.spec import dump_job_spec
+from training.storage import check_storage, checkpoint_storage
 from training.text import TextEncoding, fit_vocabulary
 
 # Set when the job is asked to stop (SIGTERM from `ray job stop`): whatever exception the
@@ -105,7 +106,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     from training.tracking import flat_params, run_environment
 
     train_run_name = f"{spec.experiment.name}-{uuid.uuid4().hex[:8]}"
-    storage = _storage_path(spec)
+    storage = checkpoint_storage(spec)
+    check_storage(storage, len(cluster["nodes"]), echo)
     params = flat_params(spec) | {
         "n_features": shape["n_features"], "n_outputs": dataset.n_outputs,
         "train_rows": len(split.x_train), "validation_rows": len(split.x_val),
@@ -266,13 +268,17 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
                            "n_outputs": dataset.n_outputs, "n_ids": n_ids, "init_state": init_state,
                            "resume_from": resume},
         scaling_config=ScalingConfig(num_workers=placement.num_workers, use_gpu=resources.use_gpu,
-                                     resources_per_worker=dict(placement.bundle)),
+                                     resources_per_worker=dict(placement.bundle),
+                                     placement_strategy=resources.placement_strategy),
         run_config=RunConfig(
             name=train_run_name, storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
             # Ray Train retries a worker group that fails to start (or to be placed) forever,
             # a traceback each time: fail once instead, in one line (see training_failure).
-            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
+            # A worker (or its node) dying mid-run restarts the group from the latest
+            # checkpoint, as often as the spec allows.
+            failure_config=FailureConfig(max_failures=resources.max_failures,
+                                         controller_failure_limit=0),
             callbacks=[TrackerCallback(client.url, token, run_id,
                                        spec.hyperparameters.epochs)],
             # Ray Train narrates every report at INFO; the callback prints one line an epoch.
@@ -347,14 +353,6 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> dict[str, Any]:
     summary = {"ray_version": ray.__version__, "address": context.gcs_address,
                "nodes": len(nodes), "resources": ray.cluster_resources()}
     return {"nodes": nodes, "address": context.gcs_address, "summary": summary}
-
-
-def _storage_path(spec: JobSpec) -> str:
-    if spec.checkpoint.storage_path:
-        return spec.checkpoint.storage_path
-    from ray.train.constants import DEFAULT_STORAGE_PATH
-
-    return str(DEFAULT_STORAGE_PATH)
 
 
 def _resumable_epoch(location: str, shape: dict[str, Any]) -> int:

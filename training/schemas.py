@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from control_plane.schemas import AliasName, Name
+from serving.schemas import CustomResources, check_custom_resources
 
 BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "reviews")
 # Datasets of texts (one text per row): generated in code (training/text.py).
@@ -233,10 +234,26 @@ class ResourcesSpec(Section):
         None, gt=0.0, le=65536,
         description="Memory each worker reserves in Ray's scheduler, in GB (default: none).",
     )
+    custom_per_worker: CustomResources = Field(
+        default_factory=dict,
+        description="Custom Ray resources each worker reserves: node labels given to `ray "
+        "start --resources`, e.g. {trainer: 1} for the nodes that carry it.",
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="Where the workers go: PACK fills one node before the next, SPREAD puts "
+        "them on different nodes where it can; STRICT_PACK (all on one node) and "
+        "STRICT_SPREAD (each on its own node) wait rather than place them otherwise.",
+    )
     placement_timeout_s: float = Field(
         DEFAULT_PLACEMENT_TIMEOUT_S, gt=0.0, le=7 * 24 * 3600,
         description="How long the job waits for its workers to be placed when the cluster is "
         "busy; then it fails, saying what it needed and what was free.",
+    )
+    max_failures: Annotated[int, Field(ge=0, le=100)] = Field(
+        0,
+        description="Times the workers are started again, from the latest checkpoint, after "
+        "one of them or its node dies; one failure more fails the job.",
     )
 
     @field_validator("num_workers", mode="before")
@@ -249,6 +266,12 @@ class ResourcesSpec(Section):
             raise ValueError(f"must be a whole number greater than or equal to 1 and at most "
                              f"{MAX_WORKERS}, or auto (got {value!r})")
         return value
+
+    @field_validator("custom_per_worker")
+    @classmethod
+    def _own_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(
+            resources, "cpus_per_worker, gpus_per_worker and memory_per_worker_gb")
 
     @model_validator(mode="after")
     def _gpus_need_use_gpu(self) -> ResourcesSpec:
@@ -275,7 +298,7 @@ class ResourcesSpec(Section):
             bundle["GPU"] = self.gpus
         if self.memory_per_worker_gb:
             bundle["memory"] = self.memory_per_worker_gb * 1e9
-        return bundle
+        return bundle | self.custom_per_worker
 
 
 class EarlyStoppingSpec(Section):

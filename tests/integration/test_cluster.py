@@ -1,7 +1,8 @@
 """modelplane on a three-node Ray cluster (tests.cluster: a head and two worker nodes on
 loopback): replicas spread over the workers, their latencies merged exactly by the Monitor,
 autoscaling that follows load down to zero replicas, a full queue shed with 503 and
-Retry-After, and a worker node lost under load.
+Retry-After, a two-worker DDP job across the workers that outlives losing one's node, and
+a worker node lost under load.
 
 The platform runs as on a cluster: `modelplane up` on the head (Serve's ingress on the head
 only, since every node here shares one machine's ports), the control plane pinned to the
@@ -30,6 +31,7 @@ import numpy as np
 import pytest
 
 from control_plane.client import Client
+from control_plane.errors import NotFoundError
 from control_plane.schemas import ReplicaOut
 from modelplane.settings import Settings
 from tests.cluster import WORKER_RESOURCE, LoopbackCluster
@@ -99,9 +101,12 @@ def platform() -> Iterator[ClusterPlatform]:
         if os.environ.get(PG_URL_VARIABLE):
             store["MODELPLANE_DB_URL"] = stack.enter_context(
                 fresh_postgres_database())
-        cluster = LoopbackCluster(num_cpus=2, workers=2, worker_cpus=2).start()
+        # Every node holds credentials for the bucket, as an instance profile would give
+        # them: training jobs keep their checkpoints there. `up` hands them to the control
+        # plane for the artifacts; replicas fetch artifacts from the control plane.
+        cluster = LoopbackCluster(num_cpus=2, workers=2, worker_cpus=2,
+                                  extra_env=dict(s3.env)).start()
         stack.callback(cluster.stop)
-        # The AWS_* variables reach only `up`, which hands them to the control plane.
         # 0.0.0.0: replicas on the workers (127.0.0.2-3) listen where the head's ingress
         # reaches them, as on a cluster of machines.
         env = cluster.up_platform(MODELPLANE_GRPC_PORT="0", MODELPLANE_PROXY_LOCATION="HeadOnly",
@@ -121,7 +126,7 @@ def models(platform: ClusterPlatform) -> dict[str, str]:
 
 
 def _worker_addresses(platform: ClusterPlatform) -> set[str]:
-    return {node.address for node in platform.cluster.nodes}
+    return {node.address for node in platform.cluster.alive}
 
 
 def test_replicas_spread_over_the_workers_and_the_monitor_merges_them_exactly(
@@ -300,6 +305,94 @@ def test_a_full_queue_is_shed_with_503_and_retry_after(
           f"refused by {dict(sources)}")
 
 
+TRAIN_WORKERS = """
+    from ray.util.state import list_actors
+    where = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+                         limit=1000, raise_on_missing_output=False)
+    print(json.dumps([{"id": a.actor_id, "state": a.state, "node": where.get(a.node_id)}
+                      for a in actors]))
+"""
+
+
+def test_a_ddp_job_spans_the_workers_checkpoints_to_s3_and_outlives_a_lost_node(
+        platform: ClusterPlatform, tmp_path) -> None:
+    """Two DDP workers, one on each worker node (SPREAD, off the head by the `worker`
+    label), checkpoint to the bucket; one's node is killed mid-run and the job finishes from
+    the latest checkpoint on the node left (max_failures). A new node then takes the lost
+    one's place, as an autoscaler would, for the tests after."""
+    bucket = f"s3://{platform.s3.bucket}/checkpoints"
+    spec = {
+        "experiment": {"name": "spanning"},
+        "model": {"architecture": "mlp_classifier", "hidden_sizes": [16]},
+        "data": {"dataset": "breast_cancer", "seed": 0},
+        "hyperparameters": {"learning_rate": 0.003, "batch_size": 32, "epochs": 40},
+        "resources": {"num_workers": 2, "cpus_per_worker": 0.5,
+                      "custom_per_worker": {WORKER_RESOURCE: 0.01},
+                      "placement_strategy": "SPREAD", "max_failures": 1,
+                      "placement_timeout_s": 120},
+        "checkpoint": {"every_n_epochs": 1, "keep": 2, "storage_path": bucket},
+    }
+    path = tmp_path / "spanning.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    submitted = platform.cli("train", "submit", str(path), "--address",
+                             platform.cluster.dashboard).stdout
+    job_id = submitted.split("submitted job ")[1].split()[0]
+
+    def workers() -> list[dict[str, Any]]:
+        return platform.cluster.python(TRAIN_WORKERS)
+
+    def logs() -> str:
+        return platform.cli("train", "logs", job_id, "--address", platform.cluster.dashboard).stdout
+
+    with platform.client() as api:
+        def checkpointed() -> int:
+            runs = _runs(api, "spanning")
+            return max((m.step for m in api.metric_history(runs[0].id, "checkpoint_epoch")),
+                       default=0) if runs else 0
+
+        try:
+            wait_for(lambda: checkpointed() >= 2, timeout=180, interval=0.5,
+                     what="the job's second checkpoint")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{logs()[-3000:]}") from None
+        first = [w for w in workers() if w["state"] == "ALIVE"]
+        assert sorted(w["node"] for w in first) == sorted(_worker_addresses(platform)), first
+        lost = next(n for n in platform.cluster.alive if n.address == first[0]["node"])
+        killed_after = checkpointed()
+        platform.cluster.kill_node(lost)
+        done = wait_for(lambda: (s := platform.cli_json(
+            "train", "status", job_id, "--address", platform.cluster.dashboard))["status"]
+            in {"SUCCEEDED", "FAILED", "STOPPED"} and s, timeout=300, interval=2,
+            what="the job to end after its node was lost")
+        assert done["status"] == "SUCCEEDED", f"{done}\n{logs()[-3000:]}"
+        run = api.get_run(api.list_runs("spanning").items[0].id)
+        steps = [m.step for m in api.metric_history(run.id, "val_loss")]
+        version = api.resolve("spanning:1")
+    assert run.status == "finished", run
+    # Resumed, not restarted: every epoch logged, epoch 1 once; the epochs after the last
+    # checkpoint before the loss were run (and logged) again.
+    assert sorted(set(steps)) == list(range(1, 41)) and steps.count(1) == 1, steps
+    assert killed_after >= 2
+    restarted = [w for w in workers() if w["id"] not in {f["id"] for f in first}]
+    assert len(restarted) == 2 and {w["node"] for w in restarted} == {
+        n.address for n in platform.cluster.alive}, restarted
+    keys = platform.s3.keys("checkpoints/")
+    assert any("/checkpoint_" in key for key in keys), keys[:10]
+    assert version.version == 1 and version.status == "ready"
+    print(f"\nDDP job over {sorted(w['node'] for w in first)}: node {lost.name} killed after "
+          f"checkpoint {killed_after}; finished on {restarted[0]['node']}, epochs logged "
+          f"{steps}; {len(keys)} checkpoint objects in the bucket")
+    platform.cluster.add_worker()
+
+
+def _runs(api: Client, experiment: str) -> list[Any]:
+    try:
+        return api.list_runs(experiment).items
+    except NotFoundError:  # no run yet
+        return []
+
+
 def test_a_lost_worker_node_costs_only_its_requests_in_flight(
         platform: ClusterPlatform, models: dict[str, str]) -> None:
     """Last in the module: the cluster has one worker fewer afterwards."""
@@ -309,8 +402,8 @@ def test_a_lost_worker_node_costs_only_its_requests_in_flight(
     placed = set(platform.running_on("failover"))
     assert placed <= _worker_addresses(platform), placed
     # Lose a node that runs one of them (Serve spreads them; if both share one, that one).
-    lost = next(n for n in platform.cluster.nodes if n.address in placed)
-    survivor = next(n for n in platform.cluster.nodes if n is not lost)
+    lost = next(n for n in platform.cluster.alive if n.address in placed)
+    survivor = next(n for n in platform.cluster.alive if n is not lost)
 
     with BackgroundLoad(platform.url, "failover", workers=3) as load:
         wait_for(lambda: len(load.answers) >= 50, timeout=60, what="load before the loss")
@@ -342,4 +435,5 @@ def test_a_lost_worker_node_costs_only_its_requests_in_flight(
                    if r["endpoint"] == "failover" and r["state"] == "RUNNING"]
     assert [r["node_address"] for r in on_survivor] == [survivor.address] * 2, on_survivor
     text = platform.cli("status").stdout
-    assert "LOST" in text and "1 lost" in text, text
+    lost_nodes = sum(node.lost for node in platform.cluster.nodes)  # the training test's too
+    assert "LOST" in text and f"{lost_nodes} lost" in text, text

@@ -146,6 +146,65 @@ def test_workers_are_placed_whole_on_nodes() -> None:
         plan_placement(ResourcesSpec(num_workers=3), split)
 
 
+# Three workers of 2 CPU and the head, as on a small cluster; `trainer` labels two of them.
+LABELLED = cluster(({"CPU": 2.0}, {"CPU": 2.0}, {}),
+                   ({"CPU": 2.0, "trainer": 1.0}, {"CPU": 2.0, "trainer": 1.0}, {}),
+                   ({"CPU": 2.0, "trainer": 1.0}, {"CPU": 0.5, "trainer": 1.0}, {}),
+                   ({"CPU": 2.0}, {"CPU": 2.0}, {}))
+
+
+@pytest.mark.parametrize(("strategy", "ever", "now"), [
+    ("PACK", 8, 6), ("SPREAD", 8, 6), ("STRICT_SPREAD", 4, 3), ("STRICT_PACK", 2, 2)])
+def test_the_placement_strategy_decides_how_many_workers_fit(strategy: str, ever: int,
+                                                              now: int) -> None:
+    def placed(workers: int) -> bool:
+        return plan_placement(ResourcesSpec(num_workers=workers, placement_strategy=strategy),
+                              LABELLED).fits_now
+
+    assert placed(now) and (now == ever or not placed(now + 1))
+    assert plan_placement(ResourcesSpec(num_workers=ever, placement_strategy=strategy),
+                          LABELLED).num_workers == ever
+    with pytest.raises(InvalidJobSpecError) as caught:
+        plan_placement(ResourcesSpec(num_workers=ever + 1, placement_strategy=strategy), LABELLED)
+    field = "resources.placement_strategy" if strategy.startswith("STRICT") else "resources.num_workers"
+    assert caught.value.detail["field"] == field, caught.value.message
+    if strategy == "STRICT_SPREAD":
+        assert caught.value.message == (
+            "resources.placement_strategy: STRICT_SPREAD puts every worker on its own node, and "
+            "the cluster at http://head:8265 can hold 4 of the 5 that way beside its Serve "
+            "replicas; lower resources.num_workers to 4, use SPREAD, or add a node")
+
+
+def test_custom_resources_keep_workers_on_the_nodes_that_offer_them() -> None:
+    labelled = ResourcesSpec(num_workers=3, custom_per_worker={"trainer": 0.5})
+    assert labelled.worker_bundle == {"CPU": 1.0, "trainer": 0.5}
+    # Two fit on the labelled node with 2 CPU free; the other has 0.5 free, the rest no label.
+    assert not plan_placement(labelled, LABELLED).fits_now
+    assert plan_placement(labelled.model_copy(update={"num_workers": 2}), LABELLED).fits_now
+    assert plan_placement(ResourcesSpec(num_workers=4, custom_per_worker={"trainer": 0.5}),
+                          LABELLED).num_workers == 4
+    with pytest.raises(InvalidJobSpecError, match="resources.num_workers"):
+        plan_placement(ResourcesSpec(num_workers=5, custom_per_worker={"trainer": 0.5}), LABELLED)
+    with pytest.raises(InvalidJobSpecError) as caught:
+        plan_placement(ResourcesSpec(custom_per_worker={"gpu-a100": 1}), LABELLED)
+    assert caught.value.detail["field"] == "resources.custom_per_worker"
+    assert "offers that much 'gpu-a100' (custom resources there: trainer)" in caught.value.message
+    # What Serve's replicas hold of a label does not come back to jobs.
+    held = cluster(({"CPU": 2.0, "trainer": 1.0}, {"CPU": 2.0, "trainer": 0.2}, {"trainer": 0.8}))
+    with pytest.raises(InvalidJobSpecError, match="resources.custom_per_worker"):
+        plan_placement(ResourcesSpec(custom_per_worker={"trainer": 0.5}), held)
+
+
+def test_ray_own_resources_are_not_custom_and_failures_are_bounded() -> None:
+    with pytest.raises(ValueError, match="CPU are set with cpus_per_worker"):
+        ResourcesSpec(custom_per_worker={"CPU": 1})
+    with pytest.raises(ValueError, match="placement_strategy"):
+        ResourcesSpec(placement_strategy="SCATTER")
+    with pytest.raises(ValueError, match="max_failures"):
+        ResourcesSpec(max_failures=101)
+    assert ResourcesSpec().max_failures == 0 and ResourcesSpec().placement_strategy == "PACK"
+
+
 def test_a_busy_cluster_makes_the_job_wait_then_go_or_time_out() -> None:
     clock = FakeClock()
     frees = iter([0.7, 0.7, 0.7, 1.7])
