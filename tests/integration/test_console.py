@@ -255,3 +255,33 @@ def test_every_other_page_renders_and_is_accessible(console: Console, path: str,
     assert not page.locator("#status.error").count(), page.locator("#status").text_content()
     check_page(page, shot)
     page.context.close()
+
+
+def test_runs_are_compared_side_by_side_with_their_curves_overlaid(console: Console) -> None:
+    experiment = f"console-compare-{uuid.uuid4().hex[:6]}"
+    names = {}
+    for lr in (0.1, 0.01):
+        run = console.client.start_run(experiment, name=f"lr-{lr}", params={"lr": lr, "epochs": 8},
+                                       capture_environment=False)
+        for step in range(1, 9):
+            console.client.log_metrics(run.id, {"val_loss": lr * 10 / step, "val_accuracy": 0.5 + step / 20},
+                                       step=step)
+        console.client.end_run(run.id)
+        names[run.id] = f"lr-{lr}"
+    page = console.page("reader", f"/experiments?experiment={experiment}")
+    for run_id in names:
+        page.locator(f"#runs input[data-run='{run_id}']").check()
+    page.get_by_role("button", name="Compare ticked runs").click()
+    section = page.locator("#compare")
+    section.get_by_text("2 runs compared").wait_for()
+    # The parameter that differs is marked; the one both share is not.
+    assert section.locator("td strong", has_text="lr ≠").count() == 1
+    assert section.locator("td", has_text="epochs").first.locator("strong").count() == 0
+    curve = section.locator("svg[aria-labelledby]", has=page.locator("title", has_text="val_loss"))
+    drawn = curve.locator("path[data-series]")
+    assert sorted(drawn.evaluate_all("ps => ps.map(p => p.dataset.series)")) == sorted(names.values())
+    # Each line has a point per logged step.
+    assert [d.count("L") for d in drawn.evaluate_all("ps => ps.map(p => p.getAttribute('d'))")] == [7, 7]
+    assert "step 8" in curve.text_content() and "step 1" in curve.text_content()
+    check_page(page, "compare")
+    page.context.close()

@@ -28,23 +28,34 @@ function niceMax(value) {
   return [1, 2, 2.5, 5, 10].map((m) => m * power).find((m) => m >= value);
 }
 
-// series: [{name, points: [[timeMs, value|null], ...]}]; a gap where a value is null.
-export function lineChart({ title, series, unit = "", width = 420, height = 160, format = (v) => v.toFixed(1) }) {
-  const left = 48, right = 8, top = 8, bottom = 22;
+// series: [{name, points: [[x, value|null], ...]}]; a gap where a value is null. The x axis
+// spans `domain` ([x0, x1]) and is labelled at its ends with `ends` ([left, right]).
+function plot({ title, series, unit, width, height, format, domain, ends, legend = false }) {
+  const left = 48, right = 8, top = 8, bottom = legend ? 40 : 22;
+  if (legend) height += 18;
   const all = series.flatMap((s) => s.points.filter((p) => p[1] !== null && Number.isFinite(p[1])));
   const latest = series.map((s) => { const p = s.points.filter((q) => q[1] !== null).at(-1); return `${s.name} ${p ? format(p[1]) + unit : "no data"}`; });
   const chart = frame(width, height, title, all.length ? `Latest: ${latest.join(", ")}.` : "No data yet.");
-  const t0 = Math.min(...all.map((p) => p[0]), Date.now() - 1000), t1 = Math.max(...all.map((p) => p[0]), t0 + 1000);
+  const [x0, x1] = domain;
   const ymax = niceMax(Math.max(...all.map((p) => p[1]), 0));
-  const x = (t) => left + ((t - t0) / (t1 - t0)) * (width - left - right);
+  const x = (t) => left + ((t - x0) / (x1 - x0)) * (width - left - right);
   const y = (v) => top + (1 - v / ymax) * (height - top - bottom);
   for (const frac of [0, 0.5, 1]) {
     chart.append(svg("line", { x1: left, x2: width - right, y1: y(ymax * frac), y2: y(ymax * frac), stroke: "#d5dbe1" }),
       svg("text", { x: left - 4, y: y(ymax * frac) + 4, "text-anchor": "end", fill: "#1b1f24" }, format(ymax * frac) + unit));
   }
-  const span = Math.round((t1 - t0) / 1000);
-  chart.append(svg("text", { x: left, y: height - 6, fill: "#1b1f24" }, `${span}s ago`),
-    svg("text", { x: width - right, y: height - 6, "text-anchor": "end", fill: "#1b1f24" }, "now"));
+  const axisY = height - (legend ? 24 : 6);
+  chart.append(svg("text", { x: left, y: axisY, fill: "#1b1f24" }, ends[0]),
+    svg("text", { x: width - right, y: axisY, "text-anchor": "end", fill: "#1b1f24" }, ends[1]));
+  if (legend) {
+    // Which colour is which series: a swatch and the name, left to right under the axis.
+    let at = left;
+    series.forEach((s, i) => {
+      chart.append(svg("line", { x1: at, x2: at + 14, y1: height - 8, y2: height - 8, stroke: COLORS[i % COLORS.length], "stroke-width": 3 }),
+        svg("text", { x: at + 18, y: height - 4, fill: "#1b1f24" }, s.name));
+      at += 26 + 6.5 * s.name.length;
+    });
+  }
   series.forEach((s, i) => {
     let d = "", pen = false;
     for (const [t, v] of s.points) {
@@ -52,9 +63,23 @@ export function lineChart({ title, series, unit = "", width = 420, height = 160,
       d += `${pen ? "L" : "M"}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
       pen = true;
     }
-    if (d) chart.append(svg("path", { d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2 }, svg("title", {}, s.name)));
+    if (d) chart.append(svg("path", { d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2, "data-series": s.name }, svg("title", {}, s.name)));
   });
   return chart;
+}
+
+// A time series: points are [timeMs, value], the axis runs up to now.
+export function lineChart({ title, series, unit = "", width = 420, height = 160, format = (v) => v.toFixed(1) }) {
+  const times = series.flatMap((s) => s.points.filter((p) => p[1] !== null && Number.isFinite(p[1])).map((p) => p[0]));
+  const t0 = Math.min(...times, Date.now() - 1000), t1 = Math.max(...times, t0 + 1000);
+  return plot({ title, series, unit, width, height, format, domain: [t0, t1], ends: [`${Math.round((t1 - t0) / 1000)}s ago`, "now"] });
+}
+
+// Curves over steps (a run's metric per epoch): points are [step, value].
+export function stepChart({ title, series, unit = "", width = 420, height = 160, format = (v) => v.toFixed(3) }) {
+  const steps = series.flatMap((s) => s.points.map((p) => p[0]));
+  const s0 = steps.length ? Math.min(...steps) : 0, s1 = Math.max(...steps, s0 + 1);
+  return plot({ title, series, unit, width, height, format, domain: [s0, s1], ends: [`step ${s0}`, `step ${s1}`], legend: true });
 }
 
 // The route table as one bar: parts [{label, weight}] summing to 100.
