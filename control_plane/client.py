@@ -525,6 +525,19 @@ class Client:
     def delete_alert_rule(self, name: str) -> None:
         self._request("DELETE", f"/alerts/rules/{name}")
 
+    def silence_alert_rule(self, name: str, duration_s: float, reason: str = "") -> Any:
+        """Notify no receiver of rule ``name``'s alerts for ``duration_s`` seconds."""
+        from control_plane.alerts.schemas import AlertRuleOut, SilenceCreate
+
+        return self._send("POST", f"/alerts/rules/{name}/silence",
+                          SilenceCreate(duration_s=duration_s, reason=reason), AlertRuleOut)
+
+    def unsilence_alert_rule(self, name: str) -> Any:
+        from control_plane.alerts.schemas import AlertRuleOut
+
+        return AlertRuleOut.model_validate(
+            self._request("DELETE", f"/alerts/rules/{name}/silence").json())
+
     def alert_receivers(self) -> list[Any]:
         from control_plane.alerts.schemas import ReceiverOut
 

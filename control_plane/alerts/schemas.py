@@ -79,10 +79,26 @@ class AlertRuleSpec(Wire):
         return value
 
 
+class SilenceCreate(Wire):
+    """Mute a rule's notifications for a while; its alerts are still evaluated and shown."""
+
+    duration_s: float = Field(gt=0, le=30 * 86400, description="How long, in seconds (at most 30 days).")
+    reason: str = Field("", max_length=500, description="Why: shown beside the rule.")
+
+
+class SilenceOut(Wire):
+    until: datetime
+    reason: str
+    created_by: str
+    created_at: datetime
+
+
 class AlertRuleOut(AlertRuleSpec):
     created_by: str
     created_at: datetime
     updated_at: datetime
+    silence: SilenceOut | None = Field(None, description=(
+        "While set (and ``until`` is ahead), the rule's alerts notify no receiver."))
 
     @field_validator("summary")
     @classmethod
@@ -133,7 +149,8 @@ class AlertsFile(Wire):
 
 
 class AlertOut(Wire):
-    """An alert of a rule that is pending or firing now."""
+    """An alert of a rule that is pending or firing now (``silenced_until``: its rule is
+    silenced, so it notifies no one until then)."""
 
     fingerprint: str
     name: str
@@ -148,6 +165,7 @@ class AlertOut(Wire):
     stale: str | None = Field(None, description=(
         "Why the alert's data is stale (the Monitor did not answer); it keeps its last "
         "state until the Monitor answers again."))
+    silenced_until: datetime | None = None
 
 
 class AlertEventOut(Wire):

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from control_plane.alerts.notify import Notification, Notifier
@@ -29,6 +30,7 @@ from control_plane.alerts.schemas import (
     AlertRuleSpec,
     ReceiverOut,
     ReceiverSpec,
+    SilenceCreate,
 )
 from control_plane.alerts.signals import COMPARE, SIGNALS
 from control_plane.alerts.states import Alert, AlertState, fingerprint
@@ -40,6 +42,9 @@ from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
 TICK_S = 0.25
+# Rules (and their silences) are read again at least this often: another control plane
+# serving the API may have changed them.
+RULES_REFRESH_S = 5.0
 EVENT_DEDUP_S = 60.0  # the same event (name and labels) again within this is dropped
 ReadStats = Callable[[str, float], dict[int, VersionSnapshot]]  # (endpoint, window_s) -> by version
 ListEndpoints = Callable[[], list[str]]
@@ -57,7 +62,8 @@ class AlertService:
         self._alerts: dict[str, Alert] = {}
         self._due: dict[str, float] = {}
         self._recent_events: dict[str, float] = {}
-        self._rules: list[AlertRuleSpec] | None = None
+        self._rules: list[AlertRuleOut] | None = None
+        self._rules_read_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
@@ -84,7 +90,24 @@ class AlertService:
                 self._alerts.pop(alert.fingerprint, None)
 
     def rules(self) -> list[AlertRuleOut]:
-        return self.store.rules()
+        """The rules; a silence that has ended is left out."""
+        now = _datetime(self._clock())
+        return [r if r.silence is None or r.silence.until > now else r.model_copy(update={"silence": None})
+                for r in self.store.rules()]
+
+    def silence(self, name: str, body: SilenceCreate, actor: str) -> AlertRuleOut:
+        """Notify no receiver of rule ``name``'s alerts for ``body.duration_s``; they are
+        still evaluated, listed and recorded in the history."""
+        result = self.store.silence(name, body, actor, _datetime(self._clock()))
+        with self._lock:
+            self._rules = None
+        return result
+
+    def unsilence(self, name: str) -> AlertRuleOut:
+        result = self.store.unsilence(name)
+        with self._lock:
+            self._rules = None
+        return result
 
     def put_receiver(self, spec: ReceiverSpec) -> ReceiverOut:
         result = self.store.put_receiver(spec)
@@ -99,7 +122,7 @@ class AlertService:
         return self.store.receivers()
 
     def active(self) -> list[AlertOut]:
-        return self.store.active()
+        return self.store.active(_datetime(self._clock()))
 
     def history(self, **filters: Any) -> Page[AlertEventOut]:
         return self.store.history(**filters)
@@ -139,8 +162,8 @@ class AlertService:
         """Evaluate every rule that is due; returns how many were evaluated."""
         now = self._clock() if now is None else now
         with self._lock:
-            if self._rules is None:
-                self._rules = list(self.store.rules())
+            if self._rules is None or now - self._rules_read_at >= RULES_REFRESH_S:
+                self._rules, self._rules_read_at = list(self.store.rules()), now
             due = [r for r in self._rules if r.enabled and self._due.get(r.name, 0.0) <= now]
         if not due:
             return 0
@@ -190,9 +213,10 @@ class AlertService:
                 readings[fingerprint(rule.name, labels)] = (labels, value, details)
         return readings
 
-    def _apply(self, rule: AlertRuleSpec, readings: dict[str, Any], now: float,
+    def _apply(self, rule: AlertRuleOut, readings: dict[str, Any], now: float,
                unknown: dict[str, str] | None = None) -> None:
         compare = COMPARE[rule.comparison]
+        muted = rule.silence is not None and rule.silence.until.timestamp() > now
         unknown = unknown or {}
         seen = set()
         for key, (labels, value, details) in readings.items():
@@ -211,7 +235,7 @@ class AlertService:
             else:
                 self._alerts.pop(key, None)
             if notify is not None or alert.state != was or was_stale:
-                self._transition(alert, notify)
+                self._transition(alert, notify, muted=muted)
         # Alerts of this rule whose version no longer reports (undeployed) resolve; those
         # whose endpoint could not be read keep their state and say their data is stale.
         for alert in [a for a in self._alerts.values() if a.name == rule.name and a.fingerprint not in seen]:
@@ -221,16 +245,19 @@ class AlertService:
                     alert.data = {**alert.data, "stale": why, "stale_since": _iso(now)}
                     self._transition(alert, None)
                 continue
-            self._transition(alert, alert.step(False, now, rule.for_s))
+            self._transition(alert, alert.step(False, now, rule.for_s), muted=muted)
             if not alert.active:
                 self._alerts.pop(alert.fingerprint, None)
 
-    def _transition(self, alert: Alert, notify: AlertState | None, kind: str = "rule") -> None:
+    def _transition(self, alert: Alert, notify: AlertState | None, kind: str = "rule", *,
+                    muted: bool = False) -> None:
         try:
             self.store.save(alert, notify=notify, kind=kind)
         except Exception:
             log.exception("could not store alert %s", alert.name)
-        if notify is not None:
+        if notify is not None and muted:
+            self.counters["notifications_silenced"] += 1
+        elif notify is not None:
             self.notifier.notify(Notification(notify.value, _alert_document(alert, kind)))
 
     # ------------------------------------------------------------ the evaluator thread
@@ -284,9 +311,11 @@ def _summary(rule: AlertRuleSpec, labels: dict[str, str], value: float | None,
     return rendered or render_template(default, fields) or f"{rule.name}: {rule.metric}"
 
 
-def _iso(seconds: float | None) -> str | None:
-    from datetime import UTC, datetime
+def _datetime(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
+
+def _iso(seconds: float | None) -> str | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
 
 

@@ -14,6 +14,8 @@ from control_plane.alerts.schemas import (
     AlertRuleSpec,
     ReceiverOut,
     ReceiverSpec,
+    SilenceCreate,
+    SilenceOut,
 )
 from control_plane.alerts.states import Alert, AlertState
 from control_plane.errors import NotFoundError
@@ -24,6 +26,7 @@ from control_plane.store.models import (
     AlertReceiverRow,
     AlertRow,
     AlertRuleRow,
+    AlertSilenceRow,
     utcnow,
 )
 
@@ -51,17 +54,42 @@ class AlertStore:
             else:
                 row.spec, row.updated_at = document, utcnow()
             session.flush()
-            return _rule_out(row)
+            return _rule_out(row, session.get(AlertSilenceRow, spec.name))
 
     def delete_rule(self, name: str) -> None:
         with self.db.session() as session:
             if session.execute(delete(AlertRuleRow).where(AlertRuleRow.name == name)).rowcount == 0:
-                raise NotFoundError(f"no alert rule named {name!r}; `modelplane alerts rules` lists them",
-                                    detail={"field": "name"})
+                raise _no_rule(name)
+            session.execute(delete(AlertSilenceRow).where(AlertSilenceRow.rule == name))
 
     def rules(self) -> list[AlertRuleOut]:
         with self.db.session(readonly=True) as session:
-            return [_rule_out(r) for r in session.scalars(select(AlertRuleRow).order_by(AlertRuleRow.name))]
+            silences = {s.rule: s for s in session.scalars(select(AlertSilenceRow))}
+            return [_rule_out(r, silences.get(r.name))
+                    for r in session.scalars(select(AlertRuleRow).order_by(AlertRuleRow.name))]
+
+    def silence(self, name: str, body: SilenceCreate, actor: str, now: datetime) -> AlertRuleOut:
+        """Silence rule ``name`` from ``now`` for ``body.duration_s`` (replacing any silence)."""
+        from datetime import timedelta
+
+        with self.db.session() as session:
+            rule = session.scalar(select(AlertRuleRow).where(AlertRuleRow.name == name))
+            if rule is None:
+                raise _no_rule(name)
+            row = session.get(AlertSilenceRow, name) or AlertSilenceRow(rule=name)
+            row.until = now + timedelta(seconds=body.duration_s)
+            row.reason, row.created_by, row.created_at = body.reason, actor, now
+            session.add(row)
+            session.flush()
+            return _rule_out(rule, row)
+
+    def unsilence(self, name: str) -> AlertRuleOut:
+        with self.db.session() as session:
+            rule = session.scalar(select(AlertRuleRow).where(AlertRuleRow.name == name))
+            if rule is None:
+                raise _no_rule(name)
+            session.execute(delete(AlertSilenceRow).where(AlertSilenceRow.rule == name))
+            return _rule_out(rule, None)
 
     # ------------------------------------------------------------ receivers
 
@@ -121,13 +149,15 @@ class AlertStore:
                 for r in session.scalars(select(AlertRow))
             ]
 
-    def active(self) -> list[AlertOut]:
+    def active(self, now: datetime) -> list[AlertOut]:
         with self.db.session(readonly=True) as session:
+            silenced = {s.rule: s.until for s in session.scalars(select(AlertSilenceRow))
+                        if s.until > now}
             rows = session.scalars(select(AlertRow).order_by(AlertRow.started_at))
             return [AlertOut(fingerprint=r.fingerprint, name=r.name, state=r.state,  # type: ignore[arg-type]
                              severity=r.severity, labels=r.labels, summary=r.summary, value=r.value,
                              data=r.data, started_at=r.started_at, fired_at=r.fired_at,
-                             stale=(r.data or {}).get("stale"))
+                             stale=(r.data or {}).get("stale"), silenced_until=silenced.get(r.name))
                     for r in rows]
 
     def history(self, *, limit: int = 50, offset: int = 0, name: str | None = None,
@@ -146,9 +176,17 @@ class AlertStore:
                                        limit=limit, offset=offset)
 
 
-def _rule_out(row: AlertRuleRow) -> AlertRuleOut:
+def _rule_out(row: AlertRuleRow, silence: AlertSilenceRow | None) -> AlertRuleOut:
+    muted = None if silence is None else SilenceOut(
+        until=silence.until, reason=silence.reason, created_by=silence.created_by,
+        created_at=silence.created_at)
     return AlertRuleOut(**row.spec, created_by=row.created_by, created_at=row.created_at,
-                        updated_at=row.updated_at)
+                        updated_at=row.updated_at, silence=muted)
+
+
+def _no_rule(name: str) -> NotFoundError:
+    return NotFoundError(f"no alert rule named {name!r}; `modelplane alerts rules` lists them",
+                         detail={"field": "name"})
 
 
 def _event_out(row: AlertEventRow) -> AlertEventOut:

@@ -174,6 +174,8 @@ ROUTE_ACCESS: dict[str, Access] = {
     "GET /alerts/rules": READ,
     "PUT /alerts/rules/{name}": DEPLOY,
     "DELETE /alerts/rules/{name}": DEPLOY,
+    "POST /alerts/rules/{name}/silence": DEPLOY,
+    "DELETE /alerts/rules/{name}/silence": DEPLOY,
     "GET /alerts/receivers": ADMIN,
     "PUT /alerts/receivers/{name}": ADMIN,
     "DELETE /alerts/receivers/{name}": ADMIN,

@@ -15,6 +15,7 @@ from control_plane.alerts.schemas import (
     EventCreate,
     ReceiverOut,
     ReceiverSpec,
+    SilenceCreate,
 )
 from control_plane.api.deps import CP, Limit, Offset, Reader, Writer
 from control_plane.errors import InvalidInputError
@@ -88,6 +89,21 @@ def delete_rule(name: str, cp: CP, actor: Writer) -> Response:
     actor.require(Role.DEPLOYER)
     cp.alerts.delete_rule(name)
     return Response(status_code=204)
+
+
+@router.post("/alerts/rules/{name}/silence", response_model=AlertRuleOut)
+def silence_rule(name: str, body: SilenceCreate, cp: CP, actor: Writer) -> AlertRuleOut:
+    """Notify no receiver of the rule's alerts for a while (replacing any silence); they
+    are still evaluated, listed and recorded."""
+    actor.require(Role.DEPLOYER)
+    return cp.alerts.silence(name, body, actor.name)
+
+
+@router.delete("/alerts/rules/{name}/silence", response_model=AlertRuleOut)
+def unsilence_rule(name: str, cp: CP, actor: Writer) -> AlertRuleOut:
+    """End the rule's silence now."""
+    actor.require(Role.DEPLOYER)
+    return cp.alerts.unsilence(name)
 
 
 # Receivers are admin-only, reads included: a webhook URL often carries a secret.

@@ -1,4 +1,5 @@
-"""``modelplane monitor ENDPOINT`` and ``modelplane alerts list|rules|receivers|history|apply|delete``."""
+"""``modelplane monitor ENDPOINT`` and ``modelplane alerts
+list|rules|receivers|history|apply|delete|silence|unsilence``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def list_alerts(as_json: bool = JsonOption, url: str | None = UrlOption) -> None
     alerts = client(url).alerts()
     emit(as_json, alerts, lambda: print_table(
         "active alerts", ["alert", "state", "severity", "endpoint", "version", "value", "since", "summary"],
-        [[a.name, a.state + (" (stale)" if a.stale else ""), a.severity, a.labels.get("endpoint"),
+        [[a.name, a.state + (" (stale)" if a.stale else "") + (" (silenced)" if a.silenced_until else ""),
+          a.severity, a.labels.get("endpoint"),
           a.labels.get("version"), a.value, a.fired_at or a.started_at,
           a.summary + (f" [stale: {a.stale}]" if a.stale else "")] for a in alerts],
         footer="" if alerts else "no alert is pending or firing"))
@@ -41,9 +43,11 @@ def rules(
         return
     found = api.alert_rules()
     emit(as_json, found, lambda: print_table(
-        "alert rules", ["rule", "condition", "window", "for", "every", "severity", "scope", "enabled"],
+        "alert rules", ["rule", "condition", "window", "for", "every", "severity", "scope", "enabled",
+                        "silenced until"],
         [[r.name, f"{r.metric} {r.comparison} {r.threshold:g}", f"{r.window_s:g}s", f"{r.for_s:g}s",
-          f"{r.every_s:g}s", r.severity, _scope(r), "yes" if r.enabled else "no"] for r in found],
+          f"{r.every_s:g}s", r.severity, _scope(r), "yes" if r.enabled else "no",
+          _silence(r)] for r in found],
         footer="" if found else "no rules; add some with `modelplane alerts apply rules.yaml`"))
 
 
@@ -111,6 +115,50 @@ def delete(name: str = typer.Argument(..., help="Rule name."), url: str | None =
     """Delete an alert rule (its firing alerts resolve)."""
     client(url).delete_alert_rule(name)
     typer.echo(f"deleted rule {name}")
+
+
+@alerts_app.command("silence")
+def silence(
+    name: str = typer.Argument(..., help="Rule name."),
+    duration: str = typer.Option(..., "--for", help="How long: 90s, 30m, 2h or 1d (at most 30d)."),
+    reason: str = typer.Option("", "--reason", help="Why, shown beside the rule."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Notify no receiver of a rule's alerts for a while; they are still listed and recorded."""
+    rule = client(url).silence_alert_rule(name, parse_duration(duration), reason)
+    emit(as_json, rule, lambda: typer.echo(f"silenced rule {name} until {_silence(rule)}"))
+
+
+@alerts_app.command("unsilence")
+def unsilence(name: str = typer.Argument(..., help="Rule name."), url: str | None = UrlOption) -> None:
+    """End a rule's silence now: its next firing or resolution is notified again."""
+    client(url).unsilence_alert_rule(name)
+    typer.echo(f"rule {name} notifies again")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``2h``, ``1d`` or plain seconds, as seconds."""
+    value, unit = text.strip().lower(), "s"
+    if value[-1:] in _UNITS:
+        value, unit = value[:-1], value[-1]
+    try:
+        seconds = float(value) * _UNITS[unit]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration; write 90s, 30m, 2h or 1d",
+                                 param_hint="--for") from None
+    if not 0 < seconds <= 30 * 86400:
+        raise typer.BadParameter(f"{text!r} is not between 1s and 30d", param_hint="--for")
+    return seconds
+
+
+def _silence(rule: Any) -> str:
+    if rule.silence is None:
+        return "-"
+    reason = f" ({rule.silence.reason})" if rule.silence.reason else ""
+    return f"{fmt(rule.silence.until)}{reason}"
 
 
 def monitor(

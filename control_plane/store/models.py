@@ -340,6 +340,19 @@ class AlertRuleRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class AlertSilenceRow(Base):
+    """A silence on an alert rule: its alerts are evaluated and recorded, never notified,
+    until ``until``."""
+
+    __tablename__ = "alert_silences"
+
+    rule: Mapped[str] = mapped_column(String(128), primary_key=True)
+    until: Mapped[datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class AlertReceiverRow(Base):
     """A webhook receiver of alert notifications."""
 

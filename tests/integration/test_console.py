@@ -245,7 +245,6 @@ def test_lineage_graph_links_the_version_to_its_run_and_dataset_and_an_approver_
 @pytest.mark.parametrize("path, ready, shot", [
     ("/models", "td a", "registry"),
     (f"/models/{MODEL}", "td a", "model"),
-    ("/alerts", "h2", "alerts"),
     ("/experiments?experiment=console-training", "#runs td", "experiments"),
 ])
 def test_every_other_page_renders_and_is_accessible(console: Console, path: str, ready: str,
@@ -285,3 +284,48 @@ def test_runs_are_compared_side_by_side_with_their_curves_overlaid(console: Cons
     assert "step 8" in curve.text_content() and "step 1" in curve.text_content()
     check_page(page, "compare")
     page.context.close()
+
+
+def test_a_deployer_silences_a_firing_rule_and_a_reader_cannot(console: Console) -> None:
+    rule = f"console-drift-{uuid.uuid4().hex[:6]}"
+    console.client.put_alert_rule({"name": rule, "metric": "drift", "comparison": "==",
+                                   "threshold": 1, "window_s": 5, "every_s": 1,
+                                   "endpoint": ENDPOINT, "severity": "critical"})
+    try:
+        # Feature f2 of the load is shifted: the rule fires.
+        wait_for(lambda: any(a.name == rule and a.state == "firing" for a in console.client.alerts()),
+                 60, "the drift rule to fire")
+        deployer = console.page("deployer", "/alerts")
+        row = deployer.locator("tr", has=deployer.locator("td", has_text=rule))
+        row.get_by_label(f"silence {rule} for").select_option(label="1 day")
+        row.locator("button[data-action=silence]").click()
+        deployer.get_by_label("Reason (recorded with the action)").fill("known shift, fix on Monday")
+        deployer.locator("#confirm-ok").click()
+        row.locator("td", has_text="known shift, fix on Monday").wait_for()
+        [stored] = [r for r in console.client.alert_rules() if r.name == rule]
+        assert stored.silence is not None and stored.silence.reason == "known shift, fix on Monday"
+        held = stored.silence.until - stored.silence.created_at
+        assert abs(held.total_seconds() - 86400) < 1 and stored.silence.created_by.startswith("console-deployer")
+        wait_for(lambda: any(a.name == rule and a.silenced_until for a in console.client.alerts()),
+                 15, "the firing alert to show its silence")
+        deployer.locator("td .badge", has_text="silenced").first.wait_for()
+        check_page(deployer, "alerts")
+
+        reader = console.page("reader", "/alerts")
+        reader.locator("td", has_text=rule).first.wait_for()
+        assert reader.locator("button[data-action]").count() == 0
+        forged = reader.evaluate("""async (rule) => {
+            const response = await fetch(`/api/alerts/rules/${rule}/silence`, {method: "DELETE",
+              headers: {authorization: `Bearer ${sessionStorage.getItem("modelplane.token")}`}});
+            return {status: response.status, body: await response.json()};
+        }""", rule)
+        assert forged["status"] == 403 and "deployer" in forged["body"]["error"], forged
+        reader.context.close()
+
+        row.locator("button[data-action=unsilence]").click()
+        deployer.locator("#confirm-ok").click()
+        row.locator("button[data-action=silence]").wait_for()
+        assert [r.silence for r in console.client.alert_rules() if r.name == rule] == [None]
+        deployer.context.close()
+    finally:
+        console.client.delete_alert_rule(rule)

@@ -235,3 +235,65 @@ def test_every_signal_reads_a_real_monitor_snapshot() -> None:
     assert values["missing_rate"] == 0.0 and values["rejected"] == 0
     assert values["mae"] is None  # a classifier has no regression error
     assert values["latency_anomaly"] is None  # no baseline yet: no verdict
+
+
+def test_a_silenced_rule_is_evaluated_and_recorded_but_notifies_no_one(db: Database, caplog) -> None:
+    from control_plane.alerts.schemas import SilenceCreate
+    from control_plane.errors import NotFoundError
+
+    clock = [1_800_000_000.0]
+    svc = AlertService(db, clock=lambda: clock[0])
+    try:
+        stats = Stats()
+        stats.drift("churn", 2, "drift", ["income"])
+        svc.put_rule(drift_rule(), "alice")
+        muted = svc.silence("input-drift", SilenceCreate(duration_s=60, reason="known shift"), "bob")
+        assert muted.silence.reason == "known shift" and muted.silence.created_by == "bob"
+        assert muted.silence.until.timestamp() == clock[0] + 60
+        caplog.set_level(logging.INFO, logger="modelplane.alerts")
+        svc.evaluate(stats, stats.endpoints, now=clock[0])
+        # Evaluated, listed and recorded; no receiver (the log included) told.
+        assert history(svc) == [("input-drift", "firing", "rule")]
+        [active] = svc.active()
+        assert active.state == "firing" and active.silenced_until == muted.silence.until
+        assert "alert input-drift firing" not in caplog.text
+        assert svc.counters["notifications_silenced"] == 1
+        # Putting the rule again (alerts apply) keeps its silence.
+        assert svc.put_rule(drift_rule(), "alice").silence is not None
+        # Once the silence ends, the resolution is notified; an ended silence is not listed.
+        clock[0] += 61
+        stats.drift("churn", 2, "ok")
+        svc.evaluate(stats, stats.endpoints, now=clock[0])
+        assert history(svc)[-1] == ("input-drift", "resolved", "rule")
+        assert "alert input-drift resolved" in caplog.text
+        assert svc.rules()[0].silence is None
+        # Silenced and unsilenced at once: it notifies again.
+        svc.silence("input-drift", SilenceCreate(duration_s=3600), "bob")
+        assert svc.unsilence("input-drift").silence is None
+        stats.drift("churn", 2, "drift", ["income"])
+        clock[0] += 5
+        svc.evaluate(stats, stats.endpoints, now=clock[0])
+        assert "alert input-drift firing" in caplog.text
+        with pytest.raises(NotFoundError, match="no alert rule named 'nope'"):
+            svc.silence("nope", SilenceCreate(duration_s=60), "bob")
+        svc.silence("input-drift", SilenceCreate(duration_s=60), "bob")
+        svc.delete_rule("input-drift")  # its silence goes with it
+        svc.put_rule(drift_rule(), "alice")
+        assert svc.rules()[0].silence is None
+    finally:
+        svc.stop()
+
+
+def test_a_silence_names_a_duration_in_range() -> None:
+    from control_plane.alerts.schemas import SilenceCreate
+    from control_plane.cli.monitoring import parse_duration
+
+    for bad in (0, -5, 31 * 86400):
+        with pytest.raises(ValidationError, match="duration_s"):
+            SilenceCreate(duration_s=bad)
+    assert [parse_duration(t) for t in ("90s", "30m", "2h", "1d", "45")] == [90, 1800, 7200, 86400, 45]
+    import typer
+
+    for bad in ("soon", "0m", "31d", ""):
+        with pytest.raises(typer.BadParameter):
+            parse_duration(bad)
