@@ -329,3 +329,24 @@ def test_a_deployer_silences_a_firing_rule_and_a_reader_cannot(console: Console)
         deployer.context.close()
     finally:
         console.client.delete_alert_rule(rule)
+
+
+def test_a_versions_benchmark_is_shown_beside_the_champions(console: Console) -> None:
+    quick = {"rate": 10, "duration_s": 2, "p99_target_ms": 500, "search_steps": 0, "timeout_s": 120}
+    client = console.client
+    client.set_alias(MODEL, "champion", 1)
+    started = {v: client.start_benchmark(MODEL, v, quick).id for v in (1, 2)}
+    figures = {v: client.wait_benchmark(MODEL, v, started[v], timeout_s=180).figures for v in (1, 2)}
+    page = console.page("reader", f"/models/{MODEL}/versions/2")
+    bench = page.locator("section[aria-label='Performance benchmark']")
+    bench.locator("th", has_text="v1 (champion)").wait_for()
+    row = bench.locator("tr", has=page.locator("td", has_text="p99 (lower is better)"))
+    cells = row.locator("td").all_text_contents()
+
+    def ms(value: float) -> str:
+        return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
+
+    assert cells[1:3] == [ms(figures[2].latency_ms.p99), ms(figures[1].latency_ms.p99)], cells
+    assert cells[3] == f"{figures[2].latency_ms.p99 / figures[1].latency_ms.p99:.2f}\u00d7", cells
+    check_page(page)
+    page.context.close()

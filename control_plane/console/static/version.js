@@ -1,7 +1,7 @@
 // One model version: stage, aliases, status, metrics, approvals, and its lineage as a
 // graph (dataset → run → version → deployments → rollouts); approvers approve or reject.
 
-import { UI, api, mayAct } from "./api.js";
+import { ApiError, UI, api, mayAct } from "./api.js";
 import { layeredGraph } from "./charts.js";
 import { badge, confirmAction, show, el, failed, fmt, header, link, params, status, table } from "./ui.js";
 
@@ -60,10 +60,56 @@ async function decide(decision) {
   await load();
 }
 
+// The champion: the version the `champion` alias names, else the one in production.
+async function champion() {
+  try {
+    return await api(`/refs/${encodeURIComponent(name)}@champion`);
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 404) throw error;
+  }
+  const page = await api(`/models/${encodeURIComponent(name)}/versions?limit=100`);
+  return page.items.find((v) => v.stage === "production") || null;
+}
+
+async function latestBenchmark(version) {
+  const all = await api(`/models/${encodeURIComponent(name)}/versions/${version}/benchmarks`);
+  return all.filter((b) => b.status === "succeeded" && b.figures).sort((a, b) => a.started_at.localeCompare(b.started_at)).at(-1) || null;
+}
+
+const FIGURES = [
+  ["p50", (f) => f.latency_ms.p50, "ms", "lower"], ["p95", (f) => f.latency_ms.p95, "ms", "lower"],
+  ["p99", (f) => f.latency_ms.p99, "ms", "lower"], ["highest rate within the p99 target", (f) => f.max_rate_within_p99, "req/s", "higher"],
+  ["CPU per request", (f) => f.cpu_ms_per_request, "ms", "lower"], ["resident memory", (f) => f.memory_rss_mb, "MB", "lower"],
+  ["errors", (f) => f.errors, "", "lower"],
+];
+
+// This version's latest benchmark beside the champion's: each figure, and the ratio to it.
+async function performance(v) {
+  const [mine, best] = await Promise.all([latestBenchmark(number), champion()]);
+  const theirs = best && best.version !== number ? await latestBenchmark(best.version) : null;
+  if (!mine && !theirs) return el("p", { class: "muted" }, `No benchmark yet: modelplane models benchmark ${name}:${number}`);
+  const value = (b, get) => (b ? get(b.figures) : null);
+  const shown = (x, unit) => (x === null || x === undefined ? "—" : `${fmt.num(x, x < 10 ? 2 : 1)}${unit ? ` ${unit}` : ""}`);
+  const columns = [{ label: "figure" }, { label: `v${number} (this)`, num: true }];
+  if (best && best.version !== number) columns.push({ label: `v${best.version} (champion)`, num: true }, { label: "this ÷ champion", num: true });
+  const rows = FIGURES.map(([label, get, unit, better]) => {
+    const row = [`${label} (${better} is better)`, shown(value(mine, get), unit)];
+    if (columns.length > 2) {
+      const a = value(mine, get), b = value(theirs, get);
+      row.push(shown(b, unit), a !== null && b ? `${fmt.num(a / b, 2)}×` : "—");
+    }
+    return row;
+  });
+  const when = [mine ? `v${number} at ${mine.figures.rate} req/s for ${mine.figures.duration_s}s, ${fmt.time(mine.finished_at)}` : `v${number}: none`,
+    columns.length > 2 ? (theirs ? `v${best.version} at ${theirs.figures.rate} req/s, ${fmt.time(theirs.finished_at)}` : `v${best.version}: none`) : null].filter(Boolean);
+  return el("section", { "aria-label": "Performance benchmark" }, table(null, columns, rows), el("p", { class: "muted" }, `Latest benchmarks: ${when.join("; ")}.`));
+}
+
 async function load() {
   try {
     const [v, lineage, approvals, rollouts] = await Promise.all([api(base), api(`${base}/lineage`), api(`${base}/approvals`),
       api(`/rollouts?limit=500`).then((all) => all.filter((r) => r.model === name && r.candidate_version === number))]);
+    const bench = await performance(v);
     const l = lineage.lineage;
     document.getElementById("title").textContent = `${name} v${number}`;
     show(
@@ -78,6 +124,7 @@ async function load() {
         el("dt", {}, "run"), el("dd", {}, lineage.run ? `${lineage.run.experiment} / ${lineage.run.name || lineage.run.id} (${lineage.run.status})` : l.run_id || "—"),
         el("dt", {}, "code"), el("dd", {}, l.code_commit ? `${short(l.code_commit)}${l.code_branch ? ` on ${l.code_branch}` : ""}` : "—")),
       el("h2", {}, "Lineage"), lineageGraph(lineage, rollouts),
+      el("h2", {}, "Performance"), bench,
       el("h2", {}, "Metrics"),
       table(null, [{ label: "metric" }, { label: "value", num: true }], Object.entries(v.manifest.metrics).map(([k, x]) => [k, fmt.num(x, 4)]), "none recorded"),
       el("h2", {}, "Approvals"),
