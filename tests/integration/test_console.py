@@ -169,6 +169,8 @@ def test_rollout_page_is_live_a_reader_cannot_act_and_a_deployer_rolls_back(cons
     card.locator("svg title", has_text=f"{ENDPOINT} traffic split").wait_for(state="attached")
     card.locator("section[data-version='2'] p", has_text="req/s").wait_for()
     wait_for(lambda: "v2" in card.locator("svg").first.text_content(), 30, "v2 in the split")
+    # Each replica's health and node, from the cluster view.
+    card.locator(f"section[aria-label='{ENDPOINT} replicas'] td .badge", has_text="RUNNING").first.wait_for()
     endpoints.locator("section[data-version='1'] svg path[stroke]").first.wait_for()
 
     reader = console.page("reader", f"/rollouts/{rollout.id}")

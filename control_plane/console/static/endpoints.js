@@ -10,6 +10,7 @@ const windowS = Number(query().get("window")) || 10;
 const KEEP_MS = 5 * 60 * 1000;
 const history = {}; // "endpoint/version" -> [{t, rps, errorRate, p50, p95, p99}]
 let replicas = {};
+let cluster = null; // GET /cluster (any token): each replica's state and node; null without one
 let ticks = 0;
 
 function parseReplicas(text) {
@@ -66,12 +67,27 @@ function card(endpoint, stats) {
     serving && serving.error ? el("p", { class: "status error" }, serving.error) : null,
     splitBar({ title: `${endpoint.name} traffic split`, parts }),
     table(null, [{ label: "version" }, { label: "weight" }, { label: "replicas", num: true }, { label: "batch size / wait" }, { label: "monitoring" }], rows),
+    replicaTable(endpoint.name),
     el("div", { class: "grid" }, versions.map((v) => versionCharts(endpoint.name, v, stats[v]))));
+}
+
+// Each replica's health (Serve's state) and node, where the token may read the cluster.
+function replicaTable(name) {
+  if (!cluster) return null;
+  const mine = cluster.replicas.filter((r) => r.endpoint === name);
+  const kind = (state) => (state === "RUNNING" ? "good" : ["STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION"].includes(state) ? "warn" : "bad");
+  return el("section", { "aria-label": `${name} replicas` },
+    table(null, [{ label: "replica" }, { label: "serves" }, { label: "health" }, { label: "node" }],
+      mine.map((r) => [r.replica_id.slice(0, 12), r.version ? `v${r.version}` : "every version", badge(r.state, kind(r.state)), r.node_address || "—"]),
+      "no replica"));
 }
 
 async function tick() {
   const endpoints = await api("/endpoints");
-  if (ticks++ % 5 === 0) replicas = parseReplicas(await api("/metrics", { text: true }).catch(() => ""));
+  if (ticks++ % 5 === 0) {
+    replicas = parseReplicas(await api("/metrics", { text: true }).catch(() => ""));
+    cluster = await api("/cluster").catch(() => null);
+  }
   const now = Date.now();
   const stats = {};
   await Promise.all(endpoints.map(async (e) => {
