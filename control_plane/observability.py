@@ -95,6 +95,12 @@ def endpoint_stats(endpoint: str, window_s: float) -> dict[str, Any]:
             for v, stats in read_version_stats(endpoint, window_s).items()}
 
 
+def feature_histograms(endpoint: str, version: int, window_s: float) -> dict[str, Any]:
+    """A version's reference and live histograms per feature (see ``MonitorState.histograms``);
+    raises MonitorUnavailableError."""
+    return json_safe(_ask("histograms", endpoint, version, window_s))
+
+
 def json_safe(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None

@@ -167,6 +167,7 @@ ROUTE_ACCESS: dict[str, Access] = {
     # Monitoring and alerts; receivers are admin-only, reads included (webhook URLs
     # often carry a secret).
     "GET /endpoints/{name}/monitoring": READ,
+    "GET /endpoints/{name}/monitoring/histograms": READ,
     "GET /monitoring/signals": READ,
     "GET /alerts": READ,
     "GET /alerts/history": READ,

@@ -37,6 +37,19 @@ def endpoint_monitoring(name: str, cp: CP, _: Reader, window: Window = 60.0) -> 
     return {"endpoint": name, "window_s": window, "versions": versions}
 
 
+@router.get("/endpoints/{name}/monitoring/histograms")
+def endpoint_histograms(name: str, cp: CP, _: Reader,
+                        version: Annotated[int, Query(ge=1, description="The version.")],
+                        window: Window = 60.0) -> dict[str, Any]:
+    """Per input and prediction feature of ``version``: its reference bins (edges, counts)
+    and the live counts over ``window`` in the same bins."""
+    from control_plane.observability import feature_histograms
+
+    cp.deployments.get(name)
+    return {"endpoint": name, "version": version, "window_s": window,
+            **feature_histograms(name, version, window)}
+
+
 @router.get("/monitoring/signals")
 def signals(_: Reader) -> dict[str, str]:
     """The metrics an alert rule can watch, with what each means."""

@@ -85,11 +85,30 @@ class SlottedCounts:
             while self._sample_rows - self._samples[0][1].shape[0] >= SAMPLE_LIMIT:
                 self._sample_rows -= self._samples.popleft()[1].shape[0]
 
+    def _first(self, window_s: float) -> int:
+        return self._epoch() - max(1, math.ceil(window_s / self.slot_seconds)) + 1
+
+    def histograms(self, window_s: float) -> dict[str, Any]:
+        """Each feature's reference bins (edges and counts) and, in the same bins, the live
+        counts of the last ``window_s`` seconds; ``rows``: the live rows counted."""
+        first = self._first(window_s)
+        chosen = [slot for slot in self._entries if slot.epoch >= first]
+        layout = self.profile.layout()
+        live = (np.sum([slot.hist for slot in chosen], axis=0) if chosen
+                else np.zeros(layout.n_bins, dtype=np.int64))
+        features = {}
+        for index, feature in enumerate(self.profile.features):
+            start, stop = layout.bin_offsets[index], layout.bin_offsets[index + 1]
+            features[feature.name] = {"kind": feature.kind, "edges": [float(e) for e in feature.edges],
+                                      "reference": [int(c) for c in feature.counts],
+                                      "live": [int(c) for c in live[start:stop]]}
+        return {"rows": sum(slot.rows for slot in chosen), "features": features}
+
     def window(self, window_s: float) -> tuple[LiveWindow, int] | None:
         """The last ``window_s`` seconds as a live window (counts and newest rows)."""
         from kernels import LiveWindow
 
-        first = self._epoch() - max(1, math.ceil(window_s / self.slot_seconds)) + 1
+        first = self._first(window_s)
         chosen = [slot for slot in self._entries if slot.epoch >= first]
         if not chosen:
             return None

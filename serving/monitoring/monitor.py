@@ -279,6 +279,15 @@ class MonitorState:
         return {version: self._version_snapshot(endpoint, version, series, window_s)
                 for (name, version), series in sorted(self.series.items()) if name == endpoint}
 
+    def histograms(self, endpoint: str, version: int, window_s: float = 60.0) -> dict[str, Any]:
+        """A version's reference and live histograms per input and prediction feature over
+        the last ``window_s`` seconds (None for a group without a reference profile)."""
+        series = self.series.get((endpoint, version))
+        if series is None:
+            return {"inputs": None, "predictions": None}
+        return {group: counts.histograms(window_s) if counts is not None else None
+                for group, counts in (("inputs", series.inputs), ("predictions", series.predictions))}
+
     def _version_snapshot(self, endpoint: str, version: int, series: VersionSeries,
                           window_s: float) -> VersionSnapshot:
         counts = series.counters.total(window_s)
@@ -487,6 +496,9 @@ class MonitorActor:
 
     def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, VersionSnapshot]:
         return self.state.snapshot(endpoint, window_s)
+
+    def histograms(self, endpoint: str, version: int, window_s: float = 60.0) -> dict[str, Any]:
+        return self.state.histograms(endpoint, version, window_s)
 
     def totals(self) -> list[VersionTotals]:
         return self.state.totals()

@@ -218,7 +218,18 @@ def test_drift_heat_map_marks_the_shifted_feature(console: Console) -> None:
     page.locator("#drifted", has_text="f2").wait_for()
     drifted = {f: page.locator(f"svg g[data-feature={f}] rect.drifted").count() for f in FEATURES}
     assert drifted["f2"] == max(drifted.values()) and drifted["f2"] > 0, drifted
+    # The drifted feature's histograms, overlaid: its live rows moved up by 1.5 sd, so the
+    # top reference bin holds a far larger share of them than of the reference.
+    page.locator("#feature-h", has_text="Feature f2").wait_for()
+    top = page.locator("svg g[data-bin]").last
+    shares = {s: float(top.locator(f"rect[data-series={s}]").get_attribute("data-share"))
+              for s in ("reference", "live")}
+    assert shares["live"] > shares["reference"] + 0.2, shares
     check_page(page, "monitoring")
+    # Any other feature on request; its live histogram follows the reference.
+    page.locator("#pick-feature").select_option("f0")
+    page.locator("#feature-h", has_text="Feature f0").wait_for()
+    assert "feature=f0" in page.url
 
 
 def test_lineage_graph_links_the_version_to_its_run_and_dataset_and_an_approver_approves(

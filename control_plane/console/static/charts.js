@@ -98,6 +98,43 @@ export function splitBar({ title, parts, width = 420, height = 34 }) {
   return chart;
 }
 
+// A feature's reference and live histograms overlaid: per bin (labels), the share of
+// reference rows and of live rows, side by side. reference and live are counts.
+export function histogramChart({ title, labels, reference, live, width = 640, height = 200 }) {
+  const left = 48, right = 8, top = 8, bottom = 58;
+  const share = (counts) => { const total = counts.reduce((a, b) => a + b, 0); return counts.map((c) => (total ? c / total : 0)); };
+  const ref = share(reference), now = share(live);
+  const liveRows = live.reduce((a, b) => a + b, 0);
+  const widest = ref.concat(now).reduce((a, b) => Math.max(a, b), 0);
+  const peak = labels.length ? labels[now.indexOf(Math.max(...now))] : "";
+  const chart = frame(width, height, title, liveRows ? `Most live rows in ${peak}: ${(Math.max(...now) * 100).toFixed(0)}% against ${(ref[now.indexOf(Math.max(...now))] * 100).toFixed(0)}% of the reference.` : "No live rows in the window.");
+  const ymax = niceMax(widest);
+  const slot = (width - left - right) / Math.max(labels.length, 1);
+  const bar = Math.max(2, slot / 2 - 2);
+  const y = (v) => top + (1 - v / ymax) * (height - top - bottom);
+  for (const frac of [0, 0.5, 1]) {
+    chart.append(svg("line", { x1: left, x2: width - right, y1: y(ymax * frac), y2: y(ymax * frac), stroke: "#d5dbe1" }),
+      svg("text", { x: left - 4, y: y(ymax * frac) + 4, "text-anchor": "end", fill: "#1b1f24" }, `${Math.round(ymax * frac * 100)}%`));
+  }
+  labels.forEach((label, i) => {
+    const x = left + i * slot + 1;
+    const g = svg("g", { "data-bin": i });
+    for (const [series, values, colour, dx] of [["reference", ref, COLORS[0], 0], ["live", now, COLORS[1], bar + 1]]) {
+      g.append(svg("rect", { x: x + dx, y: y(values[i]), width: bar, height: Math.max(0, y(0) - y(values[i])), fill: colour, "data-series": series, "data-share": values[i].toFixed(4) },
+        svg("title", {}, `${label}: ${(values[i] * 100).toFixed(1)}% of ${series} rows`)));
+    }
+    g.append(svg("text", { x: x + bar, y: height - bottom + 14, "text-anchor": "middle", fill: "#1b1f24" }, label.length > 10 ? `${label.slice(0, 9)}…` : label));
+    chart.append(g);
+  });
+  let at = left;
+  for (const [name, colour] of [["reference", COLORS[0]], [`live (${liveRows} rows)`, COLORS[1]]]) {
+    chart.append(svg("line", { x1: at, x2: at + 14, y1: height - 12, y2: height - 12, stroke: colour, "stroke-width": 6 }),
+      svg("text", { x: at + 18, y: height - 8, fill: "#1b1f24" }, name));
+    at += 30 + 6.5 * name.length;
+  }
+  return chart;
+}
+
 // Rows (features) by columns (times): cells coloured by adjusted p-value, darker = smaller;
 // a cell whose test called drift gets a heavy outline. cells[r][c] = {p, drifted} or null.
 export function heatMap({ title, rows, columns, cells, width = 640 }) {

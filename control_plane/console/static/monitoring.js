@@ -1,9 +1,10 @@
 // Monitoring of one endpoint's version: drift per feature over time as a heat map of
-// adjusted p-values, data-quality counters, online accuracy (or MAE) and anomalies, from
-// GET /endpoints/{e}/monitoring polled while the page is open.
+// adjusted p-values, one feature's reference and live histograms overlaid, data-quality
+// counters, online accuracy (or MAE) and anomalies, from GET /endpoints/{e}/monitoring
+// (and .../monitoring/histograms) polled while the page is open.
 
 import { api } from "./api.js";
-import { heatMap, lineChart } from "./charts.js";
+import { heatMap, histogramChart, lineChart } from "./charts.js";
 import { badge, show, el, fmt, header, poll, query, status, table } from "./ui.js";
 
 const q = query();
@@ -11,6 +12,7 @@ const every = Number(q.get("every")) || 5000;
 let windowS = Number(q.get("window")) || 30;
 let endpoint = q.get("endpoint");
 let version = q.get("version");
+let feature = q.get("feature");
 const KEEP = 60; // columns of the heat map
 let columns = []; // [{label, t, drift, accuracy}]
 let endpoints = [];
@@ -21,6 +23,7 @@ function reset() {
   url.searchParams.set("endpoint", endpoint || "");
   url.searchParams.set("version", version || "");
   url.searchParams.set("window", String(windowS));
+  if (feature) url.searchParams.set("feature", feature); else url.searchParams.delete("feature");
   history.replaceState(null, "", url);
 }
 
@@ -56,6 +59,30 @@ function driftSection(latest) {
     drift.drifted_features && drift.drifted_features.length ? el("p", { id: "drifted" }, "Drifted now: ", drift.drifted_features.join(", ")) : null,
     table("Latest window", [{ label: "feature" }, { label: "test" }, { label: "statistic", num: true }, { label: "adjusted p", num: true }, { label: "rows", num: true }, { label: "verdict" }],
       Object.entries(drift.features || {}).map(([n, f]) => [n, f.test, fmt.num(f.statistic, 3), fmt.p(f.p_value), String(f.n), f.drifted ? badge("drift", "bad") : badge("ok", "good")])));
+}
+
+function binLabels(f) {
+  const e = f.edges.map((x) => fmt.num(x, Math.abs(x) < 10 ? 2 : 0));
+  if (f.kind === "categorical") return [...e, "other"];
+  return f.edges.length ? [`< ${e[0]}`, ...e.slice(1).map((x, i) => `${e[i]}–${x}`), `≥ ${e.at(-1)}`] : ["all"];
+}
+
+// One feature's reference and live histograms (inputs, then prediction features).
+function featureSection(histograms, latest) {
+  const groups = [["", (histograms.inputs || {}).features || {}], ["prediction ", (histograms.predictions || {}).features || {}]];
+  const all = groups.flatMap(([prefix, features]) => Object.entries(features).map(([name, f]) => [`${prefix}${name}`, f]));
+  if (!all.length) return null;
+  const drifted = ((latest.drift || {}).drifted_features || [])[0];
+  if (!feature || !all.some(([name]) => name === feature)) feature = drifted && all.some(([n]) => n === drifted) ? drifted : all[0][0];
+  const [, chosen] = all.find(([name]) => name === feature);
+  return el("section", { class: "card", "aria-labelledby": "feature-h" },
+    el("h2", { id: "feature-h" }, `Feature ${feature}: reference and live`),
+    el("form", { class: "inline", onsubmit: (e) => e.preventDefault() },
+      el("label", { for: "pick-feature" }, "Feature"),
+      el("select", { id: "pick-feature", onchange: (e) => { feature = e.target.value; reset(); tick(); } },
+        all.map(([name]) => el("option", { value: name, selected: name === feature }, name)))),
+    histogramChart({ title: `${feature} of ${endpoint} v${version}: reference and last ${windowS}s`, labels: binLabels(chosen), reference: chosen.reference, live: chosen.live }),
+    el("p", { class: "muted" }, `Bars are shares of rows per reference bin (${chosen.kind}); the live rows are the last ${windowS}s.`));
 }
 
 function qualitySection(quality) {
@@ -97,13 +124,14 @@ async function tick() {
     show(el("p", {}, "No endpoints to monitor."));
     return;
   }
-  const answer = await api(`/endpoints/${encodeURIComponent(endpoint)}/monitoring?window=${windowS}`);
+  const [answer, histograms] = await Promise.all([api(`/endpoints/${encodeURIComponent(endpoint)}/monitoring?window=${windowS}`),
+    api(`/endpoints/${encodeURIComponent(endpoint)}/monitoring/histograms?version=${encodeURIComponent(version)}&window=${windowS}`).catch(() => ({}))]);
   const latest = answer.versions[version] || {};
   const now = new Date();
   columns.push({ label: now.toLocaleTimeString(), t: now.getTime(), drift: latest.drift, accuracy: latest.accuracy });
   if (columns.length > KEEP) columns.shift();
   document.getElementById("title").textContent = `Monitoring: ${endpoint} v${version}`;
-  show(pickers(), driftSection(latest), el("div", { class: "grid" }, qualitySection(latest.quality), accuracySection(latest.accuracy, latest.anomalies)));
+  show(pickers(), driftSection(latest), featureSection(histograms, latest), el("div", { class: "grid" }, qualitySection(latest.quality), accuracySection(latest.accuracy, latest.anomalies)));
   status(`each column is one ${windowS}s window, read every ${every / 1000}s (updated ${now.toLocaleTimeString()})`);
 }
 

@@ -151,3 +151,24 @@ def test_quality_counters_reach_the_snapshot(monitored) -> None:
     assert quality.features["score"] == FeatureQuality(missing=0, out_of_range=1)
     assert quality.rows_out_of_support == 1
     assert 0 <= quality.last_request_age_s < 5
+
+
+def test_histograms_are_the_reference_bins_and_the_windows_live_counts(monitored) -> None:
+    core, state, clock = monitored
+    rows = np.random.default_rng(13).normal(loc=0.5, size=(400, 4)).astype(np.float32)
+    asyncio.run(send_many(core, [r[None, :] for r in rows]))
+    ship(core, state)
+    answer = state.histograms("churn", 1, 5.0)
+    inputs, _ = load_profiles(PROFILE)
+    assert answer["inputs"]["rows"] == 400 and set(answer["inputs"]["features"]) == set(FEATURES)
+    for index, name in enumerate(FEATURES):
+        feature, shown = inputs.feature(name), answer["inputs"]["features"][name]
+        assert shown["edges"] == list(feature.edges) and shown["reference"] == list(feature.counts)
+        # Numeric bin j holds edges[j-1] <= x < edges[j]; the outer bins are open-ended.
+        expected = np.bincount(np.searchsorted(np.asarray(feature.edges), rows[:, index].astype(np.float64),
+                                               side="right"), minlength=len(feature.counts))
+        assert shown["live"] == expected.tolist(), name
+    clock.now += 10  # the window has moved past every row
+    later = state.histograms("churn", 1, 5.0)["inputs"]
+    assert later["rows"] == 0 and all(sum(f["live"]) == 0 for f in later["features"].values())
+    assert state.histograms("churn", 7, 5.0) == {"inputs": None, "predictions": None}
