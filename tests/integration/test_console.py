@@ -345,7 +345,7 @@ def test_a_deployer_silences_a_firing_rule_and_a_reader_cannot(console: Console)
 
 
 def test_a_versions_benchmark_is_shown_beside_the_champions(console: Console) -> None:
-    quick = {"rate": 10, "duration_s": 2, "p99_target_ms": 500, "search_steps": 0, "timeout_s": 120}
+    quick = {"rate": 20, "duration_s": 1, "p99_target_ms": 500, "search_steps": 0, "timeout_s": 120}
     client = console.client
     client.set_alias(MODEL, "champion", 1)
     started = {v: client.start_benchmark(MODEL, v, quick).id for v in (1, 2)}
