@@ -95,6 +95,13 @@ def endpoint_stats(endpoint: str, window_s: float) -> dict[str, Any]:
             for v, stats in read_version_stats(endpoint, window_s).items()}
 
 
+def endpoint_history(endpoint: str, window_s: float, step_s: float) -> dict[str, Any]:
+    """Per version, its traffic and latency in steps of ``step_s`` over the last
+    ``window_s`` (see ``MonitorState.history``); raises MonitorUnavailableError."""
+    return {str(v): json_safe(points)
+            for v, points in _ask("history", endpoint, window_s, step_s).items()}
+
+
 def feature_histograms(endpoint: str, version: int, window_s: float) -> dict[str, Any]:
     """A version's reference and live histograms per feature (see ``MonitorState.histograms``);
     raises MonitorUnavailableError."""

@@ -97,6 +97,21 @@ class SketchWindow:
             merged.merge(self._ring[row])
         return merged
 
+    def sketch_steps(self, seconds: float, step_seconds: float) -> list[Sketch]:
+        """The last ``seconds`` cut into steps of ``step_seconds`` (whole slots, at least
+        one), each merged into a new sketch, oldest step first; the newest step holds the
+        current, partial slot."""
+        rows = self._rows(seconds)
+        per = max(1, round(step_seconds / self.slot_seconds))
+        steps = []
+        for start in range(0, len(rows), per):
+            merged = self._template.copy()
+            merged.reset()
+            for row in rows[start:start + per]:
+                merged.merge(self._ring[row])
+            steps.append(merged)
+        return steps[::-1]
+
     def quantiles(self, qs: Iterable[float], seconds: float | None = None) -> np.ndarray:
         """Quantiles of the last ``seconds`` (see :meth:`sketch`), merged in one call."""
         return self._template._merged_quantiles(self._bins, self._counters, self._extrema,

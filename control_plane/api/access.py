@@ -140,6 +140,7 @@ ROUTE_ACCESS: dict[str, Access] = {
     "DELETE /endpoints/{name}": DEPLOY,
     "PUT /endpoints/{name}/traffic": DEPLOY,
     "GET /endpoints/{name}/stats": READ,
+    "GET /endpoints/{name}/stats/history": READ,
     # Rollouts.
     "POST /rollouts": DEPLOY,
     "GET /rollouts": READ,

@@ -69,6 +69,21 @@ def endpoint_stats(
     return {"endpoint": name, "window_s": window, "versions": read_stats(name, window)}
 
 
+@router.get("/endpoints/{name}/stats/history")
+def endpoint_history(
+    name: str, cp: CP, _: Reader,
+    window: Annotated[float, Query(gt=0, le=300, description="Seconds to look back.")] = 300.0,
+    step: Annotated[float, Query(ge=1, le=60, description="Seconds per point.")] = 5.0,
+) -> dict[str, Any]:
+    """Per version, requests, 5xx rate, requests/s and p50/p95/p99 in steps of ``step``
+    seconds over the last ``window``, oldest first (``t``: each step's end, Unix seconds)."""
+    from control_plane.observability import endpoint_history as read_history
+
+    cp.deployments.get(name)
+    return {"endpoint": name, "window_s": window, "step_s": step,
+            "versions": read_history(name, window, step)}
+
+
 @router.get("/metrics", tags=["admin"], response_class=Response)
 def metrics(cp: CP) -> Response:
     """Prometheus exposition: request counts, latency quantiles, weights, shadows, replicas."""

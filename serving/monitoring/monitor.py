@@ -97,6 +97,20 @@ class CounterWindow:
     def epoch(self) -> int:
         return math.floor(self._clock() / self.slot_seconds)
 
+    def total_steps(self, seconds: float, step_seconds: float) -> list[Counter[str]]:
+        """The last ``seconds`` in steps of ``step_seconds`` (whole slots), oldest first, as
+        :meth:`total` cuts them: the newest step holds the current slot."""
+        self._current()
+        count = min(self.slots, max(1, math.ceil(seconds / self.slot_seconds)))
+        per = max(1, round(step_seconds / self.slot_seconds))
+        steps = []
+        for start in range(0, count, per):
+            step: Counter[str] = Counter()
+            for back in range(start, min(start + per, count)):
+                step.update(self._ring[(self._head - back) % self.slots])
+            steps.append(step)
+        return steps[::-1]
+
     def total(self, seconds: float) -> Counter[str]:
         self._current()
         count = min(self.slots, max(1, math.ceil(seconds / self.slot_seconds)))
@@ -278,6 +292,33 @@ class MonitorState:
         """Per-version statistics over the last ``window_s`` seconds."""
         return {version: self._version_snapshot(endpoint, version, series, window_s)
                 for (name, version), series in sorted(self.series.items()) if name == endpoint}
+
+    def history(self, endpoint: str, window_s: float = 300.0,
+                step_s: float = 5.0) -> dict[int, list[dict[str, Any]]]:
+        """Per version, the last ``window_s`` seconds in steps of ``step_s``, oldest first:
+        each step's end (wall-clock seconds), requests, 5xx rate, requests/s and latency
+        quantiles of every request, as the Monitor's per-second slots hold them."""
+        wall, history = self._wall(), {}
+        for (name, version), series in sorted(self.series.items()):
+            if name != endpoint:
+                continue
+            counts = series.counters.total_steps(window_s, step_s)
+            sketches = series.latency.sketch_steps(window_s, step_s)
+            if series.latency_apart is not None:
+                for sketch, apart in zip(sketches, series.latency_apart.sketch_steps(window_s, step_s),
+                                         strict=True):
+                    sketch.merge(apart)
+            points = []
+            for back, (step_counts, sketch) in enumerate(zip(reversed(counts), reversed(sketches),
+                                                             strict=True)):
+                traffic, latency = _traffic(step_counts, step_s), _quantiles_ms(sketch)
+                points.append({"t": wall - back * step_s, "requests": traffic.requests,
+                               "error_rate": traffic.error_rate,
+                               "throughput_rps": traffic.throughput_rps,
+                               "p50_ms": latency.p50_ms, "p95_ms": latency.p95_ms,
+                               "p99_ms": latency.p99_ms})
+            history[version] = points[::-1]
+        return history
 
     def histograms(self, endpoint: str, version: int, window_s: float = 60.0) -> dict[str, Any]:
         """A version's reference and live histograms per input and prediction feature over
@@ -499,6 +540,10 @@ class MonitorActor:
 
     def histograms(self, endpoint: str, version: int, window_s: float = 60.0) -> dict[str, Any]:
         return self.state.histograms(endpoint, version, window_s)
+
+    def history(self, endpoint: str, window_s: float = 300.0,
+                step_s: float = 5.0) -> dict[int, list[dict[str, Any]]]:
+        return self.state.history(endpoint, window_s, step_s)
 
     def totals(self) -> list[VersionTotals]:
         return self.state.totals()

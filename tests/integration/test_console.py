@@ -166,6 +166,10 @@ def test_rollout_page_is_live_a_reader_cannot_act_and_a_deployer_rolls_back(cons
 
     endpoints = console.page("deployer", f"/endpoints?endpoint={ENDPOINT}&every=1000&window=5")
     card = endpoints.locator(f"section[data-endpoint={ENDPOINT}]")
+    # The charts open with the Monitor's last five minutes (5 s a point), not empty.
+    rps = card.locator("section[data-version='1'] svg path[stroke]").first
+    rps.wait_for()
+    assert rps.get_attribute("d").count("L") >= 20, rps.get_attribute("d")
     card.locator("svg title", has_text=f"{ENDPOINT} traffic split").wait_for(state="attached")
     card.locator("section[data-version='2'] p", has_text="req/s").wait_for()
     wait_for(lambda: "v2" in card.locator("svg").first.text_content(), 30, "v2 in the split")

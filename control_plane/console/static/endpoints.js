@@ -1,5 +1,6 @@
 // Endpoints: each endpoint's route table, replicas, traffic split and live per-version
-// statistics (requests/s, error rate, p50/p95/p99) from GET /endpoints/{e}/stats.
+// statistics (requests/s, error rate, p50/p95/p99) from GET /endpoints/{e}/stats, the
+// charts starting with the Monitor's last five minutes (GET /endpoints/{e}/stats/history).
 
 import { api } from "./api.js";
 import { lineChart, splitBar } from "./charts.js";
@@ -20,6 +21,21 @@ function parseReplicas(text) {
     found[`${labels.endpoint}/${labels.version}`] = Number(match[2]);
   }
   return found;
+}
+
+// The last five minutes from the Monitor, once per endpoint: the charts start full.
+const seeded = new Set();
+async function seed(endpoint) {
+  if (seeded.has(endpoint)) return;
+  seeded.add(endpoint);
+  try {
+    const answer = await api(`/endpoints/${encodeURIComponent(endpoint)}/stats/history?window=300&step=5`);
+    for (const [version, points] of Object.entries(answer.versions)) {
+      history[`${endpoint}/${version}`] = points.map((p) => ({ t: p.t * 1000, rps: p.throughput_rps, errorRate: p.requests ? p.error_rate : null, p50: p.p50_ms, p95: p.p95_ms, p99: p.p99_ms }));
+    }
+  } catch (error) {
+    seeded.delete(endpoint); // the Monitor may answer next time
+  }
 }
 
 function record(endpoint, versions, now) {
@@ -92,6 +108,7 @@ async function tick() {
   const stats = {};
   await Promise.all(endpoints.map(async (e) => {
     try {
+      await seed(e.name);
       const answer = await api(`/endpoints/${encodeURIComponent(e.name)}/stats?window=${windowS}`);
       stats[e.name] = answer.versions;
       record(e.name, answer.versions, now);

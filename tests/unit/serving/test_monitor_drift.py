@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
@@ -172,3 +173,23 @@ def test_histograms_are_the_reference_bins_and_the_windows_live_counts(monitored
     later = state.histograms("churn", 1, 5.0)["inputs"]
     assert later["rows"] == 0 and all(sum(f["live"]) == 0 for f in later["features"].values())
     assert state.histograms("churn", 7, 5.0) == {"inputs": None, "predictions": None}
+
+
+def test_history_cuts_the_window_into_steps_as_the_live_figures_count_them(monitored) -> None:
+    core, state, clock = monitored
+    rng = np.random.default_rng(14)
+    asyncio.run(send_many(core, [r[None, :] for r in rng.normal(size=(50, 4)).astype(np.float32)]))
+    ship(core, state)
+    clock.now += 7  # into the next 5-second step
+    asyncio.run(send_many(core, [r[None, :] for r in rng.normal(size=(30, 4)).astype(np.float32)]))
+    ship(core, state)
+    points = state.history("churn", 20.0, 5.0)[1]
+    assert len(points) == 4 and [p["requests"] for p in points][-2:] in ([50, 30], [0, 30])
+    assert sum(p["requests"] for p in points) == 80
+    assert all(b["t"] - a["t"] == pytest.approx(5.0) for a, b in itertools.pairwise(points))
+    newest, live = points[-1], state.snapshot("churn", 5.0)[1]
+    assert newest["requests"] == live.traffic.requests == 30
+    assert newest["throughput_rps"] == pytest.approx(30 / 5.0)
+    assert newest["p99_ms"] == pytest.approx(live.latency.all_requests.p99_ms)
+    empty = next(p for p in points if p["requests"] == 0)
+    assert np.isnan(empty["p50_ms"]) and empty["error_rate"] == 0.0
