@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -51,6 +52,12 @@ log = logging.getLogger(__name__)
 
 
 REPLICA_HEADER = "x-modelplane-replica"
+# A request reaches ``__call__`` on a replica whose own listener serves the data path only
+# while the ingress still sends to Serve's proxy, its fallback, as it does in the moment after
+# the replica starts: the endpoint answers, but on a slower path than ready promises.
+WARMING = ("this replica started moments ago and the ingress does not send to it directly "
+           "yet; it answers ready once it does")
+_READY = re.compile(r"(?:^|/)ready/?$")
 BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
 FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
 
@@ -96,6 +103,9 @@ class _CoreAdapter:
         if core is None:
             return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
         subpath = _subpath(request, core.config.endpoint)
+        if self._lean is not None and request.method == "GET" and _READY.search(subpath):
+            return _to_response(_json(503, {"name": core.config.endpoint, "ready": False,
+                                            "warming": True, "error": WARMING}), self._replica)
         try:
             body = await read_body(request, core.body_limit(subpath)) if request.method == "POST" else b""
         except ModelplaneError as error:
@@ -288,7 +298,9 @@ class EndpointServer(_CoreAdapter):
             log.error("%s:%s could not be loaded; it answers 503 until it is replaced:\n%s",
                       version.model, version.version, traceback.format_exc())
             return UnloadableVersion(version, error)
-        return LocalVersion(version, runner, self._executor, self._backlog)
+        local = LocalVersion(version, runner, self._executor, self._backlog)
+        await asyncio.get_running_loop().run_in_executor(None, local.warm)
+        return local
 
     def check_health(self) -> None:
         if self.core is None:

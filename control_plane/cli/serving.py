@@ -202,7 +202,7 @@ def _unloaded_versions(base_url: str, endpoint: str, versions: list[int]) -> dic
                 body = response.json()
             except ValueError:
                 continue
-            if body.get("ready") is False and body.get("error"):
+            if body.get("ready") is False and body.get("error") and not body.get("warming"):
                 found[version] = str(body["error"])
     return found
 

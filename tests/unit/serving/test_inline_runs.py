@@ -37,6 +37,9 @@ class ThreadNoting:
             time.sleep(self.delay_s)
         return self.runner.run(arrays)
 
+    def warmup(self) -> None:
+        self.run({"input": np.zeros((1, 4), np.float32)})
+
 
 @pytest.fixture
 def backlog() -> Backlog:
@@ -105,3 +108,26 @@ def test_a_backlog_or_an_uncounted_server_sends_cheap_calls_to_the_pool(
     assert not ran_inline()
     backlog.counted = True
     assert ran_inline()
+
+
+def test_loading_measures_a_cheap_model_so_its_first_request_runs_inline(
+        version: tuple[LocalVersion, ThreadNoting]) -> None:
+    local, runner = version
+    local.warm()
+    assert local.run_time.calls == 8 and len(runner.threads) == 8
+    _, loop = _answer(local)
+    assert runner.threads[-1] == loop  # ready means measured: no pool default at first
+
+
+def test_loading_stops_measuring_a_slow_model_within_its_budget(
+        version: tuple[LocalVersion, ThreadNoting]) -> None:
+    from serving.backends import WARM_BUDGET_S
+
+    local, runner = version
+    runner.delay_s = WARM_BUDGET_S / 3
+    started = time.perf_counter()
+    local.warm()
+    assert 2 <= local.run_time.calls <= 4 < 8
+    assert time.perf_counter() - started < WARM_BUDGET_S + 2 * runner.delay_s
+    _, loop = _answer(local)
+    assert runner.threads[-1] != loop  # unmeasured and slow: the pool
