@@ -145,8 +145,10 @@ def test_replicas_spread_over_the_workers_and_the_monitor_merges_them_exactly(
                                   for r in endpoint_replicas("spread")])))
     """)
     assert len(set(started)) == 2
-    # The head's ingress reaches each worker's replica on the replica's own listener (the
-    # lean ingress: no Serve proxy in between, which would name itself in `server`).
+    # Ready means the head's ingress reaches a worker's replica on the replica's own listener
+    # (the lean ingress: no Serve proxy in between, which would name itself in `server`).
+    wait_for(lambda: httpx.get(f"{platform.url}/v2/models/spread/ready", timeout=30).status_code
+             == 200, timeout=60, what="the endpoint to answer ready")
     for _ in range(4):
         direct = httpx.post(f"{platform.url}/v2/models/spread/infer", json=ROW, timeout=30)
         assert direct.status_code == 200 and "server" not in direct.headers, direct.headers
