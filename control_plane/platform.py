@@ -23,6 +23,7 @@ from typing import Any
 
 from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ray_auth import apply_ray_auth_env, ray_auth_env
+from control_plane.replica_env import HAPROXY_SETTING
 from modelplane.settings import Settings
 from serving.names import GRPC_APP, SERVER_APP, SERVER_ROUTE, endpoint_url
 
@@ -86,7 +87,7 @@ def ingress_env(fast: bool) -> dict[str, str]:
     if not fast:
         return {}
     ports = iter(_free_ports(len(HAPROXY_PORT_SETTINGS)))
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    return {HAPROXY_SETTING: "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
             HAPROXY_REQUEST_METRICS: os.environ.get(HAPROXY_REQUEST_METRICS) or "0",
             **{name: os.environ.get(name) or str(next(ports)) for name in HAPROXY_PORT_SETTINGS}}
 

@@ -50,6 +50,7 @@ from serving.names import (
     endpoint_app_name,
     endpoint_route_prefix,
     is_endpoint_app,
+    link_route,
     version_app_name,
 )
 from serving.schemas import (
@@ -122,7 +123,7 @@ class Reconciler:
                  replica_env: dict[str, str] | None = None, stats_interval_s: float = 1.0,
                  version_ready_timeout_s: float = 300.0, feedback_allows_anonymous: bool = False,
                  max_body_bytes: int = 64 * 1024 * 1024, access_log: bool = False,
-                 lean_ingress: bool = False) -> None:
+                 lean_ingress: bool = False, link_address: str | None = None) -> None:
         self.db = db
         self.backend = backend
         self.base_url = base_url.rstrip("/")
@@ -134,6 +135,8 @@ class Reconciler:
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log  # Serve's per-request access log in the replicas
         self.lean_ingress = lean_ingress  # endpoint replicas answer on their own server
+        # Where isolated routers reach their versions' own listeners (serving.version_link).
+        self.link_address = link_address
         self._applied: dict[str, str] = {}
         # Per endpoint application: the digest of what Serve last got, routes excluded, and
         # whether the route board holds a newer table than Serve's (to post it again).
@@ -186,6 +189,7 @@ class Reconciler:
                     control_plane_url=self.base_url,
                     feedback_allows_anonymous=self.feedback_allows_anonymous,
                     max_body_bytes=self.max_body_bytes,
+                    link_address=self.link_address if endpoint.placement == "isolated" else None,
                     generation=endpoint.generation,
                     incarnation=f"{endpoint.created_at.isoformat()}#{endpoint.id}",
                 )
@@ -309,11 +313,12 @@ class Reconciler:
                     failure = failure or foreign
                     waiting[version.version] = f"{app} belongs to another store"
                     continue
-                version_document = version.model_dump_json()
+                version_document = version.model_dump_json() + f"|link={config.link_address}"
                 seen = apps.get(app)
                 broken = seen is not None and _failed_status(seen.status)
                 if self._changed(app, version_document) or (broken and retry):
-                    self.backend.deploy(app, None, build_version_app(
+                    route = None if config.link_address is None else link_route(endpoint, version.version)
+                    self.backend.deploy(app, route, build_version_app(
                         config, version, env=env, access_log=self.access_log))
                     self._remember(app, version_document)
                     report.applied.append(app)

@@ -14,6 +14,7 @@ replicas are not replaced for a new one; a revoked or lost one is replaced.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Mapping
 
@@ -25,6 +26,7 @@ from modelplane.settings import Settings
 log = logging.getLogger(__name__)
 
 REPLICA_TOKEN_NAME = "serving-replicas"
+HAPROXY_SETTING = "RAY_SERVE_ENABLE_HA_PROXY"  # set on the Ray head by `modelplane up`
 # The artifact store's credentials (S3 and S3-protocol stores, read by s3fs/botocore).
 ARTIFACT_STORE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Where and how to reach it: given to the control plane with the credentials.
@@ -66,6 +68,18 @@ def replica_read_token(settings: Settings, tokens: TokenService) -> str:
     write_secret_file(path, created.token)
     log.info("minted the replicas' read-only token %r (kept in %s)", name, path)
     return created.token
+
+
+def link_address(settings: Settings, environ: Mapping[str, str] = os.environ) -> str | None:
+    """Where isolated routers reach their versions' own listeners (``serving.version_link``):
+    the node's HTTP ingress, where it is HAProxy (Serve's direct ingress, which the links
+    ride) and the lean ingress is on; None otherwise (the routers use Serve's handles)."""
+    if not settings.lean_ingress or environ.get(HAPROXY_SETTING) != "1":
+        return None
+    host = settings.http_host
+    if host in ("", "0.0.0.0", "::"):  # listening everywhere: this node's loopback
+        host = "127.0.0.1"
+    return f"{host}:{settings.http_port}"
 
 
 def artifact_store_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -101,7 +101,7 @@ class ControlPlane:
         """Drive Ray Serve from the store: reconcile now, then every ``interval_s``, while
         this process holds the control loops' lease (control_plane.leadership)."""
         from control_plane.reconciler import RayServeBackend, Reconciler
-        from control_plane.replica_env import replica_environment
+        from control_plane.replica_env import link_address, replica_environment
 
         # Never the store's URL or the operator's token: a read-only token at most.
         env = replica_environment(self.settings, self.tokens)
@@ -109,7 +109,7 @@ class ControlPlane:
             self.db, RayServeBackend(), base_url=self.settings.url, replica_env=env,
             feedback_allows_anonymous=self.settings.feedback_allows_anonymous,
             max_body_bytes=self.settings.max_request_bytes, access_log=self.settings.access_log,
-            lean_ingress=self.settings.lean_ingress)
+            lean_ingress=self.settings.lean_ingress, link_address=link_address(self.settings))
         self.reconciler.own(self.store_id)
         self.start_control_loops(interval_s=interval_s)
 

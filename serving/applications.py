@@ -130,7 +130,9 @@ def build_endpoint_app(config: EndpointConfig, *, env: dict[str, str], access_lo
 
 def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: dict[str, str],
                       access_log: bool = False) -> Any:
-    """Isolated placement: the application running one version's ModelServer replicas."""
+    """Isolated placement: the application running one version's ModelServer replicas;
+    with ``config.link_address`` set, they answer the router on their own listeners
+    (``serving.version_link``; the application is deployed at ``names.link_route``)."""
     from ray import serve
 
     from serving.endpoint import ModelServer
@@ -146,6 +148,8 @@ def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: di
             "packages": list(version.code.requirements), "pip_check": False,
             "pip_install_options": list(PIP_OPTIONS)}
     init = version.model_dump(mode="json")
+    if config.link_address is not None:
+        options["user_config"] = {"link": True}
     deployment = serve.deployment(ModelServer).options(
         name=model_server_name(version.version),
         version=deployment_version(ModelServer, options, init), _internal=True, **options,

@@ -12,6 +12,7 @@ import numpy as np
 from serving.backlog import Backlog
 from serving.batcher import DynamicBatcher
 from serving.errors import ModelNotReadyError, overloaded_error
+from serving.link_client import VersionLink
 from serving.runners import Runner, load_runner
 from serving.schemas import VersionConfig
 
@@ -129,15 +130,22 @@ class UnloadableVersion:
 
 
 class RemoteVersion:
-    """A version served by its own ModelServer deployment, reached through a handle."""
+    """A version served by its own ModelServer deployment: on its link where there is one
+    (``serving.link_client``), else, and whenever the link cannot carry a request, through
+    Serve's handle."""
 
-    def __init__(self, config: VersionConfig, handle: Any) -> None:
+    def __init__(self, config: VersionConfig, handle: Any, link: VersionLink | None = None) -> None:
         self.config = config
         self._handle = handle
+        self.link = link  # the version's own listeners (serving.version_link), where there
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ray.serve.exceptions import BackPressureError
 
+        if self.link is not None:
+            answer = await self.link.infer(arrays)
+            if answer is not None:
+                return answer
         try:
             return await self._handle.infer.remote(arrays)  # type: ignore[no-any-return]
         except BackPressureError:  # the version's own max_queued_requests, enforced by Serve

@@ -41,12 +41,20 @@ from serving.core import (
 )
 from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serving.lean_ingress import lean_ingress_enabled, start_lean_ingress
+from serving.link_client import LinkClient, VersionLink
 from serving.monitoring.monitor import get_monitor
 from serving.monitoring.observations import attach_profiles
 from serving.monitoring.stats import ServedConfig
-from serving.names import SERVER_ROUTE, endpoint_route_prefix, model_server_name, version_app_name
+from serving.names import (
+    SERVER_ROUTE,
+    endpoint_route_prefix,
+    link_route,
+    model_server_name,
+    version_app_name,
+)
 from serving.route_board import WAIT_S, PostedRoutes, get_route_board
 from serving.schemas import EndpointConfig, VersionConfig
+from serving.version_link import LINK_ELSEWHERE, LinkApp, link_secret, start_version_link
 
 log = logging.getLogger(__name__)
 
@@ -308,31 +316,54 @@ class EndpointServer(_CoreAdapter):
 
 
 class ModelServer:
-    """Isolated placement: one version per deployment, batched, called by the router."""
+    """Isolated placement: one version per deployment, batched, called by the router on
+    its link (``serving.version_link``, with ``user_config`` ``{"link": true}``) or through
+    Serve's handle (``infer``)."""
 
     def __init__(self, version: dict[str, Any]) -> None:
         from kernels import warmup
 
         config = VersionConfig.model_validate(version)
+        self._backlog = Backlog()  # counted by the link's lean server, where it runs
         self.local = LocalVersion(config, load_runner(config),
-                                  ThreadPoolExecutor(max_workers=4, thread_name_prefix="onnx"))
+                                  ThreadPoolExecutor(max_workers=4, thread_name_prefix="onnx"),
+                                  self._backlog)
+        self.local.warm()
         warmup()
+        self._link: LinkApp | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The link goes on in the first ``reconfigure``: Serve tells HAProxy this replica's
+        port only after it, so no request is in flight on Serve's server when it is replaced."""
+        if self._link is None and user_config.get("link"):
+            self._link = await start_version_link(self.local.infer, self._backlog)
+
+    async def __call__(self, request: Request) -> Response:
+        # Serve's proxy, HAProxy's fallback, reaches the link route here: the router sends
+        # the request through the handle instead (serving.link_client).
+        return Response(LINK_ELSEWHERE, status_code=503, media_type="text/plain")
 
     async def infer(self, arrays: dict[str, Any]) -> dict[str, Any]:
         return await self.local.infer(arrays)
 
+    def link_served(self) -> int | None:
+        """Requests answered on this replica's link (None: it has none)."""
+        return None if self._link is None else self._link.served
+
 
 class EndpointRouter(_CoreAdapter):
-    """Isolated placement: route table in memory, versions behind handles."""
+    """Isolated placement: route table in memory, versions on their links or behind handles."""
 
     def __init__(self) -> None:
         self.core: InferenceCore | None = None
         self._replica = _replica_id()
+        self._link_client: LinkClient | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         from ray import serve
 
         config = EndpointConfig.model_validate(user_config)
+        client = await self._link_to(config.link_address)
         backends = {
             v.version: RemoteVersion(
                 v,
@@ -340,6 +371,7 @@ class EndpointRouter(_CoreAdapter):
                     model_server_name(v.version),
                     app_name=version_app_name(config.endpoint, v.version),
                 ),
+                None if client is None else VersionLink(client, link_route(config.endpoint, v.version)),
             )
             for v in config.versions
         }
@@ -353,6 +385,25 @@ class EndpointRouter(_CoreAdapter):
             self.core.update(config, backends)
         self._ensure_shipping()
         await self._start_lean_once(first)
+
+    async def _link_to(self, address: str | None) -> LinkClient | None:
+        """The client for the versions' links at ``address`` (kept while it stays the same)."""
+        current = self._link_client
+        if current is not None and address == f"{current.host}:{current.port}":
+            return current
+        if current is not None:
+            current.close()
+        self._link_client = None
+        if address is None:
+            return None
+        host, _, port = address.rpartition(":")
+        try:
+            secret = await asyncio.to_thread(link_secret)
+        except Exception as error:  # the handles still serve every version
+            log.warning("no link to the versions (%s); using Serve's handles", error)
+            return None
+        self._link_client = LinkClient(host, int(port), secret)
+        return self._link_client
 
 
 class InferenceServer:

@@ -17,13 +17,13 @@ in ``serving.serve_internals``; where that is not there, the replica keeps Serve
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from serving.backlog import Backlog
 from serving.core import InferenceCore, body_too_large, error_result
 from serving.errors import InvalidRequestError, ModelNotReadyError, overloaded_error
-from serving.lean_http import LeanServer, Refused, Reply, json_reply, text_reply
+from serving.lean_http import LeanApp, LeanServer, Refused, Reply, json_reply, text_reply
 from serving.serve_internals import DIRECT_INGRESS_OFF, ReplicaSeam, find_replica
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,16 @@ async def start_lean_ingress(holder: CoreHolder, extra_headers: dict[str, str],
                              backlog: Backlog | None = None) -> LeanServer | None:
     """Put the lean server on this replica's direct-ingress port; None (Serve's server keeps
     serving) where that cannot be done, with the reason logged."""
+    return await start_lean_server(
+        lambda seam: EndpointApp(holder, seam.route_prefix, seam.app_name, seam.health),
+        extra_headers, backlog)
+
+
+async def start_lean_server(make_app: Callable[[ReplicaSeam], LeanApp],
+                            extra_headers: dict[str, str],
+                            backlog: Backlog | None = None) -> LeanServer | None:
+    """Put a lean server answering ``make_app(seam)`` on this replica's direct-ingress
+    port; None (Serve's server keeps serving) where that cannot be done, the reason logged."""
     seam, reason = find_replica()
     if seam is None:
         # Expected without HAProxy (Serve's proxy answers); anything else is worth a look.
@@ -108,12 +118,11 @@ async def start_lean_ingress(holder: CoreHolder, extra_headers: dict[str, str],
         log.log(logging.INFO if expected else logging.WARNING,
                 "lean ingress off, Serve's server answers: %s", reason)
         return None
-    return await _take_over(seam, holder, extra_headers, backlog)
+    return await _take_over(seam, make_app(seam), extra_headers, backlog)
 
 
-async def _take_over(seam: ReplicaSeam, holder: CoreHolder, extra_headers: dict[str, str],
+async def _take_over(seam: ReplicaSeam, app: LeanApp, extra_headers: dict[str, str],
                      backlog: Backlog | None = None) -> LeanServer | None:
-    app = EndpointApp(holder, seam.route_prefix, seam.app_name, seam.health)
     server = LeanServer(app, extra_headers=extra_headers, keep_alive_s=seam.keep_alive_s,
                         track=seam.ongoing(overloaded), backlog=backlog)
     try:

@@ -78,6 +78,12 @@ def model_server_name(version: int) -> str:
     return f"model-v{version}"
 
 
+def link_route(endpoint: str, version: int) -> str:
+    """The HTTP route of an isolated version's link (``serving.version_link``): outside
+    ``/v2``, so it never shadows or is shadowed by an endpoint's own routes."""
+    return f"/modelplane-link/{endpoint}/v{version}"
+
+
 def endpoint_route_prefix(endpoint: str) -> str:
     """``/v2/models/{endpoint}``: the route prefix of the endpoint's application."""
     return f"{SERVER_ROUTE}/models/{endpoint}"

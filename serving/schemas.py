@@ -239,6 +239,10 @@ class EndpointConfig(Wire):
         None, description="Where replicas check feedback tokens (GET /api/whoami).")
     feedback_allows_anonymous: bool = Field(
         False, description="Accept feedback without a token (MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS).")
+    link_address: str | None = Field(
+        None, description="host:port of the node's HTTP ingress (HAProxy), where an isolated "
+                          "endpoint's router reaches its versions' own listeners "
+                          "(serving.version_link); None: through Serve's handles.")
     generation: int = 0
     # Which creation of this endpoint name the configuration belongs to (the store row's
     # creation time and id): sortable, so the Monitor starts afresh for a newer one and

@@ -35,12 +35,14 @@ class Serve:
         self.posted: list[Any] = []  # configurations whose routes went to the board
         self.autostart = True
         self.owner = owner
+        self.prefixes: dict[str, str | None] = {}  # route prefix per deployed application
 
     def applications(self) -> dict[str, ServeApp]:
         return dict(self.apps)
 
     def deploy(self, name: str, route_prefix: str | None, app: Any) -> None:
         self.calls.append(("deploy", name))
+        self.prefixes[name] = route_prefix
         self.apps[name] = ServeApp("RUNNING" if self.autostart else "DEPLOYING", owner=self.owner)
 
     def delete(self, name: str) -> None:
@@ -331,3 +333,21 @@ def test_anything_but_routes_is_still_applied_by_serve(deployments, clock) -> No
     serve.set("endpoint-ep", "DEPLOY_FAILED", "v3 failed to load")
     deployments.set_traffic("ep", TrafficUpdate(weights={1: 100, 2: 0, 3: 0}), ALICE)
     assert restarted.reconcile("ep").applied == ["endpoint-ep"]  # a failed app gets all of it
+
+
+def test_with_a_link_address_isolated_versions_are_routed_for_their_routers(deployments, clock) -> None:
+    serve = Serve()
+    rec = Reconciler(deployments.db, serve, base_url="http://cp:8000",
+                     link_address="127.0.0.1:8000").own(ME, clock=clock)
+    deployments.deploy(DeployRequest(endpoint="big", model_ref="iris:1", placement="isolated"), ALICE)
+    deployments.deploy(DeployRequest(endpoint="small", model_ref="iris:1"), ALICE)
+    rec.reconcile()
+    rec.reconcile()  # the router once its version runs
+    assert serve.prefixes == {"endpoint-big-v1": "/modelplane-link/big/v1",
+                              "endpoint-big": "/v2/models/big", "endpoint-small": "/v2/models/small"}
+    desired = rec.desired()
+    assert desired["big"].link_address == "127.0.0.1:8000" and desired["small"].link_address is None
+    # Without an address (no HAProxy, or the lean ingress off) versions have no route.
+    plain = Serve()
+    Reconciler(deployments.db, plain, base_url="http://cp:8000").own(ME, clock=clock).reconcile()
+    assert plain.prefixes["endpoint-big-v1"] is None and rec.desired()["big"].versions

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from control_plane.auth import Principal, TokenService
-from control_plane.replica_env import replica_environment, without_secrets
+from control_plane.replica_env import link_address, replica_environment, without_secrets
 from control_plane.schemas import Role
 from control_plane.store import Database
 from modelplane.settings import REPLICA_TOKEN_FILE, Settings
@@ -77,3 +77,16 @@ def test_the_artifact_stores_credentials_go_to_the_control_plane_only() -> None:
     assert artifact_store_environment(environ) == {
         "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3cret", "AWS_SESSION_TOKEN": "tok",
         "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "eu-west-1"}
+
+
+def test_isolated_routers_get_the_nodes_ingress_only_where_haproxy_and_the_lean_path_run() -> None:
+    haproxy = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    local = Settings.from_env({"MODELPLANE_HTTP_PORT": "8123"})
+    assert link_address(local, haproxy) == "127.0.0.1:8123"
+    everywhere = Settings.from_env({"MODELPLANE_HTTP_HOST": "0.0.0.0", "MODELPLANE_HTTP_PORT": "9000"})
+    assert link_address(everywhere, haproxy) == "127.0.0.1:9000"  # this node's own ingress
+    private = Settings.from_env({"MODELPLANE_HTTP_HOST": "10.0.0.5"})
+    assert link_address(private, haproxy) == "10.0.0.5:8000"
+    assert link_address(local, {}) is None  # Serve's proxy alone: the handles
+    lean_off = Settings.from_env({"MODELPLANE_LEAN_INGRESS": "false"})
+    assert link_address(lean_off, haproxy) is None

@@ -72,3 +72,13 @@ def test_placement_queue_and_autoscaling_reach_serve() -> None:
         ScalingConfig(accelerator_type="A100")
     with pytest.raises(ValidationError, match="resources"):
         ScalingConfig(resources={"bad name!": 1})
+
+
+def test_an_isolated_version_turns_its_link_on_only_where_the_router_has_an_address() -> None:
+    linked = endpoint("isolated").model_copy(update={"link_address": "127.0.0.1:8000"})
+    with_link = build_version_app(linked, version_config(), env={})._bound_deployment
+    without = build_version_app(endpoint("isolated"), version_config(), env={})._bound_deployment
+    assert with_link._deployment_config.user_config == {"link": True}
+    assert without._deployment_config.user_config is None
+    # Turning the link on reconfigures the replicas; it never replaces them.
+    assert with_link.version == without.version

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from serving import serve_internals
-from serving.lean_ingress import _take_over
+from serving.lean_ingress import EndpointApp, _take_over
 from serving.serve_internals import REPLICA_ATTRIBUTES, ReplicaSeam
 from tests.unit.serving.monitoring_helpers import make_core
 
@@ -202,7 +202,9 @@ def test_the_lean_server_takes_over_serves_own_port_and_stops_as_serve_stops_it(
             _direct_ingress_http_server=uvicorn_server, _direct_ingress_http_server_task=task,
             _start_request=start_request, _dataplane_health_check=health, _event_loop=loop,
             max_queued_requests=-1, _route_prefix="/v2/models/churn", _deployment_id=SimpleNamespace(app_name="endpoint-churn"))
-        lean = await _take_over(ReplicaSeam(replica), Holder(make_core()), {"x-modelplane-replica": "r"})
+        seam = ReplicaSeam(replica)
+        app = EndpointApp(Holder(make_core()), seam.route_prefix, seam.app_name, seam.health)
+        lean = await _take_over(seam, app, {"x-modelplane-replica": "r"})
         assert lean is not None and replica._direct_ingress_http_server is lean
         assert task.done()  # Serve's server stopped; its socket lives on in the lean server
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
