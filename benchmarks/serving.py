@@ -312,6 +312,11 @@ def main() -> None:
         ("[fast] colocated throughput / plain",
          ratio(fast["colocated"]["throughput_rps"], fast["plain"]["throughput_rps"]), ">=", 0.90),
         ("[fast] isolated p50 / plain p50", ratio(fast["isolated"]["p50_ms"], fast["plain"]["p50_ms"]), "<=", 1.25),
+        # Issue 17's bar for the isolated placement: within 1.5 times colocated, both ways.
+        ("[fast] isolated p50 / colocated p50",
+         ratio(fast["isolated"]["p50_ms"], fast["colocated"]["p50_ms"]), "<=", 1.5),
+        ("[fast] colocated throughput / isolated",
+         ratio(fast["colocated"]["throughput_rps"], fast["isolated"]["throughput_rps"]), "<=", 1.5),
         ("[fast] heavy batched throughput / unbatched",
          ratio(fast["heavy_batched"]["throughput_rps"], fast["heavy_unbatched"]["throughput_rps"]), ">=", 2.0),
     ]

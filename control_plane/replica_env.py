@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from control_plane.auth import Principal, TokenService, write_secret_file
 from control_plane.errors import AuthenticationError
@@ -70,16 +70,29 @@ def replica_read_token(settings: Settings, tokens: TokenService) -> str:
     return created.token
 
 
-def link_address(settings: Settings, environ: Mapping[str, str] = os.environ) -> str | None:
+def link_address(settings: Settings, environ: Mapping[str, str] = os.environ,
+                 head_address: Callable[[], str] | None = None) -> str | None:
     """Where isolated routers reach their versions' own listeners (``serving.version_link``):
-    the node's HTTP ingress, where it is HAProxy (Serve's direct ingress, which the links
-    ride) and the lean ingress is on; None otherwise (the routers use Serve's handles)."""
+    the HTTP ingress, where it is HAProxy (Serve's direct ingress, which the links ride) and
+    the lean ingress is on; None otherwise (the routers use Serve's handles). An ingress
+    listening on every address is reached on each router's own node, or, where only the
+    head runs one (``proxy_location`` HeadOnly), at the head's address (``head_address``:
+    this node's, as the control plane runs on the head)."""
     if not settings.lean_ingress or environ.get(HAPROXY_SETTING) != "1":
         return None
     host = settings.http_host
-    if host in ("", "0.0.0.0", "::"):  # listening everywhere: this node's loopback
-        host = "127.0.0.1"
+    if host in ("", "0.0.0.0", "::"):
+        if settings.proxy_location == "HeadOnly":
+            host = (head_address or _this_node_address)()
+        else:
+            host = "127.0.0.1"
     return f"{host}:{settings.http_port}"
+
+
+def _this_node_address() -> str:
+    import ray
+
+    return str(ray.util.get_node_ip_address())
 
 
 def artifact_store_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -265,6 +265,47 @@ def test_scale_to_zero_answers_the_first_request_after_idle(
     print(f"\nfirst request after scaling to zero answered in {cold_start_s:.1f}s (cold start)")
 
 
+def test_an_isolated_router_reaches_its_version_on_the_link_across_nodes(
+        platform: ClusterPlatform, models: dict[str, str]) -> None:
+    import onnxruntime as ort
+
+    with platform.client() as api:
+        api.deploy("iso", models["fast"], placement="isolated", scaling=ON_WORKERS)
+    wait_for(lambda: httpx.get(f"{platform.url}/v2/models/iso/ready", timeout=30).status_code
+             == 200, timeout=180, what="the isolated endpoint to answer ready")
+    session = ort.InferenceSession(linear_classifier(seed=3))
+    expected = session.run(None, {"input": np.array([ROW["inputs"][0]["data"]], np.float32)})[0]
+
+    def link_served() -> int:
+        return int(platform.cluster.python("""
+            import asyncio
+            from ray import serve
+
+            async def served():  # the cluster's Serve is throughput-optimized: handles need a loop
+                handle = serve.get_deployment_handle("model-v1", app_name="endpoint-iso-v1")
+                return await handle.link_served.remote()
+
+            print(json.dumps(asyncio.run(served())))
+        """))
+
+    with httpx.Client(timeout=30) as http:
+        # The router (on a worker) reaches the version's replica (on a worker) through the
+        # head's ingress on the link, once HAProxy has the version's route.
+        before = wait_for(lambda: http.post(f"{platform.url}/v2/models/iso/infer", json=ROW)
+                          .status_code == 200 and (n := link_served()) > 0 and n,
+                          timeout=60, what="the version to answer on its link")
+        answers = [http.post(f"{platform.url}/v2/models/iso/infer", json=ROW) for _ in range(40)]
+    assert [a.status_code for a in answers] == [200] * 40, answers[0].text
+    for answer in answers:
+        np.testing.assert_allclose(answer.json()["outputs"][0]["data"], expected.ravel(), rtol=1e-6)
+    assert link_served() - before == 40  # every one on the link, none through Serve's handle
+    # The link's route answers nobody without the cluster's secret.
+    forged = httpx.post(f"{platform.url}/modelplane-link/iso/v1", content=b"MPL1\x00\x00", timeout=30)
+    assert forged.status_code == 403 and forged.json()["code"] == "forbidden"
+    with platform.client() as api:
+        api.undeploy("iso")
+
+
 def test_a_full_queue_is_shed_with_503_and_retry_after(
         platform: ClusterPlatform, models: dict[str, str]) -> None:
     with platform.client() as api:

@@ -85,6 +85,9 @@ def test_isolated_routers_get_the_nodes_ingress_only_where_haproxy_and_the_lean_
     assert link_address(local, haproxy) == "127.0.0.1:8123"
     everywhere = Settings.from_env({"MODELPLANE_HTTP_HOST": "0.0.0.0", "MODELPLANE_HTTP_PORT": "9000"})
     assert link_address(everywhere, haproxy) == "127.0.0.1:9000"  # this node's own ingress
+    head_only = Settings.from_env({"MODELPLANE_HTTP_HOST": "0.0.0.0",
+                                   "MODELPLANE_PROXY_LOCATION": "HeadOnly"})
+    assert link_address(head_only, haproxy, lambda: "10.0.0.2") == "10.0.0.2:8000"  # the head's
     private = Settings.from_env({"MODELPLANE_HTTP_HOST": "10.0.0.5"})
     assert link_address(private, haproxy) == "10.0.0.5:8000"
     assert link_address(local, {}) is None  # Serve's proxy alone: the handles
