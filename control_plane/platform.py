@@ -237,7 +237,8 @@ def deploy_grpc_service(settings: Settings) -> str | None:
 
     if not settings.grpc_port:
         return None
-    app = build_grpc_app(settings.http_host, settings.grpc_port, settings.max_request_bytes)
+    app = build_grpc_app(settings.http_host, settings.grpc_port, settings.max_request_bytes,
+                         settings.http_port if settings.lean_ingress else None)
     serve.run(app, name=GRPC_APP, route_prefix=None, blocking=False)
     return f"{settings.http_host}:{settings.grpc_port}"
 

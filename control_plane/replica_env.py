@@ -22,11 +22,11 @@ from control_plane.auth import Principal, TokenService, write_secret_file
 from control_plane.errors import AuthenticationError
 from control_plane.schemas import Role, TokenCreate
 from modelplane.settings import Settings
+from serving.link_client import HAPROXY_SETTING
 
 log = logging.getLogger(__name__)
 
 REPLICA_TOKEN_NAME = "serving-replicas"
-HAPROXY_SETTING = "RAY_SERVE_ENABLE_HA_PROXY"  # set on the Ray head by `modelplane up`
 # The artifact store's credentials (S3 and S3-protocol stores, read by s3fs/botocore).
 ARTIFACT_STORE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Where and how to reach it: given to the control plane with the credentials.

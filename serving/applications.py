@@ -171,8 +171,9 @@ def build_server_app() -> Any:
     ).bind()
 
 
-def build_grpc_app(host: str, port: int, max_message_bytes: int) -> Any:
-    """The gRPC inference service (``serving.grpc_ingress``) on ``host:port``.
+def build_grpc_app(host: str, port: int, max_message_bytes: int, http_port: int | None = None) -> Any:
+    """The gRPC inference service (``serving.grpc_ingress``) on ``host:port``; with
+    ``http_port``, it reaches the endpoints through the HTTP ingress where that is HAProxy.
 
     One replica, on the head node: clients need one fixed address, as for ``/v2``.
     """
@@ -189,6 +190,6 @@ def build_grpc_app(host: str, port: int, max_message_bytes: int) -> Any:
     return serve.deployment(GrpcIngress).options(
         name="grpc", num_replicas=1, max_ongoing_requests=8, graceful_shutdown_timeout_s=10,
         logging_config={"enable_access_log": False},
-        version=deployment_version(GrpcIngress, options, host, port, max_message_bytes), _internal=True,
-        **options,
-    ).bind(host, port, max_message_bytes)
+        version=deployment_version(GrpcIngress, options, host, port, max_message_bytes, http_port),
+        _internal=True, **options,
+    ).bind(host, port, max_message_bytes, http_port)

@@ -40,7 +40,9 @@ from serving.core import (
     new_request_id,
 )
 from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
+from serving.grpc_link import GRPC_LINK_PATH
 from serving.lean_ingress import lean_ingress_enabled, start_lean_ingress
+from serving.link_auth import link_secret
 from serving.link_client import LinkClient, VersionLink
 from serving.monitoring.monitor import get_monitor
 from serving.monitoring.observations import attach_profiles
@@ -54,7 +56,7 @@ from serving.names import (
 )
 from serving.route_board import WAIT_S, PostedRoutes, get_route_board
 from serving.schemas import EndpointConfig, VersionConfig
-from serving.version_link import LINK_ELSEWHERE, LinkApp, link_secret, start_version_link
+from serving.version_link import LINK_ELSEWHERE, LinkApp, start_version_link
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ class _CoreAdapter:
         if core is None:
             return _to_response(error_result(ModelNotReadyError("endpoint is loading"), ""))
         subpath = _subpath(request, core.config.endpoint)
+        if subpath == GRPC_LINK_PATH:  # the gRPC ingress goes by the handle instead
+            return Response(LINK_ELSEWHERE, status_code=503, media_type="text/plain")
         if self._lean is not None and request.method == "GET" and _READY.search(subpath):
             return _to_response(_json(503, {"name": core.config.endpoint, "ready": False,
                                             "warming": True, "error": WARMING}), self._replica)

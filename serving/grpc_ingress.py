@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,15 @@ from modelplane.errors import ModelplaneError
 from serving.core import REQUEST_ID_HEADER
 from serving.errors import ModelNotFoundError, ModelNotReadyError, overloaded_error
 from serving.grpc_calls import GrpcFailure, GrpcModelCall, GrpcReply
-from serving.names import ENDPOINT_APP_PREFIX, ENDPOINT_DEPLOYMENTS, endpoint_app_name
+from serving.grpc_link import GRPC_LINK_PATH, linked_call_head, reply_from_link
+from serving.link_auth import link_secret
+from serving.link_client import HAPROXY_SETTING, LinkClient, LinkUnavailable, VersionLink
+from serving.names import (
+    ENDPOINT_APP_PREFIX,
+    ENDPOINT_DEPLOYMENTS,
+    endpoint_app_name,
+    endpoint_route_prefix,
+)
 from serving.protocol.grpc_messages import (
     call_from_request,
     metadata_response,
@@ -161,8 +170,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Triton's ``GRPCInferenceService``: server calls answered here, model calls by the
     endpoint's replicas. Methods not overridden answer UNIMPLEMENTED."""
 
-    def __init__(self, directory: EndpointDirectory) -> None:
+    def __init__(self, directory: EndpointDirectory, link: LinkClient | None = None) -> None:
         self.directory = directory
+        self.link = link  # the endpoints' own listeners through the ingress (serving.grpc_link)
+        self._link_paused_until = 0.0
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -187,13 +198,50 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return metadata_response(reply.value)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        call = call_from_request(request, context.invocation_metadata() or ())
+        metadata = context.invocation_metadata() or ()
+        if self.link is not None:
+            linked = await self._linked(request, metadata, context)
+            if linked is not None:
+                return linked
+        call = call_from_request(request, metadata)
         reply = await self._answer(request.model_name, call, context)
         answer = reply.value
         assert isinstance(answer, GrpcInferAnswer)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, str(answer.parameters.get(
             "modelplane_request_id", ""))), (REPLICA_METADATA, reply.replica)))
         return response_from_answer(answer)
+
+    async def _linked(self, request: Any, metadata: Any, context: Any) -> Any:
+        """The endpoint replica's answer through the HTTP ingress, or None where the call
+        must go through the handle (the link resting, or not carrying it)."""
+        link = self.link
+        loop = asyncio.get_running_loop()
+        if link is None or loop.time() < self._link_paused_until:
+            return None
+        try:
+            await self.directory.find(request.model_name)  # unknown or loading: said as ever
+        except ModelplaneError as error:
+            await _abort(context, GrpcFailure.of(error))
+        path = endpoint_route_prefix(request.model_name) + GRPC_LINK_PATH
+        replica = ""
+        try:
+            status, content_type, payload, replica = await link.post(
+                path, request.SerializeToString(), linked_call_head(metadata))
+        except LinkUnavailable as why:
+            answer, reason = None, str(why)
+        else:
+            answer = reply_from_link(status, content_type, payload, replica)
+            reason = f"the link answered {status} {content_type}"
+        if answer is None:
+            if not self._link_paused_until:
+                log.info("gRPC calls go by Serve's handle for now: %s", reason)
+            self._link_paused_until = loop.time() + VersionLink.PAUSE_S
+            return None
+        if isinstance(answer, GrpcReply):
+            await _abort(context, answer.value, answer.replica)  # type: ignore[arg-type]
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, answer.parameters[
+            "modelplane_request_id"].string_param), (REPLICA_METADATA, replica)))
+        return answer
 
     async def _answer(self, model: str, call: Any, context: Any) -> GrpcReply:
         """The replica's reply, or the call aborted with the status its failure maps to."""
@@ -235,8 +283,10 @@ async def _abort(context: Any, failure: GrpcFailure, replica: str = "") -> None:
 class GrpcIngress:
     """The Serve deployment running the gRPC server (one replica, on the head node)."""
 
-    async def __init__(self, host: str, port: int, max_message_bytes: int) -> None:
+    async def __init__(self, host: str, port: int, max_message_bytes: int,
+                       http_port: int | None = None) -> None:
         self.directory = EndpointDirectory()
+        link = await _link_to_ingress(host, http_port)
         self.server = grpc.aio.server(options=[
             # Two servers on one port would split the calls between them silently: a second
             # platform on the same port must fail to start instead.
@@ -245,7 +295,7 @@ class GrpcIngress:
             ("grpc.max_send_message_length", -1),
         ])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.directory), self.server)
+            InferenceServicer(self.directory, link), self.server)
         await _bind(self.server, f"{host}:{port}")
         await self.server.start()
         self.address = f"{host}:{port}"
@@ -255,6 +305,19 @@ class GrpcIngress:
         # In-flight calls get a few seconds; Serve does not count them, so they would
         # otherwise be cut when the replica stops.
         await self.server.stop(grace=5)
+
+
+async def _link_to_ingress(host: str, http_port: int | None) -> LinkClient | None:
+    """A client for the endpoints' own listeners through this node's HTTP ingress, where it
+    is HAProxy (this replica runs on the head, which always runs one); None: the handles."""
+    if http_port is None or os.environ.get(HAPROXY_SETTING) != "1":
+        return None
+    try:
+        secret = await asyncio.to_thread(link_secret)
+    except Exception as error:
+        log.warning("gRPC calls go by Serve's handles: no link secret (%s)", error)
+        return None
+    return LinkClient("127.0.0.1" if host in ("", "0.0.0.0", "::") else host, http_port, secret)
 
 
 async def _bind(server: Any, address: str) -> None:

@@ -16,6 +16,7 @@ in ``serving.serve_internals``; where that is not there, the replica keeps Serve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,7 +24,9 @@ from typing import Any
 from serving.backlog import Backlog
 from serving.core import InferenceCore, body_too_large, error_result
 from serving.errors import InvalidRequestError, ModelNotReadyError, overloaded_error
+from serving.grpc_link import GRPC_LINK_PATH, answer_linked_call
 from serving.lean_http import LeanApp, LeanServer, Refused, Reply, json_reply, text_reply
+from serving.link_auth import link_secret
 from serving.serve_internals import DIRECT_INGRESS_OFF, ReplicaSeam, find_replica
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,16 @@ class EndpointApp:
     """The replica's answers, as Serve's direct ingress plus ``EndpointServer.__call__``
     give them: health and routes, 404 outside the route prefix, the core's answers inside."""
 
-    def __init__(self, holder: CoreHolder, prefix: str, app_name: str, health: Any) -> None:
+    def __init__(self, holder: CoreHolder, prefix: str, app_name: str, health: Any,
+                 link_secret: str | None = None, replica: str = "") -> None:
         self.holder = holder
         self.prefix = prefix
         self.app_name = app_name
         self.health = health
+        # The gRPC ingress's calls, with the cluster's link secret (serving.grpc_link).
+        self.grpc_path = prefix + GRPC_LINK_PATH
+        self.link_secret = link_secret
+        self.replica = replica
 
     def body_limit(self, method: str, path: str) -> int:
         core = self.holder.core
@@ -79,6 +87,8 @@ class EndpointApp:
             return text_reply(404, f"Path '{path}' not found. Ping http://.../-/routes for "
                                    "available routes.")
         core = self.holder.core
+        if path == self.grpc_path and method == "POST":
+            return await answer_linked_call(core, headers, body, self.replica, self.link_secret)
         if core is None:
             return error_result(ModelNotReadyError("endpoint is loading"), "")
         return await core.handle(method, path[len(self.prefix):], headers,
@@ -101,8 +111,15 @@ async def start_lean_ingress(holder: CoreHolder, extra_headers: dict[str, str],
                              backlog: Backlog | None = None) -> LeanServer | None:
     """Put the lean server on this replica's direct-ingress port; None (Serve's server keeps
     serving) where that cannot be done, with the reason logged."""
+    try:
+        secret: str | None = await asyncio.to_thread(link_secret)
+    except Exception as error:  # gRPC then reaches this replica through Serve's handle
+        log.warning("no link secret for the gRPC ingress's calls (%s)", error)
+        secret = None
+    replica = extra_headers.get("x-modelplane-replica", "")
     return await start_lean_server(
-        lambda seam: EndpointApp(holder, seam.route_prefix, seam.app_name, seam.health),
+        lambda seam: EndpointApp(holder, seam.route_prefix, seam.app_name, seam.health,
+                                 secret, replica),
         extra_headers, backlog)
 
 

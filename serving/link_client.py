@@ -23,13 +23,17 @@ import numpy as np
 
 from modelplane.errors import ModelplaneError
 from serving import errors
+from serving.link_auth import LINK_HEADER
 from serving.link_frames import CONTENT_TYPE, decode_arrays, encode_arrays
-from serving.version_link import LINK_HEADER
 
 log = logging.getLogger(__name__)
 
+# Serve's HAProxy ingress, which the links ride (`modelplane up` sets it on the Ray head).
+HAPROXY_SETTING = "RAY_SERVE_ENABLE_HA_PROXY"
 MAX_IDLE = 64  # idle connections kept; more concurrent requests open more, then close them
 CONNECT_TIMEOUT_S = 2.0
+_TENSORS_HEAD = f"content-type: {CONTENT_TYPE}\r\n".encode()
+_REPLICA_HEADER = b"x-modelplane-replica"
 _ERRORS: dict[str, type[ModelplaneError]] = {
     cls.code: cls for cls in vars(errors).values()
     if isinstance(cls, type) and issubclass(cls, ModelplaneError)}
@@ -75,17 +79,24 @@ class LinkClient:
 
     def __init__(self, host: str, port: int, secret: str) -> None:
         self.host, self.port = host, port
-        self._head = (f"host: {host}:{port}\r\n{LINK_HEADER}: {secret}\r\n"
-                      f"content-type: {CONTENT_TYPE}\r\n").encode()
+        self._head = f"host: {host}:{port}\r\n{LINK_HEADER}: {secret}\r\n".encode()
         self._idle: list[_Connection] = []
 
     async def infer(self, path: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        body = encode_arrays(arrays)
-        request = b"".join((b"POST ", path.encode(), b" HTTP/1.1\r\n", self._head,
+        status, content_type, payload, _ = await self.post(path, encode_arrays(arrays),
+                                                           _TENSORS_HEAD)
+        if status == 200 and content_type == CONTENT_TYPE:
+            return decode_arrays(payload)
+        raise _version_error(status, content_type, payload)
+
+    async def post(self, path: str, body: bytes, head: bytes = b"") -> tuple[int, str, bytes, str]:
+        """Status, content type, body and answering replica of one link request; ``head``:
+        more header lines, each ending in CRLF."""
+        request = b"".join((b"POST ", path.encode(), b" HTTP/1.1\r\n", self._head, head,
                             b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body))
         connection = self._idle.pop() if self._idle else await self._connect()
         try:
-            status, content_type, payload, keep_alive = await connection.exchange(request)
+            status, content_type, payload, replica, keep_alive = await connection.exchange(request)
         except ConnectionError as error:
             connection.close()
             raise LinkUnavailable(f"the connection closed before the answer ({error})") from None
@@ -96,9 +107,7 @@ class LinkClient:
             self._idle.append(connection)
         else:
             connection.close()
-        if status == 200 and content_type == CONTENT_TYPE:
-            return decode_arrays(payload)
-        raise _version_error(status, content_type, payload)
+        return status, content_type, payload, replica
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -138,9 +147,10 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: Any = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[tuple[int, str, bytes, bool]] | None = None
+        self.waiter: asyncio.Future[tuple[int, str, bytes, str, bool]] | None = None
         self.body: list[bytes] = []
         self.content_type = ""
+        self.replica = ""
         self.lost: BaseException | None = None
 
     def connection_made(self, transport: Any) -> None:
@@ -159,8 +169,11 @@ class _Connection(asyncio.Protocol):
             self._fail(ConnectionError(f"unreadable answer: {error}"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-type":
+        name = name.lower()
+        if name == b"content-type":
             self.content_type = value.decode("latin-1").split(";")[0].strip()
+        elif name == _REPLICA_HEADER:
+            self.replica = value.decode("latin-1")
 
     def on_body(self, chunk: bytes) -> None:
         self.body.append(chunk)
@@ -169,8 +182,9 @@ class _Connection(asyncio.Protocol):
         waiter, self.waiter = self.waiter, None
         body, self.body = b"".join(self.body), []
         content_type, self.content_type = self.content_type, ""
+        replica, self.replica = self.replica, ""
         if waiter is not None and not waiter.done():
-            waiter.set_result((self.parser.get_status_code(), content_type, body,
+            waiter.set_result((self.parser.get_status_code(), content_type, body, replica,
                                self.parser.should_keep_alive()))
 
     def _fail(self, error: ConnectionError) -> None:
@@ -179,7 +193,7 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(error)
         self.close()
 
-    async def exchange(self, request: bytes) -> tuple[int, str, bytes, bool]:
+    async def exchange(self, request: bytes) -> tuple[int, str, bytes, str, bool]:
         if self.lost is not None or self.transport.is_closing():
             raise ConnectionError("closed while idle")
         self.waiter = asyncio.get_running_loop().create_future()

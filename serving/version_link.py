@@ -15,17 +15,14 @@ counted as Serve's own direct ingress counts a request (``max_ongoing_requests``
 ``max_queued_requests`` and the ongoing count autoscaling reads).
 
 The route can be reached by anyone who can reach the ingress, so a request must carry the
-cluster's link secret (:func:`link_secret`, kept in Ray's internal key-value store, which
-only the cluster's own processes read); one without it gets 403 and nothing runs. The
+cluster's link secret (:mod:`serving.link_auth`); one without it gets 403 and nothing runs. The
 body is read by the strict reader in :mod:`serving.link_frames`, never unpickled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -34,32 +31,18 @@ from serving.backlog import Backlog
 from serving.errors import ForbiddenError, InferenceFailedError, InvalidRequestError
 from serving.lean_http import PlainReply, Reply, json_reply, text_reply
 from serving.lean_ingress import HEALTH_PATHS, UNROUTED_LIMIT, start_lean_server
+from serving.link_auth import carries_secret, link_secret
 from serving.link_frames import CONTENT_TYPE, LinkFrameError, decode_arrays, encode_arrays
 from serving.serve_internals import ReplicaSeam
 
 log = logging.getLogger(__name__)
 
-LINK_HEADER = "x-modelplane-link"
 # The router has already held the request to the endpoint's own body limit (at most this).
 LINK_BODY_LIMIT = 1024 * 1024 * 1024
-_SECRET_KEY = b"modelplane-link-secret"
 _ANSWER_HEADERS = {"content-type": CONTENT_TYPE}
 
 
-def link_secret() -> str:
-    """The cluster's link secret, made by the first process that asks (a put that never
-    overwrites, so every process reads the one that won). Blocks on the GCS: call it off
-    the event loop."""
-    from ray.experimental import internal_kv
-
-    kept = internal_kv._internal_kv_get(_SECRET_KEY)
-    if kept is None:
-        internal_kv._internal_kv_put(_SECRET_KEY, secrets.token_hex(32).encode(), overwrite=False)
-        kept = internal_kv._internal_kv_get(_SECRET_KEY)
-    return bytes(kept).decode()
-
-
-LINK_ELSEWHERE = "this version answers its link on each replica's own listener only"
+LINK_ELSEWHERE = "this route is answered on each replica's own listener only"
 
 
 async def start_version_link(infer: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
@@ -95,7 +78,7 @@ class LinkApp:
         self.infer = infer
         self.prefix = prefix
         self.health = health
-        self._secret = secret.encode()
+        self._secret = secret
         self.served = 0  # link requests answered with the model's arrays
 
     def body_limit(self, method: str, path: str) -> int:
@@ -117,7 +100,7 @@ class LinkApp:
             return text_reply(200 if healthy else 503, message)
         if path != self.prefix:
             return text_reply(404, f"Path '{path}' not found.")
-        if not hmac.compare_digest(headers.get(LINK_HEADER, "").encode(), self._secret):
+        if not carries_secret(headers, self._secret):
             return error_reply(ForbiddenError(
                 "this route is the link between an endpoint's router and its versions; "
                 "send inference requests to /v2/models/<endpoint>/infer"))

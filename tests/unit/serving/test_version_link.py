@@ -16,9 +16,10 @@ import pytest
 from serving.backends import RemoteVersion
 from serving.errors import InferenceFailedError, OverloadedError, overloaded_error
 from serving.lean_http import LeanServer, text_reply
+from serving.link_auth import LINK_HEADER
 from serving.link_client import LinkClient, LinkUnavailable, VersionLink
 from serving.link_frames import CONTENT_TYPE, encode_arrays
-from serving.version_link import LINK_HEADER, LinkApp
+from serving.version_link import LinkApp
 from tests.unit.serving.monitoring_helpers import version_config
 from tests.unit.serving.test_lean_http import healthy, serving
 
