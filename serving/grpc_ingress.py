@@ -174,6 +174,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.directory = directory
         self.link = link  # the endpoints' own listeners through the ingress (serving.grpc_link)
         self._link_paused_until = 0.0
+        self.linked_calls = 0  # ModelInfer calls the endpoints answered over the link
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -237,6 +238,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 log.info("gRPC calls go by Serve's handle for now: %s", reason)
             self._link_paused_until = loop.time() + VersionLink.PAUSE_S
             return None
+        self.linked_calls += 1
         if isinstance(answer, GrpcReply):
             await _abort(context, answer.value, answer.replica)  # type: ignore[arg-type]
         context.set_trailing_metadata(((REQUEST_ID_HEADER, answer.parameters[
@@ -294,12 +296,16 @@ class GrpcIngress:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
         ])
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.directory, link), self.server)
+        self.servicer = InferenceServicer(self.directory, link)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
         await _bind(self.server, f"{host}:{port}")
         await self.server.start()
         self.address = f"{host}:{port}"
         log.info("gRPC inference service listening on %s", self.address)
+
+    def linked_calls(self) -> int | None:
+        """ModelInfer calls answered over the link (None: this ingress has none)."""
+        return None if self.servicer.link is None else self.servicer.linked_calls
 
     async def __del__(self) -> None:
         # In-flight calls get a few seconds; Serve does not count them, so they would

@@ -29,12 +29,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
 from control_plane.client import Client
 from control_plane.errors import NotFoundError
 from control_plane.schemas import ReplicaOut
 from modelplane.settings import Settings
 from tests.cluster import WORKER_RESOURCE, LoopbackCluster
+from tests.conftest import free_port
 from tests.databases import PG_URL_VARIABLE, fresh_postgres_database
 from tests.exact_latency import RELATIVE_ACCURACY, quantiles_ms
 from tests.load import BackgroundLoad
@@ -109,7 +111,8 @@ def platform() -> Iterator[ClusterPlatform]:
         stack.callback(cluster.stop)
         # 0.0.0.0: replicas on the workers (127.0.0.2-3) listen where the head's ingress
         # reaches them, as on a cluster of machines.
-        env = cluster.up_platform(MODELPLANE_GRPC_PORT="0", MODELPLANE_PROXY_LOCATION="HeadOnly",
+        env = cluster.up_platform(MODELPLANE_GRPC_PORT=str(free_port()),
+                                  MODELPLANE_PROXY_LOCATION="HeadOnly",
                                   MODELPLANE_HTTP_HOST="0.0.0.0",
                                   MODELPLANE_ARTIFACT_URI=s3.uri("artifacts"), **store, **s3.env)
         yield ClusterPlatform(cluster, env, s3)
@@ -299,6 +302,27 @@ def test_an_isolated_router_reaches_its_version_on_the_link_across_nodes(
     for answer in answers:
         np.testing.assert_allclose(answer.json()["outputs"][0]["data"], expected.ravel(), rtol=1e-6)
     assert link_served() - before == 40  # every one on the link, none through Serve's handle
+    # gRPC takes the same fast path: the ingress posts each call to the router's own
+    # listener, and the router reaches the version on its link.
+    grpc_port = Settings.from_env(platform.env).grpc_port
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    tensor = grpcclient.InferInput("input", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.array([ROW["inputs"][0]["data"]], np.float32))
+    for _ in range(10):
+        result = client.infer("iso", [tensor])
+        np.testing.assert_allclose(result.as_numpy("probabilities").ravel(), expected.ravel(), rtol=1e-6)
+    client.close()
+    linked = platform.cluster.python("""
+        import asyncio
+        from ray import serve
+
+        async def linked():
+            return await serve.get_deployment_handle("grpc", app_name="grpc-ingress").linked_calls.remote()
+
+        print(json.dumps(asyncio.run(linked())))
+    """)
+    assert linked == 10, linked
+    assert link_served() - before == 50
     # The link's route answers nobody without the cluster's secret.
     forged = httpx.post(f"{platform.url}/modelplane-link/iso/v1", content=b"MPL1\x00\x00", timeout=30)
     assert forged.status_code == 403 and forged.json()["code"] == "forbidden"
