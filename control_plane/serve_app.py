@@ -68,24 +68,21 @@ def control_plane_application(settings: Settings, *, store_id: str,
 
 
 def deploy_control_plane(settings: Settings, *, store_id: str | None = None,
-                         num_cpus: float = 0.25) -> None:
+                         num_cpus: float = 0.25, wait: bool = True) -> None:
     """Run (or update) the control plane application on the connected Ray cluster.
 
     ``store_id`` defaults to the identity of the store in ``settings`` (created if new).
+    ``wait=False`` submits it and returns (``serving.applications.wait_running`` waits).
     """
-    from ray import serve
+    from serving.applications import submit_application
 
     if store_id is None:
         store_id = read_store_identity(settings)
     # A head started with --num-cpus=0 (usual where the head only coordinates) cannot
     # reserve any CPU: the control plane then reserves none rather than never starting.
     num_cpus = min(num_cpus, _head_cpus())
-    serve.run(
-        control_plane_application(settings, store_id=store_id, num_cpus=num_cpus),
-        name=APP_NAME,
-        route_prefix=ROUTE_PREFIX,
-        blocking=False,
-    )
+    submit_application(control_plane_application(settings, store_id=store_id, num_cpus=num_cpus),
+                       APP_NAME, ROUTE_PREFIX, wait=wait)
 
 
 def _head_cpus() -> float:

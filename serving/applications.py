@@ -157,6 +157,41 @@ def build_version_app(config: EndpointConfig, version: VersionConfig, *, env: di
     return deployment.bind(init)
 
 
+def submit_application(app: Any, name: str, route_prefix: str | None, *, wait: bool = True) -> None:
+    """Deploy ``app`` as Serve application ``name``; with ``wait``, until it runs (as
+    ``serve.run`` does), else return at once and let ``wait_running`` wait for several
+    together: their replicas' processes then start side by side instead of one by one."""
+    from ray.serve.api import RunTarget, _run_many
+
+    _run_many([RunTarget(target=app, name=name, route_prefix=route_prefix)],
+              wait_for_ingress_deployment_creation=wait, wait_for_applications_running=wait)
+
+
+def wait_running(names: list[str], timeout_s: float, poll_s: float = 0.1) -> None:
+    """Until every application in ``names`` is RUNNING; RuntimeError naming the first that
+    failed to deploy (with Serve's message), TimeoutError naming those still not running."""
+    import time
+
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = serve.status().applications
+        waiting = []
+        for name in names:
+            status = statuses.get(name)
+            state = str(getattr(getattr(status, "status", None), "value", getattr(status, "status", "")))
+            if state == "DEPLOY_FAILED":
+                raise RuntimeError(f"Deploying application {name} failed: {status.message}")  # type: ignore[union-attr]
+            if state != "RUNNING":
+                waiting.append(f"{name} ({state or 'not submitted'})")
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not running after {timeout_s:.0f} s: {', '.join(waiting)}")
+        time.sleep(poll_s)
+
+
 def build_server_app() -> Any:
     """``/v2``: server health and metadata."""
     from ray import serve

@@ -20,16 +20,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf.message import DecodeError
-from tritonclient.grpc import service_pb2 as pb
-
 from modelplane.errors import error_body
 from serving.core import InferenceCore
 from serving.errors import ForbiddenError, InvalidRequestError
 from serving.grpc_calls import GrpcFailure, GrpcReply, answer_grpc
 from serving.lean_http import PlainReply, json_reply
 from serving.link_auth import carries_secret
-from serving.protocol.grpc_messages import call_from_request, response_from_answer
 from serving.protocol.grpc_tensors import GrpcInferAnswer
 
 log = logging.getLogger(__name__)
@@ -58,6 +54,12 @@ def _failure_reply(failure: GrpcFailure) -> PlainReply:
 async def answer_linked_call(core: InferenceCore | None, headers: Mapping[str, str], body: bytes,
                              replica: str, secret: str | None) -> PlainReply:
     """An endpoint replica's answer to a ``ModelInfer`` posted by the gRPC ingress."""
+    # Imported on the first call: every replica imports this module, few get gRPC calls.
+    from google.protobuf.message import DecodeError
+    from tritonclient.grpc import service_pb2 as pb
+
+    from serving.protocol.grpc_messages import call_from_request, response_from_answer
+
     if not carries_secret(headers, secret):
         error = ForbiddenError("this route carries the gRPC ingress's calls; call the gRPC "
                                "service or POST /v2/models/<endpoint>/infer")
@@ -81,6 +83,8 @@ def reply_from_link(status: int, content_type: str, payload: bytes, replica: str
     """What the ingress got back: a ``ModelInferResponse``, a :class:`GrpcReply` holding
     the failure, or None where the answer is not the replica's (send it by the handle)."""
     if status == 200 and content_type == PROTOBUF:
+        from tritonclient.grpc import service_pb2 as pb
+
         return pb.ModelInferResponse.FromString(payload)
     if content_type != "application/json" or status == 403:
         return None
