@@ -57,8 +57,9 @@ class Reply(Protocol):
 class LeanApp(Protocol):
     """What the server calls; ``serving.replica_ingress`` adapts the inference core to it."""
 
-    def body_limit(self, method: str, path: str) -> int:
-        """The largest body ``path`` accepts, checked before the body is read."""
+    def body_limit(self, method: str, path: str, headers: Mapping[str, str]) -> int:
+        """The largest body ``path`` accepts (from the request's ``headers``, say who sends
+        it), checked before the body is read."""
 
     def refuse(self, path: str, size: int, limit: int, malformed: bool) -> Reply:
         """The answer for a body over ``limit`` (or a malformed Content-Length)."""
@@ -236,7 +237,7 @@ class _Connection(asyncio.Protocol):
         raw = self.url.split(b"?", 1)[0]
         path = raw.decode("latin-1")
         self.path = unquote(path) if "%" in path else path
-        self.limit = self.server.app.body_limit(self.method, self.path)
+        self.limit = self.server.app.body_limit(self.method, self.path, self.headers)
         declared = self.headers.get("content-length")
         if declared is not None and not (declared.isascii() and declared.isdigit() and len(declared) <= 20):
             self._refuse(0, malformed=True)

@@ -57,7 +57,7 @@ class EndpointApp:
         self.link_secret = link_secret
         self.replica = replica
 
-    def body_limit(self, method: str, path: str) -> int:
+    def body_limit(self, method: str, path: str, headers: Mapping[str, str]) -> int:
         core = self.holder.core
         if core is None or not path.startswith(self.prefix):
             return UNROUTED_LIMIT

@@ -28,6 +28,7 @@ from typing import Any
 
 from modelplane.errors import ModelplaneError, error_body
 from serving.backlog import Backlog
+from serving.core import body_too_large
 from serving.errors import ForbiddenError, InferenceFailedError, InvalidRequestError
 from serving.lean_http import PlainReply, Reply, json_reply, text_reply
 from serving.lean_ingress import HEALTH_PATHS, UNROUTED_LIMIT, start_lean_server
@@ -81,13 +82,17 @@ class LinkApp:
         self._secret = secret
         self.served = 0  # link requests answered with the model's arrays
 
-    def body_limit(self, method: str, path: str) -> int:
-        return LINK_BODY_LIMIT if path == self.prefix else UNROUTED_LIMIT
+    def body_limit(self, method: str, path: str, headers: Mapping[str, str]) -> int:
+        # Only the router may send a large body: anyone else is refused before it is read.
+        if path == self.prefix and carries_secret(headers, self._secret):
+            return LINK_BODY_LIMIT
+        return UNROUTED_LIMIT
 
     def refuse(self, path: str, size: int, limit: int, malformed: bool) -> Reply:
-        return error_reply(InvalidRequestError(
-            "Content-Length must be a whole number of bytes" if malformed
-            else f"a link body of {size} bytes is over {limit}", detail={"field": "content-length"}))
+        if malformed:
+            return error_reply(InvalidRequestError("Content-Length must be a whole number of bytes",
+                                                   detail={"field": "content-length"}))
+        return error_reply(body_too_large(size, limit, "link body"))
 
     def counted(self, path: str) -> bool:
         return path == self.prefix

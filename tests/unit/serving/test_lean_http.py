@@ -150,7 +150,7 @@ class Echo:
         self.release = asyncio.Event()
         self.calls = 0
 
-    def body_limit(self, method: str, path: str) -> int:
+    def body_limit(self, method: str, path: str, headers: Any) -> int:
         return 1000
 
     def refuse(self, path: str, size: int, limit: int, malformed: bool) -> Any:

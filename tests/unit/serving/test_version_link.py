@@ -168,7 +168,7 @@ def test_answers_that_are_not_the_versions_go_through_the_handle() -> None:
     class NotTheVersion:
         """Serve's proxy or HAProxy: a 503 page, not a link answer."""
 
-        def body_limit(self, method: str, path: str) -> int:
+        def body_limit(self, method: str, path: str, headers: Any) -> int:
             return 1 << 20
 
         def refuse(self, path: str, size: int, limit: int, malformed: bool) -> Any:
@@ -215,3 +215,25 @@ def test_a_link_answer_has_the_link_content_type() -> None:
         assert answer.status_code == 200 and answer.headers["content-type"] == CONTENT_TYPE
 
     asyncio.run(serving(LinkApp(model.infer, ROUTE, healthy, SECRET), scenario))
+
+
+def test_a_large_body_without_the_secret_is_refused_before_it_is_read() -> None:
+    model = Model()
+
+    async def scenario(port: int, server: LeanServer) -> bytes:
+        # A gigabyte announced: refused from its Content-Length alone, at once, nothing held.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST {ROUTE} HTTP/1.1\r\nhost: x\r\ncontent-length: {1 << 30}\r\n\r\n"
+                     .encode() + b"x" * 1024)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        # The router's own large request is read and answered.
+        big = {"input": np.ones((20_000, 4), np.float32)}
+        remote, handle = _remote(port)
+        answer = await remote.infer(big)
+        assert answer["output"].shape == (20_000, 4) and handle.calls == 0
+        return head
+
+    head = asyncio.run(serving(LinkApp(model.infer, ROUTE, healthy, SECRET), scenario))
+    assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower()
+    assert model.calls == 1
