@@ -94,9 +94,19 @@ class LinkClient:
         more header lines, each ending in CRLF."""
         request = b"".join((b"POST ", path.encode(), b" HTTP/1.1\r\n", self._head, head,
                             b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body))
-        connection = self._idle.pop() if self._idle else await self._connect()
+        kept = self._kept()
+        connection = kept or await self._connect()
         try:
-            status, content_type, payload, replica, keep_alive = await connection.exchange(request)
+            try:
+                status, content_type, payload, replica, keep_alive = await connection.exchange(request)
+            except ConnectionError:
+                if connection is not kept:
+                    raise
+                # A kept connection the ingress closed while idle (its keep-alive timeout),
+                # perhaps just as this was sent: once more on a new one (inference is pure).
+                connection.close()
+                connection = await self._connect()
+                status, content_type, payload, replica, keep_alive = await connection.exchange(request)
         except ConnectionError as error:
             connection.close()
             raise LinkUnavailable(f"the connection closed before the answer ({error})") from None
@@ -108,6 +118,14 @@ class LinkClient:
         else:
             connection.close()
         return status, content_type, payload, replica
+
+    def _kept(self) -> _Connection | None:
+        """An idle connection still open, or None (those the other side closed are dropped)."""
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.lost is None and not connection.transport.is_closing():
+                return connection
+        return None
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -237,3 +237,25 @@ def test_a_large_body_without_the_secret_is_refused_before_it_is_read() -> None:
     head = asyncio.run(serving(LinkApp(model.infer, ROUTE, healthy, SECRET), scenario))
     assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower()
     assert model.calls == 1
+
+
+def test_a_kept_connection_the_ingress_closed_while_idle_is_replaced_not_given_up() -> None:
+    model = Model()
+
+    async def scenario(port: int, server: LeanServer) -> None:
+        remote, handle = _remote(port)
+        await remote.infer(ROW)
+        kept = remote.link.client._idle[0]  # type: ignore[union-attr]
+        await asyncio.sleep(2.5)  # past the server's keep-alive: it closed the connection
+        assert kept.lost is not None
+        await remote.infer(ROW)
+        # A connection closed just as a request goes out on it: sent again on a new one.
+        client = remote.link.client  # type: ignore[union-attr]
+        stale = client._idle.pop()
+        stale.transport.close()
+        await asyncio.sleep(0.05)
+        client._kept = lambda: stale  # type: ignore[method-assign]
+        await remote.infer(ROW)
+        assert handle.calls == 0 and remote.link.carried == 3 and model.calls == 3  # type: ignore[union-attr]
+
+    asyncio.run(serving(LinkApp(model.infer, ROUTE, healthy, SECRET), scenario, keep_alive_s=1.0))
