@@ -23,8 +23,8 @@ from typing import Any
 
 from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ray_auth import apply_ray_auth_env, ray_auth_env
-from control_plane.replica_env import HAPROXY_SETTING
 from modelplane.settings import Settings
+from serving.link_client import HAPROXY_SETTING
 from serving.names import GRPC_APP, SERVER_APP, SERVER_ROUTE, endpoint_url
 
 NAMESPACE = "modelplane"

@@ -22,7 +22,7 @@ from control_plane.auth import Principal, TokenService, write_secret_file
 from control_plane.errors import AuthenticationError
 from control_plane.schemas import Role, TokenCreate
 from modelplane.settings import Settings
-from serving.link_client import HAPROXY_SETTING
+from serving.link_client import ingress_address
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,12 @@ def link_address(settings: Settings, environ: Mapping[str, str] = os.environ,
     listening on every address is reached on each router's own node, or, where only the
     head runs one (``proxy_location`` HeadOnly), at the head's address (``head_address``:
     this node's, as the control plane runs on the head)."""
-    if not settings.lean_ingress or environ.get(HAPROXY_SETTING) != "1":
+    if not settings.lean_ingress:
         return None
     host = settings.http_host
-    if host in ("", "0.0.0.0", "::"):
-        if settings.proxy_location == "HeadOnly":
-            host = (head_address or _this_node_address)()
-        else:
-            host = "127.0.0.1"
-    return f"{host}:{settings.http_port}"
+    if host in ("", "0.0.0.0", "::") and settings.proxy_location == "HeadOnly":
+        host = (head_address or _this_node_address)()
+    return ingress_address(host, settings.http_port, environ)
 
 
 def _this_node_address() -> str:

@@ -180,9 +180,9 @@ def wait_running(names: list[str], timeout_s: float, poll_s: float = 0.1) -> Non
         waiting = []
         for name in names:
             status = statuses.get(name)
-            state = str(getattr(getattr(status, "status", None), "value", getattr(status, "status", "")))
+            state = "" if status is None else status.status.value
             if state == "DEPLOY_FAILED":
-                raise RuntimeError(f"Deploying application {name} failed: {status.message}")  # type: ignore[union-attr]
+                raise RuntimeError(f"Deploying application {name} failed: {status.message}")
             if state != "RUNNING":
                 waiting.append(f"{name} ({state or 'not submitted'})")
         if not waiting:

@@ -120,6 +120,12 @@ def _json(status: int, payload: Any) -> HttpResult:
     return HttpResult(status, json.dumps(payload, default=str).encode(), {"content-type": "application/json"})
 
 
+def asks_readiness(subpath: str) -> bool:
+    """Whether ``subpath`` (under an endpoint's prefix) is its or a version's ready probe."""
+    match = _PATH.match(subpath)
+    return match is not None and match.group("action") == "/ready"
+
+
 def error_result(error: ModelplaneError, request_id: str) -> HttpResult:
     # The v2 spec's error body is {"error": "<message>"}; tritonclient shows that field,
     # so the message goes there and the stable code beside it.

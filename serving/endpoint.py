@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,6 +34,7 @@ from serving.core import (
     HttpResult,
     InferenceCore,
     _json,
+    asks_readiness,
     body_too_large,
     error_result,
     new_request_id,
@@ -67,7 +67,6 @@ REPLICA_HEADER = "x-modelplane-replica"
 # the replica starts: the endpoint answers, but on a slower path than ready promises.
 WARMING = ("this replica started moments ago and the ingress does not send to it directly "
            "yet; it answers ready once it does")
-_READY = re.compile(r"(?:^|/)ready/?$")
 BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
 FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
 
@@ -115,7 +114,7 @@ class _CoreAdapter:
         subpath = _subpath(request, core.config.endpoint)
         if subpath == GRPC_LINK_PATH:  # the gRPC ingress goes by the handle instead
             return Response(LINK_ELSEWHERE, status_code=503, media_type="text/plain")
-        if self._lean is not None and request.method == "GET" and _READY.search(subpath):
+        if self._lean is not None and request.method == "GET" and asks_readiness(subpath):
             return _to_response(_json(503, {"name": core.config.endpoint, "ready": False,
                                             "warming": True, "error": WARMING}), self._replica)
         try:
@@ -393,20 +392,19 @@ class EndpointRouter(_CoreAdapter):
     async def _link_to(self, address: str | None) -> LinkClient | None:
         """The client for the versions' links at ``address`` (kept while it stays the same)."""
         current = self._link_client
-        if current is not None and address == f"{current.host}:{current.port}":
+        if current is not None and address == current.address:
             return current
         if current is not None:
             current.close()
         self._link_client = None
         if address is None:
             return None
-        host, _, port = address.rpartition(":")
         try:
             secret = await asyncio.to_thread(link_secret)
         except Exception as error:  # the handles still serve every version
             log.warning("no link to the versions (%s); using Serve's handles", error)
             return None
-        self._link_client = LinkClient(host, int(port), secret)
+        self._link_client = LinkClient(address, secret)
         return self._link_client
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from serving.errors import ModelNotFoundError, ModelNotReadyError, overloaded_er
 from serving.grpc_calls import GrpcFailure, GrpcModelCall, GrpcReply
 from serving.grpc_link import GRPC_LINK_PATH, linked_call_head, reply_from_link
 from serving.link_auth import link_secret
-from serving.link_client import HAPROXY_SETTING, LinkClient, LinkUnavailable, VersionLink
+from serving.link_client import LinkClient, LinkRest, LinkUnavailable, ingress_address
 from serving.names import (
     ENDPOINT_APP_PREFIX,
     ENDPOINT_DEPLOYMENTS,
@@ -173,7 +172,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, directory: EndpointDirectory, link: LinkClient | None = None) -> None:
         self.directory = directory
         self.link = link  # the endpoints' own listeners through the ingress (serving.grpc_link)
-        self._link_paused_until = 0.0
+        self._link_rest = LinkRest("gRPC calls")
         self.linked_calls = 0  # ModelInfer calls the endpoints answered over the link
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -216,8 +215,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """The endpoint replica's answer through the HTTP ingress, or None where the call
         must go through the handle (the link resting, or not carrying it)."""
         link = self.link
-        loop = asyncio.get_running_loop()
-        if link is None or loop.time() < self._link_paused_until:
+        if link is None or self._link_rest.resting:
             return None
         try:
             await self.directory.find(request.model_name)  # unknown or loading: said as ever
@@ -234,9 +232,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             answer = reply_from_link(status, content_type, payload, replica)
             reason = f"the link answered {status} {content_type}"
         if answer is None:
-            if not self._link_paused_until:
-                log.info("gRPC calls go by Serve's handle for now: %s", reason)
-            self._link_paused_until = loop.time() + VersionLink.PAUSE_S
+            self._link_rest.begin(reason)
             return None
         self.linked_calls += 1
         if isinstance(answer, GrpcReply):
@@ -316,14 +312,15 @@ class GrpcIngress:
 async def _link_to_ingress(host: str, http_port: int | None) -> LinkClient | None:
     """A client for the endpoints' own listeners through this node's HTTP ingress, where it
     is HAProxy (this replica runs on the head, which always runs one); None: the handles."""
-    if http_port is None or os.environ.get(HAPROXY_SETTING) != "1":
+    address = None if http_port is None else ingress_address(host, http_port)
+    if address is None:
         return None
     try:
         secret = await asyncio.to_thread(link_secret)
     except Exception as error:
         log.warning("gRPC calls go by Serve's handles: no link secret (%s)", error)
         return None
-    return LinkClient("127.0.0.1" if host in ("", "0.0.0.0", "::") else host, http_port, secret)
+    return LinkClient(address, secret)
 
 
 async def _bind(server: Any, address: str) -> None:

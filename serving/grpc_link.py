@@ -20,11 +20,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from modelplane.errors import error_body
-from serving.core import InferenceCore
+from serving.core import InferenceCore, error_result
 from serving.errors import ForbiddenError, InvalidRequestError
 from serving.grpc_calls import GrpcFailure, GrpcReply, answer_grpc
-from serving.lean_http import PlainReply, json_reply
+from serving.lean_http import PlainReply, Reply, json_reply
 from serving.link_auth import carries_secret
 from serving.protocol.grpc_tensors import GrpcInferAnswer
 
@@ -52,7 +51,7 @@ def _failure_reply(failure: GrpcFailure) -> PlainReply:
 
 
 async def answer_linked_call(core: InferenceCore | None, headers: Mapping[str, str], body: bytes,
-                             replica: str, secret: str | None) -> PlainReply:
+                             replica: str, secret: str | None) -> Reply:
     """An endpoint replica's answer to a ``ModelInfer`` posted by the gRPC ingress."""
     # Imported on the first call: every replica imports this module, few get gRPC calls.
     from google.protobuf.message import DecodeError
@@ -63,7 +62,7 @@ async def answer_linked_call(core: InferenceCore | None, headers: Mapping[str, s
     if not carries_secret(headers, secret):
         error = ForbiddenError("this route carries the gRPC ingress's calls; call the gRPC "
                                "service or POST /v2/models/<endpoint>/infer")
-        return json_reply(error.http_status, error_body(error, ""))
+        return error_result(error, "")
     try:
         request = pb.ModelInferRequest.FromString(body)
         metadata = json.loads(headers.get(METADATA_HEADER) or "{}")

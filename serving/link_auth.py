@@ -9,6 +9,7 @@ so only the cluster's own processes (which may read that store) know it.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets
 from collections.abc import Mapping
@@ -17,10 +18,11 @@ LINK_HEADER = "x-modelplane-link"
 _SECRET_KEY = b"modelplane-link-secret"
 
 
+@functools.cache  # one read per process: the secret lives as long as the cluster
 def link_secret() -> str:
     """The cluster's link secret, made by the first process that asks (a put that never
-    overwrites, so every process reads the one that won). Blocks on the GCS: call it off
-    the event loop."""
+    overwrites, so every process reads the one that won). Blocks on the GCS the first time:
+    call it off the event loop."""
     from ray.experimental import internal_kv
 
     kept = internal_kv._internal_kv_get(_SECRET_KEY)

@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import httptools
@@ -39,33 +42,57 @@ _ERRORS: dict[str, type[ModelplaneError]] = {
     if isinstance(cls, type) and issubclass(cls, ModelplaneError)}
 
 
+def ingress_address(host: str, port: int, environ: Mapping[str, str] = os.environ) -> str | None:
+    """``host:port`` of the HTTP ingress where it is HAProxy (the links ride Serve's direct
+    ingress), with an ingress listening on every address reached on this node's loopback;
+    None without HAProxy (the handles carry everything)."""
+    if environ.get(HAPROXY_SETTING) != "1":
+        return None
+    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}"
+
+
 class LinkUnavailable(Exception):
     """The link could not carry this request; Serve's handle can."""
 
 
-class VersionLink:
-    """One version's link from a router: its route on a shared client, and a pause after a
-    request it could not carry (the route is not in HAProxy yet, no replica runs), so that
-    for ``PAUSE_S`` requests go straight to the handle instead of paying for both."""
+class LinkRest:
+    """A link's pause after a request it could not carry (a route HAProxy does not know yet,
+    no replica running): for ``PAUSE_S`` requests go straight to the handle instead of
+    paying for both. The first pause is logged, with why."""
 
     PAUSE_S = 1.0
 
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.until = 0.0
+
+    @property
+    def resting(self) -> bool:
+        return time.monotonic() < self.until
+
+    def begin(self, why: object) -> None:
+        if not self.until:
+            log.info("%s go by Serve's handle for now: %s", self.what, why)
+        self.until = time.monotonic() + self.PAUSE_S
+
+
+class VersionLink:
+    """One version's link from a router: its route on a shared client, resting after a
+    request it could not carry (``LinkRest``)."""
+
     def __init__(self, client: LinkClient, path: str) -> None:
         self.client, self.path = client, path
-        self.paused_until = 0.0
+        self.rest = LinkRest(f"requests to {path}")
         self.carried = 0  # requests the link answered (the version's errors included)
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The version's answer, or None where the handle must carry the request."""
-        loop = asyncio.get_running_loop()
-        if loop.time() < self.paused_until:
+        if self.rest.resting:
             return None
         try:
             answer = await self.client.infer(self.path, arrays)
         except LinkUnavailable as why:
-            if not self.paused_until:
-                log.info("link %s unavailable, using Serve's handle: %s", self.path, why)
-            self.paused_until = loop.time() + self.PAUSE_S
+            self.rest.begin(why)
             return None
         except ModelplaneError:
             self.carried += 1
@@ -75,11 +102,13 @@ class VersionLink:
 
 
 class LinkClient:
-    """Link requests to ``host:port`` (this node's ingress), over pooled connections."""
+    """Link requests to ``address`` (``host:port`` of the ingress), over pooled connections."""
 
-    def __init__(self, host: str, port: int, secret: str) -> None:
-        self.host, self.port = host, port
-        self._head = f"host: {host}:{port}\r\n{LINK_HEADER}: {secret}\r\n".encode()
+    def __init__(self, address: str, secret: str) -> None:
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host, int(port)
+        self._head = f"host: {address}\r\n{LINK_HEADER}: {secret}\r\n".encode()
         self._idle: list[_Connection] = []
 
     async def infer(self, path: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -26,9 +26,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from modelplane.errors import ModelplaneError, error_body
+from modelplane.errors import ModelplaneError
 from serving.backlog import Backlog
-from serving.core import body_too_large
+from serving.core import body_too_large, error_result
 from serving.errors import ForbiddenError, InferenceFailedError, InvalidRequestError
 from serving.lean_http import PlainReply, Reply, json_reply, text_reply
 from serving.lean_ingress import HEALTH_PATHS, UNROUTED_LIMIT, start_lean_server
@@ -65,10 +65,6 @@ async def start_version_link(infer: Callable[[dict[str, Any]], Awaitable[dict[st
     return made[0] if server is not None else None
 
 
-def error_reply(error: ModelplaneError) -> PlainReply:
-    return json_reply(error.http_status, error_body(error, ""))
-
-
 class LinkApp:
     """A version replica's answers on its own listener: health as Serve's direct ingress
     gives it, 404 off the link route, and on it the model's arrays for the router's."""
@@ -90,9 +86,9 @@ class LinkApp:
 
     def refuse(self, path: str, size: int, limit: int, malformed: bool) -> Reply:
         if malformed:
-            return error_reply(InvalidRequestError("Content-Length must be a whole number of bytes",
-                                                   detail={"field": "content-length"}))
-        return error_reply(body_too_large(size, limit, "link body"))
+            return error_result(InvalidRequestError("Content-Length must be a whole number of bytes",
+                                                    detail={"field": "content-length"}), "")
+        return error_result(body_too_large(size, limit, "link body"), "")
 
     def counted(self, path: str) -> bool:
         return path == self.prefix
@@ -106,22 +102,24 @@ class LinkApp:
         if path != self.prefix:
             return text_reply(404, f"Path '{path}' not found.")
         if not carries_secret(headers, self._secret):
-            return error_reply(ForbiddenError(
+            return error_result(ForbiddenError(
                 "this route is the link between an endpoint's router and its versions; "
-                "send inference requests to /v2/models/<endpoint>/infer"))
+                "send inference requests to /v2/models/<endpoint>/infer"), "")
         if method != "POST":
-            return error_reply(InvalidRequestError("link requests are POST", detail={"field": "method"}))
+            return error_result(InvalidRequestError("link requests are POST",
+                                                    detail={"field": "method"}), "")
         try:
             arrays = decode_arrays(body)
         except LinkFrameError as error:
-            return error_reply(InvalidRequestError(f"link body: {error}", detail={"field": "body"}))
+            return error_result(InvalidRequestError(f"link body: {error}",
+                                                    detail={"field": "body"}), "")
         try:
             outputs = await self.infer(arrays)
             answer = encode_arrays(outputs)
         except ModelplaneError as error:
-            return error_reply(error)
+            return error_result(error, "")
         except Exception as error:  # the model's own failure: a 500 for this request alone
             log.exception("link request failed")
-            return error_reply(InferenceFailedError(f"{type(error).__name__}: {str(error)[:300]}"))
+            return error_result(InferenceFailedError(f"{type(error).__name__}: {str(error)[:300]}"), "")
         self.served += 1
         return PlainReply(200, answer, _ANSWER_HEADERS)

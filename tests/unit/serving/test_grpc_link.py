@@ -68,7 +68,7 @@ def _servers(link_secret: str, *, lean: bool = True,
             lean = LeanServer(app, extra_headers={"x-modelplane-replica": "replica-9"})
             await lean.start([sock])
             lean_task = asyncio.get_running_loop().create_task(lean.serve())
-        link = LinkClient("127.0.0.1", sock.getsockname()[1], link_secret)
+        link = LinkClient(f"127.0.0.1:{sock.getsockname()[1]}", link_secret)
         server = grpc.aio.server()
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(Directory(lambda: {}), link), server)

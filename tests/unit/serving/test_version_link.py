@@ -59,7 +59,7 @@ class Handle:
 
 def _remote(port: int, secret: str = SECRET) -> tuple[RemoteVersion, Handle]:
     handle = Handle()
-    link = VersionLink(LinkClient("127.0.0.1", port, secret), ROUTE)
+    link = VersionLink(LinkClient(f"127.0.0.1:{port}", secret), ROUTE)
     return RemoteVersion(version_config(1), handle, link), handle
 
 
@@ -157,7 +157,7 @@ def test_a_closed_port_sends_requests_through_the_handle_and_pauses_the_link(
         for _ in range(5):
             np.testing.assert_array_equal((await remote.infer(ROW))["output"], ROW["input"] * 2)
         assert handle.calls == 5 and len(tried) == 1  # paused after the first refusal
-        link.paused_until = 0.0  # the pause is over: the link is tried again
+        link.rest.until = 0.0  # the pause is over: the link is tried again
         await remote.infer(ROW)
         assert len(tried) == 2 and handle.calls == 6
 
@@ -200,7 +200,7 @@ def test_a_connection_closed_before_the_answer_goes_through_the_handle() -> None
         np.testing.assert_array_equal((await remote.infer(ROW))["output"], ROW["input"] * 2)
         assert handle.calls == 1
         with pytest.raises(LinkUnavailable):
-            await LinkClient("127.0.0.1", port, SECRET).infer(ROUTE, ROW)
+            await LinkClient(f"127.0.0.1:{port}", SECRET).infer(ROUTE, ROW)
         server.close()
 
     asyncio.run(scenario())
