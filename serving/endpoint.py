@@ -63,8 +63,9 @@ log = logging.getLogger(__name__)
 
 REPLICA_HEADER = "x-modelplane-replica"
 # A request reaches ``__call__`` on a replica whose own listener serves the data path only
-# while the ingress still sends to Serve's proxy, its fallback, as it does in the moment after
-# the replica starts: the endpoint answers, but on a slower path than ready promises.
+# while the ingress sends to Serve's proxy, its fallback: in the moment after the replica
+# starts (the endpoint answers, but on a slower path than ready promises: not ready yet) and
+# while a reconfigure runs on a replica already serving (still ready).
 WARMING = ("this replica started moments ago and the ingress does not send to it directly "
            "yet; it answers ready once it does")
 BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
@@ -114,7 +115,8 @@ class _CoreAdapter:
         subpath = _subpath(request, core.config.endpoint)
         if subpath == GRPC_LINK_PATH:  # the gRPC ingress goes by the handle instead
             return Response(LINK_ELSEWHERE, status_code=503, media_type="text/plain")
-        if self._lean is not None and request.method == "GET" and asks_readiness(subpath):
+        if (self._lean is not None and not self._lean.app.reached and request.method == "GET"
+                and asks_readiness(subpath)):
             return _to_response(_json(503, {"name": core.config.endpoint, "ready": False,
                                             "warming": True, "error": WARMING}), self._replica)
         try:

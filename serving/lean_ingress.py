@@ -56,6 +56,9 @@ class EndpointApp:
         self.grpc_path = prefix + GRPC_LINK_PATH
         self.link_secret = link_secret
         self.replica = replica
+        # Whether the ingress has sent this replica a request of its endpoint directly: from
+        # then on, one through Serve's proxy is a reconfigure's moment, not a start's.
+        self.reached = False
 
     def body_limit(self, method: str, path: str, headers: Mapping[str, str]) -> int:
         core = self.holder.core
@@ -86,6 +89,7 @@ class EndpointApp:
         if not path.startswith(self.prefix):
             return text_reply(404, f"Path '{path}' not found. Ping http://.../-/routes for "
                                    "available routes.")
+        self.reached = True
         core = self.holder.core
         if path == self.grpc_path and method == "POST":
             return await answer_linked_call(core, headers, body, self.replica, self.link_secret)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 
 from starlette.requests import Request
 
@@ -34,7 +35,7 @@ def _call(server: EndpointServer, method: str, path: str, body: bytes = b"") -> 
 def _server(lean: bool) -> EndpointServer:
     server = EndpointServer()
     server.core = make_core({1: 100.0})
-    server._lean = object() if lean else None
+    server._lean = SimpleNamespace(app=SimpleNamespace(reached=False)) if lean else None
     return server
 
 
@@ -57,3 +58,23 @@ def test_through_the_fallback_a_lean_replica_still_answers_inferences() -> None:
 def test_without_the_lean_ingress_serves_own_path_is_the_ready_one() -> None:
     status, answer = _call(_server(lean=False), "GET", "/v2/models/iris/ready")
     assert status == 200 and answer == {"name": "iris", "ready": True}
+
+
+def test_once_reached_directly_a_replica_stays_ready_through_a_reconfigure() -> None:
+    # Serve takes a replica out of HAProxy while it reconfigures (a version added): the
+    # ingress's fallback reaches it then, and the endpoint has not stopped being ready.
+    server = _server(lean=True)
+    server._lean.app.reached = True
+    status, answer = _call(server, "GET", "/v2/models/iris/ready")
+    assert status == 200 and answer == {"name": "iris", "ready": True}
+
+
+def test_only_a_request_of_the_endpoint_on_the_lean_path_counts_as_reached() -> None:
+    from serving.lean_ingress import EndpointApp
+    from tests.unit.serving.test_lean_http import Holder, healthy
+
+    app = EndpointApp(Holder(make_core({1: 100.0})), "/v2/models/iris", "endpoint-iris", healthy)
+    asyncio.run(app.call("GET", "/-/healthz", {}, b""))  # HAProxy checks before it sends
+    assert not app.reached
+    asyncio.run(app.call("GET", "/v2/models/iris/ready", {}, b""))
+    assert app.reached
