@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,9 +49,15 @@ class RunTime:
 
     def record(self, seconds: float, rows: int) -> None:
         per_row = seconds / max(rows, 1)
-        # The warm calls' mean would carry a first run's allocations for dozens of calls.
-        self.per_row_s = per_row if self.calls < _WARM_CALLS else (
-            self.per_row_s + _SMOOTHING * (per_row - self.per_row_s))
+        if self.calls == 0:
+            self.per_row_s = per_row
+        elif self.calls < _WARM_CALLS:
+            # The warm calls' least time: their mean, or the last of them, would carry a
+            # first run's allocations or one call the OS preempted, and hold a cheap model
+            # in the pool for dozens of calls while the mean decays.
+            self.per_row_s = min(self.per_row_s, per_row)
+        else:
+            self.per_row_s += _SMOOTHING * (per_row - self.per_row_s)
         self.calls += 1
 
 
@@ -66,8 +73,9 @@ class LocalVersion:
     no other request waits (``Backlog``)."""
 
     def __init__(self, config: VersionConfig, runner: Runner, executor: ThreadPoolExecutor,
-                 backlog: Backlog | None = None):
+                 backlog: Backlog | None = None, clock: Callable[[], float] = time.perf_counter):
         self.config = config
+        self._clock = clock
         self.runner = runner
         self.run_time = RunTime()
         self._executor = executor
@@ -89,11 +97,11 @@ class LocalVersion:
         Called off the event loop, while the version loads."""
         if self._batched is not None or self.runner.is_async:
             return
-        deadline = time.perf_counter() + WARM_BUDGET_S
-        while self.run_time.calls < _WARM_CALLS and time.perf_counter() < deadline:
-            started = time.perf_counter()
+        deadline = self._clock() + WARM_BUDGET_S
+        while self.run_time.calls < _WARM_CALLS and self._clock() < deadline:
+            started = self._clock()
             self.runner.warmup()
-            self.run_time.record(time.perf_counter() - started, 1)
+            self.run_time.record(self._clock() - started, 1)
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._batched is not None:
@@ -108,11 +116,11 @@ class LocalVersion:
         return await loop.run_in_executor(self._executor, self._timed_run, arrays, rows)
 
     def _timed_run(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        started = time.perf_counter()
+        started = self._clock()
         try:
             return self.runner.run(arrays)
         finally:
-            self.run_time.record(time.perf_counter() - started, rows)
+            self.run_time.record(self._clock() - started, rows)
 
 
 class UnloadableVersion:
