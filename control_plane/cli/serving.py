@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import typer
@@ -147,13 +148,11 @@ def _replicas_text(cluster: ClusterOut, node_id: str) -> str:
                      for name, (running, other) in sorted(counts.items())) or "-"
 
 
-def _leadership_text(lease: LeadershipOut) -> str:
-    """Who runs the control loops, and whether its lease is current."""
+def _leadership_text(lease: LeadershipOut, now: datetime | None = None) -> str:
+    """Who runs the control loops, and whether its lease is current (at ``now``)."""
     if lease.holder is None or lease.expires_at is None:
         return "no control plane has run the control loops yet"
-    from datetime import UTC, datetime
-
-    left = (lease.expires_at - datetime.now(UTC)).total_seconds()
+    left = (lease.expires_at - (now or datetime.now(UTC))).total_seconds()
     state = (f"lease renewed, {left:.0f} s left" if left > 0 else
              f"LEASE EXPIRED {-left:.0f} s ago: no control plane runs the loops")
     return f"control loops run by {lease.holder} (term {lease.term}; {state})"

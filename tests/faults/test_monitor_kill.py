@@ -49,8 +49,8 @@ def test_monitor_killed_mid_rollout(platform: Platform) -> None:
             ray.kill(get_monitor(), no_restart=True)
             wait_for(lambda: get_monitor() is None, 30, "the Monitor to be gone")
             seen: dict[str, str] = {}
-            until = time.monotonic() + 8
-            while time.monotonic() < until:
+            until = time.monotonic() + 30  # a busy host may run the analyses late
+            while time.monotonic() < until and len(seen) < 3:
                 record = client.get_rollout(rollout.id).last_analysis
                 if record and _analysis_at(record) > killed_at + 0.5:
                     seen[record["at"]] = record["verdict"]
@@ -87,7 +87,7 @@ def test_monitor_killed_mid_rollout(platform: Platform) -> None:
         assert failed == [], failed[:3]
         # Replicas look the Monitor up again on their next shipment (about a second); the
         # bound is generous for a loaded machine, the figure above is what was seen.
-        assert resumed_s < 10
+        assert resumed_s < 30
     finally:
         ensure_monitor()
         for active in client.list_rollouts(endpoint=name, active=True):

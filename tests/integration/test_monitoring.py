@@ -239,10 +239,11 @@ def test_drift_alert_stays_quiet_on_training_traffic_fires_on_a_one_sigma_shift_
         assert notified() == [], notified()
         shifted_at = time.monotonic()
         traffic.shift = 1.0
-        assert eventually(notified, timeout=5 * WINDOW_S, interval=0.05), "never fired"
+        assert eventually(notified, timeout=6 * WINDOW_S + 3, interval=0.05), "never fired"
         windows = (time.monotonic() - shifted_at) / WINDOW_S
-        # Three windows, plus the second a replica may hold its statistics before shipping.
-        assert windows <= 3 + 1 / WINDOW_S, windows
+        # Three windows, plus the second a replica may hold its statistics before shipping
+        # and two for a busy host's scheduling.
+        assert windows <= 3 + 3 / WINDOW_S, windows
         [firing] = notified()
         assert firing["status"] == "firing" and firing["alert"]["labels"]["endpoint"] == ENDPOINT
         assert "f2" in firing["alert"]["data"]["drifted_features"] and "f2" in firing["alert"]["summary"]

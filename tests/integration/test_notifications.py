@@ -258,7 +258,7 @@ def hanging_port() -> Iterator[int]:
 def test_a_receiver_that_is_down_does_not_slow_the_registry(cp: ControlPlane, receivers,
                                                              hanging_port: int) -> None:
     cp.alerts.put_receiver(ReceiverSpec(name="hung", url=f"http://127.0.0.1:{hanging_port}/hook",
-                                        events=["registry.*"], timeout_s=2, max_attempts=3,
+                                        events=["registry.*"], timeout_s=10, max_attempts=3,
                                         backoff_s=0.5))
     listen(cp, receivers["healthy"], "healthy", ["registry.*"])
     register(cp, "churn", seed=5)
@@ -267,11 +267,11 @@ def test_a_receiver_that_is_down_does_not_slow_the_registry(cp: ControlPlane, re
         started = time.monotonic()
         cp.registry.transition_stage("churn", 1, StageChange(stage=stage), ALICE)
         took.append(time.monotonic() - started)
-    # Each delivery to the hung receiver takes 3 tries of 2 s plus backoff; every registry
+    # Each delivery to the hung receiver takes 3 tries of 10 s plus backoff; every registry
     # call returned long before its first try could have ended, and while it is still
     # being retried the healthy receiver has heard everything.
-    assert max(took) < 1.5, took
-    assert len(receivers["healthy"].wait(5, timeout=3)) == 5
+    assert max(took) < 5, took
+    assert len(receivers["healthy"].wait(5, timeout=10)) == 5
     hung = cp.alerts.notifier.stats()["hung"]
     assert hung.get("sent", 0) == 0 and hung.get("failed", 0) == 0, hung
 

@@ -140,13 +140,16 @@ def test_an_endpoint_that_cannot_start_delays_no_traffic_change_and_no_rollback(
         return time.monotonic() - started
 
     baseline = traffic_change({1: 90, 2: 10})
+    # A stuck endpoint that held the others up would cost them Serve's deploy wait (tens of
+    # seconds); a busy host may make one change a few seconds slower than the baseline.
+    allowed_s = max(3 * baseline, baseline + 5)
     started = time.monotonic()
     stuck = client.deploy("stuck", "stuck:1", placement="isolated",
                           scaling={"num_cpus": 0.05, "num_gpus": 8})  # never schedulable here
     deploy_s = time.monotonic() - started
     assert stuck.serving is not None and stuck.serving.state == "pending"
     with_stuck = traffic_change({1: 50, 2: 50})
-    assert with_stuck <= baseline + 2.0, (baseline, with_stuck, deploy_s)
+    assert with_stuck <= allowed_s, (baseline, with_stuck, deploy_s)
     # A rollout on a third endpoint, rolled back by hand while "stuck" is still pending.
     rollout = client.start_rollout({"endpoint": "undo", "model_ref": "undo:2", "steps": [50, 100],
                                     "step_duration_s": 600, "drain_s": 1, "analysis": ANALYSIS})
@@ -156,7 +159,7 @@ def test_an_endpoint_that_cannot_start_delays_no_traffic_change_and_no_rollback(
     wait_for(lambda: served(platform, "undo").get(1) == 100.0, 30, "the rollback served")
     rollback_s = time.monotonic() - started
     assert client.get_rollout(rollout.id).state == "rolled_back"
-    assert rollback_s <= baseline + 2.0, (baseline, rollback_s)
+    assert rollback_s <= allowed_s, (baseline, rollback_s)
     print(f"traffic change served after {baseline:.2f}s alone, {with_stuck:.2f}s beside a "
           f"stuck endpoint (its deploy call {deploy_s:.2f}s); rollback served after {rollback_s:.2f}s")
     # The stuck endpoint says why it is not serving, in REST and in `modelplane status`.

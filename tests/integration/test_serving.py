@@ -15,6 +15,7 @@ from scipy import stats
 
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.platform import Platform
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +129,21 @@ def test_weight_changes_under_load_lose_no_request(iris: Platform) -> None:
         payload = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]}]}
         with httpx.Client(timeout=30) as http:
             while not stop.is_set():
-                response = http.post(f"{iris.url}/v2/models/iris/infer", json=payload)
-                if response.status_code != 200:
-                    failures.append(response.text)
-                else:
-                    answered[response.json()["model_version"]] += 1
-                    replicas[-1].add(response.headers["x-modelplane-replica"])
+                try:
+                    response = http.post(f"{iris.url}/v2/models/iris/infer", json=payload)
+                    if response.status_code != 200:
+                        failures.append(response.text)
+                    else:
+                        answered[response.json()["model_version"]] += 1
+                        replicas[-1].add(response.headers["x-modelplane-replica"])
+                except Exception as error:  # a transport error or an odd body is a failure too
+                    failures.append(repr(error))
 
     workers = [threading.Thread(target=load) for _ in range(4)]
     for worker in workers:
         worker.start()
-    time.sleep(1.0)
+    # Enough answers before the changes that every replica has answered some.
+    wait_for(lambda: sum(answered.values()) >= 200 or failures, 60, "200 answers")
     replicas.append(set())
     try:
         with iris.client() as client:
@@ -207,9 +212,15 @@ def test_shadows_never_touch_the_primary(iris: Platform) -> None:
     iris.wait_endpoint("iris", {1, 3})
     seen = _versions_seen(iris, 200)
     assert seen == Counter({"1": 200})
-    time.sleep(2.5)  # replicas ship statistics about once a second
-    with iris.client() as client:
-        stats_now = client.endpoint_stats("iris", window_s=60)["versions"]
+
+    def shipped() -> dict | None:  # replicas ship statistics about once a second
+        with iris.client() as client:
+            versions = client.endpoint_stats("iris", window_s=60)["versions"]
+        enough = versions.get("3", {}).get("shadow", {}).get("compared", 0) >= 150 and \
+            versions.get("1", {}).get("requests", 0) >= 200
+        return versions if enough else None
+
+    stats_now = wait_for(shipped, 30, "the shadow's comparisons in the endpoint's statistics")
     shadow = stats_now["3"]["shadow"]
     assert shadow["compared"] >= 150
     assert 0.0 <= shadow["agreement"] <= 1.0
@@ -229,13 +240,18 @@ def test_metrics_parse_and_name_every_version(iris: Platform) -> None:
         for _ in range(5):
             response = httpx.post(f"{iris.url}/v2/models/iris/versions/{version}/infer", json=body)
             assert response.status_code == 200, response.text
-    time.sleep(2.5)
-    text = httpx.get(f"{iris.url}/api/metrics").text
-    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def named() -> tuple[dict, set[str]] | None:  # once the replicas have shipped them
+        text = httpx.get(f"{iris.url}/api/metrics").text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        requests = families.get("modelplane_requests")
+        versions = {s.labels["version"] for s in requests.samples
+                    if s.labels.get("endpoint") == "iris"} if requests else set()
+        return (families, versions) if serving and serving <= versions else None
+
+    families, versions = wait_for(named, 30, f"versions {serving} in /api/metrics")
     assert {"modelplane_requests", "modelplane_request_latency_seconds",
             "modelplane_traffic_weight", "modelplane_replicas"} <= set(families)
-    versions = {s.labels["version"] for s in families["modelplane_requests"].samples
-                if s.labels.get("endpoint") == "iris"}
     assert serving and serving <= versions, (serving, versions)
 
 

@@ -80,9 +80,9 @@ def test_status_says_who_runs_the_control_loops_and_whether_its_lease_is_current
 
     assert "no control plane" in _leadership_text(LeadershipOut(
         holder=None, term=None, this_process=None, leading=False))
-    current = _leadership_text(lease(8.4))
+    current = _leadership_text(lease(8.4), now)
     assert "head:41:ab12 (term 3" in current and "8 s left" in current
-    expired = _leadership_text(lease(-30))
+    expired = _leadership_text(lease(-30), now)
     assert "LEASE EXPIRED 30 s ago" in expired and "no control plane runs the loops" in expired
 
 

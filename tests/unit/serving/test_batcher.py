@@ -12,21 +12,38 @@ from serving.batcher import DynamicBatcher
 
 
 class Model:
-    """Doubles each item; each batch takes ``seconds`` (off the loop, as a real model runs)."""
+    """Doubles each item; each batch takes ``seconds`` (off the loop, as a real model runs),
+    and, where the test sets a ``gate``, runs until the test opens it: what a test queues
+    before opening the gate waits for the next batch however slowly the host runs."""
 
     def __init__(self, seconds: float = 0.0) -> None:
         self.seconds = seconds
+        self.gate: asyncio.Event | None = None
         self.batches: list[list[int]] = []
         self.started: list[float] = []  # the loop time each batch began
+        self.ended: list[float] = []
         self.fail_on: int | None = None
 
     async def __call__(self, items: list[int]) -> list[int]:
+        loop = asyncio.get_running_loop()
         self.batches.append(list(items))
-        self.started.append(asyncio.get_running_loop().time())
+        self.started.append(loop.time())
         await asyncio.sleep(self.seconds)
+        if self.gate is not None:
+            await self.gate.wait()
+        self.ended.append(loop.time())
         if self.fail_on in items:
             raise RuntimeError(f"model failed on {self.fail_on}")
         return [2 * item for item in items]
+
+    async def running(self, batches: int) -> None:
+        """Until the model has begun this many batches."""
+        while len(self.batches) < batches:
+            await asyncio.sleep(0.005)
+
+
+async def _until(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - asyncio.get_running_loop().time()))
 
 
 def test_batches_fill_under_load_and_every_caller_gets_its_own_answer() -> None:
@@ -62,17 +79,22 @@ def test_a_full_batch_starts_at_once_and_a_lone_call_after_the_wait() -> None:
 
 
 def test_after_a_batch_the_next_gathers_the_requests_its_callers_send_next() -> None:
-    # A batch of 0.4 s: the next one may gather for min(50 ms, a quarter of 0.4 s) once it
-    # ends, so two calls sent 5 ms after it ends join the call that waited through it.
-    model = Model(seconds=0.4)
-    batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.05)
+    # A first batch held 1.2 s: the next one may gather for min(0.3 s, a quarter of 1.2 s)
+    # once it ends, so two calls sent as soon as it ends join the call that waited through
+    # it (whose own wait ran out meanwhile), even on a host that stalls for a while.
+    model = Model()
+    batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.3)
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        model.gate = asyncio.Event()
         first = asyncio.ensure_future(batcher(1))
-        await asyncio.sleep(0.1)
+        await model.running(1)
         waited = asyncio.ensure_future(batcher(2))  # arrives while the first batch runs
+        await _until(model.started[0] + 1.2)
+        model.gate.set()
         await first
-        await asyncio.sleep(0.005)
+        assert loop.time() < batcher._gather_until  # the window is still open
         await asyncio.gather(waited, batcher(3), batcher(4))
 
     asyncio.run(main())
@@ -80,23 +102,30 @@ def test_after_a_batch_the_next_gathers_the_requests_its_callers_send_next() -> 
 
 
 def test_the_gathering_lasts_a_quarter_of_the_last_batch_at_most() -> None:
-    # Batches of 0.4 s and a wait of 0.3 s: a call that waited through the first batch goes
-    # a quarter of its run (0.1 s) after it ends, not at once and not 0.3 s later.
-    model = Model(seconds=0.4)
-    batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.3)
+    # The first batch held about 0.6 s and a wait of 0.5 s: a call that waited through it
+    # (its own wait ran out meanwhile) goes a quarter of that run (0.15 s) after it ends,
+    # not at once and not the whole wait later.
+    model = Model()
+    batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.5)
 
-    async def main() -> float:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        model.gate = asyncio.Event()
         first = asyncio.ensure_future(batcher(1))
-        await asyncio.sleep(0.31)  # the first batch has begun
+        await model.running(1)
         second = asyncio.ensure_future(batcher(2))
+        await _until(loop.time() + 0.55)  # past the second call's own wait
+        model.gate.set()
         await first
-        ended = asyncio.get_running_loop().time()
         await second
-        return model.started[1] - ended
 
-    gathered_for = asyncio.run(main())
+    asyncio.run(main())
     assert model.batches == [[1], [2]]
-    assert 0.07 <= gathered_for <= 0.2, gathered_for
+    quarter = 0.25 * (model.ended[0] - model.started[0])
+    assert model.started[1] - model.ended[0] >= quarter  # the deadline: it cannot come early
+    # The window the batcher set: a quarter of its run measured from its side of the call
+    # (a host stall there lengthens it), never the whole 0.5 s wait.
+    assert batcher._gather_until - model.ended[0] < 0.5
 
 
 def test_a_failed_batch_fails_its_calls_and_the_next_batch_is_served() -> None:
@@ -114,16 +143,18 @@ def test_a_failed_batch_fails_its_calls_and_the_next_batch_is_served() -> None:
 
 
 def test_a_cancelled_call_is_left_out_and_a_wrong_answer_count_is_an_error() -> None:
-    model = Model(seconds=0.05)
+    model = Model()
     batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.01)
 
     async def main() -> int:
+        model.gate = asyncio.Event()
         first = asyncio.ensure_future(batcher(1))  # runs alone while the next two queue
-        await asyncio.sleep(0.02)
+        await model.running(1)
         cancelled = asyncio.ensure_future(batcher(2))
         kept = asyncio.ensure_future(batcher(3))
         await asyncio.sleep(0)
         cancelled.cancel()
+        model.gate.set()
         await first
         return await kept
 
