@@ -18,6 +18,10 @@ AddressOption = typer.Option(
     help="Ray dashboard URL (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, the head "
     "`modelplane up` started, or http://127.0.0.1:8265).",
 )
+SetOption = typer.Option(
+    None, "--set", metavar="FIELD=VALUE",
+    help="Override a field of the spec, e.g. --set hyperparameters.epochs=2 (repeatable).",
+)
 JobIdArgument = typer.Argument(..., help="Submission id, as `train submit` printed it.")
 
 
@@ -39,13 +43,14 @@ def submit(
         help="Lifetime of the token minted for the job (revoked earlier when the job ends); "
         "give long jobs enough to register at the end.",
     ),
+    overrides: list[str] | None = SetOption,
 ) -> None:
     """Check a job spec and submit it with Ray's job submission client."""
     from training.submission import submit_spec
 
     submit_spec(spec, address=address, working_dir=working_dir, wait=wait,
                 check_resources=resource_check, submission_id=job_id, echo=typer.echo,
-                token_minutes=token_hours * 60)
+                token_minutes=token_hours * 60, overrides=overrides or ())
 
 
 @app.command()
@@ -115,10 +120,7 @@ def run(
     num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs for the local Ray (default: all)."),
     register: bool = typer.Option(True, "--register/--no-register",
                                   help="Register the trained version."),
-    overrides: list[str] | None = typer.Option(
-        None, "--set", metavar="FIELD=VALUE",
-        help="Override a field of the spec, e.g. --set hyperparameters.epochs=2 (repeatable).",
-    ),
+    overrides: list[str] | None = SetOption,
 ) -> None:
     """Run a job here, on a private local Ray, without a cluster."""
     from training.job import run_entrypoint

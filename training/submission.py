@@ -18,7 +18,7 @@ import os
 import shlex
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,15 +148,16 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
                 working_dir: str | os.PathLike[str] | None = None, wait: bool = False,
                 check_resources: bool = True, submission_id: str | None = None,
                 echo: Callable[[str], None] = print,
-                token_minutes: int = DEFAULT_LIFETIME_MINUTES) -> Submission:
-    """Check the spec, submit it with a job token living ``token_minutes`` at most, and
-    (with ``wait``) follow it to the end."""
+                token_minutes: int = DEFAULT_LIFETIME_MINUTES,
+                overrides: Sequence[str] = ()) -> Submission:
+    """Check the spec (with ``overrides``, ``section.field=value``, applied), submit it with
+    a job token living ``token_minutes`` at most, and (with ``wait``) follow it to the end."""
     from training.capacity import plan_placement
     from training.cluster import cluster_from_dashboard
     from training.preflight import check_data
 
     path = Path(spec_path)
-    spec = load_job_spec(path)
+    spec = load_job_spec(path, overrides)
     check_data(spec)
     client = JobClient(address)
     if check_resources:
@@ -171,7 +172,8 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
     metadata = {"experiment": spec.experiment.name, "model": spec.model_name,
                 JOB_TOKEN_METADATA: token.name}
     try:
-        job_id = _submit(client, path, spec, working_dir, env, submission_id, metadata)
+        job_id = _submit(client, path, spec, working_dir, env, submission_id, metadata,
+                         overrides)
     except BaseException:
         revoke_job_token(token.name)  # no job will ever use it
         raise
@@ -213,9 +215,10 @@ def _report_submitted(job_id: str, spec: Any, address: str) -> None:
 
 
 def _submit(client: JobClient, path: Path, spec: Any, working_dir: str | os.PathLike[str] | None,
-            env: dict[str, str], submission_id: str | None, metadata: dict[str, str]) -> str:
+            env: dict[str, str], submission_id: str | None, metadata: dict[str, str],
+            overrides: Sequence[str] = ()) -> str:
     """Hand the job to Ray: in a fresh working directory holding the resolved spec, or in
-    ``working_dir`` (which must hold the spec)."""
+    ``working_dir`` (which must hold the spec; the job applies ``overrides`` to it again)."""
     if working_dir is None:
         with tempfile.TemporaryDirectory(prefix="modelplane-job-") as staging:
             # The resolved spec: local paths in it are absolute, so they mean the same there.
@@ -231,7 +234,7 @@ def _submit(client: JobClient, path: Path, spec: Any, working_dir: str | os.Path
                 f"the spec {path} is not inside --working-dir {root}; put it there so the job "
                 "can read it", detail={"field": "config"},
             ) from None
-        job_id = client.submit(_entrypoint(relative.as_posix()),
+        job_id = client.submit(_entrypoint(relative.as_posix(), overrides),
                                {"working_dir": str(root), "env_vars": env},
                                submission_id=submission_id, metadata=metadata)
     return job_id
@@ -253,8 +256,9 @@ def job_environment(code_dir: Path) -> dict[str, str]:
     return env
 
 
-def _entrypoint(spec_path: str) -> str:
-    return f"python -m training.job --config {shlex.quote(spec_path)}"
+def _entrypoint(spec_path: str, overrides: Sequence[str] = ()) -> str:
+    settings = "".join(f" --set {shlex.quote(item)}" for item in overrides)
+    return f"python -m training.job --config {shlex.quote(spec_path)}{settings}"
 
 
 def _first_line(error: BaseException) -> str:

@@ -179,11 +179,12 @@ def test_a_stopped_job_resumes_from_its_checkpoint(cluster: Cluster) -> None:
     assert client.get_run(run.id).status == "killed"
     seen = _last_step(client, run.id, "checkpoint_epoch")
 
+    # The epochs come from `--set`, over the file's (as `train run` and `ray job submit` take).
     second = _write_spec(cluster.root / "resume" / "second.yaml", cluster, experiment="t-resume",
-                         dataset="breast_cancer", epochs=seen + 4, workers=1, every=1,
+                         dataset="breast_cancer", epochs=1, workers=1, every=1,
                          resume_from=run.id)
     result = _modelplane(cluster, "train", "submit", str(second), "--address", cluster.dashboard,
-                         "--wait")
+                         "--set", f"hyperparameters.epochs={seen + 4}", "--wait")
     assert result.returncode == 0, result.stdout + result.stderr
     resumed = next(r for r in _runs(client, "t-resume") if r.id != run.id)
     start = resumed.params["resumed_from_epoch"]
@@ -212,6 +213,13 @@ def test_bad_specs_fail_before_submission_naming_the_field(cluster: Cluster) -> 
         assert result.returncode == 1, result.stdout + result.stderr
         assert field in result.stderr and "submitted" not in result.stdout, result.stderr
     assert "has 0 GPU" in result.stderr
+    good = root / "good.yaml"
+    good.write_text(yaml.safe_dump({"experiment": {"name": "t-bad"}, "model": {
+        "architecture": "mlp_classifier"}, "data": {"dataset": "digits"}}))
+    result = _modelplane(cluster, "train", "submit", str(good), "--address", cluster.dashboard,
+                         "--set", "hyperparameters.learning_rate=-2")
+    assert result.returncode == 1 and "submitted" not in result.stdout, result.stdout
+    assert "hyperparameters.learning_rate" in result.stderr, result.stderr  # the --set's field
     listed = _modelplane(cluster, "train", "list", "--address", cluster.dashboard, "--json")
     assert "t-bad" not in {job["experiment"] for job in json.loads(listed.stdout)}
 

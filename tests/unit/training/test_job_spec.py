@@ -160,3 +160,25 @@ def test_set_overrides_a_field_before_validation(tmp_path: Path) -> None:
     with pytest.raises(InvalidJobSpecError, match="give section.field=value") as caught:
         load_job_spec(path, ["hyperparameters.epochs"])
     assert caught.value.detail["field"] == "--set"
+
+
+def test_a_job_shipped_with_its_own_folder_applies_the_same_overrides(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train submit --working-dir` ships the user's file: the job's own command line
+    carries the `--set`s, each one argument however it is spelled."""
+    import shlex
+
+    from training.job import main as job_main
+    from training.submission import _entrypoint
+
+    command = _entrypoint("jobs/my job.yaml", ["hyperparameters.epochs=2",
+                                               "experiment.tags.note=a b; rm -rf /"])
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "training.job"]
+    assert argv[3:] == ["--config", "jobs/my job.yaml", "--set", "hyperparameters.epochs=2",
+                        "--set", "experiment.tags.note=a b; rm -rf /"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec_with(hyperparameters={"epochs": 30})))
+    # The job reads them as `train run` does: a bad one is refused naming its field.
+    assert job_main(["--config", str(path), "--set", "hyperparameters.epochs=0"]) != 0
+    assert "hyperparameters.epochs" in capsys.readouterr().err
