@@ -162,7 +162,7 @@ class LinkClient:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(_Connection, self.host, self.port), CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as error:
-            raise LinkUnavailable(f"cannot connect to {self.host}:{self.port} ({error})") from None
+            raise LinkUnavailable(f"cannot connect to {self.address} ({error})") from None
         return connection
 
     def close(self) -> None:
