@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from control_plane.auth import ANONYMOUS, TRAINING, Principal
 from control_plane.errors import AuthenticationError, PermissionDeniedError
@@ -208,7 +209,7 @@ def access_for(method: str, path: str) -> Access | None:
     return ROUTE_ACCESS.get(route_key("GET" if method.upper() == "HEAD" else method, path))
 
 
-def enforce_access(request: Request) -> None:
+async def enforce_access(request: Request) -> None:
     """The app-wide dependency: refuse the call unless the route's rule allows it.
 
     The principal it finds is kept on ``request.state`` so the route's own ``Reader`` /
@@ -241,6 +242,6 @@ def enforce_access(request: Request) -> None:
             message = ("this call needs `Authorization: Bearer <token>`; set MODELPLANE_TOKEN (the "
                        "admin token is in $MODELPLANE_HOME/admin.token)")
         raise AuthenticationError(message, detail={"field": "authorization"})
-    principal = cp.tokens.authenticate(secret)
+    principal = await run_in_threadpool(cp.tokens.authenticate, secret)
     principal.require(rule.role, also=rule.also)
     request.state.principal = principal

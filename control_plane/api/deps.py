@@ -5,13 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from control_plane.auth import ANONYMOUS, Principal
 from control_plane.errors import AuthenticationError
 from control_plane.service import ControlPlane
 
+# The dependencies are coroutines: FastAPI runs a plain function's dependency on its thread
+# pool, a round trip per dependency per call, where most of them only read the request.
+# What reads the store (a token's lookup) still goes to the pool, off the event loop.
 
-def control_plane(request: Request) -> ControlPlane:
+
+async def control_plane(request: Request) -> ControlPlane:
     return request.app.state.control_plane  # type: ignore[no-any-return]
 
 
@@ -28,7 +33,7 @@ def bearer_secret(request: Request) -> str | None:
     return secret.strip()
 
 
-def writer(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]) -> Principal:
+async def writer(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]) -> Principal:
     """The principal behind a mutating call; a valid token is required."""
     known = getattr(request.state, "principal", None)  # found by access.enforce_access
     if known is not None and known is not ANONYMOUS:
@@ -40,10 +45,10 @@ def writer(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]
             "MODELPLANE_TOKEN (the admin token is in $MODELPLANE_HOME/admin.token)",
             detail={"field": "authorization"},
         )
-    return cp.tokens.authenticate(secret)
+    return await run_in_threadpool(cp.tokens.authenticate, secret)
 
 
-def reader(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]) -> Principal:
+async def reader(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]) -> Principal:
     """The principal behind a read; anonymous unless reads require a token."""
     known = getattr(request.state, "principal", None)  # found by access.enforce_access
     if known is not None:
@@ -57,7 +62,7 @@ def reader(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]
                 detail={"field": "authorization"},
             )
         return ANONYMOUS
-    return cp.tokens.authenticate(secret)
+    return await run_in_threadpool(cp.tokens.authenticate, secret)
 
 
 CP = Annotated[ControlPlane, Depends(control_plane)]

@@ -169,3 +169,32 @@ def _matches(expected: str, status: int, rule: Access) -> bool:
         refused = {401} if rule.finer else {401, 403}
         return status not in refused and status < 500
     return status == int(expected)
+
+
+def test_token_lookups_run_off_the_event_loop(matrix: Matrix,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The access dependencies are coroutines (no thread-pool round trip per call), so the
+    store read behind a token must be handed to the pool: on the loop, a slow store would
+    stall every call in the process."""
+    import asyncio
+
+    tokens = matrix.cp.tokens  # type: ignore[attr-defined]
+    authenticate = tokens.authenticate
+    on_loop: list[bool] = []
+
+    def recording(secret: str):  # type: ignore[no-untyped-def]
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return authenticate(secret)
+
+    monkeypatch.setattr(tokens, "authenticate", recording)
+    admin = next(c for c in matrix.callers if c.role is Role.ADMIN)
+    headers = {"authorization": f"Bearer {admin.token}"}
+    assert matrix.client.get("/models", headers=headers).status_code == 200
+    assert matrix.client.post("/tokens", headers=headers,
+                              json={"name": "loop-probe", "role": "reader"}).status_code == 201
+    assert matrix.client.get("/health").status_code == 200
+    assert on_loop and not any(on_loop), on_loop
