@@ -88,26 +88,14 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """
     import ray
 
-    from control_plane.platform import fast_ingress_available, ingress_env
-
-    # Serve's ingress as `modelplane up` starts it (HAProxy in front of the replicas' own
-    # listeners), not its Python proxy: the tests then exercise the production path. The
-    # head and its workers inherit the environment; this process's goes back as it was,
-    # so the private heads that later tests start pick their own HAProxy ports.
-    saved = dict(os.environ)
-    os.environ.update(ingress_env(fast_ingress_available()))
-    try:
-        ray.init(
-            num_cpus=4,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            namespace="modelplane-tests",
-            _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        )
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        namespace="modelplane-tests",
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
     try:
         yield
     finally:
@@ -116,15 +104,15 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def serve_session(ray_session: None) -> Iterator[int]:
-    """Ray Serve on a free loopback port for the whole session; yields the port.
-
-    Serve stops with the session's Ray, as `modelplane down` stops it on a head it
-    started: ``serve.shutdown`` first would wait out HAProxy's drain (30 s) for nothing."""
+    """Ray Serve on a free loopback port for the whole session; yields the port."""
     from ray import serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port
+    try:
+        yield port
+    finally:
+        serve.shutdown()
 
 
 @pytest.fixture(scope="session")
