@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from control_plane.auth import ANONYMOUS, TRAINING, Principal
 from control_plane.errors import AuthenticationError, PermissionDeniedError
@@ -226,7 +225,7 @@ async def enforce_access(request: Request) -> None:
         )
     if rule.role is None:
         return
-    from control_plane.api.deps import bearer_secret
+    from control_plane.api.deps import authenticate, bearer_secret
 
     cp = request.app.state.control_plane
     secret = bearer_secret(request)
@@ -242,6 +241,6 @@ async def enforce_access(request: Request) -> None:
             message = ("this call needs `Authorization: Bearer <token>`; set MODELPLANE_TOKEN (the "
                        "admin token is in $MODELPLANE_HOME/admin.token)")
         raise AuthenticationError(message, detail={"field": "authorization"})
-    principal = await run_in_threadpool(cp.tokens.authenticate, secret)
+    principal = await authenticate(cp, secret)
     principal.require(rule.role, also=rule.also)
     request.state.principal = principal

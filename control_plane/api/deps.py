@@ -20,6 +20,11 @@ async def control_plane(request: Request) -> ControlPlane:
     return request.app.state.control_plane  # type: ignore[no-any-return]
 
 
+async def authenticate(cp: ControlPlane, secret: str) -> Principal:
+    """The principal behind ``secret``, looked up in the store on the thread pool."""
+    return await run_in_threadpool(cp.tokens.authenticate, secret)
+
+
 def bearer_secret(request: Request) -> str | None:
     """The bearer token of the call, None without one; 401 for a malformed header."""
     header = request.headers.get("authorization")
@@ -45,7 +50,7 @@ async def writer(request: Request, cp: Annotated[ControlPlane, Depends(control_p
             "MODELPLANE_TOKEN (the admin token is in $MODELPLANE_HOME/admin.token)",
             detail={"field": "authorization"},
         )
-    return await run_in_threadpool(cp.tokens.authenticate, secret)
+    return await authenticate(cp, secret)
 
 
 async def reader(request: Request, cp: Annotated[ControlPlane, Depends(control_plane)]) -> Principal:
@@ -62,7 +67,7 @@ async def reader(request: Request, cp: Annotated[ControlPlane, Depends(control_p
                 detail={"field": "authorization"},
             )
         return ANONYMOUS
-    return await run_in_threadpool(cp.tokens.authenticate, secret)
+    return await authenticate(cp, secret)
 
 
 CP = Annotated[ControlPlane, Depends(control_plane)]
