@@ -21,7 +21,8 @@ serves the API, and only the holder of the ``control-loops`` lease runs the loop
   stops acting before anyone else starts.
 - **Handing over**: a control plane that shuts down gracefully gives the lease up
   (:meth:`Lease.release`), so its successor takes over at its next renewal, not a lease
-  length later. A holder whose process is gone from this machine (same host and PID
+  length later; a renewal in flight on the lease loop's thread as it releases is given up
+  too, and never makes the process act as the holder again. A holder whose process is gone from this machine (same host and PID
   namespace, named in its holder id) is taken over at once too: a killed control plane
   that Serve restarts on the same node does not leave the loops idle for a lease length.
 - **Changes made elsewhere**: a control plane that does not lead and changed an endpoint
@@ -34,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -116,6 +118,9 @@ class Lease:
         self._sure_until = float("-inf")  # on the monotonic clock
         self._released = False
         self.term: int | None = None  # this holder's term while it holds the lease
+        # A release (a shutdown, on another thread) may come while a renewal is in flight:
+        # the renewal's outcome and the release are recorded one at a time.
+        self._state = threading.Lock()
 
     @property
     def renew_every_s(self) -> float:
@@ -143,17 +148,24 @@ class Lease:
             log.warning("could not renew the %s lease (held: %s): %s", self.name,
                         self.held, error)
             return self.held
-        was_held = self.held
-        if term is None:
-            self._sure_until, self.term = float("-inf"), None
-            if was_held:
-                log.warning("lost the %s lease to another holder", self.name)
-            return False
-        self._sure_until = asked + self.length_s * SURE_SHARE
-        if not was_held:
-            log.info("holding the %s lease as %s (term %d)", self.name, self.holder, term)
-        self.term = term
-        return True
+        with self._state:
+            if not self._released:
+                was_held = self.held
+                if term is None:
+                    self._sure_until, self.term = float("-inf"), None
+                    if was_held:
+                        log.warning("lost the %s lease to another holder", self.name)
+                    return False
+                self._sure_until = asked + self.length_s * SURE_SHARE
+                if not was_held:
+                    log.info("holding the %s lease as %s (term %d)", self.name, self.holder, term)
+                self.term = term
+                return True
+        # Released while this renewal was in flight: it may have renewed the lease after the
+        # release gave it up, so it is given up again, and this process never acts on it.
+        if term is not None:
+            self._give_up(term)
+        return False
 
     def _claim(self, now: float) -> int | None:
         with self.db.session() as session:
@@ -176,10 +188,13 @@ class Lease:
     def release(self) -> None:
         """Give the lease up now, if this process holds it, and for good (the store may
         be gone: then it runs out on its own)."""
-        self._released = True
-        self._sure_until, term, self.term = float("-inf"), self.term, None
-        if term is None:
-            return
+        with self._state:
+            self._released = True
+            self._sure_until, term, self.term = float("-inf"), self.term, None
+        if term is not None:
+            self._give_up(term)
+
+    def _give_up(self, term: int) -> None:
         try:
             with self.db.session() as session:
                 session.execute(update(LeaseRow).where(

@@ -194,6 +194,34 @@ def test_of_two_control_planes_on_one_store_one_leads_and_the_other_takes_over(
         second.close()
 
 
+@pytest.mark.parametrize("release_lands", ["after the renewal commits", "before it commits"])
+def test_a_release_during_a_renewal_leaves_the_lease_given_up(db: Database,
+                                                               release_lands: str) -> None:
+    """A control plane shutting down releases the lease on one thread while its lease loop
+    renews on another: whichever lands first in the store, the process never acts as the
+    holder again and the store says the lease is free, so a successor takes it at once."""
+    clocks = Clocks()
+    first, second = lease(db, "first", clocks), lease(db, "second", clocks)
+    assert first.hold() and first.term == 1
+    claim = first._claim
+
+    def renewal_racing_a_release(now: float) -> int | None:
+        if release_lands == "before it commits":
+            first.release()
+            return claim(now)
+        term = claim(now)
+        first.release()
+        return term
+
+    first._claim = renewal_racing_a_release  # type: ignore[method-assign]
+    clocks.now += 2
+    assert first.hold() is False
+    assert not first.held and first.term is None
+    assert read_lease(db).expires_at <= clocks.now
+    assert first.hold() is False  # released for good
+    assert second.hold() and second.term == 2
+
+
 def test_changes_made_by_a_follower_reach_the_leader_once(db: Database) -> None:
     assert take_apply_requests(db) == set()
     request_apply(db, "iris")
