@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Set up .venv with the dev extras if needed, lint, then run the whole test suite.
 # Extra arguments go to pytest in one process (e.g. `scripts/test.sh -m unit` for the fast
-# tier, or a file). Without arguments the suite runs in two steps: the unit tier on every
-# core (pytest-xdist; unit tests never touch Ray, and one process keeps one core busy), then
-# everything else in one process, where the integration tests share one Ray for the session.
-# Both steps run; the status is the first failure's.
+# tier, or a file). Without arguments the suite runs in two steps: on every core
+# (pytest-xdist), the unit tier and the tests marked no_ray (real server processes, no Ray),
+# which one process at a time would leave a core idle; then everything else in one process,
+# where the integration tests share one Ray for the session. Both steps run; the status is
+# the first failure's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
@@ -17,10 +18,10 @@ if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 workers="$(.venv/bin/python -c 'import os; print(min(len(os.sched_getaffinity(0)), 4))')"
-echo "==> the unit tier on $workers processes, then the integration and fault tiers"
+echo "==> the unit tier and the tests without Ray on $workers processes, then the rest"
 status=0
-.venv/bin/python -m pytest -n "$workers" tests/unit || status=$?
+.venv/bin/python -m pytest -n "$workers" -m "unit or no_ray" tests || status=$?
 rest=0
-.venv/bin/python -m pytest tests --ignore=tests/unit || rest=$?
+.venv/bin/python -m pytest -m "not no_ray" tests --ignore=tests/unit || rest=$?
 [ "$status" -ne 0 ] || status=$rest
 exit "$status"

@@ -41,13 +41,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif parts and parts[0] == "faults":
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.faults)
-    # The unit tier first; then the modules that start their own Ray head, while the
-    # session's Ray (started at its first use) is not yet there idling beside them on two
-    # cores; then the modules on the session's Ray. Stable: each module keeps its order.
+    for item in items:
+        if item.get_closest_marker("no_ray") and "ray_session" in item.fixturenames:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked no_ray but uses the session's Ray (through one of its "
+                "fixtures); no_ray tests run beside the unit tier, where no Ray is started")
+    # The modules without Ray first: beside the unit tier (scripts/test.sh runs both on
+    # every core) the long server tests start at once rather than last, on one core. Then
+    # the unit tier; then the modules that start their own Ray head, while the session's
+    # Ray (started at its first use) is not yet there idling beside them on two cores; then
+    # the modules on the session's Ray. Stable: each module keeps its order.
     rank: dict[str, int] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        own = 0 if item.get_closest_marker("unit") else 2 if "ray_session" in item.fixturenames else 1
+        own = (0 if item.get_closest_marker("no_ray") else 1 if item.get_closest_marker("unit")
+               else 3 if "ray_session" in item.fixturenames else 2)
         rank[module] = max(rank.get(module, 0), own)
     items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
 

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from control_plane.client import Client
 from control_plane.errors import ControlPlaneError
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.servers import ForkedControlPlane
+
+pytestmark = pytest.mark.no_ray
 
 ROUNDS = int(os.environ.get("MODELPLANE_FAULT_KILLS", "200"))
 MODEL = "kill-loop"

@@ -19,6 +19,8 @@ from control_plane.errors import StorageFullError
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.servers import ControlPlaneProcess
 
+pytestmark = pytest.mark.no_ray
+
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:

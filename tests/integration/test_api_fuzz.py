@@ -13,6 +13,8 @@ from schemathesis import GenerationMode
 from control_plane.schemas import ErrorBody
 from tests.servers import ControlPlaneProcess
 
+pytestmark = pytest.mark.no_ray
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:

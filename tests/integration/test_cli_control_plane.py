@@ -13,6 +13,8 @@ import pytest
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.servers import ControlPlaneProcess
 
+pytestmark = pytest.mark.no_ray
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:

@@ -14,6 +14,8 @@ from serving.errors import AuthorityUnavailableError, ForbiddenError, Unauthenti
 from serving.feedback_auth import FeedbackAuthorizer
 from tests.servers import ControlPlaneProcess
 
+pytestmark = pytest.mark.no_ray
+
 
 class Clock:
     now = 0.0

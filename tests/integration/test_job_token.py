@@ -22,6 +22,8 @@ from training.job_token import (
     revoke_own_token,
 )
 
+pytestmark = pytest.mark.no_ray
+
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 

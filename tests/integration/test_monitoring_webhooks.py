@@ -19,6 +19,8 @@ from control_plane.store import Database
 from serving.monitoring import VersionSnapshot
 from tests.snapshots import drifting
 
+pytestmark = pytest.mark.no_ray
+
 
 class Receiver:
     """A webhook receiver on loopback that records every POST; ``failures`` 5xx answers first."""

@@ -48,6 +48,8 @@ from tests.servers import ControlPlaneProcess
 from tests.slack_blocks import problems
 from tests.unit.control_plane.conftest import ALICE, BOB
 
+pytestmark = pytest.mark.no_ray
+
 
 class Receiver:
     """A webhook receiver on loopback that records every JSON body POSTed to it."""

@@ -23,6 +23,8 @@ from control_plane.errors import (
 )
 from tests.servers import ControlPlaneProcess
 
+pytestmark = pytest.mark.no_ray
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 

@@ -19,7 +19,7 @@ from control_plane.artifacts import ArtifactStore
 from tests.databases import fresh_postgres_database
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.no_ray]
 
 PROCESSES = 8
 PER_PROCESS = 3
