@@ -259,7 +259,7 @@ class RolloutController(ManualActions):
     def _record(self, rollout: RolloutOut, decision: Decision, now: datetime) -> bool:
         """Store the decision's analysis and streak; False if the rollout changed meanwhile."""
         with self.db.session() as session:
-            row = rollout_row(session, rollout.id)
+            row = rollout_row(session, rollout.id, for_update=True)
             if row.state != rollout.state:
                 return False
             if decision.failed_analysis:
@@ -275,7 +275,7 @@ class RolloutController(ManualActions):
         """Take a step or wait for an approval, in one transaction with the state it was
         decided on and the same approval gate; True if the candidate's traffic changed."""
         with self.db.session() as session:
-            row = rollout_row(session, rollout.id)
+            row = rollout_row(session, rollout.id, for_update=True)
             if row.state != rollout.state or approval_gate(session, row) != gate:
                 return False  # decided on what is no longer so: decide again next pass
             if decision.action == Action.AWAIT_APPROVAL:

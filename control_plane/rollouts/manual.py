@@ -23,7 +23,7 @@ class ManualActions(TrafficMoves):
         """Hold traffic where it is and stop analysing until resumed."""
         actor.require(Role.DEPLOYER)
         with self._lock, self.db.session() as session:
-            row = rollout_row(session, rollout_id)
+            row = rollout_row(session, rollout_id, for_update=True)
             transition(session, row, RolloutState.PAUSED, actor.name, reason or "paused")
             return rollout_out(session, row)
 
@@ -31,7 +31,7 @@ class ManualActions(TrafficMoves):
         """Continue a paused rollout; the current step's hold starts again."""
         actor.require(Role.DEPLOYER)
         with self._lock, self.db.session() as session:
-            row = rollout_row(session, rollout_id)
+            row = rollout_row(session, rollout_id, for_update=True)
             if row.state != RolloutState.PAUSED:
                 raise ConflictError(f"rollout #{row.id} is {row.state}, not paused",
                                     detail={"field": "state"})

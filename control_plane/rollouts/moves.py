@@ -107,7 +107,7 @@ class TrafficMoves:
                       "version", {"error": type(error).__name__}, reject=False)
             return
         with self.db.session() as session:
-            row = rollout_row(session, rollout.id)
+            row = rollout_row(session, rollout.id, for_update=True)
             if RolloutState(row.state).terminal:
                 return
             now = self._now()
@@ -130,7 +130,7 @@ class TrafficMoves:
             raise ConflictError(f"rollout #{rollout.id} is {rollout.state} and cannot become "
                                 f"{state}", detail={"field": "state"})
         with self.db.session() as session:
-            row = rollout_row(session, rollout.id)
+            row = rollout_row(session, rollout.id, for_update=True)
             if not can_transition(RolloutState(row.state), state):
                 return
             now = self._now()

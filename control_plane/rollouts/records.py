@@ -22,9 +22,13 @@ from control_plane.store.models import EndpointRow, ModelRow, RolloutEventRow, R
 CONTROLLER = Principal(name="rollout-controller", role=Role.ADMIN)
 
 
-def rollout_row(session: Session, rollout_id: int) -> RolloutRow:
-    """The stored rollout ``rollout_id``; a 404 where there is none."""
-    row = session.get(RolloutRow, rollout_id)
+def rollout_row(session: Session, rollout_id: int, *, for_update: bool = False) -> RolloutRow:
+    """The stored rollout ``rollout_id``; a 404 where there is none. ``for_update``: in a
+    transaction that changes the rollout, locked until it ends, so that a change decided on
+    its state cannot interleave with another control plane's (a rollback by hand on one
+    replica while the leader takes a step). SQLite serializes write transactions whole."""
+    row = session.get(RolloutRow, rollout_id, with_for_update=for_update,
+                      populate_existing=for_update)
     if row is None:
         raise NotFoundError(f"no rollout #{rollout_id}", detail={"field": "rollout"})
     return row

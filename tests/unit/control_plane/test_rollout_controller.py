@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from control_plane.artifacts import ArtifactStore
 from control_plane.auth import Principal
 from control_plane.deployments import Deployments
 from control_plane.errors import ConflictError, InvalidInputError, PermissionDeniedError
@@ -24,6 +26,7 @@ from control_plane.schemas import (
     TrafficUpdate,
     VersionCreate,
 )
+from control_plane.store import Database
 from serving.monitoring import ShadowComparison, VersionSnapshot
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.snapshots import served
@@ -236,6 +239,49 @@ def test_a_new_controller_resumes_from_the_store(world: World) -> None:
         now=lambda: world.time)
     world.run(20)
     assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
+
+
+@pytest.mark.parametrize("action, ended", [("rollback", RolloutState.ROLLED_BACK),
+                                            ("abort", RolloutState.FAILED)])
+def test_a_rollback_on_another_control_plane_during_a_step_is_not_undone(
+        world: World, db_url: str, artifacts: ArtifactStore, action: str,
+        ended: RolloutState) -> None:
+    """Two control planes on one store: a deployer rolls back (or aborts) on one while the
+    leader takes the next step on the other. The deployer's change waits for the step's
+    transaction, so the step cannot overwrite its route table: the candidate would serve
+    its step's share for good under an ended rollout. (A rollback's rejection of the
+    candidate would refuse the step too; an abort judges nothing, so only the lock holds.)"""
+    other_db = Database(db_url)
+    other_registry = Registry(other_db, artifacts)
+    other = RolloutController(other_db, other_registry,
+                              Deployments(other_db, other_registry, base_url="http://cp:8000"),
+                              stats=lambda endpoint, window: world.stats)
+    rollout_id = world.start(steps=[10, 50, 100], step_duration_s=3)
+    world.serve(1)
+    world.serve(2)
+    world.run(2)
+    assert world.weights()[2] == 10
+    write_routes = world.deployments.write_routes
+    rollbacks: list[threading.Thread] = []
+
+    def step_racing_a_rollback(*args: Any, **kwargs: Any) -> Any:
+        if not rollbacks:
+            rollbacks.append(threading.Thread(target=getattr(other, action),
+                                              args=(rollout_id, ALICE, "by hand")))
+            rollbacks[0].start()
+            rollbacks[0].join(2)  # without the rollout's row lock it is done by now
+        return write_routes(*args, **kwargs)
+
+    world.deployments.write_routes = step_racing_a_rollback  # type: ignore[method-assign]
+    try:
+        world.run(3)
+        assert rollbacks, "the next step was never taken"
+        rollbacks[0].join(30)
+        assert not rollbacks[0].is_alive()
+    finally:
+        other_db.dispose()
+    assert world.controller.get(rollout_id).state == ended
+    assert world.weights() == {1: 100.0, 2: 0.0}
 
 
 def test_moving_a_tracked_alias_starts_a_rollout(world: World) -> None:
