@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ class ControlPlane:
     # no loops attached, and whatever is called in-process acts).
     lease: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _loops: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
     def start(cls, settings: Settings, *, migrate: bool = True) -> ControlPlane:
@@ -162,10 +164,22 @@ class ControlPlane:
         return only_while_leading
 
     def step_down(self) -> None:
-        """Give the control loops' lease up (a graceful shutdown): the next control plane
-        takes over at its next renewal instead of a lease length later."""
-        if self.lease is not None:
-            self.lease.release()
+        """Stop the control loops and give their lease up (a graceful shutdown): the next
+        control plane takes over at its next renewal instead of a lease length later. A
+        pass still running is waited for, at most a lease's length; one that has not ended
+        by then keeps the lease, which runs out on its own, so no successor acts beside it."""
+        self._stop.set()
+        if self.lease is None:
+            return
+        deadline = time.monotonic() + self.lease.length_s
+        running = [t for t in self._loops if t is not threading.current_thread()]
+        for thread in running:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        if any(thread.is_alive() for thread in running):
+            log.warning("a control pass was still running at shutdown; the control loops' "
+                        "lease runs out on its own")
+            return
+        self.lease.release()
 
     def start_alerts(self) -> None:
         """Evaluate the alert rules against the Monitor in the alerts' own thread."""
@@ -209,10 +223,11 @@ class ControlPlane:
                 except Exception:  # keep going; the next pass may succeed
                     log.exception("%s pass failed", name)
 
-        threading.Thread(target=loop, name=name, daemon=True).start()
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        self._loops.append(thread)
+        thread.start()
 
     def close(self) -> None:
-        self._stop.set()
         self.step_down()
         if self.notifications is not None:
             self.notifications.uninstall()

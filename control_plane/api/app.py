@@ -7,6 +7,7 @@ modes answer the same URLs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -35,8 +36,9 @@ def build_api(cp: ControlPlane) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         # Serve stops a replica gracefully through this: the next control plane takes the
-        # control loops over at once rather than when this one's lease runs out.
-        cp.step_down()
+        # control loops over at once rather than when this one's lease runs out. It waits
+        # for a pass in flight, off the event loop.
+        await asyncio.to_thread(cp.step_down)
 
     # Every route's caller is checked against its rule in access.ROUTE_ACCESS first.
     app = FastAPI(

@@ -222,6 +222,38 @@ def test_a_release_during_a_renewal_leaves_the_lease_given_up(db: Database,
     assert second.hold() and second.term == 2
 
 
+def test_stepping_down_hands_the_lease_over_only_once_the_pass_in_flight_ends(
+        tmp_path: Path) -> None:
+    """Serve stops a control plane gracefully while one of its passes runs (a reconcile
+    deploying to Serve): its successor may take the lease only once that pass has ended,
+    or two control planes would act on Serve at once."""
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")})
+    leader = ControlPlane.start(settings)
+    in_pass, finish = threading.Event(), threading.Event()
+
+    def long_pass() -> None:
+        in_pass.set()
+        finish.wait(30)
+
+    try:
+        leader.start_control_loops(lease_s=6.0)
+        assert leader.leading
+        leader._every(0.05, leader._leading(long_pass), "long pass")
+        assert in_pass.wait(10), "the pass never started"
+        stepping_down = threading.Thread(target=leader.step_down)
+        stepping_down.start()
+        stepping_down.join(0.5)
+        successor = Lease(leader.db, length_s=6.0)
+        assert stepping_down.is_alive() and not successor.hold()
+        finish.set()
+        stepping_down.join(10)
+        assert not stepping_down.is_alive() and not leader.leading
+        assert successor.hold() and successor.term == 2
+    finally:
+        finish.set()
+        leader.close()
+
+
 def test_changes_made_by_a_follower_reach_the_leader_once(db: Database) -> None:
     assert take_apply_requests(db) == set()
     request_apply(db, "iris")
