@@ -62,7 +62,8 @@ class _ModelplaneCollector:
             latency.add_sample("modelplane_request_latency_seconds_sum", base, row.latency_sum)
             if row.shadow_compared:
                 compared.add_metric(labels, row.shadow_compared)
-                agreement.add_metric(labels, row.shadow_agreed / row.shadow_compared)
+            if row.shadow_judged:
+                agreement.add_metric(labels, row.shadow_agreed / row.shadow_judged)
         weight = GaugeMetricFamily(
             "modelplane_traffic_weight", "Share of traffic routed to a version, percent.",
             labels=["endpoint", "model", "version"])

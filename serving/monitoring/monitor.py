@@ -395,6 +395,7 @@ class MonitorState:
                 endpoint=endpoint, version=version,
                 codes=counters.codes(totals),
                 shadow_compared=int(totals.get(counters.SHADOW.key("compared"), 0)),
+                shadow_judged=int(totals.get(counters.SHADOW.key("judged"), 0)),
                 shadow_agreed=int(totals.get(counters.SHADOW.key("agreed"), 0)),
                 latency_count=int(sketch.count), latency_sum=float(sketch.sum),
                 latency_quantiles={q: float(v) for q, v in
@@ -505,7 +506,7 @@ def _shadow(shadow: ShadowStats) -> ShadowComparison:
     if not compared:
         return ShadowComparison(errors=int(shadow.errors))
     return ShadowComparison(compared=int(compared), errors=int(shadow.errors),
-                            agreement=shadow.agreed / compared,
+                            agreement=shadow.agreed / shadow.judged if shadow.judged else math.nan,
                             mean_abs_diff=shadow.abs_diff_sum / compared,
                             latency_delta_ms=1000 * shadow.latency_delta_sum_s / compared)
 

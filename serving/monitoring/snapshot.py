@@ -376,6 +376,7 @@ class VersionTotals:
     version: int
     codes: Mapping[int, int]  # requests by HTTP status
     shadow_compared: int
+    shadow_judged: int  # comparisons with an agreement verdict (classifiers)
     shadow_agreed: int
     latency_count: int
     latency_sum: float  # seconds

@@ -57,6 +57,10 @@ class ShadowStats:
     """How a shadow version compared with the primary answers it mirrored."""
 
     compared: int = 0
+    # Comparisons with a verdict (classifiers): agreement is agreed / judged. A regression
+    # model's answers have none, only a difference; counting them as disagreements would
+    # read a shadow identical to the primary as agreeing 0% of the time.
+    judged: int = 0
     agreed: int = 0
     abs_diff_sum: float = 0.0
     latency_delta_sum_s: float = 0.0
@@ -64,6 +68,7 @@ class ShadowStats:
 
     def merge(self, other: ShadowStats) -> None:
         self.compared += other.compared
+        self.judged += other.judged
         self.agreed += other.agreed
         self.abs_diff_sum += other.abs_diff_sum
         self.latency_delta_sum_s += other.latency_delta_sum_s
@@ -175,7 +180,9 @@ class StatsRecorder:
             shadow.errors += 1
             return
         shadow.compared += 1
-        shadow.agreed += int(bool(agreed))
+        if agreed is not None:
+            shadow.judged += 1
+            shadow.agreed += int(agreed)
         shadow.abs_diff_sum += abs_diff
         shadow.latency_delta_sum_s += latency_delta_s
 
@@ -212,15 +219,26 @@ def _sketch_bytes(latencies: list[float]) -> bytes | None:
 
 
 def compare_outputs(task: str, primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> tuple[bool | None, float]:
-    """(top-1 agreement for classifiers, mean absolute difference) of the first output."""
+    """(whether a classifier's answers agree on every row, None for other tasks; the mean
+    absolute difference) of the first output.
+
+    A classifier's rows agree on the top class where they score several; where a row is
+    one value, it is the label itself (whole numbers) or the positive class's probability,
+    which agree on the same side of one half."""
     name = next(iter(primary))
     a = np.asarray(primary[name], dtype=np.float64)
     b = np.asarray(shadow.get(name), dtype=np.float64)
     if a.shape != b.shape:
-        return False, float("inf")
+        return (False if task == "classification" else None), float("inf")
     diff = float(np.mean(np.abs(a - b))) if a.size else 0.0
-    if task == "classification" and a.ndim >= 2:
+    if task != "classification":
+        return None, diff
+    if a.ndim >= 2 and a.shape[-1] > 1:
         return bool(np.array_equal(a.argmax(axis=-1), b.argmax(axis=-1))), diff
-    if task == "classification":
+    if _whole(a) and _whole(b):
         return bool(np.array_equal(a, b)), diff
-    return None, diff
+    return bool(np.array_equal(a >= 0.5, b >= 0.5)), diff
+
+
+def _whole(values: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))

@@ -1,0 +1,80 @@
+"""Shadow agreement is judged where it means something: a classifier's answers (the top
+class, a label, or the positive class's probability on the same side of one half), never a
+regression model's, whose shadow is compared by its mean absolute difference. A recorder
+feeds a real MonitorState; its snapshot is judged by the rollout analysis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from control_plane.rollouts import AnalysisConfig, Verdict, analyse
+from serving.monitoring.monitor import MonitorState
+from serving.monitoring.stats import StatsRecorder, compare_outputs
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _out(values: list) -> dict[str, np.ndarray]:
+    return {"output": np.asarray(values, dtype=np.float32)}
+
+
+@pytest.mark.parametrize("primary, shadow, agreed", [
+    ([[0.1, 0.7, 0.2]], [[0.2, 0.5, 0.3]], True),  # the same top class
+    ([[0.1, 0.7, 0.2]], [[0.6, 0.3, 0.1]], False),
+    ([[1], [0], [1]], [[1], [0], [1]], True),  # one label per row
+    ([[1], [0], [1]], [[0], [1], [0]], False),  # every label flipped
+    ([1, 2, 0], [1, 2, 1], False),
+    ([[0.91], [0.12]], [[0.88], [0.31]], True),  # the positive class's probability
+    ([[0.91], [0.12]], [[0.42], [0.12]], False),
+])
+def test_a_classifiers_answers_agree_on_their_classes(primary: list, shadow: list,
+                                                      agreed: bool) -> None:
+    verdict, diff = compare_outputs("classification", _out(primary), _out(shadow))
+    assert verdict is agreed
+    assert diff == pytest.approx(float(np.mean(np.abs(np.subtract(primary, shadow)))), abs=1e-6)
+
+
+def test_a_regression_models_answers_have_no_agreement_only_a_difference() -> None:
+    assert compare_outputs("regression", _out([[3.0], [5.0]]), _out([[3.0], [5.0]])) == (None, 0.0)
+    verdict, diff = compare_outputs("regression", _out([[3.0], [5.0]]), _out([[4.0], [5.0]]))
+    assert verdict is None and diff == pytest.approx(0.5)
+    assert compare_outputs("regression", _out([[3.0]]), _out([[3.0, 1.0]])) == (None, math.inf)
+    assert compare_outputs("classification", _out([[3.0]]), _out([[3.0, 1.0]])) == (False, math.inf)
+
+
+def _shadow_snapshot(task: str, answers: list[tuple[list, list]]):
+    recorder = StatsRecorder()
+    for primary, shadow in answers:
+        agreed, diff = compare_outputs(task, _out(primary), _out(shadow))
+        recorder.record_shadow(2, agreed=agreed, abs_diff=diff, latency_delta_s=0.001,
+                               failed=False)
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", recorder.to_delta())
+    return state.snapshot("churn", 60)[2]
+
+
+def test_an_identical_regression_shadow_is_not_read_as_disagreeing() -> None:
+    """It was: every comparison counted as a disagreement, so a shadow step with
+    min_shadow_agreement failed a perfect candidate, which was then rejected."""
+    snapshot = _shadow_snapshot("regression", [([[2.5]], [[2.5]])] * 200)
+    assert snapshot.shadow.compared == 200
+    assert math.isnan(snapshot.shadow.agreement) and snapshot.shadow.mean_abs_diff == 0.0
+    gates = AnalysisConfig(min_samples=100, min_shadow_agreement=0.9)
+    assert analyse(gates, snapshot, None, shadow=True).verdict == Verdict.PASS
+
+
+def test_a_shadow_flipping_every_label_fails_the_agreement_gate() -> None:
+    """It passed: one column's argmax is always 0, so opposite labels agreed."""
+    snapshot = _shadow_snapshot("classification", [([[1], [0]], [[0], [1]])] * 200)
+    assert snapshot.shadow.agreement == 0.0
+    result = analyse(AnalysisConfig(min_samples=100, min_shadow_agreement=0.9), snapshot, None,
+                     shadow=True)
+    assert result.verdict == Verdict.FAIL and "shadow_agreement" in result.reason
