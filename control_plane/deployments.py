@@ -138,7 +138,8 @@ class Deployments:
             model = session.scalar(select(ModelRow).where(ModelRow.name == name))
             assert model is not None
             row = _version_row(session, model, version)
-            endpoint = session.scalar(select(EndpointRow).where(EndpointRow.name == spec.endpoint))
+            endpoint = session.scalar(select(EndpointRow).where(
+                EndpointRow.name == spec.endpoint).with_for_update())
             before = read_routes(session, endpoint).weights if endpoint is not None else {}
             if endpoint is None:
                 endpoint = EndpointRow(
@@ -216,7 +217,7 @@ class Deployments:
                 detail={"field": "shadows"},
             )
         with self.db.session() as session:
-            endpoint = endpoint_row(session, endpoint_name)
+            endpoint = endpoint_row(session, endpoint_name, for_update=True)
             refuse_during_rollout(session, endpoint.name, "change its traffic")
             model = session.get(ModelRow, endpoint.model_id)
             assert model is not None
@@ -271,7 +272,7 @@ class Deployments:
     def undeploy(self, endpoint_name: str, actor: Principal) -> None:
         actor.require(Role.DEPLOYER)
         with self.db.session() as session:
-            endpoint = endpoint_row(session, endpoint_name)
+            endpoint = endpoint_row(session, endpoint_name, for_update=True)
             refuse_during_rollout(session, endpoint.name, "undeploy it")
             session.delete(endpoint)
 
@@ -306,7 +307,8 @@ class Deployments:
 
 
 def refuse_during_rollout(session: Session, endpoint: str, verb: str) -> None:
-    """A rollout owns its endpoint's route table until it ends; others must not move it."""
+    """A rollout owns its endpoint's route table until it ends; others must not move it.
+    The caller holds the endpoint's row lock (``endpoint_row(..., for_update=True)``)."""
     from control_plane.rollouts.states import ACTIVE_STATES
 
     active = session.scalar(select(RolloutRow).where(
@@ -360,8 +362,13 @@ def refuse_shared_requirements(endpoint: EndpointRow, model: str, row: ModelVers
             detail={"field": field, "placement": endpoint.placement})
 
 
-def endpoint_row(session: Session, name: str) -> EndpointRow:
-    row = session.scalar(select(EndpointRow).where(EndpointRow.name == name))
+def endpoint_row(session: Session, name: str, *, for_update: bool = False) -> EndpointRow:
+    """The endpoint ``name``; a 404 where there is none. ``for_update``: locked until the
+    transaction ends, for a change that checks the endpoint first (no active rollout), so
+    two control planes cannot both pass the check (SQLite serializes write transactions
+    whole)."""
+    query = select(EndpointRow).where(EndpointRow.name == name)
+    row = session.scalar(query.with_for_update() if for_update else query)
     if row is None:
         raise NotFoundError(f"no endpoint named {name!r}", detail={"field": "endpoint"})
     return row

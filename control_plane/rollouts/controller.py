@@ -104,7 +104,7 @@ class RolloutController(ManualActions):
         actor.require(Role.DEPLOYER)
         candidate = self.registry.resolve(spec.model_ref)
         with self._lock, self.db.session() as session:
-            endpoint = endpoint_row(session, spec.endpoint)
+            endpoint = endpoint_row(session, spec.endpoint, for_update=True)
             refuse_during_rollout(session, endpoint.name, "start another")
             model = session.get(ModelRow, endpoint.model_id)
             assert model is not None

@@ -284,6 +284,48 @@ def test_a_rollback_on_another_control_plane_during_a_step_is_not_undone(
     assert world.weights() == {1: 100.0, 2: 0.0}
 
 
+def test_two_control_planes_cannot_both_start_a_rollout_on_one_endpoint(
+        world: World, db_url: str, artifacts: ArtifactStore,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployer starts a rollout on one replica while a tracked alias (or a pipeline)
+    starts one on the other: the second waits for the first's transaction and is refused,
+    rather than both passing the "no active rollout" check and fighting over one table."""
+    from control_plane.rollouts import controller as controller_module
+
+    other_db = Database(db_url)
+    other_registry = Registry(other_db, artifacts)
+    other = RolloutController(other_db, other_registry,
+                              Deployments(other_db, other_registry, base_url="http://cp:8000"),
+                              stats=lambda endpoint, window: world.stats)
+    check = controller_module.refuse_during_rollout
+    racing: list[threading.Thread] = []
+    refused: list[BaseException] = []
+
+    def start_other() -> None:
+        try:
+            other.start(RolloutCreate(endpoint="iris", model_ref="iris:3", analysis=FAST), ALICE)
+        except ConflictError as error:
+            refused.append(error)
+
+    def checked_while_another_starts(*args: Any, **kwargs: Any) -> None:
+        check(*args, **kwargs)
+        if not racing:
+            racing.append(threading.Thread(target=start_other))
+            racing[0].start()
+            racing[0].join(2)  # without the endpoint's row lock it has started one by now
+
+    monkeypatch.setattr(controller_module, "refuse_during_rollout", checked_while_another_starts)
+    try:
+        first = world.start(steps=[10, 50, 100])
+        racing[0].join(30)
+        assert not racing[0].is_alive()
+    finally:
+        other_db.dispose()
+    active = world.controller.list(endpoint="iris", active=True)
+    assert [r.id for r in active] == [first]
+    assert refused and "has an active rollout" in str(refused[0])
+
+
 def test_moving_a_tracked_alias_starts_a_rollout(world: World) -> None:
     template = RolloutTemplate(steps=[100], step_duration_s=2, analysis=FAST)
     world.controller.set_policy("iris", RolloutPolicy(track_alias="challenger", template=template),
