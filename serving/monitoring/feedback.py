@@ -202,6 +202,17 @@ class FeedbackJoin:
             self._count(key[0], "labels_unmatched")
 
 
+def predicted_class(value: float) -> int | None:
+    """The class a classifier predicted, from the value kept for feedback: the top class's
+    index (where it scores several) or a label (one whole number), else the positive
+    class's probability, read as class 1 from one half up; None where it is not finite."""
+    if not math.isfinite(value):
+        return None
+    if value == round(value):
+        return int(value)
+    return int(value >= 0.5)
+
+
 def class_index(label: Any, class_labels: list[str] | None) -> int | None:
     """A classification label as a class index: an index, a whole number, or a class name."""
     if isinstance(label, bool):

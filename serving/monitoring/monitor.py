@@ -225,9 +225,16 @@ class MonitorState:
                 counts[counters.UNOBSERVED_REQUESTS] = data["unobserved_requests"]
             part = data.get("monitoring")
             if part is not None:
-                self._install_profile(data.get("profile"), part.get("profile_key", ""))
-                counts.update(self._record_monitoring(endpoint, int(version), series, part,
-                                                      missing_profiles))
+                try:
+                    self._install_profile(data.get("profile"), part.get("profile_key", ""))
+                    counts.update(self._record_monitoring(endpoint, int(version), series, part,
+                                                          missing_profiles))
+                except Exception:  # its monitoring is lost; its request counts never are
+                    log.exception("%s v%s: a replica's monitoring section could not be read; "
+                                  "its requests are counted as unobserved", endpoint, version)
+                    counts[counters.UNOBSERVED_REQUESTS] = (
+                        counts.get(counters.UNOBSERVED_REQUESTS, 0)
+                        + sum(data.get("codes", {}).values()))
             series.counters.add(counts)
             series.totals.update(counts)
         return {"missing_profiles": sorted(missing_profiles)}

@@ -18,6 +18,7 @@ from serving.monitoring.feedback import (
     JoinedPair,
     class_index,
     classification_metrics,
+    predicted_class,
     regression_metrics,
 )
 from serving.monitoring.snapshot import (
@@ -70,10 +71,10 @@ def joined_counts(pair: JoinedPair, meta: dict[str, Any]) -> dict[str, float]:
             if truth is None:
                 counts[counters.INVALID_LABELS] += 1
                 continue
-            guess = int(predicted)
+            guess = predicted_class(float(predicted))
             counts[counters.LABELLED] += 1
             counts[counters.CORRECT] += truth == guess
-            if small:
+            if small and guess is not None:  # a NaN answer is wrong, and in no class
                 counts[counters.confusion_key(truth, guess)] += 1
     elif task == "regression":
         for label, predicted in zip(pair.labels, pair.predicted, strict=True):

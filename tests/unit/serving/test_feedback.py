@@ -155,3 +155,37 @@ def test_feedback_without_a_monitor_is_a_503() -> None:
     core = make_core(None, feedback_authorizer=FeedbackAuthorizer(None, allows_anonymous=True))
     result = asyncio.run(core.handle("POST", "/feedback", {}, b'{"feedback": [{"request_id": "a", "label": 1}]}'))
     assert result.status == 503 and "Monitor" in json.loads(result.body)["error"]
+
+
+def test_a_not_finite_prediction_is_a_wrong_answer_and_loses_no_other_label() -> None:
+    """A classifier that answered NaN for one request: its label counts as a wrong answer,
+    and the other labels of the batch are joined (int(NaN) raised, losing all of them)."""
+    state = MonitorState(clock=Clock())
+    state.record("churn", "r", {1: {"codes": {200: 3}, "monitoring": {
+        "task": "classification", "n_classes": 2,
+        "feedback": [("a", 1.0), ("b", float("nan")), ("c", 0.0)]}}})
+    answer = state.feedback("churn", [("a", [1]), ("b", [1]), ("c", [1])])
+    assert answer["joined"] == 3 and answer["invalid_labels"] == 0
+    accuracy = state.snapshot("churn", 60)[1].accuracy
+    assert accuracy.labelled == 3 and accuracy.accuracy == pytest.approx(1 / 3)
+
+
+def test_a_one_column_probability_is_read_as_its_class() -> None:
+    from serving.monitoring.feedback import predicted_class
+
+    assert [predicted_class(v) for v in (0.0, 1.0, 2.0, 0.2, 0.5, 0.93)] == [0, 1, 2, 0, 1, 1]
+    assert predicted_class(float("nan")) is None and predicted_class(float("inf")) is None
+    state = MonitorState(clock=Clock())
+    state.record("churn", "r", {1: {"codes": {200: 2}, "monitoring": {
+        "task": "classification", "n_classes": 2, "feedback": [("a", 0.93), ("b", 0.2)]}}})
+    state.feedback("churn", [("a", [1]), ("b", [1])])
+    assert state.snapshot("churn", 60)[1].accuracy.accuracy == 0.5  # int() read both as 0
+
+
+def test_a_monitoring_section_the_monitor_cannot_read_never_costs_the_request_counts() -> None:
+    state = MonitorState(clock=Clock())
+    state.record("churn", "r", {1: {"codes": {200: 7, 503: 3},
+                                    "monitoring": {"last_request_at": "not a time"}}})
+    snapshot = state.snapshot("churn", 60)[1]
+    assert snapshot.traffic.requests == 10 and snapshot.traffic.server_errors == 3
+    assert snapshot.quality.unobserved_requests == 10
