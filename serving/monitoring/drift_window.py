@@ -153,10 +153,15 @@ def judge(inputs: tuple[LiveWindow, int] | None, predictions: tuple[LiveWindow, 
             raw_p_value=_finite(t.pvalue), drifted=bool(p <= alpha), test=t.test, n=t.n,
             statistics={k: _finite(v) for k, v in t.statistics.items()})
     drifted = {g: tuple(n for n, f in features[g].items() if f.drifted) for g in features}
-    enough = {g: rows[g] >= min_rows for g in rows}
+    # Enough rows, and a feature with enough values to test: rows whose values are all
+    # missing or not finite (a model answering NaN) leave nothing to judge, and say so.
+    enough = {g: any(f.n >= min_rows for f in features[g].values()) for g in features}
     reason = problem
     if not any(enough.values()):
-        reason = problem or f"{rows['inputs']} rows in the window, need {min_rows}"
+        reason = problem or (
+            f"{rows['inputs']} rows in the window, need {min_rows}" if rows["inputs"] < min_rows
+            else f"{rows['inputs']} rows in the window, but no feature has {min_rows} "
+                 "values that are there and finite")
 
     def verdict(*names: str) -> DriftVerdict:
         if any(drifted[g] for g in names):

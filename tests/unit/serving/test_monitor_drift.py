@@ -193,3 +193,33 @@ def test_history_cuts_the_window_into_steps_as_the_live_figures_count_them(monit
     assert newest["p99_ms"] == pytest.approx(live.latency.all_requests.p99_ms)
     empty = next(p for p in points if p["requests"] == 0)
     assert np.isnan(empty["p50_ms"]) and empty["error_rate"] == 0.0
+
+
+def test_predictions_that_are_all_nan_are_not_judged_free_of_drift() -> None:
+    """A regression model answering NaN for every row: its prediction drift was "ok" (the
+    rows counted, though no value could be tested); it is "insufficient" now."""
+    from serving.core import InferenceCore
+    from serving.monitoring.profiles import build_reference_profile
+    from serving.schemas import EndpointConfig, RouteTable
+    from tests.unit.serving.monitoring_helpers import predict, training_data, version_config
+
+    data = training_data()
+    profile = build_reference_profile(data, predict(data)[:, :1], task="regression",
+                                      feature_names=FEATURES)
+    config = version_config(profile=profile, task="regression", outputs=1)
+
+    class AnswersNaN:
+        def __init__(self) -> None:
+            self.config = config
+
+        async def infer(self, arrays):
+            return {"probabilities": np.full((len(arrays["input"]), 1), np.nan, np.float32)}
+
+    core = InferenceCore(EndpointConfig(endpoint="churn", versions=[config],
+                                        routes=RouteTable(weights={1: 100})), {1: AnswersNaN()})
+    clock = Clock()
+    drift = window_of(core, MonitorState(clock=clock), clock,
+                      np.random.default_rng(3).normal(size=(400, 4)))
+    assert drift.samples == 400 and drift.verdict == "ok"  # the inputs are as in training
+    assert drift.prediction.verdict == "insufficient", drift.prediction
+    assert not drift.prediction.drifted
