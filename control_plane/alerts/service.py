@@ -66,6 +66,9 @@ class AlertService:
         self._rules_read_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # False once a tick found another control plane leading: on taking over, this one
+        # reads what that one fired, resolved and configured before evaluating (catch_up).
+        self._caught_up = True
         try:
             self._alerts = {a.fingerprint: a for a in self.store.load_active()}
             self.notifier.configure(self.store.receivers())
@@ -164,6 +167,8 @@ class AlertService:
         with self._lock:
             if self._rules is None or now - self._rules_read_at >= RULES_REFRESH_S:
                 self._rules, self._rules_read_at = list(self.store.rules()), now
+                # Receivers added or removed through another control plane's API too.
+                self.notifier.configure(self.store.receivers())
             due = [r for r in self._rules if r.enabled and self._due.get(r.name, 0.0) <= now]
         if not due:
             return 0
@@ -273,13 +278,33 @@ class AlertService:
         def run() -> None:
             while not self._stop.wait(TICK_S):
                 try:
-                    if active():
-                        self.evaluate(read_stats, list_endpoints)
+                    self.tick(read_stats, list_endpoints, leading=active())
                 except Exception:  # keep evaluating; the next pass may succeed
                     log.exception("alert evaluation failed")
 
         self._thread = threading.Thread(target=run, name="alert-evaluator", daemon=True)
         self._thread.start()
+
+    def tick(self, read_stats: ReadStats, list_endpoints: ListEndpoints, *,
+             leading: bool) -> None:
+        """One pass of the evaluator: nothing where another control plane leads; where this
+        one has just taken over, the alerts' state and receivers are read from the store
+        first, so an alert the last leader resolved fires again (rather than being held
+        firing here, silently) and one it fired is not paged twice."""
+        if not leading:
+            self._caught_up = False
+            return
+        if not self._caught_up:
+            self.catch_up()
+        self.evaluate(read_stats, list_endpoints)
+
+    def catch_up(self) -> None:
+        """Take the alerts' state, the rules and the receivers from the store."""
+        alerts = {a.fingerprint: a for a in self.store.load_active()}
+        receivers = self.store.receivers()
+        with self._lock:
+            self._alerts, self._rules, self._caught_up = alerts, None, True
+        self.notifier.configure(receivers)
 
     def stop(self) -> None:
         self._stop.set()

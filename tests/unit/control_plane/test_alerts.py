@@ -146,6 +146,35 @@ def test_a_restarted_service_remembers_firing_alerts_and_does_not_refire(db: Dat
     second.stop()
 
 
+def test_a_control_plane_taking_the_lead_reads_what_the_last_leader_did(db: Database) -> None:
+    """Two control planes, one leading at a time. A fires an alert and resolves it while B
+    follows, holding what it loaded at its start (the alert firing). When B takes over and
+    the condition holds again, the alert fires again, paged; and a receiver added through
+    A's API is one B notifies."""
+    from control_plane.alerts.schemas import ReceiverSpec
+
+    stats = Stats()
+    a = AlertService(db)
+    a.put_rule(drift_rule(), "alice")
+    stats.drift("churn", 1, "drift", ["age"])
+    a.tick(stats, stats.endpoints, leading=True)
+    b = AlertService(db)  # starts while the alert fires
+    b.tick(stats, stats.endpoints, leading=False)
+    stats.drift("churn", 1, "ok")
+    a._due.clear()
+    a.tick(stats, stats.endpoints, leading=True)
+    assert history(a)[-1] == ("input-drift", "resolved", "rule")
+    a.put_receiver(ReceiverSpec(name="pager", url="http://127.0.0.1:9/hook"))
+    a.stop()
+
+    stats.drift("churn", 1, "drift", ["age"])
+    b.tick(stats, stats.endpoints, leading=True)  # B leads now
+    assert [state for _, state, _ in history(b)] == ["firing", "resolved", "firing"]
+    assert [alert.state for alert in b.active()] == ["firing"]
+    assert "pager" in b.notifier._channels
+    b.stop()
+
+
 def test_deleting_a_rule_resolves_its_alerts(service) -> None:
     stats = Stats()
     stats.drift("churn", 1, "drift", ["age"])
