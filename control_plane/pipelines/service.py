@@ -268,12 +268,33 @@ class Pipelines:
             self._tell(run.out, "stage_failed", current.name, outcome.reason)
             self._tell(run.out, "failed", current.name, outcome.reason)
             return False
-        self._write(run, record, RunState.RUNNING)
+        try:
+            self._write(run, record, RunState.RUNNING)
+        except StaleDataError:
+            self._stop_orphaned_work(stage, run, current, record)
+            raise
         if outcome.state in (StageState.PASSED, StageState.SKIPPED):
             self._tell(run.out, "stage_passed" if outcome.state is StageState.PASSED
                        else "stage_skipped", current.name, outcome.reason)
             return True
         return False
+
+    def _stop_orphaned_work(self, stage: Any, run: LoadedRun, before: StageRecord,
+                            after: StageRecord) -> None:
+        """A stage that started work (a training job, a rollout) while the run was ended
+        elsewhere (cancelled through another control plane) could not record it: the
+        cancellation did not know of that work, and nothing else will, so it is stopped
+        here. Where the run still goes on, the next pass finds the work (stages look for
+        what they started before starting anything)."""
+        if stage is None or after.progress == before.progress or self._reload(run) is not None:
+            return
+        log.warning("run %s#%d ended while its %s stage started %s; stopping that",
+                    run.out.pipeline, run.out.number, after.name, after.progress)
+        try:
+            stage.cancel(self._context(run, after))
+        except Exception:
+            log.exception("could not stop what the %s stage of %s#%d started", after.name,
+                          run.out.pipeline, run.out.number)
 
     def _context(self, run: LoadedRun, record: StageRecord) -> StageContext:
         return StageContext(run=run.out, spec=PipelineSpec.model_validate(run.spec),

@@ -154,6 +154,34 @@ def test_cancel_stops_the_current_stage_and_a_cancelled_write_is_refused(db: Dat
         pipelines.cancel("bc", ALICE)
 
 
+def test_work_a_stage_starts_while_another_control_plane_cancels_the_run_is_stopped(
+        db: Database) -> None:
+    """The leader's train stage submits a job while a deployer cancels the run through
+    another control plane: the cancellation finds no job in the run's record (it is not
+    written yet), and the leader's record of the job loses the race. The leader stops the
+    job it started rather than leaving it to run for a cancelled run."""
+    clock = Clock()
+    other: list[Pipelines] = []
+
+    class SubmitsWhileCancelled(Scripted):
+        def advance(self, context: StageContext) -> Outcome:
+            if context.record.state is StageState.RUNNING and not self.calls:
+                other[0].cancel("bc", ALICE, "wrong data")  # lands before the job is recorded
+            return super().advance(context)
+
+    train = SubmitsWhileCancelled("train", Outcome(StageState.RUNNING, progress={"job": "j-1"}))
+    leader = runner(db, all_passing(train=train), clock)
+    other.append(runner(db, all_passing(), clock))
+    leader.apply(parse_pipeline_spec(spec_document()), ALICE)
+    leader.start_run("bc", ALICE)
+    leader.tick()
+    run = leader.run("bc")
+    assert run.state is RunState.CANCELLED and run.reason == "wrong data"
+    assert [c.record.progress for c in train.cancelled] == [{"job": "j-1"}]
+    leader.tick()
+    assert len(train.calls) == 1 and leader.run("bc").state is RunState.CANCELLED
+
+
 def test_one_run_at_a_time_and_readers_cannot_start_one(db: Database) -> None:
     from control_plane.errors import PermissionDeniedError
 
