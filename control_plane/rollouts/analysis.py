@@ -65,6 +65,9 @@ class AnalysisConfig:
     min_samples: int = 100
     max_error_rate: float | None = 0.01
     max_error_rate_increase: float | None = None  # absolute, over stable's rate
+    # Absolute, over stable's share of the requests routed to it that it refused (4xx): a
+    # candidate whose signature or limits turn away what stable answers. Judged on evidence.
+    max_refused_rate_increase: float | None = 0.01
     max_p95_ms: float | None = None
     max_p99_ms: float | None = None
     max_p95_ratio: float | None = 1.5  # candidate p95 / stable p95
@@ -86,6 +89,29 @@ def sample_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tupl
     counted = [routing[kind] for kind in kinds if kind in routing]
     return (sum(routed.requests for routed in counted),
             sum(routed.server_errors for routed in counted))
+
+
+def refused_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, int]:
+    """(requests routed, 4xx among them) of the sample's kinds of routing in ``stats``."""
+    routing = stats.traffic.routing if stats is not None else {}
+    kinds = ["random"] + ["sticky"] * config.include_sticky + ["pinned"] * config.include_pinned
+    counted = [routing[kind] for kind in kinds if kind in routing]
+    return (sum(r.requests + r.refused for r in counted), sum(r.refused for r in counted))
+
+
+def refused_increase(config: AnalysisConfig, candidate: VersionSnapshot,
+                     stable: VersionSnapshot | None) -> tuple[float, float, str] | None:
+    """The candidate's refused share minus stable's, the difference's one-sided lower
+    bound (Agresti and Caffo's interval: one refusal and one answer added to each side,
+    so that none on either side still leaves an honest width) and the evidence; None
+    until both have ``min_samples`` routed requests."""
+    n_c, x_c = refused_counts(config, candidate)
+    n_s, x_s = refused_counts(config, stable)
+    if n_c < config.min_samples or n_s < config.min_samples:
+        return None
+    p_c, p_s = (x_c + 1) / (n_c + 2), (x_s + 1) / (n_s + 2)
+    width = _Z * math.sqrt(p_c * (1 - p_c) / (n_c + 2) + p_s * (1 - p_s) / (n_s + 2))
+    return x_c / n_c - x_s / n_s, p_c - p_s - width, f"{n_c} and {n_s} requests"
 
 
 def sample_of(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, float]:
@@ -115,8 +141,12 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks)."""
     if shadow:
         return _analyse_shadow(config, candidate)
+    refused = (refused_increase(config, candidate, stable)
+               if candidate is not None and config.max_refused_rate_increase is not None else None)
     samples, error_rate = sample_of(config, candidate)
-    if samples < config.min_samples:
+    # Too few answers to judge the model can be the finding: it refuses what stable answers.
+    refuses = refused is not None and refused[1] > (config.max_refused_rate_increase or 0.0)
+    if samples < config.min_samples and not refuses:
         traffic = candidate.traffic if candidate is not None else Traffic()
         apart = ", ".join(f"{count} {what}" for what, count, counted in (
             ("pinned", traffic.pinned_requests, config.include_pinned),
@@ -157,6 +187,9 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
           evidence=requests)
     check("p99_ms", latency.p99_ms, config.max_p99_ms, bound=latency.p99_bounds_ms[0],
           evidence=requests)
+    if refused is not None:
+        check("refused_rate_increase", refused[0], config.max_refused_rate_increase,
+              bound=refused[1], evidence=refused[2])
     if stable and stable_samples >= config.min_samples:
         if config.max_error_rate_increase is not None:
             check("error_rate_increase", error_rate - stable_error_rate,

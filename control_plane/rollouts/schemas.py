@@ -84,6 +84,11 @@ class AnalysisSettings(Wire):
     min_samples: Annotated[int, Field(ge=1)] = 100
     max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = 0.01
     max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_refused_rate_increase: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        0.01, description="Fail when the candidate refuses (4xx) a larger share of the "
+                          "requests routed to it than stable does, by more than this (judged "
+                          "on the difference's 95% lower bound): a stricter signature turns "
+                          "away what stable answers. null switches it off.")
     max_p95_ms: Annotated[float, Field(gt=0)] | None = None
     max_p99_ms: Annotated[float, Field(gt=0)] | None = None
     max_p95_ratio: Annotated[float, Field(gt=0)] | None = 1.5

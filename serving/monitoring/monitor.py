@@ -504,7 +504,8 @@ def _routing(codes: dict[int, int], counts: Counter[str]) -> dict[str, RoutedReq
     random = {code: n - sum(a.get(code, 0) for a in apart.values()) for code, n in codes.items()}
     return {kind: RoutedRequests(
                 requests=sum(n for c, n in by_code.items() if not 400 <= c < 500),
-                server_errors=sum(n for c, n in by_code.items() if c >= 500))
+                server_errors=sum(n for c, n in by_code.items() if c >= 500),
+                refused=sum(n for c, n in by_code.items() if 400 <= c < 500))
             for kind, by_code in ((ROUTED_RANDOMLY, random), *apart.items())}
 
 

@@ -40,10 +40,12 @@ class DriftVerdict(StrEnum):
 
 @dataclass(frozen=True)
 class RoutedRequests:
-    """Requests of one way of routing that the version answered (not 4xx), and its 5xx."""
+    """Requests of one way of routing that the version answered (not 4xx), its 5xx, and
+    the requests it refused (4xx: its own signature or limits turned them away)."""
 
     requests: int = 0
     server_errors: int = 0
+    refused: int = 0
 
 
 @dataclass(frozen=True)

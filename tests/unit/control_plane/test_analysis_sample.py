@@ -49,7 +49,7 @@ def _traffic(pinned: int, sticky: int, rejected: int, randomly: int) -> VersionS
 def test_pinned_sticky_and_rejected_requests_are_figures_of_their_own() -> None:
     traffic = _traffic(pinned=30, sticky=20, rejected=10, randomly=7).traffic
     assert traffic.requests == 67  # everything the version saw, as before
-    assert traffic.routing["random"] == RoutedRequests(requests=7, server_errors=0)
+    assert traffic.routing["random"] == RoutedRequests(requests=7, server_errors=0, refused=10)
     assert traffic.routing["pinned"] == RoutedRequests(requests=30, server_errors=0)
     assert traffic.routing["sticky"] == RoutedRequests(requests=20, server_errors=0)
     assert (traffic.pinned_requests, traffic.sticky_requests, traffic.rejected_requests) == (30, 20, 10)
@@ -132,3 +132,45 @@ def test_the_latency_bounds_tighten_with_evidence() -> None:
         widths.append((high - low) / latency.p95_ms)
     assert widths[0] > widths[1] > widths[2]
     assert widths[2] < 0.1
+
+
+def _two_versions(candidate: dict[int, int], stable: dict[int, int]) -> dict[int, VersionSnapshot]:
+    """Snapshots of a real Monitor after randomly routed requests answered with the given
+    status codes (count per code): the candidate is version 2, stable version 1."""
+    recorder = StatsRecorder()
+    for version, codes in ((2, candidate), (1, stable)):
+        for code, count in codes.items():
+            for _ in range(count):
+                recorder.record(version, code, 0.050)
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", recorder.to_delta())
+    return state.snapshot("churn", 60)
+
+
+def test_a_candidate_refusing_what_stable_answers_fails() -> None:
+    """Its stricter signature answers 400 to two requests in five that stable answers: the
+    4xx are left out of its sample and error rate, so every other gate passed it."""
+    snapshots = _two_versions({200: 600, 400: 400}, {200: 1000})
+    result = analyse(AnalysisConfig(min_samples=100), snapshots[2], snapshots[1])
+    assert result.verdict == Verdict.FAIL, result.reason
+    check = result.checks["refused_rate_increase"]
+    assert check["value"] == 0.4 and 0.35 < check["bound"] < 0.4
+    assert result.checks["error_rate"]["passed"]
+    assert "refused_rate_increase 0.4 > 0.01" in result.reason
+
+
+def test_a_candidate_refusing_everything_fails_rather_than_waiting_for_answers() -> None:
+    snapshots = _two_versions({400: 300}, {200: 1000})
+    result = analyse(AnalysisConfig(min_samples=100), snapshots[2], snapshots[1])
+    assert result.verdict == Verdict.FAIL and "refused_rate_increase 1 > 0.01" in result.reason
+
+
+def test_refusals_shared_with_stable_or_too_few_to_tell_do_not_fail() -> None:
+    same = _two_versions({200: 900, 400: 100}, {200: 9000, 400: 1000})  # bad clients, both
+    assert analyse(AnalysisConfig(min_samples=100), same[2], same[1]).verdict == Verdict.PASS
+    few = _two_versions({200: 150, 400: 2}, {200: 1000})  # 1.3% on 152: no evidence of 1%
+    result = analyse(AnalysisConfig(min_samples=100), few[2], few[1])
+    assert result.verdict == Verdict.PASS and result.checks["refused_rate_increase"]["passed"]
+    off = AnalysisConfig(min_samples=100, max_refused_rate_increase=None)
+    worse = _two_versions({200: 600, 400: 400}, {200: 1000})
+    assert analyse(off, worse[2], worse[1]).verdict == Verdict.PASS
