@@ -106,8 +106,8 @@ class LatencyBins:
 
 @dataclass(frozen=True)
 class Latency:
-    """Every request's latency, and the analysis sample's (the randomly routed ones), as
-    quantiles and as the sketch's bins."""
+    """Every request's latency, and the analysis sample's (the randomly routed requests
+    the version answered, not those it refused), as quantiles and as the sketch's bins."""
 
     all_requests: Quantiles = field(default_factory=Quantiles)
     sample: Quantiles = field(default_factory=Quantiles)

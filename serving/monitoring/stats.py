@@ -82,8 +82,8 @@ class ShadowStats:
 class VersionStats:
     """One version's counts and latency values since the last flush."""
 
-    latencies: list[float] = field(default_factory=list)  # randomly routed requests
-    latencies_apart: list[float] = field(default_factory=list)  # pinned and sticky ones
+    latencies: list[float] = field(default_factory=list)  # randomly routed, answered
+    latencies_apart: list[float] = field(default_factory=list)  # pinned, sticky, refused
     codes: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)  # refused requests, by reason
@@ -126,7 +126,10 @@ class StatsRecorder:
         if error_code:
             stats.errors[error_code] += 1
         if version != ENDPOINT_LEVEL:
-            (stats.latencies if routed == ROUTED_RANDOMLY else stats.latencies_apart).append(latency_s)
+            # The sample's latency is the model's: a refusal (4xx) never ran it, and its few
+            # microseconds would pull a candidate that refuses much below stable's p95.
+            sampled = routed == ROUTED_RANDOMLY and not 400 <= status < 500
+            (stats.latencies if sampled else stats.latencies_apart).append(latency_s)
 
     def record_rejection(self, version: int, reason: str) -> None:
         """A request refused before the model ran (schema violation, malformed body …)."""
@@ -194,7 +197,8 @@ class StatsRecorder:
             delta[version] = {
                 "latency": _sketch_bytes(stats.latencies),
                 "latency_sum": float(sum(stats.latencies)),
-                # Apart: callers chose the version, so rollouts do not judge these.
+                # Apart: callers chose the version, or it refused the request (the model
+                # never ran), so rollouts do not judge these.
                 "latency_apart": _sketch_bytes(stats.latencies_apart),
                 "latency_apart_sum": float(sum(stats.latencies_apart)),
                 "codes": dict(stats.codes),

@@ -174,3 +174,17 @@ def test_refusals_shared_with_stable_or_too_few_to_tell_do_not_fail() -> None:
     off = AnalysisConfig(min_samples=100, max_refused_rate_increase=None)
     worse = _two_versions({200: 600, 400: 400}, {200: 1000})
     assert analyse(off, worse[2], worse[1]).verdict == Verdict.PASS
+
+
+def test_refusals_are_not_in_the_latency_the_gates_judge() -> None:
+    """A refusal never ran the model: its microseconds would pull the sample's p95 down."""
+    recorder = StatsRecorder()
+    for _ in range(200):
+        recorder.record(1, 200, 0.050)
+        recorder.record(1, 400, 0.0001)
+        recorder.record(1, 400, 0.0001)
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", recorder.to_delta())
+    latency = state.snapshot("churn", 60)[1].latency
+    assert latency.sample.count == 200 and abs(latency.sample.p50_ms - 50) < 1
+    assert latency.all_requests.count == 600 and latency.all_requests.p50_ms < 1
