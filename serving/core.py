@@ -296,7 +296,8 @@ class InferenceCore:
             chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
             answer = encode(Inferred(config.endpoint, number, request_id, request, chosen))
             elapsed = time.perf_counter() - started
-            self.recorder.record(number, 200, elapsed, routed=routed)
+            self.recorder.record(number, 200, elapsed, routed=routed,
+                                 not_finite=not _all_finite(chosen))
             age = data_age_seconds(request.parameters, time.time()) if request.parameters else None
             self.recorder.observe(number, request_id, arrays, outputs, age)
             if pinned is None:
@@ -435,3 +436,12 @@ def _parse_version(raw: str | None, backends: Mapping[int, VersionBackend], endp
             detail={"field": "version"},
         )
     return int(raw)
+
+
+def _all_finite(arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether every value of the floating-point outputs is finite (no NaN, no infinity)."""
+    for array in arrays.values():
+        kind = getattr(getattr(array, "dtype", None), "kind", "")
+        if kind in ("f", "c") and not np.isfinite(array).all():
+            return False
+    return True

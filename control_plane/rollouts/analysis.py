@@ -25,12 +25,14 @@ requests has no upper bound, so such a ratio never fails).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from statistics import NormalDist
 from typing import Any
 
 from serving.monitoring import Quantiles, ShadowComparison, Traffic, VersionSnapshot
+from serving.monitoring.snapshot import RoutedRequests
 
 GATE_CONFIDENCE = 0.95
 _Z = NormalDist().inv_cdf(GATE_CONFIDENCE)
@@ -68,6 +70,8 @@ class AnalysisConfig:
     # Absolute, over stable's share of the requests routed to it that it refused (4xx): a
     # candidate whose signature or limits turn away what stable answers. Judged on evidence.
     max_refused_rate_increase: float | None = 0.01
+    # The same of the answers holding a NaN or an infinity: a broken model answers 200.
+    max_not_finite_rate_increase: float | None = 0.01
     max_p95_ms: float | None = None
     max_p99_ms: float | None = None
     max_p95_ratio: float | None = 1.5  # candidate p95 / stable p95
@@ -91,22 +95,38 @@ def sample_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tupl
             sum(routed.server_errors for routed in counted))
 
 
-def refused_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, int]:
-    """(requests routed, 4xx among them) of the sample's kinds of routing in ``stats``."""
+def _routed(config: AnalysisConfig, stats: VersionSnapshot | None) -> list[RoutedRequests]:
+    """The sample's kinds of routing in ``stats``: random, and sticky or pinned where
+    ``config`` counts them."""
     routing = stats.traffic.routing if stats is not None else {}
     kinds = ["random"] + ["sticky"] * config.include_sticky + ["pinned"] * config.include_pinned
-    counted = [routing[kind] for kind in kinds if kind in routing]
+    return [routing[kind] for kind in kinds if kind in routing]
+
+
+def refused_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, int]:
+    """(requests routed, 4xx among them) of the sample's kinds of routing in ``stats``."""
+    counted = _routed(config, stats)
     return (sum(r.requests + r.refused for r in counted), sum(r.refused for r in counted))
 
 
-def refused_increase(config: AnalysisConfig, candidate: VersionSnapshot,
-                     stable: VersionSnapshot | None) -> tuple[float, float, str] | None:
-    """The candidate's refused share minus stable's, the difference's one-sided lower
-    bound (Agresti and Caffo's interval: one refusal and one answer added to each side,
-    so that none on either side still leaves an honest width) and the evidence; None
-    until both have ``min_samples`` routed requests."""
-    n_c, x_c = refused_counts(config, candidate)
-    n_s, x_s = refused_counts(config, stable)
+def not_finite_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, int]:
+    """(requests answered, answers holding a NaN or an infinity) of the sample's kinds of
+    routing in ``stats``."""
+    counted = _routed(config, stats)
+    return (sum(r.requests - r.server_errors for r in counted),
+            sum(r.not_finite for r in counted))
+
+
+def share_increase(config: AnalysisConfig, candidate: VersionSnapshot,
+                   stable: VersionSnapshot | None,
+                   counts: Callable[[AnalysisConfig, VersionSnapshot | None], tuple[int, int]],
+                   ) -> tuple[float, float, str] | None:
+    """The candidate's share of ``counts`` minus stable's, the difference's one-sided lower
+    bound (Agresti and Caffo's interval: one of each kind added to each side, so that none
+    on either side still leaves an honest width) and the evidence; None until both have
+    ``min_samples`` requests counted."""
+    n_c, x_c = counts(config, candidate)
+    n_s, x_s = counts(config, stable)
     if n_c < config.min_samples or n_s < config.min_samples:
         return None
     p_c, p_s = (x_c + 1) / (n_c + 2), (x_s + 1) / (n_s + 2)
@@ -141,7 +161,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks)."""
     if shadow:
         return _analyse_shadow(config, candidate)
-    refused = (refused_increase(config, candidate, stable)
+    refused = (share_increase(config, candidate, stable, refused_counts)
                if candidate is not None and config.max_refused_rate_increase is not None else None)
     samples, error_rate = sample_of(config, candidate)
     # Too few answers to judge the model can be the finding: it refuses what stable answers.
@@ -190,6 +210,11 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     if refused is not None:
         check("refused_rate_increase", refused[0], config.max_refused_rate_increase,
               bound=refused[1], evidence=refused[2])
+    not_finite = (share_increase(config, candidate, stable, not_finite_counts)
+                  if config.max_not_finite_rate_increase is not None else None)
+    if not_finite is not None:
+        check("not_finite_rate_increase", not_finite[0], config.max_not_finite_rate_increase,
+              bound=not_finite[1], evidence=not_finite[2])
     if stable and stable_samples >= config.min_samples:
         if config.max_error_rate_increase is not None:
             check("error_rate_increase", error_rate - stable_error_rate,

@@ -89,6 +89,11 @@ class AnalysisSettings(Wire):
                           "requests routed to it than stable does, by more than this (judged "
                           "on the difference's 95% lower bound): a stricter signature turns "
                           "away what stable answers. null switches it off.")
+    max_not_finite_rate_increase: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        0.01, description="Fail when a larger share of the candidate's answers than of "
+                          "stable's holds a NaN or an infinity, by more than this (judged on "
+                          "the difference's 95% lower bound): a broken model still answers 200. "
+                          "null switches it off.")
     max_p95_ms: Annotated[float, Field(gt=0)] | None = None
     max_p99_ms: Annotated[float, Field(gt=0)] | None = None
     max_p95_ratio: Annotated[float, Field(gt=0)] | None = 1.5

@@ -14,6 +14,8 @@ windows back with :meth:`Family.read` and the functions at the end.
 ``error:{code}``        error answers, by modelplane error code
 ``rej:{reason}``        requests refused before the model ran, by reason
 ``shadow:{field}``      the sums of a shadow's comparison (``ShadowStats`` fields)
+``nf:{routing}``        answers holding a value that is not finite (NaN, inf), by way
+                        of routing (``random``, ``pinned``, ``sticky``)
 ``lat:sum``, ``lat:n``  latency sum (seconds) and count, for the anomaly baselines
 ``q:{scalar}``          data quality of the inputs (:data:`QUALITY_SCALARS`, data age)
 ``q:missing:{f}``       missing values of input feature ``f`` (``q:oor:{f}``: out of range)
@@ -55,6 +57,7 @@ CODE = Family("code:")
 ERROR = Family("error:")
 REJECTED = Family("rej:")
 SHADOW = Family("shadow:")
+NOT_FINITE = Family("nf:")
 INPUT_MISSING = Family("q:missing:")
 INPUT_OUT_OF_RANGE = Family("q:oor:")
 PREDICTION_MISSING = Family("qp:missing:")

@@ -88,6 +88,7 @@ class VersionStats:
     errors: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)  # refused requests, by reason
     routed_apart: dict[str, Counter[int]] = field(default_factory=dict)  # pinned/sticky codes
+    not_finite: Counter[str] = field(default_factory=Counter)  # NaN/inf answers, by routing
     shadow: ShadowStats = field(default_factory=ShadowStats)
     observations: VersionObservations | None = None
     unobserved: int = 0  # answered requests whose accounting failed (logged, not raised)
@@ -115,12 +116,15 @@ class StatsRecorder:
         return stats
 
     def record(self, version: int, status: int, latency_s: float, error_code: str | None = None,
-               routed: str = ROUTED_RANDOMLY) -> None:
-        """One request's status and latency; ``routed`` says how it reached the version."""
+               routed: str = ROUTED_RANDOMLY, *, not_finite: bool = False) -> None:
+        """One request's status and latency; ``routed`` says how it reached the version;
+        ``not_finite``: the answer holds a NaN or an infinity (the model's, sent as is)."""
         if not self.enabled:
             return
         stats = self._of(version)
         stats.codes[status] += 1
+        if not_finite:
+            stats.not_finite[routed] += 1
         if routed != ROUTED_RANDOMLY:
             stats.routed_apart.setdefault(routed, Counter())[status] += 1
         if error_code:
@@ -205,6 +209,7 @@ class StatsRecorder:
                 "errors": dict(stats.errors),
                 "rejected": dict(stats.rejected),
                 "routed_apart": {kind: dict(codes) for kind, codes in stats.routed_apart.items()},
+                "not_finite": dict(stats.not_finite),
                 "shadow": stats.shadow.to_dict(),
             }
             if stats.observations is not None:

@@ -188,3 +188,50 @@ def test_refusals_are_not_in_the_latency_the_gates_judge() -> None:
     latency = state.snapshot("churn", 60)[1].latency
     assert latency.sample.count == 200 and abs(latency.sample.p50_ms - 50) < 1
     assert latency.all_requests.count == 600 and latency.all_requests.p50_ms < 1
+
+
+def test_a_candidate_answering_nan_fails() -> None:
+    """Its answers hold NaN: HTTP 200, no error, and (for a regression model) nothing the
+    drift or accuracy gates can judge. Counted per answer, compared with stable's."""
+    recorder = StatsRecorder()
+    for index in range(600):
+        recorder.record(2, 200, 0.050, not_finite=index % 3 == 0)
+        recorder.record(1, 200, 0.050, not_finite=index == 0)
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", recorder.to_delta())
+    snapshots = state.snapshot("churn", 60)
+    assert snapshots[2].traffic.routing["random"].not_finite == 200
+    result = analyse(AnalysisConfig(min_samples=100), snapshots[2], snapshots[1])
+    assert result.verdict == Verdict.FAIL and result.checks["error_rate"]["passed"]
+    assert "not_finite_rate_increase 0.3317 > 0.01" in result.reason, result.reason
+    off = AnalysisConfig(min_samples=100, max_not_finite_rate_increase=None)
+    assert analyse(off, snapshots[2], snapshots[1]).verdict == Verdict.PASS
+
+
+def test_the_core_counts_the_answers_holding_nan() -> None:
+    from serving.core import InferenceCore
+    from serving.schemas import EndpointConfig, RouteTable
+    from tests.unit.serving.monitoring_helpers import version_config
+
+    config = version_config()
+
+    class HalfNaN:
+        def __init__(self) -> None:
+            self.config, self.calls = config, 0
+
+        async def infer(self, arrays):
+            self.calls += 1
+            out = np.full((len(arrays["input"]), 3), 0.5, np.float32)
+            out[0, 1] = np.nan if self.calls % 2 else 0.5
+            return {"probabilities": out}
+
+    core = InferenceCore(EndpointConfig(endpoint="churn", versions=[config],
+                                        routes=RouteTable(weights={1: 100})), {1: HalfNaN()})
+    row = infer_body(np.zeros((1, 4), np.float32))
+
+    async def send() -> None:
+        for _ in range(10):
+            assert (await core.handle("POST", "/infer", {}, row)).status == 200
+
+    asyncio.run(send())
+    assert core.take_stats().to_delta()[1]["not_finite"] == {"random": 5}
