@@ -2,8 +2,12 @@
 
 Each completed one-second slot of a version (with traffic) updates an exponentially
 weighted mean and variance of its mean latency and of its server-error rate. Slots join
-the baseline :data:`BASELINE_LAG_S` seconds late, so the recent traffic under judgement
-is not already part of what it is compared with. A window is anomalous when its value
+the baseline :data:`BASELINE_LAG_S` seconds late, and a window is judged against the
+baseline as it stood before the window's first slot (the tracker keeps the baseline of
+each slot it folded), so the traffic under judgement is never part of what it is
+compared with: with a memory of about 20 s, a one-minute window judged against the
+current baseline would have it absorb a sustained regression before the window's mean
+showed it, and the alarm would never sound. A window is anomalous when its value
 lies more than :data:`Z_LIMIT` deviations above the baseline, with the deviation floored
 (10% of the mean for latency, one point for the error rate) so that a perfectly steady
 baseline does not turn noise into alarms, and only once the baseline has seen
@@ -13,7 +17,8 @@ baseline does not turn noise into alarms, and only once the baseline has seen
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field, replace
 
 from serving.monitoring import counters
 from serving.monitoring.snapshot import BaselineJudgement
@@ -63,10 +68,15 @@ class AnomalyTracker:
     latency_ms: EwmaBaseline
     error_rate: EwmaBaseline
     folded_epoch: int
+    # (epoch, latency baseline, error-rate baseline) after each slot folded, oldest first.
+    history: deque[tuple[int, EwmaBaseline, EwmaBaseline]] = field(default_factory=deque)
 
     @classmethod
-    def starting(cls, epoch: int) -> AnomalyTracker:
-        return cls(EwmaBaseline(), EwmaBaseline(), epoch)
+    def starting(cls, epoch: int, window_slots: int) -> AnomalyTracker:
+        """A tracker whose slots from ``epoch`` on are new, able to judge windows of up to
+        ``window_slots`` slots."""
+        return cls(EwmaBaseline(), EwmaBaseline(), epoch,
+                   deque(maxlen=window_slots + BASELINE_LAG_S + 1))
 
     def fold(self, slots: list[tuple[int, dict[str, float]]]) -> None:
         """Feed the slots (epoch, counters) that completed more than the lag ago."""
@@ -79,15 +89,27 @@ class AnomalyTracker:
                 self.error_rate.update(server_errors / requests)
             if latency_n:
                 self.latency_ms.update(1000 * latency_sum / latency_n)
+            self.history.append((epoch, replace(self.latency_ms), replace(self.error_rate)))
 
-    def judge(self, counts: dict[str, float]) -> tuple[BaselineJudgement, BaselineJudgement]:
-        """The window's (mean latency in ms, error rate) against their baselines."""
+    def judge(self, counts: dict[str, float],
+              window_start: int | None = None) -> tuple[BaselineJudgement, BaselineJudgement]:
+        """The window's (mean latency in ms, error rate) against their baselines as they
+        stood before ``window_start`` (the window's first slot; None: the latest)."""
+        latency_base, error_base = self._before(window_start)
         requests, server_errors, latency_sum, latency_n = slot_traffic(counts)
         latency = 1000 * latency_sum / latency_n if latency_n else None
         error_rate = server_errors / requests if requests else None
-        floor = LATENCY_FLOOR * self.latency_ms.mean if self.latency_ms.slots else 0.0
-        return (self.latency_ms.judge(latency, floor, requests=requests),
-                self.error_rate.judge(error_rate, ERROR_RATE_FLOOR, requests=requests))
+        floor = LATENCY_FLOOR * latency_base.mean if latency_base.slots else 0.0
+        return (latency_base.judge(latency, floor, requests=requests),
+                error_base.judge(error_rate, ERROR_RATE_FLOOR, requests=requests))
+
+    def _before(self, window_start: int | None) -> tuple[EwmaBaseline, EwmaBaseline]:
+        if window_start is None or self.folded_epoch < window_start:
+            return self.latency_ms, self.error_rate
+        for epoch, latency, error_rate in reversed(self.history):
+            if epoch < window_start:
+                return latency, error_rate
+        return EwmaBaseline(), EwmaBaseline()  # no slot before the window: nothing to judge by
 
 
 def slot_traffic(counts: dict[str, float]) -> tuple[int, int, float, float]:

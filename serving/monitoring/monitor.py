@@ -181,7 +181,7 @@ class MonitorState:
                 counters=counters,
                 latency_total=Sketch(0.01, LATENCY_MIN_S, LATENCY_MAX_S),
                 first_seen=self._clock(),
-                anomalies=AnomalyTracker.starting(counters.epoch),
+                anomalies=AnomalyTracker.starting(counters.epoch, SLOTS),
             )
         return self.series[key]
 
@@ -359,7 +359,9 @@ class MonitorState:
         if series.anomalies is not None:
             series.anomalies.fold(series.counters.completed(series.anomalies.folded_epoch,
                                                             BASELINE_LAG_S))
-            judged = series.anomalies.judge(counts)
+            slots = max(1, min(SLOTS, math.ceil(window_s / SLOT_SECONDS)))  # as total() cuts
+            first_slot = series.counters.epoch - slots + 1
+            judged = series.anomalies.judge(counts, first_slot)
         return VersionSnapshot(
             traffic=_traffic(counts, span),
             latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency,

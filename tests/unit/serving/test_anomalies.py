@@ -78,3 +78,19 @@ def test_a_young_baseline_judges_nothing() -> None:
     run(state, clock, 3, 0.100)
     latency = state.snapshot("e", 3)[1].anomalies.latency_ms
     assert latency.z is None and not latency.anomalous
+
+
+@pytest.mark.parametrize("window_s", [5, 60, 300])
+def test_a_sustained_tripling_over_half_a_window_is_an_anomaly_whatever_the_window(
+        window_s) -> None:
+    """The baseline forgets in about 20 s: judged against today's baseline, a minute's
+    window let a sustained regression leak into it before the window's mean moved, and
+    nothing was ever flagged. Each window is judged against the baseline before it."""
+    clock = Clock()
+    state = MonitorState(clock=clock)
+    run(state, clock, 400, 0.010)
+    assert not state.snapshot("e", window_s)[1].anomalies.any
+    run(state, clock, max(5, window_s // 2), 0.030, seed=1)
+    judged = state.snapshot("e", window_s)[1].anomalies.latency_ms
+    assert judged.anomalous, judged
+    assert judged.baseline == pytest.approx(10, rel=0.05)
