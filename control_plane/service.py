@@ -50,8 +50,10 @@ class ControlPlane:
     # control_plane.leadership.Lease: whether this process runs the control loops (None:
     # no loops attached, and whatever is called in-process acts).
     lease: Any = None
-    _stop: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)  # the control loops
     _loops: list[threading.Thread] = field(default_factory=list)
+    # The lease's renewals stop last: a pass in flight at shutdown runs under a held lease.
+    _lease_stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def start(cls, settings: Settings, *, migrate: bool = True) -> ControlPlane:
@@ -122,7 +124,7 @@ class ControlPlane:
 
         self.lease = Lease(self.db, length_s=lease_s or LEASE_S)
         self._keep_lease()
-        self._every(self.lease.renew_every_s, self._keep_lease, "lease")
+        self._every(self.lease.renew_every_s, self._keep_lease, "lease", stop=self._lease_stop)
         if self.reconciler is not None:
             self._every(interval_s, self._leading(self.apply), "reconciler")
             # What control planes that do not lead changed, applied within half a second.
@@ -166,19 +168,25 @@ class ControlPlane:
     def step_down(self) -> None:
         """Stop the control loops and give their lease up (a graceful shutdown): the next
         control plane takes over at its next renewal instead of a lease length later. A
-        pass still running is waited for, at most a lease's length; one that has not ended
-        by then keeps the lease, which runs out on its own, so no successor acts beside it."""
-        self._stop.set()
+        pass still running is waited for, the lease renewed meanwhile, for at most a lease's
+        length; one still running then is left to end under a lease that is no longer
+        renewed and runs out on its own."""
         if self.lease is None:
             return
+        self._stop.set()
         deadline = time.monotonic() + self.lease.length_s
-        running = [t for t in self._loops if t is not threading.current_thread()]
-        for thread in running:
+        me = threading.current_thread()
+        passes = [t for t in self._loops if t is not me and t.name != "lease"]
+        for thread in passes:
             thread.join(max(deadline - time.monotonic(), 0.0))
-        if any(thread.is_alive() for thread in running):
+        self._lease_stop.set()
+        if any(thread.is_alive() for thread in passes):
             log.warning("a control pass was still running at shutdown; the control loops' "
                         "lease runs out on its own")
             return
+        for thread in self._loops:
+            if thread is not me and thread.name == "lease":
+                thread.join(max(deadline - time.monotonic(), 1.0))  # no renewal after this
         self.lease.release()
 
     def start_alerts(self) -> None:
@@ -214,10 +222,14 @@ class ControlPlane:
         """Endpoint → how applying it to Serve went (``EndpointApplyState``); {} without Serve."""
         return self.reconciler.states() if self.reconciler is not None else {}
 
-    def _every(self, interval_s: float, work: Callable[[], Any], name: str) -> None:
-        """Run ``work`` every ``interval_s`` in a daemon thread until :meth:`close`."""
+    def _every(self, interval_s: float, work: Callable[[], Any], name: str, *,
+               stop: threading.Event | None = None) -> None:
+        """Run ``work`` every ``interval_s`` in a daemon thread until ``stop`` (the control
+        loops' stop, set by :meth:`step_down` and :meth:`close`)."""
+        stop = stop or self._stop
+
         def loop() -> None:
-            while not self._stop.wait(interval_s):
+            while not stop.wait(interval_s):
                 try:
                     work()
                 except Exception:  # keep going; the next pass may succeed
@@ -229,6 +241,8 @@ class ControlPlane:
 
     def close(self) -> None:
         self.step_down()
+        self._stop.set()
+        self._lease_stop.set()
         if self.notifications is not None:
             self.notifications.uninstall()
         if self.alerts is not None:

@@ -30,6 +30,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     return platform_store_description()
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, and before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by its tier folder, so ``-m unit`` picks the fast tier."""
     for item in items:
@@ -42,10 +43,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.faults)
     for item in items:
-        if item.get_closest_marker("no_ray") and "ray_session" in item.fixturenames:
+        if item.get_closest_marker("no_ray") is None:
+            continue
+        if "ray_session" in item.fixturenames:
             raise pytest.UsageError(
                 f"{item.nodeid} is marked no_ray but uses the session's Ray (through one of its "
                 "fixtures); no_ray tests run beside the unit tier, where no Ray is started")
+        # A module's tests share its server (a module fixture) and may build on each other:
+        # with --dist loadgroup one worker runs them all, in order.
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     # The modules without Ray first: beside the unit tier (scripts/test.sh runs both on
     # every core) the long server tests start at once rather than last, on one core. Then
     # the unit tier; then the modules that start their own Ray head, while the session's

@@ -164,12 +164,14 @@ class AlertService:
                  now: float | None = None) -> int:
         """Evaluate every rule that is due; returns how many were evaluated."""
         now = self._clock() if now is None else now
+        refreshed = False
         with self._lock:
             if self._rules is None or now - self._rules_read_at >= RULES_REFRESH_S:
                 self._rules, self._rules_read_at = list(self.store.rules()), now
-                # Receivers added or removed through another control plane's API too.
-                self.notifier.configure(self.store.receivers())
+                refreshed = True
             due = [r for r in self._rules if r.enabled and self._due.get(r.name, 0.0) <= now]
+        if refreshed:  # receivers added or removed through another control plane's API too
+            self.notifier.configure(self.store.receivers())
         if not due:
             return 0
         cache: dict[tuple[str, float], dict[int, VersionSnapshot] | str] = {}

@@ -2,14 +2,18 @@
 
 Input is the Monitor's per-version snapshot (:class:`serving.monitoring.VersionSnapshot`).
 A check needs ``min_samples`` requests in the window before it may decide anything; with
-fewer it is inconclusive, never a pass and never a failure.
+fewer it is inconclusive, never a pass and never a failure, save for one finding: a
+candidate that refuses (4xx) so much of what stable answers that it has too few answers
+fails on ``max_refused_rate_increase``, judged over the requests routed to each.
 
 The sample is the randomly routed traffic the version answered: requests pinned to a
 version (``/versions/{v}/infer``) or carrying a stickiness key let the caller choose the
 version, so anyone could fill the candidate's sample or post its errors; requests refused
 with a 4xx were never judged by the model. Pinned and sticky requests count only where a
-rollout opts in (``include_pinned``, ``include_sticky``); 4xx never count. The latency
-gates read the same sample's p95/p99.
+rollout opts in (``include_pinned``, ``include_sticky``); 4xx never count in the sample,
+its error rate or its latency, and are judged apart, against stable's share
+(``max_refused_rate_increase``); so are answers holding a NaN or an infinity
+(``max_not_finite_rate_increase``). The latency gates read the same sample's p95/p99.
 
 Online accuracy and MAE come from a handful of labels, so their point values swing widely
 (16 right out of 19 is 0.84 for a model whose accuracy is 0.94): their checks fail only

@@ -69,7 +69,8 @@ class AnomalyTracker:
     error_rate: EwmaBaseline
     folded_epoch: int
     # (epoch, latency baseline, error-rate baseline) after each slot folded, oldest first.
-    history: deque[tuple[int, EwmaBaseline, EwmaBaseline]] = field(default_factory=deque)
+    history: deque[tuple[int, EwmaBaseline, EwmaBaseline]] = field(
+        default_factory=lambda: deque(maxlen=300 + BASELINE_LAG_S + 1))
 
     @classmethod
     def starting(cls, epoch: int, window_slots: int) -> AnomalyTracker:

@@ -236,7 +236,7 @@ class MonitorState:
                                   "its requests are counted as unobserved", endpoint, version)
                     counts[counters.UNOBSERVED_REQUESTS] = (
                         counts.get(counters.UNOBSERVED_REQUESTS, 0)
-                        + sum(data.get("codes", {}).values()))
+                        + sum(n for code, n in data.get("codes", {}).items() if int(code) < 400))
             series.counters.add(counts)
             series.totals.update(counts)
         return {"missing_profiles": sorted(missing_profiles)}
@@ -366,7 +366,7 @@ class MonitorState:
             traffic=_traffic(counts, span),
             latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency,
                             all_bins=_bins(sketch), sample_bins=sample_bins),
-            shadow=_shadow(ShadowStats(**counters.SHADOW.read(counts))),
+            shadow=_shadow(ShadowStats.from_counts(counters.SHADOW.read(counts))),
             drift=self._drift(endpoint, version, series, window_s, problem),
             quality=quality,
             accuracy=accuracy_section(counts, series.meta),

@@ -380,7 +380,6 @@ class VersionTotals:
     version: int
     codes: Mapping[int, int]  # requests by HTTP status
     shadow_compared: int
-    shadow_judged: int  # comparisons with an agreement verdict (classifiers)
     shadow_agreed: int
     latency_count: int
     latency_sum: float  # seconds
@@ -389,3 +388,6 @@ class VersionTotals:
     window_s: float
     window: VersionSnapshot  # drift, quality, accuracy and anomalies over ``window_s``
     feedback: FeedbackStore  # the endpoint's (the same on each of its versions)
+    # Comparisons with an agreement verdict (classifiers); a default, so a snapshot of a
+    # Monitor from before it reads 0.
+    shadow_judged: int = 0

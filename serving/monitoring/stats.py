@@ -77,6 +77,13 @@ class ShadowStats:
     def to_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
 
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, float]) -> ShadowStats:
+        """From the Monitor's counters; fields another version of the replicas sends and
+        this one does not know are left out, so a mixed fleet never breaks a snapshot."""
+        known = cls.__dataclass_fields__
+        return cls(**{name: value for name, value in counts.items() if name in known})
+
 
 @dataclass
 class VersionStats:

@@ -188,4 +188,4 @@ def test_a_monitoring_section_the_monitor_cannot_read_never_costs_the_request_co
                                     "monitoring": {"last_request_at": "not a time"}}})
     snapshot = state.snapshot("churn", 60)[1]
     assert snapshot.traffic.requests == 10 and snapshot.traffic.server_errors == 3
-    assert snapshot.quality.unobserved_requests == 10
+    assert snapshot.quality.unobserved_requests == 7  # the answered ones
