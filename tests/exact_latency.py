@@ -27,11 +27,12 @@ def replica_calls() -> tuple[Callable[[Any], int], Callable[[Any], list[float]]]
             original = stats.StatsRecorder.record
 
             def record(self: Any, version: int, status: int, latency_s: float,
-                       error_code: str | None = None, routed: str = stats.ROUTED_RANDOMLY) -> None:
+                       error_code: str | None = None, routed: str = stats.ROUTED_RANDOMLY,
+                       **keywords: Any) -> None:
                 # Exactly the values the recorder keeps for the Monitor (see its record()).
                 if self.enabled and version != stats.ENDPOINT_LEVEL:
                     stats._exact_latencies.append(latency_s)
-                original(self, version, status, latency_s, error_code, routed)
+                original(self, version, status, latency_s, error_code, routed, **keywords)
 
             stats.StatsRecorder.record = record
         return os.getpid()
