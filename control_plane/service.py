@@ -54,6 +54,7 @@ class ControlPlane:
     _loops: list[threading.Thread] = field(default_factory=list)
     # The lease's renewals stop last: a pass in flight at shutdown runs under a held lease.
     _lease_stop: threading.Event = field(default_factory=threading.Event)
+    _lease_loop: threading.Thread | None = None
 
     @classmethod
     def start(cls, settings: Settings, *, migrate: bool = True) -> ControlPlane:
@@ -124,7 +125,8 @@ class ControlPlane:
 
         self.lease = Lease(self.db, length_s=lease_s or LEASE_S)
         self._keep_lease()
-        self._every(self.lease.renew_every_s, self._keep_lease, "lease", stop=self._lease_stop)
+        self._lease_loop = self._loop(self.lease.renew_every_s, self._keep_lease, "lease",
+                                      self._lease_stop)
         if self.reconciler is not None:
             self._every(interval_s, self._leading(self.apply), "reconciler")
             # What control planes that do not lead changed, applied within half a second.
@@ -176,7 +178,7 @@ class ControlPlane:
         self._stop.set()
         deadline = time.monotonic() + self.lease.length_s
         me = threading.current_thread()
-        passes = [t for t in self._loops if t is not me and t.name != "lease"]
+        passes = [t for t in self._loops if t is not me]
         for thread in passes:
             thread.join(max(deadline - time.monotonic(), 0.0))
         self._lease_stop.set()
@@ -184,9 +186,8 @@ class ControlPlane:
             log.warning("a control pass was still running at shutdown; the control loops' "
                         "lease runs out on its own")
             return
-        for thread in self._loops:
-            if thread is not me and thread.name == "lease":
-                thread.join(max(deadline - time.monotonic(), 1.0))  # no renewal after this
+        if self._lease_loop is not None and self._lease_loop is not me:
+            self._lease_loop.join(max(deadline - time.monotonic(), 1.0))  # no renewal after
         self.lease.release()
 
     def start_alerts(self) -> None:
@@ -222,12 +223,14 @@ class ControlPlane:
         """Endpoint → how applying it to Serve went (``EndpointApplyState``); {} without Serve."""
         return self.reconciler.states() if self.reconciler is not None else {}
 
-    def _every(self, interval_s: float, work: Callable[[], Any], name: str, *,
-               stop: threading.Event | None = None) -> None:
-        """Run ``work`` every ``interval_s`` in a daemon thread until ``stop`` (the control
-        loops' stop, set by :meth:`step_down` and :meth:`close`)."""
-        stop = stop or self._stop
+    def _every(self, interval_s: float, work: Callable[[], Any], name: str) -> None:
+        """Run ``work`` every ``interval_s`` in a daemon thread until the control loops stop
+        (:meth:`step_down`, :meth:`close`)."""
+        self._loops.append(self._loop(interval_s, work, name, self._stop))
 
+    @staticmethod
+    def _loop(interval_s: float, work: Callable[[], Any], name: str,
+              stop: threading.Event) -> threading.Thread:
         def loop() -> None:
             while not stop.wait(interval_s):
                 try:
@@ -236,8 +239,8 @@ class ControlPlane:
                     log.exception("%s pass failed", name)
 
         thread = threading.Thread(target=loop, name=name, daemon=True)
-        self._loops.append(thread)
         thread.start()
+        return thread
 
     def close(self) -> None:
         self.step_down()

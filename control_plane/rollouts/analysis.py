@@ -35,6 +35,9 @@ from enum import StrEnum
 from statistics import NormalDist
 from typing import Any
 
+import numpy as np
+
+from control_plane.rollouts.ab_test import two_proportions
 from serving.monitoring import Quantiles, ShadowComparison, Traffic, VersionSnapshot
 from serving.monitoring.snapshot import RoutedRequests
 
@@ -92,9 +95,7 @@ class AnalysisConfig:
 def sample_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, int]:
     """(requests, 5xx) of the sample in one version's snapshot: randomly routed requests
     the version answered, plus sticky or pinned ones where ``config`` says so."""
-    routing = stats.traffic.routing if stats is not None else {}
-    kinds = ["random"] + ["sticky"] * config.include_sticky + ["pinned"] * config.include_pinned
-    counted = [routing[kind] for kind in kinds if kind in routing]
+    counted = _routed(config, stats)
     return (sum(routed.requests for routed in counted),
             sum(routed.server_errors for routed in counted))
 
@@ -126,16 +127,15 @@ def share_increase(config: AnalysisConfig, candidate: VersionSnapshot,
                    counts: Callable[[AnalysisConfig, VersionSnapshot | None], tuple[int, int]],
                    ) -> tuple[float, float, str] | None:
     """The candidate's share of ``counts`` minus stable's, the difference's one-sided lower
-    bound (Agresti and Caffo's interval: one of each kind added to each side, so that none
-    on either side still leaves an honest width) and the evidence; None until both have
-    ``min_samples`` requests counted."""
+    bound (Agresti and Caffo's interval, as the A/B gate estimates it) and the evidence;
+    None until both have ``min_samples`` requests counted."""
     n_c, x_c = counts(config, candidate)
     n_s, x_s = counts(config, stable)
     if n_c < config.min_samples or n_s < config.min_samples:
         return None
-    p_c, p_s = (x_c + 1) / (n_c + 2), (x_s + 1) / (n_s + 2)
-    width = _Z * math.sqrt(p_c * (1 - p_c) / (n_c + 2) + p_s * (1 - p_s) / (n_s + 2))
-    return x_c / n_c - x_s / n_s, p_c - p_s - width, f"{n_c} and {n_s} requests"
+    estimate = two_proportions(x_c, n_c, x_s, n_s)
+    bound = float(estimate.effect - _Z * np.sqrt(estimate.variance))
+    return x_c / n_c - x_s / n_s, bound, f"{n_c} and {n_s} requests"
 
 
 def sample_of(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, float]:

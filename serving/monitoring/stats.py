@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from serving.monitoring.feedback import predicted_class
 from serving.monitoring.observations import (
     PENDING_LIMIT,
     Observed,
@@ -251,10 +252,6 @@ def compare_outputs(task: str, primary: dict[str, np.ndarray], shadow: dict[str,
         return None, diff
     if a.ndim >= 2 and a.shape[-1] > 1:
         return bool(np.array_equal(a.argmax(axis=-1), b.argmax(axis=-1))), diff
-    if _whole(a) and _whole(b):
-        return bool(np.array_equal(a, b)), diff
-    return bool(np.array_equal(a >= 0.5, b >= 0.5)), diff
-
-
-def _whole(values: np.ndarray) -> bool:
-    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+    # One value per row: the class the feedback join reads from it (None: not finite).
+    classes = [predicted_class(float(v)) for v in a.ravel()]
+    return None not in classes and classes == [predicted_class(float(v)) for v in b.ravel()], diff
