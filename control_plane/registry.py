@@ -291,24 +291,28 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, spec: AliasSet, actor: Principal) -> VersionOut:
         """Point ``alias`` at a version, creating or moving it in one statement."""
+        actor.require(Role.DEPLOYER, also=TRAINING)  # before the store is touched
+        with self.db.session() as session:
+            return self.point_alias(session, name, alias, spec.version, actor)
+
+    def point_alias(self, session: Session, name: str, alias: str, version: int,
+                    actor: Principal) -> VersionOut:
+        """:meth:`set_alias` inside the caller's transaction, which decides whether it lands."""
         actor.require(Role.DEPLOYER, also=TRAINING)
         parse_ref(f"{name}@{alias}")
-        with self.db.session() as session:
-            model = _model(session, name)
-            target = _version(session, model, spec.version)
-            row = _alias(session, model, alias)
-            if row is None:
-                session.add(
-                    AliasRow(
-                        model_id=model.id, alias=alias, version=spec.version, updated_by=actor.name
-                    )
-                )
-            else:
-                row.version = spec.version
-                row.updated_by = actor.name
-                row.updated_at = datetime.now(UTC)
-            session.flush()
-            return _version_out(session, model, target)
+        model = _model(session, name)
+        target = _version(session, model, version)
+        row = _alias(session, model, alias)
+        if row is None:
+            session.add(
+                AliasRow(model_id=model.id, alias=alias, version=version, updated_by=actor.name)
+            )
+        else:
+            row.version = version
+            row.updated_by = actor.name
+            row.updated_at = datetime.now(UTC)
+        session.flush()
+        return _version_out(session, model, target)
 
     def delete_alias(self, name: str, alias: str, actor: Principal) -> None:
         actor.require(Role.DEPLOYER)
@@ -327,36 +331,43 @@ class Registry:
         """Move a version to another stage, enforcing the allowed transitions and policy."""
         actor.require(Role.DEPLOYER)
         with self.db.session() as session:
-            model = _model(session, name)
-            row = _version(session, model, version)
-            current = Stage(row.stage)
-            if spec.stage == current:
-                return _version_out(session, model, row)
-            if spec.stage not in ALLOWED_TRANSITIONS[current]:
-                allowed = ", ".join(sorted(s.value for s in ALLOWED_TRANSITIONS[current]))
-                raise StageTransitionError(
-                    f"{name}:{version} cannot move from {current.value} to {spec.stage.value}; "
-                    f"from {current.value} it may move to: {allowed}",
-                    detail={"field": "stage", "from": current.value, "to": spec.stage.value},
-                )
-            if spec.stage == Stage.ARCHIVED:
-                _refuse_if_deployed(session, model, row, "archived")
-            if spec.stage == Stage.PRODUCTION:
-                _check_production_allowed(session, model, row)
-            session.add(
-                StageEventRow(
-                    version_id=row.id,
-                    from_stage=current.value,
-                    to_stage=spec.stage.value,
-                    actor=actor.name,
-                    reason=spec.reason,
-                )
-            )
-            row.stage = spec.stage.value
-            notify_on_commit(session, events.stage_changed(
-                name, version, from_stage=current.value, to_stage=spec.stage.value,
-                actor=actor.name, reason=spec.reason or ""))
+            return self.move_stage(session, name, version, spec, actor)
+
+    def move_stage(self, session: Session, name: str, version: int, spec: StageChange,
+                   actor: Principal) -> VersionOut:
+        """:meth:`transition_stage` inside the caller's transaction."""
+        actor.require(Role.DEPLOYER)
+        model = _model(session, name)
+        row = _version(session, model, version)
+        current = Stage(row.stage)
+        if spec.stage == current:
             return _version_out(session, model, row)
+        if spec.stage not in ALLOWED_TRANSITIONS[current]:
+            allowed = ", ".join(sorted(s.value for s in ALLOWED_TRANSITIONS[current]))
+            raise StageTransitionError(
+                f"{name}:{version} cannot move from {current.value} to {spec.stage.value}; "
+                f"from {current.value} it may move to: {allowed}",
+                detail={"field": "stage", "from": current.value, "to": spec.stage.value},
+            )
+        if spec.stage == Stage.ARCHIVED:
+            _refuse_if_deployed(session, model, row, "archived")
+        if spec.stage == Stage.PRODUCTION:
+            _check_production_allowed(session, model, row)
+        session.add(
+            StageEventRow(
+                version_id=row.id,
+                from_stage=current.value,
+                to_stage=spec.stage.value,
+                actor=actor.name,
+                reason=spec.reason,
+            )
+        )
+        row.stage = spec.stage.value
+        notify_on_commit(session, events.stage_changed(
+            name, version, from_stage=current.value, to_stage=spec.stage.value,
+            actor=actor.name, reason=spec.reason or ""))
+        session.flush()  # the store's refusal surfaces here, not at the caller's commit
+        return _version_out(session, model, row)
 
     def approve(
         self, name: str, version: int, spec: ApprovalCreate, actor: Principal

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from control_plane.deployments import Deployments, endpoint_row, read_routes
@@ -34,8 +35,9 @@ from control_plane.rollouts.records import (
 )
 from control_plane.rollouts.schemas import RolloutOut
 from control_plane.rollouts.states import ACTIVE_STATES, RolloutState, can_transition
-from control_plane.schemas import AliasSet, Stage, StageChange
+from control_plane.schemas import Stage, StageChange
 from control_plane.store import Database
+from control_plane.store.database import store_unreachable
 from control_plane.store.models import EndpointRow, RolloutRow
 from serving.monitoring import VersionSnapshot
 
@@ -85,43 +87,57 @@ class TrafficMoves:
 
     def _promote(self, rollout: RolloutOut, actor: str, reason: str) -> None:
         """The candidate becomes the champion in production and takes 100%; stable drains."""
-        # The registry steps are idempotent: after a crash between them and the final
-        # transaction, the next tick repeats them and then finishes. One that fails ends
-        # the rollout failed (traffic back on stable), never an error every tick.
+        # The alias, the stages and the traffic move in the rollout's own transaction,
+        # behind its row lock: a rollback committed first leaves the registry untouched,
+        # and one arriving later finds the rollout ended. A registry step that is refused
+        # (policy, approval) undoes them all and ends the rollout failed, with traffic back
+        # on stable, rather than erring every tick.
+        try:
+            with self.db.session() as session:
+                row = rollout_row(session, rollout.id, for_update=True)
+                if RolloutState(row.state).terminal:
+                    return
+                self._crown(session, rollout)
+                now = self._now()
+                endpoint = endpoint_row(session, row.endpoint)
+                weights = {row.candidate_version: 100.0}
+                if row.stable_version is not None:
+                    weights[row.stable_version] = 0.0  # drains, then is removed and archived
+                    row.retire_version = row.stable_version
+                    row.retire_at = now + timedelta(seconds=float(row.spec.get("drain_s", 5.0)))
+                self.deployments.write_routes(session, endpoint, weights, [])
+                transition(session, row, RolloutState.SUCCEEDED, actor, reason,
+                           {"weights": {str(k): v for k, v in weights.items()},
+                            "alias": CHAMPION, "stage": Stage.PRODUCTION.value})
+                row.finished_at = now
+        except _PromotionRefused as refused:
+            log.warning("promotion of rollout #%d failed at %s: %s", rollout.id, refused.step,
+                        refused.error)
+            self._end(self.get(rollout.id), RolloutState.FAILED, CONTROLLER.name,
+                      f"promotion failed {refused.step}: {refused.error}; traffic restored to "
+                      "the stable version", {"error": type(refused.error).__name__},
+                      reject=False)
+
+    def _crown(self, session: Session, rollout: RolloutOut) -> None:
+        """Point the champion alias at the candidate and bring it to production."""
         name, version = rollout.model, rollout.candidate_version
         note = f"rollout #{rollout.id} on {rollout.endpoint}"
         step = f"moving the {CHAMPION} alias to v{version}"
         try:
-            self.registry.set_alias(name, CHAMPION, AliasSet(version=version), CONTROLLER)
-            if self.registry.get_version(name, version).stage in (Stage.NONE, Stage.ARCHIVED):
+            current = self.registry.point_alias(session, name, CHAMPION, version, CONTROLLER)
+            if current.stage in (Stage.NONE, Stage.ARCHIVED):
                 step = f"moving v{version} to staging"
-                self.registry.transition_stage(name, version, StageChange(
+                self.registry.move_stage(session, name, version, StageChange(
                     stage=Stage.STAGING, reason=note), CONTROLLER)
             step = f"moving v{version} to production"
-            self.registry.transition_stage(name, version, StageChange(
+            self.registry.move_stage(session, name, version, StageChange(
                 stage=Stage.PRODUCTION, reason=note), CONTROLLER)
+        except DBAPIError as error:
+            if store_unreachable(error):
+                raise  # not a refusal: the next tick tries again
+            raise _PromotionRefused(step, error) from error
         except Exception as error:
-            log.warning("promotion of rollout #%d failed at %s: %s", rollout.id, step, error)
-            self._end(self.get(rollout.id), RolloutState.FAILED, CONTROLLER.name,
-                      f"promotion failed {step}: {error}; traffic restored to the stable "
-                      "version", {"error": type(error).__name__}, reject=False)
-            return
-        with self.db.session() as session:
-            row = rollout_row(session, rollout.id, for_update=True)
-            if RolloutState(row.state).terminal:
-                return
-            now = self._now()
-            endpoint = endpoint_row(session, row.endpoint)
-            weights = {row.candidate_version: 100.0}
-            if row.stable_version is not None:
-                weights[row.stable_version] = 0.0  # drains, then is removed and archived
-                row.retire_version = row.stable_version
-                row.retire_at = now + timedelta(seconds=float(row.spec.get("drain_s", 5.0)))
-            self.deployments.write_routes(session, endpoint, weights, [])
-            transition(session, row, RolloutState.SUCCEEDED, actor, reason,
-                       {"weights": {str(k): v for k, v in weights.items()},
-                        "alias": CHAMPION, "stage": Stage.PRODUCTION.value})
-            row.finished_at = now
+            raise _PromotionRefused(step, error) from error
 
     def _end(self, rollout: RolloutOut, state: RolloutState, actor: str, reason: str,
              data: dict[str, Any], *, reject: bool) -> None:
@@ -184,6 +200,14 @@ class TrafficMoves:
         for rollout_id in archive:
             self._followups.finish(rollout_id)
         return bool(due)
+
+
+class _PromotionRefused(Exception):
+    """A registry step of a promotion failed; its transaction is rolled back."""
+
+    def __init__(self, step: str, error: Exception) -> None:
+        super().__init__(f"{step}: {error}")
+        self.step, self.error = step, error
 
 
 def _rollback_alert(rollout: RolloutOut, reason: str, data: dict[str, Any]) -> dict[str, Any]:

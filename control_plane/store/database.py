@@ -63,7 +63,7 @@ class Database:
                 session.commit()
         except DBAPIError as error:
             _rollback_quietly(session)
-            if error.connection_invalidated or _is_unreachable(error):
+            if store_unreachable(error):
                 raise StoreUnavailableError(
                     f"the store ({self.engine.url.render_as_string(hide_password=True)}) cannot "
                     f"be reached: {str(error.orig).strip().splitlines()[0] if error.orig else error}"
@@ -90,8 +90,10 @@ def _rollback_quietly(session: Session) -> None:
         session.invalidate()
 
 
-def _is_unreachable(error: DBAPIError) -> bool:
+def store_unreachable(error: DBAPIError) -> bool:
     """Whether the error says the server is gone, rather than what the statement did."""
+    if error.connection_invalidated:
+        return True
     sqlstate = getattr(error.orig, "sqlstate", None) or ""
     # psycopg: class 08 is "connection exception"; 57P0x is an admin or crash shutdown.
     if sqlstate.startswith("08") or sqlstate.startswith("57P0"):

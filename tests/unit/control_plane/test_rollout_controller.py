@@ -284,6 +284,51 @@ def test_a_rollback_on_another_control_plane_during_a_step_is_not_undone(
     assert world.weights() == {1: 100.0, 2: 0.0}
 
 
+@pytest.mark.parametrize("action", ["rollback", "abort"])
+def test_a_rollback_on_another_control_plane_during_the_promotion_moves_nothing_twice(
+        world: World, db_url: str, artifacts: ArtifactStore, action: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployer rolls back on one control plane while the leader is promoting on the
+    other. The champion alias and the stages move in the promotion's own transaction,
+    behind the rollout's row lock, so the rollback waits and finds the rollout ended.
+    (When the alias moved before that transaction, the rollback landed in between: the
+    rollout ended rolled back with ``champion`` on the candidate it had just rejected.)"""
+    from control_plane import registry as registry_module
+
+    other_db = Database(db_url)
+    other_registry = Registry(other_db, artifacts)
+    other = RolloutController(other_db, other_registry,
+                              Deployments(other_db, other_registry, base_url="http://cp:8000"),
+                              stats=lambda endpoint, window: world.stats)
+    rollout_id = world.start(steps=[100], step_duration_s=3)
+    world.serve(1)
+    world.serve(2)
+    find_alias = registry_module._alias
+    racing: list[threading.Thread] = []
+
+    def alias_found_while_another_rolls_back(session: Any, model: Any, alias: str) -> Any:
+        if alias == "champion" and not racing:
+            racing.append(threading.Thread(target=getattr(other, action),
+                                           args=(rollout_id, ALICE, "by hand")))
+            racing[0].start()
+            racing[0].join(2)  # without the promotion's lock it has ended the rollout by now
+        return find_alias(session, model, alias)
+
+    monkeypatch.setattr(registry_module, "_alias", alias_found_while_another_rolls_back)
+    try:
+        world.run(10)
+        assert racing, "the rollout was never promoted"
+        racing[0].join(30)
+        assert not racing[0].is_alive()
+    finally:
+        other_db.dispose()
+    assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
+    assert world.registry.get_model("iris").aliases.get("champion") == 2
+    assert world.registry.get_version("iris", 2).stage == "production"
+    assert world.registry.get_version("iris", 2).status != "rejected"
+    assert world.weights() == {2: 100.0}  # stable drained and removed
+
+
 def test_two_control_planes_cannot_both_start_a_rollout_on_one_endpoint(
         world: World, db_url: str, artifacts: ArtifactStore,
         monkeypatch: pytest.MonkeyPatch) -> None:
