@@ -14,6 +14,7 @@ the spec must lie inside it and the directory's code is what runs.
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import tempfile
@@ -35,6 +36,11 @@ from training.registration import BRANCH_ENV, COMMIT_ENV
 from training.spec import dump_job_spec, load_job_spec
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+# Seconds to connect, then to wait for each answer. Ray's client sets no deadline, so a
+# dashboard that takes the connection and never answers (frozen, or behind a stalled
+# proxy) held its caller for good: the pipeline loop, a cancel, `train submit --wait`.
+JOB_API_TIMEOUT_S = (5.0, 30.0)
+UPLOAD_TIMEOUT_S = (5.0, 300.0)  # a working directory's package is stored before the answer
 TERMINAL_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
 SPEC_NAME = "job.yaml"
 
@@ -70,10 +76,12 @@ class JobClient:
         for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
+        import requests
+
         self.address = dashboard_address(address).rstrip("/")
         try:
-            self._client = JobSubmissionClient(self.address)
-        except (ConnectionError, RuntimeError, ValueError) as error:
+            self._client = _bounded(JobSubmissionClient)(self.address)
+        except (ConnectionError, RuntimeError, ValueError, requests.RequestException) as error:
             raise JobSubmissionError(
                 f"cannot reach Ray's job API at {self.address} ({_first_line(error)}); is a Ray "
                 "head running with its dashboard? Pass --address http://HEAD:8265 or set "
@@ -123,9 +131,16 @@ class JobClient:
             time.sleep(poll_s)
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        import requests
+
         try:
             return method(*args, **kwargs)
-        except (RuntimeError, ConnectionError) as error:
+        except requests.Timeout:
+            raise JobSubmissionError(
+                f"Ray's job API at {self.address} did not answer within "
+                f"{JOB_API_TIMEOUT_S[1]:g} s; is the head overloaded or its dashboard stuck?",
+                detail={"address": self.address}) from None
+        except (RuntimeError, ConnectionError, requests.RequestException) as error:
             message = _first_line(error)
             if "does not exist" in message or "404" in message:
                 raise JobSubmissionError(
@@ -135,6 +150,18 @@ class JobClient:
                 ) from None
             raise JobSubmissionError(f"Ray's job API at {self.address} failed: {message}",
                                      detail={"address": self.address}) from None
+
+
+@functools.cache
+def _bounded(client_class: type) -> type:
+    """``client_class`` with a deadline on every request it makes."""
+
+    class BoundedJobSubmissionClient(client_class):  # type: ignore[misc, valid-type]
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", UPLOAD_TIMEOUT_S if method == "PUT" else JOB_API_TIMEOUT_S)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return BoundedJobSubmissionClient
 
 
 @dataclass(frozen=True)

@@ -103,14 +103,35 @@ class TrainStage:
             return Outcome(StageState.RUNNING, progress=progress,
                            inputs={"job": context.spec.training.job})
         job_id = str(progress["submission_id"])
-        client = self._job_client()
         logs = f"modelplane train logs {job_id}"
         if not progress.get("submitted"):
+            client = self._job_client()
             if not self._exists(client, job_id):
                 self._submit(context, client, job_id, progress)
             progress["submitted"] = True
             return Outcome(StageState.RUNNING, progress=progress, outputs={"job_id": job_id},
                            logs=logs)
+        from training.errors import JobSubmissionError
+
+        try:
+            return self._follow(context, self._job_client(), job_id, logs)
+        except JobSubmissionError as error:
+            # The job runs on without the job API; not being able to ask is not an answer.
+            # It is asked again next pass, until training.timeout_s says the stage is over.
+            timeout_s = context.spec.training.timeout_s
+            if "no job" in error.message or _elapsed(context) > timeout_s:
+                return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
+                    f"training job {job_id}: {error.message}" + (
+                        "" if "no job" in error.message else
+                        f"; training.timeout_s ({timeout_s:g} s) has passed, so the stage "
+                        f"fails: stop the job with `modelplane train stop {job_id}` if it "
+                        "still runs")))
+            log.warning("training job %s: %s; asking again next pass", job_id, error.message)
+            return Outcome(StageState.RUNNING, outputs={"job_id": job_id, "status": "UNKNOWN"},
+                           logs=logs)
+
+    def _follow(self, context: StageContext, client: Any, job_id: str, logs: str) -> Outcome:
+        """What the submitted job's status says of the stage."""
         status = client.status(job_id)
         if status in ("PENDING", "RUNNING"):
             if _elapsed(context) > context.spec.training.timeout_s:

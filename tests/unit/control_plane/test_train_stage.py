@@ -1,0 +1,188 @@
+"""The training stage against a job API that stalls or fails: every call has a deadline,
+and not being able to ask Ray is not taken for an answer about the job."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+
+from control_plane.pipelines.records import StageRecord, StageState
+from control_plane.pipelines.spec import parse_pipeline_spec
+from control_plane.pipelines.stages import StageContext, TrainStage
+from training import submission
+from training.errors import JobSubmissionError
+from training.submission import JobClient
+
+EXAMPLES = Path(__file__).parents[3] / "examples"
+STARTED = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+
+
+class StallingDashboard(BaseHTTPRequestHandler):
+    """Answers the version check as Ray's dashboard does, then never answers a job call."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        if self.path == "/api/version":
+            body = json.dumps({"version": "x", "ray_version": ray.__version__,
+                               "ray_commit": "x"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.release.wait(60)  # taken, never answered
+
+    def do_POST(self) -> None:
+        self.release.wait(60)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def stalling_dashboard(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setattr(submission, "JOB_API_TIMEOUT_S", (2.0, 0.5))
+    StallingDashboard.release.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StallingDashboard)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        StallingDashboard.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _within(seconds: float, call: Any) -> BaseException | None:
+    """Run ``call`` on a thread; fail the test if it is still running after ``seconds``."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the call still waits after {seconds} s"
+    return raised[0] if raised else None
+
+
+def test_a_job_api_that_takes_the_call_and_never_answers_is_given_up_on(
+        stalling_dashboard: str) -> None:
+    client = JobClient(stalling_dashboard)
+    for call in (lambda: client.status("job-1"), lambda: client.stop("job-1"),
+                 lambda: client.logs("job-1")):
+        error = _within(15, call)
+        assert isinstance(error, JobSubmissionError), error
+        assert "did not answer within 0.5 s" in error.message
+        assert stalling_dashboard in error.message
+
+
+def test_a_dashboard_that_never_answers_its_version_check_is_given_up_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(submission, "JOB_API_TIMEOUT_S", (2.0, 0.5))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel takes the connection; nobody ever reads it
+    try:
+        error = _within(15, lambda: JobClient(f"http://127.0.0.1:{listener.getsockname()[1]}"))
+    finally:
+        listener.close()
+    assert isinstance(error, JobSubmissionError), error
+    assert "cannot reach Ray's job API" in error.message
+
+
+class JobApi:
+    """Ray's job API as the stage sees it: a status, or a failure to answer, on connecting
+    (the client's version check) or on the call itself."""
+
+    def __init__(self) -> None:
+        self.status_now = "RUNNING"
+        self.failing: JobSubmissionError | None = None
+        self.fails_at = "status"
+        self.stopped: list[str] = []
+
+    def connect(self) -> JobApi:
+        if self.failing is not None and self.fails_at == "connect":
+            raise self.failing
+        return self
+
+    def status(self, job_id: str) -> str:
+        if self.failing is not None:
+            raise self.failing
+        return self.status_now
+
+    def stop(self, job_id: str) -> bool:
+        if self.failing is not None:
+            raise self.failing
+        self.stopped.append(job_id)
+        return True
+
+
+def _context(after_s: float, timeout_s: float = 600) -> StageContext:
+    job = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+    spec = parse_pipeline_spec({"name": "bc", "training": {"job": job, "timeout_s": timeout_s},
+                                "deploy": {"endpoint": "bc"}})
+    record = StageRecord(name="train", state=StageState.RUNNING, started_at=STARTED,
+                         progress={"submission_id": "pipeline-bc-1-ab", "submitted": True})
+    return StageContext(run=None, spec=spec, record=record,  # type: ignore[arg-type]
+                        now=STARTED + timedelta(seconds=after_s))
+
+
+def _stage(api: JobApi) -> TrainStage:
+    return TrainStage(services=None, job_client=api.connect)
+
+
+@pytest.mark.parametrize("fails_at", ["connect", "status"])
+def test_a_job_api_that_cannot_answer_leaves_the_stage_running_until_its_timeout(
+        fails_at: str) -> None:
+    api = JobApi()
+    stage = _stage(api)
+    assert stage.advance(_context(after_s=60)).state is StageState.RUNNING
+    api.failing = JobSubmissionError("Ray's job API at http://head:8265 did not answer within "
+                                     "30 s", detail={})
+    api.fails_at = fails_at
+    during = stage.advance(_context(after_s=120))
+    assert during.state is StageState.RUNNING  # the job runs on; the stage asks again
+    assert during.outputs["status"] == "UNKNOWN"
+    after = stage.advance(_context(after_s=601))
+    assert after.state is StageState.FAILED
+    assert "did not answer within 30 s" in after.reason
+    assert "training.timeout_s (600 s) has passed" in after.reason
+    assert "modelplane train stop pipeline-bc-1-ab" in after.reason
+    api.failing = None  # back: an overdue job is stopped as before
+    overdue = stage.advance(_context(after_s=602))
+    assert overdue.state is StageState.FAILED and api.stopped == ["pipeline-bc-1-ab"]
+
+
+def test_a_job_the_cluster_no_longer_knows_fails_the_stage_at_once() -> None:
+    api = JobApi()
+    api.failing = JobSubmissionError("no job pipeline-bc-1-ab on the cluster at http://head:8265",
+                                     detail={})
+    outcome = _stage(api).advance(_context(after_s=30))
+    assert outcome.state is StageState.FAILED and "no job pipeline-bc-1-ab" in outcome.reason
+
+
+def test_the_stage_never_waits_longer_than_the_job_api_deadline(stalling_dashboard: str) -> None:
+    """End to end through the real client: a pass over a stalled dashboard comes back."""
+    stage = TrainStage(services=None, job_client=lambda: JobClient(stalling_dashboard))
+    outcomes: list[Any] = []
+    error = _within(15, lambda: outcomes.append(stage.advance(_context(after_s=60))))
+    assert error is None and outcomes[0].state is StageState.RUNNING
+    assert outcomes[0].outputs["status"] == "UNKNOWN"
