@@ -134,6 +134,12 @@ class ControlPlane:
             # Endpoints still starting are looked at every second, not every interval_s.
             self._every(1.0, self._leading(self.reconciler.reconcile_pending),
                         "reconciler-pending")
+            from control_plane.abandoned_runs import AbandonedRuns
+            from control_plane.job_api import cluster_job_client
+
+            # Runs whose job was killed, or ended unable to say so, end within a minute.
+            self._every(30.0, self._leading(AbandonedRuns(self.tracker, cluster_job_client).sweep),
+                        "abandoned-runs")
         # Ticks are cheap (one indexed query when nothing is active); each rollout is
         # analysed at its own interval, so a short tick only bounds reaction time.
         self._every(0.25, self._leading(self.rollouts.tick), "rollout-controller")

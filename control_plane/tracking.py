@@ -33,6 +33,7 @@ from control_plane.schemas import (
 from control_plane.store import Database
 from control_plane.store.models import ExperimentRow, RunArtifactRow, RunMetricRow, RunRow
 
+JOB_TAG = "ray_job_submission_id"  # set by a submitted job's driver on the run it starts
 _LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse")
 
 
@@ -138,6 +139,31 @@ class Tracker:
             if ended:  # a training job's run ending is its job's outcome
                 notify_on_commit(session, training_ended(out, out.experiment))
             return out
+
+    def running_job_runs(self, *, limit: int = 500) -> list[tuple[str, str]]:
+        """``(run id, Ray submission id)`` of the running runs a submitted job started."""
+        with self.db.session(readonly=True) as session:
+            rows = session.execute(
+                select(RunRow.id, RunRow.tags).where(RunRow.status == RunStatus.RUNNING.value)
+                .order_by(RunRow.start_time).limit(limit)).all()
+        return [(run_id, str(tags[JOB_TAG])) for run_id, tags in rows
+                if isinstance(tags, dict) and tags.get(JOB_TAG)]
+
+    def end_abandoned(self, run_id: str, status: RunStatus, reason: str,
+                      actor: Principal) -> bool:
+        """End a run its job left ``running``, keeping ``reason`` as its failure reason;
+        False when it has ended meanwhile (its job got there first)."""
+        actor.require(Role.DEPLOYER, also=TRAINING)
+        with self.db.session() as session:
+            row = session.get(RunRow, run_id, with_for_update=True)
+            if row is None or row.status != RunStatus.RUNNING.value:
+                return False
+            row.params = {**row.params, "failure_reason": reason[:2000]}
+            row.status = status.value
+            row.end_time = datetime.now(UTC)
+            out = _run_out(session, row)
+            notify_on_commit(session, training_ended(out, out.experiment))
+            return True
 
     def log_params(self, run_id: str, spec: ParamsUpdate, actor: Principal) -> RunOut:
         actor.require(Role.DEPLOYER, also=TRAINING)

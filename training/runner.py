@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
                      None if stopped else _reason(error))
         client.close()
         raise
-    client.end_run(run.id, "finished")
+    _end_run(client, run.id, "finished")
     client.close()
     return result
 
@@ -428,7 +429,35 @@ def _end_quietly(client: Any, run_id: str, status: str, reason: str | None = Non
         if reason:
             client.log_params(run_id, {"failure_reason": reason})
     with contextlib.suppress(Exception):
-        client.end_run(run_id, status)
+        _end_run(client, run_id, status)
+
+
+# A control plane restarting, or its store failing over, answers again within this
+# (about a minute); a run left running reads as a live job until the leader's sweep of
+# abandoned runs ends it (control_plane.abandoned_runs).
+END_RUN_PAUSES_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def _end_run(client: Any, run_id: str, status: str) -> None:
+    """End the run, asking again while the control plane cannot answer."""
+    from control_plane.errors import ControlPlaneError
+
+    for pause in (*END_RUN_PAUSES_S, None):
+        try:
+            client.end_run(run_id, status)
+            return
+        except ControlPlaneError as error:
+            if pause is None or not _unavailable(error):
+                raise
+            time.sleep(pause)
+
+
+def _unavailable(error: Exception) -> bool:
+    from control_plane.errors import ControlPlaneUnavailableError, StoreUnavailableError
+
+    status = getattr(error, "detail", {}).get("status", 0)
+    return isinstance(error, ControlPlaneUnavailableError | StoreUnavailableError) or (
+        isinstance(status, int) and status >= 500)
 
 
 def _first_line(error: BaseException) -> str:

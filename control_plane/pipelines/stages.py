@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 
 from control_plane.auth import Principal
+from control_plane.job_api import cluster_job_client
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
 from control_plane.pipelines.spec import PipelineSpec
 from control_plane.schemas import Role
@@ -92,7 +93,7 @@ class TrainStage:
 
     def __init__(self, services: Any, job_client: JobClientFactory | None = None) -> None:
         self.services = services
-        self._job_client = job_client or _default_job_client
+        self._job_client = job_client or cluster_job_client
 
     def advance(self, context: StageContext) -> Outcome:
         progress = dict(context.record.progress)
@@ -220,32 +221,6 @@ class TrainStage:
                 .where(ModelRow.name == model, ModelVersionRow.run_id == run.id)
                 .order_by(ModelVersionRow.version.desc()).limit(1))
             return (run.id, int(version)) if version is not None else None
-
-
-def _default_job_client() -> Any:
-    from training.submission import JobClient
-
-    return JobClient(_cluster_dashboard())
-
-
-def _cluster_dashboard() -> str | None:
-    """The job API of the cluster this process belongs to, as the cluster itself records
-    it (the control plane runs on it, so no setting is needed); None: ask the usual places."""
-    try:
-        import ray
-        from ray._private import ray_constants
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        if not ray.is_initialized():
-            return None
-        address = _internal_kv_get(ray_constants.DASHBOARD_ADDRESS,
-                                   namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
-    except Exception:  # no Ray here, or an older one: the configured address is used
-        return None
-    if not address:
-        return None
-    text = address.decode() if isinstance(address, bytes) else str(address)
-    return text if text.startswith(("http://", "https://")) else f"http://{text}"
 
 
 def _last_line(text: str) -> str:

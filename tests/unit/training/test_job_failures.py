@@ -53,3 +53,55 @@ def test_workers_that_fail_to_start_are_reported_once_with_the_cause() -> None:
     assert error.message.startswith("the 1 worker x 1 CPU did not start: The actor died "
                                     "unexpectedly: out of memory;")
     assert "\n" not in error.message and error.detail == {"run_id": "run-1"}
+
+
+class EndingClient:
+    """The control plane as a job's driver meets it while it restarts: away, then back."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.ended: list[tuple[str, str]] = []
+        self.attempts = 0
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.attempts += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        self.ended.append((run_id, status))
+
+
+@pytest.fixture
+def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import runner
+
+    monkeypatch.setattr(runner, "END_RUN_PAUSES_S", (0.0, 0.0, 0.0))
+
+
+def test_a_run_is_ended_once_the_control_plane_answers_again(no_pauses: None) -> None:
+    from control_plane.errors import (
+        ControlPlaneError,
+        ControlPlaneUnavailableError,
+        StoreUnavailableError,
+    )
+    from training.runner import _end_run
+
+    client = EndingClient(ControlPlaneUnavailableError("cannot reach the control plane"),
+                          StoreUnavailableError("the store cannot be reached"),
+                          ControlPlaneError("no healthy replica", detail={"status": 503}))
+    _end_run(client, "run-1", "finished")
+    assert client.ended == [("run-1", "finished")] and client.attempts == 4
+
+
+def test_a_refused_end_is_not_asked_again_and_an_absent_plane_is_given_up_on(
+        no_pauses: None) -> None:
+    from control_plane.errors import ConflictError, ControlPlaneUnavailableError
+    from training.runner import _end_run
+
+    refused = EndingClient(ConflictError("run run-1 already ended as killed"))
+    with pytest.raises(ConflictError):
+        _end_run(refused, "run-1", "finished")
+    assert refused.attempts == 1
+    away = EndingClient(*[ControlPlaneUnavailableError("cannot reach it")] * 10)
+    with pytest.raises(ControlPlaneUnavailableError):
+        _end_run(away, "run-1", "failed")
+    assert away.attempts == 4 and away.ended == []  # three pauses, four asks

@@ -1,0 +1,132 @@
+"""Runs whose training job ended without ending them: the leader's sweep ends them from
+what Ray's job API says of the job, on a real store; the job API is the test's."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from control_plane.abandoned_runs import AbandonedRuns
+from control_plane.schemas import RunCreate, RunStatus
+from control_plane.tracking import Tracker
+from tests.unit.control_plane.conftest import ALICE, READER
+from training.errors import JobSubmissionError
+
+NOW_S = 1_800_000_000.0
+
+
+def job_info(status: str, end_time: int | None = None, message: str = "") -> Any:
+    """Ray's own record of a job; ``end_time`` in milliseconds, as Ray keeps it."""
+    from ray.job_submission import JobInfo as RayJobInfo
+    from ray.job_submission import JobStatus
+
+    return RayJobInfo(status=JobStatus(status), entrypoint="python -m training.job",
+                      end_time=end_time, message=message)
+
+
+class JobApi:
+    def __init__(self) -> None:
+        self.jobs: dict[str, Any] = {}
+        self.reachable = True
+        self.asked: list[str] = []
+
+    def connect(self) -> JobApi:
+        if not self.reachable:
+            raise JobSubmissionError("cannot reach Ray's job API at http://head:8265", detail={})
+        return self
+
+    def info(self, job_id: str) -> Any:
+        self.asked.append(job_id)
+        if job_id not in self.jobs:
+            raise JobSubmissionError(f"no job {job_id} on the cluster at http://head:8265",
+                                     detail={})
+        return self.jobs[job_id]
+
+
+def _job_run(tracker: Tracker, job_id: str | None) -> str:
+    tags = {"ray_train_run": f"exp-{job_id}"} | ({"ray_job_submission_id": job_id} if job_id else {})
+    return tracker.start_run(RunCreate(experiment="exp", tags=tags), ALICE).id
+
+
+def _ended_s_ago(seconds: float, status: str = "FAILED", message: str = "") -> Any:
+    return job_info(status, int((NOW_S - seconds) * 1000), message)
+
+
+@pytest.fixture
+def api() -> JobApi:
+    return JobApi()
+
+
+@pytest.fixture
+def sweep(tracker: Tracker, api: JobApi) -> AbandonedRuns:
+    return AbandonedRuns(tracker, api.connect, grace_s=30, now=lambda: NOW_S)
+
+
+def test_a_run_whose_job_ended_without_ending_it_is_ended_with_the_reason(
+        tracker: Tracker, api: JobApi, sweep: AbandonedRuns,
+        caplog: pytest.LogCaptureFixture) -> None:
+    failed, stopped, succeeded = (_job_run(tracker, job) for job in ("job-1", "job-2", "job-3"))
+    api.jobs = {"job-1": _ended_s_ago(45, "FAILED", "Job entrypoint command failed with exit "
+                                      "code -9"),
+                "job-2": _ended_s_ago(31, "STOPPED"), "job-3": _ended_s_ago(600, "SUCCEEDED")}
+    with caplog.at_level(logging.INFO, logger="modelplane.notifications"):
+        assert sorted(sweep.sweep()) == sorted([failed, stopped, succeeded])
+    runs = {run_id: tracker.get_run(run_id) for run_id in (failed, stopped, succeeded)}
+    assert runs[failed].status is RunStatus.FAILED and runs[failed].end_time is not None
+    assert runs[stopped].status is RunStatus.KILLED
+    assert runs[succeeded].status is RunStatus.FAILED  # it never said it finished
+    reason = runs[failed].params["failure_reason"]
+    assert "its Ray job job-1 ended FAILED without ending the run" in reason
+    assert "exit code -9" in reason
+    said = [r.getMessage() for r in caplog.records if r.name == "modelplane.notifications"]
+    assert any("training job job-1 failed" in line and "exit code -9" in line for line in said)
+    assert sweep.sweep() == []  # once
+
+
+def test_runs_whose_job_is_live_unknown_or_only_just_ended_are_left_running(
+        tracker: Tracker, api: JobApi, sweep: AbandonedRuns) -> None:
+    running = _job_run(tracker, "job-1")
+    just_ended = _job_run(tracker, "job-2")  # its driver's last report may be on its way
+    elsewhere = _job_run(tracker, "job-3")  # submitted to another cluster
+    local = _job_run(tracker, None)  # `train run`: no job to ask about
+    api.jobs = {"job-1": job_info("RUNNING"), "job-2": _ended_s_ago(5)}
+    assert sweep.sweep() == []
+    for run_id in (running, just_ended, elsewhere, local):
+        assert tracker.get_run(run_id).status is RunStatus.RUNNING
+    assert sorted(api.asked) == ["job-1", "job-2", "job-3"]
+
+
+def test_nothing_is_ended_while_the_job_api_cannot_answer(
+        tracker: Tracker, api: JobApi, sweep: AbandonedRuns) -> None:
+    run_id = _job_run(tracker, "job-1")
+    api.jobs = {"job-1": _ended_s_ago(600)}
+    api.reachable = False
+    assert sweep.sweep() == []
+    assert tracker.get_run(run_id).status is RunStatus.RUNNING
+    api.reachable = True
+    assert sweep.sweep() == [run_id]
+
+
+def test_a_run_its_job_ended_meanwhile_keeps_the_job_s_own_end(
+        tracker: Tracker, api: JobApi, sweep: AbandonedRuns) -> None:
+    from control_plane.abandoned_runs import SWEEPER
+    from control_plane.schemas import RunUpdate
+
+    run_id = _job_run(tracker, "job-1")
+    api.jobs = {"job-1": _ended_s_ago(60, "SUCCEEDED")}
+    tracker.update_run(run_id, RunUpdate(status=RunStatus.FINISHED), ALICE)
+    assert not tracker.end_abandoned(run_id, RunStatus.FAILED, "late", SWEEPER)
+    assert sweep.sweep() == []
+    run = tracker.get_run(run_id)
+    assert run.status is RunStatus.FINISHED and "failure_reason" not in run.params
+
+
+def test_only_a_deployer_or_the_sweeper_ends_an_abandoned_run(tracker: Tracker) -> None:
+    from control_plane.errors import PermissionDeniedError
+
+    run_id = _job_run(tracker, "job-1")
+    with pytest.raises(PermissionDeniedError):
+        tracker.end_abandoned(run_id, RunStatus.FAILED, "forged", READER)
+    assert tracker.get_run(run_id).status is RunStatus.RUNNING
