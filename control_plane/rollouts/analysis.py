@@ -19,7 +19,11 @@ Online accuracy and MAE come from a handful of labels, so their point values swi
 (16 right out of 19 is 0.84 for a model whose accuracy is 0.94): their checks fail only
 when the one-sided ``GATE_CONFIDENCE`` bound is past the limit (Wilson's upper bound on
 accuracy below ``min_accuracy``; the normal lower bound on MAE above ``max_mae``), so a
-good candidate is not rolled back on a thin window's luck. The latency gates judge the
+good candidate is not rolled back on a thin window's luck. Nor do they pass without
+evidence: while fewer than ``min_labels`` labels are joined in the window, an analysis that
+asks for either is inconclusive, so a label source that stops (or predictions evicted
+before their labels came) runs the rollout into its inconclusive deadline, back to stable,
+rather than promoting on the other checks alone. The latency gates judge the
 same way: ``max_p95_ms`` and ``max_p99_ms`` fail when the quantile's distribution-free
 lower bound is past the limit, and ``max_p95_ratio`` when the candidate p95's lower bound
 over stable p95's upper bound is (:mod:`kernels.order_statistics`; a p95 over ten
@@ -248,6 +252,15 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                   evidence=f"{labelled} labels")
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
+    asked = [name for name, limit in (("min_accuracy", config.min_accuracy),
+                                      ("max_mae", config.max_mae)) if limit is not None]
+    if asked and labelled < config.min_labels:
+        # A gate that was asked for and has no evidence yet is unknown, not passed: labels
+        # that never come (a label source down, its predictions evicted) must not let a
+        # candidate through on the other checks alone.
+        return CheckResult(Verdict.INCONCLUSIVE, checks,
+                           f"{labelled} labels joined in the window, need {config.min_labels} "
+                           f"(min_labels) for {' and '.join(asked)}; the other checks passed")
     return CheckResult(Verdict.PASS, checks, "all checks passed")
 
 

@@ -103,7 +103,9 @@ class AnalysisSettings(Wire):
     fail_on_drift: bool = False
     min_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
     max_mae: Annotated[float, Field(ge=0)] | None = None
-    min_labels: Annotated[int, Field(ge=1)] = 50
+    min_labels: Annotated[int, Field(ge=1)] = Field(
+        50, description="Labels joined in the window that min_accuracy or max_mae needs; "
+                        "with fewer, an analysis that asks for either is inconclusive.")
     failures_to_rollback: Annotated[int, Field(ge=1, le=100)] = 2
     inconclusive_deadline_s: PositiveSeconds | None = Field(
         1800.0, description="A progressing rollout whose analyses stay inconclusive this long "

@@ -108,13 +108,23 @@ def test_drift_and_online_accuracy_gates() -> None:
     result = analyse(config, drifted, None)
     assert result.verdict == Verdict.FAIL and "drift in age" in result.reason
     insufficient = replace(stats(), drift=Drift(verdict=DriftVerdict.INSUFFICIENT))
-    assert analyse(config, insufficient, None).verdict == Verdict.PASS
-    assert "drift" not in analyse(config, insufficient, None).checks
+    drift_only = replace(config, min_accuracy=None)
+    assert analyse(drift_only, insufficient, None).verdict == Verdict.PASS
+    assert "drift" not in analyse(drift_only, insufficient, None).checks
     off = AnalysisConfig(min_samples=10)
     assert analyse(off, drifted, None).verdict == Verdict.PASS
 
     few_labels = replace(stats(), accuracy=Accuracy(labelled=19, accuracy=0.5))
-    assert analyse(config, few_labels, None).verdict == Verdict.PASS
+    waiting = analyse(config, few_labels, None)
+    assert waiting.verdict == Verdict.INCONCLUSIVE  # asked for, and not known yet
+    assert waiting.reason == ("19 labels joined in the window, need 20 (min_labels) for "
+                              "min_accuracy; the other checks passed")
+    assert analyse(config, replace(stats(), accuracy=Accuracy(labelled=0)),
+                   None).verdict == Verdict.INCONCLUSIVE
+    assert analyse(replace(config, min_accuracy=None), few_labels, None).verdict == Verdict.PASS
+    # Evidence against the candidate is not waited on: drift fails it with no label in.
+    assert analyse(config, replace(drifted, accuracy=Accuracy(labelled=0)),
+                   None).verdict == Verdict.FAIL
     wrong = replace(stats(), accuracy=Accuracy(labelled=20, accuracy=0.5))
     result = analyse(config, wrong, None)
     assert result.verdict == Verdict.FAIL and result.checks["accuracy"]["value"] == 0.5
