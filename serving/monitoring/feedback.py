@@ -65,7 +65,13 @@ class JoinedPair:
 
 
 class FeedbackJoin:
-    """Predictions by (endpoint, request id), and labels waiting for their prediction."""
+    """Predictions by (endpoint, request id), and labels waiting for their prediction.
+
+    The bounds are shared, but a full store gives up the oldest prediction of the endpoint
+    holding the most (bytes, or entries where the count bound is the one passed), not the
+    oldest of all: one endpoint's flood, or one request of millions of rows, evicts that
+    endpoint's own predictions and leaves every other endpoint's labels their join.
+    """
 
     def __init__(self, clock: Callable[[], float], *, max_predictions: int = MAX_PREDICTIONS,
                  max_age_s: float = MAX_PREDICTION_AGE_S, max_waiting: int = MAX_WAITING_LABELS,
@@ -75,13 +81,15 @@ class FeedbackJoin:
         self.max_predictions, self.max_age_s = max_predictions, max_age_s
         self.max_waiting, self.max_wait_s = max_waiting, max_wait_s
         self.max_bytes, self.max_waiting_bytes = max_bytes, max_waiting_bytes
-        # Insertion order is arrival order, so the oldest entry is always first.
-        self._predictions: OrderedDict[tuple[str, str], StoredPrediction] = OrderedDict()
+        # Per endpoint, by request id; insertion order is arrival order, so an endpoint's
+        # oldest prediction is always its first.
+        self._predictions: dict[str, OrderedDict[str, StoredPrediction]] = {}
+        self._bytes: Counter[str] = Counter()  # estimated bytes of each endpoint's predictions
         self._waiting: OrderedDict[tuple[str, str], tuple[list[Any], float, int]] = OrderedDict()
-        self.bytes_held = 0  # estimated bytes of the stored predictions
+        self.bytes_held = 0  # estimated bytes of the stored predictions, all endpoints
+        self.predictions_held = 0
         self.waiting_bytes = 0
         self.counters: Counter[tuple[str, str]] = Counter()  # by (endpoint, event)
-        self._held: Counter[str] = Counter()
 
     def add_predictions(self, endpoint: str, version: int,
                         items: Iterable[tuple[str, float | list[float]]]) -> list[JoinedPair]:
@@ -90,27 +98,30 @@ class FeedbackJoin:
         joined: list[JoinedPair] = []
         # One call stores a shipment's worth (hundreds a second per replica) for the whole
         # cluster, so the loop does the least per item: counts are added once at the end.
-        predictions, waiting_labels = self._predictions, self._waiting
+        predictions = self._predictions.get(endpoint)
+        if predictions is None:
+            predictions = self._predictions[endpoint] = OrderedDict()
+        waiting_labels = self._waiting
         stored = replaced = added_bytes = 0
         for request_id, predicted in items:
             values = list(predicted) if isinstance(predicted, list) else [predicted]
-            key = (endpoint, request_id)
             if waiting_labels:
-                waiting = waiting_labels.pop(key, None)
+                waiting = waiting_labels.pop((endpoint, request_id), None)
                 if waiting is not None:
                     self.waiting_bytes -= waiting[2]
                     joined.append(JoinedPair(endpoint, version, values, waiting[0]))
                     continue
-            earlier = predictions.pop(key, None)
+            earlier = predictions.pop(request_id, None)
             if earlier is not None:  # the same id shipped twice: newest wins
                 replaced += 1
                 added_bytes -= earlier.size
             size = prediction_bytes(request_id, values)
-            predictions[key] = StoredPrediction(version, values, now, size)
+            predictions[request_id] = StoredPrediction(version, values, now, size)
             added_bytes += size
             stored += 1
         self.bytes_held += added_bytes
-        self._held[endpoint] += stored - replaced
+        self._bytes[endpoint] += added_bytes
+        self.predictions_held += stored - replaced
         for event, count in (("stored", stored), ("replaced", replaced), ("joined", len(joined))):
             if count:
                 self._count(endpoint, event, count)
@@ -122,10 +133,11 @@ class FeedbackJoin:
         now = self._clock()
         self._trim(now)
         joined, waiting = [], 0
+        predictions = self._predictions.get(endpoint) or OrderedDict()
         for request_id, labels in items:
-            key = (endpoint, request_id)
-            stored = self._predictions.pop(key, None)
+            stored = predictions.pop(request_id, None)
             if stored is None:
+                key = (endpoint, request_id)
                 earlier = self._waiting.pop(key, None)
                 if earlier is not None:
                     self.waiting_bytes -= earlier[2]
@@ -134,8 +146,7 @@ class FeedbackJoin:
                 self.waiting_bytes += size
                 waiting += 1
                 continue
-            self._held[endpoint] -= 1
-            self.bytes_held -= stored.size
+            self._release(endpoint, stored)
             self._count(endpoint, "joined")
             joined.append(JoinedPair(endpoint, stored.version, stored.values, list(labels)))
         while self._waiting and (len(self._waiting) > self.max_waiting
@@ -147,7 +158,7 @@ class FeedbackJoin:
 
     def held(self, endpoint: str) -> int:
         """Predictions of ``endpoint`` waiting for their labels."""
-        return int(self._held[endpoint])
+        return len(self._predictions.get(endpoint) or ())
 
     def stats(self, endpoint: str) -> FeedbackStore:
         """Counters of one endpoint's join (held, dropped, expired, waiting labels …)."""
@@ -159,39 +170,49 @@ class FeedbackJoin:
 
     def memory(self) -> dict[str, int]:
         """The store's estimated bytes and its bounds (all endpoints together)."""
-        return {"predictions": len(self._predictions), "prediction_bytes": self.bytes_held,
+        return {"predictions": self.predictions_held, "prediction_bytes": self.bytes_held,
                 "max_prediction_bytes": self.max_bytes, "labels_waiting": len(self._waiting),
                 "waiting_bytes": self.waiting_bytes, "max_waiting_bytes": self.max_waiting_bytes}
 
     def forget(self, endpoint: str) -> None:
-        for key in [k for k in self._predictions if k[0] == endpoint]:
-            self.bytes_held -= self._predictions.pop(key).size
+        for stored in (self._predictions.pop(endpoint, None) or {}).values():
+            self._release(endpoint, stored)
+        self._bytes.pop(endpoint, None)
         for key in [k for k in self._waiting if k[0] == endpoint]:
             self.waiting_bytes -= self._waiting.pop(key)[2]
         for key in [k for k in self.counters if k[0] == endpoint]:
             del self.counters[key]
-        self._held.pop(endpoint, None)
+
+    def _release(self, endpoint: str, stored: StoredPrediction) -> None:
+        """Account a prediction that has left the store (joined, dropped or expired)."""
+        self.predictions_held -= 1
+        self.bytes_held -= stored.size
+        self._bytes[endpoint] -= stored.size
 
     def _count(self, endpoint: str, event: str, n: int = 1) -> None:
         self.counters[(endpoint, event)] += n
 
     def _trim(self, now: float) -> None:
-        predictions = self._predictions
-        while predictions and (len(predictions) > self.max_predictions
-                               or self.bytes_held > self.max_bytes):
-            (endpoint, _), dropped = predictions.popitem(last=False)
-            self._held[endpoint] -= 1
-            self.bytes_held -= dropped.size
+        stores = self._predictions
+        while self.predictions_held > self.max_predictions or self.bytes_held > self.max_bytes:
+            by_bytes = self.bytes_held > self.max_bytes
+            holding = [e for e, predictions in stores.items() if predictions]
+            if not holding:
+                break
+            endpoint = max(holding, key=(lambda e: self._bytes[e]) if by_bytes
+                           else (lambda e: len(stores[e])))
+            _, dropped = stores[endpoint].popitem(last=False)
+            self._release(endpoint, dropped)
             self._count(endpoint, "dropped_full")
         horizon = now - self.max_age_s
-        while predictions:
-            key, oldest = next(iter(predictions.items()))
-            if oldest.at >= horizon:
-                break
-            del predictions[key]
-            self._held[key[0]] -= 1
-            self.bytes_held -= oldest.size
-            self._count(key[0], "expired")
+        for endpoint, predictions in stores.items():
+            while predictions:
+                request_id, oldest = next(iter(predictions.items()))
+                if oldest.at >= horizon:
+                    break
+                del predictions[request_id]
+                self._release(endpoint, oldest)
+                self._count(endpoint, "expired")
         waiting, horizon = self._waiting, now - self.max_wait_s
         while waiting:
             key, (_, at, size) = next(iter(waiting.items()))

@@ -36,6 +36,29 @@ def test_the_store_drops_the_oldest_when_full_and_counts_them() -> None:
     assert [p.predicted for p in joined] == [[4]] and waiting == 1  # r0 was dropped
 
 
+@pytest.mark.parametrize("flood", ["many requests", "one request of many rows"])
+def test_one_endpoint_s_flood_evicts_its_own_predictions_not_another_s(flood: str) -> None:
+    """A store shared by every endpoint, full: the endpoint holding the most gives up its
+    oldest, so a flood on one (anonymous requests, or one body of many rows) leaves the
+    other endpoints' predictions to meet their labels."""
+    join = FeedbackJoin(Clock(), max_predictions=100, max_bytes=64 * 1024)
+    join.add_predictions("quiet", 1, [(f"q{i}", [i % 3]) for i in range(20)])
+    if flood == "many requests":
+        join.add_predictions("loud", 2, [(f"l{i}", [1]) for i in range(500)])
+    else:
+        join.add_predictions("loud", 2, [("huge", [1.0] * 10_000)])
+    assert join.held("quiet") == 20 and join.stats("quiet").dropped_full == 0
+    assert join.stats("loud").dropped_full > 0
+    assert join.bytes_held <= join.max_bytes and join.memory()["predictions"] <= 100
+    joined, waiting = join.add_labels("quiet", [(f"q{i}", [i % 3]) for i in range(20)])
+    assert len(joined) == 20 and waiting == 0
+    assert join.memory()["predictions"] == join.held("loud")
+    join.forget("loud")
+    assert join.memory() == {"predictions": 0, "prediction_bytes": 0,
+                             "max_prediction_bytes": 64 * 1024, "labels_waiting": 0,
+                             "waiting_bytes": 0, "max_waiting_bytes": join.max_waiting_bytes}
+
+
 def test_predictions_expire_by_age() -> None:
     clock = Clock()
     join = FeedbackJoin(clock, max_age_s=3600)
