@@ -182,9 +182,10 @@ class ControlPlane:
         if self.lease is None:
             return
         self._stop.set()
+        evaluator = self.alerts.stop_evaluating() if self.alerts is not None else None
         deadline = time.monotonic() + self.lease.length_s
         me = threading.current_thread()
-        passes = [t for t in self._loops if t is not me]
+        passes = [t for t in (*self._loops, evaluator) if t is not None and t is not me]
         for thread in passes:
             thread.join(max(deadline - time.monotonic(), 0.0))
         self._lease_stop.set()

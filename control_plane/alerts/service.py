@@ -308,10 +308,16 @@ class AlertService:
             self._alerts, self._rules, self._caught_up = alerts, None, True
         self.notifier.configure(receivers)
 
-    def stop(self) -> None:
+    def stop_evaluating(self) -> threading.Thread | None:
+        """Let the evaluator finish its pass in flight and stop; returns its thread, to be
+        waited for before another control plane may evaluate."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        return self._thread
+
+    def stop(self) -> None:
+        evaluator = self.stop_evaluating()
+        if evaluator is not None:
+            evaluator.join(timeout=5)
         self.notifier.close()
 
     def metrics(self) -> dict[str, Any]:

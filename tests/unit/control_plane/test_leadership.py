@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,23 +223,28 @@ def test_a_release_during_a_renewal_leaves_the_lease_given_up(db: Database,
     assert second.hold() and second.term == 2
 
 
+@pytest.mark.parametrize("running", ["a control pass", "an alert evaluation"])
 def test_stepping_down_hands_the_lease_over_only_once_the_pass_in_flight_ends(
-        tmp_path: Path) -> None:
+        tmp_path: Path, running: str) -> None:
     """Serve stops a control plane gracefully while one of its passes runs (a reconcile
-    deploying to Serve): its successor may take the lease only once that pass has ended,
-    or two control planes would act on Serve at once."""
+    deploying to Serve, or the alert rules being evaluated): its successor may take the
+    lease only once that pass has ended, or two control planes would act on Serve (or page
+    for one alert) at once."""
     settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")})
     leader = ControlPlane.start(settings)
     in_pass, finish = threading.Event(), threading.Event()
 
-    def long_pass() -> None:
+    def long_pass(*_: Any) -> None:
         in_pass.set()
         finish.wait(30)
 
     try:
+        if running == "an alert evaluation":
+            leader.alerts.evaluate = long_pass
         leader.start_control_loops(lease_s=6.0)
         assert leader.leading
-        leader._every(0.05, leader._leading(long_pass), "long pass")
+        if running == "a control pass":
+            leader._every(0.05, leader._leading(long_pass), "long pass")
         assert in_pass.wait(10), "the pass never started"
         stepping_down = threading.Thread(target=leader.step_down)
         stepping_down.start()
