@@ -30,10 +30,13 @@ from training.schemas import DEFAULT_MAX_WORKERS, JobSpec
 from training.spec import dump_job_spec
 from training.storage import check_storage, checkpoint_storage
 from training.text import TextEncoding, fit_vocabulary
+from training.watchdog import Watchdog
 
 # Set when the job is asked to stop (SIGTERM from `ray job stop`): whatever exception the
 # interrupted Ray call turns that into, the run ends "killed", not "failed".
 STOP_REQUESTED = threading.Event()
+# Set when a deadline of the training passed (training.watchdog): why the job was stopped.
+OVERDUE: list[str] = []
 _handle_stop_signal = False
 
 # Ray Train's controller polls workers this often; a worker's report waits for the poll,
@@ -135,6 +138,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
                          init=init, resume=resume, register=register, echo=echo,
                          placement=placement, placement_left_s=left_s, texts=texts)
     except BaseException as error:
+        if OVERDUE and not STOP_REQUESTED.is_set():
+            _end_quietly(client, run.id, "failed", OVERDUE[0])
+            client.close()
+            raise TrainingError(OVERDUE[0], detail={"run_id": run.id}) from None
         stopped = STOP_REQUESTED.is_set() or isinstance(error, KeyboardInterrupt)
         _end_quietly(client, run.id, "killed" if stopped else "failed",
                      None if stopped else _reason(error))
@@ -289,6 +296,8 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     device = "GPU" if resources.use_gpu else "CPU"
     echo(f"training on {placement.num_workers} {device} worker(s) for up to "
          f"{spec.hyperparameters.epochs} epochs; checkpoints in {storage}/{train_run_name}")
+    watchdog = Watchdog(lambda: _progress(client, run_id), _interrupt_main,
+                        stall_s=resources.stall_timeout_s, max_s=resources.max_run_time_s).start()
     try:
         result = trainer.fit()
     except TrainingFailedError as error:
@@ -299,6 +308,8 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
                             "checkpoints so far are kept, resubmit the job (with "
                             "checkpoint.resume_from: the run's id) to go on",
                             detail={"run_id": run_id}) from None
+    finally:
+        watchdog.stop()
     if result.checkpoint is None:
         raise TrainingError("training ended without a checkpoint", detail={"run_id": run_id})
     return load_state(result.checkpoint)
@@ -321,6 +332,20 @@ class TextSplit(Split):
         """The same rows as token ids, as the network reads them."""
         return Split(self.encoding.encode(self.x_train[:, 0]), self.y_train,
                      self.encoding.encode(self.x_val[:, 0]), self.y_val)
+
+
+def _progress(client: Any, run_id: str) -> tuple[tuple[str, float], ...]:
+    """The run's latest metrics as the control plane holds them: they change every epoch."""
+    return tuple(sorted(client.get_run(run_id).latest_metrics.items()))
+
+
+def _interrupt_main(reason: str) -> None:
+    # KeyboardInterrupt in the main thread unwinds fit() as a stop would; run_job then
+    # ends the run failed with the deadline's reason (OVERDUE), not killed.
+    import _thread
+
+    OVERDUE.append(reason)
+    _thread.interrupt_main()
 
 
 def handle_stop_signal() -> None:

@@ -42,6 +42,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 # Ray Train's own wait was 60 s per try, retried forever; ten minutes covers another job
 # finishing on a small cluster without leaving a job waiting all night.
 DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
+DEFAULT_STALL_TIMEOUT_S = 1800.0  # no epoch for half an hour: stuck (a job with longer epochs sets more)
 DEFAULT_MAX_WORKERS = 4
 MAX_WORKERS = 4096
 
@@ -249,6 +250,16 @@ class ResourcesSpec(Section):
         DEFAULT_PLACEMENT_TIMEOUT_S, gt=0.0, le=7 * 24 * 3600,
         description="How long the job waits for its workers to be placed when the cluster is "
         "busy; then it fails, saying what it needed and what was free.",
+    )
+    stall_timeout_s: float | None = Field(
+        DEFAULT_STALL_TIMEOUT_S, gt=0.0, le=7 * 24 * 3600,
+        description="Stop the job, failed, when no epoch is reported for this long from the "
+        "start of training (a worker stuck: Ray Train checks that workers live, not that they "
+        "progress); null: no limit.",
+    )
+    max_run_time_s: float | None = Field(
+        None, gt=0.0, le=30 * 24 * 3600,
+        description="Stop the job, failed, once training has run this long; null: no limit.",
     )
     max_failures: Annotated[int, Field(ge=0, le=100)] = Field(
         0,

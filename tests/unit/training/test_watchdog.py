@@ -1,0 +1,100 @@
+"""The training's deadlines, judged on a clock and a run the test moves."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from training.watchdog import Watchdog
+
+
+class Run:
+    """What the control plane holds of the run: epochs so far, or an outage."""
+
+    def __init__(self) -> None:
+        self.epochs = 0
+        self.away = False
+
+    def progress(self) -> int:
+        if self.away:
+            raise ConnectionError("cannot reach the control plane")
+        return self.epochs
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _watch(run: Run, clock: Clock, **limits: float | None) -> Watchdog:
+    limits = {"stall_s": None, "max_s": None, **limits}
+    return Watchdog(run.progress, lambda reason: None, clock=clock, **limits)
+
+
+def test_a_run_whose_epochs_stop_coming_is_overdue_once_the_stall_limit_passes() -> None:
+    run, clock = Run(), Clock()
+    watchdog = _watch(run, clock, stall_s=60)
+    for _ in range(5):  # an epoch every 50 s: never stalled, however long it runs
+        clock.now += 50
+        run.epochs += 1
+        assert watchdog.check() is None
+    clock.now += 60
+    assert watchdog.check() is None  # 60 s: at the limit, not past it
+    clock.now += 1
+    reason = watchdog.check()
+    assert reason is not None and reason.startswith(
+        "no epoch was reported for 61 s, past resources.stall_timeout_s (60 s)")
+
+
+def test_an_unreachable_control_plane_is_no_evidence_of_a_stall() -> None:
+    run, clock = Run(), Clock()
+    watchdog = _watch(run, clock, stall_s=60)
+    run.away = True
+    for _ in range(10):
+        clock.now += 30
+        assert watchdog.check() is None  # 300 s without an answer: nobody blamed
+    run.away = False
+    clock.now += 59
+    assert watchdog.check() is None  # the clock restarted at the last look it had no answer
+    clock.now += 61
+    assert watchdog.check() is not None  # answering, and no epoch for 61 s
+
+
+def test_the_run_time_limit_holds_however_the_epochs_come() -> None:
+    run, clock = Run(), Clock()
+    watchdog = _watch(run, clock, max_s=300)
+    while clock.now < 400:
+        clock.now += 10
+        run.epochs += 1
+        assert watchdog.check() is None
+    clock.now += 1
+    reason = watchdog.check()
+    assert reason is not None and "resources.max_run_time_s (300 s)" in reason
+
+
+def test_the_thread_calls_back_once_with_the_reason_and_stops() -> None:
+    run = Run()
+    called: list[str] = []
+    overdue = threading.Event()
+
+    def on_overdue(reason: str) -> None:
+        called.append(reason)
+        overdue.set()
+
+    watchdog = Watchdog(run.progress, on_overdue, stall_s=0.3, max_s=None).start()
+    try:
+        assert overdue.wait(10), "the deadline never fired"
+        watchdog._thread.join(5)  # type: ignore[union-attr]
+        assert called == [watchdog.reason] and "stall_timeout_s (0.3 s)" in called[0]
+    finally:
+        watchdog.stop()
+
+
+@pytest.mark.parametrize("limits", [{"stall_s": None, "max_s": None}])
+def test_no_limit_starts_no_thread(limits: dict[str, None]) -> None:
+    watchdog = Watchdog(Run().progress, lambda reason: None, **limits).start()
+    assert watchdog._thread is None and watchdog.check() is None

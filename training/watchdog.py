@@ -1,0 +1,81 @@
+"""The training's deadlines: no epoch for ``resources.stall_timeout_s``, or training longer
+than ``resources.max_run_time_s``, and the job stops, failed, saying which.
+
+Ray Train checks that its workers are alive, not that they make progress: a worker stuck
+in a collective or in the data path holds ``fit()`` for good (with one worker nothing
+bounds it; with several, gloo's 30-minute timeout per collective, once per failure the spec
+allows). The driver cannot see the workers' reports (they reach the Train controller, an
+actor), but the controller's callback logs every epoch to the run, so the driver watches
+the run as the control plane records it. While the control plane cannot answer, the watch
+learns nothing and blames nobody: the stall clock restarts when it answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+log = logging.getLogger(__name__)
+
+POLL_S = 10.0
+
+
+class Watchdog:
+    """Watch a run's progress from a thread; call ``on_overdue`` once with the reason."""
+
+    def __init__(self, progress: Callable[[], Hashable], on_overdue: Callable[[str], None], *,
+                 stall_s: float | None, max_s: float | None,
+                 clock: Callable[[], float] = time.monotonic, poll_s: float | None = None) -> None:
+        self._progress, self._on_overdue = progress, on_overdue
+        self.stall_s, self.max_s, self._clock = stall_s, max_s, clock
+        limits = [limit for limit in (stall_s, max_s) if limit is not None]
+        # A look every POLL_S, or a quarter of a shorter deadline, so none is overrun by much.
+        self._poll_s = poll_s or min([POLL_S, *(max(limit / 4, 0.25) for limit in limits)])
+        self._started = self._moved = clock()
+        self._seen: Hashable = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.reason: str | None = None
+
+    def check(self) -> str | None:
+        """One look at the run: the reason to stop it, or None while it is within time."""
+        now = self._clock()
+        try:
+            seen = self._progress()
+        except Exception as error:  # the control plane is away: no evidence either way
+            log.info("cannot read the run's progress: %s", error)
+            self._moved = now
+            seen = self._seen
+        if seen != self._seen:
+            self._seen, self._moved = seen, now
+        if self.max_s is not None and now - self._started > self.max_s:
+            return (f"training ran longer than resources.max_run_time_s ({self.max_s:g} s); "
+                    "the job was stopped, its checkpoints kept for a resume")
+        if self.stall_s is not None and now - self._moved > self.stall_s:
+            return (f"no epoch was reported for {now - self._moved:.0f} s, past "
+                    f"resources.stall_timeout_s ({self.stall_s:g} s): a worker is stuck; "
+                    "the job was stopped, its checkpoints kept for a resume")
+        return None
+
+    def start(self) -> Watchdog:
+        if self.stall_s is None and self.max_s is None:
+            return self
+
+        def watch() -> None:
+            while not self._stop.wait(self._poll_s):
+                reason = self.check()
+                if reason is not None:
+                    self.reason = reason
+                    self._on_overdue(reason)
+                    return
+
+        self._thread = threading.Thread(target=watch, name="training-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
