@@ -104,8 +104,10 @@ def test_a_second_up_from_another_home_changes_nothing_and_says_why(
         time.sleep(1)
         result = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"], env=env,
                                 capture_output=True, text=True, timeout=300)
-        # Longer than a reconciler pass: a replaced control plane would have swept by now.
-        time.sleep(12)
+        # A control plane sweeps in its first pass, before `up` finds it healthy: a
+        # replaced one would have swept the endpoint by now; one more second for the load.
+        time.sleep(2)
+        assert application_owners(serve_details()) == owners
         # The same careless operator, now trying to clean up from the wrong folder.
         down = subprocess.run([sys.executable, "-m", "modelplane.cli", "down"], env=env,
                               capture_output=True, text=True, timeout=300)
@@ -264,16 +266,18 @@ def test_take_over_replaces_only_the_control_plane_and_can_be_undone(
     other = tmp_path / "new-owner"
     with BackgroundLoad(platform.url, name) as load:
         taken = up(other, "--take-over")
-        time.sleep(12)  # a pass of the new control plane's reconciler
+        # Our control plane, stopped gracefully by Serve, gives the loops' lease up rather
+        # than leaving it to run out (a lease that ran out ends a whole length after its
+        # renewal); the new one made its first pass (its sweep) before `up` returned.
+        given_up = wait_for(lambda: (lease := read_lease_of(platform)) is not None
+                            and lease.expires_at < lease.renewed_at + LEASE_S and lease, 30,
+                            "our control plane to give its lease up")
         owners = application_owners(serve_details())
-        given_up = read_lease_of(platform)
         back = up(platform.settings.home, "--take-over")
     assert taken.returncode == 0, taken.stdout + taken.stderr
     assert owners["control-plane"].home == str(other) and owners["control-plane"].store_id != ours
     assert owners[f"endpoint-{name}"].store_id == ours  # the old store's endpoint, untouched
-    # Serve stopped our control plane gracefully, and it gave the loops' lease up rather
-    # than leaving it to run out (a lease that ran out ends a whole length after renewal).
-    assert given_up is not None and given_up.expires_at < given_up.renewed_at + LEASE_S
+    assert given_up.expires_at < given_up.renewed_at + LEASE_S
     assert back.returncode == 0, back.stdout + back.stderr
     assert load.failures() == [], load.failures()[:3]
     np.testing.assert_array_equal(predict(platform, name, rows), before)
