@@ -45,6 +45,8 @@ TICK_S = 0.25
 # Rules (and their silences) are read again at least this often: another control plane
 # serving the API may have changed them.
 RULES_REFRESH_S = 5.0
+# Why an active alert's value is missing when its window held nothing to read it from.
+NO_EVIDENCE = "no evidence in the window (no requests, labels or rows to read the metric from)"
 EVENT_DEDUP_S = 60.0  # the same event (name and labels) again within this is dropped
 ReadStats = Callable[[str, float], dict[int, VersionSnapshot]]  # (endpoint, window_s) -> by version
 ListEndpoints = Callable[[], list[str]]
@@ -230,6 +232,14 @@ class AlertService:
             seen.add(key)
             alert = self._alerts.get(key) or Alert(key, rule.name, labels, rule.severity)
             finite = value if value is not None and math.isfinite(value) else None
+            if finite is None and alert.active:
+                # No evidence in the window (no requests, no labels, too few rows for a
+                # verdict) is no answer: the alert keeps its state and says why, as when
+                # the Monitor is away, rather than resolving until the evidence is back.
+                if "stale" not in alert.data:
+                    alert.data = {**alert.data, "stale": NO_EVIDENCE, "stale_since": _iso(now)}
+                    self._transition(alert, None)
+                continue
             holds = finite is not None and compare(finite, rule.threshold)
             was, was_stale = alert.state, "stale" in alert.data
             notify = alert.step(holds, now, rule.for_s)

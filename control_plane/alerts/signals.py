@@ -3,8 +3,9 @@
 A snapshot is the Monitor's :class:`~serving.monitoring.VersionSnapshot` of one version
 over the rule's window. A signal returns ``(value, details)``; ``None`` means the window
 holds no evidence (too few rows for a drift verdict, no labelled feedback, a latency
-quantile of no requests), which never satisfies a condition. Details travel with the
-alert: the drifted features, say.
+quantile or an error rate of no requests), which neither starts an alert nor ends one: an
+active alert keeps its state and says its data is stale. Details travel with the alert:
+the drifted features, say.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def _anomaly(judged: Callable[[VersionSnapshot], BaselineJudgement | None]) -> C
 SIGNALS: dict[str, Signal] = {
     "requests": Signal("requests answered in the window", _figure(lambda s: s.traffic.requests)),
     "throughput_rps": Signal("requests per second", _figure(lambda s: s.traffic.throughput_rps)),
-    "error_rate": Signal("share of requests answered 5xx", _figure(lambda s: s.traffic.error_rate)),
+    "error_rate": Signal("share of requests answered 5xx",
+                         _figure(lambda s: s.traffic.error_rate if s.traffic.requests else None)),
     "p50_ms": Signal("median latency, ms", _figure(lambda s: s.latency.all_requests.p50_ms)),
     "p95_ms": Signal("95th percentile latency, ms",
                      _figure(lambda s: s.latency.all_requests.p95_ms)),

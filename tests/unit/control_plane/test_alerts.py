@@ -110,6 +110,40 @@ def test_no_evidence_never_fires(service) -> None:
     assert service.active() == [] and history(service) == []
 
 
+def test_a_firing_alert_whose_evidence_runs_out_stays_firing_and_says_so(service) -> None:
+    """Traffic stops (or labels, or enough rows for a verdict): the window holds no
+    evidence, which is no answer. The alert keeps firing, marked stale, and resolves only
+    once the evidence says the condition has ended."""
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    stats.drift("churn", 1, "insufficient")
+    for now in (1.0, 2.0, 3.0):
+        service.evaluate(stats, stats.endpoints, now=now)
+    [active] = service.active()
+    assert active.state == "firing" and active.data["stale"].startswith("no evidence")
+    assert history(service) == [("input-drift", "firing", "rule")]  # no resolved page
+    stats.drift("churn", 1, "drift", ["age"])
+    service.evaluate(stats, stats.endpoints, now=4.0)
+    [active] = service.active()
+    assert "stale" not in active.data and active.data["drifted_features"] == ["age"]
+    stats.drift("churn", 1, "ok")
+    service.evaluate(stats, stats.endpoints, now=5.0)
+    assert history(service) == [("input-drift", "firing", "rule"), ("input-drift", "resolved", "rule")]
+
+
+def test_a_version_with_no_requests_has_no_error_rate() -> None:
+    from dataclasses import replace
+
+    from serving.monitoring.snapshot import Traffic
+
+    quiet = replace(drifting("ok", [], requests=500, samples=500, prediction="ok"),
+                    traffic=Traffic())
+    assert SIGNALS["error_rate"].read(quiet) == (None, {})  # not 0.0: nothing was answered
+    assert SIGNALS["requests"].read(quiet) == (0.0, {})  # while no traffic is a value
+
+
 def test_an_undeployed_version_resolves_its_alert(service) -> None:
     stats = Stats()
     stats.drift("churn", 1, "drift", ["age"])
