@@ -101,6 +101,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
 
     cluster = _connect_ray(address, num_cpus)
     where = cluster["address"]
+    OVERDUE.clear()  # a deadline of an earlier job in this process is not this one's
     placement = _plan(spec, where)  # a job the cluster can never hold stops here, unrun
     if spec.resources.num_workers == "auto":
         echo(f"num_workers auto: {placement.num_workers} worker(s), the most this cluster can "

@@ -36,6 +36,7 @@ class Watchdog:
         self._started = self._moved = clock()
         self._seen: Hashable = None
         self._stop = threading.Event()
+        self._firing = threading.Lock()  # firing and stopping, one at a time
         self._thread: threading.Thread | None = None
         self.reason: str | None = None
 
@@ -60,15 +61,18 @@ class Watchdog:
         return None
 
     def start(self) -> Watchdog:
+        """Watch from a daemon thread (none when there is no deadline)."""
         if self.stall_s is None and self.max_s is None:
             return self
 
         def watch() -> None:
             while not self._stop.wait(self._poll_s):
-                reason = self.check()
+                reason = self.check()  # may wait on the control plane: not under the lock
                 if reason is not None:
-                    self.reason = reason
-                    self._on_overdue(reason)
+                    with self._firing:
+                        if not self._stop.is_set():  # the training may have ended meanwhile
+                            self.reason = reason
+                            self._on_overdue(reason)
                     return
 
         self._thread = threading.Thread(target=watch, name="training-watchdog", daemon=True)
@@ -76,6 +80,6 @@ class Watchdog:
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        """Stop watching: once this returns, ``on_overdue`` is not called."""
+        with self._firing:
+            self._stop.set()

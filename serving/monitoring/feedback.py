@@ -32,6 +32,7 @@ MAX_PREDICTION_BYTES = 128 * 1024 * 1024
 MAX_WAITING_BYTES = 16 * 1024 * 1024
 ENTRY_OVERHEAD_BYTES = 240  # dict slot, key tuple, record, list header
 VALUE_BYTES = 32  # a float object and its list slot
+EXPIRY_CHECK_S = 1.0  # ages are looked at once a second: every endpoint's oldest, each time
 
 
 def prediction_bytes(request_id: str, values: list[float]) -> int:
@@ -90,6 +91,7 @@ class FeedbackJoin:
         self.predictions_held = 0
         self.waiting_bytes = 0
         self.counters: Counter[tuple[str, str]] = Counter()  # by (endpoint, event)
+        self._expired_at = -math.inf  # when predictions were last looked at for their age
 
     def add_predictions(self, endpoint: str, version: int,
                         items: Iterable[tuple[str, float | list[float]]]) -> list[JoinedPair]:
@@ -194,25 +196,41 @@ class FeedbackJoin:
 
     def _trim(self, now: float) -> None:
         stores = self._predictions
-        while self.predictions_held > self.max_predictions or self.bytes_held > self.max_bytes:
+        while self._over_bounds():
+            # The endpoints holding the most give up their oldest, down to one level: the
+            # one that frees what is over the bound (water-filling). One flooding endpoint
+            # pays alone, and the level is found once a trim, not once a prediction.
             by_bytes = self.bytes_held > self.max_bytes
-            holding = [e for e, predictions in stores.items() if predictions]
-            if not holding:
+            sizes = self._bytes if by_bytes else {e: len(kept) for e, kept in stores.items()}
+            held = {e: sizes[e] for e, kept in stores.items() if kept}
+            if not held:
                 break
-            endpoint = max(holding, key=(lambda e: self._bytes[e]) if by_bytes
-                           else (lambda e: len(stores[e])))
-            _, dropped = stores[endpoint].popitem(last=False)
-            self._release(endpoint, dropped)
-            self._count(endpoint, "dropped_full")
-        horizon = now - self.max_age_s
-        for endpoint, predictions in stores.items():
-            while predictions:
-                request_id, oldest = next(iter(predictions.items()))
-                if oldest.at >= horizon:
-                    break
-                del predictions[request_id]
-                self._release(endpoint, oldest)
-                self._count(endpoint, "expired")
+            excess = (self.bytes_held - self.max_bytes if by_bytes
+                      else self.predictions_held - self.max_predictions)
+            level = _water_level(list(held.values()), excess)
+            for endpoint, amount in held.items():
+                kept, dropped = stores[endpoint], 0
+                while kept and amount > level and self._over_bounds():
+                    removed = kept.popitem(last=False)[1]
+                    self._release(endpoint, removed)
+                    amount -= removed.size if by_bytes else 1
+                    dropped += 1
+                if dropped:
+                    self._count(endpoint, "dropped_full", dropped)
+        if now - self._expired_at >= EXPIRY_CHECK_S:
+            self._expired_at = now
+            horizon = now - self.max_age_s
+            for endpoint, kept in stores.items():
+                expired = 0
+                while kept:
+                    request_id, oldest = next(iter(kept.items()))
+                    if oldest.at >= horizon:
+                        break
+                    del kept[request_id]
+                    self._release(endpoint, oldest)
+                    expired += 1
+                if expired:
+                    self._count(endpoint, "expired", expired)
         waiting, horizon = self._waiting, now - self.max_wait_s
         while waiting:
             key, (_, at, size) = next(iter(waiting.items()))
@@ -221,6 +239,22 @@ class FeedbackJoin:
             del waiting[key]
             self.waiting_bytes -= size
             self._count(key[0], "labels_unmatched")
+
+    def _over_bounds(self) -> bool:
+        return self.predictions_held > self.max_predictions or self.bytes_held > self.max_bytes
+
+
+def _water_level(held: list[float], excess: float) -> float:
+    """The level that, with every amount in ``held`` above it cut down to it, frees
+    ``excess`` (the largest amounts are cut first, to a common level)."""
+    ordered = sorted(held, reverse=True)
+    total = 0.0
+    for count, amount in enumerate(ordered, start=1):
+        total += amount
+        below = ordered[count] if count < len(ordered) else 0.0
+        if total - count * below >= excess:
+            return max((total - excess) / count, 0.0)
+    return 0.0
 
 
 def predicted_class(value: float) -> int | None:

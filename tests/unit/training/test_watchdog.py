@@ -98,3 +98,25 @@ def test_the_thread_calls_back_once_with_the_reason_and_stops() -> None:
 def test_no_limit_starts_no_thread(limits: dict[str, None]) -> None:
     watchdog = Watchdog(Run().progress, lambda reason: None, **limits).start()
     assert watchdog._thread is None and watchdog.check() is None
+
+
+def test_a_deadline_found_as_the_training_ends_is_not_acted_on() -> None:
+    """The look that finds the deadline passed may wait on the control plane while the
+    training ends; once stop() has returned, nothing is interrupted any more (an interrupt
+    then would land in the export or the registration of a finished job)."""
+    looking, answer = threading.Event(), threading.Event()
+    called: list[str] = []
+
+    def slow_progress() -> int:
+        looking.set()
+        answer.wait(10)
+        return 0
+
+    watchdog = Watchdog(slow_progress, called.append, stall_s=None, max_s=0.01,
+                        poll_s=0.02).start()
+    assert looking.wait(10), "the watchdog never looked"
+    watchdog.stop()  # the training ended while the look waited
+    answer.set()
+    watchdog._thread.join(5)  # type: ignore[union-attr]
+    assert not watchdog._thread.is_alive()  # type: ignore[union-attr]
+    assert called == [] and watchdog.reason is None
