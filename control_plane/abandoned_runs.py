@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from control_plane.auth import Principal
@@ -29,6 +30,8 @@ ENDED = {"FAILED": RunStatus.FAILED, "SUCCEEDED": RunStatus.FAILED, "STOPPED": R
 
 
 class AbandonedRuns:
+    """The leader's sweep of runs whose Ray job ended without ending them."""
+
     def __init__(self, tracker: Tracker, job_client: Callable[[], Any], *,
                  grace_s: float = 30.0, now: Callable[[], float] = time.time) -> None:
         self._tracker, self._job_client = tracker, job_client
@@ -47,7 +50,7 @@ class AbandonedRuns:
             log.info("cannot look for abandoned runs: %s", error.message)
             return []
         ended: list[str] = []
-        for run_id, job_id in running:
+        for run_id, job_id, run_started in running:
             try:
                 info = client.info(job_id)
             except JobSubmissionError:
@@ -57,6 +60,8 @@ class AbandonedRuns:
             if status not in ENDED or finished_ms is None or \
                     self._now() - finished_ms / 1000 < self._grace_s:
                 continue
+            if not _ran_within(run_started, info.start_time, finished_ms):
+                continue  # the id names another job here (reused, or another cluster's)
             said = f": {info.message}" if getattr(info, "message", None) else ""
             reason = (f"its Ray job {job_id} ended {status} without ending the run (the job's "
                       f"process was killed, or could not reach the control plane){said}")
@@ -64,3 +69,10 @@ class AbandonedRuns:
                 log.warning("run %s ended %s: %s", run_id, ENDED[status].value, reason)
                 ended.append(run_id)
         return ended
+
+
+def _ran_within(run_started: datetime, job_started_ms: int | None, job_ended_ms: int) -> bool:
+    """Whether a run started while the job ran (a second either side for the clocks)."""
+    started = run_started.timestamp()
+    begun = (job_started_ms or 0) / 1000
+    return begun - 1.0 <= started <= job_ended_ms / 1000 + 1.0

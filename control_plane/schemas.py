@@ -77,6 +77,9 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+JOB_TAG = "ray_job_submission_id"  # a submitted job's driver tags its run with its Ray job id
+
+
 class RunStatus(StrEnum):
     RUNNING = "running"
     FINISHED = "finished"

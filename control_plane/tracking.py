@@ -15,6 +15,7 @@ from control_plane.errors import AlreadyExistsError, ConflictError, NotFoundErro
 from control_plane.notifications.service import notify_on_commit
 from control_plane.notifications.sources import training_ended
 from control_plane.schemas import (
+    JOB_TAG,
     ExperimentCreate,
     ExperimentOut,
     MetricBatch,
@@ -33,7 +34,6 @@ from control_plane.schemas import (
 from control_plane.store import Database
 from control_plane.store.models import ExperimentRow, RunArtifactRow, RunMetricRow, RunRow
 
-JOB_TAG = "ray_job_submission_id"  # set by a submitted job's driver on the run it starts
 _LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse")
 
 
@@ -140,14 +140,22 @@ class Tracker:
                 notify_on_commit(session, training_ended(out, out.experiment))
             return out
 
-    def running_job_runs(self, *, limit: int = 500) -> list[tuple[str, str]]:
-        """``(run id, Ray submission id)`` of the running runs a submitted job started."""
-        with self.db.session(readonly=True) as session:
-            rows = session.execute(
-                select(RunRow.id, RunRow.tags).where(RunRow.status == RunStatus.RUNNING.value)
-                .order_by(RunRow.start_time).limit(limit)).all()
-        return [(run_id, str(tags[JOB_TAG])) for run_id, tags in rows
-                if isinstance(tags, dict) and tags.get(JOB_TAG)]
+    def running_job_runs(self, *, page: int = 500) -> list[tuple[str, str, datetime]]:
+        """``(run id, Ray submission id, start time)`` of every running run a submitted
+        job started (read a page at a time: runs of other kinds may be left running)."""
+        found: list[tuple[str, str, datetime]] = []
+        after = ""
+        while True:
+            with self.db.session(readonly=True) as session:
+                rows = session.execute(
+                    select(RunRow.id, RunRow.tags, RunRow.start_time)
+                    .where(RunRow.status == RunStatus.RUNNING.value, RunRow.id > after)
+                    .order_by(RunRow.id).limit(page)).all()
+            found += [(run_id, str(tags[JOB_TAG]), started) for run_id, tags, started in rows
+                      if isinstance(tags, dict) and tags.get(JOB_TAG)]
+            if len(rows) < page:
+                return found
+            after = rows[-1][0]
 
     def end_abandoned(self, run_id: str, status: RunStatus, reason: str,
                       actor: Principal) -> bool:

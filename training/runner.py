@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from control_plane.schemas import JOB_TAG
 from training.capacity import ClusterCapacity, Placement, plan_placement, wait_for_placement
 from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
 from training.data import Dataset, Split, load_dataset, split_dataset
@@ -128,7 +129,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
             "dataset": dataset.uri, "ray_train_run": train_run_name,
             CHECKPOINT_DIR_TAG: f"{storage.rstrip('/')}/{train_run_name}"}
     if submission := _submission_id():
-        tags["ray_job_submission_id"] = submission
+        tags[JOB_TAG] = submission
     run = client.start_run(spec.experiment.name, name=spec.experiment.run_name or train_run_name,
                            params=params, tags=tags, environment=run_environment(cluster["summary"]))
     echo(f"run {run.id} in experiment {spec.experiment.name}")

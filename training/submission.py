@@ -135,11 +135,15 @@ class JobClient:
 
         try:
             return method(*args, **kwargs)
-        except requests.Timeout:
+        except requests.Timeout as error:
+            connect, answer = JOB_API_TIMEOUT_S
+            waited = (f"took no connection within {connect:g} s"
+                      if isinstance(error, requests.ConnectTimeout) else
+                      f"did not answer within {answer:g} s ({UPLOAD_TIMEOUT_S[1]:g} s after an "
+                      "upload)")
             raise JobSubmissionError(
-                f"Ray's job API at {self.address} did not answer within "
-                f"{JOB_API_TIMEOUT_S[1]:g} s; is the head overloaded or its dashboard stuck?",
-                detail={"address": self.address}) from None
+                f"Ray's job API at {self.address} {waited}; is the head overloaded or its "
+                "dashboard stuck?", detail={"address": self.address, "answered": False}) from None
         except (RuntimeError, ConnectionError, requests.RequestException) as error:
             message = _first_line(error)
             if "does not exist" in message or "404" in message:
@@ -148,8 +152,11 @@ class JobClient:
                     "`modelplane train list` shows the jobs there",
                     detail={"address": self.address},
                 ) from None
+            # A connection that failed carried no request: Ray did nothing with it.
+            answered = not isinstance(error, ConnectionError | requests.ConnectionError)
             raise JobSubmissionError(f"Ray's job API at {self.address} failed: {message}",
-                                     detail={"address": self.address}) from None
+                                     detail={"address": self.address,
+                                             "answered": answered}) from None
 
 
 @functools.cache

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from control_plane.notifications.events import Event, EventKind, Subject
 from control_plane.notifications.service import notify, notify_on_commit
+from control_plane.schemas import JOB_TAG
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -168,7 +169,7 @@ def training_ended(run: Any, experiment: str) -> Event | None:
     status = str(getattr(run.status, "value", run.status))
     if TRAINING_TAG not in tags or status == "running":
         return None
-    job = tags.get("ray_job_submission_id") or run.name or run.id
+    job = tags.get(JOB_TAG) or run.name or run.id
     model = params.get("registration.model_name") or experiment
     kind = EventKind.TRAINING_SUCCEEDED if status == "finished" else EventKind.TRAINING_FAILED
     outcome = {"finished": "succeeded", "killed": "was stopped"}.get(status, "failed")

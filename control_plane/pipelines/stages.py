@@ -10,6 +10,7 @@ deploy stage looks for the rollout it may have started before starting one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from control_plane.auth import Principal
 from control_plane.job_api import cluster_job_client
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
 from control_plane.pipelines.spec import PipelineSpec
-from control_plane.schemas import Role
+from control_plane.schemas import JOB_TAG, Role
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def _elapsed(context: StageContext) -> float:
 
 
 JobClientFactory = Callable[[], Any]
+MAX_SUBMIT_ATTEMPTS = 20  # submissions Ray took no answer on, within training.timeout_s
 
 
 class TrainStage:
@@ -105,31 +107,40 @@ class TrainStage:
                            inputs={"job": context.spec.training.job})
         job_id = str(progress["submission_id"])
         logs = f"modelplane train logs {job_id}"
-        if not progress.get("submitted"):
-            client = self._job_client()
-            if not self._exists(client, job_id):
-                self._submit(context, client, job_id, progress)
-            progress["submitted"] = True
-            return Outcome(StageState.RUNNING, progress=progress, outputs={"job_id": job_id},
-                           logs=logs)
         from training.errors import JobSubmissionError
 
         try:
-            return self._follow(context, self._job_client(), job_id, logs)
+            client = self._job_client()
+            if not progress.get("submitted"):
+                if not self._exists(client, job_id):
+                    self._submit(context, client, job_id, progress)
+                progress["submitted"] = True
+                return Outcome(StageState.RUNNING, progress=progress,
+                               outputs={"job_id": job_id}, logs=logs)
+            return self._follow(context, client, job_id, logs)
         except JobSubmissionError as error:
-            # The job runs on without the job API; not being able to ask is not an answer.
-            # It is asked again next pass, until training.timeout_s says the stage is over.
-            timeout_s = context.spec.training.timeout_s
-            if "no job" in error.message or _elapsed(context) > timeout_s:
-                return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
-                    f"training job {job_id}: {error.message}" + (
-                        "" if "no job" in error.message else
-                        f"; training.timeout_s ({timeout_s:g} s) has passed, so the stage "
-                        f"fails: stop the job with `modelplane train stop {job_id}` if it "
-                        "still runs")))
-            log.warning("training job %s: %s; asking again next pass", job_id, error.message)
-            return Outcome(StageState.RUNNING, outputs={"job_id": job_id, "status": "UNKNOWN"},
-                           logs=logs)
+            if not progress.get("submitted") and error.detail.get("answered", True):
+                raise  # Ray refused the submission: the stage fails, saying why
+            return self._unanswered(context, job_id, logs, progress, error)
+
+    @staticmethod
+    def _unanswered(context: StageContext, job_id: str, logs: str, progress: dict[str, Any],
+                    error: Any) -> Outcome:
+        """The job API could not say: the job runs on (or a submission Ray took late is
+        found by its id next pass), so the stage asks again next pass, until
+        training.timeout_s says it is over."""
+        timeout_s = context.spec.training.timeout_s
+        if "no job" in error.message:
+            return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs,
+                           reason=f"training job {job_id}: {error.message}")
+        if _elapsed(context) > timeout_s:
+            return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
+                f"training job {job_id}: {error.message}; training.timeout_s ({timeout_s:g} "
+                f"s) has passed, so the stage fails: stop the job with `modelplane train stop "
+                f"{job_id}` if it runs"))
+        log.warning("training job %s: %s; asking again next pass", job_id, error.message)
+        return Outcome(StageState.RUNNING, progress=progress, logs=logs, outputs={
+            "job_id": job_id, "status": f"UNKNOWN: {error.message}"})
 
     def _follow(self, context: StageContext, client: Any, job_id: str, logs: str) -> Outcome:
         """What the submitted job's status says of the stage."""
@@ -185,7 +196,9 @@ class TrainStage:
     def _submit(self, context: StageContext, client: Any, job_id: str, progress: dict[str, Any]) -> None:
         from pathlib import Path
 
+        from control_plane.errors import AlreadyExistsError, NotFoundError
         from control_plane.schemas import TokenCreate
+        from training.errors import JobSubmissionError
         from training.job_token import JOB_TOKEN_METADATA, JobToken
         from training.schemas import JobSpec
         from training.submission import job_environment, submit_resolved
@@ -193,9 +206,22 @@ class TrainStage:
         spec = JobSpec.model_validate(context.spec.training.job)
         lifetime = int(context.spec.training.timeout_s // 60) + 60
         actor = pipeline_principal(context.run.pipeline)
-        name = f"job-{job_id}"[:128]
-        created = self.services.tokens.create(
-            TokenCreate(name=name, role=Role.TRAINER, expires_in_minutes=lifetime), actor)
+        # A submission Ray gave no answer to comes back here, and Ray has no job of this id
+        # (asked just before): the token an earlier attempt minted is unused, revoked.
+        if progress.get("attempt"):
+            with contextlib.suppress(NotFoundError):
+                self.services.tokens.revoke(_token_name(job_id, int(progress["attempt"])), actor)
+        while True:
+            progress["attempt"] = attempt = int(progress.get("attempt", 0)) + 1
+            name = _token_name(job_id, attempt)
+            try:
+                created = self.services.tokens.create(
+                    TokenCreate(name=name, role=Role.TRAINER, expires_in_minutes=lifetime), actor)
+                break
+            except AlreadyExistsError:
+                self.services.tokens.revoke(name, actor)
+                if attempt >= MAX_SUBMIT_ATTEMPTS:
+                    raise
         token = JobToken(name, created.token)
         env = {**job_environment(Path(__file__).parent), **token.env()}
         metadata = {"experiment": spec.experiment.name, "model": spec.model_name,
@@ -203,8 +229,12 @@ class TrainStage:
                     "pipeline_run": str(context.run.number)}
         try:
             submit_resolved(client, spec, env, submission_id=job_id, metadata=metadata)
+        except JobSubmissionError as error:
+            if error.detail.get("answered", True):
+                self.services.tokens.revoke(name, actor)  # refused: no job will ever use it
+            raise  # unanswered: Ray may have taken it, and the job its token; asked next pass
         except BaseException:
-            self.services.tokens.revoke(name, actor)  # no job will ever use it
+            self.services.tokens.revoke(name, actor)
             raise
 
     def _registered(self, job_id: str, model: str) -> tuple[str, int] | None:
@@ -213,7 +243,7 @@ class TrainStage:
 
         with self.services.db.session(readonly=True) as session:
             runs = session.scalars(select(RunRow).order_by(RunRow.start_time.desc()).limit(500)).all()
-            run = next((r for r in runs if (r.tags or {}).get("ray_job_submission_id") == job_id), None)
+            run = next((r for r in runs if (r.tags or {}).get(JOB_TAG) == job_id), None)
             if run is None:
                 return None
             version = session.scalar(
@@ -221,6 +251,11 @@ class TrainStage:
                 .where(ModelRow.name == model, ModelVersionRow.run_id == run.id)
                 .order_by(ModelVersionRow.version.desc()).limit(1))
             return (run.id, int(version)) if version is not None else None
+
+
+def _token_name(job_id: str, attempt: int) -> str:
+    """The job token of a training stage's ``attempt``-th submission of ``job_id``."""
+    return (f"job-{job_id}" + (f".{attempt}" if attempt > 1 else ""))[:128]
 
 
 def _last_line(text: str) -> str:

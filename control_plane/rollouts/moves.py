@@ -37,7 +37,7 @@ from control_plane.rollouts.schemas import RolloutOut
 from control_plane.rollouts.states import ACTIVE_STATES, RolloutState, can_transition
 from control_plane.schemas import Stage, StageChange
 from control_plane.store import Database
-from control_plane.store.database import store_unreachable
+from control_plane.store.database import store_transient
 from control_plane.store.models import EndpointRow, RolloutRow
 from serving.monitoring import VersionSnapshot
 
@@ -133,7 +133,7 @@ class TrafficMoves:
             self.registry.move_stage(session, name, version, StageChange(
                 stage=Stage.PRODUCTION, reason=note), CONTROLLER)
         except DBAPIError as error:
-            if store_unreachable(error):
+            if store_transient(error):
                 raise  # not a refusal: the next tick tries again
             raise _PromotionRefused(step, error) from error
         except Exception as error:

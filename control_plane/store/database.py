@@ -90,6 +90,17 @@ def _rollback_quietly(session: Session) -> None:
         session.invalidate()
 
 
+def store_transient(error: DBAPIError) -> bool:
+    """Whether the same statement may succeed when tried again: the server is gone, or the
+    transaction lost to another (a deadlock, a serialization failure, a lock or statement
+    timeout, SQLite's busy database), rather than the statement being refused."""
+    if store_unreachable(error):
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None) or ""
+    return sqlstate.startswith("40") or sqlstate in ("55P03", "57014") or (
+        "database is locked" in str(error.orig))
+
+
 def store_unreachable(error: DBAPIError) -> bool:
     """Whether the error says the server is gone, rather than what the statement did."""
     if error.connection_invalidated:

@@ -4,6 +4,7 @@ what Ray's job API says of the job, on a real store; the job API is the test's."
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,13 +18,17 @@ from training.errors import JobSubmissionError
 NOW_S = 1_800_000_000.0
 
 
-def job_info(status: str, end_time: int | None = None, message: str = "") -> Any:
-    """Ray's own record of a job; ``end_time`` in milliseconds, as Ray keeps it."""
+def job_info(status: str, end_time: int | None = None, message: str = "",
+             start_time: int | None = None) -> Any:
+    """Ray's own record of a job; times in milliseconds, as Ray keeps them (a job started
+    a minute before the test's runs, unless ``start_time`` says otherwise)."""
     from ray.job_submission import JobInfo as RayJobInfo
     from ray.job_submission import JobStatus
 
+    if start_time is None:
+        start_time = int((datetime.now(UTC).timestamp() - 60) * 1000)
     return RayJobInfo(status=JobStatus(status), entrypoint="python -m training.job",
-                      end_time=end_time, message=message)
+                      start_time=start_time, end_time=end_time, message=message)
 
 
 class JobApi:
@@ -96,6 +101,25 @@ def test_runs_whose_job_is_live_unknown_or_only_just_ended_are_left_running(
     for run_id in (running, just_ended, elsewhere, local):
         assert tracker.get_run(run_id).status is RunStatus.RUNNING
     assert sorted(api.asked) == ["job-1", "job-2", "job-3"]
+
+
+def test_a_job_id_that_names_another_job_here_leaves_the_run_alone(
+        tracker: Tracker, api: JobApi, sweep: AbandonedRuns) -> None:
+    """A submission id reused (by hand, or on a cluster that lost its jobs' history): the
+    ended job this cluster knows started after the run did, so it is not the run's job."""
+    run_id = _job_run(tracker, "job-1")
+    later = int((datetime.now(UTC).timestamp() + 30) * 1000)
+    api.jobs = {"job-1": job_info("FAILED", later + 1000, start_time=later)}
+    assert sweep.sweep() == []
+    assert tracker.get_run(run_id).status is RunStatus.RUNNING
+
+
+def test_the_sweep_reads_every_running_run_not_a_first_page(tracker: Tracker) -> None:
+    for index in range(7):  # runs of notebooks and Client.start_run, left running
+        tracker.start_run(RunCreate(experiment="exp", tags={"n": str(index)}), ALICE)
+    job_runs = {_job_run(tracker, f"job-{index}") for index in range(3)}
+    found = tracker.running_job_runs(page=2)
+    assert {run_id for run_id, _, _ in found} == job_runs
 
 
 def test_nothing_is_ended_while_the_job_api_cannot_answer(

@@ -191,6 +191,38 @@ def test_a_failing_promotion_step_ends_the_rollout_failed_once(
     assert [r for r in caplog.records if "rollout" in r.getMessage()] == []
 
 
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001", "55P03"])
+def test_a_promotion_that_loses_to_another_transaction_is_tried_again_not_failed(
+        world: World, sqlstate: str) -> None:
+    """A deadlock, a serialization failure or a lock timeout says nothing about the
+    candidate: the promotion's transaction is rolled back and the next pass promotes."""
+    from sqlalchemy.exc import DBAPIError
+
+    class Conflict(Exception):
+        def __init__(self) -> None:
+            super().__init__(f"conflict {sqlstate}")
+            self.sqlstate = sqlstate
+
+    world.serve(1)
+    world.serve(2)
+    rollout_id = world.start(steps=[100], step_duration_s=2)
+    point_alias = world.registry.point_alias
+    lost: list[str] = []
+
+    def losing_once(*args: Any, **kwargs: Any) -> Any:
+        if not lost:
+            lost.append(sqlstate)
+            raise DBAPIError("UPDATE aliases ...", {}, Conflict())
+        return point_alias(*args, **kwargs)
+
+    world.registry.point_alias = losing_once  # type: ignore[method-assign]
+    world.run(20)
+    assert lost == [sqlstate]
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.SUCCEEDED, rollout.reason
+    assert world.registry.get_model("iris").aliases.get("champion") == 2
+
+
 def test_a_failing_rejection_ends_a_rollback_failed_and_is_not_retried(world: World) -> None:
     world.serve(1)
     world.serve(2, error_rate=0.5)

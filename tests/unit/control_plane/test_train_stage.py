@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -117,6 +118,10 @@ class JobApi:
         self.failing: JobSubmissionError | None = None
         self.fails_at = "status"
         self.stopped: list[str] = []
+        self.jobs: dict[str, Any] = {}
+        self.submissions: list[str] = []  # the job token each submission carried
+        self.takes_submissions = True
+        self.submit_fails: JobSubmissionError | None = None
 
     def connect(self) -> JobApi:
         if self.failing is not None and self.fails_at == "connect":
@@ -133,6 +138,23 @@ class JobApi:
             raise self.failing
         self.stopped.append(job_id)
         return True
+
+    def info(self, job_id: str) -> Any:
+        if self.failing is not None:
+            raise self.failing
+        if job_id not in self.jobs:
+            raise JobSubmissionError(f"no job {job_id} on the cluster at http://head:8265",
+                                     detail={"address": "http://head:8265"})
+        return self.jobs[job_id]
+
+    def submit(self, entrypoint: str, runtime_env: dict[str, Any], *, submission_id: str,
+               metadata: dict[str, str]) -> str:
+        self.submissions.append(metadata["modelplane_token"])
+        if self.takes_submissions:
+            self.jobs[submission_id] = metadata
+        if self.submit_fails is not None:
+            raise self.submit_fails
+        return submission_id
 
 
 def _context(after_s: float, timeout_s: float = 600) -> StageContext:
@@ -160,7 +182,7 @@ def test_a_job_api_that_cannot_answer_leaves_the_stage_running_until_its_timeout
     api.fails_at = fails_at
     during = stage.advance(_context(after_s=120))
     assert during.state is StageState.RUNNING  # the job runs on; the stage asks again
-    assert during.outputs["status"] == "UNKNOWN"
+    assert during.outputs["status"].startswith("UNKNOWN: ") and "30 s" in during.outputs["status"]
     after = stage.advance(_context(after_s=601))
     assert after.state is StageState.FAILED
     assert "did not answer within 30 s" in after.reason
@@ -185,4 +207,63 @@ def test_the_stage_never_waits_longer_than_the_job_api_deadline(stalling_dashboa
     outcomes: list[Any] = []
     error = _within(15, lambda: outcomes.append(stage.advance(_context(after_s=60))))
     assert error is None and outcomes[0].state is StageState.RUNNING
-    assert outcomes[0].outputs["status"] == "UNKNOWN"
+    assert outcomes[0].outputs["status"].startswith("UNKNOWN: ")
+
+
+NO_ANSWER = JobSubmissionError("Ray's job API at http://head:8265 did not answer within 30 s",
+                               detail={"address": "http://head:8265", "answered": False})
+
+
+class Services:
+    """What the stage uses of the control plane: its tokens (on a real store)."""
+
+    def __init__(self, db: Any) -> None:
+        from control_plane.auth import TokenService
+
+        self.db, self.tokens = db, TokenService(db)
+
+    def active_tokens(self) -> list[str]:
+        return [t.name for t in self.tokens.list() if t.revoked_at is None and
+                t.name.startswith("job-")]
+
+
+def _fresh(after_s: float, progress: dict[str, Any]) -> StageContext:
+    context = _context(after_s)
+    run = SimpleNamespace(pipeline="bc", number=1)
+    record = context.record.model_copy(update={"progress": progress})
+    return StageContext(run=run, spec=context.spec, record=record,  # type: ignore[arg-type]
+                        now=context.now)
+
+
+@pytest.mark.parametrize("ray_took_it", [True, False])
+def test_a_submission_ray_gave_no_answer_to_is_found_by_its_id_or_made_again(
+        db: Any, ray_took_it: bool) -> None:
+    api, services = JobApi(), Services(db)
+    stage = TrainStage(services, job_client=api.connect)
+    api.takes_submissions, api.submit_fails = ray_took_it, NO_ANSWER
+    first = stage.advance(_fresh(10, {"submission_id": "pipeline-bc-1-ab"}))
+    assert first.state is StageState.RUNNING and first.outputs["status"].startswith("UNKNOWN")
+    assert "did not answer within 30 s" in first.outputs["status"]
+    assert first.progress is not None and not first.progress.get("submitted")
+    # The job may hold the token it was sent with: it is not revoked.
+    assert services.active_tokens() == ["job-pipeline-bc-1-ab"]
+    api.submit_fails = None
+    second = stage.advance(_fresh(11, first.progress))
+    assert second.state is StageState.RUNNING and second.progress["submitted"] is True
+    if ray_took_it:  # found by its id: not submitted twice
+        assert api.submissions == ["job-pipeline-bc-1-ab"]
+        assert services.active_tokens() == ["job-pipeline-bc-1-ab"]
+    else:  # submitted again, with a token of its own; the unused one is revoked
+        assert api.submissions == ["job-pipeline-bc-1-ab", "job-pipeline-bc-1-ab.2"]
+        assert services.active_tokens() == ["job-pipeline-bc-1-ab.2"]
+
+
+def test_a_submission_ray_refuses_fails_the_stage_and_revokes_its_token(db: Any) -> None:
+    api, services = JobApi(), Services(db)
+    api.takes_submissions = False
+    api.submit_fails = JobSubmissionError("Ray's job API at http://head:8265 failed: "
+                                          "runtime_env is invalid", detail={"answered": True})
+    with pytest.raises(JobSubmissionError, match="runtime_env is invalid"):
+        TrainStage(services, job_client=api.connect).advance(
+            _fresh(10, {"submission_id": "pipeline-bc-1-ab"}))
+    assert services.active_tokens() == []

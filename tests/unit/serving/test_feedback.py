@@ -59,6 +59,16 @@ def test_one_endpoint_s_flood_evicts_its_own_predictions_not_another_s(flood: st
                              "waiting_bytes": 0, "max_waiting_bytes": join.max_waiting_bytes}
 
 
+def test_two_flooding_endpoints_share_the_eviction_and_the_quiet_one_keeps_all() -> None:
+    join = FeedbackJoin(Clock(), max_predictions=100)
+    join.add_predictions("quiet", 1, [(f"q{i}", [0]) for i in range(10)])
+    join.add_predictions("loud-a", 1, [(f"a{i}", [0]) for i in range(80)])
+    join.add_predictions("loud-b", 1, [(f"b{i}", [0]) for i in range(80)])
+    assert join.held("quiet") == 10 and join.memory()["predictions"] == 100
+    assert abs(join.held("loud-a") - join.held("loud-b")) <= 1  # cut to one level
+    assert join.stats("loud-a").dropped_full + join.stats("loud-b").dropped_full == 70
+
+
 def test_predictions_expire_by_age() -> None:
     clock = Clock()
     join = FeedbackJoin(clock, max_age_s=3600)
