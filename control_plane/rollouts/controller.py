@@ -127,6 +127,7 @@ class RolloutController(ManualActions):
                     f"{model.name}:{candidate.version} already takes the most traffic on "
                     f"{endpoint.name!r}; roll out a different version",
                     detail={"field": "model_ref"})
+            refuse_gates_without_evidence(spec, candidate.manifest.task, candidate.version)
             steps = plan(spec, replicas(endpoint, routes, stable))
             if spec.analysis.ab_test is not None and not any(map(tested, steps)):
                 raise InvalidInputError(
@@ -300,3 +301,17 @@ class RolloutController(ManualActions):
             self.start(spec, actor)
             started = True
         return started
+
+
+def refuse_gates_without_evidence(spec: RolloutCreate, task: str, version: int) -> None:
+    """Refuse a feedback gate the candidate's kind of model never gives evidence for: it
+    would wait out the inconclusive deadline, or (labels in, no such figure) never judge."""
+    wants = {"min_accuracy": ("classification", "online accuracy"),
+             "max_mae": ("regression", "the mean absolute error")}
+    for name, (needs, figure) in wants.items():
+        if getattr(spec.analysis, name) is not None and task != needs:
+            raise InvalidInputError(
+                f"analysis.{name}: {figure} needs a {needs} model, and v{version} is a "
+                f"{task} one (its manifest's task); set it to null"
+                + (" or use max_mae" if name == "min_accuracy" else " or use min_accuracy"),
+                detail={"field": f"analysis.{name}", "task": task})

@@ -371,6 +371,26 @@ def test_two_control_planes_cannot_both_start_a_rollout_on_one_endpoint(
     assert refused and "has an active rollout" in str(refused[0])
 
 
+def test_a_feedback_gate_the_model_can_never_meet_is_refused_at_the_start(
+        world: World) -> None:
+    """min_accuracy on a regressor (or max_mae on a classifier) never has its figure:
+    refused, naming the field, rather than a rollout that can only wait out its deadline."""
+    info = world.registry.artifacts.put([linear_classifier(seed=7)])
+    world.registry.register_version("iris", VersionCreate(
+        artifact_digest=info.digest,
+        manifest=linear_classifier_manifest(task="regression")), ALICE)
+    for field, model_ref, task in (("max_mae", "iris:2", "classification"),
+                                   ("min_accuracy", "iris:4", "regression")):
+        with pytest.raises(InvalidInputError) as refused:
+            world.controller.start(RolloutCreate(endpoint="iris", model_ref=model_ref, analysis={
+                **FAST, field: 0.5}), ALICE)
+        assert refused.value.detail["field"] == f"analysis.{field}"
+        assert f"is a {task} one" in refused.value.message
+    assert world.controller.list(endpoint="iris") == []
+    world.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:2", analysis={
+        **FAST, "min_accuracy": 0.5}), ALICE)
+
+
 def test_moving_a_tracked_alias_starts_a_rollout(world: World) -> None:
     template = RolloutTemplate(steps=[100], step_duration_s=2, analysis=FAST)
     world.controller.set_policy("iris", RolloutPolicy(track_alias="challenger", template=template),
