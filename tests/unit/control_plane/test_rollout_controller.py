@@ -84,6 +84,33 @@ def world(registry: Registry) -> World:
     return World(registry)
 
 
+class OtherControlPlane:
+    """A second control plane on the world's store, acting from a thread while the world's
+    own is inside a transaction (a step, a promotion, a start)."""
+
+    def __init__(self, world: World, db_url: str, artifacts: ArtifactStore) -> None:
+        self.db = Database(db_url)
+        registry = Registry(self.db, artifacts)
+        self.controller = RolloutController(
+            self.db, registry, Deployments(self.db, registry, base_url="http://cp:8000"),
+            stats=lambda endpoint, window: world.stats)
+        self.racing: list[threading.Thread] = []
+
+    def race(self, act: Any, *args: Any) -> None:
+        """Start ``act(*args)`` once and give it 2 s: without the lock the test is about, it
+        has committed by then, in the middle of the world's transaction."""
+        if not self.racing:
+            self.racing.append(threading.Thread(target=act, args=args))
+            self.racing[0].start()
+            self.racing[0].join(2)
+
+    def raced(self, what: str) -> None:
+        """The race happened, and the other control plane's call has returned."""
+        assert self.racing, f"{what} never happened"
+        self.racing[0].join(30)
+        assert not self.racing[0].is_alive()
+
+
 def test_good_canary_walks_every_step_and_is_promoted(world: World) -> None:
     rollout_id = world.start(steps=[10, 50, 100])
     assert world.controller.get(rollout_id).state == RolloutState.PENDING
@@ -251,35 +278,24 @@ def test_a_rollback_on_another_control_plane_during_a_step_is_not_undone(
     transaction, so the step cannot overwrite its route table: the candidate would serve
     its step's share for good under an ended rollout. (A rollback's rejection of the
     candidate would refuse the step too; an abort judges nothing, so only the lock holds.)"""
-    other_db = Database(db_url)
-    other_registry = Registry(other_db, artifacts)
-    other = RolloutController(other_db, other_registry,
-                              Deployments(other_db, other_registry, base_url="http://cp:8000"),
-                              stats=lambda endpoint, window: world.stats)
+    other = OtherControlPlane(world, db_url, artifacts)
     rollout_id = world.start(steps=[10, 50, 100], step_duration_s=3)
     world.serve(1)
     world.serve(2)
     world.run(2)
     assert world.weights()[2] == 10
     write_routes = world.deployments.write_routes
-    rollbacks: list[threading.Thread] = []
 
     def step_racing_a_rollback(*args: Any, **kwargs: Any) -> Any:
-        if not rollbacks:
-            rollbacks.append(threading.Thread(target=getattr(other, action),
-                                              args=(rollout_id, ALICE, "by hand")))
-            rollbacks[0].start()
-            rollbacks[0].join(2)  # without the rollout's row lock it is done by now
+        other.race(getattr(other.controller, action), rollout_id, ALICE, "by hand")
         return write_routes(*args, **kwargs)
 
     world.deployments.write_routes = step_racing_a_rollback  # type: ignore[method-assign]
     try:
         world.run(3)
-        assert rollbacks, "the next step was never taken"
-        rollbacks[0].join(30)
-        assert not rollbacks[0].is_alive()
+        other.raced("the next step")
     finally:
-        other_db.dispose()
+        other.db.dispose()
     assert world.controller.get(rollout_id).state == ended
     assert world.weights() == {1: 100.0, 2: 0.0}
 
@@ -295,33 +311,23 @@ def test_a_rollback_on_another_control_plane_during_the_promotion_moves_nothing_
     rollout ended rolled back with ``champion`` on the candidate it had just rejected.)"""
     from control_plane import registry as registry_module
 
-    other_db = Database(db_url)
-    other_registry = Registry(other_db, artifacts)
-    other = RolloutController(other_db, other_registry,
-                              Deployments(other_db, other_registry, base_url="http://cp:8000"),
-                              stats=lambda endpoint, window: world.stats)
+    other = OtherControlPlane(world, db_url, artifacts)
     rollout_id = world.start(steps=[100], step_duration_s=3)
     world.serve(1)
     world.serve(2)
     find_alias = registry_module._alias
-    racing: list[threading.Thread] = []
 
     def alias_found_while_another_rolls_back(session: Any, model: Any, alias: str) -> Any:
-        if alias == "champion" and not racing:
-            racing.append(threading.Thread(target=getattr(other, action),
-                                           args=(rollout_id, ALICE, "by hand")))
-            racing[0].start()
-            racing[0].join(2)  # without the promotion's lock it has ended the rollout by now
+        if alias == "champion":
+            other.race(getattr(other.controller, action), rollout_id, ALICE, "by hand")
         return find_alias(session, model, alias)
 
     monkeypatch.setattr(registry_module, "_alias", alias_found_while_another_rolls_back)
     try:
         world.run(10)
-        assert racing, "the rollout was never promoted"
-        racing[0].join(30)
-        assert not racing[0].is_alive()
+        other.raced("the promotion")
     finally:
-        other_db.dispose()
+        other.db.dispose()
     assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
     assert world.registry.get_model("iris").aliases.get("champion") == 2
     assert world.registry.get_version("iris", 2).stage == "production"
@@ -337,35 +343,27 @@ def test_two_control_planes_cannot_both_start_a_rollout_on_one_endpoint(
     rather than both passing the "no active rollout" check and fighting over one table."""
     from control_plane.rollouts import controller as controller_module
 
-    other_db = Database(db_url)
-    other_registry = Registry(other_db, artifacts)
-    other = RolloutController(other_db, other_registry,
-                              Deployments(other_db, other_registry, base_url="http://cp:8000"),
-                              stats=lambda endpoint, window: world.stats)
+    other = OtherControlPlane(world, db_url, artifacts)
     check = controller_module.refuse_during_rollout
-    racing: list[threading.Thread] = []
     refused: list[BaseException] = []
 
     def start_other() -> None:
         try:
-            other.start(RolloutCreate(endpoint="iris", model_ref="iris:3", analysis=FAST), ALICE)
+            other.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:3",
+                                                 analysis=FAST), ALICE)
         except ConflictError as error:
             refused.append(error)
 
     def checked_while_another_starts(*args: Any, **kwargs: Any) -> None:
         check(*args, **kwargs)
-        if not racing:
-            racing.append(threading.Thread(target=start_other))
-            racing[0].start()
-            racing[0].join(2)  # without the endpoint's row lock it has started one by now
+        other.race(start_other)
 
     monkeypatch.setattr(controller_module, "refuse_during_rollout", checked_while_another_starts)
     try:
         first = world.start(steps=[10, 50, 100])
-        racing[0].join(30)
-        assert not racing[0].is_alive()
+        other.raced("the second start")
     finally:
-        other_db.dispose()
+        other.db.dispose()
     active = world.controller.list(endpoint="iris", active=True)
     assert [r.id for r in active] == [first]
     assert refused and "has an active rollout" in str(refused[0])
