@@ -131,14 +131,10 @@ class Tracker:
                 raise ConflictError(
                     f"run {run_id} already ended as {row.status}", detail={"field": "status"}
                 )
-            ended = row.status == RunStatus.RUNNING.value and spec.status != RunStatus.RUNNING
+            if row.status == RunStatus.RUNNING.value and spec.status != RunStatus.RUNNING:
+                return _end(session, row, spec.status)
             row.status = spec.status.value
-            if spec.status != RunStatus.RUNNING and row.end_time is None:
-                row.end_time = datetime.now(UTC)
-            out = _run_out(session, row)
-            if ended:  # a training job's run ending is its job's outcome
-                notify_on_commit(session, training_ended(out, out.experiment))
-            return out
+            return _run_out(session, row)
 
     def running_job_runs(self, *, page: int = 500) -> list[tuple[str, str, datetime]]:
         """``(run id, Ray submission id, start time)`` of every running run a submitted
@@ -167,10 +163,7 @@ class Tracker:
             if row is None or row.status != RunStatus.RUNNING.value:
                 return False
             row.params = {**row.params, "failure_reason": reason[:2000]}
-            row.status = status.value
-            row.end_time = datetime.now(UTC)
-            out = _run_out(session, row)
-            notify_on_commit(session, training_ended(out, out.experiment))
+            _end(session, row, status)
             return True
 
     def log_params(self, run_id: str, spec: ParamsUpdate, actor: Principal) -> RunOut:
@@ -246,6 +239,16 @@ class Tracker:
                 for key, low, high in extremes:
                     best.setdefault(key, {})[run_id] = float(low if lower_is_better(key) else high)
         return RunComparison(runs=run_ids, params=params, last_metrics=last, best_metrics=best)
+
+
+def _end(session: Session, row: RunRow, status: RunStatus) -> RunOut:
+    """End a running run as ``status``; a training job's run ending is its job's outcome."""
+    row.status = status.value
+    if row.end_time is None:
+        row.end_time = datetime.now(UTC)
+    out = _run_out(session, row)
+    notify_on_commit(session, training_ended(out, out.experiment))
+    return out
 
 
 def _run(session: Session, run_id: str, *, field: str = "run_id") -> RunRow:

@@ -147,7 +147,7 @@ class JobClient:
         except (RuntimeError, ConnectionError, requests.RequestException) as error:
             message = _first_line(error)
             if "does not exist" in message or "404" in message:
-                raise JobSubmissionError(
+                raise JobSubmissionError(  # job_missing() reads this message
                     f"no job {args[0] if args else ''} on the cluster at {self.address}; "
                     "`modelplane train list` shows the jobs there",
                     detail={"address": self.address},
@@ -157,6 +157,11 @@ class JobClient:
             raise JobSubmissionError(f"Ray's job API at {self.address} failed: {message}",
                                      detail={"address": self.address,
                                              "answered": answered}) from None
+
+
+def job_missing(error: JobSubmissionError) -> bool:
+    """Whether the job API answered that it has no such job (not that it could not answer)."""
+    return error.message.startswith("no job ")
 
 
 @functools.cache

@@ -129,8 +129,10 @@ class TrainStage:
         """The job API could not say: the job runs on (or a submission Ray took late is
         found by its id next pass), so the stage asks again next pass, until
         training.timeout_s says it is over."""
+        from training.submission import job_missing
+
         timeout_s = context.spec.training.timeout_s
-        if "no job" in error.message:
+        if job_missing(error):
             return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs,
                            reason=f"training job {job_id}: {error.message}")
         if _elapsed(context) > timeout_s:
@@ -184,11 +186,12 @@ class TrainStage:
     @staticmethod
     def _exists(client: Any, job_id: str) -> bool:
         from training.errors import JobSubmissionError
+        from training.submission import job_missing
 
         try:
             client.info(job_id)
         except JobSubmissionError as error:
-            if "no job" in error.message:
+            if job_missing(error):
                 return False
             raise
         return True
