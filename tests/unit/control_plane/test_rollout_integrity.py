@@ -243,6 +243,44 @@ def test_a_failing_rejection_ends_a_rollback_failed_and_is_not_retried(world: Wo
         assert session.get(RolloutRow, rollout_id).followups is None
 
 
+@pytest.mark.parametrize("lost", ["store unreachable", "serialization failure"])
+def test_a_rejection_the_store_could_not_answer_is_made_on_the_next_pass(
+        world: World, lost: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store away, or a transaction lost to another, refuses nothing: the rollback stays
+    rolled_back and its rejection is made once the store answers (it ended failed, the bad
+    candidate left ready for the next deploy or pipeline)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from control_plane.errors import StoreUnavailableError
+    from control_plane.rollouts import followups
+
+    class Conflict(Exception):
+        sqlstate = "40001"
+
+    world.serve(1)
+    world.serve(2, error_rate=0.5)
+    rollout_id = world.start(steps=[50, 100])
+    mark_rejected, failed = followups.mark_rejected, []
+
+    def failing_twice(*args: Any) -> None:
+        if len(failed) < 2:
+            failed.append(lost)
+            raise (StoreUnavailableError("the store cannot be reached") if lost == "store unreachable"
+                   else DBAPIError("UPDATE model_versions ...", {}, Conflict()))
+        mark_rejected(*args)
+
+    monkeypatch.setattr(followups, "mark_rejected", failing_twice)
+    world.run(10)
+    assert len(failed) == 2
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason
+    assert world.registry.get_version("iris", 2).status == "rejected"
+    with world.registry.db.session(readonly=True) as session:
+        assert session.get(RolloutRow, rollout_id).followups is None
+    followups_done = [e.reason for e in world.controller.events(rollout_id) if e.kind == "followup"]
+    assert sum("rejected in the registry" in reason for reason in followups_done) == 1
+
+
 # ---------------------------------------------------------------- resumable rollbacks
 
 
