@@ -56,7 +56,7 @@ def due(db: Database) -> list[tuple[RolloutCreate, Principal]]:
             if read_routes(session, endpoint).stable == alias.version:
                 continue
             seen = session.scalar(select(RolloutRow.id).where(
-                RolloutRow.endpoint == endpoint.name,
+                RolloutRow.endpoint == endpoint.name, RolloutRow.model_id == model.id,
                 RolloutRow.candidate_version == alias.version))
             version = session.scalar(select(ModelVersionRow).where(
                 ModelVersionRow.model_id == model.id, ModelVersionRow.version == alias.version))

@@ -96,6 +96,8 @@ class RolloutController(ManualActions):
         super().__init__(db, registry, deployments, stats=stats, apply=apply, alert=alert, now=now)
         self._analysed_at: dict[int, datetime] = {}
         self._aliases_checked_at: datetime | None = None
+        # (endpoint, model ref) -> why its alias's rollout could not start, last pass
+        self._alias_refusals: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------ starting and reading
 
@@ -296,10 +298,18 @@ class RolloutController(ManualActions):
 
     def _follow_aliases(self) -> bool:
         """Start a rollout where an opted-in endpoint's tracked alias names a new version."""
-        started = False
+        started, refused = False, {}
         for spec, actor in aliases.due(self.db):
-            self.start(spec, actor)
-            started = True
+            key = (spec.endpoint, spec.model_ref)
+            try:
+                self.start(spec, actor)
+                started = True
+            except Exception as error:  # one endpoint's refusal must not stall the others'
+                refused[key] = why = f"{type(error).__name__}: {error}"
+                if self._alias_refusals.get(key) != why:  # said once, not every second
+                    log.warning("endpoint %s tracks %s, whose rollout cannot start: %s",
+                                spec.endpoint, spec.model_ref, why)
+        self._alias_refusals = refused
         return started
 
 

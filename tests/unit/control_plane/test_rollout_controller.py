@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -405,6 +406,30 @@ def test_moving_a_tracked_alias_starts_a_rollout(world: World) -> None:
     assert world.controller.latest("iris").state == RolloutState.SUCCEEDED
     world.run(10)
     assert len(world.controller.list(endpoint="iris")) == 1
+
+
+def test_an_alias_rollout_that_cannot_start_holds_up_no_other_endpoints(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """The first endpoint's tracked template asks for a gate the candidate cannot give
+    evidence for, so its rollout is refused at start; the endpoint after it still gets its
+    own, and the refusal is logged once, not every pass."""
+    world.deployments.deploy(DeployRequest(endpoint="iris-b", model_ref="iris:1"), ALICE)
+    refused = RolloutTemplate(steps=[100], step_duration_s=2, analysis={**FAST, "max_mae": 0.5})
+    template = RolloutTemplate(steps=[100], step_duration_s=2, analysis=FAST)
+    world.controller.set_policy("iris", RolloutPolicy(track_alias="challenger", template=refused),
+                                ALICE)
+    world.controller.set_policy("iris-b", RolloutPolicy(track_alias="challenger",
+                                                        template=template), ALICE)
+    world.registry.set_alias("iris", "challenger", AliasSet(version=3), ALICE)
+    world.serve(1)
+    world.serve(3)
+    with caplog.at_level(logging.WARNING, logger="control_plane.rollouts.controller"):
+        world.run(5)
+    assert world.controller.list(endpoint="iris") == []
+    started = world.controller.latest("iris-b")
+    assert started is not None and started.candidate_version == 3
+    warnings = [r.getMessage() for r in caplog.records if "cannot start" in r.getMessage()]
+    assert len(warnings) == 1 and "analysis.max_mae" in warnings[0], warnings
 
 
 def test_bad_requests_name_the_problem(world: World) -> None:
