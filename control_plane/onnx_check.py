@@ -32,6 +32,10 @@ def signature_of(model_bytes: bytes) -> Signature:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
+    # The signature is all this reads, in the control plane's own process: no graph
+    # optimisation, whose constant folding would evaluate the model's constants here (a
+    # file of a few hundred bytes can ask for gigabytes: ConstantOfShape).
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises several unrelated types for a bad file

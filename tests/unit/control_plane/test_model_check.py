@@ -187,3 +187,38 @@ def test_a_requirement_that_is_not_a_plain_name_and_version_is_refused(requireme
     manifest["code"]["requirements"] = [requirement]
     with pytest.raises(ValueError, match="code.requirements"):
         ModelManifest.model_validate(manifest)
+
+
+def test_reading_an_onnx_signature_evaluates_none_of_the_models_constants(tmp_path: Path) -> None:
+    """A file of 200 bytes whose ConstantOfShape asks for 800 MB: the control plane reads
+    its signature without folding that constant (ONNX Runtime's optimiser would, in the
+    control plane's own process). Measured in a fresh process, by its peak memory."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper
+
+    floats = 200_000_000
+    shape = helper.make_tensor("shape", TensorProto.INT64, [1], [floats])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["big"], value=one),
+         helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
+         helper.make_node("Add", ["x", "total"], ["y"])],
+        "constant-bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], initializer=[shape])
+    path = tmp_path / "bomb.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+                     .SerializeToString())
+    assert path.stat().st_size < 1000
+    probe = (
+        "import resource, sys\n"
+        "from control_plane.onnx_check import signature_of\n"
+        "signature = signature_of(open(sys.argv[1], 'rb').read())\n"
+        "print(signature.inputs[0].name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parents[3])
+    assert done.returncode == 0, done.stderr
+    name, peak_kib = done.stdout.split()
+    assert name == "x"
+    assert int(peak_kib) * 1024 < floats * 4 / 2, f"peak {int(peak_kib) // 1024} MiB"
