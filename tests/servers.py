@@ -62,6 +62,7 @@ class ControlPlaneProcess:
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        self.stop()  # the fixture that called start has nothing to stop it with
         raise RuntimeError(f"control plane did not answer within {timeout}s; see {log.name}")
 
     @property

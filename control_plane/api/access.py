@@ -208,6 +208,18 @@ def access_for(method: str, path: str) -> Access | None:
     return ROUTE_ACCESS.get(route_key("GET" if method.upper() == "HEAD" else method, path))
 
 
+def anonymous_refused(rule: Access) -> AuthenticationError:
+    """The 401 for a call without a token to a route whose ``rule`` needs one."""
+    if rule.opened_by is not None:
+        message = (f"this call needs a token on this control plane (anonymous callers are "
+                   f"let in only with {rule.opened_by.setting}); send "
+                   "`Authorization: Bearer <token>`")
+    else:
+        message = ("this call needs `Authorization: Bearer <token>`; set MODELPLANE_TOKEN (the "
+                   "admin token is in $MODELPLANE_HOME/admin.token)")
+    return AuthenticationError(message, detail={"field": "authorization"})
+
+
 async def enforce_access(request: Request) -> None:
     """The app-wide dependency: refuse the call unless the route's rule allows it.
 
@@ -233,14 +245,7 @@ async def enforce_access(request: Request) -> None:
         if rule.anonymous_allowed(cp.settings):
             request.state.principal = ANONYMOUS
             return
-        if rule.opened_by is not None:
-            message = (f"this call needs a token on this control plane (anonymous callers are "
-                       f"let in only with {rule.opened_by.setting}); send "
-                       "`Authorization: Bearer <token>`")
-        else:
-            message = ("this call needs `Authorization: Bearer <token>`; set MODELPLANE_TOKEN (the "
-                       "admin token is in $MODELPLANE_HOME/admin.token)")
-        raise AuthenticationError(message, detail={"field": "authorization"})
+        raise anonymous_refused(rule)
     principal = await authenticate(cp, secret)
     principal.require(rule.role, also=rule.also)
     request.state.principal = principal

@@ -24,6 +24,7 @@ from control_plane.api import (
     routes_tracking,
 )
 from control_plane.api.access import enforce_access
+from control_plane.api.call_gate import CallGate
 from control_plane.api.errors import RequestIdMiddleware, install_error_handlers
 from control_plane.console import install_console
 from control_plane.schemas import ErrorBody
@@ -53,6 +54,9 @@ def build_api(cp: ControlPlane) -> FastAPI:
     )
     app.state.control_plane = cp
     install_error_handlers(app)
+    # Before FastAPI reads a body (it does so before any dependency): anonymous calls that
+    # need a token, and bodies past the limit; inside the request id, which refusals carry.
+    app.add_middleware(CallGate, api=app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(routes_admin.router)
     app.include_router(routes_registry.router)

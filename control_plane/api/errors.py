@@ -23,6 +23,7 @@ from control_plane.errors import (
     InvalidInputError,
     MethodNotAllowedError,
     NotFoundError,
+    PayloadTooLargeError,
     RequestSchemaError,
 )
 from modelplane.errors import ModelplaneError, error_body
@@ -35,9 +36,11 @@ def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", None) or uuid.uuid4().hex
 
 
-# Starlette raises its HTTPException for routing misses and unparseable bodies.
+# Starlette raises its HTTPException for routing misses and unparseable bodies (and
+# control_plane.api.call_gate for a body streamed past its limit).
 _HTTP_ERRORS: dict[int, type[ControlPlaneError]] = {
     400: InvalidInputError, 404: NotFoundError, 405: MethodNotAllowedError,
+    413: PayloadTooLargeError,
 }
 
 

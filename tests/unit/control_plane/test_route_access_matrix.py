@@ -198,3 +198,69 @@ def test_token_lookups_run_off_the_event_loop(matrix: Matrix,
                               json={"name": "loop-probe", "role": "reader"}).status_code == 201
     assert matrix.client.get("/health").status_code == 200
     assert on_loop and not any(on_loop), on_loop
+
+
+def _asgi_post(app: object, path: str, headers: dict[str, str]) -> tuple[int, dict[str, object], int]:
+    """POST straight through ASGI with a body of 64 chunks of 64 KiB: (status, body, how
+    many chunks the app asked for)."""
+    import asyncio
+    import json
+
+    asked, sent = 0, []
+
+    async def receive() -> dict[str, object]:
+        nonlocal asked
+        asked += 1
+        return {"type": "http.request", "body": b"[" * 65536, "more_body": asked < 64}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(app(scope, receive, send))  # type: ignore[operator]
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")  # type: ignore[misc]
+    return int(start["status"]), json.loads(body), asked  # type: ignore[arg-type]
+
+
+def test_an_anonymous_call_that_needs_a_token_is_refused_before_its_body_is_read(
+        matrix: Matrix) -> None:
+    """FastAPI reads and parses a body before any dependency runs: without this refusal an
+    anonymous caller's body of any size was held and parsed by the control plane."""
+    for path in ("/models", "/runs", "/models/iris/versions"):
+        status, body, asked = _asgi_post(matrix.client.app, path, {
+            "content-type": "application/json", "content-length": str(10**12)})
+        assert (status, body["code"], asked) == (401, "unauthenticated", 0), (path, body)
+        assert body["detail"] == {"field": "authorization"}
+
+
+def test_a_body_past_the_limit_is_refused_declared_or_streamed_and_an_upload_is_not(
+        matrix: Matrix) -> None:
+    from control_plane.api.call_gate import MAX_BODY_BYTES
+
+    deployer = next(c for c in matrix.callers if c.role == Role.DEPLOYER)
+    headers = {**_headers(deployer), "content-type": "application/json"}
+    status, body, asked = _asgi_post(matrix.client.app, "/models", {
+        **headers, "content-length": str(MAX_BODY_BYTES + 1)})
+    assert (status, body["code"], asked) == (413, "payload_too_large", 0)
+    assert body["detail"] == {"field": "body", "limit_bytes": MAX_BODY_BYTES}
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the count stops it
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    streamed = matrix.client.post("/models", headers=headers, content=chunks())
+    assert streamed.status_code == 413, streamed.text
+    assert streamed.json()["code"] == "payload_too_large"
+    assert "4194304 bytes" in streamed.json()["error"]
+
+    upload = b"\x01" * (MAX_BODY_BYTES + 1)  # an artifact streams to disk under its own limit
+    answer = matrix.client.post("/artifacts", content=upload, headers={
+        **_headers(deployer), "content-type": "application/octet-stream"})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["size"] == len(upload)
+    assert matrix.client.post("/models", headers=headers, json={"name": "small"}).status_code \
+        in (201, 422)  # a body under the limit is judged by the route as before

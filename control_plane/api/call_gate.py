@@ -1,0 +1,113 @@
+"""What is refused before a request's body is read: anonymous calls that need a token, and
+bodies past the API's limit.
+
+FastAPI reads and parses a request's whole body before it solves any dependency, so the
+access check (:func:`control_plane.api.access.enforce_access`, an app-wide dependency)
+came after an anonymous caller's body, of any size, was in memory and parsed. This
+middleware reads the route table of :data:`~control_plane.api.access.ROUTE_ACCESS`: a
+call without a token to a path where every declared route that could match needs one is
+answered 401 here, without a byte of its body read (the dependency still decides every
+call that gets through, as before). Any caller may send at most :data:`MAX_BODY_BYTES`,
+declared or streamed, except to the routes that stream their body to disk under their
+own limit (:data:`STREAMED_BODIES`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from control_plane.api.access import ROUTE_ACCESS, Access, anonymous_refused
+from control_plane.api.errors import error_response
+from control_plane.errors import InvalidInputError, PayloadTooLargeError
+from modelplane.errors import ModelplaneError
+
+# JSON bodies: manifests, specs, a batch of 10,000 metric points (about 1 MiB) fit well.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+# Routes whose handler streams the body to disk and bounds it itself.
+STREAMED_BODIES = frozenset({"POST /artifacts"})
+
+
+def _compiled() -> list[tuple[str, re.Pattern[str], str, Access]]:
+    """(method, path pattern, route key, rule) of every declared route."""
+    table = []
+    for key, rule in ROUTE_ACCESS.items():
+        method, path = key.split(" ", 1)
+        table.append((method, compile_path(path)[0], key, rule))
+    return table
+
+
+class CallGate:
+    """The API's check of a call before its body (inside the request id, which its
+    refusals carry)."""
+
+    def __init__(self, app: ASGIApp, api: FastAPI) -> None:
+        self.app, self.api = app, api
+        self.routes = _compiled()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        path = _route_path(scope)
+        candidates = [(key, rule) for route_method, pattern, key, rule in self.routes
+                      if route_method == method and pattern.match(path)]
+        streamed = any(key in STREAMED_BODIES for key, _ in candidates)
+        try:
+            if candidates and "authorization" not in request.headers:
+                settings = self.api.state.control_plane.settings
+                if not any(rule.anonymous_allowed(settings) for _, rule in candidates):
+                    raise anonymous_refused(candidates[0][1])
+            if not streamed:
+                _check_declared(request, MAX_BODY_BYTES)
+        except ModelplaneError as error:
+            await error_response(request, error)(scope, receive, send)
+            return
+        await self.app(scope, receive if streamed else _bounded(receive, MAX_BODY_BYTES), send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app's routes match: without the prefix it is mounted at (``/api``)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
+
+
+def _check_declared(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise InvalidInputError("Content-Length must be a non-negative integer",
+                                detail={"field": "content-length"})
+    if int(declared) > limit:
+        raise _too_large(int(declared), limit)
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the request body of {size} bytes exceeds the API's limit of {limit} bytes; send "
+        "files through POST /api/artifacts", detail={"field": "body", "limit_bytes": limit})
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    """``receive`` that stops a body streamed past ``limit`` (no Content-Length given)."""
+    seen = 0
+
+    async def bounded() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                # FastAPI re-raises an HTTPException met while reading a body (any other
+                # error it answers as a 400); the app's handler gives it the error body.
+                raise HTTPException(413, _too_large(seen, limit).message)
+        return message
+
+    return bounded
