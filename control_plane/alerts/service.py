@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +69,8 @@ class AlertService:
         self._rules_read_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # (alert as it was, notification, kind) the store has not taken yet, in order.
+        self._unsaved: list[tuple[Alert, AlertState | None, str]] = []
         # False once a tick found another control plane leading: on taking over, this one
         # reads what that one fired, resolved and configured before evaluating (catch_up).
         self._caught_up = True
@@ -268,14 +271,35 @@ class AlertService:
 
     def _transition(self, alert: Alert, notify: AlertState | None, kind: str = "rule", *,
                     muted: bool = False) -> None:
-        try:
-            self.store.save(alert, notify=notify, kind=kind)
-        except Exception:
-            log.exception("could not store alert %s", alert.name)
+        """Store the alert's new state (and history entry), and notify its receivers.
+
+        Receivers hear at once; the store's write is queued in order behind any the store
+        could not take yet, and tried again each evaluator pass (:meth:`_store_unsaved`),
+        since an alert's state changes only once: a write lost to a store blip left no
+        active row and no history (no drift-triggered retrain, a page again after a
+        restart, a resolution never sent)."""
+        with self._lock:
+            self._unsaved.append((replace(alert, labels=dict(alert.labels),
+                                          data=dict(alert.data)), notify, kind))
+            self._store_unsaved()
         if notify is not None and muted:
             self.counters["notifications_silenced"] += 1
         elif notify is not None:
             self.notifier.notify(Notification(notify.value, _alert_document(alert, kind)))
+
+    def _store_unsaved(self) -> None:
+        """Write the queued alert states, oldest first, until the store refuses one."""
+        with self._lock:
+            while self._unsaved:
+                alert, notify, kind = self._unsaved[0]
+                try:
+                    self.store.save(alert, notify=notify, kind=kind)
+                except Exception as error:
+                    log.warning("could not store alert %s (%d writes wait for the store, "
+                                "tried again each pass): %s", alert.name, len(self._unsaved),
+                                error)
+                    return
+                self._unsaved.pop(0)
 
     # ------------------------------------------------------------ the evaluator thread
 
@@ -304,8 +328,14 @@ class AlertService:
         first, so an alert the last leader resolved fires again (rather than being held
         firing here, silently) and one it fired is not paged twice."""
         if not leading:
+            with self._lock:
+                # The leader's own view now: only one-shot events (history rows, which
+                # nothing re-derives) are still this process's to write.
+                self._unsaved = [entry for entry in self._unsaved if entry[2] != "rule"]
             self._caught_up = False
+            self._store_unsaved()
             return
+        self._store_unsaved()
         if not self._caught_up:
             self.catch_up()
         self.evaluate(read_stats, list_endpoints)

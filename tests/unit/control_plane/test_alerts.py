@@ -13,6 +13,7 @@ from control_plane.alerts import AlertService
 from control_plane.alerts.schemas import AlertRuleSpec, AlertsFile
 from control_plane.alerts.signals import SIGNALS
 from control_plane.alerts.states import Alert, AlertState
+from control_plane.errors import StoreUnavailableError
 from control_plane.store import Database
 from serving.monitoring import VersionSnapshot
 from tests.snapshots import drifting
@@ -207,6 +208,75 @@ def test_a_control_plane_taking_the_lead_reads_what_the_last_leader_did(db: Data
     assert [alert.state for alert in b.active()] == ["firing"]
     assert "pager" in b.notifier._channels
     b.stop()
+
+
+def test_an_alert_the_store_could_not_take_is_stored_on_a_later_pass_and_paged_once(
+        service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store blip as an alert fires: its receivers hear at once, and its state and history
+    land when the store is back (they were dropped: no active alert, no history for the
+    drift-triggered retrain, a page again after a restart). A firing then a resolution
+    queued behind it land in that order."""
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    sent: list[str] = []
+    monkeypatch.setattr(service.notifier, "notify", lambda n: sent.append(n.status))
+    save, failing = service.store.save, [True]
+
+    def blip(*args: Any, **kwargs: Any) -> None:
+        if failing[0]:
+            raise StoreUnavailableError("the store cannot be reached")
+        save(*args, **kwargs)
+
+    monkeypatch.setattr(service.store, "save", blip)
+    service.tick(stats, stats.endpoints, leading=True)
+    assert sent == ["firing"] and service.active() == [] and history(service) == []
+    stats.drift("churn", 1, "ok")
+    service._due.clear()
+    service.tick(stats, stats.endpoints, leading=True)  # resolves, still unstored
+    assert sent == ["firing", "resolved"] and history(service) == []
+    failing[0] = False
+    service._due.clear()
+    service.tick(stats, stats.endpoints, leading=True)
+    assert history(service) == [("input-drift", "firing", "rule"), ("input-drift", "resolved", "rule")]
+    assert service.active() == [] and sent == ["firing", "resolved"]
+
+
+def test_a_firing_alert_stored_late_is_active_and_not_paged_again_after_a_restart(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    first = AlertService(db)
+    first.put_rule(drift_rule(), "alice")
+    save, failing = first.store.save, [True]
+    monkeypatch.setattr(first.store, "save", lambda *a, **k: (_ for _ in ()).throw(
+        StoreUnavailableError("down")) if failing[0] else save(*a, **k))
+    first.tick(stats, stats.endpoints, leading=True)
+    failing[0] = False
+    first.tick(stats, stats.endpoints, leading=True)
+    [active] = first.active()
+    assert active.state == "firing"
+    first.stop()
+    second = AlertService(db)
+    second.tick(stats, stats.endpoints, leading=True)
+    assert history(second) == [("input-drift", "firing", "rule")]  # not fired a second time
+    second.stop()
+
+
+def test_a_process_that_stops_leading_drops_its_unstored_alert_states_but_not_its_events(
+        service, monkeypatch: pytest.MonkeyPatch) -> None:
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    save, failing = service.store.save, [True]
+    monkeypatch.setattr(service.store, "save", lambda *a, **k: (_ for _ in ()).throw(
+        StoreUnavailableError("down")) if failing[0] else save(*a, **k))
+    service.tick(stats, stats.endpoints, leading=True)
+    service.fire_event("rollout-rolled-back", severity="critical", labels={"rollout": "7"},
+                       summary="v2 rolled back")
+    failing[0] = False
+    service.tick(stats, stats.endpoints, leading=False)  # the new leader judges the rule
+    assert history(service) == [("rollout-rolled-back", "firing", "event")]
 
 
 def test_deleting_a_rule_resolves_its_alerts(service) -> None:
