@@ -159,7 +159,7 @@ class TrainStage:
             tail = _last_line(client.logs(job_id))
             return Outcome(StageState.FAILED, outputs={"job_id": job_id, "status": status}, logs=logs,
                            reason=f"training job {job_id} ended {status}" + (f": {tail}" if tail else ""))
-        found = self._registered(job_id, context.spec.model_name)
+        found = self._registered(context, job_id)
         if found is None:
             return Outcome(StageState.FAILED, outputs={"job_id": job_id, "status": status}, logs=logs,
                            reason=f"training job {job_id} succeeded but registered no version of "
@@ -240,18 +240,34 @@ class TrainStage:
             self.services.tokens.revoke(name, actor)
             raise
 
-    def _registered(self, job_id: str, model: str) -> tuple[str, int] | None:
-        """The run the job recorded (tagged with its submission id) and the version from it."""
-        from control_plane.store.models import ModelRow, ModelVersionRow, RunRow
+    def _registered(self, context: StageContext, job_id: str) -> tuple[str, int] | None:
+        """The run the job recorded (tagged with its submission id) and the version it
+        registered from that run: both written with a job token this stage minted.
 
+        The tag and a version's ``run_id`` are anyone's to write (any trainer token tags a
+        run, and a manifest names any run as its lineage); only the token says who wrote
+        them. Without that check another job's token took the candidate: a run tagged with
+        this job's id, a version naming it, deployed by the pipeline as a deployer.
+        """
+        from control_plane.store.models import ModelRow, ModelVersionRow, RunRow, TokenRow
+
+        attempts = int(context.record.progress.get("attempt") or 1)
+        names = [_token_name(job_id, attempt) for attempt in range(1, attempts + 1)]
         with self.services.db.session(readonly=True) as session:
-            runs = session.scalars(select(RunRow).order_by(RunRow.start_time.desc()).limit(500)).all()
+            minted = list(session.scalars(select(TokenRow.name).where(
+                TokenRow.name.in_(names),
+                TokenRow.created_by == pipeline_principal(context.run.pipeline).name)))
+            if not minted:
+                return None
+            runs = session.scalars(select(RunRow).where(RunRow.created_by.in_(minted))
+                                   .order_by(RunRow.start_time.desc())).all()
             run = next((r for r in runs if (r.tags or {}).get(JOB_TAG) == job_id), None)
             if run is None:
                 return None
             version = session.scalar(
                 select(ModelVersionRow.version).join(ModelRow, ModelRow.id == ModelVersionRow.model_id)
-                .where(ModelRow.name == model, ModelVersionRow.run_id == run.id)
+                .where(ModelRow.name == context.spec.model_name, ModelVersionRow.run_id == run.id,
+                       ModelVersionRow.created_by.in_(minted))
                 .order_by(ModelVersionRow.version.desc()).limit(1))
             return (run.id, int(version)) if version is not None else None
 

@@ -267,3 +267,44 @@ def test_a_submission_ray_refuses_fails_the_stage_and_revokes_its_token(db: Any)
         TrainStage(services, job_client=api.connect).advance(
             _fresh(10, {"submission_id": "pipeline-bc-1-ab"}))
     assert services.active_tokens() == []
+
+
+def test_the_version_the_stage_passes_is_the_one_its_own_job_registered(registry: Any,
+                                                                        tracker: Any) -> None:
+    """Another trainer token reads the job id (pipeline runs are open to readers), tags a
+    run of its own with it, and registers versions naming that run or the job's own run as
+    their lineage, after the job's: the stage passes the job's version, not a later one."""
+    from control_plane.auth import TokenService
+    from control_plane.pipelines.stages import pipeline_principal
+    from control_plane.schemas import Role, RunCreate, TokenCreate, VersionCreate
+    from tests.onnx_models import linear_classifier, linear_classifier_manifest
+    from tests.unit.control_plane.conftest import ADMIN
+
+    job_id = "pipeline-bc-1-ab"
+    tokens = TokenService(registry.db)
+    minted = tokens.create(TokenCreate(name=f"job-{job_id}", role=Role.TRAINER,
+                                       expires_in_minutes=60), pipeline_principal("bc"))
+    job = tokens.authenticate(minted.token)
+    other = tokens.authenticate(tokens.create(TokenCreate(
+        name="another-job", role=Role.TRAINER, expires_in_days=1), ADMIN).token)
+
+    def register(actor: Any, run_id: str, seed: int) -> int:
+        digest = registry.artifacts.put([linear_classifier(seed=seed)]).digest
+        manifest = linear_classifier_manifest(lineage={"run_id": run_id})
+        return registry.register_version("breast-cancer", VersionCreate(
+            artifact_digest=digest, manifest=manifest), actor).version
+
+    tagged = {"ray_job_submission_id": job_id}
+    run = tracker.start_run(RunCreate(experiment="bc", tags=tagged), job)
+    mine = register(job, run.id, seed=1)
+    forged = tracker.start_run(RunCreate(experiment="bc", tags=tagged), other)
+    register(other, forged.id, seed=2)
+    register(other, run.id, seed=3)
+
+    api = JobApi()
+    api.status_now, api.jobs[job_id] = "SUCCEEDED", {}
+    services = SimpleNamespace(db=registry.db, tokens=tokens)
+    outcome = TrainStage(services, job_client=api.connect).advance(_fresh(60, {
+        "submission_id": job_id, "submitted": True, "attempt": 1}))
+    assert outcome.state is StageState.PASSED, outcome.reason
+    assert (outcome.outputs["run_id"], outcome.outputs["version"]) == (run.id, mine)
