@@ -102,8 +102,13 @@ class Pipelines:
     # ------------------------------------------------------------ runs
 
     def start_run(self, name: str, actor: Principal, *, trigger: Trigger = Trigger.MANUAL,
-                  detail: dict[str, Any] | None = None) -> PipelineRunOut:
-        """A new run of ``name`` (pending); refused while another run of it is under way."""
+                  detail: dict[str, Any] | None = None,
+                  trigger_state: dict[str, Any] | None = None) -> PipelineRunOut:
+        """A new run of ``name`` (pending); refused while another run of it is under way.
+
+        ``trigger_state`` (what a trigger has seen: the next schedule, the data's digest,
+        the alerts read) is stored with the run, in its transaction: a trigger is used up
+        exactly when its run exists."""
         actor.require(Role.DEPLOYER)
         now = self._now()
         with self.db.session() as session:
@@ -120,7 +125,8 @@ class Pipelines:
                 trigger_detail=detail or {}, spec=pipeline.spec, stages=fresh_stages(),
                 reason="", created_by=actor.name, created_at=now, updated_at=now)
             session.add(row)
-            pipeline.state = {**(pipeline.state or {}), "last_started_at": now.isoformat()}
+            pipeline.state = {**(pipeline.state or {}), **(trigger_state or {}),
+                              "last_started_at": now.isoformat()}
             session.flush()
             run = _run_out(row)
         self._tell(run, "started", None, f"{trigger.value} trigger" + (
@@ -385,18 +391,20 @@ class Pipelines:
             if last is not None and (now - last).total_seconds() < triggers.cooldown_s:
                 log.info("pipeline %s: %s trigger within the cool-down; not started", name, start[0])
                 start = None
+        if start is not None:
+            from control_plane.pipelines.stages import pipeline_principal
+
+            try:
+                self.start_run(name, pipeline_principal(name), trigger=start[0], detail=start[1],
+                               trigger_state=remember)
+                return
+            except ConflictError:
+                log.info("pipeline %s: %s trigger while a run is under way; not started", name, start[0])
         if remember:
             with self.db.session() as session:
                 row = session.scalar(select(PipelineRow).where(PipelineRow.name == name))
                 if row is not None:
                     row.state = {**(row.state or {}), **remember}
-        if start is not None:
-            from control_plane.pipelines.stages import pipeline_principal
-
-            try:
-                self.start_run(name, pipeline_principal(name), trigger=start[0], detail=start[1])
-            except ConflictError:
-                log.info("pipeline %s: %s trigger while a run is under way; not started", name, start[0])
 
     # ------------------------------------------------------------ helpers
 

@@ -250,6 +250,33 @@ def test_schedule_data_and_drift_triggers_start_runs_within_the_cool_down(db: Da
     assert pipelines.run("bc").number == 3  # the same alert starts nothing twice
 
 
+def test_a_trigger_whose_run_could_not_be_stored_is_not_used_up(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schedule moved on in one transaction and the run was made in another: a store
+    that failed (or a process that died) between them lost the 07:00 run for good."""
+    from control_plane.errors import StoreUnavailableError
+
+    clock = Clock()
+    pipelines = runner(db, all_passing(), clock)
+    pipelines.apply(parse_pipeline_spec(spec_document(triggers={"schedule": "0 * * * *"})), ALICE)
+    pipelines.tick()  # the first look: the next 07:00 remembered
+    clock.now += timedelta(minutes=61)
+    start_run, failing = pipelines.start_run, [True]
+
+    def store_blip(*args: Any, **kwargs: Any) -> Any:
+        if failing[0]:
+            raise StoreUnavailableError("the store cannot be reached")
+        return start_run(*args, **kwargs)
+
+    monkeypatch.setattr(pipelines, "start_run", store_blip)
+    pipelines.tick()
+    assert pipelines.get("bc").last_run is None
+    failing[0] = False
+    pipelines.tick()
+    run = pipelines.run("bc")
+    assert run.number == 1 and run.trigger is Trigger.SCHEDULE
+
+
 def test_spec_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(InvalidPipelineSpecError, match="deploy") as caught:
         parse_pipeline_spec({"name": "bc", "training": spec_document()["training"]})
