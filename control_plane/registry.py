@@ -28,6 +28,8 @@ from control_plane.model_check import check_version
 from control_plane.notifications import sources as events
 from control_plane.notifications.service import notify_on_commit
 from control_plane.schemas import (
+    CHAMPION_ALIAS,
+    NAME_PATTERN,
     AliasSet,
     ApprovalCreate,
     ApprovalOut,
@@ -179,6 +181,11 @@ class Registry:
         with self.db.session() as session:
             model = session.scalar(select(ModelRow).where(ModelRow.name == name))
             if model is None:
+                if not re.fullmatch(NAME_PATTERN, name):  # the path's name, not a field's
+                    raise InvalidInputError(
+                        f"model name {name[:140]!r} is not one a model may have: letters, "
+                        "digits, '.', '_' and '-', starting with a letter or digit, at most 128",
+                        detail={"field": "name"})
                 model = ModelRow(name=name, owner=actor.name, description="", tags={}, policy={})
                 session.add(model)
                 session.flush()
@@ -297,11 +304,21 @@ class Registry:
 
     def point_alias(self, session: Session, name: str, alias: str, version: int,
                     actor: Principal) -> VersionOut:
-        """:meth:`set_alias` inside the caller's transaction, which decides whether it lands."""
+        """:meth:`set_alias` inside the caller's transaction, which decides whether it lands.
+
+        A training job's token points aliases at the versions it registered, and never
+        ``champion`` (a promotion's, or a deployer's): endpoints that track an alias roll
+        out what it names, and ``name@champion`` is what deployers deploy."""
         actor.require(Role.DEPLOYER, also=TRAINING)
         parse_ref(f"{name}@{alias}")
         model = _model(session, name)
         target = _version(session, model, version)
+        if actor.role is Role.TRAINER and (alias == CHAMPION_ALIAS or target.created_by != actor.name):
+            raise PermissionDeniedError(
+                f"a training job's token points an alias only at a version it registered, and "
+                f"never {CHAMPION_ALIAS!r}; {name}:{version} was registered by "
+                f"{target.created_by!r}", detail={"field": "alias" if alias == CHAMPION_ALIAS
+                                                  else "version"})
         row = _alias(session, model, alias)
         if row is None:
             session.add(

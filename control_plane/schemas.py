@@ -21,6 +21,8 @@ from serving.schemas import ScalingConfig as ScaleSettings
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'.")]
 AliasName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+# The alias a promotion moves to the version it crowns (what `name@champion` deploys).
+CHAMPION_ALIAS = "champion"
 # A person or service a token is issued to: a user name or an e-mail address.
 Subject = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$",
                                description="Letters, digits, '.', '_', '@', '+', '-'.")]

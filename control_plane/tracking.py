@@ -11,7 +11,12 @@ from sqlalchemy.orm import Session
 
 from control_plane.artifacts import ArtifactStore
 from control_plane.auth import TRAINING, Principal
-from control_plane.errors import AlreadyExistsError, ConflictError, NotFoundError
+from control_plane.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from control_plane.notifications.service import notify_on_commit
 from control_plane.notifications.sources import training_ended
 from control_plane.schemas import (
@@ -126,7 +131,7 @@ class Tracker:
         """Set a run's status; leaving ``running`` records the end time."""
         actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
-            row = _run(session, run_id)
+            row = _writable(session, run_id, actor)
             if row.status != RunStatus.RUNNING.value and spec.status != RunStatus(row.status):
                 raise ConflictError(
                     f"run {run_id} already ended as {row.status}", detail={"field": "status"}
@@ -169,7 +174,7 @@ class Tracker:
     def log_params(self, run_id: str, spec: ParamsUpdate, actor: Principal) -> RunOut:
         actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
-            row = _run(session, run_id)
+            row = _writable(session, run_id, actor)
             row.params = {**row.params, **spec.params}
             return _run_out(session, row)
 
@@ -178,7 +183,7 @@ class Tracker:
         actor.require(Role.DEPLOYER, also=TRAINING)
         now = datetime.now(UTC)
         with self.db.session() as session:
-            _run(session, run_id)
+            _writable(session, run_id, actor)
             session.add_all(
                 RunMetricRow(
                     run_id=run_id, key=p.key, value=p.value, step=p.step,
@@ -206,7 +211,7 @@ class Tracker:
         actor.require(Role.DEPLOYER, also=TRAINING)
         info = self.artifacts.info(spec.digest)
         with self.db.session() as session:
-            _run(session, run_id)
+            _writable(session, run_id, actor)
             row = session.scalar(
                 select(RunArtifactRow).where(
                     RunArtifactRow.run_id == run_id, RunArtifactRow.path == spec.path
@@ -255,6 +260,18 @@ def _run(session: Session, run_id: str, *, field: str = "run_id") -> RunRow:
     row = session.get(RunRow, run_id)
     if row is None:
         raise NotFoundError(f"no run with id {run_id!r}", detail={"field": field})
+    return row
+
+
+def _writable(session: Session, run_id: str, actor: Principal) -> RunRow:
+    """The run ``actor`` may write: any, but a training job's token writes only the runs it
+    started (it is readable by whoever lists the cluster's jobs; another job's run, its
+    model file a fine-tune starts from, is not its to change)."""
+    row = _run(session, run_id)
+    if actor.role is Role.TRAINER and row.created_by != actor.name:
+        raise PermissionDeniedError(
+            f"a training job's token writes only the runs it started; run {run_id} was "
+            f"started by {row.created_by!r}", detail={"field": "run_id"})
     return row
 
 

@@ -15,7 +15,7 @@ app = typer.Typer(help="API tokens with roles: reader, labeler (a label source),
 @app.command()
 def create(
     name: str = typer.Argument(..., help="Who or what the token is for; recorded as the actor."),
-    role: str = typer.Option("reader", help="reader, labeler (posts feedback), deployer, approver or admin; trainer for a training job (runs, artifacts, versions, aliases)."),
+    role: str = typer.Option("reader", help="reader, labeler (posts feedback), deployer, approver or admin; trainer for a training job (its own runs, versions, and aliases on them)."),
     expires_in_days: int | None = typer.Option(None, min=1, help="Expire after N days."),
     subject: str | None = typer.Option(
         None, help="The person or service the token is issued to (default: NAME). Give all of "

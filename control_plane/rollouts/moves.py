@@ -35,7 +35,7 @@ from control_plane.rollouts.records import (
 )
 from control_plane.rollouts.schemas import RolloutOut
 from control_plane.rollouts.states import ACTIVE_STATES, RolloutState, can_transition
-from control_plane.schemas import Stage, StageChange
+from control_plane.schemas import CHAMPION_ALIAS, Stage, StageChange
 from control_plane.store import Database
 from control_plane.store.database import store_transient
 from control_plane.store.models import EndpointRow, RolloutRow
@@ -43,7 +43,7 @@ from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
+CHAMPION = CHAMPION_ALIAS
 StatsSource = Callable[[str, float], dict[int, VersionSnapshot]]
 
 

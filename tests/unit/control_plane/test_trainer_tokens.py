@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,84 @@ def test_revocation_by_the_job_its_minter_or_an_admin(db: Database) -> None:
     tokens.create(TokenCreate(name="ci", role=Role.DEPLOYER), ADMIN)
     with pytest.raises(PermissionDeniedError, match="needs admin"):
         tokens.revoke("ci", ALICE)
+
+
+def test_a_trainer_writes_only_its_own_runs(db: Database, tracker: Tracker) -> None:
+    """A job's token is readable by whoever lists the cluster's jobs: with it, another
+    job's run (its params, its end, the model file a fine-tune starts from) stays as is."""
+    from control_plane.schemas import ParamsUpdate, RunArtifactCreate, RunStatus, RunUpdate
+
+    tokens = TokenService(db)
+    job, other = _trainer(tokens, name="job-1"), _trainer(tokens, name="job-2")
+    theirs = tracker.start_run(RunCreate(experiment="exp"), other)
+    digest = tracker.artifacts.put([b"weights"]).digest
+    writes = {
+        "params": lambda actor: tracker.log_params(
+            theirs.id, ParamsUpdate(params={"failure_reason": "x"}), actor),
+        "metrics": lambda actor: tracker.log_metrics(theirs.id, MetricBatch.model_validate(
+            {"metrics": [{"key": "loss", "value": 9.0, "step": 1}]}), actor),
+        "artifact": lambda actor: tracker.log_artifact(
+            theirs.id, RunArtifactCreate(path="model/model.pt", digest=digest), actor),
+        "end": lambda actor: tracker.update_run(theirs.id, RunUpdate(status=RunStatus.FINISHED),
+                                                actor),
+    }
+    for name, write in writes.items():
+        with pytest.raises(PermissionDeniedError, match="only the runs it started") as refused:
+            write(job)
+        assert refused.value.detail == {"field": "run_id"}, name
+    run = tracker.get_run(theirs.id)
+    assert run.status == "running" and "failure_reason" not in run.params
+    for write in writes.values():  # its own token, and a deployer, may
+        write(other)
+    assert tracker.get_run(theirs.id).status == "finished"
+    mine = tracker.start_run(RunCreate(experiment="exp"), job)
+    tracker.log_params(mine.id, ParamsUpdate(params={"lr": 0.1}), ALICE)
+
+
+def test_a_trainer_points_aliases_only_at_its_own_versions_and_never_champion(
+        db: Database, registry: Registry) -> None:
+    tokens = TokenService(db)
+    job = _trainer(tokens, name="job-1")
+
+    def register(actor: Principal, seed: int) -> int:
+        info = registry.artifacts.put([linear_classifier(seed=seed)])
+        return registry.register_version("iris", VersionCreate(
+            artifact_digest=info.digest, manifest=linear_classifier_manifest()), actor).version
+
+    someone_elses, its_own = register(ALICE, 0), register(job, 1)
+    with pytest.raises(PermissionDeniedError, match="registered by 'alice'") as refused:
+        registry.set_alias("iris", "challenger", AliasSet(version=someone_elses), job)
+    assert refused.value.detail == {"field": "version"}
+    with pytest.raises(PermissionDeniedError, match="never 'champion'") as refused:
+        registry.set_alias("iris", "champion", AliasSet(version=its_own), job)
+    assert refused.value.detail == {"field": "alias"}
+    assert registry.get_model("iris").aliases == {}
+    registry.set_alias("iris", "challenger", AliasSet(version=its_own), job)
+    registry.set_alias("iris", "champion", AliasSet(version=someone_elses), ALICE)
+    assert registry.get_model("iris").aliases == {"challenger": its_own, "champion": someone_elses}
+
+
+@pytest.mark.parametrize("name", ["..", "a b", "x@y", "-lead", "ü", "a" * 129])
+def test_a_version_cannot_create_a_model_under_a_name_no_model_may_have(
+        registry: Registry, name: str) -> None:
+    from control_plane.errors import InvalidInputError
+
+    info = registry.artifacts.put([linear_classifier(seed=0)])
+    with pytest.raises(InvalidInputError, match="is not one a model may have") as refused:
+        registry.register_version(name, VersionCreate(artifact_digest=info.digest,
+                                                      manifest=linear_classifier_manifest()), ALICE)
+    assert refused.value.detail == {"field": "name"}
+
+
+def test_a_job_spec_that_would_crown_its_own_version_is_refused_before_it_runs() -> None:
+    import yaml
+
+    from training.errors import InvalidJobSpecError
+    from training.spec import parse_job_spec
+
+    example = Path(__file__).parents[3] / "examples" / "breast_cancer.yaml"
+    document = yaml.safe_load(example.read_text())
+    document["registration"]["alias"] = "champion"
+    with pytest.raises(InvalidJobSpecError, match="alias a promotion moves") as refused:
+        parse_job_spec(document)
+    assert refused.value.detail["field"] == "registration.alias"
