@@ -258,9 +258,11 @@ class ArtifactWriter:
                 self._handle.flush()
                 os.fsync(self._handle.fileno())
             self._handle.close()
-            if fs.exists(final):
-                fs.rm(self._temp)
-            elif self._store.is_local:
+            # Content already stored is replaced all the same, atomically: that refreshes
+            # the file's age, which garbage collection reads (an identical upload for a new
+            # version must not be removed as an old unreferenced one), and mends a stored
+            # copy that went bad (re-uploading is what its IntegrityError says to do).
+            if self._store.is_local:
                 Path(final).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self._temp, final)
                 _fsync_dir(Path(final).parent)

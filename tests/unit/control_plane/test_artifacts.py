@@ -45,6 +45,13 @@ def test_corruption_is_detected_on_read(artifacts: ArtifactStore) -> None:
     assert caught.value.detail["actual"] == hashlib.sha256(b"tampered model").hexdigest()
 
 
+def test_uploading_the_content_again_mends_a_stored_copy_gone_bad(artifacts: ArtifactStore) -> None:
+    info = artifacts.put([b"precious model"])
+    Path(artifacts.path_of(info.digest)).write_bytes(b"tampered model")
+    assert artifacts.put([b"precious model"]) == info
+    assert artifacts.read_bytes(info.digest) == b"precious model"
+
+
 def test_declared_digest_must_match(artifacts: ArtifactStore) -> None:
     wrong = hashlib.sha256(b"other").hexdigest()
     with pytest.raises(IntegrityError, match="not the declared"):

@@ -102,6 +102,19 @@ def test_gc_removes_only_old_unreferenced_artifacts(registry: Registry) -> None:
     assert registry.artifacts.exists(registry.get_version("iris", 1).artifact_digest)
 
 
+def test_an_identical_upload_during_a_collection_keeps_the_artifact(registry: Registry) -> None:
+    """The report lists an old unreferenced artifact; the same bytes are uploaded again (for
+    a new version) before the collection reaches it: the upload made it new again."""
+    old = registry.artifacts.put([b"the same model, uploaded again"])
+    past = time.time() - 7200
+    os.utime(registry.artifacts.path_of(old.digest), (past, past))
+    report = check_integrity(registry.db, registry.artifacts)
+    assert report.unreferenced_artifacts == [old.digest]
+    assert registry.artifacts.put([b"the same model, uploaded again"]) == old
+    assert collect_garbage(registry.artifacts, report, grace_s=3600) == []
+    assert registry.artifacts.exists(old.digest)
+
+
 def test_cli_check_exits_1_with_the_problems(settings, tmp_path: Path) -> None:
     from control_plane.service import ControlPlane
     from modelplane.cli import app
