@@ -129,6 +129,15 @@ class TokenService:
                     f"token {row.name!r} expired at {row.expires_at.isoformat()}; ask an admin "
                     "for a new one"
                 )
+            if row.role == Role.TRAINER.value:
+                # A job's token stands for whoever minted it: revoking a leaked deployer
+                # token must also end the job tokens it minted, whatever their lifetime.
+                minter = session.scalar(select(TokenRow.revoked_at).where(
+                    TokenRow.name == row.created_by))
+                if minter is not None:
+                    raise AuthenticationError(
+                        f"token {row.name!r} was minted by token {row.created_by!r}, which was "
+                        "revoked; ask an admin for a new one")
             return Principal(name=row.name, role=Role(row.role), subject=row.subject or row.name)
 
     def list(self) -> list[TokenOut]:

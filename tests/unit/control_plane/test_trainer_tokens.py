@@ -187,3 +187,18 @@ def test_a_job_spec_that_would_crown_its_own_version_is_refused_before_it_runs()
     with pytest.raises(InvalidJobSpecError, match="alias a promotion moves") as refused:
         parse_job_spec(document)
     assert refused.value.detail["field"] == "registration.alias"
+
+
+def test_revoking_a_deployer_token_ends_the_job_tokens_it_minted(db: Database) -> None:
+    tokens = TokenService(db)
+    deployer = tokens.authenticate(tokens.create(TokenCreate(name="ci", role=Role.DEPLOYER),
+                                                 ADMIN).token)
+    minted = tokens.create(TokenCreate(name="job-long", role=Role.TRAINER, expires_in_days=3650),
+                           deployer)
+    other = tokens.create(TokenCreate(name="job-other", role=Role.TRAINER, expires_in_days=1),
+                          ALICE)
+    assert tokens.authenticate(minted.token).name == "job-long"
+    tokens.revoke("ci", ADMIN)
+    with pytest.raises(AuthenticationError, match="minted by token 'ci', which was revoked"):
+        tokens.authenticate(minted.token)
+    assert tokens.authenticate(other.token).name == "job-other"  # minted by someone else
