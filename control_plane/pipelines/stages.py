@@ -348,8 +348,13 @@ class DeployStage:
         progress = dict(context.record.progress)
         rollout_id = progress.get("rollout_id") or self._started(context, endpoint, version)
         if rollout_id is None:
-            if not self._serving(endpoint):
+            serving = self._serving(endpoint)
+            if serving is None:
                 return self._first_deploy(context, endpoint, model, version)
+            if serving == (model, version):  # a first deploy before a crash, or a re-run
+                return Outcome(StageState.PASSED, outputs={"deployed": f"{model}:{version}",
+                                                           "endpoint": endpoint},
+                               reason=f"{endpoint} already serves {model}:{version} the most")
             rollout = self._start(context, endpoint, model, version)
             progress["rollout_id"] = rollout.id
             return Outcome(StageState.RUNNING, progress=progress,
@@ -375,14 +380,18 @@ class DeployStage:
                     int(rollout_id), pipeline_principal(context.run.pipeline),
                     f"pipeline run {context.run.pipeline}#{context.run.number} cancelled")
 
-    def _serving(self, endpoint: str) -> bool:
+    def _serving(self, endpoint: str) -> tuple[str, int] | None:
+        """(model, version) taking the most of ``endpoint``'s traffic; None where it takes none."""
         from control_plane.errors import NotFoundError
 
         try:
             current = self.services.deployments.get(endpoint)
         except NotFoundError:
-            return False
-        return any(route.weight > 0 for route in current.routes)
+            return None
+        routes = [route for route in current.routes if route.weight > 0 and not route.shadow]
+        if not routes:
+            return None
+        return current.model, max(routes, key=lambda route: route.weight).version
 
     def _started(self, context: StageContext, endpoint: str, version: int) -> int | None:
         """A rollout of ``version`` this stage started before a crash kept it from saying so."""
@@ -407,7 +416,11 @@ class DeployStage:
         self.services.deployments.deploy(
             DeployRequest(endpoint=endpoint, model_ref=f"{model}:{version}"),
             pipeline_principal(context.run.pipeline))
-        self.services.apply(endpoint)
+        try:
+            self.services.apply(endpoint)
+        except Exception as error:  # stored: the reconciler's next pass applies it
+            log.warning("applying endpoint %s now failed (%s); the reconciler applies it",
+                        endpoint, error)
         return Outcome(StageState.PASSED, outputs={"deployed": f"{model}:{version}",
                                                    "endpoint": endpoint},
                        reason="a new endpoint: deployed directly, no rollout")

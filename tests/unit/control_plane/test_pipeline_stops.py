@@ -252,3 +252,39 @@ def test_drift_alerts_on_the_endpoint_are_what_starts_a_retraining(registry: Reg
                                       created_at=now - timedelta(seconds=age)))
     fired = drift_alerts(registry.db)("bc", now - timedelta(seconds=60))
     assert fired == [now - timedelta(seconds=5)]  # a drift rule, firing, this endpoint, recent
+
+
+def test_a_first_deploy_is_done_once_across_a_crash_and_a_failing_apply(
+        world: World, cancer: SimpleNamespace) -> None:
+    """The endpoint is stored, then the process dies (or Serve refuses the apply) before
+    the stage says so: the next pass finds the candidate serving and passes, where it
+    tried a rollout of the version already taking all the traffic and failed the run."""
+    from datetime import UTC, datetime
+
+    from control_plane.pipelines.records import StageRecord
+
+    version = world.register(cancer.strong)
+    job = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+    spec = parse_pipeline_spec({"name": "fresh", "training": {"job": job},
+                                "deploy": {"endpoint": "bc-new"}})
+    train = StageRecord(name="train", state=StageState.PASSED,
+                        outputs={"model": "bc", "version": version})
+    run = SimpleNamespace(pipeline="fresh", number=1, stages=[train])
+    now = datetime.now(UTC)
+
+    def context() -> StageContext:
+        record = StageRecord(name="deploy", state=StageState.RUNNING, started_at=now)
+        return StageContext(run=run, spec=spec, record=record, now=now)  # type: ignore[arg-type]
+
+    def refuse(endpoint: str | None = None) -> None:
+        raise RuntimeError("Serve's controller did not answer")
+
+    stage = world.stages["deploy"]
+    stage.services.apply = refuse
+    first = stage.advance(context())
+    assert first.state is StageState.PASSED and "deployed directly" in first.reason
+    again = stage.advance(context())  # what the next pass after a crash sees
+    assert again.state is StageState.PASSED, again.reason
+    assert "already serves bc:" in again.reason
+    assert world.rollouts.list(endpoint="bc-new") == []
+    assert [(r.version, r.weight) for r in world.deployments.get("bc-new").routes] == [(version, 100.0)]
