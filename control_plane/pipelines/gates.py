@@ -9,6 +9,7 @@ the absolute thresholds alone (the report says so).
 from __future__ import annotations
 
 import contextlib
+from datetime import timedelta
 from typing import Any
 
 from control_plane.pipelines.records import StageState
@@ -183,7 +184,7 @@ class BenchmarkStage:
         for role, version in order:
             key = f"{role}_benchmark"
             if key not in progress:
-                started = self.services.benchmarks.start(
+                started = self._started(context, model, version) or self.services.benchmarks.start(
                     model, version, self._settings(context), pipeline_principal(context.run.pipeline))
                 progress[key] = started.id
                 return Outcome(StageState.RUNNING, progress=progress,
@@ -208,6 +209,17 @@ class BenchmarkStage:
 
     def cancel(self, context: StageContext) -> None:
         return None  # a scratch replica is removed by its own benchmark when it ends
+
+    def _started(self, context: StageContext, model: str, version: int) -> Any:
+        """A benchmark of ``version`` this stage started before a crash (or a store error)
+        kept it from saying so: asked again, the service refuses a second one as running."""
+        from control_plane.pipelines.stages import pipeline_principal
+
+        since = context.record.started_at
+        actor = pipeline_principal(context.run.pipeline).name
+        return next((record for record in self.services.benchmarks.list(model, version, limit=5)
+                     if since is not None and record.created_by == actor
+                     and record.started_at >= since - timedelta(seconds=1)), None)
 
     def _settings(self, context: StageContext) -> Any:
         from control_plane.errors import NotFoundError

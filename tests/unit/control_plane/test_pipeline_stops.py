@@ -189,10 +189,19 @@ def test_a_candidate_slower_than_the_champion_stops_at_benchmark(world: World) -
 
         def __init__(self) -> None:
             self.started: list[int] = []
+            self.records: list[Any] = []
 
         def start(self, model: str, version: int, settings: Any, actor: Any) -> Any:
+            from datetime import UTC, datetime
+
             self.started.append(version)
-            return SimpleNamespace(id=len(self.started))
+            self.records.insert(0, SimpleNamespace(id=len(self.started), version=version,
+                                                   created_by=actor.name,
+                                                   started_at=datetime.now(UTC)))
+            return self.records[0]
+
+        def list(self, model: str, version: int, *, limit: int = 50) -> list[Any]:
+            return [r for r in self.records if r.version == version][:limit]
 
         def get(self, model: str, version: int, benchmark_id: int) -> Any:
             return SimpleNamespace(id=benchmark_id, status="succeeded", error="",
@@ -200,8 +209,22 @@ def test_a_candidate_slower_than_the_champion_stops_at_benchmark(world: World) -
 
     measured = Measured()
     world.stages["benchmark"].services.benchmarks = measured
+    advance = world.stages["benchmark"].advance
+    forgotten: list[str] = []
+
+    def forgetting_once(context: StageContext) -> Outcome:
+        """The first benchmark started, then its id lost (a crash, a store error on the
+        run's write): the next pass finds it rather than starting a second one."""
+        outcome = advance(context)
+        if outcome.progress and "candidate_benchmark" in outcome.progress and not forgotten:
+            forgotten.append("candidate_benchmark")
+            return Outcome(StageState.RUNNING)
+        return outcome
+
+    world.stages["benchmark"].advance = forgetting_once
     run = world.run(world.cancer.frame, world.cancer.strong,
                     benchmark={"rate": 20, "duration_s": 2, "max_slowdown": 1.5})
+    assert forgotten == ["candidate_benchmark"]
     assert run.state is RunState.FAILED and states(run)["benchmark"] is StageState.FAILED
     assert "3.00x the champion bc:1" in run.reason and measured.started == [2, 1]
     assert states(run)["deploy"] is StageState.SKIPPED
