@@ -124,6 +124,7 @@ class ControlPlane:
         from control_plane.leadership import LEASE_S, Lease
 
         self.lease = Lease(self.db, length_s=lease_s or LEASE_S)
+        self._took_over = threading.Event()
         self._keep_lease()
         self._lease_loop = self._loop(self.lease.renew_every_s, self._keep_lease, "lease",
                                       self._lease_stop)
@@ -152,15 +153,22 @@ class ControlPlane:
         return self.lease is None or self.lease.held
 
     def _keep_lease(self) -> None:
-        """Renew (or take) the lease; a process that just became the holder catches up at
-        once on what was stored while another held it."""
+        """Renew (or take) the lease; a process that just became the holder catches up on
+        what was stored while another held it within half a second (``_apply_requested``)."""
         was_leading = self.lease.held
         if self.lease.hold() and not was_leading:
-            self.apply()
+            # Applied on the reconciler's own thread (below), not this one: a Serve slow to
+            # answer a takeover's full apply held the renewals, and the lease ran out under
+            # a live leader.
+            self._took_over.set()
 
     def _apply_requested(self) -> None:
         from control_plane.leadership import take_apply_requests
 
+        if self._took_over.is_set():
+            self._took_over.clear()
+            self.apply()
+            return
         requested = take_apply_requests(self.db)
         if None in requested:
             self.apply()

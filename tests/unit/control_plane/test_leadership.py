@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -257,6 +258,35 @@ def test_stepping_down_hands_the_lease_over_only_once_the_pass_in_flight_ends(
         assert successor.hold() and successor.term == 2
     finally:
         finish.set()
+        leader.close()
+
+
+def test_a_serve_slow_to_answer_the_takeovers_apply_does_not_cost_the_lease(
+        tmp_path: Path) -> None:
+    """Taking the lease applies every endpoint to Serve: on the reconciler's thread, so a
+    Serve controller that does not answer holds that pass, not the lease's renewals (the
+    lease ran out under a live leader, and every control loop stopped with it)."""
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")})
+    leader = ControlPlane.start(settings)
+    applying, answer = threading.Event(), threading.Event()
+
+    def stalled(endpoint: str | None = None) -> None:
+        applying.set()
+        answer.wait(60)
+
+    leader.reconciler = SimpleNamespace(reconcile=stalled, reconcile_pending=lambda: None)
+    try:
+        starting = threading.Thread(target=leader.start_control_loops, kwargs={"lease_s": 6.0})
+        starting.start()
+        starting.join(10)
+        assert not starting.is_alive(), "taking the lease waited for Serve"
+        assert applying.wait(10), "the takeover's apply never ran"
+        pause = threading.Event()
+        for _ in range(8):  # more than a lease length, Serve still silent
+            pause.wait(1.0)
+            assert leader.leading and read_lease(leader.db).holder == leader.lease.holder
+    finally:
+        answer.set()
         leader.close()
 
 
