@@ -17,6 +17,7 @@ import numpy as np
 
 from control_plane.schemas import Lineage, ModelManifest, VersionOut
 from training.data import Dataset
+from training.patience import patiently
 from training.schemas import JobSpec
 
 # Packages whose versions decide what a trained model is; recorded in lineage.
@@ -127,6 +128,7 @@ def register(client: Any, spec: JobSpec, artifact: bytes, manifest: ModelManifes
     description = registration.description or (
         f"{spec.model.architecture} trained by experiment {spec.experiment.name}")
     version = client.register_version(spec.model_name, artifact, manifest, description=description)
-    if registration.alias:
-        version = client.set_alias(spec.model_name, registration.alias, version.version)
+    if registration.alias:  # registered: the alias must follow, whatever the weather
+        number, alias = version.version, registration.alias
+        version = patiently(lambda: client.set_alias(spec.model_name, alias, number))
     return version

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
 from training.data import Dataset, Split, load_dataset, split_dataset
 from training.errors import InvalidJobSpecError, TrainingError
 from training.finetune import MODEL_BUNDLE_ARTIFACT, bundle_mismatch, load_fine_tune_source
+from training.patience import patiently
 from training.schemas import DEFAULT_MAX_WORKERS, JobSpec
 from training.spec import dump_job_spec
 from training.storage import check_storage, checkpoint_storage
@@ -243,7 +243,8 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
         code=code_version(),
     )
     version = register_version(client, spec, artifact, manifest)
-    client.log_params(run_id, {"registered_version": f"{version.model}:{version.version}"})
+    patiently(lambda: client.log_params(
+        run_id, {"registered_version": f"{version.model}:{version.version}"}))
     alias = f" (alias {spec.registration.alias})" if spec.registration.alias else ""
     echo(f"registered {version.model}:{version.version}{alias}")
     return JobResult(run_id, version.model, version.version, epochs, stopped, metrics, diff)
@@ -462,29 +463,9 @@ def _end_quietly(client: Any, run_id: str, status: str, reason: str | None = Non
 # A control plane restarting, or its store failing over, answers again within this
 # (about a minute); a run left running reads as a live job until the leader's sweep of
 # abandoned runs ends it (control_plane.abandoned_runs).
-END_RUN_PAUSES_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-
-
 def _end_run(client: Any, run_id: str, status: str) -> None:
     """End the run, asking again while the control plane cannot answer."""
-    from control_plane.errors import ControlPlaneError
-
-    for pause in (*END_RUN_PAUSES_S, None):
-        try:
-            client.end_run(run_id, status)
-            return
-        except ControlPlaneError as error:
-            if pause is None or not _unavailable(error):
-                raise
-            time.sleep(pause)
-
-
-def _unavailable(error: Exception) -> bool:
-    from control_plane.errors import ControlPlaneUnavailableError, StoreUnavailableError
-
-    status = getattr(error, "detail", {}).get("status", 0)
-    return isinstance(error, ControlPlaneUnavailableError | StoreUnavailableError) or (
-        isinstance(status, int) and status >= 500)
+    patiently(lambda: client.end_run(run_id, status))
 
 
 def _first_line(error: BaseException) -> str:

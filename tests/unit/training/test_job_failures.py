@@ -72,9 +72,9 @@ class EndingClient:
 
 @pytest.fixture
 def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
-    from training import runner
+    from training import patience
 
-    monkeypatch.setattr(runner, "END_RUN_PAUSES_S", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(patience, "PAUSES_S", (0.0, 0.0, 0.0))
 
 
 def test_a_run_is_ended_once_the_control_plane_answers_again(no_pauses: None) -> None:
@@ -105,3 +105,40 @@ def test_a_refused_end_is_not_asked_again_and_an_absent_plane_is_given_up_on(
     with pytest.raises(ControlPlaneUnavailableError):
         _end_run(away, "run-1", "failed")
     assert away.attempts == 4 and away.ended == []  # three pauses, four asks
+
+
+def test_a_registered_versions_alias_is_pointed_once_the_control_plane_answers_again(
+        no_pauses: None) -> None:
+    """The version is registered, then the control plane restarts: the job asks again for
+    its alias rather than failing with its version left without one (an endpoint tracking
+    the alias would never roll it out)."""
+    from types import SimpleNamespace
+
+    from control_plane.errors import ControlPlaneError, ControlPlaneUnavailableError
+    from training.registration import register
+
+    class Registry:
+        def __init__(self) -> None:
+            self.failures = [ControlPlaneUnavailableError("cannot reach the control plane"),
+                             ControlPlaneError("no healthy replica", detail={"status": 503})]
+            self.registered: list[str] = []
+            self.aliased: list[tuple[str, int]] = []
+
+        def register_version(self, model: str, artifact: bytes, manifest: object, *,
+                             description: str) -> object:
+            self.registered.append(model)
+            return SimpleNamespace(model=model, version=7)
+
+        def set_alias(self, model: str, alias: str, version: int) -> object:
+            if self.failures:
+                raise self.failures.pop(0)
+            self.aliased.append((alias, version))
+            return SimpleNamespace(model=model, version=version)
+
+    spec = SimpleNamespace(model_name="bc", experiment=SimpleNamespace(name="bc"),
+                           model=SimpleNamespace(architecture="mlp"),
+                           registration=SimpleNamespace(alias="challenger", description=""))
+    client = Registry()
+    version = register(client, spec, b"onnx", manifest=object())  # type: ignore[arg-type]
+    assert version.version == 7 and client.registered == ["bc"]  # registered once
+    assert client.aliased == [("challenger", 7)]

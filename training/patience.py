@@ -1,0 +1,44 @@
+"""Asking the control plane again while it cannot answer, for what a job must not lose.
+
+A job's last calls (ending its run, pointing its alias, recording the version it
+registered) come after hours of work: a control plane restarting, or its store away for a
+moment, must not fail the job or leave its version without its alias. Each such call is
+asked again for about a minute while the answer says the control plane (or its store)
+cannot answer; a refusal is not asked again. Only calls that are the same when repeated
+go through here (registering a version is not: a lost answer after the commit would
+register it twice).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+PAUSES_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def patiently(call: Callable[[], T]) -> T:
+    """``call()``, asked again after each of :data:`PAUSES_S` while it cannot be answered."""
+    from control_plane.errors import ControlPlaneError
+
+    for pause in (*PAUSES_S, None):
+        try:
+            return call()
+        except ControlPlaneError as error:
+            if pause is None or not unavailable(error):
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def unavailable(error: Exception) -> bool:
+    """Whether ``error`` says the control plane or its store could not answer (not that
+    it refused)."""
+    from control_plane.errors import ControlPlaneUnavailableError, StoreUnavailableError
+
+    status = getattr(error, "detail", {}).get("status", 0)
+    return isinstance(error, ControlPlaneUnavailableError | StoreUnavailableError) or (
+        isinstance(status, int) and status >= 500)
