@@ -206,10 +206,14 @@ class Pipelines:
         """
         with self._lock:
             self._check_triggers()
+            runs = []
             with self.db.session(readonly=True) as session:
-                rows = session.scalars(select(PipelineRunRow).where(
-                    PipelineRunRow.state.in_(ACTIVE_RUN_STATES)).order_by(PipelineRunRow.id)).all()
-                runs = [_loaded(row) for row in rows]
+                for row in session.scalars(select(PipelineRunRow).where(
+                        PipelineRunRow.state.in_(ACTIVE_RUN_STATES)).order_by(PipelineRunRow.id)):
+                    try:
+                        runs.append(_loaded(row))
+                    except Exception:  # a row an older version wrote: it alone is left
+                        log.exception("pipeline run %s#%d cannot be read", row.pipeline, row.number)
             for run in runs:
                 try:
                     self._pass(run)
@@ -349,11 +353,11 @@ class Pipelines:
 
     def _check_triggers(self) -> None:
         with self.db.session(readonly=True) as session:
-            pipelines = [(row.name, PipelineSpec.model_validate(row.spec), dict(row.state or {}))
+            pipelines = [(row.name, row.spec, dict(row.state or {}))
                          for row in session.scalars(select(PipelineRow)).all()]
-        for name, spec, state in pipelines:
-            try:
-                self._trigger(name, spec, state)
+        for name, stored, state in pipelines:
+            try:  # one pipeline's spec that no longer reads stops its triggers alone
+                self._trigger(name, PipelineSpec.model_validate(stored), state)
             except Exception:
                 log.exception("checking the triggers of pipeline %s failed", name)
 

@@ -277,6 +277,26 @@ def test_a_trigger_whose_run_could_not_be_stored_is_not_used_up(
     assert run.number == 1 and run.trigger is Trigger.SCHEDULE
 
 
+def test_a_pipeline_whose_stored_spec_no_longer_reads_stops_no_other(db: Database) -> None:
+    """After an upgrade one stored spec (or a run of it) fails validation: the others'
+    triggers and runs go on (every spec was read in one list, before any run advanced)."""
+    from sqlalchemy import text
+
+    clock = Clock()
+    pipelines = runner(db, all_passing(), clock)
+    pipelines.apply(parse_pipeline_spec(spec_document(name="old", triggers={
+        "schedule": "0 * * * *"})), ALICE)
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    pipelines.start_run("old", ALICE)
+    pipelines.start_run("bc", ALICE)
+    with db.session() as session:
+        session.execute(text("UPDATE pipelines SET spec = '{\"name\": 5}' WHERE name = 'old'"))
+        session.execute(text("UPDATE pipeline_runs SET stages = '[{\"name\": 5}]' "
+                             "WHERE pipeline = 'old'"))
+    drive(pipelines, lambda: pipelines.run("bc").state.terminal)
+    assert pipelines.run("bc").state is RunState.SUCCEEDED
+
+
 def test_spec_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(InvalidPipelineSpecError, match="deploy") as caught:
         parse_pipeline_spec({"name": "bc", "training": spec_document()["training"]})
