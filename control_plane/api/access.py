@@ -246,6 +246,8 @@ async def enforce_access(request: Request) -> None:
             request.state.principal = ANONYMOUS
             return
         raise anonymous_refused(rule)
-    principal = await authenticate(cp, secret)
+    found = getattr(request.state, "authenticated", None)  # by call_gate, before the body
+    principal = found[1] if found is not None and found[0] == secret else \
+        await authenticate(cp, secret)
     principal.require(rule.role, also=rule.also)
     request.state.principal = principal

@@ -5,9 +5,11 @@ FastAPI reads and parses a request's whole body before it solves any dependency,
 access check (:func:`control_plane.api.access.enforce_access`, an app-wide dependency)
 came after an anonymous caller's body, of any size, was in memory and parsed. This
 middleware reads the route table of :data:`~control_plane.api.access.ROUTE_ACCESS`: a
-call without a token to a path where every declared route that could match needs one is
-answered 401 here, without a byte of its body read (the dependency still decides every
-call that gets through, as before). Any caller may send at most :data:`MAX_BODY_BYTES`,
+call that every declared route the path could be refuses (no token where one is needed,
+an unknown, revoked or expired one, a role below the rule's) is answered 401 or 403 here,
+without a byte of its body read; the dependency still decides every call that gets
+through, as before, with the principal found here. Any caller may send at most
+:data:`MAX_BODY_BYTES`,
 declared or streamed, except to the routes that stream their body to disk under their
 own limit (:data:`STREAMED_BODIES`).
 """
@@ -60,16 +62,34 @@ class CallGate:
                       if route_method == method and pattern.match(path)]
         streamed = any(key in STREAMED_BODIES for key, _ in candidates)
         try:
-            if candidates and "authorization" not in request.headers:
-                settings = self.api.state.control_plane.settings
-                if not any(rule.anonymous_allowed(settings) for _, rule in candidates):
-                    raise anonymous_refused(candidates[0][1])
+            if candidates:
+                await self._admit(request, [rule for _, rule in candidates])
             if not streamed:
                 _check_declared(request, MAX_BODY_BYTES)
         except ModelplaneError as error:
             await error_response(request, error)(scope, receive, send)
             return
         await self.app(scope, receive if streamed else _bounded(receive, MAX_BODY_BYTES), send)
+
+
+    async def _admit(self, request: Request, rules: list[Access]) -> None:
+        """Raise the rule's refusal where every route the path may be refuses this caller:
+        no token where one is needed, an unknown, revoked or expired one, or a role below
+        the rule's. The principal found is kept for the route's own check."""
+        from control_plane.api.deps import authenticate, bearer_secret
+
+        cp = self.api.state.control_plane
+        if any(rule.role is None for rule in rules):
+            return
+        secret = bearer_secret(request)
+        if secret is None:
+            if not any(rule.anonymous_allowed(cp.settings) for rule in rules):
+                raise anonymous_refused(rules[0])
+            return
+        principal = await authenticate(cp, secret)
+        request.state.authenticated = (secret, principal)
+        if not any(rule.allows(principal.role) for rule in rules):
+            principal.require(rules[0].role, also=rules[0].also)  # type: ignore[arg-type]
 
 
 def _route_path(scope: Scope) -> str:

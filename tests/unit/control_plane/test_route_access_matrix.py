@@ -226,15 +226,20 @@ def _asgi_post(app: object, path: str, headers: dict[str, str]) -> tuple[int, di
     return int(start["status"]), json.loads(body), asked  # type: ignore[arg-type]
 
 
-def test_an_anonymous_call_that_needs_a_token_is_refused_before_its_body_is_read(
-        matrix: Matrix) -> None:
+def test_a_call_its_rule_refuses_is_refused_before_its_body_is_read(matrix: Matrix) -> None:
     """FastAPI reads and parses a body before any dependency runs: without this refusal an
-    anonymous caller's body of any size was held and parsed by the control plane."""
+    anonymous caller's body of any size was held and parsed by the control plane (and a
+    revoked or made-up token's, or a reader's)."""
+    reader = next(c for c in matrix.callers if c.role == Role.READER)
+    revoked = next(c for c in matrix.callers if c.revoked)
+    callers = [({}, 401, "unauthenticated"), (_headers(revoked), 401, "unauthenticated"),
+               ({"authorization": "Bearer mp_made-up"}, 401, "unauthenticated"),
+               (_headers(reader), 403, "permission_denied")]
     for path in ("/models", "/runs", "/models/iris/versions"):
-        status, body, asked = _asgi_post(matrix.client.app, path, {
-            "content-type": "application/json", "content-length": str(10**12)})
-        assert (status, body["code"], asked) == (401, "unauthenticated", 0), (path, body)
-        assert body["detail"] == {"field": "authorization"}
+        for headers, status_expected, code in callers:
+            status, body, asked = _asgi_post(matrix.client.app, path, {
+                **headers, "content-type": "application/json", "content-length": str(10**12)})
+            assert (status, body["code"], asked) == (status_expected, code, 0), (path, body)
 
 
 def test_a_body_past_the_limit_is_refused_declared_or_streamed_and_an_upload_is_not(
