@@ -276,12 +276,14 @@ def _writable(session: Session, run_id: str, actor: Principal) -> RunRow:
 
 
 def _latest_metrics(session: Session, run_id: str) -> dict[str, float]:
-    # The point with the highest step per key; ties broken by insertion order.
-    rows = session.execute(
-        select(RunMetricRow.key, RunMetricRow.value)
-        .where(RunMetricRow.run_id == run_id)
-        .order_by(RunMetricRow.key, RunMetricRow.step, RunMetricRow.id)
-    ).all()
+    # The point with the highest step per key; ties broken by insertion order. Picked by
+    # the store: a run's points (a training job writes as many as it likes) never all
+    # come into this process, whoever reads the run.
+    ranked = select(RunMetricRow.key, RunMetricRow.value, func.row_number().over(
+        partition_by=RunMetricRow.key,
+        order_by=(RunMetricRow.step.desc(), RunMetricRow.id.desc())).label("rank"),
+    ).where(RunMetricRow.run_id == run_id).subquery()
+    rows = session.execute(select(ranked.c.key, ranked.c.value).where(ranked.c.rank == 1)).all()
     return {key: value for key, value in rows}
 
 

@@ -26,6 +26,8 @@ from control_plane.schemas import (
 )
 
 router = APIRouter(tags=["tracking"])
+# Each run compared is read with its latest figures: one call may ask for this many.
+MAX_COMPARED_RUNS = 50
 
 
 @router.get("/experiments", response_model=Page[ExperimentOut])
@@ -59,6 +61,9 @@ def compare_runs(
     run_ids = [part.strip() for part in ids.split(",") if part.strip()]
     if not run_ids:
         raise InvalidInputError("ids must list at least one run id", detail={"field": "ids"})
+    if len(run_ids) > MAX_COMPARED_RUNS:
+        raise InvalidInputError(f"ids lists {len(run_ids)} runs; compare at most "
+                                f"{MAX_COMPARED_RUNS} at a time", detail={"field": "ids"})
     return cp.tracker.compare_runs(run_ids)
 
 

@@ -269,3 +269,12 @@ def test_a_body_past_the_limit_is_refused_declared_or_streamed_and_an_upload_is_
     assert answer.json()["size"] == len(upload)
     assert matrix.client.post("/models", headers=headers, json={"name": "small"}).status_code \
         in (201, 422)  # a body under the limit is judged by the route as before
+
+
+def test_a_comparison_of_more_runs_than_one_call_may_read_names_the_limit(matrix: Matrix) -> None:
+    from control_plane.api.routes_tracking import MAX_COMPARED_RUNS
+
+    ids = ",".join(f"run-{n}" for n in range(MAX_COMPARED_RUNS + 1))
+    answer = matrix.client.get(f"/runs/compare?ids={ids}")
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"] == {"field": "ids"} and "at most 50" in answer.json()["error"]

@@ -73,6 +73,15 @@ def test_compare_runs_picks_last_and_best(tracker: Tracker) -> None:
     assert lower_is_better("val_loss") and not lower_is_better("accuracy")
 
 
+def test_a_runs_latest_figure_is_its_highest_steps_last_point(tracker: Tracker) -> None:
+    """Read by the store: the highest step per key, of two at one step the later."""
+    run = tracker.start_run(RunCreate(experiment="latest"), ALICE)
+    tracker.log_metrics(run.id, _metrics(("loss", 0.9, 5), ("loss", 0.1, 1), ("loss", 0.7, 5),
+                                         ("acc", 0.5, 0)), ALICE)
+    tracker.log_metrics(run.id, _metrics(("loss", 0.8, 3)), ALICE)
+    assert tracker.get_run(run.id).latest_metrics == {"loss": 0.7, "acc": 0.5}
+
+
 def test_run_artifacts(tracker: Tracker) -> None:
     run = tracker.start_run(RunCreate(experiment="art"), ALICE)
     info = tracker.artifacts.put([b"confusion matrix"])
