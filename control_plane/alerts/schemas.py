@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from control_plane.notifications.events import DEFAULT_EVENTS, check_pattern, matches
-from control_plane.schemas import Finite, Name, Wire
+from control_plane.schemas import Finite, FiniteJson, Name, Wire
 
 Comparison = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
@@ -191,4 +191,4 @@ class EventCreate(Wire):
     severity: Severity = "warning"
     labels: LabelMap = Field(default_factory=dict)
     summary: str = Field("", max_length=2000)
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: FiniteJson = Field(default_factory=dict)

@@ -53,6 +53,10 @@ ReadStats = Callable[[str, float], dict[int, VersionSnapshot]]  # (endpoint, win
 ListEndpoints = Callable[[], list[str]]
 
 
+# Alert writes held while the store is away; past this, the oldest are dropped (logged).
+MAX_UNSAVED = 10_000
+
+
 class AlertService:
     """Alert rules, their alerts' states, events, history and notification."""
 
@@ -288,17 +292,27 @@ class AlertService:
             self.notifier.notify(Notification(notify.value, _alert_document(alert, kind)))
 
     def _store_unsaved(self) -> None:
-        """Write the queued alert states, oldest first, until the store refuses one."""
+        """Write the queued alert states, oldest first, until the store cannot answer; a
+        write it refuses (not one it could not take) is dropped, not tried for ever ahead
+        of every later one."""
         with self._lock:
+            if len(self._unsaved) > MAX_UNSAVED:
+                dropped = len(self._unsaved) - MAX_UNSAVED
+                log.error("%d alert writes waited too long for the store and are dropped",
+                          dropped)
+                del self._unsaved[:dropped]
             while self._unsaved:
                 alert, notify, kind = self._unsaved[0]
                 try:
                     self.store.save(alert, notify=notify, kind=kind)
                 except Exception as error:
-                    log.warning("could not store alert %s (%d writes wait for the store, "
-                                "tried again each pass): %s", alert.name, len(self._unsaved),
-                                error)
-                    return
+                    if _store_away(error):
+                        log.warning("could not store alert %s (%d writes wait for the store, "
+                                    "tried again each pass): %s", alert.name,
+                                    len(self._unsaved), error)
+                        return
+                    log.error("the store refused alert %s's state; it is not stored",
+                              alert.name, exc_info=error)
                 self._unsaved.pop(0)
 
     # ------------------------------------------------------------ the evaluator thread
@@ -366,6 +380,18 @@ class AlertService:
             active = [(a.name, a.severity, a.state.value) for a in self._alerts.values()]
         return {"active": active, "receivers": self.notifier.stats(),
                 "notifications": dict(self.notifier.counters)}
+
+
+def _store_away(error: Exception) -> bool:
+    """Whether the store could not take a write (unreachable, or the transaction lost to
+    another), rather than refusing it."""
+    from sqlalchemy.exc import DBAPIError
+
+    from control_plane.errors import StoreUnavailableError
+    from control_plane.store.database import store_transient
+
+    return isinstance(error, StoreUnavailableError) or (
+        isinstance(error, DBAPIError) and store_transient(error))
 
 
 def _summary(rule: AlertRuleSpec, labels: dict[str, str], value: float | None,

@@ -279,6 +279,32 @@ def test_a_process_that_stops_leading_drops_its_unstored_alert_states_but_not_it
     assert history(service) == [("rollout-rolled-back", "firing", "event")]
 
 
+def test_a_write_the_store_refuses_is_dropped_and_holds_up_no_later_one(
+        service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept for later is only what the store could not take (away, or a transaction lost):
+    a write it refuses, kept first in line, stopped every later alert from being stored."""
+    import math
+
+    from control_plane.alerts.schemas import EventCreate
+
+    save, refused = service.store.save, []
+
+    def refusing(alert: Any, **kwargs: Any) -> None:
+        if alert.data.get("bad"):
+            refused.append(alert.name)
+            raise ValueError("Out of range float values are not JSON compliant")
+        save(alert, **kwargs)
+
+    monkeypatch.setattr(service.store, "save", refusing)
+    service.fire_event("bad-event", severity="warning", labels={"n": "1"}, summary="x",
+                       data={"bad": True})
+    service.fire_event("good-event", severity="warning", labels={"n": "2"}, summary="y")
+    assert refused == ["bad-event"]
+    assert history(service) == [("good-event", "firing", "event")]
+    with pytest.raises(ValueError, match="data"):
+        EventCreate(name="x", data={"v": math.nan})
+
+
 def test_deleting_a_rule_resolves_its_alerts(service) -> None:
     stats = Stats()
     stats.drift("churn", 1, "drift", ["age"])
