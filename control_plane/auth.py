@@ -130,11 +130,13 @@ class TokenService:
                     "for a new one"
                 )
             if row.role == Role.TRAINER.value:
-                # A job's token stands for whoever minted it: revoking a leaked deployer
-                # token must also end the job tokens it minted, whatever their lifetime.
-                minter = session.scalar(select(TokenRow.revoked_at).where(
-                    TokenRow.name == row.created_by))
-                if minter is not None:
+                # A job's token acts for whoever minted it (its subject is theirs): revoking
+                # a leaked deployer token must also end the job tokens it minted, whatever
+                # their lifetime. One an admin issued to someone else is not the admin's.
+                minter = session.execute(select(TokenRow.revoked_at, TokenRow.subject).where(
+                    TokenRow.name == row.created_by)).first()
+                if minter is not None and minter.revoked_at is not None and \
+                        (minter.subject or row.created_by) == (row.subject or row.name):
                     raise AuthenticationError(
                         f"token {row.name!r} was minted by token {row.created_by!r}, which was "
                         "revoked; ask an admin for a new one")

@@ -202,3 +202,13 @@ def test_revoking_a_deployer_token_ends_the_job_tokens_it_minted(db: Database) -
     with pytest.raises(AuthenticationError, match="minted by token 'ci', which was revoked"):
         tokens.authenticate(minted.token)
     assert tokens.authenticate(other.token).name == "job-other"  # minted by someone else
+    # A trainer token an admin issued to another subject (CI's) is that subject's.
+    admin = tokens.authenticate(tokens.create(TokenCreate(name="ops", role=Role.ADMIN),
+                                              ADMIN).token)
+    for_ci = tokens.create(TokenCreate(name="ci-trainer", role=Role.TRAINER, subject="ci-bot",
+                                       expires_in_days=30), admin)
+    own = tokens.create(TokenCreate(name="job-ops", role=Role.TRAINER, expires_in_days=1), admin)
+    tokens.revoke("ops", ADMIN)
+    assert tokens.authenticate(for_ci.token).subject == "ci-bot"
+    with pytest.raises(AuthenticationError, match="minted by token 'ops'"):
+        tokens.authenticate(own.token)
