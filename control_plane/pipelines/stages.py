@@ -351,10 +351,11 @@ class DeployStage:
             serving = self._serving(endpoint)
             if serving is None:
                 return self._first_deploy(context, endpoint, model, version)
-            if serving == (model, version):  # a first deploy before a crash, or a re-run
+            if serving == (model, version, 100.0) and not self.services.rollouts.list(
+                    endpoint=endpoint, active=True, limit=1):  # a first deploy before a crash
                 return Outcome(StageState.PASSED, outputs={"deployed": f"{model}:{version}",
                                                            "endpoint": endpoint},
-                               reason=f"{endpoint} already serves {model}:{version} the most")
+                               reason=f"{endpoint} already serves {model}:{version}, all of it")
             rollout = self._start(context, endpoint, model, version)
             progress["rollout_id"] = rollout.id
             return Outcome(StageState.RUNNING, progress=progress,
@@ -380,8 +381,9 @@ class DeployStage:
                     int(rollout_id), pipeline_principal(context.run.pipeline),
                     f"pipeline run {context.run.pipeline}#{context.run.number} cancelled")
 
-    def _serving(self, endpoint: str) -> tuple[str, int] | None:
-        """(model, version) taking the most of ``endpoint``'s traffic; None where it takes none."""
+    def _serving(self, endpoint: str) -> tuple[str, int, float] | None:
+        """(model, version, weight) of the version taking the most of ``endpoint``'s traffic;
+        None where it takes none."""
         from control_plane.errors import NotFoundError
 
         try:
@@ -391,7 +393,8 @@ class DeployStage:
         routes = [route for route in current.routes if route.weight > 0 and not route.shadow]
         if not routes:
             return None
-        return current.model, max(routes, key=lambda route: route.weight).version
+        main = max(routes, key=lambda route: route.weight)
+        return current.model, main.version, float(main.weight)
 
     def _started(self, context: StageContext, endpoint: str, version: int) -> int | None:
         """A rollout of ``version`` this stage started before a crash kept it from saying so."""

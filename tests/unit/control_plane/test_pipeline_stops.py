@@ -308,6 +308,6 @@ def test_a_first_deploy_is_done_once_across_a_crash_and_a_failing_apply(
     assert first.state is StageState.PASSED and "deployed directly" in first.reason
     again = stage.advance(context())  # what the next pass after a crash sees
     assert again.state is StageState.PASSED, again.reason
-    assert "already serves bc:" in again.reason
+    assert "already serves bc:" in again.reason and "all of it" in again.reason
     assert world.rollouts.list(endpoint="bc-new") == []
     assert [(r.version, r.weight) for r in world.deployments.get("bc-new").routes] == [(version, 100.0)]
