@@ -103,8 +103,9 @@ class ControlPlane:
         return plane
 
     def attach_serve(self, *, interval_s: float = 10.0) -> None:
-        """Drive Ray Serve from the store: reconcile now, then every ``interval_s``, while
-        this process holds the control loops' lease (control_plane.leadership)."""
+        """Drive Ray Serve from the store: reconcile within half a second of holding the
+        control loops' lease (control_plane.leadership), then every ``interval_s`` while
+        this process holds it."""
         from control_plane.reconciler import RayServeBackend, Reconciler
         from control_plane.replica_env import link_address, replica_environment
 
@@ -167,7 +168,11 @@ class ControlPlane:
 
         if self._took_over.is_set():
             self._took_over.clear()
-            self.apply()
+            try:
+                self.apply()
+            except BaseException:
+                self._took_over.set()  # Serve not ready yet: the next pass tries again
+                raise
             return
         requested = take_apply_requests(self.db)
         if None in requested:
