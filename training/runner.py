@@ -76,6 +76,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     token = settings.resolved_token()
     client = Client(settings.url, token, settings=settings)
     client.health()  # fail now, not after an hour of training, if the tracker is unreachable
+    refuse_crowning(spec)
 
     dataset = load_dataset(spec.data, spec.task, text=spec.model.reads_text)
     split = split_dataset(dataset, validation_split=spec.data.validation_split, seed=spec.data.seed)
@@ -152,6 +153,19 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     _end_run(client, run.id, "finished")
     client.close()
     return result
+
+
+def refuse_crowning(spec: JobSpec) -> None:
+    """Refuse, before anything is trained, a job that would point ``champion`` at its own
+    version (a promotion's alias, which a job's token may not move). Checked here, not by
+    the spec's schema, so that pipelines stored with such a spec still read."""
+    from control_plane.schemas import CHAMPION_ALIAS
+
+    if spec.registration.alias == CHAMPION_ALIAS:
+        raise InvalidJobSpecError(
+            f"registration.alias: {CHAMPION_ALIAS!r} is the alias a promotion moves (a rollout "
+            "that passes its gates); a job's version takes another, such as challenger, which "
+            "an endpoint may track", detail={"field": "registration.alias"})
 
 
 def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Dataset, split: Split,

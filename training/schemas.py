@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from control_plane.schemas import CHAMPION_ALIAS, AliasName, Name
+from control_plane.schemas import AliasName, Name
 from serving.schemas import CustomResources, check_custom_resources
 
 BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "reviews")
@@ -354,15 +354,6 @@ class RegistrationSpec(Section):
         "takes standardised rows and the version carries the fitted scaler as a "
         "builtin:standardize step before it (docs/models.md). A text_classifier always "
         "takes texts through its fitted tokenizer, a builtin:tokenize step."))
-
-    @field_validator("alias")
-    @classmethod
-    def _not_champion(cls, alias: str | None) -> str | None:
-        if alias == CHAMPION_ALIAS:
-            raise ValueError(f"{CHAMPION_ALIAS!r} is the alias a promotion moves (a rollout "
-                             "that passes its gates); a job's version takes another, such as "
-                             "challenger, which an endpoint may track")
-        return alias
 
 
 class JobSpec(Section):

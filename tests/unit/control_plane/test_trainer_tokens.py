@@ -175,17 +175,23 @@ def test_a_version_cannot_create_a_model_under_a_name_no_model_may_have(
     assert refused.value.detail == {"field": "name"}
 
 
-def test_a_job_spec_that_would_crown_its_own_version_is_refused_before_it_runs() -> None:
+def test_a_job_that_would_crown_its_own_version_is_refused_before_it_trains() -> None:
+    """Refused as the job starts, not by the spec's schema: a pipeline stored with such a
+    spec still reads (its triggers and runs go on; the run fails at its training stage)."""
     import yaml
 
+    from control_plane.pipelines.spec import parse_pipeline_spec
     from training.errors import InvalidJobSpecError
+    from training.runner import refuse_crowning
     from training.spec import parse_job_spec
 
     example = Path(__file__).parents[3] / "examples" / "breast_cancer.yaml"
     document = yaml.safe_load(example.read_text())
     document["registration"]["alias"] = "champion"
+    spec = parse_job_spec(document)
+    parse_pipeline_spec({"name": "bc", "training": {"job": document}, "deploy": {"endpoint": "bc"}})
     with pytest.raises(InvalidJobSpecError, match="alias a promotion moves") as refused:
-        parse_job_spec(document)
+        refuse_crowning(spec)
     assert refused.value.detail["field"] == "registration.alias"
 
 
