@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up .venv with the dev extras if needed, lint, then run the whole test suite.
 # Extra arguments go to pytest in one process (e.g. `scripts/test.sh -m unit` for the fast
-# tier, or a file). Without arguments the suite runs in two steps, each on every core
-# (pytest-xdist, up to 4 processes): the unit tier and the tests marked no_ray (real server
-# processes, no Ray); then everything else, where the tests on the session's Ray run in one
-# process as one work unit (tests/conftest.py) while the other processes take the modules
-# that start Ray heads of their own. Both steps run; the status is the first failure's.
+# tier, or a file). Without arguments the suite runs in two steps: on every core
+# (pytest-xdist), the unit tier and the tests marked no_ray (real server processes, no Ray),
+# which one process at a time would leave a core idle; then everything else in one process,
+# where the integration tests share one Ray for the session. Both steps run; the status is
+# the first failure's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
@@ -18,13 +18,10 @@ if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 workers="$(.venv/bin/python -c 'import os; print(min(len(os.sched_getaffinity(0)), 4))')"
-echo "==> the unit tier and the tests without Ray, then the rest, each on $workers processes"
+echo "==> the unit tier and the tests without Ray on $workers processes, then the rest"
 status=0
 .venv/bin/python -m pytest -n "$workers" --dist loadgroup -m "unit or no_ray" tests || status=$?
 rest=0
-# In collection order (the session's Ray first), not the largest unit first: that one is
-# the longest, and the heads' modules balance the other processes around it.
-.venv/bin/python -m pytest -n "$workers" --dist loadgroup --no-loadscope-reorder \
-  -m "not no_ray" tests --ignore=tests/unit || rest=$?
+.venv/bin/python -m pytest -m "not no_ray" tests --ignore=tests/unit || rest=$?
 [ "$status" -ne 0 ] || status=$rest
 exit "$status"

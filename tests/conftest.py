@@ -43,47 +43,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.faults)
     for item in items:
-        if item.get_closest_marker("no_ray") is not None and "ray_session" in item.fixturenames:
+        if item.get_closest_marker("no_ray") is None:
+            continue
+        if "ray_session" in item.fixturenames:
             raise pytest.UsageError(
                 f"{item.nodeid} is marked no_ray but uses the session's Ray (through one of its "
                 "fixtures); no_ray tests run beside the unit tier, where no Ray is started")
-        if item.get_closest_marker("unit") is None:
-            item.add_marker(pytest.mark.xdist_group(_work_unit(item)))
-    # The order in one process: the modules without Ray first (beside the unit tier, where
-    # scripts/test.sh runs both on every core, the long server tests start at once rather
-    # than last, on one core); then the unit tier; then the modules that start their own Ray
-    # head, while the session's Ray (started at its first use) is not yet there idling
-    # beside them; then the modules on the session's Ray. On pytest-xdist's workers the
-    # session's Ray comes before the heads: it is one work unit, the longest, and started
-    # first on one worker it runs beside the others' heads instead of alone at the end.
-    # Stable: each module keeps its order.
-    on_workers = hasattr(config, "workerinput")
+        # A module's tests share its server (a module fixture) and may build on each other:
+        # with --dist loadgroup one worker runs them all, in order.
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    # The modules without Ray first: beside the unit tier (scripts/test.sh runs both on
+    # every core) the long server tests start at once rather than last, on one core. Then
+    # the unit tier; then the modules that start their own Ray head, while the session's
+    # Ray (started at its first use) is not yet there idling beside them on two cores; then
+    # the modules on the session's Ray. Stable: each module keeps its order.
     rank: dict[str, int] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
         own = (0 if item.get_closest_marker("no_ray") else 1 if item.get_closest_marker("unit")
-               else (2 if on_workers else 3) if "ray_session" in item.fixturenames
-               else (3 if on_workers else 2))
+               else 3 if "ray_session" in item.fixturenames else 2)
         rank[module] = max(rank.get(module, 0), own)
     items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
-
-
-SESSION_RAY_GROUP = "session-ray"
-
-
-def _work_unit(item: pytest.Item) -> str:
-    """The tests pytest-xdist (``--dist loadgroup``) must run in one worker, in order: every
-    test on the session's Ray (one Ray per process), a package's tests where a package
-    fixture holds a server for them, else a module's (its tests share module fixtures and
-    may build on each other)."""
-    if "ray_session" in item.fixturenames:
-        return SESSION_RAY_GROUP
-    fixtures = getattr(item, "_fixtureinfo", None)
-    scopes = {definition.scope for definitions in
-              (fixtures.name2fixturedefs.values() if fixtures is not None else ())
-              for definition in definitions}
-    module = item.nodeid.split("::")[0]
-    return module.rsplit("/", 1)[0] if "package" in scopes else module
 
 
 def free_port() -> int:
