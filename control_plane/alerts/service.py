@@ -39,6 +39,7 @@ from control_plane.alerts.store import AlertStore
 from control_plane.alerts.templates import render_template
 from control_plane.schemas import Page
 from control_plane.store import Database
+from control_plane.store.database import store_could_not_take
 from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
@@ -306,7 +307,7 @@ class AlertService:
                 try:
                     self.store.save(alert, notify=notify, kind=kind)
                 except Exception as error:
-                    if _store_away(error):
+                    if store_could_not_take(error):
                         log.warning("could not store alert %s (%d writes wait for the store, "
                                     "tried again each pass): %s", alert.name,
                                     len(self._unsaved), error)
@@ -380,18 +381,6 @@ class AlertService:
             active = [(a.name, a.severity, a.state.value) for a in self._alerts.values()]
         return {"active": active, "receivers": self.notifier.stats(),
                 "notifications": dict(self.notifier.counters)}
-
-
-def _store_away(error: Exception) -> bool:
-    """Whether the store could not take a write (unreachable, or the transaction lost to
-    another), rather than refusing it."""
-    from sqlalchemy.exc import DBAPIError
-
-    from control_plane.errors import StoreUnavailableError
-    from control_plane.store.database import store_transient
-
-    return isinstance(error, StoreUnavailableError) or (
-        isinstance(error, DBAPIError) and store_transient(error))
 
 
 def _summary(rule: AlertRuleSpec, labels: dict[str, str], value: float | None,

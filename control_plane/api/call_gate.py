@@ -9,9 +9,8 @@ call that every declared route the path could be refuses (no token where one is 
 an unknown, revoked or expired one, a role below the rule's) is answered 401 or 403 here,
 without a byte of its body read; the dependency still decides every call that gets
 through, as before, with the principal found here. Any caller may send at most
-:data:`MAX_BODY_BYTES`,
-declared or streamed, except to the routes that stream their body to disk under their
-own limit (:data:`STREAMED_BODIES`).
+:data:`MAX_BODY_BYTES`, declared or streamed, except to the routes that stream their body
+to disk under their own limit (:data:`STREAMED_BODIES`).
 """
 
 from __future__ import annotations
@@ -98,15 +97,21 @@ def _route_path(scope: Scope) -> str:
     return path[len(root):] or "/" if root and path.startswith(root) else path
 
 
-def _check_declared(request: Request, limit: int) -> None:
+def declared_length(request: Request) -> int | None:
+    """The body's declared ``Content-Length``; None where it streams without one."""
     declared = request.headers.get("content-length")
     if declared is None:
-        return
+        return None
     if not declared.isdigit():
         raise InvalidInputError("Content-Length must be a non-negative integer",
                                 detail={"field": "content-length"})
-    if int(declared) > limit:
-        raise _too_large(int(declared), limit)
+    return int(declared)
+
+
+def _check_declared(request: Request, limit: int) -> None:
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise _too_large(declared, limit)
 
 
 def _too_large(size: int, limit: int) -> PayloadTooLargeError:

@@ -8,6 +8,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
+from control_plane.api.call_gate import declared_length
 from control_plane.api.deps import CP, Reader, Writer
 from control_plane.artifacts import check_digest
 from control_plane.auth import TRAINING
@@ -80,18 +81,14 @@ def whoami(actor: Reader) -> dict[str, str]:
 async def upload_artifact(request: Request, cp: CP, actor: Writer) -> ArtifactOut:
     """Stream raw bytes into the artifact store; send ``x-artifact-digest`` to have it checked."""
     actor.require(Role.DEPLOYER, also=TRAINING)
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidInputError("Content-Length must be a non-negative integer",
-                                    detail={"field": "content-length"})
-        if int(declared) > cp.artifacts.max_bytes:
-            raise PayloadTooLargeError(
-                f"artifact of {declared} bytes exceeds the "
-                f"{cp.artifacts.max_bytes // (1024 * 1024)} MiB limit "
-                "(MODELPLANE_MAX_ARTIFACT_MB on the control plane)",
-                detail={"limit_bytes": cp.artifacts.max_bytes},
-            )
+    declared = declared_length(request)
+    if declared is not None and declared > cp.artifacts.max_bytes:
+        raise PayloadTooLargeError(
+            f"artifact of {declared} bytes exceeds the "
+            f"{cp.artifacts.max_bytes // (1024 * 1024)} MiB limit "
+            "(MODELPLANE_MAX_ARTIFACT_MB on the control plane)",
+            detail={"limit_bytes": cp.artifacts.max_bytes},
+        )
     expected = request.headers.get(DIGEST_HEADER)
     writer = await to_thread.run_sync(cp.artifacts.writer, expected)
     try:

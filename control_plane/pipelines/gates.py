@@ -9,7 +9,6 @@ the absolute thresholds alone (the report says so).
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
 from typing import Any
 
 from control_plane.pipelines.records import StageState
@@ -213,13 +212,8 @@ class BenchmarkStage:
     def _started(self, context: StageContext, model: str, version: int) -> Any:
         """A benchmark of ``version`` this stage started before a crash (or a store error)
         kept it from saying so: asked again, the service refuses a second one as running."""
-        from control_plane.pipelines.stages import pipeline_principal
-
-        since = context.record.started_at
-        actor = pipeline_principal(context.run.pipeline).name
         return next((record for record in self.services.benchmarks.list(model, version, limit=5)
-                     if since is not None and record.created_by == actor
-                     and record.started_at >= since - timedelta(seconds=1)), None)
+                     if context.made_here(record.created_by, record.started_at)), None)
 
     def _settings(self, context: StageContext) -> Any:
         from control_plane.errors import NotFoundError

@@ -57,6 +57,13 @@ class StageContext:
     def earlier(self, name: str) -> StageRecord:
         return next(s for s in self.run.stages if s.name == name)
 
+    def made_here(self, created_by: str, created_at: datetime) -> bool:
+        """Whether a record (a rollout, a benchmark) was made by this run of this stage: a
+        crash, or a store error, may have kept the stage from saying it made it."""
+        since = self.record.started_at
+        return since is not None and created_by == pipeline_principal(self.run.pipeline).name \
+            and created_at >= since - timedelta(seconds=1)
+
     @property
     def candidate(self) -> tuple[str, int] | None:
         """The model and version the training stage registered, once it has."""
@@ -398,11 +405,9 @@ class DeployStage:
 
     def _started(self, context: StageContext, endpoint: str, version: int) -> int | None:
         """A rollout of ``version`` this stage started before a crash kept it from saying so."""
-        since = context.record.started_at
         for rollout in self.services.rollouts.list(endpoint=endpoint, limit=5):
-            if rollout.candidate_version == version and since is not None and \
-                    rollout.created_at >= since - timedelta(seconds=1) and \
-                    rollout.created_by == pipeline_principal(context.run.pipeline).name:
+            if rollout.candidate_version == version and \
+                    context.made_here(rollout.created_by, rollout.created_at):
                 return int(rollout.id)
         return None
 

@@ -32,17 +32,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from control_plane.auth import Principal
-from control_plane.errors import StoreUnavailableError
 from control_plane.observability import json_safe
 from control_plane.registry import Registry, mark_rejected
 from control_plane.rollouts.states import RolloutState
 from control_plane.schemas import Role, Stage, StageChange
 from control_plane.store import Database
-from control_plane.store.database import store_transient
+from control_plane.store.database import store_could_not_take
 from control_plane.store.models import ModelRow, ModelVersionRow, RolloutEventRow, RolloutRow
 
 log = logging.getLogger(__name__)
@@ -107,19 +105,15 @@ class FollowUps:
                 row.followups = pending or None
                 _event(row, session, "followup",
                        f"v{row.candidate_version} rejected in the registry: {reason}")
-        except (StoreUnavailableError, DBAPIError) as error:
-            if isinstance(error, DBAPIError) and not store_transient(error):
-                self._refused(rollout_id, error)
-            else:  # not a refusal: the entry stays owed, and the next pass tries again
+        except Exception as error:
+            if store_could_not_take(error):  # not a refusal: owed still, tried next pass
                 log.warning("rejecting the candidate of rollout #%d waits for the store: %s",
                             rollout_id, error)
-        except Exception as error:
-            self._refused(rollout_id, error)
-
-    def _refused(self, rollout_id: int, error: Exception) -> None:
-        log.error("rejecting the candidate of rollout #%d failed", rollout_id, exc_info=error)
-        self._fail(rollout_id, REJECT, f"rejecting the candidate in the registry failed "
-                                       f"({type(error).__name__}: {error})")
+                return
+            log.error("rejecting the candidate of rollout #%d failed", rollout_id,
+                      exc_info=error)
+            self._fail(rollout_id, REJECT, f"rejecting the candidate in the registry failed "
+                                           f"({type(error).__name__}: {error})")
 
     def _raise_alert(self, rollout_id: int) -> None:
         with self._db.session(readonly=True) as session:

@@ -101,6 +101,14 @@ def store_transient(error: DBAPIError) -> bool:
         "database is locked" in str(error.orig))
 
 
+def store_could_not_take(error: BaseException) -> bool:
+    """Whether a write failed because the store could not take it now (unreachable, as
+    :meth:`Database.session` reports it, or :func:`store_transient`), not because it
+    refused the write: such a write is to be tried again, not given up."""
+    return isinstance(error, StoreUnavailableError) or (
+        isinstance(error, DBAPIError) and store_transient(error))
+
+
 def store_unreachable(error: DBAPIError) -> bool:
     """Whether the error says the server is gone, rather than what the statement did."""
     if error.connection_invalidated:
