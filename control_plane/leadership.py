@@ -19,6 +19,12 @@ serves the API, and only the holder of the ``control-loops`` lease runs the loop
   the margin for the machines' clocks to disagree, and for a pass that began while sure
   to end. A store that cannot be reached renews nothing, so a holder cut off from it
   stops acting before anyone else starts.
+- **Writing only while holding** (:meth:`Lease.fence`): a pass that began while sure may
+  outlast the margin (a stalled store call, a long pause). Every write transaction of the
+  loops first reads the lease row, locked against a takeover until it ends, and is refused
+  (:class:`LeaseLost`) unless this process still holds the lease under its term: a pass
+  that outlived its lead stores nothing, so no decision is made twice, nor an older one
+  stored over its successor's.
 - **Handing over**: a control plane that shuts down gracefully gives the lease up
   (:meth:`Lease.release`), so its successor takes over at its next renewal, not a lease
   length later; a renewal in flight on the lease loop's thread as it releases is given up
@@ -43,8 +49,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from control_plane.store import Database
+from control_plane.store.database import FencedOut
 from control_plane.store.models import ApplyRequestRow, LeaseRow
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,10 @@ CONTROL_LOOPS = "control-loops"
 LEASE_S = 10.0
 SURE_SHARE = 2 / 3  # of the lease's length, how long a holder acts after asking to renew
 RENEW_SHARE = 1 / 3  # of the lease's length, how often a holder renews
+
+
+class LeaseLost(FencedOut):
+    """A write of the control loops by a process that no longer holds their lease."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +196,27 @@ class Lease:
                 row.holder, row.term, row.acquired_at = self.holder, row.term + 1, now
             row.renewed_at, row.expires_at = now, now + self.length_s
             return row.term
+
+    def fence(self, session: Session) -> None:
+        """Refuse the transaction in ``session`` (:class:`LeaseLost`) unless the store says
+        this process holds the lease under the term it last took or renewed; the row stays
+        locked against a takeover until the transaction ends (SQLite's write transactions
+        are serialized already). A process found to have lost the lease stops acting at once."""
+        term = self.term
+        if term is None:
+            raise LeaseLost(f"this process does not hold the {self.name} lease")
+        row = session.execute(select(LeaseRow.holder, LeaseRow.term)
+                              .where(LeaseRow.name == self.name)
+                              .with_for_update(read=True)).one_or_none()
+        if row is not None and row.holder == self.holder and row.term == term:
+            return
+        with self._state:
+            if self.term == term:
+                self._sure_until, self.term = float("-inf"), None
+        raise LeaseLost(f"the {self.name} lease passed to "
+                        f"{row.holder if row is not None else 'no one'} "
+                        f"(term {row.term if row is not None else '-'}) while this process, "
+                        f"holder in term {term}, was acting; nothing of this write was stored")
 
     def release(self) -> None:
         """Give the lease up now, if this process holds it, and for good (the store may

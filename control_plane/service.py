@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from control_plane.ownership import store_identity
 from control_plane.registry import Registry
 from control_plane.rollouts.controller import RolloutController
 from control_plane.store import Database
+from control_plane.store.database import FencedOut, fenced_writes
 from control_plane.tracking import Tracker
 from modelplane.settings import Settings
 
@@ -183,8 +185,16 @@ class ControlPlane:
 
     def _leading(self, work: Callable[[], Any]) -> Callable[[], Any]:
         def only_while_leading() -> Any:
-            return work() if self.leading else None
+            if not self.leading:
+                return None
+            with self._fenced():
+                return work()
         return only_while_leading
+
+    def _fenced(self) -> AbstractContextManager[None]:
+        """The control loops' writes, refused unless this process still holds their lease
+        as each is made (``Lease.fence``)."""
+        return fenced_writes(self.lease.fence) if self.lease is not None else nullcontext()
 
     def step_down(self) -> None:
         """Stop the control loops and give their lease up (a graceful shutdown): the next
@@ -215,7 +225,7 @@ class ControlPlane:
         from control_plane.observability import read_version_stats
 
         self.alerts.start(read_version_stats, lambda: [e.name for e in self.deployments.list()],
-                          active=lambda: self.leading)
+                          active=lambda: self.leading, fenced=self._fenced)
 
     def raise_alert(self, name: str, *, severity: str, labels: dict[str, str], summary: str,
                     data: dict[str, Any] | None = None) -> None:
@@ -255,6 +265,8 @@ class ControlPlane:
             while not stop.wait(interval_s):
                 try:
                     work()
+                except FencedOut as lost:  # the lease's successor acts from here on
+                    log.warning("%s pass stopped: %s", name, lost)
                 except Exception:  # keep going; the next pass may succeed
                     log.exception("%s pass failed", name)
 

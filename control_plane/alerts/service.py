@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -319,9 +320,12 @@ class AlertService:
     # ------------------------------------------------------------ the evaluator thread
 
     def start(self, read_stats: ReadStats, list_endpoints: ListEndpoints, *,
-              active: Callable[[], bool] = lambda: True) -> None:
+              active: Callable[[], bool] = lambda: True,
+              fenced: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         """Evaluate in a background thread until :meth:`stop` (idempotent), in each tick
-        where ``active()`` (this process leads the control loops)."""
+        where ``active()`` (this process leads the control loops), its writes made inside
+        ``fenced()`` there (refused once another process leads: rule states are then that
+        one's to derive, and events are written in a later tick, unfenced)."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
@@ -329,7 +333,9 @@ class AlertService:
         def run() -> None:
             while not self._stop.wait(TICK_S):
                 try:
-                    self.tick(read_stats, list_endpoints, leading=active())
+                    leading = active()
+                    with fenced() if leading else nullcontext():
+                        self.tick(read_stats, list_endpoints, leading=leading)
                 except Exception:  # keep evaluating; the next pass may succeed
                     log.exception("alert evaluation failed")
 

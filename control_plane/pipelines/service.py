@@ -38,6 +38,7 @@ from control_plane.pipelines.spec import PipelineSpec
 from control_plane.pipelines.stages import Outcome, Stage, StageContext
 from control_plane.schemas import Role
 from control_plane.store import Database
+from control_plane.store.database import FencedOut
 from control_plane.store.models import PipelineRow, PipelineRunRow
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,8 @@ class Pipelines:
                 except StaleDataError:
                     log.info("run %s#%d changed during a pass; next pass", run.out.pipeline,
                              run.out.number)
+                except FencedOut:  # another control plane leads: the pass is its now
+                    raise
                 except Exception:  # one broken run must not stop the others
                     log.exception("advancing pipeline run %s#%d failed", run.out.pipeline,
                                   run.out.number)
@@ -256,6 +259,8 @@ class Pipelines:
         else:
             try:
                 outcome = stage.advance(self._context(run, current))
+            except FencedOut:  # the stage's own write, refused: not the stage failing
+                raise
             except Exception as error:
                 log.warning("stage %s of %s#%d raised: %s", current.name, run.out.pipeline,
                             run.out.number, error)
@@ -358,6 +363,8 @@ class Pipelines:
         for name, stored, state in pipelines:
             try:  # one pipeline's spec that no longer reads stops its triggers alone
                 self._trigger(name, PipelineSpec.model_validate(stored), state)
+            except FencedOut:
+                raise
             except Exception:
                 log.exception("checking the triggers of pipeline %s failed", name)
 

@@ -68,6 +68,7 @@ from control_plane.rollouts.schemas import (
 from control_plane.rollouts.states import ACTIVE_STATES, RolloutState
 from control_plane.schemas import Role
 from control_plane.store import Database
+from control_plane.store.database import FencedOut
 from control_plane.store.models import ModelRow, RolloutEventRow, RolloutRow
 from serving.monitoring import VersionSnapshot
 
@@ -194,14 +195,21 @@ class RolloutController(ManualActions):
     def tick(self) -> None:
         """One pass: advance every active rollout, remove drained versions, follow aliases."""
         changed = False
+        # A write refused by the control loops' lease (FencedOut) ends the pass: another
+        # control plane leads now, every later write would be refused too, and its
+        # takeover applies to Serve what this one stored.
         with self._lock:
             try:  # first what an earlier pass owes (it may have crashed mid-rollback)
                 changed |= self._followups.finish_all()
+            except FencedOut:
+                raise
             except Exception:
                 log.exception("finishing rollout follow-ups failed")
             for rollout in self.list(active=True, limit=1000):
                 try:
                     changed |= self._advance(rollout)
+                except FencedOut:
+                    raise
                 except Exception:  # one broken rollout must not stall the others
                     log.exception("advancing rollout #%d failed", rollout.id)
             try:
@@ -211,6 +219,8 @@ class RolloutController(ManualActions):
                         (now - self._aliases_checked_at).total_seconds() >= ALIAS_CHECK_S:
                     self._aliases_checked_at = now
                     changed |= self._follow_aliases()
+            except FencedOut:
+                raise
             except Exception:
                 log.exception("rollout housekeeping failed")
         if changed:
@@ -304,6 +314,8 @@ class RolloutController(ManualActions):
             try:
                 self.start(spec, actor)
                 started = True
+            except FencedOut:
+                raise
             except Exception as error:  # one endpoint's refusal must not stall the others'
                 refused[key] = why = f"{type(error).__name__}: {error}"
                 if self._alias_refusals.get(key) != why:  # said once, not every second

@@ -12,12 +12,19 @@ Read-only sessions use a plain deferred ``BEGIN`` so they never block writers.
 A database that cannot be reached (PostgreSQL stopped, the network gone) is a
 :class:`StoreUnavailableError` (503) within about a second, never a hang or a 500: the
 transaction was not committed, so nothing is half-written, and the caller may retry.
+
+A thread may put its writes behind a fence (:func:`fenced_writes`): a check run first in
+every write transaction it opens, in the same transaction, which refuses the whole
+transaction (:class:`FencedOut`) when the thread is no longer entitled to write. The
+control loops write behind their lease's fence (``control_plane.leadership``): a pass that
+outlived its process's lead cannot store a decision its successor may already have made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_plane.errors import SchemaOutdatedError, StoreUnavailableError
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+WriteFence = Callable[[Session], None]
+_write_fence: ContextVar[WriteFence | None] = ContextVar("write_fence", default=None)
+
+
+class FencedOut(Exception):
+    """A write transaction its fence refused: nothing of it was written."""
+
+
+@contextmanager
+def fenced_writes(fence: WriteFence) -> Iterator[None]:
+    """Run ``fence(session)`` first in every write transaction this thread opens in the
+    block; it raises :class:`FencedOut` to refuse the transaction."""
+    token = _write_fence.set(fence)
+    try:
+        yield
+    finally:
+        _write_fence.reset(token)
 
 
 class Database:
@@ -56,6 +81,9 @@ class Database:
         factory = self._reader if readonly else self._writer
         session = factory()
         try:
+            fence = None if readonly else _write_fence.get()
+            if fence is not None:
+                fence(session)
             yield session
             # A read-only session is simply closed: a rollback would expire the rows
             # the caller is about to read, close() detaches them with their values.
@@ -104,8 +132,10 @@ def store_transient(error: DBAPIError) -> bool:
 def store_could_not_take(error: BaseException) -> bool:
     """Whether a write failed because the store could not take it now (unreachable, as
     :meth:`Database.session` reports it, or :func:`store_transient`), not because it
-    refused the write: such a write is to be tried again, not given up."""
-    return isinstance(error, StoreUnavailableError) or (
+    refused the write: such a write is to be tried again, not given up.
+    A fenced-out write counts among them: whoever holds the fence now does it, or this
+    process does once it holds the fence again."""
+    return isinstance(error, (StoreUnavailableError, FencedOut)) or (
         isinstance(error, DBAPIError) and store_transient(error))
 
 

@@ -14,7 +14,9 @@ from control_plane.alerts.schemas import AlertRuleSpec, AlertsFile
 from control_plane.alerts.signals import SIGNALS
 from control_plane.alerts.states import Alert, AlertState
 from control_plane.errors import StoreUnavailableError
+from control_plane.leadership import LEASE_S, Lease
 from control_plane.store import Database
+from control_plane.store.database import fenced_writes
 from serving.monitoring import VersionSnapshot
 from tests.snapshots import drifting
 
@@ -277,6 +279,30 @@ def test_a_process_that_stops_leading_drops_its_unstored_alert_states_but_not_it
     failing[0] = False
     service.tick(stats, stats.endpoints, leading=False)  # the new leader judges the rule
     assert history(service) == [("rollout-rolled-back", "firing", "event")]
+
+
+def test_an_evaluation_that_outlived_its_lead_stores_no_alert_state_and_keeps_its_events(
+        service) -> None:
+    """The evaluator writes behind the control loops' lease. A pass that lost the lease
+    stores no rule state (the new leader derives its own, and a late write could overwrite
+    it) and keeps its one-shot events, which its next pass writes as a follower."""
+    clock = [1_000_000.0]
+    stale, successor = (Lease(service.store.db, holder=holder, clock=lambda: clock[0],
+                              monotonic=lambda: clock[0]) for holder in ("stale", "successor"))
+    assert stale.hold()
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    clock[0] += LEASE_S + 1
+    assert successor.hold()
+    with fenced_writes(stale.fence):
+        service.fire_event("rollout-rolled-back", severity="critical", labels={"rollout": "7"},
+                           summary="v2 rolled back")
+        service.tick(stats, stats.endpoints, leading=True)
+    assert history(service) == [] and service.active() == []
+    service.tick(stats, stats.endpoints, leading=False)
+    assert history(service) == [("rollout-rolled-back", "firing", "event")]
+    assert service.active() == []
 
 
 def test_a_write_the_store_refuses_is_dropped_and_holds_up_no_later_one(

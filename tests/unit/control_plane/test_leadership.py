@@ -19,6 +19,7 @@ from control_plane.leadership import (
     LEASE_S,
     SURE_SHARE,
     Lease,
+    LeaseLost,
     new_holder_id,
     read_lease,
     request_apply,
@@ -26,6 +27,8 @@ from control_plane.leadership import (
 )
 from control_plane.service import ControlPlane
 from control_plane.store import Database
+from control_plane.store.database import fenced_writes
+from control_plane.store.models import ApplyRequestRow
 from modelplane.settings import Settings
 from tests.waiting import wait_for
 
@@ -287,6 +290,86 @@ def test_a_serve_slow_to_answer_the_takeovers_apply_does_not_cost_the_lease(
             assert leader.leading and read_lease(leader.db).holder == leader.lease.holder
     finally:
         answer.set()
+        leader.close()
+
+
+def test_a_write_behind_the_fence_is_refused_once_another_holds_the_lease(
+        db: Database) -> None:
+    """A control pass that began while its process led, and outlived the lead (a stalled
+    store call, a pause), stores nothing once another process holds the lease: the
+    successor may already have made the same decision, or a later one."""
+    clocks = Clocks()
+    first, second = lease(db, "first", clocks), lease(db, "second", clocks)
+    assert first.hold()
+    with fenced_writes(first.fence):
+        request_apply(db, "iris")
+    clocks.now += LEASE_S + 1
+    assert second.hold() and second.term == 2
+    with fenced_writes(first.fence), pytest.raises(LeaseLost, match="second"):
+        request_apply(db, "fraud")
+    assert not first.held and first.term is None
+    with fenced_writes(first.fence), pytest.raises(LeaseLost, match="does not hold"):
+        request_apply(db, "fraud")
+    request_apply(db, "api")  # the API's writes are not the loops': every process serves it
+    assert take_apply_requests(db) == {"iris", "api"}
+
+
+def test_a_takeover_waits_for_the_holders_write_in_flight(db: Database) -> None:
+    """The fence holds the lease row until its transaction ends: a process taking the lease
+    over waits for the holder's write in flight and then sees it, never a write that lands
+    after it took over."""
+    clocks = Clocks()
+    first, second = lease(db, "first", clocks), lease(db, "second", clocks)
+    assert first.hold()
+    in_write, finish = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with fenced_writes(first.fence), db.session() as session:
+            session.add(ApplyRequestRow(endpoint="iris", requested_at=clocks.now))
+            session.flush()
+            in_write.set()
+            finish.wait(30)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert in_write.wait(10)
+        clocks.now += LEASE_S + 1
+        took: list[bool] = []
+        taker = threading.Thread(target=lambda: took.append(second.hold()))
+        taker.start()
+        taker.join(1.0)
+        assert taker.is_alive() and not took, "the takeover did not wait for the write"
+    finally:
+        finish.set()
+        writer.join(10)
+    taker.join(30)
+    assert took == [True] and second.term == 2
+    assert take_apply_requests(db) == {"iris"}
+
+
+def test_the_control_loops_write_behind_the_lease(tmp_path: Path) -> None:
+    """Every pass of the control loops runs behind the lease's fence: one that finds the
+    lease taken mid-pass stores nothing more and stops leading at once."""
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")})
+    leader = ControlPlane.start(settings)
+    try:
+        leader.start_control_loops(lease_s=6.0)
+        assert leader.leading
+        clocks = Clocks()
+        clocks.now = read_lease(leader.db).expires_at + 1  # as if the leader had stalled
+        successor = lease(leader.db, "successor", clocks)
+
+        def pass_that_outlived_its_lead() -> None:
+            request_apply(leader.db, "before")
+            assert successor.hold()
+            request_apply(leader.db, "after")
+
+        with pytest.raises(LeaseLost):
+            leader._leading(pass_that_outlived_its_lead)()
+        assert not leader.leading
+        assert take_apply_requests(leader.db) == {"before"}
+    finally:
         leader.close()
 
 

@@ -13,6 +13,7 @@ from control_plane.artifacts import ArtifactStore
 from control_plane.auth import Principal
 from control_plane.deployments import Deployments
 from control_plane.errors import ConflictError, InvalidInputError, PermissionDeniedError
+from control_plane.leadership import LEASE_S, Lease, LeaseLost
 from control_plane.registry import Registry
 from control_plane.rollouts.controller import RolloutController
 from control_plane.rollouts.schemas import RolloutCreate, RolloutPolicy, RolloutTemplate
@@ -28,6 +29,7 @@ from control_plane.schemas import (
     VersionCreate,
 )
 from control_plane.store import Database
+from control_plane.store.database import fenced_writes
 from serving.monitoring import ShadowComparison, VersionSnapshot
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.snapshots import served
@@ -267,6 +269,47 @@ def test_a_new_controller_resumes_from_the_store(world: World) -> None:
         now=lambda: world.time)
     world.run(20)
     assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
+
+
+def test_a_pass_that_lost_the_lease_while_reading_the_monitor_stores_no_decision(
+        world: World) -> None:
+    """A pass that began while its control plane led, and lost the lease while it read the
+    Monitor (a stall longer than the lease's margin), stores no analysis and moves no
+    traffic: the successor decides on its own evidence, once."""
+    clock = [1_000_000.0]
+    stale, successor = (Lease(world.registry.db, holder=holder, clock=lambda: clock[0],
+                              monotonic=lambda: clock[0]) for holder in ("stale", "successor"))
+    assert stale.hold()
+    rollout_id = world.start(steps=[10, 50, 100], analysis={**FAST, "failures_to_rollback": 1})
+    world.serve(1)
+    world.serve(2, error_rate=0.5)  # one failed analysis rolls back
+    with fenced_writes(stale.fence):
+        world.run(1)  # the first step needs no analysis
+    first_step = world.controller.get(rollout_id)
+    assert first_step.state == RolloutState.PROGRESSING and not first_step.last_analysis
+    events = [e.kind for e in world.controller.events(rollout_id)]
+
+    def stalled_read(endpoint: str, window: Any) -> dict[int, VersionSnapshot]:
+        clock[0] += LEASE_S + 1
+        assert successor.hold()
+        return world.stats
+
+    world.controller._stats = stalled_read
+    world.time += timedelta(seconds=1)
+    with fenced_writes(stale.fence), pytest.raises(LeaseLost, match="successor"):
+        world.controller.tick()
+    assert world.controller.get(rollout_id) == first_step
+    assert [e.kind for e in world.controller.events(rollout_id)] == events
+    assert world.weights() == {1: 90.0, 2: 10.0}
+    successors = RolloutController(
+        world.registry.db, world.registry, world.deployments,
+        stats=lambda endpoint, window: world.stats, now=lambda: world.time)
+    with fenced_writes(successor.fence):
+        successors.tick()
+    rolled_back = successors.get(rollout_id)
+    assert rolled_back.state == RolloutState.ROLLED_BACK
+    assert [e.kind for e in successors.events(rollout_id)].count("analysis_failed") == 1
+    assert world.weights() in ({1: 100.0, 2: 0.0}, {1: 100.0})
 
 
 @pytest.mark.parametrize("action, ended", [("rollback", RolloutState.ROLLED_BACK),
