@@ -265,19 +265,10 @@ class Story:
         return run
 
     def watch_rollout(self, rollout_id: int) -> None:
-        from rich.live import Live
+        from control_plane.cli.rollouts import follow_rollout
 
-        from control_plane.cli.rollouts import rollout_view
-
-        with Live(console=self.console, refresh_per_second=4) as live:
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                rollout = self.client.get_rollout(rollout_id)
-                stats = self.client.endpoint_stats(ENDPOINT, window_s=self.pace.window_s)["versions"]
-                live.update(rollout_view(rollout, self.client.get_endpoint(ENDPOINT), stats))
-                if rollout.state.terminal:
-                    break
-                time.sleep(0.5)
+        follow_rollout(self.client, rollout_id, self.console, refresh=0.5,
+                       window_s=self.pace.window_s, for_s=600)
         self.console.print()
 
     def drift(self) -> None:

@@ -182,12 +182,23 @@ def monitor(
         console.print(render(endpoint, api.endpoint_stats(endpoint, window_s=window), window,
                              width=console.width))
         return
+    from rich.console import Group
+    from rich.text import Text
+
+    from control_plane.cli.following import follow
+
     with Live(console=console, auto_refresh=False) as live:
+        shown: list[Any] = [Text(endpoint)]
+
+        def waiting(why: str) -> None:  # the last tables stay, marked as old
+            live.update(Group(shown[0], Text(f"waiting: {why}", style="yellow")), refresh=True)
+
         try:
             while True:
+                stats = follow(lambda: api.endpoint_stats(endpoint, window_s=window), waiting)
                 # The width is read at each refresh, so the layout follows a resized terminal.
-                live.update(render(endpoint, api.endpoint_stats(endpoint, window_s=window), window,
-                                   width=console.width), refresh=True)
+                shown[0] = render(endpoint, stats, window, width=console.width)
+                live.update(shown[0], refresh=True)
                 time.sleep(interval)
         except KeyboardInterrupt:
             pass

@@ -46,7 +46,7 @@ def run(
 def status(
     name: str = NameArgument,
     number: int | None = RunOption,
-    watch: bool = typer.Option(False, "--watch", help="Follow the run until it ends."),
+    watch: bool = typer.Option(False, "--watch", help="Follow the run until it ends (a control plane away for up to a minute is waited out)."),
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
     """A run's stages: state, times, outputs and the reason a stage stopped it."""
@@ -99,9 +99,19 @@ def cancel(name: str = NameArgument,
 
 def _follow(api: Any, name: str, number: int, refresh: float) -> Any:
     """Print each stage as it starts and ends until the run is over; returns the last look."""
+    from control_plane.cli.following import follow
+
     shown: dict[str, str] = {}
+    said: list[str] = []
+
+    def waiting(why: str) -> None:
+        if not said:  # once per outage: the run's lines stay readable
+            typer.echo(f"  waiting: {why}", err=True)
+        said[:] = [why]
+
     while True:
-        current = api.pipeline_run(name, number)
+        current = follow(lambda: api.pipeline_run(name, number), waiting)
+        said.clear()
         for stage in current.stages:
             if shown.get(stage.name) != stage.state.value and stage.state.value != "pending":
                 shown[stage.name] = stage.state.value

@@ -20,6 +20,7 @@ from control_plane.cli.output import (
     print_table,
     read_document,
 )
+from modelplane.errors import ModelplaneError
 
 app = typer.Typer(help="Roll out a version: canary, blue-green, rolling or shadow, with "
                        "automatic promotion and rollback.", no_args_is_help=True)
@@ -145,7 +146,9 @@ def watch(
     url: str | None = UrlOption,
 ) -> None:
     """Live progress until the rollout ends: step, weights, per-version p95 and errors,
-    verdicts, and the A/B tests' effects, intervals and the samples they still need."""
+    verdicts, and the A/B tests' effects, intervals and the samples they still need. A
+    control plane or store that cannot answer is waited out for up to a minute; exits 1
+    unless the rollout succeeded."""
     api = client(url)
     _watch(api, _resolve(api, ref).id, refresh)
 
@@ -303,17 +306,47 @@ def ab_view(result: Any) -> list[Any]:
 
 def _watch(api: Any, rollout_id: int, refresh: float) -> None:
     from rich.console import Console
-    from rich.live import Live
 
-    console = Console()
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
-        while True:
-            rollout = api.get_rollout(rollout_id)
-            window = float(rollout.spec.get("analysis", {}).get("window_s", 60))
-            stats = api.endpoint_stats(rollout.endpoint, window_s=window).get("versions", {})
-            live.update(rollout_view(rollout, api.get_endpoint(rollout.endpoint), stats))
-            if rollout.state.terminal:
-                break
-            time.sleep(refresh)
-    if rollout.state.value != "succeeded":
+    if follow_rollout(api, rollout_id, Console(), refresh=refresh).state.value != "succeeded":
         raise typer.Exit(1)
+
+
+def follow_rollout(api: Any, rollout_id: int, console: Any, *, refresh: float = 1.0,
+                   window_s: float | None = None, for_s: float | None = None) -> Any:
+    """Show the rollout live until it ends (or ``for_s`` passes); its last look. A control
+    plane or store that cannot answer for a moment is waited out (``following``); a
+    Monitor that cannot costs only the live statistics: the view shows the last
+    analysis's instead. ``window_s``: the statistics' window (the rollout's own by default)."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from control_plane.cli.following import answers_soon, follow
+
+    until = time.monotonic() + for_s if for_s is not None else float("inf")
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        shown: list[Any] = [Text(f"rollout #{rollout_id}")]
+
+        def waiting(why: str) -> None:
+            live.update(Group(shown[0], Text(f"waiting: {why}", style="yellow")))
+
+        while True:
+            rollout, endpoint = follow(lambda: _look(api, rollout_id), waiting)
+            window = window_s or float(rollout.spec.get("analysis", {}).get("window_s", 60))
+            try:
+                stats = api.endpoint_stats(rollout.endpoint, window_s=window).get("versions", {})
+                note = None
+            except ModelplaneError as error:
+                if not answers_soon(error):
+                    raise
+                stats, note = None, f"live statistics unknown now: {error.message}"
+            shown[0] = rollout_view(rollout, endpoint, stats)
+            live.update(Group(shown[0], Text(note, style="yellow")) if note else shown[0])
+            if rollout.state.terminal or time.monotonic() >= until:
+                return rollout
+            time.sleep(refresh)
+
+
+def _look(api: Any, rollout_id: int) -> tuple[Any, Any]:
+    rollout = api.get_rollout(rollout_id)
+    return rollout, api.get_endpoint(rollout.endpoint)

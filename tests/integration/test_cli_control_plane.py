@@ -144,3 +144,45 @@ def test_reads_can_require_a_token(tmp_path: Path) -> None:
         assert json.loads(cli(locked, "models", "list", "--json").stdout)["total"] == 0
     finally:
         locked.stop()
+
+
+def test_rollout_watch_outlives_a_control_plane_restart(tmp_path: Path) -> None:
+    """A control plane killed and started again while an operator watches a rollout (Serve
+    restarting its replica, an upgrade): the watch waits for it and shows how the rollout
+    ends, rather than ending with the first connection refused."""
+    import subprocess
+    import time
+
+    import yaml
+
+    server = ControlPlaneProcess(tmp_path / "home").start()
+    watch = None
+    try:
+        manifest = tmp_path / "manifest.yaml"
+        manifest.write_text(yaml.safe_dump(linear_classifier_manifest()))
+        for seed in (1, 2):
+            model = tmp_path / f"m{seed}.onnx"
+            model.write_bytes(linear_classifier(seed=seed))
+            cli(server, "models", "register", "watched", str(model), "-m", str(manifest))
+        cli(server, "deploy", "watched", "watched:1", "--no-wait")
+        rollout = json.loads(cli(server, "rollout", "start", "watched", "watched:2",
+                                 "--json").stdout)
+        env = {**server.env, "MODELPLANE_TOKEN": server.admin_token}
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "modelplane.cli", "rollout", "watch", str(rollout["id"]),
+             "--refresh", "0.2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        time.sleep(3)
+        assert watch.poll() is None, watch.communicate()[0]
+        server.kill()
+        time.sleep(4)  # the watch meets connection refused, again and again
+        assert watch.poll() is None, watch.communicate()[0]
+        server.start()
+        cli(server, "rollout", "abort", str(rollout["id"]), "-r", "the watch is proven")
+        shown, _ = watch.communicate(timeout=60)
+        assert watch.returncode == 1, shown  # the rollout did not succeed: it was aborted
+        assert "the watch is proven" in shown and "Traceback" not in shown
+    finally:
+        if watch is not None and watch.poll() is None:
+            watch.kill()
+        server.stop()
