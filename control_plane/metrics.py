@@ -243,7 +243,8 @@ def _alert_families(alerts: dict[str, Any]):  # type: ignore[no-untyped-def]
     for key, count in sorted(counts.items()):
         active.add_metric(list(key), count)
     notifications = _counter("modelplane_alert_notifications",
-                             "Webhook deliveries by outcome (sent, failed, dropped, retries).",
+                             "Webhook deliveries by outcome (sent, failed, dropped, retries, expired; "
+                             "unstored: sent from memory, the store could not keep it).",
                              ["receiver", "outcome"])
     for receiver, outcomes in sorted(alerts.get("receivers", {}).items()):
         for outcome, count in sorted(outcomes.items()):

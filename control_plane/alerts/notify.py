@@ -5,7 +5,10 @@ the caller's thread (the evaluator, a rollout, a REST call) and a receiver that 
 or down delays nobody else: it is retried with exponential backoff, and when its queue
 is full new notifications for it are dropped and counted rather than held without bound.
 Retries happen on transport errors, 429 and 5xx; any other 4xx means the receiver refuses
-the payload, and trying again would not change its mind.
+the payload, and trying again would not change its mind. Where the notifier has a store,
+what a receiver has not acknowledged waits there, not in memory (:mod:`outbox`): a control
+plane that dies loses none of it. Every try of one notification carries the same
+``Idempotency-Key`` header.
 
 Besides alerts, the channels carry the control plane's other events
 (:mod:`control_plane.notifications`): a receiver gets only the kinds its ``events``
@@ -18,16 +21,24 @@ import contextlib
 import logging
 import queue
 import threading
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from control_plane.alerts.outbox import CLAIM_MARGIN_S, MAX_AGE_S, Outbox
 from control_plane.alerts.schemas import ReceiverSpec
+
+if TYPE_CHECKING:
+    from control_plane.store import Database
 
 log = logging.getLogger("modelplane.alerts")
 QUEUE_LIMIT = 1000
 PAYLOAD_VERSION = 1
+POLL_S = 0.5
+_IDLE: Any = object()  # a wake-up with nothing new on the queue
+_REFUSED = "refused: "
 
 
 class Deliverable(Protocol):
@@ -70,13 +81,17 @@ class Notification:
 
 
 class WebhookChannel:
-    """One receiver's queue and delivery thread."""
+    """One receiver's queue and delivery thread; with an outbox (``control_plane.alerts.
+    outbox``), what it takes from the queue is kept in the store until the receiver
+    acknowledges it, and what a dead control plane left for this receiver is sent too."""
 
-    def __init__(self, spec: ReceiverSpec) -> None:
+    def __init__(self, spec: ReceiverSpec, outbox: Outbox | None = None) -> None:
         import httpx
 
         self.spec = spec
         self.counters: Counter[str] = Counter()
+        self._outbox = outbox
+        self._store_trouble: str | None = None  # said once until the store answers again
         self._queue: queue.Queue[Deliverable | None] = queue.Queue(maxsize=QUEUE_LIMIT)
         self._stop = threading.Event()
         self._http = httpx.Client(timeout=spec.timeout_s, follow_redirects=False)
@@ -105,49 +120,131 @@ class WebhookChannel:
         self._http.close()
 
     def _run(self) -> None:
+        # With an outbox the thread also wakes every POLL_S: for retries that are due and
+        # for what another control plane left behind.
+        wait = POLL_S if self._outbox is not None else None
         while not self._stop.is_set():
-            notification = self._queue.get()
+            try:
+                notification = self._queue.get(timeout=wait)
+            except queue.Empty:
+                notification = _IDLE
             if notification is None:
                 return
-            self._deliver(notification)
+            if notification is not _IDLE:
+                self._take(notification)
+            if self._outbox is not None:
+                self._send_waiting()
 
-    def _deliver(self, notification: Deliverable) -> None:
-        import httpx
-
-        spec = self.spec
+    def _take(self, notification: Deliverable) -> None:
+        """Keep ``notification`` in the outbox; without one, or where the store cannot
+        keep it, send it from memory as it is."""
+        spec, description = self.spec, notification.describe()
         try:
             payload = notification.render(spec.format)
         except Exception:  # a payload that cannot be built is dropped, not retried
             self.counters["failed"] += 1
-            log.exception("webhook %s: could not render %s", spec.name, notification.describe())
+            log.exception("webhook %s: could not render %s", spec.name, description)
             return
-        problem = ""
+        if self._outbox is None:
+            self._deliver(payload, description)
+            return
+        try:
+            key = self._outbox.put(spec.name, description, payload, limit=QUEUE_LIMIT)
+        except Exception as error:
+            self.counters["unstored"] += 1
+            self._trouble(error)
+            self._deliver(payload, description)
+            return
+        if key is None:
+            self.counters["dropped"] += 1
+            log.warning("webhook %s is behind by %d notifications; dropped %s",
+                        spec.name, QUEUE_LIMIT, notification.describe())
+
+    def _send_waiting(self) -> None:
+        """Send what waits for this receiver in the outbox, oldest first, until the oldest
+        is not due (a retry's backoff, another control plane sending it) or none is left."""
+        assert self._outbox is not None
+        spec = self.spec
+        while not self._stop.is_set():
+            try:
+                waiting, expired = self._outbox.claim(
+                    spec.name, for_s=spec.timeout_s + CLAIM_MARGIN_S)
+                if expired:
+                    self.counters["expired"] += expired
+                    log.warning("webhook %s: %d notifications waited over %.0f h and are "
+                                "dropped", spec.name, expired, MAX_AGE_S / 3600)
+                if waiting is None:
+                    self._store_trouble = None
+                    return
+                sent, problem = self._post(waiting.body, waiting.key)
+                tries = waiting.attempts + 1
+                if sent:
+                    self.counters["sent"] += 1
+                    self._outbox.done(waiting.key)
+                elif problem.startswith(_REFUSED) or tries >= spec.max_attempts:
+                    self.counters["failed"] += 1
+                    log.warning("webhook %s could not be notified of %s (%s)", spec.name,
+                                waiting.description, problem.removeprefix(_REFUSED))
+                    self._outbox.done(waiting.key)
+                else:
+                    self.counters["retries"] += 1
+                    self._outbox.later(waiting.key, attempts=tries,
+                                       after_s=spec.backoff_s * 2 ** (tries - 1))
+                    return
+            except Exception as error:  # the store: tried again at the next wake-up
+                self._trouble(error)
+                return
+
+    def _trouble(self, error: BaseException) -> None:
+        why = f"{type(error).__name__}: {error}"
+        if self._store_trouble is None:
+            log.warning("webhook %s: the outbox in the store cannot be used (%s); "
+                        "notifications are sent from memory meanwhile", self.spec.name, why)
+        self._store_trouble = why
+
+    def _post(self, payload: dict[str, Any], key: str) -> tuple[bool, str]:
+        """One try: whether the receiver acknowledged it, else why not (prefixed with
+        ``_REFUSED`` where trying again would not change the receiver's mind)."""
+        import httpx
+
+        try:
+            response = self._http.post(self.spec.url, json=payload,
+                                       headers={"idempotency-key": key})
+        except httpx.HTTPError as error:
+            return False, f"{type(error).__name__}: {error}"
+        if response.is_success:
+            return True, ""
+        problem = f"HTTP {response.status_code}"
+        if response.status_code < 500 and response.status_code != 429:
+            return False, _REFUSED + problem
+        return False, problem
+
+    def _deliver(self, payload: dict[str, Any], description: str) -> None:
+        """Send from memory, with every try and backoff on this thread."""
+        spec = self.spec
+        key, problem = uuid.uuid4().hex, ""
         for attempt in range(spec.max_attempts):
             if attempt:
                 self.counters["retries"] += 1
                 # The wait ends early on stop, so shutting down never hangs on a backoff.
                 if self._stop.wait(spec.backoff_s * 2 ** (attempt - 1)):
                     return
-            try:
-                response = self._http.post(spec.url, json=payload)
-            except httpx.HTTPError as error:
-                problem = f"{type(error).__name__}: {error}"
-                continue
-            if response.is_success:
+            sent, problem = self._post(payload, key)
+            if sent:
                 self.counters["sent"] += 1
                 return
-            problem = f"HTTP {response.status_code}"
-            if response.status_code < 500 and response.status_code != 429:
+            if problem.startswith(_REFUSED):
                 break
         self.counters["failed"] += 1
-        log.warning("webhook %s could not be notified of %s (%s)", spec.name,
-                    notification.describe(), problem)
+        log.warning("webhook %s could not be notified of %s (%s)", spec.name, description,
+                    problem.removeprefix(_REFUSED))
 
 
 class Notifier:
     """Fans notifications out to the log and to every enabled webhook receiver."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: Database | None = None) -> None:
+        self._db = db  # where the channels keep their outbox; None: memory only
         self._channels: dict[str, WebhookChannel] = {}
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
@@ -161,7 +258,10 @@ class Notifier:
                 del self._channels[channel.spec.name]
             for name, spec in wanted.items():
                 if name not in self._channels:
-                    self._channels[name] = WebhookChannel(spec)
+                    # One outbox holder per channel: a channel that replaces another
+                    # (its spec changed) never sends what the old one has claimed.
+                    self._channels[name] = WebhookChannel(
+                        spec, Outbox(self._db) if self._db is not None else None)
         for channel in stale:
             channel.stop()
 

@@ -64,7 +64,7 @@ class AlertService:
 
     def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
         self.store = AlertStore(db)
-        self.notifier = Notifier()
+        self.notifier = Notifier(db)
         self.counters: Counter[str] = Counter()
         self._clock = clock
         self._lock = threading.RLock()  # evaluator, REST calls and rollouts share the state

@@ -106,9 +106,13 @@ class AlertStore:
             return ReceiverOut(**row.spec, created_at=row.created_at)
 
     def delete_receiver(self, name: str) -> None:
+        """Delete the receiver and what waits in the outbox for it."""
+        from control_plane.alerts.outbox import forget
+
         with self.db.session() as session:
             if session.execute(delete(AlertReceiverRow).where(AlertReceiverRow.name == name)).rowcount == 0:
                 raise NotFoundError(f"no alert receiver named {name!r}", detail={"field": "name"})
+            forget(session, name)
 
     def receivers(self) -> list[ReceiverOut]:
         with self.db.session(readonly=True) as session:

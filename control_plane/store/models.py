@@ -364,6 +364,24 @@ class AlertReceiverRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class OutboxRow(Base):
+    """A notification a receiver has not acknowledged yet (control_plane.alerts.outbox):
+    written as its receiver's thread takes it, removed once delivered or given up."""
+
+    __tablename__ = "notification_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(32), unique=True)  # the Idempotency-Key
+    receiver: Mapped[str] = mapped_column(String(128), index=True)
+    description: Mapped[str] = mapped_column(String(500))
+    body: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[float] = mapped_column(Float)  # not tried again before (Unix seconds)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    claimed_until: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class AlertRow(Base):
     """An alert that is pending or firing now, so a restarted control plane neither
     forgets a firing alert (and never resolves it) nor notifies it a second time."""

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,47 +15,9 @@ from control_plane.alerts.schemas import AlertRuleSpec, ReceiverSpec
 from control_plane.store import Database
 from serving.monitoring import VersionSnapshot
 from tests.snapshots import drifting
+from tests.webhooks import Receiver
 
 pytestmark = pytest.mark.no_ray
-
-
-class Receiver:
-    """A webhook receiver on loopback that records every POST; ``failures`` 5xx answers first."""
-
-    def __init__(self, failures: int = 0, status: int = 500) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.attempts = 0
-        self.failures, self.status = failures, status
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # http.server names handlers so
-                body = self.rfile.read(int(self.headers["content-length"]))
-                outer.attempts += 1
-                if outer.attempts <= outer.failures:
-                    self.send_response(outer.status)
-                    self.end_headers()
-                    return
-                outer.received.append(json.loads(body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def wait(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.received
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -129,7 +88,7 @@ def test_a_failing_receiver_is_retried_with_backoff(service) -> None:
 
 
 def test_a_receiver_that_refuses_the_payload_is_not_retried(service) -> None:
-    receiver = Receiver(failures=10, status=400)
+    receiver = Receiver(failures=10, failure_status=400)
     service.put_receiver(ReceiverSpec(name="strict", url=receiver.url, backoff_s=0.05))
     service.fire_event("note", severity="info", labels={}, summary="")
     assert eventually(lambda: service.notifier.stats()["strict"] == {"failed": 1}), \

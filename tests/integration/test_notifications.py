@@ -13,11 +13,9 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -47,45 +45,9 @@ from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.servers import ControlPlaneProcess
 from tests.slack_blocks import problems
 from tests.unit.control_plane.conftest import ALICE, BOB
+from tests.webhooks import Receiver
 
 pytestmark = pytest.mark.no_ray
-
-
-class Receiver:
-    """A webhook receiver on loopback that records every JSON body POSTed to it."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # http.server names handlers so
-                body = self.rfile.read(int(self.headers["content-length"]))
-                assert self.headers["content-type"] == "application/json"
-                outer.received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def wait(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(self.received) >= count, self.received
-        return self.received
-
-    def kinds(self) -> list[str]:
-        return [body.get("kind") or f"alert.{body['status']}" for body in self.received]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -329,3 +291,33 @@ def test_receivers_over_rest_and_the_cli(server: ControlPlaneProcess, receivers,
     assert hub["kind"] == "training.submitted" and hub["details"]["ray_address"] == "http://head:8265"
     time.sleep(0.3)
     assert receivers["ops"].received == []
+
+
+def test_what_a_killed_control_plane_owed_a_receiver_is_sent_after_its_restart(
+        tmp_path: Path, receivers) -> None:
+    """A receiver down while the control plane is killed (kill -9: nothing runs on the way
+    out) still hears of every event once both are back, each under the key it was first
+    tried with, so it can drop a repeat."""
+    pager = receivers["pager"]
+    pager.status = 503
+    server = ControlPlaneProcess(tmp_path / "home").start()
+    try:
+        with Client(url=server.url, token=server.admin_token) as api:
+            api.put_alert_receiver(ReceiverSpec(name="pager", url=pager.url,
+                                                events=["registry.*"], backoff_s=0.2,
+                                                max_attempts=10))
+            model = tmp_path / "m.onnx"
+            model.write_bytes(linear_classifier(seed=3))
+            api.register_version("churn", model, manifest=linear_classifier_manifest())
+        deadline = time.monotonic() + 20
+        while not pager.tries and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pager.tries, "the control plane never tried the receiver"
+        server.kill()
+        pager.status = 200
+        server.start()
+        [body] = pager.wait(1, timeout=30)
+        assert body["kind"] == "registry.version_registered"
+        assert pager.keys == [pager.tries[0]]
+    finally:
+        server.stop()

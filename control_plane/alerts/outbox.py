@@ -1,0 +1,124 @@
+"""The receivers' outbox: notifications a receiver has not acknowledged, kept in the store.
+
+A receiver that was down held its notifications in the control plane's memory, retried
+with backoff; a control plane killed or replaced meanwhile (Serve restarting it, an
+upgrade, a second ``up``) lost them all, and the page for a rollback never came. So each
+receiver's thread writes a notification here as it takes it from its queue, and removes
+it once the receiver acknowledged it, refused it, or did not answer in ``max_attempts``
+tries. What a dead control plane left is sent by whichever control plane runs a thread for
+that receiver, oldest first.
+
+Sending is claimed (:meth:`Outbox.claim`) for longer than a delivery can take, so two
+control planes never send one notification at once; one that dies while sending leaves
+it to be sent again once its claim runs out. Delivery is therefore at least once, never
+at most once, and every try of a notification carries the same ``Idempotency-Key``
+header, by which a receiver drops repeats.
+
+A receiver keeps at most ``limit`` notifications waiting (more are dropped and counted,
+as before) and none older than ``MAX_AGE_S``: a receiver re-enabled after a week does
+not get a week of stale pages.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from control_plane.store import Database
+from control_plane.store.models import OutboxRow
+
+MAX_AGE_S = 24 * 3600.0
+CLAIM_MARGIN_S = 30.0  # a claim outlasts the receiver's timeout by this much
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A notification taken from the outbox to be sent (its ``attempts`` so far)."""
+
+    key: str
+    description: str
+    body: dict[str, Any]
+    attempts: int
+
+
+class Outbox:
+    """The store's outbox, as one control plane's receiver threads use it."""
+
+    def __init__(self, db: Database, *, holder: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.holder = holder or uuid.uuid4().hex
+        self._clock = clock
+
+    def put(self, receiver: str, description: str, body: dict[str, Any], *,
+            limit: int) -> str | None:
+        """Keep ``body`` for ``receiver``; its key, or None where ``limit`` fresh ones wait
+        already (expired ones do not count: :meth:`claim` drops them)."""
+        now = self._clock()
+        with self.db.session() as session:
+            waiting = session.scalar(select(func.count()).select_from(OutboxRow).where(
+                OutboxRow.receiver == receiver, OutboxRow.created_at >= now - MAX_AGE_S))
+            if waiting >= limit:
+                return None
+            key = uuid.uuid4().hex
+            session.add(OutboxRow(key=key, receiver=receiver, description=description[:500],
+                                  body=body, created_at=now, attempts=0, next_at=now,
+                                  claimed_by=None, claimed_until=0.0))
+        return key
+
+    def claim(self, receiver: str, *, for_s: float) -> tuple[Waiting | None, int]:
+        """The oldest notification for ``receiver``, claimed by this process for ``for_s``
+        seconds, if it is due and no one else's claim holds it (None otherwise: the next
+        one waits behind it, so a receiver hears in order); and how many expired ones were
+        dropped. Costs a read, not a write lock, when nothing is due."""
+        now = self._clock()
+        with self.db.session(readonly=True) as session:
+            head = session.execute(select(OutboxRow.next_at, OutboxRow.claimed_by,
+                                          OutboxRow.claimed_until, OutboxRow.created_at)
+                                   .where(OutboxRow.receiver == receiver)
+                                   .order_by(OutboxRow.id).limit(1)).one_or_none()
+        if head is None or (head.created_at >= now - MAX_AGE_S and not _free(head, now, self)):
+            return None, 0
+        with self.db.session() as session:
+            expired = session.execute(delete(OutboxRow).where(
+                OutboxRow.receiver == receiver,
+                OutboxRow.created_at < now - MAX_AGE_S)).rowcount or 0
+            row = session.scalar(select(OutboxRow).where(OutboxRow.receiver == receiver)
+                                 .order_by(OutboxRow.id).limit(1).with_for_update())
+            if row is None or not _free(row, now, self):
+                return None, expired
+            row.claimed_by, row.claimed_until = self.holder, now + for_s
+            return Waiting(row.key, row.description, dict(row.body), row.attempts), expired
+
+    def done(self, key: str) -> None:
+        """The notification was delivered, or given up: it waits no more."""
+        with self.db.session() as session:
+            session.execute(delete(OutboxRow).where(OutboxRow.key == key))
+
+    def later(self, key: str, *, attempts: int, after_s: float) -> None:
+        """Tried ``attempts`` times so far: free it to be tried again in ``after_s``."""
+        with self.db.session() as session:
+            session.execute(update(OutboxRow).where(OutboxRow.key == key).values(
+                attempts=attempts, next_at=self._clock() + after_s, claimed_by=None,
+                claimed_until=0.0))
+
+    def count(self, receiver: str) -> int:
+        with self.db.session(readonly=True) as session:
+            return session.scalar(select(func.count()).select_from(OutboxRow)
+                                  .where(OutboxRow.receiver == receiver)) or 0
+
+
+def forget(session: Any, receiver: str) -> None:
+    """Drop what waits for ``receiver`` (in the transaction that deletes the receiver)."""
+    session.execute(delete(OutboxRow).where(OutboxRow.receiver == receiver))
+
+
+def _free(row: Any, now: float, outbox: Outbox) -> bool:
+    """Due, and claimed by no one else (or their claim has run out)."""
+    return row.next_at <= now and (row.claimed_by in (None, outbox.holder)
+                                   or row.claimed_until <= now)

@@ -1,0 +1,137 @@
+"""The receivers' outbox on a real store (SQLite, and PostgreSQL where one is given), with
+real webhook receivers on loopback: what a receiver has not acknowledged outlives the
+control plane that took it, is sent once the receiver is back, in order, each with one
+idempotency key over all its tries, and by one control plane at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from control_plane.alerts.notify import Notification, Notifier
+from control_plane.alerts.outbox import MAX_AGE_S, Outbox
+from control_plane.alerts.schemas import ReceiverSpec
+from control_plane.errors import StoreUnavailableError
+from control_plane.store import Database
+from tests.waiting import wait_for
+from tests.webhooks import Receiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver()
+    yield made
+    made.close()
+
+
+def page(number: int) -> Notification:
+    return Notification("firing", {"name": f"alert-{number}", "labels": {"n": str(number)}})
+
+
+def spec(receiver: Receiver, **fields: object) -> ReceiverSpec:
+    return ReceiverSpec(name="pager", url=receiver.url, **{"backoff_s": 0.05, "max_attempts": 10,
+                                                             **fields})
+
+
+def test_what_a_dead_control_plane_left_reaches_the_receiver_once_it_is_back(
+        db: Database, receiver: Receiver) -> None:
+    receiver.status = 503  # down
+    first = Notifier(db)
+    first.configure([spec(receiver)])
+    for number in range(3):
+        first.notify(page(number))
+    wait_for(lambda: len(receiver.tries) >= 2, 10, "the first control plane's tries")
+    first.close()  # its threads gone with what they held, as in a crash
+    assert Outbox(db).count("pager") == 3
+    receiver.status = 200
+    successor = Notifier(db)
+    try:
+        successor.configure([spec(receiver)])
+        bodies = receiver.wait(3)
+        assert [body["alert"]["name"] for body in bodies] == ["alert-0", "alert-1", "alert-2"]
+        assert len(set(receiver.keys)) == 3 and None not in receiver.keys
+        # Every try of the first notification, by either control plane, had its one key.
+        assert set(receiver.tries[:2]) == {receiver.keys[0]}
+        wait_for(lambda: Outbox(db).count("pager") == 0, 10, "the outbox to empty")
+        assert successor.stats()["pager"]["sent"] == 3
+    finally:
+        successor.close()
+
+
+def test_two_control_planes_send_each_notification_once(db: Database,
+                                                        receiver: Receiver) -> None:
+    planes = [Notifier(db), Notifier(db)]
+    try:
+        for plane in planes:
+            plane.configure([spec(receiver)])
+        for number in range(30):
+            planes[number % 2].notify(page(number))
+        receiver.wait(30)
+        time.sleep(1.5)  # three polls more: a second sending would have come by now
+        assert len(receiver.received) == 30 and len(set(receiver.keys)) == 30
+        assert sorted(int(b["alert"]["labels"]["n"]) for b in receiver.received) == list(range(30))
+    finally:
+        for plane in planes:
+            plane.close()
+
+
+def test_a_refused_notification_or_one_out_of_tries_is_given_up_not_kept(
+        db: Database, receiver: Receiver) -> None:
+    notifier = Notifier(db)
+    try:
+        receiver.status = 400
+        notifier.configure([spec(receiver, max_attempts=4)])
+        notifier.notify(page(0))
+        wait_for(lambda: notifier.stats()["pager"].get("failed") == 1, 10, "the refusal")
+        assert len(receiver.tries) == 1  # a refusal is not tried again
+        receiver.status = 503
+        notifier.notify(page(1))
+        wait_for(lambda: notifier.stats()["pager"].get("failed") == 2, 20, "the last try")
+        assert len(receiver.tries) == 1 + 4 and len(set(receiver.tries[1:])) == 1
+        assert Outbox(db).count("pager") == 0
+    finally:
+        notifier.close()
+
+
+def test_a_store_that_cannot_keep_a_notification_sends_it_from_memory(
+        db: Database, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    def store_away(self: Outbox, *args: object, **kwargs: object) -> None:
+        raise StoreUnavailableError("the store cannot be reached")
+
+    monkeypatch.setattr(Outbox, "put", store_away)
+    notifier = Notifier(db)
+    try:
+        notifier.configure([spec(receiver)])
+        notifier.notify(page(7))
+        assert receiver.wait(1)[0]["alert"]["name"] == "alert-7"
+        assert notifier.stats()["pager"]["unstored"] == 1
+    finally:
+        notifier.close()
+
+
+def test_a_receiver_keeps_a_bounded_outbox_of_fresh_notifications(db: Database) -> None:
+    clock = [1_000_000.0]
+    outbox = Outbox(db, clock=lambda: clock[0])
+    assert outbox.put("pager", "a", {"n": 1}, limit=2) is not None
+    assert outbox.put("pager", "b", {"n": 2}, limit=2) is not None
+    assert outbox.put("pager", "c", {"n": 3}, limit=2) is None  # full: dropped
+    assert outbox.put("other", "d", {"n": 4}, limit=2) is not None
+    clock[0] += MAX_AGE_S + 1
+    outbox.put("pager", "e", {"n": 5}, limit=2)  # after the old ones expire
+    waiting, expired = outbox.claim("pager", for_s=60)
+    assert expired == 2 and waiting is not None and waiting.body == {"n": 5}
+
+
+def test_deleting_a_receiver_drops_what_waits_for_it(db: Database) -> None:
+    from control_plane.alerts import AlertService
+
+    alerts = AlertService(db)
+    try:
+        alerts.put_receiver(ReceiverSpec(name="pager", url="http://127.0.0.1:9/hook"))
+        Outbox(db).put("pager", "a", {"n": 1}, limit=10)
+        alerts.delete_receiver("pager")
+        assert Outbox(db).count("pager") == 0
+    finally:
+        alerts.stop()
