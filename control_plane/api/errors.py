@@ -95,9 +95,12 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.encode())
-        rid = incoming.decode("latin-1")[:64] if incoming else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        rid = state.get("request_id")  # an app mounted in another that named it already
+        if rid is None:
+            incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.encode())
+            rid = state["request_id"] = (incoming.decode("latin-1")[:64] if incoming
+                                         else uuid.uuid4().hex)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

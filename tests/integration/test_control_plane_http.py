@@ -70,6 +70,21 @@ def test_errors_arrive_as_typed_exceptions_with_messages(admin: Client, server: 
     assert "Traceback" not in str(body)
 
 
+def test_an_answer_names_one_request_id_in_its_header_body_and_log(
+        server: ControlPlaneProcess) -> None:
+    """The server (``modelplane api``: the API mounted under ``/api``) gave an error's
+    body and its log line one request id and the answer's header another, so the id a
+    user quoted was not in the log."""
+    for headers in ({}, {"x-request-id": "support-ticket-17"}):
+        answer = httpx.get(f"{server.url}/api/models/no-such-model", headers=headers,
+                           timeout=30)
+        assert answer.status_code == 404
+        sent = headers.get("x-request-id")
+        assert answer.json()["request_id"] == answer.headers["x-request-id"] == (
+            sent or answer.headers["x-request-id"])
+        assert answer.headers.get_list("x-request-id") == [answer.headers["x-request-id"]]
+
+
 def test_roles_and_self_approval_over_http(admin: Client, server: ControlPlaneProcess) -> None:
     deployer_secret = admin.create_token("dana", "deployer").token
     approver_secret = admin.create_token("abe", "approver").token
