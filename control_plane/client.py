@@ -236,10 +236,15 @@ class Client:
         manifest: ModelManifest | dict[str, Any],
         *,
         description: str = "",
+        idempotency_key: str | None = None,
     ) -> VersionOut:
         """Upload a model and register it as the next version of ``name``: an ONNX or
         TorchScript file, or a folder (packed into a reproducible archive) or archive for
-        a version with code, as ``manifest``'s kind and code say (docs/models.md)."""
+        a version with code, as ``manifest``'s kind and code say (docs/models.md).
+
+        ``idempotency_key`` (8 to 64 of letters, digits and ``._:-``; a new random one per
+        version): a call asked again with the same key, after an answer that never came,
+        gets the version the first call registered rather than registering a second."""
         from control_plane.model_package import pack_folder
 
         if not isinstance(model, bytes) and Path(model).is_dir():
@@ -249,6 +254,7 @@ class Client:
             artifact_digest=artifact.digest,
             manifest=ModelManifest.model_validate(manifest),
             description=description,
+            idempotency_key=idempotency_key,
         )
         # The registry loads the model (and installs its requirements) before it answers.
         response = self._request("POST", f"/models/{name}/versions",

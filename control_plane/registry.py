@@ -179,7 +179,14 @@ class Registry:
         self, name: str, spec: VersionCreate, size: int, actor: Principal
     ) -> VersionOut:
         with self.db.session() as session:
-            model = session.scalar(select(ModelRow).where(ModelRow.name == name))
+            # Locked first: registrations of one model are serialized (gapless numbers),
+            # and a repeat of a keyed one finds the version its first try registered.
+            model = session.scalar(select(ModelRow).where(ModelRow.name == name)
+                                   .with_for_update())
+            if model is not None and spec.idempotency_key is not None:
+                earlier = _registered_before(session, model, spec, actor)
+                if earlier is not None:
+                    return _version_out(session, model, earlier)
             if model is None:
                 if not re.fullmatch(NAME_PATTERN, name):  # the path's name, not a field's
                     raise InvalidInputError(
@@ -214,6 +221,7 @@ class Registry:
                 run_id=spec.manifest.lineage.run_id,
                 created_by=actor.name,
                 created_by_subject=actor.subject,
+                idempotency_key=spec.idempotency_key,
             )
             session.add(row)
             session.flush()
@@ -530,6 +538,25 @@ def _check_production_allowed(session: Session, model: ModelRow, row: ModelVersi
             f"`modelplane models approve {model.name}:{row.version}`",
             detail={"field": "stage", "reason": "approval_required"},
         )
+
+
+
+def _registered_before(session: Session, model: ModelRow, spec: VersionCreate,
+                       actor: Principal) -> ModelVersionRow | None:
+    """The version registered earlier under ``spec``'s idempotency key, if any; a key
+    already used by another registrant or for another artifact is refused (409), never
+    answered with a version that is not the caller's."""
+    row = session.scalar(select(ModelVersionRow).where(
+        ModelVersionRow.model_id == model.id,
+        ModelVersionRow.idempotency_key == spec.idempotency_key))
+    if row is None:
+        return None
+    if (row.created_by, row.artifact_digest) != (actor.name, spec.artifact_digest):
+        raise ConflictError(
+            f"idempotency key {spec.idempotency_key!r} registered {model.name}:{row.version} "
+            "for another registrant or artifact; use a new key for a new registration",
+            detail={"field": "idempotency_key", "version": row.version})
+    return row
 
 
 def _version_out(session: Session, model: ModelRow, row: ModelVersionRow) -> VersionOut:

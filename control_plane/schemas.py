@@ -252,6 +252,11 @@ class VersionCreate(Wire):
     artifact_digest: Digest
     manifest: ModelManifest
     description: str = ""
+    idempotency_key: str | None = Field(
+        None, min_length=8, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", description=(
+            "A key of the registrant's for this registration (a random one per version, "
+            "kept across its retries): asked again with the same key and artifact, the "
+            "registry answers the version it registered instead of registering another."))
 
 
 class VersionOut(Wire):

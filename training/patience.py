@@ -5,8 +5,8 @@ registered) come after hours of work: a control plane restarting, or its store a
 moment, must not fail the job or leave its version without its alias. Each such call is
 asked again for about a minute while the answer says the control plane (or its store)
 cannot answer; a refusal is not asked again. Only calls that are the same when repeated
-go through here (registering a version is not: a lost answer after the commit would
-register it twice).
+go through here (registering a version is, with its idempotency key: a repeat of one whose
+answer was lost after the commit is answered with the version it registered).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ with what the registry will check.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -127,7 +128,11 @@ def register(client: Any, spec: JobSpec, artifact: bytes, manifest: ModelManifes
     registration = spec.registration
     description = registration.description or (
         f"{spec.model.architecture} trained by experiment {spec.experiment.name}")
-    version = client.register_version(spec.model_name, artifact, manifest, description=description)
+    # One key for every try: a registration whose answer was lost (a restart, a store
+    # blip after the commit) is answered with its version when asked again, not twice.
+    key = f"job-{uuid.uuid4().hex}"
+    version = patiently(lambda: client.register_version(
+        spec.model_name, artifact, manifest, description=description, idempotency_key=key))
     if registration.alias:  # registered: the alias must follow, whatever the weather
         number, alias = version.version, registration.alias
         version = patiently(lambda: client.set_alias(spec.model_name, alias, number))

@@ -71,7 +71,9 @@ class ModelRow(Base):
 
 class ModelVersionRow(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_version"),)
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_version"),
+                      Index("uq_model_version_idempotency_key", "model_id", "idempotency_key",
+                            unique=True))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
@@ -89,6 +91,8 @@ class ModelVersionRow(Base):
     # The registrant's subject (the person or service behind the token): approvals compare it.
     created_by_subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The registrant's key for this registration: asked again, it answers this version.
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     model: Mapped[ModelRow] = relationship(back_populates="versions")
 

@@ -220,3 +220,29 @@ def test_integrity_check_over_rest_is_for_admins(admin: Client, server: ControlP
     reader = admin.create_token("integrity-reader", role="reader")
     refused = httpx.get(url, headers={"authorization": f"Bearer {reader.token}"}, timeout=10)
     assert refused.status_code == 403 and "admin" in refused.text
+
+
+def test_a_jobs_registration_whose_answer_was_lost_registers_one_version(
+        admin: Client, server: ControlPlaneProcess) -> None:
+    """The registry commits a job's version and the answer never reaches the job (the
+    connection drops, a proxy restarts): the job asks again, as it must after hours of
+    training, and gets the version it registered, not a second one."""
+    from types import SimpleNamespace
+
+    from tests.lossy_proxy import LossyProxy
+    from training.registration import register
+
+    proxy = LossyProxy(server.url, method="POST", path=r"/api/models/[^/]+/versions")
+    spec = SimpleNamespace(model_name="lost-answer", experiment=SimpleNamespace(name="e"),
+                           model=SimpleNamespace(architecture="mlp"),
+                           registration=SimpleNamespace(alias="", description="once"))
+    try:
+        with Client(proxy.url, server.admin_token) as job:
+            version = register(job, spec, linear_classifier(seed=8),  # type: ignore[arg-type]
+                               linear_classifier_manifest())
+    finally:
+        proxy.close()
+    registrations = [status for method, path, status in proxy.forwarded
+                     if method == "POST" and path.endswith("/versions")]
+    assert proxy.lost == 1 and registrations == [201, 201]  # committed twice over the wire
+    assert version.version == 1 and admin.get_model("lost-answer").latest_version == 1

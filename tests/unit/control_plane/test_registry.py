@@ -63,6 +63,55 @@ def test_version_numbers_are_never_reused(registry: Registry) -> None:
     assert _register(registry, seed=3).version == 3
 
 
+def test_a_registration_asked_again_with_its_key_answers_the_version_it_registered(
+        registry: Registry) -> None:
+    """A registrant whose answer was lost (a timeout, a restart after the commit) asks
+    again with the same key: it gets the version it registered, not a second one."""
+    info = registry.artifacts.put([linear_classifier(seed=4)])
+    spec = VersionCreate(artifact_digest=info.digest, manifest=linear_classifier_manifest(),
+                         idempotency_key="job-0f3a9c")
+    first = registry.register_version("iris", spec, ALICE)
+    again = registry.register_version("iris", spec, ALICE)
+    assert (first.version, again.version) == (1, 1) and again == first
+    assert _row_count(registry, ModelVersionRow) == 1
+    assert registry.get_model("iris").latest_version == 1
+    keyless = spec.model_copy(update={"idempotency_key": None})
+    assert [registry.register_version("iris", keyless, ALICE).version for _ in range(2)] == [2, 3]
+    other_artifact = registry.artifacts.put([linear_classifier(seed=5)]).digest
+    with pytest.raises(ConflictError, match="another registrant or artifact") as refused:
+        registry.register_version("iris", spec.model_copy(
+            update={"artifact_digest": other_artifact}), ALICE)
+    assert refused.value.detail["field"] == "idempotency_key"
+    with pytest.raises(ConflictError, match="another registrant or artifact"):
+        registry.register_version("iris", spec, BOB)  # never someone else's version
+    assert registry.register_version("other", spec, ALICE).version == 1  # keys are per model
+    assert registry.get_model("iris").latest_version == 3
+
+
+def test_concurrent_tries_of_one_keyed_registration_register_one_version(
+        registry: Registry) -> None:
+    import concurrent.futures
+
+    info = registry.artifacts.put([linear_classifier(seed=6)])
+    _register(registry, seed=1)  # the model exists: its row serializes the tries
+    spec = VersionCreate(artifact_digest=info.digest, manifest=linear_classifier_manifest(),
+                         idempotency_key="job-race-1")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: registry.register_version("iris", spec, ALICE),
+                                range(4)))
+    assert {answer.version for answer in answers} == {2}
+    assert registry.get_model("iris").latest_version == 2
+
+
+@pytest.mark.parametrize("key", ["short", "x" * 65, "has space", "semi;colon"])
+def test_an_idempotency_key_out_of_shape_is_refused(key: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="idempotency_key"):
+        VersionCreate(artifact_digest="a" * 64, manifest=linear_classifier_manifest(),
+                      idempotency_key=key)
+
+
 def test_refs_resolve(registry: Registry) -> None:
     for seed in range(3):
         _register(registry, seed=seed)

@@ -125,7 +125,7 @@ def test_a_registered_versions_alias_is_pointed_once_the_control_plane_answers_a
             self.aliased: list[tuple[str, int]] = []
 
         def register_version(self, model: str, artifact: bytes, manifest: object, *,
-                             description: str) -> object:
+                             description: str, idempotency_key: str) -> object:
             self.registered.append(model)
             return SimpleNamespace(model=model, version=7)
 
