@@ -130,3 +130,16 @@ class OwnershipConflictError(ControlPlaneError):
 
     code = "ownership_conflict"
     http_status = 409
+
+
+def cannot_answer_now(error: BaseException) -> bool:
+    """Whether ``error`` says the control plane, its store or its Monitor could not answer
+    now (no answer at all, or a 5xx), not that the request was refused: a caller that must
+    not give up (a job's last calls, a watch) asks again. An outdated store schema waits
+    for an operator (`modelplane db upgrade`), not for time."""
+    if isinstance(error, ControlPlaneUnavailableError | StoreUnavailableError
+                  | MonitorUnavailableError):
+        return True
+    status = getattr(error, "detail", {}).get("status", 0)
+    return (isinstance(error, ModelplaneError) and not isinstance(error, SchemaOutdatedError)
+            and isinstance(status, int) and status >= 500)

@@ -22,23 +22,13 @@ PAUSES_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 def patiently(call: Callable[[], T]) -> T:
     """``call()``, asked again after each of :data:`PAUSES_S` while it cannot be answered."""
-    from control_plane.errors import ControlPlaneError
+    from control_plane.errors import ControlPlaneError, cannot_answer_now
 
     for pause in (*PAUSES_S, None):
         try:
             return call()
         except ControlPlaneError as error:
-            if pause is None or not unavailable(error):
+            if pause is None or not cannot_answer_now(error):
                 raise
             time.sleep(pause)
     raise AssertionError("unreachable")
-
-
-def unavailable(error: Exception) -> bool:
-    """Whether ``error`` says the control plane or its store could not answer (not that
-    it refused)."""
-    from control_plane.errors import ControlPlaneUnavailableError, StoreUnavailableError
-
-    status = getattr(error, "detail", {}).get("status", 0)
-    return isinstance(error, ControlPlaneUnavailableError | StoreUnavailableError) or (
-        isinstance(status, int) and status >= 500)

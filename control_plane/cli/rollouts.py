@@ -321,7 +321,8 @@ def follow_rollout(api: Any, rollout_id: int, console: Any, *, refresh: float = 
     from rich.live import Live
     from rich.text import Text
 
-    from control_plane.cli.following import answers_soon, follow
+    from control_plane.cli.following import follow
+    from control_plane.errors import cannot_answer_now
 
     until = time.monotonic() + for_s if for_s is not None else float("inf")
     with Live(console=console, refresh_per_second=4, transient=False) as live:
@@ -337,7 +338,7 @@ def follow_rollout(api: Any, rollout_id: int, console: Any, *, refresh: float = 
                 stats = api.endpoint_stats(rollout.endpoint, window_s=window).get("versions", {})
                 note = None
             except ModelplaneError as error:
-                if not answers_soon(error):
+                if not cannot_answer_now(error):
                     raise
                 stats, note = None, f"live statistics unknown now: {error.message}"
             shown[0] = rollout_view(rollout, endpoint, stats)

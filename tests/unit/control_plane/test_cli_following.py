@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.cli.following import answers_soon, follow
+from control_plane.cli.following import follow
 from control_plane.errors import (
+    ConflictError,
     ControlPlaneUnavailableError,
     MonitorUnavailableError,
     NotFoundError,
     SchemaOutdatedError,
     StoreUnavailableError,
+    cannot_answer_now,
 )
 
 
@@ -55,10 +57,10 @@ def test_patience_runs_out_with_the_last_error() -> None:
 @pytest.mark.parametrize("error", [
     NotFoundError("rollout #9 does not exist", detail={"status": 404}),
     SchemaOutdatedError("run `modelplane db upgrade`", detail={"status": 503}),
-    StoreUnavailableError("a 500 that only calls itself so", detail={"status": 500}),
+    ConflictError("rollout #9 ended already", detail={"status": 409}),
 ])
 def test_an_answer_that_time_does_not_change_ends_the_watch_at_once(error: Exception) -> None:
     said: list[str] = []
     with pytest.raises(type(error)):
         follow(failing([error]), said.append, sleep=lambda s: None)
-    assert said == [] and not answers_soon(error)
+    assert said == [] and not cannot_answer_now(error)
