@@ -416,8 +416,12 @@ class Client:
         response = self._request("POST", f"/runs/{run_id}/metrics", json=batch.model_dump(mode="json"))
         return int(response.json()["stored"])
 
-    def metric_history(self, run_id: str, key: str) -> list[MetricOut]:
-        data = self._request("GET", f"/runs/{run_id}/metrics/{key}").json()
+    def metric_history(self, run_id: str, key: str, *, limit: int | None = None
+                       ) -> list[MetricOut]:
+        """The key's points by step; of a longer history than ``limit`` (10,000 unless
+        given), every k-th point and the last."""
+        params = {"limit": limit} if limit is not None else {}
+        data = self._request("GET", f"/runs/{run_id}/metrics/{key}", params=params).json()
         return [MetricOut.model_validate(item) for item in data]
 
     def log_artifact(

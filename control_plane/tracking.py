@@ -48,6 +48,9 @@ def lower_is_better(metric: str) -> bool:
     return any(word in lowered for word in _LOWER_IS_BETTER)
 
 
+MAX_METRIC_POINTS = 1_000_000  # per run, every key together
+HISTORY_POINTS = 10_000  # a metric's history as read, by default
+
 class Tracker:
     """Experiments and runs."""
 
@@ -179,11 +182,20 @@ class Tracker:
             return _run_out(session, row)
 
     def log_metrics(self, run_id: str, batch: MetricBatch, actor: Principal) -> int:
-        """Append a batch of metric points in one transaction; returns how many were stored."""
+        """Append a batch of metric points in one transaction; returns how many were stored.
+        A run holds at most :data:`MAX_METRIC_POINTS` (a job's token logging without end
+        filled the store, and every read of the run's history with it)."""
         actor.require(Role.DEPLOYER, also=TRAINING)
         now = datetime.now(UTC)
         with self.db.session() as session:
             _writable(session, run_id, actor)
+            held = session.scalar(select(func.count()).select_from(RunMetricRow)
+                                  .where(RunMetricRow.run_id == run_id)) or 0
+            if held + len(batch.metrics) > MAX_METRIC_POINTS:
+                raise ConflictError(
+                    f"run {run_id} holds {held:,} metric points and a run may hold at most "
+                    f"{MAX_METRIC_POINTS:,}; log fewer (every few steps, or fewer keys)",
+                    detail={"field": "metrics", "held": held, "limit": MAX_METRIC_POINTS})
             session.add_all(
                 RunMetricRow(
                     run_id=run_id, key=p.key, value=p.value, step=p.step,
@@ -193,18 +205,25 @@ class Tracker:
             )
         return len(batch.metrics)
 
-    def metric_history(self, run_id: str, key: str) -> list[MetricOut]:
+    def metric_history(self, run_id: str, key: str, *,
+                       limit: int = HISTORY_POINTS) -> list[MetricOut]:
+        """The key's points by step; of a history longer than ``limit``, every k-th point
+        by step (at most ``limit`` of them) and the last, picked by the store."""
         with self.db.session(readonly=True) as session:
             _run(session, run_id)
-            rows = session.scalars(
-                select(RunMetricRow)
-                .where(RunMetricRow.run_id == run_id, RunMetricRow.key == key)
-                .order_by(RunMetricRow.step, RunMetricRow.id)
-            ).all()
-            return [
-                MetricOut(key=r.key, value=r.value, step=r.step, timestamp=r.timestamp)
-                for r in rows
-            ]
+            of_key = (RunMetricRow.run_id == run_id, RunMetricRow.key == key)
+            total = session.scalar(select(func.count()).select_from(RunMetricRow)
+                                   .where(*of_key)) or 0
+            stride = max(-(-total // limit), 1)  # ceil: at most ``limit`` kept
+            ranked = select(RunMetricRow.key, RunMetricRow.value, RunMetricRow.step,
+                            RunMetricRow.timestamp, (func.row_number().over(
+                                order_by=(RunMetricRow.step, RunMetricRow.id)) - 1)
+                            .label("rank")).where(*of_key).subquery()
+            kept = select(ranked).where(
+                (ranked.c.rank % stride == 0) | (ranked.c.rank == total - 1)
+            ).order_by(ranked.c.rank).limit(limit + 1)
+            return [MetricOut(key=r.key, value=r.value, step=r.step, timestamp=r.timestamp)
+                    for r in session.execute(kept)]
 
     def log_artifact(self, run_id: str, spec: RunArtifactCreate, actor: Principal) -> RunArtifactOut:
         """Attach an uploaded artifact to a run under a path (replacing one at that path)."""

@@ -24,6 +24,7 @@ from control_plane.schemas import (
     RunUpdate,
     TrainingSubmission,
 )
+from control_plane.tracking import HISTORY_POINTS
 
 router = APIRouter(tags=["tracking"])
 # Each run compared is read with its latest figures: one call may ask for this many.
@@ -88,8 +89,11 @@ def log_metrics(run_id: str, body: MetricBatch, cp: CP, actor: Writer) -> dict[s
 
 
 @router.get("/runs/{run_id}/metrics/{key}", response_model=list[MetricOut])
-def metric_history(run_id: str, key: str, cp: CP, _: Reader) -> list[MetricOut]:
-    return cp.tracker.metric_history(run_id, key)
+def metric_history(run_id: str, key: str, cp: CP, _: Reader,
+                   limit: int = Query(HISTORY_POINTS, ge=2, le=100_000, description=(
+                       "Of a longer history, every k-th point by step (at most this many) "
+                       "and the last."))) -> list[MetricOut]:
+    return cp.tracker.metric_history(run_id, key, limit=limit)
 
 
 @router.post("/runs/{run_id}/artifacts", response_model=RunArtifactOut, status_code=201)

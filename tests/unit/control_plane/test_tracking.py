@@ -95,3 +95,30 @@ def test_environment_capture_describes_this_process() -> None:
     assert "sqlalchemy" in env["packages"]
     assert env["hardware"]["cpu_count"] >= 1
     assert len(env["git"].get("commit", "x" * 40)) == 40
+
+
+def test_a_long_history_is_read_as_evenly_spaced_points_and_the_last(tracker: Tracker) -> None:
+    run = tracker.start_run(RunCreate(experiment="long"), ALICE)
+    # Logged out of order, with a repeat of step 7: the history is by step, then by arrival.
+    steps = [*range(100, 1000), *range(0, 100), 7]
+    tracker.log_metrics(run.id, _metrics(*(("loss", float(s), s) for s in steps)), ALICE)
+    everything = tracker.metric_history(run.id, "loss", limit=10_000)
+    assert [m.step for m in everything] == sorted(steps)
+    few = tracker.metric_history(run.id, "loss", limit=100)
+    expected = sorted(steps)[::11] + [999]  # 1,001 points: every 11th keeps 92, then the last
+    assert [m.step for m in few] == expected and len(few) <= 101
+    assert [m.value for m in few] == [float(s) for s in expected]
+
+
+def test_a_run_holds_a_bounded_number_of_metric_points(tracker: Tracker,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import control_plane.tracking as tracking
+
+    monkeypatch.setattr(tracking, "MAX_METRIC_POINTS", 5)
+    run = tracker.start_run(RunCreate(experiment="bounded"), ALICE)
+    assert tracker.log_metrics(run.id, _metrics(*(("loss", 1.0, s) for s in range(4))), ALICE) == 4
+    with pytest.raises(ConflictError, match="holds 4 metric points") as refused:
+        tracker.log_metrics(run.id, _metrics(("loss", 1.0, 4), ("loss", 1.0, 5)), ALICE)
+    assert refused.value.detail["field"] == "metrics"
+    assert tracker.log_metrics(run.id, _metrics(("acc", 1.0, 4)), ALICE) == 1
+    assert len(tracker.metric_history(run.id, "loss")) == 4
