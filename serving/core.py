@@ -371,7 +371,10 @@ class InferenceCore:
         if backend is None:
             return
         if len(self._shadow_tasks) >= MAX_SHADOWS_IN_FLIGHT:
-            self.shadows_dropped += 1  # a slow shadow must not grow memory without bound
+            # A slow shadow must not grow memory without bound; the rollout judging it
+            # hears of each one it missed.
+            self.shadows_dropped += 1
+            self.recorder.record_shadow_dropped(backend.config.version)
             return
         task = asyncio.get_running_loop().create_task(
             self._run_shadow(backend, arrays, primary, primary_latency)

@@ -270,7 +270,9 @@ def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -
     if compared < config.min_samples:
         return CheckResult(Verdict.INCONCLUSIVE,
                            reason=f"{compared} mirrored requests compared, need {config.min_samples}")
-    errors = shadow.errors
+    # A mirrored request the shadow never got (too many of its calls in flight: it hangs
+    # or cannot keep up) fails like one it failed, or only its quick answers are judged.
+    errors = shadow.errors + shadow.dropped
     error_rate = errors / (errors + compared)
     checks = {"shadow_error_rate": {"value": error_rate, "limit": config.max_error_rate,
                                     "passed": config.max_error_rate is None or error_rate <= config.max_error_rate}}

@@ -517,8 +517,9 @@ def _routing(codes: dict[int, int], counts: Counter[str]) -> dict[str, RoutedReq
 def _shadow(shadow: ShadowStats) -> ShadowComparison:
     compared = shadow.compared
     if not compared:
-        return ShadowComparison(errors=int(shadow.errors))
+        return ShadowComparison(errors=int(shadow.errors), dropped=int(shadow.dropped))
     return ShadowComparison(compared=int(compared), errors=int(shadow.errors),
+                            dropped=int(shadow.dropped),
                             agreement=shadow.agreed / shadow.judged if shadow.judged else math.nan,
                             mean_abs_diff=shadow.abs_diff_sum / compared,
                             latency_delta_ms=1000 * shadow.latency_delta_sum_s / compared)

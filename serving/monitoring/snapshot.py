@@ -123,6 +123,7 @@ class ShadowComparison:
 
     compared: int = 0
     errors: int = 0  # shadow calls that failed
+    dropped: int = 0  # mirrored requests the shadow never got (too many in flight)
     agreement: float = NAN
     mean_abs_diff: float = NAN
     latency_delta_ms: float = NAN

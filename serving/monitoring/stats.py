@@ -66,6 +66,10 @@ class ShadowStats:
     abs_diff_sum: float = 0.0
     latency_delta_sum_s: float = 0.0
     errors: int = 0
+    # Mirrored requests the shadow never got: the replica had as many of its calls in
+    # flight as it holds (a shadow that hangs or cannot keep up). Left out, they would
+    # leave only its quick answers to judge.
+    dropped: int = 0
 
     def merge(self, other: ShadowStats) -> None:
         self.compared += other.compared
@@ -74,6 +78,7 @@ class ShadowStats:
         self.abs_diff_sum += other.abs_diff_sum
         self.latency_delta_sum_s += other.latency_delta_sum_s
         self.errors += other.errors
+        self.dropped += other.dropped
 
     def to_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -200,6 +205,10 @@ class StatsRecorder:
             shadow.agreed += int(agreed)
         shadow.abs_diff_sum += abs_diff
         shadow.latency_delta_sum_s += latency_delta_s
+
+    def record_shadow_dropped(self, version: int) -> None:
+        if self.enabled:
+            self._of(version).shadow.dropped += 1
 
     def to_delta(self) -> dict[int, dict[str, Any]]:
         """The collected statistics as plain data (sketches as bytes) for the Monitor."""

@@ -105,7 +105,7 @@ def test_a_long_history_is_read_as_evenly_spaced_points_and_the_last(tracker: Tr
     everything = tracker.metric_history(run.id, "loss", limit=10_000)
     assert [m.step for m in everything] == sorted(steps)
     few = tracker.metric_history(run.id, "loss", limit=100)
-    expected = sorted(steps)[::11] + [999]  # 1,001 points: every 11th keeps 92, then the last
+    expected = [*sorted(steps)[::11], 999]  # 1,001 points: every 11th keeps 92, then the last
     assert [m.step for m in few] == expected and len(few) <= 101
     assert [m.value for m in few] == [float(s) for s in expected]
 

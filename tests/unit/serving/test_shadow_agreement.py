@@ -78,3 +78,43 @@ def test_a_shadow_flipping_every_label_fails_the_agreement_gate() -> None:
     result = analyse(AnalysisConfig(min_samples=100, min_shadow_agreement=0.9), snapshot, None,
                      shadow=True)
     assert result.verdict == Verdict.FAIL and "shadow_agreement" in result.reason
+
+
+def test_a_shadow_that_hangs_on_some_requests_is_judged_on_those_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate that never answers one request in ten: its hung calls fill the replica's
+    shadow slots, and every mirrored request after that is dropped. Judged on its quick
+    answers alone it agreed 100% without an error and was promoted; the requests it never
+    got now count as failed."""
+    import asyncio
+
+    import serving.core
+    from tests.unit.serving.test_core import FakeBackend, make_core, triton_body
+
+    class SometimesHangs(FakeBackend):
+        async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if self.calls % 10 == 9:
+                self.calls += 1
+                await asyncio.Event().wait()  # never answers
+            return await super().infer(arrays)
+
+    monkeypatch.setattr(serving.core, "MAX_SHADOWS_IN_FLIGHT", 8)
+    core = make_core({1: 100}, shadows=(2,), backends={1: FakeBackend(1, answer=0),
+                                                      2: SometimesHangs(2, answer=0)})
+    body, headers = triton_body()
+
+    async def traffic() -> None:
+        for _ in range(400):
+            assert (await core.handle("POST", "/infer", headers, body)).status == 200
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+
+    asyncio.run(traffic())
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", core.recorder.to_delta())
+    shadow = state.snapshot("churn", 60)[2].shadow
+    assert shadow.compared == 72 and shadow.agreement == 1.0 and shadow.errors == 0
+    assert shadow.dropped == 400 - 80 == core.shadows_dropped
+    result = analyse(AnalysisConfig(min_samples=50, max_error_rate=0.05), state.snapshot(
+        "churn", 60)[2], None, shadow=True)
+    assert result.verdict == Verdict.FAIL and "shadow_error_rate" in result.reason
