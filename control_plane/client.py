@@ -257,8 +257,11 @@ class Client:
             idempotency_key=idempotency_key,
         )
         # The registry loads the model (and installs its requirements) before it answers.
-        response = self._request("POST", f"/models/{name}/versions",
-                                 json=body.model_dump(mode="json"), timeout=REGISTER_TIMEOUT_S)
+        # No key, no field: a control plane older than keys refuses fields it does not know.
+        document = body.model_dump(mode="json", exclude={"idempotency_key"}
+                                   if idempotency_key is None else set())
+        response = self._request("POST", f"/models/{name}/versions", json=document,
+                                 timeout=REGISTER_TIMEOUT_S)
         return VersionOut.model_validate(response.json())
 
     def get_version(self, name: str, version: int) -> VersionOut:

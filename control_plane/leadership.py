@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -168,10 +168,11 @@ class Lease:
                     if was_held:
                         log.warning("lost the %s lease to another holder", self.name)
                     return False
+                # The term first: a pass that finds the lease held finds its term too.
+                self.term = term
                 self._sure_until = asked + self.length_s * SURE_SHARE
                 if not was_held:
                     log.info("holding the %s lease as %s (term %d)", self.name, self.holder, term)
-                self.term = term
                 return True
         # Released while this renewal was in flight: it may have renewed the lease after the
         # release gave it up, so it is given up again, and this process never acts on it.
@@ -181,6 +182,10 @@ class Lease:
 
     def _claim(self, now: float) -> int | None:
         with self.db.session() as session:
+            if not self.db.is_sqlite:
+                # A holder's write in flight keeps the row share-locked (:meth:`fence`): one
+                # that stalls must cost this renewal, not hang the lease's thread for good.
+                session.execute(text("SET LOCAL lock_timeout = '2s'"))
             row = session.scalar(select(LeaseRow).where(LeaseRow.name == self.name)
                                  .with_for_update())
             if row is None:
@@ -197,14 +202,17 @@ class Lease:
             row.renewed_at, row.expires_at = now, now + self.length_s
             return row.term
 
-    def fence(self, session: Session) -> None:
-        """Refuse the transaction in ``session`` (:class:`LeaseLost`) unless the store says
-        this process holds the lease under the term it last took or renewed; the row stays
-        locked against a takeover until the transaction ends (SQLite's write transactions
-        are serialized already). A process found to have lost the lease stops acting at once."""
-        term = self.term
-        if term is None:
-            raise LeaseLost(f"this process does not hold the {self.name} lease")
+    def fence(self, session: Session, *, term: int | None = None) -> None:
+        """Refuse the transaction in ``session`` (:class:`LeaseLost`) unless this process
+        holds the lease under ``term`` (the one a pass began under; by default its current
+        one), as the store says too; the row stays locked against a takeover until the
+        transaction ends (SQLite's write transactions are serialized already). A pass that
+        began under an earlier term is refused even where this process holds the lease
+        again. A process found to have lost the lease stops acting at once."""
+        term = self.term if term is None else term
+        if term is None or self.term != term:
+            raise LeaseLost(f"this process does not hold the {self.name} lease "
+                            f"{'' if term is None else f'in term {term} '}any more")
         row = session.execute(select(LeaseRow.holder, LeaseRow.term)
                               .where(LeaseRow.name == self.name)
                               .with_for_update(read=True)).one_or_none()

@@ -182,7 +182,7 @@ class Registry:
             # Locked first: registrations of one model are serialized (gapless numbers),
             # and a repeat of a keyed one finds the version its first try registered.
             model = session.scalar(select(ModelRow).where(ModelRow.name == name)
-                                   .with_for_update())
+                                   .with_for_update(key_share=True))
             if model is not None and spec.idempotency_key is not None:
                 earlier = _registered_before(session, model, spec, actor)
                 if earlier is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -192,9 +193,11 @@ class ControlPlane:
         return only_while_leading
 
     def _fenced(self) -> AbstractContextManager[None]:
-        """The control loops' writes, refused unless this process still holds their lease
-        as each is made (``Lease.fence``)."""
-        return fenced_writes(self.lease.fence) if self.lease is not None else nullcontext()
+        """The control loops' writes in a pass, refused unless this process still holds
+        their lease as each is made, under the term the pass began in (``Lease.fence``)."""
+        if self.lease is None:
+            return nullcontext()
+        return fenced_writes(functools.partial(self.lease.fence, term=self.lease.term))
 
     def step_down(self) -> None:
         """Stop the control loops and give their lease up (a graceful shutdown): the next

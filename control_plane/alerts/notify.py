@@ -123,17 +123,31 @@ class WebhookChannel:
         # With an outbox the thread also wakes every POLL_S: for retries that are due and
         # for what another control plane left behind.
         wait = POLL_S if self._outbox is not None else None
-        while not self._stop.is_set():
+        try:
+            while not self._stop.is_set():
+                try:
+                    notification = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    notification = _IDLE
+                if notification is None:
+                    return
+                if notification is not _IDLE:
+                    self._take(notification)
+                if self._outbox is not None:
+                    self._send_waiting()
+        finally:
+            if self._outbox is not None:  # stopping: the outbox keeps what is still queued
+                self._keep_queued()
+
+    def _keep_queued(self) -> None:
+        """Take whatever waits on the queue into the outbox (from memory, without one)."""
+        while True:
             try:
-                notification = self._queue.get(timeout=wait)
+                notification = self._queue.get_nowait()
             except queue.Empty:
-                notification = _IDLE
-            if notification is None:
                 return
-            if notification is not _IDLE:
+            if notification is not None:
                 self._take(notification)
-            if self._outbox is not None:
-                self._send_waiting()
 
     def _take(self, notification: Deliverable) -> None:
         """Keep ``notification`` in the outbox; without one, or where the store cannot
@@ -145,15 +159,16 @@ class WebhookChannel:
             self.counters["failed"] += 1
             log.exception("webhook %s: could not render %s", spec.name, description)
             return
-        if self._outbox is None:
-            self._deliver(payload, description)
+        key = uuid.uuid4().hex  # kept by a try sent from memory: a commit that did land and
+        if self._outbox is None:  # the outbox's later try of it read as one notification
+            self._deliver(payload, description, key)
             return
         try:
-            key = self._outbox.put(spec.name, description, payload, limit=QUEUE_LIMIT)
+            key = self._outbox.put(spec.name, description, payload, limit=QUEUE_LIMIT, key=key)
         except Exception as error:
             self.counters["unstored"] += 1
             self._trouble(error)
-            self._deliver(payload, description)
+            self._deliver(payload, description, key)
             return
         if key is None:
             self.counters["dropped"] += 1
@@ -166,6 +181,7 @@ class WebhookChannel:
         assert self._outbox is not None
         spec = self.spec
         while not self._stop.is_set():
+            self._keep_queued()  # into the store before this send, however long it takes
             try:
                 waiting, expired = self._outbox.claim(
                     spec.name, for_s=spec.timeout_s + CLAIM_MARGIN_S)
@@ -219,10 +235,9 @@ class WebhookChannel:
             return False, _REFUSED + problem
         return False, problem
 
-    def _deliver(self, payload: dict[str, Any], description: str) -> None:
+    def _deliver(self, payload: dict[str, Any], description: str, key: str) -> None:
         """Send from memory, with every try and backoff on this thread."""
-        spec = self.spec
-        key, problem = uuid.uuid4().hex, ""
+        spec, problem = self.spec, ""
         for attempt in range(spec.max_attempts):
             if attempt:
                 self.counters["retries"] += 1
@@ -238,6 +253,12 @@ class WebhookChannel:
         self.counters["failed"] += 1
         log.warning("webhook %s could not be notified of %s (%s)", spec.name, description,
                     problem.removeprefix(_REFUSED))
+
+
+def _stored(spec: ReceiverSpec) -> dict[str, Any]:
+    """The receiver's settings as the store keeps them (``AlertStore.put_receiver``)."""
+    return ReceiverSpec.model_validate(
+        spec.model_dump(include=set(ReceiverSpec.model_fields))).model_dump(mode="json")
 
 
 class Notifier:
@@ -260,8 +281,8 @@ class Notifier:
                 if name not in self._channels:
                     # One outbox holder per channel: a channel that replaces another
                     # (its spec changed) never sends what the old one has claimed.
-                    self._channels[name] = WebhookChannel(
-                        spec, Outbox(self._db) if self._db is not None else None)
+                    self._channels[name] = WebhookChannel(spec, None if self._db is None else
+                                                          Outbox(self._db, spec=_stored(spec)))
         for channel in stale:
             channel.stop()
 

@@ -10,7 +10,9 @@ that receiver, oldest first.
 
 Sending is claimed (:meth:`Outbox.claim`) for longer than a delivery can take, so two
 control planes never send one notification at once; one that dies while sending leaves
-it to be sent again once its claim runs out. Delivery is therefore at least once, never
+it to be sent again once its claim runs out. Only a thread whose receiver settings are the
+stored ones claims: a control plane that has not yet read a changed URL (or a disabled
+receiver) never sends to the old one, nor drops what it refuses. Delivery is therefore at least once, never
 at most once, and every try of a notification carries the same ``Idempotency-Key``
 header, by which a receiver drops repeats.
 
@@ -30,7 +32,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 
 from control_plane.store import Database
-from control_plane.store.models import OutboxRow
+from control_plane.store.models import AlertReceiverRow, OutboxRow
 
 MAX_AGE_S = 24 * 3600.0
 CLAIM_MARGIN_S = 30.0  # a claim outlasts the receiver's timeout by this much
@@ -49,14 +51,15 @@ class Waiting:
 class Outbox:
     """The store's outbox, as one control plane's receiver threads use it."""
 
-    def __init__(self, db: Database, *, holder: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, *, spec: dict[str, Any] | None = None,
+                 holder: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.db = db
+        self.spec = spec  # the receiver's settings this thread sends with (None: any)
         self.holder = holder or uuid.uuid4().hex
         self._clock = clock
 
     def put(self, receiver: str, description: str, body: dict[str, Any], *,
-            limit: int) -> str | None:
+            limit: int, key: str | None = None) -> str | None:
         """Keep ``body`` for ``receiver``; its key, or None where ``limit`` fresh ones wait
         already (expired ones do not count: :meth:`claim` drops them)."""
         now = self._clock()
@@ -65,7 +68,7 @@ class Outbox:
                 OutboxRow.receiver == receiver, OutboxRow.created_at >= now - MAX_AGE_S))
             if waiting >= limit:
                 return None
-            key = uuid.uuid4().hex
+            key = key or uuid.uuid4().hex
             session.add(OutboxRow(key=key, receiver=receiver, description=description[:500],
                                   body=body, created_at=now, attempts=0, next_at=now,
                                   claimed_by=None, claimed_until=0.0))
@@ -78,6 +81,9 @@ class Outbox:
         dropped. Costs a read, not a write lock, when nothing is due."""
         now = self._clock()
         with self.db.session(readonly=True) as session:
+            if self.spec is not None and session.scalar(select(AlertReceiverRow.spec).where(
+                    AlertReceiverRow.name == receiver)) != self.spec:
+                return None, 0  # settings out of date here: the current ones send it
             head = session.execute(select(OutboxRow.next_at, OutboxRow.claimed_by,
                                           OutboxRow.claimed_until, OutboxRow.created_at)
                                    .where(OutboxRow.receiver == receiver)
@@ -96,14 +102,17 @@ class Outbox:
             return Waiting(row.key, row.description, dict(row.body), row.attempts), expired
 
     def done(self, key: str) -> None:
-        """The notification was delivered, or given up: it waits no more."""
+        """The notification was delivered, or given up: it waits no more (unless this
+        process's claim ran out meanwhile and another holds it: that one settles it)."""
         with self.db.session() as session:
-            session.execute(delete(OutboxRow).where(OutboxRow.key == key))
+            session.execute(delete(OutboxRow).where(OutboxRow.key == key,
+                                                    OutboxRow.claimed_by == self.holder))
 
     def later(self, key: str, *, attempts: int, after_s: float) -> None:
         """Tried ``attempts`` times so far: free it to be tried again in ``after_s``."""
         with self.db.session() as session:
-            session.execute(update(OutboxRow).where(OutboxRow.key == key).values(
+            session.execute(update(OutboxRow).where(
+                OutboxRow.key == key, OutboxRow.claimed_by == self.holder).values(
                 attempts=attempts, next_at=self._clock() + after_s, claimed_by=None,
                 claimed_until=0.0))
 

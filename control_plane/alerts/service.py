@@ -40,7 +40,7 @@ from control_plane.alerts.store import AlertStore
 from control_plane.alerts.templates import render_template
 from control_plane.schemas import Page
 from control_plane.store import Database
-from control_plane.store.database import store_could_not_take
+from control_plane.store.database import FencedOut, store_could_not_take
 from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,10 @@ class AlertService:
                           state=AlertState.FIRING, started_at=now, fired_at=now, summary=summary,
                           data=dict(data or {}))
             self._transition(alert, AlertState.FIRING, kind="event")
+        except FencedOut as lost:  # raised by a pass that outlived its lead: not sent
+            with self._lock:
+                self._recent_events.pop(key, None)  # the new leader's may come from here
+            log.warning("alert event %s not raised: %s", name, lost)
         except Exception:
             log.exception("could not record the alert event %s", name)
 
@@ -283,11 +287,16 @@ class AlertService:
         could not take yet, and tried again each evaluator pass (:meth:`_store_unsaved`),
         since an alert's state changes only once: a write lost to a store blip left no
         active row and no history (no drift-triggered retrain, a page again after a
-        restart, a resolution never sent)."""
+        restart, a resolution never sent). A write refused by the control loops' lease
+        (a pass that outlived its lead) is neither kept nor sent: the new leader decides."""
+        entry = (replace(alert, labels=dict(alert.labels), data=dict(alert.data)), notify, kind)
         with self._lock:
-            self._unsaved.append((replace(alert, labels=dict(alert.labels),
-                                          data=dict(alert.data)), notify, kind))
-            self._store_unsaved()
+            self._unsaved.append(entry)
+            try:
+                self._store_unsaved()
+            except FencedOut:
+                self._unsaved.remove(entry)
+                raise
         if notify is not None and muted:
             self.counters["notifications_silenced"] += 1
         elif notify is not None:
@@ -307,6 +316,8 @@ class AlertService:
                 alert, notify, kind = self._unsaved[0]
                 try:
                     self.store.save(alert, notify=notify, kind=kind)
+                except FencedOut:  # this thread's pass is over; the queue waits for another
+                    raise
                 except Exception as error:
                     if store_could_not_take(error):
                         log.warning("could not store alert %s (%d writes wait for the store, "
@@ -336,6 +347,8 @@ class AlertService:
                     leading = active()
                     with fenced() if leading else nullcontext():
                         self.tick(read_stats, list_endpoints, leading=leading)
+                except FencedOut as lost:  # another control plane leads from here on
+                    log.warning("alert evaluation stopped: %s", lost)
                 except Exception:  # keep evaluating; the next pass may succeed
                     log.exception("alert evaluation failed")
 

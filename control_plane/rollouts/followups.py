@@ -40,7 +40,7 @@ from control_plane.registry import Registry, mark_rejected
 from control_plane.rollouts.states import RolloutState
 from control_plane.schemas import Role, Stage, StageChange
 from control_plane.store import Database
-from control_plane.store.database import store_could_not_take
+from control_plane.store.database import FencedOut, store_could_not_take
 from control_plane.store.models import ModelRow, ModelVersionRow, RolloutEventRow, RolloutRow
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ class FollowUps:
                 row.followups = pending or None
                 _event(row, session, "followup",
                        f"v{row.candidate_version} rejected in the registry: {reason}")
+        except FencedOut:  # another control plane leads: the rejection is its to make
+            raise
         except Exception as error:
             if store_could_not_take(error):  # not a refusal: owed still, tried next pass
                 log.warning("rejecting the candidate of rollout #%d waits for the store: %s",
@@ -127,6 +129,8 @@ class FollowUps:
         else:
             try:
                 self._alert(alert["name"], **{k: v for k, v in alert.items() if k != "name"})
+            except FencedOut:  # not raised here (nor paged): the new leader owes it still
+                raise
             except Exception as error:  # an alert sink failure must never undo a rollback
                 log.exception("raising the rollback alert of rollout #%d failed", rollout_id)
                 failure = f"{type(error).__name__}: {error}"

@@ -132,10 +132,9 @@ def store_transient(error: DBAPIError) -> bool:
 def store_could_not_take(error: BaseException) -> bool:
     """Whether a write failed because the store could not take it now (unreachable, as
     :meth:`Database.session` reports it, or :func:`store_transient`), not because it
-    refused the write: such a write is to be tried again, not given up.
-    A fenced-out write counts among them: whoever holds the fence now does it, or this
-    process does once it holds the fence again."""
-    return isinstance(error, (StoreUnavailableError, FencedOut)) or (
+    refused the write: such a write is to be tried again, not given up. A fenced-out write
+    is neither: the pass that made it is over (:class:`FencedOut`)."""
+    return isinstance(error, StoreUnavailableError) or (
         isinstance(error, DBAPIError) and store_transient(error))
 
 
@@ -156,7 +155,20 @@ def _create_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         # A stopped server must fail calls in about a second, not after the OS's TCP
         # timeout: connecting is bounded, and pooled connections are checked before use.
-        connect_args = {"connect_timeout": 2} if parsed.get_backend_name() == "postgresql" else {}
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql":
+            connect_args = {
+                "connect_timeout": 2,
+                # A client that froze or vanished inside a transaction (a control plane's
+                # host gone mid-write) must not hold its locks for the OS's two-hour TCP
+                # timeout: the control loops' lease is one of them (leadership.Lease.fence).
+                "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "options": " ".join(filter(None, (
+                    parsed.query.get("options"),  # the operator's own, kept
+                    "-c idle_in_transaction_session_timeout=60000 -c tcp_keepalives_idle=10 "
+                    "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"))),
+            }
         return create_engine(url, pool_pre_ping=True, pool_timeout=2, future=True,
                              connect_args=connect_args)
 

@@ -281,11 +281,14 @@ def test_a_process_that_stops_leading_drops_its_unstored_alert_states_but_not_it
     assert history(service) == [("rollout-rolled-back", "firing", "event")]
 
 
-def test_an_evaluation_that_outlived_its_lead_stores_no_alert_state_and_keeps_its_events(
-        service) -> None:
+def test_an_evaluation_that_outlived_its_lead_stores_and_sends_nothing(
+        service, monkeypatch: pytest.MonkeyPatch) -> None:
     """The evaluator writes behind the control loops' lease. A pass that lost the lease
-    stores no rule state (the new leader derives its own, and a late write could overwrite
-    it) and keeps its one-shot events, which its next pass writes as a follower."""
+    stores no alert state and pages no receiver (the new leader derives the states and
+    pages them itself: a late page would be a second one), and it stops; an event raised in
+    it is dropped the same way, and not held back as a duplicate of the new leader's."""
+    from control_plane.store.database import FencedOut
+
     clock = [1_000_000.0]
     stale, successor = (Lease(service.store.db, holder=holder, clock=lambda: clock[0],
                               monotonic=lambda: clock[0]) for holder in ("stale", "successor"))
@@ -293,16 +296,22 @@ def test_an_evaluation_that_outlived_its_lead_stores_no_alert_state_and_keeps_it
     stats = Stats()
     stats.drift("churn", 1, "drift", ["age"])
     service.put_rule(drift_rule(), "alice")
+    sent: list[str] = []
+    monkeypatch.setattr(service.notifier, "notify", lambda n: sent.append(n.alert["name"]))
     clock[0] += LEASE_S + 1
     assert successor.hold()
     with fenced_writes(stale.fence):
         service.fire_event("rollout-rolled-back", severity="critical", labels={"rollout": "7"},
                            summary="v2 rolled back")
-        service.tick(stats, stats.endpoints, leading=True)
-    assert history(service) == [] and service.active() == []
+        with pytest.raises(FencedOut):  # the drift rule fires: refused, and the pass ends
+            service.tick(stats, stats.endpoints, leading=True)
+    assert history(service) == [] and service.active() == [] and sent == []
     service.tick(stats, stats.endpoints, leading=False)
+    assert history(service) == [] and sent == []
+    service.fire_event("rollout-rolled-back", severity="critical", labels={"rollout": "7"},
+                       summary="v2 rolled back")  # not taken for a repeat of the dropped one
+    assert sent == ["rollout-rolled-back"]
     assert history(service) == [("rollout-rolled-back", "firing", "event")]
-    assert service.active() == []
 
 
 def test_a_write_the_store_refuses_is_dropped_and_holds_up_no_later_one(

@@ -4,6 +4,7 @@ once a lease runs out, a hand-over at release, and a store outage that costs the
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -317,7 +318,8 @@ def test_a_write_behind_the_fence_is_refused_once_another_holds_the_lease(
 def test_a_takeover_waits_for_the_holders_write_in_flight(db: Database) -> None:
     """The fence holds the lease row until its transaction ends: a process taking the lease
     over waits for the holder's write in flight and then sees it, never a write that lands
-    after it took over."""
+    after it took over. On PostgreSQL a write that stalls costs the taker that renewal (a
+    lock timeout), not its lease thread for as long as the write stalls."""
     clocks = Clocks()
     first, second = lease(db, "first", clocks), lease(db, "second", clocks)
     assert first.hold()
@@ -328,7 +330,7 @@ def test_a_takeover_waits_for_the_holders_write_in_flight(db: Database) -> None:
             session.add(ApplyRequestRow(endpoint="iris", requested_at=clocks.now))
             session.flush()
             in_write.set()
-            finish.wait(30)
+            finish.wait(60)
 
     writer = threading.Thread(target=write)
     writer.start()
@@ -340,12 +342,34 @@ def test_a_takeover_waits_for_the_holders_write_in_flight(db: Database) -> None:
         taker.start()
         taker.join(1.0)
         assert taker.is_alive() and not took, "the takeover did not wait for the write"
+        if not db.is_sqlite:  # SQLite's writers wait out its busy timeout instead
+            taker.join(30)
+            assert took == [False], "the takeover's renewal waited for the stalled write"
     finally:
         finish.set()
         writer.join(10)
     taker.join(30)
-    assert took == [True] and second.term == 2
+    assert second.hold() and second.term == 2
     assert take_apply_requests(db) == {"iris"}
+
+
+def test_a_pass_begun_in_an_earlier_term_is_refused_after_the_lease_comes_back(
+        db: Database) -> None:
+    """A pass that stalled through a takeover and back (its process holds the lease again,
+    in a later term) stores nothing: what it read is from before the other holder acted."""
+    clocks = Clocks()
+    first, second = lease(db, "first", clocks), lease(db, "second", clocks)
+    assert first.hold() and first.term == 1
+    stalled_pass = functools.partial(first.fence, term=first.term)
+    clocks.now += LEASE_S + 1
+    assert second.hold()
+    second.release()
+    assert first.hold() and first.term == 3
+    with fenced_writes(stalled_pass), pytest.raises(LeaseLost, match="term 1"):
+        request_apply(db, "stale")
+    with fenced_writes(functools.partial(first.fence, term=first.term)):
+        request_apply(db, "fresh")
+    assert take_apply_requests(db) == {"fresh"}
 
 
 def test_the_control_loops_write_behind_the_lease(tmp_path: Path) -> None:
@@ -354,7 +378,7 @@ def test_the_control_loops_write_behind_the_lease(tmp_path: Path) -> None:
     settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")})
     leader = ControlPlane.start(settings)
     try:
-        leader.start_control_loops(lease_s=6.0)
+        leader.start_control_loops(lease_s=60.0)  # no renewal during the test
         assert leader.leading
         clocks = Clocks()
         clocks.now = read_lease(leader.db).expires_at + 1  # as if the leader had stalled

@@ -30,16 +30,21 @@ def page(number: int) -> Notification:
     return Notification("firing", {"name": f"alert-{number}", "labels": {"n": str(number)}})
 
 
-def spec(receiver: Receiver, **fields: object) -> ReceiverSpec:
-    return ReceiverSpec(name="pager", url=receiver.url, **{"backoff_s": 0.05, "max_attempts": 10,
-                                                             **fields})
+def spec(receiver: Receiver, db: Database, **fields: object) -> ReceiverSpec:
+    """The receiver's settings, stored as the alerts API stores them."""
+    from control_plane.alerts.store import AlertStore
+
+    made = ReceiverSpec(name="pager", url=receiver.url, **{"backoff_s": 0.05, "max_attempts": 10,
+                                                            **fields})
+    AlertStore(db).put_receiver(made)
+    return made
 
 
 def test_what_a_dead_control_plane_left_reaches_the_receiver_once_it_is_back(
         db: Database, receiver: Receiver) -> None:
     receiver.status = 503  # down
     first = Notifier(db)
-    first.configure([spec(receiver)])
+    first.configure([spec(receiver, db)])
     for number in range(3):
         first.notify(page(number))
     wait_for(lambda: len(receiver.tries) >= 2, 10, "the first control plane's tries")
@@ -48,7 +53,7 @@ def test_what_a_dead_control_plane_left_reaches_the_receiver_once_it_is_back(
     receiver.status = 200
     successor = Notifier(db)
     try:
-        successor.configure([spec(receiver)])
+        successor.configure([spec(receiver, db)])
         bodies = receiver.wait(3)
         assert [body["alert"]["name"] for body in bodies] == ["alert-0", "alert-1", "alert-2"]
         assert len(set(receiver.keys)) == 3 and None not in receiver.keys
@@ -65,7 +70,7 @@ def test_two_control_planes_send_each_notification_once(db: Database,
     planes = [Notifier(db), Notifier(db)]
     try:
         for plane in planes:
-            plane.configure([spec(receiver)])
+            plane.configure([spec(receiver, db)])
         for number in range(30):
             planes[number % 2].notify(page(number))
         receiver.wait(30)
@@ -77,12 +82,32 @@ def test_two_control_planes_send_each_notification_once(db: Database,
             plane.close()
 
 
+def test_only_the_stored_settings_send(db: Database, receiver: Receiver) -> None:
+    """An operator moves a receiver to a new URL; a control plane that has not read the
+    change yet still sends with the old one. What it queues is sent to the new URL by the
+    one that has, never to the old one (which refuses it: the notification was dropped)."""
+    old = Receiver(status=404)
+    behind, current = Notifier(db), Notifier(db)
+    try:
+        behind.configure([spec(old, db)])
+        current.configure([spec(receiver, db)])  # the change, stored after the first
+        for number in range(5):
+            behind.notify(page(number))
+        assert len(receiver.wait(5)) == 5
+        time.sleep(1.5)  # three polls more
+        assert old.tries == [] and len(receiver.received) == 5
+    finally:
+        behind.close()
+        current.close()
+        old.close()
+
+
 def test_a_refused_notification_or_one_out_of_tries_is_given_up_not_kept(
         db: Database, receiver: Receiver) -> None:
     notifier = Notifier(db)
     try:
         receiver.status = 400
-        notifier.configure([spec(receiver, max_attempts=4)])
+        notifier.configure([spec(receiver, db, max_attempts=4)])
         notifier.notify(page(0))
         wait_for(lambda: notifier.stats()["pager"].get("failed") == 1, 10, "the refusal")
         assert len(receiver.tries) == 1  # a refusal is not tried again
@@ -103,7 +128,7 @@ def test_a_store_that_cannot_keep_a_notification_sends_it_from_memory(
     monkeypatch.setattr(Outbox, "put", store_away)
     notifier = Notifier(db)
     try:
-        notifier.configure([spec(receiver)])
+        notifier.configure([spec(receiver, db)])
         notifier.notify(page(7))
         assert receiver.wait(1)[0]["alert"]["name"] == "alert-7"
         assert notifier.stats()["pager"]["unstored"] == 1
