@@ -30,8 +30,9 @@ Result = TypeVar("Result")
 
 class DynamicBatcher(Generic[Item, Result]):
     """Calls ``run_batch`` with lists of at most ``max_batch_size`` items, one batch at a
-    time; ``run_batch`` answers each item, in order. A failed batch fails each of its
-    calls with the batch's exception; a cancelled call is left out of the batch."""
+    time; ``run_batch`` answers each item, in order, with its result or the exception it
+    alone failed with. A batch that raises fails each of its calls with its exception; a
+    cancelled call is left out of the batch."""
 
     def __init__(self, run_batch: Callable[[list[Item]], Awaitable[list[Result]]], *,
                  max_batch_size: int, max_wait_s: float) -> None:
@@ -97,5 +98,9 @@ class DynamicBatcher(Generic[Item, Result]):
                     future.set_exception(error)
             return
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(result, BaseException):  # this call alone failed
+                future.set_exception(result)
+            else:
                 future.set_result(result)

@@ -18,10 +18,51 @@ def has_batch_axis(specs: Sequence[TensorSignature]) -> bool:
     return all(bool(spec.shape) and spec.shape[0] is None for spec in specs)
 
 
-def run_merged(run: Callable[[Arrays], Arrays], items: list[Arrays]) -> list[Arrays]:
-    """Run several requests as one batch along axis 0 and split the outputs back."""
-    if len(items) == 1:
-        return [run(items[0])]
+def run_merged(run: Callable[[Arrays], Arrays], items: list[Arrays], *,
+               alone_on_failure: bool = True) -> list[Arrays | Exception]:
+    """Run several requests as one batch along axis 0 and split the outputs back; each
+    request's outputs, or the error it failed with, in order.
+
+    Only requests whose inputs are all one length along axis 0, and alike in their other
+    axes and dtypes, are merged: the rows of a request were counted on its first input, so
+    one sending two rows of ``x`` and none of ``y`` had another caller's ``y`` broadcast
+    into its answer, and inner axes of different lengths failed the whole batch. A merged
+    run that fails is run again request by request (unless ``alone_on_failure`` is off),
+    so a request the model cannot take fails alone, not every caller batched with it."""
+    results: list[Arrays | Exception | None] = [None] * len(items)
+    for indices in _mergeable(items):
+        if len(indices) > 1:
+            try:
+                merged = _run_together(run, [items[i] for i in indices])
+            except Exception:
+                if not alone_on_failure:
+                    raise
+            else:
+                for index, outputs in zip(indices, merged, strict=True):
+                    results[index] = outputs
+                continue
+        for index in indices:
+            try:
+                results[index] = run(items[index])
+            except Exception as error:
+                results[index] = error
+    return results  # type: ignore[return-value]
+
+
+def _mergeable(items: list[Arrays]) -> list[list[int]]:
+    """The requests, by index, that may run as one batch, in the order they came."""
+    groups: dict[object, list[int]] = {}
+    for index, item in enumerate(items):
+        rows = {value.shape[0] if value.ndim else None for value in item.values()}
+        key: object = index  # alone: its inputs disagree on their rows, or have none
+        if len(rows) == 1 and None not in rows:
+            key = tuple((name, value.shape[1:], value.dtype.str)
+                        for name, value in sorted(item.items()))
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def _run_together(run: Callable[[Arrays], Arrays], items: list[Arrays]) -> list[Arrays]:
     rows = [next(iter(item.values())).shape[0] for item in items]
     merged = {name: np.concatenate([item[name] for item in items]) for name in items[0]}
     outputs = run(merged)

@@ -44,6 +44,7 @@ def examples(config: Any, given: dict[str, list[Any]] | None) -> dict[str, np.nd
 
 def check(request: dict[str, Any]) -> dict[str, Any]:
     from serving.runners import build_runner
+    from serving.runners.base import run_merged
     from serving.schemas import VersionConfig
 
     config = VersionConfig.model_validate(request["version"])
@@ -65,7 +66,7 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
         else:
             outputs = runner.run(inputs)
         if runner.can_batch:  # what batching will do: the same rows, merged with themselves
-            runner.run_batch([inputs, inputs])
+            run_merged(runner.run, [inputs, inputs], alone_on_failure=False)
     except Exception as error:
         return _failure("run", error, field=_output_field(error))
     return {"ok": True, "outputs": {name: {"dtype": str(value.dtype), "shape": list(value.shape)}

@@ -65,7 +65,7 @@ class OnnxRunner:
             ) from None
         return dict(zip(self.output_names, results, strict=True))
 
-    def run_batch(self, items: list[Arrays]) -> list[Arrays]:
+    def run_batch(self, items: list[Arrays]) -> list[Arrays | Exception]:
         """Run several requests as one batch along axis 0 and split the outputs back."""
         return run_merged(self.run, items)
 

@@ -68,7 +68,7 @@ class PythonRunner:
             raise failed_call(self.config, "predict", error) from None
         return conform_outputs(self.config, produced, input_rows(arrays), what="predict")
 
-    def run_batch(self, items: list[Arrays]) -> list[Arrays]:
+    def run_batch(self, items: list[Arrays]) -> list[Arrays | Exception]:
         return run_merged(self.run, items)
 
     def warmup(self) -> None:

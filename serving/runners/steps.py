@@ -87,7 +87,7 @@ class StepsRunner:
     def _call(self, what: str, step: Callable[..., Arrays], *args: Arrays) -> Arrays:
         return call_model(self.config, what, step, *args)  # type: ignore[return-value]
 
-    def run_batch(self, items: list[Arrays]) -> list[Arrays]:
+    def run_batch(self, items: list[Arrays]) -> list[Arrays | Exception]:
         return run_merged(self.run, items)
 
     def warmup(self) -> None:

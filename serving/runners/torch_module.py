@@ -67,7 +67,7 @@ class TorchRunner:
             return {name: _numpy(value) for name, value in zip(names, result, strict=True)}
         return {names[0]: _numpy(result)}
 
-    def run_batch(self, items: list[Arrays]) -> list[Arrays]:
+    def run_batch(self, items: list[Arrays]) -> list[Arrays | Exception]:
         return run_merged(self.run, items)
 
     def warmup(self) -> None:

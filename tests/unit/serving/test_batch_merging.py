@@ -1,0 +1,93 @@
+"""Requests merged into one batch stay apart: only requests alike in every input's shape
+are merged, and one the model cannot take fails alone. Real ONNX Runtime sessions on
+graphs made here."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from serving.batcher import DynamicBatcher
+from serving.runners.base import run_merged
+
+
+def session(graph: onnx.GraphProto):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    loaded = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [output.name for output in loaded.get_outputs()]
+    return lambda arrays: dict(zip(names, loaded.run(None, arrays), strict=True))
+
+
+def add_model():
+    """sum = x + y, both [batch, 4]."""
+    return session(helper.make_graph(
+        [helper.make_node("Add", ["x", "y"], ["sum"])], "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, [None, 4])]))
+
+
+def lookup_model():
+    """rows = table[ids]: a table of 10 rows of 2, indexed by int64 ids [batch]."""
+    table = helper.make_tensor("table", TensorProto.FLOAT, [10, 2],
+                               np.arange(20, dtype=np.float32).tolist())
+    return session(helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"])], "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, 2])], [table]))
+
+
+def test_a_request_whose_inputs_disagree_on_rows_never_sees_another_callers_data() -> None:
+    """The rows of a request were counted on its first input: two rows of x and none of y,
+    merged after a caller's one row of each, had that caller's y broadcast into its
+    answer (x + y_victim)."""
+    run = add_model()
+    victim = {"x": np.full((1, 4), 10, np.float32), "y": np.array([[1, 2, 3, 4]], np.float32)}
+    attacker = {"x": np.zeros((2, 4), np.float32), "y": np.zeros((0, 4), np.float32)}
+    answered = run_merged(run, [victim, attacker])
+    np.testing.assert_array_equal(answered[0]["sum"], [[11, 12, 13, 14]])
+    assert isinstance(answered[1], Exception)  # its own inputs, alone: ONNX Runtime refuses
+
+
+def test_a_request_the_model_cannot_take_fails_alone() -> None:
+    run = lookup_model()
+    good, poison, other = ({"ids": np.array(ids, np.int64)} for ids in ([1, 2], [99], [0]))
+    answered = run_merged(run, [good, poison, other])
+    np.testing.assert_array_equal(answered[0]["rows"], [[2, 3], [4, 5]])
+    assert isinstance(answered[1], Exception) and "out of" in str(answered[1])
+    np.testing.assert_array_equal(answered[2]["rows"], [[0, 1]])
+
+
+def test_requests_alike_are_still_merged_into_one_run() -> None:
+    calls: list[int] = []
+    add = add_model()
+
+    def run(arrays):
+        calls.append(len(arrays["x"]))
+        return add(arrays)
+
+    items = [{"x": np.full((rows, 4), rows, np.float32), "y": np.ones((rows, 4), np.float32)}
+             for rows in (1, 3, 2)]
+    answered = run_merged(run, items)
+    assert calls == [6]
+    assert [a["sum"][:, 0].tolist() for a in answered] == [[2.0], [4.0] * 3, [3.0] * 2]
+
+
+def test_the_batcher_fails_only_the_call_that_failed() -> None:
+    run = lookup_model()
+
+    async def calls():
+        batcher = DynamicBatcher(lambda items: asyncio.to_thread(run_merged, run, items),
+                                 max_batch_size=8, max_wait_s=0.05)
+        return await asyncio.gather(*(batcher({"ids": np.array(ids, np.int64)})
+                                      for ids in ([1], [99], [2])), return_exceptions=True)
+
+    first, poison, last = asyncio.run(calls())
+    np.testing.assert_array_equal(first["rows"], [[2, 3]])
+    assert isinstance(poison, Exception)
+    np.testing.assert_array_equal(last["rows"], [[4, 5]])
