@@ -163,7 +163,7 @@ def _decode_tensor(tensor: GrpcTensor, where: str, index: int) -> np.ndarray:
             raise _invalid(f"{where}.shape[{axis}] is {dim}; dimensions must be 0 or more",
                            f"{where}.shape")
     shape = list(tensor.shape)
-    count = element_count(shape)
+    count = element_count(shape, where)
     described = f"{where} ({tensor.name!r}, {datatype}, shape {shape})"
     if tensor.raw is not None:
         if tensor.contents:

@@ -33,9 +33,17 @@ _KIND_NAMES = {
 }
 
 
-def element_count(shape: list[int]) -> int:
-    """Number of elements a tensor of ``shape`` holds (1 for a scalar's empty shape)."""
+MAX_SPAN = 2**31  # the most elements a tensor's shape may span, its zero dimensions as one
+
+
+def element_count(shape: list[int], field: str = "inputs") -> int:
+    """Number of elements a tensor of ``shape`` holds (1 for a scalar's empty shape). A
+    shape spanning more than :data:`MAX_SPAN` elements, even one holding none (``[0,
+    10**20]``), is refused: NumPy cannot make it, and the request failed as a server error."""
     # math.prod on Python ints cannot overflow, unlike np.prod on int64.
+    if math.prod(max(dim, 1) for dim in shape) > MAX_SPAN:
+        raise _invalid(f"{field}.shape {list(shape)[:8]} spans more than {MAX_SPAN:,} elements; "
+                       "no tensor may", f"{field}.shape")
     return math.prod(shape)
 
 
@@ -53,7 +61,7 @@ def _count_mismatch(
 
 def array_from_json(data: Any, datatype: str, shape: list[int], field: str) -> np.ndarray:
     """Build the tensor ``field`` from its JSON ``data`` (flat or nested, row-major)."""
-    expected = element_count(shape)
+    expected = element_count(shape, field)
     if datatype == "BYTES":
         flat = _flatten_strings(data, f"{field}.data")
         if len(flat) != expected:
@@ -160,7 +168,7 @@ def array_from_binary(
     Numeric arrays share memory with the body and are read-only; they are copied only when
     the slice is misaligned for the dtype (some consumers require aligned memory).
     """
-    expected = element_count(shape)
+    expected = element_count(shape, field)
     if datatype == "BYTES":
         array = decode_bytes_elements(buffer, field)
         if array.size != expected:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import InferenceFailedError
+from serving.errors import InferenceFailedError, InvalidRequestError
 from serving.runners.base import Arrays, has_batch_axis, run_merged, zeros
 from serving.schemas import TensorSignature, VersionConfig
 
@@ -59,6 +59,14 @@ class OnnxRunner:
         try:
             results = self.session.run(self.output_names, feed)
         except Exception as error:  # ORT raises its own exception types per failure
+            if _refused_input(error):
+                # The caller's input, not the model, is at fault (an index out of the
+                # table, inputs whose rows do not broadcast): a 400 anyone may cause, judged
+                # against stable's share of them, never a 5xx counted against the version.
+                raise InvalidRequestError(
+                    f"{self.config.model}:{self.config.version} cannot run on this input: "
+                    f"{str(error)[:300]}",
+                    detail={"field": "inputs", "reason": "model_refused_input"}) from None
             raise InferenceFailedError(
                 f"{self.config.model}:{self.config.version} failed: {str(error)[:300]}",
                 detail={"version": self.config.version},
@@ -72,6 +80,15 @@ class OnnxRunner:
     def warmup(self) -> None:
         """One inference on zeros so the first request pays no lazy initialisation."""
         self.run({spec.name: zeros(spec) for spec in self.inputs})
+
+
+def _refused_input(error: Exception) -> bool:
+    """Whether ONNX Runtime refused the inputs themselves: INVALID_ARGUMENT (a shape or an
+    index out of range), or a failure to broadcast one input's rows against another's."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
+    return isinstance(error, InvalidArgument) or (
+        isinstance(error, Fail) and "broadcast" in str(error))
 
 
 def _to_onnx(value: np.ndarray) -> Any:

@@ -172,3 +172,18 @@ def test_non_utf8_bytes_output_cannot_be_json() -> None:
 def test_output_dtype_outside_the_protocol_is_a_server_error() -> None:
     with pytest.raises(InferenceFailedError, match="'z' has numpy dtype complex64"):
         encode_response({"z": np.zeros(2, dtype=np.complex64)}, model_name="m")
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES", "INT64"])
+@pytest.mark.parametrize("shape", [[0, 10**20], [0, 2**31, 2], [2**16, 2**16]])
+def test_a_shape_too_vast_for_any_tensor_is_the_callers_error_even_holding_nothing(
+        datatype: str, shape: list[int]) -> None:
+    """NumPy cannot make a [0, 10**20] array, empty as it is: the request failed as the
+    version's 500, its traceback logged, for anyone who sent one."""
+    with pytest.raises(InvalidRequestError, match="spans more than") as refused:
+        decode_request(_json(_tensor("x", shape, datatype, data=[])))
+    assert refused.value.detail["field"].endswith(".shape")
+    body, headers = _binary((_tensor("x", shape, datatype,
+                                     parameters={"binary_data_size": 0}), b""))
+    with pytest.raises(InvalidRequestError, match="spans more than"):
+        decode_request(body, headers)
