@@ -65,16 +65,21 @@ def joined_counts(pair: JoinedPair, meta: dict[str, Any]) -> dict[str, float]:
         return counts
     task = meta.get("task")
     if task == "classification":
-        small = (meta.get("n_classes") or 0) <= MAX_CONFUSION_CLASSES
+        n_classes = meta.get("n_classes") or 0
+        small = n_classes <= MAX_CONFUSION_CLASSES
+        # A cell per (truth, guess) pair: only classes a confusion matrix may hold, or any
+        # whole number a labeler sent would be a counter of the Monitor's for good.
+        cells = range(n_classes or MAX_CONFUSION_CLASSES)
         for label, predicted in zip(pair.labels, pair.predicted, strict=True):
             truth = class_index(label, meta.get("class_labels"))
-            if truth is None:
+            if truth is None or (n_classes and truth not in cells):  # no such class
                 counts[counters.INVALID_LABELS] += 1
                 continue
             guess = predicted_class(float(predicted))
             counts[counters.LABELLED] += 1
             counts[counters.CORRECT] += truth == guess
-            if small and guess is not None:  # a NaN answer is wrong, and in no class
+            # A NaN answer is wrong, and in no class.
+            if small and guess is not None and truth in cells and guess in cells:
                 counts[counters.confusion_key(truth, guess)] += 1
     elif task == "regression":
         for label, predicted in zip(pair.labels, pair.predicted, strict=True):

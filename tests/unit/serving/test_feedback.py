@@ -222,3 +222,23 @@ def test_a_monitoring_section_the_monitor_cannot_read_never_costs_the_request_co
     snapshot = state.snapshot("churn", 60)[1]
     assert snapshot.traffic.requests == 10 and snapshot.traffic.server_errors == 3
     assert snapshot.quality.unobserved_requests == 7  # the answered ones
+
+
+@pytest.mark.parametrize("n_classes", [2, None])
+def test_labels_no_class_has_are_invalid_not_new_confusion_cells(n_classes: int | None) -> None:
+    """A labeler sent 4,096 distinct whole numbers for a binary model: each became a
+    confusion-matrix counter the Monitor kept for good (its memory grew with every call)."""
+    from serving.monitoring import counters
+    from serving.monitoring.feedback import JoinedPair
+    from serving.monitoring.sections import MAX_CONFUSION_CLASSES, joined_counts
+
+    labels = list(range(4096))
+    pair = JoinedPair("churn", 1, predicted=[1.0] * len(labels), labels=labels)
+    counts = joined_counts(pair, {"task": "classification", "n_classes": n_classes})
+    cells = {key for key in counts if key.startswith(counters.CONFUSION.prefix)}
+    if n_classes == 2:
+        assert counts[counters.LABELLED] == 2 and counts[counters.INVALID_LABELS] == 4094
+        assert counts[counters.CORRECT] == 1 and len(cells) == 2
+    else:  # no class count known: every label judged, the matrix kept to its bound
+        assert counts[counters.LABELLED] == 4096 and counts[counters.CORRECT] == 1
+        assert len(cells) == MAX_CONFUSION_CLASSES
