@@ -62,6 +62,7 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch",
              "torch_export": "pytorch_libtorch", "python": "python"}
 _PATH = re.compile(r"^(?:/versions/(?P<version>[^/]+))?(?P<action>/infer|/ready|/feedback)?/?$")
 MAX_SHADOWS_IN_FLIGHT = 256
+HEAVY_BODY_BYTES = 1 << 20  # a body past this (or compressed) is decoded off the event loop
 REQUEST_ID_HEADER = "x-modelplane-request-id"
 REQUEST_ID_PARAMETER = "modelplane_request_id"
 MAX_FEEDBACK_BODY_BYTES = 4 * 1024 * 1024
@@ -257,8 +258,14 @@ class InferenceCore:
                 raise body_too_large(len(body), config.max_body_bytes, "request body")
             return decode_request(body, headers, max_body_bytes=config.max_body_bytes)
 
+        # Inflating and parsing a large or compressed body takes the event loop for as long
+        # as it takes (a 64 KiB gzip body holds a second of JSON): off it, so the replica's
+        # other requests, readiness and metadata are answered meanwhile.
+        heavy = len(body) > HEAVY_BODY_BYTES or bool(
+            headers.get("content-encoding", "").strip().lower() not in ("", "identity"))
         outcome = await self.infer(decode, _encode_rest, headers, version=match.group("version"),
-                                   started=started, request_id=request_id)
+                                   started=started, request_id=request_id,
+                                   decode_off_loop=heavy)
         if isinstance(outcome, Refused):
             return error_result(outcome.error, outcome.request_id)
         return outcome
@@ -266,7 +273,7 @@ class InferenceCore:
     async def infer(self, decode: Callable[[EndpointConfig], DecodedRequest],
                     encode: Callable[[Inferred], T], headers: Mapping[str, str], *,
                     version: str | None = None, started: float | None = None,
-                    request_id: str | None = None) -> T | Refused:
+                    request_id: str | None = None, decode_off_loop: bool = False) -> T | Refused:
         """One inference, whatever the transport (REST here, gRPC in ``serving.grpc_calls``).
 
         ``decode`` turns the transport's request into tensors, raising errors that name the
@@ -283,7 +290,8 @@ class InferenceCore:
         routed = ROUTED_RANDOMLY
         try:
             pinned = _parse_version(version, backends, config.endpoint)
-            request = decode(config)
+            request = (await asyncio.to_thread(decode, config) if decode_off_loop
+                       else decode(config))
             sticky_key = headers.get(router.sticky_header)
             routed = ROUTED_PINNED if pinned is not None else (
                 ROUTED_STICKY if sticky_key else ROUTED_RANDOMLY)

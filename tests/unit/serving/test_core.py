@@ -182,3 +182,33 @@ def test_route_table_swaps_atomically() -> None:
     config, backends, _ = core._state
     core.update(config.model_copy(update={"routes": RouteTable(weights={1: 0, 2: 100})}), backends)
     assert header(call(core, "/infer", body, headers))["model_version"] == "2"
+
+
+def test_a_compressed_or_large_body_is_decoded_off_the_event_loop() -> None:
+    """A large body, or a compressed one (a 64 KiB gzip body may hold 64 MiB of JSON), takes
+    seconds to parse: decoded on the event loop, every other request of the replica
+    (readiness included) waited for it."""
+    import gzip
+
+    core = make_core({1: 100})
+    rows = np.random.default_rng(0).normal(size=(200_000, 4)).astype(np.float32)
+    document = {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+                            "data": rows.ravel().tolist()}]}
+    packed = gzip.compress(json.dumps(document).encode())
+    finished: list[str] = []
+
+    async def scenario() -> None:
+        async def heavy() -> None:
+            result = await core.handle("POST", "/infer", {"content-encoding": "gzip"}, packed)
+            assert result.status == 200, result.body[:300]
+            finished.append("heavy")
+
+        async def light() -> None:
+            await asyncio.sleep(0)  # the heavy one starts first
+            assert (await core.handle("GET", "/ready", {}, b"")).status == 200
+            finished.append("light")
+
+        await asyncio.gather(heavy(), light())
+
+    asyncio.run(scenario())
+    assert finished == ["light", "heavy"]
