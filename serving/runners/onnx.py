@@ -33,10 +33,14 @@ class OnnxRunner:
 
     def __init__(self, config: VersionConfig, model_path: Path, *, use_gpu: bool | None = None,
                  inputs: list[TensorSignature] | None = None,
-                 outputs: list[TensorSignature] | None = None):
+                 outputs: list[TensorSignature] | None = None, fed_by_caller: bool = True):
         import onnxruntime as ort
 
         self.config = config
+        # Whether the graph's inputs are the request's own: only then is an input ONNX
+        # Runtime refuses the caller's fault. Fed by a preprocess step, it is the version's
+        # (a tokenizer that knows a word its graph has no embedding for).
+        self.fed_by_caller = fed_by_caller
         self.inputs = inputs or config.inputs
         outputs = outputs or config.outputs
         options = ort.SessionOptions()
@@ -59,7 +63,7 @@ class OnnxRunner:
         try:
             results = self.session.run(self.output_names, feed)
         except Exception as error:  # ORT raises its own exception types per failure
-            if _refused_input(error):
+            if self.fed_by_caller and _refused_input(error):
                 # The caller's input, not the model, is at fault (an index out of the
                 # table, inputs whose rows do not broadcast): a 400 anyone may cause, judged
                 # against stable's share of them, never a 5xx counted against the version.

@@ -63,7 +63,7 @@ class StepsRunner:
         if not graph.is_file():
             raise archive.ArchiveError(f"code.graph: the archive has no {code.graph}")
         self.graph = OnnxRunner(config, graph, use_gpu=use_gpu, inputs=self.graph_inputs,
-                                outputs=self.graph_outputs)
+                                outputs=self.graph_outputs, fed_by_caller=not code.preprocess)
         self.providers = self.graph.providers
         self.pre = load_step(root, config.digest, code.preprocess) if code.preprocess else None
         self.post = load_step(root, config.digest, code.postprocess) if code.postprocess else None

@@ -255,3 +255,16 @@ def test_a_text_classifier_takes_strings_and_answers_labels(tmp_path: Path) -> N
     expected = text_reference(texts, 1)
     np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-5, atol=1e-6)
     assert list(out["label"]) == [TEXT_LABELS[i].encode() for i in expected.argmax(axis=1)]
+
+
+def test_a_graph_fed_by_a_preprocess_step_that_refuses_its_input_is_the_versions_failure(
+        tmp_path: Path) -> None:
+    """A tokenizer that knows a word its graph has no embedding for: the request is valid,
+    the version is broken. A 500 counted against the version, never the caller's 400."""
+    from tests.model_kinds import review_texts, text_manifest, text_model
+
+    path, digest = stored(tmp_path, pack_folder(text_model(tmp_path / "text", 1,
+                                                           extra_words=("ramen",))))
+    runner = build_runner(config(text_manifest(review_texts(50, 0), 1), digest), path)
+    with pytest.raises(InferenceFailedError, match="out of data bounds"):
+        runner.run({"review": np.array([b"the ramen was great"], dtype=object)})
