@@ -159,8 +159,10 @@ class WebhookChannel:
             self.counters["failed"] += 1
             log.exception("webhook %s: could not render %s", spec.name, description)
             return
-        key = uuid.uuid4().hex  # kept by a try sent from memory: a commit that did land and
-        if self._outbox is None:  # the outbox's later try of it read as one notification
+        # One key, kept by a try sent from memory too: where the outbox's write did land
+        # after all, the receiver reads both tries as one notification.
+        key = uuid.uuid4().hex
+        if self._outbox is None:
             self._deliver(payload, description, key)
             return
         try:

@@ -88,7 +88,7 @@ class Outbox:
                                           OutboxRow.claimed_until, OutboxRow.created_at)
                                    .where(OutboxRow.receiver == receiver)
                                    .order_by(OutboxRow.id).limit(1)).one_or_none()
-        if head is None or (head.created_at >= now - MAX_AGE_S and not _free(head, now, self)):
+        if head is None or (head.created_at >= now - MAX_AGE_S and not _free(head, now, self.holder)):
             return None, 0
         with self.db.session() as session:
             expired = session.execute(delete(OutboxRow).where(
@@ -96,7 +96,7 @@ class Outbox:
                 OutboxRow.created_at < now - MAX_AGE_S)).rowcount or 0
             row = session.scalar(select(OutboxRow).where(OutboxRow.receiver == receiver)
                                  .order_by(OutboxRow.id).limit(1).with_for_update())
-            if row is None or not _free(row, now, self):
+            if row is None or not _free(row, now, self.holder):
                 return None, expired
             row.claimed_by, row.claimed_until = self.holder, now + for_s
             return Waiting(row.key, row.description, dict(row.body), row.attempts), expired
@@ -127,7 +127,7 @@ def forget(session: Any, receiver: str) -> None:
     session.execute(delete(OutboxRow).where(OutboxRow.receiver == receiver))
 
 
-def _free(row: Any, now: float, outbox: Outbox) -> bool:
-    """Due, and claimed by no one else (or their claim has run out)."""
-    return row.next_at <= now and (row.claimed_by in (None, outbox.holder)
+def _free(row: Any, now: float, holder: str) -> bool:
+    """Due, and claimed by no one but ``holder`` (or their claim has run out)."""
+    return row.next_at <= now and (row.claimed_by in (None, holder)
                                    or row.claimed_until <= now)
