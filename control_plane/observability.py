@@ -69,21 +69,25 @@ def monitor_available() -> bool:
         return _unavailable is None
 
 
-def read_version_stats(endpoint: str, window_s: float) -> dict[int, VersionSnapshot]:
+def read_version_stats(endpoint: str, window_s: float,
+                       sample: tuple[str, ...] | None = None) -> dict[int, VersionSnapshot]:
     """The Monitor's per-version snapshot (NaN where there is no data); {} without Ray.
+    Drift and accuracy are of the requests routed as ``sample`` says (see
+    ``MonitorState.snapshot``), or of every request.
 
     Raises MonitorUnavailableError when Ray runs but the Monitor does not answer.
     """
     if not _ray_ready():
         return {}
-    return dict(_ask("snapshot", endpoint, window_s))
+    return dict(_ask("snapshot", endpoint, window_s, sample))
 
 
-def version_stats(endpoint: str, window_s: float) -> dict[int, VersionSnapshot]:
+def version_stats(endpoint: str, window_s: float,
+                  sample: tuple[str, ...] | None = None) -> dict[int, VersionSnapshot]:
     """As :func:`read_version_stats`, but {} when the Monitor cannot answer: the rollout
     controller's source, for which no statistics make every analysis inconclusive."""
     try:
-        return read_version_stats(endpoint, window_s)
+        return read_version_stats(endpoint, window_s, sample)
     except MonitorUnavailableError:
         return {}
 

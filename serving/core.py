@@ -37,14 +37,8 @@ from serving.errors import (
 from serving.feedback_auth import FeedbackAuthorizer
 from serving.monitoring.feedback_wire import parse_feedback
 from serving.monitoring.observations import VersionMonitoring, data_age_seconds
-from serving.monitoring.stats import (
-    ENDPOINT_LEVEL,
-    ROUTED_PINNED,
-    ROUTED_RANDOMLY,
-    ROUTED_STICKY,
-    StatsRecorder,
-    compare_outputs,
-)
+from serving.monitoring.routing import ROUTED_PINNED, ROUTED_RANDOMLY, ROUTED_STICKY
+from serving.monitoring.stats import ENDPOINT_LEVEL, StatsRecorder, compare_outputs
 from serving.names import endpoint_route_prefix
 from serving.protocol import DecodedRequest, decode_request, encode_response, from_numpy_dtype
 from serving.routing import Router
@@ -307,7 +301,7 @@ class InferenceCore:
             self.recorder.record(number, 200, elapsed, routed=routed,
                                  not_finite=not _all_finite(chosen))
             age = data_age_seconds(request.parameters, time.time()) if request.parameters else None
-            self.recorder.observe(number, request_id, arrays, outputs, age)
+            self.recorder.observe(number, request_id, arrays, outputs, age, routed)
             if pinned is None:
                 for shadow in router.shadows:
                     self._start_shadow(backends.get(shadow), arrays, outputs, elapsed)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.monitoring.feedback import MAX_LABELS_PER_REQUEST
 from serving.names import MONITOR_NAME, MONITOR_NAMESPACE
 
 STICKY_HEADER = "x-modelplane-key"
@@ -282,7 +283,7 @@ class FeedbackItem(Wire):
                             description="The server's id of the answer: its "
                             "`x-modelplane-request-id` header (also in the response's "
                             "`parameters`), not the client's `id`.")
-    label: Label | Annotated[list[Label], Field(min_length=1, max_length=4096)] = Field(
+    label: Label | Annotated[list[Label], Field(min_length=1, max_length=MAX_LABELS_PER_REQUEST)] = Field(
         description="One label per row of the request; a single value for one-row requests."
     )
 

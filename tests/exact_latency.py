@@ -20,14 +20,14 @@ def replica_calls() -> tuple[Callable[[Any], int], Callable[[Any], list[float]]]
     def start_logging(_replica: Any) -> int:
         import os
 
-        from serving.monitoring import stats
+        from serving.monitoring import routing, stats
 
         if not hasattr(stats, "_exact_latencies"):
             stats._exact_latencies = []
             original = stats.StatsRecorder.record
 
             def record(self: Any, version: int, status: int, latency_s: float,
-                       error_code: str | None = None, routed: str = stats.ROUTED_RANDOMLY,
+                       error_code: str | None = None, routed: str = routing.ROUTED_RANDOMLY,
                        **keywords: Any) -> None:
                 # Exactly the values the recorder keeps for the Monitor (see its record()).
                 if self.enabled and version != stats.ENDPOINT_LEVEL:

@@ -43,6 +43,7 @@ import numpy as np
 
 from control_plane.rollouts.ab_test import two_proportions
 from serving.monitoring import Quantiles, ShadowComparison, Traffic, VersionSnapshot
+from serving.monitoring.routing import ROUTED_PINNED, ROUTED_RANDOMLY, ROUTED_STICKY
 from serving.monitoring.snapshot import RoutedRequests
 
 GATE_CONFIDENCE = 0.95
@@ -104,12 +105,17 @@ def sample_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tupl
             sum(routed.server_errors for routed in counted))
 
 
+def sample_routings(config: AnalysisConfig) -> tuple[str, ...]:
+    """The ways of routing in the sample: random, and sticky or pinned where ``config``
+    counts them (the Monitor's snapshot judges drift and accuracy on these too)."""
+    return (ROUTED_RANDOMLY, *((ROUTED_STICKY,) * config.include_sticky),
+            *((ROUTED_PINNED,) * config.include_pinned))
+
+
 def _routed(config: AnalysisConfig, stats: VersionSnapshot | None) -> list[RoutedRequests]:
-    """The sample's kinds of routing in ``stats``: random, and sticky or pinned where
-    ``config`` counts them."""
+    """The sample's kinds of routing in ``stats``."""
     routing = stats.traffic.routing if stats is not None else {}
-    kinds = ["random"] + ["sticky"] * config.include_sticky + ["pinned"] * config.include_pinned
-    return [routing[kind] for kind in kinds if kind in routing]
+    return [routing[kind] for kind in sample_routings(config) if kind in routing]
 
 
 def refused_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, int]:
@@ -258,9 +264,12 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         # A gate that was asked for and has no evidence yet is unknown, not passed: labels
         # that never come (a label source down, its predictions evicted) must not let a
         # candidate through on the other checks alone.
+        apart = (f" (not counted: {accuracy.labelled_apart} joined with pinned or sticky "
+                 "requests)" if accuracy.labelled_apart else "")
         return CheckResult(Verdict.INCONCLUSIVE, checks,
                            f"{labelled} labels joined in the window, need {config.min_labels} "
-                           f"(min_labels) for {' and '.join(asked)}; the other checks passed")
+                           f"(min_labels) for {' and '.join(asked)}{apart}; the other checks "
+                           "passed")
     return CheckResult(Verdict.PASS, checks, "all checks passed")
 
 

@@ -35,6 +35,7 @@ from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.registry import Registry
 from control_plane.rollouts import aliases
 from control_plane.rollouts.ab_gate import ABWindow, tested
+from control_plane.rollouts.analysis import sample_routings
 from control_plane.rollouts.approvals import ApprovalGate, approval_gate
 from control_plane.rollouts.decision import (
     Action,
@@ -45,6 +46,7 @@ from control_plane.rollouts.decision import (
     analysis_due,
     analysis_window,
     decide,
+    settings_of,
 )
 from control_plane.rollouts.followups import AlertSink
 from control_plane.rollouts.manual import ManualActions
@@ -233,12 +235,13 @@ class RolloutController(ManualActions):
         if analysis_due(rollout, self._analysed_at.get(rollout.id), now):
             self._analysed_at[rollout.id] = now
             window = analysis_window(rollout, now)
-            stats = self._stats(rollout.endpoint, window)
+            routings = sample_routings(settings_of(rollout).to_config())
+            stats = self._stats(rollout.endpoint, window, routings)
             snapshot = Snapshot(window, *self._versions(rollout, stats))
             block = ab_window(rollout, now)
             if block is not None:  # the A/B gate's window runs from its block's start
                 ab_stats = stats if block[1] == window else self._stats(rollout.endpoint,
-                                                                         block[1])
+                                                                         block[1], routings)
                 snapshot = replace(snapshot, ab=ABWindow(block[1], block[0],
                                                          *self._versions(rollout, ab_stats)))
         with self.db.session(readonly=True) as session:

@@ -44,7 +44,8 @@ from serving.monitoring import VersionSnapshot
 log = logging.getLogger(__name__)
 
 CHAMPION = CHAMPION_ALIAS
-StatsSource = Callable[[str, float], dict[int, VersionSnapshot]]
+# (endpoint, window in seconds, the ways of routing in the analysis sample) -> snapshots
+StatsSource = Callable[[str, float, tuple[str, ...]], dict[int, VersionSnapshot]]
 
 
 class TrafficMoves:

@@ -113,9 +113,11 @@ class AnalysisSettings(Wire):
     # The sample is randomly routed traffic: callers choose the version of pinned and
     # sticky requests, so counting them lets anyone fill or poison a candidate's evidence.
     include_sticky: bool = Field(False, description="Count sticky-keyed (A/B by user) requests "
-                                 "in min_samples and error_rate.")
+                                 "in every check: samples, error rate, latency, drift and "
+                                 "online accuracy.")
     include_pinned: bool = Field(False, description="Count requests pinned to a version "
-                                 "(/versions/{v}/infer) in min_samples and error_rate.")
+                                 "(/versions/{v}/infer) in every check: samples, error rate, "
+                                 "latency, drift and online accuracy.")
 
     ab_test: ABTestSettings | None = Field(
         None, description="Compare the candidate with stable by sequential A/B tests on "

@@ -20,8 +20,10 @@ windows back with :meth:`Family.read` and the functions at the end.
 ``q:{scalar}``          data quality of the inputs (:data:`QUALITY_SCALARS`, data age)
 ``q:missing:{f}``       missing values of input feature ``f`` (``q:oor:{f}``: out of range)
 ``qp:missing:{f}``      the same of prediction feature ``f`` (and ``qp:oor:{f}``)
-``fb:{scalar}``         feedback joined with its predictions (labelled, correct, errors)
+``fb:{scalar}``         feedback joined with randomly routed requests' predictions
+                        (labelled, correct, errors)
 ``fb:cm:{t}:{p}``       joined pairs of true class ``t`` predicted as ``p``
+``{routing}|fb:…``      the same of pinned or sticky requests' predictions
 ======================  ===========================================================
 """
 
@@ -81,6 +83,8 @@ ABS_ERROR_SUM = "fb:abs"
 SQUARED_ERROR_SUM = "fb:sq"
 INVALID_LABELS = "fb:invalid"
 FEEDBACK_DROPPED_AT_REPLICA = "fb:dropped_at_replica"
+FEEDBACK_UNJOINABLE = "fb:unjoinable"  # predictions of more rows than labels may name
+FEEDBACK = "fb:"
 
 # The scalars of a replica's monitoring delta (``VersionObservations.to_delta``) and the
 # counter each is added to.
@@ -96,7 +100,7 @@ QUALITY_SCALARS = {
 
 def routed(kind: str) -> Family:
     """The answered requests, by status, that reached their version as ``kind`` says
-    (``pinned`` or ``sticky``: see ``serving.monitoring.stats.ROUTED_PINNED``)."""
+    (``pinned`` or ``sticky``: see ``serving.monitoring.routing``)."""
     return Family(f"{kind}:")
 
 
@@ -116,4 +120,26 @@ def confusion(counts: Counts) -> dict[tuple[int, int], float]:
     for pair, n in CONFUSION.read(counts).items():
         truth, guess = pair.split(":")
         out[(int(truth), int(guess))] = n
+    return out
+
+
+def routed_feedback(kind: str, counts: Counts) -> dict[str, float]:
+    """``counts`` (a joined pair's) under the names of the feedback joined with requests
+    routed as ``kind`` says: a pinned or sticky request's label must not count as the
+    analysis sample's, so its counters are kept apart."""
+    return {f"{kind}|{key}": value for key, value in counts.items()}
+
+
+def feedback(counts: Counts, routings: tuple[str, ...] | None) -> dict[str, float]:
+    """The feedback counters in ``counts`` of the requests routed as ``routings`` say
+    (the randomly routed ones always; None: every way of routing), summed under the
+    plain ``fb:`` names that :func:`serving.monitoring.sections.accuracy_section` reads."""
+    out: dict[str, float] = {}
+    for key, value in counts.items():
+        kind, bar, name = key.partition("|")
+        if not bar:
+            kind, name = "", key
+        if not name.startswith(FEEDBACK) or (kind and routings is not None and kind not in routings):
+            continue
+        out[name] = out.get(name, 0) + value
     return out

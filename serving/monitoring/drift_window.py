@@ -85,42 +85,61 @@ class SlottedCounts:
             while self._sample_rows - self._samples[0][1].shape[0] >= SAMPLE_LIMIT:
                 self._sample_rows -= self._samples.popleft()[1].shape[0]
 
-    def _first(self, window_s: float) -> int:
+    def first_epoch(self, window_s: float) -> int:
+        """The oldest slot of a window of ``window_s`` seconds ending now."""
         return self._epoch() - max(1, math.ceil(window_s / self.slot_seconds)) + 1
 
-    def histograms(self, window_s: float) -> dict[str, Any]:
-        """Each feature's reference bins (edges and counts) and, in the same bins, the live
-        counts of the last ``window_s`` seconds; ``rows``: the live rows counted."""
-        first = self._first(window_s)
-        chosen = [slot for slot in self._entries if slot.epoch >= first]
-        layout = self.profile.layout()
-        live = (np.sum([slot.hist for slot in chosen], axis=0) if chosen
-                else np.zeros(layout.n_bins, dtype=np.int64))
-        features = {}
-        for index, feature in enumerate(self.profile.features):
-            start, stop = layout.bin_offsets[index], layout.bin_offsets[index + 1]
-            features[feature.name] = {"kind": feature.kind, "edges": [float(e) for e in feature.edges],
-                                      "reference": [int(c) for c in feature.counts],
-                                      "live": [int(c) for c in live[start:stop]]}
-        return {"rows": sum(slot.rows for slot in chosen), "features": features}
+    def slots_since(self, first: int) -> list[_Slot]:
+        return [slot for slot in self._entries if slot.epoch >= first]
 
-    def window(self, window_s: float) -> tuple[LiveWindow, int] | None:
-        """The last ``window_s`` seconds as a live window (counts and newest rows)."""
-        from kernels import LiveWindow
+    def samples_since(self, first: int) -> list[tuple[int, np.ndarray]]:
+        return [(epoch, chunk) for epoch, chunk in self._samples if epoch >= first]
 
-        first = self._first(window_s)
-        chosen = [slot for slot in self._entries if slot.epoch >= first]
-        if not chosen:
-            return None
-        rows = [chunk for epoch, chunk in reversed(self._samples) if epoch >= first]
-        sample = np.concatenate(rows)[:SAMPLE_LIMIT] if rows else np.empty((0, self.profile.n_features))
-        live = LiveWindow(self.profile, sample_capacity=sample.shape[0])
-        if sample.shape[0]:
-            live.update(sample)  # fills the sample ring; the counts are replaced below
-        live.hist[:] = np.sum([slot.hist for slot in chosen], axis=0)
-        live.missing[:] = np.sum([slot.missing for slot in chosen], axis=0)
-        live.out_of_range[:] = np.sum([slot.out_of_range for slot in chosen], axis=0)
-        return live, sum(slot.rows for slot in chosen)
+
+def histograms(parts: list[SlottedCounts], window_s: float) -> dict[str, Any]:
+    """Each feature's reference bins (edges and counts) and, in the same bins, the live
+    counts of the last ``window_s`` seconds summed over ``parts`` (one profile's counts,
+    per way of routing); ``rows``: the live rows counted."""
+    profile = parts[0].profile
+    chosen = [slot for part in parts for slot in part.slots_since(part.first_epoch(window_s))]
+    layout = profile.layout()
+    live = (np.sum([slot.hist for slot in chosen], axis=0) if chosen
+            else np.zeros(layout.n_bins, dtype=np.int64))
+    features = {}
+    for index, feature in enumerate(profile.features):
+        start, stop = layout.bin_offsets[index], layout.bin_offsets[index + 1]
+        features[feature.name] = {"kind": feature.kind, "edges": [float(e) for e in feature.edges],
+                                  "reference": [int(c) for c in feature.counts],
+                                  "live": [int(c) for c in live[start:stop]]}
+    return {"rows": sum(slot.rows for slot in chosen), "features": features}
+
+
+def window(parts: list[SlottedCounts], window_s: float) -> tuple[LiveWindow, int] | None:
+    """The last ``window_s`` seconds of ``parts`` (one profile's counts, per way of
+    routing) as one live window: their counts summed, and their newest rows."""
+    from kernels import LiveWindow
+
+    if not parts:
+        return None
+    profile = parts[0].profile
+    chosen, chunks = [], []
+    for part in parts:
+        first = part.first_epoch(window_s)
+        chosen.extend(part.slots_since(first))
+        chunks.extend(reversed(part.samples_since(first)))
+    if not chosen:
+        return None
+    # Newest first, whichever way of routing they came by (the sort is stable: each
+    # part's own newest-first order holds within a slot).
+    rows = [chunk for _, chunk in sorted(chunks, key=lambda item: item[0], reverse=True)]
+    sample = np.concatenate(rows)[:SAMPLE_LIMIT] if rows else np.empty((0, profile.n_features))
+    live = LiveWindow(profile, sample_capacity=sample.shape[0])
+    if sample.shape[0]:
+        live.update(sample)  # fills the sample ring; the counts are replaced below
+    live.hist[:] = np.sum([slot.hist for slot in chosen], axis=0)
+    live.missing[:] = np.sum([slot.missing for slot in chosen], axis=0)
+    live.out_of_range[:] = np.sum([slot.out_of_range for slot in chosen], axis=0)
+    return live, sum(slot.rows for slot in chosen)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from serving.monitoring.routing import ROUTED_RANDOMLY
 from serving.monitoring.snapshot import FeedbackStore
 
+# Labels one feedback item may carry, one per row: a prediction of more rows can never be
+# joined, so it is never kept.
+MAX_LABELS_PER_REQUEST = 4096
 MAX_PREDICTIONS = 200_000
 MAX_PREDICTION_AGE_S = 24 * 3600.0
 MAX_WAITING_LABELS = 10_000
@@ -53,6 +57,7 @@ class StoredPrediction(NamedTuple):
     values: list[float]
     at: float
     size: int  # estimated bytes, counted against the store's byte bound
+    routed: str  # how the request reached its version (serving.monitoring.routing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class JoinedPair:
     version: int
     predicted: list[float]
     labels: list[Any]
+    routed: str = ROUTED_RANDOMLY  # how the request reached its version
 
 
 class FeedbackJoin:
@@ -94,8 +100,10 @@ class FeedbackJoin:
         self._expired_at = -math.inf  # when predictions were last looked at for their age
 
     def add_predictions(self, endpoint: str, version: int,
-                        items: Iterable[tuple[str, float | list[float]]]) -> list[JoinedPair]:
-        """Keep predictions (a value, or a list per row); labels already waiting join now."""
+                        items: Iterable[tuple[str, float | list[float]]],
+                        routed: str = ROUTED_RANDOMLY) -> list[JoinedPair]:
+        """Keep predictions (a value, or a list per row) of requests routed as ``routed``
+        says; labels already waiting join now."""
         now = self._clock()
         joined: list[JoinedPair] = []
         # One call stores a shipment's worth (hundreds a second per replica) for the whole
@@ -111,14 +119,14 @@ class FeedbackJoin:
                 waiting = waiting_labels.pop((endpoint, request_id), None)
                 if waiting is not None:
                     self.waiting_bytes -= waiting[2]
-                    joined.append(JoinedPair(endpoint, version, values, waiting[0]))
+                    joined.append(JoinedPair(endpoint, version, values, waiting[0], routed))
                     continue
             earlier = predictions.pop(request_id, None)
             if earlier is not None:  # the same id shipped twice: newest wins
                 replaced += 1
                 added_bytes -= earlier.size
             size = prediction_bytes(request_id, values)
-            predictions[request_id] = StoredPrediction(version, values, now, size)
+            predictions[request_id] = StoredPrediction(version, values, now, size, routed)
             added_bytes += size
             stored += 1
         self.bytes_held += added_bytes
@@ -150,7 +158,8 @@ class FeedbackJoin:
                 continue
             self._release(endpoint, stored)
             self._count(endpoint, "joined")
-            joined.append(JoinedPair(endpoint, stored.version, stored.values, list(labels)))
+            joined.append(JoinedPair(endpoint, stored.version, stored.values, list(labels),
+                                     stored.routed))
         while self._waiting and (len(self._waiting) > self.max_waiting
                                  or self.waiting_bytes > self.max_waiting_bytes):
             (dropped, _), (_, _, size) = self._waiting.popitem(last=False)

@@ -22,9 +22,10 @@ from serving.monitoring import counters
 from serving.monitoring.anomalies import BASELINE_LAG_S, AnomalyTracker
 from serving.monitoring.drift_window import ALPHA as DRIFT_ALPHA
 from serving.monitoring.drift_window import MIN_ROWS as DRIFT_MIN_ROWS
-from serving.monitoring.drift_window import SlottedCounts, judge
-from serving.monitoring.feedback import MAX_PREDICTION_BYTES, FeedbackJoin
+from serving.monitoring.drift_window import SlottedCounts, histograms, judge, window
+from serving.monitoring.feedback import MAX_PREDICTION_BYTES, FeedbackJoin, JoinedPair
 from serving.monitoring.profiles import load_profiles
+from serving.monitoring.routing import ROUTED_PINNED, ROUTED_RANDOMLY, ROUTED_STICKY, ROUTINGS
 from serving.monitoring.sections import (
     accuracy_section,
     anomalies_section,
@@ -49,9 +50,6 @@ from serving.monitoring.stats import (
     ENDPOINT_LEVEL,
     LATENCY_MAX_S,
     LATENCY_MIN_S,
-    ROUTED_PINNED,
-    ROUTED_RANDOMLY,
-    ROUTED_STICKY,
     ServedConfig,
     ShadowStats,
 )
@@ -133,19 +131,28 @@ class VersionSeries:
     latency_apart: Any = None
     first_seen: float = 0.0
     anomalies: AnomalyTracker | None = None
-    # Monitoring: what the replicas said about the version, its live drift counts.
+    # Monitoring: what the replicas said about the version, its reference profiles (inputs,
+    # predictions; either may be None) once known, and its live drift counts per way of
+    # routing (serving.monitoring.routing), as (inputs, predictions).
     meta: dict[str, Any] = field(default_factory=dict)
-    inputs: SlottedCounts | None = None
-    predictions: SlottedCounts | None = None
+    profiles: tuple[Any, Any] | None = None
+    drift_counts: dict[str, tuple[SlottedCounts | None, SlottedCounts | None]] = field(
+        default_factory=dict)
     last_request_at: float = 0.0
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return self.inputs.profile.names if self.inputs else ()
+        return self.profiles[0].names if self.profiles and self.profiles[0] else ()
 
     @property
     def prediction_names(self) -> tuple[str, ...]:
-        return self.predictions.profile.names if self.predictions else ()
+        return self.profiles[1].names if self.profiles and self.profiles[1] else ()
+
+    def drift_parts(self, group: int, routings: tuple[str, ...] | None) -> list[SlottedCounts]:
+        """The drift counts of ``group`` (0: inputs, 1: predictions) of the requests routed
+        as ``routings`` say (None: every way)."""
+        return [counts[group] for routed, counts in self.drift_counts.items()
+                if counts[group] is not None and (routings is None or routed in routings)]
 
 
 class MonitorState:
@@ -264,22 +271,41 @@ class MonitorState:
         series.meta = {k: part.get(k) for k in ("task", "n_classes", "class_labels", "profile_key", "problem")}
         series.last_request_at = max(series.last_request_at, part.get("last_request_at") or 0.0)
         key = part.get("profile_key") or ""
-        if key and series.inputs is None and series.predictions is None:
+        if key and series.profiles is None:
             profiles = self.profiles.get(key)
             if profiles is None:
                 missing_profiles.add(key)
             else:
-                inputs, predictions = profiles
-                series.inputs = inputs and SlottedCounts(inputs, SLOTS, SLOT_SECONDS, self._clock)
-                series.predictions = predictions and SlottedCounts(predictions, SLOTS, SLOT_SECONDS,
-                                                                    self._clock)
-        for window, name in ((series.inputs, "inputs"), (series.predictions, "predictions")):
-            if window is not None and part.get(name):
-                window.add(part[name])
+                series.profiles = profiles
+        # The randomly routed requests' part is the delta itself; the others' are under
+        # "routed" (see VersionObservations.to_delta).
+        routed_parts = {kind: routed for kind, routed in (part.get("routed") or {}).items()
+                        if kind in ROUTINGS and kind != ROUTED_RANDOMLY}
+        by_routing = [(ROUTED_RANDOMLY, part), *routed_parts.items()]
+        if series.profiles is not None:
+            for kind, routed in by_routing:
+                for window, group in zip(self._drift_counts(series, kind),
+                                         ("inputs", "predictions"), strict=True):
+                    if window is not None and routed.get(group):
+                        window.add(routed[group])
         counts = monitoring_counts(part, series.input_names, series.prediction_names)
-        if part.get("feedback"):
-            for pair in self.join.add_predictions(endpoint, version, part["feedback"]):
-                _merge(counts, joined_counts(pair, series.meta))
+        for kind, routed in by_routing:
+            if routed.get("feedback"):
+                for pair in self.join.add_predictions(endpoint, version, routed["feedback"],
+                                                      routed=kind):
+                    _merge(counts, _joined_counts(pair, series.meta))
+        return counts
+
+    def _drift_counts(self, series: VersionSeries,
+                      routed: str) -> tuple[SlottedCounts | None, SlottedCounts | None]:
+        """The version's drift counts of the requests routed as ``routed`` says (made on
+        first use, once its profiles are known)."""
+        counts = series.drift_counts.get(routed)
+        if counts is None:
+            inputs, predictions = series.profiles or (None, None)
+            counts = series.drift_counts[routed] = (
+                inputs and SlottedCounts(inputs, SLOTS, SLOT_SECONDS, self._clock),
+                predictions and SlottedCounts(predictions, SLOTS, SLOT_SECONDS, self._clock))
         return counts
 
     def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
@@ -288,18 +314,23 @@ class MonitorState:
         by_version: dict[int, Counter[str]] = {}
         for pair in joined:
             series = self._series(endpoint, pair.version)
-            by_version.setdefault(pair.version, Counter()).update(joined_counts(pair, series.meta))
+            by_version.setdefault(pair.version, Counter()).update(_joined_counts(pair, series.meta))
         for version, counts in by_version.items():
             series = self._series(endpoint, version)
             series.counters.add(counts)
             series.totals.update(counts)
-        invalid = sum(int(c.get(counters.INVALID_LABELS, 0)) for c in by_version.values())
+        invalid = sum(int(counters.feedback(c, None).get(counters.INVALID_LABELS, 0))
+                      for c in by_version.values())
         return {"received": len(items), "joined": len(joined), "waiting": waiting,
                 "invalid_labels": invalid}
 
-    def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, VersionSnapshot]:
-        """Per-version statistics over the last ``window_s`` seconds."""
-        return {version: self._version_snapshot(endpoint, version, series, window_s)
+    def snapshot(self, endpoint: str, window_s: float = 60.0,
+                 sample: tuple[str, ...] | None = None) -> dict[int, VersionSnapshot]:
+        """Per-version statistics over the last ``window_s`` seconds; drift and online
+        accuracy of the requests routed as ``sample`` says (a rollout's analysis sample:
+        ``("random",)`` and sticky or pinned where it opts in), or of every request."""
+        sample = _routings(sample)
+        return {version: self._version_snapshot(endpoint, version, series, window_s, sample)
                 for (name, version), series in sorted(self.series.items()) if name == endpoint}
 
     def history(self, endpoint: str, window_s: float = 300.0,
@@ -335,11 +366,12 @@ class MonitorState:
         series = self.series.get((endpoint, version))
         if series is None:
             return {"inputs": None, "predictions": None}
-        return {group: counts.histograms(window_s) if counts is not None else None
-                for group, counts in (("inputs", series.inputs), ("predictions", series.predictions))}
+        return {group: histograms(parts, window_s) if parts else None
+                for group, parts in (("inputs", series.drift_parts(0, None)),
+                                     ("predictions", series.drift_parts(1, None)))}
 
     def _version_snapshot(self, endpoint: str, version: int, series: VersionSeries,
-                          window_s: float) -> VersionSnapshot:
+                          window_s: float, sample: tuple[str, ...] | None) -> VersionSnapshot:
         counts = series.counters.total(window_s)
         sketch = series.latency.sketch(window_s)  # the randomly routed requests
         sample_latency, sample_bins = _quantiles_ms(sketch), _bins(sketch)
@@ -367,23 +399,24 @@ class MonitorState:
             latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency,
                             all_bins=_bins(sketch), sample_bins=sample_bins),
             shadow=_shadow(ShadowStats.from_counts(counters.SHADOW.read(counts))),
-            drift=self._drift(endpoint, version, series, window_s, problem),
+            drift=self._drift(endpoint, version, series, window_s, problem, sample),
             quality=quality,
-            accuracy=accuracy_section(counts, series.meta),
+            accuracy=accuracy_section(counts, series.meta, sample),
             anomalies=anomalies_section(quality, judged),
         )
 
     def _drift(self, endpoint: str, version: int, series: VersionSeries, window_s: float,
-               problem: str) -> Drift:
-        """The drift section, computed at most once per slot for a given window."""
-        key = (endpoint, version, float(window_s))
+               problem: str, sample: tuple[str, ...] | None) -> Drift:
+        """The drift section of the requests routed as ``sample`` says, computed at most
+        once per slot for a given window."""
+        key = (endpoint, version, float(window_s), sample)
         stamp = (series.counters.epoch, series.totals.get(counters.ROWS, 0))
         cached = self._drift_cache.get(key)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        inputs = series.inputs.window(window_s) if series.inputs else None
-        predictions = series.predictions.window(window_s) if series.predictions else None
-        if series.inputs is None and series.predictions is None and not problem:
+        inputs = window(series.drift_parts(0, sample), window_s)
+        predictions = window(series.drift_parts(1, sample), window_s)
+        if series.profiles is None and not problem:
             problem = "waiting for the version's reference profile"
         result = judge(inputs, predictions, alpha=self.drift_alpha, min_rows=self.drift_min_rows,
                        problem=problem)
@@ -415,7 +448,7 @@ class MonitorState:
                     rows=int(totals.get(counters.ROWS, 0)),
                     rows_out_of_support=int(totals.get(counters.ROWS_OUT_OF_SUPPORT, 0)),
                     unusual_confidence=int(totals.get(counters.UNUSUAL_CONFIDENCE, 0)),
-                    labelled=int(totals.get(counters.LABELLED, 0)),
+                    labelled=int(counters.feedback(totals, None).get(counters.LABELLED, 0)),
                     missing=_ints(counters.INPUT_MISSING.read(totals)),
                     out_of_range=_ints(counters.INPUT_OUT_OF_RANGE.read(totals)),
                     rejected=_ints(counters.REJECTED.read(totals))),
@@ -525,6 +558,24 @@ def _shadow(shadow: ShadowStats) -> ShadowComparison:
                             latency_delta_ms=1000 * shadow.latency_delta_sum_s / compared)
 
 
+def _routings(sample: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``sample`` as the ways of routing it names, randomly routed ones always among them,
+    in one order (it keys the drift cache); None: every way."""
+    if sample is None:
+        return None
+    unknown = set(sample) - set(ROUTINGS)
+    if unknown:
+        raise ValueError(f"unknown ways of routing {sorted(unknown)}; known: {list(ROUTINGS)}")
+    return tuple(kind for kind in ROUTINGS if kind in sample or kind == ROUTED_RANDOMLY)
+
+
+def _joined_counts(pair: JoinedPair, meta: dict[str, Any]) -> dict[str, float]:
+    """A joined pair's counters, kept apart where its request was pinned or sticky."""
+    counts = joined_counts(pair, meta)
+    return counts if pair.routed == ROUTED_RANDOMLY else counters.routed_feedback(pair.routed,
+                                                                                   counts)
+
+
 def _ints(counts: dict[str, float]) -> dict[str, int]:
     return {member: int(n) for member, n in counts.items()}
 
@@ -550,8 +601,9 @@ class MonitorActor:
     def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         return self.state.feedback(endpoint, items)
 
-    def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, VersionSnapshot]:
-        return self.state.snapshot(endpoint, window_s)
+    def snapshot(self, endpoint: str, window_s: float = 60.0,
+                 sample: tuple[str, ...] | None = None) -> dict[int, VersionSnapshot]:
+        return self.state.snapshot(endpoint, window_s, sample)
 
     def histograms(self, endpoint: str, version: int, window_s: float = 60.0) -> dict[str, Any]:
         return self.state.histograms(endpoint, version, window_s)

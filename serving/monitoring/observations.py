@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serving.monitoring.feedback import MAX_LABELS_PER_REQUEST
 from serving.monitoring.profiles import (
     CONFIDENCE,
     batch_features,
@@ -35,6 +36,7 @@ from serving.monitoring.profiles import (
     prediction_features,
     text_inputs,
 )
+from serving.monitoring.routing import ROUTED_RANDOMLY
 from serving.text import is_text_input, text_feature_names
 
 if TYPE_CHECKING:
@@ -52,8 +54,9 @@ SAMPLE_CAPACITY = 256
 MAX_FEEDBACK_PER_DELTA = 20_000
 FEATURE_TIMESTAMP = "feature_timestamp"
 JOINABLE_TASKS = ("classification", "regression")
-# An answered request as the request path keeps it: id, inputs, outputs, data age.
-Observed = tuple[str, dict[str, np.ndarray], dict[str, np.ndarray], float | None]
+# An answered request as the request path keeps it: id, inputs, outputs, data age, and
+# how it was routed (serving.monitoring.routing).
+Observed = tuple[str, dict[str, np.ndarray], dict[str, np.ndarray], float | None, str]
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,12 +130,33 @@ class VersionMonitoring:
                 "profile_key": self.profile_key, "problem": self.problem}
 
 
-class VersionObservations:
-    """One version's observations since the last shipment, accounted a chunk at a time."""
+class RoutedWindows:
+    """The drift counts and newest rows of the requests that reached a version one way.
+
+    Kept per way of routing: a rollout judges drift on the randomly routed requests, and
+    a caller who pins its requests to a version must not be able to make it drift."""
 
     def __init__(self, monitoring: VersionMonitoring) -> None:
         from kernels import LiveWindow
 
+        # Counts only (no sample ring: writing every row into a ring was most of the
+        # kernel's cost); the newest rows are kept as the chunks themselves instead.
+        self.inputs: LiveWindow | None = (
+            LiveWindow(monitoring.profile, 0) if monitoring.profile else None)
+        self.predictions: LiveWindow | None = (
+            LiveWindow(monitoring.prediction_profile, 0) if monitoring.prediction_profile else None)
+        self.recent_inputs = RecentRows()
+        self.recent_predictions = RecentRows()
+
+    def to_delta(self) -> dict[str, Any]:
+        return {"inputs": _window_part(self.inputs, self.recent_inputs),
+                "predictions": _window_part(self.predictions, self.recent_predictions)}
+
+
+class VersionObservations:
+    """One version's observations since the last shipment, accounted a chunk at a time."""
+
+    def __init__(self, monitoring: VersionMonitoring) -> None:
         self.monitoring = monitoring
         self.rows = 0
         self.missing_values = 0
@@ -141,33 +165,49 @@ class VersionObservations:
         self.unmonitored_rows = 0  # rows whose shape did not fit the profile
         self.data_age = [0, 0.0, 0.0]  # count, sum, max (seconds)
         self.last_request_at = 0.0
-        # Per request id: the predicted value, or a list of them for a request of many rows.
-        self.feedback: list[tuple[str, float | list[float]]] = []
+        # Per way of routing, per request id: the predicted value, or a list of them for a
+        # request of many rows.
+        self.feedback: dict[str, list[tuple[str, float | list[float]]]] = {}
+        self.feedback_kept = 0
         self.feedback_dropped = 0
-        # Counts only (no sample ring: writing every row into a ring was most of the
-        # kernel's cost); the newest rows are kept as the chunks themselves instead.
-        self.inputs: LiveWindow | None = (
-            LiveWindow(monitoring.profile, 0) if monitoring.profile else None)
-        self.predictions: LiveWindow | None = (
-            LiveWindow(monitoring.prediction_profile, 0) if monitoring.prediction_profile else None)
-        self._recent_inputs = RecentRows()
-        self._recent_predictions = RecentRows()
+        # Requests of more rows than one feedback item may label: kept, they could never
+        # join, and one of millions of rows would evict the endpoint's other predictions.
+        self.feedback_unjoinable = 0
+        self.windows: dict[str, RoutedWindows] = {}
+
+    @property
+    def inputs(self) -> LiveWindow | None:
+        """The randomly routed requests' input counts (None before any, or without a profile)."""
+        windows = self.windows.get(ROUTED_RANDOMLY)
+        return windows.inputs if windows is not None else None
 
     def account(self, items: list[Observed]) -> None:
-        """Run the kernels once over a chunk of answered requests."""
-        monitoring = self.monitoring
+        """Run the kernels once over a chunk of answered requests (once per way of routing
+        among them: almost every chunk is one)."""
         # Stamped per chunk: freshness is exact to the statistics interval (about 1 s).
         self.last_request_at = time.time()
-        request_ids, inputs, answers, stamps = zip(*items, strict=True)
-        ages = [age for age in stamps if age is not None]
+        ages = [item[3] for item in items if item[3] is not None]
         if ages:
             age = self.data_age
             age[0] += len(ages)
             age[1] += sum(ages)
             age[2] = max(age[2], *ages)
+        routed = {item[4] for item in items}
+        if len(routed) == 1:
+            self._account_routed(routed.pop(), items)
+            return
+        for kind in sorted(routed):
+            self._account_routed(kind, [item for item in items if item[4] == kind])
+
+    def _account_routed(self, routed: str, items: list[Observed]) -> None:
+        monitoring = self.monitoring
+        windows = self.windows.get(routed)
+        if windows is None:
+            windows = self.windows[routed] = RoutedWindows(monitoring)
+        request_ids, inputs, answers, _, _ = zip(*items, strict=True)
         features = batch_features(monitoring.inputs, inputs, monitoring.texts)
         if features is not None:
-            self._account_inputs(features)
+            self._account_inputs(windows, features)
         outputs = [answer.get(monitoring.output) for answer in answers]
         if any(o is None for o in outputs):
             return
@@ -175,17 +215,17 @@ class VersionObservations:
         predicted = prediction_features(monitoring.task, scores)  # type: ignore[arg-type]
         if predicted is None:
             return
-        window = self.predictions
+        window = windows.predictions
         if window is not None and predicted.shape[1] == window.profile.n_features:
             window.update(predicted)
-            self._recent_predictions.add(predicted)
+            windows.recent_predictions.add(predicted)
         if monitoring.task in JOINABLE_TASKS:
-            self._keep_for_feedback(list(request_ids), outputs, predicted[:, 0])
+            self._keep_for_feedback(routed, list(request_ids), outputs, predicted[:, 0])
 
-    def _account_inputs(self, features: np.ndarray) -> None:
+    def _account_inputs(self, windows: RoutedWindows, features: np.ndarray) -> None:
         rows = features.shape[0]
         self.rows += rows
-        window = self.inputs
+        window = windows.inputs
         if window is None or features.shape[1] != window.profile.n_features:
             if window is not None:
                 self.unmonitored_rows += rows
@@ -198,7 +238,7 @@ class VersionObservations:
         # counters' bytes is far cheaper than summing them).
         missing_before, outside_before = window.missing.tobytes(), window.out_of_range.tobytes()
         window.update(features)
-        self._recent_inputs.add(features)
+        windows.recent_inputs.add(features)
         if window.missing.tobytes() != missing_before:
             missing = ~np.isfinite(features)
             self.missing_values += int(missing.sum())
@@ -206,26 +246,44 @@ class VersionObservations:
         if window.out_of_range.tobytes() != outside_before:
             self.rows_out_of_support += _rows_outside_support(window.profile, features)
 
-    def _keep_for_feedback(self, request_ids: list[str], outputs: list[Any], values: np.ndarray) -> None:
-        room = MAX_FEEDBACK_PER_DELTA - len(self.feedback)
-        if room < len(request_ids):
-            self.feedback_dropped += len(request_ids) - max(room, 0)
-            request_ids = request_ids[:max(room, 0)]
+    def _keep_for_feedback(self, routed: str, request_ids: list[str], outputs: list[Any],
+                           values: np.ndarray) -> None:
+        kept = self.feedback.get(routed)
+        if kept is None:
+            kept = self.feedback[routed] = []
+        room = MAX_FEEDBACK_PER_DELTA - self.feedback_kept
         flat = values.tolist()
         if len(flat) == len(outputs):  # one row per request: the common case
-            self.feedback.extend(zip(request_ids, flat, strict=False))
+            if room < len(request_ids):
+                self.feedback_dropped += len(request_ids) - max(room, 0)
+                request_ids = request_ids[:max(room, 0)]
+            kept.extend(zip(request_ids, flat, strict=False))
+            self.feedback_kept += len(request_ids)
             return
         start = 0
-        for request_id, output in zip(request_ids, outputs, strict=False):
+        for request_id, output in zip(request_ids, outputs, strict=True):
             rows = output.shape[0] if output.ndim else 1
-            self.feedback.append((request_id, flat[start] if rows == 1 else flat[start:start + rows]))
+            if rows > MAX_LABELS_PER_REQUEST:
+                self.feedback_unjoinable += 1
+            elif self.feedback_kept >= MAX_FEEDBACK_PER_DELTA:
+                self.feedback_dropped += 1
+            else:
+                kept.append((request_id, flat[start] if rows == 1 else flat[start:start + rows]))
+                self.feedback_kept += 1
             start += rows
 
     def to_delta(self) -> dict[str, Any]:
-        """Plain data for the Monitor (numpy arrays travel as they are)."""
+        """Plain data for the Monitor (numpy arrays travel as they are): the randomly
+        routed requests' drift counts and predictions as ``inputs``, ``predictions`` and
+        ``feedback``, those of the other ways of routing under ``routed``."""
         unusual = 0
-        if self.predictions is not None and CONFIDENCE in self.predictions.profile.names:
-            unusual = int(self.predictions.out_of_range[self.predictions.profile.names.index(CONFIDENCE)])
+        for windows in self.windows.values():
+            predictions = windows.predictions
+            if predictions is not None and CONFIDENCE in predictions.profile.names:
+                unusual += int(predictions.out_of_range[predictions.profile.names.index(CONFIDENCE)])
+        random = self.windows.get(ROUTED_RANDOMLY)
+        routed = {kind: {**windows.to_delta(), "feedback": self.feedback.get(kind, [])}
+                  for kind, windows in self.windows.items() if kind != ROUTED_RANDOMLY}
         return {
             **self.monitoring.meta(),
             "rows": self.rows,
@@ -234,12 +292,13 @@ class VersionObservations:
             "rows_out_of_support": self.rows_out_of_support,
             "unmonitored_rows": self.unmonitored_rows,
             "unusual_confidence": unusual,
-            "inputs": _window_part(self.inputs, self._recent_inputs),
-            "predictions": _window_part(self.predictions, self._recent_predictions),
+            **(random.to_delta() if random is not None else {"inputs": None, "predictions": None}),
+            "routed": routed,
             "data_age": list(self.data_age),
             "last_request_at": self.last_request_at,
-            "feedback": self.feedback,
+            "feedback": self.feedback.get(ROUTED_RANDOMLY, []),
             "feedback_dropped": self.feedback_dropped,
+            "feedback_unjoinable": self.feedback_unjoinable,
         }
 
 

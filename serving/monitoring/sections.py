@@ -40,20 +40,25 @@ def monitoring_counts(part: dict[str, Any], input_names: tuple[str, ...],
     age_n, age_sum, _ = part.get("data_age") or (0, 0.0, 0.0)
     if age_n:
         counts[counters.DATA_AGE_COUNT], counts[counters.DATA_AGE_SUM] = age_n, age_sum
-    if part.get("feedback_dropped"):
-        counts[counters.FEEDBACK_DROPPED_AT_REPLICA] = part["feedback_dropped"]
-    for kind, names, missing_of, outside_of in (
+    for key, counter in (("feedback_dropped", counters.FEEDBACK_DROPPED_AT_REPLICA),
+                         ("feedback_unjoinable", counters.FEEDBACK_UNJOINABLE)):
+        if part.get(key):
+            counts[counter] = part[key]
+    # Data quality is of every row, however it was routed.
+    parts = [part, *(part.get("routed") or {}).values()]
+    for group, names, missing_of, outside_of in (
             ("inputs", input_names, counters.INPUT_MISSING, counters.INPUT_OUT_OF_RANGE),
             ("predictions", prediction_names, counters.PREDICTION_MISSING,
              counters.PREDICTION_OUT_OF_RANGE)):
-        window = part.get(kind)
-        if not window or len(window["missing"]) != len(names):
-            continue
-        for name, missing, outside in zip(names, window["missing"], window["out_of_range"], strict=True):
-            if missing:
-                counts[missing_of.key(name)] = int(missing)
-            if outside:
-                counts[outside_of.key(name)] = int(outside)
+        for window in (routed.get(group) for routed in parts):
+            if not window or len(window["missing"]) != len(names):
+                continue
+            for name, missing, outside in zip(names, window["missing"], window["out_of_range"],
+                                              strict=True):
+                if missing:
+                    counts[missing_of.key(name)] = counts.get(missing_of.key(name), 0) + int(missing)
+                if outside:
+                    counts[outside_of.key(name)] = counts.get(outside_of.key(name), 0) + int(outside)
     return counts
 
 
@@ -132,8 +137,14 @@ def quality_section(counts: Counter[str], *, input_names: tuple[str, ...],
     )
 
 
-def accuracy_section(counts: Counter[str], meta: dict[str, Any]) -> Accuracy:
-    """Online accuracy from the feedback pairs joined in the window."""
+def accuracy_section(every: Counter[str], meta: dict[str, Any],
+                     sample: tuple[str, ...] | None = None) -> Accuracy:
+    """Online accuracy from the feedback pairs joined in the window with the predictions
+    of requests routed as ``sample`` says (None: every request)."""
+    counts = counters.feedback(every, sample)
+    labelled_every = int(counters.feedback(every, None).get(counters.LABELLED, 0))
+    not_kept = int(every.get(counters.FEEDBACK_DROPPED_AT_REPLICA, 0)
+                   + every.get(counters.FEEDBACK_UNJOINABLE, 0))
     task = meta.get("task")
     invalid = int(counts.get(counters.INVALID_LABELS, 0))
     if task == "regression":
@@ -150,7 +161,8 @@ def accuracy_section(counts: Counter[str], meta: dict[str, Any]) -> Accuracy:
                       "accuracy": counts.get(counters.CORRECT, 0) / labelled if labelled else None}
     else:
         result = {"labelled": int(counts.get(counters.LABELLED, 0))}
-    return Accuracy(**result, task=task, invalid=invalid)
+    return Accuracy(**result, task=task, invalid=invalid,
+                    labelled_apart=labelled_every - int(result["labelled"]), not_kept=not_kept)
 
 
 def anomalies_section(quality: Quality,

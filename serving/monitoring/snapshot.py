@@ -246,6 +246,12 @@ class Accuracy:
     task: str | None = None
     labelled: int = 0
     invalid: int = 0  # labels that could not be read against the prediction
+    # Labels joined with requests outside the sample asked for (pinned or sticky ones,
+    # which a rollout judges only where it opts in): not in the figures below.
+    labelled_apart: int = 0
+    # Answered requests whose prediction the replicas did not keep for labels: more rows
+    # than one feedback item may label, or past a shipment's bound.
+    not_kept: int = 0
     accuracy: float | None = None
     precision: float | None = None
     recall: float | None = None
@@ -262,7 +268,8 @@ class Accuracy:
                            f1=self.f1, average=self.average)
         elif self.task == "regression":
             figures.update(mae=self.mae, rmse=self.rmse)
-        return {**figures, "task": self.task, "invalid": self.invalid}
+        return {**figures, "task": self.task, "invalid": self.invalid,
+                "labelled_apart": self.labelled_apart, "not_kept": self.not_kept}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from serving.monitoring.observations import (
     VersionMonitoring,
     VersionObservations,
 )
+from serving.monitoring.routing import ROUTED_RANDOMLY
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,6 @@ log = logging.getLogger(__name__)
 LATENCY_MIN_S = 1e-6
 LATENCY_MAX_S = 1e4
 ENDPOINT_LEVEL = 0  # requests refused before a version was chosen
-# How a request reached its version. Only randomly routed requests are the analysis
-# sample: a caller picks the version of a pinned request, and a sticky key lets a caller
-# pick one too (by trying keys), so both are counted apart.
-ROUTED_RANDOMLY = "random"
-ROUTED_PINNED = "pinned"
-ROUTED_STICKY = "sticky"
 
 
 class ServedConfig(NamedTuple):
@@ -154,8 +149,11 @@ class StatsRecorder:
             self._of(version).rejected[reason] += 1
 
     def observe(self, version: int, request_id: str, arrays: dict[str, np.ndarray],
-                outputs: dict[str, np.ndarray], data_age_s: float | None = None) -> None:
-        """An answered request's inputs and outputs, for drift, quality and feedback."""
+                outputs: dict[str, np.ndarray], data_age_s: float | None = None,
+                routed: str = ROUTED_RANDOMLY) -> None:
+        """An answered request's inputs and outputs, for drift, quality and feedback;
+        ``routed`` says how it reached the version (its drift counts and prediction are
+        kept apart unless it was routed randomly)."""
         if not self.enabled:
             return
         # The request path: one append. The kernels run when the statistics are shipped
@@ -163,7 +161,7 @@ class StatsRecorder:
         pending = self._observed.get(version)
         if pending is None:
             pending = self._observed[version] = []
-        pending.append((request_id, arrays, outputs, data_age_s))
+        pending.append((request_id, arrays, outputs, data_age_s, routed))
         self._observed_count += 1
         if self._observed_count >= PENDING_LIMIT:
             self.flush_observations()

@@ -146,7 +146,7 @@ def test_rollout_events_from_start_to_promotion_and_rollback(cp: ControlPlane, r
     cp.deployments.deploy(DeployRequest(endpoint="iris", model_ref="iris:1"), ALICE)
     clock = [datetime(2026, 1, 1, tzinfo=UTC)]
     controller = RolloutController(cp.db, cp.registry, cp.deployments,
-                                   stats=lambda endpoint, window: {}, now=lambda: clock[0])
+                                   stats=lambda endpoint, window, sample: {}, now=lambda: clock[0])
 
     def tick() -> None:
         clock[0] += timedelta(seconds=1)

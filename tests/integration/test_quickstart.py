@@ -76,7 +76,7 @@ def test_quickstart_tells_the_whole_story() -> None:
         bad = registry.get_version("breast-cancer", 3)
         assert bad.status == "rejected" and "evaluate" in bad.status_reason
         rollouts = RolloutController(db, registry, deployments=None,  # type: ignore[arg-type]
-                                     stats=lambda e, w: {}).list(endpoint="breast-cancer")
+                                     stats=lambda e, w, s: {}).list(endpoint="breast-cancer")
         outcome = {r.candidate_version: r.state.value for r in rollouts}
         assert outcome == {2: "succeeded", 4: "succeeded"}  # version 3 never reached traffic
         from sqlalchemy import select

@@ -249,7 +249,8 @@ class ABWorld(World):
         self.windows: list[float] = []
         self.controller._stats = self._windowed
 
-    def _windowed(self, endpoint: str, window_s: float) -> dict[int, VersionSnapshot]:
+    def _windowed(self, endpoint: str, window_s: float,
+                  sample: tuple[str, ...]) -> dict[int, VersionSnapshot]:
         self.windows.append(window_s)
         return self.stats
 

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
+import pytest
 
 from control_plane.rollouts import AnalysisConfig, Verdict, analyse
 from serving.monitoring import VersionSnapshot
+from serving.monitoring.feedback import MAX_LABELS_PER_REQUEST
 from serving.monitoring.monitor import MonitorState
+from serving.monitoring.observations import attach_profiles
+from serving.monitoring.routing import ROUTED_PINNED
 from serving.monitoring.snapshot import RoutedRequests
-from serving.monitoring.stats import ROUTED_PINNED, StatsRecorder
-from tests.unit.serving.monitoring_helpers import infer_body, make_core
+from serving.monitoring.stats import StatsRecorder
+from tests.unit.serving.monitoring_helpers import infer_body, make_core, predict, reference_profile
 
 
 class Clock:
@@ -235,3 +240,125 @@ def test_the_core_counts_the_answers_holding_nan() -> None:
 
     asyncio.run(send())
     assert core.take_stats().to_delta()[1]["not_finite"] == {"random": 5}
+
+
+def _monitored_traffic(send: Any) -> tuple[MonitorState, list[Any]]:
+    """Run ``send(core)`` (a coroutine sending requests) on a monitored core and ship its
+    statistics, with the reference profile, to a real MonitorState."""
+    core = make_core(reference_profile())
+    answers = asyncio.run(send(core))
+    state = MonitorState(clock=Clock())
+    delta = core.take_stats().to_delta()
+    attach_profiles(delta, core.monitoring, set())
+    state.record("churn", "replica", delta)
+    return state, answers
+
+
+def test_rows_pinned_or_sticky_to_a_version_never_make_the_sample_drift() -> None:
+    rng = np.random.default_rng(21)
+    shifted = rng.normal(size=(1200, 4)) + 3  # an attacker's rows, far from the reference
+
+    async def send(core: Any) -> list[Any]:
+        answers = []
+        for row in rng.normal(size=(300, 4)):  # the randomly routed traffic: unshifted
+            answers.append(await core.handle("POST", "/infer", {}, infer_body(row[None, :])))
+        for index, row in enumerate(shifted):
+            if index % 2:
+                path, headers = "/versions/1/infer", {}
+            else:
+                path, headers = "/infer", {"x-modelplane-key": f"k{index}"}
+            answers.append(await core.handle("POST", path, headers, infer_body(row[None, :])))
+        return answers
+
+    state, answers = _monitored_traffic(send)
+    assert all(answer.status == 200 for answer in answers)
+    sample = state.snapshot("churn", 60, sample=("random",))[1]
+    assert sample.drift.verdict == "ok" and sample.drift.samples == 300
+    assert analyse(AnalysisConfig(min_samples=100, fail_on_drift=True), sample, None).verdict \
+        == Verdict.PASS
+    every = state.snapshot("churn", 60)[1]  # what the stats and alerts show: every request
+    assert every.drift.verdict == "drift" and every.drift.samples == 1500
+    assert every.quality.rows == 1500 and sample.quality.rows == 1500  # quality: every row
+    assert state.histograms("churn", 1, 60)["inputs"]["rows"] == 1500
+    opted = state.snapshot("churn", 60, sample=("random", "sticky"))[1]
+    assert opted.drift.verdict == "drift" and opted.drift.samples == 900
+    failed = analyse(AnalysisConfig(min_samples=100, fail_on_drift=True, include_sticky=True),
+                     opted, None)
+    assert failed.verdict == Verdict.FAIL and "drift in" in failed.reason
+
+
+def test_labels_of_requests_pinned_to_a_version_never_steer_its_accuracy() -> None:
+    rows = np.random.default_rng(22).normal(size=(260, 4)).astype(np.float32)
+
+    async def send(core: Any) -> list[Any]:
+        return [await core.handle("POST", "/infer" if index < 60 else "/versions/1/infer", {},
+                                  infer_body(row[None, :]))
+                for index, row in enumerate(rows)]
+
+    # Labels for half the pinned requests arrive before their predictions are shipped.
+    core = make_core(reference_profile())
+    ids = [answer.headers["x-modelplane-request-id"] for answer in asyncio.run(send(core))]
+    predicted = predict(rows).argmax(axis=1)
+    wrong = (predicted + 1) % 3
+    state = MonitorState(clock=Clock())
+    early = [(rid, [int(w)]) for rid, w in zip(ids[60:160], wrong[60:160], strict=True)]
+    assert state.feedback("churn", early)["waiting"] == 100
+    delta = core.take_stats().to_delta()
+    attach_profiles(delta, core.monitoring, set())
+    state.record("churn", "replica", delta)
+    # The labeler is honest about its share of the random traffic and lies about the
+    # requests it pinned itself: every pinned label says the model was wrong.
+    late = [(rid, [int(p)]) for rid, p in zip(ids[:60], predicted[:60], strict=True)]
+    late += [(rid, [int(w)]) for rid, w in zip(ids[160:], wrong[160:], strict=True)]
+    assert state.feedback("churn", late)["joined"] == 160
+    sample = state.snapshot("churn", 60, sample=("random",))[1].accuracy
+    assert (sample.labelled, sample.accuracy, sample.labelled_apart) == (60, 1.0, 200)
+    gates = AnalysisConfig(min_samples=10, min_accuracy=0.8, min_labels=50)
+    assert analyse(gates, state.snapshot("churn", 60, sample=("random",))[1], None).verdict \
+        == Verdict.PASS
+    every = state.snapshot("churn", 60)[1].accuracy
+    assert every.labelled == 260 and every.accuracy == pytest.approx(60 / 260)
+    pinned_too = state.snapshot("churn", 60, sample=("pinned",))[1]
+    assert pinned_too.accuracy.labelled == 260
+    assert analyse(AnalysisConfig(min_samples=10, min_accuracy=0.8, min_labels=50,
+                                  include_pinned=True), pinned_too, None).verdict == Verdict.FAIL
+
+
+def test_too_few_sample_labels_name_the_labels_left_out() -> None:
+    rows = np.random.default_rng(23).normal(size=(40, 4)).astype(np.float32)
+
+    async def send(core: Any) -> list[Any]:
+        unlabelled = [await core.handle("POST", "/infer", {}, infer_body(row[None, :]))
+                      for row in rows[:20]]
+        return [await core.handle("POST", "/versions/1/infer", {}, infer_body(row[None, :]))
+                for row in rows] + unlabelled
+
+    state, answers = _monitored_traffic(send)
+    labels = [(a.headers["x-modelplane-request-id"], [int(p)])
+              for a, p in zip(answers[:40], predict(rows).argmax(axis=1), strict=True)]
+    state.feedback("churn", labels)
+    result = analyse(AnalysisConfig(min_samples=20, min_accuracy=0.5, min_labels=20),
+                     state.snapshot("churn", 60, sample=("random",))[1], None)
+    assert result.verdict == Verdict.INCONCLUSIVE
+    assert "0 labels joined in the window, need 20" in result.reason
+    assert "not counted: 40 joined with pinned or sticky requests" in result.reason
+
+
+def test_a_request_of_more_rows_than_labels_may_name_keeps_no_prediction() -> None:
+    rng = np.random.default_rng(24)
+
+    async def send(core: Any) -> list[Any]:
+        return [await core.handle("POST", "/infer", {}, infer_body(rng.normal(size=(rows, 4))))
+                for rows in (MAX_LABELS_PER_REQUEST, MAX_LABELS_PER_REQUEST + 1, 1)]
+
+    state, answers = _monitored_traffic(send)
+    assert [answer.status for answer in answers] == [200, 200, 200]
+    assert state.join.held("churn") == 2  # the largest that labels can name, and one row
+    accuracy = state.snapshot("churn", 60)[1].accuracy
+    assert accuracy.not_kept == 1 and accuracy.to_json()["not_kept"] == 1
+
+
+def test_a_snapshot_refuses_a_way_of_routing_it_does_not_know() -> None:
+    state = MonitorState(clock=Clock())
+    with pytest.raises(ValueError, match="unknown ways of routing"):
+        state.snapshot("churn", 60, sample=("random", "forged"))

@@ -77,7 +77,7 @@ class World:
         self.registry, self.cancer, self.tmp_path = registry, cancer, tmp_path
         self.deployments = Deployments(registry.db, registry, base_url="http://cp:8000")
         self.rollouts = RolloutController(registry.db, registry, self.deployments,
-                                          stats=lambda endpoint, window: {})
+                                          stats=lambda endpoint, window, sample: {})
         self.train = HandOver()
         services = SimpleNamespace(db=registry.db, registry=registry, artifacts=registry.artifacts,
                                    deployments=self.deployments, rollouts=self.rollouts,

@@ -54,7 +54,7 @@ class World:
         self.applied = 0
         self.alerts: list[dict[str, Any]] = []
         self.controller = RolloutController(
-            registry.db, registry, self.deployments, stats=lambda endpoint, window: self.stats,
+            registry.db, registry, self.deployments, stats=lambda endpoint, window, sample: self.stats,
             apply=self._apply, alert=lambda name, **kw: self.alerts.append({"name": name, **kw}),
             now=lambda: self.time)
 
@@ -96,7 +96,7 @@ class OtherControlPlane:
         registry = Registry(self.db, artifacts)
         self.controller = RolloutController(
             self.db, registry, Deployments(self.db, registry, base_url="http://cp:8000"),
-            stats=lambda endpoint, window: world.stats)
+            stats=lambda endpoint, window, sample: world.stats)
         self.racing: list[threading.Thread] = []
 
     def race(self, act: Any, *args: Any) -> None:
@@ -265,7 +265,7 @@ def test_a_new_controller_resumes_from_the_store(world: World) -> None:
     before = world.controller.get(rollout_id)
     assert before.step_index >= 1 and before.state == RolloutState.PROGRESSING
     world.controller = RolloutController(
-        world.registry.db, world.registry, world.deployments, stats=lambda e, w: world.stats,
+        world.registry.db, world.registry, world.deployments, stats=lambda e, w, s: world.stats,
         now=lambda: world.time)
     world.run(20)
     assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
@@ -289,7 +289,7 @@ def test_a_pass_that_lost_the_lease_while_reading_the_monitor_stores_no_decision
     assert first_step.state == RolloutState.PROGRESSING and not first_step.last_analysis
     events = [e.kind for e in world.controller.events(rollout_id)]
 
-    def stalled_read(endpoint: str, window: Any) -> dict[int, VersionSnapshot]:
+    def stalled_read(endpoint: str, window: Any, sample: Any) -> dict[int, VersionSnapshot]:
         clock[0] += LEASE_S + 1
         assert successor.hold()
         return world.stats
@@ -303,7 +303,7 @@ def test_a_pass_that_lost_the_lease_while_reading_the_monitor_stores_no_decision
     assert world.weights() == {1: 90.0, 2: 10.0}
     successors = RolloutController(
         world.registry.db, world.registry, world.deployments,
-        stats=lambda endpoint, window: world.stats, now=lambda: world.time)
+        stats=lambda endpoint, window, sample: world.stats, now=lambda: world.time)
     with fenced_writes(successor.fence):
         successors.tick()
     rolled_back = successors.get(rollout_id)
@@ -494,3 +494,24 @@ def test_the_shipped_rollout_example_is_valid() -> None:
     template = RolloutTemplate.model_validate(yaml.safe_load(example.read_text()))
     assert template.step_duration_s == 120 and template.analysis.interval_s == 10
     assert template.analysis.to_config().min_accuracy == 0.9
+
+
+@pytest.mark.parametrize(("analysis", "sample"), [
+    ({}, ("random",)),
+    ({"include_sticky": True}, ("random", "sticky")),
+    ({"include_sticky": True, "include_pinned": True}, ("random", "sticky", "pinned")),
+])
+def test_the_monitor_is_asked_for_the_rollout_s_own_sample(world: World, analysis: dict[str, Any],
+                                                            sample: tuple[str, ...]) -> None:
+    asked: list[tuple[str, ...]] = []
+
+    def read(endpoint: str, window: float, routings: tuple[str, ...]) -> dict[int, VersionSnapshot]:
+        asked.append(routings)
+        return world.stats
+
+    world.controller._stats = read
+    world.start(steps=[10, 100], analysis={**FAST, **analysis})
+    world.serve(1)
+    world.serve(2)
+    world.run(3)
+    assert asked and set(asked) == {sample}

@@ -305,7 +305,7 @@ def test_a_rollback_interrupted_before_its_follow_ups_is_finished_exactly_once(
 
     alerts: list[dict[str, Any]] = []
     world.controller = RolloutController(
-        world.registry.db, world.registry, world.deployments, stats=lambda e, w: world.stats,
+        world.registry.db, world.registry, world.deployments, stats=lambda e, w, s: world.stats,
         alert=lambda name, **kw: alerts.append({"name": name, **kw}), now=lambda: world.time)
     world.run(5)
     version = world.registry.get_version("iris", 2)
@@ -330,7 +330,7 @@ def test_a_rejection_done_before_the_crash_is_not_done_again(world: World) -> No
     with world.registry.db.session(readonly=True) as session:
         assert set(session.get(RolloutRow, rollout_id).followups) == {"alert"}
     world.controller = RolloutController(
-        world.registry.db, world.registry, world.deployments, stats=lambda e, w: world.stats,
+        world.registry.db, world.registry, world.deployments, stats=lambda e, w, s: world.stats,
         alert=lambda name, **kw: world.alerts.append({"name": name, **kw}),
         now=lambda: world.time)
     world.run(2)
@@ -354,7 +354,7 @@ def test_a_failure_streak_stored_at_its_limit_rolls_back_after_a_crash(world: Wo
     assert rollout.state == RolloutState.PROGRESSING and rollout.failures == 2
     world.serve(2)  # the candidate answers well in the new process's first window
     world.controller = RolloutController(
-        world.registry.db, world.registry, world.deployments, stats=lambda e, w: world.stats,
+        world.registry.db, world.registry, world.deployments, stats=lambda e, w, s: world.stats,
         alert=lambda name, **kw: world.alerts.append({"name": name, **kw}),
         now=lambda: world.time)
     world.run(2)
@@ -390,7 +390,7 @@ def test_an_archive_interrupted_after_the_drained_removal_is_finished_exactly_on
 
     del world.registry.transition_stage  # the new process runs the registry unpatched
     world.controller = RolloutController(
-        world.registry.db, world.registry, world.deployments, stats=lambda e, w: world.stats,
+        world.registry.db, world.registry, world.deployments, stats=lambda e, w, s: world.stats,
         now=lambda: world.time)
     world.run(3)
     assert world.registry.get_version("iris", 1).stage == "archived"

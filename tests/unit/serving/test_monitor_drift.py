@@ -11,7 +11,7 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from serving.monitoring import Drift
-from serving.monitoring.drift_window import SAMPLE_LIMIT
+from serving.monitoring.drift_window import SAMPLE_LIMIT, window
 from serving.monitoring.monitor import MonitorState
 from serving.monitoring.observations import attach_profiles
 from serving.monitoring.profiles import load_profiles
@@ -118,10 +118,10 @@ def test_the_monitor_keeps_only_the_newest_rows(monitored) -> None:
         asyncio.run(send_many(core, [r[None, :].astype(np.float32) for r in rng.normal(size=(600, 4))]))
         ship(core, state)
         clock.now += 1
-    series = state.series[("churn", 1)]
-    held = sum(chunk.shape[0] for _, chunk in series.inputs._samples)
+    inputs = state.series[("churn", 1)].drift_counts["random"][0]
+    held = sum(chunk.shape[0] for _, chunk in inputs._samples)
     assert SAMPLE_LIMIT <= held < SAMPLE_LIMIT + 512
-    live, rows = series.inputs.window(300)
+    live, rows = window([inputs], 300)
     assert rows == 7200 and live.sample_columns().shape[1] == SAMPLE_LIMIT
 
 

@@ -6,10 +6,10 @@ import numpy as np
 
 from kernels import Sketch
 from serving.monitoring.monitor import MonitorState
+from serving.monitoring.routing import ROUTED_PINNED
 from serving.monitoring.stats import (
     LATENCY_MAX_S,
     LATENCY_MIN_S,
-    ROUTED_PINNED,
     StatsRecorder,
     new_latency_sketch,
 )

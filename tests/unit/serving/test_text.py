@@ -79,7 +79,7 @@ def test_drift_on_text_is_found_where_it_happens(extra: list[str], length: int,
     observations = VersionObservations(monitoring)
     texts = reviews(600, 7, extra=extra, length=length)
     items = [(f"r{i}", {"review": np.array([t], dtype=object)}, {"score": np.zeros(1, np.float32)},
-              None) for i, t in enumerate(texts)]
+              None, "random") for i, t in enumerate(texts)]
     observations.account(items)
     assert observations.rows == 600 and observations.unmonitored_rows == 0
     report = drift_report(monitoring.profile, observations.inputs, test="psi", alpha=0.01)
