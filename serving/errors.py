@@ -54,8 +54,9 @@ class ModelNotReadyError(ServingError):
 
 
 class OverloadedError(ServingError):
-    """The replica already holds its ``max_queued_requests`` waiting requests: this one is
-    refused at once, to be retried after ``detail["retry_after_s"]`` (sent as Retry-After)."""
+    """The replica is at one of its bounds (it holds its ``max_queued_requests`` waiting
+    requests, or as many token checks as it makes at once): the call is refused at once, to
+    be retried after ``detail["retry_after_s"]`` (sent as Retry-After)."""
 
     code = "overloaded"
     http_status = 503

@@ -8,10 +8,18 @@ token's name and role, or 401 for a token that is unknown, revoked or expired. A
 often costs one check per TTL and a revoked token stops working within it. When the
 control plane cannot be reached the call is refused with 503: failing open would let
 anyone post labels whenever the control plane restarts.
+
+Feedback is open to the network, and every token never seen costs a call to the control
+plane, so anyone could make a replica hammer it with made-up tokens. Such checks are
+bounded per replica (:data:`MAX_UNKNOWN_CHECKS` in flight; past that a 503 with
+Retry-After), callers with one token share one check, and refusals are cached apart from
+the tokens that were accepted, so neither a flood of made-up tokens nor its refusals can
+crowd out a label source: a token accepted before is checked again without waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import OrderedDict
@@ -19,12 +27,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from serving.errors import AuthorityUnavailableError, ForbiddenError, UnauthenticatedError
+from serving.errors import (
+    AuthorityUnavailableError,
+    ForbiddenError,
+    OverloadedError,
+    UnauthenticatedError,
+)
 
 # The control plane's roles from ``labeler`` up (reader < labeler < deployer < approver < admin).
 LABEL_SOURCE_ROLES = frozenset({"labeler", "deployer", "approver", "admin"})
 CACHE_TTL_S = 10.0
-MAX_CACHED_TOKENS = 1024
+MAX_CACHED_TOKENS = 1024  # accepted tokens kept; as many refusals are kept apart
+MAX_UNKNOWN_CHECKS = 8  # checks in flight of tokens this replica never accepted
+UNKNOWN_RETRY_AFTER_S = 1
 CHECK_TIMEOUT_S = 3.0
 MAX_TOKEN_CHARS = 512
 ANONYMOUS_SETTING = "MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS"
@@ -53,7 +68,11 @@ class FeedbackAuthorizer:
         self.ttl_s = ttl_s
         self._clock = clock
         self._transport = transport  # tests hand an httpx transport; None is the network
-        self._cache: OrderedDict[str, tuple[float, _Answer]] = OrderedDict()
+        # By the token's sha256: (valid until, answer); accepted and refused apart.
+        self._accepted: OrderedDict[str, tuple[float, _Answer]] = OrderedDict()
+        self._refused: OrderedDict[str, tuple[float, _Answer]] = OrderedDict()
+        self._checking: dict[str, asyncio.Future[_Answer]] = {}
+        self._unknown_checks = 0
         self.checks = 0  # calls made to the control plane (the cache's effect is visible)
 
     async def check(self, headers: Mapping[str, str]) -> str:
@@ -85,15 +104,51 @@ class FeedbackAuthorizer:
     async def _answer(self, secret: str) -> _Answer:
         key = hashlib.sha256(secret.encode()).hexdigest()
         now = self._clock()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        answer = await self._ask(secret)
-        self._cache.pop(key, None)
-        self._cache[key] = (now + self.ttl_s, answer)
-        while len(self._cache) > MAX_CACHED_TOKENS:
-            self._cache.popitem(last=False)
+        accepted, refused = self._accepted.get(key), self._refused.get(key)
+        for cached in (accepted, refused):
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        checking = self._checking.get(key)
+        if checking is not None:  # another caller with this token is asking already
+            try:
+                return await asyncio.shield(checking)
+            except asyncio.CancelledError:
+                if not checking.cancelled():
+                    raise  # this caller was cancelled
+                return await self._answer(secret)  # the asking caller was: ask again
+        known = accepted is not None  # accepted before: never made to wait for a slot
+        if not known and self._unknown_checks >= MAX_UNKNOWN_CHECKS:
+            raise OverloadedError(
+                f"{MAX_UNKNOWN_CHECKS} tokens this replica has not seen are being checked "
+                f"already; retry in {UNKNOWN_RETRY_AFTER_S}s",
+                detail={"field": "authorization", "retry_after_s": UNKNOWN_RETRY_AFTER_S})
+        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        self._checking[key] = future
+        self._unknown_checks += not known
+        try:
+            answer = await self._ask(secret)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as error:
+            future.set_exception(error)
+            future.exception()  # retrieved here: callers that shared it raise it themselves
+            raise
+        finally:
+            self._unknown_checks -= not known
+            del self._checking[key]
+        future.set_result(answer)
+        self._remember(key, answer)
         return answer
+
+    def _remember(self, key: str, answer: _Answer) -> None:
+        keep, drop = ((self._refused, self._accepted) if answer.refusal
+                      else (self._accepted, self._refused))
+        drop.pop(key, None)
+        keep.pop(key, None)
+        keep[key] = (self._clock() + self.ttl_s, answer)
+        while len(keep) > MAX_CACHED_TOKENS:
+            keep.popitem(last=False)
 
     async def _ask(self, secret: str) -> _Answer:
         import httpx
