@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from control_plane.client import REGISTER_TIMEOUT_S
 from control_plane.schemas import Lineage, ModelManifest, VersionOut
 from training.data import Dataset
-from training.patience import patiently
+from training.patience import PATIENCE_S, patiently
 from training.schemas import JobSpec
 
 # Packages whose versions decide what a trained model is; recorded in lineage.
@@ -131,8 +132,11 @@ def register(client: Any, spec: JobSpec, artifact: bytes, manifest: ModelManifes
     # One key for every try: a registration whose answer was lost (a restart, a store
     # blip after the commit) is answered with its version when asked again, not twice.
     key = f"job-{uuid.uuid4().hex}"
+    # A try may wait for the registry's model check (REGISTER_TIMEOUT_S): a second try,
+    # no more, is started after one that timed out.
     version = patiently(lambda: client.register_version(
-        spec.model_name, artifact, manifest, description=description, idempotency_key=key))
+        spec.model_name, artifact, manifest, description=description, idempotency_key=key),
+        give_up_after_s=REGISTER_TIMEOUT_S + PATIENCE_S)
     if registration.alias:  # registered: the alias must follow, whatever the weather
         number, alias = version.version, registration.alias
         version = patiently(lambda: client.set_alias(spec.model_name, alias, number))

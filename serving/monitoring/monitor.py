@@ -173,7 +173,9 @@ class MonitorState:
         self.profiles: dict[str, tuple[Any, Any]] = {}  # key -> (inputs, predictions)
         self.join = FeedbackJoin(clock, max_bytes=prediction_store_bytes)
         self.drift_alpha, self.drift_min_rows = drift_alpha, drift_min_rows
-        self._drift_cache: dict[tuple[str, int, float], tuple[Any, Drift]] = {}
+        # By (endpoint, version, slots of the window, the sample's ways of routing).
+        self._drift_cache: dict[tuple[str, int, int, tuple[str, ...] | None],
+                                tuple[Any, Drift]] = {}
         self.served: dict[str, ServedConfig] = {}  # per endpoint, the newest configuration seen
 
     def _series(self, endpoint: str, version: int) -> VersionSeries:
@@ -409,7 +411,9 @@ class MonitorState:
                problem: str, sample: tuple[str, ...] | None) -> Drift:
         """The drift section of the requests routed as ``sample`` says, computed at most
         once per slot for a given window."""
-        key = (endpoint, version, float(window_s), sample)
+        # By whole slots, as the windows are cut: any float a caller picks is one of SLOTS.
+        slots = max(1, min(SLOTS, math.ceil(window_s / SLOT_SECONDS)))
+        key = (endpoint, version, slots, sample)
         stamp = (series.counters.epoch, series.totals.get(counters.ROWS, 0))
         cached = self._drift_cache.get(key)
         if cached is not None and cached[0] == stamp:
@@ -420,7 +424,7 @@ class MonitorState:
             problem = "waiting for the version's reference profile"
         result = judge(inputs, predictions, alpha=self.drift_alpha, min_rows=self.drift_min_rows,
                        problem=problem)
-        if len(self._drift_cache) >= DRIFT_CACHE_LIMIT:  # callers choose windows freely
+        if len(self._drift_cache) >= DRIFT_CACHE_LIMIT:  # many endpoints and windows
             self._drift_cache.clear()
         self._drift_cache[key] = (stamp, result)
         return result

@@ -223,3 +223,13 @@ def test_predictions_that_are_all_nan_are_not_judged_free_of_drift() -> None:
     assert drift.samples == 400 and drift.verdict == "ok"  # the inputs are as in training
     assert drift.prediction.verdict == "insufficient", drift.prediction
     assert not drift.prediction.drifted
+
+
+def test_windows_cut_alike_share_one_drift_computation(monitored) -> None:
+    core, state, clock = monitored
+    window_of(core, state, clock, np.random.default_rng(17).normal(size=(300, 4)) + 3, seconds=60)
+    clock.now -= 60  # read the same window again, at the same time
+    drifts = {state.snapshot("churn", 59 + k / 1000)[1].drift.verdict for k in range(1, 1000)}
+    assert drifts == {"drift"}
+    # 999 windows a caller chose, all cut as 60 one-second slots: one computation kept.
+    assert len(state._drift_cache) == 1

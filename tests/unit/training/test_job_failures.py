@@ -142,3 +142,37 @@ def test_a_registered_versions_alias_is_pointed_once_the_control_plane_answers_a
     version = register(client, spec, b"onnx", manifest=object())  # type: ignore[arg-type]
     assert version.version == 7 and client.registered == ["bc"]  # registered once
     assert client.aliased == [("challenger", 7)]
+
+
+def test_a_control_plane_that_takes_calls_and_never_answers_holds_a_job_a_bounded_time() -> None:
+    """Each try of a registration may wait out the registry's check (420 s): after one that
+    timed out a second is made, not six more (49 minutes of a finished job)."""
+    from control_plane.client import REGISTER_TIMEOUT_S
+    from control_plane.errors import ControlPlaneUnavailableError
+    from training.patience import PATIENCE_S, PAUSES_S, patiently
+
+    now = [0.0]
+    tries: list[float] = []
+
+    def wait(seconds: float) -> None:
+        now[0] += seconds
+
+    def hung() -> None:
+        tries.append(now[0])
+        wait(REGISTER_TIMEOUT_S)  # the read timeout
+        raise ControlPlaneUnavailableError("the control plane did not answer (ReadTimeout)")
+
+    with pytest.raises(ControlPlaneUnavailableError):
+        patiently(hung, give_up_after_s=REGISTER_TIMEOUT_S + PATIENCE_S, clock=lambda: now[0],
+                  sleep=wait)
+    assert tries == [0.0, REGISTER_TIMEOUT_S + PAUSES_S[0]]
+    # Quick failures (a restart: connection refused) are asked again after every pause.
+    now[0], tries[:] = 0.0, []
+
+    def refused() -> None:
+        tries.append(now[0])
+        raise ControlPlaneUnavailableError("connection refused")
+
+    with pytest.raises(ControlPlaneUnavailableError):
+        patiently(refused, clock=lambda: now[0], sleep=wait)
+    assert len(tries) == len(PAUSES_S) + 1 and now[0] <= PATIENCE_S
