@@ -11,12 +11,14 @@ inconclusive, ``/api/metrics`` serves what it has.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from control_plane.errors import MonitorUnavailableError
+from serving.monitoring.routing import ROUTINGS
 
 if TYPE_CHECKING:
     from serving.monitoring import VersionSnapshot, VersionTotals
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 MONITOR_TIMEOUT_S = 2.0  # a healthy Monitor answers in milliseconds
 MONITOR_RETRY_S = 5.0  # after a failure, how long callers are told "unknown" without asking
 
+log = logging.getLogger(__name__)
+_warned_old_monitor = False
 _breaker_lock = threading.Lock()
 _unavailable: tuple[float, str] | None = None  # (retry at, why) after a failed read
 
@@ -51,6 +55,10 @@ def _ask(method: str, *args: Any) -> Any:
         if monitor is None:
             raise MonitorUnavailableError("the Monitor is not running; `modelplane up` starts it")
         result = ray.get(getattr(monitor, method).remote(*args), timeout=MONITOR_TIMEOUT_S)
+    except TypeError:
+        # The arguments do not fit the method: a Monitor of another release of modelplane
+        # (it is a detached actor, kept across an upgrade). It answers; callers adapt.
+        raise
     except Exception as error:
         why = error.message if isinstance(error, MonitorUnavailableError) else (
             f"the Monitor did not answer within {MONITOR_TIMEOUT_S:g}s "
@@ -79,7 +87,21 @@ def read_version_stats(endpoint: str, window_s: float,
     """
     if not _ray_ready():
         return {}
-    return dict(_ask("snapshot", endpoint, window_s, sample))
+    if sample is None:
+        return dict(_ask("snapshot", endpoint, window_s))
+    unknown = set(sample) - set(ROUTINGS)
+    if unknown:  # our own mistake: never the Monitor's unavailability
+        raise ValueError(f"unknown ways of routing {sorted(unknown)}; known: {list(ROUTINGS)}")
+    try:
+        return dict(_ask("snapshot", endpoint, window_s, sample))
+    except TypeError:
+        global _warned_old_monitor
+        if not _warned_old_monitor:
+            _warned_old_monitor = True
+            log.warning("the Monitor predates per-routing samples (it outlived an upgrade): "
+                        "rollouts judge drift and accuracy on every request until Ray is "
+                        "restarted (`modelplane down`, then `modelplane up`)")
+        return dict(_ask("snapshot", endpoint, window_s))
 
 
 def version_stats(endpoint: str, window_s: float,

@@ -20,7 +20,9 @@ fi
 workers="$(.venv/bin/python -c 'import os; print(min(len(os.sched_getaffinity(0)), 4))')"
 echo "==> the unit tier and the tests without Ray on $workers processes, then the rest"
 status=0
-.venv/bin/python -m pytest -n "$workers" --dist loadgroup -m "unit or no_ray" tests || status=$?
+# --dist loadfile: a module's tests share its server (a module fixture) and may build on
+# each other, so one worker runs all of a module's tests, in order.
+.venv/bin/python -m pytest -n "$workers" --dist loadfile -m "unit or no_ray" tests || status=$?
 rest=0
 .venv/bin/python -m pytest -m "not no_ray" tests --ignore=tests/unit || rest=$?
 [ "$status" -ne 0 ] || status=$rest

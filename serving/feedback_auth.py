@@ -113,9 +113,10 @@ class FeedbackAuthorizer:
             try:
                 return await asyncio.shield(checking)
             except asyncio.CancelledError:
-                if not checking.cancelled():
+                task = asyncio.current_task()
+                if not checking.cancelled() or (task is not None and task.cancelling()):
                     raise  # this caller was cancelled
-                return await self._answer(secret)  # the asking caller was: ask again
+                return await self._answer(secret)  # only the asking caller was: ask again
         known = accepted is not None  # accepted before: never made to wait for a slot
         if not known and self._unknown_checks >= MAX_UNKNOWN_CHECKS:
             raise OverloadedError(
@@ -127,12 +128,12 @@ class FeedbackAuthorizer:
         self._unknown_checks += not known
         try:
             answer = await self._ask(secret)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
         except Exception as error:
             future.set_exception(error)
             future.exception()  # retrieved here: callers that shared it raise it themselves
+            raise
+        except BaseException:  # cancelled (its client went away), or the process stopping
+            future.cancel()
             raise
         finally:
             self._unknown_checks -= not known

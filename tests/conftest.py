@@ -49,9 +49,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(
                 f"{item.nodeid} is marked no_ray but uses the session's Ray (through one of its "
                 "fixtures); no_ray tests run beside the unit tier, where no Ray is started")
-        # A module's tests share its server (a module fixture) and may build on each other:
-        # with --dist loadgroup one worker runs them all, in order.
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     # The modules without Ray first: beside the unit tier (scripts/test.sh runs both on
     # every core) the long server tests start at once rather than last, on one core. Then
     # the unit tier; then the modules that start their own Ray head, while the session's

@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from serving.monitoring.routing import ROUTINGS
+
 Counts = Mapping[str, float]
 
 
@@ -137,7 +139,7 @@ def feedback(counts: Counts, routings: tuple[str, ...] | None) -> dict[str, floa
     out: dict[str, float] = {}
     for key, value in counts.items():
         kind, bar, name = key.partition("|")
-        if not bar:
+        if not bar or kind not in ROUTINGS:  # a feature's name may hold a bar too
             kind, name = "", key
         if not name.startswith(FEEDBACK) or (kind and routings is not None and kind not in routings):
             continue

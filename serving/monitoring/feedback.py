@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from serving.monitoring.routing import ROUTED_RANDOMLY
+from serving.monitoring.routing import ROUTED_RANDOMLY, ROUTINGS
 from serving.monitoring.snapshot import FeedbackStore
 
 # Labels one feedback item may carry, one per row: a prediction of more rows can never be
@@ -74,10 +74,12 @@ class JoinedPair:
 class FeedbackJoin:
     """Predictions by (endpoint, request id), and labels waiting for their prediction.
 
-    The bounds are shared, but a full store gives up the oldest prediction of the endpoint
+    The bounds are shared, but a full store gives up the oldest prediction of the bucket
     holding the most (bytes, or entries where the count bound is the one passed), not the
-    oldest of all: one endpoint's flood, or one request of millions of rows, evicts that
-    endpoint's own predictions and leaves every other endpoint's labels their join.
+    oldest of all. A bucket is an endpoint's predictions of one way of routing: one
+    endpoint's flood evicts that endpoint's own predictions and leaves every other
+    endpoint's labels their join, and a flood of requests pinned to a version evicts
+    pinned predictions, not the randomly routed ones a rollout's accuracy is judged on.
     """
 
     def __init__(self, clock: Callable[[], float], *, max_predictions: int = MAX_PREDICTIONS,
@@ -88,10 +90,10 @@ class FeedbackJoin:
         self.max_predictions, self.max_age_s = max_predictions, max_age_s
         self.max_waiting, self.max_wait_s = max_waiting, max_wait_s
         self.max_bytes, self.max_waiting_bytes = max_bytes, max_waiting_bytes
-        # Per endpoint, by request id; insertion order is arrival order, so an endpoint's
-        # oldest prediction is always its first.
-        self._predictions: dict[str, OrderedDict[str, StoredPrediction]] = {}
-        self._bytes: Counter[str] = Counter()  # estimated bytes of each endpoint's predictions
+        # Per (endpoint, way of routing), by request id; insertion order is arrival order,
+        # so a bucket's oldest prediction is always its first.
+        self._predictions: dict[tuple[str, str], OrderedDict[str, StoredPrediction]] = {}
+        self._bytes: Counter[tuple[str, str]] = Counter()  # estimated bytes of each bucket
         self._waiting: OrderedDict[tuple[str, str], tuple[list[Any], float, int]] = OrderedDict()
         self.bytes_held = 0  # estimated bytes of the stored predictions, all endpoints
         self.predictions_held = 0
@@ -108,9 +110,10 @@ class FeedbackJoin:
         joined: list[JoinedPair] = []
         # One call stores a shipment's worth (hundreds a second per replica) for the whole
         # cluster, so the loop does the least per item: counts are added once at the end.
-        predictions = self._predictions.get(endpoint)
+        bucket = (endpoint, routed)
+        predictions = self._predictions.get(bucket)
         if predictions is None:
-            predictions = self._predictions[endpoint] = OrderedDict()
+            predictions = self._predictions[bucket] = OrderedDict()
         waiting_labels = self._waiting
         stored = replaced = added_bytes = 0
         for request_id, predicted in items:
@@ -130,7 +133,7 @@ class FeedbackJoin:
             added_bytes += size
             stored += 1
         self.bytes_held += added_bytes
-        self._bytes[endpoint] += added_bytes
+        self._bytes[bucket] += added_bytes
         self.predictions_held += stored - replaced
         for event, count in (("stored", stored), ("replaced", replaced), ("joined", len(joined))):
             if count:
@@ -143,9 +146,13 @@ class FeedbackJoin:
         now = self._clock()
         self._trim(now)
         joined, waiting = [], 0
-        predictions = self._predictions.get(endpoint) or OrderedDict()
+        buckets = [kept for routed in ROUTINGS if (kept := self._predictions.get((endpoint, routed)))]
         for request_id, labels in items:
-            stored = predictions.pop(request_id, None)
+            stored = None
+            for kept in buckets:
+                stored = kept.pop(request_id, None)
+                if stored is not None:
+                    break
             if stored is None:
                 key = (endpoint, request_id)
                 earlier = self._waiting.pop(key, None)
@@ -156,7 +163,7 @@ class FeedbackJoin:
                 self.waiting_bytes += size
                 waiting += 1
                 continue
-            self._release(endpoint, stored)
+            self._release((endpoint, stored.routed), stored)
             self._count(endpoint, "joined")
             joined.append(JoinedPair(endpoint, stored.version, stored.values, list(labels),
                                      stored.routed))
@@ -169,7 +176,7 @@ class FeedbackJoin:
 
     def held(self, endpoint: str) -> int:
         """Predictions of ``endpoint`` waiting for their labels."""
-        return len(self._predictions.get(endpoint) or ())
+        return sum(len(self._predictions.get((endpoint, routed)) or ()) for routed in ROUTINGS)
 
     def stats(self, endpoint: str) -> FeedbackStore:
         """Counters of one endpoint's join (held, dropped, expired, waiting labels …)."""
@@ -186,19 +193,20 @@ class FeedbackJoin:
                 "waiting_bytes": self.waiting_bytes, "max_waiting_bytes": self.max_waiting_bytes}
 
     def forget(self, endpoint: str) -> None:
-        for stored in (self._predictions.pop(endpoint, None) or {}).values():
-            self._release(endpoint, stored)
-        self._bytes.pop(endpoint, None)
+        for bucket in [(endpoint, routed) for routed in ROUTINGS]:
+            for stored in (self._predictions.pop(bucket, None) or {}).values():
+                self._release(bucket, stored)
+            self._bytes.pop(bucket, None)
         for key in [k for k in self._waiting if k[0] == endpoint]:
             self.waiting_bytes -= self._waiting.pop(key)[2]
         for key in [k for k in self.counters if k[0] == endpoint]:
             del self.counters[key]
 
-    def _release(self, endpoint: str, stored: StoredPrediction) -> None:
+    def _release(self, bucket: tuple[str, str], stored: StoredPrediction) -> None:
         """Account a prediction that has left the store (joined, dropped or expired)."""
         self.predictions_held -= 1
         self.bytes_held -= stored.size
-        self._bytes[endpoint] -= stored.size
+        self._bytes[bucket] -= stored.size
 
     def _count(self, endpoint: str, event: str, n: int = 1) -> None:
         self.counters[(endpoint, event)] += n
@@ -206,40 +214,40 @@ class FeedbackJoin:
     def _trim(self, now: float) -> None:
         stores = self._predictions
         while self._over_bounds():
-            # The endpoints holding the most give up their oldest, down to one level: the
-            # one that frees what is over the bound (water-filling). One flooding endpoint
+            # The buckets holding the most give up their oldest, down to one level: the
+            # one that frees what is over the bound (water-filling). One flooding bucket
             # pays alone, and the level is found once a trim, not once a prediction.
             by_bytes = self.bytes_held > self.max_bytes
-            sizes = self._bytes if by_bytes else {e: len(kept) for e, kept in stores.items()}
-            held = {e: sizes[e] for e, kept in stores.items() if kept}
+            sizes = self._bytes if by_bytes else {b: len(kept) for b, kept in stores.items()}
+            held = {b: sizes[b] for b, kept in stores.items() if kept}
             if not held:
                 break
             excess = (self.bytes_held - self.max_bytes if by_bytes
                       else self.predictions_held - self.max_predictions)
             level = _water_level(list(held.values()), excess)
-            for endpoint, amount in held.items():
-                kept, dropped = stores[endpoint], 0
+            for bucket, amount in held.items():
+                kept, dropped = stores[bucket], 0
                 while kept and amount > level and self._over_bounds():
                     removed = kept.popitem(last=False)[1]
-                    self._release(endpoint, removed)
+                    self._release(bucket, removed)
                     amount -= removed.size if by_bytes else 1
                     dropped += 1
                 if dropped:
-                    self._count(endpoint, "dropped_full", dropped)
+                    self._count(bucket[0], "dropped_full", dropped)
         if now - self._expired_at >= EXPIRY_CHECK_S:
             self._expired_at = now
             horizon = now - self.max_age_s
-            for endpoint, kept in stores.items():
+            for bucket, kept in stores.items():
                 expired = 0
                 while kept:
                     request_id, oldest = next(iter(kept.items()))
                     if oldest.at >= horizon:
                         break
                     del kept[request_id]
-                    self._release(endpoint, oldest)
+                    self._release(bucket, oldest)
                     expired += 1
                 if expired:
-                    self._count(endpoint, "expired", expired)
+                    self._count(bucket[0], "expired", expired)
         waiting, horizon = self._waiting, now - self.max_wait_s
         while waiting:
             key, (_, at, size) = next(iter(waiting.items()))

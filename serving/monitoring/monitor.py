@@ -411,8 +411,10 @@ class MonitorState:
                problem: str, sample: tuple[str, ...] | None) -> Drift:
         """The drift section of the requests routed as ``sample`` says, computed at most
         once per slot for a given window."""
-        # By whole slots, as the windows are cut: any float a caller picks is one of SLOTS.
+        # By whole slots, as the windows are cut: any float a caller picks is one of SLOTS
+        # (and windows past the Monitor's five minutes are those five minutes).
         slots = max(1, min(SLOTS, math.ceil(window_s / SLOT_SECONDS)))
+        window_s = slots * SLOT_SECONDS
         key = (endpoint, version, slots, sample)
         stamp = (series.counters.epoch, series.totals.get(counters.ROWS, 0))
         cached = self._drift_cache.get(key)

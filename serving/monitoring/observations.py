@@ -36,7 +36,7 @@ from serving.monitoring.profiles import (
     prediction_features,
     text_inputs,
 )
-from serving.monitoring.routing import ROUTED_RANDOMLY
+from serving.monitoring.routing import ROUTED_RANDOMLY, ROUTINGS
 from serving.text import is_text_input, text_feature_names
 
 if TYPE_CHECKING:
@@ -166,9 +166,9 @@ class VersionObservations:
         self.data_age = [0, 0.0, 0.0]  # count, sum, max (seconds)
         self.last_request_at = 0.0
         # Per way of routing, per request id: the predicted value, or a list of them for a
-        # request of many rows.
+        # request of many rows (at most MAX_FEEDBACK_PER_DELTA each way: pinned requests
+        # cannot crowd out the randomly routed ones').
         self.feedback: dict[str, list[tuple[str, float | list[float]]]] = {}
-        self.feedback_kept = 0
         self.feedback_dropped = 0
         # Requests of more rows than one feedback item may label: kept, they could never
         # join, and one of millions of rows would evict the endpoint's other predictions.
@@ -196,8 +196,9 @@ class VersionObservations:
         if len(routed) == 1:
             self._account_routed(routed.pop(), items)
             return
-        for kind in sorted(routed):
-            self._account_routed(kind, [item for item in items if item[4] == kind])
+        for kind in ROUTINGS:  # the sample first, should a bound be reached
+            if kind in routed:
+                self._account_routed(kind, [item for item in items if item[4] == kind])
 
     def _account_routed(self, routed: str, items: list[Observed]) -> None:
         monitoring = self.monitoring
@@ -251,26 +252,27 @@ class VersionObservations:
         kept = self.feedback.get(routed)
         if kept is None:
             kept = self.feedback[routed] = []
-        room = MAX_FEEDBACK_PER_DELTA - self.feedback_kept
+        room = MAX_FEEDBACK_PER_DELTA - len(kept)
         flat = values.tolist()
-        if len(flat) == len(outputs):  # one row per request: the common case
+        rows = [output.shape[0] if output.ndim else 1 for output in outputs]
+        # One row per request, the common case: the values are the requests' in order. (The
+        # count alone would not say so: an empty request beside a two-row one would pair
+        # every request between them with its neighbour's prediction.)
+        if len(flat) == len(outputs) and all(n == 1 for n in rows):
             if room < len(request_ids):
                 self.feedback_dropped += len(request_ids) - max(room, 0)
                 request_ids = request_ids[:max(room, 0)]
             kept.extend(zip(request_ids, flat, strict=False))
-            self.feedback_kept += len(request_ids)
             return
         start = 0
-        for request_id, output in zip(request_ids, outputs, strict=True):
-            rows = output.shape[0] if output.ndim else 1
-            if rows > MAX_LABELS_PER_REQUEST:
+        for request_id, count in zip(request_ids, rows, strict=True):
+            if count > MAX_LABELS_PER_REQUEST:
                 self.feedback_unjoinable += 1
-            elif self.feedback_kept >= MAX_FEEDBACK_PER_DELTA:
+            elif len(kept) >= MAX_FEEDBACK_PER_DELTA:
                 self.feedback_dropped += 1
             else:
-                kept.append((request_id, flat[start] if rows == 1 else flat[start:start + rows]))
-                self.feedback_kept += 1
-            start += rows
+                kept.append((request_id, flat[start] if count == 1 else flat[start:start + count]))
+            start += count
 
     def to_delta(self) -> dict[str, Any]:
         """Plain data for the Monitor (numpy arrays travel as they are): the randomly

@@ -269,3 +269,29 @@ def test_drift_alert_stays_quiet_on_training_traffic_fires_on_a_one_sigma_shift_
     with watched.client() as client:
         client.delete_alert_receiver("drift-hook")
     receiver.close()
+
+
+def test_a_monitor_older_than_per_routing_samples_still_answers_a_rollout_s_read(
+        ray_session: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Monitor is a detached actor and outlives an upgrade of the control plane: its
+    snapshot takes no sample. A rollout's read falls back to every request's figures, and
+    the mismatch never reads as a Monitor that is down (which would stall every reader)."""
+    import ray
+
+    from control_plane import observability
+    from serving.monitoring import monitor
+
+    @ray.remote(num_cpus=0)
+    class OlderMonitor:
+        def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, Any]:
+            return {1: f"{endpoint} over {window_s:g}s"}
+
+    older = OlderMonitor.remote()
+    monkeypatch.setattr(monitor, "get_monitor", lambda *args, **kwargs: older)
+    assert observability.read_version_stats("e", 30, ("random",)) == {1: "e over 30s"}
+    assert observability.read_version_stats("e", 30) == {1: "e over 30s"}
+    assert observability.monitor_available()
+    with pytest.raises(ValueError, match="unknown ways of routing"):
+        observability.read_version_stats("e", 30, ("random", "forged"))
+    assert observability.monitor_available()
+    ray.kill(older)

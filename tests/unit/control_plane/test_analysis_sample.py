@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from control_plane.rollouts import AnalysisConfig, Verdict, analyse
-from serving.monitoring import VersionSnapshot
+from serving.monitoring import VersionSnapshot, drift_window
 from serving.monitoring.feedback import MAX_LABELS_PER_REQUEST
 from serving.monitoring.monitor import MonitorState
 from serving.monitoring.observations import attach_profiles
@@ -362,3 +362,49 @@ def test_a_snapshot_refuses_a_way_of_routing_it_does_not_know() -> None:
     state = MonitorState(clock=Clock())
     with pytest.raises(ValueError, match="unknown ways of routing"):
         state.snapshot("churn", 60, sample=("random", "forged"))
+
+
+def test_each_way_of_routing_weighs_in_the_drift_sample_as_its_share_of_rows() -> None:
+    """Replicas ship a few hundred rows a second per way of routing, however many they saw:
+    a trickle of pinned rows must not weigh like the whole random traffic in KS's rows."""
+    rng = np.random.default_rng(25)
+    clock = Clock()
+    state = MonitorState(clock=clock)
+    core = make_core(reference_profile())
+    for _ in range(5):  # five seconds: 2,000 random rows and 64 pinned, shifted ones each
+        async def send() -> None:
+            for _ in range(20):
+                rows = rng.normal(size=(100, 4)).astype(np.float32)
+                assert (await core.handle("POST", "/infer", {}, infer_body(rows))).status == 200
+            shifted = (rng.normal(size=(64, 4)) + 6).astype(np.float32)
+            assert (await core.handle("POST", "/versions/1/infer", {},
+                                      infer_body(shifted))).status == 200
+
+        asyncio.run(send())
+        delta = core.take_stats().to_delta()
+        attach_profiles(delta, core.monitoring, set())
+        state.record("churn", "replica", delta)
+        clock.now += 1
+    live, rows = drift_window.window(state.series[("churn", 1)].drift_parts(0, None), 60)
+    assert rows == 5 * 2064
+    columns = live.sample_columns()  # features x sampled rows
+    shifted_share = float(np.mean(columns[0] > 3))
+    assert columns.shape[1] > 1000 and abs(shifted_share - 64 / 2064) < 0.01, shifted_share
+
+
+def test_an_empty_request_beside_a_two_row_one_shifts_no_prediction() -> None:
+    rows = np.random.default_rng(26).normal(size=(203, 4)).astype(np.float32)
+
+    async def send(core: Any) -> list[Any]:
+        batches = [rows[:0], *(rows[i:i + 1] for i in range(200)), rows[200:202]]
+        return [await core.handle("POST", "/infer", {}, infer_body(batch)) for batch in batches]
+
+    state, answers = _monitored_traffic(send)
+    assert all(answer.status == 200 for answer in answers)
+    truth = predict(rows).argmax(axis=1)  # a model that is always right
+    labels = [(a.headers["x-modelplane-request-id"], [int(t)])
+              for a, t in zip(answers[1:201], truth[:200], strict=True)]
+    labels.append((answers[201].headers["x-modelplane-request-id"], [int(t) for t in truth[200:202]]))
+    assert state.feedback("churn", labels)["joined"] == 201
+    accuracy = state.snapshot("churn", 60, sample=("random",))[1].accuracy
+    assert (accuracy.labelled, accuracy.accuracy, accuracy.invalid) == (202, 1.0, 0)

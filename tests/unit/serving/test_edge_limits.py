@@ -202,3 +202,12 @@ def test_the_inference_server_never_takes_the_clients_request_id() -> None:
     server_id = response.headers["x-modelplane-request-id"]
     assert response.status_code == 404 and server_id != "chosen-by-caller" and len(server_id) == 32
     assert json.loads(response.body)["request_id"] == server_id
+
+
+def test_a_feature_named_like_a_feedback_counter_adds_nothing_to_the_labels() -> None:
+    """Counter names hold feature names, which whoever deploys a model chooses: one such
+    as ``x|fb:n`` must not read as labels joined with some way of routing."""
+    counts = {counters.INPUT_MISSING.key("x|fb:n"): 500, counters.LABELLED: 3,
+              "pinned|" + counters.LABELLED: 4}
+    assert counters.feedback(counts, None) == {counters.LABELLED: 7}
+    assert counters.feedback(counts, ("random",)) == {counters.LABELLED: 3}

@@ -17,7 +17,13 @@ from serving.monitoring.feedback import (
     regression_metrics,
 )
 from serving.monitoring.monitor import MonitorState
-from tests.unit.serving.monitoring_helpers import make_core, predict, reference_profile, send_many
+from tests.unit.serving.monitoring_helpers import (
+    infer_body,
+    make_core,
+    predict,
+    reference_profile,
+    send_many,
+)
 
 
 class Clock:
@@ -67,6 +73,39 @@ def test_two_flooding_endpoints_share_the_eviction_and_the_quiet_one_keeps_all()
     assert join.held("quiet") == 10 and join.memory()["predictions"] == 100
     assert abs(join.held("loud-a") - join.held("loud-b")) <= 1  # cut to one level
     assert join.stats("loud-a").dropped_full + join.stats("loud-b").dropped_full == 70
+
+
+def test_a_flood_pinned_to_a_version_evicts_pinned_predictions_not_the_sample_s() -> None:
+    """The sample a rollout judges accuracy on is the randomly routed requests': a flood of
+    requests pinned to the candidate (anyone may send them) must not evict their
+    predictions before their labels come."""
+    join = FeedbackJoin(Clock(), max_predictions=100)
+    join.add_predictions("e", 2, [(f"r{i}", [0]) for i in range(40)])
+    join.add_predictions("e", 2, [(f"p{i}", [1]) for i in range(5000)], routed="pinned")
+    assert join.memory()["predictions"] == 100 and join.stats("e").dropped_full == 4940
+    joined, waiting = join.add_labels("e", [(f"r{i}", [0]) for i in range(40)])
+    assert len(joined) == 40 and waiting == 0
+    assert {pair.routed for pair in joined} == {"random"}
+    late = join.add_labels("e", [("p4999", [1])])[0]
+    assert [pair.routed for pair in late] == ["pinned"]  # the newest pinned ones are kept
+
+
+def test_each_way_of_routing_has_its_own_room_in_a_shipment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.monitoring import observations
+
+    monkeypatch.setattr(observations, "MAX_FEEDBACK_PER_DELTA", 50)
+    core = make_core(reference_profile())
+    row = np.zeros((1, 4), np.float32)
+
+    async def send() -> None:  # pinned first, as an attacker would, then the sample's
+        for path in ["/versions/1/infer"] * 80 + ["/infer"] * 50:
+            await core.handle("POST", path, {}, infer_body(row))
+
+    asyncio.run(send())
+    part = core.take_stats().to_delta()[1]["monitoring"]
+    assert len(part["feedback"]) == 50  # every randomly routed request's prediction
+    assert len(part["routed"]["pinned"]["feedback"]) == 50 and part["feedback_dropped"] == 30
 
 
 def test_predictions_expire_by_age() -> None:

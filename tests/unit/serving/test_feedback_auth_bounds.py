@@ -118,6 +118,24 @@ def test_a_cancelled_check_lets_the_callers_sharing_it_ask_again() -> None:
     asyncio.run(scenario())
 
 
+def test_callers_cancelled_together_stay_cancelled_and_ask_nothing_more() -> None:
+    async def scenario() -> None:
+        authority = SlowAuthority()
+        check = _authorizer(authority, Clock())
+        first = asyncio.ensure_future(check.check(bearer(LABELER)))
+        await _settle(authority, 1)
+        second = asyncio.ensure_future(check.check(bearer(LABELER)))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        second.cancel()  # in the same tick: the server is stopping
+        for caller in (first, second):
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(caller, 5)  # not a fresh check of its own
+        assert authority.asked == [LABELER]
+
+    asyncio.run(scenario())
+
+
 def test_a_flood_of_refusals_never_evicts_an_accepted_token() -> None:
     async def scenario() -> None:
         authority, clock = SlowAuthority(), Clock()
