@@ -100,14 +100,20 @@ def test_callers_with_one_token_share_one_check() -> None:
     asyncio.run(scenario())
 
 
+async def _sharing_one_check(authority: SlowAuthority) -> tuple[asyncio.Future[str], ...]:
+    """Two callers with the labeler's token, the second waiting on the first's check."""
+    check = _authorizer(authority, Clock())
+    first = asyncio.ensure_future(check.check(bearer(LABELER)))
+    await _settle(authority, 1)
+    second = asyncio.ensure_future(check.check(bearer(LABELER)))
+    await asyncio.sleep(0.05)
+    return first, second
+
+
 def test_a_cancelled_check_lets_the_callers_sharing_it_ask_again() -> None:
     async def scenario() -> None:
         authority = SlowAuthority()
-        check = _authorizer(authority, Clock())
-        first = asyncio.ensure_future(check.check(bearer(LABELER)))
-        await _settle(authority, 1)
-        second = asyncio.ensure_future(check.check(bearer(LABELER)))
-        await asyncio.sleep(0.05)
+        first, second = await _sharing_one_check(authority)
         first.cancel()  # its client went away mid-check
         await asyncio.sleep(0.05)
         authority.open.set()
@@ -121,11 +127,7 @@ def test_a_cancelled_check_lets_the_callers_sharing_it_ask_again() -> None:
 def test_callers_cancelled_together_stay_cancelled_and_ask_nothing_more() -> None:
     async def scenario() -> None:
         authority = SlowAuthority()
-        check = _authorizer(authority, Clock())
-        first = asyncio.ensure_future(check.check(bearer(LABELER)))
-        await _settle(authority, 1)
-        second = asyncio.ensure_future(check.check(bearer(LABELER)))
-        await asyncio.sleep(0.05)
+        first, second = await _sharing_one_check(authority)
         first.cancel()
         second.cancel()  # in the same tick: the server is stopping
         for caller in (first, second):
