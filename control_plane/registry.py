@@ -282,8 +282,9 @@ class Registry:
         actor.require(Role.ADMIN)
         with self.db.session() as session:
             model = _model(session, name)
-            row = _version(session, model, version)
+            row = _version(session, model, version, for_update=True)
             _refuse_if_deployed(session, model, row, "deleted")
+            refuse_if_rolling_out(session, model, row, "deleted")
             session.execute(
                 AliasRow.__table__.delete().where(
                     AliasRow.model_id == model.id, AliasRow.version == version
@@ -296,7 +297,8 @@ class Registry:
         actor.require(Role.DEPLOYER)
         with self.db.session() as session:
             model = _model(session, name)
-            row = _version(session, model, version)
+            row = _version(session, model, version, for_update=True)
+            refuse_if_rolling_out(session, model, row, "rejected")
             mark_rejected(row, reason)
             notify_on_commit(session, events.version_rejected(name, version, reason=reason,
                                                               actor=actor.name))
@@ -460,13 +462,12 @@ def _model(session: Session, name: str) -> ModelRow:
 
 
 def _version(
-    session: Session, model: ModelRow, version: int, *, missing_ok: bool = False
+    session: Session, model: ModelRow, version: int, *, missing_ok: bool = False,
+    for_update: bool = False,
 ) -> ModelVersionRow:
-    row = session.scalar(
-        select(ModelVersionRow).where(
-            ModelVersionRow.model_id == model.id, ModelVersionRow.version == version
-        )
-    )
+    query = select(ModelVersionRow).where(
+        ModelVersionRow.model_id == model.id, ModelVersionRow.version == version)
+    row = session.scalar(query.with_for_update() if for_update else query)
     if row is None and not missing_ok:
         raise NotFoundError(
             f"model {model.name!r} has no version {version}", detail={"field": "version"}
@@ -504,6 +505,25 @@ def _approvals(session: Session, row: ModelVersionRow) -> list[ApprovalRow]:
             select(ApprovalRow).where(ApprovalRow.version_id == row.id).order_by(ApprovalRow.id)
         ).all()
     )
+
+
+def refuse_if_rolling_out(session: Session, model: ModelRow, row: ModelVersionRow,
+                          verb: str) -> None:
+    """Refuse (409) to change a version an active rollout is rolling out: the rollout
+    would be left moving traffic to a version it can no longer route (call it with the
+    version's row locked, as :meth:`RolloutController.start` locks it)."""
+    from control_plane.rollouts.states import ACTIVE_STATES
+    from control_plane.store.models import RolloutRow
+
+    rollout = session.scalar(select(RolloutRow.id).where(
+        RolloutRow.model_id == model.id, RolloutRow.candidate_version == row.version,
+        RolloutRow.state.in_(ACTIVE_STATES)))
+    if rollout is not None:
+        raise ConflictError(
+            f"rollout #{rollout} is rolling out {model.name}:{row.version}, which cannot be "
+            f"{verb} meanwhile; end it first (`modelplane rollout abort {rollout}` or "
+            f"`modelplane rollout rollback {rollout}`, which rejects the version)",
+            detail={"field": "version", "rollout": rollout})
 
 
 def _refuse_if_deployed(session: Session, model: ModelRow, row: ModelVersionRow, verb: str) -> None:

@@ -27,7 +27,7 @@ POLICY_KEY = "rollout_policy"
 def store_policy(db: Database, endpoint: str, policy: RolloutPolicy | None) -> None:
     """Opt ``endpoint`` in (or out, with None) of rollouts started by moving an alias."""
     with db.session() as session:
-        row = endpoint_row(session, endpoint)
+        row = endpoint_row(session, endpoint, for_update=True)  # beside a deploy's config change
         config = {k: v for k, v in row.config.items() if k != POLICY_KEY}
         if policy is not None:
             config[POLICY_KEY] = policy.model_dump(mode="json")

@@ -71,7 +71,7 @@ from control_plane.rollouts.states import ACTIVE_STATES, RolloutState
 from control_plane.schemas import Role
 from control_plane.store import Database
 from control_plane.store.database import FencedOut
-from control_plane.store.models import ModelRow, RolloutEventRow, RolloutRow
+from control_plane.store.models import ModelRow, ModelVersionRow, RolloutEventRow, RolloutRow
 from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,18 @@ class RolloutController(ManualActions):
                 raise InvalidInputError(
                     f"endpoint {endpoint.name!r} serves model {model.name!r}, not "
                     f"{candidate.model!r}", detail={"field": "model_ref"})
-            if candidate.status == "rejected":
+            # Read again, locked: a rejection (or a deletion) that lands after the version
+            # was resolved, above, must not leave a rollout of a version it cannot route.
+            version = session.scalar(select(ModelVersionRow).where(
+                ModelVersionRow.model_id == model.id,
+                ModelVersionRow.version == candidate.version).with_for_update())
+            if version is None:
+                raise NotFoundError(f"{candidate.model}:{candidate.version} was deleted",
+                                    detail={"field": "model_ref"})
+            if version.status == "rejected":
                 raise ConflictError(
                     f"{candidate.model}:{candidate.version} was rejected "
-                    f"({candidate.status_reason}); register a new version",
+                    f"({version.status_reason}); register a new version",
                     detail={"field": "model_ref"})
             routes = read_routes(session, endpoint)
             stable = routes.stable

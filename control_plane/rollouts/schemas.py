@@ -128,12 +128,17 @@ class AnalysisSettings(Wire):
             exclude={"interval_s", "window_s", "inconclusive_deadline_s", "ab_test"}))
 
 
+MAX_STEPS = 100
+
+
 class RolloutTemplate(Wire):
     """How to roll out: strategy, steps and gates (an endpoint's default, or one rollout's)."""
 
     strategy: Strategy = Strategy.CANARY
+    # Bounded: the plan is stored with the rollout and read back on every pass of the loop.
     steps: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(
-        None, description="Canary weights in percent, increasing, ending at 100.")
+        None, max_length=MAX_STEPS,
+        description=f"Canary weights in percent, increasing, ending at 100 (at most {MAX_STEPS}).")
     step_duration_s: PositiveSeconds = 60.0
     shadow_then: Strategy | None = Field(
         None, description="For strategy shadow: promote through canary (default) or blue_green.")

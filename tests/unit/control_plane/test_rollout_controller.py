@@ -515,3 +515,40 @@ def test_the_monitor_is_asked_for_the_rollout_s_own_sample(world: World, analysi
     world.serve(2)
     world.run(3)
     assert asked and set(asked) == {sample}
+
+
+def test_a_version_being_rolled_out_is_neither_rejected_nor_deleted_under_it(world: World) -> None:
+    """A careless operator rejecting (or an admin deleting) the candidate mid-rollout left
+    the rollout unable to route it, retrying every pass, the endpoint locked for good."""
+    rollout_id = world.start(steps=[10, 100])
+    # Pending: no traffic on the candidate yet, so only the rollout stands in the way.
+    with pytest.raises(ConflictError, match=f"rollout #{rollout_id} is rolling out iris:2"):
+        world.registry.delete_version("iris", 2, ADMIN)
+    world.serve(1)
+    world.serve(2)
+    world.run(2)
+    assert world.weights() == {1: 90, 2: 10}
+    with pytest.raises(ConflictError, match=f"rollout #{rollout_id} is rolling out iris:2"):
+        world.registry.reject_version("iris", 2, "looks wrong", ALICE)
+    assert world.registry.get_version("iris", 2).status != "rejected"
+    world.controller.abort(rollout_id, ALICE, "looks wrong")
+    assert world.registry.reject_version("iris", 2, "looks wrong", ALICE).status == "rejected"
+
+
+def test_a_rejection_between_resolving_the_candidate_and_starting_is_seen(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = world.registry.resolve("iris:2")  # what start() read before its transaction
+    world.registry.reject_version("iris", 2, "failed its evaluation", ALICE)
+    monkeypatch.setattr(world.registry, "resolve", lambda ref: stale)
+    with pytest.raises(ConflictError, match="was rejected"):
+        world.start(steps=[10, 100])
+    assert world.controller.list(endpoint="iris", active=True) == []
+
+
+def test_a_plan_of_more_than_a_hundred_steps_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="at most 100"):
+        RolloutCreate(endpoint="iris", model_ref="iris:2",
+                      steps=[index / 10 for index in range(1, 1001)])
+    assert RolloutCreate(endpoint="iris", model_ref="iris:2", steps=list(range(1, 101)))
