@@ -212,11 +212,14 @@ class AlertService:
         """
         signal = SIGNALS[rule.metric]
         readings = {}
+        # In whole seconds, as the Monitor cuts windows: rules of float windows that are
+        # one window share one read.
+        window_s = float(math.ceil(rule.window_s))
         for endpoint in endpoints:
-            key = (endpoint, rule.window_s)
+            key = (endpoint, window_s)
             if key not in cache:
                 try:
-                    cache[key] = read_stats(endpoint, rule.window_s)
+                    cache[key] = read_stats(endpoint, window_s)
                 except Exception as error:  # one unreachable endpoint must not stop the rest
                     log.warning("alert rule %s could not read %s: %s", rule.name, endpoint, error)
                     cache[key] = str(getattr(error, "message", None) or error) or type(error).__name__

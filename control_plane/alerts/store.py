@@ -18,7 +18,7 @@ from control_plane.alerts.schemas import (
     SilenceOut,
 )
 from control_plane.alerts.states import Alert, AlertState
-from control_plane.errors import NotFoundError
+from control_plane.errors import ConflictError, NotFoundError
 from control_plane.schemas import Page
 from control_plane.store import Database
 from control_plane.store.models import (
@@ -35,6 +35,8 @@ def _time(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
+MAX_RULES = 1000
+
 class AlertStore:
     """Every alerting read and write, each one transaction."""
 
@@ -49,6 +51,12 @@ class AlertStore:
         with self.db.session() as session:
             row = session.scalar(select(AlertRuleRow).where(AlertRuleRow.name == spec.name))
             if row is None:
+                held = session.scalar(select(func.count(AlertRuleRow.id))) or 0
+                if held >= MAX_RULES:  # every rule is evaluated on every pass of the loop
+                    raise ConflictError(
+                        f"{held} alert rules exist, at most {MAX_RULES}; delete some, or put "
+                        "several endpoints under one rule (a rule without an endpoint watches them all)",
+                        detail={"field": "name", "limit": MAX_RULES})
                 row = AlertRuleRow(name=spec.name, spec=document, created_by=actor)
                 session.add(row)
             else:

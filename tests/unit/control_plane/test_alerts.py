@@ -105,6 +105,23 @@ def test_rules_are_evaluated_at_their_own_interval_over_their_window(service) ->
     assert stats.reads == [("churn", 30.0), ("churn", 30.0)]
 
 
+def test_rules_over_windows_cut_alike_share_one_read_and_rules_are_bounded(
+        service, monkeypatch: pytest.MonkeyPatch) -> None:
+    from control_plane.alerts import store
+    from control_plane.errors import ConflictError
+
+    stats = Stats()
+    stats.drift("churn", 1, "ok")
+    for index, window in enumerate((29.2, 29.9, 30.0)):  # each cut as 30 one-second slots
+        service.put_rule(drift_rule(name=f"drift-{index}", window_s=window), "alice")
+    assert service.evaluate(stats, stats.endpoints, now=0.0) == 3
+    assert stats.reads == [("churn", 30.0)]
+    monkeypatch.setattr(store, "MAX_RULES", 3)
+    with pytest.raises(ConflictError, match="3 alert rules exist, at most 3"):
+        service.put_rule(drift_rule(name="one-too-many"), "alice")
+    service.put_rule(drift_rule(name="drift-0", threshold=0), "alice")  # replacing is fine
+
+
 def test_no_evidence_never_fires(service) -> None:
     stats = Stats()
     stats.drift("churn", 1, "insufficient")
