@@ -384,12 +384,22 @@ class Pipelines:
         if triggers.data_check_interval_s and spec.data is not None and self._digest is not None:
             checked = _time(state.get("data_checked_at"))
             if checked is None or (now - checked).total_seconds() >= triggers.data_check_interval_s:
-                digest = self._digest(spec.data.uri)
-                remember |= {"data_checked_at": now.isoformat(), "data_digest": digest}
-                seen = state.get("data_digest")
-                if seen is not None and seen != digest and start is None:
-                    start = (Trigger.DATA, {"reason": f"new data at {spec.data.uri}",
-                                            "digest": digest, "previous": seen})
+                remember["data_checked_at"] = now.isoformat()
+                try:
+                    digest = self._digest(spec.data.uri)
+                except Exception as error:
+                    # Looked at again in an interval, not on every pass, and the pipeline's
+                    # other triggers still fire: its data away is no reason to stop them.
+                    remember["data_check_error"] = f"{type(error).__name__}: {error}"[:500]
+                    log.warning("pipeline %s: cannot read %s to see whether it changed (%s); "
+                                "trying again in %gs", name, spec.data.uri,
+                                remember["data_check_error"], triggers.data_check_interval_s)
+                else:
+                    remember |= {"data_digest": digest, "data_check_error": None}
+                    seen = state.get("data_digest")
+                    if seen is not None and seen != digest and start is None:
+                        start = (Trigger.DATA, {"reason": f"new data at {spec.data.uri}",
+                                                "digest": digest, "previous": seen})
         if triggers.on_drift_alert and self._drift_alerts is not None:
             since = _time(state.get("alerts_seen_until")) or now
             fired = self._drift_alerts(spec.deploy.endpoint, since)

@@ -250,6 +250,34 @@ def test_schedule_data_and_drift_triggers_start_runs_within_the_cool_down(db: Da
     assert pipelines.run("bc").number == 3  # the same alert starts nothing twice
 
 
+def test_data_that_cannot_be_read_is_looked_at_once_an_interval_and_stops_no_trigger(
+        db: Database) -> None:
+    looks: list[datetime] = []
+    alerts: list[datetime] = []
+    clock = Clock()
+
+    def unreachable(uri: str) -> str:
+        looks.append(clock.now)
+        raise OSError(f"cannot reach {uri}")
+
+    pipelines = runner(db, all_passing(), clock, digest=unreachable,
+                       drift_alerts=lambda endpoint, since: [t for t in alerts if t > since])
+    pipelines.apply(parse_pipeline_spec(spec_document(
+        triggers={"data_check_interval_s": 60, "on_drift_alert": True},
+        data={"uri": "https://data.example/bc.csv"})), ALICE)
+    for _ in range(30):  # thirty passes a second apart: one look
+        pipelines.tick()
+        clock.now += timedelta(seconds=1)
+    assert len(looks) == 1
+    assert "OSError: cannot reach" in pipelines.get("bc").triggers["data_check_error"]
+    alerts.append(clock.now - timedelta(seconds=1))
+    pipelines.tick()
+    assert pipelines.run("bc").trigger is Trigger.ALERT  # the drift trigger still fires
+    clock.now += timedelta(seconds=31)
+    pipelines.tick()
+    assert len(looks) == 2
+
+
 def test_a_trigger_whose_run_could_not_be_stored_is_not_used_up(
         db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """The schedule moved on in one transaction and the run was made in another: a store
