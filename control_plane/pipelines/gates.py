@@ -33,7 +33,7 @@ def reject(services: Any, context: StageContext, reason: str) -> None:
     """Mark the candidate rejected with the gate's reason, so nobody deploys it by hand
     (a rolled-back rollout does the same); a second rejection changes nothing."""
     from control_plane.errors import ConflictError
-    from control_plane.pipelines.stages import pipeline_principal
+    from control_plane.pipelines.stages import run_principal
 
     candidate = context.candidate
     if candidate is None:
@@ -42,7 +42,7 @@ def reject(services: Any, context: StageContext, reason: str) -> None:
     why = f"pipeline {context.run.pipeline} run #{context.run.number}, {context.record.name}: {reason}"
     with contextlib.suppress(ConflictError):  # already rejected
         services.registry.reject_version(model, number, why[:2000],
-                                         pipeline_principal(context.run.pipeline))
+                                         run_principal(context.run))
 
 
 class ValidateDataStage:
@@ -166,7 +166,7 @@ class BenchmarkStage:
         self.services = services
 
     def advance(self, context: StageContext) -> Outcome:
-        from control_plane.pipelines.stages import pipeline_principal
+        from control_plane.pipelines.stages import run_principal
 
         settings = context.spec.benchmark
         if settings is None:
@@ -184,7 +184,7 @@ class BenchmarkStage:
             key = f"{role}_benchmark"
             if key not in progress:
                 started = self._started(context, model, version) or self.services.benchmarks.start(
-                    model, version, self._settings(context), pipeline_principal(context.run.pipeline))
+                    model, version, self._settings(context), run_principal(context.run))
                 progress[key] = started.id
                 return Outcome(StageState.RUNNING, progress=progress,
                                outputs={key: started.id, "measuring": f"{model}:{version}"})

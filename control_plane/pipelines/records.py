@@ -72,6 +72,8 @@ class PipelineOut(Wire):
     spec: dict[str, Any]
     triggers: dict[str, Any]
     created_by: str
+    # The subject of whoever last applied the spec: runs act for them (None: from before).
+    author: str | None = None
     created_at: datetime
     updated_at: datetime
     last_run: int | None = None
@@ -87,6 +89,7 @@ class PipelineRunOut(Wire):
     stages: list[StageRecord]
     reason: str
     created_by: str
+    author: str | None = None  # the spec's author when the run began: its job acts for them
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None

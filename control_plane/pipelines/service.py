@@ -73,10 +73,10 @@ class Pipelines:
             document = spec.model_dump(mode="json")
             if row is None:
                 row = PipelineRow(name=spec.name, spec=document, state={}, created_by=actor.name,
-                                  created_at=now, updated_at=now)
+                                  author_subject=actor.subject, created_at=now, updated_at=now)
                 session.add(row)
             elif row.spec != document:
-                row.spec, row.updated_at = document, now
+                row.spec, row.updated_at, row.author_subject = document, now, actor.subject
                 # A changed schedule or data watch starts counting afresh.
                 row.state = {k: v for k, v in (row.state or {}).items() if k == "last_started_at"}
             session.flush()
@@ -124,7 +124,8 @@ class Pipelines:
             row = PipelineRunRow(
                 pipeline=name, number=number, state=RunState.PENDING.value, trigger=trigger.value,
                 trigger_detail=detail or {}, spec=pipeline.spec, stages=fresh_stages(),
-                reason="", created_by=actor.name, created_at=now, updated_at=now)
+                reason="", created_by=actor.name, author_subject=pipeline.author_subject,
+                created_at=now, updated_at=now)
             session.add(row)
             pipeline.state = {**(pipeline.state or {}), **(trigger_state or {}),
                               "last_started_at": now.isoformat()}
@@ -455,7 +456,8 @@ class Pipelines:
             PipelineRunRow.pipeline == row.name))
         return PipelineOut(name=row.name, description=row.spec.get("description", ""),
                            spec=row.spec, triggers=dict(row.state or {}), created_by=row.created_by,
-                           created_at=row.created_at, updated_at=row.updated_at, last_run=last)
+                           author=row.author_subject, created_at=row.created_at,
+                           updated_at=row.updated_at, last_run=last)
 
 
 @dataclass(frozen=True)
@@ -486,8 +488,8 @@ def _run_out(row: PipelineRunRow) -> PipelineRunOut:
         id=row.id, pipeline=row.pipeline, number=row.number, state=RunState(row.state),
         trigger=Trigger(row.trigger), trigger_detail=row.trigger_detail or {},
         stages=[StageRecord.model_validate(s) for s in row.stages], reason=row.reason,
-        created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
-        finished_at=row.finished_at)
+        created_by=row.created_by, author=row.author_subject, created_at=row.created_at,
+        updated_at=row.updated_at, finished_at=row.finished_at)
 
 
 def _time(text: Any) -> datetime | None:

@@ -29,10 +29,17 @@ from control_plane.schemas import JOB_TAG, Role
 log = logging.getLogger(__name__)
 
 
-def pipeline_principal(pipeline: str) -> Principal:
+def pipeline_principal(pipeline: str, author: str | None = None) -> Principal:
     """Who a run acts as: the pipeline itself, with a deployer's rights (creating or
-    changing a pipeline needs them)."""
-    return Principal(name=f"pipeline:{pipeline}"[:128], role=Role.DEPLOYER)
+    changing a pipeline needs them), for the subject of the spec's ``author`` (whoever
+    last applied its training code and data). Its job's token carries that subject, so
+    the versions it registers are the author's, and the author cannot approve them."""
+    return Principal(name=f"pipeline:{pipeline}"[:128], role=Role.DEPLOYER, subject=author or "")
+
+
+def run_principal(run: PipelineRunOut) -> Principal:
+    """The principal ``run`` acts as (see :func:`pipeline_principal`)."""
+    return pipeline_principal(run.pipeline, run.author)
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class StageContext:
         """Whether a record (a rollout, a benchmark) was made by this run of this stage: a
         crash, or a store error, may have kept the stage from saying it made it."""
         since = self.record.started_at
-        return since is not None and created_by == pipeline_principal(self.run.pipeline).name \
+        return since is not None and created_by == run_principal(self.run).name \
             and created_at >= since - timedelta(seconds=1)
 
     @property
@@ -215,7 +222,7 @@ class TrainStage:
 
         spec = JobSpec.model_validate(context.spec.training.job)
         lifetime = int(context.spec.training.timeout_s // 60) + 60
-        actor = pipeline_principal(context.run.pipeline)
+        actor = run_principal(context.run)
         # A submission Ray gave no answer to comes back here, and Ray has no job of this id
         # (asked just before): the token an earlier attempt minted is unused, revoked.
         if progress.get("attempt"):
@@ -263,7 +270,7 @@ class TrainStage:
         with self.services.db.session(readonly=True) as session:
             minted = list(session.scalars(select(TokenRow.name).where(
                 TokenRow.name.in_(names),
-                TokenRow.created_by == pipeline_principal(context.run.pipeline).name)))
+                TokenRow.created_by == run_principal(context.run).name)))
             if not minted:
                 return None
             runs = session.scalars(select(RunRow).where(RunRow.created_by.in_(minted))
@@ -385,7 +392,7 @@ class DeployStage:
             rollout = self.services.rollouts.get(int(rollout_id))
             if not rollout.state.terminal:
                 self.services.rollouts.abort(
-                    int(rollout_id), pipeline_principal(context.run.pipeline),
+                    int(rollout_id), run_principal(context.run),
                     f"pipeline run {context.run.pipeline}#{context.run.number} cancelled")
 
     def _serving(self, endpoint: str) -> tuple[str, int, float] | None:
@@ -416,14 +423,14 @@ class DeployStage:
 
         template = context.spec.deploy.rollout.model_dump()
         spec = RolloutCreate(endpoint=endpoint, model_ref=f"{model}:{version}", **template)
-        return self.services.rollouts.start(spec, pipeline_principal(context.run.pipeline))
+        return self.services.rollouts.start(spec, run_principal(context.run))
 
     def _first_deploy(self, context: StageContext, endpoint: str, model: str, version: int) -> Outcome:
         from control_plane.schemas import DeployRequest
 
         self.services.deployments.deploy(
             DeployRequest(endpoint=endpoint, model_ref=f"{model}:{version}"),
-            pipeline_principal(context.run.pipeline))
+            run_principal(context.run))
         try:
             self.services.apply(endpoint)
         except Exception as error:  # stored: the reconciler's next pass applies it

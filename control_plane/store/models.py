@@ -438,6 +438,8 @@ class PipelineRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column()
     state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(128))
+    # The subject of whoever last applied the spec (None: a pipeline from before authors).
+    author_subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -461,6 +463,8 @@ class PipelineRunRow(Base):
     stages: Mapped[list[Any]] = mapped_column(default=list)
     reason: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str] = mapped_column(String(128))
+    # The subject of the spec's author when the run began: its job acts for them.
+    author_subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

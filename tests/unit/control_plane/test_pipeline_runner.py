@@ -379,3 +379,34 @@ def test_every_run_event_reaches_the_listener_once(db: Database) -> None:
     assert events == [(1, "started", None), (1, "stage_passed", "validate_data"),
                       (1, "stage_passed", "train"), (1, "stage_passed", "evaluate"),
                       (1, "stage_failed", "benchmark"), (1, "failed", "benchmark")]
+
+
+def test_a_pipeline_s_author_cannot_approve_what_its_runs_register(registry: Any) -> None:
+    """A run's job acts for whoever last applied the pipeline's training code and data:
+    an approver who writes a pipeline cannot approve the version it trains (every run used
+    to act as `pipeline:<name>`, a subject nobody approves as)."""
+    from control_plane.auth import TokenService
+    from control_plane.errors import PermissionDeniedError
+    from control_plane.pipelines.stages import run_principal
+    from control_plane.schemas import ApprovalCreate, Role, TokenCreate, VersionCreate
+    from tests.onnx_models import linear_classifier, linear_classifier_manifest
+    from tests.unit.control_plane.conftest import BOB
+
+    pipelines = runner(registry.db, all_passing(), Clock())
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    assert pipelines.get("bc").author == "alice"
+    changed = spec_document()
+    changed["description"] = "bob's training code now"
+    pipelines.apply(parse_pipeline_spec(changed), BOB)
+    run = pipelines.start_run("bc", ALICE)
+    assert pipelines.get("bc").author == run.author == "bob"
+    tokens = TokenService(registry.db)
+    job_token = tokens.create(TokenCreate(name="bc-run-1", role=Role.TRAINER,
+                                          expires_in_minutes=60), run_principal(run))
+    job = tokens.authenticate(job_token.token)
+    assert (job.role, job.subject) == (Role.TRAINER, "bob")
+    info = registry.artifacts.put([linear_classifier(seed=1)])
+    version = registry.register_version("bc", VersionCreate(
+        artifact_digest=info.digest, manifest=linear_classifier_manifest()), job).version
+    with pytest.raises(PermissionDeniedError, match="'bob' registered bc"):
+        registry.approve("bc", version, ApprovalCreate(decision="approved"), BOB)

@@ -292,7 +292,7 @@ def test_a_first_deploy_is_done_once_across_a_crash_and_a_failing_apply(
                                 "deploy": {"endpoint": "bc-new"}})
     train = StageRecord(name="train", state=StageState.PASSED,
                         outputs={"model": "bc", "version": version})
-    run = SimpleNamespace(pipeline="fresh", number=1, stages=[train])
+    run = SimpleNamespace(pipeline="fresh", number=1, author="alice", stages=[train])
     now = datetime.now(UTC)
 
     def context() -> StageContext:

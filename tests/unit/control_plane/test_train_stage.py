@@ -229,7 +229,7 @@ class Services:
 
 def _fresh(after_s: float, progress: dict[str, Any]) -> StageContext:
     context = _context(after_s)
-    run = SimpleNamespace(pipeline="bc", number=1)
+    run = SimpleNamespace(pipeline="bc", number=1, author="alice")
     record = context.record.model_copy(update={"progress": progress})
     return StageContext(run=run, spec=context.spec, record=record,  # type: ignore[arg-type]
                         now=context.now)
