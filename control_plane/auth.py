@@ -47,6 +47,7 @@ class Principal:
     name: str
     role: Role
     subject: str = ""  # empty: the name stands for the subject (built-in principals)
+    model: str | None = None  # a trainer token's one model (None: any)
 
     def __post_init__(self) -> None:
         if not self.subject:
@@ -108,6 +109,7 @@ class TokenService:
                     f"tokens for its own subject {actor.subject!r} (omit subject)",
                     detail={"field": "subject"})
             secret, row = _new_token(spec.name, spec.role, actor.name, expires, subject=subject)
+            row.model = spec.model
             session.add(row)
             session.flush()
             return TokenCreated(token=secret, info=_token_out(row))
@@ -140,7 +142,8 @@ class TokenService:
                     raise AuthenticationError(
                         f"token {row.name!r} was minted by token {row.created_by!r}, which was "
                         "revoked; ask an admin for a new one")
-            return Principal(name=row.name, role=Role(row.role), subject=row.subject or row.name)
+            return Principal(name=row.name, role=Role(row.role), subject=row.subject or row.name,
+                             model=row.model)
 
     def list(self) -> list[TokenOut]:
         with self._db.session(readonly=True) as session:
@@ -218,6 +221,7 @@ def _token_out(row: TokenRow) -> TokenOut:
         prefix=row.prefix,
         role=Role(row.role),
         subject=row.subject or row.name,
+        model=row.model,
         created_by=row.created_by,
         created_at=row.created_at,
         expires_at=row.expires_at,

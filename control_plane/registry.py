@@ -156,6 +156,7 @@ class Registry:
             actor.require(Role.ADMIN if self.model_code == "admin" else Role.DEPLOYER)
         else:
             actor.require(Role.DEPLOYER, also=TRAINING)
+        refuse_other_model(actor, name, "registers versions of")
         if not self.artifacts.exists(spec.artifact_digest):
             raise NotFoundError(
                 f"no artifact with digest {spec.artifact_digest}; upload it first "
@@ -320,6 +321,7 @@ class Registry:
         ``champion`` (a promotion's, or a deployer's): endpoints that track an alias roll
         out what it names, and ``name@champion`` is what deployers deploy."""
         actor.require(Role.DEPLOYER, also=TRAINING)
+        refuse_other_model(actor, name, "points aliases of")
         parse_ref(f"{name}@{alias}")
         model = _model(session, name)
         target = _version(session, model, version)
@@ -505,6 +507,18 @@ def _approvals(session: Session, row: ModelVersionRow) -> list[ApprovalRow]:
             select(ApprovalRow).where(ApprovalRow.version_id == row.id).order_by(ApprovalRow.id)
         ).all()
     )
+
+
+def refuse_other_model(actor: Principal, name: str, what: str) -> None:
+    """A training job's token acts on the model it trains only: one leaked from a job (its
+    code and every package it installs can read it) must not register, or point an alias
+    at, a version of another team's model, which an endpoint tracking that alias would
+    roll out."""
+    if actor.model is not None and actor.model != name:
+        raise PermissionDeniedError(
+            f"token {actor.name!r} is a training job's for model {actor.model!r} and "
+            f"{what} that model only, not {name!r}",
+            detail={"field": "model", "token_model": actor.model})
 
 
 def refuse_if_rolling_out(session: Session, model: ModelRow, row: ModelVersionRow,

@@ -432,11 +432,16 @@ class TokenCreate(Wire):
         None, ge=1, le=3650 * 24 * 60,
         description="Lifetime in minutes, for short-lived tokens (a training job's); "
         "give this or expires_in_days, not both.")
+    model: Name | None = Field(
+        None, description="A trainer token's one model (a training job's): the only one whose "
+        "versions it registers and whose aliases it points.")
 
     @model_validator(mode="after")
     def _one_lifetime(self) -> TokenCreate:
         if self.expires_in_days is not None and self.expires_in_minutes is not None:
             raise ValueError("give expires_in_days or expires_in_minutes, not both")
+        if self.model is not None and self.role is not Role.TRAINER:
+            raise ValueError("model: only a trainer token is limited to one model")
         return self
 
 
@@ -445,6 +450,7 @@ class TokenOut(Wire):
     prefix: str
     role: Role
     subject: str
+    model: str | None = None  # a trainer token's one model
     created_by: str
     created_at: datetime
     expires_at: datetime | None

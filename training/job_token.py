@@ -38,8 +38,10 @@ class JobToken:
         return {"MODELPLANE_TOKEN": self.secret, JOB_TOKEN_ENV: self.name}
 
 
-def mint_job_token(experiment: str, *, lifetime_minutes: int = DEFAULT_LIFETIME_MINUTES) -> JobToken:
-    """A fresh trainer token for one job, minted with the caller's token (deployer or admin)."""
+def mint_job_token(experiment: str, *, model: str | None = None,
+                   lifetime_minutes: int = DEFAULT_LIFETIME_MINUTES) -> JobToken:
+    """A fresh trainer token for one job, minted with the caller's token (deployer or admin),
+    for ``model`` only (the job's: see ``TokenCreate.model``)."""
     from control_plane.client import Client
     from control_plane.errors import AuthenticationError, PermissionDeniedError
     from control_plane.schemas import Role
@@ -49,7 +51,8 @@ def mint_job_token(experiment: str, *, lifetime_minutes: int = DEFAULT_LIFETIME_
     name = f"job-{experiment[:40]}-{secrets.token_hex(4)}"
     try:
         with Client() as client:
-            created = client.create_token(name, Role.TRAINER, expires_in_minutes=lifetime_minutes)
+            created = client.create_token(name, Role.TRAINER, expires_in_minutes=lifetime_minutes,
+                                          model=model)
     except (AuthenticationError, PermissionDeniedError) as error:
         raise JobSubmissionError(
             f"cannot mint the job's own token: {error.message}. `train submit` needs a "

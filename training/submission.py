@@ -206,7 +206,8 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
             echo(f"the cluster is busy: the job will wait for its workers (needs "
                  f"{placement.needs}, free now {placement.free}), "
                  f"{spec.resources.placement_timeout_s:g} s at most (resources.placement_timeout_s)")
-    token = mint_job_token(spec.experiment.name, lifetime_minutes=token_minutes)
+    token = mint_job_token(spec.experiment.name, model=spec.model_name,
+                           lifetime_minutes=token_minutes)
     env = {**job_environment(path.parent), **token.env()}
     metadata = {"experiment": spec.experiment.name, "model": spec.model_name,
                 JOB_TOKEN_METADATA: token.name}

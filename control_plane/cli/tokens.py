@@ -20,6 +20,9 @@ def create(
     subject: str | None = typer.Option(
         None, help="The person or service the token is issued to (default: NAME). Give all of "
                    "one person's tokens the same subject: approvals compare subjects."),
+    model: str | None = typer.Option(
+        None, help="For a trainer token: the one model whose versions it registers and whose "
+                   "aliases it points (what `train submit` gives a job's token)."),
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
     """Create a token; its secret is printed once and stored only hashed."""
@@ -32,8 +35,11 @@ def create(
             f"subject {subject!r} is not valid: up to 128 letters, digits, '.', '_', '@', '+', "
             "'-', starting with a letter or digit (e.g. alice or alice@example.com)",
             param_hint="--subject")
+    if model is not None and role != "trainer":
+        raise typer.BadParameter("only a trainer token is limited to one model; add "
+                                 "--role trainer or leave --model out", param_hint="--model")
     created = client(url).create_token(name, role, expires_in_days=expires_in_days,
-                                       subject=subject)
+                                       subject=subject, model=model)
     emit(as_json, created, lambda: typer.echo(
         f"{created.token}\n(token {name!r}, role {role}, subject {created.info.subject!r}; "
         "shown once: store it now)"))
@@ -44,10 +50,10 @@ def list_tokens(as_json: bool = JsonOption, url: str | None = UrlOption) -> None
     """List tokens (never their secrets)."""
     tokens = client(url).list_tokens()
     emit(as_json, tokens, lambda: print_table(
-        "tokens", ["name", "role", "subject", "prefix", "created_by", "expires", "revoked",
-                   "last_used"],
-        [[t.name, t.role, t.subject, t.prefix + "…", t.created_by, t.expires_at, t.revoked_at,
-          t.last_used_at] for t in tokens],
+        "tokens", ["name", "role", "subject", "model", "prefix", "created_by", "expires",
+                   "revoked", "last_used"],
+        [[t.name, t.role, t.subject, t.model or "", t.prefix + "…", t.created_by, t.expires_at,
+          t.revoked_at, t.last_used_at] for t in tokens],
     ))
 
 

@@ -233,7 +233,8 @@ class TrainStage:
             name = _token_name(job_id, attempt)
             try:
                 created = self.services.tokens.create(
-                    TokenCreate(name=name, role=Role.TRAINER, expires_in_minutes=lifetime), actor)
+                    TokenCreate(name=name, role=Role.TRAINER, expires_in_minutes=lifetime,
+                                model=spec.model_name), actor)
                 break
             except AlreadyExistsError:
                 self.services.tokens.revoke(name, actor)

@@ -230,6 +230,9 @@ class TokenRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     # The person or service the token was issued to; several tokens may share one subject.
     subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # A trainer token's one model (a training job's): the only one it registers versions
+    # of and points aliases of. None: any (an older token, or any other role).
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -54,10 +54,10 @@ def test_a_deployer_mints_a_job_token_and_the_job_revokes_only_its_own(
     with Client(server.url, server.admin_token) as admin:
         deployer = admin.create_token("jt-deployer", "deployer").token
     admin = as_caller(deployer)
-    token = mint_job_token("exp-a", lifetime_minutes=30)
+    token = mint_job_token("exp-a", model="churn", lifetime_minutes=30)
     assert token.name.startswith("job-exp-a-") and token.secret.startswith("mp_")
     minted = _state(admin, token.name)
-    assert (minted.role, minted.created_by) == ("trainer", "jt-deployer")
+    assert (minted.role, minted.created_by, minted.model) == ("trainer", "jt-deployer", "churn")
     assert minted.expires_at is not None
 
     # In the job: its own token in MODELPLANE_TOKEN, its name in JOB_TOKEN_ENV.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -101,3 +102,33 @@ def test_every_bootstrapped_admin_token_is_the_same_operator(db: Database, tmp_p
     assert first and second
     again = tokens.authenticate(second)
     assert again.name != "admin" and again.subject == "admin"
+
+
+def test_a_training_jobs_token_registers_and_points_aliases_of_its_own_model_only(
+        registry: Any) -> None:
+    """A job's token sits in its runtime environment, where its code and every package it
+    installs can read it: it must not register a version of another team's model, nor
+    point that model's aliases (an endpoint tracking the alias would roll it out)."""
+    from pydantic import ValidationError
+
+    from control_plane.schemas import AliasSet, VersionCreate
+    from tests.onnx_models import linear_classifier, linear_classifier_manifest
+
+    info = registry.artifacts.put([linear_classifier(seed=2)])
+    create = VersionCreate(artifact_digest=info.digest, manifest=linear_classifier_manifest())
+    registry.register_version("fraud", create, ALICE)  # another team's model
+    tokens = TokenService(registry.db)
+    minted = tokens.create(TokenCreate(name="job-churn", role=Role.TRAINER, expires_in_minutes=60,
+                                       model="churn"), ALICE)
+    assert minted.info.model == "churn"
+    job = tokens.authenticate(minted.token)
+    assert job.model == "churn"
+    churn = registry.register_version("churn", create, job).version
+    registry.set_alias("churn", "challenger", AliasSet(version=churn), job)
+    with pytest.raises(PermissionDeniedError, match="for model 'churn'.*not 'fraud'"):
+        registry.register_version("fraud", create, job)
+    with pytest.raises(PermissionDeniedError, match="for model 'churn'"):
+        registry.set_alias("fraud", "challenger", AliasSet(version=1), job)
+    assert registry.get_model("fraud").latest_version == 1
+    with pytest.raises(ValidationError, match="only a trainer token"):
+        TokenCreate(name="x", role=Role.READER, model="churn")
