@@ -535,8 +535,8 @@ def refuse_if_rolling_out(session: Session, model: ModelRow, row: ModelVersionRo
     if rollout is not None:
         raise ConflictError(
             f"rollout #{rollout} is rolling out {model.name}:{row.version}, which cannot be "
-            f"{verb} meanwhile; end it first (`modelplane rollout abort {rollout}` or "
-            f"`modelplane rollout rollback {rollout}`, which rejects the version)",
+            f"{verb} meanwhile; end it first (`modelplane rollout abort {rollout}`; once it "
+            f"has taken traffic, `modelplane rollout rollback {rollout}` also rejects it)",
             detail={"field": "version", "rollout": rollout})
 
 

@@ -43,7 +43,7 @@ def mint_job_token(experiment: str, *, model: str | None = None,
     """A fresh trainer token for one job, minted with the caller's token (deployer or admin),
     for ``model`` only (the job's: see ``TokenCreate.model``)."""
     from control_plane.client import Client
-    from control_plane.errors import AuthenticationError, PermissionDeniedError
+    from control_plane.errors import AuthenticationError, PermissionDeniedError, RequestSchemaError
     from control_plane.schemas import Role
     from training.errors import JobSubmissionError
 
@@ -51,8 +51,16 @@ def mint_job_token(experiment: str, *, model: str | None = None,
     name = f"job-{experiment[:40]}-{secrets.token_hex(4)}"
     try:
         with Client() as client:
-            created = client.create_token(name, Role.TRAINER, expires_in_minutes=lifetime_minutes,
-                                          model=model)
+            try:
+                created = client.create_token(name, Role.TRAINER,
+                                              expires_in_minutes=lifetime_minutes, model=model)
+            except RequestSchemaError as error:
+                if model is None or "model" not in error.detail.get("fields", ()):
+                    raise
+                # A control plane from before token models: the job's token reaches every
+                # model, as all its tokens do.
+                created = client.create_token(name, Role.TRAINER,
+                                              expires_in_minutes=lifetime_minutes)
     except (AuthenticationError, PermissionDeniedError) as error:
         raise JobSubmissionError(
             f"cannot mint the job's own token: {error.message}. `train submit` needs a "

@@ -26,7 +26,7 @@ def create(
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
     """Create a token; its secret is printed once and stored only hashed."""
-    from control_plane.schemas import Role
+    from control_plane.schemas import NAME_PATTERN, Role
 
     if role not in {r.value for r in Role}:
         raise typer.BadParameter(f"role {role!r} is not one of {', '.join(r.value for r in Role)}")
@@ -38,11 +38,14 @@ def create(
     if model is not None and role != "trainer":
         raise typer.BadParameter("only a trainer token is limited to one model; add "
                                  "--role trainer or leave --model out", param_hint="--model")
+    if model is not None and not re.fullmatch(NAME_PATTERN, model):
+        raise typer.BadParameter(f"model {model!r} is not a model name: letters, digits, '.', "
+                                 "'_', '-'", param_hint="--model")
     created = client(url).create_token(name, role, expires_in_days=expires_in_days,
                                        subject=subject, model=model)
     emit(as_json, created, lambda: typer.echo(
-        f"{created.token}\n(token {name!r}, role {role}, subject {created.info.subject!r}; "
-        "shown once: store it now)"))
+        f"{created.token}\n(token {name!r}, role {role}, subject {created.info.subject!r}"
+        + (f", model {model!r} only" if model else "") + "; shown once: store it now)"))
 
 
 @app.command("list")

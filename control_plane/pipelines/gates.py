@@ -8,7 +8,6 @@ the absolute thresholds alone (the report says so).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from control_plane.pipelines.records import StageState
@@ -40,9 +39,17 @@ def reject(services: Any, context: StageContext, reason: str) -> None:
         return
     model, number = candidate
     why = f"pipeline {context.run.pipeline} run #{context.run.number}, {context.record.name}: {reason}"
-    with contextlib.suppress(ConflictError):  # already rejected
-        services.registry.reject_version(model, number, why[:2000],
-                                         run_principal(context.run))
+    principal = run_principal(context.run)
+    try:
+        services.registry.reject_version(model, number, why[:2000], principal)
+    except ConflictError as error:
+        rollout = error.detail.get("rollout")
+        if rollout is None:
+            raise
+        # An endpoint tracking an alias the job pointed is rolling the candidate out
+        # already: that rollout ends first, then the version is rejected.
+        services.rollouts.abort(int(rollout), principal, why[:2000])
+        services.registry.reject_version(model, number, why[:2000], principal)
 
 
 class ValidateDataStage:

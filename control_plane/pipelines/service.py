@@ -79,6 +79,8 @@ class Pipelines:
                 row.spec, row.updated_at, row.author_subject = document, now, actor.subject
                 # A changed schedule or data watch starts counting afresh.
                 row.state = {k: v for k, v in (row.state or {}).items() if k == "last_started_at"}
+            elif row.author_subject is None:  # a pipeline from before authors were kept
+                row.author_subject = actor.subject
             session.flush()
             return self._pipeline_out(session, row)
 

@@ -238,6 +238,14 @@ class RolloutController(ManualActions):
 
     def _advance(self, rollout: RolloutOut) -> bool:
         """Decide once for ``rollout``, store the decision, act on it; True if traffic moved."""
+        rejected = self._rejected_meanwhile(rollout)
+        if rejected is not None:
+            # Rejected by another rollout of it (on another endpoint) or a pipeline's gate:
+            # the version can take no traffic, so this rollout can only end.
+            self._end(rollout, RolloutState.FAILED, CONTROLLER.name,
+                      f"v{rollout.candidate_version} was rejected meanwhile ({rejected}); "
+                      "traffic is back on the stable version", {}, reject=False)
+            return True
         now = self._now()
         snapshot = None
         if analysis_due(rollout, self._analysed_at.get(rollout.id), now):
@@ -272,6 +280,18 @@ class RolloutController(ManualActions):
         if decision.action in (Action.ADVANCE, Action.AWAIT_APPROVAL, Action.RESUME):
             return self._move(rollout, decision, gate, now)
         return False  # hold, or wait for evidence
+
+    def _rejected_meanwhile(self, rollout: RolloutOut) -> str | None:
+        """Why the rollout's candidate was rejected since it started; None if it was not."""
+        with self.db.session(readonly=True) as session:
+            found = session.execute(select(ModelVersionRow.status, ModelVersionRow.status_reason)
+                                    .join(RolloutRow, RolloutRow.model_id == ModelVersionRow.model_id)
+                                    .where(RolloutRow.id == rollout.id,
+                                           ModelVersionRow.version == rollout.candidate_version)
+                                    ).first()
+        if found is None or found.status != "rejected":
+            return None
+        return found.status_reason or "no reason given"
 
     @staticmethod
     def _versions(rollout: RolloutOut, stats: dict[int, VersionSnapshot]

@@ -100,6 +100,14 @@ def test_subjects_and_the_approval_policy(server: ControlPlaneProcess) -> None:
     assert "registrant" in cli(server, "models", "show", "cli-iris:1").stdout
     bad = cli(server, "token", "create", "someone", "--subject", "alice smith", ok=False)
     assert bad.returncode == 2 and "--subject" in bad.stderr and "Traceback" not in bad.stderr
+    for args in (["--role", "trainer", "--model", "a b"], ["--role", "reader", "--model", "m"]):
+        refused = cli(server, "token", "create", "a-job", "--expires-in-days", "1", *args, ok=False)
+        assert refused.returncode == 2 and "--model" in refused.stderr, refused.stderr
+    job = cli(server, "token", "create", "a-job", "--role", "trainer", "--model", "cli-iris",
+              "--expires-in-days", "1").stdout
+    assert "model 'cli-iris' only" in job
+    listed = {t["name"]: t for t in json.loads(cli(server, "token", "list", "--json").stdout)}
+    assert listed["a-job"]["model"] == "cli-iris" and listed["admin"]["model"] is None
     changed = cli(server, "models", "policy", "cli-iris", "--require-approval",
                   "--max-unapproved-weight", "10", "--json").stdout
     assert json.loads(changed) == {"require_approval_for_production": True,

@@ -22,6 +22,15 @@ depends_on = None
 def upgrade() -> None:
     for table in ("pipelines", "pipeline_runs"):
         op.add_column(table, sa.Column("author_subject", sa.String(length=128), nullable=True))
+    # Who last applied a spec was not kept: its creator is the author known, by the subject
+    # of the token of that name where it still exists, the name itself otherwise. Runs
+    # under way act for their pipeline's.
+    op.execute(
+        "UPDATE pipelines SET author_subject = COALESCE((SELECT api_tokens.subject FROM "
+        "api_tokens WHERE api_tokens.name = pipelines.created_by), pipelines.created_by)")
+    op.execute(
+        "UPDATE pipeline_runs SET author_subject = (SELECT pipelines.author_subject FROM "
+        "pipelines WHERE pipelines.name = pipeline_runs.pipeline)")
 
 
 def downgrade() -> None:

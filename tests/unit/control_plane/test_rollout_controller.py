@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from control_plane.artifacts import ArtifactStore
 from control_plane.auth import Principal
@@ -552,3 +553,44 @@ def test_a_plan_of_more_than_a_hundred_steps_is_refused() -> None:
         RolloutCreate(endpoint="iris", model_ref="iris:2",
                       steps=[index / 10 for index in range(1, 1001)])
     assert RolloutCreate(endpoint="iris", model_ref="iris:2", steps=list(range(1, 101)))
+
+
+def test_a_candidate_rejected_elsewhere_ends_its_rollout_here(world: World) -> None:
+    """Two endpoints tracking one alias roll one version out at once: the other's rollback
+    rejects it, and this rollout, which can no longer give it traffic, ends at once rather
+    than retrying a step it can never take."""
+    from control_plane.registry import mark_rejected
+    from control_plane.store.models import ModelRow, ModelVersionRow
+
+    rollout_id = world.start(steps=[10, 50, 100])
+    world.serve(1)
+    world.serve(2)
+    world.run(2)
+    assert world.weights() == {1: 90, 2: 10}
+    with world.registry.db.session() as session:  # what the other rollout's follow-up does
+        version = session.scalar(select(ModelVersionRow).join(ModelRow).where(
+            ModelRow.name == "iris", ModelVersionRow.version == 2))
+        mark_rejected(version, "rolled back on iris-eu: error rate 20%")
+    world.run(1)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.FAILED
+    assert "v2 was rejected meanwhile (rolled back on iris-eu: error rate 20%)" in rollout.reason
+    assert world.weights() == {1: 100, 2: 0}
+
+
+def test_a_pipeline_gate_rejects_a_candidate_an_alias_rollout_has_begun(world: World) -> None:
+    from types import SimpleNamespace
+
+    from control_plane.pipelines.gates import reject
+
+    rollout_id = world.start(steps=[10, 100])
+    world.serve(1)
+    world.serve(2)
+    world.run(2)
+    services = SimpleNamespace(registry=world.registry, rollouts=world.controller)
+    context = SimpleNamespace(candidate=("iris", 2), record=SimpleNamespace(name="evaluate"),
+                              run=SimpleNamespace(pipeline="bc", number=3, author="alice"))
+    reject(services, context, "accuracy 0.61 is below min_accuracy 0.9")
+    assert world.controller.get(rollout_id).state == RolloutState.FAILED
+    rejected = world.registry.get_version("iris", 2)
+    assert rejected.status == "rejected" and "run #3, evaluate" in rejected.status_reason

@@ -127,3 +127,40 @@ def test_migration_0006_gives_old_versions_and_approvals_their_subjects(tmp_path
             "SELECT approver_subject FROM approvals")).scalar() == "gone-token"
         assert connection.execute(text("SELECT followups FROM rollouts")).all() == []
     database.dispose()
+
+
+def test_migration_0013_makes_an_old_pipeline_s_creator_its_author(tmp_path: Path) -> None:
+    """Pipelines from before authors: the subject of the token that created them (else its
+    name), so their runs stop acting as `pipeline:<name>`, whom nobody approves as."""
+    from alembic import command
+
+    from control_plane.store.database import _alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    config = _alembic_config(engine)
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0012")
+    with engine.begin() as connection:
+        now = "2026-01-01 00:00:00"
+        connection.execute(text(
+            "INSERT INTO api_tokens (name, token_hash, prefix, role, subject, created_by, "
+            f"created_at) VALUES ('alice-ci', 'h1', 'mp_x', 'approver', 'alice', 'admin', '{now}')"))
+        for name, creator in (("bc", "alice-ci"), ("old", "gone-token")):
+            connection.execute(text(
+                "INSERT INTO pipelines (name, spec, state, created_by, created_at, updated_at) "
+                f"VALUES ('{name}', '{{}}', '{{}}', '{creator}', '{now}', '{now}')"))
+        connection.execute(text(
+            "INSERT INTO pipeline_runs (pipeline, number, state, trigger, trigger_detail, spec, "
+            "stages, reason, created_by, created_at, updated_at, revision) VALUES ('bc', 1, "
+            f"'running', 'manual', '{{}}', '{{}}', '[]', '', 'alice-ci', '{now}', '{now}', 1)"))
+    engine.dispose()
+    database = Database(url)
+    with database.engine.connect() as connection:
+        assert dict(connection.execute(text(
+            "SELECT name, author_subject FROM pipelines")).all()) == {"bc": "alice",
+                                                                     "old": "gone-token"}
+        assert connection.execute(text(
+            "SELECT author_subject FROM pipeline_runs")).scalar() == "alice"
+    database.dispose()

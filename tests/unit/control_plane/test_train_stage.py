@@ -22,6 +22,7 @@ from control_plane.pipelines.spec import parse_pipeline_spec
 from control_plane.pipelines.stages import StageContext, TrainStage
 from training import submission
 from training.errors import JobSubmissionError
+from training.schemas import JobSpec
 from training.submission import JobClient
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
@@ -247,6 +248,10 @@ def test_a_submission_ray_gave_no_answer_to_is_found_by_its_id_or_made_again(
     assert first.progress is not None and not first.progress.get("submitted")
     # The job may hold the token it was sent with: it is not revoked.
     assert services.active_tokens() == ["job-pipeline-bc-1-ab"]
+    # It acts for the pipeline's author, on the job's model only.
+    minted = {t.name: t for t in services.tokens.list()}["job-pipeline-bc-1-ab"]
+    trained = JobSpec.model_validate(_context(10).spec.training.job).model_name
+    assert (minted.subject, minted.model) == ("alice", trained)
     api.submit_fails = None
     second = stage.advance(_fresh(11, first.progress))
     assert second.state is StageState.RUNNING and second.progress["submitted"] is True
