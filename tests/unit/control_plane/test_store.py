@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, select, text
@@ -91,8 +92,8 @@ def test_an_upgraded_database_ends_identical_to_a_fresh_one(tmp_path: Path) -> N
     fresh.dispose()
 
 
-def test_migration_0006_gives_old_versions_and_approvals_their_subjects(tmp_path: Path) -> None:
-    """Rows from before subjects: the subject of the token of that name, else the name."""
+def _store_at(tmp_path: Path, revision: str) -> tuple[str, Any]:
+    """A SQLite store migrated up to ``revision`` only: (its URL, an engine on it)."""
     from alembic import command
 
     from control_plane.store.database import _alembic_config
@@ -102,7 +103,13 @@ def test_migration_0006_gives_old_versions_and_approvals_their_subjects(tmp_path
     config = _alembic_config(engine)
     with engine.connect() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0005")
+        command.upgrade(config, revision)
+    return url, engine
+
+
+def test_migration_0006_gives_old_versions_and_approvals_their_subjects(tmp_path: Path) -> None:
+    """Rows from before subjects: the subject of the token of that name, else the name."""
+    url, engine = _store_at(tmp_path, "0005")
     with engine.begin() as connection:
         now = "2026-01-01 00:00:00"
         connection.execute(text(
@@ -132,16 +139,7 @@ def test_migration_0006_gives_old_versions_and_approvals_their_subjects(tmp_path
 def test_migration_0013_makes_an_old_pipeline_s_creator_its_author(tmp_path: Path) -> None:
     """Pipelines from before authors: the subject of the token that created them (else its
     name), so their runs stop acting as `pipeline:<name>`, whom nobody approves as."""
-    from alembic import command
-
-    from control_plane.store.database import _alembic_config
-
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = create_engine(url)
-    config = _alembic_config(engine)
-    with engine.connect() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0012")
+    url, engine = _store_at(tmp_path, "0012")
     with engine.begin() as connection:
         now = "2026-01-01 00:00:00"
         connection.execute(text(
