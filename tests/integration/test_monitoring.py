@@ -287,6 +287,9 @@ def test_a_monitor_older_than_per_routing_samples_still_answers_a_rollout_s_read
             return {1: f"{endpoint} over {window_s:g}s"}
 
     older = OlderMonitor.remote()
+    # Started before the reads: a new actor's worker may take longer than a read's 2 s
+    # on a busy machine, and that is a Monitor that does not answer, not an older one.
+    assert ray.get(older.snapshot.remote("warm", 1), timeout=120) == {1: "warm over 1s"}
     monkeypatch.setattr(monitor, "get_monitor", lambda *args, **kwargs: older)
     assert observability.read_version_stats("e", 30, ("random",)) == {1: "e over 30s"}
     assert observability.read_version_stats("e", 30) == {1: "e over 30s"}
