@@ -50,7 +50,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def _settle(authority: SlowAuthority, waiting: int) -> None:
-    for _ in range(200):
+    for _ in range(1000):  # up to 10 s: a loaded machine is slow to start the calls
         if authority.waiting >= waiting:
             return
         await asyncio.sleep(0.01)
