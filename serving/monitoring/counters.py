@@ -132,6 +132,13 @@ def routed_feedback(kind: str, counts: Counts) -> dict[str, float]:
     return {f"{kind}|{key}": value for key, value in counts.items()}
 
 
+def labelled(counts: Counts) -> float:
+    """Labels joined in ``counts`` with the predictions of every way of routing (a few
+    lookups: no pass over every counter)."""
+    return counts.get(LABELLED, 0) + sum(counts.get(f"{kind}|{LABELLED}", 0)
+                                         for kind in ROUTINGS)
+
+
 def feedback(counts: Counts, routings: tuple[str, ...] | None) -> dict[str, float]:
     """The feedback counters in ``counts`` of the requests routed as ``routings`` say
     (the randomly routed ones always; None: every way of routing), summed under the

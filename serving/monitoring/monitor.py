@@ -454,7 +454,7 @@ class MonitorState:
                     rows=int(totals.get(counters.ROWS, 0)),
                     rows_out_of_support=int(totals.get(counters.ROWS_OUT_OF_SUPPORT, 0)),
                     unusual_confidence=int(totals.get(counters.UNUSUAL_CONFIDENCE, 0)),
-                    labelled=int(counters.feedback(totals, None).get(counters.LABELLED, 0)),
+                    labelled=int(counters.labelled(totals)),
                     missing=_ints(counters.INPUT_MISSING.read(totals)),
                     out_of_range=_ints(counters.INPUT_OUT_OF_RANGE.read(totals)),
                     rejected=_ints(counters.REJECTED.read(totals))),

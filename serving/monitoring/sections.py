@@ -142,7 +142,7 @@ def accuracy_section(every: Counter[str], meta: dict[str, Any],
     """Online accuracy from the feedback pairs joined in the window with the predictions
     of requests routed as ``sample`` says (None: every request)."""
     counts = counters.feedback(every, sample)
-    labelled_every = int(counters.feedback(every, None).get(counters.LABELLED, 0))
+    labelled_every = int(counters.labelled(every))
     not_kept = int(every.get(counters.FEEDBACK_DROPPED_AT_REPLICA, 0)
                    + every.get(counters.FEEDBACK_UNJOINABLE, 0))
     task = meta.get("task")
