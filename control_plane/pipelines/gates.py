@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from control_plane.pipelines.offload import Offload, Pending
 from control_plane.pipelines.records import StageState
 from control_plane.pipelines.stages import Outcome, StageContext
 
@@ -54,37 +55,60 @@ def reject(services: Any, context: StageContext, reason: str) -> None:
 
 class ValidateDataStage:
     """Schema, missing values, ranges, categories, row count, and drift of the new data
-    against the champion's reference profile (:mod:`control_plane.pipelines.data_validation`)."""
+    against the champion's reference profile (:mod:`control_plane.pipelines.data_validation`).
+
+    The data is read and checked off the pass (:mod:`control_plane.pipelines.offload`): a
+    read that hangs fails this stage at ``data.timeout_s`` and holds no other pipeline."""
 
     name = "validate_data"
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Any, offload: Offload | None = None) -> None:
         self.services = services
+        self.offload = offload or Offload()
 
     def advance(self, context: StageContext) -> Outcome:
-        from control_plane.pipelines.data_validation import load_dataset, validate_data
-
         data = context.spec.data
         if data is None:
             return Outcome(StageState.SKIPPED, reason="no data section in the spec")
-        table = load_dataset(data.uri)
         best = champion(self.services, context.spec.deploy.endpoint, context.spec.model_name)
         profile = best.manifest.reference_profile if best is not None else None
         target = _target_column(context)
-        features = [c for c in table.columns if c != target]
-        # Without a champion's profile there is nothing to judge drift against: skipped.
-        report = validate_data(table[features], data.expectations, profile)
+
+        def check() -> Any:
+            from control_plane.pipelines.data_validation import load_dataset, validate_data
+
+            table = load_dataset(data.uri)
+            # Without a champion's profile there is nothing to judge drift against: skipped.
+            return validate_data(table[[c for c in table.columns if c != target]],
+                                 data.expectations, profile)
+
+        answer = self.offload.poll(_work_key(context), check, deadline_s=data.timeout_s,
+                                   what=f"reading and checking {data.uri}")
+        if isinstance(answer, Pending):
+            return _pending(answer, f"reading {data.uri}")
+        report = answer.value
         inputs = {"uri": data.uri, "digest": report.digest, "rows": report.rows,
                   "reference": f"{best.model}:{best.version}" if best is not None and profile else None}
         outputs = {"digest": report.digest, "rows": report.rows,
                    "drifted": len(report.drift.drifted) if report.drift else 0,
                    "report": report.model_dump(mode="json")}
         if not report.passed:
-            return Outcome(StageState.FAILED, outputs=outputs, inputs=inputs, reason=report.reason)
-        return Outcome(StageState.PASSED, outputs=outputs, inputs=inputs)
+            return Outcome(StageState.FAILED, outputs=outputs, inputs=inputs, reason=report.reason,
+                           progress={})
+        return Outcome(StageState.PASSED, outputs=outputs, inputs=inputs, progress={})
 
     def cancel(self, context: StageContext) -> None:
         return None
+
+
+def _pending(answer: Pending, what: str) -> Outcome:
+    # Shown in the stage's progress while the work is off the pass; cleared when it ends.
+    return Outcome(StageState.RUNNING, progress={"offloaded": answer.describe(what)})
+
+
+def _work_key(context: StageContext) -> tuple[Any, ...]:
+    """This try of this stage of this run: a run's stage, started again, reads again."""
+    return (context.record.name, context.run.id, context.record.started_at)
 
 
 def _target_column(context: StageContext) -> str:
@@ -100,16 +124,16 @@ class EvaluateStage:
 
     The held-out rows are ``evaluate.data_uri`` when given; otherwise the rows the
     training job itself held out (its spec's split and seed), which the candidate never
-    trained on."""
+    trained on. They are read, and both models scored, off the pass
+    (:mod:`control_plane.pipelines.offload`), within ``evaluate.timeout_s``."""
 
     name = "evaluate"
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Any, offload: Offload | None = None) -> None:
         self.services = services
+        self.offload = offload or Offload()
 
     def advance(self, context: StageContext) -> Outcome:
-        from control_plane.pipelines.evaluation import evaluate
-
         settings = context.spec.evaluate
         if settings is None:
             return Outcome(StageState.SKIPPED, reason="no evaluate section in the spec")
@@ -118,23 +142,34 @@ class EvaluateStage:
             return Outcome(StageState.FAILED, reason="the training stage registered no version")
         model, number = candidate
         version = self.services.registry.get_version(model, number)
-        features, truth, source = self._held_out(context, version.manifest)
         best = champion(self.services, context.spec.deploy.endpoint, model)
         if best is not None and best.version == number:
             best = None  # the candidate already serves: nothing to compare it with
         read = self.services.artifacts.read_bytes
-        report = evaluate(read(version.artifact_digest),
-                          read(best.artifact_digest) if best is not None else None,
-                          features, truth, version.manifest, settings.gates,
-                          champion_manifest=best.manifest if best is not None else None)
+
+        def score() -> tuple[Any, str]:
+            from control_plane.pipelines.evaluation import evaluate
+
+            features, truth, source = self._held_out(context, version.manifest)
+            return evaluate(read(version.artifact_digest),
+                            read(best.artifact_digest) if best is not None else None,
+                            features, truth, version.manifest, settings.gates,
+                            champion_manifest=best.manifest if best is not None else None), source
+
+        answer = self.offload.poll(_work_key(context), score, deadline_s=settings.timeout_s,
+                                   what=f"scoring {model}:{number} on held-out rows")
+        if isinstance(answer, Pending):
+            return _pending(answer, f"scoring {model}:{number}")
+        report, source = answer.value
         inputs = {"rows": report.rows, "held_out": source,
                   "champion": f"{best.model}:{best.version}" if best is not None else None}
         outputs = {"metric": report.metric, "candidate": report.candidate,
                    "champion": report.champion, "report": report.model_dump(mode="json")}
         if not report.passed:
             reject(self.services, context, report.reason)
-            return Outcome(StageState.FAILED, outputs=outputs, inputs=inputs, reason=report.reason)
-        return Outcome(StageState.PASSED, outputs=outputs, inputs=inputs)
+            return Outcome(StageState.FAILED, outputs=outputs, inputs=inputs, reason=report.reason,
+                           progress={})
+        return Outcome(StageState.PASSED, outputs=outputs, inputs=inputs, progress={})
 
     def cancel(self, context: StageContext) -> None:
         return None

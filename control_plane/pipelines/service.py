@@ -24,6 +24,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from control_plane.auth import Principal
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.pipelines.cron import CronSchedule
+from control_plane.pipelines.offload import Offload, Pending
 from control_plane.pipelines.records import (
     ACTIVE_RUN_STATES,
     PipelineOut,
@@ -47,19 +48,22 @@ log = logging.getLogger(__name__)
 RunListener = Callable[[PipelineRunOut, str, str | None, str], None]
 DigestSource = Callable[[str], str]
 DriftAlerts = Callable[[str, datetime], list[datetime]]
+MAX_PIPELINES = 500
 
 
 class Pipelines:
     def __init__(self, db: Database, stages: Mapping[str, Stage], *,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  listener: RunListener | None = None, digest: DigestSource | None = None,
-                 drift_alerts: DriftAlerts | None = None) -> None:
+                 drift_alerts: DriftAlerts | None = None, offload: Offload | None = None) -> None:
         self.db = db
         self.stages = dict(stages)
         self._now = now
         self._listener = listener
         self._digest = digest
         self._drift_alerts = drift_alerts
+        # The data's digest is read off the pass: a read that hangs holds no pipeline.
+        self._offload = offload or Offload()
         self._lock = threading.Lock()  # one pass at a time in this process
 
     # ------------------------------------------------------------ pipelines
@@ -72,6 +76,12 @@ class Pipelines:
             row = session.scalar(select(PipelineRow).where(PipelineRow.name == spec.name))
             document = spec.model_dump(mode="json")
             if row is None:
+                held = session.scalar(select(func.count(PipelineRow.id))) or 0
+                if held >= MAX_PIPELINES:  # every pipeline's triggers are looked at every second
+                    raise ConflictError(
+                        f"{held} pipelines exist, at most {MAX_PIPELINES}; delete some "
+                        "(modelplane pipeline delete NAME)",
+                        detail={"field": "name", "limit": MAX_PIPELINES})
                 row = PipelineRow(name=spec.name, spec=document, state={}, created_by=actor.name,
                                   author_subject=actor.subject, created_at=now, updated_at=now)
                 session.add(row)
@@ -387,22 +397,27 @@ class Pipelines:
         if triggers.data_check_interval_s and spec.data is not None and self._digest is not None:
             checked = _time(state.get("data_checked_at"))
             if checked is None or (now - checked).total_seconds() >= triggers.data_check_interval_s:
-                remember["data_checked_at"] = now.isoformat()
+                uri, digest_of = spec.data.uri, self._digest
                 try:
-                    digest = self._digest(spec.data.uri)
+                    answer = self._offload.poll(("digest", name, uri), lambda: digest_of(uri),
+                                                deadline_s=spec.data.timeout_s, what=f"reading {uri}")
                 except Exception as error:
                     # Looked at again in an interval, not on every pass, and the pipeline's
                     # other triggers still fire: its data away is no reason to stop them.
+                    remember["data_checked_at"] = now.isoformat()
                     remember["data_check_error"] = f"{type(error).__name__}: {error}"[:500]
                     log.warning("pipeline %s: cannot read %s to see whether it changed (%s); "
-                                "trying again in %gs", name, spec.data.uri,
-                                remember["data_check_error"], triggers.data_check_interval_s)
+                                "trying again in %gs", name, uri, remember["data_check_error"],
+                                triggers.data_check_interval_s)
                 else:
-                    remember |= {"data_digest": digest, "data_check_error": None}
-                    seen = state.get("data_digest")
-                    if seen is not None and seen != digest and start is None:
-                        start = (Trigger.DATA, {"reason": f"new data at {spec.data.uri}",
-                                                "digest": digest, "previous": seen})
+                    if not isinstance(answer, Pending):  # else looked at again next pass
+                        digest = answer.value
+                        remember |= {"data_checked_at": now.isoformat(), "data_digest": digest,
+                                     "data_check_error": None}
+                        seen = state.get("data_digest")
+                        if seen is not None and seen != digest and start is None:
+                            start = (Trigger.DATA, {"reason": f"new data at {uri}",
+                                                    "digest": digest, "previous": seen})
         if triggers.on_drift_alert and self._drift_alerts is not None:
             since = _time(state.get("alerts_seen_until")) or now
             fired = self._drift_alerts(spec.deploy.endpoint, since)

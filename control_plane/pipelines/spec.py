@@ -56,6 +56,9 @@ class DataStage(Wire):
         "The dataset the job trains on: a file path or fsspec URI (CSV, Parquet), or "
         "sklearn://breast_cancer|digits|wine|diabetes."))
     expectations: DataExpectations = Field(default_factory=DataExpectations)
+    timeout_s: Annotated[float, Field(gt=0, le=24 * 3600)] = Field(
+        600, description="Reading and checking the data (and the trigger's look at it) "
+                         "given up after this long: the stage fails, the trigger says why.")
 
 
 class EvaluateStage(Wire):
@@ -63,6 +66,9 @@ class EvaluateStage(Wire):
 
     data_uri: str | None = Field(None, description="Held-out rows; default: the data stage's uri.")
     gates: EvaluationGates = Field(default_factory=EvaluationGates)
+    timeout_s: Annotated[float, Field(gt=0, le=24 * 3600)] = Field(
+        1800, description="Reading the held-out rows and scoring both models given up "
+                          "after this long: the stage fails.")
 
 
 class BenchmarkStage(BenchmarkSettings):

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from control_plane.pipelines.gates import BenchmarkStage, EvaluateStage, ValidateDataStage
+from control_plane.pipelines.offload import Offload
 from control_plane.pipelines.service import Pipelines
 from control_plane.pipelines.stages import ApproveStage, DeployStage, Stage, TrainStage
 from control_plane.store import Database
@@ -20,16 +21,17 @@ DRIFT_METRICS = frozenset({"drift", "drifted_features", "drift_p_value", "predic
 
 def build_pipelines(plane: Any, *, job_client: Any = None) -> Pipelines:
     """The runner for ``plane`` (a :class:`control_plane.service.ControlPlane`)."""
+    offload = Offload()  # one bound on the threads of every pipeline's reads
     stages: dict[str, Stage] = {
-        "validate_data": ValidateDataStage(plane),
+        "validate_data": ValidateDataStage(plane, offload),
         "train": TrainStage(plane, job_client),
-        "evaluate": EvaluateStage(plane),
+        "evaluate": EvaluateStage(plane, offload),
         "benchmark": BenchmarkStage(plane),
         "approve": ApproveStage(plane),
         "deploy": DeployStage(plane),
     }
     return Pipelines(plane.db, stages, drift_alerts=drift_alerts(plane.db), digest=_digest,
-                     listener=notifier(plane.settings.url))
+                     listener=notifier(plane.settings.url), offload=offload)
 
 
 # The runner's words for what happened to a run → the notification kinds.

@@ -24,6 +24,7 @@ from control_plane.pipelines.spec import (
 from control_plane.pipelines.stages import Outcome, StageContext
 from control_plane.store import Database
 from tests.unit.control_plane.conftest import ALICE, READER
+from tests.waiting import wait_for
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 
@@ -64,6 +65,14 @@ def runner(db: Database, stages: dict[str, Scripted], clock: Clock, **options: A
 
 def all_passing(**overrides: Scripted) -> dict[str, Scripted]:
     return {name: overrides.get(name) or Scripted(name) for name in STAGES}
+
+
+def tick_and_read(pipelines: Pipelines) -> None:
+    """A pass, and another once the data reads it started off the pass have ended (their
+    results are taken on the next pass)."""
+    pipelines.tick()
+    wait_for(lambda: pipelines._offload.running == 0, 30, "the pass's data reads")
+    pipelines.tick()
 
 
 def drive(pipelines: Pipelines, until: Callable[[], bool], passes: int = 40) -> None:
@@ -219,34 +228,34 @@ def test_schedule_data_and_drift_triggers_start_runs_within_the_cool_down(db: Da
                 "cooldown_s": 600}
     pipelines.apply(parse_pipeline_spec(spec_document(
         triggers=triggers, data={"uri": "file:///data.csv"})), ALICE)
-    pipelines.tick()
+    tick_and_read(pipelines)
     assert pipelines.get("bc").last_run is None  # first look: digest remembered, nothing due
 
     def finish() -> None:
         drive(pipelines, lambda: pipelines.run("bc").state.terminal)
 
     clock.now += timedelta(minutes=61)  # past 07:00
-    pipelines.tick()
+    tick_and_read(pipelines)
     assert pipelines.run("bc").trigger is Trigger.SCHEDULE
     finish()
     digests["uri"] = "d2"
     clock.now += timedelta(minutes=2)
-    pipelines.tick()
+    tick_and_read(pipelines)
     assert pipelines.run("bc").number == 1  # new data, but within the cool-down
     clock.now += timedelta(minutes=9)
     digests["uri"] = "d3"
-    pipelines.tick()
+    tick_and_read(pipelines)
     run = pipelines.run("bc")
     assert run.number == 2 and run.trigger is Trigger.DATA and run.trigger_detail["digest"] == "d3"
     finish()
     clock.now += timedelta(minutes=11)
     alerts.append(clock.now - timedelta(seconds=5))
-    pipelines.tick()
+    tick_and_read(pipelines)
     run = pipelines.run("bc")
     assert run.number == 3 and run.trigger is Trigger.ALERT
     finish()
     clock.now += timedelta(minutes=11)
-    pipelines.tick()
+    tick_and_read(pipelines)
     assert pipelines.run("bc").number == 3  # the same alert starts nothing twice
 
 
@@ -266,15 +275,15 @@ def test_data_that_cannot_be_read_is_looked_at_once_an_interval_and_stops_no_tri
         triggers={"data_check_interval_s": 60, "on_drift_alert": True},
         data={"uri": "https://data.example/bc.csv"})), ALICE)
     for _ in range(30):  # thirty passes a second apart: one look
-        pipelines.tick()
+        tick_and_read(pipelines)
         clock.now += timedelta(seconds=1)
     assert len(looks) == 1
     assert "OSError: cannot reach" in pipelines.get("bc").triggers["data_check_error"]
     alerts.append(clock.now - timedelta(seconds=1))
-    pipelines.tick()
+    tick_and_read(pipelines)
     assert pipelines.run("bc").trigger is Trigger.ALERT  # the drift trigger still fires
     clock.now += timedelta(seconds=31)
-    pipelines.tick()
+    tick_and_read(pipelines)
     assert len(looks) == 2
 
 
@@ -410,3 +419,20 @@ def test_a_pipeline_s_author_cannot_approve_what_its_runs_register(registry: Any
         artifact_digest=info.digest, manifest=linear_classifier_manifest()), job).version
     with pytest.raises(PermissionDeniedError, match="'bob' registered bc"):
         registry.approve("bc", version, ApprovalCreate(decision="approved"), BOB)
+
+
+def test_pipelines_are_bounded_in_number(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pipeline's triggers are looked at every second: their number is bounded, and
+    a spec replaced in place is not a new one."""
+    import control_plane.pipelines.service as service
+
+    monkeypatch.setattr(service, "MAX_PIPELINES", 2)
+    pipelines = runner(db, all_passing(), Clock())
+    for name in ("one", "two"):
+        pipelines.apply(parse_pipeline_spec(spec_document(name=name)), ALICE)
+    with pytest.raises(ConflictError, match="2 pipelines exist, at most 2") as refused:
+        pipelines.apply(parse_pipeline_spec(spec_document(name="three")), ALICE)
+    assert refused.value.detail == {"field": "name", "limit": 2}
+    pipelines.apply(parse_pipeline_spec(spec_document(name="two", description="changed")), ALICE)
+    pipelines.delete("one", ALICE)
+    assert pipelines.apply(parse_pipeline_spec(spec_document(name="three")), ALICE).name == "three"

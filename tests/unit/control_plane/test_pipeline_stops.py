@@ -25,6 +25,7 @@ from control_plane.schemas import DeployRequest, ModelManifest, VersionCreate
 from serving.monitoring.profiles import build_reference_profile
 from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB
 from tests.unit.pipelines.test_evaluation import linear_model
+from tests.waiting import wait_for
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 
@@ -109,12 +110,18 @@ class World:
                     "deploy": {"endpoint": "bc", "rollout": {"steps": [50, 100]}}, **spec}
         self.pipelines.apply(parse_pipeline_spec(document), ALICE)
         started = self.pipelines.start_run("bc", ALICE)
-        for _ in range(40):
+
+        def there() -> Any:
+            # Passes until the run ends or hands over to its rollout; the data and the
+            # held-out rows are read off the pass, so it may take a few.
             run = self.pipelines.run("bc", started.number)
-            if run.state.terminal or "rollout_id" in run.stages[-1].outputs:
+            if run.state.terminal or "rollout_id" in run.stages[-1].outputs \
+                    or "waiting" in run.stages[4].outputs:  # for an approval
                 return run
             self.pipelines.tick()
-        return self.pipelines.run("bc", started.number)
+            return None
+
+        return wait_for(there, 120, "the run to end or start its rollout", interval=0.05)
 
 
 @pytest.fixture

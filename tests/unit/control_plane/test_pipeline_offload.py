@@ -1,0 +1,193 @@
+"""Work a pipeline pass hands off (reading and checking data, scoring held-out rows, the
+data trigger's digest): a read that hangs fails its own stage at its deadline and holds
+no other pipeline. The hanging read is real: a named pipe that nobody writes to, which
+blocks its reader in ``open`` as a stalled mount would."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from control_plane.deployments import Deployments
+from control_plane.pipelines.data_sources import dataset_digest
+from control_plane.pipelines.gates import ValidateDataStage
+from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
+from control_plane.pipelines.records import RunState, StageState
+from control_plane.pipelines.service import Pipelines
+from control_plane.pipelines.spec import parse_pipeline_spec
+from control_plane.registry import Registry
+from tests.unit.control_plane.conftest import ALICE
+from tests.unit.control_plane.test_pipeline_runner import Clock, all_passing, spec_document
+from tests.waiting import wait_for
+
+
+class Monotonic:
+    """The offload's clock, moved by the test: deadlines without waiting for them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def stalled(tmp_path: Path) -> Iterator[Path]:
+    """A CSV path whose reader blocks until the test lets it go (then reads a header)."""
+    fifo = tmp_path / "stalled.csv"
+    os.mkfifo(fifo)
+    yield fifo
+    # Let every reader still blocked in open() go, so no thread outlives the test.
+    for _ in range(8):
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # no reader left
+            return
+        try:
+            os.write(writer, b"a,b\n")
+        except BrokenPipeError:  # that reader read nothing and left
+            pass
+        finally:
+            os.close(writer)
+
+
+def tick_within(pipelines: Pipelines, seconds: float = 60.0) -> None:
+    """One pass, which must end: a pass held by a read is the bug these tests are about."""
+    failures: list[BaseException] = []
+
+    def tick() -> None:
+        try:
+            pipelines.tick()
+        except BaseException as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "a pipeline pass was held by a read that does not answer"
+    assert not failures, failures
+
+
+def test_work_is_started_once_and_its_result_or_error_handed_over_once() -> None:
+    offload, calls = Offload(), []
+    release = threading.Event()
+
+    def work() -> int:
+        calls.append(1)
+        release.wait(30)
+        return 42
+
+    first = offload.poll("k", work, deadline_s=60, what="work")
+    assert isinstance(first, Pending) and first.started
+    assert isinstance(offload.poll("k", work, deadline_s=60, what="work"), Pending)
+    release.set()
+    answer = wait_for(lambda: offload.poll("k", work, deadline_s=60, what="work")
+                      if offload.running == 0 else None, 10, "the work to end")
+    assert answer == Done(42) and calls == [1]
+
+    def broken() -> None:
+        raise OSError("the bucket is gone")
+
+    offload.poll("bad", broken, deadline_s=60, what="reading")
+    wait_for(lambda: offload.running == 0, 10, "the work to end")
+    with pytest.raises(OSError, match="the bucket is gone"):
+        offload.poll("bad", broken, deadline_s=60, what="reading")
+    # Handed over: the next poll of the key starts the work again.
+    assert isinstance(offload.poll("bad", broken, deadline_s=60, what="reading"), Pending)
+
+
+def test_work_that_hangs_is_given_up_at_its_deadline_and_threads_stay_bounded() -> None:
+    clock, hang = Monotonic(), threading.Event()
+    offload = Offload(max_threads=2, clock=clock)
+    try:
+        for key in ("a", "b"):
+            assert offload.poll(key, hang.wait, deadline_s=30, what=f"reading {key}").started
+        waiting = offload.poll("c", lambda: "c", deadline_s=30, what="reading c")
+        assert isinstance(waiting, Pending) and not waiting.started
+        assert "waiting for a free thread" in waiting.describe("reading c")
+        clock.now += 30
+        with pytest.raises(WorkOverdue, match="reading a did not finish within 30 s"):
+            offload.poll("a", hang.wait, deadline_s=30, what="reading a")
+        with pytest.raises(WorkOverdue, match="all 2 threads were busy"):
+            offload.poll("c", lambda: "c", deadline_s=30, what="reading c")
+        assert offload.running == 2  # a thread cannot be stopped: it keeps its slot
+        assert not offload.poll("d", lambda: "d", deadline_s=30, what="reading d").started
+    finally:
+        hang.set()
+    wait_for(lambda: offload.running == 0, 10, "the hung work to return")
+    # Slots free again: waiting work starts on its next poll.
+    assert offload.poll("d", lambda: "d", deadline_s=30, what="reading d").started
+    wait_for(lambda: offload.running == 0, 10, "d to end")
+    assert offload.poll("d", lambda: "d", deadline_s=30, what="reading d") == Done("d")
+
+
+def test_work_nobody_looks_at_is_forgotten() -> None:
+    clock = Monotonic()
+    offload = Offload(clock=clock, forget_after_s=600)
+    offload.poll("cancelled run", lambda: "old", deadline_s=10_000, what="reading")
+    wait_for(lambda: offload.running == 0, 10, "the work to end")
+    clock.now += 600
+    answer = offload.poll("cancelled run", lambda: "new", deadline_s=10_000, what="reading")
+    assert isinstance(answer, Pending)  # started afresh, not the result nobody took
+
+
+def test_a_data_read_that_hangs_fails_its_stage_at_the_deadline_and_holds_no_other_pipeline(
+        registry: Registry, stalled: Path) -> None:
+    clock = Monotonic()
+    offload = Offload(clock=clock)
+    services = SimpleNamespace(registry=registry, artifacts=registry.artifacts,
+                               deployments=Deployments(registry.db, registry, base_url="http://cp:8000"))
+    stages: dict[str, Any] = all_passing(validate_data=ValidateDataStage(services, offload))
+    pipelines = Pipelines(registry.db, stages, now=Clock(), offload=offload)
+    pipelines.apply(parse_pipeline_spec(spec_document(
+        name="st", deploy={"endpoint": "st"}, data={"uri": str(stalled), "timeout_s": 60})), ALICE)
+    pipelines.apply(parse_pipeline_spec(spec_document(
+        data={"uri": "sklearn://breast_cancer"})), ALICE)
+    pipelines.start_run("st", ALICE)
+    pipelines.start_run("bc", ALICE)
+
+    def bc_ended() -> bool:
+        tick_within(pipelines)
+        return pipelines.run("bc").state.terminal
+
+    wait_for(bc_ended, 120, "the other pipeline's run to end")
+    run = pipelines.run("bc")
+    assert run.state is RunState.SUCCEEDED, run.reason
+    checked = next(s for s in run.stages if s.name == "validate_data")
+    assert checked.outputs["rows"] == 569 and checked.progress == {}
+    stalled_run = pipelines.run("st")
+    reading = stalled_run.stages[0]
+    assert stalled_run.state is RunState.RUNNING and reading.state is StageState.RUNNING
+    assert reading.progress == {"offloaded": f"reading {stalled}: under way"}
+    clock.now += 60
+    tick_within(pipelines)
+    stalled_run = pipelines.run("st")
+    assert stalled_run.state is RunState.FAILED
+    assert f"WorkOverdue: reading and checking {stalled} did not finish within 60 s" in stalled_run.reason
+    assert offload.running == 1  # the read itself is still blocked, on its own thread
+
+
+def test_a_data_trigger_whose_read_hangs_says_so_and_holds_no_pass(db: Any, stalled: Path) -> None:
+    clock = Monotonic()
+    offload = Offload(clock=clock)
+    pipelines = Pipelines(db, all_passing(), now=Clock(), digest=dataset_digest, offload=offload)
+    pipelines.apply(parse_pipeline_spec(spec_document(
+        triggers={"data_check_interval_s": 60},
+        data={"uri": str(stalled), "timeout_s": 30})), ALICE)
+    tick_within(pipelines)
+    tick_within(pipelines)
+    assert "data_check_error" not in pipelines.get("bc").triggers  # still under way
+    pipelines.start_run("bc", ALICE)  # a person's run goes through meanwhile
+    wait_for(lambda: (tick_within(pipelines), pipelines.run("bc").state.terminal)[1], 60,
+             "the manual run to end")
+    assert pipelines.run("bc").state is RunState.SUCCEEDED
+    clock.now += 30
+    tick_within(pipelines)
+    error = pipelines.get("bc").triggers["data_check_error"]
+    assert f"WorkOverdue: reading {stalled} did not finish within 30 s" in error
