@@ -97,6 +97,13 @@ def cancel(name: str = NameArgument,
     typer.echo(f"pipeline {name}: run #{cancelled.number} cancelled")
 
 
+@app.command()
+def delete(name: str = NameArgument, url: str | None = UrlOption) -> None:
+    """Delete the pipeline: its spec, and so its triggers (refused while a run is under way)."""
+    client(url).delete_pipeline(name)
+    typer.echo(f"pipeline {name}: deleted")
+
+
 def _follow(api: Any, name: str, number: int, refresh: float) -> Any:
     """Print each stage as it starts and ends until the run is over; returns the last look."""
     from control_plane.cli.following import follow

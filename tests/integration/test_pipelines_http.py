@@ -112,8 +112,13 @@ def test_the_cli_runs_a_spec_file_and_shows_the_run(admin: Client, server: Contr
     shown = cli("status", "cli-bc")
     assert "validate_data" in shown.stdout and "pending" in shown.stdout, shown.stderr
     assert "cli-bc" in cli("list").stdout
+    refused = cli("delete", "cli-bc")
+    assert refused.returncode != 0 and "modelplane pipeline cancel cli-bc" in refused.stderr
     assert cli("cancel", "cli-bc").returncode == 0
     assert "cancelled" in cli("history", "cli-bc").stdout
+    deleted = cli("delete", "cli-bc")
+    assert deleted.returncode == 0 and "pipeline cli-bc: deleted" in deleted.stdout, deleted.stderr
+    assert "cli-bc" not in cli("list").stdout
     (tmp_path / "pipeline.yaml").write_text("name: cli-bc\ntraining: {job: missing.yaml}\n")
     failed = cli("run", str(tmp_path / "pipeline.yaml"))
     assert failed.returncode != 0 and "missing.yaml" in failed.stderr
