@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 import control_plane.errors as cp_errors
 from control_plane.errors import ControlPlaneError, ControlPlaneUnavailableError, IntegrityError
+from control_plane.replies import read_replies, read_reply
 from control_plane.rollouts.schemas import (
     RolloutAction,
     RolloutCreate,
@@ -133,11 +134,11 @@ class Client:
         return response
 
     def _get(self, path: str, model: type[M], **params: Any) -> M:
-        return model.model_validate(self._request("GET", path, params=params).json())
+        return read_reply(model, self._request("GET", path, params=params).json())
 
     def _send(self, method: str, path: str, body: BaseModel | None, model: type[M]) -> M:
         payload = body.model_dump(mode="json", exclude_unset=False) if body is not None else None
-        return model.model_validate(self._request(method, path, json=payload).json())
+        return read_reply(model, self._request(method, path, json=payload).json())
 
     # ------------------------------------------------------------ admin
 
@@ -149,11 +150,11 @@ class Client:
 
     def cluster(self) -> ClusterOut:
         """Ray's nodes and the node of every endpoint replica (``GET /cluster``)."""
-        return ClusterOut.model_validate(self._request("GET", "/cluster").json())
+        return read_reply(ClusterOut, self._request("GET", "/cluster").json())
 
     def leadership(self) -> LeadershipOut:
         """Which control plane runs the control loops (``GET /leadership``)."""
-        return LeadershipOut.model_validate(self._request("GET", "/leadership").json())
+        return read_reply(LeadershipOut, self._request("GET", "/leadership").json())
 
     # ------------------------------------------------------------ artifacts
 
@@ -175,7 +176,7 @@ class Client:
                 "x-artifact-digest": digest,
             },
         )
-        return ArtifactOut.model_validate(response.json())
+        return read_reply(ArtifactOut, response.json())
 
     def download_artifact(self, digest: str, destination: str | os.PathLike[str]) -> Path:
         """Stream an artifact to ``destination`` atomically, verifying its digest."""
@@ -262,7 +263,7 @@ class Client:
                                    if idempotency_key is None else set())
         response = self._request("POST", f"/models/{name}/versions", json=document,
                                  timeout=REGISTER_TIMEOUT_S)
-        return VersionOut.model_validate(response.json())
+        return read_reply(VersionOut, response.json())
 
     def get_version(self, name: str, version: int) -> VersionOut:
         return self._get(f"/models/{name}/versions/{version}", VersionOut)
@@ -301,7 +302,7 @@ class Client:
 
     def list_approvals(self, name: str, version: int) -> list[ApprovalOut]:
         data = self._request("GET", f"/models/{name}/versions/{version}/approvals").json()
-        return [ApprovalOut.model_validate(item) for item in data]
+        return read_replies(ApprovalOut, data)
 
     def lineage(self, name: str, version: int) -> LineageOut:
         return self._get(f"/models/{name}/versions/{version}/lineage", LineageOut)
@@ -327,7 +328,7 @@ class Client:
 
         data = self._request("GET", f"/models/{name}/versions/{version}/benchmarks",
                              params={"limit": limit}).json()
-        return [BenchmarkOut.model_validate(item) for item in data]
+        return read_replies(BenchmarkOut, data)
 
     def latest_benchmark(self, name: str, version: int) -> Any:
         """The version's newest benchmark that succeeded, None without one."""
@@ -425,7 +426,7 @@ class Client:
         given), every k-th point and the last."""
         params = {"limit": limit} if limit is not None else {}
         data = self._request("GET", f"/runs/{run_id}/metrics/{key}", params=params).json()
-        return [MetricOut.model_validate(item) for item in data]
+        return read_replies(MetricOut, data)
 
     def log_artifact(
         self, run_id: str, path: str, source: str | os.PathLike[str] | bytes
@@ -470,7 +471,7 @@ class Client:
         return self._get(f"/endpoints/{endpoint}", EndpointOut)
 
     def list_endpoints(self) -> list[EndpointOut]:
-        return [EndpointOut.model_validate(e) for e in self._request("GET", "/endpoints").json()]
+        return read_replies(EndpointOut, self._request("GET", "/endpoints").json())
 
     def endpoint_stats(self, endpoint: str, *, window_s: float = 60.0) -> dict[str, Any]:
         """Per-version live statistics (p50/p95/p99 ms, error rate, throughput, shadows)."""
@@ -512,7 +513,7 @@ class Client:
         """Alerts pending or firing now."""
         from control_plane.alerts.schemas import AlertOut
 
-        return [AlertOut.model_validate(a) for a in self._request("GET", "/alerts").json()]
+        return read_replies(AlertOut, self._request("GET", "/alerts").json())
 
     def alert_history(self, *, limit: int = 50, offset: int = 0, name: str | None = None,
                       endpoint: str | None = None) -> Any:
@@ -526,7 +527,7 @@ class Client:
     def alert_rules(self) -> list[Any]:
         from control_plane.alerts.schemas import AlertRuleOut
 
-        return [AlertRuleOut.model_validate(r) for r in self._request("GET", "/alerts/rules").json()]
+        return read_replies(AlertRuleOut, self._request("GET", "/alerts/rules").json())
 
     def put_alert_rule(self, rule: Any) -> Any:
         """Create or replace a rule (an ``AlertRuleSpec`` or its dict)."""
@@ -548,13 +549,13 @@ class Client:
     def unsilence_alert_rule(self, name: str) -> Any:
         from control_plane.alerts.schemas import AlertRuleOut
 
-        return AlertRuleOut.model_validate(
-            self._request("DELETE", f"/alerts/rules/{name}/silence").json())
+        return read_reply(AlertRuleOut,
+                          self._request("DELETE", f"/alerts/rules/{name}/silence").json())
 
     def alert_receivers(self) -> list[Any]:
         from control_plane.alerts.schemas import ReceiverOut
 
-        return [ReceiverOut.model_validate(r) for r in self._request("GET", "/alerts/receivers").json()]
+        return read_replies(ReceiverOut, self._request("GET", "/alerts/receivers").json())
 
     def put_alert_receiver(self, receiver: Any) -> Any:
         """Create or replace a webhook receiver (a ``ReceiverSpec`` or its dict)."""
@@ -592,12 +593,11 @@ class Client:
             params["endpoint"] = endpoint
         if active is not None:
             params["active"] = str(active).lower()
-        return [RolloutOut.model_validate(r)
-                for r in self._request("GET", "/rollouts", params=params).json()]
+        return read_replies(RolloutOut, self._request("GET", "/rollouts", params=params).json())
 
     def rollout_events(self, rollout_id: int) -> list[RolloutEventOut]:
-        return [RolloutEventOut.model_validate(e)
-                for e in self._request("GET", f"/rollouts/{rollout_id}/events").json()]
+        return read_replies(RolloutEventOut,
+                            self._request("GET", f"/rollouts/{rollout_id}/events").json())
 
     def rollout_action(self, rollout_id: int, action: str, reason: str = "") -> RolloutOut:
         """``pause``, ``resume``, ``promote``, ``rollback`` or ``abort``."""
@@ -625,7 +625,7 @@ class Client:
     def list_pipelines(self) -> list[Any]:
         from control_plane.pipelines.records import PipelineOut
 
-        return [PipelineOut.model_validate(p) for p in self._request("GET", "/pipelines").json()]
+        return read_replies(PipelineOut, self._request("GET", "/pipelines").json())
 
     def get_pipeline(self, name: str) -> Any:
         from control_plane.pipelines.records import PipelineOut
@@ -651,8 +651,8 @@ class Client:
     def pipeline_runs(self, name: str, *, limit: int = 50) -> list[Any]:
         from control_plane.pipelines.records import PipelineRunOut
 
-        return [PipelineRunOut.model_validate(r) for r in
-                self._request("GET", f"/pipelines/{name}/runs", params={"limit": limit}).json()]
+        return read_replies(PipelineRunOut, self._request(
+            "GET", f"/pipelines/{name}/runs", params={"limit": limit}).json())
 
     def pipeline_logs(self, name: str, number: int) -> str:
         return str(self._request("GET", f"/pipelines/{name}/runs/{number}/logs").json()["text"])
@@ -676,13 +676,13 @@ class Client:
                            expires_in_minutes=expires_in_minutes, subject=subject, model=model)
         # Sent only when set: a control plane from before token models refuses the field.
         payload = body.model_dump(mode="json", exclude={"model"} if model is None else set())
-        return TokenCreated.model_validate(self._request("POST", "/tokens", json=payload).json())
+        return read_reply(TokenCreated, self._request("POST", "/tokens", json=payload).json())
 
     def list_tokens(self) -> list[TokenOut]:
-        return [TokenOut.model_validate(item) for item in self._request("GET", "/tokens").json()]
+        return read_replies(TokenOut, self._request("GET", "/tokens").json())
 
     def revoke_token(self, name: str) -> TokenOut:
-        return TokenOut.model_validate(self._request("DELETE", f"/tokens/{name}").json())
+        return read_reply(TokenOut, self._request("DELETE", f"/tokens/{name}").json())
 
 
 def _error_from(
