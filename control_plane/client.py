@@ -536,6 +536,17 @@ class Client:
         spec = AlertRuleSpec.model_validate(rule)
         return self._send("PUT", f"/alerts/rules/{spec.name}", spec, AlertRuleOut)
 
+    def alerting_changes(self, *, receivers: bool = False, name: str | None = None,
+                         limit: int = 50, offset: int = 0) -> Any:
+        """Who changed which rule (or, for an admin, receiver), newest first (a ``Page``)."""
+        from control_plane.alerts.schemas import AlertingChangeOut
+
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if name:
+            params["name"] = name
+        path = "/alerts/receivers/changes" if receivers else "/alerts/changes"
+        return self._get(path, Page[AlertingChangeOut], **params)
+
     def delete_alert_rule(self, name: str) -> None:
         self._request("DELETE", f"/alerts/rules/{name}")
 

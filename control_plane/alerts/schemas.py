@@ -97,6 +97,8 @@ class AlertRuleOut(AlertRuleSpec):
     created_by: str
     created_at: datetime
     updated_at: datetime
+    updated_by: str | None = Field(None, description=(
+        "Who last created or replaced the rule's spec (`modelplane alerts changes` has every change)."))
     silence: SilenceOut | None = Field(None, description=(
         "While set (and ``until`` is ahead), the rule's alerts notify no receiver."))
 
@@ -138,6 +140,25 @@ class ReceiverSpec(Wire):
 
 
 class ReceiverOut(ReceiverSpec):
+    created_at: datetime
+
+
+ChangeKind = Literal["rule", "receiver"]
+ChangeAction = Literal["created", "replaced", "deleted", "silenced", "unsilenced"]
+
+
+class AlertingChangeOut(Wire):
+    """One change to alerting: who made it, and the spec it left (before, for a deletion).
+    A receiver's URL is kept as its scheme and host only: the rest often carries a secret."""
+
+    id: int
+    kind: ChangeKind
+    name: str
+    action: ChangeAction
+    actor: str = Field(description="The token's name.")
+    subject: str = Field(description="Whom the token was issued to.")
+    spec: dict[str, Any] | None
+    detail: dict[str, Any] = Field(description="A silence's end and reason; the silence an unsilence ended.")
     created_at: datetime
 
 

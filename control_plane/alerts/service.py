@@ -27,6 +27,7 @@ from typing import Any
 from control_plane.alerts.notify import Notification, Notifier
 from control_plane.alerts.schemas import (
     AlertEventOut,
+    AlertingChangeOut,
     AlertOut,
     AlertRuleOut,
     AlertRuleSpec,
@@ -88,15 +89,15 @@ class AlertService:
 
     # ------------------------------------------------------------ rules and receivers
 
-    def put_rule(self, spec: AlertRuleSpec, actor: str) -> AlertRuleOut:
-        result = self.store.put_rule(spec, actor)
+    def put_rule(self, spec: AlertRuleSpec, actor: str, *, subject: str | None = None) -> AlertRuleOut:
+        result = self.store.put_rule(spec, actor, subject=subject)
         with self._lock:
             self._rules = None
             self._due.pop(spec.name, None)
         return result
 
-    def delete_rule(self, name: str) -> None:
-        self.store.delete_rule(name)
+    def delete_rule(self, name: str, actor: str, *, subject: str | None = None) -> None:
+        self.store.delete_rule(name, actor, subject=subject)
         with self._lock:
             self._rules = None
             for alert in [a for a in self._alerts.values() if a.name == name]:
@@ -109,31 +110,36 @@ class AlertService:
         return [r if r.silence is None or r.silence.until > now else r.model_copy(update={"silence": None})
                 for r in self.store.rules()]
 
-    def silence(self, name: str, body: SilenceCreate, actor: str) -> AlertRuleOut:
+    def silence(self, name: str, body: SilenceCreate, actor: str, *,
+                subject: str | None = None) -> AlertRuleOut:
         """Notify no receiver of rule ``name``'s alerts for ``body.duration_s``; they are
         still evaluated, listed and recorded in the history."""
-        result = self.store.silence(name, body, actor, _datetime(self._clock()))
+        result = self.store.silence(name, body, actor, _datetime(self._clock()), subject=subject)
         with self._lock:
             self._rules = None
         return result
 
-    def unsilence(self, name: str) -> AlertRuleOut:
-        result = self.store.unsilence(name)
+    def unsilence(self, name: str, actor: str, *, subject: str | None = None) -> AlertRuleOut:
+        result = self.store.unsilence(name, actor, subject=subject)
         with self._lock:
             self._rules = None
         return result
 
-    def put_receiver(self, spec: ReceiverSpec) -> ReceiverOut:
-        result = self.store.put_receiver(spec)
+    def put_receiver(self, spec: ReceiverSpec, actor: str, *, subject: str | None = None) -> ReceiverOut:
+        result = self.store.put_receiver(spec, actor, subject=subject)
         self.notifier.configure(self.store.receivers())
         return result
 
-    def delete_receiver(self, name: str) -> None:
-        self.store.delete_receiver(name)
+    def delete_receiver(self, name: str, actor: str, *, subject: str | None = None) -> None:
+        self.store.delete_receiver(name, actor, subject=subject)
         self.notifier.configure(self.store.receivers())
 
     def receivers(self) -> list[ReceiverOut]:
         return self.store.receivers()
+
+    def changes(self, kind: str, **query: Any) -> Page[AlertingChangeOut]:
+        """Who changed which rule (``kind="rule"``) or receiver, newest first."""
+        return self.store.changes(kind, **query)
 
     def active(self) -> list[AlertOut]:
         return self.store.active(_datetime(self._clock()))

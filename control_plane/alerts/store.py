@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, select
 
 from control_plane.alerts.schemas import (
     AlertEventOut,
+    AlertingChangeOut,
     AlertOut,
     AlertRuleOut,
     AlertRuleSpec,
@@ -23,6 +24,7 @@ from control_plane.schemas import Page
 from control_plane.store import Database
 from control_plane.store.models import (
     AlertEventRow,
+    AlertingChangeRow,
     AlertReceiverRow,
     AlertRow,
     AlertRuleRow,
@@ -45,8 +47,9 @@ class AlertStore:
 
     # ------------------------------------------------------------ rules
 
-    def put_rule(self, spec: AlertRuleSpec, actor: str) -> AlertRuleOut:
-        """Create or replace the rule named ``spec.name``."""
+    def put_rule(self, spec: AlertRuleSpec, actor: str, *, subject: str | None = None) -> AlertRuleOut:
+        """Create or replace the rule named ``spec.name``; a change is recorded
+        (:meth:`changes`), a put of the same spec changes nothing."""
         document = spec.model_dump(mode="json")
         with self.db.session() as session:
             row = session.scalar(select(AlertRuleRow).where(AlertRuleRow.name == spec.name))
@@ -57,17 +60,22 @@ class AlertStore:
                         f"{held} alert rules exist, at most {MAX_RULES}; delete some, or put "
                         "several endpoints under one rule (a rule without an endpoint watches them all)",
                         detail={"field": "name", "limit": MAX_RULES})
-                row = AlertRuleRow(name=spec.name, spec=document, created_by=actor)
+                row = AlertRuleRow(name=spec.name, spec=document, created_by=actor, updated_by=actor)
                 session.add(row)
-            else:
-                row.spec, row.updated_at = document, utcnow()
+                _record(session, "rule", spec.name, "created", actor, subject, document)
+            elif row.spec != document:
+                row.spec, row.updated_at, row.updated_by = document, utcnow(), actor
+                _record(session, "rule", spec.name, "replaced", actor, subject, document)
             session.flush()
             return _rule_out(row, session.get(AlertSilenceRow, spec.name))
 
-    def delete_rule(self, name: str) -> None:
+    def delete_rule(self, name: str, actor: str, *, subject: str | None = None) -> None:
         with self.db.session() as session:
-            if session.execute(delete(AlertRuleRow).where(AlertRuleRow.name == name)).rowcount == 0:
+            row = session.scalar(select(AlertRuleRow).where(AlertRuleRow.name == name))
+            if row is None:
                 raise _no_rule(name)
+            _record(session, "rule", name, "deleted", actor, subject, row.spec)
+            session.delete(row)
             session.execute(delete(AlertSilenceRow).where(AlertSilenceRow.rule == name))
 
     def rules(self) -> list[AlertRuleOut]:
@@ -76,7 +84,8 @@ class AlertStore:
             return [_rule_out(r, silences.get(r.name))
                     for r in session.scalars(select(AlertRuleRow).order_by(AlertRuleRow.name))]
 
-    def silence(self, name: str, body: SilenceCreate, actor: str, now: datetime) -> AlertRuleOut:
+    def silence(self, name: str, body: SilenceCreate, actor: str, now: datetime, *,
+                subject: str | None = None) -> AlertRuleOut:
         """Silence rule ``name`` from ``now`` for ``body.duration_s`` (replacing any silence)."""
         from datetime import timedelta
 
@@ -88,38 +97,50 @@ class AlertStore:
             row.until = now + timedelta(seconds=body.duration_s)
             row.reason, row.created_by, row.created_at = body.reason, actor, now
             session.add(row)
+            _record(session, "rule", name, "silenced", actor, subject, rule.spec,
+                    {"until": row.until.isoformat(), "reason": body.reason})
             session.flush()
             return _rule_out(rule, row)
 
-    def unsilence(self, name: str) -> AlertRuleOut:
+    def unsilence(self, name: str, actor: str, *, subject: str | None = None) -> AlertRuleOut:
         with self.db.session() as session:
             rule = session.scalar(select(AlertRuleRow).where(AlertRuleRow.name == name))
             if rule is None:
                 raise _no_rule(name)
-            session.execute(delete(AlertSilenceRow).where(AlertSilenceRow.rule == name))
+            ended = session.get(AlertSilenceRow, name)
+            if ended is not None:
+                _record(session, "rule", name, "unsilenced", actor, subject, rule.spec, {
+                    "ended": {"until": ended.until.isoformat(), "reason": ended.reason,
+                              "by": ended.created_by}})
+                session.delete(ended)
             return _rule_out(rule, None)
 
     # ------------------------------------------------------------ receivers
 
-    def put_receiver(self, spec: ReceiverSpec) -> ReceiverOut:
+    def put_receiver(self, spec: ReceiverSpec, actor: str, *, subject: str | None = None) -> ReceiverOut:
         document = spec.model_dump(mode="json")
         with self.db.session() as session:
             row = session.scalar(select(AlertReceiverRow).where(AlertReceiverRow.name == spec.name))
             if row is None:
                 row = AlertReceiverRow(name=spec.name, spec=document)
                 session.add(row)
-            else:
+                _record(session, "receiver", spec.name, "created", actor, subject, _redacted(document))
+            elif row.spec != document:
                 row.spec = document
+                _record(session, "receiver", spec.name, "replaced", actor, subject, _redacted(document))
             session.flush()
             return ReceiverOut(**row.spec, created_at=row.created_at)
 
-    def delete_receiver(self, name: str) -> None:
+    def delete_receiver(self, name: str, actor: str, *, subject: str | None = None) -> None:
         """Delete the receiver and what waits in the outbox for it."""
         from control_plane.alerts.outbox import forget
 
         with self.db.session() as session:
-            if session.execute(delete(AlertReceiverRow).where(AlertReceiverRow.name == name)).rowcount == 0:
+            row = session.scalar(select(AlertReceiverRow).where(AlertReceiverRow.name == name))
+            if row is None:
                 raise NotFoundError(f"no alert receiver named {name!r}", detail={"field": "name"})
+            _record(session, "receiver", name, "deleted", actor, subject, _redacted(row.spec))
+            session.delete(row)
             forget(session, name)
 
     def receivers(self) -> list[ReceiverOut]:
@@ -188,12 +209,49 @@ class AlertStore:
                                        limit=limit, offset=offset)
 
 
+    def changes(self, kind: str, *, name: str | None = None, limit: int = 50,
+                offset: int = 0) -> Page[AlertingChangeOut]:
+        """Changes to rules or receivers (``kind``), newest first; ``name`` also finds
+        those of a rule or receiver deleted since."""
+        query = select(AlertingChangeRow).where(AlertingChangeRow.kind == kind)
+        if name:
+            query = query.where(AlertingChangeRow.name == name)
+        with self.db.session(readonly=True) as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = session.scalars(query.order_by(AlertingChangeRow.id.desc())
+                                   .limit(limit).offset(offset))
+            items = [AlertingChangeOut(
+                id=r.id, kind=r.kind, name=r.name, action=r.action, actor=r.actor,
+                subject=r.subject, spec=r.spec, detail=r.detail or {}, created_at=r.created_at)
+                for r in rows]
+            return Page[AlertingChangeOut](items=items, total=total, limit=limit, offset=offset)
+
+
+def _record(session: Any, kind: str, name: str, action: str, actor: str, subject: str | None,
+            spec: dict[str, Any] | None, detail: dict[str, Any] | None = None) -> None:
+    session.add(AlertingChangeRow(kind=kind, name=name, action=action, actor=actor,
+                                  subject=subject or actor, spec=spec, detail=detail or {},
+                                  created_at=utcnow()))
+
+
+def _redacted(receiver: dict[str, Any]) -> dict[str, Any]:
+    """A receiver's spec with its URL cut to scheme and host: paths, queries and user
+    parts of webhook URLs carry secrets (a Slack hook's path is its key)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(receiver.get("url", "")))
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return {**receiver, "url": f"{parts.scheme}://{host}/…" if parts.scheme else "…"}
+
+
 def _rule_out(row: AlertRuleRow, silence: AlertSilenceRow | None) -> AlertRuleOut:
     muted = None if silence is None else SilenceOut(
         until=silence.until, reason=silence.reason, created_by=silence.created_by,
         created_at=silence.created_at)
     return AlertRuleOut(**row.spec, created_by=row.created_by, created_at=row.created_at,
-                        updated_at=row.updated_at, silence=muted)
+                        updated_at=row.updated_at, updated_by=row.updated_by, silence=muted)
 
 
 def _no_rule(name: str) -> NotFoundError:

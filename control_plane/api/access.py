@@ -172,6 +172,8 @@ ROUTE_ACCESS: dict[str, Access] = {
     "GET /monitoring/signals": READ,
     "GET /alerts": READ,
     "GET /alerts/history": READ,
+    "GET /alerts/changes": READ,
+    "GET /alerts/receivers/changes": ADMIN,
     "POST /alerts/events": DEPLOY,
     "GET /alerts/rules": READ,
     "PUT /alerts/rules/{name}": DEPLOY,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from control_plane.alerts.schemas import (
     AlertEventOut,
+    AlertingChangeOut,
     AlertOut,
     AlertRuleOut,
     AlertRuleSpec,
@@ -74,6 +75,24 @@ def alert_history(
     return cp.alerts.history(limit=limit, offset=offset, name=name, endpoint=endpoint)
 
 
+ChangedName = Annotated[str | None, Query(max_length=128, description="Only this name (deleted ones too).")]
+
+
+@router.get("/alerts/changes", response_model=Page[AlertingChangeOut])
+def rule_changes(cp: CP, _: Reader, limit: Limit = 50, offset: Offset = 0,
+                 name: ChangedName = None) -> Page[AlertingChangeOut]:
+    """Who created, replaced, deleted, silenced or unsilenced which rule, newest first."""
+    return cp.alerts.changes("rule", limit=limit, offset=offset, name=name)
+
+
+@router.get("/alerts/receivers/changes", response_model=Page[AlertingChangeOut])
+def receiver_changes(cp: CP, actor: Writer, limit: Limit = 50, offset: Offset = 0,
+                     name: ChangedName = None) -> Page[AlertingChangeOut]:
+    """Who created, replaced or deleted which receiver, newest first (URLs cut to their host)."""
+    actor.require(Role.ADMIN)
+    return cp.alerts.changes("receiver", limit=limit, offset=offset, name=name)
+
+
 @router.post("/alerts/events", status_code=202)
 def fire_event(body: EventCreate, cp: CP, actor: Writer) -> dict[str, str]:
     """Raise a one-shot alert: recorded in the history and notified at once."""
@@ -93,14 +112,14 @@ def put_rule(name: str, body: AlertRuleSpec, cp: CP, actor: Writer) -> AlertRule
     """Create or replace an alert rule."""
     actor.require(Role.DEPLOYER)
     _same_name(name, body.name)
-    return cp.alerts.put_rule(body, actor.name)
+    return cp.alerts.put_rule(body, actor.name, subject=actor.subject)
 
 
 @router.delete("/alerts/rules/{name}", status_code=204)
 def delete_rule(name: str, cp: CP, actor: Writer) -> Response:
     """Delete a rule; its firing alerts resolve."""
     actor.require(Role.DEPLOYER)
-    cp.alerts.delete_rule(name)
+    cp.alerts.delete_rule(name, actor.name, subject=actor.subject)
     return Response(status_code=204)
 
 
@@ -109,14 +128,14 @@ def silence_rule(name: str, body: SilenceCreate, cp: CP, actor: Writer) -> Alert
     """Notify no receiver of the rule's alerts for a while (replacing any silence); they
     are still evaluated, listed and recorded."""
     actor.require(Role.DEPLOYER)
-    return cp.alerts.silence(name, body, actor.name)
+    return cp.alerts.silence(name, body, actor.name, subject=actor.subject)
 
 
 @router.delete("/alerts/rules/{name}/silence", response_model=AlertRuleOut)
 def unsilence_rule(name: str, cp: CP, actor: Writer) -> AlertRuleOut:
     """End the rule's silence now."""
     actor.require(Role.DEPLOYER)
-    return cp.alerts.unsilence(name)
+    return cp.alerts.unsilence(name, actor.name, subject=actor.subject)
 
 
 # Receivers are admin-only, reads included: a webhook URL often carries a secret.
@@ -131,13 +150,13 @@ def put_receiver(name: str, body: ReceiverSpec, cp: CP, actor: Writer) -> Receiv
     """Create or replace a webhook receiver of every alert notification."""
     actor.require(Role.ADMIN)
     _same_name(name, body.name)
-    return cp.alerts.put_receiver(body)
+    return cp.alerts.put_receiver(body, actor.name, subject=actor.subject)
 
 
 @router.delete("/alerts/receivers/{name}", status_code=204)
 def delete_receiver(name: str, cp: CP, actor: Writer) -> Response:
     actor.require(Role.ADMIN)
-    cp.alerts.delete_receiver(name)
+    cp.alerts.delete_receiver(name, actor.name, subject=actor.subject)
     return Response(status_code=204)
 
 

@@ -44,10 +44,10 @@ def rules(
     found = api.alert_rules()
     emit(as_json, found, lambda: print_table(
         "alert rules", ["rule", "condition", "window", "for", "every", "severity", "scope", "enabled",
-                        "silenced until"],
+                        "silenced until", "changed by"],
         [[r.name, f"{r.metric} {r.comparison} {r.threshold:g}", f"{r.window_s:g}s", f"{r.for_s:g}s",
           f"{r.every_s:g}s", r.severity, _scope(r), "yes" if r.enabled else "no",
-          _silence(r)] for r in found],
+          _silence(r), r.updated_by or r.created_by] for r in found],
         footer="" if found else "no rules; add some with `modelplane alerts apply rules.yaml`"))
 
 
@@ -76,6 +76,35 @@ def history(
         [[e.created_at, e.name, e.state, e.kind, e.severity, e.labels.get("endpoint"),
           e.labels.get("version"), e.summary] for e in page.items],
         footer=f"{len(page.items)} of {page.total}"))
+
+
+@alerts_app.command("changes")
+def changes(
+    name: str | None = typer.Argument(None, help="Only this rule (or receiver), deleted ones too."),
+    receivers: bool = typer.Option(False, "--receivers", help="Changes to receivers (admin only)."),
+    limit: int = typer.Option(20, min=1, max=500, help="Entries to show."),
+    as_json: bool = JsonOption, url: str | None = UrlOption,
+) -> None:
+    """Who created, replaced, deleted, silenced or unsilenced which rule (or receiver), newest first."""
+    page = client(url).alerting_changes(receivers=receivers, name=name, limit=limit)
+    emit(as_json, page, lambda: print_table(
+        "receiver changes" if receivers else "alert rule changes",
+        ["when", "name", "action", "by", "for", "what"],
+        [[c.created_at, c.name, c.action, c.actor, c.subject, _change_text(c)] for c in page.items],
+        footer=f"{len(page.items)} of {page.total}"))
+
+
+def _change_text(change: Any) -> str:
+    spec = change.spec or {}
+    if change.action == "silenced":
+        return f"until {change.detail.get('until')}" + (f": {change.detail['reason']}"
+                                                        if change.detail.get("reason") else "")
+    if change.action == "unsilenced":
+        return f"ended the silence until {(change.detail.get('ended') or {}).get('until')}"
+    if change.kind == "receiver":
+        return f"{spec.get('url')} ({', '.join(spec.get('events') or [])})"
+    enabled = "" if spec.get("enabled", True) else ", disabled"
+    return f"{spec.get('metric')} {spec.get('comparison')} {spec.get('threshold')}{enabled}"
 
 
 @alerts_app.command("apply")

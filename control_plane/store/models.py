@@ -345,6 +345,27 @@ class AlertRuleRow(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Who last created or replaced its spec (None: a rule from before this was kept).
+    updated_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class AlertingChangeRow(Base):
+    """Audit trail of alerting: a rule or receiver created, replaced, deleted, silenced or
+    unsilenced, by whom, with the spec it has afterwards (before, for a deletion); written
+    in the change's own transaction."""
+
+    __tablename__ = "alerting_changes"
+    __table_args__ = (Index("ix_alerting_changes_kind_name", "kind", "name", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # rule | receiver
+    name: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))  # the token's name
+    subject: Mapped[str] = mapped_column(String(128))  # whom the token was issued to
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AlertSilenceRow(Base):

@@ -118,6 +118,40 @@ def test_subjects_and_the_approval_policy(server: ControlPlaneProcess) -> None:
     assert "False" in cli(server, "models", "policy", "cli-iris").stdout
 
 
+def test_who_changed_alerting_is_kept_and_read_with_the_cli(server: ControlPlaneProcess,
+                                                            tmp_path: Path) -> None:
+    import yaml
+
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(yaml.safe_dump({
+        "rules": [{"name": "slow", "metric": "p99_ms", "comparison": ">", "threshold": 250}],
+        "receivers": [{"name": "pager", "url": "https://hooks.example.com/T1/SECRET-KEY"}]}))
+    cli(server, "alerts", "apply", str(rules))
+    deployer = json.loads(cli(server, "token", "create", "mallory-laptop", "--role", "deployer",
+                              "--subject", "mallory", "--json").stdout)["token"]
+    reader = json.loads(cli(server, "token", "create", "audit-reader", "--role", "reader",
+                            "--json").stdout)["token"]
+    rules.write_text(yaml.safe_dump({"rules": [{"name": "slow", "metric": "p99_ms",
+                                                "comparison": ">", "threshold": 100000,
+                                                "enabled": False}]}))
+    cli(server, "alerts", "apply", str(rules), token=deployer)
+    cli(server, "alerts", "silence", "slow", "--for", "2h", "--reason", "quiet", token=deployer)
+    listed = json.loads(cli(server, "alerts", "rules", "--json").stdout)
+    assert [(r["created_by"], r["updated_by"]) for r in listed] == [("admin", "mallory-laptop")]
+    changes = json.loads(cli(server, "alerts", "changes", "slow", "--json", token=reader).stdout)
+    assert [(c["action"], c["actor"], c["subject"]) for c in changes["items"]] == [
+        ("silenced", "mallory-laptop", "mallory"), ("replaced", "mallory-laptop", "mallory"),
+        ("created", "admin", "admin")]
+    assert changes["items"][1]["spec"]["threshold"] == 100000
+    table = cli(server, "alerts", "changes", token=reader).stdout
+    assert "replaced" in table and "3 of 3" in table, table
+    refused = cli(server, "alerts", "changes", "--receivers", token=reader, ok=False)
+    assert refused.returncode == 1 and "admin" in refused.stderr
+    receivers = json.loads(cli(server, "alerts", "changes", "--receivers", "--json").stdout)
+    assert receivers["items"][0]["spec"]["url"] == "https://hooks.example.com/…"
+    assert "SECRET" not in json.dumps(receivers)
+
+
 def test_experiments_commands(server: ControlPlaneProcess) -> None:
     from control_plane.client import Client
 

@@ -54,7 +54,7 @@ def drift_stats(verdict: str) -> dict[int, VersionSnapshot]:
 
 def test_a_receiver_gets_the_firing_and_the_resolved_notification(service) -> None:
     receiver = Receiver()
-    service.put_receiver(ReceiverSpec(name="ops", url=receiver.url))
+    service.put_receiver(ReceiverSpec(name="ops", url=receiver.url), "alice")
     service.put_rule(AlertRuleSpec(name="input-drift", metric="drift", comparison="==", threshold=1,
                                    severity="critical", labels={"team": "risk"}), "alice")
     service.evaluate(lambda e, w: drift_stats("drift"), lambda: ["churn"], now=100.0)
@@ -76,7 +76,7 @@ def test_a_receiver_gets_the_firing_and_the_resolved_notification(service) -> No
 
 def test_a_failing_receiver_is_retried_with_backoff(service) -> None:
     receiver = Receiver(failures=2)
-    service.put_receiver(ReceiverSpec(name="flaky", url=receiver.url, backoff_s=0.05))
+    service.put_receiver(ReceiverSpec(name="flaky", url=receiver.url, backoff_s=0.05), "alice")
     service.fire_event("rollout-rolled-back", severity="critical", labels={"endpoint": "churn"},
                        summary="candidate failed")
     [delivered] = receiver.wait(1)
@@ -89,7 +89,7 @@ def test_a_failing_receiver_is_retried_with_backoff(service) -> None:
 
 def test_a_receiver_that_refuses_the_payload_is_not_retried(service) -> None:
     receiver = Receiver(failures=10, failure_status=400)
-    service.put_receiver(ReceiverSpec(name="strict", url=receiver.url, backoff_s=0.05))
+    service.put_receiver(ReceiverSpec(name="strict", url=receiver.url, backoff_s=0.05), "alice")
     service.fire_event("note", severity="info", labels={}, summary="")
     assert eventually(lambda: service.notifier.stats()["strict"] == {"failed": 1}), \
         service.notifier.stats()
@@ -100,8 +100,8 @@ def test_a_receiver_that_refuses_the_payload_is_not_retried(service) -> None:
 def test_a_hung_receiver_blocks_neither_the_caller_nor_the_other_receivers(service, hanging_port) -> None:
     healthy = Receiver()
     service.put_receiver(ReceiverSpec(name="hung", url=f"http://127.0.0.1:{hanging_port}/hook",
-                                      timeout_s=1, max_attempts=3, backoff_s=0.5))
-    service.put_receiver(ReceiverSpec(name="healthy", url=healthy.url))
+                                      timeout_s=1, max_attempts=3, backoff_s=0.5), "alice")
+    service.put_receiver(ReceiverSpec(name="healthy", url=healthy.url), "alice")
     started = time.monotonic()
     for index in range(5):
         service.fire_event(f"event-{index}", severity="warning", labels={}, summary="")

@@ -76,7 +76,7 @@ def listen(cp: ControlPlane, receiver: Receiver, name: str, events: list[str] | 
            format: str = "json", **spec: Any) -> None:
     fields = {"events": events} if events is not None else {}
     cp.alerts.put_receiver(ReceiverSpec(name=name, url=receiver.url, format=format,  # type: ignore[arg-type]
-                                        **fields, **spec))
+                                        **fields, **spec), "alice")
 
 
 def register(cp: ControlPlane, model: str, seed: int) -> int:
@@ -223,7 +223,7 @@ def test_a_receiver_that_is_down_does_not_slow_the_registry(cp: ControlPlane, re
                                                              hanging_port: int) -> None:
     cp.alerts.put_receiver(ReceiverSpec(name="hung", url=f"http://127.0.0.1:{hanging_port}/hook",
                                         events=["registry.*"], timeout_s=10, max_attempts=3,
-                                        backoff_s=0.5))
+                                        backoff_s=0.5), "alice")
     listen(cp, receivers["healthy"], "healthy", ["registry.*"])
     register(cp, "churn", seed=5)
     took = []

@@ -218,7 +218,7 @@ def test_a_control_plane_taking_the_lead_reads_what_the_last_leader_did(db: Data
     a._due.clear()
     a.tick(stats, stats.endpoints, leading=True)
     assert history(a)[-1] == ("input-drift", "resolved", "rule")
-    a.put_receiver(ReceiverSpec(name="pager", url="http://127.0.0.1:9/hook"))
+    a.put_receiver(ReceiverSpec(name="pager", url="http://127.0.0.1:9/hook"), "alice")
     a.stop()
 
     stats.drift("churn", 1, "drift", ["age"])
@@ -362,7 +362,7 @@ def test_deleting_a_rule_resolves_its_alerts(service) -> None:
     stats.drift("churn", 1, "drift", ["age"])
     service.put_rule(drift_rule(), "alice")
     service.evaluate(stats, stats.endpoints, now=0.0)
-    service.delete_rule("input-drift")
+    service.delete_rule("input-drift", "alice")
     assert history(service)[-1] == ("input-drift", "resolved", "rule")
     assert service.rules() == [] and service.active() == []
 
@@ -480,7 +480,7 @@ def test_a_silenced_rule_is_evaluated_and_recorded_but_notifies_no_one(db: Datab
         assert svc.rules()[0].silence is None
         # Silenced and unsilenced at once: it notifies again.
         svc.silence("input-drift", SilenceCreate(duration_s=3600), "bob")
-        assert svc.unsilence("input-drift").silence is None
+        assert svc.unsilence("input-drift", "alice").silence is None
         stats.drift("churn", 2, "drift", ["income"])
         clock[0] += 5
         svc.evaluate(stats, stats.endpoints, now=clock[0])
@@ -488,7 +488,7 @@ def test_a_silenced_rule_is_evaluated_and_recorded_but_notifies_no_one(db: Datab
         with pytest.raises(NotFoundError, match="no alert rule named 'nope'"):
             svc.silence("nope", SilenceCreate(duration_s=60), "bob")
         svc.silence("input-drift", SilenceCreate(duration_s=60), "bob")
-        svc.delete_rule("input-drift")  # its silence goes with it
+        svc.delete_rule("input-drift", "alice")  # its silence goes with it
         svc.put_rule(drift_rule(), "alice")
         assert svc.rules()[0].silence is None
     finally:
@@ -508,3 +508,41 @@ def test_a_silence_names_a_duration_in_range() -> None:
     for bad in ("soon", "0m", "31d", ""):
         with pytest.raises(typer.BadParameter):
             parse_duration(bad)
+
+
+def test_every_change_to_alerting_is_recorded_with_who_made_it(service: AlertService) -> None:
+    """A deployer can disable, re-threshold, silence or delete anyone's rule: each of
+    those leaves who did it and what the rule became, in the change's own transaction."""
+    from control_plane.alerts.schemas import ReceiverSpec, SilenceCreate
+
+    service.put_rule(drift_rule(), "alice-ci", subject="alice")
+    service.put_rule(drift_rule(), "alice-ci", subject="alice")  # the same spec: no change
+    changed = service.put_rule(drift_rule(enabled=False, threshold=2), "mallory-laptop",
+                               subject="mallory")
+    assert (changed.created_by, changed.updated_by) == ("alice-ci", "mallory-laptop")
+    service.silence("input-drift", SilenceCreate(duration_s=600, reason="noisy"), "bob")
+    service.unsilence("input-drift", "carol")
+    service.unsilence("input-drift", "carol")  # no silence left: nothing ended
+    service.delete_rule("input-drift", "mallory-laptop", subject="mallory")
+    assert service.rules() == []
+    page = service.changes("rule", name="input-drift")
+    assert page.total == 5
+    assert [(c.action, c.actor, c.subject) for c in page.items] == [
+        ("deleted", "mallory-laptop", "mallory"), ("unsilenced", "carol", "carol"),
+        ("silenced", "bob", "bob"), ("replaced", "mallory-laptop", "mallory"),
+        ("created", "alice-ci", "alice")]
+    deleted, unsilenced, silenced, replaced, _ = page.items
+    assert replaced.spec is not None and replaced.spec["enabled"] is False
+    assert replaced.spec["threshold"] == 2 and deleted.spec == replaced.spec
+    assert silenced.detail["reason"] == "noisy"
+    assert unsilenced.detail["ended"]["by"] == "bob"
+    assert service.changes("rule", limit=2, offset=1).items[0].action == "unsilenced"
+
+    secret = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+    service.put_receiver(ReceiverSpec(name="pager", url=secret, format="slack"), "admin")
+    service.delete_receiver("pager", "admin")
+    receivers = service.changes("receiver").items
+    assert [c.action for c in receivers] == ["deleted", "created"]
+    assert all(c.spec is not None and c.spec["url"] == "https://hooks.slack.com/…"
+               for c in receivers)
+    assert "SECRET" not in str([c.model_dump() for c in receivers])

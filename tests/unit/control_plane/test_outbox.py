@@ -36,7 +36,7 @@ def spec(receiver: Receiver, db: Database, **fields: object) -> ReceiverSpec:
 
     made = ReceiverSpec(name="pager", url=receiver.url, **{"backoff_s": 0.05, "max_attempts": 10,
                                                             **fields})
-    AlertStore(db).put_receiver(made)
+    AlertStore(db).put_receiver(made, "alice")
     return made
 
 
@@ -154,9 +154,9 @@ def test_deleting_a_receiver_drops_what_waits_for_it(db: Database) -> None:
 
     alerts = AlertService(db)
     try:
-        alerts.put_receiver(ReceiverSpec(name="pager", url="http://127.0.0.1:9/hook"))
+        alerts.put_receiver(ReceiverSpec(name="pager", url="http://127.0.0.1:9/hook"), "alice")
         Outbox(db).put("pager", "a", {"n": 1}, limit=10)
-        alerts.delete_receiver("pager")
+        alerts.delete_receiver("pager", "alice")
         assert Outbox(db).count("pager") == 0
     finally:
         alerts.stop()
