@@ -1,5 +1,7 @@
 """The stages that judge before anything takes traffic: the data, and the candidate against
-the champion on held-out rows. Each runs in one pass and stores its whole report.
+the champion on held-out rows. Each reads and computes off the pipeline pass
+(:mod:`control_plane.pipelines.offload`), within its own deadline, and stores its whole
+report.
 
 The champion is the version taking the most traffic on the pipeline's endpoint now; a
 pipeline whose endpoint serves nothing yet has none, and its first candidate is held to
@@ -10,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane.pipelines.offload import Offload, Pending
+from control_plane.pipelines.data_sources import BUNDLED_SCHEME
+from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import StageState
-from control_plane.pipelines.stages import Outcome, StageContext
+from control_plane.pipelines.stages import Outcome, StageContext, stage_elapsed_s
 
 
 def champion(services: Any, endpoint: str, model: str) -> Any | None:
@@ -57,8 +60,8 @@ class ValidateDataStage:
     """Schema, missing values, ranges, categories, row count, and drift of the new data
     against the champion's reference profile (:mod:`control_plane.pipelines.data_validation`).
 
-    The data is read and checked off the pass (:mod:`control_plane.pipelines.offload`): a
-    read that hangs fails this stage at ``data.timeout_s`` and holds no other pipeline."""
+    The champion is looked up, and the data read and checked, off the pass: a read that
+    hangs fails this stage at ``data.timeout_s`` and holds no other pipeline."""
 
     name = "validate_data"
 
@@ -70,25 +73,26 @@ class ValidateDataStage:
         data = context.spec.data
         if data is None:
             return Outcome(StageState.SKIPPED, reason="no data section in the spec")
-        best = champion(self.services, context.spec.deploy.endpoint, context.spec.model_name)
-        profile = best.manifest.reference_profile if best is not None else None
         target = _target_column(context)
 
-        def check() -> Any:
+        def check() -> tuple[Any, str | None]:
             from control_plane.pipelines.data_validation import load_dataset, validate_data
 
+            best = champion(self.services, context.spec.deploy.endpoint, context.spec.model_name)
+            profile = best.manifest.reference_profile if best is not None else None
             table = load_dataset(data.uri)
             # Without a champion's profile there is nothing to judge drift against: skipped.
-            return validate_data(table[[c for c in table.columns if c != target]],
-                                 data.expectations, profile)
+            report = validate_data(table[[c for c in table.columns if c != target]],
+                                   data.expectations, profile)
+            return report, f"{best.model}:{best.version}" if best is not None and profile else None
 
-        answer = self.offload.poll(_work_key(context), check, deadline_s=data.timeout_s,
-                                   what=f"reading and checking {data.uri}")
-        if isinstance(answer, Pending):
-            return _pending(answer, f"reading {data.uri}")
-        report = answer.value
+        answer = _offloaded(self.offload, context, check, deadline_s=data.timeout_s,
+                            what=f"reading and checking {data.uri}", resource=data.uri)
+        if not isinstance(answer, Done):
+            return answer
+        report, reference = answer.value
         inputs = {"uri": data.uri, "digest": report.digest, "rows": report.rows,
-                  "reference": f"{best.model}:{best.version}" if best is not None and profile else None}
+                  "reference": reference}
         outputs = {"digest": report.digest, "rows": report.rows,
                    "drifted": len(report.drift.drifted) if report.drift else 0,
                    "report": report.model_dump(mode="json")}
@@ -101,14 +105,23 @@ class ValidateDataStage:
         return None
 
 
-def _pending(answer: Pending, what: str) -> Outcome:
-    # Shown in the stage's progress while the work is off the pass; cleared when it ends.
-    return Outcome(StageState.RUNNING, progress={"offloaded": answer.describe(what)})
-
-
-def _work_key(context: StageContext) -> tuple[Any, ...]:
-    """This try of this stage of this run: a run's stage, started again, reads again."""
-    return (context.record.name, context.run.id, context.record.started_at)
+def _offloaded(offload: Offload, context: StageContext, work: Any, *, deadline_s: float,
+               what: str, resource: str) -> Done[Any] | Outcome:
+    """The stage's work, started or looked at: its result, or the stage's outcome while it
+    runs (its progress says so) or once it is overdue. The deadline counts from the
+    stage's stored start, so a control plane restarted meanwhile does not grant it anew."""
+    if stage_elapsed_s(context) >= deadline_s:
+        return Outcome(StageState.FAILED, progress={},
+                       reason=f"WorkOverdue: {what} did not finish within {deadline_s:g} s")
+    key = (context.record.name, context.run.id, context.record.started_at)
+    try:
+        answer = offload.poll(key, work, deadline_s=deadline_s, what=what, resource=resource)
+    except WorkOverdue as error:
+        return Outcome(StageState.FAILED, progress={}, reason=f"WorkOverdue: {error}")
+    if isinstance(answer, Pending):
+        # Shown in the stage's progress while the work is off the pass; cleared when it ends.
+        return Outcome(StageState.RUNNING, progress={"offloaded": answer.describe(what)})
+    return answer
 
 
 def _target_column(context: StageContext) -> str:
@@ -141,28 +154,30 @@ class EvaluateStage:
         if candidate is None:
             return Outcome(StageState.FAILED, reason="the training stage registered no version")
         model, number = candidate
-        version = self.services.registry.get_version(model, number)
-        best = champion(self.services, context.spec.deploy.endpoint, model)
-        if best is not None and best.version == number:
-            best = None  # the candidate already serves: nothing to compare it with
-        read = self.services.artifacts.read_bytes
+        services = self.services
 
-        def score() -> tuple[Any, str]:
+        def score() -> tuple[Any, str, str | None]:
             from control_plane.pipelines.evaluation import evaluate
 
+            version = services.registry.get_version(model, number)
+            best = champion(services, context.spec.deploy.endpoint, model)
+            if best is not None and best.version == number:
+                best = None  # the candidate already serves: nothing to compare it with
             features, truth, source = self._held_out(context, version.manifest)
-            return evaluate(read(version.artifact_digest),
-                            read(best.artifact_digest) if best is not None else None,
-                            features, truth, version.manifest, settings.gates,
-                            champion_manifest=best.manifest if best is not None else None), source
+            read = services.artifacts.read_bytes
+            report = evaluate(read(version.artifact_digest),
+                              read(best.artifact_digest) if best is not None else None,
+                              features, truth, version.manifest, settings.gates,
+                              champion_manifest=best.manifest if best is not None else None)
+            return report, source, f"{best.model}:{best.version}" if best is not None else None
 
-        answer = self.offload.poll(_work_key(context), score, deadline_s=settings.timeout_s,
-                                   what=f"scoring {model}:{number} on held-out rows")
-        if isinstance(answer, Pending):
-            return _pending(answer, f"scoring {model}:{number}")
-        report, source = answer.value
-        inputs = {"rows": report.rows, "held_out": source,
-                  "champion": f"{best.model}:{best.version}" if best is not None else None}
+        answer = _offloaded(self.offload, context, score, deadline_s=settings.timeout_s,
+                            what=f"scoring {model}:{number} on held-out rows",
+                            resource=_held_out_source(context))
+        if not isinstance(answer, Done):
+            return answer
+        report, source, compared_with = answer.value
+        inputs = {"rows": report.rows, "held_out": source, "champion": compared_with}
         outputs = {"metric": report.metric, "candidate": report.candidate,
                    "champion": report.champion, "report": report.model_dump(mode="json")}
         if not report.passed:
@@ -194,6 +209,15 @@ class EvaluateStage:
                               validation_split=job.data.validation_split, seed=job.data.seed)
         return split.x_val, split.y_val, (f"the training job's own held-out rows "
                                           f"({job.data.validation_split:g} of the data, seed {job.data.seed})")
+
+
+def _held_out_source(context: StageContext) -> str:
+    """The data the held-out rows are read from (one thread reads one source at a time)."""
+    settings = context.spec.evaluate
+    if settings is not None and settings.data_uri is not None:
+        return settings.data_uri
+    data = context.spec.training.job.get("data") or {}
+    return str(data.get("path") or f"{BUNDLED_SCHEME}{data.get('dataset')}")
 
 
 class BenchmarkStage:

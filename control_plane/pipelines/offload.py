@@ -6,10 +6,16 @@ stalls, a mount that hangs) would hold every pipeline. The pass does not wait fo
 work: it starts it, looks at it on each later pass, and takes its result once it is
 there. Work still unfinished at its deadline is given up and the caller told so.
 
-Python cannot stop a thread. A thread whose work never returns keeps its slot, and at
-most ``max_threads`` run at once, so hung reads cost threads up to that bound only; later
-work waits for a slot, and its deadline counts from when it was first asked for, so it
-ends all the same.
+Python cannot stop a thread, so threads are rationed:
+
+- at most ``max_threads`` run at once, and work waiting for one starts in the order it
+  was asked for (not in the order passes happen to look), each within its own deadline;
+- at most one thread works on one *resource* (a data URI) at a time, so a source that
+  hangs holds one thread however often it is asked for again: later work on it waits
+  for the hung read to return, and fails at its deadline saying so.
+
+A result (or error) is kept until nobody has looked at it for ``forget_after_s``, so a
+pass whose write failed after taking it finds it again rather than redoing the work.
 """
 
 from __future__ import annotations
@@ -42,22 +48,27 @@ class Done(Generic[T]):
 @dataclass(frozen=True)
 class Pending:
     waited_s: float
-    started: bool  # False while every thread is busy
+    started: bool  # False while it waits for a thread, or for its resource
 
     def describe(self, what: str) -> str:
         if self.started:
             return f"{what}: under way"
-        return f"{what}: waiting for a free thread (others still running)"
+        return f"{what}: waiting for a free thread, or for an earlier read of the same data"
 
 
 @dataclass
 class _Work:
+    work: Callable[[], Any]
+    what: str
+    resource: Hashable
     asked_at: float
     looked_at: float
     started: bool = False
-    finished: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+    overdue: WorkOverdue | None = None
     value: Any = None
-    error: BaseException | None = None
+    error: Exception | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Offload:
@@ -73,34 +84,35 @@ class Offload:
         self._forget_after_s = forget_after_s
         self._lock = threading.Lock()
         self._work: dict[Hashable, _Work] = {}
+        self._busy: dict[Hashable, str] = {}  # resource → what its thread is doing
         self._running = 0
 
-    def poll(self, key: Hashable, work: Callable[[], T], *, deadline_s: float,
-             what: str) -> Done[T] | Pending:
-        """``work``'s result once it has finished (its exception raised here), else
-        :class:`Pending`; :class:`WorkOverdue` once ``deadline_s`` have passed since
-        ``key`` was first asked for. ``work`` is used only the first time it starts."""
+    def poll(self, key: Hashable, work: Callable[[], T], *, deadline_s: float, what: str,
+             resource: Hashable = None) -> Done[T] | Pending:
+        """``work``'s result once it has finished (its exception raised here, each time
+        asked), else :class:`Pending`; :class:`WorkOverdue` once ``deadline_s`` have passed
+        since ``key`` was first asked for. ``work`` is used only the first time;
+        ``resource`` (default: ``key``) is what at most one thread works on at a time."""
         with self._lock:
             now = self._clock()
             self._forget(now)
             entry = self._work.get(key)
             if entry is None:
-                entry = self._work[key] = _Work(asked_at=now, looked_at=now)
+                entry = self._work[key] = _Work(
+                    work=work, what=what, resource=key if resource is None else resource,
+                    asked_at=now, looked_at=now)
+                self._start_waiting()
             entry.looked_at = now
-            if not entry.started and self._running < self._max_threads:
-                self._start(entry, work, what)
-            if entry.finished.is_set():
-                del self._work[key]
+            if entry.finished:
                 if entry.error is not None:
                     raise entry.error
                 return Done(entry.value)
+            if entry.overdue is not None:
+                raise entry.overdue
             waited = now - entry.asked_at
             if waited >= deadline_s:
-                del self._work[key]
-                raise WorkOverdue(f"{what} did not finish within {deadline_s:g} s"
-                                  + ("" if entry.started else
-                                     f"; all {self._max_threads} threads were busy with "
-                                     "work that had not returned"))
+                entry.overdue = WorkOverdue(self._overdue_reason(entry, deadline_s))
+                raise entry.overdue
             return Pending(waited_s=waited, started=entry.started)
 
     @property
@@ -109,23 +121,55 @@ class Offload:
         with self._lock:
             return self._running
 
-    def _start(self, entry: _Work, work: Callable[[], Any], what: str) -> None:
+    def _overdue_reason(self, entry: _Work, deadline_s: float) -> str:
+        reason = f"{entry.what} did not finish within {deadline_s:g} s"
+        if entry.started:
+            return reason
+        holder = self._busy.get(entry.resource)
+        if holder is not None:
+            return f"{reason}: an earlier piece of work on the same data ({holder}) has not returned"
+        return f"{reason}: all {self._max_threads} threads were busy with work that had not returned"
+
+    def _start_waiting(self) -> None:
+        """Start waiting work, oldest first, while threads are free (under the lock)."""
+        waiting = sorted((e for e in self._work.values()
+                          if not e.started and e.overdue is None), key=lambda e: e.asked_at)
+        for entry in waiting:
+            if self._running >= self._max_threads:
+                return
+            if entry.resource not in self._busy:
+                self._start(entry)
+
+    def _start(self, entry: _Work) -> None:
         def run() -> None:
             try:
-                entry.value = work()
-            except BaseException as error:  # handed to whoever polls next
+                entry.value = entry.work()
+            except Exception as error:  # handed to whoever polls
                 entry.error = error
+            except BaseException as error:  # a thread's SystemExit must not end the loop's
+                entry.error = RuntimeError(f"{entry.what} stopped: {type(error).__name__}")
             finally:
                 with self._lock:
+                    entry.finished = True
+                    entry.work = _spent  # what it held (a closure over a dataset) goes
                     self._running -= 1
-                entry.finished.set()
+                    self._busy.pop(entry.resource, None)
+                    self._start_waiting()
+                entry.done.set()
 
+        thread = threading.Thread(target=run, name=f"pipeline-offload: {entry.what}"[:60],
+                                  daemon=True)
+        thread.start()  # raises (no thread to be had) before anything is counted
         entry.started = True
         self._running += 1
-        threading.Thread(target=run, name=f"pipeline-offload: {what}"[:60], daemon=True).start()
+        self._busy[entry.resource] = entry.what
 
     def _forget(self, now: float) -> None:
         stale = [key for key, entry in self._work.items()
                  if now - entry.looked_at >= self._forget_after_s]
         for key in stale:
             del self._work[key]
+
+
+def _spent() -> Any:
+    raise RuntimeError("this work has run already")

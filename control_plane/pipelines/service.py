@@ -399,8 +399,11 @@ class Pipelines:
             if checked is None or (now - checked).total_seconds() >= triggers.data_check_interval_s:
                 uri, digest_of = spec.data.uri, self._digest
                 try:
-                    answer = self._offload.poll(("digest", name, uri), lambda: digest_of(uri),
-                                                deadline_s=spec.data.timeout_s, what=f"reading {uri}")
+                    # One look per interval (the key), one thread per source (the resource):
+                    # a source that hangs holds one thread however many intervals pass.
+                    answer = self._offload.poll(
+                        ("digest", name, uri, state.get("data_checked_at")), lambda: digest_of(uri),
+                        deadline_s=spec.data.timeout_s, what=f"reading {uri}", resource=uri)
                 except Exception as error:
                     # Looked at again in an interval, not on every pass, and the pipeline's
                     # other triggers still fire: its data away is no reason to stop them.

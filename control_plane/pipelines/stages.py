@@ -89,7 +89,8 @@ class Stage(Protocol):
         """Undo or stop what the stage has started (a run was cancelled in it)."""
 
 
-def _elapsed(context: StageContext) -> float:
+def stage_elapsed_s(context: StageContext) -> float:
+    """Seconds since the stage started, as stored (a restart does not reset it)."""
     started = context.record.started_at or context.now
     return (context.now - started).total_seconds()
 
@@ -149,7 +150,7 @@ class TrainStage:
         if job_missing(error):
             return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs,
                            reason=f"training job {job_id}: {error.message}")
-        if _elapsed(context) > timeout_s:
+        if stage_elapsed_s(context) > timeout_s:
             return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
                 f"training job {job_id}: {error.message}; training.timeout_s ({timeout_s:g} "
                 f"s) has passed, so the stage fails: stop the job with `modelplane train stop "
@@ -162,7 +163,7 @@ class TrainStage:
         """What the submitted job's status says of the stage."""
         status = client.status(job_id)
         if status in ("PENDING", "RUNNING"):
-            if _elapsed(context) > context.spec.training.timeout_s:
+            if stage_elapsed_s(context) > context.spec.training.timeout_s:
                 client.stop(job_id)
                 return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
                     f"training job {job_id} still {status} after "
@@ -332,7 +333,7 @@ class ApproveStage:
         if decision == "rejected":
             return Outcome(StageState.FAILED, outputs={"decision": decision},
                            reason=f"{model}:{version} was rejected")
-        if _elapsed(context) > settings.timeout_s:
+        if stage_elapsed_s(context) > settings.timeout_s:
             return Outcome(StageState.FAILED, reason=f"no approval of {model}:{version} within "
                                                      f"{settings.timeout_s:g} s (approve.timeout_s)")
         return Outcome(StageState.RUNNING, outputs={

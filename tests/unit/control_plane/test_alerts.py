@@ -546,3 +546,15 @@ def test_every_change_to_alerting_is_recorded_with_who_made_it(service: AlertSer
     assert all(c.spec is not None and c.spec["url"] == "https://hooks.slack.com/…"
                for c in receivers)
     assert "SECRET" not in str([c.model_dump() for c in receivers])
+
+
+@pytest.mark.parametrize("url", ["https://h:99999/x", "https://h:abc/x", "https://[::1/x"])
+def test_a_receiver_whose_url_urlsplit_refuses_is_still_recorded_and_deletable(
+        service: AlertService, url: str) -> None:
+    from control_plane.alerts.schemas import ReceiverSpec
+
+    service.put_receiver(ReceiverSpec(name="odd", url=url), "admin")
+    service.delete_receiver("odd", "admin")
+    assert [c.action for c in service.changes("receiver", name="odd").items] == ["deleted", "created"]
+    assert all(c.spec is not None and c.spec["url"].endswith("/…") and "/x" not in c.spec["url"]
+               for c in service.changes("receiver").items)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -74,7 +75,7 @@ def tick_within(pipelines: Pipelines, seconds: float = 60.0) -> None:
     assert not failures, failures
 
 
-def test_work_is_started_once_and_its_result_or_error_handed_over_once() -> None:
+def test_work_is_started_once_and_its_result_or_error_kept_for_whoever_asks() -> None:
     offload, calls = Offload(), []
     release = threading.Event()
 
@@ -87,19 +88,20 @@ def test_work_is_started_once_and_its_result_or_error_handed_over_once() -> None
     assert isinstance(first, Pending) and first.started
     assert isinstance(offload.poll("k", work, deadline_s=60, what="work"), Pending)
     release.set()
-    answer = wait_for(lambda: offload.poll("k", work, deadline_s=60, what="work")
-                      if offload.running == 0 else None, 10, "the work to end")
-    assert answer == Done(42) and calls == [1]
+    wait_for(lambda: offload.running == 0, 10, "the work to end")
+    # Kept, not handed over once: a pass whose write failed finds it again.
+    assert offload.poll("k", work, deadline_s=60, what="work") == Done(42)
+    assert offload.poll("k", work, deadline_s=60, what="work") == Done(42)
+    assert calls == [1]
 
     def broken() -> None:
         raise OSError("the bucket is gone")
 
     offload.poll("bad", broken, deadline_s=60, what="reading")
     wait_for(lambda: offload.running == 0, 10, "the work to end")
-    with pytest.raises(OSError, match="the bucket is gone"):
-        offload.poll("bad", broken, deadline_s=60, what="reading")
-    # Handed over: the next poll of the key starts the work again.
-    assert isinstance(offload.poll("bad", broken, deadline_s=60, what="reading"), Pending)
+    for _ in range(2):
+        with pytest.raises(OSError, match="the bucket is gone"):
+            offload.poll("bad", broken, deadline_s=60, what="reading")
 
 
 def test_work_that_hangs_is_given_up_at_its_deadline_and_threads_stay_bounded() -> None:
@@ -112,19 +114,65 @@ def test_work_that_hangs_is_given_up_at_its_deadline_and_threads_stay_bounded() 
         assert isinstance(waiting, Pending) and not waiting.started
         assert "waiting for a free thread" in waiting.describe("reading c")
         clock.now += 30
-        with pytest.raises(WorkOverdue, match="reading a did not finish within 30 s"):
-            offload.poll("a", hang.wait, deadline_s=30, what="reading a")
+        for _ in range(2):  # overdue stays overdue
+            with pytest.raises(WorkOverdue, match="reading a did not finish within 30 s"):
+                offload.poll("a", hang.wait, deadline_s=30, what="reading a")
         with pytest.raises(WorkOverdue, match="all 2 threads were busy"):
             offload.poll("c", lambda: "c", deadline_s=30, what="reading c")
         assert offload.running == 2  # a thread cannot be stopped: it keeps its slot
         assert not offload.poll("d", lambda: "d", deadline_s=30, what="reading d").started
     finally:
         hang.set()
-    wait_for(lambda: offload.running == 0, 10, "the hung work to return")
-    # Slots free again: waiting work starts on its next poll.
-    assert offload.poll("d", lambda: "d", deadline_s=30, what="reading d").started
-    wait_for(lambda: offload.running == 0, 10, "d to end")
-    assert offload.poll("d", lambda: "d", deadline_s=30, what="reading d") == Done("d")
+    # A freed thread takes the waiting work itself (c was given up; d was still waiting).
+    wait_for(lambda: offload.running == 0, 10, "the hung work to return, and d to run")
+    assert offload.poll("d", lambda: "never called", deadline_s=30, what="reading d") == Done("d")
+
+
+def test_a_source_that_hangs_holds_one_thread_however_often_it_is_asked_for() -> None:
+    """A data trigger looks again every interval and a pipeline may run again: without a
+    bound per source, each look on a hung mount took another thread until none was left."""
+    clock, hang = Monotonic(), threading.Event()
+    offload = Offload(max_threads=2, clock=clock)
+    try:
+        for look in range(5):
+            key = ("digest", "bc", "nfs://stuck.csv", look)
+            answer = offload.poll(key, hang.wait, deadline_s=30, what="reading nfs://stuck.csv",
+                                  resource="nfs://stuck.csv")
+            assert answer.started == (look == 0)
+            clock.now += 30
+            with pytest.raises(WorkOverdue) as overdue:
+                offload.poll(key, hang.wait, deadline_s=30, what="reading nfs://stuck.csv",
+                             resource="nfs://stuck.csv")
+            if look:
+                assert "an earlier piece of work on the same data" in str(overdue.value)
+            assert offload.running == 1
+        other = offload.poll("other", lambda: "fine", deadline_s=30, what="reading s3://ok.csv",
+                             resource="s3://ok.csv")
+        assert other.started  # the other thread is still to be had
+    finally:
+        hang.set()
+    wait_for(lambda: offload.running == 0, 10, "the hung read to return")
+
+
+def test_waiting_work_starts_oldest_first_whoever_looks_first() -> None:
+    clock, hold_a, hold_b = Monotonic(), threading.Event(), threading.Event()
+    offload = Offload(max_threads=1, clock=clock)
+    try:
+        assert offload.poll("a", hold_a.wait, deadline_s=600, what="a").started
+        clock.now += 1
+        assert not offload.poll("b", hold_b.wait, deadline_s=600, what="b").started
+        clock.now += 1
+        assert not offload.poll("c", lambda: "c", deadline_s=600, what="c").started
+        hold_a.set()
+        wait_for(lambda: offload.poll("b", hold_b.wait, deadline_s=600, what="b").started, 10,
+                 "b, asked for first, to start")
+        # c looked at more often changes nothing: b holds the one thread.
+        assert not offload.poll("c", lambda: "c", deadline_s=600, what="c").started
+    finally:
+        hold_a.set()
+        hold_b.set()
+    wait_for(lambda: offload.running == 0, 10, "b and c to run")
+    assert offload.poll("c", lambda: "c", deadline_s=600, what="c") == Done("c")
 
 
 def test_work_nobody_looks_at_is_forgotten() -> None:
@@ -164,19 +212,46 @@ def test_a_data_read_that_hangs_fails_its_stage_at_the_deadline_and_holds_no_oth
     stalled_run = pipelines.run("st")
     reading = stalled_run.stages[0]
     assert stalled_run.state is RunState.RUNNING and reading.state is StageState.RUNNING
-    assert reading.progress == {"offloaded": f"reading {stalled}: under way"}
+    assert reading.progress == {"offloaded": f"reading and checking {stalled}: under way"}
     clock.now += 60
     tick_within(pipelines)
     stalled_run = pipelines.run("st")
     assert stalled_run.state is RunState.FAILED
     assert f"WorkOverdue: reading and checking {stalled} did not finish within 60 s" in stalled_run.reason
+    assert stalled_run.stages[0].progress == {}
     assert offload.running == 1  # the read itself is still blocked, on its own thread
 
 
+def test_a_restarted_control_plane_does_not_grant_a_hung_read_a_new_deadline(
+        registry: Registry, stalled: Path) -> None:
+    services = SimpleNamespace(registry=registry, artifacts=registry.artifacts,
+                               deployments=Deployments(registry.db, registry, base_url="http://cp:8000"))
+    wall = Clock()
+
+    def control_plane() -> tuple[Pipelines, Offload]:
+        offload = Offload()
+        stages: dict[str, Any] = all_passing(validate_data=ValidateDataStage(services, offload))
+        return Pipelines(registry.db, stages, now=wall, offload=offload), offload
+
+    first, _ = control_plane()
+    first.apply(parse_pipeline_spec(spec_document(
+        data={"uri": str(stalled), "timeout_s": 60})), ALICE)
+    first.start_run("bc", ALICE)
+    for _ in range(3):
+        tick_within(first)
+    assert first.run("bc").stages[0].state is StageState.RUNNING
+    wall.now += timedelta(seconds=61)
+    restarted, fresh = control_plane()  # it never asked for the read
+    tick_within(restarted)
+    run = restarted.run("bc")
+    assert run.state is RunState.FAILED and "did not finish within 60 s" in run.reason
+    assert fresh.running == 0  # nor started it again
+
+
 def test_a_data_trigger_whose_read_hangs_says_so_and_holds_no_pass(db: Any, stalled: Path) -> None:
-    clock = Monotonic()
+    clock, wall = Monotonic(), Clock()
     offload = Offload(clock=clock)
-    pipelines = Pipelines(db, all_passing(), now=Clock(), digest=dataset_digest, offload=offload)
+    pipelines = Pipelines(db, all_passing(), now=wall, digest=dataset_digest, offload=offload)
     pipelines.apply(parse_pipeline_spec(spec_document(
         triggers={"data_check_interval_s": 60},
         data={"uri": str(stalled), "timeout_s": 30})), ALICE)
@@ -191,3 +266,11 @@ def test_a_data_trigger_whose_read_hangs_says_so_and_holds_no_pass(db: Any, stal
     tick_within(pipelines)
     error = pipelines.get("bc").triggers["data_check_error"]
     assert f"WorkOverdue: reading {stalled} did not finish within 30 s" in error
+    # The next interval's look waits for the hung read rather than taking another thread.
+    wall.now += timedelta(seconds=60)
+    tick_within(pipelines)
+    clock.now += 30
+    tick_within(pipelines)
+    error = pipelines.get("bc").triggers["data_check_error"]
+    assert "an earlier piece of work on the same data" in error
+    assert offload.running == 1
