@@ -36,6 +36,27 @@ DataFormat = Literal["auto", "csv", "parquet"]
 _DIGEST_HEADER = b"modelplane-dataset-digest-v1\n"
 
 
+# Where a pipeline's data may live. The control plane reads it in its own process, with
+# its own credentials, for whoever holds a deployer token: fsspec's other protocols (ssh,
+# ftp, hdfs, memory, reference, github, …) and its chained URLs (``a::b``) reach further
+# than a dataset needs.
+DATA_PROTOCOLS = ("file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https")
+
+
+def check_data_uri(uri: str) -> str:
+    """``uri`` if the control plane may read data there; ValueError saying what may be."""
+    if uri.startswith(BUNDLED_SCHEME):
+        return uri
+    if "::" in uri:
+        raise ValueError(f"{uri!r} chains URLs (::); give the data's own URL")
+    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if protocol not in DATA_PROTOCOLS:
+        raise ValueError(f"{protocol}:// is not a protocol pipelines read data from; use a "
+                         f"local path or one of {', '.join(p + '://' for p in DATA_PROTOCOLS)}, "
+                         f"or {BUNDLED_SCHEME}NAME")
+    return uri
+
+
 def load_dataset(uri: str, *, format: DataFormat = "auto") -> pd.DataFrame:
     """The table at ``uri``: a bundled dataset (``sklearn://NAME``) or a CSV/Parquet file.
 
@@ -43,6 +64,10 @@ def load_dataset(uri: str, *, format: DataFormat = "auto") -> pd.DataFrame:
     """
     if uri.startswith(BUNDLED_SCHEME):
         return _bundled(uri.removeprefix(BUNDLED_SCHEME))
+    try:  # checked again here: a spec stored before the check reads no further
+        check_data_uri(uri)
+    except ValueError as error:
+        raise _error(str(error)) from None
     import pandas as pd
 
     kind = format if format != "auto" else _format_of(uri)

@@ -205,6 +205,10 @@ class EvaluateStage:
         from training.schemas import JobSpec
 
         job = JobSpec.model_validate(context.spec.training.job)
+        if job.data.path:  # read here, in the control plane: held to the pipelines' rule
+            from control_plane.pipelines.data_sources import check_data_uri
+
+            check_data_uri(job.data.path)
         split = split_dataset(load_training_data(job.data, job.task),
                               validation_split=job.data.validation_split, seed=job.data.seed)
         return split.x_val, split.y_val, (f"the training job's own held-out rows "

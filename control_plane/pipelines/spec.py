@@ -60,15 +60,30 @@ class DataStage(Wire):
         600, description="Reading and checking the data (and the trigger's look at it) "
                          "given up after this long: the stage fails, the trigger says why.")
 
+    @field_validator("uri")
+    @classmethod
+    def _readable_here(cls, uri: str) -> str:
+        from control_plane.pipelines.data_sources import check_data_uri
+
+        return check_data_uri(uri)
+
 
 class EvaluateStage(Wire):
     """Held-out metrics against thresholds and against the champion (control_plane.pipelines.evaluation)."""
 
-    data_uri: str | None = Field(None, description="Held-out rows; default: the data stage's uri.")
+    data_uri: str | None = Field(None, max_length=2000,
+                                 description="Held-out rows; default: the data stage's uri.")
     gates: EvaluationGates = Field(default_factory=EvaluationGates)
     timeout_s: Annotated[float, Field(gt=0, le=24 * 3600)] = Field(
         1800, description="Reading the held-out rows and scoring both models given up "
                           "after this long: the stage fails.")
+
+    @field_validator("data_uri")
+    @classmethod
+    def _readable_here(cls, uri: str | None) -> str | None:
+        from control_plane.pipelines.data_sources import check_data_uri
+
+        return None if uri is None else check_data_uri(uri)
 
 
 class BenchmarkStage(BenchmarkSettings):
@@ -142,6 +157,12 @@ class PipelineSpec(Wire):
             raise ValueError("triggers.data_check_interval_s watches data.uri; add a data section")
         if self.evaluate is not None and self.evaluate.data_uri is None and self.data is None:
             raise ValueError("evaluate needs held-out rows: set evaluate.data_uri or a data section")
+        path = (self.training.job.get("data") or {}).get("path")
+        if self.evaluate is not None and self.evaluate.data_uri is None and path:
+            from control_plane.pipelines.data_sources import check_data_uri
+
+            # The evaluate stage reads the job's own held-out rows in the control plane.
+            check_data_uri(str(path))
         return self
 
     @property

@@ -356,6 +356,37 @@ def test_spec_errors_name_the_field(tmp_path: Path) -> None:
         load_pipeline_spec(tmp_path / "pipeline.yaml")
 
 
+@pytest.mark.parametrize(("section", "uri", "said"), [
+    ("data", "ssh://db-host/etc/app/creds.csv", "ssh:// is not a protocol pipelines read"),
+    ("data", "simplecache::https://example.com/a.csv", "chains URLs"),
+    ("data", "memory://shared/rows.csv", "memory:// is not"),
+    ("evaluate", "ftp://internal/held-out.csv", "ftp:// is not"),
+    ("job", "reference://refs.json", "reference:// is not"),
+])
+def test_the_control_plane_reads_pipeline_data_from_storage_urls_only(
+        tmp_path: Path, section: str, uri: str, said: str) -> None:
+    """Pipelines read their data in the control plane's process, with its credentials, for
+    anyone with a deployer token: fsspec's other protocols and chained URLs reach further."""
+    document = spec_document(data={"uri": "sklearn://breast_cancer"})
+    if section == "data":
+        document["data"] = {"uri": uri}
+    elif section == "evaluate":
+        document["evaluate"] = {"data_uri": uri}
+    else:  # the evaluate stage reads the job's own held-out rows
+        document["evaluate"] = {}
+        document["training"]["job"]["data"] = {"path": uri, "target": "target"}
+    with pytest.raises(InvalidPipelineSpecError, match=said):
+        parse_pipeline_spec(document)
+    from control_plane.errors import InvalidInputError
+    from control_plane.pipelines.data_sources import load_dataset
+
+    with pytest.raises(InvalidInputError, match=said):  # a spec stored before the rule
+        load_dataset(uri)
+    for fine in ("s3://bucket/rows.parquet", "https://example.com/a.csv", str(tmp_path / "a.csv"),
+                 f"file://{tmp_path}/a.csv", "sklearn://wine"):
+        parse_pipeline_spec(spec_document(data={"uri": fine}))
+
+
 @pytest.mark.parametrize(("text", "after", "expected"), [
     ("0 3 * * *", "2026-11-30T06:00", "2026-12-01T03:00"),
     ("*/15 * * * *", "2026-11-30T06:07", "2026-11-30T06:15"),
