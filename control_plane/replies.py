@@ -20,7 +20,12 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def read_reply(model: type[M], data: Any) -> M:
-    """``data`` (a decoded JSON answer) as ``model``, without the fields it does not know."""
+    """``data`` (a decoded JSON answer) as ``model``, without the fields it does not know.
+
+    Only fields whose place in ``data`` is plain (keys and list indexes) are left out. Inside
+    a union of models, pydantic names each member tried in the location, and a field one
+    member knows is "unknown" to another: leaving those out could pick the wrong member and
+    lose a value, so such an answer is refused as before."""
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -28,9 +33,9 @@ def read_reply(model: type[M], data: Any) -> M:
         unknown = [problem["loc"] for problem in problems if problem["type"] == "extra_forbidden"]
         if not unknown or len(unknown) != len(problems):
             raise
-    trimmed = copy.deepcopy(data)
-    for location in unknown:
-        _drop(trimmed, location)
+        trimmed = copy.deepcopy(data)
+        if not all(_drop(trimmed, location) for location in unknown):
+            raise
     return model.model_validate(trimmed)
 
 
@@ -41,15 +46,18 @@ def read_replies(model: type[M], data: Any) -> list[M]:
     return [read_reply(model, item) for item in data]
 
 
-def _drop(document: Any, location: Sequence[int | str]) -> None:
-    """Remove the field at ``location``. Pydantic puts the names of union members and
-    validators in a location too; a step that is not a key or index here is one of them."""
+def _drop(document: Any, location: Sequence[int | str]) -> bool:
+    """Remove the field at ``location``; False where a step of it is not a key or an index
+    of ``document`` (the name of a union's member)."""
     *path, last = location
     node = document
     for step in path:
         is_key = isinstance(node, dict) and step in node
         is_index = isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
-        if is_key or is_index:
-            node = node[step]
-    if isinstance(node, dict):
-        node.pop(last, None)
+        if not (is_key or is_index):
+            return False
+        node = node[step]
+    if not isinstance(node, dict) or last not in node:
+        return False
+    del node[last]
+    return True
