@@ -326,6 +326,10 @@ def test_a_deployer_silences_a_firing_rule_and_a_reader_cannot(console: Console)
         wait_for(lambda: any(a.name == rule and a.silenced_until for a in console.client.alerts()),
                  15, "the firing alert to show its silence")
         deployer.locator("td .badge", has_text="silenced").first.wait_for()
+        # Who silenced it shows among the changes to rules, to every reader of the page.
+        changed = deployer.locator("#rule-changes tr", has=deployer.locator("td", has_text=rule))
+        changed.filter(has_text="silenced").first.wait_for()
+        assert "console-deployer" in changed.filter(has_text="silenced").first.text_content()
         check_page(deployer, "alerts")
 
         reader = console.page("reader", "/alerts")

@@ -6,6 +6,7 @@ import { api, mayAct } from "./api.js";
 import { badge, confirmAction, show, el, fmt, header, pager, poll, status, table } from "./ui.js";
 
 const LIMIT = 25;
+const CHANGES = 10;  // the latest changes to rules: who silenced, disabled or deleted what
 const DURATIONS = [["1 hour", 3600], ["4 hours", 4 * 3600], ["1 day", 86400], ["7 days", 7 * 86400]];
 let offset = 0;
 let who = null;
@@ -38,10 +39,10 @@ function silenceControls(r) {
 }
 
 async function tick() {
-  const [active, rules, history] = await Promise.all([api("/alerts"), api("/alerts/rules"), api(`/alerts/history?limit=${LIMIT}&offset=${offset}`)]);
+  const [active, rules, history, changes] = await Promise.all([api("/alerts"), api("/alerts/rules"), api(`/alerts/history?limit=${LIMIT}&offset=${offset}`), api(`/alerts/changes?limit=${CHANGES}`)]);
   const sev = (s) => badge(s, s === "critical" ? "bad" : "warn");
   const silenced = (r) => (r.silence ? `until ${fmt.time(r.silence.until)}${r.silence.reason ? ` (${r.silence.reason}, ${r.silence.created_by})` : ` (${r.silence.created_by})`}` : "—");
-  const ruleColumns = [{ label: "rule" }, { label: "condition" }, { label: "scope" }, { label: "for", num: true }, { label: "severity" }, { label: "silenced" }];
+  const ruleColumns = [{ label: "rule" }, { label: "condition" }, { label: "scope" }, { label: "for", num: true }, { label: "severity" }, { label: "silenced" }, { label: "changed by" }];
   if (mayAct(who, "deployer")) ruleColumns.push({ label: "action" });
   show(
     el("h2", {}, "Pending and firing"),
@@ -50,7 +51,11 @@ async function tick() {
     el("h2", {}, "Rules"),
     actionError ? el("p", { class: "status error", role: "alert" }, actionError) : null,
     table(null, ruleColumns,
-      rules.map((r) => [r.name, `${r.metric} ${r.comparison} ${r.threshold}`, [r.endpoint, r.version ? `v${r.version}` : null].filter(Boolean).join(" ") || "all", `${r.for_s}s`, sev(r.severity), silenced(r), silenceControls(r)].slice(0, ruleColumns.length)), "no rules"),
+      rules.map((r) => [r.name, `${r.metric} ${r.comparison} ${r.threshold}`, [r.endpoint, r.version ? `v${r.version}` : null].filter(Boolean).join(" ") || "all", `${r.for_s}s`, sev(r.severity), silenced(r), r.updated_by || r.created_by, silenceControls(r)].slice(0, ruleColumns.length)), "no rules"),
+    el("h2", {}, "Changes to rules"),
+    el("div", { id: "rule-changes" }, table(`the last ${CHANGES}; modelplane alerts changes lists them all`,
+      [{ label: "when" }, { label: "rule" }, { label: "change" }, { label: "by" }, { label: "for" }],
+      changes.items.map((c) => [fmt.time(c.created_at), c.name, c.action, c.actor, c.subject]), "no changes")),
     el("h2", {}, "History"),
     table(null, [{ label: "when" }, { label: "alert" }, { label: "kind" }, { label: "severity" }, { label: "summary" }],
       history.items.map((e) => [fmt.time(e.created_at), e.name, `${e.kind} ${e.state}`, sev(e.severity), e.summary]), "no history"),
