@@ -201,14 +201,14 @@ def test_a_job_past_its_deadline_is_stopped_and_fails_saying_which(cluster: Clus
     spec = _write_spec(cluster.root / "deadline" / "job.yaml", cluster, experiment="t-deadline",
                        dataset="breast_cancer", epochs=5000, workers=1, every=1)
     result = _modelplane(cluster, "train", "submit", str(spec), "--address", cluster.dashboard,
-                         "--set", "resources.max_run_time_s=15", "--wait")
+                         "--set", "resources.max_run_time_s=5", "--wait")
     said = result.stdout + result.stderr
     assert result.returncode != 0, said
-    assert "resources.max_run_time_s (15 s)" in said, said
+    assert "resources.max_run_time_s (5 s)" in said, said
     run = _only_run(cluster.client(), "t-deadline")
     assert run.status == "failed", run.status
     assert run.params["failure_reason"].startswith(
-        "training ran longer than resources.max_run_time_s (15 s)")
+        "training ran longer than resources.max_run_time_s (5 s)")
 
 
 def test_bad_specs_fail_before_submission_naming_the_field(cluster: Cluster) -> None:
