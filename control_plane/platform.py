@@ -183,7 +183,9 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
     replaced = claim_control_plane(str(settings.home), store_id, take_over=take_over)
     if replaced is not None:
         progress(f"taking over from the control plane of {replaced.describe()}")
-    ensure_monitor()
+    ensure_monitor(replaced=lambda found: progress(
+        "replaced the Monitor left running by an older modelplane: serving figures start "
+        "again from now"))
     # Submitted together and waited for together: each application's replica is a new
     # worker process, and starting them side by side saves seconds on every `up`.
     submit_application(build_server_app(), SERVER_APP, SERVER_ROUTE, wait=False)

@@ -30,6 +30,8 @@ WAIT_S = 30.0  # one long-poll; the replica asks again at once
 # Postings of deleted endpoints are never needed again; the bound keeps a create/delete
 # loop from growing the board, and only ever drops the postings changed longest ago.
 MAX_POSTINGS = 10_000
+# The terms the route board speaks (serving.detached): raised when its methods change.
+ROUTE_BOARD_PROTOCOL = 1
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,9 @@ class RouteBoard:
 class RouteBoardActor(RouteBoard):
     """The Ray actor wrapping :class:`RouteBoard` (async: it holds every replica's poll)."""
 
+    async def protocol(self) -> int:
+        return ROUTE_BOARD_PROTOCOL
+
     async def post(self, endpoint: str, posted: PostedRoutes) -> bool:  # type: ignore[override]
         return RouteBoard.post(self, endpoint, posted)
 
@@ -113,12 +118,16 @@ class RouteBoardActor(RouteBoard):
 
 def ensure_route_board(name: str = ROUTE_BOARD_NAME,
                        namespace: str = ROUTE_BOARD_NAMESPACE) -> Any:
-    """The cluster's route board, created (detached, no CPU reserved) if it is missing."""
+    """The cluster's route board, created (detached, no CPU reserved) if it is missing, or
+    in place of an older modelplane's (:mod:`serving.detached`). A new board starts empty:
+    replicas serve the routes Serve gave them until the reconciler next posts."""
     import ray
 
+    from serving.detached import ensure_detached
+
     actor_class = ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)(RouteBoardActor)
-    return actor_class.options(
-        name=name, namespace=namespace, lifetime="detached", get_if_exists=True).remote()
+    return ensure_detached(actor_class, name=name, namespace=namespace,
+                           protocol=ROUTE_BOARD_PROTOCOL)
 
 
 def get_route_board(name: str = ROUTE_BOARD_NAME,

@@ -57,6 +57,10 @@ from serving.names import MONITOR_NAME, MONITOR_NAMESPACE
 
 log = logging.getLogger(__name__)
 
+# The terms the Monitor actor speaks (its methods and the deltas replicas ship): raised on
+# any change, so `up` replaces a Monitor left running by an older modelplane (2: the
+# first to say; per-routing samples and snapshots' ``sample``).
+MONITOR_PROTOCOL = 2
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
 METRICS_WINDOW_S = 60.0  # window of the windowed signals in the Prometheus exposition
@@ -600,6 +604,9 @@ class MonitorActor:
         warmup()
         self.state = MonitorState(prediction_store_bytes=prediction_store_bytes)
 
+    def protocol(self) -> int:
+        return MONITOR_PROTOCOL
+
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
                served: ServedConfig | None = None) -> dict[str, Any]:
         return self.state.record(endpoint, replica, delta, served)
@@ -630,14 +637,17 @@ class MonitorActor:
 
 
 def ensure_monitor(name: str = MONITOR_NAME, namespace: str = MONITOR_NAMESPACE, *,
-                   prediction_store_bytes: int = MAX_PREDICTION_BYTES) -> Any:
-    """The cluster's Monitor actor, created (detached, no CPU reserved) if it is missing."""
+                   prediction_store_bytes: int = MAX_PREDICTION_BYTES,
+                   replaced: Callable[[int | None], None] | None = None) -> Any:
+    """The cluster's Monitor actor, created (detached, no CPU reserved) if it is missing,
+    or in place of a Monitor of an older modelplane (:mod:`serving.detached`)."""
     import ray
 
+    from serving.detached import ensure_detached
+
     actor_class = ray.remote(num_cpus=0, max_restarts=-1)(MonitorActor)
-    return actor_class.options(
-        name=name, namespace=namespace, lifetime="detached", get_if_exists=True
-    ).remote(prediction_store_bytes)
+    return ensure_detached(actor_class, name=name, namespace=namespace, protocol=MONITOR_PROTOCOL,
+                           args=(prediction_store_bytes,), replaced=replaced)
 
 
 def get_monitor(name: str = MONITOR_NAME, namespace: str = MONITOR_NAMESPACE) -> Any | None:

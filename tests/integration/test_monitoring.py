@@ -20,6 +20,7 @@ from serving.monitoring.profiles import build_reference_profile
 from tests.integration.test_monitoring_webhooks import Receiver
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.platform import Platform
+from tests.waiting import wait_for
 
 ENDPOINT = "watched"
 FEATURES = ["f0", "f1", "f2", "f3"]
@@ -298,3 +299,54 @@ def test_a_monitor_older_than_per_routing_samples_still_answers_a_rollout_s_read
         observability.read_version_stats("e", 30, ("random", "forged"))
     assert observability.monitor_available()
     ray.kill(older)
+
+
+def test_up_replaces_a_monitor_of_an_older_modelplane_and_keeps_a_current_or_newer_one(
+        ray_session: None) -> None:
+    """The Monitor outlives an upgrade when Ray keeps running: `up` replaces one that
+    predates protocols (or speaks an older one), keeps its own, and leaves a newer one."""
+    import ray
+
+    from serving.monitoring.monitor import MONITOR_PROTOCOL, ensure_monitor
+
+    name, namespace = "probe-upgrade-monitor", "modelplane-tests"
+
+    @ray.remote(num_cpus=0)
+    class OlderMonitor:
+        def snapshot(self, endpoint: str, window_s: float = 60.0) -> dict[int, Any]:
+            return {}
+
+    @ray.remote(num_cpus=0)
+    class NewerMonitor:
+        def protocol(self) -> int:
+            return MONITOR_PROTOCOL + 1
+
+    told: list[int | None] = []
+    older = OlderMonitor.options(name=name, namespace=namespace, lifetime="detached").remote()
+    ray.get(older.snapshot.remote("warm"), timeout=120)
+    current = ensure_monitor(name, namespace, replaced=told.append)
+    try:
+        assert told == [None]
+        assert ray.get(current.protocol.remote(), timeout=120) == MONITOR_PROTOCOL
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(older.snapshot.remote("gone"), timeout=60)
+        again = ensure_monitor(name, namespace, replaced=told.append)
+        assert told == [None] and again._actor_id == current._actor_id
+    finally:
+        ray.kill(current, no_restart=True)
+    wait_for(lambda: _named(name, namespace) is None, 30, "the Monitor's name to be free")
+    newer = NewerMonitor.options(name=name, namespace=namespace, lifetime="detached").remote()
+    try:
+        kept = ensure_monitor(name, namespace, replaced=told.append)
+        assert told == [None] and kept._actor_id == newer._actor_id
+    finally:
+        ray.kill(newer, no_restart=True)
+
+
+def _named(name: str, namespace: str) -> Any:
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None

@@ -1,0 +1,83 @@
+"""The cluster's detached actors (the Monitor, the route board) outlive the processes that
+made them, and so an upgrade of modelplane: `up` with Ray kept running used to find the
+Monitor of the release before, answering in that release's terms.
+
+Each such actor says which terms it speaks (a ``protocol()`` method returning an integer,
+raised whenever its methods or what they take and return change). Whoever ensures the
+actor replaces one that speaks older terms, or predates protocols, and leaves alone one
+that speaks newer terms (an older `up` against a newer cluster changes nothing there) or
+does not answer in time (busy is not old; the fault paths handle a dead one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_TIMEOUT_S = 30.0
+RELEASE_TIMEOUT_S = 30.0
+NO_ANSWER = -1  # the running actor did not say its protocol in time
+
+
+def running_protocol(handle: Any, timeout_s: float = PROTOCOL_TIMEOUT_S) -> int | None:
+    """The protocol the running actor speaks; None where it predates protocols or is dead,
+    :data:`NO_ANSWER` where it did not answer within ``timeout_s``."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    try:
+        ask = handle.protocol
+    except AttributeError:  # a class from before protocols: its handle has no such method
+        return None
+    try:
+        return int(ray.get(ask.remote(), timeout=timeout_s))
+    except GetTimeoutError:
+        return NO_ANSWER
+    except RayActorError:
+        return None
+
+
+def ensure_detached(actor_class: Any, *, name: str, namespace: str, protocol: int,
+                    args: Sequence[Any] = (), options: dict[str, Any] | None = None,
+                    replaced: Callable[[int | None], None] | None = None) -> Any:
+    """The detached actor ``name``, created from ``actor_class`` (a ``ray.remote`` class)
+    where missing, and in place of one that speaks a protocol older than ``protocol``;
+    ``replaced`` is told the protocol of an actor it replaced (None: before protocols)."""
+    import ray
+
+    existing = _named(name, namespace)
+    if existing is not None:
+        found = running_protocol(existing)
+        if found is not None and (found == NO_ANSWER or found >= protocol):
+            return existing
+        log.warning("replacing the %s actor: it speaks protocol %s, this modelplane %d",
+                    name, found if found is not None else "none (older)", protocol)
+        ray.kill(existing, no_restart=True)
+        _wait_released(name, namespace)
+        if replaced is not None:
+            replaced(found)
+    return actor_class.options(name=name, namespace=namespace, lifetime="detached",
+                               get_if_exists=True, **(options or {})).remote(*args)
+
+
+def _named(name: str, namespace: str) -> Any | None:
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None
+
+
+def _wait_released(name: str, namespace: str) -> None:
+    """Until the killed actor's name is free (Ray frees it once the actor is dead)."""
+    deadline = time.monotonic() + RELEASE_TIMEOUT_S
+    while _named(name, namespace) is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the old {name} actor was killed but its name was not released "
+                               f"within {RELEASE_TIMEOUT_S:g} s; run `modelplane up` again")
+        time.sleep(0.1)
