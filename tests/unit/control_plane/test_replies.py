@@ -6,9 +6,7 @@ this client has never heard of."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from control_plane.pipelines.spec import parse_pipeline_spec
 from control_plane.replies import read_replies, read_reply
 from control_plane.schemas import TokenOut
 from control_plane.store import Database
+from tests.json_http import JsonHandler, serving
 from tests.unit.control_plane.conftest import ALICE
 from tests.unit.control_plane.test_pipeline_runner import Clock, all_passing, spec_document
 
@@ -40,31 +39,18 @@ def newer_run(db: Database) -> dict[str, Any]:
     return document
 
 
-class NewerControlPlane(BaseHTTPRequestHandler):
+class NewerControlPlane(JsonHandler):
     answers: dict[str, Any] = {}
 
     def do_GET(self) -> None:
         payload = self.answers.get(self.path.split("?")[0])
-        data = json.dumps(payload).encode()
-        self.send_response(200 if payload is not None else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer(200 if payload is not None else 404, payload)
 
 
 @pytest.fixture
 def newer_control_plane() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NewerControlPlane)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(NewerControlPlane) as url:
+        yield url
 
 
 def test_a_client_reads_past_fields_a_newer_control_plane_added(

@@ -5,14 +5,13 @@ handler answering as such a control plane does (its schema refuses the unknown f
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from modelplane.settings import reset_settings_cache
+from tests.json_http import JsonHandler, serving
 from training.job_token import mint_job_token
 
 TOKEN_INFO = {"name": "", "prefix": "mp_abcd", "role": "trainer", "subject": "alice",
@@ -20,45 +19,31 @@ TOKEN_INFO = {"name": "", "prefix": "mp_abcd", "role": "trainer", "subject": "al
               "revoked_at": None, "last_used_at": None}
 
 
-class OlderControlPlane(BaseHTTPRequestHandler):
+class OlderControlPlane(JsonHandler):
     bodies: list[dict[str, Any]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.bodies.append(body)
         if "model" in body:
-            self._answer(422, {"error": "model: Extra inputs are not permitted",
-                               "code": "validation_error", "request_id": "r1",
-                               "detail": {"fields": ["model"]}})
+            self.answer(422, {"error": "model: Extra inputs are not permitted",
+                              "code": "validation_error", "request_id": "r1",
+                              "detail": {"fields": ["model"]}})
         else:
-            self._answer(201, {"token": "mp_secret", "info": {**TOKEN_INFO, "name": body["name"]}})
-
-    def _answer(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+            self.answer(201, {"token": "mp_secret", "info": {**TOKEN_INFO, "name": body["name"]}})
 
 
 @pytest.fixture
 def older_control_plane(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[OlderControlPlane]]:
     OlderControlPlane.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), OlderControlPlane)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("MODELPLANE_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("MODELPLANE_TOKEN", "mp_deployer")
-    reset_settings_cache()
-    try:
-        yield OlderControlPlane
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(OlderControlPlane) as url:
+        monkeypatch.setenv("MODELPLANE_URL", url)
+        monkeypatch.setenv("MODELPLANE_TOKEN", "mp_deployer")
         reset_settings_cache()
+        try:
+            yield OlderControlPlane
+        finally:
+            reset_settings_cache()
 
 
 def test_a_control_plane_from_before_token_models_still_gets_the_job_its_token(
