@@ -49,7 +49,7 @@ def ensure_detached(actor_class: Any, *, name: str, namespace: str, protocol: in
     ``replaced`` is told the protocol of an actor it replaced (None: before protocols)."""
     import ray
 
-    existing = _named(name, namespace)
+    existing = named_actor(name, namespace)
     if existing is not None:
         found = running_protocol(existing)
         if found is not None and (found == NO_ANSWER or found >= protocol):
@@ -64,7 +64,8 @@ def ensure_detached(actor_class: Any, *, name: str, namespace: str, protocol: in
                                get_if_exists=True, **(options or {})).remote(*args)
 
 
-def _named(name: str, namespace: str) -> Any | None:
+def named_actor(name: str, namespace: str) -> Any | None:
+    """The handle of the actor ``name``, or None when there is none."""
     import ray
 
     try:
@@ -76,7 +77,7 @@ def _named(name: str, namespace: str) -> Any | None:
 def _wait_released(name: str, namespace: str) -> None:
     """Until the killed actor's name is free (Ray frees it once the actor is dead)."""
     deadline = time.monotonic() + RELEASE_TIMEOUT_S
-    while _named(name, namespace) is not None:
+    while named_actor(name, namespace) is not None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the old {name} actor was killed but its name was not released "
                                f"within {RELEASE_TIMEOUT_S:g} s; run `modelplane up` again")

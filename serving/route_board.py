@@ -133,9 +133,6 @@ def ensure_route_board(name: str = ROUTE_BOARD_NAME,
 def get_route_board(name: str = ROUTE_BOARD_NAME,
                     namespace: str = ROUTE_BOARD_NAMESPACE) -> Any | None:
     """The route board's handle, or None when nobody has posted a route table yet."""
-    import ray
+    from serving.detached import named_actor
 
-    try:
-        return ray.get_actor(name, namespace=namespace)
-    except ValueError:
-        return None
+    return named_actor(name, namespace)

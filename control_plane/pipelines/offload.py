@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,6 @@ class _Work:
     overdue: WorkOverdue | None = None
     value: Any = None
     error: Exception | None = None
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Offload:
@@ -155,7 +154,6 @@ class Offload:
                     self._running -= 1
                     self._busy.pop(entry.resource, None)
                     self._start_waiting()
-                entry.done.set()
 
         thread = threading.Thread(target=run, name=f"pipeline-offload: {entry.what}"[:60],
                                   daemon=True)

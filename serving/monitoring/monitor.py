@@ -652,9 +652,6 @@ def ensure_monitor(name: str = MONITOR_NAME, namespace: str = MONITOR_NAMESPACE,
 
 def get_monitor(name: str = MONITOR_NAME, namespace: str = MONITOR_NAMESPACE) -> Any | None:
     """The Monitor actor handle, or None when it does not exist (yet)."""
-    import ray
+    from serving.detached import named_actor
 
-    try:
-        return ray.get_actor(name, namespace=namespace)
-    except ValueError:
-        return None
+    return named_actor(name, namespace)

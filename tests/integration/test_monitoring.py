@@ -307,7 +307,7 @@ def test_up_replaces_a_monitor_of_an_older_modelplane_and_keeps_a_current_or_new
     predates protocols (or speaks an older one), keeps its own, and leaves a newer one."""
     import ray
 
-    from serving.monitoring.monitor import MONITOR_PROTOCOL, ensure_monitor
+    from serving.monitoring.monitor import MONITOR_PROTOCOL, ensure_monitor, get_monitor
 
     name, namespace = "probe-upgrade-monitor", "modelplane-tests"
 
@@ -334,7 +334,7 @@ def test_up_replaces_a_monitor_of_an_older_modelplane_and_keeps_a_current_or_new
         assert told == [None] and again._actor_id == current._actor_id
     finally:
         ray.kill(current, no_restart=True)
-    wait_for(lambda: _named(name, namespace) is None, 30, "the Monitor's name to be free")
+    wait_for(lambda: get_monitor(name, namespace) is None, 30, "the Monitor's name to be free")
     newer = NewerMonitor.options(name=name, namespace=namespace, lifetime="detached").remote()
     try:
         kept = ensure_monitor(name, namespace, replaced=told.append)
@@ -342,11 +342,3 @@ def test_up_replaces_a_monitor_of_an_older_modelplane_and_keeps_a_current_or_new
     finally:
         ray.kill(newer, no_restart=True)
 
-
-def _named(name: str, namespace: str) -> Any:
-    import ray
-
-    try:
-        return ray.get_actor(name, namespace=namespace)
-    except ValueError:
-        return None
