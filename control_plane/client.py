@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 
 import control_plane.errors as cp_errors
 from control_plane.errors import ControlPlaneError, ControlPlaneUnavailableError, IntegrityError
+from control_plane.idempotency import HEALTH_FLAG, KEY_HEADER, WRITES, new_key
 from control_plane.replies import read_replies, read_reply
 from control_plane.rollouts.schemas import (
     RolloutAction,
@@ -76,6 +78,14 @@ _CHUNK = 1024 * 1024
 # Registration waits for the registry's check: pip for the requirements, then the model
 # loaded and run in a scratch process (control_plane.model_check, 180 s each at most).
 REGISTER_TIMEOUT_S = 420.0
+# The answer was lost after the request may have reached the control plane: a proxy
+# reloaded under the connection, or it dropped. (A refused connection acted on nothing; the
+# transport asks again itself.)
+_ANSWER_LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+ASK_AGAIN_TIMES = 3
+# Writes that may be sent again without a key: the artifact store is content-addressed,
+# so an upload sent twice stores one file.
+_REPEATABLE_WRITES = frozenset({("POST", "/artifacts")})
 _ERRORS_BY_CODE: dict[str, type[ControlPlaneError]] = {
     cls.code: cls
     for cls in vars(cp_errors).values()
@@ -108,6 +118,7 @@ class Client:
             timeout=timeout,
             transport=httpx.HTTPTransport(retries=2),
         )
+        self._honors_keys = False
 
     def close(self) -> None:
         self._http.close()
@@ -121,17 +132,66 @@ class Client:
     # ------------------------------------------------------------ plumbing
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as error:
-            raise ControlPlaneUnavailableError(
-                f"cannot reach the control plane at {self.url} ({type(error).__name__}); is it "
-                "running? Start it with `modelplane up` or set MODELPLANE_URL",
-                detail={"url": self.url},
-            ) from None
-        if response.status_code >= 400:
-            raise _error_from(response)
-        return response
+        """Send a call, and again where its answer was lost: a read as it is, a write with
+        the idempotency key it was first sent with, so it acts once (control_plane.
+        idempotency); then wait out the first call where it is still being answered."""
+        repeatable = method not in WRITES or (method, path) in _REPEATABLE_WRITES
+        if not repeatable:
+            kwargs["headers"] = {KEY_HEADER: new_key(), **kwargs.get("headers", {})}
+        timeout = kwargs.get("timeout", self._http.timeout.read)
+        deadline = time.monotonic() + (timeout if isinstance(timeout, int | float) else 60.0)
+        lost = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except _ANSWER_LOST as error:
+                lost += 1
+                if lost > ASK_AGAIN_TIMES:
+                    raise self._answer_lost(error, acted_maybe=not repeatable) from None
+                time.sleep(0.2 * 2 ** (lost - 1))
+                if not (repeatable or self._keys_honored()):
+                    raise self._answer_lost(error, acted_maybe=True) from None
+                continue
+            except httpx.TransportError as error:
+                raise self._answer_lost(error, acted_maybe=False) from None
+            if response.status_code >= 400:
+                error = _error_from(response)
+                wait = error.detail.get("retry_after_s")
+                if (isinstance(error, cp_errors.RequestInProgressError)
+                        and isinstance(wait, int | float) and time.monotonic() + wait < deadline):
+                    time.sleep(min(max(wait, 0.1), 5.0))
+                    continue
+                raise error
+            return response
+
+    def _keys_honored(self) -> bool:
+        """Whether the control plane answers a write sent again with its key once: one
+        older than keys would act twice. Asked (a read, itself asked again) once per
+        client where it says yes."""
+        for attempt in range(ASK_AGAIN_TIMES + 1):
+            if self._honors_keys:
+                return True
+            try:
+                self._honors_keys = HEALTH_FLAG in self._http.get("/health").json()
+                return self._honors_keys
+            except _ANSWER_LOST:
+                time.sleep(0.2 * 2 ** attempt)
+            except (httpx.HTTPError, ValueError):
+                return False
+        return False
+
+    def _answer_lost(self, error: httpx.TransportError, *, acted_maybe: bool
+                     ) -> ControlPlaneUnavailableError:
+        if isinstance(error, _ANSWER_LOST) and acted_maybe:
+            return ControlPlaneUnavailableError(
+                f"the control plane at {self.url} did not answer ({type(error).__name__}) and "
+                "may have acted; look before sending the call again",
+                detail={"url": self.url})
+        return ControlPlaneUnavailableError(
+            f"cannot reach the control plane at {self.url} ({type(error).__name__}); is it "
+            "running? Start it with `modelplane up` or set MODELPLANE_URL",
+            detail={"url": self.url},
+        )
 
     def _get(self, path: str, model: type[M], **params: Any) -> M:
         return read_reply(model, self._request("GET", path, params=params).json())
@@ -165,7 +225,7 @@ class Client:
         else:
             path = Path(source)
             digest, size = _file_digest(path), path.stat().st_size
-            content = _file_chunks(path)
+            content = _FileChunks(path)
         response = self._request(
             "POST",
             "/artifacts",
@@ -731,7 +791,14 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            yield chunk
+class _FileChunks:
+    """A file's bytes, read afresh each time they are iterated: an upload sent again
+    sends the whole file again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                yield chunk

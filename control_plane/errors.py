@@ -7,9 +7,11 @@
         ├── NotFoundError               not_found, 404 (model, version, alias, run, token …)
         ├── AlreadyExistsError          already_exists, 409
         ├── ConflictError               conflict, 409 (state forbids it: deployed version archived …)
+        │   └── RequestInProgressError  request_in_progress, 409 (its idempotency key's first call runs)
         ├── InvalidInputError           invalid_input, 400 (names the field)
         │   ├── InvalidArtifactError    invalid_artifact, 400 (not ONNX, signature mismatch)
         │   ├── StageTransitionError    invalid_stage_transition, 409
+        │   ├── IdempotencyKeyReusedError idempotency_key_reused, 422 (the key came with another request)
         │   └── RequestSchemaError      validation_error, 422 (body, query or path off its schema)
         ├── MethodNotAllowedError       method_not_allowed, 405
         ├── PayloadTooLargeError        payload_too_large, 413
@@ -49,6 +51,14 @@ class ConflictError(ControlPlaneError):
     http_status = 409
 
 
+class RequestInProgressError(ConflictError):
+    """A write asked again with the idempotency key of a call still being answered;
+    ``detail["retry_after_s"]`` says when to ask again (control_plane.idempotency)."""
+
+    code = "request_in_progress"
+    http_status = 409
+
+
 class InvalidInputError(ControlPlaneError):
     code = "invalid_input"
     http_status = 400
@@ -62,6 +72,13 @@ class InvalidArtifactError(InvalidInputError):
 class StageTransitionError(InvalidInputError):
     code = "invalid_stage_transition"
     http_status = 409
+
+
+class IdempotencyKeyReusedError(InvalidInputError):
+    """An idempotency key sent again with a different method, path or body."""
+
+    code = "idempotency_key_reused"
+    http_status = 422
 
 
 class RequestSchemaError(InvalidInputError):

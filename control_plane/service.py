@@ -14,6 +14,7 @@ from typing import Any
 from control_plane.artifacts import ArtifactStore
 from control_plane.auth import TokenService
 from control_plane.deployments import Deployments
+from control_plane.idempotency_store import IdempotencyStore
 from control_plane.observability import version_stats
 from control_plane.ownership import store_identity
 from control_plane.registry import Registry
@@ -50,6 +51,8 @@ class ControlPlane:
     pipelines: Any = None
     # control_plane.notifications.NotificationService: every event to the alert receivers.
     notifications: Any = None
+    # control_plane.idempotency.IdempotencyStore: the answers kept for writes asked again.
+    idempotency: Any = None
     # control_plane.leadership.Lease: whether this process runs the control loops (None:
     # no loops attached, and whatever is called in-process acts).
     lease: Any = None
@@ -89,6 +92,7 @@ class ControlPlane:
             new_admin_token=new_admin,
             alerts=AlertService(db),
             store_id=store_identity(db),
+            idempotency=IdempotencyStore(db),
         )
         from control_plane.notifications import NotificationService
 

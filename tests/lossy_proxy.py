@@ -16,6 +16,7 @@ import httpx
 class LossyProxy:
     def __init__(self, upstream: str, *, method: str, path: str, losses: int = 1) -> None:
         self.forwarded: list[tuple[str, str, int]] = []  # method, path, upstream's status
+        self.answers: list[httpx.Response] = []  # the upstream's, lost ones included
         self.lost = 0
         outer = self
         pattern = re.compile(path)
@@ -31,6 +32,7 @@ class LossyProxy:
                 answer = httpx.request(self.command, upstream + self.path, headers=headers,
                                        content=body, timeout=300)
                 outer.forwarded.append((self.command, self.path, answer.status_code))
+                outer.answers.append(answer)
                 if (self.command == method and pattern.fullmatch(self.path.split("?")[0])
                         and outer.lost < losses):
                     outer.lost += 1

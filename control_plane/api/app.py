@@ -26,6 +26,7 @@ from control_plane.api import (
 from control_plane.api.access import enforce_access
 from control_plane.api.call_gate import CallGate
 from control_plane.api.errors import RequestIdMiddleware, install_error_handlers
+from control_plane.api.idempotency_guard import IdempotencyGuard
 from control_plane.console import install_console
 from control_plane.schemas import ErrorBody
 from control_plane.service import ControlPlane
@@ -56,6 +57,8 @@ def build_api(cp: ControlPlane) -> FastAPI:
     install_error_handlers(app)
     # Before FastAPI reads a body (it does so before any dependency): anonymous calls that
     # need a token, and bodies past the limit; inside the request id, which refusals carry.
+    # Inside the gate, a write's idempotency key is held for the caller it found.
+    app.add_middleware(IdempotencyGuard, api=app)
     app.add_middleware(CallGate, api=app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(routes_admin.router)

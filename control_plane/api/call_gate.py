@@ -56,7 +56,7 @@ class CallGate:
             return
         request = Request(scope, receive)
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
-        path = _route_path(scope)
+        path = route_path(scope)
         candidates = [(key, rule) for route_method, pattern, key, rule in self.routes
                       if route_method == method and pattern.match(path)]
         streamed = any(key in STREAMED_BODIES for key, _ in candidates)
@@ -91,7 +91,7 @@ class CallGate:
             principal.require(rules[0].role, also=rules[0].also)  # type: ignore[arg-type]
 
 
-def _route_path(scope: Scope) -> str:
+def route_path(scope: Scope) -> str:
     """The path the app's routes match: without the prefix it is mounted at (``/api``)."""
     path, root = scope["path"], scope.get("root_path", "")
     return path[len(root):] or "/" if root and path.startswith(root) else path

@@ -31,10 +31,14 @@ DIGEST_HEADER = "x-artifact-digest"
 
 @router.get("/health", tags=["admin"])
 def health(cp: CP) -> dict[str, str]:
-    """Liveness of the control plane and its store."""
+    """Liveness of the control plane and its store, and that it answers a write sent with
+    an ``Idempotency-Key`` once (``idempotency_keys``), which a client asks before it
+    sends one again."""
+    from control_plane.idempotency import HEALTH_FLAG
+
     with cp.db.session(readonly=True) as session:
         session.connection().exec_driver_sql("SELECT 1")
-    return {"status": "ok", "version": __version__}
+    return {"status": "ok", "version": __version__, HEALTH_FLAG: "honored"}
 
 
 @router.get("/leadership", response_model=LeadershipOut, tags=["admin"])

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -366,6 +367,26 @@ class AlertingChangeRow(Base):
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RequestReplyRow(Base):
+    """A write's idempotency key and, once it is answered, the answer kept for the calls
+    that ask it again (control_plane.idempotency). ``status`` None: being answered, by a
+    call that holds the key until ``held_until``."""
+
+    __tablename__ = "request_replies"
+    __table_args__ = (Index("ix_request_replies_created_at", "created_at"),)
+
+    # The token's name: keys are the caller's own, one caller's never meets another's.
+    scope: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # sha256 of the method, path, query and body: the key with another request is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    headers: Mapped[list[Any]] = mapped_column(default=list)  # [[name, value], …]
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    held_until: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class AlertSilenceRow(Base):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
+import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +18,14 @@ import pytest
 from control_plane.client import Client
 from control_plane.errors import (
     AuthenticationError,
+    ConflictError,
     InvalidArtifactError,
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
 )
+from tests.lossy_proxy import LossyProxy
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.servers import ControlPlaneProcess
 
@@ -229,7 +234,6 @@ def test_a_jobs_registration_whose_answer_was_lost_registers_one_version(
     training, and gets the version it registered, not a second one."""
     from types import SimpleNamespace
 
-    from tests.lossy_proxy import LossyProxy
     from training.registration import register
 
     proxy = LossyProxy(server.url, method="POST", path=r"/api/models/[^/]+/versions")
@@ -246,3 +250,119 @@ def test_a_jobs_registration_whose_answer_was_lost_registers_one_version(
                      if method == "POST" and path.endswith("/versions")]
     assert proxy.lost == 1 and registrations == [201, 201]  # committed twice over the wire
     assert version.version == 1 and admin.get_model("lost-answer").latest_version == 1
+
+
+# Writes asked again act once: a write sent with an Idempotency-Key, whose answer was lost
+# on the way back (a proxy reloading, a dropped connection), is answered again from what
+# the first call did.
+
+@pytest.fixture
+def raw(server: ControlPlaneProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{server.url}/api", timeout=60, headers={
+            "authorization": f"Bearer {server.admin_token}"}) as client:
+        yield client
+
+
+def _losing(server: ControlPlaneProcess, method: str, path: str) -> LossyProxy:
+    return LossyProxy(server.url, method=method, path=path, losses=1)
+
+
+def test_a_write_whose_answer_was_lost_acts_once(server: ControlPlaneProcess,
+                                                 admin: Client) -> None:
+    admin.create_experiment("lost-answers")
+    proxy = _losing(server, "POST", "/api/runs")
+    try:
+        with Client(proxy.url, server.admin_token) as client:
+            run = client.start_run("lost-answers", name="once", capture_environment=False)
+    finally:
+        proxy.close()
+    # The first answer was lost after the run was made; the client sent the call again
+    # with its key and got the first call's answer, not a second run.
+    assert proxy.lost == 1
+    assert [status for _, path, status in proxy.forwarded if path == "/api/runs"] == [201, 201]
+    first, again = (a for a in proxy.answers if a.request.url.path == "/api/runs")
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
+    assert first.request.headers["idempotency-key"] == again.request.headers["idempotency-key"]
+    runs = admin.list_runs("lost-answers").items
+    assert [r.id for r in runs] == [run.id]
+
+
+def test_a_key_names_one_request_of_one_caller(server: ControlPlaneProcess, admin: Client,
+                                               raw: httpx.Client) -> None:
+    key = uuid.uuid4().hex
+    made = raw.post("/experiments", json={"name": "keyed-a"}, headers={"idempotency-key": key})
+    assert made.status_code == 201, made.text
+    again = raw.post("/experiments", json={"name": "keyed-a"}, headers={"idempotency-key": key})
+    assert again.status_code == 201 and again.json() == made.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    # The same key with another body is refused, naming the header; nothing is made.
+    other = raw.post("/experiments", json={"name": "keyed-b"}, headers={"idempotency-key": key})
+    assert other.status_code == 422, other.text
+    assert other.json()["code"] == "idempotency_key_reused"
+    assert other.json()["detail"]["field"] == "idempotency-key"
+    assert "keyed-b" not in {e.name for e in admin.list_experiments(limit=500).items}
+    # A key that is no key.
+    bad = raw.post("/experiments", json={"name": "keyed-c"}, headers={"idempotency-key": "x y"})
+    assert bad.status_code == 400 and bad.json()["detail"]["field"] == "idempotency-key"
+    # Another caller's key is its own: the same key from another token acts.
+    deployer = admin.create_token(f"keys-{uuid.uuid4().hex[:6]}", "deployer").token
+    theirs = httpx.post(f"{server.url}/api/experiments", json={"name": "keyed-a"}, headers={
+        "idempotency-key": key, "authorization": f"Bearer {deployer}"}, timeout=60)
+    assert theirs.status_code == 409 and theirs.json()["code"] == "already_exists", theirs.text
+    # A replayed refusal is the same refusal.
+    assert raw.post("/experiments", json={"name": "keyed-a"},
+                    headers={"idempotency-key": key}).json() == made.json()
+
+
+def test_a_call_asked_again_while_the_first_runs_waits_for_it(
+        server: ControlPlaneProcess, admin: Client, raw: httpx.Client) -> None:
+    """While a first call holds its key, the same call is told to ask again; the client
+    waits, and acts when the first call gives the key up (it failed) without acting."""
+    from control_plane.idempotency import fingerprint
+    from control_plane.idempotency_store import IdempotencyStore
+    from control_plane.store import Database
+
+    digest = admin.upload_artifact(linear_classifier(seed=4)).digest
+    body = json.dumps({"artifact_digest": digest, "description": "",
+                       "manifest": linear_classifier_manifest()}).encode()
+    key, path = uuid.uuid4().hex, "/models/waited/versions"
+    request = fingerprint("POST", f"/api{path}", "", body)
+    database = Database(f"sqlite:///{server.home / 'modelplane.db'}", migrate=False)
+    store, caller = IdempotencyStore(database), admin.whoami()["name"]
+    assert store.reserve(caller, key, request) is None  # a first call, being answered
+    sent = {"content": body, "headers": {"idempotency-key": key,
+                                         "content-type": "application/json"}}
+    told = raw.post(path, **sent)
+    assert told.status_code == 409, told.text
+    assert told.json()["code"] == "request_in_progress"
+    assert 1 <= told.json()["detail"]["retry_after_s"] <= 2
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(admin._request, "POST", path, timeout=60, **sent)
+        time.sleep(1.5)
+        assert not waiting.done()
+        store.release(caller, key, request)  # the first call failed
+        answered = waiting.result()
+    assert answered.status_code == 201 and "idempotent-replayed" not in answered.headers
+    assert admin.get_model("waited").latest_version == 1
+    again = raw.post(path, **sent)
+    assert again.json() == answered.json() and again.headers["idempotent-replayed"] == "true"
+    database.dispose()
+
+
+def test_a_lost_token_is_never_kept_and_the_caller_is_told_what_to_do(
+        server: ControlPlaneProcess, admin: Client) -> None:
+    proxy = _losing(server, "POST", "/api/tokens")
+    try:
+        with Client(proxy.url, server.admin_token) as client, \
+                pytest.raises(ConflictError, match="secret, which is shown once") as refused:
+            client.create_token("lost-secret", "reader")
+    finally:
+        proxy.close()
+    assert refused.value.detail["field"] == "idempotency-key"
+    secret = proxy.answers[0].json()["token"]
+    assert [t.name for t in admin.list_tokens()].count("lost-secret") == 1
+    with sqlite3.connect(server.home / "modelplane.db") as store:
+        kept = store.execute("SELECT status, body FROM request_replies").fetchall()
+    assert kept and all(secret.encode() not in bytes(body or b"") for _, body in kept)
+    assert (409, ) in {(status, ) for status, _ in kept}

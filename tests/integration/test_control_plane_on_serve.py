@@ -20,3 +20,13 @@ def test_the_same_api_answers_under_serve(platform: Platform) -> None:
     assert "/models/{name}/versions" in spec["paths"]
     missing = httpx.get(f"{platform.url}/api/models/absent").json()
     assert missing["code"] == "not_found" and missing["request_id"]
+    # A write asked again with its key is answered from the first call, through the
+    # ingress as on a cluster.
+    with platform.client() as client:
+        token = client.create_token("on-serve-keys", "deployer").token
+    sent = {"json": {"name": "on-serve-keyed"}, "timeout": 60, "headers": {
+        "authorization": f"Bearer {token}", "idempotency-key": "on-serve-0001"}}
+    made = httpx.post(f"{platform.url}/api/experiments", **sent)
+    again = httpx.post(f"{platform.url}/api/experiments", **sent)
+    assert made.status_code == again.status_code == 201, again.text
+    assert again.json() == made.json() and again.headers["idempotent-replayed"] == "true"

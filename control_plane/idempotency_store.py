@@ -1,0 +1,106 @@
+"""Keys and kept answers of writes asked again, in the store (control_plane.idempotency),
+so every control plane on one store sees the same ones."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exc, update
+
+from control_plane.errors import IdempotencyKeyReusedError, RequestInProgressError
+from control_plane.idempotency import Reply
+from control_plane.store import Database
+from control_plane.store.models import RequestReplyRow, utcnow
+
+# How long an answer is kept for a caller asking again: far beyond any client's retries.
+REPLAY_WINDOW_S = 24 * 3600.0
+# How long a call holds its key before another call with it may act: beyond the longest
+# write (a registration waits up to 420 s for the model's check).
+HOLD_S = 900.0
+# Expired answers are deleted at most this often per process.
+PRUNE_EVERY_S = 60.0
+
+
+class IdempotencyStore:
+    """The keys and answers of :mod:`control_plane.idempotency`."""
+
+    def __init__(self, db: Database, *, hold_s: float = HOLD_S,
+                 window_s: float = REPLAY_WINDOW_S) -> None:
+        self._db = db
+        self.hold = timedelta(seconds=hold_s)
+        self.window = timedelta(seconds=window_s)
+        self._pruned_at = -PRUNE_EVERY_S
+        self._prune_lock = threading.Lock()
+
+    def reserve(self, scope: str, key: str, request: str) -> Reply | None:
+        """Hold ``key`` for the call with fingerprint ``request``: None when this call is to
+        act (then :meth:`keep` or :meth:`release` it), or the answer given to the first.
+        Raises :class:`IdempotencyKeyReusedError` for a key sent with another request and
+        :class:`RequestInProgressError` while the first call is being answered."""
+        self._prune_now_and_then()
+        try:
+            return self._reserve(scope, key, request)
+        except exc.IntegrityError:
+            # Another control plane inserted the key between our read and our insert.
+            return self._reserve(scope, key, request)
+
+    def _reserve(self, scope: str, key: str, request: str) -> Reply | None:
+        now = utcnow()
+        with self._db.session() as session:
+            row = session.get(RequestReplyRow, (scope, key), with_for_update=True)
+            if row is None:
+                session.add(RequestReplyRow(scope=scope, key=key, fingerprint=request,
+                                            created_at=now, held_until=now + self.hold))
+                session.flush()
+                return None
+            if row.created_at <= now - self.window:  # not yet pruned: a key never seen
+                row.fingerprint, row.created_at = request, now
+                row.status, row.headers, row.body = None, [], None
+            elif row.fingerprint != request:
+                raise IdempotencyKeyReusedError(
+                    f"idempotency key {key!r} was sent before with another request (method, "
+                    "path or body); use a new key for a new request",
+                    detail={"field": "idempotency-key"})
+            elif row.status is not None:
+                return Reply(row.status, row.headers, row.body or b"")
+            elif row.held_until > now:
+                wait = max(1, min(2, round((row.held_until - now).total_seconds())))
+                raise RequestInProgressError(
+                    f"the call with idempotency key {key!r} is still being answered; ask "
+                    f"again in {wait} s for its answer",
+                    detail={"field": "idempotency-key", "retry_after_s": wait})
+            # else: held by a call that never finished (its process died): this one acts.
+            row.held_until = now + self.hold
+            return None
+
+    def keep(self, scope: str, key: str, request: str, reply: Reply) -> None:
+        """Keep the answer of the call that reserved ``key``."""
+        with self._db.session() as session:
+            session.execute(update(RequestReplyRow).where(
+                RequestReplyRow.scope == scope, RequestReplyRow.key == key,
+                RequestReplyRow.fingerprint == request, RequestReplyRow.status.is_(None),
+            ).values(status=reply.status, headers=reply.headers, body=reply.body))
+
+    def release(self, scope: str, key: str, request: str) -> None:
+        """Free ``key`` after a call that failed: asked again, it acts again."""
+        with self._db.session() as session:
+            session.execute(delete(RequestReplyRow).where(
+                RequestReplyRow.scope == scope, RequestReplyRow.key == key,
+                RequestReplyRow.fingerprint == request, RequestReplyRow.status.is_(None)))
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete the answers older than the window; how many went."""
+        cutoff = (now or utcnow()) - self.window
+        with self._db.session() as session:
+            result = session.execute(delete(RequestReplyRow).where(
+                RequestReplyRow.created_at <= cutoff))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def _prune_now_and_then(self) -> None:
+        with self._prune_lock:
+            if time.monotonic() - self._pruned_at < PRUNE_EVERY_S:
+                return
+            self._pruned_at = time.monotonic()
+        self.prune()
