@@ -16,6 +16,7 @@
 | ``MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS`` | ``false``                      | accept ``/v2/models/{e}/feedback`` without a label source's token |
 | ``MODELPLANE_MAX_REQUEST_MB``   | ``64``                                   | largest inference request body a replica reads, in MiB (413 above) |
 | ``MODELPLANE_CONTROL_PLANE_REPLICAS`` | ``1``                              | control-plane replicas; more than one needs a PostgreSQL store and an artifact store every node reaches |
+| ``MODELPLANE_DATA_PRIVATE_HOSTS`` | unset (public addresses only)        | private hosts or CIDRs pipelines may read http(s) data from |
 | ``MODELPLANE_PROXY_LOCATION``   | ``EveryNode``                            | where Serve's HTTP ingress runs: ``EveryNode`` (put a load balancer over the nodes) or ``HeadOnly`` |
 
 Each variable is a field of :class:`Settings` (``MODELPLANE_`` plus the field's name);
@@ -26,6 +27,8 @@ value and what is expected, before anything starts.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tempfile
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -100,6 +103,12 @@ class Settings(BaseSettings):
     control_plane_replicas: int = Field(1, ge=1, le=16, json_schema_extra=_expects(
         "a whole number from 1 to 16; more than 1 only with a PostgreSQL MODELPLANE_DB_URL"))
 
+    # Hosts on private networks (names, addresses or CIDRs, comma-separated) a pipeline may
+    # read data from over http(s): by default only public addresses, since the control
+    # plane reads with its own place on the network for whoever holds a deployer token.
+    data_private_hosts: str = Field("", json_schema_extra=_expects(
+        "host names, IP addresses or CIDR blocks, comma-separated (10.0.0.0/8,data.internal)"))
+
     # Serve's proxy_location, set when Serve starts (a running Serve keeps its own).
     proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
         "EveryNode", json_schema_extra=_expects("EveryNode or HeadOnly"))
@@ -166,6 +175,17 @@ class Settings(BaseSettings):
         if parsed.scheme not in {"http", "https"} or not parsed.netloc:
             raise ValueError("not an http(s) URL")
         return url.rstrip("/")
+
+    @field_validator("data_private_hosts")
+    @classmethod
+    def _check_private_hosts(cls, hosts: str) -> str:
+        private_hosts(hosts)
+        return hosts
+
+    @property
+    def private_data_hosts(self) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
+        """``MODELPLANE_DATA_PRIVATE_HOSTS`` read: host names, and address blocks."""
+        return private_hosts(self.data_private_hosts)
 
     @property
     def max_artifact_bytes(self) -> int:
@@ -274,6 +294,24 @@ def _invalid(error: ValidationError) -> ConfigurationError:
 
 
 _cached: Settings | None = None
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def private_hosts(hosts: str) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
+    """Host names and address blocks from a comma-separated list; ValueError for an entry
+    that is neither."""
+    names, blocks = set(), []
+    for entry in filter(None, (part.strip() for part in hosts.split(","))):
+        try:
+            blocks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", entry):
+                raise ValueError(f"{entry!r} is neither a host name, an address nor a CIDR "
+                                 "block") from None
+            names.add(entry.lower().rstrip("."))
+    return frozenset(names), tuple(blocks)
 
 
 def get_settings() -> Settings:

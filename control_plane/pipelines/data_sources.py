@@ -158,12 +158,68 @@ def _format_of(uri: str) -> str:
 def _open(uri: str) -> Any:
     import fsspec
 
+    options: dict[str, Any] = {}
+    if uri.lower().startswith(("http://", "https://")):
+        check_http_host(uri)
+        # A public host's redirect would lead past the check to wherever it points: none is
+        # followed, and one answered to a look first is named.
+        options["allow_redirects"] = False
+        _refuse_redirect(uri)
     try:
-        return fsspec.open(uri, "rb").open()
+        return fsspec.open(uri, "rb", **options).open()
     except FileNotFoundError:
         raise _error(f"{uri} does not exist") from None
     except Exception as error:
         raise _error(f"cannot open {uri}: {_first_line(error)}") from None
+
+
+def check_http_host(uri: str, allowed: tuple[frozenset[str], tuple[Any, ...]] | None = None
+                    ) -> None:
+    """Refuse an http(s) URI whose host is, or resolves to, an address that is not public
+    (loopback, private, link-local, shared, reserved), unless the operator allowed it
+    (``MODELPLANE_DATA_PRIVATE_HOSTS``): the control plane must not be a way into its own
+    network. A name is resolved here and again when read, so a name that changes its
+    answer in between (DNS rebinding) is not caught; allow names only you control."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    from modelplane.settings import get_settings
+
+    names, blocks = allowed if allowed is not None else get_settings().private_data_hosts
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname or "", parts.port
+    except ValueError as error:
+        raise _error(f"{uri} is not a URL: {error}") from None
+    if not host:
+        raise _error(f"{uri} names no host")
+    if host.lower().rstrip(".") in names:
+        return
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, port or 443,
+                                                          proto=socket.IPPROTO_TCP)}
+    except OSError as error:
+        raise _error(f"cannot resolve the host of {uri}: {_first_line(error)}") from None
+    for text in sorted(found):
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if not address.is_global and not any(address in block for block in blocks):
+            raise InvalidInputError(
+                f"data: {uri} is on {address}, an address that is not public; pipelines read "
+                "data over HTTP from public addresses only, unless the operator allows the "
+                "host in MODELPLANE_DATA_PRIVATE_HOSTS", detail={"field": "data"})
+
+
+def _refuse_redirect(uri: str) -> None:
+    import httpx
+
+    try:
+        answer = httpx.head(uri, follow_redirects=False, timeout=30)
+    except httpx.HTTPError:
+        return  # the read says what is wrong
+    if answer.is_redirect:
+        raise _error(f"{uri} redirects to {answer.headers.get('location', '?')}; redirects are "
+                     "not followed: give the data's own URL")
 
 
 def _first_line(error: BaseException) -> str:
