@@ -137,52 +137,65 @@ class Client:
         idempotency); then wait out the first call where it is still being answered."""
         repeatable = method not in WRITES or (method, path) in _REPEATABLE_WRITES
         if not repeatable:
-            kwargs["headers"] = {KEY_HEADER: new_key(), **kwargs.get("headers", {})}
+            given = kwargs.get("headers", {})
+            if not any(name.lower() == KEY_HEADER for name in given):
+                kwargs["headers"] = {**given, KEY_HEADER: new_key()}
         timeout = kwargs.get("timeout", self._http.timeout.read)
         deadline = time.monotonic() + (timeout if isinstance(timeout, int | float) else 60.0)
-        lost = 0
+        lost: httpx.TransportError | None = None
+        losses = 0
         while True:
             try:
                 response = self._http.request(method, path, **kwargs)
             except _ANSWER_LOST as error:
-                lost += 1
-                if lost > ASK_AGAIN_TIMES:
-                    raise self._answer_lost(error, acted_maybe=not repeatable) from None
-                time.sleep(0.2 * 2 ** (lost - 1))
-                if not (repeatable or self._keys_honored()):
-                    raise self._answer_lost(error, acted_maybe=True) from None
+                lost, losses = error, losses + 1
+                if losses > ASK_AGAIN_TIMES:
+                    break
+                time.sleep(0.2 * 2 ** (losses - 1))
+                if not (repeatable or self._keys_honored(deadline)):
+                    break
                 continue
             except httpx.TransportError as error:
-                raise self._answer_lost(error, acted_maybe=False) from None
-            if response.status_code >= 400:
-                error = _error_from(response)
+                # Refused after an answer was lost: whether the first acted is unknown.
+                raise self._answer_lost(error, acted_maybe=lost is not None
+                                        and not repeatable) from None
+            if response.status_code < 400:
+                return response
+            error = _error_from(response)
+            if isinstance(error, cp_errors.RequestInProgressError):
                 wait = error.detail.get("retry_after_s")
-                if (isinstance(error, cp_errors.RequestInProgressError)
-                        and isinstance(wait, int | float) and time.monotonic() + wait < deadline):
-                    time.sleep(min(max(wait, 0.1), 5.0))
+                wait = min(max(wait, 0.1), 5.0) if isinstance(wait, int | float) else 1.0
+                if time.monotonic() + wait < deadline:
+                    time.sleep(wait)
                     continue
-                raise error
-            return response
+                if lost is not None:
+                    break  # the first call still holds the key: it may have acted, or will
+            raise error
+        assert lost is not None  # every way out of the loop but a return or a raise lost one
+        raise self._answer_lost(lost, acted_maybe=not repeatable)
 
-    def _keys_honored(self) -> bool:
-        """Whether the control plane answers a write sent again with its key once: one
-        older than keys would act twice. Asked (a read, itself asked again) once per
-        client where it says yes."""
-        for attempt in range(ASK_AGAIN_TIMES + 1):
-            if self._honors_keys:
-                return True
+    def _keys_honored(self, deadline: float) -> bool:
+        """Whether the control plane answers a write sent again with its key once (one
+        older than keys would act twice): known only from its health answer, asked again
+        while the way to it is unsettled (a proxy reloading), until ``deadline``."""
+        pause = 0.2
+        while not self._honors_keys:
             try:
-                self._honors_keys = HEALTH_FLAG in self._http.get("/health").json()
-                return self._honors_keys
-            except _ANSWER_LOST:
-                time.sleep(0.2 * 2 ** attempt)
-            except (httpx.HTTPError, ValueError):
+                answer = self._http.get("/health")
+                if answer.status_code == 200:
+                    self._honors_keys = HEALTH_FLAG in answer.json()
+                    return self._honors_keys
+            except (httpx.TransportError, ValueError):
+                pass
+            if time.monotonic() + pause >= deadline:
                 return False
-        return False
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        return True
 
     def _answer_lost(self, error: httpx.TransportError, *, acted_maybe: bool
                      ) -> ControlPlaneUnavailableError:
-        if isinstance(error, _ANSWER_LOST) and acted_maybe:
+        if acted_maybe:
             return ControlPlaneUnavailableError(
                 f"the control plane at {self.url} did not answer ({type(error).__name__}) and "
                 "may have acted; look before sending the call again",

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, exc, update
 
@@ -23,6 +26,17 @@ HOLD_S = 900.0
 PRUNE_EVERY_S = 60.0
 
 
+@dataclass(frozen=True)
+class Hold:
+    """One call's hold on its key: only this call keeps its answer or frees it, so a call
+    that outlived its hold cannot undo the one that took the key over."""
+
+    scope: str
+    key: str
+    request: str
+    holder: str
+
+
 class IdempotencyStore:
     """The keys and answers of :mod:`control_plane.idempotency`."""
 
@@ -34,61 +48,59 @@ class IdempotencyStore:
         self._pruned_at = -PRUNE_EVERY_S
         self._prune_lock = threading.Lock()
 
-    def reserve(self, scope: str, key: str, request: str) -> Reply | None:
-        """Hold ``key`` for the call with fingerprint ``request``: None when this call is to
-        act (then :meth:`keep` or :meth:`release` it), or the answer given to the first.
-        Raises :class:`IdempotencyKeyReusedError` for a key sent with another request and
-        :class:`RequestInProgressError` while the first call is being answered."""
+    def reserve(self, scope: str, key: str, request: str) -> Hold | Reply:
+        """Hold ``key`` for the call with fingerprint ``request``: a :class:`Hold` when this
+        call is to act (then :meth:`keep` or :meth:`release` it), or the answer given to
+        the first. Raises :class:`IdempotencyKeyReusedError` for a key sent with another
+        request and :class:`RequestInProgressError` while the first call is being answered."""
         self._prune_now_and_then()
+        hold = Hold(scope, key, request, uuid.uuid4().hex)
         try:
-            return self._reserve(scope, key, request)
+            return self._reserve(hold)
         except exc.IntegrityError:
             # Another control plane inserted the key between our read and our insert.
-            return self._reserve(scope, key, request)
+            return self._reserve(hold)
 
-    def _reserve(self, scope: str, key: str, request: str) -> Reply | None:
+    def _reserve(self, hold: Hold) -> Hold | Reply:
         now = utcnow()
         with self._db.session() as session:
-            row = session.get(RequestReplyRow, (scope, key), with_for_update=True)
+            row = session.get(RequestReplyRow, (hold.scope, hold.key), with_for_update=True)
             if row is None:
-                session.add(RequestReplyRow(scope=scope, key=key, fingerprint=request,
-                                            created_at=now, held_until=now + self.hold))
+                session.add(RequestReplyRow(scope=hold.scope, key=hold.key, holder=hold.holder,
+                                            fingerprint=hold.request, created_at=now,
+                                            held_until=now + self.hold))
                 session.flush()
-                return None
+                return hold
             if row.created_at <= now - self.window:  # not yet pruned: a key never seen
-                row.fingerprint, row.created_at = request, now
+                row.fingerprint, row.created_at = hold.request, now
                 row.status, row.headers, row.body = None, [], None
-            elif row.fingerprint != request:
+            elif row.fingerprint != hold.request:
                 raise IdempotencyKeyReusedError(
-                    f"idempotency key {key!r} was sent before with another request (method, "
-                    "path or body); use a new key for a new request",
+                    f"idempotency key {hold.key!r} was sent before with another request "
+                    "(method, path or body); use a new key for a new request",
                     detail={"field": "idempotency-key"})
             elif row.status is not None:
                 return Reply(row.status, row.headers, row.body or b"")
             elif row.held_until > now:
                 wait = max(1, min(2, round((row.held_until - now).total_seconds())))
                 raise RequestInProgressError(
-                    f"the call with idempotency key {key!r} is still being answered; ask "
-                    f"again in {wait} s for its answer",
+                    f"the call with idempotency key {hold.key!r} is still being answered; "
+                    f"ask again in {wait} s for its answer",
                     detail={"field": "idempotency-key", "retry_after_s": wait})
             # else: held by a call that never finished (its process died): this one acts.
-            row.held_until = now + self.hold
-            return None
+            row.holder, row.held_until = hold.holder, now + self.hold
+            return hold
 
-    def keep(self, scope: str, key: str, request: str, reply: Reply) -> None:
-        """Keep the answer of the call that reserved ``key``."""
+    def keep(self, hold: Hold, reply: Reply) -> None:
+        """Keep the answer of the call that holds the key."""
         with self._db.session() as session:
-            session.execute(update(RequestReplyRow).where(
-                RequestReplyRow.scope == scope, RequestReplyRow.key == key,
-                RequestReplyRow.fingerprint == request, RequestReplyRow.status.is_(None),
-            ).values(status=reply.status, headers=reply.headers, body=reply.body))
+            session.execute(update(RequestReplyRow).where(*_held_by(hold)).values(
+                status=reply.status, headers=reply.headers, body=reply.body))
 
-    def release(self, scope: str, key: str, request: str) -> None:
-        """Free ``key`` after a call that failed: asked again, it acts again."""
+    def release(self, hold: Hold) -> None:
+        """Free the key after a call that failed: asked again, it acts again."""
         with self._db.session() as session:
-            session.execute(delete(RequestReplyRow).where(
-                RequestReplyRow.scope == scope, RequestReplyRow.key == key,
-                RequestReplyRow.fingerprint == request, RequestReplyRow.status.is_(None)))
+            session.execute(delete(RequestReplyRow).where(*_held_by(hold)))
 
     def prune(self, now: datetime | None = None) -> int:
         """Delete the answers older than the window; how many went."""
@@ -104,3 +116,8 @@ class IdempotencyStore:
                 return
             self._pruned_at = time.monotonic()
         self.prune()
+
+
+def _held_by(hold: Hold) -> tuple[Any, ...]:
+    return (RequestReplyRow.scope == hold.scope, RequestReplyRow.key == hold.key,
+            RequestReplyRow.holder == hold.holder, RequestReplyRow.status.is_(None))

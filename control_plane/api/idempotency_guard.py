@@ -15,9 +15,10 @@ import logging
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control_plane.api.call_gate import route_path
+from control_plane.api.call_gate import STREAMED_BODIES, route_path
 from control_plane.api.errors import error_response, request_id
 from control_plane.errors import ConflictError, InvalidInputError, PayloadTooLargeError
 from control_plane.idempotency import (
@@ -36,9 +37,10 @@ log = logging.getLogger(__name__)
 MAX_KEPT_BYTES = 1024 * 1024
 # Set by the server for this answer; a replay gets its own.
 _NOT_KEPT = frozenset({b"content-length", b"date", b"server", b"x-request-id"})
-# Routes whose answer holds a secret shown once: the store never keeps it. A call asked
-# again is told that the first acted, and what to do.
-SECRET_ANSWERS = frozenset({"/tokens"})
+# Routes whose answer holds a secret (a token shown once, a receiver's webhook URL): the
+# store never keeps it. A call asked again is told that the first acted, and what to do.
+SECRET_ANSWERS = tuple(compile_path(path)[0] for path in ("/tokens",
+                                                          "/alerts/receivers/{name}"))
 
 
 class IdempotencyGuard:
@@ -52,7 +54,11 @@ class IdempotencyGuard:
         request = Request(scope, receive)
         key = request.headers.get(KEY_HEADER)
         authenticated = scope.get("state", {}).get("authenticated")
-        if key is None or authenticated is None:
+        path = route_path(scope)
+        # A streamed upload is bounded by its route, not read here; it is content-addressed,
+        # so sent twice it stores one file.
+        streamed = f"{scope['method']} {path}" in STREAMED_BODIES
+        if key is None or authenticated is None or streamed:
             await self.app(scope, receive, send)
             return
         store = self.api.state.control_plane.idempotency
@@ -67,12 +73,12 @@ class IdempotencyGuard:
                 return
             request_print = fingerprint(scope["method"], scope["path"],
                                         scope.get("query_string", b"").decode("latin-1"), body)
-            kept = await run_in_threadpool(store.reserve, caller, key, request_print)
+            hold = await run_in_threadpool(store.reserve, caller, key, request_print)
         except ModelplaneError as error:
             await error_response(request, error)(scope, receive, send)
             return
-        if kept is not None:
-            await _replay(kept, send)
+        if isinstance(hold, Reply):
+            await _replay(hold, send)
             return
         answer = _Answer(send)
         try:
@@ -80,13 +86,14 @@ class IdempotencyGuard:
         finally:
             # Kept even where the caller is gone: that is the call that will ask again.
             reply = answer.reply()
-            if reply is not None and reply.status < 400 and route_path(scope) in SECRET_ANSWERS:
+            if reply is not None and reply.status < 400 and any(
+                    secret.match(path) for secret in SECRET_ANSWERS):
                 reply = _secret_withheld(request, key, reply.status)
             try:
                 if reply is None:
-                    await run_in_threadpool(store.release, caller, key, request_print)
+                    await run_in_threadpool(store.release, hold)
                 else:
-                    await run_in_threadpool(store.keep, caller, key, request_print, reply)
+                    await run_in_threadpool(store.keep, hold, reply)
             except Exception:  # the store went away: the key is freed at its hold's end
                 log.warning("could not keep the answer to idempotency key %r of %s", key,
                             caller, exc_info=True)
@@ -95,8 +102,9 @@ class IdempotencyGuard:
 def _secret_withheld(request: Request, key: str, status: int) -> Reply:
     error = ConflictError(
         f"the call with idempotency key {key!r} acted (HTTP {status}), and its answer held a "
-        "secret, which is shown once and never kept: find what it created (`modelplane "
-        "token list`), revoke it and create another", detail={"field": "idempotency-key"})
+        "secret, which is never kept: look at what it made (`modelplane token list`, "
+        "`modelplane alerts receivers`) and make it again under a new key if need be",
+        detail={"field": "idempotency-key"})
     return Reply(error.http_status, [["content-type", "application/json"]],
                  json.dumps(error_body(error, request_id(request))).encode())
 
@@ -163,7 +171,8 @@ class _Answer:
 
 async def _replay(reply: Reply, send: Send) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-    headers += [(b"content-length", str(len(reply.body)).encode()),
-                (REPLAYED_HEADER.encode(), b"true")]
+    if reply.status not in (204, 304):  # answers that carry no body say no length
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+    headers.append((REPLAYED_HEADER.encode(), b"true"))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})

@@ -382,6 +382,8 @@ class RequestReplyRow(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     # sha256 of the method, path, query and body: the key with another request is refused.
     fingerprint: Mapped[str] = mapped_column(String(64))
+    # The call holding the key (one id per hold): only it keeps its answer or frees it.
+    holder: Mapped[str] = mapped_column(String(32))
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     headers: Mapped[list[Any]] = mapped_column(default=list)  # [[name, value], …]
     body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

@@ -320,7 +320,7 @@ def test_a_call_asked_again_while_the_first_runs_waits_for_it(
     """While a first call holds its key, the same call is told to ask again; the client
     waits, and acts when the first call gives the key up (it failed) without acting."""
     from control_plane.idempotency import fingerprint
-    from control_plane.idempotency_store import IdempotencyStore
+    from control_plane.idempotency_store import Hold, IdempotencyStore
     from control_plane.store import Database
 
     digest = admin.upload_artifact(linear_classifier(seed=4)).digest
@@ -330,7 +330,8 @@ def test_a_call_asked_again_while_the_first_runs_waits_for_it(
     request = fingerprint("POST", f"/api{path}", "", body)
     database = Database(f"sqlite:///{server.home / 'modelplane.db'}", migrate=False)
     store, caller = IdempotencyStore(database), admin.whoami()["name"]
-    assert store.reserve(caller, key, request) is None  # a first call, being answered
+    first = store.reserve(caller, key, request)  # a first call, being answered
+    assert isinstance(first, Hold)
     sent = {"content": body, "headers": {"idempotency-key": key,
                                          "content-type": "application/json"}}
     told = raw.post(path, **sent)
@@ -341,7 +342,7 @@ def test_a_call_asked_again_while_the_first_runs_waits_for_it(
         waiting = pool.submit(admin._request, "POST", path, timeout=60, **sent)
         time.sleep(1.5)
         assert not waiting.done()
-        store.release(caller, key, request)  # the first call failed
+        store.release(first)  # the first call failed
         answered = waiting.result()
     assert answered.status_code == 201 and "idempotent-replayed" not in answered.headers
     assert admin.get_model("waited").latest_version == 1
@@ -355,7 +356,7 @@ def test_a_lost_token_is_never_kept_and_the_caller_is_told_what_to_do(
     proxy = _losing(server, "POST", "/api/tokens")
     try:
         with Client(proxy.url, server.admin_token) as client, \
-                pytest.raises(ConflictError, match="secret, which is shown once") as refused:
+                pytest.raises(ConflictError, match="secret, which is never kept") as refused:
             client.create_token("lost-secret", "reader")
     finally:
         proxy.close()
@@ -366,3 +367,24 @@ def test_a_lost_token_is_never_kept_and_the_caller_is_told_what_to_do(
         kept = store.execute("SELECT status, body FROM request_replies").fetchall()
     assert kept and all(secret.encode() not in bytes(body or b"") for _, body in kept)
     assert (409, ) in {(status, ) for status, _ in kept}
+
+
+def test_keys_keep_no_webhook_url_and_hold_no_upload(server: ControlPlaneProcess,
+                                                     raw: httpx.Client) -> None:
+    hook = "https://hooks.example.com/services/T000/B000/very-secret-path"
+    sent = {"json": {"name": "ops", "url": hook},
+            "headers": {"idempotency-key": "receiver-0001"}}
+    made = raw.put("/alerts/receivers/ops", **sent)
+    assert made.status_code == 200, made.text
+    again = raw.put("/alerts/receivers/ops", **sent)
+    assert again.status_code == 409 and "never kept" in again.json()["error"]
+    # An upload streams to disk under its own limit; a key does not make it read here.
+    body = b"not a model, only bytes" * 100
+    upload = raw.post("/artifacts", content=body, headers={
+        "idempotency-key": "upload-0001", "content-type": "application/octet-stream",
+        "x-artifact-digest": hashlib.sha256(body).hexdigest()})
+    assert upload.status_code == 201, upload.text
+    with sqlite3.connect(server.home / "modelplane.db") as store:
+        kept = store.execute("SELECT key, body FROM request_replies").fetchall()
+    assert all(hook.encode() not in bytes(body or b"") for _, body in kept)
+    assert "upload-0001" not in {key for key, _ in kept}

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("scope", sa.String(length=128), nullable=False),
         sa.Column("key", sa.String(length=64), nullable=False),
         sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("holder", sa.String(length=32), nullable=False),
         sa.Column("status", sa.Integer(), nullable=True),
         sa.Column("headers", sa.JSON(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=True),

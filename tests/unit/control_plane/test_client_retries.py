@@ -12,15 +12,23 @@ from control_plane.idempotency import HEALTH_FLAG
 from tests.json_http import JsonHandler, serving
 
 
-def _dropping(honors_keys: bool, answer_after: int | None = None) -> type[JsonHandler]:
+def _dropping(honors_keys: bool, answer_after: int | None = None, *, health_fails: int = 0,
+              then_in_progress: bool = False) -> type[JsonHandler]:
     """A server that closes the connection instead of answering a POST (until the
-    ``answer_after``-th), and records every POST's idempotency key."""
+    ``answer_after``-th; or after the first, says the first is still being answered), whose
+    first ``health_fails`` health answers are a proxy's 503, and that records every POST's
+    idempotency key."""
 
     class Handler(JsonHandler):
         protocol_version = "HTTP/1.1"
         posts: list[str | None] = []
+        health_asked = 0
 
         def do_GET(self) -> None:
+            Handler.health_asked += 1
+            if Handler.health_asked <= health_fails:
+                self.answer(503, "<html>no server is available</html>")
+                return
             health = {"status": "ok", "version": "0", **({HEALTH_FLAG: "honored"}
                                                          if honors_keys else {})}
             self.answer(200, health)
@@ -32,6 +40,10 @@ def _dropping(honors_keys: bool, answer_after: int | None = None) -> type[JsonHa
                 self.answer(201, {"name": "e", "description": "", "tags": {},
                                   "created_at": "2026-12-02T00:00:00Z",
                                   "created_by": "t", "run_count": 0})
+                return
+            if then_in_progress and len(Handler.posts) > 1:
+                self.answer(409, {"error": "still being answered", "code": "request_in_progress",
+                                  "detail": {"retry_after_s": 1}})
                 return
             self.close_connection = True
 
@@ -60,3 +72,18 @@ def test_asking_again_gives_up_after_its_tries_saying_the_call_may_have_acted() 
             pytest.raises(ControlPlaneUnavailableError, match="may have acted"):
         client.create_experiment("e")
     assert len(handler.posts) == 1 + ASK_AGAIN_TIMES and len(set(handler.posts)) == 1
+
+
+def test_a_health_answer_from_a_reloading_proxy_is_asked_again() -> None:
+    handler = _dropping(honors_keys=True, answer_after=1, health_fails=2)
+    with serving(handler) as url, Client(url, "t") as client:
+        assert client.create_experiment("e").name == "e"
+    assert handler.health_asked == 3 and len(handler.posts) == 2
+
+
+def test_a_first_call_that_holds_its_key_past_the_wait_may_have_acted() -> None:
+    handler = _dropping(honors_keys=True, then_in_progress=True)
+    with serving(handler) as url, Client(url, "t", timeout=3) as client, \
+            pytest.raises(ControlPlaneUnavailableError, match="may have acted"):
+        client.create_experiment("e")
+    assert len(handler.posts) >= 2 and len(set(handler.posts)) == 1
