@@ -83,6 +83,10 @@ REGISTER_TIMEOUT_S = 420.0
 # transport asks again itself.)
 _ANSWER_LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 ASK_AGAIN_TIMES = 3
+# How long a control plane that lost an answer is asked whether it honors keys: a proxy
+# reloading answers again within a second or two, and one that is down must not hold the
+# caller for the whole of a long call's timeout (a registration's is minutes).
+HEALTH_WAIT_S = 5.0
 # Writes that may be sent again without a key: the artifact store is content-addressed,
 # so an upload sent twice stores one file.
 _REPEATABLE_WRITES = frozenset({("POST", "/artifacts")})
@@ -177,14 +181,19 @@ class Client:
     def _keys_honored(self, deadline: float) -> bool:
         """Whether the control plane answers a write sent again with its key once (one
         older than keys would act twice): known only from its health answer, asked again
-        while the way to it is unsettled (a proxy reloading), until ``deadline``."""
+        while the way to it is unsettled (a proxy reloading), for HEALTH_WAIT_S at most, and
+        not at all where nothing listens any more."""
+        deadline = min(deadline, time.monotonic() + HEALTH_WAIT_S)
         pause = 0.2
         while not self._honors_keys:
             try:
-                answer = self._http.get("/health")
+                answer = self._http.get("/health",
+                                        timeout=max(deadline - time.monotonic(), 0.2))
                 if answer.status_code == 200:
                     self._honors_keys = HEALTH_FLAG in answer.json()
                     return self._honors_keys
+            except httpx.ConnectError:
+                return False  # nothing listens (the transport asked again): down, not reloading
             except (httpx.TransportError, ValueError):
                 pass
             if time.monotonic() + pause >= deadline:

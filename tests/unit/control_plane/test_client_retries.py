@@ -4,9 +4,13 @@ says so in /health); never a write to one older than keys."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
 
-from control_plane.client import ASK_AGAIN_TIMES, Client
+from control_plane.client import ASK_AGAIN_TIMES, HEALTH_WAIT_S, Client
 from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.idempotency import HEALTH_FLAG
 from tests.json_http import JsonHandler, serving
@@ -87,3 +91,40 @@ def test_a_first_call_that_holds_its_key_past_the_wait_may_have_acted() -> None:
             pytest.raises(ControlPlaneUnavailableError, match="may have acted"):
         client.create_experiment("e")
     assert len(handler.posts) >= 2 and len(set(handler.posts)) == 1
+
+
+def test_a_control_plane_that_stays_away_holds_a_long_call_for_seconds_not_its_timeout() -> None:
+    # A registration may take minutes, so its timeout is long; a control plane killed under
+    # it must not hold the caller (or a worker thread) for all of that.
+    handler = _dropping(honors_keys=True, health_fails=10_000)
+    started = time.monotonic()
+    with serving(handler) as url, Client(url, "t", timeout=600) as client, \
+            pytest.raises(ControlPlaneUnavailableError, match="may have acted"):
+        client.create_experiment("e")
+    assert time.monotonic() - started < 60
+    assert len(handler.posts) == 1 and handler.health_asked <= 2 + HEALTH_WAIT_S / 0.2
+
+
+def test_a_control_plane_gone_under_a_write_is_not_waited_for(monkeypatch) -> None:
+    # Nothing listens after the answer was lost: the server is down, not a proxy reloading,
+    # so the client says the write may have acted instead of asking /health for seconds.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def take_one_write_and_go() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        listener.close()
+        connection.close()
+
+    server = threading.Thread(target=take_one_write_and_go, daemon=True)
+    server.start()
+    pauses: list[float] = []
+    monkeypatch.setattr("control_plane.client.time.sleep", pauses.append)
+    with Client(f"http://127.0.0.1:{port}", "t", timeout=600) as client, \
+            pytest.raises(ControlPlaneUnavailableError, match="may have acted"):
+        client.create_experiment("e")
+    server.join(5)
+    # The pause before asking again and the transport's own connect retries (0 and 0.5 s);
+    # no wait on /health.
+    assert pauses[0] == 0.2 and sum(pauses) < 1.0, pauses
