@@ -210,11 +210,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait_serving(endpoint_url(base, "b-mon"), {1, 2}, canary)
         # The measured twin: exactly the configuration the reconciler gave "b-mon", on
         # its own route, with monitoring switched between rounds by reconfiguring the one
-        # live replica, so both modes run in the same process behind the same route.
+        # live replica, so both modes run in the same process behind the same route. Its
+        # weights are the canary's: a traffic change reaches b-mon's replicas on the route
+        # board, and its Serve user_config keeps the routes of an earlier generation.
         deployed = deployed_user_config(endpoint_app_name("b-mon"))
+        routes = {**deployed["routes"], "weights": canary}
 
         def deploy_twin(monitoring: bool) -> None:
-            config = EndpointConfig.model_validate({**deployed, "endpoint": TWIN,
+            config = EndpointConfig.model_validate({**deployed, "endpoint": TWIN, "routes": routes,
                                                     "monitoring": monitoring})
             serve.run(build_endpoint_app(config, env={}), name=TWIN_APP,
                       route_prefix=endpoint_route_prefix(TWIN))
