@@ -82,3 +82,47 @@ def test_an_isolated_version_turns_its_link_on_only_where_the_router_has_an_addr
     assert without._deployment_config.user_config is None
     # Turning the link on reconfigures the replicas; it never replaces them.
     assert with_link.version == without.version
+
+
+def _python_objects(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(_python_objects(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_python_objects(v) for v in value)
+    return 1
+
+
+def test_a_reference_profile_travels_to_serve_as_one_string() -> None:
+    """Serve's controller deep-copies every deployment's user_config ten times a second:
+    a profile's sample rows as Python numbers kept it busy (13 ms a copy), so the wire
+    carries the profile as one string, whatever its size, and replicas read it back whole."""
+    import copy
+
+    from tests.unit.serving.monitoring_helpers import reference_profile
+
+    profile = reference_profile()
+    assert _python_objects(profile) > 1_000  # the sample rows alone
+    versions = [version_config(1, profile=profile), version_config(2, profile=profile)]
+    for placement in ("colocated", "isolated"):
+        config = EndpointConfig(endpoint="e", versions=versions, placement=placement,
+                                routes=RouteTable(weights={1: 90, 2: 10}))
+        deployment = build_endpoint_app(config, env={})._bound_deployment
+        user_config = copy.deepcopy(deployment._deployment_config.user_config)
+        assert _python_objects(user_config) < 200
+        assert isinstance(user_config["versions"][0]["reference_profile"], str)
+        read = EndpointConfig.model_validate(user_config)
+        assert read == config
+        assert read.versions[1].reference_profile == profile
+    model_server = build_version_app(config, versions[0], env={})._bound_deployment
+    (init,) = model_server.init_args
+    assert isinstance(init["reference_profile"], str)
+    assert init["reference_profile"] and type(config.versions[0]).model_validate(init) == versions[0]
+
+
+def test_a_profile_that_is_not_json_is_refused_naming_the_field() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    document = version_config().model_dump(mode="json")
+    with pytest.raises(ValidationError, match="reference_profile is not a JSON document"):
+        type(version_config()).model_validate({**document, "reference_profile": "{not json"})
