@@ -38,6 +38,12 @@ PREDICTIONS_KEY = "predictions"
 TEXT_KEY = "text"
 MAX_VOCABULARY = 100_000
 MAX_OUTPUT_COLUMNS = 16
+# Sample values a profile keeps in all: a manifest travels in one JSON call of at most
+# 4 MiB (control_plane.api.call_gate), about 21 bytes a value. Wide inputs keep fewer per
+# feature (never under MIN_SAMPLE_PER_FEATURE), so a model with a thousand features still
+# registers with its profile.
+SAMPLE_BUDGET = 131_072
+MIN_SAMPLE_PER_FEATURE = 32
 PREDICTED_CLASS = "predicted_class"
 CONFIDENCE = "confidence"
 
@@ -116,10 +122,15 @@ def build_reference_profile(
 
     ``inputs`` is rows x features (the model's input layout); ``outputs`` is the model's
     first output on those rows (scores or labels for classification, values otherwise).
+    Each feature keeps ``sample_size`` sorted sample values, fewer where the features are
+    so many that :data:`SAMPLE_BUDGET` would be exceeded (KS and Wasserstein stay within
+    ``1 / (2 * kept)`` of the full data's CDF).
     """
     from kernels import ReferenceProfile
 
     matrix = np.asarray(inputs, dtype=np.float64)
+    width = matrix.shape[1] if matrix.ndim == 2 else 1
+    sample_size = min(sample_size, max(MIN_SAMPLE_PER_FEATURE, SAMPLE_BUDGET // max(width, 1)))
     profile = ReferenceProfile.from_matrix(matrix, names=feature_names, bins=bins,
                                            categorical=categorical, sample_size=sample_size)
     document = profile.to_dict()
