@@ -11,7 +11,10 @@ requests per replica, one replica.
   JSON, run the session, answer JSON) as a Serve application on the same ingress (HAProxy
   turns on Serve's direct ingress), routed at ``/v2/models/<name>`` so its infer URL has
   the peers' shape.
-- ``modelplane``: one version, deployed through the control plane as a user would.
+- ``modelplane``: one version, deployed through the control plane as a user would, with
+  the reference profile a training job registers (``training.registration``'s sample
+  size), so monitoring runs whole: latency and status, drift, data quality and the
+  feedback store.
 - ``modelplane-canary``: versions 1 and 2 (seeds 1 and 2) at 90/10.
 - ``modelplane-batched``: one version with dynamic batching, max batch 32, 2 ms wait.
 - ``modelplane-lean`` and ``modelplane-serve-ingress``: one version with
@@ -91,12 +94,15 @@ class Platform:
     def version(self, model: str, seed: int, models: dict[str, bytes]) -> int:
         """Register ``<model><seed>`` once; its version number."""
         from benchmarks.peers import SIZES
-        from benchmarks.serving import manifest
+        from benchmarks.serving import profiled_manifest
+        from training.registration import PROFILE_SAMPLE_SIZE
 
         key = f"{model}{seed}"
         if key not in self.versions:
-            record = self.client.register_version(MODEL_NAMES[model], models[key],
-                                                  manifest(SIZES[model]))
+            # With the reference profile a training job gives its version: monitoring runs
+            # whole (drift, data quality, the feedback store), as it does for a user.
+            described = profiled_manifest(SIZES[model], models[key], sample_size=PROFILE_SAMPLE_SIZE)
+            record = self.client.register_version(MODEL_NAMES[model], models[key], described)
             self.versions[key] = int(record.version)
         return self.versions[key]
 

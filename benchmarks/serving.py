@@ -71,6 +71,20 @@ def manifest(sizes: tuple[int, ...]) -> dict[str, Any]:
         "task": "classification"}
 
 
+def profiled_manifest(sizes: tuple[int, ...], model: bytes, *, sample_size: int = 1024) -> dict[str, Any]:
+    """``manifest`` plus a reference profile of the model on training-like rows, as a
+    trained version carries one, so drift, data quality and the feedback store all run
+    (``sample_size`` rows per feature; training jobs keep 256)."""
+    import onnxruntime as ort
+
+    from serving.monitoring.profiles import build_reference_profile
+
+    rows = np.random.default_rng(0).normal(size=(5000, sizes[0])).astype(np.float32)
+    scores = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input": rows})[0]
+    return {**manifest(sizes), "reference_profile": build_reference_profile(
+        rows, scores, task="classification", sample_size=sample_size)}
+
+
 def body(width: int) -> bytes:
     data = np.random.default_rng(0).normal(size=width).round(4).tolist()
     return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, width],
@@ -117,6 +131,8 @@ def measure(url: str, payload: bytes, args: argparse.Namespace) -> dict[str, flo
         handle.write(payload)
     command = ["taskset", "-c", "1", sys.executable, "-m", "benchmarks.load_client", url,
                handle.name, "--sequential", str(args.sequential), "--seconds", str(args.seconds)]
+    if getattr(args, "rate", 0):
+        command += ["--rate", str(args.rate)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,
                             cwd=Path(__file__).parent.parent)
     if result.returncode != 0:
