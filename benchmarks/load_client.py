@@ -1,8 +1,12 @@
 """A small load client for the serving benchmarks: sequential latency and closed-loop throughput.
 
     python -m benchmarks.load_client URL BODY_FILE [--sequential N] [--concurrency C] [--seconds S]
+                                     [--rate R]
 
-Prints one JSON object. Run it pinned to its own core (``taskset -c 1``) so it does not
+Closed loop (C requests always in flight: the most a server answers), or with ``--rate``
+open loop: R requests a second on a fixed schedule whatever the answers take, at most C
+in flight, so two servers (or two modes of one) are compared doing the same work. Prints
+one JSON object. Run it pinned to its own core (``taskset -c 1``) so it does not
 compete with the server it measures.
 """
 
@@ -72,6 +76,59 @@ async def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -
             "throughput_requests": done, "throughput_seconds": elapsed}
 
 
+async def open_loop(url: str, body: bytes, rate: float, concurrency: int,
+                    seconds: float) -> dict[str, float | int | str]:
+    """``rate`` requests a second for ``seconds``. A send whose time comes while
+    ``concurrency`` requests are in flight waits for one and counts as ``late``; every
+    failure is counted: a status other than 200, a transport error, a timeout."""
+    import aiohttp
+
+    done = failures = late = 0
+    example = ""
+    latencies: list[float] = []
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal done, failures, example
+        started = time.perf_counter()
+        try:
+            async with session.post(url, data=body, headers=HEADERS) as response:
+                payload = await response.read()
+                if response.status == 200:
+                    done += 1
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    failures += 1
+                    example = example or f"HTTP {response.status}: {payload[:200]!r}"
+        except (TimeoutError, aiohttp.ClientError) as error:
+            failures += 1
+            example = example or f"{type(error).__name__}: {error}"
+        finally:
+            slots.release()
+
+    timeout = aiohttp.ClientTimeout(total=30)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.perf_counter()
+        sends = []
+        for index in range(int(rate * seconds)):
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if slots.locked():
+                late += 1
+            await slots.acquire()
+            sends.append(asyncio.create_task(one(session)))
+        await asyncio.gather(*sends)
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    middle = latencies[len(latencies) // 2] if latencies else float("nan")
+    high = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan")
+    return {"offered_rps": rate, "throughput_rps": done / elapsed, "throughput_failures": failures,
+            "throughput_requests": done, "throughput_seconds": elapsed, "late_sends": late,
+            "open_p50_ms": 1000 * middle, "open_p99_ms": 1000 * high, "failure_example": example}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
@@ -79,11 +136,17 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="requests a second, open loop (0: closed loop at --concurrency)")
     args = parser.parse_args()
+    if args.rate < 0 or args.concurrency < 1:
+        parser.error("--rate must be >= 0 and --concurrency >= 1")
     with open(args.body_file, "rb") as handle:
         body = handle.read()
     result = sequential(args.url, body, args.sequential) if args.sequential else {}
-    if args.seconds > 0:
+    if args.seconds > 0 and args.rate > 0:
+        result.update(asyncio.run(open_loop(args.url, body, args.rate, args.concurrency, args.seconds)))
+    elif args.seconds > 0:
         result.update(asyncio.run(closed_loop(args.url, body, args.concurrency, args.seconds)))
     print(json.dumps(result))
 
