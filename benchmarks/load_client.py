@@ -20,6 +20,15 @@ import time
 from urllib.parse import urlparse
 
 
+def percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    """(p50, p99) in milliseconds of latencies in seconds; NaN where there are none."""
+    if not samples:
+        return float("nan"), float("nan")
+    ordered = sorted(samples)
+    return (1000 * ordered[len(ordered) // 2],
+            1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))])
+
+
 def sequential(url: str, body: bytes, count: int) -> dict[str, float]:
     parsed = urlparse(url)
     connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
@@ -36,10 +45,10 @@ def sequential(url: str, body: bytes, count: int) -> dict[str, float]:
             example = example or f"HTTP {response.status}: {payload[:200]!r}"
         if index >= 20:  # the first requests warm connections and caches
             samples.append(elapsed)
-    samples.sort()
+    middle, high = percentiles_ms(samples)
     return {
-        "p50_ms": 1000 * samples[len(samples) // 2],
-        "p99_ms": 1000 * samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+        "p50_ms": middle,
+        "p99_ms": high,
         "sequential_failures": failures,
         "failure_example": example,
     }
@@ -121,12 +130,10 @@ async def open_loop(url: str, body: bytes, rate: float, concurrency: int,
             sends.append(asyncio.create_task(one(session)))
         await asyncio.gather(*sends)
         elapsed = time.perf_counter() - started
-    latencies.sort()
-    middle = latencies[len(latencies) // 2] if latencies else float("nan")
-    high = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan")
+    middle, high = percentiles_ms(latencies)
     return {"offered_rps": rate, "throughput_rps": done / elapsed, "throughput_failures": failures,
             "throughput_requests": done, "throughput_seconds": elapsed, "late_sends": late,
-            "open_p50_ms": 1000 * middle, "open_p99_ms": 1000 * high, "failure_example": example}
+            "open_p50_ms": middle, "open_p99_ms": high, "failure_example": example}
 
 
 def main() -> None:

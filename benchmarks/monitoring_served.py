@@ -272,21 +272,28 @@ def _rows_seen(snapshot: dict[int, Any]) -> dict[str, Any]:
             for version, shot in snapshot.items()}
 
 
-def summarise(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+def _per_mode(rounds: dict[str, list[dict[str, Any]]], medians: tuple[str, ...],
+              sums: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """Per mode, the median of each of ``medians`` over its rounds and, for each name in
+    ``sums``, the total of those keys; and both CPU ratios, off / on (requests per
+    CPU-second, on / off: the throughput a core saturated by the server gives)."""
     summary: dict[str, Any] = {}
     for mode, results in rounds.items():
-        summary[mode] = {key: float(np.median([r[key] for r in results]))
-                         for key in ("throughput_rps", "p50_ms", "p99_ms", "replica_cpu_ms_per_request",
-                                     "server_cpu_ms_per_request", "monitor_cpu_ms_per_request")}
-        summary[mode]["failures"] = int(sum(r["throughput_failures"] + r["sequential_failures"]
-                                            for r in results))
+        summary[mode] = {key: float(np.median([r[key] for r in results])) for key in medians}
+        for name, keys in sums.items():
+            summary[mode][name] = int(sum(r[key] for r in results for key in keys))
+    for part in ("server", "replica"):
+        key = f"{part}_cpu_ms_per_request"
+        summary[f"{part}_cpu_ratio"] = summary["off"][key] / summary["on"][key]
+    return summary
+
+
+def summarise(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    summary = _per_mode(rounds, ("throughput_rps", "p50_ms", "p99_ms", "replica_cpu_ms_per_request",
+                                 "server_cpu_ms_per_request", "monitor_cpu_ms_per_request"),
+                        {"failures": ("throughput_failures", "sequential_failures")})
     summary["throughput_ratio"] = summary["on"]["throughput_rps"] / summary["off"]["throughput_rps"]
     summary["p50_ratio"] = summary["on"]["p50_ms"] / summary["off"]["p50_ms"]
-    # Requests per CPU-second, on / off: the throughput a core saturated by the server gives.
-    summary["server_cpu_ratio"] = (summary["off"]["server_cpu_ms_per_request"]
-                                   / summary["on"]["server_cpu_ms_per_request"])
-    summary["replica_cpu_ratio"] = (summary["off"]["replica_cpu_ms_per_request"]
-                                    / summary["on"]["replica_cpu_ms_per_request"])
     # Per round pair, so a round that shared the machine with something else shows.
     summary["round_ratios"] = [a["throughput_rps"] / b["throughput_rps"]
                                for a, b in zip(rounds["on"], rounds["off"], strict=True)]
@@ -296,17 +303,9 @@ def summarise(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
 def summarise_fixed(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     """The open-loop rounds: both modes did the same work, so CPU per request compares
     what monitoring costs without the batching a saturated replica gains or loses."""
-    summary: dict[str, Any] = {}
-    for mode, results in rounds.items():
-        summary[mode] = {key: float(np.median([r[key] for r in results]))
-                         for key in ("throughput_rps", "open_p50_ms", "open_p99_ms",
-                                     "replica_cpu_ms_per_request", "server_cpu_ms_per_request")}
-        summary[mode]["failures"] = int(sum(r["throughput_failures"] for r in results))
-        summary[mode]["late_sends"] = int(sum(r["late_sends"] for r in results))
-    summary["server_cpu_ratio"] = (summary["off"]["server_cpu_ms_per_request"]
-                                   / summary["on"]["server_cpu_ms_per_request"])
-    summary["replica_cpu_ratio"] = (summary["off"]["replica_cpu_ms_per_request"]
-                                    / summary["on"]["replica_cpu_ms_per_request"])
+    summary = _per_mode(rounds, ("throughput_rps", "open_p50_ms", "open_p99_ms",
+                                 "replica_cpu_ms_per_request", "server_cpu_ms_per_request"),
+                        {"failures": ("throughput_failures",), "late_sends": ("late_sends",)})
     summary["round_ratios"] = [b["server_cpu_ms_per_request"] / a["server_cpu_ms_per_request"]
                                for a, b in zip(rounds["on"], rounds["off"], strict=True)]
     return summary
@@ -342,16 +341,14 @@ def main() -> None:
 
 def write_markdown(report: dict[str, Any]) -> None:
     """benchmarks/results/monitoring_served.md from the report main() writes as JSON."""
-    args = argparse.Namespace(**report["settings"])
-    summary, fixed, parts = report["summary"], report["fixed_rate_summary"], report["component_costs"]
-    result = {"fixed_rate": report["fixed_rate"], "monitor_rows_seen": report["monitor_rows_seen"]}
-    load_before = report["load_average"]["before"]
+    settings, summary, fixed = report["settings"], report["summary"], report["fixed_rate_summary"]
+    parts, load_before = report["component_costs"], report["load_average"]["before"]
     on, off = summary["on"], summary["off"]
     lines = [
         "# Monitoring on the served path", "",
         f"Run {report['when']}, Python {report['python']}; small MLP, 90/10 canary, fast ingress; "
-        f"server pinned to core 0, client to core 1; {args.rounds} alternating rounds of "
-        f"{args.seconds:g} s at 32 concurrent requests; load average {load_before:.1f} before, "
+        f"server pinned to core 0, client to core 1; {settings['rounds']} alternating rounds of "
+        f"{settings['seconds']:g} s at 32 concurrent requests; load average {load_before:.1f} before, "
         f"{report['load_average']['after']:.1f} after.", "",
         "| monitoring | replica CPU ms / request | Monitor CPU ms / request | server CPU ms / request | req/s | seq p50 ms | seq p99 ms | failures |",
         "|---|---|---|---|---|---|---|---|",
@@ -367,8 +364,8 @@ def write_markdown(report: dict[str, Any]) -> None:
         "(per round: " + ", ".join(f"{r:.3f}" for r in summary["round_ratios"])
         + "; rounds move more than the effect measured).",
         "",
-        f"At one offered rate for both modes ({result['fixed_rate']:.0f} req/s, open loop, rounds of "
-        f"{args.seconds:g} s after each saturated round), where each does the same work:",
+        f"At one offered rate for both modes ({report['fixed_rate']:.0f} req/s, open loop, rounds of "
+        f"{settings['seconds']:g} s after each saturated round), where each does the same work:",
         "",
         "| monitoring | replica CPU ms / request | server CPU ms / request | req/s | p50 ms | p99 ms | late sends | failures |",
         "|---|---|---|---|---|---|---|---|",
@@ -393,7 +390,7 @@ def write_markdown(report: dict[str, Any]) -> None:
         "of the unmonitored replica's CPU per request; the Monitor's merge adds "
         f"{1000 * (on['monitor_cpu_ms_per_request'] - off['monitor_cpu_ms_per_request']):.1f} µs "
         f"({100 * (on['monitor_cpu_ms_per_request'] - off['monitor_cpu_ms_per_request']) / off['server_cpu_ms_per_request']:.1f}% of the server side's).",
-        f"Rows the Monitor accounted for the twin (its \"on\" rounds), per version: {result['monitor_rows_seen']}.",
+        f"Rows the Monitor accounted for the twin (its \"on\" rounds), per version: {report['monitor_rows_seen']}.",
         "",
     ]
     (RESULTS / "monitoring_served.md").write_text("\n".join(lines))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from serving.applications import build_endpoint_app, build_version_app
-from serving.schemas import EndpointConfig, RouteTable
+from serving.schemas import EndpointConfig, RouteTable, VersionConfig
 from tests.unit.serving.monitoring_helpers import version_config
 
 
@@ -116,7 +116,7 @@ def test_a_reference_profile_travels_to_serve_as_one_string() -> None:
     model_server = build_version_app(config, versions[0], env={})._bound_deployment
     (init,) = model_server.init_args
     assert isinstance(init["reference_profile"], str)
-    assert init["reference_profile"] and type(config.versions[0]).model_validate(init) == versions[0]
+    assert init["reference_profile"] and VersionConfig.model_validate(init) == versions[0]
 
 
 def test_a_profile_that_is_not_json_is_refused_naming_the_field() -> None:
@@ -125,4 +125,4 @@ def test_a_profile_that_is_not_json_is_refused_naming_the_field() -> None:
 
     document = version_config().model_dump(mode="json")
     with pytest.raises(ValidationError, match="reference_profile is not a JSON document"):
-        type(version_config()).model_validate({**document, "reference_profile": "{not json"})
+        VersionConfig.model_validate({**document, "reference_profile": "{not json"})
