@@ -49,18 +49,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(
                 f"{item.nodeid} is marked no_ray but uses the session's Ray (through one of its "
                 "fixtures); no_ray tests run beside the unit tier, where no Ray is started")
-    # The modules without Ray first: beside the unit tier (scripts/test.sh runs both on
-    # every core) the long server tests start at once rather than last, on one core. Then
-    # the unit tier; then the modules that start their own Ray head, while the session's
-    # Ray (started at its first use) is not yet there idling beside them on two cores; then
-    # the modules on the session's Ray. Stable: each module keeps its order.
+    # One process: the modules without Ray first (beside the unit tier, which
+    # scripts/test.sh runs on every core with them, the long server tests start at once
+    # rather than last, on one core); then the unit tier; then the modules that start their
+    # own Ray head, while the session's Ray (started at its first use) is not yet there
+    # idling beside them on two cores; then the modules on the session's Ray.
+    # Spread over processes by group (scripts/test.sh, `--dist loadgroup`): the session's
+    # Ray is one group, the largest, so it goes first and the own-head modules fill the
+    # other process around it. Stable: each module keeps its order.
+    spread = bool(getattr(config.option, "loadgroup", False))
     rank: dict[str, int] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
+        on_session = "ray_session" in item.fixturenames
         own = (0 if item.get_closest_marker("no_ray") else 1 if item.get_closest_marker("unit")
-               else 3 if "ray_session" in item.fixturenames else 2)
+               else 3 if on_session else 2)
         rank[module] = max(rank.get(module, 0), own)
+        item.add_marker(pytest.mark.xdist_group(_process_group(item, on_session)))
+    if spread:
+        rank = {module: -1 if own == 3 else own for module, own in rank.items()}
     items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+
+
+def _process_group(item: pytest.Item, on_session: bool) -> str:
+    """The tests that must share one process: all that use the session's Ray (one Ray per
+    process, started once), a package whose fixture is package-scoped (the job tests'
+    head), else a module (its module-scoped server, and tests that build on each other)."""
+    if on_session:
+        return "ray-session"
+    path = Path(str(item.fspath)).relative_to(_TESTS_DIR)
+    fixtures = getattr(item, "_fixtureinfo", None)
+    scopes = {definition.scope for definitions in (fixtures.name2fixturedefs.values()
+                                                   if fixtures else ())
+              for definition in definitions}
+    return path.parent.as_posix() if "package" in scopes else path.as_posix()
 
 
 def free_port() -> int:
