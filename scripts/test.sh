@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up .venv with the dev extras if needed, lint, then run the whole test suite.
 # Extra arguments go to pytest in one process (e.g. `scripts/test.sh -m unit` for the fast
-# tier, or a file). Without arguments the suite runs in two steps, each spread over
-# processes (pytest-xdist), since one process at a time leaves a core idle while it waits
-# on servers: on every core, the unit tier and the tests marked no_ray (real server
-# processes, no Ray); then everything else on two, one of them running every test on the
-# session's Ray, the other the modules that start their own Ray head. Both steps run; the
-# status is the first failure's.
+# tier, or a file). Without arguments the suite runs in two steps, neither leaving a core
+# idle while its tests wait on servers: on every core (pytest-xdist), the unit tier and the
+# tests marked no_ray (real server processes, no Ray); then the rest in two pytest processes
+# at once (`--ray-stream`, tests/conftest.py), one running the tests on the session's Ray,
+# the other the modules that start their own Ray head. Every step runs; the status is the
+# first failure's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
@@ -26,10 +26,28 @@ status=0
 # collection's order (tests/conftest.py) starts the longest waits first.
 .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder \
   -m "unit or no_ray" tests || status=$?
-rest=0
-# --dist loadgroup: the groups tests/conftest.py gives (one for the session's Ray, one per
-# module or package with its own head), the session's first.
-.venv/bin/python -m pytest -n "$((workers < 2 ? workers : 2))" --dist loadgroup \
-  --no-loadscope-reorder -m "not no_ray" tests --ignore=tests/unit || rest=$?
-[ "$status" -ne 0 ] || status=$rest
+ray_tier=(-m "not no_ray" tests --ignore=tests/unit)
+if [ "$workers" -lt 2 ]; then
+  rest=0
+  .venv/bin/python -m pytest "${ray_tier[@]}" || rest=$?
+  [ "$status" -ne 0 ] || status=$rest
+  exit "$status"
+fi
+heads_log="$(mktemp)"
+echo "==> the Ray tier in two streams at once; the own-head stream's output follows the other's"
+.venv/bin/python -m pytest "${ray_tier[@]}" --ray-stream=heads >"$heads_log" 2>&1 &
+heads_pid=$!
+# Interrupted, this script takes the background stream with it.
+trap 'kill "$heads_pid" 2>/dev/null || true' EXIT
+session=0
+.venv/bin/python -m pytest "${ray_tier[@]}" --ray-stream=session || session=$?
+heads=0
+wait "$heads_pid" || heads=$?
+trap - EXIT
+echo "==> the own-head stream (--ray-stream=heads):"
+cat "$heads_log"
+rm -f "$heads_log"
+for rest in "$session" "$heads"; do
+  [ "$status" -ne 0 ] || status=$rest
+done
 exit "$status"

@@ -20,6 +20,17 @@ from tests.databases import fresh_postgres_database, platform_store, platform_st
 _TESTS_DIR = Path(__file__).parent
 
 
+RAY_STREAMS = ("session", "heads")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--ray-stream", choices=RAY_STREAMS, default=None,
+        help="run only one of the Ray tier's two streams: 'session' (the tests on the "
+             "session's Ray, and modules whose RAY_STREAM says so) or 'heads' (the other "
+             "modules that start their own Ray head); scripts/test.sh runs both at once")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse a bad MODELPLANE_TEST_PLATFORM_STORE before any test runs, not in the first test."""
     platform_store()
@@ -49,40 +60,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(
                 f"{item.nodeid} is marked no_ray but uses the session's Ray (through one of its "
                 "fixtures); no_ray tests run beside the unit tier, where no Ray is started")
-    # One process: the modules without Ray first (beside the unit tier, which
-    # scripts/test.sh runs on every core with them, the long server tests start at once
-    # rather than last, on one core); then the unit tier; then the modules that start their
-    # own Ray head, while the session's Ray (started at its first use) is not yet there
-    # idling beside them on two cores; then the modules on the session's Ray.
-    # Spread over processes by group (scripts/test.sh, `--dist loadgroup`): the session's
-    # Ray is one group, the largest, so it goes first and the own-head modules fill the
-    # other process around it. Stable: each module keeps its order.
-    spread = bool(getattr(config.option, "loadgroup", False))
+    # The modules without Ray first: beside the unit tier (scripts/test.sh runs both on
+    # every core) the long server tests start at once rather than last, on one core. Then
+    # the unit tier; then the modules that start their own Ray head, while the session's
+    # Ray (started at its first use) is not yet there idling beside them on two cores; then
+    # the modules on the session's Ray. Stable: each module keeps its order.
     rank: dict[str, int] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        on_session = "ray_session" in item.fixturenames
         own = (0 if item.get_closest_marker("no_ray") else 1 if item.get_closest_marker("unit")
-               else 3 if on_session else 2)
+               else 3 if "ray_session" in item.fixturenames else 2)
         rank[module] = max(rank.get(module, 0), own)
-        item.add_marker(pytest.mark.xdist_group(_process_group(item, on_session)))
-    if spread:
-        rank = {module: -1 if own == 3 else own for module, own in rank.items()}
     items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+    stream = config.getoption("ray_stream")
+    if stream:
+        kept = [item for item in items if _ray_stream(item) in (stream, None)]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
 
 
-def _process_group(item: pytest.Item, on_session: bool) -> str:
-    """The tests that must share one process: all that use the session's Ray (one Ray per
-    process, started once), a package whose fixture is package-scoped (the job tests'
-    head), else a module (its module-scoped server, and tests that build on each other)."""
-    if on_session:
-        return "ray-session"
-    path = Path(str(item.fspath)).relative_to(_TESTS_DIR)
-    fixtures = getattr(item, "_fixtureinfo", None)
-    scopes = {definition.scope for definitions in (fixtures.name2fixturedefs.values()
-                                                   if fixtures else ())
-              for definition in definitions}
-    return path.parent.as_posix() if "package" in scopes else path.as_posix()
+def _ray_stream(item: pytest.Item) -> str | None:
+    """The Ray tier's stream a test runs in (None: not in the Ray tier).
+
+    Two pytest processes run the tier at once (scripts/test.sh): one Ray per process, so
+    every test on the session's Ray is in one stream, and a module that starts its own
+    head (the job tests' package, the cluster, the laptop) is in the other, unless it says
+    ``RAY_STREAM = "session"`` to even the two out. Most of these tests wait on servers,
+    jobs and timers, so the two streams together keep both cores busy where one leaves a
+    core idle.
+    """
+    if item.get_closest_marker("unit") or item.get_closest_marker("no_ray"):
+        return None
+    if "ray_session" in item.fixturenames:
+        return "session"
+    return getattr(getattr(item, "module", None), "RAY_STREAM", "heads")
 
 
 def free_port() -> int:

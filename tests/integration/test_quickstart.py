@@ -21,6 +21,10 @@ from control_plane.rollouts.controller import RolloutController
 from control_plane.store import Database
 from tests.conftest import free_port
 
+# Beside the tests on the session's Ray (tests/conftest.py): the two streams then take
+# about as long (15-16 minutes each, one at a time, on 2 cores).
+RAY_STREAM = "session"
+
 
 def _client_env(root: Path, port: int) -> dict[str, str]:
     return {"MODELPLANE_HOME": str(root / ".modelplane"),
