@@ -31,6 +31,10 @@ from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.servers import ControlPlaneProcess
 from tests.waiting import wait_for
 
+# In the Ray tier's session stream (tests/conftest.py), before its Ray starts: that evens
+# the two streams out (about 26 minutes each when they run at once on 2 cores).
+RAY_STREAM = "session"
+
 
 class PrivatePostgres:
     """A throwaway PostgreSQL server run as the ``postgres`` user."""

@@ -21,8 +21,8 @@ from control_plane.rollouts.controller import RolloutController
 from control_plane.store import Database
 from tests.conftest import free_port
 
-# Beside the tests on the session's Ray (tests/conftest.py): the two streams then take
-# about as long (15-16 minutes each, one at a time, on 2 cores).
+# In the Ray tier's session stream (tests/conftest.py), before its Ray starts: that evens
+# the two streams out (about 26 minutes each when they run at once on 2 cores).
 RAY_STREAM = "session"
 
 
