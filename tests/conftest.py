@@ -74,8 +74,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
     stream = config.getoption("ray_stream")
     if stream:
-        kept = [item for item in items if _ray_stream(item) in (stream, None)]
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        kept: list[pytest.Item] = []
+        dropped: list[pytest.Item] = []
+        for item in items:
+            (kept if _ray_stream(item) in (stream, None) else dropped).append(item)
+        config.hook.pytest_deselected(items=dropped)
         items[:] = kept
 
 
@@ -93,7 +96,11 @@ def _ray_stream(item: pytest.Item) -> str | None:
         return None
     if "ray_session" in item.fixturenames:
         return "session"
-    return getattr(getattr(item, "module", None), "RAY_STREAM", "heads")
+    chosen = getattr(getattr(item, "module", None), "RAY_STREAM", "heads")
+    if chosen not in RAY_STREAMS:  # a misspelt stream would run in neither
+        raise pytest.UsageError(f"{item.nodeid}: RAY_STREAM must be one of {RAY_STREAMS}, "
+                                f"not {chosen!r}")
+    return chosen
 
 
 def free_port() -> int:
