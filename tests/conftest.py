@@ -21,6 +21,8 @@ _TESTS_DIR = Path(__file__).parent
 
 
 RAY_STREAMS = ("session", "heads")
+# A module's place in the collection's order (pytest_collection_modifyitems).
+_NO_RAY, _UNIT, _OWN_HEAD, _ON_SESSION = range(4)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,7 +43,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     return platform_store_description()
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m deselects, and before xdist reads the groups
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by its tier folder, so ``-m unit`` picks the fast tier."""
     for item in items:
@@ -68,8 +70,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     rank: dict[str, int] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        own = (0 if item.get_closest_marker("no_ray") else 1 if item.get_closest_marker("unit")
-               else 3 if "ray_session" in item.fixturenames else 2)
+        own = (_NO_RAY if item.get_closest_marker("no_ray")
+               else _UNIT if item.get_closest_marker("unit")
+               else _ON_SESSION if "ray_session" in item.fixturenames else _OWN_HEAD)
         rank[module] = max(rank.get(module, 0), own)
     items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
     stream = config.getoption("ray_stream")
@@ -77,13 +80,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         kept: list[pytest.Item] = []
         dropped: list[pytest.Item] = []
         for item in items:
-            (kept if _ray_stream(item) in (stream, None) else dropped).append(item)
+            module_rank = rank[item.nodeid.split("::")[0]]
+            (kept if _ray_stream(item, module_rank) in (stream, None) else dropped).append(item)
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
 
 
-def _ray_stream(item: pytest.Item) -> str | None:
-    """The Ray tier's stream a test runs in (None: not in the Ray tier).
+def _ray_stream(item: pytest.Item, module_rank: int) -> str | None:
+    """The Ray tier's stream a test runs in (None: not in the Ray tier), the same for all of
+    its module's tests, which may share module fixtures.
 
     Two pytest processes run the tier at once (scripts/test.sh): one Ray per process, so
     every test on the session's Ray is in one stream, and a module that starts its own
@@ -92,9 +97,9 @@ def _ray_stream(item: pytest.Item) -> str | None:
     jobs and timers, so the two streams together keep both cores busy where one leaves a
     core idle.
     """
-    if item.get_closest_marker("unit") or item.get_closest_marker("no_ray"):
+    if module_rank < _OWN_HEAD:
         return None
-    if "ray_session" in item.fixturenames:
+    if module_rank == _ON_SESSION:
         return "session"
     chosen = getattr(getattr(item, "module", None), "RAY_STREAM", "heads")
     if chosen not in RAY_STREAMS:  # a misspelt stream would run in neither
