@@ -8,6 +8,7 @@ or ``serve_session``; unit tests never touch Ray.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse a bad MODELPLANE_TEST_PLATFORM_STORE before any test runs, not in the first test."""
     platform_store()
+    if config.getoption("ray_stream"):
+        # scripts/test.sh runs a stream in the background, where Ctrl-C never reaches it,
+        # and stops it with SIGTERM: as an interrupt, the Ray heads its fixtures started
+        # are stopped by their teardown rather than left running.
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
