@@ -3,10 +3,13 @@
 # Extra arguments go to pytest in one process (e.g. `scripts/test.sh -m unit` for the fast
 # tier, or a file). Without arguments the suite runs in two steps, neither leaving a core
 # idle while its tests wait on servers: on every core (pytest-xdist), the unit tier and the
-# tests marked no_ray (real server processes, no Ray); then the rest in two pytest processes
-# at once (`--ray-stream`, tests/conftest.py), one running the tests on the session's Ray,
-# the other the modules that start their own Ray head. Every step runs; the status is the
-# first failure's.
+# tests marked no_ray (real server processes, no Ray); then the rest, the Ray tier. With 4
+# cores or more the tier runs in two pytest processes at once (`--ray-stream`,
+# tests/conftest.py), one running the tests on the session's Ray, the other the modules that
+# start their own Ray head; with fewer it runs in one: its closed-loop tests time latencies,
+# steps and leases, and two streams on 2 cores starve them (a latency rollback, a pipeline's
+# benchmark stage and the console's live pages failed that way in CI). Every step runs; the
+# status is the first failure's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
@@ -18,7 +21,8 @@ fi
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
-workers="$(.venv/bin/python -c 'import os; print(min(len(os.sched_getaffinity(0)), 4))')"
+cores="$(.venv/bin/python -c 'import os; print(len(os.sched_getaffinity(0)))')"
+workers=$((cores < 4 ? cores : 4))
 echo "==> the unit tier and the tests without Ray on $workers processes, then the rest"
 status=0
 # --dist loadfile: a module's tests share its server (a module fixture) and may build on
@@ -27,7 +31,7 @@ status=0
 .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder \
   -m "unit or no_ray" tests || status=$?
 ray_tier=(-m "not no_ray" tests --ignore=tests/unit)
-if [ "$workers" -lt 2 ]; then
+if [ "$cores" -lt 4 ]; then
   rest=0
   .venv/bin/python -m pytest "${ray_tier[@]}" || rest=$?
   [ "$status" -ne 0 ] || status=$rest
