@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,38 @@ GOALS = [
 ]
 
 
+# The figures a row reports as its median over the rounds.
+MEDIANS = ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_request")
+
+
+def combine(rounds: list[list[dict[str, Any]]], order: list[str]) -> list[dict[str, Any]]:
+    """One row per server and model from each round's rows: each of ``MEDIANS`` is the
+    median over the rounds and failures are summed. A server that did not run in every
+    round (skipped, failed) gets the first such round's status and no figures; a
+    tritonclient check counts as passed only where it passed in every round."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rows in rounds:
+        for row in rows:
+            grouped.setdefault((row["server"], row["model"]), []).append(row)
+    combined = []
+    for runs in sorted(grouped.values(), key=lambda runs: order.index(runs[0]["server"])):
+        row = {key: runs[0][key] for key in ("server", "label", "model", "settings") if key in runs[0]}
+        failed = [(index, run) for index, run in enumerate(runs, 1) if run.get("status") != "ok"]
+        if failed:
+            index, run = failed[0]
+            row["status"] = run["status"] if len(runs) == 1 else f"round {index}: {run['status']}"
+            combined.append(row)
+            continue
+        row.update({key: statistics.median(run[key] for run in runs) for key in MEDIANS})
+        row["failures"] = sum(run["failures"] for run in runs)
+        for check in ("tritonclient_json", "tritonclient_binary"):
+            row[check] = next((run[check] for run in runs if run.get(check) != "yes"), "yes")
+        row["rounds"] = [{key: run[key] for key in (*MEDIANS, "failures")} for run in runs]
+        row["status"] = "ok"
+        combined.append(row)
+    return combined
+
+
 def value(rows: list[dict[str, Any]], server: str, model: str, key: str) -> float | None:
     for row in rows:
         if row["server"] == server and row["model"] == model and row.get("status") == "ok":
@@ -33,13 +66,24 @@ def value(rows: list[dict[str, Any]], server: str, model: str, key: str) -> floa
     return None
 
 
-def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ratio(rows: list[dict[str, Any]], top: tuple[str, str, str],
+          bottom: tuple[str, str, str]) -> float | None:
+    a, b = value(rows, *top), value(rows, *bottom)
+    return a / b if a is not None and b else None
+
+
+def ratios(rows: list[dict[str, Any]],
+           rounds: list[list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Each goal's ratio of the medians, met or not, and its range over ``rounds``."""
     found = []
     for name, top, bottom, op, goal in GOALS:
-        a, b = value(rows, *top), value(rows, *bottom)
-        ratio = a / b if a is not None and b else None
-        met = None if ratio is None else (ratio >= goal if op == ">=" else ratio <= goal)
-        found.append({"name": name, "value": ratio, "op": op, "goal": goal, "met": met})
+        measured = ratio(rows, top, bottom)
+        met = None if measured is None else (measured >= goal if op == ">=" else measured <= goal)
+        each = [ratio(rows_of_round, top, bottom) for rows_of_round in rounds or []]
+        spread = [r for r in each if r is not None]
+        found.append({"name": name, "value": measured, "op": op, "goal": goal, "met": met,
+                      "per_round": each,
+                      "range": (min(spread), max(spread)) if len(spread) > 1 else None})
     return found
 
 
@@ -66,23 +110,30 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write(rows: list[dict[str, Any]], envs: dict[str, Any], settings: dict[str, Any],
-          results: str = "peers") -> None:
-    """``results``.json, .md and .png in benchmarks/results (a partial run keeps its own)."""
-    goals = ratios(rows)
+          results: str = "peers", rounds: list[list[dict[str, Any]]] | None = None) -> None:
+    """``results``.json, .md and .png in benchmarks/results (a partial run keeps its own);
+    ``rows`` as :func:`combine` makes them from ``rounds``."""
+    goals = ratios(rows, rounds)
     RESULTS.mkdir(exist_ok=True)
     report = {"settings": settings, "venvs": envs, "rows": rows, "goals": goals}
     (RESULTS / f"{results}.json").write_text(json.dumps(report, indent=2, default=str))
+    count = settings.get("rounds", 1)
     lines = ["# Peer servers benchmark", "",
              f"{settings['cpu']}; {settings['concurrency']} concurrent requests for "
              f"{settings['seconds']:g} s, {settings['sequential']} sequential requests; "
              f"{settings['onnxruntime']}. CPU ms/request: user + system time of every process "
-             "of the server over the throughput round, divided by the requests it answered.", "",
-             *table(rows), "",
-             "| goal | measured | target | met |", "|---|---|---|---|"]
+             "of the server over the throughput run, divided by the requests it answered.", ""]
+    if count > 1:
+        lines += [f"Every server ran {count} times, the list in alternating order; each figure "
+                  "is the median of its runs, each goal the ratio of the medians, with its "
+                  "lowest and highest over the rounds.", ""]
+    lines += [*table(rows), "",
+             "| goal | measured | range over the rounds | target | met |", "|---|---|---|---|---|"]
     for goal in goals:
         measured = "n/a" if goal["value"] is None else f"{goal['value']:.2f}"
+        spread = "" if goal["range"] is None else f"{goal['range'][0]:.2f}-{goal['range'][1]:.2f}"
         met = "n/a" if goal["met"] is None else "yes" if goal["met"] else "**no**"
-        lines.append(f"| {goal['name']} | {measured} | {goal['op']} {goal['goal']} | {met} |")
+        lines.append(f"| {goal['name']} | {measured} | {spread} | {goal['op']} {goal['goal']} | {met} |")
     notes = [f"- {row['label']} ({row['model']}), tritonclient {mode}: {row[key]}"
              for row in rows for mode, key in (("JSON", "tritonclient_json"), ("binary", "tritonclient_binary"))
              if row.get(key, "yes") != "yes"]

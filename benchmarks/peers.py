@@ -1,6 +1,6 @@
 """Peer servers benchmark: modelplane's serving against PyTriton, FastAPI, MLServer and KServe.
 
-    python -m benchmarks.peers [--seconds 15] [--sequential 300] [--models small,large]
+    python -m benchmarks.peers [--seconds 15] [--sequential 300] [--models small,large] [--rounds 3]
         [--only pytriton,fastapi,mlserver,kserve,ray-serve,modelplane,modelplane-canary,modelplane-batched]
 
 Every server answers the same v2 REST infer request (benchmarks/serving.py's one-row JSON
@@ -8,8 +8,11 @@ body) for the same ONNX MLPs: small [B,64]->256->256->10 and large [B,512]->4096
 through ONNX Runtime on one intra-op thread. Each runs in turn, alone, with its whole
 process tree pinned to core 0 (``taskset -c 0``) while benchmarks/load_client.py drives it
 from core 1: a sequential latency run (``--sequential`` requests, p50/p99), then 32
-concurrent requests for ``--seconds`` (throughput). The server side's CPU time over the
-throughput round (user + system of every process of the server, parent and children),
+concurrent requests for ``--seconds`` (throughput); the whole list runs ``--rounds``
+times, every other round in reverse order, and each figure reported is its median over the
+rounds (with each goal ratio's range over them), since one round can be off by a quarter
+on a shared machine. The server side's CPU time over the
+throughput run (user + system of every process of the server, parent and children),
 divided by the requests answered, is the CPU per request. Run it on an otherwise idle
 machine: anything else on core 0 shows in every figure but the CPU per request.
 
@@ -274,14 +277,14 @@ def cpu_seconds(processes: list[Any]) -> dict[tuple[int, float], float]:
 
 
 def measure_server(server: Running, payload: bytes, args: argparse.Namespace) -> dict[str, Any]:
-    """The sequential run, then the throughput round with the server's CPU around it."""
+    """The sequential run, then the throughput run with the server's CPU around it."""
     row: dict[str, Any] = dict(measure(server.infer_url, payload, argparse.Namespace(
         sequential=args.sequential, seconds=0)))
     before = cpu_seconds(server.processes())
     loaded = measure(server.infer_url, payload, argparse.Namespace(sequential=0, seconds=args.seconds))
     after = cpu_seconds(server.processes())
     row.update(loaded)
-    # A process that ended during the round takes its CPU with it; one that started counts whole.
+    # A process that ended during the run takes its CPU with it; one that started counts whole.
     spent = sum(seconds - before.get(key, 0.0) for key, seconds in after.items())
     answered = loaded["throughput_requests"]
     row["server_cpu_s"] = spent
@@ -331,6 +334,9 @@ def main() -> None:
     parser.add_argument("--only", default=",".join([*PEERS, *IN_PROJECT]),
                         help="comma-separated servers: " + ", ".join([*PEERS, *IN_PROJECT]))
     parser.add_argument("--models", default="small,large")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="every server is measured this many times, in alternating order; "
+                             "the report gives each figure's median (default 3)")
     parser.add_argument("--results", default="peers",
                         help="file name in benchmarks/results (peers: the full comparison)")
     args = parser.parse_args()
@@ -340,6 +346,8 @@ def main() -> None:
     unknown += [m for m in wanted if m not in SIZES]
     if unknown:
         parser.error(f"unknown server or model: {', '.join(unknown)}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     print("venvs")
     envs: dict[str, Any] = {}
     for name in (s for s in chosen if s in PEERS):
@@ -351,28 +359,42 @@ def main() -> None:
     # load client pins itself to core 1.
     os.sched_setaffinity(0, {0})
     models = {f"{m}{seed}": mlp(SIZES[m], seed) for m in wanted for seed in (1, 2)}
-    rows = []
+    rounds: list[list[dict[str, Any]]] = []
     try:
-        for name in chosen:
-            peer, launcher = PEERS.get(name), IN_PROJECT.get(name)
-            for model in wanted:
-                if peer is not None and "error" in envs[name]:
-                    rows.append({"server": name, "label": peer.label, "model": model,
-                                 "status": f"skipped: venv: {envs[name]['error']}"})
-                elif peer is not None:
-                    rows.append({**scenario(name, peer.label, functools.partial(launch_peer, peer),
-                                            model, models, args), "settings": peer.settings})
-                elif launcher is None:
-                    rows.append({"server": name, "label": LABELS[name], "model": model,
-                                 "status": "skipped: no launcher (benchmarks/peers.py IN_PROJECT)"})
-                else:
-                    rows.append(scenario(name, LABELS[name], launcher, model, models, args))
+        for index in range(args.rounds):
+            # Every other round runs the servers in the reverse order, so a drift in the
+            # machine's speed over the run does not always favour the same ones.
+            order = chosen if index % 2 == 0 else chosen[::-1]
+            print(f"round {index + 1} of {args.rounds}: {', '.join(order)}", flush=True)
+            rounds.append([row for name in order for row in server_rows(name, wanted, envs, models, args)])
+            # An idle platform would share core 0 with the next round's peers.
+            peers_inproject.shutdown()
     finally:
         peers_inproject.shutdown()  # the platform, if an in-project scenario started it
     settings = {"seconds": args.seconds, "sequential": args.sequential, "concurrency": 32,
-                "cpu": "server pinned to core 0, load client to core 1",
+                "rounds": len(rounds), "cpu": "server pinned to core 0, load client to core 1",
                 "onnxruntime": ORT + ", one intra-op thread in every server"}
-    peer_report.write(rows, envs, settings, args.results)
+    peer_report.write(peer_report.combine(rounds, chosen), envs, settings, args.results, rounds)
+
+
+def server_rows(name: str, wanted: list[str], envs: dict[str, Any], models: dict[str, bytes],
+                args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One round's rows of one server, a row per model."""
+    peer, launcher = PEERS.get(name), IN_PROJECT.get(name)
+    rows = []
+    for model in wanted:
+        if peer is not None and "error" in envs[name]:
+            rows.append({"server": name, "label": peer.label, "model": model,
+                         "status": f"skipped: venv: {envs[name]['error']}"})
+        elif peer is not None:
+            rows.append({**scenario(name, peer.label, functools.partial(launch_peer, peer),
+                                    model, models, args), "settings": peer.settings})
+        elif launcher is None:
+            rows.append({"server": name, "label": LABELS[name], "model": model,
+                         "status": "skipped: no launcher (benchmarks/peers.py IN_PROJECT)"})
+        else:
+            rows.append(scenario(name, LABELS[name], launcher, model, models, args))
+    return rows
 
 
 if __name__ == "__main__":

@@ -58,7 +58,6 @@ class Platform:
         if self.client is not None and lean is not None and lean != self.lean:
             print(f"    restarting the platform with MODELPLANE_LEAN_INGRESS={lean}", flush=True)
             self.shutdown()
-            self.versions = {}
         if self.client is not None:
             return
         if self.failed:
@@ -129,6 +128,7 @@ class Platform:
             self.client.close()
         stop_platform(self.settings, progress=lambda m: print("   ", m, flush=True))
         self.client = self.settings = None
+        self.versions = {}  # a later start registers them again, in its own store
         if not self.failed and self.root is not None:  # a failed start keeps its Ray logs
             shutil.rmtree(self.root, ignore_errors=True)
 
