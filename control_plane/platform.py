@@ -144,7 +144,6 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
     unless ``take_over``: then this store's control plane replaces it, and the other
     store's endpoints keep serving, never changed or deleted by this one.
     """
-    apply_ray_auth_env()
     import logging
 
     import ray
@@ -162,6 +161,10 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
     settings.home.mkdir(parents=True, exist_ok=True)
     record = _head_record(settings)
     address = os.environ.get("RAY_ADDRESS") or str((record or {}).get("address") or "auto")
+    resolved = _resolve(address)
+    # The mode of the cluster joined (its own, whatever tokens appeared since it started),
+    # or where none answers, of the head started below.
+    apply_ray_auth_env(gcs=resolved if resolved and _reachable(resolved) else None)
     fast = fast_ingress_available() if fast_ingress is None else fast_ingress
     started = False
     warm_kernels(progress)
@@ -443,11 +446,13 @@ def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print
     there is this store's (or none runs), unless ``force``: ``down`` from another folder
     must not stop another store's serving.
     """
-    apply_ray_auth_env()
+    record = _head_record(settings)
+    joined = str(record["address"]) if record and record.get("address") else _resolve(
+        os.environ.get("RAY_ADDRESS") or "auto")
+    apply_ray_auth_env(gcs=joined if joined and _reachable(joined) else None)
     import ray
     from ray import serve
 
-    record = _head_record(settings)
     if record and record.get("address"):
         # The head is ours: stopping it stops Serve with it, without Serve's slow drain.
         ray.shutdown()

@@ -1,19 +1,37 @@
 """Ray's token authentication, handled so users never meet it raw.
 
 Ray 2.60 turns token authentication on for a cluster it starts when a token exists
-(``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``); every client of
-that cluster — drivers, ``ray job submit``, the job SDK — must then run with
-``RAY_AUTH_MODE=token`` or it is refused with "InvalidAuthToken". modelplane sets the
-mode for itself and for the processes it starts whenever a token is present, and leaves
-an explicit ``RAY_AUTH_MODE`` alone.
+(``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``), and ``ray.init()``
+starting a local cluster makes the token file when there is none. Every client of a
+cluster must then run in the cluster's mode (``RAY_AUTH_MODE``): without a token it is
+refused with "InvalidAuthToken", and a client in token mode against a cluster without
+authentication has its actors cancelled before they start.
+
+So the mode a client takes is the cluster's, not this machine's: a token file made after
+a cluster started (by any local ``ray.init()``) must not switch that cluster's clients.
+modelplane leaves an explicit ``RAY_AUTH_MODE`` alone; a process of the cluster (a job's
+driver, a replica) keeps the mode it inherited; a client that knows the cluster's dashboard
+asks it (``/api/authentication_mode``, which needs no token), and one that knows its GCS
+tries a read without a token; otherwise the token decides, as it does for ``ray start``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from modelplane.errors import ConfigurationError
+
 AUTH_MODE = "RAY_AUTH_MODE"
+MODES = ("token", "disabled")
+# Ray's job supervisor sets this in every job driver's environment, beside the cluster's
+# own variables, RAY_AUTH_MODE among them where the cluster runs with tokens.
+JOB_DRIVER_SETTING = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+MODE_PATH = "/api/authentication_mode"
+MODE_TIMEOUT_S = 5.0
 
 
 def token_available(environ: dict[str, str] | None = None) -> bool:
@@ -21,31 +39,93 @@ def token_available(environ: dict[str, str] | None = None) -> bool:
     if env.get("RAY_AUTH_TOKEN"):
         return True
     path = env.get("RAY_AUTH_TOKEN_PATH")
-    candidate = Path(path) if path else Path.home() / ".ray" / "auth_token"
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()  # a child's HOME may differ
+    candidate = Path(path) if path else home / ".ray" / "auth_token"
     return candidate.is_file()
 
 
-def ray_auth_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Variables a Ray client process needs for this machine's token setup (may be empty)."""
-    env = os.environ if environ is None else environ
-    if AUTH_MODE in env or not token_available(dict(env)):
+def cluster_auth_mode(dashboard: str) -> str | None:
+    """``token`` or ``disabled``, as the cluster's dashboard says; None where it cannot say
+    (not reachable, or a Ray from before token authentication)."""
+    import httpx
+
+    try:
+        answer = httpx.get(f"{dashboard.rstrip('/')}{MODE_PATH}", timeout=MODE_TIMEOUT_S)
+        mode = answer.json().get("authentication_mode") if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return mode if mode in MODES else None
+
+
+def gcs_auth_mode(address: str) -> str | None:
+    """``token`` or ``disabled`` for the cluster whose GCS is at ``host:port``: a read
+    without a token is refused only where tokens are required. None where the GCS does not
+    answer. Call it before this process sets a mode (a token would be sent)."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        with _quiet_stderr():  # Ray's C++ client logs the refused read as a warning
+            GcsClient(address=address).internal_kv_get(b"dashboard", b"dashboard",
+                                                        timeout=MODE_TIMEOUT_S)
+    except AuthenticationError:
+        return "token"
+    except Exception:  # unreachable, timed out, or a Ray without the call: cannot say
+        return None
+    return "disabled"
+
+
+def ray_auth_env(environ: dict[str, str] | None = None, *, dashboard: str | None = None,
+                 gcs: str | None = None) -> dict[str, str]:
+    """Variables a Ray client process needs on this machine for the cluster whose dashboard
+    or GCS (``host:port``) is given (a new cluster, where neither is); may be empty. Raises
+    ConfigurationError where the cluster requires a token this machine lacks."""
+    env = dict(os.environ if environ is None else environ)
+    if AUTH_MODE in env or JOB_DRIVER_SETTING in env:
         return {}
-    return {AUTH_MODE: "token"}
+    mode = cluster_auth_mode(dashboard) if dashboard else None
+    if mode is None and gcs:
+        mode = gcs_auth_mode(gcs)
+    if mode == "token" and not token_available(env):
+        raise ConfigurationError(
+            f"the Ray cluster at {dashboard or gcs} requires Ray's token authentication and "
+            "this machine has no token: copy ~/.ray/auth_token from the cluster's head to "
+            "this machine (or set RAY_AUTH_TOKEN)", detail={"cluster": dashboard or gcs})
+    if mode is not None:
+        return {AUTH_MODE: mode}
+    return {AUTH_MODE: "token"} if token_available(env) else {}
 
 
-def apply_ray_auth_env() -> None:
-    """Set ``RAY_AUTH_MODE=token`` in this process when needed.
+def apply_ray_auth_env(*, dashboard: str | None = None, gcs: str | None = None) -> None:
+    """Set this process's ``RAY_AUTH_MODE`` for the cluster at ``dashboard`` or ``gcs``
+    (see ``ray_auth_env``). A process already connected to a cluster keeps its mode: it is
+    that cluster's, and switching it would break its own calls.
 
     Ray caches its configuration when it is imported; if it already is, the cache is
     refreshed the way Ray itself does when it enables token mode.
     """
-    import sys
-
-    needed = ray_auth_env()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return
+    needed = ray_auth_env(dashboard=dashboard, gcs=gcs)
     if not needed:
         return
     os.environ.update(needed)
-    if "ray" in sys.modules:
+    if ray is not None:
         from ray._raylet import Config
 
         Config.initialize("")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null for the block (native code writes there)."""
+    sys.stderr.flush()
+    kept = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(kept, 2)
+        os.close(kept)

@@ -49,8 +49,9 @@ class RayHead:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPLANE_", "RAY_"))}
         # Short RAY_TMPDIR: Ray's socket paths live under it. Jobs run `python -m …`, so the
         # head's `python` must be this one.
-        env.update(ray_auth_env(env), RAY_TMPDIR=str(self.root / "ray"),
+        env.update(RAY_TMPDIR=str(self.root / "ray"),
                    PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", **self.extra_env)
+        env.update(ray_auth_env(env))  # with extra_env's HOME, where it gives one
         self.env = env
         command = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
                    f"--num-cpus={self.num_cpus}", "--include-dashboard=true",

@@ -4,8 +4,8 @@
 before anything reaches the cluster, then submits ``python -m training.job --config …``
 with the control plane's address, a token minted for this job alone (see
 :mod:`training.job_token`; never the caller's own) and the local code commit in the job's
-environment. Ray's token authentication is switched on for the client when this machine
-has a Ray token, so users never handle it.
+environment. The client takes the cluster's Ray token authentication mode, asked of its
+dashboard (control_plane.ray_auth), so users never handle it.
 
 Without ``--working-dir`` the job gets a fresh working directory holding only the
 resolved spec, and runs the modelplane installed beside Ray on the cluster. With one,
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from control_plane.ray_auth import apply_ray_auth_env
+from modelplane.errors import ConfigurationError
 from training.errors import InvalidJobSpecError, JobFailedError, JobSubmissionError
 from training.job_token import (
     DEFAULT_LIFETIME_MINUTES,
@@ -65,9 +67,6 @@ class JobClient:
     """Ray's ``JobSubmissionClient`` with token auth handled and errors that say what to do."""
 
     def __init__(self, address: str | None = None) -> None:
-        from control_plane.ray_auth import apply_ray_auth_env
-
-        apply_ray_auth_env()
         import logging
 
         from ray.job_submission import JobSubmissionClient
@@ -79,6 +78,10 @@ class JobClient:
         import requests
 
         self.address = dashboard_address(address).rstrip("/")
+        try:
+            apply_ray_auth_env(dashboard=self.address)
+        except ConfigurationError as error:
+            raise JobSubmissionError(error.message, detail=error.detail) from None
         try:
             self._client = _bounded(JobSubmissionClient)(self.address)
         except (ConnectionError, RuntimeError, ValueError, requests.RequestException) as error:
