@@ -421,19 +421,36 @@ def wait_healthy(url: str, *, timeout_s: float = 120.0) -> None:
 
 def wait_serving(url: str, endpoint: str, version: int, *, timeout_s: float = 300.0) -> None:
     """Wait until ``endpoint`` at ``url`` lists ``version`` among its loaded versions."""
+    _wait_metadata(url, endpoint, lambda meta: str(version) in meta.get("versions", []),
+                   f"load version {version}", timeout_s)
+
+
+def wait_routes(url: str, endpoint: str, weights: dict[int, float], *,
+                timeout_s: float = 300.0) -> None:
+    """Wait until ``endpoint`` at ``url`` answers with ``weights`` (a version not loaded
+    before is loaded first)."""
+    wanted = {str(version): float(weight) for version, weight in weights.items()}
+    _wait_metadata(url, endpoint,
+                   lambda meta: (meta.get("parameters") or {}).get("weights") == wanted,
+                   "serve the new weights", timeout_s)
+
+
+def _wait_metadata(url: str, endpoint: str, done: Callable[[dict[str, Any]], bool], what: str,
+                   timeout_s: float) -> None:
+    """Poll the endpoint's v2 metadata until ``done`` says so."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             response = httpx.get(endpoint_url(url, endpoint), timeout=3)
-            if response.status_code == 200 and str(version) in response.json().get("versions", []):
+            if response.status_code == 200 and done(response.json()):
                 return
-        except (httpx.TransportError, ValueError):
+        except (httpx.TransportError, ValueError, AttributeError):
             pass
-        time.sleep(0.5)
+        time.sleep(0.25)
     raise ControlPlaneUnavailableError(
-        f"{endpoint} did not load version {version} within {timeout_s:.0f}s; "
+        f"{endpoint} did not {what} within {timeout_s:.0f}s; "
         "`modelplane status` and `serve status` show why"
     )
 

@@ -314,9 +314,12 @@ def traffic(
     endpoint: str = typer.Argument(..., help="Endpoint name."),
     weights: list[str] = typer.Argument(..., help="VERSION=PERCENT pairs summing to 100, e.g. 3=90 4=10."),
     shadow: list[int] = typer.Option([], "--shadow", help="Version to mirror traffic to (repeatable)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait",
+                              help="Wait until the endpoint serves the new weights."),
+    timeout: float = typer.Option(300, help="Seconds to wait."),
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
-    """Set an endpoint's route table; versions not named are unloaded."""
+    """Set an endpoint's route table; versions not named are unloaded, new ones loaded."""
     parsed: dict[int, float] = {}
     for pair in weights:
         version, sep, percent = pair.partition("=")
@@ -326,7 +329,16 @@ def traffic(
             raise typer.BadParameter(f"{pair!r} is not VERSION=PERCENT (for example 3=90)") from None
         if not sep:
             raise typer.BadParameter(f"{pair!r} is not VERSION=PERCENT (for example 3=90)")
-    result = client(url).set_traffic(endpoint, parsed, shadows=list(shadow))
+    api = client(url)
+    result = api.set_traffic(endpoint, parsed, shadows=list(shadow))
+    if wait:
+        from rich.console import Console
+
+        from control_plane.platform import wait_routes
+
+        with Console(stderr=True).status(f"waiting for {endpoint} to serve the new weights …"):
+            wait_routes(api.url, endpoint, {r.version: r.weight for r in result.routes if not r.shadow},
+                        timeout_s=timeout)
     emit(as_json, result, lambda: typer.echo(
         f"{endpoint}: {_routes_text(result.routes)}"))
 
