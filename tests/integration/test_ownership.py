@@ -61,6 +61,18 @@ def serve_endpoint(platform: Platform, client: Client, name: str, versions: int 
     platform.wait_endpoint(name, set(range(1, versions + 1)))
 
 
+def settled_owners() -> dict[str, AppOwner]:
+    """Each application's owner once Serve deletes none: a module before this one may have
+    just undeployed its endpoint, whose application leaves a moment later."""
+    def settled() -> dict[str, AppOwner] | None:
+        details = serve_details()
+        deleting = [name for name, app in (details.get("applications") or {}).items()
+                    if app.get("status") == "DELETING"]
+        return None if deleting else application_owners(details)
+
+    return wait_for(settled, 60, "Serve to finish deleting applications", interval=0.5)
+
+
 def our_store(platform: Platform) -> str:
     db = Database(platform.settings.db_url, migrate=False)
     try:
@@ -91,7 +103,7 @@ def test_a_second_up_from_another_home_changes_nothing_and_says_why(
     name = "owned"
     serve_endpoint(platform, client, name)
     store = our_store(platform)
-    owners = application_owners(serve_details())
+    owners = settled_owners()
     assert owners[f"endpoint-{name}"].store_id == store
     assert owners["control-plane"] == AppOwner(store, str(platform.settings.home))
     rows = np.random.default_rng(5).normal(size=(16, 4)).astype(np.float32)
