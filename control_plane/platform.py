@@ -120,14 +120,20 @@ def _reachable(address: str) -> bool:
         return False
 
 
-def _connect(address: str) -> bool:
+def _live_gcs(address: str) -> str | None:
+    """The GCS ``address`` names (``auto`` resolved), where something listens; else None."""
+    resolved = _resolve(address)
+    return resolved if resolved is not None and _reachable(resolved) else None
+
+
+def _connect(gcs: str | None) -> bool:
+    """Join the cluster at ``gcs`` (from ``_live_gcs``); False where there is none."""
     import ray
 
-    resolved = _resolve(address)
-    if resolved is None or not _reachable(resolved):
+    if gcs is None:
         return False
     try:
-        ray.init(address=resolved, namespace=NAMESPACE, logging_level="ERROR",
+        ray.init(address=gcs, namespace=NAMESPACE, logging_level="ERROR",
                  log_to_driver=False)
         return True
     except (ConnectionError, RuntimeError):
@@ -161,14 +167,14 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
     settings.home.mkdir(parents=True, exist_ok=True)
     record = _head_record(settings)
     address = os.environ.get("RAY_ADDRESS") or str((record or {}).get("address") or "auto")
-    resolved = _resolve(address)
+    gcs = _live_gcs(address)
     # The mode of the cluster joined (its own, whatever tokens appeared since it started),
     # or where none answers, of the head started below.
-    apply_ray_auth_env(gcs=resolved if resolved and _reachable(resolved) else None)
+    apply_ray_auth_env(gcs=gcs)
     fast = fast_ingress_available() if fast_ingress is None else fast_ingress
     started = False
     warm_kernels(progress)
-    if not ray.is_initialized() and not _connect(address):
+    if not ray.is_initialized() and not _connect(gcs):
         if os.environ.get("RAY_ADDRESS"):
             raise ControlPlaneUnavailableError(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={address}; check the address "
@@ -366,7 +372,7 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
             _abandon_head(settings, gcs_port, process.pid)
             raise ControlPlaneUnavailableError(
                 f"`ray start --head` exited with {process.returncode}; see {log_path}")
-        if _connect(address):
+        if _connect(_live_gcs(address)):
             return
         time.sleep(0.25)  # a refused TCP connect is all a try costs until the GCS listens
     _abandon_head(settings, gcs_port, process.pid)
@@ -464,16 +470,17 @@ def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print
     must not stop another store's serving.
     """
     record = _head_record(settings)
-    joined = str(record["address"]) if record and record.get("address") else _resolve(
-        os.environ.get("RAY_ADDRESS") or "auto")
-    apply_ray_auth_env(gcs=joined if joined and _reachable(joined) else None)
+    ours = bool(record and record.get("address"))
+    gcs = _live_gcs(str(record["address"]) if record and ours
+                    else os.environ.get("RAY_ADDRESS") or "auto")
+    apply_ray_auth_env(gcs=gcs)
     import ray
     from ray import serve
 
-    if record and record.get("address"):
+    if ours:
         # The head is ours: stopping it stops Serve with it, without Serve's slow drain.
         ray.shutdown()
-    elif ray.is_initialized() or _connect(os.environ.get("RAY_ADDRESS") or "auto"):
+    elif ray.is_initialized() or _connect(gcs):
         if not force:
             _refuse_another_store(settings)
         progress("shutting down Serve")
@@ -481,7 +488,7 @@ def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print
         ray.shutdown()
     else:
         progress("no Ray cluster is reachable; nothing to shut down")
-    if not record or not record.get("address"):
+    if not record or not ours:
         return False
     progress(f"stopping the local Ray head at {record['address']}")
     stop_cluster_processes(int(str(record["address"]).rsplit(":", 1)[1]),
