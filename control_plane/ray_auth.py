@@ -13,6 +13,10 @@ modelplane leaves an explicit ``RAY_AUTH_MODE`` alone; a process of the cluster 
 driver, a replica) keeps the mode it inherited; a client that knows the cluster's dashboard
 asks it (``/api/authentication_mode``, which needs no token), and one that knows its GCS
 tries a read without a token; otherwise the token decides, as it does for ``ray start``.
+
+Calls to the job API are plain HTTP and need no process-wide mode: they carry the token in
+their own header where the dashboard asks for one (``dashboard_auth_headers``), so one
+process can talk to clusters in different modes, whatever its own mode is.
 """
 
 from __future__ import annotations
@@ -34,14 +38,31 @@ MODE_PATH = "/api/authentication_mode"
 MODE_TIMEOUT_S = 5.0
 
 
-def token_available(environ: dict[str, str] | None = None) -> bool:
-    env = os.environ if environ is None else environ
-    if env.get("RAY_AUTH_TOKEN"):
-        return True
+# The mode apply_ray_auth_env put in os.environ: set for one cluster, it is not the user's
+# choice, and a later call for another cluster decides again.
+_mode_set_here: str | None = None
+
+
+def _token_path(env: dict[str, str] | os._Environ[str]) -> Path:
     path = env.get("RAY_AUTH_TOKEN_PATH")
     home = Path(env["HOME"]) if env.get("HOME") else Path.home()  # a child's HOME may differ
-    candidate = Path(path) if path else home / ".ray" / "auth_token"
-    return candidate.is_file()
+    return Path(path) if path else home / ".ray" / "auth_token"
+
+
+def token_available(environ: dict[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return bool(env.get("RAY_AUTH_TOKEN")) or _token_path(env).is_file()
+
+
+def read_token(environ: dict[str, str] | None = None) -> str | None:
+    """This machine's Ray token, from where Ray looks for one; None where there is none."""
+    env = os.environ if environ is None else environ
+    if env.get("RAY_AUTH_TOKEN"):
+        return env["RAY_AUTH_TOKEN"].strip()
+    try:
+        return _token_path(env).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def cluster_auth_mode(dashboard: str) -> str | None:
@@ -87,13 +108,34 @@ def ray_auth_env(environ: dict[str, str] | None = None, *, dashboard: str | None
     if mode is None and gcs:
         mode = gcs_auth_mode(gcs)
     if mode == "token" and not token_available(env):
-        raise ConfigurationError(
-            f"the Ray cluster at {dashboard or gcs} requires Ray's token authentication and "
-            "this machine has no token: copy ~/.ray/auth_token from the cluster's head to "
-            "this machine (or set RAY_AUTH_TOKEN)", detail={"cluster": dashboard or gcs})
+        raise _no_token(dashboard or gcs or "")
     if mode is not None:
         return {AUTH_MODE: mode}
     return {AUTH_MODE: "token"} if token_available(env) else {}
+
+
+def dashboard_auth_headers(dashboard: str,
+                           environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The header a call to the job API of the cluster at ``dashboard`` carries: the token
+    where the dashboard requires one, or cannot say (the header is ignored where tokens are
+    off); none where it says tokens are off. Raises ConfigurationError where the cluster
+    requires a token this machine lacks."""
+    mode = cluster_auth_mode(dashboard)
+    if mode == "disabled":
+        return {}
+    token = read_token(environ)
+    if token is None:
+        if mode == "token":
+            raise _no_token(dashboard)
+        return {}
+    return {"authorization": f"Bearer {token}"}
+
+
+def _no_token(cluster: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"the Ray cluster at {cluster} requires Ray's token authentication and this machine "
+        "has no token: copy ~/.ray/auth_token from the cluster's head to this machine (or set "
+        "RAY_AUTH_TOKEN)", detail={"cluster": cluster})
 
 
 def apply_ray_auth_env(*, dashboard: str | None = None, gcs: str | None = None) -> None:
@@ -104,13 +146,24 @@ def apply_ray_auth_env(*, dashboard: str | None = None, gcs: str | None = None) 
     Ray caches its configuration when it is imported; if it already is, the cache is
     refreshed the way Ray itself does when it enables token mode.
     """
+    global _mode_set_here
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         return
-    needed = ray_auth_env(dashboard=dashboard, gcs=gcs)
-    if not needed:
+    environ = dict(os.environ)
+    if _mode_set_here is not None and environ.get(AUTH_MODE) == _mode_set_here:
+        del environ[AUTH_MODE]  # set here for another cluster: decide again
+    needed = ray_auth_env(environ, dashboard=dashboard, gcs=gcs)
+    if not needed and AUTH_MODE in environ:
+        return  # the user's own mode, or a job driver's inherited one
+    mode = needed.get(AUTH_MODE)
+    if mode == os.environ.get(AUTH_MODE):
         return
-    os.environ.update(needed)
+    if mode is None:
+        del os.environ[AUTH_MODE]
+    else:
+        os.environ[AUTH_MODE] = mode
+    _mode_set_here = mode
     if ray is not None:
         from ray._raylet import Config
 

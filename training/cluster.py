@@ -52,16 +52,24 @@ def cluster_here(where: str) -> ClusterCapacity:
     return ClusterCapacity(where, nodes)
 
 
-def cluster_from_dashboard(address: str) -> ClusterCapacity:
-    """The cluster whose dashboard (job API) is at ``address``."""
-    from ray.util.state import list_actors, list_nodes, list_placement_groups
+def cluster_from_dashboard(address: str,
+                           headers: Mapping[str, str] | None = None) -> ClusterCapacity:
+    """The cluster whose dashboard (job API) is at ``address``, asked with ``headers`` (the
+    job client's, which carry the cluster's token where it requires one)."""
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import DEFAULT_RPC_TIMEOUT, ListApiOptions, StateResource
+
+    def listed(resource: StateResource, state: str, *, detail: bool, complete: bool) -> list[Any]:
+        options = ListApiOptions(limit=_LIMIT, timeout=DEFAULT_RPC_TIMEOUT, detail=detail,
+                                 filters=[("state", "=", state)])
+        return client.list(resource, options, raise_on_missing_output=complete)
 
     try:
-        nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], limit=_LIMIT)
-        actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True,
-                             limit=_LIMIT, raise_on_missing_output=False)
-        groups = list_placement_groups(address=address, filters=[("state", "=", "CREATED")],
-                                       detail=True, limit=_LIMIT, raise_on_missing_output=False)
+        client = StateApiClient(address, headers={"Content-Type": "application/json",
+                                                  **(headers or {})})
+        nodes = listed(StateResource.NODES, "ALIVE", detail=False, complete=True)
+        actors = listed(StateResource.ACTORS, "ALIVE", detail=True, complete=False)
+        groups = listed(StateResource.PLACEMENT_GROUPS, "CREATED", detail=True, complete=False)
     except Exception as error:  # the state API raises its own and requests' errors
         text = str(error).strip().splitlines()
         raise JobSubmissionError(

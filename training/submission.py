@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control_plane.ray_auth import apply_ray_auth_env
+from control_plane.ray_auth import dashboard_auth_headers
 from modelplane.errors import ConfigurationError
 from training.errors import InvalidJobSpecError, JobFailedError, JobSubmissionError
 from training.job_token import (
@@ -69,6 +69,7 @@ class JobClient:
     def __init__(self, address: str | None = None) -> None:
         import logging
 
+        from ray.exceptions import AuthenticationError
         from ray.job_submission import JobSubmissionClient
 
         # Ray narrates the working-directory upload at INFO; submit prints its own line.
@@ -79,11 +80,14 @@ class JobClient:
 
         self.address = dashboard_address(address).rstrip("/")
         try:
-            apply_ray_auth_env(dashboard=self.address)
+            # Per client, not per process: one process may talk to clusters in both modes.
+            self.headers = dashboard_auth_headers(self.address)
         except ConfigurationError as error:
             raise JobSubmissionError(error.message, detail=error.detail) from None
         try:
-            self._client = _bounded(JobSubmissionClient)(self.address)
+            self._client = _bounded(JobSubmissionClient)(self.address, headers=self.headers)
+        except AuthenticationError as error:
+            raise self._refused(error) from None
         except (ConnectionError, RuntimeError, ValueError, requests.RequestException) as error:
             raise JobSubmissionError(
                 f"cannot reach Ray's job API at {self.address} ({_first_line(error)}); is a Ray "
@@ -135,9 +139,12 @@ class JobClient:
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import requests
+        from ray.exceptions import AuthenticationError
 
         try:
             return method(*args, **kwargs)
+        except AuthenticationError as error:
+            raise self._refused(error) from None
         except requests.Timeout as error:
             connect, answer = JOB_API_TIMEOUT_S
             waited = (f"took no connection within {connect:g} s"
@@ -160,6 +167,15 @@ class JobClient:
             raise JobSubmissionError(f"Ray's job API at {self.address} failed: {message}",
                                      detail={"address": self.address,
                                              "answered": answered}) from None
+
+
+    def _refused(self, error: Exception) -> JobSubmissionError:
+        said = _first_line(error).removeprefix("Authentication required: ").removeprefix(
+            "Authentication failed: ")
+        return JobSubmissionError(
+            f"Ray's job API at {self.address} refused this machine's Ray token ({said}); the "
+            "token must be the one on the cluster's head: copy its ~/.ray/auth_token here (or "
+            "set RAY_AUTH_TOKEN)", detail={"address": self.address, "answered": True})
 
 
 def job_missing(error: JobSubmissionError) -> bool:
@@ -204,7 +220,8 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
     client = JobClient(address)
     if check_resources:
         # Never fits: refused here. Busy: say the job will wait (it checks again, exactly).
-        placement = plan_placement(spec.resources, cluster_from_dashboard(client.address))
+        placement = plan_placement(spec.resources, cluster_from_dashboard(client.address,
+                                                                           client.headers))
         if not placement.fits_now:
             echo(f"the cluster is busy: the job will wait for its workers (needs "
                  f"{placement.needs}, free now {placement.free}), "

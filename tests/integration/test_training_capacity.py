@@ -116,13 +116,29 @@ def test_a_job_the_cluster_can_never_hold_is_refused_before_it_runs(laptop: Lapt
     assert _runs(laptop.client(), "t-never") == []
 
 
-def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(laptop: Laptop) -> None:
+@pytest.fixture
+def stopped_at_the_end(laptop: Laptop) -> Iterator[list[str]]:
+    """Job ids the test started; any still running when it ends (a failed assertion) is
+    stopped, so it does not hold the laptop's CPU from the module's later tests."""
+    from training.submission import JobClient
+
+    started: list[str] = []
+    yield started
+    client = JobClient(laptop.head.dashboard)
+    for job_id in started:
+        if client.status(job_id) not in ENDED:
+            client.stop(job_id)
+
+
+def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(
+        laptop: Laptop, stopped_at_the_end: list[str]) -> None:
     """A long job holds 1 CPU: a job with a 5 s placement timeout fails saying why, one with
     time to spare waits (and says so in `train status` and `train list`) and runs once the
     long job is stopped."""
     root, client = laptop.head.root / "busy", laptop.client()
     holder, _ = _submit(laptop, _write_spec(root / "holder.yaml", laptop, experiment="t-holder",
                                             workers=1, epochs=100_000))
+    stopped_at_the_end.append(holder)
     run = wait_for(lambda: (runs := _runs(client, "t-holder")) and runs[0], 180, "the holder's run")
     wait_for(lambda: client.metric_history(run.id, "val_loss"), 180, "the holder's first epoch")
 
@@ -131,6 +147,7 @@ def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(laptop: Laptop) 
     patient = _write_spec(root / "patient.yaml", laptop, experiment="t-patient", workers=1,
                           placement_timeout_s=300, epochs=2)
     (hasty_id, said), (patient_id, _) = _submit(laptop, hasty), _submit(laptop, patient)
+    stopped_at_the_end.extend((hasty_id, patient_id))
     assert re.search(r"the cluster is busy: the job will wait for its workers \(needs 1 worker "
                      r"x 1 CPU, free now 0\.\d+ CPU\), 5 s at most", said), said
 

@@ -3,21 +3,32 @@ real HTTP server here), else the token's presence where Ray looks for one decide
 
 from __future__ import annotations
 
+import json
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from control_plane import ray_auth
 from control_plane.ray_auth import (
+    AUTH_MODE,
     JOB_DRIVER_SETTING,
     MODE_PATH,
+    apply_ray_auth_env,
     cluster_auth_mode,
+    dashboard_auth_headers,
     ray_auth_env,
     token_available,
 )
 from modelplane.errors import ConfigurationError
+from training.errors import JobSubmissionError
+from training.submission import JobClient
+
+TOKEN = "the-heads-token"
+JOB = {"type": "SUBMISSION", "submission_id": "j1", "status": "RUNNING", "entrypoint": "python x"}
 
 
 def test_token_file_turns_token_mode_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,36 +48,79 @@ def test_explicit_mode_and_other_token_sources(tmp_path: Path) -> None:
     assert ray_auth_env({"RAY_AUTH_TOKEN": "x", "RAY_AUTH_MODE": "disabled"}) == {}
 
 
+Dashboard = tuple[str, dict[str, object]]
+
+
 @pytest.fixture
-def dashboard() -> Iterator[tuple[str, dict[str, object]]]:
-    """A real HTTP server answering ``/api/authentication_mode`` as Ray's dashboard does
-    (its answer set through the returned dict); anything else is a 404."""
-    said: dict[str, object] = {"body": b'{"authentication_mode": "disabled"}', "asked": 0}
+def dashboards() -> Iterator[Callable[[str], Dashboard]]:
+    """Real HTTP servers answering as Ray's dashboard does: ``/api/authentication_mode``
+    (its answer set through the returned dict), and the job API's version and job reads,
+    which in token mode answer 401 or 403 as Ray's do without the head's token."""
+    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
 
-    class Dashboard(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path != MODE_PATH:
-                self.send_error(404)
-                return
-            said["asked"] = int(said["asked"]) + 1  # type: ignore[call-overload]
-            body = said["body"]
-            assert isinstance(body, bytes)
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def start(mode: str) -> Dashboard:
+        said: dict[str, object] = {"body": json.dumps({"authentication_mode": mode}).encode(),
+                                   "asked": 0, "authorization": []}
 
-        def log_message(self, *args: object) -> None:
-            pass
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == MODE_PATH:
+                    said["asked"] = int(said["asked"]) + 1  # type: ignore[call-overload]
+                    self._answer(200, said["body"])
+                    return
+                sent = self.headers.get("authorization")
+                said["authorization"].append(sent)  # type: ignore[attr-defined]
+                if b'"token"' in said["body"] and sent != f"Bearer {TOKEN}":  # type: ignore[operator]
+                    self._answer(401 if sent is None else 403, b"Unauthorized: Missing "
+                                 b"authentication token" if sent is None else b"Forbidden: "
+                                 b"Invalid authentication token")
+                elif self.path == "/api/version":
+                    self._answer(200, b'{"ray_version": "2.60.0", "version": "4"}')
+                elif self.path == "/api/jobs/j1":
+                    self._answer(200, json.dumps(JOB).encode())
+                else:
+                    self.send_error(404)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Dashboard)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+            def _answer(self, status: int, body: object) -> None:
+                assert isinstance(body, bytes)
+                self.send_response(status)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}", said
+
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", said
+        yield start
     finally:
-        server.shutdown()
-        thread.join(timeout=5)
+        for server, thread in servers:
+            server.shutdown()
+            thread.join(timeout=5)
+
+
+@pytest.fixture
+def dashboard(dashboards: Callable[[str], Dashboard]) -> Dashboard:
+    return dashboards("disabled")
+
+
+@pytest.fixture
+def head_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process's HOME holds the head's token; no Ray setting is inherited."""
+    for name in (AUTH_MODE, "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", JOB_DRIVER_SETTING):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(ray_auth, "_mode_set_here", None)
+    token = tmp_path / ".ray" / "auth_token"
+    token.parent.mkdir()
+    token.write_text(TOKEN + "\n")
+    return token
 
 
 def test_a_cluster_without_authentication_keeps_a_client_with_a_token_out_of_token_mode(
@@ -111,3 +165,48 @@ def test_a_dashboard_that_cannot_say_leaves_the_token_to_decide(
     said["body"] = b'{"authentication_mode": "kerberos"}'
     assert cluster_auth_mode(url) is None
     assert cluster_auth_mode("http://127.0.0.1:1") is None  # nothing listens there
+
+
+def test_job_api_calls_carry_the_token_only_where_the_dashboard_asks_for_it(
+        dashboards: Callable[[str], Dashboard], head_token: Path) -> None:
+    """Per call, not per process: a process that spoke to a cluster without tokens then
+    speaks to one with them (and back), whatever Ray's own process mode says."""
+    (open_url, open_said), (locked_url, locked_said) = dashboards("disabled"), dashboards("token")
+    for url in (open_url, locked_url, open_url):
+        assert JobClient(url).status("j1") == "RUNNING"
+    assert set(open_said["authorization"]) == {None}  # type: ignore[arg-type]  # never leaked
+    assert set(locked_said["authorization"]) == {f"Bearer {TOKEN}"}  # type: ignore[arg-type]
+    assert AUTH_MODE not in os.environ  # the job client sets no process-wide mode
+    assert dashboard_auth_headers(locked_url) == {"authorization": f"Bearer {TOKEN}"}
+
+
+def test_a_wrong_or_missing_token_is_a_clear_job_api_error(
+        dashboards: Callable[[str], Dashboard], head_token: Path) -> None:
+    url, _ = dashboards("token")
+    head_token.write_text("a-token-from-another-cluster")
+    with pytest.raises(JobSubmissionError, match=r"refused this machine's Ray token \(Forbidden: "
+                       r"Invalid authentication token\).*copy its ~/.ray/auth_token"):
+        JobClient(url)
+    head_token.unlink()
+    with pytest.raises(JobSubmissionError, match=r"requires Ray's token authentication and this "
+                       r"machine has no token"):
+        JobClient(url)
+
+
+def test_a_mode_set_for_one_cluster_is_decided_again_for_the_next(
+        dashboards: Callable[[str], Dashboard], head_token: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process mode a Ray connection needs (`up`, `down`, `train run`): set for one
+    cluster, it is this module's choice, not the user's, and follows the next cluster."""
+    (open_url, _), (locked_url, _) = dashboards("disabled"), dashboards("token")
+    apply_ray_auth_env(dashboard=open_url)
+    assert os.environ[AUTH_MODE] == "disabled"
+    apply_ray_auth_env(dashboard=locked_url)
+    assert os.environ[AUTH_MODE] == "token"
+    head_token.unlink()
+    apply_ray_auth_env()  # a new local cluster, no token: Ray's default, no mode at all
+    assert AUTH_MODE not in os.environ
+
+    monkeypatch.setenv(AUTH_MODE, "disabled")  # the user's own: never switched
+    apply_ray_auth_env(dashboard=locked_url)
+    assert os.environ[AUTH_MODE] == "disabled"
