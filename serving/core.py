@@ -175,7 +175,11 @@ class InferenceCore:
     def __init__(self, config: EndpointConfig, backends: Mapping[int, VersionBackend],
                  *, feedback_sink: FeedbackSink | None = None,
                  feedback_authorizer: FeedbackAuthorizer | None = None) -> None:
-        self.recorder = StatsRecorder()
+        # Set when the recorder holds a busy second's observations: the replica's shipper
+        # takes it then rather than at its interval, so the request path never runs the
+        # kernels over them (see StatsRecorder).
+        self.stats_due = asyncio.Event()
+        self.recorder = StatsRecorder(when_full=self.stats_due.set)
         self.feedback_sink = feedback_sink
         self._fixed_authorizer = feedback_authorizer
         self.feedback_authorizer = feedback_authorizer or _authorizer_for(config, None)
@@ -204,8 +208,10 @@ class InferenceCore:
 
     def take_stats(self) -> StatsRecorder:
         """The statistics since the last call, replaced by a fresh recorder."""
+        self.stats_due.clear()
         taken, self.recorder = self.recorder, StatsRecorder(
-            enabled=self.recorder.enabled, monitoring=self.monitoring)
+            enabled=self.recorder.enabled, monitoring=self.monitoring,
+            when_full=self.stats_due.set)
         return taken
 
     def body_limit(self, subpath: str) -> int:

@@ -17,6 +17,7 @@ replica out of its ingress while it reconfigures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import traceback
@@ -94,8 +95,8 @@ def served_by(config: EndpointConfig) -> ServedConfig:
 
 class _CoreAdapter:
     """HTTP in and out of the core, and the statistics shipped to the Monitor about once a
-    second, off the request path (accounted in a worker thread). Shared by the colocated
-    endpoint and the isolated router.
+    second, off the request path (accounted between requests, a step at a time). Shared by
+    the colocated endpoint and the isolated router.
     """
 
     core: InferenceCore | None
@@ -229,13 +230,15 @@ class _CoreAdapter:
         monitor_key: tuple[str, str] | None = None
         while True:
             core = self.core
-            interval = core.config.stats_interval_s if core else 1.0
-            await asyncio.sleep(interval)
             if core is None:
+                await asyncio.sleep(1.0)
                 continue
-            # The monitoring kernels run here, in a worker thread: they release the GIL,
-            # and the event loop keeps answering requests meanwhile.
-            delta = await asyncio.to_thread(core.take_stats().to_delta)
+            # At the interval, or sooner where a busy second's observations wait.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(core.stats_due.wait(), core.config.stats_interval_s)
+            # The monitoring kernels run here, a step at a time between requests (see
+            # StatsRecorder.to_delta_in_steps).
+            delta = await core.take_stats().to_delta_in_steps()
             if not delta:
                 continue
             key = (core.config.monitor_actor, core.config.monitor_namespace)

@@ -7,10 +7,12 @@ each request, by request id).
 
 The request path only appends references (request id, arrays, outputs) to a list
 (``StatsRecorder.observe``). The compiled kernels run over everything observed when the
-statistics are shipped, in the replica's shipping thread, off the request path: one
-pass over a second's rows costs little more than the call itself. Everything is bounded:
-at most :data:`PENDING_LIMIT` requests wait unaccounted (past that the request path
-accounts them itself), the sample ring has a fixed capacity, and at most
+statistics are shipped, by the replica's shipping task, a step at a time between
+requests (``StatsRecorder.to_delta_in_steps``): one pass over a step's rows costs little
+more than the call itself. Everything is bounded:
+at :data:`PENDING_LIMIT` requests waiting unaccounted the replica ships early (a busy
+second), and past :data:`PENDING_HARD_LIMIT` (the shipper is behind) the request path
+accounts them itself; the sample ring has a fixed capacity, and at most
 :data:`MAX_FEEDBACK_PER_DELTA` predictions are kept per shipment (the rest are counted).
 """
 
@@ -45,8 +47,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Observed requests held unaccounted at most (about a second of a busy replica's traffic).
+# Observed requests held unaccounted before the replica ships them early (about a second
+# of a busy replica's traffic) ...
 PENDING_LIMIT = 4096
+# ... and at most, whatever the shipper's pace: past this the request path accounts them
+# itself, a stall of a few milliseconds, so memory stays bounded when shipping falls behind.
+PENDING_HARD_LIMIT = 4 * PENDING_LIMIT
 # Rows per shipment kept for KS and Wasserstein at the Monitor, which holds the newest
 # 2,000 (drift_window.SAMPLE_LIMIT): 256 a second spread them over the last several
 # seconds of a busy replica, and keep a shipment small (they travel as float32).

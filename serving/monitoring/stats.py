@@ -1,17 +1,19 @@
 """What a replica measures per version, kept locally and shipped to the Monitor as deltas.
 
 Recording is a few in-process operations per request (no remote call); a background task
-in the replica swaps the recorder about once a second, accounts the observed requests
-(the monitoring kernels) in a worker thread and sends what it collected. Observation work
+in the replica swaps the recorder about once a second (sooner when it holds a busy
+second's observations), accounts the observed requests (the monitoring kernels) on the
+event loop a step at a time and sends what it collected. Observation work
 never decides a request's outcome: the request path only appends, and a failure while
 accounting is logged and counted (``unobserved_requests``), never raised to a caller.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from serving.monitoring.feedback import predicted_class
 from serving.monitoring.observations import (
+    PENDING_HARD_LIMIT,
     PENDING_LIMIT,
     Observed,
     VersionMonitoring,
@@ -31,6 +34,9 @@ log = logging.getLogger(__name__)
 # Latencies in seconds: 1 µs to ~3 h, with 1% relative accuracy.
 LATENCY_MIN_S = 1e-6
 LATENCY_MAX_S = 1e4
+# Observed requests accounted per step when a shipment is accounted on the event loop:
+# about 0.3 ms of the kernels' work on the small MLP's 64 features.
+ACCOUNT_STEP = 256
 ENDPOINT_LEVEL = 0  # requests refused before a version was chosen
 
 
@@ -107,13 +113,19 @@ class StatsRecorder:
 
     ``monitoring`` (per version) switches on the observation of inputs and predictions
     for drift, data quality and the feedback join (see :mod:`serving.monitoring.observations`).
+    ``when_full`` is called (on the request path, so it must be cheap: set an event) once
+    :data:`PENDING_LIMIT` observed requests wait, for the owner to take and ship this
+    recorder early; without it, or past :data:`PENDING_HARD_LIMIT`, ``observe`` accounts
+    them itself.
     """
 
     def __init__(self, *, enabled: bool = True,
-                 monitoring: Mapping[int, VersionMonitoring] | None = None) -> None:
+                 monitoring: Mapping[int, VersionMonitoring] | None = None,
+                 when_full: Callable[[], None] | None = None) -> None:
         self.versions: dict[int, VersionStats] = {}
         self.enabled = enabled
         self.monitoring: Mapping[int, VersionMonitoring] = monitoring or {}
+        self.when_full = when_full
         self._observed: dict[int, list[Observed]] = {}
         self._observed_count = 0
 
@@ -157,23 +169,42 @@ class StatsRecorder:
         if not self.enabled:
             return
         # The request path: one append. The kernels run when the statistics are shipped
-        # (to_delta, off the request path), or here once PENDING_LIMIT requests wait.
+        # (to_delta, off the request path), early once PENDING_LIMIT requests wait, or
+        # here where no one ships them (or the shipper is far behind).
         pending = self._observed.get(version)
         if pending is None:
             pending = self._observed[version] = []
         pending.append((request_id, arrays, outputs, data_age_s, routed))
         self._observed_count += 1
-        if self._observed_count >= PENDING_LIMIT:
-            self.flush_observations()
+        count = self._observed_count
+        if count >= PENDING_LIMIT:
+            if self.when_full is None or count >= PENDING_HARD_LIMIT:
+                self.flush_observations()
+            elif count == PENDING_LIMIT:
+                self.when_full()
 
-    def flush_observations(self) -> None:
-        """Account every observed request since the last flush, a version at a time.
+    def flush_observations(self, limit: int | None = None) -> None:
+        """Account the observed requests since the last flush (at most ``limit`` of them,
+        each version's in the order they were answered), a version at a time.
 
         Never raises: a version whose accounting fails (a model answering an output the
         profile cannot read, a kernel fault) loses that chunk's observations, which are
         counted as ``unobserved_requests`` and logged; serving and the other versions
         carry on."""
-        observed, self._observed, self._observed_count = self._observed, {}, 0
+        if limit is None or limit >= self._observed_count:
+            observed, self._observed, self._observed_count = self._observed, {}, 0
+        else:
+            observed, room = {}, limit
+            for version, items in list(self._observed.items()):
+                if room == 0:
+                    break
+                observed[version], rest = items[:room], items[room:]
+                if rest:
+                    self._observed[version] = rest
+                else:
+                    del self._observed[version]
+                room -= len(observed[version])
+            self._observed_count -= limit
         for version, items in observed.items():
             stats = self._of(version)
             try:
@@ -188,6 +219,17 @@ class StatsRecorder:
                     log.exception("version %s: could not account %d observed requests; "
                                   "they are counted as unobserved", version, len(items))
                 stats.unobserved += len(items)
+
+    async def to_delta_in_steps(self, step: int = ACCOUNT_STEP) -> dict[int, dict[str, Any]]:
+        """``to_delta`` on the event loop of a recorder no request adds to any more (taken),
+        accounting ``step`` observed requests at a time and giving the loop back between
+        steps: a request waits one step (a fraction of a millisecond) at most. In a worker
+        thread instead, the accounting's Python holds the GIL for slices of the switch
+        interval (5 ms) while the loop waits for it (benchmarks/observation_stalls.py)."""
+        while self._observed_count > step:
+            self.flush_observations(step)
+            await asyncio.sleep(0)
+        return self.to_delta()
 
     def record_shadow(self, version: int, *, agreed: bool | None, abs_diff: float,
                       latency_delta_s: float, failed: bool) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kernels import LiveWindow
-from serving.monitoring import observations
+from serving.monitoring import observations, stats
 from serving.monitoring.observations import VersionMonitoring, data_age_seconds
 from serving.monitoring.profiles import load_profiles, prediction_features
 from tests.unit.serving.monitoring_helpers import (
@@ -165,7 +165,13 @@ def test_monitoring_off_records_nothing() -> None:
     assert core.take_stats().to_delta() == {}
 
 
-def test_the_request_path_only_appends_and_the_shipment_accounts(monkeypatch) -> None:
+def _limits(monkeypatch: pytest.MonkeyPatch, early: int, hard: int) -> None:
+    for module in (observations, stats):
+        monkeypatch.setattr(module, "PENDING_LIMIT", early)
+        monkeypatch.setattr(module, "PENDING_HARD_LIMIT", hard)
+
+
+def _counting_accounts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     accounted: list[int] = []
     original = observations.VersionObservations.account
 
@@ -174,6 +180,11 @@ def test_the_request_path_only_appends_and_the_shipment_accounts(monkeypatch) ->
         return original(self, items)
 
     monkeypatch.setattr(observations.VersionObservations, "account", counting)
+    return accounted
+
+
+def test_the_request_path_only_appends_and_the_shipment_accounts(monkeypatch) -> None:
+    accounted = _counting_accounts(monkeypatch)
     core = make_core(PROFILE)
     asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 600))
     assert accounted == []  # 600 answers, no kernel on any request's path
@@ -181,21 +192,38 @@ def test_the_request_path_only_appends_and_the_shipment_accounts(monkeypatch) ->
     assert accounted == [600] and part["rows"] == 600
 
 
-def test_a_backlog_past_the_limit_is_accounted_on_the_request_path(monkeypatch) -> None:
-    monkeypatch.setattr(observations, "PENDING_LIMIT", 50)
-    monkeypatch.setattr("serving.monitoring.stats.PENDING_LIMIT", 50)
+def test_a_busy_second_asks_for_an_early_shipment_instead_of_accounting_on_the_path(
+        monkeypatch) -> None:
+    """At the limit the kernels' work (milliseconds for a busy second) would stall every
+    request in flight: the core asks its shipper to take the recorder instead."""
+    _limits(monkeypatch, early=50, hard=200)
+    accounted = _counting_accounts(monkeypatch)
     core = make_core(PROFILE)
-    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 120))
-    assert core.recorder._observed_count == 20  # two full backlogs accounted, 20 waiting
-    assert core.take_stats().to_delta()[1]["monitoring"]["rows"] == 120
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 49))
+    assert not core.stats_due.is_set()
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 71, prefix="s"))
+    assert core.stats_due.is_set() and accounted == []  # 120 waiting, none accounted
+    taken = core.take_stats()
+    assert not core.stats_due.is_set()  # the fresh recorder starts empty
+    assert taken.to_delta()[1]["monitoring"]["rows"] == 120 and accounted == [120]
+
+
+def test_a_backlog_past_the_hard_limit_is_accounted_on_the_request_path(monkeypatch) -> None:
+    """A shipper that does not come (stuck, or far behind) must not let memory grow."""
+    _limits(monkeypatch, early=50, hard=200)
+    accounted = _counting_accounts(monkeypatch)
+    core = make_core(PROFILE)
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 450))
+    assert accounted == [200, 200]  # two full backlogs accounted on the path, 50 waiting
+    assert core.recorder._observed_count == 50
+    assert core.take_stats().to_delta()[1]["monitoring"]["rows"] == 450
 
 
 def test_accounting_that_fails_never_changes_an_answer_and_is_counted(monkeypatch, caplog) -> None:
     def broken(self, items):
         raise FloatingPointError("a kernel fault")
 
-    monkeypatch.setattr(observations, "PENDING_LIMIT", 8)
-    monkeypatch.setattr("serving.monitoring.stats.PENDING_LIMIT", 8)
+    _limits(monkeypatch, early=4, hard=8)  # accounted on the request path
     monkeypatch.setattr(observations.VersionObservations, "account", broken)
     core = make_core(PROFILE)
     results = asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 20))

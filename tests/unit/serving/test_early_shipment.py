@@ -1,0 +1,120 @@
+"""The replica's shipper takes a recorder holding a busy second's observations at once,
+not at its interval, so the request path never runs the monitoring kernels; and it
+accounts them on the event loop a step at a time, giving the loop back between steps."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving import endpoint
+from serving.monitoring import observations, stats
+from tests.unit.serving.monitoring_helpers import make_core, reference_profile, send_many
+
+INTERVAL_S = 30.0  # far longer than the test: a shipment within it came early
+
+
+class StandInMonitor:
+    """Answers ``record.remote(...)`` as the Monitor actor's handle does, keeping each delta."""
+
+    def __init__(self) -> None:
+        self.shipped: list[tuple[float, dict[int, Any]]] = []
+        self.record = SimpleNamespace(remote=self._record)
+
+    def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any) -> Any:
+        self.shipped.append((time.monotonic(), delta))
+        answered: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        answered.set_result({})
+        return SimpleNamespace(future=lambda: answered)
+
+
+class Replica(endpoint._CoreAdapter):
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self._replica = "replica-1"
+
+
+def test_a_full_recorder_is_shipped_before_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (observations, stats):
+        monkeypatch.setattr(module, "PENDING_LIMIT", 50)
+        monkeypatch.setattr(module, "PENDING_HARD_LIMIT", 10_000)
+    monitor = StandInMonitor()
+    monkeypatch.setattr(endpoint, "get_monitor", lambda *key: monitor)
+    core = make_core(reference_profile())
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"stats_interval_s": INTERVAL_S}), backends)
+    rows = [np.zeros((1, 4), np.float32)]
+
+    async def run() -> None:
+        shipper = asyncio.get_running_loop().create_task(Replica(core)._ship_forever())
+        try:
+            await send_many(core, rows * 49)
+            await asyncio.sleep(0.5)
+            assert monitor.shipped == []  # under the limit: the interval decides
+            sent = time.monotonic()
+            await send_many(core, rows * 1, prefix="s")
+            for _ in range(200):
+                if monitor.shipped:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            shipper.cancel()
+        assert monitor.shipped, "the full recorder was not shipped early"
+        shipped_at, delta = monitor.shipped[0]
+        assert shipped_at - sent < INTERVAL_S / 10
+        assert delta[1]["monitoring"]["rows"] == 50 and delta[1]["codes"] == {200: 50}
+        assert core.recorder._observed_count == 0 and not core.stats_due.is_set()
+
+    asyncio.run(run())
+
+
+def test_accounting_in_steps_gives_the_loop_back_and_counts_what_one_pass_counts() -> None:
+    """Two versions' observations accounted 128 at a time between other work on the loop
+    add up to exactly what one pass over all of them gives."""
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(size=(1, 4)).astype(np.float32) for _ in range(300)]
+    batches[7][0, 2] = np.nan
+
+    def observed() -> stats.StatsRecorder:
+        core = make_core(reference_profile())
+        asyncio.run(send_many(core, batches))
+        recorder = core.take_stats()
+        for request_id, arrays, outputs, age, routed in list(recorder._observed[1][:100]):
+            recorder.observe(2, request_id, arrays, outputs, age, routed)
+        recorder.monitoring = {1: recorder.monitoring[1], 2: recorder.monitoring[1]}
+        return recorder
+
+    whole, stepped_recorder = observed().to_delta(), observed()
+    turns = 0
+
+    async def stepped() -> dict[int, Any]:
+        nonlocal turns
+
+        async def other_work() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        worker = asyncio.get_running_loop().create_task(other_work())
+        await asyncio.sleep(0)
+        try:
+            return await stepped_recorder.to_delta_in_steps(step=128)
+        finally:
+            worker.cancel()
+
+    steps = asyncio.run(stepped())
+    assert turns >= 3  # 400 requests in steps of 128: the loop ran other work between them
+    for version, rows in ((1, 300), (2, 100)):
+        mine, theirs = steps[version]["monitoring"], whole[version]["monitoring"]
+        assert mine["rows"] == theirs["rows"] == rows
+        assert mine["missing_values"] == theirs["missing_values"] == 1  # request 7's NaN
+        assert np.array_equal(mine["inputs"]["hist"], theirs["inputs"]["hist"])
+        assert np.array_equal(mine["predictions"]["hist"], theirs["predictions"]["hist"])
+        assert [v for _, v in mine["feedback"]] == [v for _, v in theirs["feedback"]]
