@@ -13,10 +13,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from kernels.profile import ReferenceProfile
+    from collections.abc import Sequence
+
+    from kernels.profile import FeatureProfile, ReferenceProfile
 
 KIND_NUMERIC = 0
 KIND_CATEGORICAL = 1
+# Edges per row of ``padded_edges``: a numeric feature with at most this many has its bin
+# counted by a loop of this fixed length (kernels._quality_kernels).
+PADDED_EDGES = 16
 
 # Rank-lookup cells per distinct sample value: enough that most cells hold at most one
 # value, so finding a live value's rank is one multiply and a short scan.
@@ -32,6 +37,7 @@ class ProfileLayout:
     ref_counts: np.ndarray  # int64[total bins]
     edge_offsets: np.ndarray  # int64[F+1] into edges
     edges: np.ndarray  # float64: inner edges (numeric) or category codes (categorical)
+    padded_edges: np.ndarray  # float64[F, PADDED_EDGES]: short numeric features' edges, +inf after
     ref_n: np.ndarray  # int64[F] non-missing reference values
     ref_min: np.ndarray  # float64[F]
     ref_max: np.ndarray  # float64[F]
@@ -78,6 +84,7 @@ class ProfileLayout:
             ref_counts=_concat([np.asarray(f.counts, dtype=np.int64) for f in features], np.int64),
             edge_offsets=_offsets([len(f.edges) for f in features]),
             edges=_concat([np.asarray(f.edges, dtype=np.float64) for f in features], np.float64),
+            padded_edges=padded_edges(features),
             ref_n=np.array([f.count for f in features], dtype=np.int64),
             ref_min=np.array([f.min for f in features], dtype=np.float64),
             ref_max=np.array([f.max for f in features], dtype=np.float64),
@@ -90,6 +97,17 @@ class ProfileLayout:
             table_lo=np.array(lows, dtype=np.float64),
             table_scale=np.array(scales, dtype=np.float64),
         )
+
+
+def padded_edges(features: Sequence[FeatureProfile]) -> np.ndarray:
+    """Per feature, its inner edges followed by +inf up to ``PADDED_EDGES`` (no finite
+    value is at or above +inf, so the padding never counts); all +inf for a feature the
+    kernels bin another way (categorical, or more edges)."""
+    padded = np.full((len(features), PADDED_EDGES), np.inf)
+    for index, feature in enumerate(features):
+        if feature.kind != "categorical" and len(feature.edges) <= PADDED_EDGES:
+            padded[index, :len(feature.edges)] = feature.edges
+    return padded
 
 
 def rank_table(values: np.ndarray) -> tuple[np.ndarray, float, float]:

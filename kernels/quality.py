@@ -63,8 +63,8 @@ class LiveWindow:
             )
         lay = self._layout
         _k.update_window(matrix, lay.kinds, lay.bin_offsets, lay.edge_offsets, lay.edges,
-                         lay.ref_min, lay.ref_max, self.hist, self.missing, self.out_of_range,
-                         self._samples, self._state)
+                         lay.padded_edges, lay.ref_min, lay.ref_max, self.hist, self.missing,
+                         self.out_of_range, self._samples, self._state)
 
     @property
     def rows(self) -> int:
@@ -100,8 +100,8 @@ class LiveWindow:
             scratch = LiveWindow(self.profile, 0)
             lay = self._layout
             _k.update_window(rows, lay.kinds, lay.bin_offsets, lay.edge_offsets, lay.edges,
-                             lay.ref_min, lay.ref_max, scratch.hist, scratch.missing,
-                             scratch.out_of_range, self._samples, self._state)
+                             lay.padded_edges, lay.ref_min, lay.ref_max, scratch.hist,
+                             scratch.missing, scratch.out_of_range, self._samples, self._state)
             self._state[_k.W_ROWS] -= rows.shape[0]
         self._state[_k.W_ROWS] += other.rows
         return self
