@@ -4,8 +4,8 @@
 before anything reaches the cluster, then submits ``python -m training.job --config …``
 with the control plane's address, a token minted for this job alone (see
 :mod:`training.job_token`; never the caller's own) and the local code commit in the job's
-environment. The client takes the cluster's Ray token authentication mode, asked of its
-dashboard (control_plane.ray_auth), so users never handle it.
+environment. Each call carries this machine's Ray token where the cluster's dashboard
+says it requires one (control_plane.ray_auth), so users never handle it.
 
 Without ``--working-dir`` the job gets a fresh working directory holding only the
 resolved spec, and runs the modelplane installed beside Ray on the cluster. With one,
