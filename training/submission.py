@@ -168,7 +168,6 @@ class JobClient:
                                      detail={"address": self.address,
                                              "answered": answered}) from None
 
-
     def _refused(self, error: Exception) -> JobSubmissionError:
         said = _first_line(error).removeprefix("Authentication required: ").removeprefix(
             "Authentication failed: ")

@@ -9,11 +9,11 @@ The request path only appends references (request id, arrays, outputs) to a list
 (``StatsRecorder.observe``). The compiled kernels run over everything observed when the
 statistics are shipped, by the replica's shipping task, a step at a time between
 requests (``StatsRecorder.to_delta_in_steps``): one pass over a step's rows costs little
-more than the call itself. Everything is bounded:
-at :data:`PENDING_LIMIT` requests waiting unaccounted the replica ships early (a busy
-second), and past :data:`PENDING_HARD_LIMIT` (the shipper is behind) the request path
-accounts them itself; the sample ring has a fixed capacity, and at most
-:data:`MAX_FEEDBACK_PER_DELTA` predictions are kept per shipment (the rest are counted).
+more than the call itself. Everything is bounded: at :data:`PENDING_LIMIT` requests
+waiting unaccounted the replica ships early (a busy second), and past
+:data:`PENDING_HARD_LIMIT` (the shipper is behind) the request path accounts them itself;
+the sample ring has a fixed capacity, and at most :data:`MAX_FEEDBACK_PER_DELTA`
+predictions are kept per shipment (the rest are counted).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Recording is a few in-process operations per request (no remote call); a background task
 in the replica swaps the recorder about once a second (sooner when it holds a busy
 second's observations), accounts the observed requests (the monitoring kernels) on the
-event loop a step at a time and sends what it collected. Observation work
-never decides a request's outcome: the request path only appends, and a failure while
-accounting is logged and counted (``unobserved_requests``), never raised to a caller.
+event loop a step at a time and sends what it collected. Observation work never decides
+a request's outcome: the request path only appends, and a failure while accounting is
+logged and counted (``unobserved_requests``), never raised to a caller.
 """
 
 from __future__ import annotations
@@ -183,42 +183,12 @@ class StatsRecorder:
             elif count == PENDING_LIMIT:
                 self.when_full()
 
-    def flush_observations(self, limit: int | None = None) -> None:
-        """Account the observed requests since the last flush (at most ``limit`` of them,
-        each version's in the order they were answered), a version at a time.
-
-        Never raises: a version whose accounting fails (a model answering an output the
-        profile cannot read, a kernel fault) loses that chunk's observations, which are
-        counted as ``unobserved_requests`` and logged; serving and the other versions
-        carry on."""
-        if limit is None or limit >= self._observed_count:
-            observed, self._observed, self._observed_count = self._observed, {}, 0
-        else:
-            observed, room = {}, limit
-            for version, items in list(self._observed.items()):
-                if room == 0:
-                    break
-                observed[version], rest = items[:room], items[room:]
-                if rest:
-                    self._observed[version] = rest
-                else:
-                    del self._observed[version]
-                room -= len(observed[version])
-            self._observed_count -= limit
+    def flush_observations(self) -> None:
+        """Account every observed request since the last flush, a version at a time (never
+        raises: see ``_account``)."""
+        observed, self._observed, self._observed_count = self._observed, {}, 0
         for version, items in observed.items():
-            stats = self._of(version)
-            try:
-                if stats.observations is None:
-                    spec = self.monitoring.get(version)
-                    if spec is None:
-                        continue
-                    stats.observations = VersionObservations(spec)
-                stats.observations.account(items)
-            except Exception:
-                if not stats.unobserved:
-                    log.exception("version %s: could not account %d observed requests; "
-                                  "they are counted as unobserved", version, len(items))
-                stats.unobserved += len(items)
+            self._account(version, items)
 
     async def to_delta_in_steps(self, step: int = ACCOUNT_STEP) -> dict[int, dict[str, Any]]:
         """``to_delta`` on the event loop of a recorder no request adds to any more (taken),
@@ -226,10 +196,33 @@ class StatsRecorder:
         steps: a request waits one step (a fraction of a millisecond) at most. In a worker
         thread instead, the accounting's Python holds the GIL for slices of the switch
         interval (5 ms) while the loop waits for it (benchmarks/observation_stalls.py)."""
-        while self._observed_count > step:
-            self.flush_observations(step)
-            await asyncio.sleep(0)
+        observed, self._observed, self._observed_count = self._observed, {}, 0
+        for version, items in observed.items():
+            for first in range(0, len(items), step):
+                self._account(version, items[first:first + step])
+                await asyncio.sleep(0)
         return self.to_delta()
+
+    def _account(self, version: int, items: list[Observed]) -> None:
+        """Run the kernels over one version's observed requests.
+
+        Never raises: a version whose accounting fails (a model answering an output the
+        profile cannot read, a kernel fault) loses that chunk's observations, which are
+        counted as ``unobserved_requests`` and logged; serving and the other versions
+        carry on."""
+        stats = self._of(version)
+        try:
+            if stats.observations is None:
+                spec = self.monitoring.get(version)
+                if spec is None:
+                    return
+                stats.observations = VersionObservations(spec)
+            stats.observations.account(items)
+        except Exception:
+            if not stats.unobserved:
+                log.exception("version %s: could not account %d observed requests; "
+                              "they are counted as unobserved", version, len(items))
+            stats.unobserved += len(items)
 
     def record_shadow(self, version: int, *, agreed: bool | None, abs_diff: float,
                       latency_delta_s: float, failed: bool) -> None:
