@@ -172,6 +172,10 @@ class TokenService:
         Returns the new secret, or None when an active admin token already exists.
         """
         with self._db.session() as session:
+            # Control planes starting together (two or more on PostgreSQL) must not each see
+            # no admin and each write the token file: the file would end up holding a secret
+            # whose row was never committed.
+            self._db.serialize(session, "bootstrap-admin-token")
             existing = session.scalar(
                 select(TokenRow.id).where(
                     TokenRow.role == Role.ADMIN.value, TokenRow.revoked_at.is_(None)
@@ -186,8 +190,10 @@ class TokenService:
             secret, row = _new_token(name, Role.ADMIN, "bootstrap", None,
                                      subject=ADMIN_TOKEN_NAME)
             session.add(row)
-            # Written inside the transaction: if the file cannot be written the token row
-            # is rolled back, so no admin token exists that nobody can read.
+            session.flush()
+            # Written last inside the transaction: if the file cannot be written the token
+            # row is rolled back, so no admin token exists that nobody can read. A commit
+            # that fails after it leaves a file with no row, and the next start writes anew.
             write_secret_file(token_path, secret)
         return secret
 
@@ -205,7 +211,7 @@ def _new_token(name: str, role: Role, created_by: str,
 def write_secret_file(path: Path, secret: str) -> None:
     """Write ``secret`` to ``path`` atomically, readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, (secret + "\n").encode())

@@ -73,6 +73,10 @@ class AlertService:
         self._due: dict[str, float] = {}
         self._recent_events: dict[str, float] = {}
         self._rules: list[AlertRuleOut] | None = None
+        # Changes to each rule through this process's API: a pass applies a rule's readings
+        # only if the rule did not change while they were read (a deleted rule's alert
+        # would otherwise fire again, with no rule left to resolve it).
+        self._rule_edits: Counter[str] = Counter()
         self._rules_read_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,14 +96,14 @@ class AlertService:
     def put_rule(self, spec: AlertRuleSpec, actor: str, *, subject: str | None = None) -> AlertRuleOut:
         result = self.store.put_rule(spec, actor, subject=subject)
         with self._lock:
-            self._rules = None
+            self._rule_changed(spec.name)
             self._due.pop(spec.name, None)
         return result
 
     def delete_rule(self, name: str, actor: str, *, subject: str | None = None) -> None:
         self.store.delete_rule(name, actor, subject=subject)
         with self._lock:
-            self._rules = None
+            self._rule_changed(name)
             for alert in [a for a in self._alerts.values() if a.name == name]:
                 self._transition(alert, alert.step(False, self._clock(), 0.0))
                 self._alerts.pop(alert.fingerprint, None)
@@ -116,14 +120,18 @@ class AlertService:
         still evaluated, listed and recorded in the history."""
         result = self.store.silence(name, body, actor, _datetime(self._clock()), subject=subject)
         with self._lock:
-            self._rules = None
+            self._rule_changed(name)
         return result
 
     def unsilence(self, name: str, actor: str, *, subject: str | None = None) -> AlertRuleOut:
         result = self.store.unsilence(name, actor, subject=subject)
         with self._lock:
-            self._rules = None
+            self._rule_changed(name)
         return result
+
+    def _rule_changed(self, name: str) -> None:
+        self._rules = None
+        self._rule_edits[name] += 1
 
     def put_receiver(self, spec: ReceiverSpec, actor: str, *, subject: str | None = None) -> ReceiverOut:
         result = self.store.put_receiver(spec, actor, subject=subject)
@@ -190,7 +198,9 @@ class AlertService:
             if self._rules is None or now - self._rules_read_at >= RULES_REFRESH_S:
                 self._rules, self._rules_read_at = list(self.store.rules()), now
                 refreshed = True
+                self._resolve_orphans({r.name for r in self._rules}, now)
             due = [r for r in self._rules if r.enabled and self._due.get(r.name, 0.0) <= now]
+            edits = {r.name: self._rule_edits[r.name] for r in due}
         if refreshed:  # receivers added or removed through another control plane's API too
             self.notifier.configure(self.store.receivers())
         if not due:
@@ -204,9 +214,18 @@ class AlertService:
             readings = self._read(rule, [rule.endpoint] if rule.endpoint else endpoints or [],
                                   read_stats, cache, unknown)
             with self._lock:
+                if self._rule_edits[rule.name] != edits[rule.name]:
+                    continue  # changed or deleted meanwhile: the next tick reads it afresh
                 self._due[rule.name] = now + rule.every_s
                 self._apply(rule, readings, now, unknown)
         return len(due)
+
+    def _resolve_orphans(self, rules: set[str], now: float) -> None:
+        """Resolve the alerts of rules the store no longer has: deleted through another
+        control plane's API, whose own resolution could not reach this one's state."""
+        for alert in [a for a in self._alerts.values() if a.name not in rules]:
+            self._transition(alert, alert.step(False, now, 0.0))
+            self._alerts.pop(alert.fingerprint, None)
 
     def _read(self, rule: AlertRuleSpec, endpoints: list[str], read_stats: ReadStats,
               cache: dict[tuple[str, float], dict[int, VersionSnapshot] | str],

@@ -22,13 +22,14 @@ outlived its process's lead cannot store a decision its successor may already ha
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -104,6 +105,21 @@ class Database:
             raise
         finally:
             session.close()
+
+    def serialize(self, session: Session, name: str) -> None:
+        """Hold ``session``'s transaction until every other one that serialized on ``name``
+        has ended: writers that read, decide and then write under one name run one after
+        another, across processes.
+
+        PostgreSQL takes a transaction-scoped advisory lock (its default isolation lets two
+        transactions read the same "nothing yet" and both act on it). SQLite's writers run
+        one at a time already (``BEGIN IMMEDIATE``).
+        """
+        if self.is_sqlite:
+            return
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": int.from_bytes(digest, "big", signed=True)})
 
     def dispose(self) -> None:
         """Close every pooled connection (tests and shutdown)."""

@@ -267,7 +267,8 @@ def test_drift_alert_stays_quiet_on_training_traffic_fires_on_a_one_sigma_shift_
     history = json.loads(watched.cli("alerts", "history", "--name", "watched-drift", "--json"))
     assert [e["state"] for e in history["items"]] == ["resolved", "firing"]
     assert "watched-drift" in watched.cli("alerts", "history")
-    assert json.loads(watched.cli("alerts", "list", "--json")) == []
+    assert [a for a in json.loads(watched.cli("alerts", "list", "--json"))
+            if a["name"] == "watched-drift"] == []
     assert "drift" in watched.cli("alerts", "rules", "--metrics")
     with watched.client() as client:
         client.delete_alert_receiver("drift-hook")

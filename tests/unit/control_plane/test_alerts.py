@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from control_plane.alerts import AlertService
 from control_plane.alerts.schemas import AlertRuleSpec, AlertsFile
+from control_plane.alerts.service import RULES_REFRESH_S
 from control_plane.alerts.signals import SIGNALS
 from control_plane.alerts.states import Alert, AlertState
 from control_plane.errors import StoreUnavailableError
@@ -365,6 +366,40 @@ def test_deleting_a_rule_resolves_its_alerts(service) -> None:
     service.delete_rule("input-drift", "alice")
     assert history(service)[-1] == ("input-drift", "resolved", "rule")
     assert service.rules() == [] and service.active() == []
+
+
+def test_a_rule_deleted_while_its_pass_reads_the_monitor_leaves_no_alert_behind(service) -> None:
+    """The evaluator reads the Monitor outside its lock; a rule deleted meanwhile must not
+    have its alert fire again from that reading, with no rule left to resolve it."""
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+
+    def read_while_deleted(endpoint: str, window_s: float) -> dict[int, VersionSnapshot]:
+        service.delete_rule("input-drift", "alice")  # an API call landing mid-pass
+        return stats(endpoint, window_s)
+
+    service.evaluate(read_while_deleted, stats.endpoints, now=1.0)
+    service.evaluate(stats, stats.endpoints, now=2.0)
+    assert service.active() == [] and service.metrics()["active"] == []
+    assert history(service) == [("input-drift", "firing", "rule"), ("input-drift", "resolved", "rule")]
+
+
+def test_a_rule_deleted_through_another_control_plane_resolves_its_alerts(db: Database) -> None:
+    leader, other = AlertService(db), AlertService(db)
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    leader.put_rule(drift_rule(), "alice")
+    leader.evaluate(stats, stats.endpoints, now=0.0)
+    other.store.delete_rule("input-drift", "alice")  # its API, its store: not the leader's state
+    leader.evaluate(stats, stats.endpoints, now=1.0)
+    assert leader.metrics()["active"] == [("input-drift", "critical", "firing")]  # not read yet
+    leader.evaluate(stats, stats.endpoints, now=1.0 + RULES_REFRESH_S)
+    assert leader.active() == [] and leader.metrics()["active"] == []
+    assert history(leader)[-1] == ("input-drift", "resolved", "rule")
+    leader.stop()
+    other.stop()
 
 
 def test_events_fire_at_once_are_kept_in_history_and_deduplicated(service) -> None:
