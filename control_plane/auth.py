@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from control_plane.errors import (
     AlreadyExistsError,
@@ -183,19 +184,44 @@ class TokenService:
             )
             if existing is not None:
                 return None
-            name = ADMIN_TOKEN_NAME
-            if session.scalar(select(TokenRow.id).where(TokenRow.name == name)):
-                name = f"{ADMIN_TOKEN_NAME}-{secrets.token_hex(3)}"
             # Every bootstrapped admin token stands for the same operator, whatever its name.
-            secret, row = _new_token(name, Role.ADMIN, "bootstrap", None,
-                                     subject=ADMIN_TOKEN_NAME)
-            session.add(row)
-            session.flush()
-            # Written last inside the transaction: if the file cannot be written the token
-            # row is rolled back, so no admin token exists that nobody can read. A commit
-            # that fails after it leaves a file with no row, and the next start writes anew.
-            write_secret_file(token_path, secret)
-        return secret
+            return _mint_into_file(session, token_path, ADMIN_TOKEN_NAME, Role.ADMIN,
+                                   "bootstrap", subject=ADMIN_TOKEN_NAME)
+
+    def kept_token(self, path: Path, *, name: str, role: Role, created_by: str) -> tuple[str, bool]:
+        """The token kept in ``path`` while it is still an active ``role`` token, else a new
+        one (named ``name``, or ``name`` with a suffix when taken) written there; returns
+        the secret and whether it is new. Serialized like :meth:`bootstrap_admin`."""
+        with self._db.session() as session:
+            self._db.serialize(session, f"kept-token:{name}")
+            try:
+                kept = path.read_text().strip()
+            except OSError:
+                kept = ""
+            if kept:
+                row = session.scalar(select(TokenRow).where(TokenRow.token_hash == hash_token(kept)))
+                if row is not None and row.role == role.value and row.revoked_at is None and (
+                        row.expires_at is None or row.expires_at > datetime.now(UTC)):
+                    return kept, False
+            return _mint_into_file(session, path, name, role, created_by), True
+
+
+def _mint_into_file(session: Session, path: Path, name: str, role: Role, created_by: str, *,
+                    subject: str | None = None) -> str:
+    """Add a new token to ``session`` and write its secret to ``path``, last before the
+    commit: if the file cannot be written the row is rolled back, so no token exists that
+    nobody can read (a commit that fails after it leaves a file with no row, which the
+    next start replaces). The row is flushed first, so a name another writer took fails
+    here, before the file is touched."""
+    taken = set(session.scalars(select(TokenRow.name).where(TokenRow.name.startswith(name))))
+    unique = name
+    while unique in taken:
+        unique = f"{name}-{secrets.token_hex(3)}"
+    secret, row = _new_token(unique, role, created_by, None, subject=subject)
+    session.add(row)
+    session.flush()
+    write_secret_file(path, secret)
+    return secret
 
 
 def _new_token(name: str, role: Role, created_by: str,

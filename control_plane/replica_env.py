@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from collections.abc import Callable, Mapping
 
-from control_plane.auth import Principal, TokenService, write_secret_file
-from control_plane.errors import AuthenticationError
-from control_plane.schemas import Role, TokenCreate
+from control_plane.auth import TokenService
+from control_plane.schemas import Role
 from modelplane.settings import Settings
 from serving.link_client import ingress_address
 
@@ -36,8 +34,8 @@ ARTIFACT_STORE_VARIABLES = (*ARTIFACT_STORE_SECRETS, "AWS_ENDPOINT_URL", "AWS_EN
 # What no Ray worker may inherit: the store's URL (with its password), the artifact store's
 # credentials and a person's token. The control plane gets the first two explicitly.
 SECRET_VARIABLES = ("MODELPLANE_DB_URL", "MODELPLANE_TOKEN", *ARTIFACT_STORE_SECRETS)
-# The control plane acting for itself when it mints the replicas' token.
-_SELF = Principal(name="control-plane", role=Role.ADMIN)
+# Who minted the replicas' token: the control plane, for itself.
+_MINTED_BY = "control-plane"
 
 
 def replica_environment(settings: Settings, tokens: TokenService) -> dict[str, str]:
@@ -49,25 +47,11 @@ def replica_environment(settings: Settings, tokens: TokenService) -> dict[str, s
 
 def replica_read_token(settings: Settings, tokens: TokenService) -> str:
     """The replicas' read-only token: the kept one while it still works, else a new one."""
-    path = settings.replica_token_path
-    try:
-        kept = path.read_text().strip()
-    except OSError:
-        kept = ""
-    if kept:
-        try:
-            if tokens.authenticate(kept).role is Role.READER:
-                return kept
-        except AuthenticationError:
-            pass  # revoked or expired: mint another below
-    names = {token.name for token in tokens.list()}
-    name = REPLICA_TOKEN_NAME
-    while name in names:
-        name = f"{REPLICA_TOKEN_NAME}-{secrets.token_hex(3)}"
-    created = tokens.create(TokenCreate(name=name, role=Role.READER), _SELF)
-    write_secret_file(path, created.token)
-    log.info("minted the replicas' read-only token %r (kept in %s)", name, path)
-    return created.token
+    secret, minted = tokens.kept_token(settings.replica_token_path, name=REPLICA_TOKEN_NAME,
+                                       role=Role.READER, created_by=_MINTED_BY)
+    if minted:
+        log.info("minted the replicas' read-only token (kept in %s)", settings.replica_token_path)
+    return secret
 
 
 def link_address(settings: Settings, environ: Mapping[str, str] = os.environ,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import stat
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from control_plane.schemas import Role, TokenCreate
 from control_plane.store import Database
 from control_plane.store.models import TokenRow
 from tests.unit.control_plane.conftest import ADMIN, ALICE
+from tests.unit.control_plane.together import start_together
 
 
 def test_admin_token_bootstraps_once_with_mode_0600(db: Database, tmp_path: Path) -> None:
@@ -33,50 +32,18 @@ def test_admin_token_bootstraps_once_with_mode_0600(db: Database, tmp_path: Path
 @pytest.mark.parametrize("revoked_first", [False, True], ids=["fresh-store", "after-revoke"])
 def test_control_planes_starting_together_make_one_admin_token_and_the_file_holds_it(
         db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, revoked_first: bool) -> None:
-    """Two control planes on one store (each its own engine, as two processes) bootstrap at
-    once. Each waits at the token file for the other, so unserialized both would have read
-    "no admin yet" and both written the file; serialized, the second finds the first's."""
-    import control_plane.auth as auth
-
     path = tmp_path / "home" / "admin.token"
     if revoked_first:
         TokenService(db).bootstrap_admin(path)
         TokenService(db).revoke("admin", ADMIN)
-    both_at_the_file = threading.Barrier(2)
-    write_file = auth.write_secret_file
-
-    def write_when_both_arrive(target: Path, secret: str) -> None:
-        # Broken when the other waits for this transaction to end, as it should.
-        with contextlib.suppress(threading.BrokenBarrierError):
-            both_at_the_file.wait(timeout=1.5)
-        write_file(target, secret)
-
-    monkeypatch.setattr(auth, "write_secret_file", write_when_both_arrive)
-    results: list[str | None] = []
-    errors: list[BaseException] = []
-
-    def start_control_plane() -> None:
-        store = Database(db.url, migrate=False)
-        try:
-            results.append(TokenService(store).bootstrap_admin(path))
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            store.dispose()
-
-    threads = [threading.Thread(target=start_control_plane) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
+    results, errors = start_together(monkeypatch, db.url,
+                                     lambda store: TokenService(store).bootstrap_admin(path))
     assert errors == []
-    assert sorted(results, key=bool) == [None, results[0] or results[1]] and any(results)
     [secret] = [result for result in results if result]
+    assert results.count(None) == 1
     assert path.read_text().strip() == secret
     assert TokenService(db).authenticate(secret).role == Role.ADMIN
-    admins = [t for t in TokenService(db).list()
-              if t.role == Role.ADMIN and t.revoked_at is None]
+    admins = [t for t in TokenService(db).list() if t.role == Role.ADMIN and t.revoked_at is None]
     assert len(admins) == 1
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
+
 from control_plane.auth import Principal, TokenService
 from control_plane.replica_env import link_address, replica_environment, without_secrets
 from control_plane.schemas import Role
 from control_plane.store import Database
 from modelplane.settings import REPLICA_TOKEN_FILE, Settings
+from tests.unit.control_plane.together import start_together
 
 
 def _settings(home: Path, *, reads_require_token: bool) -> Settings:
@@ -43,6 +46,25 @@ def test_closed_reads_give_replicas_a_kept_read_only_token(db: Database, tmp_pat
     assert renewed != env
     assert tokens.authenticate(renewed["MODELPLANE_TOKEN"]).role is Role.READER
     assert kept.read_text().strip() == renewed["MODELPLANE_TOKEN"]
+
+
+@pytest.mark.parametrize("kept_revoked", [False, True], ids=["first-start", "kept-one-revoked"])
+def test_control_planes_starting_together_keep_one_replica_token(
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept_revoked: bool) -> None:
+    """Both hand replicas the same token, the file holds it, and no second one was minted
+    (replicas would be replaced at the next change of leader for a new environment)."""
+    settings = _settings(tmp_path, reads_require_token=True)
+    if kept_revoked:
+        first = replica_environment(settings, TokenService(db))["MODELPLANE_TOKEN"]
+        TokenService(db).revoke(TokenService(db).authenticate(first).name, Principal("root", Role.ADMIN))
+    results, errors = start_together(
+        monkeypatch, db.url, lambda store: replica_environment(settings, TokenService(store)))
+    assert errors == []
+    assert results[0] == results[1]
+    secret = results[0]["MODELPLANE_TOKEN"]
+    assert (tmp_path / REPLICA_TOKEN_FILE).read_text().strip() == secret
+    active = [t for t in TokenService(db).list() if t.role is Role.READER and t.revoked_at is None]
+    assert [t.name for t in active] == [TokenService(db).authenticate(secret).name]
 
 
 def test_a_tampered_token_file_is_not_trusted(db: Database, tmp_path: Path) -> None:

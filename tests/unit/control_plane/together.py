@@ -1,0 +1,55 @@
+"""Control planes starting at once on one store, as threads with engines of their own."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from control_plane.store import Database
+
+T = TypeVar("T")
+
+
+def start_together(monkeypatch: pytest.MonkeyPatch, db_url: str,
+                   start: Callable[[Database], T], count: int = 2) -> tuple[list[T], list[BaseException]]:
+    """``start`` on ``count`` threads, each with its own engine on ``db_url`` (as separate
+    processes have); what they returned and what they raised.
+
+    Each waits at the token file it writes until the others arrive (or 1.5 s pass: the
+    others wait for its transaction to end, as they should), so unserialized, all would
+    have read the store before any wrote it."""
+    import control_plane.auth as auth
+
+    all_at_the_file = threading.Barrier(count)
+    write_file = auth.write_secret_file
+
+    def write_when_all_arrive(target: Path, secret: str) -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            all_at_the_file.wait(timeout=1.5)
+        write_file(target, secret)
+
+    monkeypatch.setattr(auth, "write_secret_file", write_when_all_arrive)
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        store = Database(db_url, migrate=False)
+        try:
+            results.append(start(store))
+        except BaseException as error:  # the caller asserts on it
+            errors.append(error)
+        finally:
+            store.dispose()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a start never ended"
+    return results, errors
