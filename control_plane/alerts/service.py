@@ -85,6 +85,10 @@ class AlertService:
         # False once a tick found another control plane leading: on taking over, this one
         # reads what that one fired, resolved and configured before evaluating (catch_up).
         self._caught_up = True
+        # None until the first tick says; a follower reads the leader's alerts and the
+        # receivers from the store every RULES_REFRESH_S (metrics, events it delivers).
+        self._leading: bool | None = None
+        self._followed_at = 0.0
         try:
             self._alerts = {a.fingerprint: a for a in self.store.load_active()}
             self.notifier.configure(self.store.receivers())
@@ -104,6 +108,8 @@ class AlertService:
         self.store.delete_rule(name, actor, subject=subject)
         with self._lock:
             self._rule_changed(name)
+            if self._leading is False:
+                return  # the leader's state, which it resolves on its next read of the rules
             for alert in [a for a in self._alerts.values() if a.name == name]:
                 self._transition(alert, alert.step(False, self._clock(), 0.0))
                 self._alerts.pop(alert.fingerprint, None)
@@ -389,6 +395,7 @@ class AlertService:
         one has just taken over, the alerts' state and receivers are read from the store
         first, so an alert the last leader resolved fires again (rather than being held
         firing here, silently) and one it fired is not paged twice."""
+        self._leading = leading
         if not leading:
             with self._lock:
                 # The leader's own view now: only one-shot events (history rows, which
@@ -396,6 +403,9 @@ class AlertService:
                 self._unsaved = [entry for entry in self._unsaved if entry[2] != "rule"]
             self._caught_up = False
             self._store_unsaved()
+            if self._clock() - self._followed_at >= RULES_REFRESH_S:
+                self._followed_at = self._clock()
+                self._read_store()
             return
         self._store_unsaved()
         if not self._caught_up:
@@ -404,10 +414,14 @@ class AlertService:
 
     def catch_up(self) -> None:
         """Take the alerts' state, the rules and the receivers from the store."""
+        self._read_store()
+        self._caught_up = True
+
+    def _read_store(self) -> None:
         alerts = {a.fingerprint: a for a in self.store.load_active()}
         receivers = self.store.receivers()
         with self._lock:
-            self._alerts, self._rules, self._caught_up = alerts, None, True
+            self._alerts, self._rules = alerts, None
         self.notifier.configure(receivers)
 
     def stop_evaluating(self) -> threading.Thread | None:

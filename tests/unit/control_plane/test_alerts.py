@@ -230,6 +230,40 @@ def test_a_control_plane_taking_the_lead_reads_what_the_last_leader_did(db: Data
     b.stop()
 
 
+def test_a_follower_knows_the_leaders_alerts_and_receivers_and_leaves_resolving_to_it(
+        db: Database) -> None:
+    """B serves the API beside A, which leads. B's metrics and the events it delivers follow
+    the store (not what B loaded at its start), and a rule deleted through B is resolved
+    once, by A, not again from B's stale copy of the alert."""
+    from control_plane.alerts.schemas import ReceiverSpec
+
+    clock = [0.0]
+    stats = Stats()
+    a, b = AlertService(db, clock=lambda: clock[0]), AlertService(db, clock=lambda: clock[0])
+    b.tick(stats, stats.endpoints, leading=False)
+    a.put_rule(drift_rule(), "alice")
+    stats.drift("churn", 1, "drift", ["age"])
+    a.tick(stats, stats.endpoints, leading=True)
+    a.put_receiver(ReceiverSpec(name="pager", url="http://127.0.0.1:9/hook"), "alice")
+    clock[0] += RULES_REFRESH_S
+    b.tick(stats, stats.endpoints, leading=False)
+    assert b.metrics()["active"] == [("input-drift", "critical", "firing")]
+    assert "pager" in b.notifier._channels
+
+    b.delete_rule("input-drift", "alice")
+    assert history(b) == [("input-drift", "firing", "rule")]  # B writes no resolution
+    clock[0] += RULES_REFRESH_S
+    a.tick(stats, stats.endpoints, leading=True)
+    a.tick(stats, stats.endpoints, leading=True)
+    assert history(a) == [("input-drift", "firing", "rule"), ("input-drift", "resolved", "rule")]
+    assert a.active() == []
+    clock[0] += RULES_REFRESH_S
+    b.tick(stats, stats.endpoints, leading=False)
+    assert b.metrics()["active"] == []
+    a.stop()
+    b.stop()
+
+
 def test_an_alert_the_store_could_not_take_is_stored_on_a_later_pass_and_paged_once(
         service, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store blip as an alert fires: its receivers hear at once, and its state and history
