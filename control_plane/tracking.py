@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError as StoreConstraintError
 from sqlalchemy.orm import Session
 
 from control_plane.artifacts import ArtifactStore
@@ -85,21 +86,13 @@ class Tracker:
     def start_run(self, spec: RunCreate, actor: Principal) -> RunOut:
         """Start a run in ``spec.experiment``, creating the experiment if needed."""
         actor.require(Role.DEPLOYER, also=TRAINING)
+        experiment_id = self._experiment_id(spec.experiment, actor)
         with self.db.session() as session:
-            experiment = session.scalar(
-                select(ExperimentRow).where(ExperimentRow.name == spec.experiment)
-            )
-            if experiment is None:
-                experiment = ExperimentRow(
-                    name=spec.experiment, description="", tags={}, created_by=actor.name
-                )
-                session.add(experiment)
-                session.flush()
             if spec.parent_run_id is not None:
                 _run(session, spec.parent_run_id, field="parent_run_id")
             row = RunRow(
                 id=uuid.uuid4().hex,
-                experiment_id=experiment.id,
+                experiment_id=experiment_id,
                 parent_run_id=spec.parent_run_id,
                 name=spec.name,
                 params=dict(spec.params),
@@ -110,6 +103,25 @@ class Tracker:
             session.add(row)
             session.flush()
             return _run_out(session, row)
+
+    def _experiment_id(self, name: str, actor: Principal) -> int:
+        """The experiment's id, created if new. Created in a transaction of its own: jobs of
+        one sweep start their runs in a new experiment at once, and on PostgreSQL all but
+        one would otherwise lose the insert and fail."""
+        query = select(ExperimentRow.id).where(ExperimentRow.name == name)
+        with self.db.session(readonly=True) as session:
+            found = session.scalar(query)
+        if found is None:
+            try:
+                with self.db.session() as session:
+                    session.add(ExperimentRow(name=name, description="", tags={},
+                                              created_by=actor.name))
+            except StoreConstraintError:  # another job created it first: theirs is the one
+                pass
+            with self.db.session(readonly=True) as session:
+                found = session.scalar(query)
+        assert found is not None
+        return found
 
     def get_run(self, run_id: str) -> RunOut:
         with self.db.session(readonly=True) as session:

@@ -15,10 +15,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError as StoreConstraintError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.errors import (
+    ConflictError,
     ControlPlaneError,
     InvalidInputError,
     MethodNotAllowedError,
@@ -77,6 +79,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         cls = _HTTP_ERRORS.get(error.status_code, ControlPlaneError)
         return error_response(request, cls(str(error.detail)), error.status_code)
+
+    @app.exception_handler(StoreConstraintError)
+    async def _raced(request: Request, error: StoreConstraintError) -> JSONResponse:
+        # Two writers that both found a name free (control planes on PostgreSQL check, then
+        # insert): the loser's transaction was rolled back whole. Not a failure of ours.
+        log.info("request %s lost a race on a store constraint: %s", request_id(request),
+                 str(error.orig).strip().splitlines()[0] if error.orig else error)
+        return error_response(request, ConflictError(
+            "another request wrote the same record at the same time; nothing of this one "
+            "was written: read the current state and retry", detail={"retry": True}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -7,6 +7,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import IntegrityError as StoreIntegrityError
 
 from control_plane.api.app import build_api
 from control_plane.api.errors import RequestIdMiddleware, install_error_handlers
@@ -34,6 +35,11 @@ def client() -> TestClient:
     def boom() -> None:
         raise RuntimeError("secret internals")
 
+    @app.post("/models")
+    def create_model() -> None:  # a second writer that found the name free, as the first did
+        raise StoreIntegrityError("INSERT INTO models (name) VALUES (secret internals)", {},
+                                  Exception("duplicate key value violates unique constraint"))
+
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -44,6 +50,7 @@ def client() -> TestClient:
     ("GET", "/nowhere", 404, "not_found", "Not Found", {}),
     ("DELETE", "/models", 405, "method_not_allowed", "Method Not Allowed", {}),
     ("GET", "/boom", 500, "control_plane_error", "failed unexpectedly", {}),
+    ("POST", "/models", 409, "conflict", "at the same time", {"retry": True}),
 ])
 def test_every_failure_answers_the_one_body(client: TestClient, method: str, path: str,
                                             status: int, code: str, words: str,
