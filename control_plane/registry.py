@@ -324,7 +324,9 @@ class Registry:
         refuse_other_model(actor, name, "points aliases of")
         parse_ref(f"{name}@{alias}")
         model = _model(session, name)
-        target = _version(session, model, version)
+        # Shared-locked: a deletion of the version waits for this alias (and deletes it),
+        # or this finds the version gone; never an alias left naming no version.
+        target = _version(session, model, version, for_share=True)
         if actor.role is Role.TRAINER and (alias == CHAMPION_ALIAS or target.created_by != actor.name):
             raise PermissionDeniedError(
                 f"a training job's token points an alias only at a version it registered, and "
@@ -465,11 +467,13 @@ def _model(session: Session, name: str) -> ModelRow:
 
 def _version(
     session: Session, model: ModelRow, version: int, *, missing_ok: bool = False,
-    for_update: bool = False,
+    for_update: bool = False, for_share: bool = False,
 ) -> ModelVersionRow:
     query = select(ModelVersionRow).where(
         ModelVersionRow.model_id == model.id, ModelVersionRow.version == version)
-    row = session.scalar(query.with_for_update() if for_update else query)
+    if for_update or for_share:
+        query = query.with_for_update(read=not for_update)
+    row = session.scalar(query)
     if row is None and not missing_ok:
         raise NotFoundError(
             f"model {model.name!r} has no version {version}", detail={"field": "version"}

@@ -106,7 +106,9 @@ class Pipelines:
     def delete(self, name: str, actor: Principal) -> None:
         actor.require(Role.DEPLOYER)
         with self.db.session() as session:
-            row = self._row(session, name)
+            # Locked, as a run's start locks it: a run starting now is seen here (refused),
+            # or starts after the pipeline is gone (not found), never orphaned.
+            row = self._row(session, name, for_update=True)
             if self._active(session, name) is not None:
                 raise ConflictError(f"pipeline {name!r} has a run under way; cancel it first "
                                     f"(`modelplane pipeline cancel {name}`)", detail={"field": "name"})
@@ -116,16 +118,21 @@ class Pipelines:
 
     def start_run(self, name: str, actor: Principal, *, trigger: Trigger = Trigger.MANUAL,
                   detail: dict[str, Any] | None = None,
-                  trigger_state: dict[str, Any] | None = None) -> PipelineRunOut:
+                  trigger_state: dict[str, Any] | None = None,
+                  spec_seen: dict[str, Any] | None = None) -> PipelineRunOut:
         """A new run of ``name`` (pending); refused while another run of it is under way.
 
         ``trigger_state`` (what a trigger has seen: the next schedule, the data's digest,
         the alerts read) is stored with the run, in its transaction: a trigger is used up
-        exactly when its run exists."""
+        exactly when its run exists. ``spec_seen``: the spec the trigger read; a pipeline
+        changed since is not started (its new spec's triggers decide)."""
         actor.require(Role.DEPLOYER)
         now = self._now()
         with self.db.session() as session:
-            pipeline = self._row(session, name)
+            pipeline = self._row(session, name, for_update=True)
+            if spec_seen is not None and pipeline.spec != spec_seen:
+                raise ConflictError(f"pipeline {name!r} changed while its triggers were read",
+                                    detail={"field": "spec"})
             active = self._active(session, name)
             if active is not None:
                 raise ConflictError(
@@ -375,13 +382,17 @@ class Pipelines:
                          for row in session.scalars(select(PipelineRow)).all()]
         for name, stored, state in pipelines:
             try:  # one pipeline's spec that no longer reads stops its triggers alone
-                self._trigger(name, PipelineSpec.model_validate(stored), state)
+                self._trigger(name, PipelineSpec.model_validate(stored), state, stored)
             except FencedOut:
                 raise
             except Exception:
                 log.exception("checking the triggers of pipeline %s failed", name)
 
-    def _trigger(self, name: str, spec: PipelineSpec, state: dict[str, Any]) -> None:
+    def _trigger(self, name: str, spec: PipelineSpec, state: dict[str, Any],
+                 stored: dict[str, Any]) -> None:
+        """Start a run if a trigger of ``spec`` (``stored``, as read) fires; remember what the
+        triggers saw, unless the pipeline was changed meanwhile (``apply`` starts its state
+        afresh: the old spec's data digest or schedule must not carry into it)."""
         triggers, now = spec.triggers, self._now()
         remember: dict[str, Any] = {}
         start: tuple[Trigger, dict[str, Any]] | None = None
@@ -438,14 +449,15 @@ class Pipelines:
 
             try:
                 self.start_run(name, pipeline_principal(name), trigger=start[0], detail=start[1],
-                               trigger_state=remember)
+                               trigger_state=remember, spec_seen=stored)
                 return
-            except ConflictError:
-                log.info("pipeline %s: %s trigger while a run is under way; not started", name, start[0])
+            except ConflictError as refused:
+                log.info("pipeline %s: %s trigger not started: %s", name, start[0], refused)
         if remember:
             with self.db.session() as session:
-                row = session.scalar(select(PipelineRow).where(PipelineRow.name == name))
-                if row is not None:
+                row = session.scalar(select(PipelineRow).where(
+                    PipelineRow.name == name).with_for_update())
+                if row is not None and row.spec == stored:
                     row.state = {**(row.state or {}), **remember}
 
     # ------------------------------------------------------------ helpers
@@ -458,8 +470,9 @@ class Pipelines:
                 log.exception("pipeline notification failed")
 
     @staticmethod
-    def _row(session: Session, name: str) -> PipelineRow:
-        row = session.scalar(select(PipelineRow).where(PipelineRow.name == name))
+    def _row(session: Session, name: str, *, for_update: bool = False) -> PipelineRow:
+        query = select(PipelineRow).where(PipelineRow.name == name)
+        row = session.scalar(query.with_for_update() if for_update else query)
         if row is None:
             raise NotFoundError(f"no pipeline named {name!r}; `modelplane pipeline list` lists "
                                 "them, `modelplane pipeline run FILE` creates one",

@@ -179,8 +179,10 @@ class TrafficMoves:
             for row in due:
                 version = row.retire_version
                 row.retire_version, row.retire_at = None, None
+                # Locked as every change of the route table locks it: a user's traffic
+                # change in flight is seen below (and kept), not overwritten.
                 endpoint = session.scalar(select(EndpointRow).where(
-                    EndpointRow.name == row.endpoint))
+                    EndpointRow.name == row.endpoint).with_for_update())
                 if endpoint is None or version is None:
                     continue
                 routes = read_routes(session, endpoint)

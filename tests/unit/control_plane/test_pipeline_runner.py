@@ -24,6 +24,7 @@ from control_plane.pipelines.spec import (
 from control_plane.pipelines.stages import Outcome, StageContext
 from control_plane.store import Database
 from tests.unit.control_plane.conftest import ALICE, READER
+from tests.unit.control_plane.together import meanwhile, selects_from
 from tests.waiting import wait_for
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
@@ -467,3 +468,43 @@ def test_pipelines_are_bounded_in_number(db: Database, monkeypatch: pytest.Monke
     pipelines.apply(parse_pipeline_spec(spec_document(name="two", description="changed")), ALICE)
     pipelines.delete("one", ALICE)
     assert pipelines.apply(parse_pipeline_spec(spec_document(name="three")), ALICE).name == "three"
+
+
+def test_a_pipeline_deleted_while_its_run_starts_leaves_no_run_behind(db: Database) -> None:
+    """Another control plane deletes the pipeline as a trigger starts its run: the deletion
+    waits and is refused (a run is under way), never a run whose pipeline is gone, still
+    training and deploying while `runs` and `logs` answer 404."""
+    clock = Clock()
+    pipelines = runner(db, all_passing(), clock)
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    other = Database(db.url, migrate=False)
+    try:
+        with meanwhile(db.engine, selects_from("pipelines"),
+                       lambda: runner(other, all_passing(), clock).delete("bc", ALICE)) as deleted:
+            started = pipelines.start_run("bc", ALICE)
+    finally:
+        other.dispose()
+    assert isinstance(deleted[0], ConflictError) and "run under way" in str(deleted[0])
+    assert pipelines.get("bc").name == "bc" and pipelines.run("bc").number == started.number
+
+
+def test_a_trigger_read_before_its_pipeline_changed_leaves_the_new_spec_alone(db: Database) -> None:
+    """The schedule changes from :00 to :30 while a pass reads the old spec: the old spec's
+    next time (07:00) must not become the new one's (06:30), nor start a run."""
+    clock = Clock()  # 06:00
+    pipelines = runner(db, all_passing(), clock)
+    pipelines.apply(parse_pipeline_spec(spec_document(triggers={"schedule": "0 * * * *"})), ALICE)
+    other = Database(db.url, migrate=False)
+    changed = parse_pipeline_spec(spec_document(triggers={"schedule": "30 * * * *"}))
+    try:
+        with meanwhile(db.engine, selects_from("pipelines"),
+                       lambda: runner(other, all_passing(), clock).apply(changed, ALICE)) as applied:
+            pipelines.tick()
+    finally:
+        other.dispose()
+    assert not isinstance(applied[0], Exception), applied
+    pipelines.tick()
+    assert pipelines.get("bc").triggers["next_scheduled_at"] == "2026-11-30T06:30:00+00:00"
+    clock.now += timedelta(minutes=31)
+    pipelines.tick()
+    assert pipelines.run("bc").trigger is Trigger.SCHEDULE

@@ -30,10 +30,17 @@ from control_plane.schemas import (
     VersionCreate,
 )
 from control_plane.store import Database
-from control_plane.store.models import EndpointRouteRow, EndpointRow, ModelRow, ModelVersionRow
+from control_plane.store.models import (
+    AliasRow,
+    EndpointRouteRow,
+    EndpointRow,
+    ModelRow,
+    ModelVersionRow,
+)
 from control_plane.tracking import Tracker
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB, READER
+from tests.unit.control_plane.together import meanwhile, selects_from
 
 
 def _register(registry: Registry, name: str = "iris", seed: int = 0, **manifest: object):
@@ -298,3 +305,26 @@ def test_one_subject_with_two_tokens_cannot_approve_its_own_version(
     approval = registry.approve("fraud", 1, ApprovalCreate(decision="approved"),
                                 tokens.authenticate(other.token))
     assert (approval.approver, approval.approver_subject) == ("bob-review", "bob")
+
+
+def test_an_alias_pointed_while_its_version_is_deleted_never_names_a_missing_version(
+        registry: Registry) -> None:
+    """Another control plane deletes v2 while this one points an alias at it: the deletion
+    waits for the alias and deletes it too (or the alias finds v2 gone), never an alias left
+    naming no version (``m@alias`` a 404, endpoints tracking it silently stuck)."""
+    _register(registry, seed=1)
+    _register(registry, seed=2)
+    other = Database(registry.db.url, migrate=False)
+    try:
+        with meanwhile(registry.db.engine, selects_from("model_versions"),
+                       lambda: Registry(other, registry.artifacts).delete_version("iris", 2, ADMIN)
+                       ) as deleted:
+            registry.set_alias("iris", "candidate", AliasSet(version=2), ALICE)
+    finally:
+        other.dispose()
+    assert deleted == [None]
+    with registry.db.session(readonly=True) as session:
+        aliases = session.execute(select(AliasRow.alias, AliasRow.version)).all()
+    assert aliases == []
+    with pytest.raises(NotFoundError):
+        registry.get_version("iris", 2)

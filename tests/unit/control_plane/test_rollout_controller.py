@@ -594,3 +594,45 @@ def test_a_pipeline_gate_rejects_a_candidate_an_alias_rollout_has_begun(world: W
     assert world.controller.get(rollout_id).state == RolloutState.FAILED
     rejected = world.registry.get_version("iris", 2)
     assert rejected.status == "rejected" and "run #3, evaluate" in rejected.status_reason
+
+
+def test_a_traffic_change_on_another_control_plane_as_the_old_stable_retires_is_kept(
+        world: World, db_url: str, artifacts: ArtifactStore) -> None:
+    """Right after a promotion, a deployer puts the old stable back to half the traffic on
+    one control plane while the leader retires it, drained, on the other. The retirement
+    holds the endpoint's lock from its read of the route table to its write, so the
+    deployer's table lands after it (v1 back at 50%) or before it (v1 kept): never
+    silently reverted, under one generation number that names two tables."""
+    other = OtherControlPlane(world, db_url, artifacts)
+    user_change: list[Any] = []
+    rollout_id = world.start(steps=[100], step_duration_s=3, drain_s=2)
+    world.serve(1)
+    world.serve(2)
+    for _ in range(10):
+        world.run(1)
+        if world.controller.get(rollout_id).state.terminal:
+            break
+    assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
+    assert world.weights() == {2: 100.0, 1: 0.0}
+    write_routes = world.deployments.write_routes
+
+    def put_v1_back() -> None:
+        try:
+            user_change.append(other.controller.deployments.set_traffic(
+                "iris", TrafficUpdate(weights={1: 50, 2: 50}), ALICE))
+        except Exception as error:  # a refusal the deployer sees is an answer too
+            user_change.append(error)
+
+    def retire_racing_a_traffic_change(*args: Any, **kwargs: Any) -> Any:
+        other.race(put_v1_back)
+        return write_routes(*args, **kwargs)
+
+    world.deployments.write_routes = retire_racing_a_traffic_change  # type: ignore[method-assign]
+    try:
+        world.run(3)
+        other.raced("the retirement")
+    finally:
+        other.db.dispose()
+    assert len(user_change) == 1
+    if not isinstance(user_change[0], Exception):
+        assert world.weights() == {1: 50.0, 2: 50.0}

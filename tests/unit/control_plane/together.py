@@ -1,14 +1,16 @@
-"""Control planes starting at once on one store, as threads with engines of their own."""
+"""Control planes acting at once on one store, as threads with engines of their own."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import Engine, event
 
 from control_plane.store import Database
 
@@ -53,3 +55,44 @@ def start_together(monkeypatch: pytest.MonkeyPatch, db_url: str,
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads), "a start never ended"
     return results, errors
+
+
+@contextmanager
+def meanwhile(engine: Engine, at: Callable[[str], bool], action: Callable[[], Any],
+              settle_s: float = 0.5) -> Iterator[list[Any]]:
+    """Run ``action`` on another thread (another control plane's call, on its own engine)
+    just after the first statement ``at`` matches runs on ``engine``, inside the block's
+    transaction; give it ``settle_s`` to finish (it may wait for a lock the transaction
+    holds, as it should) before the transaction goes on. Yields a list that holds, after
+    the block, what ``action`` returned or raised."""
+    outcome: list[Any] = []
+    thread: threading.Thread | None = None
+
+    def run() -> None:
+        try:
+            outcome.append(action())
+        except Exception as error:  # the caller asserts on it
+            outcome.append(error)
+
+    def interleave(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        nonlocal thread
+        if thread is None and at(statement):
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join(settle_s)
+
+    event.listen(engine, "after_cursor_execute", interleave)
+    try:
+        yield outcome
+    finally:
+        event.remove(engine, "after_cursor_execute", interleave)
+        if thread is not None:
+            thread.join(60)
+            assert not thread.is_alive(), "the other call never ended"
+    assert thread is not None, "the statement to interleave at never ran"
+
+
+def selects_from(table: str) -> Callable[[str], bool]:
+    """``at`` for :func:`meanwhile`: the first SELECT that reads ``table``."""
+    return lambda statement: (statement.lstrip().upper().startswith("SELECT")
+                              and f"FROM {table}" in statement)
