@@ -131,7 +131,9 @@ def delete(names: list[str], backend: Any, *, wait_s: float = DELETE_WAIT_S) -> 
 
 def sweep_leftovers(running: Callable[[str], bool], backend: Any, store_id: str | None) -> list[str]:
     """Delete scratch applications of this store whose benchmark no longer runs (the
-    control plane that ran it stopped); ``running`` answers for a scratch endpoint name."""
+    control plane that ran it stopped); ``running`` answers for a scratch endpoint name,
+    asked only once the applications are listed (a benchmark it reads as running then had
+    its row before its application)."""
     from control_plane.ownership import application_owners, serve_details
 
     details = serve_details()

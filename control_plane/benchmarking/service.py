@@ -142,11 +142,21 @@ class Benchmarks:
 
     def _sweep(self, backend: Any, store_id: str | None) -> None:
         """Delete scratch applications left by benchmarks that no longer run."""
-        with self.cp.db.session(readonly=True) as session:
-            running = {benchmark_endpoint_name(i, store_id) for i in session.scalars(
-                select(VersionBenchmarkRow.id).where(VersionBenchmarkRow.status == "running"))}
+        running: set[str] | None = None
+
+        def is_running(name: str) -> bool:
+            # Read once Serve's applications are listed, not before: a benchmark that
+            # starts in between would have its scratch application swept as a leftover.
+            nonlocal running
+            if running is None:
+                with self.cp.db.session(readonly=True) as session:
+                    running = {benchmark_endpoint_name(i, store_id) for i in session.scalars(
+                        select(VersionBenchmarkRow.id).where(
+                            VersionBenchmarkRow.status == "running"))}
+            return name in running
+
         try:
-            gone = scratch.sweep_leftovers(lambda name: name in running, backend, store_id)
+            gone = scratch.sweep_leftovers(is_running, backend, store_id)
             if gone:
                 log.info("deleted scratch applications left behind: %s", gone)
         except Exception as error:

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from control_plane.benchmarking.inputs import request_bodies
 from control_plane.benchmarking.load import LoadResult, search_rate
@@ -150,3 +151,42 @@ def test_scratch_replicas_drain_briefly_and_keep_the_replica_environment(placeme
         assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "1"
         assert env["MODELPLANE_STORE_ID"] == "s"
     assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in cluster.env
+
+
+def test_the_sweep_spares_a_benchmark_that_starts_while_serve_is_listed(
+        registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running benchmarks are read after Serve's applications are listed: one that
+    started in between (its row, then its scratch application) is not a leftover."""
+    from types import SimpleNamespace
+
+    from control_plane import ownership
+    from control_plane.auth import Principal
+    from control_plane.benchmarking.service import Benchmarks
+    from control_plane.schemas import Role, VersionCreate
+    from control_plane.store.models import ModelVersionRow, VersionBenchmarkRow
+    from tests.onnx_models import linear_classifier, linear_classifier_manifest
+
+    info = registry.artifacts.put([linear_classifier(seed=0)])
+    registry.register_version("iris", VersionCreate(
+        artifact_digest=info.digest, manifest=linear_classifier_manifest()),
+        Principal("alice", Role.DEPLOYER))
+    started: list[str] = []
+
+    def listed_as_a_benchmark_starts() -> dict:
+        with registry.db.session() as session:
+            row = VersionBenchmarkRow(version_id=session.scalar(select(ModelVersionRow.id)),
+                                      settings={}, created_by="alice")
+            session.add(row)
+            session.flush()
+            started.append(endpoint_app_name(benchmark_endpoint_name(row.id, "store-1")))
+        return {"applications": {started[0]: {}, endpoint_app_name(
+            benchmark_endpoint_name(999, "store-1")): {}}}
+
+    monkeypatch.setattr(ownership, "serve_details", listed_as_a_benchmark_starts)
+    monkeypatch.setattr(ownership, "application_owners",
+                        lambda details: {name: ownership.AppOwner("store-1")
+                                         for name in details["applications"]})
+    deleted: list[str] = []
+    Benchmarks(SimpleNamespace(db=registry.db))._sweep(
+        SimpleNamespace(delete=deleted.append), "store-1")
+    assert deleted == [endpoint_app_name(benchmark_endpoint_name(999, "store-1"))]
