@@ -10,7 +10,9 @@
   whose endpoint or versions are gone, versions whose training run is gone;
 - artifacts that nothing references are listed; :func:`collect_garbage` removes those
   older than a grace period (an upload is stored before the version that names it is
-  registered, so a fresh unreferenced artifact may be a registration in flight).
+  registered, so a fresh unreferenced artifact may be a registration in flight), each one
+  only if nothing names it at that moment, behind a lock registrations take too
+  (:mod:`control_plane.artifact_claims`).
 
 The check only reads: it is safe on a live platform.
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
+from control_plane.artifact_claims import remove_if_unnamed
 from control_plane.artifacts import ArtifactStore
 from control_plane.errors import IntegrityError, NotFoundError
 from control_plane.rollouts.states import ACTIVE_STATES
@@ -119,9 +122,10 @@ def check_integrity(db: Database, artifacts: ArtifactStore, *, verify: bool = Tr
                            artifacts_checked=checked, unreferenced_artifacts=unreferenced)
 
 
-def collect_garbage(artifacts: ArtifactStore, report: IntegrityReport, *,
+def collect_garbage(db: Database, artifacts: ArtifactStore, report: IntegrityReport, *,
                     grace_s: float = DEFAULT_GC_GRACE_S) -> list[str]:
-    """Remove the report's unreferenced artifacts older than ``grace_s``; returns their digests."""
+    """Remove the report's unreferenced artifacts older than ``grace_s`` that nothing names
+    still (the report may be minutes old); returns their digests."""
     removed: list[str] = []
     cutoff = time.time() - grace_s
     for digest in report.unreferenced_artifacts:
@@ -132,8 +136,8 @@ def collect_garbage(artifacts: ArtifactStore, report: IntegrityReport, *,
             continue
         if modified > cutoff:
             continue
-        artifacts.fs.rm(path)
-        removed.append(digest)
+        if remove_if_unnamed(db, artifacts, digest):
+            removed.append(digest)
     return removed
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
+from control_plane.artifact_claims import claim_artifact
 from control_plane.artifacts import ArtifactStore
 from control_plane.auth import TRAINING, Principal
 from control_plane.errors import (
@@ -184,6 +185,8 @@ class Registry:
             # and a repeat of a keyed one finds the version its first try registered.
             model = session.scalar(select(ModelRow).where(ModelRow.name == name)
                                    .with_for_update(key_share=True))
+            claim_artifact(self.db, session, self.artifacts, spec.artifact_digest,
+                           field="artifact_digest")
             if model is not None and spec.idempotency_key is not None:
                 earlier = _registered_before(session, model, spec, actor)
                 if earlier is not None:

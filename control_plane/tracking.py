@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as StoreConstraintError
 from sqlalchemy.orm import Session
 
+from control_plane.artifact_claims import claim_artifact
 from control_plane.artifacts import ArtifactStore
 from control_plane.auth import TRAINING, Principal
 from control_plane.errors import (
@@ -243,6 +244,7 @@ class Tracker:
         info = self.artifacts.info(spec.digest)
         with self.db.session() as session:
             _writable(session, run_id, actor)
+            claim_artifact(self.db, session, self.artifacts, spec.digest, field="digest")
             row = session.scalar(
                 select(RunArtifactRow).where(
                     RunArtifactRow.run_id == run_id, RunArtifactRow.path == spec.path

@@ -77,14 +77,14 @@ def check(
 
     settings = get_settings()
     db = Database(settings.db_url, migrate=False)
+    removed: list[str] = []
     try:
         artifacts = ArtifactStore(settings.artifact_uri, max_bytes=settings.max_artifact_bytes)
         report = check_integrity(db, artifacts, verify=verify)
+        if gc and report.ok:
+            removed = collect_garbage(db, artifacts, report, grace_s=gc_grace)
     finally:
         db.dispose()
-    removed: list[str] = []
-    if gc and report.ok:
-        removed = collect_garbage(artifacts, report, grace_s=gc_grace)
 
     def human() -> None:
         for problem in report.problems:

@@ -9,12 +9,15 @@ from pathlib import Path
 from sqlalchemy import update
 from typer.testing import CliRunner
 
+from control_plane.errors import NotFoundError
 from control_plane.integrity import check_integrity, collect_garbage
 from control_plane.registry import Registry
 from control_plane.schemas import AliasSet, VersionCreate
+from control_plane.store import Database
 from control_plane.store.models import AliasRow, ModelVersionRow, RolloutRow
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.unit.control_plane.conftest import ALICE
+from tests.unit.control_plane.together import meanwhile, selects_from
 
 
 def _register(registry: Registry, seed: int) -> int:
@@ -95,7 +98,7 @@ def test_gc_removes_only_old_unreferenced_artifacts(registry: Registry) -> None:
     report = check_integrity(registry.db, registry.artifacts)
     assert report.ok
     assert sorted(report.unreferenced_artifacts) == sorted([old.digest, fresh.digest])
-    assert collect_garbage(registry.artifacts, report, grace_s=3600) == [old.digest]
+    assert collect_garbage(registry.db, registry.artifacts, report, grace_s=3600) == [old.digest]
     assert not registry.artifacts.exists(old.digest)
     assert registry.artifacts.exists(fresh.digest)
     # The referenced artifact is never a candidate.
@@ -111,8 +114,48 @@ def test_an_identical_upload_during_a_collection_keeps_the_artifact(registry: Re
     report = check_integrity(registry.db, registry.artifacts)
     assert report.unreferenced_artifacts == [old.digest]
     assert registry.artifacts.put([b"the same model, uploaded again"]) == old
-    assert collect_garbage(registry.artifacts, report, grace_s=3600) == []
+    assert collect_garbage(registry.db, registry.artifacts, report, grace_s=3600) == []
     assert registry.artifacts.exists(old.digest)
+
+
+def test_a_version_registered_on_an_old_artifact_after_the_report_keeps_it(
+        registry: Registry) -> None:
+    """The check takes minutes on a large store: a version registered meanwhile on an old,
+    so far unreferenced artifact names it when the collection reaches it."""
+    old = registry.artifacts.put([linear_classifier(seed=5)])
+    past = time.time() - 7200
+    os.utime(registry.artifacts.path_of(old.digest), (past, past))
+    report = check_integrity(registry.db, registry.artifacts)
+    assert report.unreferenced_artifacts == [old.digest]
+    registry.register_version("iris", VersionCreate(
+        artifact_digest=old.digest, manifest=linear_classifier_manifest()), ALICE)
+    assert collect_garbage(registry.db, registry.artifacts, report, grace_s=3600) == []
+    assert check_integrity(registry.db, registry.artifacts).ok
+
+
+def test_a_registration_while_the_collection_removes_its_artifact_is_refused(
+        registry: Registry) -> None:
+    """Another control plane registers a version on the artifact the collection is removing:
+    it waits for the removal and is told to upload again, never a version naming bytes
+    that are gone."""
+    old = registry.artifacts.put([linear_classifier(seed=6)])
+    past = time.time() - 7200
+    os.utime(registry.artifacts.path_of(old.digest), (past, past))
+    report = check_integrity(registry.db, registry.artifacts)
+    other = Database(registry.db.url, migrate=False)
+
+    def register() -> object:
+        return Registry(other, registry.artifacts).register_version("iris", VersionCreate(
+            artifact_digest=old.digest, manifest=linear_classifier_manifest()), ALICE)
+
+    try:
+        with meanwhile(registry.db.engine, selects_from("model_versions"), register) as registered:
+            removed = collect_garbage(registry.db, registry.artifacts, report, grace_s=3600)
+    finally:
+        other.dispose()
+    assert removed == [old.digest]
+    assert isinstance(registered[0], NotFoundError) and "upload it" in str(registered[0])
+    assert check_integrity(registry.db, registry.artifacts).ok
 
 
 def test_cli_check_exits_1_with_the_problems(settings, tmp_path: Path) -> None:

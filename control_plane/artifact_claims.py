@@ -1,0 +1,47 @@
+"""An artifact named by a new row, and its removal as garbage, one at a time.
+
+An upload is stored before the version (or run artifact) that names it is registered, and
+``modelplane db check --gc`` removes stored artifacts nothing names. Both decide on what
+they read, so each holds the artifact's lock (``Database.serialize``) from its look to its
+commit: a registration waits for a removal in progress and then finds the artifact gone
+(upload it again), or the removal waits and then finds it named (kept). Without it, a
+version registered on an old artifact as the collector reached it named bytes that no
+longer existed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.artifacts import ArtifactStore
+from control_plane.errors import NotFoundError
+from control_plane.store import Database
+from control_plane.store.models import ModelVersionRow, RunArtifactRow
+
+
+def claim_artifact(db: Database, session: Session, artifacts: ArtifactStore, digest: str, *,
+                   field: str) -> None:
+    """In the transaction that will name ``digest``: wait for its removal in progress, if
+    any, and refuse (``field`` named) when it is gone."""
+    db.serialize(session, _key(digest))
+    if not artifacts.exists(digest):
+        raise NotFoundError(f"no artifact with digest {digest}; upload it first "
+                            "(POST /api/artifacts)", detail={"field": field})
+
+
+def remove_if_unnamed(db: Database, artifacts: ArtifactStore, digest: str) -> bool:
+    """Remove ``digest`` unless a version or run artifact names it now; whether removed."""
+    with db.session() as session:
+        db.serialize(session, _key(digest))
+        named = session.scalar(select(ModelVersionRow.id).where(
+            ModelVersionRow.artifact_digest == digest).limit(1)) or session.scalar(
+            select(RunArtifactRow.id).where(RunArtifactRow.digest == digest).limit(1))
+        if named is not None:
+            return False
+        artifacts.fs.rm(artifacts.path_of(digest))
+        return True
+
+
+def _key(digest: str) -> str:
+    return f"artifact:{digest}"
