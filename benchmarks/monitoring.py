@@ -174,7 +174,8 @@ def kernel_floor(monitoring: Any, pool: list[list[dict[str, np.ndarray]]]) -> di
     from serving.monitoring.profiles import batch_features
 
     window = LiveWindow(monitoring.profile, 0)
-    batches = [batch_features(monitoring.inputs, items) for items in pool]
+    batches = [batch_features(monitoring.inputs, {"input": [item["input"] for item in items]})
+               for items in pool]
 
     def median_us(pick: Any) -> float:
         times = []

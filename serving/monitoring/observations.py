@@ -5,8 +5,9 @@ reference profile), data quality (missing and out-of-range values, rows outside 
 reference support, the age of the data) and the feedback join (the predicted value of
 each request, by request id).
 
-The request path only appends references (request id, arrays, outputs) to a list
-(``StatsRecorder.observe``). The compiled kernels run over everything observed when the
+The request path only appends references (request id, arrays, outputs) to lists
+(``StatsRecorder.observe``, :class:`ObservedRequests`), none of them a container the
+garbage collector tracks. The compiled kernels run over everything observed when the
 statistics are shipped, by the replica's shipping task, a step at a time between
 requests (``StatsRecorder.to_delta_in_steps``): one pass over a step's rows costs little
 more than the call itself. Everything is bounded: at :data:`PENDING_LIMIT` requests
@@ -23,6 +24,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,9 +62,96 @@ SAMPLE_CAPACITY = 256
 MAX_FEEDBACK_PER_DELTA = 20_000
 FEATURE_TIMESTAMP = "feature_timestamp"
 JOINABLE_TASKS = ("classification", "regression")
-# An answered request as the request path keeps it: id, inputs, outputs, data age, and
-# how it was routed (serving.monitoring.routing).
-Observed = tuple[str, dict[str, np.ndarray], dict[str, np.ndarray], float | None, str]
+
+
+class ObservedRequests:
+    """One version's answered requests waiting to be accounted: a list per field (ids,
+    each input and output by name, data ages, ways of routing), in request order.
+
+    Nothing kept per request is a container the garbage collector tracks (ids are strings,
+    tensors arrays). A tuple and two dicts per request, held up to a second, made a busy
+    replica's collector run every few hundred requests and a full collection every few
+    seconds, a pause of milliseconds on the event loop (``benchmarks.observation_stalls``).
+    """
+
+    __slots__ = ("ages", "inputs", "outputs", "request_ids", "routed")
+
+    def __init__(self) -> None:
+        self.request_ids: list[str] = []
+        self.inputs: dict[str, list[np.ndarray | None]] = {}
+        self.outputs: dict[str, list[np.ndarray | None]] = {}
+        self.ages: list[float | None] = []
+        self.routed: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def add(self, request_id: str, arrays: Mapping[str, np.ndarray],
+            outputs: Mapping[str, np.ndarray], age: float | None, routed: str) -> None:
+        before = len(self.request_ids)
+        self.request_ids.append(request_id)
+        _append_each(self.inputs, arrays, before)
+        _append_each(self.outputs, outputs, before)
+        self.ages.append(age)
+        self.routed.append(routed)
+
+    def part(self, start: int, stop: int) -> ObservedRequests:
+        """Requests ``start`` to ``stop`` (a step of a shipment's accounting)."""
+        return self._made(lambda items: items[start:stop], len(self.request_ids[start:stop]))
+
+    def only(self, routed: str) -> ObservedRequests:
+        """The requests that reached the version ``routed``."""
+        chosen = [i for i, kind in enumerate(self.routed) if kind == routed]
+        return self._made(lambda items: [items[i] for i in chosen], len(chosen))
+
+    def _made(self, pick: Any, count: int) -> ObservedRequests:
+        made = ObservedRequests()
+        made.request_ids, made.ages, made.routed = (
+            pick(self.request_ids), pick(self.ages), pick(self.routed))
+        made.inputs = {name: pick(_padded(column, len(self))) for name, column in self.inputs.items()}
+        made.outputs = {name: pick(_padded(column, len(self)))
+                        for name, column in self.outputs.items()}
+        assert len(made) == count
+        return made
+
+
+def _append_each(columns: dict[str, list[np.ndarray | None]], arrays: Mapping[str, np.ndarray],
+                 before: int) -> None:
+    """Append each named array to its column; a name new or missing in some requests
+    keeps its column aligned with the requests (None where a request had no such tensor)."""
+    for name, array in arrays.items():
+        column = columns.get(name)
+        if column is None:
+            column = columns[name] = [None] * before
+        elif len(column) < before:
+            column.extend([None] * (before - len(column)))
+        column.append(array)
+
+
+def _padded(column: list[np.ndarray | None], length: int) -> list[np.ndarray | None]:
+    return column if len(column) == length else column + [None] * (length - len(column))
+
+
+class KeptPredictions:
+    """Predictions kept for the feedback join, by request id, as two lists (a pair per
+    request held until the shipment is a tracked container per request: see
+    :class:`ObservedRequests`); paired when shipped."""
+
+    __slots__ = ("request_ids", "values")
+
+    def __init__(self) -> None:
+        self.request_ids: list[str] = []
+        self.values: list[float | list[float]] = []
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def add(self, request_id: str, value: float | list[float]) -> None:
+        self.request_ids.append(request_id)
+        self.values.append(value)
+
+    def pairs(self) -> list[tuple[str, float | list[float]]]:
+        return list(zip(self.request_ids, self.values, strict=True))
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,7 +263,7 @@ class VersionObservations:
         # Per way of routing, per request id: the predicted value, or a list of them for a
         # request of many rows (at most MAX_FEEDBACK_PER_DELTA each way: pinned requests
         # cannot crowd out the randomly routed ones').
-        self.feedback: dict[str, list[tuple[str, float | list[float]]]] = {}
+        self.feedback: dict[str, KeptPredictions] = {}
         self.feedback_dropped = 0
         # Requests of more rows than one feedback item may label: kept, they could never
         # join, and one of millions of rows would evict the endpoint's other predictions.
@@ -187,36 +276,37 @@ class VersionObservations:
         windows = self.windows.get(ROUTED_RANDOMLY)
         return windows.inputs if windows is not None else None
 
-    def account(self, items: list[Observed]) -> None:
+    def account(self, observed: ObservedRequests) -> None:
         """Run the kernels once over a chunk of answered requests (once per way of routing
         among them: almost every chunk is one)."""
+        if not len(observed):
+            return
         # Stamped per chunk: freshness is exact to the statistics interval (about 1 s).
         self.last_request_at = time.time()
-        ages = [item[3] for item in items if item[3] is not None]
+        ages = [age for age in observed.ages if age is not None]
         if ages:
             age = self.data_age
             age[0] += len(ages)
             age[1] += sum(ages)
             age[2] = max(age[2], *ages)
-        routed = {item[4] for item in items}
+        routed = set(observed.routed)
         if len(routed) == 1:
-            self._account_routed(routed.pop(), items)
+            self._account_routed(routed.pop(), observed)
             return
         for kind in ROUTINGS:  # the sample first, should a bound be reached
             if kind in routed:
-                self._account_routed(kind, [item for item in items if item[4] == kind])
+                self._account_routed(kind, observed.only(kind))
 
-    def _account_routed(self, routed: str, items: list[Observed]) -> None:
+    def _account_routed(self, routed: str, observed: ObservedRequests) -> None:
         monitoring = self.monitoring
         windows = self.windows.get(routed)
         if windows is None:
             windows = self.windows[routed] = RoutedWindows(monitoring)
-        request_ids, inputs, answers, _, _ = zip(*items, strict=True)
-        features = batch_features(monitoring.inputs, inputs, monitoring.texts)
+        features = batch_features(monitoring.inputs, observed.inputs, monitoring.texts)
         if features is not None:
             self._account_inputs(windows, features)
-        outputs = [answer.get(monitoring.output) for answer in answers]
-        if any(o is None for o in outputs):
+        outputs = observed.outputs.get(monitoring.output)
+        if outputs is None or len(outputs) != len(observed) or any(o is None for o in outputs):
             return
         scores = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)  # type: ignore[arg-type]
         predicted = prediction_features(monitoring.task, scores)  # type: ignore[arg-type]
@@ -227,7 +317,7 @@ class VersionObservations:
             window.update(predicted)
             windows.recent_predictions.add(predicted)
         if monitoring.task in JOINABLE_TASKS:
-            self._keep_for_feedback(routed, list(request_ids), outputs, predicted[:, 0])
+            self._keep_for_feedback(routed, observed.request_ids, outputs, predicted[:, 0])
 
     def _account_inputs(self, windows: RoutedWindows, features: np.ndarray) -> None:
         rows = features.shape[0]
@@ -257,7 +347,7 @@ class VersionObservations:
                            values: np.ndarray) -> None:
         kept = self.feedback.get(routed)
         if kept is None:
-            kept = self.feedback[routed] = []
+            kept = self.feedback[routed] = KeptPredictions()
         room = MAX_FEEDBACK_PER_DELTA - len(kept)
         flat = values.tolist()
         rows = [output.shape[0] if output.ndim else 1 for output in outputs]
@@ -268,7 +358,8 @@ class VersionObservations:
             if room < len(request_ids):
                 self.feedback_dropped += len(request_ids) - max(room, 0)
                 request_ids = request_ids[:max(room, 0)]
-            kept.extend(zip(request_ids, flat, strict=False))
+            kept.request_ids.extend(request_ids)
+            kept.values.extend(flat[:len(request_ids)])
             return
         start = 0
         for request_id, count in zip(request_ids, rows, strict=True):
@@ -277,8 +368,12 @@ class VersionObservations:
             elif len(kept) >= MAX_FEEDBACK_PER_DELTA:
                 self.feedback_dropped += 1
             else:
-                kept.append((request_id, flat[start] if count == 1 else flat[start:start + count]))
+                kept.add(request_id, flat[start] if count == 1 else flat[start:start + count])
             start += count
+
+    def _kept(self, routed: str) -> list[tuple[str, float | list[float]]]:
+        kept = self.feedback.get(routed)
+        return kept.pairs() if kept is not None else []
 
     def to_delta(self) -> dict[str, Any]:
         """Plain data for the Monitor (numpy arrays travel as they are): the randomly
@@ -290,7 +385,7 @@ class VersionObservations:
             if predictions is not None and CONFIDENCE in predictions.profile.names:
                 unusual += int(predictions.out_of_range[predictions.profile.names.index(CONFIDENCE)])
         random = self.windows.get(ROUTED_RANDOMLY)
-        routed = {kind: {**windows.to_delta(), "feedback": self.feedback.get(kind, [])}
+        routed = {kind: {**windows.to_delta(), "feedback": self._kept(kind)}
                   for kind, windows in self.windows.items() if kind != ROUTED_RANDOMLY}
         return {
             **self.monitoring.meta(),
@@ -304,7 +399,7 @@ class VersionObservations:
             "routed": routed,
             "data_age": list(self.data_age),
             "last_request_at": self.last_request_at,
-            "feedback": self.feedback.get(ROUTED_RANDOMLY, []),
+            "feedback": self._kept(ROUTED_RANDOMLY),
             "feedback_dropped": self.feedback_dropped,
             "feedback_unjoinable": self.feedback_unjoinable,
         }

@@ -49,40 +49,45 @@ CONFIDENCE = "confidence"
 
 
 def batch_features(inputs: Sequence[TensorSignature],
-                   requests: Sequence[Mapping[str, np.ndarray]],
+                   columns: Mapping[str, Sequence[np.ndarray | None]],
                    texts: Mapping[str, frozenset[str] | None] | None = None) -> np.ndarray | None:
     """Many requests' inputs as one float64 rows x features matrix (rows in request order).
 
-    Every input contributes its values per row (axis 0), flattened, in signature order;
-    each input is concatenated across requests first, so a chunk of single-input requests
-    costs one concatenation and one conversion. A text input named in ``texts`` (the
-    reference profile's text inputs, each with its vocabulary or None) contributes the
-    features serving.text derives from it. None when another input is a string tensor or
-    has no row axis: such models get no drift or range checks.
+    ``columns`` holds each input's arrays, one per request in order
+    (:class:`serving.monitoring.observations.ObservedRequests`). Every input contributes its
+    values per row (axis 0), flattened, in signature order; each input is concatenated
+    across requests first, so a chunk of single-input requests costs one concatenation and
+    one conversion. A text input named in ``texts`` (the reference profile's text inputs,
+    each with its vocabulary or None) contributes the features serving.text derives from
+    it. None when another input is a string tensor or has no row axis (such models get no
+    drift or range checks), or when a request lacked an input.
     """
     texts = {spec.name: texts[spec.name] for spec in inputs
              if texts and spec.name in texts and is_text_input(spec.dtype, spec.shape)}
-    if not requests or any((spec.dtype == "string" and spec.name not in texts) or not spec.shape
-                           for spec in inputs):
+    if any((spec.dtype == "string" and spec.name not in texts) or not spec.shape
+           for spec in inputs):
         return None
-    columns = []
+    matrices = []
     for spec in inputs:
-        arrays = [request[spec.name] for request in requests]
-        joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        arrays = columns.get(spec.name)
+        if not arrays or any(array is None for array in arrays):
+            return None
+        joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # type: ignore[arg-type]
+        assert joined is not None
         if spec.name in texts and spec.dtype == "string":
             if joined.ndim == 0:
                 return None
-            columns.append(text_features(joined.reshape(joined.shape[0], -1)[:, 0], texts[spec.name]))
+            matrices.append(text_features(joined.reshape(joined.shape[0], -1)[:, 0], texts[spec.name]))
             continue
         if joined.ndim == 0 or joined.dtype == object or joined.dtype.kind in "SU":
             return None
-        columns.append(joined.reshape(joined.shape[0], -1))
-    if len(columns) == 1:
-        matrix = np.ascontiguousarray(columns[0], dtype=np.float64)
+        matrices.append(joined.reshape(joined.shape[0], -1))
+    if len(matrices) == 1:
+        matrix = np.ascontiguousarray(matrices[0], dtype=np.float64)
         # Binary tensors decode to read-only views of the body; the kernels take writable
         # arrays (a Numba signature detail), so a read-only one is copied.
         return matrix if matrix.flags.writeable else matrix.copy()
-    return np.concatenate(columns, axis=1, dtype=np.float64)
+    return np.concatenate(matrices, axis=1, dtype=np.float64)
 
 
 def prediction_names(task: str, output: np.ndarray) -> tuple[str, ...]:

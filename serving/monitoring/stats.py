@@ -23,7 +23,7 @@ from serving.monitoring.feedback import predicted_class
 from serving.monitoring.observations import (
     PENDING_HARD_LIMIT,
     PENDING_LIMIT,
-    Observed,
+    ObservedRequests,
     VersionMonitoring,
     VersionObservations,
 )
@@ -126,7 +126,7 @@ class StatsRecorder:
         self.enabled = enabled
         self.monitoring: Mapping[int, VersionMonitoring] = monitoring or {}
         self.when_full = when_full
-        self._observed: dict[int, list[Observed]] = {}
+        self._observed: dict[int, ObservedRequests] = {}
         self._observed_count = 0
 
     def _of(self, version: int) -> VersionStats:
@@ -168,13 +168,13 @@ class StatsRecorder:
         kept apart unless it was routed randomly)."""
         if not self.enabled:
             return
-        # The request path: one append. The kernels run when the statistics are shipped
+        # The request path: appends. The kernels run when the statistics are shipped
         # (to_delta, off the request path), early once PENDING_LIMIT requests wait, or
         # here where no one ships them (or the shipper is far behind).
         pending = self._observed.get(version)
         if pending is None:
-            pending = self._observed[version] = []
-        pending.append((request_id, arrays, outputs, data_age_s, routed))
+            pending = self._observed[version] = ObservedRequests()
+        pending.add(request_id, arrays, outputs, data_age_s, routed)
         self._observed_count += 1
         count = self._observed_count
         if count >= PENDING_LIMIT:
@@ -187,8 +187,8 @@ class StatsRecorder:
         """Account every observed request since the last flush, a version at a time (never
         raises: see ``_account``)."""
         observed, self._observed, self._observed_count = self._observed, {}, 0
-        for version, items in observed.items():
-            self._account(version, items)
+        for version, requests in observed.items():
+            self._account(version, requests)
 
     async def to_delta_in_steps(self, step: int = ACCOUNT_STEP) -> dict[int, dict[str, Any]]:
         """``to_delta`` on the event loop of a recorder no request adds to any more (taken),
@@ -197,13 +197,13 @@ class StatsRecorder:
         thread instead, the accounting's Python holds the GIL for slices of the switch
         interval (5 ms) while the loop waits for it (benchmarks/observation_stalls.py)."""
         observed, self._observed, self._observed_count = self._observed, {}, 0
-        for version, items in observed.items():
-            for first in range(0, len(items), step):
-                self._account(version, items[first:first + step])
+        for version, requests in observed.items():
+            for first in range(0, len(requests), step):
+                self._account(version, requests.part(first, first + step))
                 await asyncio.sleep(0)
         return self.to_delta()
 
-    def _account(self, version: int, items: list[Observed]) -> None:
+    def _account(self, version: int, requests: ObservedRequests) -> None:
         """Run the kernels over one version's observed requests.
 
         Never raises: a version whose accounting fails (a model answering an output the
@@ -217,12 +217,12 @@ class StatsRecorder:
                 if spec is None:
                     return
                 stats.observations = VersionObservations(spec)
-            stats.observations.account(items)
+            stats.observations.account(requests)
         except Exception:
             if not stats.unobserved:
                 log.exception("version %s: could not account %d observed requests; "
-                              "they are counted as unobserved", version, len(items))
-            stats.unobserved += len(items)
+                              "they are counted as unobserved", version, len(requests))
+            stats.unobserved += len(requests)
 
     def record_shadow(self, version: int, *, agreed: bool | None, abs_diff: float,
                       latency_delta_s: float, failed: bool) -> None:

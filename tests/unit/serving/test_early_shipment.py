@@ -85,8 +85,11 @@ def test_accounting_in_steps_gives_the_loop_back_and_counts_what_one_pass_counts
         core = make_core(reference_profile())
         asyncio.run(send_many(core, batches))
         recorder = core.take_stats()
-        for request_id, arrays, outputs, age, routed in list(recorder._observed[1][:100]):
-            recorder.observe(2, request_id, arrays, outputs, age, routed)
+        first = recorder._observed[1].part(0, 100)
+        for index, request_id in enumerate(first.request_ids):
+            recorder.observe(2, request_id, {name: column[index] for name, column in first.inputs.items()},
+                             {name: column[index] for name, column in first.outputs.items()},
+                             first.ages[index], first.routed[index])
         recorder.monitoring = {1: recorder.monitoring[1], 2: recorder.monitoring[1]}
         return recorder
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kernels import ReferenceProfile, drift_report
-from serving.monitoring.observations import VersionMonitoring, VersionObservations
+from serving.monitoring.observations import ObservedRequests, VersionMonitoring, VersionObservations
 from serving.monitoring.profiles import batch_features, build_text_reference_profile, text_inputs
 from serving.runners.builtin_steps import load
 from serving.schemas import TensorSignature, VersionConfig
@@ -54,10 +54,9 @@ def test_live_texts_become_the_features_the_profile_was_built_on() -> None:
     assert text_inputs(profile) == {"review": frozenset(WORDS)}
     assert ReferenceProfile.from_dict(profile).names == (
         "review.chars", "review.tokens", "review.unknown_rate")
-    live = [{"review": np.array(reviews(5, 1), dtype=object)},
-            {"review": np.array(reviews(3, 2), dtype=object)}]
+    live = {"review": [np.array(reviews(5, 1), dtype=object), np.array(reviews(3, 2), dtype=object)]}
     matrix = batch_features(TEXT, live, text_inputs(profile))
-    expected = text_features([*live[0]["review"], *live[1]["review"]], frozenset(WORDS))
+    expected = text_features([*live["review"][0], *live["review"][1]], frozenset(WORDS))
     np.testing.assert_array_equal(matrix, expected)
     assert batch_features(TEXT, live) is None  # without a text profile: unmonitored, as before
 
@@ -78,9 +77,11 @@ def test_drift_on_text_is_found_where_it_happens(extra: list[str], length: int,
     assert monitoring.problem == "" and monitoring.profile is not None
     observations = VersionObservations(monitoring)
     texts = reviews(600, 7, extra=extra, length=length)
-    items = [(f"r{i}", {"review": np.array([t], dtype=object)}, {"score": np.zeros(1, np.float32)},
-              None, "random") for i, t in enumerate(texts)]
-    observations.account(items)
+    observed = ObservedRequests()
+    for i, text in enumerate(texts):
+        observed.add(f"r{i}", {"review": np.array([text], dtype=object)},
+                     {"score": np.zeros(1, np.float32)}, None, "random")
+    observations.account(observed)
     assert observations.rows == 600 and observations.unmonitored_rows == 0
     report = drift_report(monitoring.profile, observations.inputs, test="psi", alpha=0.01)
     if drifted:
