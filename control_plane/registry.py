@@ -327,9 +327,12 @@ class Registry:
         refuse_other_model(actor, name, "points aliases of")
         parse_ref(f"{name}@{alias}")
         model = _model(session, name)
-        # Shared-locked: a deletion of the version waits for this alias (and deletes it),
-        # or this finds the version gone; never an alias left naming no version.
-        target = _version(session, model, version, for_share=True)
+        # Locked: a deletion of the version waits for this alias (and deletes it), or this
+        # finds the version gone; never an alias left naming no version. Exclusively (but
+        # letting rows that refer to it be written): two aliases pointed at one version
+        # queue here, where shared locks deadlocked a promotion, which then changes the
+        # version's stage, against a user pointing champion at the same version.
+        target = _version(session, model, version, for_no_key_update=True)
         if actor.role is Role.TRAINER and (alias == CHAMPION_ALIAS or target.created_by != actor.name):
             raise PermissionDeniedError(
                 f"a training job's token points an alias only at a version it registered, and "
@@ -470,12 +473,12 @@ def _model(session: Session, name: str) -> ModelRow:
 
 def _version(
     session: Session, model: ModelRow, version: int, *, missing_ok: bool = False,
-    for_update: bool = False, for_share: bool = False,
+    for_update: bool = False, for_no_key_update: bool = False,
 ) -> ModelVersionRow:
     query = select(ModelVersionRow).where(
         ModelVersionRow.model_id == model.id, ModelVersionRow.version == version)
-    if for_update or for_share:
-        query = query.with_for_update(read=not for_update)
+    if for_update or for_no_key_update:
+        query = query.with_for_update(key_share=not for_update)
     row = session.scalar(query)
     if row is None and not missing_ok:
         raise NotFoundError(

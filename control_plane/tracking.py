@@ -87,8 +87,8 @@ class Tracker:
     def start_run(self, spec: RunCreate, actor: Principal) -> RunOut:
         """Start a run in ``spec.experiment``, creating the experiment if needed."""
         actor.require(Role.DEPLOYER, also=TRAINING)
-        experiment_id = self._experiment_id(spec.experiment, actor)
         with self.db.session() as session:
+            experiment_id = _experiment_id(session, spec.experiment, actor)
             if spec.parent_run_id is not None:
                 _run(session, spec.parent_run_id, field="parent_run_id")
             row = RunRow(
@@ -104,25 +104,6 @@ class Tracker:
             session.add(row)
             session.flush()
             return _run_out(session, row)
-
-    def _experiment_id(self, name: str, actor: Principal) -> int:
-        """The experiment's id, created if new. Created in a transaction of its own: jobs of
-        one sweep start their runs in a new experiment at once, and on PostgreSQL all but
-        one would otherwise lose the insert and fail."""
-        query = select(ExperimentRow.id).where(ExperimentRow.name == name)
-        with self.db.session(readonly=True) as session:
-            found = session.scalar(query)
-        if found is None:
-            try:
-                with self.db.session() as session:
-                    session.add(ExperimentRow(name=name, description="", tags={},
-                                              created_by=actor.name))
-            except StoreConstraintError:  # another job created it first: theirs is the one
-                pass
-            with self.db.session(readonly=True) as session:
-                found = session.scalar(query)
-        assert found is not None
-        return found
 
     def get_run(self, run_id: str) -> RunOut:
         with self.db.session(readonly=True) as session:
@@ -287,6 +268,24 @@ def _end(session: Session, row: RunRow, status: RunStatus) -> RunOut:
     out = _run_out(session, row)
     notify_on_commit(session, training_ended(out, out.experiment))
     return out
+
+
+def _experiment_id(session: Session, name: str, actor: Principal) -> int:
+    """The experiment's id, created if new. Jobs of one sweep start their runs in a new
+    experiment at once: on PostgreSQL all but one lose the insert, in a savepoint, and find
+    the winner's (committed, as their insert waited for it)."""
+    query = select(ExperimentRow.id).where(ExperimentRow.name == name)
+    found = session.scalar(query)
+    if found is None:
+        try:
+            with session.begin_nested():
+                session.add(ExperimentRow(name=name, description="", tags={},
+                                          created_by=actor.name))
+        except StoreConstraintError:  # another job created it first: theirs is the one
+            pass
+        found = session.scalar(query)
+    assert found is not None
+    return found
 
 
 def _run(session: Session, run_id: str, *, field: str = "run_id") -> RunRow:

@@ -32,6 +32,8 @@ from modelplane.errors import ModelplaneError, error_body
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
+# On a 4xx: nothing was written and the same request may succeed when asked again.
+RETRY_AFTER_HEADER = "retry-after"
 
 
 def request_id(request: Request) -> str:
@@ -86,9 +88,13 @@ def install_error_handlers(app: FastAPI) -> None:
         # insert): the loser's transaction was rolled back whole. Not a failure of ours.
         log.info("request %s lost a race on a store constraint: %s", request_id(request),
                  str(error.orig).strip().splitlines()[0] if error.orig else error)
-        return error_response(request, ConflictError(
-            "another request wrote the same record at the same time; nothing of this one "
-            "was written: read the current state and retry", detail={"retry": True}))
+        response = error_response(request, ConflictError(
+            "another request wrote the same record at the same time and this request's "
+            "change was rolled back: read the current state and retry",
+            detail={"retry": True}))
+        # Asked again, it may well succeed: an idempotency key must not replay this answer.
+        response.headers[RETRY_AFTER_HEADER] = "0"
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -19,7 +19,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.api.call_gate import STREAMED_BODIES, route_path
-from control_plane.api.errors import error_response, request_id
+from control_plane.api.errors import RETRY_AFTER_HEADER, error_response, request_id
 from control_plane.errors import ConflictError, InvalidInputError, PayloadTooLargeError
 from control_plane.idempotency import (
     KEY_HEADER,
@@ -162,9 +162,11 @@ class _Answer:
         await self._send(message)
 
     def reply(self) -> Reply | None:
-        """The answer to keep; None for one that failed (5xx), was cut short or is too big."""
+        """The answer to keep; None for one that failed (5xx), says to ask again (a write
+        that lost a race, nothing written), was cut short or is too big."""
         if (self.status is None or self.status >= 500 or not self.complete
-                or self.size > MAX_KEPT_BYTES):
+                or self.size > MAX_KEPT_BYTES
+                or any(name.lower() == RETRY_AFTER_HEADER for name, _ in self.headers)):
             return None
         return Reply(self.status, self.headers, b"".join(self.chunks))
 

@@ -113,9 +113,11 @@ class Database:
 
         PostgreSQL takes a transaction-scoped advisory lock (its default isolation lets two
         transactions read the same "nothing yet" and both act on it). SQLite's writers run
-        one at a time already (``BEGIN IMMEDIATE``).
+        one at a time already (``BEGIN IMMEDIATE``): the transaction is begun here, so what
+        the caller reads next, files included, it reads holding the lock.
         """
         if self.is_sqlite:
+            session.connection()  # BEGIN IMMEDIATE now, not at the first statement
             return
         digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"),

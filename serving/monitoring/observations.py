@@ -302,11 +302,14 @@ class VersionObservations:
         windows = self.windows.get(routed)
         if windows is None:
             windows = self.windows[routed] = RoutedWindows(monitoring)
-        features = batch_features(monitoring.inputs, observed.inputs, monitoring.texts)
+        count = len(observed)
+        features = batch_features(
+            monitoring.inputs, {name: _padded(column, count) for name, column in observed.inputs.items()},
+            monitoring.texts)
         if features is not None:
             self._account_inputs(windows, features)
         outputs = observed.outputs.get(monitoring.output)
-        if outputs is None or len(outputs) != len(observed) or any(o is None for o in outputs):
+        if outputs is None or len(outputs) != count or any(o is None for o in outputs):
             return
         scores = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)  # type: ignore[arg-type]
         predicted = prediction_features(monitoring.task, scores)  # type: ignore[arg-type]

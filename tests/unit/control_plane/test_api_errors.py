@@ -88,3 +88,27 @@ def test_the_client_raises_the_class_the_body_names(client: TestClient) -> None:
     assert type(_error_from(proxied)) is ControlPlaneError
     assert type(_inference_error_from(proxied)) is ServingError
     assert _inference_error_from(proxied).message == "Bad Gateway"
+
+
+def test_an_answer_that_says_ask_again_is_not_kept_for_its_idempotency_key(
+        client: TestClient) -> None:
+    """A write that lost a race on a constraint may succeed when sent again: its key must
+    not replay the 409 for ever. A plain refusal is kept (replayed, it is the same)."""
+    import asyncio
+
+    from control_plane.api.idempotency_guard import _Answer
+
+    async def answered(response: httpx.Response) -> object:
+        async def sent(message: object) -> None:
+            pass
+
+        answer = _Answer(sent)
+        await answer.send({"type": "http.response.start", "status": response.status_code,
+                           "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()]})
+        await answer.send({"type": "http.response.body", "body": response.content})
+        return answer.reply()
+
+    raced, refused = client.post("/models"), client.get("/models/ghost")
+    assert raced.status_code == 409 and raced.headers["retry-after"] == "0"
+    assert asyncio.run(answered(raced)) is None
+    assert asyncio.run(answered(refused)) is not None

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from sqlalchemy import event
 
 from control_plane.artifacts import ArtifactStore
 from control_plane.environment import capture_environment
@@ -24,6 +21,7 @@ from control_plane.schemas import (
 from control_plane.store import Database
 from control_plane.tracking import Tracker, lower_is_better
 from tests.unit.control_plane.conftest import ALICE
+from tests.unit.control_plane.together import meanwhile, selects_from
 
 
 def _metrics(*points: tuple[str, float, int]) -> MetricBatch:
@@ -69,23 +67,24 @@ def test_a_run_whose_new_experiment_another_job_creates_meanwhile_starts_in_it(
     """Jobs of a sweep start their runs in a new experiment at once: one that finds the name
     free, then loses the insert to another, starts its run in the other's experiment."""
     other = Database(db.url, migrate=False)  # another control plane's engine
-    raced: list[RunOut] = []
-
-    def another_job_first(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if not raced and statement.lstrip().startswith("SELECT") and "experiments" in statement:
-            raced.append(Tracker(other, artifacts).start_run(RunCreate(experiment="sweep"), ALICE))
-
-    event.listen(db.engine, "after_cursor_execute", another_job_first)
     try:
-        run = Tracker(db, artifacts).start_run(RunCreate(experiment="sweep"), ALICE)
+        with meanwhile(db.engine, selects_from("experiments"), lambda: Tracker(
+                other, artifacts).start_run(RunCreate(experiment="sweep"), ALICE)) as raced:
+            run = Tracker(db, artifacts).start_run(RunCreate(experiment="sweep"), ALICE)
     finally:
-        event.remove(db.engine, "after_cursor_execute", another_job_first)
         other.dispose()
-    assert raced and run.experiment == raced[0].experiment == "sweep"
+    assert isinstance(raced[0], RunOut), raced
+    assert run.experiment == raced[0].experiment == "sweep"
     runs = Tracker(db, artifacts).list_runs("sweep")
     assert sorted(r.id for r in runs.items) == sorted([run.id, raced[0].id])
     assert [(e.name, e.run_count) for e in Tracker(db, artifacts).list_experiments().items] == [
         ("sweep", 2)]
+
+
+def test_a_run_refused_leaves_no_experiment_behind(tracker: Tracker) -> None:
+    with pytest.raises(NotFoundError, match="parent_run_id|no run"):
+        tracker.start_run(RunCreate(experiment="never", parent_run_id="missing"), ALICE)
+    assert tracker.list_experiments().items == []
 
 
 def test_compare_runs_picks_last_and_best(tracker: Tracker) -> None:

@@ -262,3 +262,17 @@ def test_accounting_that_fails_never_changes_an_answer_and_is_counted(monkeypatc
     state = MonitorState()
     state.record("churn", "replica-1", {1: delta})
     assert state.snapshot("churn", 60)[1].quality.unobserved_requests == 20
+
+
+def test_requests_without_an_input_leave_the_chunks_inputs_unread_never_misaligned() -> None:
+    """Columns stay aligned with their requests: a chunk whose last requests lacked the
+    input is not read as the rows of the others (inputs are required today; this is what
+    a request without one would do)."""
+    recorder = stats.StatsRecorder(monitoring={1: VersionMonitoring.build(version_config(profile=PROFILE))})
+    row = np.zeros((1, 4), np.float32)
+    for i in range(3):
+        recorder.observe(1, f"r{i}", {"input": row}, {"probabilities": row[:, :3]}, None)
+    recorder.observe(1, "r3", {}, {"probabilities": row[:, :3]}, None)
+    part = recorder.to_delta()[1]["monitoring"]
+    assert part["rows"] == 0 and part["inputs"] is None  # not three rows for four requests
+    assert len(part["feedback"]) == 4  # the outputs were all there
