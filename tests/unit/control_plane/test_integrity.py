@@ -154,7 +154,9 @@ def test_a_registration_while_the_collection_removes_its_artifact_is_refused(
     finally:
         other.dispose()
     assert removed == [old.digest]
-    assert isinstance(registered[0], NotFoundError) and "upload it" in str(registered[0])
+    # Refused at its claim ("upload it first"), or, on a machine slow enough that the
+    # removal came first, at its read of the bytes: either way it names the artifact.
+    assert isinstance(registered[0], NotFoundError) and old.digest in str(registered[0])
     assert check_integrity(registry.db, registry.artifacts).ok
 
 
