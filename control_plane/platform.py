@@ -82,14 +82,40 @@ HAPROXY_PORT_SETTINGS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METR
 HAPROXY_REQUEST_METRICS = "RAY_SERVE_HAPROXY_METRICS_ENABLED"
 
 
+# Serve's HAProxy sends an access-log line per request to syslog on 127.0.0.1:514, where a
+# machine set up for modelplane runs no listener: formatting and sending lines nobody
+# reads took 7% of the requests one core served through it
+# (benchmarks/results/haproxy_settings.md). Unless the operator chose a target, the log
+# keeps one request in a million (HAProxy's `log ... sample`; Serve has no switch to turn
+# it off), so the rest are never formatted.
+HAPROXY_LOG_TARGET = "RAY_SERVE_HAPROXY_LOG_TARGET"
+SAMPLED_ACCESS_LOG = "127.0.0.1:514 sample 1:1000000"
+# Serve starts four HAProxy threads whatever the head may use; on fewer cores they take
+# turns on them (6% of the requests one core served). HAProxy's own default is one thread
+# per core it may run on, which this follows, up to Serve's four.
+HAPROXY_THREADS = "RAY_SERVE_HAPROXY_NBTHREAD"
+SERVE_HAPROXY_THREADS = 4
+
+
 def ingress_env(fast: bool) -> dict[str, str]:
-    """Environment for a Ray head (and its workers) that selects Serve's ingress mode."""
+    """Environment for a Ray head (and its workers) that selects Serve's ingress mode;
+    what the operator set is kept."""
     if not fast:
         return {}
     ports = iter(_free_ports(len(HAPROXY_PORT_SETTINGS)))
+    threads = min(SERVE_HAPROXY_THREADS, _usable_cores())
     return {HAPROXY_SETTING: "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
             HAPROXY_REQUEST_METRICS: os.environ.get(HAPROXY_REQUEST_METRICS) or "0",
+            HAPROXY_LOG_TARGET: os.environ.get(HAPROXY_LOG_TARGET) or SAMPLED_ACCESS_LOG,
+            HAPROXY_THREADS: os.environ.get(HAPROXY_THREADS) or str(threads),
             **{name: os.environ.get(name) or str(next(ports)) for name in HAPROXY_PORT_SETTINGS}}
+
+
+def _usable_cores() -> int:
+    """Cores this process (and the head it starts) may run on."""
+    if hasattr(os, "sched_getaffinity"):  # Linux: an affinity mask (taskset) counts
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
 
 
 def _ray_bin() -> str:

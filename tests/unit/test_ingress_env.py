@@ -1,13 +1,21 @@
 """The fast ingress's environment: HAProxy's own listeners on ports free for this head,
-so two clusters on one machine (two homes, a test beside a benchmark) both start."""
+so two clusters on one machine (two homes, a test beside a benchmark) both start, and
+no per-request work nobody asked for."""
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
 
-from control_plane.platform import HAPROXY_PORT_SETTINGS, HAPROXY_REQUEST_METRICS, ingress_env
+from control_plane.platform import (
+    HAPROXY_LOG_TARGET,
+    HAPROXY_PORT_SETTINGS,
+    HAPROXY_REQUEST_METRICS,
+    HAPROXY_THREADS,
+    ingress_env,
+)
 
 
 def test_each_head_gets_free_haproxy_ports_of_its_own() -> None:
@@ -35,3 +43,28 @@ def test_haproxys_per_request_metrics_are_off_unless_the_operator_asks(
     assert ingress_env(True)[HAPROXY_REQUEST_METRICS] == "0"
     monkeypatch.setenv(HAPROXY_REQUEST_METRICS, "1")
     assert ingress_env(True)[HAPROXY_REQUEST_METRICS] == "1"
+
+
+def test_haproxys_access_log_is_sampled_unless_the_operator_chose_a_target(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(HAPROXY_LOG_TARGET, raising=False)
+    target = ingress_env(True)[HAPROXY_LOG_TARGET]
+    # Serve writes `log <target> local0 info`: the default address, sampling one in a million.
+    assert target == "127.0.0.1:514 sample 1:1000000"
+    monkeypatch.setenv(HAPROXY_LOG_TARGET, "10.0.0.5:514")
+    assert ingress_env(True)[HAPROXY_LOG_TARGET] == "10.0.0.5:514"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no affinity masks here")
+def test_haproxy_runs_a_thread_per_core_the_head_may_use_up_to_serves_four(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(HAPROXY_THREADS, raising=False)
+    cores = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cores)})  # as the benchmarks pin the server side
+        assert ingress_env(True)[HAPROXY_THREADS] == "1"
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert ingress_env(True)[HAPROXY_THREADS] == str(min(4, len(cores)))
+    monkeypatch.setenv(HAPROXY_THREADS, "8")
+    assert ingress_env(True)[HAPROXY_THREADS] == "8"
