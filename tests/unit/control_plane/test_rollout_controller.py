@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +34,7 @@ from serving.monitoring import ShadowComparison, VersionSnapshot
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.snapshots import served
 from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB
+from tests.unit.control_plane.together import Interleaved
 
 FAST = {"interval_s": 1, "window_s": 5, "min_samples": 20, "failures_to_rollback": 2}
 
@@ -98,21 +98,29 @@ class OtherControlPlane:
         self.controller = RolloutController(
             self.db, registry, Deployments(self.db, registry, base_url="http://cp:8000"),
             stats=lambda endpoint, window, sample: world.stats)
-        self.racing: list[threading.Thread] = []
+        self.racing: Interleaved | None = None
 
     def race(self, act: Any, *args: Any) -> None:
-        """Start ``act(*args)`` once and give it 2 s: without the lock the test is about, it
-        has committed by then, in the middle of the world's transaction."""
-        if not self.racing:
-            self.racing.append(threading.Thread(target=act, args=args))
-            self.racing[0].start()
-            self.racing[0].join(2)
+        """``act(*args)``, once, given 2 s (:class:`Interleaved`)."""
+        if self.racing is None:
+            self.racing = Interleaved(lambda: act(*args), settle_s=2)
+        self.racing.now()
 
-    def raced(self, what: str) -> None:
-        """The race happened, and the other control plane's call has returned."""
-        assert self.racing, f"{what} never happened"
-        self.racing[0].join(30)
-        assert not self.racing[0].is_alive()
+    def race_route_writes(self, world: World, act: Any, *args: Any) -> None:
+        """:meth:`race` ``act`` when the world's control plane first writes a route table."""
+        write_routes = world.deployments.write_routes
+
+        def write_racing(*given: Any, **named: Any) -> Any:
+            self.race(act, *args)
+            return write_routes(*given, **named)
+
+        world.deployments.write_routes = write_racing  # type: ignore[method-assign]
+
+    def raced(self, what: str) -> Any:
+        """What the other control plane's call returned or raised, once it has returned."""
+        assert self.racing is not None, f"{what} never happened"
+        [outcome] = self.racing.ended(what)
+        return outcome
 
 
 def test_good_canary_walks_every_step_and_is_promoted(world: World) -> None:
@@ -329,18 +337,13 @@ def test_a_rollback_on_another_control_plane_during_a_step_is_not_undone(
     world.serve(2)
     world.run(2)
     assert world.weights()[2] == 10
-    write_routes = world.deployments.write_routes
-
-    def step_racing_a_rollback(*args: Any, **kwargs: Any) -> Any:
-        other.race(getattr(other.controller, action), rollout_id, ALICE, "by hand")
-        return write_routes(*args, **kwargs)
-
-    world.deployments.write_routes = step_racing_a_rollback  # type: ignore[method-assign]
+    other.race_route_writes(world, getattr(other.controller, action), rollout_id, ALICE, "by hand")
     try:
         world.run(3)
-        other.raced("the next step")
+        ended_by_hand = other.raced("the next step")
     finally:
         other.db.dispose()
+    assert not isinstance(ended_by_hand, Exception), ended_by_hand
     assert world.controller.get(rollout_id).state == ended
     assert world.weights() == {1: 100.0, 2: 0.0}
 
@@ -370,9 +373,11 @@ def test_a_rollback_on_another_control_plane_during_the_promotion_moves_nothing_
     monkeypatch.setattr(registry_module, "_alias", alias_found_while_another_rolls_back)
     try:
         world.run(10)
-        other.raced("the promotion")
+        too_late = other.raced("the promotion")
     finally:
         other.db.dispose()
+    assert not isinstance(too_late, Exception), too_late
+    assert too_late.state == RolloutState.SUCCEEDED  # it found the rollout ended
     assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
     assert world.registry.get_model("iris").aliases.get("champion") == 2
     assert world.registry.get_version("iris", 2).stage == "production"
@@ -390,28 +395,21 @@ def test_two_control_planes_cannot_both_start_a_rollout_on_one_endpoint(
 
     other = OtherControlPlane(world, db_url, artifacts)
     check = controller_module.refuse_during_rollout
-    refused: list[BaseException] = []
-
-    def start_other() -> None:
-        try:
-            other.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:3",
-                                                 analysis=FAST), ALICE)
-        except ConflictError as error:
-            refused.append(error)
 
     def checked_while_another_starts(*args: Any, **kwargs: Any) -> None:
         check(*args, **kwargs)
-        other.race(start_other)
+        other.race(other.controller.start, RolloutCreate(
+            endpoint="iris", model_ref="iris:3", analysis=FAST), ALICE)
 
     monkeypatch.setattr(controller_module, "refuse_during_rollout", checked_while_another_starts)
     try:
         first = world.start(steps=[10, 50, 100])
-        other.raced("the second start")
+        second = other.raced("the second start")
     finally:
         other.db.dispose()
     active = world.controller.list(endpoint="iris", active=True)
     assert [r.id for r in active] == [first]
-    assert refused and "has an active rollout" in str(refused[0])
+    assert isinstance(second, ConflictError) and "has an active rollout" in str(second)
 
 
 def test_a_feedback_gate_the_model_can_never_meet_is_refused_at_the_start(
@@ -604,7 +602,6 @@ def test_a_traffic_change_on_another_control_plane_as_the_old_stable_retires_is_
     deployer's table lands after it (v1 back at 50%): never silently reverted, under one
     generation number that names two tables."""
     other = OtherControlPlane(world, db_url, artifacts)
-    user_change: list[Any] = []
     rollout_id = world.start(steps=[100], step_duration_s=3, drain_s=2)
     world.serve(1)
     world.serve(2)
@@ -614,26 +611,13 @@ def test_a_traffic_change_on_another_control_plane_as_the_old_stable_retires_is_
             break
     assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
     assert world.weights() == {2: 100.0, 1: 0.0}
-    write_routes = world.deployments.write_routes
-
-    def put_v1_back() -> None:
-        try:
-            user_change.append(other.controller.deployments.set_traffic(
-                "iris", TrafficUpdate(weights={1: 50, 2: 50}), ALICE))
-        except Exception as error:  # the test says what it was
-            user_change.append(error)
-
-    def retire_racing_a_traffic_change(*args: Any, **kwargs: Any) -> Any:
-        other.race(put_v1_back)
-        return write_routes(*args, **kwargs)
-
-    world.deployments.write_routes = retire_racing_a_traffic_change  # type: ignore[method-assign]
+    other.race_route_writes(world, other.controller.deployments.set_traffic, "iris",
+                            TrafficUpdate(weights={1: 50, 2: 50}), ALICE)
     try:
         world.run(3)
-        other.raced("the retirement")
+        changed = other.raced("the retirement")
     finally:
         other.db.dispose()
-    [changed] = user_change
     assert not isinstance(changed, Exception), changed  # a lock timeout or deadlock is not it
     assert world.weights() == {1: 50.0, 2: 50.0}
     assert changed.generation == world.deployments.get("iris").generation

@@ -57,39 +57,56 @@ def start_together(monkeypatch: pytest.MonkeyPatch, db_url: str,
     return results, errors
 
 
+class Interleaved:
+    """Another control plane's call (``action``), run once on a thread of its own at a
+    moment the test chooses inside this one's transaction (:meth:`now`), given
+    ``settle_s`` to finish there: it may wait for a lock the transaction holds, as it
+    should, and without that lock it has committed by then. :meth:`ended` waits for it;
+    ``outcome`` then holds what it returned or raised."""
+
+    def __init__(self, action: Callable[[], Any], settle_s: float) -> None:
+        self.action = action
+        self.settle_s = settle_s
+        self.outcome: list[Any] = []
+        self._thread: threading.Thread | None = None
+
+    def now(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run)
+            self._thread.start()
+            self._thread.join(self.settle_s)
+
+    def ended(self, what: str) -> list[Any]:
+        assert self._thread is not None, f"{what} never happened"
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the other call never ended"
+        return self.outcome
+
+    def _run(self) -> None:
+        try:
+            self.outcome.append(self.action())
+        except Exception as error:  # the caller asserts on it
+            self.outcome.append(error)
+
+
 @contextmanager
 def meanwhile(engine: Engine, at: Callable[[str], bool], action: Callable[[], Any],
               settle_s: float = 0.5) -> Iterator[list[Any]]:
-    """Run ``action`` on another thread (another control plane's call, on its own engine)
-    just after the first statement ``at`` matches runs on ``engine``, inside the block's
-    transaction; give it ``settle_s`` to finish (it may wait for a lock the transaction
-    holds, as it should) before the transaction goes on. Yields a list that holds, after
-    the block, what ``action`` returned or raised."""
-    outcome: list[Any] = []
-    thread: threading.Thread | None = None
-
-    def run() -> None:
-        try:
-            outcome.append(action())
-        except Exception as error:  # the caller asserts on it
-            outcome.append(error)
+    """:class:`Interleaved` ``action`` just after the first statement ``at`` matches runs on
+    ``engine``, inside the block's transaction. Yields a list that holds, after the block,
+    what ``action`` returned or raised."""
+    other = Interleaved(action, settle_s)
 
     def interleave(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
-        nonlocal thread
-        if thread is None and at(statement):
-            thread = threading.Thread(target=run)
-            thread.start()
-            thread.join(settle_s)
+        if at(statement):
+            other.now()
 
     event.listen(engine, "after_cursor_execute", interleave)
     try:
-        yield outcome
+        yield other.outcome
     finally:
         event.remove(engine, "after_cursor_execute", interleave)
-        if thread is not None:
-            thread.join(60)
-            assert not thread.is_alive(), "the other call never ended"
-    assert thread is not None, "the statement to interleave at never ran"
+    other.ended("the statement to interleave at")
 
 
 def selects_from(table: str) -> Callable[[str], bool]:
