@@ -73,3 +73,23 @@ def test_the_code_ships_from_the_checkout_not_a_placeholder(config: dict[str, An
     assert f"git archive HEAD | tar -x -C {shipped}" in CONFIG.read_text()
     ignored = (CONFIG.parent / ".gitignore").read_text().split()
     assert shipped.split("/")[0] + "/" in ignored
+
+
+def test_every_node_starts_haproxy_as_modelplane_up_does(config: dict[str, Any]) -> None:
+    """No per-request metrics and a sampled access log: what ``ingress_env`` gives a local
+    head, so a cluster's ingress costs no more per request than a laptop's."""
+    import shlex
+
+    from control_plane.platform import (
+        HAPROXY_LOG_TARGET,
+        HAPROXY_REQUEST_METRICS,
+        SAMPLED_ACCESS_LOG,
+    )
+
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+              if "ray start" in c]
+    for command in starts:
+        exported = dict(word.split("=", 1) for word in shlex.split(command.split("&&")[0])
+                        if "=" in word)
+        assert exported[HAPROXY_LOG_TARGET] == SAMPLED_ACCESS_LOG, command
+        assert exported[HAPROXY_REQUEST_METRICS] == "0", command
