@@ -327,6 +327,11 @@ class Registry:
         refuse_other_model(actor, name, "points aliases of")
         parse_ref(f"{name}@{alias}")
         model = _model(session, name)
+        # Writers of one alias queue here, before any row lock: on PostgreSQL two that both
+        # found it missing both inserted it, and the later lost on the unique key (a
+        # promotion took that for a refusal and failed the rollout). Queued, the later one
+        # finds the alias and moves it.
+        self.db.serialize(session, f"alias {model.id} {alias}")
         # Locked: a deletion of the version waits for this alias (and deletes it), or this
         # finds the version gone; never an alias left naming no version. Exclusively (but
         # letting rows that refer to it be written): two aliases pointed at one version

@@ -103,7 +103,7 @@ class ControlPlane:
 
         plane.benchmarks = Benchmarks(plane)
         plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
-                                           apply=plane.apply, alert=plane.raise_alert)
+                                           apply=plane.apply_committed, alert=plane.raise_alert)
         from control_plane.pipelines.wiring import build_pipelines
 
         plane.pipelines = build_pipelines(plane)
@@ -255,6 +255,18 @@ class ControlPlane:
             request_apply(self.db, endpoint)
             return None
         return self.reconciler.reconcile(endpoint)
+
+    def apply_committed(self, endpoint: str | None = None) -> None:
+        """:meth:`apply`, after a change the store has committed: a failure to reach Serve
+        (or, where another control plane leads, to queue the request) is logged, never
+        raised. The change stands and the reconciler's next pass applies it; answering the
+        change's caller 5xx instead would be untrue, and its retry would be refused (a
+        rollback already done)."""
+        try:
+            self.apply(endpoint)
+        except Exception as error:
+            log.warning("applying %s to Serve now failed (%s: %s); the reconciler's next pass "
+                        "applies it", endpoint or "every endpoint", type(error).__name__, error)
 
     def serving_states(self) -> dict[str, Any]:
         """Endpoint → how applying it to Serve went (``EndpointApplyState``); {} without Serve."""

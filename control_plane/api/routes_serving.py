@@ -31,9 +31,10 @@ def deploy(body: DeployRequest, cp: CP, actor: Writer) -> EndpointOut:
     """Serve a model version on an endpoint (new endpoint: 100%; existing: added at 0%).
 
     Returns once Serve has the change, without waiting for a model to load: ``serving``
-    in ``GET /endpoints/{name}`` follows it to running (or says why not)."""
+    in ``GET /endpoints/{name}`` follows it to running (or says why not). Where Serve
+    cannot be reached, once the change is stored: the reconciler's next pass applies it."""
     result = cp.deployments.deploy(body, actor)
-    cp.apply(result.name)
+    cp.apply_committed(result.name)
     return _with_serving(cp, result)
 
 
@@ -46,14 +47,14 @@ def get_endpoint(name: str, cp: CP, _: Reader) -> EndpointOut:
 def set_traffic(name: str, body: TrafficUpdate, cp: CP, actor: Writer) -> EndpointOut:
     """Replace the route table: weights summing to 100 and shadow versions."""
     result = cp.deployments.set_traffic(name, body, actor)
-    cp.apply(result.name)
+    cp.apply_committed(result.name)
     return _with_serving(cp, result)
 
 
 @router.delete("/endpoints/{name}", status_code=204)
 def undeploy(name: str, cp: CP, actor: Writer) -> Response:
     cp.deployments.undeploy(name, actor)
-    cp.apply(name)
+    cp.apply_committed(name)
     return Response(status_code=204)
 
 

@@ -433,11 +433,7 @@ class DeployStage:
         self.services.deployments.deploy(
             DeployRequest(endpoint=endpoint, model_ref=f"{model}:{version}"),
             run_principal(context.run))
-        try:
-            self.services.apply(endpoint)
-        except Exception as error:  # stored: the reconciler's next pass applies it
-            log.warning("applying endpoint %s now failed (%s); the reconciler applies it",
-                        endpoint, error)
+        self.services.apply_committed(endpoint)
         return Outcome(StageState.PASSED, outputs={"deployed": f"{model}:{version}",
                                                    "endpoint": endpoint},
                        reason="a new endpoint: deployed directly, no rollout")

@@ -37,7 +37,7 @@ from control_plane.rollouts.schemas import RolloutOut
 from control_plane.rollouts.states import ACTIVE_STATES, RolloutState, can_transition
 from control_plane.schemas import CHAMPION_ALIAS, Stage, StageChange
 from control_plane.store import Database
-from control_plane.store.database import store_transient
+from control_plane.store.database import store_transient, store_unique_race
 from control_plane.store.models import EndpointRow, RolloutRow
 from serving.monitoring import VersionSnapshot
 
@@ -134,8 +134,11 @@ class TrafficMoves:
             self.registry.move_stage(session, name, version, StageChange(
                 stage=Stage.PRODUCTION, reason=note), CONTROLLER)
         except DBAPIError as error:
-            if store_transient(error):
-                raise  # not a refusal: the next tick tries again
+            if store_transient(error) or store_unique_race(error):
+                # Not a refusal: the store could not take it now, or another writer got
+                # there first; the transaction is rolled back whole and the next tick
+                # (or the caller, told 409) tries again on what is stored then.
+                raise
             raise _PromotionRefused(step, error) from error
         except Exception as error:
             raise _PromotionRefused(step, error) from error

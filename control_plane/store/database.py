@@ -147,6 +147,16 @@ def store_transient(error: DBAPIError) -> bool:
         "database is locked" in str(error.orig))
 
 
+def store_unique_race(error: DBAPIError) -> bool:
+    """Whether the statement lost on a unique key: another transaction wrote the same key
+    first (both had found it free). Tried again, it finds that row; unlike a check, a
+    trigger or a foreign key refusing the write, it says nothing about the write itself."""
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    return sqlstate == "23505" or getattr(orig, "sqlite_errorname", "") in (
+        "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+
+
 def store_could_not_take(error: BaseException) -> bool:
     """Whether a write failed because the store could not take it now (unreachable, as
     :meth:`Database.session` reports it, or :func:`store_transient`), not because it

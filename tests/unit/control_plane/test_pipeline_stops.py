@@ -82,7 +82,7 @@ class World:
         self.train = HandOver()
         services = SimpleNamespace(db=registry.db, registry=registry, artifacts=registry.artifacts,
                                    deployments=self.deployments, rollouts=self.rollouts,
-                                   apply=lambda endpoint=None: None)
+                                   apply_committed=lambda endpoint=None: None)
         self.stages: dict[str, Any] = {
             "validate_data": ValidateDataStage(services), "train": self.train,
             "evaluate": EvaluateStage(services), "benchmark": BenchmarkStage(services),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -115,6 +116,34 @@ class OtherControlPlane:
             return write_routes(*given, **named)
 
         world.deployments.write_routes = write_racing  # type: ignore[method-assign]
+
+    def race_champion_read(self, monkeypatch: pytest.MonkeyPatch, act: Any, *args: Any,
+                           after_reading: bool = False) -> None:
+        """:meth:`race` ``act`` when the world's control plane reads the champion alias (a
+        promotion does, in its transaction): just before that read, or just after it."""
+        from control_plane import registry as registry_module
+
+        find_alias = registry_module._alias
+
+        def read_racing(session: Any, model: Any, alias: str) -> Any:
+            racing = alias == "champion" and threading.current_thread() is threading.main_thread()
+            if racing and not after_reading:
+                self.race(act, *args)
+            found = find_alias(session, model, alias)
+            if racing and after_reading:
+                self.race(act, *args)
+            return found
+
+        monkeypatch.setattr(registry_module, "_alias", read_racing)
+
+    def raced_while(self, run: Any, seconds: float, what: str) -> Any:
+        """:meth:`raced` after ``run(seconds)`` (the world's own passes); the other control
+        plane's engine is closed either way."""
+        try:
+            run(seconds)
+            return self.raced(what)
+        finally:
+            self.db.dispose()
 
     def raced(self, what: str) -> Any:
         """What the other control plane's call returned or raised, once it has returned."""
@@ -338,11 +367,7 @@ def test_a_rollback_on_another_control_plane_during_a_step_is_not_undone(
     world.run(2)
     assert world.weights()[2] == 10
     other.race_route_writes(world, getattr(other.controller, action), rollout_id, ALICE, "by hand")
-    try:
-        world.run(3)
-        ended_by_hand = other.raced("the next step")
-    finally:
-        other.db.dispose()
+    ended_by_hand = other.raced_while(world.run, 3, "the next step")
     assert not isinstance(ended_by_hand, Exception), ended_by_hand
     assert world.controller.get(rollout_id).state == ended
     assert world.weights() == {1: 100.0, 2: 0.0}
@@ -357,25 +382,13 @@ def test_a_rollback_on_another_control_plane_during_the_promotion_moves_nothing_
     behind the rollout's row lock, so the rollback waits and finds the rollout ended.
     (When the alias moved before that transaction, the rollback landed in between: the
     rollout ended rolled back with ``champion`` on the candidate it had just rejected.)"""
-    from control_plane import registry as registry_module
-
     other = OtherControlPlane(world, db_url, artifacts)
     rollout_id = world.start(steps=[100], step_duration_s=3)
     world.serve(1)
     world.serve(2)
-    find_alias = registry_module._alias
-
-    def alias_found_while_another_rolls_back(session: Any, model: Any, alias: str) -> Any:
-        if alias == "champion":
-            other.race(getattr(other.controller, action), rollout_id, ALICE, "by hand")
-        return find_alias(session, model, alias)
-
-    monkeypatch.setattr(registry_module, "_alias", alias_found_while_another_rolls_back)
-    try:
-        world.run(10)
-        too_late = other.raced("the promotion")
-    finally:
-        other.db.dispose()
+    other.race_champion_read(monkeypatch, getattr(other.controller, action), rollout_id, ALICE,
+                             "by hand")
+    too_late = other.raced_while(world.run, 10, "the promotion")
     assert not isinstance(too_late, Exception), too_late
     assert too_late.state == RolloutState.SUCCEEDED  # it found the rollout ended
     assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
@@ -383,6 +396,38 @@ def test_a_rollback_on_another_control_plane_during_the_promotion_moves_nothing_
     assert world.registry.get_version("iris", 2).stage == "production"
     assert world.registry.get_version("iris", 2).status != "rejected"
     assert world.weights() == {2: 100.0}  # stable drained and removed
+
+
+@pytest.mark.parametrize("queued", [True, False], ids=["queued", "unqueued"])
+def test_a_deployer_pointing_champion_during_the_promotion_does_not_fail_it(
+        world: World, db_url: str, artifacts: ArtifactStore,
+        monkeypatch: pytest.MonkeyPatch, queued: bool) -> None:
+    """A deployer points ``champion`` (which no version held yet) at v1 on one control
+    plane while the leader's promotion of v2 is about to create that alias on the other.
+    Alias writes queue on the alias's name, so the deployer's waits for the promotion and
+    lands after it: the rollout succeeds, and the alias ends where the later writer put it.
+    (Unqueued, on PostgreSQL both found no alias and both inserted one; the promotion lost on
+    the unique key, took that for a refusal and ended the rollout failed, traffic back on v1.
+    A write lost on a unique key is a race, not a refusal: should two writers still meet
+    there, the promotion is rolled back whole and the next tick makes it.)"""
+    racing_on_the_key = not queued and not world.registry.db.is_sqlite
+    if not queued:  # SQLite's writers queue anyway (BEGIN IMMEDIATE)
+        monkeypatch.setattr(world.registry.db, "serialize", lambda session, name: None)
+    other = OtherControlPlane(world, db_url, artifacts)
+    rollout_id = world.start(steps=[100], step_duration_s=3)
+    world.serve(1)
+    world.serve(2)
+    other.race_champion_read(monkeypatch, Registry(other.db, artifacts).set_alias, "iris",
+                             "champion", AliasSet(version=1), ALICE, after_reading=True)
+    pointed = other.raced_while(world.run, 10, "the promotion")
+    assert not isinstance(pointed, Exception), pointed
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.SUCCEEDED, rollout.reason
+    assert world.registry.get_version("iris", 2).stage == "production"
+    assert world.weights() == {2: 100.0}
+    assert pointed.version == 1
+    # Queued, the deployer's write came last; racing, the promotion's second try did.
+    assert world.registry.get_model("iris").aliases["champion"] == (2 if racing_on_the_key else 1)
 
 
 def test_two_control_planes_cannot_both_start_a_rollout_on_one_endpoint(
@@ -613,11 +658,7 @@ def test_a_traffic_change_on_another_control_plane_as_the_old_stable_retires_is_
     assert world.weights() == {2: 100.0, 1: 0.0}
     other.race_route_writes(world, other.controller.deployments.set_traffic, "iris",
                             TrafficUpdate(weights={1: 50, 2: 50}), ALICE)
-    try:
-        world.run(3)
-        changed = other.raced("the retirement")
-    finally:
-        other.db.dispose()
+    changed = other.raced_while(world.run, 3, "the retirement")
     assert not isinstance(changed, Exception), changed  # a lock timeout or deadlock is not it
     assert world.weights() == {1: 50.0, 2: 50.0}
     assert changed.generation == world.deployments.get("iris").generation

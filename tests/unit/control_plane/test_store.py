@@ -162,3 +162,20 @@ def test_migration_0013_makes_an_old_pipeline_s_creator_its_author(tmp_path: Pat
         assert connection.execute(text(
             "SELECT author_subject FROM pipeline_runs")).scalar() == "alice"
     database.dispose()
+
+
+def test_a_write_lost_on_a_unique_key_is_told_from_a_refused_one(db: Database) -> None:
+    """Another writer taking the key first is a race (tried again, the write finds its row);
+    a column the schema refuses is not."""
+    from sqlalchemy.exc import DBAPIError
+
+    from control_plane.store.database import store_unique_race
+
+    with db.session() as session:
+        session.add(ModelRow(name="iris", owner="alice", tags={}, policy={}))
+    with pytest.raises(DBAPIError) as taken, db.session() as session:
+        session.add(ModelRow(name="iris", owner="bob", tags={}, policy={}))
+    assert store_unique_race(taken.value)
+    with pytest.raises(DBAPIError) as refused, db.session() as session:
+        session.add(ModelRow(name="other", owner=None, tags={}, policy={}))
+    assert not store_unique_race(refused.value)

@@ -1,0 +1,88 @@
+"""A change the store committed is answered as made, whatever Serve says at that moment:
+the reconciler's next pass applies it. Answered 5xx, its caller would take it for undone,
+and a retry would be refused (the rollback already made)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from control_plane.auth import Principal
+from control_plane.schemas import Role, TokenCreate, VersionCreate
+from modelplane.settings import Settings
+from tests.onnx_models import linear_classifier, linear_classifier_manifest
+
+
+class UnreachableServe:
+    """A reconciler whose Serve controller does not answer, until ``back``."""
+
+    def __init__(self) -> None:
+        self.back = False
+        self.applied: list[str | None] = []
+
+    def reconcile(self, endpoint: str | None = None) -> None:
+        if not self.back:
+            raise ConnectionError("Serve's controller did not answer")
+        self.applied.append(endpoint)
+
+    def reconcile_pending(self) -> None:
+        return None
+
+    def states(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[SimpleNamespace]:
+    from control_plane.api import build_api
+    from control_plane.service import ControlPlane
+
+    cp = ControlPlane.start(Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")}))
+    serve = UnreachableServe()
+    cp.reconciler = serve
+    root = Principal("root", Role.ADMIN)
+    token = cp.tokens.create(TokenCreate(name="deployer", role=Role.DEPLOYER), root).token
+    for seed in range(2):
+        digest = cp.registry.artifacts.put([linear_classifier(seed=seed)]).digest
+        cp.registry.register_version("iris", VersionCreate(
+            artifact_digest=digest, manifest=linear_classifier_manifest()), root)
+    client = TestClient(build_api(cp), raise_server_exceptions=False,
+                        headers={"authorization": f"Bearer {token}"})
+    try:
+        yield SimpleNamespace(cp=cp, serve=serve, client=client)
+    finally:
+        client.close()
+        cp.close()
+
+
+def test_endpoint_and_rollout_changes_are_answered_as_made_while_serve_is_unreachable(
+        plane: SimpleNamespace, caplog: pytest.LogCaptureFixture) -> None:
+    client, cp = plane.client, plane.cp
+    deployed = client.post("/endpoints", json={"endpoint": "iris", "model_ref": "iris:1"})
+    assert deployed.status_code == 201, deployed.text
+    added = client.post("/endpoints", json={"endpoint": "iris", "model_ref": "iris:2"})
+    assert added.status_code == 201, added.text
+    traffic = client.put("/endpoints/iris/traffic", json={"weights": {"1": 100}})
+    assert traffic.status_code == 200, traffic.text
+
+    started = client.post("/rollouts", json={"endpoint": "iris", "model_ref": "iris:2"})
+    assert started.status_code == 201, started.text
+    rollout = started.json()["id"]
+    aborted = client.post(f"/rollouts/{rollout}/abort", json={"reason": "by hand"})
+    assert aborted.status_code == 200, aborted.text
+    assert aborted.json()["state"] == "failed"
+    assert {r.version: r.weight for r in cp.deployments.get("iris").routes} == {1: 100.0, 2: 0.0}
+    assert "the reconciler's next pass applies it" in caplog.text
+
+    undeployed = client.delete("/endpoints/iris")
+    assert undeployed.status_code == 204, undeployed.text
+    assert client.get("/endpoints/iris").status_code == 404
+
+    plane.serve.back = True  # and the reconciler's pass applies what was stored
+    cp.apply()
+    assert plane.serve.applied == [None]
