@@ -23,7 +23,8 @@
         ├── StoreUnavailableError       store_unavailable, 503 (the database cannot be reached)
         ├── ControlPlaneUnavailableError control_plane_unavailable, 503 (client cannot reach it)
         ├── MonitorUnavailableError     monitor_unavailable, 503 (statistics are unknown now)
-        └── OwnershipConflictError      ownership_conflict, 409 (another store's control plane runs)
+        ├── OwnershipConflictError      ownership_conflict, 409 (another store's control plane runs)
+        └── WorkNotStoppedError         work_not_stopped, 502 (done, but what it had running was not stopped)
 """
 
 from modelplane.errors import ModelplaneError
@@ -147,6 +148,14 @@ class OwnershipConflictError(ControlPlaneError):
 
     code = "ownership_conflict"
     http_status = 409
+
+
+class WorkNotStoppedError(ControlPlaneError):
+    """The change is stored (a run cancelled), but the work it had running (a training job,
+    a rollout) could not be stopped: the message says what, and how to stop it by hand."""
+
+    code = "work_not_stopped"
+    http_status = 502
 
 
 def cannot_answer_now(error: BaseException) -> bool:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from control_plane.auth import Principal
-from control_plane.errors import ConflictError, NotFoundError
+from control_plane.errors import ConflictError, NotFoundError, WorkNotStoppedError
 from control_plane.pipelines.cron import CronSchedule
 from control_plane.pipelines.offload import Offload, Pending
 from control_plane.pipelines.records import (
@@ -195,7 +195,12 @@ class Pipelines:
         return "\n".join(lines) + "\n"
 
     def cancel(self, name: str, actor: Principal, reason: str = "") -> PipelineRunOut:
-        """Cancel the run under way: its stage's work is stopped (a job, a rollout)."""
+        """Cancel the run under way, then stop its stage's work (a job, a rollout).
+
+        The cancellation is stored first: stopped first, the work was seen stopped by the
+        loop's pass on the leading control plane, which ended the run failed (and said so)
+        before this could end it cancelled. Work the pass starts meanwhile is stopped by the
+        pass itself, whose record of it loses to this (``_stop_orphaned_work``)."""
         actor.require(Role.DEPLOYER)
         with self._lock:
             for _ in range(5):
@@ -205,16 +210,34 @@ class Pipelines:
                         raise ConflictError(f"pipeline {name!r} has no run under way",
                                             detail={"field": "name"})
                     run = _loaded(active)
-                current = run.out.current
-                if current is not None and current.state is StageState.RUNNING and \
-                        current.name in self.stages:
-                    self.stages[current.name].cancel(self._context(run, current))
                 why = reason or f"cancelled by {actor.name}"
                 try:
-                    return self._finish(run, RunState.CANCELLED, why, stage_state=StageState.CANCELLED)
+                    cancelled = self._finish(run, RunState.CANCELLED, why,
+                                             stage_state=StageState.CANCELLED)
                 except StaleDataError:
                     continue  # the loop moved it meanwhile: look again
+                self._stop_work(run, cancelled)
+                return cancelled
             raise ConflictError(f"pipeline {name!r} kept changing; try again", detail={"field": "name"})
+
+    def _stop_work(self, run: LoadedRun, cancelled: PipelineRunOut) -> None:
+        """Stop what the cancelled ``run``'s running stage was doing. Where that fails, the
+        run stays cancelled and the caller is told what still runs and how to stop it."""
+        current = run.out.current
+        if current is None or current.state is not StageState.RUNNING or \
+                current.name not in self.stages:
+            return
+        try:
+            self.stages[current.name].cancel(self._context(run, current))
+        except Exception as error:
+            log.exception("run %s#%d is cancelled, but stopping its %s stage's work failed",
+                          run.out.pipeline, run.out.number, current.name)
+            raise WorkNotStoppedError(
+                f"run {run.out.pipeline}#{run.out.number} is cancelled, but stopping its "
+                f"{current.name} stage's work ({current.progress or current.outputs}) failed: "
+                f"{getattr(error, 'message', None) or error}; stop it by hand "
+                "(`modelplane train stop JOB_ID`, `modelplane rollout abort ID`)",
+                detail={"run": cancelled.number, "stage": current.name}) from None
 
     # ------------------------------------------------------------ the loop
 

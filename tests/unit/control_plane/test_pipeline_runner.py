@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from control_plane.errors import ConflictError
+from control_plane.errors import ConflictError, WorkNotStoppedError
 from control_plane.pipelines.cron import CronSchedule
 from control_plane.pipelines.records import RunState, StageState, Trigger
 from control_plane.pipelines.service import Pipelines
@@ -190,6 +190,58 @@ def test_work_a_stage_starts_while_another_control_plane_cancels_the_run_is_stop
     assert [c.record.progress for c in train.cancelled] == [{"job": "j-1"}]
     leader.tick()
     assert len(train.calls) == 1 and leader.run("bc").state is RunState.CANCELLED
+
+
+def test_a_cancel_through_another_control_plane_ends_the_run_cancelled_not_failed(
+        db: Database) -> None:
+    """A deployer cancels through a control plane that does not lead; the leader's pass
+    finds the training job stopped while the cancellation is under way. The cancellation is
+    stored before the job is stopped, so that pass finds the run over. (Stopped first, the
+    pass took the stopped job for a failure: the run ended failed, failure was announced,
+    and the deployer was told the pipeline had no run under way.)"""
+    clock, stopped, told = Clock(), [], []
+
+    class Job(Scripted):  # the leader's view of the job: running until it is stopped
+        def advance(self, context: StageContext) -> Outcome:
+            self.calls.append(context)
+            if stopped:
+                return Outcome(StageState.FAILED, reason="training job j-1 ended STOPPED")
+            return Outcome(StageState.RUNNING, progress={"job": "j-1"})
+
+    leader = runner(db, all_passing(train=Job("train")), clock,
+                    listener=lambda run, kind, stage, reason: told.append(kind))
+
+    class StopsTheJob(Scripted):
+        def cancel(self, context: StageContext) -> None:
+            super().cancel(context)
+            stopped.append(context.record.progress["job"])
+            leader.tick()  # the leader's pass, with the job stopped
+
+    other = runner(db, all_passing(train=StopsTheJob("train")), clock)
+    leader.apply(parse_pipeline_spec(spec_document()), ALICE)
+    leader.start_run("bc", ALICE)
+    drive(leader, lambda: leader.run("bc").stages[1].progress == {"job": "j-1"})
+    cancelled = other.cancel("bc", ALICE, "wrong data")
+    assert cancelled.state is RunState.CANCELLED and stopped == ["j-1"]
+    run = leader.run("bc")
+    assert run.state is RunState.CANCELLED and run.reason == "wrong data"
+    assert "failed" not in told and "stage_failed" not in told
+
+
+def test_a_cancel_that_cannot_stop_the_work_says_so_and_stays_cancelled(db: Database) -> None:
+    class Unstoppable(Scripted):
+        def cancel(self, context: StageContext) -> None:
+            raise ConnectionError("Ray's job API did not answer")
+
+    train = Unstoppable("train", Outcome(StageState.RUNNING, progress={"job": "j-4"}))
+    pipelines = runner(db, all_passing(train=train), Clock())
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    pipelines.start_run("bc", ALICE)
+    drive(pipelines, lambda: pipelines.run("bc").stages[1].progress == {"job": "j-4"})
+    with pytest.raises(WorkNotStoppedError, match="is cancelled, but stopping") as raised:
+        pipelines.cancel("bc", ALICE, "wrong data")
+    assert "j-4" in raised.value.message and "modelplane train stop" in raised.value.message
+    assert pipelines.run("bc").state is RunState.CANCELLED
 
 
 def test_one_run_at_a_time_and_readers_cannot_start_one(db: Database) -> None:
