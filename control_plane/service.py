@@ -264,6 +264,8 @@ class ControlPlane:
         rollback already done)."""
         try:
             self.apply(endpoint)
+        except FencedOut:  # a control pass that outlived its lead: the pass ends here
+            raise
         except Exception as error:
             log.warning("applying %s to Serve now failed (%s: %s); the reconciler's next pass "
                         "applies it", endpoint or "every endpoint", type(error).__name__, error)
