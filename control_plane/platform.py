@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.errors import ControlPlaneUnavailableError
-from control_plane.ray_auth import apply_ray_auth_env, ray_auth_env
+from control_plane.ray_auth import AUTH_MODE, apply_ray_auth_env, ensure_token, ray_auth_env
 from modelplane.settings import Settings
 from serving.link_client import HAPROXY_SETTING
 from serving.names import GRPC_APP, SERVER_APP, SERVER_ROUTE, endpoint_url
@@ -206,6 +206,7 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
                 f"cannot reach the Ray cluster at RAY_ADDRESS={address}; check the address "
                 "or unset it to start a local head"
             )
+        _secure_new_head(gcs, progress)
         progress("starting a local Ray head" + (" (HAProxy ingress)" if fast else ""))
         _start_head(settings, num_cpus=num_cpus, fast=fast, timeout_s=timeout_s)
         started = True
@@ -362,6 +363,20 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for probe in sockets:
             probe.close()
+
+
+def _secure_new_head(gcs: str | None, progress: Callable[[str], None]) -> None:
+    """Ray's token authentication for the head about to start, and this process in its mode:
+    Ray listens on every interface, and without a token anyone who reaches the machine
+    could join the cluster and run code on it. The operator may turn it off, and is warned."""
+    made = ensure_token()
+    if made is not None:
+        progress(f"made a Ray token at {made} (readable by you alone): the head runs with "
+                 "Ray's token authentication, so no one without it can join the cluster")
+    elif os.environ.get(AUTH_MODE, "").lower() == "disabled":
+        progress(f"warning: {AUTH_MODE}=disabled: the Ray head runs without authentication, "
+                 "and anyone who can reach this machine's Ray ports can join it and run code")
+    apply_ray_auth_env(gcs=gcs)
 
 
 def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout_s: float) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,33 @@ def _token_path(env: dict[str, str] | os._Environ[str]) -> Path:
 def token_available(environ: dict[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return bool(env.get("RAY_AUTH_TOKEN")) or _token_path(env).is_file()
+
+
+def ensure_token(environ: dict[str, str] | None = None) -> Path | None:
+    """Make this machine's Ray token where it has none, unless the operator turned Ray's
+    token authentication off (``RAY_AUTH_MODE=disabled``): a head ``modelplane up`` starts
+    then runs with it. Without a token Ray serves its GCS, raylets and client port on every
+    interface, unauthenticated: anyone who can reach the machine could join the cluster, run
+    code on it and steer the closed loop (the Monitor's statistics, the route board). Returns
+    the file made (readable by its owner alone), or None."""
+    env = os.environ if environ is None else environ
+    if env.get(AUTH_MODE, "").lower() == "disabled" or token_available(dict(env)):
+        return None
+    path = _token_path(env)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))  # Ray's own tokens: 256 random bits
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(staged, path)  # whole, and never over a token another process just made
+    except FileExistsError:
+        return None
+    finally:
+        staged.unlink(missing_ok=True)
+    return path
 
 
 def read_token(environ: dict[str, str] | None = None) -> str | None:

@@ -32,8 +32,10 @@ from tests.processes import descendants
 def cli_env() -> Iterator[dict[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="mp"))  # short: Ray's socket paths live under it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPLANE_", "RAY_"))}
+    # A HOME of its own, with no Ray token yet: as on a machine where Ray never ran.
+    (root / "user").mkdir()
     env.update(MODELPLANE_HOME=str(root / "home"), MODELPLANE_HTTP_PORT=str(free_port()),
-               RAY_TMPDIR=str(root / "ray"))
+               RAY_TMPDIR=str(root / "ray"), HOME=str(root / "user"))
     yield env
     subprocess.run([sys.executable, "-m", "modelplane.cli", "down"], env=env,
                    capture_output=True, timeout=180)
@@ -56,6 +58,13 @@ def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None
     up = run(cli_env, "up", "--num-cpus", "2")
     assert "modelplane is up" in up.stdout
     assert "admin.token" in up.stdout
+    # Ray listens on every interface: the head it started requires a token, made for it.
+    ray_token = Path(cli_env["HOME"]) / ".ray" / "auth_token"
+    assert f"made a Ray token at {ray_token}" in up.stdout, up.stdout
+    assert ray_token.stat().st_mode & 0o777 == 0o600
+    head_record = json.loads((Path(cli_env["MODELPLANE_HOME"]) / "ray-head.json").read_text())
+    mode = httpx.get(f"{head_record['dashboard_url']}/api/authentication_mode", timeout=10).json()
+    assert mode == {"authentication_mode": "token"}
     url = f"http://127.0.0.1:{cli_env['MODELPLANE_HTTP_PORT']}"
     again = run(cli_env, "up")  # idempotent: finds everything running
     assert "modelplane is up" in again.stdout

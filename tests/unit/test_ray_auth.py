@@ -20,7 +20,9 @@ from control_plane.ray_auth import (
     apply_ray_auth_env,
     cluster_auth_mode,
     dashboard_auth_headers,
+    ensure_token,
     ray_auth_env,
+    read_token,
     token_available,
 )
 from modelplane.errors import ConfigurationError
@@ -38,6 +40,27 @@ def test_token_file_turns_token_mode_on(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / ".ray" / "auth_token").write_text("secret")
     assert token_available({})
     assert ray_auth_env({}) == {"RAY_AUTH_MODE": "token"}
+
+
+def test_a_machine_without_a_token_gets_one_only_it_can_read(tmp_path: Path) -> None:
+    home = {"HOME": str(tmp_path)}
+    made = ensure_token(home)
+    assert made == tmp_path / ".ray" / "auth_token"
+    token = made.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0  # 256 random bits, as Ray makes them
+    assert made.stat().st_mode & 0o777 == 0o600
+    assert read_token(home) == token and ray_auth_env(home) == {"RAY_AUTH_MODE": "token"}
+    assert ensure_token(home) is None and made.read_text() == token  # kept, never replaced
+    assert [p.name for p in made.parent.iterdir()] == ["auth_token"]  # nothing staged left
+
+
+def test_no_token_is_made_where_one_is_given_or_tokens_are_turned_off(tmp_path: Path) -> None:
+    assert ensure_token({"HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"}) is None
+    assert ensure_token({"HOME": str(tmp_path), "RAY_AUTH_TOKEN": "given"}) is None
+    elsewhere = tmp_path / "kept" / "token"
+    made = ensure_token({"HOME": str(tmp_path), "RAY_AUTH_TOKEN_PATH": str(elsewhere)})
+    assert made == elsewhere and elsewhere.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / ".ray").exists()
 
 
 def test_explicit_mode_and_other_token_sources(tmp_path: Path) -> None:
