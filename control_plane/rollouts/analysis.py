@@ -239,14 +239,17 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             check("p95_ratio", latency.p95_ms / stable_latency.p95_ms, config.max_p95_ratio,
                   bound=latency.p95_bounds_ms[0] / stable_latency.p95_bounds_ms[1],
                   evidence=f"{latency.count} and {stable_latency.count} requests")
-    drift = candidate.drift
-    if config.fail_on_drift and drift.verdict.judged:
-        drifted = list(drift.drifted_features)
-        if drift.prediction.drifted:
-            drifted.append("<prediction>")
-        checks["drift"] = {"value": drifted, "limit": [], "passed": not drifted}
-        if drifted:
-            failures.append(f"drift in {', '.join(drifted)}")
+    if config.fail_on_drift and candidate.drift.verdict.judged:
+        drifted = _drifted(candidate)
+        # Stable answers the same randomly routed stream: what drifted there too is the
+        # traffic's doing, not the candidate's (a shift in the world, or anyone sending
+        # far-off rows), and rolling back would not undo it. Judged alone without stable.
+        on_stable = _drifted(stable) if stable is not None and stable.drift.verdict.judged else []
+        own = [name for name in drifted if name not in on_stable]
+        checks["drift"] = {"value": own, "limit": [], "passed": not own,
+                           "also_on_stable": [name for name in drifted if name in on_stable]}
+        if own:
+            failures.append(f"drift in {', '.join(own)}")
     if labelled >= config.min_labels:
         if accuracy.accuracy is not None:
             value = float(accuracy.accuracy)
@@ -271,6 +274,13 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                            f"(min_labels) for {' and '.join(asked)}{apart}; the other checks "
                            "passed")
     return CheckResult(Verdict.PASS, checks, "all checks passed")
+
+
+def _drifted(stats: VersionSnapshot) -> list[str]:
+    """The features whose drift ``stats`` found, and ``<prediction>`` where its
+    predictions drifted."""
+    drift = stats.drift
+    return [*drift.drifted_features, *(["<prediction>"] if drift.prediction.drifted else [])]
 
 
 def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -> CheckResult:

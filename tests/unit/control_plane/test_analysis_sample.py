@@ -242,10 +242,11 @@ def test_the_core_counts_the_answers_holding_nan() -> None:
     assert core.take_stats().to_delta()[1]["not_finite"] == {"random": 5}
 
 
-def _monitored_traffic(send: Any) -> tuple[MonitorState, list[Any]]:
-    """Run ``send(core)`` (a coroutine sending requests) on a monitored core and ship its
-    statistics, with the reference profile, to a real MonitorState."""
-    core = make_core(reference_profile())
+def _monitored_traffic(send: Any, core: Any = None) -> tuple[MonitorState, list[Any]]:
+    """Run ``send(core)`` (a coroutine sending requests) on a monitored core (one version
+    unless given) and ship its statistics, with the reference profile, to a real
+    MonitorState."""
+    core = core or make_core(reference_profile())
     answers = asyncio.run(send(core))
     state = MonitorState(clock=Clock())
     delta = core.take_stats().to_delta()
@@ -285,6 +286,38 @@ def test_rows_pinned_or_sticky_to_a_version_never_make_the_sample_drift() -> Non
     failed = analyse(AnalysisConfig(min_samples=100, fail_on_drift=True, include_sticky=True),
                      opted, None)
     assert failed.verdict == Verdict.FAIL and "drift in" in failed.reason
+
+
+def test_far_off_rows_anyone_sends_at_random_drift_stable_too_and_never_fail_the_candidate(
+) -> None:
+    """Anyone may send inference requests. Rows far from the reference sent through the
+    random route reach stable and the candidate alike, so the drift they make is the
+    traffic's: judged against stable's on the same stream, the candidate is not failed.
+    (Judged alone it was, and the rollout rolled a healthy candidate back.)"""
+    from serving.core import InferenceCore
+    from serving.schemas import EndpointConfig, RouteTable
+    from tests.unit.serving.monitoring_helpers import ModelBackend, version_config
+
+    versions = [version_config(v, profile=reference_profile()) for v in (1, 2)]
+    core = InferenceCore(EndpointConfig(endpoint="churn", versions=versions,
+                                        routes=RouteTable(weights={1: 50, 2: 50})),
+                         {v.version: ModelBackend(v) for v in versions})
+    far_off = np.random.default_rng(23).normal(size=(1200, 4)) + 3
+
+    async def send(core: Any) -> list[Any]:
+        return [await core.handle("POST", "/infer", {}, infer_body(row[None, :]))
+                for row in far_off]
+
+    state, answers = _monitored_traffic(send, core)
+    assert all(answer.status == 200 for answer in answers)
+    sample = state.snapshot("churn", 60, sample=("random",))
+    stable, candidate = sample[1], sample[2]
+    assert stable.drift.verdict == "drift" and candidate.drift.verdict == "drift"
+    config = AnalysisConfig(min_samples=100, fail_on_drift=True)
+    judged = analyse(config, candidate, stable)
+    assert judged.verdict == Verdict.PASS, judged.reason
+    assert set(judged.checks["drift"]["also_on_stable"]) >= set(candidate.drift.drifted_features)
+    assert analyse(config, candidate, None).verdict == Verdict.FAIL  # alone, as before
 
 
 def test_labels_of_requests_pinned_to_a_version_never_steer_its_accuracy() -> None:

@@ -20,7 +20,14 @@ from control_plane.rollouts import (
     plan_steps,
 )
 from control_plane.rollouts.analysis import accuracy_upper_bound, mae_lower_bound
-from serving.monitoring import Accuracy, Drift, DriftVerdict, ShadowComparison, VersionSnapshot
+from serving.monitoring import (
+    Accuracy,
+    Drift,
+    DriftVerdict,
+    ShadowComparison,
+    VersionSnapshot,
+)
+from serving.monitoring.snapshot import PredictionDrift
 from tests.snapshots import served
 
 
@@ -113,6 +120,21 @@ def test_drift_and_online_accuracy_gates() -> None:
     assert "drift" not in analyse(drift_only, insufficient, None).checks
     off = AnalysisConfig(min_samples=10)
     assert analyse(off, drifted, None).verdict == Verdict.PASS
+
+    # Stable answers the same stream: drift it shows too is the traffic's, not the candidate's.
+    def drifting(*features: str, prediction: bool = False) -> VersionSnapshot:
+        return replace(stats(), drift=Drift(verdict=DriftVerdict.DRIFT, drifted_features=features,
+                                            prediction=PredictionDrift(drifted=prediction)))
+
+    shared = analyse(drift_only, drifting("age", prediction=True), drifting("age", prediction=True))
+    assert shared.verdict == Verdict.PASS
+    assert shared.checks["drift"] == {"value": [], "limit": [], "passed": True,
+                                      "also_on_stable": ["age", "<prediction>"]}
+    own = analyse(drift_only, drifting("age", "income", prediction=True), drifting("age"))
+    assert own.verdict == Verdict.FAIL and "drift in income, <prediction>" in own.reason
+    # Stable too little seen to judge: the candidate is judged alone, as without stable.
+    unjudged = replace(stats(), drift=Drift(verdict=DriftVerdict.INSUFFICIENT, drifted_features=("age",)))
+    assert analyse(drift_only, drifting("age"), unjudged).verdict == Verdict.FAIL
 
     few_labels = replace(stats(), accuracy=Accuracy(labelled=19, accuracy=0.5))
     waiting = analyse(config, few_labels, None)
