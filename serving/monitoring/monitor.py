@@ -24,7 +24,7 @@ from serving.monitoring.drift_window import ALPHA as DRIFT_ALPHA
 from serving.monitoring.drift_window import MIN_ROWS as DRIFT_MIN_ROWS
 from serving.monitoring.drift_window import SlottedCounts, histograms, judge, window
 from serving.monitoring.feedback import MAX_PREDICTION_BYTES, FeedbackJoin, JoinedPair
-from serving.monitoring.profiles import load_profiles
+from serving.monitoring.profiles import load_profiles, profile_key
 from serving.monitoring.routing import ROUTED_PINNED, ROUTED_RANDOMLY, ROUTED_STICKY, ROUTINGS
 from serving.monitoring.sections import (
     accuracy_section,
@@ -268,6 +268,10 @@ class MonitorState:
         if document is None or not key or key in self.profiles:
             return
         try:
+            if profile_key(document) != key:  # kept first-come: it must be the one named
+                log.warning("ignoring a reference profile shipped under %s, which it does "
+                            "not hash to", key)
+                return
             self.profiles[key] = load_profiles(document)
         except Exception as error:  # one bad profile must not stop the Monitor
             log.warning("ignoring an unreadable reference profile %s: %s", key, error)

@@ -19,8 +19,6 @@ predictions are kept per shipment (the rest are counted).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
@@ -38,6 +36,7 @@ from serving.monitoring.profiles import (
     batch_features,
     load_profiles,
     prediction_features,
+    profile_key,
     text_inputs,
 )
 from serving.monitoring.routing import ROUTED_RANDOMLY, ROUTINGS
@@ -199,9 +198,7 @@ class VersionMonitoring:
             profile = None
         if profile is None and not problem:
             problem = "no reference profile in the manifest"
-        key = ""
-        if document:
-            key = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+        key = profile_key(document) if document else ""
         first = config.outputs[0]
         n_classes = None
         if config.task == "classification":

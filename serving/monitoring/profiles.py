@@ -23,6 +23,8 @@ profile names its text inputs, with their vocabularies, under ``"text"``
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,13 @@ SAMPLE_BUDGET = 131_072
 MIN_SAMPLE_PER_FEATURE = 32
 PREDICTED_CLASS = "predicted_class"
 CONFIDENCE = "confidence"
+
+
+
+def profile_key(document: dict[str, Any]) -> str:
+    """The key a reference profile travels under: its content's hash, so one shipped under
+    a key it does not hash to is someone's mistake or forgery, and is not installed."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def batch_features(inputs: Sequence[TensorSignature],

@@ -139,6 +139,28 @@ def test_a_restarted_monitor_asks_for_the_profile_again(monitored) -> None:
     assert fresh.snapshot("churn", 5)[1].drift.samples == 5
 
 
+def test_a_profile_shipped_under_a_key_it_does_not_hash_to_is_not_installed(monitored) -> None:
+    """Profiles are kept first-come by key: one shipped under another's key (a mistake, or
+    a process planting a reference of its choosing before the version's replicas ship
+    theirs) would judge that version's drift for as long as the Monitor runs."""
+    import copy
+
+    core, _, clock = monitored
+    fresh = MonitorState(clock=clock)
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 5))
+    delta = core.take_stats().to_delta()
+    attach_profiles(delta, core.monitoring, set())
+    key = core.monitoring[1].profile_key
+    planted = copy.deepcopy(delta[1]["profile"])
+    planted["planted"] = True  # any change: it no longer hashes to the key
+    delta[1]["profile"] = planted
+    assert fresh.record("churn", "replica-a", delta) == {"missing_profiles": [key]}
+    assert key not in fresh.profiles
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 5))
+    assert ship(core, fresh) == {"missing_profiles": []}  # the version's own, installed
+    assert fresh.snapshot("churn", 5)[1].drift.samples == 5
+
+
 def test_quality_counters_reach_the_snapshot(monitored) -> None:
     core, state, _ = monitored
     rows = np.zeros((10, 4))
