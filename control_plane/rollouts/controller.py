@@ -95,8 +95,10 @@ class RolloutController(ManualActions):
         apply: Callable[[], Any] = lambda: None,
         alert: AlertSink | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
-        super().__init__(db, registry, deployments, stats=stats, apply=apply, alert=alert, now=now)
+        super().__init__(db, registry, deployments, stats=stats, apply=apply, alert=alert, now=now,
+                         leading=leading)
         self._analysed_at: dict[int, datetime] = {}
         self._aliases_checked_at: datetime | None = None
         # (endpoint, model ref) -> why its alias's rollout could not start, last pass

@@ -61,9 +61,10 @@ class TrafficMoves:
         apply: Callable[[], Any] = lambda: None,
         alert: AlertSink | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.db, self.registry, self.deployments = db, registry, deployments
-        self._stats, self._apply, self._now = stats, apply, now
+        self._stats, self._apply, self._now, self._leading = stats, apply, now, leading
         self._followups = FollowUps(db, alert, registry)
         # One decision at a time in this process: the loop and API calls share rollouts.
         self._lock = threading.RLock()
@@ -170,7 +171,10 @@ class TrafficMoves:
                 alert=_rollback_alert(rollout, reason, data)
                 if state == RolloutState.ROLLED_BACK else None)
         self._apply()  # traffic first: the registry and the alert can wait a moment
-        self._followups.finish(rollout.id)
+        if self._leading():
+            # Elsewhere the leader's next pass (a quarter second) finishes them: both at
+            # once could each send the alert before either recorded it sent.
+            self._followups.finish(rollout.id)
 
     def _retire_drained(self) -> bool:
         """Remove versions whose drain time is over; archive a replaced stable version."""

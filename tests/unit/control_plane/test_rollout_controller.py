@@ -430,6 +430,36 @@ def test_a_deployer_pointing_champion_during_the_promotion_does_not_fail_it(
     assert world.registry.get_model("iris").aliases["champion"] == (2 if racing_on_the_key else 1)
 
 
+def test_a_rollback_through_a_follower_leaves_its_follow_ups_to_the_leader(
+        world: World, db_url: str, artifacts: ArtifactStore) -> None:
+    """A deployer rolls back through a control plane that does not lead. The follow-ups
+    the rollback owes (the candidate's rejection, the alert) are the leader's to finish on
+    its next pass: both finishing them at once could each send the alert before either
+    recorded it sent."""
+    rollout_id = world.start(steps=[10, 100])
+    world.serve(1)
+    world.serve(2)
+    world.run(1)
+    assert world.controller.get(rollout_id).state == RolloutState.PROGRESSING
+    db = Database(db_url)
+    sent_by_follower: list[str] = []
+    try:
+        registry = Registry(db, artifacts)
+        follower = RolloutController(
+            db, registry, Deployments(db, registry, base_url="http://cp:8000"),
+            stats=lambda endpoint, window, sample: world.stats,
+            alert=lambda name, **kw: sent_by_follower.append(name), leading=lambda: False)
+        rolled_back = follower.rollback(rollout_id, ALICE, "by hand")
+    finally:
+        db.dispose()
+    assert rolled_back.state == RolloutState.ROLLED_BACK and sent_by_follower == []
+    assert world.weights() == {1: 100.0, 2: 0.0}
+    assert world.registry.get_version("iris", 2).status != "rejected"  # owed, not lost
+    world.run(1)  # the leader's pass
+    assert world.registry.get_version("iris", 2).status == "rejected"
+    assert len(world.alerts) == 1 and world.alerts[0]["labels"]["version"] == "2"
+
+
 def test_two_control_planes_cannot_both_start_a_rollout_on_one_endpoint(
         world: World, db_url: str, artifacts: ArtifactStore,
         monkeypatch: pytest.MonkeyPatch) -> None:
