@@ -23,6 +23,7 @@ from typing import Any
 
 from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ray_auth import AUTH_MODE, apply_ray_auth_env, ensure_token, ray_auth_env
+from modelplane.errors import ConfigurationError
 from modelplane.settings import Settings
 from serving.link_client import HAPROXY_SETTING
 from serving.names import GRPC_APP, SERVER_APP, SERVER_ROUTE, endpoint_url
@@ -369,7 +370,13 @@ def _secure_new_head(gcs: str | None, progress: Callable[[str], None]) -> None:
     """Ray's token authentication for the head about to start, and this process in its mode:
     Ray listens on every interface, and without a token anyone who reaches the machine
     could join the cluster and run code on it. The operator may turn it off, and is warned."""
-    made = ensure_token()
+    try:
+        made = ensure_token()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot make a Ray token for the new head ({error}); set RAY_AUTH_TOKEN_PATH "
+            "to a file you can write, or RAY_AUTH_TOKEN, or (not advised) RAY_AUTH_MODE=disabled",
+            detail={"setting": "RAY_AUTH_TOKEN_PATH"}) from None
     if made is not None:
         progress(f"made a Ray token at {made} (readable by you alone): the head runs with "
                  "Ray's token authentication, so no one without it can join the cluster")

@@ -233,3 +233,17 @@ def test_a_mode_set_for_one_cluster_is_decided_again_for_the_next(
     monkeypatch.setenv(AUTH_MODE, "disabled")  # the user's own: never switched
     apply_ray_auth_env(dashboard=locked_url)
     assert os.environ[AUTH_MODE] == "disabled"
+
+
+def test_up_says_what_to_set_where_it_cannot_make_a_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from control_plane.platform import _secure_new_head
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv(AUTH_MODE, raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "a-file" / "token"))
+    said: list[str] = []
+    with pytest.raises(ConfigurationError, match="cannot make a Ray token .*RAY_AUTH_TOKEN_PATH"):
+        _secure_new_head(None, said.append)
+    assert said == [] and AUTH_MODE not in os.environ
