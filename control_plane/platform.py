@@ -167,6 +167,23 @@ def _connect(gcs: str | None) -> bool:
         return False
 
 
+# Progress messages beginning with these are for the user to keep (what was done for
+# them, what to worry about); the rest say what is under way and may be replaced.
+LASTING = ("note:", "warning:")
+
+
+def status_progress(console: Any, status: Any) -> Callable[[str], None]:
+    """A ``progress`` for a rich ``status``: lasting messages printed above it, the rest
+    shown in it."""
+    def progress(message: str) -> None:
+        if message.startswith(LASTING):
+            console.print(message, highlight=False)
+        else:
+            status.update(message + " …")
+
+    return progress
+
+
 def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingress: bool | None = None,
                    progress: Callable[[str], None] = print, timeout_s: float = 180.0,
                    take_over: bool = False) -> PlatformInfo:
@@ -378,7 +395,7 @@ def _secure_new_head(gcs: str | None, progress: Callable[[str], None]) -> None:
             "to a file you can write, or RAY_AUTH_TOKEN, or (not advised) RAY_AUTH_MODE=disabled",
             detail={"setting": "RAY_AUTH_TOKEN_PATH"}) from None
     if made is not None:
-        progress(f"made a Ray token at {made} (readable by you alone): the head runs with "
+        progress(f"note: made a Ray token at {made} (readable by you alone): the head runs with "
                  "Ray's token authentication, so no one without it can join the cluster")
     elif os.environ.get(AUTH_MODE, "").lower() == "disabled":
         progress(f"warning: {AUTH_MODE}=disabled: the Ray head runs without authentication, "

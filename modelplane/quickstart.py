@@ -120,11 +120,11 @@ class Story:
 
     def start_platform(self) -> None:
         from control_plane.client import Client
-        from control_plane.platform import start_platform
+        from control_plane.platform import start_platform, status_progress
 
         self.step("start the platform", "Ray head, Serve, Monitor, control plane")
         with self.console.status("starting …") as status:
-            info = start_platform(self.settings, progress=lambda m: status.update(m + " …"))
+            info = start_platform(self.settings, progress=status_progress(self.console, status))
         # The rest of the story reaches the platform over HTTP and Ray's job API, so this
         # process stops being a Ray driver: Ray prints its cluster-wide notes (the raylet's
         # "N worker processes have been started" …) to every driver's stdout, in the middle

@@ -30,15 +30,14 @@ def up(
     """Start Ray (if none is reachable), Serve, the Monitor and the control plane at /api."""
     from rich.console import Console
 
-    from control_plane.platform import start_platform
+    from control_plane.platform import start_platform, status_progress
     from modelplane.settings import get_settings
 
     console = Console()
     settings = get_settings()
     with console.status("starting modelplane …") as status:
         info = start_platform(settings, num_cpus=num_cpus, fast_ingress=fast_ingress,
-                              progress=lambda message: status.update(message + " …"),
-                              take_over=take_over)
+                              progress=status_progress(console, status), take_over=take_over)
     console.print(f"[green]modelplane is up[/green] (Ray at {info.ray_address}"
                   + (", HAProxy ingress" if info.fast_ingress else "") + ")")
     console.print(f"  control plane  {info.api_url}   (docs: {info.api_url}/docs)")

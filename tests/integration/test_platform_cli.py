@@ -35,7 +35,7 @@ def cli_env() -> Iterator[dict[str, str]]:
     # A HOME of its own, with no Ray token yet: as on a machine where Ray never ran.
     (root / "user").mkdir()
     env.update(MODELPLANE_HOME=str(root / "home"), MODELPLANE_HTTP_PORT=str(free_port()),
-               RAY_TMPDIR=str(root / "ray"), HOME=str(root / "user"))
+               RAY_TMPDIR=str(root / "ray"), HOME=str(root / "user"), COLUMNS="300")
     yield env
     subprocess.run([sys.executable, "-m", "modelplane.cli", "down"], env=env,
                    capture_output=True, timeout=180)
