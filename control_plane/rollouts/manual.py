@@ -44,6 +44,8 @@ class ManualActions(TrafficMoves):
         actor.require(Role.DEPLOYER)
         with self._lock:
             current = self.get(rollout_id)
+            if current.state == RolloutState.SUCCEEDED:
+                return current  # asked again (an answer lost, a retry): it is so already
             if current.state not in (RolloutState.PROGRESSING, RolloutState.AWAITING_APPROVAL):
                 raise ConflictError(
                     f"rollout #{current.id} is {current.state}; only a progressing or "
@@ -70,6 +72,9 @@ class ManualActions(TrafficMoves):
         actor.require(Role.DEPLOYER)
         why = f"{verb} by {actor.name}" + (f": {reason}" if reason else "")
         with self._lock:
-            self._end(self.get(rollout_id), state, actor.name, why, {}, reject=reject)
+            current = self.get(rollout_id)
+            if current.state == state:
+                return current  # asked again (an answer lost, a retry): it is so already
+            self._end(current, state, actor.name, why, {}, reject=reject)
         self._apply()
         return self.get(rollout_id)

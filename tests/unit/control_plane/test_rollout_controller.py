@@ -238,7 +238,9 @@ def test_blue_green_mirrors_then_switches_and_switches_back_instantly(world: Wor
     world.controller.rollback(rollout_id, ALICE, "customers complain")
     assert world.weights() == {1: 100.0, 2: 0.0}
     assert world.applied > applied
-    assert world.controller.get(rollout_id).state == RolloutState.ROLLED_BACK
+    rolled_back = world.controller.get(rollout_id)
+    assert rolled_back.state == RolloutState.ROLLED_BACK
+    assert world.controller.rollback(rollout_id, ALICE, "customers complain") == rolled_back
 
 
 def test_shadow_disagreement_discards_the_candidate(world: World) -> None:
@@ -289,10 +291,28 @@ def test_pause_resume_abort_and_guarding_the_route_table(world: World) -> None:
     world.controller.abort(rollout_id, ALICE, "wrong version")
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.FAILED and "aborted by alice" in rollout.reason
+    # Asked again (its answer lost, say): it is aborted already, and nothing is written.
+    events = len(world.controller.events(rollout_id))
+    assert world.controller.abort(rollout_id, BOB, "again") == rollout
+    assert len(world.controller.events(rollout_id)) == events
+    with pytest.raises(ConflictError, match="is failed and cannot become rolled_back"):
+        world.controller.rollback(rollout_id, ALICE)  # another end than the one it has
     assert world.weights() == {1: 100.0, 2: 0.0}
     assert world.registry.get_version("iris", 2).status == "ready"
     with pytest.raises(ConflictError):
         world.controller.promote(rollout_id, ALICE)
+
+
+def test_a_promotion_asked_again_answers_what_it_did(world: World) -> None:
+    rollout_id = world.start(steps=[10, 100])
+    world.serve(1)
+    world.serve(2)
+    world.run(1)
+    promoted = world.controller.promote(rollout_id, ALICE, "looks good")
+    assert promoted.state == RolloutState.SUCCEEDED and world.weights()[2] == 100.0
+    events = len(world.controller.events(rollout_id))
+    assert world.controller.promote(rollout_id, ALICE, "looks good") == promoted
+    assert len(world.controller.events(rollout_id)) == events
 
 
 def test_a_new_controller_resumes_from_the_store(world: World) -> None:
