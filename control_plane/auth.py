@@ -2,12 +2,12 @@
 
 Roles are ordered: ``reader`` < ``labeler`` < ``deployer`` < ``approver`` < ``admin``; each
 has the powers of those before it (``labeler``, for label sources, adds posting ground truth
-to ``/v2/models/{e}/feedback``). Narrow roles sit beside the ladder: a reader's reads plus the
-calls that name them (``trainer``: what a training job does, see :data:`TRAINING`). A
-token's name is the principal recorded as the actor of what it does; its subject is the
-person or service it was issued to (default: the name). Rules about people, such as "the
-approver is not the registrant", compare subjects, so one person holding two tokens is
-still one person.
+to ``/v2/models/{e}/feedback``: one endpoint's where the token names it). Narrow roles sit
+beside the ladder: a reader's reads plus the calls that name them (``trainer``: what a
+training job does, see :data:`TRAINING`). A token's name is the principal recorded as the
+actor of what it does; its subject is the person or service it was issued to (default: the
+name). Rules about people, such as "the approver is not the registrant", compare subjects,
+so one person holding two tokens is still one person.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Principal:
     role: Role
     subject: str = ""  # empty: the name stands for the subject (built-in principals)
     model: str | None = None  # a trainer token's one model (None: any)
+    endpoint: str | None = None  # a labeler token's one endpoint (None: any)
 
     def __post_init__(self) -> None:
         if not self.subject:
@@ -110,7 +111,7 @@ class TokenService:
                     f"tokens for its own subject {actor.subject!r} (omit subject)",
                     detail={"field": "subject"})
             secret, row = _new_token(spec.name, spec.role, actor.name, expires, subject=subject)
-            row.model = spec.model
+            row.model, row.endpoint = spec.model, spec.endpoint
             session.add(row)
             session.flush()
             return TokenCreated(token=secret, info=_token_out(row))
@@ -144,7 +145,7 @@ class TokenService:
                         f"token {row.name!r} was minted by token {row.created_by!r}, which was "
                         "revoked; ask an admin for a new one")
             return Principal(name=row.name, role=Role(row.role), subject=row.subject or row.name,
-                             model=row.model)
+                             model=row.model, endpoint=row.endpoint)
 
     def list(self) -> list[TokenOut]:
         with self._db.session(readonly=True) as session:
@@ -254,6 +255,7 @@ def _token_out(row: TokenRow) -> TokenOut:
         role=Role(row.role),
         subject=row.subject or row.name,
         model=row.model,
+        endpoint=row.endpoint,
         created_by=row.created_by,
         created_at=row.created_at,
         expires_at=row.expires_at,

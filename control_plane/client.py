@@ -761,14 +761,18 @@ class Client:
     def create_token(
         self, name: str, role: Role | str, *, expires_in_days: int | None = None,
         expires_in_minutes: int | None = None, subject: str | None = None,
-        model: str | None = None,
+        model: str | None = None, endpoint: str | None = None,
     ) -> TokenCreated:
         """A new token; ``subject`` is the person or service it is for (default: ``name``);
-        ``model``: a trainer token's one model (a training job's)."""
+        ``model``: a trainer token's one model (a training job's); ``endpoint``: a labeler
+        token's one endpoint (the only one whose feedback it posts)."""
         body = TokenCreate(name=name, role=Role(role), expires_in_days=expires_in_days,
-                           expires_in_minutes=expires_in_minutes, subject=subject, model=model)
-        # Sent only when set: a control plane from before token models refuses the field.
-        payload = body.model_dump(mode="json", exclude={"model"} if model is None else set())
+                           expires_in_minutes=expires_in_minutes, subject=subject, model=model,
+                           endpoint=endpoint)
+        # Sent only when set: a control plane from before these fields refuses them.
+        unset = {field for field, value in (("model", model), ("endpoint", endpoint))
+                 if value is None}
+        payload = body.model_dump(mode="json", exclude=unset)
         return read_reply(TokenCreated, self._request("POST", "/tokens", json=payload).json())
 
     def list_tokens(self) -> list[TokenOut]:

@@ -435,6 +435,9 @@ class TokenCreate(Wire):
     model: Name | None = Field(
         None, description="A trainer token's one model (a training job's): the only one whose "
         "versions it registers and whose aliases it points.")
+    endpoint: Name | None = Field(
+        None, description="A labeler token's one endpoint: the only one whose feedback it "
+        "posts, so a leaked label source's token steers no other endpoint's accuracy gate.")
 
     @model_validator(mode="after")
     def _one_lifetime(self) -> TokenCreate:
@@ -442,6 +445,8 @@ class TokenCreate(Wire):
             raise ValueError("give expires_in_days or expires_in_minutes, not both")
         if self.model is not None and self.role is not Role.TRAINER:
             raise ValueError("model: only a trainer token is limited to one model")
+        if self.endpoint is not None and self.role is not Role.LABELER:
+            raise ValueError("endpoint: only a labeler token is limited to one endpoint")
         return self
 
 
@@ -451,6 +456,7 @@ class TokenOut(Wire):
     role: Role
     subject: str
     model: str | None = None  # a trainer token's one model
+    endpoint: str | None = None  # a labeler token's one endpoint
     created_by: str
     created_at: datetime
     expires_at: datetime | None

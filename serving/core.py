@@ -339,7 +339,7 @@ class InferenceCore:
     async def _feedback(self, endpoint: str, headers: Mapping[str, str], body: bytes) -> HttpResult:
         """Ground truth for earlier requests from a label source, handed to the Monitor."""
         # The token first: an anonymous caller learns nothing, not even parse errors.
-        await self.feedback_authorizer.check(headers)
+        await self.feedback_authorizer.check(headers, endpoint)
         if len(body) > MAX_FEEDBACK_BODY_BYTES:
             raise body_too_large(len(body), MAX_FEEDBACK_BODY_BYTES, "feedback body")
         items = parse_feedback(body)

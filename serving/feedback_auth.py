@@ -3,7 +3,9 @@
 Labels steer rollouts (the accuracy gate), so only label sources may send them: tokens
 whose role is ``labeler`` or higher. Serving never imports the control plane, so a replica
 asks it over HTTP: ``GET {control plane}/api/whoami`` with the caller's token answers the
-token's name and role, or 401 for a token that is unknown, revoked or expired. Answers
+token's name and role (and, for a labeler token limited to one endpoint, that endpoint:
+its labels are refused on every other), or 401 for a token that is unknown, revoked or
+expired. Answers
 (refusals too) are cached by the token's sha256 for a short time, so a label source posting
 often costs one check per TTL and a revoked token stops working within it. When the
 control plane cannot be reached the call is refused with 503: failing open would let
@@ -54,6 +56,7 @@ class _Answer:
 
     name: str = ""
     role: str = ""
+    endpoint: str | None = None  # the one endpoint a labeler token posts to (None: any)
     refusal: str = ""
 
 
@@ -75,8 +78,9 @@ class FeedbackAuthorizer:
         self._unknown_checks = 0
         self.checks = 0  # calls made to the control plane (the cache's effect is visible)
 
-    async def check(self, headers: Mapping[str, str]) -> str:
-        """The caller's token name ("anonymous" where the operator allows it); raises 401/403/503."""
+    async def check(self, headers: Mapping[str, str], endpoint: str) -> str:
+        """The name of the caller's token, a label source's for ``endpoint`` ("anonymous"
+        where the operator allows it); raises 401/403/503."""
         if self.allows_anonymous:  # the operator opened feedback: tokens are not checked
             return "anonymous"
         header = headers.get("authorization")
@@ -99,6 +103,11 @@ class FeedbackAuthorizer:
                 detail={"field": "authorization", "role": answer.role,
                         "required_role": "labeler"},
             )
+        if answer.endpoint is not None and answer.endpoint != endpoint:
+            raise ForbiddenError(
+                f"token {answer.name!r} posts labels for endpoint {answer.endpoint!r} only, "
+                f"not {endpoint!r}; use the label source's token for {endpoint!r}",
+                detail={"field": "authorization", "endpoint": answer.endpoint})
         return answer.name
 
     async def _answer(self, secret: str) -> _Answer:
@@ -178,8 +187,10 @@ class FeedbackAuthorizer:
                 detail={"cause": f"control plane answered {response.status_code}"})
         try:
             body = response.json()
-            return _Answer(name=str(body["name"]), role=str(body["role"]))
-        except (ValueError, KeyError, TypeError):
+            endpoint = body.get("endpoint")
+            return _Answer(name=str(body["name"]), role=str(body["role"]),
+                           endpoint=None if endpoint is None else str(endpoint))
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise AuthorityUnavailableError(
                 "cannot check the token: the control plane's answer was not understood",
                 detail={"cause": "unreadable whoami answer"}) from None

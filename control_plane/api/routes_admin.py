@@ -67,7 +67,12 @@ def cluster() -> ClusterOut:
 
 @router.get("/whoami", tags=["admin"])
 def whoami(actor: Reader) -> dict[str, str]:
-    return {"name": actor.name, "role": actor.role.value}
+    """The caller's token: its name and role, and the one endpoint a labeler token is
+    limited to (replicas check label sources with this; see serving.feedback_auth)."""
+    answer = {"name": actor.name, "role": actor.role.value}
+    if actor.endpoint is not None:
+        answer["endpoint"] = actor.endpoint
+    return answer
 
 
 @router.post(

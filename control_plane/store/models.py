@@ -234,6 +234,8 @@ class TokenRow(Base):
     # A trainer token's one model (a training job's): the only one it registers versions
     # of and points aliases of. None: any (an older token, or any other role).
     model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # A labeler token's one endpoint: the only one whose feedback it posts. None: any.
+    endpoint: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

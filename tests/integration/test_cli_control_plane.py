@@ -23,8 +23,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlanePro
     process.stop()
 
 
-def cli(server: ControlPlaneProcess, *args: str, token: str | None = None, ok: bool = True):
+def cli(server: ControlPlaneProcess, *args: str, token: str | None = None, ok: bool = True,
+        columns: int | None = None):
     env = dict(server.env)
+    if columns:
+        env["COLUMNS"] = str(columns)  # tables wrap to the terminal's width
     if token:
         env["MODELPLANE_TOKEN"] = token
     result = subprocess.run(
@@ -106,8 +109,16 @@ def test_subjects_and_the_approval_policy(server: ControlPlaneProcess) -> None:
     job = cli(server, "token", "create", "a-job", "--role", "trainer", "--model", "cli-iris",
               "--expires-in-days", "1").stdout
     assert "model 'cli-iris' only" in job
+    for args in (["--role", "labeler", "--endpoint", "a/b"], ["--role", "deployer", "--endpoint", "e"]):
+        refused = cli(server, "token", "create", "labels", *args, ok=False)
+        assert refused.returncode == 2 and "--endpoint" in refused.stderr, refused.stderr
+    labels = cli(server, "token", "create", "labels", "--role", "labeler", "--endpoint", "cli-iris").stdout
+    assert "endpoint 'cli-iris' only" in labels
     listed = {t["name"]: t for t in json.loads(cli(server, "token", "list", "--json").stdout)}
     assert listed["a-job"]["model"] == "cli-iris" and listed["admin"]["model"] is None
+    assert listed["labels"]["endpoint"] == "cli-iris" and listed["admin"]["endpoint"] is None
+    table = cli(server, "token", "list", columns=300).stdout
+    assert "model cli-iris" in table and "endpoint cli-iris" in table
     changed = cli(server, "models", "policy", "cli-iris", "--require-approval",
                   "--max-unapproved-weight", "10", "--json").stdout
     assert json.loads(changed) == {"require_approval_for_production": True,

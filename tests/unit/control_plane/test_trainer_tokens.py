@@ -218,3 +218,20 @@ def test_revoking_a_deployer_token_ends_the_job_tokens_it_minted(db: Database) -
     assert tokens.authenticate(for_ci.token).subject == "ci-bot"
     with pytest.raises(AuthenticationError, match="minted by token 'ops'"):
         tokens.authenticate(own.token)
+
+
+def test_a_labeler_token_may_name_its_one_endpoint_and_no_other_role_may(db: Database) -> None:
+    tokens = TokenService(db)
+    created = tokens.create(TokenCreate(name="fraud-labels", role=Role.LABELER,
+                                        endpoint="fraud"), ADMIN)
+    assert created.info.endpoint == "fraud"
+    principal = tokens.authenticate(created.token)
+    assert (principal.role, principal.endpoint) == (Role.LABELER, "fraud")
+    assert [t.endpoint for t in tokens.list() if t.name == "fraud-labels"] == ["fraud"]
+    assert tokens.authenticate(tokens.create(
+        TokenCreate(name="any-labels", role=Role.LABELER), ADMIN).token).endpoint is None
+    for role in (Role.READER, Role.TRAINER, Role.DEPLOYER, Role.ADMIN):
+        with pytest.raises(ValueError, match="only a labeler token is limited to one endpoint"):
+            TokenCreate(name="x", role=role, endpoint="fraud")
+    with pytest.raises(ValueError, match="endpoint"):
+        TokenCreate(name="x", role=Role.LABELER, endpoint="../fraud")

@@ -17,6 +17,7 @@ from serving.feedback_auth import MAX_CACHED_TOKENS, MAX_UNKNOWN_CHECKS, Feedbac
 from tests.unit.serving.monitoring_helpers import make_core
 
 LABELER = "mp_labeler-secret"
+FRAUD_LABELER = "mp_fraud-labeler-secret"  # limited to endpoint "fraud"
 
 
 class Clock:
@@ -42,6 +43,9 @@ class SlowAuthority:
         self.waiting -= 1
         if token == LABELER:
             return httpx.Response(200, json={"name": "labels", "role": "labeler"})
+        if token == FRAUD_LABELER:
+            return httpx.Response(200, json={"name": "fraud-labels", "role": "labeler",
+                                             "endpoint": "fraud"})
         return httpx.Response(401, json={"error": "token not known"})
 
 
@@ -67,12 +71,12 @@ def test_made_up_tokens_are_checked_a_few_at_a_time_and_a_known_labeler_never_wa
         authority, clock = SlowAuthority(), Clock()
         check = _authorizer(authority, clock)
         authority.open.set()
-        assert await check.check(bearer(LABELER)) == "labels"
+        assert await check.check(bearer(LABELER), "fraud") == "labels"
         authority.open.clear()
         clock.now = 11.0  # the labeler's answer has expired: it must be checked again
-        flood = [asyncio.ensure_future(check.check(bearer(f"mp_made-up-{i}"))) for i in range(40)]
+        flood = [asyncio.ensure_future(check.check(bearer(f"mp_made-up-{i}"), "fraud")) for i in range(40)]
         await _settle(authority, MAX_UNKNOWN_CHECKS)
-        labeler = asyncio.ensure_future(check.check(bearer(LABELER)))
+        labeler = asyncio.ensure_future(check.check(bearer(LABELER), "fraud"))
         await _settle(authority, MAX_UNKNOWN_CHECKS + 1)  # asked at once, past the bound
         authority.open.set()
         outcomes = await asyncio.gather(*flood, return_exceptions=True)
@@ -90,7 +94,7 @@ def test_callers_with_one_token_share_one_check() -> None:
     async def scenario() -> None:
         authority = SlowAuthority()
         check = _authorizer(authority, Clock())
-        callers = [asyncio.ensure_future(check.check(bearer("mp_made-up"))) for _ in range(30)]
+        callers = [asyncio.ensure_future(check.check(bearer("mp_made-up"), "fraud")) for _ in range(30)]
         await _settle(authority, 1)
         authority.open.set()
         outcomes = await asyncio.gather(*callers, return_exceptions=True)
@@ -103,9 +107,9 @@ def test_callers_with_one_token_share_one_check() -> None:
 async def _sharing_one_check(authority: SlowAuthority) -> tuple[asyncio.Future[str], ...]:
     """Two callers with the labeler's token, the second waiting on the first's check."""
     check = _authorizer(authority, Clock())
-    first = asyncio.ensure_future(check.check(bearer(LABELER)))
+    first = asyncio.ensure_future(check.check(bearer(LABELER), "fraud"))
     await _settle(authority, 1)
-    second = asyncio.ensure_future(check.check(bearer(LABELER)))
+    second = asyncio.ensure_future(check.check(bearer(LABELER), "fraud"))
     await asyncio.sleep(0.05)
     return first, second
 
@@ -143,12 +147,12 @@ def test_a_flood_of_refusals_never_evicts_an_accepted_token() -> None:
         authority, clock = SlowAuthority(), Clock()
         authority.open.set()
         check = _authorizer(authority, clock)
-        assert await check.check(bearer(LABELER)) == "labels"
+        assert await check.check(bearer(LABELER), "fraud") == "labels"
         for index in range(MAX_CACHED_TOKENS + 500):
             with pytest.raises(UnauthenticatedError):
-                await check.check(bearer(f"mp_made-up-{index}"))
+                await check.check(bearer(f"mp_made-up-{index}"), "fraud")
         asked = len(authority.asked)
-        assert await check.check(bearer(LABELER)) == "labels"  # still cached: no call
+        assert await check.check(bearer(LABELER), "fraud") == "labels"  # still cached: no call
         assert len(authority.asked) == asked
 
     asyncio.run(scenario())
@@ -173,3 +177,27 @@ def test_past_the_bound_the_feedback_route_answers_503_with_retry_after() -> Non
     assert late.status == 503 and late.headers.get("retry-after") == "1"
     assert "retry in 1s" in json.loads(late.body)["error"]
     assert {answer.status for answer in refused} == {401}
+
+
+def test_a_label_source_of_another_endpoint_is_refused_and_its_labels_never_reach_the_monitor() -> None:
+    received: list[tuple[str, Any]] = []
+
+    async def scenario() -> list[Any]:
+        authority = SlowAuthority()
+        authority.open.set()
+
+        async def sink(endpoint: str, items: Any) -> dict[str, Any]:
+            received.append((endpoint, items))
+            return {"accepted": len(items)}
+
+        core = make_core(feedback_authorizer=_authorizer(authority, Clock()), feedback_sink=sink)
+        body = json.dumps({"feedback": [{"request_id": "r", "label": 1}]}).encode()
+        return [await core.handle("POST", "/feedback", bearer(token), body)
+                for token in (FRAUD_LABELER, LABELER)]
+
+    other, own = asyncio.run(scenario())  # the core serves endpoint "churn"
+    assert other.status == 403
+    assert "'fraud-labels' posts labels for endpoint 'fraud' only, not 'churn'" in \
+        json.loads(other.body)["error"]
+    assert own.status == 200
+    assert [endpoint for endpoint, _ in received] == ["churn"]  # only the labeler for any
