@@ -44,8 +44,10 @@ from sqlalchemy import select
 from control_plane.deployments import Route, read_routes
 from control_plane.ownership import STORE_ID_ENV, application_owners
 from control_plane.store import Database
+from control_plane.store.database import FencedOut
 from control_plane.store.models import EndpointRow, ModelRow, RolloutRow
 from serving.applications import build_endpoint_app, build_version_app
+from serving.monitoring.stats import ServedConfig
 from serving.names import (
     endpoint_app_name,
     endpoint_route_prefix,
@@ -53,6 +55,7 @@ from serving.names import (
     link_route,
     version_app_name,
 )
+from serving.route_board import PostedRoutes
 from serving.schemas import (
     BatchingConfig,
     EndpointConfig,
@@ -67,6 +70,11 @@ RETRY_BASE_S = 5.0  # first retry of a failed endpoint; doubles per failure
 RETRY_MAX_S = 300.0
 RECENT_ROLLBACK_S = 600.0  # endpoints whose rollout ended this recently go first in a pass
 POST_TIMEOUT_S = 5.0  # a route board slower than this: the routes go through Serve
+MAX_GENERATION = 2**31 - 1  # the store's count of an endpoint's changes (32 bits on PostgreSQL)
+
+
+class GenerationOverflowError(RuntimeError):
+    """What runs holds a generation of an endpoint beyond what the store can count to."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,8 @@ class ServeApp:
     status: str  # RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY, DELETING …
     message: str = ""
     owner: str | None = None  # the store id it carries; None: unmarked
+    # The endpoint configuration its replicas were last given (an endpoint's application).
+    configured: ServedConfig | None = None
 
 
 class ServeBackend(Protocol):
@@ -91,6 +101,10 @@ class ServeBackend(Protocol):
     def post_routes(self, endpoint: str, config: EndpointConfig) -> bool:
         """Hand ``config``'s route table to the live replicas without a Serve reconfigure
         (:mod:`serving.route_board`); False when that could not be done."""
+
+    def posted_routes(self, endpoint: str, incarnation: str) -> PostedRoutes | None:
+        """The route table the board holds for ``incarnation`` of ``endpoint`` (None: none,
+        or the board cannot be read)."""
 
 
 @dataclass(frozen=True)
@@ -284,10 +298,48 @@ class Reconciler:
                 # Read under the lock: two passes never apply an older table after a newer.
                 config = self.desired(only=endpoint).get(endpoint)
                 if config is not None:
+                    config = self._past_what_runs(config, apps.get(endpoint_app_name(endpoint)))
                     self._apply(config, apps, report)
+            except FencedOut:  # the store write of a pass that outlived its lead: it ends
+                raise
             except Exception as error:  # one broken endpoint must not stop the others
                 log.warning("applying endpoint %s failed: %s", endpoint, error)
                 self._failed(endpoint, f"{type(error).__name__}: {error}", report)
+
+    def _past_what_runs(self, config: EndpointConfig, seen: ServeApp | None) -> EndpointConfig:
+        """``config``, its generation first moved past any that its replicas already hold.
+
+        Generations only grow, and replicas, the route board and the Monitor each keep the
+        newest they were given: a table of an older generation is taken for a late one and
+        ignored. Everything applied was read committed from the store, so replicas ahead of
+        it mean the store lost changes (restored from a backup, or a PostgreSQL failover that
+        lost its last commits): until the store counted past them, the replicas would keep
+        routing by a table the store no longer has, and a rollback would move no traffic.
+        Looked at only when there is something to apply: Serve's configuration comes with
+        ``seen``, the board's table costs one read."""
+        if not self._changed(endpoint_app_name(config.endpoint), config.model_dump_json()):
+            return config
+        held = [seen.configured] if seen is not None and seen.configured is not None else []
+        posted = self.backend.posted_routes(config.endpoint, config.incarnation)
+        ahead = max((h.generation for h in [*held, *([posted] if posted else [])]
+                     if h.incarnation == config.incarnation), default=0)
+        if ahead <= config.generation:
+            return config
+        if ahead >= MAX_GENERATION:
+            raise GenerationOverflowError(
+                f"its replicas hold generation {ahead} of this endpoint, beyond what the store "
+                f"counts to ({MAX_GENERATION}), so no change of the store's would reach them; "
+                "undeploy the endpoint and deploy it again (a new incarnation)")
+        log.warning("endpoint %s: its replicas hold generation %d but the store only %d (a "
+                    "store restored or failed over loses its last changes); moving the store's "
+                    "past it so its table is the one served", config.endpoint, ahead,
+                    config.generation)
+        with self.db.session() as session:
+            row = session.scalar(select(EndpointRow).where(
+                EndpointRow.name == config.endpoint).with_for_update())
+            if row is not None and row.generation <= ahead:
+                row.generation = ahead + 1
+        return self.desired(only=config.endpoint).get(config.endpoint) or config
 
     def _apply(self, config: EndpointConfig, apps: dict[str, ServeApp],
                report: ReconcileReport) -> None:
@@ -464,7 +516,7 @@ class RayServeBackend:
         details = serve_details()
         owners = application_owners(details)
         return {name: ServeApp(str(app.get("status", "")), str(app.get("message") or "")[:1000],
-                               owners[name].store_id)
+                               owners[name].store_id, _configured(app))
                 for name, app in (details.get("applications") or {}).items()}
 
     def deploy(self, name: str, route_prefix: str | None, app: Any) -> None:
@@ -487,8 +539,6 @@ class RayServeBackend:
     def post_routes(self, endpoint: str, config: EndpointConfig) -> bool:
         import ray
 
-        from serving.route_board import PostedRoutes
-
         posted = PostedRoutes(config.incarnation, config.generation, config.routes.model_dump_json())
         board = self._route_board()
         if board is None:
@@ -499,6 +549,34 @@ class RayServeBackend:
             log.warning("could not post routes of %s to the route board: %s", endpoint, error)
             self._board = None
             return False
+
+    def posted_routes(self, endpoint: str, incarnation: str) -> PostedRoutes | None:
+        import ray
+
+        board = self._route_board()
+        if board is None:
+            return None
+        try:
+            posted = ray.get(board.read.remote(endpoint, incarnation), timeout=POST_TIMEOUT_S)
+        except Exception as error:  # its table cannot reach replicas either, nor be read
+            log.warning("could not read the route board's table of %s: %s", endpoint, error)
+            self._board = None
+            return None
+        return posted if isinstance(posted, PostedRoutes) else None
+
+
+def _configured(app: dict[str, Any]) -> ServedConfig | None:
+    """The endpoint configuration an application's replicas were last given (its
+    deployment's ``user_config``), or None where it carries none."""
+    for deployment in (app.get("deployments") or {}).values():
+        user_config = (deployment.get("deployment_config") or {}).get("user_config") or {}
+        try:
+            if "generation" in user_config and "incarnation" in user_config:
+                return ServedConfig(str(user_config["incarnation"]), int(user_config["generation"]),
+                                    tuple(int(v["version"]) for v in user_config.get("versions") or ()))
+        except (TypeError, ValueError, KeyError):
+            return None
+    return None
 
 
 def _failed_status(status: str) -> bool:

@@ -206,6 +206,43 @@ def test_routes_still_arrive_after_the_route_board_dies(iris: Platform, restarts
     assert get_route_board() is not None  # made again where it was gone
 
 
+def test_a_store_that_lost_its_last_changes_is_what_the_replicas_serve(iris: Platform) -> None:
+    """A store restored from a backup (or a PostgreSQL failover that lost its last commits)
+    counts fewer changes than the replicas hold: the table it has is served all the same."""
+    from sqlalchemy import select, update
+
+    from control_plane.leadership import request_apply
+    from control_plane.store import Database
+    from control_plane.store.models import EndpointRouteRow, EndpointRow, ModelVersionRow
+
+    db = Database(iris.settings.db_url)
+    try:
+        with iris.client() as client:
+            client.set_traffic("iris", {1: 80, 2: 20})
+            iris.wait_weights("iris", {1: 80, 2: 20})
+            with db.session(readonly=True) as session:
+                backup = session.scalar(select(EndpointRow.generation).where(EndpointRow.name == "iris"))
+            for weights in ({1: 30, 2: 70}, {1: 20, 2: 80}):  # then lost
+                client.set_traffic("iris", weights)
+                iris.wait_weights("iris", weights)
+        with db.session() as session:  # the store as the backup had it
+            endpoint = session.scalar(select(EndpointRow).where(EndpointRow.name == "iris"))
+            for route, version in session.execute(
+                    select(EndpointRouteRow, ModelVersionRow.version)
+                    .join(ModelVersionRow, ModelVersionRow.id == EndpointRouteRow.version_id)
+                    .where(EndpointRouteRow.endpoint_id == endpoint.id)).all():
+                route.weight = {1: 80.0, 2: 20.0}.get(version, 0.0)
+            session.execute(update(EndpointRow).where(EndpointRow.id == endpoint.id)
+                            .values(generation=backup))
+        request_apply(db, "iris")
+        iris.wait_weights("iris", {1: 80, 2: 20})
+        with db.session(readonly=True) as session:
+            assert session.scalar(select(EndpointRow.generation).where(
+                EndpointRow.name == "iris")) > backup + 2  # moved past what the replicas held
+    finally:
+        db.dispose()
+
+
 def test_shadows_never_touch_the_primary(iris: Platform) -> None:
     with iris.client() as client:
         client.set_traffic("iris", {1: 100}, shadows=[3])

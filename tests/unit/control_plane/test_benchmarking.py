@@ -113,6 +113,9 @@ def test_the_reconciler_sweep_leaves_a_benchmark_alone(db) -> None:
         def post_routes(self, *args: object) -> bool:
             return True
 
+        def posted_routes(self, *args: object) -> None:
+            return None
+
     backend = Backend()
     Reconciler(db, backend, base_url="http://127.0.0.1:1").reconcile()
     assert backend.deleted == ["endpoint-gone"]

@@ -41,6 +41,9 @@ class FakeServe:
             self.posted.append(config)
         return self.board_up
 
+    def posted_routes(self, endpoint: str, incarnation: str) -> None:
+        return None  # a board that holds nothing newer than the store
+
     def wait_running(self, names: list[str], timeout_s: float) -> None:
         assert all(name in self.apps for name in names)
 

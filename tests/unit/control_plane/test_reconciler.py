@@ -3,19 +3,30 @@ isolated routers only on running versions, other stores' applications left alone
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from control_plane.deployments import Deployments
 from control_plane.ownership import STORE_ID_ENV, AppOwner, application_owners, store_identity
-from control_plane.reconciler import RETRY_BASE_S, Reconciler, ServeApp
+from control_plane.reconciler import (
+    MAX_GENERATION,
+    RETRY_BASE_S,
+    Reconciler,
+    ServeApp,
+    _configured,
+)
 from control_plane.registry import Registry
 from control_plane.schemas import DeployRequest, ScaleSettings, TrafficUpdate, VersionCreate
 from control_plane.store import Database
-from control_plane.store.models import ModelRow, RolloutRow
+from control_plane.store.database import FencedOut, fenced_writes
+from control_plane.store.models import EndpointRow, ModelRow, RolloutRow
+from serving.monitoring.stats import ServedConfig
+from serving.route_board import PostedRoutes, RouteBoard
+from serving.schemas import RouteTable
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.unit.control_plane.conftest import ALICE
 
@@ -33,6 +44,8 @@ class Serve:
         self.calls: list[tuple[str, str]] = []
         self.board_up = True  # the route board answers
         self.posted: list[Any] = []  # configurations whose routes went to the board
+        self.board = RouteBoard()  # what the replicas would read
+        self.user_configs: dict[str, dict[str, Any]] = {}
         self.autostart = True
         self.owner = owner
         self.prefixes: dict[str, str | None] = {}  # route prefix per deployed application
@@ -43,7 +56,20 @@ class Serve:
     def deploy(self, name: str, route_prefix: str | None, app: Any) -> None:
         self.calls.append(("deploy", name))
         self.prefixes[name] = route_prefix
-        self.apps[name] = ServeApp("RUNNING" if self.autostart else "DEPLOYING", owner=self.owner)
+        user_config = app._bound_deployment.user_config or {}  # what its replicas are given
+        self.user_configs[name] = user_config
+        self.apps[name] = ServeApp("RUNNING" if self.autostart else "DEPLOYING", owner=self.owner,
+                                   configured=_configured({"deployments": {"d": {
+                                       "deployment_config": {"user_config": user_config}}}}))
+
+    def served_weights(self, endpoint: str) -> tuple[int, dict[int, float]]:
+        """The generation and weights the endpoint's replicas route by: the newer of Serve's
+        configuration and the board's table (serving.endpoint)."""
+        configured = self.user_configs[f"endpoint-{endpoint}"]
+        posted = self.board.read(endpoint, configured["incarnation"])
+        if posted is not None and posted.generation > configured["generation"]:
+            return posted.generation, RouteTable.model_validate_json(posted.routes).weights
+        return configured["generation"], RouteTable.model_validate(configured["routes"]).weights
 
     def delete(self, name: str) -> None:
         self.calls.append(("delete", name))
@@ -53,7 +79,12 @@ class Serve:
         self.calls.append(("post", endpoint))
         if self.board_up:
             self.posted.append(config)
+            self.board.post(endpoint, PostedRoutes(config.incarnation, config.generation,
+                                                   config.routes.model_dump_json()))
         return self.board_up
+
+    def posted_routes(self, endpoint: str, incarnation: str) -> PostedRoutes | None:
+        return self.board.read(endpoint, incarnation) if self.board_up else None
 
     def set(self, name: str, status: str, message: str = "") -> None:
         self.apps[name] = ServeApp(status, message, self.apps[name].owner)
@@ -351,3 +382,105 @@ def test_with_a_link_address_isolated_versions_are_routed_for_their_routers(depl
     plain = Serve()
     Reconciler(deployments.db, plain, base_url="http://cp:8000").own(ME, clock=clock).reconcile()
     assert plain.prefixes["endpoint-big-v1"] is None and rec.desired()["big"].versions
+
+
+def _lose_changes_since(deployments: Deployments, weights: dict[int, float], generation: int) -> None:
+    """The store as a backup taken at ``generation`` has it (a restore, or a PostgreSQL
+    failover that lost its last commits): those weights, that generation."""
+    deployments.set_traffic("ep", TrafficUpdate(weights=weights), ALICE)
+    with deployments.db.session() as session:
+        session.execute(update(EndpointRow).where(EndpointRow.name == "ep").values(
+            generation=generation))
+
+
+@pytest.mark.parametrize("restarted", [True, False], ids=["restarted", "running"])
+def test_a_store_that_lost_its_last_changes_is_served_not_the_table_it_lost(
+        deployments, clock, restarted: bool) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    canary(deployments)
+    rec.reconcile()
+    backup = rec.desired()["ep"]
+    for weights in ({1: 50, 2: 50}, {1: 20, 2: 80}):  # rollout steps: on the board only
+        deployments.set_traffic("ep", TrafficUpdate(weights=weights), ALICE)
+        assert rec.reconcile("ep").routed == ["endpoint-ep"]
+    lost = serve.board.read("ep", backup.incarnation)
+    assert lost is not None and lost.generation > backup.generation
+    _lose_changes_since(deployments, dict(backup.routes.weights), backup.generation)
+    if restarted:
+        rec = reconciler(deployments, serve, clock)
+    rec.reconcile()
+    # Replicas take the newer of Serve's table and the board's: the store's must be newer.
+    assert serve.served_weights("ep") == (lost.generation + 1, {1: 90.0, 2: 10.0})
+    assert rec.desired()["ep"].generation == lost.generation + 1
+    rec.reconcile()
+    assert rec.desired()["ep"].generation == lost.generation + 1  # once, not every pass
+    assert rec.states()["ep"].state == "applied"
+
+
+def test_serve_configured_past_the_store_moves_the_store_past_it_too(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    canary(deployments)
+    rec.reconcile()
+    config = rec.desired()["ep"]
+    ahead = ServedConfig(config.incarnation, config.generation + 7, (1, 2, 3))  # lost: iris:3 added
+    serve.apps["endpoint-ep"] = replace(serve.apps["endpoint-ep"], configured=ahead)
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 70, 2: 30}), ALICE)
+    rec.reconcile()
+    assert rec.desired()["ep"].generation == ahead.generation + 1
+    assert serve.posted[-1].generation == ahead.generation + 1
+    # Another incarnation (the name deployed again, or another store's) is not this one's past.
+    other = ServedConfig("2020-01-01T00:00:00#99", 10_000, (1,))
+    serve.apps["endpoint-ep"] = replace(serve.apps["endpoint-ep"], configured=other)
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 60, 2: 40}), ALICE)
+    rec.reconcile()
+    assert rec.desired()["ep"].generation == ahead.generation + 2
+
+
+def test_a_generation_past_what_the_store_counts_fails_the_endpoint_and_says_what_to_do(
+        deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    canary(deployments)
+    rec.reconcile()
+    config = rec.desired()["ep"]
+    serve.board.post("ep", PostedRoutes(config.incarnation, MAX_GENERATION,
+                                        config.routes.model_dump_json()))
+    deploys = len(serve.deploys())
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 70, 2: 30}), ALICE)
+    report = rec.reconcile("ep")
+    assert "undeploy the endpoint and deploy it again" in report.failed["ep"]
+    assert rec.states()["ep"].state == "failed" and len(serve.deploys()) == deploys
+    assert rec.desired()["ep"].generation == config.generation + 1  # the store untouched
+
+
+def test_serves_configuration_is_read_from_its_details() -> None:
+    user_config = {"incarnation": "2026-12-04T10:00:00#3", "generation": 12,
+                   "versions": [{"version": 1}, {"version": 4}], "routes": {}}
+    details = {"deployments": {"EndpointDeployment": {"deployment_config": {
+        "user_config": user_config}}}}
+    assert _configured(details) == ServedConfig("2026-12-04T10:00:00#3", 12, (1, 4))
+    assert _configured({"deployments": {"V": {"deployment_config": {"user_config": {"link": True}}}}}) is None
+    assert _configured({"deployments": {"V": {"deployment_config": {"user_config": {
+        "incarnation": "x", "generation": "twelve"}}}}}) is None
+    assert _configured({}) is None
+
+
+def test_a_pass_that_outlived_its_lead_moves_no_generation(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    canary(deployments)
+    rec.reconcile()
+    config = rec.desired()["ep"]
+    serve.board.post("ep", PostedRoutes(config.incarnation, config.generation + 5,
+                                        config.routes.model_dump_json()))
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 70, 2: 30}), ALICE)
+
+    def lost_lead(session: Any) -> None:
+        raise FencedOut("another control plane leads")
+
+    with fenced_writes(lost_lead), pytest.raises(FencedOut):
+        rec.reconcile("ep")  # ends the pass: not taken for the endpoint failing
+    assert rec.desired()["ep"].generation == config.generation + 1
+    assert rec.states()["ep"].state != "failed"
