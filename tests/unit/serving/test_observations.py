@@ -276,3 +276,32 @@ def test_requests_without_an_input_leave_the_chunks_inputs_unread_never_misalign
     part = recorder.to_delta()[1]["monitoring"]
     assert part["rows"] == 0 and part["inputs"] is None  # not three rows for four requests
     assert len(part["feedback"]) == 4  # the outputs were all there
+
+
+def test_requests_of_another_width_cost_the_others_nothing() -> None:
+    """A model with a free input dimension (token ids, images) answers requests of several
+    widths: those of one chunk are accounted by width, never dropped together."""
+    from serving.monitoring.observations import ObservedRequests, VersionObservations
+    from serving.schemas import TensorSignature, VersionConfig
+
+    config = VersionConfig(
+        version=1, model="tokens", artifact_url="http://unused", digest="1" * 64,
+        inputs=[TensorSignature(name="tokens", dtype="float32", shape=[None, None])],
+        outputs=[TensorSignature(name="probabilities", dtype="float32", shape=[None, 3])],
+        task="classification")
+    observed = VersionObservations(VersionMonitoring.build(config))
+    requests, rng = ObservedRequests(), np.random.default_rng(8)
+    answers: dict[str, np.ndarray] = {}
+    for index in range(60):
+        width = 5 if index in (7, 31) else 4  # two odd ones among them, one with a NaN
+        tokens = rng.normal(size=(1, width)).astype(np.float32)
+        if index == 31:
+            tokens[0, 2] = np.nan
+        answers[f"r{index}"] = rng.random((1, 3)).astype(np.float32)
+        requests.add(f"r{index}", {"tokens": tokens}, {"probabilities": answers[f"r{index}"]},
+                     None, "random")
+    observed.account(requests)
+    delta = observed.to_delta()
+    assert delta["rows"] == 60 and delta["missing_values"] == 1 and delta["rows_with_missing"] == 1
+    kept = dict(delta["feedback"])
+    assert kept == {rid: float(np.argmax(scores)) for rid, scores in answers.items()}
