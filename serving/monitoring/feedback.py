@@ -50,6 +50,9 @@ def labels_bytes(request_id: str, labels: list[Any]) -> int:
         VALUE_BYTES + (len(label) if isinstance(label, str) else 0) for label in labels)
 
 
+Bucket = tuple[str, int, str]  # (endpoint, version, way of routing)
+
+
 class StoredPrediction(NamedTuple):
     # A tuple, not a dataclass: one is made per answered request, and a frozen
     # dataclass's __init__ costs several times a tuple's.
@@ -76,10 +79,12 @@ class FeedbackJoin:
 
     The bounds are shared, but a full store gives up the oldest prediction of the bucket
     holding the most (bytes, or entries where the count bound is the one passed), not the
-    oldest of all. A bucket is an endpoint's predictions of one way of routing: one
+    oldest of all. A bucket is one version's predictions of one way of routing: one
     endpoint's flood evicts that endpoint's own predictions and leaves every other
-    endpoint's labels their join, and a flood of requests pinned to a version evicts
-    pinned predictions, not the randomly routed ones a rollout's accuracy is judged on.
+    endpoint's labels their join; a flood of requests pinned to a version evicts pinned
+    predictions, not the randomly routed ones a rollout's accuracy is judged on; and a
+    randomly routed flood, which lands mostly on stable, evicts stable's, not the
+    candidate's few.
     """
 
     def __init__(self, clock: Callable[[], float], *, max_predictions: int = MAX_PREDICTIONS,
@@ -90,10 +95,10 @@ class FeedbackJoin:
         self.max_predictions, self.max_age_s = max_predictions, max_age_s
         self.max_waiting, self.max_wait_s = max_waiting, max_wait_s
         self.max_bytes, self.max_waiting_bytes = max_bytes, max_waiting_bytes
-        # Per (endpoint, way of routing), by request id; insertion order is arrival order,
-        # so a bucket's oldest prediction is always its first.
-        self._predictions: dict[tuple[str, str], OrderedDict[str, StoredPrediction]] = {}
-        self._bytes: Counter[tuple[str, str]] = Counter()  # estimated bytes of each bucket
+        # Per (endpoint, version, way of routing), by request id; insertion order is
+        # arrival order, so a bucket's oldest prediction is always its first.
+        self._predictions: dict[Bucket, OrderedDict[str, StoredPrediction]] = {}
+        self._bytes: Counter[Bucket] = Counter()  # estimated bytes of each bucket
         self._waiting: OrderedDict[tuple[str, str], tuple[list[Any], float, int]] = OrderedDict()
         self.bytes_held = 0  # estimated bytes of the stored predictions, all endpoints
         self.predictions_held = 0
@@ -110,7 +115,7 @@ class FeedbackJoin:
         joined: list[JoinedPair] = []
         # One call stores a shipment's worth (hundreds a second per replica) for the whole
         # cluster, so the loop does the least per item: counts are added once at the end.
-        bucket = (endpoint, routed)
+        bucket = (endpoint, version, routed)
         predictions = self._predictions.get(bucket)
         if predictions is None:
             predictions = self._predictions[bucket] = OrderedDict()
@@ -146,7 +151,7 @@ class FeedbackJoin:
         now = self._clock()
         self._trim(now)
         joined, waiting = [], 0
-        buckets = [kept for routed in ROUTINGS if (kept := self._predictions.get((endpoint, routed)))]
+        buckets = [kept for bucket in self._buckets(endpoint) if (kept := self._predictions[bucket])]
         for request_id, labels in items:
             stored = None
             for kept in buckets:
@@ -163,7 +168,7 @@ class FeedbackJoin:
                 self.waiting_bytes += size
                 waiting += 1
                 continue
-            self._release((endpoint, stored.routed), stored)
+            self._release((endpoint, stored.version, stored.routed), stored)
             self._count(endpoint, "joined")
             joined.append(JoinedPair(endpoint, stored.version, stored.values, list(labels),
                                      stored.routed))
@@ -176,7 +181,7 @@ class FeedbackJoin:
 
     def held(self, endpoint: str) -> int:
         """Predictions of ``endpoint`` waiting for their labels."""
-        return sum(len(self._predictions.get((endpoint, routed)) or ()) for routed in ROUTINGS)
+        return sum(len(self._predictions[bucket]) for bucket in self._buckets(endpoint))
 
     def stats(self, endpoint: str) -> FeedbackStore:
         """Counters of one endpoint's join (held, dropped, expired, waiting labels …)."""
@@ -193,8 +198,8 @@ class FeedbackJoin:
                 "waiting_bytes": self.waiting_bytes, "max_waiting_bytes": self.max_waiting_bytes}
 
     def forget(self, endpoint: str) -> None:
-        for bucket in [(endpoint, routed) for routed in ROUTINGS]:
-            for stored in (self._predictions.pop(bucket, None) or {}).values():
+        for bucket in self._buckets(endpoint):
+            for stored in self._predictions.pop(bucket).values():
                 self._release(bucket, stored)
             self._bytes.pop(bucket, None)
         for key in [k for k in self._waiting if k[0] == endpoint]:
@@ -202,7 +207,12 @@ class FeedbackJoin:
         for key in [k for k in self.counters if k[0] == endpoint]:
             del self.counters[key]
 
-    def _release(self, bucket: tuple[str, str], stored: StoredPrediction) -> None:
+    def _buckets(self, endpoint: str) -> list[Bucket]:
+        """The buckets of ``endpoint``: randomly routed ones first (most labels join there)."""
+        buckets = [bucket for bucket in self._predictions if bucket[0] == endpoint]
+        return sorted(buckets, key=lambda bucket: ROUTINGS.index(bucket[2]))
+
+    def _release(self, bucket: Bucket, stored: StoredPrediction) -> None:
         """Account a prediction that has left the store (joined, dropped or expired)."""
         self.predictions_held -= 1
         self.bytes_held -= stored.size
@@ -248,6 +258,9 @@ class FeedbackJoin:
                     expired += 1
                 if expired:
                     self._count(bucket[0], "expired", expired)
+            for bucket in [b for b, kept in stores.items() if not kept]:
+                del stores[bucket]  # a version long gone must not be looked at for ever
+                self._bytes.pop(bucket, None)
         waiting, horizon = self._waiting, now - self.max_wait_s
         while waiting:
             key, (_, at, size) = next(iter(waiting.items()))

@@ -11,6 +11,7 @@ from sklearn import metrics
 
 from serving.feedback_auth import FeedbackAuthorizer
 from serving.monitoring.feedback import (
+    MAX_PREDICTION_BYTES,
     FeedbackJoin,
     class_index,
     classification_metrics,
@@ -88,6 +89,21 @@ def test_a_flood_pinned_to_a_version_evicts_pinned_predictions_not_the_sample_s(
     assert {pair.routed for pair in joined} == {"random"}
     late = join.add_labels("e", [("p4999", [1])])[0]
     assert [pair.routed for pair in late] == ["pinned"]  # the newest pinned ones are kept
+
+
+def test_a_random_flood_landing_on_stable_evicts_stable_s_predictions_not_the_candidate_s() -> None:
+    """Anyone may send randomly routed requests of 4,096 rows; at 95/5 they land on stable,
+    whose predictions pay for the room they take, while the candidate's labels still join."""
+    join = FeedbackJoin(Clock())
+    join.add_predictions("e", 2, [(f"c{i}", 1.0) for i in range(5000)])  # the candidate's
+    rows = [0.0] * 4096
+    for batch in range(11):
+        join.add_predictions("e", 1, [(f"f{batch}-{i}", rows) for i in range(100)])
+    assert join.bytes_held <= MAX_PREDICTION_BYTES
+    assert join.stats("e").dropped_full > 0  # the store was full: stable's oldest went
+    joined, waiting = join.add_labels("e", [(f"c{i}", [1]) for i in range(5000)])
+    assert len(joined) == 5000 and waiting == 0
+    assert {pair.version for pair in joined} == {2}
 
 
 def test_each_way_of_routing_has_its_own_room_in_a_shipment(
