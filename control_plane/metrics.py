@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from serving.names import serving_app_name
+from serving.names import BENCHMARK_ENDPOINT_PREFIX, serving_app_name
 
 if TYPE_CHECKING:
     from serving.monitoring import VersionTotals
@@ -100,6 +100,10 @@ def render(monitor_rows: list[VersionTotals], endpoints: list[Any], replicas: di
            alerts: dict[str, Any] | None = None, *, monitor_up: bool | None = None) -> bytes:
     """The Prometheus text exposition for the given state (``monitor_up``: whether the
     Monitor answered; None leaves ``modelplane_monitor_up`` out)."""
+    # A version benchmark's scratch endpoint is no endpoint of the store's, and its name
+    # would tell anyone where a benchmark is measuring.
+    monitor_rows = [row for row in monitor_rows
+                    if not row.endpoint.startswith(BENCHMARK_ENDPOINT_PREFIX)]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ModelplaneCollector(monitor_rows, endpoints, replicas, alerts,  # type: ignore[arg-type]
                                            monitor_up))

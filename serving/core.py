@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import itertools
 import json
 import logging
@@ -28,6 +29,7 @@ import numpy as np
 
 from modelplane.errors import ModelplaneError, error_body
 from serving.errors import (
+    ForbiddenError,
     InferenceFailedError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -39,7 +41,7 @@ from serving.monitoring.feedback_wire import parse_feedback
 from serving.monitoring.observations import VersionMonitoring, data_age_seconds
 from serving.monitoring.routing import ROUTED_PINNED, ROUTED_RANDOMLY, ROUTED_STICKY
 from serving.monitoring.stats import ENDPOINT_LEVEL, StatsRecorder, compare_outputs
-from serving.names import endpoint_route_prefix
+from serving.names import CALLER_KEY_HEADER, endpoint_route_prefix
 from serving.protocol import DecodedRequest, decode_request, encode_response, from_numpy_dtype
 from serving.routing import Router
 from serving.schemas import EndpointConfig, TensorSignature, VersionConfig
@@ -99,6 +101,17 @@ class Refused:
 
     error: ModelplaneError
     request_id: str
+
+
+def _check_caller(headers: Mapping[str, str], key_sha256: str) -> None:
+    """Refuse a caller without the endpoint's key (a benchmark's scratch endpoint: load
+    from anyone else would move the figures a pipeline's benchmark gate acts on)."""
+    sent = headers.get(CALLER_KEY_HEADER) or ""
+    digest = hashlib.sha256(sent.encode(errors="replace")).hexdigest()
+    if not hmac.compare_digest(digest, key_sha256):
+        raise ForbiddenError("this is a version benchmark's scratch endpoint: only its "
+                             "benchmark may send it requests",
+                             detail={"field": CALLER_KEY_HEADER})
 
 
 def _encode_rest(answer: Inferred) -> HttpResult:
@@ -289,6 +302,8 @@ class InferenceCore:
         number = ENDPOINT_LEVEL
         routed = ROUTED_RANDOMLY
         try:
+            if config.caller_key_sha256 is not None:
+                _check_caller(headers, config.caller_key_sha256)
             pinned = _parse_version(version, backends, config.endpoint)
             request = (await asyncio.to_thread(decode, config) if decode_off_loop
                        else decode(config))

@@ -33,6 +33,8 @@ MONITOR_NAMESPACE = "modelplane"
 ROUTE_BOARD_NAME = "modelplane-route-board"
 ROUTE_BOARD_NAMESPACE = MONITOR_NAMESPACE
 BENCHMARK_ENDPOINT_PREFIX = "_bench-"  # not a valid endpoint name: never a stored one's
+# What a benchmark sends its scratch endpoint, which answers nobody else (EndpointConfig).
+CALLER_KEY_HEADER = "x-modelplane-caller-key"
 
 
 def endpoint_app_name(endpoint: str) -> str:

@@ -276,6 +276,10 @@ class EndpointConfig(Wire):
     # creation time and id): sortable, so the Monitor starts afresh for a newer one and
     # ignores the last shipments of an older one instead of merging two endpoints.
     incarnation: str = ""
+    caller_key_sha256: str | None = Field(
+        None, description="Where set, inference is answered only to callers sending the key "
+                          "whose sha256 this is (header x-modelplane-caller-key): a version "
+                          "benchmark's scratch endpoint, which nobody else may load.")
 
     @model_validator(mode="after")
     def _routes_name_known_versions(self) -> EndpointConfig:

@@ -63,20 +63,24 @@ class LoadResult:
                         held=self.holds(p99_target_ms))
 
 
-def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> LoadResult:
-    """Send ``rate`` requests a second for ``seconds`` to ``url``, cycling through ``bodies``."""
+def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, *,
+              headers: dict[str, str] | None = None) -> LoadResult:
+    """Send ``rate`` requests a second for ``seconds`` to ``url``, cycling through ``bodies``
+    (with ``headers`` besides the JSON ones)."""
+    sent = {**HEADERS, **(headers or {})}
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # the usual case: a plain thread, the loop is this call's own
-        return asyncio.run(_open_loop(url, bodies, rate, seconds))
+        return asyncio.run(_open_loop(url, bodies, rate, seconds, sent))
     # Called from inside an event loop (which must not block on it): a thread of its own.
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, _open_loop(url, bodies, rate, seconds)).result()
+        return pool.submit(asyncio.run, _open_loop(url, bodies, rate, seconds, sent)).result()
 
 
-async def _open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> LoadResult:
+async def _open_loop(url: str, bodies: list[bytes], rate: float, seconds: float,
+                     headers: dict[str, str]) -> LoadResult:
     import aiohttp
 
     result = LoadResult(rate, seconds)
@@ -89,7 +93,7 @@ async def _open_loop(url: str, bodies: list[bytes], rate: float, seconds: float)
         nonlocal in_flight
         in_flight += 1
         try:
-            async with session.post(url, data=body, headers=HEADERS) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 payload = await response.read()
                 if response.status == 200:
                     result.latencies_s.append(time.perf_counter() - due)

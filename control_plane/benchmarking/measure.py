@@ -9,7 +9,9 @@ and the Monitor forgets their statistics.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from control_plane.benchmarking import scratch
 from control_plane.benchmarking.inputs import request_bodies
 from control_plane.benchmarking.load import LoadResult, open_loop, search_rate
 from control_plane.benchmarking.schemas import BenchmarkFigures, BenchmarkSettings, ServedWith
-from serving.names import endpoint_url
+from serving.names import CALLER_KEY_HEADER, endpoint_url
 from serving.schemas import (
     BatchingConfig,
     EndpointConfig,
@@ -95,7 +97,15 @@ def needs(config: EndpointConfig) -> dict[str, float]:
 def run_benchmark(config: EndpointConfig, target: Target, served: ServedWith,
                   settings: BenchmarkSettings, cluster: Cluster,
                   progress: Callable[[str], None]) -> BenchmarkFigures:
-    """Measure ``target`` on the scratch applications of ``config``; always deletes them."""
+    """Measure ``target`` on the scratch applications of ``config``; always deletes them.
+
+    The scratch endpoint answers only requests carrying this benchmark's key: its route is
+    on the public ingress, and anyone's load there would move the figures a pipeline's
+    benchmark gate rejects or passes a version on."""
+    key = secrets.token_urlsafe(24)
+    config = config.model_copy(update={
+        "caller_key_sha256": hashlib.sha256(key.encode()).hexdigest()})
+    keyed = {CALLER_KEY_HEADER: key}
     names = scratch.application_names(config)
     bodies = request_bodies(target.manifest["signature"], target.manifest.get("reference_profile"),
                             rows=settings.rows_per_request)
@@ -108,12 +118,12 @@ def run_benchmark(config: EndpointConfig, target: Target, served: ServedWith,
         if not processes:
             raise RuntimeError("Serve lists no running replica of the scratch application")
         progress("warming up")
-        warm = open_loop(url, bodies, min(settings.rate, WARMUP_RATE), WARMUP_S)
+        warm = open_loop(url, bodies, min(settings.rate, WARMUP_RATE), WARMUP_S, headers=keyed)
         if not warm.latencies_s:
             raise RuntimeError(f"the scratch replica answered no request: {warm.first_error}")
         before, started = scratch.sample(processes), time.monotonic()
         progress(f"measuring at {settings.rate:g} req/s for {settings.duration_s:g}s")
-        fixed = open_loop(url, bodies, settings.rate, settings.duration_s)
+        fixed = open_loop(url, bodies, settings.rate, settings.duration_s, headers=keyed)
         after, elapsed = scratch.sample(processes), time.monotonic() - started
         latency = fixed.latency()
         if latency is None:
@@ -121,7 +131,7 @@ def run_benchmark(config: EndpointConfig, target: Target, served: ServedWith,
 
         def step(rate: float) -> LoadResult:
             progress(f"rate search: {rate:g} req/s for {settings.step_seconds:g}s")
-            return open_loop(url, bodies, rate, settings.step_seconds)
+            return open_loop(url, bodies, rate, settings.step_seconds, headers=keyed)
 
         best, steps = (search_rate(step, settings.rate, settings.p99_target_ms, settings.search_steps)
                        if settings.search_steps else (None, []))

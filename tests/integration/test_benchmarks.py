@@ -5,6 +5,7 @@ application is gone afterwards, whether the benchmark succeeded or failed."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -43,6 +44,26 @@ def scratch_applications() -> list[str]:
     return [name for name in serve.status().applications if is_benchmark_app(name)]
 
 
+def outsiders_answers(platform, client, benchmark_id: int) -> list[int]:
+    """What requests without the benchmark's key got from its scratch endpoint while it
+    ran (statuses of those that reached it: none before it ran)."""
+    from serving.names import ENDPOINT_APP_PREFIX, endpoint_url
+
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    answers: list[int] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(answers) < 5:
+        if client.get_benchmark(MODEL, 1, benchmark_id).status != "running":
+            break
+        for app in scratch_applications():
+            url = endpoint_url(platform.url, app.removeprefix(ENDPOINT_APP_PREFIX), "infer")
+            status = httpx.post(url, json=body, timeout=10).status_code
+            if status not in (404, 503):  # not routed, or not loaded yet
+                answers.append(status)
+        time.sleep(0.2)
+    return answers
+
+
 def cli(platform, *args: str) -> str:
     return platform.cli(*args)
 
@@ -53,6 +74,8 @@ def test_figures_are_measured_stored_shown_and_compared(platform, client) -> Non
     with pytest.raises(ConflictError, match="is being benchmarked") as second:
         client.start_benchmark(MODEL, 1, QUICK)
     assert second.value.detail["status"] == 409 and second.value.detail["field"] == "version"
+    outsider = outsiders_answers(platform, client, started.id)
+    assert outsider and set(outsider) == {403}, outsider  # the scratch route is public
     fast = client.wait_benchmark(MODEL, 1, started.id, timeout_s=240)
     assert fast.status == "succeeded", fast.error
     figures = fast.figures

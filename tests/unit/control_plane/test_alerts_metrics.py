@@ -86,3 +86,13 @@ def test_every_metric_the_dashboard_uses_is_exposed(exposition) -> None:
             used |= set(re.findall(r"\b(modelplane_[a-z0-9_]+)", target["expr"]))
     exposed = {name for name, _ in exposition}
     assert used and used <= exposed, sorted(used - exposed)
+
+
+def test_a_benchmarks_scratch_endpoint_is_never_exposed() -> None:
+    state = MonitorState()
+    for endpoint in ("churn", "_bench-0123abcd-7"):
+        core = make_core(reference_profile())
+        asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 3))
+        state.record(endpoint, "replica", core.take_stats().to_delta())
+    text = render(state.totals(), [], {}).decode()
+    assert 'endpoint="churn"' in text and "_bench-" not in text

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.http as tc
 
-from serving.core import InferenceCore
+from serving.core import HttpResult, InferenceCore
 from serving.schemas import EndpointConfig, RouteTable, TensorSignature, VersionConfig
 
 
@@ -212,3 +212,30 @@ def test_a_compressed_or_large_body_is_decoded_off_the_event_loop() -> None:
 
     asyncio.run(scenario())
     assert finished == ["light", "heavy"]
+
+
+def test_a_benchmark_s_scratch_endpoint_answers_only_its_benchmark() -> None:
+    import hashlib
+
+    from serving.names import CALLER_KEY_HEADER
+    from tests.unit.serving.monitoring_helpers import ModelBackend, infer_body, version_config
+
+    version = version_config()
+    config = EndpointConfig(endpoint="_bench-1", versions=[version],
+                            routes=RouteTable(weights={1: 100}),
+                            caller_key_sha256=hashlib.sha256(b"the-key").hexdigest())
+    core = InferenceCore(config, {1: ModelBackend(version)})
+    body = infer_body(np.zeros((1, 4), np.float32))
+
+    def post(headers: dict[str, str]) -> HttpResult:
+        return asyncio.run(core.handle("POST", "/infer", headers, body))
+
+    for headers in ({}, {CALLER_KEY_HEADER: "a-guess"}, {CALLER_KEY_HEADER: "the-key "}):
+        refused = post(headers)
+        assert refused.status == 403, refused.body
+        error = json.loads(refused.body)
+        assert "only its benchmark" in error["error"]
+    assert post({CALLER_KEY_HEADER: "the-key"}).status == 200
+    assert asyncio.run(core.handle("GET", "", {}, b"")).status == 200  # metadata stays open
+    counts = core.take_stats().to_delta()[1]["codes"]
+    assert counts == {200: 1}  # refusals are never the version's answers
