@@ -48,6 +48,15 @@ from serving.monitoring.snapshot import RoutedRequests
 
 GATE_CONFIDENCE = 0.95
 _Z = NormalDist().inv_cdf(GATE_CONFIDENCE)
+# Requests routed apart (pinned, or sticky where not counted) load a version as its sample
+# does. Spread like the sample (keys hash by the weights) they load candidate and stable
+# alike; chosen by a caller they can load one alone, and its latency, 5xx and dropped
+# shadows then say how much load it got, not how good it is. Past this ratio between the
+# versions' loads per sampled request, those checks are not judged in the window.
+MAX_LOAD_IMBALANCE = 1.5
+# The checks whose values rise with a version's load.
+LOAD_SENSITIVE = frozenset({"error_rate", "p95_ms", "p99_ms", "error_rate_increase",
+                            "p95_ratio"})
 
 
 def accuracy_upper_bound(accuracy: float, labelled: int, z: float = _Z) -> float:
@@ -154,6 +163,34 @@ def sample_of(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[in
     return requests, (errors / requests if requests else 0.0)
 
 
+def load_per_sample(config: AnalysisConfig, stats: VersionSnapshot | None) -> float | None:
+    """Requests routed to the version per request of its sample (1.0: none routed apart);
+    None without a sample."""
+    routing = stats.traffic.routing if stats is not None else {}
+    every = sum(routed.requests + routed.refused for routed in routing.values())
+    sample = sum(routed.requests + routed.refused for routed in _routed(config, stats))
+    return every / sample if sample else None
+
+
+def load_imbalance(config: AnalysisConfig, candidate: VersionSnapshot,
+                   stable: VersionSnapshot | None) -> str | None:
+    """Why the window's load-sensitive checks cannot be judged, or None: requests routed
+    apart loaded one version more than the other (or, without stable, the candidate alone
+    more than its sample) past :data:`MAX_LOAD_IMBALANCE`."""
+    own = load_per_sample(config, candidate)
+    if own is None:
+        return None
+    other = load_per_sample(config, stable) if stable is not None else None
+    against = 1.0 if other is None else other
+    if max(own, against) / min(own, against) <= MAX_LOAD_IMBALANCE:
+        return None
+    stable_part = "" if other is None else f", stable {other:.2f}"
+    return (f"requests routed apart (pinned, or sticky where not counted) loaded the versions "
+            f"unevenly: the candidate got {own:.2f} requests per sampled one{stable_part} "
+            f"(more than {MAX_LOAD_IMBALANCE:g}x apart), so error rate and latency are not "
+            "judged in this window")
+
+
 def latency_of(config: AnalysisConfig, stats: VersionSnapshot) -> Quantiles:
     """The latency the gates judge: the randomly routed requests' (``latency.sample``), or
     every request's where the rollout also counts sticky or pinned ones."""
@@ -192,7 +229,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     assert candidate is not None
     stable_samples, stable_error_rate = sample_of(config, stable)
     checks: dict[str, dict[str, Any]] = {}
-    failures: list[str] = []
+    failures: dict[str, str] = {}  # check name → why it failed
     accuracy = candidate.accuracy
     labelled = accuracy.labelled
 
@@ -212,7 +249,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             why = "" if bound is None else (
                 f" ({GATE_CONFIDENCE:.0%} {'lower' if worse_if_above else 'upper'} bound "
                 f"{bound:.4g} over {evidence})")
-            failures.append(f"{name} {value:.4g} {sign} {limit:.4g}{why}")
+            failures[name] = f"{name} {value:.4g} {sign} {limit:.4g}{why}"
 
     latency = latency_of(config, candidate)
     requests = f"{latency.count} requests"
@@ -249,7 +286,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         checks["drift"] = {"value": own, "limit": [], "passed": not own,
                            "also_on_stable": [name for name in drifted if name in on_stable]}
         if own:
-            failures.append(f"drift in {', '.join(own)}")
+            failures["drift"] = f"drift in {', '.join(own)}"
     if labelled >= config.min_labels:
         if accuracy.accuracy is not None:
             value = float(accuracy.accuracy)
@@ -259,8 +296,22 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             check("mae", float(accuracy.mae), config.max_mae,
                   bound=mae_lower_bound(float(accuracy.mae), accuracy.rmse, labelled),
                   evidence=f"{labelled} labels")
+    disturbed = load_imbalance(config, candidate, stable)
+    unjudged = False
+    if disturbed is not None:
+        # A failure may be the load's doing; so may a relative check's pass where stable
+        # was the one loaded. An absolute check passed under more load than the sample's
+        # stands: load only makes latency and errors worse.
+        for name in LOAD_SENSITIVE & checks.keys():
+            checks[name]["disturbed"] = True
+        unjudged = any(name in LOAD_SENSITIVE for name in failures) or (
+            (load_per_sample(config, stable) or 1.0) > (load_per_sample(config, candidate) or 1.0)
+            and bool({"p95_ratio", "error_rate_increase"} & checks.keys()))
+        failures = {name: why for name, why in failures.items() if name not in LOAD_SENSITIVE}
     if failures:
-        return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
+        return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
+    if unjudged:
+        return CheckResult(Verdict.INCONCLUSIVE, checks, disturbed or "")
     asked = [name for name, limit in (("min_accuracy", config.min_accuracy),
                                       ("max_mae", config.max_mae)) if limit is not None]
     if asked and labelled < config.min_labels:
@@ -293,6 +344,18 @@ def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -
     # or cannot keep up) fails like one it failed, or only its quick answers are judged.
     errors = shadow.errors + shadow.dropped
     error_rate = errors / (errors + compared)
+    # Requests pinned to the shadow fill the calls it may have in flight as its mirrored
+    # ones do: past the imbalance, mirrored requests it dropped say how loaded it was.
+    routed_apart = sum(r.requests + r.refused for r in (candidate.traffic.routing.values()
+                                                         if candidate is not None else ()))
+    if shadow.dropped and routed_apart > (MAX_LOAD_IMBALANCE - 1) * compared:
+        failed = shadow.errors / (shadow.errors + compared)
+        if config.max_error_rate is not None and failed <= config.max_error_rate < error_rate:
+            return CheckResult(Verdict.INCONCLUSIVE, {"shadow_error_rate": {
+                "value": error_rate, "limit": config.max_error_rate, "disturbed": True}},
+                f"{shadow.dropped} mirrored requests were dropped while the shadow also "
+                f"answered {routed_apart} requests sent to it directly; its error rate is "
+                "not judged in this window")
     checks = {"shadow_error_rate": {"value": error_rate, "limit": config.max_error_rate,
                                     "passed": config.max_error_rate is None or error_rate <= config.max_error_rate}}
     failures = [] if checks["shadow_error_rate"]["passed"] else [

@@ -441,3 +441,89 @@ def test_an_empty_request_beside_a_two_row_one_shifts_no_prediction() -> None:
     assert state.feedback("churn", labels)["joined"] == 201
     accuracy = state.snapshot("churn", 60, sample=("random",))[1].accuracy
     assert (accuracy.labelled, accuracy.accuracy, accuracy.invalid) == (202, 1.0, 0)
+
+
+class OneAtATime:
+    """A version that runs one request at a time, ``run_s`` each: requests queue for it."""
+
+    def __init__(self, config: Any, run_s: float) -> None:
+        from tests.unit.serving.monitoring_helpers import ModelBackend
+
+        self.config, self.run_s, self._model = config, run_s, ModelBackend(config)
+        self._lock: asyncio.Lock | None = None
+
+    async def infer(self, arrays: dict[str, Any]) -> dict[str, Any]:
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            await asyncio.sleep(self.run_s)
+            return await self._model.infer(arrays)
+
+
+def _canary(run_s: dict[int, float], flooded: int | None) -> tuple[VersionSnapshot, VersionSnapshot]:
+    """Candidate (2) and stable (1) after randomly routed requests at 50/50, while
+    ``flooded`` (a version, or None) gets a flood of requests pinned to it."""
+    from serving.core import InferenceCore
+    from serving.schemas import EndpointConfig, RouteTable
+    from tests.unit.serving.monitoring_helpers import version_config
+
+    configs = {v: version_config(v) for v in (1, 2)}
+    core = InferenceCore(EndpointConfig(endpoint="churn", versions=list(configs.values()),
+                                        routes=RouteTable(weights={1: 50, 2: 50})),
+                         {v: OneAtATime(configs[v], run_s[v]) for v in (1, 2)})
+    row = infer_body(np.zeros((1, 4), np.float32))
+
+    async def send() -> None:
+        done = asyncio.Event()
+
+        async def flood() -> None:
+            while not done.is_set():
+                assert (await core.handle("POST", f"/versions/{flooded}/infer", {}, row)).status == 200
+
+        flooders = [asyncio.create_task(flood()) for _ in range(6 if flooded else 0)]
+        await asyncio.sleep(0.01)
+        for _ in range(300):
+            assert (await core.handle("POST", "/infer", {}, row)).status == 200
+        done.set()
+        await asyncio.gather(*flooders)
+
+    asyncio.run(send())
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", core.take_stats().to_delta())
+    snapshot = state.snapshot("churn", 60, sample=("random",))
+    return snapshot[2], snapshot[1]
+
+
+GATES = AnalysisConfig(min_samples=100, max_p95_ratio=1.5)
+
+
+def test_a_flood_pinned_to_a_good_candidate_cannot_fail_it() -> None:
+    candidate, stable = _canary({1: 0.001, 2: 0.001}, flooded=2)
+    assert candidate.latency.sample.p95_ms > 3 * stable.latency.sample.p95_ms  # it queued
+    result = analyse(GATES, candidate, stable)
+    assert result.verdict == Verdict.INCONCLUSIVE, result.reason
+    assert "loaded the versions unevenly" in result.reason and result.checks["p95_ratio"]["disturbed"]
+
+
+def test_a_flood_pinned_to_stable_cannot_pass_a_slow_candidate() -> None:
+    candidate, stable = _canary({1: 0.001, 2: 0.004}, flooded=1)
+    result = analyse(GATES, candidate, stable)
+    assert result.verdict == Verdict.INCONCLUSIVE, result.reason
+    # Without the flood the same candidate fails: the gate itself still works.
+    candidate, stable = _canary({1: 0.001, 2: 0.004}, flooded=None)
+    result = analyse(GATES, candidate, stable)
+    assert result.verdict == Verdict.FAIL and "p95_ratio" in result.reason
+
+
+def test_mirrored_requests_a_pinned_flood_crowded_out_do_not_fail_the_shadow() -> None:
+    from serving.monitoring import ShadowComparison
+
+    crowded = ShadowComparison(compared=200, errors=1, dropped=60, agreement=1.0)
+    flooded = replace(_traffic(pinned=400, sticky=0, rejected=0, randomly=0), shadow=crowded)
+    result = analyse(AnalysisConfig(min_samples=100, max_error_rate=0.05), flooded, None, shadow=True)
+    assert result.verdict == Verdict.INCONCLUSIVE and "400 requests sent to it directly" in result.reason
+    alone = replace(flooded, traffic=replace(flooded.traffic, routing={}))
+    result = analyse(AnalysisConfig(min_samples=100, max_error_rate=0.05), alone, None, shadow=True)
+    assert result.verdict == Verdict.FAIL  # dropped with nothing else sent to it: it cannot keep up
+    failing = replace(flooded, shadow=replace(crowded, errors=40))
+    result = analyse(AnalysisConfig(min_samples=100, max_error_rate=0.05), failing, None, shadow=True)
+    assert result.verdict == Verdict.FAIL  # its own failures are judged, flood or not
