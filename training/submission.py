@@ -82,8 +82,9 @@ class JobClient:
         try:
             # Per client, not per process: one process may talk to clusters in both modes.
             self.headers = dashboard_auth_headers(self.address)
-        except ConfigurationError as error:
-            raise JobSubmissionError(error.message, detail=error.detail) from None
+        except ConfigurationError as error:  # this machine's settings: no retry mends them
+            raise JobSubmissionError(error.message, detail={
+                **error.detail, "answered": True, "refused": True}) from None
         try:
             self._client = _bounded(JobSubmissionClient)(self.address, headers=self.headers)
         except AuthenticationError as error:
@@ -93,7 +94,7 @@ class JobClient:
                 f"cannot reach Ray's job API at {self.address} ({_first_line(error)}); is a Ray "
                 "head running with its dashboard? Pass --address http://HEAD:8265 or set "
                 "RAY_API_SERVER_ADDRESS",
-                detail={"address": self.address},
+                detail={"address": self.address, "answered": False},
             ) from None
 
     def submit(self, entrypoint: str, runtime_env: dict[str, Any], *,
@@ -156,12 +157,8 @@ class JobClient:
                 "dashboard stuck?", detail={"address": self.address, "answered": False}) from None
         except (RuntimeError, ConnectionError, requests.RequestException) as error:
             message = _first_line(error)
-            if "does not exist" in message or "404" in message:
-                raise JobSubmissionError(  # job_missing() reads this message
-                    f"no job {args[0] if args else ''} on the cluster at {self.address}; "
-                    "`modelplane train list` shows the jobs there",
-                    detail={"address": self.address},
-                ) from None
+            if _says_no_such_job(error, message):
+                raise no_such_job(str(args[0]) if args else "", self.address) from None
             # A connection that failed carried no request: Ray did nothing with it.
             answered = not isinstance(error, ConnectionError | requests.ConnectionError)
             raise JobSubmissionError(f"Ray's job API at {self.address} failed: {message}",
@@ -174,12 +171,29 @@ class JobClient:
         return JobSubmissionError(
             f"Ray's job API at {self.address} refused this machine's Ray token ({said}); the "
             "token must be the one on the cluster's head: copy its ~/.ray/auth_token here (or "
-            "set RAY_AUTH_TOKEN)", detail={"address": self.address, "answered": True})
+            "set RAY_AUTH_TOKEN)", detail={"address": self.address, "answered": True,
+                                          "refused": True})
+
+
+def no_such_job(job_id: str, address: str) -> JobSubmissionError:
+    """The job API's answer that it has no job ``job_id`` (:func:`job_missing` says so)."""
+    return JobSubmissionError(
+        f"no job {job_id} on the cluster at {address}; `modelplane train list` shows the jobs "
+        "there", detail={"address": address, "answered": True, "missing": True})
 
 
 def job_missing(error: JobSubmissionError) -> bool:
     """Whether the job API answered that it has no such job (not that it could not answer)."""
-    return error.message.startswith("no job ")
+    return bool(error.detail.get("missing"))
+
+
+def _says_no_such_job(error: Exception, message: str) -> bool:
+    """Whether the job API answered 404 for the job (Ray's SDK raises its answer as a
+    RuntimeError). Read from the answer alone: a failed connection's message holds the
+    request's URL, and a job id such as ``pipeline-nightly-404-…`` holds "404"."""
+    return (type(error) is RuntimeError
+            and message.startswith("Request failed with status code 404")
+            and "does not exist" in message)
 
 
 @functools.cache

@@ -7,7 +7,9 @@ bounds it; with several, gloo's 30-minute timeout per collective, once per failu
 allows). The driver cannot see the workers' reports (they reach the Train controller, an
 actor), but the controller's callback logs every epoch to the run, so the driver watches
 the run as the control plane records it. While the control plane cannot answer, the watch
-learns nothing and blames nobody: the stall clock restarts when it answers again.
+learns nothing and blames nobody: the stall clock restarts when it answers again. A
+control plane that answers with a refusal (the job's token expired or was revoked) is not
+away: the clock runs on, or a worker stuck after the refusal would hold the job for good.
 """
 
 from __future__ import annotations
@@ -39,22 +41,34 @@ class Watchdog:
         self._firing = threading.Lock()  # firing and stopping, one at a time
         self._thread: threading.Thread | None = None
         self.reason: str | None = None
+        self.refusal: str | None = None  # why the control plane last refused to answer
 
     def check(self) -> str | None:
         """One look at the run: the reason to stop it, or None while it is within time."""
         now = self._clock()
         try:
             seen = self._progress()
-        except Exception as error:  # the control plane is away: no evidence either way
-            log.info("cannot read the run's progress: %s", error)
-            self._moved = now
+            self.refusal = None
+        except Exception as error:
             seen = self._seen
+            if _away(error):  # no evidence either way: the clock restarts when it answers
+                log.info("cannot read the run's progress: %s", error)
+                self._moved = now
+            else:  # refused (the job's token expired or was revoked): the clock runs on
+                log.warning("the control plane refuses to show the run's progress: %s", error)
+                self.refusal = str(error)[:300]
         if seen != self._seen:
             self._seen, self._moved = seen, now
         if self.max_s is not None and now - self._started > self.max_s:
             return (f"training ran longer than resources.max_run_time_s ({self.max_s:g} s); "
                     "the job was stopped, its checkpoints kept for a resume")
         if self.stall_s is not None and now - self._moved > self.stall_s:
+            if self.refusal is not None:
+                return (f"the control plane refused to show the run's progress for "
+                        f"{now - self._moved:.0f} s, past resources.stall_timeout_s "
+                        f"({self.stall_s:g} s): {self.refusal}; the job was stopped, its "
+                        "checkpoints kept for a resume (give it a token that lasts: "
+                        "`train submit --token-hours`)")
             return (f"no epoch was reported for {now - self._moved:.0f} s, past "
                     f"resources.stall_timeout_s ({self.stall_s:g} s): a worker is stuck; "
                     "the job was stopped, its checkpoints kept for a resume")
@@ -83,3 +97,10 @@ class Watchdog:
         """Stop watching: once this returns, ``on_overdue`` is not called."""
         with self._firing:
             self._stop.set()
+
+
+def _away(error: BaseException) -> bool:
+    """Whether ``error`` says the control plane could not answer (not that it refused)."""
+    from control_plane.errors import cannot_answer_now
+
+    return isinstance(error, OSError) or cannot_answer_now(error)

@@ -134,8 +134,9 @@ class TrainStage:
                                outputs={"job_id": job_id}, logs=logs)
             return self._follow(context, client, job_id, logs)
         except JobSubmissionError as error:
-            if not progress.get("submitted") and error.detail.get("answered", True):
+            if not progress.get("submitted") and error.detail.get("refused"):
                 raise  # Ray refused the submission: the stage fails, saying why
+            # Anything else (no connection, a 5xx, no answer) is asked again next pass.
             return self._unanswered(context, job_id, logs, progress, error)
 
     @staticmethod
@@ -251,6 +252,8 @@ class TrainStage:
         except JobSubmissionError as error:
             if error.detail.get("answered", True):
                 self.services.tokens.revoke(name, actor)  # refused: no job will ever use it
+                raise JobSubmissionError(error.message,
+                                         detail={**error.detail, "refused": True}) from None
             raise  # unanswered: Ray may have taken it, and the job its token; asked next pass
         except BaseException:
             self.services.tokens.revoke(name, actor)

@@ -14,6 +14,7 @@ from control_plane.schemas import RunCreate, RunStatus
 from control_plane.tracking import Tracker
 from tests.unit.control_plane.conftest import ALICE, READER
 from training.errors import JobSubmissionError
+from training.submission import no_such_job
 
 NOW_S = 1_800_000_000.0
 
@@ -45,8 +46,7 @@ class JobApi:
     def info(self, job_id: str) -> Any:
         self.asked.append(job_id)
         if job_id not in self.jobs:
-            raise JobSubmissionError(f"no job {job_id} on the cluster at http://head:8265",
-                                     detail={})
+            raise no_such_job(job_id, "http://head:8265")
         return self.jobs[job_id]
 
 

@@ -23,7 +23,7 @@ from control_plane.pipelines.stages import StageContext, TrainStage
 from training import submission
 from training.errors import JobSubmissionError
 from training.schemas import JobSpec
-from training.submission import JobClient
+from training.submission import JobClient, no_such_job
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 STARTED = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
@@ -144,8 +144,7 @@ class JobApi:
         if self.failing is not None:
             raise self.failing
         if job_id not in self.jobs:
-            raise JobSubmissionError(f"no job {job_id} on the cluster at http://head:8265",
-                                     detail={"address": "http://head:8265"})
+            raise no_such_job(job_id, "http://head:8265")
         return self.jobs[job_id]
 
     def submit(self, entrypoint: str, runtime_env: dict[str, Any], *, submission_id: str,
@@ -196,8 +195,7 @@ def test_a_job_api_that_cannot_answer_leaves_the_stage_running_until_its_timeout
 
 def test_a_job_the_cluster_no_longer_knows_fails_the_stage_at_once() -> None:
     api = JobApi()
-    api.failing = JobSubmissionError("no job pipeline-bc-1-ab on the cluster at http://head:8265",
-                                     detail={})
+    api.failing = no_such_job("pipeline-bc-1-ab", "http://head:8265")
     outcome = _stage(api).advance(_context(after_s=30))
     assert outcome.state is StageState.FAILED and "no job pipeline-bc-1-ab" in outcome.reason
 
@@ -313,3 +311,49 @@ def test_the_version_the_stage_passes_is_the_one_its_own_job_registered(registry
         "submission_id": job_id, "submitted": True, "attempt": 1}))
     assert outcome.state is StageState.PASSED, outcome.reason
     assert (outcome.outputs["run_id"], outcome.outputs["version"]) == (run.id, mine)
+
+
+def test_only_the_job_api_s_own_404_says_a_job_is_missing() -> None:
+    import requests
+
+    client = object.__new__(JobClient)
+    client.address = "http://head:4040"
+
+    def failing(error: Exception) -> JobSubmissionError:
+        def call(job_id: str) -> None:
+            raise error
+        with pytest.raises(JobSubmissionError) as raised:
+            client._call(call, "pipeline-nightly-404-0a1b2c3d")
+        return raised.value
+
+    refused = failing(requests.ConnectionError(
+        "HTTPConnectionPool(host='head', port=4040): Max retries exceeded with url: "
+        "/api/jobs/pipeline-nightly-404-0a1b2c3d (Caused by NewConnectionError('refused'))"))
+    assert not submission.job_missing(refused) and refused.detail["answered"] is False
+    server = failing(RuntimeError("Request failed with status code 500: job 404 broke."))
+    assert not submission.job_missing(server) and server.detail["answered"] is True
+    missing = failing(RuntimeError(
+        "Request failed with status code 404: Job pipeline-nightly-404-0a1b2c3d does not exist."))
+    assert submission.job_missing(missing) and "no job pipeline-nightly-404" in missing.message
+
+
+@pytest.mark.parametrize("fails", ["connect", "info"])
+def test_a_job_api_away_before_the_submission_leaves_the_stage_running(fails: str) -> None:
+    api = JobApi()
+    api.fails_at = "connect" if fails == "connect" else "status"
+    api.failing = JobSubmissionError(
+        "cannot reach Ray's job API at http://head:8265" if fails == "connect" else
+        "Ray's job API at http://head:8265 failed: Request failed with status code 503",
+        detail={"address": "http://head:8265", "answered": fails != "connect"})
+    outcome = _stage(api).advance(_fresh(30, {"submission_id": "pipeline-bc-1-ab"}))
+    assert outcome.state is StageState.RUNNING, outcome.reason
+    assert outcome.outputs["status"].startswith("UNKNOWN: ")
+
+
+def test_a_dashboard_that_refuses_connections_is_not_a_refused_submission() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens once it is closed
+    with pytest.raises(JobSubmissionError) as raised:
+        JobClient(f"http://127.0.0.1:{port}")
+    assert raised.value.detail["answered"] is False and not raised.value.detail.get("refused")

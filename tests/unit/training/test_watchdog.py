@@ -15,10 +15,13 @@ class Run:
     def __init__(self) -> None:
         self.epochs = 0
         self.away = False
+        self.refused: Exception | None = None
 
     def progress(self) -> int:
         if self.away:
             raise ConnectionError("cannot reach the control plane")
+        if self.refused is not None:
+            raise self.refused
         return self.epochs
 
 
@@ -62,6 +65,24 @@ def test_an_unreachable_control_plane_is_no_evidence_of_a_stall() -> None:
     assert watchdog.check() is None  # the clock restarted at the last look it had no answer
     clock.now += 61
     assert watchdog.check() is not None  # answering, and no epoch for 61 s
+
+
+@pytest.mark.parametrize("answer", ["expired", "unavailable"])
+def test_a_refusal_is_no_outage_and_the_stall_clock_runs_on(answer: str) -> None:
+    from control_plane.errors import AuthenticationError, ControlPlaneError
+
+    run, clock = Run(), Clock()
+    watchdog = _watch(run, clock, stall_s=60)
+    run.refused = (AuthenticationError("token 'job-7' expired at 2026-12-04T10:00:00+00:00")
+                   if answer == "expired" else
+                   ControlPlaneError("the store did not answer", detail={"status": 503}))
+    clock.now += 61
+    reason = watchdog.check()
+    if answer == "unavailable":  # a 5xx is the control plane away: nobody blamed
+        assert reason is None
+        return
+    assert reason is not None and "refused to show the run's progress for 61 s" in reason
+    assert "expired at" in reason and "--token-hours" in reason
 
 
 def test_the_run_time_limit_holds_however_the_epochs_come() -> None:
