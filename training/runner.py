@@ -316,10 +316,14 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     watchdog = Watchdog(lambda: _progress(client, run_id), _interrupt_main,
                         stall_s=resources.stall_timeout_s, max_s=resources.max_run_time_s).start()
     try:
-        result = trainer.fit()
+        result = fit_noting_stops(trainer)
     except TrainingFailedError as error:
+        if STOP_REQUESTED.is_set():
+            raise KeyboardInterrupt from None  # Ctrl-C aborted the run: a stop
         raise training_failure(error, spec, placement, run_id) from None
     except ray.exceptions.RayActorError as error:
+        if STOP_REQUESTED.is_set():
+            raise KeyboardInterrupt from None
         # Ray Train's controller died (or was never started): one line, not a traceback.
         raise TrainingError(f"Ray Train's controller died: {_first_line(error)}; the "
                             "checkpoints so far are kept, resubmit the job (with "
@@ -349,6 +353,45 @@ class TextSplit(Split):
         """The same rows as token ids, as the network reads them."""
         return Split(self.encoding.encode(self.x_train[:, 0]), self.y_train,
                      self.encoding.encode(self.x_val[:, 0]), self.y_val)
+
+
+def fit_noting_stops(trainer: Any) -> Any:
+    """``trainer.fit()``, where Ctrl-C (SIGINT) is a stop, as SIGTERM is.
+
+    Ray Train's ``fit()`` installs its own SIGINT handler, which aborts the run and may
+    ``sys.exit(0)``, so no KeyboardInterrupt says the user stopped it, and the handler stays
+    after ``fit()`` (swallowing Ctrl-C during export and registration). Here a SIGINT that
+    no deadline sent sets ``STOP_REQUESTED``, the run's end raises KeyboardInterrupt, and
+    the handler from before is put back."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    register = getattr(trainer, "_register_sigint_handler", None)
+    if main and callable(register):
+        def register_noting_stops(controller: Any) -> None:
+            register(controller)
+            train_handler = signal.getsignal(signal.SIGINT)
+
+            def on_sigint(signum: int, frame: Any) -> None:
+                if not OVERDUE:  # a deadline interrupts through SIGINT too: not a stop
+                    STOP_REQUESTED.set()
+                if callable(train_handler):
+                    train_handler(signum, frame)
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+        trainer._register_sigint_handler = register_noting_stops
+    try:
+        result = trainer.fit()
+    except SystemExit:
+        if STOP_REQUESTED.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
+    if STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt  # aborted: what it returned is no finished training
+    return result
 
 
 def _progress(client: Any, run_id: str) -> tuple[tuple[str, float], ...]:
