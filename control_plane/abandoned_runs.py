@@ -7,8 +7,11 @@ live. The leader asks the cluster's job API about every running run a submitted 
 started, and ends those whose job Ray reports ended at least ``grace_s`` ago (the driver's
 own last report has landed by then or never will): a job that failed, or succeeded
 without ending its run, leaves it ``failed``; a stopped one, ``killed``. Why is kept as
-the run's ``failure_reason``. A job the cluster does not know (one submitted to another
-cluster that reports here) is left alone, as is every run while the job API cannot answer.
+the run's ``failure_reason``. A job the cluster does not know is left alone (one submitted
+to another cluster that reports here), unless the run says it ran on this cluster's address
+in an earlier session: the cluster restarted (a head lost, ``modelplane down`` and ``up``)
+and took the job's driver and its record with it, so the run ends ``failed``. Every run is
+left alone while the job API cannot answer.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ class AbandonedRuns:
     """The leader's sweep of runs whose Ray job ended without ending them."""
 
     def __init__(self, tracker: Tracker, job_client: Callable[[], Any], *,
-                 grace_s: float = 30.0, now: Callable[[], float] = time.time) -> None:
+                 grace_s: float = 30.0, now: Callable[[], float] = time.time,
+                 cluster: Callable[[], tuple[str, str] | None] | None = None) -> None:
         self._tracker, self._job_client = tracker, job_client
         self._grace_s, self._now = grace_s, now
+        self._cluster = cluster or this_ray_cluster
 
     def sweep(self) -> list[str]:
         """End the runs whose job has ended; returns their ids."""
@@ -49,12 +54,18 @@ class AbandonedRuns:
         except JobSubmissionError as error:
             log.info("cannot look for abandoned runs: %s", error.message)
             return []
+        from training.submission import job_missing
+
         ended: list[str] = []
-        for run_id, job_id, run_started in running:
+        for run_id, job_id, run_started, ran_on in running:
             try:
                 info = client.info(job_id)
-            except JobSubmissionError:
-                continue  # not this cluster's job, or the job API is away: not an answer
+            except JobSubmissionError as error:
+                # Not this cluster's job, or the job API is away: not an answer; unless the
+                # run ran on this cluster before it restarted.
+                if job_missing(error) and self._restarted_since(ran_on):
+                    ended += self._end_lost(run_id, job_id, ran_on)
+                continue
             status = str(getattr(info.status, "value", info.status))
             finished_ms = getattr(info, "end_time", None)
             if status not in ENDED or finished_ms is None or \
@@ -69,6 +80,38 @@ class AbandonedRuns:
                 log.warning("run %s ended %s: %s", run_id, ENDED[status].value, reason)
                 ended.append(run_id)
         return ended
+
+
+    def _restarted_since(self, ran_on: tuple[str, str] | None) -> bool:
+        """Whether ``ran_on`` (address, session) is this cluster's address in another session."""
+        if ran_on is None:
+            return False
+        try:
+            now = self._cluster()
+        except Exception as error:  # Ray cannot say: nothing is concluded
+            log.info("cannot tell which Ray cluster this is: %s", error)
+            return False
+        return now is not None and now[0] == ran_on[0] and now[1] != ran_on[1]
+
+    def _end_lost(self, run_id: str, job_id: str, ran_on: tuple[str, str]) -> list[str]:
+        reason = (f"its Ray job {job_id} ran on this Ray cluster ({ran_on[0]}) before it "
+                  f"restarted (session {ran_on[1]}); the restart ended the job's process and "
+                  "Ray's record of it. Resubmit the job (checkpoint.resume_from: this run's "
+                  "id goes on from its last checkpoint)")
+        if not self._tracker.end_abandoned(run_id, RunStatus.FAILED, reason, SWEEPER):
+            return []
+        log.warning("run %s ended failed: %s", run_id, reason)
+        return [run_id]
+
+
+def this_ray_cluster() -> tuple[str, str] | None:
+    """(GCS address, session name) of the Ray cluster this process is connected to."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    return str(context.gcs_address), str(context.get_session_name())
 
 
 def _ran_within(run_started: datetime, job_started_ms: int | None, job_ended_ms: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as StoreConstraintError
@@ -138,18 +138,19 @@ class Tracker:
             row.status = spec.status.value
             return _run_out(session, row)
 
-    def running_job_runs(self, *, page: int = 500) -> list[tuple[str, str, datetime]]:
-        """``(run id, Ray submission id, start time)`` of every running run a submitted
-        job started (read a page at a time: runs of other kinds may be left running)."""
-        found: list[tuple[str, str, datetime]] = []
+    def running_job_runs(self, *, page: int = 500) -> list[JobRun]:
+        """Every running run a submitted job started (read a page at a time: runs of other
+        kinds may be left running)."""
+        found: list[JobRun] = []
         after = ""
         while True:
             with self.db.session(readonly=True) as session:
                 rows = session.execute(
-                    select(RunRow.id, RunRow.tags, RunRow.start_time)
+                    select(RunRow.id, RunRow.tags, RunRow.start_time, RunRow.environment)
                     .where(RunRow.status == RunStatus.RUNNING.value, RunRow.id > after)
                     .order_by(RunRow.id).limit(page)).all()
-            found += [(run_id, str(tags[JOB_TAG]), started) for run_id, tags, started in rows
+            found += [JobRun(run_id, str(tags[JOB_TAG]), started, _ray_cluster(environment))
+                      for run_id, tags, started, environment in rows
                       if isinstance(tags, dict) and tags.get(JOB_TAG)]
             if len(rows) < page:
                 return found
@@ -352,3 +353,19 @@ def _run_out(session: Session, row: RunRow) -> RunOut:
         children=list(children),
         artifacts=[RunArtifactOut(path=a.path, digest=a.digest, size=a.size) for a in artifacts],
     )
+
+
+class JobRun(NamedTuple):
+    """A running run that a submitted job started, and the Ray cluster it said it ran on."""
+
+    run_id: str
+    job_id: str
+    started: datetime
+    ray_cluster: tuple[str, str] | None  # (GCS address, session name); None: not recorded
+
+
+def _ray_cluster(environment: Any) -> tuple[str, str] | None:
+    cluster = environment.get("ray_cluster") if isinstance(environment, dict) else None
+    if not isinstance(cluster, dict) or not cluster.get("address") or not cluster.get("session"):
+        return None
+    return str(cluster["address"]), str(cluster["session"])

@@ -436,8 +436,11 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> dict[str, Any]:
             signal.signal(signal.SIGTERM, _on_sigterm)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     context = ray.get_runtime_context()
+    # The session tells a restarted cluster from the one the job ran on (the sweep of
+    # abandoned runs ends a run whose cluster restarted under it).
     summary = {"ray_version": ray.__version__, "address": context.gcs_address,
-               "nodes": len(nodes), "resources": ray.cluster_resources()}
+               "session": context.get_session_name(), "nodes": len(nodes),
+               "resources": ray.cluster_resources()}
     return {"nodes": nodes, "address": context.gcs_address, "summary": summary}
 
 

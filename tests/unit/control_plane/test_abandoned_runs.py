@@ -119,7 +119,7 @@ def test_the_sweep_reads_every_running_run_not_a_first_page(tracker: Tracker) ->
         tracker.start_run(RunCreate(experiment="exp", tags={"n": str(index)}), ALICE)
     job_runs = {_job_run(tracker, f"job-{index}") for index in range(3)}
     found = tracker.running_job_runs(page=2)
-    assert {run_id for run_id, _, _ in found} == job_runs
+    assert {run.run_id for run in found} == job_runs
 
 
 def test_nothing_is_ended_while_the_job_api_cannot_answer(
@@ -154,3 +154,29 @@ def test_only_a_deployer_or_the_sweeper_ends_an_abandoned_run(tracker: Tracker) 
     with pytest.raises(PermissionDeniedError):
         tracker.end_abandoned(run_id, RunStatus.FAILED, "forged", READER)
     assert tracker.get_run(run_id).status is RunStatus.RUNNING
+
+
+def test_a_run_whose_cluster_restarted_under_it_is_ended_and_another_cluster_s_is_not(
+        tracker: Tracker, api: JobApi) -> None:
+    def run_on(job_id: str, address: str | None, session: str) -> str:
+        cluster = {"address": address, "session": session} if address else {}
+        return tracker.start_run(RunCreate(
+            experiment="exp", tags={"ray_job_submission_id": job_id},
+            environment={"ray_cluster": cluster}), ALICE).id
+
+    lost = run_on("job-lost", "head:6379", "session_2026-12-04_10-00-00_1")
+    elsewhere = run_on("job-elsewhere", "10.0.0.7:6379", "session_2026-12-04_10-00-00_1")
+    here_now = run_on("job-here-now", "head:6379", "session_2026-12-04_11-00-00_2")
+    unrecorded = run_on("job-unrecorded", None, "")
+    sweep = AbandonedRuns(tracker, api.connect, grace_s=30, now=lambda: NOW_S,
+                          cluster=lambda: ("head:6379", "session_2026-12-04_11-00-00_2"))
+    assert sweep.sweep() == [lost]  # Ray knows none of the four jobs
+    run = tracker.get_run(lost)
+    reason = run.params["failure_reason"]
+    assert run.status == RunStatus.FAILED and "before it restarted" in reason
+    assert "resume_from" in reason
+    for run_id in (elsewhere, here_now, unrecorded):
+        assert tracker.get_run(run_id).status == RunStatus.RUNNING
+    unknown = AbandonedRuns(tracker, api.connect, grace_s=30, now=lambda: NOW_S,
+                            cluster=lambda: None)  # not connected to Ray: nothing concluded
+    assert unknown.sweep() == []
