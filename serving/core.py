@@ -419,6 +419,10 @@ class InferenceCore:
             log.debug("shadow %s failed: %s", version, error)
             return
         latency = time.perf_counter() - started
+        if not _all_finite(outputs):  # a broken model answers; its NaNs are its failure
+            self.recorder.record_shadow(version, agreed=None, abs_diff=0.0,
+                                        latency_delta_s=latency - primary_latency, failed=True)
+            return
         agreed, diff = compare_outputs(backend.config.task, primary, outputs)
         self.recorder.record_shadow(version, agreed=agreed, abs_diff=diff,
                                     latency_delta_s=latency - primary_latency, failed=False)

@@ -59,6 +59,12 @@ LOAD_SENSITIVE = frozenset({"error_rate", "p95_ms", "p99_ms", "error_rate_increa
                             "p95_ratio"})
 
 
+def proportion_lower_bound(share: float, n: int, z: float = _Z) -> float:
+    """Wilson's one-sided lower confidence bound on a proportion seen as ``share`` in
+    ``n`` trials (0 without any)."""
+    return max(0.0, 1.0 - accuracy_upper_bound(1.0 - share, n, z)) if n > 0 else 0.0
+
+
 def accuracy_upper_bound(accuracy: float, labelled: int, z: float = _Z) -> float:
     """Wilson's one-sided upper confidence bound on a proportion seen as ``accuracy`` in
     ``labelled`` trials."""
@@ -253,7 +259,9 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
 
     latency = latency_of(config, candidate)
     requests = f"{latency.count} requests"
-    check("error_rate", error_rate, config.max_error_rate)
+    # On evidence, as every other share: two stray 5xx in a thin window are not a verdict.
+    check("error_rate", error_rate, config.max_error_rate,
+          bound=proportion_lower_bound(error_rate, samples), evidence=f"{samples} requests")
     check("p95_ms", latency.p95_ms, config.max_p95_ms, bound=latency.p95_bounds_ms[0],
           evidence=requests)
     check("p99_ms", latency.p99_ms, config.max_p99_ms, bound=latency.p99_bounds_ms[0],
@@ -266,6 +274,15 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     if not_finite is not None:
         check("not_finite_rate_increase", not_finite[0], config.max_not_finite_rate_increase,
               bound=not_finite[1], evidence=not_finite[2])
+    elif config.max_not_finite_rate_increase is not None:
+        # Stable answered too little in the window to compare with (every step at 100%,
+        # blue-green's switch): a working model's answers are finite, so the candidate's
+        # share is judged alone rather than not at all.
+        answered, broken = not_finite_counts(config, candidate)
+        if answered >= config.min_samples:
+            share = broken / answered
+            check("not_finite_rate", share, config.max_not_finite_rate_increase,
+                  bound=proportion_lower_bound(share, answered), evidence=f"{answered} answers")
     if stable and stable_samples >= config.min_samples:
         if config.max_error_rate_increase is not None:
             check("error_rate_increase", error_rate - stable_error_rate,
@@ -337,9 +354,12 @@ def _drifted(stats: VersionSnapshot) -> list[str]:
 def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -> CheckResult:
     shadow = candidate.shadow if candidate is not None else ShadowComparison()
     compared = shadow.compared
-    if compared < config.min_samples:
-        return CheckResult(Verdict.INCONCLUSIVE,
-                           reason=f"{compared} mirrored requests compared, need {config.min_samples}")
+    # Every mirrored request is evidence, its failures too: a shadow that fails them all
+    # compares none, and waiting for comparisons would never judge it.
+    mirrored = compared + shadow.errors + shadow.dropped
+    if mirrored < config.min_samples:
+        return CheckResult(Verdict.INCONCLUSIVE, reason=(
+            f"{mirrored} mirrored requests ({compared} compared), need {config.min_samples}"))
     # A mirrored request the shadow never got (too many of its calls in flight: it hangs
     # or cannot keep up) fails like one it failed, or only its quick answers are judged.
     errors = shadow.errors + shadow.dropped

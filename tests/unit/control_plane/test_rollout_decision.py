@@ -117,7 +117,7 @@ def test_inconclusive_keeps_the_streak_and_a_pass_breaks_it() -> None:
 def test_reaching_the_threshold_rolls_back_on_the_streak_it_computed() -> None:
     decision = decide(rollout(failures=1), evidence(FAILING), at(3))
     assert (decision.action, decision.streak) == (Action.ROLLBACK, 2)
-    assert decision.reason == "automatic rollback: error_rate 0.2 > 0.01"
+    assert decision.reason.startswith("automatic rollback: error_rate 0.2 > 0.01 (95% lower bound")
     assert decision.data == {"analysis": decision.analysis} and decision.analysed
     assert decision.analysis["checks"]["error_rate"]["value"] == 0.2
 
@@ -127,7 +127,7 @@ def test_a_streak_stored_at_its_limit_rolls_back_whatever_the_new_window_shows()
     stored = decide(rollout(failures=1), evidence(FAILING), at(3)).analysis
     decision = decide(rollout(failures=2, last_analysis=stored), evidence(HEALTHY), at(5))
     assert decision.action == Action.ROLLBACK and not decision.analysed
-    assert decision.reason == "automatic rollback: error_rate 0.2 > 0.01"
+    assert decision.reason.startswith("automatic rollback: error_rate 0.2 > 0.01 (95% lower bound")
     assert decision.streak == 2 and decision.analysis == stored
 
 
