@@ -197,11 +197,16 @@ class FeedbackJoin:
                 "max_prediction_bytes": self.max_bytes, "labels_waiting": len(self._waiting),
                 "waiting_bytes": self.waiting_bytes, "max_waiting_bytes": self.max_waiting_bytes}
 
-    def forget(self, endpoint: str) -> None:
+    def forget(self, endpoint: str, version: int | None = None) -> None:
+        """Drop what is kept of ``endpoint`` (or only the predictions of one version)."""
         for bucket in self._buckets(endpoint):
+            if version is not None and bucket[1] != version:
+                continue
             for stored in self._predictions.pop(bucket).values():
                 self._release(bucket, stored)
             self._bytes.pop(bucket, None)
+        if version is not None:
+            return
         for key in [k for k in self._waiting if k[0] == endpoint]:
             self.waiting_bytes -= self._waiting.pop(key)[2]
         for key in [k for k in self.counters if k[0] == endpoint]:

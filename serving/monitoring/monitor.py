@@ -113,6 +113,17 @@ class CounterWindow:
             steps.append(step)
         return steps[::-1]
 
+    def ended(self, seconds: float, since_epoch: int) -> tuple[Counter[str], int]:
+        """The slots of the last ``seconds`` that have ended (the current one still fills)
+        and none before ``since_epoch``, summed, and how many they are."""
+        self._current()
+        count = min(self.slots - 1, max(1, math.ceil(seconds / self.slot_seconds)),
+                    self._epoch - since_epoch)
+        result: Counter[str] = Counter()
+        for back in range(1, count + 1):
+            result.update(self._ring[(self._head - back) % self.slots])
+        return result, max(count, 0)
+
     def total(self, seconds: float) -> Counter[str]:
         self._current()
         count = min(self.slots, max(1, math.ceil(seconds / self.slot_seconds)))
@@ -323,10 +334,12 @@ class MonitorState:
         joined, waiting = self.join.add_labels(endpoint, items)
         by_version: dict[int, Counter[str]] = {}
         for pair in joined:
-            series = self._series(endpoint, pair.version)
+            series = self.series.get((endpoint, pair.version))
+            if series is None:  # a version no longer served: no series made again for it
+                continue
             by_version.setdefault(pair.version, Counter()).update(_joined_counts(pair, series.meta))
         for version, counts in by_version.items():
-            series = self._series(endpoint, version)
+            series = self.series[(endpoint, version)]
             series.counters.add(counts)
             series.totals.update(counts)
         invalid = sum(int(counters.feedback(c, None).get(counters.INVALID_LABELS, 0))
@@ -404,8 +417,13 @@ class MonitorState:
             slots = max(1, min(SLOTS, math.ceil(window_s / SLOT_SECONDS)))  # as total() cuts
             first_slot = series.counters.epoch - slots + 1
             judged = series.anomalies.judge(counts, first_slot)
+        # A rate over the seconds that have ended: the current slot holds part of one (a
+        # shipment lands in it once a second), and counting it over a whole one read a
+        # steady 50 req/s as 40 over 5 s.
+        ended, slots = series.counters.ended(window_s, math.floor(series.first_seen / SLOT_SECONDS))
+        rate = (sum(counters.codes(ended).values()) / (slots * SLOT_SECONDS)) if slots else None
         return VersionSnapshot(
-            traffic=_traffic(counts, span),
+            traffic=_traffic(counts, span, rate),
             latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency,
                             all_bins=_bins(sketch), sample_bins=sample_bins),
             shadow=_shadow(ShadowStats.from_counts(counters.SHADOW.read(counts))),
@@ -505,6 +523,8 @@ class MonitorState:
             self.replicas.pop(endpoint, None)
             self.served.pop(endpoint, None)
             self.join.forget(endpoint)
+        else:  # its predictions would only ever join labels nobody counts
+            self.join.forget(endpoint, version)
 
 
 def _quantiles_ms(sketch: Any) -> Quantiles:
@@ -527,7 +547,8 @@ def _bins(sketch: Any) -> LatencyBins:
     return LatencyBins(keys=tuple(keys.tolist()), counts=tuple(counts.tolist()))
 
 
-def _traffic(counts: Counter[str], span_s: float) -> Traffic:
+def _traffic(counts: Counter[str], span_s: float, rate: float | None = None) -> Traffic:
+    """``counts`` as traffic; requests per second over ``span_s`` unless ``rate`` says."""
     codes = counters.codes(counts)
     requests = sum(codes.values())
     server_errors = sum(n for c, n in codes.items() if c >= 500)
@@ -536,7 +557,7 @@ def _traffic(counts: Counter[str], span_s: float) -> Traffic:
         server_errors=server_errors,
         client_errors=sum(n for c, n in codes.items() if 400 <= c < 500),
         error_rate=server_errors / requests if requests else 0.0,
-        throughput_rps=requests / span_s,
+        throughput_rps=requests / span_s if rate is None else rate,
         codes=codes,
         errors=_ints(counters.ERROR.read(counts)),
         # The analysis sample: randomly routed requests the version answered. Pinned and

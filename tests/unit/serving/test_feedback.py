@@ -297,3 +297,29 @@ def test_labels_no_class_has_are_invalid_not_new_confusion_cells(n_classes: int 
     else:  # no class count known: every label judged, the matrix kept to its bound
         assert counts[counters.LABELLED] == 4096 and counts[counters.CORRECT] == 1
         assert len(cells) == MAX_CONFUSION_CLASSES
+
+
+def test_labels_of_a_version_no_longer_served_leave_no_ghost_of_it() -> None:
+    """After a promotion the old version's statistics are forgotten; labels arriving later
+    for its predictions must not bring it back (an alert on it would never resolve)."""
+    from serving.core import InferenceCore
+    from serving.monitoring.stats import ServedConfig
+    from serving.schemas import EndpointConfig, RouteTable
+    from tests.unit.serving.monitoring_helpers import ModelBackend, version_config
+
+    configs = {v: version_config(v) for v in (1, 2)}
+    core = InferenceCore(EndpointConfig(endpoint="churn", versions=list(configs.values()),
+                                        routes=RouteTable(weights={1: 50, 2: 50})),
+                         {v: ModelBackend(configs[v]) for v in (1, 2)})
+    rows = np.random.default_rng(9).normal(size=(60, 4)).astype(np.float32)
+    answers = asyncio.run(send_many(core, [row[None, :] for row in rows]))
+    by_version = {v: [a.headers["x-modelplane-request-id"] for a in answers
+                      if json.loads(a.body)["model_version"] == str(v)] for v in (1, 2)}
+    state = MonitorState()
+    state.record("churn", "replica", core.take_stats().to_delta(), ServedConfig("i", 1, (1, 2)))
+    state.record("churn", "replica", {}, ServedConfig("i", 2, (1,)))  # v2 retired
+    assert sorted(state.snapshot("churn", 60)) == [1]
+    answer = state.feedback("churn", [(rid, [0]) for rid in by_version[2] + by_version[1]])
+    assert sorted(state.snapshot("churn", 60)) == [1]  # no ghost of version 2
+    assert state.snapshot("churn", 60)[1].accuracy.labelled == len(by_version[1])
+    assert answer["waiting"] == len(by_version[2])  # its predictions went with it

@@ -255,3 +255,24 @@ def test_windows_cut_alike_share_one_drift_computation(monitored) -> None:
     assert drifts == {"drift"}
     # 999 windows a caller chose, all cut as 60 one-second slots: one computation kept.
     assert len(state._drift_cache) == 1
+
+
+@pytest.mark.parametrize("window_s", [1, 2, 5, 10, 60])
+def test_a_steady_rate_reads_as_itself_over_any_window(window_s: float) -> None:
+    """Shipments land once a second, so the newest slot holds part of a second's requests:
+    a rate over it too read a steady 50 req/s as 40 over 5 s."""
+    from serving.monitoring.stats import StatsRecorder
+
+    now = [1000.0]
+    state = MonitorState(clock=lambda: now[0])
+    for second in range(100):
+        now[0] = 1000.0 + second + 0.3
+        recorder = StatsRecorder()
+        for _ in range(50):
+            recorder.record(1, 200, 0.01)
+        state.record("e", "replica", recorder.to_delta())
+        if second == 3:
+            assert state.snapshot("e", window_s)[1].traffic.throughput_rps == pytest.approx(50)
+    for moment in (1.1, 0.9):  # early in a slot no shipment reached yet, then in one it did
+        now[0] = 1000.0 + 99 + moment
+        assert state.snapshot("e", window_s)[1].traffic.throughput_rps == pytest.approx(50)
