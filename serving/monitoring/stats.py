@@ -59,9 +59,10 @@ class ShadowStats:
     """How a shadow version compared with the primary answers it mirrored."""
 
     compared: int = 0
-    # Comparisons with a verdict (classifiers): agreement is agreed / judged. A regression
-    # model's answers have none, only a difference; counting them as disagreements would
-    # read a shadow identical to the primary as agreeing 0% of the time.
+    # Rows compared with a verdict (classifiers): agreement is agreed / judged, per row, so
+    # it does not depend on how many rows callers put in a request. A regression model's
+    # answers have none, only a difference; counting them as disagreements would read a
+    # shadow identical to the primary as agreeing 0% of the time.
     judged: int = 0
     agreed: int = 0
     abs_diff_sum: float = 0.0
@@ -224,8 +225,10 @@ class StatsRecorder:
                               "they are counted as unobserved", version, len(requests))
             stats.unobserved += len(requests)
 
-    def record_shadow(self, version: int, *, agreed: bool | None, abs_diff: float,
+    def record_shadow(self, version: int, *, agreed: tuple[int, int] | None, abs_diff: float,
                       latency_delta_s: float, failed: bool) -> None:
+        """One mirrored request: ``agreed`` is (rows agreeing, rows judged) where the answers
+        have a verdict (:func:`compare_outputs`)."""
         if not self.enabled:
             return
         shadow = self._of(version).shadow
@@ -234,8 +237,8 @@ class StatsRecorder:
             return
         shadow.compared += 1
         if agreed is not None:
-            shadow.judged += 1
-            shadow.agreed += int(agreed)
+            shadow.agreed += agreed[0]
+            shadow.judged += agreed[1]
         shadow.abs_diff_sum += abs_diff
         shadow.latency_delta_sum_s += latency_delta_s
 
@@ -277,23 +280,28 @@ def _sketch_bytes(latencies: list[float]) -> bytes | None:
     return sketch.to_bytes()  # type: ignore[no-any-return]
 
 
-def compare_outputs(task: str, primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> tuple[bool | None, float]:
-    """(whether a classifier's answers agree on every row, None for other tasks; the mean
+def compare_outputs(task: str, primary: dict[str, np.ndarray],
+                    shadow: dict[str, np.ndarray]) -> tuple[tuple[int, int] | None, float]:
+    """(a classifier's rows agreeing and rows judged, None for other tasks; the mean
     absolute difference) of the first output.
 
     A classifier's rows agree on the top class where they score several; where a row is
     one value, it is the label itself (whole numbers) or the positive class's probability,
-    which agree on the same side of one half."""
+    which agree on the same side of one half. Answers of another shape agree on no row."""
     name = next(iter(primary))
     a = np.asarray(primary[name], dtype=np.float64)
     b = np.asarray(shadow.get(name), dtype=np.float64)
+    rows = a.shape[0] if a.ndim else 1
     if a.shape != b.shape:
-        return (False if task == "classification" else None), float("inf")
+        return ((0, rows) if task == "classification" else None), float("inf")
     diff = float(np.mean(np.abs(a - b))) if a.size else 0.0
     if task != "classification":
         return None, diff
     if a.ndim >= 2 and a.shape[-1] > 1:
-        return bool(np.array_equal(a.argmax(axis=-1), b.argmax(axis=-1))), diff
+        same = a.argmax(axis=-1) == b.argmax(axis=-1)
+        return (int(same.reshape(rows, -1).all(axis=1).sum()), rows), diff
     # One value per row: the class the feedback join reads from it (None: not finite).
-    classes = [predicted_class(float(v)) for v in a.ravel()]
-    return None not in classes and classes == [predicted_class(float(v)) for v in b.ravel()], diff
+    mine = [predicted_class(float(v)) for v in a.ravel()]
+    theirs = [predicted_class(float(v)) for v in b.ravel()]
+    agreeing = sum(1 for x, y in zip(mine, theirs, strict=True) if x is not None and x == y)
+    return (agreeing, len(mine)), diff
