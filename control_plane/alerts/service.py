@@ -35,7 +35,7 @@ from control_plane.alerts.schemas import (
     ReceiverSpec,
     SilenceCreate,
 )
-from control_plane.alerts.signals import COMPARE, SIGNALS
+from control_plane.alerts.signals import COMPARE, SIGNALS, evidence
 from control_plane.alerts.states import Alert, AlertState, fingerprint
 from control_plane.alerts.store import AlertStore
 from control_plane.alerts.templates import render_template
@@ -278,6 +278,7 @@ class AlertService:
         for key, (labels, value, details) in readings.items():
             seen.add(key)
             alert = self._alerts.get(key) or Alert(key, rule.name, labels, rule.severity)
+            value = evidence(value, details, rule.comparison)
             finite = value if value is not None and math.isfinite(value) else None
             if finite is None and alert.active:
                 # No evidence in the window (no requests, no labels, too few rows for a

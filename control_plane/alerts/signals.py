@@ -39,6 +39,29 @@ def _figure(read: Callable[[VersionSnapshot], float | None]) -> Callable[[Versio
     return reading
 
 
+PARTIAL_WINDOW = "partial_window"
+
+
+def _count(read: Callable[[VersionSnapshot], float | None]) -> Callable[[VersionSnapshot], Reading]:
+    """A count over the window, marked where the Monitor has seen only part of it (just
+    after it or the version started, a minute's window holds seconds): a lower bound then,
+    evidence for `> X` but not for `< X` (see :func:`evidence`)."""
+    def reading(stats: VersionSnapshot) -> Reading:
+        value = _number(read(stats))
+        if not stats.traffic.whole_window:
+            return value, {PARTIAL_WINDOW: True, "observed_s": stats.traffic.observed_s}
+        return value, {}
+    return reading
+
+
+def evidence(value: float | None, details: dict[str, Any], comparison: str) -> float | None:
+    """``value`` where it can decide ``comparison``; None where it cannot: a count over part
+    of the window only grows, so it can show `>` or `>=` but not `<`, `<=`, `==` or `!=`."""
+    if value is not None and details.get(PARTIAL_WINDOW) and comparison not in (">", ">="):
+        return None
+    return value
+
+
 def _drift_details(drift: Drift) -> dict[str, Any]:
     return {"drifted_features": list(drift.drifted_features),
             "prediction_drifted_features": list(drift.prediction.drifted_features),
@@ -82,7 +105,7 @@ def _anomaly(judged: Callable[[VersionSnapshot], BaselineJudgement | None]) -> C
 
 
 SIGNALS: dict[str, Signal] = {
-    "requests": Signal("requests answered in the window", _figure(lambda s: s.traffic.requests)),
+    "requests": Signal("requests answered in the window", _count(lambda s: s.traffic.requests)),
     "throughput_rps": Signal("requests per second", _figure(lambda s: s.traffic.throughput_rps)),
     "error_rate": Signal("share of requests answered 5xx",
                          _figure(lambda s: s.traffic.error_rate if s.traffic.requests else None)),
@@ -100,7 +123,7 @@ SIGNALS: dict[str, Signal] = {
     "out_of_range_rate": Signal("share of input values outside the reference range",
                                 _figure(lambda s: s.quality.out_of_range_rate)),
     "rejected": Signal("requests refused for schema violations",
-                       _figure(lambda s: s.quality.rejected_total)),
+                       _count(lambda s: s.quality.rejected_total)),
     "last_request_age_s": Signal("seconds since the version last answered",
                                  _figure(lambda s: s.quality.last_request_age_s)),
     "data_age_s": Signal("mean age of the features (feature_timestamp parameter)",
@@ -113,7 +136,7 @@ SIGNALS: dict[str, Signal] = {
     "rmse": Signal("online root mean squared error from feedback",
                    _figure(lambda s: s.accuracy.rmse)),
     "labelled": Signal("feedback pairs joined in the window",
-                       _figure(lambda s: s.accuracy.labelled)),
+                       _count(lambda s: s.accuracy.labelled)),
     "latency_anomaly": Signal("1 when latency is anomalous against its EWMA baseline",
                               _anomaly(lambda s: s.anomalies.latency_ms)),
     "error_rate_anomaly": Signal("1 when the error rate is anomalous against its EWMA baseline",
@@ -124,7 +147,7 @@ SIGNALS: dict[str, Signal] = {
                                       _figure(lambda s: s.anomalies.unusual_confidence_rate)),
     "shadow_agreement": Signal("share of shadow answers agreeing with the primary",
                                _figure(lambda s: s.shadow.agreement)),
-    "shadow_errors": Signal("failed shadow calls in the window", _figure(lambda s: s.shadow.errors)),
+    "shadow_errors": Signal("failed shadow calls in the window", _count(lambda s: s.shadow.errors)),
 }
 
 COMPARE: dict[str, Callable[[float, float], bool]] = {

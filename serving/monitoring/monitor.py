@@ -15,7 +15,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from serving.monitoring import counters
@@ -353,6 +353,9 @@ class MonitorState:
         accuracy of the requests routed as ``sample`` says (a rollout's analysis sample:
         ``("random",)`` and sticky or pinned where it opts in), or of every request."""
         sample = _routings(sample)
+        served = self.served.get(endpoint)
+        for version in served.versions if served is not None else ():
+            self._series(endpoint, version)  # served without traffic yet: zero, not absent
         return {version: self._version_snapshot(endpoint, version, series, window_s, sample)
                 for (name, version), series in sorted(self.series.items()) if name == endpoint}
 
@@ -422,8 +425,10 @@ class MonitorState:
         # steady 50 req/s as 40 over 5 s.
         ended, slots = series.counters.ended(window_s, math.floor(series.first_seen / SLOT_SECONDS))
         rate = (sum(counters.codes(ended).values()) / (slots * SLOT_SECONDS)) if slots else None
+        traffic = replace(_traffic(counts, span, rate), window_s=window_s,
+                          observed_s=min(window_s, self._clock() - series.first_seen))
         return VersionSnapshot(
-            traffic=_traffic(counts, span, rate),
+            traffic=traffic,
             latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency,
                             all_bins=_bins(sketch), sample_bins=sample_bins),
             shadow=_shadow(ShadowStats.from_counts(counters.SHADOW.read(counts))),

@@ -68,6 +68,15 @@ class Traffic:
     routing: Mapping[str, RoutedRequests] = field(default_factory=dict)  # random, pinned, sticky
     pinned_requests: int = 0
     sticky_requests: int = 0
+    # The seconds of the window asked for, and of those the Monitor has seen this version
+    # (less just after it or the version started): counts over less are not the window's.
+    window_s: float = 0.0
+    observed_s: float = 0.0
+
+    @property
+    def whole_window(self) -> bool:
+        """Whether the Monitor has seen the version for the whole window."""
+        return self.observed_s >= self.window_s
 
     @property
     def rejected_requests(self) -> int:

@@ -627,3 +627,44 @@ def test_a_receiver_whose_url_urlsplit_refuses_is_still_recorded_and_deletable(
     assert [c.action for c in service.changes("receiver", name="odd").items] == ["deleted", "created"]
     assert all(c.spec is not None and c.spec["url"].endswith("/…") and "/x" not in c.spec["url"]
                for c in service.changes("receiver").items)
+
+
+def test_a_served_version_without_traffic_reads_zero_and_a_part_window_is_no_evidence_of_few(
+        service: AlertService) -> None:
+    """A version no request reached is served all the same: `requests < 1` fires for it
+    once the Monitor has seen a whole window, and not before (just after the Monitor
+    restarted, a minute's window holds seconds of requests)."""
+    from serving.monitoring.monitor import MonitorState
+    from serving.monitoring.stats import ServedConfig, StatsRecorder
+
+    now = [1000.0]
+    state = MonitorState(clock=lambda: now[0])
+
+    def ship() -> None:
+        recorder = StatsRecorder()
+        for _ in range(50):
+            recorder.record(1, 200, 0.01)
+        state.record("churn", "replica", recorder.to_delta(), ServedConfig("i", 1, (1, 2)))
+
+    ship()
+    snapshot = state.snapshot("churn", 10)
+    assert sorted(snapshot) == [1, 2] and snapshot[2].traffic.requests == 0
+    for name, comparison, threshold in (("dead", "<", 1), ("quiet", "<", 1000),
+                                        ("busy", ">", 20)):
+        service.put_rule(drift_rule(name=name, metric="requests", comparison=comparison,
+                                    threshold=threshold, window_s=10), "alice")
+
+    def firing() -> set[tuple[str, str]]:
+        service.evaluate(lambda e, w: {str(v): s for v, s in state.snapshot(e, w).items()},
+                         lambda: ["churn"], now=now[0])
+        return {(a.name, a.labels["version"]) for a in service.active() if a.state == "firing"}
+
+    # Two seconds seen of a ten-second window: a count that only grows shows "busy", and
+    # nothing about "dead" or "quiet".
+    now[0] += 1.5
+    ship()
+    assert firing() == {("busy", "1")}
+    for _ in range(10):
+        now[0] += 1.0
+        ship()
+    assert firing() == {("busy", "1"), ("dead", "2"), ("quiet", "1"), ("quiet", "2")}
