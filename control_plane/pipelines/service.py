@@ -200,25 +200,28 @@ class Pipelines:
         The cancellation is stored first: stopped first, the work was seen stopped by the
         loop's pass on the leading control plane, which ended the run failed (and said so)
         before this could end it cancelled. Work the pass starts meanwhile is stopped by the
-        pass itself, whose record of it loses to this (``_stop_orphaned_work``)."""
+        pass itself, whose record of it loses to this (``_stop_orphaned_work``).
+
+        It does not wait for this process's pass: a pass may wait on Ray's job API for
+        half a minute a run, and the run's revision orders the two writes anyway, as it
+        does a cancel through another control plane."""
         actor.require(Role.DEPLOYER)
-        with self._lock:
-            for _ in range(5):
-                with self.db.session(readonly=True) as session:
-                    active = self._active(session, name)
-                    if active is None:
-                        raise ConflictError(f"pipeline {name!r} has no run under way",
-                                            detail={"field": "name"})
-                    run = _loaded(active)
-                why = reason or f"cancelled by {actor.name}"
-                try:
-                    cancelled = self._finish(run, RunState.CANCELLED, why,
-                                             stage_state=StageState.CANCELLED)
-                except StaleDataError:
-                    continue  # the loop moved it meanwhile: look again
-                self._stop_work(run, cancelled)
-                return cancelled
-            raise ConflictError(f"pipeline {name!r} kept changing; try again", detail={"field": "name"})
+        for _ in range(5):
+            with self.db.session(readonly=True) as session:
+                active = self._active(session, name)
+                if active is None:
+                    raise ConflictError(f"pipeline {name!r} has no run under way",
+                                        detail={"field": "name"})
+                run = _loaded(active)
+            why = reason or f"cancelled by {actor.name}"
+            try:
+                cancelled = self._finish(run, RunState.CANCELLED, why,
+                                         stage_state=StageState.CANCELLED)
+            except StaleDataError:
+                continue  # the loop moved it meanwhile: look again
+            self._stop_work(run, cancelled)
+            return cancelled
+        raise ConflictError(f"pipeline {name!r} kept changing; try again", detail={"field": "name"})
 
     def _stop_work(self, run: LoadedRun, cancelled: PipelineRunOut) -> None:
         """Stop what the cancelled ``run``'s running stage was doing. Where that fails, the

@@ -560,3 +560,37 @@ def test_a_trigger_read_before_its_pipeline_changed_leaves_the_new_spec_alone(db
     clock.now += timedelta(minutes=31)
     pipelines.tick()
     assert pipelines.run("bc").trigger is Trigger.SCHEDULE
+
+
+def test_a_cancel_does_not_wait_for_a_pass_held_up_by_the_job_api(db: Database) -> None:
+    """The pass asks Ray's job API, which may take half a minute to fail; a cancel meanwhile
+    was queued behind it (more than the CLI waits with two runs in training)."""
+    import threading
+
+    clock, entered, release = Clock(), threading.Event(), threading.Event()
+
+    class SlowJobApi(Scripted):
+        def advance(self, context: StageContext) -> Outcome:
+            self.calls.append(context)
+            if len(self.calls) > 1:  # the job was submitted; asking about it hangs
+                entered.set()
+                release.wait(30)
+            return Outcome(StageState.RUNNING, progress={"job": "j-1"})
+
+    train = SlowJobApi("train")
+    pipelines = runner(db, all_passing(train=train), clock)
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    pipelines.start_run("bc", ALICE)
+    drive(pipelines, lambda: pipelines.run("bc").stages[1].progress == {"job": "j-1"})
+    passing = threading.Thread(target=pipelines.tick)
+    passing.start()
+    try:
+        assert entered.wait(10)
+        cancelled = pipelines.cancel("bc", ALICE, "wrong data")  # while the pass waits
+        assert cancelled.state is RunState.CANCELLED and passing.is_alive()
+    finally:
+        release.set()
+        passing.join(30)
+    assert not passing.is_alive()
+    run = pipelines.run("bc")
+    assert run.state is RunState.CANCELLED and run.reason == "wrong data"
