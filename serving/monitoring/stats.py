@@ -150,11 +150,11 @@ class StatsRecorder:
             stats.routed_apart.setdefault(routed, Counter())[status] += 1
         if error_code:
             stats.errors[error_code] += 1
-        if version != ENDPOINT_LEVEL:
-            # The sample's latency is the model's: a refusal (4xx) never ran it, and its few
-            # microseconds would pull a candidate that refuses much below stable's p95.
-            sampled = routed == ROUTED_RANDOMLY and not 400 <= status < 500
-            (stats.latencies if sampled else stats.latencies_apart).append(latency_s)
+        if version != ENDPOINT_LEVEL and not 400 <= status < 500:
+            # Latency is the model's: a refusal (4xx) never ran it, and its few microseconds
+            # would pull a candidate that refuses much below stable's p95, and a flood of bad
+            # requests would hide a slow model from a p95 alert.
+            (stats.latencies if routed == ROUTED_RANDOMLY else stats.latencies_apart).append(latency_s)
 
     def record_rejection(self, version: int, reason: str) -> None:
         """A request refused before the model ran (schema violation, malformed body …)."""
