@@ -8,8 +8,8 @@ started, and ends those whose job Ray reports ended at least ``grace_s`` ago (th
 own last report has landed by then or never will): a job that failed, or succeeded
 without ending its run, leaves it ``failed``; a stopped one, ``killed``. Why is kept as
 the run's ``failure_reason``. A job the cluster does not know is left alone (one submitted
-to another cluster that reports here), unless the run says it ran on this cluster's address
-in an earlier session: the cluster restarted (a head lost, ``modelplane down`` and ``up``)
+to another cluster that reports here), unless the run says it ran on this cluster (its
+address and its head's host name) in an earlier session: the cluster restarted (a head lost, ``modelplane down`` and ``up``)
 and took the job's driver and its record with it, so the run ends ``failed``. Every run is
 left alone while the job API cannot answer.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 from control_plane.auth import Principal
 from control_plane.schemas import Role, RunStatus
-from control_plane.tracking import Tracker
+from control_plane.tracking import RayCluster, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class AbandonedRuns:
 
     def __init__(self, tracker: Tracker, job_client: Callable[[], Any], *,
                  grace_s: float = 30.0, now: Callable[[], float] = time.time,
-                 cluster: Callable[[], tuple[str, str] | None] | None = None) -> None:
+                 cluster: Callable[[], RayCluster | None] | None = None) -> None:
         self._tracker, self._job_client = tracker, job_client
         self._grace_s, self._now = grace_s, now
         self._cluster = cluster or this_ray_cluster
@@ -82,8 +82,8 @@ class AbandonedRuns:
         return ended
 
 
-    def _restarted_since(self, ran_on: tuple[str, str] | None) -> bool:
-        """Whether ``ran_on`` (address, session) is this cluster's address in another session."""
+    def _restarted_since(self, ran_on: RayCluster | None) -> bool:
+        """Whether ``ran_on`` is this cluster in an earlier session."""
         if ran_on is None:
             return False
         try:
@@ -91,11 +91,11 @@ class AbandonedRuns:
         except Exception as error:  # Ray cannot say: nothing is concluded
             log.info("cannot tell which Ray cluster this is: %s", error)
             return False
-        return now is not None and now[0] == ran_on[0] and now[1] != ran_on[1]
+        return now is not None and ran_on.restarted_as(now)
 
-    def _end_lost(self, run_id: str, job_id: str, ran_on: tuple[str, str]) -> list[str]:
-        reason = (f"its Ray job {job_id} ran on this Ray cluster ({ran_on[0]}) before it "
-                  f"restarted (session {ran_on[1]}); the restart ended the job's process and "
+    def _end_lost(self, run_id: str, job_id: str, ran_on: RayCluster) -> list[str]:
+        reason = (f"its Ray job {job_id} ran on this Ray cluster ({ran_on.address}, head "
+                  f"{ran_on.head}) before it restarted (session {ran_on.session}); the restart ended the job's process and "
                   "Ray's record of it. Resubmit the job (checkpoint.resume_from: this run's "
                   "id goes on from its last checkpoint)")
         if not self._tracker.end_abandoned(run_id, RunStatus.FAILED, reason, SWEEPER):
@@ -104,14 +104,23 @@ class AbandonedRuns:
         return [run_id]
 
 
-def this_ray_cluster() -> tuple[str, str] | None:
-    """(GCS address, session name) of the Ray cluster this process is connected to."""
+def this_ray_cluster() -> RayCluster | None:
+    """The Ray cluster this process is connected to."""
     import ray
 
     if not ray.is_initialized():
         return None
     context = ray.get_runtime_context()
-    return str(context.gcs_address), str(context.get_session_name())
+    return RayCluster(str(context.gcs_address), head_host(ray.nodes()),
+                      str(context.get_session_name()))
+
+
+def head_host(nodes: list[dict[str, Any]]) -> str:
+    """The head node's host name among ``nodes`` (``ray.nodes()``), "" when none says."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    return next((str(node.get("NodeManagerHostname") or "") for node in nodes
+                 if HEAD_NODE_RESOURCE_NAME in node.get("Resources", {})), "")
 
 
 def _ran_within(run_started: datetime, job_started_ms: int | None, job_ended_ms: int) -> bool:

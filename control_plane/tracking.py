@@ -355,17 +355,30 @@ def _run_out(session: Session, row: RunRow) -> RunOut:
     )
 
 
+class RayCluster(NamedTuple):
+    """A Ray cluster as a run records it: where it is, and which start of it."""
+
+    address: str  # the GCS address
+    head: str  # the head node's host name: loopback and private addresses repeat elsewhere
+    session: str  # a cluster's session is new at every start
+
+    def restarted_as(self, now: RayCluster) -> bool:
+        """Whether ``now`` is this cluster, at the same place, started again since."""
+        return (self.address, self.head) == (now.address, now.head) and \
+            self.session != now.session
+
+
 class JobRun(NamedTuple):
     """A running run that a submitted job started, and the Ray cluster it said it ran on."""
 
     run_id: str
     job_id: str
     started: datetime
-    ray_cluster: tuple[str, str] | None  # (GCS address, session name); None: not recorded
+    ray_cluster: RayCluster | None  # None: not recorded (or by a job before the head was)
 
 
-def _ray_cluster(environment: Any) -> tuple[str, str] | None:
+def _ray_cluster(environment: Any) -> RayCluster | None:
     cluster = environment.get("ray_cluster") if isinstance(environment, dict) else None
-    if not isinstance(cluster, dict) or not cluster.get("address") or not cluster.get("session"):
+    if not isinstance(cluster, dict) or not all(cluster.get(k) for k in RayCluster._fields):
         return None
-    return str(cluster["address"]), str(cluster["session"])
+    return RayCluster(*(str(cluster[k]) for k in RayCluster._fields))

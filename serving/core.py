@@ -419,9 +419,13 @@ class InferenceCore:
             log.debug("shadow %s failed: %s", version, error)
             return
         latency = time.perf_counter() - started
-        if not _all_finite(outputs):  # a broken model answers; its NaNs are its failure
-            self.recorder.record_shadow(version, agreed=None, abs_diff=0.0,
-                                        latency_delta_s=latency - primary_latency, failed=True)
+        if not _all_finite(outputs):
+            if _not_finite_where_finite(outputs, primary):
+                # A broken model answers; its NaNs where the primary has numbers are its failure.
+                self.recorder.record_shadow(version, agreed=None, abs_diff=0.0,
+                                            latency_delta_s=latency - primary_latency, failed=True)
+            # Else the primary answered no number there either (an input both cannot score):
+            # no evidence against the shadow, and nothing to compare.
             return
         agreed, diff = compare_outputs(backend.config.task, primary, outputs)
         self.recorder.record_shadow(version, agreed=agreed, abs_diff=diff,
@@ -466,6 +470,25 @@ def _parse_version(raw: str | None, backends: Mapping[int, VersionBackend], endp
             detail={"field": "version"},
         )
     return int(raw)
+
+
+def _not_finite_where_finite(answer: Mapping[str, np.ndarray],
+                             reference: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``answer`` holds a NaN or infinity where ``reference`` holds a number (or an
+    output ``reference`` lacks or shapes otherwise)."""
+    for name, array in answer.items():
+        if getattr(getattr(array, "dtype", None), "kind", "") not in ("f", "c"):
+            continue
+        broken = ~np.isfinite(array)
+        if not broken.any():
+            continue
+        theirs = reference.get(name)
+        if theirs is None or np.shape(theirs) != array.shape:
+            return True
+        theirs = np.asarray(theirs)
+        if theirs.dtype.kind not in ("f", "c") or (broken & np.isfinite(theirs)).any():
+            return True
+    return False
 
 
 def _all_finite(arrays: Mapping[str, np.ndarray]) -> bool:

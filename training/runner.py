@@ -362,7 +362,8 @@ def fit_noting_stops(trainer: Any) -> Any:
     ``sys.exit(0)``, so no KeyboardInterrupt says the user stopped it, and the handler stays
     after ``fit()`` (swallowing Ctrl-C during export and registration). Here a SIGINT that
     no deadline sent sets ``STOP_REQUESTED``, the run's end raises KeyboardInterrupt, and
-    the handler from before is put back."""
+    the handler from before is put back. A deadline's SIGINT that Train returns from ends
+    the same way (no stop: ``OVERDUE`` says why the run failed)."""
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGINT) if main else None
     register = getattr(trainer, "_register_sigint_handler", None)
@@ -389,8 +390,9 @@ def fit_noting_stops(trainer: Any) -> Any:
     finally:
         if before is not None:
             signal.signal(signal.SIGINT, before)
-    if STOP_REQUESTED.is_set():
-        raise KeyboardInterrupt  # aborted: what it returned is no finished training
+    if STOP_REQUESTED.is_set() or OVERDUE:
+        # Aborted (by a stop or a deadline): what it returned is no finished training.
+        raise KeyboardInterrupt
     return result
 
 
@@ -435,13 +437,15 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> dict[str, Any]:
             # ray.init replaces SIGTERM's handler with one that exits at once.
             signal.signal(signal.SIGTERM, _on_sigterm)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    context = ray.get_runtime_context()
-    # The session tells a restarted cluster from the one the job ran on (the sweep of
-    # abandoned runs ends a run whose cluster restarted under it).
-    summary = {"ray_version": ray.__version__, "address": context.gcs_address,
-               "session": context.get_session_name(), "nodes": len(nodes),
+    from control_plane.abandoned_runs import this_ray_cluster
+
+    # Where and which start of the cluster: the sweep of abandoned runs ends a run whose
+    # cluster restarted under it (control_plane.tracking.RayCluster).
+    cluster = this_ray_cluster()
+    assert cluster is not None
+    summary = {"ray_version": ray.__version__, **cluster._asdict(), "nodes": len(nodes),
                "resources": ray.cluster_resources()}
-    return {"nodes": nodes, "address": context.gcs_address, "summary": summary}
+    return {"nodes": nodes, "address": cluster.address, "summary": summary}
 
 
 def _resumable_epoch(location: str, shape: dict[str, Any]) -> int:

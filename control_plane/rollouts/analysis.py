@@ -54,9 +54,10 @@ _Z = NormalDist().inv_cdf(GATE_CONFIDENCE)
 # shadows then say how much load it got, not how good it is. Past this ratio between the
 # versions' loads per sampled request, those checks are not judged in the window.
 MAX_LOAD_IMBALANCE = 1.5
-# The checks whose values rise with a version's load.
-LOAD_SENSITIVE = frozenset({"error_rate", "p95_ms", "p99_ms", "error_rate_increase",
-                            "p95_ratio"})
+# The checks whose values rise with the candidate's load (the relative ones also fall with
+# stable's).
+RELATIVE_LOAD_SENSITIVE = frozenset({"error_rate_increase", "p95_ratio"})
+LOAD_SENSITIVE = frozenset({"error_rate", "p95_ms", "p99_ms"}) | RELATIVE_LOAD_SENSITIVE
 
 
 def proportion_lower_bound(share: float, n: int, z: float = _Z) -> float:
@@ -316,15 +317,18 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     disturbed = load_imbalance(config, candidate, stable)
     unjudged = False
     if disturbed is not None:
-        # A failure may be the load's doing; so may a relative check's pass where stable
-        # was the one loaded. An absolute check passed under more load than the sample's
-        # stands: load only makes latency and errors worse.
+        # Load only makes latency and errors worse. Where the candidate was the one loaded,
+        # its failures may be the load's doing (its passes stand); where stable was, a
+        # relative check's pass may be (stable's figures were worse), and the candidate's
+        # failures are its own.
         for name in LOAD_SENSITIVE & checks.keys():
             checks[name]["disturbed"] = True
-        unjudged = any(name in LOAD_SENSITIVE for name in failures) or (
-            (load_per_sample(config, stable) or 1.0) > (load_per_sample(config, candidate) or 1.0)
-            and bool({"p95_ratio", "error_rate_increase"} & checks.keys()))
-        failures = {name: why for name, why in failures.items() if name not in LOAD_SENSITIVE}
+        if (load_per_sample(config, candidate) or 1.0) > (load_per_sample(config, stable) or 1.0):
+            unjudged = any(name in LOAD_SENSITIVE for name in failures)
+            failures = {name: why for name, why in failures.items()
+                        if name not in LOAD_SENSITIVE}
+        else:
+            unjudged = bool(RELATIVE_LOAD_SENSITIVE & checks.keys())
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
     if unjudged:
@@ -360,26 +364,8 @@ def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -
     if mirrored < config.min_samples:
         return CheckResult(Verdict.INCONCLUSIVE, reason=(
             f"{mirrored} mirrored requests ({compared} compared), need {config.min_samples}"))
-    # A mirrored request the shadow never got (too many of its calls in flight: it hangs
-    # or cannot keep up) fails like one it failed, or only its quick answers are judged.
-    errors = shadow.errors + shadow.dropped
-    error_rate = errors / (errors + compared)
-    # Requests pinned to the shadow fill the calls it may have in flight as its mirrored
-    # ones do: past the imbalance, mirrored requests it dropped say how loaded it was.
-    routed_apart = sum(r.requests + r.refused for r in (candidate.traffic.routing.values()
-                                                         if candidate is not None else ()))
-    if shadow.dropped and routed_apart > (MAX_LOAD_IMBALANCE - 1) * compared:
-        failed = shadow.errors / (shadow.errors + compared)
-        if config.max_error_rate is not None and failed <= config.max_error_rate < error_rate:
-            return CheckResult(Verdict.INCONCLUSIVE, {"shadow_error_rate": {
-                "value": error_rate, "limit": config.max_error_rate, "disturbed": True}},
-                f"{shadow.dropped} mirrored requests were dropped while the shadow also "
-                f"answered {routed_apart} requests sent to it directly; its error rate is "
-                "not judged in this window")
-    checks = {"shadow_error_rate": {"value": error_rate, "limit": config.max_error_rate,
-                                    "passed": config.max_error_rate is None or error_rate <= config.max_error_rate}}
-    failures = [] if checks["shadow_error_rate"]["passed"] else [
-        f"shadow_error_rate {error_rate:.4g} > {config.max_error_rate:.4g}"]
+    checks: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
     agreement = shadow.agreement
     if config.min_shadow_agreement is not None and agreement is not None and not math.isnan(agreement):
         passed = agreement >= config.min_shadow_agreement
@@ -387,9 +373,42 @@ def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -
                                       "passed": passed}
         if not passed:
             failures.append(f"shadow_agreement {agreement:.4g} < {config.min_shadow_agreement:.4g}")
+    # A mirrored request the shadow never got (too many of its calls in flight: it hangs
+    # or cannot keep up) fails like one it failed, or only its quick answers are judged.
+    errors = shadow.errors + shadow.dropped
+    error_rate = errors / mirrored if mirrored else 0.0
+    limit = config.max_error_rate
+    unjudged = None
+    checks["shadow_error_rate"] = {"value": error_rate, "limit": limit,
+                                   "passed": limit is None or error_rate <= limit}
+    if limit is not None and error_rate > limit:
+        answered = shadow.errors + compared
+        # Its own failures are judged, flood or not; none answered is no evidence of any.
+        own_rate = shadow.errors / answered if answered else 0.0
+        unjudged = _crowded_out(shadow, candidate) if own_rate <= limit else None
+        if unjudged is not None:
+            checks["shadow_error_rate"] = {"value": error_rate, "limit": limit,
+                                           "disturbed": True}
+        else:
+            failures.insert(0, f"shadow_error_rate {error_rate:.4g} > {limit:.4g}")
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
+    if unjudged is not None:
+        return CheckResult(Verdict.INCONCLUSIVE, checks, unjudged)
     return CheckResult(Verdict.PASS, checks, "shadow checks passed")
+
+
+def _crowded_out(shadow: ShadowComparison, candidate: VersionSnapshot | None) -> str | None:
+    """Why the shadow's dropped mirrored requests are no evidence, or None: requests pinned
+    to it filled the calls it may have in flight as its mirrored ones do, and past the
+    imbalance, the mirrored requests it dropped say how loaded it was."""
+    routed_apart = sum(r.requests + r.refused for r in (candidate.traffic.routing.values()
+                                                         if candidate is not None else ()))
+    if not shadow.dropped or routed_apart <= (MAX_LOAD_IMBALANCE - 1) * shadow.compared:
+        return None
+    return (f"{shadow.dropped} mirrored requests were dropped while the shadow also answered "
+            f"{routed_apart} requests sent to it directly; its error rate is not judged in "
+            "this window")
 
 
 @dataclass(frozen=True)

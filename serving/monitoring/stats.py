@@ -297,6 +297,8 @@ def compare_outputs(task: str, primary: dict[str, np.ndarray],
     diff = float(np.mean(np.abs(a - b))) if a.size else 0.0
     if task != "classification":
         return None, diff
+    if rows == 0:  # an empty request: no row to agree or disagree on
+        return (0, 0), diff
     if a.ndim >= 2 and a.shape[-1] > 1:
         same = a.argmax(axis=-1) == b.argmax(axis=-1)
         return (int(same.reshape(rows, -1).all(axis=1).sum()), rows), diff

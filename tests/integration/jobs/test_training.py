@@ -93,6 +93,8 @@ def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(
     assert run.params["resources.num_workers"] == 2
     assert run.environment["python_version"] and "torch" in run.environment["packages"]
     assert run.environment["ray_cluster"]["resources"]["CPU"] == 6
+    # What tells this cluster from one at the same address elsewhere, and from its restart.
+    assert all(run.environment["ray_cluster"][key] for key in ("address", "head", "session"))
     assert re.fullmatch(r"raysubmit_\w+", run.tags["ray_job_submission_id"])
 
     version = digits_job.version

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from control_plane.abandoned_runs import AbandonedRuns
+from control_plane.abandoned_runs import AbandonedRuns, head_host
 from control_plane.schemas import RunCreate, RunStatus
-from control_plane.tracking import Tracker
+from control_plane.tracking import RayCluster, Tracker
 from tests.unit.control_plane.conftest import ALICE, READER
 from training.errors import JobSubmissionError
 from training.submission import no_such_job
@@ -158,25 +158,38 @@ def test_only_a_deployer_or_the_sweeper_ends_an_abandoned_run(tracker: Tracker) 
 
 def test_a_run_whose_cluster_restarted_under_it_is_ended_and_another_cluster_s_is_not(
         tracker: Tracker, api: JobApi) -> None:
-    def run_on(job_id: str, address: str | None, session: str) -> str:
-        cluster = {"address": address, "session": session} if address else {}
+    def run_on(job_id: str, address: str | None, session: str, head: str = "head-a") -> str:
+        cluster = {"address": address, "head": head, "session": session} if address else {}
         return tracker.start_run(RunCreate(
             experiment="exp", tags={"ray_job_submission_id": job_id},
             environment={"ray_cluster": cluster}), ALICE).id
 
-    lost = run_on("job-lost", "head:6379", "session_2026-12-04_10-00-00_1")
+    lost = run_on("job-lost", "10.0.0.5:6379", "session_2026-12-04_10-00-00_1")
     elsewhere = run_on("job-elsewhere", "10.0.0.7:6379", "session_2026-12-04_10-00-00_1")
-    here_now = run_on("job-here-now", "head:6379", "session_2026-12-04_11-00-00_2")
+    # The same private address on another machine (a local cluster, a Docker bridge).
+    same_address = run_on("job-same-address", "10.0.0.5:6379", "session_2026-12-04_10-00-00_3",
+                          head="head-b")
+    head_unrecorded = run_on("job-head-unrecorded", "10.0.0.5:6379",
+                             "session_2026-12-04_10-00-00_1", head="")
+    here_now = run_on("job-here-now", "10.0.0.5:6379", "session_2026-12-04_11-00-00_2")
     unrecorded = run_on("job-unrecorded", None, "")
     sweep = AbandonedRuns(tracker, api.connect, grace_s=30, now=lambda: NOW_S,
-                          cluster=lambda: ("head:6379", "session_2026-12-04_11-00-00_2"))
-    assert sweep.sweep() == [lost]  # Ray knows none of the four jobs
+                          cluster=lambda: RayCluster("10.0.0.5:6379", "head-a",
+                                                     "session_2026-12-04_11-00-00_2"))
+    assert sweep.sweep() == [lost]  # Ray knows none of the jobs
     run = tracker.get_run(lost)
     reason = run.params["failure_reason"]
     assert run.status == RunStatus.FAILED and "before it restarted" in reason
     assert "resume_from" in reason
-    for run_id in (elsewhere, here_now, unrecorded):
+    for run_id in (elsewhere, same_address, head_unrecorded, here_now, unrecorded):
         assert tracker.get_run(run_id).status == RunStatus.RUNNING
     unknown = AbandonedRuns(tracker, api.connect, grace_s=30, now=lambda: NOW_S,
                             cluster=lambda: None)  # not connected to Ray: nothing concluded
     assert unknown.sweep() == []
+
+
+def test_the_head_is_the_node_holding_ray_s_head_resource() -> None:
+    worker = {"NodeManagerHostname": "worker-1", "Resources": {"CPU": 2.0}}
+    head = {"NodeManagerHostname": "head-a", "Resources": {"CPU": 2.0, "node:__internal_head__": 1.0}}
+    assert head_host([worker, head]) == "head-a"
+    assert head_host([worker]) == ""  # none says: runs recorded so are never taken for lost

@@ -512,6 +512,28 @@ def test_a_flood_pinned_to_stable_cannot_pass_a_slow_candidate() -> None:
     assert result.checks["p95_ratio"]["disturbed"]
 
 
+def test_a_flood_pinned_to_stable_cannot_hide_the_candidate_s_own_slowness() -> None:
+    """The flood loaded stable, not the candidate: what the candidate's sample shows of
+    itself past an absolute limit is its own."""
+    candidate, stable = _canary({1: 0.001, 2: 0.02}, flooded=1)
+    result = analyse(replace(GATES, max_p95_ms=10), candidate, stable)
+    assert result.verdict == Verdict.FAIL and "p95_ms" in result.reason, result.reason
+    assert result.checks["p95_ms"]["disturbed"]
+
+
+def test_a_shadow_crowded_out_is_still_judged_on_what_it_answered() -> None:
+    from serving.monitoring import ShadowComparison
+
+    gates = AnalysisConfig(min_samples=100, max_error_rate=0.05, min_shadow_agreement=0.9)
+    flood = _traffic(pinned=400, sticky=0, rejected=0, randomly=0)
+    every_one_dropped = replace(flood, shadow=ShadowComparison(dropped=150))
+    result = analyse(gates, every_one_dropped, None, shadow=True)
+    assert result.verdict == Verdict.INCONCLUSIVE and "150 mirrored requests were dropped" in result.reason
+    disagreeing = replace(flood, shadow=ShadowComparison(compared=200, dropped=60, agreement=0.5))
+    result = analyse(gates, disagreeing, None, shadow=True)
+    assert result.verdict == Verdict.FAIL and result.reason == "shadow_agreement 0.5 < 0.9"
+
+
 def test_mirrored_requests_a_pinned_flood_crowded_out_do_not_fail_the_shadow() -> None:
     from serving.monitoring import ShadowComparison
 
@@ -557,31 +579,54 @@ def test_two_stray_server_errors_in_a_thin_window_are_no_verdict() -> None:
     assert analyse(AnalysisConfig(min_samples=100), many[2], many[1]).verdict == Verdict.FAIL
 
 
-def test_a_shadow_answering_nans_fails_the_shadow_step() -> None:
+def _shadowed(primary_breaks_on: float | None, values: list[float]) -> VersionSnapshot:
+    """Version 2 shadowing version 1 after one request per value of ``values``: the shadow
+    answers NaN for every request, the primary for those whose first input is
+    ``primary_breaks_on``."""
     from serving.core import InferenceCore
     from serving.schemas import EndpointConfig, RouteTable
     from tests.unit.serving.monitoring_helpers import ModelBackend, version_config
 
     class Broken(ModelBackend):
+        def __init__(self, config: Any, breaks_on: float | None) -> None:
+            super().__init__(config)
+            self.breaks_on = breaks_on
+
         async def infer(self, arrays: dict[str, Any]) -> dict[str, Any]:
             answer = await super().infer(arrays)
+            if self.breaks_on is not None and float(arrays["input"][0, 0]) != self.breaks_on:
+                return answer
             return {name: np.full_like(value, np.nan) for name, value in answer.items()}
 
     configs = {v: version_config(v) for v in (1, 2)}
     core = InferenceCore(EndpointConfig(endpoint="churn", versions=list(configs.values()),
                                         routes=RouteTable(weights={1: 100}, shadows=[2])),
-                         {1: ModelBackend(configs[1]), 2: Broken(configs[2])})
-    row = infer_body(np.zeros((1, 4), np.float32))
+                         {1: Broken(configs[1], primary_breaks_on) if primary_breaks_on is not None
+                          else ModelBackend(configs[1]), 2: Broken(configs[2], None)})
 
     async def send() -> None:
-        for _ in range(150):
+        for value in values:
+            row = infer_body(np.full((1, 4), value, np.float32))
             assert (await core.handle("POST", "/infer", {}, row)).status == 200
         await asyncio.sleep(0.05)  # the shadows run after the answers
 
     asyncio.run(send())
     state = MonitorState(clock=Clock())
     state.record("churn", "replica", core.take_stats().to_delta())
-    shadow = state.snapshot("churn", 60)[2]
+    return state.snapshot("churn", 60)[2]
+
+
+def test_a_shadow_answering_nans_fails_the_shadow_step() -> None:
+    shadow = _shadowed(None, [0.0] * 150)
     assert shadow.shadow.errors == 150
     result = analyse(AnalysisConfig(min_samples=100), shadow, None, shadow=True)
     assert result.verdict == Verdict.FAIL and "shadow_error_rate 1 > 0.01" in result.reason
+
+
+def test_a_shadow_s_nan_where_the_primary_answered_nan_too_is_no_failure_of_it() -> None:
+    """Inputs neither version can score say nothing against the shadow; only its NaNs
+    where the primary answered numbers do."""
+    shadow = _shadowed(9.0, [9.0] * 150 + [0.0] * 30)
+    assert (shadow.shadow.errors, shadow.shadow.compared) == (30, 0)
+    result = analyse(AnalysisConfig(min_samples=100), shadow, None, shadow=True)
+    assert result.verdict == Verdict.INCONCLUSIVE, result.reason

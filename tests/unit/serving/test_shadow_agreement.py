@@ -50,6 +50,12 @@ def test_a_regression_models_answers_have_no_agreement_only_a_difference() -> No
     assert compare_outputs("classification", _out([[3.0]]), _out([[3.0, 1.0]])) == ((0, 1), math.inf)
 
 
+@pytest.mark.parametrize("classes", [1, 3])
+def test_an_empty_answer_has_no_row_to_agree_on(classes: int) -> None:
+    empty = {"output": np.zeros((0, classes), np.float32)}
+    assert compare_outputs("classification", empty, dict(empty)) == ((0, 0), 0.0)
+
+
 def _shadow_snapshot(task: str, answers: list[tuple[list, list]]):
     recorder = StatsRecorder()
     for primary, shadow in answers:

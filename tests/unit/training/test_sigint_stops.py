@@ -52,10 +52,12 @@ def test_ctrl_c_during_fit_is_a_stop_and_leaves_ctrl_c_as_it_was(exits: bool) ->
     assert signal.getsignal(signal.SIGINT) is mine  # not Train's, which swallows Ctrl-C
 
 
-def test_a_deadline_s_interrupt_is_not_taken_for_a_stop() -> None:
+@pytest.mark.parametrize("exits", [True, False], ids=["exits-0", "returns"])
+def test_a_deadline_s_interrupt_is_not_taken_for_a_stop_nor_for_a_finished_run(
+        exits: bool) -> None:
     runner.OVERDUE.append("no epoch was reported for 61 s")
-    with pytest.raises(SystemExit):
-        runner.fit_noting_stops(Trainer(exits=True))
+    with pytest.raises(SystemExit if exits else KeyboardInterrupt):
+        runner.fit_noting_stops(Trainer(exits=exits))
     assert not runner.STOP_REQUESTED.is_set()  # the run ends failed, with the deadline's reason
 
 
