@@ -516,6 +516,13 @@ class MonitorState:
                 for version in set(known.versions) - set(served.versions):
                     self.forget(endpoint, version)
             self.served[endpoint] = known = served
+        elif served.generation == known.generation and \
+                not set(served.versions) <= set(known.versions):
+            # One generation, two version sets: an isolated router got its table first
+            # without the versions whose applications were not running yet, then whole.
+            # Removing a version always takes a newer generation, so the union is served.
+            self.served[endpoint] = known = known._replace(
+                versions=tuple(sorted({*known.versions, *served.versions})))
         return frozenset(known.versions)
 
     def forget(self, endpoint: str, version: int | None = None) -> None:

@@ -52,3 +52,17 @@ def test_deltas_without_an_identity_are_merged_as_before() -> None:
     assert requests_by_version(state) == {1: 5}
     state.forget("e", 1)
     assert requests_by_version(state) == {}
+
+
+def test_a_version_that_starts_running_under_the_same_generation_is_counted() -> None:
+    """An isolated endpoint's router first gets its table without a version whose
+    application is not running yet (a blue-green step's shadow, a version at 0%), then
+    the whole table under the same generation once it runs: its requests count."""
+    state = MonitorState()
+    state.record("e", "router", delta({1: 3}), ServedConfig(FIRST, 5, (1,)))
+    state.record("e", "router", delta({1: 1, 2: 4}), ServedConfig(FIRST, 5, (1, 2)))
+    assert requests_by_version(state) == {1: 4, 2: 4}
+    # A router still on the part table leaves the version counted.
+    state.record("e", "other", delta({1: 2}), ServedConfig(FIRST, 5, (1,)))
+    state.record("e", "router", delta({2: 1}), ServedConfig(FIRST, 5, (1, 2)))
+    assert requests_by_version(state) == {1: 6, 2: 5}
