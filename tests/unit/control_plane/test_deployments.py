@@ -148,3 +148,24 @@ def test_isolated_endpoints_get_an_application_per_version(deployments: Deployme
     deployments.set_traffic("big", TrafficUpdate(weights={2: 100}), ALICE)
     report = reconciler.reconcile()
     assert report.deleted == ["endpoint-big-v1"] and "endpoint-big-v2" not in report.applied
+
+
+@pytest.mark.parametrize("name", ["fraud-v2", "llm-v10"])
+def test_an_endpoint_name_that_names_a_version_application_is_refused(
+        deployments: Deployments, name: str) -> None:
+    """``fraud-v2``'s application would be version 2 of an isolated ``fraud``: each would
+    deploy over the other every pass, and ``fraud``'s router would call the wrong replicas."""
+    with pytest.raises(InvalidInputError, match="ends in -v<number>") as refused:
+        deployments.deploy(DeployRequest(endpoint=name, model_ref="iris:1"), ALICE)
+    assert refused.value.detail == {"field": "endpoint"}
+    assert deployments.list() == []
+    for fine in ("fraud-vault", "fraud-v2x", "fraud_v2", "v2"):
+        deployments.deploy(DeployRequest(endpoint=fine, model_ref="iris:1"), ALICE)
+
+
+def test_an_endpoint_s_version_applications_are_only_its_own() -> None:
+    from serving.names import is_endpoint_app
+
+    assert is_endpoint_app("endpoint-fraud-v2", "fraud")
+    assert not is_endpoint_app("endpoint-fraud-vault", "fraud")
+    assert not is_endpoint_app("endpoint-fraud-vault-v1", "fraud")
