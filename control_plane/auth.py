@@ -110,6 +110,12 @@ class TokenService:
                     f"only an admin issues tokens to another subject; {actor.name!r} mints "
                     f"tokens for its own subject {actor.subject!r} (omit subject)",
                     detail={"field": "subject"})
+            if actor.role is not Role.ADMIN:
+                # A job's token lives no longer than the token that minted it (it is
+                # refused once that one expires: see authenticate).
+                own = session.scalar(select(TokenRow.expires_at).where(TokenRow.name == actor.name))
+                if own is not None:
+                    expires = own if expires is None else min(expires, own)
             secret, row = _new_token(spec.name, spec.role, actor.name, expires, subject=subject)
             row.model, row.endpoint = spec.model, spec.endpoint
             session.add(row)
@@ -137,13 +143,20 @@ class TokenService:
                 # A job's token acts for whoever minted it (its subject is theirs): revoking
                 # a leaked deployer token must also end the job tokens it minted, whatever
                 # their lifetime. One an admin issued to someone else is not the admin's.
-                minter = session.execute(select(TokenRow.revoked_at, TokenRow.subject).where(
-                    TokenRow.name == row.created_by)).first()
-                if minter is not None and minter.revoked_at is not None and \
+                minter = session.execute(
+                    select(TokenRow.revoked_at, TokenRow.expires_at, TokenRow.subject).where(
+                        TokenRow.name == row.created_by)).first()
+                if minter is not None and \
                         (minter.subject or row.created_by) == (row.subject or row.name):
-                    raise AuthenticationError(
-                        f"token {row.name!r} was minted by token {row.created_by!r}, which was "
-                        "revoked; ask an admin for a new one")
+                    if minter.revoked_at is not None:
+                        raise AuthenticationError(
+                            f"token {row.name!r} was minted by token {row.created_by!r}, which "
+                            "was revoked; ask an admin for a new one")
+                    if minter.expires_at is not None and minter.expires_at <= now:
+                        raise AuthenticationError(
+                            f"token {row.name!r} was minted by token {row.created_by!r}, which "
+                            f"expired at {minter.expires_at.isoformat()}; ask an admin "
+                            "for a new one")
             return Principal(name=row.name, role=Role(row.role), subject=row.subject or row.name,
                              model=row.model, endpoint=row.endpoint)
 

@@ -220,6 +220,27 @@ def test_revoking_a_deployer_token_ends_the_job_tokens_it_minted(db: Database) -
         tokens.authenticate(own.token)
 
 
+def test_a_job_token_lives_no_longer_than_the_deployer_token_that_minted_it(db: Database) -> None:
+    from sqlalchemy import select
+
+    from control_plane.store.models import TokenRow
+
+    tokens = TokenService(db)
+    deployer = tokens.authenticate(tokens.create(
+        TokenCreate(name="ci", role=Role.DEPLOYER, expires_in_days=2), ADMIN).token)
+    minted = tokens.create(TokenCreate(name="job-long", role=Role.TRAINER, expires_in_days=3650),
+                           deployer)
+    assert minted.info.expires_at <= datetime.now(UTC) + timedelta(days=2)  # capped at ci's
+    assert tokens.authenticate(minted.token).name == "job-long"
+    with db.session() as session:  # ci expires; the job token's row still says later
+        session.scalar(select(TokenRow).where(TokenRow.name == "ci")).expires_at = \
+            datetime.now(UTC) - timedelta(seconds=1)
+        session.scalar(select(TokenRow).where(TokenRow.name == "job-long")).expires_at = \
+            datetime.now(UTC) + timedelta(days=3650)
+    with pytest.raises(AuthenticationError, match="minted by token 'ci', which expired"):
+        tokens.authenticate(minted.token)
+
+
 def test_a_labeler_token_may_name_its_one_endpoint_and_no_other_role_may(db: Database) -> None:
     tokens = TokenService(db)
     created = tokens.create(TokenCreate(name="fraud-labels", role=Role.LABELER,
