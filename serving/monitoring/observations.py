@@ -60,6 +60,10 @@ PENDING_HARD_LIMIT = 4 * PENDING_LIMIT
 SAMPLE_CAPACITY = 256
 MAX_FEEDBACK_PER_DELTA = 20_000
 FEATURE_TIMESTAMP = "feature_timestamp"
+# The oldest feature_timestamp read as one (older ones are ignored), and how far ahead of
+# this replica's clock one may be (a producer's clock runs ahead; beyond, it is ignored).
+MAX_DATA_AGE_S = 366 * 86400.0
+MAX_CLOCK_SKEW_S = 300.0
 JOINABLE_TASKS = ("classification", "regression")
 
 
@@ -312,9 +316,17 @@ class VersionObservations:
         if len(routed) == 1:
             self._account_routed(routed.pop(), observed)
             return
+        lost, cause = 0, None
         for kind in ROUTINGS:  # the sample first, should a bound be reached
             if kind in routed:
-                self._account_routed(kind, observed.only(kind))
+                # One way of routing failing (a caller's odd request) costs the others nothing.
+                part = observed.only(kind)
+                try:
+                    self._account_routed(kind, part)
+                except Exception as error:
+                    lost, cause = lost + len(part), cause or error
+        if cause is not None:
+            raise UnaccountedRequests(lost) from cause
 
     def _account_routed(self, routed: str, observed: ObservedRequests) -> None:
         try:
@@ -449,6 +461,15 @@ class VersionObservations:
         }
 
 
+class UnaccountedRequests(Exception):
+    """Some of a chunk's requests could not be accounted (``requests`` of them; the cause
+    is chained)."""
+
+    def __init__(self, requests: int) -> None:
+        super().__init__(f"{requests} requests could not be accounted")
+        self.requests = requests
+
+
 def data_age_seconds(parameters: dict[str, Any], now: float) -> float | None:
     """Age of the request's features from its ``feature_timestamp`` parameter, if any.
 
@@ -468,7 +489,10 @@ def data_age_seconds(parameters: dict[str, Any], now: float) -> float | None:
             stamp = parsed.timestamp()
     except (TypeError, ValueError, OverflowError):
         return None
-    if not math.isfinite(stamp):
+    # Past the horizon (or ahead of this clock by more than skew: milliseconds read as
+    # seconds) it is no time the features were taken, and one such stamp would set the
+    # window's mean age that alerts read.
+    if not math.isfinite(stamp) or not now - MAX_DATA_AGE_S <= stamp <= now + MAX_CLOCK_SKEW_S:
         return None
     return max(now - stamp, 0.0)
 

@@ -86,17 +86,22 @@ def batch_features(inputs: Sequence[TensorSignature],
         if spec.name in texts and spec.dtype == "string":
             if joined.ndim == 0:
                 return None
-            matrices.append(text_features(joined.reshape(joined.shape[0], -1)[:, 0], texts[spec.name]))
+            matrices.append(text_features(_rows(joined)[:, 0], texts[spec.name]))
             continue
         if joined.ndim == 0 or joined.dtype == object or joined.dtype.kind in "SU":
             return None
-        matrices.append(joined.reshape(joined.shape[0], -1))
+        matrices.append(_rows(joined))
     if len(matrices) == 1:
         matrix = np.ascontiguousarray(matrices[0], dtype=np.float64)
         # Binary tensors decode to read-only views of the body; the kernels take writable
         # arrays (a Numba signature detail), so a read-only one is copied.
         return matrix if matrix.flags.writeable else matrix.copy()
     return np.concatenate(matrices, axis=1, dtype=np.float64)
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    """``array`` as rows x columns (``reshape(n, -1)`` cannot size the columns of 0 rows)."""
+    return array.reshape(array.shape[0], int(np.prod(array.shape[1:], dtype=np.int64)))
 
 
 def prediction_names(task: str, output: np.ndarray) -> tuple[str, ...]:
@@ -113,7 +118,7 @@ def prediction_features(task: str, output: np.ndarray) -> np.ndarray | None:
     """Rows x prediction-features float64 matrix of one output (see :func:`prediction_names`)."""
     if output.ndim == 0 or output.dtype == object or output.dtype.kind in "SU":
         return None
-    flat = output.reshape(output.shape[0], -1)
+    flat = _rows(output)
     if task == "classification":
         if flat.shape[1] == 1:
             return np.asarray(flat, dtype=np.float64)

@@ -24,6 +24,7 @@ from serving.monitoring.observations import (
     PENDING_HARD_LIMIT,
     PENDING_LIMIT,
     ObservedRequests,
+    UnaccountedRequests,
     VersionMonitoring,
     VersionObservations,
 )
@@ -219,11 +220,12 @@ class StatsRecorder:
                     return
                 stats.observations = VersionObservations(spec)
             stats.observations.account(requests)
-        except Exception:
+        except Exception as error:
+            lost = error.requests if isinstance(error, UnaccountedRequests) else len(requests)
             if not stats.unobserved:
                 log.exception("version %s: could not account %d observed requests; "
-                              "they are counted as unobserved", version, len(requests))
-            stats.unobserved += len(requests)
+                              "they are counted as unobserved", version, lost)
+            stats.unobserved += lost
 
     def record_shadow(self, version: int, *, agreed: tuple[int, int] | None, abs_diff: float,
                       latency_delta_s: float, failed: bool) -> None:

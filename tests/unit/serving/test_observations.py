@@ -11,7 +11,8 @@ import pytest
 
 from kernels import LiveWindow
 from serving.monitoring import observations, stats
-from serving.monitoring.observations import VersionMonitoring, data_age_seconds
+from serving.monitoring.observations import ObservedRequests, VersionMonitoring, data_age_seconds
+from serving.monitoring.stats import StatsRecorder
 from serving.monitoring.profiles import load_profiles, prediction_features
 from tests.unit.serving.monitoring_helpers import (
     make_core,
@@ -149,12 +150,19 @@ def test_feature_timestamps_give_the_age_of_the_data(monkeypatch: pytest.MonkeyP
     assert total == pytest.approx(120) and oldest == pytest.approx(90)
 
 
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
 @pytest.mark.parametrize(("raw", "age"), [
-    (1000.0, 500.0), ("1970-01-01T00:16:40Z", 500.0), ("1970-01-01T00:16:40", 500.0),
-    (2000, 0.0), ("nonsense", None), (True, None), (None, None),
+    (NOW - 500, 500.0), ("2027-01-15T07:51:40Z", 500.0), ("2027-01-15T07:51:40", 500.0),
+    (NOW + 200, 0.0),  # a producer's clock a little ahead
+    ("nonsense", None), (True, None), (None, None),
+    # No time features were taken at: one would set the window's mean age alone.
+    (-1e308, None), (0, None), (NOW - 400 * 86400, None),
+    (NOW * 1000, None),  # milliseconds: not "fresh"
 ])
 def test_data_age_parsing(raw, age) -> None:
-    assert data_age_seconds({"feature_timestamp": raw}, now=1500.0) == age
+    assert data_age_seconds({"feature_timestamp": raw}, now=NOW) == age
 
 
 def test_monitoring_off_records_nothing() -> None:
@@ -276,6 +284,28 @@ def test_requests_without_an_input_leave_the_chunks_inputs_unread_never_misalign
     part = recorder.to_delta()[1]["monitoring"]
     assert part["rows"] == 0 and part["inputs"] is None  # not three rows for four requests
     assert len(part["feedback"]) == 4  # the outputs were all there
+
+
+def test_an_empty_request_costs_the_other_requests_nothing() -> None:
+    """A zero-row request alone in its way of routing (it reshaped to nothing and raised)
+    lost the accounting of the whole chunk, every routing's, as unobserved."""
+    recorder = StatsRecorder()
+    recorder.monitoring = {1: VersionMonitoring.build(version_config(1))}
+    requests, rng = ObservedRequests(), np.random.default_rng(9)
+    answers: dict[str, np.ndarray] = {}
+    for index, routed in enumerate(["random", "sticky", "sticky", "sticky", "pinned"]):
+        rows = 0 if index == 0 else 1
+        answers[f"r{index}"] = rng.random((rows, 3)).astype(np.float32)
+        requests.add(f"r{index}", {"input": rng.normal(size=(rows, 4)).astype(np.float32)},
+                     {"probabilities": answers[f"r{index}"]}, None, routed)
+    recorder._account(1, requests)
+    delta = recorder.to_delta()[1]
+    assert "unobserved_requests" not in delta
+    monitoring = delta["monitoring"]
+    assert monitoring["rows"] == 4
+    kept = dict(monitoring["routed"]["sticky"]["feedback"])
+    assert kept == {f"r{i}": float(np.argmax(answers[f"r{i}"])) for i in (1, 2, 3)}
+    assert dict(monitoring["routed"]["pinned"]["feedback"]) == {"r4": float(np.argmax(answers["r4"]))}
 
 
 def test_requests_of_another_width_cost_the_others_nothing() -> None:
