@@ -12,8 +12,8 @@ import pytest
 from kernels import LiveWindow
 from serving.monitoring import observations, stats
 from serving.monitoring.observations import ObservedRequests, VersionMonitoring, data_age_seconds
-from serving.monitoring.stats import StatsRecorder
 from serving.monitoring.profiles import load_profiles, prediction_features
+from serving.monitoring.stats import StatsRecorder
 from tests.unit.serving.monitoring_helpers import (
     make_core,
     predict,
