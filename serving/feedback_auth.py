@@ -89,7 +89,9 @@ class FeedbackAuthorizer:
                                        detail={"field": "authorization"})
         scheme, _, secret = header.partition(" ")
         secret = secret.strip()
-        if scheme.lower() != "bearer" or not secret or len(secret) > MAX_TOKEN_CHARS:
+        # Tokens are printable ASCII; another character is no token (and cannot be sent on).
+        if scheme.lower() != "bearer" or not secret or len(secret) > MAX_TOKEN_CHARS or \
+                not (secret.isascii() and secret.isprintable()):
             raise UnauthenticatedError(f"the Authorization header must be `Bearer <token>`: {_HOW}",
                                        detail={"field": "authorization"})
         answer = await self._answer(secret)

@@ -201,3 +201,18 @@ def test_a_label_source_of_another_endpoint_is_refused_and_its_labels_never_reac
         json.loads(other.body)["error"]
     assert own.status == 200
     assert [endpoint for endpoint, _ in received] == ["churn"]  # only the labeler for any
+
+
+@pytest.mark.parametrize("token", ["é", "mp_\u00ff", "mp_a\tb"])
+def test_a_token_of_other_characters_is_refused_without_asking(token: str) -> None:
+    """A header byte past ASCII (read as latin-1) could not be sent on to the control
+    plane: it answered 500 with a logged traceback, to anyone."""
+    async def scenario() -> None:
+        authority = SlowAuthority()
+        authority.open.set()
+        check = _authorizer(authority, Clock())
+        with pytest.raises(UnauthenticatedError, match="must be `Bearer <token>`"):
+            await check.check(bearer(token), "churn")
+        assert authority.asked == []
+
+    asyncio.run(scenario())
