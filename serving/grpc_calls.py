@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from modelplane.errors import ModelplaneError
-from serving.core import REQUEST_ID_PARAMETER, InferenceCore, Inferred, Refused, body_too_large
+from serving.core import HEAVY_BODY_BYTES, REQUEST_ID_PARAMETER, InferenceCore, Inferred, Refused, body_too_large
 from serving.errors import InvalidRequestError, ModelNotReadyError
 from serving.protocol.codec import DecodedRequest
 from serving.protocol.grpc_tensors import (
@@ -82,8 +82,10 @@ async def answer_grpc(core: InferenceCore | None, call: GrpcInferCall | GrpcMode
     if core is None:
         return GrpcReply(GrpcFailure.of(ModelNotReadyError("endpoint is loading")), replica)
     if isinstance(call, GrpcInferCall):
+        # As for REST: a large call is decoded off the event loop the other calls share.
         outcome = await core.infer(lambda config: _decode(call, config), _encode,
-                                   CallMetadata(call.headers), version=call.model_version or None)
+                                   CallMetadata(call.headers), version=call.model_version or None,
+                                   decode_off_loop=call.nbytes > HEAVY_BODY_BYTES)
         if isinstance(outcome, Refused):
             return GrpcReply(GrpcFailure.of(outcome.error, outcome.request_id), replica)
         return GrpcReply(outcome, replica)

@@ -177,9 +177,10 @@ def _decode_tensor(tensor: GrpcTensor, where: str, index: int) -> np.ndarray:
 def _from_raw(raw: bytes, datatype: str, shape: list[int], count: int, described: str,
               where: str) -> np.ndarray:
     if datatype == "BYTES":
-        array = decode_bytes_elements(memoryview(raw), where)
+        array = decode_bytes_elements(memoryview(raw), where, at_most=count)
         if array.size != count:
-            raise _invalid(f"{where} holds {array.size} BYTES elements but {described} needs "
+            held = array.size if array.size < count else f"more than {count}"
+            raise _invalid(f"{where} holds {held} BYTES elements but {described} needs "
                            f"{count}", where)
         return array.reshape(shape)
     dtype = to_numpy_dtype(datatype)

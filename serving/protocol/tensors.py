@@ -34,12 +34,16 @@ _KIND_NAMES = {
 
 
 MAX_SPAN = 2**31  # the most elements a tensor's shape may span, its zero dimensions as one
+MAX_DIMS = 32  # the most dimensions a tensor may have (NumPy's own limit is 64)
 
 
 def element_count(shape: list[int], field: str = "inputs") -> int:
     """Number of elements a tensor of ``shape`` holds (1 for a scalar's empty shape). A
     shape spanning more than :data:`MAX_SPAN` elements, even one holding none (``[0,
     10**20]``), is refused: NumPy cannot make it, and the request failed as a server error."""
+    if len(shape) > MAX_DIMS:  # NumPy makes no array of more (a server error, before)
+        raise _invalid(f"{field}.shape has {len(shape)} dimensions; at most {MAX_DIMS}",
+                       f"{field}.shape")
     # math.prod on Python ints cannot overflow, unlike np.prod on int64.
     if math.prod(max(dim, 1) for dim in shape) > MAX_SPAN:
         raise _invalid(f"{field}.shape {list(shape)[:8]} spans more than {MAX_SPAN:,} elements; "
@@ -52,7 +56,7 @@ def _invalid(message: str, field: str) -> InvalidRequestError:
 
 
 def _count_mismatch(
-    field: str, shape: list[int], expected: int, got: int, what: str
+    field: str, shape: list[int], expected: int, got: int | str, what: str
 ) -> InvalidRequestError:
     return _invalid(
         f"{field}.shape {shape} holds {expected} elements but {what} has {got}", f"{field}.shape"
@@ -170,9 +174,10 @@ def array_from_binary(
     """
     expected = element_count(shape, field)
     if datatype == "BYTES":
-        array = decode_bytes_elements(buffer, field)
+        array = decode_bytes_elements(buffer, field, at_most=expected)
         if array.size != expected:
-            raise _count_mismatch(field, shape, expected, array.size, "its binary data")
+            got = array.size if array.size < expected else f"more than {expected}"
+            raise _count_mismatch(field, shape, expected, got, "its binary data")
         return array.reshape(shape)
     dtype = to_numpy_dtype(datatype)
     if len(buffer) != expected * dtype.itemsize:
@@ -190,11 +195,13 @@ def array_from_binary(
     return array.reshape(shape)
 
 
-def decode_bytes_elements(buffer: memoryview, field: str) -> np.ndarray:
-    """Split a BYTES buffer (4-byte little-endian length, then the bytes; repeated)."""
+def decode_bytes_elements(buffer: memoryview, field: str, at_most: int | None = None) -> np.ndarray:
+    """Split a BYTES buffer (4-byte little-endian length, then the bytes; repeated); past
+    ``at_most`` elements it stops at one more (the caller refuses it: a 60 MB buffer of
+    5-byte elements is 12 million objects to make before saying so)."""
     items: list[bytes] = []
     offset, end = 0, len(buffer)
-    while offset < end:
+    while offset < end and (at_most is None or len(items) <= at_most):
         if end - offset < 4:
             raise _invalid(
                 f"{field} BYTES element {len(items)} has a truncated 4-byte length prefix "

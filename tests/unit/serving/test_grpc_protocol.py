@@ -287,3 +287,24 @@ def test_tritonclient_grpc_talks_to_the_ingress_servicer(grpc_server: str) -> No
     assert code == "StatusCode.UNIMPLEMENTED"
     assert client.infer("iris", [rows_input(np.ones((1, 4), np.float32))]).as_numpy("probabilities") is not None
     client.close()
+
+
+@pytest.mark.parametrize(("rows", "off_loop"), [(4, False), (5000, True)])
+def test_a_large_call_is_decoded_off_the_event_loop_as_a_large_body_is(
+        monkeypatch: pytest.MonkeyPatch, rows: int, off_loop: bool) -> None:
+    """A call of megabytes decoded on the loop held every other request on it."""
+    import threading
+
+    import serving.grpc_calls
+
+    threads: list[threading.Thread] = []
+    decode = serving.grpc_calls.decode_grpc_call
+
+    def noting_thread(call):
+        threads.append(threading.current_thread())
+        return decode(call)
+
+    monkeypatch.setattr(serving.grpc_calls, "decode_grpc_call", noting_thread)
+    data = np.zeros((rows * 16, 4), np.float32)  # 80,000 rows: 1.28 MB
+    answer(make_core({1: 100}), request([rows_input(data)]))
+    assert len(threads) == 1 and (threads[0] is not threading.main_thread()) is off_loop

@@ -118,7 +118,16 @@ CASES = [
      "inputs[0]", "truncated 4-byte length prefix"),
     ("bytes-count", *_binary((_tensor(datatype="BYTES", parameters={"binary_data_size": 15}),
                               _bytes_elements(b"a", b"b", b"c"))),
-     "inputs[0].shape", "holds 2 elements but its binary data has 3"),
+     "inputs[0].shape", "holds 2 elements but its binary data has more than 2"),
+    ("bytes-count-huge", *_binary((_tensor(datatype="BYTES", shape=[1],
+                                           parameters={"binary_data_size": 5 * 200_000}),
+                                   b"\x01\x00\x00\x00a" * 200_000)),
+     "inputs[0].shape", "holds 1 elements but its binary data has more than 1"),
+    ("too-many-dims", _json(_tensor(shape=[1] * 65, data=[1])), {}, "inputs[0].shape",
+     "65 dimensions; at most 32"),
+    ("too-many-dims-binary", *_binary((_tensor(shape=[1] * 33, parameters={"binary_data_size": 4}),
+                                       b"\0" * 4)),
+     "inputs[0].shape", "33 dimensions; at most 32"),
     ("bool-byte-2", *_binary((_tensor(datatype="BOOL", parameters={"binary_data_size": 2}), b"\x01\x02")),
      "inputs[0]", "other than 0 or 1"),
 ]
@@ -187,3 +196,11 @@ def test_a_shape_too_vast_for_any_tensor_is_the_callers_error_even_holding_nothi
                                      parameters={"binary_data_size": 0}), b""))
     with pytest.raises(InvalidRequestError, match="spans more than"):
         decode_request(body, headers)
+
+
+def test_a_bytes_buffer_is_split_no_further_than_one_element_past_its_shape() -> None:
+    from serving.protocol.tensors import decode_bytes_elements
+
+    buffer = memoryview(_bytes_elements(*[b"a"] * 1000))
+    assert decode_bytes_elements(buffer, "inputs[0]", at_most=2).size == 3
+    assert decode_bytes_elements(buffer, "inputs[0]").size == 1000
