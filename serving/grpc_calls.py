@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from modelplane.errors import ModelplaneError
-from serving.core import HEAVY_BODY_BYTES, REQUEST_ID_PARAMETER, InferenceCore, Inferred, Refused, body_too_large
+from serving.core import (
+    HEAVY_BODY_BYTES,
+    REQUEST_ID_PARAMETER,
+    InferenceCore,
+    Inferred,
+    Refused,
+    body_too_large,
+)
 from serving.errors import InvalidRequestError, ModelNotReadyError
 from serving.protocol.codec import DecodedRequest
 from serving.protocol.grpc_tensors import (
