@@ -10,7 +10,8 @@ told about it, is the app's business (``serving.replica_ingress``).
 Limits that keep a slow or malformed client from costing more than one connection's worth:
 
 - the request line and headers are bounded (``MAX_URL_BYTES``, ``MAX_HEAD_BYTES``,
-  ``MAX_HEADERS``); over them the answer is 414/431 and the connection closes;
+  ``MAX_HEADERS``), a line that never ends included; over them the answer is 414/431 and
+  the connection closes;
 - a body over ``app.body_limit`` is refused (413) from ``Content-Length`` before any of it is
   read, and a chunked one as soon as its running size passes the limit, answered at once
   with ``connection: close``; the rest is read and dropped, never held;
@@ -166,6 +167,10 @@ class _Connection(asyncio.Protocol):
         self.last = False  # no request after the ones queued (an upgrade was asked for)
         self.close_after_read = False  # answered early: close once the request is read
         self.header_count = 0
+        self.head_done = False
+        self.head_read = 0  # bytes of the head read in whole reads (see _bound_head)
+        self.reads = 0
+        self.began_in_read = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -180,6 +185,7 @@ class _Connection(asyncio.Protocol):
             self.writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # the request is answered; what follows is not HTTP
@@ -196,6 +202,19 @@ class _Connection(asyncio.Protocol):
                 self._fail(500, "the replica failed reading the request; see its log")
         except httptools.HttpParserError as error:
             self._fail(400, f"malformed HTTP request: {error}")
+        else:
+            self._bound_head(len(data))
+
+    def _bound_head(self, size: int) -> None:
+        # The parser reports a header only once its line ends, so a line that never does
+        # would grow (and be copied over and over) for ever: a read that leaves the head
+        # unfinished, of a request begun in an earlier read, was all head.
+        if not self.in_message or self.head_done or self.began_in_read == self.reads:
+            return
+        self.head_read += size
+        if self.head_read > MAX_URL_BYTES + MAX_HEAD_BYTES:
+            self._fail(431, f"the request line and headers are over "
+                            f"{MAX_URL_BYTES + MAX_HEAD_BYTES} bytes")
 
     def pause_writing(self) -> None:
         if self.writable is None or self.writable.done():
@@ -208,6 +227,9 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.head_done = False
+        self.head_read = 0
+        self.began_in_read = self.reads
         self.since = self.loop.time()
         self.url = b""
         self.head_size = 0
@@ -233,6 +255,7 @@ class _Connection(asyncio.Protocol):
             self.headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self.head_done = True
         self.method = self.parser.get_method().decode("ascii", "replace")
         raw = self.url.split(b"?", 1)[0]
         path = raw.decode("latin-1")

@@ -229,6 +229,31 @@ def test_malformed_oversized_and_slow_requests_are_refused_and_closed() -> None:
     assert all(b"connection: close" in a for a in answers)
 
 
+def test_a_header_line_that_never_ends_is_refused_as_it_grows() -> None:
+    """The parser reports a header only once its line ends: one that never did grew until
+    the read timeout, copied over and over on the event loop every connection shares."""
+    async def endless(port: int, start: bytes) -> bytes:
+        """Send ``start``, then more of its last line, 16 KiB at a time, until answered."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(start)
+        answered = asyncio.get_running_loop().create_task(reader.read(65536))
+        for _ in range(64):  # 1 MiB
+            await asyncio.sleep(0.02)
+            if answered.done():
+                break
+            writer.write(b"a" * 16384)
+        answer = await asyncio.wait_for(answered, 10)
+        writer.close()
+        return answer
+
+    async def scenario(port: int, server: LeanServer) -> list[bytes]:
+        return [await endless(port, b"GET / HTTP/1.1\r\nX-A: "),
+                await endless(port, b"GET /")]  # a request line too
+
+    answers = asyncio.run(serving(Echo(), scenario, read_timeout_s=30))
+    assert [statuses(a) for a in answers] == [[431], [414]]
+
+
 def test_an_idle_keep_alive_connection_is_closed() -> None:
     async def scenario(port: int, server: LeanServer) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
