@@ -31,6 +31,7 @@ MAX_INT = 2**31 - 1
 VersionNumber = Annotated[int, Field(ge=1, le=MAX_INT)]
 # JSON has no NaN or infinity, and a stored one could never be served back.
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+RUN_ID_CHARS = 32  # a run's id is uuid4 hex; the store holds no longer one
 
 
 def _finite_everywhere(value: Any, path: str = "") -> Any:
@@ -119,7 +120,8 @@ class Lineage(Wire):
     parent_version: VersionNumber | None = Field(None, description="Version this one was tuned from.")
     dataset_uri: str | None = None
     dataset_digest: str | None = None
-    run_id: str | None = Field(None, description="Experiment run that produced it.")
+    run_id: str | None = Field(None, max_length=RUN_ID_CHARS,
+                               description="Experiment run that produced it.")
     code_commit: str | None = None
     code_branch: str | None = None
     packages: dict[str, str] = Field(default_factory=dict, description="Package versions.")
@@ -339,10 +341,10 @@ class ExperimentOut(Wire):
 
 class RunCreate(Wire):
     experiment: Name = Field(description="Created if it does not exist.")
-    name: str = ""
+    name: str = Field("", max_length=128)
     params: FiniteJson = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
-    parent_run_id: str | None = None
+    parent_run_id: str | None = Field(None, max_length=RUN_ID_CHARS)
     environment: FiniteJson = Field(default_factory=dict)
 
 

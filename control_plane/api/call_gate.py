@@ -61,6 +61,7 @@ class CallGate:
                       if route_method == method and pattern.match(path)]
         streamed = any(key in STREAMED_BODIES for key, _ in candidates)
         try:
+            _refuse_nul(path, scope.get("query_string", b""))
             if candidates:
                 await self._admit(request, [rule for _, rule in candidates])
             if not streamed:
@@ -136,3 +137,13 @@ def _bounded(receive: Receive, limit: int) -> Receive:
         return message
 
     return bounded
+
+
+def _refuse_nul(path: str, query: bytes) -> None:
+    """A NUL character names nothing here (PostgreSQL cannot even compare one): refused
+    before any route reads it."""
+    if "\x00" in path:
+        raise InvalidInputError("the path holds a NUL character (%00)", detail={"field": "path"})
+    if b"%00" in query or b"\x00" in query:
+        raise InvalidInputError("the query string holds a NUL character (%00)",
+                                detail={"field": "query"})

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError as StoreRefusedValue
 from sqlalchemy.exc import IntegrityError as StoreConstraintError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -95,6 +96,15 @@ def install_error_handlers(app: FastAPI) -> None:
         # Asked again, it may well succeed: an idempotency key must not replay this answer.
         response.headers[RETRY_AFTER_HEADER] = "0"
         return response
+
+    @app.exception_handler(StoreRefusedValue)
+    async def _refused_value(request: Request, error: StoreRefusedValue) -> JSONResponse:
+        # A value the schema let through that the store cannot hold (PostgreSQL: a NUL
+        # character, a string longer than its column): the request's fault, nothing written.
+        said = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+        return error_response(request, InvalidInputError(
+            f"the store cannot hold a value of this request ({said}); nothing was written",
+            detail={"cause": "value the store cannot hold"}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from control_plane.pipelines.data_sources import dataset_digest, load_dataset
-from control_plane.schemas import Wire
+from control_plane.schemas import Finite, Wire
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,8 +60,9 @@ _SHOWN = 5
 class ValueRange(Wire):
     """Inclusive bounds of a numeric column; either may be left open."""
 
-    min: float | None = Field(None, description="Smallest allowed value.")
-    max: float | None = Field(None, description="Largest allowed value.")
+    # Finite: a NaN bound compares false with every value, so it would pass anything.
+    min: Finite | None = Field(None, description="Smallest allowed value.")
+    max: Finite | None = Field(None, description="Largest allowed value.")
 
     @model_validator(mode="after")
     def _ordered(self) -> ValueRange:

@@ -7,6 +7,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import DataError as StoreDataError
 from sqlalchemy.exc import IntegrityError as StoreIntegrityError
 
 from control_plane.api.app import build_api
@@ -40,6 +41,11 @@ def client() -> TestClient:
         raise StoreIntegrityError("INSERT INTO models (name) VALUES (secret internals)", {},
                                   Exception("duplicate key value violates unique constraint"))
 
+    @app.put("/models")
+    def store_refuses() -> None:  # PostgreSQL: a NUL, a string past its column
+        raise StoreDataError("UPDATE models SET note = (secret internals)", {},
+                             Exception("value too long for type character varying(128)"))
+
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -51,6 +57,8 @@ def client() -> TestClient:
     ("DELETE", "/models", 405, "method_not_allowed", "Method Not Allowed", {}),
     ("GET", "/boom", 500, "control_plane_error", "failed unexpectedly", {}),
     ("POST", "/models", 409, "conflict", "at the same time", {"retry": True}),
+    ("PUT", "/models", 400, "invalid_input", "value too long",
+     {"cause": "value the store cannot hold"}),
 ])
 def test_every_failure_answers_the_one_body(client: TestClient, method: str, path: str,
                                             status: int, code: str, words: str,

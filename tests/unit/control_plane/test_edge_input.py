@@ -90,3 +90,31 @@ def test_the_edge_settings_are_read_checked_and_handed_on(tmp_path) -> None:
                         ("MODELPLANE_MAX_REQUEST_MB", "0"), ("MODELPLANE_MAX_REQUEST_MB", "5000")):
         with pytest.raises(ConfigurationError, match=name):
             Settings.from_env({"MODELPLANE_HOME": str(tmp_path), name: value})
+
+
+@pytest.mark.parametrize(("model", "body", "field"), [
+    (RunCreate, '{"experiment": "e", "name": "%s"}' % ("x" * 129), "name"),
+    (RunCreate, '{"experiment": "e", "parent_run_id": "%s"}' % ("a" * 33), "parent_run_id"),
+])
+def test_run_strings_are_bounded_as_the_store_holds_them(model, body: str, field: str) -> None:
+    """PostgreSQL refused them at the flush (a 500); SQLite kept a name of 4 MiB."""
+    with pytest.raises(ValidationError) as raised:
+        model.model_validate_json(body)
+    assert raised.value.errors()[0]["loc"] == (field,)
+
+
+def test_a_version_s_run_id_is_bounded_as_the_store_holds_it() -> None:
+    from control_plane.schemas import Lineage
+
+    with pytest.raises(ValidationError) as raised:
+        Lineage(run_id="a" * 33)
+    assert raised.value.errors()[0]["loc"] == ("run_id",)
+
+
+def test_a_nan_bound_of_a_data_range_is_refused() -> None:
+    """NaN compares false with every value: the range check passed whatever data came."""
+    from control_plane.pipelines.data_validation import DataExpectations
+
+    with pytest.raises(ValidationError) as raised:
+        DataExpectations.model_validate_json('{"ranges": {"age": {"min": NaN}}}')
+    assert raised.value.errors()[0]["loc"][:3] == ("ranges", "age", "min")

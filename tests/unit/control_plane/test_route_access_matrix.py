@@ -278,3 +278,15 @@ def test_a_comparison_of_more_runs_than_one_call_may_read_names_the_limit(matrix
     answer = matrix.client.get(f"/runs/compare?ids={ids}")
     assert answer.status_code == 400, answer.text
     assert answer.json()["detail"] == {"field": "ids"} and "at most 50" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("/api/models/a%00b", "path"), ("/api/alerts/history?name=%00", "query"),
+    ("/api/models/a%00b/versions", "path"),
+])
+def test_a_nul_character_is_refused_before_any_route_reads_it(
+        matrix: Matrix, path: str, field: str) -> None:
+    """PostgreSQL cannot compare a NUL: anyone's such call was a 500 with a traceback."""
+    response = matrix.client.get(path)
+    assert response.status_code == 400 and response.json()["detail"] == {"field": field}
+    assert "NUL" in response.json()["error"]
