@@ -87,17 +87,29 @@ def test_alpha(settings: ABTestSettings, steps: int, round_: int) -> float:
     return settings.alpha / (max(1, steps) * len(settings.effects)) / 2 ** (round_ + 1)
 
 
-def round_of(window: ABWindow, previous: dict[str, Any] | None) -> int:
+def round_of(window: ABWindow, previous: dict[str, Any] | None,
+             samples: dict[str, int] | None = None) -> int:
     """Which fresh test of the step ``window`` belongs to, from the step's previous record:
     a later block starts a new round, and so does a window shorter than the last one in
-    the same block (the step's hold restarted: resumed after a pause or an approval)."""
+    the same block (the step's hold restarted: resumed after a pause or an approval), or
+    one holding fewer requests of a version than the last look's (``samples``: the
+    Monitor restarted and counts from then on, so its evidence is a new stream)."""
     if not previous or previous.get("round") is None or previous.get("block") is None:
         return window.block
     last_round, last_block = int(previous["round"]), int(previous["block"])
     if window.block > last_block:
         return last_round + window.block - last_block
-    restarted = window.block < last_block or window.window_s < (previous.get("window_s") or 0)
+    before = previous.get("samples") or {}
+    recounted = any(count < int(before.get(side, 0)) for side, count in (samples or {}).items())
+    restarted = window.block < last_block or recounted or \
+        window.window_s < (previous.get("window_s") or 0)
     return last_round + int(restarted)
+
+
+def window_samples(config: AnalysisConfig, window: ABWindow) -> dict[str, int]:
+    """The requests in each version's sample of ``window``: within a block they only grow."""
+    return {"candidate": sample_counts(config, window.candidate)[0],
+            "stable": sample_counts(config, window.stable)[0]}
 
 
 def judge(settings: ABTestSettings, config: AnalysisConfig, window: ABWindow | None, *,
@@ -114,7 +126,8 @@ def judge(settings: ABTestSettings, config: AnalysisConfig, window: ABWindow | N
                          alpha=settings.alpha)
     kept = (previous or {}).get("metrics", {})
     split = (100.0 - step.candidate_weight) / step.candidate_weight
-    round_ = round_of(window, previous)
+    samples = window_samples(config, window)
+    round_ = round_of(window, previous, samples)
     alpha = test_alpha(settings, steps, round_)
     metrics: dict[str, ABMetricOut] = {}
     for metric, min_effect in settings.effects.items():
@@ -124,7 +137,7 @@ def judge(settings: ABTestSettings, config: AnalysisConfig, window: ABWindow | N
         test = _TESTS[metric]
         metrics[metric] = test(config, window, min_effect, alpha, settings.power, split,
                                now).model_copy(update={"round": round_})
-    return _overall(settings, window, round_, metrics)
+    return _overall(settings, window, round_, metrics).model_copy(update={"samples": samples})
 
 
 def _overall(settings: ABTestSettings, window: ABWindow, round_: int,

@@ -222,6 +222,8 @@ class ABTestOut(Wire):
                                    "the step's current 300-second block.")
     block: int | None = Field(None, description="Which 300-second block of the step.")
     round: int | None = Field(None, description="Which fresh test of the step (see metrics).")
+    samples: dict[str, int] | None = Field(
+        None, description="Requests in the candidate's and stable's samples of the window.")
     metrics: dict[str, ABMetricOut] = Field(default_factory=dict)
 
 

@@ -126,6 +126,11 @@ def test_each_fresh_test_of_a_step_is_a_round_of_its_own() -> None:
     assert ab_gate.round_of(window(3, 5), last) == 3  # blocks passed unseen still spend
     assert ab_gate.round_of(window(0, 20), last) == 1  # the hold restarted (resumed)
     assert ab_gate.round_of(window(0, 20), {"round": 2, "block": 1, "window_s": 50}) == 3
+    # The Monitor restarted within the block: a longer window holding fewer requests is a
+    # new stream of evidence, and a new round (its alpha was not spent on the last one).
+    counted = {**last, "samples": {"candidate": 400, "stable": 3600}}
+    assert ab_gate.round_of(window(0, 210), counted, {"candidate": 420, "stable": 3800}) == 0
+    assert ab_gate.round_of(window(0, 210), counted, {"candidate": 20, "stable": 180}) == 1
 
 
 def test_only_steps_where_both_versions_take_traffic_are_tested() -> None:
@@ -215,7 +220,8 @@ def test_the_last_step_is_judged_by_the_thresholds_alone() -> None:
     assert decision.action == Action.PROMOTE
     assert decision.analysis["ab_test"] == {
         "decision": "not_tested", "reason": "stable takes no traffic at this step",
-        "alpha": 0.05, "window_s": None, "block": None, "round": None, "metrics": {}}
+        "alpha": 0.05, "window_s": None, "block": None, "round": None, "samples": None,
+        "metrics": {}}
 
 
 def test_a_threshold_failure_is_not_hidden_by_an_undecided_ab_test() -> None:
