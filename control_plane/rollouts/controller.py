@@ -235,8 +235,8 @@ class RolloutController(ManualActions):
                 raise
             except Exception:
                 log.exception("rollout housekeeping failed")
-        if changed:
-            self._apply()
+        if changed or self._ended:
+            self._settle()
 
     def _advance(self, rollout: RolloutOut) -> bool:
         """Decide once for ``rollout``, store the decision, act on it; True if traffic moved."""

@@ -54,7 +54,7 @@ class ManualActions(TrafficMoves):
             with self.db.session(readonly=True) as session:
                 approval_gate(session, rollout_row(session, rollout_id)).refuse_promotion(rollout_id)
             self._promote(current, actor.name, reason or f"promoted by {actor.name}")
-        self._apply()
+        self._settle()
         return self.get(rollout_id)
 
     def rollback(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
@@ -76,5 +76,5 @@ class ManualActions(TrafficMoves):
             if current.state == state:
                 return current  # asked again (an answer lost, a retry): it is so already
             self._end(current, state, actor.name, why, {}, reject=reject)
-        self._apply()
+        self._settle()
         return self.get(rollout_id)

@@ -68,6 +68,7 @@ class TrafficMoves:
         self._followups = FollowUps(db, alert, registry)
         # One decision at a time in this process: the loop and API calls share rollouts.
         self._lock = threading.RLock()
+        self._ended: list[int] = []  # rollouts ended under the lock, their follow-ups owed
 
     def get(self, rollout_id: int) -> RolloutOut:
         with self.db.session(readonly=True) as session:
@@ -170,11 +171,21 @@ class TrafficMoves:
             owe(row, reject=reason if reject else None,
                 alert=_rollback_alert(rollout, reason, data)
                 if state == RolloutState.ROLLED_BACK else None)
-        self._apply()  # traffic first: the registry and the alert can wait a moment
-        if self._leading():
-            # Elsewhere the leader's next pass (a quarter second) finishes them: both at
-            # once could each send the alert before either recorded it sent.
-            self._followups.finish(rollout.id)
+        # Applied by the caller once it lets go of the lock (_settle): applying reaches
+        # Serve's controller, and while that is slow no other decision or pause may wait.
+        self._ended.append(rollout.id)
+
+    def _settle(self) -> None:
+        """Out of the lock: what is stored goes to Serve first, then the registry and the
+        alert owed by the rollouts that ended can follow."""
+        self._apply()
+        with self._lock:
+            ended, self._ended = self._ended, []
+            if self._leading():
+                # Elsewhere the leader's next pass (a quarter second) finishes them: both
+                # at once could each send the alert before either recorded it sent.
+                for rollout_id in ended:
+                    self._followups.finish(rollout_id)
 
     def _retire_drained(self) -> bool:
         """Remove versions whose drain time is over; archive a replaced stable version."""

@@ -203,6 +203,41 @@ def test_failing_candidate_needs_consecutive_failures_then_rolls_back(world: Wor
         world.start()
 
 
+def test_a_rollback_waiting_on_serve_holds_up_no_other_decision(world: World) -> None:
+    """Applying reaches Serve's controller, which may be slow (restarting): done under the
+    rollout lock, a rollback held every other rollout's decision and every pause with it."""
+    import threading
+
+    rollout_id = world.start(steps=[20, 100])
+    world.serve(1)
+    world.serve(2, error_rate=0.2)
+    world.run(2)  # progressing at 20%, one failing analysis
+    serve_answers, applying, took = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_apply() -> None:
+        applying.set()
+        assert serve_answers.wait(10)
+
+    def take_the_lock() -> None:
+        with world.controller._lock:
+            took.set()
+
+    world.controller._apply = slow_apply
+    ticking = threading.Thread(target=world.run, args=(1,))
+    ticking.start()
+    try:
+        assert applying.wait(10)  # the rollback is stored and waits on Serve
+        assert world.controller.get(rollout_id).state == RolloutState.ROLLED_BACK
+        threading.Thread(target=take_the_lock, daemon=True).start()
+        assert took.wait(2), "the rollout lock was held while Serve was asked"
+        assert world.alerts == []  # the follow-ups wait for the traffic to be applied
+    finally:
+        serve_answers.set()
+        ticking.join(10)
+    assert world.alerts and world.alerts[0]["labels"]["version"] == "2"
+    assert world.registry.get_version("iris", 2).status == "rejected"
+
+
 def test_too_few_requests_never_decide(world: World) -> None:
     rollout_id = world.start(steps=[100])
     world.serve(1)
