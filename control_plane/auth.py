@@ -13,13 +13,14 @@ so one person holding two tokens is still one person.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from control_plane.errors import (
@@ -37,7 +38,10 @@ _RANK = {Role.READER: 0, Role.TRAINER: 0, Role.LABELER: 1, Role.DEPLOYER: 2, Rol
          Role.ADMIN: 4}
 # Who may track runs, upload artifacts, register versions and move aliases besides deployers.
 TRAINING = frozenset({Role.TRAINER})
+log = logging.getLogger(__name__)
+
 TOKEN_PREFIX = "mp_"
+LAST_USED_EVERY_S = 60.0  # how stale a token's last_used_at may be before it is written
 ADMIN_TOKEN_NAME = "admin"
 
 
@@ -157,8 +161,23 @@ class TokenService:
                             f"token {row.name!r} was minted by token {row.created_by!r}, which "
                             f"expired at {minter.expires_at.isoformat()}; ask an admin "
                             "for a new one")
-            return Principal(name=row.name, role=Role(row.role), subject=row.subject or row.name,
-                             model=row.model, endpoint=row.endpoint)
+            principal = Principal(name=row.name, role=Role(row.role),
+                                  subject=row.subject or row.name, model=row.model,
+                                  endpoint=row.endpoint)
+            last_used = row.last_used_at
+        if last_used is None or (now - last_used).total_seconds() >= LAST_USED_EVERY_S:
+            self._note_use(principal.name, now)
+        return principal
+
+    def _note_use(self, name: str, now: datetime) -> None:
+        """Keep when the token was last used (to the minute: one write a minute per token
+        at most), so unused or leaked ones show; a store that cannot take it fails no call."""
+        try:
+            with self._db.session() as session:
+                session.execute(update(TokenRow).where(TokenRow.name == name)
+                                .values(last_used_at=now))
+        except Exception as error:
+            log.debug("could not note token %s as used: %s", name, error)
 
     def list(self) -> list[TokenOut]:
         with self._db.session(readonly=True) as session:

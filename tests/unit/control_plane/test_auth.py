@@ -151,3 +151,24 @@ def test_a_training_jobs_token_registers_and_points_aliases_of_its_own_model_onl
     assert registry.get_model("fraud").latest_version == 1
     with pytest.raises(ValidationError, match="only a trainer token"):
         TokenCreate(name="x", role=Role.READER, model="churn")
+
+
+def test_a_token_s_last_use_is_kept_to_the_minute(db: Database) -> None:
+    tokens = TokenService(db)
+    created = tokens.create(TokenCreate(name="ci-reader", role=Role.READER), ADMIN)
+
+    def last_used() -> datetime | None:
+        return next(t.last_used_at for t in tokens.list() if t.name == "ci-reader")
+
+    assert last_used() is None
+    before = datetime.now(UTC)
+    tokens.authenticate(created.token)
+    first = last_used()
+    assert first is not None and first >= before - timedelta(seconds=1)
+    tokens.authenticate(created.token)
+    assert last_used() == first  # within the minute: no write
+    with db.session() as session:
+        session.scalar(select(TokenRow).where(TokenRow.name == "ci-reader")).last_used_at = \
+            datetime.now(UTC) - timedelta(minutes=5)
+    tokens.authenticate(created.token)
+    assert last_used() >= before
