@@ -25,6 +25,7 @@ import numpy as np
 from serving.errors import InferenceFailedError, InvalidRequestError
 from serving.protocol.codec import DecodedInput, DecodedRequest, RequestedOutput
 from serving.protocol.datatypes import V2_DATATYPES, from_numpy_dtype, is_datatype, to_numpy_dtype
+from serving.protocol.schemas import MAX_REQUEST_ID_CHARS
 from serving.protocol.tensors import binary_data, decode_bytes_elements, element_count
 
 # The typed contents field that carries each datatype (Triton's grpc_service.proto).
@@ -133,6 +134,8 @@ def decode_grpc_call(call: GrpcInferCall) -> DecodedRequest:
             "inputs; send every input raw (one entry each, in input order) or none",
             "raw_input_contents",
         )
+    if len(call.id) > MAX_REQUEST_ID_CHARS:  # as REST's: it is echoed and logged
+        raise _invalid(f"id is {len(call.id)} characters; at most {MAX_REQUEST_ID_CHARS}", "id")
     inputs: list[DecodedInput] = []
     seen: set[str] = set()
     for index, tensor in enumerate(call.inputs):

@@ -121,6 +121,10 @@ def test_decoded_tensors_match_for_every_datatype_raw_and_typed() -> None:
     (pb.ModelInferRequest(model_name="iris", inputs=[pb.ModelInferRequest.InferInputTensor(
         name="input", datatype="FP32", shape=[1, 4])], raw_input_contents=[b"\0" * 16] * 2),
      "raw_input_contents", "2 entries for 1 inputs"),
+    (pb.ModelInferRequest(model_name="iris", id="x" * 257, inputs=[
+        pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 4])],
+        raw_input_contents=[b"\0" * 16]), "id", "at most 256"),
+    (typed("input", "FP32", [1] * 33, "fp32_contents", [1]), "inputs[0].shape", "at most 32"),
 ])
 def test_malformed_messages_are_refused_naming_the_field(message, field, words) -> None:
     error = failure(make_core({1: 100}), message)
