@@ -10,7 +10,7 @@
 | ``MODELPLANE_GRPC_PORT``        | ``$MODELPLANE_HTTP_PORT + 1`` (``8001``) | port of the gRPC inference service (``tritonclient.grpc``); ``0`` turns it off |
 | ``MODELPLANE_URL``              | ``http://127.0.0.1:$MODELPLANE_HTTP_PORT`` | the control plane's address, for clients |
 | ``MODELPLANE_TOKEN``            | unset (falls back to ``$MODELPLANE_HOME/admin.token``) | bearer token clients send; in a model replica, the replicas' read-only token |
-| ``MODELPLANE_CACHE_DIR``        | ``modelplane-cache`` in the temp folder  | node-local folder where model replicas keep downloaded artifacts |
+| ``MODELPLANE_CACHE_DIR``        | ``modelplane-cache-UID`` in the temp dir | node-local folder where model replicas keep downloaded artifacts |
 | ``MODELPLANE_MAX_ARTIFACT_MB``  | ``2048``                                 | largest artifact accepted, in MiB |
 | ``MODELPLANE_READS_REQUIRE_TOKEN`` | ``false``                             | whether GET calls also need a token |
 | ``MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS`` | ``false``                      | accept ``/v2/models/{e}/feedback`` without a label source's token |
@@ -28,6 +28,7 @@ value and what is expected, before anything starts.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tempfile
 from collections.abc import Mapping
@@ -56,8 +57,9 @@ def _expects(phrase: str) -> dict[str, Any]:
 
 
 def _default_cache_dir() -> Path:
-    # Resolved in the process that reads the settings: each node's own temp folder.
-    return Path(tempfile.gettempdir()) / "modelplane-cache"
+    # Resolved in the process that reads the settings: each node's own temp folder, and
+    # each user's own folder in it (what is unpacked there is run as code).
+    return Path(tempfile.gettempdir()) / f"modelplane-cache-{os.getuid()}"
 
 
 class Settings(BaseSettings):

@@ -20,8 +20,24 @@ class ArtifactFetchError(ServingError):
 
 
 def default_cache_dir() -> Path:
-    """``MODELPLANE_CACHE_DIR``, else a folder under the system temp dir (node-local)."""
+    """``MODELPLANE_CACHE_DIR``, else this user's folder under the system temp dir
+    (node-local)."""
     return get_settings().cache_dir
+
+
+def private_folder(root: Path) -> Path:
+    """``root``, made if missing (this user's alone); raise if another user owns it or may
+    write to it: what is unpacked in the cache is imported as code, so a folder another
+    local user could fill (a fixed name in the shared temp folder) would run their code."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = root.lstat()
+    if root.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o002:
+        raise ArtifactFetchError(
+            f"the artifact cache {root} is not this user's alone (owned by uid "
+            f"{info.st_uid}, mode {info.st_mode & 0o777:o}): another user could put code "
+            "in it; remove it, or set MODELPLANE_CACHE_DIR to a folder of your own",
+            detail={"field": "MODELPLANE_CACHE_DIR", "path": str(root)})
+    return root
 
 
 def _sha256(path: Path) -> str:
@@ -40,7 +56,7 @@ def fetch_artifact(
     """
     import httpx
 
-    folder = (cache_dir or default_cache_dir()) / "sha256" / digest[:2]
+    folder = private_folder(cache_dir or default_cache_dir()) / "sha256" / digest[:2]
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / digest
     if target.exists():
@@ -59,7 +75,10 @@ def fetch_artifact(
                     f"{response.status_code}: {response.text[:200]}",
                     detail={"url": url, "status": response.status_code},
                 )
-            with open(temp, "wb") as handle:
+            temp.unlink(missing_ok=True)  # this pid's, from a process that died
+            # Never through a link planted at the name: a new file of this user's alone.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(temp, flags, 0o600), "wb") as handle:
                 for chunk in response.iter_bytes(_CHUNK):
                     hasher.update(chunk)
                     handle.write(chunk)

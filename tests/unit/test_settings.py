@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import tempfile
 from pathlib import Path
@@ -58,9 +59,10 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert "mp_secret" not in repr(settings)
 
 
-def test_the_artifact_cache_defaults_to_the_temp_folder(tmp_path: Path) -> None:
+def test_the_artifact_cache_defaults_to_the_user_s_own_folder_in_the_temp_folder(
+        tmp_path: Path) -> None:
     settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path), "MODELPLANE_CACHE_DIR": ""})
-    assert settings.cache_dir == Path(tempfile.gettempdir()) / "modelplane-cache"
+    assert settings.cache_dir == Path(tempfile.gettempdir()) / f"modelplane-cache-{os.getuid()}"
 
 
 def test_url_follows_the_port_when_unset(tmp_path: Path) -> None:
