@@ -408,6 +408,7 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
 
     (``ray stop`` would stop every Ray on the machine, other users' clusters included.)
     """
+    from control_plane.auth import write_secret_file
     from control_plane.replica_env import without_secrets
 
     ports = head_ports()
@@ -428,8 +429,9 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     address = f"127.0.0.1:{gcs_port}"
-    (settings.home / HEAD_RECORD).write_text(json.dumps({
-        "pid": process.pid, "address": address,
+    # With its start time: after a crash or a reboot the pid may be another process's.
+    write_secret_file(settings.home / HEAD_RECORD, json.dumps({
+        "pid": process.pid, "started": _started_at(process.pid), "address": address,
         "dashboard_url": f"http://127.0.0.1:{dashboard_port}"}))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -556,8 +558,10 @@ def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print
     if not record or not ours:
         return False
     progress(f"stopping the local Ray head at {record['address']}")
+    started = record.get("started")
     stop_cluster_processes(int(str(record["address"]).rsplit(":", 1)[1]),
-                            head_pid=int(record.get("pid") or 0))
+                            head_pid=int(record.get("pid") or 0),
+                            head_started=float(started) if started is not None else None)
     (settings.home / HEAD_RECORD).unlink(missing_ok=True)
     return True
 
@@ -605,7 +609,35 @@ def _existing_store_identity(settings: Settings) -> str | None:
         db.dispose()
 
 
-def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 5.0) -> None:
+def _started_at(pid: int) -> float | None:
+    """When process ``pid`` started (psutil's create time), None if it has gone."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _head_process(head_pid: int, head_started: float | None) -> Any:
+    """The process of our ``ray start``, or None where ``head_pid`` is now another's (the
+    head died and the pid was reused: after a crash or a reboot): one whose start time is
+    not the recorded one, or, for records without it, whose command is no ``ray start``."""
+    import psutil
+
+    try:
+        process = psutil.Process(head_pid)
+        if head_started is not None:
+            return process if abs(process.create_time() - head_started) < 0.01 else None
+        command = " ".join(process.cmdline())
+        return process if "ray" in command and "start" in command and "--head" in command \
+            else None
+    except psutil.Error:
+        return None
+
+
+def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 5.0,
+                           head_started: float | None = None) -> None:
     """Stop exactly the processes of the Ray cluster whose GCS listens on ``gcs_port``.
 
     ``ray stop`` would stop every Ray cluster on the machine. Here the members are the
@@ -622,9 +654,9 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
 
     pattern = re.compile(rf"(--gcs_server_port={gcs_port}|gcs[-_]address=\S*:{gcs_port}|--port={gcs_port})\b")
     members: list[psutil.Process] = []
-    if head_pid:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            head = psutil.Process(head_pid)
+    head = _head_process(head_pid, head_started) if head_pid else None
+    if head is not None:
+        with contextlib.suppress(psutil.Error):
             members = [head, *head.children(recursive=True)]
     seen = {p.pid for p in members}
     for process in psutil.process_iter(["cmdline"]):
@@ -635,12 +667,12 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
                 members.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    for process in members:
-        with contextlib.suppress(psutil.NoSuchProcess):
+    for process in members:  # AccessDenied: another user's, never ours to stop
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.terminate()
     alive = _wait_gone(members, grace_s)
     for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.kill()
     _wait_gone(alive, 5)
 

@@ -1,0 +1,45 @@
+"""`modelplane down` stops the Ray head `up` started, and never a process that took its
+pid after a crash or a reboot."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from control_plane.platform import stop_cluster_processes
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("started", [1.0, None], ids=["another-start-time", "old-record"])
+def test_a_recorded_head_pid_now_another_process_s_is_left_alone(
+        bystander: subprocess.Popen[bytes], started: float | None) -> None:
+    stop_cluster_processes(_free_port(), head_pid=bystander.pid, head_started=started,
+                           grace_s=0.5)
+    assert bystander.poll() is None
+
+
+def test_the_recorded_head_itself_is_stopped(bystander: subprocess.Popen[bytes]) -> None:
+    started = psutil.Process(bystander.pid).create_time()
+    stop_cluster_processes(_free_port(), head_pid=bystander.pid, head_started=started,
+                           grace_s=5)
+    assert bystander.wait(10) is not None
