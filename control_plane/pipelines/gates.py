@@ -303,11 +303,20 @@ class BenchmarkStage:
         cand = measured["candidate"]
         outputs: dict[str, Any] = {
             "candidate": _figures(cand), "benchmark_id": progress["candidate_benchmark"]}
-        if "champion" not in measured:
+        champ = measured.get("champion")
+        if champ is not None:
+            outputs["champion"] = _figures(champ)
+        # Latency is of the answered requests: the ones that failed or timed out (the
+        # slowest, often) are out of the p99, so they are judged on their own.
+        if cand.errors and _error_share(cand) > (_error_share(champ) if champ else 0.0):
+            against = (f", the champion {model}:{champion_version} {champ.errors} of "
+                       f"{champ.requests}" if champ is not None else "")
+            return Outcome(StageState.FAILED, progress=progress, outputs=outputs, reason=(
+                f"{model}:{number} failed {cand.errors} of {cand.requests} benchmark requests "
+                f"(no answer, or not a 200, in time){against}"))
+        if champ is None:
             return Outcome(StageState.PASSED, progress=progress, outputs=outputs,
                            reason="no champion to compare with: figures recorded")
-        champ = measured["champion"]
-        outputs["champion"] = _figures(champ)
         ratio = cand.latency_ms.p99 / champ.latency_ms.p99 if champ.latency_ms.p99 else None
         outputs["p99_ratio"] = ratio
         if ratio is not None and ratio > max_slowdown:
@@ -316,6 +325,10 @@ class BenchmarkStage:
                 f"the champion {model}:{champion_version}'s {champ.latency_ms.p99:.2f} ms "
                 f"(benchmark.max_slowdown {max_slowdown:g})"))
         return Outcome(StageState.PASSED, progress=progress, outputs=outputs)
+
+
+def _error_share(figures: Any) -> float:
+    return figures.errors / figures.requests if figures.requests else 0.0
 
 
 def _figures(figures: Any) -> dict[str, Any]:

@@ -318,3 +318,27 @@ def test_a_first_deploy_is_done_once_across_a_crash_and_a_failing_apply(
     assert "already serves bc:" in again.reason and "all of it" in again.reason
     assert world.rollouts.list(endpoint="bc-new") == []
     assert [(r.version, r.weight) for r in world.deployments.get("bc-new").routes] == [(version, 100.0)]
+
+
+def test_a_candidate_failing_benchmark_requests_stops_there_whatever_its_p99() -> None:
+    """A p99 is of the answered requests: the ones timed out or failed (often the slowest)
+    were left out, so a candidate failing 5% passed the slowdown gate on a faster p99."""
+    from control_plane.pipelines.gates import BenchmarkStage
+
+    def figures(p99: float, errors: int) -> Any:
+        return SimpleNamespace(latency_ms=SimpleNamespace(p50=p99 / 2, p95=p99 * 0.9, p99=p99),
+                               requests=1000, errors=errors, achieved_rps=50.0,
+                               max_rate_within_p99=100.0, cpu_ms_per_request=1.0,
+                               memory_rss_mb=200.0)
+
+    def judge(measured: dict[str, Any]) -> Outcome:
+        return BenchmarkStage._judge(measured, 1.5, "bc", 2, 1 if "champion" in measured else None,
+                                     {"candidate_benchmark": 7})
+
+    failing = judge({"candidate": figures(5.0, 50), "champion": figures(20.0, 0)})
+    assert failing.state is StageState.FAILED
+    assert "failed 50 of 1000 benchmark requests" in failing.reason and "bc:1 0 of 1000" in failing.reason
+    assert judge({"candidate": figures(5.0, 50)}).state is StageState.FAILED  # a first version too
+    # No more failing than the champion under the same load: judged on latency as before.
+    assert judge({"candidate": figures(5.0, 50), "champion": figures(20.0, 50)}).state \
+        is StageState.PASSED
