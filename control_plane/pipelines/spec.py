@@ -113,6 +113,9 @@ class DeployStage(Wire):
 
     endpoint: Name
     rollout: RolloutTemplate = Field(default_factory=RolloutTemplate)
+    timeout_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600)] = Field(
+        7 * 24 * 3600, description="The rollout not ended after this long (waiting on an "
+                                   "approval, paused, or never decided): aborted, the stage fails.")
 
 
 class Triggers(Wire):

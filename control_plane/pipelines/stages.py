@@ -389,6 +389,15 @@ class DeployStage:
         if rollout.state.terminal:
             return Outcome(StageState.FAILED, progress=progress, outputs=outputs, logs=logs,
                            reason=f"rollout #{rollout.id} {rollout.state.value}: {rollout.reason}")
+        limit = context.spec.deploy.timeout_s
+        if stage_elapsed_s(context) > limit:
+            # Waiting on an approval, paused, or never decided: the run (and every trigger
+            # of its pipeline, refused while it runs) must not wait for ever.
+            why = (f"rollout #{rollout.id} still {rollout.state.value} after {limit:g} s "
+                   "(deploy.timeout_s)")
+            self.services.rollouts.abort(rollout.id, run_principal(context.run), why)
+            return Outcome(StageState.FAILED, progress=progress, outputs=outputs, logs=logs,
+                           reason=f"{why}; aborted, traffic back on the stable version")
         return Outcome(StageState.RUNNING, progress=progress, outputs=outputs, logs=logs)
 
     def cancel(self, context: StageContext) -> None:

@@ -342,3 +342,23 @@ def test_a_candidate_failing_benchmark_requests_stops_there_whatever_its_p99() -
     # No more failing than the champion under the same load: judged on latency as before.
     assert judge({"candidate": figures(5.0, 50), "champion": figures(20.0, 50)}).state \
         is StageState.PASSED
+
+
+def test_a_rollout_that_never_ends_fails_the_deploy_stage_at_its_deadline(world: World) -> None:
+    """A rollout waiting on an approval nobody gives (approve.mode never, the model's policy
+    on) or paused held the run, and every trigger of its pipeline, for ever."""
+    import time
+
+    run = world.run(world.cancer.frame, world.cancer.strong,
+                    deploy={"endpoint": "bc", "rollout": {"steps": [50, 100]}, "timeout_s": 0.5})
+    rollout_id = run.stages[-1].outputs["rollout_id"]
+    world.rollouts.tick()  # at 50%
+    world.rollouts.pause(rollout_id, ALICE, "looking at it")
+    time.sleep(0.6)
+    world.pipelines.tick()
+    run = world.pipelines.run("bc", run.number)
+    assert run.state is RunState.FAILED and states(run)["deploy"] is StageState.FAILED
+    assert "deploy.timeout_s" in run.reason and "aborted" in run.reason
+    assert world.rollouts.get(rollout_id).state.terminal
+    assert {r.version: r.weight for r in world.deployments.get("bc").routes
+            if not r.shadow and r.weight > 0} == {1: 100.0}
