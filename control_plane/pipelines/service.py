@@ -422,6 +422,7 @@ class Pipelines:
         triggers, now = spec.triggers, self._now()
         remember: dict[str, Any] = {}
         start: tuple[Trigger, dict[str, Any]] | None = None
+        data_changed = False  # the data's digest moved since the last look
         if triggers.schedule:
             due = _time(state.get("next_scheduled_at"))
             if due is None:
@@ -455,7 +456,8 @@ class Pipelines:
                         remember |= {"data_checked_at": now.isoformat(), "data_digest": digest,
                                      "data_check_error": None}
                         seen = state.get("data_digest")
-                        if seen is not None and seen != digest and start is None:
+                        data_changed = seen is not None and seen != digest
+                        if data_changed and start is None:
                             start = (Trigger.DATA, {"reason": f"new data at {uri}",
                                                     "digest": digest, "previous": seen})
         if triggers.on_drift_alert and self._drift_alerts is not None:
@@ -479,6 +481,10 @@ class Pipelines:
                 return
             except ConflictError as refused:
                 log.info("pipeline %s: %s trigger not started: %s", name, start[0], refused)
+        if data_changed:
+            # No run took the new data (within the cool-down, or a run under way): it stays
+            # unseen, so the next look after them starts the run it is owed.
+            remember.pop("data_digest", None)
         if remember:
             with self.db.session() as session:
                 row = session.scalar(select(PipelineRow).where(

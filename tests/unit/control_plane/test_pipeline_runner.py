@@ -312,6 +312,33 @@ def test_schedule_data_and_drift_triggers_start_runs_within_the_cool_down(db: Da
     assert pipelines.run("bc").number == 3  # the same alert starts nothing twice
 
 
+def test_new_data_seen_within_the_cool_down_starts_its_run_once_it_is_over(db: Database) -> None:
+    """The digest seen then was kept as seen: once the cool-down (or a run under way) was
+    over, the data that came in it was never trained on."""
+    digests = {"uri": "d1"}
+    clock = Clock()
+    pipelines = runner(db, all_passing(), clock, digest=lambda uri: digests["uri"])
+    pipelines.apply(parse_pipeline_spec(spec_document(
+        triggers={"data_check_interval_s": 60, "cooldown_s": 600},
+        data={"uri": "file:///data.csv"})), ALICE)
+    tick_and_read(pipelines)  # first look: d1 remembered
+    digests["uri"] = "d2"
+    clock.now += timedelta(minutes=2)
+    tick_and_read(pipelines)
+    run = pipelines.run("bc")
+    assert run.number == 1 and run.trigger is Trigger.DATA
+    drive(pipelines, lambda: pipelines.run("bc").state.terminal)
+    digests["uri"] = "d3"  # within the cool-down, and then no more changes
+    clock.now += timedelta(minutes=2)
+    tick_and_read(pipelines)
+    assert pipelines.run("bc").number == 1
+    clock.now += timedelta(minutes=9)
+    tick_and_read(pipelines)
+    run = pipelines.run("bc")
+    assert run.number == 2 and run.trigger is Trigger.DATA
+    assert (run.trigger_detail["digest"], run.trigger_detail["previous"]) == ("d3", "d2")
+
+
 def test_data_that_cannot_be_read_is_looked_at_once_an_interval_and_stops_no_trigger(
         db: Database) -> None:
     looks: list[datetime] = []
