@@ -81,8 +81,8 @@ class Outbox:
         dropped. Costs a read, not a write lock, when nothing is due."""
         now = self._clock()
         with self.db.session(readonly=True) as session:
-            if self.spec is not None and session.scalar(select(AlertReceiverRow.spec).where(
-                    AlertReceiverRow.name == receiver)) != self.spec:
+            if self.spec is not None and _as_current(session.scalar(select(
+                    AlertReceiverRow.spec).where(AlertReceiverRow.name == receiver))) != self.spec:
                 return None, 0  # settings out of date here: the current ones send it
             head = session.execute(select(OutboxRow.next_at, OutboxRow.claimed_by,
                                           OutboxRow.claimed_until, OutboxRow.created_at)
@@ -131,3 +131,19 @@ def _free(row: Any, now: float, holder: str) -> bool:
     """Due, and claimed by no one but ``holder`` (or their claim has run out)."""
     return row.next_at <= now and (row.claimed_by in (None, holder)
                                    or row.claimed_until <= now)
+
+
+def _as_current(stored: Any) -> dict[str, Any] | None:
+    """A receiver's stored settings as this version writes them: a row written before a
+    setting existed lacks it (its default), and must not read as other settings for good
+    (nothing would ever be sent to it). None where the row is none, or cannot be read."""
+    from pydantic import ValidationError
+
+    from control_plane.alerts.schemas import ReceiverSpec
+
+    if not isinstance(stored, dict):
+        return None
+    try:
+        return ReceiverSpec.model_validate(stored).model_dump(mode="json")
+    except ValidationError:
+        return None

@@ -102,6 +102,26 @@ def test_only_the_stored_settings_send(db: Database, receiver: Receiver) -> None
         old.close()
 
 
+def test_a_receiver_stored_before_a_setting_existed_is_still_notified(
+        db: Database, receiver: Receiver) -> None:
+    """A row written before ``events`` and ``format`` existed lacks them: compared as it
+    was stored, it never matched the settings read from it, and nothing was ever sent."""
+    from control_plane.alerts.store import AlertStore
+    from control_plane.store.models import AlertReceiverRow
+
+    with db.session() as session:
+        session.add(AlertReceiverRow(name="pager", spec={
+            "name": "pager", "url": receiver.url, "timeout_s": 5.0, "max_attempts": 10,
+            "backoff_s": 0.05, "enabled": True}))
+    notifier = Notifier(db)
+    try:
+        notifier.configure(AlertStore(db).receivers())
+        notifier.notify(page(0))
+        assert [body["alert"]["name"] for body in receiver.wait(1)] == ["alert-0"]
+    finally:
+        notifier.close()
+
+
 def test_a_refused_notification_or_one_out_of_tries_is_given_up_not_kept(
         db: Database, receiver: Receiver) -> None:
     notifier = Notifier(db)
