@@ -214,11 +214,14 @@ class AlertService:
         cache: dict[tuple[str, float], dict[int, VersionSnapshot] | str] = {}
         endpoints: list[str] | None = None
         for rule in due:
-            if rule.endpoint is None and endpoints is None:
+            if endpoints is None:
                 endpoints = list_endpoints()
+            # A rule's own endpoint too, only while it is deployed: the Monitor still holds
+            # a deleted one's statistics, which would keep its alert from resolving.
+            watched = endpoints if rule.endpoint is None else \
+                [name for name in endpoints if name == rule.endpoint]
             unknown: dict[str, str] = {}
-            readings = self._read(rule, [rule.endpoint] if rule.endpoint else endpoints or [],
-                                  read_stats, cache, unknown)
+            readings = self._read(rule, watched, read_stats, cache, unknown)
             with self._lock:
                 if self._rule_edits[rule.name] != edits[rule.name]:
                     continue  # changed or deleted meanwhile: the next tick reads it afresh

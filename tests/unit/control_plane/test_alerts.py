@@ -175,6 +175,17 @@ def test_an_undeployed_version_resolves_its_alert(service) -> None:
     assert history(service) == [("input-drift", "firing", "rule"), ("input-drift", "resolved", "rule")]
 
 
+def test_a_deleted_endpoint_resolves_the_alert_of_a_rule_pinned_to_it(service) -> None:
+    """The Monitor still holds a deleted endpoint's statistics: read for the rule pinned to
+    it, the alert stayed firing for good."""
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(endpoint="churn"), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    service.evaluate(stats, lambda: [], now=1.0)  # deleted; its statistics still there
+    assert history(service) == [("input-drift", "firing", "rule"), ("input-drift", "resolved", "rule")]
+
+
 def test_a_rule_scoped_to_an_endpoint_and_version_ignores_the_others(service) -> None:
     stats = Stats()
     stats.drift("churn", 1, "drift", ["age"])
