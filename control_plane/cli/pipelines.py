@@ -49,13 +49,18 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="Follow the run until it ends (a control plane away for up to a minute is waited out)."),
     as_json: bool = JsonOption, url: str | None = UrlOption,
 ) -> None:
-    """A run's stages: state, times, outputs and the reason a stage stopped it."""
+    """A run's stages: state, times, outputs and the reason a stage stopped it. With
+    --watch, exits 1 unless the run succeeded (as `pipeline run --wait` does)."""
     api = client(url)
     current = api.pipeline_run(name, number)
     if watch and not current.state.terminal:
-        _follow(api, name, current.number, 2.0)
-        return
-    emit(as_json, current, lambda: _print_run(current))
+        current = _follow(api, name, current.number, 2.0)
+        if as_json:
+            emit(as_json, current, lambda: None)
+    else:
+        emit(as_json, current, lambda: _print_run(current))
+    if watch and current.state.value != "succeeded":
+        raise typer.Exit(1)
 
 
 @app.command("list")
