@@ -24,7 +24,7 @@ from typing import Any
 from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ray_auth import AUTH_MODE, apply_ray_auth_env, ensure_token, ray_auth_env
 from modelplane.errors import ConfigurationError
-from modelplane.settings import Settings
+from modelplane.settings import Settings, make_private_home
 from serving.link_client import HAPROXY_SETTING
 from serving.names import GRPC_APP, SERVER_APP, SERVER_ROUTE, endpoint_url
 
@@ -208,7 +208,7 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
     from serving.applications import build_server_app, submit_application, wait_running
     from serving.monitoring.monitor import ensure_monitor
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    make_private_home(settings.home)
     record = _head_record(settings)
     address = os.environ.get("RAY_ADDRESS") or str((record or {}).get("address") or "auto")
     gcs = _live_gcs(address)

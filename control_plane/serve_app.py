@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from modelplane.settings import Settings
+from modelplane.settings import Settings, make_private_home
 
 APP_NAME = "control-plane"
 ROUTE_PREFIX = "/api"
@@ -100,7 +100,7 @@ def read_store_identity(settings: Settings) -> str:
     from control_plane.ownership import store_identity
     from control_plane.store import Database
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    make_private_home(settings.home)
     db = Database(settings.db_url, migrate=True)
     try:
         return store_identity(db)

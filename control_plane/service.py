@@ -22,7 +22,7 @@ from control_plane.rollouts.controller import RolloutController
 from control_plane.store import Database
 from control_plane.store.database import FencedOut, fenced_writes
 from control_plane.tracking import Tracker
-from modelplane.settings import Settings
+from modelplane.settings import Settings, make_private_home
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class ControlPlane:
     @classmethod
     def start(cls, settings: Settings, *, migrate: bool = True) -> ControlPlane:
         """Open the store (migrating it), clean up partial uploads, make the admin token."""
-        settings.home.mkdir(parents=True, exist_ok=True)
+        make_private_home(settings.home)
         db = Database(settings.db_url, migrate=migrate)
         artifacts = ArtifactStore(settings.artifact_uri, max_bytes=settings.max_artifact_bytes)
         removed = artifacts.remove_partial_writes()

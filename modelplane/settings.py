@@ -316,6 +316,18 @@ def private_hosts(hosts: str) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
     return frozenset(names), tuple(blocks)
 
 
+def make_private_home(home: Path) -> Path:
+    """``home``, made if missing, readable by its owner alone: it holds the store (with
+    receivers' webhook URLs, which often carry a secret), the artifacts and token files.
+    A home of this user's that others may read is closed to them; another user's is left
+    as it is."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = home.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        home.chmod(info.st_mode & 0o700)
+    return home
+
+
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment once."""
     global _cached

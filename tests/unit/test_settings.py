@@ -159,3 +159,19 @@ def test_several_control_planes_need_a_store_they_all_reach() -> None:
                                   "MODELPLANE_DB_URL": "postgresql+psycopg://mp@db/modelplane"})
     assert settings.control_plane_replicas == 3
     assert Settings.from_env({}).control_plane_replicas == 1
+
+
+def test_the_home_is_made_and_kept_its_owner_s_alone(tmp_path: Path) -> None:
+    """It holds the store, whose receivers' webhook URLs the API shows admins only."""
+    import stat
+
+    from control_plane.service import ControlPlane
+
+    home = tmp_path / "home"
+    cp = ControlPlane.start(Settings.from_env({"MODELPLANE_HOME": str(home)}))
+    cp.close()
+    assert stat.S_IMODE(home.stat().st_mode) & 0o077 == 0
+    home.chmod(0o755)  # opened by hand, or made before this rule
+    cp = ControlPlane.start(Settings.from_env({"MODELPLANE_HOME": str(home)}))
+    cp.close()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
