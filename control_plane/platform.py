@@ -205,7 +205,7 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
 
     # Serve narrates every step at INFO; the caller's progress callback tells the story.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    from serving.applications import build_server_app, submit_application, wait_running
+    from serving.applications import build_server_app, submit_application
     from serving.monitoring.monitor import ensure_monitor
 
     make_private_home(settings.home)
@@ -248,8 +248,8 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         progress(f"starting the gRPC inference service on {grpc_address}")
     progress("deploying the control plane at /api")
     deploy_control_plane(settings, store_id=store_id, wait=False)
-    wait_running([SERVER_APP, CONTROL_PLANE_APP_NAME, *([GRPC_APP] if grpc_address else [])],
-                 timeout_s=timeout_s)
+    wait_platform_apps([SERVER_APP, CONTROL_PLANE_APP_NAME, *([GRPC_APP] if grpc_address else [])],
+                       timeout_s=timeout_s)
     wait_healthy(settings.url, timeout_s=timeout_s)
     # On a fresh head (a first start, or Ray restarted) the reconciler rebuilds every
     # endpoint from the store: say what came back, and wait for it within the same budget.
@@ -265,6 +265,23 @@ def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingr
         endpoints=endpoints,
         grpc_address=grpc_address,
     )
+
+
+def wait_platform_apps(names: list[str], *, timeout_s: float, poll_s: float = 0.25) -> None:
+    """``wait_running`` for ``up``: a failed or late application is an error that says
+    what Serve said and what to do, not a traceback."""
+    from serving.applications import wait_running
+
+    try:
+        wait_running(names, timeout_s=timeout_s, poll_s=poll_s)
+    except (RuntimeError, TimeoutError) as error:
+        # Serve's message may be a whole traceback: its first line and its cause.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] \
+            or [type(error).__name__]
+        said = (lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}")[:500]
+        raise ControlPlaneUnavailableError(
+            f"{said}; `serve status` (or the Ray dashboard) shows why; fix that and run "
+            "`modelplane up` again", detail={"cause": type(error).__name__}) from None
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

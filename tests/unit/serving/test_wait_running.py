@@ -46,3 +46,22 @@ def test_a_timeout_names_what_still_waits(monkeypatch: pytest.MonkeyPatch) -> No
     _serve(monkeypatch, [{"a": ("RUNNING", ""), "b": ("DEPLOYING", "")}])
     with pytest.raises(TimeoutError, match=r"b \(DEPLOYING\), c \(not submitted\)"):
         wait_running(["a", "b", "c"], timeout_s=0.05, poll_s=0.001)
+
+
+@pytest.mark.parametrize(("timeline", "words"), [
+    ([{"grpc-ingress": ("DEPLOY_FAILED", "Traceback (most recent call last):\n  OSError: "
+                                         "[Errno 98] address already in use")}],
+     "grpc-ingress failed: Traceback (most recent call last): … OSError: [Errno 98]"),
+    ([{"grpc-ingress": ("DEPLOYING", "")}], "not running after 0 s: grpc-ingress"),
+])
+def test_up_says_what_serve_said_and_what_to_do(monkeypatch: pytest.MonkeyPatch,
+                                                timeline: list, words: str) -> None:
+    """An application that failed or is late was a raw traceback out of `modelplane up`."""
+    from control_plane.errors import ControlPlaneUnavailableError
+    from control_plane.platform import wait_platform_apps
+
+    _serve(monkeypatch, timeline)
+    with pytest.raises(ControlPlaneUnavailableError) as failed:
+        wait_platform_apps(["grpc-ingress"], timeout_s=0.01, poll_s=0.001)
+    assert words in failed.value.message and "modelplane up` again" in failed.value.message
+    assert "\n" not in failed.value.message
