@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,16 +184,57 @@ def status_progress(console: Any, status: Any) -> Callable[[str], None]:
     return progress
 
 
+PLATFORM_LOCK = "platform.lock"
+
+
+@contextlib.contextmanager
+def one_at_a_time(settings: Settings, what: str) -> Iterator[None]:
+    """Hold this home's platform lock for ``what`` (``up``, ``down``): two at once would
+    each start a Ray head, and ``down`` would stop only the one recorded."""
+    import fcntl
+
+    make_private_home(settings.home)
+    path = settings.home / PLATFORM_LOCK
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigurationError(
+                f"`modelplane {holder}` is running from this home ({settings.home}); wait for "
+                f"it to finish, then run `modelplane {what}` again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{what} (pid {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def start_platform(settings: Settings, *, num_cpus: int | None = None, fast_ingress: bool | None = None,
                    progress: Callable[[str], None] = print, timeout_s: float = 180.0,
                    take_over: bool = False) -> PlatformInfo:
-    """Bring everything up (see the module docstring); returns where it listens.
+    """Bring everything up (see the module docstring); returns where it listens. One
+    ``up`` or ``down`` of a home at a time (:func:`one_at_a_time`).
 
     When the cluster already runs the control plane of another store (another home, so
     another database), nothing is changed and OwnershipConflictError names both homes,
     unless ``take_over``: then this store's control plane replaces it, and the other
     store's endpoints keep serving, never changed or deleted by this one.
     """
+    with one_at_a_time(settings, "up"):
+        return _start_platform(settings, num_cpus=num_cpus, fast_ingress=fast_ingress,
+                               progress=progress, timeout_s=timeout_s, take_over=take_over)
+
+
+def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: bool | None,
+                    progress: Callable[[str], None], timeout_s: float,
+                    take_over: bool) -> PlatformInfo:
     import logging
 
     import ray
@@ -547,12 +588,19 @@ def _wait_metadata(url: str, endpoint: str, done: Callable[[dict[str, Any]], boo
 
 def stop_platform(settings: Settings, *, progress: Callable[[str], None] = print,
                   force: bool = False) -> bool:
-    """Shut Serve down, and the Ray head too if ``start_platform`` started it.
+    """Shut Serve down, and the Ray head too if ``start_platform`` started it. One ``up``
+    or ``down`` of a home at a time (:func:`one_at_a_time`).
 
     On a cluster this home did not start, Serve is shut down only when the control plane
     there is this store's (or none runs), unless ``force``: ``down`` from another folder
     must not stop another store's serving.
     """
+    with one_at_a_time(settings, "down"):
+        return _stop_platform(settings, progress=progress, force=force)
+
+
+def _stop_platform(settings: Settings, *, progress: Callable[[str], None],
+                   force: bool) -> bool:
     record = _head_record(settings)
     ours = bool(record and record.get("address"))
     gcs = _live_gcs(str(record["address"]) if record and ours

@@ -43,3 +43,21 @@ def test_the_recorded_head_itself_is_stopped(bystander: subprocess.Popen[bytes])
     stop_cluster_processes(_free_port(), head_pid=bystander.pid, head_started=started,
                            grace_s=5)
     assert bystander.wait(10) is not None
+
+
+@pytest.mark.parametrize("second", ["up", "down"])
+def test_one_up_or_down_of_a_home_at_a_time(tmp_path, second: str) -> None:
+    """Two `up`s at once each started a Ray head; `down` then stopped only the recorded one."""
+    from control_plane.platform import one_at_a_time, start_platform, stop_platform
+    from modelplane.errors import ConfigurationError
+    from modelplane.settings import Settings
+
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")})
+    held = pytest.raises(ConfigurationError, match=r"`modelplane up \(pid \d+\)` is running")
+    with one_at_a_time(settings, "up"), held:
+        if second == "up":
+            start_platform(settings, progress=lambda line: None)
+        else:
+            stop_platform(settings, progress=lambda line: None)
+    with one_at_a_time(settings, second):  # free again once the first is done
+        pass
