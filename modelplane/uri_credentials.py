@@ -33,9 +33,13 @@ def credentials_in(uri: str) -> str | None:
         parts = urlsplit(uri)
     except ValueError:
         return None
-    if parts.username is not None or parts.password is not None:
+    if parts.password is not None:
         return ("a user and password before the host" if parts.scheme in ("http", "https")
                 else "a key and secret before the bucket")
+    # Before an Azure account's host is the container (abfss://container@account…): only
+    # over HTTP does a name alone before the host log in.
+    if parts.username is not None and parts.scheme in ("http", "https"):
+        return "a user before the host"
     for name, _ in parse_qsl(parts.query, keep_blank_values=True):
         if name.lower() in CREDENTIAL_PARAMETERS:
             return f"the query parameter {name!r}"

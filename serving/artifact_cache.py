@@ -26,18 +26,36 @@ def default_cache_dir() -> Path:
 
 
 def private_folder(root: Path) -> Path:
-    """``root``, made if missing (this user's alone); raise if another user owns it or may
-    write to it: what is unpacked in the cache is imported as code, so a folder another
-    local user could fill (a fixed name in the shared temp folder) would run their code."""
+    """``root``, made if missing (this user's alone); raise if another user owns it (or a
+    link to it) or anyone else may write to it: what is unpacked in the cache is imported
+    as code, so a folder another local user could fill (a fixed name in the shared temp
+    folder, a group's folder) would run their code."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = root.lstat()
-    if root.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o002:
+    link, info = root.lstat(), root.stat()
+    others_write = info.st_mode & 0o002 or (
+        info.st_mode & 0o020 and not group_of_this_user_alone(info.st_gid))
+    if link.st_uid != os.getuid() or info.st_uid != os.getuid() or others_write:
         raise ArtifactFetchError(
             f"the artifact cache {root} is not this user's alone (owned by uid "
             f"{info.st_uid}, mode {info.st_mode & 0o777:o}): another user could put code "
             "in it; remove it, or set MODELPLANE_CACHE_DIR to a folder of your own",
             detail={"field": "MODELPLANE_CACHE_DIR", "path": str(root)})
     return root
+
+
+def group_of_this_user_alone(gid: int) -> bool:
+    """Whether group ``gid`` holds this user alone (a user-private group, as a umask of
+    002 expects): its members, and the users whose own group it is."""
+    import grp
+    import pwd
+
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+        owners = {user.pw_name for user in pwd.getpwall() if user.pw_gid == gid}
+        me = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return False
+    return members | owners <= {me}
 
 
 def _sha256(path: Path) -> str:
@@ -57,7 +75,7 @@ def fetch_artifact(
     import httpx
 
     folder = private_folder(cache_dir or default_cache_dir()) / "sha256" / digest[:2]
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = folder / digest
     if target.exists():
         if _sha256(target) == digest:

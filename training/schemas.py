@@ -154,14 +154,6 @@ class DataSpec(Section):
             )
         return value
 
-    @field_validator("path")
-    @classmethod
-    def _no_credentials(cls, value: str | None) -> str | None:
-        # Kept on the run (the dataset tag), which every reader sees.
-        from modelplane.uri_credentials import refuse_credentials
-
-        return value if value is None else refuse_credentials(value)
-
     @field_validator("features")
     @classmethod
     def _distinct_features(cls, value: list[str] | None) -> list[str] | None:

@@ -47,7 +47,21 @@ def load_job_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
         ) from None
     if overrides:
         raw = apply_overrides(raw, overrides)
-    return resolve_paths(parse_job_spec(raw, source=str(source)), source.parent)
+    spec = parse_job_spec(raw, source=str(source))
+    refuse_credentials_in(spec)
+    return resolve_paths(spec, source.parent)
+
+
+def refuse_credentials_in(spec: JobSpec) -> None:
+    """InvalidJobSpecError where ``data.path`` holds a credential: the run keeps it (the
+    dataset tag), which every reader sees. Checked where a spec comes in (a file, a
+    pipeline applied), not where a stored one is read back."""
+    from modelplane.uri_credentials import HOW, credentials_in
+
+    found = credentials_in(spec.data.path) if spec.data.path else None
+    if found is not None:
+        raise InvalidJobSpecError(f"data.path holds a credential ({found}); {HOW}",
+                                  detail={"field": "data.path"})
 
 
 def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from control_plane.errors import InvalidInputError
-from modelplane.uri_credentials import refuse_credentials
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +54,7 @@ def check_data_uri(uri: str) -> str:
         raise ValueError(f"{protocol}:// is not a protocol pipelines read data from; use a "
                          f"local path or one of {', '.join(p + '://' for p in DATA_PROTOCOLS)}, "
                          f"or {BUNDLED_SCHEME}NAME")
-    return refuse_credentials(uri)
+    return uri
 
 
 def load_dataset(uri: str, *, format: DataFormat = "auto") -> pd.DataFrame:

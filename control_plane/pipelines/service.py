@@ -22,7 +22,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from control_plane.auth import Principal
-from control_plane.errors import ConflictError, NotFoundError, WorkNotStoppedError
+from control_plane.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    WorkNotStoppedError,
+)
 from control_plane.pipelines.cron import CronSchedule
 from control_plane.pipelines.offload import Offload, Pending
 from control_plane.pipelines.records import (
@@ -71,6 +76,7 @@ class Pipelines:
     def apply(self, spec: PipelineSpec, actor: Principal) -> PipelineOut:
         """Create the pipeline or replace its spec (runs under way keep the spec they began with)."""
         actor.require(Role.DEPLOYER)
+        _refuse_credentials(spec)
         now = self._now()
         with self.db.session() as session:
             row = session.scalar(select(PipelineRow).where(PipelineRow.name == spec.name))
@@ -542,6 +548,23 @@ def _locked(session: Session, run: LoadedRun) -> PipelineRunRow:
     if row is None or row.revision != run.revision:
         raise StaleDataError("pipeline run changed since it was read")
     return row
+
+
+def _refuse_credentials(spec: PipelineSpec) -> None:
+    """InvalidInputError naming the field where a data URI holds a credential: specs are
+    readable by every reader (anonymous ones too, where reads are open). Checked as a spec
+    comes in, not where stored ones are read back (those keep working as they were)."""
+    from modelplane.uri_credentials import HOW, credentials_in
+    from training.schemas import JobSpec
+
+    job_path = JobSpec.model_validate(spec.training.job).data.path
+    for field, uri in (("data.uri", spec.data.uri if spec.data else None),
+                       ("evaluate.data_uri", spec.evaluate.data_uri if spec.evaluate else None),
+                       ("training.job.data.path", job_path)):
+        found = credentials_in(uri) if uri else None
+        if found is not None:
+            raise InvalidInputError(f"{field} holds a credential ({found}); {HOW}",
+                                    detail={"field": field})
 
 
 def _loaded(row: PipelineRunRow) -> LoadedRun:

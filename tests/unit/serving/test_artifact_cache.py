@@ -49,13 +49,17 @@ def test_a_new_cache_is_made_this_user_s_alone_and_holds_the_verified_artifact(
     assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
 
 
+@pytest.mark.parametrize(("mode", "group_alone"), [(0o777, True), (0o775, False), (0o2775, False)],
+                         ids=["anyone", "a-group", "a-setgid-group"])
 def test_a_cache_folder_others_may_write_to_is_refused_before_anything_is_read(
-        tmp_path: Path, artifact_url: str) -> None:
-    """Another local user who made the folder first (a fixed name in /tmp) could put an
-    unpacked model's code in it, which a replica would import."""
+        tmp_path: Path, artifact_url: str, monkeypatch: pytest.MonkeyPatch, mode: int,
+        group_alone: bool) -> None:
+    """Another local user who made the folder first (a fixed name in /tmp), or a group
+    member, could put an unpacked model's code in it, which a replica would import."""
+    monkeypatch.setattr("serving.artifact_cache.group_of_this_user_alone", lambda gid: group_alone)
     shared = tmp_path / "shared"
     shared.mkdir()
-    shared.chmod(0o777)
+    shared.chmod(mode)
     planted = shared / "sha256" / DIGEST[:2]
     planted.mkdir(parents=True)
     with pytest.raises(ArtifactFetchError, match="MODELPLANE_CACHE_DIR") as refused:
@@ -64,12 +68,28 @@ def test_a_cache_folder_others_may_write_to_is_refused_before_anything_is_read(
     assert not (planted / DIGEST).exists()
 
 
-def test_a_cache_that_is_a_link_is_refused(tmp_path: Path) -> None:
-    real = tmp_path / "real"
+def test_a_folder_writable_by_a_group_of_this_user_alone_is_used(
+        tmp_path: Path, artifact_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A umask of 002 with user-private groups makes folders group-writable: no one else's."""
+    monkeypatch.setattr("serving.artifact_cache.group_of_this_user_alone", lambda gid: True)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    mine.chmod(0o775)
+    assert fetch_artifact(artifact_url, DIGEST, cache_dir=mine).read_bytes() == PAYLOAD
+
+
+def test_a_cache_that_is_one_s_own_link_to_one_s_own_folder_is_used(
+        tmp_path: Path, artifact_url: str) -> None:
+    real = tmp_path / "bigger-disk"
     real.mkdir(mode=0o700)
-    (tmp_path / "link").symlink_to(real)
+    (tmp_path / "cache").symlink_to(real)
+    assert fetch_artifact(artifact_url, DIGEST, cache_dir=tmp_path / "cache").read_bytes() == PAYLOAD
+    open_one = tmp_path / "open"
+    open_one.mkdir()
+    open_one.chmod(0o777)
+    (tmp_path / "to-open").symlink_to(open_one)
     with pytest.raises(ArtifactFetchError, match="not this user's alone"):
-        private_folder(tmp_path / "link")
+        private_folder(tmp_path / "to-open")
 
 
 def _umask() -> int:
