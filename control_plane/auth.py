@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "mp_"
 LAST_USED_EVERY_S = 60.0  # how stale a token's last_used_at may be before it is written
+MAX_NOTED_TOKENS = 10_000
 ADMIN_TOKEN_NAME = "admin"
 
 
@@ -82,6 +84,8 @@ class TokenService:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._noting = threading.Lock()
+        self._noted: dict[str, datetime] = {}  # token name → last use this process wrote
 
     def create(self, spec: TokenCreate, actor: Principal) -> TokenCreated:
         """A new token. Admins mint any; a deployer may mint an expiring ``trainer`` token
@@ -171,13 +175,26 @@ class TokenService:
 
     def _note_use(self, name: str, now: datetime) -> None:
         """Keep when the token was last used (to the minute: one write a minute per token
-        at most), so unused or leaked ones show; a store that cannot take it fails no call."""
-        try:
-            with self._db.session() as session:
-                session.execute(update(TokenRow).where(TokenRow.name == name)
-                                .values(last_used_at=now))
-        except Exception as error:
-            log.debug("could not note token %s as used: %s", name, error)
+        from this process at most), so unused or leaked ones show. Written off the call's
+        thread: a call never waits on the store's write lock for it, and a store that
+        cannot take it fails no call."""
+        with self._noting:
+            noted = self._noted.get(name)
+            if noted is not None and (now - noted).total_seconds() < LAST_USED_EVERY_S:
+                return
+            self._noted[name] = now
+            if len(self._noted) > MAX_NOTED_TOKENS:
+                self._noted.pop(next(iter(self._noted)))
+
+        def write() -> None:
+            try:
+                with self._db.session() as session:
+                    session.execute(update(TokenRow).where(TokenRow.name == name)
+                                    .values(last_used_at=now))
+            except Exception as error:
+                log.debug("could not note token %s as used: %s", name, error)
+
+        threading.Thread(target=write, name="token-last-used", daemon=True).start()
 
     def list(self) -> list[TokenOut]:
         with self._db.session(readonly=True) as session:

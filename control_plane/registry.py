@@ -31,6 +31,7 @@ from control_plane.notifications.service import notify_on_commit
 from control_plane.schemas import (
     CHAMPION_ALIAS,
     NAME_PATTERN,
+    RUN_ID_CHARS,
     AliasSet,
     ApprovalCreate,
     ApprovalOut,
@@ -158,6 +159,11 @@ class Registry:
         else:
             actor.require(Role.DEPLOYER, also=TRAINING)
         refuse_other_model(actor, name, "registers versions of")
+        run_id = spec.manifest.lineage.run_id if spec.manifest.lineage else None
+        if run_id is not None and len(run_id) > RUN_ID_CHARS:  # the store holds no longer
+            raise InvalidInputError(
+                f"manifest.lineage.run_id is {len(run_id)} characters; a run's id is at most "
+                f"{RUN_ID_CHARS}", detail={"field": "manifest.lineage.run_id"})
         if not self.artifacts.exists(spec.artifact_digest):
             raise NotFoundError(
                 f"no artifact with digest {spec.artifact_digest}; upload it first "

@@ -120,8 +120,9 @@ class Lineage(Wire):
     parent_version: VersionNumber | None = Field(None, description="Version this one was tuned from.")
     dataset_uri: str | None = None
     dataset_digest: str | None = None
-    run_id: str | None = Field(None, max_length=RUN_ID_CHARS,
-                               description="Experiment run that produced it.")
+    # Bounded where a version is registered (Registry.register_version), not here: this
+    # model also reads back versions stored before the bound.
+    run_id: str | None = Field(None, description="Experiment run that produced it.")
     code_commit: str | None = None
     code_branch: str | None = None
     packages: dict[str, str] = Field(default_factory=dict, description="Package versions.")

@@ -54,7 +54,8 @@ def status(
     api = client(url)
     current = api.pipeline_run(name, number)
     if watch and not current.state.terminal:
-        current = _follow(api, name, current.number, 2.0)
+        # With --json the progress goes to stderr: stdout is the one JSON document.
+        current = _follow(api, name, current.number, 2.0, err=as_json)
         if as_json:
             emit(as_json, current, lambda: None)
     else:
@@ -109,7 +110,7 @@ def delete(name: str = NameArgument, url: str | None = UrlOption) -> None:
     typer.echo(f"pipeline {name}: deleted")
 
 
-def _follow(api: Any, name: str, number: int, refresh: float) -> Any:
+def _follow(api: Any, name: str, number: int, refresh: float, *, err: bool = False) -> Any:
     """Print each stage as it starts and ends until the run is over; returns the last look."""
     from control_plane.cli.following import follow
 
@@ -127,10 +128,11 @@ def _follow(api: Any, name: str, number: int, refresh: float) -> Any:
         for stage in current.stages:
             if shown.get(stage.name) != stage.state.value and stage.state.value != "pending":
                 shown[stage.name] = stage.state.value
-                typer.echo(f"  {stage.name:<14} {stage.state.value:<9} {_summary(stage)}".rstrip())
+                typer.echo(f"  {stage.name:<14} {stage.state.value:<9} {_summary(stage)}".rstrip(),
+                           err=err)
         if current.state.terminal:
             typer.echo(f"pipeline {name} run #{number}: {current.state.value}"
-                       + (f" ({current.reason})" if current.reason else ""))
+                       + (f" ({current.reason})" if current.reason else ""), err=err)
             return current
         time.sleep(refresh)
 

@@ -178,9 +178,10 @@ class TrafficMoves:
     def _settle(self) -> None:
         """Out of the lock: what is stored goes to Serve first, then the registry and the
         alert owed by the rollouts that ended can follow."""
+        with self._lock:  # only the rollouts ended before this apply: theirs is applied
+            ended, self._ended = self._ended, []
         self._apply()
         with self._lock:
-            ended, self._ended = self._ended, []
             if self._leading():
                 # Elsewhere the leader's next pass (a quarter second) finishes them: both
                 # at once could each send the alert before either recorded it sent.
