@@ -342,11 +342,12 @@ class RolloutController(ManualActions):
     def _follow_aliases(self) -> bool:
         """Start a rollout where an opted-in endpoint's tracked alias names a new version."""
         started, refused = False, {}
-        for spec, actor in aliases.due(self.db):
+        for spec, actor, moved_at in aliases.due(self.db):
             key = (spec.endpoint, spec.model_ref)
             try:
                 self.start(spec, actor)
                 started = True
+                aliases.acted_on(self.db, spec.endpoint, moved_at)
             except FencedOut:
                 raise
             except Exception as error:  # one endpoint's refusal must not stall the others'

@@ -580,6 +580,28 @@ def test_moving_a_tracked_alias_starts_a_rollout(world: World) -> None:
     assert len(world.controller.list(endpoint="iris")) == 1
 
 
+def test_an_alias_left_where_it_was_does_not_roll_the_endpoint_back(world: World) -> None:
+    """challenger named v1, which the endpoint served by a direct deploy; once a rollout
+    replaced v1 with v2, the alias's value alone (never moved) started a rollout of v1,
+    and production reverted with nobody moving anything."""
+    world.registry.set_alias("iris", "challenger", AliasSet(version=1), ALICE)
+    template = RolloutTemplate(steps=[100], step_duration_s=2, analysis=FAST)
+    world.controller.set_policy("iris", RolloutPolicy(track_alias="challenger", template=template),
+                                ALICE)
+    world.start(steps=[100])  # v2, by hand
+    world.serve(1)
+    world.serve(2)
+    world.serve(3)
+    world.run(15)
+    assert world.controller.latest("iris").state == RolloutState.SUCCEEDED
+    assert [r.candidate_version for r in world.controller.list(endpoint="iris")] == [2]
+    assert world.weights()[2] == 100.0
+    world.registry.set_alias("iris", "challenger", AliasSet(version=3), ALICE)  # a move
+    world.run(1)
+    started = world.controller.latest("iris")
+    assert started.candidate_version == 3 and started.created_by == "alias:challenger"
+
+
 def test_an_alias_rollout_that_cannot_start_holds_up_no_other_endpoints(
         world: World, caplog: pytest.LogCaptureFixture) -> None:
     """The first endpoint's tracked template asks for a gate the candidate cannot give
