@@ -249,7 +249,14 @@ class Deployments:
         template = next(iter(existing.values()), None)
         for number, (weight, shadow) in wanted.items():
             row = _version_row(session, model, number)
-            if row.status == "rejected" and (weight > 0 or shadow) and not allow_rejected:
+            before = existing.get(row.id)
+            # A rejected version gains no traffic; what it has it may keep or give up (a
+            # stable version rejected later must still give way to a rollout's candidate).
+            if weight > 0:
+                gains = before is None or before.shadow or weight > before.weight
+            else:
+                gains = shadow and (before is None or not before.shadow)
+            if row.status == "rejected" and gains and not allow_rejected:
                 raise ConflictError(
                     f"{model.name}:{number} was rejected ({row.status_reason}); it cannot "
                     "serve traffic",

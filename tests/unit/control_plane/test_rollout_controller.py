@@ -602,6 +602,23 @@ def test_an_alias_left_where_it_was_does_not_roll_the_endpoint_back(world: World
     assert started.candidate_version == 3 and started.created_by == "alias:challenger"
 
 
+def test_a_stable_version_rejected_later_still_gives_way_to_a_rollout(world: World) -> None:
+    """Rejected after it took the endpoint (a rollback elsewhere, by hand), the stable
+    version kept all the traffic: every step was refused for giving it any, and the
+    rollout replacing it stayed pending."""
+    world.registry.reject_version("iris", 1, "rolled back on another endpoint", ALICE)
+    rollout_id = world.start(steps=[10, 100])
+    world.serve(1)
+    world.serve(2)
+    world.run(1)
+    assert world.controller.get(rollout_id).state == RolloutState.PROGRESSING
+    assert world.weights() == {1: 90.0, 2: 10.0}
+    world.run(10)
+    assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
+    with pytest.raises(ConflictError, match="rejected"):  # gaining traffic stays refused
+        world.deployments.set_traffic("iris", TrafficUpdate(weights={1: 50, 2: 50}), ALICE)
+
+
 def test_an_alias_rollout_that_cannot_start_holds_up_no_other_endpoints(
         world: World, caplog: pytest.LogCaptureFixture) -> None:
     """The first endpoint's tracked template asks for a gate the candidate cannot give
