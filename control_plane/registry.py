@@ -366,6 +366,9 @@ class Registry:
         actor.require(Role.DEPLOYER)
         with self.db.session() as session:
             model = _model(session, name)
+            # Queued with the alias's other writers (point_alias): on PostgreSQL a deletion
+            # between a promotion's read of champion and its update failed the promotion.
+            self.db.serialize(session, f"alias {model.id} {alias}")
             row = _alias(session, model, alias)
             if row is None:
                 raise NotFoundError(f"model {name!r} has no alias {alias!r}", detail={"field": "alias"})
