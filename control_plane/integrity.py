@@ -122,6 +122,17 @@ def check_integrity(db: Database, artifacts: ArtifactStore, *, verify: bool = Tr
                            artifacts_checked=checked, unreferenced_artifacts=unreferenced)
 
 
+# Problems that say the store and the artifact folder disagree (a wrong folder, a lost
+# file): collecting then could remove what the store names. Others (an alias on a
+# rejected version, left by an ordinary rollback) are no reason to keep garbage.
+ARTIFACT_PROBLEMS = frozenset({"artifact_missing", "artifact_size", "artifact_corrupt"})
+
+
+def safe_to_collect(report: IntegrityReport) -> bool:
+    """Whether ``report`` lets :func:`collect_garbage` run."""
+    return not any(problem.kind in ARTIFACT_PROBLEMS for problem in report.problems)
+
+
 def collect_garbage(db: Database, artifacts: ArtifactStore, report: IntegrityReport, *,
                     grace_s: float = DEFAULT_GC_GRACE_S) -> list[str]:
     """Remove the report's unreferenced artifacts older than ``grace_s`` that nothing names

@@ -61,7 +61,8 @@ def current() -> None:
 @db_app.command()
 def check(
     gc: bool = typer.Option(False, "--gc", help="Also remove unreferenced artifacts older than "
-                            "--gc-grace (after the check, only when it finds no problem)."),
+                            "--gc-grace (after the check, only when every artifact the store "
+                            "names is there and verifies)."),
     gc_grace: float = typer.Option(3600.0, "--gc-grace", min=0.0,
                                    help="Seconds an unreferenced artifact must be old to be removed."),
     verify: bool = typer.Option(True, "--verify/--no-verify",
@@ -71,7 +72,7 @@ def check(
     """Check the store: artifacts exist and verify, aliases and stages point at live versions,
     no orphan routes, rollouts or lineage; list unreferenced artifacts. Exits 1 on a problem."""
     from control_plane.artifacts import ArtifactStore
-    from control_plane.integrity import check_integrity, collect_garbage
+    from control_plane.integrity import check_integrity, collect_garbage, safe_to_collect
     from control_plane.store import Database
     from modelplane.settings import get_settings
 
@@ -81,7 +82,7 @@ def check(
     try:
         artifacts = ArtifactStore(settings.artifact_uri, max_bytes=settings.max_artifact_bytes)
         report = check_integrity(db, artifacts, verify=verify)
-        if gc and report.ok:
+        if gc and safe_to_collect(report):
             removed = collect_garbage(db, artifacts, report, grace_s=gc_grace)
     finally:
         db.dispose()
@@ -93,8 +94,9 @@ def check(
         typer.echo(f"{report.artifacts_checked} artifact(s) checked, {len(report.problems)} "
                    f"problem(s), {unreferenced} unreferenced artifact(s)"
                    + (f", {len(removed)} removed" if gc else ""))
-        if gc and not report.ok:
-            typer.echo("--gc skipped: fix the problems above first", err=True)
+        if gc and not safe_to_collect(report):
+            typer.echo("--gc skipped: the store and the artifact folder disagree (artifact_* "
+                       "problems above); fix those first", err=True)
         elif unreferenced and not gc:
             typer.echo("remove unreferenced artifacts with `modelplane db check --gc`")
 

@@ -179,3 +179,28 @@ def test_cli_check_exits_1_with_the_problems(settings, tmp_path: Path) -> None:
     broken = runner.invoke(app, ["db", "check", "--json"])
     assert broken.exit_code == 1
     assert '"kind": "artifact_missing"' in broken.output
+
+
+def test_an_ordinary_rollback_leaves_garbage_collection_running(settings) -> None:
+    """An alias left on a version a rollback rejected is reported, but the store and the
+    artifact folder agree: --gc was skipped for good until someone moved the alias."""
+    from control_plane.service import ControlPlane
+    from modelplane.cli import app
+
+    cp = ControlPlane.start(settings)
+    try:
+        _register(cp.registry, 1)
+        _register(cp.registry, 2)
+        cp.registry.set_alias("iris", "challenger", AliasSet(version=2), ALICE)
+        cp.registry.reject_version("iris", 2, "rolled back", ALICE)
+        old = cp.artifacts.put([b"an upload nobody registered"])
+        past = time.time() - 7200
+        os.utime(cp.artifacts.path_of(old.digest), (past, past))
+    finally:
+        cp.db.dispose()
+    result = CliRunner().invoke(app, ["db", "check", "--gc"])
+    assert result.exit_code == 1 and "PROBLEM alias" in result.output  # still reported
+    assert "1 removed" in result.output and not cp.artifacts.exists(old.digest)
+    Path(cp.artifacts.path_of(cp.registry.get_version("iris", 1).artifact_digest)).unlink()
+    missing = CliRunner().invoke(app, ["db", "check", "--gc"])
+    assert "--gc skipped" in missing.output and "0 removed" in missing.output
