@@ -81,9 +81,6 @@ ADMIN = Access(Role.ADMIN, label="admin")
 ROUTE_ACCESS: dict[str, Access] = {
     # The API's own description, health and Prometheus scrapes.
     "GET /openapi.json": PUBLIC,
-    "GET /docs": PUBLIC,
-    "GET /docs/oauth2-redirect": PUBLIC,
-    "GET /redoc": PUBLIC,
     "GET /health": PUBLIC,
     "GET /metrics": PUBLIC,
     # Admin: who am I, artifacts, the integrity check, tokens.

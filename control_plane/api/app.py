@@ -49,6 +49,10 @@ def build_api(cp: ControlPlane) -> FastAPI:
         title="modelplane control plane",
         version=__version__,
         description="Model registry, experiment tracking, artifacts and tokens.",
+        # No Swagger UI or ReDoc pages: they load scripts from a public CDN, and on the
+        # console's origin such a script could read the console's token. The OpenAPI
+        # document stays (GET /api/openapi.json).
+        docs_url=None, redoc_url=None,
         # Every error answer has one body (FastAPI's default 422 schema does not apply).
         responses={status: {"model": ErrorBody, "description": "The error, its code and the "
                             "request id."} for status in ("4XX", "5XX")},

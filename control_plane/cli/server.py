@@ -26,7 +26,7 @@ def api(
         typer.echo(f"admin token (shown once, also in {settings.admin_token_path}):")
         typer.echo(cp.new_admin_token)
     bind_host, bind_port = host or settings.http_host, port or settings.http_port
-    typer.echo(f"control plane at http://{bind_host}:{bind_port}/api (docs at /api/docs)")
+    typer.echo(f"control plane at http://{bind_host}:{bind_port}/api (its OpenAPI document at /api/openapi.json)")
     uvicorn.run(build_standalone_app(cp), host=bind_host, port=bind_port, log_level="warning")
 
 

@@ -4,9 +4,9 @@
 
 import { api } from "./api.js";
 import { lineChart, splitBar } from "./charts.js";
-import { badge, show, el, fmt, header, link, poll, query, status, table } from "./ui.js";
+import { badge, show, el, fmt, header, link, poll, pollEvery, query, status, table } from "./ui.js";
 
-const every = Number(query().get("every")) || 2000;
+const every = pollEvery(2000);
 const windowS = Number(query().get("window")) || 10;
 const KEEP_MS = 5 * 60 * 1000;
 const history = {}; // "endpoint/version" -> [{t, rps, errorRate, p50, p95, p99}]

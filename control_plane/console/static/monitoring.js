@@ -5,10 +5,10 @@
 
 import { api } from "./api.js";
 import { heatMap, histogramChart, lineChart } from "./charts.js";
-import { badge, show, el, fmt, header, poll, query, status, table } from "./ui.js";
+import { badge, show, el, fmt, header, poll, pollEvery, query, status, table } from "./ui.js";
 
 const q = query();
-const every = Number(q.get("every")) || 5000;
+const every = pollEvery(5000);
 let windowS = Number(q.get("window")) || 30;
 let endpoint = q.get("endpoint");
 let version = q.get("version");

@@ -3,10 +3,10 @@
 // and (for a token that may act) pause, resume, promote, roll back and abort.
 
 import { api, mayAct } from "./api.js";
-import { badge, confirmAction, show, el, failed, fmt, header, link, params, poll, query, status, table } from "./ui.js";
+import { badge, confirmAction, show, el, failed, fmt, header, link, params, poll, pollEvery, status, table } from "./ui.js";
 
 const id = params().rollout;
-const every = Number(query().get("every")) || 2000;
+const every = pollEvery(2000);
 const STATE_KIND = { succeeded: "good", rolled_back: "bad", failed: "bad", progressing: "warn", paused: "warn", awaiting_approval: "warn", pending: "warn" };
 const ACTIONS = [
   { verb: "pause", label: "Pause", when: ["pending", "progressing"], say: "Hold traffic at the current step and stop analysing?" },

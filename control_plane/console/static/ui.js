@@ -24,6 +24,10 @@ export const content = () => document.getElementById("content");
 export const show = (...nodes) => content().replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
 export const params = () => document.getElementById("main").dataset;
 export const query = () => new URLSearchParams(location.search);
+// The polling interval a page's ?every= asks for, within 1 s and 60 s: a link with every=1
+// would have the reader's browser call the API back to back with their token.
+export const pollEvery = (fallback) =>
+  Math.min(60000, Math.max(1000, Number(query().get("every")) || fallback));
 export const link = (path, text) => el("a", { href: UI + path }, text);
 
 export function status(message, error = false) {

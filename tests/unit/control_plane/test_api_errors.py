@@ -120,3 +120,12 @@ def test_an_answer_that_says_ask_again_is_not_kept_for_its_idempotency_key(
     assert raced.status_code == 409 and raced.headers["retry-after"] == "0"
     assert asyncio.run(answered(raced)) is None
     assert asyncio.run(answered(refused)) is not None
+
+
+def test_no_page_of_the_api_loads_scripts_from_elsewhere() -> None:
+    """FastAPI's Swagger UI and ReDoc pages load their scripts from a public CDN: on the
+    console's origin, such a script could read the signed-in user's token."""
+    client = TestClient(build_api(None), raise_server_exceptions=False)  # type: ignore[arg-type]
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert client.get(path).status_code == 404
+    assert client.get("/openapi.json").status_code == 200
