@@ -12,6 +12,7 @@ and class names (``builtin:tokenize``, ``builtin:label_map``), proved the same w
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -175,8 +176,10 @@ def check_parity(onnx_model: bytes, network: Network, features: np.ndarray,
     worst = 0.0
     for name, want in expected.items():
         if want.dtype.kind == "f" and want.size:
-            worst = max(worst, float(np.max(np.abs(actual[name] - want))) / scale)
-    if not worst <= tolerance:  # also catches NaN
+            difference = float(np.max(np.abs(actual[name] - want))) / scale
+            # max(0.0, nan) is 0.0: a NaN on either side must fail, not vanish.
+            worst = max(worst, difference if math.isfinite(difference) else math.inf)
+    if not worst <= tolerance:
         raise ExportMismatchError(
             f"ONNX Runtime and torch disagree on the validation rows by up to {worst:.3g} "
             f"(allowed {tolerance:g}); the export is not registered",

@@ -206,6 +206,14 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     stopped = EarlyStopping.from_state(state["early_stopping"]).should_stop \
         and epochs < spec.hyperparameters.epochs
     outputs = torch_outputs(network, split.x_val)
+    import numpy as np
+
+    if not all(np.isfinite(values).all() for values in outputs.values()):
+        raise TrainingError(
+            "training diverged: the model answers NaN or infinity on the held-out rows "
+            f"(after {epochs} epochs); lower hyperparameters.learning_rate (now "
+            f"{spec.hyperparameters.learning_rate:g}) or scale the features",
+            detail={"field": "hyperparameters.learning_rate"})
     if spec.task == "classification":
         metrics = classification_metrics(split.y_val, outputs["probabilities"])
     else:

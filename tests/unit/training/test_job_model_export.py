@@ -65,6 +65,16 @@ def test_parity_failure_is_an_error() -> None:
         check_parity(model, trained_like("mlp_classifier", seed=2), ROWS)
 
 
+def test_an_export_answering_nan_fails_the_parity_check() -> None:
+    """max(0.0, nan) is 0.0: a network whose answers are NaN passed, and was registered."""
+    network = trained_like("mlp_classifier")
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.fill_(float("nan"))
+    with pytest.raises(ExportMismatchError, match="inf"):
+        check_parity(export_onnx(network), network, ROWS)
+
+
 def test_a_bundle_rebuilds_the_same_network(tmp_path: Path) -> None:
     network = trained_like("cnn_classifier")
     save_bundle(network, tmp_path / "model.pt")
