@@ -7,9 +7,12 @@ bounds it; with several, gloo's 30-minute timeout per collective, once per failu
 allows). The driver cannot see the workers' reports (they reach the Train controller, an
 actor), but the controller's callback logs every epoch to the run, so the driver watches
 the run as the control plane records it. While the control plane cannot answer, the watch
-learns nothing and blames nobody: the stall clock restarts when it answers again. A
-control plane that answers with a refusal (the job's token expired or was revoked) is not
-away: the clock runs on, or a worker stuck after the refusal would hold the job for good.
+learns nothing and blames nobody: the stall clock restarts when it answers again, but an
+outage forgives one stall window at most (no epoch seen for twice ``stall_timeout_s``
+stops the job whatever the outages: a control plane that flaps, or answers 5xx for good,
+would otherwise hold it for ever). A control plane that answers with a refusal (the job's
+token expired or was revoked) is not away: the clock runs on, or a worker stuck after the
+refusal would hold the job for good.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class Watchdog:
         limits = [limit for limit in (stall_s, max_s) if limit is not None]
         # A look every POLL_S, or a quarter of a shorter deadline, so none is overrun by much.
         self._poll_s = poll_s or min([POLL_S, *(max(limit / 4, 0.25) for limit in limits)])
-        self._started = self._moved = clock()
+        self._started = self._moved = self._changed = clock()  # _changed: outages aside
         self._seen: Hashable = None
         self._stop = threading.Event()
         self._firing = threading.Lock()  # firing and stopping, one at a time
@@ -58,7 +61,7 @@ class Watchdog:
                 log.warning("the control plane refuses to show the run's progress: %s", error)
                 self.refusal = str(error)[:300]
         if seen != self._seen:
-            self._seen, self._moved = seen, now
+            self._seen, self._moved, self._changed = seen, now, now
         if self.max_s is not None and now - self._started > self.max_s:
             return (f"training ran longer than resources.max_run_time_s ({self.max_s:g} s); "
                     "the job was stopped, its checkpoints kept for a resume")
@@ -72,6 +75,11 @@ class Watchdog:
             return (f"no epoch was reported for {now - self._moved:.0f} s, past "
                     f"resources.stall_timeout_s ({self.stall_s:g} s): a worker is stuck; "
                     "the job was stopped, its checkpoints kept for a resume")
+        if self.stall_s is not None and now - self._changed > 2 * self.stall_s:
+            return (f"no epoch was seen for {now - self._changed:.0f} s, past twice "
+                    f"resources.stall_timeout_s ({self.stall_s:g} s), the control plane "
+                    "failing to answer at times meanwhile; the job was stopped, its "
+                    "checkpoints kept for a resume")
         return None
 
     def start(self) -> Watchdog:
