@@ -139,9 +139,8 @@ class TrainStage:
             # Anything else (no connection, a 5xx, no answer) is asked again next pass.
             return self._unanswered(context, job_id, logs, progress, error)
 
-    @staticmethod
-    def _unanswered(context: StageContext, job_id: str, logs: str, progress: dict[str, Any],
-                    error: Any) -> Outcome:
+    def _unanswered(self, context: StageContext, job_id: str, logs: str,
+                    progress: dict[str, Any], error: Any) -> Outcome:
         """The job API could not say: the job runs on (or a submission Ray took late is
         found by its id next pass), so the stage asks again next pass, until
         training.timeout_s says it is over."""
@@ -152,10 +151,12 @@ class TrainStage:
             return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs,
                            reason=f"training job {job_id}: {error.message}")
         if stage_elapsed_s(context) > timeout_s:
+            # A job Ray took late (or still runs unseen) must not register for a failed stage.
+            self._revoke_tokens(context, job_id, progress)
             return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
                 f"training job {job_id}: {error.message}; training.timeout_s ({timeout_s:g} "
-                f"s) has passed, so the stage fails: stop the job with `modelplane train stop "
-                f"{job_id}` if it runs"))
+                f"s) has passed, so the stage fails and its job's token is revoked: stop the "
+                f"job with `modelplane train stop {job_id}` if it runs"))
         log.warning("training job %s: %s; asking again next pass", job_id, error.message)
         return Outcome(StageState.RUNNING, progress=progress, logs=logs, outputs={
             "job_id": job_id, "status": f"UNKNOWN: {error.message}"})
@@ -197,7 +198,21 @@ class TrainStage:
         if job_id:
             client = self._job_client()
             if self._exists(client, str(job_id)):
-                client.stop(str(job_id))
+                client.stop(str(job_id))  # the job ends its run killed, with its token
+            else:
+                # Not there (yet): a submission Ray takes late must find its token revoked,
+                # or it trains and registers for a cancelled run.
+                self._revoke_tokens(context, str(job_id), context.record.progress)
+
+    def _revoke_tokens(self, context: StageContext, job_id: str,
+                       progress: dict[str, Any]) -> None:
+        from control_plane.errors import NotFoundError
+
+        attempts = int(progress.get("attempt") or 0)
+        for attempt in range(1, attempts + 1):
+            with contextlib.suppress(NotFoundError):
+                self.services.tokens.revoke(_token_name(job_id, attempt),
+                                            run_principal(context.run))
 
     @staticmethod
     def _exists(client: Any, job_id: str) -> bool:

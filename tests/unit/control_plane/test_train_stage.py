@@ -261,6 +261,25 @@ def test_a_submission_ray_gave_no_answer_to_is_found_by_its_id_or_made_again(
         assert services.active_tokens() == ["job-pipeline-bc-1-ab.2"]
 
 
+@pytest.mark.parametrize("ends", ["cancelled", "timed out"])
+def test_a_submission_ray_may_take_late_finds_its_token_revoked_once_the_stage_is_over(
+        db: Any, ends: str) -> None:
+    """Ray gave no answer, so the token was kept (the job may hold it); cancelled then, or
+    failed at training.timeout_s, a job Ray took late trained and registered a version,
+    and moved its alias, for a run that was over."""
+    api, services = JobApi(), Services(db)
+    stage = TrainStage(services, job_client=api.connect)
+    api.takes_submissions, api.submit_fails = False, NO_ANSWER
+    first = stage.advance(_fresh(10, {"submission_id": "pipeline-bc-1-ab"}))
+    assert services.active_tokens() == ["job-pipeline-bc-1-ab"]
+    if ends == "cancelled":
+        stage.cancel(_fresh(20, first.progress))
+    else:
+        over = stage.advance(_fresh(10**6, first.progress))
+        assert over.state is StageState.FAILED and "token is revoked" in over.reason
+    assert services.active_tokens() == []
+
+
 def test_a_submission_ray_refuses_fails_the_stage_and_revokes_its_token(db: Any) -> None:
     api, services = JobApi(), Services(db)
     api.takes_submissions = False
