@@ -44,6 +44,9 @@ DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 JOB_API_TIMEOUT_S = (5.0, 30.0)
 UPLOAD_TIMEOUT_S = (5.0, 300.0)  # a working directory's package is stored before the answer
 TERMINAL_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
+# How long `train submit --wait` and `train logs --follow` ask again a job API that cannot
+# answer, in a row, before saying so (the job runs on meanwhile).
+FOLLOW_PATIENCE_S = 300.0
 SPEC_NAME = "job.yaml"
 
 
@@ -124,12 +127,34 @@ class JobClient:
     def list(self) -> list[Any]:
         return self._call(self._client.list_jobs)
 
-    def follow(self, job_id: str, echo: Callable[[str], None], *, poll_s: float = 1.0) -> str:
-        """Print the job's output as it grows until the job ends; returns its final status."""
-        shown = 0
+    def follow(self, job_id: str, echo: Callable[[str], None], *, poll_s: float = 1.0,
+               patience_s: float = FOLLOW_PATIENCE_S,
+               clock: Callable[[], float] = time.monotonic) -> str:
+        """Print the job's output as it grows until the job ends; returns its final status.
+
+        A job API that cannot answer (a timeout, a 5xx: the head busy) is asked again, up to
+        ``patience_s`` of failures in a row: the job runs on meanwhile, and a follower that
+        quit on one hiccup said a job failed that then succeeded."""
+        from training.errors import JobSubmissionError
+
+        shown, failing_since = 0, None
         while True:
-            status = self.status(job_id)  # read before the logs, so no tail is missed
-            text = self.logs(job_id)
+            try:
+                status = self.status(job_id)  # read before the logs, so no tail is missed
+                text = self.logs(job_id)
+            except JobSubmissionError as error:
+                now = clock()
+                failing_since = now if failing_since is None else failing_since
+                if job_missing(error) or error.detail.get("refused") or \
+                        now - failing_since > patience_s:
+                    raise JobSubmissionError(
+                        f"{error.message}; job {job_id} may still run: follow it with "
+                        f"`modelplane train logs {job_id} --follow`, stop it with "
+                        f"`modelplane train stop {job_id}`",
+                        detail={**error.detail, "job_id": job_id}) from None
+                time.sleep(min(poll_s * 5, 10.0))
+                continue
+            failing_since = None
             if len(text) > shown:
                 echo(text[shown:].rstrip("\n"))
                 shown = len(text)

@@ -176,3 +176,65 @@ def test_a_control_plane_that_takes_calls_and_never_answers_holds_a_job_a_bounde
     with pytest.raises(ControlPlaneUnavailableError):
         patiently(refused, clock=lambda: now[0], sleep=wait)
     assert len(tries) == len(PAUSES_S) + 1 and now[0] <= PATIENCE_S
+
+
+class Hiccups:
+    """Ray's job API for ``JobClient.follow``: RUNNING, then ``fails`` (the head busy), then
+    SUCCEEDED."""
+
+    def __init__(self, fails: list[Exception | None]) -> None:
+        self.answers: list[Exception | str] = ["RUNNING", *[f or "RUNNING" for f in fails], "SUCCEEDED"]
+        self.info_calls = 0
+
+    def status(self, job_id: str) -> str:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def logs(self, job_id: str) -> str:
+        return "epoch 1\n"
+
+    def info(self, job_id: str) -> None:
+        self.info_calls += 1
+
+
+def _follower(api: Hiccups):
+    from training.submission import JobClient
+
+    client = JobClient.__new__(JobClient)
+    client.status, client.logs, client.info = api.status, api.logs, api.info  # type: ignore[method-assign]
+    return client
+
+
+def test_following_a_job_asks_again_a_job_api_that_could_not_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 30 s timeout out of hours of following made `train submit --wait` exit 1 for a
+    job that went on to succeed."""
+    from training.errors import JobSubmissionError
+
+    monkeypatch.setattr("training.submission.time.sleep", lambda seconds: None)
+    busy = JobSubmissionError("Ray's job API at http://head:8265 did not answer within 30 s",
+                              detail={"answered": False})
+    api = Hiccups([busy, busy])
+    shown: list[str] = []
+    assert _follower(api).follow("raysubmit_1", shown.append, poll_s=0) == "SUCCEEDED"
+    assert api.info_calls == 1 and shown == ["epoch 1"]
+
+
+def test_following_gives_up_past_its_patience_saying_the_job_may_still_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.errors import JobSubmissionError
+
+    monkeypatch.setattr("training.submission.time.sleep", lambda seconds: None)
+    busy = JobSubmissionError("Ray's job API at http://head:8265 failed: 503",
+                              detail={"answered": True})
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 100.0
+        return now[0]
+
+    with pytest.raises(JobSubmissionError, match="may still run: follow it with"):
+        _follower(Hiccups([busy] * 10)).follow("raysubmit_1", print, poll_s=0, patience_s=300,
+                                               clock=clock)
