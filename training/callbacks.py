@@ -15,6 +15,9 @@ from ray.train import UserCallback
 from training.tracking import epoch_metrics, progress_line
 
 
+REPORTS_METRIC = "train_reports"  # how many reports the run has had: it moves with every one
+
+
 class TrackerCallback(UserCallback):
     """Logs every epoch's metrics to the run (step = epoch) and prints a progress line."""
 
@@ -22,6 +25,7 @@ class TrackerCallback(UserCallback):
         self.url, self.token, self.run_id, self.epochs = url, token, run_id, epochs
         self._client: Any = None
         self._failures = 0
+        self._reports = 0  # every report, epochs run again after a restart included
 
     def __getstate__(self) -> dict[str, Any]:
         # The callback is shipped to the controller actor; its HTTP client is made there.
@@ -36,8 +40,14 @@ class TrackerCallback(UserCallback):
         if checkpoint is not None:
             values["checkpoint_epoch"] = float(epoch)
         print(progress_line(epoch, self.epochs, values), flush=True)
+        self._reports += 1
         try:
             self._tracker().log_metrics(self.run_id, values, step=epoch)
+            # The run's latest figures are its highest step's: epochs run again from a
+            # checkpoint after a lost node change none of them, and the driver's stall
+            # watch (which reads them) would take a recovering job for a stuck one.
+            self._tracker().log_metrics(self.run_id, {REPORTS_METRIC: float(self._reports)},
+                                        step=self._reports)
         except Exception as error:  # a tracker hiccup must not kill hours of training
             self._failures += 1
             print(f"warning: could not log epoch {epoch} to the tracker at {self.url}: {error}",
