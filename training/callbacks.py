@@ -14,7 +14,6 @@ from ray.train import UserCallback
 
 from training.tracking import epoch_metrics, progress_line
 
-
 REPORTS_METRIC = "train_reports"  # how many reports the run has had: it moves with every one
 
 
