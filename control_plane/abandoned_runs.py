@@ -16,6 +16,7 @@ left alone while the job API cannot answer.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -23,8 +24,9 @@ from datetime import datetime
 from typing import Any
 
 from control_plane.auth import Principal
+from control_plane.ray_clusters import RayCluster, this_ray_cluster
 from control_plane.schemas import Role, RunStatus
-from control_plane.tracking import RayCluster, Tracker
+from control_plane.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,15 @@ class AbandonedRuns:
         from training.submission import job_missing
 
         ended: list[str] = []
+        this_cluster = functools.cache(self._this_cluster)  # asked once a sweep, if at all
         for run_id, job_id, run_started, ran_on in running:
             try:
                 info = client.info(job_id)
             except JobSubmissionError as error:
                 # Not this cluster's job, or the job API is away: not an answer; unless the
                 # run ran on this cluster before it restarted.
-                if job_missing(error) and self._restarted_since(ran_on):
+                if job_missing(error) and ran_on is not None and \
+                        (now := this_cluster()) is not None and ran_on.restarted_as(now):
                     ended += self._end_lost(run_id, job_id, ran_on)
                 continue
             status = str(getattr(info.status, "value", info.status))
@@ -82,16 +86,14 @@ class AbandonedRuns:
         return ended
 
 
-    def _restarted_since(self, ran_on: RayCluster | None) -> bool:
-        """Whether ``ran_on`` is this cluster in an earlier session."""
-        if ran_on is None:
-            return False
+    def _this_cluster(self) -> RayCluster | None:
+        """The Ray cluster this control plane is connected to; None when Ray cannot say
+        (nothing is concluded then)."""
         try:
-            now = self._cluster()
-        except Exception as error:  # Ray cannot say: nothing is concluded
+            return self._cluster()
+        except Exception as error:
             log.info("cannot tell which Ray cluster this is: %s", error)
-            return False
-        return now is not None and ran_on.restarted_as(now)
+            return None
 
     def _end_lost(self, run_id: str, job_id: str, ran_on: RayCluster) -> list[str]:
         reason = (f"its Ray job {job_id} ran on this Ray cluster ({ran_on.address}, head "
@@ -102,25 +104,6 @@ class AbandonedRuns:
             return []
         log.warning("run %s ended failed: %s", run_id, reason)
         return [run_id]
-
-
-def this_ray_cluster() -> RayCluster | None:
-    """The Ray cluster this process is connected to."""
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    context = ray.get_runtime_context()
-    return RayCluster(str(context.gcs_address), head_host(ray.nodes()),
-                      str(context.get_session_name()))
-
-
-def head_host(nodes: list[dict[str, Any]]) -> str:
-    """The head node's host name among ``nodes`` (``ray.nodes()``), "" when none says."""
-    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
-
-    return next((str(node.get("NodeManagerHostname") or "") for node in nodes
-                 if HEAD_NODE_RESOURCE_NAME in node.get("Resources", {})), "")
 
 
 def _ran_within(run_started: datetime, job_started_ms: int | None, job_ended_ms: int) -> bool:

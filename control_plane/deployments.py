@@ -40,7 +40,7 @@ from control_plane.store.models import (
     ModelVersionRow,
     RolloutRow,
 )
-from serving.names import endpoint_url, names_a_version_app
+from serving.names import endpoint_url, version_app_parts
 
 # Without a configured max_unapproved_weight, a manual change may give an unapproved
 # version as much as the default canary's last step below 100% (a rollout uses its own).
@@ -142,8 +142,8 @@ class Deployments:
                 EndpointRow.name == spec.endpoint).with_for_update())
             before = read_routes(session, endpoint).weights if endpoint is not None else {}
             if endpoint is None:
-                if names_a_version_app(spec.endpoint):
-                    stem, _, number = spec.endpoint.rpartition("-v")
+                if (parts := version_app_parts(spec.endpoint)) is not None:
+                    stem, number = parts
                     raise InvalidInputError(
                         f"endpoint name {spec.endpoint!r} ends in -v<number>, as the Serve "
                         "applications of isolated endpoints' versions do: its application "

@@ -249,7 +249,6 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
     from serving.applications import build_server_app, submit_application
     from serving.monitoring.monitor import ensure_monitor
 
-    make_private_home(settings.home)
     record = _head_record(settings)
     address = os.environ.get("RAY_ADDRESS") or str((record or {}).get("address") or "auto")
     gcs = _live_gcs(address)

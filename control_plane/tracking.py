@@ -21,6 +21,7 @@ from control_plane.errors import (
 )
 from control_plane.notifications.service import notify_on_commit
 from control_plane.notifications.sources import training_ended
+from control_plane.ray_clusters import RayCluster
 from control_plane.schemas import (
     JOB_TAG,
     ExperimentCreate,
@@ -353,19 +354,6 @@ def _run_out(session: Session, row: RunRow) -> RunOut:
         children=list(children),
         artifacts=[RunArtifactOut(path=a.path, digest=a.digest, size=a.size) for a in artifacts],
     )
-
-
-class RayCluster(NamedTuple):
-    """A Ray cluster as a run records it: where it is, and which start of it."""
-
-    address: str  # the GCS address
-    head: str  # the head node's host name: loopback and private addresses repeat elsewhere
-    session: str  # a cluster's session is new at every start
-
-    def restarted_as(self, now: RayCluster) -> bool:
-        """Whether ``now`` is this cluster, at the same place, started again since."""
-        return (self.address, self.head) == (now.address, now.head) and \
-            self.session != now.session
 
 
 class JobRun(NamedTuple):

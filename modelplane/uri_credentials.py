@@ -46,9 +46,7 @@ def credentials_in(uri: str) -> str | None:
     return None
 
 
-def refuse_credentials(uri: str) -> str:
-    """``uri``, or ValueError naming the credential in it."""
-    found = credentials_in(uri)
-    if found is not None:
-        raise ValueError(f"the URI holds a credential ({found}); {HOW}")
-    return uri
+def credential_problem(field: str, uri: str | None) -> str | None:
+    """Why ``uri``, given as ``field``, is refused (a credential in it), or None."""
+    found = credentials_in(uri) if uri else None
+    return None if found is None else f"{field} holds a credential ({found}); {HOW}"

@@ -8,7 +8,7 @@ import this module, however light it must stay.
 - ``endpoint-{e}`` at ``/v2/models/{e}``: an endpoint (colocated), or its router (isolated).
 - ``endpoint-{e}-v{n}``, no route: version ``n`` of an isolated endpoint, one deployment
   ``model-v{n}`` the router calls through a handle. No new endpoint is named ``…-v{n}``
-  (:func:`names_a_version_app`), so no endpoint's application is another's version.
+  (:func:`version_app_parts`), so no endpoint's application is another's version.
 - ``grpc-ingress``, no HTTP route: the gRPC inference service, which finds an endpoint's
   ingress deployment (``endpoint`` colocated, ``router`` isolated) by its model name.
 - ``endpoint-_bench-{store}-{id}`` (and ``…-v{n}`` when isolated): the scratch replica of
@@ -64,11 +64,11 @@ def is_endpoint_app(app: str, endpoint: str | None = None) -> bool:
     return app == own or (app.startswith(f"{own}-v") and app[len(own) + 2:].isdigit())
 
 
-def names_a_version_app(endpoint: str) -> bool:
-    """Whether ``endpoint``'s own application would be named as a version application of
-    another endpoint (``fraud-v2``'s is ``endpoint-fraud-v2``, version 2 of ``fraud``)."""
+def version_app_parts(endpoint: str) -> tuple[str, str] | None:
+    """(endpoint, version) whose version application ``endpoint``'s own application would
+    be named as (``fraud-v2``'s is ``endpoint-fraud-v2``, version 2 of ``fraud``), or None."""
     stem, _, number = endpoint.rpartition("-v")
-    return bool(stem) and number.isdigit()
+    return (stem, number) if stem and number.isdigit() else None
 
 
 def benchmark_endpoint_name(benchmark_id: int, store_id: str | None = None) -> str:

@@ -444,12 +444,13 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> dict[str, Any]:
         if _handle_stop_signal:
             # ray.init replaces SIGTERM's handler with one that exits at once.
             signal.signal(signal.SIGTERM, _on_sigterm)
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    from control_plane.abandoned_runs import this_ray_cluster
+    every = ray.nodes()
+    nodes = [node["Resources"] for node in every if node.get("Alive")]
+    from control_plane.ray_clusters import this_ray_cluster
 
     # Where and which start of the cluster: the sweep of abandoned runs ends a run whose
-    # cluster restarted under it (control_plane.tracking.RayCluster).
-    cluster = this_ray_cluster()
+    # cluster restarted under it (control_plane.ray_clusters.RayCluster).
+    cluster = this_ray_cluster(every)
     assert cluster is not None
     summary = {"ray_version": ray.__version__, **cluster._asdict(), "nodes": len(nodes),
                "resources": ray.cluster_resources()}

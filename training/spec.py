@@ -56,12 +56,10 @@ def refuse_credentials_in(spec: JobSpec) -> None:
     """InvalidJobSpecError where ``data.path`` holds a credential: the run keeps it (the
     dataset tag), which every reader sees. Checked where a spec comes in (a file, a
     pipeline applied), not where a stored one is read back."""
-    from modelplane.uri_credentials import HOW, credentials_in
+    from modelplane.uri_credentials import credential_problem
 
-    found = credentials_in(spec.data.path) if spec.data.path else None
-    if found is not None:
-        raise InvalidJobSpecError(f"data.path holds a credential ({found}); {HOW}",
-                                  detail={"field": "data.path"})
+    if (problem := credential_problem("data.path", spec.data.path)) is not None:
+        raise InvalidJobSpecError(problem, detail={"field": "data.path"})
 
 
 def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:

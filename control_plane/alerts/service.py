@@ -219,7 +219,7 @@ class AlertService:
             # A rule's own endpoint too, only while it is deployed: the Monitor still holds
             # a deleted one's statistics, which would keep its alert from resolving.
             watched = endpoints if rule.endpoint is None else \
-                [name for name in endpoints if name == rule.endpoint]
+                [rule.endpoint] if rule.endpoint in endpoints else []
             unknown: dict[str, str] = {}
             readings = self._read(rule, watched, read_stats, cache, unknown)
             with self._lock:

@@ -554,17 +554,15 @@ def _refuse_credentials(spec: PipelineSpec) -> None:
     """InvalidInputError naming the field where a data URI holds a credential: specs are
     readable by every reader (anonymous ones too, where reads are open). Checked as a spec
     comes in, not where stored ones are read back (those keep working as they were)."""
-    from modelplane.uri_credentials import HOW, credentials_in
+    from modelplane.uri_credentials import credential_problem
     from training.schemas import JobSpec
 
     job_path = JobSpec.model_validate(spec.training.job).data.path
     for field, uri in (("data.uri", spec.data.uri if spec.data else None),
                        ("evaluate.data_uri", spec.evaluate.data_uri if spec.evaluate else None),
                        ("training.job.data.path", job_path)):
-        found = credentials_in(uri) if uri else None
-        if found is not None:
-            raise InvalidInputError(f"{field} holds a credential ({found}); {HOW}",
-                                    detail={"field": field})
+        if (problem := credential_problem(field, uri)) is not None:
+            raise InvalidInputError(problem, detail={"field": field})
 
 
 def _loaded(row: PipelineRunRow) -> LoadedRun:

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from control_plane.auth import Principal
 from control_plane.deployments import endpoint_row, read_routes
@@ -39,8 +40,7 @@ def store_policy(db: Database, endpoint: str, policy: RolloutPolicy | None) -> N
         config = {k: v for k, v in row.config.items() if k not in (POLICY_KEY, SEEN_KEY)}
         if policy is not None:
             config[POLICY_KEY] = policy.model_dump(mode="json")
-            alias = session.scalar(select(AliasRow).where(
-                AliasRow.model_id == row.model_id, AliasRow.alias == policy.track_alias))
+            alias = _tracked_alias(session, row.model_id, policy.track_alias)
             config[SEEN_KEY] = alias.updated_at.isoformat() if alias is not None else None
         row.config = config
 
@@ -52,6 +52,11 @@ def acted_on(db: Database, endpoint: str, moved_at: datetime) -> None:
         seen = _seen_at(row.config)
         if row.config.get(POLICY_KEY) and (seen is None or moved_at > seen):
             row.config = {**row.config, SEEN_KEY: moved_at.isoformat()}
+
+
+def _tracked_alias(session: Session, model_id: int, alias: str) -> AliasRow | None:
+    return session.scalar(select(AliasRow).where(AliasRow.model_id == model_id,
+                                                 AliasRow.alias == alias))
 
 
 def _seen_at(config: dict[str, Any]) -> datetime | None:
@@ -80,8 +85,7 @@ def due(db: Database) -> list[tuple[RolloutCreate, Principal, datetime]]:
             if not policy:
                 continue
             model = session.get(ModelRow, endpoint.model_id)
-            alias = session.scalar(select(AliasRow).where(
-                AliasRow.model_id == endpoint.model_id, AliasRow.alias == policy["track_alias"]))
+            alias = _tracked_alias(session, endpoint.model_id, policy["track_alias"])
             if model is None or alias is None:
                 continue
             seen_at = _seen_at(endpoint.config)

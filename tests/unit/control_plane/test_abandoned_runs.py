@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from control_plane.abandoned_runs import AbandonedRuns, head_host
+from control_plane.abandoned_runs import AbandonedRuns
+from control_plane.ray_clusters import head_host
 from control_plane.schemas import RunCreate, RunStatus
 from control_plane.tracking import RayCluster, Tracker
 from tests.unit.control_plane.conftest import ALICE, READER
