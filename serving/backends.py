@@ -81,6 +81,7 @@ class LocalVersion:
         self._executor = executor
         self._backlog = backlog
         self._batched: DynamicBatcher[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        self._mirroring = asyncio.Semaphore(1)
         batching = config.batching
         if runner.can_batch and batching.max_batch_size > 1:
 
@@ -115,6 +116,15 @@ class LocalVersion:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._timed_run, arrays, rows)
 
+    async def mirror(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A shadow's call: its runs take one of the pool's threads at most (a batcher runs
+        one batch at a time already), so however slow the shadow, the primaries it mirrors
+        never wait behind it for a thread."""
+        if self._batched is not None or self.runner.is_async:
+            return await self.infer(arrays)
+        async with self._mirroring:
+            return await self.infer(arrays)
+
     def _timed_run(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         started = self._clock()
         try:
@@ -131,6 +141,9 @@ class UnloadableVersion:
         self.config = config
         self.error = f"{type(error).__name__}: {error}"[:2000]
 
+    async def mirror(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await self.infer(arrays)
+
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise ModelNotReadyError(
             f"{self.config.model}:{self.config.version} could not be loaded on this replica: "
@@ -146,6 +159,10 @@ class RemoteVersion:
         self.config = config
         self._handle = handle
         self.link = link  # the version's own listeners (serving.version_link), where there
+
+    async def mirror(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Its own replicas' threads, which no primary of this endpoint waits for.
+        return await self.infer(arrays)
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ray.serve.exceptions import BackPressureError

@@ -21,6 +21,7 @@ import logging
 import re
 import secrets
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -44,7 +45,7 @@ from serving.monitoring.stats import ENDPOINT_LEVEL, StatsRecorder, compare_outp
 from serving.names import CALLER_KEY_HEADER, endpoint_route_prefix
 from serving.protocol import DecodedRequest, decode_request, encode_response, from_numpy_dtype
 from serving.routing import Router
-from serving.schemas import EndpointConfig, TensorSignature, VersionConfig
+from serving.schemas import RETRY_AFTER_S, EndpointConfig, TensorSignature, VersionConfig
 from serving.validation import (
     check_requested_outputs,
     numpy_dtype,
@@ -75,6 +76,10 @@ class VersionBackend(Protocol):
     config: VersionConfig
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    async def mirror(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``infer`` for a shadow: answers the same, and never holds up a primary's call."""
+        ...
 
 
 @dataclass
@@ -140,9 +145,8 @@ def error_result(error: ModelplaneError, request_id: str) -> HttpResult:
     result = _json(error.http_status, error_body(error, request_id))
     if request_id:
         result.headers[REQUEST_ID_HEADER] = request_id
-    retry_after = error.detail.get("retry_after_s") if error.code == "overloaded" else None
-    if retry_after is not None:
-        result.headers["retry-after"] = str(retry_after)
+    if error.http_status == 503:  # every 503 here is a passing state: say when to ask again
+        result.headers["retry-after"] = str(error.detail.get("retry_after_s", RETRY_AFTER_S))
     return result
 
 
@@ -412,7 +416,7 @@ class InferenceCore:
         started = time.perf_counter()
         version = backend.config.version
         try:
-            outputs = await backend.infer(arrays)
+            outputs = await backend.mirror(arrays)
         except Exception as error:
             self.recorder.record_shadow(version, agreed=None, abs_diff=0.0,
                                         latency_delta_s=0.0, failed=True)
@@ -427,7 +431,12 @@ class InferenceCore:
             # Else the primary answered no number there either (an input both cannot score):
             # no evidence against the shadow, and nothing to compare.
             return
-        agreed, diff = compare_outputs(backend.config.task, primary, outputs)
+        try:
+            agreed, diff = compare_outputs(backend.config.task, primary, outputs)
+        except Exception:  # answers no comparison foresaw: no evidence either way, said aloud
+            log.warning("could not compare shadow %s with the primary:\n%s", version,
+                        traceback.format_exc())
+            return
         self.recorder.record_shadow(version, agreed=agreed, abs_diff=diff,
                                     latency_delta_s=latency - primary_latency, failed=False)
 

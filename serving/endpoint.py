@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import traceback
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -70,6 +71,7 @@ REPLICA_HEADER = "x-modelplane-replica"
 WARMING = ("this replica started moments ago and the ingress does not send to it directly "
            "yet; it answers ready once it does")
 BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
+LOOP_RESTART_S = 1.0  # how soon a replica's background loop starts again after an error
 FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
 
 
@@ -91,6 +93,20 @@ def served_by(config: EndpointConfig) -> ServedConfig:
     """What the Monitor needs to know of the configuration a delta was recorded under."""
     return ServedConfig(config.incarnation, config.generation,
                         tuple(v.version for v in config.versions))
+
+
+async def _kept_running(name: str, loop_forever: Callable[[], Awaitable[None]]) -> None:
+    """``loop_forever``, started again after any error it did not foresee: a replica whose
+    shipper died would keep its statistics (and their memory) for ever, and one whose route
+    follower died would miss every route change posted on the board (a rollback's too)."""
+    while True:
+        try:
+            await loop_forever()
+            return
+        except Exception:
+            log.error("%s stopped on an unexpected error; starting it again:\n%s", name,
+                      traceback.format_exc())
+            await asyncio.sleep(LOOP_RESTART_S)
 
 
 class _CoreAdapter:
@@ -146,7 +162,14 @@ class _CoreAdapter:
 
     async def _send_feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         config = self.core.config if self.core else None
-        monitor = get_monitor(config.monitor_actor, config.monitor_namespace) if config else None
+        try:
+            # A GCS lookup blocks: off the event loop every inference shares.
+            monitor = (await asyncio.to_thread(get_monitor, config.monitor_actor,
+                                               config.monitor_namespace) if config else None)
+        except Exception as error:  # the GCS restarting: the label source may retry
+            raise ModelNotReadyError(
+                f"the Monitor could not be looked up ({type(error).__name__}); send the same "
+                "batch again in a few seconds") from None
         if monitor is None:
             raise ModelNotReadyError("the Monitor is not running, so feedback cannot be joined; "
                                      "retry once `modelplane up` has started it")
@@ -159,10 +182,13 @@ class _CoreAdapter:
                 "again in a few seconds (safe: a prediction joins one label at most)") from None
 
     def _ensure_shipping(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._shipper is None or self._shipper.done():
-            self._shipper = asyncio.get_running_loop().create_task(self._ship_forever())
+            self._shipper = loop.create_task(_kept_running("the statistics shipper",
+                                                           self._ship_forever))
         if self._follower is None or self._follower.done():
-            self._follower = asyncio.get_running_loop().create_task(self._follow_routes())
+            self._follower = loop.create_task(_kept_running("the route follower",
+                                                            self._follow_routes))
 
     def _with_posted(self, config: EndpointConfig) -> EndpointConfig:
         """``config`` with the route board's routes where those are newer and name only

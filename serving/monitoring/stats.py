@@ -291,6 +291,8 @@ def compare_outputs(task: str, primary: dict[str, np.ndarray],
     one value, it is the label itself (whole numbers) or the positive class's probability,
     which agree on the same side of one half. Answers of another shape agree on no row."""
     name = next(iter(primary))
+    if not (_numeric(primary[name]) and _numeric(shadow.get(name))):
+        return _compare_labels(task, np.asarray(primary[name]), np.asarray(shadow.get(name)))
     a = np.asarray(primary[name], dtype=np.float64)
     b = np.asarray(shadow.get(name), dtype=np.float64)
     rows = a.shape[0] if a.ndim else 1
@@ -309,3 +311,26 @@ def compare_outputs(task: str, primary: dict[str, np.ndarray],
     theirs = [predicted_class(float(v)) for v in b.ravel()]
     agreeing = sum(1 for x, y in zip(mine, theirs, strict=True) if x is not None and x == y)
     return (agreeing, len(mine)), diff
+
+
+def _numeric(array: object) -> bool:
+    return getattr(getattr(array, "dtype", None), "kind", "") in ("b", "i", "u", "f")
+
+
+def _compare_labels(task: str, a: np.ndarray, b: np.ndarray,
+                    ) -> tuple[tuple[int, int] | None, float]:
+    """Answers that are not numbers (a classifier's string labels, BYTES outputs) agree
+    where they are equal; their difference is the share of values that are not."""
+    rows = a.shape[0] if a.ndim else 1
+    if a.shape != b.shape:
+        return ((0, rows) if task == "classification" else None), float("inf")
+    if a.size == 0:
+        return ((0, 0) if task == "classification" else None), 0.0
+    same = np.asarray(a == b, dtype=bool)
+    if same.shape != a.shape:  # values NumPy cannot compare one by one (str against int)
+        same = np.zeros(a.shape, dtype=bool)
+    same = same.reshape(rows, -1)
+    diff = float(1.0 - same.mean())
+    if task != "classification":
+        return None, diff
+    return (int(same.all(axis=1).sum()), rows), diff

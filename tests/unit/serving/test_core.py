@@ -30,6 +30,9 @@ class FakeBackend:
         self.config = version_config(version)
         self.answer, self.fail, self.delay, self.calls = answer, fail, delay, 0
 
+    async def mirror(self, arrays):  # a shadow's call: the same answer
+        return await self.infer(arrays)
+
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
         if self.delay:
@@ -239,3 +242,22 @@ def test_a_benchmark_s_scratch_endpoint_answers_only_its_benchmark() -> None:
     assert asyncio.run(core.handle("GET", "", {}, b"")).status == 200  # metadata stays open
     counts = core.take_stats().to_delta()[1]["codes"]
     assert counts == {200: 1}  # refusals are never the version's answers
+
+
+def test_every_503_says_when_to_ask_again() -> None:
+    """Only a full queue said it; a version that could not load, and a replica still
+    loading, answered 503 without Retry-After, so clients had no cue to back off."""
+    from serving.backends import UnloadableVersion
+    from serving.core import error_result
+    from serving.errors import ModelNotReadyError
+    from serving.schemas import RETRY_AFTER_S
+
+    broken = UnloadableVersion(version_config(2), RuntimeError("missing operator"))
+    core = make_core({1: 100, 2: 0}, backends={1: FakeBackend(1, answer=1), 2: broken})
+    body, headers = triton_body()
+    result = call(core, "/versions/2/infer", body, headers)
+    assert result.status == 503 and "missing operator" in header(result)["error"]
+    assert {k.lower(): v for k, v in result.headers.items()}["retry-after"] == str(RETRY_AFTER_S)
+    loading = error_result(ModelNotReadyError("endpoint is loading"), "")
+    assert loading.status == 503 and loading.headers["retry-after"] == str(RETRY_AFTER_S)
+    assert "retry-after" not in call(core, "/versions/9/infer", body, headers).headers

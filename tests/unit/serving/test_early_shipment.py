@@ -121,3 +121,42 @@ def test_accounting_in_steps_gives_the_loop_back_and_counts_what_one_pass_counts
         assert np.array_equal(mine["inputs"]["hist"], theirs["inputs"]["hist"])
         assert np.array_equal(mine["predictions"]["hist"], theirs["predictions"]["hist"])
         assert [v for _, v in mine["feedback"]] == [v for _, v in theirs["feedback"]]
+
+
+def test_a_shipper_that_meets_an_unforeseen_error_ships_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lookup of the Monitor that raised (not "no such actor": a GCS failing over) ended
+    the shipper for the replica's life; its statistics were never taken again and grew."""
+    monitor = StandInMonitor()
+    lookups: list[int] = []
+
+    def lookup(*key: str) -> StandInMonitor:
+        lookups.append(1)
+        if len(lookups) == 1:
+            raise RuntimeError("the GCS is failing over")
+        return monitor
+
+    monkeypatch.setattr(endpoint, "get_monitor", lookup)
+    monkeypatch.setattr(endpoint, "LOOP_RESTART_S", 0.01)
+    core = make_core(reference_profile())
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
+    rows = [np.zeros((1, 4), np.float32)]
+
+    async def run() -> None:
+        replica = Replica(core)
+        replica._shipper = replica._follower = None
+        monkeypatch.setattr(replica, "_follow_routes", asyncio.Event().wait, raising=False)
+        replica._ensure_shipping()
+        try:
+            for attempt in range(400):
+                await send_many(core, rows * 2, prefix=f"r{attempt}-")
+                if monitor.shipped:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            replica._shipper.cancel()
+            replica._follower.cancel()
+        assert len(lookups) >= 2 and monitor.shipped, "the shipper did not start again"
+
+    asyncio.run(run())

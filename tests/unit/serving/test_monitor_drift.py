@@ -234,6 +234,9 @@ def test_predictions_that_are_all_nan_are_not_judged_free_of_drift() -> None:
         def __init__(self) -> None:
             self.config = config
 
+        async def mirror(self, arrays):  # a shadow's call: the same answer
+            return await self.infer(arrays)
+
         async def infer(self, arrays):
             return {"probabilities": np.full((len(arrays["input"]), 1), np.nan, np.float32)}
 

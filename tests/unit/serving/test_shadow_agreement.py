@@ -140,3 +140,23 @@ def test_agreement_is_per_row_whatever_the_rows_per_request() -> None:
     assert snapshot.shadow.agreement == pytest.approx(63 / 64)
     gates = AnalysisConfig(min_samples=100, min_shadow_agreement=0.9)
     assert analyse(gates, snapshot, None, shadow=True).verdict == Verdict.PASS
+
+
+@pytest.mark.parametrize("primary, shadow, agreed_rows, diff", [
+    (["cat", "dog", "cat"], ["cat", "dog", "cat"], 3, 0.0),
+    (["cat", "dog", "cat"], ["cat", "cat", "cat"], 2, 1 / 3),
+    ([b"cat", b"dog"], [b"dog", b"cat"], 0, 1.0),
+    (["cat", "dog"], [1, 0], 0, 1.0),  # the shadow answers class numbers where labels were
+])
+def test_a_classifier_answering_labels_is_judged_on_them(primary: list, shadow: list,
+                                                         agreed_rows: int, diff: float) -> None:
+    """String labels (sklearn-onnx's output_label) raised as they were read as floats: the
+    shadow's comparison died unseen and a shadow rollout never gathered evidence."""
+    verdict, difference = compare_outputs("classification", {"label": np.asarray(primary)},
+                                          {"label": np.asarray(shadow)})
+    assert verdict == (agreed_rows, len(primary))
+    assert difference == pytest.approx(diff)
+    assert compare_outputs("regression", {"label": np.asarray(primary)},
+                           {"label": np.asarray(shadow)})[0] is None
+    assert compare_outputs("classification", {"label": np.asarray(primary)},
+                           {"label": np.asarray(primary[:1])}) == ((0, len(primary)), math.inf)
