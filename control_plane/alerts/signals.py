@@ -108,7 +108,7 @@ SIGNALS: dict[str, Signal] = {
     "requests": Signal("requests answered in the window", _count(lambda s: s.traffic.requests)),
     "throughput_rps": Signal("requests per second", _figure(lambda s: s.traffic.throughput_rps)),
     "error_rate": Signal("share of requests answered 5xx",
-                         _figure(lambda s: s.traffic.error_rate if s.traffic.requests else None)),
+                         _figure(lambda s: s.traffic.error_rate if s.traffic.answered else None)),
     "p50_ms": Signal("median latency, ms", _figure(lambda s: s.latency.all_requests.p50_ms)),
     "p95_ms": Signal("95th percentile latency, ms",
                      _figure(lambda s: s.latency.all_requests.p95_ms)),

@@ -234,7 +234,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                            reason=f"{samples} randomly routed requests answered in the window, "
                                   f"need {config.min_samples} (not counted: {apart})")
     assert candidate is not None
-    stable_samples, stable_error_rate = sample_of(config, stable)
+    stable_samples, _ = sample_of(config, stable)
     checks: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}  # check name → why it failed
     accuracy = candidate.accuracy
@@ -285,9 +285,11 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             check("not_finite_rate", share, config.max_not_finite_rate_increase,
                   bound=proportion_lower_bound(share, answered), evidence=f"{answered} answers")
     if stable and stable_samples >= config.min_samples:
-        if config.max_error_rate_increase is not None:
-            check("error_rate_increase", error_rate - stable_error_rate,
-                  config.max_error_rate_increase)
+        increase = (share_increase(config, candidate, stable, sample_counts)
+                    if config.max_error_rate_increase is not None else None)
+        if increase is not None:  # on evidence, as the error rate: two 5xx are not a verdict
+            check("error_rate_increase", increase[0], config.max_error_rate_increase,
+                  bound=increase[1], evidence=increase[2])
         stable_latency = latency_of(config, stable)
         if stable_latency.p95_ms > 0 and not math.isnan(stable_latency.p95_ms):
             # Evidence of a slower candidate: its p95's lower bound over stable's upper one.
@@ -395,6 +397,10 @@ def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
     if unjudged is not None:
         return CheckResult(Verdict.INCONCLUSIVE, checks, unjudged)
+    if not compared:  # not one answer to judge: passing it would promote a shadow unseen
+        return CheckResult(Verdict.INCONCLUSIVE, checks, (
+            f"none of {mirrored} mirrored requests was answered (failed {shadow.errors}, "
+            f"dropped {shadow.dropped})"))
     return CheckResult(Verdict.PASS, checks, "shadow checks passed")
 
 

@@ -114,8 +114,12 @@ class AnomalyTracker:
 
 
 def slot_traffic(counts: dict[str, float]) -> tuple[int, int, float, float]:
-    """(requests, server errors, latency sum in seconds, latencies) of counters."""
+    """(requests answered, server errors, latency sum in seconds, latencies) of counters.
+
+    A request refused with a 4xx was never the model's to fail: counted, a flood of
+    malformed requests would dilute a real failure rate, and its end read as an anomaly."""
     codes = counters.codes(counts)
-    return (sum(codes.values()), sum(n for status, n in codes.items() if status >= 500),
+    return (sum(n for status, n in codes.items() if not 400 <= status < 500),
+            sum(n for status, n in codes.items() if status >= 500),
             float(counts.get(counters.LATENCY_SUM, 0.0)),
             float(counts.get(counters.LATENCY_COUNT, 0.0)))

@@ -564,11 +564,13 @@ def _traffic(counts: Counter[str], span_s: float, rate: float | None = None) -> 
     codes = counters.codes(counts)
     requests = sum(codes.values())
     server_errors = sum(n for c, n in codes.items() if c >= 500)
+    client_errors = sum(n for c, n in codes.items() if 400 <= c < 500)
+    answered = requests - client_errors  # refused requests were never the model's to fail
     return Traffic(
         requests=requests,
         server_errors=server_errors,
-        client_errors=sum(n for c, n in codes.items() if 400 <= c < 500),
-        error_rate=server_errors / requests if requests else 0.0,
+        client_errors=client_errors,
+        error_rate=server_errors / answered if answered else 0.0,
         throughput_rps=requests / span_s if rate is None else rate,
         codes=codes,
         errors=_ints(counters.ERROR.read(counts)),

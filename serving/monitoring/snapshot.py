@@ -61,7 +61,7 @@ class Traffic:
     requests: int = 0
     server_errors: int = 0
     client_errors: int = 0
-    error_rate: float = 0.0  # server errors over every request
+    error_rate: float = 0.0  # server errors over the requests answered (not refused, 4xx)
     throughput_rps: float = 0.0
     codes: Mapping[int, int] = field(default_factory=dict)  # requests by HTTP status
     errors: Mapping[str, int] = field(default_factory=dict)  # by modelplane error code
@@ -77,6 +77,11 @@ class Traffic:
     def whole_window(self) -> bool:
         """Whether the Monitor has seen the version for the whole window."""
         return self.observed_s >= self.window_s
+
+    @property
+    def answered(self) -> int:
+        """Requests the version answered (those not refused with a 4xx)."""
+        return self.requests - self.client_errors
 
     @property
     def rejected_requests(self) -> int:

@@ -94,6 +94,27 @@ def test_shadow_gate_uses_mirrored_comparisons() -> None:
     assert result.verdict == Verdict.FAIL and "shadow_agreement" in result.reason
 
 
+def test_an_error_rate_increase_fails_on_evidence_not_on_two_stray_errors() -> None:
+    """It was judged on the point estimate alone: 2 errors in 100 against none in 900
+    failed a 1% limit, and, held in the window for several analyses, rolled back."""
+    config = AnalysisConfig(min_samples=100, max_error_rate_increase=0.01)
+    thin = analyse(config, stats(requests=100, error_rate=0.02), stats(requests=900))
+    assert thin.verdict == Verdict.PASS
+    assert thin.checks["error_rate_increase"]["value"] == pytest.approx(0.02)
+    assert thin.checks["error_rate_increase"]["bound"] < 0.01
+    clear = analyse(config, stats(requests=2000, error_rate=0.05), stats(requests=2000))
+    assert clear.verdict == Verdict.FAIL and "error_rate_increase 0.05 > 0.01" in clear.reason
+
+
+def test_a_shadow_that_answered_nothing_is_not_passed() -> None:
+    """With no error limit set, a shadow failing every mirrored call compared none and
+    read "shadow checks passed"."""
+    config = AnalysisConfig(min_samples=50, min_shadow_agreement=0.9, max_error_rate=None)
+    failing = stats(shadow=ShadowComparison(compared=0, errors=100))
+    result = analyse(config, failing, None, shadow=True)
+    assert result.verdict == Verdict.INCONCLUSIVE and "none of 100 mirrored" in result.reason
+
+
 def test_rollback_needs_consecutive_failures() -> None:
     config = AnalysisConfig(failures_to_rollback=2)
     streak = FailureStreak(config.failures_to_rollback)

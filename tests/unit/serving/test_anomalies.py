@@ -94,3 +94,26 @@ def test_a_sustained_tripling_over_half_a_window_is_an_anomaly_whatever_the_wind
     judged = state.snapshot("e", window_s)[1].anomalies.latency_ms
     assert judged.anomalous, judged
     assert judged.baseline == pytest.approx(10, rel=0.05)
+
+
+def test_refused_requests_neither_dilute_the_error_rate_nor_make_its_anomaly() -> None:
+    """Error rates are of the requests answered: counted over every request, a flood of
+    malformed ones (refused, 4xx) hid a model failing one answer in ten, and when the
+    flood stopped the unchanged failure rate read as a new anomaly."""
+    clock = Clock()
+    state = MonitorState(clock=clock)
+    for _ in range(60):
+        answered = delta([0.01] * 10, errors=1)
+        answered[1]["codes"][400] = 90  # the flood: refused before the model ran
+        state.record("e", "r", answered)
+        clock.now += 1
+    flooded = state.snapshot("e", 30)[1]
+    assert flooded.traffic.requests == 10 * flooded.traffic.answered > 0
+    assert flooded.traffic.error_rate == pytest.approx(0.1)
+    for _ in range(10):
+        state.record("e", "r", delta([0.01] * 10, errors=1))
+        clock.now += 1
+    after = state.snapshot("e", 5)[1]
+    assert after.traffic.error_rate == pytest.approx(0.1)
+    assert after.anomalies.error_rate.value == pytest.approx(0.1)
+    assert not after.anomalies.error_rate.anomalous
