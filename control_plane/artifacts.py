@@ -68,9 +68,12 @@ class ArtifactStore:
         protocol = self.uri.split("://", 1)[0] if "://" in self.uri else "file"
         self.is_local = protocol in {"file", "local"}
         # A store of its own, not fsspec's cached instance: credentials and endpoint are
-        # read when it is made (AWS_* variables), and must be this store's.
-        self.fs: Any = fsspec.filesystem(protocol, **({} if self.is_local else
-                                                      {"skip_instance_cache": True}))
+        # read when it is made (AWS_* variables), and must be this store's. No listings
+        # cache: other processes (a second control plane, `db check --gc`) write and delete
+        # here, and a listing kept would answer "exists" for bytes gone and "missing" for
+        # bytes uploaded since.
+        self.fs: Any = fsspec.filesystem(protocol, **({} if self.is_local else {
+            "skip_instance_cache": True, "use_listings_cache": False}))
         self.root = self.uri.split("://", 1)[1] if "://" in self.uri else self.uri
         if self.is_local:
             self.root = str(Path(self.root).absolute())

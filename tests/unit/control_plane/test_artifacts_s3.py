@@ -75,3 +75,21 @@ def test_parts_left_by_a_dead_writer_are_removed_once_stale(
     monkeypatch.setattr(artifacts_module, "STALE_PART_S", -1)
     assert store.remove_partial_writes() == 1
     assert s3.keys(prefix_of(store)) == []
+
+
+def test_what_another_process_writes_or_deletes_is_seen_after_a_listing(
+        store: ArtifactStore, s3: S3Server) -> None:
+    """s3fs kept every listing for ever: after an integrity check had listed the store, an
+    upload through another control plane read as missing ("upload it first") and an
+    artifact a garbage collection in another process deleted read as present, so a
+    registration could be committed naming bytes that were gone."""
+    kept = store.put([b"kept" * 1000])
+    deleted = store.put([b"deleted" * 1000])
+    store.fs.find(f"{store.root}/sha256")  # what an integrity check does first
+    other = ArtifactStore(store.uri, max_bytes=store.max_bytes)
+    uploaded = other.put([b"uploaded elsewhere" * 1000])
+    s3.client().delete_object(Bucket=s3.bucket, Key=f"{prefix_of(store)}/sha256/"
+                              f"{deleted.digest[:2]}/{deleted.digest}")
+    assert store.exists(kept.digest) and store.info(kept.digest).size == kept.size
+    assert store.exists(uploaded.digest) and store.info(uploaded.digest).size == uploaded.size
+    assert not store.exists(deleted.digest)

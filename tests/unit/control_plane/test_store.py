@@ -42,6 +42,8 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
         assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        # FULL (2): a commit is on disk before it is acknowledged, power cut or not.
+        assert session.execute(text("PRAGMA synchronous")).scalar() == 2
     database.dispose()
 
 
