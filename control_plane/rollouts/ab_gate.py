@@ -200,12 +200,9 @@ def _proportions(n_c: int, x_c: int, n_s: int, x_s: int, minimum: int, unit: str
 
 def _latency(config: AnalysisConfig, window: ABWindow, min_effect: float, alpha: float,
              power: float, split: float, now: datetime) -> ABMetricOut:
-    every = config.include_sticky or config.include_pinned  # as the latency gates choose
-
     def bins(stats: VersionSnapshot | None) -> LatencyBins:
-        if stats is None:
-            return LatencyBins()
-        return stats.latency.all_bins if every else stats.latency.sample_bins
+        # The sample's, cut by the Monitor as the rollout's ways of routing say.
+        return stats.latency.sample_bins if stats is not None else LatencyBins()
 
     candidate, stable = aligned(bins(window.candidate), bins(window.stable))
     n_c, n_s = int(candidate.sum()), int(stable.sum())

@@ -199,10 +199,10 @@ def load_imbalance(config: AnalysisConfig, candidate: VersionSnapshot,
 
 
 def latency_of(config: AnalysisConfig, stats: VersionSnapshot) -> Quantiles:
-    """The latency the gates judge: the randomly routed requests' (``latency.sample``), or
-    every request's where the rollout also counts sticky or pinned ones."""
-    every = config.include_sticky or config.include_pinned
-    return stats.latency.all_requests if every else stats.latency.sample
+    """The latency the gates judge: the sample's (``latency.sample``), which the Monitor
+    cut as the rollout's ways of routing say (``sample_routings``): the randomly routed
+    requests', and the sticky or pinned ones' only where the rollout counts them."""
+    return stats.latency.sample
 
 
 @dataclass(frozen=True)

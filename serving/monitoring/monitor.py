@@ -141,9 +141,9 @@ class VersionSeries:
     counters: CounterWindow
     totals: Counter[str] = field(default_factory=Counter)
     latency_total: Any = None
-    # Pinned and sticky requests' latencies, kept apart from the randomly routed ones in
-    # ``latency`` (the analysis sample); made on the first such request, as few get any.
-    latency_apart: Any = None
+    # Pinned and sticky requests' latencies by way of routing, kept apart from the randomly
+    # routed ones in ``latency``; each made on its first request, as few get any.
+    latency_apart: dict[str, Any] = field(default_factory=dict)
     first_seen: float = 0.0
     anomalies: AnomalyTracker | None = None
     # Monitoring: what the replicas said about the version, its reference profiles (inputs,
@@ -230,14 +230,17 @@ class MonitorState:
             series = self._series(endpoint, int(version))
             counts: dict[str, float] = {counters.CODE.key(c): n for c, n in data.get("codes", {}).items()}
             latency_n, latency_sum = 0, 0.0
-            for key in ("latency", "latency_apart"):
-                if not data.get(key):
+            apart, apart_sums = data.get("latency_apart") or {}, data.get("latency_apart_sum") or {}
+            for routed, sketch_bytes, part_sum in (
+                    (ROUTED_RANDOMLY, data.get("latency"), data.get("latency_sum", 0.0)),
+                    *((r, apart[r], apart_sums.get(r, 0.0)) for r in apart if r in ROUTINGS)):
+                if not sketch_bytes:
                     continue
-                sketch = Sketch.from_bytes(data[key])
-                self._latency_window(series, apart=key == "latency_apart").merge(sketch)
+                sketch = Sketch.from_bytes(sketch_bytes)
+                self._latency_window(series, routed).merge(sketch)
                 series.latency_total.merge(sketch)
                 latency_n += sketch.count
-                latency_sum += data.get(f"{key}_sum", 0.0)
+                latency_sum += part_sum
             if latency_n:
                 counts[counters.LATENCY_SUM], counts[counters.LATENCY_COUNT] = latency_sum, latency_n
             counts.update({counters.ERROR.key(c): n for c, n in data.get("errors", {}).items()})
@@ -265,15 +268,17 @@ class MonitorState:
             series.totals.update(counts)
         return {"missing_profiles": sorted(missing_profiles)}
 
-    def _latency_window(self, series: VersionSeries, *, apart: bool) -> Any:
-        if not apart:
+    def _latency_window(self, series: VersionSeries, routed: str) -> Any:
+        if routed == ROUTED_RANDOMLY:
             return series.latency
-        if series.latency_apart is None:
+        window = series.latency_apart.get(routed)
+        if window is None:
             from kernels import SketchWindow
 
-            series.latency_apart = SketchWindow(SLOTS, SLOT_SECONDS, clock=self._clock,
-                                                min_value=LATENCY_MIN_S, max_value=LATENCY_MAX_S)
-        return series.latency_apart
+            window = series.latency_apart[routed] = SketchWindow(
+                SLOTS, SLOT_SECONDS, clock=self._clock, min_value=LATENCY_MIN_S,
+                max_value=LATENCY_MAX_S)
+        return window
 
     def _install_profile(self, document: dict[str, Any] | None, key: str) -> None:
         if document is None or not key or key in self.profiles:
@@ -370,8 +375,8 @@ class MonitorState:
                 continue
             counts = series.counters.total_steps(window_s, step_s)
             sketches = series.latency.sketch_steps(window_s, step_s)
-            if series.latency_apart is not None:
-                for sketch, apart in zip(sketches, series.latency_apart.sketch_steps(window_s, step_s),
+            for apart_window in series.latency_apart.values():
+                for sketch, apart in zip(sketches, apart_window.sketch_steps(window_s, step_s),
                                          strict=True):
                     sketch.merge(apart)
             points = []
@@ -399,10 +404,16 @@ class MonitorState:
     def _version_snapshot(self, endpoint: str, version: int, series: VersionSeries,
                           window_s: float, sample: tuple[str, ...] | None) -> VersionSnapshot:
         counts = series.counters.total(window_s)
-        sketch = series.latency.sketch(window_s)  # the randomly routed requests
+        # The sample's: the randomly routed requests', and those of the ways of routing
+        # ``sample`` counts too; then every request's.
+        sketch = series.latency.sketch(window_s)
+        apart = {routed: window.sketch(window_s) for routed, window in series.latency_apart.items()}
+        for routed in sample or ():
+            if routed in apart:
+                sketch.merge(apart.pop(routed))
         sample_latency, sample_bins = _quantiles_ms(sketch), _bins(sketch)
-        if series.latency_apart is not None:
-            sketch.merge(series.latency_apart.sketch(window_s))
+        for other in apart.values():
+            sketch.merge(other)
         span = min(window_s, max(self._clock() - series.first_seen, SLOT_SECONDS))
         problem = series.meta.get("problem") or ""
         if version == ENDPOINT_LEVEL:

@@ -123,7 +123,8 @@ class LatencyBins:
 @dataclass(frozen=True)
 class Latency:
     """Every request's latency, and the analysis sample's (the randomly routed requests
-    the version answered, not those it refused), as quantiles and as the sketch's bins."""
+    the version answered, not those it refused, with the sticky or pinned ones where the
+    snapshot was asked to count them), as quantiles and as the sketch's bins."""
 
     all_requests: Quantiles = field(default_factory=Quantiles)
     sample: Quantiles = field(default_factory=Quantiles)

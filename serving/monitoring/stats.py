@@ -99,7 +99,9 @@ class VersionStats:
     """One version's counts and latency values since the last flush."""
 
     latencies: list[float] = field(default_factory=list)  # randomly routed, answered
-    latencies_apart: list[float] = field(default_factory=list)  # pinned, sticky, refused
+    # Per way of routing (pinned, sticky), answered: a rollout counting sticky requests
+    # must not judge the pinned ones, which anyone may send to the version they choose.
+    latencies_apart: dict[str, list[float]] = field(default_factory=dict)
     codes: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)  # refused requests, by reason
@@ -155,7 +157,10 @@ class StatsRecorder:
             # Latency is the model's: a refusal (4xx) never ran it, and its few microseconds
             # would pull a candidate that refuses much below stable's p95, and a flood of bad
             # requests would hide a slow model from a p95 alert.
-            (stats.latencies if routed == ROUTED_RANDOMLY else stats.latencies_apart).append(latency_s)
+            if routed == ROUTED_RANDOMLY:
+                stats.latencies.append(latency_s)
+            else:
+                stats.latencies_apart.setdefault(routed, []).append(latency_s)
 
     def record_rejection(self, version: int, reason: str) -> None:
         """A request refused before the model ran (schema violation, malformed body …)."""
@@ -256,10 +261,12 @@ class StatsRecorder:
             delta[version] = {
                 "latency": _sketch_bytes(stats.latencies),
                 "latency_sum": float(sum(stats.latencies)),
-                # Apart: callers chose the version, or it refused the request (the model
-                # never ran), so rollouts do not judge these.
-                "latency_apart": _sketch_bytes(stats.latencies_apart),
-                "latency_apart_sum": float(sum(stats.latencies_apart)),
+                # Apart, by way of routing: callers chose the version, so a rollout judges
+                # these only where it opts in to that way.
+                "latency_apart": {routed: _sketch_bytes(values)
+                                  for routed, values in stats.latencies_apart.items()},
+                "latency_apart_sum": {routed: float(sum(values))
+                                      for routed, values in stats.latencies_apart.items()},
                 "codes": dict(stats.codes),
                 "errors": dict(stats.errors),
                 "rejected": dict(stats.rejected),

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from control_plane.rollouts import AnalysisConfig, Verdict, analyse
+from control_plane.rollouts.analysis import sample_routings
 from serving.monitoring import VersionSnapshot, drift_window
 from serving.monitoring.feedback import MAX_LABELS_PER_REQUEST
 from serving.monitoring.monitor import MonitorState
 from serving.monitoring.observations import attach_profiles
-from serving.monitoring.routing import ROUTED_PINNED
+from serving.monitoring.routing import ROUTED_PINNED, ROUTED_STICKY
 from serving.monitoring.snapshot import RoutedRequests
 from serving.monitoring.stats import StatsRecorder
 from tests.unit.serving.monitoring_helpers import infer_body, make_core, predict, reference_profile
@@ -92,8 +93,35 @@ def test_slow_pinned_requests_do_not_move_the_latency_gates() -> None:
     assert abs(sample.p95_ms - 10) < 0.5
     gates = AnalysisConfig(min_samples=100, max_p95_ms=100)
     assert analyse(gates, stats, None).verdict == Verdict.PASS
-    opted = analyse(AnalysisConfig(min_samples=100, max_p95_ms=100, include_pinned=True), stats, None)
-    assert opted.verdict == Verdict.FAIL and "p95_ms" in opted.reason
+    pinned_too = AnalysisConfig(min_samples=100, max_p95_ms=100, include_pinned=True)
+    opted = state.snapshot("churn", 60, sample_routings(pinned_too))[1]
+    assert analyse(pinned_too, opted, None).verdict == Verdict.FAIL
+    assert "p95_ms" in analyse(pinned_too, opted, None).reason
+
+
+def test_a_rollout_counting_sticky_requests_judges_no_pinned_ones() -> None:
+    """Pinned and sticky latencies travelled in one sketch, so a rollout opting in to
+    sticky users (an A/B test per user) judged the pinned requests too, which anyone may
+    send to the version they choose, as slow as they like."""
+    recorder = StatsRecorder()
+    for _ in range(200):
+        recorder.record(1, 200, 0.010)
+        recorder.record(1, 200, 0.012, routed=ROUTED_STICKY)
+        recorder.record(1, 200, 0.900, routed=ROUTED_PINNED)
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", recorder.to_delta())
+    sticky = AnalysisConfig(min_samples=100, max_p95_ms=100, include_sticky=True)
+    stats = state.snapshot("churn", 60, sample_routings(sticky))[1]
+    assert stats.latency.sample.count == 400 and stats.latency.all_requests.count == 600
+    assert stats.latency.sample.p95_ms < 20 and sum(stats.latency.sample_bins.counts) == 400
+    assert analyse(sticky, stats, None).verdict == Verdict.PASS
+    slow_sticky = StatsRecorder()
+    for _ in range(200):
+        slow_sticky.record(1, 200, 0.010)
+        slow_sticky.record(1, 200, 0.900, routed=ROUTED_STICKY)
+    state.record("churn", "replica-2", slow_sticky.to_delta())
+    stats = state.snapshot("churn", 60, sample_routings(sticky))[1]
+    assert analyse(sticky, stats, None).verdict == Verdict.FAIL
 
 
 def _latency_snapshot(latencies_s: list[float]) -> VersionSnapshot:
