@@ -66,6 +66,13 @@ def _run_together(run: Callable[[Arrays], Arrays], items: list[Arrays]) -> list[
     rows = [next(iter(item.values())).shape[0] for item in items]
     merged = {name: np.concatenate([item[name] for item in items]) for name in items[0]}
     outputs = run(merged)
+    total = sum(rows)
+    for name, value in outputs.items():
+        if not value.ndim or value.shape[0] != total:
+            # Not one row out per row in (a graph that reduces over the batch, declared
+            # dynamic on axis 0): split, one caller would get rows of another's.
+            raise ValueError(f"output {name!r} has {value.shape[0] if value.ndim else 'no'} "
+                             f"rows for {total} merged input rows")
     bounds = np.cumsum(rows)[:-1]
     split = {name: np.split(value, bounds) for name, value in outputs.items()}
     return [{name: parts[i] for name, parts in split.items()} for i in range(len(items))]

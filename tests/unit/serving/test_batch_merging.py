@@ -63,6 +63,23 @@ def test_a_request_the_model_cannot_take_fails_alone() -> None:
     np.testing.assert_array_equal(answered[2]["rows"], [[0, 1]])
 
 
+def test_a_graph_answering_other_than_a_row_per_row_is_run_per_request() -> None:
+    """A graph that sums over its batch, declared dynamic on axis 0, answers one row for
+    any number in: split by the callers' rows, the first caller got a sum of both callers'
+    data and the second an empty answer, both with a 200."""
+    run = session(helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axis"], ["total"], keepdims=1)],
+        "total",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor("axis", TensorProto.INT64, [1], [0])]))
+    first = {"x": np.ones((2, 4), np.float32)}
+    second = {"x": np.full((3, 4), 10, np.float32)}
+    answered = run_merged(run, [first, second])
+    np.testing.assert_array_equal(answered[0]["total"], [[2, 2, 2, 2]])
+    np.testing.assert_array_equal(answered[1]["total"], [[30, 30, 30, 30]])
+
+
 def test_requests_alike_are_still_merged_into_one_run() -> None:
     calls: list[int] = []
     add = add_model()
