@@ -360,8 +360,16 @@ class Client:
     def delete_version(self, name: str, version: int) -> None:
         self._request("DELETE", f"/models/{name}/versions/{version}")
 
-    def set_alias(self, name: str, alias: str, version: int) -> VersionOut:
-        return self._send("PUT", f"/models/{name}/aliases/{alias}", AliasSet(version=version), VersionOut)
+    def set_alias(self, name: str, alias: str, version: int, *,
+                  idempotency_key: str | None = None) -> VersionOut:
+        """Point ``alias`` at ``version``. A caller that tries again after this raised
+        passes one ``idempotency_key`` to every try: a move that landed, its answer lost,
+        is then answered again rather than made again over a move made since."""
+        headers = {KEY_HEADER: idempotency_key} if idempotency_key is not None else {}
+        answer = self._request("PUT", f"/models/{name}/aliases/{alias}",
+                               json=AliasSet(version=version).model_dump(mode="json"),
+                               headers=headers)
+        return read_reply(VersionOut, answer.json())
 
     def delete_alias(self, name: str, alias: str) -> None:
         self._request("DELETE", f"/models/{name}/aliases/{alias}")

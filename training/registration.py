@@ -139,5 +139,8 @@ def register(client: Any, spec: JobSpec, artifact: bytes, manifest: ModelManifes
         give_up_after_s=REGISTER_TIMEOUT_S + PATIENCE_S)
     if registration.alias:  # registered: the alias must follow, whatever the weather
         number, alias = version.version, registration.alias
-        version = patiently(lambda: client.set_alias(spec.model_name, alias, number))
+        # One key for its tries too: a move that landed unanswered, tried again after
+        # another job moved the alias on, would move it back to this older version.
+        version = patiently(lambda: client.set_alias(spec.model_name, alias, number,
+                                                     idempotency_key=f"{key}-alias"))
     return version

@@ -86,3 +86,18 @@ def test_endpoint_and_rollout_changes_are_answered_as_made_while_serve_is_unreac
     plane.serve.back = True  # and the reconciler's pass applies what was stored
     cp.apply()
     assert plane.serve.applied == [None]
+
+
+def test_an_alias_move_asked_again_with_its_key_is_not_made_again(plane: SimpleNamespace) -> None:
+    """A training job's move whose answer was lost, tried again after another job moved
+    the alias on: with one key for its tries it is answered again, not made again."""
+    first = plane.client.put("/models/iris/aliases/staging", json={"version": 1},
+                             headers={"idempotency-key": "job-one-alias"})
+    assert first.status_code == 200, first.text
+    moved_on = plane.client.put("/models/iris/aliases/staging", json={"version": 2})
+    assert moved_on.status_code == 200, moved_on.text
+    again = plane.client.put("/models/iris/aliases/staging", json={"version": 1},
+                             headers={"idempotency-key": "job-one-alias"})
+    assert again.status_code == 200 and again.json()["version"] == 1
+    aliases = plane.client.get("/models/iris").json()["aliases"]
+    assert aliases["staging"] == 2, aliases

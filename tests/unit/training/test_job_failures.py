@@ -123,13 +123,16 @@ def test_a_registered_versions_alias_is_pointed_once_the_control_plane_answers_a
                              ControlPlaneError("no healthy replica", detail={"status": 503})]
             self.registered: list[str] = []
             self.aliased: list[tuple[str, int]] = []
+            self.alias_keys: list[str] = []
 
         def register_version(self, model: str, artifact: bytes, manifest: object, *,
                              description: str, idempotency_key: str) -> object:
             self.registered.append(model)
             return SimpleNamespace(model=model, version=7)
 
-        def set_alias(self, model: str, alias: str, version: int) -> object:
+        def set_alias(self, model: str, alias: str, version: int, *,
+                      idempotency_key: str) -> object:
+            self.alias_keys.append(idempotency_key)
             if self.failures:
                 raise self.failures.pop(0)
             self.aliased.append((alias, version))
@@ -142,6 +145,9 @@ def test_a_registered_versions_alias_is_pointed_once_the_control_plane_answers_a
     version = register(client, spec, b"onnx", manifest=object())  # type: ignore[arg-type]
     assert version.version == 7 and client.registered == ["bc"]  # registered once
     assert client.aliased == [("challenger", 7)]
+    # Every try with one key: a move that landed unanswered is answered again, never made
+    # again over another job's move made since.
+    assert len(client.alias_keys) == 3 and len(set(client.alias_keys)) == 1
 
 
 def test_a_control_plane_that_takes_calls_and_never_answers_holds_a_job_a_bounded_time() -> None:
