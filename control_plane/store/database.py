@@ -81,6 +81,7 @@ class Database:
         """One transaction: committed if the block succeeds, rolled back if it raises."""
         factory = self._reader if readonly else self._writer
         session = factory()
+        committing = False
         try:
             fence = None if readonly else _write_fence.get()
             if fence is not None:
@@ -89,15 +90,22 @@ class Database:
             # A read-only session is simply closed: a rollback would expire the rows
             # the caller is about to read, close() detaches them with their values.
             if not readonly:
+                committing = True
                 session.commit()
         except DBAPIError as error:
             _rollback_quietly(session)
             if store_unreachable(error):
+                # Lost while the commit was on its way, the change may be in the store:
+                # "nothing was written" would have a careful caller make it twice.
+                outcome = ("the change may or may not have been written: look before making "
+                           "it again" if committing else "nothing was written, retry when "
+                           "it is back")
                 raise StoreUnavailableError(
                     f"the store ({self.engine.url.render_as_string(hide_password=True)}) cannot "
                     f"be reached: {str(error.orig).strip().splitlines()[0] if error.orig else error}"
-                    "; nothing was written, retry when it is back",
-                    detail={"store": self.engine.url.get_backend_name()},
+                    f"; {outcome}",
+                    detail={"store": self.engine.url.get_backend_name(),
+                            "written": "unknown" if committing else "no"},
                 ) from None
             raise
         except BaseException:

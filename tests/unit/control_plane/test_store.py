@@ -181,3 +181,32 @@ def test_a_write_lost_on_a_unique_key_is_told_from_a_refused_one(db: Database) -
     with pytest.raises(DBAPIError) as refused, db.session() as session:
         session.add(ModelRow(name="other", owner=None, tags={}, policy={}))
     assert not store_unique_race(refused.value)
+
+
+def test_a_store_lost_during_the_commit_is_not_said_to_have_written_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection lost while COMMIT was on its way may have committed: answered "nothing
+    was written, retry", a careful caller registered the version twice."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    from control_plane.errors import StoreUnavailableError
+
+    database = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    lost = OperationalError("COMMIT", {}, ConnectionError("server closed the connection"),
+                            connection_invalidated=True)
+    with pytest.raises(StoreUnavailableError) as before, database.session() as session:
+        session.execute(text("SELECT 1"))
+        raise lost
+    assert "nothing was written" in str(before.value) and before.value.detail["written"] == "no"
+
+    def commit_lost(self: Session) -> None:
+        raise lost
+
+    monkeypatch.setattr(Session, "commit", commit_lost)
+    with pytest.raises(StoreUnavailableError) as during, database.session() as session:
+        session.execute(text("SELECT 1"))
+    assert "may or may not have been written" in str(during.value)
+    assert during.value.detail["written"] == "unknown"
+    monkeypatch.undo()
+    database.dispose()
