@@ -11,6 +11,8 @@ longer existed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,10 +32,20 @@ def claim_artifact(db: Database, session: Session, artifacts: ArtifactStore, dig
                             "(POST /api/artifacts)", detail={"field": field})
 
 
-def remove_if_unnamed(db: Database, artifacts: ArtifactStore, digest: str) -> bool:
-    """Remove ``digest`` unless a version or run artifact names it now; whether removed."""
+def remove_if_unnamed(db: Database, artifacts: ArtifactStore, digest: str, *,
+                      older_than: Callable[[], bool] = lambda: True) -> bool:
+    """Remove ``digest`` unless a version or run artifact names it now, or ``older_than()``
+    (asked under the lock) says it was stored again since the collector looked; whether
+    removed."""
     with db.session() as session:
         db.serialize(session, _key(digest))
+        try:
+            # The same bytes uploaded again (a retrain with the same result) refresh the
+            # file's time; its registration follows, and must find it.
+            if not older_than():
+                return False
+        except FileNotFoundError:
+            return False
         named = session.scalar(select(ModelVersionRow.id).where(
             ModelVersionRow.artifact_digest == digest).limit(1)) or session.scalar(
             select(RunArtifactRow.id).where(RunArtifactRow.digest == digest).limit(1))

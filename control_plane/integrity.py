@@ -19,6 +19,7 @@ The check only reads: it is safe on a live platform.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -147,7 +148,8 @@ def collect_garbage(db: Database, artifacts: ArtifactStore, report: IntegrityRep
             continue
         if modified > cutoff:
             continue
-        if remove_if_unnamed(db, artifacts, digest):
+        if remove_if_unnamed(db, artifacts, digest, older_than=functools.partial(
+                _older_than, artifacts, path, cutoff)):
             removed.append(digest)
     return removed
 
@@ -180,6 +182,10 @@ def _stored_digests(artifacts: ArtifactStore) -> Iterator[str]:
         name = str(path).rsplit("/", 1)[-1]
         if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
             yield name
+
+
+def _older_than(artifacts: ArtifactStore, path: str, cutoff: float) -> bool:
+    return _modified_at(artifacts, path) <= cutoff
 
 
 def _modified_at(artifacts: ArtifactStore, path: str) -> float:

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -116,6 +117,32 @@ def test_an_identical_upload_during_a_collection_keeps_the_artifact(registry: Re
     assert registry.artifacts.put([b"the same model, uploaded again"]) == old
     assert collect_garbage(registry.db, registry.artifacts, report, grace_s=3600) == []
     assert registry.artifacts.exists(old.digest)
+
+
+def test_an_identical_upload_just_after_the_collector_looked_keeps_the_artifact(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector read the file's time, then the same bytes were uploaded (answered 201,
+    their registration on its way): the time was not read again under the artifact's
+    lock, so the artifact was removed and the registration told to upload it first."""
+    from control_plane import integrity
+
+    payload = b"the same model, uploaded just after the look"
+    old = registry.artifacts.put([payload])
+    past = time.time() - 7200
+    os.utime(registry.artifacts.path_of(old.digest), (past, past))
+    report = check_integrity(registry.db, registry.artifacts)
+    looked = integrity._modified_at
+    looks: list[float] = []
+
+    def look_then_upload(artifacts: object, path: str) -> float:
+        looks.append(looked(artifacts, path))
+        if len(looks) == 1:
+            assert registry.artifacts.put([payload]) == old  # another client, right then
+        return looks[-1]
+
+    monkeypatch.setattr(integrity, "_modified_at", look_then_upload)
+    assert collect_garbage(registry.db, registry.artifacts, report, grace_s=3600) == []
+    assert registry.artifacts.exists(old.digest) and len(looks) == 2 and looks[1] > past
 
 
 def test_a_version_registered_on_an_old_artifact_after_the_report_keeps_it(
