@@ -48,9 +48,11 @@ def check_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
 
 def unpack(archive_path: Path, digest: str) -> Path:
     """The folder ``archive_path`` unpacks to, beside it, made once: unpacked under a
-    temporary name and renamed, so a half-unpacked folder is never used."""
+    temporary name, on disk (every file synced) and marked with its digest before it is
+    renamed into place. A folder without the mark (cut short by a power loss, or left by a
+    crash mid-rename) is unpacked again, never imported."""
     target = archive_path.parent / f"{digest}.d"
-    if target.is_dir():
+    if _complete(target, digest):
         return target
     temp = archive_path.parent / f".{digest}.{os.getpid()}.unpacking"
     shutil.rmtree(temp, ignore_errors=True)
@@ -58,16 +60,58 @@ def unpack(archive_path: Path, digest: str) -> Path:
         with zipfile.ZipFile(archive_path) as archive:
             check_members(archive)
             archive.extractall(temp)
+        _sync_tree(temp)
+        marker = temp / UNPACKED_MARKER
+        marker.write_text(digest)
+        _sync(marker)
+        if target.exists() and not _complete(target, digest):
+            _set_aside(target)
         try:
             os.replace(temp, target)
         except OSError:
-            if not target.is_dir():  # another process renamed its copy first: use that
+            if not _complete(target, digest):  # another process renamed its copy first: use that
                 raise
+        _sync(archive_path.parent)
     except zipfile.BadZipFile as error:
         raise ArchiveError(f"the artifact is not a zip archive: {error}") from None
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return target
+
+
+UNPACKED_MARKER = ".modelplane-unpacked"  # written last, holding the digest
+
+
+def _complete(folder: Path, digest: str) -> bool:
+    try:
+        return (folder / UNPACKED_MARKER).read_text() == digest
+    except OSError:
+        return False
+
+
+def _set_aside(folder: Path) -> None:
+    """Move an unmarked folder out of the way (another process may be doing the same)."""
+    aside = folder.parent / f".{folder.name}.{os.getpid()}.broken"
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _sync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _sync(Path(folder, name))
+        _sync(Path(folder))
+
+
+def _sync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def package_name(digest: str) -> str:

@@ -268,3 +268,17 @@ def test_a_graph_fed_by_a_preprocess_step_that_refuses_its_input_is_the_versions
     runner = build_runner(config(text_manifest(review_texts(50, 0), 1), digest), path)
     with pytest.raises(InferenceFailedError, match="out of data bounds"):
         runner.run({"review": np.array([b"the ramen was great"], dtype=object)})
+
+
+def test_a_folder_unpacked_only_in_part_is_unpacked_again(tmp_path: Path) -> None:
+    """A power loss just after the rename left the folder with truncated files: it was
+    used as it stood, and every later replica on the node imported the broken code."""
+    path, digest = stored(tmp_path, pack_folder(python_model(tmp_path / "m", 1)))
+    folder = unpack(path, digest)
+    whole = (folder / "model.py").read_text()
+    (folder / "model.py").write_text(whole[: len(whole) // 2])  # what the crash left ...
+    (folder / ".modelplane-unpacked").unlink()  # ... before the mark was on disk
+    assert unpack(path, digest) == folder
+    assert (folder / "model.py").read_text() == whole
+    assert unpack(path, digest) == folder  # marked: used as it is
+    assert not list(path.parent.glob(".*.broken")) and not list(path.parent.glob(".*.unpacking"))
