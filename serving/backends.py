@@ -165,7 +165,11 @@ class RemoteVersion:
         return await self.infer(arrays)
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ray.serve.exceptions import BackPressureError
+        from ray.serve.exceptions import (
+            BackPressureError,
+            DeploymentUnavailableError,
+            ReplicaUnavailableError,
+        )
 
         if self.link is not None:
             answer = await self.link.infer(arrays)
@@ -175,3 +179,12 @@ class RemoteVersion:
             return await self._handle.infer.remote(arrays)  # type: ignore[no-any-return]
         except BackPressureError:  # the version's own max_queued_requests, enforced by Serve
             raise overloaded_error(None) from None
+        except (DeploymentUnavailableError, ReplicaUnavailableError) as error:
+            # No replica of the version could take the call (unhealthy, or gone mid-call):
+            # the caller may try again shortly, so a 503 with Retry-After, not a bare 500.
+            # Still a 5xx: it counts against the version as any failure to answer does.
+            raise ModelNotReadyError(
+                f"{self.config.model}:{self.config.version} has no replica able to answer "
+                f"now ({type(error).__name__}); retry shortly",
+                detail={"version": self.config.version, "reason": "replica_unavailable"},
+            ) from None

@@ -253,3 +253,28 @@ def test_a_full_version_behind_a_handle_is_overloaded_not_failed() -> None:
         asyncio.run(version.infer({}))
     answer = error_result(refused.value, "req-1")
     assert answer.status == 503 and answer.headers["retry-after"] == "1"
+
+
+def test_a_version_with_no_replica_able_to_answer_says_retry_not_failed() -> None:
+    """A replica gone mid-call, or a deployment Serve holds unhealthy, was a 500
+    internal_error: the caller was not told it could try again."""
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    from serving.backends import RemoteVersion
+    from serving.core import error_result
+    from serving.errors import ModelNotReadyError
+    from tests.unit.serving.monitoring_helpers import version_config
+
+    class GoneHandle:
+        class infer:
+            @staticmethod
+            def remote(arrays: Any) -> Any:
+                async def gone() -> Any:
+                    raise ReplicaUnavailableError("replica-7")
+                return gone()
+
+    with pytest.raises(ModelNotReadyError) as unavailable:
+        asyncio.run(RemoteVersion(version_config(), GoneHandle()).infer({}))
+    assert unavailable.value.detail["reason"] == "replica_unavailable"
+    answer = error_result(unavailable.value, "req-2")
+    assert answer.status == 503 and answer.headers["retry-after"] == "1"
