@@ -59,6 +59,11 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch",
              "torch_export": "pytorch_libtorch", "python": "python"}
 _PATH = re.compile(r"^(?:/versions/(?P<version>[^/]+))?(?P<action>/infer|/ready|/feedback)?/?$")
 MAX_SHADOWS_IN_FLIGHT = 256
+# A request its version has not answered in this long is counted then, as a 504 (stalled),
+# in the statistics shipped next: one that never ends would otherwise never be counted, and
+# a version hanging on some requests would be judged on those it answers. Its answer, if it
+# comes, is still sent, and not counted again.
+STALLED_AFTER_S = 60.0
 HEAVY_BODY_BYTES = 1 << 20  # a body past this (or compressed) is decoded off the event loop
 REQUEST_ID_HEADER = "x-modelplane-request-id"
 REQUEST_ID_PARAMETER = "modelplane_request_id"
@@ -203,6 +208,9 @@ class InferenceCore:
         self.monitoring: dict[int, VersionMonitoring] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.shadows_dropped = 0
+        # Requests in their version's hands: ticket -> (version, way routed, started).
+        self._in_flight: dict[int, tuple[int, str, float]] = {}
+        self._tickets = itertools.count()
         self.update(config, backends)
 
     def update(self, config: EndpointConfig, backends: Mapping[int, VersionBackend]) -> None:
@@ -224,12 +232,21 @@ class InferenceCore:
         return self._state[0]
 
     def take_stats(self) -> StatsRecorder:
-        """The statistics since the last call, replaced by a fresh recorder."""
+        """The statistics since the last call, replaced by a fresh recorder; requests
+        stalled past :data:`STALLED_AFTER_S` are counted in them."""
+        self._count_stalled(time.perf_counter())
         self.stats_due.clear()
         taken, self.recorder = self.recorder, StatsRecorder(
             enabled=self.recorder.enabled, monitoring=self.monitoring,
             when_full=self.stats_due.set)
         return taken
+
+    def _count_stalled(self, now: float) -> None:
+        stalled = [ticket for ticket, (_, _, started) in self._in_flight.items()
+                   if now - started > STALLED_AFTER_S]
+        for ticket in stalled:
+            version, routed, started = self._in_flight.pop(ticket)
+            self.recorder.record(version, 504, now - started, "stalled", routed=routed)
 
     def body_limit(self, subpath: str) -> int:
         """The largest body this path accepts, checked before the body is read."""
@@ -305,6 +322,7 @@ class InferenceCore:
         config, backends, router = self._state
         number = ENDPOINT_LEVEL
         routed = ROUTED_RANDOMLY
+        counted_stalled = False
         try:
             if config.caller_key_sha256 is not None:
                 _check_caller(headers, config.caller_key_sha256)
@@ -319,9 +337,16 @@ class InferenceCore:
             model = f"{config.endpoint}:{number}"
             arrays = validate_inputs(request, backend.config.inputs, model=model)
             wanted = check_requested_outputs(request, backend.config.outputs, model=model)
-            outputs = await backend.infer(arrays)
+            ticket = next(self._tickets)
+            self._in_flight[ticket] = (number, routed, started)
+            try:
+                outputs = await backend.infer(arrays)
+            finally:
+                counted_stalled = self._in_flight.pop(ticket, None) is None
             chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
             answer = encode(Inferred(config.endpoint, number, request_id, request, chosen))
+            if counted_stalled:
+                return answer
             elapsed = time.perf_counter() - started
             self.recorder.record(number, 200, elapsed, routed=routed,
                                  not_finite=not _all_finite(chosen))
@@ -332,24 +357,28 @@ class InferenceCore:
                     self._start_shadow(backends.get(shadow), arrays, outputs, elapsed)
             return answer
         except Exception as error:
-            return Refused(self._failed(error, number, routed, started, request_id), request_id)
+            return Refused(self._failed(error, number, routed, started, request_id,
+                                        record=not counted_stalled), request_id)
 
     def _failed(self, error: Exception, version: int, routed: str, started: float,
-                request_id: str) -> ModelplaneError:
-        """Record a failed request and return the error to answer with."""
+                request_id: str, *, record: bool = True) -> ModelplaneError:
+        """Record a failed request (unless it was counted already, as stalled) and return
+        the error to answer with."""
         endpoint = self.config.endpoint
         if isinstance(error, ModelplaneError):
-            self.recorder.record(version, error.http_status, time.perf_counter() - started,
-                                 error.code, routed=routed)
-            if 400 <= error.http_status < 500:
+            if record:
+                self.recorder.record(version, error.http_status, time.perf_counter() - started,
+                                     error.code, routed=routed)
+            if record and 400 <= error.http_status < 500:
                 self.recorder.record_rejection(version, rejection_reason(error))
             if error.http_status >= 500:
                 log.warning("request %s to %s failed: %s", request_id, endpoint, error.message)
             return error
         # A backend failure must never take routing down: a 500 naming the request id.
         log.error("request %s to %s failed unexpectedly", request_id, endpoint, exc_info=error)
-        self.recorder.record(version, 500, time.perf_counter() - started, "internal_error",
-                             routed=routed)
+        if record:
+            self.recorder.record(version, 500, time.perf_counter() - started, "internal_error",
+                                 routed=routed)
         return InferenceFailedError(
             f"{endpoint}:{version} failed ({type(error).__name__}); request id "
             f"{request_id} is in the replica log"

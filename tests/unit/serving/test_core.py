@@ -261,3 +261,40 @@ def test_every_503_says_when_to_ask_again() -> None:
     loading = error_result(ModelNotReadyError("endpoint is loading"), "")
     assert loading.status == 503 and loading.headers["retry-after"] == str(RETRY_AFTER_S)
     assert "retry-after" not in call(core, "/versions/9/infer", body, headers).headers
+
+
+def test_a_request_its_version_never_answers_is_counted_as_stalled_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request hung in its version was never counted (only answers and failures were),
+    so a version hanging on some requests was judged on those it answered."""
+    from serving import core as core_module
+
+    monkeypatch.setattr(core_module, "STALLED_AFTER_S", 0.05)
+    release = asyncio.Event()
+
+    class HangsOnce(FakeBackend):
+        async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if self.calls == 0:
+                self.calls += 1
+                await release.wait()
+                return await super().infer(arrays)
+            return await super().infer(arrays)
+
+    core = make_core({1: 100}, backends={1: HangsOnce(1, answer=1)})
+    body, headers = triton_body()
+
+    async def scenario() -> tuple[dict, dict, int, int]:
+        hung = asyncio.create_task(core.handle("POST", "/infer", headers, body))
+        await asyncio.sleep(0.1)
+        assert (await core.handle("POST", "/infer", headers, body)).status == 200
+        first = core.take_stats().to_delta()
+        release.set()
+        late = await hung
+        second = core.take_stats().to_delta()
+        return first, second, late.status, len(core._in_flight)
+
+    first, second, late_status, left = asyncio.run(scenario())
+    assert first[1]["codes"] == {504: 1, 200: 1} and first[1]["errors"] == {"stalled": 1}
+    assert late_status == 200  # its answer still goes out ...
+    assert not second or second.get(1, {}).get("codes", {}) == {}  # ... and is not counted again
+    assert left == 0
