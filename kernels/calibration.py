@@ -33,8 +33,11 @@ every statistic on every kind of feature):
 - Every statistic when the window holds fewer than ``MIN_LIVE_VALUES`` values of the
   feature (a mostly-missing feature on a small window): no null fits a handful of values.
 
-A feature whose reference occupies one bin (or one value) gets the exact test instead:
-under that null every live value falls there, so p is 1 when they all do and 0 otherwise.
+A feature whose reference occupies one bin (or one value) gets Fisher's exact test
+instead, on the live values outside that bin (``kernels.drift.one_bin_pvalue``): the
+reference is a sample too, and a value it never held is not impossible, only rare.
+``thresholds`` gives no statistic's threshold for such a feature (NaN): the test counts
+values, not a statistic.
 """
 
 from __future__ import annotations
@@ -248,6 +251,8 @@ def thresholds(profile: ReferenceProfile, n: int, alpha: float = 0.05,
             row["ks"] = row["wasserstein"] = math.nan
         for name in declines(profile, f, n, n if feature.kind == "numeric" else 0):
             row[name] = math.nan
+        if np.count_nonzero(counts) == 1:  # judged by counting values (one_bin_pvalue)
+            row = dict.fromkeys(row, math.nan)
         out[feature.name] = row
     return out
 

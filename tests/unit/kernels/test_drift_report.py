@@ -175,16 +175,26 @@ def test_a_rare_binary_value_gets_its_own_bin_and_its_drift_is_seen() -> None:
     assert report.drifted == ("binary",)
 
 
-def test_constant_features_get_the_exact_test() -> None:
+def test_constant_features_get_fishers_exact_test() -> None:
+    """A value the reference never held is rare, not impossible: the reference is a sample
+    too. Read as the population, one such value alarmed with p = 0, a false alarm on one
+    window in ten for a flag that is 1 once in 10,000 rows."""
     rng = np.random.default_rng(33)
     profile, _ = _kinds_profile(rng, 20_000)
     _, live = _kinds_profile(rng, 500)
     same = drift_report(profile, live, test="ks").feature("constant")
     assert same.pvalues["psi"] == same.pvalues["ks"] == same.pvalues["wasserstein"] == 1.0
-    live[0, 2] = 8.0  # one value the reference never had: impossible under the null
-    moved = drift_report(profile, live, test="ks").feature("constant")
-    assert moved.pvalues["psi"] == moved.pvalues["ks"] == moved.pvalues["wasserstein"] == 0.0
-    assert moved.drifted and thresholds(profile, 500)["constant"]["ks"] == 0.0
+    reference_n = profile.features[2].count
+    for outside in (1, 5):
+        live[:outside, 2] = 8.0  # values the reference never had
+        moved = drift_report(profile, live, test="ks").feature("constant")
+        fisher = stats.fisher_exact([[outside, 500 - outside], [0, reference_n]],
+                                    alternative="greater").pvalue
+        assert moved.pvalues["psi"] == moved.pvalues["ks"] == moved.pvalues["wasserstein"]
+        assert moved.pvalues["ks"] == pytest.approx(fisher, rel=1e-9)
+        assert 0.0 < moved.pvalues["ks"] < 1.0
+    assert moved.drifted  # five of 500 where none of 20,000 were: evidence
+    assert math.isnan(thresholds(profile, 500)["constant"]["ks"])
 
 
 def test_a_handful_of_live_values_decides_nothing() -> None:
