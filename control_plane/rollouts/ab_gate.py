@@ -29,14 +29,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from control_plane.rollouts import ab_test
-from control_plane.rollouts.analysis import AnalysisConfig, sample_counts
+from control_plane.rollouts.analysis import (
+    AnalysisConfig,
+    load_imbalance,
+    load_per_sample,
+    sample_counts,
+)
 from control_plane.rollouts.plan import Step
 from control_plane.rollouts.schemas import (
     ABMetricOut,
@@ -129,15 +134,43 @@ def judge(settings: ABTestSettings, config: AnalysisConfig, window: ABWindow | N
     samples = window_samples(config, window)
     round_ = round_of(window, previous, samples)
     alpha = test_alpha(settings, steps, round_)
+    disturbed = _disturbed(config, window)
     metrics: dict[str, ABMetricOut] = {}
     for metric, min_effect in settings.effects.items():
         if kept.get(metric, {}).get("decision") in _DECIDED:
             metrics[metric] = ABMetricOut.model_validate(kept[metric])
             continue
         test = _TESTS[metric]
-        metrics[metric] = test(config, window, min_effect, alpha, settings.power, split,
-                               now).model_copy(update={"round": round_})
+        result = test(config, window, min_effect, alpha, settings.power, split,
+                      now).model_copy(update={"round": round_})
+        if disturbed is not None and metric in _LOAD_SENSITIVE and \
+                result.decision == disturbed[0]:
+            # Not decided (so never carried): the load, not the candidate, may have made it.
+            result = result.model_copy(update={"decision": "undecided",
+                                               "reason": f"{result.reason}; {disturbed[1]}"})
+        metrics[metric] = result
     return _overall(settings, window, round_, metrics).model_copy(update={"samples": samples})
+
+
+_LOAD_SENSITIVE = frozenset({"error_rate", "latency"})
+
+
+def _disturbed(config: AnalysisConfig, window: ABWindow) -> tuple[str, str] | None:
+    """(the decision the window's load cannot make, why), or None: requests routed apart
+    (pinned, or sticky where not counted) loaded one version past the threshold gates'
+    imbalance. Load only makes errors and latency worse: where the candidate got it, a
+    ``worse`` may be the load's doing; where stable got it, a ``no_worse``. Anyone may pin
+    requests, so neither may decide (and be carried for the rest of the step)."""
+    candidate, stable = window.candidate, window.stable
+    if candidate is None or stable is None:
+        return None
+    why = load_imbalance(config, candidate, stable)
+    if why is None:
+        return None
+    loaded_candidate = (load_per_sample(config, candidate) or 1.0) > \
+        (load_per_sample(config, stable) or 1.0)
+    return ("worse" if loaded_candidate else "no_worse"), why.replace(
+        "error rate and latency are not judged", "the A/B test does not decide")
 
 
 def _overall(settings: ABTestSettings, window: ABWindow, round_: int,
@@ -208,10 +241,17 @@ def _latency(config: AnalysisConfig, window: ABWindow, min_effect: float, alpha:
     n_c, n_s = int(candidate.sum()), int(stable.sum())
     estimate = ab_test.binned_mann_whitney(candidate, stable)
     unit_variance = float(estimate.unit_variance)
+    ratio = n_s / n_c if n_c and n_s else split
     if n_c < config.min_samples or n_s < config.min_samples or not math.isfinite(unit_variance):
         # Too few to estimate the placements' spread: their variance with no ties, 1/12.
-        ratio = n_s / n_c if n_c and n_s else split
         unit_variance = (1 + 1 / ratio) / 12
+    if n_c and not float(estimate.variance) > 0:
+        # Every request of both in one bin (a service at constant time, or both clamped at
+        # the sketch's ceiling): no spread is no evidence, and a zero-width interval would
+        # decide "no worse" at the first look. Judged at the variance with no ties instead.
+        unit_variance = (1 + 1 / ratio) / 12
+        estimate = replace(estimate, variance=np.float64(unit_variance / n_c),
+                           unit_variance=np.float64(unit_variance))
     sides = ABSample(n=n_c), ABSample(n=n_s)
     return _result(estimate, unit_variance, sides, config.min_samples, "requests", window,
                    min_effect, alpha, power, now)

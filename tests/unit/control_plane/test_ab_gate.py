@@ -174,6 +174,53 @@ def test_a_slower_latency_distribution_fails_on_the_rank_test() -> None:
     assert "A/B test: latency: worse than stable" in decision.reason
 
 
+def pinned(stats: VersionSnapshot, requests: int) -> VersionSnapshot:
+    """``stats`` with ``requests`` more pinned to the version (answered, not sampled)."""
+    from dataclasses import replace
+
+    from serving.monitoring.snapshot import RoutedRequests
+
+    routing = {**stats.traffic.routing, "pinned": RoutedRequests(requests=requests)}
+    return replace(stats, traffic=replace(stats.traffic, routing=routing,
+                                          pinned_requests=requests))
+
+
+def test_a_flood_pinned_to_one_version_decides_nothing_its_load_could_have_made() -> None:
+    """The threshold gates set aside what uneven load could have caused; the A/B gate did
+    not: a flood pinned to a good candidate made its latency "worse", carried for the rest
+    of the step (rollback, rejection), and one pinned to stable passed a slow candidate."""
+    flooded_candidate = both(pinned(served(4000, latency_bins=bins(shift=3, scale=200)), 8000),
+                             served(16000, latency_bins=bins(scale=800)))
+    decision = decide(ab_rollout(), evidence(flooded_candidate), at(3))
+    latency = decision.analysis["ab_test"]["metrics"]["latency"]
+    assert latency["decision"] == "undecided" and "does not decide" in latency["reason"]
+    assert decision.analysis["verdict"] != "fail" and decision.streak == 0
+    flooded_stable = both(served(4000, latency_bins=bins(scale=200)),
+                          pinned(served(16000, latency_bins=bins(scale=800)), 32000))
+    latency = decide(ab_rollout(), evidence(flooded_stable), at(10)).analysis[
+        "ab_test"]["metrics"]["latency"]
+    assert latency["decision"] == "undecided"  # "no worse" than a stable slowed by the flood
+    slow_candidate = both(served(4000, latency_bins=bins(shift=3, scale=200)),
+                          pinned(served(16000, latency_bins=bins(scale=800)), 32000))
+    decision = decide(ab_rollout(), evidence(slow_candidate), at(3))
+    assert decision.analysis["ab_test"]["metrics"]["latency"]["decision"] == "worse"
+
+
+def test_latencies_all_in_one_bin_are_no_evidence_of_no_worse() -> None:
+    """Both versions' requests in one sketch bin gave a zero variance, a zero-width interval
+    and "no worse" at the first look with min_samples, whatever their number; they are
+    judged at the variance with no ties (the largest), so only enough of them decide."""
+    few = both(served(100, latency_bins={450: 100}), served(100, latency_bins={450: 100}))
+    latency = decide(ab_rollout(), evidence(few), at(3)).analysis["ab_test"]["metrics"][
+        "latency"]
+    assert latency["decision"] == "undecided", latency["reason"]
+    assert latency["ci"][0] < 0 < latency["ci"][1]
+    many = both(served(2000, latency_bins={450: 2000}), served(8000, latency_bins={450: 8000}))
+    latency = decide(ab_rollout(), evidence(many), at(3)).analysis["ab_test"]["metrics"][
+        "latency"]
+    assert latency["decision"] == "no_worse" and latency["ci"][0] < 0 < latency["ci"][1]
+
+
 def test_no_difference_passes_once_the_samples_are_in() -> None:
     snapshot = both(served(4000, 0.01, latency_bins=bins(scale=200)),
                     served(16000, 0.01, latency_bins=bins(scale=800)))
