@@ -106,6 +106,9 @@ class ServeBackend(Protocol):
         """The route table the board holds for ``incarnation`` of ``endpoint`` (None: none,
         or the board cannot be read)."""
 
+    def forget_statistics(self, endpoint: str) -> None:
+        """Have the Monitor drop an undeployed endpoint's statistics (without waiting)."""
+
 
 @dataclass(frozen=True)
 class EndpointApplyState:
@@ -255,6 +258,9 @@ class Reconciler:
         stored = self._names()
         for name in [n for n in list(self._states) if endpoint in (None, n) and n not in stored]:
             self._states.pop(name, None)  # undeployed
+            # Else its series stay exported (the age of its last request growing) and are
+            # snapshot at every scrape until the Monitor restarts.
+            self.backend.forget_statistics(name)
         return report
 
     def reconcile_pending(self) -> ReconcileReport:
@@ -535,6 +541,16 @@ class RayServeBackend:
         from ray import serve
 
         serve.delete(name, _blocking=False)
+
+    def forget_statistics(self, endpoint: str) -> None:
+        from serving.monitoring.monitor import get_monitor
+
+        try:
+            monitor = get_monitor()
+            if monitor is not None:
+                monitor.forget.remote(endpoint)
+        except Exception as error:  # kept until the Monitor restarts: shown, never acted on
+            log.warning("could not have the Monitor forget %s: %s", endpoint, error)
 
     def post_routes(self, endpoint: str, config: EndpointConfig) -> bool:
         import ray

@@ -116,6 +116,8 @@ def test_the_reconciler_sweep_leaves_a_benchmark_alone(db) -> None:
         def posted_routes(self, *args: object) -> None:
             return None
 
+        def forget_statistics(self, endpoint: str) -> None: ...
+
     backend = Backend()
     Reconciler(db, backend, base_url="http://127.0.0.1:1").reconcile()
     assert backend.deleted == ["endpoint-gone"]

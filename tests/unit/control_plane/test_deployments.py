@@ -44,6 +44,9 @@ class FakeServe:
     def posted_routes(self, endpoint: str, incarnation: str) -> None:
         return None  # a board that holds nothing newer than the store
 
+    def forget_statistics(self, endpoint: str) -> None:
+        self.calls.append(("forget", endpoint))
+
     def wait_running(self, names: list[str], timeout_s: float) -> None:
         assert all(name in self.apps for name in names)
 

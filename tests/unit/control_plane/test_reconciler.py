@@ -86,6 +86,9 @@ class Serve:
     def posted_routes(self, endpoint: str, incarnation: str) -> PostedRoutes | None:
         return self.board.read(endpoint, incarnation) if self.board_up else None
 
+    def forget_statistics(self, endpoint: str) -> None:
+        self.calls.append(("forget", endpoint))
+
     def set(self, name: str, status: str, message: str = "") -> None:
         self.apps[name] = ServeApp(status, message, self.apps[name].owner)
 
@@ -139,6 +142,22 @@ def test_an_endpoint_that_never_starts_does_not_hold_the_others(deployments, clo
     serve.set("endpoint-big-v1", "DEPLOYING", "1 replica pending: GPU 8 not available")
     rec.reconcile()
     assert "GPU 8 not available" in rec.states()["big"].error
+
+
+def test_an_undeployed_endpoint_s_statistics_are_dropped_by_the_monitor(deployments, clock) -> None:
+    """The Monitor forgot an endpoint only when a new incarnation of it shipped: a deleted
+    one's series stayed exported (its last request's age growing) until it restarted."""
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="gone", model_ref="iris:1"), ALICE)
+    deployments.deploy(DeployRequest(endpoint="kept", model_ref="iris:1"), ALICE)
+    rec.reconcile()
+    assert not [call for call in serve.calls if call[0] == "forget"]
+    deployments.undeploy("gone", ALICE)
+    rec.reconcile("gone")
+    assert ("delete", "endpoint-gone") in serve.calls and ("forget", "gone") in serve.calls
+    rec.reconcile()
+    assert [call for call in serve.calls if call[0] == "forget"] == [("forget", "gone")]
 
 
 def test_only_pending_endpoints_are_looked_at_between_passes(deployments, clock) -> None:
