@@ -371,3 +371,12 @@ def refuse_gates_without_evidence(spec: RolloutCreate, task: str, version: int) 
                 f"{task} one (its manifest's task); set it to null"
                 + (" or use max_mae" if name == "min_accuracy" else " or use min_accuracy"),
                 detail={"field": f"analysis.{name}", "task": task})
+    ab_test = spec.analysis.ab_test
+    if ab_test is not None and ab_test.accuracy_effect is not None and \
+            task not in ("classification", "regression"):
+        # A regressor's accuracy test is skipped, said so; another kind's never gets a
+        # label joined, so the test would hold every step to the inconclusive deadline.
+        raise InvalidInputError(
+            f"analysis.ab_test.accuracy_effect: the A/B accuracy test needs a classification "
+            f"model, and v{version}'s manifest says task {task!r}; set it to null",
+            detail={"field": "analysis.ab_test.accuracy_effect", "task": task})

@@ -562,6 +562,24 @@ def test_a_feedback_gate_the_model_can_never_meet_is_refused_at_the_start(
         **FAST, "min_accuracy": 0.5}), ALICE)
 
 
+def test_an_ab_accuracy_test_a_model_can_never_feed_is_refused_at_the_start(
+        world: World) -> None:
+    """An "other" model never has a label joined: its A/B accuracy test stayed undecided
+    and held every step to the inconclusive deadline (a regressor's is skipped, said so)."""
+    info = world.registry.artifacts.put([linear_classifier(seed=8)])
+    other = world.registry.register_version("iris", VersionCreate(
+        artifact_digest=info.digest, manifest=linear_classifier_manifest(task="other")), ALICE)
+    ab_test = {"accuracy_effect": 0.05}
+    with pytest.raises(InvalidInputError) as refused:
+        world.controller.start(RolloutCreate(
+            endpoint="iris", model_ref=f"iris:{other.version}",
+            analysis={**FAST, "ab_test": ab_test}), ALICE)
+    assert refused.value.detail["field"] == "analysis.ab_test.accuracy_effect"
+    assert "says task 'other'" in refused.value.message
+    world.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:2",
+                                         analysis={**FAST, "ab_test": ab_test}), ALICE)
+
+
 def test_moving_a_tracked_alias_starts_a_rollout(world: World) -> None:
     template = RolloutTemplate(steps=[100], step_duration_s=2, analysis=FAST)
     world.controller.set_policy("iris", RolloutPolicy(track_alias="challenger", template=template),
