@@ -185,6 +185,10 @@ def _monitoring_families(rows: list[VersionTotals]):  # type: ignore[no-untyped-
     feedback_done: set[str] = set()
     for row in rows:
         if row.version == 0:
+            # Refused before a version was chosen (a malformed body, an unknown version, a
+            # wrong caller key): no model figures, but the refusals themselves, by reason.
+            for reason, count in row.quality.rejected.items():
+                f["rejected"].add_metric([row.endpoint, "0", reason], count)
             continue
         labels = [row.endpoint, str(row.version)]
         totals, window = row.quality, row.window

@@ -32,6 +32,8 @@ def exposition(tmp_path_factory) -> dict[tuple[str, tuple[tuple[str, str], ...]]
     answers = asyncio.run(send_many(core, [r[None, :] for r in rows]))
     asyncio.run(core.handle("POST", "/infer", {}, json.dumps(
         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 2], "data": [0, 0, 0, 0]}]}).encode()))
+    # Refused before a version is chosen: counted at the endpoint's level (version 0).
+    asyncio.run(core.handle("POST", "/infer", {}, b"{not json"))
     delta = core.take_stats().to_delta()
     attach_profiles(delta, core.monitoring, set())
     state.record("churn", "replica", delta)
@@ -64,6 +66,11 @@ def test_quality_counters_are_exact(exposition) -> None:
     assert value(exposition, "modelplane_missing_values_total", **version, feature="tenure") == 5
     assert value(exposition, "modelplane_out_of_range_values_total", **version, feature="age") == 3
     assert value(exposition, "modelplane_rejected_requests_total", **version, reason="shape") == 1
+    # A malformed body never reaches a version; its refusal is exported all the same.
+    endpoint_level = {labels: count for (name, labels), count in exposition.items()
+                      if name == "modelplane_rejected_requests_total"
+                      and ("version", "0") in labels}
+    assert list(endpoint_level.values()) == [1], endpoint_level
 
 
 def test_drift_accuracy_and_alerts_are_exposed(exposition) -> None:
