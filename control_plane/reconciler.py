@@ -548,7 +548,7 @@ class RayServeBackend:
         try:
             monitor = get_monitor()
             if monitor is not None:
-                monitor.forget.remote(endpoint)
+                monitor.endpoint_deleted.remote(endpoint)
         except Exception as error:  # kept until the Monitor restarts: shown, never acted on
             log.warning("could not have the Monitor forget %s: %s", endpoint, error)
 

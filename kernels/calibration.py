@@ -36,8 +36,8 @@ every statistic on every kind of feature):
 A feature whose reference occupies one bin (or one value) gets Fisher's exact test
 instead, on the live values outside that bin (``kernels.drift.one_bin_pvalue``): the
 reference is a sample too, and a value it never held is not impossible, only rare.
-``thresholds`` gives no statistic's threshold for such a feature (NaN): the test counts
-values, not a statistic.
+``thresholds`` gives no threshold for a statistic judged so (NaN): the test counts values.
+KS and Wasserstein keep their own tests where the one bin holds values that differ.
 """
 
 from __future__ import annotations
@@ -244,15 +244,17 @@ def thresholds(profile: ReferenceProfile, n: int, alpha: float = 0.05,
         if feature.kind == "numeric" and n > 0 and big_n > 0:
             en = max(n, big_n) * min(n, big_n) / (max(n, big_n) + min(n, big_n))
             mean, sd, skew = w1_null(profile, f)
-            # A constant reference gets the exact test: any difference at all alarms.
-            row["ks"] = _bisect(lambda d, m=round(en): kolmogorov_sf(m, d), alpha, 0.0, 1.0) if sd > 0 else 0.0
-            row["wasserstein"] = _w1_quantile(alpha, mean, sd, skew) / math.sqrt(en)
+            # A constant reference is judged by counting values (kernels.drift.one_bin_pvalue).
+            row["ks"] = _bisect(lambda d, m=round(en): kolmogorov_sf(m, d), alpha, 0.0, 1.0) \
+                if sd > 0 else math.nan
+            row["wasserstein"] = _w1_quantile(alpha, mean, sd, skew) / math.sqrt(en) \
+                if sd > 0 else math.nan
         else:
             row["ks"] = row["wasserstein"] = math.nan
         for name in declines(profile, f, n, n if feature.kind == "numeric" else 0):
             row[name] = math.nan
         if np.count_nonzero(counts) == 1:  # judged by counting values (one_bin_pvalue)
-            row = dict.fromkeys(row, math.nan)
+            row.update(dict.fromkeys(COUNT_STATISTICS, math.nan))
         out[feature.name] = row
     return out
 

@@ -20,7 +20,14 @@ import numpy as np
 
 from kernels import _calibration_kernels as _ck
 from kernels import _stats_kernels as _sk
-from kernels.calibration import CORRECTIONS, STATISTICS, adjust_pvalues, declines, null_parameters
+from kernels.calibration import (
+    CORRECTIONS,
+    COUNT_STATISTICS,
+    STATISTICS,
+    adjust_pvalues,
+    declines,
+    null_parameters,
+)
 from kernels.errors import InvalidValueError, ShapeMismatchError
 from kernels.profile import ReferenceProfile
 from kernels.quality import LiveWindow
@@ -115,7 +122,7 @@ def drift_report(profile: ReferenceProfile, live: LiveWindow | Any, *, alpha: fl
     scale, dof, tails, sims, w1 = null_parameters(profile, count_n, pseudo_count, has_samples)
     layout = profile.layout()
     p = _ck.pvalues(stats, sample_n, layout.ref_n, scale, dof, tails, sims, w1)
-    _judge_one_bin_references(p, layout, live.hist, count_n)
+    _judge_one_bin_references(p, layout, live.hist, count_n, w1)
     counts, samples = count_n.tolist(), sample_n.tolist()
     declined = [declines(profile, f, counts[f], samples[f]) for f in range(p.shape[0])]
     for f, reasons in enumerate(declined):
@@ -143,20 +150,33 @@ def drift_report(profile: ReferenceProfile, live: LiveWindow | Any, *, alpha: fl
     return DriftReport(features, test, alpha, correction, live.rows)
 
 
+_COUNT_COLUMNS = [STATISTICS.index(name) for name in COUNT_STATISTICS]
+
+
 def _judge_one_bin_references(p: np.ndarray, layout: Any, live_hist: np.ndarray,
-                              count_n: np.ndarray) -> None:
-    """Every statistic of a feature whose reference occupies one bin, as Fisher's exact
-    test on the live values outside that bin (see :func:`one_bin_pvalue`)."""
-    offsets, reference = layout.bin_offsets, layout.ref_counts
-    for f in range(len(offsets) - 1):
-        bins = reference[offsets[f]:offsets[f + 1]]
-        occupied = np.flatnonzero(bins)
+                              count_n: np.ndarray, w1_null: np.ndarray) -> None:
+    """The statistics of a feature whose reference occupies one bin, where their null is
+    degenerate, as Fisher's exact test on the live values outside that bin (see
+    :func:`one_bin_pvalue`): the count statistics, and KS and Wasserstein where the
+    reference sample is constant too (one bin over values that differ keeps their tests)."""
+    one_bin = layout.cache.get("one_bin")
+    if one_bin is None:
+        one_bin = []
+        for f in range(len(layout.bin_offsets) - 1):
+            bins = layout.ref_counts[layout.bin_offsets[f]:layout.bin_offsets[f + 1]]
+            occupied = np.flatnonzero(bins)
+            if occupied.size == 1:
+                one_bin.append((f, int(layout.bin_offsets[f] + occupied[0]), int(bins[occupied[0]])))
+        layout.cache["one_bin"] = one_bin
+    for f, at, reference_n in one_bin:
         n = int(count_n[f])
-        if occupied.size != 1 or n <= 0:
+        if n <= 0:
             continue
-        outside = n - int(live_hist[offsets[f] + occupied[0]])
-        judged = ~np.isnan(p[f])
-        p[f, judged] = one_bin_pvalue(outside, n, int(bins[occupied[0]]))
+        pvalue = one_bin_pvalue(n - int(live_hist[at]), n, reference_n)
+        columns = _COUNT_COLUMNS if w1_null[f, 1] > 0.0 else range(p.shape[1])
+        for j in columns:
+            if p[f, j] == p[f, j]:  # not NaN: the statistic applies
+                p[f, j] = pvalue
 
 
 def one_bin_pvalue(outside: int, n: int, reference_n: int) -> float:

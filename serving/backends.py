@@ -165,6 +165,7 @@ class RemoteVersion:
         return await self.infer(arrays)
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ray.exceptions import RayActorError  # ActorDiedError, ActorUnavailableError
         from ray.serve.exceptions import (
             BackPressureError,
             DeploymentUnavailableError,
@@ -179,7 +180,7 @@ class RemoteVersion:
             return await self._handle.infer.remote(arrays)  # type: ignore[no-any-return]
         except BackPressureError:  # the version's own max_queued_requests, enforced by Serve
             raise overloaded_error(None) from None
-        except (DeploymentUnavailableError, ReplicaUnavailableError) as error:
+        except (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError) as error:
             # No replica of the version could take the call (unhealthy, or gone mid-call):
             # the caller may try again shortly, so a 503 with Retry-After, not a bare 500.
             # Still a 5xx: it counts against the version as any failure to answer does.

@@ -62,7 +62,8 @@ MAX_SHADOWS_IN_FLIGHT = 256
 # A request its version has not answered in this long is counted then, as a 504 (stalled),
 # in the statistics shipped next: one that never ends would otherwise never be counted, and
 # a version hanging on some requests would be judged on those it answers. Its answer, if it
-# comes, is still sent, and not counted again.
+# comes, is still sent, and not counted again. A request its caller abandons sooner is not
+# counted: anyone may disconnect early, and that must not count against a version.
 STALLED_AFTER_S = 60.0
 HEAVY_BODY_BYTES = 1 << 20  # a body past this (or compressed) is decoded off the event loop
 REQUEST_ID_HEADER = "x-modelplane-request-id"
@@ -241,9 +242,9 @@ class InferenceCore:
             when_full=self.stats_due.set)
         return taken
 
-    def _count_stalled(self, now: float) -> None:
+    def _count_stalled(self, now: float, only: int | None = None) -> None:
         stalled = [ticket for ticket, (_, _, started) in self._in_flight.items()
-                   if now - started > STALLED_AFTER_S]
+                   if now - started > STALLED_AFTER_S and only in (None, ticket)]
         for ticket in stalled:
             version, routed, started = self._in_flight.pop(ticket)
             self.recorder.record(version, 504, now - started, "stalled", routed=routed)
@@ -341,6 +342,11 @@ class InferenceCore:
             self._in_flight[ticket] = (number, routed, started)
             try:
                 outputs = await backend.infer(arrays)
+            except asyncio.CancelledError:
+                # Its caller gave up (a disconnect, a gRPC deadline). Counted only where it
+                # had stalled: a caller leaving early must not count against a version.
+                self._count_stalled(time.perf_counter(), only=ticket)
+                raise
             finally:
                 counted_stalled = self._in_flight.pop(ticket, None) is None
             chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}

@@ -146,7 +146,7 @@ def judge(settings: ABTestSettings, config: AnalysisConfig, window: ABWindow | N
         if disturbed is not None and metric in _LOAD_SENSITIVE and \
                 result.decision == disturbed[0]:
             # Not decided (so never carried): the load, not the candidate, may have made it.
-            result = result.model_copy(update={"decision": "undecided",
+            result = result.model_copy(update={"decision": "undecided", "decided_at": None,
                                                "reason": f"{result.reason}; {disturbed[1]}"})
         metrics[metric] = result
     return _overall(settings, window, round_, metrics).model_copy(update={"samples": samples})

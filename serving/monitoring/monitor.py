@@ -59,8 +59,9 @@ log = logging.getLogger(__name__)
 
 # The terms the Monitor actor speaks (its methods and the deltas replicas ship): raised on
 # any change, so `up` replaces a Monitor left running by an older modelplane (2: the
-# first to say; per-routing samples and snapshots' ``sample``).
-MONITOR_PROTOCOL = 2
+# first to say; per-routing samples and snapshots' ``sample``; 3: pinned and sticky
+# latencies apart, by way of routing, and ``endpoint_deleted``).
+MONITOR_PROTOCOL = 3
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
 METRICS_WINDOW_S = 60.0  # window of the windowed signals in the Prometheus exposition
@@ -192,6 +193,9 @@ class MonitorState:
         self._drift_cache: dict[tuple[str, int, int, tuple[str, ...] | None],
                                 tuple[Any, Drift]] = {}
         self.served: dict[str, ServedConfig] = {}  # per endpoint, the newest configuration seen
+        # Per endpoint deleted, its last incarnation: a draining replica's late delta must
+        # not bring its statistics back.
+        self.deleted: dict[str, str] = {}
 
     def _series(self, endpoint: str, version: int) -> VersionSeries:
         from kernels import Sketch, SketchWindow
@@ -516,6 +520,11 @@ class MonitorState:
         later starts afresh too. Deltas without an identity (an empty set) are merged."""
         if served is None or not served.incarnation:
             return frozenset()
+        gone = self.deleted.get(endpoint)
+        if gone is not None:
+            if served.incarnation <= gone:
+                return None
+            del self.deleted[endpoint]  # deployed again under the name
         known = self.served.get(endpoint)
         if known is not None and served.incarnation < known.incarnation:
             return None
@@ -535,6 +544,14 @@ class MonitorState:
             self.served[endpoint] = known = known._replace(
                 versions=tuple(sorted({*known.versions, *served.versions})))
         return frozenset(known.versions)
+
+    def endpoint_deleted(self, endpoint: str) -> None:
+        """Drop what is known of the undeployed ``endpoint``, and every later delta of its
+        incarnations so far (a replica still draining ships one more)."""
+        known = self.served.get(endpoint)
+        if known is not None and known.incarnation:
+            self.deleted[endpoint] = max(known.incarnation, self.deleted.get(endpoint, ""))
+        self.forget(endpoint)
 
     def forget(self, endpoint: str, version: int | None = None) -> None:
         """Drop what is known of ``endpoint`` (or of one of its versions)."""
@@ -680,6 +697,9 @@ class MonitorActor:
 
     def forget(self, endpoint: str, version: int | None = None) -> None:
         self.state.forget(endpoint, version)
+
+    def endpoint_deleted(self, endpoint: str) -> None:
+        self.state.endpoint_deleted(endpoint)
 
     def feedback_memory(self) -> dict[str, int]:
         """The prediction store's estimated bytes and bounds (see ``FeedbackJoin.memory``)."""

@@ -10,12 +10,14 @@ team's ``model.py``) never share a module, and a module imports its siblings rel
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import shutil
 import sys
 import types
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -49,33 +51,36 @@ def check_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
 def unpack(archive_path: Path, digest: str) -> Path:
     """The folder ``archive_path`` unpacks to, beside it, made once: unpacked under a
     temporary name, on disk (every file synced) and marked with its digest before it is
-    renamed into place. A folder without the mark (cut short by a power loss, or left by a
-    crash mid-rename) is unpacked again, never imported."""
+    renamed into place. A folder without the mark (cut short by a power loss, or unpacked
+    before marks were written) is checked against the archive's sizes and CRCs, and marked
+    where it matches, unpacked again where not; never imported unchecked. The processes of
+    a node take turns (a lock file beside it), so none moves a folder another just made."""
     target = archive_path.parent / f"{digest}.d"
     if _complete(target, digest):
         return target
-    temp = archive_path.parent / f".{digest}.{os.getpid()}.unpacking"
-    shutil.rmtree(temp, ignore_errors=True)
-    try:
-        with zipfile.ZipFile(archive_path) as archive:
-            check_members(archive)
-            archive.extractall(temp)
-        _sync_tree(temp)
-        marker = temp / UNPACKED_MARKER
-        marker.write_text(digest)
-        _sync(marker)
-        if target.exists() and not _complete(target, digest):
-            _set_aside(target)
-        try:
-            os.replace(temp, target)
-        except OSError:
-            if not _complete(target, digest):  # another process renamed its copy first: use that
-                raise
-        _sync(archive_path.parent)
-    except zipfile.BadZipFile as error:
-        raise ArchiveError(f"the artifact is not a zip archive: {error}") from None
-    finally:
+    with open(archive_path.parent / f".{digest}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(target, digest):  # another process made it while this one waited
+            return target
+        temp = archive_path.parent / f".{digest}.{os.getpid()}.unpacking"
         shutil.rmtree(temp, ignore_errors=True)
+        try:
+            with zipfile.ZipFile(archive_path) as archive:
+                members = check_members(archive)
+                if target.is_dir() and _matches(target, members):
+                    _mark(target, digest)
+                    return target
+                archive.extractall(temp)
+            _sync_tree(temp)
+            _mark(temp, digest)
+            if target.exists():
+                _set_aside(target)
+            os.replace(temp, target)
+            _sync(archive_path.parent)
+        except zipfile.BadZipFile as error:
+            raise ArchiveError(f"the artifact is not a zip archive: {error}") from None
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
     return target
 
 
@@ -89,13 +94,36 @@ def _complete(folder: Path, digest: str) -> bool:
         return False
 
 
+def _mark(folder: Path, digest: str) -> None:
+    marker = folder / UNPACKED_MARKER
+    marker.write_text(digest)
+    _sync(marker)
+
+
+def _matches(folder: Path, members: list[zipfile.ZipInfo]) -> bool:
+    """Whether every file of the archive is in ``folder`` whole (size and CRC-32)."""
+    for member in members:
+        if member.is_dir():
+            continue
+        path = folder / member.filename
+        try:
+            if path.stat().st_size != member.file_size:
+                return False
+            crc = 0
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    crc = zlib.crc32(chunk, crc)
+        except OSError:
+            return False
+        if crc != member.CRC:
+            return False
+    return True
+
+
 def _set_aside(folder: Path) -> None:
-    """Move an unmarked folder out of the way (another process may be doing the same)."""
+    """Move a broken folder out of the way, then remove it."""
     aside = folder.parent / f".{folder.name}.{os.getpid()}.broken"
-    try:
-        os.replace(folder, aside)
-    except FileNotFoundError:
-        return
+    os.replace(folder, aside)
     shutil.rmtree(aside, ignore_errors=True)
 
 

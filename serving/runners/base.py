@@ -62,6 +62,18 @@ def _mergeable(items: list[Arrays]) -> list[list[int]]:
     return list(groups.values())
 
 
+class UnsplittableBatch(ValueError):
+    """A merged batch whose output has not one row per input row: it cannot be split back
+    between its callers."""
+
+    def __init__(self, output: str, rows: int, expected: int) -> None:
+        super().__init__(
+            f"output {output!r} has {rows} rows for {expected} input rows merged into one "
+            "batch: a model batched along axis 0 must answer one row per input row; declare "
+            "the output's first axis fixed, or serve it without batching")
+        self.detail = {"output": output}
+
+
 def _run_together(run: Callable[[Arrays], Arrays], items: list[Arrays]) -> list[Arrays]:
     rows = [next(iter(item.values())).shape[0] for item in items]
     merged = {name: np.concatenate([item[name] for item in items]) for name in items[0]}
@@ -71,8 +83,7 @@ def _run_together(run: Callable[[Arrays], Arrays], items: list[Arrays]) -> list[
         if not value.ndim or value.shape[0] != total:
             # Not one row out per row in (a graph that reduces over the batch, declared
             # dynamic on axis 0): split, one caller would get rows of another's.
-            raise ValueError(f"output {name!r} has {value.shape[0] if value.ndim else 'no'} "
-                             f"rows for {total} merged input rows")
+            raise UnsplittableBatch(name, value.shape[0] if value.ndim else 0, total)
     bounds = np.cumsum(rows)[:-1]
     split = {name: np.split(value, bounds) for name, value in outputs.items()}
     return [{name: parts[i] for name, parts in split.items()} for i in range(len(items))]

@@ -194,6 +194,7 @@ def test_a_flood_pinned_to_one_version_decides_nothing_its_load_could_have_made(
     decision = decide(ab_rollout(), evidence(flooded_candidate), at(3))
     latency = decision.analysis["ab_test"]["metrics"]["latency"]
     assert latency["decision"] == "undecided" and "does not decide" in latency["reason"]
+    assert latency["decided_at"] is None
     assert decision.analysis["verdict"] != "fail" and decision.streak == 0
     flooded_stable = both(served(4000, latency_bins=bins(scale=200)),
                           pinned(served(16000, latency_bins=bins(scale=800)), 32000))

@@ -206,3 +206,22 @@ def test_a_handful_of_live_values_decides_nothing() -> None:
     feature = drift_report(profile, live, test="ks").feature("normal")
     assert set(feature.declined) == set(STATISTICS) and "5 live value(s)" in feature.declined["ks"]
     assert math.isnan(feature.pvalue) and not feature.drifted
+
+
+def test_one_bin_over_values_that_differ_keeps_its_sample_tests() -> None:
+    """Most values at one point and the rest spread: the histogram collapses to one
+    bin, whose count statistics are judged by counting values outside it (none can be);
+    Wasserstein still tests the reference sample, which has a spread."""
+    rng = np.random.default_rng(35)
+    spiky = np.zeros(20_000)
+    spiky[:1600] = rng.uniform(0, 1, 1600)
+    profile = ReferenceProfile.from_matrix(np.c_[spiky, rng.normal(size=20_000)],
+                                           names=["spiky", "normal"])
+    assert np.count_nonzero(profile.features[0].counts) == 1
+    moved = np.where(rng.random(1000) < 0.9, 0.0, rng.uniform(0.5, 1.5, 1000))  # spread moved up
+    feature = drift_report(profile, np.c_[moved, rng.normal(size=1000)],
+                           test="wasserstein").feature("spiky")
+    assert feature.pvalues["psi"] == 1.0  # nothing outside the one bin
+    assert feature.pvalues["wasserstein"] < 1e-6 and feature.drifted
+    assert not math.isnan(thresholds(profile, 1000)["spiky"]["wasserstein"])
+    assert math.isnan(thresholds(profile, 1000)["spiky"]["psi"])

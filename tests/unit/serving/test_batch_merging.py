@@ -9,6 +9,7 @@ import asyncio
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
 from serving.batcher import DynamicBatcher
@@ -151,3 +152,17 @@ def test_an_input_onnx_runtime_refuses_is_the_callers_400_not_the_versions_500(
         assert error.value.http_status == 400
         assert error.value.detail["reason"] == "model_refused_input"
         assert not isinstance(error.value, InferenceFailedError)
+
+
+def test_registration_names_the_output_a_batch_cannot_be_split_by() -> None:
+    """The registry's check merges the examples with themselves, as batching will: a model
+    answering other than a row per row is refused naming its output."""
+    from serving.runners.base import UnsplittableBatch
+
+    def total(arrays):
+        return {"total": arrays["x"].sum(axis=0, keepdims=True)}
+
+    rows = {"x": np.ones((2, 4), np.float32)}
+    with pytest.raises(UnsplittableBatch, match="one row per input row") as refused:
+        run_merged(total, [rows, rows], alone_on_failure=False)
+    assert refused.value.detail == {"output": "total"}

@@ -298,3 +298,34 @@ def test_a_request_its_version_never_answers_is_counted_as_stalled_once(
     assert late_status == 200  # its answer still goes out ...
     assert not second or second.get(1, {}).get("codes", {}) == {}  # ... and is not counted again
     assert left == 0
+
+
+def test_a_request_abandoned_after_it_stalled_is_counted_and_one_abandoned_early_is_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller that gives up (Serve cancels the handler on a disconnect, gRPC on a
+    deadline) took its request out of every count, stalled or not."""
+    from serving import core as core_module
+
+    class Hangs(FakeBackend):
+        async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            await asyncio.Event().wait()  # never set
+            return await super().infer(arrays)
+
+    core = make_core({1: 100}, backends={1: Hangs(1, answer=1)})
+    body, headers = triton_body()
+
+    async def abandon(after_s: float) -> dict:
+        call = asyncio.create_task(core.handle("POST", "/infer", headers, body))
+        await asyncio.sleep(after_s)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        return core.take_stats().to_delta()
+
+    monkeypatch.setattr(core_module, "STALLED_AFTER_S", 0.05)
+    late = asyncio.run(abandon(0.1))
+    assert late[1]["codes"] == {504: 1} and late[1]["errors"] == {"stalled": 1}
+    monkeypatch.setattr(core_module, "STALLED_AFTER_S", 60.0)
+    early = asyncio.run(abandon(0.05))
+    assert not early or early.get(1, {}).get("codes", {}) == {}
+    assert core._in_flight == {}

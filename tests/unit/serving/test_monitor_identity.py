@@ -66,3 +66,16 @@ def test_a_version_that_starts_running_under_the_same_generation_is_counted() ->
     state.record("e", "other", delta({1: 2}), ServedConfig(FIRST, 5, (1,)))
     state.record("e", "router", delta({2: 1}), ServedConfig(FIRST, 5, (1, 2)))
     assert requests_by_version(state) == {1: 6, 2: 5}
+
+
+def test_a_deleted_endpoint_stays_forgotten_until_it_is_deployed_again() -> None:
+    """Forgotten once, a deleted endpoint came back with the next delta a draining replica
+    shipped, and its series stayed exported for good."""
+    state = MonitorState()
+    state.record("e", "r1", delta({1: 5}), ServedConfig(FIRST, 3, (1,)))
+    state.endpoint_deleted("e")
+    assert requests_by_version(state) == {}
+    state.record("e", "r1", delta({1: 7}), ServedConfig(FIRST, 3, (1,)))  # draining
+    assert requests_by_version(state) == {} and "e" not in state.served
+    state.record("e", "r2", delta({1: 2}), ServedConfig(SECOND, 1, (1,)))  # deployed again
+    assert requests_by_version(state) == {1: 2} and "e" not in state.deleted

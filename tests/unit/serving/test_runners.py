@@ -281,4 +281,10 @@ def test_a_folder_unpacked_only_in_part_is_unpacked_again(tmp_path: Path) -> Non
     assert unpack(path, digest) == folder
     assert (folder / "model.py").read_text() == whole
     assert unpack(path, digest) == folder  # marked: used as it is
+    # Whole but unmarked (unpacked before marks were written, replicas importing from it):
+    # checked against the archive and marked in place, not moved from under them.
+    (folder / ".modelplane-unpacked").unlink()
+    inode = folder.stat().st_ino
+    assert unpack(path, digest) == folder and folder.stat().st_ino == inode
+    assert (folder / ".modelplane-unpacked").read_text() == digest
     assert not list(path.parent.glob(".*.broken")) and not list(path.parent.glob(".*.unpacking"))

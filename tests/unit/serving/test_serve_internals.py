@@ -276,5 +276,18 @@ def test_a_version_with_no_replica_able_to_answer_says_retry_not_failed() -> Non
     with pytest.raises(ModelNotReadyError) as unavailable:
         asyncio.run(RemoteVersion(version_config(), GoneHandle()).infer({}))
     assert unavailable.value.detail["reason"] == "replica_unavailable"
+
+    from ray.exceptions import ActorDiedError
+
+    class DiedMidCall:  # a replica that dies while it runs the call
+        class infer:
+            @staticmethod
+            def remote(arrays: Any) -> Any:
+                async def died() -> Any:
+                    raise ActorDiedError()
+                return died()
+
+    with pytest.raises(ModelNotReadyError):
+        asyncio.run(RemoteVersion(version_config(), DiedMidCall()).infer({}))
     answer = error_result(unavailable.value, "req-2")
     assert answer.status == 503 and answer.headers["retry-after"] == "1"
