@@ -93,12 +93,14 @@ def test_alpha(settings: ABTestSettings, steps: int, round_: int) -> float:
 
 
 def round_of(window: ABWindow, previous: dict[str, Any] | None,
-             samples: dict[str, int] | None = None) -> int:
+             samples: dict[str, int] | None = None,
+             stream: dict[str, Any] | None = None) -> int:
     """Which fresh test of the step ``window`` belongs to, from the step's previous record:
-    a later block starts a new round, and so does a window shorter than the last one in
-    the same block (the step's hold restarted: resumed after a pause or an approval), or
-    one holding fewer requests of a version than the last look's (``samples``: the
-    Monitor restarted and counts from then on, so its evidence is a new stream)."""
+    a later block starts a new round, and so does a new stream of evidence in the same
+    block: the step's hold restarted (resumed after a pause or an approval: ``stream``'s
+    ``step_started_at`` changed, or the window is shorter than the last one), or the
+    Monitor restarted and counts from then on (``stream``'s ``seen_since`` moved on, or
+    a version holds fewer requests than at the last look, ``samples``)."""
     if not previous or previous.get("round") is None or previous.get("block") is None:
         return window.block
     last_round, last_block = int(previous["round"]), int(previous["block"])
@@ -107,8 +109,32 @@ def round_of(window: ABWindow, previous: dict[str, Any] | None,
     before = previous.get("samples") or {}
     recounted = any(count < int(before.get(side, 0)) for side, count in (samples or {}).items())
     restarted = window.block < last_block or recounted or \
-        window.window_s < (previous.get("window_s") or 0)
+        window.window_s < (previous.get("window_s") or 0) or _new_stream(previous, stream)
     return last_round + int(restarted)
+
+
+SEEN_SINCE_SLACK_S = 5.0  # the Monitor's clock against the controller's, and a look's lag
+
+
+def _new_stream(previous: dict[str, Any], stream: dict[str, Any] | None) -> bool:
+    before = previous.get("stream") or {}
+    if not stream or not before:
+        return False
+    if before.get("step_started_at") != stream.get("step_started_at"):
+        return True
+    seen_before, seen_now = before.get("seen_since"), stream.get("seen_since")
+    return seen_before is not None and seen_now is not None and \
+        seen_now > seen_before + SEEN_SINCE_SLACK_S
+
+
+def evidence_stream(window: ABWindow, step_started: datetime | None,
+                    now: datetime) -> dict[str, Any]:
+    """What identifies the window's stream of evidence: the step's start, and since when
+    the Monitor has seen both versions (a Monitor that restarted sees them from then on)."""
+    observed = [stats.traffic.observed_s for stats in (window.candidate, window.stable)
+                if stats is not None]
+    return {"step_started_at": step_started.isoformat() if step_started else None,
+            "seen_since": round(now.timestamp() - min(observed), 1) if observed else None}
 
 
 def window_samples(config: AnalysisConfig, window: ABWindow) -> dict[str, int]:
@@ -118,7 +144,8 @@ def window_samples(config: AnalysisConfig, window: ABWindow) -> dict[str, int]:
 
 
 def judge(settings: ABTestSettings, config: AnalysisConfig, window: ABWindow | None, *,
-          step: StepOut, steps: int, previous: dict[str, Any] | None, now: datetime) -> ABTestOut:
+          step: StepOut, steps: int, previous: dict[str, Any] | None, now: datetime,
+          step_started: datetime | None = None) -> ABTestOut:
     """The A/B gate's answer for one analysis of ``step`` (one of ``steps`` tested ones).
 
     ``previous`` is the gate's record of the step's last analysis: a test decided there
@@ -132,7 +159,8 @@ def judge(settings: ABTestSettings, config: AnalysisConfig, window: ABWindow | N
     kept = (previous or {}).get("metrics", {})
     split = (100.0 - step.candidate_weight) / step.candidate_weight
     samples = window_samples(config, window)
-    round_ = round_of(window, previous, samples)
+    stream = evidence_stream(window, step_started, now)
+    round_ = round_of(window, previous, samples, stream)
     alpha = test_alpha(settings, steps, round_)
     disturbed = _disturbed(config, window)
     metrics: dict[str, ABMetricOut] = {}
@@ -149,7 +177,8 @@ def judge(settings: ABTestSettings, config: AnalysisConfig, window: ABWindow | N
             result = result.model_copy(update={"decision": "undecided", "decided_at": None,
                                                "reason": f"{result.reason}; {disturbed[1]}"})
         metrics[metric] = result
-    return _overall(settings, window, round_, metrics).model_copy(update={"samples": samples})
+    return _overall(settings, window, round_, metrics).model_copy(
+        update={"samples": samples, "stream": stream})
 
 
 _LOAD_SENSITIVE = frozenset({"error_rate", "latency"})

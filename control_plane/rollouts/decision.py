@@ -207,7 +207,8 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
         same_step = previous.get("step_index") == rollout.step_index
         judged = ab_gate.judge(settings.ab_test, config, snapshot.ab, step=rollout.current_step,
                                steps=ab_gate.tested_steps(rollout.steps),
-                               previous=previous.get("ab_test") if same_step else None, now=now)
+                               previous=previous.get("ab_test") if same_step else None, now=now,
+                               step_started=rollout.step_started_at)
         result = _with_ab_test(result, judged.decision, judged.reason)
         ab = {"ab_test": judged.model_dump(mode="json")}
     started = rollout.step_started_at or now

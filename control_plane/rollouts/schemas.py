@@ -224,6 +224,10 @@ class ABTestOut(Wire):
     round: int | None = Field(None, description="Which fresh test of the step (see metrics).")
     samples: dict[str, int] | None = Field(
         None, description="Requests in the candidate's and stable's samples of the window.")
+    stream: dict[str, Any] | None = Field(
+        None, description="What identifies the window's stream of evidence (the step's "
+                          "start, and since when the Monitor has seen both versions): a "
+                          "new stream is a new round.")
     metrics: dict[str, ABMetricOut] = Field(default_factory=dict)
 
 

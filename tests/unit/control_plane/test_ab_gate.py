@@ -131,6 +131,29 @@ def test_each_fresh_test_of_a_step_is_a_round_of_its_own() -> None:
     counted = {**last, "samples": {"candidate": 400, "stable": 3600}}
     assert ab_gate.round_of(window(0, 210), counted, {"candidate": 420, "stable": 3800}) == 0
     assert ab_gate.round_of(window(0, 210), counted, {"candidate": 20, "stable": 180}) == 1
+    # A new stream the counts cannot show: a Monitor that restarted and already holds more
+    # than the last look's requests, and a hold restarted but looked at later than before.
+    stream = {"step_started_at": "2026-12-04T10:00:00+00:00", "seen_since": 1000.0}
+    looked = {**counted, "stream": stream}
+    more = {"candidate": 450, "stable": 3900}
+    assert ab_gate.round_of(window(0, 230), looked, more, {**stream, "seen_since": 1002.0}) == 0
+    assert ab_gate.round_of(window(0, 230), looked, more, {**stream, "seen_since": 1150.0}) == 1
+    resumed = {**stream, "step_started_at": "2026-12-04T10:03:00+00:00"}
+    assert ab_gate.round_of(window(0, 230), looked, more, resumed) == 1
+
+
+def test_the_stream_is_the_steps_start_and_since_when_the_monitor_saw_both() -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 12, 4, 10, 5, tzinfo=UTC)
+    candidate, stable = served(100), served(400)
+    fresh = replace(candidate, traffic=replace(candidate.traffic, observed_s=40.0))
+    whole = replace(stable, traffic=replace(stable.traffic, observed_s=200.0))
+    stream = ab_gate.evidence_stream(ABWindow(200.0, 0, fresh, whole),
+                                     datetime(2026, 12, 4, 10, 1, 40, tzinfo=UTC), now)
+    assert stream == {"step_started_at": "2026-12-04T10:01:40+00:00",
+                      "seen_since": round(now.timestamp() - 40.0, 1)}
 
 
 def test_only_steps_where_both_versions_take_traffic_are_tested() -> None:
@@ -268,7 +291,7 @@ def test_the_last_step_is_judged_by_the_thresholds_alone() -> None:
     assert decision.action == Action.PROMOTE
     assert decision.analysis["ab_test"] == {
         "decision": "not_tested", "reason": "stable takes no traffic at this step",
-        "alpha": 0.05, "window_s": None, "block": None, "round": None, "samples": None,
+        "alpha": 0.05, "window_s": None, "block": None, "round": None, "samples": None, "stream": None,
         "metrics": {}}
 
 
