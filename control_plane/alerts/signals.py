@@ -105,7 +105,8 @@ def _anomaly(judged: Callable[[VersionSnapshot], BaselineJudgement | None]) -> C
 
 
 SIGNALS: dict[str, Signal] = {
-    "requests": Signal("requests answered in the window", _count(lambda s: s.traffic.requests)),
+    "requests": Signal("requests in the window (those refused with a 4xx too)",
+                       _count(lambda s: s.traffic.requests)),
     "throughput_rps": Signal("requests per second", _figure(lambda s: s.traffic.throughput_rps)),
     "error_rate": Signal("share of requests answered 5xx",
                          _figure(lambda s: s.traffic.error_rate if s.traffic.answered else None)),
