@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -103,15 +103,28 @@ def settings_of(rollout: RolloutOut) -> AnalysisSettings:
 
 def analysis_due(rollout: RolloutOut, last: datetime | None, now: datetime) -> bool:
     """Whether to read the Monitor for ``rollout`` now (``last``: its previous analysis in
-    this process). Only a step with traffic is judged, every ``interval_s``; a rollout
-    waiting for approval before its first step has none, and a streak already at its limit
-    is decided without new evidence."""
+    this process, or, where later, the stored one's: a control plane that just took over
+    must not judge again at once, over nearly the same window, and make a second failure
+    of one). Only a step with traffic is judged, every ``interval_s``; a rollout waiting
+    for approval before its first step has none, and a streak already at its limit is
+    decided without new evidence."""
     if rollout.state not in ANALYSED_STATES or rollout.step_started_at is None:
         return False
     settings = settings_of(rollout)
     if rollout.failures >= settings.failures_to_rollback:
         return False
+    stored = _analysed_at(rollout.last_analysis)
+    if stored is not None and (last is None or stored > last):
+        last = stored
     return last is None or (now - last).total_seconds() >= settings.interval_s
+
+
+def _analysed_at(analysis: dict[str, Any] | None) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(str((analysis or {})["at"]))
+    except (KeyError, ValueError):
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def analysis_window(rollout: RolloutOut, now: datetime) -> float:

@@ -232,6 +232,13 @@ def test_when_an_analysis_is_due_and_over_what_window() -> None:
     assert not analysis_due(rollout("paused"), None, T0)
     assert not analysis_due(rollout("awaiting_approval", started=None), None, T0)
     assert not analysis_due(rollout(failures=2), None, T0)  # decided as stored
+    # A control plane that just took over knows no analysis of its own: the stored one's
+    # time counts, or it judged again at once over nearly the same window (a second
+    # failure of one, a rollback after an upgrade).
+    stored = rollout(failures=1, last_analysis={"at": at(0.5).isoformat(), "verdict": "fail"})
+    assert not analysis_due(stored, None, at(1))
+    assert analysis_due(stored, None, at(1.6))
+    assert not analysis_due(stored, at(0.2), at(1))  # the later of the two
     assert analysis_window(rollout(), at(3)) == 3.0
     assert analysis_window(rollout(), at(60)) == 5.0  # window_s
     assert analysis_window(rollout(), at(0.2)) == 1.0
