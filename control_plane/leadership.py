@@ -46,6 +46,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -80,29 +81,35 @@ class LeaseState:
 
 
 def new_holder_id() -> str:
-    """A name for this process as a holder, ``host:pid-namespace:pid:random``: where it
-    runs, for people and for :func:`holder_is_gone`, and a random part so a restarted
-    process with the same pid is another holder."""
-    return f"{socket.gethostname()}:{_pid_namespace()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """A name for this process as a holder, ``host:pid-space:pid:random``: where it runs,
+    for people and for :func:`holder_is_gone`, and a random part so a restarted process
+    with the same pid is another holder."""
+    return f"{socket.gethostname()}:{_pid_space()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _pid_namespace() -> str:
-    # Two containers may share a host name and not their pids: the namespace tells them apart.
+def _pid_space() -> str:
+    """The PID namespace and the kernel's boot: two containers may share a host name and
+    not their pids (the namespace tells them apart), and two machines may share a host
+    name and a namespace number (every kernel's first is the same), not a boot id. Empty
+    where either is unknown: then no holder is taken for gone."""
     try:
-        return os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
     except OSError:
         return ""
+    return f"{namespace}.{boot[:16]}" if namespace and boot else ""
 
 
 def holder_is_gone(holder: str) -> bool:
-    """Whether ``holder`` names a process of this host and PID namespace that no longer
-    exists. Anything else (another machine, an unknown namespace, a pid in use, a holder
-    id of another shape) counts as alive: its lease runs out instead."""
+    """Whether ``holder`` names a process of this host, boot and PID namespace that no
+    longer exists. Anything else (another machine, even of the same name; an unknown
+    namespace; a pid in use; a holder id of another shape) counts as alive: its lease runs
+    out instead."""
     parts = holder.split(":")
     if len(parts) != 4 or not parts[1] or not parts[2].isdigit():
         return False
-    host, namespace, pid, _ = parts
-    if host != socket.gethostname() or namespace != _pid_namespace():
+    host, space, pid, _ = parts
+    if host != socket.gethostname() or space != _pid_space():
         return False
     try:
         os.kill(int(pid), 0)

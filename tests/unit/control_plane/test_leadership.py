@@ -120,6 +120,12 @@ def test_a_holder_whose_process_is_gone_from_this_machine_is_taken_over_at_once(
     # keeps its lease until it runs out.
     assert not taken_at_once(holder(host, os.getpid()), "alive")
     assert not taken_at_once(holder("elsewhere", ended.pid), "elsewhere")
+    # Another machine of the same name, in its first PID namespace as this one may be: its
+    # boot differs, and its pid means nothing here (it was taken, both ways, each renewal).
+    namespace_only = namespace.split(".")[0]
+    assert not taken_at_once(":".join([host, f"{namespace_only}.0000000000000000",
+                                       str(ended.pid), tag]), "same-name")
+    assert not taken_at_once(":".join([host, namespace_only, str(ended.pid), tag]), "no-boot")
     assert not taken_at_once(f"{host}:{ended.pid}", "old-shape")
 
 
