@@ -165,6 +165,10 @@ class Reconciler:
         self.store_id: str | None = None
         self.start_timeout_s = self.version_ready_timeout_s  # then it counts as failed
         self._clock: Callable[[], float] = time.time
+        # Whether this process may still change Serve (it holds the control loops' lease):
+        # asked right before each change, as a pass can outlive its lead (a Serve call
+        # that hung), and what it does to Serve is no store write the fence could refuse.
+        self.may_act: Callable[[], bool] = lambda: True
 
     def own(self, store_id: str | None, *, start_timeout_s: float | None = None,
             clock: Callable[[], float] | None = None) -> Reconciler:
@@ -252,6 +256,7 @@ class Reconciler:
             if self.store_id and seen.owner != self.store_id:
                 report.foreign.append(app)  # another store's, or unmarked: never ours to delete
                 continue
+            self._acting()
             self.backend.delete(app)
             self._forget(app)
             report.deleted.append(app)
@@ -260,6 +265,7 @@ class Reconciler:
             self._states.pop(name, None)  # undeployed
             # Else its series stay exported (the age of its last request growing) and are
             # snapshot at every scrape until the Monitor restarts.
+            self._acting()
             self.backend.forget_statistics(name)
         return report
 
@@ -311,6 +317,11 @@ class Reconciler:
             except Exception as error:  # one broken endpoint must not stop the others
                 log.warning("applying endpoint %s failed: %s", endpoint, error)
                 self._failed(endpoint, f"{type(error).__name__}: {error}", report)
+
+    def _acting(self) -> None:
+        if not self.may_act():
+            raise FencedOut("this process no longer holds the control loops' lease: Serve is "
+                            "left to the holder")
 
     def _past_what_runs(self, config: EndpointConfig, seen: ServeApp | None) -> EndpointConfig:
         """``config``, its generation first moved past any that its replicas already hold.
@@ -376,6 +387,7 @@ class Reconciler:
                 broken = seen is not None and _failed_status(seen.status)
                 if self._changed(app, version_document) or (broken and retry):
                     route = None if config.link_address is None else link_route(endpoint, version.version)
+                    self._acting()
                     self.backend.deploy(app, route, build_version_app(
                         config, version, env=env, access_log=self.access_log))
                     self._remember(app, version_document)
@@ -401,6 +413,7 @@ class Reconciler:
             waiting[0] = f"{name} is {seen.status if seen else 'MISSING'}" + (
                 f": {seen.message}" if seen and seen.message else "")
         document = config.model_dump_json()
+        self._acting()  # what follows posts routes or deploys
         if self._changed(name, document) and self._routes_only(name, config, seen) and \
                 self.backend.post_routes(endpoint, config):
             self._remember(name, document)

@@ -125,6 +125,7 @@ class ControlPlane:
             max_body_bytes=self.settings.max_request_bytes, access_log=self.settings.access_log,
             lean_ingress=self.settings.lean_ingress, link_address=link_address(self.settings))
         self.reconciler.own(self.store_id)
+        self.reconciler.may_act = lambda: self.leading
         self.start_control_loops(interval_s=interval_s)
 
     def start_control_loops(self, *, interval_s: float = 10.0, lease_s: float | None = None) -> None:

@@ -160,6 +160,28 @@ def test_an_undeployed_endpoint_s_statistics_are_dropped_by_the_monitor(deployme
     assert [call for call in serve.calls if call[0] == "forget"] == [("forget", "gone")]
 
 
+def test_a_pass_that_outlived_its_lead_changes_nothing_more_in_serve(deployments, clock) -> None:
+    """A pass checked the lead once, as it began: one held up in a Serve call past its
+    lease went on deploying (an older process's settings) over what the new holder had
+    applied, which the new holder never saw to apply again."""
+    from control_plane.store.database import FencedOut
+
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="first", model_ref="iris:1"), ALICE)
+    deployments.deploy(DeployRequest(endpoint="second", model_ref="iris:1"), ALICE)
+    leading = [True]
+    rec.may_act = lambda: leading[0]
+    rec.reconcile()
+    assert set(serve.deploys()) == {"endpoint-first", "endpoint-second"}
+    deployments.undeploy("second", ALICE)
+    leading[0] = False  # the lease ran out while the pass was held up
+    calls = list(serve.calls)
+    with pytest.raises(FencedOut, match="no longer holds"):
+        rec.reconcile()
+    assert serve.calls == calls and "endpoint-second" in serve.apps  # left to the holder
+
+
 def test_only_pending_endpoints_are_looked_at_between_passes(deployments, clock) -> None:
     serve = Serve()
     rec = reconciler(deployments, serve, clock)
