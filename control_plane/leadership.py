@@ -120,19 +120,32 @@ def holder_is_gone(holder: str) -> bool:
     return False
 
 
+def _store_now(session: Session) -> float:
+    """The store's time now, in Unix seconds (PostgreSQL's clock, not the transaction's
+    start)."""
+    return float(session.scalar(text("SELECT extract(epoch FROM clock_timestamp())")))
+
+
 class Lease:
     """One process's claim on the lease ``name`` in ``db``."""
 
     def __init__(self, db: Database, *, name: str = CONTROL_LOOPS, holder: str | None = None,
-                 length_s: float = LEASE_S, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 length_s: float = LEASE_S, clock: Callable[[], float] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 store_clock: bool | None = None) -> None:
         if length_s <= 0:
             raise ValueError(f"a lease's length must be positive, got {length_s!r}")
         self.db = db
         self.name = name
         self.holder = holder or new_holder_id()
         self.length_s = length_s
-        self._clock = clock
+        self._clock = clock or time.time
+        # Where several machines share the store (PostgreSQL), a lease's times are the
+        # store's: each host's own clock, a few seconds off or stepped by NTP, would let
+        # one take the lease while its holder still acts. A clock given (tests) is used
+        # unless ``store_clock`` says otherwise.
+        self._store_clock = (clock is None if store_clock is None else store_clock) \
+            and not db.is_sqlite
         self._monotonic = monotonic
         self._sure_until = float("-inf")  # on the monotonic clock
         self._released = False
@@ -195,6 +208,8 @@ class Lease:
                 session.execute(text("SET LOCAL lock_timeout = '2s'"))
             row = session.scalar(select(LeaseRow).where(LeaseRow.name == self.name)
                                  .with_for_update())
+            if self._store_clock:
+                now = _store_now(session)
             if row is None:
                 session.add(LeaseRow(name=self.name, holder=self.holder, term=1, acquired_at=now,
                                      renewed_at=now, expires_at=now + self.length_s))
@@ -245,9 +260,10 @@ class Lease:
     def _give_up(self, term: int) -> None:
         try:
             with self.db.session() as session:
+                now = _store_now(session) if self._store_clock else self._clock()
                 session.execute(update(LeaseRow).where(
                     LeaseRow.name == self.name, LeaseRow.holder == self.holder,
-                    LeaseRow.term == term).values(expires_at=self._clock()))
+                    LeaseRow.term == term).values(expires_at=now))
         except Exception as error:
             log.warning("could not give the %s lease up; it runs out in %.0f s: %s",
                         self.name, self.length_s, error)

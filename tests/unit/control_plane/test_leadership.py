@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -437,3 +438,16 @@ def test_the_api_names_the_holder_and_says_when_no_one_ever_held_the_lease(
         assert held["term"] == 1 and held["leading"] and held["expires_at"] > held["renewed_at"]
     finally:
         plane.close()
+
+
+def test_on_a_shared_store_the_lease_keeps_the_stores_time_not_a_hosts(db: Database) -> None:
+    """Each host compared the lease's expiry with its own clock: one running a minute
+    ahead (or stepped by NTP) took the lease while its holder still acted."""
+    if db.is_sqlite:
+        pytest.skip("SQLite serves one machine: its clock is the store's")
+    holder = Lease(db, name="skewed")
+    assert holder.hold()
+    ahead = Lease(db, name="skewed", clock=lambda: time.time() + 60.0,  # its clock a minute
+                  store_clock=True)  # ahead, as another machine's may be
+    assert not ahead.hold() and holder.hold()
+    assert read_lease(db, "skewed").expires_at < time.time() + 2 * holder.length_s
