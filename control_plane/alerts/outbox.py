@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 
 from control_plane.store import Database
 from control_plane.store.models import AlertReceiverRow, OutboxRow
@@ -52,18 +52,30 @@ class Outbox:
     """The store's outbox, as one control plane's receiver threads use it."""
 
     def __init__(self, db: Database, *, spec: dict[str, Any] | None = None,
-                 holder: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 holder: str | None = None, clock: Callable[[], float] | None = None,
+                 store_clock: bool | None = None) -> None:
         self.db = db
         self.spec = spec  # the receiver's settings this thread sends with (None: any)
         self.holder = holder or uuid.uuid4().hex
-        self._clock = clock
+        self._clock = clock or time.time
+        # Claims are compared across control planes on other machines: on PostgreSQL they
+        # run on the store's clock, or a host some seconds ahead took another's claim while
+        # it was still sending (a second page). A clock given (tests) is used unless
+        # ``store_clock`` says otherwise.
+        self._store_clock = (clock is None if store_clock is None else store_clock) \
+            and not db.is_sqlite
+
+    def _now(self, session: Any) -> float:
+        if self._store_clock:
+            return float(session.scalar(text("SELECT extract(epoch FROM clock_timestamp())")))
+        return self._clock()
 
     def put(self, receiver: str, description: str, body: dict[str, Any], *,
             limit: int, key: str | None = None) -> str | None:
         """Keep ``body`` for ``receiver``; its key, or None where ``limit`` fresh ones wait
         already (expired ones do not count: :meth:`claim` drops them)."""
-        now = self._clock()
         with self.db.session() as session:
+            now = self._now(session)
             waiting = session.scalar(select(func.count()).select_from(OutboxRow).where(
                 OutboxRow.receiver == receiver, OutboxRow.created_at >= now - MAX_AGE_S))
             if waiting >= limit:
@@ -89,8 +101,9 @@ class Outbox:
                                    .where(OutboxRow.receiver == receiver)
                                    .order_by(OutboxRow.id).limit(1)).one_or_none()
         if head is None or (head.created_at >= now - MAX_AGE_S and not _free(head, now, self.holder)):
-            return None, 0
+            return None, 0  # (by this host's clock: a hint; the claim below decides)
         with self.db.session() as session:
+            now = self._now(session)
             expired = session.execute(delete(OutboxRow).where(
                 OutboxRow.receiver == receiver,
                 OutboxRow.created_at < now - MAX_AGE_S)).rowcount or 0
@@ -113,7 +126,7 @@ class Outbox:
         with self.db.session() as session:
             session.execute(update(OutboxRow).where(
                 OutboxRow.key == key, OutboxRow.claimed_by == self.holder).values(
-                attempts=attempts, next_at=self._clock() + after_s, claimed_by=None,
+                attempts=attempts, next_at=self._now(session) + after_s, claimed_by=None,
                 claimed_until=0.0))
 
     def count(self, receiver: str) -> int:

@@ -180,3 +180,18 @@ def test_deleting_a_receiver_drops_what_waits_for_it(db: Database) -> None:
         assert Outbox(db).count("pager") == 0
     finally:
         alerts.stop()
+
+
+def test_a_claim_holds_against_a_host_whose_clock_runs_ahead(db: Database) -> None:
+    """Claims compared each host's own clock: a control plane on a host a minute ahead took
+    a notification another was still sending, and it was sent twice."""
+    if db.is_sqlite:
+        pytest.skip("SQLite serves one machine: its clock is the store's")
+    import time
+
+    sender = Outbox(db, holder="sender")
+    sender.put("pager", "a", {"n": 1}, limit=10)
+    waiting, _ = sender.claim("pager", for_s=30)
+    assert waiting is not None
+    ahead = Outbox(db, holder="ahead", clock=lambda: time.time() + 60.0, store_clock=True)
+    assert ahead.claim("pager", for_s=30) == (None, 0)
