@@ -104,7 +104,7 @@ class ControlPlane:
         plane.benchmarks = Benchmarks(plane)
         plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
                                            apply=plane.apply_committed, alert=plane.raise_alert,
-                                           leading=lambda: plane.leading)
+                                           leading=lambda: plane.leading, fenced=plane._fenced)
         from control_plane.pipelines.wiring import build_pipelines
 
         plane.pipelines = build_pipelines(plane)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -96,9 +97,10 @@ class RolloutController(ManualActions):
         alert: AlertSink | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         leading: Callable[[], bool] = lambda: True,
+        fenced: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         super().__init__(db, registry, deployments, stats=stats, apply=apply, alert=alert, now=now,
-                         leading=leading)
+                         leading=leading, fenced=fenced)
         self._analysed_at: dict[int, datetime] = {}
         self._aliases_checked_at: datetime | None = None
         # (endpoint, model ref) -> why its alias's rollout could not start, last pass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,7 +38,7 @@ from control_plane.rollouts.schemas import RolloutOut
 from control_plane.rollouts.states import ACTIVE_STATES, RolloutState, can_transition
 from control_plane.schemas import CHAMPION_ALIAS, Stage, StageChange
 from control_plane.store import Database
-from control_plane.store.database import store_transient, store_unique_race
+from control_plane.store.database import FencedOut, store_transient, store_unique_race
 from control_plane.store.models import EndpointRow, RolloutRow
 from serving.monitoring import VersionSnapshot
 
@@ -62,9 +63,13 @@ class TrafficMoves:
         alert: AlertSink | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         leading: Callable[[], bool] = lambda: True,
+        fenced: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.db, self.registry, self.deployments = db, registry, deployments
         self._stats, self._apply, self._now, self._leading = stats, apply, now, leading
+        # The control loops' fence (ControlPlane._fenced), for follow-ups finished on an
+        # API call's thread: their writes, and the alert's, refused once another leads.
+        self._fenced = fenced
         self._followups = FollowUps(db, alert, registry)
         # One decision at a time in this process: the loop and API calls share rollouts.
         self._lock = threading.RLock()
@@ -184,9 +189,15 @@ class TrafficMoves:
         with self._lock:
             if self._leading():
                 # Elsewhere the leader's next pass (a quarter second) finishes them: both
-                # at once could each send the alert before either recorded it sent.
-                for rollout_id in ended:
-                    self._followups.finish(rollout_id)
+                # at once could each send the alert before either recorded it sent. Fenced
+                # too, as the lead may pass between the look and the writes.
+                try:
+                    with self._fenced():
+                        for rollout_id in ended:
+                            self._followups.finish(rollout_id)
+                except FencedOut:
+                    log.info("the follow-ups of rollouts %s are the new leader's to finish",
+                             ended)
 
     def _retire_drained(self) -> bool:
         """Remove versions whose drain time is over; archive a replaced stable version."""

@@ -278,6 +278,39 @@ def test_blue_green_mirrors_then_switches_and_switches_back_instantly(world: Wor
     assert world.controller.rollback(rollout_id, ALICE, "customers complain") == rolled_back
 
 
+def test_a_rollback_by_hand_just_as_the_lead_passes_leaves_its_follow_ups_to_the_leader(
+        world: World) -> None:
+    """A rollback asked of a control plane that still led at the look, and not at the
+    follow-ups: its API thread raised the alert and rejected the candidate unfenced while
+    the new leader's pass did the same, and the alert paged twice."""
+    from contextlib import contextmanager
+
+    from control_plane.store.database import FencedOut, fenced_writes
+
+    def lost(session: object) -> None:
+        raise FencedOut("the control loops' lease passed to another control plane")
+
+    @contextmanager
+    def fence_lost_meanwhile():
+        with fenced_writes(lost):
+            yield
+
+    world.controller._fenced = fence_lost_meanwhile
+    rollout_id = world.start()
+    world.serve(1)
+    world.serve(2)
+    world.run(1)
+    world.controller.rollback(rollout_id, ALICE, "customers complain")
+    rolled_back = world.controller.get(rollout_id)
+    assert rolled_back.state == RolloutState.ROLLED_BACK  # stored: the change stands
+    assert world.alerts == []  # not paged here: owed, for the leader's next pass
+    assert world.registry.get_version("iris", 2).status != "rejected"
+    world.controller._fenced = contextmanager(lambda: (yield))
+    world.run(1)  # the leader's pass
+    assert [a["name"] for a in world.alerts] == ["RolloutRolledBack"]
+    assert world.registry.get_version("iris", 2).status == "rejected"
+
+
 def test_shadow_disagreement_discards_the_candidate(world: World) -> None:
     rollout_id = world.start(strategy="shadow", analysis={**FAST, "min_shadow_agreement": 0.95})
     world.serve(1)
