@@ -15,9 +15,9 @@ serves the API, and only the holder of the ``control-loops`` lease runs the loop
 - **Acting only while sure**: a holder treats the lease as its own for two thirds of its
   length from the moment it asked for the renewal (a monotonic clock, so a paused process
   or a stepped wall clock cannot stretch it); the others take it over only once the whole
-  length has passed since the renewal by the holder's wall clock. The third between is
-  the margin for the machines' clocks to disagree, and for a pass that began while sure
-  to end. A store that cannot be reached renews nothing, so a holder cut off from it
+  length has passed since the renewal, by the store's clock on PostgreSQL (the machine's
+  own on SQLite, which serves one). The third between is the margin for a renewal's
+  round trip, and for a pass that began while sure to end. A store that cannot be reached renews nothing, so a holder cut off from it
   stops acting before anyone else starts.
 - **Writing only while holding** (:meth:`Lease.fence`): a pass that began while sure may
   outlast the margin (a stalled store call, a long pause). Every write transaction of the

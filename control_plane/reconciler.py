@@ -262,11 +262,11 @@ class Reconciler:
             report.deleted.append(app)
         stored = self._names()
         for name in [n for n in list(self._states) if endpoint in (None, n) and n not in stored]:
-            self._states.pop(name, None)  # undeployed
             # Else its series stay exported (the age of its last request growing) and are
             # snapshot at every scrape until the Monitor restarts.
             self._acting()
             self.backend.forget_statistics(name)
+            self._states.pop(name, None)  # undeployed
         return report
 
     def reconcile_pending(self) -> ReconcileReport:

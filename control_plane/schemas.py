@@ -535,7 +535,7 @@ class LeadershipOut(Wire):
     """Who runs the control loops (control_plane.leadership), as the store has it."""
 
     holder: str | None = Field(
-        default=None, description="The lease's holder (host:pid-namespace:pid:id), None if "
+        default=None, description="The lease's holder (host:pid-namespace.boot:pid:id), None if "
                                   "never held.")
     term: int | None = Field(default=None,
                              description="Counts the holders: one more at each takeover.")

@@ -20,7 +20,7 @@ from control_plane.ownership import store_identity
 from control_plane.registry import Registry
 from control_plane.rollouts.controller import RolloutController
 from control_plane.store import Database
-from control_plane.store.database import FencedOut, fenced_writes
+from control_plane.store.database import FencedOut, fenced_writes, in_fenced_pass
 from control_plane.tracking import Tracker
 from modelplane.settings import Settings, make_private_home
 
@@ -266,8 +266,19 @@ class ControlPlane:
         rollback already done)."""
         try:
             self.apply(endpoint)
-        except FencedOut:  # a control pass that outlived its lead: the pass ends here
-            raise
+        except FencedOut:
+            if in_fenced_pass():  # a control pass that outlived its lead: the pass ends here
+                raise
+            # The lead passed while an API call applied its change: the holder applies it.
+            from control_plane.leadership import request_apply
+
+            log.info("the lead passed while applying %s; the leading control plane applies "
+                     "it", endpoint or "every endpoint")
+            try:
+                request_apply(self.db, endpoint)
+            except Exception as error:
+                log.warning("could not ask the leading control plane to apply %s (%s); its "
+                            "next pass does", endpoint or "every endpoint", error)
         except Exception as error:
             log.warning("applying %s to Serve now failed (%s: %s); the reconciler's next pass "
                         "applies it", endpoint or "every endpoint", type(error).__name__, error)

@@ -91,8 +91,8 @@ class Outbox:
         seconds, if it is due and no one else's claim holds it (None otherwise: the next
         one waits behind it, so a receiver hears in order); and how many expired ones were
         dropped. Costs a read, not a write lock, when nothing is due."""
-        now = self._clock()
         with self.db.session(readonly=True) as session:
+            now = self._now(session)
             if self.spec is not None and _as_current(session.scalar(select(
                     AlertReceiverRow.spec).where(AlertReceiverRow.name == receiver))) != self.spec:
                 return None, 0  # settings out of date here: the current ones send it
@@ -101,7 +101,7 @@ class Outbox:
                                    .where(OutboxRow.receiver == receiver)
                                    .order_by(OutboxRow.id).limit(1)).one_or_none()
         if head is None or (head.created_at >= now - MAX_AGE_S and not _free(head, now, self.holder)):
-            return None, 0  # (by this host's clock: a hint; the claim below decides)
+            return None, 0
         with self.db.session() as session:
             now = self._now(session)
             expired = session.execute(delete(OutboxRow).where(

@@ -114,8 +114,8 @@ def analysis_due(rollout: RolloutOut, last: datetime | None, now: datetime) -> b
     if rollout.failures >= settings.failures_to_rollback:
         return False
     stored = _analysed_at(rollout.last_analysis)
-    if stored is not None and (last is None or stored > last):
-        last = stored
+    if stored is not None and stored <= now and (last is None or stored > last):
+        last = stored  # (one stamped ahead by another host's clock is no reason to wait)
     return last is None or (now - last).total_seconds() >= settings.interval_s
 
 

@@ -46,6 +46,11 @@ class FencedOut(Exception):
     """A write transaction its fence refused: nothing of it was written."""
 
 
+def in_fenced_pass() -> bool:
+    """Whether this thread's writes are fenced now (a control loop's pass is running)."""
+    return _write_fence.get() is not None
+
+
 @contextmanager
 def fenced_writes(fence: WriteFence) -> Iterator[None]:
     """Run ``fence(session)`` first in every write transaction this thread opens in the

@@ -101,3 +101,20 @@ def test_an_alias_move_asked_again_with_its_key_is_not_made_again(plane: SimpleN
     assert again.status_code == 200 and again.json()["version"] == 1
     aliases = plane.client.get("/models/iris").json()["aliases"]
     assert aliases["staging"] == 2, aliases
+
+
+def test_a_change_applied_as_the_lead_passes_is_answered_as_made_and_left_to_the_holder(
+        plane: SimpleNamespace) -> None:
+    """The reconciler now refuses to touch Serve once the lead has passed; on an API call's
+    thread that refusal reached the caller as a 500 for a change the store had made."""
+    from control_plane.leadership import take_apply_requests
+    from control_plane.store.database import FencedOut
+
+    class LeadPassed(UnreachableServe):
+        def reconcile(self, endpoint: str | None = None) -> None:
+            raise FencedOut("this process no longer holds the control loops' lease")
+
+    plane.cp.reconciler = LeadPassed()
+    deployed = plane.client.post("/endpoints", json={"endpoint": "iris", "model_ref": "iris:1"})
+    assert deployed.status_code == 201, deployed.text
+    assert take_apply_requests(plane.cp.db) == {"iris"}  # asked of the holder instead

@@ -239,6 +239,9 @@ def test_when_an_analysis_is_due_and_over_what_window() -> None:
     assert not analysis_due(stored, None, at(1))
     assert analysis_due(stored, None, at(1.6))
     assert not analysis_due(stored, at(0.2), at(1))  # the later of the two
+    # Stamped ahead by another host's clock: no reason to wait past the interval.
+    ahead = rollout(failures=1, last_analysis={"at": at(30).isoformat(), "verdict": "fail"})
+    assert analysis_due(ahead, at(0.5), at(1.6))
     assert analysis_window(rollout(), at(3)) == 3.0
     assert analysis_window(rollout(), at(60)) == 5.0  # window_s
     assert analysis_window(rollout(), at(0.2)) == 1.0
