@@ -31,6 +31,7 @@ from control_plane.errors import (
     PayloadTooLargeError,
     StorageFullError,
 )
+from modelplane.durable import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -268,20 +269,11 @@ class ArtifactWriter:
             if self._store.is_local:
                 Path(final).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self._temp, final)
-                _fsync_dir(Path(final).parent)
+                fsync_path(Path(final).parent)
             else:
                 fs.mv(self._temp, final)
         self._done = True
         return ArtifactInfo(digest=digest, size=self._size)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _process_alive(pid: int) -> bool:

@@ -53,7 +53,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control_plane.store import Database
-from control_plane.store.database import FencedOut
+from control_plane.store.database import FencedOut, store_now
 from control_plane.store.models import ApplyRequestRow, LeaseRow
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,6 @@ def holder_is_gone(holder: str) -> bool:
     except OSError:  # exists, as another user's process
         return False
     return False
-
-
-def _store_now(session: Session) -> float:
-    """The store's time now, in Unix seconds (PostgreSQL's clock, not the transaction's
-    start)."""
-    return float(session.scalar(text("SELECT extract(epoch FROM clock_timestamp())")))
 
 
 class Lease:
@@ -209,7 +203,7 @@ class Lease:
             row = session.scalar(select(LeaseRow).where(LeaseRow.name == self.name)
                                  .with_for_update())
             if self._store_clock:
-                now = _store_now(session)
+                now = store_now(session)
             if row is None:
                 session.add(LeaseRow(name=self.name, holder=self.holder, term=1, acquired_at=now,
                                      renewed_at=now, expires_at=now + self.length_s))
@@ -260,7 +254,7 @@ class Lease:
     def _give_up(self, term: int) -> None:
         try:
             with self.db.session() as session:
-                now = _store_now(session) if self._store_clock else self._clock()
+                now = store_now(session) if self._store_clock else self._clock()
                 session.execute(update(LeaseRow).where(
                     LeaseRow.name == self.name, LeaseRow.holder == self.holder,
                     LeaseRow.term == term).values(expires_at=now))

@@ -200,8 +200,10 @@ class ControlPlane:
 
     def _fenced(self) -> AbstractContextManager[None]:
         """The control loops' writes in a pass, refused unless this process still holds
-        their lease as each is made, under the term the pass began in (``Lease.fence``)."""
-        if self.lease is None:
+        their lease as each is made, under the term the pass began in (``Lease.fence``).
+        Inside a pass already fenced (work it calls fences its own writes too), that
+        pass's fence and term stay."""
+        if self.lease is None or in_fenced_pass():
             return nullcontext()
         return fenced_writes(functools.partial(self.lease.fence, term=self.lease.term))
 

@@ -22,7 +22,7 @@ import re
 import secrets
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -242,12 +242,14 @@ class InferenceCore:
             when_full=self.stats_due.set)
         return taken
 
-    def _count_stalled(self, now: float, only: int | None = None) -> None:
-        stalled = [ticket for ticket, (_, _, started) in self._in_flight.items()
-                   if now - started > STALLED_AFTER_S and only in (None, ticket)]
-        for ticket in stalled:
-            version, routed, started = self._in_flight.pop(ticket)
-            self.recorder.record(version, 504, now - started, "stalled", routed=routed)
+    def _count_stalled(self, now: float, tickets: Iterable[int] | None = None) -> None:
+        """Count as stalled the requests in flight past STALLED_AFTER_S (of ``tickets``,
+        where given), once."""
+        for ticket in list(self._in_flight if tickets is None else tickets):
+            version, routed, started = self._in_flight.get(ticket, (0, "", now))
+            if now - started > STALLED_AFTER_S:
+                del self._in_flight[ticket]
+                self.recorder.record(version, 504, now - started, "stalled", routed=routed)
 
     def body_limit(self, subpath: str) -> int:
         """The largest body this path accepts, checked before the body is read."""
@@ -345,7 +347,7 @@ class InferenceCore:
             except asyncio.CancelledError:
                 # Its caller gave up (a disconnect, a gRPC deadline). Counted only where it
                 # had stalled: a caller leaving early must not count against a version.
-                self._count_stalled(time.perf_counter(), only=ticket)
+                self._count_stalled(time.perf_counter(), (ticket,))
                 raise
             finally:
                 counted_stalled = self._in_flight.pop(ticket, None) is None

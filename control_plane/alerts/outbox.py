@@ -29,9 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 
 from control_plane.store import Database
+from control_plane.store.database import store_now
 from control_plane.store.models import AlertReceiverRow, OutboxRow
 
 MAX_AGE_S = 24 * 3600.0
@@ -66,9 +67,7 @@ class Outbox:
             and not db.is_sqlite
 
     def _now(self, session: Any) -> float:
-        if self._store_clock:
-            return float(session.scalar(text("SELECT extract(epoch FROM clock_timestamp())")))
-        return self._clock()
+        return store_now(session) if self._store_clock else self._clock()
 
     def put(self, receiver: str, description: str, body: dict[str, Any], *,
             limit: int, key: str | None = None) -> str | None:

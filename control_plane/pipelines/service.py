@@ -43,6 +43,7 @@ from control_plane.pipelines.records import (
 from control_plane.pipelines.spec import PipelineSpec
 from control_plane.pipelines.stages import Outcome, Stage, StageContext
 from control_plane.schemas import Role
+from control_plane.stamps import parse_stamp
 from control_plane.store import Database
 from control_plane.store.database import FencedOut
 from control_plane.store.models import PipelineRow, PipelineRunRow
@@ -430,7 +431,7 @@ class Pipelines:
         start: tuple[Trigger, dict[str, Any]] | None = None
         data_changed = False  # the data's digest moved since the last look
         if triggers.schedule:
-            due = _time(state.get("next_scheduled_at"))
+            due = parse_stamp(state.get("next_scheduled_at"))
             if due is None:
                 upcoming = CronSchedule.parse(triggers.schedule).next_after(now)
                 remember["next_scheduled_at"] = upcoming.isoformat() if upcoming else None
@@ -439,7 +440,7 @@ class Pipelines:
                 remember["next_scheduled_at"] = upcoming.isoformat() if upcoming else None
                 start = (Trigger.SCHEDULE, {"reason": f"scheduled for {due.isoformat()}"})
         if triggers.data_check_interval_s and spec.data is not None and self._digest is not None:
-            checked = _time(state.get("data_checked_at"))
+            checked = parse_stamp(state.get("data_checked_at"))
             if checked is None or (now - checked).total_seconds() >= triggers.data_check_interval_s:
                 uri, digest_of = spec.data.uri, self._digest
                 try:
@@ -467,14 +468,14 @@ class Pipelines:
                             start = (Trigger.DATA, {"reason": f"new data at {uri}",
                                                     "digest": digest, "previous": seen})
         if triggers.on_drift_alert and self._drift_alerts is not None:
-            since = _time(state.get("alerts_seen_until")) or now
+            since = parse_stamp(state.get("alerts_seen_until")) or now
             fired = self._drift_alerts(spec.deploy.endpoint, since)
             remember["alerts_seen_until"] = max([since, *fired]).isoformat()
             if fired and start is None:
                 start = (Trigger.ALERT, {"reason": f"drift alert on {spec.deploy.endpoint}",
                                          "fired_at": max(fired).isoformat()})
         if start is not None:
-            last = _time(state.get("last_started_at"))
+            last = parse_stamp(state.get("last_started_at"))
             if last is not None and (now - last).total_seconds() < triggers.cooldown_s:
                 log.info("pipeline %s: %s trigger within the cool-down; not started", name, start[0])
                 start = None
@@ -576,10 +577,3 @@ def _run_out(row: PipelineRunRow) -> PipelineRunOut:
         stages=[StageRecord.model_validate(s) for s in row.stages], reason=row.reason,
         created_by=row.created_by, author=row.author_subject, created_at=row.created_at,
         updated_at=row.updated_at, finished_at=row.finished_at)
-
-
-def _time(text: Any) -> datetime | None:
-    if not text:
-        return None
-    moment = datetime.fromisoformat(str(text))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -39,7 +39,6 @@ from control_plane.rollouts import ab_test
 from control_plane.rollouts.analysis import (
     AnalysisConfig,
     load_imbalance,
-    load_per_sample,
     sample_counts,
 )
 from control_plane.rollouts.plan import Step
@@ -181,6 +180,7 @@ def judge(settings: ABTestSettings, config: AnalysisConfig, window: ABWindow | N
         update={"samples": samples, "stream": stream})
 
 
+# The A/B tests whose figures load makes worse (the threshold gates' are LOAD_SENSITIVE).
 _LOAD_SENSITIVE = frozenset({"error_rate", "latency"})
 
 
@@ -193,13 +193,11 @@ def _disturbed(config: AnalysisConfig, window: ABWindow) -> tuple[str, str] | No
     candidate, stable = window.candidate, window.stable
     if candidate is None or stable is None:
         return None
-    why = load_imbalance(config, candidate, stable)
-    if why is None:
+    imbalance = load_imbalance(config, candidate, stable)
+    if imbalance is None:
         return None
-    loaded_candidate = (load_per_sample(config, candidate) or 1.0) > \
-        (load_per_sample(config, stable) or 1.0)
-    return ("worse" if loaded_candidate else "no_worse"), why.replace(
-        "error rate and latency are not judged", "the A/B test does not decide")
+    return ("worse" if imbalance.candidate_loaded else "no_worse"), imbalance.reason(
+        "the A/B test does not decide")
 
 
 def _overall(settings: ABTestSettings, window: ABWindow, round_: int,

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from control_plane.rollouts.ab_test import two_proportions
-from serving.monitoring import Quantiles, ShadowComparison, Traffic, VersionSnapshot
+from serving.monitoring import ShadowComparison, Traffic, VersionSnapshot
 from serving.monitoring.routing import ROUTED_PINNED, ROUTED_RANDOMLY, ROUTED_STICKY
 from serving.monitoring.snapshot import RoutedRequests
 
@@ -179,11 +179,32 @@ def load_per_sample(config: AnalysisConfig, stats: VersionSnapshot | None) -> fl
     return every / sample if sample else None
 
 
+@dataclass(frozen=True)
+class LoadImbalance:
+    """Requests routed apart loaded one version past :data:`MAX_LOAD_IMBALANCE` more than
+    the other: requests per sampled one, the candidate's (``own``) and stable's (None:
+    no stable, its sample's 1.0 counts)."""
+
+    own: float
+    other: float | None
+
+    @property
+    def candidate_loaded(self) -> bool:
+        return self.own > (1.0 if self.other is None else self.other)
+
+    def reason(self, consequence: str = "error rate and latency are not judged") -> str:
+        stable_part = "" if self.other is None else f", stable {self.other:.2f}"
+        return (f"requests routed apart (pinned, or sticky where not counted) loaded the "
+                f"versions unevenly: the candidate got {self.own:.2f} requests per sampled "
+                f"one{stable_part} (more than {MAX_LOAD_IMBALANCE:g}x apart), so "
+                f"{consequence} in this window")
+
+
 def load_imbalance(config: AnalysisConfig, candidate: VersionSnapshot,
-                   stable: VersionSnapshot | None) -> str | None:
-    """Why the window's load-sensitive checks cannot be judged, or None: requests routed
-    apart loaded one version more than the other (or, without stable, the candidate alone
-    more than its sample) past :data:`MAX_LOAD_IMBALANCE`."""
+                   stable: VersionSnapshot | None) -> LoadImbalance | None:
+    """How requests routed apart loaded the versions unevenly (or, without stable, the
+    candidate alone more than its sample) past :data:`MAX_LOAD_IMBALANCE`; None where
+    they did not, and the window's load-sensitive checks can be judged."""
     own = load_per_sample(config, candidate)
     if own is None:
         return None
@@ -191,18 +212,7 @@ def load_imbalance(config: AnalysisConfig, candidate: VersionSnapshot,
     against = 1.0 if other is None else other
     if max(own, against) / min(own, against) <= MAX_LOAD_IMBALANCE:
         return None
-    stable_part = "" if other is None else f", stable {other:.2f}"
-    return (f"requests routed apart (pinned, or sticky where not counted) loaded the versions "
-            f"unevenly: the candidate got {own:.2f} requests per sampled one{stable_part} "
-            f"(more than {MAX_LOAD_IMBALANCE:g}x apart), so error rate and latency are not "
-            "judged in this window")
-
-
-def latency_of(config: AnalysisConfig, stats: VersionSnapshot) -> Quantiles:
-    """The latency the gates judge: the sample's (``latency.sample``), which the Monitor
-    cut as the rollout's ways of routing say (``sample_routings``): the randomly routed
-    requests', and the sticky or pinned ones' only where the rollout counts them."""
-    return stats.latency.sample
+    return LoadImbalance(own, other)
 
 
 @dataclass(frozen=True)
@@ -258,7 +268,9 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                 f"{bound:.4g} over {evidence})")
             failures[name] = f"{name} {value:.4g} {sign} {limit:.4g}{why}"
 
-    latency = latency_of(config, candidate)
+    # The sample's latency, which the Monitor cut as the rollout's ways of routing say
+    # (sample_routings): sticky or pinned requests only where the rollout counts them.
+    latency = candidate.latency.sample
     requests = f"{latency.count} requests"
     # On evidence, as every other share: two stray 5xx in a thin window are not a verdict.
     check("error_rate", error_rate, config.max_error_rate,
@@ -290,7 +302,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         if increase is not None:  # on evidence, as the error rate: two 5xx are not a verdict
             check("error_rate_increase", increase[0], config.max_error_rate_increase,
                   bound=increase[1], evidence=increase[2])
-        stable_latency = latency_of(config, stable)
+        stable_latency = stable.latency.sample
         if stable_latency.p95_ms > 0 and not math.isnan(stable_latency.p95_ms):
             # Evidence of a slower candidate: its p95's lower bound over stable's upper one.
             check("p95_ratio", latency.p95_ms / stable_latency.p95_ms, config.max_p95_ratio,
@@ -325,7 +337,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         # failures are its own.
         for name in LOAD_SENSITIVE & checks.keys():
             checks[name]["disturbed"] = True
-        if (load_per_sample(config, candidate) or 1.0) > (load_per_sample(config, stable) or 1.0):
+        if disturbed.candidate_loaded:
             unjudged = any(name in LOAD_SENSITIVE for name in failures)
             failures = {name: why for name, why in failures.items()
                         if name not in LOAD_SENSITIVE}
@@ -334,7 +346,8 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
     if unjudged:
-        return CheckResult(Verdict.INCONCLUSIVE, checks, disturbed or "")
+        return CheckResult(Verdict.INCONCLUSIVE, checks,
+                           disturbed.reason() if disturbed is not None else "")
     asked = [name for name, limit in (("min_accuracy", config.min_accuracy),
                                       ("max_mae", config.max_mae)) if limit is not None]
     if asked and labelled < config.min_labels:

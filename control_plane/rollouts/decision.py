@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -40,6 +40,7 @@ from control_plane.rollouts.approvals import ApprovalGate
 from control_plane.rollouts.deadline import inconclusive_for, past_deadline
 from control_plane.rollouts.schemas import AnalysisSettings, RolloutOut
 from control_plane.rollouts.states import RolloutState
+from control_plane.stamps import parse_stamp
 from serving.monitoring import VersionSnapshot
 
 ANALYSED_STATES = (RolloutState.PROGRESSING, RolloutState.AWAITING_APPROVAL)
@@ -121,10 +122,9 @@ def analysis_due(rollout: RolloutOut, last: datetime | None, now: datetime) -> b
 
 def _analysed_at(analysis: dict[str, Any] | None) -> datetime | None:
     try:
-        at = datetime.fromisoformat(str((analysis or {})["at"]))
-    except (KeyError, ValueError):
+        return parse_stamp((analysis or {}).get("at"))
+    except ValueError:
         return None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def analysis_window(rollout: RolloutOut, now: datetime) -> float:

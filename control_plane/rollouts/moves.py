@@ -38,12 +38,7 @@ from control_plane.rollouts.schemas import RolloutOut
 from control_plane.rollouts.states import ACTIVE_STATES, RolloutState, can_transition
 from control_plane.schemas import CHAMPION_ALIAS, Stage, StageChange
 from control_plane.store import Database
-from control_plane.store.database import (
-    FencedOut,
-    in_fenced_pass,
-    store_transient,
-    store_unique_race,
-)
+from control_plane.store.database import FencedOut, store_transient, store_unique_race
 from control_plane.store.models import EndpointRow, RolloutRow
 from serving.monitoring import VersionSnapshot
 
@@ -197,8 +192,7 @@ class TrafficMoves:
                 # at once could each send the alert before either recorded it sent. Fenced
                 # too, as the lead may pass between the look and the writes.
                 try:
-                    # A pass's own fence where one runs (its term, not the current one).
-                    with nullcontext() if in_fenced_pass() else self._fenced():
+                    with self._fenced():
                         for rollout_id in ended:
                             self._followups.finish(rollout_id)
                 except FencedOut:

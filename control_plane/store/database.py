@@ -46,6 +46,12 @@ class FencedOut(Exception):
     """A write transaction its fence refused: nothing of it was written."""
 
 
+def store_now(session: Session) -> float:
+    """The store's time now, in Unix seconds (PostgreSQL's clock, not its transaction's
+    start): times that processes on several machines compare are read on one clock."""
+    return float(session.scalar(text("SELECT extract(epoch FROM clock_timestamp())")))
+
+
 def in_fenced_pass() -> bool:
     """Whether this thread's writes are fenced now (a control loop's pass is running)."""
     return _write_fence.get() is not None

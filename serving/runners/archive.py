@@ -21,6 +21,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from modelplane.durable import fsync_path
+
 MAX_MEMBERS = 10_000
 MAX_UNPACKED_BYTES = 8 * 2**30
 
@@ -76,7 +78,7 @@ def unpack(archive_path: Path, digest: str) -> Path:
             if target.exists():
                 _set_aside(target)
             os.replace(temp, target)
-            _sync(archive_path.parent)
+            fsync_path(archive_path.parent)
         except zipfile.BadZipFile as error:
             raise ArchiveError(f"the artifact is not a zip archive: {error}") from None
         finally:
@@ -97,7 +99,7 @@ def _complete(folder: Path, digest: str) -> bool:
 def _mark(folder: Path, digest: str) -> None:
     marker = folder / UNPACKED_MARKER
     marker.write_text(digest)
-    _sync(marker)
+    fsync_path(marker)
 
 
 def _matches(folder: Path, members: list[zipfile.ZipInfo]) -> bool:
@@ -130,16 +132,9 @@ def _set_aside(folder: Path) -> None:
 def _sync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for name in files:
-            _sync(Path(folder, name))
-        _sync(Path(folder))
+            fsync_path(Path(folder, name))
+        fsync_path(Path(folder))
 
-
-def _sync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def package_name(digest: str) -> str:
