@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
@@ -80,12 +81,9 @@ class IdempotencyGuard:
         if isinstance(hold, Reply):
             await _replay(hold, send)
             return
-        answer = _Answer(send)
-        try:
-            await self.app(scope, _replaying(body, receive), answer.send)
-        finally:
-            # Kept even where the caller is gone: that is the call that will ask again.
-            reply = answer.reply()
+        async def settle(reply: Reply | None) -> None:
+            # Settled before the answer's last byte goes out: a caller that has its answer
+            # and asks again is always replayed it, never told the call is still running.
             if reply is not None and reply.status < 400 and any(
                     secret.match(path) for secret in SECRET_ANSWERS):
                 reply = _secret_withheld(request, key, reply.status)
@@ -97,6 +95,13 @@ class IdempotencyGuard:
             except Exception:  # the store went away: the key is freed at its hold's end
                 log.warning("could not keep the answer to idempotency key %r of %s", key,
                             caller, exc_info=True)
+
+        answer = _Answer(send, settle)
+        try:
+            await self.app(scope, _replaying(body, receive), answer.send)
+        finally:
+            # Kept even where the caller is gone: that is the call that will ask again.
+            await answer.settle()
 
 
 def _secret_withheld(request: Request, key: str, status: int) -> Reply:
@@ -140,8 +145,10 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
 class _Answer:
     """The route's answer as it goes out, for keeping."""
 
-    def __init__(self, send: Send) -> None:
-        self._send = send
+    def __init__(self, send: Send,
+                 settle: Callable[[Reply | None], Awaitable[None]]) -> None:
+        self._send, self._settle = send, settle
+        self._settled = False
         self.status: int | None = None
         self.headers: list[list[str]] = []
         self.chunks: list[bytes] = []
@@ -159,7 +166,15 @@ class _Answer:
             if self.size <= MAX_KEPT_BYTES:
                 self.chunks.append(chunk)
             self.complete = not message.get("more_body", False)
+            if self.complete:
+                await self.settle()
         await self._send(message)
+
+    async def settle(self) -> None:
+        """Keep the answer, or free the key, once."""
+        if not self._settled:
+            self._settled = True
+            await self._settle(self.reply())
 
     def reply(self) -> Reply | None:
         """The answer to keep; None for one that failed (5xx), says to ask again (a write

@@ -110,7 +110,10 @@ def test_an_answer_that_says_ask_again_is_not_kept_for_its_idempotency_key(
         async def sent(message: object) -> None:
             pass
 
-        answer = _Answer(sent)
+        async def settled(reply: object) -> None:
+            pass
+
+        answer = _Answer(sent, settled)
         await answer.send({"type": "http.response.start", "status": response.status_code,
                            "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()]})
         await answer.send({"type": "http.response.body", "body": response.content})

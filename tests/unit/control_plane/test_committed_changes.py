@@ -103,6 +103,34 @@ def test_an_alias_move_asked_again_with_its_key_is_not_made_again(plane: SimpleN
     assert aliases["staging"] == 2, aliases
 
 
+def test_an_answer_is_kept_before_its_caller_has_it(plane: SimpleNamespace) -> None:
+    """A caller that has its answer and asks again at once is replayed it: the answer was
+    kept only after it went out, so a quick caller was told the call was still running."""
+    from sqlalchemy import select
+
+    from control_plane.api import build_api
+    from control_plane.store.models import RequestReplyRow
+
+    kept_when_sent: list[int | None] = []
+    api = build_api(plane.cp)
+
+    async def looking_at_the_store(scope: Any, receive: Any, send: Any) -> None:
+        async def sent(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                with plane.cp.db.session() as session:
+                    kept_when_sent.append(session.scalar(
+                        select(RequestReplyRow.status).where(RequestReplyRow.key == "quick-one")))
+            await send(message)
+        await api(scope, receive, sent)
+
+    with TestClient(looking_at_the_store, raise_server_exceptions=False,
+                    headers=dict(plane.client.headers)) as client:
+        put = client.put("/models/iris/aliases/staging", json={"version": 1},
+                         headers={"idempotency-key": "quick-one"})
+        assert put.status_code == 200, put.text
+    assert kept_when_sent == [200]
+
+
 def test_a_change_applied_as_the_lead_passes_is_answered_as_made_and_left_to_the_holder(
         plane: SimpleNamespace) -> None:
     """The reconciler now refuses to touch Serve once the lead has passed; on an API call's
