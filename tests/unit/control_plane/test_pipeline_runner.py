@@ -486,6 +486,16 @@ def test_bad_cron_fields_are_refused(text: str) -> None:
         CronSchedule.parse(text)
 
 
+@pytest.mark.parametrize("text", ["0 0 30 2 *", "0 0 31 4,6,9,11 *"])
+def test_a_schedule_on_a_day_that_never_comes_is_refused(text: str) -> None:
+    document = spec_document()
+    document["triggers"] = {"schedule": text}
+    with pytest.raises(InvalidPipelineSpecError, match="never start a run"):
+        parse_pipeline_spec(document)
+    document["triggers"] = {"schedule": "0 0 31 1-12 *"}  # some months have the day
+    assert parse_pipeline_spec(document).triggers.schedule == "0 0 31 1-12 *"
+
+
 def test_every_run_event_reaches_the_listener_once(db: Database) -> None:
     events: list[tuple[int, str, str | None]] = []
     failing = Scripted("benchmark", Outcome(StageState.FAILED, reason="3x slower"))
