@@ -2,8 +2,8 @@
 
 The reconciler turns each stored endpoint into an :class:`serving.EndpointConfig` and
 applies it through a :class:`ServeBackend`. It remembers the hash of what it applied so a
-steady state costs nothing; after a restart that memory is empty and it re-applies every
-endpoint once, which Serve treats as a no-op for unchanged applications (no replica
+steady state costs nothing; after a restart, or on taking the control loops' lease back
+from another process, that memory is empty and it re-applies every endpoint once, which Serve treats as a no-op for unchanged applications (no replica
 restarts). Serve itself is behind the ``ServeBackend`` protocol so the logic is tested with
 a fake backend and no cluster.
 
@@ -497,6 +497,16 @@ class Reconciler:
         application that has not failed (a failed one gets all of it again from Serve)."""
         return seen is not None and not _failed_status(seen.status) and \
             self._deployed.get(app) == _digest(_structure(config))
+
+    def forget_applied(self) -> None:
+        """Forget everything applied: taken over, this process cannot know what the
+        holders in between gave Serve, so its next pass submits every endpoint again (as
+        after a restart). Remembered, a table whose versions match what this process last
+        deployed went to the route board alone, onto replicas another holder had rebuilt
+        without one of them."""
+        self._applied.clear()
+        self._deployed.clear()
+        self._board_ahead.clear()
 
     def _forget(self, app: str) -> None:
         """Forget what was applied to ``app``: the next pass submits it to Serve again."""

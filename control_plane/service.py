@@ -177,6 +177,7 @@ class ControlPlane:
 
         if self._took_over.is_set():
             self._took_over.clear()
+            self.reconciler.forget_applied()
             try:
                 self.apply()
             except BaseException:

@@ -285,7 +285,8 @@ def test_a_serve_slow_to_answer_the_takeovers_apply_does_not_cost_the_lease(
         applying.set()
         answer.wait(60)
 
-    leader.reconciler = SimpleNamespace(reconcile=stalled, reconcile_pending=lambda: None)
+    leader.reconciler = SimpleNamespace(reconcile=stalled, reconcile_pending=lambda: None,
+                                        forget_applied=lambda: None)
     try:
         starting = threading.Thread(target=leader.start_control_loops, kwargs={"lease_s": 6.0})
         starting.start()
@@ -298,6 +299,23 @@ def test_a_serve_slow_to_answer_the_takeovers_apply_does_not_cost_the_lease(
             assert leader.leading and read_lease(leader.db).holder == leader.lease.holder
     finally:
         answer.set()
+        leader.close()
+
+
+def test_taking_the_lease_forgets_what_was_applied_before_applying_again(
+        tmp_path: Path) -> None:
+    """What this process gave Serve before another held the lease is no guide to what
+    Serve runs now (test_reconciler's test_a_lead_taken_back_gives_serve_everything_again)."""
+    leader = ControlPlane.start(Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")}))
+    calls: list[str] = []
+    leader.reconciler = SimpleNamespace(
+        reconcile=lambda endpoint=None: calls.append("reconcile"),
+        reconcile_pending=lambda: None, forget_applied=lambda: calls.append("forget"))
+    try:
+        leader.start_control_loops(lease_s=6.0)
+        wait_for(lambda: "forget" in calls[:-1], 10, "the takeover's apply")
+        assert calls[calls.index("forget") + 1] == "reconcile"
+    finally:
         leader.close()
 
 

@@ -372,6 +372,24 @@ def test_a_weight_change_goes_to_the_route_board_not_to_serve(deployments, clock
     assert len(serve.deploys()) == deploys and rec.states()["ep"].state == "applied"
 
 
+def test_a_lead_taken_back_gives_serve_everything_again(deployments, clock) -> None:
+    """Another holder, in between, rebuilt the endpoint without version 2; version 2 came
+    back in the store with the very settings this process last deployed. Sent to the route
+    board alone, a tenth of the traffic went to a version no replica held."""
+    serve = Serve()
+    first, second = reconciler(deployments, serve, clock), reconciler(deployments, serve, clock)
+    canary(deployments)
+    first.reconcile()
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 100}), ALICE)
+    second.reconcile()  # the lead passed to the second: version 2 is gone from Serve
+    assert [v["version"] for v in serve.user_configs["endpoint-ep"]["versions"]] == [1]
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:2", weight=10), ALICE)
+    first.forget_applied()  # and came back to the first (ControlPlane._apply_requested)
+    report = first.reconcile("ep")
+    assert report.applied == ["endpoint-ep"], report
+    assert [v["version"] for v in serve.user_configs["endpoint-ep"]["versions"]] == [1, 2]
+
+
 def test_routes_go_through_serve_when_the_board_cannot_take_them(deployments, clock) -> None:
     serve = Serve()
     rec = reconciler(deployments, serve, clock)
