@@ -13,14 +13,16 @@ class Receiver:
     """Records each POST's body and ``Idempotency-Key``. Answers its first ``failures``
     POSTs with ``failure_status``, then ``status`` (200 unless told otherwise: a receiver
     that is down answers 503). ``received`` holds the bodies it acknowledged, ``tries`` the
-    key of every POST, acknowledged or not."""
+    key of every POST, acknowledged or not. With ``trickle_s``, an answer's body follows its
+    head a byte every ``trickle_s`` (100 bytes); ``answered`` is set once one is whole."""
 
     def __init__(self, status: int = 200, *, failures: int = 0,
-                 failure_status: int = 500) -> None:
+                 failure_status: int = 500, trickle_s: float = 0.0) -> None:
         self.received: list[dict[str, Any]] = []
         self.keys: list[str | None] = []  # of the acknowledged bodies, in order
         self.tries: list[str | None] = []
         self.status, self.failures, self.failure_status = status, failures, failure_status
+        self.trickle_s, self.answered, self._closing = trickle_s, threading.Event(), threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,7 +37,21 @@ class Receiver:
                     outer.received.append(json.loads(body))
                     outer.keys.append(key)
                 self.send_response(status)
+                if not outer.trickle_s:
+                    self.end_headers()
+                    return
+                self.send_header("content-length", "100")
                 self.end_headers()
+                self.wfile.flush()
+                for _ in range(100):
+                    if outer._closing.wait(outer.trickle_s):
+                        return
+                    try:
+                        self.wfile.write(b".")
+                        self.wfile.flush()
+                    except OSError:  # the caller stopped reading
+                        return
+                outer.answered.set()
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -59,5 +75,6 @@ class Receiver:
         return [body.get("kind") or f"alert.{body['status']}" for body in self.received]
 
     def close(self) -> None:
+        self._closing.set()
         self.server.shutdown()
         self.server.server_close()

@@ -82,6 +82,21 @@ def test_two_control_planes_send_each_notification_once(db: Database,
             plane.close()
 
 
+def test_a_receiver_trickling_its_answer_does_not_hold_the_send(db: Database) -> None:
+    """Its status is all a send needs. Its body read a byte a second, each within the
+    timeout, held the send past the claim, and another control plane sent it again."""
+    slow = Receiver(trickle_s=0.2)
+    plane = Notifier(db)
+    try:
+        plane.configure([spec(slow, db, timeout_s=1.0)])
+        plane.notify(page(1))
+        wait_for(lambda: plane.stats()["pager"].get("sent") == 1, 10, "the send")
+        assert Outbox(db).count("pager") == 0 and not slow.answered.is_set()
+    finally:
+        plane.close()
+        slow.close()
+
+
 def test_only_the_stored_settings_send(db: Database, receiver: Receiver) -> None:
     """An operator moves a receiver to a new URL; a control plane that has not read the
     change yet still sends with the old one. What it queues is sent to the new URL by the
