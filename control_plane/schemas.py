@@ -13,6 +13,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from modelplane.wire import ClosedModel
+
 # Serving settings are the data plane's own wire objects: one definition, two packages.
 from serving.schemas import BatchingConfig as BatchSettings
 from serving.schemas import ModelCode, ModelKind
@@ -53,8 +55,8 @@ FiniteJson = Annotated[dict[str, Any], AfterValidator(_finite_everywhere)]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex.")]
 
 
-class Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Wire(ClosedModel):
+    pass
 
 
 class Stage(StrEnum):

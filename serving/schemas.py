@@ -11,22 +11,21 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     field_serializer,
     field_validator,
     model_validator,
 )
 
+from modelplane.wire import ClosedModel
 from serving.monitoring.feedback import MAX_LABELS_PER_REQUEST
 from serving.names import MONITOR_NAME, MONITOR_NAMESPACE
 
 STICKY_HEADER = "x-modelplane-key"
 
 
-class Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Wire(ClosedModel):
+    pass
 
 
 class TensorSignature(Wire):

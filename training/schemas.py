@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from control_plane.schemas import AliasName, Name
+from modelplane.wire import ClosedModel
 from serving.schemas import CustomResources, check_custom_resources
 
 BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "reviews")
@@ -47,8 +48,8 @@ DEFAULT_MAX_WORKERS = 4
 MAX_WORKERS = 4096
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Section(ClosedModel):
+    pass
 
 
 class ExperimentSpec(Section):
