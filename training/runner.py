@@ -71,6 +71,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     from control_plane.ray_auth import apply_ray_auth_env
     from modelplane.settings import get_settings
 
+    # A stop or deadline of an earlier job in this process (a notebook's) is not this one's.
+    STOP_REQUESTED.clear()
+    OVERDUE.clear()
     apply_ray_auth_env()
     settings = get_settings()
     token = settings.resolved_token()
@@ -103,7 +106,6 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
 
     cluster = _connect_ray(address, num_cpus)
     where = cluster["address"]
-    OVERDUE.clear()  # a deadline of an earlier job in this process is not this one's
     placement = _plan(spec, where)  # a job the cluster can never hold stops here, unrun
     if spec.resources.num_workers == "auto":
         echo(f"num_workers auto: {placement.num_workers} worker(s), the most this cluster can "

@@ -14,6 +14,7 @@ the spec must lie inside it and the directory's code is what runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shlex
@@ -159,7 +160,10 @@ class JobClient:
                 echo(text[shown:].rstrip("\n"))
                 shown = len(text)
             if status in TERMINAL_STATES:
-                self.info(job_id)  # revokes the job's token
+                # Revokes the job's token; unanswered, the job's end still stands (and the
+                # token still ends with its lifetime).
+                with contextlib.suppress(JobSubmissionError):
+                    self.info(job_id)
                 return status
             time.sleep(poll_s)
 

@@ -228,6 +228,45 @@ def test_following_a_job_asks_again_a_job_api_that_could_not_answer(
     assert api.info_calls == 1 and shown == ["epoch 1"]
 
 
+def test_a_job_seen_succeeded_stays_succeeded_when_its_last_look_goes_unanswered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last look only revokes the job's token: unanswered, it made `train submit --wait`
+    fail for a job that had succeeded."""
+    from training.errors import JobSubmissionError
+
+    monkeypatch.setattr("training.submission.time.sleep", lambda seconds: None)
+    api = Hiccups([])
+
+    def unanswered(job_id: str) -> None:
+        api.info_calls += 1
+        raise JobSubmissionError("Ray's job API at http://head:8265 did not answer within 30 s",
+                                 detail={"answered": False})
+
+    follower = _follower(api)
+    follower.info = unanswered  # type: ignore[method-assign]
+    assert follower.follow("raysubmit_1", print, poll_s=0) == "SUCCEEDED"
+    assert api.info_calls == 1
+
+
+def test_a_stop_asked_of_an_earlier_job_in_this_process_is_not_this_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook stopped one job with Ctrl-C: the next one trained to its end, then was
+    called stopped and registered nothing."""
+    from control_plane.errors import ControlPlaneUnavailableError
+    from training import runner
+
+    runner.STOP_REQUESTED.set()
+    runner.OVERDUE.append("an earlier job's deadline")
+
+    def unreachable(self: object) -> None:  # the job's first call: nothing more runs here
+        raise ControlPlaneUnavailableError("connection refused")
+
+    monkeypatch.setattr("control_plane.client.Client.health", unreachable)
+    with pytest.raises(ControlPlaneUnavailableError):
+        runner.run_job(None)  # type: ignore[arg-type]
+    assert not runner.STOP_REQUESTED.is_set() and not runner.OVERDUE
+
+
 def test_following_gives_up_past_its_patience_saying_the_job_may_still_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from training.errors import JobSubmissionError
