@@ -204,7 +204,7 @@ class AlertService:
             if self._rules is None or now - self._rules_read_at >= RULES_REFRESH_S:
                 self._rules, self._rules_read_at = list(self.store.rules()), now
                 refreshed = True
-                self._resolve_orphans({r.name for r in self._rules}, now)
+                self._resolve_orphans({r.name for r in self._rules if r.enabled}, now)
             due = [r for r in self._rules if r.enabled and self._due.get(r.name, 0.0) <= now]
             edits = {r.name: self._rule_edits[r.name] for r in due}
         if refreshed:  # receivers added or removed through another control plane's API too
@@ -230,8 +230,9 @@ class AlertService:
         return len(due)
 
     def _resolve_orphans(self, rules: set[str], now: float) -> None:
-        """Resolve the alerts of rules the store no longer has: deleted through another
-        control plane's API, whose own resolution could not reach this one's state."""
+        """Resolve the alerts of rules the store no longer has, or has disabled: nothing
+        evaluates those again, so nothing else would resolve them. Deleted through another
+        control plane's API, a rule's own resolution could not reach this one's state."""
         for alert in [a for a in self._alerts.values() if a.name not in rules]:
             self._transition(alert, alert.step(False, now, 0.0))
             self._alerts.pop(alert.fingerprint, None)

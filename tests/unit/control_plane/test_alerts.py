@@ -413,6 +413,20 @@ def test_deleting_a_rule_resolves_its_alerts(service) -> None:
     assert service.rules() == [] and service.active() == []
 
 
+def test_disabling_a_rule_resolves_its_alerts(service) -> None:
+    """Nothing evaluates a disabled rule: its alert stayed firing, listed and exported, and
+    its receivers never heard it end."""
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    assert service.metrics()["active"] == [("input-drift", "critical", "firing")]
+    service.put_rule(drift_rule().model_copy(update={"enabled": False}), "alice")
+    service.evaluate(stats, stats.endpoints, now=1.0)
+    assert service.active() == [] and service.metrics()["active"] == []
+    assert history(service)[-1] == ("input-drift", "resolved", "rule")
+
+
 def test_a_rule_deleted_while_its_pass_reads_the_monitor_leaves_no_alert_behind(service) -> None:
     """The evaluator reads the Monitor outside its lock; a rule deleted meanwhile must not
     have its alert fire again from that reading, with no rule left to resolve it."""
