@@ -467,8 +467,9 @@ class Pipelines:
                         if data_changed and start is None:
                             start = (Trigger.DATA, {"reason": f"new data at {uri}",
                                                     "digest": digest, "previous": seen})
+        alerts_seen: datetime | None = None  # as they were before this look
         if triggers.on_drift_alert and self._drift_alerts is not None:
-            since = parse_stamp(state.get("alerts_seen_until")) or now
+            since = alerts_seen = parse_stamp(state.get("alerts_seen_until")) or now
             fired = self._drift_alerts(spec.deploy.endpoint, since)
             remember["alerts_seen_until"] = max([since, *fired]).isoformat()
             if fired and start is None:
@@ -492,6 +493,10 @@ class Pipelines:
             # No run took the new data (within the cool-down, or a run under way): it stays
             # unseen, so the next look after them starts the run it is owed.
             remember.pop("data_digest", None)
+        if alerts_seen is not None:
+            # So do drift alerts: each fires once an episode, and one used up in the
+            # cool-down or while a run waited for approval never started its retraining.
+            remember["alerts_seen_until"] = alerts_seen.isoformat()
         if remember:
             with self.db.session() as session:
                 row = session.scalar(select(PipelineRow).where(

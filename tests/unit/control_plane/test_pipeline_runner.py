@@ -339,6 +339,35 @@ def test_new_data_seen_within_the_cool_down_starts_its_run_once_it_is_over(db: D
     assert (run.trigger_detail["digest"], run.trigger_detail["previous"]) == ("d3", "d2")
 
 
+def test_a_drift_alert_within_the_cool_down_starts_its_run_once_it_is_over(db: Database) -> None:
+    """An alert fires once an episode: one seen in the cool-down (or while a run waited for
+    approval) was used up, and the drift it told of was never trained away."""
+    alerts: list[datetime] = []
+    clock = Clock()
+    pipelines = runner(db, all_passing(), clock,
+                       drift_alerts=lambda endpoint, since: [t for t in alerts if t > since])
+    pipelines.apply(parse_pipeline_spec(spec_document(
+        triggers={"on_drift_alert": True, "cooldown_s": 600})), ALICE)
+    tick_and_read(pipelines)
+    clock.now += timedelta(seconds=30)
+    alerts.append(clock.now - timedelta(seconds=1))
+    tick_and_read(pipelines)
+    assert pipelines.run("bc").number == 1
+    drive(pipelines, lambda: pipelines.run("bc").state.terminal)
+    clock.now += timedelta(minutes=2)
+    alerts.append(clock.now - timedelta(seconds=1))  # within the cool-down, and no more
+    tick_and_read(pipelines)
+    assert pipelines.run("bc").number == 1
+    clock.now += timedelta(minutes=9)
+    tick_and_read(pipelines)
+    run = pipelines.run("bc")
+    assert run.number == 2 and run.trigger is Trigger.ALERT
+    assert run.trigger_detail["fired_at"] == alerts[-1].isoformat()
+    clock.now += timedelta(minutes=11)
+    tick_and_read(pipelines)
+    assert pipelines.run("bc").number == 2  # and once
+
+
 def test_data_that_cannot_be_read_is_looked_at_once_an_interval_and_stops_no_trigger(
         db: Database) -> None:
     looks: list[datetime] = []
