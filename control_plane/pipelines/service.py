@@ -24,8 +24,11 @@ from sqlalchemy.orm.exc import StaleDataError
 from control_plane.auth import Principal
 from control_plane.errors import (
     ConflictError,
+    ControlPlaneUnavailableError,
     InvalidInputError,
+    MonitorUnavailableError,
     NotFoundError,
+    StoreUnavailableError,
     WorkNotStoppedError,
 )
 from control_plane.pipelines.cron import CronSchedule
@@ -47,6 +50,9 @@ from control_plane.stamps import parse_stamp
 from control_plane.store import Database
 from control_plane.store.database import FencedOut
 from control_plane.store.models import PipelineRow, PipelineRunRow
+
+# Trouble that passes: a stage meeting it is asked again, not failed.
+_PASSING_TROUBLE = (StoreUnavailableError, MonitorUnavailableError, ControlPlaneUnavailableError)
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +236,19 @@ class Pipelines:
             return cancelled
         raise ConflictError(f"pipeline {name!r} kept changing; try again", detail={"field": "name"})
 
+    def _stopped(self, stage: Any, run: LoadedRun, current: StageRecord) -> str:
+        """Stop the work of a stage that raised, before its run is failed: a failed run
+        whose rollout went on could still promote its candidate."""
+        try:
+            stage.cancel(self._context(run, current))
+        except Exception as error:
+            log.exception("stopping the work of stage %s of %s#%d failed", current.name,
+                          run.out.pipeline, run.out.number)
+            return (f"stopping its work failed too ({getattr(error, 'message', None) or error}): "
+                    "stop it by hand (`modelplane train stop JOB_ID`, `modelplane rollout "
+                    "abort ID`)")
+        return "its work was stopped"
+
     def _stop_work(self, run: LoadedRun, cancelled: PipelineRunOut) -> None:
         """Stop what the cancelled ``run``'s running stage was doing. Where that fails, the
         run stays cancelled and the caller is told what still runs and how to stop it."""
@@ -314,11 +333,18 @@ class Pipelines:
                 outcome = stage.advance(self._context(run, current))
             except FencedOut:  # the stage's own write, refused: not the stage failing
                 raise
+            except _PASSING_TROUBLE as error:
+                # The store or the Monitor away for a moment is no verdict on the stage,
+                # whose work (a job, a rollout) goes on: asked again next pass.
+                log.warning("stage %s of %s#%d could not be advanced (%s); asking again next "
+                            "pass", current.name, run.out.pipeline, run.out.number, error)
+                return False
             except Exception as error:
                 log.warning("stage %s of %s#%d raised: %s", current.name, run.out.pipeline,
                             run.out.number, error)
                 message = getattr(error, "message", None) or str(error) or type(error).__name__
-                outcome = Outcome(StageState.FAILED, reason=f"{type(error).__name__}: {message}")
+                outcome = Outcome(StageState.FAILED, reason=f"{type(error).__name__}: "
+                                  f"{message}; {self._stopped(stage, run, current)}")
         record = current.model_copy(update={
             "state": outcome.state,
             "outputs": {**current.outputs, **outcome.outputs},

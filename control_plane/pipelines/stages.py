@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ class TrainStage:
                            reason=f"training job {job_id}: {error.message}")
         if stage_elapsed_s(context) > timeout_s:
             # A job Ray took late (or still runs unseen) must not register for a failed stage.
-            self._revoke_tokens(context, job_id, progress)
+            self._revoke_tokens(context, job_id)
             return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
                 f"training job {job_id}: {error.message}; training.timeout_s ({timeout_s:g} "
                 f"s) has passed, so the stage fails and its job's token is revoked: stop the "
@@ -196,23 +197,27 @@ class TrainStage:
     def cancel(self, context: StageContext) -> None:
         job_id = context.record.progress.get("submission_id")
         if job_id:
-            client = self._job_client()
-            if self._exists(client, str(job_id)):
-                client.stop(str(job_id))  # the job ends its run killed, with its token
-            else:
-                # Not there (yet): a submission Ray takes late must find its token revoked,
-                # or it trains and registers for a cancelled run.
-                self._revoke_tokens(context, str(job_id), context.record.progress)
+            try:
+                client = self._job_client()
+                if self._exists(client, str(job_id)):
+                    client.stop(str(job_id))  # the job ends its run killed, with its token
+                    return
+            except BaseException:
+                # Ray's job API could not be asked: the job, if it runs, must find its
+                # token revoked, or it trains and registers for a cancelled run.
+                self._revoke_tokens(context, str(job_id))
+                raise
+            # Not there (yet): a submission Ray takes late must find its token revoked too.
+            self._revoke_tokens(context, str(job_id))
 
-    def _revoke_tokens(self, context: StageContext, job_id: str,
-                       progress: dict[str, Any]) -> None:
+    def _revoke_tokens(self, context: StageContext, job_id: str) -> None:
         from control_plane.errors import NotFoundError
 
-        attempts = int(progress.get("attempt") or 0)
-        for attempt in range(1, attempts + 1):
+        with self.services.db.session(readonly=True) as session:
+            names = _job_token_names(session, context, job_id)
+        for name in names:
             with contextlib.suppress(NotFoundError):
-                self.services.tokens.revoke(_token_name(job_id, attempt),
-                                            run_principal(context.run))
+                self.services.tokens.revoke(name, run_principal(context.run))
 
     @staticmethod
     def _exists(client: Any, job_id: str) -> bool:
@@ -283,14 +288,10 @@ class TrainStage:
         them. Without that check another job's token took the candidate: a run tagged with
         this job's id, a version naming it, deployed by the pipeline as a deployer.
         """
-        from control_plane.store.models import ModelRow, ModelVersionRow, RunRow, TokenRow
+        from control_plane.store.models import ModelRow, ModelVersionRow, RunRow
 
-        attempts = int(context.record.progress.get("attempt") or 1)
-        names = [_token_name(job_id, attempt) for attempt in range(1, attempts + 1)]
         with self.services.db.session(readonly=True) as session:
-            minted = list(session.scalars(select(TokenRow.name).where(
-                TokenRow.name.in_(names),
-                TokenRow.created_by == run_principal(context.run).name)))
+            minted = _job_token_names(session, context, job_id)
             if not minted:
                 return None
             runs = session.scalars(select(RunRow).where(RunRow.created_by.in_(minted))
@@ -309,6 +310,19 @@ class TrainStage:
 def _token_name(job_id: str, attempt: int) -> str:
     """The job token of a training stage's ``attempt``-th submission of ``job_id``."""
     return (f"job-{job_id}" + (f".{attempt}" if attempt > 1 else ""))[:128]
+
+
+def _job_token_names(session: Any, context: StageContext, job_id: str) -> list[str]:
+    """Every job token this run's stage minted for ``job_id``, whatever attempt the record
+    says it reached: a submission whose record did not land minted one too."""
+    from control_plane.store.models import TokenRow
+
+    first = _token_name(job_id, 1)
+    names = session.scalars(select(TokenRow.name).where(
+        TokenRow.name.startswith(first, autoescape=True),
+        TokenRow.created_by == run_principal(context.run).name))
+    attempt = re.compile(re.escape(first) + r"(\.\d+)?")
+    return sorted(name for name in names if attempt.fullmatch(name))
 
 
 def _last_line(text: str) -> str:
@@ -416,13 +430,18 @@ class DeployStage:
         return Outcome(StageState.RUNNING, progress=progress, outputs=outputs, logs=logs)
 
     def cancel(self, context: StageContext) -> None:
+        # A rollout started before a crash, or a store that failed, kept its id out of
+        # the record is found as advance finds it: left, it went on to 100%.
         rollout_id = context.record.progress.get("rollout_id")
+        if not rollout_id and context.candidate is not None:
+            rollout_id = self._started(context, context.spec.deploy.endpoint, context.candidate[1])
         if rollout_id:
             rollout = self.services.rollouts.get(int(rollout_id))
             if not rollout.state.terminal:
                 self.services.rollouts.abort(
                     int(rollout_id), run_principal(context.run),
-                    f"pipeline run {context.run.pipeline}#{context.run.number} cancelled")
+                    f"pipeline run {context.run.pipeline}#{context.run.number} ended "
+                    "(cancelled, or its deploy stage failed)")
 
     def _serving(self, endpoint: str) -> tuple[str, int, float] | None:
         """(model, version, weight) of the version taking the most of ``endpoint``'s traffic;

@@ -362,3 +362,67 @@ def test_a_rollout_that_never_ends_fails_the_deploy_stage_at_its_deadline(world:
     assert world.rollouts.get(rollout_id).state.terminal
     assert {r.version: r.weight for r in world.deployments.get("bc").routes
             if not r.shadow and r.weight > 0} == {1: 100.0}
+
+
+def _rollouts_get_raising(world: World, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """The deploy stage's next look at its rollout raises ``error``, once."""
+    real = world.rollouts.get
+    raised: list[Exception] = []
+
+    def get(rollout_id: int) -> Any:
+        if not raised:
+            raised.append(error)
+            raise error
+        return real(rollout_id)
+
+    monkeypatch.setattr(world.rollouts, "get", get)
+
+
+def test_a_stage_that_raises_has_its_work_stopped_before_its_run_fails(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run was failed and its rollout went on: it could still promote the candidate."""
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    rollout_id = run.stages[-1].outputs["rollout_id"]
+    world.rollouts.tick()  # at 50%
+    _rollouts_get_raising(world, monkeypatch, RuntimeError("a bug in the stage"))
+    world.pipelines.tick()
+    run = world.pipelines.run("bc", run.number)
+    assert run.state is RunState.FAILED and "a bug in the stage" in run.reason
+    assert "its work was stopped" in run.reason
+    stopped = world.rollouts.get(rollout_id)
+    assert stopped.state.value == "failed" and "ended (cancelled" in stopped.reason
+    assert {r.version: r.weight for r in world.deployments.get("bc").routes
+            if not r.shadow and r.weight > 0} == {1: 100.0}
+
+
+def test_a_store_away_for_a_pass_is_no_verdict_on_a_stage(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from control_plane.errors import StoreUnavailableError
+
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    rollout_id = run.stages[-1].outputs["rollout_id"]
+    world.rollouts.tick()
+    _rollouts_get_raising(world, monkeypatch, StoreUnavailableError("the store did not answer"))
+    world.pipelines.tick()
+    assert world.pipelines.run("bc", run.number).state is RunState.RUNNING
+    world.rollouts.promote(rollout_id, BOB, "looks good")
+    world.pipelines.tick()
+    world.pipelines.tick()
+    assert world.pipelines.run("bc", run.number).state is RunState.SUCCEEDED
+
+
+def test_a_cancel_stops_a_rollout_whose_id_the_record_never_got(world: World) -> None:
+    """Started, then a crash (or a store that failed) kept its id out of the stage's record:
+    the cancel aborted nothing, and the rollout went on to 100%."""
+    from control_plane.store.models import PipelineRunRow
+
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    rollout_id = run.stages[-1].outputs["rollout_id"]
+    with world.registry.db.session() as session:
+        row = session.query(PipelineRunRow).filter_by(pipeline="bc", number=run.number).one()
+        stages = [dict(stage) for stage in row.stages]
+        stages[-1]["progress"] = {}
+        row.stages = stages
+    world.pipelines.cancel("bc", ALICE, "not this one")
+    stopped = world.rollouts.get(rollout_id)
+    assert stopped.state.value == "failed" and "ended (cancelled" in stopped.reason

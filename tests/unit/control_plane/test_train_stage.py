@@ -173,23 +173,24 @@ def _stage(api: JobApi) -> TrainStage:
 
 @pytest.mark.parametrize("fails_at", ["connect", "status"])
 def test_a_job_api_that_cannot_answer_leaves_the_stage_running_until_its_timeout(
-        fails_at: str) -> None:
+        db: Any, fails_at: str) -> None:
     api = JobApi()
-    stage = _stage(api)
-    assert stage.advance(_context(after_s=60)).state is StageState.RUNNING
+    stage = TrainStage(Services(db), job_client=api.connect)
+    submitted = {"submission_id": "pipeline-bc-1-ab", "submitted": True}
+    assert stage.advance(_fresh(60, submitted)).state is StageState.RUNNING
     api.failing = JobSubmissionError("Ray's job API at http://head:8265 did not answer within "
                                      "30 s", detail={})
     api.fails_at = fails_at
-    during = stage.advance(_context(after_s=120))
+    during = stage.advance(_fresh(120, submitted))
     assert during.state is StageState.RUNNING  # the job runs on; the stage asks again
     assert during.outputs["status"].startswith("UNKNOWN: ") and "30 s" in during.outputs["status"]
-    after = stage.advance(_context(after_s=601))
+    after = stage.advance(_fresh(601, submitted))
     assert after.state is StageState.FAILED
     assert "did not answer within 30 s" in after.reason
     assert "training.timeout_s (600 s) has passed" in after.reason
     assert "modelplane train stop pipeline-bc-1-ab" in after.reason
     api.failing = None  # back: an overdue job is stopped as before
-    overdue = stage.advance(_context(after_s=602))
+    overdue = stage.advance(_fresh(602, submitted))
     assert overdue.state is StageState.FAILED and api.stopped == ["pipeline-bc-1-ab"]
 
 
@@ -278,6 +279,33 @@ def test_a_submission_ray_may_take_late_finds_its_token_revoked_once_the_stage_i
         over = stage.advance(_fresh(10**6, first.progress))
         assert over.state is StageState.FAILED and "token is revoked" in over.reason
     assert services.active_tokens() == []
+
+
+def test_a_cancel_ray_cannot_be_asked_about_revokes_every_token_the_job_may_hold(
+        db: Any) -> None:
+    """The job API away at the cancel: the job, which ran on, trained and registered for a
+    cancelled run. The record said one attempt; a second, whose record did not land, had
+    minted a token too."""
+    api, services = JobApi(), Services(db)
+    stage = TrainStage(services, job_client=api.connect)
+    api.takes_submissions, api.submit_fails = False, NO_ANSWER
+    first = stage.advance(_fresh(10, {"submission_id": "pipeline-bc-1-ab"}))
+    api.submit_fails = None
+    api.takes_submissions = True
+    second = stage.advance(_fresh(11, first.progress))
+    assert second.progress is not None and second.progress["attempt"] == 2
+    assert services.active_tokens() == ["job-pipeline-bc-1-ab.2"]
+    from control_plane.pipelines.stages import run_principal
+    from control_plane.schemas import Role, TokenCreate
+
+    trained = JobSpec.model_validate(_context(10).spec.training.job).model_name
+    services.tokens.create(TokenCreate(name="job-pipeline-bc-1-abc", role=Role.TRAINER,
+                                       model=trained, expires_in_minutes=60),
+                           run_principal(_fresh(0, {}).run))  # another job's, alike in name
+    api.failing = NO_ANSWER
+    with pytest.raises(JobSubmissionError):
+        stage.cancel(_fresh(20, first.progress))  # the record as it stood: attempt 1
+    assert services.active_tokens() == ["job-pipeline-bc-1-abc"]
 
 
 def test_a_submission_ray_refuses_fails_the_stage_and_revokes_its_token(db: Any) -> None:
