@@ -6,7 +6,8 @@ killer, its node lost), or that cannot reach the control plane as it ends, left 
 live. The leader asks the cluster's job API about every running run a submitted job
 started, and ends those whose job Ray reports ended at least ``grace_s`` ago (the driver's
 own last report has landed by then or never will): a job that failed, or succeeded
-without ending its run, leaves it ``failed``; a stopped one, ``killed``. Why is kept as
+without ending its run, leaves it ``failed`` (``finished`` where it succeeded and had
+registered its version); a stopped one, ``killed``. Why is kept as
 the run's ``failure_reason``. A job the cluster does not know is left alone (one submitted
 to another cluster that reports here), unless the run says it ran on this cluster (its
 address and its head's host name) in an earlier session: the cluster restarted (a head lost, ``modelplane down`` and ``up``)
@@ -80,8 +81,16 @@ class AbandonedRuns:
             said = f": {info.message}" if getattr(info, "message", None) else ""
             reason = (f"its Ray job {job_id} ended {status} without ending the run (the job's "
                       f"process was killed, or could not reach the control plane){said}")
-            if self._tracker.end_abandoned(run_id, ENDED[status], reason, SWEEPER):
-                log.warning("run %s ended %s: %s", run_id, ENDED[status].value, reason)
+            outcome = ENDED[status]
+            if status == "SUCCEEDED" and (registered := self._tracker.registered_from(run_id)):
+                # Its work done, only the last word lost: failed, it read as no candidate
+                # while its version (and the alias it moved) stood.
+                outcome = RunStatus.FINISHED
+                reason = (f"its Ray job {job_id} succeeded and registered "
+                          f"{', '.join(registered)}, but could not end the run itself (the "
+                          "control plane was away)")
+            if self._tracker.end_abandoned(run_id, outcome, reason, SWEEPER):
+                log.warning("run %s ended %s: %s", run_id, outcome.value, reason)
                 ended.append(run_id)
         return ended
 

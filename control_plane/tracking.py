@@ -159,16 +159,34 @@ class Tracker:
 
     def end_abandoned(self, run_id: str, status: RunStatus, reason: str,
                       actor: Principal) -> bool:
-        """End a run its job left ``running``, keeping ``reason`` as its failure reason;
-        False when it has ended meanwhile (its job got there first)."""
+        """End a run its job left ``running``, keeping ``reason`` as its failure reason
+        (as ``ended_by`` for one ended finished); False when it has ended meanwhile (its
+        job got there first)."""
         actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
             row = session.get(RunRow, run_id, with_for_update=True)
             if row is None or row.status != RunStatus.RUNNING.value:
                 return False
-            row.params = {**row.params, "failure_reason": reason[:2000]}
+            kept = "ended_by" if status is RunStatus.FINISHED else "failure_reason"
+            row.params = {**row.params, kept: reason[:2000]}
             _end(session, row, status)
             return True
+
+    def registered_from(self, run_id: str) -> list[str]:
+        """``model:version`` of each version the run's own token registered from it."""
+        from control_plane.store.models import ModelRow, ModelVersionRow
+
+        with self.db.session(readonly=True) as session:
+            row = session.get(RunRow, run_id)
+            if row is None:
+                return []
+            found = session.execute(
+                select(ModelRow.name, ModelVersionRow.version)
+                .join(ModelRow, ModelRow.id == ModelVersionRow.model_id)
+                .where(ModelVersionRow.run_id == run_id,
+                       ModelVersionRow.created_by == row.created_by)
+                .order_by(ModelVersionRow.version))
+            return [f"{name}:{version}" for name, version in found]
 
     def log_params(self, run_id: str, spec: ParamsUpdate, actor: Principal) -> RunOut:
         actor.require(Role.DEPLOYER, also=TRAINING)

@@ -152,8 +152,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
                      None if stopped else _reason(error))
         client.close()
         raise
-    _end_run(client, run.id, "finished")
-    client.close()
+    try:
+        _end_finished(client, run.id, result, echo)
+    finally:
+        client.close()
     return result
 
 
@@ -267,10 +269,9 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
         code=code_version(),
     )
     version = register_version(client, spec, artifact, manifest)
-    patiently(lambda: client.log_params(
-        run_id, {"registered_version": f"{version.model}:{version.version}"}))
     alias = f" (alias {spec.registration.alias})" if spec.registration.alias else ""
     echo(f"registered {version.model}:{version.version}{alias}")
+    _note_registered(client, run_id, f"{version.model}:{version.version}", echo)
     return JobResult(run_id, version.model, version.version, epochs, stopped, metrics, diff)
 
 
@@ -524,6 +525,31 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, ModelplaneError):
         return error.message[:2000]
     return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _note_registered(client: Any, run_id: str, registered: str,
+                     echo: Callable[[str], None]) -> None:
+    """Note the version on its run. Registered (and its alias moved), the job has done its
+    work: this is bookkeeping, and its failing must not call the job failed while its
+    version stands."""
+    try:
+        patiently(lambda: client.log_params(run_id, {"registered_version": registered}))
+    except Exception as error:
+        echo(f"warning: could not note {registered} on run {run_id}: {_first_line(error)}")
+
+
+def _end_finished(client: Any, run_id: str, result: JobResult,
+                  echo: Callable[[str], None]) -> None:
+    """End the run finished. Where the control plane stays away, a job that registered its
+    version still succeeds: the control plane's sweep of abandoned runs ends the run
+    finished, seeing the job succeeded and the version registered from its run."""
+    try:
+        _end_run(client, run_id, "finished")
+    except Exception as error:
+        if result.version is None:
+            raise
+        echo(f"warning: could not end run {run_id} ({_first_line(error)}); the control "
+             "plane ends it once it sees the job ended")
 
 
 def _end_quietly(client: Any, run_id: str, status: str, reason: str | None = None) -> None:

@@ -91,6 +91,29 @@ def test_a_run_whose_job_ended_without_ending_it_is_ended_with_the_reason(
     assert sweep.sweep() == []  # once
 
 
+def test_a_succeeded_job_that_registered_its_version_leaves_its_run_finished(
+        tracker: Tracker, registry: Any, api: JobApi, sweep: AbandonedRuns) -> None:
+    """Registered, then the control plane was away for the job's last word: failed, the
+    run read as no candidate while its version, and the alias it moved, stood. A version
+    another token registered naming the run is not the job's."""
+    from control_plane.schemas import VersionCreate
+    from tests.onnx_models import linear_classifier, linear_classifier_manifest
+    from tests.unit.control_plane.conftest import BOB
+
+    registered, claimed = _job_run(tracker, "job-1"), _job_run(tracker, "job-2")
+    for run_id, actor in ((registered, ALICE), (claimed, BOB)):
+        digest = registry.artifacts.put([linear_classifier(seed=len(run_id))]).digest
+        registry.register_version("iris", VersionCreate(
+            artifact_digest=digest, manifest=linear_classifier_manifest(lineage={"run_id": run_id})),
+            actor)
+    api.jobs = {"job-1": _ended_s_ago(60, "SUCCEEDED"), "job-2": _ended_s_ago(60, "SUCCEEDED")}
+    assert sorted(sweep.sweep()) == sorted([registered, claimed])
+    finished = tracker.get_run(registered)
+    assert finished.status is RunStatus.FINISHED and "failure_reason" not in finished.params
+    assert "succeeded and registered iris:1" in finished.params["ended_by"]
+    assert tracker.get_run(claimed).status is RunStatus.FAILED
+
+
 def test_runs_whose_job_is_live_unknown_or_only_just_ended_are_left_running(
         tracker: Tracker, api: JobApi, sweep: AbandonedRuns) -> None:
     running = _job_run(tracker, "job-1")

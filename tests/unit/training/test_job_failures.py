@@ -283,3 +283,23 @@ def test_following_gives_up_past_its_patience_saying_the_job_may_still_run(
     with pytest.raises(JobSubmissionError, match="may still run: follow it with"):
         _follower(Hiccups([busy] * 10)).follow("raysubmit_1", print, poll_s=0, patience_s=300,
                                                clock=clock)
+
+
+def test_a_job_that_registered_its_version_succeeds_though_its_last_bookkeeping_cannot(
+        no_pauses: None) -> None:
+    """The version registered and its alias moved, the control plane went away: the job
+    exited 1, its pipeline stage failed, while the version (and the alias) stood."""
+    from control_plane.errors import ControlPlaneUnavailableError
+    from training.runner import JobResult, _end_finished, _note_registered
+
+    away = EndingClient(*[ControlPlaneUnavailableError("cannot reach it")] * 100)
+    away.log_params = lambda run_id, params: away.end_run(run_id, "noting")  # type: ignore[attr-defined]
+    said: list[str] = []
+    _note_registered(away, "run-1", "bc:7", said.append)
+    registered = JobResult("run-1", "bc", 7, 3, False, {}, 0.0)
+    _end_finished(away, "run-1", registered, said.append)
+    assert [line.split(":")[0] for line in said] == ["warning"] * 2
+    assert "the control plane ends it once it sees the job ended" in said[1]
+    unregistered = JobResult("run-1", "bc", None, 3, False, {}, 0.0)
+    with pytest.raises(ControlPlaneUnavailableError):  # nothing stands: the job did not finish
+        _end_finished(away, "run-1", unregistered, said.append)
