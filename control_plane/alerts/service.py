@@ -202,9 +202,11 @@ class AlertService:
         refreshed = False
         with self._lock:
             if self._rules is None or now - self._rules_read_at >= RULES_REFRESH_S:
-                self._rules, self._rules_read_at = list(self.store.rules()), now
+                unreadable: set[str] = set()  # their alerts stay as they are
+                self._rules, self._rules_read_at = list(self.store.rules(unreadable)), now
                 refreshed = True
-                self._resolve_orphans({r.name for r in self._rules if r.enabled}, now)
+                self._resolve_orphans({r.name for r in self._rules if r.enabled} | unreadable,
+                                      now)
             due = [r for r in self._rules if r.enabled and self._due.get(r.name, 0.0) <= now]
             edits = {r.name: self._rule_edits[r.name] for r in due}
         if refreshed:  # receivers added or removed through another control plane's API too

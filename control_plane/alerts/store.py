@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy import delete, func, select
 
 from control_plane.alerts.schemas import (
@@ -38,6 +41,9 @@ def _time(seconds: float | None) -> datetime | None:
 
 
 MAX_RULES = 1000
+
+log = logging.getLogger("modelplane.alerts")
+T = TypeVar("T")
 
 class AlertStore:
     """Every alerting read and write, each one transaction."""
@@ -78,11 +84,15 @@ class AlertStore:
             session.delete(row)
             session.execute(delete(AlertSilenceRow).where(AlertSilenceRow.rule == name))
 
-    def rules(self) -> list[AlertRuleOut]:
+    def rules(self, unreadable: set[str] | None = None) -> list[AlertRuleOut]:
+        """The rules this version can read; the names of the others go into ``unreadable``.
+        One rule it cannot read (stored by a newer version of the platform sharing the
+        store) must not stop every other rule, nor the API's list of them."""
         with self.db.session(readonly=True) as session:
             silences = {s.rule: s for s in session.scalars(select(AlertSilenceRow))}
-            return [_rule_out(r, silences.get(r.name))
-                    for r in session.scalars(select(AlertRuleRow).order_by(AlertRuleRow.name))]
+            rows = session.scalars(select(AlertRuleRow).order_by(AlertRuleRow.name))
+            return _readable(rows, lambda r: _rule_out(r, silences.get(r.name)), "alert rule",
+                             unreadable)
 
     def silence(self, name: str, body: SilenceCreate, actor: str, now: datetime, *,
                 subject: str | None = None) -> AlertRuleOut:
@@ -144,9 +154,11 @@ class AlertStore:
             forget(session, name)
 
     def receivers(self) -> list[ReceiverOut]:
+        """The receivers this version can read (see :meth:`rules`)."""
         with self.db.session(readonly=True) as session:
             rows = session.scalars(select(AlertReceiverRow).order_by(AlertReceiverRow.name))
-            return [ReceiverOut(**r.spec, created_at=r.created_at) for r in rows]
+            return _readable(rows, lambda r: ReceiverOut(**r.spec, created_at=r.created_at),
+                             "alert receiver")
 
     # ------------------------------------------------------------ alerts and history
 
@@ -250,6 +262,27 @@ def _rule_out(row: AlertRuleRow, silence: AlertSilenceRow | None) -> AlertRuleOu
         created_at=silence.created_at)
     return AlertRuleOut(**row.spec, created_by=row.created_by, created_at=row.created_at,
                         updated_at=row.updated_at, updated_by=row.updated_by, silence=muted)
+
+
+_said_unreadable: set[tuple[str, str]] = set()  # (what, name): each told once a process
+
+
+def _readable(rows: Iterable[Any], read: Callable[[Any], T], what: str,
+              unreadable: set[str] | None = None) -> list[T]:
+    """``read`` of every row that reads; one that does not is left out and logged."""
+    readable = []
+    for row in rows:
+        try:
+            readable.append(read(row))
+        except (ValidationError, TypeError) as error:
+            if unreadable is not None:
+                unreadable.add(row.name)
+            if (what, row.name) not in _said_unreadable:
+                _said_unreadable.add((what, row.name))
+                log.warning("%s %r as stored cannot be read by this version (%s); it is left "
+                            "out until it is stored again or this version is upgraded", what,
+                            row.name, str(error).splitlines()[0])
+    return readable
 
 
 def _no_rule(name: str) -> NotFoundError:

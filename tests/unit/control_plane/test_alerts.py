@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from control_plane.alerts import AlertService
 from control_plane.alerts.schemas import AlertRuleSpec, AlertsFile
@@ -425,6 +426,34 @@ def test_disabling_a_rule_resolves_its_alerts(service) -> None:
     service.evaluate(stats, stats.endpoints, now=1.0)
     assert service.active() == [] and service.metrics()["active"] == []
     assert history(service)[-1] == ("input-drift", "resolved", "rule")
+
+
+def test_a_rule_or_receiver_this_version_cannot_read_stops_no_other(
+        service, db: Database) -> None:
+    """A newer version sharing the store wrote a field this one does not know: every rule
+    stopped being evaluated, on every control plane, and the API's list answered 500."""
+    from control_plane.alerts.schemas import ReceiverSpec
+    from control_plane.store.models import AlertReceiverRow, AlertRuleRow
+
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    service.put_rule(drift_rule(name="also-drift"), "alice")
+    service.put_receiver(ReceiverSpec(name="ops", url="https://hooks.example.com/ops"), "alice")
+    service.put_receiver(ReceiverSpec(name="pager", url="https://hooks.example.com/p"), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    with db.session() as session:
+        for row in session.scalars(select(AlertRuleRow).where(AlertRuleRow.name == "also-drift")):
+            row.spec = {**row.spec, "runbook_url": "https://wiki.example.com/drift"}
+        for row in session.scalars(select(AlertReceiverRow).where(AlertReceiverRow.name == "ops")):
+            row.spec = {**row.spec, "headers": {"x-team": "risk"}}
+    service.put_rule(drift_rule(threshold=2), "alice")  # and this one changed since
+    assert service.evaluate(stats, stats.endpoints, now=1.0) == 1
+    assert [r.name for r in service.rules()] == ["input-drift"]
+    assert [r.name for r in service.receivers()] == ["pager"]
+    # The rule it cannot read keeps its alert as it was, rather than resolved as gone.
+    assert ("also-drift", "critical", "firing") in service.metrics()["active"]
+    assert ("input-drift", "resolved", "rule") in history(service)
 
 
 def test_a_rule_deleted_while_its_pass_reads_the_monitor_leaves_no_alert_behind(service) -> None:
