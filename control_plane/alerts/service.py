@@ -297,6 +297,9 @@ class AlertService:
             holds = finite is not None and compare(finite, rule.threshold)
             was, was_stale = alert.state, "stale" in alert.data
             notify = alert.step(holds, now, rule.for_s)
+            if notify is None and alert.unpaged and not muted and \
+                    alert.state == AlertState.FIRING:
+                notify = AlertState.FIRING  # fired under a silence now over: heard now
             if holds or alert.state == AlertState.RESOLVED or was_stale:
                 alert.value = finite
                 alert.data = details
@@ -330,6 +333,10 @@ class AlertService:
         active row and no history (no drift-triggered retrain, a page again after a
         restart, a resolution never sent). A write refused by the control loops' lease
         (a pass that outlived its lead) is neither kept nor sent: the new leader decides."""
+        if notify is AlertState.FIRING:
+            alert.unpaged = muted
+        elif notify is AlertState.RESOLVED and alert.unpaged:
+            alert.unpaged, muted = False, True  # its receivers never heard it fire
         entry = (replace(alert, labels=dict(alert.labels), data=dict(alert.data)), notify, kind)
         with self._lock:
             self._unsaved.append(entry)

@@ -45,6 +45,9 @@ class Alert:
     value: float | None = None
     summary: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    # Fired while its rule was silenced: its receivers hear it once the silence ends, if
+    # it still fires then (and not of its resolution, if it resolves first).
+    unpaged: bool = False
 
     @property
     def active(self) -> bool:

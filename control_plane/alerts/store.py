@@ -41,6 +41,9 @@ def _time(seconds: float | None) -> datetime | None:
 
 
 MAX_RULES = 1000
+# Kept in an active alert's stored data (and shown with it): it fired under a silence and
+# its receivers have not heard it yet.
+UNPAGED = "fired_while_silenced"
 
 log = logging.getLogger("modelplane.alerts")
 T = TypeVar("T")
@@ -172,7 +175,8 @@ class AlertStore:
                     session.add(row)
                 row.name, row.state, row.severity = alert.name, alert.state.value, alert.severity
                 row.labels, row.summary, row.value = alert.labels, alert.summary, alert.value
-                row.data, row.fired_at, row.updated_at = alert.data, _time(alert.fired_at), utcnow()
+                row.data = {**alert.data, UNPAGED: True} if alert.unpaged else alert.data
+                row.fired_at, row.updated_at = _time(alert.fired_at), utcnow()
                 row.started_at = _time(alert.started_at) or row.started_at
             elif row is not None:
                 session.delete(row)
@@ -190,7 +194,9 @@ class AlertStore:
                       severity=r.severity, state=AlertState(r.state),
                       started_at=r.started_at.timestamp(),
                       fired_at=r.fired_at.timestamp() if r.fired_at else None,
-                      value=r.value, summary=r.summary, data=dict(r.data))
+                      value=r.value, summary=r.summary,
+                      data={k: v for k, v in r.data.items() if k != UNPAGED},
+                      unpaged=bool(r.data.get(UNPAGED)))
                 for r in session.scalars(select(AlertRow))
             ]
 

@@ -594,12 +594,13 @@ def test_a_silenced_rule_is_evaluated_and_recorded_but_notifies_no_one(db: Datab
         assert svc.counters["notifications_silenced"] == 1
         # Putting the rule again (alerts apply) keeps its silence.
         assert svc.put_rule(drift_rule(), "alice").silence is not None
-        # Once the silence ends, the resolution is notified; an ended silence is not listed.
+        # Resolved once the silence ended: recorded, but no receiver hears of the end of
+        # what it never heard fire. An ended silence is not listed.
         clock[0] += 61
         stats.drift("churn", 2, "ok")
         svc.evaluate(stats, stats.endpoints, now=clock[0])
         assert history(svc)[-1] == ("input-drift", "resolved", "rule")
-        assert "alert input-drift resolved" in caplog.text
+        assert "alert input-drift resolved" not in caplog.text
         assert svc.rules()[0].silence is None
         # Silenced and unsilenced at once: it notifies again.
         svc.silence("input-drift", SilenceCreate(duration_s=3600), "bob")
@@ -616,6 +617,43 @@ def test_a_silenced_rule_is_evaluated_and_recorded_but_notifies_no_one(db: Datab
         assert svc.rules()[0].silence is None
     finally:
         svc.stop()
+
+
+def test_an_alert_that_fired_under_a_silence_is_heard_once_the_silence_ends(
+        db: Database, caplog) -> None:
+    """Muted when it fired, and nothing tells of a state that stays: once the silence
+    ended, its receivers heard nothing of it until it resolved, and then only that."""
+    from control_plane.alerts.schemas import SilenceCreate
+
+    clock = [1_800_000_000.0]
+    svc = AlertService(db, clock=lambda: clock[0])
+    caplog.set_level(logging.INFO, logger="modelplane.alerts")
+    stats = Stats()
+    stats.drift("churn", 2, "drift", ["income"])
+    try:
+        svc.put_rule(drift_rule(), "alice")
+        svc.silence("input-drift", SilenceCreate(duration_s=60, reason="known shift"), "bob")
+        svc.evaluate(stats, stats.endpoints, now=clock[0])
+        assert "alert input-drift firing" not in caplog.text
+        assert svc.active()[0].data.get("fired_while_silenced") is True
+    finally:
+        svc.stop()
+    clock[0] += 61  # and the lead passed meanwhile: the next leader reads it from the store
+    successor = AlertService(db, clock=lambda: clock[0])
+    try:
+        successor.catch_up()
+        successor.evaluate(stats, stats.endpoints, now=clock[0])
+        assert caplog.text.count("alert input-drift firing") == 1
+        clock[0] += 5
+        successor.evaluate(stats, stats.endpoints, now=clock[0])
+        assert caplog.text.count("alert input-drift firing") == 1  # once
+        assert "fired_while_silenced" not in successor.active()[0].data
+        stats.drift("churn", 2, "ok")
+        clock[0] += 5
+        successor.evaluate(stats, stats.endpoints, now=clock[0])
+        assert "alert input-drift resolved" in caplog.text  # heard firing: hears it end
+    finally:
+        successor.stop()
 
 
 def test_a_silence_names_a_duration_in_range() -> None:
