@@ -14,15 +14,18 @@ class Receiver:
     POSTs with ``failure_status``, then ``status`` (200 unless told otherwise: a receiver
     that is down answers 503). ``received`` holds the bodies it acknowledged, ``tries`` the
     key of every POST, acknowledged or not. With ``trickle_s``, an answer's body follows its
-    head a byte every ``trickle_s`` (100 bytes); ``answered`` is set once one is whole."""
+    head a byte every ``trickle_s`` (100 bytes); ``answered`` is set once one is whole. With
+    ``delay_s``, each answer waits that long (or until the receiver is closed)."""
 
     def __init__(self, status: int = 200, *, failures: int = 0,
-                 failure_status: int = 500, trickle_s: float = 0.0) -> None:
+                 failure_status: int = 500, trickle_s: float = 0.0,
+                 delay_s: float = 0.0) -> None:
         self.received: list[dict[str, Any]] = []
         self.keys: list[str | None] = []  # of the acknowledged bodies, in order
         self.tries: list[str | None] = []
         self.status, self.failures, self.failure_status = status, failures, failure_status
         self.trickle_s, self.answered, self._closing = trickle_s, threading.Event(), threading.Event()
+        self.delay_s = delay_s
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -31,6 +34,8 @@ class Receiver:
                 assert self.headers["content-type"] == "application/json"
                 key = self.headers.get("idempotency-key")
                 outer.tries.append(key)
+                if outer.delay_s:
+                    outer._closing.wait(outer.delay_s)
                 failing = len(outer.tries) <= outer.failures
                 status = outer.failure_status if failing else outer.status
                 if 200 <= status < 300:

@@ -108,6 +108,12 @@ class WebhookChannel:
         return self.spec.accepts(kind)
 
     def submit(self, notification: Deliverable) -> None:
+        # Kept in the store on the caller's thread: queued in memory for this channel's
+        # thread, it was lost to a kill while that thread waited on a send.
+        if self._outbox is not None and self._take(notification, from_memory=False):
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_IDLE)  # wakes the thread to send it
+            return
         try:
             self._queue.put_nowait(notification)
         except queue.Full:
@@ -150,36 +156,40 @@ class WebhookChannel:
                 notification = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if notification is not None:
+            if notification is not None and notification is not _IDLE:
                 self._take(notification)
 
-    def _take(self, notification: Deliverable) -> None:
+    def _take(self, notification: Deliverable, *, from_memory: bool = True) -> bool:
         """Keep ``notification`` in the outbox; without one, or where the store cannot
-        keep it, send it from memory as it is."""
+        keep it, send it from memory as it is (``from_memory``), or say it was not taken
+        (False)."""
         spec, description = self.spec, notification.describe()
         try:
             payload = notification.render(spec.format)
         except Exception:  # a payload that cannot be built is dropped, not retried
             self.counters["failed"] += 1
             log.exception("webhook %s: could not render %s", spec.name, description)
-            return
+            return True
         # One key, kept by a try sent from memory too: where the outbox's write did land
         # after all, the receiver reads both tries as one notification.
         key = uuid.uuid4().hex
         if self._outbox is None:
             self._deliver(payload, description, key)
-            return
+            return True
         try:
-            key = self._outbox.put(spec.name, description, payload, limit=QUEUE_LIMIT, key=key)
+            kept = self._outbox.put(spec.name, description, payload, limit=QUEUE_LIMIT, key=key)
         except Exception as error:
+            if not from_memory:
+                return False
             self.counters["unstored"] += 1
             self._trouble(error)
             self._deliver(payload, description, key)
-            return
-        if key is None:
+            return True
+        if kept is None:
             self.counters["dropped"] += 1
             log.warning("webhook %s is behind by %d notifications; dropped %s",
                         spec.name, QUEUE_LIMIT, notification.describe())
+        return True
 
     def _send_waiting(self) -> None:
         """Send what waits for this receiver in the outbox, oldest first, until the oldest

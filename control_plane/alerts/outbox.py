@@ -2,10 +2,11 @@
 
 A receiver that was down held its notifications in the control plane's memory, retried
 with backoff; a control plane killed or replaced meanwhile (Serve restarting it, an
-upgrade, a second ``up``) lost them all, and the page for a rollback never came. So each
-receiver's thread writes a notification here as it takes it from its queue, and removes
-it once the receiver acknowledged it, refused it, or did not answer in ``max_attempts``
-tries. What a dead control plane left is sent by whichever control plane runs a thread for
+upgrade, a second ``up``) lost them all, and the page for a rollback never came. So a
+notification is written here for each receiver by the thread that raises it, before
+that returns (queued in memory for the receiver's thread only while the store cannot take
+it), and removed once the receiver acknowledged it, refused it, or did not answer in
+``max_attempts`` tries. What a dead control plane left is sent by whichever control plane runs a thread for
 that receiver, oldest first.
 
 Sending is claimed (:meth:`Outbox.claim`) for longer than a delivery can take, so two

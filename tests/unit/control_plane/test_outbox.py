@@ -97,6 +97,22 @@ def test_a_receiver_trickling_its_answer_does_not_hold_the_send(db: Database) ->
         slow.close()
 
 
+def test_a_notification_is_in_the_store_when_notify_returns(db: Database) -> None:
+    """Queued in memory while the receiver's thread waited on a send, it was lost to a
+    kill in that wait: the alert was stored firing, so nothing paged it again."""
+    slow = Receiver(delay_s=30)
+    plane = Notifier(db)
+    try:
+        plane.configure([spec(slow, db, timeout_s=60)])
+        plane.notify(page(1))
+        wait_for(lambda: slow.attempts == 1, 10, "the first send to begin")
+        plane.notify(page(2))
+        assert Outbox(db).count("pager") == 2
+    finally:
+        slow.close()
+        plane.close()
+
+
 def test_only_the_stored_settings_send(db: Database, receiver: Receiver) -> None:
     """An operator moves a receiver to a new URL; a control plane that has not read the
     change yet still sends with the old one. What it queues is sent to the new URL by the
