@@ -60,6 +60,9 @@ class StageRecord(Wire):
     progress: dict[str, Any] = Field(default_factory=dict)
     reason: str = ""
     logs: str | None = Field(None, description="Where this stage's logs are (a command or a path).")
+    stop_owed: bool = Field(False, description=(
+        "The run ended while this stage's work (a training job, a rollout) went on, and "
+        "stopping it has not succeeded yet: the control loop tries again until it does."))
 
 
 def fresh_stages() -> list[dict[str, Any]]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -51,6 +52,7 @@ from control_plane.store import Database
 from control_plane.store.database import FencedOut
 from control_plane.store.models import PipelineRow, PipelineRunRow
 
+STOP_RETRY_S = 30.0  # a stop owed by an ended run's stage is tried again this often
 # Trouble that passes: a stage meeting it is asked again, not failed.
 _PASSING_TROUBLE = (StoreUnavailableError, MonitorUnavailableError, ControlPlaneUnavailableError)
 
@@ -77,6 +79,7 @@ class Pipelines:
         # The data's digest is read off the pass: a read that hangs holds no pipeline.
         self._offload = offload or Offload()
         self._lock = threading.Lock()  # one pass at a time in this process
+        self._stop_retry_at: dict[tuple[int, str], float] = {}  # (run id, stage): monotonic
 
     # ------------------------------------------------------------ pipelines
 
@@ -228,44 +231,92 @@ class Pipelines:
                 run = _loaded(active)
             why = reason or f"cancelled by {actor.name}"
             try:
+                # Owed in the same write: a process killed before the stop below is
+                # made, or a stop that fails, leaves it to the control loop.
                 cancelled = self._finish(run, RunState.CANCELLED, why,
-                                         stage_state=StageState.CANCELLED)
+                                         stage_state=StageState.CANCELLED,
+                                         owe_stop=self._working(run.out.current))
             except StaleDataError:
                 continue  # the loop moved it meanwhile: look again
             self._stop_work(run, cancelled)
             return cancelled
         raise ConflictError(f"pipeline {name!r} kept changing; try again", detail={"field": "name"})
 
-    def _stopped(self, stage: Any, run: LoadedRun, current: StageRecord) -> str:
+    def _stopped(self, stage: Any, run: LoadedRun, current: StageRecord) -> str | None:
         """Stop the work of a stage that raised, before its run is failed: a failed run
-        whose rollout went on could still promote its candidate."""
+        whose rollout went on could still promote its candidate. None where it could not
+        be stopped (it is then owed: :meth:`_stop_owed_work`)."""
         try:
             stage.cancel(self._context(run, current))
-        except Exception as error:
-            log.exception("stopping the work of stage %s of %s#%d failed", current.name,
-                          run.out.pipeline, run.out.number)
-            return (f"stopping its work failed too ({getattr(error, 'message', None) or error}): "
-                    "stop it by hand (`modelplane train stop JOB_ID`, `modelplane rollout "
-                    "abort ID`)")
+        except Exception:
+            log.exception("stopping the work of stage %s of %s#%d failed; the control loop "
+                          "tries again", current.name, run.out.pipeline, run.out.number)
+            return None
         return "its work was stopped"
+
+    def _working(self, record: StageRecord | None) -> bool:
+        """Whether ``record``'s stage may have work under way that a stop must end."""
+        return record is not None and record.state is StageState.RUNNING and \
+            record.name in self.stages
+
+    def _settle_stop(self, run_id: int, stage: str) -> None:
+        """The work of ``stage`` of a run that ended is stopped: nothing is owed."""
+        with self.db.session() as session:
+            row = session.get(PipelineRunRow, run_id, with_for_update=True)
+            if row is not None and any(s.get("stop_owed") for s in row.stages):
+                row.stages = [{**s, "stop_owed": False} if s["name"] == stage else s
+                              for s in row.stages]
+
+    def _stop_owed_work(self) -> None:
+        """Stop the work that runs ended in the last day still owe a stop (a process killed
+        between a cancel's write and its stop, a stop that failed), each at most every
+        STOP_RETRY_S: left, a cancelled run's rollout went on to 100%."""
+        now, clock = self._now(), time.monotonic()
+        with self.db.session(readonly=True) as session:
+            rows = session.scalars(select(PipelineRunRow).where(
+                PipelineRunRow.state.in_((RunState.CANCELLED.value, RunState.FAILED.value)),
+                PipelineRunRow.finished_at >= now - timedelta(days=1))
+                .order_by(PipelineRunRow.id.desc()).limit(500)).all()
+            owed = [(_loaded(row), stage["name"]) for row in rows for stage in row.stages
+                    if stage.get("stop_owed")]
+        for run, name in owed:
+            key = (run.out.id, name)
+            if self._stop_retry_at.get(key, 0.0) > clock or name not in self.stages:
+                continue
+            record = next(s for s in run.out.stages if s.name == name)
+            try:
+                self.stages[name].cancel(self._context(run, record))
+                self._settle_stop(run.out.id, name)
+            except FencedOut:
+                raise
+            except Exception as error:
+                self._stop_retry_at[key] = clock + STOP_RETRY_S
+                log.warning("run %s#%d ended, but its %s stage's work could not be stopped yet "
+                            "(%s); trying again in %g s", run.out.pipeline, run.out.number,
+                            name, getattr(error, "message", None) or error, STOP_RETRY_S)
+            else:
+                self._stop_retry_at.pop(key, None)
+                log.info("run %s#%d: its %s stage's work is stopped", run.out.pipeline,
+                         run.out.number, name)
 
     def _stop_work(self, run: LoadedRun, cancelled: PipelineRunOut) -> None:
         """Stop what the cancelled ``run``'s running stage was doing. Where that fails, the
         run stays cancelled and the caller is told what still runs and how to stop it."""
         current = run.out.current
-        if current is None or current.state is not StageState.RUNNING or \
-                current.name not in self.stages:
+        if current is None or not self._working(current):
             return
         try:
             self.stages[current.name].cancel(self._context(run, current))
+            self._settle_stop(run.out.id, current.name)
         except Exception as error:
             log.exception("run %s#%d is cancelled, but stopping its %s stage's work failed",
                           run.out.pipeline, run.out.number, current.name)
             raise WorkNotStoppedError(
                 f"run {run.out.pipeline}#{run.out.number} is cancelled, but stopping its "
                 f"{current.name} stage's work ({current.progress or current.outputs}) failed: "
-                f"{getattr(error, 'message', None) or error}; stop it by hand "
-                "(`modelplane train stop JOB_ID`, `modelplane rollout abort ID`)",
+                f"{getattr(error, 'message', None) or error}; the control loop tries again "
+                f"every {STOP_RETRY_S:g} s, or stop it by hand (`modelplane train stop "
+                "JOB_ID`, `modelplane rollout abort ID`)",
                 detail={"run": cancelled.number, "stage": current.name}) from None
 
     # ------------------------------------------------------------ the loop
@@ -298,6 +349,7 @@ class Pipelines:
                 except Exception:  # one broken run must not stop the others
                     log.exception("advancing pipeline run %s#%d failed", run.out.pipeline,
                                   run.out.number)
+            self._stop_owed_work()
 
     def _pass(self, run: LoadedRun) -> None:
         for _ in range(2 * len(run.out.stages) + 1):  # each stage starts and ends once
@@ -326,6 +378,7 @@ class Pipelines:
                 "state": StageState.RUNNING, "started_at": self._now()}), RunState.RUNNING)
             return True
         stage = self.stages.get(current.name)
+        owed = False  # a failed stage whose work could not be stopped owes a stop
         if stage is None:
             outcome = Outcome(StageState.FAILED, reason=f"stage {current.name} is not available")
         else:
@@ -343,8 +396,11 @@ class Pipelines:
                 log.warning("stage %s of %s#%d raised: %s", current.name, run.out.pipeline,
                             run.out.number, error)
                 message = getattr(error, "message", None) or str(error) or type(error).__name__
+                stopped = self._stopped(stage, run, current)
+                owed = stopped is None
                 outcome = Outcome(StageState.FAILED, reason=f"{type(error).__name__}: "
-                                  f"{message}; {self._stopped(stage, run, current)}")
+                                  f"{message}; " + (stopped or "stopping its work failed too; "
+                                                    "the control loop tries again"))
         record = current.model_copy(update={
             "state": outcome.state,
             "outputs": {**current.outputs, **outcome.outputs},
@@ -353,6 +409,7 @@ class Pipelines:
             "inputs": outcome.inputs if outcome.inputs is not None else current.inputs,
             "logs": outcome.logs or current.logs,
             "finished_at": self._now() if outcome.state.done else None,
+            "stop_owed": owed,
         })
         if record == current:
             return False  # nothing new: no write, no revision bump
@@ -418,13 +475,14 @@ class Pipelines:
                 row.finished_at = now
 
     def _finish(self, run: LoadedRun, state: RunState, reason: str, *,
-                stage_state: StageState | None = None) -> PipelineRunOut:
+                stage_state: StageState | None = None, owe_stop: bool = False) -> PipelineRunOut:
         now = self._now()
         with self.db.session() as session:
             row = _locked(session, run)
             if stage_state is not None:
                 row.stages = [
-                    {**s, "state": stage_state.value, "finished_at": now.isoformat(), "reason": reason}
+                    {**s, "state": stage_state.value, "finished_at": now.isoformat(), "reason": reason,
+                     "stop_owed": owe_stop and s["state"] == StageState.RUNNING.value}
                     if s["state"] in (StageState.PENDING.value, StageState.RUNNING.value) else s
                     for s in row.stages]
             row.state, row.reason, row.updated_at, row.finished_at = state.value, reason, now, now

@@ -426,3 +426,51 @@ def test_a_cancel_stops_a_rollout_whose_id_the_record_never_got(world: World) ->
     world.pipelines.cancel("bc", ALICE, "not this one")
     stopped = world.rollouts.get(rollout_id)
     assert stopped.state.value == "failed" and "ended (cancelled" in stopped.reason
+
+
+def test_a_cancel_whose_stop_fails_or_never_comes_is_stopped_by_the_loop(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel was stored, then its stop failed (or its process was killed before it):
+    nothing tried again, and the cancelled run's rollout went on to 100%."""
+    from control_plane.errors import WorkNotStoppedError
+
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    rollout_id = run.stages[-1].outputs["rollout_id"]
+    world.rollouts.tick()  # at 50%
+    real_abort = world.rollouts.abort
+    monkeypatch.setattr(world.rollouts, "abort", lambda *args, **kwargs: (_ for _ in ()).throw(
+        RuntimeError("the store refused the abort")))
+    with pytest.raises(WorkNotStoppedError, match="the control loop tries again"):
+        world.pipelines.cancel("bc", ALICE, "not this one")
+    deploy = world.pipelines.run("bc", run.number).stages[-1]
+    assert deploy.state is StageState.CANCELLED and deploy.stop_owed
+    assert not world.rollouts.get(rollout_id).state.terminal
+    monkeypatch.setattr(world.rollouts, "abort", real_abort)
+    world.pipelines.tick()
+    assert world.rollouts.get(rollout_id).state.terminal
+    assert not world.pipelines.run("bc", run.number).stages[-1].stop_owed
+    world.pipelines.tick()  # settled: not stopped again
+
+
+def test_a_stage_whose_work_could_not_be_stopped_as_it_failed_is_stopped_later(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    rollout_id = run.stages[-1].outputs["rollout_id"]
+    world.rollouts.tick()
+    real_get, real_abort = world.rollouts.get, world.rollouts.abort
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the stage")
+
+    monkeypatch.setattr(world.rollouts, "get", broken)
+    monkeypatch.setattr(world.rollouts, "abort", broken)
+    monkeypatch.setattr("control_plane.pipelines.service.STOP_RETRY_S", 0.0)  # no wait
+    world.pipelines.tick()  # fails the run, and the loop's own try fails too
+    ended = world.pipelines.run("bc", run.number)
+    assert ended.state is RunState.FAILED and "the control loop tries again" in ended.reason
+    assert ended.stages[-1].stop_owed
+    monkeypatch.setattr(world.rollouts, "get", real_get)
+    monkeypatch.setattr(world.rollouts, "abort", real_abort)
+    world.pipelines.tick()
+    assert world.rollouts.get(rollout_id).state.terminal
+    assert not world.pipelines.run("bc", run.number).stages[-1].stop_owed
