@@ -245,11 +245,7 @@ class TrainStage:
         spec = JobSpec.model_validate(context.spec.training.job)
         lifetime = int(context.spec.training.timeout_s // 60) + 60
         actor = run_principal(context.run)
-        # A submission Ray gave no answer to comes back here, and Ray has no job of this id
-        # (asked just before): the token an earlier attempt minted is unused, revoked.
-        if progress.get("attempt"):
-            with contextlib.suppress(NotFoundError):
-                self.services.tokens.revoke(_token_name(job_id, int(progress["attempt"])), actor)
+        earlier = int(progress.get("attempt") or 0)
         while True:
             progress["attempt"] = attempt = int(progress.get("attempt", 0)) + 1
             name = _token_name(job_id, attempt)
@@ -272,12 +268,22 @@ class TrainStage:
         except JobSubmissionError as error:
             if error.detail.get("answered", True):
                 self.services.tokens.revoke(name, actor)  # refused: no job will ever use it
+                if self._exists(client, job_id):
+                    # Refused as taken: Ray took an earlier submission late (a head slow to
+                    # say so at the look before this). That job runs with its own token.
+                    return
                 raise JobSubmissionError(error.message,
                                          detail={**error.detail, "refused": True}) from None
             raise  # unanswered: Ray may have taken it, and the job its token; asked next pass
         except BaseException:
             self.services.tokens.revoke(name, actor)
             raise
+        # Taken: a token an earlier attempt minted, for a submission Ray gave no answer to
+        # and had no job of (asked just before), is unused. Revoked only now: revoked
+        # before, a submission Ray took late found its token gone.
+        if earlier:
+            with contextlib.suppress(NotFoundError):
+                self.services.tokens.revoke(_token_name(job_id, earlier), actor)
 
     def _registered(self, context: StageContext, job_id: str) -> tuple[str, int] | None:
         """The run the job recorded (tagged with its submission id) and the version it

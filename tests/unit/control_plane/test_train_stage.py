@@ -308,6 +308,29 @@ def test_a_cancel_ray_cannot_be_asked_about_revokes_every_token_the_job_may_hold
     assert services.active_tokens() == ["job-pipeline-bc-1-abc"]
 
 
+def test_a_submission_ray_took_late_is_followed_with_the_token_it_carries(db: Any) -> None:
+    """Ray gave no answer, and its head was slow to list the job at the next look: the
+    stage revoked the token the job carried, submitted again, took Ray's "already exists"
+    for a refusal and failed, while the job trained on unable to register."""
+    api, services = JobApi(), Services(db)
+    stage = TrainStage(services, job_client=api.connect)
+    api.takes_submissions, api.submit_fails = False, NO_ANSWER
+    first = stage.advance(_fresh(10, {"submission_id": "pipeline-bc-1-ab"}))
+    api.submit_fails = JobSubmissionError(
+        "Ray's job API at http://head:8265 failed: Job with submission_id pipeline-bc-1-ab "
+        "already exists", detail={"answered": True})
+    late = {"modelplane_token": api.submissions[0]}  # the first submission, with its token
+
+    def taken_late(*args: Any, **kwargs: Any) -> str:
+        api.jobs["pipeline-bc-1-ab"] = late  # listed only now
+        raise api.submit_fails  # type: ignore[misc]
+
+    api.submit = taken_late  # type: ignore[method-assign]
+    second = stage.advance(_fresh(11, first.progress))
+    assert second.state is StageState.RUNNING and second.progress["submitted"] is True
+    assert services.active_tokens() == ["job-pipeline-bc-1-ab"]  # the late job's own
+
+
 def test_a_submission_ray_refuses_fails_the_stage_and_revokes_its_token(db: Any) -> None:
     api, services = JobApi(), Services(db)
     api.takes_submissions = False
