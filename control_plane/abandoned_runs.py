@@ -8,7 +8,8 @@ started, and ends those whose job Ray reports ended at least ``grace_s`` ago (th
 own last report has landed by then or never will): a job that failed, or succeeded
 without ending its run, leaves it ``failed`` (``finished`` where it succeeded and had
 registered its version); a stopped one, ``killed``. Why is kept as
-the run's ``failure_reason``. A job the cluster does not know is left alone (one submitted
+the run's ``failure_reason``. A job run in a process of its own (`train run`) is ended ``failed`` once that process
+is gone from the control plane's machine. A job the cluster does not know is left alone (one submitted
 to another cluster that reports here), unless the run says it ran on this cluster (its
 address and its head's host name) in an earlier session: the cluster restarted (a head lost, ``modelplane down`` and ``up``)
 and took the job's driver and its record with it, so the run ends ``failed``. Every run is
@@ -49,17 +50,17 @@ class AbandonedRuns:
         """End the runs whose job has ended; returns their ids."""
         from training.errors import JobSubmissionError
 
+        ended = self._sweep_processes()
         running = self._tracker.running_job_runs()
         if not running:
-            return []
+            return ended
         try:
             client = self._job_client()
         except JobSubmissionError as error:
             log.info("cannot look for abandoned runs: %s", error.message)
-            return []
+            return ended
         from training.submission import job_missing
 
-        ended: list[str] = []
         this_cluster = functools.cache(self._this_cluster)  # asked once a sweep, if at all
         for run_id, job_id, run_started, ran_on in running:
             try:
@@ -94,6 +95,24 @@ class AbandonedRuns:
                 ended.append(run_id)
         return ended
 
+
+    def _sweep_processes(self) -> list[str]:
+        """End the runs of jobs run in a process of their own (`train run`) whose process
+        is gone from this machine: killed, it left its run ``running`` for good. A process
+        of another machine, or one this machine cannot tell is gone, is left alone."""
+        from control_plane.leadership import holder_is_gone
+
+        ended = []
+        for run_id, process in self._tracker.running_process_runs():
+            if not holder_is_gone(process):
+                continue
+            host, _, pid, _ = process.split(":")
+            reason = (f"its job's process ({pid} on {host}) ended without ending the run "
+                      "(killed, or could not reach the control plane)")
+            if self._tracker.end_abandoned(run_id, RunStatus.FAILED, reason, SWEEPER):
+                log.warning("run %s ended failed: %s", run_id, reason)
+                ended.append(run_id)
+        return ended
 
     def _this_cluster(self) -> RayCluster | None:
         """The Ray cluster this control plane is connected to; None when Ray cannot say

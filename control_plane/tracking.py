@@ -24,6 +24,7 @@ from control_plane.notifications.sources import training_ended
 from control_plane.ray_clusters import RayCluster
 from control_plane.schemas import (
     JOB_TAG,
+    PROCESS_TAG,
     ExperimentCreate,
     ExperimentOut,
     MetricBatch,
@@ -156,6 +157,14 @@ class Tracker:
             if len(rows) < page:
                 return found
             after = rows[-1][0]
+
+    def running_process_runs(self) -> list[tuple[str, str]]:
+        """(run id, process) of every running run a job run outside Ray's job API started."""
+        with self.db.session(readonly=True) as session:
+            rows = session.execute(select(RunRow.id, RunRow.tags).where(
+                RunRow.status == RunStatus.RUNNING.value)).all()
+        return [(run_id, str(tags[PROCESS_TAG])) for run_id, tags in rows
+                if isinstance(tags, dict) and tags.get(PROCESS_TAG) and not tags.get(JOB_TAG)]
 
     def end_abandoned(self, run_id: str, status: RunStatus, reason: str,
                       actor: Principal) -> bool:

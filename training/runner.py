@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.schemas import JOB_TAG
+from control_plane.leadership import new_holder_id
+from control_plane.schemas import JOB_TAG, PROCESS_TAG
 from training.capacity import ClusterCapacity, Placement, plan_placement, wait_for_placement
 from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
 from training.data import Dataset, Split, load_dataset, split_dataset
@@ -133,6 +134,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
             CHECKPOINT_DIR_TAG: f"{storage.rstrip('/')}/{train_run_name}"}
     if submission := _submission_id():
         tags[JOB_TAG] = submission
+    else:  # ended by the control plane's sweep once this process is gone, if it is killed
+        tags[PROCESS_TAG] = new_holder_id()
     run = client.start_run(spec.experiment.name, name=spec.experiment.run_name or train_run_name,
                            params=params, tags=tags, environment=run_environment(cluster["summary"]))
     echo(f"run {run.id} in experiment {spec.experiment.name}")

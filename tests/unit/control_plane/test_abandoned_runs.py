@@ -114,6 +114,30 @@ def test_a_succeeded_job_that_registered_its_version_leaves_its_run_finished(
     assert tracker.get_run(claimed).status is RunStatus.FAILED
 
 
+def test_a_run_whose_own_process_is_gone_is_ended_and_others_are_not(
+        tracker: Tracker, sweep: AbandonedRuns) -> None:
+    """`train run` killed left its run running for good: only submitted jobs were swept."""
+    import os
+    import subprocess
+
+    from control_plane.leadership import new_holder_id
+    from control_plane.schemas import PROCESS_TAG
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    mine = new_holder_id()
+    gone = mine.replace(f":{os.getpid()}:", f":{ended.pid}:")
+    elsewhere = gone.replace(mine.split(":")[0], "another-host", 1)
+    runs = {process: tracker.start_run(RunCreate(experiment="exp", tags={PROCESS_TAG: process}),
+                                       ALICE).id for process in (gone, mine, elsewhere)}
+    assert sweep.sweep() == [runs[gone]]
+    killed = tracker.get_run(runs[gone])
+    assert killed.status is RunStatus.FAILED
+    assert f"its job's process ({ended.pid} on " in killed.params["failure_reason"]
+    assert tracker.get_run(runs[mine]).status is RunStatus.RUNNING
+    assert tracker.get_run(runs[elsewhere]).status is RunStatus.RUNNING
+
+
 def test_runs_whose_job_is_live_unknown_or_only_just_ended_are_left_running(
         tracker: Tracker, api: JobApi, sweep: AbandonedRuns) -> None:
     running = _job_run(tracker, "job-1")
