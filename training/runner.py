@@ -298,7 +298,7 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     from training.loop import train_worker
 
     resources = spec.resources
-    os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{max(placement_left_s, MIN_WORKER_GROUP_START_S):g}"
+    os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{worker_group_start_s(resources, placement_left_s):g}"
     data = ray.put({"x_train": split.x_train, "y_train": split.y_train,
                     "x_val": split.x_val, "y_val": split.y_val})
     trainer = TorchTrainer(
@@ -488,6 +488,16 @@ def _plan(spec: JobSpec, where: str) -> Placement:
     from training.cluster import cluster_here
 
     return plan_placement(spec.resources, cluster_here(where))
+
+
+def worker_group_start_s(resources: Any, placement_left_s: float) -> float:
+    """How long Ray Train may take to start the worker group: what is left of the placement
+    wait for a job that starts its workers once; the whole of it where workers may restart
+    (``max_failures``), since Ray Train reads one figure for every start, and a restart
+    after a worker died had only the first start's remainder (5 s, after a long wait)."""
+    if resources.max_failures > 0:
+        return float(resources.placement_timeout_s)
+    return max(placement_left_s, MIN_WORKER_GROUP_START_S)
 
 
 def training_failure(error: BaseException, spec: JobSpec, placement: Placement, run_id: str,

@@ -303,3 +303,17 @@ def test_a_job_that_registered_its_version_succeeds_though_its_last_bookkeeping_
     unregistered = JobResult("run-1", "bc", None, 3, False, {}, 0.0)
     with pytest.raises(ControlPlaneUnavailableError):  # nothing stands: the job did not finish
         _end_finished(away, "run-1", unregistered, said.append)
+
+
+def test_workers_that_may_restart_get_the_whole_placement_time_at_every_start() -> None:
+    """Ray Train reads one start deadline for every start of the worker group: a restart
+    after a worker died had only what the first start left of the wait (5 s)."""
+    from types import SimpleNamespace
+
+    from training.runner import MIN_WORKER_GROUP_START_S, worker_group_start_s
+
+    once = SimpleNamespace(max_failures=0, placement_timeout_s=600)
+    restarting = SimpleNamespace(max_failures=2, placement_timeout_s=600)
+    assert worker_group_start_s(once, 2.0) == MIN_WORKER_GROUP_START_S
+    assert worker_group_start_s(once, 420.0) == 420.0
+    assert worker_group_start_s(restarting, 2.0) == 600.0
