@@ -31,7 +31,13 @@ from typing import Any
 from sqlalchemy import select
 
 from control_plane.auth import Principal
-from control_plane.deployments import Deployments, endpoint_row, read_routes, refuse_during_rollout
+from control_plane.deployments import (
+    Deployments,
+    endpoint_row,
+    read_routes,
+    refuse_during_rollout,
+    refuse_shared_requirements,
+)
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.registry import Registry
 from control_plane.rollouts import aliases
@@ -134,6 +140,9 @@ class RolloutController(ManualActions):
                     f"{candidate.model}:{candidate.version} was rejected "
                     f"({version.status_reason}); register a new version",
                     detail={"field": "model_ref"})
+            # Checked here, not at the first step: there its route write was refused on
+            # every tick, and so was every way out (abort, rollback), locking the endpoint.
+            refuse_shared_requirements(endpoint, model.name, version, field="model_ref")
             routes = read_routes(session, endpoint)
             stable = routes.stable
             if stable is None or routes.weights[stable] <= 0:

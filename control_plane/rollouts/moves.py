@@ -162,7 +162,10 @@ class TrafficMoves:
                 return
             now = self._now()
             endpoint = endpoint_row(session, row.endpoint)
-            weights: dict[int, float] = {row.candidate_version: 0.0}
+            # The candidate drains where it has a route; one it never got (a rollout ended
+            # before its first step) is not added, even at 0%.
+            weights: dict[int, float] = {row.candidate_version: 0.0} if \
+                row.candidate_version in read_routes(session, endpoint).weights else {}
             if row.stable_version is not None:
                 weights[row.stable_version] = 100.0
             self.deployments.write_routes(session, endpoint, weights, [], allow_rejected=True)

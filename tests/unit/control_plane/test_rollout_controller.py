@@ -837,3 +837,29 @@ def test_a_traffic_change_on_another_control_plane_as_the_old_stable_retires_is_
     assert not isinstance(changed, Exception), changed  # a lock timeout or deadlock is not it
     assert world.weights() == {1: 50.0, 2: 50.0}
     assert changed.generation == world.deployments.get("iris").generation
+
+
+def test_a_candidate_with_requirements_of_its_own_is_refused_on_a_colocated_endpoint(
+        world: World) -> None:
+    """Accepted, its first step's route write was refused on every tick, and so were abort
+    and rollback: the endpoint was locked until someone edited the store."""
+    from control_plane.errors import ConflictError
+    from control_plane.store.models import ModelRow, ModelVersionRow
+
+    with world.registry.db.session() as session:
+        row = session.scalar(select(ModelVersionRow).join(ModelRow).where(
+            ModelRow.name == "iris", ModelVersionRow.version == 2))
+        manifest = dict(row.manifest)
+        row.manifest = {**manifest, "code": {**(manifest.get("code") or {}),
+                                             "preprocess": "steps:prepare",
+                                             "requirements": ["tabulate>=0.8"]}}
+    with pytest.raises(ConflictError, match="placement isolated") as refused:
+        world.start()
+    assert refused.value.detail["field"] == "model_ref"
+    assert world.controller.list(endpoint="iris") == [] and world.weights() == {1: 100.0}
+
+
+def test_a_rollout_aborted_before_its_first_step_adds_no_route(world: World) -> None:
+    rollout_id = world.start()
+    world.controller.abort(rollout_id, ALICE, "not now")
+    assert world.weights() == {1: 100.0}
