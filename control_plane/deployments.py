@@ -344,14 +344,24 @@ def refuse_unapproved_traffic(session: Session, model: ModelRow, before: dict[in
         return
     limit = policy.max_unapproved_weight
     limit = DEFAULT_UNAPPROVED_WEIGHT if limit is None else limit
+    rows: dict[int, ModelVersionRow | None] = {}
+
+    def unapproved(version: int) -> ModelVersionRow | None:
+        """The version's row where it is not approved; a version in production passed the
+        policy's gate (or predates the policy)."""
+        if version not in rows:
+            row = _version_row(session, model, version)
+            approved = row.stage == "production" or latest_decision(session, row) == "approved"
+            rows[version] = None if approved else row
+        return rows[version]
+
     for version, weight in sorted(after.items()):
         # Only a gain is refused: an unapproved version already above the limit (the
         # policy changed later) may still be turned down.
         if weight <= limit or weight <= before.get(version, 0.0):
             continue
-        row = _version_row(session, model, version)
-        # A version in production passed the policy's gate (or predates the policy).
-        if row.stage == "production" or latest_decision(session, row) == "approved":
+        row = unapproved(version)
+        if row is None:
             continue
         raise ConflictError(
             f"model {model.name!r} requires approval (policy require_approval_for_production): "
@@ -361,6 +371,19 @@ def refuse_unapproved_traffic(session: Session, model: ModelRow, before: dict[in
             "out (`modelplane rollout start`), which waits for the approval at the limit",
             detail={"field": field, "policy": "require_approval_for_production",
                     "version": version, "limit": limit})
+    # Together too: two unapproved versions at 50% each are all of the traffic.
+    together = sorted(v for v, w in after.items() if w > 0 and unapproved(v) is not None)
+    total = sum(after[v] for v in together)
+    held = sum(w for v, w in before.items() if w > 0 and unapproved(v) is not None)
+    if total > limit and total > held:
+        named = ", ".join(f"{model.name}:{v}" for v in together)
+        raise ConflictError(
+            f"model {model.name!r} requires approval (policy require_approval_for_production): "
+            f"{named} are not approved and together may take at most {limit:g}% of traffic, "
+            f"not {total:g}%; an approver must approve them (`modelplane models approve`) "
+            "first, or roll one out (`modelplane rollout start`)",
+            detail={"field": field, "policy": "require_approval_for_production",
+                    "versions": together, "limit": limit})
 
 
 def refuse_shared_requirements(endpoint: EndpointRow, model: str, row: ModelVersionRow, *,

@@ -125,6 +125,19 @@ def test_a_second_token_of_the_registrant_cannot_approve(world: World) -> None:
     assert world.weights().get(2, 0.0) == 0.0
 
 
+def test_unapproved_versions_together_may_take_no_more_than_the_limit(world: World) -> None:
+    """Each at 50%, two unapproved versions took all of production's traffic: the limit
+    was checked per version."""
+    _gate(world)
+    world.registry.approve("iris", 1, ApprovalCreate(decision="approved"), BOB)
+    with pytest.raises(ConflictError, match="together may take at most 50%") as refused:
+        world.deployments.set_traffic("iris", TrafficUpdate(weights={2: 50, 3: 50}), ALICE)
+    assert refused.value.detail["versions"] == [2, 3]
+    assert world.weights() == {1: 100.0}
+    world.deployments.set_traffic("iris", TrafficUpdate(weights={1: 50, 2: 25, 3: 25}), ALICE)
+    world.deployments.set_traffic("iris", TrafficUpdate(weights={1: 50, 2: 40, 3: 10}), ALICE)
+
+
 def test_manual_traffic_over_the_limit_to_an_unapproved_version_is_refused(
         world: World) -> None:
     _gate(world)
