@@ -50,7 +50,7 @@ class ArtifactInfo:
 
 def check_digest(digest: str) -> str:
     """Return ``digest`` if it is 64 lowercase hex characters, else raise naming the field."""
-    if not _DIGEST.match(digest):
+    if not _DIGEST.fullmatch(digest):
         raise InvalidInputError(
             f"artifact digest {digest!r} is not a sha256 hex digest (64 characters 0-9a-f)",
             detail={"field": "digest"},

@@ -71,7 +71,7 @@ _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<version>[
 
 def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
     """Split ``name``, ``name:3`` or ``name@alias`` into (name, version, alias)."""
-    match = _REF.match(ref)
+    match = _REF.fullmatch(ref)
     if match is None or int(match.group("version") or 0) > 2**31 - 1:
         raise InvalidInputError(
             f"model reference {ref!r} is not valid; use NAME, NAME:VERSION or NAME@ALIAS",

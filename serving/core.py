@@ -141,7 +141,7 @@ def _json(status: int, payload: Any) -> HttpResult:
 
 def asks_readiness(subpath: str) -> bool:
     """Whether ``subpath`` (under an endpoint's prefix) is its or a version's ready probe."""
-    match = _PATH.match(subpath)
+    match = _PATH.fullmatch(subpath)
     return match is not None and match.group("action") == "/ready"
 
 
@@ -271,7 +271,7 @@ class InferenceCore:
         config, backends, router = self._state
         request_id = new_request_id()
         try:
-            match = _PATH.match(subpath)
+            match = _PATH.fullmatch(subpath)
             if match is None:
                 raise ModelNotFoundError(
                     f"no route {subpath!r} under {endpoint_route_prefix(config.endpoint)}")

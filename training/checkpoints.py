@@ -25,7 +25,7 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def is_run_id(value: str) -> bool:
     """Whether ``resume_from`` names a tracked run rather than a location."""
-    return bool(_RUN_ID.match(value))
+    return bool(_RUN_ID.fullmatch(value))
 
 
 def resolve_resume(resume_from: str, client: Any) -> str:

@@ -126,7 +126,7 @@ def signin(request: Request) -> HTMLResponse:
 def static(name: str) -> FileResponse:
     """An asset of this package by its plain file name (no folders, so no way out of it)."""
     path = STATIC / name
-    if not STATIC_NAME.match(name) or not path.is_file():
+    if not STATIC_NAME.fullmatch(name) or not path.is_file():
         raise NotFoundError(f"the console has no asset {name!r}", detail={"field": "name"})
     return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
                         headers={"x-content-type-options": "nosniff", "cache-control": "no-cache"})

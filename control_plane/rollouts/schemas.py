@@ -24,7 +24,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 def parse_duration(value: Any) -> Any:
     """``"90s"`` → 90.0; numbers pass through; anything else is left for pydantic to refuse."""
     if isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value)
         if match is None:
             raise ValueError(f"{value!r} is not a duration; write e.g. 30, '30s', '500ms', '2m'")
         return float(match["value"]) * _UNIT_SECONDS[match["unit"]]

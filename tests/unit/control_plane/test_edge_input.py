@@ -35,11 +35,24 @@ def test_finite_params_of_any_shape_pass_unchanged() -> None:
         ParamsUpdate.model_validate_json('{"params": {"x": NaN}}')
 
 
-@pytest.mark.parametrize("ref", ["m:²", "m:\u0663", "m:99999999999", "m:" + "9" * 5000])
+@pytest.mark.parametrize("ref", ["m:²", "m:\u0663", "m:99999999999", "m:" + "9" * 5000,
+                                 "m@champion\n", "m:3\n", "m\n"])
 def test_model_refs_take_ascii_versions_the_store_can_hold(ref: str) -> None:
     with pytest.raises(InvalidInputError) as raised:
         parse_ref(ref)
     assert raised.value.detail["field"] == "model_ref"
+
+
+def test_a_digest_or_run_id_with_a_trailing_newline_is_refused() -> None:
+    """A regular expression's $ also matches before a final newline: "champion\n" was an
+    alias of its own, listed beside the real one."""
+    from control_plane.artifacts import check_digest
+    from training.checkpoints import is_run_id
+
+    with pytest.raises(InvalidInputError):
+        check_digest("a" * 64 + "\n")
+    assert check_digest("a" * 64) == "a" * 64
+    assert not is_run_id("0" * 32 + "\n") and is_run_id("0" * 32)
 
 
 def test_model_refs_still_parse() -> None:
