@@ -85,8 +85,9 @@ ROUTE_ACCESS: dict[str, Access] = {
     "GET /metrics": PUBLIC,
     # Admin: who am I, artifacts, the integrity check, tokens.
     "GET /whoami": READ,
-    "GET /leadership": READ,
-    "GET /cluster": TOKEN,  # node addresses and process ids: not for anonymous readers
+    # Host names, node addresses and process ids: not for anonymous readers.
+    "GET /leadership": TOKEN,
+    "GET /cluster": TOKEN,
     "POST /artifacts": TRAIN,
     "GET /artifacts/{digest}": READ,
     "GET /integrity": ADMIN,

@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from control_plane.api.deps import CP, Limit, Offset, Reader, Writer
+from control_plane.auth import ANONYMOUS, Principal
 from control_plane.errors import InvalidInputError
 from control_plane.schemas import (
+    PROCESS_TAG,
     ExperimentCreate,
     ExperimentOut,
     MetricBatch,
@@ -44,8 +46,9 @@ def create_experiment(body: ExperimentCreate, cp: CP, actor: Writer) -> Experime
 
 
 @router.get("/experiments/{name}/runs", response_model=Page[RunOut])
-def list_runs(name: str, cp: CP, _: Reader, limit: Limit = 50, offset: Offset = 0) -> Page[RunOut]:
-    return cp.tracker.list_runs(name, limit=limit, offset=offset)
+def list_runs(name: str, cp: CP, reader: Reader, limit: Limit = 50, offset: Offset = 0) -> Page[RunOut]:
+    page = cp.tracker.list_runs(name, limit=limit, offset=offset)
+    return page.model_copy(update={"items": [_as_read_by(run, reader) for run in page.items]})
 
 
 @router.post("/runs", response_model=RunOut, status_code=201)
@@ -69,8 +72,18 @@ def compare_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-def get_run(run_id: str, cp: CP, _: Reader) -> RunOut:
-    return cp.tracker.get_run(run_id)
+def get_run(run_id: str, cp: CP, reader: Reader) -> RunOut:
+    return _as_read_by(cp.tracker.get_run(run_id), reader)
+
+
+def _as_read_by(run: RunOut, reader: Principal) -> RunOut:
+    """``run`` without the host names, addresses and process ids it records (where its
+    job ran), for a reader without a token: those are a token's to read, as ``/cluster``."""
+    if reader is not ANONYMOUS:
+        return run
+    environment = {k: v for k, v in run.environment.items() if k != "ray_cluster"}
+    tags = {k: v for k, v in run.tags.items() if k != PROCESS_TAG}
+    return run.model_copy(update={"environment": environment, "tags": tags})
 
 
 @router.patch("/runs/{run_id}", response_model=RunOut)

@@ -90,7 +90,10 @@ def status(as_json: bool = JsonOption, url: str | None = UrlOption) -> None:
     # A version a replica could not load answers 503 with the cause while the others serve.
     unloaded = {e.name: _unloaded_versions(api.url, e.name, [r.version for r in e.routes])
                 for e in endpoints}
-    leadership = api.leadership()
+    try:
+        leadership: LeadershipOut | None = api.leadership()
+    except AuthenticationError:  # host names and process ids: a token's to read
+        leadership = None
     try:
         cluster: ClusterOut | None = api.cluster()
     except (ControlPlaneUnavailableError, NotFoundError, AuthenticationError):
@@ -147,8 +150,10 @@ def _replicas_text(cluster: ClusterOut, node_id: str) -> str:
                      for name, (running, other) in sorted(counts.items())) or "-"
 
 
-def _leadership_text(lease: LeadershipOut, now: datetime | None = None) -> str:
+def _leadership_text(lease: LeadershipOut | None, now: datetime | None = None) -> str:
     """Who runs the control loops, and whether its lease is current (at ``now``)."""
+    if lease is None:
+        return "which control plane runs the control loops needs a token to read"
     if lease.holder is None or lease.expires_at is None:
         return "no control plane has run the control loops yet"
     left = (lease.expires_at - (now or datetime.now(UTC))).total_seconds()

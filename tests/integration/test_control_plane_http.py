@@ -130,6 +130,23 @@ def test_tracking_over_http(admin: Client) -> None:
     assert comparison.params["lr"] == {run.id: 0.01, other.id: 0.1}
 
 
+def test_where_a_job_ran_is_a_tokens_to_read(admin: Client, server: ControlPlaneProcess) -> None:
+    """Host names, the Ray cluster's address and process ids, as /cluster keeps them."""
+    from control_plane.schemas import PROCESS_TAG
+
+    run = admin.start_run("where-exp", tags={PROCESS_TAG: "node-7:4026531836.ab:4242:cafe"},
+                          environment={"python_version": "3.11", "ray_cluster": {
+                              "address": "10.0.0.7:6379", "head": "node-7", "session": "s1"}})
+    anonymous = httpx.get(f"{server.url}/api/runs/{run.id}", timeout=30).json()
+    assert PROCESS_TAG not in anonymous["tags"] and "ray_cluster" not in anonymous["environment"]
+    assert anonymous["environment"]["python_version"] == "3.11"
+    listed = httpx.get(f"{server.url}/api/experiments/where-exp/runs", timeout=30).json()
+    assert "ray_cluster" not in listed["items"][0]["environment"]
+    assert admin.get_run(run.id).environment["ray_cluster"]["head"] == "node-7"
+    assert httpx.get(f"{server.url}/api/leadership", timeout=30).status_code == 401
+    assert admin.leadership() is not None  # a token reads it
+
+
 def test_pagination(admin: Client) -> None:
     for index in range(5):
         admin.create_model(f"page-{index}")
