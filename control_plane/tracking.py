@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -53,6 +54,10 @@ def lower_is_better(metric: str) -> bool:
 
 
 MAX_METRIC_POINTS = 1_000_000  # per run, every key together
+# A run's params are one document, rewritten whole on every write and read whole with the
+# run: bounded, as its metric points are, and so are its artifact paths.
+MAX_PARAMS_BYTES = 1024 * 1024
+MAX_RUN_ARTIFACTS = 10_000
 HISTORY_POINTS = 10_000  # a metric's history as read, by default
 
 class Tracker:
@@ -98,7 +103,7 @@ class Tracker:
                 experiment_id=experiment_id,
                 parent_run_id=spec.parent_run_id,
                 name=spec.name,
-                params=dict(spec.params),
+                params=_bounded_params(dict(spec.params)),
                 tags=dict(spec.tags),
                 environment=dict(spec.environment),
                 created_by=actor.name,
@@ -201,7 +206,7 @@ class Tracker:
         actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
             row = _writable(session, run_id, actor)
-            row.params = {**row.params, **spec.params}
+            row.params = _bounded_params({**row.params, **spec.params})
             return _run_out(session, row)
 
     def log_metrics(self, run_id: str, batch: MetricBatch, actor: Principal) -> int:
@@ -261,6 +266,13 @@ class Tracker:
                 )
             )
             if row is None:
+                held = session.scalar(select(func.count()).select_from(RunArtifactRow)
+                                      .where(RunArtifactRow.run_id == run_id)) or 0
+                if held >= MAX_RUN_ARTIFACTS:
+                    raise ConflictError(
+                        f"run {run_id} holds {held:,} artifacts and a run may hold at most "
+                        f"{MAX_RUN_ARTIFACTS:,}; pack many files into one archive",
+                        detail={"field": "path", "held": held, "limit": MAX_RUN_ARTIFACTS})
                 row = RunArtifactRow(run_id=run_id, path=spec.path, digest=info.digest, size=info.size)
                 session.add(row)
             else:
@@ -390,6 +402,17 @@ class JobRun(NamedTuple):
     job_id: str
     started: datetime
     ray_cluster: RayCluster | None  # None: not recorded (or by a job before the head was)
+
+
+def _bounded_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params``, where they fit in :data:`MAX_PARAMS_BYTES`."""
+    size = len(json.dumps(params, separators=(",", ":")))
+    if size > MAX_PARAMS_BYTES:
+        raise ConflictError(
+            f"the run's params would take {size:,} bytes and a run's params may take at most "
+            f"{MAX_PARAMS_BYTES:,}; log large values as artifacts",
+            detail={"field": "params", "bytes": size, "limit": MAX_PARAMS_BYTES})
+    return params
 
 
 def _ray_cluster(environment: Any) -> RayCluster | None:

@@ -151,3 +151,28 @@ def test_a_run_holds_a_bounded_number_of_metric_points(tracker: Tracker,
     assert refused.value.detail["field"] == "metrics"
     assert tracker.log_metrics(run.id, _metrics(("acc", 1.0, 4)), ALICE) == 1
     assert len(tracker.metric_history(run.id, "loss")) == 4
+
+
+def test_a_run_holds_bounded_params_and_artifacts(tracker: Tracker,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merged into one document on every write, a trainer token's params grew the run
+    without end, and every read of it with them; so did its artifact paths."""
+    import control_plane.tracking as tracking
+    from control_plane.schemas import ParamsUpdate, RunArtifactCreate
+
+    monkeypatch.setattr(tracking, "MAX_PARAMS_BYTES", 200)
+    monkeypatch.setattr(tracking, "MAX_RUN_ARTIFACTS", 2)
+    run = tracker.start_run(RunCreate(experiment="bounded", params={"lr": 0.1}), ALICE)
+    tracker.log_params(run.id, ParamsUpdate(params={"note": "x" * 100}), ALICE)
+    with pytest.raises(ConflictError, match="at most 200") as refused:
+        tracker.log_params(run.id, ParamsUpdate(params={"more": "y" * 100}), ALICE)
+    assert refused.value.detail["field"] == "params"
+    assert set(tracker.get_run(run.id).params) == {"lr", "note"}
+    with pytest.raises(ConflictError, match="at most 200"):
+        tracker.start_run(RunCreate(experiment="bounded", params={"big": "z" * 300}), ALICE)
+    digest = tracker.artifacts.put([b"bytes"]).digest
+    for path in ("a.txt", "b.txt", "a.txt"):  # replacing one counts once
+        tracker.log_artifact(run.id, RunArtifactCreate(path=path, digest=digest), ALICE)
+    with pytest.raises(ConflictError, match="holds 2 artifacts") as refused:
+        tracker.log_artifact(run.id, RunArtifactCreate(path="c.txt", digest=digest), ALICE)
+    assert refused.value.detail["field"] == "path"
