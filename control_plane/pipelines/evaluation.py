@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from statistics import NormalDist
 from typing import Annotated, Any, Literal
 
@@ -143,14 +143,18 @@ class EvaluationReport(Wire):
 def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: Any,
              manifest: ModelManifest | Mapping[str, Any],
              gates: EvaluationGates | Mapping[str, Any], *,
-             champion_manifest: ModelManifest | Mapping[str, Any] | None = None) -> EvaluationReport:
+             champion_manifest: ModelManifest | Mapping[str, Any] | None = None,
+             score: Callable[..., dict[str, np.ndarray]] | None = None) -> EvaluationReport:
     """Score ``candidate`` (and ``champion``, when there is one) on ``X``/``y`` and gate it.
 
     ``candidate``/``champion`` are ONNX files (path) or bytes; ``X`` is rows x features
     (the model's single input) or a mapping of input name to array; ``y`` holds class
     indices or labels (``manifest.class_labels``) for classifiers, values for regressors.
-    ``champion_manifest`` defaults to ``manifest`` (same signature).
+    ``champion_manifest`` defaults to ``manifest`` (same signature). ``score`` runs a
+    model (:func:`score_model` in this process by default; the evaluate stage passes
+    :func:`~control_plane.pipelines.scoring.score_isolated`).
     """
+    score = score or score_model
     spec = ModelManifest.model_validate(manifest)
     rules = EvaluationGates.model_validate(gates)
     if spec.task not in ("classification", "regression"):
@@ -161,7 +165,7 @@ def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: An
         raise InvalidInputError(f"gates.metric {metric} does not apply to a {spec.task} model",
                                 detail={"field": "gates.metric"})
     truth = _truth(y, spec)
-    cand = score_model(candidate, X, spec)
+    cand = score(candidate, X, spec)
     cand_metrics = _metrics(spec.task, truth, cand)
     checks = _threshold_checks(rules, cand_metrics, spec.task)
     comparison, champ_metrics, note = None, None, ""
@@ -169,7 +173,7 @@ def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: An
         note = "no champion: the candidate is held to the absolute thresholds only"
     else:
         champ_spec = ModelManifest.model_validate(champion_manifest) if champion_manifest else spec
-        champ = score_model(champion, X, champ_spec)
+        champ = score(champion, X, champ_spec)
         champ_metrics = _metrics(spec.task, truth, champ)
         comparison = _compare(metric, truth, cand, champ, rules)
         margin = _margin_check(comparison, rules)
@@ -206,7 +210,8 @@ def features_and_target(table: Any, manifest: ModelManifest | Mapping[str, Any],
 # ---------------------------------------------------------------- scoring
 
 
-def score_model(model: ModelSource, X: Any, manifest: ModelManifest | Mapping[str, Any]) -> dict[str, np.ndarray]:
+def score_model(model: ModelSource, X: Any, manifest: ModelManifest | Mapping[str, Any], *,
+                threads: int = 0) -> dict[str, np.ndarray]:
     """Run the model with ONNX Runtime (CPU): ``{"predicted": ..., "probabilities": ...}``
     for a classifier (class indices; probabilities when an output is a score matrix),
     ``{"predicted": values}`` for a regressor."""
@@ -223,6 +228,7 @@ def score_model(model: ModelSource, X: Any, manifest: ModelManifest | Mapping[st
         return _read_outputs(_run_steps(model, _feeds(X, spec), spec), spec)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads  # 0: ONNX Runtime's choice
     source = model if isinstance(model, bytes) else os.fspath(model)
     try:
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

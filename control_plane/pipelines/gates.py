@@ -10,6 +10,7 @@ the absolute thresholds alone (the report says so).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from control_plane.pipelines.data_sources import BUNDLED_SCHEME
@@ -158,6 +159,7 @@ class EvaluateStage:
 
         def score() -> tuple[Any, str, str | None]:
             from control_plane.pipelines.evaluation import evaluate
+            from control_plane.pipelines.scoring import score_isolated
 
             version = services.registry.get_version(model, number)
             best = champion(services, context.spec.deploy.endpoint, model)
@@ -168,7 +170,9 @@ class EvaluateStage:
             report = evaluate(read(version.artifact_digest),
                               read(best.artifact_digest) if best is not None else None,
                               features, truth, version.manifest, settings.gates,
-                              champion_manifest=best.manifest if best is not None else None)
+                              champion_manifest=best.manifest if best is not None else None,
+                              score=functools.partial(score_isolated,
+                                                      timeout_s=settings.timeout_s))
             return report, source, f"{best.model}:{best.version}" if best is not None else None
 
         answer = _offloaded(self.offload, context, score, deadline_s=settings.timeout_s,

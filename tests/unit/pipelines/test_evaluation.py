@@ -321,3 +321,43 @@ def test_a_candidate_with_its_scaler_as_a_step_scores_on_raw_rows(cancer: dict, 
     python_kind = {**cancer["manifest"], "kind": "python", "code": {"entrypoint": "model:Model"}}
     with pytest.raises(InvalidInputError, match="this version is python with code of its own"):
         evaluate(pack_folder(folder), None, raw, cancer["y"], python_kind, {})
+
+
+def _memory_bomb(n_features: int, n_outputs: int, elements: int) -> bytes:
+    """A linear classifier that also fills a tensor of ``elements`` floats as it runs: a
+    file of a few hundred bytes that asks for gigabytes."""
+    nodes = [helper.make_node("MatMul", ["input", "W"], ["raw"]),
+             helper.make_node("ConstantOfShape", ["shape"], ["filled"],
+                              value=numpy_helper.from_array(np.ones(1, np.float32))),
+             helper.make_node("ReduceMax", ["filled"], ["one"], keepdims=0),
+             helper.make_node("Mul", ["raw", "one"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "bomb",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", n_features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", n_outputs])],
+        initializer=[numpy_helper.from_array(np.ones((n_features, n_outputs), np.float32), "W"),
+                     numpy_helper.from_array(np.array([elements], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_a_candidate_is_scored_in_a_process_of_its_own_within_a_memory_bound(
+        cancer: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scored in the control plane's process, a registrant's graph could ask for gigabytes
+    and have the control plane (its API and every control loop) killed for memory."""
+    from control_plane.pipelines.scoring import MEMORY_ENV, score_isolated
+
+    gates = EvaluationGates(min_accuracy=0.9, min_improvement=0.05, require_significance=True)
+    isolated = evaluate(cancer["strong"], cancer["weak"], cancer["x"], cancer["y"],
+                        cancer["manifest"], gates, score=score_isolated)
+    in_process = evaluate(cancer["strong"], cancer["weak"], cancer["x"], cancer["y"],
+                          cancer["manifest"], gates)
+    assert isolated.candidate == in_process.candidate and isolated.passed
+    monkeypatch.setenv(MEMORY_ENV, "1024")
+    bomb = _memory_bomb(30, 2, elements=600_000_000)  # 2.4 GB of float32
+    with pytest.raises(InvalidInputError, match="more than its 1024 MiB") as refused:
+        evaluate(bomb, None, cancer["x"], cancer["y"], cancer["manifest"], gates,
+                 score=score_isolated)
+    assert refused.value.detail["field"] == "model"
