@@ -5,7 +5,8 @@ may register one. Scored in the control plane's own process, a graph of a few hu
 bytes (``ConstantOfShape`` with a large shape) could ask for gigabytes and have the
 control plane, its API and every control loop, killed for memory; a deadline cannot stop
 a thread that is running ONNX Runtime. So the evaluate stage scores here: a child process
-with an address-space limit (``MODELPLANE_EVALUATE_MEMORY_MB``, 4096 by default) and one
+with an address-space limit (``MODELPLANE_EVALUATE_MEMORY_MB``, 4096 by default: a
+setting, :mod:`modelplane.settings`) and one
 ONNX Runtime thread, killed whole at its deadline.
 
     python -m control_plane.pipelines.scoring REQUEST RESULT   (what the parent runs)
@@ -29,14 +30,15 @@ import numpy as np
 from control_plane.errors import InvalidInputError
 
 MEMORY_ENV = "MODELPLANE_EVALUATE_MEMORY_MB"
-DEFAULT_MEMORY_MB = 4096
 _KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
 
 
 def score_isolated(model: bytes | os.PathLike[str], X: Any, manifest: Mapping[str, Any] | Any, *,
                    timeout_s: float = 600.0) -> dict[str, np.ndarray]:
     """:func:`~control_plane.pipelines.evaluation.score_model`, in a child process."""
-    memory_mb = int(os.environ.get(MEMORY_ENV) or DEFAULT_MEMORY_MB)
+    from modelplane.settings import get_settings
+
+    memory_mb = get_settings().evaluate_memory_mb
     data = model if isinstance(model, bytes) else Path(model).read_bytes()
     document = manifest.model_dump(mode="json") if hasattr(manifest, "model_dump") else dict(manifest)
     with tempfile.TemporaryDirectory(prefix="modelplane-score-") as scratch:

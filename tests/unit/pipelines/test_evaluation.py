@@ -356,6 +356,7 @@ def test_a_candidate_is_scored_in_a_process_of_its_own_within_a_memory_bound(
                           cancer["manifest"], gates)
     assert isolated.candidate == in_process.candidate and isolated.passed
     monkeypatch.setenv(MEMORY_ENV, "1024")
+    monkeypatch.setattr("modelplane.settings._cached", None)  # read again, and put back after
     bomb = _memory_bomb(30, 2, elements=600_000_000)  # 2.4 GB of float32
     with pytest.raises(InvalidInputError, match="more than its 1024 MiB") as refused:
         evaluate(bomb, None, cancer["x"], cancer["y"], cancer["manifest"], gates,
