@@ -16,6 +16,7 @@
 | ``MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS`` | ``false``                      | accept ``/v2/models/{e}/feedback`` without a label source's token |
 | ``MODELPLANE_MAX_REQUEST_MB``   | ``64``                                   | largest inference request body a replica reads, in MiB (413 above) |
 | ``MODELPLANE_EVALUATE_MEMORY_MB`` | ``4096``                             | memory a pipeline's evaluate stage may use to score a model, in a process of its own |
+| ``MODELPLANE_DATA_MAX_MB``      | ``2048``                                 | largest data file a pipeline reads (into the control plane's memory) |
 | ``MODELPLANE_CONTROL_PLANE_REPLICAS`` | ``1``                              | control-plane replicas; more than one needs a PostgreSQL store and an artifact store every node reaches |
 | ``MODELPLANE_DATA_PRIVATE_HOSTS`` | unset (public addresses only)        | private hosts or CIDRs pipelines may read http(s) data from |
 | ``MODELPLANE_PROXY_LOCATION``   | ``EveryNode``                            | where Serve's HTTP ingress runs: ``EveryNode`` (put a load balancer over the nodes) or ``HeadOnly`` |
@@ -98,6 +99,9 @@ class Settings(BaseSettings):
     # of its own (control_plane.pipelines.scoring).
     evaluate_memory_mb: int = Field(4096, ge=256, le=1024 * 1024, json_schema_extra=_expects(
         "a whole number of MiB from 256 to 1048576"))
+    # The largest data file a pipeline reads, into the control plane's memory.
+    data_max_mb: int = Field(2048, ge=1, le=1024 * 1024, json_schema_extra=_expects(
+        "a whole number of MiB from 1 to 1048576"))
     access_log: bool = Field(False, json_schema_extra=_expects(_BOOLEAN))
     # Endpoint replicas answer on their own lean HTTP server (serving.lean_ingress) where
     # Serve's direct ingress runs; Serve keeps placement, health, drain and autoscaling.

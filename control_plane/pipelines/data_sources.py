@@ -166,11 +166,51 @@ def _open(uri: str) -> Any:
         options["allow_redirects"] = False
         _refuse_redirect(uri)
     try:
-        return fsspec.open(uri, "rb", **options).open()
+        handle = fsspec.open(uri, "rb", **options).open()
     except FileNotFoundError:
         raise _error(f"{uri} does not exist") from None
     except Exception as error:
         raise _error(f"cannot open {uri}: {_first_line(error)}") from None
+    return _Bounded(handle, uri)
+
+
+class _Bounded:
+    """A data file read no further than ``MODELPLANE_DATA_MAX_MB``: it is read whole into
+    the control plane's memory, and a file of tens of gigabytes (or an answer that never
+    ends) had the control plane killed for memory. A size known up front is checked before
+    anything is read."""
+
+    def __init__(self, handle: Any, uri: str) -> None:
+        from modelplane.settings import MIB, get_settings
+
+        self._handle, self._uri = handle, uri
+        self._limit = get_settings().data_max_mb * MIB
+        size = getattr(handle, "size", None)
+        if isinstance(size, int) and size > self._limit:
+            handle.close()
+            raise self._too_big(f"is {size:,} bytes")
+
+    def _too_big(self, what: str) -> InvalidInputError:
+        return _error(f"{self._uri} {what}, more than a pipeline reads "
+                      f"({self._limit // (1024 * 1024)} MiB: MODELPLANE_DATA_MAX_MB)")
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        if self._handle.tell() > self._limit:
+            raise self._too_big("goes on past its limit")
+        return data  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, readable, … as the file has them
+        return getattr(self._handle, name)
+
+    def __iter__(self) -> Any:
+        return iter(self._handle)
+
+    def __enter__(self) -> _Bounded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
 
 
 def check_http_host(uri: str, allowed: tuple[frozenset[str], tuple[Any, ...]] | None = None

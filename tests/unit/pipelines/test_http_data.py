@@ -22,6 +22,21 @@ TABLE = "a,b,target\n1,2.5,0\n3,4.5,1\n"
 
 class _Data(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        if self.path.startswith("/endless.csv"):  # no length: rows for as long as it is read
+            self.protocol_version = "HTTP/1.1"  # chunked
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            rows = ("a,b,target\n" + "1,2.5,0\n" * 8000).encode()
+            try:
+                for _ in range(10_000):
+                    self.wfile.write(f"{len(rows):x}\r\n".encode() + rows + b"\r\n")
+            except OSError:  # the reader stopped
+                return
+            self.wfile.write(b"0\r\n\r\n")
+            return
         if self.path.startswith("/moved.csv"):
             self.send_response(302)
             self.send_header("Location", "/table.csv")
@@ -102,3 +117,19 @@ def test_the_setting_says_what_it_takes() -> None:
     assert names == {"data.internal"} and [str(b) for b in blocks] == ["10.0.0.0/8", "::1/128"]
     with pytest.raises(ConfigurationError, match="MODELPLANE_DATA_PRIVATE_HOSTS"):
         Settings.from_env({"MODELPLANE_DATA_PRIVATE_HOSTS": "10.0.0.0/8,no good"})
+
+
+def test_data_past_its_size_limit_is_refused_before_it_fills_the_control_plane(
+        data_server: str, allow: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Read whole into the control plane's memory, a file of tens of gigabytes, or an
+    answer that never ends, had the control plane killed for memory."""
+    monkeypatch.setenv("MODELPLANE_DATA_MAX_MB", "1")
+    allow("127.0.0.1")
+    with pytest.raises(InvalidInputError, match="goes on past its limit") as refused:
+        load_dataset(f"{data_server}/endless.csv")
+    assert "MODELPLANE_DATA_MAX_MB" in refused.value.message
+    big = tmp_path / "big.csv"
+    big.write_text("a,b,target\n" + "1,2.5,0\n" * 200_000)  # 1.6 MB
+    with pytest.raises(InvalidInputError, match=r"is 1,600,011 bytes, more than a pipeline reads"):
+        load_dataset(str(big))
+    assert len(load_dataset(f"{data_server}/table.csv")) == 2
