@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from control_plane.auth import Principal
@@ -288,6 +288,11 @@ class Deployments:
         with self.db.session() as session:
             endpoint = endpoint_row(session, endpoint_name, for_update=True)
             refuse_during_rollout(session, endpoint.name, "undeploy it")
+            # A version an ended rollout still drains is gone with the endpoint: left owed,
+            # its removal found an endpoint made again under the name and took its version.
+            session.execute(update(RolloutRow).where(
+                RolloutRow.endpoint == endpoint.name, RolloutRow.retire_at.is_not(None))
+                .values(retire_version=None, retire_at=None))
             session.delete(endpoint)
 
     def get(self, endpoint_name: str) -> EndpointOut:

@@ -148,6 +148,21 @@ class RolloutController(ManualActions):
             if stable is None or routes.weights[stable] <= 0:
                 raise ConflictError(f"endpoint {endpoint.name!r} serves no version yet; "
                                     "deploy one first", detail={"field": "endpoint"})
+            others = sorted(v for v, w in routes.weights.items()
+                            if v not in (stable, candidate.version) and w > 0)
+            shadows = sorted(v for v in routes.shadows if v != candidate.version)
+            if others or shadows:
+                # Every step writes the stable version and the candidate alone: the rest
+                # of the table was dropped at the first step, and a rollback did not bring
+                # it back.
+                held = ", ".join([*(f"v{v} {routes.weights[v]:g}%" for v in others),
+                                  *(f"v{v} shadow" for v in shadows)])
+                raise ConflictError(
+                    f"endpoint {endpoint.name!r} also routes to {held} beside its stable "
+                    f"v{stable}: a rollout moves traffic between the stable version and the "
+                    f"candidate alone; set the traffic to v{stable} first (`modelplane "
+                    f"traffic {endpoint.name} {stable}=100`)",
+                    detail={"field": "endpoint", "versions": [*others, *shadows]})
             if stable == candidate.version:
                 raise ConflictError(
                     f"{model.name}:{candidate.version} already takes the most traffic on "

@@ -36,7 +36,9 @@ class ManualActions(TrafficMoves):
                 raise ConflictError(f"rollout #{row.id} is {row.state}, not paused",
                                     detail={"field": "state"})
             transition(session, row, RolloutState.PROGRESSING, actor.name, reason or "resumed")
-            row.step_started_at = self._now()
+            # The step starts again, judged on its own evidence: an analysis from before the
+            # pause let the hold's end advance it with no look since the resume.
+            row.step_started_at, row.last_analysis = self._now(), {}
             return rollout_out(session, row)
 
     def promote(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:

@@ -447,7 +447,9 @@ def test_the_api_names_the_holder_and_says_when_no_one_ever_held_the_lease(
 
     plane = ControlPlane.start(Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")}))
     try:
-        api = TestClient(build_api(plane))
+        token = plane.settings.admin_token_path.read_text().strip()
+        api = TestClient(build_api(plane), headers={"authorization": f"Bearer {token}"})
+        assert TestClient(build_api(plane)).get("/leadership").status_code == 401  # hosts, pids
         never = api.get("/leadership").json()
         assert never["holder"] is None and never["term"] is None and never["expires_at"] is None
         plane.start_control_loops()

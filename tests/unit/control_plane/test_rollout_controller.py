@@ -863,3 +863,46 @@ def test_a_rollout_aborted_before_its_first_step_adds_no_route(world: World) -> 
     rollout_id = world.start()
     world.controller.abort(rollout_id, ALICE, "not now")
     assert world.weights() == {1: 100.0}
+
+
+def test_a_rollout_is_refused_where_other_versions_take_traffic_or_shadow_it(world: World) -> None:
+    """Every step writes the stable version and the candidate alone: v3's share (or its
+    shadow) was dropped at the first step, and no rollback brought it back."""
+    for table in ({1: 60, 3: 40}, {1: 100}):
+        shadows = [3] if table == {1: 100} else []
+        world.deployments.set_traffic("iris", TrafficUpdate(weights=table, shadows=shadows), ALICE)
+        with pytest.raises(ConflictError, match="also routes to v3") as refused:
+            world.start()
+        assert refused.value.detail["versions"] == [3]
+    world.deployments.set_traffic("iris", TrafficUpdate(weights={1: 100, 3: 0}), ALICE)
+    world.start()  # a version at 0% takes nothing: it may be left behind
+
+
+def test_a_resumed_step_is_judged_on_evidence_from_after_the_resume(world: World) -> None:
+    """The analysis from before a pause let the step advance at the hold's end, with no
+    look since the resume."""
+    rollout_id = world.start(steps=[30, 100], step_duration_s=3,
+                             analysis={**FAST, "interval_s": 30})
+    world.serve(1)
+    world.serve(2)
+    world.run(2)  # the step's first analysis: a pass
+    assert world.controller.get(rollout_id).last_analysis
+    world.controller.pause(rollout_id, ALICE, "a look")
+    world.controller.resume(rollout_id, ALICE)
+    assert not world.controller.get(rollout_id).last_analysis
+    world.run(4)  # the hold is over, the next analysis not yet due
+    assert world.weights() == {1: 70.0, 2: 30.0}
+
+
+def test_an_undeployed_endpoint_s_drained_version_is_not_taken_from_its_successor(
+        world: World) -> None:
+    rollout_id = world.start(steps=[100], drain_s=600)
+    world.serve(1)
+    world.serve(2)
+    world.run(10)
+    assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
+    world.deployments.undeploy("iris", ALICE)
+    world.deployments.deploy(DeployRequest(endpoint="iris", model_ref="iris:3"), ALICE)
+    world.deployments.deploy(DeployRequest(endpoint="iris", model_ref="iris:1", weight=0), ALICE)
+    world.run(700)
+    assert world.weights() == {3: 100.0, 1: 0.0}
