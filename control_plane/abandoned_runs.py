@@ -106,11 +106,16 @@ class AbandonedRuns:
         for run_id, process in self._tracker.running_process_runs():
             if not holder_is_gone(process):
                 continue
-            host, _, pid, _ = process.split(":")
-            reason = (f"its job's process ({pid} on {host}) ended without ending the run "
-                      "(killed, or could not reach the control plane)")
-            if self._tracker.end_abandoned(run_id, RunStatus.FAILED, reason, SWEEPER):
-                log.warning("run %s ended failed: %s", run_id, reason)
+            # Which host and process stays in the run's tags (a token's to read).
+            outcome, reason = RunStatus.FAILED, (
+                "its job's process ended without ending the run (killed, or could not reach "
+                "the control plane)")
+            if registered := self._tracker.registered_from(run_id):
+                outcome, reason = RunStatus.FINISHED, (
+                    f"its job registered {', '.join(registered)}, but its process could not "
+                    "end the run itself (the control plane was away)")
+            if self._tracker.end_abandoned(run_id, outcome, reason, SWEEPER):
+                log.warning("run %s ended %s: %s", run_id, outcome.value, reason)
                 ended.append(run_id)
         return ended
 

@@ -39,8 +39,9 @@ def holds_boolean_for_number(annotation: Any, value: Any) -> bool:
         return holds_boolean_for_number(get_args(annotation)[0], value)
     if origin in (Union, types.UnionType):
         options = get_args(annotation)
-        if bool in options or any(get_origin(o) is typing.Literal for o in options):
-            return False
+        if bool in options or any(isinstance(value, bool) for o in options
+                                  if get_origin(o) is typing.Literal for value in get_args(o)):
+            return False  # booleans are among what it takes
         return any(holds_boolean_for_number(o, value) for o in options if o is not type(None))
     if isinstance(value, bool):
         return annotation in _NUMBERS

@@ -282,8 +282,11 @@ class TrainStage:
         # and had no job of (asked just before), is unused. Revoked only now: revoked
         # before, a submission Ray took late found its token gone.
         if earlier:
-            with contextlib.suppress(NotFoundError):
-                self.services.tokens.revoke(_token_name(job_id, earlier), actor)
+            with self.services.db.session(readonly=True) as session:
+                unused = [n for n in _job_token_names(session, context, job_id) if n != name]
+            for old in unused:
+                with contextlib.suppress(NotFoundError):
+                    self.services.tokens.revoke(old, actor)
 
     def _registered(self, context: StageContext, job_id: str) -> tuple[str, int] | None:
         """The run the job recorded (tagged with its submission id) and the version it

@@ -165,7 +165,7 @@ class TrafficMoves:
             # The candidate drains where it has a route; one it never got (a rollout ended
             # before its first step) is not added, even at 0%.
             weights: dict[int, float] = {row.candidate_version: 0.0} if \
-                row.candidate_version in read_routes(session, endpoint).weights else {}
+                read_routes(session, endpoint).get(row.candidate_version) is not None else {}
             if row.stable_version is not None:
                 weights[row.stable_version] = 100.0
             self.deployments.write_routes(session, endpoint, weights, [], allow_rejected=True)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pytest
 from pydantic import Field, ValidationError
@@ -18,6 +18,8 @@ class Document(ClosedModel):
     versions: list[int] = Field(default_factory=list)
     flag: bool = False
     either: int | bool = 0
+    workers: int | Literal["auto"] = "auto"
+    switch: int | Literal[True] = 0
 
 
 @pytest.mark.parametrize(("raw", "field"), [
@@ -25,6 +27,7 @@ class Document(ClosedModel):
     ('{"share": false}', "share"),
     ('{"weights": {"1": true}}', "weights"),
     ('{"versions": [1, true]}', "versions"),
+    ('{"workers": true}', "workers"),
 ])
 def test_a_boolean_where_a_number_is_meant_is_refused_naming_the_field(raw: str, field: str) -> None:
     with pytest.raises(ValidationError) as caught:
@@ -36,9 +39,9 @@ def test_a_boolean_where_a_number_is_meant_is_refused_naming_the_field(raw: str,
 def test_numbers_and_booleans_where_they_are_meant_still_read() -> None:
     read = Document.model_validate_json(
         '{"count": 3, "share": 0.5, "weights": {"1": 100}, "versions": [1, 2], "flag": true, '
-        '"either": true}')
-    assert (read.count, read.share, read.weights, read.versions, read.flag, read.either) == (
-        3, 0.5, {1: 100.0}, [1, 2], True, True)
+        '"either": true, "workers": 4, "switch": true}')
+    assert (read.count, read.share, read.weights, read.versions, read.flag, read.either,
+            read.workers, read.switch) == (3, 0.5, {1: 100.0}, [1, 2], True, True, 4, True)
     with pytest.raises(ValidationError):
         Document.model_validate_json('{"cuont": 3}')  # still closed
 

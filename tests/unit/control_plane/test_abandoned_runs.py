@@ -133,9 +133,33 @@ def test_a_run_whose_own_process_is_gone_is_ended_and_others_are_not(
     assert sweep.sweep() == [runs[gone]]
     killed = tracker.get_run(runs[gone])
     assert killed.status is RunStatus.FAILED
-    assert f"its job's process ({ended.pid} on " in killed.params["failure_reason"]
+    assert "its job's process ended without ending the run" in killed.params["failure_reason"]
+    assert str(ended.pid) not in killed.params["failure_reason"]  # a token's to read
     assert tracker.get_run(runs[mine]).status is RunStatus.RUNNING
     assert tracker.get_run(runs[elsewhere]).status is RunStatus.RUNNING
+
+
+def test_a_gone_process_whose_job_registered_its_version_leaves_its_run_finished(
+        tracker: Tracker, registry: Any, sweep: AbandonedRuns) -> None:
+    import os
+    import subprocess
+
+    from control_plane.leadership import new_holder_id
+    from control_plane.schemas import PROCESS_TAG, VersionCreate
+    from tests.onnx_models import linear_classifier, linear_classifier_manifest
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    gone = new_holder_id().replace(f":{os.getpid()}:", f":{ended.pid}:")
+    run = tracker.start_run(RunCreate(experiment="exp", tags={PROCESS_TAG: gone}), ALICE).id
+    digest = registry.artifacts.put([linear_classifier(seed=3)]).digest
+    registry.register_version("iris", VersionCreate(
+        artifact_digest=digest, manifest=linear_classifier_manifest(lineage={"run_id": run})),
+        ALICE)
+    assert sweep.sweep() == [run]
+    finished = tracker.get_run(run)
+    assert finished.status is RunStatus.FINISHED
+    assert "its job registered iris:1" in finished.params["ended_by"]
 
 
 def test_runs_whose_job_is_live_unknown_or_only_just_ended_are_left_running(

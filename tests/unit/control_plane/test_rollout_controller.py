@@ -906,3 +906,14 @@ def test_an_undeployed_endpoint_s_drained_version_is_not_taken_from_its_successo
     world.deployments.deploy(DeployRequest(endpoint="iris", model_ref="iris:1", weight=0), ALICE)
     world.run(700)
     assert world.weights() == {3: 100.0, 1: 0.0}
+
+
+def test_a_shadow_candidate_rolled_back_is_kept_at_zero_where_asked(world: World) -> None:
+    """Shadowing, the candidate has a route but no weight: it was dropped, not kept."""
+    rollout_id = world.start(strategy="shadow", keep_candidate=True)
+    world.serve(1)
+    world.serve(2)
+    world.run(2)
+    assert 2 in {r.version for r in world.deployments.get("iris").routes if r.shadow}
+    world.controller.rollback(rollout_id, ALICE, "disagrees")
+    assert world.weights() == {1: 100.0, 2: 0.0}

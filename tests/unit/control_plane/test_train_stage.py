@@ -308,6 +308,19 @@ def test_a_cancel_ray_cannot_be_asked_about_revokes_every_token_the_job_may_hold
     assert services.active_tokens() == ["job-pipeline-bc-1-abc"]
 
 
+def test_once_a_submission_is_taken_every_earlier_attempt_s_token_is_revoked(db: Any) -> None:
+    api, services = JobApi(), Services(db)
+    stage = TrainStage(services, job_client=api.connect)
+    api.takes_submissions, api.submit_fails = False, NO_ANSWER
+    progress: dict[str, Any] = {"submission_id": "pipeline-bc-1-ab"}
+    for second in (10, 11):  # two submissions Ray gave no answer to, nor took
+        progress = stage.advance(_fresh(second, progress)).progress or progress
+    api.takes_submissions, api.submit_fails = True, None
+    taken = stage.advance(_fresh(12, progress))
+    assert taken.progress is not None and taken.progress["submitted"] is True
+    assert services.active_tokens() == ["job-pipeline-bc-1-ab.3"]
+
+
 def test_a_submission_ray_took_late_is_followed_with_the_token_it_carries(db: Any) -> None:
     """Ray gave no answer, and its head was slow to list the job at the next look: the
     stage revoked the token the job carried, submitted again, took Ray's "already exists"
