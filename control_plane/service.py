@@ -167,6 +167,10 @@ class ControlPlane:
         what was stored while another held it within half a second (``_apply_requested``)."""
         was_leading = self.lease.held
         if self.lease.hold() and not was_leading:
+            # Forgotten at once, before any apply as the lead (an API call's): what this
+            # process gave Serve before another held the lease is no guide to what it runs.
+            if self.reconciler is not None:
+                self.reconciler.forget_applied()
             # Applied on the reconciler's own thread (below), not this one: a Serve slow to
             # answer a takeover's full apply held the renewals, and the lease ran out under
             # a live leader.
@@ -177,7 +181,6 @@ class ControlPlane:
 
         if self._took_over.is_set():
             self._took_over.clear()
-            self.reconciler.forget_applied()
             try:
                 self.apply()
             except BaseException:

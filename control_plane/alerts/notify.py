@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelplane.alerts")
 
 # A send is a connection, the request's write and the answer's head, each bounded by the
-# receiver's timeout: its claim outlasts all three.
+# receiver's timeout (per read: a receiver trickling its head byte by byte can outlast the
+# claim, and the notification is then sent again, under its one idempotency key).
 _SEND_STEPS = 3
 QUEUE_LIMIT = 1000
 PAYLOAD_VERSION = 1
@@ -94,6 +95,7 @@ class WebhookChannel:
 
         self.spec = spec
         self.counters: Counter[str] = Counter()
+        self._counting = threading.Lock()  # callers' threads count too (submit)
         self._outbox = outbox
         self._store_trouble: str | None = None  # said once until the store answers again
         self._queue: queue.Queue[Deliverable | None] = queue.Queue(maxsize=QUEUE_LIMIT)
@@ -102,6 +104,10 @@ class WebhookChannel:
         self._thread = threading.Thread(target=self._run, name=f"alert-webhook-{spec.name}",
                                         daemon=True)
         self._thread.start()
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._counting:
+            self.counters[what] += n
 
     def accepts(self, kind: str) -> bool:
         """Whether this receiver chose events of ``kind``."""
@@ -117,7 +123,7 @@ class WebhookChannel:
         try:
             self._queue.put_nowait(notification)
         except queue.Full:
-            self.counters["dropped"] += 1
+            self._count("dropped", 1)
             log.warning("webhook %s is behind by %d notifications; dropped one",
                         self.spec.name, QUEUE_LIMIT)
 
@@ -167,7 +173,7 @@ class WebhookChannel:
         try:
             payload = notification.render(spec.format)
         except Exception:  # a payload that cannot be built is dropped, not retried
-            self.counters["failed"] += 1
+            self._count("failed", 1)
             log.exception("webhook %s: could not render %s", spec.name, description)
             return True
         # One key, kept by a try sent from memory too: where the outbox's write did land
@@ -181,12 +187,12 @@ class WebhookChannel:
         except Exception as error:
             if not from_memory:
                 return False
-            self.counters["unstored"] += 1
+            self._count("unstored", 1)
             self._trouble(error)
             self._deliver(payload, description, key)
             return True
         if kept is None:
-            self.counters["dropped"] += 1
+            self._count("dropped", 1)
             log.warning("webhook %s is behind by %d notifications; dropped %s",
                         spec.name, QUEUE_LIMIT, notification.describe())
         return True
@@ -202,7 +208,7 @@ class WebhookChannel:
                 waiting, expired = self._outbox.claim(
                     spec.name, for_s=spec.timeout_s * _SEND_STEPS + CLAIM_MARGIN_S)
                 if expired:
-                    self.counters["expired"] += expired
+                    self._count("expired", expired)
                     log.warning("webhook %s: %d notifications waited over %.0f h and are "
                                 "dropped", spec.name, expired, MAX_AGE_S / 3600)
                 if waiting is None:
@@ -211,15 +217,15 @@ class WebhookChannel:
                 sent, problem = self._post(waiting.body, waiting.key)
                 tries = waiting.attempts + 1
                 if sent:
-                    self.counters["sent"] += 1
+                    self._count("sent", 1)
                     self._outbox.done(waiting.key)
                 elif problem.startswith(_REFUSED) or tries >= spec.max_attempts:
-                    self.counters["failed"] += 1
+                    self._count("failed", 1)
                     log.warning("webhook %s could not be notified of %s (%s)", spec.name,
                                 waiting.description, problem.removeprefix(_REFUSED))
                     self._outbox.done(waiting.key)
                 else:
-                    self.counters["retries"] += 1
+                    self._count("retries", 1)
                     self._outbox.later(waiting.key, attempts=tries,
                                        after_s=spec.backoff_s * 2 ** (tries - 1))
                     return
@@ -260,17 +266,17 @@ class WebhookChannel:
         spec, problem = self.spec, ""
         for attempt in range(spec.max_attempts):
             if attempt:
-                self.counters["retries"] += 1
+                self._count("retries", 1)
                 # The wait ends early on stop, so shutting down never hangs on a backoff.
                 if self._stop.wait(spec.backoff_s * 2 ** (attempt - 1)):
                     return
             sent, problem = self._post(payload, key)
             if sent:
-                self.counters["sent"] += 1
+                self._count("sent", 1)
                 return
             if problem.startswith(_REFUSED):
                 break
-        self.counters["failed"] += 1
+        self._count("failed", 1)
         log.warning("webhook %s could not be notified of %s (%s)", spec.name, description,
                     problem.removeprefix(_REFUSED))
 
@@ -307,16 +313,18 @@ class Notifier:
             channel.stop()
 
     def notify(self, notification: Notification) -> None:
-        """Queue a notification everywhere; never blocks on a receiver, never raises."""
+        """Keep a notification for every receiver (in the store's outbox: one write each);
+        never waits on a receiver, never raises."""
         alert = notification.alert
         level = logging.WARNING if notification.status == "firing" else logging.INFO
         log.log(level, "alert %s %s [%s] %s %s", alert.get("name"), notification.status,
                 alert.get("severity"), alert.get("labels"), alert.get("summary"))
-        self.counters[notification.status] += 1
+        with self._lock:
+            self.counters[notification.status] += 1
         self.deliver(notification)
 
     def deliver(self, item: Deliverable) -> None:
-        """Queue ``item`` for every receiver that chose its kind; never blocks or raises."""
+        """Keep ``item`` for every receiver that chose its kind (see :meth:`notify`)."""
         with self._lock:
             channels = list(self._channels.values())
         for channel in channels:

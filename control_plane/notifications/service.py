@@ -40,7 +40,8 @@ class NotificationService:
         self.counters: Counter[str] = Counter()
 
     def notify(self, event: Event) -> None:
-        """Queue ``event`` for its receivers; never blocks on one, never raises."""
+        """Keep ``event`` for its receivers (a store write each); never waits on one, never
+        raises."""
         try:
             if event.link and event.link.startswith("/") and self.base_url:
                 event = replace(event, link=self.base_url + event.link)

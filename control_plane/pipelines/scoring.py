@@ -9,7 +9,7 @@ with an address-space limit (``MODELPLANE_EVALUATE_MEMORY_MB``, 4096 by default:
 setting, :mod:`modelplane.settings`) and one
 ONNX Runtime thread, killed whole at its deadline.
 
-    python -m control_plane.pipelines.scoring REQUEST RESULT   (what the parent runs)
+    python -m control_plane.pipelines.scoring REQUEST RESULT MEMORY_MB   (what the parent runs)
 """
 
 from __future__ import annotations
@@ -47,13 +47,18 @@ def score_isolated(model: bytes | os.PathLike[str], X: Any, manifest: Mapping[st
         # Both ends are this platform's own code, in a folder only this process made.
         request.write_bytes(pickle.dumps({"model": data, "X": X, "manifest": document}))
         env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
-        env.update(OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", TMPDIR=str(folder))
+        # This checkout's packages, wherever the child starts (a scratch folder).
+        root = str(Path(__file__).resolve().parents[2])
+        env.update(OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", TMPDIR=str(folder),
+                   PYTHONPATH=os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])]))
         with open(output, "wb") as log:
+            # The bound is set by the child itself, first thing: a preexec_fn is unsafe in
+            # a process with threads, as the control plane is.
             process = subprocess.Popen(
-                [sys.executable, "-m", "control_plane.pipelines.scoring", str(request), str(result)],
+                [sys.executable, "-m", "control_plane.pipelines.scoring", str(request),
+                 str(result), str(memory_mb)],
                 cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=lambda: _limit_memory(memory_mb))
+                stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 code = process.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -84,7 +89,8 @@ def _limit_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def main(request: str, result: str) -> None:
+def main(request: str, result: str, memory_mb: int) -> None:
+    _limit_memory(memory_mb)  # before anything is read or imported for the model
     from control_plane.pipelines.evaluation import score_model
 
     asked = pickle.loads(Path(request).read_bytes())
@@ -96,4 +102,4 @@ def main(request: str, result: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -516,13 +516,17 @@ def test_bad_cron_fields_are_refused(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["0 0 30 2 *", "0 0 31 4,6,9,11 *"])
-def test_a_schedule_on_a_day_that_never_comes_is_refused(text: str) -> None:
+def test_a_schedule_on_a_day_that_never_comes_is_refused(db: Database, text: str) -> None:
+    from control_plane.errors import InvalidInputError
+
+    pipelines = runner(db, all_passing(), Clock())
     document = spec_document()
     document["triggers"] = {"schedule": text}
-    with pytest.raises(InvalidPipelineSpecError, match="never start a run"):
-        parse_pipeline_spec(document)
+    with pytest.raises(InvalidInputError, match="never start a run") as refused:
+        pipelines.apply(parse_pipeline_spec(document), ALICE)  # one stored before still reads
+    assert refused.value.detail["field"] == "triggers.schedule"
     document["triggers"] = {"schedule": "0 0 31 1-12 *"}  # some months have the day
-    assert parse_pipeline_spec(document).triggers.schedule == "0 0 31 1-12 *"
+    assert pipelines.apply(parse_pipeline_spec(document), ALICE).name == "bc"
 
 
 def test_every_run_event_reaches_the_listener_once(db: Database) -> None:
