@@ -29,6 +29,8 @@ class _Data(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/csv")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            if self.command == "HEAD":  # a look before the read: the head alone
+                return
             rows = ("a,b,target\n" + "1,2.5,0\n" * 8000).encode()
             try:
                 for _ in range(10_000):
