@@ -82,19 +82,24 @@ class AbandonedRuns:
             said = f": {info.message}" if getattr(info, "message", None) else ""
             reason = (f"its Ray job {job_id} ended {status} without ending the run (the job's "
                       f"process was killed, or could not reach the control plane){said}")
-            outcome = ENDED[status]
-            if status == "SUCCEEDED" and (registered := self._tracker.registered_from(run_id)):
-                # Its work done, only the last word lost: failed, it read as no candidate
-                # while its version (and the alias it moved) stood.
-                outcome = RunStatus.FINISHED
-                reason = (f"its Ray job {job_id} succeeded and registered "
-                          f"{', '.join(registered)}, but could not end the run itself (the "
-                          "control plane was away)")
-            if self._tracker.end_abandoned(run_id, outcome, reason, SWEEPER):
-                log.warning("run %s ended %s: %s", run_id, outcome.value, reason)
-                ended.append(run_id)
+            ended += self._conclude(run_id, ENDED[status], reason, finished_by=(
+                f"its Ray job {job_id} succeeded and" if status == "SUCCEEDED" else None))
         return ended
 
+    def _conclude(self, run_id: str, outcome: RunStatus, reason: str, *,
+                  finished_by: str | None = None) -> list[str]:
+        """End ``run_id`` as ``outcome`` for ``reason``; ``finished`` instead where its job
+        (``finished_by``, as the reason names it) had registered a version from it with its
+        own token: its work done, only its last word lost, a failed run read as no
+        candidate while its version (and the alias it moved) stood."""
+        if finished_by is not None and (registered := self._tracker.registered_from(run_id)):
+            outcome, reason = RunStatus.FINISHED, (
+                f"{finished_by} registered {', '.join(registered)}, but could not end the run "
+                "itself (the control plane was away)")
+        if not self._tracker.end_abandoned(run_id, outcome, reason, SWEEPER):
+            return []
+        log.warning("run %s ended %s: %s", run_id, outcome.value, reason)
+        return [run_id]
 
     def _sweep_processes(self) -> list[str]:
         """End the runs of jobs run in a process of their own (`train run`) whose process
@@ -104,19 +109,11 @@ class AbandonedRuns:
 
         ended = []
         for run_id, process in self._tracker.running_process_runs():
-            if not holder_is_gone(process):
-                continue
-            # Which host and process stays in the run's tags (a token's to read).
-            outcome, reason = RunStatus.FAILED, (
-                "its job's process ended without ending the run (killed, or could not reach "
-                "the control plane)")
-            if registered := self._tracker.registered_from(run_id):
-                outcome, reason = RunStatus.FINISHED, (
-                    f"its job registered {', '.join(registered)}, but its process could not "
-                    "end the run itself (the control plane was away)")
-            if self._tracker.end_abandoned(run_id, outcome, reason, SWEEPER):
-                log.warning("run %s ended %s: %s", run_id, outcome.value, reason)
-                ended.append(run_id)
+            if holder_is_gone(process):
+                # Which host and process stays in the run's tags (a token's to read).
+                ended += self._conclude(run_id, RunStatus.FAILED, (
+                    "its job's process ended without ending the run (killed, or could not "
+                    "reach the control plane)"), finished_by="its job")
         return ended
 
     def _this_cluster(self) -> RayCluster | None:
@@ -133,10 +130,7 @@ class AbandonedRuns:
                   f"{ran_on.head}) before it restarted (session {ran_on.session}); the restart ended the job's process and "
                   "Ray's record of it. Resubmit the job (checkpoint.resume_from: this run's "
                   "id goes on from its last checkpoint)")
-        if not self._tracker.end_abandoned(run_id, RunStatus.FAILED, reason, SWEEPER):
-            return []
-        log.warning("run %s ended failed: %s", run_id, reason)
-        return [run_id]
+        return self._conclude(run_id, RunStatus.FAILED, reason)
 
 
 def _ran_within(run_started: datetime, job_started_ms: int | None, job_ended_ms: int) -> bool:
