@@ -37,7 +37,7 @@ from control_plane.store.database import store_now
 from control_plane.store.models import AlertReceiverRow, OutboxRow
 
 MAX_AGE_S = 24 * 3600.0
-CLAIM_MARGIN_S = 30.0  # a claim outlasts the longest send to the receiver by this much
+CLAIM_MARGIN_S = 10.0  # a claim outlasts the longest send to the receiver by this much
 
 
 @dataclass(frozen=True)
