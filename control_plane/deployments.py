@@ -368,27 +368,31 @@ def refuse_unapproved_traffic(session: Session, model: ModelRow, before: dict[in
         row = unapproved(version)
         if row is None:
             continue
-        raise ConflictError(
-            f"model {model.name!r} requires approval (policy require_approval_for_production): "
-            f"{model.name}:{version} is not approved and may take at most {limit:g}% of "
+        raise _needs_approval(
+            model, f"{model.name}:{version} is not approved and may take at most {limit:g}% of "
             f"traffic, not {weight:g}%; an approver other than {registrant_subject(row)!r} "
             f"must run `modelplane models approve {model.name}:{version}` first, or roll it "
             "out (`modelplane rollout start`), which waits for the approval at the limit",
-            detail={"field": field, "policy": "require_approval_for_production",
-                    "version": version, "limit": limit})
+            field=field, limit=limit, version=version)
     # Together too: two unapproved versions at 50% each are all of the traffic.
     together = sorted(v for v, w in after.items() if w > 0 and unapproved(v) is not None)
     total = sum(after[v] for v in together)
     held = sum(w for v, w in before.items() if w > 0 and unapproved(v) is not None)
     if total > limit and total > held:
         named = ", ".join(f"{model.name}:{v}" for v in together)
-        raise ConflictError(
-            f"model {model.name!r} requires approval (policy require_approval_for_production): "
-            f"{named} are not approved and together may take at most {limit:g}% of traffic, "
-            f"not {total:g}%; an approver must approve them (`modelplane models approve`) "
-            "first, or roll one out (`modelplane rollout start`)",
-            detail={"field": field, "policy": "require_approval_for_production",
-                    "versions": together, "limit": limit})
+        raise _needs_approval(
+            model, f"{named} are not approved and together may take at most {limit:g}% of "
+            f"traffic, not {total:g}%; an approver must approve them (`modelplane models "
+            "approve`) first, or roll one out (`modelplane rollout start`)",
+            field=field, limit=limit, versions=together)
+
+
+def _needs_approval(model: ModelRow, why: str, *, field: str, limit: float,
+                    **named: Any) -> ConflictError:
+    return ConflictError(
+        f"model {model.name!r} requires approval (policy require_approval_for_production): {why}",
+        detail={"field": field, "policy": "require_approval_for_production", **named,
+                "limit": limit})
 
 
 def refuse_shared_requirements(endpoint: EndpointRow, model: str, row: ModelVersionRow, *,

@@ -210,12 +210,16 @@ class TrainStage:
             # Not there (yet): a submission Ray takes late must find its token revoked too.
             self._revoke_tokens(context, str(job_id))
 
-    def _revoke_tokens(self, context: StageContext, job_id: str) -> None:
+    def _revoke_tokens(self, context: StageContext, job_id: str, *,
+                       keep: str | None = None) -> None:
+        """Revoke every job token the stage minted for ``job_id`` but ``keep``."""
         from control_plane.errors import NotFoundError
 
         with self.services.db.session(readonly=True) as session:
             names = _job_token_names(session, context, job_id)
         for name in names:
+            if name == keep:
+                continue
             with contextlib.suppress(NotFoundError):
                 self.services.tokens.revoke(name, run_principal(context.run))
 
@@ -235,7 +239,7 @@ class TrainStage:
     def _submit(self, context: StageContext, client: Any, job_id: str, progress: dict[str, Any]) -> None:
         from pathlib import Path
 
-        from control_plane.errors import AlreadyExistsError, NotFoundError
+        from control_plane.errors import AlreadyExistsError
         from control_plane.schemas import TokenCreate
         from training.errors import JobSubmissionError
         from training.job_token import JOB_TOKEN_METADATA, JobToken
@@ -282,11 +286,7 @@ class TrainStage:
         # and had no job of (asked just before), is unused. Revoked only now: revoked
         # before, a submission Ray took late found its token gone.
         if earlier:
-            with self.services.db.session(readonly=True) as session:
-                unused = [n for n in _job_token_names(session, context, job_id) if n != name]
-            for old in unused:
-                with contextlib.suppress(NotFoundError):
-                    self.services.tokens.revoke(old, actor)
+            self._revoke_tokens(context, job_id, keep=name)
 
     def _registered(self, context: StageContext, job_id: str) -> tuple[str, int] | None:
         """The run the job recorded (tagged with its submission id) and the version it
