@@ -54,6 +54,7 @@ import numpy as np
 from benchmarks import peer_report, peers_inproject
 from benchmarks.peer_envs import ORT, EnvError, PeerEnv, ensure
 from benchmarks.serving import HEAVY, SMALL, body, measure, mlp
+from modelplane.ports import free_ports
 
 SERVERS_DIR = Path(__file__).parent / "peer_servers"
 SIZES = {"small": SMALL, "large": HEAVY}
@@ -125,11 +126,7 @@ LABELS = {"ray-serve": "Ray Serve direct ingress (plain)", "modelplane": "modelp
 
 
 def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1, "127.0.0.1")[0]
 
 
 def tail(path: Path | None, chars: int = 3000) -> str:

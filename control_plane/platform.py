@@ -24,6 +24,7 @@ from typing import Any
 from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ray_auth import AUTH_MODE, apply_ray_auth_env, ensure_token, ray_auth_env
 from modelplane.errors import ConfigurationError
+from modelplane.ports import free_ports
 from modelplane.settings import Settings, make_private_home
 from serving.link_client import HAPROXY_SETTING
 from serving.names import GRPC_APP, SERVER_APP, SERVER_ROUTE, endpoint_url
@@ -103,7 +104,7 @@ def ingress_env(fast: bool) -> dict[str, str]:
     what the operator set is kept."""
     if not fast:
         return {}
-    ports = iter(_free_ports(len(HAPROXY_PORT_SETTINGS)))
+    ports = iter(free_ports(len(HAPROXY_PORT_SETTINGS)))
     threads = min(SERVE_HAPROXY_THREADS, _usable_cores())
     return {HAPROXY_SETTING: "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
             HAPROXY_REQUEST_METRICS: os.environ.get(HAPROXY_REQUEST_METRICS) or "0",
@@ -421,23 +422,7 @@ HEAD_PORT_OPTIONS = ("port", "dashboard-port", "ray-client-server-port",
 
 def head_ports() -> dict[str, int]:
     """Distinct free loopback ports for every ``ray start --head`` port option."""
-    return dict(zip(HEAD_PORT_OPTIONS, _free_ports(len(HEAD_PORT_OPTIONS)), strict=True))
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on every interface now."""
-    import socket
-
-    sockets = []
-    try:
-        for _ in range(count):
-            probe = socket.socket()
-            probe.bind(("0.0.0.0", 0))  # HAProxy binds its listeners on every interface
-            sockets.append(probe)  # held open until all are chosen, so none repeats
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
+    return dict(zip(HEAD_PORT_OPTIONS, free_ports(len(HEAD_PORT_OPTIONS)), strict=True))
 
 
 def _secure_new_head(gcs: str | None, progress: Callable[[str], None]) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from modelplane.ports import free_ports
 from modelplane.settings import Settings, reset_settings_cache
 from tests.databases import fresh_postgres_database, platform_store, platform_store_description
 
@@ -119,10 +119,9 @@ def _ray_stream(item: pytest.Item, module_rank: int) -> str | None:
 
 
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on loopback that nothing listens on right now, and that no outbound
+    connection will take before the server meant for it binds it."""
+    return free_ports(1, "127.0.0.1")[0]
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""Ports for listeners that start some time after they are chosen (a head's Ray ports,
+HAProxy's stats and metrics listeners, a test's server).
+
+A port the kernel hands out for ``bind(("", 0))`` comes from its ephemeral range, which
+every outbound connection and every other port-0 bind on the machine draws from too: one
+of them may take it before the listener binds it (HAProxy then exits at start, "Address
+already in use"). Ports are therefore drawn at random from outside that range and outside
+Ray's worker ports, where only a listener that chose its port would bind, and each is
+probed free before it is handed out.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Ray's default --min-worker-port/--max-worker-port: its workers bind these themselves.
+RAY_WORKER_PORTS = range(10002, 20000)
+LOWEST = 20000
+HIGHEST = 65535
+# Draws a crowded machine may spend before the kernel's choice is taken instead.
+MAX_DRAWS = 200
+
+
+def free_ports(count: int, host: str = "0.0.0.0") -> list[int]:
+    """``count`` distinct TCP ports that nothing on ``host`` holds now, outside the kernel's
+    ephemeral range where that range is known (Linux); the kernel's choice elsewhere."""
+    candidates = _listener_ports()
+    draw = random.SystemRandom()
+    chosen: list[int] = []
+    probes: list[socket.socket] = []
+    try:
+        for _ in range(MAX_DRAWS if candidates else 0):
+            if len(chosen) == count:
+                break
+            port = draw.choice(candidates)
+            if port in chosen:
+                continue
+            probe = _bound(host, port)
+            if probe is not None:
+                probes.append(probe)  # held until all are chosen, so none repeats
+                chosen.append(port)
+        while len(chosen) < count:
+            probe = _bound(host, 0)
+            assert probe is not None  # the kernel finds a port or raises
+            probes.append(probe)
+            chosen.append(probe.getsockname()[1])
+        return chosen
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def _listener_ports() -> list[int]:
+    """Ports outside the ephemeral range and Ray's worker ports; empty where the range is
+    unknown."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return []
+    return [port for port in range(LOWEST, HIGHEST + 1)
+            if not low <= port <= high and port not in RAY_WORKER_PORTS]
+
+
+def _bound(host: str, port: int) -> socket.socket | None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.bind((host, port))
+    except OSError:
+        probe.close()
+        if port == 0:
+            raise
+        return None
+    return probe
