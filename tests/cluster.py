@@ -24,7 +24,8 @@ from typing import Any
 
 import psutil
 
-from control_plane.platform import _free_ports, fast_ingress_available, ingress_env
+from control_plane.platform import fast_ingress_available, ingress_env
+from modelplane.ports import free_ports
 from tests.ray_head import BIN, RayHead
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ class LoopbackCluster(RayHead):
         """Start one more worker node (``w{n}`` on 127.0.0.{n+1}), as an autoscaler adds a
         machine; returns once Ray counts it alive."""
         index = len(self.nodes) + 1
-        ports = dict(zip(WORKER_PORT_OPTIONS, _free_ports(len(WORKER_PORT_OPTIONS)), strict=True))
+        ports = dict(zip(WORKER_PORT_OPTIONS, free_ports(len(WORKER_PORT_OPTIONS)), strict=True))
         node = self._start_worker(f"w{index}", f"127.0.0.{index + 1}", ports)
         self.nodes.append(node)
         # Alive before the next starts: the ports probed free for it are then bound by this one.
