@@ -7,7 +7,7 @@ from sqlalchemy import select
 from control_plane.errors import NotFoundError
 from control_plane.registry import Registry, _approval_out, _approvals, _model, _version
 from control_plane.schemas import Deployment, LineageOut, ModelManifest, RunOut
-from control_plane.store.models import EndpointRouteRow, EndpointRow
+from control_plane.store.models import EndpointRouteRow, EndpointRow, ModelVersionRow
 from control_plane.tracking import Tracker
 
 
@@ -17,6 +17,11 @@ def version_lineage(registry: Registry, tracker: Tracker, name: str, version: in
         model = _model(session, name)
         row = _version(session, model, version)
         manifest = ModelManifest.model_validate(row.manifest)
+        # One read for the whole chain: a registrant may make it as long as it has versions.
+        parent_of = dict(session.execute(
+            select(ModelVersionRow.version, ModelVersionRow.parent_version).where(
+                ModelVersionRow.model_id == model.id,
+                ModelVersionRow.version < row.version)).all())
         parents: list[int] = []
         seen = {row.version}
         parent = row.parent_version
@@ -24,8 +29,7 @@ def version_lineage(registry: Registry, tracker: Tracker, name: str, version: in
         while parent is not None and parent not in seen:
             parents.append(parent)
             seen.add(parent)
-            ancestor = _version(session, model, parent, missing_ok=True)
-            parent = ancestor.parent_version if ancestor is not None else None
+            parent = parent_of.get(parent)
         deployments = [
             Deployment(endpoint=endpoint, weight=weight, shadow=shadow)
             for endpoint, weight, shadow in session.execute(

@@ -64,6 +64,10 @@ ALLOWED_TRANSITIONS: dict[Stage, frozenset[Stage]] = {
     Stage.ARCHIVED: frozenset({Stage.STAGING}),
 }
 
+# Every alias of a model is in each of its listings (ModelOut, VersionOut): unbounded, a
+# job's token could make every listing of the model as large as it pleased.
+MAX_ALIASES = 1000
+
 # ASCII digits, at most ten: \d also takes other scripts' digits, and an unbounded number
 # overflows the store's INTEGER (a 500, not the 400 it is).
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<version>[0-9]{1,10})|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63}))?$")
@@ -309,6 +313,12 @@ class Registry:
             model = _model(session, name)
             row = _version(session, model, version, for_update=True)
             refuse_if_rolling_out(session, model, row, "rejected")
+            if row.stage == Stage.PRODUCTION.value:
+                # Rejected, it would still serve what it serves, and be in production while
+                # the registry says it may never reach it.
+                raise ConflictError(
+                    f"{name}:{version} is in production and cannot be rejected; roll out a "
+                    "replacement (or move it to staging) first", detail={"field": "version"})
             mark_rejected(row, reason)
             notify_on_commit(session, events.version_rejected(name, version, reason=reason,
                                                               actor=actor.name))
@@ -320,15 +330,17 @@ class Registry:
         """Point ``alias`` at a version, creating or moving it in one statement."""
         actor.require(Role.DEPLOYER, also=TRAINING)  # before the store is touched
         with self.db.session() as session:
-            return self.point_alias(session, name, alias, spec.version, actor)
+            return self.point_alias(session, name, alias, spec.version, actor, moved_by_user=True)
 
     def point_alias(self, session: Session, name: str, alias: str, version: int,
-                    actor: Principal) -> VersionOut:
+                    actor: Principal, *, moved_by_user: bool = False) -> VersionOut:
         """:meth:`set_alias` inside the caller's transaction, which decides whether it lands.
 
         A training job's token points aliases at the versions it registered, and never
         ``champion`` (a promotion's, or a deployer's): endpoints that track an alias roll
-        out what it names, and ``name@champion`` is what deployers deploy."""
+        out what it names, and ``name@champion`` is what deployers deploy. No alias is moved
+        onto a rejected version, nor by a user onto an archived one (a promotion moves
+        champion onto its candidate and brings it out of the archive in one transaction)."""
         actor.require(Role.DEPLOYER, also=TRAINING)
         refuse_other_model(actor, name, "points aliases of")
         parse_ref(f"{name}@{alias}")
@@ -350,8 +362,17 @@ class Registry:
                 f"never {CHAMPION_ALIAS!r}; {name}:{version} was registered by "
                 f"{target.created_by!r}", detail={"field": "alias" if alias == CHAMPION_ALIAS
                                                   else "version"})
+        if target.status == "rejected" or (moved_by_user and target.stage == Stage.ARCHIVED.value):
+            state = ("rejected (" + target.status_reason + ")" if target.status == "rejected"
+                     else "archived (move it to staging first)")
+            raise ConflictError(f"{name}:{version} is {state}; an alias names a version to "
+                                "deploy", detail={"field": "version"})
         row = _alias(session, model, alias)
         if row is None:
+            if session.scalar(select(func.count()).select_from(AliasRow).where(
+                    AliasRow.model_id == model.id)) >= MAX_ALIASES:
+                raise ConflictError(f"model {name!r} has {MAX_ALIASES} aliases, the most one "
+                                    "may have; delete one first", detail={"field": "alias"})
             session.add(
                 AliasRow(model_id=model.id, alias=alias, version=version, updated_by=actor.name)
             )
@@ -389,7 +410,9 @@ class Registry:
         """:meth:`transition_stage` inside the caller's transaction."""
         actor.require(Role.DEPLOYER)
         model = _model(session, name)
-        row = _version(session, model, version)
+        # Locked as a rejection locks it: a move to production that read the version ready
+        # while a rejection was being written would otherwise land on a rejected version.
+        row = _version(session, model, version, for_no_key_update=True)
         current = Stage(row.stage)
         if spec.stage == current:
             return _version_out(session, model, row)
@@ -402,6 +425,7 @@ class Registry:
             )
         if spec.stage == Stage.ARCHIVED:
             _refuse_if_deployed(session, model, row, "archived")
+            _refuse_if_aliased(session, model, row)
         if spec.stage == Stage.PRODUCTION:
             _check_production_allowed(session, model, row)
         session.add(
@@ -505,6 +529,17 @@ def _alias(session: Session, model: ModelRow, alias: str) -> AliasRow | None:
     return session.scalar(
         select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
     )
+
+
+def _refuse_if_aliased(session: Session, model: ModelRow, row: ModelVersionRow) -> None:
+    named = session.scalars(select(AliasRow.alias).where(
+        AliasRow.model_id == model.id, AliasRow.version == row.version)).all()
+    if named:
+        raise ConflictError(
+            f"{model.name}:{row.version} cannot be archived while aliases name it "
+            f"({', '.join(sorted(named))}): deploying {model.name}@{sorted(named)[0]} would "
+            "deploy an archived version; move or delete them first",
+            detail={"field": "stage", "aliases": sorted(named)})
 
 
 def mark_rejected(row: ModelVersionRow, reason: str) -> None:

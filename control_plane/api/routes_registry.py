@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Response
 
 from control_plane.api.deps import CP, Limit, Offset, Reader, Writer
+from control_plane.api.routes_tracking import as_read_by
 from control_plane.lineage import version_lineage
 from control_plane.schemas import (
     AliasSet,
@@ -115,5 +116,8 @@ def list_approvals(name: str, cp: CP, _: Reader, version: int = VersionNumber) -
 
 
 @router.get("/models/{name}/versions/{version}/lineage", response_model=LineageOut)
-def lineage(name: str, cp: CP, _: Reader, version: int = VersionNumber) -> LineageOut:
-    return version_lineage(cp.registry, cp.tracker, name, version)
+def lineage(name: str, cp: CP, reader: Reader, version: int = VersionNumber) -> LineageOut:
+    found = version_lineage(cp.registry, cp.tracker, name, version)
+    if found.run is None:
+        return found
+    return found.model_copy(update={"run": as_read_by(found.run, reader)})

@@ -48,7 +48,7 @@ def create_experiment(body: ExperimentCreate, cp: CP, actor: Writer) -> Experime
 @router.get("/experiments/{name}/runs", response_model=Page[RunOut])
 def list_runs(name: str, cp: CP, reader: Reader, limit: Limit = 50, offset: Offset = 0) -> Page[RunOut]:
     page = cp.tracker.list_runs(name, limit=limit, offset=offset)
-    return page.model_copy(update={"items": [_as_read_by(run, reader) for run in page.items]})
+    return page.model_copy(update={"items": [as_read_by(run, reader) for run in page.items]})
 
 
 @router.post("/runs", response_model=RunOut, status_code=201)
@@ -73,10 +73,10 @@ def compare_runs(
 
 @router.get("/runs/{run_id}", response_model=RunOut)
 def get_run(run_id: str, cp: CP, reader: Reader) -> RunOut:
-    return _as_read_by(cp.tracker.get_run(run_id), reader)
+    return as_read_by(cp.tracker.get_run(run_id), reader)
 
 
-def _as_read_by(run: RunOut, reader: Principal) -> RunOut:
+def as_read_by(run: RunOut, reader: Principal) -> RunOut:
     """``run`` without the host names, addresses and process ids it records (where its
     job ran), for a reader without a token: those are a token's to read, as ``/cluster``."""
     if reader is not ANONYMOUS:

@@ -143,6 +143,14 @@ def test_where_a_job_ran_is_a_tokens_to_read(admin: Client, server: ControlPlane
     listed = httpx.get(f"{server.url}/api/experiments/where-exp/runs", timeout=30).json()
     assert "ray_cluster" not in listed["items"][0]["environment"]
     assert admin.get_run(run.id).environment["ray_cluster"]["head"] == "node-7"
+    # Nor through the lineage of a version the run produced.
+    admin.register_version("where-iris", linear_classifier(seed=5), linear_classifier_manifest(
+        lineage={"run_id": run.id}))
+    lineage = httpx.get(f"{server.url}/api/models/where-iris/versions/1/lineage", timeout=30)
+    assert lineage.status_code == 200, lineage.text
+    assert lineage.json()["run"]["id"] == run.id
+    assert PROCESS_TAG not in lineage.json()["run"]["tags"]
+    assert "ray_cluster" not in lineage.json()["run"]["environment"]
     assert httpx.get(f"{server.url}/api/leadership", timeout=30).status_code == 401
     assert admin.leadership() is not None  # a token reads it
 

@@ -250,6 +250,52 @@ def test_rejected_versions_cannot_reach_production(registry: Registry) -> None:
         registry.transition_stage("iris", 1, StageChange(stage=Stage.PRODUCTION), ALICE)
 
 
+def test_a_version_in_production_cannot_be_rejected(registry: Registry) -> None:
+    _register(registry)
+    registry.transition_stage("iris", 1, StageChange(stage=Stage.STAGING), ALICE)
+    registry.transition_stage("iris", 1, StageChange(stage=Stage.PRODUCTION), ALICE)
+    with pytest.raises(ConflictError, match="in production and cannot be rejected") as refused:
+        registry.reject_version("iris", 1, "looks off", ALICE)
+    assert refused.value.detail["field"] == "version"
+    version = registry.get_version("iris", 1)
+    assert (version.stage, version.status) == (Stage.PRODUCTION, "ready")
+
+
+def test_no_alias_names_a_rejected_version_nor_a_user_an_archived_one(registry: Registry) -> None:
+    for seed in range(3):
+        _register(registry, seed=seed)
+    registry.reject_version("iris", 1, "p95 latency 80 ms > 50 ms", ALICE)
+    with pytest.raises(ConflictError, match="iris:1 is rejected \\(p95 latency") as refused:
+        registry.set_alias("iris", "champion", AliasSet(version=1), ALICE)
+    assert refused.value.detail["field"] == "version"
+    registry.transition_stage("iris", 2, StageChange(stage=Stage.ARCHIVED), ALICE)
+    with pytest.raises(ConflictError, match="iris:2 is archived"):
+        registry.set_alias("iris", "champion", AliasSet(version=2), ALICE)
+    assert registry.get_model("iris").aliases == {}
+    # An alias may not be left on a version being archived either.
+    registry.set_alias("iris", "challenger", AliasSet(version=3), ALICE)
+    with pytest.raises(ConflictError, match="while aliases name it \\(challenger\\)") as refused:
+        registry.transition_stage("iris", 3, StageChange(stage=Stage.ARCHIVED), ALICE)
+    assert refused.value.detail["aliases"] == ["challenger"]
+    assert registry.get_version("iris", 3).stage == Stage.NONE
+    registry.delete_alias("iris", "challenger", ALICE)
+    assert registry.transition_stage("iris", 3, StageChange(stage=Stage.ARCHIVED),
+                                     ALICE).stage == Stage.ARCHIVED
+
+
+def test_a_model_holds_a_bounded_number_of_aliases(registry: Registry,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import control_plane.registry as registry_module
+
+    monkeypatch.setattr(registry_module, "MAX_ALIASES", 3)
+    _register(registry)
+    for alias in ("a", "b", "c"):
+        registry.set_alias("iris", alias, AliasSet(version=1), ALICE)
+    with pytest.raises(ConflictError, match="has 3 aliases, the most one may have"):
+        registry.set_alias("iris", "d", AliasSet(version=1), ALICE)
+    registry.set_alias("iris", "c", AliasSet(version=1), ALICE)  # moving one is not adding
+
+
 def test_roles_are_enforced(registry: Registry) -> None:
     with pytest.raises(PermissionDeniedError, match="role reader"):
         registry.create_model(ModelCreate(name="x"), READER)

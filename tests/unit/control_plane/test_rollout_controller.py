@@ -490,7 +490,7 @@ def test_a_rollback_on_another_control_plane_during_the_promotion_moves_nothing_
 def test_a_deployer_pointing_champion_during_the_promotion_does_not_fail_it(
         world: World, db_url: str, artifacts: ArtifactStore,
         monkeypatch: pytest.MonkeyPatch, queued: bool) -> None:
-    """A deployer points ``champion`` (which no version held yet) at v1 on one control
+    """A deployer points ``champion`` (which no version held yet) at v3 on one control
     plane while the leader's promotion of v2 is about to create that alias on the other.
     Alias writes queue on the alias's name, so the deployer's waits for the promotion and
     lands after it: the rollout succeeds, and the alias ends where the later writer put it.
@@ -506,16 +506,16 @@ def test_a_deployer_pointing_champion_during_the_promotion_does_not_fail_it(
     world.serve(1)
     world.serve(2)
     other.race_champion_read(monkeypatch, Registry(other.db, artifacts).set_alias, "iris",
-                             "champion", AliasSet(version=1), ALICE, after_reading=True)
+                             "champion", AliasSet(version=3), ALICE, after_reading=True)
     pointed = other.raced_while(world.run, 10, "the promotion")
     assert not isinstance(pointed, Exception), pointed
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.SUCCEEDED, rollout.reason
     assert world.registry.get_version("iris", 2).stage == "production"
     assert world.weights() == {2: 100.0}
-    assert pointed.version == 1
+    assert pointed.version == 3
     # Queued, the deployer's write came last; racing, the promotion's second try did.
-    assert world.registry.get_model("iris").aliases["champion"] == (2 if racing_on_the_key else 1)
+    assert world.registry.get_model("iris").aliases["champion"] == (2 if racing_on_the_key else 3)
 
 
 def test_a_rollback_through_a_follower_leaves_its_follow_ups_to_the_leader(
