@@ -68,6 +68,12 @@ ALLOWED_TRANSITIONS: dict[Stage, frozenset[Stage]] = {
 # job's token could make every listing of the model as large as it pleased.
 MAX_ALIASES = 1000
 
+# A listing of versions leaves out what makes a manifest large (a drift reference may be
+# megabytes), and stops short of its page's limit past LISTING_MAX_BYTES: each listing is
+# open to anonymous readers where reads are, and was up to 500 whole manifests.
+ABRIDGED_MANIFEST_FIELDS = ("reference_profile", "example_inputs")
+LISTING_MAX_BYTES = 8 << 20
+
 # ASCII digits, at most ten: \d also takes other scripts' digits, and an unbounded number
 # overflows the store's INTEGER (a 500, not the 400 it is).
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?::(?P<version>[0-9]{1,10})|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63}))?$")
@@ -288,7 +294,15 @@ class Registry:
             rows = session.scalars(
                 query.order_by(ModelVersionRow.version.desc()).limit(limit).offset(offset)
             ).all()
-            items = [_version_out(session, model, row) for row in rows]
+            items: list[VersionOut] = []
+            size = 0
+            for row in rows:
+                item = _version_out(session, model, row, abridged=True)
+                size += len(item.model_dump_json())
+                if items and size > LISTING_MAX_BYTES:
+                    limit = len(items)  # the next page starts where this one stopped
+                    break
+                items.append(item)
         return Page[VersionOut](items=items, total=total, limit=limit, offset=offset)
 
     def delete_version(self, name: str, version: int, actor: Principal) -> None:
@@ -652,10 +666,14 @@ def _registered_before(session: Session, model: ModelRow, spec: VersionCreate,
     return row
 
 
-def _version_out(session: Session, model: ModelRow, row: ModelVersionRow) -> VersionOut:
+def _version_out(session: Session, model: ModelRow, row: ModelVersionRow, *,
+                 abridged: bool = False) -> VersionOut:
     aliases = session.scalars(
         select(AliasRow.alias).where(AliasRow.model_id == model.id, AliasRow.version == row.version)
     ).all()
+    manifest = row.manifest
+    if abridged:
+        manifest = {k: v for k, v in manifest.items() if k not in ABRIDGED_MANIFEST_FIELDS}
     return VersionOut(
         model=model.name,
         version=row.version,
@@ -666,10 +684,11 @@ def _version_out(session: Session, model: ModelRow, row: ModelVersionRow) -> Ver
         aliases=sorted(aliases),
         artifact_digest=row.artifact_digest,
         artifact_size=row.artifact_size,
-        manifest=ModelManifest.model_validate(row.manifest),
+        manifest=ModelManifest.model_validate(manifest),
         created_by=row.created_by,
         created_by_subject=registrant_subject(row),
         created_at=row.created_at,
+        abridged=abridged,
     )
 
 

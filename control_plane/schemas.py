@@ -281,6 +281,9 @@ class VersionOut(Wire):
     created_by: str
     created_by_subject: str = Field(description="The registrant's subject (person or service).")
     created_at: datetime
+    abridged: bool = Field(False, description=(
+        "True in listings: the manifest's reference_profile and example_inputs (megabytes, "
+        "at times) are left out; GET the version for them."))
 
 
 class AliasSet(Wire):

@@ -296,6 +296,39 @@ def test_a_model_holds_a_bounded_number_of_aliases(registry: Registry,
     registry.set_alias("iris", "c", AliasSet(version=1), ALICE)  # moving one is not adding
 
 
+def test_listings_leave_out_what_makes_a_manifest_large_and_stop_at_a_size(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    import control_plane.registry as registry_module
+    from tests.unit.serving.monitoring_helpers import reference_profile
+
+    profile = reference_profile()
+    for seed in range(5):
+        _register(registry, seed=seed, reference_profile=profile,
+                  example_inputs={"input": [[0.5, 0.1, 0.2, 0.3]]}, metrics={"accuracy": 0.9})
+    listed = registry.list_versions("iris")
+    assert [v.version for v in listed.items] == [5, 4, 3, 2, 1]
+    for version in listed.items:
+        assert version.abridged and version.manifest.reference_profile is None
+        assert version.manifest.example_inputs is None
+        assert version.manifest.metrics == {"accuracy": 0.9}  # what listings show stays
+    whole = registry.get_version("iris", 3)
+    assert not whole.abridged and whole.manifest.reference_profile == profile
+    assert whole.manifest.example_inputs == {"input": [[0.5, 0.1, 0.2, 0.3]]}
+    # Past the byte bound a page is cut short, and says where the next one starts.
+    one = len(listed.items[0].model_dump_json())
+    monkeypatch.setattr(registry_module, "LISTING_MAX_BYTES", 2 * one + one // 2)
+    pages, limits, offset = [], [], 0
+    while offset < 5:
+        page = registry.list_versions("iris", limit=50, offset=offset)
+        assert page.total == 5
+        pages.append([v.version for v in page.items])
+        limits.append(page.limit)
+        offset += page.limit
+    assert pages == [[5, 4], [3, 2], [1]] and limits == [2, 2, 50]
+    monkeypatch.setattr(registry_module, "LISTING_MAX_BYTES", 1)
+    assert [v.version for v in registry.list_versions("iris").items] == [5]  # never empty
+
+
 def test_roles_are_enforced(registry: Registry) -> None:
     with pytest.raises(PermissionDeniedError, match="role reader"):
         registry.create_model(ModelCreate(name="x"), READER)
