@@ -62,8 +62,9 @@ MAX_SHADOWS_IN_FLIGHT = 256
 # A request its version has not answered in this long is counted then, as a 504 (stalled),
 # in the statistics shipped next: one that never ends would otherwise never be counted, and
 # a version hanging on some requests would be judged on those it answers. Its answer, if it
-# comes, is still sent, and not counted again. A request its caller abandons sooner is not
-# counted: anyone may disconnect early, and that must not count against a version.
+# comes, is still sent, and not counted again. A request its caller abandons sooner is
+# counted apart, as abandoned: not as an error (anyone may disconnect early), but a
+# rollout compares the candidate's share of them with stable's.
 STALLED_AFTER_S = 60.0
 HEAVY_BODY_BYTES = 1 << 20  # a body past this (or compressed) is decoded off the event loop
 REQUEST_ID_HEADER = "x-modelplane-request-id"
@@ -345,9 +346,12 @@ class InferenceCore:
             try:
                 outputs = await backend.infer(arrays)
             except asyncio.CancelledError:
-                # Its caller gave up (a disconnect, a gRPC deadline). Counted only where it
-                # had stalled: a caller leaving early must not count against a version.
+                # Its caller gave up (a disconnect, a gRPC deadline): a 504 where it had
+                # stalled, else abandoned, which no error rate or latency counts (anyone
+                # may leave early) but a rollout compares with stable's share.
                 self._count_stalled(time.perf_counter(), (ticket,))
+                if ticket in self._in_flight:
+                    self.recorder.abandon(number, routed)
                 raise
             finally:
                 counted_stalled = self._in_flight.pop(ticket, None) is None

@@ -100,6 +100,9 @@ class AnalysisConfig:
     max_refused_rate_increase: float | None = 0.01
     # The same of the answers holding a NaN or an infinity: a broken model answers 200.
     max_not_finite_rate_increase: float | None = 0.01
+    # The same of the requests whose callers gave up before an answer: a candidate that
+    # hangs past its callers' deadlines has them leave, and is judged on what it answers.
+    max_abandoned_rate_increase: float | None = 0.01
     max_p95_ms: float | None = None
     max_p99_ms: float | None = None
     max_p95_ratio: float | None = 1.5  # candidate p95 / stable p95
@@ -138,6 +141,14 @@ def refused_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tup
     """(requests routed, 4xx among them) of the sample's kinds of routing in ``stats``."""
     counted = _routed(config, stats)
     return (sum(r.requests + r.refused for r in counted), sum(r.refused for r in counted))
+
+
+def abandoned_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, int]:
+    """(requests routed, those whose callers gave up before an answer) of the sample's
+    kinds of routing in ``stats``."""
+    counted = _routed(config, stats)
+    return (sum(r.requests + r.refused + r.abandoned for r in counted),
+            sum(r.abandoned for r in counted))
 
 
 def not_finite_counts(config: AnalysisConfig, stats: VersionSnapshot | None) -> tuple[int, int]:
@@ -231,10 +242,15 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         return _analyse_shadow(config, candidate)
     refused = (share_increase(config, candidate, stable, refused_counts)
                if candidate is not None and config.max_refused_rate_increase is not None else None)
+    abandoned = (share_increase(config, candidate, stable, abandoned_counts)
+                 if candidate is not None and config.max_abandoned_rate_increase is not None
+                 else None)
     samples, error_rate = sample_of(config, candidate)
-    # Too few answers to judge the model can be the finding: it refuses what stable answers.
+    # Too few answers to judge the model can be the finding: it refuses what stable answers,
+    # or keeps its callers waiting until they leave.
     refuses = refused is not None and refused[1] > (config.max_refused_rate_increase or 0.0)
-    if samples < config.min_samples and not refuses:
+    loses = abandoned is not None and abandoned[1] > (config.max_abandoned_rate_increase or 0.0)
+    if samples < config.min_samples and not (refuses or loses):
         traffic = candidate.traffic if candidate is not None else Traffic()
         apart = ", ".join(f"{count} {what}" for what, count, counted in (
             ("pinned", traffic.pinned_requests, config.include_pinned),
@@ -282,6 +298,9 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     if refused is not None:
         check("refused_rate_increase", refused[0], config.max_refused_rate_increase,
               bound=refused[1], evidence=refused[2])
+    if abandoned is not None:
+        check("abandoned_rate_increase", abandoned[0], config.max_abandoned_rate_increase,
+              bound=abandoned[1], evidence=abandoned[2])
     not_finite = (share_increase(config, candidate, stable, not_finite_counts)
                   if config.max_not_finite_rate_increase is not None else None)
     if not_finite is not None:

@@ -94,6 +94,13 @@ class AnalysisSettings(Wire):
                           "stable's holds a NaN or an infinity, by more than this (judged on "
                           "the difference's 95% lower bound): a broken model still answers 200. "
                           "null switches it off.")
+    max_abandoned_rate_increase: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        0.01, description="Fail when a larger share of the requests routed to the candidate "
+                          "than to stable end with the caller gone before an answer (a "
+                          "disconnect, a gRPC deadline), by more than this (judged on the "
+                          "difference's 95% lower bound): a candidate that hangs past its "
+                          "callers' deadlines is otherwise judged on what it answers. null "
+                          "switches it off.")
     max_p95_ms: Annotated[float, Field(gt=0)] | None = None
     max_p99_ms: Annotated[float, Field(gt=0)] | None = None
     max_p95_ratio: Annotated[float, Field(gt=0)] | None = 1.5

@@ -254,6 +254,8 @@ class MonitorState:
             counts.update({counters.SHADOW.key(k): v for k, v in data.get("shadow", {}).items() if v})
             counts.update({counters.NOT_FINITE.key(kind): n
                            for kind, n in (data.get("not_finite") or {}).items() if n})
+            counts.update({counters.ABANDONED.key(kind): n
+                           for kind, n in (data.get("abandoned") or {}).items() if n})
             if data.get("unobserved_requests"):
                 counts[counters.UNOBSERVED_REQUESTS] = data["unobserved_requests"]
             part = data.get("monitoring")
@@ -620,7 +622,8 @@ def _routing(codes: dict[int, int], counts: Counter[str]) -> dict[str, RoutedReq
                 requests=sum(n for c, n in by_code.items() if not 400 <= c < 500),
                 server_errors=sum(n for c, n in by_code.items() if c >= 500),
                 refused=sum(n for c, n in by_code.items() if 400 <= c < 500),
-                not_finite=int(counts.get(counters.NOT_FINITE.key(kind), 0)))
+                not_finite=int(counts.get(counters.NOT_FINITE.key(kind), 0)),
+                abandoned=int(counts.get(counters.ABANDONED.key(kind), 0)))
             for kind, by_code in ((ROUTED_RANDOMLY, random), *apart.items())}
 
 

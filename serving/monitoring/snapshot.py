@@ -41,13 +41,15 @@ class DriftVerdict(StrEnum):
 @dataclass(frozen=True)
 class RoutedRequests:
     """Requests of one way of routing that the version answered (not 4xx), its 5xx, the
-    requests it refused (4xx: its own signature or limits turned them away), and its
-    answers holding a value that is not finite (a NaN or an infinity from the model)."""
+    requests it refused (4xx: its own signature or limits turned them away), its
+    answers holding a value that is not finite (a NaN or an infinity from the model), and
+    the requests whose callers gave up before it answered (in none of the others)."""
 
     requests: int = 0
     server_errors: int = 0
     refused: int = 0
     not_finite: int = 0
+    abandoned: int = 0
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ class VersionStats:
     rejected: Counter[str] = field(default_factory=Counter)  # refused requests, by reason
     routed_apart: dict[str, Counter[int]] = field(default_factory=dict)  # pinned/sticky codes
     not_finite: Counter[str] = field(default_factory=Counter)  # NaN/inf answers, by routing
+    abandoned: Counter[str] = field(default_factory=Counter)  # callers gone first, by routing
     shadow: ShadowStats = field(default_factory=ShadowStats)
     observations: VersionObservations | None = None
     unobserved: int = 0  # answered requests whose accounting failed (logged, not raised)
@@ -138,6 +139,15 @@ class StatsRecorder:
         if stats is None:
             stats = self.versions[version] = VersionStats()
         return stats
+
+    def abandon(self, version: int, routed: str = ROUTED_RANDOMLY) -> None:
+        """A request whose caller gave up before the version answered it (a disconnect, a
+        gRPC deadline). Not an error of the version's: anyone may leave early, and random
+        routing sends such callers to every version alike. A version that keeps its
+        callers waiting until they leave has a larger share of them than stable, which is
+        what a rollout judges (``max_abandoned_rate_increase``)."""
+        if self.enabled:
+            self._of(version).abandoned[routed] += 1
 
     def record(self, version: int, status: int, latency_s: float, error_code: str | None = None,
                routed: str = ROUTED_RANDOMLY, *, not_finite: bool = False) -> None:
@@ -272,6 +282,7 @@ class StatsRecorder:
                 "rejected": dict(stats.rejected),
                 "routed_apart": {kind: dict(codes) for kind, codes in stats.routed_apart.items()},
                 "not_finite": dict(stats.not_finite),
+                "abandoned": dict(stats.abandoned),
                 "shadow": stats.shadow.to_dict(),
             }
             if stats.observations is not None:

@@ -242,6 +242,59 @@ def test_a_candidate_answering_nan_fails() -> None:
     assert analyse(off, snapshots[2], snapshots[1]).verdict == Verdict.PASS
 
 
+def test_a_candidate_whose_callers_give_up_on_it_fails_and_shared_departures_do_not() -> None:
+    """A candidate hanging on a fifth of its requests past its callers' deadlines: they
+    leave, and what it answers is fast and error-free. Its share of callers gone, against
+    stable's, is the evidence; callers that leave both versions alike are not."""
+    recorder = StatsRecorder()
+    for index in range(1000):
+        if index % 5 == 0:
+            recorder.abandon(2)
+        else:
+            recorder.record(2, 200, 0.010)
+        recorder.record(1, 200, 0.010)
+        if index % 50 == 0:  # impatient callers, on both
+            recorder.abandon(1)
+            recorder.abandon(2)
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", recorder.to_delta())
+    snapshots = state.snapshot("churn", 60)
+    assert snapshots[2].traffic.routing["random"].abandoned == 220
+    assert snapshots[2].traffic.requests == 800  # none of them among the requests
+    result = analyse(AnalysisConfig(min_samples=100), snapshots[2], snapshots[1])
+    assert result.verdict == Verdict.FAIL, result.reason
+    assert result.checks["error_rate"]["passed"] and result.checks["p95_ratio"]["passed"]
+    assert "abandoned_rate_increase 0.1961 > 0.01" in result.reason, result.reason
+    assert analyse(AnalysisConfig(min_samples=100, max_abandoned_rate_increase=None),
+                   snapshots[2], snapshots[1]).verdict == Verdict.PASS
+    alike = StatsRecorder()
+    for index in range(1000):
+        for version in (1, 2):
+            if index % 10 == 0:
+                alike.abandon(version)
+            else:
+                alike.record(version, 200, 0.010)
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", alike.to_delta())
+    both = state.snapshot("churn", 60)
+    result = analyse(AnalysisConfig(min_samples=100), both[2], both[1])
+    assert result.verdict == Verdict.PASS and result.checks["abandoned_rate_increase"]["passed"]
+
+
+def test_a_candidate_so_slow_its_callers_all_leave_fails_rather_than_waits() -> None:
+    recorder = StatsRecorder()
+    for index in range(400):
+        recorder.abandon(2)
+        recorder.record(1, 200, 0.010)
+        if index % 40 == 0:
+            recorder.record(2, 200, 0.010)
+    state = MonitorState(clock=Clock())
+    state.record("churn", "replica", recorder.to_delta())
+    snapshots = state.snapshot("churn", 60)
+    result = analyse(AnalysisConfig(min_samples=100), snapshots[2], snapshots[1])
+    assert result.verdict == Verdict.FAIL and "abandoned_rate_increase" in result.reason
+
+
 def test_the_core_counts_the_answers_holding_nan() -> None:
     from serving.core import InferenceCore
     from serving.schemas import EndpointConfig, RouteTable

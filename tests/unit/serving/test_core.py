@@ -300,10 +300,11 @@ def test_a_request_its_version_never_answers_is_counted_as_stalled_once(
     assert left == 0
 
 
-def test_a_request_abandoned_after_it_stalled_is_counted_and_one_abandoned_early_is_not(
+def test_a_request_abandoned_after_it_stalled_is_a_504_and_one_abandoned_early_is_counted_apart(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller that gives up (Serve cancels the handler on a disconnect, gRPC on a
-    deadline) took its request out of every count, stalled or not."""
+    deadline) before the request stalled leaves it out of the codes, the error rate and
+    the latency, and in the version's abandoned count (by way of routing), once."""
     from serving import core as core_module
 
     class Hangs(FakeBackend):
@@ -325,7 +326,9 @@ def test_a_request_abandoned_after_it_stalled_is_counted_and_one_abandoned_early
     monkeypatch.setattr(core_module, "STALLED_AFTER_S", 0.05)
     late = asyncio.run(abandon(0.1))
     assert late[1]["codes"] == {504: 1} and late[1]["errors"] == {"stalled": 1}
+    assert late[1]["abandoned"] == {}
     monkeypatch.setattr(core_module, "STALLED_AFTER_S", 60.0)
     early = asyncio.run(abandon(0.05))
-    assert not early or early.get(1, {}).get("codes", {}) == {}
+    assert early[1]["codes"] == {} and early[1]["latency_sum"] == 0.0
+    assert early[1]["abandoned"] == {"random": 1}
     assert core._in_flight == {}
