@@ -107,6 +107,7 @@ class AnalysisConfig:
     max_p99_ms: float | None = None
     max_p95_ratio: float | None = 1.5  # candidate p95 / stable p95
     min_shadow_agreement: float | None = None
+    max_shadow_mae: float | None = None  # shadow against primary, first output
     fail_on_drift: bool = False
     min_accuracy: float | None = None  # online accuracy from ground-truth feedback
     max_mae: float | None = None  # the same, for regression
@@ -407,6 +408,14 @@ def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -
                                       "passed": passed}
         if not passed:
             failures.append(f"shadow_agreement {agreement:.4g} < {config.min_shadow_agreement:.4g}")
+    if config.max_shadow_mae is not None and compared:
+        difference = shadow.mean_abs_diff
+        # Not finite: one side answered NaN or an infinity where the other did not.
+        passed = math.isfinite(difference) and difference <= config.max_shadow_mae
+        checks["shadow_mae"] = {"value": difference if math.isfinite(difference) else None,
+                                "limit": config.max_shadow_mae, "passed": passed}
+        if not passed:
+            failures.append(f"shadow_mae {difference:.4g} > {config.max_shadow_mae:.4g}")
     # A mirrored request the shadow never got (too many of its calls in flight: it hangs
     # or cannot keep up) fails like one it failed, or only its quick answers are judged.
     errors = shadow.errors + shadow.dropped

@@ -388,14 +388,17 @@ class RolloutController(ManualActions):
 def refuse_gates_without_evidence(spec: RolloutCreate, task: str, version: int) -> None:
     """Refuse a feedback gate the candidate's kind of model never gives evidence for: it
     would wait out the inconclusive deadline, or (labels in, no such figure) never judge."""
-    wants = {"min_accuracy": ("classification", "online accuracy"),
-             "max_mae": ("regression", "the mean absolute error")}
-    for name, (needs, figure) in wants.items():
+    wants = {"min_accuracy": ("classification", "online accuracy", "max_mae"),
+             "max_mae": ("regression", "the mean absolute error", "min_accuracy"),
+             # Agreement is on the top class: a regressor's shadow was judged on its errors
+             # alone, the check skipped without a word.
+             "min_shadow_agreement": ("classification", "shadow agreement (on the top class)",
+                                      "max_shadow_mae")}
+    for name, (needs, figure, instead) in wants.items():
         if getattr(spec.analysis, name) is not None and task != needs:
             raise InvalidInputError(
                 f"analysis.{name}: {figure} needs a {needs} model, and v{version} is a "
-                f"{task} one (its manifest's task); set it to null"
-                + (" or use max_mae" if name == "min_accuracy" else " or use min_accuracy"),
+                f"{task} one (its manifest's task); set it to null or use {instead}",
                 detail={"field": f"analysis.{name}", "task": task})
     ab_test = spec.analysis.ab_test
     if ab_test is not None and ab_test.accuracy_effect is not None and \

@@ -104,7 +104,13 @@ class AnalysisSettings(Wire):
     max_p95_ms: Annotated[float, Field(gt=0)] | None = None
     max_p99_ms: Annotated[float, Field(gt=0)] | None = None
     max_p95_ratio: Annotated[float, Field(gt=0)] | None = 1.5
-    min_shadow_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_shadow_agreement: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="Fail a shadow step when fewer of the shadow's answers than this "
+                          "share agree with the primary's on the top class (classifiers).")
+    max_shadow_mae: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="Fail a shadow step when the mean absolute difference between the "
+                          "shadow's first output and the primary's is above this (any task; "
+                          "a regressor's counterpart of min_shadow_agreement).")
     # Off unless asked: a calibrated test still flags some windows of clean traffic, and a
     # rollout reads many overlapping windows.
     fail_on_drift: bool = False

@@ -583,13 +583,16 @@ def test_a_feedback_gate_the_model_can_never_meet_is_refused_at_the_start(
     world.registry.register_version("iris", VersionCreate(
         artifact_digest=info.digest,
         manifest=linear_classifier_manifest(task="regression")), ALICE)
-    for field, model_ref, task in (("max_mae", "iris:2", "classification"),
-                                   ("min_accuracy", "iris:4", "regression")):
+    for field, model_ref, task, instead in (
+            ("max_mae", "iris:2", "classification", "min_accuracy"),
+            ("min_accuracy", "iris:4", "regression", "max_mae"),
+            ("min_shadow_agreement", "iris:4", "regression", "max_shadow_mae")):
         with pytest.raises(InvalidInputError) as refused:
             world.controller.start(RolloutCreate(endpoint="iris", model_ref=model_ref, analysis={
                 **FAST, field: 0.5}), ALICE)
         assert refused.value.detail["field"] == f"analysis.{field}"
         assert f"is a {task} one" in refused.value.message
+        assert f"or use {instead}" in refused.value.message
     assert world.controller.list(endpoint="iris") == []
     world.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:2", analysis={
         **FAST, "min_accuracy": 0.5}), ALICE)

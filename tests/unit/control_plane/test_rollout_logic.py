@@ -94,6 +94,22 @@ def test_shadow_gate_uses_mirrored_comparisons() -> None:
     assert result.verdict == Verdict.FAIL and "shadow_agreement" in result.reason
 
 
+def test_a_shadow_whose_answers_differ_from_the_primarys_fails_on_max_shadow_mae() -> None:
+    """A regressor's shadow, judged on how far its answers are from the primary's: its
+    agreement is a classifier's figure, and without this its answers went unjudged."""
+    config = AnalysisConfig(min_samples=50, max_shadow_mae=0.5)
+    close = stats(shadow=ShadowComparison(compared=100, mean_abs_diff=0.2))
+    result = analyse(config, close, None, shadow=True)
+    assert result.verdict == Verdict.PASS and result.checks["shadow_mae"]["value"] == 0.2
+    far = analyse(config, stats(shadow=ShadowComparison(compared=100, mean_abs_diff=3.0)),
+                  None, shadow=True)
+    assert far.verdict == Verdict.FAIL and "shadow_mae 3 > 0.5" in far.reason
+    broken = analyse(config, stats(shadow=ShadowComparison(compared=100,
+                                                           mean_abs_diff=float("nan"))),
+                     None, shadow=True)
+    assert broken.verdict == Verdict.FAIL and broken.checks["shadow_mae"]["value"] is None
+
+
 def test_an_error_rate_increase_fails_on_evidence_not_on_two_stray_errors() -> None:
     """It was judged on the point estimate alone: 2 errors in 100 against none in 900
     failed a 1% limit, and, held in the window for several analyses, rolled back."""
