@@ -236,14 +236,29 @@ class CheckResult:
     reason: str = ""
 
 
+def baseline_in_use(config: AnalysisConfig, stable: VersionSnapshot | None,
+                    baseline: VersionSnapshot | None) -> bool:
+    """Whether the relative checks compare with ``baseline`` (stable's figures over a
+    longer, earlier window) rather than ``stable``'s in the window: where stable answered
+    too little in it (every step at 100%: blue-green's switch, a canary's last step) and
+    the baseline has a sample."""
+    return (baseline is not None and sample_of(config, stable)[0] < config.min_samples
+            and sample_of(config, baseline)[0] >= config.min_samples)
+
+
 def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
-            stable: VersionSnapshot | None, *, shadow: bool = False) -> CheckResult:
-    """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks)."""
+            stable: VersionSnapshot | None, *, shadow: bool = False,
+            baseline: VersionSnapshot | None = None) -> CheckResult:
+    """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks;
+    ``baseline``'s where stable answered too little in the window, :func:`baseline_in_use`)."""
     if shadow:
         return _analyse_shadow(config, candidate)
-    refused = (share_increase(config, candidate, stable, refused_counts)
+    # Without it, at a step where stable takes no traffic every check against stable was
+    # skipped: with the defaults a blue-green switch judged no latency at all.
+    compared = baseline if baseline_in_use(config, stable, baseline) else stable
+    refused = (share_increase(config, candidate, compared, refused_counts)
                if candidate is not None and config.max_refused_rate_increase is not None else None)
-    abandoned = (share_increase(config, candidate, stable, abandoned_counts)
+    abandoned = (share_increase(config, candidate, compared, abandoned_counts)
                  if candidate is not None and config.max_abandoned_rate_increase is not None
                  else None)
     samples, error_rate = sample_of(config, candidate)
@@ -261,7 +276,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                            reason=f"{samples} randomly routed requests answered in the window, "
                                   f"need {config.min_samples} (not counted: {apart})")
     assert candidate is not None
-    stable_samples, _ = sample_of(config, stable)
+    stable_samples, _ = sample_of(config, compared)
     checks: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}  # check name → why it failed
     accuracy = candidate.accuracy
@@ -302,7 +317,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     if abandoned is not None:
         check("abandoned_rate_increase", abandoned[0], config.max_abandoned_rate_increase,
               bound=abandoned[1], evidence=abandoned[2])
-    not_finite = (share_increase(config, candidate, stable, not_finite_counts)
+    not_finite = (share_increase(config, candidate, compared, not_finite_counts)
                   if config.max_not_finite_rate_increase is not None else None)
     if not_finite is not None:
         check("not_finite_rate_increase", not_finite[0], config.max_not_finite_rate_increase,
@@ -316,13 +331,13 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             share = broken / answered
             check("not_finite_rate", share, config.max_not_finite_rate_increase,
                   bound=proportion_lower_bound(share, answered), evidence=f"{answered} answers")
-    if stable and stable_samples >= config.min_samples:
-        increase = (share_increase(config, candidate, stable, sample_counts)
+    if compared and stable_samples >= config.min_samples:
+        increase = (share_increase(config, candidate, compared, sample_counts)
                     if config.max_error_rate_increase is not None else None)
         if increase is not None:  # on evidence, as the error rate: two 5xx are not a verdict
             check("error_rate_increase", increase[0], config.max_error_rate_increase,
                   bound=increase[1], evidence=increase[2])
-        stable_latency = stable.latency.sample
+        stable_latency = compared.latency.sample
         if stable_latency.p95_ms > 0 and not math.isnan(stable_latency.p95_ms):
             # Evidence of a slower candidate: its p95's lower bound over stable's upper one.
             check("p95_ratio", latency.p95_ms / stable_latency.p95_ms, config.max_p95_ratio,

@@ -42,7 +42,7 @@ from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.registry import Registry
 from control_plane.rollouts import aliases
 from control_plane.rollouts.ab_gate import ABWindow, tested
-from control_plane.rollouts.analysis import sample_routings
+from control_plane.rollouts.analysis import sample_of, sample_routings
 from control_plane.rollouts.approvals import ApprovalGate, approval_gate
 from control_plane.rollouts.decision import (
     Action,
@@ -84,6 +84,9 @@ from serving.monitoring import VersionSnapshot
 log = logging.getLogger(__name__)
 
 ALIAS_CHECK_S = 1.0  # how often tracked aliases are compared with what endpoints serve
+# Stable's figures a step without its traffic compares with: the Monitor's whole memory
+# (serving.monitoring.monitor.SLOTS one-second slots).
+BASELINE_WINDOW_S = 300.0
 # The end a decision leads to: the terminal state, and whether the candidate is rejected.
 _ENDS = {Action.ROLLBACK: (RolloutState.ROLLED_BACK, True),
          Action.FAIL: (RolloutState.FAILED, False)}
@@ -279,9 +282,17 @@ class RolloutController(ManualActions):
         if analysis_due(rollout, self._analysed_at.get(rollout.id), now):
             self._analysed_at[rollout.id] = now
             window = analysis_window(rollout, now)
-            routings = sample_routings(settings_of(rollout).to_config())
+            config = settings_of(rollout).to_config()
+            routings = sample_routings(config)
             stats = self._stats(rollout.endpoint, window, routings)
             snapshot = Snapshot(window, *self._versions(rollout, stats))
+            if (not rollout.current_step.shadow and window < BASELINE_WINDOW_S
+                    and sample_of(config, snapshot.stable)[0] < config.min_samples):
+                # Stable takes (next to) nothing at this step: the candidate is compared
+                # with stable's figures from before it, as far back as the Monitor keeps.
+                earlier = self._stats(rollout.endpoint, BASELINE_WINDOW_S, routings)
+                snapshot = replace(snapshot, baseline=self._versions(rollout, earlier)[1],
+                                   baseline_window_s=BASELINE_WINDOW_S)
             block = ab_window(rollout, now)
             if block is not None:  # the A/B gate's window runs from its block's start
                 ab_stats = stats if block[1] == window else self._stats(rollout.endpoint,

@@ -35,7 +35,13 @@ from typing import Any
 from control_plane.observability import json_safe
 from control_plane.rollouts import ab_gate
 from control_plane.rollouts.ab_gate import ABWindow
-from control_plane.rollouts.analysis import CheckResult, FailureStreak, Verdict, analyse
+from control_plane.rollouts.analysis import (
+    CheckResult,
+    FailureStreak,
+    Verdict,
+    analyse,
+    baseline_in_use,
+)
 from control_plane.rollouts.approvals import ApprovalGate
 from control_plane.rollouts.deadline import inconclusive_for, past_deadline
 from control_plane.rollouts.schemas import AnalysisSettings, RolloutOut
@@ -68,6 +74,10 @@ class Snapshot:
     candidate: VersionSnapshot | None
     stable: VersionSnapshot | None
     ab: ABWindow | None = None
+    # Stable's figures over the Monitor's whole memory, where it answered too little in
+    # the window (analysis.baseline_in_use): what the candidate is compared with then.
+    baseline: VersionSnapshot | None = None
+    baseline_window_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -213,7 +223,13 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
     """Analyse the current step on ``snapshot``: the verdict and the record to store."""
     config = settings.to_config()
     result = analyse(config, snapshot.candidate, snapshot.stable,
-                     shadow=rollout.current_step.shadow)
+                     shadow=rollout.current_step.shadow, baseline=snapshot.baseline)
+    if not rollout.current_step.shadow and baseline_in_use(config, snapshot.stable,
+                                                           snapshot.baseline):
+        baseline = {"stable_baseline": {"window_s": snapshot.baseline_window_s,
+                                        **_summary(snapshot.baseline)}}
+    else:
+        baseline = {}
     ab: dict[str, Any] = {}
     if settings.ab_test is not None:
         previous = rollout.last_analysis
@@ -229,6 +245,7 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
         "verdict": result.verdict.value, "reason": result.reason, "checks": result.checks,
         "at": now.isoformat(), "window_s": snapshot.window_s, "step_index": rollout.step_index,
         "candidate": _summary(snapshot.candidate), "stable": _summary(snapshot.stable),
+        **baseline,
         "inconclusive_since": inconclusive_for(rollout.last_analysis, result.verdict, now,
                                                started, rollout.state),
         **ab,

@@ -60,8 +60,9 @@ log = logging.getLogger(__name__)
 # The terms the Monitor actor speaks (its methods and the deltas replicas ship): raised on
 # any change, so `up` replaces a Monitor left running by an older modelplane (2: the
 # first to say; per-routing samples and snapshots' ``sample``; 3: pinned and sticky
-# latencies apart, by way of routing, and ``endpoint_deleted``).
-MONITOR_PROTOCOL = 3
+# latencies apart, by way of routing, and ``endpoint_deleted``; 4: requests abandoned
+# by their callers, by way of routing).
+MONITOR_PROTOCOL = 4
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
 METRICS_WINDOW_S = 60.0  # window of the windowed signals in the Prometheus exposition

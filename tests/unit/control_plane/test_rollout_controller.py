@@ -697,6 +697,36 @@ def test_an_alias_rollout_that_cannot_start_holds_up_no_other_endpoints(
     assert len(warnings) == 1 and "analysis.max_mae" in warnings[0], warnings
 
 
+def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_figures(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 100% stable answers nothing in the window; the controller asks the Monitor for
+    stable's figures over its whole memory, and a candidate six times slower than they
+    were is rolled back, the baseline kept with the analysis."""
+    from control_plane.rollouts.controller import BASELINE_WINDOW_S
+
+    asked: list[float] = []
+    earlier = {1: served(500, p95=10.0), 2: served(0)}
+
+    def stats(endpoint: str, window: float, sample: Any) -> dict[int, Any]:
+        asked.append(window)
+        return earlier if window == BASELINE_WINDOW_S else world.stats
+
+    monkeypatch.setattr(world.controller, "_stats", stats)
+    rollout_id = world.start(strategy="blue_green", steps=None, step_duration_s=3,
+                             analysis={**FAST, "min_shadow_agreement": None})
+    # The shadow step judges the mirrored answers, which agree; at the switch v2 takes
+    # everything, six times slower than v1 was.
+    world.serve(1, requests=0)
+    world.serve(2, requests=200, p95=60.0, shadow=ShadowComparison(compared=200, agreement=1.0))
+    world.run(20)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason
+    assert "p95_ratio 6 > 1.5" in rollout.reason
+    assert BASELINE_WINDOW_S in asked
+    assert rollout.last_analysis["stable_baseline"]["window_s"] == BASELINE_WINDOW_S
+    assert world.weights() == {1: 100.0}
+
+
 def test_bad_requests_name_the_problem(world: World) -> None:
     with pytest.raises(ConflictError, match="already takes the most traffic"):
         world.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:1"), ALICE)

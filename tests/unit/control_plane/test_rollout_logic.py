@@ -110,6 +110,23 @@ def test_a_shadow_whose_answers_differ_from_the_primarys_fails_on_max_shadow_mae
     assert broken.verdict == Verdict.FAIL and broken.checks["shadow_mae"]["value"] is None
 
 
+def test_where_stable_takes_no_traffic_the_candidate_is_compared_with_its_earlier_figures(
+        ) -> None:
+    """At 100% (blue-green's switch, a canary's last step) stable answers nothing in the
+    window: every check against it was skipped, and with the defaults no latency was
+    judged at all. Its figures over a longer window (the baseline) stand in."""
+    config = AnalysisConfig(min_samples=50)
+    slow, idle, before = stats(p95=60), stats(requests=0), stats(p95=10)
+    assert analyse(config, slow, idle).verdict == Verdict.PASS  # nothing to compare with
+    result = analyse(config, slow, idle, baseline=before)
+    assert result.verdict == Verdict.FAIL and result.checks["p95_ratio"]["value"] == 6.0
+    assert analyse(config, stats(p95=11), idle, baseline=before).verdict == Verdict.PASS
+    # Where stable has a sample in the window, that is what counts.
+    assert analyse(config, slow, stats(p95=50), baseline=before).verdict == Verdict.PASS
+    # A baseline without a sample of its own is none.
+    assert analyse(config, slow, idle, baseline=stats(requests=10)).verdict == Verdict.PASS
+
+
 def test_an_error_rate_increase_fails_on_evidence_not_on_two_stray_errors() -> None:
     """It was judged on the point estimate alone: 2 errors in 100 against none in 900
     failed a 1% limit, and, held in the window for several analyses, rolled back."""
