@@ -8,6 +8,7 @@ written, so a refused call leaves the store as it was.
 from __future__ import annotations
 
 import re
+import threading
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
@@ -20,6 +21,7 @@ from control_plane.auth import TRAINING, Principal
 from control_plane.errors import (
     AlreadyExistsError,
     ConflictError,
+    ControlPlaneUnavailableError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
@@ -63,6 +65,13 @@ ALLOWED_TRANSITIONS: dict[Stage, frozenset[Stage]] = {
     Stage.PRODUCTION: frozenset({Stage.STAGING, Stage.ARCHIVED}),
     Stage.ARCHIVED: frozenset({Stage.STAGING}),
 }
+
+# Registrations checked at once: each holds its artifact (up to the artifact bound, 2 GiB
+# by default) and ONNX Runtime's copy of it in this process, so a burst of them could take
+# the control plane's memory. The rest wait their turn, then are told to try again (503).
+MAX_CONCURRENT_CHECKS = 2
+CHECK_WAIT_S = 60.0
+_checking = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 
 # Every alias of a model is in each of its listings (ModelOut, VersionOut): unbounded, a
 # job's token could make every listing of the model as large as it pleased.
@@ -180,9 +189,23 @@ class Registry:
                 "(POST /api/artifacts)",
                 detail={"field": "artifact_digest"},
             )
+        if spec.idempotency_key is not None:  # a retry answered without a second check
+            with self.db.session(readonly=True) as session:
+                model = session.scalar(select(ModelRow).where(ModelRow.name == name))
+                earlier = model and _registered_before(session, model, spec, actor)
+                if earlier:
+                    return _version_out(session, model, earlier)
         # The expensive checks run before the transaction so the write lock is held briefly.
-        check_version(spec.manifest, spec.artifact_digest,
-                      self.artifacts.read_bytes(spec.artifact_digest))
+        if not _checking.acquire(timeout=CHECK_WAIT_S):
+            raise ControlPlaneUnavailableError(
+                f"{MAX_CONCURRENT_CHECKS} registrations are being checked and this one waited "
+                f"{CHECK_WAIT_S:g} s for its turn; try again shortly",
+                detail={"field": "artifact_digest", "retry_after_s": 5})
+        try:
+            check_version(spec.manifest, spec.artifact_digest,
+                          self.artifacts.read_bytes(spec.artifact_digest))
+        finally:
+            _checking.release()
         size = self.artifacts.info(spec.artifact_digest).size
         for attempt in range(2):
             try:

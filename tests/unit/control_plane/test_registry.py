@@ -329,6 +329,36 @@ def test_listings_leave_out_what_makes_a_manifest_large_and_stop_at_a_size(
     assert [v.version for v in registry.list_versions("iris").items] == [5]  # never empty
 
 
+def test_registrations_are_checked_a_few_at_a_time_and_a_keyed_retry_is_not_checked_again(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import control_plane.registry as registry_module
+    from control_plane.errors import ControlPlaneUnavailableError
+
+    info = registry.artifacts.put([linear_classifier(seed=0)])
+    spec = VersionCreate(artifact_digest=info.digest, manifest=linear_classifier_manifest(),
+                         idempotency_key="job-7-register")
+    first = registry.register_version("iris", spec, ALICE)
+    checked: list[str] = []
+    monkeypatch.setattr(registry_module, "check_version",
+                        lambda manifest, digest, artifact: checked.append(digest))
+    assert registry.register_version("iris", spec, ALICE).version == first.version
+    assert checked == []  # the first try's version, answered without loading it again
+    busy = threading.BoundedSemaphore(1)
+    busy.acquire()  # every turn taken
+    monkeypatch.setattr(registry_module, "_checking", busy)
+    monkeypatch.setattr(registry_module, "CHECK_WAIT_S", 0.2)
+    with pytest.raises(ControlPlaneUnavailableError, match="waited 0.2 s for its turn"):
+        registry.register_version("iris", VersionCreate(
+            artifact_digest=info.digest, manifest=linear_classifier_manifest()), ALICE)
+    assert checked == [] and [v.version for v in registry.list_versions("iris").items] == [1]
+    busy.release()
+    assert registry.register_version("iris", VersionCreate(
+        artifact_digest=info.digest, manifest=linear_classifier_manifest()), ALICE).version == 2
+    assert checked == [info.digest]
+
+
 def test_roles_are_enforced(registry: Registry) -> None:
     with pytest.raises(PermissionDeniedError, match="role reader"):
         registry.create_model(ModelCreate(name="x"), READER)
