@@ -267,13 +267,25 @@ class ArtifactWriter:
             # version must not be removed as an old unreferenced one), and mends a stored
             # copy that went bad (re-uploading is what its IntegrityError says to do).
             if self._store.is_local:
-                Path(final).parent.mkdir(parents=True, exist_ok=True)
+                _make_durable_folder(Path(final).parent)
                 os.replace(self._temp, final)
                 fsync_path(Path(final).parent)
             else:
                 fs.mv(self._temp, final)
         self._done = True
         return ArtifactInfo(digest=digest, size=self._size)
+
+
+def _make_durable_folder(folder: Path) -> None:
+    """``folder`` and the parents it lacked, each entry flushed to its parent: a folder
+    made but not flushed can vanish at a power loss, with the artifact renamed into it."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+        fsync_path(made.parent)
 
 
 def _process_alive(pid: int) -> bool:

@@ -30,6 +30,25 @@ def test_put_and_read_round_trip(artifacts: ArtifactStore) -> None:
     assert list(Path(artifacts.root, "tmp").iterdir()) == []
 
 
+def test_the_folders_an_artifact_is_renamed_into_are_flushed_where_they_were_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power loss keeps a renamed file only where its folder's own entry was flushed
+    to disk too: the first artifact under a new prefix made that folder just before."""
+    import control_plane.artifacts as artifacts_module
+
+    flushed: list[Path] = []
+    real = artifacts_module.fsync_path
+    monkeypatch.setattr(artifacts_module, "fsync_path",
+                        lambda path: (flushed.append(Path(path)), real(path)))
+    store = ArtifactStore(str(tmp_path / "store"), max_bytes=1 << 20)
+    info = store.put([b"first bytes"])
+    final = Path(store.path_of(info.digest))
+    assert final.parent.parent in flushed and final.parent in flushed  # prefix made, flushed
+    flushed.clear()
+    store.put([b"other bytes"])
+    assert flushed  # the rename itself, always
+
+
 def test_identical_content_is_stored_once(artifacts: ArtifactStore) -> None:
     first = artifacts.put([b"same bytes"])
     second = artifacts.put([b"same ", b"bytes"])
