@@ -145,17 +145,16 @@ def ray_auth_env(environ: dict[str, str] | None = None, *, dashboard: str | None
 def dashboard_auth_headers(dashboard: str,
                            environ: dict[str, str] | None = None) -> dict[str, str]:
     """The header a call to the job API of the cluster at ``dashboard`` carries: the token
-    where the dashboard requires one, or cannot say (the header is ignored where tokens are
-    off); none where it says tokens are off. Raises ConfigurationError where the cluster
-    requires a token this machine lacks."""
+    where the dashboard says it requires one; none where it says tokens are off or cannot
+    say (a listener that is not a Ray dashboard, another user's on a port a cluster left
+    free, must never be handed the token that joins this user's clusters). Raises
+    ConfigurationError where the cluster requires a token this machine lacks."""
     mode = cluster_auth_mode(dashboard)
-    if mode == "disabled":
+    if mode != "token":
         return {}
     token = read_token(environ)
     if token is None:
-        if mode == "token":
-            raise _no_token(dashboard)
-        return {}
+        raise _no_token(dashboard)
     return {"authorization": f"Bearer {token}"}
 
 

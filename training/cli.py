@@ -15,8 +15,9 @@ app = typer.Typer(
 )
 AddressOption = typer.Option(
     None, "--address",
-    help="Ray dashboard URL (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, the head "
-    "`modelplane up` started, or http://127.0.0.1:8265).",
+    help="Ray dashboard URL (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, or the head "
+    "`modelplane up` started; never a guess at Ray's default port, where another user may "
+    "listen).",
 )
 SetOption = typer.Option(
     None, "--set", metavar="FIELD=VALUE",

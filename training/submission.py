@@ -38,7 +38,6 @@ from training.job_token import (
 from training.registration import BRANCH_ENV, COMMIT_ENV
 from training.spec import dump_job_spec, load_job_spec
 
-DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 # Seconds to connect, then to wait for each answer. Ray's client sets no deadline, so a
 # dashboard that takes the connection and never answers (frozen, or behind a stalled
 # proxy) held its caller for good: the pipeline loop, a cancel, `train submit --wait`.
@@ -52,8 +51,10 @@ SPEC_NAME = "job.yaml"
 
 
 def dashboard_address(address: str | None = None) -> str:
-    """``--address``, else Ray's own variables, else the head `modelplane up` started, else
-    the local default."""
+    """``--address``, else Ray's own variables, else the head `modelplane up` started.
+
+    Never Ray's default port on its own: another user of the machine may listen there, and
+    would be sent the job (its token, the control plane's address) and Ray's token."""
     if address:
         return address
     for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
@@ -64,7 +65,15 @@ def dashboard_address(address: str | None = None) -> str:
     from control_plane.platform import recorded_dashboard
     from modelplane.settings import get_settings
 
-    return recorded_dashboard(get_settings()) or DEFAULT_DASHBOARD
+    settings = get_settings()
+    recorded = recorded_dashboard(settings)
+    if recorded is None:
+        raise ConfigurationError(
+            f"no Ray cluster to submit to: none is recorded in {settings.home} (`modelplane "
+            "up` records the head it starts; run from the folder holding .modelplane or set "
+            "MODELPLANE_HOME); for another cluster pass --address http://HEAD:8265 or set "
+            "RAY_ADDRESS=http://HEAD:8265")
+    return recorded
 
 
 class JobClient:

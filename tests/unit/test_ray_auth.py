@@ -203,6 +203,17 @@ def test_job_api_calls_carry_the_token_only_where_the_dashboard_asks_for_it(
     assert dashboard_auth_headers(locked_url) == {"authorization": f"Bearer {TOKEN}"}
 
 
+def test_a_listener_that_cannot_say_it_wants_the_token_is_never_sent_it(
+        dashboard: tuple[str, dict[str, object]], head_token: Path) -> None:
+    """Whatever answers on a dashboard's port (another user's listener, an older Ray)
+    gets no token unless it says the cluster requires one."""
+    url, said = dashboard
+    said["body"] = b"<html>not a Ray dashboard</html>"
+    assert dashboard_auth_headers(url) == {}
+    said["body"] = b'{"authentication_mode": "token"}'
+    assert dashboard_auth_headers(url) == {"authorization": f"Bearer {TOKEN}"}
+
+
 def test_a_wrong_or_missing_token_is_a_clear_job_api_error(
         dashboards: Callable[[str], Dashboard], head_token: Path) -> None:
     url, _ = dashboards("token")
