@@ -125,14 +125,23 @@ def _ray_bin() -> str:
     return str(candidate) if candidate.exists() else "ray"
 
 
+def _ray_temp_root() -> Path:
+    """Where ``ray start`` keeps its sessions and records its newest cluster
+    (ray._common.utils.get_ray_address_file)."""
+    return Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray"
+
+
 def _resolve(address: str) -> str | None:
-    """``auto`` → the address Ray recorded for the newest local cluster (None if none)."""
+    """``auto`` → the address Ray recorded for the newest local cluster of this user (None
+    if none): another user's is never joined on a guess (their `up` would be told to copy
+    that user's token, or, tokens off, handed their cluster)."""
     if address != "auto":
         return address
-    # Where `ray start` records it (ray._common.utils.get_ray_address_file).
-    temp_root = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    record = _ray_temp_root() / "ray_current_cluster"
     with contextlib.suppress(OSError):
-        return (Path(temp_root) / "ray" / "ray_current_cluster").read_text().strip() or None
+        if hasattr(os, "getuid") and record.stat().st_uid != os.getuid():
+            return None
+        return record.read_text().strip() or None
     return None
 
 
@@ -445,6 +454,19 @@ def _secure_new_head(gcs: str | None, progress: Callable[[str], None]) -> None:
     apply_ray_auth_env(gcs=gcs)
 
 
+def _own_ray_temp() -> Path | None:
+    """A Ray temp folder of this user's where Ray's default one is another user's (Ray
+    could not write its session there); None where the default is this user's or absent."""
+    default = _ray_temp_root()
+    try:
+        owner = default.stat().st_uid
+    except OSError:
+        return None
+    if not hasattr(os, "getuid") or owner == os.getuid():
+        return None
+    return default.parent / f"ray-{os.getuid()}"
+
+
 def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout_s: float) -> None:
     """``ray start --head --block`` as a child we own, so ``down`` stops exactly this head.
 
@@ -460,6 +482,9 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
     gcs_port, dashboard_port = ports["port"], ports["dashboard-port"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
+    own_temp = _own_ray_temp()
+    if own_temp is not None:
+        command.append(f"--temp-dir={own_temp}")
     log_path = settings.home / "ray-head.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
