@@ -99,8 +99,27 @@ def main(argv: list[str] | None = None) -> None:
             raise
         show()
         sys.exit(getattr(error, "exit_code", 2))
+    except Exception as error:
+        if not type(error).__module__.startswith("sqlalchemy"):
+            raise
+        # The store named by MODELPLANE_DB_URL is away, or the URL names none there is.
+        typer.secho(f"error: {_store_failure(error)}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+def _store_failure(error: Exception) -> str:
+    from modelplane.settings import get_settings, url_without_password
+
+    cause = getattr(error, "orig", None) or error
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+    try:
+        where = url_without_password(get_settings().db_url)
+    except Exception:  # the settings themselves are what failed
+        where = "MODELPLANE_DB_URL"
+    return (f"the store at {where} could not be used ({first}); check MODELPLANE_DB_URL and "
+            "that the database is up and accepts this user")
+
 
 if __name__ == "__main__":
     main()

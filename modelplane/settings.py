@@ -238,7 +238,7 @@ class Settings(BaseSettings):
         """Every setting as text for people (``modelplane config``), secrets hidden: the
         tokens only as set or unset, the store's password as ``***``."""
         values = {k: str(v) for k, v in self.model_dump(exclude={"token"}).items()}
-        values["db_url"] = _without_password(self.db_url)
+        values["db_url"] = url_without_password(self.db_url)
         values["token"] = "set" if self.token else "unset"
         values["replica_token"] = "set" if self.replica_token_kept() else "unset"
         return values
@@ -284,7 +284,7 @@ def variable(field: str) -> str:
     return PREFIX + field.upper()
 
 
-def _without_password(url: str) -> str:
+def url_without_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url

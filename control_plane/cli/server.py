@@ -34,11 +34,11 @@ def api(
 def upgrade() -> None:
     """Apply pending migrations to the database in MODELPLANE_DB_URL."""
     from control_plane.store import Database
-    from modelplane.settings import get_settings
+    from modelplane.settings import get_settings, url_without_password
 
     settings = get_settings()
     Database(settings.db_url, migrate=True).dispose()
-    typer.echo(f"schema up to date: {settings.db_url}")
+    typer.echo(f"schema up to date: {url_without_password(settings.db_url)}")
 
 
 @db_app.command()
