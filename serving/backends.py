@@ -33,38 +33,37 @@ WARM_BUDGET_S = 0.5
 
 
 class RunTime:
-    """A runner's measured seconds per input row (an exponentially weighted mean), which
-    says whether the next call is cheap enough to run inline. Every call is measured, so a
+    """A runner's measured seconds per input element (an exponentially weighted mean),
+    which says whether the next call is cheap enough to run inline. Elements, not rows:
+    a sequence model's one row may hold millions of tokens. Every call is measured, so a
     model that turns slow goes back to the pool at once: one 50 ms call moves the mean by
     5 ms."""
 
-    __slots__ = ("calls", "per_row_s")
+    __slots__ = ("calls", "per_element_s")
 
     def __init__(self) -> None:
         self.calls = 0
-        self.per_row_s = 0.0
+        self.per_element_s = 0.0
 
-    def cheap(self, rows: int) -> bool:
-        return self.calls >= _WARM_CALLS and self.per_row_s * rows < INLINE_BELOW_S
+    def cheap(self, elements: int) -> bool:
+        return self.calls >= _WARM_CALLS and self.per_element_s * elements < INLINE_BELOW_S
 
-    def record(self, seconds: float, rows: int) -> None:
-        per_row = seconds / max(rows, 1)
+    def record(self, seconds: float, elements: int) -> None:
+        per_element = seconds / max(elements, 1)
         if self.calls == 0:
-            self.per_row_s = per_row
+            self.per_element_s = per_element
         elif self.calls < _WARM_CALLS:
             # The warm calls' least time: their mean, or the last of them, would carry a
             # first run's allocations or one call the OS preempted, and hold a cheap model
             # in the pool for dozens of calls while the mean decays.
-            self.per_row_s = min(self.per_row_s, per_row)
+            self.per_element_s = min(self.per_element_s, per_element)
         else:
-            self.per_row_s += _SMOOTHING * (per_row - self.per_row_s)
+            self.per_element_s += _SMOOTHING * (per_element - self.per_element_s)
         self.calls += 1
 
 
-def _rows(arrays: dict[str, np.ndarray]) -> int:
-    for array in arrays.values():
-        return int(array.shape[0]) if array.ndim else 1
-    return 1
+def _elements(arrays: dict[str, np.ndarray]) -> int:
+    return max(sum(int(array.size) for array in arrays.values()), 1)
 
 
 class LocalVersion:
@@ -109,12 +108,12 @@ class LocalVersion:
             return await self._batched(arrays)
         if self.runner.is_async:
             return await self.runner.run_async(arrays)  # type: ignore[attr-defined,no-any-return]
-        rows = _rows(arrays)
-        if self._backlog is not None and self._backlog.idle and self.run_time.cheap(rows):
-            return self._timed_run(arrays, rows)
+        elements = _elements(arrays)
+        if self._backlog is not None and self._backlog.idle and self.run_time.cheap(elements):
+            return self._timed_run(arrays, elements)
         # ONNX Runtime and torch release the GIL; the event loop keeps accepting requests.
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._timed_run, arrays, rows)
+        return await loop.run_in_executor(self._executor, self._timed_run, arrays, elements)
 
     async def mirror(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A shadow's call: its runs take one of the pool's threads at most (a batcher runs
@@ -125,12 +124,12 @@ class LocalVersion:
         async with self._mirroring:
             return await self.infer(arrays)
 
-    def _timed_run(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    def _timed_run(self, arrays: dict[str, np.ndarray], elements: int) -> dict[str, np.ndarray]:
         started = self._clock()
         try:
             return self.runner.run(arrays)
         finally:
-            self.run_time.record(self._clock() - started, rows)
+            self.run_time.record(self._clock() - started, elements)
 
 
 class UnloadableVersion:

@@ -21,12 +21,12 @@ from serving.runners.onnx import OnnxRunner
 from serving.schemas import VersionConfig
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 
-CHEAP_S = 0.00001  # what the small MLP costs a row
+CHEAP_S = 0.00001  # what the small MLP costs an input element, or about
 
 
 class ThreadNoting:
-    """An ONNX runner that notes the thread each call ran on and takes ``cost_s`` a row on
-    its clock (``now``), which the version reads."""
+    """An ONNX runner that notes the thread each call ran on and takes ``cost_s`` an input
+    element on its clock (``now``), which the version reads."""
 
     can_batch = False
     is_async = False
@@ -42,7 +42,10 @@ class ThreadNoting:
 
     def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.threads.append(threading.get_ident())
-        self.now += self.cost_s * len(next(iter(arrays.values())))
+        features = next(iter(arrays.values()))
+        self.now += self.cost_s * features.size
+        if features.shape[1:] != (4,):  # a request of another width: answered in kind
+            return {"probabilities": np.zeros((len(features), 3), np.float32)}
         return self.runner.run(arrays)
 
     def warmup(self) -> None:
@@ -69,9 +72,10 @@ def version(tmp_path: Path, backlog: Backlog) -> tuple[LocalVersion, ThreadNotin
     return local, runner
 
 
-def _answer(version: LocalVersion, rows: int = 1) -> tuple[dict[str, np.ndarray], int]:
+def _answer(version: LocalVersion, rows: int = 1,
+            width: int = 4) -> tuple[dict[str, np.ndarray], int]:
     async def call() -> tuple[dict[str, np.ndarray], int]:
-        arrays = {"input": np.ones((rows, 4), np.float32)}
+        arrays = {"input": np.ones((rows, width), np.float32)}
         return await version.infer(arrays), threading.get_ident()
     return asyncio.run(call())
 
@@ -81,7 +85,7 @@ def test_a_cheap_model_runs_inline_once_measured(version: tuple[LocalVersion, Th
     loops = [_answer(local)[1] for _ in range(20)]
     assert all(thread != loop for thread, loop in zip(runner.threads[:8], loops[:8], strict=True))
     assert runner.threads[8:] == loops[8:]  # after eight measured calls, on the loop's thread
-    assert local.run_time.per_row_s == pytest.approx(CHEAP_S)
+    assert local.run_time.per_element_s == pytest.approx(CHEAP_S)
     outputs, _ = _answer(local)
     assert outputs["probabilities"].shape == (1, 3)  # the same answer either way
 
@@ -91,14 +95,16 @@ def test_a_slow_model_and_a_large_request_go_to_the_pool(
     local, runner = version
     for _ in range(10):
         _answer(local)
-    per_row = local.run_time.per_row_s
-    many = int(INLINE_BELOW_S / per_row) * 2 + 1
+    per_element = local.run_time.per_element_s
+    many = int(INLINE_BELOW_S / per_element / 4) * 2 + 1
     _, loop = _answer(local, rows=many)
     assert runner.threads[-1] != loop  # its rows would block the loop too long
+    _, loop = _answer(local, width=4 * many)
+    assert runner.threads[-1] != loop  # one row, as wide: the same
     runner.cost_s = 0.05  # the model turns slow: one call measured is enough
     _answer(local)
     _, loop = _answer(local)
-    assert runner.threads[-1] != loop and local.run_time.per_row_s > INLINE_BELOW_S
+    assert runner.threads[-1] != loop and local.run_time.per_element_s > INLINE_BELOW_S
 
 
 def test_one_slow_warm_call_does_not_hold_a_cheap_model_in_the_pool(
@@ -111,7 +117,7 @@ def test_one_slow_warm_call_does_not_hold_a_cheap_model_in_the_pool(
         _answer(local)
     runner.cost_s = CHEAP_S
     _, loop = _answer(local)
-    assert runner.threads[-1] == loop and local.run_time.per_row_s == pytest.approx(CHEAP_S)
+    assert runner.threads[-1] == loop and local.run_time.per_element_s == pytest.approx(CHEAP_S)
 
 
 def test_a_backlog_or_an_uncounted_server_sends_cheap_calls_to_the_pool(
@@ -147,7 +153,7 @@ def test_loading_stops_measuring_a_slow_model_within_its_budget(
     from serving.backends import WARM_BUDGET_S
 
     local, runner = version
-    runner.cost_s = WARM_BUDGET_S * 0.4
+    runner.cost_s = WARM_BUDGET_S * 0.4 / 4  # a warm-up call holds one row of 4 elements
     local.warm()
     assert local.run_time.calls == 3 < 8  # the third call is the one that ends past the budget
     assert runner.now == pytest.approx(WARM_BUDGET_S * 1.2)
