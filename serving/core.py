@@ -67,6 +67,10 @@ MAX_SHADOWS_IN_FLIGHT = 256
 # rollout compares the candidate's share of them with stable's.
 STALLED_AFTER_S = 60.0
 HEAVY_BODY_BYTES = 1 << 20  # a body past this (or compressed) is decoded off the event loop
+# An answer of more elements than this is encoded off the event loop: as JSON a million
+# floats take 0.1 s, and a batch-scoring answer of four million held every other caller of
+# the replica (its readiness and health checks too) for seconds.
+ENCODE_OFF_LOOP_ELEMENTS = 50_000
 REQUEST_ID_HEADER = "x-modelplane-request-id"
 REQUEST_ID_PARAMETER = "modelplane_request_id"
 MAX_FEEDBACK_BODY_BYTES = 4 * 1024 * 1024
@@ -356,7 +360,16 @@ class InferenceCore:
             finally:
                 counted_stalled = self._in_flight.pop(ticket, None) is None
             chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
-            answer = encode(Inferred(config.endpoint, number, request_id, request, chosen))
+            inferred = Inferred(config.endpoint, number, request_id, request, chosen)
+            if sum(int(array.size) for array in chosen.values()) > ENCODE_OFF_LOOP_ELEMENTS:
+                try:
+                    answer = await asyncio.to_thread(encode, inferred)
+                except asyncio.CancelledError:
+                    if not counted_stalled:
+                        self.recorder.abandon(number, routed)
+                    raise
+            else:
+                answer = encode(inferred)
             if counted_stalled:
                 return answer
             elapsed = time.perf_counter() - started

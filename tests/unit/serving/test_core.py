@@ -300,6 +300,33 @@ def test_a_request_its_version_never_answers_is_counted_as_stalled_once(
     assert left == 0
 
 
+def test_a_large_answer_is_encoded_off_the_event_loop_and_a_small_one_on_it() -> None:
+    import threading
+
+    from serving import core as core_module
+
+    core = make_core({1: 100})
+    threads: list[int] = []
+
+    def encode(inferred):
+        threads.append(threading.get_ident())
+        return sum(int(a.size) for a in inferred.outputs.values())
+
+    async def answer(rows: int) -> tuple[int, int]:
+        arrays = np.ones((rows, 4), np.float32)
+        request = core_module.decode_request(json.dumps({"inputs": [{
+            "name": "input", "datatype": "FP32", "shape": [rows, 4],
+            "data": arrays.ravel().tolist()}]}).encode(), {})
+        sent = await core.infer(lambda config: request, encode, {})
+        return sent, threading.get_ident()
+
+    small, loop = asyncio.run(answer(2))
+    assert small == 6 and threads[-1] == loop
+    rows = core_module.ENCODE_OFF_LOOP_ELEMENTS // 3 + 1
+    large, loop = asyncio.run(answer(rows))
+    assert large == 3 * rows and threads[-1] != loop
+
+
 def test_a_request_abandoned_after_it_stalled_is_a_504_and_one_abandoned_early_is_counted_apart(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller that gives up (Serve cancels the handler on a disconnect, gRPC on a
