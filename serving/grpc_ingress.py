@@ -44,8 +44,8 @@ from serving.names import (
     endpoint_route_prefix,
 )
 from serving.protocol.grpc_messages import (
-    call_from_request,
     metadata_response,
+    read_call_off_loop_if_heavy,
     response_from_answer,
 )
 from serving.protocol.grpc_tensors import GrpcInferAnswer
@@ -203,7 +203,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             linked = await self._linked(request, metadata, context)
             if linked is not None:
                 return linked
-        call = call_from_request(request, metadata)
+        call = await read_call_off_loop_if_heavy(request, metadata)
         reply = await self._answer(request.model_name, call, context)
         answer = reply.value
         assert isinstance(answer, GrpcInferAnswer)

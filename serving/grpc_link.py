@@ -57,7 +57,7 @@ async def answer_linked_call(core: InferenceCore | None, headers: Mapping[str, s
     from google.protobuf.message import DecodeError
     from tritonclient.grpc import service_pb2 as pb
 
-    from serving.protocol.grpc_messages import call_from_request, response_from_answer
+    from serving.protocol.grpc_messages import read_call_off_loop_if_heavy, response_from_answer
 
     if not carries_secret(headers, secret):
         error = ForbiddenError("this route carries the gRPC ingress's calls; call the gRPC "
@@ -71,7 +71,8 @@ async def answer_linked_call(core: InferenceCore | None, headers: Mapping[str, s
     except (DecodeError, ValueError) as error:
         return _failure_reply(GrpcFailure.of(InvalidRequestError(
             f"the linked gRPC call could not be read: {error}", detail={"field": "body"})))
-    reply = await answer_grpc(core, call_from_request(request, metadata.items()), replica)
+    call = await read_call_off_loop_if_heavy(request, metadata.items())
+    reply = await answer_grpc(core, call, replica)
     if isinstance(reply.value, GrpcFailure):
         return _failure_reply(reply.value)
     assert isinstance(reply.value, GrpcInferAnswer)

@@ -312,3 +312,34 @@ def test_a_large_call_is_decoded_off_the_event_loop_as_a_large_body_is(
     data = np.zeros((rows * 16, 4), np.float32)  # 80,000 rows: 1.28 MB
     answer(make_core({1: 100}), request([rows_input(data)]))
     assert len(threads) == 1 and (threads[0] is not threading.main_thread()) is off_loop
+
+
+def test_a_large_message_is_read_off_the_event_loop_and_reads_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typed contents are converted value by value: a large message is read in a thread,
+    as a large REST body is decoded, so the ingress's loop goes on serving other calls."""
+    import threading
+
+    from serving.protocol import grpc_messages
+
+    read_on: list[int] = []
+    real = grpc_messages.call_from_request
+
+    def noting(message, metadata=()):
+        read_on.append(threading.get_ident())
+        return real(message, metadata)
+
+    monkeypatch.setattr(grpc_messages, "call_from_request", noting)
+    values = [float(v) for v in range(300_000)]  # 1.2 MB of fp32_contents
+    large = typed("input", "FP32", [75_000, 4], "fp32_contents", values)
+    small = typed("input", "FP32", [1, 4], "fp32_contents", values[:4])
+
+    async def read(message: pb.ModelInferRequest) -> tuple[object, int]:
+        call = await grpc_messages.read_call_off_loop_if_heavy(message, [("k", "v")])
+        return call, threading.get_ident()
+
+    call, loop = asyncio.run(read(small))
+    assert read_on[-1] == loop
+    call, loop = asyncio.run(read(large))
+    assert read_on[-1] != loop
+    assert decode_grpc_call(call).inputs[0].data.shape == (75_000, 4)
