@@ -54,6 +54,10 @@ PENDING_LIMIT = 4096
 # ... and at most, whatever the shipper's pace: past this the request path accounts them
 # itself, a stall of a few milliseconds, so memory stays bounded when shipping falls behind.
 PENDING_HARD_LIMIT = 4 * PENDING_LIMIT
+# The same in bytes of the tensors held (a binary input keeps its whole request body): a
+# shipper waiting on a slow Monitor must not let large requests pile up to gigabytes.
+PENDING_BYTES_LIMIT = 16 << 20
+PENDING_BYTES_HARD_LIMIT = 4 * PENDING_BYTES_LIMIT
 # Rows per shipment kept for KS and Wasserstein at the Monitor, which holds the newest
 # 2,000 (drift_window.SAMPLE_LIMIT): 256 a second spread them over the last several
 # seconds of a busy replica, and keep a shipment small (they travel as float32).

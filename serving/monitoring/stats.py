@@ -21,6 +21,8 @@ import numpy as np
 
 from serving.monitoring.feedback import predicted_class
 from serving.monitoring.observations import (
+    PENDING_BYTES_HARD_LIMIT,
+    PENDING_BYTES_LIMIT,
     PENDING_HARD_LIMIT,
     PENDING_LIMIT,
     ObservedRequests,
@@ -133,6 +135,7 @@ class StatsRecorder:
         self.when_full = when_full
         self._observed: dict[int, ObservedRequests] = {}
         self._observed_count = 0
+        self._observed_bytes = 0
 
     def _of(self, version: int) -> VersionStats:
         stats = self.versions.get(version)
@@ -193,17 +196,23 @@ class StatsRecorder:
             pending = self._observed[version] = ObservedRequests()
         pending.add(request_id, arrays, outputs, data_age_s, routed)
         self._observed_count += 1
-        count = self._observed_count
-        if count >= PENDING_LIMIT:
-            if self.when_full is None or count >= PENDING_HARD_LIMIT:
+        # Bytes too: a binary input is a view of its request's whole body, held until then.
+        before = self._observed_bytes
+        self._observed_bytes += sum(int(a.nbytes) for a in arrays.values()) + sum(
+            int(a.nbytes) for a in outputs.values())
+        count, held = self._observed_count, self._observed_bytes
+        if count >= PENDING_LIMIT or held >= PENDING_BYTES_LIMIT:
+            if (self.when_full is None or count >= PENDING_HARD_LIMIT
+                    or held >= PENDING_BYTES_HARD_LIMIT):
                 self.flush_observations()
-            elif count == PENDING_LIMIT:
+            elif count == PENDING_LIMIT or before < PENDING_BYTES_LIMIT <= held:
                 self.when_full()
 
     def flush_observations(self) -> None:
         """Account every observed request since the last flush, a version at a time (never
         raises: see ``_account``)."""
         observed, self._observed, self._observed_count = self._observed, {}, 0
+        self._observed_bytes = 0
         for version, requests in observed.items():
             self._account(version, requests)
 
@@ -214,6 +223,7 @@ class StatsRecorder:
         thread instead, the accounting's Python holds the GIL for slices of the switch
         interval (5 ms) while the loop waits for it (benchmarks/observation_stalls.py)."""
         observed, self._observed, self._observed_count = self._observed, {}, 0
+        self._observed_bytes = 0
         for version, requests in observed.items():
             for first in range(0, len(requests), step):
                 self._account(version, requests.part(first, first + step))

@@ -251,6 +251,25 @@ def test_a_backlog_past_the_hard_limit_is_accounted_on_the_request_path(monkeypa
     assert core.take_stats().to_delta()[1]["monitoring"]["rows"] == 450
 
 
+def test_large_requests_are_bounded_in_bytes_not_only_in_count(monkeypatch) -> None:
+    """A binary input is a view of its whole request body: a few thousand large requests
+    held for a shipper waiting on a slow Monitor were gigabytes. The bytes they hold ask
+    for the early shipment, and past the hard bound are accounted on the path."""
+    _limits(monkeypatch, early=10_000, hard=40_000)  # counts far off
+    one = 4 * 4 + 3 * 4  # a row's input and its three probabilities, float32
+    for module in (observations, stats):
+        monkeypatch.setattr(module, "PENDING_BYTES_LIMIT", 50 * one)
+        monkeypatch.setattr(module, "PENDING_BYTES_HARD_LIMIT", 200 * one)
+    accounted = _counting_accounts(monkeypatch)
+    core = make_core(PROFILE)
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 49))
+    assert not core.stats_due.is_set()
+    asyncio.run(send_many(core, [np.zeros((1, 4), np.float32)] * 401, prefix="s"))
+    assert core.stats_due.is_set()
+    assert accounted == [200, 200] and core.recorder._observed_bytes == 50 * one
+    assert core.take_stats().to_delta()[1]["monitoring"]["rows"] == 450
+
+
 def test_accounting_that_fails_never_changes_an_answer_and_is_counted(monkeypatch, caplog) -> None:
     def broken(self, items):
         raise FloatingPointError("a kernel fault")
