@@ -252,7 +252,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return reply
 
     async def _forward(self, model: str, call: Any) -> GrpcReply:
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import (
+            BackPressureError,
+            DeploymentUnavailableError,
+            ReplicaUnavailableError,
+        )
 
         for attempt in range(2):
             handle = await self.directory.find(model)
@@ -260,6 +265,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 return await handle.remote(call)  # type: ignore[no-any-return]
             except BackPressureError:
                 raise overloaded_error(None) from None
+            except (ReplicaUnavailableError, RayActorError) as error:
+                # The replica died mid-call, or none could take it: UNAVAILABLE, which a
+                # caller may retry, as REST answers 503; not UNKNOWN.
+                raise ModelNotReadyError(
+                    f"endpoint {model!r} has no replica able to answer now "
+                    f"({type(error).__name__}); retry shortly",
+                    detail={"reason": "replica_unavailable"}) from None
             except DeploymentUnavailableError:
                 # Deleted, or replaced when the endpoint changed placement: look again once.
                 self.directory.forget(model)

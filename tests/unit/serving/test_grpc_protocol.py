@@ -226,7 +226,7 @@ def test_the_directory_reads_serve_rarely_and_tells_missing_from_loading(
 @pytest.fixture
 def grpc_server() -> Iterator[str]:
     """The ingress's servicer on a real gRPC server, in a thread, over a fake directory."""
-    cores = {"iris": make_core({1: 100}), "loading": None}
+    cores = {"iris": make_core({1: 100}), "loading": None, "dying": "dies mid-call"}
     ready = threading.Event()
     holder: dict = {}
     port = free_port()
@@ -239,7 +239,15 @@ def grpc_server() -> Iterator[str]:
                 from serving.errors import ModelNotReadyError
 
                 raise ModelNotReadyError(f"endpoint {model!r} is loading")
+            if isinstance(cores[model], str):
+                return DyingHandle()
             return CoreHandle(cores[model])
+
+    class DyingHandle:
+        async def remote(self, call):
+            from ray.exceptions import RayActorError
+
+            raise RayActorError()
 
     async def serve() -> None:
         server = grpc.aio.server()
@@ -283,6 +291,10 @@ def test_tritonclient_grpc_talks_to_the_ingress_servicer(grpc_server: str) -> No
     assert code == "StatusCode.NOT_FOUND" and "'ghost'" in message
     code, message = status(lambda: client.infer("loading", [rows_input(np.ones((1, 4), np.float32))]))
     assert code == "StatusCode.UNAVAILABLE" and "loading" in message
+    # A replica that dies mid-call: UNAVAILABLE (retry), as REST's 503, never UNKNOWN.
+    code, message = status(lambda: client.infer("dying", [rows_input(np.ones((1, 4), np.float32))]))
+    assert code == "StatusCode.UNAVAILABLE" and "RayActorError" in message
+    assert not client.is_model_ready("dying")
     code, message = status(lambda: client.infer("iris", [rows_input(np.ones((1, 4), np.int32), datatype="INT32")]))
     assert code == "StatusCode.INVALID_ARGUMENT" and "datatype INT32" in message
     code, message = status(lambda: client.get_model_metadata("iris", "9"))
