@@ -36,6 +36,22 @@ def test_sticky_keys_stay_on_one_variant_and_spread() -> None:
     assert 0.45 < spread[1] / 4000 < 0.55
 
 
+def test_sticky_keys_move_only_to_a_version_added_or_grown() -> None:
+    """A third version taking a tenth moves about a tenth of the keys, all to it: none
+    between the two that did not change (an A/B test's groups stay as they were)."""
+    keys = [f"user-{i}" for i in range(10_000)]
+    before = Router.compile(RouteTable(weights={1: 50, 2: 50}))
+    after = Router.compile(RouteTable(weights={1: 45, 2: 45, 3: 10}))
+    moved = [(before.pick(k), after.pick(k)) for k in keys if before.pick(k) != after.pick(k)]
+    assert {to for _, to in moved} == {3}
+    assert 0.08 < len(moved) / len(keys) < 0.12
+    grown = Router.compile(RouteTable(weights={1: 25, 2: 75}))
+    shifted = {(before.pick(k), grown.pick(k)) for k in keys if before.pick(k) != grown.pick(k)}
+    assert shifted == {(1, 2)}  # a canary's step: keys only go to the version that grew
+    spread = Counter(after.pick(k) for k in keys)
+    assert 0.08 < spread[3] / len(keys) < 0.12 and 0.42 < spread[1] / len(keys) < 0.48
+
+
 def test_sticky_assignment_is_stable_across_processes() -> None:
     # blake2b, not Python's salted hash: the same on every replica.
     router = Router.compile(RouteTable(weights={1: 50, 2: 50}))
