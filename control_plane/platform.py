@@ -616,7 +616,6 @@ def _stop_platform(settings: Settings, *, progress: Callable[[str], None],
                     else os.environ.get("RAY_ADDRESS") or "auto")
     apply_ray_auth_env(gcs=gcs)
     import ray
-    from ray import serve
 
     if ours:
         # The head is ours: stopping it stops Serve with it, without Serve's slow drain.
@@ -624,8 +623,7 @@ def _stop_platform(settings: Settings, *, progress: Callable[[str], None],
     elif ray.is_initialized() or _connect(gcs):
         if not force:
             _refuse_another_store(settings)
-        progress("shutting down Serve")
-        serve.shutdown()
+        _shut_down_serve(settings, progress, force=force)
         ray.shutdown()
     else:
         progress("no Ray cluster is reachable; nothing to shut down")
@@ -638,6 +636,34 @@ def _stop_platform(settings: Settings, *, progress: Callable[[str], None],
                             head_started=float(started) if started is not None else None)
     (settings.home / HEAD_RECORD).unlink(missing_ok=True)
     return True
+
+
+def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
+                     force: bool) -> None:
+    """Serve shut down, but where applications of other stores run on it (left by a
+    `up --take-over`, which promised them "untouched"): then only this store's
+    applications go, and the ingress they share stays. ``force`` shuts everything down."""
+    from ray import serve
+
+    from control_plane.ownership import application_owners, serve_details
+
+    try:
+        owners = application_owners(serve_details())
+    except Exception:  # Serve is not running, or cannot say: nothing to keep
+        owners = {}
+    ours = _existing_store_identity(settings) if owners else None
+    others = sorted(name for name, owner in owners.items()
+                    if owner.store_id and owner.store_id != ours)
+    if force or not others:
+        progress("shutting down Serve")
+        serve.shutdown()
+        return
+    mine = sorted(name for name in owners if name not in others and name not in
+                  (SERVER_APP, GRPC_APP))
+    progress(f"stopping this store's {len(mine)} application(s); {len(others)} of other stores "
+             f"keep serving ({', '.join(others)})")
+    for name in mine:
+        serve.delete(name)
 
 
 def _refuse_another_store(settings: Settings) -> None:

@@ -1,0 +1,57 @@
+"""`modelplane down` on a cluster it did not start, after this home took the control plane
+over (`up --take-over`): the other store's endpoints, promised untouched, keep serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control_plane import platform
+from modelplane.settings import Settings
+from serving.names import SERVER_APP
+
+
+def _app(store_id: str | None) -> dict[str, Any]:
+    env = {"MODELPLANE_STORE_ID": store_id} if store_id else {}
+    return {"deployments": {"d": {"deployment_config": {"ray_actor_options": {
+        "runtime_env": {"env_vars": env}}}}}}
+
+
+@pytest.fixture
+def serve_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
+    from ray import serve
+
+    calls: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(serve, "shutdown", lambda: calls.append(("shutdown", None)))
+    monkeypatch.setattr(serve, "delete", lambda name: calls.append(("delete", name)))
+    monkeypatch.setattr(platform, "_existing_store_identity", lambda settings: "store-b")
+    return calls
+
+
+def _details(monkeypatch: pytest.MonkeyPatch, apps: dict[str, Any]) -> None:
+    from control_plane import ownership
+
+    monkeypatch.setattr(ownership, "serve_details", lambda: {"applications": apps})
+
+
+def test_only_this_stores_applications_go_where_another_stores_serve(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        serve_calls: list[tuple[str, str | None]]) -> None:
+    _details(monkeypatch, {"control-plane": _app("store-b"), "endpoint-mine": _app("store-b"),
+                           "endpoint-theirs": _app("store-a"), SERVER_APP: _app("store-b")})
+    said: list[str] = []
+    platform._shut_down_serve(Settings(home=tmp_path), said.append, force=False)
+    assert serve_calls == [("delete", "control-plane"), ("delete", "endpoint-mine")]
+    assert "endpoint-theirs" in said[0] and "keep serving" in said[0]
+
+
+def test_serve_is_shut_down_where_nothing_else_runs_or_when_forced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        serve_calls: list[tuple[str, str | None]]) -> None:
+    _details(monkeypatch, {"control-plane": _app("store-b"), "endpoint-mine": _app("store-b")})
+    platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=False)
+    _details(monkeypatch, {"endpoint-theirs": _app("store-a")})
+    platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=True)
+    assert serve_calls == [("shutdown", None), ("shutdown", None)]
