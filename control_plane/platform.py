@@ -275,6 +275,7 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
                 "or unset it to start a local head"
             )
         _secure_new_head(gcs, progress)
+        _refuse_taken_ports(settings)
         progress("starting a local Ray head" + (" (HAProxy ingress)" if fast else ""))
         _start_head(settings, num_cpus=num_cpus, fast=fast, timeout_s=timeout_s)
         started = True
@@ -452,6 +453,27 @@ def _secure_new_head(gcs: str | None, progress: Callable[[str], None]) -> None:
         progress(f"warning: {AUTH_MODE}=disabled: the Ray head runs without authentication, "
                  "and anyone who can reach this machine's Ray ports can join it and run code")
     apply_ray_auth_env(gcs=gcs)
+
+
+def _refuse_taken_ports(settings: Settings) -> None:
+    """Before a new head: its Serve would fail to bind a port another process holds, and
+    the platform answering there (another user's, another home's) would pass for this one."""
+    import socket
+
+    wanted = [("MODELPLANE_HTTP_PORT", settings.http_port)]
+    if settings.grpc_port:
+        wanted.append(("MODELPLANE_GRPC_PORT", settings.grpc_port))
+    for setting, port in wanted:
+        with socket.socket() as probe:
+            # Past a platform just stopped (its sockets in TIME_WAIT), as Serve binds.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((settings.http_host, port))
+            except OSError as error:
+                raise ConfigurationError(
+                    f"port {port} on {settings.http_host} is taken by another process "
+                    f"({error.strerror}): another platform, or another program, listens there; "
+                    f"stop it or set {setting} to a free port") from None
 
 
 def _own_ray_temp() -> Path | None:

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     def _default_grpc_port(cls, port: int | None, info: ValidationInfo) -> int | None:
         if port is None and "http_port" in info.data:
             return info.data["http_port"] + 1 if info.data["http_port"] < 65535 else 0
+        if port and port == info.data.get("http_port"):
+            raise ValueError(f"MODELPLANE_GRPC_PORT {port} is MODELPLANE_HTTP_PORT too: the "
+                             "gRPC service needs a port of its own (or 0 for none)")
         return port
 
     @field_validator("db_url")

@@ -1,5 +1,6 @@
-"""Another OS user's Ray on the same machine is never joined on a guess, and a head that
-`up` starts there keeps its sessions in a folder of its own user's."""
+"""`up` on a machine others use: another OS user's Ray is never joined on a guess, a head
+it starts keeps its sessions in a folder of its own user's, and it refuses to start where
+its ports are taken (the platform answering there would pass for its own)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,22 @@ def test_another_users_cluster_is_not_and_a_new_head_gets_a_folder_of_its_own(
     _give_away(ray_temp)
     assert platform._own_ray_temp() == ray_temp.parent / f"ray-{os.getuid()}"
     assert platform._resolve("10.0.0.5:6379") == "10.0.0.5:6379"  # named: always
+
+
+def test_a_new_head_is_refused_where_its_ports_are_taken(tmp_path: Path) -> None:
+    import socket
+
+    from modelplane.errors import ConfigurationError
+    from modelplane.ports import free_ports
+    from modelplane.settings import Settings
+
+    http, grpc = free_ports(2, "127.0.0.1")
+    settings = Settings(home=tmp_path, http_port=http, grpc_port=grpc)
+    platform._refuse_taken_ports(settings)  # both free
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", grpc))
+        listener.listen()
+        with pytest.raises(ConfigurationError, match=f"port {grpc} .* MODELPLANE_GRPC_PORT"):
+            platform._refuse_taken_ports(settings)
+    with pytest.raises(ValueError, match="needs a port of its own"):
+        Settings(home=tmp_path, http_port=http, grpc_port=http)
