@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def up(
-    num_cpus: int | None = typer.Option(None, help="CPUs for a new local Ray head (default: all)."),
+    num_cpus: int | None = typer.Option(None, min=1, help="CPUs for a new local Ray head (default: all)."),
     fast_ingress: bool | None = typer.Option(
         None, "--fast-ingress/--default-ingress",
         help="HAProxy + throughput-optimized Serve (default: when HAProxy is available).",
