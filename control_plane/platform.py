@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -458,22 +459,17 @@ def _secure_new_head(gcs: str | None, progress: Callable[[str], None]) -> None:
 def _refuse_taken_ports(settings: Settings) -> None:
     """Before a new head: its Serve would fail to bind a port another process holds, and
     the platform answering there (another user's, another home's) would pass for this one."""
-    import socket
+    from modelplane.ports import port_free
 
     wanted = [("MODELPLANE_HTTP_PORT", settings.http_port)]
     if settings.grpc_port:
         wanted.append(("MODELPLANE_GRPC_PORT", settings.grpc_port))
     for setting, port in wanted:
-        with socket.socket() as probe:
-            # Past a platform just stopped (its sockets in TIME_WAIT), as Serve binds.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((settings.http_host, port))
-            except OSError as error:
-                raise ConfigurationError(
-                    f"port {port} on {settings.http_host} is taken by another process "
-                    f"({error.strerror}): another platform, or another program, listens there; "
-                    f"stop it or set {setting} to a free port") from None
+        if not port_free(settings.http_host, port):
+            raise ConfigurationError(
+                f"port {port} on {settings.http_host} is taken by another process: another "
+                f"platform, or another program, listens there; stop it or set {setting} to a "
+                "free port")
 
 
 def _own_ray_temp() -> Path | None:
@@ -486,7 +482,15 @@ def _own_ray_temp() -> Path | None:
         return None
     if not hasattr(os, "getuid") or owner == os.getuid():
         return None
-    return default.parent / f"ray-{os.getuid()}"
+    own = default.parent / f"ray-{os.getuid()}"
+    own.mkdir(mode=0o700, exist_ok=True)
+    found = own.lstat()
+    # In a shared temp folder another user may have made it first, to read the sessions.
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        raise ConfigurationError(
+            f"{own} (for this user's Ray sessions: {default} is another user's) is not a "
+            "folder of this user's alone; remove it, or set RAY_TMPDIR to a folder of yours")
+    return own
 
 
 def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout_s: float) -> None:
@@ -680,8 +684,12 @@ def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
         progress("shutting down Serve")
         serve.shutdown()
         return
-    mine = sorted(name for name in owners if name not in others and name not in
-                  (SERVER_APP, GRPC_APP))
+    # This store's (or, from before marks, this home's): never another's, nor what is not
+    # modelplane's, nor the ingress the others' endpoints answer through.
+    mine = sorted(name for name, owner in owners.items()
+                  if name not in (SERVER_APP, GRPC_APP) and (
+                      (ours is not None and owner.store_id == ours)
+                      or (owner.store_id is None and owner.home == str(settings.home))))
     progress(f"stopping this store's {len(mine)} application(s); {len(others)} of other stores "
              f"keep serving ({', '.join(others)})")
     for name in mine:

@@ -68,9 +68,10 @@ ALLOWED_TRANSITIONS: dict[Stage, frozenset[Stage]] = {
 
 # Registrations checked at once: each holds its artifact (up to the artifact bound, 2 GiB
 # by default) and ONNX Runtime's copy of it in this process, so a burst of them could take
-# the control plane's memory. The rest wait their turn, then are told to try again (503).
+# the control plane's memory. The rest wait a little for their turn, then are told to try
+# again (503, which a job's registration does): each waiting holds one of the API's threads.
 MAX_CONCURRENT_CHECKS = 2
-CHECK_WAIT_S = 60.0
+CHECK_WAIT_S = 5.0
 _checking = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 
 # Every alias of a model is in each of its listings (ModelOut, VersionOut): unbounded, a
@@ -82,6 +83,7 @@ MAX_ALIASES = 1000
 # open to anonymous readers where reads are, and was up to 500 whole manifests.
 ABRIDGED_MANIFEST_FIELDS = ("reference_profile", "example_inputs")
 LISTING_MAX_BYTES = 8 << 20
+LISTING_ROWS_AT_ONCE = 16  # whole rows read from the store at a time
 
 # ASCII digits, at most ten: \d also takes other scripts' digits, and an unbounded number
 # overflows the store's INTEGER (a 500, not the 400 it is).
@@ -316,16 +318,18 @@ class Registry:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             rows = session.scalars(
                 query.order_by(ModelVersionRow.version.desc()).limit(limit).offset(offset)
-            ).all()
+                .execution_options(yield_per=LISTING_ROWS_AT_ONCE))
             items: list[VersionOut] = []
             size = 0
             for row in rows:
                 item = _version_out(session, model, row, abridged=True)
+                session.expunge(row)  # its whole manifest, let go once abridged
                 size += len(item.model_dump_json())
                 if items and size > LISTING_MAX_BYTES:
                     limit = len(items)  # the next page starts where this one stopped
                     break
                 items.append(item)
+            rows.close()
         return Page[VersionOut](items=items, total=total, limit=limit, offset=offset)
 
     def delete_version(self, name: str, version: int, actor: Principal) -> None:

@@ -100,13 +100,20 @@ def main(argv: list[str] | None = None) -> None:
         show()
         sys.exit(getattr(error, "exit_code", 2))
     except Exception as error:
-        if not type(error).__module__.startswith("sqlalchemy"):
+        if type(error).__name__ not in STORE_FAILURES or \
+                not type(error).__module__.startswith("sqlalchemy"):
             raise
         # The store named by MODELPLANE_DB_URL is away, or the URL names none there is.
         typer.secho(f"error: {_store_failure(error)}", fg=typer.colors.RED, err=True)
         sys.exit(1)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+# SQLAlchemy's errors for a store that is away or a URL naming none; the others (a query
+# the code got wrong) keep their traceback.
+STORE_FAILURES = frozenset({"OperationalError", "InterfaceError", "ArgumentError",
+                            "NoSuchModuleError"})
+
 
 def _store_failure(error: Exception) -> str:
     from modelplane.settings import get_settings, url_without_password

@@ -64,6 +64,18 @@ def _listener_ports() -> list[int]:
             if not low <= port <= high and port not in RAY_WORKER_PORTS]
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on ``port`` of ``host`` (sockets of a listener just stopped,
+    in TIME_WAIT, do not count: servers bind past them)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _bound(host: str, port: int) -> socket.socket | None:
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:

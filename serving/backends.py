@@ -15,6 +15,7 @@ from serving.batcher import DynamicBatcher
 from serving.errors import ModelNotReadyError, overloaded_error
 from serving.link_client import VersionLink
 from serving.runners import Runner, load_runner
+from serving.runners.base import element_count
 from serving.schemas import VersionConfig
 
 __all__ = ["LocalVersion", "RemoteVersion", "UnloadableVersion", "load_runner"]
@@ -62,9 +63,6 @@ class RunTime:
         self.calls += 1
 
 
-def _elements(arrays: dict[str, np.ndarray]) -> int:
-    return max(sum(int(array.size) for array in arrays.values()), 1)
-
 
 class LocalVersion:
     """A version whose model lives in this process, batched by a ``DynamicBatcher``; unbatched
@@ -108,7 +106,7 @@ class LocalVersion:
             return await self._batched(arrays)
         if self.runner.is_async:
             return await self.runner.run_async(arrays)  # type: ignore[attr-defined,no-any-return]
-        elements = _elements(arrays)
+        elements = element_count(arrays)
         if self._backlog is not None and self._backlog.idle and self.run_time.cheap(elements):
             return self._timed_run(arrays, elements)
         # ONNX Runtime and torch release the GIL; the event loop keeps accepting requests.

@@ -44,7 +44,9 @@ from serving.monitoring.routing import ROUTED_PINNED, ROUTED_RANDOMLY, ROUTED_ST
 from serving.monitoring.stats import ENDPOINT_LEVEL, StatsRecorder, compare_outputs
 from serving.names import CALLER_KEY_HEADER, endpoint_route_prefix
 from serving.protocol import DecodedRequest, decode_request, encode_response, from_numpy_dtype
+from serving.protocol.grpc_messages import HEAVY_MESSAGE_BYTES
 from serving.routing import Router
+from serving.runners.base import element_count
 from serving.schemas import RETRY_AFTER_S, EndpointConfig, TensorSignature, VersionConfig
 from serving.validation import (
     check_requested_outputs,
@@ -66,7 +68,8 @@ MAX_SHADOWS_IN_FLIGHT = 256
 # counted apart, as abandoned: not as an error (anyone may disconnect early), but a
 # rollout compares the candidate's share of them with stable's.
 STALLED_AFTER_S = 60.0
-HEAVY_BODY_BYTES = 1 << 20  # a body past this (or compressed) is decoded off the event loop
+# A body past this (or compressed) is decoded off the event loop, as a gRPC message is.
+HEAVY_BODY_BYTES = HEAVY_MESSAGE_BYTES
 # An answer of more elements than this is encoded off the event loop: as JSON a million
 # floats take 0.1 s, and a batch-scoring answer of four million held every other caller of
 # the replica (its readiness and health checks too) for seconds.
@@ -361,7 +364,7 @@ class InferenceCore:
                 counted_stalled = self._in_flight.pop(ticket, None) is None
             chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
             inferred = Inferred(config.endpoint, number, request_id, request, chosen)
-            if sum(int(array.size) for array in chosen.values()) > ENCODE_OFF_LOOP_ELEMENTS:
+            if element_count(chosen) > ENCODE_OFF_LOOP_ELEMENTS:
                 try:
                     answer = await asyncio.to_thread(encode, inferred)
                 except asyncio.CancelledError:

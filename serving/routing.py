@@ -67,4 +67,6 @@ class Router:
 def _unit_hash(key: str) -> float:
     """In (0, 1), the same on every replica (blake2b, not Python's salted hash())."""
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") + 0.5) / 2**64
+    # 53 bits, a float's whole mantissa: (n + 0.5) / 2**64 rounded to 1.0 near the top,
+    # and log(1.0) is the zero a rendezvous score divides by.
+    return ((int.from_bytes(digest, "big") >> 11) + 0.5) / 2**53

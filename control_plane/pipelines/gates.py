@@ -11,12 +11,15 @@ the absolute thresholds alone (the report says so).
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from control_plane.pipelines.data_sources import BUNDLED_SCHEME
 from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import StageState
 from control_plane.pipelines.stages import Outcome, StageContext, stage_elapsed_s
+
+log = logging.getLogger(__name__)
 
 
 def champion(services: Any, endpoint: str, model: str) -> Any | None:
@@ -50,7 +53,10 @@ def reject(services: Any, context: StageContext, reason: str) -> None:
     except ConflictError as error:
         rollout = error.detail.get("rollout")
         if rollout is None:
-            raise
+            # In production already (promoted through another way meanwhile): that is the
+            # registry's refusal to make, and the stage's own verdict stands as it is.
+            log.warning("not rejecting %s:%d: %s", model, number, error.message)
+            return
         # An endpoint tracking an alias the job pointed is rolling the candidate out
         # already: that rollout ends first, then the version is rejected.
         services.rollouts.abort(int(rollout), principal, why[:2000])

@@ -56,7 +56,8 @@ _Z = NormalDist().inv_cdf(GATE_CONFIDENCE)
 MAX_LOAD_IMBALANCE = 1.5
 # The checks whose values rise with the candidate's load (the relative ones also fall with
 # stable's).
-RELATIVE_LOAD_SENSITIVE = frozenset({"error_rate_increase", "p95_ratio"})
+RELATIVE_LOAD_SENSITIVE = frozenset({"error_rate_increase", "p95_ratio",
+                                     "abandoned_rate_increase"})
 LOAD_SENSITIVE = frozenset({"error_rate", "p95_ms", "p99_ms"}) | RELATIVE_LOAD_SENSITIVE
 
 
@@ -227,6 +228,19 @@ def load_imbalance(config: AnalysisConfig, candidate: VersionSnapshot,
     return LoadImbalance(own, other)
 
 
+def _heavier_than_baseline(candidate: VersionSnapshot,
+                           baseline: VersionSnapshot | None) -> float | None:
+    """The candidate's requests per second over stable's in its baseline, where past
+    :data:`MAX_LOAD_IMBALANCE`; None where not (or unknown)."""
+    if baseline is None:
+        return None
+    then, now = baseline.traffic.throughput_rps, candidate.traffic.throughput_rps
+    if not then or not now or math.isnan(then) or math.isnan(now):
+        return None
+    ratio = now / then
+    return ratio if ratio > MAX_LOAD_IMBALANCE else None
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """One analysis: the verdict, each check's value and limit, and why."""
@@ -236,13 +250,20 @@ class CheckResult:
     reason: str = ""
 
 
+def wants_baseline(config: AnalysisConfig, stable: VersionSnapshot | None, *,
+                   shadow: bool) -> bool:
+    """Whether a step's analysis looks for stable's baseline: stable answered too little
+    in the window to compare with (a mirrored step judges the shadow alone)."""
+    return not shadow and sample_of(config, stable)[0] < config.min_samples
+
+
 def baseline_in_use(config: AnalysisConfig, stable: VersionSnapshot | None,
                     baseline: VersionSnapshot | None) -> bool:
     """Whether the relative checks compare with ``baseline`` (stable's figures over a
     longer, earlier window) rather than ``stable``'s in the window: where stable answered
     too little in it (every step at 100%: blue-green's switch, a canary's last step) and
     the baseline has a sample."""
-    return (baseline is not None and sample_of(config, stable)[0] < config.min_samples
+    return (baseline is not None and wants_baseline(config, stable, shadow=False)
             and sample_of(config, baseline)[0] >= config.min_samples)
 
 
@@ -363,8 +384,22 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             check("mae", float(accuracy.mae), config.max_mae,
                   bound=mae_lower_bound(float(accuracy.mae), accuracy.rmse, labelled),
                   evidence=f"{labelled} labels")
-    disturbed = load_imbalance(config, candidate, stable)
+    disturbed = load_imbalance(config, candidate, compared)
     unjudged = False
+    why_unjudged = disturbed.reason() if disturbed is not None else ""
+    heavier = _heavier_than_baseline(candidate, compared) if compared is not stable else None
+    if heavier is not None:
+        # Stable's baseline was its traffic at its load then: a candidate now taking far
+        # more (isolated replicas given everything) may be slower for the load alone.
+        for name in RELATIVE_LOAD_SENSITIVE & checks.keys():
+            checks[name]["disturbed"] = True
+        if RELATIVE_LOAD_SENSITIVE & failures.keys():
+            failures = {name: why for name, why in failures.items()
+                        if name not in RELATIVE_LOAD_SENSITIVE}
+            unjudged, why_unjudged = True, (
+                f"the candidate takes {heavier:.2f}x the requests per second stable took in "
+                f"its baseline (more than {MAX_LOAD_IMBALANCE:g}x), so the checks against "
+                "that baseline are not judged in this window")
     if disturbed is not None:
         # Load only makes latency and errors worse. Where the candidate was the one loaded,
         # its failures may be the load's doing (its passes stand); where stable was, a
@@ -373,16 +408,15 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         for name in LOAD_SENSITIVE & checks.keys():
             checks[name]["disturbed"] = True
         if disturbed.candidate_loaded:
-            unjudged = any(name in LOAD_SENSITIVE for name in failures)
+            unjudged = unjudged or any(name in LOAD_SENSITIVE for name in failures)
             failures = {name: why for name, why in failures.items()
                         if name not in LOAD_SENSITIVE}
         else:
-            unjudged = bool(RELATIVE_LOAD_SENSITIVE & checks.keys())
+            unjudged = unjudged or bool(RELATIVE_LOAD_SENSITIVE & checks.keys())
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
     if unjudged:
-        return CheckResult(Verdict.INCONCLUSIVE, checks,
-                           disturbed.reason() if disturbed is not None else "")
+        return CheckResult(Verdict.INCONCLUSIVE, checks, why_unjudged)
     asked = [name for name, limit in (("min_accuracy", config.min_accuracy),
                                       ("max_mae", config.max_mae)) if limit is not None]
     if asked and labelled < config.min_labels:

@@ -42,7 +42,7 @@ from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.registry import Registry
 from control_plane.rollouts import aliases
 from control_plane.rollouts.ab_gate import ABWindow, tested
-from control_plane.rollouts.analysis import sample_of, sample_routings
+from control_plane.rollouts.analysis import sample_routings, wants_baseline
 from control_plane.rollouts.approvals import ApprovalGate, approval_gate
 from control_plane.rollouts.decision import (
     Action,
@@ -286,8 +286,8 @@ class RolloutController(ManualActions):
             routings = sample_routings(config)
             stats = self._stats(rollout.endpoint, window, routings)
             snapshot = Snapshot(window, *self._versions(rollout, stats))
-            if (not rollout.current_step.shadow and window < BASELINE_WINDOW_S
-                    and sample_of(config, snapshot.stable)[0] < config.min_samples):
+            if window < BASELINE_WINDOW_S and wants_baseline(
+                    config, snapshot.stable, shadow=rollout.current_step.shadow):
                 # Stable takes (next to) nothing at this step: the candidate is compared
                 # with stable's figures from before it, as far back as the Monitor keeps.
                 earlier = self._stats(rollout.endpoint, BASELINE_WINDOW_S, routings)

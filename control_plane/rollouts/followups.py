@@ -100,9 +100,16 @@ class FollowUps:
                 version = session.scalar(select(ModelVersionRow).where(
                     ModelVersionRow.model_id == row.model_id,
                     ModelVersionRow.version == row.candidate_version))
+                row.followups = pending or None
+                if version is not None and version.stage == Stage.PRODUCTION.value:
+                    # Promoted on another endpoint meanwhile: rejected, it would be in
+                    # production while the registry says it may never reach it.
+                    _event(row, session, "followup_failed",
+                           f"v{row.candidate_version} not rejected in the registry: it is in "
+                           f"production (on another endpoint); {reason}")
+                    return
                 if version is not None:
                     mark_rejected(version, reason)
-                row.followups = pending or None
                 _event(row, session, "followup",
                        f"v{row.candidate_version} rejected in the registry: {reason}")
         except FencedOut:  # another control plane leads: the rejection is its to make

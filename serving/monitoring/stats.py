@@ -115,6 +115,14 @@ class VersionStats:
     unobserved: int = 0  # answered requests whose accounting failed (logged, not raised)
 
 
+
+def _held_bytes(array: np.ndarray) -> int:
+    """What ``array`` holds: its buffer, and the strings an object array points to."""
+    if array.dtype.kind != "O":
+        return int(array.nbytes)
+    return int(array.nbytes) + sum(len(value) for value in array.flat
+                                   if isinstance(value, bytes | str))
+
 class StatsRecorder:
     """Per-version statistics of one replica between two flushes.
 
@@ -198,8 +206,8 @@ class StatsRecorder:
         self._observed_count += 1
         # Bytes too: a binary input is a view of its request's whole body, held until then.
         before = self._observed_bytes
-        self._observed_bytes += sum(int(a.nbytes) for a in arrays.values()) + sum(
-            int(a.nbytes) for a in outputs.values())
+        self._observed_bytes += sum(map(_held_bytes, arrays.values())) + sum(
+            map(_held_bytes, outputs.values()))
         count, held = self._observed_count, self._observed_bytes
         if count >= PENDING_LIMIT or held >= PENDING_BYTES_LIMIT:
             if (self.when_full is None or count >= PENDING_HARD_LIMIT
@@ -211,9 +219,7 @@ class StatsRecorder:
     def flush_observations(self) -> None:
         """Account every observed request since the last flush, a version at a time (never
         raises: see ``_account``)."""
-        observed, self._observed, self._observed_count = self._observed, {}, 0
-        self._observed_bytes = 0
-        for version, requests in observed.items():
+        for version, requests in self._take_observed().items():
             self._account(version, requests)
 
     async def to_delta_in_steps(self, step: int = ACCOUNT_STEP) -> dict[int, dict[str, Any]]:
@@ -222,13 +228,17 @@ class StatsRecorder:
         steps: a request waits one step (a fraction of a millisecond) at most. In a worker
         thread instead, the accounting's Python holds the GIL for slices of the switch
         interval (5 ms) while the loop waits for it (benchmarks/observation_stalls.py)."""
-        observed, self._observed, self._observed_count = self._observed, {}, 0
-        self._observed_bytes = 0
-        for version, requests in observed.items():
+        for version, requests in self._take_observed().items():
             for first in range(0, len(requests), step):
                 self._account(version, requests.part(first, first + step))
                 await asyncio.sleep(0)
         return self.to_delta()
+
+    def _take_observed(self) -> dict[int, ObservedRequests]:
+        """The observed requests waiting, this recorder's no more."""
+        observed, self._observed = self._observed, {}
+        self._observed_count = self._observed_bytes = 0
+        return observed
 
     def _account(self, version: int, requests: ObservedRequests) -> None:
         """Run the kernels over one version's observed requests.
@@ -326,7 +336,11 @@ def compare_outputs(task: str, primary: dict[str, np.ndarray],
     rows = a.shape[0] if a.ndim else 1
     if a.shape != b.shape:
         return ((0, rows) if task == "classification" else None), float("inf")
-    diff = float(np.mean(np.abs(a - b))) if a.size else 0.0
+    # Over the values both answered finite: a NaN of the primary's says nothing of the
+    # shadow (and would hold the window's mean at NaN), and the shadow's own NaN where the
+    # primary's value is finite counts as its failure elsewhere (serving.core).
+    finite = np.isfinite(a) & np.isfinite(b)
+    diff = float(np.mean(np.abs(a[finite] - b[finite]))) if finite.any() else 0.0
     if task != "classification":
         return None, diff
     if rows == 0:  # an empty request: no row to agree or disagree on

@@ -23,7 +23,8 @@ from serving.protocol.grpc_tensors import (
     GrpcTensor,
 )
 
-HEAVY_MESSAGE_BYTES = 1 << 20  # as serving.core.HEAVY_BODY_BYTES: read off the event loop past it
+# A message past this is read off the event loop, as a REST body past the same size is.
+HEAVY_MESSAGE_BYTES = 1 << 20
 
 
 def parameters_of(parameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -186,6 +186,11 @@ def _broken(config: VersionConfig, message: str, output: str | None) -> Inferenc
                                                  **({"output": output} if output else {})})
 
 
+def element_count(arrays: Arrays) -> int:
+    """Elements in every array together (1 at least): what a run or an encoding costs."""
+    return max(sum(int(array.size) for array in arrays.values()), 1)
+
+
 def input_rows(arrays: Arrays) -> int | None:
     """The batch length the inputs share on axis 0 (None for scalars)."""
     for value in arrays.values():

@@ -13,8 +13,10 @@ from modelplane.settings import Settings
 from serving.names import SERVER_APP
 
 
-def _app(store_id: str | None) -> dict[str, Any]:
+def _app(store_id: str | None, home: str | None = None) -> dict[str, Any]:
     env = {"MODELPLANE_STORE_ID": store_id} if store_id else {}
+    if home:
+        env["MODELPLANE_HOME"] = home
     return {"deployments": {"d": {"deployment_config": {"ray_actor_options": {
         "runtime_env": {"env_vars": env}}}}}}
 
@@ -40,10 +42,15 @@ def test_only_this_stores_applications_go_where_another_stores_serve(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         serve_calls: list[tuple[str, str | None]]) -> None:
     _details(monkeypatch, {"control-plane": _app("store-b"), "endpoint-mine": _app("store-b"),
-                           "endpoint-theirs": _app("store-a"), SERVER_APP: _app("store-b")})
+                           "endpoint-theirs": _app("store-a"), SERVER_APP: _app("store-b"),
+                           # from before marks: a home's, this one's and another's
+                           "endpoint-old": _app(None, str(tmp_path)),
+                           "endpoint-old-theirs": _app(None, "/elsewhere"),
+                           "someones-own-app": _app(None)})
     said: list[str] = []
     platform._shut_down_serve(Settings(home=tmp_path), said.append, force=False)
-    assert serve_calls == [("delete", "control-plane"), ("delete", "endpoint-mine")]
+    assert serve_calls == [("delete", "control-plane"), ("delete", "endpoint-mine"),
+                           ("delete", "endpoint-old")]
     assert "endpoint-theirs" in said[0] and "keep serving" in said[0]
 
 

@@ -41,8 +41,21 @@ def test_another_users_cluster_is_not_and_a_new_head_gets_a_folder_of_its_own(
     _give_away(ray_temp / "ray_current_cluster")
     assert platform._resolve("auto") is None
     _give_away(ray_temp)
-    assert platform._own_ray_temp() == ray_temp.parent / f"ray-{os.getuid()}"
+    own = ray_temp.parent / f"ray-{os.getuid()}"
+    assert platform._own_ray_temp() == own
+    assert own.stat().st_mode & 0o777 == 0o700
     assert platform._resolve("10.0.0.5:6379") == "10.0.0.5:6379"  # named: always
+
+
+def test_a_folder_someone_else_made_for_this_users_sessions_is_refused(ray_temp: Path) -> None:
+    from modelplane.errors import ConfigurationError
+
+    _give_away(ray_temp)
+    squatted = ray_temp.parent / f"ray-{os.getuid()}"
+    squatted.mkdir(mode=0o777)
+    squatted.chmod(0o777)
+    with pytest.raises(ConfigurationError, match="not a folder of this user's alone"):
+        platform._own_ray_temp()
 
 
 def test_a_new_head_is_refused_where_its_ports_are_taken(tmp_path: Path) -> None:

@@ -125,6 +125,14 @@ def test_where_stable_takes_no_traffic_the_candidate_is_compared_with_its_earlie
     assert analyse(config, slow, stats(p95=50), baseline=before).verdict == Verdict.PASS
     # A baseline without a sample of its own is none.
     assert analyse(config, slow, idle, baseline=stats(requests=10)).verdict == Verdict.PASS
+    # Taking far more requests per second than stable did then, the candidate may be
+    # slower for the load alone: not judged against that baseline in this window.
+    from dataclasses import replace
+
+    loaded = replace(slow, traffic=replace(slow.traffic, throughput_rps=40.0))
+    result = analyse(config, loaded, idle, baseline=before)
+    assert result.verdict == Verdict.INCONCLUSIVE and "4.00x the requests" in result.reason
+    assert result.checks["p95_ratio"]["disturbed"]
 
 
 def test_an_error_rate_increase_fails_on_evidence_not_on_two_stray_errors() -> None:

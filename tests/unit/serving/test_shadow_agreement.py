@@ -47,6 +47,11 @@ def test_a_regression_models_answers_have_no_agreement_only_a_difference() -> No
     verdict, diff = compare_outputs("regression", _out([[3.0], [5.0]]), _out([[4.0], [5.0]]))
     assert verdict is None and diff == pytest.approx(0.5)
     assert compare_outputs("regression", _out([[3.0]]), _out([[3.0, 1.0]])) == (None, math.inf)
+    # A value not finite on either side is left out: the primary's NaN said nothing of
+    # the shadow, and held the window's mean difference (max_shadow_mae) at NaN.
+    _, diff = compare_outputs("regression", _out([[math.nan], [5.0]]), _out([[4.0], [6.0]]))
+    assert diff == pytest.approx(1.0)
+    assert compare_outputs("regression", _out([[math.nan]]), _out([[4.0]])) == (None, 0.0)
     assert compare_outputs("classification", _out([[3.0]]), _out([[3.0, 1.0]])) == ((0, 1), math.inf)
 
 
