@@ -149,7 +149,9 @@ def dashboard_auth_headers(dashboard: str,
     say (a listener that is not a Ray dashboard, another user's on a port a cluster left
     free, must never be handed the token that joins this user's clusters). Raises
     ConfigurationError where the cluster requires a token this machine lacks."""
-    mode = cluster_auth_mode(dashboard)
+    # Asked twice: one answer lost (a dashboard busy past the probe's deadline) would send
+    # the job API no token, and the cluster would refuse the call.
+    mode = cluster_auth_mode(dashboard) or cluster_auth_mode(dashboard)
     if mode != "token":
         return {}
     token = read_token(environ)
