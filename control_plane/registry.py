@@ -410,6 +410,9 @@ class Registry:
                                 "deploy", detail={"field": "version"})
         row = _alias(session, model, alias)
         if row is None:
+            # New aliases of one model are counted one at a time (last of this method's
+            # locks, so no cycle): counted side by side, each under the cap, they passed it.
+            self.db.serialize(session, f"new alias {model.id}")
             if session.scalar(select(func.count()).select_from(AliasRow).where(
                     AliasRow.model_id == model.id)) >= MAX_ALIASES:
                 raise ConflictError(f"model {name!r} has {MAX_ALIASES} aliases, the most one "

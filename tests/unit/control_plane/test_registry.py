@@ -416,6 +416,32 @@ def test_one_subject_with_two_tokens_cannot_approve_its_own_version(
     assert (approval.approver, approval.approver_subject) == ("bob-review", "bob")
 
 
+def test_new_aliases_made_at_once_never_pass_the_cap(registry: Registry,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two control planes each add an alias to a model one short of the cap: the second
+    counts after the first has added its own, and is refused."""
+    import control_plane.registry as registry_module
+
+    monkeypatch.setattr(registry_module, "MAX_ALIASES", 2)
+    _register(registry, seed=1)
+    _register(registry, seed=2)
+    registry.set_alias("iris", "a", AliasSet(version=1), ALICE)
+    other = Database(registry.db.url, migrate=False)
+
+    def counts_aliases(statement: str) -> bool:
+        return "count(" in statement.lower() and "model_aliases" in statement
+
+    try:
+        with meanwhile(registry.db.engine, counts_aliases, lambda: Registry(
+                other, registry.artifacts).set_alias("iris", "c", AliasSet(version=2), ALICE)
+                       ) as added:
+            registry.set_alias("iris", "b", AliasSet(version=1), ALICE)
+    finally:
+        other.dispose()
+    assert isinstance(added[0], ConflictError), added
+    assert sorted(registry.get_model("iris").aliases) == ["a", "b"]
+
+
 def test_an_alias_pointed_while_its_version_is_deleted_never_names_a_missing_version(
         registry: Registry) -> None:
     """Another control plane deletes v2 while this one points an alias at it: the deletion
