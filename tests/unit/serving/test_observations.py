@@ -354,3 +354,9 @@ def test_requests_of_another_width_cost_the_others_nothing() -> None:
     assert delta["rows"] == 60 and delta["missing_values"] == 1 and delta["rows_with_missing"] == 1
     kept = dict(delta["feedback"])
     assert kept == {rid: float(np.argmax(scores)) for rid, scores in answers.items()}
+
+
+def test_the_bytes_held_count_the_strings_an_object_array_points_to() -> None:
+    texts = np.array(["x" * 1000, "y" * 3000], dtype=object)
+    assert stats._held_bytes(texts) == texts.nbytes + 4000
+    assert stats._held_bytes(np.zeros((2, 4), np.float32)) == 32
