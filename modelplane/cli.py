@@ -80,6 +80,12 @@ def _register_groups() -> None:
 _register_groups()
 
 
+# SQLAlchemy's errors for a store that is away or a URL naming none; the others (a query
+# the code got wrong) keep their traceback.
+STORE_FAILURES = frozenset({"OperationalError", "InterfaceError", "ArgumentError",
+                            "NoSuchModuleError"})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and turn known errors into one clear line."""
     try:
@@ -108,11 +114,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     if isinstance(code, int) and code:
         sys.exit(code)
-
-# SQLAlchemy's errors for a store that is away or a URL naming none; the others (a query
-# the code got wrong) keep their traceback.
-STORE_FAILURES = frozenset({"OperationalError", "InterfaceError", "ArgumentError",
-                            "NoSuchModuleError"})
 
 
 def _store_failure(error: Exception) -> str:

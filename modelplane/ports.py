@@ -67,17 +67,17 @@ def _listener_ports() -> list[int]:
 def port_free(host: str, port: int) -> bool:
     """Whether nothing listens on ``port`` of ``host`` (sockets of a listener just stopped,
     in TIME_WAIT, do not count: servers bind past them)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
+    probe = _bound(host, port, past_time_wait=True)
+    if probe is None:
+        return False
+    probe.close()
     return True
 
 
-def _bound(host: str, port: int) -> socket.socket | None:
+def _bound(host: str, port: int, *, past_time_wait: bool = False) -> socket.socket | None:
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if past_time_wait:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind((host, port))
     except OSError:

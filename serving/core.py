@@ -352,6 +352,11 @@ class InferenceCore:
             self._in_flight[ticket] = (number, routed, started)
             try:
                 outputs = await backend.infer(arrays)
+                chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
+                inferred = Inferred(config.endpoint, number, request_id, request, chosen)
+                answer = (await asyncio.to_thread(encode, inferred)
+                          if element_count(chosen) > ENCODE_OFF_LOOP_ELEMENTS
+                          else encode(inferred))
             except asyncio.CancelledError:
                 # Its caller gave up (a disconnect, a gRPC deadline): a 504 where it had
                 # stalled, else abandoned, which no error rate or latency counts (anyone
@@ -362,17 +367,6 @@ class InferenceCore:
                 raise
             finally:
                 counted_stalled = self._in_flight.pop(ticket, None) is None
-            chosen = outputs if wanted is None else {name: outputs[name] for name in wanted}
-            inferred = Inferred(config.endpoint, number, request_id, request, chosen)
-            if element_count(chosen) > ENCODE_OFF_LOOP_ELEMENTS:
-                try:
-                    answer = await asyncio.to_thread(encode, inferred)
-                except asyncio.CancelledError:
-                    if not counted_stalled:
-                        self.recorder.abandon(number, routed)
-                    raise
-            else:
-                answer = encode(inferred)
             if counted_stalled:
                 return answer
             elapsed = time.perf_counter() - started

@@ -459,7 +459,7 @@ def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -
             failures.append(f"shadow_agreement {agreement:.4g} < {config.min_shadow_agreement:.4g}")
     if config.max_shadow_mae is not None and compared:
         difference = shadow.mean_abs_diff
-        # Not finite: one side answered NaN or an infinity where the other did not.
+        # Not finite: the answers' shapes differed (compare_outputs counts that as inf).
         passed = math.isfinite(difference) and difference <= config.max_shadow_mae
         checks["shadow_mae"] = {"value": difference if math.isfinite(difference) else None,
                                 "limit": config.max_shadow_mae, "passed": passed}

@@ -45,6 +45,7 @@ from control_plane.rollouts.ab_gate import ABWindow, tested
 from control_plane.rollouts.analysis import sample_routings, wants_baseline
 from control_plane.rollouts.approvals import ApprovalGate, approval_gate
 from control_plane.rollouts.decision import (
+    BASELINE_WINDOW_S,
     Action,
     Decision,
     Evidence,
@@ -84,9 +85,6 @@ from serving.monitoring import VersionSnapshot
 log = logging.getLogger(__name__)
 
 ALIAS_CHECK_S = 1.0  # how often tracked aliases are compared with what endpoints serve
-# Stable's figures a step without its traffic compares with: the Monitor's whole memory
-# (serving.monitoring.monitor.SLOTS one-second slots).
-BASELINE_WINDOW_S = 300.0
 # The end a decision leads to: the terminal state, and whether the candidate is rejected.
 _ENDS = {Action.ROLLBACK: (RolloutState.ROLLED_BACK, True),
          Action.FAIL: (RolloutState.FAILED, False)}
@@ -291,8 +289,7 @@ class RolloutController(ManualActions):
                 # Stable takes (next to) nothing at this step: the candidate is compared
                 # with stable's figures from before it, as far back as the Monitor keeps.
                 earlier = self._stats(rollout.endpoint, BASELINE_WINDOW_S, routings)
-                snapshot = replace(snapshot, baseline=self._versions(rollout, earlier)[1],
-                                   baseline_window_s=BASELINE_WINDOW_S)
+                snapshot = replace(snapshot, baseline=self._versions(rollout, earlier)[1])
             block = ab_window(rollout, now)
             if block is not None:  # the A/B gate's window runs from its block's start
                 ab_stats = stats if block[1] == window else self._stats(rollout.endpoint,

@@ -50,6 +50,9 @@ from control_plane.stamps import parse_stamp
 from serving.monitoring import VersionSnapshot
 
 ANALYSED_STATES = (RolloutState.PROGRESSING, RolloutState.AWAITING_APPROVAL)
+# Stable's figures a step without its traffic compares with: the Monitor's whole memory
+# (serving.monitoring.monitor.SLOTS one-second slots).
+BASELINE_WINDOW_S = 300.0
 
 
 class Action(StrEnum):
@@ -74,10 +77,9 @@ class Snapshot:
     candidate: VersionSnapshot | None
     stable: VersionSnapshot | None
     ab: ABWindow | None = None
-    # Stable's figures over the Monitor's whole memory, where it answered too little in
-    # the window (analysis.baseline_in_use): what the candidate is compared with then.
+    # Stable's figures over BASELINE_WINDOW_S, where it answered too little in the window
+    # (analysis.baseline_in_use): what the candidate is compared with then.
     baseline: VersionSnapshot | None = None
-    baseline_window_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -224,12 +226,9 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
     config = settings.to_config()
     result = analyse(config, snapshot.candidate, snapshot.stable,
                      shadow=rollout.current_step.shadow, baseline=snapshot.baseline)
-    if not rollout.current_step.shadow and baseline_in_use(config, snapshot.stable,
-                                                           snapshot.baseline):
-        baseline = {"stable_baseline": {"window_s": snapshot.baseline_window_s,
-                                        **_summary(snapshot.baseline)}}
-    else:
-        baseline = {}
+    baseline = ({"stable_baseline": {"window_s": BASELINE_WINDOW_S,
+                                     **_summary(snapshot.baseline)}}
+                if baseline_in_use(config, snapshot.stable, snapshot.baseline) else {})
     ab: dict[str, Any] = {}
     if settings.ab_test is not None:
         previous = rollout.last_analysis

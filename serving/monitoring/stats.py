@@ -115,13 +115,13 @@ class VersionStats:
     unobserved: int = 0  # answered requests whose accounting failed (logged, not raised)
 
 
-
 def _held_bytes(array: np.ndarray) -> int:
     """What ``array`` holds: its buffer, and the strings an object array points to."""
     if array.dtype.kind != "O":
         return int(array.nbytes)
     return int(array.nbytes) + sum(len(value) for value in array.flat
                                    if isinstance(value, bytes | str))
+
 
 class StatsRecorder:
     """Per-version statistics of one replica between two flushes.
