@@ -1,12 +1,14 @@
-"""An artifact named by a new row, and its removal as garbage, one at a time.
+"""An artifact stored, named by a new row, and removed as garbage, one at a time.
 
 An upload is stored before the version (or run artifact) that names it is registered, and
-``modelplane db check --gc`` removes stored artifacts nothing names. Both decide on what
-they read, so each holds the artifact's lock (``Database.serialize``) from its look to its
+``modelplane db check --gc`` removes stored artifacts nothing names. Each decides on what
+it reads, so each holds the artifact's lock (``Database.serialize``) from its look to its
 commit: a registration waits for a removal in progress and then finds the artifact gone
 (upload it again), or the removal waits and then finds it named (kept). Without it, a
 version registered on an old artifact as the collector reached it named bytes that no
-longer existed.
+longer existed. An upload of bytes already stored refreshes the file's age under the same
+lock, so the collector either sees it new (kept) or has removed it before the upload
+stores it again: an upload answered 201 is never removed as the old copy's garbage.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_plane.artifacts import ArtifactStore
+from control_plane.artifacts import ArtifactInfo, ArtifactStore, ArtifactWriter
 from control_plane.errors import NotFoundError
 from control_plane.store import Database
 from control_plane.store.models import ModelVersionRow, RunArtifactRow
+
+
+def store_upload(db: Database, writer: ArtifactWriter) -> ArtifactInfo:
+    """Make ``writer``'s bytes durable under their digest, holding the artifact's lock."""
+    with db.session() as session:
+        db.serialize(session, _key(writer.digest))
+        return writer.commit()
 
 
 def claim_artifact(db: Database, session: Session, artifacts: ArtifactStore, digest: str, *,

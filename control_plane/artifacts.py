@@ -206,6 +206,11 @@ class ArtifactWriter:
     def size(self) -> int:
         return self._size
 
+    @property
+    def digest(self) -> str:
+        """The digest of what was written so far."""
+        return self._hasher.hexdigest()
+
     def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
         if self._size > self._store.max_bytes:
@@ -247,7 +252,7 @@ class ArtifactWriter:
 
     def commit(self) -> ArtifactInfo:
         """Make the bytes durable under their digest; identical content is stored once."""
-        digest = self._hasher.hexdigest()
+        digest = self.digest
         if self._expected is not None and digest != self._expected:
             self.abort()
             raise IntegrityError(

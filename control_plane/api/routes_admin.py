@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from control_plane.api.call_gate import declared_length
 from control_plane.api.deps import CP, Reader, Writer
+from control_plane.artifact_claims import store_upload
 from control_plane.artifacts import check_digest
 from control_plane.auth import TRAINING
 from control_plane.errors import InvalidInputError, PayloadTooLargeError
@@ -107,7 +108,7 @@ async def upload_artifact(request: Request, cp: CP, actor: Writer) -> ArtifactOu
         if writer.size == 0:
             raise InvalidInputError("the upload is empty; send the file as the request body",
                                     detail={"field": "body"})
-        info = await to_thread.run_sync(writer.commit)
+        info = await to_thread.run_sync(store_upload, cp.db, writer)
     except BaseException:
         writer.abort()
         raise

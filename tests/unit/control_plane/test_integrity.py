@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
+from control_plane.artifact_claims import remove_if_unnamed, store_upload
 from control_plane.errors import NotFoundError
 from control_plane.integrity import check_integrity, collect_garbage
 from control_plane.registry import Registry
@@ -143,6 +145,39 @@ def test_an_identical_upload_just_after_the_collector_looked_keeps_the_artifact(
     monkeypatch.setattr(integrity, "_modified_at", look_then_upload)
     assert collect_garbage(registry.db, registry.artifacts, report, grace_s=3600) == []
     assert registry.artifacts.exists(old.digest) and len(looks) == 2 and looks[1] > past
+
+
+def test_an_identical_upload_while_the_collector_removes_the_old_copy_is_kept(
+        registry: Registry) -> None:
+    """Another control plane stores the same bytes (answered 201, their registration on its
+    way) after the collector found the old copy old and unnamed under the artifact's lock,
+    before it removed it: the upload waits for the removal and stores the bytes again."""
+    payload = b"the same model, uploaded while the collector removes it"
+    old = registry.artifacts.put([payload])
+    past = time.time() - 7200
+    os.utime(registry.artifacts.path_of(old.digest), (past, past))
+    other = Database(registry.db.url, migrate=False)
+    uploaded: list[object] = []
+
+    def upload() -> None:
+        writer = registry.artifacts.writer(None)
+        writer.write(payload)
+        uploaded.append(store_upload(other, writer))
+
+    uploader = threading.Thread(target=upload)
+
+    def found_old() -> bool:
+        uploader.start()
+        uploader.join(timeout=0.5)  # unserialized, the upload ends here
+        return True
+
+    try:
+        assert remove_if_unnamed(registry.db, registry.artifacts, old.digest, older_than=found_old)
+        uploader.join(timeout=30)
+    finally:
+        other.dispose()
+    assert uploaded == [old]
+    assert registry.artifacts.exists(old.digest)
 
 
 def test_a_version_registered_on_an_old_artifact_after_the_report_keeps_it(
