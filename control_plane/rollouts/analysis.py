@@ -269,9 +269,16 @@ def baseline_in_use(config: AnalysisConfig, stable: VersionSnapshot | None,
 
 def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             stable: VersionSnapshot | None, *, shadow: bool = False,
-            baseline: VersionSnapshot | None = None) -> CheckResult:
+            baseline: VersionSnapshot | None = None, has_stable: bool | None = None,
+            ) -> CheckResult:
     """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks;
-    ``baseline``'s where stable answered too little in the window, :func:`baseline_in_use`)."""
+    ``baseline``'s where stable answered too little in the window, :func:`baseline_in_use`).
+
+    ``has_stable``: whether there is a stable version to compare with (by default, whether
+    ``stable`` is given). Where there is, a relative check that was asked for and has no
+    figures of stable's to compare with is unknown, and the analysis inconclusive: a
+    restarted Monitor, or a step without stable's traffic held past the Monitor's memory,
+    must not pass a candidate on the absolute checks alone."""
     if shadow:
         return _analyse_shadow(config, candidate)
     # Without it, at a step where stable takes no traffic every check against stable was
@@ -417,6 +424,14 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
     if unjudged:
         return CheckResult(Verdict.INCONCLUSIVE, checks, why_unjudged)
+    uncompared = [name for name, limit in relative_limits(config)
+                  if limit is not None and name not in checks]
+    if uncompared and (stable is not None if has_stable is None else has_stable):
+        return CheckResult(Verdict.INCONCLUSIVE, checks, (
+            f"stable answered {stable_samples} requests to compare with (in the window"
+            f"{', or in its baseline' if compared is not stable else ''}), need "
+            f"{config.min_samples}: {', '.join(uncompared)} cannot be judged; the other "
+            "checks passed (set those limits to null to judge the candidate alone)"))
     asked = [name for name, limit in (("min_accuracy", config.min_accuracy),
                                       ("max_mae", config.max_mae)) if limit is not None]
     if asked and labelled < config.min_labels:
@@ -430,6 +445,15 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                            f"(min_labels) for {' and '.join(asked)}{apart}; the other checks "
                            "passed")
     return CheckResult(Verdict.PASS, checks, "all checks passed")
+
+
+def relative_limits(config: AnalysisConfig) -> tuple[tuple[str, float | None], ...]:
+    """The checks that compare the candidate with stable, and their limits in ``config``
+    (the not-finite share has a check of its own without stable)."""
+    return (("error_rate_increase", config.max_error_rate_increase),
+            ("p95_ratio", config.max_p95_ratio),
+            ("refused_rate_increase", config.max_refused_rate_increase),
+            ("abandoned_rate_increase", config.max_abandoned_rate_increase))
 
 
 def _drifted(stats: VersionSnapshot) -> list[str]:

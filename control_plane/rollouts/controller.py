@@ -54,6 +54,7 @@ from control_plane.rollouts.decision import (
     analysis_due,
     analysis_window,
     decide,
+    kept_baseline,
     settings_of,
 )
 from control_plane.rollouts.followups import AlertSink
@@ -280,22 +281,17 @@ class RolloutController(ManualActions):
         if analysis_due(rollout, self._analysed_at.get(rollout.id), now):
             self._analysed_at[rollout.id] = now
             window = analysis_window(rollout, now)
-            config = settings_of(rollout).to_config()
-            routings = sample_routings(config)
-            stats = self._stats(rollout.endpoint, window, routings)
-            snapshot = Snapshot(window, *self._versions(rollout, stats))
-            if window < BASELINE_WINDOW_S and wants_baseline(
-                    config, snapshot.stable, shadow=rollout.current_step.shadow):
-                # Stable takes (next to) nothing at this step: the candidate is compared
-                # with stable's figures from before it, as far back as the Monitor keeps.
-                earlier = self._stats(rollout.endpoint, BASELINE_WINDOW_S, routings)
-                snapshot = replace(snapshot, baseline=self._versions(rollout, earlier)[1])
-            block = ab_window(rollout, now)
-            if block is not None:  # the A/B gate's window runs from its block's start
-                ab_stats = stats if block[1] == window else self._stats(rollout.endpoint,
-                                                                         block[1], routings)
-                snapshot = replace(snapshot, ab=ABWindow(block[1], block[0],
-                                                         *self._versions(rollout, ab_stats)))
+            try:
+                snapshot = self._evidence(rollout, window, now)
+            except FencedOut:
+                raise
+            except Exception as error:
+                # Recorded as an inconclusive analysis, so the deadline for evidence runs:
+                # raised, it stalled the rollout at its step with nothing recorded.
+                log.exception("reading the statistics of rollout #%d failed", rollout.id)
+                snapshot = Snapshot(window, None, None, unreadable=(
+                    f"the Monitor's statistics could not be read: {type(error).__name__}: "
+                    f"{error}"[:500]))
         with self.db.session(readonly=True) as session:
             gate = approval_gate(session, rollout_row(session, rollout.id))
         decision = decide(rollout, Evidence(gate, snapshot), now)
@@ -316,6 +312,30 @@ class RolloutController(ManualActions):
         if decision.action in (Action.ADVANCE, Action.AWAIT_APPROVAL, Action.RESUME):
             return self._move(rollout, decision, gate, now)
         return False  # hold, or wait for evidence
+
+    def _evidence(self, rollout: RolloutOut, window: float, now: datetime) -> Snapshot:
+        """The Monitor's numbers for an analysis of ``rollout`` over ``window`` seconds."""
+        config = settings_of(rollout).to_config()
+        routings = sample_routings(config)
+        stats = self._stats(rollout.endpoint, window, routings)
+        snapshot = Snapshot(window, *self._versions(rollout, stats))
+        if wants_baseline(config, snapshot.stable, shadow=rollout.current_step.shadow):
+            # Stable takes (next to) nothing at this step: the candidate is compared with
+            # stable's figures from before it, as far back as the Monitor keeps, and then
+            # with those the analyses kept (the step may outlast them there).
+            kept = kept_baseline(rollout)
+            if kept is not None:
+                snapshot = replace(snapshot, baseline=kept, baseline_kept=True)
+            elif window < BASELINE_WINDOW_S:
+                earlier = self._stats(rollout.endpoint, BASELINE_WINDOW_S, routings)
+                snapshot = replace(snapshot, baseline=self._versions(rollout, earlier)[1])
+        block = ab_window(rollout, now)
+        if block is not None:  # the A/B gate's window runs from its block's start
+            ab_stats = stats if block[1] == window else self._stats(rollout.endpoint,
+                                                                     block[1], routings)
+            snapshot = replace(snapshot, ab=ABWindow(block[1], block[0],
+                                                     *self._versions(rollout, ab_stats)))
+        return snapshot
 
     def _rejected_meanwhile(self, rollout: RolloutOut) -> str | None:
         """Why the rollout's candidate was rejected since it started; None if it was not."""

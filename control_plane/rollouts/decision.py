@@ -26,6 +26,7 @@ The rules, in the order they apply:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -48,6 +49,7 @@ from control_plane.rollouts.schemas import AnalysisSettings, RolloutOut
 from control_plane.rollouts.states import RolloutState
 from control_plane.stamps import parse_stamp
 from serving.monitoring import VersionSnapshot
+from serving.monitoring.snapshot import Latency, Quantiles, RoutedRequests, Traffic
 
 ANALYSED_STATES = (RolloutState.PROGRESSING, RolloutState.AWAITING_APPROVAL)
 # Stable's figures a step without its traffic compares with: the Monitor's whole memory
@@ -80,6 +82,11 @@ class Snapshot:
     # Stable's figures over BASELINE_WINDOW_S, where it answered too little in the window
     # (analysis.baseline_in_use): what the candidate is compared with then.
     baseline: VersionSnapshot | None = None
+    # Whether ``baseline`` is the one an earlier analysis of the rollout kept
+    # (:func:`kept_baseline`) rather than a new read.
+    baseline_kept: bool = False
+    # Why the numbers could not be read (then there are none): the analysis is inconclusive.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,11 +231,21 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
            now: datetime) -> tuple[Verdict, dict[str, Any]]:
     """Analyse the current step on ``snapshot``: the verdict and the record to store."""
     config = settings.to_config()
-    result = analyse(config, snapshot.candidate, snapshot.stable,
-                     shadow=rollout.current_step.shadow, baseline=snapshot.baseline)
-    baseline = ({"stable_baseline": {"window_s": BASELINE_WINDOW_S,
-                                     **_summary(snapshot.baseline)}}
-                if baseline_in_use(config, snapshot.stable, snapshot.baseline) else {})
+    result = (CheckResult(Verdict.INCONCLUSIVE, reason=snapshot.unreadable)
+              if snapshot.unreadable else
+              analyse(config, snapshot.candidate, snapshot.stable,
+                      shadow=rollout.current_step.shadow, baseline=snapshot.baseline,
+                      has_stable=rollout.stable_version is not None))
+    baseline: dict[str, Any] = {}
+    if baseline_in_use(config, snapshot.stable, snapshot.baseline):
+        assert snapshot.baseline is not None
+        # Kept with every analysis that uses it, for the next to compare with: a step
+        # without stable's traffic may be held past the Monitor's memory.
+        baseline = {"stable_baseline": rollout.last_analysis["stable_baseline"]
+                    if snapshot.baseline_kept else {
+                        "window_s": BASELINE_WINDOW_S, "taken_at": now.isoformat(),
+                        **_summary(snapshot.baseline),
+                        "figures": _baseline_figures(snapshot.baseline)}}
     ab: dict[str, Any] = {}
     if settings.ab_test is not None:
         previous = rollout.last_analysis
@@ -266,6 +283,45 @@ def _with_ab_test(result: CheckResult, decision: str, reason: str) -> CheckResul
     if decision == "undecided":
         return replace(result, verdict=Verdict.INCONCLUSIVE, reason=f"A/B test {reason}")
     return replace(result, reason=f"{result.reason}; A/B test: {reason}")
+
+
+def kept_baseline(rollout: RolloutOut) -> VersionSnapshot | None:
+    """Stable's baseline that the rollout's last analysis compared with, as the relative
+    checks read it; None where it used none (or one this version cannot read)."""
+    figures = (rollout.last_analysis or {}).get("stable_baseline", {}).get("figures")
+    if not isinstance(figures, dict):
+        return None
+    try:
+        return VersionSnapshot(
+            traffic=Traffic(requests=int(figures["requests"]),
+                            throughput_rps=_number(figures["throughput_rps"]),
+                            routing={kind: RoutedRequests(**counts)
+                                     for kind, counts in figures["routing"].items()}),
+            latency=Latency(sample=_quantiles(figures["sample_latency"]),
+                            all_requests=_quantiles(figures["latency"])))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _baseline_figures(stats: VersionSnapshot) -> dict[str, Any]:
+    """What the relative checks read of stable's baseline (:func:`kept_baseline`)."""
+    traffic = stats.traffic
+    return {"requests": traffic.requests, "throughput_rps": traffic.throughput_rps,
+            "routing": {kind: asdict(counts) for kind, counts in traffic.routing.items()},
+            "sample_latency": asdict(stats.latency.sample),
+            "latency": asdict(stats.latency.all_requests)}
+
+
+def _quantiles(stored: dict[str, Any]) -> Quantiles:
+    """Quantiles as stored (JSON: a NaN is null, a pair a list)."""
+    return Quantiles(count=int(stored["count"]),
+                     **{name: _number(stored[name]) for name in ("p50_ms", "p95_ms", "p99_ms")},
+                     **{name: (_number(stored[name][0]), _number(stored[name][1]))
+                        for name in ("p95_bounds_ms", "p99_bounds_ms")})
+
+
+def _number(stored: Any) -> float:
+    return math.nan if stored is None else float(stored)
 
 
 def _summary(stats: VersionSnapshot | None) -> dict[str, Any]:

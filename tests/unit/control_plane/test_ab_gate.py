@@ -287,7 +287,8 @@ def test_a_decided_test_stops_for_the_rest_of_its_step() -> None:
 
 
 def test_the_last_step_is_judged_by_the_thresholds_alone() -> None:
-    decision = decide(ab_rollout(step_index=2), evidence(Snapshot(5.0, served(), None)), at(10))
+    decision = decide(ab_rollout(step_index=2),
+                      evidence(Snapshot(5.0, served(), None, baseline=served())), at(10))
     assert decision.action == Action.PROMOTE
     assert decision.analysis["ab_test"] == {
         "decision": "not_tested", "reason": "stable takes no traffic at this step",

@@ -727,6 +727,87 @@ def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_fi
     assert world.weights() == {1: 100.0}
 
 
+def test_a_step_without_stable_traffic_outlasting_the_monitors_memory_keeps_its_baseline(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held past the Monitor's memory (or the Monitor restarted), the 100% step no longer
+    finds stable's figures there: the analyses compare with the baseline the step's first
+    analysis kept, and a candidate slowing down later is still rolled back."""
+    from control_plane.rollouts.controller import BASELINE_WINDOW_S
+
+    remembered = {"stable": True}
+    earlier = {1: served(500, p95=10.0), 2: served(0)}
+
+    def stats(endpoint: str, window: float, sample: Any) -> dict[int, Any]:
+        if window == BASELINE_WINDOW_S:
+            return earlier if remembered["stable"] else {}
+        return world.stats
+
+    monkeypatch.setattr(world.controller, "_stats", stats)
+    rollout_id = world.start(strategy="blue_green", steps=None, step_duration_s=60,
+                             analysis={**FAST, "min_shadow_agreement": None})
+    world.serve(1, requests=0)
+    world.serve(2, requests=200, p95=11.0, shadow=ShadowComparison(compared=200, agreement=1.0))
+    for _ in range(120):
+        world.run(1)
+        rollout = world.controller.get(rollout_id)
+        if rollout.step_index == 1 and "stable_baseline" in rollout.last_analysis:
+            break
+    assert rollout.last_analysis["verdict"] == "pass", rollout.last_analysis
+    kept = rollout.last_analysis["stable_baseline"]
+    remembered["stable"] = False  # the Monitor's memory of stable is gone
+    world.serve(2, requests=200, p95=60.0)
+    world.run(10)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason
+    assert "p95_ratio 6 > 1.5" in rollout.reason
+    assert rollout.last_analysis["stable_baseline"] == kept
+    assert world.weights() == {1: 100.0}
+
+
+def test_a_step_without_any_figures_of_stables_is_not_passed(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Monitor restarted at the switch has stable's figures neither in the window nor in
+    its memory: the relative checks are unknown, so the candidate is not promoted on the
+    absolute ones alone, and the deadline for evidence runs."""
+    monkeypatch.setattr(world.controller, "_stats",
+                        lambda endpoint, window, sample: {} if window > 5 else world.stats)
+    rollout_id = world.start(strategy="blue_green", steps=None, step_duration_s=3,
+                             analysis={**FAST, "min_shadow_agreement": None})
+    world.serve(1, requests=0)
+    world.serve(2, requests=200, p95=60.0, shadow=ShadowComparison(compared=200, agreement=1.0))
+    world.run(30)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.PROGRESSING and rollout.step_index == 1, rollout.reason
+    assert rollout.last_analysis["verdict"] == "inconclusive"
+    assert "p95_ratio" in rollout.last_analysis["reason"]
+    assert world.weights()[2] == 100.0
+
+
+def test_statistics_that_cannot_be_read_are_inconclusive_and_the_deadline_runs(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Monitor answering something the controller cannot read raised out of every pass:
+    nothing was recorded, the deadline for evidence never ran, and the candidate kept its
+    share (and the endpoint its lock on changes) for good."""
+    rollout_id = world.start(analysis={**FAST, "inconclusive_deadline_s": 20})
+    world.serve(1, requests=500)
+    world.serve(2, requests=100)
+    world.run(2)
+    assert world.weights()[2] > 0
+
+    def unreadable(endpoint: str, window: float, sample: Any) -> dict[int, Any]:
+        raise RuntimeError("an answer of a shape this version does not know")
+
+    monkeypatch.setattr(world.controller, "_stats", unreadable)
+    world.run(10)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.last_analysis["verdict"] == "inconclusive"
+    assert "could not be read: RuntimeError: an answer of a shape" in rollout.last_analysis["reason"]
+    world.run(20)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.FAILED, rollout.reason
+    assert world.weights() == {1: 100.0}
+
+
 def test_bad_requests_name_the_problem(world: World) -> None:
     with pytest.raises(ConflictError, match="already takes the most traffic"):
         world.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:1"), ALICE)

@@ -117,14 +117,25 @@ def test_where_stable_takes_no_traffic_the_candidate_is_compared_with_its_earlie
     judged at all. Its figures over a longer window (the baseline) stand in."""
     config = AnalysisConfig(min_samples=50)
     slow, idle, before = stats(p95=60), stats(requests=0), stats(p95=10)
-    assert analyse(config, slow, idle).verdict == Verdict.PASS  # nothing to compare with
+    # Nothing to compare with: unknown, never a pass (a restarted Monitor, a step held past
+    # its memory) ...
+    unknown = analyse(config, slow, idle)
+    assert unknown.verdict == Verdict.INCONCLUSIVE and "p95_ratio" in unknown.reason
+    assert "stable answered 0 requests" in unknown.reason
+    # ... unless there is no stable version to compare with, or no relative check asked.
+    assert analyse(config, slow, None).verdict == Verdict.PASS
+    assert analyse(config, slow, idle, has_stable=False).verdict == Verdict.PASS
+    alone = AnalysisConfig(min_samples=50, max_p95_ratio=None, max_refused_rate_increase=None,
+                           max_abandoned_rate_increase=None)
+    assert analyse(alone, slow, idle).verdict == Verdict.PASS
     result = analyse(config, slow, idle, baseline=before)
     assert result.verdict == Verdict.FAIL and result.checks["p95_ratio"]["value"] == 6.0
     assert analyse(config, stats(p95=11), idle, baseline=before).verdict == Verdict.PASS
     # Where stable has a sample in the window, that is what counts.
     assert analyse(config, slow, stats(p95=50), baseline=before).verdict == Verdict.PASS
     # A baseline without a sample of its own is none.
-    assert analyse(config, slow, idle, baseline=stats(requests=10)).verdict == Verdict.PASS
+    thin = analyse(config, slow, idle, baseline=stats(requests=10))
+    assert thin.verdict == Verdict.INCONCLUSIVE and "in its baseline" not in thin.reason
     # Taking far more requests per second than stable did then, the candidate may be
     # slower for the load alone: not judged against that baseline in this window.
     from dataclasses import replace
