@@ -17,7 +17,12 @@ from typing import Any
 from control_plane.pipelines.data_sources import BUNDLED_SCHEME
 from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import StageState
-from control_plane.pipelines.stages import Outcome, StageContext, stage_elapsed_s
+from control_plane.pipelines.stages import (
+    PASSING_TROUBLE,
+    Outcome,
+    StageContext,
+    stage_elapsed_s,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +127,8 @@ def _offloaded(offload: Offload, context: StageContext, work: Any, *, deadline_s
                        reason=f"WorkOverdue: {what} did not finish within {deadline_s:g} s")
     key = (context.record.name, context.run.id, context.record.started_at)
     try:
-        answer = offload.poll(key, work, deadline_s=deadline_s, what=what, resource=resource)
+        answer = offload.poll(key, work, deadline_s=deadline_s, what=what, resource=resource,
+                              again_after=PASSING_TROUBLE)
     except WorkOverdue as error:
         return Outcome(StageState.FAILED, progress={}, reason=f"WorkOverdue: {error}")
     if isinstance(answer, Pending):

@@ -87,10 +87,13 @@ class Offload:
         self._running = 0
 
     def poll(self, key: Hashable, work: Callable[[], T], *, deadline_s: float, what: str,
-             resource: Hashable = None) -> Done[T] | Pending:
+             resource: Hashable = None,
+             again_after: tuple[type[Exception], ...] = ()) -> Done[T] | Pending:
         """``work``'s result once it has finished (its exception raised here, each time
         asked), else :class:`Pending`; :class:`WorkOverdue` once ``deadline_s`` have passed
-        since ``key`` was first asked for. ``work`` is used only the first time;
+        since ``key`` was first asked for. ``work`` is used only the first time, unless it
+        raised one of ``again_after`` (trouble that passes, such as the store away for a
+        moment): that is raised once, and the next poll starts ``work`` anew.
         ``resource`` (default: ``key``) is what at most one thread works on at a time."""
         with self._lock:
             now = self._clock()
@@ -104,6 +107,8 @@ class Offload:
             entry.looked_at = now
             if entry.finished:
                 if entry.error is not None:
+                    if isinstance(entry.error, again_after):
+                        del self._work[key]
                     raise entry.error
                 return Done(entry.value)
             if entry.overdue is not None:

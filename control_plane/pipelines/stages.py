@@ -22,12 +22,20 @@ from typing import Any, Protocol
 from sqlalchemy import select
 
 from control_plane.auth import Principal
+from control_plane.errors import (
+    ControlPlaneUnavailableError,
+    MonitorUnavailableError,
+    StoreUnavailableError,
+)
 from control_plane.job_api import cluster_job_client
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
 from control_plane.pipelines.spec import PipelineSpec
 from control_plane.schemas import JOB_TAG, Role
 
 log = logging.getLogger(__name__)
+
+# Trouble that passes: a stage meeting it is asked again, not failed.
+PASSING_TROUBLE = (StoreUnavailableError, MonitorUnavailableError, ControlPlaneUnavailableError)
 
 
 def pipeline_principal(pipeline: str, author: str | None = None) -> Principal:

@@ -104,6 +104,33 @@ def test_work_is_started_once_and_its_result_or_error_kept_for_whoever_asks() ->
             offload.poll("bad", broken, deadline_s=60, what="reading")
 
 
+def test_work_that_met_passing_trouble_is_started_again_on_the_next_poll() -> None:
+    """The store away for a moment while the work read it: kept, that error was raised on
+    every pass until the stage's deadline, which then failed it as work that never ended."""
+    from control_plane.errors import StoreUnavailableError
+    from control_plane.pipelines.stages import PASSING_TROUBLE
+
+    offload, calls = Offload(), []
+
+    def champion() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreUnavailableError("the store cannot be reached")
+        return "v3"
+
+    def poll() -> Any:
+        return offload.poll("evaluate", champion, deadline_s=60, what="scoring",
+                            again_after=PASSING_TROUBLE)
+
+    poll()
+    wait_for(lambda: offload.running == 0, 10, "the work to end")
+    with pytest.raises(StoreUnavailableError):
+        poll()
+    assert isinstance(poll(), Pending)  # started anew
+    wait_for(lambda: offload.running == 0, 10, "the work to end")
+    assert poll() == Done("v3") and calls == [1, 1]
+
+
 def test_work_that_hangs_is_given_up_at_its_deadline_and_threads_stay_bounded() -> None:
     clock, hang = Monotonic(), threading.Event()
     offload = Offload(max_threads=2, clock=clock)
