@@ -25,11 +25,8 @@ from sqlalchemy.orm.exc import StaleDataError
 from control_plane.auth import Principal
 from control_plane.errors import (
     ConflictError,
-    ControlPlaneUnavailableError,
     InvalidInputError,
-    MonitorUnavailableError,
     NotFoundError,
-    StoreUnavailableError,
     WorkNotStoppedError,
 )
 from control_plane.pipelines.cron import CronSchedule
@@ -45,7 +42,7 @@ from control_plane.pipelines.records import (
     fresh_stages,
 )
 from control_plane.pipelines.spec import PipelineSpec
-from control_plane.pipelines.stages import Outcome, Stage, StageContext
+from control_plane.pipelines.stages import PASSING_TROUBLE, Outcome, Stage, StageContext
 from control_plane.schemas import Role
 from control_plane.stamps import parse_stamp
 from control_plane.store import Database
@@ -53,10 +50,14 @@ from control_plane.store.database import FencedOut
 from control_plane.store.models import PipelineRow, PipelineRunRow
 
 STOP_RETRY_S = 30.0  # a stop owed by an ended run's stage is tried again this often
-# Trouble that passes: a stage meeting it is asked again, not failed.
-_PASSING_TROUBLE = (StoreUnavailableError, MonitorUnavailableError, ControlPlaneUnavailableError)
 
 log = logging.getLogger(__name__)
+
+
+def _model_making(document: dict[str, Any]) -> tuple[Any, Any]:
+    """What of a stored spec makes the model (its data and its training): whoever changes
+    it is the author of what the runs register, and may not approve it."""
+    return document.get("data"), document.get("training")
 
 # (run, kind, stage, reason): what happened to a run, for notifications.
 RunListener = Callable[[PipelineRunOut, str, str | None, str], None]
@@ -109,7 +110,9 @@ class Pipelines:
                                   author_subject=actor.subject, created_at=now, updated_at=now)
                 session.add(row)
             elif row.spec != document:
-                row.spec, row.updated_at, row.author_subject = document, now, actor.subject
+                if _model_making(row.spec) != _model_making(document):
+                    row.author_subject = actor.subject
+                row.spec, row.updated_at = document, now
                 # A changed schedule or data watch starts counting afresh.
                 row.state = {k: v for k, v in (row.state or {}).items() if k == "last_started_at"}
             elif row.author_subject is None:  # a pipeline from before authors were kept
@@ -401,7 +404,7 @@ class Pipelines:
                 outcome = stage.advance(self._context(run, current))
             except FencedOut:  # the stage's own write, refused: not the stage failing
                 raise
-            except _PASSING_TROUBLE as error:
+            except PASSING_TROUBLE as error:
                 # The store or the Monitor away for a moment is no verdict on the stage,
                 # whose work (a job, a rollout) goes on: asked again next pass.
                 log.warning("stage %s of %s#%d could not be advanced (%s); asking again next "

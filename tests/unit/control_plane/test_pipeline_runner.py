@@ -559,8 +559,13 @@ def test_a_pipeline_s_author_cannot_approve_what_its_runs_register(registry: Any
     pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
     assert pipelines.get("bc").author == "alice"
     changed = spec_document()
-    changed["description"] = "bob's training code now"
+    changed["training"]["job"]["hyperparameters"]["epochs"] += 1  # bob's training now
     pipelines.apply(parse_pipeline_spec(changed), BOB)
+    # Changing what does not make the model (a description, the gates, the rollout) does
+    # not make one its author: the author of the training could then approve its model.
+    changed["description"] = "described by alice"
+    changed["deploy"]["endpoint"] = "bc-2"
+    pipelines.apply(parse_pipeline_spec(changed), ALICE)
     run = pipelines.start_run("bc", ALICE)
     assert pipelines.get("bc").author == run.author == "bob"
     tokens = TokenService(registry.db)
