@@ -173,14 +173,26 @@ def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: An
         note = "no champion: the candidate is held to the absolute thresholds only"
     else:
         champ_spec = ModelManifest.model_validate(champion_manifest) if champion_manifest else spec
-        champ = score(champion, X, champ_spec)
-        champ_metrics = _metrics(spec.task, truth, champ)
-        comparison = _compare(metric, truth, cand, champ, rules)
-        margin = _margin_check(comparison, rules)
-        if margin is not None:
-            checks.append(margin)
+        unlike = _unlike(spec, champ_spec)
+        if unlike:
+            # Its columns or classes are not the candidate's: scored on the candidate's rows
+            # as they are, it read other features and answered in other classes' indices.
+            checks.append(GateCheck(
+                name="champion_comparable", observed=None, limit=0, passed=False,
+                message=f"the champion cannot be compared on these rows: {unlike}; hold out "
+                        "rows with both models' columns (evaluate.data_uri), or unset "
+                        "min_improvement and max_regression"))
         else:
-            note = "no margin over the champion is gated (min_improvement and max_regression unset)"
+            champ = _as_candidates(score(champion, _in_order(X, spec, champ_spec), champ_spec),
+                                   spec, champ_spec)
+            champ_metrics = _metrics(spec.task, truth, champ)
+            comparison = _compare(metric, truth, cand, champ, rules)
+            margin = _margin_check(comparison, rules)
+            if margin is not None:
+                checks.append(margin)
+            else:
+                note = ("no margin over the champion is gated (min_improvement and "
+                        "max_regression unset)")
     failed = [check for check in checks if not check.passed]
     return EvaluationReport(
         passed=not failed, reason=failed[0].message if failed else "", task=spec.task,
@@ -316,11 +328,17 @@ def _truth(y: Any, spec: ModelManifest) -> np.ndarray:
 
 
 def _class_indices(values: np.ndarray, spec: ModelManifest, what: str) -> np.ndarray:
-    if values.dtype.kind in "iub":
-        return values.astype(np.int64)
-    if values.dtype.kind == "f" and np.all(values == np.round(values)):
-        return values.astype(np.int64)
+    """Class indices of ``values``: numbers are indices, unless the classes themselves are
+    numbers (``class_labels`` all whole numerals, as training lists a label column of
+    1, 2, 3); labels map through ``class_labels``."""
     labels = spec.class_labels
+    whole = values.dtype.kind in "iub" or (values.dtype.kind == "f"
+                                           and bool(np.all(values == np.round(values))))
+    if whole and labels and all(_numeral(label) for label in labels):
+        values = np.asarray([str(int(v)) for v in values.tolist()], dtype=object)
+        labels = [str(int(label)) for label in labels]
+    elif whole:
+        return values.astype(np.int64)
     if not labels:
         raise InvalidInputError(f"{what} holds labels but the manifest has no class_labels to "
                                 "map them to class indices", detail={"field": "class_labels"})
@@ -331,6 +349,58 @@ def _class_indices(values: np.ndarray, spec: ModelManifest, what: str) -> np.nda
         raise InvalidInputError(f"{what} has labels {unknown[:5]} that are not among "
                                 f"class_labels {labels}", detail={"field": "class_labels"})
     return np.array([index[t] for t in text], dtype=np.int64)
+
+
+def _numeral(label: str) -> bool:
+    try:
+        int(label)
+    except ValueError:
+        return False
+    return True
+
+
+def _unlike(candidate: ModelManifest, champion: ModelManifest) -> str:
+    """Why the champion cannot be scored on rows made for the candidate ("" when it can):
+    features it reads that the rows lack, or classes the candidate does not have."""
+    if candidate.feature_names and champion.feature_names:
+        missing = [name for name in champion.feature_names
+                   if name not in candidate.feature_names]
+        if missing:
+            return f"it reads features the candidate does not ({missing[:5]})"
+    if candidate.task == "classification" and champion.class_labels and candidate.class_labels \
+            and set(champion.class_labels) != set(candidate.class_labels):
+        return (f"its classes {champion.class_labels} are not the candidate's "
+                f"{candidate.class_labels}")
+    return ""
+
+
+def _in_order(X: Any, candidate: ModelManifest, champion: ModelManifest) -> Any:
+    """The candidate's rows (its ``feature_names`` in order) with the champion's columns
+    in the champion's order."""
+    if (isinstance(X, Mapping) or not candidate.feature_names or not champion.feature_names
+            or champion.feature_names == candidate.feature_names):
+        return X
+    rows = np.asarray(X)
+    if rows.ndim != 2 or rows.shape[1] != len(candidate.feature_names):
+        return X
+    return rows[:, [candidate.feature_names.index(name) for name in champion.feature_names]]
+
+
+def _as_candidates(scored: dict[str, np.ndarray], candidate: ModelManifest,
+                   champion: ModelManifest) -> dict[str, np.ndarray]:
+    """The champion's answers in the candidate's class indices (the same classes, perhaps
+    in another order)."""
+    if (candidate.task != "classification" or not candidate.class_labels
+            or not champion.class_labels or champion.class_labels == candidate.class_labels):
+        return scored
+    order = np.array([candidate.class_labels.index(label) for label in champion.class_labels])
+    mapped = {"predicted": order[scored["predicted"]]}
+    for name in ("probabilities", "scores"):
+        if name in scored and scored[name].shape[1] == len(order):
+            columns = np.empty_like(scored[name])
+            columns[:, order] = scored[name]
+            mapped[name] = columns
+    return mapped
 
 
 # ---------------------------------------------------------------- metrics

@@ -14,6 +14,8 @@ import functools
 import logging
 from typing import Any
 
+import numpy as np
+
 from control_plane.pipelines.data_sources import BUNDLED_SCHEME
 from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import StageState
@@ -225,10 +227,15 @@ class EvaluateStage:
             from control_plane.pipelines.data_sources import check_data_uri
 
             check_data_uri(job.data.path)
-        split = split_dataset(load_training_data(job.data, job.task),
-                              validation_split=job.data.validation_split, seed=job.data.seed)
-        return split.x_val, split.y_val, (f"the training job's own held-out rows "
-                                          f"({job.data.validation_split:g} of the data, seed {job.data.seed})")
+        dataset = load_training_data(job.data, job.task)
+        split = split_dataset(dataset, validation_split=job.data.validation_split,
+                              seed=job.data.seed)
+        # As labels: training's indices are into the classes this read found, which are
+        # the candidate's only if the data is unchanged since it trained.
+        truth = (split.y_val if dataset.class_labels is None
+                 else np.asarray(dataset.class_labels, dtype=object)[split.y_val])
+        return split.x_val, truth, (f"the training job's own held-out rows "
+                                    f"({job.data.validation_split:g} of the data, seed {job.data.seed})")
 
 
 def _held_out_source(context: StageContext) -> str:

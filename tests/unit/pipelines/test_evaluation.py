@@ -151,6 +151,58 @@ def test_labels_map_through_class_labels(cancer: dict) -> None:
                  cancer["manifest"], {})
 
 
+def test_classes_that_are_numbers_are_labels_not_indices(cancer: dict) -> None:
+    """Training lists a label column of 1 and 2 as classes "1" and "2" (indices 0 and 1):
+    held-out rows labelled 1 and 2 were read as indices, scoring a good model as a bad
+    one and a model always wrong as a perfect one."""
+    numbered = {**cancer["manifest"], "class_labels": ["1", "2"]}
+    by_index = evaluate(cancer["strong"], None, cancer["x"], cancer["y"], cancer["manifest"], {})
+    for labels in (cancer["y"] + 1, (cancer["y"] + 1).astype(np.float64)):
+        by_number = evaluate(cancer["strong"], None, cancer["x"], labels, numbered,
+                             {"min_accuracy": 0.9})
+        assert by_number.passed, by_number.reason
+        assert by_number.candidate == by_index.candidate
+    with pytest.raises(InvalidInputError, match=r"labels \['3'\] that are not among"):
+        evaluate(cancer["strong"], None, cancer["x"], np.full(len(cancer["y"]), 3), numbered, {})
+
+
+def _named(document: dict, names: list[str], labels: list[str] | None = None) -> dict:
+    return {**document, "feature_names": names,
+            "class_labels": labels if labels is not None else document["class_labels"]}
+
+
+def test_the_champion_reads_its_own_columns_and_answers_in_its_own_classes(
+        cancer: dict) -> None:
+    """The rows are in the candidate's column order and its class indices: a champion
+    trained on the same data with its columns (or classes) in another order read other
+    features, or answered in other indices, and scored badly, so any candidate beat it."""
+    names = [f"f{i}" for i in range(30)]
+    candidate = _named(cancer["manifest"], names)
+    model = onnx.load_from_string(cancer["strong"])
+    weights = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "W"))
+    bias = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "b"))
+    reversed_columns = linear_model(weights[::-1], bias, softmax=True)
+    swapped_classes = linear_model(weights[:, ::-1], bias[::-1], softmax=True)
+    labels = cancer["manifest"]["class_labels"]
+    for champion, champion_manifest in (
+            (reversed_columns, _named(cancer["manifest"], names[::-1])),
+            (swapped_classes, _named(cancer["manifest"], names, labels[::-1]))):
+        report = evaluate(cancer["strong"], champion, cancer["x"], cancer["y"], candidate,
+                          {"max_regression": 0.0}, champion_manifest=champion_manifest)
+        assert report.passed, report.reason
+        assert report.champion == pytest.approx(report.candidate)
+        assert report.comparison is not None and report.comparison.difference == 0
+    # A champion of other columns or other classes cannot be scored on these rows: the
+    # margin over it is unknown, and the gate fails saying so.
+    for champion_manifest, why in (
+            (_named(cancer["manifest"], [*names[:29], "age"]), "reads features the candidate does not (['age'])"),
+            (_named(cancer["manifest"], names, ["benign", "cyst"]), "its classes ['benign', 'cyst']")):
+        report = evaluate(cancer["strong"], cancer["strong"], cancer["x"], cancer["y"], candidate,
+                          {"max_regression": 0.0}, champion_manifest=champion_manifest)
+        assert not report.passed and why in report.reason, report.reason
+        assert report.champion is None and "evaluate.data_uri" in report.reason
+
+
 def test_gates_that_do_not_apply_fail_or_refuse(cancer: dict) -> None:
     report = evaluate(cancer["strong"], None, cancer["x"], cancer["y"], cancer["manifest"],
                       {"max_mae": 1.0})
@@ -362,3 +414,39 @@ def test_a_candidate_is_scored_in_a_process_of_its_own_within_a_memory_bound(
         evaluate(bomb, None, cancer["x"], cancer["y"], cancer["manifest"], gates,
                  score=score_isolated)
     assert refused.value.detail["field"] == "model"
+
+
+def test_the_training_jobs_own_held_out_rows_come_as_labels(tmp_path: Path) -> None:
+    """Without evaluate.data_uri the evaluate stage holds out the rows the job held out.
+    Their classes come as labels, which the candidate's class_labels map to its indices:
+    as training's indices, classes numbered 1 and 2 were read as labels 0 and 1."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from control_plane.pipelines.evaluation import _truth
+    from control_plane.pipelines.gates import EvaluateStage
+    from control_plane.pipelines.spec import parse_pipeline_spec
+    from control_plane.schemas import ModelManifest
+    from training.data import load_dataset, split_dataset
+    from training.schemas import JobSpec
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(200, 4))
+    classes = np.where(rows[:, 0] > 0, 2, 1)
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a,b,c,d,target\n" + "\n".join(
+        ",".join([*(f"{v:.4f}" for v in row), str(c)]) for row, c in zip(rows, classes, strict=True)))
+    job = yaml.safe_load((Path(__file__).parents[3] / "examples" / "breast_cancer.yaml").read_text())
+    job["data"] = {"path": str(csv), "target": "target", "validation_split": 0.25, "seed": 3}
+    spec = parse_pipeline_spec({"name": "numbered", "training": {"job": job},
+                                "deploy": {"endpoint": "numbered"}, "evaluate": {},
+                                "data": {"uri": str(csv)}})
+    features, truth, source = EvaluateStage._held_out(SimpleNamespace(spec=spec), None)
+    parsed = JobSpec.model_validate(job)
+    split = split_dataset(load_dataset(parsed.data, parsed.task), validation_split=0.25, seed=3)
+    assert set(truth.tolist()) == {"1", "2"} and "held-out rows" in source
+    candidate = ModelManifest.model_validate({**manifest("classification", 4, 2, ["1", "2"]),
+                                              "feature_names": ["a", "b", "c", "d"]})
+    assert np.array_equal(_truth(truth, candidate), split.y_val)
+    assert np.array_equal(features, split.x_val)
