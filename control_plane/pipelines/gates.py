@@ -218,6 +218,8 @@ class EvaluateStage:
             features, truth = features_and_target(load_dataset(settings.data_uri), manifest,
                                                   target=_target_column(context))
             return features, truth, settings.data_uri
+        from control_plane.errors import InvalidInputError
+        from control_plane.schemas import ModelManifest
         from training.data import load_dataset as load_training_data
         from training.data import split_dataset
         from training.schemas import JobSpec
@@ -227,14 +229,25 @@ class EvaluateStage:
             from control_plane.pipelines.data_sources import check_data_uri
 
             check_data_uri(job.data.path)
-        dataset = load_training_data(job.data, job.task)
+        dataset = load_training_data(job.data, job.task, text=job.model.reads_text)
+        trained_on = ModelManifest.model_validate(manifest).lineage.dataset_digest
+        if trained_on is not None and trained_on != dataset.digest:
+            # Split again, rows the candidate trained on would be held out: a file appended
+            # to while it trained holds other rows, which a seeded split shuffles anew.
+            raise InvalidInputError(
+                f"{dataset.uri} changed since the candidate trained on it (its digest is "
+                f"{dataset.digest[:12]}…, the candidate's lineage says {trained_on[:12]}…): "
+                "the rows it held out can no longer be told from those it trained on; set "
+                "evaluate.data_uri to rows it never saw", detail={"field": "evaluate.data_uri"})
         split = split_dataset(dataset, validation_split=job.data.validation_split,
                               seed=job.data.seed)
         # As labels: training's indices are into the classes this read found, which are
         # the candidate's only if the data is unchanged since it trained.
         truth = (split.y_val if dataset.class_labels is None
                  else np.asarray(dataset.class_labels, dtype=object)[split.y_val])
-        return split.x_val, truth, (f"the training job's own held-out rows "
+        # A text model's rows as features_and_target gives them: one text per row.
+        features = split.x_val[:, 0] if job.model.reads_text else split.x_val
+        return features, truth, (f"the training job's own held-out rows "
                                     f"({job.data.validation_split:g} of the data, seed {job.data.seed})")
 
 

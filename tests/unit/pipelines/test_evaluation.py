@@ -442,11 +442,22 @@ def test_the_training_jobs_own_held_out_rows_come_as_labels(tmp_path: Path) -> N
     spec = parse_pipeline_spec({"name": "numbered", "training": {"job": job},
                                 "deploy": {"endpoint": "numbered"}, "evaluate": {},
                                 "data": {"uri": str(csv)}})
-    features, truth, source = EvaluateStage._held_out(SimpleNamespace(spec=spec), None)
     parsed = JobSpec.model_validate(job)
-    split = split_dataset(load_dataset(parsed.data, parsed.task), validation_split=0.25, seed=3)
+    trained = load_dataset(parsed.data, parsed.task)
+    split = split_dataset(trained, validation_split=0.25, seed=3)
+    registered = {**manifest("classification", 4, 2, ["1", "2"]),
+                  "lineage": {"dataset_digest": trained.digest}}
+    features, truth, source = EvaluateStage._held_out(SimpleNamespace(spec=spec), registered)
     assert set(truth.tolist()) == {"1", "2"} and "held-out rows" in source
     candidate = ModelManifest.model_validate({**manifest("classification", 4, 2, ["1", "2"]),
                                               "feature_names": ["a", "b", "c", "d"]})
     assert np.array_equal(_truth(truth, candidate), split.y_val)
     assert np.array_equal(features, split.x_val)
+
+    # Rows appended since it trained: split again, the held-out rows would be others, many
+    # of them rows it trained on. Refused, naming what to set.
+    with csv.open("a") as appended:
+        appended.write("\n0.1,0.2,0.3,0.4,1")
+    with pytest.raises(InvalidInputError, match="changed since the candidate trained") as refused:
+        EvaluateStage._held_out(SimpleNamespace(spec=spec), registered)
+    assert refused.value.detail == {"field": "evaluate.data_uri"}

@@ -154,3 +154,27 @@ def test_the_pipelines_evaluate_stage_scores_a_text_version_on_its_texts() -> No
     report = evaluate(artifact, None, X, y, manifest, {"min_accuracy": 0.5})
     expected = float((first.argmax(axis=1) == split.y_val).mean())
     assert report.candidate["accuracy"] == pytest.approx(expected)
+
+
+def test_the_evaluate_stage_holds_out_a_text_jobs_own_rows_as_texts() -> None:
+    """Without evaluate.data_uri the stage reads the job's data itself: a text job's one
+    column was read as numbers, and its evaluate stage always failed."""
+    from types import SimpleNamespace
+
+    from control_plane.pipelines.gates import EvaluateStage
+    from control_plane.pipelines.spec import parse_pipeline_spec
+
+    job = {"experiment": {"name": "t"}, "model": TEXT_SPEC.model_dump(),
+           "data": {"dataset": "reviews", "validation_split": 0.25, "seed": 0}}
+    spec = parse_pipeline_spec({"name": "reviews", "training": {"job": job}, "evaluate": {},
+                                "data": {"uri": "sklearn://breast_cancer"},
+                                "deploy": {"endpoint": "reviews"}})
+    features, truth, _ = EvaluateStage._held_out(SimpleNamespace(spec=spec), {
+        "signature": {"inputs": [{"name": "review", "dtype": "string", "shape": [None]}],
+                      "outputs": [{"name": "probabilities", "dtype": "float32",
+                                   "shape": [None, 2]}]},
+        "task": "classification"})
+    split = split_dataset(load_dataset(DataSpec(dataset="reviews"), "classification", text=True),
+                          validation_split=0.25, seed=0)
+    assert features.dtype == object and features.tolist() == split.x_val[:, 0].tolist()
+    assert set(truth.tolist()) == {"negative", "positive"}
