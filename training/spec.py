@@ -53,13 +53,22 @@ def load_job_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
 
 
 def refuse_credentials_in(spec: JobSpec) -> None:
-    """InvalidJobSpecError where ``data.path`` holds a credential: the run keeps it (the
-    dataset tag), which every reader sees. Checked where a spec comes in (a file, a
-    pipeline applied), not where a stored one is read back."""
+    """InvalidJobSpecError where a location the spec names holds a credential: the run
+    keeps them (the dataset tag, its parameters, the job's log), which every reader sees.
+    Checked where a spec comes in (a file, a pipeline applied), not where a stored one is
+    read back."""
     from modelplane.uri_credentials import credential_problem
 
-    if (problem := credential_problem("data.path", spec.data.path)) is not None:
-        raise InvalidJobSpecError(problem, detail={"field": "data.path"})
+    for field, uri in located_fields(spec):
+        if (problem := credential_problem(field, uri)) is not None:
+            raise InvalidJobSpecError(problem, detail={"field": field})
+
+
+def located_fields(spec: JobSpec) -> tuple[tuple[str, str | None], ...]:
+    """The spec's fields that name a location (a path or a URI), by dotted name."""
+    return (("data.path", spec.data.path),
+            ("checkpoint.storage_path", spec.checkpoint.storage_path),
+            ("checkpoint.resume_from", spec.checkpoint.resume_from))
 
 
 def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:

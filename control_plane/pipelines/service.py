@@ -664,11 +664,12 @@ def _refuse_credentials(spec: PipelineSpec) -> None:
     comes in, not where stored ones are read back (those keep working as they were)."""
     from modelplane.uri_credentials import credential_problem
     from training.schemas import JobSpec
+    from training.spec import located_fields
 
-    job_path = JobSpec.model_validate(spec.training.job).data.path
+    job = JobSpec.model_validate(spec.training.job)
     for field, uri in (("data.uri", spec.data.uri if spec.data else None),
                        ("evaluate.data_uri", spec.evaluate.data_uri if spec.evaluate else None),
-                       ("training.job.data.path", job_path)):
+                       *((f"training.job.{name}", value) for name, value in located_fields(job))):
         if (problem := credential_problem(field, uri)) is not None:
             raise InvalidInputError(problem, detail={"field": field})
 

@@ -64,6 +64,19 @@ def test_pipelines_and_jobs_refuse_a_credential_in_a_data_uri(
     config.write_text(yaml.safe_dump(with_path))
     with pytest.raises(InvalidJobSpecError, match="data.path holds a credential"):
         load_job_spec(config)
+    # Where checkpoints go, or come from: the run keeps these as parameters and tags, and
+    # the job's log prints them.
+    for name in ("storage_path", "resume_from"):
+        checkpointed = {**job, "checkpoint": {name: uri}}
+        config.write_text(yaml.safe_dump(checkpointed))
+        with pytest.raises(InvalidJobSpecError, match=f"checkpoint.{name} holds a credential") \
+                as refused_job:
+            load_job_spec(config)
+        assert refused_job.value.detail == {"field": f"checkpoint.{name}"}
+        with pytest.raises(InvalidInputError) as refused:
+            pipelines.apply(parse_pipeline_spec(spec_document(training={"job": checkpointed})),
+                            ALICE)
+        assert refused.value.detail == {"field": f"training.job.checkpoint.{name}"}
 
 
 def test_a_stored_spec_is_read_back_as_it_was(db: Database) -> None:
