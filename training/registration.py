@@ -19,6 +19,7 @@ import numpy as np
 from control_plane.client import REGISTER_TIMEOUT_S
 from control_plane.schemas import Lineage, ModelManifest, VersionOut
 from training.data import Dataset
+from training.errors import TrainingError
 from training.patience import PATIENCE_S, patiently
 from training.schemas import JobSpec
 
@@ -141,6 +142,27 @@ def register(client: Any, spec: JobSpec, artifact: bytes, manifest: ModelManifes
         number, alias = version.version, registration.alias
         # One key for its tries too: a move that landed unanswered, tried again after
         # another job moved the alias on, would move it back to this older version.
-        version = patiently(lambda: client.set_alias(spec.model_name, alias, number,
-                                                     idempotency_key=f"{key}-alias"))
+        try:
+            version = patiently(lambda: client.set_alias(spec.model_name, alias, number,
+                                                         idempotency_key=f"{key}-alias"))
+        except Exception as error:
+            raise AliasNotMovedError(version, alias, error) from error
     return version
+
+
+class AliasNotMovedError(TrainingError):
+    """The version is registered, but its alias could not be pointed at it: the job failed,
+    and training again would register a second version of the same work."""
+
+    code = "alias_not_moved"
+
+    def __init__(self, version: VersionOut, alias: str, cause: BaseException) -> None:
+        text = str(cause).strip()
+        why = (text.splitlines()[0] if text else type(cause).__name__)[:300]
+        super().__init__(
+            f"registered {version.model}:{version.version}, but could not point alias "
+            f"{alias!r} at it ({why}); do not train again: once the control plane answers, "
+            f"run `modelplane models alias {version.model} {alias} {version.version}`",
+            detail={"registered_version": f"{version.model}:{version.version}",
+                    "alias": alias})
+        self.version = version

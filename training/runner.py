@@ -10,6 +10,7 @@ its manifest. The run ends ``finished``, ``failed`` or ``killed`` whatever happe
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -191,6 +192,7 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     )
     from training.models import from_bundle, to_bundle
     from training.registration import (
+        AliasNotMovedError,
         build_manifest,
         code_version,
         reference_profile,
@@ -226,7 +228,11 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     else:
         metrics = regression_metrics(split.y_val, outputs["prediction"])
     echo("held-out evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    client.log_metrics(run_id, {f"eval_{k}": v for k, v in metrics.items()}, step=epochs)
+    # Hours of work done: from here on a control plane restarting is waited for, not a
+    # reason to fail (each call is the same when repeated: uploads are by content, a run
+    # artifact replaces its path's, parameters and a step's metrics are set again).
+    patiently(lambda: client.log_metrics(run_id, {f"eval_{k}": v for k, v in metrics.items()},
+                                         step=epochs))
 
     if texts is not None:
         assert dataset.class_labels is not None
@@ -250,13 +256,13 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     import torch
 
     torch.save(to_bundle(network), bundle)
-    client.log_artifact(run_id, MODEL_BUNDLE_ARTIFACT, bundle.getvalue())
-    client.log_artifact(run_id, "model/model.onnx", onnx_model)
-    if steps:
-        client.log_artifact(run_id, "model/model.zip", artifact)
-    client.log_artifact(run_id, "job.yaml", dump_job_spec(spec).encode())
-    client.log_params(run_id, {"epochs_run": epochs, "stopped_early": stopped,
-                               "onnx_max_abs_diff": diff})
+    kept = [(MODEL_BUNDLE_ARTIFACT, bundle.getvalue()), ("model/model.onnx", onnx_model),
+            *([("model/model.zip", artifact)] if steps else []),
+            ("job.yaml", dump_job_spec(spec).encode())]
+    for path, content in kept:
+        patiently(functools.partial(client.log_artifact, run_id, path, content))
+    patiently(lambda: client.log_params(run_id, {"epochs_run": epochs, "stopped_early": stopped,
+                                                 "onnx_max_abs_diff": diff}))
     if not register:
         return JobResult(run_id, spec.model_name, None, epochs, stopped, metrics, diff)
 
@@ -271,7 +277,11 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
         parent_version=init.version if init and init.model == spec.model_name else None,
         code=code_version(),
     )
-    version = register_version(client, spec, artifact, manifest)
+    try:
+        version = register_version(client, spec, artifact, manifest)
+    except AliasNotMovedError as error:
+        _note_registered(client, run_id, f"{error.version.model}:{error.version.version}", echo)
+        raise
     alias = f" (alias {spec.registration.alias})" if spec.registration.alias else ""
     echo(f"registered {version.model}:{version.version}{alias}")
     _note_registered(client, run_id, f"{version.model}:{version.version}", echo)
@@ -569,7 +579,7 @@ def _end_quietly(client: Any, run_id: str, status: str, reason: str | None = Non
     # The original error matters more than this bookkeeping.
     with contextlib.suppress(Exception):
         if reason:
-            client.log_params(run_id, {"failure_reason": reason})
+            patiently(lambda: client.log_params(run_id, {"failure_reason": reason}))
     with contextlib.suppress(Exception):
         _end_run(client, run_id, status)
 

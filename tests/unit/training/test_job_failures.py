@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from training.capacity import ClusterCapacity, NodeCapacity, plan_placement
@@ -283,6 +285,60 @@ def test_following_gives_up_past_its_patience_saying_the_job_may_still_run(
     with pytest.raises(JobSubmissionError, match="may still run: follow it with"):
         _follower(Hiccups([busy] * 10)).follow("raysubmit_1", print, poll_s=0, patience_s=300,
                                                clock=clock)
+
+
+def test_a_registered_version_whose_alias_cannot_be_moved_is_named_not_lost(
+        no_pauses: None) -> None:
+    """The version is registered, then the control plane stays away past the job's
+    patience: the job failed with "cannot reach the control plane", the version on no run,
+    and a resubmission registered the same work a second time."""
+    from types import SimpleNamespace
+
+    from control_plane.errors import ControlPlaneUnavailableError
+    from training.registration import AliasNotMovedError, register
+
+    class Registry:
+        def register_version(self, model: str, artifact: bytes, manifest: object, *,
+                             description: str, idempotency_key: str) -> object:
+            return SimpleNamespace(model=model, version=7)
+
+        def set_alias(self, model: str, alias: str, version: int, *,
+                      idempotency_key: str) -> object:
+            raise ControlPlaneUnavailableError("cannot reach the control plane")
+
+    spec = SimpleNamespace(model_name="bc", experiment=SimpleNamespace(name="bc"),
+                           model=SimpleNamespace(architecture="mlp"),
+                           registration=SimpleNamespace(alias="challenger", description=""))
+    with pytest.raises(AliasNotMovedError) as failed:
+        register(Registry(), spec, b"onnx", manifest=object())  # type: ignore[arg-type]
+    assert failed.value.version.version == 7
+    assert failed.value.detail == {"registered_version": "bc:7", "alias": "challenger"}
+    assert "do not train again" in failed.value.message
+    assert "modelplane models alias bc challenger 7" in failed.value.message
+
+
+def test_the_calls_after_training_wait_for_a_restarting_control_plane(no_pauses: None) -> None:
+    """Training done, the control plane restarting: one refused upload of the run's
+    artifacts failed hours of work, and a failed run's reason was dropped."""
+    from control_plane.errors import ControlPlaneUnavailableError
+    from training.runner import _end_quietly
+
+    class Restarting(EndingClient):
+        def __init__(self) -> None:
+            super().__init__(ControlPlaneUnavailableError("cannot reach it"))
+            self.params: list[dict[str, Any]] = []
+            self.refusals = 1
+
+        def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise ControlPlaneUnavailableError("cannot reach it")
+            self.params.append(params)
+
+    client = Restarting()
+    _end_quietly(client, "run-1", "failed", "training diverged")
+    assert client.params == [{"failure_reason": "training diverged"}]
+    assert client.ended == [("run-1", "failed")]
 
 
 def test_a_job_that_registered_its_version_succeeds_though_its_last_bookkeeping_cannot(
