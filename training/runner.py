@@ -308,7 +308,8 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     from training.loop import train_worker
 
     resources = spec.resources
-    os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{worker_group_start_s(resources, placement_left_s):g}"
+    start_s = worker_group_start_s(resources, placement_left_s)
+    os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{start_s:g}"
     data = ray.put({"x_train": split.x_train, "y_train": split.y_train,
                     "x_val": split.x_val, "y_val": split.y_val})
     trainer = TorchTrainer(
@@ -338,7 +339,8 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
     echo(f"training on {placement.num_workers} {device} worker(s) for up to "
          f"{spec.hyperparameters.epochs} epochs; checkpoints in {storage}/{train_run_name}")
     watchdog = Watchdog(lambda: _progress(client, run_id), _interrupt_main,
-                        stall_s=resources.stall_timeout_s, max_s=resources.max_run_time_s).start()
+                        stall_s=resources.stall_timeout_s, max_s=resources.max_run_time_s,
+                        start_s=start_s).start()
     try:
         result = fit_noting_stops(trainer)
     except TrainingFailedError as error:

@@ -31,10 +31,14 @@ class Watchdog:
     """Watch a run's progress from a thread; call ``on_overdue`` once with the reason."""
 
     def __init__(self, progress: Callable[[], Hashable], on_overdue: Callable[[str], None], *,
-                 stall_s: float | None, max_s: float | None,
+                 stall_s: float | None, max_s: float | None, start_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic, poll_s: float | None = None) -> None:
         self._progress, self._on_overdue = progress, on_overdue
         self.stall_s, self.max_s, self._clock = stall_s, max_s, clock
+        # Ray Train may wait this long to place the workers at each (re)start, before any
+        # epoch can come: a stall window that did not allow for it stopped jobs waiting for
+        # their nodes as stuck.
+        self.start_s = start_s
         limits = [limit for limit in (stall_s, max_s) if limit is not None]
         # A look every POLL_S, or a quarter of a shorter deadline, so none is overrun by much.
         self._poll_s = poll_s or min([POLL_S, *(max(limit / 4, 0.25) for limit in limits)])
@@ -65,17 +69,17 @@ class Watchdog:
         if self.max_s is not None and now - self._started > self.max_s:
             return (f"training ran longer than resources.max_run_time_s ({self.max_s:g} s); "
                     "the job was stopped, its checkpoints kept for a resume")
-        if self.stall_s is not None and now - self._moved > self.stall_s:
+        if self.stall_s is not None and now - self._moved > self.stall_s + self.start_s:
+            allowed = f"resources.stall_timeout_s ({self.stall_s:g} s)" + (
+                f" and the workers' start ({self.start_s:g} s)" if self.start_s else "")
             if self.refusal is not None:
                 return (f"the control plane refused to show the run's progress for "
-                        f"{now - self._moved:.0f} s, past resources.stall_timeout_s "
-                        f"({self.stall_s:g} s): {self.refusal}; the job was stopped, its "
-                        "checkpoints kept for a resume (give it a token that lasts: "
-                        "`train submit --token-hours`)")
-            return (f"no epoch was reported for {now - self._moved:.0f} s, past "
-                    f"resources.stall_timeout_s ({self.stall_s:g} s): a worker is stuck; "
-                    "the job was stopped, its checkpoints kept for a resume")
-        if self.stall_s is not None and now - self._changed > 2 * self.stall_s:
+                        f"{now - self._moved:.0f} s, past {allowed}: {self.refusal}; the job "
+                        "was stopped, its checkpoints kept for a resume (give it a token "
+                        "that lasts: `train submit --token-hours`)")
+            return (f"no epoch was reported for {now - self._moved:.0f} s, past {allowed}: "
+                    "a worker is stuck; the job was stopped, its checkpoints kept for a resume")
+        if self.stall_s is not None and now - self._changed > 2 * self.stall_s + self.start_s:
             return (f"no epoch was seen for {now - self._changed:.0f} s, past twice "
                     f"resources.stall_timeout_s ({self.stall_s:g} s), the control plane "
                     "failing to answer at times meanwhile; the job was stopped, its "

@@ -53,6 +53,22 @@ def test_a_run_whose_epochs_stop_coming_is_overdue_once_the_stall_limit_passes()
         "no epoch was reported for 61 s, past resources.stall_timeout_s (60 s)")
 
 
+def test_the_time_ray_train_may_take_to_place_the_workers_is_no_stall() -> None:
+    """An autoscaling cluster booting nodes for the workers (placement_timeout_s 3600), or
+    a group restarted after a node died: no epoch can come meanwhile, and a stall window of
+    1800 s stopped the healthy job as stuck."""
+    run, clock = Run(), Clock()
+    watchdog = _watch(run, clock, stall_s=1800, start_s=3600)
+    assert watchdog.check() is None  # no epoch yet
+    clock.now += 5400
+    assert watchdog.check() is None
+    clock.now += 1
+    reason = watchdog.check()
+    assert reason is not None and reason.startswith(
+        "no epoch was reported for 5401 s, past resources.stall_timeout_s (1800 s) and the "
+        "workers' start (3600 s)")
+
+
 def test_an_unreachable_control_plane_is_no_evidence_of_a_stall() -> None:
     run, clock = Run(), Clock()
     watchdog = _watch(run, clock, stall_s=60)
