@@ -79,10 +79,12 @@ APPROVE = Access(Role.APPROVER, label="approver")
 ADMIN = Access(Role.ADMIN, label="admin")
 
 ROUTE_ACCESS: dict[str, Access] = {
-    # The API's own description, health and Prometheus scrapes.
+    # The API's own description and health; Prometheus scrapes name every endpoint, model
+    # and feature, so they are read as the rest (a scrape sends a reader's token where
+    # reads require one).
     "GET /openapi.json": PUBLIC,
     "GET /health": PUBLIC,
-    "GET /metrics": PUBLIC,
+    "GET /metrics": READ,
     # Admin: who am I, artifacts, the integrity check, tokens.
     "GET /whoami": READ,
     # Host names, node addresses and process ids: not for anonymous readers.
@@ -161,7 +163,8 @@ ROUTE_ACCESS: dict[str, Access] = {
     "GET /pipelines/{name}/runs": READ,
     "GET /pipelines/{name}/runs/latest": READ,
     "GET /pipelines/{name}/runs/{number}": READ,
-    "GET /pipelines/{name}/runs/{number}/logs": READ,
+    # A job's output names the nodes it ran on, their addresses and its process ids.
+    "GET /pipelines/{name}/runs/{number}/logs": TOKEN,
     "POST /pipelines/{name}/cancel": DEPLOY,
     # Monitoring and alerts; receivers are admin-only, reads included (webhook URLs
     # often carry a secret).

@@ -62,7 +62,9 @@ def slack_message(event: Event) -> dict[str, Any]:
         context += f" · <{_escape(event.link)}|Open in modelplane>"
     emoji = _EMOJI.get(event.level, "")
     return {
-        "text": _cut(f"{emoji} {title}: {summary}".strip(), FALLBACK_CHARS),
+        # The notification's text (push notifications, clients without blocks) is read as
+        # mrkdwn too: a run's name of "<!here>" would mention the channel.
+        "text": _cut(_escape(f"{emoji} {title}: {summary}".strip()), FALLBACK_CHARS),
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": _cut(title, HEADER_CHARS),
                                         "emoji": True}},

@@ -109,6 +109,9 @@ def stage_elapsed_s(context: StageContext) -> float:
 
 JobClientFactory = Callable[[], Any]
 MAX_SUBMIT_ATTEMPTS = 20  # submissions Ray took no answer on, within training.timeout_s
+# A training job's output shown with its run: the end says how it ended, and a long job's
+# whole output (every epoch of days) would be held and sent on every look.
+LOG_TAIL_CHARS = 1024 * 1024
 
 
 class TrainStage:
@@ -196,11 +199,14 @@ class TrainStage:
             "model": context.spec.model_name, "version": version})
 
     def logs(self, record: StageRecord) -> str:
-        """The job's output, once it was submitted."""
+        """The job's output, once it was submitted: its last :data:`LOG_TAIL_CHARS`."""
         job_id = record.progress.get("submission_id")
         if not job_id or not record.progress.get("submitted"):
             return ""
-        return str(self._job_client().logs(str(job_id)))
+        text = str(self._job_client().logs(str(job_id)))
+        if len(text) <= LOG_TAIL_CHARS:
+            return text
+        return f"({len(text) - LOG_TAIL_CHARS} characters before these)\n" + text[-LOG_TAIL_CHARS:]
 
     def cancel(self, context: StageContext) -> None:
         job_id = context.record.progress.get("submission_id")

@@ -144,6 +144,15 @@ def test_every_kind_makes_a_valid_slack_message() -> None:
         assert event.summary in message["text"]
 
 
+def test_a_slack_messages_text_cannot_mention_or_link_either() -> None:
+    """A trainer names its run "<!here> <https://evil.example|Re-authenticate>": the blocks
+    escaped it, the notification's text (what a phone shows) did not."""
+    forged = "<!here> <https://evil.example/login|Re-authenticate modelplane>"
+    message = slack_message(Event(EventKind.TRAINING_FAILED, Subject("training_job", forged),
+                                  f"{forged} failed", {}))
+    assert "<" not in message["text"] and "&lt;!here&gt;" in message["text"]
+
+
 def test_slack_messages_stay_within_the_limits_whatever_the_event_holds() -> None:
     details = {f"detail_{i}": "x" * 5000 for i in range(30)}
     event = Event(EventKind.PIPELINE_RUN_FAILED, Subject("pipeline", "p" * 400), "s" * 10_000,
