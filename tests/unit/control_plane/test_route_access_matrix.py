@@ -290,3 +290,14 @@ def test_a_nul_character_is_refused_before_any_route_reads_it(
     response = matrix.client.get(path)
     assert response.status_code == 400 and response.json()["detail"] == {"field": field}
     assert "NUL" in response.json()["error"]
+
+
+def test_what_names_hosts_or_every_feature_is_not_for_anonymous_callers() -> None:
+    """A training job's output (node addresses, process ids) was open to anyone, and the
+    Prometheus scrape (every endpoint, model and feature) stayed open where reads require a
+    token."""
+    opened = Settings.from_env({})
+    closed = Settings.from_env({"MODELPLANE_READS_REQUIRE_TOKEN": "true"})
+    assert not ROUTE_ACCESS["GET /pipelines/{name}/runs/{number}/logs"].anonymous_allowed(opened)
+    assert ROUTE_ACCESS["GET /metrics"].anonymous_allowed(opened)
+    assert not ROUTE_ACCESS["GET /metrics"].anonymous_allowed(closed)

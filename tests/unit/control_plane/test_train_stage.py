@@ -440,3 +440,17 @@ def test_a_dashboard_that_refuses_connections_is_not_a_refused_submission() -> N
     with pytest.raises(JobSubmissionError) as raised:
         JobClient(f"http://127.0.0.1:{port}")
     assert raised.value.detail["answered"] is False and not raised.value.detail.get("refused")
+
+
+def test_a_runs_job_output_is_its_tail() -> None:
+    """A job's output over days of epochs was fetched whole and sent on every look."""
+    from control_plane.pipelines.stages import LOG_TAIL_CHARS
+
+    api = JobApi()
+    lines = [f"epoch {i}: loss 0.{i:06d}" for i in range(200_000)]
+    api.logs = lambda job_id: "\n".join(lines)  # type: ignore[attr-defined]
+    shown = _stage(api).logs(_context(after_s=30).record)
+    assert len(shown) < LOG_TAIL_CHARS + 100 and shown.endswith(lines[-1])
+    assert shown.startswith(f"({len(chr(10).join(lines)) - LOG_TAIL_CHARS} characters before")
+    api.logs = lambda job_id: "short"  # type: ignore[attr-defined]
+    assert _stage(api).logs(_context(after_s=30).record) == "short"
