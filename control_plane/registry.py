@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
@@ -27,6 +28,7 @@ from control_plane.errors import (
     PermissionDeniedError,
     StageTransitionError,
 )
+from control_plane.listings import LISTING_ROWS_AT_ONCE, within_listing_bytes
 from control_plane.model_check import check_version
 from control_plane.notifications import sources as events
 from control_plane.notifications.service import notify_on_commit
@@ -79,11 +81,10 @@ _checking = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 MAX_ALIASES = 1000
 
 # A listing of versions leaves out what makes a manifest large (a drift reference may be
-# megabytes), and stops short of its page's limit past LISTING_MAX_BYTES: each listing is
-# open to anonymous readers where reads are, and was up to 500 whole manifests.
+# megabytes), and stops short of its page's limit past LISTING_MAX_BYTES
+# (control_plane.listings): each listing is open to anonymous readers where reads are, and
+# was up to 500 whole manifests.
 ABRIDGED_MANIFEST_FIELDS = ("reference_profile", "example_inputs")
-LISTING_MAX_BYTES = 8 << 20
-LISTING_ROWS_AT_ONCE = 16  # whole rows read from the store at a time
 
 # ASCII digits, at most ten: \d also takes other scripts' digits, and an unbounded number
 # overflows the store's INTEGER (a 500, not the 400 it is).
@@ -319,16 +320,14 @@ class Registry:
             rows = session.scalars(
                 query.order_by(ModelVersionRow.version.desc()).limit(limit).offset(offset)
                 .execution_options(yield_per=LISTING_ROWS_AT_ONCE))
-            items: list[VersionOut] = []
-            size = 0
-            for row in rows:
-                item = _version_out(session, model, row, abridged=True)
-                session.expunge(row)  # its whole manifest, let go once abridged
-                size += len(item.model_dump_json())
-                if items and size > LISTING_MAX_BYTES:
-                    limit = len(items)  # the next page starts where this one stopped
-                    break
-                items.append(item)
+
+            def abridged() -> Iterator[VersionOut]:
+                for row in rows:
+                    item = _version_out(session, model, row, abridged=True)
+                    session.expunge(row)  # its whole manifest, let go once abridged
+                    yield item
+
+            items, limit = within_listing_bytes(abridged(), limit)
             rows.close()
         return Page[VersionOut](items=items, total=total, limit=limit, offset=offset)
 

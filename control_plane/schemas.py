@@ -411,6 +411,9 @@ class RunOut(Wire):
     latest_metrics: dict[str, float]
     children: list[str]
     artifacts: list[RunArtifactOut]
+    abridged: bool = Field(False, description=(
+        "True in listings: children and artifacts (up to 10,000 a run) are left out; GET "
+        "the run for them."))
 
 
 class MetricOut(Wire):

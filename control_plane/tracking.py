@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as StoreConstraintError
@@ -20,6 +20,7 @@ from control_plane.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from control_plane.listings import LISTING_ROWS_AT_ONCE, within_listing_bytes
 from control_plane.notifications.service import notify_on_commit
 from control_plane.notifications.sources import training_ended
 from control_plane.ray_clusters import RayCluster
@@ -44,6 +45,8 @@ from control_plane.schemas import (
 from control_plane.store import Database
 from control_plane.store.models import ExperimentRow, RunArtifactRow, RunMetricRow, RunRow
 
+T = TypeVar("T")
+
 _LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse")
 
 
@@ -58,6 +61,9 @@ MAX_METRIC_POINTS = 1_000_000  # per run, every key together
 # run: bounded, as its metric points are, and so are its artifact paths.
 MAX_PARAMS_BYTES = 1024 * 1024
 MAX_RUN_ARTIFACTS = 10_000
+# A run's tags and environment, and an experiment's description and tags: read with every
+# listing of them, which anyone may make (500 at a time).
+MAX_LABELS_BYTES = 64 * 1024
 HISTORY_POINTS = 10_000  # a metric's history as read, by default
 
 class Tracker:
@@ -75,8 +81,8 @@ class Tracker:
                     f"experiment {spec.name!r} already exists", detail={"field": "name"}
                 )
             row = ExperimentRow(
-                name=spec.name, description=spec.description, tags=dict(spec.tags),
-                created_by=actor.name,
+                name=spec.name, description=_bounded(spec.description, "description"),
+                tags=_bounded(dict(spec.tags), "tags"), created_by=actor.name,
             )
             session.add(row)
             session.flush()
@@ -87,8 +93,10 @@ class Tracker:
             total = session.scalar(select(func.count(ExperimentRow.id))) or 0
             rows = session.scalars(
                 select(ExperimentRow).order_by(ExperimentRow.name).limit(limit).offset(offset)
-            ).all()
-            items = [_experiment_out(session, row) for row in rows]
+                .execution_options(yield_per=LISTING_ROWS_AT_ONCE))
+            items, limit = within_listing_bytes(
+                (_experiment_out(session, row) for row in rows), limit)
+            rows.close()
         return Page[ExperimentOut](items=items, total=total, limit=limit, offset=offset)
 
     def start_run(self, spec: RunCreate, actor: Principal) -> RunOut:
@@ -103,9 +111,9 @@ class Tracker:
                 experiment_id=experiment_id,
                 parent_run_id=spec.parent_run_id,
                 name=spec.name,
-                params=_bounded_params(dict(spec.params)),
-                tags=dict(spec.tags),
-                environment=dict(spec.environment),
+                params=_bounded(dict(spec.params), "params", MAX_PARAMS_BYTES),
+                tags=_bounded(dict(spec.tags), "tags"),
+                environment=_bounded(dict(spec.environment), "environment"),
                 created_by=actor.name,
             )
             session.add(row)
@@ -127,8 +135,10 @@ class Tracker:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             rows = session.scalars(
                 query.order_by(RunRow.start_time.desc()).limit(limit).offset(offset)
-            ).all()
-            items = [_run_out(session, row) for row in rows]
+                .execution_options(yield_per=LISTING_ROWS_AT_ONCE))
+            items, limit = within_listing_bytes(
+                (_run_out(session, row, abridged=True) for row in rows), limit)
+            rows.close()
         return Page[RunOut](items=items, total=total, limit=limit, offset=offset)
 
     def update_run(self, run_id: str, spec: RunUpdate, actor: Principal) -> RunOut:
@@ -206,7 +216,7 @@ class Tracker:
         actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
             row = _writable(session, run_id, actor)
-            row.params = _bounded_params({**row.params, **spec.params})
+            row.params = _bounded({**row.params, **spec.params}, "params", MAX_PARAMS_BYTES)
             return _run_out(session, row)
 
     def log_metrics(self, run_id: str, batch: MetricBatch, actor: Principal) -> int:
@@ -368,16 +378,18 @@ def _experiment_out(session: Session, row: ExperimentRow) -> ExperimentOut:
     )
 
 
-def _run_out(session: Session, row: RunRow) -> RunOut:
+def _run_out(session: Session, row: RunRow, *, abridged: bool = False) -> RunOut:
+    """The run as answered; ``abridged`` (listings): without its artifacts and children."""
     experiment = session.get(ExperimentRow, row.experiment_id)
     assert experiment is not None
-    children = session.scalars(
+    children = [] if abridged else session.scalars(
         select(RunRow.id).where(RunRow.parent_run_id == row.id).order_by(RunRow.start_time)
     ).all()
-    artifacts = session.scalars(
+    artifacts = [] if abridged else session.scalars(
         select(RunArtifactRow).where(RunArtifactRow.run_id == row.id).order_by(RunArtifactRow.path)
     ).all()
     return RunOut(
+        abridged=abridged,
         id=row.id,
         experiment=experiment.name,
         name=row.name,
@@ -404,15 +416,14 @@ class JobRun(NamedTuple):
     ray_cluster: RayCluster | None  # None: not recorded (or by a job before the head was)
 
 
-def _bounded_params(params: dict[str, Any]) -> dict[str, Any]:
-    """``params``, where they fit in :data:`MAX_PARAMS_BYTES`."""
-    size = len(json.dumps(params, separators=(",", ":")))
-    if size > MAX_PARAMS_BYTES:
+def _bounded(document: T, field: str, limit: int = MAX_LABELS_BYTES) -> T:
+    """``document``, where it fits in ``limit`` bytes (as JSON)."""
+    size = len(json.dumps(document, separators=(",", ":")))
+    if size > limit:
         raise ConflictError(
-            f"the run's params would take {size:,} bytes and a run's params may take at most "
-            f"{MAX_PARAMS_BYTES:,}; log large values as artifacts",
-            detail={"field": "params", "bytes": size, "limit": MAX_PARAMS_BYTES})
-    return params
+            f"{field} would take {size:,} bytes and may take at most {limit:,}; log large "
+            "values as artifacts", detail={"field": field, "bytes": size, "limit": limit})
+    return document
 
 
 def _ray_cluster(environment: Any) -> RayCluster | None:

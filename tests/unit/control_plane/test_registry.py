@@ -298,7 +298,7 @@ def test_a_model_holds_a_bounded_number_of_aliases(registry: Registry,
 
 def test_listings_leave_out_what_makes_a_manifest_large_and_stop_at_a_size(
         registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    import control_plane.registry as registry_module
+    from control_plane import listings
     from tests.unit.serving.monitoring_helpers import reference_profile
 
     profile = reference_profile()
@@ -316,7 +316,7 @@ def test_listings_leave_out_what_makes_a_manifest_large_and_stop_at_a_size(
     assert whole.manifest.example_inputs == {"input": [[0.5, 0.1, 0.2, 0.3]]}
     # Past the byte bound a page is cut short, and says where the next one starts.
     one = len(listed.items[0].model_dump_json())
-    monkeypatch.setattr(registry_module, "LISTING_MAX_BYTES", 2 * one + one // 2)
+    monkeypatch.setattr(listings, "LISTING_MAX_BYTES", 2 * one + one // 2)
     pages, limits, offset = [], [], 0
     while offset < 5:
         page = registry.list_versions("iris", limit=50, offset=offset)
@@ -325,7 +325,7 @@ def test_listings_leave_out_what_makes_a_manifest_large_and_stop_at_a_size(
         limits.append(page.limit)
         offset += page.limit
     assert pages == [[5, 4], [3, 2], [1]] and limits == [2, 2, 50]
-    monkeypatch.setattr(registry_module, "LISTING_MAX_BYTES", 1)
+    monkeypatch.setattr(listings, "LISTING_MAX_BYTES", 1)
     assert [v.version for v in registry.list_versions("iris").items] == [5]  # never empty
 
 

@@ -81,6 +81,39 @@ def test_a_run_whose_new_experiment_another_job_creates_meanwhile_starts_in_it(
         ("sweep", 2)]
 
 
+def test_runs_and_experiments_are_bounded_where_anyone_lists_them(
+        tracker: Tracker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone may list 500 runs at a time: with tags and environments unbounded, a trainer
+    token could make one listing gigabytes. They are bounded as params are, and a listing
+    leaves out each run's artifacts and stops short past a size."""
+    from control_plane import listings
+
+    big = {"blob": "x" * 70_000}
+    for field, spec in (("environment", RunCreate(experiment="wide", environment=big)),
+                        ("tags", RunCreate(experiment="wide", tags=big))):
+        with pytest.raises(ConflictError, match=f"{field} would take") as refused:
+            tracker.start_run(spec, ALICE)
+        assert refused.value.detail["field"] == field
+    with pytest.raises(ConflictError, match="description would take"):
+        tracker.create_experiment(ExperimentCreate(name="wide-2", description="x" * 70_000), ALICE)
+    runs = [tracker.start_run(RunCreate(experiment="wide", params={"p": "y" * 1000}), ALICE)
+            for _ in range(5)]
+    tracker.log_artifact(runs[0].id, RunArtifactCreate(
+        path="model.onnx", digest=tracker.artifacts.put([b"weights"]).digest), ALICE)
+    listed = tracker.list_runs("wide")
+    assert all(run.abridged and run.artifacts == [] for run in listed.items)
+    whole = tracker.get_run(runs[0].id)
+    assert not whole.abridged and [a.path for a in whole.artifacts] == ["model.onnx"]
+    one = len(listed.items[0].model_dump_json())
+    monkeypatch.setattr(listings, "LISTING_MAX_BYTES", 2 * one + one // 2)
+    pages, offset = [], 0
+    while offset < 5:
+        page = tracker.list_runs("wide", limit=50, offset=offset)
+        pages.append(len(page.items))
+        offset += page.limit
+    assert pages == [2, 2, 1]
+
+
 def test_a_run_refused_leaves_no_experiment_behind(tracker: Tracker) -> None:
     with pytest.raises(NotFoundError, match="parent_run_id|no run"):
         tracker.start_run(RunCreate(experiment="never", parent_run_id="missing"), ALICE)
