@@ -22,6 +22,7 @@ from serving.monitoring.routing import ROUTINGS
 
 if TYPE_CHECKING:
     from serving.monitoring import VersionSnapshot, VersionTotals
+    from serving.monitoring.stats import ServedConfig
 
 MONITOR_TIMEOUT_S = 2.0  # a healthy Monitor answers in milliseconds
 MONITOR_RETRY_S = 5.0  # after a failure, how long callers are told "unknown" without asking
@@ -112,6 +113,16 @@ def version_stats(endpoint: str, window_s: float,
         return read_version_stats(endpoint, window_s, sample)
     except MonitorUnavailableError:
         return {}
+
+
+def served_config(endpoint: str) -> ServedConfig | None:
+    """The newest configuration of ``endpoint`` its replicas report serving (see
+    ``MonitorState.served_config``); None when none has reported or the Monitor cannot
+    answer (nothing is known either way)."""
+    try:
+        return _ask("served", endpoint)  # type: ignore[no-any-return]
+    except MonitorUnavailableError:
+        return None
 
 
 def endpoint_stats(endpoint: str, window_s: float) -> dict[str, Any]:

@@ -212,7 +212,7 @@ class Reconciler:
                     max_body_bytes=self.max_body_bytes,
                     link_address=self.link_address if endpoint.placement == "isolated" else None,
                     generation=endpoint.generation,
-                    incarnation=f"{endpoint.created_at.isoformat()}#{endpoint.id}",
+                    incarnation=incarnation_of(endpoint),
                 )
         return configs
 
@@ -646,3 +646,8 @@ def _scaling(raw: dict[str, Any] | None) -> ScalingConfig:
 
 def _digest(document: str) -> str:
     return hashlib.sha256(document.encode()).hexdigest()
+
+
+def incarnation_of(endpoint: EndpointRow) -> str:
+    """Which creation of its name ``endpoint`` is (``EndpointConfig.incarnation``)."""
+    return f"{endpoint.created_at.isoformat()}#{endpoint.id}"

@@ -15,7 +15,7 @@ from control_plane.artifacts import ArtifactStore
 from control_plane.auth import TokenService
 from control_plane.deployments import Deployments
 from control_plane.idempotency_store import IdempotencyStore
-from control_plane.observability import version_stats
+from control_plane.observability import served_config, version_stats
 from control_plane.ownership import store_identity
 from control_plane.registry import Registry
 from control_plane.rollouts.controller import RolloutController
@@ -103,6 +103,7 @@ class ControlPlane:
 
         plane.benchmarks = Benchmarks(plane)
         plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
+                                           served=served_config,
                                            apply=plane.apply_committed, alert=plane.raise_alert,
                                            leading=lambda: plane.leading, fenced=plane._fenced)
         from control_plane.pipelines.wiring import build_pipelines

@@ -39,6 +39,7 @@ from control_plane.deployments import (
     refuse_shared_requirements,
 )
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
+from control_plane.reconciler import incarnation_of
 from control_plane.registry import Registry
 from control_plane.rollouts import aliases
 from control_plane.rollouts.ab_gate import ABWindow, tested
@@ -80,8 +81,15 @@ from control_plane.rollouts.states import ACTIVE_STATES, RolloutState
 from control_plane.schemas import Role
 from control_plane.store import Database
 from control_plane.store.database import FencedOut
-from control_plane.store.models import ModelRow, ModelVersionRow, RolloutEventRow, RolloutRow
+from control_plane.store.models import (
+    EndpointRow,
+    ModelRow,
+    ModelVersionRow,
+    RolloutEventRow,
+    RolloutRow,
+)
 from serving.monitoring import VersionSnapshot
+from serving.monitoring.stats import ServedConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +109,7 @@ class RolloutController(ManualActions):
         deployments: Deployments,
         *,
         stats: StatsSource,
+        served: Callable[[str], ServedConfig | None] = lambda endpoint: None,
         apply: Callable[[], Any] = lambda: None,
         alert: AlertSink | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -109,7 +118,12 @@ class RolloutController(ManualActions):
     ) -> None:
         super().__init__(db, registry, deployments, stats=stats, apply=apply, alert=alert, now=now,
                          leading=leading, fenced=fenced)
+        self._served = served
         self._analysed_at: dict[int, datetime] = {}
+        # Per rollout: the step found not served yet, then (step, when it was first seen
+        # served): its window and hold count from then (:meth:`_as_served`).
+        self._unserved_step: dict[int, int] = {}
+        self._served_from: dict[int, tuple[int, datetime]] = {}
         self._aliases_checked_at: datetime | None = None
         # (endpoint, model ref) -> why its alias's rollout could not start, last pass
         self._alias_refusals: dict[tuple[str, str], str] = {}
@@ -280,18 +294,22 @@ class RolloutController(ManualActions):
         snapshot = None
         if analysis_due(rollout, self._analysed_at.get(rollout.id), now):
             self._analysed_at[rollout.id] = now
-            window = analysis_window(rollout, now)
             try:
-                snapshot = self._evidence(rollout, window, now)
+                unserved = self._unserved(rollout, now)
+                rollout = self._as_served(rollout)
+                window = analysis_window(rollout, now)
+                snapshot = (Snapshot(window, None, None, no_evidence=unserved) if unserved
+                            else self._evidence(rollout, window, now))
             except FencedOut:
                 raise
             except Exception as error:
                 # Recorded as an inconclusive analysis, so the deadline for evidence runs:
                 # raised, it stalled the rollout at its step with nothing recorded.
                 log.exception("reading the statistics of rollout #%d failed", rollout.id)
-                snapshot = Snapshot(window, None, None, unreadable=(
+                snapshot = Snapshot(analysis_window(rollout, now), None, None, no_evidence=(
                     f"the Monitor's statistics could not be read: {type(error).__name__}: "
                     f"{error}"[:500]))
+        rollout = self._as_served(rollout)
         with self.db.session(readonly=True) as session:
             gate = approval_gate(session, rollout_row(session, rollout.id))
         decision = decide(rollout, Evidence(gate, snapshot), now)
@@ -312,6 +330,37 @@ class RolloutController(ManualActions):
         if decision.action in (Action.ADVANCE, Action.AWAIT_APPROVAL, Action.RESUME):
             return self._move(rollout, decision, gate, now)
         return False  # hold, or wait for evidence
+
+    def _unserved(self, rollout: RolloutOut, now: datetime) -> str | None:
+        """Why the step's traffic is known not to be served yet (None: it is, or nothing is
+        known either way). The step's routes are committed before they are applied to
+        Serve: a control plane killed in between, or Serve refusing them, left the old
+        split serving while the step held and its analyses judged that split."""
+        seen = self._served(rollout.endpoint)
+        if seen is None:
+            return None
+        with self.db.session(readonly=True) as session:
+            endpoint = session.scalar(select(EndpointRow).where(
+                EndpointRow.name == rollout.endpoint))
+            if endpoint is None or seen.incarnation != incarnation_of(endpoint):
+                return None
+            written = endpoint.generation
+        if seen.generation >= written:
+            if self._unserved_step.pop(rollout.id, None) == rollout.step_index:
+                self._served_from[rollout.id] = (rollout.step_index, now)
+            return None
+        self._unserved_step[rollout.id] = rollout.step_index
+        return (f"the step's traffic is not served yet: the endpoint's replicas report its "
+                f"configuration {seen.generation}, the control plane wrote {written}")
+
+    def _as_served(self, rollout: RolloutOut) -> RolloutOut:
+        """``rollout`` with its step started when its traffic was first seen served, where
+        that was later than the step's start (its window and hold count from then)."""
+        served = self._served_from.get(rollout.id)
+        if (served is None or served[0] != rollout.step_index or rollout.step_started_at is None
+                or served[1] <= rollout.step_started_at):
+            return rollout
+        return rollout.model_copy(update={"step_started_at": served[1]})
 
     def _evidence(self, rollout: RolloutOut, window: float, now: datetime) -> Snapshot:
         """The Monitor's numbers for an analysis of ``rollout`` over ``window`` seconds."""

@@ -85,8 +85,9 @@ class Snapshot:
     # Whether ``baseline`` is the one an earlier analysis of the rollout kept
     # (:func:`kept_baseline`) rather than a new read.
     baseline_kept: bool = False
-    # Why the numbers could not be read (then there are none): the analysis is inconclusive.
-    unreadable: str | None = None
+    # Why there are no numbers to judge (the step's traffic not served yet, the Monitor's
+    # answer unreadable): the analysis is inconclusive.
+    no_evidence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,8 +232,8 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
            now: datetime) -> tuple[Verdict, dict[str, Any]]:
     """Analyse the current step on ``snapshot``: the verdict and the record to store."""
     config = settings.to_config()
-    result = (CheckResult(Verdict.INCONCLUSIVE, reason=snapshot.unreadable)
-              if snapshot.unreadable else
+    result = (CheckResult(Verdict.INCONCLUSIVE, reason=snapshot.no_evidence)
+              if snapshot.no_evidence else
               analyse(config, snapshot.candidate, snapshot.stable,
                       shadow=rollout.current_step.shadow, baseline=snapshot.baseline,
                       has_stable=rollout.stable_version is not None))

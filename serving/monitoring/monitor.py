@@ -61,8 +61,8 @@ log = logging.getLogger(__name__)
 # any change, so `up` replaces a Monitor left running by an older modelplane (2: the
 # first to say; per-routing samples and snapshots' ``sample``; 3: pinned and sticky
 # latencies apart, by way of routing, and ``endpoint_deleted``; 4: requests abandoned
-# by their callers, by way of routing).
-MONITOR_PROTOCOL = 4
+# by their callers, by way of routing; 5: ``served``).
+MONITOR_PROTOCOL = 5
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
 METRICS_WINDOW_S = 60.0  # window of the windowed signals in the Prometheus exposition
@@ -358,6 +358,11 @@ class MonitorState:
                       for c in by_version.values())
         return {"received": len(items), "joined": len(joined), "waiting": waiting,
                 "invalid_labels": invalid}
+
+    def served_config(self, endpoint: str) -> ServedConfig | None:
+        """The newest configuration of ``endpoint`` its replicas have recorded statistics
+        under (None: none yet): a rollout's step is served once this is its generation."""
+        return self.served.get(endpoint)
 
     def snapshot(self, endpoint: str, window_s: float = 60.0,
                  sample: tuple[str, ...] | None = None) -> dict[int, VersionSnapshot]:
@@ -691,6 +696,9 @@ class MonitorActor:
 
     def histograms(self, endpoint: str, version: int, window_s: float = 60.0) -> dict[str, Any]:
         return self.state.histograms(endpoint, version, window_s)
+
+    def served(self, endpoint: str) -> ServedConfig | None:
+        return self.state.served_config(endpoint)
 
     def history(self, endpoint: str, window_s: float = 300.0,
                 step_s: float = 5.0) -> dict[int, list[dict[str, Any]]]:

@@ -808,6 +808,45 @@ def test_statistics_that_cannot_be_read_are_inconclusive_and_the_deadline_runs(
     assert world.weights() == {1: 100.0}
 
 
+def test_a_step_is_judged_and_held_only_once_its_traffic_is_served(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step's routes are committed, then applied to Serve: with the control plane killed
+    in between (or Serve refusing them), the old split served while the step held and its
+    analyses judged the old split, and the rollout walked its steps unseen."""
+    from sqlalchemy import select
+
+    from control_plane.reconciler import incarnation_of
+    from control_plane.store.models import EndpointRow
+    from serving.monitoring.stats import ServedConfig
+
+    def written() -> ServedConfig:
+        with world.registry.db.session(readonly=True) as session:
+            row = session.scalar(select(EndpointRow).where(EndpointRow.name == "iris"))
+            return ServedConfig(incarnation_of(row), row.generation, (1, 2))
+
+    before = written()
+    serving = {"config": before}
+    monkeypatch.setattr(world.controller, "_served", lambda endpoint: serving["config"])
+    rollout_id = world.start(steps=[10, 50, 100], step_duration_s=3)
+    world.serve(1, requests=500)
+    world.serve(2, requests=100)
+    world.run(20)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.step_index == 0 and rollout.last_analysis["verdict"] == "inconclusive"
+    assert "not served yet: the endpoint's replicas report its configuration" in \
+        rollout.last_analysis["reason"]
+    serving["config"] = written()  # applied at last: the step's hold starts now
+    world.run(2)
+    assert world.controller.get(rollout_id).step_index == 0
+    world.run(10)
+    assert world.controller.get(rollout_id).step_index >= 1
+    # Replicas of another creation of the name, or a Monitor that knows nothing: no word
+    # either way, and the rollout goes on.
+    serving["config"] = before._replace(incarnation="another")
+    world.run(30)
+    assert world.controller.get(rollout_id).state == RolloutState.SUCCEEDED
+
+
 def test_bad_requests_name_the_problem(world: World) -> None:
     with pytest.raises(ConflictError, match="already takes the most traffic"):
         world.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:1"), ALICE)
