@@ -9,11 +9,14 @@ into the registered version's lineage.
 from __future__ import annotations
 
 import hashlib
+import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from control_plane.errors import InvalidInputError
 from training.errors import InvalidJobSpecError
 from training.schemas import DataSpec
 
@@ -47,9 +50,12 @@ class Split:
     y_val: np.ndarray
 
 
-def load_dataset(spec: DataSpec, task: str, *, text: bool = False) -> Dataset:
+def load_dataset(spec: DataSpec, task: str, *, text: bool = False,
+                 opener: Callable[[str], Any] | None = None) -> Dataset:
     """Read, check and encode the data the spec names; with ``text``, its one feature
-    column holds texts (features: an object array ``[rows, 1]`` of str)."""
+    column holds texts (features: an object array ``[rows, 1]`` of str). ``opener`` opens
+    ``data.path`` for reading (the control plane's reads its data through the pipelines'
+    bounded, checked one)."""
     labels: list[str] | None = None
     if spec.dataset is not None:
         frame, target, uri, digest, class_names = _bundled(spec.dataset)
@@ -58,11 +64,11 @@ def load_dataset(spec: DataSpec, task: str, *, text: bool = False) -> Dataset:
             labels = class_names
     else:
         assert spec.path is not None and spec.target is not None
-        table = _read_table(spec)
+        table, digest = _read_table(spec, opener or _open)
         _check_columns(spec, list(table.columns))
         target = table[spec.target].to_numpy()
         frame = table.drop(columns=[spec.target])
-        uri, digest = spec.path, file_digest(spec.path)
+        uri = spec.path
     names = spec.features or [str(c) for c in frame.columns]
     unknown = [name for name in names if name not in frame.columns]
     if unknown:
@@ -131,12 +137,6 @@ def check_columns(spec: DataSpec) -> None:
                          f"(it has {_preview(columns)})")
 
 
-def file_digest(location: str) -> str:
-    """sha256 of a file's bytes, local or remote."""
-    with _open(location) as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _bundled(name: str) -> tuple[Any, np.ndarray, str, str, list[str] | None]:
     import pandas as pd
     from sklearn import datasets
@@ -159,18 +159,59 @@ def _bundled(name: str) -> tuple[Any, np.ndarray, str, str, list[str] | None]:
     return frame, target, f"sklearn://{name}", hasher.hexdigest(), classes
 
 
-def _read_table(spec: DataSpec) -> Any:
+def _read_table(spec: DataSpec, opener: Callable[[str], Any]) -> tuple[Any, str]:
+    """The table at ``data.path`` and the sha256 of the bytes it was parsed from, read
+    once: hashed in a second read, a file replaced in between (new data landing) was
+    recorded in the lineage as the data trained on."""
     import pandas as pd
 
     assert spec.path is not None
     kind = _format(spec)
     try:
-        with _open(spec.path) as handle:
-            return pd.read_parquet(handle) if kind == "parquet" else pd.read_csv(handle)
-    except InvalidJobSpecError:
+        with opener(spec.path) as handle:
+            if kind == "parquet":  # read by offsets: whole, then parsed from memory
+                raw = handle.read()
+                return pd.read_parquet(io.BytesIO(raw)), hashlib.sha256(raw).hexdigest()
+            hashing = _HashingReader(handle)
+            table = pd.read_csv(hashing)
+            return table, hashing.hexdigest()
+    except (InvalidJobSpecError, InvalidInputError):  # the opener's own refusals, as they are
         raise
     except Exception as error:
         raise _error("data.path", f"cannot read {spec.path} as {kind}: {_first_line(error)}") from None
+
+
+class _HashingReader:
+    """A file read from start to end, hashing what is read (what is left unread at the
+    end too)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._hasher = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._hasher.update(data)
+        return data  # type: ignore[no-any-return]
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def hexdigest(self) -> str:
+        while chunk := self._handle.read(1 << 20):
+            self._hasher.update(chunk)
+        return self._hasher.hexdigest()
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._handle.readline(size)
+        self._hasher.update(line)
+        return line  # type: ignore[no-any-return]
 
 
 def _open(location: str) -> Any:

@@ -72,7 +72,7 @@ def load_dataset(uri: str, *, format: DataFormat = "auto") -> pd.DataFrame:
 
     kind = format if format != "auto" else _format_of(uri)
     try:
-        with _open(uri) as handle:
+        with open_data(uri) as handle:
             return pd.read_parquet(handle) if kind == "parquet" else pd.read_csv(handle)
     except InvalidInputError:
         raise
@@ -155,7 +155,9 @@ def _format_of(uri: str) -> str:
                  "or give the format")
 
 
-def _open(uri: str) -> Any:
+def open_data(uri: str) -> Any:
+    """``uri`` opened for reading as pipelines read data: its host checked, no redirect
+    followed, no further than ``MODELPLANE_DATA_MAX_MB``."""
     import fsspec
 
     options: dict[str, Any] = {}

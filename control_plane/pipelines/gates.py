@@ -219,6 +219,7 @@ class EvaluateStage:
                                                   target=_target_column(context))
             return features, truth, settings.data_uri
         from control_plane.errors import InvalidInputError
+        from control_plane.pipelines.data_sources import check_data_uri, open_data
         from control_plane.schemas import ModelManifest
         from training.data import load_dataset as load_training_data
         from training.data import split_dataset
@@ -226,10 +227,10 @@ class EvaluateStage:
 
         job = JobSpec.model_validate(context.spec.training.job)
         if job.data.path:  # read here, in the control plane: held to the pipelines' rule
-            from control_plane.pipelines.data_sources import check_data_uri
-
             check_data_uri(job.data.path)
-        dataset = load_training_data(job.data, job.task, text=job.model.reads_text)
+        # Through the pipelines' reader: its size bound, host check and no redirects.
+        dataset = load_training_data(job.data, job.task, text=job.model.reads_text,
+                                     opener=open_data)
         trained_on = ModelManifest.model_validate(manifest).lineage.dataset_digest
         if trained_on is not None and trained_on != dataset.digest:
             # Split again, rows the candidate trained on would be held out: a file appended

@@ -461,3 +461,28 @@ def test_the_training_jobs_own_held_out_rows_come_as_labels(tmp_path: Path) -> N
     with pytest.raises(InvalidInputError, match="changed since the candidate trained") as refused:
         EvaluateStage._held_out(SimpleNamespace(spec=spec), registered)
     assert refused.value.detail == {"field": "evaluate.data_uri"}
+
+
+def test_the_training_jobs_own_rows_are_read_as_the_pipelines_read_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modelplane_home: Path) -> None:
+    """Without evaluate.data_uri the control plane reads the job's whole data file itself:
+    through training's reader it had no size bound (a file of tens of gigabytes had the
+    control plane killed), no host check and followed redirects."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from control_plane.pipelines.gates import EvaluateStage
+    from control_plane.pipelines.spec import parse_pipeline_spec
+    from modelplane.settings import reset_settings_cache
+
+    monkeypatch.setenv("MODELPLANE_DATA_MAX_MB", "1")
+    reset_settings_cache()
+    big = tmp_path / "big.csv"
+    big.write_text("a,b,target\n" + "1,2.5,0\n2,0.5,1\n" * 100_000)
+    job = yaml.safe_load((Path(__file__).parents[3] / "examples" / "breast_cancer.yaml").read_text())
+    job["data"] = {"path": str(big), "target": "target"}
+    spec = parse_pipeline_spec({"name": "big", "training": {"job": job}, "evaluate": {},
+                                "data": {"uri": str(big)}, "deploy": {"endpoint": "big"}})
+    with pytest.raises(InvalidInputError, match="more than a pipeline reads"):
+        EvaluateStage._held_out(SimpleNamespace(spec=spec), manifest("classification", 2, 2))
