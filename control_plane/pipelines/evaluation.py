@@ -367,11 +367,26 @@ def _unlike(candidate: ModelManifest, champion: ModelManifest) -> str:
                    if name not in candidate.feature_names]
         if missing:
             return f"it reads features the candidate does not ({missing[:5]})"
-    if candidate.task == "classification" and champion.class_labels and candidate.class_labels \
-            and set(champion.class_labels) != set(candidate.class_labels):
-        return (f"its classes {champion.class_labels} are not the candidate's "
-                f"{candidate.class_labels}")
-    return ""
+    return _champion_classes(candidate, champion)[1]
+
+
+def _champion_classes(candidate: ModelManifest, champion: ModelManifest,
+                      ) -> tuple[np.ndarray | None, str]:
+    """(the candidate's index of each of the champion's classes, None where they are its
+    own; why they cannot be compared, "" where they can). Classes named only by position
+    ("0", "1": a label column of indices) are the other model's classes in order."""
+    mine, theirs = candidate.class_labels, champion.class_labels
+    if candidate.task != "classification" or not mine or not theirs or mine == theirs:
+        return None, ""
+    if set(mine) == set(theirs):
+        return np.array([mine.index(label) for label in theirs]), ""
+    if len(mine) == len(theirs) and (_positional(mine) or _positional(theirs)):
+        return None, ""
+    return None, f"its classes {theirs} are not the candidate's {mine}"
+
+
+def _positional(labels: list[str]) -> bool:
+    return labels == [str(index) for index in range(len(labels))]
 
 
 def _in_order(X: Any, candidate: ModelManifest, champion: ModelManifest) -> Any:
@@ -390,10 +405,9 @@ def _as_candidates(scored: dict[str, np.ndarray], candidate: ModelManifest,
                    champion: ModelManifest) -> dict[str, np.ndarray]:
     """The champion's answers in the candidate's class indices (the same classes, perhaps
     in another order)."""
-    if (candidate.task != "classification" or not candidate.class_labels
-            or not champion.class_labels or champion.class_labels == candidate.class_labels):
+    order = _champion_classes(candidate, champion)[0]
+    if order is None:
         return scored
-    order = np.array([candidate.class_labels.index(label) for label in champion.class_labels])
     mapped = {"predicted": order[scored["predicted"]]}
     for name in ("probabilities", "scores"):
         if name in scored and scored[name].shape[1] == len(order):

@@ -192,6 +192,12 @@ def test_the_champion_reads_its_own_columns_and_answers_in_its_own_classes(
         assert report.passed, report.reason
         assert report.champion == pytest.approx(report.candidate)
         assert report.comparison is not None and report.comparison.difference == 0
+    # Classes named by position on one side (a label column of 0 and 1) are the other's
+    # classes in order.
+    report = evaluate(cancer["strong"], cancer["strong"], cancer["x"], cancer["y"], candidate,
+                      {"max_regression": 0.0},
+                      champion_manifest=_named(cancer["manifest"], names, ["0", "1"]))
+    assert report.passed and report.champion == pytest.approx(report.candidate)
     # A champion of other columns or other classes cannot be scored on these rows: the
     # margin over it is unknown, and the gate fails saying so.
     for champion_manifest, why in (
