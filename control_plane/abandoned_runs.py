@@ -13,7 +13,10 @@ is gone from the control plane's machine. A job the cluster does not know is lef
 to another cluster that reports here), unless the run says it ran on this cluster (its
 address and its head's host name) in an earlier session: the cluster restarted (a head lost, ``modelplane down`` and ``up``)
 and took the job's driver and its record with it, so the run ends ``failed``. Every run is
-left alone while the job API cannot answer.
+left alone while the job API cannot answer. Where the sweep cannot look (a process on
+another machine, a job of another cluster), the driver's own word decides: it says it is
+alive once a minute, and a run whose driver has been silent for :data:`SILENT_S` ends
+``failed`` (a driver of an older modelplane, which never says so, is left alone).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from control_plane.tracking import Tracker
 log = logging.getLogger(__name__)
 
 SWEEPER = Principal(name="run-sweeper", role=Role.ADMIN)
+# A job's driver says it is alive once a minute (training.runner): one silent this long is
+# gone (killed on another host, or with a Ray cluster this control plane cannot ask), or
+# cut off from the control plane for longer than any restart takes.
+SILENT_S = 15 * 60.0
 ENDED = {"FAILED": RunStatus.FAILED, "SUCCEEDED": RunStatus.FAILED, "STOPPED": RunStatus.KILLED}
 
 
@@ -62,15 +69,18 @@ class AbandonedRuns:
         from training.submission import job_missing
 
         this_cluster = functools.cache(self._this_cluster)  # asked once a sweep, if at all
-        for run_id, job_id, run_started, ran_on in running:
+        for run_id, job_id, run_started, ran_on, alive_at in running:
             try:
                 info = client.info(job_id)
             except JobSubmissionError as error:
                 # Not this cluster's job, or the job API is away: not an answer; unless the
-                # run ran on this cluster before it restarted.
+                # run ran on this cluster before it restarted, or its driver fell silent.
                 if job_missing(error) and ran_on is not None and \
                         (now := this_cluster()) is not None and ran_on.restarted_as(now):
                     ended += self._end_lost(run_id, job_id, ran_on)
+                elif job_missing(error) and self._silent(alive_at):
+                    ended += self._end_silent(run_id, alive_at, f"Ray job {job_id} is not "
+                                              "this cluster's")
                 continue
             status = str(getattr(info.status, "value", info.status))
             finished_ms = getattr(info, "end_time", None)
@@ -108,13 +118,28 @@ class AbandonedRuns:
         from control_plane.leadership import holder_is_gone
 
         ended = []
-        for run_id, process in self._tracker.running_process_runs():
+        for run_id, process, alive_at in self._tracker.running_process_runs():
             if holder_is_gone(process):
                 # Which host and process stays in the run's tags (a token's to read).
                 ended += self._conclude(run_id, RunStatus.FAILED, (
                     "its job's process ended without ending the run (killed, or could not "
                     "reach the control plane)"), finished_by="its job")
+            elif self._silent(alive_at):  # of another machine, which cannot be looked at
+                ended += self._end_silent(run_id, alive_at, "its process is not this machine's")
         return ended
+
+    def _silent(self, alive_at: datetime | None) -> bool:
+        """Whether a driver that last said it was alive at ``alive_at`` has been silent
+        past :data:`SILENT_S` (a driver that never said so, of an older modelplane, is not)."""
+        return alive_at is not None and self._now() - alive_at.timestamp() > SILENT_S
+
+    def _end_silent(self, run_id: str, alive_at: datetime | None, why_unseen: str) -> list[str]:
+        assert alive_at is not None
+        silent_min = (self._now() - alive_at.timestamp()) / 60
+        return self._conclude(run_id, RunStatus.FAILED, (
+            f"its job's driver last said it was alive {silent_min:.0f} minutes ago "
+            f"({alive_at.isoformat(timespec='seconds')}), and {why_unseen} to look at: it "
+            "was killed, or cannot reach the control plane"), finished_by="its job")
 
     def _this_cluster(self) -> RayCluster | None:
         """The Ray cluster this control plane is connected to; None when Ray cannot say

@@ -487,6 +487,10 @@ class Client:
     def list_runs(self, experiment: str, *, limit: int = 50, offset: int = 0) -> Page[RunOut]:
         return self._get(f"/experiments/{experiment}/runs", Page[RunOut], limit=limit, offset=offset)
 
+    def run_alive(self, run_id: str) -> None:
+        """Say the run's job driver is alive (its job's drivers do, once a minute)."""
+        self._request("POST", f"/runs/{run_id}/alive")
+
     def end_run(self, run_id: str, status: RunStatus | str = RunStatus.FINISHED) -> RunOut:
         return self._send("PATCH", f"/runs/{run_id}", RunUpdate(status=RunStatus(status)), RunOut)
 

@@ -155,6 +155,16 @@ class Tracker:
             row.status = spec.status.value
             return _run_out(session, row)
 
+    def run_alive(self, run_id: str, actor: Principal) -> None:
+        """Note that the running run's job driver is alive now (refused once it ended)."""
+        actor.require(Role.DEPLOYER, also=TRAINING)
+        with self.db.session() as session:
+            row = _writable(session, run_id, actor)
+            if row.status != RunStatus.RUNNING.value:
+                raise ConflictError(f"run {run_id} already ended as {row.status}",
+                                    detail={"field": "run_id"})
+            row.alive_at = datetime.now(UTC)
+
     def running_job_runs(self, *, page: int = 500) -> list[JobRun]:
         """Every running run a submitted job started (read a page at a time: runs of other
         kinds may be left running)."""
@@ -163,22 +173,25 @@ class Tracker:
         while True:
             with self.db.session(readonly=True) as session:
                 rows = session.execute(
-                    select(RunRow.id, RunRow.tags, RunRow.start_time, RunRow.environment)
+                    select(RunRow.id, RunRow.tags, RunRow.start_time, RunRow.environment,
+                           RunRow.alive_at)
                     .where(RunRow.status == RunStatus.RUNNING.value, RunRow.id > after)
                     .order_by(RunRow.id).limit(page)).all()
-            found += [JobRun(run_id, str(tags[JOB_TAG]), started, _ray_cluster(environment))
-                      for run_id, tags, started, environment in rows
+            found += [JobRun(run_id, str(tags[JOB_TAG]), started, _ray_cluster(environment),
+                             alive_at)
+                      for run_id, tags, started, environment, alive_at in rows
                       if isinstance(tags, dict) and tags.get(JOB_TAG)]
             if len(rows) < page:
                 return found
             after = rows[-1][0]
 
-    def running_process_runs(self) -> list[tuple[str, str]]:
-        """(run id, process) of every running run a job run outside Ray's job API started."""
+    def running_process_runs(self) -> list[tuple[str, str, datetime | None]]:
+        """(run id, process, when its driver last said it was alive) of every running run a
+        job run outside Ray's job API started."""
         with self.db.session(readonly=True) as session:
-            rows = session.execute(select(RunRow.id, RunRow.tags).where(
+            rows = session.execute(select(RunRow.id, RunRow.tags, RunRow.alive_at).where(
                 RunRow.status == RunStatus.RUNNING.value)).all()
-        return [(run_id, str(tags[PROCESS_TAG])) for run_id, tags in rows
+        return [(run_id, str(tags[PROCESS_TAG]), alive_at) for run_id, tags, alive_at in rows
                 if isinstance(tags, dict) and tags.get(PROCESS_TAG) and not tags.get(JOB_TAG)]
 
     def end_abandoned(self, run_id: str, status: RunStatus, reason: str,
@@ -414,6 +427,7 @@ class JobRun(NamedTuple):
     job_id: str
     started: datetime
     ray_cluster: RayCluster | None  # None: not recorded (or by a job before the head was)
+    alive_at: datetime | None = None  # when its driver last said it was alive
 
 
 def _bounded(document: T, field: str, limit: int = MAX_LABELS_BYTES) -> T:

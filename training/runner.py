@@ -23,6 +23,7 @@ from typing import Any
 
 from control_plane.leadership import new_holder_id
 from control_plane.schemas import JOB_TAG, PROCESS_TAG
+from training.alive import AliveSignal
 from training.capacity import ClusterCapacity, Placement, plan_placement, wait_for_placement
 from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
 from training.data import Dataset, Split, load_dataset, split_dataset
@@ -140,6 +141,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     run = client.start_run(spec.experiment.name, name=spec.experiment.run_name or train_run_name,
                            params=params, tags=tags, environment=run_environment(cluster["summary"]))
     echo(f"run {run.id} in experiment {spec.experiment.name}")
+    alive = AliveSignal(functools.partial(client.run_alive, run.id)).start()
     try:
         placement, left_s = wait_for_placement(lambda: _plan(spec, where),
                                                spec.resources.placement_timeout_s, echo)
@@ -147,6 +149,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
                          init=init, resume=resume, register=register, echo=echo,
                          placement=placement, placement_left_s=left_s, texts=texts)
     except BaseException as error:
+        alive.stop()
         if OVERDUE and not STOP_REQUESTED.is_set():
             _end_quietly(client, run.id, "failed", OVERDUE[0])
             client.close()
@@ -156,6 +159,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
                      None if stopped else _reason(error))
         client.close()
         raise
+    alive.stop()
     try:
         _end_finished(client, run.id, result, echo)
     finally:

@@ -128,6 +128,7 @@ ROUTE_ACCESS: dict[str, Access] = {
     "GET /runs/compare": READ,
     "GET /runs/{run_id}": READ,
     "PATCH /runs/{run_id}": TRAIN,
+    "POST /runs/{run_id}/alive": TRAIN,
     "POST /runs/{run_id}/params": TRAIN,
     "POST /runs/{run_id}/metrics": TRAIN,
     "GET /runs/{run_id}/metrics/{key}": READ,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from control_plane.api.deps import CP, Limit, Offset, Reader, Writer
 from control_plane.auth import ANONYMOUS, Principal
@@ -89,6 +89,13 @@ def as_read_by(run: RunOut, reader: Principal) -> RunOut:
 @router.patch("/runs/{run_id}", response_model=RunOut)
 def update_run(run_id: str, body: RunUpdate, cp: CP, actor: Writer) -> RunOut:
     return cp.tracker.update_run(run_id, body, actor)
+
+
+@router.post("/runs/{run_id}/alive", status_code=204)
+def run_alive(run_id: str, cp: CP, actor: Writer) -> Response:
+    """The run's job driver is alive: one silent for long is ended by the control plane."""
+    cp.tracker.run_alive(run_id, actor)
+    return Response(status_code=204)
 
 
 @router.post("/runs/{run_id}/params", response_model=RunOut)

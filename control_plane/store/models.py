@@ -193,6 +193,9 @@ class RunRow(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     start_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     end_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When its job's driver last said it was alive (None: it never did, as before drivers
+    # did): one silent too long is ended by the control plane's sweep.
+    alive_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class RunMetricRow(Base):

@@ -265,3 +265,38 @@ def test_the_head_is_the_node_holding_ray_s_head_resource() -> None:
     head = {"NodeManagerHostname": "head-a", "Resources": {"CPU": 2.0, "node:__internal_head__": 1.0}}
     assert head_host([worker, head]) == "head-a"
     assert head_host([worker]) == ""  # none says: runs recorded so are never taken for lost
+
+
+def test_a_run_whose_driver_fell_silent_where_the_sweep_cannot_look_is_ended(
+        tracker: Tracker, api: JobApi) -> None:
+    """A `train run` on a laptop against the team's control plane, or a job submitted to
+    another Ray cluster: killed, its run was left running for good, since the sweep can
+    look at neither. Its driver says it is alive once a minute; silent too long, it ends."""
+    import time
+
+    from control_plane.abandoned_runs import SILENT_S
+    from control_plane.errors import ConflictError
+    from control_plane.schemas import JOB_TAG, PROCESS_TAG, RunUpdate
+
+    def run(tags: dict[str, str]) -> str:
+        return tracker.start_run(RunCreate(experiment="exp", tags=tags), ALICE).id
+
+    laptop = run({PROCESS_TAG: "laptop:1.abc:4242:deadbeef"})
+    other_cluster = run({JOB_TAG: "job-of-cluster-b"})
+    older_driver = run({PROCESS_TAG: "laptop:1.abc:4343:deadbeef"})  # never says so
+    for run_id in (laptop, other_cluster):
+        tracker.run_alive(run_id, ALICE)
+    said = time.time()
+    assert AbandonedRuns(tracker, api.connect, now=lambda: said + 60).sweep() == []
+    later = AbandonedRuns(tracker, api.connect, now=lambda: said + SILENT_S + 60)
+    assert sorted(later.sweep()) == sorted([laptop, other_cluster])
+    for run_id, unseen in ((laptop, "its process is not this machine's"),
+                           (other_cluster, "Ray job job-of-cluster-b is not this cluster's")):
+        ended = tracker.get_run(run_id)
+        reason = ended.params["failure_reason"]
+        assert ended.status is RunStatus.FAILED and "last said it was alive 16 minutes ago" in reason
+        assert unseen in reason
+    assert tracker.get_run(older_driver).status is RunStatus.RUNNING
+    with pytest.raises(ConflictError, match="already ended"):
+        tracker.run_alive(laptop, ALICE)
+    tracker.update_run(older_driver, RunUpdate(status=RunStatus.FINISHED), ALICE)
