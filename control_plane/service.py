@@ -103,7 +103,7 @@ class ControlPlane:
 
         plane.benchmarks = Benchmarks(plane)
         plane.rollouts = RolloutController(db, registry, deployments, stats=version_stats,
-                                           served=served_config,
+                                           served=served_config, now=db.now,
                                            apply=plane.apply_committed, alert=plane.raise_alert,
                                            leading=lambda: plane.leading, fenced=plane._fenced)
         from control_plane.pipelines.wiring import build_pipelines

@@ -26,6 +26,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,16 @@ class Database:
         digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
                         {"key": int.from_bytes(digest, "big", signed=True)})
+
+    def now(self) -> datetime:
+        """The time by the clock every control plane on this store shares: PostgreSQL's
+        where several machines may lead in turn (a rollout's step started by one is held
+        and judged by another, whose own clock may be seconds off), this machine's on
+        SQLite (one machine)."""
+        if self.is_sqlite:
+            return datetime.now(UTC)
+        with self.session(readonly=True) as session:
+            return datetime.fromtimestamp(store_now(session), UTC)
 
     def dispose(self) -> None:
         """Close every pooled connection (tests and shutdown)."""

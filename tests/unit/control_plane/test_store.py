@@ -210,3 +210,34 @@ def test_a_store_lost_during_the_commit_is_not_said_to_have_written_nothing(
     assert during.value.detail["written"] == "unknown"
     monkeypatch.undo()
     database.dispose()
+
+
+def test_rollouts_keep_time_by_the_stores_clock(db: Database, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """A step started by one leader is held and judged by the next: on PostgreSQL each
+    host's own clock (seconds off) ended holds early and reached into the previous step's
+    split; the store's clock is the one they share."""
+    from datetime import UTC, datetime
+
+    import control_plane.store.database as database
+
+    class HostClock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return datetime(2001, 1, 1, tzinfo=UTC)
+
+    monkeypatch.setattr(database, "datetime", HostClock)
+    read = db.now()
+    if db.is_sqlite:  # one machine: its own clock
+        assert read.year == 2001
+    else:
+        assert read.year >= 2026 and read.tzinfo is not None
+    from control_plane.service import ControlPlane
+    from modelplane.settings import Settings
+
+    plane = ControlPlane.start(Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home"),
+                                                  "MODELPLANE_DB_URL": str(db.url)}))
+    try:
+        assert plane.rollouts._now == plane.db.now
+    finally:
+        plane.close()
