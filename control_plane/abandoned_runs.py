@@ -52,6 +52,9 @@ class AbandonedRuns:
         self._tracker, self._job_client = tracker, job_client
         self._grace_s, self._now = grace_s, now
         self._cluster = cluster or this_ray_cluster
+        # Silence is counted from when this sweep began at the earliest: while no control
+        # plane answered, drivers could not say they were alive.
+        self._since = now()
 
     def sweep(self) -> list[str]:
         """End the runs whose job has ended; returns their ids."""
@@ -97,7 +100,8 @@ class AbandonedRuns:
         return ended
 
     def _conclude(self, run_id: str, outcome: RunStatus, reason: str, *,
-                  finished_by: str | None = None) -> list[str]:
+                  finished_by: str | None = None,
+                  silent_since: datetime | None = None) -> list[str]:
         """End ``run_id`` as ``outcome`` for ``reason``; ``finished`` instead where its job
         (``finished_by``, as the reason names it) had registered a version from it with its
         own token: its work done, only its last word lost, a failed run read as no
@@ -106,7 +110,8 @@ class AbandonedRuns:
             outcome, reason = RunStatus.FINISHED, (
                 f"{finished_by} registered {', '.join(registered)}, but could not end the run "
                 "itself (the control plane was away)")
-        if not self._tracker.end_abandoned(run_id, outcome, reason, SWEEPER):
+        if not self._tracker.end_abandoned(run_id, outcome, reason, SWEEPER,
+                                           silent_since=silent_since):
             return []
         log.warning("run %s ended %s: %s", run_id, outcome.value, reason)
         return [run_id]
@@ -124,14 +129,17 @@ class AbandonedRuns:
                 ended += self._conclude(run_id, RunStatus.FAILED, (
                     "its job's process ended without ending the run (killed, or could not "
                     "reach the control plane)"), finished_by="its job")
-            elif self._silent(alive_at):  # of another machine, which cannot be looked at
-                ended += self._end_silent(run_id, alive_at, "its process is not this machine's")
+            elif self._silent(alive_at):  # another machine's, or alive here but hung
+                ended += self._end_silent(run_id, alive_at, "its process is not one this "
+                                          "machine can see ended")
         return ended
 
     def _silent(self, alive_at: datetime | None) -> bool:
         """Whether a driver that last said it was alive at ``alive_at`` has been silent
-        past :data:`SILENT_S` (a driver that never said so, of an older modelplane, is not)."""
-        return alive_at is not None and self._now() - alive_at.timestamp() > SILENT_S
+        past :data:`SILENT_S`, counted from this sweep's start at the earliest (a driver
+        that never said so, of an older modelplane, is not)."""
+        return alive_at is not None and \
+            self._now() - max(alive_at.timestamp(), self._since) > SILENT_S
 
     def _end_silent(self, run_id: str, alive_at: datetime | None, why_unseen: str) -> list[str]:
         assert alive_at is not None
@@ -139,7 +147,8 @@ class AbandonedRuns:
         return self._conclude(run_id, RunStatus.FAILED, (
             f"its job's driver last said it was alive {silent_min:.0f} minutes ago "
             f"({alive_at.isoformat(timespec='seconds')}), and {why_unseen} to look at: it "
-            "was killed, or cannot reach the control plane"), finished_by="its job")
+            "was killed, or cannot reach the control plane"), finished_by="its job",
+            silent_since=alive_at)
 
     def _this_cluster(self) -> RayCluster | None:
         """The Ray cluster this control plane is connected to; None when Ray cannot say

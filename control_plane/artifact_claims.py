@@ -24,11 +24,17 @@ from control_plane.store import Database
 from control_plane.store.models import ModelVersionRow, RunArtifactRow
 
 
-def store_upload(db: Database, writer: ArtifactWriter) -> ArtifactInfo:
-    """Make ``writer``'s bytes durable under their digest, holding the artifact's lock."""
+def store_upload(db: Database, artifacts: ArtifactStore, writer: ArtifactWriter) -> ArtifactInfo:
+    """Make ``writer``'s bytes durable under their digest; where that refreshes a stored
+    copy, holding the artifact's lock (only a stored copy can be the collector's: a new one
+    is younger than any grace). Sealed first, outside it: on SQLite the lock is the whole
+    store's, and a large upload's flush to disk would hold every other writer."""
+    info = writer.seal()
+    if not artifacts.exists(info.digest):
+        return writer.publish()
     with db.session() as session:
-        db.serialize(session, _key(writer.digest))
-        return writer.commit()
+        db.serialize(session, _key(info.digest))
+        return writer.publish()
 
 
 def claim_artifact(db: Database, session: Session, artifacts: ArtifactStore, digest: str, *,

@@ -252,6 +252,12 @@ class ArtifactWriter:
 
     def commit(self) -> ArtifactInfo:
         """Make the bytes durable under their digest; identical content is stored once."""
+        self.seal()
+        return self.publish()
+
+    def seal(self) -> ArtifactInfo:
+        """Check the bytes against the declared digest and make them durable where they
+        were written (the slow part of a commit: :meth:`publish` then only renames)."""
         digest = self.digest
         if self._expected is not None and digest != self._expected:
             self.abort()
@@ -260,13 +266,19 @@ class ArtifactWriter:
                 "the transfer was corrupted, retry the upload",
                 detail={"expected": self._expected, "actual": digest},
             )
-        final = self._store.path_of(digest)
-        fs = self._store.fs
         with self._out_of_space_aborts():
             if self._store.is_local:
                 self._handle.flush()
                 os.fsync(self._handle.fileno())
             self._handle.close()
+        return ArtifactInfo(digest=digest, size=self._size)
+
+    def publish(self) -> ArtifactInfo:
+        """Put the sealed bytes under their digest."""
+        digest = self.digest
+        final = self._store.path_of(digest)
+        fs = self._store.fs
+        with self._out_of_space_aborts():
             # Content already stored is replaced all the same, atomically: that refreshes
             # the file's age, which garbage collection reads (an identical upload for a new
             # version must not be removed as an old unreferenced one), and mends a stored

@@ -90,6 +90,9 @@ HEALTH_WAIT_S = 5.0
 # Writes that may be sent again without a key: the artifact store is content-addressed,
 # so an upload sent twice stores one file.
 _REPEATABLE_WRITES = frozenset({("POST", "/artifacts")})
+# A run's driver saying it is alive, once a minute: the same however often it lands, and a
+# key would keep a stored reply a day for each.
+_REPEATABLE_WRITE_ENDINGS = ("/alive",)
 _ERRORS_BY_CODE: dict[str, type[ControlPlaneError]] = {
     cls.code: cls
     for cls in vars(cp_errors).values()
@@ -139,7 +142,8 @@ class Client:
         """Send a call, and again where its answer was lost: a read as it is, a write with
         the idempotency key it was first sent with, so it acts once (control_plane.
         idempotency); then wait out the first call where it is still being answered."""
-        repeatable = method not in WRITES or (method, path) in _REPEATABLE_WRITES
+        repeatable = method not in WRITES or (method, path) in _REPEATABLE_WRITES or (
+            method == "POST" and path.endswith(_REPEATABLE_WRITE_ENDINGS))
         if not repeatable:
             given = kwargs.get("headers", {})
             if not any(name.lower() == KEY_HEADER for name in given):

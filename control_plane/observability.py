@@ -56,9 +56,10 @@ def _ask(method: str, *args: Any) -> Any:
         if monitor is None:
             raise MonitorUnavailableError("the Monitor is not running; `modelplane up` starts it")
         result = ray.get(getattr(monitor, method).remote(*args), timeout=MONITOR_TIMEOUT_S)
-    except TypeError:
-        # The arguments do not fit the method: a Monitor of another release of modelplane
-        # (it is a detached actor, kept across an upgrade). It answers; callers adapt.
+    except (TypeError, AttributeError):
+        # The arguments do not fit the method, or it has none of the name: a Monitor of
+        # another release of modelplane (a detached actor, kept across an upgrade). It
+        # answers; callers adapt, and the others' calls are not refused meanwhile.
         raise
     except Exception as error:
         why = error.message if isinstance(error, MonitorUnavailableError) else (
@@ -119,9 +120,11 @@ def served_config(endpoint: str) -> ServedConfig | None:
     """The newest configuration of ``endpoint`` its replicas report serving (see
     ``MonitorState.served_config``); None when none has reported or the Monitor cannot
     answer (nothing is known either way)."""
+    if not _ray_ready():
+        return None
     try:
         return _ask("served", endpoint)  # type: ignore[no-any-return]
-    except MonitorUnavailableError:
+    except (MonitorUnavailableError, AttributeError):  # away, or of a release without it
         return None
 
 

@@ -61,8 +61,8 @@ MAX_METRIC_POINTS = 1_000_000  # per run, every key together
 # run: bounded, as its metric points are, and so are its artifact paths.
 MAX_PARAMS_BYTES = 1024 * 1024
 MAX_RUN_ARTIFACTS = 10_000
-# A run's tags and environment, and an experiment's description and tags: read with every
-# listing of them, which anyone may make (500 at a time).
+# A run's tags, and an experiment's description and tags: read with every listing of
+# them, which anyone may make (500 at a time; listings are bounded in bytes too).
 MAX_LABELS_BYTES = 64 * 1024
 HISTORY_POINTS = 10_000  # a metric's history as read, by default
 
@@ -113,7 +113,9 @@ class Tracker:
                 name=spec.name,
                 params=_bounded(dict(spec.params), "params", MAX_PARAMS_BYTES),
                 tags=_bounded(dict(spec.tags), "tags"),
-                environment=_bounded(dict(spec.environment), "environment"),
+                # A busy cluster's resources (a key per node and placement group) and a
+                # large image's packages make it large: bounded as params are.
+                environment=_bounded(dict(spec.environment), "environment", MAX_PARAMS_BYTES),
                 created_by=actor.name,
             )
             session.add(row)
@@ -163,7 +165,7 @@ class Tracker:
             if row.status != RunStatus.RUNNING.value:
                 raise ConflictError(f"run {run_id} already ended as {row.status}",
                                     detail={"field": "run_id"})
-            row.alive_at = datetime.now(UTC)
+            row.alive_at = self.db.now()  # compared by whichever control plane leads
 
     def running_job_runs(self, *, page: int = 500) -> list[JobRun]:
         """Every running run a submitted job started (read a page at a time: runs of other
@@ -195,14 +197,18 @@ class Tracker:
                 if isinstance(tags, dict) and tags.get(PROCESS_TAG) and not tags.get(JOB_TAG)]
 
     def end_abandoned(self, run_id: str, status: RunStatus, reason: str,
-                      actor: Principal) -> bool:
+                      actor: Principal, *, silent_since: datetime | None = None) -> bool:
         """End a run its job left ``running``, keeping ``reason`` as its failure reason
         (as ``ended_by`` for one ended finished); False when it has ended meanwhile (its
-        job got there first)."""
+        job got there first), or, ended for a silent driver (``silent_since``: when it last
+        said it was alive), when the driver has spoken since."""
         actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
             row = session.get(RunRow, run_id, with_for_update=True)
             if row is None or row.status != RunStatus.RUNNING.value:
+                return False
+            if silent_since is not None and row.alive_at is not None and \
+                    row.alive_at > silent_since:
                 return False
             kept = "ended_by" if status is RunStatus.FINISHED else "failure_reason"
             row.params = {**row.params, kept: reason[:2000]}

@@ -161,8 +161,8 @@ class AliasNotMovedError(TrainingError):
         why = (text.splitlines()[0] if text else type(cause).__name__)[:300]
         super().__init__(
             f"registered {version.model}:{version.version}, but could not point alias "
-            f"{alias!r} at it ({why}); do not train again: once the control plane answers, "
-            f"run `modelplane models alias {version.model} {alias} {version.version}`",
+            f"{alias!r} at it ({why}); do not train again: once that is settled, run "
+            f"`modelplane models alias {version.model} {alias} {version.version}`",
             detail={"registered_version": f"{version.model}:{version.version}",
                     "alias": alias})
         self.version = version

@@ -108,7 +108,7 @@ async def upload_artifact(request: Request, cp: CP, actor: Writer) -> ArtifactOu
         if writer.size == 0:
             raise InvalidInputError("the upload is empty; send the file as the request body",
                                     detail={"field": "body"})
-        info = await to_thread.run_sync(store_upload, cp.db, writer)
+        info = await to_thread.run_sync(store_upload, cp.db, cp.artifacts, writer)
     except BaseException:
         writer.abort()
         raise

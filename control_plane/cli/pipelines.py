@@ -88,7 +88,7 @@ def history(name: str = NameArgument, limit: int = typer.Option(20, min=1, max=5
 
 @app.command()
 def logs(name: str = NameArgument, number: int | None = RunOption, url: str | None = UrlOption) -> None:
-    """Each stage's state and reason, then the training job's output."""
+    """Each stage's state and reason, then the training job's output (its last MiB)."""
     api = client(url)
     chosen = number if number is not None else api.pipeline_run(name).number
     typer.echo(api.pipeline_logs(name, chosen), nl=False)

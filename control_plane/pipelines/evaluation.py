@@ -174,7 +174,8 @@ def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: An
     else:
         champ_spec = ModelManifest.model_validate(champion_manifest) if champion_manifest else spec
         unlike = _unlike(spec, champ_spec)
-        if unlike:
+        margin_gated = rules.min_improvement is not None or rules.max_regression is not None
+        if unlike and margin_gated:
             # Its columns or classes are not the candidate's: scored on the candidate's rows
             # as they are, it read other features and answered in other classes' indices.
             checks.append(GateCheck(
@@ -182,6 +183,9 @@ def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: An
                 message=f"the champion cannot be compared on these rows: {unlike}; hold out "
                         "rows with both models' columns (evaluate.data_uri), or unset "
                         "min_improvement and max_regression"))
+        elif unlike:
+            note = (f"the champion is not compared: {unlike}; the candidate is held to the "
+                    "absolute thresholds only")
         else:
             champ = _as_candidates(score(champion, _in_order(X, spec, champ_spec), champ_spec),
                                    spec, champ_spec)

@@ -110,7 +110,8 @@ def stage_elapsed_s(context: StageContext) -> float:
 JobClientFactory = Callable[[], Any]
 MAX_SUBMIT_ATTEMPTS = 20  # submissions Ray took no answer on, within training.timeout_s
 # A training job's output shown with its run: the end says how it ended, and a long job's
-# whole output (every epoch of days) would be held and sent on every look.
+# whole output (every epoch of days) would be sent on every look. (Ray's job API answers
+# the whole of it to the control plane all the same.)
 LOG_TAIL_CHARS = 1024 * 1024
 
 

@@ -46,6 +46,7 @@ from control_plane.rollouts.ab_gate import ABWindow, tested
 from control_plane.rollouts.analysis import sample_routings, wants_baseline
 from control_plane.rollouts.approvals import ApprovalGate, approval_gate
 from control_plane.rollouts.decision import (
+    BASELINE_MAX_AGE_S,
     BASELINE_WINDOW_S,
     Action,
     Decision,
@@ -56,6 +57,7 @@ from control_plane.rollouts.decision import (
     analysis_window,
     decide,
     kept_baseline,
+    kept_baseline_age_s,
     settings_of,
 )
 from control_plane.rollouts.followups import AlertSink
@@ -292,7 +294,12 @@ class RolloutController(ManualActions):
             return True
         now = self._now()
         snapshot = None
-        if analysis_due(rollout, self._analysed_at.get(rollout.id), now):
+        due = analysis_due(rollout, self._analysed_at.get(rollout.id), now)
+        if not due and self._unserved_step.get(rollout.id) == rollout.step_index:
+            # Looked at every pass while it waits, so its hold counts from when it was
+            # served, not from the next analysis.
+            self._unserved(rollout, now)
+        if due:
             self._analysed_at[rollout.id] = now
             try:
                 unserved = self._unserved(rollout, now)
@@ -373,7 +380,10 @@ class RolloutController(ManualActions):
             # stable's figures from before it, as far back as the Monitor keeps, and then
             # with those the analyses kept (the step may outlast them there).
             kept = kept_baseline(rollout)
-            if kept is not None:
+            age = kept_baseline_age_s(rollout, now)
+            if kept is not None and age is not None and age > BASELINE_MAX_AGE_S:
+                snapshot = replace(snapshot, baseline_expired=True)
+            elif kept is not None:
                 snapshot = replace(snapshot, baseline=kept, baseline_kept=True)
             elif window < BASELINE_WINDOW_S:
                 earlier = self._stats(rollout.endpoint, BASELINE_WINDOW_S, routings)

@@ -55,6 +55,10 @@ ANALYSED_STATES = (RolloutState.PROGRESSING, RolloutState.AWAITING_APPROVAL)
 # Stable's figures a step without its traffic compares with: the Monitor's whole memory
 # (serving.monitoring.monitor.SLOTS one-second slots).
 BASELINE_WINDOW_S = 300.0
+# How long a kept baseline stands for stable at a step without its traffic: the world moves
+# (a day's traffic grows, the mix changes), and stable's figures of hours ago say little of
+# what it would do now. Past this the relative checks are not judged (the absolute go on).
+BASELINE_MAX_AGE_S = 3600.0
 
 
 class Action(StrEnum):
@@ -88,6 +92,8 @@ class Snapshot:
     # Why there are no numbers to judge (the step's traffic not served yet, the Monitor's
     # answer unreadable): the analysis is inconclusive.
     no_evidence: str | None = None
+    # The kept baseline is older than BASELINE_MAX_AGE_S: nothing stands for stable.
+    baseline_expired: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,21 +242,32 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
               if snapshot.no_evidence else
               analyse(config, snapshot.candidate, snapshot.stable,
                       shadow=rollout.current_step.shadow, baseline=snapshot.baseline,
-                      has_stable=rollout.stable_version is not None))
+                      has_stable=rollout.stable_version is not None
+                      and not snapshot.baseline_expired))
+    previous = rollout.last_analysis
+    same_step = previous.get("step_index") == rollout.step_index
     baseline: dict[str, Any] = {}
     if baseline_in_use(config, snapshot.stable, snapshot.baseline):
         assert snapshot.baseline is not None
         # Kept with every analysis that uses it, for the next to compare with: a step
         # without stable's traffic may be held past the Monitor's memory.
-        baseline = {"stable_baseline": rollout.last_analysis["stable_baseline"]
+        baseline = {"stable_baseline": previous["stable_baseline"]
                     if snapshot.baseline_kept else {
                         "window_s": BASELINE_WINDOW_S, "taken_at": now.isoformat(),
                         **_summary(snapshot.baseline),
                         "figures": _baseline_figures(snapshot.baseline)}}
+    elif previous.get("stable_baseline") and (snapshot.no_evidence or snapshot.baseline_expired):
+        # Kept through an analysis that read nothing, and said to be spent once it is.
+        baseline = {"stable_baseline": {**previous["stable_baseline"],
+                                        **({"expired": True} if snapshot.baseline_expired
+                                           else {})}}
     ab: dict[str, Any] = {}
-    if settings.ab_test is not None:
-        previous = rollout.last_analysis
-        same_step = previous.get("step_index") == rollout.step_index
+    if settings.ab_test is not None and snapshot.no_evidence and same_step \
+            and previous.get("ab_test"):
+        # Nothing was read: the test's state (its decisions, the rounds it has looked at)
+        # stands as it was, rather than starting over and spending its alpha again.
+        ab = {"ab_test": previous["ab_test"]}
+    elif settings.ab_test is not None:
         judged = ab_gate.judge(settings.ab_test, config, snapshot.ab, step=rollout.current_step,
                                steps=ab_gate.tested_steps(rollout.steps),
                                previous=previous.get("ab_test") if same_step else None, now=now,
@@ -284,6 +301,16 @@ def _with_ab_test(result: CheckResult, decision: str, reason: str) -> CheckResul
     if decision == "undecided":
         return replace(result, verdict=Verdict.INCONCLUSIVE, reason=f"A/B test {reason}")
     return replace(result, reason=f"{result.reason}; A/B test: {reason}")
+
+
+def kept_baseline_age_s(rollout: RolloutOut, now: datetime) -> float | None:
+    """Seconds since the rollout's kept baseline was taken (None: none, or no time)."""
+    try:
+        taken = parse_stamp((rollout.last_analysis or {}).get("stable_baseline", {})
+                            .get("taken_at"))
+    except (ValueError, AttributeError):
+        return None
+    return None if taken is None else (now - taken).total_seconds()
 
 
 def kept_baseline(rollout: RolloutOut) -> VersionSnapshot | None:

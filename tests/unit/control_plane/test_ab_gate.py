@@ -286,6 +286,23 @@ def test_a_decided_test_stops_for_the_rest_of_its_step() -> None:
     assert decide(moved, evidence(thin), at(5)).analysis["ab_test"]["decision"] == "undecided"
 
 
+def test_an_analysis_that_read_nothing_keeps_the_tests_state_and_the_baseline() -> None:
+    """One unreadable answer of the Monitor mid-step started the sequential test over (its
+    decisions forgotten, its rounds counted again, its alpha spent anew) and dropped the
+    stable baseline the step compared with."""
+    clear = both(served(4000, 0.01, latency_bins=bins(scale=200)),
+                 served(16000, 0.01, latency_bins=bins(scale=800)))
+    first = decide(ab_rollout(), evidence(clear), at(3))
+    assert first.analysis["ab_test"]["decision"] == "no_worse"
+    kept = {**first.analysis, "stable_baseline": {"taken_at": at(2).isoformat(), "figures": {}}}
+    blind = decide(ab_rollout(last_analysis=kept),
+                   evidence(Snapshot(5.0, None, None, no_evidence="the Monitor's statistics "
+                                     "could not be read: RuntimeError")), at(5))
+    assert blind.analysis["verdict"] == "inconclusive"
+    assert blind.analysis["ab_test"] == first.analysis["ab_test"]
+    assert blind.analysis["stable_baseline"] == kept["stable_baseline"]
+
+
 def test_the_last_step_is_judged_by_the_thresholds_alone() -> None:
     decision = decide(ab_rollout(step_index=2),
                       evidence(Snapshot(5.0, served(), None, baseline=served())), at(10))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.abandoned_runs import AbandonedRuns
+from control_plane.abandoned_runs import SWEEPER, AbandonedRuns
 from control_plane.ray_clusters import head_host
 from control_plane.schemas import RunCreate, RunStatus
 from control_plane.tracking import RayCluster, Tracker
@@ -286,11 +286,16 @@ def test_a_run_whose_driver_fell_silent_where_the_sweep_cannot_look_is_ended(
     older_driver = run({PROCESS_TAG: "laptop:1.abc:4343:deadbeef"})  # never says so
     for run_id in (laptop, other_cluster):
         tracker.run_alive(run_id, ALICE)
-    said = time.time()
-    assert AbandonedRuns(tracker, api.connect, now=lambda: said + 60).sweep() == []
-    later = AbandonedRuns(tracker, api.connect, now=lambda: said + SILENT_S + 60)
-    assert sorted(later.sweep()) == sorted([laptop, other_cluster])
-    for run_id, unseen in ((laptop, "its process is not this machine's"),
+    clock = {"now": time.time()}
+    sweep = AbandonedRuns(tracker, api.connect, now=lambda: clock["now"])
+    clock["now"] += 60
+    assert sweep.sweep() == []
+    clock["now"] += SILENT_S
+    # A control plane that was itself away all that while (no driver could say it was
+    # alive to it) counts silence from its own start.
+    assert AbandonedRuns(tracker, api.connect, now=lambda: clock["now"]).sweep() == []
+    assert sorted(sweep.sweep()) == sorted([laptop, other_cluster])
+    for run_id, unseen in ((laptop, "its process is not one this machine can see ended"),
                            (other_cluster, "Ray job job-of-cluster-b is not this cluster's")):
         ended = tracker.get_run(run_id)
         reason = ended.params["failure_reason"]
@@ -299,4 +304,10 @@ def test_a_run_whose_driver_fell_silent_where_the_sweep_cannot_look_is_ended(
     assert tracker.get_run(older_driver).status is RunStatus.RUNNING
     with pytest.raises(ConflictError, match="already ended"):
         tracker.run_alive(laptop, ALICE)
+    # A driver that spoke between the sweep's look and its end keeps its run.
+    tracker.run_alive(older_driver, ALICE)
+    spoke_at = tracker.get_run(older_driver)
+    assert not tracker.end_abandoned(older_driver, RunStatus.FAILED, "silent", SWEEPER,
+                                     silent_since=datetime(2020, 1, 1, tzinfo=UTC))
+    assert spoke_at.status is RunStatus.RUNNING
     tracker.update_run(older_driver, RunUpdate(status=RunStatus.FINISHED), ALICE)

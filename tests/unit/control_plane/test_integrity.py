@@ -162,7 +162,7 @@ def test_an_identical_upload_while_the_collector_removes_the_old_copy_is_kept(
     def upload() -> None:
         writer = registry.artifacts.writer(None)
         writer.write(payload)
-        uploaded.append(store_upload(other, writer))
+        uploaded.append(store_upload(other, registry.artifacts, writer))
 
     uploader = threading.Thread(target=upload)
 

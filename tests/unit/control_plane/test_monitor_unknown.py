@@ -98,3 +98,27 @@ def test_without_ray_the_monitor_reads_are_empty_not_errors(
 
     assert version_stats("churn", 60) == {} and endpoint_stats("churn", 60) == {}
     assert monitor_totals() == []
+
+
+def test_a_monitor_of_an_older_release_is_no_reason_to_refuse_the_other_reads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Monitor left running by an older modelplane has no `served`: the missing method
+    was taken for a Monitor that does not answer, and every read for the next seconds
+    (the rollout's statistics among them) was refused."""
+    import ray
+
+    from control_plane import observability
+    from serving.monitoring import monitor as monitor_module
+
+    class OlderMonitor:
+        class snapshot:  # named as the actor method it stands for
+            @staticmethod
+            def remote(*args: object) -> str:
+                return "snapshot"
+
+    monkeypatch.setattr(observability, "_ray_ready", lambda: True)
+    monkeypatch.setattr(observability, "_unavailable", None)
+    monkeypatch.setattr(monitor_module, "get_monitor", lambda: OlderMonitor())
+    monkeypatch.setattr(ray, "get", lambda ref, timeout=None: {1: ref})
+    assert observability.served_config("churn") is None
+    assert observability.read_version_stats("churn", 60) == {1: "snapshot"}

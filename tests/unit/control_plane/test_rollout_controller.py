@@ -764,6 +764,40 @@ def test_a_step_without_stable_traffic_outlasting_the_monitors_memory_keeps_its_
     assert world.weights() == {1: 100.0}
 
 
+def test_a_kept_baseline_stands_for_an_hour_then_only_the_absolute_checks_judge(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stable's figures from before a long 100% step say less of it as the day goes on
+    (traffic grows, its mix changes): after an hour they no longer decide, and the step
+    goes on under the absolute gates rather than failing at the deadline."""
+    from control_plane.rollouts.controller import BASELINE_WINDOW_S
+    from control_plane.rollouts.decision import BASELINE_MAX_AGE_S
+
+    earlier = {1: served(500, p95=10.0), 2: served(0)}
+    remembered = {"stable": True}
+    monkeypatch.setattr(world.controller, "_stats", lambda endpoint, window, sample: (
+        (earlier if remembered["stable"] else {}) if window == BASELINE_WINDOW_S
+        else world.stats))
+    rollout_id = world.start(strategy="blue_green", steps=None, step_duration_s=7200,
+                             analysis={**FAST, "min_shadow_agreement": None,
+                                       "inconclusive_deadline_s": None})
+    world.serve(1, requests=0)
+    world.serve(2, requests=200, p95=11.0, shadow=ShadowComparison(compared=200, agreement=1.0))
+    world.run(7300, step=100)  # the shadow step, then the switch: its hold begins
+    world.run(5)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.step_index == 1 and rollout.last_analysis["verdict"] == "pass"
+    assert "p95_ratio" in rollout.last_analysis["checks"]
+    remembered["stable"] = False
+    world.run(BASELINE_MAX_AGE_S + 200, step=100)
+    world.serve(2, requests=200, p95=30.0)  # 3x stable's figures of over an hour ago
+    world.run(10)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.PROGRESSING, rollout.reason
+    assert rollout.last_analysis["verdict"] == "pass"
+    assert "p95_ratio" not in rollout.last_analysis["checks"]
+    assert rollout.last_analysis["stable_baseline"]["expired"] is True
+
+
 def test_a_step_without_any_figures_of_stables_is_not_passed(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Monitor restarted at the switch has stable's figures neither in the window nor in

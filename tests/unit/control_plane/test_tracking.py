@@ -88,9 +88,9 @@ def test_runs_and_experiments_are_bounded_where_anyone_lists_them(
     leaves out each run's artifacts and stops short past a size."""
     from control_plane import listings
 
-    big = {"blob": "x" * 70_000}
-    for field, spec in (("environment", RunCreate(experiment="wide", environment=big)),
-                        ("tags", RunCreate(experiment="wide", tags=big))):
+    for field, spec in (
+            ("environment", RunCreate(experiment="wide", environment={"blob": "x" * 1_100_000})),
+            ("tags", RunCreate(experiment="wide", tags={"blob": "x" * 70_000}))):
         with pytest.raises(ConflictError, match=f"{field} would take") as refused:
             tracker.start_run(spec, ALICE)
         assert refused.value.detail["field"] == field

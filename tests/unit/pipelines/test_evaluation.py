@@ -207,6 +207,10 @@ def test_the_champion_reads_its_own_columns_and_answers_in_its_own_classes(
                           {"max_regression": 0.0}, champion_manifest=champion_manifest)
         assert not report.passed and why in report.reason, report.reason
         assert report.champion is None and "evaluate.data_uri" in report.reason
+        # Without a margin asked for, nothing is lost: the thresholds alone decide.
+        alone = evaluate(cancer["strong"], cancer["strong"], cancer["x"], cancer["y"], candidate,
+                         {"min_accuracy": 0.9}, champion_manifest=champion_manifest)
+        assert alone.passed and why in alone.note and alone.champion is None
 
 
 def test_gates_that_do_not_apply_fail_or_refuse(cancer: dict) -> None:
