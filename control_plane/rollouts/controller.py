@@ -186,7 +186,9 @@ class RolloutController(ManualActions):
                     f"{model.name}:{candidate.version} already takes the most traffic on "
                     f"{endpoint.name!r}; roll out a different version",
                     detail={"field": "model_ref"})
-            refuse_gates_without_evidence(spec, candidate.manifest.task, candidate.version)
+            refuse_gates_without_evidence(spec, candidate.manifest.task, candidate.version,
+                                          profiled=candidate.manifest.reference_profile
+                                          is not None)
             steps = plan(spec, replicas(endpoint, routes, stable))
             if spec.analysis.ab_test is not None and not any(map(tested, steps)):
                 raise InvalidInputError(
@@ -472,9 +474,17 @@ class RolloutController(ManualActions):
         return started
 
 
-def refuse_gates_without_evidence(spec: RolloutCreate, task: str, version: int) -> None:
-    """Refuse a feedback gate the candidate's kind of model never gives evidence for: it
-    would wait out the inconclusive deadline, or (labels in, no such figure) never judge."""
+def refuse_gates_without_evidence(spec: RolloutCreate, task: str, version: int, *,
+                                  profiled: bool = True) -> None:
+    """Refuse a gate the candidate never gives evidence for (a feedback gate its kind of
+    model has no figure for; drift without a reference profile, ``profiled``): it would
+    wait out the inconclusive deadline, or never judge."""
+    if spec.analysis.fail_on_drift and not profiled:
+        raise InvalidInputError(
+            f"analysis.fail_on_drift: v{version} has no reference profile to judge drift "
+            "against (its manifest's reference_profile; training jobs record one); set it "
+            "to false or register the version with a profile",
+            detail={"field": "analysis.fail_on_drift"})
     wants = {"min_accuracy": ("classification", "online accuracy", "max_mae"),
              "max_mae": ("regression", "the mean absolute error", "min_accuracy"),
              # Agreement is on the top class: a regressor's shadow was judged on its errors

@@ -593,6 +593,11 @@ def test_a_feedback_gate_the_model_can_never_meet_is_refused_at_the_start(
         assert refused.value.detail["field"] == f"analysis.{field}"
         assert f"is a {task} one" in refused.value.message
         assert f"or use {instead}" in refused.value.message
+    # Drift needs the candidate's reference profile: without one it is never judged.
+    with pytest.raises(InvalidInputError, match="has no reference profile") as refused:
+        world.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:2", analysis={
+            **FAST, "fail_on_drift": True}), ALICE)
+    assert refused.value.detail["field"] == "analysis.fail_on_drift"
     assert world.controller.list(endpoint="iris") == []
     world.controller.start(RolloutCreate(endpoint="iris", model_ref="iris:2", analysis={
         **FAST, "min_accuracy": 0.5}), ALICE)
