@@ -702,6 +702,17 @@ def test_an_alias_rollout_that_cannot_start_holds_up_no_other_endpoints(
     assert len(warnings) == 1 and "analysis.max_mae" in warnings[0], warnings
 
 
+def switch_to_slower(world: World, p95: float, step_duration_s: float = 3,
+                     **analysis: Any) -> int:
+    """A blue-green rollout whose candidate agrees with stable on the shadow step and then,
+    at the switch, takes every request (stable none) at ``p95`` ms; its id."""
+    rollout_id = world.start(strategy="blue_green", steps=None, step_duration_s=step_duration_s,
+                             analysis={**FAST, "min_shadow_agreement": None, **analysis})
+    world.serve(1, requests=0)
+    world.serve(2, requests=200, p95=p95, shadow=ShadowComparison(compared=200, agreement=1.0))
+    return rollout_id
+
+
 def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_figures(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """At 100% stable answers nothing in the window; the controller asks the Monitor for
@@ -717,12 +728,9 @@ def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_fi
         return earlier if window == BASELINE_WINDOW_S else world.stats
 
     monkeypatch.setattr(world.controller, "_stats", stats)
-    rollout_id = world.start(strategy="blue_green", steps=None, step_duration_s=3,
-                             analysis={**FAST, "min_shadow_agreement": None})
     # The shadow step judges the mirrored answers, which agree; at the switch v2 takes
     # everything, six times slower than v1 was.
-    world.serve(1, requests=0)
-    world.serve(2, requests=200, p95=60.0, shadow=ShadowComparison(compared=200, agreement=1.0))
+    rollout_id = switch_to_slower(world, p95=60.0)
     world.run(20)
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason
@@ -748,10 +756,7 @@ def test_a_step_without_stable_traffic_outlasting_the_monitors_memory_keeps_its_
         return world.stats
 
     monkeypatch.setattr(world.controller, "_stats", stats)
-    rollout_id = world.start(strategy="blue_green", steps=None, step_duration_s=60,
-                             analysis={**FAST, "min_shadow_agreement": None})
-    world.serve(1, requests=0)
-    world.serve(2, requests=200, p95=11.0, shadow=ShadowComparison(compared=200, agreement=1.0))
+    rollout_id = switch_to_slower(world, p95=11.0, step_duration_s=60)
     for _ in range(120):
         world.run(1)
         rollout = world.controller.get(rollout_id)
@@ -782,11 +787,8 @@ def test_a_kept_baseline_stands_for_an_hour_then_only_the_absolute_checks_judge(
     monkeypatch.setattr(world.controller, "_stats", lambda endpoint, window, sample: (
         (earlier if remembered["stable"] else {}) if window == BASELINE_WINDOW_S
         else world.stats))
-    rollout_id = world.start(strategy="blue_green", steps=None, step_duration_s=7200,
-                             analysis={**FAST, "min_shadow_agreement": None,
-                                       "inconclusive_deadline_s": None})
-    world.serve(1, requests=0)
-    world.serve(2, requests=200, p95=11.0, shadow=ShadowComparison(compared=200, agreement=1.0))
+    rollout_id = switch_to_slower(world, p95=11.0, step_duration_s=7200,
+                                  inconclusive_deadline_s=None)
     world.run(7300, step=100)  # the shadow step, then the switch: its hold begins
     world.run(5)
     rollout = world.controller.get(rollout_id)
@@ -810,10 +812,7 @@ def test_a_step_without_any_figures_of_stables_is_not_passed(
     absolute ones alone, and the deadline for evidence runs."""
     monkeypatch.setattr(world.controller, "_stats",
                         lambda endpoint, window, sample: {} if window > 5 else world.stats)
-    rollout_id = world.start(strategy="blue_green", steps=None, step_duration_s=3,
-                             analysis={**FAST, "min_shadow_agreement": None})
-    world.serve(1, requests=0)
-    world.serve(2, requests=200, p95=60.0, shadow=ShadowComparison(compared=200, agreement=1.0))
+    rollout_id = switch_to_slower(world, p95=60.0)
     world.run(30)
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.PROGRESSING and rollout.step_index == 1, rollout.reason
