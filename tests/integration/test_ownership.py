@@ -21,6 +21,7 @@ from control_plane.client import Client
 from control_plane.leadership import LEASE_S, LeaseState, read_lease
 from control_plane.ownership import AppOwner, application_owners, serve_details, store_identity
 from control_plane.store import Database
+from serving.names import ENDPOINT_APP_PREFIX, is_endpoint_app
 from tests.load import BackgroundLoad
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.platform import Platform
@@ -61,14 +62,19 @@ def serve_endpoint(platform: Platform, client: Client, name: str, versions: int 
     platform.wait_endpoint(name, set(range(1, versions + 1)))
 
 
-def settled_owners() -> dict[str, AppOwner]:
-    """Each application's owner once Serve deletes none: a module before this one may have
-    just undeployed its endpoint, whose application leaves a moment later."""
+def settled_owners(client: Client) -> dict[str, AppOwner]:
+    """Each application's owner once Serve deletes none and runs no endpoint the store has
+    not: a module before this one may have just undeployed its endpoint, whose application
+    the control plane deletes at its next pass and Serve a moment after that."""
     def settled() -> dict[str, AppOwner] | None:
         details = serve_details()
-        deleting = [name for name, app in (details.get("applications") or {}).items()
-                    if app.get("status") == "DELETING"]
-        return None if deleting else application_owners(details)
+        applications = details.get("applications") or {}
+        stored = [endpoint.name for endpoint in client.list_endpoints()]
+        leaving = [name for name, app in applications.items()
+                   if app.get("status") == "DELETING"
+                   or (name.startswith(ENDPOINT_APP_PREFIX)
+                       and not any(is_endpoint_app(name, endpoint) for endpoint in stored))]
+        return None if leaving else application_owners(details)
 
     return wait_for(settled, 60, "Serve to finish deleting applications", interval=0.5)
 
@@ -103,7 +109,7 @@ def test_a_second_up_from_another_home_changes_nothing_and_says_why(
     name = "owned"
     serve_endpoint(platform, client, name)
     store = our_store(platform)
-    owners = settled_owners()
+    owners = settled_owners(client)
     assert owners[f"endpoint-{name}"].store_id == store
     assert owners["control-plane"] == AppOwner(store, str(platform.settings.home))
     rows = np.random.default_rng(5).normal(size=(16, 4)).astype(np.float32)
