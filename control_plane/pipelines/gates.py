@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from control_plane.pipelines.data_sources import BUNDLED_SCHEME
 from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import StageState
+from control_plane.pipelines.spec import data_mismatch, job_data_uri
 from control_plane.pipelines.stages import (
     PASSING_TROUBLE,
     Outcome,
@@ -87,6 +87,10 @@ class ValidateDataStage:
         data = context.spec.data
         if data is None:
             return Outcome(StageState.SKIPPED, reason="no data section in the spec")
+        mismatch = data_mismatch(context.spec)
+        if mismatch is not None:  # a spec stored before apply refused it
+            return Outcome(StageState.FAILED, reason=f"{mismatch} (modelplane pipeline apply)",
+                           progress={})
         target = _target_column(context)
 
         def check() -> tuple[Any, str | None]:
@@ -257,8 +261,7 @@ def _held_out_source(context: StageContext) -> str:
     settings = context.spec.evaluate
     if settings is not None and settings.data_uri is not None:
         return settings.data_uri
-    data = context.spec.training.job.get("data") or {}
-    return str(data.get("path") or f"{BUNDLED_SCHEME}{data.get('dataset')}")
+    return job_data_uri(context.spec.training.job)
 
 
 class BenchmarkStage:

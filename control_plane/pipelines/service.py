@@ -41,7 +41,7 @@ from control_plane.pipelines.records import (
     Trigger,
     fresh_stages,
 )
-from control_plane.pipelines.spec import PipelineSpec
+from control_plane.pipelines.spec import PipelineSpec, data_mismatch
 from control_plane.pipelines.stages import PASSING_TROUBLE, Outcome, Stage, StageContext
 from control_plane.schemas import Role
 from control_plane.stamps import parse_stamp
@@ -88,6 +88,9 @@ class Pipelines:
         """Create the pipeline or replace its spec (runs under way keep the spec they began with)."""
         actor.require(Role.DEPLOYER)
         _refuse_credentials(spec)
+        mismatch = data_mismatch(spec)
+        if mismatch is not None:
+            raise InvalidInputError(mismatch, detail={"field": "data.uri"})
         now = self._now()
         if spec.triggers.schedule and CronSchedule.parse(spec.triggers.schedule).next_after(now) is None:
             # Checked here, not where a stored spec is read: one stored before the rule

@@ -175,6 +175,39 @@ class PipelineSpec(Wire):
         return JobSpec.model_validate(self.training.job).model_name
 
 
+def job_data_uri(job: dict[str, Any]) -> str:
+    """The data a training job spec reads, as a pipeline names data: its ``data.path``, or
+    ``sklearn://NAME`` for its bundled dataset."""
+    from control_plane.pipelines.data_sources import BUNDLED_SCHEME
+
+    data = job.get("data") or {}
+    return str(data.get("path") or f"{BUNDLED_SCHEME}{data.get('dataset')}")
+
+
+def data_mismatch(spec: PipelineSpec) -> str | None:
+    """Why the data stage would check other data than the job trains on, or None.
+
+    The stage's verdict, its digest and the data trigger all stand for the training data;
+    checked where a spec is applied and where a run validates (a spec stored before the
+    rule still loads)."""
+    if spec.data is None:
+        return None
+    trained_on = job_data_uri(spec.training.job)
+    if _same_data(spec.data.uri, trained_on):
+        return None
+    return (f"data.uri {spec.data.uri!r} is not the data the training job reads "
+            f"({trained_on!r}): the data stage would check one dataset while the job trains "
+            "on another; name the same data in both")
+
+
+def _same_data(first: str, second: str) -> bool:
+    def canonical(uri: str) -> str:
+        local = uri.removeprefix("file://") if uri.startswith("file://") else uri
+        return os.path.normpath(local) if "://" not in local else uri
+
+    return canonical(first) == canonical(second)
+
+
 def parse_pipeline_spec(raw: Any, *, source: str = "pipeline spec") -> PipelineSpec:
     """Validate a spec document; every bad field named by its dotted path."""
     if not isinstance(raw, dict):
@@ -223,4 +256,12 @@ def load_pipeline_spec(path: str | os.PathLike[str]) -> PipelineSpec:
             detail={"field": f"training.job.{field}" if field else "training.job"}) from None
     if resolved is not None:
         raw = {**raw, "training": {**training, "job": resolved.model_dump(mode="json")}}
+    # Local data paths are relative to the file, as the job's are (not to the control
+    # plane's folder, where the stages read them).
+    for section, field in (("data", "uri"), ("evaluate", "data_uri")):
+        part = raw.get(section) if isinstance(raw, dict) else None
+        location = part.get(field) if isinstance(part, dict) else None
+        if isinstance(location, str) and location and "://" not in location:
+            absolute = (source.parent / Path(location).expanduser()).absolute()
+            raw = {**raw, section: {**part, field: str(absolute)}}
     return parse_pipeline_spec(raw, source=str(source))

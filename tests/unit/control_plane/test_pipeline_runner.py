@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from control_plane.pipelines.service import Pipelines
 from control_plane.pipelines.spec import (
     STAGES,
     InvalidPipelineSpecError,
+    PipelineSpec,
+    data_mismatch,
     load_pipeline_spec,
     parse_pipeline_spec,
 )
@@ -31,7 +34,12 @@ EXAMPLES = Path(__file__).parents[3] / "examples"
 
 
 def spec_document(**changes: Any) -> dict[str, Any]:
+    """The breast cancer pipeline; a data section's uri is the job's data too."""
     job = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+    uri = (changes.get("data") or {}).get("uri")
+    if uri is not None:
+        job["data"] = ({"dataset": uri.removeprefix("sklearn://")} if uri.startswith("sklearn://")
+                       else {"path": uri, "target": "target"})
     return {"name": "bc", "training": {"job": job}, "deploy": {"endpoint": "bc"}, **changes}
 
 
@@ -463,6 +471,53 @@ def test_spec_errors_name_the_field(tmp_path: Path) -> None:
     (tmp_path / "pipeline.yaml").write_text("name: [unclosed")
     with pytest.raises(InvalidPipelineSpecError, match="not valid YAML"):
         load_pipeline_spec(tmp_path / "pipeline.yaml")
+
+
+def test_a_data_stage_that_would_check_other_data_than_the_job_reads_is_refused(
+        db: Database, tmp_path: Path) -> None:
+    """The stage's verdict, its digest and the data trigger stand for the training data:
+    checking one file while the job trains on another would pass data nobody trained on."""
+    from control_plane.errors import InvalidInputError
+    from control_plane.pipelines.gates import ValidateDataStage
+
+    pipelines = runner(db, all_passing(), Clock())
+    other = spec_document(data={"uri": "sklearn://breast_cancer"})
+    other["data"] = {"uri": str(tmp_path / "fresh.csv")}  # the job still reads the bundled set
+    with pytest.raises(InvalidInputError, match="not the data the training job reads") as caught:
+        pipelines.apply(parse_pipeline_spec(other), ALICE)
+    assert caught.value.detail == {"field": "data.uri"}
+    assert pipelines.list() == []
+    # The same file by its file:// URL or an unnormalised path is the same data.
+    (tmp_path / "fresh.csv").write_text("a,target\n1,x\n")
+    for uri in (f"file://{tmp_path}/fresh.csv", f"{tmp_path}/./fresh.csv"):
+        same = spec_document(data={"uri": str(tmp_path / "fresh.csv")})
+        same["data"]["uri"] = uri
+        pipelines.apply(parse_pipeline_spec(same), ALICE)
+    # A spec stored before the rule: its data stage fails, saying why, before reading.
+    stage = ValidateDataStage(services=None)
+    run = SimpleNamespace(stages=[])
+    context = StageContext(run=run, spec=PipelineSpec.model_validate(other),  # type: ignore[arg-type]
+                           record=None, now=Clock().now)  # type: ignore[arg-type]
+    outcome = stage.advance(context)
+    assert outcome.state is StageState.FAILED
+    assert "not the data the training job reads" in outcome.reason
+    assert "modelplane pipeline apply" in outcome.reason
+
+
+def test_local_data_paths_in_a_pipeline_file_are_relative_to_it(tmp_path: Path) -> None:
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    job = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+    job["data"] = {"path": "rows.csv", "target": "target"}
+    (folder / "job.yaml").write_text(yaml.safe_dump(job))
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump({
+        "name": "bc", "training": {"job": "job.yaml"}, "deploy": {"endpoint": "bc"},
+        "data": {"uri": "rows.csv"}, "evaluate": {"data_uri": "held/out.csv"}}))
+    spec = load_pipeline_spec(folder / "pipeline.yaml")
+    assert spec.data is not None and spec.evaluate is not None
+    assert spec.data.uri == str(folder / "rows.csv") == spec.training.job["data"]["path"]
+    assert spec.evaluate.data_uri == str(folder / "held" / "out.csv")
+    assert data_mismatch(spec) is None
 
 
 @pytest.mark.parametrize(("section", "uri", "said"), [

@@ -53,6 +53,8 @@ def cancer() -> SimpleNamespace:
                       "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [None, 2]}]},
         "task": "classification", "class_labels": [str(n) for n in data.target_names],
         "reference_profile": profile})
+    # The CSV names its classes, as the models do: numbers would be labels of their own.
+    frame = frame.assign(target=np.asarray(data.target_names)[data.target.to_numpy()])
     return SimpleNamespace(frame=frame, strong=model(list(range(30))), weak=model([1]), manifest=manifest)
 
 
@@ -102,6 +104,7 @@ class World:
         self.train.version = self.register(candidate)
         job = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
         job["registration"]["model_name"] = "bc"
+        job["data"] = {"path": str(path), "target": "target", "validation_split": 0.25, "seed": 0}
         document = {"name": "bc", "training": {"job": job},
                     "data": {"uri": str(path), "expectations": {
                         "min_rows": 400, "drift": {"test": "auto", "alpha": 0.01}}},
