@@ -332,6 +332,10 @@ class LineageOut(Wire):
 
 # ---------------------------------------------------------------- tracking
 
+# A run holds at most this many metric points, every key together (a job's token logging
+# without end would fill the store); training specs are held to it (training.schemas).
+MAX_RUN_METRIC_POINTS = 1_000_000
+
 
 class ExperimentCreate(Wire):
     name: Name

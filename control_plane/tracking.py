@@ -26,6 +26,7 @@ from control_plane.notifications.sources import training_ended
 from control_plane.ray_clusters import RayCluster
 from control_plane.schemas import (
     JOB_TAG,
+    MAX_RUN_METRIC_POINTS,
     PROCESS_TAG,
     ExperimentCreate,
     ExperimentOut,
@@ -56,7 +57,7 @@ def lower_is_better(metric: str) -> bool:
     return any(word in lowered for word in _LOWER_IS_BETTER)
 
 
-MAX_METRIC_POINTS = 1_000_000  # per run, every key together
+MAX_METRIC_POINTS = MAX_RUN_METRIC_POINTS  # per run, every key together
 # A run's params are one document, rewritten whole on every write and read whole with the
 # run: bounded, as its metric points are, and so are its artifact paths.
 MAX_PARAMS_BYTES = 1024 * 1024

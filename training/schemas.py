@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from control_plane.schemas import AliasName, Name
+from control_plane.schemas import MAX_RUN_METRIC_POINTS, AliasName, Name
 from modelplane.wire import ClosedModel
 from serving.schemas import CustomResources, check_custom_resources
 
@@ -37,6 +37,13 @@ EPOCH_METRICS = {
     "classification": {"train_loss": "min", "val_loss": "min", "val_accuracy": "max"},
     "regression": {"train_loss": "min", "val_loss": "min", "val_mae": "min", "val_rmse": "min"},
 }
+
+# What one epoch logs to its run beside EPOCH_METRICS: training.loop's throughput, learning
+# rate, time and stop flag, the checkpoint marker and training.callbacks' report count.
+EPOCH_BOOKKEEPING = ("samples_per_s", "learning_rate", "epoch_time_s", "stopped_early",
+                     "checkpoint_epoch", "train_reports")
+# The run's points that are not an epoch's: the held-out evaluation's, with room to spare.
+RUN_POINTS_BESIDES_EPOCHS = 1_000
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -407,7 +414,38 @@ class JobSpec(Section):
                 f"unknown metric {self.early_stopping.metric!r} for {task}; choose one of "
                 f"{', '.join(EPOCH_METRICS[task])}",
             )
+        self._within_the_runs_metric_points()
         return self
+
+    def _within_the_runs_metric_points(self) -> None:
+        """Every epoch the job may log fits in its run. Past the run's cap the tracker
+        refuses the epochs' figures, and the stall watch, which reads them, would stop a
+        healthy job as stuck."""
+        epochs = self.hyperparameters.epochs
+        # A restart after a failure runs again the epochs since the latest checkpoint.
+        again = self.resources.max_failures * min(self.checkpoint.every_n_epochs, epochs)
+        per_epoch = len(epoch_metric_keys(self.model.task))
+        budget = MAX_RUN_METRIC_POINTS - RUN_POINTS_BESIDES_EPOCHS
+        if per_epoch * (epochs + again) <= budget:
+            return
+        restarts, every = self.resources.max_failures, self.checkpoint.every_n_epochs
+        # The most epochs that fit: past `every` epochs a restart runs `every` again at most.
+        most = budget // per_epoch - restarts * every
+        if most < every:
+            most = min(every, budget // per_epoch // (1 + restarts))
+        raise _at("hyperparameters.epochs", (
+            f"{epochs:,} epochs" + (f", and up to {again:,} run again after "
+                                    f"{restarts} restarts,"
+                                    if again else "")
+            + f" log {per_epoch * (epochs + again):,} metric points ({per_epoch} an epoch), more "
+            f"than a run holds ({MAX_RUN_METRIC_POINTS:,}); ask for at most {max(most, 0):,} "
+            "epochs" + (", or checkpoint more often (checkpoint.every_n_epochs) or allow "
+                        "fewer restarts (resources.max_failures)" if again else "")))
+
+
+def epoch_metric_keys(task: str) -> tuple[str, ...]:
+    """Every metric one epoch of a ``task`` job logs to its run."""
+    return (*EPOCH_METRICS[task], *EPOCH_BOOKKEEPING)
 
 
 class FieldError(ValueError):

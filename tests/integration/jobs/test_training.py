@@ -28,6 +28,7 @@ from control_plane.client import Client
 from tests.job_head import JobHead
 from tests.ray_head import BIN, RayHead
 from tests.waiting import wait_for
+from training.schemas import epoch_metric_keys
 
 
 @dataclass
@@ -90,6 +91,10 @@ def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(
     assert run.status == "finished"
     assert [m.step for m in client.metric_history(run.id, "val_loss")] == [1, 2, 3, 4]
     assert [m.step for m in client.metric_history(run.id, "checkpoint_epoch")] == [2, 4]
+    # A checkpointed epoch logs every key a spec's epoch limit counts (training.schemas).
+    logged_at_2 = {key for key in run.latest_metrics
+                   if 2 in [m.step for m in client.metric_history(run.id, key)]}
+    assert logged_at_2 == set(epoch_metric_keys("classification")), logged_at_2
     assert run.params["resources.num_workers"] == 2
     assert run.environment["python_version"] and "torch" in run.environment["packages"]
     assert run.environment["ray_cluster"]["resources"]["CPU"] == 6

@@ -182,3 +182,39 @@ def test_a_job_shipped_with_its_own_folder_applies_the_same_overrides(
     # The job reads them as `train run` does: a bad one is refused naming its field.
     assert job_main(["--config", str(path), "--set", "hyperparameters.epochs=0"]) != 0
     assert "hyperparameters.epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("task", "restarts", "every"), [
+    ("classification", 2, 20_000), ("regression", 0, 5), ("classification", 100, 1000),
+    ("regression", 7, 100_000)])
+def test_a_spec_asks_for_no_more_epochs_than_its_run_can_record(
+        task: str, restarts: int, every: int) -> None:
+    """Past a run's metric points the tracker refuses the epochs' figures, and the stall
+    watch, which reads them, would stop the healthy job as stuck: such a spec is refused,
+    naming the most epochs that fit, and that many are accepted."""
+    from control_plane.schemas import MAX_RUN_METRIC_POINTS
+    from training.schemas import RUN_POINTS_BESIDES_EPOCHS, epoch_metric_keys
+
+    model = {"architecture": "mlp_regressor" if task == "regression" else "mlp_classifier"}
+    data = {"dataset": "diabetes" if task == "regression" else "digits"}
+
+    def spec(epochs: int) -> dict[str, Any]:
+        return spec_with(model=model, data=data, hyperparameters={"epochs": epochs},
+                         resources={"max_failures": restarts},
+                         checkpoint={"every_n_epochs": every})
+
+    error = error_for(spec(100_000))
+    assert error.detail["field"] == "hyperparameters.epochs", error.message
+    most = int(error.message.split("ask for at most ")[1].split(" epochs")[0].replace(",", ""))
+    assert JobSpec.model_validate(spec(most)).hyperparameters.epochs == most
+    assert error_for(spec(most + 1)).detail["field"] == "hyperparameters.epochs"
+    # What the rule counts: each epoch's keys, once more for every epoch a restart repeats.
+    per_epoch = len(epoch_metric_keys(task))
+    logged = per_epoch * (most + restarts * min(every, most))
+    assert logged <= MAX_RUN_METRIC_POINTS - RUN_POINTS_BESIDES_EPOCHS
+    assert per_epoch * (most + 1 + restarts * min(every, most + 1)) > \
+        MAX_RUN_METRIC_POINTS - RUN_POINTS_BESIDES_EPOCHS
+
+
+def test_the_most_epochs_a_spec_takes_fit_a_classifiers_run() -> None:
+    assert JobSpec.model_validate(spec_with(hyperparameters={"epochs": 100_000})).hyperparameters.epochs
