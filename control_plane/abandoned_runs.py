@@ -17,6 +17,10 @@ left alone while the job API cannot answer. Where the sweep cannot look (a proce
 another machine, a job of another cluster), the driver's own word decides: it says it is
 alive once a minute, and a run whose driver has been silent for :data:`SILENT_S` ends
 ``failed`` (a driver of an older modelplane, which never says so, is left alone).
+
+A job whose end the control plane missed also missed its token's revoke: the sweep revokes
+the token an ended job's metadata names (``train submit`` mints one per job), where that
+token started the run and is a trainer's; it would otherwise stand until it expired.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from control_plane.auth import Principal
+from control_plane.auth import Principal, TokenService
+from control_plane.errors import ModelplaneError
 from control_plane.ray_clusters import RayCluster, this_ray_cluster
 from control_plane.schemas import Role, RunStatus
 from control_plane.tracking import Tracker
@@ -48,8 +53,9 @@ class AbandonedRuns:
 
     def __init__(self, tracker: Tracker, job_client: Callable[[], Any], *,
                  grace_s: float = 30.0, now: Callable[[], float] = time.time,
-                 cluster: Callable[[], RayCluster | None] | None = None) -> None:
-        self._tracker, self._job_client = tracker, job_client
+                 cluster: Callable[[], RayCluster | None] | None = None,
+                 tokens: TokenService | None = None) -> None:
+        self._tracker, self._job_client, self._tokens = tracker, job_client, tokens
         self._grace_s, self._now = grace_s, now
         self._cluster = cluster or this_ray_cluster
         # Silence is counted from when this sweep began at the earliest: while no control
@@ -97,7 +103,26 @@ class AbandonedRuns:
                       f"process was killed, or could not reach the control plane){said}")
             ended += self._conclude(run_id, ENDED[status], reason, finished_by=(
                 f"its Ray job {job_id} succeeded and" if status == "SUCCEEDED" else None))
+            self._revoke_job_token(run_id, job_id, info)
         return ended
+
+    def _revoke_job_token(self, run_id: str, job_id: str, info: Any) -> None:
+        """Revoke the token the ended job acted with. Its metadata is the submitter's to
+        write, so only a token that started the job's own run, and only a trainer's."""
+        from training.job_token import JOB_TOKEN_METADATA
+
+        name = (getattr(info, "metadata", None) or {}).get(JOB_TOKEN_METADATA)
+        if self._tokens is None or not isinstance(name, str) or not name:
+            return
+        try:
+            if self._tracker.get_run(run_id).created_by != name:
+                log.warning("Ray job %s names token %r, which did not start its run %s: "
+                            "left as it is", job_id, name, run_id)
+                return
+            if self._tokens.revoke(name, SWEEPER, role=Role.TRAINER).revoked_at is not None:
+                log.info("revoked token %r of Ray job %s, which ended", name, job_id)
+        except ModelplaneError as error:  # gone, or no trainer's: nothing of the job's to revoke
+            log.warning("did not revoke token %r of Ray job %s: %s", name, job_id, error.message)
 
     def _conclude(self, run_id: str, outcome: RunStatus, reason: str, *,
                   finished_by: str | None = None,

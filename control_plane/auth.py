@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from control_plane.errors import (
     AlreadyExistsError,
     AuthenticationError,
+    ConflictError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -201,9 +202,10 @@ class TokenService:
             rows = session.scalars(select(TokenRow).order_by(TokenRow.id)).all()
             return [_token_out(row) for row in rows]
 
-    def revoke(self, name: str, actor: Principal) -> TokenOut:
+    def revoke(self, name: str, actor: Principal, *, role: Role | None = None) -> TokenOut:
         """Revoke a token: admins any; any token itself (a job ending); a deployer the
-        trainer tokens it minted (``train stop`` / ``train status`` after a job ended)."""
+        trainer tokens it minted (``train stop`` / ``train status`` after a job ended).
+        ``role``: only a token of that role (ConflictError for another)."""
         if actor.name != name:
             actor.require(Role.DEPLOYER)
         with self._db.session() as session:
@@ -213,6 +215,9 @@ class TokenService:
                 actor.require(Role.ADMIN)
             if row is None:
                 raise NotFoundError(f"no token named {name!r}", detail={"field": "name"})
+            if role is not None and row.role != role.value:
+                raise ConflictError(f"token {name!r} is a {row.role} token, not a {role.value} "
+                                    "token", detail={"field": "name"})
             if row.revoked_at is None:
                 row.revoked_at = datetime.now(UTC)
             return _token_out(row)

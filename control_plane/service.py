@@ -150,7 +150,8 @@ class ControlPlane:
             from control_plane.job_api import cluster_job_client
 
             # Runs whose job was killed, or ended unable to say so, end within a minute.
-            self._every(30.0, self._leading(AbandonedRuns(self.tracker, cluster_job_client).sweep),
+            self._every(30.0, self._leading(AbandonedRuns(
+                self.tracker, cluster_job_client, tokens=self.tokens).sweep),
                         "abandoned-runs")
         # Ticks are cheap (one indexed query when nothing is active); each rollout is
         # analysed at its own interval, so a short tick only bounds reaction time.

@@ -4,9 +4,10 @@ The job's runtime environment is readable by anyone who can list the cluster's j
 it never holds the submitter's own token. ``train submit`` mints a ``trainer`` token for
 the job (runs, metrics, artifacts, versions, aliases; no deploying, approving or minting),
 expiring on its own after ``lifetime_minutes``, and records its name in the job's
-metadata. It is revoked by the job itself on exit, and by ``train status`` /
-``train stop`` / ``train submit --wait`` once they see the job ended; the expiry covers a
-job killed before anyone looks.
+metadata. It is revoked by the job itself on exit, by ``train status`` / ``train stop`` /
+``train submit --wait`` once they see the job ended, and by the control plane's sweep of
+runs whose job ended without ending them (control_plane.abandoned_runs); the expiry covers
+a job of another cluster killed before anyone looks.
 """
 
 from __future__ import annotations

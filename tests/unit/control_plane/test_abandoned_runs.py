@@ -21,7 +21,7 @@ NOW_S = 1_800_000_000.0
 
 
 def job_info(status: str, end_time: int | None = None, message: str = "",
-             start_time: int | None = None) -> Any:
+             start_time: int | None = None, metadata: dict[str, str] | None = None) -> Any:
     """Ray's own record of a job; times in milliseconds, as Ray keeps them (a job started
     a minute before the test's runs, unless ``start_time`` says otherwise)."""
     from ray.job_submission import JobInfo as RayJobInfo
@@ -30,7 +30,8 @@ def job_info(status: str, end_time: int | None = None, message: str = "",
     if start_time is None:
         start_time = int((datetime.now(UTC).timestamp() - 60) * 1000)
     return RayJobInfo(status=JobStatus(status), entrypoint="python -m training.job",
-                      start_time=start_time, end_time=end_time, message=message)
+                      start_time=start_time, end_time=end_time, message=message,
+                      metadata=metadata)
 
 
 class JobApi:
@@ -311,3 +312,32 @@ def test_a_run_whose_driver_fell_silent_where_the_sweep_cannot_look_is_ended(
                                      silent_since=datetime(2020, 1, 1, tzinfo=UTC))
     assert spoke_at.status is RunStatus.RUNNING
     tracker.update_run(older_driver, RunUpdate(status=RunStatus.FINISHED), ALICE)
+
+
+def test_an_ended_job_s_token_is_revoked_where_its_own_revoke_was_missed(
+        db: Any, tracker: Tracker, api: JobApi) -> None:
+    """Killed, or ending while the control plane was away, a job revokes neither its run
+    nor its token, which stood until it expired. Its metadata names the token, but is the
+    submitter's to write: only the token that started the job's run, and only a trainer's."""
+    from control_plane.auth import Principal, TokenService
+    from control_plane.schemas import Role, TokenCreate
+    from training.job_token import JOB_TOKEN_METADATA
+
+    tokens = TokenService(db)
+    for name, role in (("job-exp-1", Role.TRAINER), ("job-exp-2", Role.TRAINER),
+                       ("ops", Role.ADMIN)):
+        tokens.create(TokenCreate(name=name, role=role), SWEEPER)
+    jobs = {}
+    for job_id, starter, named in (("job-1", "job-exp-1", "job-exp-1"),
+                                   ("job-2", "job-exp-2", "job-exp-1"),  # names another job's
+                                   ("job-3", "ops", "ops")):  # names an admin's
+        role = Role.ADMIN if starter == "ops" else Role.TRAINER
+        tracker.start_run(RunCreate(experiment="exp", tags={"ray_job_submission_id": job_id}),
+                          Principal(name=starter, role=role))
+        jobs[job_id] = job_info("FAILED", int((NOW_S - 60) * 1000),
+                                metadata={JOB_TOKEN_METADATA: named})
+    api.jobs = jobs
+    assert len(AbandonedRuns(tracker, api.connect, grace_s=30, now=lambda: NOW_S,
+                             tokens=tokens).sweep()) == 3
+    revoked = {t.name for t in tokens.list() if t.revoked_at is not None}
+    assert revoked == {"job-exp-1"}
