@@ -343,7 +343,10 @@ class Story:
         if shift:
             column = frame.columns[DRIFT_FEATURE]
             frame[column] += shift * frame[column].std()
-        path = self.work / name
+        # Where the control plane may read local data (MODELPLANE_DATA_ROOTS).
+        folder = self.settings.local_data_roots[0] / "quickstart"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
         frame.to_csv(path, index=False)
         return path
 

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     data_private_hosts: str = Field("", json_schema_extra=_expects(
         "host names, IP addresses or CIDR blocks, comma-separated (10.0.0.0/8,data.internal)"))
 
+    # Folders (absolute, comma-separated) a pipeline may read local data files from: the
+    # control plane reads them with its own rights for whoever holds a deployer token, and
+    # its report names a file's columns and values. Unset: <home>/data.
+    data_roots: str = Field("", json_schema_extra=_expects(
+        "absolute folders, comma-separated (/srv/datasets,/mnt/shared/data)"))
+
     # Serve's proxy_location, set when Serve starts (a running Serve keeps its own).
     proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
         "EveryNode", json_schema_extra=_expects("EveryNode or HeadOnly"))
@@ -195,6 +201,21 @@ class Settings(BaseSettings):
     def _check_private_hosts(cls, hosts: str) -> str:
         private_hosts(hosts)
         return hosts
+
+    @field_validator("data_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: str) -> str:
+        for root in (part.strip() for part in roots.split(",")):
+            if root and not Path(root).expanduser().is_absolute():
+                raise ValueError(f"{root!r} is not an absolute path")
+        return roots
+
+    @property
+    def local_data_roots(self) -> tuple[Path, ...]:
+        """``MODELPLANE_DATA_ROOTS`` read, links resolved; ``<home>/data`` when unset."""
+        listed = [Path(part.strip()).expanduser() for part in self.data_roots.split(",")
+                  if part.strip()]
+        return tuple(Path(os.path.realpath(root)) for root in listed or [self.home / "data"])
 
     @property
     def private_data_hosts(self) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:

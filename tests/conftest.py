@@ -125,14 +125,17 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def modelplane_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def modelplane_home(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh MODELPLANE_HOME for one test, with every other MODELPLANE_* variable unset
-    (but the MODELPLANE_TEST_* ones, which choose the tests' databases)."""
+    (but the MODELPLANE_TEST_* ones, which choose the tests' databases), and pipelines
+    reading local data from pytest's temporary folder (MODELPLANE_DATA_ROOTS)."""
     for name in list(os.environ):
         if name.startswith("MODELPLANE_") and not name.startswith("MODELPLANE_TEST_"):
             monkeypatch.delenv(name)
     home = tmp_path / "home"
     monkeypatch.setenv("MODELPLANE_HOME", str(home))
+    monkeypatch.setenv("MODELPLANE_DATA_ROOTS", str(tmp_path_factory.getbasetemp()))
     reset_settings_cache()
     yield home
     reset_settings_cache()

@@ -16,7 +16,9 @@ be compared.)
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -155,12 +157,47 @@ def _format_of(uri: str) -> str:
                  "or give the format")
 
 
+def outside_data_roots(uri: str) -> str | None:
+    """Why the control plane may not read the local file ``uri`` names (None: it may, or
+    ``uri`` is not local): only files within ``MODELPLANE_DATA_ROOTS``, links followed.
+    It reads them with its own rights for whoever holds a deployer token, and what it
+    reports of them (columns, values) would show any CSV it can read."""
+    path = local_data_path(uri)
+    return None if path is None else _outside_roots(uri, os.path.realpath(path))
+
+
+def _outside_roots(uri: str, real: str) -> str | None:
+    from modelplane.settings import get_settings
+
+    roots = get_settings().local_data_roots
+    if any(Path(real).is_relative_to(root) for root in roots):
+        return None
+    return (f"{uri} is outside the folders pipelines read local data from "
+            f"({', '.join(str(root) for root in roots)}): move it there, give a storage URL, "
+            "or have the operator add its folder to MODELPLANE_DATA_ROOTS")
+
+
+def local_data_path(uri: str) -> str | None:
+    """The file a local data URI names (a path, or a ``file://`` URL); None for others."""
+    if uri.startswith(BUNDLED_SCHEME):
+        return None
+    if uri.lower().startswith("file://"):
+        return uri[len("file://"):]
+    return None if "://" in uri else uri
+
+
 def open_data(uri: str) -> Any:
-    """``uri`` opened for reading as pipelines read data: its host checked, no redirect
-    followed, no further than ``MODELPLANE_DATA_MAX_MB``."""
+    """``uri`` opened for reading as pipelines read data: a local file only within
+    ``MODELPLANE_DATA_ROOTS``, an http(s) host checked and no redirect followed, no
+    further than ``MODELPLANE_DATA_MAX_MB``."""
     import fsspec
 
     options: dict[str, Any] = {}
+    target, local = uri, local_data_path(uri)
+    if local is not None:
+        target = os.path.realpath(local)  # the file checked, whatever its links point to later
+        if (outside := _outside_roots(uri, target)) is not None:
+            raise _error(outside)
     if uri.lower().startswith(("http://", "https://")):
         check_http_host(uri)
         # A public host's redirect would lead past the check to wherever it points: none is
@@ -168,7 +205,7 @@ def open_data(uri: str) -> Any:
         options["allow_redirects"] = False
         _refuse_redirect(uri)
     try:
-        handle = fsspec.open(uri, "rb", **options).open()
+        handle = fsspec.open(target, "rb", **options).open()
     except FileNotFoundError:
         raise _error(f"{uri} does not exist") from None
     except Exception as error:

@@ -88,6 +88,7 @@ class Pipelines:
         """Create the pipeline or replace its spec (runs under way keep the spec they began with)."""
         actor.require(Role.DEPLOYER)
         _refuse_credentials(spec)
+        _refuse_outside_roots(spec)
         mismatch = data_mismatch(spec)
         if mismatch is not None:
             raise InvalidInputError(mismatch, detail={"field": "data.uri"})
@@ -674,6 +675,19 @@ def _refuse_credentials(spec: PipelineSpec) -> None:
                        ("evaluate.data_uri", spec.evaluate.data_uri if spec.evaluate else None),
                        *((f"training.job.{name}", value) for name, value in located_fields(job))):
         if (problem := credential_problem(field, uri)) is not None:
+            raise InvalidInputError(problem, detail={"field": field})
+
+
+def _refuse_outside_roots(spec: PipelineSpec) -> None:
+    """InvalidInputError naming the field whose local file the control plane would read
+    outside ``MODELPLANE_DATA_ROOTS`` (it is checked again at every read)."""
+    from control_plane.pipelines.data_sources import outside_data_roots
+
+    job_data = (spec.training.job.get("data") or {}).get("path")
+    for field, uri in (("data.uri", spec.data.uri if spec.data else None),
+                       ("evaluate.data_uri", spec.evaluate.data_uri if spec.evaluate else None),
+                       ("training.job.data.path", job_data)):
+        if isinstance(uri, str) and (problem := outside_data_roots(uri)) is not None:
             raise InvalidInputError(problem, detail={"field": field})
 
 

@@ -279,7 +279,8 @@ def test_a_stage_that_raises_fails_the_run_with_the_error(db: Database) -> None:
     assert "RuntimeError: Ray's job API is down" in pipelines.run("bc").reason
 
 
-def test_schedule_data_and_drift_triggers_start_runs_within_the_cool_down(db: Database) -> None:
+def test_schedule_data_and_drift_triggers_start_runs_within_the_cool_down(
+        db: Database, tmp_path: Path) -> None:
     digests = {"uri": "d1"}
     alerts: list[datetime] = []
     clock = Clock()
@@ -288,7 +289,7 @@ def test_schedule_data_and_drift_triggers_start_runs_within_the_cool_down(db: Da
     triggers = {"schedule": "0 * * * *", "data_check_interval_s": 60, "on_drift_alert": True,
                 "cooldown_s": 600}
     pipelines.apply(parse_pipeline_spec(spec_document(
-        triggers=triggers, data={"uri": "file:///data.csv"})), ALICE)
+        triggers=triggers, data={"uri": f"file://{tmp_path}/data.csv"})), ALICE)
     tick_and_read(pipelines)
     assert pipelines.get("bc").last_run is None  # first look: digest remembered, nothing due
 
@@ -320,7 +321,8 @@ def test_schedule_data_and_drift_triggers_start_runs_within_the_cool_down(db: Da
     assert pipelines.run("bc").number == 3  # the same alert starts nothing twice
 
 
-def test_new_data_seen_within_the_cool_down_starts_its_run_once_it_is_over(db: Database) -> None:
+def test_new_data_seen_within_the_cool_down_starts_its_run_once_it_is_over(
+        db: Database, tmp_path: Path) -> None:
     """The digest seen then was kept as seen: once the cool-down (or a run under way) was
     over, the data that came in it was never trained on."""
     digests = {"uri": "d1"}
@@ -328,7 +330,7 @@ def test_new_data_seen_within_the_cool_down_starts_its_run_once_it_is_over(db: D
     pipelines = runner(db, all_passing(), clock, digest=lambda uri: digests["uri"])
     pipelines.apply(parse_pipeline_spec(spec_document(
         triggers={"data_check_interval_s": 60, "cooldown_s": 600},
-        data={"uri": "file:///data.csv"})), ALICE)
+        data={"uri": f"file://{tmp_path}/data.csv"})), ALICE)
     tick_and_read(pipelines)  # first look: d1 remembered
     digests["uri"] = "d2"
     clock.now += timedelta(minutes=2)
