@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.errors import InvalidJobSpecError
+from training.errors import InvalidJobSpecError, TrainingError
 
 MODEL_BUNDLE_ARTIFACT = "model/model.pt"
 
@@ -32,23 +32,30 @@ def load_fine_tune_source(ref: str, client: Any, *, model_spec: dict[str, Any], 
     """Resolve ``ref`` (NAME:VERSION or NAME@ALIAS) to its trained weights; check they fit."""
     import torch
 
-    from control_plane.errors import ControlPlaneError
+    from control_plane.errors import ControlPlaneError, cannot_answer_now
+    from training.patience import patiently
 
     try:
-        version = client.resolve(ref)
+        # Asked again while the control plane restarts: an outage is not a bad spec.
+        version = patiently(lambda: client.resolve(ref))
         run_id = version.manifest.lineage.run_id
         if not run_id:
             raise _error(f"{ref} records no training run, so its weights cannot be found")
-        run = client.get_run(run_id)
+        run = patiently(lambda: client.get_run(run_id))
+        digest = next((a.digest for a in run.artifacts if a.path == MODEL_BUNDLE_ARTIFACT), None)
+        if digest is None:
+            raise _error(f"run {run_id} of {ref} has no {MODEL_BUNDLE_ARTIFACT} artifact; "
+                         "only versions trained by a modelplane job can be fine-tuned")
+        with tempfile.TemporaryDirectory() as directory:
+            path = patiently(lambda: client.download_artifact(digest, Path(directory) / "model.pt"))
+            bundle = torch.load(path, map_location="cpu", weights_only=True)
     except ControlPlaneError as error:
+        if cannot_answer_now(error):
+            raise TrainingError(
+                f"cannot fetch the weights of {ref} (model.init_from): {error.message}; the "
+                "spec may be right: submit the job again once the control plane answers",
+                detail={"field": "model.init_from"}) from None
         raise _error(f"cannot resolve {ref}: {error.message}") from None
-    digest = next((a.digest for a in run.artifacts if a.path == MODEL_BUNDLE_ARTIFACT), None)
-    if digest is None:
-        raise _error(f"run {run_id} of {ref} has no {MODEL_BUNDLE_ARTIFACT} artifact; only "
-                     "versions trained by a modelplane job can be fine-tuned")
-    with tempfile.TemporaryDirectory() as directory:
-        path = client.download_artifact(digest, Path(directory) / "model.pt")
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
     problem = bundle_mismatch(bundle, model_spec, n_features, n_outputs)
     if problem:
         raise _error(f"{version.model}:{version.version} {problem}")

@@ -373,3 +373,30 @@ def test_workers_that_may_restart_get_the_whole_placement_time_at_every_start() 
     assert worker_group_start_s(once, 2.0) == MIN_WORKER_GROUP_START_S
     assert worker_group_start_s(once, 420.0) == 420.0
     assert worker_group_start_s(restarting, 2.0) == 600.0
+
+
+def test_a_fine_tune_source_the_control_plane_cannot_answer_for_is_no_bad_spec(
+        no_pauses: None) -> None:
+    """Asked again while the control plane restarts; still away, the job fails saying so,
+    not that model.init_from is wrong. A version that does not exist is the spec's fault."""
+    from control_plane.errors import ControlPlaneUnavailableError, NotFoundError
+    from training.errors import InvalidJobSpecError
+    from training.finetune import load_fine_tune_source
+
+    class Resolving:
+        def __init__(self, *failures: Exception) -> None:
+            self.failures, self.asked = list(failures), 0
+
+        def resolve(self, ref: str) -> Any:
+            self.asked += 1
+            raise self.failures[min(self.asked, len(self.failures)) - 1]
+
+    shape = {"model_spec": {"architecture": "mlp_classifier"}, "n_features": 4, "n_outputs": 2}
+    away = Resolving(ControlPlaneUnavailableError("cannot reach the control plane"))
+    with pytest.raises(TrainingError, match="submit the job again") as failed:
+        load_fine_tune_source("m:1", away, **shape)
+    assert not isinstance(failed.value, InvalidJobSpecError) and away.asked == 4
+    missing = Resolving(NotFoundError("no version m:9", detail={"field": "ref"}))
+    with pytest.raises(InvalidJobSpecError, match="model.init_from: cannot resolve m:9"):
+        load_fine_tune_source("m:9", missing, **shape)
+    assert missing.asked == 1
