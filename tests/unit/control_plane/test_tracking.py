@@ -144,6 +144,29 @@ def test_a_runs_latest_figure_is_its_highest_steps_last_point(tracker: Tracker) 
     assert tracker.get_run(run.id).latest_metrics == {"loss": 0.7, "acc": 0.5}
 
 
+def test_latest_figures_match_a_reference_over_random_runs(tracker: Tracker) -> None:
+    """Keys of every kind (one a prefix of another, non-ASCII, spaces), steps repeated
+    and out of order, several runs side by side: each run's latest figures are what a
+    plain reading of its points in order gives, and no other run's."""
+    import random
+
+    rng = random.Random(7)
+    keys = ["a", "a b", "a/b", "ab", "Z", "é", "loss"]
+    expected: dict[str, dict[str, tuple[int, float]]] = {}
+    runs = [tracker.start_run(RunCreate(experiment="latest-ref"), ALICE).id for _ in range(4)]
+    for _ in range(40):
+        run = rng.choice(runs)
+        points = [(rng.choice(keys), round(rng.random(), 6), rng.randint(0, 4))
+                  for _ in range(rng.randint(1, 6))]
+        tracker.log_metrics(run, _metrics(*points), ALICE)
+        for key, value, step in points:  # the highest step wins; at one step, the later
+            if key not in expected.setdefault(run, {}) or step >= expected[run][key][0]:
+                expected[run][key] = (step, value)
+    for run in runs:
+        assert tracker.get_run(run).latest_metrics == {
+            key: value for key, (_, value) in expected.get(run, {}).items()}
+
+
 def test_run_artifacts(tracker: Tracker) -> None:
     run = tracker.start_run(RunCreate(experiment="art"), ALICE)
     info = tracker.artifacts.put([b"confusion matrix"])
