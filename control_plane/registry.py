@@ -79,6 +79,9 @@ _checking = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 # Every alias of a model is in each of its listings (ModelOut, VersionOut): unbounded, a
 # job's token could make every listing of the model as large as it pleased.
 MAX_ALIASES = 1000
+# New aliases one trainer token (a training job's) may make of a model: a job names its
+# version with one or two; a leaked token made the model's whole allowance.
+MAX_TRAINER_ALIASES = 20
 
 # A listing of versions leaves out what makes a manifest large (a drift reference may be
 # megabytes), and stops short of its page's limit past LISTING_MAX_BYTES
@@ -412,10 +415,20 @@ class Registry:
             # New aliases of one model are counted one at a time (last of this method's
             # locks, so no cycle): counted side by side, each under the cap, they passed it.
             self.db.serialize(session, f"new alias {model.id}")
-            if session.scalar(select(func.count()).select_from(AliasRow).where(
-                    AliasRow.model_id == model.id)) >= MAX_ALIASES:
+            # Champion is never refused for the count: a promotion that could not crown its
+            # candidate failed, and a trainer's token filling the cap stopped every first
+            # promotion of its model. A trainer's aliases are counted on their own.
+            if alias != CHAMPION_ALIAS and session.scalar(select(func.count()).select_from(
+                    AliasRow).where(AliasRow.model_id == model.id)) >= MAX_ALIASES:
                 raise ConflictError(f"model {name!r} has {MAX_ALIASES} aliases, the most one "
                                     "may have; delete one first", detail={"field": "alias"})
+            if actor.role is Role.TRAINER and session.scalar(select(func.count()).select_from(
+                    AliasRow).where(AliasRow.model_id == model.id,
+                                    AliasRow.updated_by == actor.name)) >= MAX_TRAINER_ALIASES:
+                raise ConflictError(
+                    f"a training job's token points at most {MAX_TRAINER_ALIASES} aliases of a "
+                    f"model; {actor.name!r} points that many of {name!r}",
+                    detail={"field": "alias", "limit": MAX_TRAINER_ALIASES})
             session.add(
                 AliasRow(model_id=model.id, alias=alias, version=version, updated_by=actor.name)
             )

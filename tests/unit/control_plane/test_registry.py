@@ -296,6 +296,34 @@ def test_a_model_holds_a_bounded_number_of_aliases(registry: Registry,
     registry.set_alias("iris", "c", AliasSet(version=1), ALICE)  # moving one is not adding
 
 
+def test_a_trainers_aliases_are_bounded_and_champion_is_never_refused_for_the_count(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leaked job token filled the model's aliases, and every first promotion then
+    failed to crown its candidate."""
+    import control_plane.registry as registry_module
+    from control_plane.auth import Principal
+    from control_plane.schemas import Role
+
+    monkeypatch.setattr(registry_module, "MAX_ALIASES", 4)
+    monkeypatch.setattr(registry_module, "MAX_TRAINER_ALIASES", 2)
+    job = Principal("job-iris-1", Role.TRAINER, model="iris")
+    info = registry.artifacts.put([linear_classifier(seed=3)])
+    registry.register_version("iris", VersionCreate(
+        artifact_digest=info.digest, manifest=linear_classifier_manifest()), job)
+    for alias in ("j1", "j2"):
+        registry.set_alias("iris", alias, AliasSet(version=1), job)
+    with pytest.raises(ConflictError, match="points at most 2 aliases") as refused:
+        registry.set_alias("iris", "j3", AliasSet(version=1), job)
+    assert refused.value.detail["field"] == "alias"
+    registry.set_alias("iris", "j2", AliasSet(version=1), job)  # moving one is not adding
+    for alias in ("a", "b"):
+        registry.set_alias("iris", alias, AliasSet(version=1), ALICE)
+    with pytest.raises(ConflictError, match="has 4 aliases"):
+        registry.set_alias("iris", "c", AliasSet(version=1), ALICE)
+    registry.set_alias("iris", "champion", AliasSet(version=1), ALICE)
+    assert registry.resolve("iris@champion").version == 1
+
+
 def test_listings_leave_out_what_makes_a_manifest_large_and_stop_at_a_size(
         registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     from control_plane import listings
