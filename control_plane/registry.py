@@ -58,6 +58,7 @@ from control_plane.store.models import (
     EndpointRouteRow,
     ModelRow,
     ModelVersionRow,
+    RunRow,
     StageEventRow,
 )
 
@@ -251,6 +252,7 @@ class Registry:
                     f"lineage.parent_version {parent} does not exist for model {name!r}",
                     detail={"field": "manifest.lineage.parent_version"},
                 )
+            _check_lineage_run(session, spec.manifest.lineage.run_id, actor)
             # The UPDATE takes the row's write lock until commit, so concurrent
             # registrations are serialized and numbers are gapless.
             session.execute(
@@ -688,6 +690,23 @@ def _check_production_allowed(session: Session, model: ModelRow, row: ModelVersi
             detail={"field": "stage", "reason": "approval_required"},
         )
 
+
+
+def _check_lineage_run(session: Session, run_id: str | None, actor: Principal) -> None:
+    """A version's lineage names a run of this store, and a training job's token names only
+    a run it started: the lineage route answers the run as the version's provenance (its
+    parameters, data and metrics), and sweeps read a job's registrations from it."""
+    if run_id is None:
+        return
+    run = session.get(RunRow, run_id)
+    if run is None:
+        raise NotFoundError(
+            f"manifest.lineage.run_id {run_id!r} names no run in this store; leave it out "
+            "for a model trained elsewhere", detail={"field": "manifest.lineage.run_id"})
+    if actor.role is Role.TRAINER and run.created_by != actor.name:
+        raise PermissionDeniedError(
+            f"a training job's token names as lineage only a run it started; run {run_id} "
+            f"was started by {run.created_by!r}", detail={"field": "manifest.lineage.run_id"})
 
 
 def _registered_before(session: Session, model: ModelRow, spec: VersionCreate,

@@ -395,6 +395,32 @@ def test_roles_are_enforced(registry: Registry) -> None:
         registry.create_model(ModelCreate(name="x"), ALICE)
 
 
+def test_a_lineage_run_is_one_of_the_store_and_a_jobs_token_names_only_its_own(
+        registry: Registry, tracker: Tracker) -> None:
+    """The lineage route answers the run as the version's provenance: a job's token
+    claimed another's run (its data, parameters and metrics), or one that never was."""
+    from control_plane.auth import Principal
+    from control_plane.errors import PermissionDeniedError
+    from control_plane.schemas import Role, RunCreate
+
+    job = Principal("job-iris-1", Role.TRAINER, model="iris")
+    theirs = tracker.start_run(RunCreate(experiment="iris-exp"), ALICE)
+    own = tracker.start_run(RunCreate(experiment="iris-exp"), job)
+
+    def register(actor: Principal, run_id: str) -> int:
+        info = registry.artifacts.put([linear_classifier(seed=len(run_id))])
+        return registry.register_version("iris", VersionCreate(
+            artifact_digest=info.digest,
+            manifest=linear_classifier_manifest(lineage={"run_id": run_id})), actor).version
+
+    with pytest.raises(PermissionDeniedError, match="started by 'alice'") as refused:
+        register(job, theirs.id)
+    assert refused.value.detail == {"field": "manifest.lineage.run_id"}
+    with pytest.raises(NotFoundError, match="names no run in this store"):
+        register(ALICE, "f" * 32)
+    assert register(job, own.id) == 1 and register(ALICE, theirs.id) == 2
+
+
 def test_lineage_follows_parents_and_runs(registry: Registry, tracker: Tracker) -> None:
     from control_plane.schemas import RunCreate
 

@@ -361,6 +361,7 @@ def test_the_version_the_stage_passes_is_the_one_its_own_job_registered(registry
     run of its own with it, and registers versions naming that run or the job's own run as
     their lineage, after the job's: the stage passes the job's version, not a later one."""
     from control_plane.auth import TokenService
+    from control_plane.errors import PermissionDeniedError
     from control_plane.pipelines.stages import pipeline_principal
     from control_plane.schemas import Role, RunCreate, TokenCreate, VersionCreate
     from tests.onnx_models import linear_classifier, linear_classifier_manifest
@@ -385,7 +386,8 @@ def test_the_version_the_stage_passes_is_the_one_its_own_job_registered(registry
     mine = register(job, run.id, seed=1)
     forged = tracker.start_run(RunCreate(experiment="bc", tags=tagged), other)
     register(other, forged.id, seed=2)
-    register(other, run.id, seed=3)
+    with pytest.raises(PermissionDeniedError, match="only a run it started"):
+        register(other, run.id, seed=3)  # a claim on another job's run
 
     api = JobApi()
     api.status_now, api.jobs[job_id] = "SUCCEEDED", {}
