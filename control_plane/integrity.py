@@ -6,8 +6,9 @@
   off) hashes to its digest; the same for runs' logged artifacts;
 - aliases point at versions that exist and are neither archived nor rejected; no
   rejected version sits in production;
-- no orphans: route-table rows whose version belongs to another model, active rollouts
-  whose endpoint or versions are gone, versions whose training run is gone;
+- no orphans: route-table rows whose version belongs to another model or is archived,
+  active rollouts whose endpoint or versions (candidate, stable, retiring) are
+  gone, versions whose training run or parent version is gone;
 - artifacts that nothing references are listed; :func:`collect_garbage` removes those
   older than a grace period (an upload is stored before the version that names it is
   registered, so a fresh unreferenced artifact may be a registration in flight), each one
@@ -84,6 +85,9 @@ def check_integrity(db: Database, artifacts: ArtifactStore, *, verify: bool = Tr
                       "does not exist")
         if row.status == "rejected" and row.stage == "production":
             found.add("stage", ref, f"{ref} is rejected but in production")
+        if row.parent_version is not None and (row.model_id, row.parent_version) not in by_key:
+            found.add("orphan_lineage", ref, f"{ref} names parent version "
+                      f"{row.parent_version}, which does not exist")
     for row in run_artifacts:
         ref = f"run {row.run_id}: {row.path}"
         if row.digest not in referenced:
@@ -108,15 +112,21 @@ def check_integrity(db: Database, artifacts: ArtifactStore, *, verify: bool = Tr
             found.add("orphan_route", name, f"endpoint {name} routes to "
                       f"{models.get(version.model_id, '?')}:{version.version}, a version of "
                       "another model")
+        elif version.stage == "archived":  # archiving refuses a routed version
+            found.add("orphan_route", name, f"endpoint {name} routes to "
+                      f"{models.get(version.model_id, '?')}:{version.version}, which is archived")
     endpoint_names = {row.name for row in endpoints.values()}
     for rollout in active:
         ref = f"rollout {rollout.id}"
         if rollout.endpoint not in endpoint_names:
             found.add("orphan_rollout", ref, f"{ref} is {rollout.state} on endpoint "
                       f"{rollout.endpoint}, which does not exist")
-        if (rollout.model_id, rollout.candidate_version) not in by_key:
-            found.add("orphan_rollout", ref, f"{ref} is {rollout.state} with candidate version "
-                      f"{rollout.candidate_version}, which does not exist")
+        for role, version_number in (("candidate", rollout.candidate_version),
+                                     ("stable", rollout.stable_version),
+                                     ("retiring", rollout.retire_version)):
+            if version_number is not None and (rollout.model_id, version_number) not in by_key:
+                found.add("orphan_rollout", ref, f"{ref} is {rollout.state} with {role} "
+                          f"version {version_number}, which does not exist")
 
     unreferenced = sorted(set(_stored_digests(artifacts)) - set(referenced))
     return IntegrityReport(ok=not found.problems, problems=found.problems,

@@ -484,6 +484,8 @@ class Registry:
         if spec.stage == Stage.ARCHIVED:
             _refuse_if_deployed(session, model, row, "archived")
             _refuse_if_aliased(session, model, row)
+            # One waiting for its approval has no route yet, and would take traffic archived.
+            refuse_if_rolling_out(session, model, row, "archived")
         if spec.stage == Stage.PRODUCTION:
             _check_production_allowed(session, model, row)
         session.add(

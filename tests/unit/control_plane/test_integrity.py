@@ -91,6 +91,32 @@ def test_orphan_lineage_rejected_production_and_orphan_rollouts_are_found(regist
     assert kinds == ["orphan_lineage", "orphan_rollout", "orphan_rollout", "stage"]
 
 
+def test_a_rollouts_missing_stable_a_missing_parent_and_a_route_to_an_archived_version_are_found(
+        registry: Registry) -> None:
+    """A partial restore or a hand edit: a rollback would write routes to a version that is
+    not there, and an archived version served what the registry said it never would."""
+    from control_plane.store.models import EndpointRouteRow, EndpointRow
+
+    _register(registry, 1)
+    _register(registry, 2)
+    with registry.db.session() as session:
+        first = session.query(ModelVersionRow).filter_by(version=1).one()
+        second = session.query(ModelVersionRow).filter_by(version=2).one()
+        second.parent_version = 9
+        endpoint = EndpointRow(name="live", model_id=first.model_id, config={})
+        session.add(endpoint)
+        session.flush()
+        session.add(EndpointRouteRow(endpoint_id=endpoint.id, version_id=first.id, weight=100))
+        first.stage = "archived"
+        session.add(RolloutRow(endpoint="live", model_id=first.model_id, candidate_version=2,
+                               stable_version=5, retire_version=6, strategy="canary",
+                               state="progressing", created_by="test"))
+    problems = {(p.kind, p.message.split(", which")[0].split(" ")[-1])
+                for p in check_integrity(registry.db, registry.artifacts).problems}
+    assert problems == {("orphan_lineage", "9"), ("orphan_route", "iris:1"),
+                        ("orphan_rollout", "5"), ("orphan_rollout", "6")}, problems
+
+
 def test_gc_removes_only_old_unreferenced_artifacts(registry: Registry) -> None:
     _register(registry, 1)
     old = registry.artifacts.put([b"an upload nobody registered"])

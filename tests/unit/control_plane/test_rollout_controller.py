@@ -26,6 +26,8 @@ from control_plane.schemas import (
     ModelPolicy,
     ModelUpdate,
     Role,
+    Stage,
+    StageChange,
     TrafficUpdate,
     VersionCreate,
 )
@@ -934,6 +936,9 @@ def test_a_version_being_rolled_out_is_neither_rejected_nor_deleted_under_it(wor
     # Pending: no traffic on the candidate yet, so only the rollout stands in the way.
     with pytest.raises(ConflictError, match=f"rollout #{rollout_id} is rolling out iris:2"):
         world.registry.delete_version("iris", 2, ADMIN)
+    # Nor archived: it would take its traffic archived, and `db check` saw nothing wrong.
+    with pytest.raises(ConflictError, match=f"rollout #{rollout_id} is rolling out iris:2"):
+        world.registry.transition_stage("iris", 2, StageChange(stage=Stage.ARCHIVED), ALICE)
     world.serve(1)
     world.serve(2)
     world.run(2)
