@@ -726,6 +726,14 @@ def _registered_before(session: Session, model: ModelRow, spec: VersionCreate,
             f"idempotency key {spec.idempotency_key!r} registered {model.name}:{row.version} "
             "for another registrant or artifact; use a new key for a new registration",
             detail={"field": "idempotency_key", "version": row.version})
+    if (row.manifest, row.description) != (spec.manifest.model_dump(mode="json"),
+                                           spec.description):
+        # A retry that corrects the manifest (its signature, its lineage) would otherwise
+        # be answered with the first try's version, the correction silently dropped.
+        raise ConflictError(
+            f"idempotency key {spec.idempotency_key!r} registered {model.name}:{row.version} "
+            "with another manifest or description; use a new key for a new registration",
+            detail={"field": "idempotency_key", "version": row.version})
     return row
 
 

@@ -91,6 +91,13 @@ def test_a_registration_asked_again_with_its_key_answers_the_version_it_register
     assert refused.value.detail["field"] == "idempotency_key"
     with pytest.raises(ConflictError, match="another registrant or artifact"):
         registry.register_version("iris", spec, BOB)  # never someone else's version
+    corrected = VersionCreate(artifact_digest=info.digest, idempotency_key="job-0f3a9c",
+                              manifest=linear_classifier_manifest(
+                                  lineage={"dataset_uri": "sklearn://iris"}))
+    with pytest.raises(ConflictError, match="another manifest or description"):
+        registry.register_version("iris", corrected, ALICE)  # never silently the first one
+    with pytest.raises(ConflictError, match="another manifest or description"):
+        registry.register_version("iris", spec.model_copy(update={"description": "v2"}), ALICE)
     assert registry.register_version("other", spec, ALICE).version == 1  # keys are per model
     assert registry.get_model("iris").latest_version == 3
 
