@@ -45,6 +45,7 @@ from serving.monitoring.stats import ENDPOINT_LEVEL, StatsRecorder, compare_outp
 from serving.names import CALLER_KEY_HEADER, endpoint_route_prefix
 from serving.protocol import DecodedRequest, decode_request, encode_response, from_numpy_dtype
 from serving.protocol.grpc_messages import HEAVY_MESSAGE_BYTES
+from serving.protocol.tensors import held_bytes
 from serving.routing import Router
 from serving.runners.base import element_count
 from serving.schemas import RETRY_AFTER_S, EndpointConfig, TensorSignature, VersionConfig
@@ -61,6 +62,9 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch",
              "torch_export": "pytorch_libtorch", "python": "python"}
 _PATH = re.compile(r"^(?:/versions/(?P<version>[^/]+))?(?P<action>/infer|/ready|/feedback)?/?$")
 MAX_SHADOWS_IN_FLIGHT = 256
+# And what they hold (inputs, the primary's answer, the bodies binary inputs are views of):
+# 256 slow shadows of 64 MiB requests had the replica, and its primary traffic, killed.
+MAX_SHADOW_BYTES = 256 << 20
 # A request its version has not answered in this long is counted then, as a 504 (stalled),
 # in the statistics shipped next: one that never ends would otherwise never be counted, and
 # a version hanging on some requests would be judged on those it answers. Its answer, if it
@@ -216,6 +220,7 @@ class InferenceCore:
         self.feedback_authorizer = feedback_authorizer or _authorizer_for(config, None)
         self.monitoring: dict[int, VersionMonitoring] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._shadow_bytes = 0  # what the shadows in flight hold
         self.shadows_dropped = 0
         # Requests in their version's hands: ticket -> (version, way routed, started).
         self._in_flight: dict[int, tuple[int, str, float]] = {}
@@ -448,7 +453,9 @@ class InferenceCore:
                       primary: dict[str, np.ndarray], primary_latency: float) -> None:
         if backend is None:
             return
-        if len(self._shadow_tasks) >= MAX_SHADOWS_IN_FLIGHT:
+        held = held_bytes([*arrays.values(), *primary.values()])
+        if len(self._shadow_tasks) >= MAX_SHADOWS_IN_FLIGHT or \
+                self._shadow_bytes + held > MAX_SHADOW_BYTES:
             # A slow shadow must not grow memory without bound; the rollout judging it
             # hears of each one it missed.
             self.shadows_dropped += 1
@@ -458,7 +465,13 @@ class InferenceCore:
             self._run_shadow(backend, arrays, primary, primary_latency)
         )
         self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
+        self._shadow_bytes += held
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._shadow_tasks.discard(finished)
+            self._shadow_bytes -= held
+
+        task.add_done_callback(done)
 
     async def _run_shadow(self, backend: VersionBackend, arrays: dict[str, np.ndarray],
                           primary: dict[str, np.ndarray], primary_latency: float) -> None:

@@ -31,6 +31,7 @@ from serving.monitoring.observations import (
     VersionObservations,
 )
 from serving.monitoring.routing import ROUTED_RANDOMLY
+from serving.protocol.tensors import held_bytes
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,6 @@ class VersionStats:
     shadow: ShadowStats = field(default_factory=ShadowStats)
     observations: VersionObservations | None = None
     unobserved: int = 0  # answered requests whose accounting failed (logged, not raised)
-
-
-def _held_bytes(array: np.ndarray) -> int:
-    """What ``array`` holds: its buffer, and the strings an object array points to."""
-    if array.dtype.kind != "O":
-        return int(array.nbytes)
-    return int(array.nbytes) + sum(len(value) for value in array.flat
-                                   if isinstance(value, bytes | str))
 
 
 class StatsRecorder:
@@ -206,8 +199,7 @@ class StatsRecorder:
         self._observed_count += 1
         # Bytes too: a binary input is a view of its request's whole body, held until then.
         before = self._observed_bytes
-        self._observed_bytes += sum(map(_held_bytes, arrays.values())) + sum(
-            map(_held_bytes, outputs.values()))
+        self._observed_bytes += held_bytes([*arrays.values(), *outputs.values()])
         count, held = self._observed_count, self._observed_bytes
         if count >= PENDING_LIMIT or held >= PENDING_BYTES_LIMIT:
             if (self.when_full is None or count >= PENDING_HARD_LIMIT

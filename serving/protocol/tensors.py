@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -271,3 +272,23 @@ def binary_data(array: np.ndarray, datatype: str) -> bytes | memoryview:
     contiguous = np.ascontiguousarray(array, dtype=dtype)
     # Flattened to bytes so that 0-d and empty arrays become plain (possibly empty) buffers.
     return memoryview(contiguous.reshape(-1).view(np.uint8))
+
+
+def held_bytes(arrays: Iterable[np.ndarray]) -> int:
+    """What ``arrays`` keep alive: each one's buffer, or, for a view of a request's binary
+    part, that whole body (counted once however many views share it), and the strings an
+    object array points to. A 16-byte input from a 64 MiB body holds 64 MiB."""
+    total, seen = 0, set()
+    for array in arrays:
+        root: Any = array
+        while isinstance(root, np.ndarray) and root.base is not None:
+            root = root.base
+        if isinstance(root, memoryview):
+            root = root.obj
+        if id(root) not in seen:
+            seen.add(id(root))
+            total += len(root) if isinstance(root, bytes | bytearray) else int(
+                getattr(root, "nbytes", 0))
+        if array.dtype.kind == "O":
+            total += sum(len(value) for value in array.flat if isinstance(value, bytes | str))
+    return total
