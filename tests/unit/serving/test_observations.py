@@ -358,5 +358,7 @@ def test_requests_of_another_width_cost_the_others_nothing() -> None:
 
 def test_the_bytes_held_count_the_strings_an_object_array_points_to() -> None:
     texts = np.array(["x" * 1000, "y" * 3000], dtype=object)
-    assert stats._held_bytes(texts) == texts.nbytes + 4000
-    assert stats._held_bytes(np.zeros((2, 4), np.float32)) == 32
+    from serving.protocol.tensors import held_bytes
+
+    assert held_bytes([texts]) == texts.nbytes + 4000
+    assert held_bytes([np.zeros((2, 4), np.float32)]) == 32
