@@ -101,6 +101,22 @@ _ENDS = {Action.ROLLBACK: (RolloutState.ROLLED_BACK, True),
          Action.FAIL: (RolloutState.FAILED, False)}
 
 
+def _rate_while_serving(stable: VersionSnapshot | None, idle_s: float) -> VersionSnapshot | None:
+    """Stable's figures from before the step, its requests per second over the seconds it
+    served. The Monitor's window ends now, and since the step began stable took (next to)
+    nothing: counted over the whole window its rate read low (100 req/s as 57 two minutes
+    into the step), the candidate's load looked heavier than stable's ever was, and a
+    regressed candidate's relative checks went unjudged as inconclusive."""
+    if stable is None or idle_s <= 0:
+        return stable
+    traffic = stable.traffic
+    serving_s = traffic.observed_s - idle_s
+    if traffic.observed_s <= 0 or serving_s <= 0:
+        return stable  # not known over what it was counted, or nothing served in it
+    return replace(stable, traffic=replace(
+        traffic, throughput_rps=traffic.throughput_rps * traffic.observed_s / serving_s))
+
+
 class RolloutController(ManualActions):
     """Starts, advances, promotes and rolls back rollouts; ``tick`` is the control loop."""
 
@@ -389,7 +405,10 @@ class RolloutController(ManualActions):
                 snapshot = replace(snapshot, baseline=kept, baseline_kept=True)
             elif window < BASELINE_WINDOW_S:
                 earlier = self._stats(rollout.endpoint, BASELINE_WINDOW_S, routings)
-                snapshot = replace(snapshot, baseline=self._versions(rollout, earlier)[1])
+                idle_s = ((now - rollout.step_started_at).total_seconds()
+                          if rollout.step_started_at is not None else 0.0)
+                snapshot = replace(snapshot, baseline=_rate_while_serving(
+                    self._versions(rollout, earlier)[1], idle_s))
         block = ab_window(rollout, now)
         if block is not None:  # the A/B gate's window runs from its block's start
             ab_stats = stats if block[1] == window else self._stats(rollout.endpoint,

@@ -742,6 +742,45 @@ def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_fi
     assert world.weights() == {1: 100.0}
 
 
+def test_stables_baseline_rate_counts_the_seconds_it_served_not_the_steps_idle_ones(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stable served 10 req/s until the switch; its figures are asked for over the
+    Monitor's 300 s once its own traffic has left the analysis window, 130 s into the step,
+    and the Monitor's rate counts those idle seconds (5.7 req/s). The candidate's same load
+    then read as 1.76 times stable's, too heavy to compare latencies with: a candidate six
+    times slower went unjudged, inconclusive, where it must be rolled back."""
+    from dataclasses import replace
+
+    from control_plane.rollouts.controller import BASELINE_WINDOW_S
+
+    def at_rate(snapshot: VersionSnapshot, rps: float, observed_s: float) -> VersionSnapshot:
+        return replace(snapshot, traffic=replace(snapshot.traffic, throughput_rps=rps,
+                                                 window_s=observed_s, observed_s=observed_s))
+
+    earlier = {1: at_rate(served(1700, p95=10.0), 10.0 * 170 / 300, 300.0), 2: served(0)}
+    stable_in_window = {"requests": 500}
+
+    def stats(endpoint: str, window: float, sample: Any) -> dict[int, Any]:
+        if window == BASELINE_WINDOW_S:
+            return earlier
+        return {**world.stats, 1: served(stable_in_window["requests"], p95=10.0)}
+
+    monkeypatch.setattr(world.controller, "_stats", stats)
+    rollout_id = switch_to_slower(world, p95=10.0, step_duration_s=200,
+                                  inconclusive_deadline_s=None, max_p95_ms=None)
+    world.stats[2] = at_rate(world.stats[2], 10.0, 120.0)
+    world.run(205)  # the shadow step passes; at the switch stable's traffic is still in the window
+    world.run(130)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.step_index == 1 and rollout.state == RolloutState.PROGRESSING
+    stable_in_window["requests"] = 0  # stable's last requests leave the analysis window
+    world.stats[2] = at_rate(served(200, p95=60.0), 10.0, 120.0)  # and the candidate slows
+    world.run(10)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK, (rollout.reason, rollout.last_analysis)
+    assert "p95_ratio 6 > 1.5" in rollout.reason
+
+
 def test_a_step_without_stable_traffic_outlasting_the_monitors_memory_keeps_its_baseline(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Held past the Monitor's memory (or the Monitor restarted), the 100% step no longer
