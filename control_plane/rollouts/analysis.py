@@ -444,6 +444,13 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                            f"{labelled} labels joined in the window, need {config.min_labels} "
                            f"(min_labels) for {' and '.join(asked)}{apart}; the other checks "
                            "passed")
+    if config.fail_on_drift and not candidate.drift.verdict.judged:
+        # The same for the drift gate: too few rows for a verdict (a quiet candidate, fewer
+        # than the Monitor's rows for one) is no evidence that the inputs did not drift.
+        return CheckResult(Verdict.INCONCLUSIVE, checks, (
+            f"the candidate's drift cannot be judged in the window "
+            f"({candidate.drift.reason or 'too few rows'}), and fail_on_drift asks for it; "
+            "the other checks passed"))
     return CheckResult(Verdict.PASS, checks, "all checks passed")
 
 

@@ -719,3 +719,20 @@ def test_a_shadow_s_nan_where_the_primary_answered_nan_too_is_no_failure_of_it()
     assert (shadow.shadow.errors, shadow.shadow.compared) == (30, 0)
     result = analyse(AnalysisConfig(min_samples=100), shadow, None, shadow=True)
     assert result.verdict == Verdict.INCONCLUSIVE, result.reason
+
+
+def test_a_drift_gate_without_a_verdict_is_unknown_not_passed() -> None:
+    """Too few rows in the window for a drift verdict (a quiet candidate, or fewer than
+    the Monitor needs for one) passed fail_on_drift as if the inputs had not drifted."""
+    from serving.monitoring.snapshot import Drift, DriftVerdict
+    from tests.snapshots import served
+
+    quiet = replace(served(200), drift=Drift(verdict=DriftVerdict.INSUFFICIENT,
+                                             reason="60 rows, need 100"))
+    gate = AnalysisConfig(min_samples=50, fail_on_drift=True)
+    result = analyse(gate, quiet, None)
+    assert result.verdict == Verdict.INCONCLUSIVE
+    assert "drift cannot be judged" in result.reason and "60 rows, need 100" in result.reason
+    assert analyse(AnalysisConfig(min_samples=50), quiet, None).verdict == Verdict.PASS
+    judged = replace(quiet, drift=Drift(verdict=DriftVerdict.OK, samples=500))
+    assert analyse(gate, judged, None).verdict == Verdict.PASS
