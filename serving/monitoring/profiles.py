@@ -121,9 +121,20 @@ def prediction_features(task: str, output: np.ndarray) -> np.ndarray | None:
     flat = _rows(output)
     if task == "classification":
         if flat.shape[1] == 1:
-            return np.asarray(flat, dtype=np.float64)
+            # A label, or the positive class's probability: the class it predicts, as
+            # feedback reads it (feedback.predicted_class). Kept as probabilities, every
+            # training value became a category of its own, and live traffic drifted always.
+            column = np.asarray(flat[:, 0], dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                classes = np.where(column == np.round(column), column,
+                                   (column >= 0.5).astype(np.float64))
+            return np.where(np.isfinite(column), classes, np.nan)[:, None]
         scores = np.asarray(flat, dtype=np.float64)
-        return np.stack([scores.argmax(axis=1), scores.max(axis=1)], axis=1)
+        # A row with a NaN is in no class (argmax would name the NaN's index, class 0 for
+        # an all-NaN row, and feedback would count it right where the label is 0).
+        answered = np.isfinite(scores).all(axis=1)
+        return np.stack([np.where(answered, scores.argmax(axis=1), np.nan),
+                         scores.max(axis=1)], axis=1)
     return np.asarray(flat[:, :MAX_OUTPUT_COLUMNS], dtype=np.float64)
 
 

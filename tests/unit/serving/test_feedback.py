@@ -323,3 +323,37 @@ def test_labels_of_a_version_no_longer_served_leave_no_ghost_of_it() -> None:
     assert sorted(state.snapshot("churn", 60)) == [1]  # no ghost of version 2
     assert state.snapshot("churn", 60)[1].accuracy.labelled == len(by_version[1])
     assert answer["waiting"] == len(by_version[2])  # its predictions went with it
+
+
+def test_a_row_answered_nan_is_in_no_class_whatever_its_label() -> None:
+    """argmax names a NaN's index: an all-NaN row was class 0, counted right where the
+    label was 0, and a model answering NaN on the common class lost no accuracy."""
+    from serving.monitoring.profiles import prediction_features
+
+    scores = np.array([[np.nan, np.nan, np.nan], [0.1, np.nan, 0.2], [0.1, 0.7, 0.2]])
+    features = prediction_features("classification", scores)
+    assert np.isnan(features[0, 0]) and np.isnan(features[1, 0]) and features[2, 0] == 1
+    state = MonitorState(clock=Clock())
+    state.record("churn", "r", {1: {"codes": {200: 3}, "monitoring": {
+        "task": "classification", "n_classes": 3,
+        "feedback": [(f"r{i}", float(v)) for i, v in enumerate(features[:, 0])]}}})
+    state.feedback("churn", [("r0", [0]), ("r1", [0]), ("r2", [1])])
+    accuracy = state.snapshot("churn", 60)[1].accuracy
+    assert accuracy.labelled == 3 and accuracy.accuracy == pytest.approx(1 / 3)
+
+
+def test_a_one_column_probability_classifier_is_profiled_and_watched_by_its_class() -> None:
+    """Kept as probabilities, every training value was a category of the reference's
+    predicted_class, and live answers from the same distribution were all out of range:
+    prediction drift fired on every window."""
+    from serving.monitoring.profiles import build_reference_profile, prediction_features
+
+    rng = np.random.default_rng(11)
+    rows = rng.normal(size=(5000, 3))
+    probability = 1 / (1 + np.exp(-rows @ np.array([1.5, -1.0, 0.5])))
+    profile = build_reference_profile(rows, probability[:, None], task="classification")
+    predicted = profile["predictions"]["features"][0]
+    assert predicted["name"] == "predicted_class" and predicted["kind"] == "categorical"
+    assert predicted["edges"] == [0.0, 1.0]  # its categories: the two classes
+    live = prediction_features("classification", np.array([[0.93], [0.2], [1.0], [np.nan]]))
+    np.testing.assert_array_equal(live[:, 0], [1.0, 0.0, 1.0, np.nan])
