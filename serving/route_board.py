@@ -15,16 +15,25 @@ whichever of the two is newer, reads the board once before it first answers, and
 posting that names a version it has not loaded until a ``reconfigure`` loads it. When
 the board cannot be reached the reconciler falls back to a Serve reconfigure, so routes
 always arrive, at worst by the slow path.
+
+The board keeps its postings in Ray's key-value store (the GCS) too, and a restarted board
+starts with them: one that started empty sent a replica started meanwhile back to the
+routes Serve last gave it, a version since rolled back to 0% among them, until the control
+plane posted again (never, while it was down).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from serving.names import ROUTE_BOARD_NAME, ROUTE_BOARD_NAMESPACE
 from serving.schemas import EndpointConfig, RouteTable
+
+log = logging.getLogger(__name__)
 
 WAIT_S = 30.0  # one long-poll; the replica asks again at once
 # Postings of deleted endpoints are never needed again; the bound keeps a create/delete
@@ -54,17 +63,33 @@ class PostedRoutes:
         return config.model_copy(update={"routes": routes, "generation": self.generation})
 
 
+class PostingStore(Protocol):
+    """Where a board keeps its postings beyond its own life: text keyed by text."""
+
+    def put(self, key: str, value: str) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def load(self) -> list[str]: ...
+
+
 class RouteBoard:
     """The latest posting per endpoint incarnation, and the replicas waiting for a newer one.
 
     Keyed by incarnation as well as name: two stores sharing a cluster, or an endpoint
-    deleted and created again, never overwrite each other's postings."""
+    deleted and created again, never overwrite each other's postings. With a ``store``,
+    each posting is kept there too and a new board starts with what it holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: PostingStore | None = None) -> None:
         self._posted: dict[tuple[str, str], PostedRoutes] = {}
         self._changed: dict[tuple[str, str], asyncio.Event] = {}
+        self._store = store
+        if store is not None:
+            for value in _kept(store):
+                endpoint, posted = _decoded(value)
+                self.post(endpoint, posted, keep=False)
 
-    def post(self, endpoint: str, posted: PostedRoutes) -> bool:
+    def post(self, endpoint: str, posted: PostedRoutes, *, keep: bool = True) -> bool:
         """Keep ``posted`` unless the board holds a newer generation; True when the board
         holds ``posted`` afterwards."""
         key = (endpoint, posted.incarnation)
@@ -73,8 +98,12 @@ class RouteBoard:
             return current == posted
         self._posted.pop(key, None)  # to the end: the oldest posting is dropped first
         self._posted[key] = posted
+        if keep:
+            self._keep(_store_key(key), _encoded(endpoint, posted))
         while len(self._posted) > MAX_POSTINGS:
-            del self._posted[next(iter(self._posted))]
+            dropped = next(iter(self._posted))
+            del self._posted[dropped]
+            self._keep(_store_key(dropped), None)
         event = self._changed.pop(key, None)
         if event is not None:
             event.set()
@@ -82,6 +111,19 @@ class RouteBoard:
 
     def read(self, endpoint: str, incarnation: str) -> PostedRoutes | None:
         return self._posted.get((endpoint, incarnation))
+
+    def _keep(self, key: str, value: str | None) -> None:
+        """Write (or, for None, delete) a posting in the store; a store that fails costs
+        only what a restart would then lose: the posting stands here and is answered."""
+        if self._store is None:
+            return
+        try:
+            if value is None:
+                self._store.delete(key)
+            else:
+                self._store.put(key, value)
+        except Exception as error:
+            log.warning("could not keep route posting %s in Ray's store: %s", key, error)
 
     async def wait(self, endpoint: str, incarnation: str, after_generation: int,
                    timeout_s: float = WAIT_S) -> PostedRoutes | None:
@@ -103,8 +145,60 @@ class RouteBoard:
             except TimeoutError:
                 return None
 
+def _store_key(key: tuple[str, str]) -> str:
+    return f"{key[0]}/{key[1]}"  # names and incarnations hold no '/'
+
+
+def _encoded(endpoint: str, posted: PostedRoutes) -> str:
+    return json.dumps({"endpoint": endpoint, "incarnation": posted.incarnation,
+                       "generation": posted.generation, "routes": posted.routes})
+
+
+def _decoded(value: str) -> tuple[str, PostedRoutes]:
+    document = json.loads(value)
+    return document["endpoint"], PostedRoutes(document["incarnation"],
+                                              int(document["generation"]), document["routes"])
+
+
+def _kept(store: PostingStore) -> list[str]:
+    """The store's postings; none where it cannot be read (the board starts empty, as
+    before it kept any)."""
+    try:
+        return store.load()
+    except Exception as error:
+        log.warning("could not read the route postings kept in Ray's store: %s", error)
+        return []
+
+
+class GcsPostings:
+    """Postings in Ray's key-value store (the GCS): they outlive the board's actor."""
+
+    NAMESPACE = "modelplane-route-board"
+
+    def put(self, key: str, value: str) -> None:
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        _internal_kv_put(key, value.encode(), overwrite=True, namespace=self.NAMESPACE)
+
+    def delete(self, key: str) -> None:
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        _internal_kv_del(key, namespace=self.NAMESPACE)
+
+    def load(self) -> list[str]:
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+
+        values = (_internal_kv_get(key, namespace=self.NAMESPACE)
+                  for key in _internal_kv_list(b"", namespace=self.NAMESPACE))
+        return [value.decode() for value in values if value is not None]
+
+
 class RouteBoardActor(RouteBoard):
-    """The Ray actor wrapping :class:`RouteBoard` (async: it holds every replica's poll)."""
+    """The Ray actor wrapping :class:`RouteBoard` (async: it holds every replica's poll),
+    its postings kept in Ray's store."""
+
+    def __init__(self) -> None:
+        super().__init__(store=GcsPostings())
 
     async def protocol(self) -> int:
         return ROUTE_BOARD_PROTOCOL
@@ -119,8 +213,9 @@ class RouteBoardActor(RouteBoard):
 def ensure_route_board(name: str = ROUTE_BOARD_NAME,
                        namespace: str = ROUTE_BOARD_NAMESPACE) -> Any:
     """The cluster's route board, created (detached, no CPU reserved) if it is missing, or
-    in place of an older modelplane's (:mod:`serving.detached`). A new board starts empty:
-    replicas serve the routes Serve gave them until the reconciler next posts."""
+    in place of an older modelplane's (:mod:`serving.detached`). A new board starts with
+    the postings kept in Ray's store; with none, replicas serve the routes Serve gave them
+    until the reconciler next posts."""
     import ray
 
     from serving.detached import ensure_detached

@@ -196,9 +196,28 @@ def test_route_changes_skip_serve_and_reach_a_restarted_replica(iris: Platform) 
 def test_routes_still_arrive_after_the_route_board_dies(iris: Platform, restarts: bool) -> None:
     import ray
 
-    from serving.route_board import get_route_board
+    from serving.route_board import GcsPostings, PostedRoutes, _decoded, get_route_board
 
-    ray.kill(get_route_board(), no_restart=not restarts)  # restarted empty, or gone for good
+    def kept() -> PostedRoutes | None:  # the board's posting of 45/55 for iris, as Ray's store keeps it
+        tables = [posting for endpoint, posting in map(_decoded, GcsPostings().load())
+                  if endpoint == "iris" and '"1":45.0' in posting.routes.replace(" ", "")]
+        return max(tables, key=lambda posting: posting.generation, default=None)
+
+    with iris.client() as client:  # route changes of a running endpoint go to the board
+        for weights in ({1: 50, 2: 50}, {1: 45, 2: 55}):
+            client.set_traffic("iris", weights)
+            iris.wait_weights("iris", weights)
+    posted = wait_for(kept, 30, "the board to keep its posting in Ray's store")
+    ray.kill(get_route_board(), no_restart=not restarts)  # restarted, or gone for good
+    if restarts:  # with the postings it had: a replica starting now reads the 45/55 table
+        def reread() -> PostedRoutes | None:
+            try:
+                return ray.get(get_route_board().read.remote("iris", posted.incarnation),
+                               timeout=10)
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
+                return None  # still restarting
+
+        assert wait_for(reread, 60, "the restarted board to answer") == posted
     weights = {1: 40, 2: 60} if restarts else {1: 60, 2: 40}
     with iris.client() as client:
         client.set_traffic("iris", weights)

@@ -82,3 +82,51 @@ def test_a_posting_naming_a_version_not_loaded_waits_for_it() -> None:
 def test_a_malformed_posting_is_refused_by_the_replica(bad: str) -> None:
     with pytest.raises(ValueError):
         PostedRoutes("i1", 9, bad).applied_to(config(7))
+
+
+class KeptPostings:
+    """A store as Ray's key-value store keeps it: text by key, beyond a board's life."""
+
+    def __init__(self, *, failing: bool = False) -> None:
+        self.values: dict[str, str] = {}
+        self.failing = failing
+
+    def put(self, key: str, value: str) -> None:
+        if self.failing:
+            raise ConnectionError("the GCS is away")
+        self.values[key] = value
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+    def load(self) -> list[str]:
+        if self.failing:
+            raise ConnectionError("the GCS is away")
+        return list(self.values.values())
+
+
+def test_a_restarted_board_starts_with_the_postings_it_had(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started empty, a board sent a replica started meanwhile back to the routes Serve
+    last gave it (a version rolled back to 0% since among them) until the control plane
+    posted again: never, while it was down."""
+    import serving.route_board
+
+    store = KeptPostings()
+    board = RouteBoard(store=store)
+    board.post("iris", posting(7, {1: 100, 2: 0}))
+    board.post("iris", posting(8, {1: 100}))
+    board.post("other", posting(3, {1: 100}, incarnation="i9"))
+    again = RouteBoard(store=store)
+    assert again.read("iris", "i1") == posting(8, {1: 100})
+    assert again.read("other", "i9").generation == 3
+    assert not again.post("iris", posting(7, {1: 50, 2: 50}))  # still refused as older
+    monkeypatch.setattr(serving.route_board, "MAX_POSTINGS", 2)
+    again.post("third", posting(1, {1: 100}, incarnation="i3"))  # the oldest goes, there too
+    assert RouteBoard(store=store).read("iris", "i1") is None and len(store.values) == 2
+
+
+def test_a_store_that_fails_costs_the_board_nothing_but_its_memory() -> None:
+    board = RouteBoard(store=KeptPostings(failing=True))  # nothing to load: starts empty
+    assert board.post("iris", posting(2, {1: 100}))
+    assert board.read("iris", "i1").generation == 2
