@@ -55,6 +55,13 @@ log = logging.getLogger(__name__)
 REPLICA_METADATA = "x-modelplane-replica"
 ERROR_CODE_METADATA = "x-modelplane-error-code"
 REFRESH_S = 0.5  # Serve's status is read at most this often, however many unknown names come
+# The one ingress replica answers every endpoint's gRPC calls, and Serve's limits on ongoing
+# requests do not reach it: each call in flight holds its message (and, over the link, a
+# serialized copy). Past these, a call is refused at once (RESOURCE_EXHAUSTED), where 50
+# calls of 60 MiB waiting on a stalled endpoint had the replica, and gRPC for every
+# endpoint, killed for memory.
+MAX_CONCURRENT_CALLS = 1024
+MAX_IN_FLIGHT_BYTES = 512 << 20
 BIND_WAIT_S = 20.0  # a replica being replaced may hold the port this long
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -174,6 +181,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.link = link  # the endpoints' own listeners through the ingress (serving.grpc_link)
         self._link_rest = LinkRest("gRPC calls")
         self.linked_calls = 0  # ModelInfer calls the endpoints answered over the link
+        self.in_flight_bytes = 0  # the messages of the ModelInfer calls being answered
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -198,6 +206,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return metadata_response(reply.value)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        size = request.ByteSize()
+        if self.in_flight_bytes + size > MAX_IN_FLIGHT_BYTES and self.in_flight_bytes:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                f"the gRPC ingress holds {self.in_flight_bytes:,} bytes of calls being "
+                f"answered, and this one's {size:,} would pass {MAX_IN_FLIGHT_BYTES:,}; "
+                "retry shortly"))
+        self.in_flight_bytes += size
+        try:
+            return await self._infer(request, context)
+        finally:
+            self.in_flight_bytes -= size
+
+    async def _infer(self, request: Any, context: Any) -> Any:
         metadata = context.invocation_metadata() or ()
         if self.link is not None:
             linked = await self._linked(request, metadata, context)
@@ -297,7 +318,7 @@ class GrpcIngress:
                        http_port: int | None = None) -> None:
         self.directory = EndpointDirectory()
         link = await _link_to_ingress(host, http_port)
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS, options=[
             # Two servers on one port would split the calls between them silently: a second
             # platform on the same port must fail to start instead.
             ("grpc.so_reuseport", 0),

@@ -4,7 +4,9 @@ ingress's own gRPC server answering the real ``tritonclient.grpc`` in-process.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -223,38 +225,18 @@ def test_the_directory_reads_serve_rarely_and_tells_missing_from_loading(
     assert len(reads) == 2
 
 
-@pytest.fixture
-def grpc_server() -> Iterator[str]:
-    """The ingress's servicer on a real gRPC server, in a thread, over a fake directory."""
-    cores = {"iris": make_core({1: 100}), "loading": None, "dying": "dies mid-call"}
+@contextlib.contextmanager
+def on_a_grpc_server(servicer: InferenceServicer) -> Iterator[str]:
+    """``servicer`` on a real gRPC server, in a thread; its address."""
     ready = threading.Event()
     holder: dict = {}
     port = free_port()
-
-    class Directory(EndpointDirectory):
-        async def find(self, model):
-            if model not in cores:
-                return await super().find(model)
-            if cores[model] is None:
-                from serving.errors import ModelNotReadyError
-
-                raise ModelNotReadyError(f"endpoint {model!r} is loading")
-            if isinstance(cores[model], str):
-                return DyingHandle()
-            return CoreHandle(cores[model])
-
-    class DyingHandle:
-        async def remote(self, call):
-            from ray.exceptions import RayActorError
-
-            raise RayActorError()
 
     async def serve() -> None:
         server = grpc.aio.server()
         from tritonclient.grpc import service_pb2_grpc
 
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(Directory(lambda: {})), server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         holder["stop"] = asyncio.Event()
@@ -269,6 +251,48 @@ def grpc_server() -> Iterator[str]:
     yield f"127.0.0.1:{port}"
     holder["loop"].call_soon_threadsafe(holder["stop"].set)
     thread.join(10)
+
+
+class FakeDirectory(EndpointDirectory):
+    """Endpoints by name: a core, None (loading), "dies" (its replica dies mid-call) or
+    "stalls" (its replica never answers)."""
+
+    def __init__(self, cores: dict) -> None:
+        super().__init__(lambda: {})
+        self.cores = cores
+
+    async def find(self, model):
+        if model not in self.cores:
+            return await super().find(model)
+        if self.cores[model] is None:
+            from serving.errors import ModelNotReadyError
+
+            raise ModelNotReadyError(f"endpoint {model!r} is loading")
+        if self.cores[model] == "dies":
+            return DyingHandle()
+        if self.cores[model] == "stalls":
+            return StalledHandle()
+        return CoreHandle(self.cores[model])
+
+
+class DyingHandle:
+    async def remote(self, call):
+        from ray.exceptions import RayActorError
+
+        raise RayActorError()
+
+
+class StalledHandle:
+    async def remote(self, call):
+        await asyncio.Event().wait()
+
+
+@pytest.fixture
+def grpc_server() -> Iterator[str]:
+    """The ingress's servicer on a real gRPC server, in a thread, over a fake directory."""
+    directory = FakeDirectory({"iris": make_core({1: 100}), "loading": None, "dying": "dies"})
+    with on_a_grpc_server(InferenceServicer(directory)) as address:
+        yield address
 
 
 def test_tritonclient_grpc_talks_to_the_ingress_servicer(grpc_server: str) -> None:
@@ -355,3 +379,42 @@ def test_a_large_message_is_read_off_the_event_loop_and_reads_the_same(
     call, loop = asyncio.run(read(large))
     assert read_on[-1] != loop
     assert decode_grpc_call(call).inputs[0].data.shape == (75_000, 4)
+
+
+def test_calls_past_the_ingress_bound_on_bytes_in_flight_are_refused_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One replica answers every endpoint's gRPC calls, out of Serve's reach: calls waiting
+    on a stalled endpoint held their messages until the replica was killed for memory."""
+    import serving.grpc_ingress
+
+    rows = np.ones((1000, 4), np.float32)  # a 16 KB message
+    monkeypatch.setattr(serving.grpc_ingress, "MAX_IN_FLIGHT_BYTES", 40_000)
+    servicer = InferenceServicer(FakeDirectory({"stalled": "stalls", "iris": make_core({1: 100})}))
+    outcomes: list[str] = []
+
+    def stalled_call() -> None:
+        try:
+            grpcclient.InferenceServerClient(address).infer("stalled", [rows_input(rows)],
+                                                            client_timeout=5)
+            outcomes.append("answered")
+        except InferenceServerException as error:
+            outcomes.append(str(error.status()))
+
+    with on_a_grpc_server(servicer) as address:
+        waiting = [threading.Thread(target=stalled_call) for _ in range(2)]
+        for thread in waiting:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while servicer.in_flight_bytes < 32_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client = grpcclient.InferenceServerClient(address)
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("iris", [rows_input(rows)], client_timeout=5)
+        assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "retry shortly" in refused.value.message()
+        small = client.infer("iris", [rows_input(np.ones((1, 4), np.float32))], client_timeout=5)
+        assert small.as_numpy("probabilities").shape == (1, 3)  # room for a small one
+        for thread in waiting:
+            thread.join(10)
+    assert outcomes == ["StatusCode.DEADLINE_EXCEEDED"] * 2  # held, never refused
+    assert servicer.in_flight_bytes == 0  # given back as the calls ended
