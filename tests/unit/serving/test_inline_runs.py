@@ -159,3 +159,41 @@ def test_loading_stops_measuring_a_slow_model_within_its_budget(
     assert runner.now == pytest.approx(WARM_BUDGET_S * 1.2)
     _, loop = _answer(local)
     assert runner.threads[-1] != loop  # unmeasured and slow: the pool
+
+
+def test_a_model_gets_read_only_inputs_of_its_own_whatever_the_body_was() -> None:
+    """A binary input was read-only or not by its alignment in the body (the request id's
+    length decided: 200, 500, 200 for one model), and a model changing its inputs in place
+    changed what drift monitoring and the shadow saw."""
+    from serving.protocol import decode_request
+    from tests.unit.serving.test_held_bytes import padded_binary_body
+
+    class Scaling:
+        can_batch = False
+        is_async = False
+
+        def __init__(self) -> None:
+            self.writable: list[bool] = []
+
+        def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            self.writable.append(bool(arrays["input"].flags.writeable))
+            arrays["input"] = arrays["input"] * 100  # its own dict: the caller's is not touched
+            return {"probabilities": np.zeros((len(arrays["input"]), 3), np.float32)}
+
+    signature = linear_classifier_manifest()["signature"]
+    config = VersionConfig(version=1, model="m", artifact_url="http://unused", digest="0" * 64,
+                           inputs=signature["inputs"], outputs=signature["outputs"])
+    runner = Scaling()
+    local = LocalVersion(config, runner, ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    sent = [{"input": np.ones((2, 4), np.float32)}]  # as JSON decodes: writable
+    for pad in range(4):  # binary inputs at each alignment in their bodies
+        body, headers = padded_binary_body(100 + pad)
+        sent.append({i.name: i.data for i in decode_request(body, headers).inputs})
+    for arrays in sent:
+        asyncio.run(local.infer(arrays))
+        np.testing.assert_array_equal(arrays["input"], np.ones((2, 4), np.float32))
+    assert runner.writable == [False] * len(sent)
+    writable = np.ones((2, 4), np.float32)
+    assert writable.flags.writeable  # the caller's own array keeps its flags
+    asyncio.run(local.infer({"input": writable}))
+    assert writable.flags.writeable
