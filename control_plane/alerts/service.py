@@ -35,7 +35,7 @@ from control_plane.alerts.schemas import (
     ReceiverSpec,
     SilenceCreate,
 )
-from control_plane.alerts.signals import COMPARE, SIGNALS, evidence
+from control_plane.alerts.signals import COMPARE, PARTIAL_WINDOW, SIGNALS, evidence
 from control_plane.alerts.states import Alert, AlertState, fingerprint
 from control_plane.alerts.store import AlertStore
 from control_plane.alerts.templates import render_template
@@ -286,6 +286,18 @@ class AlertService:
             alert = self._alerts.get(key) or Alert(key, rule.name, labels, rule.severity)
             value = evidence(value, details, rule.comparison)
             finite = value if value is not None and math.isfinite(value) else None
+            if finite is not None and details.get(PARTIAL_WINDOW) and \
+                    not compare(finite, rule.threshold):
+                # A count over part of the window is a lower bound: it can show `> X`, not
+                # that the condition stopped (a firing alert resolved, and fired again,
+                # after every Monitor restart).
+                finite = None
+            if finite is None and alert.state == AlertState.PENDING:
+                # No evidence breaks the run a pending alert must hold for for_s: it counts
+                # again from the next window that holds (one drifted window after ten
+                # quiet minutes fired it at once, and started a retrain).
+                self._restart_pending(alert, now, rule.for_s)
+                continue
             if finite is None and alert.active:
                 # No evidence in the window (no requests, no labels, too few rows for a
                 # verdict) is no answer: the alert keeps its state and says why, as when
@@ -314,6 +326,9 @@ class AlertService:
         # whose endpoint could not be read keep their state and say their data is stale.
         for alert in [a for a in self._alerts.values() if a.name == rule.name and a.fingerprint not in seen]:
             why = unknown.get(alert.labels.get("endpoint", ""))
+            if why is not None and alert.state == AlertState.PENDING:
+                self._restart_pending(alert, now, rule.for_s)
+                continue
             if why is not None:
                 if "stale" not in alert.data:
                     alert.data = {**alert.data, "stale": why, "stale_since": _iso(now)}
@@ -322,6 +337,12 @@ class AlertService:
             self._transition(alert, alert.step(False, now, rule.for_s), muted=muted)
             if not alert.active:
                 self._alerts.pop(alert.fingerprint, None)
+
+    def _restart_pending(self, alert: Alert, now: float, for_s: float) -> None:
+        """A pending alert without evidence goes back to inactive (its wait starts again)."""
+        alert.step(False, now, for_s)
+        self._alerts.pop(alert.fingerprint, None)
+        self._transition(alert, None)
 
     def _transition(self, alert: Alert, notify: AlertState | None, kind: str = "rule", *,
                     muted: bool = False) -> None:
@@ -337,6 +358,10 @@ class AlertService:
             alert.unpaged = muted
         elif notify is AlertState.RESOLVED and alert.unpaged:
             alert.unpaged, muted = False, True  # its receivers never heard it fire
+        elif notify is AlertState.RESOLVED:
+            # Its receivers heard it fire: they hear it end, silenced since or not (an
+            # incident opened by the page stayed open for good).
+            muted = False
         entry = (replace(alert, labels=dict(alert.labels), data=dict(alert.data)), notify, kind)
         with self._lock:
             self._unsaved.append(entry)

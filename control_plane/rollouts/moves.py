@@ -248,8 +248,10 @@ class _PromotionRefused(Exception):
 
 def _rollback_alert(rollout: RolloutOut, reason: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"name": "RolloutRolledBack", "severity": "critical",
+            # The rollout names the event: a second rollback of the same version within
+            # the dedup window is another event, not a repeat of the first.
             "labels": {"endpoint": rollout.endpoint, "model": rollout.model,
-                       "version": str(rollout.candidate_version)},
+                       "version": str(rollout.candidate_version), "rollout": str(rollout.id)},
             "summary": f"rollout #{rollout.id} of {rollout.model}:{rollout.candidate_version} "
                        f"on {rollout.endpoint}: {reason}",
             "data": {"rollout": rollout.id, **data}}

@@ -760,3 +760,77 @@ def test_a_served_version_without_traffic_reads_zero_and_a_part_window_is_no_evi
         now[0] += 1.0
         ship()
     assert firing() == {("busy", "1"), ("dead", "2"), ("quiet", "1"), ("quiet", "2")}
+
+
+def _counted(requests: int, *, observed_s: float, window_s: float = 60.0) -> VersionSnapshot:
+    from dataclasses import replace
+
+    from tests.snapshots import served
+
+    snapshot = served(requests)
+    return replace(snapshot, traffic=replace(snapshot.traffic, window_s=window_s,
+                                             observed_s=observed_s))
+
+
+def test_a_count_over_part_of_the_window_never_resolves_what_it_cannot_disprove(
+        service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Firing on 5,000 requests a minute, then the Monitor restarts and has seen 3 s of the
+    minute: 250 so far is a lower bound, no evidence that the rate fell. The alert resolved
+    and fired again after every restart, paging twice."""
+    sent: list[str] = []
+    monkeypatch.setattr(service.notifier, "notify", lambda n: sent.append(n.status))
+    stats = Stats()
+    service.put_rule(drift_rule(name="busy", metric="requests", comparison=">",
+                                threshold=1000, window_s=60), "alice")
+    for now, requests, observed in ((0.0, 5000, 60.0), (2.0, 250, 3.0), (4.0, 1500, 30.0),
+                                    (6.0, 900, 60.0)):
+        stats.versions["churn"] = {1: _counted(requests, observed_s=observed)}
+        service.evaluate(stats, stats.endpoints, now=now)
+    assert history(service) == [("busy", "firing", "rule"), ("busy", "resolved", "rule")]
+    assert sent == ["firing", "resolved"]  # the 900 over the whole minute resolved it
+
+
+def test_a_pending_alert_waits_its_whole_duration_again_after_a_gap_without_evidence(
+        service) -> None:
+    """Pending on one drifted window, then ten minutes without traffic: the next drifted
+    window fired it at once (its wait counted across the gap), and a drift alert starts a
+    pipeline's retrain."""
+    stats = Stats()
+    service.put_rule(drift_rule(for_s=300), "alice")
+    stats.drift("churn", 1, "drift", ["income"])
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    assert [a.state for a in service.active()] == ["pending"]
+    stats.drift("churn", 1, "insufficient")  # no traffic: no verdict
+    service.evaluate(stats, stats.endpoints, now=300.0)
+    stats.versions.clear()  # the Monitor restarted: nothing for the endpoint
+    service.evaluate(stats, lambda: ["churn"], now=450.0)
+    stats.drift("churn", 1, "drift", ["income"])
+    service.evaluate(stats, stats.endpoints, now=601.0)
+    assert [a.state for a in service.active()] == ["pending"]
+    service.evaluate(stats, stats.endpoints, now=901.0)  # held its whole duration: fires
+    assert [a.state for a in service.active()] == ["firing"]
+
+
+def test_a_paged_alert_that_resolves_under_a_silence_is_heard_to_end(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paged, then silenced, then resolved: its receivers never heard it end, and the
+    incident the page opened stayed open for good."""
+    from control_plane.alerts.schemas import SilenceCreate
+
+    clock = [1_800_000_000.0]
+    svc = AlertService(db, clock=lambda: clock[0])
+    sent: list[str] = []
+    monkeypatch.setattr(svc.notifier, "notify", lambda n: sent.append(n.status))
+    try:
+        stats = Stats()
+        stats.drift("churn", 2, "drift", ["income"])
+        svc.put_rule(drift_rule(), "alice")
+        svc.evaluate(stats, stats.endpoints, now=clock[0])
+        svc.silence("input-drift", SilenceCreate(duration_s=600), "bob")
+        clock[0] += 5
+        stats.drift("churn", 2, "ok")
+        svc.evaluate(stats, stats.endpoints, now=clock[0])
+        assert sent == ["firing", "resolved"]
+        assert svc.counters.get("notifications_silenced", 0) == 0
+    finally:
+        svc.stop()
