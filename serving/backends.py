@@ -15,7 +15,7 @@ from serving.batcher import DynamicBatcher
 from serving.errors import ModelNotReadyError, overloaded_error
 from serving.link_client import VersionLink
 from serving.runners import Runner, load_runner
-from serving.runners.base import element_count
+from serving.runners.base import element_count, read_only
 from serving.schemas import VersionConfig
 
 __all__ = ["LocalVersion", "RemoteVersion", "UnloadableVersion", "load_runner"]
@@ -102,11 +102,10 @@ class LocalVersion:
             self.run_time.record(self._clock() - started, 1)
 
     async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # The request's inputs are the monitoring's and the shadow's too, as sent: the
-        # model gets its own dict of read-only views. A binary input was read-only or not
-        # by its alignment in the body (the request id's length decided), and a model that
-        # changed its inputs in place changed what drift and the shadow saw.
-        arrays = _read_only(arrays)
+        # A binary input was read-only or not by its alignment in the body (the request
+        # id's length decided), and a model that changed its inputs in place changed what
+        # drift and the shadow saw.
+        arrays = read_only(arrays)
         if self._batched is not None:
             return await self._batched(arrays)
         if self.runner.is_async:
@@ -133,15 +132,6 @@ class LocalVersion:
             return self.runner.run(arrays)
         finally:
             self.run_time.record(self._clock() - started, elements)
-
-
-def _read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    viewed = {}
-    for name, array in arrays.items():
-        view = array.view()  # flags of its own: the caller's array is left as it was
-        view.flags.writeable = False
-        viewed[name] = view
-    return viewed
 
 
 class UnloadableVersion:

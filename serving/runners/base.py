@@ -74,9 +74,23 @@ class UnsplittableBatch(ValueError):
         self.detail = {"output": output}
 
 
+def read_only(arrays: Arrays) -> Arrays:
+    """Inputs as a model gets them: a dict of its own, of read-only views. The request's
+    inputs are the monitoring's and the shadow's too, as sent, and a model sees them one
+    way whether they came as JSON or binary, alone or merged into a batch, served or
+    checked at registration."""
+    viewed = {}
+    for name, array in arrays.items():
+        view = array.view()  # flags of its own: the caller's array is left as it was
+        view.flags.writeable = False
+        viewed[name] = view
+    return viewed
+
+
 def _run_together(run: Callable[[Arrays], Arrays], items: list[Arrays]) -> list[Arrays]:
     rows = [next(iter(item.values())).shape[0] for item in items]
-    merged = {name: np.concatenate([item[name] for item in items]) for name in items[0]}
+    merged = read_only({name: np.concatenate([item[name] for item in items])
+                        for name in items[0]})
     outputs = run(merged)
     total = sum(rows)
     for name, value in outputs.items():

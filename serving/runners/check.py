@@ -44,7 +44,7 @@ def examples(config: Any, given: dict[str, list[Any]] | None) -> dict[str, np.nd
 
 def check(request: dict[str, Any]) -> dict[str, Any]:
     from serving.runners import build_runner
-    from serving.runners.base import run_merged
+    from serving.runners.base import read_only, run_merged
     from serving.schemas import VersionConfig
 
     config = VersionConfig.model_validate(request["version"])
@@ -58,7 +58,7 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
     except Exception as error:
         return _failure("warmup", error, field=_output_field(error) or _load_field(config))
     try:
-        inputs = examples(config, request.get("examples"))
+        inputs = read_only(examples(config, request.get("examples")))  # as served
         if runner.is_async:
             import asyncio
 

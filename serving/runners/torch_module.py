@@ -51,7 +51,7 @@ class TorchRunner:
     def run(self, arrays: Arrays) -> Arrays:
         import torch
 
-        tensors = [torch.from_numpy(np.ascontiguousarray(arrays[spec.name])).to(self.device)
+        tensors = [torch.from_numpy(_writable(arrays[spec.name])).to(self.device)
                    for spec in self.config.inputs]
         with torch.inference_mode():  # TorchScript raises its own error types
             result = call_model(self.config, "forward", self.module, *tensors)
@@ -76,3 +76,11 @@ class TorchRunner:
 
 def _numpy(value: Any) -> Any:
     return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """A contiguous array torch may share: a copy of a read-only one (a request's inputs,
+    which the monitoring and the shadow read as sent; on the CPU the tensor is the array,
+    and a module's in-place op wrote into them)."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()

@@ -225,3 +225,10 @@ def test_reading_an_onnx_signature_evaluates_none_of_the_models_constants(tmp_pa
     name, peak_kib = done.stdout.split()
     assert name == "x"
     assert int(peak_kib) * 1024 < floats * 4 / 2, f"peak {int(peak_kib) // 1024} MiB"
+
+
+def test_a_model_writing_into_its_inputs_is_refused_at_registration(tmp_path: Path) -> None:
+    """Checked on writable examples, it registered, then failed every request served."""
+    folder = python_model(tmp_path / "m", 1, predict="x[0, 0] = 0.0")
+    error = refusal(python_manifest(), pack_folder(folder))
+    assert "read-only" in str(error)

@@ -288,3 +288,39 @@ def test_a_folder_unpacked_only_in_part_is_unpacked_again(tmp_path: Path) -> Non
     assert unpack(path, digest) == folder and folder.stat().st_ino == inode
     assert (folder / ".modelplane-unpacked").read_text() == digest
     assert not list(path.parent.glob(".*.broken")) and not list(path.parent.glob(".*.unpacking"))
+
+
+def test_a_model_writing_into_its_inputs_fails_alike_alone_batched_and_at_its_check(
+        tmp_path: Path) -> None:
+    """Served, a model gets read-only inputs; merged into a batch it got fresh writable
+    ones, so a request failed or not by the load it met."""
+    from serving.runners.base import read_only, run_merged
+
+    runner = python_runner(tmp_path, predict="x[0, 0] = 0.0")
+    with pytest.raises(InferenceFailedError, match="read-only"):
+        runner.run(read_only({"input": ROWS}))
+    with pytest.raises(InferenceFailedError, match="read-only"):  # merged: the same
+        run_merged(runner.run, [read_only({"input": ROWS}), read_only({"input": ROWS})],
+                   alone_on_failure=False)
+
+
+def test_a_torch_module_changing_its_input_in_place_leaves_the_request_as_sent(
+        tmp_path: Path) -> None:
+    """On the CPU a tensor from an array is that array: an in-place op wrote into what the
+    monitoring and the shadow read (for a binary input, into the request's body)."""
+    import torch
+
+    from serving.runners.base import read_only
+
+    class Scaling(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x.mul_(100.0)
+            return torch.softmax(x[:, :3], dim=1)
+
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(Scaling()), buffer)
+    path, digest = stored(tmp_path, buffer.getvalue())
+    runner = build_runner(config(torchscript_manifest(), digest), path)
+    sent = ROWS.copy()
+    runner.run(read_only({"input": sent}))
+    np.testing.assert_array_equal(sent, ROWS)
