@@ -8,7 +8,8 @@
   rejected version sits in production;
 - no orphans: route-table rows whose version belongs to another model or is archived,
   active rollouts whose endpoint or versions (candidate, stable, retiring) are
-  gone, versions whose training run or parent version is gone;
+  gone, versions whose training run is gone (a deleted parent version is not a problem: a
+  version may be deleted whatever was fine-tuned from it);
 - artifacts that nothing references are listed; :func:`collect_garbage` removes those
   older than a grace period (an upload is stored before the version that names it is
   registered, so a fresh unreferenced artifact may be a registration in flight), each one
@@ -85,9 +86,6 @@ def check_integrity(db: Database, artifacts: ArtifactStore, *, verify: bool = Tr
                       "does not exist")
         if row.status == "rejected" and row.stage == "production":
             found.add("stage", ref, f"{ref} is rejected but in production")
-        if row.parent_version is not None and (row.model_id, row.parent_version) not in by_key:
-            found.add("orphan_lineage", ref, f"{ref} names parent version "
-                      f"{row.parent_version}, which does not exist")
     for row in run_artifacts:
         ref = f"run {row.run_id}: {row.path}"
         if row.digest not in referenced:
