@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,7 +42,7 @@ WAIT_S = 30.0  # one long-poll; the replica asks again at once
 # loop from growing the board, and only ever drops the postings changed longest ago.
 MAX_POSTINGS = 10_000
 # The terms the route board speaks (serving.detached): raised when its methods change.
-ROUTE_BOARD_PROTOCOL = 1
+ROUTE_BOARD_PROTOCOL = 2  # 2: postings kept in Ray's store
 
 
 @dataclass(frozen=True)
@@ -84,46 +86,52 @@ class RouteBoard:
         self._posted: dict[tuple[str, str], PostedRoutes] = {}
         self._changed: dict[tuple[str, str], asyncio.Event] = {}
         self._store = store
-        if store is not None:
-            for value in _kept(store):
-                endpoint, posted = _decoded(value)
-                self.post(endpoint, posted, keep=False)
+        if store is not None:  # the oldest first, so the bound drops what it dropped before
+            for _, endpoint, posted in sorted(_kept(store), key=lambda kept: kept[0]):
+                self._take(endpoint, posted)
 
-    def post(self, endpoint: str, posted: PostedRoutes, *, keep: bool = True) -> bool:
+    def post(self, endpoint: str, posted: PostedRoutes) -> bool:
         """Keep ``posted`` unless the board holds a newer generation; True when the board
         holds ``posted`` afterwards."""
+        held, writes = self._take(endpoint, posted)
+        self._write(writes)
+        return held
+
+    def _take(self, endpoint: str, posted: PostedRoutes) -> tuple[bool, list[tuple[str, str | None]]]:
+        """:meth:`post` in memory: whether the board holds ``posted``, and the writes (key,
+        value; None deletes) that keep the store in step."""
         key = (endpoint, posted.incarnation)
         current = self._posted.get(key)
         if current is not None and current.generation >= posted.generation:
-            return current == posted
+            return current == posted, []
         self._posted.pop(key, None)  # to the end: the oldest posting is dropped first
         self._posted[key] = posted
-        if keep:
-            self._keep(_store_key(key), _encoded(endpoint, posted))
+        writes: list[tuple[str, str | None]] = [(_store_key(key), _encoded(endpoint, posted))]
         while len(self._posted) > MAX_POSTINGS:
             dropped = next(iter(self._posted))
             del self._posted[dropped]
-            self._keep(_store_key(dropped), None)
+            writes.append((_store_key(dropped), None))
         event = self._changed.pop(key, None)
         if event is not None:
             event.set()
-        return True
+        return True, writes
 
     def read(self, endpoint: str, incarnation: str) -> PostedRoutes | None:
         return self._posted.get((endpoint, incarnation))
 
-    def _keep(self, key: str, value: str | None) -> None:
-        """Write (or, for None, delete) a posting in the store; a store that fails costs
+    def _write(self, writes: list[tuple[str, str | None]]) -> None:
+        """Keep the postings in the store (a None value deletes); a store that fails costs
         only what a restart would then lose: the posting stands here and is answered."""
         if self._store is None:
             return
-        try:
-            if value is None:
-                self._store.delete(key)
-            else:
-                self._store.put(key, value)
-        except Exception as error:
-            log.warning("could not keep route posting %s in Ray's store: %s", key, error)
+        for key, value in writes:
+            try:
+                if value is None:
+                    self._store.delete(key)
+                else:
+                    self._store.put(key, value)
+            except Exception as error:
+                log.warning("could not keep route posting %s in Ray's store: %s", key, error)
 
     async def wait(self, endpoint: str, incarnation: str, after_generation: int,
                    timeout_s: float = WAIT_S) -> PostedRoutes | None:
@@ -151,23 +159,29 @@ def _store_key(key: tuple[str, str]) -> str:
 
 def _encoded(endpoint: str, posted: PostedRoutes) -> str:
     return json.dumps({"endpoint": endpoint, "incarnation": posted.incarnation,
-                       "generation": posted.generation, "routes": posted.routes})
+                       "generation": posted.generation, "routes": posted.routes,
+                       "posted_at": time.time()})
 
 
-def _decoded(value: str) -> tuple[str, PostedRoutes]:
-    document = json.loads(value)
-    return document["endpoint"], PostedRoutes(document["incarnation"],
-                                              int(document["generation"]), document["routes"])
-
-
-def _kept(store: PostingStore) -> list[str]:
-    """The store's postings; none where it cannot be read (the board starts empty, as
-    before it kept any)."""
+def _kept(store: PostingStore) -> list[tuple[float, str, PostedRoutes]]:
+    """The store's postings with when each was posted; none where the store cannot be
+    read (the board starts empty, as before it kept any), and none that cannot be read."""
     try:
-        return store.load()
+        values = store.load()
     except Exception as error:
         log.warning("could not read the route postings kept in Ray's store: %s", error)
         return []
+    kept = []
+    for value in values:
+        try:
+            document = json.loads(value)
+            kept.append((float(document.get("posted_at", 0.0)), str(document["endpoint"]),
+                         PostedRoutes(str(document["incarnation"]), int(document["generation"]),
+                                      str(document["routes"]))))
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("skipping a route posting kept in Ray's store that cannot be read: %s",
+                        error)
+    return kept
 
 
 class GcsPostings:
@@ -195,16 +209,21 @@ class GcsPostings:
 
 class RouteBoardActor(RouteBoard):
     """The Ray actor wrapping :class:`RouteBoard` (async: it holds every replica's poll),
-    its postings kept in Ray's store."""
+    its postings kept in Ray's store by one thread of its own, in order: a store that
+    stalls holds no poll."""
 
     def __init__(self) -> None:
         super().__init__(store=GcsPostings())
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="route-board-store")
 
     async def protocol(self) -> int:
         return ROUTE_BOARD_PROTOCOL
 
     async def post(self, endpoint: str, posted: PostedRoutes) -> bool:  # type: ignore[override]
-        return RouteBoard.post(self, endpoint, posted)
+        held, writes = self._take(endpoint, posted)
+        if writes:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._write, writes)
+        return held
 
     async def read(self, endpoint: str, incarnation: str) -> PostedRoutes | None:  # type: ignore[override]
         return RouteBoard.read(self, endpoint, incarnation)

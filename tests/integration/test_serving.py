@@ -196,10 +196,10 @@ def test_route_changes_skip_serve_and_reach_a_restarted_replica(iris: Platform) 
 def test_routes_still_arrive_after_the_route_board_dies(iris: Platform, restarts: bool) -> None:
     import ray
 
-    from serving.route_board import GcsPostings, PostedRoutes, _decoded, get_route_board
+    from serving.route_board import GcsPostings, PostedRoutes, _kept, get_route_board
 
     def kept() -> PostedRoutes | None:  # the board's posting of 45/55 for iris, as Ray's store keeps it
-        tables = [posting for endpoint, posting in map(_decoded, GcsPostings().load())
+        tables = [posting for _, endpoint, posting in _kept(GcsPostings())
                   if endpoint == "iris" and '"1":45.0' in posting.routes.replace(" ", "")]
         return max(tables, key=lambda posting: posting.generation, default=None)
 

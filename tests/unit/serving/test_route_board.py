@@ -130,3 +130,28 @@ def test_a_store_that_fails_costs_the_board_nothing_but_its_memory() -> None:
     board = RouteBoard(store=KeptPostings(failing=True))  # nothing to load: starts empty
     assert board.post("iris", posting(2, {1: 100}))
     assert board.read("iris", "i1").generation == 2
+    store = KeptPostings()
+    RouteBoard(store=store).post("iris", posting(3, {1: 100}))
+    store.values["garbled"] = "{not json"  # a posting that cannot be read is skipped
+    store.values["partial"] = '{"endpoint": "x"}'
+    assert RouteBoard(store=store).read("iris", "i1").generation == 3
+
+
+def test_a_restarted_board_drops_the_postings_changed_longest_ago_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import serving.route_board
+
+    store = KeptPostings()
+    board = RouteBoard(store=store)
+    for at, endpoint in enumerate(("b", "a", "c")):
+        board.post(endpoint, posting(1, {1: 100}))
+        key = f"{endpoint}/i1"
+        store.values[key] = json.dumps({**json.loads(store.values[key]), "posted_at": at})
+    store.values = dict(sorted(store.values.items()))  # listed by key, as the GCS lists them
+    monkeypatch.setattr(serving.route_board, "MAX_POSTINGS", 3)
+    again = RouteBoard(store=store)
+    again.post("d", posting(1, {1: 100}))
+    assert again.read("b", "i1") is None  # posted first, dropped first
+    assert all(again.read(name, "i1") is not None for name in ("a", "c", "d"))
