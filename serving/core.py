@@ -454,8 +454,10 @@ class InferenceCore:
         if backend is None:
             return
         held = held_bytes([*arrays.values(), *primary.values()])
+        # One request larger than the bound is mirrored while no other shadow holds any:
+        # the endpoint accepted its size, and a shadow never mirroring it failed a rollout.
         if len(self._shadow_tasks) >= MAX_SHADOWS_IN_FLIGHT or \
-                self._shadow_bytes + held > MAX_SHADOW_BYTES:
+                (self._shadow_bytes and self._shadow_bytes + held > MAX_SHADOW_BYTES):
             # A slow shadow must not grow memory without bound; the rollout judging it
             # hears of each one it missed.
             self.shadows_dropped += 1

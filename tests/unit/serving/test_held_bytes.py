@@ -71,3 +71,20 @@ def test_slow_shadows_hold_a_bounded_number_of_bytes(monkeypatch: pytest.MonkeyP
     asyncio.run(traffic())
     held = (16 << 20) // len(body)  # each shadow holds its request's whole body
     assert core.shadows_dropped == 20 - held > 0
+
+
+def test_a_request_larger_than_the_bound_is_mirrored_when_no_other_shadow_holds_any(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint takes bodies that large: never mirroring them failed the shadow's
+    rollout on its drops alone."""
+    monkeypatch.setattr(serving.core, "MAX_SHADOW_BYTES", 1 << 20)
+    core = make_core({1: 100}, shadows=(2,))
+    body, headers = padded_binary_body()  # 2 MiB, twice the bound
+
+    async def traffic() -> None:
+        for _ in range(3):
+            assert (await core.handle("POST", "/infer", headers, body)).status == 200
+            await asyncio.sleep(0.05)  # the shadow answers before the next request
+
+    asyncio.run(traffic())
+    assert core.shadows_dropped == 0
