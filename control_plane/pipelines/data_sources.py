@@ -182,8 +182,8 @@ def local_data_path(uri: str) -> str | None:
     if uri.startswith(BUNDLED_SCHEME):
         return None
     if uri.lower().startswith("file://"):
-        return uri[len("file://"):]
-    return None if "://" in uri else uri
+        return os.path.expanduser(uri[len("file://"):])
+    return None if "://" in uri else os.path.expanduser(uri)
 
 
 def open_data(uri: str) -> Any:

@@ -683,10 +683,11 @@ def _refuse_outside_roots(spec: PipelineSpec) -> None:
     outside ``MODELPLANE_DATA_ROOTS`` (it is checked again at every read)."""
     from control_plane.pipelines.data_sources import outside_data_roots
 
-    job_data = (spec.training.job.get("data") or {}).get("path")
+    # The job's own file is read here only for the evaluate stage's default held-out rows,
+    # where a data section names the same file (data_mismatch): the workers read it
+    # where they run, which may be a path only they have.
     for field, uri in (("data.uri", spec.data.uri if spec.data else None),
-                       ("evaluate.data_uri", spec.evaluate.data_uri if spec.evaluate else None),
-                       ("training.job.data.path", job_data)):
+                       ("evaluate.data_uri", spec.evaluate.data_uri if spec.evaluate else None)):
         if isinstance(uri, str) and (problem := outside_data_roots(uri)) is not None:
             raise InvalidInputError(problem, detail={"field": field})
 

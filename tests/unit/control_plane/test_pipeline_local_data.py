@@ -70,20 +70,38 @@ def test_unset_the_root_is_the_homes_data_folder_and_a_root_must_be_absolute(
         Settings.from_env({"MODELPLANE_DATA_ROOTS": "/srv/data,relative/data"})
 
 
-@pytest.mark.parametrize("field", ["data.uri", "evaluate.data_uri", "training.job.data.path"])
+@pytest.mark.parametrize("field", ["data.uri", "evaluate.data_uri"])
 def test_a_pipeline_naming_a_file_outside_the_roots_is_refused_naming_the_field(
         db: Database, roots: tuple[Path, Path], field: str) -> None:
     data, private = roots
     inside, outside = str(data / "table.csv"), str(private / "table.csv")
     document = spec_document(data={"uri": inside}, evaluate={"data_uri": inside})
-    if field == "data.uri":
-        document["data"]["uri"] = outside
-    elif field == "evaluate.data_uri":
-        document["evaluate"]["data_uri"] = outside
+    if field == "data.uri":  # the job's file too (they must match): what evaluate reads
+        document = spec_document(data={"uri": outside}, evaluate={})
     else:
-        document["training"]["job"]["data"]["path"] = outside
+        document["evaluate"]["data_uri"] = outside
     pipelines = Pipelines(db, all_passing())
     with pytest.raises(InvalidInputError, match="MODELPLANE_DATA_ROOTS") as refused:
         pipelines.apply(parse_pipeline_spec(document), ALICE)
     assert refused.value.detail == {"field": field}
     pipelines.apply(parse_pipeline_spec(spec_document(data={"uri": inside})), ALICE)
+
+
+def test_a_job_file_only_the_workers_read_is_no_concern_of_the_roots(
+        db: Database, roots: tuple[Path, Path]) -> None:
+    """With held-out rows of its own and no data section, the control plane never reads
+    the job's file: a path on the workers' shared disk is theirs to read."""
+    data, _ = roots
+    document = spec_document(evaluate={"data_uri": str(data / "table.csv")})
+    document["training"]["job"]["data"] = {"path": "/mnt/workers-only/train.csv",
+                                           "target": "target"}
+    Pipelines(db, all_passing()).apply(parse_pipeline_spec(document), ALICE)
+
+
+def test_a_home_relative_path_is_read_where_it_leads(
+        roots: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    data, _ = roots
+    monkeypatch.setenv("HOME", str(data.parent))
+    assert outside_data_roots("~/data/table.csv") is None
+    assert outside_data_roots("~/private/table.csv") is not None
+    assert load_dataset("~/data/table.csv")["target"].tolist() == [0, 1]
