@@ -395,7 +395,7 @@ def test_calls_past_the_ingress_bound_on_bytes_in_flight_are_refused_at_once(
     def stalled_call() -> None:
         try:
             grpcclient.InferenceServerClient(address).infer("stalled", [rows_input(rows)],
-                                                            client_timeout=5)
+                                                            client_timeout=60)
             outcomes.append("answered")
         except InferenceServerException as error:
             outcomes.append(str(error.status()))
@@ -404,17 +404,19 @@ def test_calls_past_the_ingress_bound_on_bytes_in_flight_are_refused_at_once(
         waiting = [threading.Thread(target=stalled_call) for _ in range(2)]
         for thread in waiting:
             thread.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while servicer.in_flight_bytes < 32_000 and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert servicer.in_flight_bytes >= 32_000  # both stalled calls are held
         client = grpcclient.InferenceServerClient(address)
         with pytest.raises(InferenceServerException) as refused:
             client.infer("iris", [rows_input(rows)], client_timeout=5)
         assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
         assert "retry shortly" in refused.value.message()
-        small = client.infer("iris", [rows_input(np.ones((1, 4), np.float32))], client_timeout=5)
+        small = client.infer("iris", [rows_input(np.ones((1, 4), np.float32))], client_timeout=30)
         assert small.as_numpy("probabilities").shape == (1, 3)  # room for a small one
-        for thread in waiting:
-            thread.join(10)
-    assert outcomes == ["StatusCode.DEADLINE_EXCEEDED"] * 2  # held, never refused
-    assert servicer.in_flight_bytes == 0  # given back as the calls ended
+    # The server stopped: the stalled calls end, never answered, and give their bytes back.
+    for thread in waiting:
+        thread.join(30)
+    assert len(outcomes) == 2 and "answered" not in outcomes, outcomes
+    assert servicer.in_flight_bytes == 0
