@@ -18,6 +18,7 @@ select, rendered in its ``format`` on its own thread.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import queue
 import threading
@@ -83,6 +84,21 @@ class Notification:
 
     def describe(self) -> str:
         return f"{self.alert.get('name')} {self.status}"
+
+    def idempotency_key(self, receiver: str) -> str | None:
+        """One key for this change of this alert, whoever sends it and however often: a
+        one-shot event by what names it (a rollback by its rollout), a rule's alert by
+        when it fired or resolved. A leader that takes over a rollback whose alert was
+        raised but not yet noted as raised raises it again; the receiver reads it as the
+        same notification."""
+        alert = self.alert
+        if not alert.get("fingerprint"):
+            return None  # not an alert's change (a test's, a hand-made one): a key of its own
+        when = "" if alert.get("kind") == "event" else (
+            alert.get("fired_at") if self.status == "firing" else alert.get("resolved_at"))
+        material = "\x00".join(str(part) for part in (
+            receiver, alert.get("fingerprint"), self.status, when or ""))
+        return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 class WebhookChannel:
@@ -178,7 +194,8 @@ class WebhookChannel:
             return True
         # One key, kept by a try sent from memory too: where the outbox's write did land
         # after all, the receiver reads both tries as one notification.
-        key = uuid.uuid4().hex
+        named = getattr(notification, "idempotency_key", None)
+        key = (named(spec.name) if named is not None else None) or uuid.uuid4().hex
         if self._outbox is None:
             self._deliver(payload, description, key)
             return True

@@ -76,6 +76,9 @@ class Outbox:
         already (expired ones do not count: :meth:`claim` drops them)."""
         with self.db.session() as session:
             now = self._now(session)
+            if key is not None and session.scalar(
+                    select(OutboxRow.id).where(OutboxRow.key == key)) is not None:
+                return key  # the same notification waits already (raised again)
             waiting = session.scalar(select(func.count()).select_from(OutboxRow).where(
                 OutboxRow.receiver == receiver, OutboxRow.created_at >= now - MAX_AGE_S))
             if waiting >= limit:

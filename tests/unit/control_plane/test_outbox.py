@@ -226,3 +226,32 @@ def test_a_claim_holds_against_a_host_whose_clock_runs_ahead(db: Database) -> No
     assert waiting is not None
     ahead = Outbox(db, holder="ahead", clock=lambda: time.time() + 60.0, store_clock=True)
     assert ahead.claim("pager", for_s=30) == (None, 0)
+
+
+def test_an_alert_raised_again_is_one_notification_to_its_receiver(db: Database,
+                                                                   receiver: Receiver) -> None:
+    """A leader taking over a rollback whose alert was raised, but not yet noted as raised,
+    raises it again: each copy had a fresh key, and the receiver paged twice. One alert's
+    change now has one key, and a copy of one still waiting is not kept twice."""
+    receiver.status = 503  # down: both copies wait in the outbox
+    rollback = {"name": "RolloutRolledBack", "kind": "event", "fingerprint": "f-rollout-7",
+                "fired_at": "2026-12-05T07:00:00+00:00"}
+    again = {**rollback, "fired_at": "2026-12-05T07:00:09+00:00"}  # raised by the next leader
+    other = {**rollback, "fingerprint": "f-rollout-8"}
+    plane = Notifier(db)
+    try:
+        plane.configure([spec(receiver, db)])
+        for alert in (rollback, again, other):
+            plane.notify(Notification("firing", alert))
+        wait_for(lambda: Outbox(db).count("pager") == 2, 10, "two notifications kept")
+        receiver.status = 200
+        receiver.wait(2)
+        time.sleep(1.0)  # two polls more: a third would have come by now
+        assert len(receiver.received) == 2 and len(set(receiver.keys)) == 2
+        fired = Notification("firing", {**rollback, "kind": "rule"})
+        resolved = Notification("resolved", {**rollback, "kind": "rule",
+                                             "resolved_at": "2026-12-05T07:05:00+00:00"})
+        assert fired.idempotency_key("pager") != resolved.idempotency_key("pager")
+        assert fired.idempotency_key("pager") != fired.idempotency_key("slack")
+    finally:
+        plane.close()
