@@ -59,13 +59,16 @@ class AbandonedRuns:
         self._grace_s, self._now = grace_s, now
         self._cluster = cluster or this_ray_cluster
         # Silence is counted from when this sweep began at the earliest: while no control
-        # plane answered, drivers could not say they were alive.
-        self._since = now()
+        # plane answered, drivers could not say they were alive (set at the first sweep,
+        # on the clock that judges it).
+        self._since: float | None = None
 
     def sweep(self) -> list[str]:
         """End the runs whose job has ended; returns their ids."""
         from training.errors import JobSubmissionError
 
+        if self._since is None:
+            self._since = self._now()
         ended = self._sweep_processes()
         running = self._tracker.running_job_runs()
         if not running:
@@ -163,7 +166,7 @@ class AbandonedRuns:
         """Whether a driver that last said it was alive at ``alive_at`` has been silent
         past :data:`SILENT_S`, counted from this sweep's start at the earliest (a driver
         that never said so, of an older modelplane, is not)."""
-        return alive_at is not None and \
+        return alive_at is not None and self._since is not None and \
             self._now() - max(alive_at.timestamp(), self._since) > SILENT_S
 
     def _end_silent(self, run_id: str, alive_at: datetime | None, why_unseen: str) -> list[str]:

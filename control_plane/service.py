@@ -150,9 +150,11 @@ class ControlPlane:
             from control_plane.job_api import cluster_job_client
 
             # Runs whose job was killed, or ended unable to say so, end within a minute.
+            # Drivers' beats are dated by the store's clock, and judged by it: a leader
+            # whose own clock ran ahead ended healthy runs as silent.
             self._every(30.0, self._leading(AbandonedRuns(
-                self.tracker, cluster_job_client, tokens=self.tokens).sweep),
-                        "abandoned-runs")
+                self.tracker, cluster_job_client, tokens=self.tokens,
+                now=lambda: self.db.now().timestamp()).sweep), "abandoned-runs")
         # Ticks are cheap (one indexed query when nothing is active); each rollout is
         # analysed at its own interval, so a short tick only bounds reaction time.
         self._every(0.25, self._leading(self.rollouts.tick), "rollout-controller")

@@ -289,6 +289,7 @@ def test_a_run_whose_driver_fell_silent_where_the_sweep_cannot_look_is_ended(
         tracker.run_alive(run_id, ALICE)
     clock = {"now": time.time()}
     sweep = AbandonedRuns(tracker, api.connect, now=lambda: clock["now"])
+    assert sweep.sweep() == []  # its first: silence counts from here at the earliest
     clock["now"] += 60
     assert sweep.sweep() == []
     clock["now"] += SILENT_S
@@ -341,3 +342,28 @@ def test_an_ended_job_s_token_is_revoked_where_its_own_revoke_was_missed(
                              tokens=tokens).sweep()) == 3
     revoked = {t.name for t in tokens.list() if t.revoked_at is not None}
     assert revoked == {"job-exp-1"}
+
+
+def test_the_sweep_starts_with_its_store_away_and_judges_by_the_clock_it_is_given(
+        tracker: Tracker, api: JobApi) -> None:
+    """Drivers' beats are dated by the store's clock: judged by a leader's own clock,
+    14 minutes fast, a healthy run read as silent. The sweep takes the clock it is given
+    (the store's) from its first sweep, so one built while the store is away starts."""
+    from control_plane.schemas import PROCESS_TAG
+
+    run_id = tracker.start_run(RunCreate(experiment="exp", tags={
+        PROCESS_TAG: "laptop:1.abc:4242:deadbeef"}), ALICE).id
+    tracker.run_alive(run_id, ALICE)
+    beat = tracker.db.now().timestamp()
+    away = {"now": None}
+
+    def store_clock() -> float:
+        if away["now"] is None:
+            raise ConnectionError("the store cannot be reached")
+        return away["now"]
+
+    sweep = AbandonedRuns(tracker, api.connect, now=store_clock)  # built while it is away
+    away["now"] = beat + 30
+    assert sweep.sweep() == []
+    away["now"] = beat + 300  # five minutes on the store's clock: alive, whatever ours says
+    assert sweep.sweep() == [] and tracker.get_run(run_id).status is RunStatus.RUNNING
