@@ -31,7 +31,7 @@ from control_plane.errors import (
     PayloadTooLargeError,
     StorageFullError,
 )
-from modelplane.durable import fsync_path
+from modelplane.durable import fsync_path, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class ArtifactStore:
         removed = 0
         for leftover in Path(self.root, "tmp").glob("*.part"):
             pid = leftover.name.split("-", 1)[0]
-            if pid.isdigit() and _process_alive(int(pid)):
+            if pid.isdigit() and process_alive(int(pid)):
                 continue
             leftover.unlink(missing_ok=True)
             removed += 1
@@ -303,13 +303,3 @@ def _make_durable_folder(folder: Path) -> None:
     for made in reversed(missing):
         made.mkdir(exist_ok=True)
         fsync_path(made.parent)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

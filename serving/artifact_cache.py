@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from modelplane.durable import remove_left_by_the_dead
 from modelplane.settings import get_settings
 from serving.errors import ServingError
 
@@ -81,6 +82,9 @@ def fetch_artifact(
         if _sha256(target) == digest:
             return target
         target.unlink(missing_ok=True)
+    # A replica killed mid-download left its part; each new one would leave another, and
+    # the node's disk filled until loads failed there.
+    remove_left_by_the_dead(folder, digest, ("part",))
     temp = folder / f".{digest}.{os.getpid()}.part"
     headers = {"authorization": f"Bearer {token}"} if token else {}
     hasher = hashlib.sha256()

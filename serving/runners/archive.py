@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from modelplane.durable import fsync_path
+from modelplane.durable import fsync_path, remove_left_by_the_dead
 
 MAX_MEMBERS = 10_000
 MAX_UNPACKED_BYTES = 8 * 2**30
@@ -64,6 +64,9 @@ def unpack(archive_path: Path, digest: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _complete(target, digest):  # another process made it while this one waited
             return target
+        # Unpackings and set-aside folders of processes killed in them (up to 8 GiB each).
+        remove_left_by_the_dead(archive_path.parent, digest, ("unpacking",))
+        remove_left_by_the_dead(archive_path.parent, f"{digest}.d", ("broken",))
         temp = archive_path.parent / f".{digest}.{os.getpid()}.unpacking"
         shutil.rmtree(temp, ignore_errors=True)
         try:

@@ -96,3 +96,54 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return ended.pid
+
+
+def test_what_replicas_killed_mid_download_or_unpacking_left_is_removed(
+        tmp_path: Path, artifact_url: str) -> None:
+    """Each replica killed mid-download (or mid-unpacking) left its part behind, named by
+    its pid; the next one left its own, and the node's disk filled until loads failed."""
+    from serving.runners.archive import unpack
+
+    cache = tmp_path / "cache"
+    folder = private_folder(cache) / "sha256" / DIGEST[:2]
+    folder.mkdir(parents=True)
+    import subprocess
+
+    dead = _dead_pid()
+    downloading = subprocess.Popen(["sleep", "30"])  # another replica, still downloading
+    try:
+        (folder / f".{DIGEST}.{dead}.part").write_bytes(b"x" * 1000)
+        (folder / f".{DIGEST}.{downloading.pid}.part").write_bytes(b"x" * 10)
+        (folder / f".{DIGEST}.lock").touch()
+        assert fetch_artifact(artifact_url, DIGEST, cache_dir=cache).read_bytes() == PAYLOAD
+        left = sorted(p.name for p in folder.iterdir())
+        assert f".{DIGEST}.{dead}.part" not in left and f".{DIGEST}.lock" in left
+        assert f".{DIGEST}.{downloading.pid}.part" in left  # a live writer's is its own
+    finally:
+        downloading.kill()
+        downloading.wait()
+
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("model.py", "X = 1\n")
+    archive_path = tmp_path / "archive" / "model.zip"
+    archive_path.parent.mkdir()
+    archive_path.write_bytes(buffer.getvalue())
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()
+    (archive_path.parent / f".{digest}.{dead}.unpacking" / "big").mkdir(parents=True)
+    (archive_path.parent / f".{digest}.d.{dead}.broken").mkdir()
+    unpacked = unpack(archive_path, digest)
+    assert (unpacked / "model.py").read_text() == "X = 1\n"
+    assert sorted(p.name for p in archive_path.parent.iterdir()
+                  if p.name.startswith(".") and not p.name.endswith(".lock")) == []
