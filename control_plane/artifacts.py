@@ -229,8 +229,15 @@ class ArtifactWriter:
         if self._done:
             return
         self._done = True
-        # Closing flushes the buffer, which fails again on a full disk; the file goes anyway.
-        with contextlib.suppress(OSError):
+        # A remote store's handle cancels its multipart upload (closing it would complete
+        # the upload with what was buffered, up to gigabytes, only to delete it after).
+        discard = getattr(self._handle, "discard", None)
+        if discard is not None:
+            with contextlib.suppress(Exception):
+                discard()
+        # Closing flushes the buffer, which fails again on a full disk (or, discarded, has
+        # none left to flush); the file goes anyway.
+        with contextlib.suppress(Exception if discard is not None else OSError):
             self._handle.close()
         if self._store.fs.exists(self._temp):
             self._store.fs.rm(self._temp)

@@ -63,7 +63,14 @@ def test_a_refused_upload_leaves_nothing(store: ArtifactStore, s3: S3Server) -> 
     small = ArtifactStore(store.uri, max_bytes=1024 * 1024)
     with pytest.raises(PayloadTooLargeError):
         small.put([b"z" * (512 * 1024)] * 3)
+    # Refused once its multipart upload had begun: the upload is cancelled, not completed
+    # with what was buffered only to be deleted after.
+    larger = ArtifactStore(store.uri, max_bytes=8 * 1024 * 1024)
+    with pytest.raises(PayloadTooLargeError):
+        larger.put([os.urandom(1024 * 1024)] * 12)
     assert s3.keys(prefix_of(store)) == []
+    uploads = s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=prefix_of(store))
+    assert uploads.get("Uploads", []) == []
 
 
 def test_parts_left_by_a_dead_writer_are_removed_once_stale(
