@@ -55,6 +55,7 @@ from sqlalchemy.orm import Session
 from control_plane.store import Database
 from control_plane.store.database import FencedOut, store_now
 from control_plane.store.models import ApplyRequestRow, LeaseRow
+from modelplane.durable import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +112,7 @@ def holder_is_gone(holder: str) -> bool:
     host, space, pid, _ = parts
     if host != socket.gethostname() or space != _pid_space():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, as another user's process
-        return False
-    return False
+    return not process_alive(int(pid))
 
 
 class Lease:

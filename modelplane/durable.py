@@ -22,7 +22,7 @@ def process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except OSError:  # it exists, as another user's process
         return True
     return True
 

@@ -378,10 +378,13 @@ class InferenceCore:
             self.recorder.record(number, 200, elapsed, routed=routed,
                                  not_finite=not _all_finite(chosen))
             age = data_age_seconds(request.parameters, time.time()) if request.parameters else None
-            self.recorder.observe(number, request_id, arrays, outputs, age, routed)
+            # What the request holds, counted once for the monitoring and every shadow.
+            held = (held_bytes([*arrays.values(), *outputs.values()])
+                    if self.recorder.enabled or router.shadows else 0)
+            self.recorder.observe(number, request_id, arrays, outputs, age, routed, held=held)
             if pinned is None:
                 for shadow in router.shadows:
-                    self._start_shadow(backends.get(shadow), arrays, outputs, elapsed)
+                    self._start_shadow(backends.get(shadow), arrays, outputs, elapsed, held)
             return answer
         except Exception as error:
             return Refused(self._failed(error, number, routed, started, request_id,
@@ -450,10 +453,11 @@ class InferenceCore:
         })
 
     def _start_shadow(self, backend: VersionBackend | None, arrays: dict[str, np.ndarray],
-                      primary: dict[str, np.ndarray], primary_latency: float) -> None:
+                      primary: dict[str, np.ndarray], primary_latency: float,
+                      held: int) -> None:
+        """Mirror the request to ``backend``; ``held``: the bytes the request keeps alive."""
         if backend is None:
             return
-        held = held_bytes([*arrays.values(), *primary.values()])
         # One request larger than the bound is mirrored while no other shadow holds any:
         # the endpoint accepted its size, and a shadow never mirroring it failed a rollout.
         if len(self._shadow_tasks) >= MAX_SHADOWS_IN_FLIGHT or \

@@ -35,7 +35,7 @@ from control_plane.alerts.schemas import (
     ReceiverSpec,
     SilenceCreate,
 )
-from control_plane.alerts.signals import COMPARE, PARTIAL_WINDOW, SIGNALS, evidence
+from control_plane.alerts.signals import COMPARE, SIGNALS, evidence
 from control_plane.alerts.states import Alert, AlertState, fingerprint
 from control_plane.alerts.store import AlertStore
 from control_plane.alerts.templates import render_template
@@ -284,14 +284,8 @@ class AlertService:
         for key, (labels, value, details) in readings.items():
             seen.add(key)
             alert = self._alerts.get(key) or Alert(key, rule.name, labels, rule.severity)
-            value = evidence(value, details, rule.comparison)
+            value = evidence(value, details, rule.comparison, rule.threshold)
             finite = value if value is not None and math.isfinite(value) else None
-            if finite is not None and details.get(PARTIAL_WINDOW) and \
-                    not compare(finite, rule.threshold):
-                # A count over part of the window is a lower bound: it can show `> X`, not
-                # that the condition stopped (a firing alert resolved, and fired again,
-                # after every Monitor restart).
-                finite = None
             if finite is None and alert.state == AlertState.PENDING:
                 # No evidence breaks the run a pending alert must hold for for_s: it counts
                 # again from the next window that holds (one drifted window after ten

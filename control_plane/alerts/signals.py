@@ -54,12 +54,17 @@ def _count(read: Callable[[VersionSnapshot], float | None]) -> Callable[[Version
     return reading
 
 
-def evidence(value: float | None, details: dict[str, Any], comparison: str) -> float | None:
-    """``value`` where it can decide ``comparison``; None where it cannot: a count over part
-    of the window only grows, so it can show `>` or `>=` but not `<`, `<=`, `==` or `!=`."""
-    if value is not None and details.get(PARTIAL_WINDOW) and comparison not in (">", ">="):
-        return None
-    return value
+def evidence(value: float | None, details: dict[str, Any], comparison: str,
+             threshold: float) -> float | None:
+    """``value`` where it can decide ``comparison`` against ``threshold``; None where it
+    cannot: a count over part of the window only grows, so it can show `>` or `>=` hold,
+    but neither that they stopped holding (a firing alert resolved, and fired again, after
+    every Monitor restart) nor anything of `<`, `<=`, `==` or `!=`."""
+    if value is None or not details.get(PARTIAL_WINDOW):
+        return value
+    if comparison in (">", ">=") and COMPARE[comparison](value, threshold):
+        return value
+    return None
 
 
 def _drift_details(drift: Drift) -> dict[str, Any]:

@@ -183,10 +183,11 @@ class StatsRecorder:
 
     def observe(self, version: int, request_id: str, arrays: dict[str, np.ndarray],
                 outputs: dict[str, np.ndarray], data_age_s: float | None = None,
-                routed: str = ROUTED_RANDOMLY) -> None:
+                routed: str = ROUTED_RANDOMLY, *, held: int | None = None) -> None:
         """An answered request's inputs and outputs, for drift, quality and feedback;
         ``routed`` says how it reached the version (its drift counts and prediction are
-        kept apart unless it was routed randomly)."""
+        kept apart unless it was routed randomly); ``held``, the bytes they keep alive
+        where the caller counted them already (:func:`held_bytes`)."""
         if not self.enabled:
             return
         # The request path: appends. The kernels run when the statistics are shipped
@@ -199,7 +200,8 @@ class StatsRecorder:
         self._observed_count += 1
         # Bytes too: a binary input is a view of its request's whole body, held until then.
         before = self._observed_bytes
-        self._observed_bytes += held_bytes([*arrays.values(), *outputs.values()])
+        self._observed_bytes += held if held is not None else held_bytes(
+            [*arrays.values(), *outputs.values()])
         count, held = self._observed_count, self._observed_bytes
         if count >= PENDING_LIMIT or held >= PENDING_BYTES_LIMIT:
             if (self.when_full is None or count >= PENDING_HARD_LIMIT
