@@ -18,12 +18,14 @@ select, rendered in its ``format`` on its own thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import queue
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,6 +47,10 @@ PAYLOAD_VERSION = 1
 POLL_S = 0.5
 _IDLE: Any = object()  # a wake-up with nothing new on the queue
 _REFUSED = "refused: "
+
+
+def _nothing() -> None:
+    pass
 
 
 class Deliverable(Protocol):
@@ -181,21 +187,50 @@ class WebhookChannel:
             if notification is not None and notification is not _IDLE:
                 self._take(notification)
 
+    def _render(self, notification: Deliverable) -> tuple[dict[str, Any], str] | None:
+        """The body and idempotency key this receiver gets for ``notification``; None where
+        no body can be built (counted failed and dropped: trying again would not help)."""
+        spec = self.spec
+        try:
+            payload = notification.render(spec.format)
+        except Exception:
+            self._count("failed", 1)
+            log.exception("webhook %s: could not render %s", spec.name, notification.describe())
+            return None
+        # One key, kept by a try sent from memory too: where the outbox's write did land
+        # after all, the receiver reads both tries as one notification.
+        named = getattr(notification, "idempotency_key", None)
+        return payload, (named(spec.name) if named is not None else None) or uuid.uuid4().hex
+
+    def keep_in(self, session: Any, notification: Deliverable) -> Callable[[], None] | None:
+        """Add ``notification`` to the outbox within ``session``, the transaction of the
+        change it tells of; what to run once that commits (None: no outbox here)."""
+        if self._outbox is None:
+            return None
+        rendered = self._render(notification)
+        if rendered is None:
+            return _nothing
+        payload, key = rendered
+        kept = self._outbox.put_in(session, self.spec.name, notification.describe(), payload,
+                                   limit=QUEUE_LIMIT, key=key)
+
+        def committed() -> None:
+            if kept is None:
+                self._dropped(notification)
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_IDLE)  # wakes the thread to send it
+
+        return committed
+
     def _take(self, notification: Deliverable, *, from_memory: bool = True) -> bool:
         """Keep ``notification`` in the outbox; without one, or where the store cannot
         keep it, send it from memory as it is (``from_memory``), or say it was not taken
         (False)."""
-        spec, description = self.spec, notification.describe()
-        try:
-            payload = notification.render(spec.format)
-        except Exception:  # a payload that cannot be built is dropped, not retried
-            self._count("failed", 1)
-            log.exception("webhook %s: could not render %s", spec.name, description)
+        rendered = self._render(notification)
+        if rendered is None:
             return True
-        # One key, kept by a try sent from memory too: where the outbox's write did land
-        # after all, the receiver reads both tries as one notification.
-        named = getattr(notification, "idempotency_key", None)
-        key = (named(spec.name) if named is not None else None) or uuid.uuid4().hex
+        payload, key = rendered
+        spec, description = self.spec, notification.describe()
         if self._outbox is None:
             self._deliver(payload, description, key)
             return True
@@ -209,10 +244,13 @@ class WebhookChannel:
             self._deliver(payload, description, key)
             return True
         if kept is None:
-            self._count("dropped", 1)
-            log.warning("webhook %s is behind by %d notifications; dropped %s",
-                        spec.name, QUEUE_LIMIT, notification.describe())
+            self._dropped(notification)
         return True
+
+    def _dropped(self, notification: Deliverable) -> None:
+        self._count("dropped", 1)
+        log.warning("webhook %s is behind by %d notifications; dropped %s",
+                    self.spec.name, QUEUE_LIMIT, notification.describe())
 
     def _send_waiting(self) -> None:
         """Send what waits for this receiver in the outbox, oldest first, until the oldest
@@ -332,21 +370,44 @@ class Notifier:
     def notify(self, notification: Notification) -> None:
         """Keep a notification for every receiver (in the store's outbox: one write each);
         never waits on a receiver, never raises."""
+        self.announce(notification)
+        self.deliver(notification)
+
+    def announce(self, notification: Notification) -> None:
+        """Log and count ``notification`` (what :meth:`notify` does besides delivering)."""
         alert = notification.alert
         level = logging.WARNING if notification.status == "firing" else logging.INFO
         log.log(level, "alert %s %s [%s] %s %s", alert.get("name"), notification.status,
                 alert.get("severity"), alert.get("labels"), alert.get("summary"))
         with self._lock:
             self.counters[notification.status] += 1
-        self.deliver(notification)
 
     def deliver(self, item: Deliverable) -> None:
         """Keep ``item`` for every receiver that chose its kind (see :meth:`notify`)."""
+        for channel in self._accepting(item):
+            channel.submit(item)
+
+    def keep_in(self, session: Any, item: Deliverable) -> Callable[[], None]:
+        """Keep ``item`` for every receiver that chose its kind, in the outbox within
+        ``session``: the change it tells of and its notifications commit together, where
+        a kill between two transactions had lost the page. Returns what to run once the
+        session commits (it wakes the receivers' threads; a receiver without an outbox is
+        handed ``item`` then). Raises what the store raises, which fails the change too."""
+        after = []
+        for channel in self._accepting(item):
+            committed = channel.keep_in(session, item)
+            after.append(committed if committed is not None
+                         else functools.partial(channel.submit, item))
+
+        def committed_all() -> None:
+            for committed in after:
+                committed()
+
+        return committed_all
+
+    def _accepting(self, item: Deliverable) -> list[WebhookChannel]:
         with self._lock:
-            channels = list(self._channels.values())
-        for channel in channels:
-            if channel.accepts(item.kind):
-                channel.submit(item)
+            return [c for c in self._channels.values() if c.accepts(item.kind)]
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per receiver: notifications sent, failed, dropped and retries."""

@@ -75,18 +75,24 @@ class Outbox:
         """Keep ``body`` for ``receiver``; its key, or None where ``limit`` fresh ones wait
         already (expired ones do not count: :meth:`claim` drops them)."""
         with self.db.session() as session:
-            now = self._now(session)
-            if key is not None and session.scalar(
-                    select(OutboxRow.id).where(OutboxRow.key == key)) is not None:
-                return key  # the same notification waits already (raised again)
-            waiting = session.scalar(select(func.count()).select_from(OutboxRow).where(
-                OutboxRow.receiver == receiver, OutboxRow.created_at >= now - MAX_AGE_S))
-            if waiting >= limit:
-                return None
-            key = key or uuid.uuid4().hex
-            session.add(OutboxRow(key=key, receiver=receiver, description=description[:500],
-                                  body=body, created_at=now, attempts=0, next_at=now,
-                                  claimed_by=None, claimed_until=0.0))
+            return self.put_in(session, receiver, description, body, limit=limit, key=key)
+
+    def put_in(self, session: Any, receiver: str, description: str, body: dict[str, Any], *,
+               limit: int, key: str | None = None) -> str | None:
+        """:meth:`put` within ``session``, the transaction of the change it tells of: the two
+        are kept, or lost, together."""
+        now = self._now(session)
+        if key is not None and session.scalar(
+                select(OutboxRow.id).where(OutboxRow.key == key)) is not None:
+            return key  # the same notification waits already (raised again)
+        waiting = session.scalar(select(func.count()).select_from(OutboxRow).where(
+            OutboxRow.receiver == receiver, OutboxRow.created_at >= now - MAX_AGE_S))
+        if waiting >= limit:
+            return None
+        key = key or uuid.uuid4().hex
+        session.add(OutboxRow(key=key, receiver=receiver, description=description[:500],
+                              body=body, created_at=now, attempts=0, next_at=now,
+                              claimed_by=None, claimed_until=0.0))
         return key
 
     def claim(self, receiver: str, *, for_s: float) -> tuple[Waiting | None, int]:

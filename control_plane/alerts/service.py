@@ -13,6 +13,7 @@ plain functions and a fake clock; the control plane passes the real ones.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -20,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +61,17 @@ ListEndpoints = Callable[[], list[str]]
 MAX_UNSAVED = 10_000
 
 
+@dataclass
+class _Unsaved:
+    """An alert's state waiting for the store, with the notification to keep beside it
+    (None once sent or kept)."""
+
+    alert: Alert
+    notify: AlertState | None
+    kind: str
+    notification: Notification | None
+
+
 class AlertService:
     """Alert rules, their alerts' states, events, history and notification."""
 
@@ -81,7 +93,7 @@ class AlertService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # (alert as it was, notification, kind) the store has not taken yet, in order.
-        self._unsaved: list[tuple[Alert, AlertState | None, str]] = []
+        self._unsaved: list[_Unsaved] = []
         # False once a tick found another control plane leading: on taking over, this one
         # reads what that one fired, resolved and configured before evaluating (catch_up).
         self._caught_up = True
@@ -340,14 +352,18 @@ class AlertService:
 
     def _transition(self, alert: Alert, notify: AlertState | None, kind: str = "rule", *,
                     muted: bool = False) -> None:
-        """Store the alert's new state (and history entry), and notify its receivers.
+        """Store the alert's new state (and history entry) with its receivers'
+        notifications, in one transaction: a kill between the two had left an alert firing
+        in the store whose page was never sent, and never would be.
 
-        Receivers hear at once; the store's write is queued in order behind any the store
-        could not take yet, and tried again each evaluator pass (:meth:`_store_unsaved`),
-        since an alert's state changes only once: a write lost to a store blip left no
-        active row and no history (no drift-triggered retrain, a page again after a
-        restart, a resolution never sent). A write refused by the control loops' lease
-        (a pass that outlived its lead) is neither kept nor sent: the new leader decides."""
+        The store's write is queued in order behind any the store could not take yet, and
+        tried again each evaluator pass (:meth:`_store_unsaved`), since an alert's state
+        changes only once: a write lost to a store blip left no active row and no history
+        (no drift-triggered retrain, a page again after a restart, a resolution never sent).
+        Receivers hear at once all the same: where the store cannot take the write now,
+        or refuses it, the notification goes out on its own (from memory while the store
+        is away). A write refused by the control loops' lease (a pass that outlived its
+        lead) is neither kept nor sent: the new leader decides."""
         if notify is AlertState.FIRING:
             alert.unpaged = muted
         elif notify is AlertState.RESOLVED and alert.unpaged:
@@ -356,7 +372,10 @@ class AlertService:
             # Its receivers heard it fire: they hear it end, silenced since or not (an
             # incident opened by the page stayed open for good).
             muted = False
-        entry = (replace(alert, labels=dict(alert.labels), data=dict(alert.data)), notify, kind)
+        notification = None if notify is None or muted else \
+            Notification(notify.value, _alert_document(alert, kind))
+        entry = _Unsaved(replace(alert, labels=dict(alert.labels), data=dict(alert.data)),
+                         notify, kind, notification)
         with self._lock:
             self._unsaved.append(entry)
             try:
@@ -364,10 +383,12 @@ class AlertService:
             except FencedOut:
                 self._unsaved.remove(entry)
                 raise
+            unsent = entry.notification  # None once kept with the state
+            entry.notification = None  # a later write of the state sends nothing again
         if notify is not None and muted:
             self.counters["notifications_silenced"] += 1
-        elif notify is not None:
-            self.notifier.notify(Notification(notify.value, _alert_document(alert, kind)))
+        elif unsent is not None:
+            self.notifier.notify(unsent)
 
     def _store_unsaved(self) -> None:
         """Write the queued alert states, oldest first, until the store cannot answer; a
@@ -380,20 +401,35 @@ class AlertService:
                           dropped)
                 del self._unsaved[:dropped]
             while self._unsaved:
-                alert, notify, kind = self._unsaved[0]
+                entry = self._unsaved[0]
+                committed: list[Callable[[], None]] = []
+                notification = entry.notification
                 try:
-                    self.store.save(alert, notify=notify, kind=kind)
+                    self.store.save(entry.alert, notify=entry.notify, kind=entry.kind,
+                                    within=None if notification is None else functools.partial(
+                                        self._keep_notification, notification, committed))
                 except FencedOut:  # this thread's pass is over; the queue waits for another
                     raise
                 except Exception as error:
                     if store_could_not_take(error):
                         log.warning("could not store alert %s (%d writes wait for the store, "
-                                    "tried again each pass): %s", alert.name,
+                                    "tried again each pass): %s", entry.alert.name,
                                     len(self._unsaved), error)
                         return
                     log.error("the store refused alert %s's state; it is not stored",
-                              alert.name, exc_info=error)
+                              entry.alert.name, exc_info=error)
+                    self._unsaved.pop(0)
+                    continue
+                if notification is not None:
+                    entry.notification = None
+                    self.notifier.announce(notification)
+                    for wake in committed:
+                        wake()
                 self._unsaved.pop(0)
+
+    def _keep_notification(self, notification: Notification,
+                           committed: list[Callable[[], None]], session: Any) -> None:
+        committed.append(self.notifier.keep_in(session, notification))
 
     # ------------------------------------------------------------ the evaluator thread
 
@@ -433,7 +469,7 @@ class AlertService:
             with self._lock:
                 # The leader's own view now: only one-shot events (history rows, which
                 # nothing re-derives) are still this process's to write.
-                self._unsaved = [entry for entry in self._unsaved if entry[2] != "rule"]
+                self._unsaved = [entry for entry in self._unsaved if entry.kind != "rule"]
             self._caught_up = False
             self._store_unsaved()
             if self._clock() - self._followed_at >= RULES_REFRESH_S:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from control_plane.alerts.schemas import (
     AlertEventOut,
@@ -165,9 +166,13 @@ class AlertStore:
 
     # ------------------------------------------------------------ alerts and history
 
-    def save(self, alert: Alert, *, notify: AlertState | None, kind: str = "rule") -> None:
-        """Persist an alert's state and, when it fired or resolved, its history entry."""
+    def save(self, alert: Alert, *, notify: AlertState | None, kind: str = "rule",
+             within: Callable[[Session], None] | None = None) -> None:
+        """Persist an alert's state and, when it fired or resolved, its history entry; and
+        whatever ``within`` adds (its notifications) in the same transaction."""
         with self.db.session() as session:
+            if within is not None:
+                within(session)
             row = session.scalar(select(AlertRow).where(AlertRow.fingerprint == alert.fingerprint))
             if alert.active and kind == "rule":
                 if row is None:

@@ -286,7 +286,7 @@ def test_an_alert_the_store_could_not_take_is_stored_on_a_later_pass_and_paged_o
     stats.drift("churn", 1, "drift", ["age"])
     service.put_rule(drift_rule(), "alice")
     sent: list[str] = []
-    monkeypatch.setattr(service.notifier, "notify", lambda n: sent.append(n.status))
+    monkeypatch.setattr(service.notifier, "announce", lambda n: sent.append(n.status))
     save, failing = service.store.save, [True]
 
     def blip(*args: Any, **kwargs: Any) -> None:
@@ -361,7 +361,7 @@ def test_an_evaluation_that_outlived_its_lead_stores_and_sends_nothing(
     stats.drift("churn", 1, "drift", ["age"])
     service.put_rule(drift_rule(), "alice")
     sent: list[str] = []
-    monkeypatch.setattr(service.notifier, "notify", lambda n: sent.append(n.alert["name"]))
+    monkeypatch.setattr(service.notifier, "announce", lambda n: sent.append(n.alert["name"]))
     clock[0] += LEASE_S + 1
     assert successor.hold()
     with fenced_writes(stale.fence):
@@ -778,7 +778,7 @@ def test_a_count_over_part_of_the_window_never_resolves_what_it_cannot_disprove(
     minute: 250 so far is a lower bound, no evidence that the rate fell. The alert resolved
     and fired again after every restart, paging twice."""
     sent: list[str] = []
-    monkeypatch.setattr(service.notifier, "notify", lambda n: sent.append(n.status))
+    monkeypatch.setattr(service.notifier, "announce", lambda n: sent.append(n.status))
     stats = Stats()
     service.put_rule(drift_rule(name="busy", metric="requests", comparison=">",
                                 threshold=1000, window_s=60), "alice")
@@ -820,7 +820,7 @@ def test_a_paged_alert_that_resolves_under_a_silence_is_heard_to_end(
     clock = [1_800_000_000.0]
     svc = AlertService(db, clock=lambda: clock[0])
     sent: list[str] = []
-    monkeypatch.setattr(svc.notifier, "notify", lambda n: sent.append(n.status))
+    monkeypatch.setattr(svc.notifier, "announce", lambda n: sent.append(n.status))
     try:
         stats = Stats()
         stats.drift("churn", 2, "drift", ["income"])
