@@ -151,7 +151,7 @@ class ArtifactStore:
 
         Locally a writer's pid (in the name) says whether it lives. On a remote store the
         writer may be on another machine, so a part is left alone until it is older than
-        any upload takes (``STALE_PART_S``)."""
+        any upload takes (``STALE_PART_S``); so is an unfinished multipart upload (S3)."""
         if not self.is_local:
             try:
                 return self._remove_stale_remote_parts()
@@ -172,11 +172,11 @@ class ArtifactStore:
     def _remove_stale_remote_parts(self) -> int:
         import time
 
-        removed = 0
+        removed = self._abort_stale_uploads()
         try:
             parts = self.fs.ls(f"{self.root}/tmp", detail=True, refresh=True)
         except FileNotFoundError:
-            return 0
+            return removed
         for part in parts:
             modified = part.get("LastModified") or part.get("mtime")
             stamp = modified.timestamp() if hasattr(modified, "timestamp") else modified
@@ -186,6 +186,32 @@ class ArtifactStore:
                     self.fs.rm(part["name"])
                     removed += 1
         return removed
+
+    def _abort_stale_uploads(self) -> int:
+        """Cancel the multipart uploads of writers killed mid-upload: S3 keeps (and bills)
+        an unfinished upload's parts until it is completed or aborted, and no listing of
+        the bucket's objects shows them. Only S3's protocol has them."""
+        import time
+
+        call_s3 = getattr(self.fs, "call_s3", None)
+        if call_s3 is None:
+            return 0
+        bucket, prefix, _ = self.fs.split_path(f"{self.root}/tmp/")
+        aborted, markers = 0, {}
+        while True:
+            page = call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+            for upload in page.get("Uploads", []):
+                started = upload.get("Initiated")
+                if (str(upload.get("Key", "")).endswith(".part") and started is not None
+                        and time.time() - started.timestamp() > STALE_PART_S):
+                    with contextlib.suppress(FileNotFoundError):
+                        call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
+                                UploadId=upload["UploadId"])
+                        aborted += 1
+            if not page.get("IsTruncated"):
+                return aborted
+            markers = {"KeyMarker": page.get("NextKeyMarker", ""),
+                       "UploadIdMarker": page.get("NextUploadIdMarker", "")}
 
 
 class ArtifactWriter:

@@ -84,6 +84,31 @@ def test_parts_left_by_a_dead_writer_are_removed_once_stale(
     assert s3.keys(prefix_of(store)) == []
 
 
+def test_an_upload_cut_off_by_its_writers_death_is_cancelled_once_stale(
+        store: ArtifactStore, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer killed mid-upload leaves no object, only its open multipart upload, whose
+    parts S3 keeps (and bills) until someone completes or aborts it."""
+    from control_plane.artifacts import ArtifactWriter
+
+    writer = ArtifactWriter(store, None)
+    for _ in range(51):  # past one part (s3fs's 50 MiB): the multipart upload has begun
+        writer.write(bytes(1024 * 1024))
+
+    def open_uploads() -> list[str]:
+        answer = s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=prefix_of(store))
+        return [upload["Key"] for upload in answer.get("Uploads", [])]
+
+    assert open_uploads() and s3.keys(prefix_of(store)) == []
+    # Younger than any upload takes, it may be under way. (moto dates every upload in
+    # 2010: "younger" is told here by a staleness longer than that.)
+    monkeypatch.setattr(artifacts_module, "STALE_PART_S", 100 * 365 * 86400)
+    assert store.remove_partial_writes() == 0 and open_uploads()
+    monkeypatch.setattr(artifacts_module, "STALE_PART_S", -1)
+    assert store.remove_partial_writes() == 1
+    assert open_uploads() == [] and s3.keys(prefix_of(store)) == []
+    del writer  # its handle, held until here so that nothing completes the upload
+
+
 def test_what_another_process_writes_or_deletes_is_seen_after_a_listing(
         store: ArtifactStore, s3: S3Server) -> None:
     """s3fs kept every listing for ever: after an integrity check had listed the store, an
