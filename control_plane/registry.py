@@ -161,7 +161,8 @@ class Registry:
             rows = session.scalars(
                 select(ModelRow).order_by(ModelRow.name).limit(limit).offset(offset)
             ).all()
-            items = [self._model_out(session, row) for row in rows]
+            items, limit = within_listing_bytes(
+                (self._model_out(session, row) for row in rows), limit)
         return Page[ModelOut](items=items, total=total, limit=limit, offset=offset)
 
     # ------------------------------------------------------------ versions

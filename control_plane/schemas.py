@@ -231,16 +231,24 @@ class ModelPolicy(Wire):
                     "`deploy`/`traffic`.")
 
 
+# Written by deployers and read by anyone: bounded, so that no listing or answer carries
+# megabytes of one writer's text.
+Description = Annotated[str, Field(max_length=10_000)]
+Reason = Annotated[str, Field(max_length=2_000)]
+Tags = Annotated[dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1_024)]],
+                 Field(max_length=64)]
+
+
 class ModelCreate(Wire):
     name: Name
-    description: str = ""
-    tags: dict[str, str] = Field(default_factory=dict)
+    description: Description = ""
+    tags: Tags = Field(default_factory=dict)
     policy: ModelPolicy = Field(default_factory=ModelPolicy)
 
 
 class ModelUpdate(Wire):
-    description: str | None = None
-    tags: dict[str, str] | None = None
+    description: Description | None = None
+    tags: Tags | None = None
     policy: ModelPolicy | None = None
 
 
@@ -259,7 +267,7 @@ class ModelOut(Wire):
 class VersionCreate(Wire):
     artifact_digest: Digest
     manifest: ModelManifest
-    description: str = ""
+    description: Description = ""
     idempotency_key: str | None = Field(
         None, min_length=8, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", description=(
             "A key of the registrant's for this registration (a random one per version, "
@@ -292,16 +300,16 @@ class AliasSet(Wire):
 
 class StageChange(Wire):
     stage: Stage
-    reason: str = ""
+    reason: Reason = ""
 
 
 class RejectVersion(Wire):
-    reason: str = Field(min_length=1)
+    reason: Reason = Field(min_length=1)
 
 
 class ApprovalCreate(Wire):
     decision: Literal["approved", "rejected"]
-    comment: str = ""
+    comment: Reason = ""
 
 
 class ApprovalOut(Wire):

@@ -23,6 +23,7 @@ takes::
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,7 @@ from control_plane.schemas import Finite, FiniteJson, Name, Wire
 Comparison = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
 ReceiverFormat = Literal["json", "slack"]
+MAX_EVENT_DATA_BYTES = 64 * 1024
 LabelMap = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]],
                      Field(max_length=32)]
 
@@ -212,4 +214,15 @@ class EventCreate(Wire):
     severity: Severity = "warning"
     labels: LabelMap = Field(default_factory=dict)
     summary: str = Field("", max_length=2000)
-    data: FiniteJson = Field(default_factory=dict)
+    data: FiniteJson = Field(default_factory=dict, description=(
+        f"Free-form JSON, at most {MAX_EVENT_DATA_BYTES // 1024} KiB: it is kept in the "
+        "alerts' history and sent to every receiver."))
+
+    @field_validator("data")
+    @classmethod
+    def _data_fits(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":")))
+        if size > MAX_EVENT_DATA_BYTES:
+            raise ValueError(f"data takes {size:,} bytes as JSON and may take at most "
+                             f"{MAX_EVENT_DATA_BYTES:,}")
+        return value

@@ -24,6 +24,7 @@ from control_plane.alerts.schemas import (
 )
 from control_plane.alerts.states import Alert, AlertState
 from control_plane.errors import ConflictError, NotFoundError
+from control_plane.listings import within_listing_bytes
 from control_plane.schemas import Page
 from control_plane.store import Database
 from control_plane.store.models import (
@@ -226,10 +227,10 @@ class AlertStore:
             query = query.where(AlertEventRow.endpoint == endpoint)
         with self.db.session(readonly=True) as session:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-            page = list(session.scalars(query.order_by(AlertEventRow.id.desc())
-                                        .limit(limit).offset(offset)))
-            return Page[AlertEventOut](items=[_event_out(r) for r in page], total=total,
-                                       limit=limit, offset=offset)
+            page = session.scalars(query.order_by(AlertEventRow.id.desc())
+                                   .limit(limit).offset(offset))
+            items, limit = within_listing_bytes((_event_out(r) for r in page), limit)
+            return Page[AlertEventOut](items=items, total=total, limit=limit, offset=offset)
 
 
     def changes(self, kind: str, *, name: str | None = None, limit: int = 50,

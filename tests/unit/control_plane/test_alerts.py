@@ -834,3 +834,25 @@ def test_a_paged_alert_that_resolves_under_a_silence_is_heard_to_end(
         assert svc.counters.get("notifications_silenced", 0) == 0
     finally:
         svc.stop()
+
+
+def test_an_events_data_and_the_history_listing_are_bounded(
+        service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event's data is kept for good and listed to anyone: megabytes of it made one
+    page of history gigabytes."""
+    from control_plane import listings
+    from control_plane.alerts.schemas import MAX_EVENT_DATA_BYTES, EventCreate
+
+    with pytest.raises(ValidationError, match=f"at most {MAX_EVENT_DATA_BYTES:,}") as refused:
+        EventCreate(name="note", data={"x": "A" * MAX_EVENT_DATA_BYTES})
+    assert refused.value.errors()[0]["loc"] == ("data",)
+    for index in range(3):
+        service.fire_event(f"note-{index}", severity="info", labels={}, summary="s",
+                           data={"x": "A" * (MAX_EVENT_DATA_BYTES - 100)})
+    whole = service.history(limit=50)
+    assert len(whole.items) == 3 and whole.limit == 50
+    one = len(whole.items[0].model_dump_json())
+    monkeypatch.setattr(listings, "LISTING_MAX_BYTES", 2 * one + one // 2)
+    first = service.history(limit=50)
+    assert [e.name for e in first.items] == ["note-2", "note-1"] and first.limit == 2
+    assert [e.name for e in service.history(limit=50, offset=2).items] == ["note-0"]

@@ -524,3 +524,41 @@ def test_an_alias_pointed_while_its_version_is_deleted_never_names_a_missing_ver
     assert aliases == []
     with pytest.raises(NotFoundError):
         registry.get_version("iris", 2)
+
+
+def test_what_a_writer_gives_anyone_to_read_is_bounded(registry: Registry,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployer's text is read by every caller (models and versions listed to anyone):
+    megabytes of it made one listing of gigabytes."""
+    from pydantic import ValidationError
+
+    from control_plane import listings
+    from control_plane.schemas import (
+        ApprovalCreate,
+        ModelCreate,
+        ModelUpdate,
+        RejectVersion,
+        StageChange,
+    )
+
+    refusals = [
+        (ModelCreate, {"name": "m", "description": "x" * 10_001}, "description"),
+        (ModelUpdate, {"tags": {f"k{i}": "v" for i in range(65)}}, "tags"),
+        (ModelUpdate, {"tags": {"k": "v" * 1_025}}, "tags.k"),
+        (StageChange, {"stage": "staging", "reason": "r" * 2_001}, "reason"),
+        (RejectVersion, {"reason": "r" * 2_001}, "reason"),
+        (ApprovalCreate, {"decision": "approved", "comment": "c" * 2_001}, "comment"),
+    ]
+    for model, fields, where in refusals:
+        with pytest.raises(ValidationError) as refused:
+            model(**fields)
+        assert ".".join(map(str, refused.value.errors()[0]["loc"])) == where
+    for index in range(3):
+        registry.create_model(ModelCreate(name=f"m{index}", description="d" * 10_000), ALICE)
+    whole = registry.list_models()
+    assert [m.name for m in whole.items] == ["m0", "m1", "m2"] and whole.limit == 50
+    one = len(whole.items[0].model_dump_json())
+    monkeypatch.setattr(listings, "LISTING_MAX_BYTES", 2 * one + one // 2)
+    first = registry.list_models(limit=50)
+    assert [m.name for m in first.items] == ["m0", "m1"] and first.limit == 2
+    assert [m.name for m in registry.list_models(offset=2).items] == ["m2"]
