@@ -12,11 +12,11 @@ the run's ``failure_reason``. A job run in a process of its own (`train run`) is
 is gone from the control plane's machine. A job the cluster does not know is left alone (one submitted
 to another cluster that reports here), unless the run says it ran on this cluster (its
 address and its head's host name) in an earlier session: the cluster restarted (a head lost, ``modelplane down`` and ``up``)
-and took the job's driver and its record with it, so the run ends ``failed``. Every run is
-left alone while the job API cannot answer. Where the sweep cannot look (a process on
-another machine, a job of another cluster), the driver's own word decides: it says it is
-alive once a minute, and a run whose driver has been silent for :data:`SILENT_S` ends
-``failed`` (a driver of an older modelplane, which never says so, is left alone).
+and took the job's driver and its record with it, so the run ends ``failed``. Where the
+sweep cannot look (a process on another machine, a job of another cluster, a job API that
+cannot answer), the driver's own word decides: it says it is alive once a minute, to the
+control plane, and a run whose driver has been silent for :data:`SILENT_S` ends ``failed``
+(a driver of an older modelplane, which never says so, is left alone).
 
 A job whose end the control plane missed also missed its token's revoke: the sweep revokes
 the token an ended job's metadata names (``train submit`` mints one per job), where that
@@ -73,26 +73,34 @@ class AbandonedRuns:
         running = self._tracker.running_job_runs()
         if not running:
             return ended
+        # Ray's job API away is not an answer; but a driver silent past SILENT_S still ends
+        # its run: its beats reach the control plane, not Ray, and a job API that stayed
+        # away (a dead dashboard) had left killed jobs' runs running for good.
+        client, unanswered = None, ""
         try:
             client = self._job_client()
         except JobSubmissionError as error:
-            log.info("cannot look for abandoned runs: %s", error.message)
-            return ended
+            log.info("cannot ask Ray about running jobs: %s", error.message)
+            unanswered = error.message
         from training.submission import job_missing
 
         this_cluster = functools.cache(self._this_cluster)  # asked once a sweep, if at all
         for run_id, job_id, run_started, ran_on, alive_at in running:
             try:
+                if client is None:
+                    raise JobSubmissionError(unanswered, detail={})
                 info = client.info(job_id)
             except JobSubmissionError as error:
                 # Not this cluster's job, or the job API is away: not an answer; unless the
                 # run ran on this cluster before it restarted, or its driver fell silent.
-                if job_missing(error) and ran_on is not None and \
+                missing = job_missing(error)
+                if missing and ran_on is not None and \
                         (now := this_cluster()) is not None and ran_on.restarted_as(now):
                     ended += self._end_lost(run_id, job_id, ran_on)
-                elif job_missing(error) and self._silent(alive_at):
-                    ended += self._end_silent(run_id, alive_at, f"Ray job {job_id} is not "
-                                              "this cluster's")
+                elif self._silent(alive_at):
+                    ended += self._end_silent(
+                        run_id, alive_at, f"Ray job {job_id} is not this cluster's" if missing
+                        else f"Ray's job API could not be asked ({error.message})")
                 continue
             status = str(getattr(info.status, "value", info.status))
             finished_ms = getattr(info, "end_time", None)

@@ -315,6 +315,49 @@ def test_a_run_whose_driver_fell_silent_where_the_sweep_cannot_look_is_ended(
     tracker.update_run(older_driver, RunUpdate(status=RunStatus.FINISHED), ALICE)
 
 
+def test_a_silent_driver_s_run_ends_while_ray_s_job_api_cannot_be_asked(
+        tracker: Tracker, api: JobApi) -> None:
+    """A dead dashboard answered nothing about the job a killed driver left: its run stayed
+    running until the dashboard came back, maybe never. The beats reach the control plane,
+    not Ray: silence decides, as for a job Ray does not know."""
+    import time
+
+    from control_plane.abandoned_runs import SILENT_S
+
+    unreachable, timing_out = _job_run(tracker, "job-1"), _job_run(tracker, "job-2")
+    for run_id in (unreachable, timing_out):
+        tracker.run_alive(run_id, ALICE)
+    clock = {"now": time.time()}
+    sweep = AbandonedRuns(tracker, api.connect, now=lambda: clock["now"])
+    assert sweep.sweep() == []
+    api.reachable = False
+    clock["now"] += SILENT_S / 2
+    assert sweep.sweep() == []  # silent, but not for long enough
+    clock["now"] += SILENT_S / 2 + 60
+    assert sweep.sweep() == [unreachable, timing_out]
+    for run_id in (unreachable, timing_out):
+        ended = tracker.get_run(run_id)
+        assert ended.status is RunStatus.FAILED
+        assert "Ray's job API could not be asked (cannot reach Ray's job API" in \
+            ended.params["failure_reason"]
+    # Answering, but not about this job (a timeout): the same.
+    asked = _job_run(tracker, "job-3")
+    tracker.run_alive(asked, ALICE)
+    api.reachable = True
+
+    def times_out(job_id: str) -> Any:
+        raise JobSubmissionError("Ray's job API at http://head:8265 did not answer in 10 s",
+                                 detail={})
+
+    api.info = times_out  # type: ignore[method-assign]
+    clock["now"] = time.time()
+    sweep = AbandonedRuns(tracker, api.connect, now=lambda: clock["now"])
+    assert sweep.sweep() == []
+    clock["now"] += SILENT_S + 60
+    assert sweep.sweep() == [asked]
+    assert "did not answer in 10 s" in tracker.get_run(asked).params["failure_reason"]
+
+
 def test_an_ended_job_s_token_is_revoked_where_its_own_revoke_was_missed(
         db: Any, tracker: Tracker, api: JobApi) -> None:
     """Killed, or ending while the control plane was away, a job revokes neither its run
