@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -68,12 +68,14 @@ MAX_PIPELINES = 500
 
 class Pipelines:
     def __init__(self, db: Database, stages: Mapping[str, Stage], *,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 now: Callable[[], datetime] | None = None,
                  listener: RunListener | None = None, digest: DigestSource | None = None,
                  drift_alerts: DriftAlerts | None = None, offload: Offload | None = None) -> None:
         self.db = db
         self.stages = dict(stages)
-        self._now = now
+        # The store's clock by default: a stage's start stored by one leader is judged
+        # against its deadline by the next, whose own clock may be minutes off.
+        self._now = now or db.now
         self._listener = listener
         self._digest = digest
         self._drift_alerts = drift_alerts

@@ -726,3 +726,18 @@ def test_a_cancel_does_not_wait_for_a_pass_held_up_by_the_job_api(db: Database) 
     assert not passing.is_alive()
     run = pipelines.run("bc")
     assert run.state is RunState.CANCELLED and run.reason == "wrong data"
+
+
+def test_stages_are_timed_on_the_store_s_clock(db: Database,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage's start stored by one leader is held against its deadline by the next: on
+    its own clock, minutes ahead, the next failed healthy jobs as overdue."""
+    store_clock = Clock()
+    monkeypatch.setattr(db, "now", store_clock)
+    stages = all_passing()
+    pipelines = Pipelines(db, stages)
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    run = pipelines.start_run("bc", ALICE)
+    drive(pipelines, lambda: pipelines.run("bc", run.number).state is RunState.SUCCEEDED)
+    done = pipelines.run("bc", run.number)
+    assert {stage.started_at for stage in done.stages if stage.started_at} == {store_clock.now}
