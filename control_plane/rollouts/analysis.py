@@ -307,26 +307,39 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     stable_samples, _ = sample_of(config, compared)
     checks: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}  # check name → why it failed
+    unproven: dict[str, str] = {}  # check name → why it neither passed nor failed
     accuracy = candidate.accuracy
     labelled = accuracy.labelled
 
     def check(name: str, value: float, limit: float | None, worse_if_above: bool = True,
               bound: float | None = None, evidence: str = "") -> None:
         """Fail when ``value`` (or, where given, its confidence ``bound``) is past ``limit``;
-        a NaN bound (too little evidence for one) never fails."""
+        pass when ``value`` is within it; else (past it, but not on evidence: the bound
+        within, or NaN for too little evidence) neither."""
         if limit is None or value is None or math.isnan(value):
             return
-        judged = value if bound is None else bound
-        failed = judged > limit if worse_if_above else judged < limit
-        checks[name] = {"value": value, "limit": limit, "passed": not failed}
+
+        def past(figure: float) -> bool:
+            return figure > limit if worse_if_above else figure < limit
+
+        failed = past(value if bound is None else bound)
+        checks[name] = {"value": value, "limit": limit, "passed": not past(value)}
         if bound is not None:
             checks[name]["bound"] = None if math.isnan(bound) else bound
+        sign = '>' if worse_if_above else '<'
+        side = "lower" if worse_if_above else "upper"
         if failed:
-            sign = '>' if worse_if_above else '<'
             why = "" if bound is None else (
-                f" ({GATE_CONFIDENCE:.0%} {'lower' if worse_if_above else 'upper'} bound "
-                f"{bound:.4g} over {evidence})")
+                f" ({GATE_CONFIDENCE:.0%} {side} bound {bound:.4g} over {evidence})")
             failures[name] = f"{name} {value:.4g} {sign} {limit:.4g}{why}"
+        elif past(value):
+            # A look that passed on "not proven bad" advanced a candidate with three times
+            # the error rate allowed, over 100 requests, two times in five.
+            checks[name]["unproven"] = True
+            unproven[name] = (f"{name} {value:.4g} {sign} {limit:.4g}, not yet on evidence ("
+                              + (f"no {side} bound over {evidence}" if bound is None
+                                 or math.isnan(bound) else f"{GATE_CONFIDENCE:.0%} {side} "
+                                 f"bound {bound:.4g} over {evidence}") + ")")
 
     # The sample's latency, which the Monitor cut as the rollout's ways of routing say
     # (sample_routings): sticky or pinned requests only where the rollout counts them.
@@ -424,6 +437,9 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
     if unjudged:
         return CheckResult(Verdict.INCONCLUSIVE, checks, why_unjudged)
+    if unproven:
+        return CheckResult(Verdict.INCONCLUSIVE, checks, "; ".join(unproven.values()) + (
+            ": past the limit, waiting for the evidence to decide"))
     uncompared = [name for name, limit in relative_limits(config)
                   if limit is not None and name not in checks]
     if uncompared and (stable is not None if has_stable is None else has_stable):

@@ -139,14 +139,17 @@ def test_latency_gates_fail_on_evidence_not_on_a_thin_windows_luck() -> None:
     rng = np.random.default_rng(3)
     stable = _latency_snapshot(list(rng.lognormal(np.log(0.010), 0.3, size=300)))
     # Twelve requests from the same distribution, one of them unlucky: the point p95 ratio
-    # is past 1.5, but twelve values cannot bound a p95 from above or place it far up.
+    # is past 1.5, but twelve values cannot bound a p95 from above or place it far up. Not
+    # a failure, nor a pass: the next window decides.
     lucky = [*rng.lognormal(np.log(0.010), 0.3, size=11), 0.040]
     thin = _latency_snapshot(lucky)
     gates = AnalysisConfig(min_samples=10, max_p95_ratio=1.5, max_p95_ms=25)
     result = analyse(gates, thin, stable)
     assert thin.latency.sample.p95_ms > 25 and result.checks["p95_ratio"]["value"] > 1.5
-    assert result.verdict == Verdict.PASS, result.reason
+    assert result.verdict == Verdict.INCONCLUSIVE, result.reason
     assert result.checks["p95_ms"]["bound"] < 25 and result.checks["p95_ratio"]["bound"] < 1.5
+    assert result.checks["p95_ms"]["unproven"] and result.checks["p95_ratio"]["unproven"]
+    assert "p95_ratio 2.388 > 1.5, not yet on evidence (95% lower bound" in result.reason
     # Twelve slow requests are evidence enough against a 25 ms limit and against stable.
     slow = _latency_snapshot(list(rng.lognormal(np.log(0.050), 0.1, size=12)))
     failed = analyse(gates, slow, stable)
@@ -203,7 +206,8 @@ def test_refusals_shared_with_stable_or_too_few_to_tell_do_not_fail() -> None:
     assert analyse(AnalysisConfig(min_samples=100), same[2], same[1]).verdict == Verdict.PASS
     few = _two_versions({200: 150, 400: 2}, {200: 1000})  # 1.3% on 152: no evidence of 1%
     result = analyse(AnalysisConfig(min_samples=100), few[2], few[1])
-    assert result.verdict == Verdict.PASS and result.checks["refused_rate_increase"]["passed"]
+    assert result.verdict == Verdict.INCONCLUSIVE
+    assert result.checks["refused_rate_increase"]["unproven"]
     off = AnalysisConfig(min_samples=100, max_refused_rate_increase=None)
     worse = _two_versions({200: 600, 400: 400}, {200: 1000})
     assert analyse(off, worse[2], worse[1]).verdict == Verdict.PASS
@@ -654,16 +658,19 @@ def test_a_candidate_answering_nans_at_100_percent_fails_without_stable_to_compa
     broken = analyse(AnalysisConfig(), _answers(1000, 1000), stable)
     assert broken.verdict == Verdict.FAIL and "not_finite_rate 1 > 0.01" in broken.reason
     few = analyse(AnalysisConfig(), _answers(1000, 12), stable)  # 1.2%: no evidence past 1%
+    assert few.verdict == Verdict.INCONCLUSIVE and few.checks["not_finite_rate"]["unproven"]
     # A stable too thin to compare with leaves the relative checks unknown.
     passed = Verdict.PASS if stable is None else Verdict.INCONCLUSIVE
-    assert few.verdict == passed and few.checks["not_finite_rate"]["passed"]
     assert analyse(AnalysisConfig(), _answers(1000, 0), stable).verdict == passed
 
 
 def test_two_stray_server_errors_in_a_thin_window_are_no_verdict() -> None:
     snapshots = _two_versions({200: 118, 500: 2}, {200: 1998, 500: 2})
     result = analyse(AnalysisConfig(min_samples=100), snapshots[2], snapshots[1])
-    assert result.verdict == Verdict.PASS and result.checks["error_rate"]["value"] > 0.01
+    assert result.verdict == Verdict.INCONCLUSIVE and result.checks["error_rate"]["value"] > 0.01
+    assert result.checks["error_rate"]["unproven"]
+    quiet = _two_versions({200: 119, 500: 1}, {200: 1998, 500: 2})  # within the limit
+    assert analyse(AnalysisConfig(min_samples=100), quiet[2], quiet[1]).verdict == Verdict.PASS
     many = _two_versions({200: 900, 500: 100}, {200: 1000})
     assert analyse(AnalysisConfig(min_samples=100), many[2], many[1]).verdict == Verdict.FAIL
 
