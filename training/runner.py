@@ -34,7 +34,7 @@ from training.schemas import DEFAULT_MAX_WORKERS, JobSpec
 from training.spec import dump_job_spec
 from training.storage import check_storage, checkpoint_storage
 from training.text import TextEncoding, fit_vocabulary
-from training.watchdog import Watchdog
+from training.watchdog import FinishDeadline, Watchdog
 
 # Set when the job is asked to stop (SIGTERM from `ray job stop`): whatever exception the
 # interrupted Ray call turns that into, the run ends "killed", not "failed".
@@ -142,13 +142,17 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
                            params=params, tags=tags, environment=run_environment(cluster["summary"]))
     echo(f"run {run.id} in experiment {spec.experiment.name}")
     alive = AliveSignal(functools.partial(client.run_alive, run.id)).start()
+    finishing = FinishDeadline(spec.resources.finish_timeout_s, _interrupt_main,
+                               functools.partial(_give_up, client, run.id))
     try:
         placement, left_s = wait_for_placement(lambda: _plan(spec, where),
                                                spec.resources.placement_timeout_s, echo)
         result = _finish(spec, client, token, run.id, dataset, split, train_run_name, storage,
                          init=init, resume=resume, register=register, echo=echo,
-                         placement=placement, placement_left_s=left_s, texts=texts)
+                         placement=placement, placement_left_s=left_s, texts=texts,
+                         finishing=finishing)
     except BaseException as error:
+        finishing.stop()
         alive.stop()
         if OVERDUE and not STOP_REQUESTED.is_set():
             _end_quietly(client, run.id, "failed", OVERDUE[0])
@@ -183,7 +187,8 @@ def refuse_crowning(spec: JobSpec) -> None:
 def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Dataset, split: Split,
             train_run_name: str, storage: str, *, init: Any, resume: str | None, register: bool,
             echo: Callable[[str], None], placement: Placement,
-            placement_left_s: float, texts: TextSplit | None = None) -> JobResult:
+            placement_left_s: float, finishing: FinishDeadline,
+            texts: TextSplit | None = None) -> JobResult:
     from training.early_stopping import EarlyStopping
     from training.evaluation import classification_metrics, regression_metrics
     from training.export import (
@@ -207,7 +212,8 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     state = _fit(spec, client, token, run_id, dataset, split, train_run_name, storage,
                  init_state=init.state_dict if init else None, resume=resume, echo=echo,
                  placement=placement, placement_left_s=placement_left_s,
-                 n_ids=texts.encoding.id_count if texts is not None else 0)
+                 n_ids=texts.encoding.id_count if texts is not None else 0, finishing=finishing)
+    finishing.enter("evaluating on the validation rows")
     network = from_bundle(state["network"])
     best = state.get("best_weights")
     if best is not None:
@@ -238,6 +244,7 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     patiently(lambda: client.log_metrics(run_id, {f"eval_{k}": v for k, v in metrics.items()},
                                          step=epochs))
 
+    finishing.enter("exporting to ONNX and checking it against torch")
     if texts is not None:
         assert dataset.class_labels is not None
         onnx_model = export_onnx(network)
@@ -263,13 +270,16 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     kept = [(MODEL_BUNDLE_ARTIFACT, bundle.getvalue()), ("model/model.onnx", onnx_model),
             *([("model/model.zip", artifact)] if steps else []),
             ("job.yaml", dump_job_spec(spec).encode())]
+    finishing.enter("uploading the run's artifacts")
     for path, content in kept:
         patiently(functools.partial(client.log_artifact, run_id, path, content))
     patiently(lambda: client.log_params(run_id, {"epochs_run": epochs, "stopped_early": stopped,
                                                  "onnx_max_abs_diff": diff}))
     if not register:
+        finishing.stop()
         return JobResult(run_id, spec.model_name, None, epochs, stopped, metrics, diff)
 
+    finishing.enter("profiling the training rows and registering the version")
     first_output = next(iter(torch_outputs(network, split.x_train).values()))
     if texts is not None:
         profile = text_reference_profile(spec, texts.encoding, texts.x_train[:, 0], first_output)
@@ -284,8 +294,10 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     try:
         version = register_version(client, spec, artifact, manifest)
     except AliasNotMovedError as error:
+        finishing.stop()
         _note_registered(client, run_id, f"{error.version.model}:{error.version.version}", echo)
         raise
+    finishing.stop()  # registered: what is left is bookkeeping, each step bounded
     alias = f" (alias {spec.registration.alias})" if spec.registration.alias else ""
     echo(f"registered {version.model}:{version.version}{alias}")
     _note_registered(client, run_id, f"{version.model}:{version.version}", echo)
@@ -295,8 +307,10 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
 def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Dataset, split: Split,
          train_run_name: str, storage: str, *, init_state: Any, resume: str | None,
          echo: Callable[[str], None], placement: Placement,
-         placement_left_s: float, n_ids: int = 0) -> dict[str, Any]:
-    """Train on Ray Train; returns the state in the final checkpoint."""
+         placement_left_s: float, finishing: FinishDeadline,
+         n_ids: int = 0) -> dict[str, Any]:
+    """Train on Ray Train; returns the state in the final checkpoint (loaded under
+    ``finishing``, which starts as the training ends)."""
     import ray
     from ray.train import (
         CheckpointConfig,
@@ -361,6 +375,7 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
                             detail={"run_id": run_id}) from None
     finally:
         watchdog.stop()
+    finishing.start()
     if result.checkpoint is None:
         raise TrainingError("training ended without a checkpoint", detail={"run_id": run_id})
     return load_state(result.checkpoint)
@@ -429,6 +444,19 @@ def fit_noting_stops(trainer: Any) -> Any:
 def _progress(client: Any, run_id: str) -> tuple[tuple[str, float], ...]:
     """The run's latest metrics as the control plane holds them: they change every epoch."""
     return tuple(sorted(client.get_run(run_id).latest_metrics.items()))
+
+
+def _give_up(client: Any, run_id: str, reason: str) -> None:
+    """The main thread is stuck past an interrupt's reach (native code, a hung read): end
+    the run from here, one try each, and the process with it, which ends the job."""
+    import sys
+
+    with contextlib.suppress(Exception):
+        client.log_params(run_id, {"failure_reason": reason[:2000]})
+    with contextlib.suppress(Exception):
+        client.end_run(run_id, "failed")
+    print(f"error: {reason}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def _interrupt_main(reason: str) -> None:

@@ -116,3 +116,53 @@ def _away(error: BaseException) -> bool:
     from control_plane.errors import cannot_answer_now
 
     return isinstance(error, OSError) or cannot_answer_now(error)
+
+
+class FinishDeadline:
+    """A bound on the work after training: loading the final checkpoint, evaluation, the
+    ONNX export and its checks, uploads and the registration. None of it reports epochs,
+    and the driver's alive beats go on from their own thread, so a step hung there (an
+    export in native code, a read from a stalled mount) held the job and its run
+    ``running`` for good.
+
+    Past ``limit_s`` it calls ``on_overdue(reason)`` once (an interrupt of the main thread:
+    the job fails, saying which step it was in); where the work still holds ``grace_s``
+    later, stuck past an interrupt's reach, ``on_stuck(reason)``, which ends the process."""
+
+    def __init__(self, limit_s: float, on_overdue: Callable[[str], None],
+                 on_stuck: Callable[[str], None], *, grace_s: float = 60.0) -> None:
+        self.limit_s, self.grace_s = limit_s, grace_s
+        self._on_overdue, self._on_stuck = on_overdue, on_stuck
+        self.phase = "loading the final checkpoint"
+        self._stop = threading.Event()
+        self._firing = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> FinishDeadline:
+        def watch() -> None:
+            if self._stop.wait(self.limit_s):
+                return
+            with self._firing:
+                if self._stop.is_set():
+                    return
+                reason = (f"the work after training was still {self.phase} after "
+                          f"resources.finish_timeout_s ({self.limit_s:g} s); the job was "
+                          "stopped, its checkpoints kept for a resume")
+                self._on_overdue(reason)
+            if not self._stop.wait(self.grace_s):
+                self._on_stuck(f"{reason}, its process ended: the step did not heed the "
+                               f"stop for {self.grace_s:g} s")
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=watch, name="finish-deadline", daemon=True)
+            self._thread.start()
+        return self
+
+    def enter(self, phase: str) -> None:
+        """Name the step under way (the reason names it)."""
+        self.phase = phase
+
+    def stop(self) -> None:
+        """The work ended: once this returns, neither callback is called."""
+        with self._firing:
+            self._stop.set()

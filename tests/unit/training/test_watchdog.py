@@ -177,3 +177,87 @@ def test_a_deadline_found_as_the_training_ends_is_not_acted_on() -> None:
     watchdog._thread.join(5)  # type: ignore[union-attr]
     assert not watchdog._thread.is_alive()  # type: ignore[union-attr]
     assert called == [] and watchdog.reason is None
+
+
+def test_the_work_after_training_is_bounded_and_names_its_step() -> None:
+    """After fit() nothing reported epochs and the alive beats went on: an export or a read
+    that hung held the job, and its run, running for good."""
+    from training.watchdog import FinishDeadline
+
+    overdue, stuck = [], []
+    finished = threading.Event()
+    deadline = FinishDeadline(0.2, overdue.append, lambda why: (stuck.append(why), finished.set()),
+                              grace_s=0.2).start()
+    deadline.enter("exporting to ONNX and checking it against torch")
+    assert finished.wait(10), "the deadline never gave up"
+    assert len(overdue) == 1 and "still exporting to ONNX" in overdue[0]
+    assert "resources.finish_timeout_s (0.2 s)" in overdue[0]
+    assert len(stuck) == 1 and stuck[0].startswith(overdue[0]) and "did not heed" in stuck[0]
+    heeded = FinishDeadline(0.1, overdue.append, stuck.append, grace_s=5).start()
+    wait_until = threading.Event()
+    wait_until.wait(0.5)
+    heeded.stop()  # the interrupt was heeded: the job is ending
+    wait_until.wait(0.3)
+    assert len(overdue) == 2 and len(stuck) == 1
+    quick = FinishDeadline(0.2, overdue.append, stuck.append).start()
+    quick.stop()  # registered in time
+    wait_until.wait(0.5)
+    assert len(overdue) == 2 and len(stuck) == 1
+
+
+@pytest.mark.parametrize("stuck", [False, True], ids=["interruptible", "past-an-interrupt"])
+def test_a_job_hung_after_training_ends_whatever_holds_it(stuck: bool, tmp_path) -> None:
+    """The driver's own wiring (training.runner's callbacks), in a process of its own: a
+    step that heeds the interrupt fails as a deadline; one stuck in native code (a lock
+    no signal wakes) is ended with its process, the run's end tried first."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import functools, threading, time
+        from training import runner
+        from training.watchdog import FinishDeadline
+
+        class Client:
+            def log_params(self, run_id, params):
+                print("log_params", run_id, params["failure_reason"], flush=True)
+            def end_run(self, run_id, status):
+                print("end_run", run_id, status, flush=True)
+
+        deadline = FinishDeadline(0.3, runner._interrupt_main,
+                                  functools.partial(runner._give_up, Client(), "run-1"),
+                                  grace_s=0.5).start()
+        deadline.enter("exporting to ONNX and checking it against torch")
+        try:
+            if {stuck}:
+                held = threading.Lock()
+                held.acquire()
+                held.acquire()  # no interrupt reaches this
+            else:
+                end = time.monotonic() + 30
+                while time.monotonic() < end:  # Python's own work: the interrupt lands
+                    pass
+        except KeyboardInterrupt:
+            deadline.stop()
+            print("interrupted:", runner.OVERDUE[0], flush=True)
+            raise SystemExit(2)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=str(tmp_path), env={**__import__("os").environ,
+                                                              "PYTHONPATH": _repo()})
+    if stuck:
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "log_params run-1 the work after training was still exporting" in done.stdout
+        assert "end_run run-1 failed" in done.stdout
+        assert "did not heed the stop" in done.stderr
+    else:
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "interrupted: the work after training was still exporting" in done.stdout
+        assert "end_run" not in done.stdout
+
+
+def _repo() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[3])
