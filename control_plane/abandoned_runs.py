@@ -136,16 +136,25 @@ class AbandonedRuns:
             log.warning("did not revoke token %r of Ray job %s: %s", name, job_id, error.message)
 
     def _conclude(self, run_id: str, outcome: RunStatus, reason: str, *,
-                  finished_by: str | None = None,
+                  finished_by: str | None = None, advice: str = "",
                   silent_since: datetime | None = None) -> list[str]:
-        """End ``run_id`` as ``outcome`` for ``reason``; ``finished`` instead where its job
-        (``finished_by``, as the reason names it) had registered a version from it with its
-        own token: its work done, only its last word lost, a failed run read as no
-        candidate while its version (and the alias it moved) stood."""
-        if finished_by is not None and (registered := self._tracker.registered_from(run_id)):
+        """End ``run_id`` as ``outcome`` for ``reason`` (and ``advice``); ``finished``
+        instead where its job had registered a version from it with its own token, unless
+        stopped: its work done, only its last word lost. A failed run read as no candidate
+        while its version (and the alias it moved) stood, and its advice to resubmit made
+        a second. ``finished_by`` names the job where it ended well but for its last word."""
+        registered = self._tracker.registered_from(run_id) if outcome is not RunStatus.KILLED \
+            else []
+        if registered and finished_by is not None:
             outcome, reason = RunStatus.FINISHED, (
                 f"{finished_by} registered {', '.join(registered)}, but could not end the run "
                 "itself (the control plane was away)")
+        elif registered:
+            outcome, reason = RunStatus.FINISHED, (
+                f"{reason}; it had registered {', '.join(registered)} from this run first: "
+                "its work was done")
+        else:
+            reason += advice
         if not self._tracker.end_abandoned(run_id, outcome, reason, SWEEPER,
                                            silent_since=silent_since):
             return []
@@ -197,10 +206,11 @@ class AbandonedRuns:
 
     def _end_lost(self, run_id: str, job_id: str, ran_on: RayCluster) -> list[str]:
         reason = (f"its Ray job {job_id} ran on this Ray cluster ({ran_on.address}, head "
-                  f"{ran_on.head}) before it restarted (session {ran_on.session}); the restart ended the job's process and "
-                  "Ray's record of it. Resubmit the job (checkpoint.resume_from: this run's "
-                  "id goes on from its last checkpoint)")
-        return self._conclude(run_id, RunStatus.FAILED, reason)
+                  f"{ran_on.head}) before it restarted (session {ran_on.session}); the restart "
+                  "ended the job's process and Ray's record of it")
+        return self._conclude(run_id, RunStatus.FAILED, reason, advice=(
+            ". Resubmit the job (checkpoint.resume_from: this run's id goes on from its last "
+            "checkpoint)"))
 
 
 def _ran_within(run_started: datetime, job_started_ms: int | None, job_ended_ms: int) -> bool:

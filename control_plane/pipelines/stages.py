@@ -185,11 +185,13 @@ class TrainStage:
                     f"{context.spec.training.timeout_s:g} s (training.timeout_s); stopped"))
             return Outcome(StageState.RUNNING, outputs={"job_id": job_id, "status": status}, logs=logs)
         client.info(job_id)  # an ended job's token is revoked
-        if status != "SUCCEEDED":
+        # A job killed after it registered (its process lost, the OOM killer) ended FAILED
+        # with its version standing: a failed stage had the pipeline run again for another.
+        found = self._registered(context, job_id) if status in ("SUCCEEDED", "FAILED") else None
+        if status != "SUCCEEDED" and found is None:
             tail = _last_line(client.logs(job_id))
             return Outcome(StageState.FAILED, outputs={"job_id": job_id, "status": status}, logs=logs,
                            reason=f"training job {job_id} ended {status}" + (f": {tail}" if tail else ""))
-        found = self._registered(context, job_id)
         if found is None:
             return Outcome(StageState.FAILED, outputs={"job_id": job_id, "status": status}, logs=logs,
                            reason=f"training job {job_id} succeeded but registered no version of "

@@ -71,6 +71,41 @@ def sweep(tracker: Tracker, api: JobApi) -> AbandonedRuns:
     return AbandonedRuns(tracker, api.connect, grace_s=30, now=lambda: NOW_S)
 
 
+def test_a_job_killed_after_it_registered_leaves_its_run_finished_not_to_resubmit(
+        tracker: Tracker, registry: Any, api: JobApi, sweep: AbandonedRuns,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its version registered and its alias moved, then the OOM killer or a lost node: the
+    run read failed, and its reason's advice to resubmit made a second version. A stopped
+    job stays killed: the stop was someone's word."""
+    from control_plane.ray_clusters import RayCluster
+    from control_plane.schemas import VersionCreate
+    from tests.onnx_models import linear_classifier, linear_classifier_manifest
+
+    killed, stopped, lost = (_job_run(tracker, job) for job in ("job-1", "job-2", "job-3"))
+    for seed, run_id in enumerate((killed, stopped, lost)):
+        digest = registry.artifacts.put([linear_classifier(seed=seed)]).digest
+        registry.register_version("iris", VersionCreate(artifact_digest=digest,
+                                  manifest=linear_classifier_manifest(
+                                      lineage={"run_id": run_id})), ALICE)
+    api.jobs = {"job-1": _ended_s_ago(60, "FAILED", "Job entrypoint command failed with exit "
+                                      "code -9"), "job-2": _ended_s_ago(60, "STOPPED")}
+    assert sorted(sweep.sweep()) == sorted([killed, stopped])
+    ended = tracker.get_run(killed)
+    assert ended.status is RunStatus.FINISHED and "failure_reason" not in ended.params
+    assert "exit code -9; it had registered iris:1 from this run first: its work was done" \
+        in ended.params["ended_by"]
+    assert tracker.get_run(stopped).status is RunStatus.KILLED
+    # A run whose cluster restarted under it, after it registered: finished, not resubmitted.
+    before = RayCluster("head:6379", "head-a", "session_1")
+    monkeypatch.setattr(tracker, "running_job_runs", lambda: [
+        (lost, "job-3", tracker.get_run(lost).start_time, before, None)])
+    restarted = AbandonedRuns(tracker, api.connect, grace_s=30, now=lambda: NOW_S,
+                              cluster=lambda: RayCluster("head:6379", "head-a", "session_2"))
+    assert restarted.sweep() == [lost]
+    reason = tracker.get_run(lost).params["ended_by"]
+    assert "its work was done" in reason and "Resubmit" not in reason
+
+
 def test_a_run_whose_job_ended_without_ending_it_is_ended_with_the_reason(
         tracker: Tracker, api: JobApi, sweep: AbandonedRuns,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -396,6 +396,19 @@ def test_the_version_the_stage_passes_is_the_one_its_own_job_registered(registry
         "submission_id": job_id, "submitted": True, "attempt": 1}))
     assert outcome.state is StageState.PASSED, outcome.reason
     assert (outcome.outputs["run_id"], outcome.outputs["version"]) == (run.id, mine)
+    # Killed after it registered (its process lost, the OOM killer), the job ends FAILED
+    # with its version standing: a failed stage had the pipeline train another. A job
+    # stopped (cancelled) passes nothing.
+    api.logs = lambda job_id: "Traceback ...\nKilled"  # type: ignore[attr-defined]
+    for status, passed in (("FAILED", True), ("STOPPED", False)):
+        api.status_now = status
+        outcome = TrainStage(services, job_client=api.connect).advance(_fresh(60, {
+            "submission_id": job_id, "submitted": True, "attempt": 1}))
+        assert (outcome.state is StageState.PASSED) is passed, outcome.reason
+        if passed:
+            assert outcome.outputs["version"] == mine and outcome.outputs["status"] == "FAILED"
+        else:
+            assert outcome.reason == f"training job {job_id} ended STOPPED: Killed"
 
 
 def test_only_the_job_api_s_own_404_says_a_job_is_missing() -> None:
