@@ -500,12 +500,16 @@ class DeployStage:
         return self.services.rollouts.start(spec, run_principal(context.run))
 
     def _first_deploy(self, context: StageContext, endpoint: str, model: str, version: int) -> Outcome:
+        from control_plane.leadership import request_apply
         from control_plane.schemas import DeployRequest
 
         self.services.deployments.deploy(
             DeployRequest(endpoint=endpoint, model_ref=f"{model}:{version}"),
             run_principal(context.run))
-        self.services.apply_committed(endpoint)
+        # Applied by the leader's own loop within half a second, not on this pass: Serve's
+        # calls have no deadline, and a wedged Serve controller held the pass (and every
+        # pipeline with it) for good.
+        request_apply(self.services.db, endpoint)
         return Outcome(StageState.PASSED, outputs={"deployed": f"{model}:{version}",
                                                    "endpoint": endpoint},
                        reason="a new endpoint: deployed directly, no rollout")

@@ -4,6 +4,7 @@ real data, evaluation, approval and deploy stages on a real store and real ONNX 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -309,13 +310,22 @@ def test_a_first_deploy_is_done_once_across_a_crash_and_a_failing_apply(
         record = StageRecord(name="deploy", state=StageState.RUNNING, started_at=now)
         return StageContext(run=run, spec=spec, record=record, now=now)  # type: ignore[arg-type]
 
-    def refuse(endpoint: str | None = None) -> None:
-        raise RuntimeError("Serve's controller did not answer")
+    def wedged(endpoint: str | None = None) -> None:
+        threading.Event().wait()  # Serve's controller never answers
+
+    from control_plane.leadership import take_apply_requests
 
     stage = world.stages["deploy"]
-    stage.services.apply = refuse
-    first = stage.advance(context())
+    stage.services.apply = stage.services.apply_committed = wedged
+    passed: list[Any] = []
+    first_pass = threading.Thread(target=lambda: passed.append(stage.advance(context())),
+                                  daemon=True)
+    first_pass.start()
+    first_pass.join(30)  # the pass never waits on Serve: the leader's loop applies it
+    assert passed, "the pass waits on Serve"
+    first = passed[0]
     assert first.state is StageState.PASSED and "deployed directly" in first.reason
+    assert take_apply_requests(world.registry.db) == {"bc-new"}
     again = stage.advance(context())  # what the next pass after a crash sees
     assert again.state is StageState.PASSED, again.reason
     assert "already serves bc:" in again.reason and "all of it" in again.reason
