@@ -468,8 +468,20 @@ class Pipelines:
         try:
             stage.cancel(self._context(run, after))
         except Exception:
-            log.exception("could not stop what the %s stage of %s#%d started", after.name,
-                          run.out.pipeline, run.out.number)
+            log.exception("could not stop what the %s stage of %s#%d started; the control "
+                          "loop tries again", after.name, run.out.pipeline, run.out.number)
+            self._owe_stop(run, after)
+
+    def _owe_stop(self, run: LoadedRun, record: StageRecord) -> None:
+        """Keep the work ``record`` started as owed a stop on its run, which ended before
+        the work could be recorded (:meth:`_stop_owed_work` tries again). Only logged, a
+        cancelled run's rollout went on to 100%, or its job trained and registered."""
+        with self.db.session() as session:
+            row = session.get(PipelineRunRow, run.out.id, with_for_update=True)
+            if row is None:
+                return
+            row.stages = [{**stage, "progress": record.progress, "stop_owed": True}
+                          if stage["name"] == record.name else stage for stage in row.stages]
 
     def _context(self, run: LoadedRun, record: StageRecord) -> StageContext:
         return StageContext(run=run.out, spec=PipelineSpec.model_validate(run.spec),

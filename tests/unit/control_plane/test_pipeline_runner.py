@@ -200,6 +200,45 @@ def test_work_a_stage_starts_while_another_control_plane_cancels_the_run_is_stop
     assert len(train.calls) == 1 and leader.run("bc").state is RunState.CANCELLED
 
 
+def test_work_started_while_the_run_was_cancelled_whose_stop_fails_is_owed(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, but the leader's stop of the job it started fails (Ray's job API away for
+    a moment): it was only logged, and the job trained and registered for a cancelled run.
+    The run now owes the stop, with the job it names, and the loop makes it."""
+    clock = Clock()
+    other: list[Pipelines] = []
+
+    class SubmitsWhileCancelled(Scripted):
+        stop_fails = True
+
+        def advance(self, context: StageContext) -> Outcome:
+            if context.record.state is StageState.RUNNING and not self.calls:
+                other[0].cancel("bc", ALICE, "wrong data")
+            return super().advance(context)
+
+        def cancel(self, context: StageContext) -> None:
+            if context.record.progress and self.stop_fails:
+                raise RuntimeError("Ray's job API did not answer")
+            super().cancel(context)
+
+    from control_plane.pipelines import service
+
+    monkeypatch.setattr(service, "STOP_RETRY_S", 0.0)  # the loop's next try comes at once
+    train = SubmitsWhileCancelled("train", Outcome(StageState.RUNNING, progress={"job": "j-1"}))
+    leader = runner(db, all_passing(train=train), clock)
+    other.append(runner(db, all_passing(), clock))
+    leader.apply(parse_pipeline_spec(spec_document()), ALICE)
+    leader.start_run("bc", ALICE)
+    leader.tick()
+    [owed] = [stage for stage in leader.run("bc").stages if stage.name == "train"]
+    assert owed.stop_owed and owed.progress == {"job": "j-1"}
+    train.stop_fails = False
+    leader.tick()
+    assert [c.record.progress for c in train.cancelled][-1] == {"job": "j-1"}
+    [settled] = [stage for stage in leader.run("bc").stages if stage.name == "train"]
+    assert not settled.stop_owed and leader.run("bc").state is RunState.CANCELLED
+
+
 def test_a_cancel_through_another_control_plane_ends_the_run_cancelled_not_failed(
         db: Database) -> None:
     """A deployer cancels through a control plane that does not lead; the leader's pass
