@@ -189,7 +189,7 @@ class TrainStage:
         # with its version standing: a failed stage had the pipeline run again for another.
         found = self._registered(context, job_id) if status in ("SUCCEEDED", "FAILED") else None
         if status != "SUCCEEDED" and found is None:
-            tail = _last_line(client.logs(job_id))
+            tail = self._last_words(client, job_id)
             return Outcome(StageState.FAILED, outputs={"job_id": job_id, "status": status}, logs=logs,
                            reason=f"training job {job_id} ended {status}" + (f": {tail}" if tail else ""))
         if found is None:
@@ -200,6 +200,18 @@ class TrainStage:
         return Outcome(StageState.PASSED, logs=logs, outputs={
             "job_id": job_id, "status": status, "run_id": run_id,
             "model": context.spec.model_name, "version": version})
+
+    @staticmethod
+    def _last_words(client: Any, job_id: str) -> str:
+        """The ended job's last line, where Ray's job API answers for its logs: a download
+        that kept timing out held a failed job's stage running until training.timeout_s."""
+        from training.errors import JobSubmissionError
+
+        try:
+            return _last_line(client.logs(job_id))
+        except JobSubmissionError as error:
+            log.info("training job %s: its logs could not be read (%s)", job_id, error.message)
+            return ""
 
     def logs(self, record: StageRecord) -> str:
         """The job's output, once it was submitted: its last :data:`LOG_TAIL_CHARS`."""

@@ -469,3 +469,21 @@ def test_a_runs_job_output_is_its_tail() -> None:
     assert shown.startswith(f"({len(chr(10).join(lines)) - LOG_TAIL_CHARS} characters before")
     api.logs = lambda job_id: "short"  # type: ignore[attr-defined]
     assert _stage(api).logs(_context(after_s=30).record) == "short"
+
+
+def test_a_failed_job_whose_logs_cannot_be_read_fails_its_stage_at_once(registry: Any) -> None:
+    """The job's last line is a courtesy: a log download that kept timing out held the
+    ended job's stage running until training.timeout_s."""
+    api = JobApi()
+    api.status_now, api.jobs["pipeline-bc-1-ab"] = "FAILED", {}
+
+    def logs(job_id: str) -> str:
+        raise JobSubmissionError("Ray's job API at http://head:8265 did not answer within "
+                                 "30 s", detail={})
+
+    api.logs = logs  # type: ignore[attr-defined]
+    stage = TrainStage(SimpleNamespace(db=registry.db), job_client=api.connect)
+    outcome = stage.advance(_fresh(60, {"submission_id": "pipeline-bc-1-ab", "submitted": True,
+                                        "attempt": 1}))
+    assert outcome.state is StageState.FAILED, outcome.reason
+    assert outcome.reason == "training job pipeline-bc-1-ab ended FAILED"
