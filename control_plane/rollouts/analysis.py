@@ -248,6 +248,9 @@ class CheckResult:
     verdict: Verdict
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     reason: str = ""
+    # Inconclusive only because some value is past its limit without the evidence to fail
+    # yet: other evidence (the A/B test's "worse") may still decide.
+    unproven: bool = False
 
 
 def wants_baseline(config: AnalysisConfig, stable: VersionSnapshot | None, *,
@@ -439,7 +442,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         return CheckResult(Verdict.INCONCLUSIVE, checks, why_unjudged)
     if unproven:
         return CheckResult(Verdict.INCONCLUSIVE, checks, "; ".join(unproven.values()) + (
-            ": past the limit, waiting for the evidence to decide"))
+            ": past the limit, waiting for the evidence to decide"), unproven=True)
     uncompared = [name for name, limit in relative_limits(config)
                   if limit is not None and name not in checks]
     if uncompared and (stable is not None if has_stable is None else has_stable):

@@ -289,8 +289,10 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
 def _with_ab_test(result: CheckResult, decision: str, reason: str) -> CheckResult:
     """The threshold gates' result with the A/B gate's decision folded in: ``worse``
     fails, ``undecided`` holds (inconclusive, never a failure), ``no_worse`` passes; a
-    threshold failure or too few requests stays as it is."""
-    if decision == "not_tested" or result.verdict == Verdict.INCONCLUSIVE:
+    threshold failure or too few requests stays as it is. A check past its limit without
+    the evidence to fail yet is no reason to ignore the A/B test's ``worse``."""
+    if decision == "not_tested" or (result.verdict == Verdict.INCONCLUSIVE
+                                    and not (result.unproven and decision == "worse")):
         return result
     if decision == "worse":
         reason = f"A/B test: {reason}"

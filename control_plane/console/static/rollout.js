@@ -31,7 +31,8 @@ function checks(analysis) {
   const rows = Object.entries(analysis.checks || {}).map(([name, c]) => [
     name, Array.isArray(c.value) ? c.value.join(", ") || "none" : fmt.num(c.value, 4),
     Array.isArray(c.limit) ? c.limit.join(", ") || "none" : fmt.num(c.limit, 4),
-    badge(c.passed ? "pass" : "fail", c.passed ? "good" : "bad"),
+    // Past its limit without the evidence to fail yet: neither, the next windows decide.
+    c.unproven ? badge("unproven", "warn") : badge(c.passed ? "pass" : "fail", c.passed ? "good" : "bad"),
   ]);
   return table(null, [{ label: "check" }, { label: "value", num: true }, { label: "threshold", num: true }, { label: "verdict" }], rows, "no checks (too little traffic)");
 }

@@ -289,3 +289,20 @@ def test_a_look_passes_a_candidate_only_within_its_limits() -> None:
     assert passes(error_looks(0.03)) < 0.3 and passes(accuracy_looks(0.85)) < 0.3
     assert passes(error_looks(0.002)) > 0.95 and passes(accuracy_looks(0.97)) > 0.95
     assert Verdict.FAIL not in error_looks(0.002) + accuracy_looks(0.97)
+
+
+def test_the_ab_test_s_worse_fails_a_candidate_whose_checks_are_only_unproven() -> None:
+    """Past a limit without the evidence to fail, a look is inconclusive; the A/B test's
+    proof that the candidate is worse must still fail it (it was set aside, and the
+    rollout waited out its deadline to end failed, the version never rejected)."""
+    from control_plane.rollouts.decision import _with_ab_test
+
+    config = AnalysisConfig(min_samples=100)
+    unproven = analyse(config, stats(requests=100, error_rate=0.02), None)
+    assert unproven.verdict == Verdict.INCONCLUSIVE and unproven.unproven
+    worse = _with_ab_test(unproven, "worse", "error rate higher than stable's")
+    assert worse.verdict == Verdict.FAIL and worse.reason == "A/B test: error rate higher than stable's"
+    assert _with_ab_test(unproven, "no_worse", "").verdict == Verdict.INCONCLUSIVE
+    thin = analyse(config, stats(requests=20), None)  # too few requests: nothing decides
+    assert thin.verdict == Verdict.INCONCLUSIVE and not thin.unproven
+    assert _with_ab_test(thin, "worse", "x").verdict == Verdict.INCONCLUSIVE
