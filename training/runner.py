@@ -279,7 +279,7 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
         finishing.stop()
         return JobResult(run_id, spec.model_name, None, epochs, stopped, metrics, diff)
 
-    finishing.enter("profiling the training rows and registering the version")
+    finishing.enter("profiling the training rows")
     first_output = next(iter(torch_outputs(network, split.x_train).values()))
     if texts is not None:
         profile = text_reference_profile(spec, texts.encoding, texts.x_train[:, 0], first_output)
@@ -291,13 +291,14 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
         parent_version=init.version if init and init.model == spec.model_name else None,
         code=code_version(),
     )
+    # Each try of the registration has its deadline and the tries their limit (patiently):
+    # not cut short here, where a slow but live registration would land for a failed run.
+    finishing.stop()
     try:
         version = register_version(client, spec, artifact, manifest)
     except AliasNotMovedError as error:
-        finishing.stop()
         _note_registered(client, run_id, f"{error.version.model}:{error.version.version}", echo)
         raise
-    finishing.stop()  # registered: what is left is bookkeeping, each step bounded
     alias = f" (alias {spec.registration.alias})" if spec.registration.alias else ""
     echo(f"registered {version.model}:{version.version}{alias}")
     _note_registered(client, run_id, f"{version.model}:{version.version}", echo)
@@ -455,6 +456,10 @@ def _give_up(client: Any, run_id: str, reason: str) -> None:
         client.log_params(run_id, {"failure_reason": reason[:2000]})
     with contextlib.suppress(Exception):
         client.end_run(run_id, "failed")
+    with contextlib.suppress(Exception):  # the job's own token dies with it, as on any exit
+        from training.job_token import revoke_own_token
+
+        revoke_own_token()
     print(f"error: {reason}", file=sys.stderr, flush=True)
     os._exit(1)
 

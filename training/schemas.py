@@ -51,8 +51,8 @@ PositiveInt = Annotated[int, Field(ge=1)]
 # finishing on a small cluster without leaving a job waiting all night.
 DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
 DEFAULT_STALL_TIMEOUT_S = 1800.0  # no epoch for half an hour: stuck (a job with longer epochs sets more)
-# The export, its checks, uploads and the registration (which waits out a control plane
-# restarting) take minutes; an hour past training is a step that hung.
+# The export, its checks and uploads (which wait out a control plane restarting) take
+# minutes; an hour past training is a step that hung.
 DEFAULT_FINISH_TIMEOUT_S = 3600.0
 DEFAULT_MAX_WORKERS = 4
 MAX_WORKERS = 4096
@@ -275,7 +275,7 @@ class ResourcesSpec(Section):
     finish_timeout_s: float = Field(
         DEFAULT_FINISH_TIMEOUT_S, gt=0.0, le=7 * 24 * 3600,
         description="Stop the job, failed, when the work after training (loading its last "
-        "checkpoint, evaluation, the ONNX export and its checks, uploads and the "
+        "checkpoint, evaluation, the ONNX export and its checks, uploads, up to the "
         "registration) takes longer than this, saying which step hung.",
     )
     max_failures: Annotated[int, Field(ge=0, le=100)] = Field(

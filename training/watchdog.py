@@ -120,7 +120,8 @@ def _away(error: BaseException) -> bool:
 
 class FinishDeadline:
     """A bound on the work after training: loading the final checkpoint, evaluation, the
-    ONNX export and its checks, uploads and the registration. None of it reports epochs,
+    ONNX export and its checks, uploads and profiling, up to the registration (whose every
+    try has its own deadline). None of it reports epochs,
     and the driver's alive beats go on from their own thread, so a step hung there (an
     export in native code, a read from a stalled mount) held the job and its run
     ``running`` for good.

@@ -216,8 +216,10 @@ def test_a_job_hung_after_training_ends_whatever_holds_it(stuck: bool, tmp_path)
 
     script = textwrap.dedent(f"""
         import functools, threading, time
-        from training import runner
+        from training import job_token, runner
         from training.watchdog import FinishDeadline
+
+        job_token.revoke_job_token = lambda name: print("revoked", name, flush=True)
 
         class Client:
             def log_params(self, run_id, params):
@@ -244,12 +246,13 @@ def test_a_job_hung_after_training_ends_whatever_holds_it(stuck: bool, tmp_path)
             raise SystemExit(2)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, cwd=str(tmp_path), env={**__import__("os").environ,
-                                                              "PYTHONPATH": _repo()})
+                          timeout=60, cwd=str(tmp_path), env={
+                              **__import__("os").environ, "PYTHONPATH": _repo(),
+                              "MODELPLANE_JOB_TOKEN_NAME": "job-7"})
     if stuck:
         assert done.returncode == 1, done.stdout + done.stderr
         assert "log_params run-1 the work after training was still exporting" in done.stdout
-        assert "end_run run-1 failed" in done.stdout
+        assert "end_run run-1 failed" in done.stdout and "revoked job-7" in done.stdout
         assert "did not heed the stop" in done.stderr
     else:
         assert done.returncode == 2, done.stdout + done.stderr
