@@ -99,23 +99,26 @@ _CONTROLLER = "rollout-controller"
 
 def rollout_transition(session: Session, row: Any, current: str, target: str, actor: str,
                        reason: str) -> None:
-    """Queue, for when ``session`` commits, the events of a rollout moving to ``target``.
+    """Keep, within ``session``, the events of a rollout moving to ``target``.
 
     Called by :func:`control_plane.rollouts.records.transition` inside its transaction;
-    never raises.
+    raises only what the store raises (the transaction's own commit would meet it: hidden,
+    a PostgreSQL transaction aborted by it was taken for a stored transition).
     """
-    try:
-        from control_plane.store.models import ModelRow
+    from control_plane.store.models import ModelRow
 
-        model_row = session.get(ModelRow, row.model_id)
-        model = model_row.name if model_row is not None else str(row.model_id)
-        notify_on_commit(session, *rollout_events(
+    model_row = session.get(ModelRow, row.model_id)
+    model = model_row.name if model_row is not None else str(row.model_id)
+    try:
+        events = rollout_events(
             rollout_id=row.id, endpoint=row.endpoint, model=model,
             candidate=row.candidate_version, stable=row.stable_version,
             strategy=row.strategy, current=str(current), target=str(target), actor=actor,
-            reason=reason))
-    except Exception:
+            reason=reason)
+    except Exception:  # a bug of the event's making: the transition stands without it
         log.exception("could not build the notification of rollout #%s", getattr(row, "id", "?"))
+        return
+    notify_on_commit(session, *events)
 
 
 def rollout_events(*, rollout_id: int, endpoint: str, model: str, candidate: int,

@@ -98,3 +98,30 @@ def test_a_change_killed_while_its_event_is_kept_is_not_committed_without_it(
     finally:
         service.uninstall()
         service.notifier.close()
+
+
+def test_a_store_error_keeping_a_rollout_s_events_is_not_hidden_from_its_transition(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rollout's transition and its events are one transaction: a store error keeping
+    the events was logged and swallowed, and on PostgreSQL the transaction it aborted was
+    taken for a stored transition."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.exc import OperationalError
+
+    from control_plane.alerts.notify import Notifier
+    from control_plane.notifications.sources import rollout_transition
+
+    service = NotificationService(Notifier(db)).install()
+
+    def store_fails(session: object, item: object) -> None:
+        raise OperationalError("INSERT INTO notification_outbox", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(service.notifier, "keep_in", store_fails)
+    row = SimpleNamespace(id=7, model_id=1, endpoint="churn", candidate_version=2,
+                          stable_version=1, strategy="canary")
+    try:
+        with pytest.raises(OperationalError), db.session() as session:
+            rollout_transition(session, row, "progressing", "rolled_back", "controller", "slow")
+    finally:
+        service.uninstall()
