@@ -51,6 +51,9 @@ def run_principal(run: PipelineRunOut) -> Principal:
     return pipeline_principal(run.pipeline, run.author)
 
 
+MADE_HERE_SKEW = timedelta(seconds=30)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one pass of a stage found: still ``running``, or a final state."""
@@ -77,8 +80,11 @@ class StageContext:
         """Whether a record (a rollout, a benchmark) was made by this run of this stage: a
         crash, or a store error, may have kept the stage from saying it made it."""
         since = self.record.started_at
+        # The stage's start is on the store's clock, the record's on the machine's that
+        # made it, which may run behind: a rollout made seconds "before" its stage began was
+        # not found, and a second one started. A pipeline's runs are minutes apart.
         return since is not None and created_by == run_principal(self.run).name \
-            and created_at >= since - timedelta(seconds=1)
+            and created_at >= since - MADE_HERE_SKEW
 
     @property
     def candidate(self) -> tuple[str, int] | None:

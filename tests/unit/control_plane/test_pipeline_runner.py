@@ -780,3 +780,21 @@ def test_stages_are_timed_on_the_store_s_clock(db: Database,
     drive(pipelines, lambda: pipelines.run("bc", run.number).state is RunState.SUCCEEDED)
     done = pipelines.run("bc", run.number)
     assert {stage.started_at for stage in done.stages if stage.started_at} == {store_clock.now}
+
+
+def test_a_stage_finds_what_it_made_on_a_machine_whose_clock_runs_behind_the_store() -> None:
+    """Its start is on the store's clock, a rollout's or a benchmark's on the machine's that
+    made it: 5 s behind, the rollout read as made before the stage began, was not found
+    after a crash, and a second one started. A record of an earlier run is not taken."""
+    from control_plane.pipelines.records import StageRecord
+    from control_plane.pipelines.stages import run_principal
+
+    start = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+    run = SimpleNamespace(pipeline="bc", number=2, author="alice")
+    context = StageContext(run=run, spec=parse_pipeline_spec(spec_document()),  # type: ignore[arg-type]
+                           record=StageRecord(name="deploy", state=StageState.RUNNING,
+                                              started_at=start), now=start)
+    me = run_principal(run).name  # type: ignore[arg-type]
+    assert context.made_here(me, start - timedelta(seconds=5))
+    assert not context.made_here(me, start - timedelta(minutes=10))  # the last run's
+    assert not context.made_here("someone-else", start + timedelta(seconds=5))
