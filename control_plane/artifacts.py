@@ -172,7 +172,12 @@ class ArtifactStore:
     def _remove_stale_remote_parts(self) -> int:
         import time
 
-        removed = self._abort_stale_uploads()
+        try:
+            removed = self._abort_stale_uploads()
+        except Exception as error:  # a separate permission (s3:ListBucketMultipartUploads)
+            log.warning("could not look for unfinished uploads in %s/tmp (%s: %s); will look "
+                        "again at the next start", self.uri, type(error).__name__, error)
+            removed = 0
         try:
             parts = self.fs.ls(f"{self.root}/tmp", detail=True, refresh=True)
         except FileNotFoundError:

@@ -90,9 +90,16 @@ class Outbox:
         if waiting >= limit:
             return None
         key = key or uuid.uuid4().hex
-        session.add(OutboxRow(key=key, receiver=receiver, description=description[:500],
-                              body=body, created_at=now, attempts=0, next_at=now,
-                              claimed_by=None, claimed_until=0.0))
+        # Two leaders raising one alert's change at once write one key: the second write is
+        # no error (it failed the alert's whole transaction, its history row lost with it).
+        if session.get_bind().dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        session.execute(insert(OutboxRow).values(
+            key=key, receiver=receiver, description=description[:500], body=body,
+            created_at=now, attempts=0, next_at=now, claimed_by=None, claimed_until=0.0,
+        ).on_conflict_do_nothing(index_elements=["key"]))
         return key
 
     def claim(self, receiver: str, *, for_s: float) -> tuple[Waiting | None, int]:

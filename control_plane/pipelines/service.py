@@ -470,7 +470,12 @@ class Pipelines:
         except Exception:
             log.exception("could not stop what the %s stage of %s#%d started; the control "
                           "loop tries again", after.name, run.out.pipeline, run.out.number)
-            self._owe_stop(run, after)
+            try:
+                self._owe_stop(run, after)
+            except Exception:  # the caller's StaleDataError says what happened to the pass
+                log.exception("could not note what the %s stage of %s#%d started: stop %s "
+                              "by hand", after.name, run.out.pipeline, run.out.number,
+                              after.progress)
 
     def _owe_stop(self, run: LoadedRun, record: StageRecord) -> None:
         """Keep the work ``record`` started as owed a stop on its run, which ended before

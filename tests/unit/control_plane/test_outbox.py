@@ -255,3 +255,31 @@ def test_an_alert_raised_again_is_one_notification_to_its_receiver(db: Database,
         assert fired.idempotency_key("pager") != fired.idempotency_key("slack")
     finally:
         plane.close()
+
+
+def test_one_notification_kept_by_two_leaders_at_once_is_one_row_and_no_error(
+        db: Database) -> None:
+    """Two leaders keep one alert change (one key) at the same moment, each in the
+    transaction of its alert's state: the second insert waited on the first's key, then
+    failed its whole transaction, the alert's history row with it."""
+    import threading
+
+    first, second = Outbox(db), Outbox(db)
+    errors: list[BaseException] = []
+    kept = threading.Event()
+    with db.session() as session:
+        assert first.put_in(session, "pager", "raised", {"n": 1}, limit=10, key="k" * 32)
+
+        def also() -> None:
+            try:
+                with db.session() as other:  # waits for the first to commit
+                    second.put_in(other, "pager", "raised", {"n": 1}, limit=10, key="k" * 32)
+            except BaseException as error:
+                errors.append(error)
+            kept.set()
+
+        racing = threading.Thread(target=also, daemon=True)
+        racing.start()
+        assert not kept.wait(0.5)  # held behind the first's uncommitted row
+    racing.join(30)
+    assert kept.is_set() and errors == [] and Outbox(db).count("pager") == 1
