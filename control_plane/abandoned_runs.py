@@ -16,7 +16,8 @@ and took the job's driver and its record with it, so the run ends ``failed``. Wh
 sweep cannot look (a process on another machine, a job of another cluster, a job API that
 cannot answer), the driver's own word decides: it says it is alive once a minute, to the
 control plane, and a run whose driver has been silent for :data:`SILENT_S` ends ``failed``
-(a driver of an older modelplane, which never says so, is left alone).
+(:data:`UNASKED_SILENT_S` where the job API cannot answer either; a driver of an older
+modelplane, which never says so, is left alone).
 
 A job whose end the control plane missed also missed its token's revoke: the sweep revokes
 the token an ended job's metadata names (``train submit`` mints one per job), where that
@@ -45,6 +46,11 @@ SWEEPER = Principal(name="run-sweeper", role=Role.ADMIN)
 # gone (killed on another host, or with a Ray cluster this control plane cannot ask), or
 # cut off from the control plane for longer than any restart takes.
 SILENT_S = 15 * 60.0
+# Where Ray's job API cannot be asked either, the control plane may be the one cut off (a
+# partition silences every driver and the job API at once): silence counts only past the
+# time a driver that cannot reach the control plane stops its job itself (twice the default
+# stall_timeout_s, training.watchdog), so that a healthy job is never ended by the sweep.
+UNASKED_SILENT_S = 60 * 60.0
 ENDED = {"FAILED": RunStatus.FAILED, "SUCCEEDED": RunStatus.FAILED, "STOPPED": RunStatus.KILLED}
 
 
@@ -97,7 +103,7 @@ class AbandonedRuns:
                 if missing and ran_on is not None and \
                         (now := this_cluster()) is not None and ran_on.restarted_as(now):
                     ended += self._end_lost(run_id, job_id, ran_on)
-                elif self._silent(alive_at):
+                elif self._silent(alive_at, SILENT_S if missing else UNASKED_SILENT_S):
                     ended += self._end_silent(
                         run_id, alive_at, f"Ray job {job_id} is not this cluster's" if missing
                         else f"Ray's job API could not be asked ({error.message})")
@@ -179,12 +185,12 @@ class AbandonedRuns:
                                           "machine can see ended")
         return ended
 
-    def _silent(self, alive_at: datetime | None) -> bool:
+    def _silent(self, alive_at: datetime | None, limit_s: float = SILENT_S) -> bool:
         """Whether a driver that last said it was alive at ``alive_at`` has been silent
-        past :data:`SILENT_S`, counted from this sweep's start at the earliest (a driver
-        that never said so, of an older modelplane, is not)."""
+        past ``limit_s``, counted from this sweep's start at the earliest (a driver that
+        never said so, of an older modelplane, is not)."""
         return alive_at is not None and self._since is not None and \
-            self._now() - max(alive_at.timestamp(), self._since) > SILENT_S
+            self._now() - max(alive_at.timestamp(), self._since) > limit_s
 
     def _end_silent(self, run_id: str, alive_at: datetime | None, why_unseen: str) -> list[str]:
         assert alive_at is not None
