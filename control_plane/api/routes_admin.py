@@ -121,10 +121,14 @@ def download_artifact(digest: str, cp: CP, _: Reader) -> Response:
     check_digest(digest)
     info = cp.artifacts.info(digest)
     chunks: Iterator[bytes] = cp.artifacts.iter_verified(digest)
+    # Served from the console's origin, to anyone by default: a browser saves it, never
+    # renders it (an uploaded page or script would run as the console).
     return StreamingResponse(
         chunks,
         media_type="application/octet-stream",
-        headers={DIGEST_HEADER: digest, "content-length": str(info.size)},
+        headers={DIGEST_HEADER: digest, "content-length": str(info.size),
+                 "x-content-type-options": "nosniff",
+                 "content-disposition": f'attachment; filename="{digest}"'},
     )
 
 

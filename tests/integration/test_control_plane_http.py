@@ -409,6 +409,12 @@ def test_keys_keep_no_webhook_url_and_hold_no_upload(server: ControlPlaneProcess
         "idempotency-key": "upload-0001", "content-type": "application/octet-stream",
         "x-artifact-digest": hashlib.sha256(body).hexdigest()})
     assert upload.status_code == 201, upload.text
+    # Read back from the console's origin, it is saved by a browser, never rendered.
+    fetched = raw.get(f"/artifacts/{upload.json()['digest']}")
+    assert fetched.status_code == 200 and fetched.content == body
+    assert fetched.headers["x-content-type-options"] == "nosniff"
+    assert fetched.headers["content-disposition"] == \
+        f'attachment; filename="{upload.json()["digest"]}"'
     with sqlite3.connect(server.home / "modelplane.db") as store:
         kept = store.execute("SELECT key, body FROM request_replies").fetchall()
     assert all(hook.encode() not in bytes(body or b"") for _, body in kept)
