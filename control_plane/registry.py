@@ -83,6 +83,9 @@ MAX_ALIASES = 1000
 # New aliases one trainer token (a training job's) may make of a model: a job names its
 # version with one or two; a leaked token made the model's whole allowance.
 MAX_TRAINER_ALIASES = 20
+# Versions one trainer token may register: a job registers one (a sweep's, one a trial); a
+# leaked token registered megabytes of manifest at a time, without end.
+MAX_TRAINER_VERSIONS = 100
 
 # A listing of versions leaves out what makes a manifest large (a drift reference may be
 # megabytes), and stops short of its page's limit past LISTING_MAX_BYTES
@@ -254,6 +257,13 @@ class Registry:
                     detail={"field": "manifest.lineage.parent_version"},
                 )
             _check_lineage_run(session, spec.manifest.lineage.run_id, actor)
+            if actor.role is Role.TRAINER and session.scalar(
+                    select(func.count()).select_from(ModelVersionRow).where(
+                        ModelVersionRow.created_by == actor.name)) >= MAX_TRAINER_VERSIONS:
+                raise ConflictError(
+                    f"a training job's token registers at most {MAX_TRAINER_VERSIONS} versions; "
+                    f"{actor.name!r} registered that many: mint a token per job (`modelplane "
+                    "train submit` does)", detail={"field": "token", "limit": MAX_TRAINER_VERSIONS})
             # The UPDATE takes the row's write lock until commit, so concurrent
             # registrations are serialized and numbers are gapless.
             session.execute(

@@ -65,6 +65,9 @@ MAX_RUN_ARTIFACTS = 10_000
 # A run's tags, and an experiment's description and tags: read with every listing of
 # them, which anyone may make (500 at a time; listings are bounded in bytes too).
 MAX_LABELS_BYTES = 64 * 1024
+# Runs one trainer token may start: a job starts one (and its trials' children); a leaked
+# token started runs of a million metric points each, without end.
+MAX_TRAINER_RUNS = 500
 HISTORY_POINTS = 10_000  # a metric's history as read, by default
 
 class Tracker:
@@ -104,6 +107,13 @@ class Tracker:
         """Start a run in ``spec.experiment``, creating the experiment if needed."""
         actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
+            if actor.role is Role.TRAINER and session.scalar(
+                    select(func.count()).select_from(RunRow).where(
+                        RunRow.created_by == actor.name)) >= MAX_TRAINER_RUNS:
+                raise ConflictError(
+                    f"a training job's token starts at most {MAX_TRAINER_RUNS} runs; "
+                    f"{actor.name!r} started that many: mint a token per job (`modelplane "
+                    "train submit` does)", detail={"field": "token", "limit": MAX_TRAINER_RUNS})
             experiment_id = _experiment_id(session, spec.experiment, actor)
             if spec.parent_run_id is not None:
                 _run(session, spec.parent_run_id, field="parent_run_id")

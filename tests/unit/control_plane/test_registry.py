@@ -562,3 +562,35 @@ def test_what_a_writer_gives_anyone_to_read_is_bounded(registry: Registry,
     first = registry.list_models(limit=50)
     assert [m.name for m in first.items] == ["m0", "m1"] and first.limit == 2
     assert [m.name for m in registry.list_models(offset=2).items] == ["m2"]
+
+
+def test_a_training_job_s_token_starts_and_registers_a_bounded_number(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job starts one run and registers one version; a leaked job token (readable by
+    every package the job installs) started runs and registered versions without end."""
+    from control_plane import registry as registry_module
+    from control_plane import tracking as tracking_module
+    from control_plane.auth import Principal
+    from control_plane.schemas import Role, RunCreate
+
+    monkeypatch.setattr(tracking_module, "MAX_TRAINER_RUNS", 2)
+    monkeypatch.setattr(registry_module, "MAX_TRAINER_VERSIONS", 2)
+    job = Principal("job-exp-1", Role.TRAINER, model="iris")
+    tracker = Tracker(registry.db, registry.artifacts)
+    runs = [tracker.start_run(RunCreate(experiment="exp"), job).id for _ in range(2)]
+    with pytest.raises(ConflictError, match="starts at most 2 runs") as refused:
+        tracker.start_run(RunCreate(experiment="exp"), job)
+    assert refused.value.detail == {"field": "token", "limit": 2}
+    tracker.start_run(RunCreate(experiment="exp"), ALICE)  # a person's token is not a job's
+
+    def register(actor: Principal, run_id: str | None, seed: int) -> int:
+        digest = registry.artifacts.put([linear_classifier(seed=seed)]).digest
+        lineage = {"run_id": run_id} if run_id else {}
+        return registry.register_version("iris", VersionCreate(
+            artifact_digest=digest, manifest=linear_classifier_manifest(lineage=lineage)),
+            actor).version
+
+    assert [register(job, runs[index], index) for index in range(2)] == [1, 2]
+    with pytest.raises(ConflictError, match="registers at most 2 versions"):
+        register(job, runs[0], 3)
+    assert register(ALICE, None, 4) == 3
