@@ -20,8 +20,9 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from control_plane.errors import (
@@ -316,3 +317,19 @@ def _token_out(row: TokenRow) -> TokenOut:
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
     )
+
+
+def refuse_past_job_allowance(session: Session, actor: Principal, made_by: Any, limit: int,
+                              what: str) -> None:
+    """Refuse (409, naming the token) a trainer token's write of one more of ``what`` where
+    it already made ``limit`` (counted on ``made_by``, the table's creator column): a
+    job makes one or two, and a leaked job token, readable by every package the job
+    installs, made them without end. Other roles are not counted."""
+    if actor.role is not Role.TRAINER:
+        return
+    made = session.scalar(select(func.count()).where(made_by == actor.name)) or 0
+    if made >= limit:
+        raise ConflictError(
+            f"a training job's token makes at most {limit} {what}; {actor.name!r} made that "
+            "many: mint a token per job (`modelplane train submit` does)",
+            detail={"field": "token", "limit": limit})

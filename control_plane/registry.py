@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.artifact_claims import claim_artifact
 from control_plane.artifacts import ArtifactStore
-from control_plane.auth import TRAINING, Principal
+from control_plane.auth import TRAINING, Principal, refuse_past_job_allowance
 from control_plane.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -257,13 +257,8 @@ class Registry:
                     detail={"field": "manifest.lineage.parent_version"},
                 )
             _check_lineage_run(session, spec.manifest.lineage.run_id, actor)
-            if actor.role is Role.TRAINER and session.scalar(
-                    select(func.count()).select_from(ModelVersionRow).where(
-                        ModelVersionRow.created_by == actor.name)) >= MAX_TRAINER_VERSIONS:
-                raise ConflictError(
-                    f"a training job's token registers at most {MAX_TRAINER_VERSIONS} versions; "
-                    f"{actor.name!r} registered that many: mint a token per job (`modelplane "
-                    "train submit` does)", detail={"field": "token", "limit": MAX_TRAINER_VERSIONS})
+            refuse_past_job_allowance(session, actor, ModelVersionRow.created_by,
+                                      MAX_TRAINER_VERSIONS, "versions")
             # The UPDATE takes the row's write lock until commit, so concurrent
             # registrations are serialized and numbers are gapless.
             session.execute(

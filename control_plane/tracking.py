@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.artifact_claims import claim_artifact
 from control_plane.artifacts import ArtifactStore
-from control_plane.auth import TRAINING, Principal
+from control_plane.auth import TRAINING, Principal, refuse_past_job_allowance
 from control_plane.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -107,13 +107,8 @@ class Tracker:
         """Start a run in ``spec.experiment``, creating the experiment if needed."""
         actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
-            if actor.role is Role.TRAINER and session.scalar(
-                    select(func.count()).select_from(RunRow).where(
-                        RunRow.created_by == actor.name)) >= MAX_TRAINER_RUNS:
-                raise ConflictError(
-                    f"a training job's token starts at most {MAX_TRAINER_RUNS} runs; "
-                    f"{actor.name!r} started that many: mint a token per job (`modelplane "
-                    "train submit` does)", detail={"field": "token", "limit": MAX_TRAINER_RUNS})
+            refuse_past_job_allowance(session, actor, RunRow.created_by, MAX_TRAINER_RUNS,
+                                      "runs")
             experiment_id = _experiment_id(session, spec.experiment, actor)
             if spec.parent_run_id is not None:
                 _run(session, spec.parent_run_id, field="parent_run_id")

@@ -172,27 +172,45 @@ def test_cancel_stops_the_current_stage_and_a_cancelled_write_is_refused(db: Dat
         pipelines.cancel("bc", ALICE)
 
 
+class SubmitsWhileCancelled(Scripted):
+    """A train stage that submits a job while a deployer cancels the run through another
+    control plane (``other``); its stop of the job fails while ``stop_fails``."""
+
+    def __init__(self, other: Pipelines | None = None, *, stop_fails: bool = False) -> None:
+        super().__init__("train", Outcome(StageState.RUNNING, progress={"job": "j-1"}))
+        self.other, self.stop_fails = other, stop_fails
+
+    def advance(self, context: StageContext) -> Outcome:
+        if context.record.state is StageState.RUNNING and not self.calls:
+            assert self.other is not None
+            self.other.cancel("bc", ALICE, "wrong data")  # lands before the job is recorded
+        return super().advance(context)
+
+    def cancel(self, context: StageContext) -> None:
+        if context.record.progress and self.stop_fails:
+            raise RuntimeError("Ray's job API did not answer")
+        super().cancel(context)
+
+
+def cancelled_while_submitting(db: Database, train: SubmitsWhileCancelled) -> Pipelines:
+    """The leader, after the pass in which ``train`` submitted its job and lost the race."""
+    clock = Clock()
+    leader = runner(db, all_passing(train=train), clock)
+    train.other = runner(db, all_passing(), clock)
+    leader.apply(parse_pipeline_spec(spec_document()), ALICE)
+    leader.start_run("bc", ALICE)
+    leader.tick()
+    return leader
+
+
 def test_work_a_stage_starts_while_another_control_plane_cancels_the_run_is_stopped(
         db: Database) -> None:
     """The leader's train stage submits a job while a deployer cancels the run through
     another control plane: the cancellation finds no job in the run's record (it is not
     written yet), and the leader's record of the job loses the race. The leader stops the
     job it started rather than leaving it to run for a cancelled run."""
-    clock = Clock()
-    other: list[Pipelines] = []
-
-    class SubmitsWhileCancelled(Scripted):
-        def advance(self, context: StageContext) -> Outcome:
-            if context.record.state is StageState.RUNNING and not self.calls:
-                other[0].cancel("bc", ALICE, "wrong data")  # lands before the job is recorded
-            return super().advance(context)
-
-    train = SubmitsWhileCancelled("train", Outcome(StageState.RUNNING, progress={"job": "j-1"}))
-    leader = runner(db, all_passing(train=train), clock)
-    other.append(runner(db, all_passing(), clock))
-    leader.apply(parse_pipeline_spec(spec_document()), ALICE)
-    leader.start_run("bc", ALICE)
-    leader.tick()
+    train = SubmitsWhileCancelled()
+    leader = cancelled_while_submitting(db, train)
     run = leader.run("bc")
     assert run.state is RunState.CANCELLED and run.reason == "wrong data"
     assert [c.record.progress for c in train.cancelled] == [{"job": "j-1"}]
@@ -205,31 +223,11 @@ def test_work_started_while_the_run_was_cancelled_whose_stop_fails_is_owed(
     """As above, but the leader's stop of the job it started fails (Ray's job API away for
     a moment): it was only logged, and the job trained and registered for a cancelled run.
     The run now owes the stop, with the job it names, and the loop makes it."""
-    clock = Clock()
-    other: list[Pipelines] = []
-
-    class SubmitsWhileCancelled(Scripted):
-        stop_fails = True
-
-        def advance(self, context: StageContext) -> Outcome:
-            if context.record.state is StageState.RUNNING and not self.calls:
-                other[0].cancel("bc", ALICE, "wrong data")
-            return super().advance(context)
-
-        def cancel(self, context: StageContext) -> None:
-            if context.record.progress and self.stop_fails:
-                raise RuntimeError("Ray's job API did not answer")
-            super().cancel(context)
-
     from control_plane.pipelines import service
 
     monkeypatch.setattr(service, "STOP_RETRY_S", 0.0)  # the loop's next try comes at once
-    train = SubmitsWhileCancelled("train", Outcome(StageState.RUNNING, progress={"job": "j-1"}))
-    leader = runner(db, all_passing(train=train), clock)
-    other.append(runner(db, all_passing(), clock))
-    leader.apply(parse_pipeline_spec(spec_document()), ALICE)
-    leader.start_run("bc", ALICE)
-    leader.tick()
+    train = SubmitsWhileCancelled(stop_fails=True)
+    leader = cancelled_while_submitting(db, train)
     [owed] = [stage for stage in leader.run("bc").stages if stage.name == "train"]
     assert owed.stop_owed and owed.progress == {"job": "j-1"}
     train.stop_fails = False

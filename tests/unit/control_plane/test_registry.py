@@ -578,7 +578,7 @@ def test_a_training_job_s_token_starts_and_registers_a_bounded_number(
     job = Principal("job-exp-1", Role.TRAINER, model="iris")
     tracker = Tracker(registry.db, registry.artifacts)
     runs = [tracker.start_run(RunCreate(experiment="exp"), job).id for _ in range(2)]
-    with pytest.raises(ConflictError, match="starts at most 2 runs") as refused:
+    with pytest.raises(ConflictError, match="makes at most 2 runs") as refused:
         tracker.start_run(RunCreate(experiment="exp"), job)
     assert refused.value.detail == {"field": "token", "limit": 2}
     tracker.start_run(RunCreate(experiment="exp"), ALICE)  # a person's token is not a job's
@@ -591,6 +591,6 @@ def test_a_training_job_s_token_starts_and_registers_a_bounded_number(
             actor).version
 
     assert [register(job, runs[index], index) for index in range(2)] == [1, 2]
-    with pytest.raises(ConflictError, match="registers at most 2 versions"):
+    with pytest.raises(ConflictError, match="makes at most 2 versions"):
         register(job, runs[0], 3)
     assert register(ALICE, None, 4) == 3
