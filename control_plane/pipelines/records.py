@@ -65,6 +65,14 @@ class StageRecord(Wire):
         "stopping it has not succeeded yet: the control loop tries again until it does."))
 
 
+def stored_stage(raw: dict[str, Any]) -> StageRecord:
+    """A stage as the store keeps it. Fields this version does not know (written by a newer
+    control plane beside it, during an upgrade) are left out, not refused: refused, the
+    run could be neither advanced nor cancelled, and its pipeline took no other run."""
+    known = {key: value for key, value in raw.items() if key in StageRecord.model_fields}
+    return StageRecord.model_validate(known)
+
+
 def fresh_stages() -> list[dict[str, Any]]:
     return [StageRecord(name=name).model_dump(mode="json") for name in STAGES]
 

@@ -40,6 +40,7 @@ from control_plane.pipelines.records import (
     StageState,
     Trigger,
     fresh_stages,
+    stored_stage,
 )
 from control_plane.pipelines.spec import PipelineSpec, data_mismatch
 from control_plane.pipelines.stages import PASSING_TROUBLE, Outcome, Stage, StageContext
@@ -719,6 +720,6 @@ def _run_out(row: PipelineRunRow) -> PipelineRunOut:
     return PipelineRunOut(
         id=row.id, pipeline=row.pipeline, number=row.number, state=RunState(row.state),
         trigger=Trigger(row.trigger), trigger_detail=row.trigger_detail or {},
-        stages=[StageRecord.model_validate(s) for s in row.stages], reason=row.reason,
+        stages=[stored_stage(s) for s in row.stages], reason=row.reason,
         created_by=row.created_by, author=row.author_subject, created_at=row.created_at,
         updated_at=row.updated_at, finished_at=row.finished_at)

@@ -490,6 +490,32 @@ def test_a_pipeline_whose_stored_spec_no_longer_reads_stops_no_other(db: Databas
     assert pipelines.run("bc").state is RunState.SUCCEEDED
 
 
+def test_a_run_whose_stages_a_newer_version_wrote_goes_on_and_can_be_cancelled(
+        db: Database) -> None:
+    """During an upgrade a newer control plane writes a field this one does not know into
+    a run's stages: refused, the run was neither advanced nor cancellable (500), and its
+    pipeline took no other run for good."""
+    from sqlalchemy import select
+
+    from control_plane.store.models import PipelineRunRow
+
+    stages, clock = all_passing(train=Scripted("train", Outcome(StageState.RUNNING))), Clock()
+    pipelines = runner(db, stages, clock)
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    pipelines.start_run("bc", ALICE)
+    tick_and_read(pipelines)
+    with db.session() as session:
+        row = session.scalar(select(PipelineRunRow).where(PipelineRunRow.pipeline == "bc"))
+        row.stages = [{**stage, "attempts_by_zone": {"a": 1}} for stage in row.stages]
+    assert pipelines.run("bc").current.name == "train"
+    calls = len(stages["train"].calls)
+    pipelines.tick()
+    assert len(stages["train"].calls) == calls + 1  # advanced as before
+    cancelled = pipelines.cancel("bc", ALICE, "upgrade")
+    assert cancelled.state is RunState.CANCELLED
+    pipelines.start_run("bc", ALICE)  # the pipeline takes runs again
+
+
 def test_spec_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(InvalidPipelineSpecError, match="deploy") as caught:
         parse_pipeline_spec({"name": "bc", "training": spec_document()["training"]})
