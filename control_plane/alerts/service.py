@@ -402,12 +402,12 @@ class AlertService:
                 del self._unsaved[:dropped]
             while self._unsaved:
                 entry = self._unsaved[0]
-                committed: list[Callable[[], None]] = []
                 notification = entry.notification
                 try:
-                    self.store.save(entry.alert, notify=entry.notify, kind=entry.kind,
-                                    within=None if notification is None else functools.partial(
-                                        self._keep_notification, notification, committed))
+                    wake = self.store.save(
+                        entry.alert, notify=entry.notify, kind=entry.kind,
+                        within=None if notification is None else functools.partial(
+                            self.notifier.keep_in, item=notification))
                 except FencedOut:  # this thread's pass is over; the queue waits for another
                     raise
                 except Exception as error:
@@ -420,16 +420,11 @@ class AlertService:
                               entry.alert.name, exc_info=error)
                     self._unsaved.pop(0)
                     continue
-                if notification is not None:
+                if wake is not None:  # its notification kept with it
                     entry.notification = None
                     self.notifier.announce(notification)
-                    for wake in committed:
-                        wake()
+                    wake()
                 self._unsaved.pop(0)
-
-    def _keep_notification(self, notification: Notification,
-                           committed: list[Callable[[], None]], session: Any) -> None:
-        committed.append(self.notifier.keep_in(session, notification))
 
     # ------------------------------------------------------------ the evaluator thread
 

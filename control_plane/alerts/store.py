@@ -168,12 +168,12 @@ class AlertStore:
     # ------------------------------------------------------------ alerts and history
 
     def save(self, alert: Alert, *, notify: AlertState | None, kind: str = "rule",
-             within: Callable[[Session], None] | None = None) -> None:
+             within: Callable[[Session], T] | None = None) -> T | None:
         """Persist an alert's state and, when it fired or resolved, its history entry; and
-        whatever ``within`` adds (its notifications) in the same transaction."""
+        whatever ``within`` adds (its notifications) in the same transaction, whose answer
+        this returns once it committed."""
         with self.db.session() as session:
-            if within is not None:
-                within(session)
+            added = within(session) if within is not None else None
             row = session.scalar(select(AlertRow).where(AlertRow.fingerprint == alert.fingerprint))
             if alert.active and kind == "rule":
                 if row is None:
@@ -191,6 +191,7 @@ class AlertStore:
                     fingerprint=alert.fingerprint, name=alert.name, state=notify.value, kind=kind,
                     endpoint=alert.labels.get("endpoint", "")[:128], severity=alert.severity, labels=alert.labels, summary=alert.summary,
                     value=alert.value, data=alert.data))
+        return added
 
     def load_active(self) -> list[Alert]:
         """The alerts pending or firing when the control plane last stopped."""

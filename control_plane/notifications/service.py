@@ -48,7 +48,8 @@ class NotificationService:
         """Keep ``event`` for its receivers (a store write each); never waits on one, never
         raises."""
         try:
-            event = self._announce(event)
+            event = self._linked(event)
+            self._announce(event)
             self.notifier.deliver(event)
         except Exception:  # whatever happens here, the caller's action stands
             log.exception("could not notify %s", getattr(event, "kind", event))
@@ -74,12 +75,10 @@ class NotificationService:
             return replace(event, link=self.base_url + event.link)
         return event
 
-    def _announce(self, event: Event) -> Event:
-        event = self._linked(event)
+    def _announce(self, event: Event) -> None:
         level = logging.WARNING if event.level != "info" else logging.INFO
         log.log(level, "%s: %s", event.describe(), event.summary)
         self.counters[event.kind.value] += 1
-        return event
 
     def install(self) -> NotificationService:
         """Make this the service :func:`notify` uses in this process."""
