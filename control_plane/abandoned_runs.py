@@ -82,19 +82,19 @@ class AbandonedRuns:
         # Ray's job API away is not an answer; but a driver silent past SILENT_S still ends
         # its run: its beats reach the control plane, not Ray, and a job API that stayed
         # away (a dead dashboard) had left killed jobs' runs running for good.
-        client, unanswered = None, ""
+        client, unreachable = None, None
         try:
             client = self._job_client()
         except JobSubmissionError as error:
             log.info("cannot ask Ray about running jobs: %s", error.message)
-            unanswered = error.message
+            unreachable = error
         from training.submission import job_missing
 
         this_cluster = functools.cache(self._this_cluster)  # asked once a sweep, if at all
         for run_id, job_id, run_started, ran_on, alive_at in running:
             try:
-                if client is None:
-                    raise JobSubmissionError(unanswered, detail={})
+                if unreachable is not None:
+                    raise unreachable  # each run judged as one its own look failed for
                 info = client.info(job_id)
             except JobSubmissionError as error:
                 # Not this cluster's job, or the job API is away: not an answer; unless the
