@@ -12,6 +12,7 @@
 | ``MODELPLANE_TOKEN``            | unset (falls back to ``$MODELPLANE_HOME/admin.token``) | bearer token clients send; in a model replica, the replicas' read-only token |
 | ``MODELPLANE_CACHE_DIR``        | ``modelplane-cache-UID`` in the temp dir | node-local folder where model replicas keep downloaded artifacts |
 | ``MODELPLANE_MAX_ARTIFACT_MB``  | ``2048``                                 | largest artifact accepted, in MiB |
+| ``MODELPLANE_TRAINER_UPLOAD_MB`` | ``8 x $MODELPLANE_MAX_ARTIFACT_MB`` (``16384``) | what one training job's token may upload in all, in MiB (409 past it) |
 | ``MODELPLANE_READS_REQUIRE_TOKEN`` | ``false``                             | whether GET calls also need a token |
 | ``MODELPLANE_FEEDBACK_ALLOWS_ANONYMOUS`` | ``false``                      | accept ``/v2/models/{e}/feedback`` without a label source's token |
 | ``MODELPLANE_MAX_REQUEST_MB``   | ``64``                                   | largest inference request body a replica reads, in MiB (413 above) |
@@ -90,6 +91,10 @@ class Settings(BaseSettings):
     token: str | None = Field(None, repr=False)
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     max_artifact_mb: int = Field(2048, gt=0, json_schema_extra=_expects("a positive integer"))
+    # A job uploads its model three or four times over (bundle, ONNX, served package) and
+    # retries some: a leaked job token filled the store's disk without end.
+    trainer_upload_mb: int | None = Field(None, gt=0, validate_default=True,
+                                          json_schema_extra=_expects("a positive integer"))
     reads_require_token: bool = Field(False, json_schema_extra=_expects(_BOOLEAN))
     # Labels steer rollouts (the accuracy gate): only label sources post them unless opened.
     feedback_allows_anonymous: bool = Field(False, json_schema_extra=_expects(_BOOLEAN))
@@ -159,6 +164,13 @@ class Settings(BaseSettings):
                              "gRPC service needs a port of its own (or 0 for none)")
         return port
 
+    @field_validator("trainer_upload_mb")
+    @classmethod
+    def _default_trainer_upload(cls, megabytes: int | None, info: ValidationInfo) -> int | None:
+        if megabytes is None and "max_artifact_mb" in info.data:
+            return 8 * info.data["max_artifact_mb"]
+        return megabytes
+
     @field_validator("db_url")
     @classmethod
     def _check_db_url(cls, url: str, info: ValidationInfo) -> str:
@@ -226,6 +238,11 @@ class Settings(BaseSettings):
     def max_artifact_bytes(self) -> int:
         """``MODELPLANE_MAX_ARTIFACT_MB`` in bytes."""
         return self.max_artifact_mb * MIB
+
+    @property
+    def trainer_upload_bytes(self) -> int:
+        """``MODELPLANE_TRAINER_UPLOAD_MB`` in bytes."""
+        return (self.trainer_upload_mb or 8 * self.max_artifact_mb) * MIB
 
     @property
     def max_request_bytes(self) -> int:

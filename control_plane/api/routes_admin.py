@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from anyio import to_thread
+from anyio import CancelScope, to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -24,6 +24,7 @@ from control_plane.schemas import (
     TokenCreated,
     TokenOut,
 )
+from control_plane.upload_allowance import UploadAllowance
 from modelplane import __version__
 
 router = APIRouter()
@@ -99,19 +100,33 @@ async def upload_artifact(request: Request, cp: CP, actor: Writer) -> ArtifactOu
             "(MODELPLANE_MAX_ARTIFACT_MB on the control plane)",
             detail={"limit_bytes": cp.artifacts.max_bytes},
         )
+    allowance = UploadAllowance.of(cp.db, actor, cp.settings.trainer_upload_bytes)
+    if allowance is not None and declared is not None:
+        await to_thread.run_sync(allowance.cover, declared)
     expected = request.headers.get(DIGEST_HEADER)
-    writer = await to_thread.run_sync(cp.artifacts.writer, expected)
+    kept = 0
     try:
-        async for chunk in request.stream():
-            if chunk:
+        writer = await to_thread.run_sync(cp.artifacts.writer, expected)
+        try:
+            async for chunk in request.stream():
+                if not chunk:
+                    continue
+                if allowance is not None and not allowance.covers(writer.size + len(chunk)):
+                    await to_thread.run_sync(allowance.cover, writer.size + len(chunk))
                 await to_thread.run_sync(writer.write, chunk)
-        if writer.size == 0:
-            raise InvalidInputError("the upload is empty; send the file as the request body",
-                                    detail={"field": "body"})
-        info = await to_thread.run_sync(store_upload, cp.db, cp.artifacts, writer)
-    except BaseException:
-        writer.abort()
-        raise
+            if writer.size == 0:
+                raise InvalidInputError("the upload is empty; send the file as the request body",
+                                        detail={"field": "body"})
+            info = await to_thread.run_sync(store_upload, cp.db, cp.artifacts, writer)
+        except BaseException:
+            writer.abort()
+            raise
+        kept = info.size
+    finally:
+        if allowance is not None:
+            # Shielded: a caller gone mid-upload is the cancellation this must outlive.
+            with CancelScope(shield=True):
+                await to_thread.run_sync(allowance.settle, kept)
     return ArtifactOut(digest=info.digest, size=info.size)
 
 

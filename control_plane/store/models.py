@@ -244,6 +244,9 @@ class TokenRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A trainer token's uploads to the artifact store, counted against its allowance
+    # (control_plane.upload_allowance); other roles' are not counted.
+    uploaded_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class StoreIdentityRow(Base):

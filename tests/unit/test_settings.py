@@ -54,6 +54,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.url == "https://mp.example:443"
     assert settings.token == "mp_secret"
     assert settings.max_artifact_bytes == 16 * 1024 * 1024
+    assert settings.trainer_upload_bytes == 8 * 16 * 1024 * 1024  # follows the artifact limit
     assert settings.reads_require_token is True
     assert settings.cache_dir == tmp_path / "cache"
     assert "mp_secret" not in repr(settings)
