@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exc, update
+from sqlalchemy import delete, exc, func, select, update
 
 from control_plane.errors import IdempotencyKeyReusedError, RequestInProgressError
 from control_plane.idempotency import Reply
@@ -24,6 +24,10 @@ REPLAY_WINDOW_S = 24 * 3600.0
 HOLD_S = 900.0
 # Expired answers are deleted at most this often per process.
 PRUNE_EVERY_S = 60.0
+# What one caller's kept answers may hold in the window. Each key is a row, and one
+# answer up to a mebibyte: any token could make the store keep a gibibyte a thousand
+# calls at a time.
+KEPT_BYTES_PER_CALLER = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,10 @@ class IdempotencyStore:
     """The keys and answers of :mod:`control_plane.idempotency`."""
 
     def __init__(self, db: Database, *, hold_s: float = HOLD_S,
-                 window_s: float = REPLAY_WINDOW_S) -> None:
+                 window_s: float = REPLAY_WINDOW_S,
+                 kept_bytes: int = KEPT_BYTES_PER_CALLER) -> None:
         self._db = db
+        self.kept_bytes = kept_bytes
         self.hold = timedelta(seconds=hold_s)
         self.window = timedelta(seconds=window_s)
         self._pruned_at = -PRUNE_EVERY_S
@@ -91,11 +97,19 @@ class IdempotencyStore:
             row.holder, row.held_until = hold.holder, now + self.hold
             return hold
 
-    def keep(self, hold: Hold, reply: Reply) -> None:
-        """Keep the answer of the call that holds the key."""
+    def keep(self, hold: Hold, reply: Reply, *, bounded: bool = True) -> bool:
+        """Keep the answer of the call that holds the key, unless (``bounded``) the
+        caller's kept answers would then hold more than ``kept_bytes``; whether kept
+        (where not, the key is still held: keep another answer or release it)."""
         with self._db.session() as session:
+            if bounded:
+                held = session.scalar(select(func.coalesce(func.sum(func.length(
+                    RequestReplyRow.body)), 0)).where(RequestReplyRow.scope == hold.scope))
+                if int(held or 0) + len(reply.body) > self.kept_bytes:
+                    return False
             session.execute(update(RequestReplyRow).where(*_held_by(hold)).values(
                 status=reply.status, headers=reply.headers, body=reply.body))
+        return True
 
     def release(self, hold: Hold) -> None:
         """Free the key after a call that failed: asked again, it acts again."""

@@ -4,11 +4,14 @@
 It sits inside :class:`~control_plane.api.call_gate.CallGate`, so the caller is known (keys
 are per token) and the body is within the API's limit before it is read here. A write
 without the header, or to a route open to anonymous callers, passes as before. A replayed
-answer carries ``Idempotent-Replayed: true``.
+answer carries ``Idempotent-Replayed: true``. A refusal for want of a right (401, 403) is
+not kept, and one caller's kept answers are bounded (``IdempotencyStore.kept_bytes``): past
+that, a write that acted is kept as a few bytes saying so, and a refusal not at all.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 MAX_KEPT_BYTES = 1024 * 1024
 # Set by the server for this answer; a replay gets its own.
 _NOT_KEPT = frozenset({b"content-length", b"date", b"server", b"x-request-id"})
+# Refusals of a caller without the right to the call (no valid token, a role too low):
+# nothing acted, and kept they would be rows any token could add without end.
+NOT_THE_CALLERS = frozenset({401, 403})
 # Routes whose answer holds a secret (a token shown once, a receiver's webhook URL): the
 # store never keeps it. A call asked again is told that the first acted, and what to do.
 SECRET_ANSWERS = tuple(compile_path(path)[0] for path in ("/tokens",
@@ -87,11 +93,20 @@ class IdempotencyGuard:
             if reply is not None and reply.status < 400 and any(
                     secret.match(path) for secret in SECRET_ANSWERS):
                 reply = _secret_withheld(request, key, reply.status)
+            if reply is not None and reply.status in NOT_THE_CALLERS:
+                reply = None  # refused before acting, for a caller without the right
             try:
                 if reply is None:
                     await run_in_threadpool(store.release, hold)
-                else:
-                    await run_in_threadpool(store.keep, hold, reply)
+                elif not await run_in_threadpool(store.keep, hold, reply):
+                    # The caller's kept answers are full: a refusal is asked again; what
+                    # acted is told so when asked again, in a few bytes.
+                    if reply.status >= 400:
+                        await run_in_threadpool(store.release, hold)
+                    else:
+                        await run_in_threadpool(functools.partial(
+                            store.keep, hold, _not_kept(request, key, reply.status,
+                                                        store.kept_bytes), bounded=False))
             except Exception:  # the store went away: the key is freed at its hold's end
                 log.warning("could not keep the answer to idempotency key %r of %s", key,
                             caller, exc_info=True)
@@ -105,11 +120,22 @@ class IdempotencyGuard:
 
 
 def _secret_withheld(request: Request, key: str, status: int) -> Reply:
-    error = ConflictError(
+    return _acted(request, ConflictError(
         f"the call with idempotency key {key!r} acted (HTTP {status}), and its answer held a "
         "secret, which is never kept: look at what it made (`modelplane token list`, "
         "`modelplane alerts receivers`) and make it again under a new key if need be",
-        detail={"field": "idempotency-key"})
+        detail={"field": "idempotency-key"}))
+
+
+def _not_kept(request: Request, key: str, status: int, kept_bytes: int) -> Reply:
+    return _acted(request, ConflictError(
+        f"the call with idempotency key {key!r} acted (HTTP {status}); its answer was not "
+        f"kept: this token's kept answers hold {kept_bytes} bytes already (a day's). Read "
+        "what it changed rather than asking again",
+        detail={"field": "idempotency-key"}))
+
+
+def _acted(request: Request, error: ConflictError) -> Reply:
     return Reply(error.http_status, [["content-type", "application/json"]],
                  json.dumps(error_body(error, request_id(request))).encode())
 

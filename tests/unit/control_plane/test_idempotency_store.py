@@ -73,3 +73,17 @@ def test_answers_are_kept_for_the_window_then_pruned(db: Database) -> None:
     # Past the window, not yet pruned: a key never seen, whatever it came with before.
     expired = IdempotencyStore(db, window_s=0)
     _held(expired, "alice", "key-0004", fingerprint("DELETE", "/api/runs/r1", "", b""))
+
+
+def test_a_caller_s_kept_answers_stop_at_its_bound_and_another_caller_s_do_not(
+        db: Database) -> None:
+    store = IdempotencyStore(db, kept_bytes=100)
+    big = Reply(201, [], b"x" * 60)
+    assert store.keep(_held(store, "alice", "key-0101"), big)
+    over = _held(store, "alice", "key-0102")
+    assert not store.keep(over, big)  # 120 bytes past 100: not kept, the key still held
+    with pytest.raises(RequestInProgressError):
+        store.reserve("alice", "key-0102", CREATE)
+    assert store.keep(over, Reply(409, [], b"acted"), bounded=False)
+    assert store.reserve("alice", "key-0102", CREATE) == Reply(409, [], b"acted")
+    assert store.keep(_held(store, "bob", "key-0101"), big)  # bob's own bound

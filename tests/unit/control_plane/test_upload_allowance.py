@@ -114,7 +114,7 @@ def test_uploads_racing_for_the_last_of_an_allowance_cannot_pass_it_together(api
             outcomes.append(True)
         except ConflictError:
             outcomes.append(False)
-        except BaseException as error:  # noqa: BLE001 - a dead racer fails the test
+        except BaseException as error:  # a racer that died fails the test
             failures.append(error)
 
     racers = [threading.Thread(target=upload) for _ in range(8)]

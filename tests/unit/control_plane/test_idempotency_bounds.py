@@ -1,0 +1,89 @@
+"""What a caller can make the store keep through idempotency keys, on a real control plane
+behind its REST app: refusals for want of a right leave nothing, and one caller's kept
+answers are bounded (past the bound, a write that acted is kept as a few bytes saying so)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from control_plane.auth import Principal
+from control_plane.schemas import Role, TokenCreate
+from control_plane.store.models import RequestReplyRow
+from modelplane.settings import Settings
+
+ROOT = Principal("bounds-root", Role.ADMIN)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[TestClient, object]]:
+    from control_plane.api import build_api
+    from control_plane.service import ControlPlane
+
+    cp = ControlPlane.start(Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")}))
+    client = TestClient(build_api(cp), raise_server_exceptions=False)
+    try:
+        yield client, cp
+    finally:
+        client.close()
+        cp.close()
+
+
+def _bearer(cp: object, name: str, role: Role) -> dict[str, str]:
+    created = cp.tokens.create(TokenCreate(name=name, role=role), ROOT)  # type: ignore[attr-defined]
+    return {"authorization": f"Bearer {created.token}"}
+
+
+def _kept(cp: object, caller: str) -> int:
+    with cp.db.session(readonly=True) as session:  # type: ignore[attr-defined]
+        return session.scalar(select(func.count()).select_from(RequestReplyRow).where(
+            RequestReplyRow.scope == caller))
+
+
+def test_a_refusal_for_want_of_a_right_keeps_nothing_however_many_keys(api) -> None:
+    client, cp = api
+    reader = _bearer(cp, "curious", Role.READER)
+    for n in range(30):
+        answer = client.request("DELETE", "/tokens/someone", headers={
+            **reader, "idempotency-key": f"flood-{n:04d}"})
+        assert answer.status_code == 403, answer.text
+    assert _kept(cp, "curious") == 0
+    # A caller with the right still has its refusal kept, and replayed.
+    admin = _bearer(cp, "keeper", Role.ADMIN)
+    first = client.request("DELETE", "/tokens/ghost", headers={**admin, "idempotency-key": "gone-0001"})
+    again = client.request("DELETE", "/tokens/ghost", headers={**admin, "idempotency-key": "gone-0001"})
+    assert first.status_code == 404 and again.status_code == 404
+    assert again.headers["idempotent-replayed"] == "true" and _kept(cp, "keeper") == 1
+
+
+def test_past_its_bound_a_caller_s_write_is_kept_as_having_acted_and_a_refusal_not_at_all(
+        api) -> None:
+    client, cp = api
+    cp.idempotency.kept_bytes = 2000
+    writer = _bearer(cp, "busy", Role.DEPLOYER)
+
+    def make(name: str, key: str):
+        return client.post("/experiments", json={"name": name, "description": "d" * 300},
+                           headers={**writer, "idempotency-key": key})
+
+    answers = [make(f"exp-{n}", f"make-{n:04d}") for n in range(8)]
+    assert [a.status_code for a in answers] == [201] * 8
+    # The first answers are kept whole; the later ones as a few bytes that say they acted.
+    assert make("exp-0", "make-0000").json() == answers[0].json()
+    late = make("exp-7", "make-0007")
+    assert late.status_code == 409 and "acted (HTTP 201)" in late.json()["error"]
+    assert late.json()["detail"] == {"field": "idempotency-key"}
+    with cp.db.session(readonly=True) as session:
+        held = session.scalar(select(func.sum(func.length(RequestReplyRow.body))).where(
+            RequestReplyRow.scope == "busy"))
+    assert held <= 2000 + 8 * 400
+    # A refusal past the bound is not kept: asked again, it is judged again.
+    duplicate = make("exp-1", "dupe-0001")
+    assert duplicate.status_code == 409 and "acted" not in duplicate.json()["error"]
+    before = _kept(cp, "busy")
+    assert make("exp-1", "dupe-0001").headers.get("idempotent-replayed") is None
+    assert _kept(cp, "busy") == before
