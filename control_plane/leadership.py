@@ -79,6 +79,7 @@ class LeaseState:
     acquired_at: float
     renewed_at: float
     expires_at: float
+    cluster: str | None = None  # the holder's Ray cluster (its session); None: outside Ray
 
 
 def new_holder_id() -> str:
@@ -121,12 +122,13 @@ class Lease:
     def __init__(self, db: Database, *, name: str = CONTROL_LOOPS, holder: str | None = None,
                  length_s: float = LEASE_S, clock: Callable[[], float] | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
-                 store_clock: bool | None = None) -> None:
+                 store_clock: bool | None = None, cluster: str | None = None) -> None:
         if length_s <= 0:
             raise ValueError(f"a lease's length must be positive, got {length_s!r}")
         self.db = db
         self.name = name
         self.holder = holder or new_holder_id()
+        self.cluster = cluster
         self.length_s = length_s
         self._clock = clock or time.time
         # Where several machines share the store (PostgreSQL), a lease's times are the
@@ -201,7 +203,8 @@ class Lease:
                 now = store_now(session)
             if row is None:
                 session.add(LeaseRow(name=self.name, holder=self.holder, term=1, acquired_at=now,
-                                     renewed_at=now, expires_at=now + self.length_s))
+                                     renewed_at=now, expires_at=now + self.length_s,
+                                     cluster=self.cluster))
                 return 1
             if row.holder != self.holder:
                 if row.expires_at > now:
@@ -211,6 +214,7 @@ class Lease:
                                 self.name, row.holder)
                 row.holder, row.term, row.acquired_at = self.holder, row.term + 1, now
             row.renewed_at, row.expires_at = now, now + self.length_s
+            row.cluster = self.cluster
             return row.term
 
     def fence(self, session: Session, *, term: int | None = None) -> None:
@@ -265,7 +269,39 @@ def read_lease(db: Database, name: str = CONTROL_LOOPS) -> LeaseState | None:
         if row is None:
             return None
         return LeaseState(row.name, row.holder, row.term, row.acquired_at, row.renewed_at,
-                          row.expires_at)
+                          row.expires_at, row.cluster)
+
+
+def this_ray_cluster() -> str | None:
+    """This process's Ray cluster, named by its session (a cluster started again is
+    another one); None outside Ray."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray.get_runtime_context().get_session_name() if ray.is_initialized() else None
+
+
+def leader_elsewhere(db: Database, cluster: str, name: str = CONTROL_LOOPS, *,
+                     sleep: Callable[[float], None] = time.sleep) -> LeaseState | None:
+    """The lease as held by a live holder on another Ray cluster than ``cluster``, or None.
+
+    One is live if the lease has not run out and is renewed while watched (half its
+    length, once): a holder of a cluster since stopped or restarted (a new session) is
+    not, and costs no wait once its lease has run out."""
+    first = read_lease(db, name)
+    if first is None or first.cluster in (None, cluster):
+        return None
+    with db.session(readonly=True) as session:
+        now = time.time() if db.is_sqlite else store_now(session)
+    if first.expires_at <= now:
+        return None
+    sleep(max(first.expires_at - first.renewed_at, 0.0) / 2)
+    second = read_lease(db, name)
+    if (second is None or second.cluster in (None, cluster)
+            or second.renewed_at <= first.renewed_at):
+        return None
+    return second
 
 
 ALL_ENDPOINTS = None

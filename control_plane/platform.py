@@ -26,7 +26,7 @@ from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ray_auth import AUTH_MODE, apply_ray_auth_env, ensure_token, ray_auth_env
 from modelplane.errors import ConfigurationError
 from modelplane.ports import free_ports
-from modelplane.settings import Settings, make_private_home
+from modelplane.settings import Settings, make_private_home, url_without_password
 from serving.link_client import HAPROXY_SETTING
 from serving.names import GRPC_APP, SERVER_APP, SERVER_ROUTE, endpoint_url
 
@@ -251,6 +251,7 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
     import ray
     from ray import serve
 
+    from control_plane.leadership import this_ray_cluster
     from control_plane.ownership import claim_control_plane
     from control_plane.serve_app import APP_NAME as CONTROL_PLANE_APP_NAME
     from control_plane.serve_app import deploy_control_plane, read_store_identity
@@ -286,6 +287,8 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
                 http_options={"host": settings.http_host, "port": settings.http_port})
     # Before anything on the cluster changes: is the control plane there this store's?
     store_id = read_store_identity(settings)
+    refuse_store_led_elsewhere(settings, this_ray_cluster(), take_over=take_over,
+                               progress=progress)
     replaced = claim_control_plane(str(settings.home), store_id, take_over=take_over)
     if replaced is not None:
         progress(f"taking over from the control plane of {replaced.describe()}")
@@ -694,6 +697,41 @@ def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
              f"keep serving ({', '.join(others)})")
     for name in mine:
         serve.delete(name)
+
+
+def refuse_store_led_elsewhere(settings: Settings, cluster: str | None, *, take_over: bool,
+                               progress: Callable[[str], None]) -> None:
+    """OwnershipConflictError where this home's store is led by a live control plane on
+    another Ray cluster than ``cluster`` (this one; None: outside Ray, nothing to check),
+    unless ``take_over``. Started there as well, this cluster's control plane led every
+    endpoint here once that one restarted, and left that cluster's unreconciled."""
+    from control_plane.errors import OwnershipConflictError
+    from control_plane.leadership import leader_elsewhere
+    from control_plane.store import Database
+
+    if cluster is None:
+        return
+    db = Database(settings.db_url, migrate=False)
+    try:
+        leader = leader_elsewhere(db, cluster)
+    finally:
+        db.dispose()
+    if leader is None:
+        return
+    if take_over:
+        progress(f"this store's control loops are led by {leader.holder} on another Ray "
+                 "cluster; starting here anyway (--take-over): this cluster's control plane "
+                 "leads once that one stops")
+        return
+    raise OwnershipConflictError(
+        f"this store ({url_without_password(settings.db_url)}) is led by the control plane "
+        f"{leader.holder} on another Ray cluster (session {leader.cluster}). Started here "
+        "too, this cluster's would take every endpoint over when that one restarts, and "
+        "leave that cluster's unreconciled. Nothing was started: run `modelplane down` "
+        "there first, or point MODELPLANE_DB_URL at this cluster's own store; --take-over "
+        "starts here anyway",
+        detail={"leader": leader.holder, "leader_cluster": leader.cluster,
+                "cluster": cluster})
 
 
 def _refuse_another_store(settings: Settings) -> None:

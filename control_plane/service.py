@@ -132,9 +132,9 @@ class ControlPlane:
     def start_control_loops(self, *, interval_s: float = 10.0, lease_s: float | None = None) -> None:
         """Take part in the lease, and run the reconciler (where Serve is attached), rollout,
         pipeline and alert loops in every pass where this process holds it."""
-        from control_plane.leadership import LEASE_S, Lease
+        from control_plane.leadership import LEASE_S, Lease, this_ray_cluster
 
-        self.lease = Lease(self.db, length_s=lease_s or LEASE_S)
+        self.lease = Lease(self.db, length_s=lease_s or LEASE_S, cluster=this_ray_cluster())
         self._took_over = threading.Event()
         self._keep_lease()
         self._lease_loop = self._loop(self.lease.renew_every_s, self._keep_lease, "lease",

@@ -24,7 +24,8 @@ def up(
         False, "--take-over",
         help="Replace a control plane of another store (another home) running on this Ray "
              "cluster; its endpoints keep serving, untouched. Without it, `up` stops and "
-             "names both homes.",
+             "names both homes. Also starts where this store is led from another Ray "
+             "cluster (this one leads once that one stops).",
     ),
 ) -> None:
     """Start Ray (if none is reachable), Serve, the Monitor and the control plane at /api."""

@@ -273,6 +273,9 @@ class LeaseRow(Base):
     acquired_at: Mapped[float] = mapped_column(Float)
     renewed_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
+    # The holder's Ray cluster (its session): a store led from another cluster is refused
+    # to `up` (control_plane.leadership.leader_elsewhere). None: outside Ray.
+    cluster: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class ApplyRequestRow(Base):

@@ -296,6 +296,8 @@ def test_take_over_replaces_only_the_control_plane_and_can_be_undone(
     assert owners["control-plane"].home == str(other) and owners["control-plane"].store_id != ours
     assert owners[f"endpoint-{name}"].store_id == ours  # the old store's endpoint, untouched
     assert given_up.expires_at < given_up.renewed_at + LEASE_S
+    # Its holder names this Ray cluster: `up` on another one with this store is refused.
+    assert given_up.cluster == ray.get_runtime_context().get_session_name()
     assert back.returncode == 0, back.stdout + back.stderr
     assert load.failures() == [], load.failures()[:3]
     np.testing.assert_array_equal(predict(platform, name, rows), before)

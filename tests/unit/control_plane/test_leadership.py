@@ -471,3 +471,50 @@ def test_on_a_shared_store_the_lease_keeps_the_stores_time_not_a_hosts(db: Datab
                   store_clock=True)  # ahead, as another machine's may be
     assert not ahead.hold() and holder.hold()
     assert read_lease(db, "skewed").expires_at < time.time() + 2 * holder.length_s
+
+
+def test_up_is_refused_a_store_led_from_another_ray_cluster_until_that_leader_stops(
+        db: Database, db_url: str, tmp_path: Path) -> None:
+    """`modelplane up` on a second Ray cluster with the first one's store made its control
+    plane lead every endpoint there once the first restarted: the first cluster's were
+    then left unreconciled, its rollouts judged on an empty Monitor."""
+    from control_plane.errors import OwnershipConflictError
+    from control_plane.leadership import leader_elsewhere
+    from control_plane.platform import refuse_store_led_elsewhere
+
+    leader = Lease(db, length_s=1.0, cluster="session-first")
+    stop = threading.Event()
+
+    def lead() -> None:
+        while not stop.is_set():
+            leader.hold()
+            stop.wait(0.1)
+
+    renewing = threading.Thread(target=lead, daemon=True)
+    renewing.start()
+    settings = Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home"),
+                                  "MODELPLANE_DB_URL": db_url})
+    told: list[str] = []
+    try:
+        wait_for(lambda: leader.held, timeout=10, what="the first cluster's leader")
+        assert read_lease(db).cluster == "session-first"  # type: ignore[union-attr]
+        assert leader_elsewhere(db, "session-first") is None  # its own cluster: no wait
+        with pytest.raises(OwnershipConflictError, match="on another Ray cluster") as refused:
+            refuse_store_led_elsewhere(settings, "session-second", take_over=False,
+                                       progress=told.append)
+        assert refused.value.detail["leader"] == leader.holder
+        assert refused.value.detail["leader_cluster"] == "session-first"
+        assert "modelplane down" in refused.value.message and told == []
+        refuse_store_led_elsewhere(settings, "session-second", take_over=True,
+                                   progress=told.append)
+        assert len(told) == 1 and "--take-over" in told[0]
+        refuse_store_led_elsewhere(settings, None, take_over=False, progress=told.append)
+    finally:
+        stop.set()
+        renewing.join(timeout=10)
+    assert not renewing.is_alive()
+    # Stopped without a word (its cluster gone): not renewed while watched, so not live.
+    assert leader_elsewhere(db, "session-second") is None
+    leader.release()
+    refuse_store_led_elsewhere(settings, "session-second", take_over=False, progress=told.append)
+    assert len(told) == 1
