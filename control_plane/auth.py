@@ -319,6 +319,25 @@ def _token_out(row: TokenRow) -> TokenOut:
     )
 
 
+def draw_job_allowance(session: Session, actor: Principal, counter: Any, amount: int,
+                       limit: int, what: str) -> None:
+    """Count ``amount`` more of ``what`` on a trainer token's row (``counter``, a column
+    of it) in ``session``'s transaction, refusing (409, naming the token) where that would
+    pass ``limit``: one conditional update, so writes at once cannot pass it together.
+    Other roles, and principals of no token, are not counted."""
+    if actor.role is not Role.TRAINER or amount <= 0:
+        return
+    drawn = session.execute(update(TokenRow).where(
+        TokenRow.name == actor.name, counter + amount <= limit).values(
+        {counter.key: counter + amount})).rowcount
+    if drawn or session.scalar(select(TokenRow.id).where(TokenRow.name == actor.name)) is None:
+        return
+    raise ConflictError(
+        f"a training job's token makes at most {limit:,} {what}; {actor.name!r} made that "
+        "many: mint a token per job (`modelplane train submit` does)",
+        detail={"field": "token", "limit": limit})
+
+
 def refuse_past_job_allowance(session: Session, actor: Principal, made_by: Any, limit: int,
                               what: str) -> None:
     """Refuse (409, naming the token) a trainer token's write of one more of ``what`` where

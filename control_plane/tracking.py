@@ -13,7 +13,12 @@ from sqlalchemy.orm import Session
 
 from control_plane.artifact_claims import claim_artifact
 from control_plane.artifacts import ArtifactStore
-from control_plane.auth import TRAINING, Principal, refuse_past_job_allowance
+from control_plane.auth import (
+    TRAINING,
+    Principal,
+    draw_job_allowance,
+    refuse_past_job_allowance,
+)
 from control_plane.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -44,7 +49,13 @@ from control_plane.schemas import (
     RunUpdate,
 )
 from control_plane.store import Database
-from control_plane.store.models import ExperimentRow, RunArtifactRow, RunMetricRow, RunRow
+from control_plane.store.models import (
+    ExperimentRow,
+    RunArtifactRow,
+    RunMetricRow,
+    RunRow,
+    TokenRow,
+)
 
 T = TypeVar("T")
 
@@ -68,6 +79,10 @@ MAX_LABELS_BYTES = 64 * 1024
 # Runs one trainer token may start: a job starts one (and its trials' children); a leaked
 # token started runs of a million metric points each, without end.
 MAX_TRAINER_RUNS = 500
+# And the experiments it creates (a job makes one), and the metric points it logs over all
+# its runs: 500 runs of a million points each was half a billion rows.
+MAX_TRAINER_EXPERIMENTS = 50
+MAX_TRAINER_METRIC_POINTS = 5_000_000
 HISTORY_POINTS = 10_000  # a metric's history as read, by default
 
 class Tracker:
@@ -80,6 +95,8 @@ class Tracker:
     def create_experiment(self, spec: ExperimentCreate, actor: Principal) -> ExperimentOut:
         actor.require(Role.DEPLOYER, also=TRAINING)
         with self.db.session() as session:
+            refuse_past_job_allowance(session, actor, ExperimentRow.created_by,
+                                      MAX_TRAINER_EXPERIMENTS, "experiments")
             if session.scalar(select(ExperimentRow.id).where(ExperimentRow.name == spec.name)):
                 raise AlreadyExistsError(
                     f"experiment {spec.name!r} already exists", detail={"field": "name"}
@@ -259,6 +276,8 @@ class Tracker:
                     f"run {run_id} holds {held:,} metric points and a run may hold at most "
                     f"{MAX_METRIC_POINTS:,}; log fewer (every few steps, or fewer keys)",
                     detail={"field": "metrics", "held": held, "limit": MAX_METRIC_POINTS})
+            draw_job_allowance(session, actor, TokenRow.metric_points, len(batch.metrics),
+                               MAX_TRAINER_METRIC_POINTS, "metric points")
             session.add_all(
                 RunMetricRow(
                     run_id=run_id, key=p.key, value=p.value, step=p.step,
@@ -316,6 +335,8 @@ class Tracker:
 
     def compare_runs(self, run_ids: list[str]) -> RunComparison:
         """Params and last/best metrics of several runs, side by side."""
+        # Each run once: the same id fifty times was fifty scans of its metric points.
+        run_ids = list(dict.fromkeys(run_ids))
         params: dict[str, dict[str, Any]] = {}
         last: dict[str, dict[str, float]] = {}
         best: dict[str, dict[str, float]] = {}

@@ -247,6 +247,8 @@ class TokenRow(Base):
     # A trainer token's uploads to the artifact store, counted against its allowance
     # (control_plane.upload_allowance); other roles' are not counted.
     uploaded_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # And the metric points it logged, over all its runs (control_plane.tracking).
+    metric_points: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class StoreIdentityRow(Base):

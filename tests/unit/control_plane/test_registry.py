@@ -594,3 +594,45 @@ def test_a_training_job_s_token_starts_and_registers_a_bounded_number(
     with pytest.raises(ConflictError, match="makes at most 2 versions"):
         register(job, runs[0], 3)
     assert register(ALICE, None, 4) == 3
+
+
+def test_a_training_job_s_token_makes_a_bounded_number_of_experiments_and_metric_points(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted on the token's row: a leaked job token's 500 runs of a million points each
+    were half a billion rows, and its experiments had no bound at all."""
+    from control_plane import tracking as tracking_module
+    from control_plane.auth import Principal, TokenService
+    from control_plane.schemas import (
+        ExperimentCreate,
+        MetricBatch,
+        MetricPoint,
+        Role,
+        RunCreate,
+        TokenCreate,
+    )
+
+    monkeypatch.setattr(tracking_module, "MAX_TRAINER_EXPERIMENTS", 2)
+    monkeypatch.setattr(tracking_module, "MAX_TRAINER_METRIC_POINTS", 5)
+    TokenService(registry.db).create(TokenCreate(name="job-exp-2", role=Role.TRAINER,
+                                                 expires_in_days=1), ALICE)
+    job = Principal("job-exp-2", Role.TRAINER)
+    tracker = Tracker(registry.db, registry.artifacts)
+    for name in ("a", "b"):
+        tracker.create_experiment(ExperimentCreate(name=name), job)
+    with pytest.raises(ConflictError, match="makes at most 2 experiments"):
+        tracker.create_experiment(ExperimentCreate(name="c"), job)
+    tracker.create_experiment(ExperimentCreate(name="c"), ALICE)
+
+    def points(count: int) -> MetricBatch:
+        return MetricBatch(metrics=[MetricPoint(key="loss", value=1.0, step=step)
+                                    for step in range(count)])
+
+    first, second = (tracker.start_run(RunCreate(experiment="a"), job).id for _ in range(2))
+    assert tracker.log_metrics(first, points(3), job) == 3
+    assert tracker.log_metrics(second, points(2), job) == 2  # five, over both runs
+    with pytest.raises(ConflictError, match="makes at most 5 metric points") as refused:
+        tracker.log_metrics(second, points(1), job)
+    assert refused.value.detail == {"field": "token", "limit": 5}
+    assert len(tracker.metric_history(second, "loss")) == 2  # the refused batch left nothing
+    person = tracker.start_run(RunCreate(experiment="a"), ALICE).id
+    assert tracker.log_metrics(person, points(10), ALICE) == 10  # a person's token is not a job's

@@ -133,6 +133,8 @@ def test_compare_runs_picks_last_and_best(tracker: Tracker) -> None:
     assert result.best_metrics["val_loss"] == {a.id: 0.3, b.id: 0.6}
     assert result.best_metrics["accuracy"] == {a.id: 0.8, b.id: 0.75}
     assert lower_is_better("val_loss") and not lower_is_better("accuracy")
+    # A run named again is compared once (each naming was a scan of its points).
+    assert tracker.compare_runs([a.id, b.id, a.id, a.id]).runs == [a.id, b.id]
 
 
 def test_a_runs_latest_figure_is_its_highest_steps_last_point(tracker: Tracker) -> None:

@@ -1,7 +1,9 @@
-"""token uploaded bytes
+"""job token counts
 
-What a trainer token uploaded to the artifact store, counted against its allowance
-(``MODELPLANE_TRAINER_UPLOAD_MB``): a leaked job token uploaded without end.
+What a trainer token uploaded to the artifact store and the metric points it logged,
+counted against its allowances (``MODELPLANE_TRAINER_UPLOAD_MB``, and
+``control_plane.tracking.MAX_TRAINER_METRIC_POINTS``): a leaked job token uploaded and
+logged without end.
 
 Revision ID: 0019
 Revises: 0018
@@ -20,8 +22,11 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("api_tokens", sa.Column("uploaded_bytes", sa.BigInteger(), nullable=False,
                                           server_default="0"))
+    op.add_column("api_tokens", sa.Column("metric_points", sa.BigInteger(), nullable=False,
+                                          server_default="0"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("api_tokens") as batch:
+        batch.drop_column("metric_points")
         batch.drop_column("uploaded_bytes")
