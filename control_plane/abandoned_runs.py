@@ -171,11 +171,11 @@ class AbandonedRuns:
         """End the runs of jobs run in a process of their own (`train run`) whose process
         is gone from this machine: killed, it left its run ``running`` for good. A process
         of another machine, or one this machine cannot tell is gone, is left alone."""
-        from control_plane.leadership import holder_is_gone
+        from modelplane.process_names import process_is_gone
 
         ended = []
         for run_id, process, alive_at in self._tracker.running_process_runs():
-            if holder_is_gone(process):
+            if process_is_gone(process):
                 # Which host and process stays in the run's tags (a token's to read).
                 ended += self._conclude(run_id, RunStatus.FAILED, (
                     "its job's process ended without ending the run (killed, or could not "

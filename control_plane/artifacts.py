@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,11 +32,14 @@ from control_plane.errors import (
     PayloadTooLargeError,
     StorageFullError,
 )
-from modelplane.durable import fsync_path, process_alive
+from modelplane.durable import fsync_path
+from modelplane.process_names import new_process_name, process_is_gone
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+# Ends the writing process's name in a part's name (a name has no "~").
+PART_WRITER_END = "~"
 STALE_PART_S = 6 * 3600  # no upload takes this long; a remote part older than it is left over
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -149,9 +153,11 @@ class ArtifactStore:
     def remove_partial_writes(self) -> int:
         """Delete temporary files left by writers that died; returns how many were removed.
 
-        Locally a writer's pid (in the name) says whether it lives. On a remote store the
-        writer may be on another machine, so a part is left alone until it is older than
-        any upload takes (``STALE_PART_S``); so is an unfinished multipart upload (S3)."""
+        A part's name says which process writes it (``modelplane.process_names``): one of
+        this host and PID namespace that is gone left it. Any other (on another machine:
+        a remote store, or a local folder that several control planes share over NFS)
+        is left alone until it is older than any upload takes (``STALE_PART_S``); so is
+        an unfinished multipart upload (S3)."""
         if not self.is_local:
             try:
                 return self._remove_stale_remote_parts()
@@ -161,17 +167,15 @@ class ArtifactStore:
                 return 0
         removed = 0
         for leftover in Path(self.root, "tmp").glob("*.part"):
-            pid = leftover.name.split("-", 1)[0]
-            if pid.isdigit() and process_alive(int(pid)):
-                continue
-            leftover.unlink(missing_ok=True)
-            removed += 1
+            with contextlib.suppress(FileNotFoundError):  # its write ended meanwhile
+                if (process_is_gone(leftover.name.split(PART_WRITER_END, 1)[0])
+                        or time.time() - leftover.stat().st_mtime > STALE_PART_S):
+                    leftover.unlink()
+                    removed += 1
         return removed
 
 
     def _remove_stale_remote_parts(self) -> int:
-        import time
-
         try:
             removed = self._abort_stale_uploads()
         except Exception as error:  # a separate permission (s3:ListBucketMultipartUploads)
@@ -196,8 +200,6 @@ class ArtifactStore:
         """Cancel the multipart uploads of writers killed mid-upload: S3 keeps (and bills)
         an unfinished upload's parts until it is completed or aborted, and no listing of
         the bucket's objects shows them. Only S3's protocol has them."""
-        import time
-
         call_s3 = getattr(self.fs, "call_s3", None)
         if call_s3 is None:
             return 0
@@ -227,7 +229,7 @@ class ArtifactWriter:
         self._expected = expected_digest
         self._hasher = hashlib.sha256()
         self._size = 0
-        self._temp = f"{store.root}/tmp/{os.getpid()}-{uuid.uuid4().hex}.part"
+        self._temp = f"{store.root}/tmp/{new_process_name()}{PART_WRITER_END}{uuid.uuid4().hex}.part"
         if not store.is_local:
             store.fs.makedirs(f"{store.root}/tmp", exist_ok=True)
         self._handle: Any = store.fs.open(self._temp, "wb")

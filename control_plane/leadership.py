@@ -39,14 +39,10 @@ serves the API, and only the holder of the ``control-loops`` lease runs the loop
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -55,7 +51,7 @@ from sqlalchemy.orm import Session
 from control_plane.store import Database
 from control_plane.store.database import FencedOut, store_now
 from control_plane.store.models import ApplyRequestRow, LeaseRow
-from modelplane.durable import process_alive
+from modelplane.process_names import new_process_name, process_is_gone
 
 log = logging.getLogger(__name__)
 
@@ -82,40 +78,6 @@ class LeaseState:
     cluster: str | None = None  # the holder's Ray cluster (its session); None: outside Ray
 
 
-def new_holder_id() -> str:
-    """A name for this process as a holder, ``host:pid-space:pid:random``: where it runs,
-    for people and for :func:`holder_is_gone`, and a random part so a restarted process
-    with the same pid is another holder."""
-    return f"{socket.gethostname()}:{_pid_space()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _pid_space() -> str:
-    """The PID namespace and the kernel's boot: two containers may share a host name and
-    not their pids (the namespace tells them apart), and two machines may share a host
-    name and a namespace number (every kernel's first is the same), not a boot id. Empty
-    where either is unknown: then no holder is taken for gone."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
-    except OSError:
-        return ""
-    return f"{namespace}.{boot[:16]}" if namespace and boot else ""
-
-
-def holder_is_gone(holder: str) -> bool:
-    """Whether ``holder`` names a process of this host, boot and PID namespace that no
-    longer exists. Anything else (another machine, even of the same name; an unknown
-    namespace; a pid in use; a holder id of another shape) counts as alive: its lease runs
-    out instead."""
-    parts = holder.split(":")
-    if len(parts) != 4 or not parts[1] or not parts[2].isdigit():
-        return False
-    host, space, pid, _ = parts
-    if host != socket.gethostname() or space != _pid_space():
-        return False
-    return not process_alive(int(pid))
-
-
 class Lease:
     """One process's claim on the lease ``name`` in ``db``."""
 
@@ -127,7 +89,7 @@ class Lease:
             raise ValueError(f"a lease's length must be positive, got {length_s!r}")
         self.db = db
         self.name = name
-        self.holder = holder or new_holder_id()
+        self.holder = holder or new_process_name()
         self.cluster = cluster
         self.length_s = length_s
         self._clock = clock or time.time
@@ -208,7 +170,7 @@ class Lease:
                 return 1
             if row.holder != self.holder:
                 if row.expires_at > now:
-                    if not holder_is_gone(row.holder):
+                    if not process_is_gone(row.holder):
                         return None
                     log.warning("taking the %s lease over from %s, whose process is gone",
                                 self.name, row.holder)

@@ -84,7 +84,7 @@ class Role(StrEnum):
 
 JOB_TAG = "ray_job_submission_id"  # a submitted job's driver tags its run with its Ray job id
 # A job run in a process of its own (`train run`, `python -m training.job`) tags its run with
-# that process (control_plane.leadership.new_holder_id's shape).
+# that process (modelplane.process_names.new_process_name's shape).
 PROCESS_TAG = "modelplane_job_process"
 
 

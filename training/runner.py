@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.leadership import new_holder_id
 from control_plane.schemas import JOB_TAG, PROCESS_TAG
+from modelplane.process_names import new_process_name
 from training.alive import AliveSignal
 from training.capacity import ClusterCapacity, Placement, plan_placement, wait_for_placement
 from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
@@ -137,7 +137,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     if submission := _submission_id():
         tags[JOB_TAG] = submission
     else:  # ended by the control plane's sweep once this process is gone, if it is killed
-        tags[PROCESS_TAG] = new_holder_id()
+        tags[PROCESS_TAG] = new_process_name()
     run = client.start_run(spec.experiment.name, name=spec.experiment.run_name or train_run_name,
                            params=params, tags=tags, environment=run_environment(cluster["summary"]))
     echo(f"run {run.id} in experiment {spec.experiment.name}")

@@ -156,12 +156,12 @@ def test_a_run_whose_own_process_is_gone_is_ended_and_others_are_not(
     import os
     import subprocess
 
-    from control_plane.leadership import new_holder_id
     from control_plane.schemas import PROCESS_TAG
+    from modelplane.process_names import new_process_name
 
     ended = subprocess.Popen(["true"])
     ended.wait()
-    mine = new_holder_id()
+    mine = new_process_name()
     gone = mine.replace(f":{os.getpid()}:", f":{ended.pid}:")
     elsewhere = gone.replace(mine.split(":")[0], "another-host", 1)
     runs = {process: tracker.start_run(RunCreate(experiment="exp", tags={PROCESS_TAG: process}),
@@ -180,13 +180,13 @@ def test_a_gone_process_whose_job_registered_its_version_leaves_its_run_finished
     import os
     import subprocess
 
-    from control_plane.leadership import new_holder_id
     from control_plane.schemas import PROCESS_TAG, VersionCreate
+    from modelplane.process_names import new_process_name
     from tests.onnx_models import linear_classifier, linear_classifier_manifest
 
     ended = subprocess.Popen(["true"])
     ended.wait()
-    gone = new_holder_id().replace(f":{os.getpid()}:", f":{ended.pid}:")
+    gone = new_process_name().replace(f":{os.getpid()}:", f":{ended.pid}:")
     run = tracker.start_run(RunCreate(experiment="exp", tags={PROCESS_TAG: gone}), ALICE).id
     digest = registry.artifacts.put([linear_classifier(seed=3)]).digest
     registry.register_version("iris", VersionCreate(

@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,15 +95,28 @@ def test_bad_and_unknown_digests(artifacts: ArtifactStore) -> None:
 
 
 def test_partial_writes_of_dead_processes_are_removed(artifacts: ArtifactStore) -> None:
+    from control_plane.artifacts import PART_WRITER_END, STALE_PART_S
+    from modelplane.process_names import new_process_name
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    dead_pid = int(dead.stdout)
+    here = new_process_name()
+    dead_writer = here.replace(f":{os.getpid()}:", f":{int(dead.stdout)}:")
     tmp = Path(artifacts.root, "tmp")
-    (tmp / f"{dead_pid}-abc.part").write_bytes(b"half an upload")
+    (tmp / f"{dead_writer}{PART_WRITER_END}abc.part").write_bytes(b"half an upload")
+    # A folder shared over NFS: another host's writer, alive as far as anyone here knows,
+    # whose pid may be free here. Its part is left until it is older than any upload.
+    elsewhere = f"other-host{here[here.index(':'):]}".replace(f":{os.getpid()}:",
+                                                             f":{int(dead.stdout)}:")
+    (tmp / f"{elsewhere}{PART_WRITER_END}def.part").write_bytes(b"an upload elsewhere")
+    stale = tmp / f"{elsewhere}{PART_WRITER_END}old.part"
+    stale.write_bytes(b"left long ago")
+    os.utime(stale, (time.time() - STALE_PART_S - 60,) * 2)
     live = artifacts.writer()
     live.write(b"in progress")
-    assert artifacts.remove_partial_writes() == 1
-    assert [p.name.split("-")[0] for p in tmp.iterdir()] == [str(os.getpid())]
+    assert artifacts.remove_partial_writes() == 2
+    assert sorted(p.name.split(PART_WRITER_END)[1] for p in tmp.iterdir()) == sorted(
+        ["def.part", Path(live._temp).name.split(PART_WRITER_END)[1]])
     live.abort()
 
 

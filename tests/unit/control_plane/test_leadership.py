@@ -22,7 +22,6 @@ from control_plane.leadership import (
     SURE_SHARE,
     Lease,
     LeaseLost,
-    new_holder_id,
     read_lease,
     request_apply,
     take_apply_requests,
@@ -31,6 +30,7 @@ from control_plane.service import ControlPlane
 from control_plane.store import Database
 from control_plane.store.database import fenced_writes
 from control_plane.store.models import ApplyRequestRow
+from modelplane.process_names import new_process_name
 from modelplane.settings import Settings
 from tests.waiting import wait_for
 
@@ -104,7 +104,7 @@ def test_a_holder_whose_process_is_gone_from_this_machine_is_taken_over_at_once(
     clocks = Clocks()
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
-    host, namespace, _, tag = new_holder_id().split(":")
+    host, namespace, _, tag = new_process_name().split(":")
 
     def holder(on_host: str, pid: int) -> str:
         return ":".join([on_host, namespace, str(pid), tag])
