@@ -383,9 +383,10 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                   bound=increase[1], evidence=increase[2])
         stable_latency = compared.latency.sample
         if stable_latency.p95_ms > 0 and not math.isnan(stable_latency.p95_ms):
-            # Evidence of a slower candidate: its p95's lower bound over stable's upper one.
+            # Evidence of a slower candidate: its p95's lower bound over stable's upper one,
+            # each at the paired confidence, so that the two together hold at 95%.
             check("p95_ratio", latency.p95_ms / stable_latency.p95_ms, config.max_p95_ratio,
-                  bound=latency.p95_bounds_ms[0] / stable_latency.p95_bounds_ms[1],
+                  bound=latency.p95_paired_bounds_ms[0] / stable_latency.p95_paired_bounds_ms[1],
                   evidence=f"{latency.count} and {stable_latency.count} requests")
     if config.fail_on_drift and candidate.drift.verdict.judged:
         drifted = _drifted(candidate)

@@ -34,6 +34,7 @@ from serving.monitoring.sections import (
     quality_section,
 )
 from serving.monitoring.snapshot import (
+    PAIRED_CONFIDENCE,
     QUANTILE_CONFIDENCE,
     Drift,
     Latency,
@@ -583,10 +584,12 @@ def _quantiles_ms(sketch: Any) -> Quantiles:
         return Quantiles()
     quantiles = sketch.quantiles([0.5, 0.95, 0.99]) * 1000
     bounds = sketch.quantile_bounds([0.95, 0.99], QUANTILE_CONFIDENCE) * 1000
+    paired = sketch.quantile_bounds([0.95], PAIRED_CONFIDENCE) * 1000
     return Quantiles(count=n, p50_ms=float(quantiles[0]), p95_ms=float(quantiles[1]),
                      p99_ms=float(quantiles[2]),
                      p95_bounds_ms=(float(bounds[0, 0]), float(bounds[0, 1])),
-                     p99_bounds_ms=(float(bounds[1, 0]), float(bounds[1, 1])))
+                     p99_bounds_ms=(float(bounds[1, 0]), float(bounds[1, 1])),
+                     p95_paired_bounds_ms=(float(paired[0, 0]), float(paired[0, 1])))
 
 
 def _bins(sketch: Any) -> LatencyBins:

@@ -92,6 +92,7 @@ class Traffic:
 
 
 QUANTILE_CONFIDENCE = 0.95
+PAIRED_CONFIDENCE = 1 - (1 - QUANTILE_CONFIDENCE) / 2
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class Quantiles:
     ``p95_bounds_ms`` and ``p99_bounds_ms`` are distribution-free one-sided
     ``QUANTILE_CONFIDENCE`` bounds ``(low, high)`` on the quantile the requests came from
     (see :mod:`kernels.order_statistics`); NaN where ``count`` requests cannot give one.
+    ``p95_paired_bounds_ms`` are the p95's at ``PAIRED_CONFIDENCE``: a ratio of two
+    versions' p95s is bounded by one bound of each, and holds at ``QUANTILE_CONFIDENCE``
+    only where each does at that (two 5% chances of being wrong add up to 10%).
     """
 
     count: int = 0
@@ -109,6 +113,7 @@ class Quantiles:
     p99_ms: float = NAN
     p95_bounds_ms: tuple[float, float] = (NAN, NAN)
     p99_bounds_ms: tuple[float, float] = (NAN, NAN)
+    p95_paired_bounds_ms: tuple[float, float] = (NAN, NAN)
 
 
 @dataclass(frozen=True)

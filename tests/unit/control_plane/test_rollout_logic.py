@@ -83,6 +83,45 @@ def test_error_rate_and_latency_gates_name_the_failing_check() -> None:
     assert slow.checks["p95_ms"]["passed"] is False and slow.checks["p95_ratio"]["value"] == 6.0
 
 
+def test_the_p95_ratio_fails_on_both_versions_bounds_at_the_paired_confidence() -> None:
+    """The ratio's bound is the candidate's lower bound over stable's upper one: each at
+    95% held together only at 90%. Each is now at 97.5%, so the ratio's holds at 95%."""
+    from serving.monitoring.snapshot import PAIRED_CONFIDENCE, QUANTILE_CONFIDENCE
+
+    assert (1 - PAIRED_CONFIDENCE) * 2 == pytest.approx(1 - QUANTILE_CONFIDENCE)
+    config = AnalysisConfig(max_p95_ratio=2.0)
+    stable = served(500, p95=10.0, p95_bounds=(9.0, 11.0), p95_paired_bounds=(8.5, 12.0))
+    # 25 / 11 = 2.27 past the limit at 95% each; 22 / 12 = 1.83 within it, paired.
+    slower = served(500, p95=30.0, p95_bounds=(25.0, 35.0), p95_paired_bounds=(22.0, 38.0))
+    looked = analyse(config, slower, stable)
+    assert looked.verdict == Verdict.INCONCLUSIVE and looked.unproven
+    assert looked.checks["p95_ratio"]["value"] == 3.0
+    clearly = served(500, p95=40.0, p95_bounds=(36.0, 44.0), p95_paired_bounds=(34.0, 46.0))
+    assert analyse(config, clearly, stable).verdict == Verdict.FAIL  # 34 / 12 = 2.8
+
+
+def test_the_monitor_s_paired_p95_bounds_are_the_order_statistics_at_97_5_percent() -> None:
+    from kernels.order_statistics import quantile_bound_ranks
+    from kernels.sketch import Sketch
+    from serving.monitoring.monitor import _quantiles_ms
+
+    rng = np.random.default_rng(7)
+    latencies = np.sort(rng.lognormal(-5, 0.5, size=400))
+    sketch = Sketch()
+    sketch.add_many(latencies)
+    quantiles = _quantiles_ms(sketch)
+    low, high = quantile_bound_ranks(400, 0.95, 0.975)
+    wide = quantile_bound_ranks(400, 0.95, 0.95)
+    assert low is not None and high is not None and low < wide[0] and high > wide[1]
+    expected = (latencies[low - 1] * 1000, latencies[high - 1] * 1000)
+    assert quantiles.p95_paired_bounds_ms == pytest.approx(expected, rel=0.02)
+    assert quantiles.p95_paired_bounds_ms[0] <= quantiles.p95_bounds_ms[0]
+    assert quantiles.p95_paired_bounds_ms[1] >= quantiles.p95_bounds_ms[1]
+    # Fewer than 72 requests cannot bound a p95 from above at 97.5% (59 at 95%).
+    assert quantile_bound_ranks(71, 0.95, 0.975)[1] is None
+    assert quantile_bound_ranks(72, 0.95, 0.975)[1] == 72
+
+
 def test_shadow_gate_uses_mirrored_comparisons() -> None:
     config = AnalysisConfig(min_samples=50, min_shadow_agreement=0.9)
     few = stats(shadow=ShadowComparison(compared=10, agreement=1.0))
