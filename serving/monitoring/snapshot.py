@@ -361,6 +361,7 @@ class VersionSnapshot:
             "latency_count": every.count,
             "p50_ms": every.p50_ms, "p95_ms": every.p95_ms, "p99_ms": every.p99_ms,
             "p95_bounds_ms": list(every.p95_bounds_ms), "p99_bounds_ms": list(every.p99_bounds_ms),
+            "p95_paired_bounds_ms": list(every.p95_paired_bounds_ms),
             "throughput_rps": traffic.throughput_rps,
             "routing": {kind: asdict(routed) for kind, routed in traffic.routing.items()},
             "pinned_requests": traffic.pinned_requests,
