@@ -262,17 +262,20 @@ class _CoreAdapter:
             # At the interval, or sooner where a busy second's observations wait.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(core.stats_due.wait(), core.config.stats_interval_s)
+            key = (core.config.monitor_actor, core.config.monitor_namespace)
+            if monitor is None or key != monitor_key:
+                # A GCS lookup blocks: off the event loop, and only until a handle is found.
+                # Looked up before the statistics are taken: where there is no Monitor
+                # (yet, or while it restarts) they stay with the recorder, not dropped.
+                monitor, monitor_key = await asyncio.to_thread(get_monitor, *key), key
+                if monitor is None:
+                    await asyncio.sleep(core.config.stats_interval_s)
+                    continue
             # The monitoring kernels run here, a step at a time between requests (see
             # StatsRecorder.to_delta_in_steps).
             delta = await core.take_stats().to_delta_in_steps()
             if not delta:
                 continue
-            key = (core.config.monitor_actor, core.config.monitor_namespace)
-            if monitor is None or key != monitor_key:
-                # A GCS lookup blocks: off the event loop, and only until a handle is found.
-                monitor, monitor_key = await asyncio.to_thread(get_monitor, *key), key
-                if monitor is None:
-                    continue
             # Profiles travel once; a Monitor that restarted (and lost them) asks again.
             attach_profiles(delta, core.monitoring, self._profiles_shipped)
             sent = {core.monitoring[v].profile_key for v, d in delta.items() if "profile" in d}

@@ -162,3 +162,35 @@ def test_a_shipper_that_meets_an_unforeseen_error_ships_again(
         assert len(lookups) >= 2 and monitor.shipped, "the shipper did not start again"
 
     asyncio.run(run())
+
+
+def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipper took the recorder's statistics and then looked the Monitor up: where
+    there was none (starting, or restarting) what it took was dropped, and with it the
+    answers (and failures) of those seconds."""
+    monitor = StandInMonitor()
+    found: list[StandInMonitor | None] = [None]
+    monkeypatch.setattr(endpoint, "get_monitor", lambda *key: found[0])
+    core = make_core(reference_profile())
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
+    rows = [np.zeros((1, 4), np.float32)]
+
+    async def run() -> None:
+        shipper = asyncio.get_running_loop().create_task(Replica(core)._ship_forever())
+        try:
+            await send_many(core, rows * 30)
+            await asyncio.sleep(0.5)  # ten intervals without a Monitor
+            found[0] = monitor
+            for _ in range(300):
+                if sum(d[1]["monitoring"]["rows"] for _, d in monitor.shipped if 1 in d) >= 30:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            shipper.cancel()
+        shipped = sum(d[1]["monitoring"]["rows"] for _, d in monitor.shipped if 1 in d)
+        assert shipped == 30 and sum(d[1]["codes"].get(200, 0) for _, d in monitor.shipped
+                                     if 1 in d) == 30
+
+    asyncio.run(run())
