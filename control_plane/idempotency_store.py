@@ -24,8 +24,8 @@ REPLAY_WINDOW_S = 24 * 3600.0
 HOLD_S = 900.0
 # Expired answers are deleted at most this often per process.
 PRUNE_EVERY_S = 60.0
-# What one caller's kept answers may hold in the window. Each key is a row, and one
-# answer up to a mebibyte: any token could make the store keep a gibibyte a thousand
+# What one caller's kept answers may hold (its oldest go past it). Each key is a row, and
+# one answer up to a mebibyte: any token could make the store keep a gibibyte a thousand
 # calls at a time.
 KEPT_BYTES_PER_CALLER = 64 * 1024 * 1024
 
@@ -97,19 +97,35 @@ class IdempotencyStore:
             row.holder, row.held_until = hold.holder, now + self.hold
             return hold
 
-    def keep(self, hold: Hold, reply: Reply, *, bounded: bool = True) -> bool:
-        """Keep the answer of the call that holds the key, unless (``bounded``) the
-        caller's kept answers would then hold more than ``kept_bytes``; whether kept
-        (where not, the key is still held: keep another answer or release it)."""
+    def keep(self, hold: Hold, reply: Reply) -> None:
+        """Keep the answer of the call that holds the key. Where the caller's kept
+        answers then hold more than ``kept_bytes``, its oldest go (asked again that late,
+        such a call acts again): retries come within minutes, and refusing to keep the
+        newest would fail a retry of a call that acted."""
         with self._db.session() as session:
-            if bounded:
-                held = session.scalar(select(func.coalesce(func.sum(func.length(
-                    RequestReplyRow.body)), 0)).where(RequestReplyRow.scope == hold.scope))
-                if int(held or 0) + len(reply.body) > self.kept_bytes:
-                    return False
-            session.execute(update(RequestReplyRow).where(*_held_by(hold)).values(
-                status=reply.status, headers=reply.headers, body=reply.body))
-        return True
+            kept = session.execute(update(RequestReplyRow).where(*_held_by(hold)).values(
+                status=reply.status, headers=reply.headers, body=reply.body)).rowcount
+            if not kept:
+                return
+            of_caller = (RequestReplyRow.scope == hold.scope,
+                         RequestReplyRow.status.is_not(None))
+            held = int(session.scalar(select(func.coalesce(func.sum(func.length(
+                RequestReplyRow.body)), 0)).where(*of_caller)) or 0)
+            if held <= self.kept_bytes:
+                return
+            oldest = session.execute(
+                select(RequestReplyRow.key, func.length(RequestReplyRow.body))
+                .where(*of_caller, RequestReplyRow.key != hold.key)
+                .order_by(RequestReplyRow.created_at)).all()
+            evicted = []
+            for key, size in oldest:
+                if held <= self.kept_bytes:
+                    break
+                evicted.append(key)
+                held -= int(size or 0)
+            if evicted:
+                session.execute(delete(RequestReplyRow).where(
+                    RequestReplyRow.scope == hold.scope, RequestReplyRow.key.in_(evicted)))
 
     def release(self, hold: Hold) -> None:
         """Free the key after a call that failed: asked again, it acts again."""

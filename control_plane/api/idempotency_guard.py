@@ -6,12 +6,11 @@ are per token) and the body is within the API's limit before it is read here. A 
 without the header, or to a route open to anonymous callers, passes as before. A replayed
 answer carries ``Idempotent-Replayed: true``. A refusal for want of a right (401, 403) is
 not kept, and one caller's kept answers are bounded (``IdempotencyStore.kept_bytes``): past
-that, a write that acted is kept as a few bytes saying so, and a refusal not at all.
+that, its oldest go.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -98,15 +97,8 @@ class IdempotencyGuard:
             try:
                 if reply is None:
                     await run_in_threadpool(store.release, hold)
-                elif not await run_in_threadpool(store.keep, hold, reply):
-                    # The caller's kept answers are full: a refusal is asked again; what
-                    # acted is told so when asked again, in a few bytes.
-                    if reply.status >= 400:
-                        await run_in_threadpool(store.release, hold)
-                    else:
-                        await run_in_threadpool(functools.partial(
-                            store.keep, hold, _not_kept(request, key, reply.status,
-                                                        store.kept_bytes), bounded=False))
+                else:
+                    await run_in_threadpool(store.keep, hold, reply)
             except Exception:  # the store went away: the key is freed at its hold's end
                 log.warning("could not keep the answer to idempotency key %r of %s", key,
                             caller, exc_info=True)
@@ -120,22 +112,11 @@ class IdempotencyGuard:
 
 
 def _secret_withheld(request: Request, key: str, status: int) -> Reply:
-    return _acted(request, ConflictError(
+    error = ConflictError(
         f"the call with idempotency key {key!r} acted (HTTP {status}), and its answer held a "
         "secret, which is never kept: look at what it made (`modelplane token list`, "
         "`modelplane alerts receivers`) and make it again under a new key if need be",
-        detail={"field": "idempotency-key"}))
-
-
-def _not_kept(request: Request, key: str, status: int, kept_bytes: int) -> Reply:
-    return _acted(request, ConflictError(
-        f"the call with idempotency key {key!r} acted (HTTP {status}); its answer was not "
-        f"kept: this token's kept answers hold {kept_bytes} bytes already (a day's). Read "
-        "what it changed rather than asking again",
-        detail={"field": "idempotency-key"}))
-
-
-def _acted(request: Request, error: ConflictError) -> Reply:
+        detail={"field": "idempotency-key"})
     return Reply(error.http_status, [["content-type", "application/json"]],
                  json.dumps(error_body(error, request_id(request))).encode())
 

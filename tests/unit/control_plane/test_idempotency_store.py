@@ -75,15 +75,18 @@ def test_answers_are_kept_for_the_window_then_pruned(db: Database) -> None:
     _held(expired, "alice", "key-0004", fingerprint("DELETE", "/api/runs/r1", "", b""))
 
 
-def test_a_caller_s_kept_answers_stop_at_its_bound_and_another_caller_s_do_not(
+def test_past_its_bound_a_caller_s_oldest_answers_go_and_another_caller_s_stay(
         db: Database) -> None:
-    store = IdempotencyStore(db, kept_bytes=100)
+    store = IdempotencyStore(db, kept_bytes=200)
     big = Reply(201, [], b"x" * 60)
-    assert store.keep(_held(store, "alice", "key-0101"), big)
-    over = _held(store, "alice", "key-0102")
-    assert not store.keep(over, big)  # 120 bytes past 100: not kept, the key still held
-    with pytest.raises(RequestInProgressError):
-        store.reserve("alice", "key-0102", CREATE)
-    assert store.keep(over, Reply(409, [], b"acted"), bounded=False)
-    assert store.reserve("alice", "key-0102", CREATE) == Reply(409, [], b"acted")
-    assert store.keep(_held(store, "bob", "key-0101"), big)  # bob's own bound
+    for n in range(3):
+        store.keep(_held(store, "alice", f"key-010{n}"), big)
+    assert store.reserve("alice", "key-0100", CREATE) == big  # 180 bytes: within
+    store.keep(_held(store, "bob", "key-0100"), big)
+    # The fourth goes past: the oldest answers go until the rest fit, the newest is kept.
+    store.keep(_held(store, "alice", "key-0103"), Reply(201, [], b"y" * 100))
+    assert store.reserve("alice", "key-0103", CREATE) == Reply(201, [], b"y" * 100)
+    assert isinstance(store.reserve("alice", "key-0100", CREATE), Hold)  # asked again: acts
+    assert isinstance(store.reserve("alice", "key-0101", CREATE), Hold)
+    assert store.reserve("alice", "key-0102", CREATE) == big
+    assert store.reserve("bob", "key-0100", CREATE) == big  # bob's own bound
