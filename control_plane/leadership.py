@@ -245,25 +245,26 @@ def this_ray_cluster() -> str | None:
 
 
 def leader_elsewhere(db: Database, cluster: str, name: str = CONTROL_LOOPS, *,
-                     sleep: Callable[[float], None] = time.sleep) -> LeaseState | None:
+                     sleep: Callable[[float], None] = time.sleep,
+                     poll_s: float = 0.5) -> LeaseState | None:
     """The lease as held by a live holder on another Ray cluster than ``cluster``, or None.
 
-    One is live if the lease has not run out and is renewed while watched (half its
-    length, once): a holder of a cluster since stopped or restarted (a new session) is
-    not, and costs no wait once its lease has run out."""
+    One is live if it renews the lease before the lease runs out, watched until then: a
+    holder of a cluster since stopped or restarted (another session) is not, and costs
+    no wait once its lease has run out. A renewal is watched for whole, not for a part of
+    the lease: one late by a lock wait or a pause is still a live holder's."""
     first = read_lease(db, name)
-    if first is None or first.cluster in (None, cluster):
-        return None
-    with db.session(readonly=True) as session:
-        now = time.time() if db.is_sqlite else store_now(session)
-    if first.expires_at <= now:
-        return None
-    sleep(max(first.expires_at - first.renewed_at, 0.0) / 2)
-    second = read_lease(db, name)
-    if (second is None or second.cluster in (None, cluster)
-            or second.renewed_at <= first.renewed_at):
-        return None
-    return second
+    while True:
+        current = read_lease(db, name)
+        if first is None or current is None or current.cluster in (None, cluster):
+            return None
+        if current.renewed_at > first.renewed_at:
+            return current
+        with db.session(readonly=True) as session:
+            now = time.time() if db.is_sqlite else store_now(session)
+        if current.expires_at <= now:
+            return None
+        sleep(min(poll_s, current.expires_at - now))
 
 
 ALL_ENDPOINTS = None

@@ -727,9 +727,10 @@ def refuse_store_led_elsewhere(settings: Settings, cluster: str | None, *, take_
         f"this store ({url_without_password(settings.db_url)}) is led by the control plane "
         f"{leader.holder} on another Ray cluster (session {leader.cluster}). Started here "
         "too, this cluster's would take every endpoint over when that one restarts, and "
-        "leave that cluster's unreconciled. Nothing was started: run `modelplane down` "
-        "there first, or point MODELPLANE_DB_URL at this cluster's own store; --take-over "
-        "starts here anyway",
+        "leave that cluster's unreconciled. This store's control plane was not started "
+        "here: run `modelplane down` there first, or point MODELPLANE_DB_URL at this "
+        "cluster's own store (--take-over starts here anyway). Where that cluster was "
+        "just stopped, its control plane may take a minute to end: run `up` again then",
         detail={"leader": leader.holder, "leader_cluster": leader.cluster,
                 "cluster": cluster})
 

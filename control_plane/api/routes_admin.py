@@ -101,11 +101,11 @@ async def upload_artifact(request: Request, cp: CP, actor: Writer) -> ArtifactOu
             detail={"limit_bytes": cp.artifacts.max_bytes},
         )
     allowance = UploadAllowance.of(cp.db, actor, cp.settings.trainer_upload_bytes)
-    if allowance is not None and declared is not None:
-        await to_thread.run_sync(allowance.cover, declared)
     expected = request.headers.get(DIGEST_HEADER)
     kept = 0
     try:
+        if allowance is not None and declared is not None:
+            await to_thread.run_sync(allowance.cover, declared)
         writer = await to_thread.run_sync(cp.artifacts.writer, expected)
         try:
             async for chunk in request.stream():
