@@ -38,8 +38,13 @@ from modelplane.process_names import new_process_name, process_is_gone
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
-# Ends the writing process's name in a part's name (a name has no "~").
+# Ends the writing process's name in a part's name (a name has no "~"), whose ":" are
+# "+" there (no file system refuses those; SMB refuses ":").
 PART_WRITER_END = "~"
+# A local part untouched this long is left over whoever wrote it: an upload writes as its
+# bytes come, and one stalled this long is cut off (its process elsewhere, or in a PID
+# namespace since gone, as a restarted container's).
+STALE_LOCAL_PART_S = 15 * 60
 STALE_PART_S = 6 * 3600  # no upload takes this long; a remote part older than it is left over
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -154,10 +159,11 @@ class ArtifactStore:
         """Delete temporary files left by writers that died; returns how many were removed.
 
         A part's name says which process writes it (``modelplane.process_names``): one of
-        this host and PID namespace that is gone left it. Any other (on another machine:
-        a remote store, or a local folder that several control planes share over NFS)
-        is left alone until it is older than any upload takes (``STALE_PART_S``); so is
-        an unfinished multipart upload (S3)."""
+        this host and PID namespace that is gone left it. Any other local part (a folder
+        several control planes share over NFS) is left alone until it has gone untouched
+        for ``STALE_LOCAL_PART_S``. On a remote store, where the writer may be anywhere and
+        a part is written at its end, a part is left alone until it is older than any
+        upload takes (``STALE_PART_S``); so is an unfinished multipart upload (S3)."""
         if not self.is_local:
             try:
                 return self._remove_stale_remote_parts()
@@ -168,8 +174,9 @@ class ArtifactStore:
         removed = 0
         for leftover in Path(self.root, "tmp").glob("*.part"):
             with contextlib.suppress(FileNotFoundError):  # its write ended meanwhile
-                if (process_is_gone(leftover.name.split(PART_WRITER_END, 1)[0])
-                        or time.time() - leftover.stat().st_mtime > STALE_PART_S):
+                writer = leftover.name.split(PART_WRITER_END, 1)[0].replace("+", ":")
+                if (process_is_gone(writer)
+                        or time.time() - leftover.stat().st_mtime > STALE_LOCAL_PART_S):
                     leftover.unlink()
                     removed += 1
         return removed
@@ -229,7 +236,8 @@ class ArtifactWriter:
         self._expected = expected_digest
         self._hasher = hashlib.sha256()
         self._size = 0
-        self._temp = f"{store.root}/tmp/{new_process_name()}{PART_WRITER_END}{uuid.uuid4().hex}.part"
+        writer = new_process_name().replace(":", "+")
+        self._temp = f"{store.root}/tmp/{writer}{PART_WRITER_END}{uuid.uuid4().hex}.part"
         if not store.is_local:
             store.fs.makedirs(f"{store.root}/tmp", exist_ok=True)
         self._handle: Any = store.fs.open(self._temp, "wb")

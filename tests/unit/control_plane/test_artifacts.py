@@ -95,28 +95,34 @@ def test_bad_and_unknown_digests(artifacts: ArtifactStore) -> None:
 
 
 def test_partial_writes_of_dead_processes_are_removed(artifacts: ArtifactStore) -> None:
-    from control_plane.artifacts import PART_WRITER_END, STALE_PART_S
+    from control_plane.artifacts import PART_WRITER_END, STALE_LOCAL_PART_S
     from modelplane.process_names import new_process_name
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    here = new_process_name()
-    dead_writer = here.replace(f":{os.getpid()}:", f":{int(dead.stdout)}:")
+    here = new_process_name().replace(":", "+")
+    dead_writer = here.replace(f"+{os.getpid()}+", f"+{int(dead.stdout)}+")
     tmp = Path(artifacts.root, "tmp")
     (tmp / f"{dead_writer}{PART_WRITER_END}abc.part").write_bytes(b"half an upload")
     # A folder shared over NFS: another host's writer, alive as far as anyone here knows,
     # whose pid may be free here. Its part is left until it is older than any upload.
-    elsewhere = f"other-host{here[here.index(':'):]}".replace(f":{os.getpid()}:",
-                                                             f":{int(dead.stdout)}:")
+    elsewhere = f"other-host{here[here.index('+'):]}".replace(f"+{os.getpid()}+",
+                                                             f"+{int(dead.stdout)}+")
     (tmp / f"{elsewhere}{PART_WRITER_END}def.part").write_bytes(b"an upload elsewhere")
     stale = tmp / f"{elsewhere}{PART_WRITER_END}old.part"
-    stale.write_bytes(b"left long ago")
-    os.utime(stale, (time.time() - STALE_PART_S - 60,) * 2)
+    stale.write_bytes(b"untouched for long")
+    os.utime(stale, (time.time() - STALE_LOCAL_PART_S - 60,) * 2)
+    # Named as before writers were: its own untouched time decides.
+    older = tmp / "4242-abc.part"
+    older.write_bytes(b"before the upgrade")
+    os.utime(older, (time.time() - STALE_LOCAL_PART_S - 60,) * 2)
+    (tmp / "4243-abc.part").write_bytes(b"before the upgrade, touched now")
     live = artifacts.writer()
     live.write(b"in progress")
-    assert artifacts.remove_partial_writes() == 2
-    assert sorted(p.name.split(PART_WRITER_END)[1] for p in tmp.iterdir()) == sorted(
-        ["def.part", Path(live._temp).name.split(PART_WRITER_END)[1]])
+    assert ":" not in live._temp
+    assert artifacts.remove_partial_writes() == 3
+    assert sorted(p.name.split(PART_WRITER_END)[-1] for p in tmp.iterdir()) == sorted(
+        ["4243-abc.part", "def.part", Path(live._temp).name.split(PART_WRITER_END)[1]])
     live.abort()
 
 
