@@ -5,33 +5,19 @@ replayed its answer)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from control_plane.auth import Principal
 from control_plane.schemas import Role, TokenCreate
 from control_plane.store.models import RequestReplyRow
-from modelplane.settings import Settings
 
 ROOT = Principal("bounds-root", Role.ADMIN)
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[TestClient, object]]:
-    from control_plane.api import build_api
-    from control_plane.service import ControlPlane
-
-    cp = ControlPlane.start(Settings.from_env({"MODELPLANE_HOME": str(tmp_path / "home")}))
-    client = TestClient(build_api(cp), raise_server_exceptions=False)
-    try:
-        yield client, cp
-    finally:
-        client.close()
-        cp.close()
+def api(served_api):
+    return served_api()
 
 
 def _bearer(cp: object, name: str, role: Role) -> dict[str, str]:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from control_plane.auth import Principal
@@ -20,7 +19,6 @@ from control_plane.errors import ConflictError
 from control_plane.schemas import Role, TokenCreate
 from control_plane.store.models import TokenRow
 from control_plane.upload_allowance import UploadAllowance
-from modelplane.settings import Settings
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -28,18 +26,8 @@ ROOT = Principal("allowance-root", Role.ADMIN)
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[TestClient, object]]:
-    from control_plane.api import build_api
-    from control_plane.service import ControlPlane
-
-    cp = ControlPlane.start(Settings.from_env({
-        "MODELPLANE_HOME": str(tmp_path / "home"), "MODELPLANE_TRAINER_UPLOAD_MB": "2"}))
-    client = TestClient(build_api(cp), raise_server_exceptions=False)
-    try:
-        yield client, cp
-    finally:
-        client.close()
-        cp.close()
+def api(served_api):
+    return served_api(MODELPLANE_TRAINER_UPLOAD_MB="2")
 
 
 def _token(cp: object, name: str, role: Role) -> dict[str, str]:
