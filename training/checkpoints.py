@@ -77,12 +77,25 @@ def save_state(directory: str, state: dict[str, Any]) -> None:
 
 
 def load_state(checkpoint: Any) -> dict[str, Any]:
-    """The state dict inside a ``ray.train.Checkpoint``."""
+    """The state dict inside a ``ray.train.Checkpoint``.
+
+    A remote one is downloaded into a folder of this process's own. Ray's shared one (one
+    per checkpoint and host, under a file lock) failed workers of one host that resumed
+    together: one found the folder gone, removed by the other once it had read it, and
+    the job failed on the very restart its checkpoint was for."""
+    import tempfile
+
+    import pyarrow.fs
     import torch
 
-    with checkpoint.as_directory() as directory:
+    def read(directory: str) -> dict[str, Any]:
         # Tensors and plain values only: a checkpoint from elsewhere cannot run code here.
         return torch.load(f"{directory}/{STATE_FILE}", map_location="cpu", weights_only=True)
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return read(checkpoint.path)
+    with tempfile.TemporaryDirectory(prefix="modelplane-checkpoint-") as private:
+        return read(checkpoint.to_directory(private))
 
 
 def _filesystem(location: str) -> tuple[Any, str]:
