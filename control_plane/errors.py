@@ -143,6 +143,12 @@ class MonitorUnavailableError(ControlPlaneError):
     http_status = 503
 
 
+class MonitorBusyError(MonitorUnavailableError):
+    """The Monitor was not asked: the API's reads of it are in line (control_plane.read_gate)."""
+
+    code = "monitor_busy"
+
+
 class OwnershipConflictError(ControlPlaneError):
     """The Ray cluster runs the control plane (or an application) of another store."""
 

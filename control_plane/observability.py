@@ -15,9 +15,11 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from control_plane.errors import MonitorUnavailableError
+from control_plane.errors import MonitorBusyError, MonitorUnavailableError
+from control_plane.read_gate import ReadGate
 from serving.monitoring.routing import ROUTINGS
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 _warned_old_monitor = False
 _breaker_lock = threading.Lock()
 _unavailable: tuple[float, str] | None = None  # (retry at, why) after a failed read
+_last_totals: list[VersionTotals] | None = None  # the Monitor's last answer to monitor_totals
 
 
 def _ray_ready() -> bool:
@@ -71,6 +74,36 @@ def _ask(method: str, *args: Any) -> Any:
     with _breaker_lock:
         _unavailable = None
     return result
+
+
+# The API's reads of the Monitor (control_plane.read_gate): two at a time from this control
+# plane, an answer shared for a second; they never trip the loops' breaker above.
+API_READ_SLOTS = 2
+_API_READS = ReadGate(API_READ_SLOTS, 1.0, busy=lambda: MonitorBusyError(
+    f"the Monitor is busy with {API_READ_SLOTS} reads for the API already; retry in a "
+    "moment (the control loops' reads go ahead of these)"))
+
+
+def _ask_for_api(method: str, *args: Any) -> Any:
+    """Call the Monitor's ``method`` for a caller of the API, through the API's
+    :class:`ReadGate` (bounded, shared, refused when busy); MonitorUnavailableError
+    quickly when it cannot answer, and the loops' breaker left as it was."""
+    from serving.monitoring.monitor import get_monitor
+
+    def submit() -> Future[Any]:
+        monitor = get_monitor()
+        if monitor is None:
+            raise MonitorUnavailableError("the Monitor is not running; `modelplane up` starts it")
+        return getattr(monitor, method).remote(*args).future()  # type: ignore[no-any-return]
+
+    try:
+        return _API_READS.read((method, *args), submit, MONITOR_TIMEOUT_S)
+    except (TypeError, AttributeError, MonitorUnavailableError):
+        raise  # see _ask: a Monitor of another release; or already said
+    except Exception as error:
+        raise MonitorUnavailableError(
+            f"the Monitor did not answer within {MONITOR_TIMEOUT_S:g}s "
+            f"({type(error).__name__}); statistics are unknown until it does") from None
 
 
 def monitor_available() -> bool:
@@ -131,21 +164,23 @@ def served_config(endpoint: str) -> ServedConfig | None:
 def endpoint_stats(endpoint: str, window_s: float) -> dict[str, Any]:
     """Per-version statistics as the REST API answers them: JSON-safe (NaN becomes None);
     raises MonitorUnavailableError."""
+    if not _ray_ready():
+        return {}
     return {str(v): json_safe(stats.to_json())
-            for v, stats in read_version_stats(endpoint, window_s).items()}
+            for v, stats in _ask_for_api("snapshot", endpoint, window_s).items()}
 
 
 def endpoint_history(endpoint: str, window_s: float, step_s: float) -> dict[str, Any]:
     """Per version, its traffic and latency in steps of ``step_s`` over the last
     ``window_s`` (see ``MonitorState.history``); raises MonitorUnavailableError."""
     return {str(v): json_safe(points)
-            for v, points in _ask("history", endpoint, window_s, step_s).items()}
+            for v, points in _ask_for_api("history", endpoint, window_s, step_s).items()}
 
 
 def feature_histograms(endpoint: str, version: int, window_s: float) -> dict[str, Any]:
     """A version's reference and live histograms per feature (see ``MonitorState.histograms``);
     raises MonitorUnavailableError."""
-    return json_safe(_ask("histograms", endpoint, version, window_s))
+    return json_safe(_ask_for_api("histograms", endpoint, version, window_s))
 
 
 def json_safe(value: Any) -> Any:
@@ -163,9 +198,17 @@ def monitor_totals() -> list[VersionTotals]:
 
     Raises MonitorUnavailableError when Ray runs but the Monitor does not answer.
     """
+    global _last_totals
     if not _ray_ready():
         return []
-    return list(_ask("totals"))
+    try:
+        _last_totals = list(_ask_for_api("totals"))
+    except MonitorBusyError:
+        # A scrape amid many reads: the last totals (cumulative counters, flat for a
+        # moment), not a Monitor reported down.
+        if _last_totals is None:
+            raise
+    return _last_totals
 
 
 def running_replicas() -> dict[str, int]:

@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from control_plane.errors import (
 from control_plane.job_api import cluster_job_client
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
 from control_plane.pipelines.spec import PipelineSpec
+from control_plane.read_gate import ReadGate
 from control_plane.schemas import JOB_TAG, Role
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,20 @@ MAX_SUBMIT_ATTEMPTS = 20  # submissions Ray took no answer on, within training.t
 # whole output (every epoch of days) would be sent on every look. (Ray's job API answers
 # the whole of it to the control plane all the same.)
 LOG_TAIL_CHARS = 1024 * 1024
+# So a job's whole log is read from Ray's job API one at a time in this control plane,
+# its tail shared by all who ask for it within seconds (control_plane.read_gate): each of
+# many callers at once held a whole log, and a verbose job's ran the process out of memory.
+# A caller waits that long for the slot or a shared answer, then is told to ask again:
+# each waiting caller holds one of the API's threads.
+JOB_LOG_WAIT_S = 2.0
+_JOB_LOGS = ReadGate(1, 5.0, busy=lambda: ControlPlaneUnavailableError(
+    "another job's log is being read (one at a time); ask again in a moment"))
+
+
+def _tail(text: str) -> str:
+    if len(text) <= LOG_TAIL_CHARS:
+        return text
+    return f"({len(text) - LOG_TAIL_CHARS} characters before these)\n" + text[-LOG_TAIL_CHARS:]
 
 
 class TrainStage:
@@ -224,10 +240,14 @@ class TrainStage:
         job_id = record.progress.get("submission_id")
         if not job_id or not record.progress.get("submitted"):
             return ""
-        text = str(self._job_client().logs(str(job_id)))
-        if len(text) <= LOG_TAIL_CHARS:
-            return text
-        return f"({len(text) - LOG_TAIL_CHARS} characters before these)\n" + text[-LOG_TAIL_CHARS:]
+        try:
+            return str(_JOB_LOGS.call(("logs", str(job_id)),
+                                      lambda: _tail(str(self._job_client().logs(str(job_id)))),
+                                      JOB_LOG_WAIT_S))
+        except FutureTimeout:
+            raise ControlPlaneUnavailableError(
+                f"job {job_id}'s log is still being read for another caller; ask again in a "
+                "moment") from None
 
     def cancel(self, context: StageContext) -> None:
         job_id = context.record.progress.get("submission_id")

@@ -304,6 +304,71 @@ def test_a_monitor_older_than_per_routing_samples_still_answers_a_rollout_s_read
     ray.kill(older)
 
 
+def test_the_api_s_readers_asking_many_windows_at_once_leave_the_loops_reads_answered(
+        ray_session: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Monitor answers one call at a time. Callers of the API (anonymous by default)
+    asking for many windows at once queued their reads ahead of the rollout controller's,
+    which timed out: every analysis inconclusive, every alert stale, while they asked.
+    Here a Monitor taking 0.2 s a read gets 30 API reads at once: at most two of them
+    reach it, the rest are refused as busy, and the loops' read is answered in turn."""
+    import ray
+
+    from control_plane import observability
+    from control_plane.errors import MonitorUnavailableError
+    from serving.monitoring import monitor
+
+    @ray.remote(num_cpus=0)
+    class SlowMonitor:
+        def __init__(self) -> None:
+            self.asked: list[float] = []
+
+        def snapshot(self, endpoint: str, window_s: float = 60.0,
+                     sample: tuple[str, ...] | None = None) -> dict[int, Any]:
+            from serving.monitoring import Traffic, VersionSnapshot
+
+            self.asked.append(window_s)
+            time.sleep(0.2)
+            return {1: VersionSnapshot(traffic=Traffic(requests=int(window_s)))}
+
+        def asked_windows(self) -> list[float]:
+            return self.asked
+
+    slow = SlowMonitor.remote()
+    assert ray.get(slow.asked_windows.remote(), timeout=120) == []  # its worker is up
+    monkeypatch.setattr(monitor, "get_monitor", lambda *args, **kwargs: slow)
+    answered: list[Any] = []
+    refused: list[str] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(31)
+
+    def api_read(window: int) -> None:
+        start.wait()
+        try:
+            answered.append(observability.endpoint_stats("e", float(window)))
+        except MonitorUnavailableError as error:
+            refused.append(error.message)
+        except BaseException as error:
+            failures.append(error)
+
+    readers = [threading.Thread(target=api_read, args=(window,)) for window in range(1, 31)]
+    for reader in readers:
+        reader.start()
+    start.wait()
+    time.sleep(0.1)  # the API's reads asked first
+    loops_read = observability.version_stats("e", 299.0, ("random",))
+    for reader in readers:
+        reader.join(timeout=60)
+    assert failures == [] and not any(reader.is_alive() for reader in readers)
+    assert list(loops_read) == [1] and loops_read[1].traffic.requests == 299
+    assert observability.monitor_available()
+    assert len(answered) + len(refused) == 30 and refused
+    assert all(list(one) == ["1"] for one in answered)
+    assert all("busy" in why or "did not answer" in why for why in refused), refused
+    asked = ray.get(slow.asked_windows.remote(), timeout=60)
+    assert 299.0 in asked and len(asked) <= 1 + 2 + len(answered), asked
+    ray.kill(slow)
+
+
 def test_up_replaces_a_monitor_of_an_older_modelplane_and_keeps_a_current_or_newer_one(
         ray_session: None) -> None:
     """The Monitor outlives an upgrade when Ray keeps running: `up` replaces one that

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -457,18 +458,46 @@ def test_a_dashboard_that_refuses_connections_is_not_a_refused_submission() -> N
     assert raised.value.detail["answered"] is False and not raised.value.detail.get("refused")
 
 
-def test_a_runs_job_output_is_its_tail() -> None:
+@pytest.fixture(autouse=True)
+def fresh_job_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own job-log gate: a log shared for seconds is not another test's."""
+    from control_plane.pipelines import stages
+
+    monkeypatch.setattr(stages, "_JOB_LOGS", stages.ReadGate(
+        1, 5.0, busy=lambda: RuntimeError("busy")))
+
+
+def test_a_runs_job_output_is_its_tail(monkeypatch: pytest.MonkeyPatch) -> None:
     """A job's output over days of epochs was fetched whole and sent on every look."""
+    from control_plane.pipelines import stages
     from control_plane.pipelines.stages import LOG_TAIL_CHARS
 
     api = JobApi()
     lines = [f"epoch {i}: loss 0.{i:06d}" for i in range(200_000)]
-    api.logs = lambda job_id: "\n".join(lines)  # type: ignore[attr-defined]
-    shown = _stage(api).logs(_context(after_s=30).record)
-    assert len(shown) < LOG_TAIL_CHARS + 100 and shown.endswith(lines[-1])
-    assert shown.startswith(f"({len(chr(10).join(lines)) - LOG_TAIL_CHARS} characters before")
+    asked: list[str] = []
+
+    def logs(job_id: str) -> str:
+        asked.append(job_id)
+        time.sleep(0.2)
+        return "\n".join(lines)
+
+    api.logs = logs  # type: ignore[attr-defined]
+    record = _context(after_s=30).record
+    shown: list[str] = []
+    # Many asking at once: the job API is asked once, and each gets the one tail (a whole
+    # log each held the process's memory many times over).
+    readers = [threading.Thread(target=lambda: shown.append(_stage(api).logs(record)))
+               for _ in range(8)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(timeout=60)
+    assert len(shown) == 8 and len(set(shown)) == 1 and len(asked) == 1
+    assert len(shown[0]) < LOG_TAIL_CHARS + 100 and shown[0].endswith(lines[-1])
+    assert shown[0].startswith(f"({len(chr(10).join(lines)) - LOG_TAIL_CHARS} characters before")
+    monkeypatch.setattr(stages, "_JOB_LOGS", stages.ReadGate(1, 0.0, busy=RuntimeError))
     api.logs = lambda job_id: "short"  # type: ignore[attr-defined]
-    assert _stage(api).logs(_context(after_s=30).record) == "short"
+    assert _stage(api).logs(record) == "short"
 
 
 def test_a_failed_job_whose_logs_cannot_be_read_fails_its_stage_at_once(registry: Any) -> None:
