@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 _warned_old_monitor = False
 _breaker_lock = threading.Lock()
 _unavailable: tuple[float, str] | None = None  # (retry at, why) after a failed read
-_last_totals: list[VersionTotals] | None = None  # the Monitor's last answer to monitor_totals
+# The Monitor's last answer to monitor_totals, and when (monotonic): a scrape amid the
+# API's reads gets it while it is fresh, never once the Monitor was seen away.
+_last_totals: tuple[float, list[VersionTotals]] | None = None
+TOTALS_FRESH_S = 30.0
 
 
 def _ray_ready() -> bool:
@@ -202,13 +205,18 @@ def monitor_totals() -> list[VersionTotals]:
     if not _ray_ready():
         return []
     try:
-        _last_totals = list(_ask_for_api("totals"))
+        totals = list(_ask_for_api("totals"))
     except MonitorBusyError:
         # A scrape amid many reads: the last totals (cumulative counters, flat for a
         # moment), not a Monitor reported down.
-        if _last_totals is None:
+        if _last_totals is None or time.monotonic() - _last_totals[0] > TOTALS_FRESH_S:
             raise
-    return _last_totals
+        return _last_totals[1]
+    except MonitorUnavailableError:
+        _last_totals = None  # a Monitor back from away counts from zero again
+        raise
+    _last_totals = (time.monotonic(), totals)
+    return totals
 
 
 def running_replicas() -> dict[str, int]:

@@ -25,6 +25,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+SLOT_WAIT_SHARE = 0.5
+
 
 @dataclass
 class _Read:
@@ -75,14 +77,18 @@ class ReadGate:
                           and now - read.answered_at >= self._reuse_s]:
                 del self._reads[stale]
             read = self._reads.get(key)
-            if read is not None:
+            if read is not None and not _failed(read.future):
                 return read, False
+            # (A failed read may be seen before its callback has forgotten it: waiters
+            # wake before a future's callbacks run. It is not shared either.)
             read = self._reads[key] = _Read(Future())
         read.future.add_done_callback(lambda _: self._answered(key, read))
         return read, True
 
     def _run(self, read: _Read, start: Callable[[], None], timeout: float) -> None:
-        if not self._slots.acquire(timeout=timeout):
+        # Half the caller's time at most for a slot, the rest for the answer: a slot won
+        # with no time left made a call whose answer nobody would read.
+        if not self._slots.acquire(timeout=timeout * SLOT_WAIT_SHARE):
             read.future.set_exception(self._busy())
             return
         read.holds_slot = True
@@ -96,12 +102,16 @@ class ReadGate:
         if read.holds_slot:
             self._slots.release()
         with self._lock:
-            if read.future.cancelled() or read.future.exception() is not None:
+            if _failed(read.future):
                 # A failure is not shared: the next read asks again.
                 if self._reads.get(key) is read:
                     del self._reads[key]
             else:
                 read.answered_at = self._clock()
+
+
+def _failed(future: Future[Any]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 def _chain(inner: Future[Any], outer: Future[Any]) -> None:

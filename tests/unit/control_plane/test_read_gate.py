@@ -92,7 +92,7 @@ def _crowd(count: int, read: Any) -> tuple[list[Any], list[BaseException]]:
 
 
 def test_the_same_read_asked_by_many_at_once_is_asked_once(monitor: OneAtATime) -> None:
-    gate = gate_of(2, 1.0)
+    gate = gate_of(2, 60.0)  # (a long reuse: however late a thread starts, it shares)
     answers, refusals = _crowd(20, lambda n: gate.read(
         ("snapshot", "e", 60.0), lambda: monitor.submit("snapshot"), timeout=10))
     assert refusals == [] and answers == ["answer to snapshot"] * 20
@@ -183,7 +183,8 @@ def test_a_scrape_amid_many_reads_gets_the_last_totals_not_a_monitor_reported_do
     from control_plane.errors import MonitorBusyError
 
     answers: list[Any] = [MonitorBusyError("busy"), ["totals-1"], MonitorBusyError("busy"),
-                          MonitorUnavailableError("gone")]
+                          MonitorUnavailableError("gone"), MonitorBusyError("busy"),
+                          ["totals-2"], MonitorBusyError("busy")]
 
     def ask(method: str, *args: Any) -> Any:
         answer = answers.pop(0)
@@ -199,4 +200,10 @@ def test_a_scrape_amid_many_reads_gets_the_last_totals_not_a_monitor_reported_do
     assert observability.monitor_totals() == ["totals-1"]
     assert observability.monitor_totals() == ["totals-1"]  # busy: the last totals
     with pytest.raises(MonitorUnavailableError):  # gone is still gone
+        observability.monitor_totals()
+    with pytest.raises(MonitorBusyError):  # and what it said before it went is forgotten
+        observability.monitor_totals()
+    assert observability.monitor_totals() == ["totals-2"]
+    monkeypatch.setattr(observability, "TOTALS_FRESH_S", -1.0)
+    with pytest.raises(MonitorBusyError):  # too old to stand in
         observability.monitor_totals()

@@ -472,6 +472,7 @@ def test_a_runs_job_output_is_its_tail(monkeypatch: pytest.MonkeyPatch) -> None:
     from control_plane.pipelines import stages
     from control_plane.pipelines.stages import LOG_TAIL_CHARS
 
+    monkeypatch.setattr(stages, "JOB_LOG_WAIT_S", 60.0)  # every asker waits for the one read
     api = JobApi()
     lines = [f"epoch {i}: loss 0.{i:06d}" for i in range(200_000)]
     asked: list[str] = []
