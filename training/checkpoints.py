@@ -77,25 +77,20 @@ def save_state(directory: str, state: dict[str, Any]) -> None:
 
 
 def load_state(checkpoint: Any) -> dict[str, Any]:
-    """The state dict inside a ``ray.train.Checkpoint``.
+    """The state dict inside a ``ray.train.Checkpoint``, read from where it is kept.
 
-    A remote one is downloaded into a folder of this process's own. Ray's shared one (one
-    per checkpoint and host, under a file lock) failed workers of one host that resumed
-    together: one found the folder gone, removed by the other once it had read it, and
-    the job failed on the very restart its checkpoint was for."""
-    import tempfile
+    Not through Ray's ``as_directory``: that downloads a remote checkpoint into one
+    folder per checkpoint and host, under a file lock, and workers of one host resuming
+    together failed (one found the folder removed by the other once it had read it), so a
+    job failed the very restart its checkpoint was for. Only the state file is read."""
+    import io
 
-    import pyarrow.fs
     import torch
 
-    def read(directory: str) -> dict[str, Any]:
-        # Tensors and plain values only: a checkpoint from elsewhere cannot run code here.
-        return torch.load(f"{directory}/{STATE_FILE}", map_location="cpu", weights_only=True)
-
-    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
-        return read(checkpoint.path)
-    with tempfile.TemporaryDirectory(prefix="modelplane-checkpoint-") as private:
-        return read(checkpoint.to_directory(private))
+    with checkpoint.filesystem.open_input_file(f"{checkpoint.path}/{STATE_FILE}") as handle:
+        kept = io.BytesIO(handle.read())
+    # Tensors and plain values only: a checkpoint from elsewhere cannot run code here.
+    return torch.load(kept, map_location="cpu", weights_only=True)
 
 
 def _filesystem(location: str) -> tuple[Any, str]:

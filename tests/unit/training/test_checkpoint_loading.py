@@ -1,4 +1,4 @@
-"""A remote checkpoint is read through a folder of the reading process's own.
+"""A checkpoint's state is read from where it is kept, not through Ray's shared folder.
 
 Ray's ``Checkpoint.as_directory`` downloads into one folder per checkpoint and host under a
 file lock: a worker that found the lock taken waited, then failed where the folder was
