@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.errors import (
+    ControlPlaneUnavailableError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
@@ -33,7 +34,7 @@ from control_plane.errors import (
     StorageFullError,
 )
 from modelplane.durable import fsync_path
-from modelplane.process_names import new_process_name, process_is_gone
+from modelplane.process_names import new_process_name, process_is_gone, process_is_here
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,10 @@ class ArtifactStore:
         """Delete temporary files left by writers that died; returns how many were removed.
 
         A part's name says which process writes it (``modelplane.process_names``): one of
-        this host and PID namespace that is gone left it. Any other local part (a folder
-        several control planes share over NFS) is left alone until it has gone untouched
-        for ``STALE_LOCAL_PART_S``. On a remote store, where the writer may be anywhere and
+        this host and PID namespace goes once that process is gone, and only then. Any
+        other local part (a folder several control planes share over NFS, or one left by a
+        container since restarted) is left alone until it has gone untouched for
+        ``STALE_LOCAL_PART_S``. On a remote store, where the writer may be anywhere and
         a part is written at its end, a part is left alone until it is older than any
         upload takes (``STALE_PART_S``); so is an unfinished multipart upload (S3)."""
         if not self.is_local:
@@ -175,8 +177,8 @@ class ArtifactStore:
         for leftover in Path(self.root, "tmp").glob("*.part"):
             with contextlib.suppress(FileNotFoundError):  # its write ended meanwhile
                 writer = leftover.name.split(PART_WRITER_END, 1)[0].replace("+", ":")
-                if (process_is_gone(writer)
-                        or time.time() - leftover.stat().st_mtime > STALE_LOCAL_PART_S):
+                if (process_is_gone(writer) if process_is_here(writer)
+                        else time.time() - leftover.stat().st_mtime > STALE_LOCAL_PART_S):
                     leftover.unlink()
                     removed += 1
         return removed
@@ -331,12 +333,20 @@ class ArtifactWriter:
             # the file's age, which garbage collection reads (an identical upload for a new
             # version must not be removed as an old unreferenced one), and mends a stored
             # copy that went bad (re-uploading is what its IntegrityError says to do).
-            if self._store.is_local:
-                _make_durable_folder(Path(final).parent)
-                os.replace(self._temp, final)
-                fsync_path(Path(final).parent)
-            else:
-                fs.mv(self._temp, final)
+            try:
+                if self._store.is_local:
+                    _make_durable_folder(Path(final).parent)
+                    os.replace(self._temp, final)
+                    fsync_path(Path(final).parent)
+                else:
+                    fs.mv(self._temp, final)
+            except FileNotFoundError:
+                # Removed as left over: this upload stalled past STALE_LOCAL_PART_S while
+                # another control plane sharing the folder started.
+                self._done = True
+                raise ControlPlaneUnavailableError(
+                    "the upload's bytes were removed as left over while it stalled; nothing "
+                    "was stored: upload it again", detail={"field": "body"}) from None
         self._done = True
         return ArtifactInfo(digest=digest, size=self._size)
 

@@ -33,14 +33,16 @@ def _pid_space() -> str:
     return f"{namespace}.{boot[:16]}" if namespace and boot else ""
 
 
+def process_is_here(name: str) -> bool:
+    """Whether ``name`` names a process of this host, boot and PID namespace (alive or
+    not): one whose fate this process can tell."""
+    parts = name.split(":")
+    return (len(parts) == 4 and bool(parts[1]) and parts[2].isdigit()
+            and parts[0] == socket.gethostname() and parts[1] == _pid_space())
+
+
 def process_is_gone(name: str) -> bool:
     """Whether ``name`` names a process of this host, boot and PID namespace that no
     longer exists. Anything else (another machine, even of the same name; an unknown
     namespace; a pid in use; a name of another shape) counts as alive."""
-    parts = name.split(":")
-    if len(parts) != 4 or not parts[1] or not parts[2].isdigit():
-        return False
-    host, space, pid, _ = parts
-    if host != socket.gethostname() or space != _pid_space():
-        return False
-    return not process_alive(int(pid))
+    return process_is_here(name) and not process_alive(int(name.split(":")[2]))

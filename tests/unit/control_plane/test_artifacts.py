@@ -13,6 +13,7 @@ import pytest
 
 from control_plane.artifacts import ArtifactStore
 from control_plane.errors import (
+    ControlPlaneUnavailableError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
@@ -117,13 +118,22 @@ def test_partial_writes_of_dead_processes_are_removed(artifacts: ArtifactStore) 
     older.write_bytes(b"before the upgrade")
     os.utime(older, (time.time() - STALE_LOCAL_PART_S - 60,) * 2)
     (tmp / "4243-abc.part").write_bytes(b"before the upgrade, touched now")
+    # This host's live writer, untouched for long: a stalled upload, not a left-over one.
+    stalled = tmp / f"{here}{PART_WRITER_END}stalled.part"
+    stalled.write_bytes(b"stalled, alive")
+    os.utime(stalled, (time.time() - STALE_LOCAL_PART_S - 60,) * 2)
     live = artifacts.writer()
     live.write(b"in progress")
     assert ":" not in live._temp
     assert artifacts.remove_partial_writes() == 3
     assert sorted(p.name.split(PART_WRITER_END)[-1] for p in tmp.iterdir()) == sorted(
-        ["4243-abc.part", "def.part", Path(live._temp).name.split(PART_WRITER_END)[1]])
-    live.abort()
+        ["4243-abc.part", "def.part", "stalled.part",
+         Path(live._temp).name.split(PART_WRITER_END)[1]])
+    # A part removed as left over under an upload that stalled: a clear error to retry.
+    Path(live._temp).unlink()
+    live.seal()
+    with pytest.raises(ControlPlaneUnavailableError, match="upload it again"):
+        live.publish()
 
 
 def test_an_fsspec_store_behaves_the_same() -> None:
