@@ -518,3 +518,25 @@ def test_up_is_refused_a_store_led_from_another_ray_cluster_until_that_leader_st
     leader.release()
     refuse_store_led_elsewhere(settings, "session-second", take_over=False, progress=told.append)
     assert len(told) == 1
+
+
+def test_a_holder_elsewhere_that_renews_late_in_its_lease_is_still_live(db: Database) -> None:
+    """`up` watched half a lease for a renewal: one late by a lock wait or a pause read
+    as a dead holder, and a second cluster started on a store led from the first."""
+    from control_plane.leadership import leader_elsewhere
+
+    leader = Lease(db, length_s=30.0, cluster="session-first")
+    assert leader.hold()
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 20:  # ten seconds of half-second looks in: the renewal comes
+            time.sleep(0.01)  # (a later renewal time than the first, on any clock)
+            leader.hold()
+
+    found = leader_elsewhere(db, "session-second", sleep=sleep, poll_s=0.5)
+    assert found is not None and found.holder == leader.holder and len(waits) == 20
+    leader.release()
+    assert leader_elsewhere(db, "session-second", sleep=sleep) is None  # run out: no wait
+    assert len(waits) == 20
