@@ -17,10 +17,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from control_plane.benchmarking.schemas import LatencyFigures, RateStep
+from kernels.order_statistics import quantile_bound_ranks
 
 REQUEST_TIMEOUT_S = 10.0
 MAX_IN_FLIGHT = 2048  # beyond this the rate is not held: later requests count as errors
 HEADERS = {"content-type": "application/json", "accept-encoding": "identity"}
+
+
+QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+# Each run's bound at this, so that a ratio of two runs' bounds holds at 95%.
+PAIRED_CONFIDENCE = 0.975
+
+
+def _bounds(ordered_ms: np.ndarray, q: float) -> list[float | None]:
+    ranks = quantile_bound_ranks(ordered_ms.size, q, PAIRED_CONFIDENCE)
+    return [None if rank is None else float(ordered_ms[rank - 1]) for rank in ranks]
 
 
 @dataclass
@@ -45,10 +56,11 @@ class LoadResult:
     def latency(self) -> LatencyFigures | None:
         if not self.latencies_s:
             return None
-        ms = np.asarray(self.latencies_s) * 1000.0
+        ms = np.sort(np.asarray(self.latencies_s) * 1000.0)
         p50, p95, p99 = np.percentile(ms, [50, 95, 99])
         return LatencyFigures(p50=float(p50), p95=float(p95), p99=float(p99),
-                              mean=float(ms.mean()), max=float(ms.max()))
+                              mean=float(ms.mean()), max=float(ms.max()), count=ms.size,
+                              bounds={name: _bounds(ms, q) for name, q in QUANTILES.items()})
 
     def holds(self, p99_target_ms: float) -> bool:
         """p99 within target, every request answered, and the answers kept up with the rate."""

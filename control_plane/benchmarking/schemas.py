@@ -90,13 +90,19 @@ class ServedWith(Wire):
 
 
 class LatencyFigures(Wire):
-    """Latency in milliseconds from when a request was due to be sent to its answer."""
+    """Latency in milliseconds from when a request was due to be sent to its answer.
+
+    ``bounds``: per quantile (``p50``, ``p95``, ``p99``), its distribution-free one-sided
+    bounds ``[low, high]`` at 97.5% each (kernels.order_statistics), so that a ratio of two
+    runs' holds at 95%; null where ``count`` answers cannot give one (a p99 needs 367)."""
 
     p50: float
     p95: float
     p99: float
     mean: float
     max: float
+    count: int = 0
+    bounds: dict[str, list[float | None]] = Field(default_factory=dict)
 
 
 class RateStep(Wire):

@@ -487,3 +487,40 @@ def test_a_stage_whose_work_could_not_be_stopped_as_it_failed_is_stopped_later(
     world.pipelines.tick()
     assert world.rollouts.get(rollout_id).state.terminal
     assert not world.pipelines.run("bc", run.number).stages[-1].stop_owed
+
+
+def test_the_benchmark_gate_fails_a_candidate_on_evidence_not_on_one_stall() -> None:
+    """A p99 of forty answers is their slowest: one 37 ms stall on a busy machine failed a
+    candidate "6.6x slower" than its champion that answered alike. Each run's quantiles
+    are bounded at 97.5% (so a ratio of two holds at 95%), and the gate judges the highest
+    of p99, p95 and p50 that both runs' answers bound."""
+    from control_plane.benchmarking.load import LoadResult
+    from control_plane.pipelines.gates import BenchmarkStage
+
+    rng = np.random.default_rng(5)
+
+    def figures(latencies_ms: np.ndarray) -> Any:
+        latency = LoadResult(rate=20, seconds=2, latencies_s=list(latencies_ms / 1000)).latency()
+        return SimpleNamespace(latency_ms=latency, requests=latencies_ms.size, errors=0,
+                               achieved_rps=20.0, max_rate_within_p99=None,
+                               cpu_ms_per_request=1.0, memory_rss_mb=200.0)
+
+    def judge(candidate: np.ndarray, champion: np.ndarray) -> Outcome:
+        return BenchmarkStage._judge({"candidate": figures(candidate),
+                                      "champion": figures(champion)}, 5.0, "bc", 4, 2,
+                                     {"candidate_benchmark": 7})
+
+    alike = rng.normal(2.0, 0.2, size=40)
+    stalled = np.append(rng.normal(2.0, 0.2, size=39), 37.0)
+    passed = judge(stalled, alike)
+    assert passed.state is StageState.PASSED, passed.reason
+    assert passed.outputs["p99_ratio"] > 5  # the old rule's verdict: failed
+    assert passed.outputs["judged_quantile"] == "p50"
+    assert "the p99 is not judged on 40 and 40 answers (it needs 367" in passed.reason
+    slower = judge(alike * 8, alike)  # every answer eight times slower: that is evidence
+    assert slower.state is StageState.FAILED
+    assert "answers at p50" in slower.reason and "on 40 and 40 answers" in slower.reason
+    many = rng.normal(2.0, 0.2, size=2000)  # enough answers: the p99 itself is judged
+    judged = judge(many * 8, many)
+    assert judged.state is StageState.FAILED and judged.outputs["judged_quantile"] == "p99"
+    assert judge(many, many).state is StageState.PASSED
