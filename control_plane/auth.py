@@ -319,6 +319,14 @@ def _token_out(row: TokenRow) -> TokenOut:
     )
 
 
+def count_on_token(session: Session, name: str, counter: Any, amount: int, limit: int) -> bool:
+    """Add ``amount`` to token ``name``'s ``counter`` column unless that passes ``limit``,
+    in one conditional update (writes at once cannot pass it together); whether added."""
+    return bool(session.execute(update(TokenRow).where(
+        TokenRow.name == name, counter + amount <= limit).values(
+        {counter.key: counter + amount})).rowcount)
+
+
 def draw_job_allowance(session: Session, actor: Principal, counter: Any, amount: int,
                        limit: int, what: str) -> None:
     """Count ``amount`` more of ``what`` on a trainer token's row (``counter``, a column
@@ -327,10 +335,8 @@ def draw_job_allowance(session: Session, actor: Principal, counter: Any, amount:
     Other roles, and principals of no token, are not counted."""
     if actor.role is not Role.TRAINER or amount <= 0:
         return
-    drawn = session.execute(update(TokenRow).where(
-        TokenRow.name == actor.name, counter + amount <= limit).values(
-        {counter.key: counter + amount})).rowcount
-    if drawn or session.scalar(select(TokenRow.id).where(TokenRow.name == actor.name)) is None:
+    if (count_on_token(session, actor.name, counter, amount, limit)
+            or session.scalar(select(TokenRow.id).where(TokenRow.name == actor.name)) is None):
         return
     raise ConflictError(
         f"a training job's token makes at most {limit:,} {what}; {actor.name!r} made that "

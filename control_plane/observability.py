@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from serving.monitoring.stats import ServedConfig
 
 MONITOR_TIMEOUT_S = 2.0  # a healthy Monitor answers in milliseconds
+NOT_RUNNING = "the Monitor is not running; `modelplane up` starts it"
 MONITOR_RETRY_S = 5.0  # after a failure, how long callers are told "unknown" without asking
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def _ask(method: str, *args: Any) -> Any:
     try:
         monitor = get_monitor()
         if monitor is None:
-            raise MonitorUnavailableError("the Monitor is not running; `modelplane up` starts it")
+            raise MonitorUnavailableError(NOT_RUNNING)
         result = ray.get(getattr(monitor, method).remote(*args), timeout=MONITOR_TIMEOUT_S)
     except (TypeError, AttributeError):
         # The arguments do not fit the method, or it has none of the name: a Monitor of
@@ -68,9 +69,8 @@ def _ask(method: str, *args: Any) -> Any:
         # answers; callers adapt, and the others' calls are not refused meanwhile.
         raise
     except Exception as error:
-        why = error.message if isinstance(error, MonitorUnavailableError) else (
-            f"the Monitor did not answer within {MONITOR_TIMEOUT_S:g}s "
-            f"({type(error).__name__}); statistics are unknown until it does")
+        why = (error.message if isinstance(error, MonitorUnavailableError)
+               else _unanswered(error))
         with _breaker_lock:
             _unavailable = (time.monotonic() + MONITOR_RETRY_S, why)
         raise MonitorUnavailableError(why) from None
@@ -96,7 +96,7 @@ def _ask_for_api(method: str, *args: Any) -> Any:
     def submit() -> Future[Any]:
         monitor = get_monitor()
         if monitor is None:
-            raise MonitorUnavailableError("the Monitor is not running; `modelplane up` starts it")
+            raise MonitorUnavailableError(NOT_RUNNING)
         return getattr(monitor, method).remote(*args).future()  # type: ignore[no-any-return]
 
     try:
@@ -105,8 +105,12 @@ def _ask_for_api(method: str, *args: Any) -> Any:
         raise  # see _ask: a Monitor of another release; or already said
     except Exception as error:
         raise MonitorUnavailableError(
-            f"the Monitor did not answer within {MONITOR_TIMEOUT_S:g}s "
-            f"({type(error).__name__}); statistics are unknown until it does") from None
+            _unanswered(error)) from None
+
+
+def _unanswered(error: Exception) -> str:
+    return (f"the Monitor did not answer within {MONITOR_TIMEOUT_S:g}s "
+            f"({type(error).__name__}); statistics are unknown until it does")
 
 
 def monitor_available() -> bool:

@@ -52,19 +52,18 @@ class ReadGate:
         made, its answer to come) once a slot is free. Raises ``busy()`` when no slot
         frees within ``timeout``, ``concurrent.futures.TimeoutError`` when the answer does
         not come within it, or what the call raised."""
-        deadline = self._clock() + timeout
-        read, mine = self._join(key)
-        if mine:
-            self._run(read, lambda: _chain(submit(), read.future), timeout)
-        return read.future.result(timeout=max(deadline - self._clock(), 0.0))
+        return self._ask(key, lambda read: _chain(submit(), read.future), timeout)
 
     def call(self, key: Hashable, fetch: Callable[[], Any], timeout: float) -> Any:
         """As :meth:`read`, for a blocking ``fetch``: the first asker runs it in its own
         thread, the others wait for its answer."""
+        return self._ask(key, lambda read: read.future.set_result(fetch()), timeout)
+
+    def _ask(self, key: Hashable, start: Callable[[_Read], None], timeout: float) -> Any:
         deadline = self._clock() + timeout
         read, mine = self._join(key)
         if mine:
-            self._run(read, lambda: read.future.set_result(fetch()), timeout)
+            self._run(read, lambda: start(read), timeout)
         return read.future.result(timeout=max(deadline - self._clock(), 0.0))
 
     def _join(self, key: Hashable) -> tuple[_Read, bool]:

@@ -16,7 +16,7 @@ import logging
 
 from sqlalchemy import update
 
-from control_plane.auth import Principal
+from control_plane.auth import Principal, count_on_token
 from control_plane.errors import ConflictError
 from control_plane.schemas import Role
 from control_plane.store import Database
@@ -78,11 +78,8 @@ class UploadAllowance:
 
     def _take(self, amount: int) -> bool:
         with self._db.session() as session:
-            taken = session.execute(
-                update(TokenRow)
-                .where(TokenRow.name == self._actor.name,
-                       TokenRow.uploaded_bytes + amount <= self._limit)
-                .values(uploaded_bytes=TokenRow.uploaded_bytes + amount)).rowcount
+            taken = count_on_token(session, self._actor.name, TokenRow.uploaded_bytes, amount,
+                                   self._limit)
         if taken:
             self._taken += amount
-        return bool(taken)
+        return taken
