@@ -179,6 +179,11 @@ def _monitoring_families(rows: list[VersionTotals]):  # type: ignore[no-untyped-
                             ["endpoint", "reason"]),
         "unmatched": _counter("modelplane_feedback_unmatched",
                               "Labels that never found their prediction.", ["endpoint"]),
+        "reporting": _gauge("modelplane_replicas_reporting",
+                            "Replicas that reported to the Monitor in the window.", ["endpoint"]),
+        "silent": _gauge("modelplane_replicas_silent",
+                         "Of those, replicas silent without a graceful stop (crashed, killed, "
+                         "stalled): what they had in flight is in no count.", ["endpoint"]),
     }
     online = {name: _gauge(f"modelplane_online_{name}", f"Online {name} from feedback.", _VERSION)
               for name in _ONLINE}
@@ -240,6 +245,8 @@ def _monitoring_families(rows: list[VersionTotals]):  # type: ignore[no-untyped-
             f["dropped"].add_metric([row.endpoint, "dropped_full"], row.feedback.dropped_full)
             f["dropped"].add_metric([row.endpoint, "expired"], row.feedback.expired)
             f["unmatched"].add_metric([row.endpoint], row.feedback.labels_unmatched)
+            f["reporting"].add_metric([row.endpoint], window.replicas.reporting)
+            f["silent"].add_metric([row.endpoint], window.replicas.silent)
     yield from f.values()
     yield from online.values()
 

@@ -11,11 +11,30 @@ the router is reconfigured, not restarted. The names come from :mod:`serving.nam
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
 from serving.names import ENDPOINT_DEPLOYMENT, ROUTER_DEPLOYMENT, model_server_name
 from serving.schemas import RETRY_AFTER_S, EndpointConfig, ScalingConfig, VersionConfig
+
+# Behind HAProxy, Serve keeps a replica it stops reachable for this setting's seconds (30 by
+# default) so that HAProxy takes it out, then waits for its requests in flight, and
+# force-kills it at the larger of that period and ``graceful_shutdown_timeout_s``. With 10
+# the kill came as the period ended: requests still in flight were cut, and so was the
+# replica's goodbye to the Monitor, which then counted every scale-down as a lost replica.
+DRAINING_SETTING = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+DRAINING_DEFAULT_S = 30.0
+STOP_AFTER_DRAINING_S = 10.0
+
+
+def graceful_stop_s() -> float:
+    """Seconds Serve gives a stopping replica: its draining period, then time to finish."""
+    try:
+        draining = float(os.environ.get(DRAINING_SETTING) or DRAINING_DEFAULT_S)
+    except ValueError:  # Serve itself would not start with it
+        draining = DRAINING_DEFAULT_S
+    return max(draining, 0.0) + STOP_AFTER_DRAINING_S
 
 
 def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongoing: int = 1,
@@ -33,7 +52,7 @@ def _deployment_options(scaling: ScalingConfig, *, env: dict[str, str], min_ongo
         "ray_actor_options": actor,
         # Serve caps a batch at max_ongoing_requests without saying so: keep it above.
         "max_ongoing_requests": max(scaling.max_ongoing_requests, min_ongoing),
-        "graceful_shutdown_timeout_s": 10,
+        "graceful_shutdown_timeout_s": graceful_stop_s(),
         "health_check_period_s": 5,
         # Serve's access log writes a line per request (a gigabyte a day at a few hundred
         # requests a second); the Monitor already counts every request by version, code

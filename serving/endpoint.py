@@ -80,19 +80,20 @@ def _to_response(result: HttpResult, replica: str | None = None) -> Response:
     return Response(content=result.body, status_code=result.status, headers=headers)
 
 
-def _replica_id() -> str:
+def _replica_id() -> tuple[str, bool]:
+    """This replica's id, and whether it is a Serve replica's (not: a unit test's)."""
     try:
         from ray import serve
 
-        return str(serve.get_replica_context().replica_id.unique_id)
+        return str(serve.get_replica_context().replica_id.unique_id), True
     except Exception:  # outside a replica (unit tests)
-        return f"pid-{os.getpid()}"
+        return f"pid-{os.getpid()}", False
 
 
 def served_by(config: EndpointConfig) -> ServedConfig:
     """What the Monitor needs to know of the configuration a delta was recorded under."""
     return ServedConfig(config.incarnation, config.generation,
-                        tuple(v.version for v in config.versions))
+                        tuple(v.version for v in config.versions), config.stats_interval_s)
 
 
 async def _kept_running(name: str, loop_forever: Callable[[], Awaitable[None]]) -> None:
@@ -117,6 +118,9 @@ class _CoreAdapter:
 
     core: InferenceCore | None
     _shipper: asyncio.Task[None] | None = None
+    _shipping: asyncio.Lock | None = None  # held while a shipment is taken and sent
+    _in_serve = False  # a Serve replica, which says goodbye when Serve stops it
+    _leaving = False
     _replica: str = ""
     _profiles_shipped: frozenset[str] = frozenset()  # reference profiles the Monitor holds
     _follower: asyncio.Task[None] | None = None
@@ -254,14 +258,17 @@ class _CoreAdapter:
         replica = self._replica
         monitor: Any = None
         monitor_key: tuple[str, str] | None = None
+        first = True  # at once: the Monitor knows of a replica that dies in its first second
         while True:
             core = self.core
             if core is None:
                 await asyncio.sleep(1.0)
                 continue
             # At the interval, or sooner where a busy second's observations wait.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(core.stats_due.wait(), core.config.stats_interval_s)
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(core.stats_due.wait(), core.config.stats_interval_s)
+            first = False
             key = (core.config.monitor_actor, core.config.monitor_namespace)
             if monitor is None or key != monitor_key:
                 # A GCS lookup blocks: off the event loop, and only until a handle is found.
@@ -271,26 +278,67 @@ class _CoreAdapter:
                 if monitor is None:
                     await asyncio.sleep(core.config.stats_interval_s)
                     continue
+            if not await self._ship(core, monitor, replica):
+                monitor = None  # a new Monitor has a new handle: look it up again
+
+    async def _ship(self, core: InferenceCore, monitor: Any, replica: str,
+                    leaving: bool = False) -> bool:
+        """Ship what ``core`` recorded since the last shipment, empty or not: an empty
+        one tells the Monitor this replica is still there (see
+        ``serving.monitoring.replica_reports``). False where the Monitor did not answer."""
+        async with self._shipment_lock():  # the goodbye waits for a shipment under way
             # The monitoring kernels run here, a step at a time between requests (see
             # StatsRecorder.to_delta_in_steps).
             delta = await core.take_stats().to_delta_in_steps()
-            if not delta:
-                continue
             # Profiles travel once; a Monitor that restarted (and lost them) asks again.
             attach_profiles(delta, core.monitoring, self._profiles_shipped)
             sent = {core.monitoring[v].profile_key for v, d in delta.items() if "profile" in d}
+            extra = {"leaving": True} if leaving else {}
             try:
                 answer = await asyncio.wait_for(
                     asyncio.wrap_future(monitor.record.remote(
-                        core.config.endpoint, replica, delta, served_by(core.config)).future()),
+                        core.config.endpoint, replica, delta, served_by(core.config),
+                        **extra).future()),
                     timeout=5,
                 )
             except Exception as error:  # the monitor restarting must not break serving
                 log.warning("could not ship statistics to the monitor: %s", error)
-                monitor = None  # a new Monitor has a new handle: look it up again
-                continue
+                return False
             missing = set((answer or {}).get("missing_profiles", ()))
             self._profiles_shipped = frozenset((self._profiles_shipped | sent) - missing)
+            return True
+
+    def _shipment_lock(self) -> asyncio.Lock:
+        if self._shipping is None:  # made on the replica's loop, not where it was built
+            self._shipping = asyncio.Lock()
+        return self._shipping
+
+    def __del__(self) -> Awaitable[None] | None:
+        """Serve stops this replica gracefully (a scale-down, a redeploy), after its last
+        request, and awaits what this returns: the goodbye. Python's own call, when the
+        object is collected, gets nothing to await."""
+        if not self._in_serve or self._leaving:
+            return None
+        self._leaving = True
+        return self._say_goodbye()
+
+    async def _say_goodbye(self) -> None:
+        """The last statistics go to the Monitor with a goodbye, so that neither they nor
+        this replica count as lost."""
+        core = self.core
+        if self._follower is not None:
+            self._follower.cancel()
+        if self._shipper is None or core is None:
+            return
+        async with self._shipment_lock():  # cancelled between shipments, so none is cut short
+            self._shipper.cancel()
+        try:
+            monitor = await asyncio.to_thread(get_monitor, core.config.monitor_actor,
+                                              core.config.monitor_namespace)
+            if monitor is not None:
+                await self._ship(core, monitor, self._replica, leaving=True)
+        except Exception as error:  # stopping regardless: the Monitor counts it as silent
+            log.warning("could not say goodbye to the monitor: %s", error)
 
 
 class EndpointServer(_CoreAdapter):
@@ -298,7 +346,7 @@ class EndpointServer(_CoreAdapter):
 
     def __init__(self) -> None:
         self.core: InferenceCore | None = None
-        self._replica = _replica_id()
+        self._replica, self._in_serve = _replica_id()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="onnx")
         self._backlog = Backlog()  # counted by the lean ingress, where it is on
         self._loaded: dict[tuple[int, str, Any], LocalVersion] = {}
@@ -393,7 +441,7 @@ class EndpointRouter(_CoreAdapter):
 
     def __init__(self) -> None:
         self.core: InferenceCore | None = None
-        self._replica = _replica_id()
+        self._replica, self._in_serve = _replica_id()
         self._link_client: LinkClient | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -154,6 +154,10 @@ SIGNALS: dict[str, Signal] = {
     "shadow_agreement": Signal("share of shadow answers agreeing with the primary",
                                _figure(lambda s: s.shadow.agreement)),
     "shadow_errors": Signal("failed shadow calls in the window", _count(lambda s: s.shadow.errors)),
+    "silent_replicas": Signal(
+        "replicas of the endpoint silent in the window without a graceful stop (crashed, "
+        "killed, stalled)",
+        _figure(lambda s: s.replicas.silent if s.replicas.reporting else None)),
 }
 
 COMPARE: dict[str, Callable[[float, float], bool]] = {

@@ -28,6 +28,11 @@ same way: ``max_p95_ms`` and ``max_p99_ms`` fail when the quantile's distributio
 lower bound is past the limit, and ``max_p95_ratio`` when the candidate p95's lower bound
 over stable p95's upper bound is (:mod:`kernels.order_statistics`; a p95 over ten
 requests has no upper bound, so such a ratio never fails).
+
+A window in which a replica of the endpoint went silent without a graceful stop
+(``VersionSnapshot.replicas``) is inconclusive unless a check already failed: the requests
+a crashing replica takes down are answered by the proxy and counted nowhere, so a model
+that kills its replica would otherwise show a clean error rate.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from control_plane.rollouts.ab_test import two_proportions
-from serving.monitoring import ShadowComparison, Traffic, VersionSnapshot
+from serving.monitoring import Replicas, ShadowComparison, Traffic, VersionSnapshot
 from serving.monitoring.routing import ROUTED_PINNED, ROUTED_RANDOMLY, ROUTED_STICKY
 from serving.monitoring.snapshot import RoutedRequests
 
@@ -439,6 +444,9 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             unjudged = unjudged or bool(RELATIVE_LOAD_SENSITIVE & checks.keys())
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
+    silent = _silent_replicas(candidate)
+    if silent:
+        return CheckResult(Verdict.INCONCLUSIVE, checks, silent)
     if unjudged:
         return CheckResult(Verdict.INCONCLUSIVE, checks, why_unjudged)
     if unproven:
@@ -536,6 +544,9 @@ def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -
             failures.insert(0, f"shadow_error_rate {error_rate:.4g} > {limit:.4g}")
     if failures:
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures))
+    silent = _silent_replicas(candidate)
+    if silent:
+        return CheckResult(Verdict.INCONCLUSIVE, checks, silent)
     if unjudged is not None:
         return CheckResult(Verdict.INCONCLUSIVE, checks, unjudged)
     if not compared:  # not one answer to judge: passing it would promote a shadow unseen
@@ -543,6 +554,20 @@ def _analyse_shadow(config: AnalysisConfig, candidate: VersionSnapshot | None) -
             f"none of {mirrored} mirrored requests was answered (failed {shadow.errors}, "
             f"dropped {shadow.dropped})"))
     return CheckResult(Verdict.PASS, checks, "shadow checks passed")
+
+
+def _silent_replicas(candidate: VersionSnapshot | None) -> str | None:
+    """Why the window misses evidence of the candidate's, or None: replicas of the endpoint
+    went silent without a graceful stop. Its failures stand; a pass would not, as the
+    requests those replicas took down with them (a model that kills its replica) are in no
+    count."""
+    replicas = candidate.replicas if candidate is not None else Replicas()
+    if not replicas.silent:
+        return None
+    return (f"{replicas.silent} of the {replicas.reporting} replicas that served the endpoint "
+            f"in the window went silent without a graceful stop (crashed, killed or stalled; "
+            f"silent for {replicas.silent_for_s:.0f}s): what they had in flight and had not "
+            "shipped is missing, so the window is not judged")
 
 
 def _crowded_out(shadow: ShadowComparison, candidate: VersionSnapshot | None) -> str | None:

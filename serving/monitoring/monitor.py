@@ -25,6 +25,7 @@ from serving.monitoring.drift_window import MIN_ROWS as DRIFT_MIN_ROWS
 from serving.monitoring.drift_window import SlottedCounts, histograms, judge, window
 from serving.monitoring.feedback import MAX_PREDICTION_BYTES, FeedbackJoin, JoinedPair
 from serving.monitoring.profiles import load_profiles, profile_key
+from serving.monitoring.replica_reports import ReplicaReports
 from serving.monitoring.routing import ROUTED_PINNED, ROUTED_RANDOMLY, ROUTED_STICKY, ROUTINGS
 from serving.monitoring.sections import (
     accuracy_section,
@@ -62,8 +63,9 @@ log = logging.getLogger(__name__)
 # any change, so `up` replaces a Monitor left running by an older modelplane (2: the
 # first to say; per-routing samples and snapshots' ``sample``; 3: pinned and sticky
 # latencies apart, by way of routing, and ``endpoint_deleted``; 4: requests abandoned
-# by their callers, by way of routing; 5: ``served``).
-MONITOR_PROTOCOL = 5
+# by their callers, by way of routing; 5: ``served``; 6: ``record``'s ``leaving`` and
+# snapshots' ``replicas``).
+MONITOR_PROTOCOL = 6
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
 METRICS_WINDOW_S = 60.0  # window of the windowed signals in the Prometheus exposition
@@ -187,7 +189,7 @@ class MonitorState:
         self._clock = clock
         self._wall = wall_clock
         self.series: dict[tuple[str, int], VersionSeries] = {}
-        self.replicas: dict[str, dict[str, float]] = {}
+        self.replicas = ReplicaReports(clock, memory_s=SLOTS * SLOT_SECONDS)
         self.profiles: dict[str, tuple[Any, Any]] = {}  # key -> (inputs, predictions)
         self.join = FeedbackJoin(clock, max_bytes=prediction_store_bytes)
         self.drift_alpha, self.drift_min_rows = drift_alpha, drift_min_rows
@@ -216,9 +218,10 @@ class MonitorState:
         return self.series[key]
 
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
-               served: ServedConfig | None = None) -> dict[str, Any]:
+               served: ServedConfig | None = None, leaving: bool = False) -> dict[str, Any]:
         """Merge one replica's delta (see ``StatsRecorder.to_delta``) recorded under
-        ``served`` (see :meth:`_admit`).
+        ``served`` (see :meth:`_admit`); an empty one says the replica is still there, and
+        ``leaving`` that it is stopping gracefully and this was its last.
 
         Returns the reference profiles the delta referred to that this Monitor does not
         hold (a restarted Monitor has none): the replica sends them with its next delta.
@@ -228,7 +231,10 @@ class MonitorState:
         versions = self._admit(endpoint, served)
         if versions is None:
             return {"missing_profiles": []}
-        self.replicas.setdefault(endpoint, {})[replica] = self._clock()
+        if leaving:
+            self.replicas.left(endpoint, replica)
+        else:
+            self.replicas.heard(endpoint, replica, served.report_every_s if served else 1.0)
         missing_profiles: set[str] = set()
         for version, data in delta.items():
             if versions and int(version) not in versions and int(version) != ENDPOINT_LEVEL:
@@ -460,6 +466,7 @@ class MonitorState:
             quality=quality,
             accuracy=accuracy_section(counts, series.meta, sample),
             anomalies=anomalies_section(quality, judged),
+            replicas=self.replicas.of_endpoint(endpoint, window_s),
         )
 
     def _drift(self, endpoint: str, version: int, series: VersionSeries, window_s: float,
@@ -569,7 +576,7 @@ class MonitorState:
         for key in [k for k in self._drift_cache if k[0] == endpoint and version in (None, k[1])]:
             del self._drift_cache[key]
         if version is None:
-            self.replicas.pop(endpoint, None)
+            self.replicas.forget(endpoint)
             self.served.pop(endpoint, None)
             self.join.forget(endpoint)
         else:  # its predictions would only ever join labels nobody counts
@@ -687,8 +694,8 @@ class MonitorActor:
         return MONITOR_PROTOCOL
 
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
-               served: ServedConfig | None = None) -> dict[str, Any]:
-        return self.state.record(endpoint, replica, delta, served)
+               served: ServedConfig | None = None, leaving: bool = False) -> dict[str, Any]:
+        return self.state.record(endpoint, replica, delta, served, leaving)
 
     def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         return self.state.feedback(endpoint, items)

@@ -1,7 +1,7 @@
 """The Monitor's evidence, typed: what ``MonitorState.snapshot`` and ``totals`` answer.
 
 A :class:`VersionSnapshot` is one version's statistics over a window, in sections:
-traffic, latency, shadow, drift, quality, accuracy and anomalies. The rollout analysis,
+traffic, latency, shadow, drift, quality, accuracy, anomalies and the replicas reporting. The rollout analysis,
 the alert signals and the Prometheus exporter read its fields; :meth:`VersionSnapshot.to_json`
 gives the body of ``GET /api/endpoints/{e}/stats`` per version (the control plane then
 turns NaN into null). :class:`VersionTotals` is one version's cumulative counts, which
@@ -337,6 +337,23 @@ class Anomalies:
 
 
 @dataclass(frozen=True)
+class Replicas:
+    """The endpoint's replicas that reported to the Monitor in the window, and of those the
+    ones gone silent without a graceful stop: crashed, killed or stalled. What a silent
+    replica had in flight and had not yet shipped is missing from every other section, and
+    a version whose code kills its replica would otherwise look clean: the proxy, not the
+    replica, answers the requests it took down with it (see
+    ``serving.monitoring.replica_reports``)."""
+
+    reporting: int = 0
+    silent: int = 0
+    silent_for_s: float = 0.0  # the longest silence among them
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class VersionSnapshot:
     """One version's statistics over a window (see ``MonitorState.snapshot``)."""
 
@@ -347,6 +364,7 @@ class VersionSnapshot:
     quality: Quality = field(default_factory=Quality)
     accuracy: Accuracy = field(default_factory=Accuracy)
     anomalies: Anomalies = field(default_factory=Anomalies)
+    replicas: Replicas = field(default_factory=Replicas)
 
     def to_json(self) -> dict[str, Any]:
         """The REST shape: traffic and every request's latency at the top, then sections."""
@@ -373,6 +391,7 @@ class VersionSnapshot:
             "quality": self.quality.to_json(),
             "accuracy": self.accuracy.to_json(),
             "anomalies": self.anomalies.to_json(),
+            "replicas": self.replicas.to_json(),
         }
 
 

@@ -50,6 +50,7 @@ class ServedConfig(NamedTuple):
     incarnation: str  # which creation of the endpoint name (EndpointConfig.incarnation)
     generation: int  # which change of its configuration
     versions: tuple[int, ...]  # the versions it serves
+    report_every_s: float = 1.0  # how often the replica ships (EndpointConfig.stats_interval_s)
 
 
 def new_latency_sketch() -> Any:

@@ -245,6 +245,12 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(
     stopped = time.monotonic()
     wait_for(lambda: len(platform.running_on("elastic")) == 1, timeout=90,
              what="back to one replica once the load stopped")
+    # The replicas Serve stopped said goodbye with their last statistics: none is silent,
+    # so a rollout is not held by a scale-down.
+    with platform.client() as api:
+        versions = api.endpoint_stats("elastic", window_s=300)["versions"]
+    assert versions and all(v["replicas"]["silent"] == 0 for v in versions.values()), versions
+    assert sum(v["requests"] for k, v in versions.items() if k != "0") >= len(load.answers)
     print(f"\nautoscaling 1 -> 3 replicas in {scaled_up_s:.1f}s under load "
           f"({len(load.answers)} answers, all 200), back to 1 in "
           f"{time.monotonic() - stopped:.1f}s after it stopped")
@@ -490,6 +496,13 @@ def test_a_lost_worker_node_costs_only_its_requests_in_flight(
     # Only requests in flight on the lost node may fail: at most one per load worker.
     assert len(failures) <= load.workers, [f.error for f in failures]
     assert after_recovery == []
+    # The lost replica said no goodbye: the Monitor names it silent, so no rollout would
+    # judge a window missing what it had in flight.
+    with platform.client() as api:
+        wait_for(lambda: any(stats["replicas"]["silent"] >= 1 for version, stats in
+                             api.endpoint_stats("failover", window_s=300)["versions"].items()
+                             if version != "0"),
+                 timeout=30, what="the lost replica reported silent")
 
     def nodes_once_lost() -> dict[str, Any] | None:
         # Ray declares a node dead after its health checks fail (seconds after the kill).

@@ -190,6 +190,15 @@ def test_route_changes_skip_serve_and_reach_a_restarted_replica(iris: Platform) 
         time.sleep(0.1)
     else:
         raise AssertionError("no new replica answered within 120 s")
+    # The killed replicas said no goodbye: the Monitor names them silent, for both versions
+    # they held, so that no rollout judges a window that lost what they had in flight.
+    with iris.client() as client:
+        def silent() -> bool:
+            versions = client.endpoint_stats("iris")["versions"]
+            return all(versions.get(v, {}).get("replicas", {}).get("silent", 0) >= len(killed)
+                       for v in ("1", "2"))
+
+        wait_for(silent, 60, "the killed replicas reported silent")
 
 
 @pytest.mark.parametrize("restarts", [True, False])

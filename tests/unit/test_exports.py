@@ -16,8 +16,8 @@ EXPECTED = {
         "ModelNotReadyError", "PayloadTooLargeError", "ServingError",
     },
     serving.monitoring: {
-        "Accuracy", "Anomalies", "Drift", "DriftVerdict", "Latency", "Quality", "Quantiles", "ShadowComparison",
-        "Traffic", "VersionSnapshot", "VersionTotals",
+        "Accuracy", "Anomalies", "Drift", "DriftVerdict", "Latency", "Quality", "Quantiles",
+        "Replicas", "ShadowComparison", "Traffic", "VersionSnapshot", "VersionTotals",
     },
     training: {
         "CheckpointNotFoundError", "ExportMismatchError", "InvalidJobSpecError", "JobFailedError",

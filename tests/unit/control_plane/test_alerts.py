@@ -569,6 +569,8 @@ def test_every_signal_reads_a_real_monitor_snapshot() -> None:
     assert values["missing_rate"] == 0.0 and values["rejected"] == 0
     assert values["mae"] is None  # a classifier has no regression error
     assert values["latency_anomaly"] is None  # no baseline yet: no verdict
+    assert values["silent_replicas"] == 0  # the one replica reported
+    assert SIGNALS["silent_replicas"].read(type(snapshot)())[0] is None  # none reported
 
 
 def test_a_silenced_rule_is_evaluated_and_recorded_but_notifies_no_one(db: Database, caplog) -> None:

@@ -82,6 +82,8 @@ def test_drift_accuracy_and_alerts_are_exposed(exposition) -> None:
     assert value(exposition, "modelplane_feedback_labelled_total", **version) == 100
     assert 0 <= value(exposition, "modelplane_online_accuracy", **version) <= 1
     assert value(exposition, "modelplane_predictions_held", endpoint="churn") == 200
+    assert value(exposition, "modelplane_replicas_reporting", endpoint="churn") == 1
+    assert value(exposition, "modelplane_replicas_silent", endpoint="churn") == 0
     assert value(exposition, "modelplane_alerts", alertname="busy", severity="warning", state="firing") == 1
 
 

@@ -126,3 +126,21 @@ def test_a_profile_that_is_not_json_is_refused_naming_the_field() -> None:
     document = version_config().model_dump(mode="json")
     with pytest.raises(ValidationError, match="reference_profile is not a JSON document"):
         VersionConfig.model_validate({**document, "reference_profile": "{not json"})
+
+
+def test_a_stopping_replica_gets_its_draining_period_and_time_to_finish(monkeypatch) -> None:
+    """Behind HAProxy Serve holds a stopping replica reachable for its draining period and
+    force-kills it at the larger of that and this timeout: at 10 s the kill came as the
+    period ended, cutting requests in flight and the replica's goodbye to the Monitor."""
+    from serving.applications import DRAINING_SETTING
+
+    def timeout() -> float:
+        app = build_endpoint_app(endpoint(), env={})
+        return app._bound_deployment._deployment_config.graceful_shutdown_timeout_s
+
+    monkeypatch.delenv(DRAINING_SETTING, raising=False)
+    assert timeout() == 40.0
+    monkeypatch.setenv(DRAINING_SETTING, "1")  # the benchmarks' scratch clusters
+    assert timeout() == 11.0
+    version = build_version_app(endpoint("isolated"), version_config(), env={})._bound_deployment
+    assert version._deployment_config.graceful_shutdown_timeout_s == 11.0

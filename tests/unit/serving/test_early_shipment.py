@@ -25,10 +25,14 @@ class StandInMonitor:
 
     def __init__(self) -> None:
         self.shipped: list[tuple[float, dict[int, Any]]] = []
+        self.goodbyes: list[str] = []
         self.record = SimpleNamespace(remote=self._record)
 
-    def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any) -> Any:
+    def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any,
+                leaving: bool = False) -> Any:
         self.shipped.append((time.monotonic(), delta))
+        if leaving:
+            self.goodbyes.append(replica)
         answered: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         answered.set_result({})
         return SimpleNamespace(future=lambda: answered)
@@ -54,6 +58,9 @@ def test_a_full_recorder_is_shipped_before_the_interval(monkeypatch: pytest.Monk
     async def run() -> None:
         shipper = asyncio.get_running_loop().create_task(Replica(core)._ship_forever())
         try:
+            await asyncio.sleep(0.1)
+            assert [d for _, d in monitor.shipped] == [{}]  # hello, at once
+            monitor.shipped.clear()
             await send_many(core, rows * 49)
             await asyncio.sleep(0.5)
             assert monitor.shipped == []  # under the limit: the interval decides
@@ -194,3 +201,35 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
                                      if 1 in d) == 30
 
     asyncio.run(run())
+
+
+def test_an_idle_replica_reports_and_says_goodbye_with_its_last_statistics(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without traffic a replica still ships (empty) at its interval, so the Monitor can
+    tell one that crashed from one that is idle; stopped by Serve, it ships what it
+    recorded since with a goodbye, where the last second's statistics were lost before."""
+    monitor = StandInMonitor()
+    monkeypatch.setattr(endpoint, "get_monitor", lambda *key: monitor)
+    core = make_core(reference_profile())
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
+
+    async def run() -> None:
+        replica = Replica(core)
+        replica._in_serve = True
+        replica._shipper = asyncio.get_running_loop().create_task(replica._ship_forever())
+        await asyncio.sleep(0.5)
+        assert len(monitor.shipped) >= 3 and all(d == {} for _, d in monitor.shipped)
+        await send_many(core, [np.zeros((1, 4), np.float32)] * 7)
+        before = len(monitor.shipped)
+        goodbye = replica.__del__()
+        assert goodbye is not None
+        await goodbye
+        assert monitor.goodbyes == ["replica-1"] and replica._shipper.done()
+        last = [d for _, d in monitor.shipped[before:] if d]
+        assert sum(d[1]["codes"].get(200, 0) for d in last) == 7
+        assert replica.__del__() is None  # once only, and never at garbage collection
+
+    asyncio.run(run())
+    outside = Replica(core)  # not a Serve replica: nothing to await, nothing shipped
+    assert outside.__del__() is None
