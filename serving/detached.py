@@ -7,6 +7,10 @@ raised whenever its methods or what they take and return change). Whoever ensure
 actor replaces one that speaks older terms, or predates protocols, and leaves alone one
 that speaks newer terms (an older `up` against a newer cluster changes nothing there) or
 does not answer in time (busy is not old; the fault paths handle a dead one).
+
+They run on the head node, as Ray Train's state actor does: a worker node lost took the
+Monitor's five minutes of figures (and which replicas it had heard from) with it, and the
+cluster does not outlive its head anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ log = logging.getLogger(__name__)
 PROTOCOL_TIMEOUT_S = 30.0
 RELEASE_TIMEOUT_S = 30.0
 NO_ANSWER = -1  # the running actor did not say its protocol in time
+# Ray's resource on the head node alone; a sliver of it places an actor there. The default
+# strategy takes the actor out of its creator's placement group, if it has one.
+ON_HEAD = {"resources": {"node:__internal_head__": 0.001}, "scheduling_strategy": "DEFAULT"}
 
 
 def running_protocol(handle: Any, timeout_s: float = PROTOCOL_TIMEOUT_S) -> int | None:
@@ -61,7 +68,7 @@ def ensure_detached(actor_class: Any, *, name: str, namespace: str, protocol: in
         if replaced is not None:
             replaced(found)
     return actor_class.options(name=name, namespace=namespace, lifetime="detached",
-                               get_if_exists=True, **(options or {})).remote(*args)
+                               get_if_exists=True, **{**ON_HEAD, **(options or {})}).remote(*args)
 
 
 def named_actor(name: str, namespace: str) -> Any | None:

@@ -474,6 +474,17 @@ def test_a_lost_worker_node_costs_only_its_requests_in_flight(
     wait_for(lambda: len(platform.running_on("failover")) == 2, timeout=120, what="failover")
     placed = set(platform.running_on("failover"))
     assert placed <= _worker_addresses(platform), placed
+    # The Monitor and the route board live on the head: a lost worker took the Monitor's
+    # figures, and which replicas it had heard from, with it.
+    placed_on = platform.cluster.python("""
+        from serving.names import MONITOR_NAME, MONITOR_NAMESPACE, ROUTE_BOARD_NAME
+        address = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+        where = [address[ray.get(ray.get_actor(name, namespace=MONITOR_NAMESPACE).__ray_call__
+                                 .remote(lambda self: ray.get_runtime_context().get_node_id()))]
+                 for name in (MONITOR_NAME, ROUTE_BOARD_NAME)]
+        print(json.dumps(where))
+    """)
+    assert len(placed_on) == 2 and not set(placed_on) & _worker_addresses(platform), placed_on
     # Lose a node that runs one of them (Serve spreads them; if both share one, that one).
     lost = next(n for n in platform.cluster.alive if n.address in placed)
     survivor = next(n for n in platform.cluster.alive if n is not lost)
