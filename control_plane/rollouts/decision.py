@@ -154,9 +154,28 @@ def _analysed_at(analysis: dict[str, Any] | None) -> datetime | None:
 
 
 def analysis_window(rollout: RolloutOut, now: datetime) -> float:
-    """Seconds of statistics to judge: the last ``window_s``, but never from before the step."""
-    started = rollout.step_started_at or now
-    return min(settings_of(rollout).window_s, max(1.0, (now - started).total_seconds()))
+    """Seconds of statistics to judge: the last ``window_s``, but never from before the step,
+    nor, while a failure streak runs, from before its latest failing analysis: each failure
+    of a streak is judged on requests the one before it did not see. Windows overlap (10 s
+    apart, 60 s long by default), so one burst of errors failed six analyses in a row, and
+    ``failures_to_rollback`` asked for nothing more than one failure."""
+    start = rollout.step_started_at or now
+    failed_at = _failed_at(rollout) if rollout.failures else None
+    if failed_at is not None and failed_at <= now:
+        start = max(start, failed_at)
+    return min(settings_of(rollout).window_s, max(1.0, (now - start).total_seconds()))
+
+
+def _failed_at(rollout: RolloutOut) -> datetime | None:
+    """When the latest failing analysis of the current step was made (None: none, or a
+    record from before this was kept)."""
+    last = rollout.last_analysis or {}
+    if last.get("step_index") != rollout.step_index:
+        return None
+    try:
+        return parse_stamp(last.get("failed_at"))
+    except ValueError:
+        return None
 
 
 def ab_window(rollout: RolloutOut, now: datetime) -> tuple[int, float] | None:
@@ -282,6 +301,10 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
         **baseline,
         "inconclusive_since": inconclusive_for(rollout.last_analysis, result.verdict, now,
                                                started, rollout.state),
+        # Where the next window of a failure streak begins (analysis_window).
+        "failed_at": (now.isoformat() if result.verdict == Verdict.FAIL else
+                      previous.get("failed_at") if same_step
+                      and result.verdict == Verdict.INCONCLUSIVE else None),
         **ab,
     })
 

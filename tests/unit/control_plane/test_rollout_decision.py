@@ -108,6 +108,29 @@ def test_failures_below_the_threshold_hold() -> None:
     assert "error_rate 0.2 > 0.01" in decision.reason
 
 
+def test_each_failure_of_a_streak_is_judged_on_requests_the_one_before_did_not_see() -> None:
+    """Windows overlap: one burst of errors, held by every window that covers it, failed
+    analysis after analysis, and a streak of two asked for no more than one failure."""
+    first = decide(rollout(), evidence(FAILING), at(10))
+    assert first.analysis["failed_at"] == at(10).isoformat()
+    failing = rollout(failures=1, last_analysis=first.analysis)
+    assert [analysis_window(failing, at(t)) for t in (10.2, 11, 13, 30)] == [1.0, 1.0, 3.0, 5.0]
+    # Too few requests since the failure: the streak and where its window begins stand.
+    thin = decide(failing, evidence(SPARSE), at(11))
+    assert (thin.analysis["verdict"], thin.streak) == ("inconclusive", 1)
+    assert thin.analysis["failed_at"] == first.analysis["failed_at"]
+    assert analysis_window(rollout(failures=1, last_analysis=thin.analysis), at(13)) == 3.0
+    again = decide(rollout(failures=1, last_analysis=thin.analysis), evidence(FAILING), at(13))
+    assert (again.action, again.streak) == (Action.ROLLBACK, 2)
+    # A pass ends the streak, and the next window is whole again.
+    passed = decide(failing, evidence(HEALTHY), at(12))
+    assert (passed.streak, passed.analysis["failed_at"]) == (0, None)
+    assert analysis_window(rollout(last_analysis=passed.analysis), at(13)) == 5.0
+    # A failure of an earlier step does not cut this step's window.
+    other_step = rollout(step_index=1, failures=1, last_analysis=first.analysis)
+    assert analysis_window(other_step, at(13)) == 5.0
+
+
 def test_inconclusive_keeps_the_streak_and_a_pass_breaks_it() -> None:
     assert decide(rollout(failures=1), evidence(SPARSE), at(3)).streak == 1
     passed = decide(rollout(failures=1), evidence(HEALTHY), at(3))
