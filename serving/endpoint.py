@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -72,6 +73,10 @@ WARMING = ("this replica started moments ago and the ingress does not send to it
            "yet; it answers ready once it does")
 BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
 LOOP_RESTART_S = 1.0  # how soon a replica's background loop starts again after an error
+# Shipments kept for a Monitor that does not answer (a minute at the default interval);
+# past them the oldest go. A Monitor that is not there at all is not sent to: what the
+# replica records then waits in its recorder.
+UNSENT_LIMIT = 60
 FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
 
 
@@ -119,6 +124,9 @@ class _CoreAdapter:
     core: InferenceCore | None
     _shipper: asyncio.Task[None] | None = None
     _shipping: asyncio.Lock | None = None  # held while a shipment is taken and sent
+    _sequence = 0  # the number of the newest shipment
+    # Shipments the Monitor was not seen to take, oldest first: sent again, in order.
+    _unsent: deque[tuple[int, dict[int, Any], ServedConfig]] | None = None
     _in_serve = False  # a Serve replica, which says goodbye when Serve stops it
     _leaving = False
     _replica: str = ""
@@ -283,29 +291,44 @@ class _CoreAdapter:
 
     async def _ship(self, core: InferenceCore, monitor: Any, replica: str,
                     leaving: bool = False) -> bool:
-        """Ship what ``core`` recorded since the last shipment, empty or not: an empty
-        one tells the Monitor this replica is still there (see
-        ``serving.monitoring.replica_reports``). False where the Monitor did not answer."""
+        """Ship what ``core`` recorded since the last shipment, empty or not (an empty one
+        tells the Monitor this replica is still there: ``serving.monitoring.replica_reports``),
+        after any earlier shipment the Monitor was not seen to take. False where it did not
+        answer: what it was sent is sent again next time, under the same number, so one it
+        took after all (slow, not gone) is not counted twice."""
         async with self._shipment_lock():  # the goodbye waits for a shipment under way
             # The monitoring kernels run here, a step at a time between requests (see
             # StatsRecorder.to_delta_in_steps).
             delta = await core.take_stats().to_delta_in_steps()
             # Profiles travel once; a Monitor that restarted (and lost them) asks again.
             attach_profiles(delta, core.monitoring, self._profiles_shipped)
-            sent = {core.monitoring[v].profile_key for v, d in delta.items() if "profile" in d}
-            extra = {"leaving": True} if leaving else {}
-            try:
-                answer = await asyncio.wait_for(
-                    asyncio.wrap_future(monitor.record.remote(
-                        core.config.endpoint, replica, delta, served_by(core.config),
-                        **extra).future()),
-                    timeout=5,
-                )
-            except Exception as error:  # the monitor restarting must not break serving
-                log.warning("could not ship statistics to the monitor: %s", error)
-                return False
-            missing = set((answer or {}).get("missing_profiles", ()))
-            self._profiles_shipped = frozenset((self._profiles_shipped | sent) - missing)
+            if self._unsent is None:
+                self._unsent = deque()
+            self._sequence += 1
+            self._unsent.append((self._sequence, delta, served_by(core.config)))
+            while self._unsent:
+                sequence, delta, served = self._unsent[0]
+                sent = {core.monitoring[v].profile_key for v, d in delta.items()
+                        if "profile" in d and v in core.monitoring}
+                last = leaving and len(self._unsent) == 1
+                try:
+                    answer = await asyncio.wait_for(
+                        asyncio.wrap_future(monitor.record.remote(
+                            core.config.endpoint, replica, delta, served, leaving=last,
+                            sequence=sequence).future()),
+                        timeout=5,
+                    )
+                except Exception as error:  # the monitor restarting must not break serving
+                    log.warning("could not ship statistics to the monitor (%d shipments "
+                                "kept to send again): %s", len(self._unsent), error)
+                    if len(self._unsent) > UNSENT_LIMIT:
+                        self._unsent.popleft()
+                        log.warning("dropped the oldest statistics kept for the monitor: "
+                                    "it has not answered %d shipments in a row", UNSENT_LIMIT)
+                    return False
+                self._unsent.popleft()
+                missing = set((answer or {}).get("missing_profiles", ()))
+                self._profiles_shipped = frozenset((self._profiles_shipped | sent) - missing)
             return True
 
     def _shipment_lock(self) -> asyncio.Lock:

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 # first to say; per-routing samples and snapshots' ``sample``; 3: pinned and sticky
 # latencies apart, by way of routing, and ``endpoint_deleted``; 4: requests abandoned
 # by their callers, by way of routing; 5: ``served``; 6: ``record``'s ``leaving`` and
-# snapshots' ``replicas``).
+# ``sequence``, and snapshots' ``replicas``).
 MONITOR_PROTOCOL = 6
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
@@ -218,23 +218,29 @@ class MonitorState:
         return self.series[key]
 
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
-               served: ServedConfig | None = None, leaving: bool = False) -> dict[str, Any]:
+               served: ServedConfig | None = None, leaving: bool = False,
+               sequence: int | None = None) -> dict[str, Any]:
         """Merge one replica's delta (see ``StatsRecorder.to_delta``) recorded under
         ``served`` (see :meth:`_admit`); an empty one says the replica is still there, and
-        ``leaving`` that it is stopping gracefully and this was its last.
+        ``leaving`` that it is stopping gracefully and this was its last. ``sequence``
+        numbers the replica's shipments: one sent again after its first sending was merged
+        is dropped.
 
         Returns the reference profiles the delta referred to that this Monitor does not
         hold (a restarted Monitor has none): the replica sends them with its next delta.
         """
         from kernels import Sketch
 
+        if self.replicas.merged(endpoint, replica, sequence):
+            return {"missing_profiles": []}
         versions = self._admit(endpoint, served)
         if versions is None:
             return {"missing_profiles": []}
         if leaving:
             self.replicas.left(endpoint, replica)
         else:
-            self.replicas.heard(endpoint, replica, served.report_every_s if served else 1.0)
+            self.replicas.heard(endpoint, replica, served.report_every_s if served else 1.0,
+                                sequence)
         missing_profiles: set[str] = set()
         for version, data in delta.items():
             if versions and int(version) not in versions and int(version) != ENDPOINT_LEVEL:
@@ -694,8 +700,9 @@ class MonitorActor:
         return MONITOR_PROTOCOL
 
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
-               served: ServedConfig | None = None, leaving: bool = False) -> dict[str, Any]:
-        return self.state.record(endpoint, replica, delta, served, leaving)
+               served: ServedConfig | None = None, leaving: bool = False,
+               sequence: int | None = None) -> dict[str, Any]:
+        return self.state.record(endpoint, replica, delta, served, leaving, sequence)
 
     def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         return self.state.feedback(endpoint, items)

@@ -33,6 +33,7 @@ class Reporter:
 
     last: float
     every_s: float
+    sequence: int | None = None  # the newest shipment merged (replicas number theirs)
 
     def silent_for(self, now: float) -> float:
         """Seconds past the silence this replica's interval allows (0 while reporting)."""
@@ -49,10 +50,18 @@ class ReplicaReports:
         self._endpoints: dict[str, dict[str, Reporter]] = {}
         self._pruned_at: dict[str, float] = {}
 
-    def heard(self, endpoint: str, replica: str, every_s: float) -> None:
+    def merged(self, endpoint: str, replica: str, sequence: int | None) -> bool:
+        """Whether ``replica``'s shipment ``sequence`` was merged already: a replica sends
+        again what it could not see arrive, and a Monitor that was only slow got it."""
+        reporter = self._endpoints.get(endpoint, {}).get(replica)
+        return (sequence is not None and reporter is not None and reporter.sequence is not None
+                and sequence <= reporter.sequence)
+
+    def heard(self, endpoint: str, replica: str, every_s: float,
+              sequence: int | None = None) -> None:
         now = self._clock()
         reporters = self._endpoints.setdefault(endpoint, {})
-        reporters[replica] = Reporter(now, every_s)
+        reporters[replica] = Reporter(now, every_s, sequence)
         if now - self._pruned_at.get(endpoint, -self._memory_s) >= 1.0:
             self._pruned_at[endpoint] = now
             for name in [n for n, r in reporters.items() if now - r.last > self._memory_s]:

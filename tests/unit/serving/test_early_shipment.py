@@ -29,7 +29,7 @@ class StandInMonitor:
         self.record = SimpleNamespace(remote=self._record)
 
     def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any,
-                leaving: bool = False) -> Any:
+                leaving: bool = False, sequence: int | None = None) -> Any:
         self.shipped.append((time.monotonic(), delta))
         if leaving:
             self.goodbyes.append(replica)
@@ -233,3 +233,53 @@ def test_an_idle_replica_reports_and_says_goodbye_with_its_last_statistics(
     asyncio.run(run())
     outside = Replica(core)  # not a Serve replica: nothing to await, nothing shipped
     assert outside.__del__() is None
+
+
+class SlowMonitor:
+    """A real MonitorState behind a handle whose answers can be lost: ``plan`` says, per
+    call, whether the Monitor takes the delta and whether the replica hears back."""
+
+    def __init__(self, plan: list[tuple[bool, bool]]) -> None:
+        from serving.monitoring.monitor import MonitorState
+
+        self.state = MonitorState()
+        self.plan = plan
+        self.sequences: list[int | None] = []
+        self.record = SimpleNamespace(remote=self._record)
+
+    def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any,
+                leaving: bool = False, sequence: int | None = None) -> Any:
+        takes, answers = self.plan.pop(0) if self.plan else (True, True)
+        self.sequences.append(sequence)
+        answered: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        if takes:
+            answered.set_result(self.state.record(endpoint_name, replica, delta, served,
+                                                  leaving, sequence))
+        if not answers:
+            answered = concurrent.futures.Future()
+            answered.set_exception(TimeoutError("the Monitor did not answer in time"))
+        return SimpleNamespace(future=lambda: answered)
+
+
+@pytest.mark.parametrize("took_it", [True, False], ids=["slow", "gone"])
+def test_a_shipment_the_monitor_was_not_seen_to_take_is_sent_again_and_counted_once(
+        monkeypatch: pytest.MonkeyPatch, took_it: bool) -> None:
+    """A shipment whose answer did not come in time was dropped, and with it a second of
+    the replica's answers and failures: the figures read low exactly while the Monitor was
+    busiest. Sent again under its number, it is counted once whether the Monitor had taken
+    it (slow) or not (gone)."""
+    monitor = SlowMonitor([(True, True), (took_it, False)])
+    core = make_core(reference_profile())
+    rows = [np.zeros((1, 4), np.float32)]
+
+    async def run() -> None:
+        replica = Replica(core)
+        assert await replica._ship(core, monitor, "replica-1")  # hello: nothing recorded yet
+        await send_many(core, rows * 7, prefix="a")
+        assert not await replica._ship(core, monitor, "replica-1")
+        await send_many(core, rows * 5, prefix="b")
+        assert await replica._ship(core, monitor, "replica-1")
+
+    asyncio.run(run())
+    assert monitor.sequences == [1, 2, 2, 3]  # the lost one again, before the next
+    assert monitor.state.snapshot(core.config.endpoint, 60)[1].traffic.requests == 12
