@@ -24,6 +24,7 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
 from typing import Any
 
 from starlette.requests import Request
@@ -77,6 +78,15 @@ LOOP_RESTART_S = 1.0  # how soon a replica's background loop starts again after 
 # past them the oldest go. A Monitor that is not there at all is not sent to: what the
 # replica records then waits in its recorder.
 UNSENT_LIMIT = 60
+GOODBYE_S = 5.0  # what a stopping replica spends on its goodbye at most
+
+
+class Shipped(StrEnum):
+    """How a shipment to the Monitor went."""
+
+    SENT = "sent"
+    UNANSWERED = "unanswered"  # no answer in time: sent again next time
+    GONE = "gone"  # the actor behind the handle is dead: look the Monitor up again
 FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
 
 
@@ -125,10 +135,12 @@ class _CoreAdapter:
     _shipper: asyncio.Task[None] | None = None
     _shipping: asyncio.Lock | None = None  # held while a shipment is taken and sent
     _sequence = 0  # the number of the newest shipment
+    _monitor: Any = None  # the Monitor's handle, once looked up
     # Shipments the Monitor was not seen to take, oldest first: sent again, in order.
     _unsent: deque[tuple[int, dict[int, Any], ServedConfig]] | None = None
     _in_serve = False  # a Serve replica, which says goodbye when Serve stops it
-    _leaving = False
+    _goodbye_said = False
+    _leaving = False  # set once the goodbye has the shipments: none goes after it
     _replica: str = ""
     _profiles_shipped: frozenset[str] = frozenset()  # reference profiles the Monitor holds
     _follower: asyncio.Task[None] | None = None
@@ -264,7 +276,6 @@ class _CoreAdapter:
 
     async def _ship_forever(self) -> None:
         replica = self._replica
-        monitor: Any = None
         monitor_key: tuple[str, str] | None = None
         first = True  # at once: the Monitor knows of a replica that dies in its first second
         while True:
@@ -278,25 +289,27 @@ class _CoreAdapter:
                     await asyncio.wait_for(core.stats_due.wait(), core.config.stats_interval_s)
             first = False
             key = (core.config.monitor_actor, core.config.monitor_namespace)
-            if monitor is None or key != monitor_key:
+            if self._monitor is None or key != monitor_key:
                 # A GCS lookup blocks: off the event loop, and only until a handle is found.
                 # Looked up before the statistics are taken: where there is no Monitor
                 # (yet, or while it restarts) they stay with the recorder, not dropped.
-                monitor, monitor_key = await asyncio.to_thread(get_monitor, *key), key
-                if monitor is None:
+                self._monitor, monitor_key = await asyncio.to_thread(get_monitor, *key), key
+                if self._monitor is None:
                     await asyncio.sleep(core.config.stats_interval_s)
                     continue
-            if not await self._ship(core, monitor, replica):
-                monitor = None  # a new Monitor has a new handle: look it up again
+            if await self._ship(core, self._monitor, replica) == Shipped.GONE:
+                self._monitor = None  # replaced by `up`: look the new one up
 
     async def _ship(self, core: InferenceCore, monitor: Any, replica: str,
-                    leaving: bool = False) -> bool:
+                    leaving: bool = False) -> Shipped:
         """Ship what ``core`` recorded since the last shipment, empty or not (an empty one
         tells the Monitor this replica is still there: ``serving.monitoring.replica_reports``),
-        after any earlier shipment the Monitor was not seen to take. False where it did not
-        answer: what it was sent is sent again next time, under the same number, so one it
-        took after all (slow, not gone) is not counted twice."""
+        after any earlier shipment the Monitor was not seen to take. What it did not answer
+        is sent again next time, under the same number, so one it took after all (slow, not
+        gone) is not counted twice."""
         async with self._shipment_lock():  # the goodbye waits for a shipment under way
+            if self._leaving and not leaving:
+                return Shipped.SENT  # the goodbye took everything; the Monitor forgot us
             # The monitoring kernels run here, a step at a time between requests (see
             # StatsRecorder.to_delta_in_steps).
             delta = await core.take_stats().to_delta_in_steps()
@@ -325,11 +338,15 @@ class _CoreAdapter:
                         self._unsent.popleft()
                         log.warning("dropped the oldest statistics kept for the monitor: "
                                     "it has not answered %d shipments in a row", UNSENT_LIMIT)
-                    return False
+                    from ray.exceptions import RayActorError
+
+                    # A slow Monitor (or a GCS restarting) keeps its handle; a lookup now
+                    # could fail and stop every replica shipping at once.
+                    return Shipped.GONE if isinstance(error, RayActorError) else Shipped.UNANSWERED
                 self._unsent.popleft()
                 missing = set((answer or {}).get("missing_profiles", ()))
                 self._profiles_shipped = frozenset((self._profiles_shipped | sent) - missing)
-            return True
+            return Shipped.SENT
 
     def _shipment_lock(self) -> asyncio.Lock:
         if self._shipping is None:  # made on the replica's loop, not where it was built
@@ -340,14 +357,15 @@ class _CoreAdapter:
         """Serve stops this replica gracefully (a scale-down, a redeploy), after its last
         request, and awaits what this returns: the goodbye. Python's own call, when the
         object is collected, gets nothing to await."""
-        if not self._in_serve or self._leaving:
+        if not self._in_serve or self._goodbye_said:
             return None
-        self._leaving = True
+        self._goodbye_said = True
         return self._say_goodbye()
 
     async def _say_goodbye(self) -> None:
         """The last statistics go to the Monitor with a goodbye, so that neither they nor
-        this replica count as lost."""
+        this replica count as lost: at once, on the shipper's own handle, as Serve gives
+        this the little time left after its drain."""
         core = self.core
         if self._follower is not None:
             self._follower.cancel()
@@ -355,11 +373,13 @@ class _CoreAdapter:
             return
         async with self._shipment_lock():  # cancelled between shipments, so none is cut short
             self._shipper.cancel()
+            self._leaving = True  # a shipper that missed its cancellation ships no more
         try:
-            monitor = await asyncio.to_thread(get_monitor, core.config.monitor_actor,
-                                              core.config.monitor_namespace)
+            monitor = self._monitor or await asyncio.to_thread(
+                get_monitor, core.config.monitor_actor, core.config.monitor_namespace)
             if monitor is not None:
-                await self._ship(core, monitor, self._replica, leaving=True)
+                await asyncio.wait_for(self._ship(core, monitor, self._replica, leaving=True),
+                                       GOODBYE_S)
         except Exception as error:  # stopping regardless: the Monitor counts it as silent
             log.warning("could not say goodbye to the monitor: %s", error)
 

@@ -253,9 +253,10 @@ class CheckResult:
     verdict: Verdict
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     reason: str = ""
-    # Inconclusive only because some value is past its limit without the evidence to fail
-    # yet: other evidence (the A/B test's "worse") may still decide.
-    unproven: bool = False
+    # Inconclusive for want of evidence that other evidence does not need (a value past
+    # its limit, not yet on evidence; a replica gone silent): the A/B test's "worse" still
+    # decides.
+    worse_decides: bool = False
 
 
 def wants_baseline(config: AnalysisConfig, stable: VersionSnapshot | None, *,
@@ -446,12 +447,12 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
     silent = _silent_replicas(candidate)
     if silent:
-        return CheckResult(Verdict.INCONCLUSIVE, checks, silent)
+        return CheckResult(Verdict.INCONCLUSIVE, checks, silent, worse_decides=True)
     if unjudged:
         return CheckResult(Verdict.INCONCLUSIVE, checks, why_unjudged)
     if unproven:
         return CheckResult(Verdict.INCONCLUSIVE, checks, "; ".join(unproven.values()) + (
-            ": past the limit, waiting for the evidence to decide"), unproven=True)
+            ": past the limit, waiting for the evidence to decide"), worse_decides=True)
     uncompared = [name for name, limit in relative_limits(config)
                   if limit is not None and name not in checks]
     if uncompared and (stable is not None if has_stable is None else has_stable):

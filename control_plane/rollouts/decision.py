@@ -161,8 +161,8 @@ def analysis_window(rollout: RolloutOut, now: datetime) -> float:
     ``failures_to_rollback`` asked for nothing more than one failure."""
     start = rollout.step_started_at or now
     failed_at = _failed_at(rollout) if rollout.failures else None
-    if failed_at is not None and failed_at <= now:
-        start = max(start, failed_at)
+    if failed_at is not None:  # (one stamped ahead by another host's clock: from now)
+        start = max(start, min(failed_at, now))
     return min(settings_of(rollout).window_s, max(1.0, (now - start).total_seconds()))
 
 
@@ -313,9 +313,10 @@ def _with_ab_test(result: CheckResult, decision: str, reason: str) -> CheckResul
     """The threshold gates' result with the A/B gate's decision folded in: ``worse``
     fails, ``undecided`` holds (inconclusive, never a failure), ``no_worse`` passes; a
     threshold failure or too few requests stays as it is. A check past its limit without
-    the evidence to fail yet is no reason to ignore the A/B test's ``worse``."""
+    the evidence to fail yet, or a replica gone silent, is no reason to ignore the A/B
+    test's ``worse``."""
     if decision == "not_tested" or (result.verdict == Verdict.INCONCLUSIVE
-                                    and not (result.unproven and decision == "worse")):
+                                    and not (result.worse_decides and decision == "worse")):
         return result
     if decision == "worse":
         reason = f"A/B test: {reason}"

@@ -11,7 +11,10 @@ that lost them.
 A silent replica counts against every version of its endpoint: each replica holds them
 all (a colocated replica loads them, an isolated router routes to them), and which it
 held when it died is unknowable: a version added within its last interval (a candidate
-whose first request kills the replica) is not in its last shipment.
+whose first request kills the replica) is not in its last shipment. It counts in every
+window its lost seconds may fall in: those reaching back to its last shipment's interval,
+so that a window shorter than the silence, or one that began after the last shipment,
+still shows it.
 """
 
 from __future__ import annotations
@@ -22,43 +25,52 @@ from dataclasses import dataclass
 from serving.monitoring.snapshot import Replicas
 
 # A replica is silent once it missed this many shipments in a row, and never sooner than
-# SILENT_MIN_S: a second's stall of its event loop (a busy CPU) is not a crash.
-SILENT_INTERVALS = 5
-SILENT_MIN_S = 5.0
+# SILENT_MIN_S: a second's stall of its event loop (a busy CPU) is not a crash. The lower
+# these are, the sooner a crash shows and the more a stall does.
+SILENT_INTERVALS = 3
+SILENT_MIN_S = 3.0
 
 
 @dataclass
 class Reporter:
-    """What the Monitor knows of one replica: when it last shipped and how often it ships."""
+    """What the Monitor knows of one replica: when it last shipped, how often it ships,
+    and the number of the newest shipment merged."""
 
     last: float
     every_s: float
-    sequence: int | None = None  # the newest shipment merged (replicas number theirs)
+    sequence: int
 
-    def silent_for(self, now: float) -> float:
-        """Seconds past the silence this replica's interval allows (0 while reporting)."""
-        quiet = now - self.last
-        return quiet if quiet > max(SILENT_MIN_S, SILENT_INTERVALS * self.every_s) else 0.0
+    @property
+    def silence_s(self) -> float:
+        """The quiet after which this replica counts as silent."""
+        return max(SILENT_MIN_S, SILENT_INTERVALS * self.every_s)
+
+    def quiet_for(self, now: float) -> float:
+        return now - self.last
 
 
 class ReplicaReports:
-    """Per endpoint, the replicas heard from in the last ``memory_s`` seconds."""
+    """Per endpoint, the replicas heard from in the last ``memory_s`` seconds, and those
+    that said goodbye (a shipment after it, late or stray, is not a replica coming back)."""
 
     def __init__(self, clock: Callable[[], float], memory_s: float) -> None:
         self._clock = clock
         self._memory_s = memory_s
         self._endpoints: dict[str, dict[str, Reporter]] = {}
+        self._left: dict[str, dict[str, float]] = {}
         self._pruned_at: dict[str, float] = {}
 
     def merged(self, endpoint: str, replica: str, sequence: int | None) -> bool:
         """Whether ``replica``'s shipment ``sequence`` was merged already: a replica sends
         again what it could not see arrive, and a Monitor that was only slow got it."""
         reporter = self._endpoints.get(endpoint, {}).get(replica)
-        return (sequence is not None and reporter is not None and reporter.sequence is not None
-                and sequence <= reporter.sequence)
+        return sequence is not None and reporter is not None and sequence <= reporter.sequence
 
-    def heard(self, endpoint: str, replica: str, every_s: float,
-              sequence: int | None = None) -> None:
+    def heard(self, endpoint: str, replica: str, every_s: float, sequence: int | None) -> None:
+        """``replica`` shipped. One without a ``sequence`` runs a release that ships only
+        with traffic: its quiet is no silence, so it is not followed."""
+        if sequence is None or replica in self._left.get(endpoint, {}):
+            return
         now = self._clock()
         reporters = self._endpoints.setdefault(endpoint, {})
         reporters[replica] = Reporter(now, every_s, sequence)
@@ -66,23 +78,27 @@ class ReplicaReports:
             self._pruned_at[endpoint] = now
             for name in [n for n, r in reporters.items() if now - r.last > self._memory_s]:
                 del reporters[name]
+            left = self._left.get(endpoint, {})
+            for name in [n for n, at in left.items() if now - at > self._memory_s]:
+                del left[name]
 
     def left(self, endpoint: str, replica: str) -> None:
         """``replica`` stopped gracefully after its last shipment: nothing of it is missing."""
         self._endpoints.get(endpoint, {}).pop(replica, None)
+        self._left.setdefault(endpoint, {})[replica] = self._clock()
 
     def forget(self, endpoint: str) -> None:
-        self._endpoints.pop(endpoint, None)
-        self._pruned_at.pop(endpoint, None)
+        for kept in (self._endpoints, self._left, self._pruned_at):
+            kept.pop(endpoint, None)
 
     def of_endpoint(self, endpoint: str, window_s: float) -> Replicas:
-        """The replicas of ``endpoint`` heard from in the last ``window_s`` seconds, and
+        """The replicas of ``endpoint`` that served in the last ``window_s`` seconds, and
         those of them silent now."""
         now = self._clock()
-        reporting = [r for r in self._endpoints.get(endpoint, {}).values()
-                     if now - r.last <= window_s]
-        silences = [s for s in (r.silent_for(now) for r in reporting) if s > 0]
-        return Replicas(reporting=len(reporting), silent=len(silences),
+        serving = [r for r in self._endpoints.get(endpoint, {}).values()
+                   if r.quiet_for(now) <= window_s + r.silence_s]
+        silences = [r.quiet_for(now) for r in serving if r.quiet_for(now) > r.silence_s]
+        return Replicas(reporting=len(serving), silent=len(silences),
                         silent_for_s=max(silences, default=0.0))
 
     def count(self) -> int:

@@ -559,7 +559,7 @@ def test_every_signal_reads_a_real_monitor_snapshot() -> None:
     answers = asyncio.run(send_many(core, [r[None, :] for r in rows]))
     delta = core.take_stats().to_delta()
     attach_profiles(delta, core.monitoring, set())
-    state.record("churn", "replica", delta)
+    state.record("churn", "replica", delta, sequence=1)
     ids = [a.headers["x-modelplane-request-id"] for a in answers]  # feedback joins on these
     state.feedback("churn", [(ids[i], [i % 3]) for i in range(50)])
     snapshot = state.snapshot("churn", 60)[1]

@@ -36,7 +36,7 @@ def exposition(tmp_path_factory) -> dict[tuple[str, tuple[tuple[str, str], ...]]
     asyncio.run(core.handle("POST", "/infer", {}, b"{not json"))
     delta = core.take_stats().to_delta()
     attach_profiles(delta, core.monitoring, set())
-    state.record("churn", "replica", delta)
+    state.record("churn", "replica", delta, sequence=1)
     ids = [a.headers["x-modelplane-request-id"] for a in answers]  # feedback joins on these
     state.feedback("churn", [(ids[i], [i % 3]) for i in range(100)])
 

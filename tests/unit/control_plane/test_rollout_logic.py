@@ -94,7 +94,7 @@ def test_the_p95_ratio_fails_on_both_versions_bounds_at_the_paired_confidence() 
     # 25 / 11 = 2.27 past the limit at 95% each; 22 / 12 = 1.83 within it, paired.
     slower = served(500, p95=30.0, p95_bounds=(25.0, 35.0), p95_paired_bounds=(22.0, 38.0))
     looked = analyse(config, slower, stable)
-    assert looked.verdict == Verdict.INCONCLUSIVE and looked.unproven
+    assert looked.verdict == Verdict.INCONCLUSIVE and looked.worse_decides
     assert looked.checks["p95_ratio"]["value"] == 3.0
     clearly = served(500, p95=40.0, p95_bounds=(36.0, 44.0), p95_paired_bounds=(34.0, 46.0))
     assert analyse(config, clearly, stable).verdict == Verdict.FAIL  # 34 / 12 = 2.8
@@ -338,10 +338,10 @@ def test_the_ab_test_s_worse_fails_a_candidate_whose_checks_are_only_unproven() 
 
     config = AnalysisConfig(min_samples=100)
     unproven = analyse(config, stats(requests=100, error_rate=0.02), None)
-    assert unproven.verdict == Verdict.INCONCLUSIVE and unproven.unproven
+    assert unproven.verdict == Verdict.INCONCLUSIVE and unproven.worse_decides
     worse = _with_ab_test(unproven, "worse", "error rate higher than stable's")
     assert worse.verdict == Verdict.FAIL and worse.reason == "A/B test: error rate higher than stable's"
     assert _with_ab_test(unproven, "no_worse", "").verdict == Verdict.INCONCLUSIVE
     thin = analyse(config, stats(requests=20), None)  # too few requests: nothing decides
-    assert thin.verdict == Verdict.INCONCLUSIVE and not thin.unproven
+    assert thin.verdict == Verdict.INCONCLUSIVE and not thin.worse_decides
     assert _with_ab_test(thin, "worse", "x").verdict == Verdict.INCONCLUSIVE

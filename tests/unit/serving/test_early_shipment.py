@@ -229,6 +229,11 @@ def test_an_idle_replica_reports_and_says_goodbye_with_its_last_statistics(
         last = [d for _, d in monitor.shipped[before:] if d]
         assert sum(d[1]["codes"].get(200, 0) for d in last) == 7
         assert replica.__del__() is None  # once only, and never at garbage collection
+        # A shipper that missed its cancellation ships nothing after the goodbye: the
+        # Monitor would take it for a replica come back, then lost.
+        shipped = len(monitor.shipped)
+        assert await replica._ship(core, monitor, "replica-1") == endpoint.Shipped.SENT
+        assert len(monitor.shipped) == shipped
 
     asyncio.run(run())
     outside = Replica(core)  # not a Serve replica: nothing to await, nothing shipped
@@ -274,12 +279,38 @@ def test_a_shipment_the_monitor_was_not_seen_to_take_is_sent_again_and_counted_o
 
     async def run() -> None:
         replica = Replica(core)
-        assert await replica._ship(core, monitor, "replica-1")  # hello: nothing recorded yet
+        sent, unanswered = endpoint.Shipped.SENT, endpoint.Shipped.UNANSWERED
+        assert await replica._ship(core, monitor, "replica-1") == sent  # hello, nothing yet
         await send_many(core, rows * 7, prefix="a")
-        assert not await replica._ship(core, monitor, "replica-1")
+        assert await replica._ship(core, monitor, "replica-1") == unanswered
         await send_many(core, rows * 5, prefix="b")
-        assert await replica._ship(core, monitor, "replica-1")
+        assert await replica._ship(core, monitor, "replica-1") == sent
 
     asyncio.run(run())
     assert monitor.sequences == [1, 2, 2, 3]  # the lost one again, before the next
     assert monitor.state.snapshot(core.config.endpoint, 60)[1].traffic.requests == 12
+
+
+def test_a_slow_monitor_keeps_its_handle_and_a_dead_one_is_looked_up_again() -> None:
+    """Any failed shipment made the replica look the Monitor up again: while the GCS
+    restarts the lookup fails, and every replica stopped shipping at once (all silent)
+    though the Monitor's handle still reached it."""
+    from ray.exceptions import ActorDiedError
+
+    class Failing:
+        def __init__(self, error: Exception) -> None:
+            def record(*args: Any, **kwargs: Any) -> Any:
+                failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                failed.set_exception(error)
+                return SimpleNamespace(future=lambda: failed)
+
+            self.record = SimpleNamespace(remote=record)
+
+    core = make_core(reference_profile())
+
+    async def run() -> list[endpoint.Shipped]:
+        replica = Replica(core)
+        return [await replica._ship(core, Failing(error), "replica-1")
+                for error in (TimeoutError("slow"), ActorDiedError())]
+
+    assert asyncio.run(run()) == [endpoint.Shipped.UNANSWERED, endpoint.Shipped.GONE]
