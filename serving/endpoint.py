@@ -74,6 +74,7 @@ WARMING = ("this replica started moments ago and the ingress does not send to it
            "yet; it answers ready once it does")
 BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
 LOOP_RESTART_S = 1.0  # how soon a replica's background loop starts again after an error
+FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
 # Shipments kept for a Monitor that does not answer (a minute at the default interval);
 # past them the oldest go. A Monitor that is not there at all is not sent to: what the
 # replica records then waits in its recorder.
@@ -87,7 +88,6 @@ class Shipped(StrEnum):
     SENT = "sent"
     UNANSWERED = "unanswered"  # no answer in time: sent again next time
     GONE = "gone"  # the actor behind the handle is dead: look the Monitor up again
-FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
 
 
 def _to_response(result: HttpResult, replica: str | None = None) -> Response:
@@ -375,8 +375,10 @@ class _CoreAdapter:
             self._shipper.cancel()
             self._leaving = True  # a shipper that missed its cancellation ships no more
         try:
-            monitor = self._monitor or await asyncio.to_thread(
-                get_monitor, core.config.monitor_actor, core.config.monitor_namespace)
+            monitor = self._monitor
+            if monitor is None:
+                monitor = await asyncio.to_thread(get_monitor, core.config.monitor_actor,
+                                                  core.config.monitor_namespace)
             if monitor is not None:
                 await asyncio.wait_for(self._ship(core, monitor, self._replica, leaving=True),
                                        GOODBYE_S)
