@@ -319,34 +319,40 @@ class _CoreAdapter:
                 self._unsent = deque()
             self._sequence += 1
             self._unsent.append((self._sequence, delta, served_by(core.config)))
-            while self._unsent:
-                sequence, delta, served = self._unsent[0]
-                sent = {core.monitoring[v].profile_key for v, d in delta.items()
-                        if "profile" in d and v in core.monitoring}
-                last = leaving and len(self._unsent) == 1
-                try:
-                    answer = await asyncio.wait_for(
-                        asyncio.wrap_future(monitor.record.remote(
-                            core.config.endpoint, replica, delta, served, leaving=last,
-                            sequence=sequence).future()),
-                        timeout=5,
-                    )
-                except Exception as error:  # the monitor restarting must not break serving
-                    log.warning("could not ship statistics to the monitor (%d shipments "
-                                "kept to send again): %s", len(self._unsent), error)
-                    if len(self._unsent) > UNSENT_LIMIT:
-                        self._unsent.popleft()
-                        log.warning("dropped the oldest statistics kept for the monitor: "
-                                    "it has not answered %d shipments in a row", UNSENT_LIMIT)
-                    from ray.exceptions import RayActorError
+            return await self._send_unsent(core, monitor, replica, leaving)
 
-                    # A slow Monitor (or a GCS restarting) keeps its handle; a lookup now
-                    # could fail and stop every replica shipping at once.
-                    return Shipped.GONE if isinstance(error, RayActorError) else Shipped.UNANSWERED
-                self._unsent.popleft()
-                missing = set((answer or {}).get("missing_profiles", ()))
-                self._profiles_shipped = frozenset((self._profiles_shipped | sent) - missing)
-            return Shipped.SENT
+    async def _send_unsent(self, core: InferenceCore, monitor: Any, replica: str,
+                           leaving: bool) -> Shipped:
+        """Send the kept shipments, oldest first, until one goes unanswered."""
+        assert self._unsent is not None
+        while self._unsent:
+            sequence, delta, served = self._unsent[0]
+            sent = {core.monitoring[v].profile_key for v, d in delta.items()
+                    if "profile" in d and v in core.monitoring}
+            last = leaving and len(self._unsent) == 1
+            try:
+                answer = await asyncio.wait_for(
+                    asyncio.wrap_future(monitor.record.remote(
+                        core.config.endpoint, replica, delta, served, leaving=last,
+                        sequence=sequence).future()),
+                    timeout=5,
+                )
+            except Exception as error:  # the monitor restarting must not break serving
+                log.warning("could not ship statistics to the monitor (%d shipments "
+                            "kept to send again): %s", len(self._unsent), error)
+                if len(self._unsent) > UNSENT_LIMIT:
+                    self._unsent.popleft()
+                    log.warning("dropped the oldest statistics kept for the monitor: "
+                                "it has not answered %d shipments in a row", UNSENT_LIMIT)
+                from ray.exceptions import RayActorError
+
+                # A slow Monitor (or a GCS restarting) keeps its handle; a lookup now
+                # could fail and stop every replica shipping at once.
+                return Shipped.GONE if isinstance(error, RayActorError) else Shipped.UNANSWERED
+            self._unsent.popleft()
+            missing = set((answer or {}).get("missing_profiles", ()))
+            self._profiles_shipped = frozenset((self._profiles_shipped | sent) - missing)
+        return Shipped.SENT
 
     def _shipment_lock(self) -> asyncio.Lock:
         if self._shipping is None:  # made on the replica's loop, not where it was built

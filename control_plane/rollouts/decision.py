@@ -147,8 +147,13 @@ def analysis_due(rollout: RolloutOut, last: datetime | None, now: datetime) -> b
 
 
 def _analysed_at(analysis: dict[str, Any] | None) -> datetime | None:
+    return _stamp(analysis, "at")
+
+
+def _stamp(analysis: dict[str, Any] | None, key: str) -> datetime | None:
+    """The time an analysis record keeps under ``key`` (None: none, or unreadable)."""
     try:
-        return parse_stamp((analysis or {}).get("at"))
+        return parse_stamp((analysis or {}).get(key))
     except ValueError:
         return None
 
@@ -170,12 +175,7 @@ def _failed_at(rollout: RolloutOut) -> datetime | None:
     """When the latest failing analysis of the current step was made (None: none, or a
     record from before this was kept)."""
     last = rollout.last_analysis or {}
-    if last.get("step_index") != rollout.step_index:
-        return None
-    try:
-        return parse_stamp(last.get("failed_at"))
-    except ValueError:
-        return None
+    return _stamp(last, "failed_at") if last.get("step_index") == rollout.step_index else None
 
 
 def ab_window(rollout: RolloutOut, now: datetime) -> tuple[int, float] | None:

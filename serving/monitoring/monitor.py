@@ -42,6 +42,7 @@ from serving.monitoring.snapshot import (
     LatencyBins,
     QualityTotals,
     Quantiles,
+    Replicas,
     RoutedRequests,
     ShadowComparison,
     Traffic,
@@ -386,7 +387,9 @@ class MonitorState:
         served = self.served.get(endpoint)
         for version in served.versions if served is not None else ():
             self._series(endpoint, version)  # served without traffic yet: zero, not absent
-        return {version: self._version_snapshot(endpoint, version, series, window_s, sample)
+        replicas = self.replicas.of_endpoint(endpoint, window_s)  # the endpoint's, for each
+        return {version: self._version_snapshot(endpoint, version, series, window_s, sample,
+                                                replicas)
                 for (name, version), series in sorted(self.series.items()) if name == endpoint}
 
     def history(self, endpoint: str, window_s: float = 300.0,
@@ -427,7 +430,8 @@ class MonitorState:
                                      ("predictions", series.drift_parts(1, None)))}
 
     def _version_snapshot(self, endpoint: str, version: int, series: VersionSeries,
-                          window_s: float, sample: tuple[str, ...] | None) -> VersionSnapshot:
+                          window_s: float, sample: tuple[str, ...] | None,
+                          replicas: Replicas) -> VersionSnapshot:
         counts = series.counters.total(window_s)
         # The sample's: the randomly routed requests', and those of the ways of routing
         # ``sample`` counts too; then every request's.
@@ -472,7 +476,7 @@ class MonitorState:
             quality=quality,
             accuracy=accuracy_section(counts, series.meta, sample),
             anomalies=anomalies_section(quality, judged),
-            replicas=self.replicas.of_endpoint(endpoint, window_s),
+            replicas=replicas,
         )
 
     def _drift(self, endpoint: str, version: int, series: VersionSeries, window_s: float,

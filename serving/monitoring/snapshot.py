@@ -1,11 +1,11 @@
 """The Monitor's evidence, typed: what ``MonitorState.snapshot`` and ``totals`` answer.
 
 A :class:`VersionSnapshot` is one version's statistics over a window, in sections:
-traffic, latency, shadow, drift, quality, accuracy, anomalies and the replicas reporting. The rollout analysis,
-the alert signals and the Prometheus exporter read its fields; :meth:`VersionSnapshot.to_json`
-gives the body of ``GET /api/endpoints/{e}/stats`` per version (the control plane then
-turns NaN into null). :class:`VersionTotals` is one version's cumulative counts, which
-back the Prometheus counters.
+traffic, latency, shadow, drift, quality, accuracy, anomalies and the replicas reporting.
+The rollout analysis, the alert signals and the Prometheus exporter read its fields;
+:meth:`VersionSnapshot.to_json` gives the body of ``GET /api/endpoints/{e}/stats`` per
+version (the control plane then turns NaN into null). :class:`VersionTotals` is one
+version's cumulative counts, which back the Prometheus counters.
 
 Missing evidence stays visible: a latency quantile of an empty window is NaN, a rate with
 nothing to divide by is None, and a section built with its defaults says there was
@@ -349,9 +349,6 @@ class Replicas:
     silent: int = 0
     silent_for_s: float = 0.0  # the longest silence among them
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class VersionSnapshot:
@@ -391,7 +388,7 @@ class VersionSnapshot:
             "quality": self.quality.to_json(),
             "accuracy": self.accuracy.to_json(),
             "anomalies": self.anomalies.to_json(),
-            "replicas": self.replicas.to_json(),
+            "replicas": asdict(self.replicas),
         }
 
 
