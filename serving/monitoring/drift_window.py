@@ -3,9 +3,9 @@
 Replicas ship, per version and about once a second, the live histograms and quality
 counters of the inputs and of the predictions over the reference bins, plus the newest
 rows. :class:`SlottedCounts` keeps the counts per one-second slot for the Monitor's
-five minutes and only the newest :data:`SAMPLE_LIMIT` rows (windows always end now, so
-older rows are never needed); :func:`judge` builds the window's live data and asks the
-kernels for a drift report.
+five minutes, and the rows as a :class:`~serving.monitoring.window_sample.WindowSample`
+(samples of up to :data:`SAMPLE_LIMIT` rows spread over any window ending now);
+:func:`judge` builds the window's live data and asks the kernels for a drift report.
 
 Decisions: numeric features by the two-sample Kolmogorov-Smirnov test, categorical ones
 by chi-square, each p-value calibrated at the window's size by the kernels; p-values of
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serving.monitoring.snapshot import Drift, DriftVerdict, FeatureDrift, PredictionDrift
+from serving.monitoring.window_sample import WindowSample, spread_sample
 
 if TYPE_CHECKING:
     from kernels import LiveWindow, ReferenceProfile
@@ -48,14 +49,13 @@ class _Slot:
 
 
 class SlottedCounts:
-    """One profile's live counts per one-second slot, and the newest rows."""
+    """One profile's live counts per one-second slot, and its rows for samples."""
 
     def __init__(self, profile: ReferenceProfile, slots: int, slot_seconds: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], rng: np.random.Generator | None = None) -> None:
         self.profile, self.slots, self.slot_seconds, self._clock = profile, slots, slot_seconds, clock
         self._entries: deque[_Slot] = deque()
-        self._samples: deque[tuple[int, np.ndarray]] = deque()
-        self._sample_rows = 0
+        self.rows = WindowSample(SAMPLE_LIMIT, rng)
 
     def _epoch(self) -> int:
         return math.floor(self._clock() / self.slot_seconds)
@@ -77,13 +77,10 @@ class SlottedCounts:
                                        np.array(part["out_of_range"], dtype=np.int64), int(part["rows"])))
         while self._entries and self._entries[0].epoch <= epoch - self.slots:
             self._entries.popleft()
-        samples = np.asarray(part.get("samples", ()), dtype=np.float64)
-        if samples.ndim == 2 and samples.shape[0]:
-            self._samples.append((epoch, samples[-SAMPLE_LIMIT:]))
-            self._sample_rows += min(samples.shape[0], SAMPLE_LIMIT)
-            # Keep the newest SAMPLE_LIMIT rows: whole chunks go once the rest suffice.
-            while self._sample_rows - self._samples[0][1].shape[0] >= SAMPLE_LIMIT:
-                self._sample_rows -= self._samples.popleft()[1].shape[0]
+        self.rows.forget_before(epoch - self.slots + 1)
+        samples = np.asarray(part.get("samples", ()), dtype=np.float32)
+        if samples.ndim == 2 and samples.shape[1] == self.profile.n_features:
+            self.rows.add(epoch, int(part["rows"]), samples)
 
     def first_epoch(self, window_s: float) -> int:
         """The oldest slot of a window of ``window_s`` seconds ending now."""
@@ -91,9 +88,6 @@ class SlottedCounts:
 
     def slots_since(self, first: int) -> list[_Slot]:
         return [slot for slot in self._entries if slot.epoch >= first]
-
-    def samples_since(self, first: int) -> list[tuple[int, np.ndarray]]:
-        return [(epoch, chunk) for epoch, chunk in self._samples if epoch >= first]
 
 
 def histograms(parts: list[SlottedCounts], window_s: float) -> dict[str, Any]:
@@ -116,24 +110,19 @@ def histograms(parts: list[SlottedCounts], window_s: float) -> dict[str, Any]:
 
 def window(parts: list[SlottedCounts], window_s: float) -> tuple[LiveWindow, int] | None:
     """The last ``window_s`` seconds of ``parts`` (one profile's counts, per way of
-    routing) as one live window: their counts summed, and their newest rows."""
+    routing) as one live window: their counts summed, and a sample of their rows in
+    which each shipment weighs as its share of the window's rows (a trickle of pinned
+    rows does not weigh like the whole random traffic, nor a quiet second like a busy one)."""
     from kernels import LiveWindow
 
     if not parts:
         return None
     profile = parts[0].profile
-    chosen: list[_Slot] = []
-    taken: list[tuple[int, np.ndarray]] = []  # per part: its rows in the window, newest rows
-    for part in parts:
-        first = part.first_epoch(window_s)
-        slots = part.slots_since(first)
-        chunks = [chunk for _, chunk in reversed(part.samples_since(first))]
-        chosen.extend(slots)
-        taken.append((sum(slot.rows for slot in slots),
-                      np.concatenate(chunks) if chunks else np.empty((0, profile.n_features))))
+    first = parts[0].first_epoch(window_s)
+    chosen = [slot for part in parts for slot in part.slots_since(first)]
     if not chosen:
         return None
-    sample = _proportional_sample(taken)
+    sample = spread_sample([part.rows for part in parts], first, SAMPLE_LIMIT, profile.n_features)
     live = LiveWindow(profile, sample_capacity=sample.shape[0])
     if sample.shape[0]:
         live.update(sample)  # fills the sample ring; the counts are replaced below
@@ -141,22 +130,6 @@ def window(parts: list[SlottedCounts], window_s: float) -> tuple[LiveWindow, int
     live.missing[:] = np.sum([slot.missing for slot in chosen], axis=0)
     live.out_of_range[:] = np.sum([slot.out_of_range for slot in chosen], axis=0)
     return live, sum(slot.rows for slot in chosen)
-
-
-def _proportional_sample(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
-    """The newest rows of each part, as many from each as its share of the window's rows
-    (``parts``: (rows counted, newest rows kept), one per way of routing), at most
-    :data:`SAMPLE_LIMIT` in all. Each replica ships a few hundred rows a second per way of
-    routing however much it saw, so the newest rows alone would weigh a trickle of pinned
-    requests like the whole of the random traffic in the tests that read rows (KS)."""
-    kept = [(rows, newest) for rows, newest in parts if rows and newest.shape[0]]
-    if len(kept) <= 1:
-        newest = kept[0][1] if kept else parts[0][1]
-        return newest[:SAMPLE_LIMIT]
-    total = sum(rows for rows, _ in kept)
-    # The largest sample whose every part's share fits in the rows that part kept.
-    size = min(SAMPLE_LIMIT, *(newest.shape[0] * total / rows for rows, newest in kept))
-    return np.concatenate([newest[:math.floor(size * rows / total)] for rows, newest in kept])
 
 
 @dataclass(frozen=True)

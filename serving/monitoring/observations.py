@@ -58,9 +58,10 @@ PENDING_HARD_LIMIT = 4 * PENDING_LIMIT
 # shipper waiting on a slow Monitor must not let large requests pile up to gigabytes.
 PENDING_BYTES_LIMIT = 16 << 20
 PENDING_BYTES_HARD_LIMIT = 4 * PENDING_BYTES_LIMIT
-# Rows per shipment kept for KS and Wasserstein at the Monitor, which holds the newest
-# 2,000 (drift_window.SAMPLE_LIMIT): 256 a second spread them over the last several
-# seconds of a busy replica, and keep a shipment small (they travel as float32).
+# Rows per shipment for KS and Wasserstein at the Monitor, which samples up to 2,000 of a
+# window's rows (drift_window.SAMPLE_LIMIT), each shipment weighing as its share of the
+# window's rows: 256 keep a shipment small (they travel as float32) and let a window of
+# eight seconds or more have a full sample.
 SAMPLE_CAPACITY = 256
 MAX_FEEDBACK_PER_DELTA = 20_000
 FEATURE_TIMESTAMP = "feature_timestamp"

@@ -409,6 +409,46 @@ def test_far_off_rows_anyone_sends_at_random_drift_stable_too_and_never_fail_the
     assert analyse(config, candidate, None).verdict == Verdict.FAIL  # alone, as before
 
 
+def test_a_burst_of_far_off_rows_earlier_in_the_window_drifts_a_busy_stable_too() -> None:
+    """The Monitor held each version's newest 2,000 rows: a busy stable's covered its last
+    second, a quiet candidate's its whole window, so far-off rows sent at random 20 s
+    earlier had left stable's sample and read as the candidate's own drift."""
+    from serving.core import InferenceCore
+    from serving.schemas import EndpointConfig, RouteTable
+    from tests.unit.serving.monitoring_helpers import ModelBackend, version_config
+
+    rng = np.random.default_rng(27)
+    clock = Clock()
+    state = MonitorState(clock=clock)
+    versions = [version_config(v, profile=reference_profile()) for v in (1, 2)]
+    core = InferenceCore(EndpointConfig(endpoint="churn", versions=versions,
+                                        routes=RouteTable(weights={1: 97, 2: 3})),
+                         {v.version: ModelBackend(v) for v in versions})
+    for second in range(30):
+        rows = rng.normal(size=(2000, 4))
+        if 8 <= second < 11:
+            rows[:, 1] += 3  # anyone's burst of far-off incomes, three seconds long
+
+        async def send(rows: np.ndarray = rows) -> None:
+            for request in np.split(rows.astype(np.float32), 100):
+                assert (await core.handle("POST", "/infer", {}, infer_body(request))).status == 200
+
+        asyncio.run(send())
+        delta = core.take_stats().to_delta()
+        attach_profiles(delta, core.monitoring, set())
+        state.record("churn", "replica", delta)
+        clock.now += 1
+    sample = state.snapshot("churn", 60, sample=("random",))
+    stable, candidate = sample[1], sample[2]
+    assert stable.drift.samples > 50_000 and 1_000 < candidate.drift.samples < 2_000
+    assert "income" in candidate.drift.drifted_features
+    assert "income" in stable.drift.drifted_features
+    # Drift alone: this process's timings of an in-process model are not the test's subject.
+    config = AnalysisConfig(min_samples=50, fail_on_drift=True, max_p95_ratio=None)
+    judged = analyse(config, candidate, stable)
+    assert judged.verdict == Verdict.PASS, judged.reason
+
+
 def test_labels_of_requests_pinned_to_a_version_never_steer_its_accuracy() -> None:
     rows = np.random.default_rng(22).normal(size=(260, 4)).astype(np.float32)
 

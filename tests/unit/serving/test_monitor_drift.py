@@ -111,18 +111,22 @@ def test_windows_forget_old_traffic(monitored) -> None:
     assert state.snapshot("churn", 60)[1].drift.verdict == "drift"
 
 
-def test_the_monitor_keeps_only_the_newest_rows(monitored) -> None:
+def test_a_window_s_rows_are_spread_over_its_shipments(monitored) -> None:
     core, state, clock = monitored
     rng = np.random.default_rng(16)
-    for _ in range(12):  # 12 shipments of 512 sampled rows each
-        asyncio.run(send_many(core, [r[None, :].astype(np.float32) for r in rng.normal(size=(600, 4))]))
+    for second in range(12):  # 12 shipments of 256 sampled rows of 600, numbered by second
+        rows = rng.normal(size=(600, 4))
+        rows[:, 2] = second
+        asyncio.run(send_many(core, [r[None, :].astype(np.float32) for r in rows]))
         ship(core, state)
         clock.now += 1
     inputs = state.series[("churn", 1)].drift_counts["random"][0]
-    held = sum(chunk.shape[0] for _, chunk in inputs._samples)
-    assert SAMPLE_LIMIT <= held < SAMPLE_LIMIT + 512
     live, rows = window([inputs], 300)
-    assert rows == 7200 and live.sample_columns().shape[1] == SAMPLE_LIMIT
+    seconds = np.bincount(live.sample_columns()[2].astype(int), minlength=12)
+    assert rows == 7200 and seconds.sum() == SAMPLE_LIMIT and seconds.min() >= SAMPLE_LIMIT // 12
+    live, rows = window([inputs], 3)  # the last two shipments (and this second's, none): all their rows
+    assert rows == 1200 and sorted(set(live.sample_columns()[2])) == [10, 11]
+    assert live.sample_columns().shape[1] == 512
 
 
 def test_a_restarted_monitor_asks_for_the_profile_again(monitored) -> None:
