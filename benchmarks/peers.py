@@ -135,15 +135,17 @@ def tail(path: Path | None, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:]
 
 
-def launch_peer(peer: Peer, model: str, models: dict[str, bytes], workdir: Path) -> Running:
-    """Start ``peer``'s script on core 0 from its venv and wait until the model is ready."""
+def launch_peer(peer: Peer, model: str, models: dict[str, bytes], workdir: Path, *,
+                cores: str | None = "0") -> Running:
+    """Start ``peer``'s script from its venv, on ``cores`` (``taskset -c``; None: every
+    core), and wait until the model is ready."""
     import psutil
 
     model_path = workdir / f"{model}.onnx"
     model_path.write_bytes(models[f"{model}1"])
     port, log = free_port(), workdir / "server.log"
-    command = ["taskset", "-c", "0", str(peer.env.python), str(SERVERS_DIR / peer.script),
-               str(model_path), str(port), model]
+    command = [*(["taskset", "-c", cores] if cores else []), str(peer.env.python),
+               str(SERVERS_DIR / peer.script), str(model_path), str(port), model]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     with log.open("wb") as handle:
         # Its own session: stop() signals the whole group; cwd: the scratch folder (PyTriton's

@@ -185,9 +185,10 @@ LASTING = ("note:", "warning:")
 
 def status_progress(console: Any, status: Any) -> Callable[[str], None]:
     """A ``progress`` for a rich ``status``: lasting messages printed above it, the rest
-    shown in it."""
+    shown in it; every message printed where the output is not a terminal (a log, a pipe),
+    which shows no status line."""
     def progress(message: str) -> None:
-        if message.startswith(LASTING):
+        if message.startswith(LASTING) or not console.is_terminal:
             console.print(message, highlight=False)
         else:
             status.update(message + " …")
@@ -836,10 +837,38 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
                 members.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    for process in members:  # AccessDenied: another user's, never ours to stop
+    ingresses = {config for process in members if (config := _haproxy_config(process)) is not None}
+    _stop(members, grace_s)
+    if ingresses:
+        # Serve's proxy starts a new HAProxy on each reload (``-sf OLD``), and a proxy
+        # stopping reloads: one started after the members were listed outlives its parent
+        # and keeps the HTTP port, and the next `up` finds it taken. With its proxy gone
+        # none starts again; each node's HAProxy is known by its configuration file.
+        _stop([process for process in psutil.process_iter()
+               if _haproxy_config(process) in ingresses], grace_s)
+
+
+def _haproxy_config(process: Any) -> str | None:
+    """The configuration file of an HAProxy process (``haproxy ... -f FILE``), else None."""
+    import psutil
+
+    try:
+        argv = process.cmdline()
+    except psutil.Error:
+        return None
+    if not argv or os.path.basename(argv[0]) != "haproxy" or "-f" not in argv[:-1]:
+        return None
+    return str(argv[argv.index("-f") + 1])
+
+
+def _stop(processes: list[Any], grace_s: float) -> None:
+    """SIGTERM, and SIGKILL for those still running after ``grace_s``."""
+    import psutil
+
+    for process in processes:  # AccessDenied: another user's, never ours to stop
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.terminate()
-    alive = _wait_gone(members, grace_s)
+    alive = _wait_gone(processes, grace_s)
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.kill()

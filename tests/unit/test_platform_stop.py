@@ -61,3 +61,47 @@ def test_one_up_or_down_of_a_home_at_a_time(tmp_path, second: str) -> None:
             stop_platform(settings, progress=lambda line: None)
     with one_at_a_time(settings, second):  # free again once the first is done
         pass
+
+
+_RELOADING_PROXY = """
+import signal, subprocess, sys, time
+config = sys.argv[1]
+sleep = ["-c", "import time; time.sleep(60)", "-f", config]
+first = subprocess.Popen(["haproxy", *sleep], executable=sys.executable)
+
+def reload_and_stop(*_):
+    # As Serve's proxy does when it reloads: a new HAProxy taking over from the first.
+    subprocess.Popen(["haproxy", *sleep, "-sf", str(first.pid)], executable=sys.executable,
+                     start_new_session=True)
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, reload_and_stop)
+print(first.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _haproxies(config: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        argv = process.info["cmdline"] or []
+        if argv[:1] == ["haproxy"] and config in argv and process.status() != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
+
+
+def test_an_haproxy_started_by_a_reload_while_stopping_is_stopped_too(tmp_path) -> None:
+    """A new HAProxy started after the cluster's processes were listed outlived them and
+    kept the HTTP port: the next `modelplane up` stopped, naming the port taken."""
+    config = str(tmp_path / "node" / "haproxy.cfg")
+    proxy = subprocess.Popen([sys.executable, "-c", _RELOADING_PROXY, config], stdout=subprocess.PIPE)
+    try:
+        assert proxy.stdout is not None and int(proxy.stdout.readline())
+        assert len(_haproxies(config)) == 1
+        stop_cluster_processes(_free_port(), head_pid=proxy.pid,
+                               head_started=psutil.Process(proxy.pid).create_time(), grace_s=5)
+        assert proxy.wait(10) is not None
+        assert _haproxies(config) == []
+    finally:
+        for process in _haproxies(config):
+            process.kill()
