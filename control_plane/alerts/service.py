@@ -40,12 +40,14 @@ from control_plane.alerts.signals import COMPARE, SIGNALS, evidence
 from control_plane.alerts.states import Alert, AlertState, fingerprint
 from control_plane.alerts.store import AlertStore
 from control_plane.alerts.templates import render_template
+from control_plane.errors import InvalidInputError
 from control_plane.schemas import Page
 from control_plane.store import Database
 from control_plane.store.database import FencedOut, store_could_not_take
 from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
+ALL_VERSIONS = -1  # an endpoint-wide signal's one reading (labelled version "all")
 TICK_S = 0.25
 # Rules (and their silences) are read again at least this often: another control plane
 # serving the API may have changed them.
@@ -110,6 +112,10 @@ class AlertService:
     # ------------------------------------------------------------ rules and receivers
 
     def put_rule(self, spec: AlertRuleSpec, actor: str, *, subject: str | None = None) -> AlertRuleOut:
+        if spec.version is not None and SIGNALS[spec.metric].endpoint_wide:
+            raise InvalidInputError(
+                f"version: {spec.metric} is the endpoint's figure, the same for every version; "
+                "leave version out (the rule's one alert per endpoint is labelled version=all)")
         result = self.store.put_rule(spec, actor, subject=subject)
         with self._lock:
             self._rule_changed(spec.name)
@@ -277,12 +283,15 @@ class AlertService:
                 # Nothing at all for a listed endpoint: a Monitor that just (re)started.
                 unknown[endpoint] = read or "the Monitor has no statistics for this endpoint yet"
                 continue
-            for version, stats in read.items():
-                number = int(version)
-                if number == 0 or (rule.version is not None and number != rule.version):
+            versions = sorted((int(version), stats) for version, stats in read.items() if int(version))
+            if signal.endpoint_wide:
+                versions = [(ALL_VERSIONS, versions[0][1])] if versions else []
+            for number, stats in versions:
+                if number != ALL_VERSIONS and rule.version is not None and number != rule.version:
                     continue
                 labels = {**rule.labels, "alertname": rule.name, "endpoint": endpoint,
-                          "version": str(number), "severity": rule.severity}
+                          "version": "all" if number == ALL_VERSIONS else str(number),
+                          "severity": rule.severity}
                 value, details = signal.read(stats)
                 readings[fingerprint(rule.name, labels)] = (labels, value, details)
         return readings
@@ -515,7 +524,8 @@ def _summary(rule: AlertRuleSpec, labels: dict[str, str], value: float | None,
               "value": "none" if value is None else f"{value:.4g}", "threshold": f"{rule.threshold:g}",
               "details": named}
     fields["comparison"] = rule.comparison
-    default = "{endpoint} v{version}: {metric} = {value} ({comparison} {threshold})"
+    default = ("{endpoint}" if labels["version"] == "all" else "{endpoint} v{version}") + \
+        ": {metric} = {value} ({comparison} {threshold})"
     if named:
         default += "; drifted: {details}"
     # Never str.format: a stored template from before templates were checked may hold a

@@ -1,7 +1,8 @@
 """The metrics an alert rule can watch: each reads one number from a version's snapshot.
 
 A snapshot is the Monitor's :class:`~serving.monitoring.VersionSnapshot` of one version
-over the rule's window. A signal returns ``(value, details)``; ``None`` means the window
+over the rule's window (an endpoint-wide signal reads a figure every version's snapshot
+shares, once per endpoint). A signal returns ``(value, details)``; ``None`` means the window
 holds no evidence (too few rows for a drift verdict, no labelled feedback, a latency
 quantile or an error rate of no requests), which neither starts an alert nor ends one: an
 active alert keeps its state and says its data is stale. Details travel with the alert:
@@ -26,6 +27,9 @@ Reading = tuple[float | None, dict[str, Any]]
 class Signal:
     description: str
     read: Callable[[VersionSnapshot], Reading]
+    # The endpoint's figure, the same in every version's snapshot: read once per endpoint,
+    # one alert labelled version "all" (per version, one crash paged once per version).
+    endpoint_wide: bool = False
 
 
 def _number(value: float | None) -> float | None:
@@ -157,7 +161,7 @@ SIGNALS: dict[str, Signal] = {
     "silent_replicas": Signal(
         "replicas of the endpoint silent in the window without a graceful stop (crashed, "
         "killed, stalled)",
-        _figure(lambda s: s.replicas.silent if s.replicas.reporting else None)),
+        _figure(lambda s: s.replicas.silent if s.replicas.reporting else None), endpoint_wide=True),
 }
 
 COMPARE: dict[str, Callable[[float, float], bool]] = {

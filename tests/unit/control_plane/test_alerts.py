@@ -858,3 +858,30 @@ def test_an_events_data_and_the_history_listing_are_bounded(
     first = service.history(limit=50)
     assert [e.name for e in first.items] == ["note-2", "note-1"] and first.limit == 2
     assert [e.name for e in service.history(limit=50, offset=2).items] == ["note-0"]
+
+
+def test_an_endpoint_wide_signal_is_one_alert_per_endpoint_not_one_per_version(service) -> None:
+    """A crashed replica is the endpoint's figure, in every version's snapshot alike: read
+    per version, one crash paged once per version of a canary."""
+    from dataclasses import replace
+
+    from control_plane.errors import InvalidInputError
+    from serving.monitoring.snapshot import Replicas
+
+    stats = Stats()
+    silent = replace(VersionSnapshot(), replicas=Replicas(reporting=2, silent=1, silent_for_s=4.0))
+    stats.versions["churn"] = {1: silent, 2: silent}
+    stats.versions["fraud"] = {3: replace(VersionSnapshot(),
+                                          replicas=Replicas(reporting=1, silent=0, silent_for_s=0.0))}
+    rule = drift_rule(name="crashes", metric="silent_replicas", comparison=">", threshold=0)
+    service.put_rule(rule, "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    active = service.active()
+    assert [(a.labels["endpoint"], a.labels["version"]) for a in active] == [("churn", "all")]
+    assert active[0].summary == "churn: silent_replicas = 1 (> 0)"
+    stats.versions["churn"] = {1: replace(silent, replicas=Replicas(reporting=2, silent=0,
+                                                                    silent_for_s=0.0))}
+    service.evaluate(stats, stats.endpoints, now=1.0)
+    assert service.active() == []
+    with pytest.raises(InvalidInputError, match="version: silent_replicas is the endpoint's figure"):
+        service.put_rule(drift_rule(name="v2-crashes", metric="silent_replicas", version=2), "alice")
