@@ -278,6 +278,8 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
                 "or unset it to start a local head"
             )
         _secure_new_head(gcs, progress)
+        if record and record.get("address"):
+            _clean_up_lost_head(settings, record, progress)
         _refuse_taken_ports(settings)
         progress("starting a local Ray head" + (" (HAProxy ingress)" if fast else ""))
         _start_head(settings, num_cpus=num_cpus, fast=fast, timeout_s=timeout_s)
@@ -527,9 +529,9 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
         )
     address = f"127.0.0.1:{gcs_port}"
     # With its start time: after a crash or a reboot the pid may be another process's.
-    write_secret_file(settings.home / HEAD_RECORD, json.dumps({
-        "pid": process.pid, "started": _started_at(process.pid), "address": address,
-        "dashboard_url": f"http://127.0.0.1:{dashboard_port}"}))
+    record = {"pid": process.pid, "started": _started_at(process.pid), "address": address,
+              "dashboard_url": f"http://127.0.0.1:{dashboard_port}"}
+    write_secret_file(settings.home / HEAD_RECORD, json.dumps(record))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -537,6 +539,12 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
             raise ControlPlaneUnavailableError(
                 f"`ray start --head` exited with {process.returncode}; see {log_path}")
         if _connect(_live_gcs(address)):
+            import ray
+
+            # Serve's HAProxy keeps its files in a folder named after the node: how `down`
+            # knows it when nothing else of the cluster is left to say (a crashed head).
+            record["node_id"] = ray.get_runtime_context().get_node_id()
+            write_secret_file(settings.home / HEAD_RECORD, json.dumps(record))
             return
         time.sleep(0.25)  # a refused TCP connect is all a try costs until the GCS listens
     _abandon_head(settings, gcs_port, process.pid)
@@ -660,12 +668,28 @@ def _stop_platform(settings: Settings, *, progress: Callable[[str], None],
     if not record or not ours:
         return False
     progress(f"stopping the local Ray head at {record['address']}")
-    started = record.get("started")
-    stop_cluster_processes(int(str(record["address"]).rsplit(":", 1)[1]),
-                            head_pid=int(record.get("pid") or 0),
-                            head_started=float(started) if started is not None else None)
+    _stop_recorded_head(record)
     (settings.home / HEAD_RECORD).unlink(missing_ok=True)
     return True
+
+
+def _stop_recorded_head(record: dict[str, object]) -> None:
+    started = record.get("started")
+    stop_cluster_processes(int(str(record["address"]).rsplit(":", 1)[1]),
+                           head_pid=int(str(record.get("pid") or 0)),
+                           head_started=float(str(started)) if started is not None else None,
+                           node_id=str(record.get("node_id") or "") or None)
+
+
+def _clean_up_lost_head(settings: Settings, record: dict[str, object],
+                        progress: Callable[[str], None]) -> None:
+    """What is left of a head this home started that stopped without `down` (killed, out
+    of memory, a crash): nothing answers at its address, but its HAProxy may still hold
+    the HTTP port (answering 500), and the new head's Serve could not bind it."""
+    progress(f"the Ray head this home started at {record['address']} is gone; stopping what "
+             "it left running")
+    _stop_recorded_head(record)
+    (settings.home / HEAD_RECORD).unlink(missing_ok=True)
 
 
 def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
@@ -807,7 +831,7 @@ def _head_process(head_pid: int, head_started: float | None) -> Any:
 
 
 def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 5.0,
-                           head_started: float | None = None) -> None:
+                           head_started: float | None = None, node_id: str | None = None) -> None:
     """Stop exactly the processes of the Ray cluster whose GCS listens on ``gcs_port``.
 
     ``ray stop`` would stop every Ray cluster on the machine. Here the members are the
@@ -816,7 +840,9 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
     process whose command line names our GCS port. SIGTERM first, SIGKILL stragglers
     (the raylet takes about 15 s to act on SIGTERM, and `ray start --block` and a log
     monitor ignore it; once the GCS is gone no state is left to save, so they are killed
-    after ``grace_s``). A zombie counts as gone: its parent may never reap it.
+    after ``grace_s``). A zombie counts as gone: its parent may never reap it. Serve's
+    HAProxy outlives a proxy that is killed: each one whose configuration lies in the
+    folder of ``node_id`` (the head's node) or of a member's is stopped too.
     """
     import re
 
@@ -837,15 +863,22 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
                 members.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    ingresses = {config for process in members if (config := _haproxy_config(process)) is not None}
+    nodes = {os.path.dirname(config) for process in members
+             if (config := _haproxy_config(process)) is not None}
     _stop(members, grace_s)
-    if ingresses:
+    if node_id:
+        nodes |= {os.path.dirname(config) for process in psutil.process_iter()
+                  if (config := _haproxy_config(process)) is not None
+                  and os.path.basename(os.path.dirname(config)) == node_id}
+    if nodes:
         # Serve's proxy starts a new HAProxy on each reload (``-sf OLD``), and a proxy
         # stopping reloads: one started after the members were listed outlives its parent
-        # and keeps the HTTP port, and the next `up` finds it taken. With its proxy gone
-        # none starts again; each node's HAProxy is known by its configuration file.
+        # and keeps the HTTP port, and the next `up` finds it taken; so does one whose
+        # proxy was killed. With the proxies gone none starts again; each node's HAProxy is
+        # known by its configuration file's folder, named after the node.
         _stop([process for process in psutil.process_iter()
-               if _haproxy_config(process) in ingresses], grace_s)
+               if (config := _haproxy_config(process)) is not None
+               and os.path.dirname(config) in nodes], grace_s)
 
 
 def _haproxy_config(process: Any) -> str | None:

@@ -48,6 +48,21 @@ def run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Com
     return result
 
 
+def _program(pid: int) -> str:
+    """The name of the program ``pid`` runs (its argv[0] without the folder)."""
+    try:
+        return os.path.basename(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode())
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def infer(http: httpx.Client, url: str, endpoint: str) -> httpx.Response:
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
     return http.post(f"{url}/v2/models/{endpoint}/infer", json=body)
@@ -95,21 +110,29 @@ def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None
     lease = status["leadership"]  # the one control plane runs the loops, in the first term
     assert lease["leading"] and lease["holder"] == lease["this_process"] and lease["term"] == 1
 
-    # Fault: the whole Ray head SIGKILLed (every process it started, at once); `up` again
-    # converges to the store, says what it restored, and serves the same route table.
+    # Fault: the whole Ray head SIGKILLed (every process it started, at once), as a crash
+    # or the OOM killer takes Ray's processes: Serve's HAProxy is not Ray's and stays,
+    # holding the HTTP port and answering errors. `up` again stops it, converges to the
+    # store, says what it restored, and serves the same route table.
     head = int(json.loads((Path(cli_env["MODELPLANE_HOME"]) / "ray-head.json").read_text())["pid"])
+    ingress = [pid for pid in descendants(head) if _program(pid) == "haproxy"]
+    assert ingress, "no HAProxy under the head"
     for pid in [head, *descendants(head)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        if pid not in ingress:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     for _ in range(60):
         try:
-            httpx.get(f"{url}/v2/health/live", timeout=1)
+            if httpx.get(f"{url}/v2/health/live", timeout=1).status_code != 200:
+                break
         except httpx.TransportError:
             break
         time.sleep(0.5)
     else:
         raise AssertionError("the killed head still answered")
     restored = run(cli_env, "up", "--num-cpus", "2")
+    assert "is gone; stopping what it left running" in restored.stdout, restored.stdout
+    assert not any(_alive(pid) for pid in ingress)
     assert "restored from the store:" in restored.stdout, restored.stdout
     assert "iris (v1=50%, v2=50%) serving" in restored.stdout, restored.stdout
     seen = Counter()

@@ -105,3 +105,22 @@ def test_an_haproxy_started_by_a_reload_while_stopping_is_stopped_too(tmp_path) 
     finally:
         for process in _haproxies(config):
             process.kill()
+
+
+def test_the_haproxy_of_a_crashed_head_s_node_is_stopped_and_another_node_s_is_not(tmp_path) -> None:
+    """A head whose Ray processes were killed (a crash, the OOM killer) leaves Serve's
+    HAProxy behind, holding the HTTP port: `down`, and `up` after such a head, stop it by
+    its node's folder, and never another node's."""
+    sleep = ["-c", "import time; time.sleep(60)", "-f"]
+    ours = subprocess.Popen(["haproxy", *sleep, str(tmp_path / "node-a" / "haproxy.cfg")],
+                            executable=sys.executable)
+    theirs = subprocess.Popen(["haproxy", *sleep, str(tmp_path / "node-b" / "haproxy.cfg")],
+                              executable=sys.executable)
+    try:
+        stop_cluster_processes(_free_port(), node_id="node-a", grace_s=5)
+        assert ours.wait(10) is not None
+        assert theirs.poll() is None
+    finally:
+        for process in (ours, theirs):
+            process.kill()
+            process.wait(10)
