@@ -288,6 +288,7 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
     progress(f"starting Serve on {settings.http_host}:{settings.http_port}")
     serve.start(proxy_location=settings.proxy_location,
                 http_options={"host": settings.http_host, "port": settings.http_port})
+    _refuse_another_ingress(settings)
     # Before anything on the cluster changes: is the control plane there this store's?
     store_id = read_store_identity(settings)
     refuse_store_led_elsewhere(settings, this_ray_cluster(), take_over=take_over,
@@ -460,6 +461,25 @@ def _secure_new_head(gcs: str | None, progress: Callable[[str], None]) -> None:
         progress(f"warning: {AUTH_MODE}=disabled: the Ray head runs without authentication, "
                  "and anyone who can reach this machine's Ray ports can join it and run code")
     apply_ray_auth_env(gcs=gcs)
+
+
+def _refuse_another_ingress(settings: Settings) -> None:
+    """Serve already running listens where it was started, and ``serve.start`` ignores
+    another address: `up` with another MODELPLANE_HTTP_PORT moved the gRPC service to the
+    new port's neighbour, then waited minutes for a control plane at an address nothing
+    listens on. Refused before anything changes."""
+    from ray.serve.context import _get_global_client
+
+    running = _get_global_client().http_config
+    if (running.host, running.port) == (settings.http_host, settings.http_port):
+        return
+    raise ConfigurationError(
+        f"Serve already runs on this Ray cluster with its HTTP ingress at {running.host}:"
+        f"{running.port}, and MODELPLANE_HTTP_HOST/MODELPLANE_HTTP_PORT ask for "
+        f"{settings.http_host}:{settings.http_port}; a running ingress cannot move: set "
+        f"MODELPLANE_HTTP_PORT={running.port} (and the host), or run `modelplane down` and "
+        "`modelplane up` again to move it",
+        detail={"setting": "MODELPLANE_HTTP_PORT", "running": f"{running.host}:{running.port}"})
 
 
 def _refuse_taken_ports(settings: Settings) -> None:

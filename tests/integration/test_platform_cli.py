@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from control_plane.client import Client
+from modelplane.ports import port_free
 from tests.conftest import free_port
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.processes import descendants
@@ -83,6 +84,16 @@ def test_the_platform_lifecycle_through_the_cli(cli_env: dict[str, str]) -> None
     url = f"http://127.0.0.1:{cli_env['MODELPLANE_HTTP_PORT']}"
     again = run(cli_env, "up")  # idempotent: finds everything running
     assert "modelplane is up" in again.stdout
+    # Another port for the running platform: refused before anything moves (it moved the
+    # gRPC service, then waited minutes for a control plane where nothing listens).
+    port = int(cli_env["MODELPLANE_HTTP_PORT"])
+    moved = subprocess.run([sys.executable, "-m", "modelplane.cli", "up"], capture_output=True,
+                           env={**cli_env, "MODELPLANE_HTTP_PORT": str(free_port())},
+                           text=True, timeout=120)
+    assert moved.returncode == 1, moved.stdout + moved.stderr
+    assert f"HTTP ingress at 127.0.0.1:{port}" in moved.stderr, moved.stderr
+    assert f"set MODELPLANE_HTTP_PORT={port}" in moved.stderr
+    assert not port_free("127.0.0.1", port + 1)  # the gRPC service stayed where it was
 
     token = (Path(cli_env["MODELPLANE_HOME"]) / "admin.token").read_text().strip()
     with Client(url, token) as client:
