@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -309,10 +311,31 @@ def deploy(
 
         from control_plane.platform import wait_serving
 
-        with Console(stderr=True).status(f"waiting for {endpoint} to load version {version} …"):
+        with Console(stderr=True).status(f"waiting for {endpoint} to load version {version} …"), \
+                _saying_why(api, endpoint):
             wait_serving(api.url, endpoint, version, timeout_s=timeout)
     emit(as_json, result, lambda: typer.echo(
         f"{endpoint}: {_routes_text(result.routes)}\n  {result.url}/infer"))
+
+
+@contextlib.contextmanager
+def _saying_why(api: Any, endpoint: str) -> Iterator[None]:
+    """A wait that times out says what the control plane last heard from Serve about the
+    endpoint (a replica no node can hold, a model that fails to load), not only where to look."""
+    from control_plane.errors import ControlPlaneError, ControlPlaneUnavailableError
+
+    try:
+        yield
+    except ControlPlaneUnavailableError as error:
+        try:
+            serving = api.get_endpoint(endpoint).serving
+        except ControlPlaneError:
+            raise error from None
+        if serving is None or not serving.error:
+            raise
+        raise ControlPlaneUnavailableError(
+            f"{error.message}; the control plane last saw it {serving.state}: {serving.error}",
+            detail=error.detail) from None
 
 
 def traffic(
@@ -341,7 +364,8 @@ def traffic(
 
         from control_plane.platform import wait_routes
 
-        with Console(stderr=True).status(f"waiting for {endpoint} to serve the new weights …"):
+        with Console(stderr=True).status(f"waiting for {endpoint} to serve the new weights …"), \
+                _saying_why(api, endpoint):
             wait_routes(api.url, endpoint, {r.version: r.weight for r in result.routes if not r.shadow},
                         timeout_s=timeout)
     emit(as_json, result, lambda: typer.echo(
