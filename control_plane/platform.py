@@ -278,7 +278,7 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
                 "or unset it to start a local head"
             )
         _secure_new_head(gcs, progress)
-        if record and record.get("address"):
+        if _lost_head(record, gcs):
             _clean_up_lost_head(settings, record, progress)
         _refuse_taken_ports(settings)
         progress("starting a local Ray head" + (" (HAProxy ingress)" if fast else ""))
@@ -699,6 +699,20 @@ def _stop_recorded_head(record: dict[str, object]) -> None:
                            head_pid=int(str(record.get("pid") or 0)),
                            head_started=float(str(started)) if started is not None else None,
                            node_id=str(record.get("node_id") or "") or None)
+
+
+def _lost_head(record: dict[str, object] | None, gcs: str | None) -> bool:
+    """Whether ``record`` names a head this home started that is gone: nothing listens at
+    its address and its ``ray start`` process is no more. A GCS that listens but would not
+    be joined (another Ray version, another token, too busy to answer) is no lost head, and
+    stopping it would stop every endpoint on it."""
+    if not record or not record.get("address") or gcs is not None:
+        return False
+    if _reachable(str(record["address"])):
+        return False
+    started = record.get("started")
+    return _head_process(int(str(record.get("pid") or 0)),
+                         float(str(started)) if started is not None else None) is None
 
 
 def _clean_up_lost_head(settings: Settings, record: dict[str, object],

@@ -12,7 +12,8 @@ shipments arrive, to what any window could still ask of it. A window takes from 
 stratum its share, ``limit * rows / total``, where ``total`` counts the window's rows;
 ``total`` only grows as a window reaches further back, so a stratum of slot ``s`` never
 gives more than ``ceil(limit * rows / total_since(s))``, and holding that much answers
-every window. About ``limit * (1 + ln(shipped / limit))`` rows are held.
+every window. About ``limit * (1 + ln(shipped / limit))`` rows are held, and at least one
+per shipment; up to twice that between cuts.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
+# Rows one shipment may say it counted: far beyond any replica's second, and small enough
+# that sums over five minutes of shipments stay exact in a float.
+MAX_ROWS = 2**40
 
 
 @dataclass
@@ -47,19 +52,24 @@ class WindowSample:
 
     def add(self, epoch: int, rows: int, sample: np.ndarray) -> None:
         """One shipment of ``rows`` rows and ``sample``, some of them, made in ``epoch``."""
+        rows = min(rows, MAX_ROWS)
         shipped = min(sample.shape[0], rows, self.limit)
         if shipped <= 0:
             return
         # float32: what replicas ship, and half the memory of the strata held.
-        held = sample[self._rng.permutation(sample.shape[0])[:shipped]].astype(np.float32)
+        picked = self._rng.choice(sample.shape[0], shipped, replace=False)
+        held = np.asarray(sample[picked], dtype=np.float32)
         self._strata.append(_Stratum(epoch, rows, shipped, held))
         self._held += shipped
-        if self._held > self._held_after_cut + self.limit:
+        # Amortized: a cut walks every stratum (300 a second's worth per replica), so it
+        # runs once the rows held have doubled since the last, not every LIMIT rows.
+        if self._held > 2 * self._held_after_cut + self.limit:
             self._cut()
 
     def forget_before(self, epoch: int) -> None:
         while self._strata and self._strata[0].epoch < epoch:
             self._held -= self._strata.popleft().held.shape[0]
+        self._held_after_cut = min(self._held_after_cut, self._held)
 
     def since(self, epoch: int) -> list[_Stratum]:
         return [stratum for stratum in self._strata if stratum.epoch >= epoch]
@@ -71,11 +81,13 @@ class WindowSample:
         # epochs out of order: the sum is over epochs, not over the deque's order).
         _, index = np.unique(epochs, return_inverse=True)
         since = np.bincount(index, weights=rows)[::-1].cumsum()[::-1][index]
-        for stratum, keep in zip(self._strata, np.ceil(self.limit * rows / since).astype(np.int64),
-                                 strict=True):
-            if stratum.held.shape[0] > keep:
-                self._held -= stratum.held.shape[0] - int(keep)
-                stratum.held = stratum.held[:keep]
+        keep = np.ceil(self.limit * rows / since).astype(np.int64)
+        held = np.fromiter((s.held.shape[0] for s in self._strata), dtype=np.int64)
+        strata = list(self._strata)
+        for position in np.flatnonzero(held > keep):
+            # A copy: a slice would keep the whole shipment's rows alive behind it.
+            strata[position].held = strata[position].held[:keep[position]].copy()
+        self._held -= int(np.maximum(held - keep, 0).sum())
         self._held_after_cut = self._held
 
 
@@ -91,7 +103,8 @@ def spread_sample(parts: list[WindowSample], first_epoch: int, limit: int, width
     size = min(limit, *(s.shipped * total / s.rows for s in strata))
     # Systematic rounding of each share along the strata: the takes sum to the size, and
     # each is its share's floor or ceiling, so a quiet second's rows are not all rounded away.
-    bounds = np.floor(size * np.cumsum([s.rows for s in strata]) / total + 0.5).astype(np.int64)
+    cumulative = np.cumsum(np.fromiter((s.rows for s in strata), dtype=np.float64))
+    bounds = np.floor(size * cumulative / total + 0.5).astype(np.int64)
     takes = np.diff(bounds, prepend=0)
     chunks = [s.held[:take] for s, take in zip(strata, takes, strict=True) if take > 0]
     return np.concatenate(chunks).astype(np.float64) if chunks else np.empty((0, width))

@@ -124,3 +124,24 @@ def test_the_haproxy_of_a_crashed_head_s_node_is_stopped_and_another_node_s_is_n
         for process in (ours, theirs):
             process.kill()
             process.wait(10)
+
+
+def test_only_a_head_that_is_gone_is_cleaned_up_after(bystander: subprocess.Popen[bytes]) -> None:
+    """`up` stops what a lost head left running only where nothing listens at its address
+    and its `ray start` is no more: a GCS that listens but will not be joined (another Ray
+    version, another token) is a live cluster, with every endpoint on it."""
+    from control_plane.platform import _lost_head
+
+    started = psutil.Process(bystander.pid).create_time()
+    quiet = f"127.0.0.1:{_free_port()}"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    assert _lost_head({"address": quiet, "pid": gone.pid, "started": 1.0}, None)
+    assert not _lost_head({"address": quiet, "pid": bystander.pid, "started": started}, None)
+    assert not _lost_head({"address": quiet, "pid": gone.pid, "started": 1.0}, quiet)
+    assert not _lost_head(None, None) and not _lost_head({}, None)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        assert not _lost_head({"address": address, "pid": gone.pid, "started": 1.0}, None)

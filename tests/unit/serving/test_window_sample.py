@@ -48,8 +48,14 @@ def test_every_window_takes_each_shipment_s_share_from_the_rows_held() -> None:
     for index, (epoch, rows, shipped) in enumerate(shipments):
         sample.add(epoch, rows, _tagged(index, shipped))
     shipped_in_all = sum(shipped for *_, shipped in shipments)
-    # About LIMIT * (1 + ln(shipped / LIMIT)), and up to LIMIT more shipped since the last cut.
-    assert sample.held <= LIMIT * (1 + math.log(shipped_in_all / LIMIT)) + LIMIT
+    # About LIMIT * (1 + ln(shipped / LIMIT)) and a row per shipment, up to twice that (and
+    # LIMIT more) between cuts; and no more memory than that: a cut keeps no slice's base.
+    bound = LIMIT * (1 + math.log(shipped_in_all / LIMIT)) + len(shipments)
+    assert sample.held <= 2 * bound + LIMIT
+    held = sample.since(0)
+    assert sum(s.held.shape[0] for s in held) == sample.held
+    assert all(s.held.base is None for s in held)
+    assert sum(s.held.nbytes for s in held) == sample.held * 2 * 4  # float32
     for first in (299, 295, 290, 270, 240, 200, 120, 0):
         rows = spread_sample([sample], first, LIMIT, 2)
         taken = np.bincount(rows[:, 0].astype(int), minlength=len(shipments))
@@ -101,3 +107,23 @@ def test_odd_shipments_are_held_within_what_they_counted() -> None:
     sample.add(0, 10**9, np.ones((10**4, 2)))  # at most LIMIT of one shipment
     assert [s.shipped for s in sample.since(0)] == [10, LIMIT]
     assert sample.since(0)[1].held.dtype == np.float32
+
+
+def test_three_shipments_give_the_shares_worked_out_by_hand() -> None:
+    """Rows 100, 300 and 600, of which 100, 256 and 256 shipped: the largest sample where
+    every share fits is 256 * 1,000 / 600 = 426.7 rows, shares 42.7, 128 and 256, rounded
+    along the strata (43, 171 and 427 cumulated)."""
+    sample = WindowSample(LIMIT, np.random.default_rng(6))
+    for index, (rows, shipped) in enumerate(((100, 100), (300, 256), (600, 256))):
+        sample.add(index, rows, _tagged(index, shipped))
+    taken = spread_sample([sample], 0, LIMIT, 2)
+    assert np.bincount(taken[:, 0].astype(int)).tolist() == [43, 128, 256]
+    assert spread_sample([sample], 2, LIMIT, 2).shape[0] == 256  # the last alone: all it shipped
+
+
+def test_a_shipment_claiming_absurd_counts_neither_overflows_nor_stops_the_window() -> None:
+    sample = WindowSample(LIMIT, np.random.default_rng(7))
+    for index in range(3):
+        sample.add(index, 2**70 if index == 1 else 100, _tagged(index, 100))
+    taken = spread_sample([sample], 0, LIMIT, 2)
+    assert taken.shape[0] > 0 and set(np.unique(taken[:, 0])) <= {0.0, 1.0, 2.0}
