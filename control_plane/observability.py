@@ -12,7 +12,6 @@ inconclusive, ``/api/metrics`` serves what it has.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from concurrent.futures import Future
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from control_plane.errors import MonitorBusyError, MonitorUnavailableError
 from control_plane.read_gate import ReadGate
+from control_plane.store.json_values import json_safe
 from serving.monitoring.routing import ROUTINGS
 
 if TYPE_CHECKING:
@@ -188,16 +188,6 @@ def feature_histograms(endpoint: str, version: int, window_s: float) -> dict[str
     """A version's reference and live histograms per feature (see ``MonitorState.histograms``);
     raises MonitorUnavailableError."""
     return json_safe(_ask_for_api("histograms", endpoint, version, window_s))
-
-
-def json_safe(value: Any) -> Any:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def monitor_totals() -> list[VersionTotals]:

@@ -12,11 +12,11 @@ from control_plane.auth import Principal
 from control_plane.deployments import Routes
 from control_plane.errors import ConflictError, NotFoundError
 from control_plane.notifications.sources import rollout_transition
-from control_plane.observability import json_safe
 from control_plane.rollouts.plan import Step, Strategy, plan_steps
 from control_plane.rollouts.schemas import RolloutCreate, RolloutOut, StepOut
 from control_plane.rollouts.states import RolloutState, can_transition
 from control_plane.schemas import Role
+from control_plane.store.json_values import json_safe
 from control_plane.store.models import EndpointRow, ModelRow, RolloutEventRow, RolloutRow
 
 CONTROLLER = Principal(name="rollout-controller", role=Role.ADMIN)

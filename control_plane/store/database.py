@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.errors import SchemaOutdatedError, StoreUnavailableError
+from control_plane.store import json_values
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -228,13 +229,14 @@ def _create_engine(url: str) -> Engine:
                     "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"))),
             }
         return create_engine(url, pool_pre_ping=True, pool_timeout=2, future=True,
-                             connect_args=connect_args)
+                             connect_args=connect_args, json_serializer=json_values.dumps)
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
         connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        json_serializer=json_values.dumps,
     )
 
     @event.listens_for(engine, "connect")

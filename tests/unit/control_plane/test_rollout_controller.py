@@ -815,6 +815,32 @@ def test_a_step_without_stable_traffic_outlasting_the_monitors_memory_keeps_its_
     assert world.weights() == {1: 100.0}
 
 
+def test_a_baseline_of_few_requests_with_unknown_bounds_is_kept_and_the_step_goes_on(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over too few requests the p99's upper bound is unknown (NaN). The kept baseline
+    holds it as null: PostgreSQL refused the NaN, every analysis of the 100% step failed
+    to store, and the rollout never ended (SQLite took it and hid the fault)."""
+    from control_plane.rollouts.controller import BASELINE_WINDOW_S
+
+    nan = float("nan")
+    earlier = {1: served(60, p95=10.0, p99_bounds=(10.0, nan), p95_bounds=(9.0, nan)),
+               2: served(0)}
+    monkeypatch.setattr(world.controller, "_stats", lambda endpoint, window, sample: (
+        earlier if window == BASELINE_WINDOW_S else world.stats))
+    rollout_id = switch_to_slower(world, p95=10.0)
+    for _ in range(60):
+        world.run(1)
+        rollout = world.controller.get(rollout_id)
+        if rollout.step_index == 1 and "stable_baseline" in rollout.last_analysis:
+            break
+    figures = rollout.last_analysis["stable_baseline"]["figures"]["latency"]
+    assert figures["p99_bounds_ms"] == [10.0, None] and figures["p95_bounds_ms"] == [9.0, None]
+    world.run(20)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.SUCCEEDED, rollout.reason
+    assert world.weights() == {2: 100.0}
+
+
 def test_a_kept_baseline_stands_for_an_hour_then_only_the_absolute_checks_judge(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stable's figures from before a long 100% step say less of it as the day goes on

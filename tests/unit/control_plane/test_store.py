@@ -65,6 +65,22 @@ def test_a_failing_block_writes_nothing(db: Database) -> None:
         assert session.scalar(select(ModelRow).where(ModelRow.name == "half")) is None
 
 
+def test_numbers_that_are_not_finite_are_stored_as_null_on_every_backend(db: Database) -> None:
+    """PostgreSQL's json refuses NaN, SQLite's text takes it: one rule for both, however
+    deep the number sits (a dataclass's pair arrives as a tuple)."""
+    tags = {"bounds": (1.5, float("nan")), "rates": [float("inf"), -float("inf"), 0.25],
+            "nested": {"p99": float("nan")}}
+    with db.session() as session:
+        session.add(ModelRow(name="odd", owner="x", tags=tags, policy={}))
+    with db.session(readonly=True) as session:
+        stored = session.scalar(select(ModelRow).where(ModelRow.name == "odd"))
+        raw = session.execute(text("SELECT tags FROM models WHERE name = 'odd'")).scalar_one()
+    assert stored is not None
+    assert stored.tags == {"bounds": [1.5, None], "rates": [None, None, 0.25],
+                           "nested": {"p99": None}}
+    assert "NaN" not in str(raw) and "Infinity" not in str(raw)
+
+
 def test_an_upgraded_database_ends_identical_to_a_fresh_one(tmp_path: Path) -> None:
     """Upgrade step by step from the first revision; compare with a fresh head schema."""
     from alembic import command
