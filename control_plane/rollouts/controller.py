@@ -45,6 +45,7 @@ from control_plane.rollouts import aliases
 from control_plane.rollouts.ab_gate import ABWindow, tested
 from control_plane.rollouts.analysis import sample_routings, wants_baseline
 from control_plane.rollouts.approvals import ApprovalGate, approval_gate
+from control_plane.rollouts.deadline import failing_past_deadline
 from control_plane.rollouts.decision import (
     BASELINE_MAX_AGE_S,
     BASELINE_WINDOW_S,
@@ -138,6 +139,8 @@ class RolloutController(ManualActions):
                          leading=leading, fenced=fenced)
         self._served = served
         self._analysed_at: dict[int, datetime] = {}
+        # Per rollout: since when every pass has failed (deadline.failing_past_deadline).
+        self._failing_since: dict[int, datetime] = {}
         # Per rollout: the step found not served yet, then (step, when it was first seen
         # served): its window and hold count from then (:meth:`_as_served`).
         self._unserved_step: dict[int, int] = {}
@@ -282,10 +285,12 @@ class RolloutController(ManualActions):
             for rollout in self.list(active=True, limit=1000):
                 try:
                     changed |= self._advance(rollout)
+                    self._failing_since.pop(rollout.id, None)
                 except FencedOut:
                     raise
-                except Exception:  # one broken rollout must not stall the others
+                except Exception as error:  # one broken rollout must not stall the others
                     log.exception("advancing rollout #%d failed", rollout.id)
+                    changed |= self._end_if_failing_too_long(rollout, error)
             try:
                 changed |= self._retire_drained()
                 now = self._now()
@@ -355,6 +360,25 @@ class RolloutController(ManualActions):
         if decision.action in (Action.ADVANCE, Action.AWAIT_APPROVAL, Action.RESUME):
             return self._move(rollout, decision, gate, now)
         return False  # hold, or wait for evidence
+
+    def _end_if_failing_too_long(self, rollout: RolloutOut, error: Exception) -> bool:
+        """Fail ``rollout`` once every pass has failed for its inconclusive deadline
+        (``deadline.failing_past_deadline``); True if it ended."""
+        now = self._now()
+        reason = failing_past_deadline(self._failing_since.setdefault(rollout.id, now), now,
+                                       settings_of(rollout), rollout.state, error)
+        if reason is None:
+            return False
+        try:
+            self._end(rollout, RolloutState.FAILED, CONTROLLER.name, reason,
+                      {"error": type(error).__name__}, reject=False)
+        except FencedOut:
+            raise
+        except Exception:
+            log.exception("failing rollout #%d after its passes failed, failed too", rollout.id)
+            return False
+        self._failing_since.pop(rollout.id, None)
+        return True
 
     def _unserved(self, rollout: RolloutOut, now: datetime) -> str | None:
         """Why the step's traffic is known not to be served yet (None: it is, or nothing is

@@ -7,6 +7,12 @@ or stale). A progressing rollout whose analyses have stayed inconclusive for
 since nothing showed it to be bad (start a new rollout once traffic or the Monitor is
 back). Waiting for an approval, or paused, is not waiting for evidence: the clock starts
 afresh on the first inconclusive analysis of a progressing step.
+
+A pass that cannot decide at all (it raises: a store refusing the analysis, a fault in the
+controller) is no better than one without evidence, and may never record the inconclusive
+analyses that would run this clock: a progressing rollout whose every pass has failed for
+the deadline (:func:`failing_past_deadline`, kept by the leading process) fails the same
+way, naming the error, rather than holding its candidate's share for good.
 """
 
 from __future__ import annotations
@@ -44,3 +50,17 @@ def past_deadline(record: dict[str, Any], settings: AnalysisSettings,
     return (f"analysis inconclusive for {waited:.0f}s, past inconclusive_deadline_s="
             f"{settings.inconclusive_deadline_s:g} ({record.get('reason', '')}); failed and "
             "traffic restored to the stable version")
+
+
+def failing_past_deadline(since: datetime, now: datetime, settings: AnalysisSettings,
+                          state: RolloutState, error: BaseException) -> str | None:
+    """The reason to end a rollout whose passes have all failed since ``since`` (the last
+    one with ``error``), None while within the inconclusive deadline."""
+    failing = (now - since).total_seconds()
+    if settings.inconclusive_deadline_s is None or state != RolloutState.PROGRESSING \
+            or failing < settings.inconclusive_deadline_s:
+        return None
+    said = (str(error).splitlines() or [""])[0][:200]
+    return (f"the controller could not advance it for {failing:.0f}s, past "
+            f"inconclusive_deadline_s={settings.inconclusive_deadline_s:g} "
+            f"({type(error).__name__}: {said}); failed and traffic restored to the stable version")

@@ -913,6 +913,40 @@ def test_statistics_that_cannot_be_read_are_inconclusive_and_the_deadline_runs(
     assert world.weights() == {1: 100.0}
 
 
+def test_a_rollout_whose_every_pass_fails_ends_at_the_deadline(
+        world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A pass that raises records nothing, so no inconclusive analysis runs the deadline:
+    a store refusing the analysis left the candidate its share for good. Failing for the
+    deadline fails the rollout, naming the error; a pass that works starts the clock over."""
+    rollout_id = world.start(analysis={**FAST, "inconclusive_deadline_s": 20})
+    world.serve(1, requests=500)
+    world.serve(2, requests=100)
+    world.run(2)
+    assert world.weights()[2] > 0
+    record = world.controller._record
+
+    def refused(*args: Any) -> bool:
+        raise RuntimeError("the store refused the analysis\nSQL: UPDATE rollouts ...")
+
+    monkeypatch.setattr(world.controller, "_record", refused)
+    world.run(15)
+    monkeypatch.setattr(world.controller, "_record", record)
+    world.run(2)  # a pass that stores its analysis: the failures' clock starts over
+    monkeypatch.setattr(world.controller, "_record", refused)
+    world.run(15)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.PROGRESSING, rollout.reason
+    assert world.weights()[2] > 0
+    with caplog.at_level(logging.ERROR):
+        world.run(10)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.FAILED, rollout.reason
+    assert "could not advance it for 2" in rollout.reason
+    assert "RuntimeError: the store refused the analysis)" in rollout.reason
+    assert world.weights() == {1: 100.0}
+    assert any("advancing rollout #1 failed" in r.getMessage() for r in caplog.records)
+
+
 def test_a_step_is_judged_and_held_only_once_its_traffic_is_served(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """A step's routes are committed, then applied to Serve: with the control plane killed
