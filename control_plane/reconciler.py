@@ -88,6 +88,24 @@ class ServeApp:
     configured: ServedConfig | None = None
 
 
+def _status(status: Any) -> str:
+    """``DEPLOYING``, not ``ApplicationStatus.DEPLOYING``: the status a user reads."""
+    return str(getattr(status, "value", status))
+
+
+def _message(app: dict[str, Any]) -> str:
+    """Serve's message on an application, else its first deployment's: an application
+    still deploying says nothing itself, while its deployment says why (a replica no node
+    has the CPUs or GPUs for: what it needs, and what the cluster has)."""
+    message = str(app.get("message") or "")
+    if message:
+        return message
+    for deployment in (app.get("deployments") or {}).values():
+        if isinstance(deployment, dict) and deployment.get("message"):
+            return str(deployment["message"])
+    return ""
+
+
 class ServeBackend(Protocol):
     """The few Serve operations the reconciler needs."""
 
@@ -544,7 +562,7 @@ class RayServeBackend:
 
         details = serve_details()
         owners = application_owners(details)
-        return {name: ServeApp(str(app.get("status", "")), str(app.get("message") or "")[:1000],
+        return {name: ServeApp(_status(app.get("status", "")), _message(app)[:1000],
                                owners[name].store_id, _configured(app))
                 for name, app in (details.get("applications") or {}).items()}
 

@@ -320,8 +320,8 @@ def deploy(
 
 @contextlib.contextmanager
 def _saying_why(api: Any, endpoint: str) -> Iterator[None]:
-    """A wait that times out says what the control plane last saw of the endpoint (its
-    serving state and error), not only where to look."""
+    """A wait that times out says what the control plane last heard from Serve about the
+    endpoint (a replica no node can hold, a model that fails to load), not only where to look."""
     from control_plane.errors import ControlPlaneError, ControlPlaneUnavailableError
 
     try:

@@ -1,4 +1,6 @@
-"""A `--wait` that times out says what the control plane last saw of the endpoint."""
+"""A deploy that cannot run says why: Serve's message on the application, else its
+deployment's (an application deploying says nothing itself), reaches the endpoint's
+serving state and a `--wait` that times out."""
 
 from __future__ import annotations
 
@@ -8,10 +10,19 @@ import pytest
 
 from control_plane.cli.serving import _saying_why
 from control_plane.errors import ControlPlaneUnavailableError, NotFoundError
+from control_plane.reconciler import _message
 
 UNSCHEDULABLE = ("Deployment 'endpoint' in application 'endpoint-big' has 1 replicas that have "
                  "taken more than 30s to be scheduled. Resources required for each replica: "
                  '{"CPU": 64.0}, total resources available: {"CPU": 1.65}.')
+
+
+def test_an_application_deploying_takes_its_deployment_s_message() -> None:
+    app = {"status": "DEPLOYING", "message": "",
+           "deployments": {"endpoint": {"status": "UPDATING", "message": UNSCHEDULABLE}}}
+    assert _message(app) == UNSCHEDULABLE
+    assert _message({**app, "message": "the application's own"}) == "the application's own"
+    assert _message({"status": "RUNNING", "deployments": {"endpoint": {"message": ""}}}) == ""
 
 
 class Api:
