@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from control_plane.errors import MonitorBusyError, MonitorUnavailableError
 from control_plane.read_gate import ReadGate
-from control_plane.store.json_values import json_safe
+from control_plane.storable import json_safe
 from serving.monitoring.routing import ROUTINGS
 
 if TYPE_CHECKING:

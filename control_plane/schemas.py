@@ -7,12 +7,13 @@ naming the field rather than a silently ignored setting.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from control_plane.storable import UNSTORABLE_TEXT
 from modelplane.wire import ClosedModel
 
 # Serving settings are the data plane's own wire objects: one definition, two packages.
@@ -231,10 +232,25 @@ class ModelPolicy(Wire):
                     "`deploy`/`traffic`.")
 
 
+
+
+def _storable_text(value: str) -> str:
+    """``value`` unchanged, or a ValueError saying what in it no store can hold: a NUL
+    (PostgreSQL's text refuses it) or a lone surrogate (no driver encodes it)."""
+    found = UNSTORABLE_TEXT.search(value)
+    if found is not None:
+        what = "a NUL character" if found.group() == "\x00" else "a lone surrogate"
+        raise ValueError(f"contains {what} ({found.group()!r}) at position {found.start()}, "
+                         "which is not text the store can hold")
+    return value
+
+
+# Text a request writes into a column of the store (control_plane.storable).
+StoredText = AfterValidator(_storable_text)
 # Written by deployers and read by anyone: bounded, so that no listing or answer carries
 # megabytes of one writer's text.
-Description = Annotated[str, Field(max_length=10_000)]
-Reason = Annotated[str, Field(max_length=2_000)]
+Description = Annotated[str, Field(max_length=10_000), StoredText]
+Reason = Annotated[str, Field(max_length=2_000), StoredText]
 Tags = Annotated[dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1_024)]],
                  Field(max_length=64)]
 
@@ -347,7 +363,8 @@ MAX_RUN_METRIC_POINTS = 1_000_000
 
 class ExperimentCreate(Wire):
     name: Name
-    description: str = ""
+    # Bounded in bytes by the tracker, with the run's tags and params (tracking.py).
+    description: Annotated[str, StoredText] = ""
     tags: dict[str, str] = Field(default_factory=dict)
 
 
@@ -362,7 +379,7 @@ class ExperimentOut(Wire):
 
 class RunCreate(Wire):
     experiment: Name = Field(description="Created if it does not exist.")
-    name: str = Field("", max_length=128)
+    name: Annotated[str, StoredText] = Field("", max_length=128)
     params: FiniteJson = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
     parent_run_id: str | None = Field(None, max_length=RUN_ID_CHARS)
@@ -379,14 +396,26 @@ class TrainingSubmission(Wire):
     job_id: str = Field(min_length=1, max_length=128, description="Ray's submission id.")
     experiment: Name
     model: Name = Field(description="The registry model the job will register a version of.")
-    address: str = Field("", max_length=2000, description="Ray's job API the job went to.")
+    address: Annotated[str, StoredText] = Field("", max_length=2000,
+                                                description="Ray's job API the job went to.")
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once in UTC") from None
+
+
+# A time a request gives the store: with its zone (the store keeps UTC), within range in UTC.
+StoredTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class MetricPoint(Wire):
-    key: str = Field(min_length=1, max_length=128)
+    key: Annotated[str, StoredText] = Field(min_length=1, max_length=128)
     value: Finite
     step: int = Field(0, ge=0, le=MAX_INT)
-    timestamp: datetime | None = None
+    timestamp: StoredTime | None = None
 
 
 class MetricBatch(Wire):
@@ -398,7 +427,7 @@ class ParamsUpdate(Wire):
 
 
 class RunArtifactCreate(Wire):
-    path: str = Field(min_length=1, max_length=512)
+    path: Annotated[str, StoredText] = Field(min_length=1, max_length=512)
     digest: Digest
 
 

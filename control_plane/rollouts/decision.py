@@ -47,7 +47,7 @@ from control_plane.rollouts.deadline import inconclusive_for, past_deadline
 from control_plane.rollouts.schemas import AnalysisSettings, RolloutOut
 from control_plane.rollouts.states import RolloutState
 from control_plane.stamps import parse_stamp
-from control_plane.store.json_values import json_safe
+from control_plane.storable import json_safe
 from serving.monitoring import VersionSnapshot
 from serving.monitoring.snapshot import Latency, Quantiles, RoutedRequests, Traffic
 

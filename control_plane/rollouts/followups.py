@@ -38,9 +38,9 @@ from control_plane.auth import Principal
 from control_plane.registry import Registry, mark_rejected
 from control_plane.rollouts.states import RolloutState
 from control_plane.schemas import Role, Stage, StageChange
+from control_plane.storable import json_safe
 from control_plane.store import Database
 from control_plane.store.database import FencedOut, store_could_not_take
-from control_plane.store.json_values import json_safe
 from control_plane.store.models import ModelRow, ModelVersionRow, RolloutEventRow, RolloutRow
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from control_plane.rollouts.plan import Step, Strategy, plan_steps
 from control_plane.rollouts.schemas import RolloutCreate, RolloutOut, StepOut
 from control_plane.rollouts.states import RolloutState, can_transition
 from control_plane.schemas import Role
-from control_plane.store.json_values import json_safe
+from control_plane.storable import json_safe
 from control_plane.store.models import EndpointRow, ModelRow, RolloutEventRow, RolloutRow
 
 CONTROLLER = Principal(name="rollout-controller", role=Role.ADMIN)

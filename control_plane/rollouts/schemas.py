@@ -15,7 +15,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from control_plane.rollouts.analysis import AnalysisConfig
 from control_plane.rollouts.plan import Strategy
 from control_plane.rollouts.states import RolloutState
-from control_plane.schemas import AliasName, Name, Wire
+from control_plane.schemas import AliasName, Name, Reason, Wire
 
 _DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -181,7 +181,7 @@ class RolloutPolicy(Wire):
 
 
 class RolloutAction(Wire):
-    reason: str = Field("", max_length=2000)
+    reason: Reason = ""
 
 
 class StepOut(Wire):

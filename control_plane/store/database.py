@@ -18,6 +18,9 @@ every write transaction it opens, in the same transaction, which refuses the who
 transaction (:class:`FencedOut`) when the thread is no longer entitled to write. The
 control loops write behind their lease's fence (``control_plane.leadership``): a pass that
 outlived its process's lead cannot store a decision its successor may already have made.
+
+Both engines write JSON and text as every backend holds them (``control_plane.storable``):
+what SQLite stores and PostgreSQL refuses (a NaN in JSON, a NUL in text) is never sent.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane import storable
 from control_plane.errors import SchemaOutdatedError, StoreUnavailableError
-from control_plane.store import json_values
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -228,15 +231,16 @@ def _create_engine(url: str) -> Engine:
                     "-c idle_in_transaction_session_timeout=60000 -c tcp_keepalives_idle=10 "
                     "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"))),
             }
-        return create_engine(url, pool_pre_ping=True, pool_timeout=2, future=True,
-                             connect_args=connect_args, json_serializer=json_values.dumps)
+        return _storing_text(create_engine(url, pool_pre_ping=True, pool_timeout=2,
+                                           future=True, connect_args=connect_args,
+                                           json_serializer=storable.dumps))
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
         connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        json_serializer=json_values.dumps,
+        json_serializer=storable.dumps,
     )
 
     @event.listens_for(engine, "connect")
@@ -256,6 +260,17 @@ def _create_engine(url: str) -> Engine:
     def _begin(connection: Any) -> None:
         readonly = connection.get_execution_options().get("modelplane_readonly", False)
         connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return _storing_text(engine)
+
+
+def _storing_text(engine: Engine) -> Engine:
+    """``engine`` writing text every backend holds (``storable.parameters``)."""
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _storable(connection: Any, cursor: Any, statement: str, parameters: Any,
+                  context: Any, executemany: bool) -> tuple[str, Any]:
+        return statement, storable.parameters(parameters)
 
     return engine
 

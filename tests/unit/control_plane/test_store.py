@@ -81,6 +81,26 @@ def test_numbers_that_are_not_finite_are_stored_as_null_on_every_backend(db: Dat
     assert "NaN" not in str(raw) and "Infinity" not in str(raw)
 
 
+def test_text_the_platform_writes_is_stored_on_every_backend(db: Database) -> None:
+    """A NUL (PostgreSQL's text refuses it) and a lone surrogate (no driver encodes it) in
+    text the platform writes itself, such as a failed job's last log line, become U+FFFD:
+    the write failed, and left what it recorded under way for good."""
+    from sqlalchemy import update
+
+    with db.session() as session:
+        session.add(ModelRow(name="odd-text", owner="x", tags={"line": "a\x00b"}, policy={},
+                             description="the job said: \x00\ud800 done"))
+    with db.session() as session:
+        session.execute(update(ModelRow).where(ModelRow.name == "odd-text")
+                        .values(owner="o\x00wner"))
+    with db.session(readonly=True) as session:
+        stored = session.scalar(select(ModelRow).where(ModelRow.name == "odd-text"))
+    assert stored is not None
+    assert stored.description == "the job said: \ufffd\ufffd done"
+    assert stored.owner == "o\ufffdwner"
+    assert stored.tags == {"line": "a\x00b"}  # JSON escapes it, and every backend holds that
+
+
 def test_an_upgraded_database_ends_identical_to_a_fresh_one(tmp_path: Path) -> None:
     """Upgrade step by step from the first revision; compare with a fresh head schema."""
     from alembic import command
