@@ -485,17 +485,18 @@ def _refuse_another_ingress(settings: Settings) -> None:
 def _refuse_taken_ports(settings: Settings) -> None:
     """Before a new head: its Serve would fail to bind a port another process holds, and
     the platform answering there (another user's, another home's) would pass for this one."""
-    from modelplane.ports import port_free
+    from modelplane.ports import port_free, port_holder
 
     wanted = [("MODELPLANE_HTTP_PORT", settings.http_port)]
     if settings.grpc_port:
         wanted.append(("MODELPLANE_GRPC_PORT", settings.grpc_port))
     for setting, port in wanted:
         if not port_free(settings.http_host, port):
+            holder = port_holder(port)
             raise ConfigurationError(
-                f"port {port} on {settings.http_host} is taken by another process: another "
-                f"platform, or another program, listens there; stop it or set {setting} to a "
-                "free port")
+                f"port {port} on {settings.http_host} is taken by "
+                f"{holder or 'another process'}: another platform, or another program, "
+                f"listens there; stop it or set {setting} to a free port")
 
 
 def _own_ray_temp() -> Path | None:
@@ -723,6 +724,9 @@ def _clean_up_lost_head(settings: Settings, record: dict[str, object],
     progress(f"the Ray head this home started at {record['address']} is gone; stopping what "
              "it left running")
     _stop_recorded_head(record)
+    ports = [port for port in (settings.http_port, settings.grpc_port) if port]
+    for stopped in stop_orphaned_ingress(ports):
+        progress(f"stopped {stopped}, left listening on this platform's port")
     (settings.home / HEAD_RECORD).unlink(missing_ok=True)
 
 
@@ -913,6 +917,34 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
         _stop([process for process in psutil.process_iter()
                if (config := _haproxy_config(process)) is not None
                and os.path.dirname(config) in nodes], grace_s)
+
+
+def stop_orphaned_ingress(ports: list[int], grace_s: float = 5.0) -> list[str]:
+    """Stop each Serve HAProxy listening on one of ``ports`` whose proxy is gone (its
+    parent is no Ray process): one a crashed head left that its node's folder did not name.
+    A live cluster's HAProxy is its proxy's child, and what is not HAProxy is never
+    stopped here. What was stopped, as ``haproxy (pid N)``."""
+    import psutil
+
+    try:
+        pids = {c.pid for c in psutil.net_connections(kind="tcp")
+                if c.pid and c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports}
+    except (psutil.Error, OSError):
+        return []
+    orphans = []
+    for pid in sorted(pids):
+        try:
+            process = psutil.Process(pid)
+            if _haproxy_config(process) is None:
+                continue
+            parent = process.parent()
+            if parent is not None and (parent.cmdline() or [""])[0].startswith("ray::"):
+                continue
+        except psutil.Error:
+            continue
+        orphans.append(process)
+    _stop(orphans, grace_s)
+    return [f"haproxy (pid {process.pid})" for process in orphans]
 
 
 def _haproxy_config(process: Any) -> str | None:

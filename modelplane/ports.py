@@ -86,3 +86,24 @@ def _bound(host: str, port: int, *, past_time_wait: bool = False) -> socket.sock
             raise
         return None
     return probe
+
+
+def port_holder(port: int) -> str | None:
+    """What listens on TCP ``port`` (its program and pid, as ``haproxy (pid 123)``), so a
+    refusal can say whom to stop; None where nothing does, or the listener is hidden
+    (another user's process, a system without the listing)."""
+    import psutil
+
+    try:
+        listening = [c for c in psutil.net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+    except (psutil.Error, OSError):
+        return None
+    for connection in listening:
+        if connection.pid is None:
+            continue
+        try:
+            return f"{psutil.Process(connection.pid).name()} (pid {connection.pid})"
+        except psutil.Error:
+            continue
+    return None

@@ -3,6 +3,7 @@ pid after a crash or a reboot."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -145,3 +146,63 @@ def test_only_a_head_that_is_gone_is_cleaned_up_after(bystander: subprocess.Pope
         listening.listen()
         address = f"127.0.0.1:{listening.getsockname()[1]}"
         assert not _lost_head({"address": address, "pid": gone.pid, "started": 1.0}, None)
+
+
+_LISTENER = """
+import socket, sys, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", int(sys.argv[-1])))
+listener.listen()
+print("listening", flush=True)
+time.sleep(60)
+"""
+# A parent that starts the listener (``argv`` run by the interpreter given) and either exits at once, orphaning it as
+# a killed proxy does, or stays, as a live proxy does; prints the listener's pid.
+_PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen(sys.argv[3:], executable=sys.argv[2], stdout=subprocess.PIPE)
+assert child.stdout.readline()
+print(child.pid, flush=True)
+if sys.argv[1] == "stay":
+    time.sleep(60)
+"""
+
+
+def _listener(tmp_path, port: int, *, program: str, parent: str) -> int:
+    """A stand-in process named ``program`` listening on ``port``, started by a parent
+    named ``parent`` that exits (``parent`` "gone") or stays; its pid."""
+    argv = [program, "-c", _LISTENER, "-f", str(tmp_path / "node-x" / "haproxy.cfg"), str(port)]
+    stays = parent != "gone"
+    starter = subprocess.Popen([parent if stays else "python", "-c", _PARENT,
+                                "stay" if stays else "exit", sys.executable, *argv],
+                               executable=sys.executable, stdout=subprocess.PIPE)
+    assert starter.stdout is not None
+    return int(starter.stdout.readline())
+
+
+def test_an_orphaned_haproxy_on_the_platform_s_port_is_stopped_and_nothing_else(tmp_path) -> None:
+    """A crashed head's HAProxy that its node's folder did not name still held the HTTP
+    port, and `up` after the crash refused the port. An orphaned HAProxy on one of the
+    platform's ports is stopped; one whose proxy lives, one on another port, and a program
+    that is not HAProxy are left alone."""
+    from control_plane.platform import stop_orphaned_ingress
+
+    ports = [_free_port() for _ in range(4)]
+    orphan = _listener(tmp_path, ports[0], program="haproxy", parent="gone")
+    live = _listener(tmp_path, ports[1], program="haproxy", parent="ray::ProxyActor")
+    elsewhere = _listener(tmp_path, ports[2], program="haproxy", parent="gone")
+    stranger = _listener(tmp_path, ports[3], program="nginx", parent="gone")
+    kept = [live, elsewhere, stranger]
+    try:
+        stopped = stop_orphaned_ingress([ports[0], ports[1], ports[3]], grace_s=5)
+        assert stopped == [f"haproxy (pid {orphan})"]
+        assert not psutil.pid_exists(orphan) or \
+            psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+        assert all(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in kept)
+    finally:
+        for pid in [orphan, *kept]:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        for process in psutil.process_iter(["cmdline"]):  # the live listener's parent
+            if (process.info["cmdline"] or [""])[0] == "ray::ProxyActor":
+                process.kill()
