@@ -139,7 +139,8 @@ class RolloutController(ManualActions):
                          leading=leading, fenced=fenced)
         self._served = served
         self._analysed_at: dict[int, datetime] = {}
-        # Per rollout: since when every pass has failed (deadline.failing_past_deadline).
+        # Per progressing rollout: since when no pass has stored an analysis, every one
+        # that tried having failed (deadline.failing_past_deadline).
         self._failing_since: dict[int, datetime] = {}
         # Per rollout: the step found not served yet, then (step, when it was first seen
         # served): its window and hold count from then (:meth:`_as_served`).
@@ -271,6 +272,14 @@ class RolloutController(ManualActions):
 
     def tick(self) -> None:
         """One pass: advance every active rollout, remove drained versions, follow aliases."""
+        try:
+            self._tick()
+        except FencedOut:
+            # Led again later, this process must not count another lead's time as failing.
+            self._failing_since.clear()
+            raise
+
+    def _tick(self) -> None:
         changed = False
         # A write refused by the control loops' lease (FencedOut) ends the pass: another
         # control plane leads now, every later write would be refused too, and its
@@ -282,10 +291,15 @@ class RolloutController(ManualActions):
                 raise
             except Exception:
                 log.exception("finishing rollout follow-ups failed")
-            for rollout in self.list(active=True, limit=1000):
+            active = self.list(active=True, limit=1000)
+            # A rollout's failing passes count while it progresses (paused, awaiting an
+            # approval or ended, it is waiting for no evidence).
+            for stale in self._failing_since.keys() - {
+                    r.id for r in active if r.state == RolloutState.PROGRESSING}:
+                del self._failing_since[stale]
+            for rollout in active:
                 try:
                     changed |= self._advance(rollout)
-                    self._failing_since.pop(rollout.id, None)
                 except FencedOut:
                     raise
                 except Exception as error:  # one broken rollout must not stall the others
@@ -345,8 +359,12 @@ class RolloutController(ManualActions):
         decision = decide(rollout, Evidence(gate, snapshot), now)
         # The analysis and its streak are stored before anything is done about them: a
         # process that dies in between finds the streak at its limit and rolls back.
-        if decision.analysed and not self._record(rollout, decision, now):
-            return False
+        if decision.analysed:
+            if not self._record(rollout, decision, now):
+                return False
+            # Passes between analyses decide on the stored one and cannot fail at storing
+            # it: only a stored analysis ends a run of failing passes.
+            self._failing_since.pop(rollout.id, None)
         if decision.action in _ENDS:
             state, reject = _ENDS[decision.action]
             self._end(rollout, state, CONTROLLER.name, decision.reason, decision.data,

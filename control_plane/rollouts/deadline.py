@@ -10,9 +10,10 @@ afresh on the first inconclusive analysis of a progressing step.
 
 A pass that cannot decide at all (it raises: a store refusing the analysis, a fault in the
 controller) is no better than one without evidence, and may never record the inconclusive
-analyses that would run this clock: a progressing rollout whose every pass has failed for
-the deadline (:func:`failing_past_deadline`, kept by the leading process) fails the same
-way, naming the error, rather than holding its candidate's share for good.
+analyses that would run this clock: a progressing rollout that has stored no analysis for
+the deadline since a pass first failed, every analysis since having failed, ends the same
+way (:func:`failing_past_deadline`, counted by the leading process while the rollout
+progresses), naming the error, rather than holding its candidate's share for good.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def past_deadline(record: dict[str, Any], settings: AnalysisSettings,
 
 def failing_past_deadline(since: datetime, now: datetime, settings: AnalysisSettings,
                           state: RolloutState, error: BaseException) -> str | None:
-    """The reason to end a rollout whose passes have all failed since ``since`` (the last
-    one with ``error``), None while within the inconclusive deadline."""
+    """The reason to end a rollout that has stored no analysis since a pass first failed at
+    ``since`` (the last with ``error``), None while within the inconclusive deadline."""
     failing = (now - since).total_seconds()
     if settings.inconclusive_deadline_s is None or state != RolloutState.PROGRESSING \
             or failing < settings.inconclusive_deadline_s:

@@ -916,12 +916,15 @@ def test_statistics_that_cannot_be_read_are_inconclusive_and_the_deadline_runs(
 def test_a_rollout_whose_every_pass_fails_ends_at_the_deadline(
         world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A pass that raises records nothing, so no inconclusive analysis runs the deadline:
-    a store refusing the analysis left the candidate its share for good. Failing for the
-    deadline fails the rollout, naming the error; a pass that works starts the clock over."""
-    rollout_id = world.start(analysis={**FAST, "inconclusive_deadline_s": 20})
+    a store refusing the analysis left the candidate its share for good. Without a stored
+    analysis for the deadline (the passes between analyses, every quarter second, store
+    none and fail at nothing) the rollout fails, naming the error; a stored analysis
+    starts the clock over."""
+    rollout_id = world.start(analysis={**FAST, "interval_s": 10, "inconclusive_deadline_s": 60},
+                             step_duration_s=600)
     world.serve(1, requests=500)
     world.serve(2, requests=100)
-    world.run(2)
+    world.run(12, step=0.25)
     assert world.weights()[2] > 0
     record = world.controller._record
 
@@ -929,19 +932,20 @@ def test_a_rollout_whose_every_pass_fails_ends_at_the_deadline(
         raise RuntimeError("the store refused the analysis\nSQL: UPDATE rollouts ...")
 
     monkeypatch.setattr(world.controller, "_record", refused)
-    world.run(15)
+    world.run(45, step=0.25)
     monkeypatch.setattr(world.controller, "_record", record)
-    world.run(2)  # a pass that stores its analysis: the failures' clock starts over
+    world.run(12, step=0.25)  # an analysis stored: the failures' clock starts over
     monkeypatch.setattr(world.controller, "_record", refused)
-    world.run(15)
+    world.run(50, step=0.25)
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.PROGRESSING, rollout.reason
     assert world.weights()[2] > 0
     with caplog.at_level(logging.ERROR):
-        world.run(10)
+        world.run(30, step=0.25)
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.FAILED, rollout.reason
-    assert "could not advance it for 2" in rollout.reason
+    assert "could not advance it for 6" in rollout.reason or \
+        "could not advance it for 7" in rollout.reason, rollout.reason
     assert "RuntimeError: the store refused the analysis)" in rollout.reason
     assert world.weights() == {1: 100.0}
     assert any("advancing rollout #1 failed" in r.getMessage() for r in caplog.records)
