@@ -725,7 +725,7 @@ def _clean_up_lost_head(settings: Settings, record: dict[str, object],
              "it left running")
     _stop_recorded_head(record)
     ports = [port for port in (settings.http_port, settings.grpc_port) if port]
-    for stopped in stop_orphaned_ingress(ports):
+    for stopped in stop_orphaned_ingress(settings.http_host, ports):
         progress(f"stopped {stopped}, left listening on this platform's port")
     (settings.home / HEAD_RECORD).unlink(missing_ok=True)
 
@@ -919,23 +919,31 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
                and os.path.dirname(config) in nodes], grace_s)
 
 
-def stop_orphaned_ingress(ports: list[int], grace_s: float = 5.0) -> list[str]:
-    """Stop each Serve HAProxy listening on one of ``ports`` whose proxy is gone (its
-    parent is no Ray process): one a crashed head left that its node's folder did not name.
-    A live cluster's HAProxy is its proxy's child, and what is not HAProxy is never
-    stopped here. What was stopped, as ``haproxy (pid N)``."""
+# Where Ray Serve keeps each node's HAProxy configuration, ``<folder>/<node id>/haproxy.cfg``
+# (ray/serve/_private/constants.py, unless RAY_SERVE_HAPROXY_CONFIG_FILE_LOC says otherwise).
+SERVE_HAPROXY_CONFIG = "/tmp/haproxy-serve/haproxy.cfg"
+
+
+def stop_orphaned_ingress(host: str, ports: list[int], grace_s: float = 5.0) -> list[str]:
+    """Stop each of this user's Serve HAProxies (its configuration in Serve's per-node
+    folder) listening on ``host`` at one of ``ports`` whose proxy is gone (its parent is no
+    Ray process): one a crashed head left that its node's folder did not name. A live
+    Serve's HAProxy is its proxy actor's child; another HAProxy, or another user's, is
+    never stopped here. What was stopped, as ``haproxy (pid N)``."""
     import psutil
 
-    try:
-        pids = {c.pid for c in psutil.net_connections(kind="tcp")
-                if c.pid and c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports}
-    except (psutil.Error, OSError):
-        return []
+    from modelplane.ports import listeners
+
+    folder = os.path.dirname(os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")
+                             or SERVE_HAPROXY_CONFIG)
+    addresses = {host, "0.0.0.0", "::"}
     orphans = []
-    for pid in sorted(pids):
+    for pid in sorted({pid for pid, address, _ in listeners(ports) if address in addresses}):
         try:
             process = psutil.Process(pid)
-            if _haproxy_config(process) is None:
+            config = _haproxy_config(process)
+            if config is None or os.path.dirname(os.path.dirname(config)) != folder \
+                    or process.uids().real != os.getuid():
                 continue
             parent = process.parent()
             if parent is not None and (parent.cmdline() or [""])[0].startswith("ray::"):
@@ -944,7 +952,8 @@ def stop_orphaned_ingress(ports: list[int], grace_s: float = 5.0) -> list[str]:
             continue
         orphans.append(process)
     _stop(orphans, grace_s)
-    return [f"haproxy (pid {process.pid})" for process in orphans]
+    return [f"haproxy (pid {process.pid})" for process in orphans
+            if process not in _wait_gone([process], 0)]
 
 
 def _haproxy_config(process: Any) -> str | None:

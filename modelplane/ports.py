@@ -88,22 +88,28 @@ def _bound(host: str, port: int, *, past_time_wait: bool = False) -> socket.sock
     return probe
 
 
+def listeners(ports: list[int]) -> list[tuple[int, str, int]]:
+    """Who listens on any of TCP ``ports``: (pid, address, port) for each listener whose
+    process is visible ([] on a system without the listing)."""
+    import psutil
+
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return []
+    return [(c.pid, c.laddr.ip, c.laddr.port) for c in connections
+            if c.pid and c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports]
+
+
 def port_holder(port: int) -> str | None:
     """What listens on TCP ``port`` (its program and pid, as ``haproxy (pid 123)``), so a
     refusal can say whom to stop; None where nothing does, or the listener is hidden
     (another user's process, a system without the listing)."""
     import psutil
 
-    try:
-        listening = [c for c in psutil.net_connections(kind="tcp")
-                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
-    except (psutil.Error, OSError):
-        return None
-    for connection in listening:
-        if connection.pid is None:
-            continue
+    for pid, _, _ in listeners([port]):
         try:
-            return f"{psutil.Process(connection.pid).name()} (pid {connection.pid})"
+            return f"{psutil.Process(pid).name()} (pid {pid})"
         except psutil.Error:
             continue
     return None

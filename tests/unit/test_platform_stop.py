@@ -168,41 +168,55 @@ if sys.argv[1] == "stay":
 """
 
 
-def _listener(tmp_path, port: int, *, program: str, parent: str) -> int:
-    """A stand-in process named ``program`` listening on ``port``, started by a parent
-    named ``parent`` that exits (``parent`` "gone") or stays; its pid."""
-    argv = [program, "-c", _LISTENER, "-f", str(tmp_path / "node-x" / "haproxy.cfg"), str(port)]
+def _listener(config: str, port: int, *, program: str, parent: str,
+              started: list[subprocess.Popen[bytes]]) -> int:
+    """A stand-in process named ``program`` with the configuration ``config``, listening
+    on ``port``, started by a parent named ``parent`` that exits ("gone") or stays (kept in
+    ``started``); the listener's pid."""
+    argv = [program, "-c", _LISTENER, "-f", config, str(port)]
     stays = parent != "gone"
     starter = subprocess.Popen([parent if stays else "python", "-c", _PARENT,
                                 "stay" if stays else "exit", sys.executable, *argv],
                                executable=sys.executable, stdout=subprocess.PIPE)
+    started.append(starter)
     assert starter.stdout is not None
     return int(starter.stdout.readline())
 
 
-def test_an_orphaned_haproxy_on_the_platform_s_port_is_stopped_and_nothing_else(tmp_path) -> None:
+def test_an_orphaned_haproxy_on_the_platform_s_port_is_stopped_and_nothing_else(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crashed head's HAProxy that its node's folder did not name still held the HTTP
-    port, and `up` after the crash refused the port. An orphaned HAProxy on one of the
-    platform's ports is stopped; one whose proxy lives, one on another port, and a program
-    that is not HAProxy are left alone."""
+    port, and `up` after the crash refused the port. An orphaned Serve HAProxy (its
+    configuration in Serve's per-node folder) on one of the platform's ports is stopped;
+    one whose proxy lives, one on another port, another HAProxy and a program that is not
+    HAProxy are left alone."""
     from control_plane.platform import stop_orphaned_ingress
 
-    ports = [_free_port() for _ in range(4)]
-    orphan = _listener(tmp_path, ports[0], program="haproxy", parent="gone")
-    live = _listener(tmp_path, ports[1], program="haproxy", parent="ray::ProxyActor")
-    elsewhere = _listener(tmp_path, ports[2], program="haproxy", parent="gone")
-    stranger = _listener(tmp_path, ports[3], program="nginx", parent="gone")
-    kept = [live, elsewhere, stranger]
+    serve_folder = tmp_path / "haproxy-serve"
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", str(serve_folder / "haproxy.cfg"))
+    serve_config = str(serve_folder / "node-x" / "haproxy.cfg")
+    ports = [_free_port() for _ in range(5)]
+    started: list[subprocess.Popen[bytes]] = []
+    listeners: list[int] = []
     try:
-        stopped = stop_orphaned_ingress([ports[0], ports[1], ports[3]], grace_s=5)
-        assert stopped == [f"haproxy (pid {orphan})"]
-        assert not psutil.pid_exists(orphan) or \
-            psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
-        assert all(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in kept)
+        for port, program, parent, config in [
+                (ports[0], "haproxy", "gone", serve_config),
+                (ports[1], "haproxy", "ray::ProxyActor", serve_config),
+                (ports[2], "haproxy", "gone", serve_config),  # not the platform's port
+                (ports[3], "nginx", "gone", serve_config),
+                (ports[4], "haproxy", "gone", str(tmp_path / "own" / "haproxy.cfg"))]:
+            listeners.append(_listener(config, port, program=program, parent=parent,
+                                       started=started))
+        stopped = stop_orphaned_ingress("127.0.0.1", [ports[0], ports[1], ports[3], ports[4]],
+                                        grace_s=5)
+        assert stopped == [f"haproxy (pid {listeners[0]})"]
+        assert not psutil.pid_exists(listeners[0]) or \
+            psutil.Process(listeners[0]).status() == psutil.STATUS_ZOMBIE
+        assert all(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in listeners[1:])
     finally:
-        for pid in [orphan, *kept]:
+        for pid in listeners:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
-        for process in psutil.process_iter(["cmdline"]):  # the live listener's parent
-            if (process.info["cmdline"] or [""])[0] == "ray::ProxyActor":
-                process.kill()
+        for starter in started:
+            starter.kill()
+            starter.wait(10)

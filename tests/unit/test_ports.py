@@ -55,3 +55,17 @@ def test_where_the_range_is_unknown_the_kernel_chooses(tmp_path: Path,
     monkeypatch.setattr(ports, "EPHEMERAL_RANGE_FILE", tmp_path / "absent")
     chosen = free_ports(3, "127.0.0.1")
     assert len(set(chosen)) == 3 and all(port > 0 for port in chosen)
+
+
+def test_the_holder_of_a_taken_port_is_named() -> None:
+    """A refusal of a taken port says whom to stop: the listener's program and pid."""
+    import os
+
+    from modelplane.ports import port_holder
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert port_holder(port) is not None and f"(pid {os.getpid()})" in port_holder(port)
+    assert port_holder(port) is None
