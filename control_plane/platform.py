@@ -938,7 +938,7 @@ def stop_orphaned_ingress(host: str, ports: list[int], grace_s: float = 5.0) -> 
                              or SERVE_HAPROXY_CONFIG)
     addresses = {host, "0.0.0.0", "::"}
     orphans = []
-    for pid in sorted({pid for pid, address, _ in listeners(ports) if address in addresses}):
+    for pid in sorted({pid for pid, address in listeners(ports) if address in addresses}):
         try:
             process = psutil.Process(pid)
             config = _haproxy_config(process)
@@ -952,8 +952,8 @@ def stop_orphaned_ingress(host: str, ports: list[int], grace_s: float = 5.0) -> 
             continue
         orphans.append(process)
     _stop(orphans, grace_s)
-    return [f"haproxy (pid {process.pid})" for process in orphans
-            if process not in _wait_gone([process], 0)]
+    alive = _wait_gone(orphans, 0)
+    return [f"haproxy (pid {process.pid})" for process in orphans if process not in alive]
 
 
 def _haproxy_config(process: Any) -> str | None:

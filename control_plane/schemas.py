@@ -247,10 +247,11 @@ def _storable_text(value: str) -> str:
 
 # Text a request writes into a column of the store (control_plane.storable).
 StoredText = AfterValidator(_storable_text)
+FreeText = Annotated[str, StoredText]
 # Written by deployers and read by anyone: bounded, so that no listing or answer carries
 # megabytes of one writer's text.
-Description = Annotated[str, Field(max_length=10_000), StoredText]
-Reason = Annotated[str, Field(max_length=2_000), StoredText]
+Description = Annotated[FreeText, Field(max_length=10_000)]
+Reason = Annotated[FreeText, Field(max_length=2_000)]
 Tags = Annotated[dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1_024)]],
                  Field(max_length=64)]
 
@@ -364,7 +365,7 @@ MAX_RUN_METRIC_POINTS = 1_000_000
 class ExperimentCreate(Wire):
     name: Name
     # Bounded in bytes by the tracker, with the run's tags and params (tracking.py).
-    description: Annotated[str, StoredText] = ""
+    description: FreeText = ""
     tags: dict[str, str] = Field(default_factory=dict)
 
 
@@ -379,7 +380,7 @@ class ExperimentOut(Wire):
 
 class RunCreate(Wire):
     experiment: Name = Field(description="Created if it does not exist.")
-    name: Annotated[str, StoredText] = Field("", max_length=128)
+    name: FreeText = Field("", max_length=128)
     params: FiniteJson = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
     parent_run_id: str | None = Field(None, max_length=RUN_ID_CHARS)
@@ -396,7 +397,7 @@ class TrainingSubmission(Wire):
     job_id: str = Field(min_length=1, max_length=128, description="Ray's submission id.")
     experiment: Name
     model: Name = Field(description="The registry model the job will register a version of.")
-    address: Annotated[str, StoredText] = Field("", max_length=2000,
+    address: FreeText = Field("", max_length=2000,
                                                 description="Ray's job API the job went to.")
 
 
@@ -412,7 +413,7 @@ StoredTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class MetricPoint(Wire):
-    key: Annotated[str, StoredText] = Field(min_length=1, max_length=128)
+    key: FreeText = Field(min_length=1, max_length=128)
     value: Finite
     step: int = Field(0, ge=0, le=MAX_INT)
     timestamp: StoredTime | None = None
@@ -427,7 +428,7 @@ class ParamsUpdate(Wire):
 
 
 class RunArtifactCreate(Wire):
-    path: Annotated[str, StoredText] = Field(min_length=1, max_length=512)
+    path: FreeText = Field(min_length=1, max_length=512)
     digest: Digest
 
 

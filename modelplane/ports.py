@@ -88,8 +88,8 @@ def _bound(host: str, port: int, *, past_time_wait: bool = False) -> socket.sock
     return probe
 
 
-def listeners(ports: list[int]) -> list[tuple[int, str, int]]:
-    """Who listens on any of TCP ``ports``: (pid, address, port) for each listener whose
+def listeners(ports: list[int]) -> list[tuple[int, str]]:
+    """Who listens on any of TCP ``ports``: (pid, address) for each listener whose
     process is visible ([] on a system without the listing)."""
     import psutil
 
@@ -97,7 +97,7 @@ def listeners(ports: list[int]) -> list[tuple[int, str, int]]:
         connections = psutil.net_connections(kind="tcp")
     except (psutil.Error, OSError):
         return []
-    return [(c.pid, c.laddr.ip, c.laddr.port) for c in connections
+    return [(c.pid, c.laddr.ip) for c in connections
             if c.pid and c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports]
 
 
@@ -107,7 +107,7 @@ def port_holder(port: int) -> str | None:
     (another user's process, a system without the listing)."""
     import psutil
 
-    for pid, _, _ in listeners([port]):
+    for pid, _ in listeners([port]):
         try:
             return f"{psutil.Process(pid).name()} (pid {pid})"
         except psutil.Error:

@@ -30,14 +30,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from control_plane.notifications.events import DEFAULT_EVENTS, check_pattern, matches
-from control_plane.schemas import Finite, FiniteJson, Name, StoredText, Wire
+from control_plane.schemas import Finite, FiniteJson, FreeText, Name, Wire
 
 Comparison = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
 ReceiverFormat = Literal["json", "slack"]
 MAX_EVENT_DATA_BYTES = 64 * 1024
-LabelMap = Annotated[dict[Annotated[str, Field(max_length=64), StoredText],
-                          Annotated[str, Field(max_length=256), StoredText]],
+LabelMap = Annotated[dict[Annotated[FreeText, Field(max_length=64)],
+                          Annotated[FreeText, Field(max_length=256)]],
                      Field(max_length=32)]
 
 
@@ -56,7 +56,7 @@ class AlertRuleSpec(Wire):
     endpoint: Name | None = Field(None, description="Only this endpoint (default: every endpoint).")
     version: int | None = Field(None, ge=1, description="Only this version (default: every version).")
     labels: LabelMap = Field(default_factory=dict, description="Added to every alert of the rule.")
-    summary: Annotated[str, StoredText] = Field("", max_length=500, description=(
+    summary: FreeText = Field("", max_length=500, description=(
         "Message template with named fields only: {endpoint} {version} {metric} {value} "
         "{comparison} {threshold} {details} (no format specs, conversions, attributes or "
         "indexes; {{ and }} are literal braces)."))
@@ -86,7 +86,7 @@ class SilenceCreate(Wire):
     """Mute a rule's notifications for a while; its alerts are still evaluated and shown."""
 
     duration_s: float = Field(gt=0, le=30 * 86400, description="How long, in seconds (at most 30 days).")
-    reason: Annotated[str, StoredText] = Field("", max_length=500,
+    reason: FreeText = Field("", max_length=500,
                                                description="Why: shown beside the rule.")
 
 
@@ -215,7 +215,7 @@ class EventCreate(Wire):
     name: Name
     severity: Severity = "warning"
     labels: LabelMap = Field(default_factory=dict)
-    summary: Annotated[str, StoredText] = Field("", max_length=2000)
+    summary: FreeText = Field("", max_length=2000)
     data: FiniteJson = Field(default_factory=dict, description=(
         f"Free-form JSON, at most {MAX_EVENT_DATA_BYTES // 1024} KiB: it is kept in the "
         "alerts' history and sent to every receiver."))
