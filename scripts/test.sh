@@ -2,8 +2,10 @@
 # Set up .venv with the dev extras if needed, lint, then run the whole test suite.
 # Extra arguments go to pytest in one process (e.g. `scripts/test.sh -m unit` for the fast
 # tier, or a file). Without arguments the suite runs in two steps, neither leaving a core
-# idle while its tests wait on servers: on every core (pytest-xdist), the unit tier and the
-# tests marked no_ray (real server processes, no Ray); then the rest, the Ray tier. With 4
+# idle while its tests wait on servers: the unit tier and the tests marked no_ray (real
+# server processes, no Ray) on two pytest-xdist processes a core, at most 4 (on 2 cores,
+# one process a core left a third of the CPU idle while tests waited on their servers and
+# subprocesses: 518 s, against 380 s with four); then the rest, the Ray tier. With 4
 # cores or more the tier runs in two pytest processes at once (`--ray-stream`,
 # tests/conftest.py), one running the tests on the session's Ray, the other the modules that
 # start their own Ray head; with fewer it runs in one: its closed-loop tests time latencies,
@@ -22,7 +24,7 @@ if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 cores="$(.venv/bin/python -c 'import os; print(len(os.sched_getaffinity(0)))')"
-workers=$((cores < 4 ? cores : 4))
+workers=$((2 * cores < 4 ? 2 * cores : 4))
 echo "==> the unit tier and the tests without Ray on $workers processes, then the rest"
 status=0
 # --dist loadfile: a module's tests share its server (a module fixture) and may build on
