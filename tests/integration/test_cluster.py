@@ -106,8 +106,11 @@ def platform() -> Iterator[ClusterPlatform]:
         # Every node holds credentials for the bucket, as an instance profile would give
         # them: training jobs keep their checkpoints there. `up` hands them to the control
         # plane for the artifacts; replicas fetch artifacts from the control plane.
-        cluster = LoopbackCluster(num_cpus=2, workers=2, worker_cpus=2,
-                                  extra_env=dict(s3.env)).start()
+        # A stopping replica is drained for 3 s, not Serve's 30: nothing here sends load
+        # through a scale-down, and scale to zero waits until no replica is left in any
+        # state (the drain itself is tested on the session's Ray, tests/faults).
+        cluster = LoopbackCluster(num_cpus=2, workers=2, worker_cpus=2, extra_env={
+            **s3.env, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3"}).start()
         stack.callback(cluster.stop)
         # 0.0.0.0: replicas on the workers (127.0.0.2-3) listen where the head's ingress
         # reaches them, as on a cluster of machines.
