@@ -48,6 +48,7 @@ from tests.onnx_models import (
 )
 from tests.s3_server import S3Server
 from tests.waiting import wait_for
+from training.submission import JobClient
 
 ON_WORKERS = {"resources": {WORKER_RESOURCE: 0.01}, "num_cpus": 0.1}
 ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
@@ -437,10 +438,11 @@ def test_a_ddp_job_spans_the_workers_checkpoints_to_s3_and_outlives_a_lost_node(
         lost = next(n for n in platform.cluster.alive if n.address == first[0]["node"])
         killed_after = checkpointed()
         platform.cluster.kill_node(lost)
-        done = wait_for(lambda: (s := platform.cli_json(
-            "train", "status", job_id, "--address", platform.cluster.dashboard))["status"]
-            in {"SUCCEEDED", "FAILED", "STOPPED"} and s, timeout=300, interval=2,
-            what="the job to end after its node was lost")
+        # Ray's job API in this process: a CLI process per poll took a core from the job.
+        wait_for(lambda: JobClient(platform.cluster.dashboard).status(job_id)
+                 in {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=300, interval=1,
+                 what="the job to end after its node was lost")
+        done = platform.cli_json("train", "status", job_id, "--address", platform.cluster.dashboard)
         assert done["status"] == "SUCCEEDED", f"{done}\n{logs()[-3000:]}"
         run = api.get_run(api.list_runs("spanning").items[0].id)
         steps = [m.step for m in api.metric_history(run.id, "val_loss")]

@@ -63,6 +63,18 @@ class Laptop:
                                     stdout=output, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
 
+    def hold_a_cpu(self) -> str:
+        """A job whose driver holds 1 CPU and sleeps: other work on the cluster, held as a
+        training job's workers would hold it, but leaving the cores to the jobs under test.
+        Returns its job id."""
+        submitted = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", self.head.dashboard, "--no-wait",
+             "--entrypoint-num-cpus", "1", "--", "python", "-c", "import time; time.sleep(900)"],
+            env=self.env, capture_output=True, text=True, timeout=120)
+        found = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr)
+        assert submitted.returncode == 0 and found, submitted.stdout + submitted.stderr
+        return found.group(0)
+
     def _submit_command(self, working_dir: Path, *job_args: str) -> list[str]:
         runtime_env = {"env_vars": {"MODELPLANE_URL": self.url, "MODELPLANE_TOKEN": self.token}}
         return [str(BIN / "ray"), "job", "submit", "--address", self.head.dashboard,
@@ -132,15 +144,13 @@ def stopped_at_the_end(laptop: Laptop) -> Iterator[list[str]]:
 
 def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(
         laptop: Laptop, stopped_at_the_end: list[str]) -> None:
-    """A long job holds 1 CPU: a job with a 5 s placement timeout fails saying why, one with
+    """Another job holds 1 CPU: a job with a 5 s placement timeout fails saying why, one with
     time to spare waits (and says so in `train status` and `train list`) and runs once the
-    long job is stopped."""
+    other job is stopped."""
     root, client = laptop.head.root / "busy", laptop.client()
-    holder, _ = _submit(laptop, _write_spec(root / "holder.yaml", laptop, experiment="t-holder",
-                                            workers=1, epochs=100_000))
+    holder = laptop.hold_a_cpu()
     stopped_at_the_end.append(holder)
-    run = wait_for(lambda: (runs := _runs(client, "t-holder")) and runs[0], 180, "the holder's run")
-    wait_for(lambda: client.metric_history(run.id, "val_loss"), 180, "the holder's first epoch")
+    wait_for(lambda: _job_status(laptop, holder) == "RUNNING", 180, "the holder to run")
 
     hasty = _write_spec(root / "hasty.yaml", laptop, experiment="t-hasty", workers=1,
                         placement_timeout_s=5)
@@ -167,8 +177,9 @@ def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(
 
     # The patient one waits and says so where a user looks.
     note = re.compile(r"waiting for resources \(needs 1 worker x 1 CPU, free 0\.\d+ CPU\)")
-    status = wait_for(lambda: note.search(text := _status_text(laptop, patient_id)) and text,
-                      180, "train status to say it waits")
+    wait_for(lambda: _waiting_note(laptop, patient_id), 180, "the patient job to say it waits")
+    status = _status_text(laptop, patient_id)
+    assert note.search(status), status
     assert "RUNNING" in status, status
     listed = json.loads(laptop.modelplane("train", "list", "--address", laptop.head.dashboard,
                                           "--json").stdout)
@@ -283,6 +294,15 @@ def _job_status(laptop: Laptop, job_id: str) -> str:
     from training.submission import JobClient
 
     return JobClient(laptop.head.dashboard).status(job_id)
+
+
+def _waiting_note(laptop: Laptop, job_id: str) -> str | None:
+    """What `train status` says a job waits for, read in this process: a CLI process per
+    poll took a core from the jobs being waited on."""
+    from training.capacity import waiting_note
+    from training.submission import JobClient
+
+    return waiting_note(JobClient(laptop.head.dashboard).logs(job_id))
 
 
 def _status(laptop: Laptop, job_id: str) -> str:
