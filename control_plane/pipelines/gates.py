@@ -266,8 +266,8 @@ def _held_out_source(context: StageContext) -> str:
 
 class BenchmarkStage:
     """The candidate, then the champion, each on a scratch replica with the same settings
-    (:mod:`control_plane.benchmarking`), so the two are measured alike and at the same
-    time; the candidate fails when its p99 exceeds the champion's by more than
+    (:mod:`control_plane.benchmarking`), one after the other so that neither's load or
+    start-up disturbs the other's figures; the candidate fails when its p99 exceeds the champion's by more than
     ``benchmark.max_slowdown``. The figures stay on each version (``models show``)."""
 
     name = "benchmark"
