@@ -397,8 +397,7 @@ class TrainingSubmission(Wire):
     job_id: str = Field(min_length=1, max_length=128, description="Ray's submission id.")
     experiment: Name
     model: Name = Field(description="The registry model the job will register a version of.")
-    address: FreeText = Field("", max_length=2000,
-                                                description="Ray's job API the job went to.")
+    address: FreeText = Field("", max_length=2000, description="Ray's job API the job went to.")
 
 
 def _in_utc(value: datetime) -> datetime:

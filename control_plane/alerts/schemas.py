@@ -86,8 +86,7 @@ class SilenceCreate(Wire):
     """Mute a rule's notifications for a while; its alerts are still evaluated and shown."""
 
     duration_s: float = Field(gt=0, le=30 * 86400, description="How long, in seconds (at most 30 days).")
-    reason: FreeText = Field("", max_length=500,
-                                               description="Why: shown beside the rule.")
+    reason: FreeText = Field("", max_length=500, description="Why: shown beside the rule.")
 
 
 class SilenceOut(Wire):

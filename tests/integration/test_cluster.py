@@ -439,8 +439,9 @@ def test_a_ddp_job_spans_the_workers_checkpoints_to_s3_and_outlives_a_lost_node(
         killed_after = checkpointed()
         platform.cluster.kill_node(lost)
         # Ray's job API in this process: a CLI process per poll took a core from the job.
-        wait_for(lambda: JobClient(platform.cluster.dashboard).status(job_id)
-                 in {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=300, interval=1,
+        jobs = JobClient(platform.cluster.dashboard)
+        wait_for(lambda: jobs.status(job_id) in {"SUCCEEDED", "FAILED", "STOPPED"},
+                 timeout=300, interval=1,
                  what="the job to end after its node was lost")
         done = platform.cli_json("train", "status", job_id, "--address", platform.cluster.dashboard)
         assert done["status"] == "SUCCEEDED", f"{done}\n{logs()[-3000:]}"

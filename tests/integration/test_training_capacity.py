@@ -10,6 +10,7 @@ tests/integration/jobs/, this process never connects to Ray: every Ray client is
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -26,6 +27,7 @@ import yaml
 from control_plane.client import Client
 from tests.ray_head import BIN, RayHead
 from tests.waiting import wait_for
+from training.submission import JobClient
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ENDED = {"FAILED", "SUCCEEDED", "STOPPED"}
@@ -44,6 +46,12 @@ class Laptop:
 
     def client(self) -> Client:
         return Client(self.url, self.token)
+
+    @functools.cached_property
+    def jobs(self) -> JobClient:
+        """Ray's job API, for polling from this process: one client, since each new one asks
+        the dashboard its token mode and Ray's version first."""
+        return JobClient(self.head.dashboard)
 
     def modelplane(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "modelplane.cli", *args], env=self.env,
@@ -132,14 +140,11 @@ def test_a_job_the_cluster_can_never_hold_is_refused_before_it_runs(laptop: Lapt
 def stopped_at_the_end(laptop: Laptop) -> Iterator[list[str]]:
     """Job ids the test started; any still running when it ends (a failed assertion) is
     stopped, so it does not hold the laptop's CPU from the module's later tests."""
-    from training.submission import JobClient
-
     started: list[str] = []
     yield started
-    client = JobClient(laptop.head.dashboard)
     for job_id in started:
-        if client.status(job_id) not in ENDED:
-            client.stop(job_id)
+        if laptop.jobs.status(job_id) not in ENDED:
+            laptop.jobs.stop(job_id)
 
 
 def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(
@@ -291,18 +296,15 @@ def _submit(laptop: Laptop, spec: Path) -> tuple[str, str]:
 
 def _job_status(laptop: Laptop, job_id: str) -> str:
     """For polling: Ray's job API in this process, not a CLI process (seconds each)."""
-    from training.submission import JobClient
-
-    return JobClient(laptop.head.dashboard).status(job_id)
+    return laptop.jobs.status(job_id)
 
 
 def _waiting_note(laptop: Laptop, job_id: str) -> str | None:
     """What `train status` says a job waits for, read in this process: a CLI process per
     poll took a core from the jobs being waited on."""
     from training.capacity import waiting_note
-    from training.submission import JobClient
 
-    return waiting_note(JobClient(laptop.head.dashboard).logs(job_id))
+    return waiting_note(laptop.jobs.logs(job_id))
 
 
 def _status(laptop: Laptop, job_id: str) -> str:
