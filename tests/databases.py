@@ -45,8 +45,9 @@ def platform_store_description() -> str:
 
 
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty database on the server in MODELPLANE_TEST_PG_URL, dropped afterwards.
+def fresh_postgres_database(template: str | None = None) -> Iterator[str]:
+    """A new database on the server in MODELPLANE_TEST_PG_URL, dropped afterwards: empty, or
+    a copy of the database named ``template`` (which no session may be connected to).
 
     Skips the test when the variable is unset (``.ci/run`` starts PostgreSQL and sets it).
     """
@@ -60,7 +61,8 @@ def fresh_postgres_database() -> Iterator[str]:
     name = f"mp_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'
+                                + (f' TEMPLATE "{template}"' if template else "")))
     try:
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:

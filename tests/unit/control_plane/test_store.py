@@ -27,9 +27,9 @@ def test_migrated_schema_matches_the_models(db: Database) -> None:
 MIGRATIONS = Path(__file__).parents[3] / "control_plane" / "migrations" / "versions"
 
 
-def test_migration_is_idempotent_and_records_head(db_url: str) -> None:
-    Database(db_url).dispose()
-    database = Database(db_url)  # second start: nothing to apply
+def test_migration_is_idempotent_and_records_head(empty_db_url: str) -> None:
+    Database(empty_db_url).dispose()
+    database = Database(empty_db_url)  # second start: nothing to apply
     current, head = schema_revisions(database.engine)
     newest = max(path.name[:4] for path in MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.py"))
     assert current == head == newest
