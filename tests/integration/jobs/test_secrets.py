@@ -32,6 +32,7 @@ from tests.job_head import DB_MARKER, JobHead
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.ray_head import RayHead
 from tests.waiting import wait_for
+from training.submission import JobClient
 
 
 @dataclass
@@ -85,13 +86,8 @@ def _spec(path: Path, head: Head, *, experiment: str, epochs: int) -> Path:
 
 
 def _job_env(head: Head, job_id: str) -> dict[str, str]:
-    """The job's runtime environment as Ray shows it to anyone who can list jobs."""
-    return head.ray_python(f"""
-        import json
-        from ray.job_submission import JobSubmissionClient
-        info = JobSubmissionClient({head.ray.dashboard!r}).get_job_info({job_id!r})
-        print(json.dumps((info.runtime_env or {{}}).get("env_vars", {{}})))
-    """)
+    """The job's runtime environment as Ray's job API shows it to anyone who can list jobs."""
+    return dict((JobClient(head.ray.dashboard).info(job_id).runtime_env or {}).get("env_vars", {}))
 
 
 def _runs(client: Client, experiment: str) -> list[Any]:
@@ -136,12 +132,14 @@ def test_a_submitted_job_runs_on_its_own_narrow_token_revoked_when_it_ends(head:
     stopped = head.modelplane("train", "stop", job_id, "--address", head.ray.dashboard)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
-    def ended() -> bool:
-        status = head.modelplane("train", "status", job_id, "--address", head.ray.dashboard,
-                                 "--json")
-        return json.loads(status.stdout)["status"] in {"STOPPED", "FAILED", "SUCCEEDED"}
-
-    wait_for(ended, 180, "the stopped job to end", interval=1)
+    # Ray's job API in this process: a CLI process per poll took seconds of CPU each.
+    jobs = JobClient(head.ray.dashboard)
+    wait_for(lambda: jobs.status(job_id) in {"STOPPED", "FAILED", "SUCCEEDED"}, 180,
+             "the stopped job to end", interval=1)
+    # The submitter sees it ended; a job killed before it revoked its own token has it
+    # revoked then.
+    status = head.modelplane("train", "status", job_id, "--address", head.ray.dashboard, "--json")
+    assert json.loads(status.stdout)["status"] in {"STOPPED", "FAILED"}, status.stdout + status.stderr
     revoked = {t.name: t for t in admin.list_tokens()}[name]
     assert revoked.revoked_at is not None
     assert httpx.get(f"{api}/whoami", headers=bearer).status_code == 401
