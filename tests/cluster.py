@@ -137,6 +137,10 @@ class LoopbackCluster(RayHead):
         answer.raise_for_status()
         return answer.json()["data"]["result"]["result"]  # type: ignore[no-any-return]
 
+    def node_addresses(self) -> dict[str, str]:
+        """Each node's address, by Ray node id (live or lost)."""
+        return {node["node_id"]: node["node_ip"] for node in self.state("nodes")}
+
     def alive_nodes(self) -> list[dict[str, Any]]:
         """Ray's view of its live nodes."""
         return [{"ip": node["node_ip"], "resources": node["resources_total"]}

@@ -49,7 +49,7 @@ from tests.onnx_models import (
 )
 from tests.s3_server import S3Server
 from tests.waiting import wait_for
-from training.submission import JobClient
+from training.submission import TERMINAL_STATES, JobClient
 
 ON_WORKERS = {"resources": {WORKER_RESOURCE: 0.01}, "num_cpus": 0.1}
 ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
@@ -416,7 +416,7 @@ def test_a_ddp_job_spans_the_workers_checkpoints_to_s3_and_outlives_a_lost_node(
 
     def workers() -> list[dict[str, Any]]:
         """The job's Ray Train workers: id, state and node address."""
-        where = {node["node_id"]: node["node_ip"] for node in platform.cluster.state("nodes")}
+        where = platform.cluster.node_addresses()
         return [{"id": actor["actor_id"], "state": actor["state"], "node": where.get(actor["node_id"])}
                 for actor in platform.cluster.state("actors", class_name="RayTrainWorker")]
 
@@ -441,7 +441,7 @@ def test_a_ddp_job_spans_the_workers_checkpoints_to_s3_and_outlives_a_lost_node(
         platform.cluster.kill_node(lost)
         # Ray's job API in this process: a CLI process per poll took a core from the job.
         jobs = JobClient(platform.cluster.dashboard)
-        wait_for(lambda: jobs.status(job_id) in {"SUCCEEDED", "FAILED", "STOPPED"},
+        wait_for(lambda: jobs.status(job_id) in TERMINAL_STATES,
                  timeout=300, interval=1,
                  what="the job to end after its node was lost")
         done = platform.cli_json("train", "status", job_id, "--address", platform.cluster.dashboard)
@@ -483,7 +483,7 @@ def test_a_lost_worker_node_costs_only_its_requests_in_flight(
     assert placed <= _worker_addresses(platform), placed
     # The Monitor and the route board live on the head: a lost worker took the Monitor's
     # figures, and which replicas it had heard from, with it.
-    address = {node["node_id"]: node["node_ip"] for node in platform.cluster.state("nodes")}
+    address = platform.cluster.node_addresses()
     placed_on = [address[actor["node_id"]] for name in (MONITOR_NAME, ROUTE_BOARD_NAME)
                  for actor in platform.cluster.state("actors", name=name, state="ALIVE")
                  if actor["ray_namespace"] == MONITOR_NAMESPACE]

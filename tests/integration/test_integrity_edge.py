@@ -119,15 +119,18 @@ def test_poisoning_and_floods_leave_the_rollouts_decision_unchanged(
     rollout = client.start_rollout({"endpoint": "edge", "model_ref": "edge:2", "steps": [50, 100],
                                     "step_duration_s": 3, "drain_s": 1, "analysis": analysis})
     wait_for(lambda: served_weights(platform) == {1: 50.0, 2: 50.0}, 60, "the first step")
+
+    def last_analysis() -> dict[str, Any]:
+        return client.get_rollout(rollout.id).last_analysis
+
     # An analysis counts the Monitor's one-second slots back from its own moment, so the
     # second in which the step began to be served is in its window or not by a fraction of
     # a second, analysis to analysis (it counted 131 of the flood's 150 for 20 s, then none,
     # when the flood began in that second). The flood starts once that second is well
     # behind, so every analysis after it counts all of the flood.
-    wait_for(lambda: (a := client.get_rollout(rollout.id).last_analysis).get("step_index") == 0
+    wait_for(lambda: (a := last_analysis()).get("step_index") == 0
              and "randomly routed" in a.get("reason", "") and a.get("window_s", 0) >= 3, 30,
-             "an analysis of the served step over 3 s",
-             seen=lambda: client.get_rollout(rollout.id).last_analysis)
+             "an analysis of the served step over 3 s", seen=last_analysis)
     rng = np.random.default_rng(1)
     bad_body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
     with httpx.Client(timeout=30) as http:
@@ -145,7 +148,7 @@ def test_poisoning_and_floods_leave_the_rollouts_decision_unchanged(
             assert feedback(http, url, wrong[start:start + 100], tokens["reader"]).status_code == 403
         flooded = wait_for(lambda: (r := client.get_rollout(rollout.id)).last_analysis.get(
             "reason", "").find("150 pinned") >= 0 and r, 30, "an analysis of the flood",
-            seen=lambda: client.get_rollout(rollout.id).last_analysis)
+            seen=last_analysis)
         assert flooded.last_analysis["verdict"] == "inconclusive", flooded.last_analysis
         assert flooded.state == "progressing" and flooded.step_index == 0
         stats = client.endpoint_stats("edge", window_s=60)["versions"]["2"]

@@ -27,10 +27,9 @@ import yaml
 from control_plane.client import Client
 from tests.ray_head import BIN, RayHead
 from tests.waiting import wait_for
-from training.submission import JobClient
+from training.submission import TERMINAL_STATES, JobClient
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-ENDED = {"FAILED", "SUCCEEDED", "STOPPED"}
 JOB_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.yaml") if "experiment:" in p.read_text())
 
 
@@ -143,7 +142,7 @@ def stopped_at_the_end(laptop: Laptop) -> Iterator[list[str]]:
     started: list[str] = []
     yield started
     for job_id in started:
-        if laptop.jobs.status(job_id) not in ENDED:
+        if laptop.jobs.status(job_id) not in TERMINAL_STATES:
             laptop.jobs.stop(job_id)
 
 
@@ -167,7 +166,7 @@ def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(
                      r"x 1 CPU, free now 0\.\d+ CPU\), 5 s at most", said), said
 
     # The one with 5 s ends failed, its run too, with the reason; one line, no traceback.
-    wait_for(lambda: _job_status(laptop, hasty_id) in ENDED, 180, "the hasty job to end")
+    wait_for(lambda: _job_status(laptop, hasty_id) in TERMINAL_STATES, 180, "the hasty job to end")
     assert _status(laptop, hasty_id) == "FAILED"
     logs = laptop.modelplane("train", "logs", hasty_id, "--address", laptop.head.dashboard).stdout
     assert logs.count("could not be placed within 5 s") == 1, logs
@@ -196,7 +195,7 @@ def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(
 
     stopped = laptop.modelplane("train", "stop", holder, "--address", laptop.head.dashboard)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    wait_for(lambda: _job_status(laptop, patient_id) in ENDED, 300, "the patient job to end")
+    wait_for(lambda: _job_status(laptop, patient_id) in TERMINAL_STATES, 300, "the patient job to end")
     logs = laptop.modelplane("train", "logs", patient_id, "--address", laptop.head.dashboard).stdout
     assert _status(laptop, patient_id) == "SUCCEEDED", logs
     assert re.search(r"resources free after \d+ s: starting 1 worker x 1 CPU", logs), logs
