@@ -92,7 +92,12 @@ def test_figures_are_measured_stored_shown_and_compared(platform, client) -> Non
     assert slow.status == "succeeded", slow.error
     # Ordering by a clear margin, not wall-clock limits: the work per request is many times more.
     assert slow.figures.cpu_ms_per_request > 3 * figures.cpu_ms_per_request
-    assert slow.figures.latency_ms.p50 > 1.5 * figures.latency_ms.p50
+    # Each request's extra work runs inside its latency, so the slow version's median cannot
+    # be shorter than the extra CPU it measured; a load spike only lengthens it. (Comparing
+    # the two medians would compare two moments of a shared machine: once the quick
+    # version's p50 was 37 ms under load, against 54 ms for the slow one.)
+    extra_cpu_ms = slow.figures.cpu_ms_per_request - figures.cpu_ms_per_request
+    assert slow.figures.latency_ms.p50 > 0.8 * extra_cpu_ms > 0
     assert scratch_applications() == []
 
     assert [b.id for b in client.list_benchmarks(MODEL, 1)] == [fast.id]
