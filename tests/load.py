@@ -31,6 +31,7 @@ class Answer:
     outputs: np.ndarray | None = None
     at: float = field(default_factory=time.monotonic)
     error: str | None = None  # what went wrong, for every failed answer
+    sent: float = 0.0  # time.monotonic() when the request left: routed by the table then
 
     @property
     def ok(self) -> bool:
@@ -93,7 +94,10 @@ class BackgroundLoad:
                     row = rng.normal(size=(1, self.n_features)).astype(np.float32)
                     if self.shape_rows is not None:
                         row = self.shape_rows(row)
-                self.answers.append(self._one(http, row))
+                sent = time.monotonic()
+                answer = self._one(http, row)
+                answer.sent = sent
+                self.answers.append(answer)
 
     def _one(self, http: httpx.Client, row: np.ndarray) -> Answer:
         if self.texts is not None:
@@ -130,6 +134,14 @@ class BackgroundLoad:
 
     def versions(self, start: int = 0) -> Counter[int | None]:
         return Counter(a.version for a in self.since(start) if a.ok)
+
+    def sent_after(self, moment: float) -> list[Answer]:
+        """The answers to requests sent after ``moment`` (time.monotonic()): not to those in
+        flight then, which may still come back from the version routed before it."""
+        return [a for a in list(self.answers) if a.sent > moment]
+
+    def versions_sent_after(self, moment: float) -> Counter[int | None]:
+        return Counter(a.version for a in self.sent_after(moment) if a.ok)
 
     def failures(self, start: int = 0) -> list[Answer]:
         return [a for a in self.since(start) if not a.ok]

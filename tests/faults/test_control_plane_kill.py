@@ -327,8 +327,10 @@ def test_killed_at_a_step_change_and_in_the_promotion_drain(
     with BackgroundLoad(platform.url, name) as load:
         pid = the_control_plane(platform)[1]
         rollout = client.start_rollout({"endpoint": name, "model_ref": f"{name}:2",
+                                        # The drain leaves the restarted replica time
+                                        # to be armed on a busy host (below).
                                         "steps": [30, 60, 100], "step_duration_s": 4,
-                                        "drain_s": 4, "analysis": PASSING})
+                                        "drain_s": 12, "analysis": PASSING})
         wait_for(lambda: ledger.kinds(rollout.id)["step"] >= 2, 120, "the second step",
                  interval=0.02)
         os.kill(pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ while the others serve, and `status` says why."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -114,15 +115,15 @@ def test_a_python_canary_that_raises_is_rolled_back_and_the_stable_version_never
         done = wait_for(lambda: (r := client.get_rollout(rollout.id)).state.terminal and r, 120,
                         "the python canary to end")
         wait_for(lambda: _weights(platform, "kind-py").get(1) == 100.0, 20, "v1 back at 100%")
-        settled = len(load.answers)
-        wait_for(lambda: len(load.answers) > settled + 30, 30, "answers after the rollback")
+        settled = time.monotonic()
+        wait_for(lambda: len(load.sent_after(settled)) > 30, 30, "answers after the rollback")
     assert done.state == "rolled_back", done.reason
     assert "error_rate" in json.dumps(done.last_analysis)
     failures = [a for a in load.answers if a.status != 200]
     # Every failure came from version 2, and says why (the model's own assertion).
     assert failures and all(a.version == 2 for a in failures), failures[:3]
     assert all("feature 0 out of the range" in (a.error or "") for a in failures), failures[:2]
-    assert all(a.status == 200 for a in load.answers[settled:])
+    assert all(a.status == 200 for a in load.sent_after(settled))
 
 
 def test_steps_and_torch_canaries_are_promoted_without_a_failed_request(
@@ -192,9 +193,9 @@ def test_steps_torch_and_text_canaries_that_fail_some_rows_are_rolled_back(
             for name, version in stable.items():
                 wait_for(lambda n=name, v=version: _weights(platform, n) == {v: 100.0}, 30,
                          f"{name} back on v{version} alone")
-            settled = {name: len(load.answers) for name, load in loads.items()}
+            settled = time.monotonic()
             for name, load in loads.items():
-                wait_for(lambda n=name, ld=load: len(ld.answers) > settled[n] + 20, 30,
+                wait_for(lambda ld=load: len(ld.sent_after(settled)) > 20, 30,
                          f"{name} answers after the rollback")
         finally:
             for load in loads.values():
@@ -210,7 +211,8 @@ def test_steps_torch_and_text_canaries_that_fail_some_rows_are_rolled_back(
         failures = load.failures()
         assert failures and all(a.version == candidates[name] for a in failures), failures[:3]
         assert all(causes[name] in (a.error or "") for a in failures), failures[:2]
-        assert all(a.ok for a in load.answers[settled[name]:]), load.failures(settled[name])[:3]
+        assert all(a.ok for a in load.sent_after(settled)), \
+            [a for a in load.sent_after(settled) if not a.ok][:3]
         assert load.versions()[stable[name]] > 0
 
 

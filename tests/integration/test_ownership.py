@@ -161,8 +161,8 @@ def test_an_endpoint_that_cannot_start_delays_no_traffic_change_and_no_rollback(
 
     baseline = traffic_change({1: 90, 2: 10})
     # A stuck endpoint that held the others up would cost them Serve's deploy wait (tens of
-    # seconds); a busy host may make one change a few seconds slower than the baseline.
-    allowed_s = max(3 * baseline, baseline + 5)
+    # seconds); a busy host may make one change several seconds slower than the baseline.
+    allowed_s = max(3 * baseline, 12.0)
     started = time.monotonic()
     stuck = client.deploy("stuck", "stuck:1", placement="isolated",
                           scaling={"num_cpus": 0.05, "num_gpus": 8})  # never schedulable here
@@ -247,7 +247,8 @@ def test_a_killed_monitor_neither_resolves_alerts_nor_breaks_metrics(platform: P
             wait_for(lambda: busy() and busy()[0].stale is None, 30, "fresh alert data")
             metrics = httpx.get(f"{platform.url}/api/metrics", timeout=30)
             assert "modelplane_monitor_up 1.0" in metrics.text
-        assert resolved() == []
+            # Asked while the load runs: once it stops, the rule rightly resolves.
+            assert resolved() == []
         assert load.failures() == [], load.failures()[:3]
     finally:
         ensure_monitor()
