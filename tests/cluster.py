@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from control_plane.platform import fast_ingress_available, ingress_env
-from control_plane.ray_auth import dashboard_auth_headers
 from modelplane.ports import free_ports
 from tests.ray_head import BIN, RayHead
 
@@ -124,18 +122,6 @@ class LoopbackCluster(RayHead):
         if probe.returncode != 0:
             raise RuntimeError(f"script on the cluster failed:\n{probe.stderr[-3000:]}")
         return json.loads(probe.stdout.strip().splitlines()[-1])
-
-    def state(self, kind: str, **equal: str) -> list[dict[str, Any]]:
-        """Rows of Ray's state API on the head (``nodes``, ``actors``, as ``ray list`` reads
-        them), with details, where each field named in ``equal`` has that value: an HTTP call,
-        where a Ray client process cost seconds of CPU."""
-        params: list[tuple[str, str | int]] = [("limit", 10_000), ("detail", "true")]
-        for key, value in equal.items():
-            params += [("filter_keys", key), ("filter_predicates", "="), ("filter_values", value)]
-        answer = httpx.get(f"{self.dashboard}/api/v0/{kind}", params=params,
-                           headers=dashboard_auth_headers(self.dashboard, self.env), timeout=30)
-        answer.raise_for_status()
-        return answer.json()["data"]["result"]["result"]  # type: ignore[no-any-return]
 
     def node_addresses(self) -> dict[str, str]:
         """Each node's address, by Ray node id (live or lost)."""

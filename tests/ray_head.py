@@ -16,11 +16,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from control_plane.platform import head_ports
-from control_plane.ray_auth import ray_auth_env
+from control_plane.ray_auth import dashboard_auth_headers, ray_auth_env
 
 BIN = Path(sys.executable).parent
 
@@ -42,6 +43,18 @@ class RayHead:
     @property
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.ports['dashboard-port']}"
+
+    def state(self, kind: str, **equal: str) -> list[dict[str, Any]]:
+        """Rows of Ray's state API on the head (``nodes``, ``actors``, as ``ray list`` reads
+        them), with details, where each field named in ``equal`` has that value: an HTTP call,
+        where a Ray client process cost seconds of CPU."""
+        params: list[tuple[str, str | int]] = [("limit", 10_000), ("detail", "true")]
+        for key, value in equal.items():
+            params += [("filter_keys", key), ("filter_predicates", "="), ("filter_values", value)]
+        answer = httpx.get(f"{self.dashboard}/api/v0/{kind}", params=params,
+                           headers=dashboard_auth_headers(self.dashboard, self.env), timeout=30)
+        answer.raise_for_status()
+        return answer.json()["data"]["result"]["result"]  # type: ignore[no-any-return]
 
     def start(self, timeout: float = 120.0) -> RayHead:
         """Start the head; returns once its dashboard (the job API) answers."""

@@ -101,6 +101,8 @@ def test_a_job_submitted_with_ray_job_submit_trains_registers_and_serves(
     # What tells this cluster from one at the same address elsewhere, and from its restart.
     assert all(run.environment["ray_cluster"][key] for key in ("address", "head", "session"))
     assert re.fullmatch(r"raysubmit_\w+", run.tags["ray_job_submission_id"])
+    # One node, never drained: Ray Train's preemption watcher was not started for it.
+    assert cluster.head.state("actors", class_name="PreemptionWatcher") == []
 
     version = digits_job.version
     manifest = version.manifest
