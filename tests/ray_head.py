@@ -8,6 +8,7 @@ Ray's token mode when this machine has a Ray token.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -16,12 +17,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from control_plane.platform import head_ports
 from control_plane.ray_auth import dashboard_auth_headers, ray_auth_env
+
+if TYPE_CHECKING:
+    from training.submission import JobClient
 
 BIN = Path(sys.executable).parent
 
@@ -43,6 +47,14 @@ class RayHead:
     @property
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.ports['dashboard-port']}"
+
+    @functools.cached_property
+    def jobs(self) -> JobClient:
+        """Ray's job API on this head, for polling from the test's process: one client,
+        since each new one asks the dashboard its token mode and Ray's version first."""
+        from training.submission import JobClient
+
+        return JobClient(self.dashboard)
 
     def state(self, kind: str, **equal: str) -> list[dict[str, Any]]:
         """Rows of Ray's state API on the head (``nodes``, ``actors``, as ``ray list`` reads

@@ -51,12 +51,12 @@ HEALTH_CHECK_INTERVAL_S = "0.25"
 # free resources itself; this bounds the rest (another job may take them first), and the
 # floor gives Ray a moment to create the group even when the budget is nearly spent.
 WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+MIN_WORKER_GROUP_START_S = 5.0
 # Ray Train starts an actor per run that watches for nodes being drained (spot preemption)
 # and logs it; the training loop does not read what it finds. On a one-node cluster (a
 # laptop's head, `train run`'s private Ray) no node is drained, and the actor is a process
 # and about 1.6 s of CPU per job for nothing. Set to 1 to keep it there too.
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-MIN_WORKER_GROUP_START_S = 5.0
 
 
 @dataclass(frozen=True)

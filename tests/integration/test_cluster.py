@@ -49,7 +49,7 @@ from tests.onnx_models import (
 )
 from tests.s3_server import S3Server
 from tests.waiting import wait_for
-from training.submission import TERMINAL_STATES, JobClient
+from training.submission import TERMINAL_STATES
 
 ON_WORKERS = {"resources": {WORKER_RESOURCE: 0.01}, "num_cpus": 0.1}
 ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
@@ -440,8 +440,7 @@ def test_a_ddp_job_spans_the_workers_checkpoints_to_s3_and_outlives_a_lost_node(
         killed_after = checkpointed()
         platform.cluster.kill_node(lost)
         # Ray's job API in this process: a CLI process per poll took a core from the job.
-        jobs = JobClient(platform.cluster.dashboard)
-        wait_for(lambda: jobs.status(job_id) in TERMINAL_STATES,
+        wait_for(lambda: platform.cluster.jobs.status(job_id) in TERMINAL_STATES,
                  timeout=300, interval=1,
                  what="the job to end after its node was lost")
         done = platform.cli_json("train", "status", job_id, "--address", platform.cluster.dashboard)

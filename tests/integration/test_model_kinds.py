@@ -211,8 +211,8 @@ def test_steps_torch_and_text_canaries_that_fail_some_rows_are_rolled_back(
         failures = load.failures()
         assert failures and all(a.version == candidates[name] for a in failures), failures[:3]
         assert all(causes[name] in (a.error or "") for a in failures), failures[:2]
-        assert all(a.ok for a in load.sent_after(settled)), \
-            [a for a in load.sent_after(settled) if not a.ok][:3]
+        late = load.sent_after(settled)
+        assert all(a.ok for a in late), [a for a in late if not a.ok][:3]
         assert load.versions()[stable[name]] > 0
 
 

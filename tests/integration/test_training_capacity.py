@@ -10,7 +10,6 @@ tests/integration/jobs/, this process never connects to Ray: every Ray client is
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import subprocess
@@ -27,7 +26,7 @@ import yaml
 from control_plane.client import Client
 from tests.ray_head import BIN, RayHead
 from tests.waiting import wait_for
-from training.submission import TERMINAL_STATES, JobClient
+from training.submission import TERMINAL_STATES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 JOB_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.yaml") if "experiment:" in p.read_text())
@@ -45,12 +44,6 @@ class Laptop:
 
     def client(self) -> Client:
         return Client(self.url, self.token)
-
-    @functools.cached_property
-    def jobs(self) -> JobClient:
-        """Ray's job API, for polling from this process: one client, since each new one asks
-        the dashboard its token mode and Ray's version first."""
-        return JobClient(self.head.dashboard)
 
     def modelplane(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "modelplane.cli", *args], env=self.env,
@@ -142,8 +135,8 @@ def stopped_at_the_end(laptop: Laptop) -> Iterator[list[str]]:
     started: list[str] = []
     yield started
     for job_id in started:
-        if laptop.jobs.status(job_id) not in TERMINAL_STATES:
-            laptop.jobs.stop(job_id)
+        if laptop.head.jobs.status(job_id) not in TERMINAL_STATES:
+            laptop.head.jobs.stop(job_id)
 
 
 def test_a_busy_cluster_makes_jobs_wait_and_the_wait_is_bounded(
@@ -295,7 +288,7 @@ def _submit(laptop: Laptop, spec: Path) -> tuple[str, str]:
 
 def _job_status(laptop: Laptop, job_id: str) -> str:
     """For polling: Ray's job API in this process, not a CLI process (seconds each)."""
-    return laptop.jobs.status(job_id)
+    return laptop.head.jobs.status(job_id)
 
 
 def _waiting_note(laptop: Laptop, job_id: str) -> str | None:
@@ -303,7 +296,7 @@ def _waiting_note(laptop: Laptop, job_id: str) -> str | None:
     poll took a core from the jobs being waited on."""
     from training.capacity import waiting_note
 
-    return waiting_note(laptop.jobs.logs(job_id))
+    return waiting_note(laptop.head.jobs.logs(job_id))
 
 
 def _status(laptop: Laptop, job_id: str) -> str:

@@ -111,9 +111,7 @@ def stage_state(client: Client, number: int, stage: str) -> str:
 
 def jobs_of_run(head: RayHead, number: int) -> list[Any]:
     """The Ray jobs a run submitted (its number is in each job's metadata)."""
-    from training.submission import JobClient
-
-    return [job for job in JobClient(head.dashboard).list()
+    return [job for job in head.jobs.list()
             if (job.metadata or {}).get("pipeline_run") == str(number)]
 
 

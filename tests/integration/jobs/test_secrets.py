@@ -14,7 +14,6 @@ with `modelplane train submit`, and replicas are inspected by a Ray client subpr
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import subprocess
@@ -33,7 +32,7 @@ from tests.job_head import DB_MARKER, JobHead
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.ray_head import RayHead
 from tests.waiting import wait_for
-from training.submission import TERMINAL_STATES, JobClient
+from training.submission import TERMINAL_STATES
 
 
 @dataclass
@@ -43,12 +42,6 @@ class Head:
     url: str
     db_url: str
     operator_token: str = ""
-
-    @functools.cached_property
-    def jobs(self) -> JobClient:
-        """Ray's job API from this process: one client, since each new one asks the
-        dashboard its token mode and Ray's version first."""
-        return JobClient(self.ray.dashboard)
 
     @property
     def admin_token(self) -> str:
@@ -94,7 +87,7 @@ def _spec(path: Path, head: Head, *, experiment: str, epochs: int) -> Path:
 
 def _job_env(head: Head, job_id: str) -> dict[str, str]:
     """The job's runtime environment as Ray's job API shows it to anyone who can list jobs."""
-    return dict((head.jobs.info(job_id).runtime_env or {}).get("env_vars", {}))
+    return dict((head.ray.jobs.info(job_id).runtime_env or {}).get("env_vars", {}))
 
 
 def _runs(client: Client, experiment: str) -> list[Any]:
@@ -140,7 +133,7 @@ def test_a_submitted_job_runs_on_its_own_narrow_token_revoked_when_it_ends(head:
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
     # Ray's job API in this process: a CLI process per poll took seconds of CPU each.
-    wait_for(lambda: head.jobs.status(job_id) in TERMINAL_STATES, 180, "the stopped job to end",
+    wait_for(lambda: head.ray.jobs.status(job_id) in TERMINAL_STATES, 180, "the stopped job to end",
              interval=1)
     # The submitter sees it ended; a job killed before it revoked its own token has it
     # revoked then.
