@@ -271,18 +271,20 @@ class WebhookChannel:
                     return
                 sent, problem = self._post(waiting.body, waiting.key)
                 tries = waiting.attempts + 1
+                # Counted once the store has let go of it: whoever reads the counts
+                # then finds the outbox already settled.
                 if sent:
-                    self._count("sent", 1)
                     self._outbox.done(waiting.key)
+                    self._count("sent", 1)
                 elif problem.startswith(_REFUSED) or tries >= spec.max_attempts:
+                    self._outbox.done(waiting.key)
                     self._count("failed", 1)
                     log.warning("webhook %s could not be notified of %s (%s)", spec.name,
                                 waiting.description, problem.removeprefix(_REFUSED))
-                    self._outbox.done(waiting.key)
                 else:
-                    self._count("retries", 1)
                     self._outbox.later(waiting.key, attempts=tries,
                                        after_s=spec.backoff_s * 2 ** (tries - 1))
+                    self._count("retries", 1)
                     return
             except Exception as error:  # the store: tried again at the next wake-up
                 self._trouble(error)
