@@ -23,9 +23,9 @@ class SketchWindow:
 
     Time is cut into slots aligned on multiples of ``slot_seconds`` of the clock. A query
     for the last ``seconds`` merges the ``ceil(seconds / slot_seconds)`` newest slots, the
-    current (partial) one included, so it covers between ``seconds - slot_seconds`` and
-    ``seconds`` of history: the resolution is one slot. A clock that steps backwards is
-    treated as standing still, so late values land in the current slot.
+    current (partial) one included: the resolution is one slot, one way or the other. (The
+    Monitor asks for whole slots, those that began within its window.) A clock that steps
+    backwards is treated as standing still, so late values land in the current slot.
     """
 
     def __init__(self, slots: int = 6, slot_seconds: float = 10.0, *,

@@ -105,6 +105,20 @@ class CounterWindow:
     def epoch(self) -> int:
         return math.floor(self._clock() / self.slot_seconds)
 
+    def window_slots(self, seconds: float) -> int:
+        """How many of the newest slots make the last ``seconds``: the current one and each
+        older one that began after the window's start (at least one, at most the ring). A
+        slot that began earlier holds some of what arrived before the window: the second a
+        rollout's step started in, or the one in which a failing analysis read its window,
+        whose next analysis must judge only what that one did not see. ``ceil(seconds)``
+        slots took that second whenever the current slot was further along than the
+        window's start was in its own, so whether it counted changed from one analysis to
+        the next."""
+        position = self._clock() / self.slot_seconds
+        # Less a rounding's worth: a slot that began at the very start is left out too.
+        within = math.ceil(seconds / self.slot_seconds - (position - math.floor(position)) - 1e-9)
+        return max(1, min(self.slots, within))
+
     def total_steps(self, seconds: float, step_seconds: float) -> list[Counter[str]]:
         """The last ``seconds`` in steps of ``step_seconds`` (whole slots), oldest first, as
         :meth:`total` cuts them: the newest step holds the current slot."""
@@ -432,11 +446,14 @@ class MonitorState:
     def _version_snapshot(self, endpoint: str, version: int, series: VersionSeries,
                           window_s: float, sample: tuple[str, ...] | None,
                           replicas: Replicas) -> VersionSnapshot:
-        counts = series.counters.total(window_s)
+        # Every figure below over the same whole slots (CounterWindow.window_slots).
+        slots = series.counters.window_slots(window_s)
+        whole_s = slots * SLOT_SECONDS
+        counts = series.counters.total(whole_s)
         # The sample's: the randomly routed requests', and those of the ways of routing
         # ``sample`` counts too; then every request's.
-        sketch = series.latency.sketch(window_s)
-        apart = {routed: window.sketch(window_s) for routed, window in series.latency_apart.items()}
+        sketch = series.latency.sketch(whole_s)
+        apart = {routed: window.sketch(whole_s) for routed, window in series.latency_apart.items()}
         for routed in sample or ():
             if routed in apart:
                 sketch.merge(apart.pop(routed))
@@ -457,14 +474,15 @@ class MonitorState:
         if series.anomalies is not None:
             series.anomalies.fold(series.counters.completed(series.anomalies.folded_epoch,
                                                             BASELINE_LAG_S))
-            slots = max(1, min(SLOTS, math.ceil(window_s / SLOT_SECONDS)))  # as total() cuts
             first_slot = series.counters.epoch - slots + 1
             judged = series.anomalies.judge(counts, first_slot)
         # A rate over the seconds that have ended: the current slot holds part of one (a
         # shipment lands in it once a second), and counting it over a whole one read a
         # steady 50 req/s as 40 over 5 s.
-        ended, slots = series.counters.ended(window_s, math.floor(series.first_seen / SLOT_SECONDS))
-        rate = (sum(counters.codes(ended).values()) / (slots * SLOT_SECONDS)) if slots else None
+        ended, ended_slots = series.counters.ended(whole_s - SLOT_SECONDS,
+                                                   math.floor(series.first_seen / SLOT_SECONDS))
+        rate = (sum(counters.codes(ended).values()) / (ended_slots * SLOT_SECONDS)
+                if ended_slots else None)
         traffic = replace(_traffic(counts, span, rate), window_s=window_s,
                           observed_s=min(window_s, self._clock() - series.first_seen))
         return VersionSnapshot(
@@ -472,7 +490,7 @@ class MonitorState:
             latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency,
                             all_bins=_bins(sketch), sample_bins=sample_bins),
             shadow=_shadow(ShadowStats.from_counts(counters.SHADOW.read(counts))),
-            drift=self._drift(endpoint, version, series, window_s, problem, sample),
+            drift=self._drift(endpoint, version, series, whole_s, problem, sample),
             quality=quality,
             accuracy=accuracy_section(counts, series.meta, sample),
             anomalies=anomalies_section(quality, judged),
@@ -483,10 +501,8 @@ class MonitorState:
                problem: str, sample: tuple[str, ...] | None) -> Drift:
         """The drift section of the requests routed as ``sample`` says, computed at most
         once per slot for a given window."""
-        # By whole slots, as the windows are cut: any float a caller picks is one of SLOTS
-        # (and windows past the Monitor's five minutes are those five minutes).
+        # ``window_s`` is whole slots (_version_snapshot), so the cache's key is their count.
         slots = max(1, min(SLOTS, math.ceil(window_s / SLOT_SECONDS)))
-        window_s = slots * SLOT_SECONDS
         key = (endpoint, version, slots, sample)
         stamp = (series.counters.epoch, series.totals.get(counters.ROWS, 0))
         cached = self._drift_cache.get(key)
