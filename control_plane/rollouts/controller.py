@@ -434,7 +434,7 @@ class RolloutController(ManualActions):
         config = settings_of(rollout).to_config()
         routings = sample_routings(config)
         stats = self._stats(rollout.endpoint, window, routings)
-        snapshot = Snapshot(window, *self._versions(rollout, stats))
+        snapshot = Snapshot(window, *self._versions(rollout, stats), read_at=self._now())
         if wants_baseline(config, snapshot.stable, shadow=rollout.current_step.shadow):
             # Stable takes (next to) nothing at this step: the candidate is compared with
             # stable's figures from before it, as far back as the Monitor keeps, and then

@@ -94,6 +94,11 @@ class Snapshot:
     no_evidence: str | None = None
     # The kept baseline is older than BASELINE_MAX_AGE_S: nothing stands for stable.
     baseline_expired: bool = False
+    # When the Monitor's answer came back (the control plane's clock): a failure streak's
+    # next window begins here, after everything this read judged. The analysis's ``now``
+    # comes before the read, by however long the Monitor took to answer, and the second
+    # the read fell in lay inside the next window whenever that second came after ``now``.
+    read_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -302,7 +307,8 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
         "inconclusive_since": inconclusive_for(rollout.last_analysis, result.verdict, now,
                                                started, rollout.state),
         # Where the next window of a failure streak begins (analysis_window).
-        "failed_at": (now.isoformat() if result.verdict == Verdict.FAIL else
+        "failed_at": (max(now, snapshot.read_at or now).isoformat()
+                      if result.verdict == Verdict.FAIL else
                       previous.get("failed_at") if same_step
                       and result.verdict == Verdict.INCONCLUSIVE else None),
         **ab,

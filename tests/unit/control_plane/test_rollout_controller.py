@@ -742,6 +742,34 @@ def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_fi
     assert world.weights() == {1: 100.0}
 
 
+def test_a_slow_monitor_read_moves_the_streaks_next_window_past_what_it_judged(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Monitor takes 0.9 s to answer: the failing analysis judged what arrived up to
+    its answer, so the next window of the streak begins there, not when the analysis began."""
+    def slow_stats(endpoint: str, window: float, sample: Any) -> dict[int, Any]:
+        world.time += timedelta(seconds=0.9)
+        return world.stats
+
+    monkeypatch.setattr(world.controller, "_stats", slow_stats)
+    world.serve(1)
+    world.serve(2, error_rate=0.2)
+    rollout_id = world.start(analysis={**FAST, "interval_s": 3})
+    for _ in range(40):
+        world.run(0.25, step=0.25)
+        if world.controller.get(rollout_id).failures:
+            break
+    first = world.controller.get(rollout_id).last_analysis
+    assert first["verdict"] == "fail", first
+    failed_at = datetime.fromisoformat(first["failed_at"])
+    assert failed_at - datetime.fromisoformat(first["at"]) == timedelta(seconds=0.9)
+    world.run(10, step=0.25)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason
+    second = rollout.last_analysis
+    since_failure = (datetime.fromisoformat(second["at"]) - failed_at).total_seconds()
+    assert since_failure > 1 and second["window_s"] == pytest.approx(since_failure)
+
+
 def test_stables_baseline_rate_counts_the_seconds_it_served_not_the_steps_idle_ones(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stable served 10 req/s until the switch; its figures are asked for over the

@@ -6,6 +6,7 @@ the approval gate and the Monitor's snapshot, and reads the Decision.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -129,6 +130,18 @@ def test_each_failure_of_a_streak_is_judged_on_requests_the_one_before_did_not_s
     # A failure of an earlier step does not cut this step's window.
     other_step = rollout(step_index=1, failures=1, last_analysis=first.analysis)
     assert analysis_window(other_step, at(13)) == 5.0
+
+
+def test_a_streaks_next_window_begins_after_the_failing_read_not_before_it() -> None:
+    """The Monitor answered 0.9 s after the analysis began: what it counted up to then was
+    judged, so the next window begins when the answer came back."""
+    late = decide(rollout(), evidence(replace(FAILING, read_at=at(10.9))), at(10))
+    assert late.analysis["failed_at"] == at(10.9).isoformat()
+    failing = rollout(failures=1, last_analysis=late.analysis)
+    assert [analysis_window(failing, at(t)) for t in (11, 13.9, 30)] == [1.0, 3.0, 5.0]
+    # A read stamped before the analysis began (a clock stepped back) counts from its start.
+    early = decide(rollout(), evidence(replace(FAILING, read_at=at(9))), at(10))
+    assert early.analysis["failed_at"] == at(10).isoformat()
 
 
 def test_inconclusive_keeps_the_streak_and_a_pass_breaks_it() -> None:
