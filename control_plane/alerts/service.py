@@ -104,7 +104,7 @@ class AlertService:
         self._leading: bool | None = None
         self._followed_at = 0.0
         try:
-            self._alerts = {a.fingerprint: a for a in self.store.load_active()}
+            self._alerts = _carried(self.store.load_active())
             self.notifier.configure(self.store.receivers())
         except Exception:  # a broken store must not stop the control plane from starting
             log.exception("could not load alert state; starting with none")
@@ -323,6 +323,13 @@ class AlertService:
                 continue
             holds = finite is not None and compare(finite, rule.threshold)
             was, was_stale = alert.state, "stale" in alert.data
+            waits_again = holds and alert.carried and alert.state == AlertState.PENDING
+            if waits_again:
+                # Whether its condition held while no control plane evaluated it (down an
+                # hour, or between two leaders) is unknown: its wait counts from this
+                # look. Counted across the gap, one bad window fired a for_s=600 rule at once.
+                alert.started_at = now
+            alert.carried = False
             notify = alert.step(holds, now, rule.for_s)
             if notify is None and alert.unpaged and not muted and \
                     alert.state == AlertState.FIRING:
@@ -335,7 +342,7 @@ class AlertService:
                 self._alerts[key] = alert
             else:
                 self._alerts.pop(key, None)
-            if notify is not None or alert.state != was or was_stale:
+            if notify is not None or alert.state != was or was_stale or waits_again:
                 self._transition(alert, notify, muted=muted)
         # Alerts of this rule whose version no longer reports (undeployed) resolve; those
         # whose endpoint could not be read keep their state and say their data is stale.
@@ -491,7 +498,7 @@ class AlertService:
         self._caught_up = True
 
     def _read_store(self) -> None:
-        alerts = {a.fingerprint: a for a in self.store.load_active()}
+        alerts = _carried(self.store.load_active())
         receivers = self.store.receivers()
         with self._lock:
             self._alerts, self._rules = alerts, None
@@ -515,6 +522,13 @@ class AlertService:
             active = [(a.name, a.severity, a.state.value) for a in self._alerts.values()]
         return {"active": active, "receivers": self.notifier.stats(),
                 "notifications": dict(self.notifier.counters)}
+
+
+def _carried(alerts: list[Alert]) -> dict[str, Alert]:
+    """Alerts read from the store, by fingerprint, marked as not yet evaluated here."""
+    for alert in alerts:
+        alert.carried = True
+    return {alert.fingerprint: alert for alert in alerts}
 
 
 def _summary(rule: AlertRuleSpec, labels: dict[str, str], value: float | None,

@@ -48,6 +48,8 @@ class Alert:
     # Fired while its rule was silenced: its receivers hear it once the silence ends, if
     # it still fires then (and not of its resolution, if it resolves first).
     unpaged: bool = False
+    # Read from the store (a restart, or a lead taken over), not yet evaluated here.
+    carried: bool = field(default=False, compare=False)
 
     @property
     def active(self) -> bool:

@@ -213,6 +213,39 @@ def test_a_restarted_service_remembers_firing_alerts_and_does_not_refire(db: Dat
     second.stop()
 
 
+def test_a_pending_alert_read_from_the_store_waits_its_whole_duration_from_the_first_look(
+        db: Database) -> None:
+    """Pending when its control plane stopped, and an hour later one drifted window: how
+    long the drift held meanwhile is unknown, so it fires only after for_s more, as seen
+    by the control plane that evaluates it now. (One process evaluating all along keeps
+    its wait, as before.)"""
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    first = AlertService(db)
+    first.put_rule(drift_rule(for_s=600), "alice")
+    first.evaluate(stats, stats.endpoints, now=1000.0)
+    assert [a.state for a in first.active()] == ["pending"]
+    first.stop()
+    second = AlertService(db)
+    second.evaluate(stats, stats.endpoints, now=4600.0)
+    assert [(a.state, a.started_at.timestamp()) for a in second.active()] == [("pending", 4600.0)]
+    reader = AlertService(db)
+    assert [(a.state, a.started_at.timestamp()) for a in reader.active()] == [
+        ("pending", 4600.0)]  # as stored
+    reader.stop()
+    second.evaluate(stats, stats.endpoints, now=5199.0)
+    assert [a.state for a in second.active()] == ["pending"]
+    second.evaluate(stats, stats.endpoints, now=5200.0)
+    assert [a.state for a in second.active()] == ["firing"]
+    assert history(second) == [("input-drift", "firing", "rule")]
+    third = AlertService(db)  # a firing alert read from the store stays firing
+    third.evaluate(stats, stats.endpoints, now=9000.0)
+    assert [a.state for a in third.active()] == ["firing"]
+    assert history(third) == [("input-drift", "firing", "rule")]
+    for service in (second, third):
+        service.stop()
+
+
 def test_a_control_plane_taking_the_lead_reads_what_the_last_leader_did(db: Database) -> None:
     """Two control planes, one leading at a time. A fires an alert and resolves it while B
     follows, holding what it loaded at its start (the alert firing). When B takes over and
