@@ -72,7 +72,9 @@ class EvaluateStage(Wire):
     """Held-out metrics against thresholds and against the champion (control_plane.pipelines.evaluation)."""
 
     data_uri: str | None = Field(None, max_length=2000,
-                                 description="Held-out rows; default: the data stage's uri.")
+                                 description="Held-out rows the candidate never trained on "
+                                             "(not the training job's data); default: the "
+                                             "job's own held-out rows (its validation split).")
     gates: EvaluationGates = Field(default_factory=EvaluationGates)
     timeout_s: Annotated[float, Field(gt=0, le=24 * 3600)] = Field(
         1800, description="Reading the held-out rows and scoring both models given up "
@@ -160,6 +162,12 @@ class PipelineSpec(Wire):
             raise ValueError("triggers.data_check_interval_s watches data.uri; add a data section")
         if self.evaluate is not None and self.evaluate.data_uri is None and self.data is None:
             raise ValueError("evaluate needs held-out rows: set evaluate.data_uri or a data section")
+        held_out = self.evaluate.data_uri if self.evaluate is not None else None
+        if held_out is not None and _same_data(held_out, job_data_uri(self.training.job)):
+            raise ValueError(
+                f"evaluate.data_uri {held_out!r} is the data the training job trains on: the "
+                "candidate would be scored on rows it learned from; leave evaluate.data_uri "
+                "out (the job's own held-out rows) or name rows it never saw")
         path = (self.training.job.get("data") or {}).get("path")
         if self.evaluate is not None and self.evaluate.data_uri is None and path:
             from control_plane.pipelines.data_sources import check_data_uri

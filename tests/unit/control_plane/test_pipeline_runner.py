@@ -569,6 +569,22 @@ def test_a_data_stage_that_would_check_other_data_than_the_job_reads_is_refused(
     assert "modelplane pipeline apply" in outcome.reason
 
 
+def test_held_out_rows_that_are_the_training_data_are_refused(tmp_path: Path) -> None:
+    """Scored on the rows it trained on, a candidate beats any champion's margin."""
+    bundled = spec_document(evaluate={"data_uri": "sklearn://breast_cancer"})
+    with pytest.raises(InvalidPipelineSpecError, match=r"evaluate\.data_uri 'sklearn://breast_cancer' "
+                                                       r"is the data the training job trains on"):
+        parse_pipeline_spec(bundled)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,target\n1,0\n")
+    local = spec_document(data={"uri": str(rows)},
+                          evaluate={"data_uri": f"file://{tmp_path}/./rows.csv"})
+    with pytest.raises(InvalidPipelineSpecError, match="rows it learned from"):
+        parse_pipeline_spec(local)
+    other = spec_document(data={"uri": str(rows)}, evaluate={"data_uri": str(tmp_path / "held.csv")})
+    assert parse_pipeline_spec(other).evaluate.data_uri == str(tmp_path / "held.csv")
+
+
 def test_local_data_paths_in_a_pipeline_file_are_relative_to_it(tmp_path: Path) -> None:
     folder = tmp_path / "specs"
     folder.mkdir()
