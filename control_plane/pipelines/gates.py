@@ -360,6 +360,12 @@ class BenchmarkStage:
         ratio = cand.latency_ms.p99 / champ.latency_ms.p99 if champ.latency_ms.p99 else None
         outputs["p99_ratio"] = ratio
         judged = _slowdown_on_evidence(cand.latency_ms, champ.latency_ms)
+        if judged == ("", None):  # no evidence either way is no pass
+            return Outcome(StageState.FAILED, progress=progress, outputs=outputs, reason=(
+                f"{model}:{number}'s latency cannot be judged against the champion "
+                f"{model}:{champion_version}'s on {cand.latency_ms.count} and "
+                f"{champ.latency_ms.count} answers: too few to bound even the p50; raise "
+                "benchmark.rate or duration_s"))
         if judged is None:  # figures measured before bounds were: the p99s as they are
             name, bound = "p99", ratio
         else:
@@ -376,8 +382,8 @@ class BenchmarkStage:
                 f"(benchmark.max_slowdown {max_slowdown:g})"))
         unjudged = "" if name == "p99" else (
             f"the p99 is not judged on {cand.latency_ms.count} and {champ.latency_ms.count} "
-            f"answers (it needs {P99_ANSWERS}; raise benchmark.rate or duration_s)"
-            + (f", the {name} is" if name else ", nor any quantile"))
+            f"answers (it needs {P99_ANSWERS}; raise benchmark.rate or duration_s), the "
+            f"{name} is")
         return Outcome(StageState.PASSED, progress=progress, outputs=outputs, reason=unjudged)
 
 

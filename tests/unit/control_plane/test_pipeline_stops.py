@@ -524,3 +524,7 @@ def test_the_benchmark_gate_fails_a_candidate_on_evidence_not_on_one_stall() -> 
     judged = judge(many * 8, many)
     assert judged.state is StageState.FAILED and judged.outputs["judged_quantile"] == "p99"
     assert judge(many, many).state is StageState.PASSED
+    # Too few answers to bound any quantile: no evidence, which passes nothing.
+    few = judge(alike[:3], alike[:3])
+    assert few.state is StageState.FAILED
+    assert "cannot be judged" in few.reason and "on 3 and 3 answers" in few.reason
