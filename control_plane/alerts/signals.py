@@ -158,10 +158,12 @@ SIGNALS: dict[str, Signal] = {
     "shadow_agreement": Signal("share of shadow answers agreeing with the primary",
                                _figure(lambda s: s.shadow.agreement)),
     "shadow_errors": Signal("failed shadow calls in the window", _count(lambda s: s.shadow.errors)),
+    # A count like the others: a Monitor restarted since knows nothing of a replica that
+    # crashed before, so its 0 over part of the window resolved the crash's alert.
     "silent_replicas": Signal(
         "replicas of the endpoint silent in the window without a graceful stop (crashed, "
         "killed, stalled)",
-        _figure(lambda s: s.replicas.silent if s.replicas.reporting else None), endpoint_wide=True),
+        _count(lambda s: s.replicas.silent if s.replicas.reporting else None), endpoint_wide=True),
 }
 
 COMPARE: dict[str, Callable[[float, float], bool]] = {

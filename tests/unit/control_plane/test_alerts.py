@@ -893,6 +893,32 @@ def test_an_events_data_and_the_history_listing_are_bounded(
     assert [e.name for e in service.history(limit=50, offset=2).items] == ["note-0"]
 
 
+def test_a_restarted_monitors_silent_replicas_over_part_of_the_window_resolve_nothing(
+        service) -> None:
+    """A replica crashed and its alert fires; the Monitor restarts and hears only the live
+    replicas: its 0 over the 5 s it has seen of the window resolved the crash's alert."""
+    from dataclasses import replace
+
+    from serving.monitoring.snapshot import Replicas
+
+    stats = Stats()
+    silent = replace(VersionSnapshot(), replicas=Replicas(reporting=2, silent=1, silent_for_s=4.0))
+    stats.versions["churn"] = {1: silent}
+    service.put_rule(drift_rule(name="crashes", metric="silent_replicas", comparison=">",
+                                threshold=0), "alice")
+    service.evaluate(stats, stats.endpoints, now=0.0)
+    assert [a.state for a in service.active()] == ["firing"]
+    restarted = replace(silent, replicas=Replicas(reporting=2, silent=0, silent_for_s=0.0),
+                        traffic=replace(silent.traffic, window_s=10.0, observed_s=5.0))
+    stats.versions["churn"] = {1: restarted}
+    service.evaluate(stats, stats.endpoints, now=1.0)
+    assert [a.state for a in service.active()] == ["firing"]
+    whole = replace(restarted, traffic=replace(restarted.traffic, observed_s=10.0))
+    stats.versions["churn"] = {1: whole}
+    service.evaluate(stats, stats.endpoints, now=2.0)
+    assert service.active() == []
+
+
 def test_an_endpoint_wide_signal_is_one_alert_per_endpoint_not_one_per_version(service) -> None:
     """A crashed replica is the endpoint's figure, in every version's snapshot alike: read
     per version, one crash paged once per version of a canary."""
