@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from control_plane.platform import stop_cluster_processes
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -91,6 +92,16 @@ def _haproxies(config: str) -> list[psutil.Process]:
     return found
 
 
+def _mentioning(config: str) -> list[tuple[int, str, list[str]]]:
+    """Each process whose command line names ``config``: pid, status, argv."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        argv = process.info["cmdline"] or []
+        if config in argv:
+            found.append((process.pid, process.info["status"], argv))
+    return found
+
+
 def test_an_haproxy_started_by_a_reload_while_stopping_is_stopped_too(tmp_path) -> None:
     """A new HAProxy started after the cluster's processes were listed outlived them and
     kept the HTTP port: the next `modelplane up` stopped, naming the port taken."""
@@ -98,7 +109,9 @@ def test_an_haproxy_started_by_a_reload_while_stopping_is_stopped_too(tmp_path) 
     proxy = subprocess.Popen([sys.executable, "-c", _RELOADING_PROXY, config], stdout=subprocess.PIPE)
     try:
         assert proxy.stdout is not None and int(proxy.stdout.readline())
-        assert len(_haproxies(config)) == 1
+        # On a loaded host the listing once missed the HAProxy the proxy had just started.
+        wait_for(lambda: len(_haproxies(config)) == 1, 15, "the proxy's HAProxy to be listed",
+                 seen=lambda: _mentioning(config))
         stop_cluster_processes(_free_port(), head_pid=proxy.pid,
                                head_started=psutil.Process(proxy.pid).create_time(), grace_s=5)
         assert proxy.wait(10) is not None
