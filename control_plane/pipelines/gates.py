@@ -3,9 +3,10 @@ the champion on held-out rows. Each reads and computes off the pipeline pass
 (:mod:`control_plane.pipelines.offload`), within its own deadline, and stores its whole
 report.
 
-The champion is the version taking the most traffic on the pipeline's endpoint now; a
-pipeline whose endpoint serves nothing yet has none, and its first candidate is held to
-the absolute thresholds alone (the report says so).
+The champion is the version taking the most traffic on the pipeline's endpoint when the
+run began, the same for every stage (:mod:`control_plane.pipelines.champion`); a
+pipeline whose endpoint served nothing then has none, and its candidate is held to the
+absolute thresholds alone (the report says so).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from control_plane.pipelines.champion import PIN, pin_of, run_champion
 from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import StageState
 from control_plane.pipelines.spec import data_mismatch, job_data_uri
@@ -27,20 +29,6 @@ from control_plane.pipelines.stages import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def champion(services: Any, endpoint: str, model: str) -> Any | None:
-    """The version of ``model`` taking the most traffic on ``endpoint``, or None."""
-    from control_plane.errors import NotFoundError
-
-    try:
-        current = services.deployments.get(endpoint)
-    except NotFoundError:
-        return None
-    live = [route for route in current.routes if route.weight > 0 and not route.shadow]
-    if not live or current.model != model:
-        return None
-    return services.registry.get_version(model, max(live, key=lambda r: r.weight).version)
 
 
 def reject(services: Any, context: StageContext, reason: str) -> None:
@@ -93,24 +81,24 @@ class ValidateDataStage:
                            progress={})
         target = _target_column(context)
 
-        def check() -> tuple[Any, str | None]:
+        def check() -> tuple[Any, str | None, bool]:
             from control_plane.pipelines.data_validation import load_dataset, validate_data
 
-            best = champion(self.services, context.spec.deploy.endpoint, context.spec.model_name)
+            best = run_champion(self.services, context)
             profile = best.manifest.reference_profile if best is not None else None
             table = load_dataset(data.uri)
             # Without a champion's profile there is nothing to judge drift against: skipped.
             report = validate_data(table[[c for c in table.columns if c != target]],
                                    data.expectations, profile)
-            return report, f"{best.model}:{best.version}" if best is not None and profile else None
+            return report, pin_of(best), profile is not None
 
         answer = _offloaded(self.offload, context, check, deadline_s=data.timeout_s,
                             what=f"reading and checking {data.uri}", resource=data.uri)
         if not isinstance(answer, Done):
             return answer
-        report, reference = answer.value
+        report, best, profiled = answer.value
         inputs = {"uri": data.uri, "digest": report.digest, "rows": report.rows,
-                  "reference": reference}
+                  "reference": best if profiled else None, PIN: best}
         outputs = {"digest": report.digest, "rows": report.rows,
                    "drifted": len(report.drift.drifted) if report.drift else 0,
                    "report": report.model_dump(mode="json")}
@@ -180,9 +168,9 @@ class EvaluateStage:
             from control_plane.pipelines.scoring import score_isolated
 
             version = services.registry.get_version(model, number)
-            best = champion(services, context.spec.deploy.endpoint, model)
+            best = run_champion(services, context)
             if best is not None and best.version == number:
-                best = None  # the candidate already serves: nothing to compare it with
+                best = None  # a run begun before champions were pinned, its candidate serving
             features, truth, source = self._held_out(context, version.manifest)
             read = services.artifacts.read_bytes
             report = evaluate(read(version.artifact_digest),
@@ -191,7 +179,7 @@ class EvaluateStage:
                               champion_manifest=best.manifest if best is not None else None,
                               score=functools.partial(score_isolated,
                                                       timeout_s=settings.timeout_s))
-            return report, source, f"{best.model}:{best.version}" if best is not None else None
+            return report, source, pin_of(best)
 
         answer = _offloaded(self.offload, context, score, deadline_s=settings.timeout_s,
                             what=f"scoring {model}:{number} on held-out rows",
@@ -199,7 +187,7 @@ class EvaluateStage:
         if not isinstance(answer, Done):
             return answer
         report, source, compared_with = answer.value
-        inputs = {"rows": report.rows, "held_out": source, "champion": compared_with}
+        inputs = {"rows": report.rows, "held_out": source, PIN: compared_with}
         outputs = {"metric": report.metric, "candidate": report.candidate,
                    "champion": report.champion, "report": report.model_dump(mode="json")}
         if not report.passed:
@@ -286,7 +274,7 @@ class BenchmarkStage:
             return Outcome(StageState.FAILED, reason="the training stage registered no version")
         model, number = candidate
         progress = dict(context.record.progress)
-        best = champion(self.services, context.spec.deploy.endpoint, model)
+        best = run_champion(self.services, context)
         order = [("candidate", number)] + ([("champion", best.version)]
                                            if best is not None and best.version != number else [])
         measured: dict[str, Any] = {}

@@ -29,6 +29,7 @@ from control_plane.errors import (
     StoreUnavailableError,
 )
 from control_plane.job_api import cluster_job_client
+from control_plane.pipelines.champion import PIN, pin_of, pinned, serving_champion
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
 from control_plane.pipelines.spec import PipelineSpec
 from control_plane.read_gate import ReadGate
@@ -154,7 +155,7 @@ class TrainStage:
             run = context.run
             progress["submission_id"] = f"pipeline-{run.pipeline[:40]}-{run.number}-{secrets.token_hex(4)}"
             return Outcome(StageState.RUNNING, progress=progress,
-                           inputs={"job": context.spec.training.job})
+                           inputs={"job": context.spec.training.job, PIN: self._champion(context)})
         job_id = str(progress["submission_id"])
         logs = f"modelplane train logs {job_id}"
         from training.errors import JobSubmissionError
@@ -173,6 +174,15 @@ class TrainStage:
                 raise  # Ray refused the submission: the stage fails, saying why
             # Anything else (no connection, a 5xx, no answer) is asked again next pass.
             return self._unanswered(context, job_id, logs, progress, error)
+
+    def _champion(self, context: StageContext) -> str | None:
+        """The run's champion, pinned before its candidate is registered: the data stage's
+        when it looked, else the version serving now (control_plane.pipelines.champion)."""
+        found, pin = pinned(context)
+        if found:
+            return pin
+        spec = context.spec
+        return pin_of(serving_champion(self.services, spec.deploy.endpoint, spec.model_name))
 
     def _unanswered(self, context: StageContext, job_id: str, logs: str,
                     progress: dict[str, Any], error: Any) -> Outcome:

@@ -15,14 +15,21 @@ import pytest
 import yaml
 
 from control_plane.deployments import Deployments
+from control_plane.pipelines.champion import serving_champion
 from control_plane.pipelines.gates import BenchmarkStage, EvaluateStage, ValidateDataStage
 from control_plane.pipelines.records import RunState, StageState
 from control_plane.pipelines.service import Pipelines
 from control_plane.pipelines.spec import parse_pipeline_spec
-from control_plane.pipelines.stages import ApproveStage, DeployStage, Outcome, StageContext
+from control_plane.pipelines.stages import (
+    ApproveStage,
+    DeployStage,
+    Outcome,
+    StageContext,
+    TrainStage,
+)
 from control_plane.registry import Registry
 from control_plane.rollouts.controller import RolloutController
-from control_plane.schemas import DeployRequest, ModelManifest, VersionCreate
+from control_plane.schemas import DeployRequest, ModelManifest, TrafficUpdate, VersionCreate
 from serving.monitoring.profiles import build_reference_profile
 from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB
 from tests.unit.pipelines.test_evaluation import linear_model
@@ -67,9 +74,12 @@ class HandOver:
     def __init__(self) -> None:
         self.version: int | None = None
         self.calls = 0
+        self.during: Any = None  # what happens elsewhere while the job trains
 
     def advance(self, context: StageContext) -> Outcome:
         self.calls += 1
+        if self.during is not None:
+            self.during()
         return Outcome(StageState.PASSED, outputs={"model": "bc", "version": self.version})
 
     def cancel(self, context: StageContext) -> None:
@@ -83,9 +93,10 @@ class World:
         self.rollouts = RolloutController(registry.db, registry, self.deployments,
                                           stats=lambda endpoint, window, sample: {})
         self.train = HandOver()
-        services = SimpleNamespace(db=registry.db, registry=registry, artifacts=registry.artifacts,
-                                   deployments=self.deployments, rollouts=self.rollouts,
-                                   apply_committed=lambda endpoint=None: None)
+        self.services = services = SimpleNamespace(
+            db=registry.db, registry=registry, artifacts=registry.artifacts,
+            deployments=self.deployments, rollouts=self.rollouts,
+            apply_committed=lambda endpoint=None: None)
         self.stages: dict[str, Any] = {
             "validate_data": ValidateDataStage(services), "train": self.train,
             "evaluate": EvaluateStage(services), "benchmark": BenchmarkStage(services),
@@ -161,6 +172,47 @@ def test_a_candidate_worse_than_the_champion_stops_at_evaluate(world: World) -> 
     assert states(run)["deploy"] is StageState.SKIPPED and world.rollouts.list(endpoint="bc") == []
     rejected = world.registry.get_version("bc", 2)
     assert rejected.status == "rejected" and "evaluate" in rejected.status_reason
+
+
+def test_the_champion_is_the_version_serving_when_the_run_began(world: World) -> None:
+    """An endpoint following the alias a training job points rolls its candidate out as
+    soon as it is registered. Looked up again at evaluation, "the champion" was by then the
+    candidate itself, and no margin was judged: a candidate far worse than the version it
+    was replacing passed."""
+    def candidate_takes_over() -> None:
+        number = world.train.version
+        world.deployments.deploy(DeployRequest(endpoint="bc", model_ref=f"bc:{number}"), ALICE)
+        world.deployments.set_traffic("bc", TrafficUpdate(weights={1: 10.0, number: 90.0}), ALICE)
+
+    world.train.during = candidate_takes_over
+    run = world.run(world.cancer.frame, world.cancer.weak,
+                    evaluate={"gates": {"min_accuracy": 0.5, "max_regression": 0.02}})
+    assert serving_champion(world.services, "bc", "bc").version == 2  # the candidate leads
+    assert states(run)["evaluate"] is StageState.FAILED, run.stages[2].reason
+    assert run.stages[0].inputs["champion"] == "bc:1"
+    assert run.stages[2].inputs["champion"] == "bc:1" and "worse than champion" in run.reason
+
+
+def test_without_a_data_stage_the_training_stage_pins_the_champion(world: World) -> None:
+    """The training stage's first pass, before any candidate exists, pins the champion for
+    the stages after it; the data stage's pin, where it looked, is carried."""
+    world.train.version = world.register(world.cancer.strong)
+    job = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+    job["registration"]["model_name"] = "bc"
+    spec = parse_pipeline_spec({"name": "bc", "training": {"job": job},
+                                "deploy": {"endpoint": "bc"}})
+    world.pipelines.apply(spec, ALICE)
+    run = world.pipelines.start_run("bc", ALICE)
+    stage = TrainStage(world.services)
+    first = stage.advance(StageContext(run=run, spec=spec, record=run.stages[1], now=run.created_at))
+    assert first.inputs is not None and first.inputs["champion"] == "bc:1"
+    world.deployments.set_traffic("bc", TrafficUpdate(weights={1: 10.0, 2: 90.0}), ALICE)
+    assert stage.advance(StageContext(run=run, spec=spec, record=run.stages[1],
+                                      now=run.created_at)).inputs["champion"] == "bc:2"
+    looked = run.model_copy(deep=True)
+    looked.stages[0].inputs["champion"] = "bc:1"
+    assert stage.advance(StageContext(run=looked, spec=spec, record=looked.stages[1],
+                                      now=run.created_at)).inputs["champion"] == "bc:1"
 
 
 def test_a_rollout_that_rolls_back_fails_the_run_at_deploy(world: World) -> None:
