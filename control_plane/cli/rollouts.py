@@ -149,8 +149,13 @@ def watch(
     verdicts, and the A/B tests' effects, intervals and the samples they still need. A
     control plane or store that cannot answer is waited out for up to a minute; exits 1
     unless the rollout succeeded."""
+    from control_plane.cli.following import follow
+
     api = client(url)
-    _watch(api, _resolve(api, ref).id, refresh)
+    # Waited out from the first look too: a watch begun while the control plane restarts.
+    rollout_id = follow(lambda: _resolve(api, ref).id,
+                        lambda why: typer.echo(f"waiting: {why}", err=True))
+    _watch(api, rollout_id, refresh)
 
 
 @app.command("list")

@@ -8,10 +8,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.servers import ControlPlaneProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.no_ray
 
@@ -201,8 +203,9 @@ def test_reads_can_require_a_token(tmp_path: Path) -> None:
 
 def test_rollout_watch_outlives_a_control_plane_restart(tmp_path: Path) -> None:
     """A control plane killed and started again while an operator watches a rollout (Serve
-    restarting its replica, an upgrade): the watch waits for it and shows how the rollout
-    ends, rather than ending with the first connection refused."""
+    restarting its replica, an upgrade), or before the watch's first look: the watch waits
+    for it and shows how the rollout ends, rather than ending with the first connection
+    refused."""
     import subprocess
     import time
 
@@ -221,12 +224,20 @@ def test_rollout_watch_outlives_a_control_plane_restart(tmp_path: Path) -> None:
         rollout = json.loads(cli(server, "rollout", "start", "watched", "watched:2",
                                  "--json").stdout)
         env = {**server.env, "MODELPLANE_TOKEN": server.admin_token}
+        server.kill()  # a watch begun while the control plane restarts waits for it too
         watch = subprocess.Popen(
             [sys.executable, "-m", "modelplane.cli", "rollout", "watch", str(rollout["id"]),
              "--refresh", "0.2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         time.sleep(3)
         assert watch.poll() is None, watch.communicate()[0]
+        server.start()
+
+        def following() -> bool:  # it holds a connection to the control plane between looks
+            return any(c.raddr and c.raddr.port == server.port
+                       for c in psutil.Process(watch.pid).net_connections())
+
+        wait_for(following, 30, "the watch to reach the control plane")
         server.kill()
         time.sleep(4)  # the watch meets connection refused, again and again
         assert watch.poll() is None, watch.communicate()[0]
