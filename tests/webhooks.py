@@ -38,9 +38,9 @@ class Receiver:
                     outer._closing.wait(outer.delay_s)
                 failing = len(outer.tries) <= outer.failures
                 status = outer.failure_status if failing else outer.status
-                if 200 <= status < 300:
-                    outer.received.append(json.loads(body))
+                if 200 <= status < 300:  # the key first: wait() watches what was received
                     outer.keys.append(key)
+                    outer.received.append(json.loads(body))
                 self.send_response(status)
                 if not outer.trickle_s:
                     self.end_headers()

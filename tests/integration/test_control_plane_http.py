@@ -28,6 +28,7 @@ from control_plane.errors import (
 from tests.lossy_proxy import LossyProxy
 from tests.onnx_models import linear_classifier, linear_classifier_manifest
 from tests.servers import ControlPlaneProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.no_ray
 
@@ -201,12 +202,18 @@ def test_sigkill_during_upload_leaves_no_partial_artifact(tmp_path: Path) -> Non
     payload = os.urandom(3 * 1024 * 1024)
     digest = hashlib.sha256(payload).hexdigest()
     sent = 0
+    artifacts = home / "artifacts"
 
     def slow_body() -> Iterator[bytes]:
         nonlocal sent
         for start in range(0, len(payload), 256 * 1024):
             if start == 1024 * 1024:
-                server.kill()  # the server dies with a third of the upload written
+                # Once it writes (on a loaded host the socket's buffers may hold the first
+                # megabyte before the server has read any), the server dies with a third
+                # of the upload sent.
+                wait_for(lambda: any((artifacts / "tmp").glob("*.part")), 15,
+                         "the server to start writing the upload")
+                server.kill()
             sent += 1
             yield payload[start : start + 256 * 1024]
             time.sleep(0.02)
@@ -218,7 +225,6 @@ def test_sigkill_during_upload_leaves_no_partial_artifact(tmp_path: Path) -> Non
             headers={"authorization": f"Bearer {token}", "x-artifact-digest": digest},
             timeout=10,
         )
-    artifacts = home / "artifacts"
     assert not (artifacts / "sha256" / digest[:2] / digest).exists()
     leftovers = list((artifacts / "tmp").iterdir())
     assert leftovers, "the killed server should have left its partial upload behind"

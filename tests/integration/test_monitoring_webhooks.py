@@ -108,8 +108,8 @@ def test_a_hung_receiver_blocks_neither_the_caller_nor_the_other_receivers(servi
     # Delivering to the hung receiver takes 3 x 10 s plus backoff per notification (31 s
     # for one); the caller returns at once and the healthy receiver hears everything
     # meanwhile. The bounds leave a busy host room, and stay well below one hung delivery.
-    assert time.monotonic() - started < 5
-    assert len(healthy.wait(5, timeout=15)) == 5
-    assert time.monotonic() - started < 16
+    assert time.monotonic() - started < 9  # one call held by the hung receiver: 10 s
+    assert len(healthy.wait(5, timeout=20)) == 5
+    assert time.monotonic() - started < 25
     assert service.notifier.stats()["hung"].get("sent", 0) == 0
     healthy.close()

@@ -234,7 +234,7 @@ def test_a_receiver_that_is_down_does_not_slow_the_registry(cp: ControlPlane, re
     # Each delivery to the hung receiver takes 3 tries of 10 s plus backoff; every registry
     # call returned long before its first try could have ended, and while it is still
     # being retried the healthy receiver has heard everything.
-    assert max(took) < 5, took
+    assert max(took) < 9, took  # held by the hung receiver, one would take its 10 s
     assert len(receivers["healthy"].wait(5, timeout=10)) == 5
     hung = cp.alerts.notifier.stats()["hung"]
     assert hung.get("sent", 0) == 0 and hung.get("failed", 0) == 0, hung

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from control_plane.platform import stop_cluster_processes
+from modelplane.ports import free_ports
 from tests.waiting import wait_for
 
 
@@ -109,7 +110,7 @@ def test_an_haproxy_started_by_a_reload_while_stopping_is_stopped_too(tmp_path) 
     proxy = subprocess.Popen([sys.executable, "-c", _RELOADING_PROXY, config], stdout=subprocess.PIPE)
     try:
         assert proxy.stdout is not None and int(proxy.stdout.readline())
-        # On a loaded host the listing once missed the HAProxy the proxy had just started.
+        # A process just started may show no command line yet (seen on a loaded host).
         wait_for(lambda: len(_haproxies(config)) == 1, 15, "the proxy's HAProxy to be listed",
                  seen=lambda: _mentioning(config))
         stop_cluster_processes(_free_port(), head_pid=proxy.pid,
@@ -131,6 +132,11 @@ def test_the_haproxy_of_a_crashed_head_s_node_is_stopped_and_another_node_s_is_n
     theirs = subprocess.Popen(["haproxy", *sleep, str(tmp_path / "node-b" / "haproxy.cfg")],
                               executable=sys.executable)
     try:
+        # A process just started may show no command line yet (seen on a loaded host).
+        for node in ("node-a", "node-b"):
+            config = str(tmp_path / node / "haproxy.cfg")
+            wait_for(lambda config=config: len(_haproxies(config)) == 1, 15,
+                     f"{node}'s HAProxy to be listed", seen=lambda config=config: _mentioning(config))
         stop_cluster_processes(_free_port(), node_id="node-a", grace_s=5)
         assert ours.wait(10) is not None
         assert theirs.poll() is None
@@ -208,7 +214,9 @@ def test_an_orphaned_haproxy_on_the_platform_s_port_is_stopped_and_nothing_else(
     serve_folder = tmp_path / "haproxy-serve"
     monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", str(serve_folder / "haproxy.cfg"))
     serve_config = str(serve_folder / "node-x" / "haproxy.cfg")
-    ports = [_free_port() for _ in range(5)]
+    # Outside the ephemeral range: another test's outbound connection cannot take one
+    # before its listener binds it.
+    ports = free_ports(5, "127.0.0.1")
     started: list[subprocess.Popen[bytes]] = []
     listeners: list[int] = []
     try:

@@ -482,7 +482,7 @@ def test_up_is_refused_a_store_led_from_another_ray_cluster_until_that_leader_st
     from control_plane.leadership import leader_elsewhere
     from control_plane.platform import refuse_store_led_elsewhere
 
-    leader = Lease(db, length_s=1.0, cluster="session-first")
+    leader = Lease(db, length_s=3.0, cluster="session-first")  # a loaded host starves renewals
     stop = threading.Event()
 
     def lead() -> None:

@@ -20,6 +20,13 @@ from tests.unit.serving.monitoring_helpers import make_core, reference_profile, 
 INTERVAL_S = 30.0  # far longer than the test: a shipment within it came early
 
 
+async def until(check: Any, timeout_s: float = 10.0) -> None:
+    """Poll ``check`` on the loop until it holds: a loaded host's thread hops take their time."""
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
 class StandInMonitor:
     """Answers ``record.remote(...)`` as the Monitor actor's handle does, keeping each delta."""
 
@@ -58,7 +65,7 @@ def test_a_full_recorder_is_shipped_before_the_interval(monkeypatch: pytest.Monk
     async def run() -> None:
         shipper = asyncio.get_running_loop().create_task(Replica(core)._ship_forever())
         try:
-            await asyncio.sleep(0.1)
+            await until(lambda: monitor.shipped)
             assert [d for _, d in monitor.shipped] == [{}]  # hello, at once
             monitor.shipped.clear()
             await send_many(core, rows * 49)
@@ -66,10 +73,7 @@ def test_a_full_recorder_is_shipped_before_the_interval(monkeypatch: pytest.Monk
             assert monitor.shipped == []  # under the limit: the interval decides
             sent = time.monotonic()
             await send_many(core, rows * 1, prefix="s")
-            for _ in range(200):
-                if monitor.shipped:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: monitor.shipped)
         finally:
             shipper.cancel()
         assert monitor.shipped, "the full recorder was not shipped early"
@@ -218,7 +222,7 @@ def test_an_idle_replica_reports_and_says_goodbye_with_its_last_statistics(
         replica = Replica(core)
         replica._in_serve = True
         replica._shipper = asyncio.get_running_loop().create_task(replica._ship_forever())
-        await asyncio.sleep(0.5)
+        await until(lambda: len(monitor.shipped) >= 3)
         assert len(monitor.shipped) >= 3 and all(d == {} for _, d in monitor.shipped)
         await send_many(core, [np.zeros((1, 4), np.float32)] * 7)
         before = len(monitor.shipped)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import socket
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from serving import serve_internals
 from serving.lean_ingress import EndpointApp, _take_over
 from serving.serve_internals import REPLICA_ATTRIBUTES, ReplicaSeam
+from tests.conftest import free_port
 from tests.unit.serving.monitoring_helpers import make_core
 
 replica_module = pytest.importorskip("ray.serve._private.replica")
@@ -177,9 +177,7 @@ def test_the_lean_server_takes_over_serves_own_port_and_stops_as_serve_stops_it(
     from ray.serve._private.http_util import start_asgi_http_server
     from ray.serve.config import HTTPOptions
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     ongoing: list[int] = []
 
     @contextlib.asynccontextmanager
