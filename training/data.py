@@ -42,12 +42,15 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Split:
-    """Training and held-out validation rows."""
+    """Training and held-out validation rows, and the test rows kept out of training
+    altogether (None without a test split)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
 
 
 def load_dataset(spec: DataSpec, task: str, *, text: bool = False,
@@ -82,24 +85,36 @@ def load_dataset(spec: DataSpec, task: str, *, text: bool = False,
     return Dataset(features, encoded, [str(n) for n in names], labels, uri, digest)
 
 
-def split_dataset(dataset: Dataset, *, validation_split: float, seed: int) -> Split:
-    """Hold out ``validation_split`` of the rows, stratified by class when every class can be."""
+def split_dataset(dataset: Dataset, *, validation_split: float, seed: int,
+                  test_split: float = 0.0) -> Split:
+    """Hold out ``test_split`` of the rows as test rows, then ``validation_split`` of all
+    rows from the rest, each stratified by class when every class can be. Without test
+    rows the split is the one it always was: a pipeline reads a candidate's held-out rows
+    again by splitting its data as its job did."""
+    features, target = dataset.features, dataset.target
+    x_test = y_test = None
+    if test_split:
+        features, x_test, target, y_test = _hold_out(dataset, features, target, test_split, seed)
+        validation_split = validation_split / (1 - test_split)  # a share of all the rows
+    x_train, x_val, y_train, y_val = _hold_out(dataset, features, target, validation_split, seed)
+    if len(x_train) == 0 or len(x_val) == 0 or (x_test is not None and len(x_test) == 0):
+        raise _error("data.test_split" if test_split else "data.validation_split",
+                     f"leaves no rows on one side of the split ({len(dataset.target)} rows in all)")
+    return Split(x_train, y_train, x_val, y_val, x_test, y_test)
+
+
+def _hold_out(dataset: Dataset, features: np.ndarray, target: np.ndarray, share: float,
+              seed: int) -> list[np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     stratify = None
     if dataset.class_labels is not None:
-        counts = np.bincount(dataset.target, minlength=len(dataset.class_labels))
-        held_out = int(np.ceil(validation_split * len(dataset.target)))
+        counts = np.bincount(target, minlength=len(dataset.class_labels))
+        held_out = int(np.ceil(share * len(target)))
         if counts.min() >= 2 and held_out >= len(counts):
-            stratify = dataset.target
-    x_train, x_val, y_train, y_val = train_test_split(
-        dataset.features, dataset.target, test_size=validation_split, random_state=seed,
-        stratify=stratify,
-    )
-    if len(x_train) == 0 or len(x_val) == 0:
-        raise _error("data.validation_split", f"leaves no rows on one side of the split "
-                     f"({len(dataset.target)} rows in all)")
-    return Split(x_train, y_train, x_val, y_val)
+            stratify = target
+    return train_test_split(features, target, test_size=share, random_state=seed,
+                            stratify=stratify)
 
 
 def table_columns(spec: DataSpec) -> list[str]:

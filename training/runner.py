@@ -18,7 +18,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.schemas import JOB_TAG, PROCESS_TAG
@@ -90,9 +90,12 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     refuse_crowning(spec)
 
     dataset = load_dataset(spec.data, spec.task, text=spec.model.reads_text)
-    split = split_dataset(dataset, validation_split=spec.data.validation_split, seed=spec.data.seed)
+    split = split_dataset(dataset, validation_split=spec.data.validation_split, seed=spec.data.seed,
+                          test_split=spec.data.test_split)
+    tested = len(split.x_test) if split.x_test is not None else 0
     echo(f"data {dataset.uri}: {len(split.x_train)} training and {len(split.x_val)} validation "
-         f"rows, {len(dataset.feature_names)} features"
+         f"rows" + (f", {tested} test rows kept out of training" if tested else "")
+         + f", {len(dataset.feature_names)} features"
          + (f", {dataset.n_outputs} classes" if dataset.class_labels else ""))
     texts = None
     if spec.model.reads_text:
@@ -127,7 +130,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     check_storage(storage, len(cluster["nodes"]), echo)
     params = flat_params(spec) | {
         "n_features": shape["n_features"], "n_outputs": dataset.n_outputs,
-        "train_rows": len(split.x_train), "validation_rows": len(split.x_val),
+        "train_rows": len(split.x_train), "validation_rows": len(split.x_val), "test_rows": tested,
         "resources.num_workers": placement.num_workers,
     }
     if spec.resources.num_workers == "auto":
@@ -392,13 +395,13 @@ class TextSplit(Split):
     """A text job's split as texts (``[rows, 1]``), with the tokenizer fitted on its
     training rows."""
 
-    encoding: TextEncoding
+    encoding: TextEncoding = field(kw_only=True)
 
     @classmethod
     def fitted(cls, spec: JobSpec, split: Split, column: str) -> TextSplit:
         vocabulary = fit_vocabulary(split.x_train[:, 0], spec.model.vocabulary_size)
         encoding = TextEncoding(vocabulary, spec.model.max_length, input_name=column)
-        return cls(split.x_train, split.y_train, split.x_val, split.y_val, encoding)
+        return cls(split.x_train, split.y_train, split.x_val, split.y_val, encoding=encoding)
 
     def encoded(self) -> Split:
         """The same rows as token ids, as the network reads them."""

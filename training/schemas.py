@@ -153,6 +153,11 @@ class DataSpec(Section):
     validation_split: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of rows held out for validation."
     )
+    test_split: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of rows kept out of training altogether: "
+        "neither fitted nor used to stop early or pick the best epoch. A pipeline's evaluate "
+        "stage scores the candidate on them by default. 0: none."
+    )
     seed: int = Field(0, ge=0, description="Seed for the split, initialisation and shuffling.")
 
     @field_validator("dataset")
@@ -186,6 +191,9 @@ class DataSpec(Section):
                                 "its target is fixed")
         if self.target is not None and self.features and self.target in self.features:
             raise _at("features", f"lists the target column {self.target!r}")
+        if self.validation_split + self.test_split >= 1:
+            raise _at("test_split", f"with validation_split {self.validation_split:g} leaves no "
+                                    "rows to train on; the two must sum to less than 1")
         return self
 
     @property

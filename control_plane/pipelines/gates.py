@@ -20,7 +20,7 @@ import numpy as np
 from control_plane.pipelines.champion import PIN, pin_of, run_champion
 from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import StageState
-from control_plane.pipelines.spec import data_mismatch, job_data_uri
+from control_plane.pipelines.spec import data_mismatch, held_out_problem, job_data_uri
 from control_plane.pipelines.stages import (
     PASSING_TROUBLE,
     Outcome,
@@ -143,8 +143,9 @@ class EvaluateStage:
     rows, with a paired test (:mod:`control_plane.pipelines.evaluation`).
 
     The held-out rows are ``evaluate.data_uri`` when given; otherwise the rows the
-    training job itself held out (its spec's split and seed), which the candidate never
-    trained on. They are read, and both models scored, off the pass
+    training job itself kept out (its spec's split and seed): its test rows, which it
+    neither trained nor stopped early on, or, for a job that does not stop early, its
+    validation rows. They are read, and both models scored, off the pass
     (:mod:`control_plane.pipelines.offload`), within ``evaluate.timeout_s``."""
 
     name = "evaluate"
@@ -157,6 +158,10 @@ class EvaluateStage:
         settings = context.spec.evaluate
         if settings is None:
             return Outcome(StageState.SKIPPED, reason="no evaluate section in the spec")
+        unfair = held_out_problem(context.spec)
+        if unfair is not None:  # a spec stored before apply refused it
+            return Outcome(StageState.FAILED, reason=f"{unfair[1]} (modelplane pipeline apply)",
+                           progress={})
         candidate = context.candidate
         if candidate is None:
             return Outcome(StageState.FAILED, reason="the training stage registered no version")
@@ -233,15 +238,24 @@ class EvaluateStage:
                 "the rows it held out can no longer be told from those it trained on; set "
                 "evaluate.data_uri to rows it never saw", detail={"field": "evaluate.data_uri"})
         split = split_dataset(dataset, validation_split=job.data.validation_split,
-                              seed=job.data.seed)
+                              seed=job.data.seed, test_split=job.data.test_split)
+        # The test rows, which training never touched; without them (a job that does not
+        # stop early: spec.held_out_problem) the validation rows.
+        if split.x_test is not None and split.y_test is not None:
+            rows, labels = split.x_test, split.y_test
+            source = (f"the training job's test rows ({job.data.test_split:g} of the data, "
+                      f"seed {job.data.seed})")
+        else:
+            rows, labels = split.x_val, split.y_val
+            source = (f"the training job's own held-out rows "
+                      f"({job.data.validation_split:g} of the data, seed {job.data.seed})")
         # As labels: training's indices are into the classes this read found, which are
         # the candidate's only if the data is unchanged since it trained.
-        truth = (split.y_val if dataset.class_labels is None
-                 else np.asarray(dataset.class_labels, dtype=object)[split.y_val])
+        truth = (labels if dataset.class_labels is None
+                 else np.asarray(dataset.class_labels, dtype=object)[labels])
         # A text model's rows as features_and_target gives them: one text per row.
-        features = split.x_val[:, 0] if job.model.reads_text else split.x_val
-        return features, truth, (f"the training job's own held-out rows "
-                                    f"({job.data.validation_split:g} of the data, seed {job.data.seed})")
+        features = rows[:, 0] if job.model.reads_text else rows
+        return features, truth, source
 
 
 def _held_out_source(context: StageContext) -> str:

@@ -74,7 +74,8 @@ class EvaluateStage(Wire):
     data_uri: str | None = Field(None, max_length=2000,
                                  description="Held-out rows the candidate never trained on "
                                              "(not the training job's data); default: the "
-                                             "job's own held-out rows (its validation split).")
+                                             "job's own test rows (data.test_split), or its "
+                                             "validation rows when it does not stop early.")
     gates: EvaluationGates = Field(default_factory=EvaluationGates)
     timeout_s: Annotated[float, Field(gt=0, le=24 * 3600)] = Field(
         1800, description="Reading the held-out rows and scoring both models given up "
@@ -162,12 +163,6 @@ class PipelineSpec(Wire):
             raise ValueError("triggers.data_check_interval_s watches data.uri; add a data section")
         if self.evaluate is not None and self.evaluate.data_uri is None and self.data is None:
             raise ValueError("evaluate needs held-out rows: set evaluate.data_uri or a data section")
-        held_out = self.evaluate.data_uri if self.evaluate is not None else None
-        if held_out is not None and _same_data(held_out, job_data_uri(self.training.job)):
-            raise ValueError(
-                f"evaluate.data_uri {held_out!r} is the data the training job trains on: the "
-                "candidate would be scored on rows it learned from; leave evaluate.data_uri "
-                "out (the job's own held-out rows) or name rows it never saw")
         path = (self.training.job.get("data") or {}).get("path")
         if self.evaluate is not None and self.evaluate.data_uri is None and path:
             from control_plane.pipelines.data_sources import check_data_uri
@@ -206,6 +201,32 @@ def data_mismatch(spec: PipelineSpec) -> str | None:
     return (f"data.uri {spec.data.uri!r} is not the data the training job reads "
             f"({trained_on!r}): the data stage would check one dataset while the job trains "
             "on another; name the same data in both")
+
+
+def held_out_problem(spec: PipelineSpec) -> tuple[str, str] | None:
+    """Why the evaluate stage's held-out rows could not judge the candidate fairly: the
+    field to change and what to do, or None. Checked where a spec is applied and where the
+    stage runs (a spec stored before a rule still loads, and its runs end, saying why)."""
+    if spec.evaluate is None:
+        return None
+    held_out = spec.evaluate.data_uri
+    if held_out is not None:
+        if _same_data(held_out, job_data_uri(spec.training.job)):
+            return "evaluate.data_uri", (
+                f"evaluate.data_uri {held_out!r} is the data the training job trains on: the "
+                "candidate would be scored on rows it learned from; leave evaluate.data_uri "
+                "out (the job's own test rows) or name rows it never saw")
+        return None
+    from training.schemas import JobSpec
+
+    job = JobSpec.model_validate(spec.training.job)
+    if job.early_stopping is not None and not job.data.test_split:
+        return "training.job.data.test_split", (
+            "the training job stops early, choosing its epoch on its validation rows, so "
+            "those rows would judge the candidate in its own favour; set "
+            "training.job.data.test_split (such as 0.2) to keep rows out of training "
+            "altogether, or evaluate.data_uri to rows it never saw")
+    return None
 
 
 def _same_data(first: str, second: str) -> bool:

@@ -31,7 +31,7 @@ from control_plane.errors import (
 from control_plane.job_api import cluster_job_client
 from control_plane.pipelines.champion import PIN, pin_of, pinned, serving_champion
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
-from control_plane.pipelines.spec import PipelineSpec
+from control_plane.pipelines.spec import PipelineSpec, held_out_problem
 from control_plane.read_gate import ReadGate
 from control_plane.schemas import JOB_TAG, Role
 
@@ -151,6 +151,10 @@ class TrainStage:
     def advance(self, context: StageContext) -> Outcome:
         progress = dict(context.record.progress)
         if "submission_id" not in progress:
+            unfair = held_out_problem(context.spec)
+            if unfair is not None:  # a spec stored before apply refused it: hours saved
+                return Outcome(StageState.FAILED, progress={},
+                               reason=f"{unfair[1]} (modelplane pipeline apply)")
             # Stored before anything reaches Ray: a crash after submitting finds the job.
             run = context.run
             progress["submission_id"] = f"pipeline-{run.pipeline[:40]}-{run.number}-{secrets.token_hex(4)}"

@@ -14,7 +14,7 @@ import yaml
 
 from control_plane.errors import ConflictError, WorkNotStoppedError
 from control_plane.pipelines.cron import CronSchedule
-from control_plane.pipelines.records import RunState, StageState, Trigger
+from control_plane.pipelines.records import RunState, StageRecord, StageState, Trigger
 from control_plane.pipelines.service import Pipelines
 from control_plane.pipelines.spec import (
     STAGES,
@@ -569,20 +569,59 @@ def test_a_data_stage_that_would_check_other_data_than_the_job_reads_is_refused(
     assert "modelplane pipeline apply" in outcome.reason
 
 
-def test_held_out_rows_that_are_the_training_data_are_refused(tmp_path: Path) -> None:
-    """Scored on the rows it trained on, a candidate beats any champion's margin."""
-    bundled = spec_document(evaluate={"data_uri": "sklearn://breast_cancer"})
-    with pytest.raises(InvalidPipelineSpecError, match=r"evaluate\.data_uri 'sklearn://breast_cancer' "
-                                                       r"is the data the training job trains on"):
-        parse_pipeline_spec(bundled)
+@pytest.mark.parametrize("case", ["bundled", "local", "stops-early"])
+def test_held_out_rows_the_candidate_was_fitted_or_stopped_on_are_refused(
+        db: Database, tmp_path: Path, case: str) -> None:
+    """Scored on the rows it trained on, a candidate beats any champion's margin; scored on
+    the rows early stopping chose its epoch on, it is judged in its own favour. Refused at
+    apply, naming the field; a spec stored before the rule loads, and its run fails at
+    training, before hours are spent, and at evaluation, saying why."""
+    from control_plane.errors import InvalidInputError
+    from control_plane.pipelines.gates import EvaluateStage
+    from control_plane.pipelines.stages import TrainStage
+
     rows = tmp_path / "rows.csv"
     rows.write_text("a,target\n1,0\n")
-    local = spec_document(data={"uri": str(rows)},
-                          evaluate={"data_uri": f"file://{tmp_path}/./rows.csv"})
-    with pytest.raises(InvalidPipelineSpecError, match="rows it learned from"):
-        parse_pipeline_spec(local)
+    document, field, says = {
+        "bundled": (spec_document(evaluate={"data_uri": "sklearn://breast_cancer"}),
+                    "evaluate.data_uri", "'sklearn://breast_cancer' is the data the training job trains on"),
+        "local": (spec_document(data={"uri": str(rows)},
+                                evaluate={"data_uri": f"file://{tmp_path}/./rows.csv"}),
+                  "evaluate.data_uri", "rows it learned from"),
+        "stops-early": (spec_document(data={"uri": "sklearn://breast_cancer"}, evaluate={}),
+                        "training.job.data.test_split", "choosing its epoch on its validation rows"),
+    }[case]
+    if case == "stops-early":
+        document["training"]["job"]["data"].pop("test_split", None)
+    spec = parse_pipeline_spec(document)  # it parses: a stored one must load
+    pipelines = runner(db, all_passing(), Clock())
+    with pytest.raises(InvalidInputError, match=says) as caught:
+        pipelines.apply(spec, ALICE)
+    assert caught.value.detail == {"field": field} and pipelines.list() == []
+    record = StageRecord(name="train")
+    run = SimpleNamespace(stages=[StageRecord(name="validate_data"), record])
+    context = StageContext(run=run, spec=spec, record=record, now=Clock().now)  # type: ignore[arg-type]
+    for stage in (TrainStage(services=None), EvaluateStage(services=None)):
+        outcome = stage.advance(context)
+        assert outcome.state is StageState.FAILED and says in outcome.reason
+        assert "modelplane pipeline apply" in outcome.reason
+
+
+def test_rows_the_candidate_never_saw_are_accepted(db: Database, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,target\n1,0\n")
+    pipelines = runner(db, all_passing(), Clock())
     other = spec_document(data={"uri": str(rows)}, evaluate={"data_uri": str(tmp_path / "held.csv")})
-    assert parse_pipeline_spec(other).evaluate.data_uri == str(tmp_path / "held.csv")
+    assert pipelines.apply(parse_pipeline_spec(other), ALICE).spec["evaluate"]["data_uri"] \
+        == str(tmp_path / "held.csv")
+    assert spec_document()["training"]["job"]["data"]["test_split"] > 0  # the example's own
+    tested = spec_document(data={"uri": "sklearn://breast_cancer"}, evaluate={})
+    tested["training"]["job"]["data"]["test_split"] = 0.2
+    pipelines.apply(parse_pipeline_spec({**tested, "name": "tested"}), ALICE)
+    calm = spec_document(data={"uri": "sklearn://breast_cancer"}, evaluate={})
+    calm["training"]["job"].pop("early_stopping")  # nothing chosen on the validation rows
+    pipelines.apply(parse_pipeline_spec({**calm, "name": "calm"}), ALICE)
+    assert [p.name for p in pipelines.list()] == ["bc", "calm", "tested"]
 
 
 def test_local_data_paths_in_a_pipeline_file_are_relative_to_it(tmp_path: Path) -> None:

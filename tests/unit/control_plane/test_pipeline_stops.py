@@ -116,7 +116,8 @@ class World:
         self.train.version = self.register(candidate)
         job = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
         job["registration"]["model_name"] = "bc"
-        job["data"] = {"path": str(path), "target": "target", "validation_split": 0.25, "seed": 0}
+        job["data"] = {"path": str(path), "target": "target", "validation_split": 0.25,
+                       "test_split": 0.2, "seed": 0}
         document = {"name": "bc", "training": {"job": job},
                     "data": {"uri": str(path), "expectations": {
                         "min_rows": 400, "drift": {"test": "auto", "alpha": 0.01}}},

@@ -463,6 +463,14 @@ def test_the_training_jobs_own_held_out_rows_come_as_labels(tmp_path: Path) -> N
                                               "feature_names": ["a", "b", "c", "d"]})
     assert np.array_equal(_truth(truth, candidate), split.y_val)
     assert np.array_equal(features, split.x_val)
+    # With test rows (a job that stops early must keep some), those are the rows scored.
+    tested = parse_pipeline_spec({**spec.model_dump(mode="json"), "training": {"job": {
+        **job, "data": {**job["data"], "test_split": 0.2}}}})
+    features, truth, source = EvaluateStage._held_out(SimpleNamespace(spec=tested), registered)
+    kept = split_dataset(trained, validation_split=0.25, seed=3, test_split=0.2)
+    assert kept.x_test is not None and "test rows (0.2 of the data, seed 3)" in source
+    assert np.array_equal(features, kept.x_test)
+    assert np.array_equal(_truth(truth, candidate), kept.y_test)
 
     # Rows appended since it trained: split again, the held-out rows would be others, many
     # of them rows it trained on. Refused, naming what to set.

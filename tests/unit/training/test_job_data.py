@@ -40,6 +40,30 @@ def test_split_is_seeded_and_stratified() -> None:
     assert set(np.unique(first.y_val)) == {0, 1, 2}
 
 
+def test_test_rows_are_kept_apart_and_the_split_without_them_is_unchanged() -> None:
+    """Test rows are neither trained nor validated on; without them the rows split as they
+    always did (a pipeline reads a candidate's held-out rows again by splitting its data)."""
+    from sklearn.model_selection import train_test_split
+
+    dataset = load_dataset(DataSpec(dataset="wine"), "classification")
+    plain = split_dataset(dataset, validation_split=0.25, seed=3)
+    reference = train_test_split(dataset.features, dataset.target, test_size=0.25,
+                                 random_state=3, stratify=dataset.target)
+    np.testing.assert_array_equal(plain.x_val, reference[1])
+    assert plain.x_test is None and plain.y_test is None
+    split = split_dataset(dataset, validation_split=0.25, seed=3, test_split=0.2)
+    assert split.x_test is not None and split.y_test is not None
+    assert (len(split.x_train), len(split.x_val), len(split.x_test)) == (97, 45, 36)
+    rows = [set(map(bytes, part)) for part in (split.x_train, split.x_val, split.x_test)]
+    assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
+    assert set().union(*rows) == set(map(bytes, dataset.features))
+    assert set(np.unique(split.y_test)) == {0, 1, 2}  # stratified too
+    again = split_dataset(dataset, validation_split=0.25, seed=3, test_split=0.2)
+    np.testing.assert_array_equal(split.x_test, again.x_test)
+    with pytest.raises(ValueError, match="test_split"):
+        DataSpec(dataset="wine", validation_split=0.5, test_split=0.5)
+
+
 def test_csv_with_string_labels(tmp_path: Path) -> None:
     path = tmp_path / "table.csv"
     path.write_text("a,b,kind\n1,2,cat\n3,4,dog\n5,6,cat\n7,8,dog\n")
