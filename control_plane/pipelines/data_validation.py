@@ -192,23 +192,29 @@ class DataValidationReport(Wire):
 def validate_data(data: pd.DataFrame | Mapping[str, Any] | np.ndarray,
                   expectations: DataExpectations | Mapping[str, Any],
                   reference_profile: Mapping[str, Any] | None = None, *,
-                  feature_names: Sequence[str] | None = None) -> DataValidationReport:
+                  feature_names: Sequence[str] | None = None,
+                  target: str | None = None) -> DataValidationReport:
     """Check ``data`` against ``expectations`` and, for drift, ``reference_profile`` (a
     manifest's ``reference_profile``, as built by
     :func:`serving.monitoring.profiles.build_reference_profile`).
 
     ``data`` is a DataFrame, a mapping of column name to values, or a rows x features array
     whose columns are ``feature_names`` (default: the profile's features, in order).
+    ``target`` names its label column: the expectations may name it (its kind, missing
+    values, range or categories), but it is no feature: not drift-checked, not an extra
+    column, not in the digest. A column the expectations name that the data lacks fails.
     """
     spec = DataExpectations.model_validate(expectations)
     profile = _input_profile(reference_profile)
-    frame = _as_frame(data, feature_names, profile)
+    table = _as_frame(data, feature_names, profile)
+    frame = table.drop(columns=[target]) if target is not None and target in table.columns \
+        else table
     checks: list[DataCheck] = []
-    checked = _schema_checks(frame, spec, profile, checks)
+    checked = _schema_checks(table, frame, spec, profile, checks)
     _row_checks(frame, spec, checks)
-    _missing_checks(frame, spec, checked, checks)
-    _range_checks(frame, spec, checks)
-    _category_checks(frame, spec, checks)
+    _missing_checks(table, spec, checked, checks)
+    _range_checks(table, spec, checks)
+    _category_checks(table, spec, checks)
     summary = None
     if spec.drift is not None and profile is not None:
         summary = _drift_checks(frame, spec.drift, profile, checks)
@@ -222,22 +228,27 @@ def validate_data(data: pd.DataFrame | Mapping[str, Any] | np.ndarray,
 # ---------------------------------------------------------------- schema
 
 
-def _schema_checks(frame: pd.DataFrame, spec: DataExpectations, profile: Any,
-                   checks: list[DataCheck]) -> list[str]:
-    """Presence and kind checks; returns the columns the missing-value checks cover."""
-    present = {str(c) for c in frame.columns}
+def _schema_checks(table: pd.DataFrame, frame: pd.DataFrame, spec: DataExpectations,
+                   profile: Any, checks: list[DataCheck]) -> list[str]:
+    """Presence and kind checks over ``table`` (``frame``: its features, the label column
+    left out); returns the columns the missing-value checks cover."""
+    present = {str(c) for c in table.columns}
     expected = list(spec.columns)
     if profile is not None:
         # The model takes every profiled feature: each must be in the data too.
         expected += [name for name in profile.names if name not in spec.columns]
+    # A range, categories or missing-value limit on a column the data lacks checked
+    # nothing, silently: a misspelt name switched its check off.
+    expected += [name for field in (spec.column_missing_rates, spec.ranges, spec.categories)
+                 for name in field if name not in expected]
     for name in expected:
         if name not in present:
             checks.append(DataCheck(name="column_present", column=name, observed=False, limit=True,
                                     passed=False, message=f"column {name!r} is missing"))
     for name, kind in spec.columns.items():
         if name in present:
-            observed = _kind(frame[name])
-            ok = _compatible(kind, observed, frame[name])
+            observed = _kind(table[name])
+            ok = _compatible(kind, observed, table[name])
             checks.append(DataCheck(
                 name="column_kind", column=name, observed=observed, limit=kind, passed=ok,
                 message="" if ok else f"column {name!r} is {observed}, expected {kind}"))
@@ -245,7 +256,7 @@ def _schema_checks(frame: pd.DataFrame, spec: DataExpectations, profile: Any,
         # The model takes numbers: a profiled feature of another kind cannot be fed to it.
         for name in profile.names:
             if name in present and name not in spec.columns:
-                observed = _kind(frame[name])
+                observed = _kind(table[name])
                 if observed not in ("float", "int", "bool"):
                     checks.append(DataCheck(
                         name="column_kind", column=name, observed=observed, limit="float",
@@ -258,7 +269,9 @@ def _schema_checks(frame: pd.DataFrame, spec: DataExpectations, profile: Any,
             name="extra_columns", observed=extra, limit=[] if not spec.allow_extra_columns else None,
             passed=ok, message="" if ok else f"unexpected columns {_preview(extra)} (set "
             "allow_extra_columns, or list them in columns)"))
-    names = [name for name in expected if name in present]
+    names = [name for name in spec.columns if name in present]
+    if profile is not None:
+        names += [name for name in profile.names if name in present and name not in names]
     return names or [str(c) for c in frame.columns]
 
 

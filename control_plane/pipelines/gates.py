@@ -88,8 +88,7 @@ class ValidateDataStage:
             profile = best.manifest.reference_profile if best is not None else None
             table = load_dataset(data.uri)
             # Without a champion's profile there is nothing to judge drift against: skipped.
-            report = validate_data(table[[c for c in table.columns if c != target]],
-                                   data.expectations, profile)
+            report = validate_data(table, data.expectations, profile, target=target)
             return report, pin_of(best), profile is not None
 
         answer = _offloaded(self.offload, context, check, deadline_s=data.timeout_s,

@@ -110,7 +110,8 @@ class World:
         return self.registry.register_version(
             "bc", VersionCreate(artifact_digest=info.digest, manifest=self.cancer.manifest), ALICE).version
 
-    def run(self, frame: pd.DataFrame, candidate: bytes, **spec: Any) -> Any:
+    def run(self, frame: pd.DataFrame, candidate: bytes, *,
+            expectations: dict[str, Any] | None = None, **spec: Any) -> Any:
         path = self.tmp_path / f"data-{len(list(self.tmp_path.iterdir()))}.csv"
         frame.to_csv(path, index=False)
         self.train.version = self.register(candidate)
@@ -120,7 +121,8 @@ class World:
                        "test_split": 0.2, "seed": 0}
         document = {"name": "bc", "training": {"job": job},
                     "data": {"uri": str(path), "expectations": {
-                        "min_rows": 400, "drift": {"test": "auto", "alpha": 0.01}}},
+                        "min_rows": 400, "drift": {"test": "auto", "alpha": 0.01},
+                        **(expectations or {})}},
                     "evaluate": {"gates": {"min_accuracy": 0.9, "max_regression": 0.02}},
                     "approve": {"mode": "never"},
                     "deploy": {"endpoint": "bc", "rollout": {"steps": [50, 100]}}, **spec}
@@ -154,6 +156,19 @@ def test_a_dropped_column_stops_the_run_at_validate_data(world: World) -> None:
     assert run.state is RunState.FAILED and "'mean radius' is missing" in run.reason
     assert states(run)["validate_data"] is StageState.FAILED
     assert set(list(states(run).values())[1:]) == {StageState.SKIPPED} and world.train.calls == 0
+
+
+def test_the_label_column_is_checked_where_the_expectations_name_it(world: World) -> None:
+    """Left out of the checked table, a label column the expectations named failed as
+    missing, and a label nobody knows passed."""
+    labels = {"categories": {"target": ["malignant", "benign"]}}
+    mislabelled = world.cancer.frame.copy()
+    mislabelled.loc[[4, 8], "target"] = "cyst"
+    run = world.run(mislabelled, world.cancer.strong, expectations=labels)
+    assert states(run)["validate_data"] is StageState.FAILED
+    assert "column 'target' has 2 values in unknown categories 'cyst'" in run.reason
+    run = world.run(world.cancer.frame, world.cancer.strong, expectations=labels)
+    assert states(run)["validate_data"] is StageState.PASSED, run.stages[0].reason
 
 
 def test_a_shifted_feature_stops_the_run_at_validate_data(world: World) -> None:

@@ -138,6 +138,29 @@ def test_out_of_range_values_are_counted(split: tuple[pd.DataFrame, pd.DataFrame
     assert _failed(report) == [("range", "mean radius")]
 
 
+def test_the_label_column_is_held_to_what_names_it_and_is_no_feature(
+        split: tuple[pd.DataFrame, pd.DataFrame], profile: dict,
+        expectations: DataExpectations, features: list[str]) -> None:
+    """The pipeline's data stage gives the label column apart. It left it out of the table:
+    expectations naming it (its kind, its classes) failed as a missing column, and a range
+    or categories on a column the data lacks (a misspelt name) checked nothing, silently."""
+    held_out = split[1]
+    report = validate_data(held_out, expectations, profile, target="target")
+    assert report.passed, report.reason
+    # No feature: neither in the digest (the data trigger's) nor among the columns.
+    assert report.digest == validate_data(held_out[features], {}, profile).digest
+    assert "target" not in report.columns and report.rows == len(held_out)
+    strange = held_out.assign(target=held_out["target"].where(held_out.index != 3, 7))
+    assert validate_data(strange, expectations, profile, target="target").reason \
+        == "column 'target' has 1 values in unknown categories '7'"
+    misspelt = DataExpectations(ranges={"mean raduis": {"min": 0}},
+                                categories={"diagnosis": ["benign"]},
+                                column_missing_rates={"mean radius": 0.0})
+    report = validate_data(held_out, misspelt, target="target")
+    assert _failed(report) == [("column_present", "mean raduis"), ("column_present", "diagnosis")]
+    assert report.reason == "column 'mean raduis' is missing"
+
+
 def test_an_unknown_category_is_named(split: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     frame = split[1].copy()
     frame["diagnosis"] = np.where(frame["target"] == 0, "malignant", "benign")
