@@ -94,9 +94,14 @@ def split_dataset(dataset: Dataset, *, validation_split: float, seed: int,
     features, target = dataset.features, dataset.target
     x_test = y_test = None
     if test_split:
-        features, x_test, target, y_test = _hold_out(dataset, features, target, test_split, seed)
-        validation_split = validation_split / (1 - test_split)  # a share of all the rows
-    x_train, x_val, y_train, y_val = _hold_out(dataset, features, target, validation_split, seed)
+        features, x_test, target, y_test = _hold_out(
+            dataset, features, target, test_split, seed, field="data.test_split", lump_rare=True)
+        # A share of all the rows; a class the test rows took half of (two rows, one each
+        # side) is stratified with the most common class rather than unstratifying all.
+        validation_split = validation_split / (1 - test_split)
+    x_train, x_val, y_train, y_val = _hold_out(
+        dataset, features, target, validation_split, seed, field="data.validation_split",
+        lump_rare=bool(test_split))
     if len(x_train) == 0 or len(x_val) == 0 or (x_test is not None and len(x_test) == 0):
         raise _error("data.test_split" if test_split else "data.validation_split",
                      f"leaves no rows on one side of the split ({len(dataset.target)} rows in all)")
@@ -104,17 +109,27 @@ def split_dataset(dataset: Dataset, *, validation_split: float, seed: int,
 
 
 def _hold_out(dataset: Dataset, features: np.ndarray, target: np.ndarray, share: float,
-              seed: int) -> list[np.ndarray]:
+              seed: int, *, field: str, lump_rare: bool = False) -> list[np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     stratify = None
     if dataset.class_labels is not None:
+        strata = target
         counts = np.bincount(target, minlength=len(dataset.class_labels))
+        if lump_rare and counts.max() >= 2:
+            rare = np.flatnonzero(counts == 1)
+            strata = np.where(np.isin(target, rare), int(counts.argmax()), target)
+            counts = np.bincount(strata, minlength=len(counts))
+        present = counts[counts > 0] if lump_rare else counts
         held_out = int(np.ceil(share * len(target)))
-        if counts.min() >= 2 and held_out >= len(counts):
-            stratify = target
-    return train_test_split(features, target, test_size=share, random_state=seed,
-                            stratify=stratify)
+        if present.min() >= 2 and held_out >= len(present):
+            stratify = strata
+    try:
+        return train_test_split(features, target, test_size=share, random_state=seed,
+                                stratify=stratify)
+    except ValueError as error:  # scikit-learn's: too few rows for a side, or its classes
+        raise _error(field, f"cannot hold out {share:.0%} of {len(target)} rows ({error}); "
+                            "lower data.validation_split or data.test_split") from error
 
 
 def table_columns(spec: DataSpec) -> list[str]:

@@ -239,8 +239,8 @@ def _schema_checks(table: pd.DataFrame, frame: pd.DataFrame, spec: DataExpectati
         expected += [name for name in profile.names if name not in spec.columns]
     # A range, categories or missing-value limit on a column the data lacks checked
     # nothing, silently: a misspelt name switched its check off.
-    expected += [name for field in (spec.column_missing_rates, spec.ranges, spec.categories)
-                 for name in field if name not in expected]
+    expected = list(dict.fromkeys([*expected, *spec.column_missing_rates, *spec.ranges,
+                                   *spec.categories]))
     for name in expected:
         if name not in present:
             checks.append(DataCheck(name="column_present", column=name, observed=False, limit=True,

@@ -3,10 +3,10 @@ the champion on held-out rows. Each reads and computes off the pipeline pass
 (:mod:`control_plane.pipelines.offload`), within its own deadline, and stores its whole
 report.
 
-The champion is the version taking the most traffic on the pipeline's endpoint when the
-run began, the same for every stage (:mod:`control_plane.pipelines.champion`); a
-pipeline whose endpoint served nothing then has none, and its candidate is held to the
-absolute thresholds alone (the report says so).
+The champion is the version taking the most traffic on the pipeline's endpoint, unless
+that is the run's own candidate: then the one that served when the run began
+(:mod:`control_plane.pipelines.champion`); a pipeline whose endpoint serves nothing has
+none, and its candidate is held to the absolute thresholds alone (the report says so).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from control_plane.pipelines.champion import PIN, pin_of, run_champion
+from control_plane.pipelines.champion import PIN, pin_of, pinned_version, run_champion
 from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import StageState
 from control_plane.pipelines.spec import data_mismatch, held_out_problem, job_data_uri
@@ -76,8 +76,10 @@ class ValidateDataStage:
         if data is None:
             return Outcome(StageState.SKIPPED, reason="no data section in the spec")
         mismatch = data_mismatch(context.spec)
-        if mismatch is not None:  # a spec stored before apply refused it
-            return Outcome(StageState.FAILED, reason=f"{mismatch} (modelplane pipeline apply)",
+        unfair = held_out_problem(context.spec)
+        if mismatch is not None or unfair is not None:  # a spec stored before apply refused it
+            why = mismatch if mismatch is not None else unfair[1]  # type: ignore[index]
+            return Outcome(StageState.FAILED, reason=f"{why} (modelplane pipeline apply)",
                            progress={})
         target = _target_column(context)
 
@@ -89,7 +91,7 @@ class ValidateDataStage:
             table = load_dataset(data.uri)
             # Without a champion's profile there is nothing to judge drift against: skipped.
             report = validate_data(table, data.expectations, profile, target=target)
-            return report, pin_of(best), profile is not None
+            return report, pin_of(best), bool(profile)
 
         answer = _offloaded(self.offload, context, check, deadline_s=data.timeout_s,
                             what=f"reading and checking {data.uri}", resource=data.uri)
@@ -173,8 +175,6 @@ class EvaluateStage:
 
             version = services.registry.get_version(model, number)
             best = run_champion(services, context)
-            if best is not None and best.version == number:
-                best = None  # a run begun before champions were pinned, its candidate serving
             features, truth, source = self._held_out(context, version.manifest)
             read = services.artifacts.read_bytes
             report = evaluate(read(version.artifact_digest),
@@ -287,7 +287,9 @@ class BenchmarkStage:
             return Outcome(StageState.FAILED, reason="the training stage registered no version")
         model, number = candidate
         progress = dict(context.record.progress)
-        best = run_champion(self.services, context)
+        if PIN not in progress:  # the champion this stage measures, kept for its passes
+            progress[PIN] = pin_of(run_champion(self.services, context))
+        best = pinned_version(self.services, progress[PIN])
         order = [("candidate", number)] + ([("champion", best.version)]
                                            if best is not None and best.version != number else [])
         measured: dict[str, Any] = {}

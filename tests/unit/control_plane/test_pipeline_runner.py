@@ -574,10 +574,11 @@ def test_held_out_rows_the_candidate_was_fitted_or_stopped_on_are_refused(
         db: Database, tmp_path: Path, case: str) -> None:
     """Scored on the rows it trained on, a candidate beats any champion's margin; scored on
     the rows early stopping chose its epoch on, it is judged in its own favour. Refused at
-    apply, naming the field; a spec stored before the rule loads, and its run fails at
-    training, before hours are spent, and at evaluation, saying why."""
+    apply, naming the field; a spec stored before the rule loads, and its run fails at its
+    first stage, before hours are spent (and at evaluation, for one already training),
+    saying why."""
     from control_plane.errors import InvalidInputError
-    from control_plane.pipelines.gates import EvaluateStage
+    from control_plane.pipelines.gates import EvaluateStage, ValidateDataStage
     from control_plane.pipelines.stages import TrainStage
 
     rows = tmp_path / "rows.csv"
@@ -601,7 +602,10 @@ def test_held_out_rows_the_candidate_was_fitted_or_stopped_on_are_refused(
     record = StageRecord(name="train")
     run = SimpleNamespace(stages=[StageRecord(name="validate_data"), record])
     context = StageContext(run=run, spec=spec, record=record, now=Clock().now)  # type: ignore[arg-type]
-    for stage in (TrainStage(services=None), EvaluateStage(services=None)):
+    stages = [TrainStage(services=None), EvaluateStage(services=None)]
+    if spec.data is not None:  # the first stage says so, before the data is read
+        stages.insert(0, ValidateDataStage(services=None))
+    for stage in stages:
         outcome = stage.advance(context)
         assert outcome.state is StageState.FAILED and says in outcome.reason
         assert "modelplane pipeline apply" in outcome.reason

@@ -209,6 +209,36 @@ def test_the_champion_is_the_version_serving_when_the_run_began(world: World) ->
     assert run.stages[2].inputs["champion"] == "bc:1" and "worse than champion" in run.reason
 
 
+def test_a_champion_changed_by_hand_meanwhile_is_the_one_judged_against(world: World) -> None:
+    """An operator's rollout of another version while the job trains: the candidate is
+    judged against the version serving now, not the one it would no longer replace."""
+    def another_takes_over() -> None:
+        other = world.register(world.cancer.strong)
+        world.deployments.deploy(DeployRequest(endpoint="bc", model_ref=f"bc:{other}"), ALICE)
+        world.deployments.set_traffic("bc", TrafficUpdate(weights={1: 10.0, other: 90.0}), ALICE)
+
+    world.train.during = another_takes_over
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    assert run.stages[0].inputs["champion"] == "bc:1"
+    assert run.stages[2].inputs["champion"] == "bc:3", run.stages[2].reason
+
+
+def test_a_pinned_champion_deleted_since_fails_the_evaluation_saying_so(world: World) -> None:
+    def candidate_replaces_it() -> None:
+        number = world.train.version
+        if world.deployments.get("bc").routes[0].version == 1:
+            world.deployments.deploy(DeployRequest(endpoint="bc", model_ref=f"bc:{number}"), ALICE)
+            world.deployments.set_traffic("bc", TrafficUpdate(weights={number: 100.0}), ALICE)
+            world.registry.delete_version("bc", 1, ADMIN)
+
+    world.train.during = candidate_replaces_it
+    run = world.run(world.cancer.frame, world.cancer.weak,
+                    evaluate={"gates": {"min_accuracy": 0.5, "max_regression": 0.02}})
+    assert states(run)["evaluate"] is StageState.FAILED
+    assert "the champion bc:1, which served when this run began" in run.reason
+    assert "was deleted since" in run.reason
+
+
 def test_without_a_data_stage_the_training_stage_pins_the_champion(world: World) -> None:
     """The training stage's first pass, before any candidate exists, pins the champion for
     the stages after it; the data stage's pin, where it looked, is carried."""

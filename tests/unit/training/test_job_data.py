@@ -64,6 +64,25 @@ def test_test_rows_are_kept_apart_and_the_split_without_them_is_unchanged() -> N
         DataSpec(dataset="wine", validation_split=0.5, test_split=0.5)
 
 
+def test_a_rare_class_keeps_the_validation_split_stratified_and_small_data_names_the_field() -> None:
+    """A class of two rows gave one to the test rows; the one left made the validation
+    split unstratified as a whole (one class 12 rows, another 6, of 40 each)."""
+    from training.data import Dataset
+
+    target = np.array([0] * 40 + [1] * 40 + [2] * 40 + [3] * 2)
+    rows = np.arange(len(target), dtype=np.float32)[:, None]
+    dataset = Dataset(rows, target, ["a"], ["a", "b", "c", "d"], "memory://", "0")
+    split = split_dataset(dataset, validation_split=0.2, seed=0, test_split=0.2)
+    assert split.y_test is not None
+    validated = np.bincount(split.y_val, minlength=4)[:3]
+    assert validated.max() - validated.min() <= 1, validated
+    assert np.bincount(split.y_test, minlength=4).tolist() == [8, 8, 8, 1]
+    few = Dataset(rows[:20], np.array([0, 1, 2, 3] * 5), ["a"], ["a", "b", "c", "d"], "memory://", "0")
+    with pytest.raises(InvalidJobSpecError, match=r"data.validation_split: cannot hold out .* "
+                                                  r"lower data.validation_split or data.test_split"):
+        split_dataset(few, validation_split=0.6, seed=0, test_split=0.3)
+
+
 def test_csv_with_string_labels(tmp_path: Path) -> None:
     path = tmp_path / "table.csv"
     path.write_text("a,b,kind\n1,2,cat\n3,4,dog\n5,6,cat\n7,8,dog\n")
