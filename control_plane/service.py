@@ -244,7 +244,8 @@ class ControlPlane:
         from control_plane.observability import read_version_stats
 
         self.alerts.start(read_version_stats, lambda: [e.name for e in self.deployments.list()],
-                          active=lambda: self.leading, fenced=self._fenced)
+                          active=lambda: self.leading, fenced=self._fenced,
+                          lease_holder=self.lease.holder if self.lease is not None else None)
 
     def raise_alert(self, name: str, *, severity: str, labels: dict[str, str], summary: str,
                     data: dict[str, Any] | None = None) -> None:

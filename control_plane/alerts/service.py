@@ -82,6 +82,9 @@ class AlertService:
         self.notifier = Notifier(db)
         self.counters: Counter[str] = Counter()
         self._clock = clock
+        # The control loops' lease holder this process is (None: unknown, as for a process
+        # without a lease): whose unstored alert states survive a lapse of its lead.
+        self.lease_holder: str | None = None
         self._lock = threading.RLock()  # evaluator, REST calls and rollouts share the state
         self._alerts: dict[str, Alert] = {}
         self._due: dict[str, float] = {}
@@ -397,7 +400,7 @@ class AlertService:
             try:
                 self._store_unsaved()
             except FencedOut:
-                self._unsaved.remove(entry)
+                self._forget(entry)
                 raise
             unsent = entry.notification  # None once kept with the state
             entry.notification = None  # a later write of the state sends nothing again
@@ -406,18 +409,21 @@ class AlertService:
         elif unsent is not None:
             self.notifier.notify(unsent)
 
-    def _store_unsaved(self) -> None:
+    def _store_unsaved(self, *, states: bool = True) -> None:
         """Write the queued alert states, oldest first, until the store cannot answer; a
         write it refuses (not one it could not take) is dropped, not tried for ever ahead
-        of every later one."""
+        of every later one. Without ``states`` (not leading) only one-shot events are
+        written; rules' states wait in their order for a pass that leads."""
         with self._lock:
             if len(self._unsaved) > MAX_UNSAVED:
                 dropped = len(self._unsaved) - MAX_UNSAVED
                 log.error("%d alert writes waited too long for the store and are dropped",
                           dropped)
                 del self._unsaved[:dropped]
-            while self._unsaved:
-                entry = self._unsaved[0]
+            while True:
+                entry = next((e for e in self._unsaved if states or e.kind != "rule"), None)
+                if entry is None:
+                    return
                 notification = entry.notification
                 try:
                     wake = self.store.save(
@@ -434,25 +440,33 @@ class AlertService:
                         return
                     log.error("the store refused alert %s's state; it is not stored",
                               entry.alert.name, exc_info=error)
-                    self._unsaved.pop(0)
+                    self._forget(entry)
                     continue
                 if wake is not None:  # its notification kept with it
                     entry.notification = None
                     self.notifier.announce(notification)
                     wake()
-                self._unsaved.pop(0)
+                self._forget(entry)
+
+    def _forget(self, entry: _Unsaved) -> None:
+        """Take ``entry`` itself off the queue (an equal one queued later stays)."""
+        with self._lock:
+            self._unsaved = [queued for queued in self._unsaved if queued is not entry]
 
     # ------------------------------------------------------------ the evaluator thread
 
     def start(self, read_stats: ReadStats, list_endpoints: ListEndpoints, *,
               active: Callable[[], bool] = lambda: True,
-              fenced: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
+              fenced: Callable[[], AbstractContextManager[None]] = nullcontext,
+              lease_holder: str | None = None) -> None:
         """Evaluate in a background thread until :meth:`stop` (idempotent), in each tick
-        where ``active()`` (this process leads the control loops), its writes made inside
-        ``fenced()`` there (refused once another process leads: rule states are then that
-        one's to derive, and events are written in a later tick, unfenced)."""
+        where ``active()`` (this process leads the control loops, as ``lease_holder``), its
+        writes made inside ``fenced()`` there (refused once another process leads: rule
+        states are then that one's to derive, and events are written in a later tick,
+        unfenced)."""
         if self._thread is not None and self._thread.is_alive():
             return
+        self.lease_holder = lease_holder
         self._stop.clear()
 
         def run() -> None:
@@ -478,11 +492,14 @@ class AlertService:
         self._leading = leading
         if not leading:
             with self._lock:
-                # The leader's own view now: only one-shot events (history rows, which
-                # nothing re-derives) are still this process's to write.
-                self._unsaved = [entry for entry in self._unsaved if entry.kind != "rule"]
+                states = any(entry.kind == "rule" for entry in self._unsaved)
+            if states and self._led_elsewhere():
+                with self._lock:
+                    # The leader's own view now: only one-shot events (history rows, which
+                    # nothing re-derives) are still this process's to write.
+                    self._unsaved = [entry for entry in self._unsaved if entry.kind != "rule"]
             self._caught_up = False
-            self._store_unsaved()
+            self._store_unsaved(states=False)
             if self._clock() - self._followed_at >= RULES_REFRESH_S:
                 self._followed_at = self._clock()
                 self._read_store()
@@ -491,6 +508,23 @@ class AlertService:
         if not self._caught_up:
             self.catch_up()
         self.evaluate(read_stats, list_endpoints)
+
+    def _led_elsewhere(self) -> bool:
+        """Whether another process took the control loops' lease, and derives the rules'
+        states: this one's unstored states are then dropped. A lead that lapsed while the
+        store was away, with no other holder since, keeps them: its receivers heard those
+        pages from memory, and the store hears of them first if this process leads again
+        (read back without them, an alert paged while the store was away was paged a
+        second time, or its resolution never sent)."""
+        if self.lease_holder is None:
+            return True
+        from control_plane.leadership import read_lease
+
+        try:
+            lease = read_lease(self.store.db)
+        except Exception:  # the store cannot say: kept until it can
+            return False
+        return lease is not None and lease.holder != self.lease_holder
 
     def catch_up(self) -> None:
         """Take the alerts' state, the rules and the receivers from the store."""

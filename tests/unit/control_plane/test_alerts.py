@@ -378,6 +378,42 @@ def test_a_process_that_stops_leading_drops_its_unstored_alert_states_but_not_it
     assert history(service) == [("rollout-rolled-back", "firing", "event")]
 
 
+@pytest.mark.parametrize("holder", ["this", "another"])
+def test_a_lead_lapsed_in_a_store_outage_keeps_the_pages_it_sent_until_it_leads_again(
+        service, monkeypatch: pytest.MonkeyPatch, holder: str) -> None:
+    """The store away longer than the lease: the lead lapsed with an alert paged from
+    memory and not stored. Its state was dropped, so once the store was back and the same
+    process led again, the alert read back missing was paged a second time (resolved
+    meanwhile, its resolution was never sent). Dropped still where another process took
+    the lease: the states are that one's to derive."""
+    service.lease_holder = "this"
+    assert Lease(service.store.db, holder=holder).hold()
+    stats = Stats()
+    stats.drift("churn", 1, "drift", ["age"])
+    service.put_rule(drift_rule(), "alice")
+    sent: list[str] = []
+    monkeypatch.setattr(service.notifier, "announce", lambda n: sent.append(n.status))
+    save, failing = service.store.save, [True]
+    monkeypatch.setattr(service.store, "save", lambda *a, **k: (_ for _ in ()).throw(
+        StoreUnavailableError("down")) if failing[0] else save(*a, **k))
+    service.tick(stats, stats.endpoints, leading=True)
+    assert sent == ["firing"] and history(service) == []  # paged from memory
+    service.tick(stats, stats.endpoints, leading=False)  # the lease ran out meanwhile
+    failing[0] = False
+    service.tick(stats, stats.endpoints, leading=False)  # the store is back, not the lead
+    assert history(service) == []  # a state is written only by a pass that leads
+    service._due.clear()
+    service.tick(stats, stats.endpoints, leading=True)
+    if holder == "another":  # dropped: a leading pass derives the state anew, and pages
+        assert sent == ["firing", "firing"]
+        return
+    assert sent == ["firing"] and history(service) == [("input-drift", "firing", "rule")]
+    stats.drift("churn", 1, "ok")
+    service._due.clear()
+    service.tick(stats, stats.endpoints, leading=True)
+    assert sent == ["firing", "resolved"] and service.active() == []
+
+
 def test_an_evaluation_that_outlived_its_lead_stores_and_sends_nothing(
         service, monkeypatch: pytest.MonkeyPatch) -> None:
     """The evaluator writes behind the control loops' lease. A pass that lost the lease
