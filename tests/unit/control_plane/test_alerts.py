@@ -56,6 +56,19 @@ def service(db: Database):
     svc.stop()
 
 
+def store_away(svc: AlertService, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The store cannot take an alert's state while the flag returned holds True."""
+    save, away = svc.store.save, [True]
+
+    def blip(*args: Any, **kwargs: Any) -> Any:
+        if away[0]:
+            raise StoreUnavailableError("the store cannot be reached")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(svc.store, "save", blip)
+    return away
+
+
 def history(svc: AlertService) -> list[tuple[str, str, str]]:
     return [(e.name, e.state, e.kind) for e in reversed(svc.history(limit=500).items)]
 
@@ -320,14 +333,7 @@ def test_an_alert_the_store_could_not_take_is_stored_on_a_later_pass_and_paged_o
     service.put_rule(drift_rule(), "alice")
     sent: list[str] = []
     monkeypatch.setattr(service.notifier, "announce", lambda n: sent.append(n.status))
-    save, failing = service.store.save, [True]
-
-    def blip(*args: Any, **kwargs: Any) -> None:
-        if failing[0]:
-            raise StoreUnavailableError("the store cannot be reached")
-        save(*args, **kwargs)
-
-    monkeypatch.setattr(service.store, "save", blip)
+    failing = store_away(service, monkeypatch)
     service.tick(stats, stats.endpoints, leading=True)
     assert sent == ["firing"] and service.active() == [] and history(service) == []
     stats.drift("churn", 1, "ok")
@@ -347,9 +353,7 @@ def test_a_firing_alert_stored_late_is_active_and_not_paged_again_after_a_restar
     stats.drift("churn", 1, "drift", ["age"])
     first = AlertService(db)
     first.put_rule(drift_rule(), "alice")
-    save, failing = first.store.save, [True]
-    monkeypatch.setattr(first.store, "save", lambda *a, **k: (_ for _ in ()).throw(
-        StoreUnavailableError("down")) if failing[0] else save(*a, **k))
+    failing = store_away(first, monkeypatch)
     first.tick(stats, stats.endpoints, leading=True)
     failing[0] = False
     first.tick(stats, stats.endpoints, leading=True)
@@ -367,9 +371,7 @@ def test_a_process_that_stops_leading_drops_its_unstored_alert_states_but_not_it
     stats = Stats()
     stats.drift("churn", 1, "drift", ["age"])
     service.put_rule(drift_rule(), "alice")
-    save, failing = service.store.save, [True]
-    monkeypatch.setattr(service.store, "save", lambda *a, **k: (_ for _ in ()).throw(
-        StoreUnavailableError("down")) if failing[0] else save(*a, **k))
+    failing = store_away(service, monkeypatch)
     service.tick(stats, stats.endpoints, leading=True)
     service.fire_event("rollout-rolled-back", severity="critical", labels={"rollout": "7"},
                        summary="v2 rolled back")
@@ -393,9 +395,7 @@ def test_a_lead_lapsed_in_a_store_outage_keeps_the_pages_it_sent_until_it_leads_
     service.put_rule(drift_rule(), "alice")
     sent: list[str] = []
     monkeypatch.setattr(service.notifier, "announce", lambda n: sent.append(n.status))
-    save, failing = service.store.save, [True]
-    monkeypatch.setattr(service.store, "save", lambda *a, **k: (_ for _ in ()).throw(
-        StoreUnavailableError("down")) if failing[0] else save(*a, **k))
+    failing = store_away(service, monkeypatch)
     service.tick(stats, stats.endpoints, leading=True)
     assert sent == ["firing"] and history(service) == []  # paged from memory
     service.tick(stats, stats.endpoints, leading=False)  # the lease ran out meanwhile
