@@ -72,14 +72,27 @@ class Platform:
             time.sleep(0.25)
         raise AssertionError(f"{endpoint} did not serve versions {versions}: {last}")
 
-    def wait_weights(self, endpoint: str, weights: dict[int, float], timeout: float = 30.0) -> float:
-        """Until every answer shows the new weights; returns how long it took."""
+    def served_weights(self, endpoint: str) -> dict[int, float] | None:
+        """The weights the endpoint's answers show now; None where none came (a replica
+        being replaced, a loaded host): a wait asks again."""
+        try:
+            metadata = httpx.get(endpoint_url(self.url, endpoint), timeout=30).json()
+            return {int(v): w for v, w in metadata["parameters"]["weights"].items()}
+        except (httpx.TransportError, ValueError, KeyError, TypeError):
+            return None
+
+    def wait_weights(self, endpoint: str, weights: dict[int, float], timeout: float = 90.0) -> float:
+        """Until every answer shows the new weights; returns how long it took. A request
+        that fails or times out (a replica being replaced, a loaded host) is "not yet"."""
         started = time.monotonic()
         want = {str(k): float(v) for k, v in weights.items()}
         while time.monotonic() - started < timeout:
-            response = httpx.get(endpoint_url(self.url, endpoint), timeout=5)
-            if response.status_code == 200 and response.json()["parameters"]["weights"] == want:
-                return time.monotonic() - started
+            try:
+                response = httpx.get(endpoint_url(self.url, endpoint), timeout=30)
+                if response.status_code == 200 and response.json()["parameters"]["weights"] == want:
+                    return time.monotonic() - started
+            except (httpx.TransportError, ValueError, KeyError):
+                pass
             time.sleep(0.05)
         raise AssertionError(f"{endpoint} never showed weights {weights}")
 

@@ -259,11 +259,6 @@ class Ledger:
             return session.scalar(select(func.max(RolloutRow.id))) or 0
 
 
-def served(platform: Platform, endpoint: str) -> dict[int, float]:
-    metadata = httpx.get(f"{platform.url}/v2/models/{endpoint}", timeout=10).json()
-    return {int(v): w for v, w in metadata["parameters"]["weights"].items()}
-
-
 def stored(client: Client, endpoint: str) -> dict[int, float]:
     return {r.version: r.weight for r in client.get_endpoint(endpoint).routes if not r.shadow}
 
@@ -272,7 +267,7 @@ def settled(platform: Platform, client: Client, endpoint: str, weights: dict[int
     """Until the store holds ``weights`` and the endpoint serves exactly that table."""
     def check() -> bool:
         try:
-            return stored(client, endpoint) == weights == served(platform, endpoint)
+            return stored(client, endpoint) == weights == platform.served_weights(endpoint)
         except (httpx.HTTPError, ValueError, KeyError):
             return False
     wait_for(check, 90, f"{endpoint} to serve {weights} as stored")
@@ -359,7 +354,7 @@ def test_killed_at_a_step_change_and_in_the_promotion_drain(
     assert ledger.stages(1) == [("none", "archived")]
     assert ledger.alias("champion") == (2, "rollout-controller")
     assert ledger.alerts(name) == []
-    assert stored(client, name) == served(platform, name) == {2: 100.0}
+    assert stored(client, name) == platform.served_weights(name) == {2: 100.0}
     assert load.failures() == [], load.failures()[:3]
 
 
@@ -433,5 +428,5 @@ def test_killed_in_analysis_and_between_a_rollback_and_its_rejection(
         assert [a.labels["version"] for a in alerts].count(str(version)) == 1, \
             [(a.labels, a.summary) for a in alerts]
     assert ledger.alias("champion") is None
-    assert stored(client, name) == served(platform, name) == {1: 100.0}
+    assert stored(client, name) == platform.served_weights(name) == {1: 100.0}
     assert load.failures() == [], load.failures()[:3]

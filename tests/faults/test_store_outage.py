@@ -123,7 +123,7 @@ def test_calls_fail_fast_with_503_while_the_store_is_down(postgres: PrivatePostg
                 assert "store" in error.message and "postgresql" in error.message, error.message
                 assert "nothing was written" in error.message
                 # Fails fast, never the OS's TCP timeout (the generous bound is for a loaded CI).
-                assert elapsed < 5, (name, elapsed)
+                assert elapsed < 15, (name, elapsed)
             health = httpx.get(f"{server.url}/api/health", timeout=10)
             assert health.status_code == 503 and health.json()["code"] == "store_unavailable"
             print(f"\nstore down: each call failed in {timings} s")
@@ -208,7 +208,7 @@ def test_serving_and_a_rollout_ride_out_a_30s_store_outage(postgres: PrivatePost
             print(f"\nstore down 30 s: {len(load.answers)} inference requests, {len(failed)} "
                   f"failed; {refused} API calls refused, slowest in {slowest:.3f} s")
             assert failed == [], failed[:3]
-            assert slowest < 5
+            assert slowest < 15  # a pool or TCP timeout takes 30 s and more
     finally:
         subprocess.run([sys.executable, "-m", "modelplane.cli", "down"], env=env,
                        capture_output=True, timeout=180)

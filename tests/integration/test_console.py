@@ -154,15 +154,16 @@ def test_sign_in_keeps_the_token_for_the_session(console: Console) -> None:
 def test_rollout_page_is_live_a_reader_cannot_act_and_a_deployer_rolls_back(console: Console) -> None:
     client = console.client
     rollout = client.start_rollout({"endpoint": ENDPOINT, "model_ref": f"{MODEL}:2",
-                                    # Ten steps of 5 s: 40 s and more after step 2 for
-                                    # the pages below before the deployer rolls it back.
+                                    # Ten steps of 12 s: 96 s and more after step 2 for
+                                    # the pages below before the deployer rolls it back
+                                    # (a loaded host took 40 s for them).
                                     "steps": [10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
-                                    "step_duration_s": 5,
+                                    "step_duration_s": 12,
                                     "drain_s": 1, "analysis": ANALYSIS})
     deployer = console.page("deployer", f"/rollouts/{rollout.id}?every=500")
     deployer.locator("#step", has_text="step 1 of 10").wait_for()
     # The page advances by itself: no reload between the two steps.
-    deployer.locator("#step", has_text="step 2 of 10").wait_for()
+    deployer.locator("#step", has_text="step 2 of 10").wait_for(timeout=90_000)
     deployer.locator(".analysis table td", has_text="error_rate").first.wait_for()
     assert deployer.locator("button[data-action=rollback]").is_visible()
     check_page(deployer, "rollout")

@@ -16,9 +16,9 @@ def test_the_same_api_answers_under_serve(platform: Platform) -> None:
         assert version.version == 1
         assert client.resolve("on-serve").artifact_digest == version.artifact_digest
         assert client.whoami() == {"name": "admin", "role": "admin"}
-    spec = httpx.get(f"{platform.url}/api/openapi.json").json()
+    spec = httpx.get(f"{platform.url}/api/openapi.json", timeout=30).json()
     assert "/models/{name}/versions" in spec["paths"]
-    missing = httpx.get(f"{platform.url}/api/models/absent").json()
+    missing = httpx.get(f"{platform.url}/api/models/absent", timeout=30).json()
     assert missing["code"] == "not_found" and missing["request_id"]
     # A write asked again with its key is answered from the first call, through the
     # ingress as on a cluster.

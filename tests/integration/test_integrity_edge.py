@@ -113,12 +113,14 @@ def test_poisoning_and_floods_leave_the_rollouts_decision_unchanged(
     # by chance, and that gate, read every second at a 95% bound with one failure enough,
     # fails on such a split now and then (a known limit: its looks are not corrected for
     # being repeated).
-    analysis = {"interval_s": 1, "window_s": 20, "min_samples": 40, "min_accuracy": 0.9,
+    # A window of 60 s (clipped to the step's start): the flood below, 300 requests one
+    # after another, spans more than 20 s on a loaded host.
+    analysis = {"interval_s": 1, "window_s": 60, "min_samples": 40, "min_accuracy": 0.9,
                 "min_labels": 20, "failures_to_rollback": 1, "max_p95_ratio": None,
                 "max_refused_rate_increase": None}
     rollout = client.start_rollout({"endpoint": "edge", "model_ref": "edge:2", "steps": [50, 100],
                                     "step_duration_s": 3, "drain_s": 1, "analysis": analysis})
-    wait_for(lambda: served_weights(platform) == {1: 50.0, 2: 50.0}, 60, "the first step")
+    wait_for(lambda: platform.served_weights("edge") == {1: 50.0, 2: 50.0}, 60, "the first step")
 
     def last_analysis() -> dict[str, Any]:
         return client.get_rollout(rollout.id).last_analysis
@@ -170,11 +172,6 @@ def test_poisoning_and_floods_leave_the_rollouts_decision_unchanged(
     assert done.state == "succeeded", (done.reason, done.last_analysis)
     accuracy = client.endpoint_monitoring("edge", window_s=300)["versions"]["2"]["accuracy"]
     assert accuracy["labelled"] >= 20 and accuracy["accuracy"] == 1.0  # no wrong label landed
-
-
-def served_weights(platform: Platform) -> dict[int, float]:
-    metadata = httpx.get(f"{platform.url}/v2/models/edge", timeout=10).json()
-    return {int(v): w for v, w in metadata["parameters"]["weights"].items()}
 
 
 def _honest_traffic(url: str, token: str, stop: threading.Event) -> None:

@@ -114,7 +114,7 @@ def test_a_python_canary_that_raises_is_rolled_back_and_the_stable_version_never
             "step_duration_s": 30, "drain_s": 1, "analysis": ANALYSIS})
         done = wait_for(lambda: (r := client.get_rollout(rollout.id)).state.terminal and r, 120,
                         "the python canary to end")
-        wait_for(lambda: _weights(platform, "kind-py").get(1) == 100.0, 20, "v1 back at 100%")
+        wait_for(lambda: (platform.served_weights("kind-py") or {}).get(1) == 100.0, 20, "v1 back at 100%")
         settled = time.monotonic()
         wait_for(lambda: len(load.sent_after(settled)) > 30, 30, "answers after the rollback")
     assert done.state == "rolled_back", done.reason
@@ -139,7 +139,7 @@ def test_steps_and_torch_canaries_are_promoted_without_a_failed_request(
         done = [wait_for(lambda r=r: (x := client.get_rollout(r.id)).state.terminal and x, 120,
                          f"rollout #{r.id} to end") for r in rollouts]
         for name in ("kind-steps", "kind-torch"):
-            wait_for(lambda n=name: _weights(platform, n) == {2: 100.0}, 30, f"{name} on v2 only")
+            wait_for(lambda n=name: platform.served_weights(n) == {2: 100.0}, 30, f"{name} on v2 only")
     assert [d.state for d in done] == ["succeeded", "succeeded"], [d.reason for d in done]
     for load in (raw, plain):
         assert load.failures() == [], load.failures()[:3]
@@ -191,7 +191,7 @@ def test_steps_torch_and_text_canaries_that_fail_some_rows_are_rolled_back(
                                    120, f"the {name} canary to end")
                     for name, r in rollouts.items()}
             for name, version in stable.items():
-                wait_for(lambda n=name, v=version: _weights(platform, n) == {v: 100.0}, 30,
+                wait_for(lambda n=name, v=version: platform.served_weights(n) == {v: 100.0}, 30,
                          f"{name} back on v{version} alone")
             settled = time.monotonic()
             for name, load in loads.items():
@@ -324,11 +324,6 @@ def _send_reviews(platform: Platform, texts: list[str]) -> None:
             body = {"inputs": [{"name": "review", "datatype": "BYTES", "shape": [1], "data": [text]}]}
             answer = http.post(f"{platform.url}/v2/models/kind-text/infer", json=body)
             assert answer.status_code == 200, answer.text
-
-
-def _weights(platform: Platform, endpoint: str) -> dict[int, float]:
-    metadata = httpx.get(f"{platform.url}/v2/models/{endpoint}", timeout=10).json()
-    return {int(v): w for v, w in metadata["parameters"]["weights"].items()}
 
 
 def _body() -> dict[str, Any]:

@@ -39,11 +39,6 @@ def session_logs() -> list[Path]:
     return sorted(p for p in logs.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err"))
 
 
-def served(platform: Platform, endpoint: str) -> dict[int, float]:
-    metadata = httpx.get(f"{platform.url}/v2/models/{endpoint}", timeout=10).json()
-    return {int(v): w for v, w in metadata["parameters"]["weights"].items()}
-
-
 def predict(platform: Platform, endpoint: str, rows: np.ndarray) -> np.ndarray:
     body = {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
                         "data": rows.ravel().tolist()}]}
@@ -162,7 +157,7 @@ def test_an_endpoint_that_cannot_start_delays_no_traffic_change_and_no_rollback(
     baseline = traffic_change({1: 90, 2: 10})
     # A stuck endpoint that held the others up would cost them Serve's deploy wait (tens of
     # seconds); a busy host may make one change several seconds slower than the baseline.
-    allowed_s = max(3 * baseline, 12.0)
+    allowed_s = max(3 * baseline, 20.0)
     started = time.monotonic()
     stuck = client.deploy("stuck", "stuck:1", placement="isolated",
                           scaling={"num_cpus": 0.05, "num_gpus": 8})  # never schedulable here
@@ -173,10 +168,10 @@ def test_an_endpoint_that_cannot_start_delays_no_traffic_change_and_no_rollback(
     # A rollout on a third endpoint, rolled back by hand while "stuck" is still pending.
     rollout = client.start_rollout({"endpoint": "undo", "model_ref": "undo:2", "steps": [50, 100],
                                     "step_duration_s": 600, "drain_s": 1, "analysis": ANALYSIS})
-    wait_for(lambda: served(platform, "undo") == {1: 50.0, 2: 50.0}, 60, "the first step")
+    wait_for(lambda: platform.served_weights("undo") == {1: 50.0, 2: 50.0}, 60, "the first step")
     started = time.monotonic()
     client.rollout_action(rollout.id, "rollback", "operator saw a problem")
-    wait_for(lambda: served(platform, "undo").get(1) == 100.0, 30, "the rollback served")
+    wait_for(lambda: (platform.served_weights("undo") or {}).get(1) == 100.0, 30, "the rollback served")
     rollback_s = time.monotonic() - started
     assert client.get_rollout(rollout.id).state == "rolled_back"
     assert rollback_s <= allowed_s, (baseline, rollback_s)

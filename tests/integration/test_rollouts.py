@@ -46,11 +46,6 @@ def rollout_ends(client: Client, rollout_id: int, timeout: float = 90.0) -> Any:
                     timeout, f"rollout #{rollout_id} to end")
 
 
-def served_weights(platform: Platform, endpoint: str) -> dict[int, float]:
-    metadata = httpx.get(f"{platform.url}/v2/models/{endpoint}", timeout=10).json()
-    return {int(v): w for v, w in metadata["parameters"]["weights"].items()}
-
-
 def stored_weights(client: Client, endpoint: str) -> dict[int, float]:
     return {r.version: r.weight for r in client.get_endpoint(endpoint).routes if not r.shadow}
 
@@ -85,7 +80,7 @@ def test_good_candidate_is_promoted_through_every_step_without_a_failed_request(
         rollout = start(client, name, steps=[25, 50, 100],
                         analysis={**ANALYSIS, "max_p95_ms": 2000})
         done = rollout_ends(client, rollout.id)
-        wait_for(lambda: served_weights(platform, name) == {2: 100.0}, 30, "v1 to be removed")
+        wait_for(lambda: platform.served_weights(name) == {2: 100.0}, 30, "v1 to be removed")
         time.sleep(1)
     assert done.state == "succeeded", done.reason
     steps = [e for e in client.rollout_events(rollout.id) if e.kind == "step"]
@@ -106,14 +101,16 @@ def test_candidate_failing_a_fifth_of_requests_is_rolled_back(
         rollout = start(client, name, steps=[50, 100], step_duration_s=30)
         done = rollout_ends(client, rollout.id)
         after_rollback = len(load.answers)
-        wait_for(lambda: served_weights(platform, name).get(1) == 100.0, 10, "v1 at 100%")
+        wait_for(lambda: (platform.served_weights(name) or {}).get(1) == 100.0, 30, "v1 at 100%")
         time.sleep(2)
         settled = len(load.answers)
         time.sleep(2)
     assert done.state == "rolled_back"
     assert "automatic rollback" in done.reason and "error_rate" in done.reason
-    rejected = client.get_version(name, 2)
-    assert rejected.status == "rejected" and "error_rate" in rejected.status_reason
+    # The rejection and the alert follow the rollback's commit, on the controller's thread.
+    rejected = wait_for(lambda: (v := client.get_version(name, 2)).status == "rejected" and v,
+                        30, "v2 rejected")
+    assert "error_rate" in rejected.status_reason
     assert stored_weights(client, name) == {1: 100.0}
     # Every failure is the candidate's own, on the inputs that break it.
     failures = load.failures()
@@ -122,7 +119,8 @@ def test_candidate_failing_a_fifth_of_requests_is_rolled_back(
     assert after_rollback <= settled
     final = next(e for e in client.rollout_events(rollout.id) if e.to_state == "rolled_back")
     assert final.data["analysis"]["candidate"]["error_rate"] > 0.01
-    alerts = client.alert_history(name="RolloutRolledBack", endpoint=name).items
+    alerts = wait_for(lambda: client.alert_history(name="RolloutRolledBack", endpoint=name).items,
+                      30, "the rollback's alert")
     assert len(alerts) == 1 and alerts[0].severity == "critical"
     assert alerts[0].labels["version"] == "2" and "error_rate" in alerts[0].summary
 
@@ -176,12 +174,12 @@ def test_blue_green_switches_then_switches_back_instantly(
     client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
     with BackgroundLoad(platform.url, name) as load:
         rollout = start(client, name, strategy="blue_green", keep_warm_s=300)
-        wait_for(lambda: served_weights(platform, name) == {2: 100.0, 1: 0.0}, 60, "the switch")
+        wait_for(lambda: platform.served_weights(name) == {2: 100.0, 1: 0.0}, 60, "the switch")
         switched = len(load.answers)
         time.sleep(1)
         replicas_before = _replica_actors(name)
         client.rollout_action(rollout.id, "rollback", "switching back")
-        wait_for(lambda: served_weights(platform, name) == {1: 100.0, 2: 0.0}, 10, "switch back")
+        wait_for(lambda: platform.served_weights(name) == {1: 100.0, 2: 0.0}, 30, "switch back")
         back = time.monotonic()
         time.sleep(1)
     assert client.get_rollout(rollout.id).state == "rolled_back"
@@ -208,7 +206,7 @@ def test_an_unapproved_candidate_never_takes_more_than_the_limit(
     with BackgroundLoad(platform.url, name) as load:
         started = len(load.answers)
         rollout = start(client, name, steps=[20, 60, 100], analysis={**ANALYSIS, "min_samples": 5})
-        wait_for(lambda: served.append(served_weights(platform, name)) is None
+        wait_for(lambda: served.append(platform.served_weights(name)) is None
                  and client.get_rollout(rollout.id).state == "awaiting_approval", 60,
                  "the approval gate")
         second = client.create_token(f"{name}-again", "approver", subject=registrant)
@@ -217,7 +215,7 @@ def test_an_unapproved_candidate_never_takes_more_than_the_limit(
             same_person.approve(name, 2)
         held_until = time.monotonic() + 5
         while time.monotonic() < held_until:
-            served.append(served_weights(platform, name))
+            served.append(platform.served_weights(name))
             time.sleep(0.25)
         assert client.get_rollout(rollout.id).state == "awaiting_approval"
         unapproved = load.versions(started)
@@ -262,7 +260,7 @@ def test_control_plane_killed_mid_rollout_resumes_and_traffic_matches_the_store(
         wait_for(lambda: client.leadership().term == leader.term + 1, 60, "a takeover")
         assert client.leadership().holder not in (None, leader.holder)
         done = rollout_ends(client, rollout.id, timeout=120)
-        wait_for(lambda: served_weights(platform, name) == stored_weights(client, name), 30,
+        wait_for(lambda: platform.served_weights(name) == stored_weights(client, name), 30,
                  "the route table to match the store")
     assert done.state == "succeeded", done.reason
     wait_for(lambda: stored_weights(client, name) == {2: 100.0}, 30, "v1 drained and removed")
@@ -279,11 +277,11 @@ def test_route_table_is_guarded_and_bad_specs_are_clear(
     client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
     response = httpx.post(f"{platform.url}/api/rollouts", json={
         "endpoint": name, "model_ref": f"{name}:2", "steps": [50, 10]},
-        headers={"authorization": f"Bearer {platform.token}"})
+        headers={"authorization": f"Bearer {platform.token}"}, timeout=30)
     assert response.status_code == 400 and "increase" in response.json()["error"]
     response = httpx.post(f"{platform.url}/api/rollouts", json={
         "endpoint": name, "model_ref": f"{name}:2", "step_duration_s": "soon"},
-        headers={"authorization": f"Bearer {platform.token}"})
+        headers={"authorization": f"Bearer {platform.token}"}, timeout=30)
     assert response.status_code == 422 and "step_duration_s" in response.text
     rollout = start(client, name, step_duration_s=600)
     with pytest.raises(ConflictError, match="active rollout"):

@@ -304,11 +304,12 @@ def test_metrics_parse_and_name_every_version(iris: Platform) -> None:
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.1] * 4}]}
     for version in serving:
         for _ in range(5):
-            response = httpx.post(f"{iris.url}/v2/models/iris/versions/{version}/infer", json=body)
+            response = httpx.post(f"{iris.url}/v2/models/iris/versions/{version}/infer", json=body,
+                                  timeout=30)
             assert response.status_code == 200, response.text
 
     def named() -> tuple[dict, set[str]] | None:  # once the replicas have shipped them
-        text = httpx.get(f"{iris.url}/api/metrics").text
+        text = httpx.get(f"{iris.url}/api/metrics", timeout=30).text
         families = {f.name: f for f in text_string_to_metric_families(text)}
         requests = families.get("modelplane_requests")
         versions = {s.labels["version"] for s in requests.samples

@@ -119,15 +119,15 @@ def test_a_submitted_job_runs_on_its_own_narrow_token_revoked_when_it_ends(head:
     wait_for(lambda: _runs(admin, "s-long"), 240, "the job's run to start", interval=1)
     bearer = {"authorization": f"Bearer {token}"}
     api = f"{head.url}/api"
-    assert httpx.get(f"{api}/whoami", headers=bearer).json()["role"] == "trainer"
-    assert httpx.post(f"{api}/tokens", headers=bearer,
+    assert httpx.get(f"{api}/whoami", headers=bearer, timeout=30).json()["role"] == "trainer"
+    assert httpx.post(f"{api}/tokens", headers=bearer, timeout=30,
                               json={"name": "escalate", "role": "admin"}).status_code == 403
-    assert httpx.post(f"{api}/tokens", headers=bearer,
+    assert httpx.post(f"{api}/tokens", headers=bearer, timeout=30,
                               json={"name": "job-child", "role": "trainer",
                                     "expires_in_minutes": 5}).status_code == 403
-    assert httpx.post(f"{api}/endpoints", headers=bearer,
+    assert httpx.post(f"{api}/endpoints", headers=bearer, timeout=30,
                               json={"endpoint": "s-long", "model_ref": "s-long:1"}).status_code == 403
-    assert httpx.delete(f"{api}/tokens/admin", headers=bearer).status_code == 403
+    assert httpx.delete(f"{api}/tokens/admin", headers=bearer, timeout=30).status_code == 403
 
     stopped = head.modelplane("train", "stop", job_id, "--address", head.ray.dashboard)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -141,7 +141,7 @@ def test_a_submitted_job_runs_on_its_own_narrow_token_revoked_when_it_ends(head:
     assert json.loads(status.stdout)["status"] in {"STOPPED", "FAILED"}, status.stdout + status.stderr
     revoked = {t.name: t for t in admin.list_tokens()}[name]
     assert revoked.revoked_at is not None
-    assert httpx.get(f"{api}/whoami", headers=bearer).status_code == 401
+    assert httpx.get(f"{api}/whoami", headers=bearer, timeout=30).status_code == 401
 
 
 def test_a_job_registers_with_its_token_and_revokes_it_on_exit(head: Head) -> None:
