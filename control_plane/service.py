@@ -245,7 +245,7 @@ class ControlPlane:
 
         self.alerts.start(read_version_stats, lambda: [e.name for e in self.deployments.list()],
                           active=lambda: self.leading, fenced=self._fenced,
-                          lease_holder=self.lease.holder if self.lease is not None else None)
+                          lease_term=(lambda: self.lease.term) if self.lease is not None else None)
 
     def raise_alert(self, name: str, *, severity: str, labels: dict[str, str], summary: str,
                     data: dict[str, Any] | None = None) -> None:

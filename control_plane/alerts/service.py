@@ -43,7 +43,7 @@ from control_plane.alerts.templates import render_template
 from control_plane.errors import InvalidInputError
 from control_plane.schemas import Page
 from control_plane.store import Database
-from control_plane.store.database import FencedOut, store_could_not_take
+from control_plane.store.database import FencedOut, in_fenced_pass, store_could_not_take
 from serving.monitoring import VersionSnapshot
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class _Unsaved:
     notify: AlertState | None
     kind: str
     notification: Notification | None
+    term: int | None = None  # the control loops' lease term the state was derived in
 
 
 class AlertService:
@@ -82,9 +83,10 @@ class AlertService:
         self.notifier = Notifier(db)
         self.counters: Counter[str] = Counter()
         self._clock = clock
-        # The control loops' lease holder this process is (None: unknown, as for a process
-        # without a lease): whose unstored alert states survive a lapse of its lead.
-        self.lease_holder: str | None = None
+        # The control loops' lease term this process holds now (None: no lease, as for a
+        # process that is the only control plane): unstored alert states derived in a term
+        # survive a lapse of the lead within it, and only within it.
+        self.lease_term: Callable[[], int | None] | None = None
         self._lock = threading.RLock()  # evaluator, REST calls and rollouts share the state
         self._alerts: dict[str, Alert] = {}
         self._due: dict[str, float] = {}
@@ -394,11 +396,14 @@ class AlertService:
         notification = None if notify is None or muted else \
             Notification(notify.value, _alert_document(alert, kind))
         entry = _Unsaved(replace(alert, labels=dict(alert.labels), data=dict(alert.data)),
-                         notify, kind, notification)
+                         notify, kind, notification,
+                         self.lease_term() if self.lease_term is not None else None)
         with self._lock:
             self._unsaved.append(entry)
             try:
-                self._store_unsaved()
+                # A rule's state is written by a pass that leads; an event raised through
+                # the API on any control plane writes only events.
+                self._store_unsaved(states=self._deriving())
             except FencedOut:
                 self._forget(entry)
                 raise
@@ -420,6 +425,8 @@ class AlertService:
                 log.error("%d alert writes waited too long for the store and are dropped",
                           dropped)
                 del self._unsaved[:dropped]
+            if states:
+                self._drop_other_terms()
             while True:
                 entry = next((e for e in self._unsaved if states or e.kind != "rule"), None)
                 if entry is None:
@@ -451,22 +458,26 @@ class AlertService:
     def _forget(self, entry: _Unsaved) -> None:
         """Take ``entry`` itself off the queue (an equal one queued later stays)."""
         with self._lock:
-            self._unsaved = [queued for queued in self._unsaved if queued is not entry]
+            for index, queued in enumerate(self._unsaved):  # almost always the first
+                if queued is entry:
+                    del self._unsaved[index]
+                    return
 
     # ------------------------------------------------------------ the evaluator thread
 
     def start(self, read_stats: ReadStats, list_endpoints: ListEndpoints, *,
               active: Callable[[], bool] = lambda: True,
               fenced: Callable[[], AbstractContextManager[None]] = nullcontext,
-              lease_holder: str | None = None) -> None:
+              lease_term: Callable[[], int | None] | None = None) -> None:
         """Evaluate in a background thread until :meth:`stop` (idempotent), in each tick
-        where ``active()`` (this process leads the control loops, as ``lease_holder``), its
-        writes made inside ``fenced()`` there (refused once another process leads: rule
-        states are then that one's to derive, and events are written in a later tick,
-        unfenced)."""
+        where ``active()`` (this process leads the control loops, in the lease's
+        ``lease_term()``), its writes made inside ``fenced()`` there (refused once another
+        process leads: rule states are then that one's to derive, and events are written
+        in a later tick, unfenced)."""
         if self._thread is not None and self._thread.is_alive():
             return
-        self.lease_holder = lease_holder
+        if lease_term is not None:
+            self.lease_term = lease_term
         self._stop.clear()
 
         def run() -> None:
@@ -491,13 +502,6 @@ class AlertService:
         firing here, silently) and one it fired is not paged twice."""
         self._leading = leading
         if not leading:
-            with self._lock:
-                states = any(entry.kind == "rule" for entry in self._unsaved)
-            if states and self._led_elsewhere():
-                with self._lock:
-                    # The leader's own view now: only one-shot events (history rows, which
-                    # nothing re-derives) are still this process's to write.
-                    self._unsaved = [entry for entry in self._unsaved if entry.kind != "rule"]
             self._caught_up = False
             self._store_unsaved(states=False)
             if self._clock() - self._followed_at >= RULES_REFRESH_S:
@@ -506,25 +510,35 @@ class AlertService:
             return
         self._store_unsaved()
         if not self._caught_up:
+            with self._lock:
+                waiting = any(entry.kind == "rule" for entry in self._unsaved)
+            if waiting:
+                # Read back without the states still waiting, an alert paged while the
+                # store was away would be paged again: the next pass tries again.
+                return
             self.catch_up()
         self.evaluate(read_stats, list_endpoints)
 
-    def _led_elsewhere(self) -> bool:
-        """Whether another process took the control loops' lease, and derives the rules'
-        states: this one's unstored states are then dropped. A lead that lapsed while the
-        store was away, with no other holder since, keeps them: its receivers heard those
-        pages from memory, and the store hears of them first if this process leads again
-        (read back without them, an alert paged while the store was away was paged a
-        second time, or its resolution never sent)."""
-        if self.lease_holder is None:
-            return True
-        from control_plane.leadership import read_lease
+    def _deriving(self) -> bool:
+        """Whether this thread may write the rules' states now: a pass that leads (fenced),
+        an API call on the leader, or any call where there is no lease (the only control
+        plane)."""
+        return self.lease_term is None or in_fenced_pass() or self._leading is True
 
-        try:
-            lease = read_lease(self.store.db)
-        except Exception:  # the store cannot say: kept until it can
-            return False
-        return lease is not None and lease.holder != self.lease_holder
+    def _drop_other_terms(self) -> None:
+        """Forget the unstored rule states derived in another lease term than this one's.
+
+        Another control plane held the lease in between: it derived those alerts' states
+        itself and may have stored newer ones, which these would overwrite. Within one
+        term (the lead lapsed while the store was away, and nobody else took it) they are
+        kept: their receivers heard those pages from memory, and read back without them,
+        an alert was paged a second time, or its resolution never sent."""
+        if self.lease_term is None:
+            return
+        term = self.lease_term()
+        with self._lock:
+            self._unsaved = [entry for entry in self._unsaved
+                             if entry.kind != "rule" or entry.term == term]
 
     def catch_up(self) -> None:
         """Take the alerts' state, the rules and the receivers from the store."""

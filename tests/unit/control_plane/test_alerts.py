@@ -380,34 +380,53 @@ def test_a_process_that_stops_leading_drops_its_unstored_alert_states_but_not_it
     assert history(service) == [("rollout-rolled-back", "firing", "event")]
 
 
-@pytest.mark.parametrize("holder", ["this", "another"])
-def test_a_lead_lapsed_in_a_store_outage_keeps_the_pages_it_sent_until_it_leads_again(
-        service, monkeypatch: pytest.MonkeyPatch, holder: str) -> None:
+@pytest.mark.parametrize("meanwhile", ["nobody led", "another led"])
+def test_a_lead_lapsed_in_a_store_outage_keeps_the_pages_it_sent_within_its_term(
+        service, monkeypatch: pytest.MonkeyPatch, meanwhile: str) -> None:
     """The store away longer than the lease: the lead lapsed with an alert paged from
     memory and not stored. Its state was dropped, so once the store was back and the same
     process led again, the alert read back missing was paged a second time (resolved
-    meanwhile, its resolution was never sent). Dropped still where another process took
-    the lease: the states are that one's to derive."""
-    service.lease_holder = "this"
-    assert Lease(service.store.db, holder=holder).hold()
+    meanwhile, its resolution was never sent). Kept within the lease's term; dropped where
+    another process held the lease in between (it derived the states itself, and may have
+    stored newer ones). Meanwhile an event raised through the API on this process, which
+    does not lead, writes only itself."""
+    clock = [1_000_000.0]
+    this, other = (Lease(service.store.db, holder=holder, clock=lambda: clock[0],
+                         monotonic=lambda: clock[0]) for holder in ("this", "other"))
+    assert this.hold()
+    service.lease_term = lambda: this.term
     stats = Stats()
     stats.drift("churn", 1, "drift", ["age"])
     service.put_rule(drift_rule(), "alice")
     sent: list[str] = []
-    monkeypatch.setattr(service.notifier, "announce", lambda n: sent.append(n.status))
+    monkeypatch.setattr(service.notifier, "announce", lambda n: sent.append(n.status)
+                        if n.alert["name"] == "input-drift" else None)
     failing = store_away(service, monkeypatch)
     service.tick(stats, stats.endpoints, leading=True)
     assert sent == ["firing"] and history(service) == []  # paged from memory
-    service.tick(stats, stats.endpoints, leading=False)  # the lease ran out meanwhile
+    clock[0] += LEASE_S + 1  # the lease runs out while the store is away
+    service.tick(stats, stats.endpoints, leading=False)
+    if meanwhile == "another led":
+        assert other.hold()
+        clock[0] += LEASE_S + 1
     failing[0] = False
-    service.tick(stats, stats.endpoints, leading=False)  # the store is back, not the lead
-    assert history(service) == []  # a state is written only by a pass that leads
+    service.fire_event("operator-note", severity="info", labels={}, summary="back")
+    assert history(service) == [("operator-note", "firing", "event")]
+    assert this.hold()  # leads again: in its own term, or in a new one after another's
+    failing[0] = True  # the first write as the lead fails: nothing is read back, or paged
     service._due.clear()
     service.tick(stats, stats.endpoints, leading=True)
-    if holder == "another":  # dropped: a leading pass derives the state anew, and pages
-        assert sent == ["firing", "firing"]
+    assert (len(sent) == 2 if meanwhile == "another led" else sent == ["firing"]), sent
+    failing[0] = False
+    service._due.clear()
+    service.tick(stats, stats.endpoints, leading=True)
+    # Another's term: the old state dropped (this pass derived the state anew, and paged:
+    # it had no page to know of), never written over what the other may have stored.
+    assert sent == ["firing"] * (2 if meanwhile == "another led" else 1)
+    assert history(service) == [("operator-note", "firing", "event"),
+                                ("input-drift", "firing", "rule")]
+    if meanwhile == "another led":
         return
-    assert sent == ["firing"] and history(service) == [("input-drift", "firing", "rule")]
     stats.drift("churn", 1, "ok")
     service._due.clear()
     service.tick(stats, stats.endpoints, leading=True)
