@@ -69,6 +69,16 @@ def pinned_version(services: Any, pin: str | None) -> Any | None:
             "candidate against; start a new run", detail={"champion": pin}) from error
 
 
+def pin_at_start(services: Any, context: StageContext) -> str | None:
+    """The pin a stage before any candidate records: an earlier stage's where one looked,
+    else the version serving now."""
+    found, pin = pinned(context)
+    if found:
+        return pin
+    spec = context.spec
+    return pin_of(serving_champion(services, spec.deploy.endpoint, spec.model_name))
+
+
 def run_champion(services: Any, context: StageContext) -> Any | None:
     """The version this stage judges the run's candidate against, or None."""
     spec = context.spec

@@ -20,11 +20,12 @@ import numpy as np
 from control_plane.pipelines.champion import PIN, pin_of, pinned_version, run_champion
 from control_plane.pipelines.offload import Done, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import StageState
-from control_plane.pipelines.spec import data_mismatch, held_out_problem, job_data_uri
+from control_plane.pipelines.spec import job_data_uri
 from control_plane.pipelines.stages import (
     PASSING_TROUBLE,
     Outcome,
     StageContext,
+    refused_at_apply,
     stage_elapsed_s,
 )
 
@@ -75,12 +76,9 @@ class ValidateDataStage:
         data = context.spec.data
         if data is None:
             return Outcome(StageState.SKIPPED, reason="no data section in the spec")
-        mismatch = data_mismatch(context.spec)
-        unfair = held_out_problem(context.spec)
-        if mismatch is not None or unfair is not None:  # a spec stored before apply refused it
-            why = mismatch if mismatch is not None else unfair[1]  # type: ignore[index]
-            return Outcome(StageState.FAILED, reason=f"{why} (modelplane pipeline apply)",
-                           progress={})
+        refused = refused_at_apply(context)
+        if refused is not None:
+            return refused
         target = _target_column(context)
 
         def check() -> tuple[Any, str | None, bool]:
@@ -159,10 +157,9 @@ class EvaluateStage:
         settings = context.spec.evaluate
         if settings is None:
             return Outcome(StageState.SKIPPED, reason="no evaluate section in the spec")
-        unfair = held_out_problem(context.spec)
-        if unfair is not None:  # a spec stored before apply refused it
-            return Outcome(StageState.FAILED, reason=f"{unfair[1]} (modelplane pipeline apply)",
-                           progress={})
+        refused = refused_at_apply(context)
+        if refused is not None:
+            return refused
         candidate = context.candidate
         if candidate is None:
             return Outcome(StageState.FAILED, reason="the training stage registered no version")

@@ -42,7 +42,7 @@ from control_plane.pipelines.records import (
     fresh_stages,
     stored_stage,
 )
-from control_plane.pipelines.spec import PipelineSpec, data_mismatch, held_out_problem
+from control_plane.pipelines.spec import PipelineSpec, spec_problem
 from control_plane.pipelines.stages import PASSING_TROUBLE, Outcome, Stage, StageContext
 from control_plane.schemas import Role
 from control_plane.stamps import parse_stamp
@@ -92,12 +92,9 @@ class Pipelines:
         actor.require(Role.DEPLOYER)
         _refuse_credentials(spec)
         _refuse_outside_roots(spec)
-        mismatch = data_mismatch(spec)
-        if mismatch is not None:
-            raise InvalidInputError(mismatch, detail={"field": "data.uri"})
-        unfair = held_out_problem(spec)
-        if unfair is not None:
-            raise InvalidInputError(unfair[1], detail={"field": unfair[0]})
+        problem = spec_problem(spec)
+        if problem is not None:
+            raise InvalidInputError(problem[1], detail={"field": problem[0]})
         now = self._now()
         if spec.triggers.schedule and CronSchedule.parse(spec.triggers.schedule).next_after(now) is None:
             # Checked here, not where a stored spec is read: one stored before the rule

@@ -229,6 +229,16 @@ def held_out_problem(spec: PipelineSpec) -> tuple[str, str] | None:
     return None
 
 
+def spec_problem(spec: PipelineSpec) -> tuple[str, str] | None:
+    """What ``modelplane pipeline apply`` refuses in a spec: the field, and why (None:
+    nothing). A spec stored before a rule still loads; each stage the rule guards fails
+    its run instead (``stages.refused_at_apply``)."""
+    mismatch = data_mismatch(spec)
+    if mismatch is not None:
+        return "data.uri", mismatch
+    return held_out_problem(spec)
+
+
 def _same_data(first: str, second: str) -> bool:
     def canonical(uri: str) -> str:
         local = uri.removeprefix("file://") if uri.startswith("file://") else uri

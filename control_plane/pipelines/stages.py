@@ -29,9 +29,9 @@ from control_plane.errors import (
     StoreUnavailableError,
 )
 from control_plane.job_api import cluster_job_client
-from control_plane.pipelines.champion import PIN, pin_of, pinned, serving_champion
+from control_plane.pipelines.champion import PIN, pin_at_start
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
-from control_plane.pipelines.spec import PipelineSpec, held_out_problem
+from control_plane.pipelines.spec import PipelineSpec, spec_problem
 from control_plane.read_gate import ReadGate
 from control_plane.schemas import JOB_TAG, Role
 
@@ -98,6 +98,16 @@ class StageContext:
         return str(outputs["model"]), int(outputs["version"])
 
 
+def refused_at_apply(context: StageContext) -> Outcome | None:
+    """The stage's failure where its run's spec, stored before a rule, breaks what
+    ``modelplane pipeline apply`` now refuses (``spec.spec_problem``), else None."""
+    problem = spec_problem(context.spec)
+    if problem is None:
+        return None
+    return Outcome(StageState.FAILED, reason=f"{problem[1]} (modelplane pipeline apply)",
+                   progress={})
+
+
 class Stage(Protocol):
     name: str
 
@@ -151,15 +161,15 @@ class TrainStage:
     def advance(self, context: StageContext) -> Outcome:
         progress = dict(context.record.progress)
         if "submission_id" not in progress:
-            unfair = held_out_problem(context.spec)
-            if unfair is not None:  # a spec stored before apply refused it: hours saved
-                return Outcome(StageState.FAILED, progress={},
-                               reason=f"{unfair[1]} (modelplane pipeline apply)")
+            refused = refused_at_apply(context)
+            if refused is not None:  # before hours of training are spent
+                return refused
             # Stored before anything reaches Ray: a crash after submitting finds the job.
             run = context.run
             progress["submission_id"] = f"pipeline-{run.pipeline[:40]}-{run.number}-{secrets.token_hex(4)}"
             return Outcome(StageState.RUNNING, progress=progress,
-                           inputs={"job": context.spec.training.job, PIN: self._champion(context)})
+                           inputs={"job": context.spec.training.job,
+                                   PIN: pin_at_start(self.services, context)})
         job_id = str(progress["submission_id"])
         logs = f"modelplane train logs {job_id}"
         from training.errors import JobSubmissionError
@@ -178,15 +188,6 @@ class TrainStage:
                 raise  # Ray refused the submission: the stage fails, saying why
             # Anything else (no connection, a 5xx, no answer) is asked again next pass.
             return self._unanswered(context, job_id, logs, progress, error)
-
-    def _champion(self, context: StageContext) -> str | None:
-        """The run's champion, pinned before its candidate is registered: the data stage's
-        when it looked, else the version serving now (control_plane.pipelines.champion)."""
-        found, pin = pinned(context)
-        if found:
-            return pin
-        spec = context.spec
-        return pin_of(serving_champion(self.services, spec.deploy.endpoint, spec.model_name))
 
     def _unanswered(self, context: StageContext, job_id: str, logs: str,
                     progress: dict[str, Any], error: Any) -> Outcome:
