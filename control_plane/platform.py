@@ -876,9 +876,10 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
     descendants of our ``ray start`` process (collected before anything is signalled, so
     none is orphaned first; Ray renames some, and Serve's HAProxy is among them) plus any
     process whose command line names our GCS port. SIGTERM first, SIGKILL stragglers
-    (the raylet takes about 15 s to act on SIGTERM, and `ray start --block` and a log
-    monitor ignore it; once the GCS is gone no state is left to save, so they are killed
-    after ``grace_s``). A zombie counts as gone: its parent may never reap it. Serve's
+    (:func:`_stop`: the raylet takes about 15 s to act on SIGTERM, and `ray start
+    --block`, the GCS, a log monitor and Serve's controller and proxies do not act on it
+    while the others go; none holds state of ours). A zombie counts as gone: its parent
+    may never reap it. Serve's
     HAProxy outlives a proxy that is killed: each one whose configuration lies in the
     folder of ``node_id`` (the head's node) or of a member's is stopped too.
     """
@@ -969,14 +970,27 @@ def _haproxy_config(process: Any) -> str | None:
     return str(argv[argv.index("-f") + 1])
 
 
+# How long no process may end before the rest count as ignoring SIGTERM.
+SETTLED_S = 1.0
+
+
 def _stop(processes: list[Any], grace_s: float) -> None:
-    """SIGTERM, and SIGKILL for those still running after ``grace_s``."""
+    """SIGTERM, and SIGKILL for those still running after ``grace_s``, or sooner, once
+    none has ended for ``SETTLED_S``: the processes that act on SIGTERM end within a
+    second of each other, and waiting out the grace for those that ignore it cost every
+    `down` its full five seconds."""
     import psutil
 
     for process in processes:  # AccessDenied: another user's, never ours to stop
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.terminate()
-    alive = _wait_gone(processes, grace_s)
+    deadline = time.monotonic() + grace_s
+    alive = _wait_gone(processes, 0)
+    while alive and time.monotonic() < deadline:
+        still = _wait_gone(alive, min(SETTLED_S, max(deadline - time.monotonic(), 0.0)))
+        if len(still) == len(alive):
+            break
+        alive = still
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.kill()

@@ -7,6 +7,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -241,3 +242,54 @@ def test_an_orphaned_haproxy_on_the_platform_s_port_is_stopped_and_nothing_else(
         for starter in started:
             starter.kill()
             starter.wait(10)
+
+
+def _ended(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_head_s_members_that_heed_sigterm_get_their_grace_and_the_deaf_are_not_waited_for(
+        tmp_path) -> None:
+    """Members that act on SIGTERM end as they choose (this one takes a while to flush);
+    those that ignore it, as Ray's GCS and `ray start --block` do, are killed once the
+    others have ended rather than after the whole grace."""
+    flushed = tmp_path / "flushed"
+    heeding = ("import signal, sys, time, pathlib\n"
+               "def done(*_):\n"
+               "    time.sleep(0.4)\n"
+               f"    pathlib.Path({str(flushed)!r}).write_text('yes')\n"
+               "    sys.exit(0)\n"
+               "signal.signal(signal.SIGTERM, done)\n"
+               "print('ready', flush=True)\n"
+               "time.sleep(600)\n")
+    deaf = ("import signal, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(600)\n")
+    # The head ignores SIGTERM too, and starts one member of each kind as its children.
+    head_code = ("import signal, subprocess, sys\n"
+                 "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                 f"kids = [subprocess.Popen([sys.executable, '-c', c], stdout=subprocess.PIPE)"
+                 f" for c in ({heeding!r}, {deaf!r})]\n"
+                 "for kid in kids: kid.stdout.readline()\n"
+                 "print(' '.join(str(kid.pid) for kid in kids), flush=True)\n"
+                 "[kid.wait() for kid in kids]\n")
+    head = subprocess.Popen([sys.executable, "-c", head_code], stdout=subprocess.PIPE)
+    try:
+        assert head.stdout is not None
+        heeding_pid, deaf_pid = (psutil.Process(int(pid)) for pid in head.stdout.readline().split())
+        began = time.monotonic()
+        stop_cluster_processes(_free_port(), head_pid=head.pid,
+                               head_started=psutil.Process(head.pid).create_time(), grace_s=120)
+        took = time.monotonic() - began
+        assert flushed.read_text() == "yes"  # it ended on its own, flushed
+        assert head.wait(10) == -9  # killed: it never heeded
+        # A zombie is gone: its parent, the head, was killed before it could reap it.
+        assert wait_for(lambda: all(map(_ended, (heeding_pid, deaf_pid))), 10, "the members to end")
+        assert took < 60, took  # the grace (120 s) was not waited out for the deaf ones
+    finally:
+        head.kill()
+        head.wait(10)
