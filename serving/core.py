@@ -375,8 +375,9 @@ class InferenceCore:
             if counted_stalled:
                 return answer
             elapsed = time.perf_counter() - started
+            # A NaN answer to a NaN input is the caller's: anyone could send those.
             self.recorder.record(number, 200, elapsed, routed=routed,
-                                 not_finite=not _all_finite(chosen))
+                                 not_finite=not _all_finite(chosen) and _all_finite(arrays))
             age = data_age_seconds(request.parameters, time.time()) if request.parameters else None
             # What the request holds, counted once for the monitoring and every shadow.
             held = (held_bytes([*arrays.values(), *outputs.values()])
@@ -571,7 +572,7 @@ def _not_finite_where_finite(answer: Mapping[str, np.ndarray],
 
 
 def _all_finite(arrays: Mapping[str, np.ndarray]) -> bool:
-    """Whether every value of the floating-point outputs is finite (no NaN, no infinity)."""
+    """Whether every value of the floating-point arrays is finite (no NaN, no infinity)."""
     for array in arrays.values():
         kind = getattr(getattr(array, "dtype", None), "kind", "")
         if kind in ("f", "c") and not np.isfinite(array).all():

@@ -76,6 +76,15 @@ def validate_inputs(
                 f"[{', '.join(readable)}] (-1 is any size)",
                 detail={"field": f"inputs.{tensor.name}.shape", "reason": "shape"},
             )
+        if shape and shape[0] == 0:
+            # An answer to no rows is answered in microseconds and is no evidence of the
+            # model: counted, a flood of them diluted a candidate's error rate, latency and
+            # shadow comparison until a rollout promoted a version failing its real requests.
+            raise InvalidRequestError(
+                f"input {tensor.name!r} has shape {list(shape)}: no rows; a request to {model} "
+                "carries at least one",
+                detail={"field": f"inputs.{tensor.name}.shape", "reason": "no_rows"},
+            )
         arrays[tensor.name] = data
     missing = [name for name in expected if name not in arrays]
     if missing:

@@ -64,6 +64,13 @@ MAX_LOAD_IMBALANCE = 1.5
 RELATIVE_LOAD_SENSITIVE = frozenset({"error_rate_increase", "p95_ratio",
                                      "abandoned_rate_increase"})
 LOAD_SENSITIVE = frozenset({"error_rate", "p95_ms", "p99_ms"}) | RELATIVE_LOAD_SENSITIVE
+# The checks of shares and ratios that what callers send moves (malformed or heavy requests,
+# callers hanging up, inputs that overflow): fair against stable's figures in the same
+# window, where random routing gives both versions the same mix; against stable's from an
+# earlier window (or against nothing), anyone could fail them by changing the mix.
+CALLER_MOVABLE = frozenset({"error_rate_increase", "p95_ratio", "refused_rate_increase",
+                            "abandoned_rate_increase", "not_finite_rate_increase",
+                            "not_finite_rate"})
 
 
 def proportion_lower_bound(share: float, n: int, z: float = _Z) -> float:
@@ -257,6 +264,11 @@ class CheckResult:
     # its limit, not yet on evidence; a replica gone silent): the A/B test's "worse" still
     # decides.
     worse_decides: bool = False
+    # A failure is evidence against the candidate itself, so a rollback on it rejects the
+    # version; not where every failed check is CALLER_MOVABLE and judged without stable's
+    # figures from the same window: traffic goes back to stable, and the version may try
+    # again.
+    rejects: bool = True
 
 
 def wants_baseline(config: AnalysisConfig, stable: VersionSnapshot | None, *,
@@ -444,7 +456,14 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         else:
             unjudged = unjudged or bool(RELATIVE_LOAD_SENSITIVE & checks.keys())
     if failures:
-        return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
+        concurrent = compared is stable and stable_samples >= config.min_samples
+        if concurrent or not failures.keys() <= CALLER_MOVABLE:
+            return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
+        return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()) + (
+            " (against stable's figures from before the step, not the same requests: a "
+            "change in what callers send can cause this, so the version is not rejected)"
+            if compared is not stable else " (judged alone: stable answered too little to "
+            "compare with, so the version is not rejected)"), rejects=False)
     silent = _silent_replicas(candidate)
     if silent:
         return CheckResult(Verdict.INCONCLUSIVE, checks, silent, worse_decides=True)

@@ -211,7 +211,9 @@ def decide(rollout: RolloutOut, evidence: Evidence, now: datetime) -> Decision:
     if state not in ANALYSED_STATES:
         return outcome(Action.HOLD, f"the rollout is {state}")
     if streak.reached:
-        return outcome(Action.ROLLBACK, f"automatic rollback: {record.get('reason', '')}",
+        # Rejected only on evidence against the candidate itself (CheckResult.rejects).
+        return outcome(Action.ROLLBACK if record.get("rejects", True) else Action.FAIL,
+                       f"automatic rollback: {record.get('reason', '')}",
                        data={"analysis": record})
     overdue = past_deadline(record, settings, state) if analysed else None
     if overdue:
@@ -301,6 +303,7 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
     started = rollout.step_started_at or now
     return result.verdict, json_safe({
         "verdict": result.verdict.value, "reason": result.reason, "checks": result.checks,
+        **({} if result.rejects else {"rejects": False}),
         "at": now.isoformat(), "window_s": snapshot.window_s, "step_index": rollout.step_index,
         "candidate": _summary(snapshot.candidate), "stable": _summary(snapshot.stable),
         **baseline,
@@ -327,7 +330,8 @@ def _with_ab_test(result: CheckResult, decision: str, reason: str) -> CheckResul
     if decision == "worse":
         reason = f"A/B test: {reason}"
         joined = f"{result.reason}; {reason}" if result.verdict == Verdict.FAIL else reason
-        return replace(result, verdict=Verdict.FAIL, reason=joined)
+        # Both versions' samples from the same window: evidence against the candidate.
+        return replace(result, verdict=Verdict.FAIL, reason=joined, rejects=True)
     if result.verdict == Verdict.FAIL:
         return result
     if decision == "undecided":

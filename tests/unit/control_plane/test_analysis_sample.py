@@ -328,7 +328,13 @@ def test_the_core_counts_the_answers_holding_nan() -> None:
         for _ in range(10):
             assert (await core.handle("POST", "/infer", {}, row)).status == 200
 
+    async def send_nan_inputs() -> None:  # a NaN answer to a NaN input is the caller's
+        nan_row = infer_body(np.full((1, 4), np.nan, np.float32))
+        for _ in range(10):
+            assert (await core.handle("POST", "/infer", {}, nan_row)).status == 200
+
     asyncio.run(send())
+    asyncio.run(send_nan_inputs())
     assert core.take_stats().to_delta()[1]["not_finite"] == {"random": 5}
 
 
@@ -565,7 +571,9 @@ def test_an_empty_request_beside_a_two_row_one_shifts_no_prediction() -> None:
         return [await core.handle("POST", "/infer", {}, infer_body(batch)) for batch in batches]
 
     state, answers = _monitored_traffic(send)
-    assert all(answer.status == 200 for answer in answers)
+    # A request of no rows is refused (no evidence of the model); the rest are answered.
+    assert answers[0].status == 400 and b"no rows" in answers[0].body
+    assert all(answer.status == 200 for answer in answers[1:])
     truth = predict(rows).argmax(axis=1)  # a model that is always right
     labels = [(a.headers["x-modelplane-request-id"], [int(t)])
               for a, t in zip(answers[1:201], truth[:200], strict=True)]

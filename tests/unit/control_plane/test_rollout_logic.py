@@ -185,6 +185,36 @@ def test_where_stable_takes_no_traffic_the_candidate_is_compared_with_its_earlie
     assert result.checks["p95_ratio"]["disturbed"]
 
 
+def test_only_a_failure_on_the_candidates_own_evidence_rejects_it() -> None:
+    """Against stable's earlier figures (or judged alone), the shares and ratios that what
+    callers send moves fail the step but do not reject the version: at a 100% step anyone
+    sending malformed requests (refused by whichever version takes them, and only the
+    candidate does then) failed a good candidate for good. Against stable in the same
+    window, or on an absolute gate, a failure rejects as before."""
+    config = AnalysisConfig(min_samples=50)
+    idle, before = stats(requests=0), stats(p95=10)
+
+    def refusing(snapshot: VersionSnapshot, refused: int) -> VersionSnapshot:
+        routing = {"random": replace(snapshot.traffic.routing["random"], refused=refused)}
+        return replace(snapshot, traffic=replace(snapshot.traffic, routing=routing))
+
+    flooded = refusing(stats(), 60)  # one request in ten, malformed: refused
+    against_then = analyse(config, flooded, idle, baseline=before)
+    assert against_then.verdict == Verdict.FAIL and not against_then.rejects
+    assert "refused_rate_increase" in against_then.reason
+    assert "not the same requests" in against_then.reason and "not rejected" in against_then.reason
+    slower = analyse(config, stats(p95=60), idle, baseline=before)
+    assert slower.verdict == Verdict.FAIL and not slower.rejects and "p95_ratio" in slower.reason
+    # In the same window stable takes the same mix: the candidate's own doing.
+    now = analyse(config, flooded, stats(), baseline=before)
+    assert now.verdict == Verdict.FAIL and now.rejects and "not rejected" not in now.reason
+    # An absolute gate failing beside them rejects, baseline or not.
+    strict = AnalysisConfig(min_samples=50, max_p95_ms=40)
+    absolute = analyse(strict, stats(p95=60), idle, baseline=before)
+    assert absolute.verdict == Verdict.FAIL and absolute.rejects
+    assert "p95_ms" in absolute.reason and "p95_ratio" in absolute.reason
+
+
 def test_an_error_rate_increase_fails_on_evidence_not_on_two_stray_errors() -> None:
     """It was judged on the point estimate alone: 2 errors in 100 against none in 900
     failed a 1% limit, and, held in the window for several analyses, rolled back."""
