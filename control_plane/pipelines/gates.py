@@ -55,7 +55,7 @@ def reject(services: Any, context: StageContext, reason: str) -> None:
             return
         # An endpoint tracking an alias the job pointed is rolling the candidate out
         # already: that rollout ends first, then the version is rejected.
-        services.rollouts.abort(int(rollout), principal, why[:2000])
+        services.rollouts.abort(int(rollout), principal, why[:2000], settle=False)
         services.registry.reject_version(model, number, why[:2000], principal)
 
 

@@ -503,7 +503,8 @@ class DeployStage:
             # of its pipeline, refused while it runs) must not wait for ever.
             why = (f"rollout #{rollout.id} still {rollout.state.value} after {limit:g} s "
                    "(deploy.timeout_s)")
-            self.services.rollouts.abort(rollout.id, run_principal(context.run), why)
+            self.services.rollouts.abort(rollout.id, run_principal(context.run), why,
+                                         settle=False)
             return Outcome(StageState.FAILED, progress=progress, outputs=outputs, logs=logs,
                            reason=f"{why}; aborted, traffic back on the stable version")
         return Outcome(StageState.RUNNING, progress=progress, outputs=outputs, logs=logs)
@@ -520,7 +521,7 @@ class DeployStage:
                 self.services.rollouts.abort(
                     int(rollout_id), run_principal(context.run),
                     f"pipeline run {context.run.pipeline}#{context.run.number} ended "
-                    "(cancelled, or its deploy stage failed)")
+                    "(cancelled, or its deploy stage failed)", settle=False)
 
     def _serving(self, endpoint: str) -> tuple[str, int, float] | None:
         """(model, version, weight) of the version taking the most of ``endpoint``'s traffic;

@@ -64,13 +64,18 @@ class ManualActions(TrafficMoves):
         return self._end_by_hand(rollout_id, actor, reason, "rolled back", RolloutState.ROLLED_BACK,
                                  reject=True)
 
-    def abort(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
-        """Stop the rollout and restore the stable version, without judging the candidate."""
+    def abort(self, rollout_id: int, actor: Principal, reason: str = "", *,
+              settle: bool = True) -> RolloutOut:
+        """Stop the rollout and restore the stable version, without judging the candidate.
+
+        ``settle=False``: stored only; the rollout loop's next pass applies it to Serve.
+        For a control loop of its own (a pipeline's): Serve's calls have no deadline, and a
+        wedged Serve controller held the pass, and every pipeline with it, for good."""
         return self._end_by_hand(rollout_id, actor, reason, "aborted", RolloutState.FAILED,
-                                 reject=False)
+                                 reject=False, settle=settle)
 
     def _end_by_hand(self, rollout_id: int, actor: Principal, reason: str, verb: str,
-                     state: RolloutState, *, reject: bool) -> RolloutOut:
+                     state: RolloutState, *, reject: bool, settle: bool = True) -> RolloutOut:
         actor.require(Role.DEPLOYER)
         why = f"{verb} by {actor.name}" + (f": {reason}" if reason else "")
         with self._lock:
@@ -78,5 +83,6 @@ class ManualActions(TrafficMoves):
             if current.state == state:
                 return current  # asked again (an answer lost, a retry): it is so already
             self._end(current, state, actor.name, why, {}, reject=reject)
-        self._settle()
+        if settle:
+            self._settle()
         return self.get(rollout_id)

@@ -466,13 +466,27 @@ def test_a_rollout_that_never_ends_fails_the_deploy_stage_at_its_deadline(world:
     world.rollouts.tick()  # at 50%
     world.rollouts.pause(rollout_id, ALICE, "looking at it")
     time.sleep(0.6)
-    world.pipelines.tick()
+    # And Serve's controller has stopped answering: applying the abort to Serve would wait
+    # for ever (its calls have no deadline), and the pass with it: the run stayed running
+    # in deploy, and every other pipeline's runs and triggers stopped too.
+    unwedged = threading.Event()
+    world.rollouts._apply = lambda: unwedged.wait()
+    passed = threading.Thread(target=world.pipelines.tick, daemon=True)
+    passed.start()
+    passed.join(60)
+    assert not passed.is_alive(), "the pipeline pass waits on Serve"
     run = world.pipelines.run("bc", run.number)
     assert run.state is RunState.FAILED and states(run)["deploy"] is StageState.FAILED
     assert "deploy.timeout_s" in run.reason and "aborted" in run.reason
     assert world.rollouts.get(rollout_id).state.terminal
     assert {r.version: r.weight for r in world.deployments.get("bc").routes
             if not r.shadow and r.weight > 0} == {1: 100.0}
+    # The rollout loop's own pass applies it, once Serve answers again.
+    applied: list[bool] = []
+    world.rollouts._apply = lambda: applied.append(True)
+    unwedged.set()
+    world.rollouts.tick()
+    assert applied
 
 
 def _rollouts_get_raising(world: World, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
@@ -626,3 +640,21 @@ def test_the_benchmark_gate_fails_a_candidate_on_evidence_not_on_one_stall() -> 
     few = judge(alike[:3], alike[:3])
     assert few.state is StageState.FAILED
     assert "cannot be judged" in few.reason and "on 3 and 3 answers" in few.reason
+
+
+def test_a_cancel_in_deploy_ends_the_rollout_without_waiting_on_serve(world: World) -> None:
+    """Cancelling a run whose rollout progresses aborts the rollout; with Serve's controller
+    wedged, applying that abort inline held the API request (and the pass) for good."""
+    run = world.run(world.cancer.frame, world.cancer.strong,
+                    deploy={"endpoint": "bc", "rollout": {"steps": [50, 100]}})
+    rollout_id = run.stages[-1].outputs["rollout_id"]
+    world.rollouts.tick()  # at 50%
+    unwedged = threading.Event()
+    world.rollouts._apply = lambda: unwedged.wait()
+    cancelled = threading.Thread(target=world.pipelines.cancel, args=("bc", ALICE), daemon=True)
+    cancelled.start()
+    cancelled.join(60)
+    unwedged.set()
+    assert not cancelled.is_alive(), "the cancel waits on Serve"
+    assert world.pipelines.run("bc", run.number).state is RunState.CANCELLED
+    assert world.rollouts.get(rollout_id).state.terminal
