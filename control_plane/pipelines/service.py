@@ -291,9 +291,10 @@ class Pipelines:
         now, clock = self._now(), time.monotonic()
         with self.db.session(readonly=True) as session:
             rows = session.scalars(select(PipelineRunRow).where(
+                PipelineRunRow.owes_stop.is_(True),
                 PipelineRunRow.state.in_((RunState.CANCELLED.value, RunState.FAILED.value)),
                 PipelineRunRow.finished_at >= now - timedelta(days=1))
-                .order_by(PipelineRunRow.id.desc()).limit(500)).all()
+                .order_by(PipelineRunRow.id.desc())).all()
             owed = []
             for row in rows:
                 if not any(stage.get("stop_owed") for stage in row.stages):

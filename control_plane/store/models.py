@@ -23,7 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 from sqlalchemy.types import TypeDecorator
 
 
@@ -511,6 +511,7 @@ class PipelineRunRow(Base):
 
     __tablename__ = "pipeline_runs"
     __table_args__ = (Index("ix_pipeline_runs_pipeline_state", "pipeline", "state"),
+                      Index("ix_pipeline_runs_owes_stop", "owes_stop"),
                       UniqueConstraint("pipeline", "number"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -530,8 +531,18 @@ class PipelineRunRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Optimistic lock: two control planes advancing one run cannot both write a stage.
     revision: Mapped[int] = mapped_column(Integer, default=1)
+    # Whether a stage's work is owed a stop (a stage record's ``stop_owed``), kept with
+    # every write of the stages: the owed are found by this index, however many runs ended
+    # since (a scan of the newest 500 lost the older ones).
+    owes_stop: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __mapper_args__ = {"version_id_col": revision}
+
+    @validates("stages")
+    def _mark_owed_stop(self, key: str, stages: list[Any]) -> list[Any]:
+        self.owes_stop = any(isinstance(stage, dict) and stage.get("stop_owed")
+                             for stage in stages or [])
+        return stages
 
 
 class VersionBenchmarkRow(Base):

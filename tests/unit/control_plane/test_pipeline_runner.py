@@ -289,6 +289,41 @@ def test_a_cancel_that_cannot_stop_the_work_says_so_and_stays_cancelled(db: Data
     assert pipelines.run("bc").state is RunState.CANCELLED
 
 
+def test_a_stop_owed_is_tried_again_however_many_runs_ended_after_it(db: Database) -> None:
+    """The loop looked for owed stops among the newest 500 runs that ended in the last
+    day: one owed by a run older than those (a pipeline a minute failing at its data) was
+    never tried again, and a cancelled run's job or rollout went on."""
+    from control_plane.store.models import PipelineRunRow
+
+    class StopsOnceUp(Scripted):
+        up = False
+
+        def cancel(self, context: StageContext) -> None:
+            self.cancelled.append(context)
+            if not StopsOnceUp.up:
+                raise ConnectionError("Ray's job API did not answer")
+
+    train = StopsOnceUp("train", Outcome(StageState.RUNNING, progress={"job": "j-9"}))
+    pipelines = runner(db, all_passing(train=train), Clock())
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    first = pipelines.start_run("bc", ALICE)
+    drive(pipelines, lambda: pipelines.run("bc").stages[1].progress == {"job": "j-9"})
+    with pytest.raises(WorkNotStoppedError):
+        pipelines.cancel("bc", ALICE, "wrong data")
+    now = pipelines._now()
+    with db.session() as session:  # 600 runs of another pipeline ended since
+        session.add_all([PipelineRunRow(pipeline="nightly", number=n, state="failed",
+                                        trigger="schedule", spec={}, stages=[],
+                                        created_by="alice", finished_at=now)
+                         for n in range(1, 601)])
+    StopsOnceUp.up = True  # Ray's job API answers again
+    pipelines._stop_retry_at.clear()  # and the pause between tries is over
+    tried = len(train.cancelled)
+    pipelines.tick()
+    assert len(train.cancelled) == tried + 1
+    assert not any(stage.stop_owed for stage in pipelines.run("bc", first.number).stages)
+
+
 def test_one_run_at_a_time_and_readers_cannot_start_one(db: Database) -> None:
     from control_plane.errors import PermissionDeniedError
 
