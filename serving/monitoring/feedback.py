@@ -84,7 +84,10 @@ class FeedbackJoin:
     endpoint's labels their join; a flood of requests pinned to a version evicts pinned
     predictions, not the randomly routed ones a rollout's accuracy is judged on; and a
     randomly routed flood, which lands mostly on stable, evicts stable's, not the
-    candidate's few.
+    candidate's few. Labels waiting for their prediction are kept the same way, per
+    endpoint: a full store gives up the oldest of the endpoint waiting on the most, so a
+    label token of one endpoint cannot push out another's labels (it did, sent labels for
+    made-up request ids, and that endpoint's accuracy gate went without).
     """
 
     def __init__(self, clock: Callable[[], float], *, max_predictions: int = MAX_PREDICTIONS,
@@ -99,7 +102,10 @@ class FeedbackJoin:
         # arrival order, so a bucket's oldest prediction is always its first.
         self._predictions: dict[Bucket, OrderedDict[str, StoredPrediction]] = {}
         self._bytes: Counter[Bucket] = Counter()  # estimated bytes of each bucket
-        self._waiting: OrderedDict[tuple[str, str], tuple[list[Any], float, int]] = OrderedDict()
+        # Labels waiting for their prediction, per endpoint by request id, oldest first.
+        self._waiting: dict[str, OrderedDict[str, tuple[list[Any], float, int]]] = {}
+        self._waiting_bytes: Counter[str] = Counter()  # estimated bytes, per endpoint
+        self.labels_waiting = 0
         self.bytes_held = 0  # estimated bytes of the stored predictions, all endpoints
         self.predictions_held = 0
         self.waiting_bytes = 0
@@ -119,14 +125,14 @@ class FeedbackJoin:
         predictions = self._predictions.get(bucket)
         if predictions is None:
             predictions = self._predictions[bucket] = OrderedDict()
-        waiting_labels = self._waiting
+        waiting_labels = self._waiting.get(endpoint)
         stored = replaced = added_bytes = 0
         for request_id, predicted in items:
             values = list(predicted) if isinstance(predicted, list) else [predicted]
             if waiting_labels:
-                waiting = waiting_labels.pop((endpoint, request_id), None)
+                waiting = waiting_labels.pop(request_id, None)
                 if waiting is not None:
-                    self.waiting_bytes -= waiting[2]
+                    self._unwait(endpoint, waiting[2])
                     joined.append(JoinedPair(endpoint, version, values, waiting[0], routed))
                     continue
             earlier = predictions.pop(request_id, None)
@@ -159,25 +165,40 @@ class FeedbackJoin:
                 if stored is not None:
                     break
             if stored is None:
-                key = (endpoint, request_id)
-                earlier = self._waiting.pop(key, None)
+                earlier = self._waiting.get(endpoint, {}).pop(request_id, None)
                 if earlier is not None:
-                    self.waiting_bytes -= earlier[2]
+                    self._unwait(endpoint, earlier[2])
                 size = labels_bytes(request_id, labels)
-                self._waiting[key] = (list(labels), now, size)
+                self._waiting.setdefault(endpoint, OrderedDict())[request_id] = (list(labels), now, size)
+                self.labels_waiting += 1
                 self.waiting_bytes += size
+                self._waiting_bytes[endpoint] += size
                 waiting += 1
                 continue
             self._release((endpoint, stored.version, stored.routed), stored)
             self._count(endpoint, "joined")
             joined.append(JoinedPair(endpoint, stored.version, stored.values, list(labels),
                                      stored.routed))
-        while self._waiting and (len(self._waiting) > self.max_waiting
-                                 or self.waiting_bytes > self.max_waiting_bytes):
-            (dropped, _), (_, _, size) = self._waiting.popitem(last=False)
-            self.waiting_bytes -= size
-            self._count(dropped, "labels_unmatched")
+        while self.labels_waiting and (self.labels_waiting > self.max_waiting
+                                       or self.waiting_bytes > self.max_waiting_bytes):
+            # The oldest label of the endpoint waiting on the most (bytes, or labels where
+            # the count bound is the one passed).
+            by_bytes = self.waiting_bytes > self.max_waiting_bytes
+            fullest = max((e for e, kept in self._waiting.items() if kept),
+                          key=lambda e: self._waiting_bytes[e] if by_bytes else len(self._waiting[e]))
+            _, (_, _, size) = self._waiting[fullest].popitem(last=False)
+            self._unwait(fullest, size)
+            self._count(fullest, "labels_unmatched")
         return joined, waiting
+
+    def _unwait(self, endpoint: str, size: int) -> None:
+        """Account a label that stopped waiting (joined, replaced, dropped or expired)."""
+        self.labels_waiting -= 1
+        self.waiting_bytes -= size
+        self._waiting_bytes[endpoint] -= size
+        if not self._waiting.get(endpoint):
+            self._waiting.pop(endpoint, None)
+            self._waiting_bytes.pop(endpoint, None)
 
     def held(self, endpoint: str) -> int:
         """Predictions of ``endpoint`` waiting for their labels."""
@@ -188,13 +209,13 @@ class FeedbackJoin:
         events = {event: int(value) for (of, event), value in self.counters.items()
                   if of == endpoint}
         return FeedbackStore(held=self.held(endpoint),
-                             labels_waiting=sum(1 for e, _ in self._waiting if e == endpoint),
+                             labels_waiting=len(self._waiting.get(endpoint, ())),
                              **events)
 
     def memory(self) -> dict[str, int]:
         """The store's estimated bytes and its bounds (all endpoints together)."""
         return {"predictions": self.predictions_held, "prediction_bytes": self.bytes_held,
-                "max_prediction_bytes": self.max_bytes, "labels_waiting": len(self._waiting),
+                "max_prediction_bytes": self.max_bytes, "labels_waiting": self.labels_waiting,
                 "waiting_bytes": self.waiting_bytes, "max_waiting_bytes": self.max_waiting_bytes}
 
     def forget(self, endpoint: str, version: int | None = None) -> None:
@@ -207,8 +228,10 @@ class FeedbackJoin:
             self._bytes.pop(bucket, None)
         if version is not None:
             return
-        for key in [k for k in self._waiting if k[0] == endpoint]:
-            self.waiting_bytes -= self._waiting.pop(key)[2]
+        for _, _, size in self._waiting.pop(endpoint, {}).values():
+            self.labels_waiting -= 1
+            self.waiting_bytes -= size
+        self._waiting_bytes.pop(endpoint, None)
         for key in [k for k in self.counters if k[0] == endpoint]:
             del self.counters[key]
 
@@ -266,14 +289,15 @@ class FeedbackJoin:
             for bucket in [b for b, kept in stores.items() if not kept]:
                 del stores[bucket]  # a version long gone must not be looked at for ever
                 self._bytes.pop(bucket, None)
-        waiting, horizon = self._waiting, now - self.max_wait_s
-        while waiting:
-            key, (_, at, size) = next(iter(waiting.items()))
-            if at >= horizon:
-                break
-            del waiting[key]
-            self.waiting_bytes -= size
-            self._count(key[0], "labels_unmatched")
+        horizon = now - self.max_wait_s
+        for endpoint, waiting in list(self._waiting.items()):
+            while waiting:
+                key, (_, at, size) = next(iter(waiting.items()))
+                if at >= horizon:
+                    break
+                del waiting[key]
+                self._unwait(endpoint, size)
+                self._count(endpoint, "labels_unmatched")
 
     def _over_bounds(self) -> bool:
         return self.predictions_held > self.max_predictions or self.bytes_held > self.max_bytes

@@ -148,6 +148,27 @@ def test_labels_that_arrive_first_wait_for_their_prediction_then_give_up() -> No
     assert join.stats("e").labels_unmatched == 1 and join.stats("e").labels_waiting == 0
 
 
+
+@pytest.mark.parametrize("bound", ["count", "bytes"])
+def test_one_endpoint_s_waiting_labels_flood_pushes_out_its_own_not_another_s(bound: str) -> None:
+    """A label token of endpoint a posts labels for made-up request ids: the store of
+    waiting labels, full, gave up the oldest of all, endpoint b's, whose label source
+    labels at answer time (before its predictions ship), and b's accuracy gate went without."""
+    clock = Clock()
+    limits = {"max_waiting": 500} if bound == "count" else {"max_waiting_bytes": 64 * 1024}
+    join = FeedbackJoin(clock, **limits)
+    join.add_labels("b", [(f"b{i}", [1]) for i in range(100)])
+    for k in range(10):
+        join.add_labels("a", [(f"junk{k}-{i}", [0]) for i in range(1000)])
+    clock.now = 1
+    joined = join.add_predictions("b", 2, [(f"b{i}", [1.0]) for i in range(100)])
+    assert len(joined) == 100 and join.stats("b").labels_unmatched == 0
+    assert join.stats("a").labels_unmatched > 0  # the flood paid for itself
+    memory = join.memory()
+    assert memory["labels_waiting"] == join.stats("a").labels_waiting
+    assert memory["labels_waiting"] <= limits.get("max_waiting", 10**9)
+    assert memory["waiting_bytes"] <= limits.get("max_waiting_bytes", 10**12)
+
 @pytest.mark.parametrize("classes", [2, 3, 5])
 def test_classification_metrics_equal_sklearn(classes: int) -> None:
     rng = np.random.default_rng(classes)
