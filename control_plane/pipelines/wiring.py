@@ -66,8 +66,10 @@ def drift_alerts(db: Database) -> Any:
                 if (spec or {}).get("metric") in DRIFT_METRICS}
             if not rules:
                 return []
+            # Fired by a rule's evaluation: an event posted through the API under a drift
+            # rule's name (a deployer's, say) is no drift the Monitor found.
             rows = session.execute(select(AlertEventRow.name, AlertEventRow.created_at).where(
                 AlertEventRow.endpoint == endpoint, AlertEventRow.state == "firing",
-                AlertEventRow.created_at > since)).all()
+                AlertEventRow.kind == "rule", AlertEventRow.created_at > since)).all()
             return [created for name, created in rows if name in rules]
     return fired

@@ -374,16 +374,19 @@ def test_drift_alerts_on_the_endpoint_are_what_starts_a_retraining(registry: Reg
         for name, metric in (("drifting", "drifted_features"), ("slow", "p99_ms")):
             session.add(AlertRuleRow(name=name, spec={"name": name, "metric": metric},
                                      created_by="t"))
-        for name, endpoint, state, age in (("drifting", "bc", "firing", 5),
-                                           ("drifting", "bc", "resolved", 4),
-                                           ("drifting", "other", "firing", 5),
-                                           ("slow", "bc", "firing", 5),
-                                           ("drifting", "bc", "firing", 600)):
-            session.add(AlertEventRow(fingerprint=name[:32], name=name, state=state, kind="rule",
+        for name, endpoint, state, age, kind in (("drifting", "bc", "firing", 5, "rule"),
+                                                 ("drifting", "bc", "resolved", 4, "rule"),
+                                                 ("drifting", "other", "firing", 5, "rule"),
+                                                 ("slow", "bc", "firing", 5, "rule"),
+                                                 ("drifting", "bc", "firing", 600, "rule"),
+                                                 # posted through the API under its name
+                                                 ("drifting", "bc", "firing", 3, "event")):
+            session.add(AlertEventRow(fingerprint=name[:32], name=name, state=state, kind=kind,
                                       endpoint=endpoint, severity="warning", labels={},
                                       created_at=now - timedelta(seconds=age)))
     fired = drift_alerts(registry.db)("bc", now - timedelta(seconds=60))
-    assert fired == [now - timedelta(seconds=5)]  # a drift rule, firing, this endpoint, recent
+    # A drift rule's evaluation, firing, on this endpoint, recently.
+    assert fired == [now - timedelta(seconds=5)]
 
 
 def test_a_first_deploy_is_done_once_across_a_crash_and_a_failing_apply(
