@@ -367,7 +367,8 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
          f"{spec.hyperparameters.epochs} epochs; checkpoints in {storage}/{train_run_name}")
     watchdog = Watchdog(lambda: _progress(client, run_id), _interrupt_main,
                         stall_s=resources.stall_timeout_s, max_s=resources.max_run_time_s,
-                        start_s=start_s).start()
+                        start_s=start_s,
+                        on_stuck=functools.partial(_give_up, client, run_id)).start()
     try:
         result = fit_noting_stops(trainer)
     except TrainingFailedError as error:

@@ -28,12 +28,17 @@ POLL_S = 10.0
 
 
 class Watchdog:
-    """Watch a run's progress from a thread; call ``on_overdue`` once with the reason."""
+    """Watch a run's progress from a thread; call ``on_overdue`` once with the reason (an
+    interrupt of the main thread), and where the training still holds ``grace_s`` later,
+    stuck past an interrupt's reach (Ray Train's own stop waits on its controller without
+    a deadline), ``on_stuck``, which ends the process: as :class:`FinishDeadline` does."""
 
     def __init__(self, progress: Callable[[], Hashable], on_overdue: Callable[[str], None], *,
                  stall_s: float | None, max_s: float | None, start_s: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic, poll_s: float | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, poll_s: float | None = None,
+                 on_stuck: Callable[[str], None] | None = None, grace_s: float = 60.0) -> None:
         self._progress, self._on_overdue = progress, on_overdue
+        self._on_stuck, self.grace_s = on_stuck, grace_s
         self.stall_s, self.max_s, self._clock = stall_s, max_s, clock
         # Ray Train may wait this long to place the workers at each (re)start, before any
         # epoch can come: a stall window that did not allow for it stopped jobs waiting for
@@ -96,9 +101,13 @@ class Watchdog:
                 reason = self.check()  # may wait on the control plane: not under the lock
                 if reason is not None:
                     with self._firing:
-                        if not self._stop.is_set():  # the training may have ended meanwhile
-                            self.reason = reason
-                            self._on_overdue(reason)
+                        if self._stop.is_set():  # the training may have ended meanwhile
+                            return
+                        self.reason = reason
+                        self._on_overdue(reason)
+                    if self._on_stuck is not None and not self._stop.wait(self.grace_s):
+                        self._on_stuck(f"{reason}; its process ended: the training did not "
+                                       f"heed the stop for {self.grace_s:g} s")
                     return
 
         self._thread = threading.Thread(target=watch, name="training-watchdog", daemon=True)
@@ -106,7 +115,7 @@ class Watchdog:
         return self
 
     def stop(self) -> None:
-        """Stop watching: once this returns, ``on_overdue`` is not called."""
+        """Stop watching: once this returns, neither callback is called."""
         with self._firing:
             self._stop.set()
 

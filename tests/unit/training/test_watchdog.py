@@ -152,6 +152,29 @@ def test_the_thread_calls_back_once_with_the_reason_and_stops() -> None:
         watchdog.stop()
 
 
+def test_a_stall_whose_stop_is_not_heeded_ends_the_process_after_the_grace() -> None:
+    """The interrupt reaches Ray Train's own stop, which waits on its controller with no
+    deadline: a controller stuck too held the job, its run "running", for good."""
+    overdue: list[str] = []
+    stuck: list[str] = []
+    gave_up = threading.Event()
+    watchdog = Watchdog(Run().progress, overdue.append, stall_s=0.2, max_s=None,
+                        on_stuck=lambda why: (stuck.append(why), gave_up.set()),
+                        grace_s=0.2).start()
+    try:
+        assert gave_up.wait(10), "the watchdog never gave up"
+        assert len(overdue) == 1 and "stall_timeout_s (0.2 s)" in overdue[0]
+        assert len(stuck) == 1 and stuck[0].startswith(overdue[0]) and "did not heed" in stuck[0]
+    finally:
+        watchdog.stop()
+    heeded = Watchdog(Run().progress, overdue.append, stall_s=0.2, max_s=None,
+                      on_stuck=stuck.append, grace_s=5).start()
+    wait_for(lambda: len(overdue) == 2, 10, "the heeded deadline", interval=0.02)
+    heeded.stop()  # fit() unwound: the job is ending
+    threading.Event().wait(0.3)
+    assert len(stuck) == 1
+
+
 @pytest.mark.parametrize("limits", [{"stall_s": None, "max_s": None}])
 def test_no_limit_starts_no_thread(limits: dict[str, None]) -> None:
     watchdog = Watchdog(Run().progress, lambda reason: None, **limits).start()
