@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -875,11 +875,12 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
     ``ray stop`` would stop every Ray cluster on the machine. Here the members are the
     descendants of our ``ray start`` process (collected before anything is signalled, so
     none is orphaned first; Ray renames some, and Serve's HAProxy is among them) plus any
-    process whose command line names our GCS port. SIGTERM first, SIGKILL stragglers
-    (:func:`_stop`: the raylet takes about 15 s to act on SIGTERM, and `ray start
-    --block`, the GCS, a log monitor and Serve's controller and proxies do not act on it
-    while the others go; none holds state of ours). A zombie counts as gone: its parent
-    may never reap it. Serve's
+    process whose command line names our GCS port. SIGTERM first, SIGKILL stragglers after
+    ``grace_s``. The grace is waited out for the members that act on SIGTERM only: the
+    raylet takes about 15 s to, and `ray start --block`, the GCS, the log and autoscaler
+    monitors and Serve's controller and proxies do not (none holds state of ours); they
+    are killed once the others have ended (waiting for them cost every `down` its whole
+    grace). A zombie counts as gone: its parent may never reap it. Serve's
     HAProxy outlives a proxy that is killed: each one whose configuration lies in the
     folder of ``node_id`` (the head's node) or of a member's is stopped too.
     """
@@ -904,7 +905,7 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
             continue
     nodes = {os.path.dirname(config) for process in members
              if (config := _haproxy_config(process)) is not None}
-    _stop(members, grace_s)
+    _stop(members, grace_s, deaf=[p for p in members if p is head or _deaf_to_sigterm(p)])
     if node_id:
         nodes |= {os.path.dirname(config) for process in psutil.process_iter()
                   if (config := _haproxy_config(process)) is not None
@@ -970,27 +971,34 @@ def _haproxy_config(process: Any) -> str | None:
     return str(argv[argv.index("-f") + 1])
 
 
-# How long no process may end before the rest count as ignoring SIGTERM.
-SETTLED_S = 1.0
+# Ray's processes that do not act on SIGTERM while a cluster stops (Ray 2.60): its
+# binaries and monitors by file name, its actors by their process title.
+_DEAF_FILES = frozenset({"gcs_server", "raylet", "log_monitor.py", "monitor.py"})
+_DEAF_ACTORS = frozenset({"ray::ServeController", "ray::ProxyActor", "ray::HAProxyManager",
+                          "ray::RuntimeEnvAgent"})
 
 
-def _stop(processes: list[Any], grace_s: float) -> None:
-    """SIGTERM, and SIGKILL for those still running after ``grace_s``, or sooner, once
-    none has ended for ``SETTLED_S``: the processes that act on SIGTERM end within a
-    second of each other, and waiting out the grace for those that ignore it cost every
-    `down` its full five seconds."""
+def _deaf_to_sigterm(process: Any) -> bool:
+    import psutil
+
+    try:
+        argv = process.cmdline()
+    except psutil.Error:
+        return False
+    return bool(argv) and (argv[0].strip() in _DEAF_ACTORS or any(
+        os.path.basename(arg) in _DEAF_FILES for arg in argv[:3]))
+
+
+def _stop(processes: list[Any], grace_s: float, *, deaf: Sequence[Any] = ()) -> None:
+    """SIGTERM, and SIGKILL for those still running after ``grace_s``; the ``deaf`` ones
+    (which do not act on SIGTERM) are not waited for, only killed once the others ended."""
     import psutil
 
     for process in processes:  # AccessDenied: another user's, never ours to stop
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.terminate()
-    deadline = time.monotonic() + grace_s
-    alive = _wait_gone(processes, 0)
-    while alive and time.monotonic() < deadline:
-        still = _wait_gone(alive, min(SETTLED_S, max(deadline - time.monotonic(), 0.0)))
-        if len(still) == len(alive):
-            break
-        alive = still
+    heeding = [process for process in processes if process not in deaf]
+    alive = _wait_gone(heeding, grace_s) + [process for process in deaf if process in processes]
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.kill()

@@ -253,13 +253,14 @@ def _ended(process: psutil.Process) -> bool:
 
 def test_a_head_s_members_that_heed_sigterm_get_their_grace_and_the_deaf_are_not_waited_for(
         tmp_path) -> None:
-    """Members that act on SIGTERM end as they choose (this one takes a while to flush);
-    those that ignore it, as Ray's GCS and `ray start --block` do, are killed once the
-    others have ended rather than after the whole grace."""
+    """A member that acts on SIGTERM ends as it chooses within the grace, however long it
+    takes to flush; Ray's processes that ignore it (the head's `ray start --block`, and
+    here one titled as Serve's controller is) are killed once the others have ended rather
+    than after the whole grace."""
     flushed = tmp_path / "flushed"
     heeding = ("import signal, sys, time, pathlib\n"
                "def done(*_):\n"
-               "    time.sleep(0.4)\n"
+               "    time.sleep(2.5)\n"
                f"    pathlib.Path({str(flushed)!r}).write_text('yes')\n"
                "    sys.exit(0)\n"
                "signal.signal(signal.SIGTERM, done)\n"
@@ -269,11 +270,14 @@ def test_a_head_s_members_that_heed_sigterm_get_their_grace_and_the_deaf_are_not
             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
             "print('ready', flush=True)\n"
             "time.sleep(600)\n")
-    # The head ignores SIGTERM too, and starts one member of each kind as its children.
+    # The head ignores SIGTERM too, and starts one member of each kind as its children,
+    # the deaf one under the process title of Serve's controller.
     head_code = ("import signal, subprocess, sys\n"
                  "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                 f"kids = [subprocess.Popen([sys.executable, '-c', c], stdout=subprocess.PIPE)"
-                 f" for c in ({heeding!r}, {deaf!r})]\n"
+                 "kids = [subprocess.Popen([title, '-c', c], executable=sys.executable,"
+                 " stdout=subprocess.PIPE)\n"
+                 f"        for title, c in (('python', {heeding!r}),"
+                 f" ('ray::ServeController', {deaf!r}))]\n"
                  "for kid in kids: kid.stdout.readline()\n"
                  "print(' '.join(str(kid.pid) for kid in kids), flush=True)\n"
                  "[kid.wait() for kid in kids]\n")
@@ -285,9 +289,8 @@ def test_a_head_s_members_that_heed_sigterm_get_their_grace_and_the_deaf_are_not
         stop_cluster_processes(_free_port(), head_pid=head.pid,
                                head_started=psutil.Process(head.pid).create_time(), grace_s=120)
         took = time.monotonic() - began
-        assert flushed.read_text() == "yes"  # it ended on its own, flushed
+        assert flushed.read_text() == "yes"  # it ended on its own, flushed, after 2.5 s
         assert head.wait(10) == -9  # killed: it never heeded
-        # A zombie is gone: its parent, the head, was killed before it could reap it.
         assert wait_for(lambda: all(map(_ended, (heeding_pid, deaf_pid))), 10, "the members to end")
         assert took < 60, took  # the grace (120 s) was not waited out for the deaf ones
     finally:
