@@ -106,8 +106,10 @@ class Watchdog:
                         self.reason = reason
                         self._on_overdue(reason)
                     if self._on_stuck is not None and not self._stop.wait(self.grace_s):
-                        self._on_stuck(f"{reason}; its process ended: the training did not "
-                                       f"heed the stop for {self.grace_s:g} s")
+                        with self._firing:  # not once stop() has returned
+                            if not self._stop.is_set():
+                                self._on_stuck(f"{reason}; its process ended: the training "
+                                               f"did not heed the stop for {self.grace_s:g} s")
                     return
 
         self._thread = threading.Thread(target=watch, name="training-watchdog", daemon=True)
@@ -160,8 +162,10 @@ class FinishDeadline:
                           "stopped, its checkpoints kept for a resume")
                 self._on_overdue(reason)
             if not self._stop.wait(self.grace_s):
-                self._on_stuck(f"{reason}, its process ended: the step did not heed the "
-                               f"stop for {self.grace_s:g} s")
+                with self._firing:  # not once stop() has returned
+                    if not self._stop.is_set():
+                        self._on_stuck(f"{reason}, its process ended: the step did not "
+                                       f"heed the stop for {self.grace_s:g} s")
 
         if self._thread is None:
             self._thread = threading.Thread(target=watch, name="finish-deadline", daemon=True)

@@ -266,8 +266,8 @@ class CheckResult:
     worse_decides: bool = False
     # A failure is evidence against the candidate itself, so a rollback on it rejects the
     # version; not where every failed check is CALLER_MOVABLE and judged without stable's
-    # figures from the same window: traffic goes back to stable, and the version may try
-    # again.
+    # figures from the same window: traffic goes back to stable (a rollback all the same,
+    # alert and all), and the version may try again.
     rejects: bool = True
 
 
@@ -456,14 +456,16 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         else:
             unjudged = unjudged or bool(RELATIVE_LOAD_SENSITIVE & checks.keys())
     if failures:
-        concurrent = compared is stable and stable_samples >= config.min_samples
-        if concurrent or not failures.keys() <= CALLER_MOVABLE:
+        # The failures that rest on nothing of stable's from this window: what callers send
+        # could have caused them alone.
+        movable = {name for name in failures if name in CALLER_MOVABLE
+                   and (compared is not stable or name == "not_finite_rate")}
+        if failures.keys() - movable:
             return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()) + (
             " (against stable's figures from before the step, not the same requests: a "
-            "change in what callers send can cause this, so the version is not rejected)"
-            if compared is not stable else " (judged alone: stable answered too little to "
-            "compare with, so the version is not rejected)"), rejects=False)
+            "change in what callers send can cause this)" if compared is not stable else
+            " (judged alone: stable answered too little to compare with)"), rejects=False)
     silent = _silent_replicas(candidate)
     if silent:
         return CheckResult(Verdict.INCONCLUSIVE, checks, silent, worse_decides=True)

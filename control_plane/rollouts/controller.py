@@ -368,7 +368,7 @@ class RolloutController(ManualActions):
         if decision.action in _ENDS:
             state, reject = _ENDS[decision.action]
             self._end(rollout, state, CONTROLLER.name, decision.reason, decision.data,
-                      reject=reject)
+                      reject=reject and decision.rejects)
             return True
         if decision.action == Action.PROMOTE:
             if not self._gate_unchanged(rollout, gate):

@@ -121,6 +121,7 @@ class Decision:
     analysed: bool = False  # ``analysis`` is this decision's own, to be stored with ``streak``
     step_index: int | None = None  # ADVANCE, or RESUME before the first step: the step to take
     data: dict[str, Any] = field(default_factory=dict)  # for the transition's audit event
+    rejects: bool = True  # ROLLBACK: the candidate is rejected too (evidence against it)
 
     @property
     def failed_analysis(self) -> bool:
@@ -211,10 +212,13 @@ def decide(rollout: RolloutOut, evidence: Evidence, now: datetime) -> Decision:
     if state not in ANALYSED_STATES:
         return outcome(Action.HOLD, f"the rollout is {state}")
     if streak.reached:
-        # Rejected only on evidence against the candidate itself (CheckResult.rejects).
-        return outcome(Action.ROLLBACK if record.get("rejects", True) else Action.FAIL,
-                       f"automatic rollback: {record.get('reason', '')}",
-                       data={"analysis": record})
+        # Rejected only where a failure of the streak was evidence against the candidate
+        # itself (CheckResult.rejects); a record from before this was kept rejects.
+        rejects = bool(record.get("streak_rejects", record.get("rejects", True)))
+        return outcome(Action.ROLLBACK, f"automatic rollback: {record.get('reason', '')}"
+                       + ("" if rejects else "; the version is not rejected: no failure of "
+                          "the streak rests on stable's figures from the same window or an "
+                          "absolute gate"), data={"analysis": record}, rejects=rejects)
     overdue = past_deadline(record, settings, state) if analysed else None
     if overdue:
         return outcome(Action.FAIL, overdue, data={"analysis": record})
@@ -301,9 +305,17 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
         result = _with_ab_test(result, judged.decision, judged.reason)
         ab = {"ab_test": judged.model_dump(mode="json")}
     started = rollout.step_started_at or now
+    # Whether the failure streak this analysis is part of holds evidence against the
+    # candidate itself: any one of its failures that does rejects (a caller must not turn a
+    # streak begun on an absolute gate into one that does not, with its last window).
+    prior = (previous.get("streak_rejects", True)
+             if same_step and rollout.failures > 0 else None)
+    streak_rejects = (result.rejects or bool(prior)) if result.verdict == Verdict.FAIL else \
+        None if result.verdict == Verdict.PASS else prior
     return result.verdict, json_safe({
         "verdict": result.verdict.value, "reason": result.reason, "checks": result.checks,
         **({} if result.rejects else {"rejects": False}),
+        **({} if streak_rejects is None else {"streak_rejects": streak_rejects}),
         "at": now.isoformat(), "window_s": snapshot.window_s, "step_index": rollout.step_index,
         "candidate": _summary(snapshot.candidate), "stable": _summary(snapshot.stable),
         **baseline,

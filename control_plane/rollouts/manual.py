@@ -85,4 +85,8 @@ class ManualActions(TrafficMoves):
             self._end(current, state, actor.name, why, {}, reject=reject)
         if settle:
             self._settle()
+        else:  # a store write, no wait: the leader's loop applies it within half a second
+            from control_plane.leadership import request_apply
+
+            request_apply(self.db, current.endpoint)
         return self.get(rollout_id)

@@ -86,8 +86,9 @@ class FeedbackJoin:
     randomly routed flood, which lands mostly on stable, evicts stable's, not the
     candidate's few. Labels waiting for their prediction are kept the same way, per
     endpoint: a full store gives up the oldest of the endpoint waiting on the most, so a
-    label token of one endpoint cannot push out another's labels (it did, sent labels for
-    made-up request ids, and that endpoint's accuracy gate went without).
+    label token of one endpoint, sending labels for made-up request ids, pays with its own
+    first and can bring another endpoint's down to an equal share at most (the oldest of
+    all went, another endpoint's included, and its accuracy gate went without).
     """
 
     def __init__(self, clock: Callable[[], float], *, max_predictions: int = MAX_PREDICTIONS,

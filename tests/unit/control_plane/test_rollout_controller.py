@@ -737,8 +737,9 @@ def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_fi
     rollout_id = switch_to_slower(world, p95=60.0)
     world.run(20)
     rollout = world.controller.get(rollout_id)
-    assert rollout.state == RolloutState.FAILED, rollout.reason
+    assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason
     assert "p95_ratio 6 > 1.5" in rollout.reason and "not rejected" in rollout.reason
+    world.run(1)  # the follow-ups: the rollback's alert, and no rejection
     assert world.registry.get_version("iris", 2).status == "ready"
     assert BASELINE_WINDOW_S in asked
     assert rollout.last_analysis["stable_baseline"]["window_s"] == BASELINE_WINDOW_S
@@ -808,8 +809,9 @@ def test_stables_baseline_rate_counts_the_seconds_it_served_not_the_steps_idle_o
     world.stats[2] = at_rate(served(200, p95=60.0), 10.0, 120.0)  # and the candidate slows
     world.run(10)
     rollout = world.controller.get(rollout_id)
-    # Back to stable, not rejected (against earlier figures: see the test above).
-    assert rollout.state == RolloutState.FAILED, (rollout.reason, rollout.last_analysis)
+    # Rolled back, not rejected (against earlier figures: see the test above).
+    assert rollout.state == RolloutState.ROLLED_BACK, (rollout.reason, rollout.last_analysis)
+    assert "not rejected" in rollout.reason
     assert "p95_ratio 6 > 1.5" in rollout.reason
 
 
@@ -841,7 +843,8 @@ def test_a_step_without_stable_traffic_outlasting_the_monitors_memory_keeps_its_
     world.serve(2, requests=200, p95=60.0)
     world.run(10)
     rollout = world.controller.get(rollout_id)
-    assert rollout.state == RolloutState.FAILED, rollout.reason  # back to stable, not rejected
+    assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason
+    assert "not rejected" in rollout.reason
     assert "p95_ratio 6 > 1.5" in rollout.reason
     assert rollout.last_analysis["stable_baseline"] == kept
     assert world.weights() == {1: 100.0}

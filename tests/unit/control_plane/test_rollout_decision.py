@@ -158,6 +158,33 @@ def test_reaching_the_threshold_rolls_back_on_the_streak_it_computed() -> None:
     assert decision.analysis["checks"]["error_rate"]["value"] == 0.2
 
 
+def test_a_rollback_rejects_where_any_failure_of_its_streak_was_the_candidates_own() -> None:
+    """At a 100% step (stable takes nothing; its earlier figures stand in) a streak of
+    refusals caller traffic can cause rolls back without rejecting; one begun on an absolute
+    gate rejects, whatever its last window failed on (a caller must not turn it)."""
+    def refusing(snapshot: Any, refused: int) -> Any:
+        routing = {"random": replace(snapshot.traffic.routing["random"], refused=refused)}
+        return replace(snapshot, traffic=replace(snapshot.traffic, routing=routing))
+
+    at_full = {"weights": (50, 100), "step_index": 1}
+    movable = Snapshot(5.0, refusing(served(), 20), served(requests=0),
+                       baseline=served(requests=500))
+    first = decide(rollout(**at_full), evidence(movable), at(10))
+    assert first.analysis["streak_rejects"] is False and first.analysis["rejects"] is False
+    second = decide(rollout(**at_full, failures=1, last_analysis=first.analysis),
+                    evidence(movable), at(12))
+    assert (second.action, second.rejects) == (Action.ROLLBACK, False)
+    assert "the version is not rejected" in second.reason
+    absolute = Snapshot(5.0, served(error_rate=0.2), served(requests=0),
+                        baseline=served(requests=500))
+    begun = decide(rollout(**at_full), evidence(absolute), at(10))
+    assert begun.analysis["streak_rejects"] is True
+    turned = decide(rollout(**at_full, failures=1, last_analysis=begun.analysis),
+                    evidence(movable), at(12))
+    assert (turned.action, turned.rejects) == (Action.ROLLBACK, True)
+    assert "not rejected" not in turned.reason
+
+
 def test_a_streak_stored_at_its_limit_rolls_back_whatever_the_new_window_shows() -> None:
     """The process died after storing the streak and before rolling back."""
     stored = decide(rollout(failures=1), evidence(FAILING), at(3)).analysis
