@@ -37,8 +37,9 @@ class ManualActions(TrafficMoves):
                                     detail={"field": "state"})
             transition(session, row, RolloutState.PROGRESSING, actor.name, reason or "resumed")
             # The step starts again, judged on its own evidence: an analysis from before the
-            # pause let the hold's end advance it with no look since the resume.
-            row.step_started_at, row.last_analysis = self._now(), {}
+            # pause let the hold's end advance it with no look since the resume, and a
+            # failure streak begun before it rolled back on one failing look after.
+            row.step_started_at, row.last_analysis, row.failures = self._now(), {}, 0
             return rollout_out(session, row)
 
     def promote(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:

@@ -1228,6 +1228,26 @@ def test_a_resumed_step_is_judged_on_evidence_from_after_the_resume(world: World
     assert world.weights() == {1: 70.0, 2: 30.0}
 
 
+def test_a_resumed_step_starts_its_failure_streak_again(world: World) -> None:
+    """One failing look before a pause and one after rolled back a streak of two: the
+    resumed step carries no analysis over, its failures included."""
+    rollout_id = world.start(steps=[30, 100], step_duration_s=600,
+                             analysis={**FAST, "failures_to_rollback": 2})
+    world.serve(1)
+    world.serve(2, error_rate=0.2)
+    world.run(2)
+    assert world.controller.get(rollout_id).failures == 1
+    world.controller.pause(rollout_id, ALICE, "a look")
+    world.controller.resume(rollout_id, ALICE)
+    assert world.controller.get(rollout_id).failures == 0
+    for _ in range(20):  # to the resumed step's first failing look
+        world.run(0.25, step=0.25)
+        if world.controller.get(rollout_id).failures:
+            break
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.PROGRESSING and rollout.failures == 1
+
+
 def test_an_undeployed_endpoint_s_drained_version_is_not_taken_from_its_successor(
         world: World) -> None:
     rollout_id = world.start(steps=[100], drain_s=600)
