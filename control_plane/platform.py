@@ -972,10 +972,11 @@ def _haproxy_config(process: Any) -> str | None:
 
 
 # Ray's processes that do not act on SIGTERM while a cluster stops (Ray 2.60): its
-# binaries and monitors by file name, its actors by their process title.
-_DEAF_FILES = frozenset({"gcs_server", "raylet", "log_monitor.py", "monitor.py"})
-_DEAF_ACTORS = frozenset({"ray::ServeController", "ray::ProxyActor", "ray::HAProxyManager",
-                          "ray::RuntimeEnvAgent"})
+# binaries by their program, its monitors by their script's path, and its actors by their
+# process title (``ray::Class``, or ``ray::Class.method`` while a call runs).
+_DEAF_PROGRAMS = frozenset({"gcs_server", "raylet"})
+_DEAF_SCRIPTS = ("ray/_private/log_monitor.py", "ray/autoscaler/_private/monitor.py")
+_DEAF_ACTORS = frozenset({"ServeController", "ProxyActor", "HAProxyManager", "RuntimeEnvAgent"})
 
 
 def _deaf_to_sigterm(process: Any) -> bool:
@@ -985,8 +986,13 @@ def _deaf_to_sigterm(process: Any) -> bool:
         argv = process.cmdline()
     except psutil.Error:
         return False
-    return bool(argv) and (argv[0].strip() in _DEAF_ACTORS or any(
-        os.path.basename(arg) in _DEAF_FILES for arg in argv[:3]))
+    if not argv:
+        return False
+    program = argv[0].strip()
+    if program.startswith("ray::"):
+        return (program[len("ray::"):].split(".", 1)[0].split() or [""])[0] in _DEAF_ACTORS
+    return os.path.basename(program) in _DEAF_PROGRAMS or any(
+        arg.endswith(_DEAF_SCRIPTS) for arg in argv[1:3])
 
 
 def _stop(processes: list[Any], grace_s: float, *, deaf: Sequence[Any] = ()) -> None:

@@ -70,7 +70,7 @@ class Action(StrEnum):
     AWAIT_APPROVAL = "await_approval"  # wait at the approval limit for an approval
     RESUME = "resume"  # approved while waiting: progressing again
     PROMOTE = "promote"  # the candidate takes 100% and the champion alias
-    ROLLBACK = "rollback"  # stable back to 100%, the candidate rejected
+    ROLLBACK = "rollback"  # stable back to 100%, the candidate rejected (Decision.rejects)
     FAIL = "fail"  # stable back to 100%, the candidate not judged (no evidence in time)
 
 
@@ -308,7 +308,7 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
     # Whether the failure streak this analysis is part of holds evidence against the
     # candidate itself: any one of its failures that does rejects (a caller must not turn a
     # streak begun on an absolute gate into one that does not, with its last window).
-    prior = (previous.get("streak_rejects", True)
+    prior = (previous.get("streak_rejects", previous.get("rejects", True))
              if same_step and rollout.failures > 0 else None)
     streak_rejects = (result.rejects or bool(prior)) if result.verdict == Verdict.FAIL else \
         None if result.verdict == Verdict.PASS else prior

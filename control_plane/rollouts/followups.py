@@ -1,7 +1,8 @@
 """A rollout's follow-ups: the work still owed after its terminal state is committed.
 
 A rollback moves traffic first (stable to 100%, the candidate drained) and then owes two
-things: the candidate's rejection in the registry, and the ``RolloutRolledBack`` alert.
+things: the candidate's rejection in the registry (not where its analysis rested only on
+figures callers can move: ``Decision.rejects``), and the ``RolloutRolledBack`` alert.
 Both are recorded as pending (``RolloutRow.followups``) in the very transaction that
 commits the terminal state, and each is removed once done; so a control plane that dies
 in between leaves them for the next pass, which finishes them. Draining needs no entry:

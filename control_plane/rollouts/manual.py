@@ -11,7 +11,7 @@ from control_plane.errors import ConflictError
 from control_plane.rollouts.approvals import approval_gate
 from control_plane.rollouts.moves import TrafficMoves
 from control_plane.rollouts.records import rollout_out, rollout_row, transition
-from control_plane.rollouts.schemas import RolloutOut
+from control_plane.rollouts.schemas import AnalysisSettings, RolloutOut
 from control_plane.rollouts.states import RolloutState
 from control_plane.schemas import Role
 
@@ -38,8 +38,12 @@ class ManualActions(TrafficMoves):
             transition(session, row, RolloutState.PROGRESSING, actor.name, reason or "resumed")
             # The step starts again, judged on its own evidence: an analysis from before the
             # pause let the hold's end advance it with no look since the resume, and a
-            # failure streak begun before it rolled back on one failing look after.
-            row.step_started_at, row.last_analysis, row.failures = self._now(), {}, 0
+            # failure streak begun before it rolled back on one failing look after. A streak
+            # at its limit is a rollback decided (stored before it was done): it stands.
+            row.step_started_at = self._now()
+            limit = AnalysisSettings.model_validate(row.spec["analysis"]).failures_to_rollback
+            if row.failures < limit:
+                row.last_analysis, row.failures = {}, 0
             return rollout_out(session, row)
 
     def promote(self, rollout_id: int, actor: Principal, reason: str = "") -> RolloutOut:
@@ -65,6 +69,25 @@ class ManualActions(TrafficMoves):
         return self._end_by_hand(rollout_id, actor, reason, "rolled back", RolloutState.ROLLED_BACK,
                                  reject=True)
 
+    def _rejected(self, rollout: RolloutOut) -> bool:
+        """Whether the candidate is rejected already (or gone: nothing left to reject)."""
+        from control_plane.errors import NotFoundError
+
+        try:
+            version = self.registry.get_version(rollout.model, rollout.candidate_version)
+        except NotFoundError:
+            return True
+        return version.status == "rejected"
+
+    def _owe_rejection(self, rollout: RolloutOut, reason: str) -> None:
+        """Owe the candidate's rejection (finished as any rollback's is), unless one is owed."""
+        from control_plane.rollouts.followups import REJECT
+
+        with self.db.session() as session:
+            row = rollout_row(session, rollout.id, for_update=True)
+            if REJECT not in (row.followups or {}):
+                row.followups = {**(row.followups or {}), REJECT: reason}
+
     def abort(self, rollout_id: int, actor: Principal, reason: str = "", *,
               settle: bool = True) -> RolloutOut:
         """Stop the rollout and restore the stable version, without judging the candidate.
@@ -82,8 +105,15 @@ class ManualActions(TrafficMoves):
         with self._lock:
             current = self.get(rollout_id)
             if current.state == state:
-                return current  # asked again (an answer lost, a retry): it is so already
-            self._end(current, state, actor.name, why, {}, reject=reject)
+                if reject and not self._rejected(current):
+                    # Rolled back by its analysis on figures callers can move, which does
+                    # not reject (analysis.CALLER_MOVABLE): a person's rollback does.
+                    self._owe_rejection(current, why)
+                    self._ended.append(current.id)
+                else:
+                    return current  # asked again (an answer lost, a retry): it is so already
+            else:
+                self._end(current, state, actor.name, why, {}, reject=reject)
         if settle:
             self._settle()
         else:  # a store write, no wait: the leader's loop applies it within half a second

@@ -296,3 +296,30 @@ def test_a_head_s_members_that_heed_sigterm_get_their_grace_and_the_deaf_are_not
     finally:
         head.kill()
         head.wait(10)
+
+
+@pytest.mark.parametrize(("argv", "deaf"), [
+    (["/venv/lib/python3.11/site-packages/ray/core/src/ray/gcs/gcs_server", "--log_dir=x"], True),
+    (["/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet", "--node-ip=x"], True),
+    (["/venv/bin/python", "-u", "/venv/lib/python3.11/site-packages/ray/_private/log_monitor.py"], True),
+    (["/venv/bin/python", "-u", "/venv/lib/python3.11/site-packages/ray/autoscaler/_private/monitor.py"],
+     True),
+    (["ray::ServeController  "], True),
+    (["ray::ServeController.listen_for_change"], True),  # the title while a call runs
+    (["ray::ProxyActor"], True),
+    (["ray::ServeReplica:iris:model-v1"], False),  # our replicas heed it and may flush
+    (["ray::MonitorActor"], False),
+    (["ray::"], False),
+    (["python", "monitor.py", "--raylet"], False),  # a job's own script is no Ray monitor
+    (["python", "-m", "training.job", "--config", "raylet"], False),
+    ([], False),
+])
+def test_only_rays_own_processes_that_ignore_sigterm_are_not_waited_for(
+        argv: list[str], deaf: bool) -> None:
+    from control_plane.platform import _deaf_to_sigterm
+
+    class Listed:
+        def cmdline(self) -> list[str]:
+            return argv
+
+    assert _deaf_to_sigterm(Listed()) is deaf

@@ -744,6 +744,12 @@ def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_fi
     assert BASELINE_WINDOW_S in asked
     assert rollout.last_analysis["stable_baseline"]["window_s"] == BASELINE_WINDOW_S
     assert world.weights() == {1: 100.0}
+    # A person who judges the candidate bad rolls it back by hand: that rejects it.
+    again = world.controller.rollback(rollout_id, ALICE, "slow, I checked")
+    assert again.state == RolloutState.ROLLED_BACK
+    world.run(1)
+    rejected = world.registry.get_version("iris", 2)
+    assert rejected.status == "rejected" and "slow, I checked" in rejected.status_reason
 
 
 def test_a_slow_monitor_read_moves_the_streaks_next_window_past_what_it_judged(
@@ -1246,6 +1252,32 @@ def test_a_resumed_step_starts_its_failure_streak_again(world: World) -> None:
             break
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.PROGRESSING and rollout.failures == 1
+
+
+def test_a_streak_at_its_limit_is_a_rollback_a_pause_and_resume_do_not_undo(
+        world: World) -> None:
+    """The streak reached its limit and was stored, and the process was lost before the
+    rollback: the next pass rolls back. A pause and a resume in between cleared it."""
+    from control_plane.store.models import RolloutRow
+
+    rollout_id = world.start(steps=[30, 100], step_duration_s=600,
+                             analysis={**FAST, "failures_to_rollback": 2})
+    world.serve(1)
+    world.serve(2, error_rate=0.2)
+    for _ in range(20):
+        world.run(0.25, step=0.25)
+        if world.controller.get(rollout_id).failures:
+            break
+    kept = world.controller.get(rollout_id).last_analysis
+    with world.registry.db.session() as session:  # the second failure stored, the process lost
+        session.get(RolloutRow, rollout_id).failures = 2
+    world.controller.pause(rollout_id, ALICE, "a look")
+    world.controller.resume(rollout_id, ALICE)
+    resumed = world.controller.get(rollout_id)
+    assert resumed.failures == 2 and resumed.last_analysis == kept
+    world.run(1)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK and "error_rate" in rollout.reason
 
 
 def test_an_undeployed_endpoint_s_drained_version_is_not_taken_from_its_successor(
