@@ -105,11 +105,10 @@ class Watchdog:
                             return
                         self.reason = reason
                         self._on_overdue(reason)
-                    if self._on_stuck is not None and not self._stop.wait(self.grace_s):
-                        with self._firing:  # not once stop() has returned
-                            if not self._stop.is_set():
-                                self._on_stuck(f"{reason}; its process ended: the training "
-                                               f"did not heed the stop for {self.grace_s:g} s")
+                    if self._on_stuck is not None:
+                        _last_resort(self._stop, self._firing, self.grace_s, self._on_stuck,
+                                     f"{reason}; its process ended: the training did not "
+                                     f"heed the stop for {self.grace_s:g} s")
                     return
 
         self._thread = threading.Thread(target=watch, name="training-watchdog", daemon=True)
@@ -120,6 +119,17 @@ class Watchdog:
         """Stop watching: once this returns, neither callback is called."""
         with self._firing:
             self._stop.set()
+
+
+def _last_resort(stopped: threading.Event, firing: threading.Lock, grace_s: float,
+                 on_stuck: Callable[[str], None], why: str) -> None:
+    """``on_stuck(why)`` where the work has not stopped ``grace_s`` after its interrupt;
+    never once ``stop()`` has returned (it takes ``firing``)."""
+    if stopped.wait(grace_s):
+        return
+    with firing:
+        if not stopped.is_set():
+            on_stuck(why)
 
 
 def _away(error: BaseException) -> bool:
@@ -161,11 +171,9 @@ class FinishDeadline:
                           f"resources.finish_timeout_s ({self.limit_s:g} s); the job was "
                           "stopped, its checkpoints kept for a resume")
                 self._on_overdue(reason)
-            if not self._stop.wait(self.grace_s):
-                with self._firing:  # not once stop() has returned
-                    if not self._stop.is_set():
-                        self._on_stuck(f"{reason}, its process ended: the step did not "
-                                       f"heed the stop for {self.grace_s:g} s")
+            _last_resort(self._stop, self._firing, self.grace_s, self._on_stuck,
+                         f"{reason}, its process ended: the step did not heed the stop "
+                         f"for {self.grace_s:g} s")
 
         if self._thread is None:
             self._thread = threading.Thread(target=watch, name="finish-deadline", daemon=True)

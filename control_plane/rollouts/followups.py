@@ -64,6 +64,13 @@ def owe(row: RolloutRow, *, reject: str | None = None,
     row.followups = pending or None
 
 
+def owe_reject(row: RolloutRow, reason: str) -> None:
+    """Record the candidate's rejection, owed after the terminal state (a person's rollback
+    of a rollout its analysis rolled back without rejecting), unless one is owed already."""
+    if REJECT not in (row.followups or {}):
+        row.followups = {**(row.followups or {}), REJECT: reason}
+
+
 def owe_archive(row: RolloutRow, version: int) -> None:
     """Record, inside the transaction that removes the drained ``version``, its archive."""
     row.followups = {**(row.followups or {}), ARCHIVE: version}

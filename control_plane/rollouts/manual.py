@@ -9,6 +9,7 @@ from __future__ import annotations
 from control_plane.auth import Principal
 from control_plane.errors import ConflictError
 from control_plane.rollouts.approvals import approval_gate
+from control_plane.rollouts.followups import owe_reject
 from control_plane.rollouts.moves import TrafficMoves
 from control_plane.rollouts.records import rollout_out, rollout_row, transition
 from control_plane.rollouts.schemas import AnalysisSettings, RolloutOut
@@ -79,15 +80,6 @@ class ManualActions(TrafficMoves):
             return True
         return version.status == "rejected"
 
-    def _owe_rejection(self, rollout: RolloutOut, reason: str) -> None:
-        """Owe the candidate's rejection (finished as any rollback's is), unless one is owed."""
-        from control_plane.rollouts.followups import REJECT
-
-        with self.db.session() as session:
-            row = rollout_row(session, rollout.id, for_update=True)
-            if REJECT not in (row.followups or {}):
-                row.followups = {**(row.followups or {}), REJECT: reason}
-
     def abort(self, rollout_id: int, actor: Principal, reason: str = "", *,
               settle: bool = True) -> RolloutOut:
         """Stop the rollout and restore the stable version, without judging the candidate.
@@ -108,7 +100,8 @@ class ManualActions(TrafficMoves):
                 if reject and not self._rejected(current):
                     # Rolled back by its analysis on figures callers can move, which does
                     # not reject (analysis.CALLER_MOVABLE): a person's rollback does.
-                    self._owe_rejection(current, why)
+                    with self.db.session() as session:
+                        owe_reject(rollout_row(session, current.id, for_update=True), why)
                     self._ended.append(current.id)
                 else:
                     return current  # asked again (an answer lost, a retry): it is so already
