@@ -29,6 +29,7 @@ from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
 from training.data import Dataset, Split, load_dataset, split_dataset
 from training.errors import InvalidJobSpecError, TrainingError
 from training.finetune import MODEL_BUNDLE_ARTIFACT, bundle_mismatch, load_fine_tune_source
+from training.job import EXIT_STOPPED
 from training.patience import patiently
 from training.schemas import DEFAULT_MAX_WORKERS, JobSpec
 from training.spec import dump_job_spec
@@ -458,19 +459,21 @@ def _progress(client: Any, run_id: str) -> tuple[tuple[str, float], ...]:
 
 def _give_up(client: Any, run_id: str, reason: str) -> None:
     """The main thread is stuck past an interrupt's reach (native code, a hung read): end
-    the run from here, one try each, and the process with it, which ends the job."""
+    the run from here, one try each, and the process with it, which ends the job. Killed,
+    as the main thread would have ended it, where a person asked it to stop meanwhile."""
     import sys
 
+    stopped = STOP_REQUESTED.is_set()
     with contextlib.suppress(Exception):
         client.log_params(run_id, {"failure_reason": reason[:2000]})
     with contextlib.suppress(Exception):
-        client.end_run(run_id, "failed")
+        client.end_run(run_id, "killed" if stopped else "failed")
     with contextlib.suppress(Exception):  # the job's own token dies with it, as on any exit
         from training.job_token import revoke_own_token
 
         revoke_own_token()
-    print(f"error: {reason}", file=sys.stderr, flush=True)
-    os._exit(1)
+    print(f"{'stopped' if stopped else 'error'}: {reason}", file=sys.stderr, flush=True)
+    os._exit(EXIT_STOPPED if stopped else 1)
 
 
 def _interrupt_main(reason: str) -> None:

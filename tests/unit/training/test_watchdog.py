@@ -229,11 +229,14 @@ def test_the_work_after_training_is_bounded_and_names_its_step() -> None:
     assert len(overdue) == 2 and len(stuck) == 1
 
 
-@pytest.mark.parametrize("stuck", [False, True], ids=["interruptible", "past-an-interrupt"])
-def test_a_job_hung_after_training_ends_whatever_holds_it(stuck: bool, tmp_path) -> None:
+@pytest.mark.parametrize(("stuck", "stop_asked"), [(False, False), (True, False), (True, True)],
+                         ids=["interruptible", "past-an-interrupt", "past-an-interrupt-stopped"])
+def test_a_job_hung_after_training_ends_whatever_holds_it(stuck: bool, stop_asked: bool,
+                                                         tmp_path) -> None:
     """The driver's own wiring (training.runner's callbacks), in a process of its own: a
     step that heeds the interrupt fails as a deadline; one stuck in native code (a lock
-    no signal wakes) is ended with its process, the run's end tried first."""
+    no signal wakes) is ended with its process, the run's end tried first: killed where a
+    person asked the job to stop meanwhile, as the main thread would have ended it."""
     import subprocess
     import sys
     import textwrap
@@ -255,6 +258,8 @@ def test_a_job_hung_after_training_ends_whatever_holds_it(stuck: bool, tmp_path)
                                   functools.partial(runner._give_up, Client(), "run-1"),
                                   grace_s=0.5).start()
         deadline.enter("exporting to ONNX and checking it against torch")
+        if {stop_asked}:
+            runner.STOP_REQUESTED.set()  # as SIGTERM from `ray job stop` sets it
         try:
             if {stuck}:
                 held = threading.Lock()
@@ -274,9 +279,10 @@ def test_a_job_hung_after_training_ends_whatever_holds_it(stuck: bool, tmp_path)
                               **__import__("os").environ, "PYTHONPATH": _repo(),
                               "MODELPLANE_JOB_TOKEN_NAME": "job-7"})
     if stuck:
-        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.returncode == (130 if stop_asked else 1), done.stdout + done.stderr
         assert "log_params run-1 the work after training was still exporting" in done.stdout
-        assert "end_run run-1 failed" in done.stdout and "revoked job-7" in done.stdout
+        ended = "killed" if stop_asked else "failed"
+        assert f"end_run run-1 {ended}" in done.stdout and "revoked job-7" in done.stdout
         assert "did not heed the stop" in done.stderr
     else:
         assert done.returncode == 2, done.stdout + done.stderr
