@@ -74,9 +74,14 @@ class SketchWindow:
         """Record a batch of values at the clock's current time."""
         self._rotate().add_many(values)
 
-    def merge(self, sketch: Sketch) -> None:
-        """Fold a sketch (for instance a replica's delta) into the current slot."""
-        self._rotate().merge(sketch)
+    def merge(self, sketch: Sketch, back: int = 0) -> None:
+        """Fold a sketch (for instance a replica's delta) into the current slot, or into
+        the one ``back`` slots before it (nothing where that has left the window)."""
+        current = self._rotate()
+        if back <= 0:
+            current.merge(sketch)
+        elif back < self.slots:
+            self._ring[(self._head - back) % self.slots].merge(sketch)
 
     def _rows(self, seconds: float | None) -> np.ndarray:
         """Ring rows covering the last ``seconds``, newest first."""

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -75,9 +76,9 @@ WARMING = ("this replica started moments ago and the ingress does not send to it
 BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
 LOOP_RESTART_S = 1.0  # how soon a replica's background loop starts again after an error
 FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
-# Shipments kept for a Monitor that does not answer (a minute at the default interval);
-# past them the oldest go. A Monitor that is not there at all is not sent to: what the
-# replica records then waits in its recorder.
+# Shipments kept for a Monitor that is not there or does not answer (a minute at the
+# default interval); past them the oldest go. Each is taken at its interval and keeps the
+# time it was taken, so the Monitor files it in the seconds it was recorded in.
 UNSENT_LIMIT = 60
 GOODBYE_S = 5.0  # what a stopping replica spends on its goodbye at most
 
@@ -136,8 +137,10 @@ class _CoreAdapter:
     _shipping: asyncio.Lock | None = None  # held while a shipment is taken and sent
     _sequence = 0  # the number of the newest shipment
     _monitor: Any = None  # the Monitor's handle, once looked up
-    # Shipments the Monitor was not seen to take, oldest first: sent again, in order.
-    _unsent: deque[tuple[int, dict[int, Any], ServedConfig]] | None = None
+    # Shipments the Monitor was not seen to take, oldest first: sent again, in order, each
+    # with its number, the configuration it was recorded under and when it was taken.
+    _unsent: deque[tuple[int, dict[int, Any], ServedConfig, float]] | None = None
+    _dropped = 0  # the oldest kept shipments dropped since the Monitor last took one
     _in_serve = False  # a Serve replica, which says goodbye when Serve stops it
     _goodbye_said = False
     _leaving = False  # set once the goodbye has the shipments: none goes after it
@@ -291,12 +294,9 @@ class _CoreAdapter:
             key = (core.config.monitor_actor, core.config.monitor_namespace)
             if self._monitor is None or key != monitor_key:
                 # A GCS lookup blocks: off the event loop, and only until a handle is found.
-                # Looked up before the statistics are taken: where there is no Monitor
-                # (yet, or while it restarts) they stay with the recorder, not dropped.
+                # Where there is no Monitor (yet, or while it restarts) the interval's
+                # statistics are taken all the same and kept for it, each with its time.
                 self._monitor, monitor_key = await asyncio.to_thread(get_monitor, *key), key
-                if self._monitor is None:
-                    await asyncio.sleep(core.config.stats_interval_s)
-                    continue
             if await self._ship(core, self._monitor, replica) == Shipped.GONE:
                 self._monitor = None  # replaced by `up`: look the new one up
 
@@ -306,10 +306,13 @@ class _CoreAdapter:
         tells the Monitor this replica is still there: ``serving.monitoring.replica_reports``),
         after any earlier shipment the Monitor was not seen to take. What it did not answer
         is sent again next time, under the same number, so one it took after all (slow, not
-        gone) is not counted twice."""
+        gone) is not counted twice. Without a Monitor (None) the shipment is only kept."""
         async with self._shipment_lock():  # the goodbye waits for a shipment under way
             if self._leaving and not leaving:
                 return Shipped.SENT  # the goodbye took everything; the Monitor forgot us
+            # When its recording ended, for its age when sent: the replica's own clock,
+            # so no clock of another node is read.
+            taken_at = time.monotonic()
             # The monitoring kernels run here, a step at a time between requests (see
             # StatsRecorder.to_delta_in_steps).
             delta = await core.take_stats().to_delta_in_steps()
@@ -318,7 +321,15 @@ class _CoreAdapter:
             if self._unsent is None:
                 self._unsent = deque()
             self._sequence += 1
-            self._unsent.append((self._sequence, delta, served_by(core.config)))
+            self._unsent.append((self._sequence, delta, served_by(core.config), taken_at))
+            if len(self._unsent) > UNSENT_LIMIT:
+                self._unsent.popleft()
+                if not self._dropped:
+                    log.warning("dropping the oldest statistics kept for the monitor: it has "
+                                "not taken %d shipments in a row", UNSENT_LIMIT)
+                self._dropped += 1
+            if monitor is None:
+                return Shipped.UNANSWERED
             return await self._send_unsent(core, monitor, replica, leaving)
 
     async def _send_unsent(self, core: InferenceCore, monitor: Any, replica: str,
@@ -326,7 +337,7 @@ class _CoreAdapter:
         """Send the kept shipments, oldest first, until one goes unanswered."""
         assert self._unsent is not None
         while self._unsent:
-            sequence, delta, served = self._unsent[0]
+            sequence, delta, served, taken_at = self._unsent[0]
             sent = {core.monitoring[v].profile_key for v, d in delta.items()
                     if "profile" in d and v in core.monitoring}
             last = leaving and len(self._unsent) == 1
@@ -334,22 +345,22 @@ class _CoreAdapter:
                 answer = await asyncio.wait_for(
                     asyncio.wrap_future(monitor.record.remote(
                         core.config.endpoint, replica, delta, served, leaving=last,
-                        sequence=sequence).future()),
+                        sequence=sequence, age_s=time.monotonic() - taken_at).future()),
                     timeout=5,
                 )
             except Exception as error:  # the monitor restarting must not break serving
                 log.warning("could not ship statistics to the monitor (%d shipments "
                             "kept to send again): %s", len(self._unsent), error)
-                if len(self._unsent) > UNSENT_LIMIT:
-                    self._unsent.popleft()
-                    log.warning("dropped the oldest statistics kept for the monitor: "
-                                "it has not answered %d shipments in a row", UNSENT_LIMIT)
                 from ray.exceptions import RayActorError
 
                 # A slow Monitor (or a GCS restarting) keeps its handle; a lookup now
                 # could fail and stop every replica shipping at once.
                 return Shipped.GONE if isinstance(error, RayActorError) else Shipped.UNANSWERED
             self._unsent.popleft()
+            if self._dropped:
+                log.warning("the monitor takes statistics again; %d shipments were dropped "
+                            "while it did not", self._dropped)
+                self._dropped = 0
             missing = set((answer or {}).get("missing_profiles", ()))
             self._profiles_shipped = frozenset((self._profiles_shipped | sent) - missing)
         return Shipped.SENT

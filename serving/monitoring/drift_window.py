@@ -60,24 +60,34 @@ class SlottedCounts:
     def _epoch(self) -> int:
         return math.floor(self._clock() / self.slot_seconds)
 
-    def add(self, part: dict[str, Any]) -> None:
-        """Merge one replica's shipment (see ``VersionObservations.to_delta``)."""
-        epoch = self._epoch()
+    def add(self, part: dict[str, Any], back: int = 0) -> None:
+        """Merge one replica's shipment (see ``VersionObservations.to_delta``) into the
+        current slot, or into the one ``back`` slots before it (a late shipment's: nothing
+        where that has left the window)."""
+        now = self._epoch()
+        epoch = now - max(back, 0)
         hist = np.asarray(part["hist"], dtype=np.int64)
         if hist.shape[0] != self.profile.layout().n_bins:
             return  # shipped against another profile (a replica mid-reconfigure): skip
-        last = self._entries[-1] if self._entries else None
-        if last is not None and last.epoch == epoch:
-            last.hist += hist
-            last.missing += part["missing"]
-            last.out_of_range += part["out_of_range"]
-            last.rows += int(part["rows"])
+        if epoch <= now - self.slots:
+            return
+        # Slots stay in order: a late shipment's goes before the newer ones.
+        position = len(self._entries)
+        while position and self._entries[position - 1].epoch > epoch:
+            position -= 1
+        same = self._entries[position - 1] if position else None
+        if same is not None and same.epoch == epoch:
+            same.hist += hist
+            same.missing += part["missing"]
+            same.out_of_range += part["out_of_range"]
+            same.rows += int(part["rows"])
         else:
-            self._entries.append(_Slot(epoch, hist.copy(), np.array(part["missing"], dtype=np.int64),
-                                       np.array(part["out_of_range"], dtype=np.int64), int(part["rows"])))
-        while self._entries and self._entries[0].epoch <= epoch - self.slots:
+            self._entries.insert(position, _Slot(
+                epoch, hist.copy(), np.array(part["missing"], dtype=np.int64),
+                np.array(part["out_of_range"], dtype=np.int64), int(part["rows"])))
+        while self._entries and self._entries[0].epoch <= now - self.slots:
             self._entries.popleft()
-        self.rows.forget_before(epoch - self.slots + 1)
+        self.rows.forget_before(now - self.slots + 1)
         samples = np.asarray(part.get("samples", ()), dtype=np.float32)
         if samples.ndim == 2 and samples.shape[1] == self.profile.n_features:
             self.rows.add(epoch, int(part["rows"]), samples)

@@ -65,10 +65,14 @@ log = logging.getLogger(__name__)
 # first to say; per-routing samples and snapshots' ``sample``; 3: pinned and sticky
 # latencies apart, by way of routing, and ``endpoint_deleted``; 4: requests abandoned
 # by their callers, by way of routing; 5: ``served``; 6: ``record``'s ``leaving`` and
-# ``sequence``, and snapshots' ``replicas``).
-MONITOR_PROTOCOL = 6
+# ``sequence``, and snapshots' ``replicas``; 7: ``record``'s ``age_s``).
+MONITOR_PROTOCOL = 7
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
+# A shipment older than this many of its replica's intervals when it arrives (kept while
+# the Monitor was away or did not answer) is filed in the slot it was recorded in, not
+# the current one; a younger one is merged as it arrives, as every shipment was before.
+LATE_AFTER_INTERVALS = 2
 METRICS_WINDOW_S = 60.0  # window of the windowed signals in the Prometheus exposition
 DRIFT_CACHE_LIMIT = 1024
 
@@ -90,8 +94,14 @@ class CounterWindow:
         self._epoch = max(epoch, self._epoch)
         return self._ring[self._head]
 
-    def add(self, values: dict[str, float]) -> None:
-        self._current().update(values)
+    def add(self, values: dict[str, float], back: int = 0) -> None:
+        """Add ``values`` to the current slot, or to the one ``back`` slots before it
+        (nothing where that has left the ring)."""
+        current = self._current()
+        if back <= 0:
+            current.update(values)
+        elif back < self.slots:
+            self._ring[(self._head - back) % self.slots].update(values)
 
     def completed(self, after_epoch: int, lag_slots: int) -> list[tuple[int, Counter[str]]]:
         """Slots ``(epoch, counts)`` newer than ``after_epoch`` that ended ``lag_slots`` ago."""
@@ -234,12 +244,17 @@ class MonitorState:
 
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
                served: ServedConfig | None = None, leaving: bool = False,
-               sequence: int | None = None) -> dict[str, Any]:
+               sequence: int | None = None, age_s: float = 0.0) -> dict[str, Any]:
         """Merge one replica's delta (see ``StatsRecorder.to_delta``) recorded under
         ``served`` (see :meth:`_admit`); an empty one says the replica is still there, and
         ``leaving`` that it is stopping gracefully and this was its last. ``sequence``
         numbers the replica's shipments: one sent again after its first sending was merged
-        is dropped.
+        is dropped. ``age_s``: how long ago, by the replica's clock, the delta's recording
+        ended. A late one (kept while this Monitor was away, restarting or not answering)
+        is filed in the slots of the seconds it was recorded in, so a window holds the
+        requests served in it: merged on arrival, a minute of backlog read as one second's
+        traffic, under the step it arrived in, and could pass a candidate that failed its
+        real requests. One older than the windows reach counts in the totals alone.
 
         Returns the reference profiles the delta referred to that this Monitor does not
         hold (a restarted Monitor has none): the replica sends them with its next delta.
@@ -251,6 +266,7 @@ class MonitorState:
         versions = self._admit(endpoint, served)
         if versions is None:
             return {"missing_profiles": []}
+        back = self._slots_back(age_s, served.report_every_s if served else 1.0)
         if leaving:
             self.replicas.left(endpoint, replica)
         else:
@@ -270,7 +286,8 @@ class MonitorState:
                 if not sketch_bytes:
                     continue
                 sketch = Sketch.from_bytes(sketch_bytes)
-                self._latency_window(series, routed).merge(sketch)
+                if back < SLOTS:
+                    self._latency_window(series, routed).merge(sketch, back)
                 series.latency_total.merge(sketch)
                 latency_n += sketch.count
                 latency_sum += part_sum
@@ -292,16 +309,29 @@ class MonitorState:
                 try:
                     self._install_profile(data.get("profile"), part.get("profile_key", ""))
                     counts.update(self._record_monitoring(endpoint, int(version), series, part,
-                                                          missing_profiles))
+                                                          missing_profiles, back))
                 except Exception:  # its monitoring is lost; its request counts never are
                     log.exception("%s v%s: a replica's monitoring section could not be read; "
                                   "its requests are counted as unobserved", endpoint, version)
                     counts[counters.UNOBSERVED_REQUESTS] = (
                         counts.get(counters.UNOBSERVED_REQUESTS, 0)
                         + sum(n for code, n in data.get("codes", {}).items() if int(code) < 400))
-            series.counters.add(counts)
+            series.counters.add(counts, back)
             series.totals.update(counts)
+            if 0 < back < SLOTS:  # the window's figures reach back to what was filed there
+                series.first_seen = min(series.first_seen,
+                                        (series.counters.epoch - back) * SLOT_SECONDS)
         return {"missing_profiles": sorted(missing_profiles)}
+
+    def _slots_back(self, age_s: float, report_every_s: float) -> int:
+        """How many slots before the current one a delta recorded ``age_s`` ago belongs
+        in: 0 unless it is late (more than ``LATE_AFTER_INTERVALS`` of its intervals
+        old, which a shipment on time never is)."""
+        if not (math.isfinite(age_s) and age_s > LATE_AFTER_INTERVALS * max(report_every_s,
+                                                                              SLOT_SECONDS)):
+            return 0
+        now = self._clock()
+        return math.floor(now / SLOT_SECONDS) - math.floor((now - age_s) / SLOT_SECONDS)
 
     def _latency_window(self, series: VersionSeries, routed: str) -> Any:
         if routed == ROUTED_RANDOMLY:
@@ -328,7 +358,8 @@ class MonitorState:
             log.warning("ignoring an unreadable reference profile %s: %s", key, error)
 
     def _record_monitoring(self, endpoint: str, version: int, series: VersionSeries,
-                           part: dict[str, Any], missing_profiles: set[str]) -> dict[str, float]:
+                           part: dict[str, Any], missing_profiles: set[str],
+                           back: int = 0) -> dict[str, float]:
         series.meta = {k: part.get(k) for k in ("task", "n_classes", "class_labels", "profile_key", "problem")}
         series.last_request_at = max(series.last_request_at, part.get("last_request_at") or 0.0)
         key = part.get("profile_key") or ""
@@ -348,7 +379,7 @@ class MonitorState:
                 for window, group in zip(self._drift_counts(series, kind),
                                          ("inputs", "predictions"), strict=True):
                     if window is not None and routed.get(group):
-                        window.add(routed[group])
+                        window.add(routed[group], back)
         counts = monitoring_counts(part, series.input_names, series.prediction_names)
         for kind, routed in by_routing:
             if routed.get("feedback"):
@@ -721,8 +752,8 @@ class MonitorActor:
 
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
                served: ServedConfig | None = None, leaving: bool = False,
-               sequence: int | None = None) -> dict[str, Any]:
-        return self.state.record(endpoint, replica, delta, served, leaving, sequence)
+               sequence: int | None = None, age_s: float = 0.0) -> dict[str, Any]:
+        return self.state.record(endpoint, replica, delta, served, leaving, sequence, age_s)
 
     def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         return self.state.feedback(endpoint, items)

@@ -32,12 +32,14 @@ class StandInMonitor:
 
     def __init__(self) -> None:
         self.shipped: list[tuple[float, dict[int, Any]]] = []
+        self.calls: list[tuple[Any, int | None, float]] = []  # (served, sequence, age_s)
         self.goodbyes: list[str] = []
         self.record = SimpleNamespace(remote=self._record)
 
     def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any,
-                leaving: bool = False, sequence: int | None = None) -> Any:
+                leaving: bool = False, sequence: int | None = None, age_s: float = 0.0) -> Any:
         self.shipped.append((time.monotonic(), delta))
+        self.calls.append((served, sequence, age_s))
         if leaving:
             self.goodbyes.append(replica)
         answered: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
@@ -179,7 +181,10 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipper took the recorder's statistics and then looked the Monitor up: where
     there was none (starting, or restarting) what it took was dropped, and with it the
-    answers (and failures) of those seconds."""
+    answers (and failures) of those seconds. Each interval's are kept apart, with the
+    configuration they were recorded under and their age when sent, so the Monitor files
+    them in their own seconds (test_monitor_backlog.py): one recorder holding the whole
+    outage was shipped as the last second's, under the newest configuration."""
     monitor = StandInMonitor()
     found: list[StandInMonitor | None] = [None]
     monkeypatch.setattr(endpoint, "get_monitor", lambda *key: found[0])
@@ -193,6 +198,9 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
         try:
             await send_many(core, rows * 30)
             await asyncio.sleep(0.5)  # ten intervals without a Monitor
+            core.update(core.config.model_copy(update={"generation": config.generation + 1}),
+                        backends)
+            await asyncio.sleep(0.2)
             found[0] = monitor
             for _ in range(300):
                 if sum(d[1]["monitoring"]["rows"] for _, d in monitor.shipped if 1 in d) >= 30:
@@ -203,8 +211,36 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
         shipped = sum(d[1]["monitoring"]["rows"] for _, d in monitor.shipped if 1 in d)
         assert shipped == 30 and sum(d[1]["codes"].get(200, 0) for _, d in monitor.shipped
                                      if 1 in d) == 30
+        kept = [call for call in monitor.calls if call[2] > 0.1]
+        assert len(kept) >= 5, monitor.calls  # an interval each, not one recorder
+        sequences = [sequence for _, sequence, _ in monitor.calls]
+        assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+        ages = [age for _, _, age in monitor.calls]
+        assert ages[0] >= 0.6 and ages == sorted(ages, reverse=True)  # oldest first
+        generations = [served.generation for served, _, _ in monitor.calls]
+        first_requests = next(i for i, (_, d) in enumerate(monitor.shipped) if 1 in d)
+        assert generations[first_requests] == config.generation  # recorded before the change
+        assert generations[-1] == config.generation + 1
 
     asyncio.run(run())
+
+
+def test_statistics_kept_for_an_absent_monitor_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One recorder held a whole outage: a latency per request, without bound."""
+    monkeypatch.setattr(endpoint, "UNSENT_LIMIT", 5)
+    core = make_core(reference_profile())
+
+    async def run() -> Replica:
+        replica = Replica(core)
+        for _ in range(12):
+            await send_many(core, [np.zeros((1, 4), np.float32)])
+            assert await replica._ship(core, None, "replica-1") == endpoint.Shipped.UNANSWERED
+        return replica
+
+    replica = asyncio.run(run())
+    assert replica._unsent is not None and len(replica._unsent) == 5
+    assert [sequence for sequence, *_ in replica._unsent] == [8, 9, 10, 11, 12]  # the newest
+    assert replica._dropped == 7
 
 
 def test_an_idle_replica_reports_and_says_goodbye_with_its_last_statistics(
@@ -257,13 +293,13 @@ class SlowMonitor:
         self.record = SimpleNamespace(remote=self._record)
 
     def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any,
-                leaving: bool = False, sequence: int | None = None) -> Any:
+                leaving: bool = False, sequence: int | None = None, age_s: float = 0.0) -> Any:
         takes, answers = self.plan.pop(0) if self.plan else (True, True)
         self.sequences.append(sequence)
         answered: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         if takes:
             answered.set_result(self.state.record(endpoint_name, replica, delta, served,
-                                                  leaving, sequence))
+                                                  leaving, sequence, age_s))
         if not answers:
             answered = concurrent.futures.Future()
             answered.set_exception(TimeoutError("the Monitor did not answer in time"))

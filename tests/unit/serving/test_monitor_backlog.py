@@ -1,0 +1,150 @@
+"""Statistics a replica kept while the Monitor was away (killed and restarted, or not
+answering) are filed in the seconds they were recorded in, so the windows a rollout
+reads after the outage hold what they would have held had the Monitor been up.
+
+Merged on arrival, a minute of backlog read as one second's traffic under the step it
+arrived in: requests served at a canary's 10% counted in its 50% step's window, and a
+candidate failing 2% of its requests at 50% read 0.8% and passed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from control_plane.rollouts.analysis import AnalysisConfig, Verdict, analyse
+from serving.monitoring.monitor import SLOTS, MonitorState
+from serving.monitoring.observations import attach_profiles
+from serving.monitoring.stats import ServedConfig, StatsRecorder
+from tests.unit.serving.monitoring_helpers import make_core, reference_profile, send_many
+
+RPS = 200
+STEP_AT = 1055  # the canary goes from 10% to 50% in this second
+SERVED = ServedConfig("incarnation-1", 7, (1, 2), 1.0)
+CONFIG = AnalysisConfig(min_samples=100, max_error_rate=0.01, max_p95_ratio=1.5)
+
+
+def _second(second: int) -> dict:
+    """One second of traffic: the candidate (2) answers nothing wrong at 10%; at 50%,
+    from ``STEP_AT``, it fails 2% of its requests; stable (1) never fails."""
+    recorder = StatsRecorder()
+    share, failing = (0.1, 0.0) if second < STEP_AT else (0.5, 0.02)
+    candidate = int(RPS * share)
+    for _ in range(RPS - candidate):
+        recorder.record(1, 200, 0.010)
+    for i in range(candidate):
+        recorder.record(2, 500 if i < round(candidate * failing) else 200, 0.010)
+    return recorder.to_delta()
+
+
+def _monitor(clock: list[float]) -> MonitorState:
+    return MonitorState(clock=lambda: clock[0], wall_clock=lambda: clock[0])
+
+
+def _on_time(until: int) -> tuple[MonitorState, list[float]]:
+    """The Monitor up throughout: each second's delta, taken a quarter into the next
+    second, arrives as it is taken."""
+    clock = [990.0]
+    monitor = _monitor(clock)
+    for second in range(990, until):
+        clock[0] = second + 1.25
+        monitor.record("ep", "r1", _second(second), SERVED, sequence=second)
+    return monitor, clock
+
+
+def _figures(monitor: MonitorState, window_s: float) -> tuple[int, ...]:
+    """The candidate's requests and 5xx, then stable's, then both latency sketches' counts."""
+    snapshot = monitor.snapshot("ep", window_s, ("random",))
+    return (snapshot[2].traffic.requests, snapshot[2].traffic.server_errors,
+            snapshot[1].traffic.requests, snapshot[1].traffic.server_errors,
+            snapshot[2].latency.all_requests.count, snapshot[1].latency.all_requests.count)
+
+
+@pytest.mark.parametrize("outage", ["restarted", "unanswering"])
+def test_a_backlog_is_filed_in_the_seconds_it_was_recorded_in(outage: str) -> None:
+    truth, clock = _on_time(1063)
+    now = 1063.5
+    clock[0] = now
+    window_s = now - (STEP_AT + 0.25)  # from the step (analysis_window)
+    expected = _figures(truth, window_s)
+    assert expected[0] > 600 and expected[1] > 10  # the window holds the 50% seconds alone
+
+    clock = [990.0]
+    monitor = _monitor(clock)
+    for second in range(990, 1000):  # before the outage, on time
+        clock[0] = second + 1.25
+        monitor.record("ep", "r1", _second(second), SERVED, sequence=second)
+    if outage == "restarted":  # killed at 1000; a new, empty Monitor at 1060.3
+        clock[0] = 1060.3
+        monitor = _monitor(clock)
+    clock[0] = 1060.3
+    for second in range(1000, 1060):  # the replica's kept shipments, oldest first, at once
+        taken_at = second + 1.25
+        monitor.record("ep", "r1", _second(second), SERVED, sequence=second,
+                       age_s=clock[0] - taken_at)
+    for second in range(1060, 1063):  # on time again
+        clock[0] = second + 1.25
+        monitor.record("ep", "r1", _second(second), SERVED, sequence=second)
+    clock[0] = now
+
+    assert _figures(monitor, window_s) == expected
+    snapshot = monitor.snapshot("ep", window_s, ("random",))
+    verdict = analyse(CONFIG, snapshot[2], snapshot[1])
+    assert verdict.verdict == Verdict.FAIL and verdict.reason.startswith("error_rate")
+    # Every request is counted once, the backlog's included.
+    served_since_restart = sum(RPS for _ in range(1000, 1063))
+    totals = sum(monitor.series[("ep", v)].totals[code] for v in (1, 2)
+                 for code in monitor.series[("ep", v)].totals if code.startswith("code:"))
+    before = 0 if outage == "restarted" else 10 * RPS
+    assert totals == served_since_restart + before
+
+
+def test_a_shipment_on_time_or_just_late_goes_where_shipments_always_went() -> None:
+    """Within two intervals of its taking a shipment is merged as it arrives, as every
+    shipment was: a replica's slow second never moves figures into a window already read."""
+    clock = [2000.6]
+    monitor = _monitor(clock)
+    monitor.record("ep", "r1", _second(2000), SERVED, sequence=1, age_s=1.9)
+    assert _figures(monitor, 0.5)[0] == RPS // 2  # the current second holds it
+    clock[0] = 2010.6
+    monitor.record("ep", "r1", _second(2000), SERVED, sequence=2, age_s=float("nan"))
+    assert _figures(monitor, 0.5)[0] == RPS // 2  # an unreadable age: as if on time
+
+
+def test_a_shipment_older_than_the_windows_counts_in_the_totals_alone() -> None:
+    clock = [5000.5]
+    monitor = _monitor(clock)
+    monitor.record("ep", "r1", _second(2000), SERVED, sequence=1, age_s=SLOTS + 30.0)
+    assert _figures(monitor, SLOTS)[::4] == (0, 0)
+    assert sum(monitor.series[("ep", 2)].totals[key] for key in
+               monitor.series[("ep", 2)].totals if key.startswith("code:")) == RPS // 2
+    monitor.record("ep", "r1", _second(2000), SERVED, sequence=2, age_s=SLOTS - 30.0)
+    assert _figures(monitor, SLOTS)[:2] == (RPS // 2, 2)
+    assert _figures(monitor, SLOTS)[4] == RPS // 2
+    assert _figures(monitor, SLOTS - 40)[::4] == (0, 0)
+    assert monitor.snapshot("ep", SLOTS)[2].traffic.observed_s >= SLOTS - 31
+
+
+def test_the_rows_of_a_late_shipment_are_judged_for_drift_in_their_own_seconds() -> None:
+    """A shifted half-minute kept while the Monitor was away is in the windows that reach
+    back to it, not in the last ten seconds' drift."""
+    clock = [3000.5]
+    state = _monitor(clock)
+    core = make_core(reference_profile())
+    rng = np.random.default_rng(5)
+    shifted = rng.normal(size=(300, 4))
+    shifted[:, 1] += 1.0  # income, by one standard deviation
+
+    def ship(rows: np.ndarray, age_s: float) -> None:
+        asyncio.run(send_many(core, [row[None, :].astype(np.float32) for row in rows]))
+        delta = core.take_stats().to_delta()
+        attach_profiles(delta, core.monitoring, set())
+        state.record("churn", "replica-a", delta, age_s=age_s)
+
+    ship(shifted, age_s=30.0)
+    ship(rng.normal(size=(300, 4)), age_s=0.0)
+    recent = state.snapshot("churn", 10)[1].drift
+    assert recent.verdict == "ok" and recent.samples == 300
+    reaching_back = state.snapshot("churn", 60)[1].drift
+    assert reaching_back.drifted_features == ("income",) and reaching_back.samples == 600
