@@ -23,6 +23,7 @@ from typing import Any
 
 from control_plane.schemas import JOB_TAG, PROCESS_TAG
 from modelplane.process_names import new_process_name
+from training import trained_rows
 from training.alive import AliveSignal
 from training.capacity import ClusterCapacity, Placement, plan_placement, wait_for_placement
 from training.checkpoints import CHECKPOINT_DIR_TAG, load_state, resolve_resume
@@ -276,9 +277,13 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     import torch
 
     torch.save(to_bundle(network), bundle)
+    # The rows it trained and stopped early on, as the evaluate stage reads rows (texts as
+    # texts): no later comparison scores this model on them.
+    seen = (trained_rows.build(texts.x_train[:, 0], texts.x_val[:, 0]) if texts is not None
+            else trained_rows.build(split.x_train, split.x_val))
     kept = [(MODEL_BUNDLE_ARTIFACT, bundle.getvalue()), ("model/model.onnx", onnx_model),
             *([("model/model.zip", artifact)] if steps else []),
-            ("job.yaml", dump_job_spec(spec).encode())]
+            ("job.yaml", dump_job_spec(spec).encode()), (trained_rows.ARTIFACT_PATH, seen)]
     finishing.enter("uploading the run's artifacts")
     for path, content in kept:
         patiently(functools.partial(client.log_artifact, run_id, path, content))

@@ -167,12 +167,21 @@ class EvaluateStage:
         services = self.services
 
         def score() -> tuple[Any, str, str | None]:
+            from control_plane.errors import InvalidInputError
             from control_plane.pipelines.evaluation import evaluate
             from control_plane.pipelines.scoring import score_isolated
+            from control_plane.pipelines.unseen_rows import unseen_rows
 
             version = services.registry.get_version(model, number)
             best = run_champion(services, context)
             features, truth, source = self._held_out(context, version.manifest)
+            unseen = unseen_rows(services, [version, best], features)
+            if unseen.seen.all():
+                raise InvalidInputError(
+                    f"every one of the {len(truth)} held-out rows is one the candidate or the "
+                    f"champion trained on ({unseen.note()}); set evaluate.data_uri to rows "
+                    "neither saw", detail={"field": "evaluate.data_uri"})
+            features, truth = features[~unseen.seen], truth[~unseen.seen]
             read = services.artifacts.read_bytes
             report = evaluate(read(version.artifact_digest),
                               read(best.artifact_digest) if best is not None else None,
@@ -180,6 +189,9 @@ class EvaluateStage:
                               champion_manifest=best.manifest if best is not None else None,
                               score=functools.partial(score_isolated,
                                                       timeout_s=settings.timeout_s))
+            if unseen.note():
+                report = report.model_copy(update={"note": "; ".join(
+                    part for part in (report.note, unseen.note()) if part)})
             return report, source, pin_of(best)
 
         answer = _offloaded(self.offload, context, score, deadline_s=settings.timeout_s,

@@ -29,11 +29,21 @@ from control_plane.pipelines.stages import (
 )
 from control_plane.registry import Registry
 from control_plane.rollouts.controller import RolloutController
-from control_plane.schemas import DeployRequest, ModelManifest, TrafficUpdate, VersionCreate
+from control_plane.schemas import (
+    DeployRequest,
+    Lineage,
+    ModelManifest,
+    RunArtifactCreate,
+    RunCreate,
+    TrafficUpdate,
+    VersionCreate,
+)
+from control_plane.tracking import Tracker
 from serving.monitoring.profiles import build_reference_profile
 from tests.unit.control_plane.conftest import ADMIN, ALICE, BOB
 from tests.unit.pipelines.test_evaluation import linear_model
 from tests.waiting import wait_for
+from training import trained_rows
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 
@@ -93,9 +103,10 @@ class World:
         self.rollouts = RolloutController(registry.db, registry, self.deployments,
                                           stats=lambda endpoint, window, sample: {})
         self.train = HandOver()
+        self.tracker = Tracker(registry.db, registry.artifacts)
         self.services = services = SimpleNamespace(
             db=registry.db, registry=registry, artifacts=registry.artifacts,
-            deployments=self.deployments, rollouts=self.rollouts,
+            deployments=self.deployments, rollouts=self.rollouts, tracker=self.tracker,
             apply_committed=lambda endpoint=None: None)
         self.stages: dict[str, Any] = {
             "validate_data": ValidateDataStage(services), "train": self.train,
@@ -105,10 +116,10 @@ class World:
         self.register(cancer.strong)  # v1, the champion
         self.deployments.deploy(DeployRequest(endpoint="bc", model_ref="bc:1"), ALICE)
 
-    def register(self, onnx: bytes) -> int:
+    def register(self, onnx: bytes, manifest: ModelManifest | None = None) -> int:
         info = self.registry.artifacts.put([onnx])
-        return self.registry.register_version(
-            "bc", VersionCreate(artifact_digest=info.digest, manifest=self.cancer.manifest), ALICE).version
+        return self.registry.register_version("bc", VersionCreate(
+            artifact_digest=info.digest, manifest=manifest or self.cancer.manifest), ALICE).version
 
     def run(self, frame: pd.DataFrame, candidate: bytes, *,
             expectations: dict[str, Any] | None = None, **spec: Any) -> Any:
@@ -221,6 +232,44 @@ def test_a_champion_changed_by_hand_meanwhile_is_the_one_judged_against(world: W
     run = world.run(world.cancer.frame, world.cancer.strong)
     assert run.stages[0].inputs["champion"] == "bc:1"
     assert run.stages[2].inputs["champion"] == "bc:3", run.stages[2].reason
+
+
+def test_the_champion_is_never_scored_on_rows_it_trained_on(world: World) -> None:
+    """The champion trained on the data before rows were appended. Split again over the
+    whole file, the candidate's held-out rows held rows the champion had trained on, which
+    flattered it against a candidate that never saw them. Its run kept a filter of the rows
+    it saw, and the evaluate stage scores both models on the others alone."""
+    features = world.cancer.frame.drop(columns=["target"]).to_numpy()
+    saw = features[:300]  # the rows the champion trained and stopped early on
+    kept = world.registry.artifacts.put([trained_rows.build(saw)])
+    run_id = world.tracker.start_run(RunCreate(experiment="bc-earlier"), ALICE).id
+    world.tracker.log_artifact(run_id, RunArtifactCreate(
+        path=trained_rows.ARTIFACT_PATH, digest=kept.digest), ALICE)
+    champion = world.register(world.cancer.strong, world.cancer.manifest.model_copy(
+        update={"lineage": Lineage(run_id=run_id)}))
+    world.deployments.deploy(DeployRequest(endpoint="bc", model_ref=f"bc:{champion}"), ALICE)
+    world.deployments.set_traffic("bc", TrafficUpdate(weights={1: 10.0, champion: 90.0}), ALICE)
+
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    evaluated = run.stages[2]
+    assert evaluated.state is StageState.PASSED, evaluated.reason
+    assert evaluated.inputs["champion"] == f"bc:{champion}"
+    from training.data import load_dataset, split_dataset
+    from training.schemas import DataSpec
+
+    job_data = DataSpec(path=str(sorted(world.tmp_path.glob("data-*.csv"))[-1]),
+                        target="target", validation_split=0.25, test_split=0.2, seed=0)
+    split = split_dataset(load_dataset(job_data, "classification"), validation_split=0.25,
+                          seed=0, test_split=0.2)
+    assert split.x_test is not None
+    trained = {tuple(row) for row in saw.astype(np.float32)}
+    overlap = sum(tuple(row) in trained for row in split.x_test.astype(np.float32))
+    assert overlap >= 30  # about half of the held-out rows: what the champion was scored on
+    assert evaluated.inputs["rows"] == len(split.x_test) - overlap
+    note = evaluated.outputs["report"]["note"]
+    assert f"{overlap} held-out rows left out, which bc:{champion} trained on ({overlap})" in note
+    # The candidate, registered by hand here, kept no filter: the report says so.
+    assert f"could not check which rows bc:{world.train.version} trained on" in note
 
 
 def test_a_pinned_champion_deleted_since_fails_the_evaluation_saying_so(world: World) -> None:
