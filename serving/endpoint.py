@@ -76,10 +76,14 @@ WARMING = ("this replica started moments ago and the ingress does not send to it
 BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
 LOOP_RESTART_S = 1.0  # how soon a replica's background loop starts again after an error
 FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
-# Shipments kept for a Monitor that is not there or does not answer (a minute at the
-# default interval); past them the oldest go. Each is taken at its interval and keeps the
-# time it was taken, so the Monitor files it in the seconds it was recorded in.
-UNSENT_LIMIT = 60
+# Shipments kept for a Monitor that is not there or does not answer: five minutes at the
+# default interval, as far back as the Monitor's windows reach; past them the oldest go.
+# Each is taken at its interval and keeps the time it was taken, so the Monitor files it in
+# the seconds it was recorded in. The newest UNSENT_OBSERVED keep their observations (the
+# rows drift is judged on, the predictions labels join); older ones only their counts and
+# latencies, their requests counted as unobserved, so a long outage holds a few MB at most.
+UNSENT_LIMIT = 300
+UNSENT_OBSERVED = 60
 GOODBYE_S = 5.0  # what a stopping replica spends on its goodbye at most
 
 
@@ -104,6 +108,16 @@ def _replica_id() -> tuple[str, bool]:
         return str(serve.get_replica_context().replica_id.unique_id), True
     except Exception:  # outside a replica (unit tests)
         return f"pid-{os.getpid()}", False
+
+
+def _unobserved(delta: dict[int, Any]) -> None:
+    """Drop a kept shipment's observations, its requests counted as answered but not
+    observed (as the Monitor counts those it could not read)."""
+    for part in delta.values():
+        if part.pop("monitoring", None) is not None:
+            answered = sum(n for code, n in part.get("codes", {}).items() if int(code) < 400)
+            part["unobserved_requests"] = part.get("unobserved_requests", 0) + answered
+        part.pop("profile", None)
 
 
 def served_by(config: EndpointConfig) -> ServedConfig:
@@ -297,6 +311,8 @@ class _CoreAdapter:
                 # Where there is no Monitor (yet, or while it restarts) the interval's
                 # statistics are taken all the same and kept for it, each with its time.
                 self._monitor, monitor_key = await asyncio.to_thread(get_monitor, *key), key
+                # Perhaps another Monitor, holding none of the profiles: each goes again.
+                self._profiles_shipped = frozenset()
             if await self._ship(core, self._monitor, replica) == Shipped.GONE:
                 self._monitor = None  # replaced by `up`: look the new one up
 
@@ -316,12 +332,12 @@ class _CoreAdapter:
             # The monitoring kernels run here, a step at a time between requests (see
             # StatsRecorder.to_delta_in_steps).
             delta = await core.take_stats().to_delta_in_steps()
-            # Profiles travel once; a Monitor that restarted (and lost them) asks again.
-            attach_profiles(delta, core.monitoring, self._profiles_shipped)
             if self._unsent is None:
                 self._unsent = deque()
             self._sequence += 1
             self._unsent.append((self._sequence, delta, served_by(core.config), taken_at))
+            if len(self._unsent) > UNSENT_OBSERVED:
+                _unobserved(self._unsent[-UNSENT_OBSERVED - 1][1])
             if len(self._unsent) > UNSENT_LIMIT:
                 self._unsent.popleft()
                 if not self._dropped:
@@ -338,6 +354,10 @@ class _CoreAdapter:
         assert self._unsent is not None
         while self._unsent:
             sequence, delta, served, taken_at = self._unsent[0]
+            # Profiles travel once, with the first shipment sent to a Monitor that lacks
+            # them (one that restarted asks again): attached as it is sent, not as it was
+            # taken, for a new Monitor after an outage.
+            attach_profiles(delta, core.monitoring, self._profiles_shipped)
             sent = {core.monitoring[v].profile_key for v, d in delta.items()
                     if "profile" in d and v in core.monitoring}
             last = leaving and len(self._unsent) == 1

