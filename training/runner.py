@@ -277,10 +277,14 @@ def _finish(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset:
     import torch
 
     torch.save(to_bundle(network), bundle)
-    # The rows it trained and stopped early on, as the evaluate stage reads rows (texts as
-    # texts): no later comparison scores this model on them.
-    seen = (trained_rows.build(texts.x_train[:, 0], texts.x_val[:, 0]) if texts is not None
-            else trained_rows.build(split.x_train, split.x_val))
+    # The rows it trained on, and those it chose its epoch on where it stopped early, as
+    # the evaluate stage reads rows (texts as texts): no later comparison scores this model
+    # on them. Without early stopping the validation rows are untouched, and may be the
+    # very rows a pipeline holds out to judge it (spec.held_out_problem).
+    chose_on = spec.early_stopping is not None
+    seen = (trained_rows.build(texts.x_train[:, 0], texts.x_val[:, 0] if chose_on else None)
+            if texts is not None
+            else trained_rows.build(split.x_train, split.x_val if chose_on else None))
     kept = [(MODEL_BUNDLE_ARTIFACT, bundle.getvalue()), ("model/model.onnx", onnx_model),
             *([("model/model.zip", artifact)] if steps else []),
             ("job.yaml", dump_job_spec(spec).encode()), (trained_rows.ARTIFACT_PATH, seen)]

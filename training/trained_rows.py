@@ -6,10 +6,12 @@ once rows are appended to the file (or the seed or shares change), a seeded spli
 anew, and half the rows held out for the candidate could be rows the champion trained on,
 which flatter it and block a better candidate. A training job therefore keeps, with its
 run, a Bloom filter of every row it trained or stopped early on (its training and
-validation rows): the stage leaves out the held-out rows either model saw. A filter never
-misses a row it holds; it takes about one row in a thousand for one it holds too (at most
-:data:`MAX_BYTES`, more for larger datasets), and such a row is left out as well, which
-costs a comparison a little evidence and never its fairness.
+validation rows where it stopped early on them): the stage leaves out the held-out rows
+the champion saw. A filter never misses a row it holds; it takes about one row in a
+thousand for one it holds too, up to 37 million rows (:data:`MAX_BYTES`; more beyond), and
+such a row is left out as well, which costs a comparison a little evidence and never its
+fairness. Rows are known by their values, so a held-out row repeating a trained row's
+values exactly is one the model saw.
 
 A row is known by its values as the model reads them: numeric rows as float32 (the
 precision models are served in, and the same whichever loader widened them), text rows as
@@ -26,7 +28,8 @@ import numpy as np
 
 ARTIFACT_PATH = "data/trained_rows.bloom"  # a training run's artifact
 MAGIC = b"MPTR1"
-MAX_BYTES = 4 * 1024 * 1024
+MAX_BYTES = 64 * 1024 * 1024
+_CHUNK_ROWS = 65536  # rows hashed at a time: their bytes and positions, not the whole set
 BITS_PER_ROW = 14.4  # one false positive in a thousand, with ten hashes
 MAX_HASHES = 16
 _HEADER = struct.Struct("<QQB")  # bits, rows, hashes
@@ -52,23 +55,28 @@ def _row_hashes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, second
 
 
-def _positions(rows: np.ndarray, bits: int, hashes: int) -> np.ndarray:
-    first, second = _row_hashes(rows)
+def _positions(rows: np.ndarray, bits: int, hashes: int):  # type: ignore[no-untyped-def]
+    """Per chunk of ``rows``, its rows' bit positions (``chunk rows x hashes``)."""
     steps = np.arange(hashes, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # modulo 2**64, as double hashing means
-        return (first[:, None] + steps[None, :] * second[:, None]) % np.uint64(bits)
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        first, second = _row_hashes(rows[start:start + _CHUNK_ROWS])
+        with np.errstate(over="ignore"):  # modulo 2**64, as double hashing means
+            yield ((first[:, None] + steps[None, :] * second[:, None])
+                   % np.uint64(bits)).astype(np.int64)
 
 
-def build(*row_sets: np.ndarray) -> bytes:
+def build(*row_sets: np.ndarray | None) -> bytes:
     """A filter holding every row of ``row_sets`` (arrays of rows, or of texts)."""
-    row_sets = tuple(rows for rows in row_sets if rows is not None and len(rows))
-    count = sum(len(rows) for rows in row_sets)
+    kept = tuple(rows for rows in row_sets if rows is not None and len(rows))
+    count = sum(len(rows) for rows in kept)
     bits = max(64, min(MAX_BYTES * 8, math.ceil(count * BITS_PER_ROW / 8) * 8))
     hashes = max(1, min(MAX_HASHES, round(bits / max(count, 1) * math.log(2))))
-    marked = np.zeros(bits, dtype=bool)
-    for rows in row_sets:
-        marked[_positions(rows, bits, hashes).reshape(-1).astype(np.int64)] = True
-    return MAGIC + _HEADER.pack(bits, count, hashes) + np.packbits(marked, bitorder="little").tobytes()
+    body = np.zeros(bits // 8, dtype=np.uint8)
+    for rows in kept:
+        for positions in _positions(rows, bits, hashes):
+            flat = positions.reshape(-1)
+            np.bitwise_or.at(body, flat >> 3, (1 << (flat & 7)).astype(np.uint8))
+    return MAGIC + _HEADER.pack(bits, count, hashes) + body.tobytes()
 
 
 def seen(kept: bytes, rows: np.ndarray) -> np.ndarray:
@@ -82,8 +90,9 @@ def seen(kept: bytes, rows: np.ndarray) -> np.ndarray:
                                f"{body.size} bytes")
     if not len(rows):
         return np.zeros(0, dtype=bool)
-    marked = np.unpackbits(body, count=bits, bitorder="little").astype(bool)
-    return marked[_positions(rows, bits, hashes).astype(np.int64)].all(axis=1)
+    held = [((body[positions >> 3] >> (positions & 7).astype(np.uint8)) & 1).all(axis=1)
+            for positions in _positions(rows, bits, hashes)]
+    return np.concatenate(held).astype(bool)
 
 
 def rows_held(kept: bytes) -> int:

@@ -8,9 +8,10 @@ numbers training sees.
 
 :func:`dataset_digest` hashes the *content* (column names, kinds and values), not the
 bytes of a file: the same table written again, or as Parquet instead of CSV, has the same
-digest, so a data trigger re-runs a pipeline only when the data changed. (A version's
-``lineage.dataset_digest`` is training's hash of the file bytes; the two are not meant to
-be compared.)
+digest, so a data trigger re-runs a pipeline only when the data changed. A version's
+``lineage.dataset_digest`` is training's hash of the file bytes, which
+:func:`read_dataset` gives beside the table it read them as: the data stage records it,
+and the training stage holds the version it trained to it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ BUNDLED_SCHEME = "sklearn://"
 BUNDLED_DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
 TARGET_COLUMN = "target"
 DataFormat = Literal["auto", "csv", "parquet"]
+_READ_PIECE = 1024 * 1024
 # Bumped if the canonical encoding below changes: old digests then differ, by design.
 _DIGEST_HEADER = b"modelplane-dataset-digest-v1\n"
 
@@ -64,22 +66,37 @@ def load_dataset(uri: str, *, format: DataFormat = "auto") -> pd.DataFrame:
 
     Raises :class:`InvalidInputError` naming the URI when it cannot be read.
     """
+    return read_dataset(uri, format=format)[0]
+
+
+def read_dataset(uri: str, *, format: DataFormat = "auto") -> tuple[pd.DataFrame, str]:
+    """The table at ``uri`` and, from the same read, the digest a training job reading it
+    records as its lineage's ``dataset_digest``: the sha256 of a file's bytes, or of a
+    bundled dataset's features (float64) and targets, as ``training.data`` hashes them.
+    A version trained on other data than this table records another digest."""
     if uri.startswith(BUNDLED_SCHEME):
         return _bundled(uri.removeprefix(BUNDLED_SCHEME))
     try:  # checked again here: a spec stored before the check reads no further
         check_data_uri(uri)
     except ValueError as error:
         raise _error(str(error)) from None
+    import io
+
     import pandas as pd
 
     kind = format if format != "auto" else _format_of(uri)
     try:
         with open_data(uri) as handle:
-            return pd.read_parquet(handle) if kind == "parquet" else pd.read_csv(handle)
+            # Once: the table and its digest are of the same bytes. In pieces, each held
+            # to the size bound: an answer that never ends stops at it.
+            raw = b"".join(iter(lambda: handle.read(_READ_PIECE), b""))
+        table = pd.read_parquet(io.BytesIO(raw)) if kind == "parquet" else pd.read_csv(
+            io.BytesIO(raw))
     except InvalidInputError:
         raise
     except Exception as error:  # pandas and pyarrow raise many types for a bad file
         raise _error(f"cannot read {uri} as {kind}: {_first_line(error)}") from None
+    return table, hashlib.sha256(raw).hexdigest()
 
 
 def dataset_digest(data: pd.DataFrame | Mapping[str, Any] | str) -> str:
@@ -132,7 +149,7 @@ def _framed(raw: bytes) -> bytes:
     return b"\x01" + len(raw).to_bytes(8, "little") + raw
 
 
-def _bundled(name: str) -> pd.DataFrame:
+def _bundled(name: str) -> tuple[pd.DataFrame, str]:
     import pandas as pd
     from sklearn import datasets
 
@@ -142,9 +159,12 @@ def _bundled(name: str) -> pd.DataFrame:
                      "CSV/Parquet path or URI")
     loaded = getattr(datasets, f"load_{name}")()
     names = [str(n) for n in loaded.feature_names]
-    frame = pd.DataFrame(np.asarray(loaded.data, dtype=np.float64), columns=names)
-    frame[TARGET_COLUMN] = np.asarray(loaded.target)
-    return frame
+    features, target = np.asarray(loaded.data, dtype=np.float64), np.asarray(loaded.target)
+    frame = pd.DataFrame(features, columns=names)
+    frame[TARGET_COLUMN] = target
+    hasher = hashlib.sha256(features.tobytes())  # as training.data hashes it
+    hasher.update(target.tobytes())
+    return frame, hasher.hexdigest()
 
 
 def _format_of(uri: str) -> str:

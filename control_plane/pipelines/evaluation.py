@@ -144,7 +144,8 @@ def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: An
              manifest: ModelManifest | Mapping[str, Any],
              gates: EvaluationGates | Mapping[str, Any], *,
              champion_manifest: ModelManifest | Mapping[str, Any] | None = None,
-             score: Callable[..., dict[str, np.ndarray]] | None = None) -> EvaluationReport:
+             score: Callable[..., dict[str, np.ndarray]] | None = None,
+             champion_problem: str = "") -> EvaluationReport:
     """Score ``candidate`` (and ``champion``, when there is one) on ``X``/``y`` and gate it.
 
     ``candidate``/``champion`` are ONNX files (path) or bytes; ``X`` is rows x features
@@ -152,7 +153,8 @@ def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: An
     indices or labels (``manifest.class_labels``) for classifiers, values for regressors.
     ``champion_manifest`` defaults to ``manifest`` (same signature). ``score`` runs a
     model (:func:`score_model` in this process by default; the evaluate stage passes
-    :func:`~control_plane.pipelines.scoring.score_isolated`).
+    :func:`~control_plane.pipelines.scoring.score_isolated`). ``champion_problem``: why the
+    champion cannot be compared on these rows (treated as a champion with other columns).
     """
     score = score or score_model
     spec = ModelManifest.model_validate(manifest)
@@ -173,7 +175,7 @@ def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: An
         note = "no champion: the candidate is held to the absolute thresholds only"
     else:
         champ_spec = ModelManifest.model_validate(champion_manifest) if champion_manifest else spec
-        unlike = _unlike(spec, champ_spec)
+        unlike = _unlike(spec, champ_spec) or champion_problem
         margin_gated = rules.min_improvement is not None or rules.max_regression is not None
         if unlike and margin_gated:
             # Its columns or classes are not the candidate's: scored on the candidate's rows
@@ -187,7 +189,7 @@ def evaluate(candidate: ModelSource, champion: ModelSource | None, X: Any, y: An
             note = (f"the champion is not compared: {unlike}; the candidate is held to the "
                     "absolute thresholds only")
         else:
-            champ = _as_candidates(score(champion, _in_order(X, spec, champ_spec), champ_spec),
+            champ = _as_candidates(score(champion, in_champion_order(X, spec, champ_spec), champ_spec),
                                    spec, champ_spec)
             champ_metrics = _metrics(spec.task, truth, champ)
             comparison = _compare(metric, truth, cand, champ, rules)
@@ -393,7 +395,7 @@ def _positional(labels: list[str]) -> bool:
     return labels == [str(index) for index in range(len(labels))]
 
 
-def _in_order(X: Any, candidate: ModelManifest, champion: ModelManifest) -> Any:
+def in_champion_order(X: Any, candidate: ModelManifest, champion: ModelManifest) -> Any:
     """The candidate's rows (its ``feature_names`` in order) with the champion's columns
     in the champion's order."""
     if (isinstance(X, Mapping) or not candidate.feature_names or not champion.feature_names

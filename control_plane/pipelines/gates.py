@@ -23,9 +23,11 @@ from control_plane.pipelines.records import StageState
 from control_plane.pipelines.spec import job_data_uri
 from control_plane.pipelines.stages import (
     PASSING_TROUBLE,
+    VALIDATED_DIGEST,
     Outcome,
     StageContext,
     refused_at_apply,
+    reject_candidate,
     stage_elapsed_s,
 )
 
@@ -33,30 +35,10 @@ log = logging.getLogger(__name__)
 
 
 def reject(services: Any, context: StageContext, reason: str) -> None:
-    """Mark the candidate rejected with the gate's reason, so nobody deploys it by hand
-    (a rolled-back rollout does the same); a second rejection changes nothing."""
-    from control_plane.errors import ConflictError
-    from control_plane.pipelines.stages import run_principal
-
+    """Mark the run's candidate rejected with the gate's reason (``reject_candidate``)."""
     candidate = context.candidate
-    if candidate is None:
-        return
-    model, number = candidate
-    why = f"pipeline {context.run.pipeline} run #{context.run.number}, {context.record.name}: {reason}"
-    principal = run_principal(context.run)
-    try:
-        services.registry.reject_version(model, number, why[:2000], principal)
-    except ConflictError as error:
-        rollout = error.detail.get("rollout")
-        if rollout is None:
-            # In production already (promoted through another way meanwhile): that is the
-            # registry's refusal to make, and the stage's own verdict stands as it is.
-            log.warning("not rejecting %s:%d: %s", model, number, error.message)
-            return
-        # An endpoint tracking an alias the job pointed is rolling the candidate out
-        # already: that rollout ends first, then the version is rejected.
-        services.rollouts.abort(int(rollout), principal, why[:2000], settle=False)
-        services.registry.reject_version(model, number, why[:2000], principal)
+    if candidate is not None:
+        reject_candidate(services, context, context.record.name, candidate, reason)
 
 
 class ValidateDataStage:
@@ -81,24 +63,27 @@ class ValidateDataStage:
             return refused
         target = _target_column(context)
 
-        def check() -> tuple[Any, str | None, bool]:
-            from control_plane.pipelines.data_validation import load_dataset, validate_data
+        def check() -> tuple[Any, str | None, bool, str]:
+            from control_plane.pipelines.data_sources import read_dataset
+            from control_plane.pipelines.data_validation import validate_data
 
             best = run_champion(self.services, context)
             profile = best.manifest.reference_profile if best is not None else None
-            table = load_dataset(data.uri)
+            table, trained_digest = read_dataset(data.uri)
             # Without a champion's profile there is nothing to judge drift against: skipped.
             report = validate_data(table, data.expectations, profile, target=target)
-            return report, pin_of(best), bool(profile)
+            return report, pin_of(best), bool(profile), trained_digest
 
         answer = _offloaded(self.offload, context, check, deadline_s=data.timeout_s,
                             what=f"reading and checking {data.uri}", resource=data.uri)
         if not isinstance(answer, Done):
             return answer
-        report, best, profiled = answer.value
+        report, best, profiled, trained_digest = answer.value
         inputs = {"uri": data.uri, "digest": report.digest, "rows": report.rows,
                   "reference": best if profiled else None, PIN: best}
-        outputs = {"digest": report.digest, "rows": report.rows,
+        # The digest a version trained on exactly these bytes records in its lineage: the
+        # training stage holds the candidate to it (stages.validated_data_problem).
+        outputs = {"digest": report.digest, VALIDATED_DIGEST: trained_digest, "rows": report.rows,
                    "drifted": len(report.drift.drifted) if report.drift else 0,
                    "report": report.model_dump(mode="json")}
         if not report.passed:
@@ -175,20 +160,27 @@ class EvaluateStage:
             version = services.registry.get_version(model, number)
             best = run_champion(services, context)
             features, truth, source = self._held_out(context, version.manifest)
-            unseen = unseen_rows(services, [version, best], features)
-            if unseen.seen.all():
+            # The job's own held-out rows are split from the bytes it trained on, as it
+            # split them: the candidate never saw them. Rows from elsewhere may hold its own.
+            unseen = unseen_rows(services, version, best, features,
+                                 check_candidate=settings.data_uri is not None)
+            if unseen.candidate_saw.any() and unseen.candidate_saw.all():
                 raise InvalidInputError(
-                    f"every one of the {len(truth)} held-out rows is one the candidate or the "
-                    f"champion trained on ({unseen.note()}); set evaluate.data_uri to rows "
-                    "neither saw", detail={"field": "evaluate.data_uri"})
-            features, truth = features[~unseen.seen], truth[~unseen.seen]
+                    f"every one of the {len(truth)} rows of {settings.data_uri} is one the "
+                    "candidate trained on; set evaluate.data_uri to rows it never saw",
+                    detail={"field": "evaluate.data_uri"})
+            kept = unseen.kept()
+            features, truth = features[kept], truth[kept]
             read = services.artifacts.read_bytes
             report = evaluate(read(version.artifact_digest),
                               read(best.artifact_digest) if best is not None else None,
                               features, truth, version.manifest, settings.gates,
                               champion_manifest=best.manifest if best is not None else None,
                               score=functools.partial(score_isolated,
-                                                      timeout_s=settings.timeout_s))
+                                                      timeout_s=settings.timeout_s),
+                              champion_problem=(
+                                  f"every held-out row is one {unseen.names[1]} trained on"
+                                  if unseen.champion_saw_all else ""))
             if unseen.note():
                 report = report.model_copy(update={"note": "; ".join(
                     part for part in (report.note, unseen.note()) if part)})

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from control_plane.auth import Principal
 from control_plane.errors import (
+    ConflictError,
     ControlPlaneUnavailableError,
     MonitorUnavailableError,
     StoreUnavailableError,
@@ -69,6 +70,11 @@ class Outcome:
     logs: str | None = None
 
 
+# The data stage's output a version trained on exactly the bytes it checked records as its
+# lineage's dataset_digest (data_sources.read_dataset): the training stage holds it to it.
+VALIDATED_DIGEST = "training_digest"
+
+
 @dataclass(frozen=True)
 class StageContext:
     run: PipelineRunOut
@@ -96,6 +102,28 @@ class StageContext:
         if "version" not in outputs:
             return None
         return str(outputs["model"]), int(outputs["version"])
+
+
+def reject_candidate(services: Any, context: StageContext, stage: str,
+                     candidate: tuple[str, int], reason: str) -> None:
+    """Mark the run's candidate rejected with ``stage``'s reason, so nobody deploys it by
+    hand (a rolled-back rollout does the same); a second rejection changes nothing."""
+    model, number = candidate
+    why = f"pipeline {context.run.pipeline} run #{context.run.number}, {stage}: {reason}"
+    principal = run_principal(context.run)
+    try:
+        services.registry.reject_version(model, number, why[:2000], principal)
+    except ConflictError as error:
+        rollout = error.detail.get("rollout")
+        if rollout is None:
+            # In production already (promoted through another way meanwhile): that is the
+            # registry's refusal to make, and the stage's own verdict stands as it is.
+            log.warning("not rejecting %s:%d: %s", model, number, error.message)
+            return
+        # An endpoint tracking an alias the job pointed is rolling the candidate out
+        # already: that rollout ends first, then the version is rejected.
+        services.rollouts.abort(int(rollout), principal, why[:2000], settle=False)
+        services.registry.reject_version(model, number, why[:2000], principal)
 
 
 def refused_at_apply(context: StageContext) -> Outcome | None:
@@ -234,9 +262,37 @@ class TrainStage:
                            reason=f"training job {job_id} succeeded but registered no version of "
                                   f"{context.spec.model_name!r} (is registration switched off?)")
         run_id, version = found
-        return Outcome(StageState.PASSED, logs=logs, outputs={
-            "job_id": job_id, "status": status, "run_id": run_id,
-            "model": context.spec.model_name, "version": version})
+        outputs = {"job_id": job_id, "status": status, "run_id": run_id,
+                   "model": context.spec.model_name, "version": version}
+        problem = self._unchecked_data(context, version)
+        if problem is not None:
+            reject_candidate(self.services, context, self.name, (context.spec.model_name, version),
+                             problem)
+            return Outcome(StageState.FAILED, logs=logs, outputs=outputs, reason=problem)
+        return Outcome(StageState.PASSED, logs=logs, outputs=outputs)
+
+    def _unchecked_data(self, context: StageContext, version: int) -> str | None:
+        """Why the version the job registered was trained on other data than the data
+        stage checked (the file changed between the two: rows nobody validated), or None.
+        A run whose data stage did not record the digest (none, or stored before it did)
+        has nothing to hold the version to."""
+        from control_plane.schemas import ModelManifest
+
+        checked = next((s for s in context.run.stages if s.name == "validate_data"), None)
+        expected = (checked.outputs or {}).get(VALIDATED_DIGEST) if checked is not None else None
+        if not expected:
+            return None
+        model = context.spec.model_name
+        manifest = self.services.registry.get_version(model, version).manifest
+        trained_on = ModelManifest.model_validate(manifest).lineage.dataset_digest
+        if trained_on == expected:
+            return None
+        uri = (checked.inputs or {}).get("uri", "its data")
+        return (f"{model}:{version} was trained on other data than the data stage checked: "
+                f"its lineage says {(trained_on or 'nothing')[:12]}…, the bytes of {uri} checked "
+                f"were {expected[:12]}… ({uri} changed between the two stages, and rows nobody "
+                "validated were trained on); start the run again to check and train on the "
+                "same data")
 
     @staticmethod
     def _last_words(client: Any, job_id: str) -> str:

@@ -268,8 +268,22 @@ def test_the_champion_is_never_scored_on_rows_it_trained_on(world: World) -> Non
     assert evaluated.inputs["rows"] == len(split.x_test) - overlap
     note = evaluated.outputs["report"]["note"]
     assert f"{overlap} held-out rows left out, which bc:{champion} trained on ({overlap})" in note
-    # The candidate, registered by hand here, kept no filter: the report says so.
-    assert f"could not check which rows bc:{world.train.version} trained on" in note
+
+    # A champion that trained on every held-out row cannot be compared on them: the
+    # margin it gates fails, saying why, rather than judging on rows that flatter it.
+    everything = world.registry.artifacts.put([trained_rows.build(features)])
+    run_id = world.tracker.start_run(RunCreate(experiment="bc-all"), ALICE).id
+    world.tracker.log_artifact(run_id, RunArtifactCreate(
+        path=trained_rows.ARTIFACT_PATH, digest=everything.digest), ALICE)
+    knows_all = world.register(world.cancer.strong, world.cancer.manifest.model_copy(
+        update={"lineage": Lineage(run_id=run_id)}))
+    world.deployments.deploy(DeployRequest(endpoint="bc", model_ref=f"bc:{knows_all}"), ALICE)
+    world.deployments.set_traffic("bc", TrafficUpdate(weights={champion: 10.0, knows_all: 90.0}),
+                                  ALICE)
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    assert states(run)["evaluate"] is StageState.FAILED
+    assert (f"the champion cannot be compared on these rows: every held-out row is one "
+            f"bc:{knows_all} trained on") in run.reason
 
 
 def test_a_pinned_champion_deleted_since_fails_the_evaluation_saying_so(world: World) -> None:

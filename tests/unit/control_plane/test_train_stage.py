@@ -20,7 +20,7 @@ import yaml
 
 from control_plane.pipelines.records import StageRecord, StageState
 from control_plane.pipelines.spec import parse_pipeline_spec
-from control_plane.pipelines.stages import StageContext, TrainStage
+from control_plane.pipelines.stages import VALIDATED_DIGEST, StageContext, TrainStage
 from training import submission
 from training.errors import JobSubmissionError
 from training.schemas import JobSpec
@@ -228,9 +228,10 @@ class Services:
                 t.name.startswith("job-")]
 
 
-def _fresh(after_s: float, progress: dict[str, Any]) -> StageContext:
+def _fresh(after_s: float, progress: dict[str, Any],
+           earlier: list[StageRecord] | None = None) -> StageContext:
     context = _context(after_s)
-    run = SimpleNamespace(pipeline="bc", number=1, author="alice")
+    run = SimpleNamespace(pipeline="bc", number=1, author="alice", stages=earlier or [])
     record = context.record.model_copy(update={"progress": progress})
     return StageContext(run=run, spec=context.spec, record=record,  # type: ignore[arg-type]
                         now=context.now)
@@ -378,7 +379,8 @@ def test_the_version_the_stage_passes_is_the_one_its_own_job_registered(registry
 
     def register(actor: Any, run_id: str, seed: int) -> int:
         digest = registry.artifacts.put([linear_classifier(seed=seed)]).digest
-        manifest = linear_classifier_manifest(lineage={"run_id": run_id})
+        manifest = linear_classifier_manifest(lineage={"run_id": run_id,
+                                                       "dataset_digest": "a" * 64})
         return registry.register_version("breast-cancer", VersionCreate(
             artifact_digest=digest, manifest=manifest), actor).version
 
@@ -410,6 +412,23 @@ def test_the_version_the_stage_passes_is_the_one_its_own_job_registered(registry
             assert outcome.outputs["version"] == mine and outcome.outputs["status"] == "FAILED"
         else:
             assert outcome.reason == f"training job {job_id} ended STOPPED: Killed"
+
+    # The data stage checked the bytes the job then trained on: passed. Trained on other
+    # bytes (the file changed between the two stages: rows nobody validated), the stage
+    # fails and the version is rejected, so nobody deploys it by hand either.
+    api.status_now = "SUCCEEDED"
+    services.registry = registry
+    for checked, passed in (("a" * 64, True), ("b" * 64, False)):
+        data_stage = StageRecord(name="validate_data", state=StageState.PASSED,
+                                 inputs={"uri": "rows.csv"}, outputs={VALIDATED_DIGEST: checked})
+        outcome = TrainStage(services, job_client=api.connect).advance(_fresh(60, {
+            "submission_id": job_id, "submitted": True, "attempt": 1}, [data_stage]))
+        assert (outcome.state is StageState.PASSED) is passed, outcome.reason
+        assert outcome.outputs["version"] == mine
+    assert "trained on other data than the data stage checked" in outcome.reason
+    assert "rows.csv changed between the two stages" in outcome.reason
+    rejected = registry.get_version("breast-cancer", mine)
+    assert rejected.status == "rejected" and "pipeline bc run #1, train" in rejected.status_reason
 
 
 def test_only_the_job_api_s_own_404_says_a_job_is_missing() -> None:

@@ -324,3 +324,29 @@ def test_a_profiled_feature_must_hold_numbers(split: tuple[pd.DataFrame, pd.Data
     assert report.reason == ("column 'mean smoothness' is string, the model takes numbers there "
                              "(it is a feature of the reference profile)")
     assert report.drift is not None and "mean smoothness" in report.drift.unjudged
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "bundled"])
+def test_the_data_stage_reads_the_digest_a_version_trained_on_it_records(
+        tmp_path: Path, split: tuple[pd.DataFrame, pd.DataFrame], kind: str) -> None:
+    """The data stage checked a table whose content digest no lineage records: nothing
+    showed that the data a version trained on was the data checked. Read once, the table
+    comes with the digest training records for the same bytes (the training stage holds
+    the candidate to it)."""
+    from control_plane.pipelines.data_sources import read_dataset
+    from training.data import load_dataset as load_training_data
+    from training.schemas import DataSpec
+
+    if kind == "bundled":
+        spec, uri = DataSpec(dataset="breast_cancer"), "sklearn://breast_cancer"
+    else:
+        path = tmp_path / f"rows.{kind}"
+        split[1].to_csv(path, index=False) if kind == "csv" else split[1].to_parquet(path)
+        spec, uri = DataSpec(path=str(path), target="target"), str(path)
+    table, digest = read_dataset(uri)
+    assert len(table) == (569 if kind == "bundled" else len(split[1]))
+    assert digest == load_training_data(spec, "classification").digest
+    if kind == "csv":  # a row appended after the stage read it: another digest
+        with Path(uri).open("a") as appended:
+            appended.write(",".join(["1"] * len(split[1].columns)) + "\n")
+        assert load_training_data(spec, "classification").digest != digest

@@ -9,7 +9,8 @@ import pytest
 from training import trained_rows
 
 
-def test_every_row_kept_is_seen_and_few_others_are() -> None:
+def test_every_row_kept_is_seen_and_few_others_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trained_rows, "_CHUNK_ROWS", 3000)  # hashed a chunk at a time
     rng = np.random.default_rng(7)
     train, validation = rng.normal(size=(20_000, 12)), rng.normal(size=(5_000, 12))
     kept = trained_rows.build(train, validation)
