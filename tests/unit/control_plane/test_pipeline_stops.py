@@ -234,6 +234,21 @@ def test_a_champion_changed_by_hand_meanwhile_is_the_one_judged_against(world: W
     assert run.stages[2].inputs["champion"] == "bc:3", run.stages[2].reason
 
 
+def _champion_that_trained_on(world: World, rows: np.ndarray, serving_before: int) -> int:
+    """A version of the strong model whose run kept ``rows`` as the rows it trained on,
+    made the endpoint's champion (it takes most of the traffic from ``serving_before``)."""
+    kept = world.registry.artifacts.put([trained_rows.build(rows)])
+    run_id = world.tracker.start_run(RunCreate(experiment=f"bc-{len(rows)}"), ALICE).id
+    world.tracker.log_artifact(run_id, RunArtifactCreate(
+        path=trained_rows.ARTIFACT_PATH, digest=kept.digest), ALICE)
+    champion = world.register(world.cancer.strong, world.cancer.manifest.model_copy(
+        update={"lineage": Lineage(run_id=run_id)}))
+    world.deployments.deploy(DeployRequest(endpoint="bc", model_ref=f"bc:{champion}"), ALICE)
+    world.deployments.set_traffic("bc", TrafficUpdate(
+        weights={serving_before: 10.0, champion: 90.0}), ALICE)
+    return champion
+
+
 def test_the_champion_is_never_scored_on_rows_it_trained_on(world: World) -> None:
     """The champion trained on the data before rows were appended. Split again over the
     whole file, the candidate's held-out rows held rows the champion had trained on, which
@@ -241,14 +256,7 @@ def test_the_champion_is_never_scored_on_rows_it_trained_on(world: World) -> Non
     it saw, and the evaluate stage scores both models on the others alone."""
     features = world.cancer.frame.drop(columns=["target"]).to_numpy()
     saw = features[:300]  # the rows the champion trained and stopped early on
-    kept = world.registry.artifacts.put([trained_rows.build(saw)])
-    run_id = world.tracker.start_run(RunCreate(experiment="bc-earlier"), ALICE).id
-    world.tracker.log_artifact(run_id, RunArtifactCreate(
-        path=trained_rows.ARTIFACT_PATH, digest=kept.digest), ALICE)
-    champion = world.register(world.cancer.strong, world.cancer.manifest.model_copy(
-        update={"lineage": Lineage(run_id=run_id)}))
-    world.deployments.deploy(DeployRequest(endpoint="bc", model_ref=f"bc:{champion}"), ALICE)
-    world.deployments.set_traffic("bc", TrafficUpdate(weights={1: 10.0, champion: 90.0}), ALICE)
+    champion = _champion_that_trained_on(world, saw, serving_before=1)
 
     run = world.run(world.cancer.frame, world.cancer.strong)
     evaluated = run.stages[2]
@@ -271,15 +279,7 @@ def test_the_champion_is_never_scored_on_rows_it_trained_on(world: World) -> Non
 
     # A champion that trained on every held-out row cannot be compared on them: the
     # margin it gates fails, saying why, rather than judging on rows that flatter it.
-    everything = world.registry.artifacts.put([trained_rows.build(features)])
-    run_id = world.tracker.start_run(RunCreate(experiment="bc-all"), ALICE).id
-    world.tracker.log_artifact(run_id, RunArtifactCreate(
-        path=trained_rows.ARTIFACT_PATH, digest=everything.digest), ALICE)
-    knows_all = world.register(world.cancer.strong, world.cancer.manifest.model_copy(
-        update={"lineage": Lineage(run_id=run_id)}))
-    world.deployments.deploy(DeployRequest(endpoint="bc", model_ref=f"bc:{knows_all}"), ALICE)
-    world.deployments.set_traffic("bc", TrafficUpdate(weights={champion: 10.0, knows_all: 90.0}),
-                                  ALICE)
+    knows_all = _champion_that_trained_on(world, features, serving_before=champion)
     run = world.run(world.cancer.frame, world.cancer.strong)
     assert states(run)["evaluate"] is StageState.FAILED
     assert (f"the champion cannot be compared on these rows: every held-out row is one "
