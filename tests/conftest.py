@@ -37,14 +37,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse a bad MODELPLANE_TEST_PLATFORM_STORE before any test runs, not in the first test."""
     platform_store()
-    xdist_controller = bool(config.getoption("numprocesses", None)) \
-        and not hasattr(config, "workerinput")
-    if config.getoption("ray_stream") or xdist_controller:
-        # scripts/test.sh runs a part of the suite in the background, where Ctrl-C never
-        # reaches it, and stops it with SIGTERM: as an interrupt, the servers and Ray heads
-        # its fixtures started are stopped by their teardown rather than left running. Not
-        # where tests run in this process without a stream: a child it forks would inherit
-        # the handler, and a test's SIGTERM to it would no longer end it.
+    if config.getoption("ray_stream"):
+        # scripts/test.sh runs a stream in the background, where Ctrl-C never reaches it,
+        # and stops it with SIGTERM: as an interrupt, the Ray heads its fixtures started
+        # are stopped by their teardown rather than left running.
         signal.signal(signal.SIGTERM, _interrupt)
 
 
