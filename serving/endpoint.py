@@ -115,8 +115,9 @@ def _unobserved(delta: dict[int, Any]) -> None:
     observed (as the Monitor counts those it could not read)."""
     for part in delta.values():
         if part.pop("monitoring", None) is not None:
+            # Every answered request, those already unobserved among them.
             answered = sum(n for code, n in part.get("codes", {}).items() if int(code) < 400)
-            part["unobserved_requests"] = part.get("unobserved_requests", 0) + answered
+            part["unobserved_requests"] = max(part.get("unobserved_requests", 0), answered)
         part.pop("profile", None)
 
 
@@ -416,6 +417,7 @@ class _CoreAdapter:
             if monitor is None:
                 monitor = await asyncio.to_thread(get_monitor, core.config.monitor_actor,
                                                   core.config.monitor_namespace)
+                self._profiles_shipped = frozenset()  # perhaps another Monitor, without them
             if monitor is not None:
                 await asyncio.wait_for(self._ship(core, monitor, self._replica, leaving=True),
                                        GOODBYE_S)

@@ -202,7 +202,7 @@ def _read_table(spec: DataSpec, opener: Callable[[str], Any]) -> tuple[Any, str]
             if kind == "parquet":  # read by offsets: whole, then parsed from memory
                 raw = handle.read()
                 return pd.read_parquet(io.BytesIO(raw)), hashlib.sha256(raw).hexdigest()
-            hashing = _HashingReader(handle)
+            hashing = HashingReader(handle)
             table = pd.read_csv(hashing)
             return table, hashing.hexdigest()
     except (InvalidJobSpecError, InvalidInputError):  # the opener's own refusals, as they are
@@ -211,7 +211,7 @@ def _read_table(spec: DataSpec, opener: Callable[[str], Any]) -> tuple[Any, str]
         raise _error("data.path", f"cannot read {spec.path} as {kind}: {_first_line(error)}") from None
 
 
-class _HashingReader:
+class HashingReader:
     """A file read from start to end, hashing what is read (what is left unread at the
     end too)."""
 

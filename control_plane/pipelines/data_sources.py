@@ -84,19 +84,26 @@ def read_dataset(uri: str, *, format: DataFormat = "auto") -> tuple[pd.DataFrame
 
     import pandas as pd
 
+    from training.data import HashingReader
+
     kind = format if format != "auto" else _format_of(uri)
     try:
         with open_data(uri) as handle:
-            # Once: the table and its digest are of the same bytes. In pieces, each held
-            # to the size bound: an answer that never ends stops at it.
-            raw = b"".join(iter(lambda: handle.read(_READ_PIECE), b""))
-        table = pd.read_parquet(io.BytesIO(raw)) if kind == "parquet" else pd.read_csv(
-            io.BytesIO(raw))
+            # Read once: the table and its digest are of the same bytes, each piece held to
+            # the size bound (an answer that never ends stops at it). A CSV is parsed as it
+            # streams, as training reads it; Parquet is read by offsets, so from memory.
+            hashing = HashingReader(handle)
+            if kind != "parquet":
+                return pd.read_csv(hashing), hashing.hexdigest()
+            whole = io.BytesIO()
+            while piece := hashing.read(_READ_PIECE):
+                whole.write(piece)
+            whole.seek(0)
+            return pd.read_parquet(whole), hashing.hexdigest()
     except InvalidInputError:
         raise
     except Exception as error:  # pandas and pyarrow raise many types for a bad file
         raise _error(f"cannot read {uri} as {kind}: {_first_line(error)}") from None
-    return table, hashlib.sha256(raw).hexdigest()
 
 
 def dataset_digest(data: pd.DataFrame | Mapping[str, Any] | str) -> str:

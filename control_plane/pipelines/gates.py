@@ -82,7 +82,7 @@ class ValidateDataStage:
         inputs = {"uri": data.uri, "digest": report.digest, "rows": report.rows,
                   "reference": best if profiled else None, PIN: best}
         # The digest a version trained on exactly these bytes records in its lineage: the
-        # training stage holds the candidate to it (stages.validated_data_problem).
+        # training stage holds the candidate to it (TrainStage._unchecked_data).
         outputs = {"digest": report.digest, VALIDATED_DIGEST: trained_digest, "rows": report.rows,
                    "drifted": len(report.drift.drifted) if report.drift else 0,
                    "report": report.model_dump(mode="json")}
@@ -160,16 +160,19 @@ class EvaluateStage:
             version = services.registry.get_version(model, number)
             best = run_champion(services, context)
             features, truth, source = self._held_out(context, version.manifest)
-            # The job's own held-out rows are split from the bytes it trained on, as it
-            # split them: the candidate never saw them. Rows from elsewhere may hold its own.
-            unseen = unseen_rows(services, version, best, features,
-                                 check_candidate=settings.data_uri is not None)
-            if unseen.candidate_saw.any() and unseen.candidate_saw.all():
-                raise InvalidInputError(
-                    f"every one of the {len(truth)} rows of {settings.data_uri} is one the "
-                    "candidate trained on; set evaluate.data_uri to rows it never saw",
-                    detail={"field": "evaluate.data_uri"})
-            kept = unseen.kept()
+            unseen = unseen_rows(services, version, best, features)
+            kept, champion_problem = unseen.kept(), ""
+            if len(kept) and not kept.any():
+                fallback = ~unseen.only_candidate
+                if not fallback.any():
+                    raise InvalidInputError(
+                        f"every one of the {len(truth)} held-out rows is one the candidate "
+                        "trained on and the champion did not; set evaluate.data_uri to rows "
+                        "it never saw", detail={"field": "evaluate.data_uri"})
+                # Every row is the champion's own: the candidate is judged on them alone.
+                champion_problem = (f"every held-out row is one {unseen.names[1]} trained on "
+                                    "and the candidate did not")
+                kept = fallback
             features, truth = features[kept], truth[kept]
             read = services.artifacts.read_bytes
             report = evaluate(read(version.artifact_digest),
@@ -178,9 +181,7 @@ class EvaluateStage:
                               champion_manifest=best.manifest if best is not None else None,
                               score=functools.partial(score_isolated,
                                                       timeout_s=settings.timeout_s),
-                              champion_problem=(
-                                  f"every held-out row is one {unseen.names[1]} trained on"
-                                  if unseen.champion_saw_all else ""))
+                              champion_problem=champion_problem)
             if unseen.note():
                 report = report.model_copy(update={"note": "; ".join(
                     part for part in (report.note, unseen.note()) if part)})

@@ -4,11 +4,9 @@ A champion trained on the data as it was, split its own way: once rows were appe
 its seed or shares differ), the candidate's held-out rows hold rows the champion trained
 on, and scored on them it looks better than it is. Each training job keeps the rows it saw
 as a filter with its run (:mod:`training.trained_rows`); the evaluate stage scores both
-models only on the rows the champion's filter does not hold, and, for held-out rows from
-``evaluate.data_uri``, the candidate's either. (The job's own held-out rows are split
-exactly as it split them, from the bytes it trained on: the candidate never saw them.) A
-version without a filter (registered by hand, or trained before jobs kept one) cannot be
-checked, and the report says so.
+models only on rows that both or neither saw (:class:`UnseenRows`). A version without a
+filter (registered by hand, or trained before jobs kept one) cannot be checked, and the
+report says so.
 """
 
 from __future__ import annotations
@@ -28,8 +26,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class UnseenRows:
-    """Per held-out row, whether the candidate or the champion trained on it, and the
-    models whose rows could not be checked."""
+    """Per held-out row, whether the candidate or the champion trained on it (a row with
+    its values), and the models whose rows could not be checked. A row only one of them
+    saw is left out: it flatters that one. A row both saw is kept, as one neither saw:
+    in a table of few distinct rows every held-out row repeats a training row of each."""
 
     candidate_saw: np.ndarray
     champion_saw: np.ndarray
@@ -37,21 +37,22 @@ class UnseenRows:
     unchecked: list[str] = field(default_factory=list)
 
     @property
-    def champion_saw_all(self) -> bool:
-        return bool(len(self.champion_saw)) and bool(self.champion_saw.all())
+    def only_candidate(self) -> np.ndarray:
+        return self.candidate_saw & ~self.champion_saw
+
+    @property
+    def only_champion(self) -> np.ndarray:
+        return self.champion_saw & ~self.candidate_saw
 
     def kept(self) -> np.ndarray:
-        """The rows to score both models on: neither saw them (all the candidate never
-        saw where the champion saw every one: it is not compared then)."""
-        if self.champion_saw_all:
-            return ~self.candidate_saw
-        return ~(self.candidate_saw | self.champion_saw)
+        """The rows to score both models on."""
+        return ~(self.only_candidate | self.only_champion)
 
     def note(self) -> str:
         parts = []
-        left = [f"{name} trained on ({int(saw.sum())})" for name, saw, counted in (
-            (self.names[0], self.candidate_saw, True),
-            (self.names[1], self.champion_saw, not self.champion_saw_all)) if counted and saw.any()]
+        left = [f"only {name} trained on ({int(only.sum())})" for name, only in (
+            (self.names[0], self.only_candidate), (self.names[1], self.only_champion))
+            if only.any()]
         if left:
             parts.append(f"{int((~self.kept()).sum())} held-out rows left out, which "
                          + " and ".join(left))
@@ -62,23 +63,21 @@ class UnseenRows:
         return "; ".join(parts)
 
 
-def unseen_rows(services: Any, candidate: Any, champion: Any, features: np.ndarray, *,
-                check_candidate: bool) -> UnseenRows:
+def unseen_rows(services: Any, candidate: Any, champion: Any, features: np.ndarray) -> UnseenRows:
     """Which of the held-out rows (``features``: the candidate's columns, or one text per
-    row) the champion (a registry version, or None) and, with ``check_candidate``, the
-    candidate trained on, by the filters their runs kept."""
+    row) the candidate and the champion (registry versions; the champion may be None)
+    trained on, by the filters their runs kept."""
     from control_plane.pipelines.evaluation import in_champion_order
 
     none = np.zeros(len(features), dtype=bool)
     result = UnseenRows(none, none.copy(), names=(
         f"{candidate.model}:{candidate.version}",
         f"{champion.model}:{champion.version}" if champion is not None else ""))
-    if check_candidate:
-        saw = _saw(services, candidate, features)
-        if saw is None:
-            result.unchecked.append(result.names[0])
-        else:
-            result.candidate_saw = saw
+    saw = _saw(services, candidate, features)
+    if saw is None:
+        result.unchecked.append(result.names[0])
+    else:
+        result.candidate_saw = saw
     if champion is not None:
         try:  # its columns, in its order, as it trained on them and is scored
             rows = in_champion_order(features, ModelManifest.model_validate(candidate.manifest),

@@ -313,9 +313,10 @@ class MonitorState:
                 except Exception:  # its monitoring is lost; its request counts never are
                     log.exception("%s v%s: a replica's monitoring section could not be read; "
                                   "its requests are counted as unobserved", endpoint, version)
-                    counts[counters.UNOBSERVED_REQUESTS] = (
-                        counts.get(counters.UNOBSERVED_REQUESTS, 0)
-                        + sum(n for code, n in data.get("codes", {}).items() if int(code) < 400))
+                    # Every answered request, those the replica could not observe among them.
+                    counts[counters.UNOBSERVED_REQUESTS] = max(
+                        counts.get(counters.UNOBSERVED_REQUESTS, 0),
+                        sum(n for code, n in data.get("codes", {}).items() if int(code) < 400))
             series.counters.add(counts, back)
             series.totals.update(counts)
             if 0 < back < SLOTS:  # the window's figures reach back to what was filed there

@@ -504,11 +504,14 @@ def data_age_seconds(parameters: dict[str, Any], now: float) -> float | None:
 
 def attach_profiles(delta: dict[int, dict[str, Any]], monitoring: dict[int, VersionMonitoring],
                     known: AbstractSet[str]) -> None:
-    """Add the reference profiles the Monitor has not acknowledged yet to a delta."""
+    """Add the reference profiles the Monitor has not acknowledged yet to a delta: the
+    profile each part was recorded against, where the version still has it (a delta kept
+    while the Monitor was away may be older than a reconfigure)."""
     for version, data in delta.items():
         part = data.get("monitoring")
         spec = monitoring.get(version)
-        if part is None or spec is None or not spec.profile_key or spec.profile_key in known:
+        if part is None or spec is None or not spec.profile_key or spec.profile_key in known \
+                or part.get("profile_key", spec.profile_key) != spec.profile_key:
             continue
         data["profile"] = spec.profile_document
 

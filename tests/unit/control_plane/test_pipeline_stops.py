@@ -275,7 +275,8 @@ def test_the_champion_is_never_scored_on_rows_it_trained_on(world: World) -> Non
     assert overlap >= 30  # about half of the held-out rows: what the champion was scored on
     assert evaluated.inputs["rows"] == len(split.x_test) - overlap
     note = evaluated.outputs["report"]["note"]
-    assert f"{overlap} held-out rows left out, which bc:{champion} trained on ({overlap})" in note
+    assert (f"{overlap} held-out rows left out, which only bc:{champion} trained on "
+            f"({overlap})") in note
 
     # A champion that trained on every held-out row cannot be compared on them: the
     # margin it gates fails, saying why, rather than judging on rows that flatter it.
@@ -283,7 +284,7 @@ def test_the_champion_is_never_scored_on_rows_it_trained_on(world: World) -> Non
     run = world.run(world.cancer.frame, world.cancer.strong)
     assert states(run)["evaluate"] is StageState.FAILED
     assert (f"the champion cannot be compared on these rows: every held-out row is one "
-            f"bc:{knows_all} trained on") in run.reason
+            f"bc:{knows_all} trained on and the candidate did not") in run.reason
 
 
 def test_a_pinned_champion_deleted_since_fails_the_evaluation_saying_so(world: World) -> None:

@@ -1,5 +1,5 @@
-"""Which held-out rows the evaluate stage scores: those the champion (and, for rows from
-elsewhere, the candidate) never trained on, by the filters their runs kept."""
+"""Which held-out rows the evaluate stage scores: those neither model trained on, or both
+did, by the filters their runs kept; a row only one of them saw flatters that one."""
 
 from __future__ import annotations
 
@@ -58,31 +58,46 @@ def test_the_champion_s_rows_are_matched_in_its_own_column_order() -> None:
     services.keep("champion-run", trained_rows.build(held_out[:25][:, [2, 0, 1]]))
     candidate = _version(2, ["a", "b", "c"], None)
     champion = _version(1, ["c", "a", "b"], "champion-run")
-    unseen = unseen_rows(services, candidate, champion, held_out, check_candidate=False)
+    unseen = unseen_rows(services, candidate, champion, held_out)
     assert unseen.champion_saw.tolist() == [True] * 25 + [False] * 15
-    assert unseen.kept().sum() == 15 and not unseen.unchecked
-    assert "25 held-out rows left out, which m:1 trained on (25)" in unseen.note()
+    assert unseen.kept().sum() == 15 and unseen.unchecked == ["m:2"]
+    assert "25 held-out rows left out, which only m:1 trained on (25)" in unseen.note()
 
 
-def test_the_candidate_is_checked_only_on_rows_from_elsewhere() -> None:
+def test_rows_only_one_model_saw_are_left_out_and_rows_both_saw_are_kept() -> None:
     rows = np.random.default_rng(2).normal(size=(30, 3))
     services = Services()
     services.keep("candidate-run", trained_rows.build(rows[:10]))
-    candidate = _version(2, ["a", "b", "c"], "candidate-run")
-    own = unseen_rows(services, candidate, None, rows, check_candidate=False)
-    assert not own.candidate_saw.any() and own.kept().all()
-    elsewhere = unseen_rows(services, candidate, None, rows, check_candidate=True)
-    assert elsewhere.candidate_saw.tolist() == [True] * 10 + [False] * 20
+    services.keep("champion-run", trained_rows.build(rows[5:20]))
+    unseen = unseen_rows(services, _version(2, ["a", "b", "c"], "candidate-run"),
+                         _version(1, ["a", "b", "c"], "champion-run"), rows)
+    assert unseen.kept().tolist() == [False] * 5 + [True] * 5 + [False] * 10 + [True] * 10
+    assert unseen.note() == ("15 held-out rows left out, which only m:2 trained on (5) and "
+                             "only m:1 trained on (10)")
 
 
-def test_a_champion_that_saw_every_row_is_not_compared_rather_than_flattered() -> None:
-    rows = np.random.default_rng(3).normal(size=(20, 3))
+def test_a_table_of_few_distinct_rows_keeps_every_row() -> None:
+    """Every held-out row of three yes-or-no features repeats a row each model trained on:
+    left out, none were left, and the stage failed a candidate it could judge."""
+    rng = np.random.default_rng(3)
+    table = rng.integers(0, 2, size=(2000, 3)).astype(np.float64)
+    services = Services()
+    services.keep("candidate-run", trained_rows.build(table[:1400]))
+    services.keep("champion-run", trained_rows.build(table[200:1600]))
+    unseen = unseen_rows(services, _version(2, ["a", "b", "c"], "candidate-run"),
+                         _version(1, ["a", "b", "c"], "champion-run"), table[1700:])
+    assert unseen.candidate_saw.all() and unseen.champion_saw.all() and unseen.kept().all()
+    assert unseen.note() == ""
+
+
+def test_a_champion_that_saw_every_row_leaves_none_for_a_comparison() -> None:
+    rows = np.random.default_rng(4).normal(size=(20, 3))
     services = Services()
     services.keep("champion-run", trained_rows.build(rows))
     unseen = unseen_rows(services, _version(2, ["a", "b", "c"], None),
-                         _version(1, ["a", "b", "c"], "champion-run"), rows,
-                         check_candidate=False)
-    assert unseen.champion_saw_all and unseen.kept().all()  # the candidate's rows, all
+                         _version(1, ["a", "b", "c"], "champion-run"), rows)
+    # The evaluate stage then judges the candidate alone on them (test_pipeline_stops).
+    assert not unseen.kept().any() and unseen.only_champion.all()
 
 
 def test_a_filter_that_cannot_be_read_leaves_its_model_unchecked_and_says_so() -> None:
@@ -92,7 +107,6 @@ def test_a_filter_that_cannot_be_read_leaves_its_model_unchecked_and_says_so() -
     services.keep("damaged", b"not a filter")
     candidate = _version(3, ["a", "b", "c"], None)
     for run_id in ("lost-filter", "damaged", "deleted-run", None):
-        unseen = unseen_rows(services, candidate, _version(1, ["a", "b", "c"], run_id), rows,
-                             check_candidate=True)
+        unseen = unseen_rows(services, candidate, _version(1, ["a", "b", "c"], run_id), rows)
         assert unseen.unchecked == ["m:3", "m:1"] and unseen.kept().all()
         assert "could not check which rows m:3 and m:1 trained on" in unseen.note()
