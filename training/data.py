@@ -72,6 +72,10 @@ def load_dataset(spec: DataSpec, task: str, *, text: bool = False,
         target = table[spec.target].to_numpy()
         frame = table.drop(columns=[spec.target])
         uri = spec.path
+    if spec.digest is not None and digest != spec.digest:
+        raise _error("data.digest", f"{uri} is not the data the spec pins: its digest is "
+                     f"{digest[:12]}…, not {spec.digest[:12]}… (it changed since it was "
+                     "checked); check it again, or unset data.digest")
     names = spec.features or [str(c) for c in frame.columns]
     unknown = [name for name in names if name not in frame.columns]
     if unknown:

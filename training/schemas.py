@@ -159,6 +159,12 @@ class DataSpec(Section):
         "stage scores the candidate on them by default. 0: none."
     )
     seed: int = Field(0, ge=0, description="Seed for the split, initialisation and shuffling.")
+    digest: str | None = Field(
+        None, pattern="^[0-9a-f]{64}$",
+        description="The sha256 the data must have, as a version's lineage records it "
+        "(dataset_digest: of a file's bytes, or of a bundled dataset's arrays): a job whose "
+        "data has changed refuses before it trains. A pipeline's training stage sets it to "
+        "the data its data stage checked.")
 
     @field_validator("dataset")
     @classmethod

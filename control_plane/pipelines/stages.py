@@ -278,16 +278,15 @@ class TrainStage:
         has nothing to hold the version to."""
         from control_plane.schemas import ModelManifest
 
-        checked = next((s for s in context.run.stages if s.name == "validate_data"), None)
-        expected = (checked.outputs or {}).get(VALIDATED_DIGEST) if checked is not None else None
-        if not expected:
+        expected = _validated_digest(context)
+        if expected is None:
             return None
         model = context.spec.model_name
         manifest = self.services.registry.get_version(model, version).manifest
         trained_on = ModelManifest.model_validate(manifest).lineage.dataset_digest
         if trained_on == expected:
             return None
-        uri = (checked.inputs or {}).get("uri", "its data")
+        uri = context.spec.data.uri if context.spec.data is not None else "its data"
         return (f"{model}:{version} was trained on other data than the data stage checked: "
                 f"its lineage says {(trained_on or 'nothing')[:12]}…, the bytes of {uri} checked "
                 f"were {expected[:12]}… ({uri} changed between the two stages, and rows nobody "
@@ -373,6 +372,9 @@ class TrainStage:
         from training.submission import job_environment, submit_resolved
 
         spec = JobSpec.model_validate(context.spec.training.job)
+        checked = _validated_digest(context)
+        if checked is not None:  # the job refuses other data before it trains, not after
+            spec = spec.model_copy(update={"data": spec.data.model_copy(update={"digest": checked})})
         lifetime = int(context.spec.training.timeout_s // 60) + 60
         actor = run_principal(context.run)
         earlier = int(progress.get("attempt") or 0)
@@ -440,6 +442,14 @@ class TrainStage:
                        ModelVersionRow.created_by.in_(minted))
                 .order_by(ModelVersionRow.version.desc()).limit(1))
             return (run.id, int(version)) if version is not None else None
+
+
+def _validated_digest(context: StageContext) -> str | None:
+    """The digest of the bytes the run's data stage checked (None: no data stage, or one
+    stored before it recorded the digest)."""
+    checked = next((s for s in getattr(context.run, "stages", ()) if s.name == "validate_data"),
+                   None)
+    return ((checked.outputs or {}).get(VALIDATED_DIGEST) or None) if checked is not None else None
 
 
 def _token_name(job_id: str, attempt: int) -> str:

@@ -124,6 +124,7 @@ class JobApi:
         self.submissions: list[str] = []  # the job token each submission carried
         self.takes_submissions = True
         self.submit_fails: JobSubmissionError | None = None
+        self.specs: list[dict[str, Any]] = []
 
     def connect(self) -> JobApi:
         if self.failing is not None and self.fails_at == "connect":
@@ -151,6 +152,8 @@ class JobApi:
     def submit(self, entrypoint: str, runtime_env: dict[str, Any], *, submission_id: str,
                metadata: dict[str, str]) -> str:
         self.submissions.append(metadata["modelplane_token"])
+        spec = Path(runtime_env["working_dir"]) / "job.yaml"  # the job's own spec, as sent
+        self.specs.append(yaml.safe_load(spec.read_text()) if spec.exists() else {})
         if self.takes_submissions:
             self.jobs[submission_id] = metadata
         if self.submit_fails is not None:
@@ -262,6 +265,22 @@ def test_a_submission_ray_gave_no_answer_to_is_found_by_its_id_or_made_again(
     else:  # submitted again, with a token of its own; the unused one is revoked
         assert api.submissions == ["job-pipeline-bc-1-ab", "job-pipeline-bc-1-ab.2"]
         assert services.active_tokens() == ["job-pipeline-bc-1-ab.2"]
+
+
+def test_the_job_is_sent_the_digest_of_the_data_its_run_checked(db: Any) -> None:
+    """Held to it only once it had trained: a file changed after the data stage cost the
+    whole training before the version was refused. The job refuses other data at once
+    (training.data.load_dataset, data.digest)."""
+    api, services = JobApi(), Services(db)
+    checked = StageRecord(name="validate_data", state=StageState.PASSED,
+                          outputs={VALIDATED_DIGEST: "c" * 64})
+    outcome = TrainStage(services, job_client=api.connect).advance(
+        _fresh(10, {"submission_id": "pipeline-bc-1-ab"}, [checked]))
+    assert outcome.state is StageState.RUNNING, outcome.reason
+    assert api.specs[-1]["data"]["digest"] == "c" * 64
+    TrainStage(services, job_client=api.connect).advance(
+        _fresh(10, {"submission_id": "pipeline-bc-1-cd"}))  # a run without a data stage
+    assert "digest" not in api.specs[-1]["data"]
 
 
 @pytest.mark.parametrize("ends", ["cancelled", "timed out"])
@@ -426,7 +445,7 @@ def test_the_version_the_stage_passes_is_the_one_its_own_job_registered(registry
         assert (outcome.state is StageState.PASSED) is passed, outcome.reason
         assert outcome.outputs["version"] == mine
     assert "trained on other data than the data stage checked" in outcome.reason
-    assert "rows.csv changed between the two stages" in outcome.reason
+    assert "changed between the two stages" in outcome.reason
     rejected = registry.get_version("breast-cancer", mine)
     assert rejected.status == "rejected" and "pipeline bc run #1, train" in rejected.status_reason
 

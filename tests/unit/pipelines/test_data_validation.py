@@ -335,6 +335,7 @@ def test_the_data_stage_reads_the_digest_a_version_trained_on_it_records(
     the candidate to it)."""
     from control_plane.pipelines.data_sources import read_dataset
     from training.data import load_dataset as load_training_data
+    from training.errors import InvalidJobSpecError
     from training.schemas import DataSpec
 
     if kind == "bundled":
@@ -346,7 +347,12 @@ def test_the_data_stage_reads_the_digest_a_version_trained_on_it_records(
     table, digest = read_dataset(uri)
     assert len(table) == (569 if kind == "bundled" else len(split[1]))
     assert digest == load_training_data(spec, "classification").digest
-    if kind == "csv":  # a row appended after the stage read it: another digest
+    pinned = spec.model_copy(update={"digest": digest})  # as a pipeline sends its job
+    assert load_training_data(pinned, "classification").digest == digest
+    if kind == "csv":  # a row appended after the stage read it: the job refuses it
         with Path(uri).open("a") as appended:
             appended.write(",".join(["1"] * len(split[1].columns)) + "\n")
         assert load_training_data(spec, "classification").digest != digest
+        with pytest.raises(InvalidJobSpecError, match="not the data the spec pins") as refused:
+            load_training_data(pinned, "classification")
+        assert refused.value.detail == {"field": "data.digest"}
