@@ -51,7 +51,7 @@ from serving.link_auth import link_secret
 from serving.link_client import LinkClient, VersionLink
 from serving.monitoring.monitor import get_monitor
 from serving.monitoring.observations import attach_profiles
-from serving.monitoring.stats import ServedConfig
+from serving.monitoring.stats import ServedConfig, drop_observations
 from serving.names import (
     SERVER_ROUTE,
     endpoint_route_prefix,
@@ -108,17 +108,6 @@ def _replica_id() -> tuple[str, bool]:
         return str(serve.get_replica_context().replica_id.unique_id), True
     except Exception:  # outside a replica (unit tests)
         return f"pid-{os.getpid()}", False
-
-
-def _unobserved(delta: dict[int, Any]) -> None:
-    """Drop a kept shipment's observations, its requests counted as answered but not
-    observed (as the Monitor counts those it could not read)."""
-    for part in delta.values():
-        if part.pop("monitoring", None) is not None:
-            # Every answered request, those already unobserved among them.
-            answered = sum(n for code, n in part.get("codes", {}).items() if int(code) < 400)
-            part["unobserved_requests"] = max(part.get("unobserved_requests", 0), answered)
-        part.pop("profile", None)
 
 
 def served_by(config: EndpointConfig) -> ServedConfig:
@@ -308,14 +297,20 @@ class _CoreAdapter:
             first = False
             key = (core.config.monitor_actor, core.config.monitor_namespace)
             if self._monitor is None or key != monitor_key:
-                # A GCS lookup blocks: off the event loop, and only until a handle is found.
-                # Where there is no Monitor (yet, or while it restarts) the interval's
-                # statistics are taken all the same and kept for it, each with its time.
-                self._monitor, monitor_key = await asyncio.to_thread(get_monitor, *key), key
-                # Perhaps another Monitor, holding none of the profiles: each goes again.
-                self._profiles_shipped = frozenset()
+                # Only until a handle is found. Where there is no Monitor (yet, or while it
+                # restarts) the interval's statistics are taken all the same and kept for
+                # it, each with its time.
+                self._monitor, monitor_key = await self._look_up_monitor(core), key
             if await self._ship(core, self._monitor, replica) == Shipped.GONE:
                 self._monitor = None  # replaced by `up`: look the new one up
+
+    async def _look_up_monitor(self, core: InferenceCore) -> Any:
+        """The Monitor's handle (None: there is none now), looked up off the event loop (a
+        GCS lookup blocks). Perhaps another Monitor than the one shipped to before, holding
+        none of the reference profiles: each goes again with its next shipment."""
+        self._profiles_shipped = frozenset()
+        return await asyncio.to_thread(get_monitor, core.config.monitor_actor,
+                                       core.config.monitor_namespace)
 
     async def _ship(self, core: InferenceCore, monitor: Any, replica: str,
                     leaving: bool = False) -> Shipped:
@@ -338,7 +333,7 @@ class _CoreAdapter:
             self._sequence += 1
             self._unsent.append((self._sequence, delta, served_by(core.config), taken_at))
             if len(self._unsent) > UNSENT_OBSERVED:
-                _unobserved(self._unsent[-UNSENT_OBSERVED - 1][1])
+                drop_observations(self._unsent[-UNSENT_OBSERVED - 1][1])
             if len(self._unsent) > UNSENT_LIMIT:
                 self._unsent.popleft()
                 if not self._dropped:
@@ -415,9 +410,7 @@ class _CoreAdapter:
         try:
             monitor = self._monitor
             if monitor is None:
-                monitor = await asyncio.to_thread(get_monitor, core.config.monitor_actor,
-                                                  core.config.monitor_namespace)
-                self._profiles_shipped = frozenset()  # perhaps another Monitor, without them
+                monitor = await self._look_up_monitor(core)
             if monitor is not None:
                 await asyncio.wait_for(self._ship(core, monitor, self._replica, leaving=True),
                                        GOODBYE_S)

@@ -161,18 +161,13 @@ class EvaluateStage:
             best = run_champion(services, context)
             features, truth, source = self._held_out(context, version.manifest)
             unseen = unseen_rows(services, version, best, features)
-            kept, champion_problem = unseen.kept(), ""
-            if len(kept) and not kept.any():
-                fallback = ~unseen.only_candidate
-                if not fallback.any():
-                    raise InvalidInputError(
-                        f"every one of the {len(truth)} held-out rows is one the candidate "
-                        "trained on and the champion did not; set evaluate.data_uri to rows "
-                        "it never saw", detail={"field": "evaluate.data_uri"})
-                # Every row is the champion's own: the candidate is judged on them alone.
-                champion_problem = (f"every held-out row is one {unseen.names[1]} trained on "
-                                    "and the candidate did not")
-                kept = fallback
+            scored = unseen.scored()
+            if scored is None:
+                raise InvalidInputError(
+                    f"every one of the {len(truth)} held-out rows is one the candidate "
+                    "trained on and the champion did not; set evaluate.data_uri to rows "
+                    "it never saw", detail={"field": "evaluate.data_uri"})
+            kept, champion_problem = scored
             features, truth = features[kept], truth[kept]
             read = services.artifacts.read_bytes
             report = evaluate(read(version.artifact_digest),
@@ -182,9 +177,9 @@ class EvaluateStage:
                               score=functools.partial(score_isolated,
                                                       timeout_s=settings.timeout_s),
                               champion_problem=champion_problem)
-            if unseen.note():
+            if note := unseen.note():
                 report = report.model_copy(update={"note": "; ".join(
-                    part for part in (report.note, unseen.note()) if part)})
+                    part for part in (report.note, note) if part)})
             return report, source, pin_of(best)
 
         answer = _offloaded(self.offload, context, score, deadline_s=settings.timeout_s,

@@ -447,8 +447,7 @@ class TrainStage:
 def _validated_digest(context: StageContext) -> str | None:
     """The digest of the bytes the run's data stage checked (None: no data stage, or one
     stored before it recorded the digest)."""
-    checked = next((s for s in getattr(context.run, "stages", ()) if s.name == "validate_data"),
-                   None)
+    checked = next((s for s in context.run.stages if s.name == "validate_data"), None)
     return ((checked.outputs or {}).get(VALIDATED_DIGEST) or None) if checked is not None else None
 
 

@@ -48,6 +48,19 @@ class UnseenRows:
         """The rows to score both models on."""
         return ~(self.only_candidate | self.only_champion)
 
+    def scored(self) -> tuple[np.ndarray, str] | None:
+        """The rows to score on, and why the champion is not compared on them ("" where it
+        is): where every row is one only the champion saw, the candidate's on its own;
+        None where every row is one only the candidate saw (nothing fair to judge it on)."""
+        kept = self.kept()
+        if not len(kept) or kept.any():
+            return kept, ""
+        fallback = ~self.only_candidate
+        if not fallback.any():
+            return None
+        return fallback, (f"every held-out row is one {self.names[1]} trained on and the "
+                          "candidate did not")
+
     def note(self) -> str:
         parts = []
         left = [f"only {name} trained on ({int(only.sum())})" for name, only in (

@@ -55,6 +55,7 @@ from serving.monitoring.stats import (
     LATENCY_MIN_S,
     ServedConfig,
     ShadowStats,
+    answered_requests,
 )
 from serving.names import MONITOR_NAME, MONITOR_NAMESPACE
 
@@ -315,8 +316,7 @@ class MonitorState:
                                   "its requests are counted as unobserved", endpoint, version)
                     # Every answered request, those the replica could not observe among them.
                     counts[counters.UNOBSERVED_REQUESTS] = max(
-                        counts.get(counters.UNOBSERVED_REQUESTS, 0),
-                        sum(n for code, n in data.get("codes", {}).items() if int(code) < 400))
+                        counts.get(counters.UNOBSERVED_REQUESTS, 0), answered_requests(data))
             series.counters.add(counts, back)
             series.totals.update(counts)
             if 0 < back < SLOTS:  # the window's figures reach back to what was filed there

@@ -53,6 +53,22 @@ class ServedConfig(NamedTuple):
     report_every_s: float = 1.0  # how often the replica ships (EndpointConfig.stats_interval_s)
 
 
+def answered_requests(part: Mapping[str, Any]) -> int:
+    """The requests a version's part of a delta (``StatsRecorder.to_delta``) answered."""
+    return sum(n for code, n in part.get("codes", {}).items() if int(code) < 400)
+
+
+def drop_observations(delta: dict[int, dict[str, Any]]) -> None:
+    """Drop a delta's observations (the rows drift is judged on, the predictions labels
+    join), its answered requests counted as unobserved, as the Monitor counts those it
+    could not read; those already unobserved are among them."""
+    for part in delta.values():
+        if part.pop("monitoring", None) is not None:
+            part["unobserved_requests"] = max(part.get("unobserved_requests", 0),
+                                              answered_requests(part))
+        part.pop("profile", None)
+
+
 def new_latency_sketch() -> Any:
     from kernels import Sketch
 

@@ -53,6 +53,14 @@ class StandInMonitor:
         return SimpleNamespace(future=lambda: answered)
 
 
+def _core_shipping_every(seconds: float) -> Any:
+    """A core (one monitored version) whose replica ships every ``seconds``."""
+    core = make_core(reference_profile())
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"stats_interval_s": seconds}), backends)
+    return core
+
+
 class Replica(endpoint._CoreAdapter):
     def __init__(self, core: Any) -> None:
         self.core = core
@@ -65,9 +73,7 @@ def test_a_full_recorder_is_shipped_before_the_interval(monkeypatch: pytest.Monk
         monkeypatch.setattr(module, "PENDING_HARD_LIMIT", 10_000)
     monitor = StandInMonitor()
     monkeypatch.setattr(endpoint, "get_monitor", lambda *key: monitor)
-    core = make_core(reference_profile())
-    config, backends, _ = core._state
-    core.update(config.model_copy(update={"stats_interval_s": INTERVAL_S}), backends)
+    core = _core_shipping_every(INTERVAL_S)
     rows = [np.zeros((1, 4), np.float32)]
 
     async def run() -> None:
@@ -159,9 +165,7 @@ def test_a_shipper_that_meets_an_unforeseen_error_ships_again(
 
     monkeypatch.setattr(endpoint, "get_monitor", lookup)
     monkeypatch.setattr(endpoint, "LOOP_RESTART_S", 0.01)
-    core = make_core(reference_profile())
-    config, backends, _ = core._state
-    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
+    core = _core_shipping_every(0.05)
     rows = [np.zeros((1, 4), np.float32)]
 
     async def run() -> None:
@@ -194,9 +198,8 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
     monitor = StandInMonitor()
     found: list[StandInMonitor | None] = [None]
     monkeypatch.setattr(endpoint, "get_monitor", lambda *key: found[0])
-    core = make_core(reference_profile())
+    core = _core_shipping_every(0.05)
     config, backends, _ = core._state
-    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
     rows = [np.zeros((1, 4), np.float32)]
 
     async def run() -> None:
@@ -256,9 +259,7 @@ def test_an_idle_replica_reports_and_says_goodbye_with_its_last_statistics(
     recorded since with a goodbye, where the last second's statistics were lost before."""
     monitor = StandInMonitor()
     monkeypatch.setattr(endpoint, "get_monitor", lambda *key: monitor)
-    core = make_core(reference_profile())
-    config, backends, _ = core._state
-    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
+    core = _core_shipping_every(0.05)
 
     async def run() -> None:
         replica = Replica(core)
@@ -370,9 +371,7 @@ def test_a_new_monitor_after_an_outage_gets_the_profiles_with_the_kept_shipments
     first, second = StandInMonitor(), StandInMonitor()
     found: list[StandInMonitor | None] = [first]
     monkeypatch.setattr(endpoint, "get_monitor", lambda *key: found[0])
-    core = make_core(reference_profile())
-    config, backends, _ = core._state
-    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
+    core = _core_shipping_every(0.05)
     rows = [np.zeros((1, 4), np.float32)]
 
     def profiled(monitor: StandInMonitor) -> list[dict[int, Any]]:
