@@ -71,6 +71,12 @@ LOAD_SENSITIVE = frozenset({"error_rate", "p95_ms", "p99_ms"}) | RELATIVE_LOAD_S
 CALLER_MOVABLE = frozenset({"error_rate_increase", "p95_ratio", "refused_rate_increase",
                             "abandoned_rate_increase", "not_finite_rate_increase",
                             "not_finite_rate"})
+# The absolute gates that what callers send moves as well (heavy requests are slow on
+# whichever version answers them, far-off rows drift on it): the candidate's own failure
+# only where stable, answering the same randomly routed mix in the same window, does not
+# fail them as badly; judged alone (stable answered too little in the window: every step
+# at 100%), anyone could fail them.
+MOVABLE_ALONE = frozenset({"p95_ms", "p99_ms", "drift"})
 
 
 def proportion_lower_bound(share: float, n: int, z: float = _Z) -> float:
@@ -406,12 +412,26 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             check("p95_ratio", latency.p95_ms / stable_latency.p95_ms, config.max_p95_ratio,
                   bound=latency.p95_paired_bounds_ms[0] / stable_latency.p95_paired_bounds_ms[1],
                   evidence=f"{latency.count} and {stable_latency.count} requests")
+    # Stable's figures from this window, where it answered enough of the same mix.
+    latency_beside = (compared.latency.sample if compared is stable and compared is not None
+                      and stable_samples >= config.min_samples else None)
+    if latency_beside is not None:
+        for name in ("p95_ms", "p99_ms"):
+            theirs = getattr(latency_beside, name)
+            if name in checks and not checks[name]["passed"] and not math.isnan(theirs) \
+                    and theirs >= checks[name]["value"]:
+                # Stable is as slow on the same requests: the traffic's doing (heavy
+                # requests), and rolling back would not undo it.
+                checks[name]["also_on_stable"] = theirs
+                failures.pop(name, None)
+                unproven.pop(name, None)
+    drift_beside = stable is not None and stable.drift.verdict.judged
     if config.fail_on_drift and candidate.drift.verdict.judged:
         drifted = _drifted(candidate)
         # Stable answers the same randomly routed stream: what drifted there too is the
         # traffic's doing, not the candidate's (a shift in the world, or anyone sending
         # far-off rows), and rolling back would not undo it. Judged alone without stable.
-        on_stable = _drifted(stable) if stable is not None and stable.drift.verdict.judged else []
+        on_stable = _drifted(stable) if drift_beside else []
         own = [name for name in drifted if name not in on_stable]
         checks["drift"] = {"value": own, "limit": [], "passed": not own,
                            "also_on_stable": [name for name in drifted if name in on_stable]}
@@ -458,14 +478,20 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     if failures:
         # The failures that rest on nothing of stable's from this window: what callers send
         # could have caused them alone.
-        movable = {name for name in failures if name in CALLER_MOVABLE
-                   and (compared is not stable or name == "not_finite_rate")}
-        if failures.keys() - movable:
+        against_then = {name for name in failures if name in CALLER_MOVABLE
+                        and compared is not stable and name != "not_finite_rate"}
+        alone = {name for name in failures if name == "not_finite_rate" or (
+            name in MOVABLE_ALONE and not (drift_beside if name == "drift"
+                                           else latency_beside is not None))}
+        if failures.keys() - against_then - alone:
             return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
-        return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()) + (
-            " (against stable's figures from before the step, not the same requests: a "
-            "change in what callers send can cause this)" if compared is not stable else
-            " (judged alone: stable answered too little to compare with)"), rejects=False)
+        why = [*([] if not against_then else [
+            "against stable's figures from before the step, not the same requests: a change "
+            "in what callers send can cause this"]), *([] if not alone else [
+                f"{', '.join(sorted(alone))} judged alone: stable answered too little in the "
+                "window to compare with"])]
+        return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values())
+                           + f" ({'; '.join(why)})", rejects=False)
     silent = _silent_replicas(candidate)
     if silent:
         return CheckResult(Verdict.INCONCLUSIVE, checks, silent, worse_decides=True)

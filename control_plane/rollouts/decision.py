@@ -217,8 +217,9 @@ def decide(rollout: RolloutOut, evidence: Evidence, now: datetime) -> Decision:
         rejects = bool(record.get("streak_rejects", record.get("rejects", True)))
         return outcome(Action.ROLLBACK, f"automatic rollback: {record.get('reason', '')}"
                        + ("" if rejects else "; the version is not rejected: no failure of "
-                          "the streak rests on stable's figures from the same window or an "
-                          "absolute gate"), data={"analysis": record}, rejects=rejects)
+                          "the streak is the candidate's own (against stable's figures from "
+                          "the same window, or on a gate callers cannot move)"),
+                       data={"analysis": record}, rejects=rejects)
     overdue = past_deadline(record, settings, state) if analysed else None
     if overdue:
         return outcome(Action.FAIL, overdue, data={"analysis": record})

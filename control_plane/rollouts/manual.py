@@ -99,7 +99,7 @@ class ManualActions(TrafficMoves):
             if current.state == state:
                 if reject and not self._rejected(current):
                     # Rolled back by its analysis on figures callers can move, which does
-                    # not reject (analysis.CALLER_MOVABLE): a person's rollback does.
+                    # not reject (analysis.CALLER_MOVABLE, MOVABLE_ALONE): a person's does.
                     with self.db.session() as session:
                         owe_reject(rollout_row(session, current.id, for_update=True), why)
                     self._ended.append(current.id)

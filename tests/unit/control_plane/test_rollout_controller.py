@@ -752,6 +752,26 @@ def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_fi
     assert rejected.status == "rejected" and "slow, I checked" in rejected.status_reason
 
 
+def test_a_switch_failing_an_absolute_latency_gate_alone_rolls_back_without_rejecting(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the switch only the candidate answers, so max_p95_ms is judged on it alone: a
+    caller sending heavy requests there slowed any candidate past it and got a good
+    version rejected for good. It still rolls back (alert and all); a person rejects."""
+    from control_plane.rollouts.controller import BASELINE_WINDOW_S
+
+    earlier = {1: served(500, p95=50.0), 2: served(0)}
+    monkeypatch.setattr(world.controller, "_stats", lambda endpoint, window, sample: (
+        earlier if window == BASELINE_WINDOW_S else world.stats))
+    rollout_id = switch_to_slower(world, p95=60.0, max_p95_ms=40, max_p95_ratio=None)
+    world.run(20)
+    rollout = world.controller.get(rollout_id)
+    assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason
+    assert "p95_ms 60 > 40" in rollout.reason and "not rejected" in rollout.reason
+    world.run(1)
+    assert world.registry.get_version("iris", 2).status == "ready"
+    assert world.weights() == {1: 100.0}
+
+
 def test_a_slow_monitor_read_moves_the_streaks_next_window_past_what_it_judged(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Monitor takes 0.9 s to answer: the failing analysis judged what arrived up to

@@ -213,11 +213,49 @@ def test_only_a_failure_on_the_candidates_own_evidence_rejects_it() -> None:
     few = analyse(config, refusing(stats(), 500), refusing(stats(requests=49), 1))
     assert few.verdict == Verdict.FAIL and few.rejects, few.reason
     assert "refused_rate_increase" in few.reason and "over 1000 and 50 requests" in few.reason
-    # An absolute gate failing beside them rejects, baseline or not.
-    strict = AnalysisConfig(min_samples=50, max_p95_ms=40)
-    absolute = analyse(strict, stats(p95=60), idle, baseline=before)
+    # An absolute gate callers cannot move failing beside them rejects, baseline or not.
+    absolute = analyse(config, stats(p95=60, error_rate=0.2), idle, baseline=before)
     assert absolute.verdict == Verdict.FAIL and absolute.rejects
-    assert "p95_ms" in absolute.reason and "p95_ratio" in absolute.reason
+    assert "error_rate 0.2" in absolute.reason and "p95_ratio" in absolute.reason
+
+
+def test_absolute_latency_and_drift_reject_only_on_the_candidates_own_evidence() -> None:
+    """Heavy requests are slow on whichever version answers them, and far-off rows drift
+    on it: at a 100% step (stable answering nothing in the window) anyone sending those
+    failed max_p95_ms, max_p99_ms or drift, and got a good version rejected for good. Judged
+    alone they roll back without rejecting; beside stable in the same window a failure is
+    the candidate's own unless stable, on the same mix, is as far past the limit."""
+    config = AnalysisConfig(min_samples=50, max_p95_ms=40, max_p99_ms=80, max_p95_ratio=None)
+    idle, before = stats(requests=0), stats(p95=10)
+    heavy = stats(p95=60, p99=120)
+    alone = analyse(config, heavy, idle, baseline=before)
+    assert alone.verdict == Verdict.FAIL and not alone.rejects, alone.reason
+    assert "p95_ms 60 > 40" in alone.reason and "p99_ms 120 > 80" in alone.reason
+    assert "p95_ms, p99_ms judged alone" in alone.reason
+    assert not analyse(config, heavy, None).rejects  # no stable at all: alone as well
+    # Beside stable as slow on the same requests: the traffic's, no failure at all.
+    both = analyse(config, heavy, stats(p95=70, p99=120))
+    assert both.verdict == Verdict.PASS, both.reason
+    assert both.checks["p95_ms"]["also_on_stable"] == 70 and not both.checks["p95_ms"]["passed"]
+    # Beside a faster stable: the candidate's own, and it rejects.
+    own = analyse(config, heavy, stats(p95=20, p99=119))
+    assert own.verdict == Verdict.FAIL and own.rejects
+    assert "p95_ms" in own.reason and "p99_ms" in own.reason
+    # Stable's few requests in the window are no evidence beside it: judged alone.
+    thin = analyse(config, heavy, stats(requests=49, p95=70, p99=130))
+    assert thin.verdict == Verdict.FAIL and not thin.rejects, thin.reason
+    # Mixed with a failure that is the candidate's own, the streak rejects as before.
+    mixed = analyse(config, stats(p95=60, error_rate=0.2), idle, baseline=before)
+    assert mixed.verdict == Verdict.FAIL and mixed.rejects
+
+    drifted = replace(stats(), drift=Drift(verdict=DriftVerdict.DRIFT, drifted_features=("age",)))
+    on_drift = AnalysisConfig(min_samples=50, fail_on_drift=True, max_p95_ratio=None)
+    result = analyse(on_drift, drifted, idle, baseline=before)
+    assert result.verdict == Verdict.FAIL and not result.rejects
+    assert "drift judged alone" in result.reason
+    clean = replace(stats(), drift=Drift(verdict=DriftVerdict.OK))
+    beside = analyse(on_drift, drifted, clean)
+    assert beside.verdict == Verdict.FAIL and beside.rejects, beside.reason
 
 
 def test_an_error_rate_increase_fails_on_evidence_not_on_two_stray_errors() -> None:
