@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from serving.cancellation import raise_if_cancelled
+
 GATHER_SHARE = 0.25  # of the last batch's run time, the most the next one waits once it ends
 
 Item = TypeVar("Item")
@@ -65,12 +67,14 @@ class DynamicBatcher(Generic[Item, Result]):
         arrived = self._arrived
         assert arrived is not None
         while True:
+            raise_if_cancelled()
             if not self._waiting:
                 arrived.clear()
                 await arrived.wait()
                 continue
             deadline = max(self._waiting[0][2] + self.max_wait_s, self._gather_until)
             while len(self._waiting) < self.max_batch_size and loop.time() < deadline:
+                raise_if_cancelled()
                 arrived.clear()
                 try:
                     await asyncio.wait_for(arrived.wait(), deadline - loop.time())

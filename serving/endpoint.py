@@ -35,6 +35,7 @@ from modelplane.errors import ModelplaneError
 from serving.artifact_cache import ArtifactFetchError
 from serving.backends import LocalVersion, RemoteVersion, UnloadableVersion, load_runner
 from serving.backlog import Backlog
+from serving.cancellation import raise_if_cancelled
 from serving.core import (
     HttpResult,
     InferenceCore,
@@ -248,6 +249,7 @@ class _CoreAdapter:
         """Long-poll the route board and swap in each newer route table."""
         board: Any = None
         while True:
+            raise_if_cancelled()
             core = self.core
             if core is None:
                 await asyncio.sleep(1.0)
@@ -286,6 +288,7 @@ class _CoreAdapter:
         monitor_key: tuple[str, str] | None = None
         first = True  # at once: the Monitor knows of a replica that dies in its first second
         while True:
+            raise_if_cancelled()
             core = self.core
             if core is None:
                 await asyncio.sleep(1.0)
@@ -349,6 +352,7 @@ class _CoreAdapter:
         """Send the kept shipments, oldest first, until one goes unanswered."""
         assert self._unsent is not None
         while self._unsent:
+            raise_if_cancelled()
             sequence, delta, served, taken_at = self._unsent[0]
             # Profiles travel once, with the first shipment sent to a Monitor that lacks
             # them (one that restarted asks again): attached as it is sent, not as it was

@@ -32,9 +32,7 @@ function checks(analysis) {
     name, Array.isArray(c.value) ? c.value.join(", ") || "none" : fmt.num(c.value, 4),
     Array.isArray(c.limit) ? c.limit.join(", ") || "none" : fmt.num(c.limit, 4),
     // Past its limit without the evidence to fail yet: neither, the next windows decide.
-    // Past its limit where stable, on the same requests, is as far past: the traffic's doing.
-    c.unproven ? badge("unproven", "warn") : c.also_on_stable !== undefined && !Array.isArray(c.also_on_stable)
-      ? badge("stable too", "warn") : badge(c.passed ? "pass" : "fail", c.passed ? "good" : "bad"),
+    c.unproven ? badge("unproven", "warn") : badge(c.passed ? "pass" : "fail", c.passed ? "good" : "bad"),
   ]);
   return table(null, [{ label: "check" }, { label: "value", num: true }, { label: "threshold", num: true }, { label: "verdict" }], rows, "no checks (too little traffic)");
 }

@@ -417,3 +417,52 @@ def test_kept_shipments_past_the_newest_minute_keep_their_counts_not_their_rows(
     assert [part["codes"][200] for part in parts] == [1, 2, 3, 4, 5]  # every request counted
     assert ["monitoring" in part for part in parts] == [False, False, False, True, True]
     assert [part.get("unobserved_requests", 0) for part in parts] == [1, 2, 3, 0, 0]
+
+
+def test_the_shipper_stops_when_cancelled_as_its_wait_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11's wait_for returns the awaited result where the cancellation arrives in
+    the turn that result does, and the shipper shipped on for ever: a replica's after Serve
+    stopped it, and a test whose event loop never closed (asyncio.run awaits its tasks)."""
+    monitor = StandInMonitor()
+    monkeypatch.setattr(endpoint, "get_monitor", lambda *key: monitor)
+    core = _core_shipping_every(INTERVAL_S)
+
+    async def run() -> None:
+        shipper = asyncio.get_running_loop().create_task(Replica(core)._ship_forever())
+        await until(lambda: len(monitor.calls) == 1)  # its first shipment, at once
+        await asyncio.sleep(0.05)  # now waiting for the interval, or for a full recorder
+        core.stats_due.set()  # the wait ends ...
+        shipper.cancel()  # ... in the same turn as the cancellation
+        done, _ = await asyncio.wait({shipper}, timeout=5)
+        if not done:  # a second request lands: the test must not hang
+            shipper.cancel()
+        assert done and shipper.cancelled(), "the shipper went on after it was cancelled"
+
+    asyncio.run(run())
+
+
+def test_the_batcher_stops_when_cancelled_as_a_request_arrives() -> None:
+    """The same for the dynamic batcher's worker, waiting for its batch to fill."""
+    from serving.batcher import DynamicBatcher
+
+    async def run() -> None:
+        async def answer(items: list[int]) -> list[int]:
+            return items
+
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(answer, max_batch_size=8,
+                                                           max_wait_s=30)
+        first = asyncio.ensure_future(batcher(1))
+        await asyncio.sleep(0.05)  # the worker waits for more, up to max_wait_s
+        worker = batcher._worker
+        assert worker is not None and not worker.done()
+        second = asyncio.ensure_future(batcher(2))
+        await asyncio.sleep(0)  # the second arrives: the worker's wait ends ...
+        worker.cancel()  # ... in the same turn as the cancellation
+        done, _ = await asyncio.wait({worker}, timeout=5)
+        if not done:
+            worker.cancel()
+        for call in (first, second):
+            call.cancel()
+        assert done and worker.cancelled(), "the batcher's worker went on after it was cancelled"
+
+    asyncio.run(run())
