@@ -71,12 +71,12 @@ LOAD_SENSITIVE = frozenset({"error_rate", "p95_ms", "p99_ms"}) | RELATIVE_LOAD_S
 CALLER_MOVABLE = frozenset({"error_rate_increase", "p95_ratio", "refused_rate_increase",
                             "abandoned_rate_increase", "not_finite_rate_increase",
                             "not_finite_rate"})
-# The absolute gates that what callers send moves as well (heavy requests are slow on
-# whichever version answers them, far-off rows drift on it): the candidate's own failure
-# only where stable, answering the same randomly routed mix in the same window, does not
-# fail them as badly; judged alone (stable answered too little in the window: every step
-# at 100%), anyone could fail them.
-MOVABLE_ALONE = frozenset({"p95_ms", "p99_ms", "drift"})
+# The absolute gates that what callers send moves as well: heavy requests are slow on
+# whichever version answers them, and far-off rows drift on it. Beside stable, taking its
+# share of the same requests, a failure is the candidate's own; judged alone (a step that
+# gives stable no traffic, or one it answered too little of in the window), anyone could
+# fail them.
+MOVABLE_ALONE = frozenset({"p95_ms", "p99_ms", "drift", "not_finite_rate"})
 
 
 def proportion_lower_bound(share: float, n: int, z: float = _Z) -> float:
@@ -271,9 +271,10 @@ class CheckResult:
     # decides.
     worse_decides: bool = False
     # A failure is evidence against the candidate itself, so a rollback on it rejects the
-    # version; not where every failed check is CALLER_MOVABLE and judged without stable's
-    # figures from the same window: traffic goes back to stable (a rollback all the same,
-    # alert and all), and the version may try again.
+    # version; not where every failed check is one callers can move (CALLER_MOVABLE,
+    # MOVABLE_ALONE) judged without stable's share of the same requests beside it: traffic
+    # goes back to stable (a rollback all the same, alert and all), and the version may try
+    # again.
     rejects: bool = True
 
 
@@ -297,7 +298,7 @@ def baseline_in_use(config: AnalysisConfig, stable: VersionSnapshot | None,
 def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             stable: VersionSnapshot | None, *, shadow: bool = False,
             baseline: VersionSnapshot | None = None, has_stable: bool | None = None,
-            ) -> CheckResult:
+            stable_routed: bool = True) -> CheckResult:
     """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks;
     ``baseline``'s where stable answered too little in the window, :func:`baseline_in_use`).
 
@@ -305,7 +306,12 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     ``stable`` is given). Where there is, a relative check that was asked for and has no
     figures of stable's to compare with is unknown, and the analysis inconclusive: a
     restarted Monitor, or a step without stable's traffic held past the Monitor's memory,
-    must not pass a candidate on the absolute checks alone."""
+    must not pass a candidate on the absolute checks alone.
+
+    ``stable_routed``: whether the step routes stable a share of the requests. Where it
+    does not (blue-green's switch, a canary's last step), stable's figures in the window
+    are from before the switch, whatever their number, and no failure that callers can
+    cause rejects the candidate (:data:`CALLER_MOVABLE`, :data:`MOVABLE_ALONE`)."""
     if shadow:
         return _analyse_shadow(config, candidate)
     # Without it, at a step where stable takes no traffic every check against stable was
@@ -412,26 +418,16 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             check("p95_ratio", latency.p95_ms / stable_latency.p95_ms, config.max_p95_ratio,
                   bound=latency.p95_paired_bounds_ms[0] / stable_latency.p95_paired_bounds_ms[1],
                   evidence=f"{latency.count} and {stable_latency.count} requests")
-    # Stable's figures from this window, where it answered enough of the same mix.
-    latency_beside = (compared.latency.sample if compared is stable and compared is not None
-                      and stable_samples >= config.min_samples else None)
-    if latency_beside is not None:
-        for name in ("p95_ms", "p99_ms"):
-            theirs = getattr(latency_beside, name)
-            if name in checks and not checks[name]["passed"] and not math.isnan(theirs) \
-                    and theirs >= checks[name]["value"]:
-                # Stable is as slow on the same requests: the traffic's doing (heavy
-                # requests), and rolling back would not undo it.
-                checks[name]["also_on_stable"] = theirs
-                failures.pop(name, None)
-                unproven.pop(name, None)
-    drift_beside = stable is not None and stable.drift.verdict.judged
+    # Stable's figures from this window are of its share of the same requests only at a
+    # step that routes it some: at 100% they are its last second or two before the switch.
+    beside = stable_routed and stable is not None and compared is stable
+    drift_beside = stable_routed and stable is not None and stable.drift.verdict.judged
     if config.fail_on_drift and candidate.drift.verdict.judged:
         drifted = _drifted(candidate)
         # Stable answers the same randomly routed stream: what drifted there too is the
         # traffic's doing, not the candidate's (a shift in the world, or anyone sending
         # far-off rows), and rolling back would not undo it. Judged alone without stable.
-        on_stable = _drifted(stable) if drift_beside else []
+        on_stable = _drifted(stable) if stable is not None and stable.drift.verdict.judged else []
         own = [name for name in drifted if name not in on_stable]
         checks["drift"] = {"value": own, "limit": [], "passed": not own,
                            "also_on_stable": [name for name in drifted if name in on_stable]}
@@ -479,17 +475,16 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         # The failures that rest on nothing of stable's from this window: what callers send
         # could have caused them alone.
         against_then = {name for name in failures if name in CALLER_MOVABLE
-                        and compared is not stable and name != "not_finite_rate"}
-        alone = {name for name in failures if name == "not_finite_rate" or (
-            name in MOVABLE_ALONE and not (drift_beside if name == "drift"
-                                           else latency_beside is not None))}
+                        and name not in MOVABLE_ALONE and not beside}
+        alone = {name for name in failures if name in MOVABLE_ALONE and not (
+            drift_beside if name == "drift" else beside and name != "not_finite_rate")}
         if failures.keys() - against_then - alone:
             return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
         why = [*([] if not against_then else [
             "against stable's figures from before the step, not the same requests: a change "
             "in what callers send can cause this"]), *([] if not alone else [
-                f"{', '.join(sorted(alone))} judged alone: stable answered too little in the "
-                "window to compare with"])]
+                f"{', '.join(sorted(alone))} judged without stable beside it on the same "
+                "requests"])]
         return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values())
                            + f" ({'; '.join(why)})", rejects=False)
     silent = _silent_replicas(candidate)

@@ -752,17 +752,21 @@ def test_a_last_step_without_stable_traffic_is_judged_against_stables_earlier_fi
     assert rejected.status == "rejected" and "slow, I checked" in rejected.status_reason
 
 
+@pytest.mark.parametrize("stables_last_second", [0, 300])
 def test_a_switch_failing_an_absolute_latency_gate_alone_rolls_back_without_rejecting(
-        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+        world: World, monkeypatch: pytest.MonkeyPatch, stables_last_second: int) -> None:
     """At the switch only the candidate answers, so max_p95_ms is judged on it alone: a
     caller sending heavy requests there slowed any candidate past it and got a good
-    version rejected for good. It still rolls back (alert and all); a person rejects."""
+    version rejected for good. The same where the window still holds stable's last second
+    before the switch (a busy endpoint: more than min_samples), which are not the same
+    requests. It still rolls back (alert and all); a person rejects."""
     from control_plane.rollouts.controller import BASELINE_WINDOW_S
 
     earlier = {1: served(500, p95=50.0), 2: served(0)}
     monkeypatch.setattr(world.controller, "_stats", lambda endpoint, window, sample: (
         earlier if window == BASELINE_WINDOW_S else world.stats))
     rollout_id = switch_to_slower(world, p95=60.0, max_p95_ms=40, max_p95_ratio=None)
+    world.serve(1, requests=stables_last_second, p95=50.0)
     world.run(20)
     rollout = world.controller.get(rollout_id)
     assert rollout.state == RolloutState.ROLLED_BACK, rollout.reason

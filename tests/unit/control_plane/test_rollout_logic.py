@@ -221,41 +221,59 @@ def test_only_a_failure_on_the_candidates_own_evidence_rejects_it() -> None:
 
 def test_absolute_latency_and_drift_reject_only_on_the_candidates_own_evidence() -> None:
     """Heavy requests are slow on whichever version answers them, and far-off rows drift
-    on it: at a 100% step (stable answering nothing in the window) anyone sending those
-    failed max_p95_ms, max_p99_ms or drift, and got a good version rejected for good. Judged
-    alone they roll back without rejecting; beside stable in the same window a failure is
-    the candidate's own unless stable, on the same mix, is as far past the limit."""
+    on it: at a 100% step anyone sending those failed max_p95_ms, max_p99_ms or drift, and
+    got a good version rejected for good. Judged without stable's share of the same
+    requests beside the candidate they roll back without rejecting; at a step that routes
+    stable some, a failure is the candidate's own, as before."""
     config = AnalysisConfig(min_samples=50, max_p95_ms=40, max_p99_ms=80, max_p95_ratio=None)
     idle, before = stats(requests=0), stats(p95=10)
     heavy = stats(p95=60, p99=120)
-    alone = analyse(config, heavy, idle, baseline=before)
+    alone = analyse(config, heavy, idle, baseline=before, stable_routed=False)
     assert alone.verdict == Verdict.FAIL and not alone.rejects, alone.reason
     assert "p95_ms 60 > 40" in alone.reason and "p99_ms 120 > 80" in alone.reason
-    assert "p95_ms, p99_ms judged alone" in alone.reason
-    assert not analyse(config, heavy, None).rejects  # no stable at all: alone as well
-    # Beside stable as slow on the same requests: the traffic's, no failure at all.
-    both = analyse(config, heavy, stats(p95=70, p99=120))
-    assert both.verdict == Verdict.PASS, both.reason
-    assert both.checks["p95_ms"]["also_on_stable"] == 70 and not both.checks["p95_ms"]["passed"]
-    # Beside a faster stable: the candidate's own, and it rejects.
-    own = analyse(config, heavy, stats(p95=20, p99=119))
+    assert "p95_ms, p99_ms judged without stable beside it" in alone.reason
+    assert not analyse(config, heavy, None).rejects  # no stable version at all
+    # Stable answering too little in the window (no sample beside the candidate's) ...
+    assert not analyse(config, heavy, idle, baseline=before).rejects
+    # ... or its last second before the switch, however many requests that held: at a
+    # step that routes it nothing, those are not the same requests.
+    sliver = analyse(config, heavy, stats(requests=300, p95=10), stable_routed=False)
+    assert sliver.verdict == Verdict.FAIL and not sliver.rejects, sliver.reason
+    # Beside stable, taking its share of the same requests: the candidate's own.
+    own = analyse(config, heavy, stats(p95=70, p99=130))
     assert own.verdict == Verdict.FAIL and own.rejects
-    assert "p95_ms" in own.reason and "p99_ms" in own.reason
-    # Stable's few requests in the window are no evidence beside it: judged alone.
-    thin = analyse(config, heavy, stats(requests=49, p95=70, p99=130))
-    assert thin.verdict == Verdict.FAIL and not thin.rejects, thin.reason
     # Mixed with a failure that is the candidate's own, the streak rejects as before.
-    mixed = analyse(config, stats(p95=60, error_rate=0.2), idle, baseline=before)
+    mixed = analyse(config, stats(p95=60, error_rate=0.2), idle, baseline=before,
+                    stable_routed=False)
     assert mixed.verdict == Verdict.FAIL and mixed.rejects
 
     drifted = replace(stats(), drift=Drift(verdict=DriftVerdict.DRIFT, drifted_features=("age",)))
-    on_drift = AnalysisConfig(min_samples=50, fail_on_drift=True, max_p95_ratio=None)
-    result = analyse(on_drift, drifted, idle, baseline=before)
-    assert result.verdict == Verdict.FAIL and not result.rejects
-    assert "drift judged alone" in result.reason
     clean = replace(stats(), drift=Drift(verdict=DriftVerdict.OK))
+    on_drift = AnalysisConfig(min_samples=50, fail_on_drift=True, max_p95_ratio=None)
+    result = analyse(on_drift, drifted, clean, stable_routed=False)
+    assert result.verdict == Verdict.FAIL and not result.rejects
+    assert "drift judged without stable beside it" in result.reason
     beside = analyse(on_drift, drifted, clean)
     assert beside.verdict == Verdict.FAIL and beside.rejects, beside.reason
+
+
+def test_at_a_step_without_stable_traffic_its_last_figures_are_no_same_window_evidence() -> None:
+    """On a busy endpoint the first windows after a switch hold stable's last second or
+    two, enough for min_samples: the relative checks compared the candidate with those as
+    if they were the same requests, and a caller's malformed ones rejected it."""
+    config = AnalysisConfig(min_samples=50)
+
+    def refusing(snapshot: VersionSnapshot, refused: int) -> VersionSnapshot:
+        routing = {"random": replace(snapshot.traffic.routing["random"], refused=refused)}
+        return replace(snapshot, traffic=replace(snapshot.traffic, routing=routing))
+
+    flooded, sliver = refusing(stats(), 60), stats(requests=300)
+    switched = analyse(config, flooded, sliver, stable_routed=False)
+    assert switched.verdict == Verdict.FAIL and not switched.rejects, switched.reason
+    assert "refused_rate_increase" in switched.reason
+    assert "not the same requests" in switched.reason
+    shared = analyse(config, flooded, sliver)
+    assert shared.verdict == Verdict.FAIL and shared.rejects
 
 
 def test_an_error_rate_increase_fails_on_evidence_not_on_two_stray_errors() -> None:
