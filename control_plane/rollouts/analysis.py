@@ -418,10 +418,9 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             check("p95_ratio", latency.p95_ms / stable_latency.p95_ms, config.max_p95_ratio,
                   bound=latency.p95_paired_bounds_ms[0] / stable_latency.p95_paired_bounds_ms[1],
                   evidence=f"{latency.count} and {stable_latency.count} requests")
-    # Stable's figures from this window are of its share of the same requests only at a
-    # step that routes it some: at 100% they are its last second or two before the switch.
-    beside = stable_routed and stable is not None and compared is stable
-    drift_beside = stable_routed and stable is not None and stable.drift.verdict.judged
+    # Stable takes its share of the same requests only at a step that routes it some: at
+    # 100% its figures in the window are its last second or two before the switch.
+    beside = stable_routed and stable is not None
     if config.fail_on_drift and candidate.drift.verdict.judged:
         drifted = _drifted(candidate)
         # Stable answers the same randomly routed stream: what drifted there too is the
@@ -474,10 +473,10 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     if failures:
         # The failures that rest on nothing of stable's from this window: what callers send
         # could have caused them alone.
-        against_then = {name for name in failures if name in CALLER_MOVABLE
-                        and name not in MOVABLE_ALONE and not beside}
-        alone = {name for name in failures if name in MOVABLE_ALONE and not (
-            drift_beside if name == "drift" else beside and name != "not_finite_rate")}
+        against_then = {name for name in failures if name in CALLER_MOVABLE and name
+                        not in MOVABLE_ALONE and not (beside and compared is stable)}
+        alone = {name for name in failures if name in MOVABLE_ALONE
+                 and (name == "not_finite_rate" or not beside)}
         if failures.keys() - against_then - alone:
             return CheckResult(Verdict.FAIL, checks, "; ".join(failures.values()))
         why = [*([] if not against_then else [

@@ -217,8 +217,8 @@ def decide(rollout: RolloutOut, evidence: Evidence, now: datetime) -> Decision:
         rejects = bool(record.get("streak_rejects", record.get("rejects", True)))
         return outcome(Action.ROLLBACK, f"automatic rollback: {record.get('reason', '')}"
                        + ("" if rejects else "; the version is not rejected: no failure of "
-                          "the streak is the candidate's own (against stable's figures from "
-                          "the same window, or on a gate callers cannot move)"),
+                          "the streak is the candidate's own (beside stable's share of the "
+                          "same requests, or on a gate callers cannot move)"),
                        data={"analysis": record}, rejects=rejects)
     overdue = past_deadline(record, settings, state) if analysed else None
     if overdue:

@@ -233,15 +233,17 @@ def test_absolute_latency_and_drift_reject_only_on_the_candidates_own_evidence()
     assert "p95_ms 60 > 40" in alone.reason and "p99_ms 120 > 80" in alone.reason
     assert "p95_ms, p99_ms judged without stable beside it" in alone.reason
     assert not analyse(config, heavy, None).rejects  # no stable version at all
-    # Stable answering too little in the window (no sample beside the candidate's) ...
-    assert not analyse(config, heavy, idle, baseline=before).rejects
-    # ... or its last second before the switch, however many requests that held: at a
-    # step that routes it nothing, those are not the same requests.
+    # Stable's last second before the switch, however many requests that held: at a step
+    # that routes it nothing, those are not the same requests.
     sliver = analyse(config, heavy, stats(requests=300, p95=10), stable_routed=False)
     assert sliver.verdict == Verdict.FAIL and not sliver.rejects, sliver.reason
-    # Beside stable, taking its share of the same requests: the candidate's own.
+    # At a step that routes stable a share: the candidate's own, whether stable answered
+    # enough in the window or its baseline stands in (a quiet endpoint, a 95% step).
     own = analyse(config, heavy, stats(p95=70, p99=130))
     assert own.verdict == Verdict.FAIL and own.rejects
+    thin = analyse(config, heavy, stats(requests=10), baseline=before)
+    assert thin.verdict == Verdict.FAIL and thin.rejects
+    assert analyse(config, heavy, stats(requests=10)).rejects
     # Mixed with a failure that is the candidate's own, the streak rejects as before.
     mixed = analyse(config, stats(p95=60, error_rate=0.2), idle, baseline=before,
                     stable_routed=False)
