@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -56,8 +55,9 @@ def plan_steps(
     if strategy == Strategy.ROLLING:
         if replicas < 1:
             raise InvalidInputError("rolling needs at least one replica", detail={"field": "replicas"})
-        share = 100.0 / replicas
-        weights = [min(100.0, round(share * (i + 1), 6)) for i in range(math.ceil(100.0 / share))]
+        # One step a replica: 100 / (100 / 29) is 29.000000000000004, and a step count
+        # from it held 29 replicas' last step at 100% twice.
+        weights = [round(100.0 * (i + 1) / replicas, 6) for i in range(replicas)]
         return [Step(w, hold_s=step_duration_s) for w in weights]
     if strategy == Strategy.SHADOW:
         follow = shadow_then or Strategy.CANARY

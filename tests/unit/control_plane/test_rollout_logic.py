@@ -48,6 +48,9 @@ def test_canary_plan_defaults_and_validation() -> None:
 def test_rolling_follows_replica_shares_and_others_end_at_full() -> None:
     assert [s.candidate_weight for s in plan_steps(Strategy.ROLLING, replicas=4)] == [25, 50, 75, 100]
     assert [s.candidate_weight for s in plan_steps(Strategy.ROLLING, replicas=3)][-1] == 100
+    for replicas in (1, 7, 29, 31, 58, 97):  # 29: a float step count held 100% twice
+        weights = [s.candidate_weight for s in plan_steps(Strategy.ROLLING, replicas=replicas)]
+        assert len(weights) == replicas and weights[-1] == 100 and weights == sorted(set(weights))
     blue_green = plan_steps(Strategy.BLUE_GREEN)
     assert [(s.shadow, s.candidate_weight) for s in blue_green] == [(True, 0), (False, 100)]
     shadow = plan_steps(Strategy.SHADOW, shadow_then=Strategy.BLUE_GREEN)
