@@ -17,7 +17,11 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from control_plane.errors import MonitorBusyError, MonitorUnavailableError
+from control_plane.errors import (
+    ControlPlaneUnavailableError,
+    MonitorBusyError,
+    MonitorUnavailableError,
+)
 from control_plane.read_gate import ReadGate
 from control_plane.storable import json_safe
 from serving.monitoring.routing import ROUTINGS
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from serving.monitoring.stats import ServedConfig
 
 MONITOR_TIMEOUT_S = 2.0  # a healthy Monitor answers in milliseconds
+SERVE_READ_TIMEOUT_S = 5.0  # a scrape's read of Serve's replicas, as GET /api/cluster's
 NOT_RUNNING = "the Monitor is not running; `modelplane up` starts it"
 MONITOR_RETRY_S = 5.0  # after a failure, how long callers are told "unknown" without asking
 
@@ -214,15 +219,23 @@ def monitor_totals() -> list[VersionTotals]:
 
 
 def running_replicas() -> dict[str, int]:
-    """Running replicas per Serve application (summed over its deployments)."""
+    """Running replicas per Serve application (summed over its deployments); none where
+    Serve's controller does not answer within :data:`SERVE_READ_TIMEOUT_S`."""
     if not _ray_ready():
         return {}
-    from ray import serve
+    from control_plane.ownership import serve_details
 
+    try:
+        # Bounded: Serve's own status read waits for ever on a wedged controller, and
+        # each scrape held one of the API's threads until none was left for any route.
+        details = serve_details(timeout_s=SERVE_READ_TIMEOUT_S)
+    except ControlPlaneUnavailableError as error:
+        log.warning("the replica counts are left out of this scrape: %s", error)
+        return {}
     counts: dict[str, int] = {}
-    for name, app in serve.status().applications.items():
-        total = 0
-        for deployment in app.deployments.values():
-            total += int(deployment.replica_states.get("RUNNING", 0))
-        counts[name] = total
+    for name, app in (details.get("applications") or {}).items():
+        counts[name] = sum(
+            1 for deployment in (app.get("deployments") or {}).values()
+            for replica in deployment.get("replicas") or ()
+            if str(getattr(replica.get("state"), "value", replica.get("state"))) == "RUNNING")
     return counts

@@ -23,6 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from control_plane.store import Database
 from control_plane.store.models import StoreIdentityRow
 
+# Serve's controller answers its details in milliseconds; a loaded 2-core host in seconds.
+SERVE_DETAILS_TIMEOUT_S = 30.0
+
 STORE_ID_ENV = "MODELPLANE_STORE_ID"
 HOME_ENV = "MODELPLANE_HOME"
 _IDENTITY_ROW = 1  # one row; a fixed key makes two first starts race to one winner
@@ -74,11 +77,26 @@ def application_owners(details: dict[str, Any]) -> dict[str, AppOwner]:
     return owners
 
 
-def serve_details() -> dict[str, Any]:
-    """Serve's instance details (applications, deployments, their options) from its controller."""
+def serve_details(timeout_s: float = SERVE_DETAILS_TIMEOUT_S) -> dict[str, Any]:
+    """Serve's instance details (applications, deployments, their options) from its
+    controller; ControlPlaneUnavailableError where it does not answer in ``timeout_s``."""
+    import ray
+    from ray.exceptions import GetTimeoutError
     from ray.serve.context import _get_global_client
 
-    return dict(_get_global_client().get_serve_details())
+    from control_plane.errors import ControlPlaneUnavailableError
+
+    # Serve's own read (get_serve_details) waits without a bound: a controller wedged, or
+    # restarting without end, held every caller for ever (the reconciler's passes, the
+    # rollout loop settling a step through them, `up` and `down`).
+    try:
+        return dict(ray.get(_get_global_client()._controller.get_serve_instance_details.remote(),
+                            timeout=timeout_s))
+    except GetTimeoutError:
+        raise ControlPlaneUnavailableError(
+            f"Serve's controller did not answer within {timeout_s:g} s; it may be restarting "
+            "or overloaded (`ray status`, and its log serve/controller_*.log, show which)"
+            ) from None
 
 
 def claim_control_plane(home: str, store_id: str, *, take_over: bool,

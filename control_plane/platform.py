@@ -737,11 +737,16 @@ def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
     applications go, and the ingress they share stays. ``force`` shuts everything down."""
     from ray import serve
 
+    from control_plane.errors import ControlPlaneUnavailableError
     from control_plane.ownership import application_owners, serve_details
 
     try:
         owners = application_owners(serve_details())
-    except Exception:  # Serve is not running, or cannot say: nothing to keep
+    except ControlPlaneUnavailableError:
+        if not force:  # Serve runs but cannot say whose its applications are: keep them
+            raise
+        owners = {}
+    except Exception:  # Serve is not running: nothing to keep
         owners = {}
     ours = _existing_store_identity(settings) if owners else None
     others = sorted(name for name, owner in owners.items()
@@ -800,12 +805,17 @@ def refuse_store_led_elsewhere(settings: Settings, cluster: str | None, *, take_
 
 def _refuse_another_store(settings: Settings) -> None:
     """OwnershipConflictError when the control plane on Serve belongs to another store."""
-    from control_plane.errors import OwnershipConflictError
+    from control_plane.errors import ControlPlaneUnavailableError, OwnershipConflictError
     from control_plane.ownership import application_owners, serve_details
     from control_plane.serve_app import APP_NAME
 
     try:
         running = application_owners(serve_details()).get(APP_NAME)
+    except ControlPlaneUnavailableError as error:
+        # Serve runs but its controller does not answer: whose it is, nobody can say.
+        raise ControlPlaneUnavailableError(
+            f"{error.message}; retry `modelplane down`, or add --force to shut Serve down "
+            "whoever's applications run on it") from None
     except Exception:  # Serve is not running: nobody's serving to protect
         return
     if running is None or running.home == str(settings.home):

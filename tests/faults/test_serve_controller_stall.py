@@ -1,0 +1,56 @@
+"""Serve's controller stopped (SIGSTOP: wedged, or restarting without end) while the platform
+runs: a read of Serve's applications gives up in its bound and says why, where Serve's own
+read waited for ever and held the reconciler's passes, the rollout loop settling a step
+through them, and `up` and `down` with it; a metrics scrape leaves the replica counts out
+rather than holding one of the API's threads. Once the controller runs again, reads answer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import ray
+
+from control_plane.errors import ControlPlaneUnavailableError
+from control_plane.ownership import serve_details
+from tests.platform import Platform
+
+
+def _controller_pid() -> int:
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    def getpid(_controller: object) -> int:
+        import os
+
+        return os.getpid()
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    return int(ray.get(controller.__ray_call__.remote(getpid), timeout=30))
+
+
+def test_a_wedged_serve_controller_costs_a_read_its_bound_not_for_ever(
+        platform: Platform) -> None:
+    from control_plane.observability import SERVE_READ_TIMEOUT_S, running_replicas
+
+    assert "applications" in serve_details()
+    assert running_replicas().get("control-plane", 0) >= 1
+    pid = _controller_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ControlPlaneUnavailableError, match="did not answer within 2 s"):
+            serve_details(timeout_s=2)
+        read_took = time.monotonic() - started
+        started = time.monotonic()
+        counted = running_replicas()
+        scrape_took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Their bounds, and a loaded host's lag; not the stop's length.
+    assert read_took < 15, read_took
+    assert counted == {} and scrape_took < SERVE_READ_TIMEOUT_S + 10, (counted, scrape_took)
+    assert "applications" in serve_details()  # running again, it answers
+    assert running_replicas().get("control-plane", 0) >= 1
