@@ -23,13 +23,13 @@ def read_cluster() -> ClusterOut:
     """Every node Ray knows (alive or lost) and every endpoint replica Serve runs; none of
     either for a control plane that runs outside Ray (embedded in a test or a script)."""
     import ray
-    from ray.serve.context import _get_global_client
+
+    from control_plane.ownership import serve_details
 
     if not ray.is_initialized():
         return ClusterOut(nodes=[], replicas=[])
     try:
-        details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote(),
-                          timeout=SERVE_DETAILS_TIMEOUT_S)
+        details = serve_details(timeout_s=SERVE_DETAILS_TIMEOUT_S)
         raw_nodes = ray.nodes()
     except Exception as error:  # a controller restarting, or Ray going away
         raise ControlPlaneUnavailableError(

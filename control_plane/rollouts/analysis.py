@@ -72,10 +72,9 @@ CALLER_MOVABLE = frozenset({"error_rate_increase", "p95_ratio", "refused_rate_in
                             "abandoned_rate_increase", "not_finite_rate_increase",
                             "not_finite_rate"})
 # The absolute gates that what callers send moves as well: heavy requests are slow on
-# whichever version answers them, and far-off rows drift on it. Beside stable, taking its
-# share of the same requests, a failure is the candidate's own; judged alone (a step that
-# gives stable no traffic, or one it answered too little of in the window), anyone could
-# fail them.
+# whichever version answers them, and far-off rows drift on it. At a step that routes
+# stable a share of the same requests, a failure is the candidate's own; judged alone (a
+# step that routes stable nothing, or no stable version), anyone could fail them.
 MOVABLE_ALONE = frozenset({"p95_ms", "p99_ms", "drift", "not_finite_rate"})
 
 
