@@ -409,7 +409,9 @@ def test_far_off_rows_anyone_sends_at_random_drift_stable_too_and_never_fail_the
     sample = state.snapshot("churn", 60, sample=("random",))
     stable, candidate = sample[1], sample[2]
     assert stable.drift.verdict == "drift" and candidate.drift.verdict == "drift"
-    config = AnalysisConfig(min_samples=100, fail_on_drift=True)
+    # Only drift is judged: both versions' latencies here are in-process timings, as noisy
+    # as the machine, and the p95 ratio between them proves nothing about the rows.
+    config = AnalysisConfig(min_samples=100, fail_on_drift=True, max_p95_ratio=None)
     judged = analyse(config, candidate, stable)
     assert judged.verdict == Verdict.PASS, judged.reason
     assert set(judged.checks["drift"]["also_on_stable"]) >= set(candidate.drift.drifted_features)

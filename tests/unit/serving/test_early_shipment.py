@@ -211,8 +211,13 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
                         backends)
             await asyncio.sleep(0.2)
             found[0] = monitor
-            for _ in range(300):
-                if sum(d[1]["monitoring"]["rows"] for _, d in monitor.shipped if 1 in d) >= 30:
+            # Until the kept shipments have gone and one taken after the change with them:
+            # they go one by one, each awaited, so the rows alone can arrive first.
+            for _ in range(1000):
+                rows_shipped = sum(d[1]["monitoring"]["rows"] for _, d in monitor.shipped
+                                   if 1 in d)
+                if rows_shipped >= 30 and any(served.generation == config.generation + 1
+                                              for served, _, _ in monitor.calls):
                     break
                 await asyncio.sleep(0.01)
         finally:
