@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 REPLICA_METADATA = "x-modelplane-replica"
 ERROR_CODE_METADATA = "x-modelplane-error-code"
 REFRESH_S = 0.5  # Serve's status is read at most this often, however many unknown names come
+# A call for a name not known to run waits this long for Serve's status. The read has no
+# bound of its own: on a wedged controller every such call waited for ever, each holding
+# one of MAX_CONCURRENT_CALLS, until calls for the endpoints that do run were refused.
+READ_WAIT_S = 5.0
 # The one ingress replica answers every endpoint's gRPC calls, and Serve's limits on ongoing
 # requests do not reach it: each call in flight holds its message (and, over the link, a
 # serialized copy). Past these, a call is refused at once (RESOURCE_EXHAUSTED), where 50
@@ -153,7 +157,13 @@ class EndpointDirectory:
                 return
             self._read_at = time.monotonic()
             self._reading = asyncio.get_running_loop().create_task(self._update())
-        await asyncio.shield(self._reading)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reading), READ_WAIT_S)
+        except TimeoutError:  # the read goes on; the next call past it finds its answer
+            raise ModelNotReadyError(
+                f"Serve's controller did not say within {READ_WAIT_S:g} s which endpoints run "
+                "(restarting or overloaded); endpoints already known keep answering; retry "
+                "shortly") from None
 
     async def _update(self) -> None:
         try:

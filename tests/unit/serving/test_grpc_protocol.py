@@ -225,6 +225,55 @@ def test_the_directory_reads_serve_rarely_and_tells_missing_from_loading(
     assert len(reads) == 2
 
 
+def test_a_wedged_controller_costs_a_call_for_an_unknown_name_its_bound_not_a_slot_for_ever(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve's status read has no bound: on a wedged controller each call for a name not
+    known to run waited for ever on it, holding one of the ingress's call slots, until calls
+    for the endpoints that do run were refused too."""
+    import serving.grpc_ingress
+    from serving.errors import ModelNotFoundError, ModelNotReadyError
+
+    monkeypatch.setattr(serving.grpc_ingress, "READ_WAIT_S", 0.2)
+    monkeypatch.setattr(serving.grpc_ingress, "REFRESH_S", 0.0)
+    wedged = threading.Event()
+    reads: list[int] = []
+    state = {"iris": ("endpoint", True)}
+
+    def read() -> dict:
+        reads.append(1)
+        if len(reads) > 1:
+            wedged.wait(30)  # the controller stopped answering after the first read
+        return dict(state)
+
+    directory = EndpointDirectory(read, lambda model, deployment: f"{model}/{deployment}",
+                                  bind=lambda handle: handle)
+
+    async def scenario() -> None:
+        assert await directory.find("iris") == "iris/endpoint"
+        started = asyncio.get_running_loop().time()
+        answers = await asyncio.gather(*(directory.find(f"ghost-{i}") for i in range(50)),
+                                       return_exceptions=True)
+        took = asyncio.get_running_loop().time() - started
+        assert all(isinstance(a, ModelNotReadyError) and "did not say within 0.2 s" in str(a)
+                   for a in answers), answers
+        assert took < 10, took  # the bound and a loaded host's lag, not the wedge's length
+        assert len(reads) == 2  # one read waits on the controller, not one a call
+        assert await directory.find("iris") == "iris/endpoint"  # known: answered meanwhile
+        state["late"] = ("endpoint", True)
+        wedged.set()  # answering again
+        for _ in range(100):
+            with contextlib.suppress(ModelNotReadyError, ModelNotFoundError):
+                if await directory.find("late") == "late/endpoint":
+                    return
+            await asyncio.sleep(0.05)
+        raise AssertionError("a name Serve runs was not found once its controller answered")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        wedged.set()
+
+
 @contextlib.contextmanager
 def on_a_grpc_server(servicer: InferenceServicer) -> Iterator[str]:
     """``servicer`` on a real gRPC server, in a thread; its address."""
