@@ -52,7 +52,7 @@ def run_entrypoint(config: str, *, address: str | None = None, num_cpus: int | N
     """Load the spec, run the job, and turn the outcome into an exit status and one line."""
     from modelplane.errors import ModelplaneError
     from training.errors import InvalidJobSpecError
-    from training.runner import STOP_REQUESTED, handle_stop_signal, run_job
+    from training.runner import OVERDUE, STOP_REQUESTED, handle_stop_signal, run_job
     from training.spec import load_job_spec
 
     # `ray job stop` sends SIGTERM: unwind like Ctrl-C so the run is marked killed.
@@ -62,7 +62,11 @@ def run_entrypoint(config: str, *, address: str | None = None, num_cpus: int | N
         result = run_job(spec, address=address, num_cpus=num_cpus, register=register,
                          echo=lambda line: print(line, flush=True))
     except BaseException as error:
-        # Ray may turn the interrupt into an error of its own: the request decides.
+        # Ray may turn the interrupt into an error of its own: the request decides. A
+        # deadline's interrupt landing as its step ended is the deadline's, not a stop.
+        if OVERDUE and not STOP_REQUESTED.is_set() and not isinstance(error, ModelplaneError):
+            print(f"error: {OVERDUE[0]}", file=sys.stderr, flush=True)
+            return EXIT_FAILED
         if STOP_REQUESTED.is_set() or isinstance(error, KeyboardInterrupt):
             print("stopped; the run is marked killed", file=sys.stderr, flush=True)
             return EXIT_STOPPED

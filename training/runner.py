@@ -36,7 +36,7 @@ from training.schemas import DEFAULT_MAX_WORKERS, JobSpec
 from training.spec import dump_job_spec
 from training.storage import check_storage, checkpoint_storage
 from training.text import TextEncoding, fit_vocabulary
-from training.watchdog import FinishDeadline, Watchdog
+from training.watchdog import FinishDeadline, SetupDeadline, Watchdog
 
 # Set when the job is asked to stop (SIGTERM from `ray job stop`): whatever exception the
 # interrupted Ray call turns that into, the run ends "killed", not "failed".
@@ -85,72 +85,90 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     STOP_REQUESTED.clear()
     OVERDUE.clear()
     apply_ray_auth_env()
-    settings = get_settings()
-    token = settings.resolved_token()
-    client = Client(settings.url, token, settings=settings)
-    client.health()  # fail now, not after an hour of training, if the tracker is unreachable
-    refuse_crowning(spec)
+    # Nothing else watches the work before training: no run exists yet to beat or sweep.
+    setup = SetupDeadline(spec.resources.setup_timeout_s, _interrupt_main,
+                          _give_up_before_the_run).start()
+    try:
+        settings = get_settings()
+        token = settings.resolved_token()
+        client = Client(settings.url, token, settings=settings)
+        setup.enter("checking the control plane")
+        client.health()  # fail now, not after an hour of training, if the tracker is unreachable
+        refuse_crowning(spec)
 
-    dataset = load_dataset(spec.data, spec.task, text=spec.model.reads_text)
-    split = split_dataset(dataset, validation_split=spec.data.validation_split, seed=spec.data.seed,
-                          test_split=spec.data.test_split)
-    tested = len(split.x_test) if split.x_test is not None else 0
-    echo(f"data {dataset.uri}: {len(split.x_train)} training and {len(split.x_val)} validation "
-         f"rows" + (f", {tested} test rows kept out of training" if tested else "")
-         + f", {len(dataset.feature_names)} features"
-         + (f", {dataset.n_outputs} classes" if dataset.class_labels else ""))
-    texts = None
-    if spec.model.reads_text:
-        texts = TextSplit.fitted(spec, split, dataset.feature_names[0])
-        split = texts.encoded()
-        echo(f"tokenizer: {len(texts.encoding.vocabulary)} words from the training texts "
-             f"(of at most {spec.model.vocabulary_size}), {spec.model.max_length} tokens a text")
-    shape = {"model_spec": spec.model.model_dump(mode="json"),
-             "n_features": int(split.x_train.shape[1]), "n_outputs": dataset.n_outputs}
-    init = None
-    if spec.model.init_from:
-        init = load_fine_tune_source(spec.model.init_from, client, **shape)
-        echo(f"fine-tuning from {init.model}:{init.version}")
-    resume, resume_epoch = None, None
-    if spec.checkpoint.resume_from:
-        resume = resolve_resume(spec.checkpoint.resume_from, client)
-        resume_epoch = _resumable_epoch(resume, shape)
-        echo(f"resuming from {resume} (after epoch {resume_epoch})")
+        setup.enter("loading the data")
+        dataset = load_dataset(spec.data, spec.task, text=spec.model.reads_text)
+        split = split_dataset(dataset, validation_split=spec.data.validation_split, seed=spec.data.seed,
+                              test_split=spec.data.test_split)
+        tested = len(split.x_test) if split.x_test is not None else 0
+        echo(f"data {dataset.uri}: {len(split.x_train)} training and {len(split.x_val)} validation "
+             f"rows" + (f", {tested} test rows kept out of training" if tested else "")
+             + f", {len(dataset.feature_names)} features"
+             + (f", {dataset.n_outputs} classes" if dataset.class_labels else ""))
+        texts = None
+        if spec.model.reads_text:
+            setup.enter("fitting the tokenizer")
+            texts = TextSplit.fitted(spec, split, dataset.feature_names[0])
+            split = texts.encoded()
+            echo(f"tokenizer: {len(texts.encoding.vocabulary)} words from the training texts "
+                 f"(of at most {spec.model.vocabulary_size}), {spec.model.max_length} tokens a text")
+        shape = {"model_spec": spec.model.model_dump(mode="json"),
+                 "n_features": int(split.x_train.shape[1]), "n_outputs": dataset.n_outputs}
+        init = None
+        if spec.model.init_from:
+            setup.enter(f"fetching {spec.model.init_from} to fine-tune from")
+            init = load_fine_tune_source(spec.model.init_from, client, **shape)
+            echo(f"fine-tuning from {init.model}:{init.version}")
+        resume, resume_epoch = None, None
+        if spec.checkpoint.resume_from:
+            setup.enter(f"reading the checkpoint {spec.checkpoint.resume_from} to resume from")
+            resume = resolve_resume(spec.checkpoint.resume_from, client)
+            resume_epoch = _resumable_epoch(resume, shape)
+            echo(f"resuming from {resume} (after epoch {resume_epoch})")
 
-    cluster = _connect_ray(address, num_cpus)
-    where = cluster["address"]
-    placement = _plan(spec, where)  # a job the cluster can never hold stops here, unrun
-    if spec.resources.num_workers == "auto":
-        echo(f"num_workers auto: {placement.num_workers} worker(s), the most this cluster can "
-             f"hold beside its Serve replicas (max_workers "
-             f"{spec.resources.max_workers or DEFAULT_MAX_WORKERS})")
+        setup.enter("joining Ray")
+        cluster = _connect_ray(address, num_cpus)
+        where = cluster["address"]
+        placement = _plan(spec, where)  # a job the cluster can never hold stops here, unrun
+        if spec.resources.num_workers == "auto":
+            echo(f"num_workers auto: {placement.num_workers} worker(s), the most this cluster can "
+                 f"hold beside its Serve replicas (max_workers "
+                 f"{spec.resources.max_workers or DEFAULT_MAX_WORKERS})")
 
-    from training.tracking import flat_params, run_environment
+        from training.tracking import flat_params, run_environment
 
-    train_run_name = f"{spec.experiment.name}-{uuid.uuid4().hex[:8]}"
-    storage = checkpoint_storage(spec)
-    check_storage(storage, len(cluster["nodes"]), echo)
-    params = flat_params(spec) | {
-        "n_features": shape["n_features"], "n_outputs": dataset.n_outputs,
-        "train_rows": len(split.x_train), "validation_rows": len(split.x_val), "test_rows": tested,
-        "resources.num_workers": placement.num_workers,
-    }
-    if spec.resources.num_workers == "auto":
-        params["resources.num_workers_requested"] = "auto"
-    if resume is not None:
-        params |= {"resumed_from_checkpoint": resume, "resumed_from_epoch": resume_epoch}
-    if texts is not None:
-        params["vocabulary_words"] = len(texts.encoding.vocabulary)
-    tags = {**spec.experiment.tags, "architecture": spec.model.architecture,
-            "dataset": dataset.uri, "ray_train_run": train_run_name,
-            CHECKPOINT_DIR_TAG: f"{storage.rstrip('/')}/{train_run_name}"}
-    if submission := _submission_id():
-        tags[JOB_TAG] = submission
-    else:  # ended by the control plane's sweep once this process is gone, if it is killed
-        tags[PROCESS_TAG] = new_process_name()
-    run = client.start_run(spec.experiment.name, name=spec.experiment.run_name or train_run_name,
-                           params=params, tags=tags, environment=run_environment(cluster["summary"]))
-    echo(f"run {run.id} in experiment {spec.experiment.name}")
+        train_run_name = f"{spec.experiment.name}-{uuid.uuid4().hex[:8]}"
+        storage = checkpoint_storage(spec)
+        setup.enter(f"checking the checkpoint store {storage}")
+        check_storage(storage, len(cluster["nodes"]), echo)
+        params = flat_params(spec) | {
+            "n_features": shape["n_features"], "n_outputs": dataset.n_outputs,
+            "train_rows": len(split.x_train), "validation_rows": len(split.x_val), "test_rows": tested,
+            "resources.num_workers": placement.num_workers,
+        }
+        if spec.resources.num_workers == "auto":
+            params["resources.num_workers_requested"] = "auto"
+        if resume is not None:
+            params |= {"resumed_from_checkpoint": resume, "resumed_from_epoch": resume_epoch}
+        if texts is not None:
+            params["vocabulary_words"] = len(texts.encoding.vocabulary)
+        tags = {**spec.experiment.tags, "architecture": spec.model.architecture,
+                "dataset": dataset.uri, "ray_train_run": train_run_name,
+                CHECKPOINT_DIR_TAG: f"{storage.rstrip('/')}/{train_run_name}"}
+        if submission := _submission_id():
+            tags[JOB_TAG] = submission
+        else:  # ended by the control plane's sweep once this process is gone, if it is killed
+            tags[PROCESS_TAG] = new_process_name()
+        setup.enter("starting the run")
+        run = client.start_run(spec.experiment.name, name=spec.experiment.run_name or train_run_name,
+                               params=params, tags=tags, environment=run_environment(cluster["summary"]))
+        echo(f"run {run.id} in experiment {spec.experiment.name}")
+    except BaseException:
+        if OVERDUE and not STOP_REQUESTED.is_set():
+            raise TrainingError(OVERDUE[0]) from None
+        raise
+    finally:
+        setup.stop()
     alive = AliveSignal(functools.partial(client.run_alive, run.id)).start()
     finishing = FinishDeadline(spec.resources.finish_timeout_s, _interrupt_main,
                                functools.partial(_give_up, client, run.id))
@@ -478,6 +496,20 @@ def _give_up(client: Any, run_id: str, reason: str) -> None:
     with contextlib.suppress(Exception):
         client.end_run(run_id, "killed" if stopped else "failed")
     with contextlib.suppress(Exception):  # the job's own token dies with it, as on any exit
+        from training.job_token import revoke_own_token
+
+        revoke_own_token()
+    print(f"{'stopped' if stopped else 'error'}: {reason}", file=sys.stderr, flush=True)
+    os._exit(EXIT_STOPPED if stopped else 1)
+
+
+def _give_up_before_the_run(reason: str) -> None:
+    """The main thread is stuck before the run exists, past an interrupt's reach: end the
+    process, which ends the job (its token dies with it, as on any exit)."""
+    import sys
+
+    stopped = STOP_REQUESTED.is_set()
+    with contextlib.suppress(Exception):
         from training.job_token import revoke_own_token
 
         revoke_own_token()

@@ -51,6 +51,9 @@ PositiveInt = Annotated[int, Field(ge=1)]
 # finishing on a small cluster without leaving a job waiting all night.
 DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
 DEFAULT_STALL_TIMEOUT_S = 1800.0  # no epoch for half an hour: stuck (a job with longer epochs sets more)
+# Reading a large table from a remote store takes minutes; half an hour before the run
+# even starts is a read or a connection that hung.
+DEFAULT_SETUP_TIMEOUT_S = 1800.0
 # The export, its checks and uploads (which wait out a control plane restarting) take
 # minutes; an hour past training is a step that hung.
 DEFAULT_FINISH_TIMEOUT_S = 3600.0
@@ -285,6 +288,14 @@ class ResourcesSpec(Section):
     max_run_time_s: float | None = Field(
         None, gt=0.0, le=30 * 24 * 3600,
         description="Stop the job, failed, once training has run this long; null: no limit.",
+    )
+    setup_timeout_s: float = Field(
+        DEFAULT_SETUP_TIMEOUT_S, gt=0.0, le=7 * 24 * 3600,
+        description="Stop the job, failed, when the work before training (the control "
+        "plane's check, loading the data, the model to fine-tune from, the checkpoint to "
+        "resume from, joining Ray, the checkpoint store's check, the run's start) takes "
+        "longer than this, saying which step hung. The wait for free workers that follows "
+        "has its own, placement_timeout_s.",
     )
     finish_timeout_s: float = Field(
         DEFAULT_FINISH_TIMEOUT_S, gt=0.0, le=7 * 24 * 3600,

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -139,44 +140,43 @@ def _away(error: BaseException) -> bool:
     return isinstance(error, OSError) or cannot_answer_now(error)
 
 
-class FinishDeadline:
-    """A bound on the work after training: loading the final checkpoint, evaluation, the
-    ONNX export and its checks, uploads and profiling, up to the registration (whose every
-    try has its own deadline). None of it reports epochs,
-    and the driver's alive beats go on from their own thread, so a step hung there (an
-    export in native code, a read from a stalled mount) held the job and its run
-    ``running`` for good.
+class StepDeadline:
+    """A bound on a stretch of a job's work that reports no epochs: past ``limit_s`` it
+    calls ``on_overdue(reason)`` once (an interrupt of the main thread: the job fails,
+    saying which step it was in); where the work still holds ``grace_s`` later, stuck past
+    an interrupt's reach, ``on_stuck(reason)``, which ends the process."""
 
-    Past ``limit_s`` it calls ``on_overdue(reason)`` once (an interrupt of the main thread:
-    the job fails, saying which step it was in); where the work still holds ``grace_s``
-    later, stuck past an interrupt's reach, ``on_stuck(reason)``, which ends the process."""
+    work = "the job's work"
+    field = ""  # the spec field that sets the limit
+    outcome = "the job was stopped"
+    first_phase = ""
+    thread_name = "step-deadline"
 
     def __init__(self, limit_s: float, on_overdue: Callable[[str], None],
                  on_stuck: Callable[[str], None], *, grace_s: float = 60.0) -> None:
         self.limit_s, self.grace_s = limit_s, grace_s
         self._on_overdue, self._on_stuck = on_overdue, on_stuck
-        self.phase = "loading the final checkpoint"
+        self.phase = self.first_phase
         self._stop = threading.Event()
         self._firing = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> FinishDeadline:
+    def start(self) -> Self:
         def watch() -> None:
             if self._stop.wait(self.limit_s):
                 return
             with self._firing:
                 if self._stop.is_set():
                     return
-                reason = (f"the work after training was still {self.phase} after "
-                          f"resources.finish_timeout_s ({self.limit_s:g} s); the job was "
-                          "stopped, its checkpoints kept for a resume")
+                reason = (f"{self.work} was still {self.phase} after {self.field} "
+                          f"({self.limit_s:g} s); {self.outcome}")
                 self._on_overdue(reason)
             _last_resort(self._stop, self._firing, self.grace_s, self._on_stuck,
                          f"{reason}, its process ended: the step did not heed the stop "
                          f"for {self.grace_s:g} s")
 
         if self._thread is None:
-            self._thread = threading.Thread(target=watch, name="finish-deadline", daemon=True)
+            self._thread = threading.Thread(target=watch, name=self.thread_name, daemon=True)
             self._thread.start()
         return self
 
@@ -188,3 +188,32 @@ class FinishDeadline:
         """The work ended: once this returns, neither callback is called."""
         with self._firing:
             self._stop.set()
+
+
+class SetupDeadline(StepDeadline):
+    """A bound on the work before training: the control plane's health, loading the data
+    (a read from a stalled mount or a remote store that never answers), the model to
+    fine-tune from, the checkpoint to resume from, joining Ray, the checkpoint store's
+    check and the run's start. Nothing else watches it: the run does not exist yet, so
+    neither its alive beats nor the control plane's sweep could end a job hung there."""
+
+    work = "the job's setup"
+    field = "resources.setup_timeout_s"
+    outcome = "the job was stopped before its training began"
+    first_phase = "checking the control plane"
+    thread_name = "setup-deadline"
+
+
+class FinishDeadline(StepDeadline):
+    """A bound on the work after training: loading the final checkpoint, evaluation, the
+    ONNX export and its checks, uploads and profiling, up to the registration (whose every
+    try has its own deadline). None of it reports epochs,
+    and the driver's alive beats go on from their own thread, so a step hung there (an
+    export in native code, a read from a stalled mount) held the job and its run
+    ``running`` for good."""
+
+    work = "the work after training"
+    field = "resources.finish_timeout_s"
+    outcome = "the job was stopped, its checkpoints kept for a resume"
+    first_phase = "loading the final checkpoint"
+    thread_name = "finish-deadline"

@@ -265,7 +265,7 @@ def test_a_stop_asked_of_an_earlier_job_in_this_process_is_not_this_ones(
 
     monkeypatch.setattr("control_plane.client.Client.health", unreachable)
     with pytest.raises(ControlPlaneUnavailableError):
-        runner.run_job(None)  # type: ignore[arg-type]
+        runner.run_job(SPEC)
     assert not runner.STOP_REQUESTED.is_set() and not runner.OVERDUE
 
 

@@ -290,6 +290,74 @@ def test_a_job_hung_after_training_ends_whatever_holds_it(stuck: bool, stop_aske
         assert "end_run" not in done.stdout
 
 
+def test_the_work_before_training_is_bounded_and_names_its_step() -> None:
+    from training.watchdog import SetupDeadline
+
+    overdue, stuck = [], []
+    finished = threading.Event()
+    deadline = SetupDeadline(0.2, overdue.append, lambda why: (stuck.append(why), finished.set()),
+                             grace_s=0.2).start()
+    deadline.enter("loading the data")
+    assert finished.wait(10), "the deadline never gave up"
+    assert overdue == ["the job's setup was still loading the data after "
+                       "resources.setup_timeout_s (0.2 s); the job was stopped before its "
+                       "training began"]
+    assert len(stuck) == 1 and stuck[0].startswith(overdue[0]) and "did not heed" in stuck[0]
+
+
+@pytest.mark.parametrize("stuck", [False, True], ids=["interruptible", "past-an-interrupt"])
+def test_a_job_hung_before_its_run_starts_fails_saying_where(stuck: bool, tmp_path) -> None:
+    """Before the run exists nothing else watched the job: no alive beats, nothing for the
+    control plane's sweep to end. A data read that never answered held the job, running,
+    for good. Through the job's own entrypoint, in a process of its own: a step that heeds
+    the interrupt fails with the deadline's reason (not as stopped); one stuck in native
+    code (a lock no signal wakes) has its process ended, its token revoked first."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "job.yaml").write_text(textwrap.dedent("""
+        experiment: {name: setup-hang}
+        model: {architecture: mlp_classifier}
+        data: {dataset: breast_cancer}
+        resources: {num_workers: 1, setup_timeout_s: 0.3}
+    """))
+    script = textwrap.dedent(f"""
+        import functools, sys, threading, time
+        import control_plane.client
+        from training import job, job_token, runner
+        from training.watchdog import SetupDeadline
+
+        job_token.revoke_job_token = lambda name: print("revoked", name, flush=True)
+        control_plane.client.Client.health = lambda self: None
+        runner.SetupDeadline = functools.partial(SetupDeadline, grace_s=0.5)
+
+        def never_answers(*args, **kwargs):
+            if {stuck}:
+                held = threading.Lock()
+                held.acquire()
+                held.acquire()  # no interrupt reaches this
+            end = time.monotonic() + 30
+            while time.monotonic() < end:  # a read that waits in Python: the interrupt lands
+                time.sleep(0.01)
+            print("the read was never interrupted", flush=True)
+
+        runner.load_dataset = never_answers
+        sys.exit(job.main(["--config", "job.yaml"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=str(tmp_path), env={
+                              **__import__("os").environ, "PYTHONPATH": _repo(),
+                              "MODELPLANE_HOME": str(tmp_path / "home"),
+                              "MODELPLANE_JOB_TOKEN_NAME": "job-7"})
+    said = ("the job's setup was still loading the data after resources.setup_timeout_s "
+            "(0.3 s); the job was stopped before its training began")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"error: {said}" in done.stderr and "revoked job-7" in done.stdout, done.stderr
+    assert "never interrupted" not in done.stdout
+    assert ("did not heed the stop" in done.stderr) == stuck
+
+
 def _repo() -> str:
     from pathlib import Path
 
