@@ -163,6 +163,11 @@ class Client:
                 if not (repeatable or self._keys_honored(deadline)):
                     break
                 continue
+            except httpx.ReadTimeout as error:
+                # The call reached the control plane, which did not answer in time: not
+                # "cannot reach", and a write may have acted (or still will).
+                raise self._not_answered_in_time(error, timeout, acted_maybe=not repeatable
+                                                 ) from None
             except httpx.TransportError as error:
                 # Refused after an answer was lost: whether the first acted is unknown.
                 raise self._answer_lost(error, acted_maybe=lost is not None
@@ -218,6 +223,19 @@ class Client:
             "running? Start it with `modelplane up` or set MODELPLANE_URL",
             detail={"url": self.url},
         )
+
+    def _not_answered_in_time(self, error: httpx.ReadTimeout, timeout: Any, *,
+                              acted_maybe: bool) -> ControlPlaneUnavailableError:
+        within = f" within {timeout:g} s" if isinstance(timeout, int | float) else ""
+        if acted_maybe:
+            return ControlPlaneUnavailableError(
+                f"the control plane at {self.url} took the call but did not answer{within} "
+                f"({type(error).__name__}) and may have acted, or still will; look before "
+                "sending the call again", detail={"url": self.url})
+        return ControlPlaneUnavailableError(
+            f"the control plane at {self.url} took the call but did not answer{within} "
+            f"({type(error).__name__}); it may be overloaded or its store slow "
+            "(`modelplane status` shows which)", detail={"url": self.url})
 
     def _get(self, path: str, model: type[M], **params: Any) -> M:
         return read_reply(model, self._request("GET", path, params=params).json())

@@ -128,3 +128,37 @@ def test_a_control_plane_gone_under_a_write_is_not_waited_for(monkeypatch) -> No
     # The pause before asking again and the transport's own connect retries (0 and 0.5 s);
     # no wait on /health.
     assert pauses[0] == 0.2 and sum(pauses) < 1.0, pauses
+
+
+def _silent(answer_after_s: float) -> type[JsonHandler]:
+    """A server that reads every call and answers none before ``answer_after_s``."""
+
+    class Handler(JsonHandler):
+        protocol_version = "HTTP/1.1"
+        calls: list[str] = []
+
+        def _hold(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            Handler.calls.append(self.command)
+            time.sleep(answer_after_s)
+            self.close_connection = True
+
+        do_GET = do_POST = _hold
+
+    return Handler
+
+
+def test_a_call_the_control_plane_took_and_did_not_answer_in_time_is_not_unreachable() -> None:
+    """A read timeout said "cannot reach the control plane; is it running?": the call had
+    reached it, and a write may have acted there (or still will)."""
+    handler = _silent(answer_after_s=3)
+    with serving(handler) as url, Client(url, "t", timeout=0.5) as client:
+        with pytest.raises(ControlPlaneUnavailableError) as wrote:
+            client.create_experiment("e")
+        with pytest.raises(ControlPlaneUnavailableError) as read:
+            client.health()
+    assert "did not answer within 0.5 s (ReadTimeout) and may have acted" in wrote.value.message
+    assert "cannot reach" not in wrote.value.message
+    assert "did not answer within 0.5 s (ReadTimeout); it may be overloaded" in read.value.message
+    assert "may have acted" not in read.value.message
+    assert handler.calls == ["POST", "GET"]  # neither sent again: its first may still act
