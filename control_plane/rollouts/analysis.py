@@ -469,6 +469,7 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                         if name not in LOAD_SENSITIVE}
         else:
             unjudged = unjudged or bool(RELATIVE_LOAD_SENSITIVE & checks.keys())
+    shared = _slow_on_stable_too(config, failures, checks, stable if beside else None)
     if failures:
         # The failures that rest on nothing of stable's from this window: what callers send
         # could have caused them alone.
@@ -490,6 +491,12 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
         return CheckResult(Verdict.INCONCLUSIVE, checks, silent, worse_decides=True)
     if unjudged:
         return CheckResult(Verdict.INCONCLUSIVE, checks, why_unjudged)
+    if shared:
+        # Never a pass: a slow candidate whose stable is slow too is not shown fast. The A/B
+        # test's "worse" still decides, as the p95 ratio does, on the same requests.
+        return CheckResult(Verdict.INCONCLUSIVE, checks, "; ".join(shared) + (
+            ": the requests are slow on both versions, not on the candidate alone; waiting "
+            "for traffic that tells them apart"), worse_decides=True)
     if unproven:
         return CheckResult(Verdict.INCONCLUSIVE, checks, "; ".join(unproven.values()) + (
             ": past the limit, waiting for the evidence to decide"), worse_decides=True)
@@ -521,6 +528,32 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             f"({candidate.drift.reason or 'too few rows'}), and fail_on_drift asks for it; "
             "the other checks passed"))
     return CheckResult(Verdict.PASS, checks, "all checks passed")
+
+
+def _slow_on_stable_too(config: AnalysisConfig, failures: dict[str, str],
+                        checks: dict[str, dict[str, Any]],
+                        stable: VersionSnapshot | None) -> list[str]:
+    """Take out of ``failures`` the absolute latency gates that ``stable`` (its share of
+    the same requests in the window, at a step routing it some) fails too, and say why
+    each is not the candidate's: heavy requests sent at a step routing both versions are
+    slow on whichever answers them, and failed a good candidate (rejected for good).
+
+    Whatever made stable slow (those requests, or a flood pinned to it), the step only
+    holds: a candidate slow on its own is never passed this way, and the p95 ratio and the
+    A/B test still judge it against stable on the same requests."""
+    if stable is None or sample_of(config, stable)[0] < config.min_samples:
+        return []
+    shared = []
+    latency = stable.latency.sample
+    for name, value, limit in (("p95_ms", latency.p95_ms, config.max_p95_ms),
+                               ("p99_ms", latency.p99_ms, config.max_p99_ms)):
+        # Stable's point figure, not its bound: at a high candidate weight stable's share
+        # is thin, and an excuse only ever holds the step (never passes it).
+        if name in failures and limit is not None and value > limit:
+            shared.append(f"{failures.pop(name)}, and stable's {value:.4g} on the same "
+                          "requests")
+            checks[name]["also_on_stable"] = value
+    return shared
 
 
 def relative_limits(config: AnalysisConfig) -> tuple[tuple[str, float | None], ...]:

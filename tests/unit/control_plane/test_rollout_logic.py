@@ -242,7 +242,7 @@ def test_absolute_latency_and_drift_reject_only_on_the_candidates_own_evidence()
     assert sliver.verdict == Verdict.FAIL and not sliver.rejects, sliver.reason
     # At a step that routes stable a share: the candidate's own, whether stable answered
     # enough in the window or its baseline stands in (a quiet endpoint, a 95% step).
-    own = analyse(config, heavy, stats(p95=70, p99=130))
+    own = analyse(config, heavy, stats(p95=10, p99=20))
     assert own.verdict == Verdict.FAIL and own.rejects
     thin = analyse(config, heavy, stats(requests=10), baseline=before)
     assert thin.verdict == Verdict.FAIL and thin.rejects
@@ -260,6 +260,37 @@ def test_absolute_latency_and_drift_reject_only_on_the_candidates_own_evidence()
     assert "drift judged without stable beside it" in result.reason
     beside = analyse(on_drift, drifted, clean)
     assert beside.verdict == Verdict.FAIL and beside.rejects, beside.reason
+
+
+def test_requests_slow_on_both_versions_at_a_routed_step_hold_it_and_never_reject() -> None:
+    """Heavy requests sent at a 50% step are slow on whichever version answers them: the
+    candidate failed max_p95_ms and was rejected for good, though stable, on its share of
+    the same requests, was as slow. That holds the step now; it never passes it, so a
+    candidate slow on its own (its stable slow too, by load or a flood pinned to it) is
+    still caught by the p95 ratio, or held until the inconclusive deadline rolls it back."""
+    config = AnalysisConfig(min_samples=50, max_p95_ms=40, max_p99_ms=80)
+    heavy = stats(p95=60, p99=120)
+    both = analyse(config, heavy, stats(p95=70, p99=130))
+    assert both.verdict == Verdict.INCONCLUSIVE and both.worse_decides, both.reason
+    assert "p95_ms 60 > 40" in both.reason and "stable's 70 on the same requests" in both.reason
+    assert "slow on both versions" in both.reason
+    assert both.checks["p95_ms"]["also_on_stable"] == 70
+    assert both.checks["p99_ms"]["also_on_stable"] == 130
+    # Only the gate stable fails too is excused: p99 is the candidate's own here.
+    one = analyse(config, heavy, stats(p95=70, p99=30))
+    assert one.verdict == Verdict.FAIL and one.rejects and "p99_ms 120 > 80" in one.reason
+    assert "p95_ms" not in one.reason
+    # Slower than stable on the same requests: the ratio fails it, stable's slowness aside.
+    slower = analyse(config, stats(p95=200, p99=300), stats(p95=70, p99=130))
+    assert slower.verdict == Verdict.FAIL and slower.rejects and "p95_ratio" in slower.reason
+    # Another failure of its own still fails the candidate.
+    erring = analyse(config, stats(p95=60, p99=120, error_rate=0.2), stats(p95=70, p99=130))
+    assert erring.verdict == Verdict.FAIL and erring.rejects and "error_rate" in erring.reason
+    # Stable's share too thin to say it was slow (a 95% step): the failure is the candidate's.
+    assert analyse(config, heavy, stats(requests=10, p95=70, p99=130)).verdict == Verdict.FAIL
+    # At a step routing stable nothing its figures are from before: rolled back, unrejected.
+    switched = analyse(config, heavy, stats(p95=70, p99=130), stable_routed=False)
+    assert switched.verdict == Verdict.FAIL and not switched.rejects
 
 
 def test_at_a_step_without_stable_traffic_its_last_figures_are_no_same_window_evidence() -> None:
