@@ -65,7 +65,8 @@ def run_entrypoint(config: str, *, address: str | None = None, num_cpus: int | N
         # Ray may turn the interrupt into an error of its own: the request decides. A
         # deadline's interrupt landing as its step ended is the deadline's, not a stop.
         if OVERDUE and not STOP_REQUESTED.is_set() and not isinstance(error, ModelplaneError):
-            print(f"error: {OVERDUE[0]}", file=sys.stderr, flush=True)
+            print(f"error: {OVERDUE[0]} ({type(error).__name__}: {error})", file=sys.stderr,
+                  flush=True)
             return EXIT_FAILED
         if STOP_REQUESTED.is_set() or isinstance(error, KeyboardInterrupt):
             print("stopped; the run is marked killed", file=sys.stderr, flush=True)

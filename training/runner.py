@@ -159,16 +159,20 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
             tags[JOB_TAG] = submission
         else:  # ended by the control plane's sweep once this process is gone, if it is killed
             tags[PROCESS_TAG] = new_process_name()
-        setup.enter("starting the run")
-        run = client.start_run(spec.experiment.name, name=spec.experiment.run_name or train_run_name,
-                               params=params, tags=tags, environment=run_environment(cluster["summary"]))
-        echo(f"run {run.id} in experiment {spec.experiment.name}")
+        # Here, not only below: an interrupt from a deadline that fired meanwhile lands in
+        # this try, as the deadline's failure, never once the run exists.
+        setup.stop()
     except BaseException:
         if OVERDUE and not STOP_REQUESTED.is_set():
             raise TrainingError(OVERDUE[0]) from None
         raise
     finally:
         setup.stop()
+    # Bounded by the client's own timeout and its few tries; from here the run is ended
+    # whatever happens (below), or swept by the control plane if this process dies.
+    run = client.start_run(spec.experiment.name, name=spec.experiment.run_name or train_run_name,
+                           params=params, tags=tags, environment=run_environment(cluster["summary"]))
+    echo(f"run {run.id} in experiment {spec.experiment.name}")
     alive = AliveSignal(functools.partial(client.run_alive, run.id)).start()
     finishing = FinishDeadline(spec.resources.finish_timeout_s, _interrupt_main,
                                functools.partial(_give_up, client, run.id))

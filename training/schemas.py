@@ -292,10 +292,11 @@ class ResourcesSpec(Section):
     setup_timeout_s: float = Field(
         DEFAULT_SETUP_TIMEOUT_S, gt=0.0, le=7 * 24 * 3600,
         description="Stop the job, failed, when the work before training (the control "
-        "plane's check, loading the data, the model to fine-tune from, the checkpoint to "
-        "resume from, joining Ray, the checkpoint store's check, the run's start) takes "
-        "longer than this, saying which step hung. The wait for free workers that follows "
-        "has its own, placement_timeout_s.",
+        "plane's check, reading and preparing the data, the model to fine-tune from, the "
+        "checkpoint to resume from, joining Ray, the checkpoint store's check) takes longer "
+        "than this, saying which step hung; a job whose data takes longer to read and "
+        "prepare sets more. The wait for free workers that follows has its own, "
+        "placement_timeout_s.",
     )
     finish_timeout_s: float = Field(
         DEFAULT_FINISH_TIMEOUT_S, gt=0.0, le=7 * 24 * 3600,

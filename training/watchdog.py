@@ -193,9 +193,9 @@ class StepDeadline:
 class SetupDeadline(StepDeadline):
     """A bound on the work before training: the control plane's health, loading the data
     (a read from a stalled mount or a remote store that never answers), the model to
-    fine-tune from, the checkpoint to resume from, joining Ray, the checkpoint store's
-    check and the run's start. Nothing else watches it: the run does not exist yet, so
-    neither its alive beats nor the control plane's sweep could end a job hung there."""
+    fine-tune from, the checkpoint to resume from, joining Ray and the checkpoint store's
+    check. Nothing else watches it: the run does not exist yet, so neither its alive
+    beats nor the control plane's sweep could end a job hung there."""
 
     work = "the job's setup"
     field = "resources.setup_timeout_s"

@@ -400,3 +400,29 @@ def test_a_fine_tune_source_the_control_plane_cannot_answer_for_is_no_bad_spec(
     with pytest.raises(InvalidJobSpecError, match="model.init_from: cannot resolve m:9"):
         load_fine_tune_source("m:9", missing, **shape)
     assert missing.asked == 1
+
+
+def test_a_deadline_whose_interrupt_ray_turned_into_an_error_of_its_own_fails_saying_so(
+        monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray may turn the deadline's interrupt into its own error: the job failed with that
+    error's traceback, or (were it read as a stop) as stopped, never with the deadline's
+    reason."""
+    from training import job, runner
+
+    (tmp_path / "job.yaml").write_text("experiment: {name: x}\nmodel: {architecture: "
+                                       "mlp_classifier}\ndata: {dataset: digits}\n")
+
+    def interrupted_in_ray(*args: Any, **kwargs: Any) -> None:
+        runner.OVERDUE.append("the job's setup was still joining Ray after "
+                              "resources.setup_timeout_s (1 s)")
+        raise RuntimeError("ray.init was interrupted")
+
+    monkeypatch.setattr(runner, "run_job", interrupted_in_ray)
+    monkeypatch.setattr(runner, "handle_stop_signal", lambda: None)
+    try:
+        assert job.run_entrypoint(str(tmp_path / "job.yaml")) == job.EXIT_FAILED
+    finally:
+        runner.OVERDUE.clear()
+    said = capsys.readouterr().err
+    assert "error: the job's setup was still joining Ray after resources.setup_timeout_s" in said
+    assert "(RuntimeError: ray.init was interrupted)" in said
