@@ -157,8 +157,11 @@ class EndpointDirectory:
                 return
             self._read_at = time.monotonic()
             self._reading = asyncio.get_running_loop().create_task(self._update())
+        # What is left of the read's own bound, not a fresh one for every call: calls
+        # arriving during a read that hangs fail at once past it, not 5 s each.
+        left = max(0.0, READ_WAIT_S - (time.monotonic() - self._read_at))
         try:
-            await asyncio.wait_for(asyncio.shield(self._reading), READ_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(self._reading), left)
         except TimeoutError:  # the read goes on; the next call past it finds its answer
             raise ModelNotReadyError(
                 f"Serve's controller did not say within {READ_WAIT_S:g} s which endpoints run "
