@@ -229,12 +229,12 @@ class Client:
         within = f" within {timeout:g} s" if isinstance(timeout, int | float) else ""
         if acted_maybe:
             return ControlPlaneUnavailableError(
-                f"the control plane at {self.url} took the call but did not answer{within} "
+                f"the control plane at {self.url} did not answer{within} "
                 f"({type(error).__name__}) and may have acted, or still will; look before "
                 "sending the call again", detail={"url": self.url})
         return ControlPlaneUnavailableError(
-            f"the control plane at {self.url} took the call but did not answer{within} "
-            f"({type(error).__name__}); it may be overloaded or its store slow "
+            f"the control plane at {self.url} did not answer{within} "
+            f"({type(error).__name__}); it may be overloaded, stopped, or its store slow "
             "(`modelplane status` shows which)", detail={"url": self.url})
 
     def _get(self, path: str, model: type[M], **params: Any) -> M:
@@ -607,6 +607,9 @@ class Client:
         body = {"feedback": [{"request_id": rid, "label": label} for rid, label in pairs]}
         try:
             response = self._http.post(endpoint_url(self.url, endpoint, "feedback"), json=body)
+        except httpx.ReadTimeout as error:  # taken: its labels may have been joined
+            raise self._not_answered_in_time(error, self._http.timeout.read,
+                                             acted_maybe=True) from None
         except httpx.TransportError as error:
             raise ControlPlaneUnavailableError(
                 f"cannot reach {self.url} to send feedback ({type(error).__name__}); is it running?",

@@ -21,7 +21,7 @@
         ├── IntegrityError              artifact_corrupt, 500 (digest mismatch on read)
         ├── SchemaOutdatedError         schema_outdated, 503 (database needs `modelplane db upgrade`)
         ├── StoreUnavailableError       store_unavailable, 503 (the database cannot be reached)
-        ├── ControlPlaneUnavailableError control_plane_unavailable, 503 (client cannot reach it)
+        ├── ControlPlaneUnavailableError control_plane_unavailable, 503 (no answer reached the client)
         ├── MonitorUnavailableError     monitor_unavailable, 503 (statistics are unknown now)
         ├── OwnershipConflictError      ownership_conflict, 409 (another store's control plane runs)
         └── WorkNotStoppedError         work_not_stopped, 502 (done, but what it had running was not stopped)

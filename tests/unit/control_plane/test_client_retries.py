@@ -157,8 +157,10 @@ def test_a_call_the_control_plane_took_and_did_not_answer_in_time_is_not_unreach
             client.create_experiment("e")
         with pytest.raises(ControlPlaneUnavailableError) as read:
             client.health()
+        with pytest.raises(ControlPlaneUnavailableError, match="may have acted"):
+            client.send_feedback("e", {"r-1": 1})  # its labels may have been joined
     assert "did not answer within 0.5 s (ReadTimeout) and may have acted" in wrote.value.message
     assert "cannot reach" not in wrote.value.message
     assert "did not answer within 0.5 s (ReadTimeout); it may be overloaded" in read.value.message
     assert "may have acted" not in read.value.message
-    assert handler.calls == ["POST", "GET"]  # neither sent again: its first may still act
+    assert handler.calls == ["POST", "GET", "POST"]  # none sent again: the first may still act
