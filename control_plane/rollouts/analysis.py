@@ -73,8 +73,9 @@ CALLER_MOVABLE = frozenset({"error_rate_increase", "p95_ratio", "refused_rate_in
                             "not_finite_rate"})
 # The absolute gates that what callers send moves as well: heavy requests are slow on
 # whichever version answers them, and far-off rows drift on it. At a step that routes
-# stable a share of the same requests, a failure is the candidate's own; judged alone (a
-# step that routes stable nothing, or no stable version), anyone could fail them.
+# stable a share of the same requests, a failure is the candidate's own (but for latency
+# that stable's share is as slow on: _slow_on_stable_too); judged alone (a step that
+# routes stable nothing, or no stable version), anyone could fail them.
 MOVABLE_ALONE = frozenset({"p95_ms", "p99_ms", "drift", "not_finite_rate"})
 
 
@@ -297,7 +298,7 @@ def baseline_in_use(config: AnalysisConfig, stable: VersionSnapshot | None,
 def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
             stable: VersionSnapshot | None, *, shadow: bool = False,
             baseline: VersionSnapshot | None = None, has_stable: bool | None = None,
-            stable_routed: bool = True) -> CheckResult:
+            stable_routed: bool = True, holds_end: bool = True) -> CheckResult:
     """Judge ``candidate``'s window statistics (and ``stable``'s, for relative checks;
     ``baseline``'s where stable answered too little in the window, :func:`baseline_in_use`).
 
@@ -310,7 +311,12 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     ``stable_routed``: whether the step routes stable a share of the requests. Where it
     does not (blue-green's switch, a canary's last step), stable's figures in the window
     are from before the switch, whatever their number, and no failure that callers can
-    cause rejects the candidate (:data:`CALLER_MOVABLE`, :data:`MOVABLE_ALONE`)."""
+    cause rejects the candidate (:data:`CALLER_MOVABLE`, :data:`MOVABLE_ALONE`).
+
+    ``holds_end``: whether an inconclusive step ends by a deadline. Only then may requests
+    slow on both versions hold a step (:func:`_slow_on_stable_too`) rather than fail it:
+    without one, whoever kept stable slow would hold a slow candidate at its share for
+    good."""
     if shadow:
         return _analyse_shadow(config, candidate)
     # Without it, at a step where stable takes no traffic every check against stable was
@@ -469,7 +475,8 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
                         if name not in LOAD_SENSITIVE}
         else:
             unjudged = unjudged or bool(RELATIVE_LOAD_SENSITIVE & checks.keys())
-    shared = _slow_on_stable_too(config, failures, checks, stable if beside else None)
+    shared = (_slow_on_stable_too(config, failures, checks, candidate, stable)
+              if beside and holds_end else [])
     if failures:
         # The failures that rest on nothing of stable's from this window: what callers send
         # could have caused them alone.
@@ -490,7 +497,9 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
     if silent:
         return CheckResult(Verdict.INCONCLUSIVE, checks, silent, worse_decides=True)
     if unjudged:
-        return CheckResult(Verdict.INCONCLUSIVE, checks, why_unjudged)
+        # The A/B test's "worse" still decides over a gate held for stable's slowness.
+        return CheckResult(Verdict.INCONCLUSIVE, checks, "; ".join([why_unjudged, *shared]),
+                           worse_decides=bool(shared))
     if shared:
         # Never a pass: a slow candidate whose stable is slow too is not shown fast. The A/B
         # test's "worse" still decides, as the p95 ratio does, on the same requests.
@@ -531,25 +540,36 @@ def analyse(config: AnalysisConfig, candidate: VersionSnapshot | None,
 
 
 def _slow_on_stable_too(config: AnalysisConfig, failures: dict[str, str],
-                        checks: dict[str, dict[str, Any]],
+                        checks: dict[str, dict[str, Any]], candidate: VersionSnapshot,
                         stable: VersionSnapshot | None) -> list[str]:
     """Take out of ``failures`` the absolute latency gates that ``stable`` (its share of
-    the same requests in the window, at a step routing it some) fails too, and say why
-    each is not the candidate's: heavy requests sent at a step routing both versions are
-    slow on whichever answers them, and failed a good candidate (rejected for good).
+    the same randomly routed requests in the window, at a step routing it some) fails
+    too, where the candidate is not shown slower than stable on that quantile, and say
+    why each is not the candidate's: heavy requests sent at a step routing both versions
+    are slow on whichever answers them, and failed a good candidate (rejected for good).
 
-    Whatever made stable slow (those requests, or a flood pinned to it), the step only
-    holds: a candidate slow on its own is never passed this way, and the p95 ratio and the
-    A/B test still judge it against stable on the same requests."""
-    if stable is None or sample_of(config, stable)[0] < config.min_samples:
+    Only a random sample: pinned requests, and sticky keys (a caller may pick keys that
+    land on stable), would let a caller make stable's figures whatever it likes. Whatever
+    else made stable slow (a flood pinned to it, its own load), the step only holds: a
+    candidate is never passed this way."""
+    if (stable is None or config.include_pinned or config.include_sticky
+            or sample_of(config, stable)[0] < config.min_samples):
         return []
     shared = []
-    latency = stable.latency.sample
-    for name, value, limit in (("p95_ms", latency.p95_ms, config.max_p95_ms),
-                               ("p99_ms", latency.p99_ms, config.max_p99_ms)):
-        # Stable's point figure, not its bound: at a high candidate weight stable's share
-        # is thin, and an excuse only ever holds the step (never passes it).
-        if name in failures and limit is not None and value > limit:
+    mine, theirs = candidate.latency.sample, stable.latency.sample
+    # Slower than stable on the same requests by more than the ratio allowed (by anything,
+    # where no ratio is asked for), on evidence, is the candidate's own slowness. p99 has
+    # no paired bounds: its 95% ones are the stricter test of "not shown slower".
+    tolerance = config.max_p95_ratio or 1.0
+    for name, value, limit, low, high in (
+            ("p95_ms", theirs.p95_ms, config.max_p95_ms, mine.p95_paired_bounds_ms[0],
+             theirs.p95_paired_bounds_ms[1]),
+            ("p99_ms", theirs.p99_ms, config.max_p99_ms, mine.p99_bounds_ms[0],
+             theirs.p99_bounds_ms[1])):
+        slower = not (low <= high * tolerance)  # NaN bounds: nothing shows it is not
+        # Stable's point figure past the limit, not its bound: at a high candidate weight
+        # stable's share is thin, and an excuse only ever holds the step.
+        if name in failures and limit is not None and value > limit and not slower:
             shared.append(f"{failures.pop(name)}, and stable's {value:.4g} on the same "
                           "requests")
             checks[name]["also_on_stable"] = value

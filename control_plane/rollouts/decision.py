@@ -275,7 +275,8 @@ def _judge(rollout: RolloutOut, settings: AnalysisSettings, snapshot: Snapshot,
                       shadow=rollout.current_step.shadow, baseline=snapshot.baseline,
                       has_stable=rollout.stable_version is not None
                       and not snapshot.baseline_expired,
-                      stable_routed=rollout.current_step.candidate_weight < 100))
+                      stable_routed=rollout.current_step.candidate_weight < 100,
+                      holds_end=settings.inconclusive_deadline_s is not None))
     previous = rollout.last_analysis
     same_step = previous.get("step_index") == rollout.step_index
     baseline: dict[str, Any] = {}

@@ -657,20 +657,21 @@ def test_a_flood_pinned_to_stable_cannot_pass_a_slow_candidate() -> None:
 
 
 def test_a_flood_pinned_to_stable_cannot_hide_the_candidate_s_own_slowness() -> None:
-    """The flood loaded stable, not the candidate: a candidate past an absolute limit on
-    its own is never passed for it. Where the flood made stable's share past the limit too,
-    that gate only holds the step (heavy requests sent at random would look the same),
-    and the p95 ratio, stable's loaded figures being the lower, still fails it on the
-    same requests where it shows; either way the candidate does not advance."""
-    candidate, stable = _canary({1: 0.001, 2: 0.02}, flooded=1)
+    """The flood loaded stable, not the candidate: what the candidate's sample shows of
+    itself past an absolute limit is its own, never passed, and held rather than failed
+    only where stable's loaded share is past the limit too and the candidate is not shown
+    slower than it past the ratio allowed. (Real timings on a shared machine: how far
+    apart they land varies with its load; test_rollout_logic.py pins each outcome.)"""
+    candidate, stable = _canary({1: 0.001, 2: 0.03}, flooded=1)
     result = analyse(replace(GATES, max_p95_ms=10), candidate, stable)
-    assert result.verdict in (Verdict.FAIL, Verdict.INCONCLUSIVE), result.reason
-    assert not result.checks["p95_ms"]["passed"] and result.checks["p95_ms"]["disturbed"]
-    if stable.latency.sample.p95_ms <= 10:  # stable within the limit: the failure is its own
-        assert result.verdict == Verdict.FAIL and result.rejects and "p95_ms" in result.reason
+    assert result.verdict != Verdict.PASS and not result.checks["p95_ms"]["passed"]
+    assert result.checks["p95_ms"]["disturbed"], result.reason
+    mine, theirs = candidate.latency.sample, stable.latency.sample
+    if "also_on_stable" in result.checks["p95_ms"]:
+        assert result.verdict == Verdict.INCONCLUSIVE and theirs.p95_ms > 10, result.reason
+        assert mine.p95_paired_bounds_ms[0] <= theirs.p95_paired_bounds_ms[1] * 1.5
     else:
-        assert result.checks["p95_ms"]["also_on_stable"] == stable.latency.sample.p95_ms
-        assert result.verdict == Verdict.INCONCLUSIVE or "p95_ratio" in result.reason
+        assert result.verdict == Verdict.FAIL and result.rejects and "p95_ms" in result.reason
 
 
 def test_a_shadow_crowded_out_is_still_judged_on_what_it_answered() -> None:

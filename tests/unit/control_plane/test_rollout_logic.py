@@ -293,6 +293,49 @@ def test_requests_slow_on_both_versions_at_a_routed_step_hold_it_and_never_rejec
     assert switched.verdict == Verdict.FAIL and not switched.rejects
 
 
+def test_only_a_candidate_not_shown_slower_than_stable_on_a_random_sample_is_held() -> None:
+    """What may not excuse a candidate's latency by stable's: its own tail far past
+    stable's (p95 alike), a p95 far past stable's where no ratio is asked for, stable's
+    figures from requests a caller picked (pinned, or sticky keys it can choose), and a
+    rollout whose inconclusive steps never end (whoever kept stable slow would hold the
+    candidate at its share for good)."""
+    config = AnalysisConfig(min_samples=50, max_p95_ms=40, max_p99_ms=80)
+    slow_stable = stats(p95=45, p99=85)
+    tail = analyse(config, stats(p95=45, p99=800), slow_stable)
+    assert tail.verdict == Verdict.FAIL and tail.rejects and "p99_ms 800 > 80" in tail.reason
+    unratioed = replace(config, max_p95_ratio=None)
+    far = analyse(unratioed, stats(p95=400, p99=450), slow_stable)
+    assert far.verdict == Verdict.FAIL and far.rejects and "p95_ms 400 > 40" in far.reason
+    alike = analyse(unratioed, stats(p95=44, p99=84), slow_stable)
+    assert alike.verdict == Verdict.INCONCLUSIVE, alike.reason
+    # Within the ratio, not on evidence slower: held (the ratio's own check passes it).
+    near = analyse(config, stats(p95=60, p99=100), slow_stable)
+    assert near.verdict == Verdict.INCONCLUSIVE and "slow on both" in near.reason, near.reason
+    for picked in ({"include_pinned": True}, {"include_sticky": True}):
+        result = analyse(replace(config, **picked), stats(p95=60, p99=100), slow_stable)
+        assert result.verdict == Verdict.FAIL and result.rejects, (picked, result.reason)
+    endless = analyse(config, stats(p95=60, p99=100), slow_stable, holds_end=False)
+    assert endless.verdict == Verdict.FAIL and endless.rejects
+
+
+def test_a_gate_held_for_stable_s_slowness_still_yields_to_an_ab_test_s_worse() -> None:
+    """A flood pinned to stable loads it past the imbalance limit: the relative checks
+    are not judged in the window, and the held latency gate with them must not hide an
+    A/B test that finds the candidate worse on the same requests."""
+    from control_plane.rollouts.decision import _with_ab_test
+
+    config = AnalysisConfig(min_samples=50, max_p95_ms=40)
+    flooded = stats(p95=70, p99=90)
+    pinned = replace(flooded.traffic.routing["random"], requests=2000)
+    flooded = replace(flooded, traffic=replace(
+        flooded.traffic, routing={**flooded.traffic.routing, "pinned": pinned}))
+    held = analyse(config, stats(p95=60, p99=72), flooded)
+    assert held.verdict == Verdict.INCONCLUSIVE and held.worse_decides, held.reason
+    assert "loaded the versions unevenly" in held.reason and "stable's 70" in held.reason
+    worse = _with_ab_test(held, "worse", "conversion lower on evidence")
+    assert worse.verdict == Verdict.FAIL and worse.rejects
+
+
 def test_at_a_step_without_stable_traffic_its_last_figures_are_no_same_window_evidence() -> None:
     """On a busy endpoint the first windows after a switch hold stable's last second or
     two, enough for min_samples: the relative checks compared the candidate with those as
