@@ -669,7 +669,7 @@ def test_a_flood_pinned_to_stable_cannot_hide_the_candidate_s_own_slowness() -> 
     mine, theirs = candidate.latency.sample, stable.latency.sample
     if "also_on_stable" in result.checks["p95_ms"]:
         assert result.verdict == Verdict.INCONCLUSIVE and theirs.p95_ms > 10, result.reason
-        assert mine.p95_paired_bounds_ms[0] <= theirs.p95_paired_bounds_ms[1] * 1.5
+        assert mine.p95_bounds_ms[0] <= theirs.p95_ms * 1.5  # not shown slower past it
     else:
         assert result.verdict == Verdict.FAIL and result.rejects and "p95_ms" in result.reason
 
