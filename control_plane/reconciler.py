@@ -543,6 +543,9 @@ class RayServeBackend:
     """The real Serve, through its public API, and the route board beside it."""
 
     def __init__(self) -> None:
+        from control_plane.serve_writes import BoundedWrites
+
+        self._writes = BoundedWrites()
         # Made before the first endpoint: its replicas find it at once, not on a later retry.
         self._board: Any = None
         self._route_board()
@@ -572,16 +575,16 @@ class RayServeBackend:
         # that serve.run itself calls, without the wait.
         from ray.serve.api import RunTarget, _run_many
 
-        _run_many(
+        self._writes.run(f"the deploy of {name}", lambda: _run_many(
             [RunTarget(target=app, name=name, route_prefix=route_prefix)],
             wait_for_ingress_deployment_creation=False,
             wait_for_applications_running=False,
-        )
+        ))
 
     def delete(self, name: str) -> None:
         from ray import serve
 
-        serve.delete(name, _blocking=False)
+        self._writes.run(f"the delete of {name}", lambda: serve.delete(name, _blocking=False))
 
     def forget_statistics(self, endpoint: str) -> None:
         from serving.monitoring.monitor import get_monitor

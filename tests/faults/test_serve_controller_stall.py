@@ -54,3 +54,44 @@ def test_a_wedged_serve_controller_costs_a_read_its_bound_not_for_ever(
     assert counted == {} and scrape_took < SERVE_READ_TIMEOUT_S + 10, (counted, scrape_took)
     assert "applications" in serve_details()  # running again, it answers
     assert running_replicas().get("control-plane", 0) >= 1
+
+
+def test_a_wedged_serve_controller_costs_the_reconciler_s_write_its_bound(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve's deploy and delete wait on the controller without a bound: wedged between the
+    reconciler's read and its write, it held the pass (and the rollout loop settling a step
+    through it) for good. The write gives up in its bound; none other is sent while it
+    waits; once the controller runs again it lands, and writes go through."""
+    from ray import serve
+
+    import control_plane.serve_writes
+    from control_plane.reconciler import RayServeBackend
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.01})
+    class Probe:
+        def __call__(self) -> str:
+            return "ok"
+
+    monkeypatch.setattr(control_plane.serve_writes, "SERVE_WRITE_TIMEOUT_S", 2.0)
+    backend = RayServeBackend()
+    pid = _controller_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ControlPlaneUnavailableError,
+                           match="did not take the deploy of stall-probe within 2 s"):
+            backend.deploy("stall-probe", None, Probe.bind())
+        deploy_took = time.monotonic() - started
+        with pytest.raises(ControlPlaneUnavailableError, match="still waits"):
+            backend.delete("stall-probe")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert deploy_took < 15, deploy_took  # the bound and a loaded host's lag
+    deadline = time.monotonic() + 60
+    while "stall-probe" not in (serve_details().get("applications") or {}):
+        assert time.monotonic() < deadline, "the deploy sent during the stall never landed"
+        time.sleep(0.5)
+    backend.delete("stall-probe")  # the controller answers: the next write goes through
+    while "stall-probe" in (serve_details().get("applications") or {}):
+        assert time.monotonic() < deadline, "the probe application was never deleted"
+        time.sleep(0.5)
