@@ -558,19 +558,18 @@ def _slow_on_stable_too(config: AnalysisConfig, failures: dict[str, str],
         return []
     mine, theirs = candidate.latency.sample, stable.latency.sample
     # Slower than stable on the same requests by more than the ratio allowed (by anything
-    # where no ratio is asked for) is the candidate's own slowness: its lower bound (its
-    # figure where too few requests bound it) against stable's figure, not stable's upper
-    # bound, which one slow request of stable's stretches.
+    # where no ratio is asked for) is the candidate's own slowness: its lower bound (a gate
+    # fails only where there is one) against stable's figure, not stable's upper bound,
+    # which one slow request of stable's stretches.
     tolerance = config.max_p95_ratio or 1.0
     excusable = {}
-    for name, value, limit, own, low in (
-            ("p95_ms", theirs.p95_ms, config.max_p95_ms, mine.p95_ms, mine.p95_bounds_ms[0]),
-            ("p99_ms", theirs.p99_ms, config.max_p99_ms, mine.p99_ms, mine.p99_bounds_ms[0])):
-        shown = own if math.isnan(low) else low
+    for name, value, limit, low in (
+            ("p95_ms", theirs.p95_ms, config.max_p95_ms, mine.p95_bounds_ms[0]),
+            ("p99_ms", theirs.p99_ms, config.max_p99_ms, mine.p99_bounds_ms[0])):
         # Stable's point figure past the limit, not its bound: at a high candidate weight
         # stable's share is thin, and an excuse only ever holds the step.
         if name in failures and limit is not None and value > limit \
-                and shown <= value * tolerance:
+                and low <= value * tolerance:
             excusable[name] = value
     if not excusable or failures.keys() - excusable.keys():
         return []  # another failure of its own: the candidate fails on all of them
