@@ -88,10 +88,22 @@ def serve_details(timeout_s: float = SERVE_DETAILS_TIMEOUT_S) -> dict[str, Any]:
 
     # Serve's own read (get_serve_details) waits without a bound: a controller wedged, or
     # restarting without end, held every caller for ever (the reconciler's passes, the
-    # rollout loop settling a step through them, `up` and `down`).
+    # rollout loop settling a step through them, `up` and `down`). Its handle is looked up
+    # by name, not through Serve's cached client: that one is dropped by a write that found
+    # the controller slow, and making it again asks the controller, without a bound.
+    if ray.is_initialized():
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+        from ray.serve.exceptions import RayServeException
+
+        try:
+            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:
+            raise RayServeException("There is no Serve instance running on this Ray "
+                                    "cluster.") from None
+    else:  # not yet connected: Serve's client joins Ray as it does everywhere else
+        controller = _get_global_client()._controller
     try:
-        return dict(ray.get(_get_global_client()._controller.get_serve_instance_details.remote(),
-                            timeout=timeout_s))
+        return dict(ray.get(controller.get_serve_instance_details.remote(), timeout=timeout_s))
     except GetTimeoutError:
         raise ControlPlaneUnavailableError(
             f"Serve's controller did not answer within {timeout_s:g} s; it may be restarting "

@@ -406,7 +406,7 @@ class Reconciler:
                 if self._changed(app, version_document) or (broken and retry):
                     route = None if config.link_address is None else link_route(endpoint, version.version)
                     self._acting()
-                    self.backend.deploy(app, route, build_version_app(
+                    self._deploy(app, route, build_version_app(
                         config, version, env=env, access_log=self.access_log))
                     self._remember(app, version_document)
                     report.applied.append(app)
@@ -441,9 +441,9 @@ class Reconciler:
                 name in self._board_ahead and not self.backend.post_routes(endpoint, config)):
             # A board that restarted empty is posted to again each pass; where it cannot
             # be, Serve's own configuration catches up with the routes.
-            self.backend.deploy(name, endpoint_route_prefix(endpoint),
-                                build_endpoint_app(config, env=env, access_log=self.access_log,
-                                                   lean_ingress=self.lean_ingress))
+            self._deploy(name, endpoint_route_prefix(endpoint),
+                         build_endpoint_app(config, env=env, access_log=self.access_log,
+                                            lean_ingress=self.lean_ingress))
             self._remember(name, document)
             self._deployed[name] = _digest(_structure(config))
             self._board_ahead.pop(name, None)
@@ -525,6 +525,17 @@ class Reconciler:
         self._applied.clear()
         self._deployed.clear()
         self._board_ahead.clear()
+
+    def _deploy(self, app: str, route_prefix: str | None, built: Any) -> None:
+        """Submit ``built`` as ``app``. Where the submission fails or goes unanswered it
+        may still land later: what was applied there is unknown, so the next pass submits
+        it in full rather than compare with what this process last sent (a route change
+        posted to the board alone, or a change back to that, would leave it as it lands)."""
+        try:
+            self.backend.deploy(app, route_prefix, built)
+        except Exception:
+            self._forget(app)
+            raise
 
     def _forget(self, app: str) -> None:
         """Forget what was applied to ``app``: the next pass submits it to Serve again."""

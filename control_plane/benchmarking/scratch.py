@@ -116,13 +116,18 @@ def delete(names: list[str], backend: Any, *, wait_s: float = DELETE_WAIT_S) -> 
     still listed when ``wait_s`` ran out (Serve goes on deleting them)."""
     from control_plane.ownership import serve_details
 
-    for name in names:
-        try:
-            backend.delete(name)
-        except Exception as error:  # each one is tried; the wait below says what is left
-            log.warning("could not delete scratch application %s: %s", name, error)
+    unsent, warned = list(names), set()
     deadline = time.monotonic() + wait_s
     while True:
+        for name in list(unsent):
+            try:
+                backend.delete(name)
+                unsent.remove(name)
+            except Exception as error:  # asked again until the wait runs out (a deploy
+                # that outlived its bound holds Serve's writes until it lands)
+                if name not in warned:
+                    warned.add(name)
+                    log.warning("could not delete scratch application %s: %s", name, error)
         left = [n for n in names if n in (serve_details().get("applications") or {})]
         if not left or time.monotonic() >= deadline:
             return left

@@ -61,7 +61,9 @@ def test_a_wedged_serve_controller_costs_the_reconciler_s_write_its_bound(
     """Serve's deploy and delete wait on the controller without a bound: wedged between the
     reconciler's read and its write, it held the pass (and the rollout loop settling a step
     through it) for good. The write gives up in its bound; none other is sent while it
-    waits; once the controller runs again it lands, and writes go through."""
+    waits; a read meanwhile still gives up in its own (the write dropped Serve's cached
+    client, whose making again asks the controller without a bound); once the controller
+    runs again the write lands, and writes go through."""
     from ray import serve
 
     import control_plane.serve_writes
@@ -72,26 +74,32 @@ def test_a_wedged_serve_controller_costs_the_reconciler_s_write_its_bound(
         def __call__(self) -> str:
             return "ok"
 
-    monkeypatch.setattr(control_plane.serve_writes, "SERVE_WRITE_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(control_plane.serve_writes, "SERVE_WRITE_TIMEOUT_S", 8.0)
     backend = RayServeBackend()
     pid = _controller_pid()
     os.kill(pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
         with pytest.raises(ControlPlaneUnavailableError,
-                           match="did not take the deploy of stall-probe within 2 s"):
+                           match="did not take the deploy of stall-probe within 8 s"):
             backend.deploy("stall-probe", None, Probe.bind())
         deploy_took = time.monotonic() - started
         with pytest.raises(ControlPlaneUnavailableError, match="still waits"):
             backend.delete("stall-probe")
+        started = time.monotonic()
+        with pytest.raises(ControlPlaneUnavailableError, match="did not answer within 2 s"):
+            serve_details(timeout_s=2)
+        read_took = time.monotonic() - started
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert deploy_took < 15, deploy_took  # the bound and a loaded host's lag
+    try:
+        assert deploy_took < 25 and read_took < 15, (deploy_took, read_took)  # bounds + lag
+        assert backend._writes.wait_for_stalled(60), "the write never ended once answered"
+        assert "stall-probe" in (serve_details().get("applications") or {})  # it landed
+        backend.delete("stall-probe")  # the controller answers: the next write goes through
+    finally:
+        serve.delete("stall-probe", _blocking=False)
     deadline = time.monotonic() + 60
-    while "stall-probe" not in (serve_details().get("applications") or {}):
-        assert time.monotonic() < deadline, "the deploy sent during the stall never landed"
-        time.sleep(0.5)
-    backend.delete("stall-probe")  # the controller answers: the next write goes through
     while "stall-probe" in (serve_details().get("applications") or {}):
         assert time.monotonic() < deadline, "the probe application was never deleted"
         time.sleep(0.5)

@@ -390,6 +390,35 @@ def test_a_lead_taken_back_gives_serve_everything_again(deployments, clock) -> N
     assert [v["version"] for v in serve.user_configs["endpoint-ep"]["versions"]] == [1, 2]
 
 
+def test_a_deploy_serve_did_not_answer_is_sent_in_full_again_whatever_comes_next(
+        deployments, clock) -> None:
+    """A deploy that outlived its bound lands when Serve's controller answers. Remembered
+    as not applied, the change back (version 3 removed) matched what this process had last
+    applied in all but its routes, went to the route board alone, and Serve kept the
+    version the store no longer has."""
+    from control_plane.errors import ControlPlaneUnavailableError
+
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    canary(deployments)
+    rec.reconcile()
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:3", weight=10), ALICE)
+    answered = serve.deploy
+
+    def lands_unanswered(name: str, route_prefix: str | None, app: Any) -> None:
+        answered(name, route_prefix, app)
+        raise ControlPlaneUnavailableError("Serve's controller did not take the deploy")
+
+    serve.deploy = lands_unanswered  # type: ignore[method-assign]
+    rec.reconcile("ep")
+    assert [v["version"] for v in serve.user_configs["endpoint-ep"]["versions"]] == [1, 2, 3]
+    serve.deploy = answered  # type: ignore[method-assign]
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 90, 2: 10}), ALICE)
+    clock.now += 3600  # past any retry's backoff
+    rec.reconcile("ep")
+    assert [v["version"] for v in serve.user_configs["endpoint-ep"]["versions"]] == [1, 2]
+
+
 def test_routes_go_through_serve_when_the_board_cannot_take_them(deployments, clock) -> None:
     serve = Serve()
     rec = reconciler(deployments, serve, clock)

@@ -30,9 +30,40 @@ def test_a_write_the_controller_does_not_take_fails_the_pass_and_holds_the_next(
         assert sent == ["deploy"]
     finally:
         wedged.set()
-    writes._waiting.join(5)  # type: ignore[union-attr]
+    assert writes.wait_for_stalled(5)
     writes.run("the delete of e2", lambda: sent.append("delete"))  # answering again
     assert sent == ["deploy", "delete"]
+
+
+def test_writes_from_several_threads_past_their_bound_all_hold_the_next() -> None:
+    """Two passes (the reconciler's and a rollout's) whose writes both outlive the bound:
+    the second no longer replaced the first as the one waited for, so a third was sent
+    while the first still waited, and could land after it."""
+    wedged = threading.Event()
+    writes = BoundedWrites(timeout_s=0.3)
+    outcomes: list[str] = []
+
+    def write_from_a_thread(name: str) -> None:
+        try:
+            writes.run(name, lambda: wedged.wait(30))
+        except ControlPlaneUnavailableError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=write_from_a_thread, args=(f"the deploy of e{i}",))
+               for i in (1, 2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert len(outcomes) == 2 and all("did not take" in o for o in outcomes), outcomes
+        assert len(writes._stalled) == 2
+        with pytest.raises(ControlPlaneUnavailableError, match="still waits"):
+            writes.run("the delete of e3", lambda: None)
+    finally:
+        wedged.set()
+    assert writes.wait_for_stalled(5)
+    writes.run("the delete of e3", lambda: None)
 
 
 def test_a_write_s_own_error_is_raised_as_it_is() -> None:
