@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -203,17 +204,25 @@ def test_a_deadline_found_as_the_training_ends_is_not_acted_on() -> None:
     assert called == [] and watchdog.reason is None
 
 
+def _run_out(deadline_type: Any, phase: str) -> tuple[list[str], list[str]]:
+    """A 0.2 s deadline of ``deadline_type`` in ``phase``, run out and past its grace:
+    what it said when overdue, and when stuck."""
+    overdue: list[str] = []
+    stuck: list[str] = []
+    finished = threading.Event()
+    deadline = deadline_type(0.2, overdue.append,
+                             lambda why: (stuck.append(why), finished.set()), grace_s=0.2)
+    deadline.start().enter(phase)
+    assert finished.wait(10), "the deadline never gave up"
+    return overdue, stuck
+
+
 def test_the_work_after_training_is_bounded_and_names_its_step() -> None:
     """After fit() nothing reported epochs and the alive beats went on: an export or a read
     that hung held the job, and its run, running for good."""
     from training.watchdog import FinishDeadline
 
-    overdue, stuck = [], []
-    finished = threading.Event()
-    deadline = FinishDeadline(0.2, overdue.append, lambda why: (stuck.append(why), finished.set()),
-                              grace_s=0.2).start()
-    deadline.enter("exporting to ONNX and checking it against torch")
-    assert finished.wait(10), "the deadline never gave up"
+    overdue, stuck = _run_out(FinishDeadline, "exporting to ONNX and checking it against torch")
     assert len(overdue) == 1 and "still exporting to ONNX" in overdue[0]
     assert "resources.finish_timeout_s (0.2 s)" in overdue[0]
     assert len(stuck) == 1 and stuck[0].startswith(overdue[0]) and "did not heed" in stuck[0]
@@ -293,12 +302,7 @@ def test_a_job_hung_after_training_ends_whatever_holds_it(stuck: bool, stop_aske
 def test_the_work_before_training_is_bounded_and_names_its_step() -> None:
     from training.watchdog import SetupDeadline
 
-    overdue, stuck = [], []
-    finished = threading.Event()
-    deadline = SetupDeadline(0.2, overdue.append, lambda why: (stuck.append(why), finished.set()),
-                             grace_s=0.2).start()
-    deadline.enter("loading the data")
-    assert finished.wait(10), "the deadline never gave up"
+    overdue, stuck = _run_out(SetupDeadline, "loading the data")
     assert overdue == ["the job's setup was still loading the data after "
                        "resources.setup_timeout_s (0.2 s); the job was stopped before its "
                        "training began"]
