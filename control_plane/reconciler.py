@@ -275,7 +275,11 @@ class Reconciler:
                 report.foreign.append(app)  # another store's, or unmarked: never ours to delete
                 continue
             self._acting()
-            self.backend.delete(app)
+            try:
+                self.backend.delete(app)
+            except Exception as error:  # the others, and the cleanup below, still go; the
+                log.warning("could not delete %s (asked again next pass): %s", app, error)
+                continue  # next pass finds it unwanted again
             self._forget(app)
             report.deleted.append(app)
         stored = self._names()

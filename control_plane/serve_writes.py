@@ -63,10 +63,14 @@ class BoundedWrites:
         thread.start()
         limit = SERVE_WRITE_TIMEOUT_S if self.timeout_s is None else self.timeout_s
         thread.join(limit)
-        if thread.is_alive():
-            with self._lock:
-                given_up.set()
+        with self._lock:
+            given_up.set()
+            # Looked at again once given up: a write that ended meanwhile is answered here,
+            # its error raised, not logged by nobody.
+            stalled = thread.is_alive()
+            if stalled:
                 self._stalled[thread] = what
+        if stalled:
             raise ControlPlaneUnavailableError(
                 f"Serve's controller did not take {what} within {limit:g} s; it may be "
                 "restarting or overloaded. The write lands when it answers, and the next "

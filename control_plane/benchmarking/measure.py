@@ -154,7 +154,8 @@ def run_benchmark(config: EndpointConfig, target: Target, served: ServedWith,
             progress("deleting the scratch replica")
             left = scratch.delete(names, cluster.backend)
             if left:
-                log.warning("scratch applications %s were still listed after deletion", left)
+                log.warning("scratch applications %s were still listed, or not yet deleted, "
+                            "when the wait ran out (swept once their benchmark ends)", left)
             scratch.forget_statistics(config.endpoint, config.monitor_actor,
                                       config.monitor_namespace)
         except Exception:

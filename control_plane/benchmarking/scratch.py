@@ -113,7 +113,8 @@ def wait_running(names: list[str], timeout_s: float, needs: dict[str, float],
 
 def delete(names: list[str], backend: Any, *, wait_s: float = DELETE_WAIT_S) -> list[str]:
     """Delete the applications and wait until Serve no longer lists them; returns those
-    still listed when ``wait_s`` ran out (Serve goes on deleting them)."""
+    still listed, or whose delete could not be sent, when ``wait_s`` ran out (Serve goes on
+    deleting them; the sweep of leftovers takes the rest)."""
     from control_plane.ownership import serve_details
 
     unsent, warned = list(names), set()
@@ -129,8 +130,10 @@ def delete(names: list[str], backend: Any, *, wait_s: float = DELETE_WAIT_S) -> 
                     warned.add(name)
                     log.warning("could not delete scratch application %s: %s", name, error)
         left = [n for n in names if n in (serve_details().get("applications") or {})]
-        if not left or time.monotonic() >= deadline:
-            return left
+        # A delete not yet sent is not done: its application may be a deploy that waits
+        # on Serve's controller and lands later.
+        if (not left and not unsent) or time.monotonic() >= deadline:
+            return left + [n for n in unsent if n not in left]
         time.sleep(POLL_S)
 
 

@@ -195,3 +195,32 @@ def test_the_sweep_spares_a_benchmark_that_starts_while_serve_is_listed(
     Benchmarks(SimpleNamespace(db=registry.db))._sweep(
         SimpleNamespace(delete=deleted.append), "store-1")
     assert deleted == [endpoint_app_name(benchmark_endpoint_name(999, "store-1"))]
+
+
+def test_a_scratch_delete_serve_refuses_is_asked_again_while_the_wait_lasts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve refused the delete while a deploy that outlived its bound held its writes;
+    the application was not listed yet (that deploy had not landed), so the wait ended at
+    once and the deploy, landing later, kept its replica until another benchmark ran."""
+    import control_plane.ownership
+    from control_plane.benchmarking import scratch
+    from control_plane.errors import ControlPlaneUnavailableError
+
+    monkeypatch.setattr(control_plane.ownership, "serve_details", lambda: {"applications": {}})
+    monkeypatch.setattr(scratch, "POLL_S", 0.01)
+
+    class Refusing:
+        def __init__(self, refusals: int) -> None:
+            self.refusals, self.asked = refusals, 0
+
+        def delete(self, name: str) -> None:
+            self.asked += 1
+            if self.asked <= self.refusals:
+                raise ControlPlaneUnavailableError("an earlier write to Serve still waits")
+
+    backend = Refusing(refusals=2)
+    assert scratch.delete(["bench-x"], backend, wait_s=10) == []
+    assert backend.asked == 3
+    never = Refusing(refusals=10**6)
+    assert scratch.delete(["bench-x"], never, wait_s=0.2) == ["bench-x"]
+    assert never.asked > 1

@@ -160,6 +160,33 @@ def test_an_undeployed_endpoint_s_statistics_are_dropped_by_the_monitor(deployme
     assert [call for call in serve.calls if call[0] == "forget"] == [("forget", "gone")]
 
 
+def test_a_delete_serve_refuses_leaves_the_rest_of_the_sweep_to_go_on(deployments, clock) -> None:
+    """A refused delete (Serve's writes held by one that outlived its bound) ended the
+    pass: the other unwanted applications stayed, and their statistics stayed exported."""
+    from control_plane.errors import ControlPlaneUnavailableError
+
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    for name in ("first", "second"):
+        deployments.deploy(DeployRequest(endpoint=name, model_ref="iris:1"), ALICE)
+    rec.reconcile()
+    for name in ("first", "second"):
+        deployments.undeploy(name, ALICE)
+    answered = serve.delete
+
+    def refused_for_first(name: str) -> None:
+        if name == "endpoint-first":
+            raise ControlPlaneUnavailableError("an earlier write to Serve still waits")
+        answered(name)
+
+    serve.delete = refused_for_first  # type: ignore[method-assign]
+    report = rec.reconcile()
+    assert report.deleted == ["endpoint-second"] and "endpoint-first" in serve.apps
+    assert {("forget", "first"), ("forget", "second")} <= set(serve.calls)
+    serve.delete = answered  # type: ignore[method-assign]
+    assert rec.reconcile().deleted == ["endpoint-first"]  # asked again next pass
+
+
 def test_a_pass_that_outlived_its_lead_changes_nothing_more_in_serve(deployments, clock) -> None:
     """A pass checked the lead once, as it began: one held up in a Serve call past its
     lease went on deploying (an older process's settings) over what the new holder had
