@@ -227,15 +227,12 @@ class Client:
     def _not_answered_in_time(self, error: httpx.ReadTimeout, timeout: Any, *,
                               acted_maybe: bool) -> ControlPlaneUnavailableError:
         within = f" within {timeout:g} s" if isinstance(timeout, int | float) else ""
-        if acted_maybe:
-            return ControlPlaneUnavailableError(
-                f"the control plane at {self.url} did not answer{within} "
-                f"({type(error).__name__}) and may have acted, or still will; look before "
-                "sending the call again", detail={"url": self.url})
+        why = (" and may have acted, or still will; look before sending the call again"
+               if acted_maybe else "; it may be overloaded, stopped, or its store slow "
+               "(`modelplane status` shows which)")
         return ControlPlaneUnavailableError(
-            f"the control plane at {self.url} did not answer{within} "
-            f"({type(error).__name__}); it may be overloaded, stopped, or its store slow "
-            "(`modelplane status` shows which)", detail={"url": self.url})
+            f"the control plane at {self.url} did not answer{within} ({type(error).__name__})"
+            + why, detail={"url": self.url})
 
     def _get(self, path: str, model: type[M], **params: Any) -> M:
         return read_reply(model, self._request("GET", path, params=params).json())

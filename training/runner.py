@@ -87,7 +87,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: int | None =
     apply_ray_auth_env()
     # Nothing else watches the work before training: no run exists yet to beat or sweep.
     setup = SetupDeadline(spec.resources.setup_timeout_s, _interrupt_main,
-                          _give_up_before_the_run).start()
+                          functools.partial(_give_up, None, None)).start()
     try:
         settings = get_settings()
         token = settings.resolved_token()
@@ -488,32 +488,20 @@ def _progress(client: Any, run_id: str) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(client.get_run(run_id).latest_metrics.items()))
 
 
-def _give_up(client: Any, run_id: str, reason: str) -> None:
+def _give_up(client: Any, run_id: str | None, reason: str) -> None:
     """The main thread is stuck past an interrupt's reach (native code, a hung read): end
-    the run from here, one try each, and the process with it, which ends the job. Killed,
-    as the main thread would have ended it, where a person asked it to stop meanwhile."""
+    the run (where one exists yet) from here, one try each, and the process with it, which
+    ends the job. Killed, as the main thread would have ended it, where a person asked it
+    to stop meanwhile."""
     import sys
 
     stopped = STOP_REQUESTED.is_set()
-    with contextlib.suppress(Exception):
-        client.log_params(run_id, {"failure_reason": reason[:2000]})
-    with contextlib.suppress(Exception):
-        client.end_run(run_id, "killed" if stopped else "failed")
+    if run_id is not None:
+        with contextlib.suppress(Exception):
+            client.log_params(run_id, {"failure_reason": reason[:2000]})
+        with contextlib.suppress(Exception):
+            client.end_run(run_id, "killed" if stopped else "failed")
     with contextlib.suppress(Exception):  # the job's own token dies with it, as on any exit
-        from training.job_token import revoke_own_token
-
-        revoke_own_token()
-    print(f"{'stopped' if stopped else 'error'}: {reason}", file=sys.stderr, flush=True)
-    os._exit(EXIT_STOPPED if stopped else 1)
-
-
-def _give_up_before_the_run(reason: str) -> None:
-    """The main thread is stuck before the run exists, past an interrupt's reach: end the
-    process, which ends the job (its token dies with it, as on any exit)."""
-    import sys
-
-    stopped = STOP_REQUESTED.is_set()
-    with contextlib.suppress(Exception):
         from training.job_token import revoke_own_token
 
         revoke_own_token()
