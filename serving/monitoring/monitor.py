@@ -66,8 +66,9 @@ log = logging.getLogger(__name__)
 # first to say; per-routing samples and snapshots' ``sample``; 3: pinned and sticky
 # latencies apart, by way of routing, and ``endpoint_deleted``; 4: requests abandoned
 # by their callers, by way of routing; 5: ``served``; 6: ``record``'s ``leaving`` and
-# ``sequence``, and snapshots' ``replicas``; 7: ``record``'s ``age_s``).
-MONITOR_PROTOCOL = 7
+# ``sequence``, and snapshots' ``replicas``; 7: ``record``'s ``age_s``; 8: snapshots'
+# ``replicas.catching_up_s``).
+MONITOR_PROTOCOL = 8
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
 # A shipment older than this many of its replica's intervals when it arrives (kept while
@@ -144,16 +145,17 @@ class CounterWindow:
             steps.append(step)
         return steps[::-1]
 
-    def ended(self, seconds: float, since_epoch: int) -> tuple[Counter[str], int]:
+    def ended(self, seconds: float, since_epoch: int, skip: int = 0) -> tuple[Counter[str], int]:
         """The slots of the last ``seconds`` that have ended (the current one still fills)
-        and none before ``since_epoch``, summed, and how many they are."""
+        but the newest ``skip`` of those, and none before ``since_epoch``, summed, and how
+        many they are."""
         self._current()
         count = min(self.slots - 1, max(1, math.ceil(seconds / self.slot_seconds)),
                     self._epoch - since_epoch)
         result: Counter[str] = Counter()
-        for back in range(1, count + 1):
+        for back in range(1 + max(skip, 0), count + 1):
             result.update(self._ring[(self._head - back) % self.slots])
-        return result, max(count, 0)
+        return result, max(count - max(skip, 0), 0)
 
     def total(self, seconds: float) -> Counter[str]:
         self._current()
@@ -272,7 +274,7 @@ class MonitorState:
             self.replicas.left(endpoint, replica)
         else:
             self.replicas.heard(endpoint, replica, served.report_every_s if served else 1.0,
-                                sequence)
+                                sequence, late_by_s=age_s if back else 0.0)
         missing_profiles: set[str] = set()
         for version, data in delta.items():
             if versions and int(version) not in versions and int(version) != ENDPOINT_LEVEL:
@@ -511,12 +513,20 @@ class MonitorState:
         # A rate over the seconds that have ended: the current slot holds part of one (a
         # shipment lands in it once a second), and counting it over a whole one read a
         # steady 50 req/s as 40 over 5 s.
-        ended, ended_slots = series.counters.ended(whole_s - SLOT_SECONDS,
-                                                   math.floor(series.first_seen / SLOT_SECONDS))
+        # Nor over the newest seconds a replica still sending what it kept for a Monitor
+        # that was away has not reached: they hold part of their requests until it has.
+        ended, ended_slots = series.counters.ended(
+            whole_s - SLOT_SECONDS, math.floor(series.first_seen / SLOT_SECONDS),
+            skip=math.ceil(replicas.catching_up_s / SLOT_SECONDS))
         rate = (sum(counters.codes(ended).values()) / (ended_slots * SLOT_SECONDS)
                 if ended_slots else None)
+        # Seen are the seconds since the first statistics, backlogs included, that every
+        # replica heard from has reached: a window whole as soon as a backlog's oldest
+        # shipment landed read the seconds its newer ones had not reached yet as quiet
+        # ones, and an alert on `requests > 0` resolved under steady traffic.
+        observed_s = min(window_s, self._clock() - series.first_seen) - replicas.catching_up_s
         traffic = replace(_traffic(counts, span, rate), window_s=window_s,
-                          observed_s=min(window_s, self._clock() - series.first_seen))
+                          observed_s=max(0.0, observed_s))
         return VersionSnapshot(
             traffic=traffic,
             latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency,

@@ -34,11 +34,14 @@ SILENT_MIN_S = 3.0
 @dataclass
 class Reporter:
     """What the Monitor knows of one replica: when it last shipped, how often it ships,
-    and the number of the newest shipment merged."""
+    the number of the newest shipment merged, and, while it sends what it kept for a
+    Monitor that was away (oldest first, one at a time), up to when its merged statistics
+    reach (None: its newest shipment was on time)."""
 
     last: float
     every_s: float
     sequence: int
+    reaches: float | None = None
 
     @property
     def silence_s(self) -> float:
@@ -66,14 +69,17 @@ class ReplicaReports:
         reporter = self._endpoints.get(endpoint, {}).get(replica)
         return sequence is not None and reporter is not None and sequence <= reporter.sequence
 
-    def heard(self, endpoint: str, replica: str, every_s: float, sequence: int | None) -> None:
-        """``replica`` shipped. One without a ``sequence`` runs a release that ships only
+    def heard(self, endpoint: str, replica: str, every_s: float, sequence: int | None,
+              late_by_s: float = 0.0) -> None:
+        """``replica`` shipped; statistics recorded ``late_by_s`` ago where the shipment
+        was late (0: on time). One without a ``sequence`` runs a release that ships only
         with traffic: its quiet is no silence, so it is not followed."""
         if sequence is None or replica in self._left.get(endpoint, {}):
             return
         now = self._clock()
         reporters = self._endpoints.setdefault(endpoint, {})
-        reporters[replica] = Reporter(now, every_s, sequence)
+        reporters[replica] = Reporter(now, every_s, sequence,
+                                      now - late_by_s if late_by_s > 0 else None)
         if now - self._pruned_at.get(endpoint, -self._memory_s) >= 1.0:
             self._pruned_at[endpoint] = now
             for name in [n for n, r in reporters.items() if now - r.last > self._memory_s]:
@@ -98,8 +104,12 @@ class ReplicaReports:
         serving = [r for r in self._endpoints.get(endpoint, {}).values()
                    if r.quiet_for(now) <= window_s + r.silence_s]
         silences = [r.quiet_for(now) for r in serving if r.quiet_for(now) > r.silence_s]
+        # A silent one's lost seconds are told apart (``silent``), not as a catch-up.
+        behind = [now - r.reaches for r in serving
+                  if r.reaches is not None and r.quiet_for(now) <= r.silence_s]
         return Replicas(reporting=len(serving), silent=len(silences),
-                        silent_for_s=max(silences, default=0.0))
+                        silent_for_s=max(silences, default=0.0),
+                        catching_up_s=max(behind, default=0.0))
 
     def count(self) -> int:
         """Replicas remembered, over every endpoint (bounded by ``memory_s``)."""

@@ -13,6 +13,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from control_plane.alerts.signals import SIGNALS, evidence
 from control_plane.rollouts.analysis import AnalysisConfig, Verdict, analyse
 from serving.monitoring.monitor import SLOTS, MonitorState
 from serving.monitoring.observations import attach_profiles
@@ -100,6 +101,52 @@ def test_a_backlog_is_filed_in_the_seconds_it_was_recorded_in(outage: str) -> No
     assert totals == served_since_restart + before
 
 
+def _requests_evidence(monitor: MonitorState, comparison: str) -> float | None:
+    """What an alert on the window's requests, ``comparison`` 0, may act on."""
+    value, details = SIGNALS["requests"].read(monitor.snapshot("ep", 5.0)[1])
+    return evidence(value, details, comparison, 0.0)
+
+
+def test_a_window_is_not_whole_until_every_replica_s_backlog_reached_it() -> None:
+    """A restarted Monitor merges a replica's kept shipments one at a time, oldest first.
+    Once the oldest landed, the last five seconds read whole and empty while the newer
+    ones were on their way: an alert on `requests > 0` resolved under steady traffic."""
+    clock = [1060.3]
+    monitor = _monitor(clock)  # restarted; the Monitor before it went at 1000
+    monitor.record("ep", "r2", _second(1059), SERVED, sequence=1)  # another replica, on time
+    for second in range(1000, 1030):  # the first half of r1's backlog
+        monitor.record("ep", "r1", _second(second), SERVED, sequence=second,
+                       age_s=clock[0] - (second + 1.25))
+    snapshot = monitor.snapshot("ep", 5.0)
+    assert snapshot[1].replicas.catching_up_s == pytest.approx(clock[0] - 1030.25)
+    assert not snapshot[1].traffic.whole_window and snapshot[1].traffic.observed_s == 0.0
+    assert _requests_evidence(monitor, ">") is not None  # r2's: traffic goes on
+    assert _requests_evidence(monitor, "<") is None  # neither is "too few" shown
+    # The rate counts the seconds r1 has reached, not the ones still on their way.
+    assert monitor.snapshot("ep", 60.0)[1].traffic.throughput_rps > 0.5 * RPS
+
+    monitor.record("ep", "r2", {}, SERVED, sequence=2)  # on time again: r1 still behind
+    assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s > 20
+    for second in range(1030, 1060):
+        monitor.record("ep", "r1", _second(second), SERVED, sequence=second,
+                       age_s=clock[0] - (second + 1.25))
+    monitor.record("ep", "r1", {}, SERVED, sequence=1060, age_s=0.05)  # the fresh one
+    snapshot = monitor.snapshot("ep", 5.0)
+    assert snapshot[1].replicas.catching_up_s == 0.0 and snapshot[1].traffic.whole_window
+    assert snapshot[1].traffic.requests > 3 * 0.9 * RPS
+    assert _requests_evidence(monitor, "<") is not None
+
+
+def test_a_replica_silent_in_its_catch_up_counts_as_silent_not_as_catching_up() -> None:
+    clock = [1060.3]
+    monitor = _monitor(clock)
+    monitor.record("ep", "r1", _second(1000), SERVED, sequence=1000, age_s=clock[0] - 1001.25)
+    assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s > 50
+    clock[0] += 10  # r1 died before sending the rest
+    replicas = monitor.snapshot("ep", 30.0)[1].replicas
+    assert replicas.silent == 1 and replicas.catching_up_s == 0.0
+
+
 def test_a_shipment_on_time_or_just_late_goes_where_shipments_always_went() -> None:
     """Within two intervals of its taking a shipment is merged as it arrives, as every
     shipment was: a replica's slow second never moves figures into a window already read."""
@@ -123,6 +170,8 @@ def test_a_shipment_older_than_the_windows_counts_in_the_totals_alone() -> None:
     assert _figures(monitor, SLOTS)[:2] == (RPS // 2, 2)
     assert _figures(monitor, SLOTS)[4] == RPS // 2
     assert _figures(monitor, SLOTS - 40)[::4] == (0, 0)
+    assert monitor.snapshot("ep", SLOTS)[2].traffic.observed_s < 1  # the rest on its way
+    monitor.record("ep", "r1", {}, SERVED, sequence=3, age_s=0.1)  # it all came
     assert monitor.snapshot("ep", SLOTS)[2].traffic.observed_s >= SLOTS - 31
 
 
