@@ -184,6 +184,10 @@ def _monitoring_families(rows: list[VersionTotals]):  # type: ignore[no-untyped-
         "silent": _gauge("modelplane_replicas_silent",
                          "Of those, replicas silent without a graceful stop (crashed, killed, "
                          "stalled): what they had in flight is in no count.", ["endpoint"]),
+        "catching_up": _gauge("modelplane_replicas_catching_up_seconds",
+                              "How far behind the present the statistics of the replica "
+                              "furthest behind reach while it sends what it kept for a "
+                              "Monitor that was away (0: none is).", ["endpoint"]),
     }
     online = {name: _gauge(f"modelplane_online_{name}", f"Online {name} from feedback.", _VERSION)
               for name in _ONLINE}
@@ -247,6 +251,7 @@ def _monitoring_families(rows: list[VersionTotals]):  # type: ignore[no-untyped-
             f["unmatched"].add_metric([row.endpoint], row.feedback.labels_unmatched)
             f["reporting"].add_metric([row.endpoint], window.replicas.reporting)
             f["silent"].add_metric([row.endpoint], window.replicas.silent)
+            f["catching_up"].add_metric([row.endpoint], window.replicas.catching_up_s)
     yield from f.values()
     yield from online.values()
 

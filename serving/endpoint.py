@@ -365,7 +365,8 @@ class _CoreAdapter:
                 answer = await asyncio.wait_for(
                     asyncio.wrap_future(monitor.record.remote(
                         core.config.endpoint, replica, delta, served, leaving=last,
-                        sequence=sequence, age_s=time.monotonic() - taken_at).future()),
+                        sequence=sequence, age_s=time.monotonic() - taken_at,
+                        more=len(self._unsent) > 1).future()),
                     timeout=5,
                 )
             except Exception as error:  # the monitor restarting must not break serving

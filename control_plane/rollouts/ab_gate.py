@@ -126,11 +126,18 @@ def _new_stream(previous: dict[str, Any], stream: dict[str, Any] | None) -> bool
         seen_now > seen_before + SEEN_SINCE_SLACK_S
 
 
+def _seen_s(stats: VersionSnapshot) -> float:
+    seen = stats.traffic.observed_s + stats.replicas.catching_up_s
+    return min(seen, stats.traffic.window_s) if stats.traffic.window_s > 0 else seen
+
+
 def evidence_stream(window: ABWindow, step_started: datetime | None,
                     now: datetime) -> dict[str, Any]:
     """What identifies the window's stream of evidence: the step's start, and since when
     the Monitor has seen both versions (a Monitor that restarted sees them from then on)."""
-    observed = [stats.traffic.observed_s for stats in (window.candidate, window.stable)
+    # Since the first statistics: the seconds a replica still catching up has not reached
+    # are seen, only not yet whole (Replicas.catching_up_s).
+    observed = [_seen_s(stats) for stats in (window.candidate, window.stable)
                 if stats is not None]
     return {"step_started_at": step_started.isoformat() if step_started else None,
             "seen_since": round(now.timestamp() - min(observed), 1) if observed else None}

@@ -111,7 +111,9 @@ def _rate_while_serving(stable: VersionSnapshot | None, idle_s: float) -> Versio
     if stable is None or idle_s <= 0:
         return stable
     traffic = stable.traffic
-    serving_s = traffic.observed_s - idle_s
+    # The newest seconds, idle ones, a replica still catching up has not reached are out
+    # of the rate already (serving.monitoring.monitor: MonitorState._version_snapshot).
+    serving_s = traffic.observed_s - max(0.0, idle_s - stable.replicas.catching_up_s)
     if traffic.observed_s <= 0 or serving_s <= 0:
         return stable  # not known over what it was counted, or nothing served in it
     return replace(stable, traffic=replace(

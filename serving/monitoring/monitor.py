@@ -66,8 +66,8 @@ log = logging.getLogger(__name__)
 # first to say; per-routing samples and snapshots' ``sample``; 3: pinned and sticky
 # latencies apart, by way of routing, and ``endpoint_deleted``; 4: requests abandoned
 # by their callers, by way of routing; 5: ``served``; 6: ``record``'s ``leaving`` and
-# ``sequence``, and snapshots' ``replicas``; 7: ``record``'s ``age_s``; 8: snapshots'
-# ``replicas.catching_up_s``).
+# ``sequence``, and snapshots' ``replicas``; 7: ``record``'s ``age_s``; 8: ``record``'s
+# ``more`` and snapshots' ``replicas.catching_up_s``).
 MONITOR_PROTOCOL = 8
 SLOT_SECONDS = 1.0
 SLOTS = 300  # five minutes of one-second resolution
@@ -247,7 +247,8 @@ class MonitorState:
 
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
                served: ServedConfig | None = None, leaving: bool = False,
-               sequence: int | None = None, age_s: float = 0.0) -> dict[str, Any]:
+               sequence: int | None = None, age_s: float = 0.0,
+               more: bool = False) -> dict[str, Any]:
         """Merge one replica's delta (see ``StatsRecorder.to_delta``) recorded under
         ``served`` (see :meth:`_admit`); an empty one says the replica is still there, and
         ``leaving`` that it is stopping gracefully and this was its last. ``sequence``
@@ -258,6 +259,9 @@ class MonitorState:
         requests served in it: merged on arrival, a minute of backlog read as one second's
         traffic, under the step it arrived in, and could pass a candidate that failed its
         real requests. One older than the windows reach counts in the totals alone.
+        ``more``: newer shipments the replica kept follow this late one at once, so the
+        seconds since its recording hold part of their requests until they arrive (see
+        ``Replicas.catching_up_s``).
 
         Returns the reference profiles the delta referred to that this Monitor does not
         hold (a restarted Monitor has none): the replica sends them with its next delta.
@@ -274,7 +278,7 @@ class MonitorState:
             self.replicas.left(endpoint, replica)
         else:
             self.replicas.heard(endpoint, replica, served.report_every_s if served else 1.0,
-                                sequence, late_by_s=age_s if back else 0.0)
+                                sequence, late_by_s=age_s if back and more else 0.0)
         missing_profiles: set[str] = set()
         for version, data in delta.items():
             if versions and int(version) not in versions and int(version) != ENDPOINT_LEVEL:
@@ -515,16 +519,20 @@ class MonitorState:
         # steady 50 req/s as 40 over 5 s.
         # Nor over the newest seconds a replica still sending what it kept for a Monitor
         # that was away has not reached: they hold part of their requests until it has.
+        # Unknown (NaN) where that leaves none: the requests over the seconds not reached
+        # read a steady load as a lull.
+        now = self._clock()
+        unreached = (math.floor(now / SLOT_SECONDS)
+                     - math.floor((now - replicas.catching_up_s) / SLOT_SECONDS))
         ended, ended_slots = series.counters.ended(
-            whole_s - SLOT_SECONDS, math.floor(series.first_seen / SLOT_SECONDS),
-            skip=math.ceil(replicas.catching_up_s / SLOT_SECONDS))
+            whole_s - SLOT_SECONDS, math.floor(series.first_seen / SLOT_SECONDS), skip=unreached)
         rate = (sum(counters.codes(ended).values()) / (ended_slots * SLOT_SECONDS)
-                if ended_slots else None)
+                if ended_slots else math.nan if unreached else None)
         # Seen are the seconds since the first statistics, backlogs included, that every
         # replica heard from has reached: a window whole as soon as a backlog's oldest
         # shipment landed read the seconds its newer ones had not reached yet as quiet
         # ones, and an alert on `requests > 0` resolved under steady traffic.
-        observed_s = min(window_s, self._clock() - series.first_seen) - replicas.catching_up_s
+        observed_s = min(window_s, now - series.first_seen) - replicas.catching_up_s
         traffic = replace(_traffic(counts, span, rate), window_s=window_s,
                           observed_s=max(0.0, observed_s))
         return VersionSnapshot(
@@ -763,8 +771,10 @@ class MonitorActor:
 
     def record(self, endpoint: str, replica: str, delta: dict[int, dict[str, Any]],
                served: ServedConfig | None = None, leaving: bool = False,
-               sequence: int | None = None, age_s: float = 0.0) -> dict[str, Any]:
-        return self.state.record(endpoint, replica, delta, served, leaving, sequence, age_s)
+               sequence: int | None = None, age_s: float = 0.0,
+               more: bool = False) -> dict[str, Any]:
+        return self.state.record(endpoint, replica, delta, served, leaving, sequence, age_s,
+                                 more)
 
     def feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         return self.state.feedback(endpoint, items)

@@ -26,6 +26,7 @@ from control_plane.rollouts.schemas import (
 from control_plane.rollouts.states import RolloutState
 from control_plane.schemas import ErrorBody
 from serving.monitoring import VersionSnapshot
+from serving.monitoring.snapshot import Replicas
 from tests.snapshots import served
 from tests.unit.control_plane.conftest import ALICE
 from tests.unit.control_plane.test_rollout_controller import World
@@ -154,6 +155,12 @@ def test_the_stream_is_the_steps_start_and_since_when_the_monitor_saw_both() -> 
                                      datetime(2026, 12, 4, 10, 1, 40, tzinfo=UTC), now)
     assert stream == {"step_started_at": "2026-12-04T10:01:40+00:00",
                       "seen_since": round(now.timestamp() - 40.0, 1)}
+    # A replica still sending what it kept for the Monitor: the seconds it has not
+    # reached are seen, not yet whole; no new stream (and no new round's alpha).
+    catching_up = replace(fresh, traffic=replace(fresh.traffic, observed_s=25.0),
+                          replicas=Replicas(reporting=1, catching_up_s=15.0))
+    assert ab_gate.evidence_stream(ABWindow(200.0, 0, catching_up, whole),
+                                   datetime(2026, 12, 4, 10, 1, 40, tzinfo=UTC), now) == stream
 
 
 def test_only_steps_where_both_versions_take_traffic_are_tested() -> None:

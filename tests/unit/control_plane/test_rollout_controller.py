@@ -1327,3 +1327,25 @@ def test_a_shadow_candidate_rolled_back_is_kept_at_zero_where_asked(world: World
     assert 2 in {r.version for r in world.deployments.get("iris").routes if r.shadow}
     world.controller.rollback(rollout_id, ALICE, "disagrees")
     assert world.weights() == {1: 100.0, 2: 0.0}
+
+
+def test_stable_s_baseline_rate_is_over_the_seconds_it_served_and_its_replicas_reached() -> None:
+    """Stable took nothing since the step began (``idle_s``). Where a replica still sends
+    what it kept for a restarted Monitor, the newest seconds it has not reached, idle ones,
+    are already out of the Monitor's rate: taken out twice, stable's load read heavier
+    than it was (270/210 for 270/240)."""
+    from dataclasses import replace
+
+    from control_plane.rollouts.controller import _rate_while_serving
+    from serving.monitoring.snapshot import Replicas
+
+    stable = served(24_000)  # over 240 s reached of the 270 seen, 30 of them idle
+    traffic = replace(stable.traffic, throughput_rps=100.0, window_s=300.0, observed_s=240.0)
+    catching_up = replace(stable, traffic=traffic, replicas=Replicas(reporting=1,
+                                                                     catching_up_s=30.0))
+    rated = _rate_while_serving(catching_up, idle_s=60.0)
+    assert rated is not None and rated.traffic.throughput_rps == pytest.approx(100.0 * 240 / 210)
+    caught_up = replace(catching_up, traffic=replace(traffic, observed_s=270.0),
+                        replicas=Replicas(reporting=1))
+    rated = _rate_while_serving(caught_up, idle_s=60.0)
+    assert rated is not None and rated.traffic.throughput_rps == pytest.approx(100.0 * 270 / 210)

@@ -33,19 +33,22 @@ class StandInMonitor:
     def __init__(self) -> None:
         self.shipped: list[tuple[float, dict[int, Any]]] = []
         self.calls: list[tuple[Any, int | None, float]] = []  # (served, sequence, age_s)
+        self.more: list[bool] = []  # per call, whether the replica said newer ones follow
         self.goodbyes: list[str] = []
         self.record = SimpleNamespace(remote=self._record)
 
     dead = False  # set: its actor died, as a killed Monitor's handle answers
 
     def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any,
-                leaving: bool = False, sequence: int | None = None, age_s: float = 0.0) -> Any:
+                leaving: bool = False, sequence: int | None = None, age_s: float = 0.0,
+                more: bool = False) -> Any:
         if self.dead:
             from ray.exceptions import ActorDiedError
 
             raise ActorDiedError()
         self.shipped.append((time.monotonic(), delta))
         self.calls.append((served, sequence, age_s))
+        self.more.append(more)
         if leaving:
             self.goodbyes.append(replica)
         answered: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
@@ -231,6 +234,9 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
         assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
         ages = [age for _, _, age in monitor.calls]
         assert ages[0] >= 0.6 and ages == sorted(ages, reverse=True)  # oldest first
+        # Each kept one but the newest says more follow: the Monitor counts the seconds
+        # after it as not yet reached (test_monitor_backlog.py).
+        assert monitor.more[:len(kept)] == [True] * len(kept) and not monitor.more[-1]
         generations = [served.generation for served, _, _ in monitor.calls]
         first_requests = next(i for i, (_, d) in enumerate(monitor.shipped) if 1 in d)
         assert generations[first_requests] == config.generation  # recorded before the change
@@ -305,13 +311,14 @@ class SlowMonitor:
         self.record = SimpleNamespace(remote=self._record)
 
     def _record(self, endpoint_name: str, replica: str, delta: dict[int, Any], served: Any,
-                leaving: bool = False, sequence: int | None = None, age_s: float = 0.0) -> Any:
+                leaving: bool = False, sequence: int | None = None, age_s: float = 0.0,
+                more: bool = False) -> Any:
         takes, answers = self.plan.pop(0) if self.plan else (True, True)
         self.sequences.append(sequence)
         answered: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         if takes:
             answered.set_result(self.state.record(endpoint_name, replica, delta, served,
-                                                  leaving, sequence, age_s))
+                                                  leaving, sequence, age_s, more))
         if not answers:
             answered = concurrent.futures.Future()
             answered.set_exception(TimeoutError("the Monitor did not answer in time"))

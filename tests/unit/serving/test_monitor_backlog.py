@@ -9,6 +9,7 @@ candidate failing 2% of its requests at 50% read 0.8% and passed."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import numpy as np
 import pytest
@@ -116,31 +117,46 @@ def test_a_window_is_not_whole_until_every_replica_s_backlog_reached_it() -> Non
     monitor.record("ep", "r2", _second(1059), SERVED, sequence=1)  # another replica, on time
     for second in range(1000, 1030):  # the first half of r1's backlog
         monitor.record("ep", "r1", _second(second), SERVED, sequence=second,
-                       age_s=clock[0] - (second + 1.25))
+                       age_s=clock[0] - (second + 1.25), more=True)
+    clock[0] = 1062.8  # the rest is slow to come
     snapshot = monitor.snapshot("ep", 5.0)
     assert snapshot[1].replicas.catching_up_s == pytest.approx(clock[0] - 1030.25)
     assert not snapshot[1].traffic.whole_window and snapshot[1].traffic.observed_s == 0.0
     assert _requests_evidence(monitor, ">") is not None  # r2's: traffic goes on
     assert _requests_evidence(monitor, "<") is None  # neither is "too few" shown
-    # The rate counts the seconds r1 has reached, not the ones still on their way.
-    assert monitor.snapshot("ep", 60.0)[1].traffic.throughput_rps > 0.5 * RPS
+    # The rate counts the seconds r1 has reached (stable's 90% of RPS in each), not the
+    # ones still on their way (r2's second among them); none reached: unknown.
+    assert monitor.snapshot("ep", 60.0)[1].traffic.throughput_rps == pytest.approx(0.9 * RPS)
+    assert math.isnan(snapshot[1].traffic.throughput_rps)
+    value, details = SIGNALS["throughput_rps"].read(snapshot[1])
+    assert evidence(value, details, "<", 1.0) is None
 
     monitor.record("ep", "r2", {}, SERVED, sequence=2)  # on time again: r1 still behind
     assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s > 20
     for second in range(1030, 1060):
         monitor.record("ep", "r1", _second(second), SERVED, sequence=second,
-                       age_s=clock[0] - (second + 1.25))
-    monitor.record("ep", "r1", {}, SERVED, sequence=1060, age_s=0.05)  # the fresh one
+                       age_s=clock[0] - (second + 1.25), more=True)
+    monitor.record("ep", "r1", {}, SERVED, sequence=1060, age_s=2.5)  # the newest, late too
     snapshot = monitor.snapshot("ep", 5.0)
     assert snapshot[1].replicas.catching_up_s == 0.0 and snapshot[1].traffic.whole_window
-    assert snapshot[1].traffic.requests > 3 * 0.9 * RPS
+    assert snapshot[1].traffic.requests == 4 * RPS // 2  # r1's last three seconds, r2's one
     assert _requests_evidence(monitor, "<") is not None
+
+
+def test_a_late_shipment_with_nothing_after_it_is_no_catch_up() -> None:
+    """A Monitor slow for a few seconds (or a replica's stalled loop) makes a shipment
+    late, with nothing newer kept: every window stayed partial while it lasted."""
+    clock = [1060.3]
+    monitor = _monitor(clock)
+    monitor.record("ep", "r1", _second(1057), SERVED, sequence=1, age_s=3.0)
+    assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s == 0.0
 
 
 def test_a_replica_silent_in_its_catch_up_counts_as_silent_not_as_catching_up() -> None:
     clock = [1060.3]
     monitor = _monitor(clock)
-    monitor.record("ep", "r1", _second(1000), SERVED, sequence=1000, age_s=clock[0] - 1001.25)
+    monitor.record("ep", "r1", _second(1000), SERVED, sequence=1000, age_s=clock[0] - 1001.25,
+                   more=True)
     assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s > 50
     clock[0] += 10  # r1 died before sending the rest
     replicas = monitor.snapshot("ep", 30.0)[1].replicas
@@ -166,7 +182,8 @@ def test_a_shipment_older_than_the_windows_counts_in_the_totals_alone() -> None:
     assert _figures(monitor, SLOTS)[::4] == (0, 0)
     assert sum(monitor.series[("ep", 2)].totals[key] for key in
                monitor.series[("ep", 2)].totals if key.startswith("code:")) == RPS // 2
-    monitor.record("ep", "r1", _second(2000), SERVED, sequence=2, age_s=SLOTS - 30.0)
+    monitor.record("ep", "r1", _second(2000), SERVED, sequence=2, age_s=SLOTS - 30.0,
+                   more=True)
     assert _figures(monitor, SLOTS)[:2] == (RPS // 2, 2)
     assert _figures(monitor, SLOTS)[4] == RPS // 2
     assert _figures(monitor, SLOTS - 40)[::4] == (0, 0)
