@@ -22,9 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from control_plane.store import Database
 from control_plane.store.models import StoreIdentityRow
-
-# Serve's controller answers its details in milliseconds; a loaded 2-core host in seconds.
-SERVE_DETAILS_TIMEOUT_S = 30.0
+from serving.applications import SERVE_DETAILS_TIMEOUT_S
 
 STORE_ID_ENV = "MODELPLANE_STORE_ID"
 HOME_ENV = "MODELPLANE_HOME"
@@ -79,36 +77,15 @@ def application_owners(details: dict[str, Any]) -> dict[str, AppOwner]:
 
 def serve_details(timeout_s: float = SERVE_DETAILS_TIMEOUT_S) -> dict[str, Any]:
     """Serve's instance details (applications, deployments, their options) from its
-    controller; ControlPlaneUnavailableError where it does not answer in ``timeout_s``."""
-    import ray
-    from ray.exceptions import GetTimeoutError
-    from ray.serve.context import _get_global_client
-
+    controller; ControlPlaneUnavailableError where it does not answer in ``timeout_s``
+    (``serving.applications.serve_instance_details``)."""
     from control_plane.errors import ControlPlaneUnavailableError
+    from serving.applications import ServeControllerUnanswered, serve_instance_details
 
-    # Serve's own read (get_serve_details) waits without a bound: a controller wedged, or
-    # restarting without end, held every caller for ever (the reconciler's passes, the
-    # rollout loop settling a step through them, `up` and `down`). Its handle is looked up
-    # by name, not through Serve's cached client: that one is dropped by a write that found
-    # the controller slow, and making it again asks the controller, without a bound.
-    if ray.is_initialized():
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-        from ray.serve.exceptions import RayServeException
-
-        try:
-            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        except ValueError:
-            raise RayServeException("There is no Serve instance running on this Ray "
-                                    "cluster.") from None
-    else:  # not yet connected: Serve's client joins Ray as it does everywhere else
-        controller = _get_global_client()._controller
     try:
-        return dict(ray.get(controller.get_serve_instance_details.remote(), timeout=timeout_s))
-    except GetTimeoutError:
-        raise ControlPlaneUnavailableError(
-            f"Serve's controller did not answer within {timeout_s:g} s; it may be restarting "
-            "or overloaded (`ray status`, and its log serve/controller_*.log, show which)"
-            ) from None
+        return serve_instance_details(timeout_s)
+    except ServeControllerUnanswered as error:
+        raise ControlPlaneUnavailableError(str(error)) from None
 
 
 def claim_control_plane(home: str, store_id: str, *, take_over: bool,

@@ -186,22 +186,75 @@ def submit_application(app: Any, name: str, route_prefix: str | None, *, wait: b
               wait_for_ingress_deployment_creation=wait, wait_for_applications_running=wait)
 
 
+# Serve's controller answers its details in milliseconds; a loaded 2-core host in seconds.
+SERVE_DETAILS_TIMEOUT_S = 30.0
+
+
+class ServeControllerUnanswered(TimeoutError):
+    """Serve's controller did not answer a read within its bound."""
+
+
+def serve_instance_details(timeout_s: float = SERVE_DETAILS_TIMEOUT_S) -> dict[str, Any]:
+    """Serve's instance details (applications, their deployments and replicas, their
+    options) as its controller answers them, a plain dict; ServeControllerUnanswered
+    where it does not answer in ``timeout_s``.
+
+    Serve's own reads wait without a bound: a controller wedged, or restarting without
+    end, held every caller for ever (the reconciler's passes, `up`, `down`, the gRPC
+    ingress's lookups). ``serve.status()`` also builds its typed models from the answer,
+    pickling each deployment's request router again: a tenth of a second of CPU per read,
+    and `up` polling it took seconds from the replicas it waited for. The controller's
+    handle is looked up by name, not through Serve's cached client: that one is dropped
+    by a write that found the controller slow, and making it again asks the controller,
+    without a bound."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+    from ray.serve.context import _get_global_client
+
+    if ray.is_initialized():
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+        from ray.serve.exceptions import RayServeException
+
+        try:
+            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:
+            raise RayServeException("There is no Serve instance running on this Ray "
+                                    "cluster.") from None
+    else:  # not yet connected: Serve's client joins Ray as it does everywhere else
+        controller = _get_global_client()._controller
+    try:
+        return dict(ray.get(controller.get_serve_instance_details.remote(), timeout=timeout_s))
+    except GetTimeoutError:
+        raise ServeControllerUnanswered(
+            f"Serve's controller did not answer within {timeout_s:g} s; it may be restarting "
+            "or overloaded (`ray status`, and its log serve/controller_*.log, show which)"
+            ) from None
+
+
+def serve_state(part: dict[str, Any] | None) -> str:
+    """The status of an application, or the state of a replica, in
+    :func:`serve_instance_details` ("" where not listed): Serve's enum or its value."""
+    found = (part or {}).get("status", (part or {}).get("state"))
+    return str(getattr(found, "value", found) or "").rpartition(".")[2]
+
+
 def wait_running(names: list[str], timeout_s: float, poll_s: float = 0.1) -> None:
     """Until every application in ``names`` is RUNNING; RuntimeError naming the first that
-    failed to deploy (with Serve's message), TimeoutError naming those still not running."""
+    failed to deploy (with Serve's message), TimeoutError naming those still not running
+    (ServeControllerUnanswered where Serve's controller does not answer in time)."""
     import time
-
-    from ray import serve
 
     deadline = time.monotonic() + timeout_s
     while True:
-        statuses = serve.status().applications
+        apps = serve_instance_details(
+            min(SERVE_DETAILS_TIMEOUT_S, max(0.5, deadline - time.monotonic()))
+        ).get("applications") or {}
         waiting = []
         for name in names:
-            status = statuses.get(name)
-            state = "" if status is None else status.status.value
+            state = serve_state(apps.get(name))
             if state == "DEPLOY_FAILED":
-                raise RuntimeError(f"Deploying application {name} failed: {status.message}")
+                raise RuntimeError(f"Deploying application {name} failed: "
+                                   f"{apps[name].get('message') or ''}")
             if state != "RUNNING":
                 waiting.append(f"{name} ({state or 'not submitted'})")
         if not waiting:

@@ -91,19 +91,20 @@ class _Endpoint:
 
 def read_endpoints() -> dict[str, tuple[str, bool]]:
     """Every endpoint Serve runs: its ingress deployment and whether a replica serves it."""
-    from ray import serve
+    from serving.applications import serve_state, serve_instance_details
 
     found: dict[str, tuple[str, bool]] = {}
-    for app, status in serve.status().applications.items():
+    details = serve_instance_details(READ_WAIT_S)  # bounded: the thread reading ends too
+    for app, status in (details.get("applications") or {}).items():
         if not app.startswith(ENDPOINT_APP_PREFIX):
             continue
-        for name, deployment in status.deployments.items():
+        for name, deployment in (status.get("deployments") or {}).items():
             if name not in ENDPOINT_DEPLOYMENTS:
                 continue  # an isolated endpoint's version application
             # A replica being reconfigured (UPDATING) still answers its handle's calls.
-            serving = sum(count for state, count in deployment.replica_states.items()
-                          if getattr(state, "value", state) in ("RUNNING", "UPDATING"))
-            found[app[len(ENDPOINT_APP_PREFIX):]] = (name, serving > 0)
+            serving = any(serve_state(replica) in ("RUNNING", "UPDATING")
+                          for replica in deployment.get("replicas") or ())
+            found[app[len(ENDPOINT_APP_PREFIX):]] = (name, serving)
     return found
 
 

@@ -38,7 +38,7 @@ def up(
 
     console = Console()
     settings = get_settings()
-    with console.status("starting modelplane …") as status:
+    with console.status("starting modelplane …", refresh_per_second=4) as status:
         info = start_platform(settings, num_cpus=num_cpus, fast_ingress=fast_ingress,
                               progress=status_progress(console, status), take_over=take_over)
     console.print(f"[green]modelplane is up[/green] (Ray at {info.ray_address}"

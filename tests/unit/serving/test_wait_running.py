@@ -3,25 +3,27 @@ all run, names the one that failed with Serve's message, and names those still w
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from ray.serve.schema import ApplicationStatus
 
-from serving.applications import wait_running
+from serving.applications import SERVE_DETAILS_TIMEOUT_S, wait_running
 
 
 def _serve(monkeypatch: pytest.MonkeyPatch, timeline: list[dict[str, tuple[str, str]]]) -> list[int]:
+    """Serve's controller answering its instance details as ``timeline`` says, one entry
+    per read (the last one from then on), with its enums as it sends them."""
     polls: list[int] = []
 
-    def status() -> SimpleNamespace:
+    def details(timeout_s: float) -> dict[str, Any]:
+        assert 0 < timeout_s <= SERVE_DETAILS_TIMEOUT_S  # every read has a bound
         polls.append(1)
         now = timeline[min(len(polls), len(timeline)) - 1]
-        return SimpleNamespace(applications={
-            name: SimpleNamespace(status=ApplicationStatus(state), message=message)
-            for name, (state, message) in now.items()})
+        return {"applications": {name: {"status": ApplicationStatus(state), "message": message}
+                                 for name, (state, message) in now.items()}}
 
-    monkeypatch.setattr("ray.serve.status", status)
+    monkeypatch.setattr("serving.applications.serve_instance_details", details)
     return polls
 
 
@@ -65,3 +67,20 @@ def test_up_says_what_serve_said_and_what_to_do(monkeypatch: pytest.MonkeyPatch,
         wait_platform_apps(["grpc-ingress"], timeout_s=0.01, poll_s=0.001)
     assert words in failed.value.message and "modelplane up` again" in failed.value.message
     assert "\n" not in failed.value.message
+
+
+def test_a_controller_that_does_not_answer_ends_the_wait_saying_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up` waited on Serve's own status read, which has no bound: a wedged controller
+    held it for ever."""
+    from control_plane.errors import ControlPlaneUnavailableError
+    from control_plane.platform import wait_platform_apps
+    from serving.applications import ServeControllerUnanswered
+
+    def wedged(timeout_s: float) -> dict[str, Any]:
+        raise ServeControllerUnanswered(f"Serve's controller did not answer within {timeout_s:g} s")
+
+    monkeypatch.setattr("serving.applications.serve_instance_details", wedged)
+    with pytest.raises(ControlPlaneUnavailableError, match="did not answer within") as failed:
+        wait_platform_apps(["a"], timeout_s=0.01, poll_s=0.001)
+    assert "modelplane up` again" in failed.value.message
