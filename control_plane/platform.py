@@ -249,19 +249,6 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
                     take_over: bool) -> PlatformInfo:
     import logging
 
-    import ray
-    from ray import serve
-
-    from control_plane.leadership import this_ray_cluster
-    from control_plane.ownership import claim_control_plane
-    from control_plane.serve_app import APP_NAME as CONTROL_PLANE_APP_NAME
-    from control_plane.serve_app import deploy_control_plane, read_store_identity
-
-    # Serve narrates every step at INFO; the caller's progress callback tells the story.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    from serving.applications import build_server_app, submit_application
-    from serving.monitoring.monitor import ensure_monitor
-
     record = _head_record(settings)
     address = os.environ.get("RAY_ADDRESS") or str((record or {}).get("address") or "auto")
     gcs = _live_gcs(address)
@@ -269,9 +256,11 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
     # or where none answers, of the head started below.
     apply_ray_auth_env(gcs=gcs)
     fast = fast_ingress_available() if fast_ingress is None else fast_ingress
-    started = False
-    warm_kernels(progress)
-    if not ray.is_initialized() and not _connect(gcs):
+    head = None
+    # Joined already where this process called ray.init (it imported Ray for it); a new
+    # head is started before Ray's modules are imported here, a second of its own start.
+    joined = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    if not joined and not _connect(gcs):
         if os.environ.get("RAY_ADDRESS"):
             raise ControlPlaneUnavailableError(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={address}; check the address "
@@ -282,15 +271,37 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
             _clean_up_lost_head(settings, record, progress)
         _refuse_taken_ports(settings)
         progress("starting a local Ray head" + (" (HAProxy ingress)" if fast else ""))
-        _start_head(settings, num_cpus=num_cpus, fast=fast, timeout_s=timeout_s)
-        started = True
+        head = _launch_head(settings, num_cpus=num_cpus, fast=fast)
+    started = head is not None
+    try:
+        # While a new head's processes start (seconds), this one does its own start-up
+        # work beside them: the monitoring kernels, and its modules (seconds too).
+        warm_kernels(progress)
+        import ray
+        from ray import serve
+
+        from control_plane.leadership import this_ray_cluster
+        from control_plane.ownership import claim_control_plane
+        from control_plane.serve_app import APP_NAME as CONTROL_PLANE_APP_NAME
+        from control_plane.serve_app import deploy_control_plane, read_store_identity
+        from serving.applications import build_server_app, submit_application
+        from serving.monitoring.monitor import ensure_monitor
+
+        # Serve narrates every step at INFO; the caller's progress callback tells the story.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        store_id = read_store_identity(settings)  # the store's (migrated) before the cluster's
+    except BaseException:
+        if head is not None:
+            _abandon_head(settings, head.gcs_port, head.process.pid)
+        raise
+    if head is not None:
+        _await_head(settings, head, timeout_s)
     warn_unreachable_replicas(settings, progress)
     progress(f"starting Serve on {settings.http_host}:{settings.http_port}")
     serve.start(proxy_location=settings.proxy_location,
                 http_options={"host": settings.http_host, "port": settings.http_port})
     _refuse_another_ingress(settings)
     # Before anything on the cluster changes: is the control plane there this store's?
-    store_id = read_store_identity(settings)
     refuse_store_led_elsewhere(settings, this_ray_cluster(), take_over=take_over,
                                progress=progress)
     replaced = claim_control_plane(str(settings.home), store_id, take_over=take_over)
@@ -520,11 +531,23 @@ def _own_ray_temp() -> Path | None:
     return own
 
 
-def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout_s: float) -> None:
-    """``ray start --head --block`` as a child we own, so ``down`` stops exactly this head.
+@dataclass
+class _LaunchedHead:
+    process: subprocess.Popen[bytes]
+    record: dict[str, Any]
+    gcs_port: int
+    log_path: Path
 
-    (``ray stop`` would stop every Ray on the machine, other users' clusters included.)
-    """
+
+def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout_s: float) -> None:
+    """``ray start --head --block`` as a child we own, so ``down`` stops exactly this head
+    (``ray stop`` would stop every Ray on the machine, other users' clusters included),
+    and this process joined to it."""
+    _await_head(settings, _launch_head(settings, num_cpus=num_cpus, fast=fast), timeout_s)
+
+
+def _launch_head(settings: Settings, *, num_cpus: int | None, fast: bool) -> _LaunchedHead:
+    """Start the head's ``ray start`` (:func:`_start_head`); :func:`_await_head` joins it."""
     from control_plane.auth import write_secret_file
     from control_plane.replica_env import without_secrets
 
@@ -553,13 +576,22 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
     record = {"pid": process.pid, "started": _started_at(process.pid), "address": address,
               "dashboard_url": f"http://127.0.0.1:{dashboard_port}"}
     write_secret_file(settings.home / HEAD_RECORD, json.dumps(record))
+    return _LaunchedHead(process, record, gcs_port, log_path)
+
+
+def _await_head(settings: Settings, head: _LaunchedHead, timeout_s: float) -> None:
+    """Join the head :func:`_launch_head` started, once it answers; what it left running
+    is stopped where it exits or does not answer in ``timeout_s``."""
+    from control_plane.auth import write_secret_file
+
+    process, record = head.process, head.record
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            _abandon_head(settings, gcs_port, process.pid)
+            _abandon_head(settings, head.gcs_port, process.pid)
             raise ControlPlaneUnavailableError(
-                f"`ray start --head` exited with {process.returncode}; see {log_path}")
-        if _connect(_live_gcs(address)):
+                f"`ray start --head` exited with {process.returncode}; see {head.log_path}")
+        if _connect(_live_gcs(record["address"])):
             import ray
 
             # Serve's HAProxy keeps its files in a folder named after the node: how `down`
@@ -568,8 +600,9 @@ def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout
             write_secret_file(settings.home / HEAD_RECORD, json.dumps(record))
             return
         time.sleep(0.25)  # a refused TCP connect is all a try costs until the GCS listens
-    _abandon_head(settings, gcs_port, process.pid)
-    raise ControlPlaneUnavailableError(f"the Ray head did not come up in {timeout_s:.0f}s; see {log_path}")
+    _abandon_head(settings, head.gcs_port, process.pid)
+    raise ControlPlaneUnavailableError(
+        f"the Ray head did not come up in {timeout_s:.0f}s; see {head.log_path}")
 
 
 def _abandon_head(settings: Settings, gcs_port: int, head_pid: int) -> None:
