@@ -252,6 +252,10 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
     record = _head_record(settings)
     address = os.environ.get("RAY_ADDRESS") or str((record or {}).get("address") or "auto")
     gcs = _live_gcs(address)
+    if gcs is not None:
+        # Imported after the probe of a running cluster's mode below, Ray joined it in the
+        # mode the probe ran under (none), and a cluster with tokens refused it.
+        import ray
     # The mode of the cluster joined (its own, whatever tokens appeared since it started),
     # or where none answers, of the head started below.
     apply_ray_auth_env(gcs=gcs)
@@ -902,6 +906,10 @@ def _head_process(head_pid: int, head_started: float | None) -> Any:
 
     try:
         process = psutil.Process(head_pid)
+        # A killed head no one has reaped yet (its parent, `up`, is gone: where the
+        # machine's init reaps late, for seconds) is dead all the same.
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
         if head_started is not None:
             return process if abs(process.create_time() - head_started) < 0.01 else None
         command = " ".join(process.cmdline())

@@ -168,6 +168,26 @@ def test_only_a_head_that_is_gone_is_cleaned_up_after(bystander: subprocess.Pope
         assert not _lost_head({"address": address, "pid": gone.pid, "started": 1.0}, None)
 
 
+def test_a_killed_head_not_yet_reaped_is_gone() -> None:
+    """A head killed after `up` exited is reaped by the machine's init, which may take its
+    time: until then it is a zombie, and `up` took it for a live head, skipped the clean-up
+    and refused the port its orphaned HAProxy held."""
+    from control_plane.platform import _lost_head
+
+    head = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = psutil.Process(head.pid).create_time()
+        quiet = f"127.0.0.1:{_free_port()}"
+        assert not _lost_head({"address": quiet, "pid": head.pid, "started": started}, None)
+        head.kill()
+        wait_for(lambda: psutil.Process(head.pid).status() == psutil.STATUS_ZOMBIE, 10,
+                 "the killed head to be a zombie")
+        assert _lost_head({"address": quiet, "pid": head.pid, "started": started}, None)
+    finally:
+        head.kill()
+        head.wait(10)
+
+
 _LISTENER = """
 import socket, sys, time
 listener = socket.socket()
