@@ -79,22 +79,27 @@ def run_timed(command: list[str], env: dict[str, str], step: str) -> tuple[float
     return time.monotonic() - started, lines
 
 
-UP_STEPS = (("loading the monitoring kernels", "kernels"),
-            ("starting a local Ray head", "ray_head"),
+# What `up` prints as it goes, and the step each begins. A new head is launched first;
+# the kernels, the modules and the store's migrations load beside its start, and only
+# then is it waited for.
+UP_STEPS = (("starting a local Ray head", "ray_head_launch"),
+            ("loading the monitoring kernels", "kernels_modules_store"),
+            ("waiting for the Ray head", "ray_head_wait"),
             ("starting Serve", "serve"),
             ("deploying the control plane", "control_plane"),
             ("modelplane is up", None))
 
 
 def up_phases(lines: list[tuple[float, str]], total_s: float) -> dict[str, float]:
-    """Seconds per step of ``up``, from when it printed each: ``cli_start`` before its
-    first step (the interpreter and imports), each step until the next, ``after`` from
-    'modelplane is up' to the command's exit."""
+    """Seconds per step of ``up``, from when it printed each, in the order it printed
+    them: ``cli_start`` before its first step (the interpreter and imports), each step
+    until the next, ``after`` from 'modelplane is up' to the command's exit."""
     marks = [("cli_start", 0.0)]
     for prefix, name in UP_STEPS:
         at = next((t for t, text in lines if text.startswith(prefix)), None)
         if at is not None:
             marks.append((name or "after", at))
+    marks.sort(key=lambda mark: mark[1])
     marks.append(("end", total_s))
     return {name: round(nxt - at, 2) for (name, at), (_, nxt) in itertools.pairwise(marks)}
 

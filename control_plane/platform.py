@@ -166,10 +166,10 @@ def _live_gcs(address: str) -> str | None:
 
 def _connect(gcs: str | None) -> bool:
     """Join the cluster at ``gcs`` (from ``_live_gcs``); False where there is none."""
-    import ray
-
     if gcs is None:
         return False
+    import ray
+
     try:
         ray.init(address=gcs, namespace=NAMESPACE, logging_level="ERROR",
                  log_to_driver=False)
@@ -252,10 +252,6 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
     record = _head_record(settings)
     address = os.environ.get("RAY_ADDRESS") or str((record or {}).get("address") or "auto")
     gcs = _live_gcs(address)
-    if gcs is not None:
-        # Imported after the probe of a running cluster's mode below, Ray joined it in the
-        # mode the probe ran under (none), and a cluster with tokens refused it.
-        import ray
     # The mode of the cluster joined (its own, whatever tokens appeared since it started),
     # or where none answers, of the head started below.
     apply_ray_auth_env(gcs=gcs)
@@ -299,6 +295,7 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
             _abandon_head(settings, head.gcs_port, head.process.pid)
         raise
     if head is not None:
+        progress("waiting for the Ray head")
         _await_head(settings, head, timeout_s)
     warn_unreachable_replicas(settings, progress)
     progress(f"starting Serve on {settings.http_host}:{settings.http_port}")
@@ -611,8 +608,13 @@ def _await_head(settings: Settings, head: _LaunchedHead, timeout_s: float) -> No
 
 def _abandon_head(settings: Settings, gcs_port: int, head_pid: int) -> None:
     """Stop what a failed ``ray start`` left running: it exits without stopping the GCS
-    server and raylet it started, which would hold ports and memory until a reboot."""
-    stop_cluster_processes(gcs_port, head_pid=head_pid, grace_s=5)
+    server and raylet it started, which would hold ports and memory until a reboot. A
+    head given up while still starting may have started more of them as the first were
+    listed: they are looked for again until none is found."""
+    for _ in range(3):
+        if not stop_cluster_processes(gcs_port, head_pid=head_pid, grace_s=5):
+            break
+        head_pid = 0
     with contextlib.suppress(OSError):
         (settings.home / HEAD_RECORD).unlink()
 
@@ -920,7 +922,7 @@ def _head_process(head_pid: int, head_started: float | None) -> Any:
 
 
 def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 5.0,
-                           head_started: float | None = None, node_id: str | None = None) -> None:
+                           head_started: float | None = None, node_id: str | None = None) -> int:
     """Stop exactly the processes of the Ray cluster whose GCS listens on ``gcs_port``.
 
     ``ray stop`` would stop every Ray cluster on the machine. Here the members are the
@@ -933,7 +935,8 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
     are killed once the others have ended (waiting for them cost every `down` its whole
     grace). A zombie counts as gone: its parent may never reap it. Serve's
     HAProxy outlives a proxy that is killed: each one whose configuration lies in the
-    folder of ``node_id`` (the head's node) or of a member's is stopped too.
+    folder of ``node_id`` (the head's node) or of a member's is stopped too. Returns how
+    many members it found.
     """
     import re
 
@@ -970,6 +973,7 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
         _stop([process for process in psutil.process_iter()
                if (config := _haproxy_config(process)) is not None
                and os.path.dirname(config) in nodes], grace_s)
+    return len(members)
 
 
 # Where Ray Serve keeps each node's HAProxy configuration, ``<folder>/<node id>/haproxy.cfg``

@@ -193,7 +193,9 @@ def apply_ray_auth_env(*, dashboard: str | None = None, gcs: str | None = None) 
     else:
         os.environ[AUTH_MODE] = mode
     _mode_set_here = mode
-    if ray is not None:
+    # Looked up again: the probe of the cluster's mode imports Ray when it was not yet,
+    # under no mode, and Ray then joined a cluster with tokens without one (refused).
+    if sys.modules.get("ray") is not None:
         from ray._raylet import Config
 
         Config.initialize("")

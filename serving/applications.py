@@ -246,9 +246,14 @@ def wait_running(names: list[str], timeout_s: float, poll_s: float = 0.1) -> Non
 
     deadline = time.monotonic() + timeout_s
     while True:
-        apps = serve_instance_details(
-            min(SERVE_DETAILS_TIMEOUT_S, max(0.5, deadline - time.monotonic()))
-        ).get("applications") or {}
+        try:
+            apps = serve_instance_details(
+                min(SERVE_DETAILS_TIMEOUT_S, max(0.5, deadline - time.monotonic()))
+            ).get("applications") or {}
+        except ServeControllerUnanswered:
+            if time.monotonic() >= deadline:
+                raise
+            continue  # one slow answer (a controller busy starting replicas) is no failure
         waiting = []
         for name in names:
             state = serve_state(apps.get(name))

@@ -91,7 +91,7 @@ class _Endpoint:
 
 def read_endpoints() -> dict[str, tuple[str, bool]]:
     """Every endpoint Serve runs: its ingress deployment and whether a replica serves it."""
-    from serving.applications import serve_state, serve_instance_details
+    from serving.applications import serve_instance_details, serve_state
 
     found: dict[str, tuple[str, bool]] = {}
     details = serve_instance_details(READ_WAIT_S)  # bounded: the thread reading ends too

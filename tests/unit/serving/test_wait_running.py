@@ -84,3 +84,20 @@ def test_a_controller_that_does_not_answer_ends_the_wait_saying_so(
     with pytest.raises(ControlPlaneUnavailableError, match="did not answer within") as failed:
         wait_platform_apps(["a"], timeout_s=0.01, poll_s=0.001)
     assert "modelplane up` again" in failed.value.message
+
+
+def test_one_slow_answer_within_the_deadline_is_waited_through(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.applications import ServeControllerUnanswered
+
+    reads: list[float] = []
+
+    def slow_once(timeout_s: float) -> dict[str, Any]:
+        reads.append(timeout_s)
+        if len(reads) == 1:
+            raise ServeControllerUnanswered("busy")
+        return {"applications": {"a": {"status": ApplicationStatus("RUNNING"), "message": ""}}}
+
+    monkeypatch.setattr("serving.applications.serve_instance_details", slow_once)
+    wait_running(["a"], timeout_s=60, poll_s=0.001)
+    assert len(reads) == 2
