@@ -610,10 +610,13 @@ def _abandon_head(settings: Settings, gcs_port: int, head_pid: int) -> None:
     """Stop what a failed ``ray start`` left running: it exits without stopping the GCS
     server and raylet it started, which would hold ports and memory until a reboot. A
     head given up while still starting may have started more of them as the first were
-    listed: they are looked for again until none is found."""
+    listed: they are looked for again until no new one is found."""
+    stopped: set[int] = set()
     for _ in range(3):
-        if not stop_cluster_processes(gcs_port, head_pid=head_pid, grace_s=5):
+        found = stop_cluster_processes(gcs_port, head_pid=head_pid, grace_s=5)
+        if found <= stopped:
             break
+        stopped |= found
         head_pid = 0
     with contextlib.suppress(OSError):
         (settings.home / HEAD_RECORD).unlink()
@@ -922,7 +925,8 @@ def _head_process(head_pid: int, head_started: float | None) -> Any:
 
 
 def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float = 5.0,
-                           head_started: float | None = None, node_id: str | None = None) -> int:
+                           head_started: float | None = None,
+                           node_id: str | None = None) -> set[int]:
     """Stop exactly the processes of the Ray cluster whose GCS listens on ``gcs_port``.
 
     ``ray stop`` would stop every Ray cluster on the machine. Here the members are the
@@ -935,8 +939,8 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
     are killed once the others have ended (waiting for them cost every `down` its whole
     grace). A zombie counts as gone: its parent may never reap it. Serve's
     HAProxy outlives a proxy that is killed: each one whose configuration lies in the
-    folder of ``node_id`` (the head's node) or of a member's is stopped too. Returns how
-    many members it found.
+    folder of ``node_id`` (the head's node) or of a member's is stopped too. Returns the
+    members' process ids.
     """
     import re
 
@@ -973,7 +977,7 @@ def stop_cluster_processes(gcs_port: int, *, head_pid: int = 0, grace_s: float =
         _stop([process for process in psutil.process_iter()
                if (config := _haproxy_config(process)) is not None
                and os.path.dirname(config) in nodes], grace_s)
-    return len(members)
+    return {process.pid for process in members}
 
 
 # Where Ray Serve keeps each node's HAProxy configuration, ``<folder>/<node id>/haproxy.cfg``

@@ -127,8 +127,7 @@ def _new_stream(previous: dict[str, Any], stream: dict[str, Any] | None) -> bool
 
 
 def _seen_s(stats: VersionSnapshot) -> float:
-    seen = stats.traffic.observed_s + stats.replicas.catching_up_s
-    return min(seen, stats.traffic.window_s) if stats.traffic.window_s > 0 else seen
+    return max(stats.traffic.observed_s, stats.traffic.seen_s)
 
 
 def evidence_stream(window: ABWindow, step_started: datetime | None,
@@ -136,7 +135,7 @@ def evidence_stream(window: ABWindow, step_started: datetime | None,
     """What identifies the window's stream of evidence: the step's start, and since when
     the Monitor has seen both versions (a Monitor that restarted sees them from then on)."""
     # Since the first statistics: the seconds a replica still catching up has not reached
-    # are seen, only not yet whole (Replicas.catching_up_s).
+    # are seen, only not yet whole (Traffic.seen_s).
     observed = [_seen_s(stats) for stats in (window.candidate, window.stable)
                 if stats is not None]
     return {"step_started_at": step_started.isoformat() if step_started else None,

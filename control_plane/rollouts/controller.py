@@ -22,6 +22,7 @@ actions (``manual``), registry-driven rollouts (``aliases``), approval gating
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
@@ -108,7 +109,11 @@ def _rate_while_serving(stable: VersionSnapshot | None, idle_s: float) -> Versio
     nothing: counted over the whole window its rate read low (100 req/s as 57 two minutes
     into the step), the candidate's load looked heavier than stable's ever was, and a
     regressed candidate's relative checks went unjudged as inconclusive."""
-    if stable is None or idle_s <= 0:
+    if stable is None or math.isnan(stable.traffic.throughput_rps):
+        # Unknown while a replica still sends what it kept for a restarted Monitor: kept,
+        # it would leave the step's load check without a baseline; taken at a later look.
+        return None
+    if idle_s <= 0:
         return stable
     traffic = stable.traffic
     # The newest seconds, idle ones, a replica still catching up has not reached are out

@@ -532,9 +532,9 @@ class MonitorState:
         # replica heard from has reached: a window whole as soon as a backlog's oldest
         # shipment landed read the seconds its newer ones had not reached yet as quiet
         # ones, and an alert on `requests > 0` resolved under steady traffic.
-        observed_s = min(window_s, now - series.first_seen) - replicas.catching_up_s
-        traffic = replace(_traffic(counts, span, rate), window_s=window_s,
-                          observed_s=max(0.0, observed_s))
+        seen_s = max(0.0, min(window_s, now - series.first_seen))
+        traffic = replace(_traffic(counts, span, rate), window_s=window_s, seen_s=seen_s,
+                          observed_s=max(0.0, seen_s - replicas.catching_up_s))
         return VersionSnapshot(
             traffic=traffic,
             latency=Latency(all_requests=_quantiles_ms(sketch), sample=sample_latency,

@@ -74,6 +74,10 @@ class Traffic:
     # (less just after it or the version started): counts over less are not the window's.
     window_s: float = 0.0
     observed_s: float = 0.0
+    # Of the window, the seconds since the Monitor's first statistics of the version, the
+    # newest a replica still catching up has not reached among them (observed_s is less
+    # those: Replicas.catching_up_s).
+    seen_s: float = 0.0
 
     @property
     def whole_window(self) -> bool:

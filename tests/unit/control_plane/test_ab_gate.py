@@ -157,10 +157,16 @@ def test_the_stream_is_the_steps_start_and_since_when_the_monitor_saw_both() -> 
                       "seen_since": round(now.timestamp() - 40.0, 1)}
     # A replica still sending what it kept for the Monitor: the seconds it has not
     # reached are seen, not yet whole; no new stream (and no new round's alpha).
-    catching_up = replace(fresh, traffic=replace(fresh.traffic, observed_s=25.0),
+    catching_up = replace(fresh, traffic=replace(fresh.traffic, observed_s=25.0, seen_s=40.0),
                           replicas=Replicas(reporting=1, catching_up_s=15.0))
     assert ab_gate.evidence_stream(ABWindow(200.0, 0, catching_up, whole),
                                    datetime(2026, 12, 4, 10, 1, 40, tzinfo=UTC), now) == stream
+    # Nor where the version was first seen after the seconds not yet reached (observed 0):
+    # seen for its own 10 s, not for the catch-up's 15.
+    late = replace(fresh, traffic=replace(fresh.traffic, observed_s=0.0, seen_s=10.0),
+                   replicas=Replicas(reporting=1, catching_up_s=15.0))
+    assert ab_gate.evidence_stream(ABWindow(200.0, 0, late, whole), None, now)["seen_since"] \
+        == round(now.timestamp() - 10.0, 1)
 
 
 def test_only_steps_where_both_versions_take_traffic_are_tested() -> None:

@@ -1349,3 +1349,17 @@ def test_stable_s_baseline_rate_is_over_the_seconds_it_served_and_its_replicas_r
                         replicas=Replicas(reporting=1))
     rated = _rate_while_serving(caught_up, idle_s=60.0)
     assert rated is not None and rated.traffic.throughput_rps == pytest.approx(100.0 * 270 / 210)
+
+
+def test_a_baseline_whose_rate_is_unknown_is_not_taken() -> None:
+    """Unknown while a replica catches up (serving.monitoring.monitor): kept, it left the
+    step's load check without a baseline for the whole step."""
+    import math
+    from dataclasses import replace
+
+    from control_plane.rollouts.controller import _rate_while_serving
+
+    stable = served(24_000)
+    unknown = replace(stable, traffic=replace(stable.traffic, throughput_rps=math.nan))
+    assert _rate_while_serving(unknown, idle_s=60.0) is None
+    assert _rate_while_serving(unknown, idle_s=0.0) is None

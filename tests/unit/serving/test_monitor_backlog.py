@@ -122,6 +122,7 @@ def test_a_window_is_not_whole_until_every_replica_s_backlog_reached_it() -> Non
     snapshot = monitor.snapshot("ep", 5.0)
     assert snapshot[1].replicas.catching_up_s == pytest.approx(clock[0] - 1030.25)
     assert not snapshot[1].traffic.whole_window and snapshot[1].traffic.observed_s == 0.0
+    assert snapshot[1].traffic.seen_s == 5.0  # seen since the backlog's first second
     assert _requests_evidence(monitor, ">") is not None  # r2's: traffic goes on
     assert _requests_evidence(monitor, "<") is None  # neither is "too few" shown
     # The rate counts the seconds r1 has reached (stable's 90% of RPS in each), not the
