@@ -540,15 +540,10 @@ class _LaunchedHead:
     log_path: Path
 
 
-def _start_head(settings: Settings, *, num_cpus: int | None, fast: bool, timeout_s: float) -> None:
-    """``ray start --head --block`` as a child we own, so ``down`` stops exactly this head
-    (``ray stop`` would stop every Ray on the machine, other users' clusters included),
-    and this process joined to it."""
-    _await_head(settings, _launch_head(settings, num_cpus=num_cpus, fast=fast), timeout_s)
-
-
 def _launch_head(settings: Settings, *, num_cpus: int | None, fast: bool) -> _LaunchedHead:
-    """Start the head's ``ray start`` (:func:`_start_head`); :func:`_await_head` joins it."""
+    """``ray start --head --block`` as a child we own, so ``down`` stops exactly this head
+    (``ray stop`` would stop every Ray on the machine, other users' clusters included);
+    :func:`_await_head` joins it."""
     from control_plane.auth import write_secret_file
     from control_plane.replica_env import without_secrets
 

@@ -76,6 +76,7 @@ def wait_running(names: list[str], timeout_s: float, needs: dict[str, float],
     """Until every application in ``names`` runs; RuntimeError with Serve's words (and the
     cluster's free resources when the replica has found no room) otherwise."""
     from control_plane.ownership import serve_details
+    from serving.applications import serve_state
 
     deadline = time.monotonic() + timeout_s
     said = ""
@@ -83,12 +84,12 @@ def wait_running(names: list[str], timeout_s: float, needs: dict[str, float],
         apps = serve_details().get("applications") or {}
         statuses = {name: apps.get(name) or {} for name in names}
         failed = [(n, a) for n, a in statuses.items()
-                  if str(a.get("status", "")).endswith(("DEPLOY_FAILED", "UNHEALTHY"))]
+                  if serve_state(a) in ("DEPLOY_FAILED", "UNHEALTHY")]
         if failed:
             name, app = failed[0]
             raise RuntimeError(f"the scratch replica failed to start ({name} is "
                                f"{app.get('status')}): {str(app.get('message') or '')[:1500]}")
-        if all(str(a.get("status", "")).endswith("RUNNING") for a in statuses.values()):
+        if all(serve_state(a) == "RUNNING" for a in statuses.values()):
             return
         free = free_resources()
         short = {k: v for k, v in needs.items() if v > 0 and free.get(k, 0.0) < v}

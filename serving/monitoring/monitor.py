@@ -152,10 +152,11 @@ class CounterWindow:
         self._current()
         count = min(self.slots - 1, max(1, math.ceil(seconds / self.slot_seconds)),
                     self._epoch - since_epoch)
+        skip = max(skip, 0)
         result: Counter[str] = Counter()
-        for back in range(1 + max(skip, 0), count + 1):
+        for back in range(1 + skip, count + 1):
             result.update(self._ring[(self._head - back) % self.slots])
-        return result, max(count - max(skip, 0), 0)
+        return result, max(count - skip, 0)
 
     def total(self, seconds: float) -> Counter[str]:
         self._current()

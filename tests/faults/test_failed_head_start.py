@@ -37,7 +37,8 @@ def test_a_head_that_never_answers_leaves_no_process_behind(monkeypatch: pytest.
     deadline = time.monotonic() + 60
     with pytest.raises(ControlPlaneUnavailableError, match="did not come up"):
         # Long enough for the GCS server and raylet to be running when it gives up.
-        platform._start_head(settings, num_cpus=1, fast=False, timeout_s=12)
+        platform._await_head(settings, platform._launch_head(settings, num_cpus=1, fast=False),
+                             timeout_s=12)
     assert time.monotonic() < deadline
 
     def survivors() -> list[str]:
