@@ -274,21 +274,31 @@ def binary_data(array: np.ndarray, datatype: str) -> bytes | memoryview:
     return memoryview(contiguous.reshape(-1).view(np.uint8))
 
 
+_BUFFERS = (bytes, bytearray)
+_TEXTS = (bytes, str)
+
+
 def held_bytes(arrays: Iterable[np.ndarray]) -> int:
     """What ``arrays`` keep alive: each one's buffer, or, for a view of a request's binary
     part, that whole body (counted once however many views share it), and the strings an
     object array points to. A 16-byte input from a 64 MiB body holds 64 MiB."""
+    # Called for every monitored request: an array holding its own buffer, or a view of
+    # one that does, is read without a call but the loop's own.
     total, seen = 0, set()
     for array in arrays:
         root: Any = array
-        while isinstance(root, np.ndarray) and root.base is not None:
-            root = root.base
-        if isinstance(root, memoryview):
+        base = array.base
+        while base is not None:
+            root = base
+            base = base.base if isinstance(base, np.ndarray) else None
+        if type(root) is memoryview:
             root = root.obj
-        if id(root) not in seen:
-            seen.add(id(root))
-            total += len(root) if isinstance(root, bytes | bytearray) else int(
-                getattr(root, "nbytes", 0))
-        if array.dtype.kind == "O":
-            total += sum(len(value) for value in array.flat if isinstance(value, bytes | str))
+        key = id(root)
+        if key not in seen:
+            seen.add(key)
+            total += (root.nbytes if type(root) is np.ndarray
+                      else len(root) if isinstance(root, _BUFFERS)
+                      else int(getattr(root, "nbytes", 0)))
+        if array.dtype.hasobject:
+            total += sum(len(value) for value in array.flat if isinstance(value, _TEXTS))
     return total

@@ -15,6 +15,7 @@ from serving.monitoring.feedback import (
     FeedbackJoin,
     class_index,
     classification_metrics,
+    prediction_bytes,
     regression_metrics,
 )
 from serving.monitoring.monitor import MonitorState
@@ -41,6 +42,46 @@ def test_the_store_drops_the_oldest_when_full_and_counts_them() -> None:
     assert join.held("e") == 3 and join.stats("e").dropped_full == 2
     joined, waiting = join.add_labels("e", [("r0", [0]), ("r4", [4])])
     assert [p.predicted for p in joined] == [[4]] and waiting == 1  # r0 was dropped
+
+
+def test_a_shipment_stored_in_bulk_keeps_the_store_as_one_stored_request_by_request() -> None:
+    """A shipment of one value per new request is stored by C loops; one holding ids seen
+    before, an id twice, a label already waiting or a list of values, request by request.
+    Both keep the same order (newest last, so evicted last), counts and bytes: a reference
+    store (newest wins, moved to the end) says what each must hold."""
+    join = FeedbackJoin(Clock(), max_predictions=10_000)
+    reference: dict[str, float | list[float]] = {}
+
+    def ship(items: list[tuple[str, float | list[float]]]) -> list[tuple[str, list[float]]]:
+        waiting = set(join._waiting.get("e", {}))
+        joined = join.add_predictions("e", 1, items)
+        for request_id, value in items:
+            if request_id in waiting:
+                waiting.discard(request_id)
+                continue
+            reference.pop(request_id, None)
+            reference[request_id] = value
+        return [(pair.labels[0], pair.predicted) for pair in joined]
+
+    ship([(f"r{i}", i / 2) for i in range(100)])  # new ids: in bulk
+    ship([(f"r{i}", -1.0) for i in range(50, 150)])  # half seen before: one by one
+    ship([("d", 0.0), ("d", 1.0)])  # an id twice in one shipment
+    assert join.add_labels("e", [("w", ["label-w"]), ("x", ["label-x"])]) == ([], 2)
+    assert ship([("w", 7.0), ("n0", 1.0)]) == [("label-w", [7.0])]  # a label waited for it
+    ship([(f"s{i}", 3.0) for i in range(10)])  # "x" waits, for none of these: in bulk
+    ship([("m", [1.0, 2.0]), ("m2", 5.0)])  # a request of two rows
+    assert join.memory()["predictions"] == join.held("e") == len(reference)
+    assert join.bytes_held == sum(prediction_bytes(i, v) for i, v in reference.items())
+    stats = join.stats("e")
+    assert (stats.stored, stats.replaced, stats.joined) == (215, 51, 1)
+    # Evicting all but the newest ten gives up the oldest first, in the reference's order.
+    join.max_predictions = 10
+    join.add_predictions("e", 1, [])
+    kept = list(reference)[-10:]
+    joined, waiting = join.add_labels("e", [(i, [0]) for i in reversed(list(reference))])
+    assert sorted(map(str, (p.predicted for p in joined))) == sorted(
+        str(reference[i] if isinstance(reference[i], list) else [reference[i]]) for i in kept)
+    assert waiting == len(reference) - 10
 
 
 @pytest.mark.parametrize("flood", ["many requests", "one request of many rows"])
