@@ -187,7 +187,8 @@ def _monitoring_families(rows: list[VersionTotals]):  # type: ignore[no-untyped-
         "catching_up": _gauge("modelplane_replicas_catching_up_seconds",
                               "How far behind the present the statistics of the replica "
                               "furthest behind reach while it sends what it kept for a "
-                              "Monitor that was away (0: none is).", ["endpoint"]),
+                              "Monitor that was away, or might while a new Monitor hears "
+                              "from them (0: none is).", ["endpoint"]),
     }
     online = {name: _gauge(f"modelplane_online_{name}", f"Online {name} from feedback.", _VERSION)
               for name in _ONLINE}

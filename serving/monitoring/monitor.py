@@ -279,7 +279,7 @@ class MonitorState:
             self.replicas.left(endpoint, replica)
         else:
             self.replicas.heard(endpoint, replica, served.report_every_s if served else 1.0,
-                                sequence, late_by_s=age_s if back and more else 0.0)
+                                sequence, late_by_s=age_s if back else 0.0, more=more)
         missing_profiles: set[str] = set()
         for version, data in delta.items():
             if versions and int(version) not in versions and int(version) != ENDPOINT_LEVEL:

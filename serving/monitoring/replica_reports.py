@@ -15,6 +15,15 @@ whose first request kills the replica) is not in its last shipment. It counts in
 window its lost seconds may fall in: those reaching back to its last shipment's interval,
 so that a window shorter than the silence, or one that began after the last shipment,
 still shows it.
+
+A Monitor that starts while replicas serve (restarted, or replaced by `up`) hears from
+them one by one, each sending what it kept while there was none. Until every replica has
+been heard, the seconds the first backlog reaches back to hold only part of their
+requests, and which replicas are still to come is unknowable: each finds the new Monitor
+at its next shipment, so for the first silence after this Monitor first heard of the
+endpoint (``Reporter.silence_s``) those seconds count as being caught up, as a known
+replica's backlog does. Counts over them read as lower bounds, and no rate is taken from
+them: a second replica's backlog a second behind the first's read as a lull.
 """
 
 from __future__ import annotations
@@ -62,6 +71,11 @@ class ReplicaReports:
         self._endpoints: dict[str, dict[str, Reporter]] = {}
         self._left: dict[str, dict[str, float]] = {}
         self._pruned_at: dict[str, float] = {}
+        # Per endpoint: when its first shipment to this Monitor came and the quiet after
+        # which every replica serving then has been heard; and, while that lasts, the
+        # oldest second a late shipment reached back to.
+        self._hearing: dict[str, tuple[float, float]] = {}
+        self._backlog_from: dict[str, float] = {}
 
     def merged(self, endpoint: str, replica: str, sequence: int | None) -> bool:
         """Whether ``replica``'s shipment ``sequence`` was merged already: a replica sends
@@ -70,16 +84,21 @@ class ReplicaReports:
         return sequence is not None and reporter is not None and sequence <= reporter.sequence
 
     def heard(self, endpoint: str, replica: str, every_s: float, sequence: int | None,
-              late_by_s: float = 0.0) -> None:
+              late_by_s: float = 0.0, more: bool = False) -> None:
         """``replica`` shipped; statistics recorded ``late_by_s`` ago where the shipment
-        was late (0: on time). One without a ``sequence`` runs a release that ships only
-        with traffic: its quiet is no silence, so it is not followed."""
+        was late (0: on time), ``more``: newer ones it kept follow. One without a
+        ``sequence`` runs a release that ships only with traffic: its quiet is no silence,
+        so it is not followed."""
         if sequence is None or replica in self._left.get(endpoint, {}):
             return
         now = self._clock()
         reporters = self._endpoints.setdefault(endpoint, {})
-        reporters[replica] = Reporter(now, every_s, sequence,
-                                      now - late_by_s if late_by_s > 0 else None)
+        reporter = reporters[replica] = Reporter(
+            now, every_s, sequence, now - late_by_s if late_by_s > 0 and more else None)
+        hearing = self._hearing.setdefault(endpoint, (now, reporter.silence_s))
+        if late_by_s > 0 and now - hearing[0] <= hearing[1]:
+            self._backlog_from[endpoint] = min(self._backlog_from.get(endpoint, now),
+                                               now - late_by_s)
         if now - self._pruned_at.get(endpoint, -self._memory_s) >= 1.0:
             self._pruned_at[endpoint] = now
             for name in [n for n, r in reporters.items() if now - r.last > self._memory_s]:
@@ -94,7 +113,8 @@ class ReplicaReports:
         self._left.setdefault(endpoint, {})[replica] = self._clock()
 
     def forget(self, endpoint: str) -> None:
-        for kept in (self._endpoints, self._left, self._pruned_at):
+        for kept in (self._endpoints, self._left, self._pruned_at, self._hearing,
+                     self._backlog_from):
             kept.pop(endpoint, None)
 
     def of_endpoint(self, endpoint: str, window_s: float) -> Replicas:
@@ -107,6 +127,13 @@ class ReplicaReports:
         # A silent one's lost seconds are told apart (``silent``), not as a catch-up.
         behind = [now - r.reaches for r in serving
                   if r.reaches is not None and r.quiet_for(now) <= r.silence_s]
+        backlog_from = self._backlog_from.get(endpoint)
+        if backlog_from is not None:
+            first_heard, silence_s = self._hearing[endpoint]
+            if now - first_heard <= silence_s:  # a replica serving then may be still to come
+                behind.append(now - backlog_from)
+            else:
+                del self._backlog_from[endpoint]
         return Replicas(reporting=len(serving), silent=len(silences),
                         silent_for_s=max(silences, default=0.0),
                         catching_up_s=max(behind, default=0.0))

@@ -353,8 +353,10 @@ class Replicas:
     silent: int = 0
     silent_for_s: float = 0.0  # the longest silence among them
     # How far behind the present the statistics of the replica furthest behind reach,
-    # while it still sends what it kept for a Monitor that was away (0: none is): the
-    # newest seconds of every window hold only part of the endpoint's requests till then.
+    # while it still sends what it kept for a Monitor that was away (0: none is), and in a
+    # new Monitor's first silence after the endpoint's first shipment, how far back its
+    # backlogs reach (a replica still to come holds those seconds too): the newest seconds
+    # of every window hold only part of the endpoint's requests till then.
     catching_up_s: float = 0.0
 
 

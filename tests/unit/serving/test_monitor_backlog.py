@@ -111,10 +111,16 @@ def _requests_evidence(monitor: MonitorState, comparison: str) -> float | None:
 def test_a_window_is_not_whole_until_every_replica_s_backlog_reached_it() -> None:
     """A restarted Monitor merges a replica's kept shipments one at a time, oldest first.
     Once the oldest landed, the last five seconds read whole and empty while the newer
-    ones were on their way: an alert on `requests > 0` resolved under steady traffic."""
-    clock = [1060.3]
-    monitor = _monitor(clock)  # restarted; the Monitor before it went at 1000
-    monitor.record("ep", "r2", _second(1059), SERVED, sequence=1)  # another replica, on time
+    ones were on their way: an alert on `requests > 0` resolved under steady traffic.
+    (Here r1 alone could not ship from 1000, and the Monitor had heard from r2 for a while:
+    test_a_restarted_monitor_reads_no_window_whole_until_it_may_have_heard_every_replica
+    covers the seconds after a restart.)"""
+    clock = [1056.3]
+    monitor = _monitor(clock)
+    for sequence in range(1, 5):  # another replica, on time throughout
+        monitor.record("ep", "r2", {}, SERVED, sequence=sequence)
+        clock[0] += 1
+    monitor.record("ep", "r2", _second(1059), SERVED, sequence=5)
     for second in range(1000, 1030):  # the first half of r1's backlog
         monitor.record("ep", "r1", _second(second), SERVED, sequence=second,
                        age_s=clock[0] - (second + 1.25), more=True)
@@ -132,7 +138,7 @@ def test_a_window_is_not_whole_until_every_replica_s_backlog_reached_it() -> Non
     value, details = SIGNALS["throughput_rps"].read(snapshot[1])
     assert evidence(value, details, "<", 1.0) is None
 
-    monitor.record("ep", "r2", {}, SERVED, sequence=2)  # on time again: r1 still behind
+    monitor.record("ep", "r2", {}, SERVED, sequence=6)  # on time again: r1 still behind
     assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s > 20
     for second in range(1030, 1060):
         monitor.record("ep", "r1", _second(second), SERVED, sequence=second,
@@ -144,12 +150,45 @@ def test_a_window_is_not_whole_until_every_replica_s_backlog_reached_it() -> Non
     assert _requests_evidence(monitor, "<") is not None
 
 
+def test_a_restarted_monitor_reads_no_window_whole_until_it_may_have_heard_every_replica() -> None:
+    """Two replicas kept their statistics while there was no Monitor, and each finds the
+    new one at its next shipment. Merged first, r1's whole backlog made every window whole
+    while r2's half of the traffic was still to come: a count read half the requests, and
+    an alert on too few of them could fire (or one on `requests >` resolve)."""
+    clock = [1060.3]
+    monitor = _monitor(clock)  # restarted; the Monitor before it went at 1000
+    for second in range(1000, 1060):
+        monitor.record("ep", "r1", _second(second), SERVED, sequence=second,
+                       age_s=clock[0] - (second + 1.25), more=second < 1059)
+    clock[0] = 1061.0
+    snapshot = monitor.snapshot("ep", 5.0)[1]
+    assert snapshot.replicas.catching_up_s == pytest.approx(clock[0] - 1001.25)
+    assert not snapshot.traffic.whole_window and snapshot.traffic.observed_s == 0.0
+    assert _requests_evidence(monitor, "<") is None  # r2's half, to come, is no lull
+    assert _requests_evidence(monitor, ">") is not None
+    assert math.isnan(snapshot.traffic.throughput_rps)
+    for second in range(1000, 1060):
+        monitor.record("ep", "r2", _second(second), SERVED, sequence=second,
+                       age_s=clock[0] - (second + 1.25), more=second < 1059)
+    for second in range(1060, 1063):  # both on time from here
+        clock[0] = second + 1.25
+        for replica in ("r1", "r2"):
+            monitor.record("ep", replica, _second(second), SERVED, sequence=second)
+    clock[0] = 1063.5  # a silence (3 s) after the first shipment: every replica heard
+    snapshot = monitor.snapshot("ep", 5.0)[1]
+    assert snapshot.replicas.catching_up_s == 0.0 and snapshot.traffic.whole_window
+    assert _requests_evidence(monitor, "<") is not None
+    assert snapshot.traffic.throughput_rps > 0
+
+
 def test_a_late_shipment_with_nothing_after_it_is_no_catch_up() -> None:
     """A Monitor slow for a few seconds (or a replica's stalled loop) makes a shipment
     late, with nothing newer kept: every window stayed partial while it lasted."""
-    clock = [1060.3]
+    clock = [1050.3]
     monitor = _monitor(clock)
-    monitor.record("ep", "r1", _second(1057), SERVED, sequence=1, age_s=3.0)
+    monitor.record("ep", "r1", _second(1049), SERVED, sequence=1)  # heard from long before
+    clock[0] = 1060.3
+    monitor.record("ep", "r1", _second(1057), SERVED, sequence=2, age_s=3.0)
     assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s == 0.0
 
 
@@ -189,7 +228,8 @@ def test_a_shipment_older_than_the_windows_counts_in_the_totals_alone() -> None:
     assert _figures(monitor, SLOTS)[4] == RPS // 2
     assert _figures(monitor, SLOTS - 40)[::4] == (0, 0)
     assert monitor.snapshot("ep", SLOTS)[2].traffic.observed_s < 1  # the rest on its way
-    monitor.record("ep", "r1", {}, SERVED, sequence=3, age_s=0.1)  # it all came
+    clock[0] += 3.1  # it all came, and this new Monitor has heard every replica by now
+    monitor.record("ep", "r1", {}, SERVED, sequence=3, age_s=0.1)
     assert monitor.snapshot("ep", SLOTS)[2].traffic.observed_s >= SLOTS - 31
 
 
