@@ -299,6 +299,6 @@ def held_bytes(arrays: Iterable[np.ndarray]) -> int:
             total += (root.nbytes if type(root) is np.ndarray
                       else len(root) if isinstance(root, _BUFFERS)
                       else int(getattr(root, "nbytes", 0)))
-        if array.dtype.hasobject:
+        if array.dtype.kind == "O":
             total += sum(len(value) for value in array.flat if isinstance(value, _TEXTS))
     return total

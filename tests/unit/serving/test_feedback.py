@@ -10,6 +10,7 @@ import pytest
 from sklearn import metrics
 
 from serving.feedback_auth import FeedbackAuthorizer
+from serving.monitoring import feedback
 from serving.monitoring.feedback import (
     MAX_PREDICTION_BYTES,
     FeedbackJoin,
@@ -44,7 +45,8 @@ def test_the_store_drops_the_oldest_when_full_and_counts_them() -> None:
     assert [p.predicted for p in joined] == [[4]] and waiting == 1  # r0 was dropped
 
 
-def test_a_shipment_stored_in_bulk_keeps_the_store_as_one_stored_request_by_request() -> None:
+def test_a_shipment_stored_in_bulk_keeps_the_store_as_one_stored_request_by_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A shipment of one value per new request is stored by C loops; one holding ids seen
     before, an id twice, a label already waiting or a list of values, request by request.
     Both keep the same order (newest last, so evicted last), counts and bytes: a reference
@@ -63,12 +65,18 @@ def test_a_shipment_stored_in_bulk_keeps_the_store_as_one_stored_request_by_requ
             reference[request_id] = value
         return [(pair.labels[0], pair.predicted) for pair in joined]
 
+    sized = []  # the per-request path sizes each prediction as it stores it; bulk, none
+    monkeypatch.setattr(feedback, "prediction_bytes",
+                        lambda *args: sized.append(args) or prediction_bytes(*args))
     ship([(f"r{i}", i / 2) for i in range(100)])  # new ids: in bulk
+    assert sized == []
     ship([(f"r{i}", -1.0) for i in range(50, 150)])  # half seen before: one by one
     ship([("d", 0.0), ("d", 1.0)])  # an id twice in one shipment
     assert join.add_labels("e", [("w", ["label-w"]), ("x", ["label-x"])]) == ([], 2)
     assert ship([("w", 7.0), ("n0", 1.0)]) == [("label-w", [7.0])]  # a label waited for it
+    sized.clear()
     ship([(f"s{i}", 3.0) for i in range(10)])  # "x" waits, for none of these: in bulk
+    assert sized == []
     ship([("m", [1.0, 2.0]), ("m2", 5.0)])  # a request of two rows
     assert join.memory()["predictions"] == join.held("e") == len(reference)
     assert join.bytes_held == sum(prediction_bytes(i, v) for i, v in reference.items())
@@ -82,6 +90,16 @@ def test_a_shipment_stored_in_bulk_keeps_the_store_as_one_stored_request_by_requ
     assert sorted(map(str, (p.predicted for p in joined))) == sorted(
         str(reference[i] if isinstance(reference[i], list) else [reference[i]]) for i in kept)
     assert waiting == len(reference) - 10
+
+
+@pytest.mark.parametrize("first", [1.0, [1.0]], ids=["in bulk", "request by request"])
+def test_a_shipment_an_odd_id_stops_leaves_the_store_counted(first: float | list[float]) -> None:
+    join = FeedbackJoin(Clock())
+    with pytest.raises(TypeError):
+        join.add_predictions("e", 1, [("a", first), (7, 2.0)])  # type: ignore[list-item]
+    held = sum(len(kept) for kept in join._predictions.values())
+    assert join.predictions_held == held == join.stats("e").stored
+    assert join.bytes_held == (prediction_bytes("a", first) if held else 0)
 
 
 @pytest.mark.parametrize("flood", ["many requests", "one request of many rows"])
