@@ -21,8 +21,9 @@ them one by one, each sending what it kept while there was none. Until every rep
 been heard, the seconds the first backlog reaches back to hold only part of their
 requests, and which replicas are still to come is unknowable: each finds the new Monitor
 at its next shipment, so for the first silence after this Monitor first heard of the
-endpoint (``Reporter.silence_s``) those seconds count as being caught up, as a known
-replica's backlog does. Counts over them read as lower bounds, and no rate is taken from
+endpoint (``Reporter.silence_s`` of the slowest replica heard in it) the seconds any late
+shipment in it reached back to count as being caught up, as a known replica's backlog
+does. Counts over them read as lower bounds, and no rate is taken from
 them: a second replica's backlog a second behind the first's read as a lull.
 """
 
@@ -72,8 +73,8 @@ class ReplicaReports:
         self._left: dict[str, dict[str, float]] = {}
         self._pruned_at: dict[str, float] = {}
         # Per endpoint: when its first shipment to this Monitor came and the quiet after
-        # which every replica serving then has been heard; and, while that lasts, the
-        # oldest second a late shipment reached back to.
+        # which every replica serving then has been heard (the slowest one's silence);
+        # and, while that lasts, the oldest second a late shipment reached back to.
         self._hearing: dict[str, tuple[float, float]] = {}
         self._backlog_from: dict[str, float] = {}
 
@@ -95,10 +96,13 @@ class ReplicaReports:
         reporters = self._endpoints.setdefault(endpoint, {})
         reporter = reporters[replica] = Reporter(
             now, every_s, sequence, now - late_by_s if late_by_s > 0 and more else None)
-        hearing = self._hearing.setdefault(endpoint, (now, reporter.silence_s))
-        if late_by_s > 0 and now - hearing[0] <= hearing[1]:
-            self._backlog_from[endpoint] = min(self._backlog_from.get(endpoint, now),
-                                               now - late_by_s)
+        first_heard, silence_s = self._hearing.setdefault(endpoint, (now, reporter.silence_s))
+        if now - first_heard <= silence_s:
+            if reporter.silence_s > silence_s:  # a slower replica: the others have longer
+                self._hearing[endpoint] = (first_heard, reporter.silence_s)
+            if late_by_s > 0:
+                self._backlog_from[endpoint] = min(self._backlog_from.get(endpoint, now),
+                                                   now - late_by_s)
         if now - self._pruned_at.get(endpoint, -self._memory_s) >= 1.0:
             self._pruned_at[endpoint] = now
             for name in [n for n, r in reporters.items() if now - r.last > self._memory_s]:
@@ -134,9 +138,10 @@ class ReplicaReports:
                 behind.append(now - backlog_from)
             else:
                 del self._backlog_from[endpoint]
+        # No further back than the windows reach: a backlog older counts in totals alone.
         return Replicas(reporting=len(serving), silent=len(silences),
                         silent_for_s=max(silences, default=0.0),
-                        catching_up_s=max(behind, default=0.0))
+                        catching_up_s=min(max(behind, default=0.0), self._memory_s))
 
     def count(self) -> int:
         """Replicas remembered, over every endpoint (bounded by ``memory_s``)."""

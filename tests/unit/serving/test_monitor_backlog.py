@@ -16,7 +16,7 @@ import pytest
 
 from control_plane.alerts.signals import SIGNALS, evidence
 from control_plane.rollouts.analysis import AnalysisConfig, Verdict, analyse
-from serving.monitoring.monitor import SLOTS, MonitorState
+from serving.monitoring.monitor import SLOT_SECONDS, SLOTS, MonitorState
 from serving.monitoring.observations import attach_profiles
 from serving.monitoring.stats import ServedConfig, StatsRecorder
 from tests.unit.serving.monitoring_helpers import make_core, reference_profile, send_many
@@ -109,7 +109,7 @@ def _requests_evidence(monitor: MonitorState, comparison: str) -> float | None:
 
 
 def test_a_window_is_not_whole_until_every_replica_s_backlog_reached_it() -> None:
-    """A restarted Monitor merges a replica's kept shipments one at a time, oldest first.
+    """A Monitor merges a replica's kept shipments one at a time, oldest first.
     Once the oldest landed, the last five seconds read whole and empty while the newer
     ones were on their way: an alert on `requests > 0` resolved under steady traffic.
     (Here r1 alone could not ship from 1000, and the Monitor had heard from r2 for a while:
@@ -181,6 +181,29 @@ def test_a_restarted_monitor_reads_no_window_whole_until_it_may_have_heard_every
     assert snapshot.traffic.throughput_rps > 0
 
 
+def test_a_slower_replica_heard_while_a_new_monitor_listens_lengthens_the_listening() -> None:
+    """While an endpoint's statistics interval changes, its replicas ship at both: one
+    shipping every 10 s finds a new Monitor up to 10 s after the others."""
+    clock = [1060.3]
+    monitor = _monitor(clock)
+    monitor.record("ep", "r1", _second(1050), SERVED, sequence=1050, age_s=clock[0] - 1051.25)
+    clock[0] = 1061.0
+    slower = ServedConfig("incarnation-1", 7, (1, 2), 10.0)
+    monitor.record("ep", "r2", {}, slower, sequence=1, age_s=25.0)
+    clock[0] = 1075.0  # past r1's silence (3 s), within r2's (30 s)
+    assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s == pytest.approx(
+        clock[0] - (1061.0 - 25.0))
+    clock[0] = 1091.0
+    assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s == 0.0
+
+
+def test_catching_up_reads_no_further_back_than_the_windows_reach() -> None:
+    clock = [5000.5]
+    monitor = _monitor(clock)
+    monitor.record("ep", "r1", _second(2000), SERVED, sequence=1, age_s=SLOTS * 10.0, more=True)
+    assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s == SLOTS * SLOT_SECONDS
+
+
 def test_a_late_shipment_with_nothing_after_it_is_no_catch_up() -> None:
     """A Monitor slow for a few seconds (or a replica's stalled loop) makes a shipment
     late, with nothing newer kept: every window stayed partial while it lasted."""
@@ -193,8 +216,10 @@ def test_a_late_shipment_with_nothing_after_it_is_no_catch_up() -> None:
 
 
 def test_a_replica_silent_in_its_catch_up_counts_as_silent_not_as_catching_up() -> None:
-    clock = [1060.3]
+    clock = [1050.3]
     monitor = _monitor(clock)
+    monitor.record("ep", "r1", {}, SERVED, sequence=999)  # heard from long before
+    clock[0] = 1060.3
     monitor.record("ep", "r1", _second(1000), SERVED, sequence=1000, age_s=clock[0] - 1001.25,
                    more=True)
     assert monitor.snapshot("ep", 5.0)[1].replicas.catching_up_s > 50
@@ -216,8 +241,10 @@ def test_a_shipment_on_time_or_just_late_goes_where_shipments_always_went() -> N
 
 
 def test_a_shipment_older_than_the_windows_counts_in_the_totals_alone() -> None:
-    clock = [5000.5]
+    clock = [4990.5]
     monitor = _monitor(clock)
+    monitor.record("ep", "r1", {}, SERVED, sequence=0)  # heard from long before
+    clock[0] = 5000.5
     monitor.record("ep", "r1", _second(2000), SERVED, sequence=1, age_s=SLOTS + 30.0)
     assert _figures(monitor, SLOTS)[::4] == (0, 0)
     assert sum(monitor.series[("ep", 2)].totals[key] for key in
@@ -228,8 +255,7 @@ def test_a_shipment_older_than_the_windows_counts_in_the_totals_alone() -> None:
     assert _figures(monitor, SLOTS)[4] == RPS // 2
     assert _figures(monitor, SLOTS - 40)[::4] == (0, 0)
     assert monitor.snapshot("ep", SLOTS)[2].traffic.observed_s < 1  # the rest on its way
-    clock[0] += 3.1  # it all came, and this new Monitor has heard every replica by now
-    monitor.record("ep", "r1", {}, SERVED, sequence=3, age_s=0.1)
+    monitor.record("ep", "r1", {}, SERVED, sequence=3, age_s=0.1)  # it all came
     assert monitor.snapshot("ep", SLOTS)[2].traffic.observed_s >= SLOTS - 31
 
 
