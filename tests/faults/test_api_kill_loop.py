@@ -78,17 +78,21 @@ def test_acknowledged_writes_survive_repeated_kill_9(tmp_path: Path) -> None:
     server = ForkedControlPlane(home).start()
     token = (home / "admin.token").read_text().strip()
     with Client(server.url, token) as client:
+        started = time.monotonic()
         first = client.register_version(MODEL, linear_classifier(seed=1),
                                         linear_classifier_manifest())
+        # How long a round runs before its kill, at most: 0.4 s, or twice a registration
+        # where one takes longer (a slow or loaded machine: beside the unit tier, 120 rounds
+        # of 0.4 s acknowledged no registration, and the loop checked none).
+        round_s = max(0.4, 2 * (time.monotonic() - started))
         run_id = client.start_run("kill-loop").id
     ledger = Ledger()
     ledger.versions[first.version] = first.artifact_digest
     rng = random.Random(20261129)
     counter = [0]
     killed_mid_write = rounds = 0
-    # Past ROUNDS, up to three times as many, until some write of every kind was
-    # acknowledged: on a slow machine a kill can land before any of a kind's (40 rounds
-    # once acknowledged no metric step), and the check would prove nothing of them.
+    # Past ROUNDS, up to three times as many and four times as long, until some write of
+    # every kind was acknowledged: the check would prove nothing of a kind never written.
     while rounds < ROUNDS or (not ledger.holds_every_kind() and rounds < 3 * ROUNDS):
         rounds += 1
         server.kill()
@@ -99,7 +103,7 @@ def test_acknowledged_writes_survive_repeated_kill_9(tmp_path: Path) -> None:
                                       args=(client, ledger, run_id, rng, stop, counter))
             before = ledger.unacknowledged
             worker.start()
-            time.sleep(rng.uniform(0.02, 0.4))
+            time.sleep(rng.uniform(0.02, round_s * (1 if rounds <= ROUNDS else 4)))
             server.kill()
             stop.set()
             worker.join(30)
