@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -45,6 +45,12 @@ def prediction_bytes(request_id: str, value: float | list[float]) -> int:
     (the bound the store keeps)."""
     return ENTRY_OVERHEAD_BYTES + len(request_id) + VALUE_BYTES * (
         len(value) if value.__class__ is list else 1)
+
+
+def scalar_predictions_bytes(request_ids: Sequence[str]) -> int:
+    """``prediction_bytes`` summed over predictions of one value each, without a call per
+    prediction (a shipment's bulk insert)."""
+    return len(request_ids) * (ENTRY_OVERHEAD_BYTES + VALUE_BYTES) + sum(map(len, request_ids))
 
 
 def labels_bytes(request_id: str, labels: list[Any]) -> int:
@@ -136,8 +142,7 @@ class FeedbackJoin:
                 # A shipment's usual case (one value per request, ids new, no label waiting
                 # for any): stored by C loops, a fifth of the per-request loop's cost below.
                 # Its bytes first: an id they cannot be counted for stores nothing.
-                counted = (len(request_ids) * (ENTRY_OVERHEAD_BYTES + VALUE_BYTES)
-                           + sum(map(len, request_ids)))
+                counted = scalar_predictions_bytes(request_ids)
                 predictions.update(zip(request_ids, zip(values, repeat(now), strict=False),
                                        strict=True))
                 stored, added_bytes = len(request_ids), counted
