@@ -15,6 +15,7 @@ cluster does not outlive its head anyway.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,44 @@ def ensure_detached(actor_class: Any, *, name: str, namespace: str, protocol: in
             replaced(found)
     return actor_class.options(name=name, namespace=namespace, lifetime="detached",
                                get_if_exists=True, **{**ON_HEAD, **(options or {})}).remote(*args)
+
+
+class BoundedLookup:
+    """A blocking lookup (a GCS call, such as :func:`named_actor`) run in a thread and
+    waited for at most ``timeout_s`` on the event loop.
+
+    A GCS that does not answer (restarting, partitioned) held a replica's loops for as long
+    as it did not: its shipper took no statistics meanwhile, so all those seconds reached
+    the Monitor as one shipment. A lookup that outlives its wait is not started again while
+    it runs, so a GCS that stays away costs one thread, not one per attempt: the next call
+    waits on the same lookup and takes its answer once it comes. One is used from one
+    event loop."""
+
+    def __init__(self, lookup: Callable[..., Any]) -> None:
+        self._lookup = lookup
+        self._pending: asyncio.Future[Any] | None = None
+        self._pending_args: tuple[Any, ...] = ()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a lookup is under way (started by a call that stopped waiting on it)."""
+        return self._pending is not None and not self._pending.done()
+
+    async def __call__(self, *args: Any, timeout_s: float) -> Any:
+        """The lookup's answer for ``args``, or its error; :class:`TimeoutError` where none
+        came within ``timeout_s`` (the lookup goes on, for a later call to take)."""
+        pending = self._pending
+        if pending is None or self._pending_args != args:
+            pending = self._pending = asyncio.ensure_future(asyncio.to_thread(self._lookup, *args))
+            self._pending_args = args
+            # An error that comes after every call stopped waiting is taken by the next
+            # call, or by no one: either way not logged as never retrieved.
+            pending.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), timeout_s)
+        finally:
+            if pending.done() and self._pending is pending:
+                self._pending = None  # taken: the next call looks up afresh
 
 
 def named_actor(name: str, namespace: str) -> Any | None:

@@ -45,6 +45,7 @@ from serving.core import (
     error_result,
     new_request_id,
 )
+from serving.detached import BoundedLookup
 from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serving.grpc_link import GRPC_LINK_PATH
 from serving.lean_ingress import lean_ingress_enabled, start_lean_ingress
@@ -86,6 +87,9 @@ FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long fo
 UNSENT_LIMIT = 300
 UNSENT_OBSERVED = 60
 GOODBYE_S = 5.0  # what a stopping replica spends on its goodbye at most
+# How long a replica waits on a GCS lookup (the Monitor's or the route board's handle)
+# before it goes on without one; the lookup itself goes on, for a later attempt to take.
+LOOKUP_TIMEOUT_S = 5.0
 
 
 class Shipped(StrEnum):
@@ -142,6 +146,8 @@ class _CoreAdapter:
     _shipping: asyncio.Lock | None = None  # held while a shipment is taken and sent
     _sequence = 0  # the number of the newest shipment
     _monitor: Any = None  # the Monitor's handle, once looked up
+    _monitor_lookups: BoundedLookup | None = None  # the GCS lookups of the Monitor's handle
+    _board_lookups: BoundedLookup | None = None  # and of the route board's
     # Shipments the Monitor was not seen to take, oldest first: sent again, in order, each
     # with its number, the configuration it was recorded under and when it was taken.
     _unsent: deque[tuple[int, dict[int, Any], ServedConfig, float]] | None = None
@@ -195,9 +201,9 @@ class _CoreAdapter:
     async def _send_feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         config = self.core.config if self.core else None
         try:
-            # A GCS lookup blocks: off the event loop every inference shares.
-            monitor = (await asyncio.to_thread(get_monitor, config.monitor_actor,
-                                               config.monitor_namespace) if config else None)
+            monitor = (await self._monitor_lookup()(config.monitor_actor, config.monitor_namespace,
+                                                    timeout_s=LOOKUP_TIMEOUT_S)
+                       if config else None)
         except Exception as error:  # the GCS restarting: the label source may retry
             raise ModelNotReadyError(
                 f"the Monitor could not be looked up ({type(error).__name__}); send the same "
@@ -234,7 +240,7 @@ class _CoreAdapter:
         """Before a new replica first answers: the board's table, where it is newer than the
         one in Serve's configuration (a route change made while this replica started)."""
         try:
-            board = await asyncio.to_thread(get_route_board)
+            board = await self._board_lookup()(timeout_s=FIRST_READ_TIMEOUT_S)
             if board is not None:
                 posted = await asyncio.wait_for(asyncio.wrap_future(
                     board.read.remote(config.endpoint, config.incarnation).future()),
@@ -255,7 +261,11 @@ class _CoreAdapter:
                 await asyncio.sleep(1.0)
                 continue
             if board is None:
-                board = await asyncio.to_thread(get_route_board)
+                try:
+                    board = await self._board_lookup()(timeout_s=LOOKUP_TIMEOUT_S)
+                except TimeoutError:  # the GCS not answering: routes still arrive by Serve
+                    log.warning("the route board could not be looked up within %g s; trying "
+                                "again", LOOKUP_TIMEOUT_S)
                 if board is None:
                     await asyncio.sleep(BOARD_RETRY_S)
                     continue
@@ -301,19 +311,40 @@ class _CoreAdapter:
             key = (core.config.monitor_actor, core.config.monitor_namespace)
             if self._monitor is None or key != monitor_key:
                 # Only until a handle is found. Where there is no Monitor (yet, or while it
-                # restarts) the interval's statistics are taken all the same and kept for
-                # it, each with its time.
-                self._monitor, monitor_key = await self._look_up_monitor(core), key
+                # restarts, or while the GCS does not answer the lookup) the interval's
+                # statistics are taken all the same and kept for it, each with its time.
+                # A lookup the GCS has not answered in time is only taken once it came,
+                # not waited on again: the shipments keep their pace meanwhile.
+                wait_s = 0.0 if self._monitor_lookup().waiting else LOOKUP_TIMEOUT_S
+                try:
+                    self._monitor = await self._look_up_monitor(core, wait_s)
+                except TimeoutError:
+                    if wait_s:
+                        log.warning("the GCS has not answered the lookup of the Monitor "
+                                    "within %g s; keeping the statistics for it", wait_s)
+                    self._monitor = None
+                monitor_key = key
             if await self._ship(core, self._monitor, replica) == Shipped.GONE:
                 self._monitor = None  # replaced by `up`: look the new one up
 
-    async def _look_up_monitor(self, core: InferenceCore) -> Any:
+    async def _look_up_monitor(self, core: InferenceCore, wait_s: float = LOOKUP_TIMEOUT_S) -> Any:
         """The Monitor's handle (None: there is none now), looked up off the event loop (a
-        GCS lookup blocks). Perhaps another Monitor than the one shipped to before, holding
-        none of the reference profiles: each goes again with its next shipment."""
+        GCS lookup blocks); :class:`TimeoutError` where the GCS did not answer within
+        ``wait_s``. Perhaps another Monitor than the one shipped to before, holding none of
+        the reference profiles: each goes again with its next shipment."""
         self._profiles_shipped = frozenset()
-        return await asyncio.to_thread(get_monitor, core.config.monitor_actor,
-                                       core.config.monitor_namespace)
+        return await self._monitor_lookup()(core.config.monitor_actor,
+                                            core.config.monitor_namespace, timeout_s=wait_s)
+
+    def _monitor_lookup(self) -> BoundedLookup:
+        if self._monitor_lookups is None:  # made on the replica's loop, not where it was built
+            self._monitor_lookups = BoundedLookup(get_monitor)
+        return self._monitor_lookups
+
+    def _board_lookup(self) -> BoundedLookup:
+        if self._board_lookups is None:
+            self._board_lookups = BoundedLookup(get_route_board)
+        return self._board_lookups
 
     async def _ship(self, core: InferenceCore, monitor: Any, replica: str,
                     leaving: bool = False) -> Shipped:
@@ -413,14 +444,16 @@ class _CoreAdapter:
             self._shipper.cancel()
             self._leaving = True  # a shipper that missed its cancellation ships no more
         try:
-            monitor = self._monitor
-            if monitor is None:
-                monitor = await self._look_up_monitor(core)
-            if monitor is not None:
-                await asyncio.wait_for(self._ship(core, monitor, self._replica, leaving=True),
-                                       GOODBYE_S)
+            await asyncio.wait_for(self._ship_goodbye(core), GOODBYE_S)
         except Exception as error:  # stopping regardless: the Monitor counts it as silent
             log.warning("could not say goodbye to the monitor: %s", error)
+
+    async def _ship_goodbye(self, core: InferenceCore) -> None:
+        monitor = self._monitor
+        if monitor is None:
+            monitor = await self._look_up_monitor(core)
+        if monitor is not None:
+            await self._ship(core, monitor, self._replica, leaving=True)
 
 
 class EndpointServer(_CoreAdapter):

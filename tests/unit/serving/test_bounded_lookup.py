@@ -1,0 +1,162 @@
+"""A GCS that does not answer a replica's lookup (of the Monitor, of the route board) held
+the replica's loop for as long as it did not: the shipper took no statistics meanwhile,
+so all those seconds reached the Monitor as one shipment, and a label batch waited with
+no answer. Each lookup is now waited on for a bounded time, and one that outlives its
+wait goes on in its one thread for a later attempt to take."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving import endpoint
+from serving.detached import BoundedLookup
+from serving.errors import ModelNotReadyError
+from tests.unit.serving.monitoring_helpers import make_core, reference_profile, send_many
+from tests.unit.serving.test_early_shipment import Replica, StandInMonitor, until
+
+
+class HungLookup:
+    """A lookup that blocks until released, counting its calls (threads started)."""
+
+    def __init__(self, answer: Any = None) -> None:
+        self.answer = answer
+        self.released = threading.Event()
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls.append(args)
+        self.released.wait(30)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_a_lookup_past_its_wait_runs_once_and_a_later_call_takes_its_answer() -> None:
+    hung = HungLookup(answer="handle")
+
+    async def run() -> None:
+        lookup = BoundedLookup(hung)
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                await lookup("monitor", "ns", timeout_s=0.05)
+            assert lookup.waiting
+        assert len(hung.calls) == 1  # one thread, however many attempts
+        with pytest.raises(TimeoutError):  # no wait at all: only an answer already there
+            await lookup("monitor", "ns", timeout_s=0)
+        hung.released.set()
+        assert await lookup("monitor", "ns", timeout_s=5) == "handle"
+        assert not lookup.waiting and len(hung.calls) == 1
+        # Taken: the next call looks up afresh (the actor may have been replaced since).
+        assert await lookup("monitor", "ns", timeout_s=5) == "handle"
+        assert len(hung.calls) == 2
+        # Another key is not answered with the lookup of the one before.
+        assert await lookup("other", "ns", timeout_s=5) == "handle"
+        assert hung.calls[-1] == ("other", "ns")
+
+    asyncio.run(run())
+
+
+def test_an_error_that_comes_after_the_wait_is_raised_to_the_next_call() -> None:
+    hung = HungLookup(answer=RuntimeError("the GCS is failing over"))
+
+    async def run() -> None:
+        lookup = BoundedLookup(hung)
+        with pytest.raises(TimeoutError):
+            await lookup(timeout_s=0.05)
+        hung.released.set()
+        await until(lambda: not lookup.waiting)
+        with pytest.raises(RuntimeError, match="failing over"):
+            await lookup(timeout_s=0)
+        assert len(hung.calls) == 1
+
+    asyncio.run(run())
+
+
+def test_the_shipper_keeps_its_pace_while_the_gcs_does_not_answer_its_lookup(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the first wait, each interval's statistics are taken at the interval and kept,
+    with their seconds, while the lookup hangs; once the GCS answers, every kept shipment
+    goes, oldest first."""
+    monitor = StandInMonitor()
+    hung = HungLookup(answer=monitor)
+    monkeypatch.setattr(endpoint, "get_monitor", hung)
+    monkeypatch.setattr(endpoint, "LOOKUP_TIMEOUT_S", 0.1)
+    core = make_core(reference_profile())
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
+    rows = [np.zeros((1, 4), np.float32)]
+
+    async def run() -> None:
+        replica = Replica(core)
+        shipper = asyncio.get_running_loop().create_task(replica._ship_forever())
+        try:
+            hung_from = time.monotonic()
+            for batch in range(10):
+                await send_many(core, rows * 3, prefix=f"b{batch}-")
+                await asyncio.sleep(0.06)
+            hung_for = time.monotonic() - hung_from
+            kept = list(replica._unsent or ())
+            # At its pace: an interval each (loosely: a loaded host's loop is slow).
+            assert len(kept) >= 4, (len(kept), hung_for)
+            assert len(hung.calls) == 1 and monitor.shipped == []
+            hung.released.set()
+            await until(lambda: sum(d[1]["codes"].get(200, 0) for _, d in monitor.shipped
+                                    if 1 in d) >= 30)
+        finally:
+            shipper.cancel()
+        assert sum(d[1]["codes"].get(200, 0) for _, d in monitor.shipped if 1 in d) == 30
+        sequences = [sequence for _, sequence, _ in monitor.calls]
+        assert sequences == sorted(sequences) and len(sequences) >= len(kept)
+        ages = [age for _, _, age in monitor.calls[:len(kept)]]
+        assert ages == sorted(ages, reverse=True) and ages[0] > ages[-1]  # each its own time
+
+    asyncio.run(run())
+
+
+def test_a_label_batch_is_answered_while_the_gcs_does_not_answer_the_lookup(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """503 with what to do, within the bound, rather than a call that never ends."""
+    hung = HungLookup()
+    monkeypatch.setattr(endpoint, "get_monitor", hung)
+    monkeypatch.setattr(endpoint, "LOOKUP_TIMEOUT_S", 0.1)
+    core = make_core(reference_profile())
+
+    async def run() -> None:
+        replica = Replica(core)
+        started = time.monotonic()
+        with pytest.raises(ModelNotReadyError, match="could not be looked up.*again"):
+            await replica._send_feedback(core.config.endpoint, [("r1", [1])])
+        assert time.monotonic() - started < 10
+        hung.released.set()
+
+    asyncio.run(run())
+
+
+def test_the_route_follower_goes_on_looking_while_the_gcs_does_not_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    hung = HungLookup()
+    monkeypatch.setattr(endpoint, "get_route_board", hung)
+    monkeypatch.setattr(endpoint, "LOOKUP_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(endpoint, "BOARD_RETRY_S", 0.01)
+    core = make_core(reference_profile())
+
+    async def run() -> None:
+        replica = Replica(core)
+        follower = asyncio.get_running_loop().create_task(replica._follow_routes())
+        try:
+            await asyncio.sleep(0.5)
+            assert not follower.done() and len(hung.calls) == 1
+            hung.released.set()  # the GCS answers: there is no board yet
+            await until(lambda: len(hung.calls) >= 2)
+            assert len(hung.calls) >= 2  # looked up again, afresh
+        finally:
+            follower.cancel()
+            hung.released.set()
+
+    asyncio.run(run())
