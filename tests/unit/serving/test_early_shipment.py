@@ -214,13 +214,15 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
                         backends)
             await asyncio.sleep(0.2)
             found[0] = monitor
-            # Until the kept shipments have gone and one taken after the change with them:
-            # they go one by one, each awaited, so the rows alone can arrive first.
+            # Until the kept shipments have gone, the newest of them (saying no more follow)
+            # and one taken after the change with them: they go one by one, each awaited,
+            # so the rows alone can arrive first.
             for _ in range(1000):
                 rows_shipped = sum(d[1]["monitoring"]["rows"] for _, d in monitor.shipped
                                    if 1 in d)
-                if rows_shipped >= 30 and any(served.generation == config.generation + 1
-                                              for served, _, _ in monitor.calls):
+                if rows_shipped >= 30 and False in monitor.more and any(
+                        served.generation == config.generation + 1
+                        for served, _, _ in monitor.calls):
                     break
                 await asyncio.sleep(0.01)
         finally:
@@ -235,8 +237,10 @@ def test_statistics_recorded_while_there_is_no_monitor_are_shipped_once_there_is
         ages = [age for _, _, age in monitor.calls]
         assert ages[0] >= 0.6 and ages == sorted(ages, reverse=True)  # oldest first
         # Each kept one but the newest says more follow: the Monitor counts the seconds
-        # after it as not yet reached (test_monitor_backlog.py).
-        assert monitor.more[:len(kept)] == [True] * len(kept) and not monitor.more[-1]
+        # after it as not yet reached (test_monitor_backlog.py). (Counting the kept ones by
+        # their age misses on a loaded host, where the newest may be late too.)
+        burst = monitor.more.index(False)
+        assert burst >= len(kept) - 1 >= 1 and not any(monitor.more[burst:]), monitor.more
         generations = [served.generation for served, _, _ in monitor.calls]
         first_requests = next(i for i, (_, d) in enumerate(monitor.shipped) if 1 in d)
         assert generations[first_requests] == config.generation  # recorded before the change
