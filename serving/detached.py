@@ -80,13 +80,16 @@ class BoundedLookup:
     as it did not: its shipper took no statistics meanwhile, so all those seconds reached
     the Monitor as one shipment. A lookup that outlives its wait is not started again while
     it runs, so a GCS that stays away costs one thread, not one per attempt: the next call
-    waits on the same lookup and takes its answer once it comes. One is used from one
+    waits on the same lookup and takes its answer once it comes, where that answer is no
+    older than ``fresh_s`` (an actor may have been replaced since). One is used from one
     event loop."""
 
-    def __init__(self, lookup: Callable[..., Any]) -> None:
+    def __init__(self, lookup: Callable[..., Any], fresh_s: float = 5.0) -> None:
         self._lookup = lookup
+        self.fresh_s = fresh_s
         self._pending: asyncio.Future[Any] | None = None
         self._pending_args: tuple[Any, ...] = ()
+        self._answered_at = 0.0
 
     @property
     def waiting(self) -> bool:
@@ -97,17 +100,28 @@ class BoundedLookup:
         """The lookup's answer for ``args``, or its error; :class:`TimeoutError` where none
         came within ``timeout_s`` (the lookup goes on, for a later call to take)."""
         pending = self._pending
-        if pending is None or self._pending_args != args:
+        if (pending is None or self._pending_args != args
+                or (pending.done() and time.monotonic() - self._answered_at > self.fresh_s)):
             pending = self._pending = asyncio.ensure_future(asyncio.to_thread(self._lookup, *args))
             self._pending_args = args
-            # An error that comes after every call stopped waiting is taken by the next
-            # call, or by no one: either way not logged as never retrieved.
-            pending.add_done_callback(lambda done: done.cancelled() or done.exception())
+            pending.add_done_callback(self._answered)
         try:
             return await asyncio.wait_for(asyncio.shield(pending), timeout_s)
+        except TimeoutError:
+            if pending.done():  # it came as the wait ended
+                return pending.result()
+            raise
         finally:
             if pending.done() and self._pending is pending:
                 self._pending = None  # taken: the next call looks up afresh
+
+    def _answered(self, done: asyncio.Future[Any]) -> None:
+        if done is self._pending:
+            self._answered_at = time.monotonic()
+        # An error that comes after every call stopped waiting is taken by the next call,
+        # or by no one: either way not logged as never retrieved.
+        if not done.cancelled():
+            done.exception()
 
 
 def named_actor(name: str, namespace: str) -> Any | None:

@@ -77,7 +77,9 @@ WARMING = ("this replica started moments ago and the ingress does not send to it
            "yet; it answers ready once it does")
 BOARD_RETRY_S = 1.0  # how often a replica looks for a route board that is not there
 LOOP_RESTART_S = 1.0  # how soon a replica's background loop starts again after an error
-FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long for the board
+# A replica's first configuration waits this long for the board's handle, and as long
+# again for its table.
+FIRST_READ_TIMEOUT_S = 2.0
 # Shipments kept for a Monitor that is not there or does not answer: five minutes at the
 # default interval, as far back as the Monitor's windows reach; past them the oldest go.
 # Each is taken at its interval and keeps the time it was taken, so the Monitor files it in
@@ -87,6 +89,7 @@ FIRST_READ_TIMEOUT_S = 2.0  # a replica's first configuration waits this long fo
 UNSENT_LIMIT = 300
 UNSENT_OBSERVED = 60
 GOODBYE_S = 5.0  # what a stopping replica spends on its goodbye at most
+RECORD_TIMEOUT_S = 5.0  # a shipment the Monitor has not answered by then goes again later
 # How long a replica waits on a GCS lookup (the Monitor's or the route board's handle)
 # before it goes on without one; the lookup itself goes on, for a later attempt to take.
 LOOKUP_TIMEOUT_S = 5.0
@@ -143,7 +146,9 @@ class _CoreAdapter:
 
     core: InferenceCore | None
     _shipper: asyncio.Task[None] | None = None
-    _shipping: asyncio.Lock | None = None  # held while a shipment is taken and sent
+    _shipping: asyncio.Lock | None = None  # held while a shipment is taken
+    _sending: asyncio.Lock | None = None  # held while kept shipments are sent
+    _sender: asyncio.Task[None] | None = None  # the shipper's sending task
     _sequence = 0  # the number of the newest shipment
     _monitor: Any = None  # the Monitor's handle, once looked up
     _monitor_lookups: BoundedLookup | None = None  # the GCS lookups of the Monitor's handle
@@ -201,9 +206,12 @@ class _CoreAdapter:
     async def _send_feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
         config = self.core.config if self.core else None
         try:
-            monitor = (await self._monitor_lookup()(config.monitor_actor, config.monitor_namespace,
-                                                    timeout_s=LOOKUP_TIMEOUT_S)
-                       if config else None)
+            # The shipper's handle where it has one: no GCS call per label batch.
+            monitor = self._monitor
+            if monitor is None and config is not None:
+                monitor = await self._monitor_lookup()(
+                    config.monitor_actor, config.monitor_namespace, timeout_s=LOOKUP_TIMEOUT_S)
+                raise_if_cancelled()
         except Exception as error:  # the GCS restarting: the label source may retry
             raise ModelNotReadyError(
                 f"the Monitor could not be looked up ({type(error).__name__}); send the same "
@@ -249,7 +257,7 @@ class _CoreAdapter:
                     posted.applied_to(config)  # raises if it is not a route table
                     self._posted = posted
         except Exception as error:  # the board is an optimisation: Serve's table still serves
-            log.warning("could not read the route board: %s", error)
+            log.warning("could not read the route board: %r", error)
 
     async def _follow_routes(self) -> None:
         """Long-poll the route board and swap in each newer route table."""
@@ -266,6 +274,7 @@ class _CoreAdapter:
                 except TimeoutError:  # the GCS not answering: routes still arrive by Serve
                     log.warning("the route board could not be looked up within %g s; trying "
                                 "again", LOOKUP_TIMEOUT_S)
+                raise_if_cancelled()
                 if board is None:
                     await asyncio.sleep(BOARD_RETRY_S)
                     continue
@@ -294,47 +303,79 @@ class _CoreAdapter:
                 self.core.route(newer)
 
     async def _ship_forever(self) -> None:
-        replica = self._replica
-        monitor_key: tuple[str, str] | None = None
+        """Take each interval's statistics (sooner where a busy second's observations wait)
+        and keep them for the Monitor, which a sender task of this loop's sends them to.
+        Taking never waits on the Monitor or the GCS: while a Monitor did not answer (5 s a
+        try) or the GCS a lookup, the next taking waited, and a stop's seconds reached the
+        Monitor as one shipment every six."""
+        wake = asyncio.Event()
+        self._sender = sender = asyncio.get_running_loop().create_task(self._send_forever(wake))
         first = True  # at once: the Monitor knows of a replica that dies in its first second
+        try:
+            while True:
+                raise_if_cancelled()
+                if sender.done():  # an error it did not foresee: both start again
+                    sender.result()
+                    return
+                core = self.core
+                if core is None:
+                    await asyncio.sleep(1.0)
+                    continue
+                # At the interval, or sooner where a busy second's observations wait.
+                if not first:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(core.stats_due.wait(), core.config.stats_interval_s)
+                first = False
+                if not await self._take(core):
+                    return  # the goodbye took everything
+                wake.set()
+        finally:
+            sender.cancel()
+
+    async def _send_forever(self, wake: asyncio.Event) -> None:
+        """Send the kept shipments, oldest first, each time one is taken; where there is no
+        Monitor (yet, or while it restarts, or while the GCS does not answer the lookup)
+        they are only kept, each with its time."""
+        monitor_key: tuple[str, str] | None = None
+        unanswered_lookup = False
         while True:
+            await wake.wait()
+            wake.clear()
             raise_if_cancelled()
             core = self.core
             if core is None:
-                await asyncio.sleep(1.0)
                 continue
-            # At the interval, or sooner where a busy second's observations wait.
-            if not first:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(core.stats_due.wait(), core.config.stats_interval_s)
-            first = False
             key = (core.config.monitor_actor, core.config.monitor_namespace)
             if self._monitor is None or key != monitor_key:
-                # Only until a handle is found. Where there is no Monitor (yet, or while it
-                # restarts, or while the GCS does not answer the lookup) the interval's
-                # statistics are taken all the same and kept for it, each with its time.
-                # A lookup the GCS has not answered in time is only taken once it came,
-                # not waited on again: the shipments keep their pace meanwhile.
-                wait_s = 0.0 if self._monitor_lookup().waiting else LOOKUP_TIMEOUT_S
+                # Only until a handle is found; takings go on meanwhile.
                 try:
-                    self._monitor = await self._look_up_monitor(core, wait_s)
+                    self._monitor = await self._look_up_monitor(core)
+                    unanswered_lookup = False
                 except TimeoutError:
-                    if wait_s:
-                        log.warning("the GCS has not answered the lookup of the Monitor "
-                                    "within %g s; keeping the statistics for it", wait_s)
-                    self._monitor = None
+                    if not unanswered_lookup:
+                        log.warning("the GCS has not answered the lookup of the Monitor within "
+                                    "%g s; keeping the statistics for it", LOOKUP_TIMEOUT_S)
+                    unanswered_lookup, self._monitor = True, None
+                raise_if_cancelled()
                 monitor_key = key
-            if await self._ship(core, self._monitor, replica) == Shipped.GONE:
-                self._monitor = None  # replaced by `up`: look the new one up
+            if self._monitor is None:
+                continue
+            async with self._send_lock():
+                if self._leaving:
+                    return  # the goodbye sent everything
+                if await self._send_unsent(core, self._monitor, self._replica,
+                                           False) == Shipped.GONE:
+                    self._monitor = None  # replaced by `up`: look the new one up
 
-    async def _look_up_monitor(self, core: InferenceCore, wait_s: float = LOOKUP_TIMEOUT_S) -> Any:
+    async def _look_up_monitor(self, core: InferenceCore) -> Any:
         """The Monitor's handle (None: there is none now), looked up off the event loop (a
         GCS lookup blocks); :class:`TimeoutError` where the GCS did not answer within
-        ``wait_s``. Perhaps another Monitor than the one shipped to before, holding none of
-        the reference profiles: each goes again with its next shipment."""
+        :data:`LOOKUP_TIMEOUT_S`. Perhaps another Monitor than the one shipped to before,
+        holding none of the reference profiles: each goes again with its next shipment."""
         self._profiles_shipped = frozenset()
         return await self._monitor_lookup()(core.config.monitor_actor,
-                                            core.config.monitor_namespace, timeout_s=wait_s)
+                                            core.config.monitor_namespace,
+                                            timeout_s=LOOKUP_TIMEOUT_S)
 
     def _monitor_lookup(self) -> BoundedLookup:
         if self._monitor_lookups is None:  # made on the replica's loop, not where it was built
@@ -353,9 +394,20 @@ class _CoreAdapter:
         after any earlier shipment the Monitor was not seen to take. What it did not answer
         is sent again next time, under the same number, so one it took after all (slow, not
         gone) is not counted twice. Without a Monitor (None) the shipment is only kept."""
-        async with self._shipment_lock():  # the goodbye waits for a shipment under way
+        if not await self._take(core, leaving):
+            return Shipped.SENT  # the goodbye took everything; the Monitor forgot us
+        if monitor is None:
+            return Shipped.UNANSWERED
+        async with self._send_lock():
+            return await self._send_unsent(core, monitor, replica, leaving)
+
+    async def _take(self, core: InferenceCore, leaving: bool = False) -> bool:
+        """Take what ``core`` recorded since the last taking and keep it to be sent (the
+        oldest kept go past :data:`UNSENT_LIMIT`); False, taking nothing, once the goodbye
+        took everything (unless this is the goodbye's)."""
+        async with self._shipment_lock():  # the goodbye waits for a taking under way
             if self._leaving and not leaving:
-                return Shipped.SENT  # the goodbye took everything; the Monitor forgot us
+                return False
             # When its recording ended, for its age when sent: the replica's own clock,
             # so no clock of another node is read.
             taken_at = time.monotonic()
@@ -374,9 +426,7 @@ class _CoreAdapter:
                     log.warning("dropping the oldest statistics kept for the monitor: it has "
                                 "not taken %d shipments in a row", UNSENT_LIMIT)
                 self._dropped += 1
-            if monitor is None:
-                return Shipped.UNANSWERED
-            return await self._send_unsent(core, monitor, replica, leaving)
+            return True
 
     async def _send_unsent(self, core: InferenceCore, monitor: Any, replica: str,
                            leaving: bool) -> Shipped:
@@ -398,7 +448,7 @@ class _CoreAdapter:
                         core.config.endpoint, replica, delta, served, leaving=last,
                         sequence=sequence, age_s=time.monotonic() - taken_at,
                         more=len(self._unsent) > 1).future()),
-                    timeout=5,
+                    timeout=RECORD_TIMEOUT_S,
                 )
             except Exception as error:  # the monitor restarting must not break serving
                 log.warning("could not ship statistics to the monitor (%d shipments "
@@ -408,7 +458,8 @@ class _CoreAdapter:
                 # A slow Monitor (or a GCS restarting) keeps its handle; a lookup now
                 # could fail and stop every replica shipping at once.
                 return Shipped.GONE if isinstance(error, RayActorError) else Shipped.UNANSWERED
-            self._unsent.popleft()
+            if self._unsent and self._unsent[0][0] == sequence:  # not dropped meanwhile
+                self._unsent.popleft()
             if self._dropped:
                 log.warning("the monitor takes statistics again; %d shipments were dropped "
                             "while it did not", self._dropped)
@@ -421,6 +472,11 @@ class _CoreAdapter:
         if self._shipping is None:  # made on the replica's loop, not where it was built
             self._shipping = asyncio.Lock()
         return self._shipping
+
+    def _send_lock(self) -> asyncio.Lock:
+        if self._sending is None:
+            self._sending = asyncio.Lock()
+        return self._sending
 
     def __del__(self) -> Awaitable[None] | None:
         """Serve stops this replica gracefully (a scale-down, a redeploy), after its last
@@ -440,13 +496,15 @@ class _CoreAdapter:
             self._follower.cancel()
         if self._shipper is None or core is None:
             return
-        async with self._shipment_lock():  # cancelled between shipments, so none is cut short
+        async with self._shipment_lock():  # cancelled between takings, so none is cut short
             self._shipper.cancel()
+            if self._sender is not None:  # a send under way goes again with the goodbye
+                self._sender.cancel()
             self._leaving = True  # a shipper that missed its cancellation ships no more
         try:
             await asyncio.wait_for(self._ship_goodbye(core), GOODBYE_S)
         except Exception as error:  # stopping regardless: the Monitor counts it as silent
-            log.warning("could not say goodbye to the monitor: %s", error)
+            log.warning("could not say goodbye to the monitor: %r", error)
 
     async def _ship_goodbye(self, core: InferenceCore) -> None:
         monitor = self._monitor

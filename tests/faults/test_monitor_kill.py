@@ -1,13 +1,15 @@
-"""The Monitor killed under load, in the middle of a rollout.
+"""The Monitor killed, or wedged, under load in the middle of a rollout.
 
-Serving never waits on the Monitor, so no request fails; while it is gone every analysis
-the rollout records is inconclusive (never a pass or a failure built on missing data) and
-the rollout neither advances nor rolls back; once a new Monitor runs, the replicas'
-statistics reach it again and analyses pass again.
+Serving never waits on the Monitor, so no request fails; while it is gone (or answers
+nothing) every analysis the rollout records is inconclusive (never a pass or a failure
+built on missing data) and the rollout neither advances nor rolls back; once a Monitor
+runs again, the replicas' statistics reach it again and analyses pass again.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from datetime import datetime
 
@@ -91,6 +93,101 @@ def test_monitor_killed_mid_rollout(platform: Platform) -> None:
         assert resumed_s < 30
     finally:
         ensure_monitor()
+        for active in client.list_rollouts(endpoint=name, active=True):
+            client.rollout_action(active.id, "abort", "test finished")
+        client.undeploy(name)
+        client.close()
+
+
+def _monitor_pid() -> int:
+    from serving.monitoring.monitor import get_monitor
+
+    def getpid(_monitor: object) -> int:
+        import os
+
+        return os.getpid()
+
+    return int(ray.get(get_monitor().__ray_call__.remote(getpid), timeout=30))
+
+
+WEDGED_S = 15.0
+
+
+def test_a_wedged_monitor_costs_no_request_decides_nothing_and_loses_no_second(
+        platform: Platform) -> None:
+    """The Monitor's process stopped (SIGSTOP: alive, answering nothing) for 15 s. Each
+    replica keeps taking its statistics at its interval, each with its time, and the
+    Monitor files every second of the stop in its own second once it runs again: a
+    replica waiting 5 s on each unanswered shipment took one every 6 s, so the stop read
+    as a second of six seconds' traffic after five empty ones. And every answered request
+    is counted exactly once, though each kept shipment was sent again until answered."""
+    from serving.monitoring.monitor import get_monitor
+
+    name = "fault-monitor-wedge"
+    client: Client = platform.client()
+    client.register_version(name, linear_classifier(seed=1), linear_classifier_manifest())
+    client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
+    client.deploy(name, f"{name}:1", scaling={"num_cpus": 0.05})
+    platform.wait_endpoint(name, {1})
+    try:
+        with BackgroundLoad(platform.url, name) as load:
+            rollout = client.start_rollout({"endpoint": name, "model_ref": f"{name}:2",
+                                            "steps": [50, 100], "step_duration_s": 600,
+                                            "analysis": ANALYSIS})
+            wait_for(lambda: client.get_rollout(rollout.id).last_analysis.get("verdict") == "pass",
+                     90, "a passing analysis before the fault")
+            pid = _monitor_pid()
+            stopped_at = time.time()
+            os.kill(pid, signal.SIGSTOP)
+            seen: dict[str, str] = {}
+            try:
+                until = time.monotonic() + WEDGED_S
+                while time.monotonic() < until:
+                    record = client.get_rollout(rollout.id).last_analysis
+                    if record and _analysis_at(record) > stopped_at + 1:
+                        seen[record["at"]] = record["verdict"]
+                    time.sleep(0.3)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            resumed_at = time.time()
+            assert set(seen.values()) <= {"inconclusive"}, seen
+            during = client.get_rollout(rollout.id)
+            assert during.state == "progressing" and during.step_index == 0
+            wait_for(lambda: client.get_rollout(rollout.id).last_analysis.get("verdict") == "pass",
+                     90, "a passing analysis once the Monitor runs again")
+        events = client.rollout_events(rollout.id)
+        assert [e.kind for e in events if e.created_at.timestamp() > stopped_at
+                and e.kind in ("analysis_failed", "step")] == []
+        failed = load.failures()
+        assert failed == [], failed[:3]
+
+        answered = sum(1 for answer in load.answers if answer.ok)
+
+        def counted() -> int:
+            totals = ray.get(get_monitor().totals.remote(), timeout=30)
+            return sum(sum(t.codes.values()) for t in totals if t.endpoint == name)
+
+        # The replicas' last shipments land within a few intervals of the load's end.
+        wait_for(lambda: counted() >= answered, 60, "every answered request counted",
+                 seen=lambda: (counted(), answered))
+        time.sleep(3)  # and nothing more lands: a shipment sent again is merged once
+        assert counted() == answered
+
+        history = ray.get(get_monitor().history.remote(name, 120.0, 1.0), timeout=30)
+        per_second: dict[float, int] = {}
+        for points in history.values():
+            for point in points:
+                per_second[round(point["t"])] = per_second.get(round(point["t"]), 0) + point["requests"]
+        # The stop's seconds, less one at each edge (a shipment's second by the replica's clock).
+        inside = [count for end, count in sorted(per_second.items())
+                  if stopped_at + 2 <= end <= resumed_at - 1]
+        print(f"\nMonitor wedged {resumed_at - stopped_at:.1f} s: {len(seen)} inconclusive "
+              f"analyses; requests per second filed over the stop: {inside}")
+        assert len(inside) >= WEDGED_S - 4, inside
+        busy = sorted(inside)[len(inside) // 2]
+        assert busy > 0 and sum(1 for count in inside if count > 0) >= 0.8 * len(inside), inside
+        assert max(inside) <= 3 * busy, inside
+    finally:
         for active in client.list_rollouts(endpoint=name, active=True):
             client.rollout_action(active.id, "abort", "test finished")
         client.undeploy(name)

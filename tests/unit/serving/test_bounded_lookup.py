@@ -7,8 +7,10 @@ wait goes on in its one thread for a later attempt to take."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -78,45 +80,135 @@ def test_an_error_that_comes_after_the_wait_is_raised_to_the_next_call() -> None
     asyncio.run(run())
 
 
+def _core_shipping_every(seconds: float) -> Any:
+    core = make_core(reference_profile())
+    config, backends, _ = core._state
+    core.update(config.model_copy(update={"stats_interval_s": seconds}), backends)
+    return core
+
+
+async def _load_for_ten_intervals(core: Any) -> None:
+    rows = [np.zeros((1, 4), np.float32)]
+    for batch in range(10):
+        await send_many(core, rows * 3, prefix=f"b{batch}-")
+        await asyncio.sleep(0.06)
+
+
+def _answered(monitor: StandInMonitor) -> int:
+    return sum(d[1]["codes"].get(200, 0) for _, d in monitor.shipped if 1 in d)
+
+
 def test_the_shipper_keeps_its_pace_while_the_gcs_does_not_answer_its_lookup(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past the first wait, each interval's statistics are taken at the interval and kept,
-    with their seconds, while the lookup hangs; once the GCS answers, every kept shipment
-    goes, oldest first."""
+    """Each interval's statistics are taken at the interval and kept, with their seconds,
+    while the lookup hangs (its 5 s wait included); once the GCS answers, every kept
+    shipment goes, oldest first."""
     monitor = StandInMonitor()
     hung = HungLookup(answer=monitor)
     monkeypatch.setattr(endpoint, "get_monitor", hung)
-    monkeypatch.setattr(endpoint, "LOOKUP_TIMEOUT_S", 0.1)
-    core = make_core(reference_profile())
-    config, backends, _ = core._state
-    core.update(config.model_copy(update={"stats_interval_s": 0.05}), backends)
-    rows = [np.zeros((1, 4), np.float32)]
+    core = _core_shipping_every(0.05)
 
     async def run() -> None:
         replica = Replica(core)
         shipper = asyncio.get_running_loop().create_task(replica._ship_forever())
         try:
-            hung_from = time.monotonic()
-            for batch in range(10):
-                await send_many(core, rows * 3, prefix=f"b{batch}-")
-                await asyncio.sleep(0.06)
-            hung_for = time.monotonic() - hung_from
+            await _load_for_ten_intervals(core)
             kept = list(replica._unsent or ())
-            # At its pace: an interval each (loosely: a loaded host's loop is slow).
-            assert len(kept) >= 4, (len(kept), hung_for)
+            assert len(kept) >= 4, len(kept)  # at its pace (loosely: a loaded host is slow)
             assert len(hung.calls) == 1 and monitor.shipped == []
             hung.released.set()
-            await until(lambda: sum(d[1]["codes"].get(200, 0) for _, d in monitor.shipped
-                                    if 1 in d) >= 30)
+            await until(lambda: _answered(monitor) >= 30)
         finally:
             shipper.cancel()
-        assert sum(d[1]["codes"].get(200, 0) for _, d in monitor.shipped if 1 in d) == 30
+            hung.released.set()
+        assert _answered(monitor) == 30
         sequences = [sequence for _, sequence, _ in monitor.calls]
         assert sequences == sorted(sequences) and len(sequences) >= len(kept)
         ages = [age for _, _, age in monitor.calls[:len(kept)]]
         assert ages == sorted(ages, reverse=True) and ages[0] > ages[-1]  # each its own time
 
     asyncio.run(run())
+
+
+class WedgedMonitor(StandInMonitor):
+    """A Monitor whose process is stopped: every call waits, unanswered, until it runs
+    again, and then each is answered (and each delta taken) in the order it was made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = False
+        self.waiting: list[tuple[concurrent.futures.Future[dict[str, Any]], tuple[Any, ...]]] = []
+
+    def _record(self, *args: Any, **kwargs: Any) -> Any:
+        if self.running:
+            return super()._record(*args, **kwargs)
+        answer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self.waiting.append((answer, (args, kwargs)))
+        return SimpleNamespace(future=lambda: answer)
+
+    def run_again(self) -> None:
+        self.running = True
+        taken: set[int] = set()
+        for answer, (args, kwargs) in self.waiting:
+            if kwargs["sequence"] not in taken:  # merged once, as the Monitor does
+                taken.add(kwargs["sequence"])
+                super()._record(*args, **kwargs)
+            if not answer.done():  # the replica stopped waiting: Ray's call still lands
+                answer.set_result({})
+
+
+def test_the_shipper_keeps_its_pace_while_the_monitor_does_not_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shipment waits for its answer on a task of its own: the next ones are taken at
+    the interval meanwhile (a shipper waiting on each took one every six intervals here,
+    every 6 s with a real Monitor), and, once the Monitor answers, each lands once."""
+    monitor = WedgedMonitor()
+    monkeypatch.setattr(endpoint, "get_monitor", lambda *key: monitor)
+    monkeypatch.setattr(endpoint, "RECORD_TIMEOUT_S", 0.3)
+    core = _core_shipping_every(0.05)
+
+    async def run() -> None:
+        replica = Replica(core)
+        shipper = asyncio.get_running_loop().create_task(replica._ship_forever())
+        try:
+            await _load_for_ten_intervals(core)
+            assert monitor.waiting and monitor.shipped == []
+            assert replica._sequence >= 6, replica._sequence  # taken at the interval
+            monitor.run_again()
+            await until(lambda: _answered(monitor) >= 30 and not replica._unsent)
+        finally:
+            shipper.cancel()
+        assert _answered(monitor) == 30
+        sequences = [sequence for _, sequence, _ in monitor.calls]
+        assert sequences == sorted(set(sequences))
+
+    asyncio.run(run())
+
+
+def test_a_goodbye_keeps_its_bound_while_the_gcs_does_not_answer(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    hung = HungLookup()
+    monkeypatch.setattr(endpoint, "get_monitor", hung)
+    monkeypatch.setattr(endpoint, "GOODBYE_S", 0.3)
+    core = _core_shipping_every(0.05)
+
+    async def run() -> float:
+        replica = Replica(core)
+        replica._in_serve = True
+        replica._shipper = asyncio.get_running_loop().create_task(replica._ship_forever())
+        try:
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            goodbye = replica.__del__()
+            assert goodbye is not None
+            await goodbye
+            return time.monotonic() - started
+        finally:
+            hung.released.set()
+
+    took = asyncio.run(run())
+    assert took < 5, took
+    assert "could not say goodbye to the monitor: TimeoutError" in caplog.text
 
 
 def test_a_label_batch_is_answered_while_the_gcs_does_not_answer_the_lookup(
@@ -129,17 +221,19 @@ def test_a_label_batch_is_answered_while_the_gcs_does_not_answer_the_lookup(
 
     async def run() -> None:
         replica = Replica(core)
-        started = time.monotonic()
-        with pytest.raises(ModelNotReadyError, match="could not be looked up.*again"):
-            await replica._send_feedback(core.config.endpoint, [("r1", [1])])
-        assert time.monotonic() - started < 10
-        hung.released.set()
+        try:
+            started = time.monotonic()
+            with pytest.raises(ModelNotReadyError, match="could not be looked up.*again"):
+                await replica._send_feedback(core.config.endpoint, [("r1", [1])])
+            assert time.monotonic() - started < 10
+        finally:
+            hung.released.set()
 
     asyncio.run(run())
 
 
 def test_the_route_follower_goes_on_looking_while_the_gcs_does_not_answer(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     hung = HungLookup()
     monkeypatch.setattr(endpoint, "get_route_board", hung)
     monkeypatch.setattr(endpoint, "LOOKUP_TIMEOUT_S", 0.05)
@@ -150,8 +244,9 @@ def test_the_route_follower_goes_on_looking_while_the_gcs_does_not_answer(
         replica = Replica(core)
         follower = asyncio.get_running_loop().create_task(replica._follow_routes())
         try:
-            await asyncio.sleep(0.5)
-            assert not follower.done() and len(hung.calls) == 1
+            await until(lambda: caplog.text.count("could not be looked up") >= 3)
+            # Round after round on the one lookup, not stuck in it, nor a thread a round.
+            assert caplog.text.count("could not be looked up") >= 3 and len(hung.calls) == 1
             hung.released.set()  # the GCS answers: there is no board yet
             await until(lambda: len(hung.calls) >= 2)
             assert len(hung.calls) >= 2  # looked up again, afresh
