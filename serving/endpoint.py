@@ -204,14 +204,39 @@ class _CoreAdapter:
         return InferenceCore(config, backends, feedback_sink=self._send_feedback)
 
     async def _send_feedback(self, endpoint: str, items: list[tuple[str, list[Any]]]) -> dict[str, Any]:
+        """A label batch to the Monitor, on the shipper's handle where it has one (no GCS
+        call per batch), or on one looked up; where the shipper's Monitor has died since
+        (replaced by `up`), on the new one's. ModelNotReadyError (503, send again) where
+        there is no Monitor, or no answer."""
+        from ray.exceptions import RayActorError
+
+        held = self._monitor
+        for monitor in (held, None) if held is not None else (None,):
+            if monitor is None:
+                monitor = await self._monitor_for_feedback()
+            try:
+                return await asyncio.wait_for(  # type: ignore[no-any-return]
+                    asyncio.wrap_future(monitor.feedback.remote(endpoint, items).future()),
+                    timeout=10)
+            except RayActorError:
+                if monitor is held and self._monitor is held:
+                    self._monitor = None  # gone: the shipper looks the new one up too
+                    continue
+                error_name = "RayActorError"
+            except Exception as error:  # restarting or overloaded: the label source may retry
+                error_name = type(error).__name__
+            break
+        raise ModelNotReadyError(
+            f"the Monitor did not answer ({error_name}); send the same batch again in a few "
+            "seconds (safe: a prediction joins one label at most)")
+
+    async def _monitor_for_feedback(self) -> Any:
         config = self.core.config if self.core else None
         try:
-            # The shipper's handle where it has one: no GCS call per label batch.
-            monitor = self._monitor
-            if monitor is None and config is not None:
-                monitor = await self._monitor_lookup()(
-                    config.monitor_actor, config.monitor_namespace, timeout_s=LOOKUP_TIMEOUT_S)
-                raise_if_cancelled()
+            monitor = (await self._monitor_lookup()(config.monitor_actor, config.monitor_namespace,
+                                                    timeout_s=LOOKUP_TIMEOUT_S)
+                       if config is not None else None)
+            raise_if_cancelled()
         except Exception as error:  # the GCS restarting: the label source may retry
             raise ModelNotReadyError(
                 f"the Monitor could not be looked up ({type(error).__name__}); send the same "
@@ -219,13 +244,7 @@ class _CoreAdapter:
         if monitor is None:
             raise ModelNotReadyError("the Monitor is not running, so feedback cannot be joined; "
                                      "retry once `modelplane up` has started it")
-        try:
-            return await asyncio.wait_for(  # type: ignore[no-any-return]
-                asyncio.wrap_future(monitor.feedback.remote(endpoint, items).future()), timeout=10)
-        except Exception as error:  # restarting or overloaded: the label source may retry
-            raise ModelNotReadyError(
-                f"the Monitor did not answer ({type(error).__name__}); send the same batch "
-                "again in a few seconds (safe: a prediction joins one label at most)") from None
+        return monitor
 
     def _ensure_shipping(self) -> None:
         loop = asyncio.get_running_loop()

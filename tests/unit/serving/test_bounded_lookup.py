@@ -64,6 +64,23 @@ def test_a_lookup_past_its_wait_runs_once_and_a_later_call_takes_its_answer() ->
     asyncio.run(run())
 
 
+def test_an_answer_no_call_took_while_fresh_is_looked_up_again() -> None:
+    """An answer that waited for a taker past ``fresh_s`` may name an actor replaced since."""
+    hung = HungLookup(answer="handle")
+
+    async def run() -> None:
+        lookup = BoundedLookup(hung, fresh_s=0.05)
+        with pytest.raises(TimeoutError):
+            await lookup(timeout_s=0.01)
+        hung.released.set()
+        await until(lambda: not lookup.waiting)
+        await asyncio.sleep(0.2)
+        assert await lookup(timeout_s=5) == "handle"
+        assert len(hung.calls) == 2  # not the stale answer: a lookup of its own
+
+    asyncio.run(run())
+
+
 def test_an_error_that_comes_after_the_wait_is_raised_to_the_next_call() -> None:
     hung = HungLookup(answer=RuntimeError("the GCS is failing over"))
 
@@ -139,20 +156,30 @@ class WedgedMonitor(StandInMonitor):
         self.running = False
         self.waiting: list[tuple[concurrent.futures.Future[dict[str, Any]], tuple[Any, ...]]] = []
 
+        self.taken: set[int] = set()
+        self.sent: list[int] = []  # every call's sequence, sent again or not
+
     def _record(self, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(kwargs["sequence"])
         if self.running:
-            return super()._record(*args, **kwargs)
+            return self._merge_once(args, kwargs)
         answer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self.waiting.append((answer, (args, kwargs)))
         return SimpleNamespace(future=lambda: answer)
 
+    def _merge_once(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """As the Monitor does: a shipment sent again is answered, not merged again."""
+        if kwargs["sequence"] in self.taken:
+            answered: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+            answered.set_result({})
+            return SimpleNamespace(future=lambda: answered)
+        self.taken.add(kwargs["sequence"])
+        return super()._record(*args, **kwargs)
+
     def run_again(self) -> None:
         self.running = True
-        taken: set[int] = set()
-        for answer, (args, kwargs) in self.waiting:
-            if kwargs["sequence"] not in taken:  # merged once, as the Monitor does
-                taken.add(kwargs["sequence"])
-                super()._record(*args, **kwargs)
+        for answer, (args, kwargs) in self.waiting:  # in the order they were made
+            self._merge_once(args, kwargs)
             if not answer.done():  # the replica stopped waiting: Ray's call still lands
                 answer.set_result({})
 
@@ -179,8 +206,88 @@ def test_the_shipper_keeps_its_pace_while_the_monitor_does_not_answer(
         finally:
             shipper.cancel()
         assert _answered(monitor) == 30
-        sequences = [sequence for _, sequence, _ in monitor.calls]
-        assert sequences == sorted(set(sequences))
+        sequences = [sequence for _, sequence, _ in monitor.calls]  # merged, in order
+        assert sequences == sorted(set(sequences)) and sequences[0] == 1
+        assert monitor.sent.count(1) >= 2  # the first, unanswered, was sent again
+
+    asyncio.run(run())
+
+
+def test_a_goodbye_while_a_send_waits_on_a_wedged_monitor_keeps_its_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The goodbye stops the sender mid-send and sends everything itself, the one under
+    way again under its own number and the last with the goodbye, within its bound."""
+    monitor = WedgedMonitor()
+    monkeypatch.setattr(endpoint, "get_monitor", lambda *key: monitor)
+    monkeypatch.setattr(endpoint, "RECORD_TIMEOUT_S", 60.0)  # the send would wait a minute
+    core = _core_shipping_every(0.05)
+
+    async def run() -> float:
+        replica = Replica(core)
+        replica._in_serve = True
+        replica._shipper = asyncio.get_running_loop().create_task(replica._ship_forever())
+        await send_many(core, [np.zeros((1, 4), np.float32)] * 5)
+        await until(lambda: monitor.waiting and replica._sequence >= 3)
+        monitor.running = True  # it answers again: the goodbye's calls are answered
+        started = time.monotonic()
+        goodbye = replica.__del__()
+        assert goodbye is not None
+        await goodbye
+        return time.monotonic() - started
+
+    took = asyncio.run(run())
+    assert took < 5, took
+    assert monitor.goodbyes == ["replica-1"] and _answered(monitor) == 5
+    sequences = [sequence for _, sequence, _ in monitor.calls]
+    assert sequences == sorted(set(sequences)) and sequences[0] == 1  # the one under way too
+
+
+class FeedbackMonitor(StandInMonitor):
+    """Answers ``feedback.remote``, or raises as a dead actor's handle does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[Any] = []
+        self.feedback = SimpleNamespace(remote=self._feedback)
+
+    def _feedback(self, endpoint_name: str, items: Any) -> Any:
+        from ray.exceptions import ActorDiedError
+
+        answered: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        if self.dead:
+            answered.set_exception(ActorDiedError())
+        else:
+            self.batches.append(items)
+            answered.set_result({"joined": len(items)})
+        return SimpleNamespace(future=lambda: answered)
+
+
+def test_a_label_batch_goes_on_the_shipper_s_handle_or_the_new_monitor_s(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GCS call per label batch where the shipper holds a handle; where that Monitor
+    died (replaced by `up`), the batch goes to the new one, and the shipper drops the old."""
+    old, new = FeedbackMonitor(), FeedbackMonitor()
+    lookups: list[tuple[Any, ...]] = []
+
+    def lookup(*key: Any) -> FeedbackMonitor:
+        lookups.append(key)
+        return new
+
+    monkeypatch.setattr(endpoint, "get_monitor", lookup)
+    core = make_core(reference_profile())
+
+    async def run() -> None:
+        replica = Replica(core)
+        replica._monitor = old
+        assert await replica._send_feedback("e", [("r1", [1])]) == {"joined": 1}
+        assert old.batches == [[("r1", [1])]] and lookups == []
+        old.dead = True
+        assert await replica._send_feedback("e", [("r2", [0])]) == {"joined": 1}
+        assert new.batches == [[("r2", [0])]] and len(lookups) == 1
+        assert replica._monitor is None  # the shipper looks the new one up too
+        new.dead = True  # a looked-up handle that is dead too: 503, no endless retry
+        with pytest.raises(ModelNotReadyError, match="did not answer"):
+            await replica._send_feedback("e", [("r3", [1])])
 
     asyncio.run(run())
 
