@@ -299,8 +299,12 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
         _await_head(settings, head, timeout_s)
     warn_unreachable_replicas(settings, progress)
     progress(f"starting Serve on {settings.http_host}:{settings.http_port}")
-    serve.start(proxy_location=settings.proxy_location,
-                http_options={"host": settings.http_host, "port": settings.http_port})
+    # Serve's own calls wait on its controller without a bound: a wedged one held `up`
+    # until Ctrl-C. Each write here is bounded, and `up` stops at the first that is late.
+    writes = UpWrites(timeout_s)
+    writes.run("the start of Serve", lambda: serve.start(
+        proxy_location=settings.proxy_location,
+        http_options={"host": settings.http_host, "port": settings.http_port}))
     _refuse_another_ingress(settings)
     # Before anything on the cluster changes: is the control plane there this store's?
     refuse_store_led_elsewhere(settings, this_ray_cluster(), take_over=take_over,
@@ -313,12 +317,20 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
         "again from now"))
     # Submitted together and waited for together: each application's replica is a new
     # worker process, and starting them side by side saves seconds on every `up`.
-    submit_application(build_server_app(), SERVER_APP, SERVER_ROUTE, wait=False)
-    grpc_address = deploy_grpc_service(settings, wait=False)
+    writes.run("the inference server's application", lambda: submit_application(
+        build_server_app(), SERVER_APP, SERVER_ROUTE, wait=False))
+    grpc_address: str | None = None
+
+    def deploy_grpc() -> None:
+        nonlocal grpc_address
+        grpc_address = deploy_grpc_service(settings, wait=False)
+
+    writes.run("the gRPC inference service's application", deploy_grpc)
     if grpc_address:
         progress(f"starting the gRPC inference service on {grpc_address}")
     progress("deploying the control plane at /api")
-    deploy_control_plane(settings, store_id=store_id, wait=False)
+    writes.run("the control plane's application", lambda: deploy_control_plane(
+        settings, store_id=store_id, wait=False))
     wait_platform_apps([SERVER_APP, CONTROL_PLANE_APP_NAME, *([GRPC_APP] if grpc_address else [])],
                        timeout_s=timeout_s)
     wait_healthy(settings.url, timeout_s=timeout_s)
@@ -336,6 +348,30 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
         endpoints=endpoints,
         grpc_address=grpc_address,
     )
+
+
+class UpWrites:
+    """``up``'s writes to Serve's controller, each bounded by ``up``'s own budget (at most
+    :data:`SERVE_WRITE_TIMEOUT_S`); one that is late stops ``up`` saying what to do."""
+
+    def __init__(self, timeout_s: float) -> None:
+        from control_plane.serve_writes import SERVE_WRITE_TIMEOUT_S, BoundedWrites
+
+        self._writes = BoundedWrites(timeout_s=min(timeout_s, SERVE_WRITE_TIMEOUT_S))
+
+    def run(self, what: str, write: Callable[[], object]) -> None:
+        from control_plane.serve_writes import ServeWriteUnanswered
+
+        try:
+            self._writes.run(what, write)
+        except ServeWriteUnanswered:
+            raise ControlPlaneUnavailableError(
+                f"Serve's controller did not take {what} within "
+                f"{self._writes.timeout_s:g} s: it may be restarting, overloaded or stuck. "
+                "`ray status` and the newest serve/controller_*.log under the Ray session's "
+                "logs show which; once it answers, run `modelplane up` again (what this "
+                "`up` submitted may still land, and submitting it again is safe)",
+                detail={"cause": "serve_controller_unanswered", "write": what}) from None
 
 
 def wait_platform_apps(names: list[str], *, timeout_s: float, poll_s: float = 0.25) -> None:

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 SERVE_WRITE_TIMEOUT_S = 120.0
 
 
+class ServeWriteUnanswered(ControlPlaneUnavailableError):
+    """Serve's controller did not take a write within its bound (it may still land)."""
+
+
 class BoundedWrites:
     """Writes to Serve, each waited for at most ``timeout_s``; none started while one that
     outlived its bound still waits. Safe to call from several threads."""
@@ -71,7 +75,7 @@ class BoundedWrites:
             if stalled:
                 self._stalled[thread] = what
         if stalled:
-            raise ControlPlaneUnavailableError(
+            raise ServeWriteUnanswered(
                 f"Serve's controller did not take {what} within {limit:g} s; it may be "
                 "restarting or overloaded. The write lands when it answers, and the next "
                 "pass submits again whatever it applies")

@@ -103,3 +103,28 @@ def test_a_wedged_serve_controller_costs_the_reconciler_s_write_its_bound(
     while "stall-probe" in (serve_details().get("applications") or {}):
         assert time.monotonic() < deadline, "the probe application was never deleted"
         time.sleep(0.5)
+
+
+def test_a_second_up_on_a_wedged_serve_controller_ends_in_its_bound_saying_what_to_do(
+        platform: Platform) -> None:
+    """`up` waited on Serve's controller without a bound (``serve.start`` asks it for its
+    HTTP options, each application's submission for its deploy): wedged, it held `up`
+    until Ctrl-C. Each write is now bounded by `up`'s own budget, and `up` stops at the
+    first that is late, naming it and what to do; the platform serves on."""
+    from control_plane.platform import start_platform
+
+    said: list[str] = []
+    pid = _controller_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ControlPlaneUnavailableError,
+                           match=r"did not take the start of Serve within 6 s.*`modelplane up` again"):
+            start_platform(platform.settings, progress=said.append, timeout_s=6)
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert took < 30, (took, said)  # its bound, and a loaded host's lag
+    assert any("starting Serve" in line for line in said), said
+    assert platform.healthy()
+    assert "applications" in serve_details()
