@@ -299,9 +299,8 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
         _await_head(settings, head, timeout_s)
     warn_unreachable_replicas(settings, progress)
     progress(f"starting Serve on {settings.http_host}:{settings.http_port}")
-    # Serve's own calls wait on its controller without a bound: a wedged one held `up`
-    # until Ctrl-C. Each write here is bounded, and `up` stops at the first that is late.
-    writes = UpWrites(timeout_s)
+    # Each write to Serve's controller is bounded; `up` stops at the first that is late.
+    writes = PlatformWrites("up", timeout_s)
     writes.run("the start of Serve", lambda: serve.start(
         proxy_location=settings.proxy_location,
         http_options={"host": settings.http_host, "port": settings.http_port}))
@@ -350,13 +349,16 @@ def _start_platform(settings: Settings, *, num_cpus: int | None, fast_ingress: b
     )
 
 
-class UpWrites:
-    """``up``'s writes to Serve's controller, each bounded by ``up``'s own budget (at most
-    :data:`SERVE_WRITE_TIMEOUT_S`); one that is late stops ``up`` saying what to do."""
+class PlatformWrites:
+    """``up``'s and ``down``'s writes to Serve's controller, each waited for at most
+    ``timeout_s`` (at most :data:`SERVE_WRITE_TIMEOUT_S`); one that is late stops the
+    command, saying what to do. Serve's own calls wait on the controller without a bound:
+    a wedged one held `up` and `down` until Ctrl-C."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, command: str, timeout_s: float, *, instead: str = "") -> None:
         from control_plane.serve_writes import SERVE_WRITE_TIMEOUT_S, BoundedWrites
 
+        self.command, self.instead = command, instead
         self._writes = BoundedWrites(timeout_s=min(timeout_s, SERVE_WRITE_TIMEOUT_S))
 
     def run(self, what: str, write: Callable[[], object]) -> None:
@@ -369,8 +371,8 @@ class UpWrites:
                 f"Serve's controller did not take {what} within "
                 f"{self._writes.timeout_s:g} s: it may be restarting, overloaded or stuck. "
                 "`ray status` and the newest serve/controller_*.log under the Ray session's "
-                "logs show which; once it answers, run `modelplane up` again (what this "
-                "`up` submitted may still land, and submitting it again is safe)",
+                f"logs show which; once it answers, run `modelplane {self.command}` again "
+                f"(what this one sent may still land, and sending it again is safe){self.instead}",
                 detail={"cause": "serve_controller_unanswered", "write": what}) from None
 
 
@@ -803,6 +805,10 @@ def _clean_up_lost_head(settings: Settings, record: dict[str, object],
     (settings.home / HEAD_RECORD).unlink(missing_ok=True)
 
 
+# Serve's shutdown drains every replica (30 s each by default, side by side).
+DOWN_WRITE_TIMEOUT_S = 120.0
+
+
 def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
                      force: bool) -> None:
     """Serve shut down, but where applications of other stores run on it (left by a
@@ -824,9 +830,11 @@ def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
     ours = _existing_store_identity(settings) if owners else None
     others = sorted(name for name, owner in owners.items()
                     if owner.store_id and owner.store_id != ours)
+    writes = PlatformWrites("down", DOWN_WRITE_TIMEOUT_S, instead=(
+        "; `ray stop` on the cluster's nodes stops Serve with Ray" if force else ""))
     if force or not others:
         progress("shutting down Serve")
-        serve.shutdown()
+        writes.run("the shutdown of Serve", serve.shutdown)
         return
     # This store's (or, from before marks, this home's): never another's, nor what is not
     # modelplane's, nor the ingress the others' endpoints answer through.
@@ -837,7 +845,7 @@ def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
     progress(f"stopping this store's {len(mine)} application(s); {len(others)} of other stores "
              f"keep serving ({', '.join(others)})")
     for name in mine:
-        serve.delete(name)
+        writes.run(f"the deletion of {name}", lambda name=name: serve.delete(name))
 
 
 def refuse_store_led_elsewhere(settings: Settings, cluster: str | None, *, take_over: bool,

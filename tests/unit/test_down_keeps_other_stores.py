@@ -62,3 +62,33 @@ def test_serve_is_shut_down_where_nothing_else_runs_or_when_forced(
     _details(monkeypatch, {"endpoint-theirs": _app("store-a")})
     platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=True)
     assert serve_calls == [("shutdown", None), ("shutdown", None)]
+
+
+def test_a_wedged_serve_controller_costs_down_its_bound_not_for_ever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve's shutdown and delete wait on its controller without a bound: wedged, they
+    held `down` (even `--force`, which exists for a controller that cannot say whose its
+    applications are) until Ctrl-C."""
+    import threading
+
+    from ray import serve
+
+    from control_plane.errors import ControlPlaneUnavailableError
+
+    answered = threading.Event()
+    monkeypatch.setattr(serve, "shutdown", lambda: answered.wait(30))
+    monkeypatch.setattr(serve, "delete", lambda name: answered.wait(30))
+    monkeypatch.setattr(platform, "_existing_store_identity", lambda settings: "store-b")
+    monkeypatch.setattr(platform, "DOWN_WRITE_TIMEOUT_S", 0.2)
+    try:
+        _details(monkeypatch, {"endpoint-theirs": _app("store-a")})
+        with pytest.raises(ControlPlaneUnavailableError,
+                           match=r"did not take the shutdown of Serve within 0.2 s.*"
+                                 r"`modelplane down` again.*`ray stop`"):
+            platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=True)
+        _details(monkeypatch, {"endpoint-mine": _app("store-b"), "endpoint-theirs": _app("store-a")})
+        with pytest.raises(ControlPlaneUnavailableError,
+                           match=r"did not take the deletion of endpoint-mine within 0.2 s"):
+            platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=False)
+    finally:
+        answered.set()
