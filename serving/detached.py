@@ -16,7 +16,9 @@ cluster does not outlive its head anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -72,9 +74,46 @@ def ensure_detached(actor_class: Any, *, name: str, namespace: str, protocol: in
                                get_if_exists=True, **{**ON_HEAD, **(options or {})}).remote(*args)
 
 
+def in_own_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """``call(*args)`` in a daemon thread of its own, its answer (or error) a future of the
+    running loop. Not in the loop's default executor: that one also decodes and encodes
+    large requests, and a few calls that the GCS never answers would hold its threads
+    (min(32, cores + 4)) for good."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[Any] = loop.create_future()
+
+    def settle(error: BaseException | None, result: Any) -> None:
+        if answer.done():  # nobody waits any more (the loop's own cancellation)
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(result)
+
+    def run() -> None:
+        error: BaseException | None = None
+        result = None
+        try:
+            result = call(*args)
+        except BaseException as raised:  # handed to the loop, raised where it is awaited
+            error = raised
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, error, result)
+
+    threading.Thread(target=run, name=f"gcs-{getattr(call, '__name__', 'call')}",
+                     daemon=True).start()
+    return answer
+
+
+async def bounded_call(call: Callable[[], Any], timeout_s: float) -> Any:
+    """``call()`` (a blocking GCS call) in a thread of its own, waited for at most
+    ``timeout_s``: TimeoutError past it, the thread left to end when the GCS answers."""
+    return await asyncio.wait_for(asyncio.shield(in_own_thread(call)), timeout_s)
+
+
 class BoundedLookup:
-    """A blocking lookup (a GCS call, such as :func:`named_actor`) run in a thread and
-    waited for at most ``timeout_s`` on the event loop.
+    """A blocking lookup (a GCS call, such as :func:`named_actor`) run in a thread of its
+    own (:func:`in_own_thread`) and waited for at most ``timeout_s`` on the event loop.
 
     A GCS that does not answer (restarting, partitioned) held a replica's loops for as long
     as it did not: its shipper took no statistics meanwhile, so all those seconds reached
@@ -102,7 +141,7 @@ class BoundedLookup:
         pending = self._pending
         if (pending is None or self._pending_args != args
                 or (pending.done() and time.monotonic() - self._answered_at > self.fresh_s)):
-            pending = self._pending = asyncio.ensure_future(asyncio.to_thread(self._lookup, *args))
+            pending = self._pending = in_own_thread(self._lookup, *args)
             self._pending_args = args
             pending.add_done_callback(self._answered)
         try:

@@ -49,7 +49,7 @@ from serving.detached import BoundedLookup
 from serving.errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from serving.grpc_link import GRPC_LINK_PATH
 from serving.lean_ingress import lean_ingress_enabled, start_lean_ingress
-from serving.link_auth import link_secret
+from serving.link_auth import link_secret_bounded
 from serving.link_client import LinkClient, VersionLink
 from serving.monitoring.monitor import get_monitor
 from serving.monitoring.observations import attach_profiles
@@ -674,9 +674,9 @@ class EndpointRouter(_CoreAdapter):
         if address is None:
             return None
         try:
-            secret = await asyncio.to_thread(link_secret)
+            secret = await link_secret_bounded()
         except Exception as error:  # the handles still serve every version
-            log.warning("no link to the versions (%s); using Serve's handles", error)
+            log.warning("no link to the versions (%r); using Serve's handles", error)
             return None
         self._link_client = LinkClient(address, secret)
         return self._link_client

@@ -35,7 +35,7 @@ from serving.core import REQUEST_ID_HEADER
 from serving.errors import ModelNotFoundError, ModelNotReadyError, overloaded_error
 from serving.grpc_calls import GrpcFailure, GrpcModelCall, GrpcReply
 from serving.grpc_link import GRPC_LINK_PATH, linked_call_head, reply_from_link
-from serving.link_auth import link_secret
+from serving.link_auth import link_secret_bounded
 from serving.link_client import LinkClient, LinkRest, LinkUnavailable, ingress_address
 from serving.names import (
     ENDPOINT_APP_PREFIX,
@@ -363,9 +363,9 @@ async def _link_to_ingress(host: str, http_port: int | None) -> LinkClient | Non
     if address is None:
         return None
     try:
-        secret = await asyncio.to_thread(link_secret)
+        secret = await link_secret_bounded()
     except Exception as error:
-        log.warning("gRPC calls go by Serve's handles: no link secret (%s)", error)
+        log.warning("gRPC calls go by Serve's handles: no link secret (%r)", error)
         return None
     return LinkClient(address, secret)
 

@@ -16,7 +16,6 @@ in ``serving.serve_internals``; where that is not there, the replica keeps Serve
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,7 +25,7 @@ from serving.core import InferenceCore, body_too_large, error_result
 from serving.errors import InvalidRequestError, ModelNotReadyError, overloaded_error
 from serving.grpc_link import GRPC_LINK_PATH, answer_linked_call
 from serving.lean_http import LeanApp, LeanServer, Refused, Reply, json_reply, text_reply
-from serving.link_auth import link_secret
+from serving.link_auth import link_secret_bounded
 from serving.serve_internals import DIRECT_INGRESS_OFF, ReplicaSeam, find_replica
 
 log = logging.getLogger(__name__)
@@ -116,9 +115,9 @@ async def start_lean_ingress(holder: CoreHolder, extra_headers: dict[str, str],
     """Put the lean server on this replica's direct-ingress port; None (Serve's server keeps
     serving) where that cannot be done, with the reason logged."""
     try:
-        secret: str | None = await asyncio.to_thread(link_secret)
+        secret: str | None = await link_secret_bounded()
     except Exception as error:  # gRPC then reaches this replica through Serve's handle
-        log.warning("no link secret for the gRPC ingress's calls (%s)", error)
+        log.warning("no link secret for the gRPC ingress's calls (%r)", error)
         secret = None
     replica = extra_headers.get("x-modelplane-replica", "")
     return await start_lean_server(

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 LINK_HEADER = "x-modelplane-link"
 _SECRET_KEY = b"modelplane-link-secret"
+LINK_SECRET_TIMEOUT_S = 10.0
 
 
 @functools.cache  # one read per process: the secret lives as long as the cluster
@@ -30,6 +31,15 @@ def link_secret() -> str:
         internal_kv._internal_kv_put(_SECRET_KEY, secrets.token_hex(32).encode(), overwrite=False)
         kept = internal_kv._internal_kv_get(_SECRET_KEY)
     return bytes(kept).decode()
+
+
+async def link_secret_bounded() -> str:
+    """:func:`link_secret` off the event loop, waited for :data:`LINK_SECRET_TIMEOUT_S` at
+    most: TimeoutError where the GCS did not answer (each caller then goes by Serve's
+    handles), where a replica's start waited on it for as long as it did not."""
+    from serving.detached import bounded_call
+
+    return await bounded_call(link_secret, LINK_SECRET_TIMEOUT_S)  # type: ignore[no-any-return]
 
 
 def carries_secret(headers: Mapping[str, str], secret: str | None) -> bool:

@@ -21,7 +21,6 @@ body is read by the strict reader in :mod:`serving.link_frames`, never unpickled
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -32,7 +31,7 @@ from serving.core import body_too_large, error_result
 from serving.errors import ForbiddenError, InferenceFailedError, InvalidRequestError
 from serving.lean_http import PlainReply, Reply, json_reply, text_reply
 from serving.lean_ingress import HEALTH_PATHS, UNROUTED_LIMIT, start_lean_server
-from serving.link_auth import carries_secret, link_secret
+from serving.link_auth import carries_secret, link_secret_bounded
 from serving.link_frames import CONTENT_TYPE, LinkFrameError, decode_arrays, encode_arrays
 from serving.serve_internals import ReplicaSeam
 
@@ -51,9 +50,9 @@ async def start_version_link(infer: Callable[[dict[str, Any]], Awaitable[dict[st
     """Answer the link on this replica's direct-ingress port; None (the router reaches the
     version through Serve's handle) where that cannot be done, the reason logged."""
     try:
-        secret = await asyncio.to_thread(link_secret)
+        secret = await link_secret_bounded()
     except Exception as error:
-        log.warning("no link for this version (%s); the router uses Serve's handle", error)
+        log.warning("no link for this version (%r); the router uses Serve's handle", error)
         return None
     made: list[LinkApp] = []
 

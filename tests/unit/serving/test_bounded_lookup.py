@@ -81,6 +81,48 @@ def test_an_answer_no_call_took_while_fresh_is_looked_up_again() -> None:
     asyncio.run(run())
 
 
+def test_a_lookup_takes_no_thread_of_the_loop_s_executor() -> None:
+    """The default executor also decodes and encodes large requests: lookups the GCS never
+    answers would hold its few threads for good."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    busy = threading.Event()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        held = asyncio.ensure_future(asyncio.to_thread(busy.wait, 30))  # its one thread
+        try:
+            assert await BoundedLookup(lambda: "handle")(timeout_s=5) == "handle"
+        finally:
+            busy.set()
+            await held
+
+    asyncio.run(run())
+
+
+def test_a_replica_starts_on_serve_s_handles_where_the_gcs_does_not_answer_for_the_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The version's link needs the cluster's secret from the GCS: unanswered, the replica's
+    start waited as long; now it starts without the link (the router uses Serve's handle)."""
+    from serving import link_auth, version_link
+
+    hung = HungLookup(answer="secret")
+    monkeypatch.setattr(link_auth, "link_secret", hung)
+    monkeypatch.setattr(version_link, "link_secret", hung, raising=False)  # where imported
+    monkeypatch.setattr(link_auth, "LINK_SECRET_TIMEOUT_S", 0.1)
+
+    async def run() -> None:
+        try:
+            started = time.monotonic()
+            assert await version_link.start_version_link(lambda arrays: arrays) is None
+            assert time.monotonic() - started < 10
+        finally:
+            hung.released.set()
+
+    asyncio.run(run())
+
+
 def test_an_error_that_comes_after_the_wait_is_raised_to_the_next_call() -> None:
     hung = HungLookup(answer=RuntimeError("the GCS is failing over"))
 
