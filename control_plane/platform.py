@@ -361,19 +361,27 @@ class PlatformWrites:
         self.command, self.instead = command, instead
         self._writes = BoundedWrites(timeout_s=min(timeout_s, SERVE_WRITE_TIMEOUT_S))
 
+    @property
+    def advice(self) -> str:
+        return ("`ray status` and the newest serve/controller_*.log under the Ray session's "
+                f"logs show which; once it answers, run `modelplane {self.command}` again "
+                f"(what this one sent may still land, and sending it again is safe){self.instead}")
+
     def run(self, what: str, write: Callable[[], object]) -> None:
         from control_plane.serve_writes import ServeWriteUnanswered
 
+        advice = self.advice
         try:
             self._writes.run(what, write)
         except ServeWriteUnanswered:
             raise ControlPlaneUnavailableError(
                 f"Serve's controller did not take {what} within "
                 f"{self._writes.timeout_s:g} s: it may be restarting, overloaded or stuck. "
-                "`ray status` and the newest serve/controller_*.log under the Ray session's "
-                f"logs show which; once it answers, run `modelplane {self.command}` again "
-                f"(what this one sent may still land, and sending it again is safe){self.instead}",
-                detail={"cause": "serve_controller_unanswered", "write": what}) from None
+                f"{advice}", detail={"cause": "serve_controller_unanswered", "write": what}) from None
+        except TimeoutError as error:  # Serve's own bound on a step of it (a delete's 60 s)
+            raise ControlPlaneUnavailableError(
+                f"Serve did not finish {what}: {error}. It may be restarting, overloaded or "
+                f"stuck: {advice}", detail={"cause": "serve_timeout", "write": what}) from None
 
 
 def wait_platform_apps(names: list[str], *, timeout_s: float, poll_s: float = 0.25) -> None:
@@ -805,8 +813,27 @@ def _clean_up_lost_head(settings: Settings, record: dict[str, object],
     (settings.home / HEAD_RECORD).unlink(missing_ok=True)
 
 
-# Serve's shutdown drains every replica (30 s each by default, side by side).
+# Past Serve's own bounds on the calls `down` makes (its shutdown waits 30 s for the
+# controller, a delete 60 s): only a controller that does not answer at all overruns it.
 DOWN_WRITE_TIMEOUT_S = 120.0
+SERVE_GONE_WAIT_S = 10.0  # how long the controller may take to end once shut down
+
+
+def _check_serve_shut_down(writes: PlatformWrites) -> None:
+    """Serve's shutdown gives up on a controller that does not end within its own 30 s and
+    returns as if it had: `down` then said Serve was shut down while it still ran."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    from serving.detached import named_actor
+
+    deadline = time.monotonic() + SERVE_GONE_WAIT_S
+    while named_actor(SERVE_CONTROLLER_NAME, SERVE_NAMESPACE) is not None:
+        if time.monotonic() > deadline:
+            raise ControlPlaneUnavailableError(
+                "Serve's controller was asked to shut down but still runs: it may be "
+                f"restarting, overloaded or stuck. {writes.advice}",
+                detail={"cause": "serve_still_running"})
+        time.sleep(0.5)
 
 
 def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
@@ -835,6 +862,7 @@ def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
     if force or not others:
         progress("shutting down Serve")
         writes.run("the shutdown of Serve", serve.shutdown)
+        _check_serve_shut_down(writes)
         return
     # This store's (or, from before marks, this home's): never another's, nor what is not
     # modelplane's, nor the ingress the others' endpoints answer through.

@@ -85,6 +85,8 @@ def in_own_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     def settle(error: BaseException | None, result: Any) -> None:
         if answer.done():  # nobody waits any more (the loop's own cancellation)
             return
+        if isinstance(error, StopIteration):  # a future cannot hold one
+            error = RuntimeError(f"the call raised {error!r}")
         if error is not None:
             answer.set_exception(error)
         else:
@@ -103,12 +105,6 @@ def in_own_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     threading.Thread(target=run, name=f"gcs-{getattr(call, '__name__', 'call')}",
                      daemon=True).start()
     return answer
-
-
-async def bounded_call(call: Callable[[], Any], timeout_s: float) -> Any:
-    """``call()`` (a blocking GCS call) in a thread of its own, waited for at most
-    ``timeout_s``: TimeoutError past it, the thread left to end when the GCS answers."""
-    return await asyncio.wait_for(asyncio.shield(in_own_thread(call)), timeout_s)
 
 
 class BoundedLookup:

@@ -16,6 +16,7 @@ in ``serving.serve_internals``; where that is not there, the replica keeps Serve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 SETTING = "MODELPLANE_LEAN_INGRESS"
 HEALTH_PATHS = ("/-/healthz", "/-/routes")
 UNROUTED_LIMIT = 64 * 1024  # a body sent to a path no endpoint serves is read up to this
+LINK_SECRET_RETRY_S = 5.0  # how often a replica started without the link secret asks again
+_filling: set[asyncio.Task[None]] = set()  # fill_link_secret tasks (kept from collection)
 
 
 class CoreHolder:
@@ -117,13 +120,35 @@ async def start_lean_ingress(holder: CoreHolder, extra_headers: dict[str, str],
     try:
         secret: str | None = await link_secret_bounded()
     except Exception as error:  # gRPC then reaches this replica through Serve's handle
-        log.warning("no link secret for the gRPC ingress's calls (%r)", error)
+        log.warning("no link secret yet for the gRPC ingress's calls (%r); asking again "
+                    "every %g s", error, LINK_SECRET_RETRY_S)
         secret = None
     replica = extra_headers.get("x-modelplane-replica", "")
-    return await start_lean_server(
-        lambda seam: EndpointApp(holder, seam.route_prefix, seam.app_name, seam.health,
-                                 secret, replica),
-        extra_headers, backlog)
+    made: list[EndpointApp] = []
+
+    def make(seam: ReplicaSeam) -> EndpointApp:
+        made.append(EndpointApp(holder, seam.route_prefix, seam.app_name, seam.health,
+                                secret, replica))
+        return made[0]
+
+    server = await start_lean_server(make, extra_headers, backlog)
+    if server is not None and secret is None:
+        task = asyncio.get_running_loop().create_task(fill_link_secret(made[0]))
+        _filling.add(task)
+        task.add_done_callback(_filling.discard)
+    return server
+
+
+async def fill_link_secret(app: EndpointApp, retry_s: float | None = None) -> None:
+    """The link secret for an app started without it (the GCS did not answer in time):
+    until it comes, the gRPC ingress's calls to this replica are refused and go by Serve's
+    handle; with it they are answered here again."""
+    while app.link_secret is None:
+        try:
+            app.link_secret = await link_secret_bounded()
+        except Exception:  # still unanswered: asked again
+            await asyncio.sleep(LINK_SECRET_RETRY_S if retry_s is None else retry_s)
+    log.info("the link secret came: the gRPC ingress's calls are answered here again")
 
 
 async def start_lean_server(make_app: Callable[[ReplicaSeam], LeanApp],

@@ -9,9 +9,12 @@ so only the cluster's own processes (which may read that store) know it.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import hmac
 import secrets
+import threading
 from collections.abc import Mapping
 
 LINK_HEADER = "x-modelplane-link"
@@ -33,13 +36,31 @@ def link_secret() -> str:
     return bytes(kept).decode()
 
 
+_reading: concurrent.futures.Future[str] | None = None  # the read under way, or its answer
+_reading_lock = threading.Lock()
+
+
 async def link_secret_bounded() -> str:
     """:func:`link_secret` off the event loop, waited for :data:`LINK_SECRET_TIMEOUT_S` at
     most: TimeoutError where the GCS did not answer (each caller then goes by Serve's
-    handles), where a replica's start waited on it for as long as it did not."""
-    from serving.detached import bounded_call
+    handles), where a replica's start waited on it for as long as it did not. One read at
+    a time, in a thread of its own, whoever asks: a GCS that stays away costs one thread."""
+    global _reading
+    with _reading_lock:
+        reading = _reading
+        if reading is None or (reading.done() and reading.exception() is not None):
+            reading = _reading = concurrent.futures.Future()
+            threading.Thread(target=_read_into, args=(reading,), name="gcs-link-secret",
+                             daemon=True).start()
+    return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(reading)),
+                                  LINK_SECRET_TIMEOUT_S)
 
-    return await bounded_call(link_secret, LINK_SECRET_TIMEOUT_S)  # type: ignore[no-any-return]
+
+def _read_into(reading: concurrent.futures.Future[str]) -> None:
+    try:
+        reading.set_result(link_secret())
+    except BaseException as error:  # raised to whoever awaits it
+        reading.set_exception(error)
 
 
 def carries_secret(headers: Mapping[str, str], secret: str | None) -> bool:

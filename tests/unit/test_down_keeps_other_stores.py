@@ -10,6 +10,7 @@ import pytest
 
 from control_plane import platform
 from modelplane.settings import Settings
+from serving import detached
 from serving.names import SERVER_APP
 
 
@@ -29,6 +30,8 @@ def serve_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]
     monkeypatch.setattr(serve, "shutdown", lambda: calls.append(("shutdown", None)))
     monkeypatch.setattr(serve, "delete", lambda name: calls.append(("delete", name)))
     monkeypatch.setattr(platform, "_existing_store_identity", lambda settings: "store-b")
+    # After its shutdown, Serve's controller is gone (see the test of one that is not).
+    monkeypatch.setattr(detached, "named_actor", lambda name, namespace: None)
     return calls
 
 
@@ -92,3 +95,36 @@ def test_a_wedged_serve_controller_costs_down_its_bound_not_for_ever(
             platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=False)
     finally:
         answered.set()
+
+
+def test_down_says_so_where_serve_s_controller_outlives_its_shutdown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        serve_calls: list[tuple[str, str | None]]) -> None:
+    """Serve's shutdown gives up on a controller that does not end within its own 30 s and
+    returns as if it had: `down` said Serve was shut down while it still ran."""
+    from control_plane.errors import ControlPlaneUnavailableError
+
+    monkeypatch.setattr(detached, "named_actor", lambda name, namespace: object())
+    monkeypatch.setattr(platform, "SERVE_GONE_WAIT_S", 0.3)
+    _details(monkeypatch, {"control-plane": _app("store-b")})
+    with pytest.raises(ControlPlaneUnavailableError, match="still runs.*`modelplane down` again"):
+        platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=False)
+    assert serve_calls == [("shutdown", None)]
+
+
+def test_serve_s_own_timeout_on_a_delete_is_said_as_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        serve_calls: list[tuple[str, str | None]]) -> None:
+    from ray import serve
+
+    from control_plane.errors import ControlPlaneUnavailableError
+
+    def delete(name: str) -> None:
+        raise TimeoutError(f"Application {name} did not get deleted within 60 seconds")
+
+    monkeypatch.setattr(serve, "delete", delete)
+    _details(monkeypatch, {"endpoint-mine": _app("store-b"), "endpoint-theirs": _app("store-a")})
+    with pytest.raises(ControlPlaneUnavailableError,
+                       match=r"Serve did not finish the deletion of endpoint-mine: Application "
+                             r"endpoint-mine did not get deleted within 60 seconds.*down` again"):
+        platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=False)

@@ -108,6 +108,7 @@ def test_a_replica_starts_on_serve_s_handles_where_the_gcs_does_not_answer_for_t
     from serving import link_auth, version_link
 
     hung = HungLookup(answer="secret")
+    monkeypatch.setattr(link_auth, "_reading", None)
     monkeypatch.setattr(link_auth, "link_secret", hung)
     monkeypatch.setattr(version_link, "link_secret", hung, raising=False)  # where imported
     monkeypatch.setattr(link_auth, "LINK_SECRET_TIMEOUT_S", 0.1)
@@ -119,6 +120,39 @@ def test_a_replica_starts_on_serve_s_handles_where_the_gcs_does_not_answer_for_t
             assert time.monotonic() - started < 10
         finally:
             hung.released.set()
+
+    asyncio.run(run())
+
+
+def test_the_link_secret_is_read_once_at_a_time_and_filled_in_where_it_came_late(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every caller waits on one read (a GCS that stays away costs one thread, not one per
+    reconfigure); a lean ingress started without the secret gets it once the GCS answers,
+    where its gRPC calls were refused for the replica's life."""
+    from serving import lean_ingress, link_auth
+
+    hung = HungLookup(answer="secret")
+    monkeypatch.setattr(link_auth, "_reading", None)
+    monkeypatch.setattr(link_auth, "link_secret", hung)
+    monkeypatch.setattr(link_auth, "LINK_SECRET_TIMEOUT_S", 0.05)
+    app = SimpleNamespace(link_secret=None)
+
+    async def run() -> None:
+        filling = asyncio.get_running_loop().create_task(
+            lean_ingress.fill_link_secret(app, retry_s=0.01))  # type: ignore[arg-type]
+        try:
+            for _ in range(3):
+                with pytest.raises(TimeoutError):
+                    await link_auth.link_secret_bounded()
+            assert len(hung.calls) == 1 and app.link_secret is None and not filling.done()
+            hung.released.set()
+            await until(lambda: app.link_secret is not None)
+            assert app.link_secret == "secret"
+            assert await link_auth.link_secret_bounded() == "secret"
+            assert len(hung.calls) == 1  # read once, for everyone
+        finally:
+            hung.released.set()
+            filling.cancel()
 
     asyncio.run(run())
 
