@@ -355,10 +355,14 @@ class PlatformWrites:
     command, saying what to do. Serve's own calls wait on the controller without a bound:
     a wedged one held `up` and `down` until Ctrl-C."""
 
-    def __init__(self, command: str, timeout_s: float, *, instead: str = "") -> None:
+    def __init__(self, command: str, timeout_s: float, *, instead: str = "",
+                 serve_timeouts: bool = False) -> None:
         from control_plane.serve_writes import SERVE_WRITE_TIMEOUT_S, BoundedWrites
 
         self.command, self.instead = command, instead
+        # Whether Serve's own TimeoutError on a write means its controller is slow (a
+        # delete's 60 s), said as what to do; `up`'s (proxies not up in 60 s) stays as is.
+        self.serve_timeouts = serve_timeouts
         self._writes = BoundedWrites(timeout_s=min(timeout_s, SERVE_WRITE_TIMEOUT_S))
 
     @property
@@ -379,6 +383,8 @@ class PlatformWrites:
                 f"{self._writes.timeout_s:g} s: it may be restarting, overloaded or stuck. "
                 f"{advice}", detail={"cause": "serve_controller_unanswered", "write": what}) from None
         except TimeoutError as error:  # Serve's own bound on a step of it (a delete's 60 s)
+            if not self.serve_timeouts:
+                raise
             raise ControlPlaneUnavailableError(
                 f"Serve did not finish {what}: {error}. It may be restarting, overloaded or "
                 f"stuck: {advice}", detail={"cause": "serve_timeout", "write": what}) from None
@@ -816,10 +822,12 @@ def _clean_up_lost_head(settings: Settings, record: dict[str, object],
 # Past Serve's own bounds on the calls `down` makes (its shutdown waits 30 s for the
 # controller, a delete 60 s): only a controller that does not answer at all overruns it.
 DOWN_WRITE_TIMEOUT_S = 120.0
-SERVE_GONE_WAIT_S = 10.0  # how long the controller may take to end once shut down
+# How long the controller may take to end once shut down: past Serve's own 30 s wait, its
+# direct-ingress replicas each take 30 s at least to stop, 40 s at most.
+SERVE_GONE_WAIT_S = 60.0
 
 
-def _check_serve_shut_down(writes: PlatformWrites) -> None:
+def _check_serve_shut_down(writes: PlatformWrites, progress: Callable[[str], None]) -> None:
     """Serve's shutdown gives up on a controller that does not end within its own 30 s and
     returns as if it had: `down` then said Serve was shut down while it still ran."""
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
@@ -827,7 +835,11 @@ def _check_serve_shut_down(writes: PlatformWrites) -> None:
     from serving.detached import named_actor
 
     deadline = time.monotonic() + SERVE_GONE_WAIT_S
+    said = False
     while named_actor(SERVE_CONTROLLER_NAME, SERVE_NAMESPACE) is not None:
+        if not said:
+            progress(f"waiting for Serve's controller to end (up to {SERVE_GONE_WAIT_S:g} s)")
+            said = True
         if time.monotonic() > deadline:
             raise ControlPlaneUnavailableError(
                 "Serve's controller was asked to shut down but still runs: it may be "
@@ -857,12 +869,12 @@ def _shut_down_serve(settings: Settings, progress: Callable[[str], None], *,
     ours = _existing_store_identity(settings) if owners else None
     others = sorted(name for name, owner in owners.items()
                     if owner.store_id and owner.store_id != ours)
-    writes = PlatformWrites("down", DOWN_WRITE_TIMEOUT_S, instead=(
+    writes = PlatformWrites("down", DOWN_WRITE_TIMEOUT_S, serve_timeouts=True, instead=(
         "; `ray stop` on the cluster's nodes stops Serve with Ray" if force else ""))
     if force or not others:
         progress("shutting down Serve")
         writes.run("the shutdown of Serve", serve.shutdown)
-        _check_serve_shut_down(writes)
+        _check_serve_shut_down(writes, progress)
         return
     # This store's (or, from before marks, this home's): never another's, nor what is not
     # modelplane's, nor the ingress the others' endpoints answer through.

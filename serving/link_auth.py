@@ -48,17 +48,23 @@ async def link_secret_bounded() -> str:
     global _reading
     with _reading_lock:
         reading = _reading
-        if reading is None or (reading.done() and reading.exception() is not None):
+        if reading is None or (reading.done() and (reading.cancelled()
+                                                    or reading.exception() is not None)):
             reading = _reading = concurrent.futures.Future()
+            reading.set_running_or_notify_cancel()  # nobody can cancel it for the others
             threading.Thread(target=_read_into, args=(reading,), name="gcs-link-secret",
                              daemon=True).start()
-    return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(reading)),
-                                  LINK_SECRET_TIMEOUT_S)
+    waited = asyncio.wrap_future(reading)
+    # A read that fails after its callers stopped waiting is not logged as never retrieved.
+    waited.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return await asyncio.wait_for(asyncio.shield(waited), LINK_SECRET_TIMEOUT_S)
 
 
 def _read_into(reading: concurrent.futures.Future[str]) -> None:
     try:
         reading.set_result(link_secret())
+    except StopIteration as error:  # an asyncio future cannot hold one
+        reading.set_exception(RuntimeError(f"the read raised {error!r}"))
     except BaseException as error:  # raised to whoever awaits it
         reading.set_exception(error)
 
