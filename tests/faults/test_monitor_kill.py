@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from datetime import datetime
+from typing import Any
 
 import httpx
 import ray
@@ -30,22 +31,33 @@ def _analysis_at(record: dict) -> float:
     return datetime.fromisoformat(record["at"]).timestamp()
 
 
-def test_monitor_killed_mid_rollout(platform: Platform) -> None:
-    from serving.monitoring.monitor import ensure_monitor, get_monitor
-
-    name = "fault-monitor-kill"
+def _serving_version_1_of_2(platform: Platform, name: str) -> Client:
     client: Client = platform.client()
     client.register_version(name, linear_classifier(seed=1), linear_classifier_manifest())
     client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
     client.deploy(name, f"{name}:1", scaling={"num_cpus": 0.05})
     platform.wait_endpoint(name, {1})
+    return client
+
+
+def _rollout_passing(client: Client, name: str) -> Any:
+    """A rollout of version 2 at its first step, once an analysis passed."""
+    rollout = client.start_rollout({"endpoint": name, "model_ref": f"{name}:2",
+                                    "steps": [50, 100], "step_duration_s": 600,
+                                    "analysis": ANALYSIS})
+    wait_for(lambda: client.get_rollout(rollout.id).last_analysis.get("verdict") == "pass",
+             90, "a passing analysis before the fault")
+    return rollout
+
+
+def test_monitor_killed_mid_rollout(platform: Platform) -> None:
+    from serving.monitoring.monitor import ensure_monitor, get_monitor
+
+    name = "fault-monitor-kill"
+    client = _serving_version_1_of_2(platform, name)
     try:
         with BackgroundLoad(platform.url, name) as load:
-            rollout = client.start_rollout({"endpoint": name, "model_ref": f"{name}:2",
-                                            "steps": [50, 100], "step_duration_s": 600,
-                                            "analysis": ANALYSIS})
-            wait_for(lambda: client.get_rollout(rollout.id).last_analysis.get("verdict") == "pass",
-                     90, "a passing analysis before the fault")
+            rollout = _rollout_passing(client, name)
 
             killed_at = time.time()
             ray.kill(get_monitor(), no_restart=True)
@@ -124,18 +136,10 @@ def test_a_wedged_monitor_costs_no_request_decides_nothing_and_loses_no_second(
     from serving.monitoring.monitor import get_monitor
 
     name = "fault-monitor-wedge"
-    client: Client = platform.client()
-    client.register_version(name, linear_classifier(seed=1), linear_classifier_manifest())
-    client.register_version(name, linear_classifier(seed=2), linear_classifier_manifest())
-    client.deploy(name, f"{name}:1", scaling={"num_cpus": 0.05})
-    platform.wait_endpoint(name, {1})
+    client = _serving_version_1_of_2(platform, name)
     try:
         with BackgroundLoad(platform.url, name) as load:
-            rollout = client.start_rollout({"endpoint": name, "model_ref": f"{name}:2",
-                                            "steps": [50, 100], "step_duration_s": 600,
-                                            "analysis": ANALYSIS})
-            wait_for(lambda: client.get_rollout(rollout.id).last_analysis.get("verdict") == "pass",
-                     90, "a passing analysis before the fault")
+            rollout = _rollout_passing(client, name)
             pid = _monitor_pid()
             stopped_at = time.time()
             os.kill(pid, signal.SIGSTOP)
