@@ -20,7 +20,12 @@ from serving import endpoint
 from serving.detached import BoundedLookup
 from serving.errors import ModelNotReadyError
 from tests.unit.serving.monitoring_helpers import make_core, reference_profile, send_many
-from tests.unit.serving.test_early_shipment import Replica, StandInMonitor, until
+from tests.unit.serving.test_early_shipment import (
+    Replica,
+    StandInMonitor,
+    _core_shipping_every,
+    until,
+)
 
 
 class HungLookup:
@@ -173,13 +178,6 @@ def test_an_error_that_comes_after_the_wait_is_raised_to_the_next_call() -> None
     asyncio.run(run())
 
 
-def _core_shipping_every(seconds: float) -> Any:
-    core = make_core(reference_profile())
-    config, backends, _ = core._state
-    core.update(config.model_copy(update={"stats_interval_s": seconds}), backends)
-    return core
-
-
 async def _load_for_ten_intervals(core: Any) -> None:
     rows = [np.zeros((1, 4), np.float32)]
     for batch in range(10):
@@ -221,6 +219,15 @@ def test_the_shipper_keeps_its_pace_while_the_gcs_does_not_answer_its_lookup(
         assert ages == sorted(ages, reverse=True) and ages[0] > ages[-1]  # each its own time
 
     asyncio.run(run())
+
+
+async def _goodbye_took(replica: Replica) -> float:
+    """Seconds the replica's goodbye (as Serve stopping it awaits it) took."""
+    started = time.monotonic()
+    goodbye = replica.__del__()
+    assert goodbye is not None
+    await goodbye
+    return time.monotonic() - started
 
 
 class WedgedMonitor(StandInMonitor):
@@ -305,11 +312,7 @@ def test_a_goodbye_while_a_send_waits_on_a_wedged_monitor_keeps_its_bound(
         await send_many(core, [np.zeros((1, 4), np.float32)] * 5)
         await until(lambda: monitor.waiting and replica._sequence >= 3)
         monitor.running = True  # it answers again: the goodbye's calls are answered
-        started = time.monotonic()
-        goodbye = replica.__del__()
-        assert goodbye is not None
-        await goodbye
-        return time.monotonic() - started
+        return await _goodbye_took(replica)
 
     took = asyncio.run(run())
     assert took < 5, took
@@ -381,11 +384,7 @@ def test_a_goodbye_keeps_its_bound_while_the_gcs_does_not_answer(
         replica._shipper = asyncio.get_running_loop().create_task(replica._ship_forever())
         try:
             await asyncio.sleep(0.2)
-            started = time.monotonic()
-            goodbye = replica.__del__()
-            assert goodbye is not None
-            await goodbye
-            return time.monotonic() - started
+            return await _goodbye_took(replica)
         finally:
             hung.released.set()
 
