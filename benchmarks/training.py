@@ -99,6 +99,7 @@ def run_one(client: Any, dashboard: str, spec_path: Path, model: str) -> dict[st
         "epochs_timed": len(compute),
         "train_samples_per_s": statistics.median(compute),
         "epoch_samples_per_s": statistics.median(rows / t for t in epochs),
+        "epoch_s": statistics.median(epochs),
         "submit_to_registered_s": registered_s,
         "accuracy": client.get_version(model, before + 1).manifest.metrics["accuracy"],
     }

@@ -527,9 +527,12 @@ class Client:
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], *, step: int = 0) -> int:
         """Log several metrics at one step in a single request."""
-        batch = MetricBatch(
-            metrics=[MetricPoint(key=k, value=float(v), step=step) for k, v in metrics.items()]
-        )
+        return self.log_points(
+            run_id, [MetricPoint(key=k, value=float(v), step=step) for k, v in metrics.items()])
+
+    def log_points(self, run_id: str, points: list[MetricPoint]) -> int:
+        """Log metric points, each at its own step, in a single request."""
+        batch = MetricBatch(metrics=points)
         response = self._request("POST", f"/runs/{run_id}/metrics", json=batch.model_dump(mode="json"))
         return int(response.json()["stored"])
 

@@ -45,10 +45,13 @@ STOP_REQUESTED = threading.Event()
 OVERDUE: list[str] = []
 _handle_stop_signal = False
 
-# Ray Train's controller polls workers this often; a worker's report waits for the poll,
-# so Ray's 2 s default would stretch every short epoch to 2 s.
+# Ray Train's controller polls workers this often, and a worker's report waits for the
+# poll that takes its last one: Ray's 2 s default stretched every short epoch to 2 s, and
+# 0.25 s to 0.32 s (40 epochs of a small tabular model, 10 ms of training each, took 13 s).
+# A poll costs about 1.3 ms of CPU a worker (its actor call there and back), 1.3% of a
+# core a worker at this rate.
 HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-HEALTH_CHECK_INTERVAL_S = "0.25"
+HEALTH_CHECK_INTERVAL_S = "0.1"
 # Ray Train's own wait for the workers' placement group. The job has already waited for
 # free resources itself; this bounds the rest (another job may take them first), and the
 # floor gives Ray a moment to create the group even when the budget is nearly spent.

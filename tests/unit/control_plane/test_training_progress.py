@@ -17,9 +17,8 @@ class Forward:
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], *, step: int) -> int:
-        return self.tracker.log_metrics(run_id, MetricBatch(metrics=[
-            MetricPoint(key=key, value=value, step=step) for key, value in metrics.items()]), ALICE)
+    def log_points(self, run_id: str, points: list[MetricPoint]) -> int:
+        return self.tracker.log_metrics(run_id, MetricBatch(metrics=points), ALICE)
 
 
 def test_epochs_run_again_after_a_restart_move_the_run_s_progress(
