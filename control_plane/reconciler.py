@@ -12,7 +12,8 @@ load: a pass submits applications and reads their status on the next pass. An en
 that fails (an exception, Serve's DEPLOY_FAILED, or not running within
 ``start_timeout_s``) is recorded with its error and retried with exponential backoff
 (:meth:`Reconciler.states`, shown by ``modelplane status``), while every other endpoint
-goes on. An isolated router only ever points at versions that run: versions that do not
+goes on; an application whose build or submission was refused is sent again at that
+retry, not every pass, unless what it carries changes. An isolated router only ever points at versions that run: versions that do not
 run yet are left out of it while they take no traffic, so a rollback that sets a broken
 candidate to 0% is applied at once. Endpoints with a rollout that just ended are applied
 first in a pass.
@@ -42,6 +43,7 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import select
 
 from control_plane.deployments import Route, read_routes
+from control_plane.errors import ControlPlaneUnavailableError
 from control_plane.ownership import STORE_ID_ENV, application_owners
 from control_plane.store import Database
 from control_plane.store.database import FencedOut
@@ -177,6 +179,9 @@ class Reconciler:
         # whether the route board holds a newer table than Serve's (to post it again).
         self._deployed: dict[str, str] = {}
         self._board_ahead: dict[str, EndpointConfig] = {}
+        # Per application: the digest of a document whose build or submission was refused,
+        # and the error (see _refusal).
+        self._refused: dict[str, tuple[str, str]] = {}
         self._states: dict[str, EndpointApplyState] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -407,10 +412,14 @@ class Reconciler:
                 version_document = version.model_dump_json() + f"|link={config.link_address}"
                 seen = apps.get(app)
                 broken = seen is not None and _failed_status(seen.status)
-                if self._changed(app, version_document) or (broken and retry):
+                refused = self._refusal(endpoint, app, version_document)
+                if refused is not None:
+                    waiting[version.version] = refused
+                    failure = failure or refused
+                elif self._changed(app, version_document) or (broken and retry):
                     route = None if config.link_address is None else link_route(endpoint, version.version)
                     self._acting()
-                    self._deploy(app, route, build_version_app(
+                    self._deploy(app, route, version_document, lambda version=version: build_version_app(
                         config, version, env=env, access_log=self.access_log))
                     self._remember(app, version_document)
                     report.applied.append(app)
@@ -436,18 +445,21 @@ class Reconciler:
                 f": {seen.message}" if seen and seen.message else "")
         document = config.model_dump_json()
         self._acting()  # what follows posts routes or deploys
+        refused = self._refusal(endpoint, name, document)
         if self._changed(name, document) and self._routes_only(name, config, seen) and \
                 self.backend.post_routes(endpoint, config):
             self._remember(name, document)
             self._board_ahead[name] = config
             report.routed.append(name)
+        elif refused is not None:
+            failure = failure or refused
         elif self._changed(name, document) or (
                 name in self._board_ahead and not self.backend.post_routes(endpoint, config)):
             # A board that restarted empty is posted to again each pass; where it cannot
             # be, Serve's own configuration catches up with the routes.
-            self._deploy(name, endpoint_route_prefix(endpoint),
-                         build_endpoint_app(config, env=env, access_log=self.access_log,
-                                            lean_ingress=self.lean_ingress))
+            self._deploy(name, endpoint_route_prefix(endpoint), document,
+                         lambda: build_endpoint_app(config, env=env, access_log=self.access_log,
+                                                    lean_ingress=self.lean_ingress))
             self._remember(name, document)
             self._deployed[name] = _digest(_structure(config))
             self._board_ahead.pop(name, None)
@@ -529,17 +541,39 @@ class Reconciler:
         self._applied.clear()
         self._deployed.clear()
         self._board_ahead.clear()
+        self._refused.clear()
 
-    def _deploy(self, app: str, route_prefix: str | None, built: Any) -> None:
-        """Submit ``built`` as ``app``. Where the submission fails or goes unanswered it
-        may still land later: what was applied there is unknown, so the next pass submits
-        it in full rather than compare with what this process last sent (a route change
-        posted to the board alone, or a change back to that, would leave it as it lands)."""
+    def _deploy(self, app: str, route_prefix: str | None, document: str,
+                build: Callable[[], Any]) -> None:
+        """Build ``app`` and submit it. Where the submission fails or goes unanswered it
+        may still land later: what was applied there is unknown, so a later pass submits it
+        in full rather than compare with what this process last sent (a route change posted
+        to the board alone, or a change back to that, would leave it as it lands). A build
+        or submission refused (not merely unanswered) waits for the endpoint's retry."""
         try:
-            self.backend.deploy(app, route_prefix, built)
-        except Exception:
-            self._forget(app)
+            self.backend.deploy(app, route_prefix, build())
+        except ControlPlaneUnavailableError:
+            self._forget(app)  # unanswered: sent again next pass, once writes go through
             raise
+        except Exception as error:
+            self._forget(app)
+            self._refused[app] = (_digest(document), f"{type(error).__name__}: {error}")
+            raise
+        self._refused.pop(app, None)
+
+    def _refusal(self, endpoint: str, app: str, document: str) -> str | None:
+        """Why ``document`` is not sent to ``app`` this pass: its last build or submission
+        was refused and the endpoint's retry is not due. A refusal repeats; sent again every
+        pass, each cost a build (an artifact read, a model check) and a write to Serve's
+        controller, and flooded the log, while the endpoint's backoff said to wait. A
+        changed document goes at once (a rollback must not wait for a retry)."""
+        refused = self._refused.get(app)
+        state = self._states.get(endpoint)
+        if refused is None or refused[0] != _digest(document) or state is None or \
+                state.state != "failed" or state.retry_at is None or \
+                state.retry_at <= self._now():
+            return None
+        return f"{app}: {refused[1]} (sent again at its retry)"
 
     def _forget(self, app: str) -> None:
         """Forget what was applied to ``app``: the next pass submits it to Serve again."""

@@ -446,6 +446,80 @@ def test_a_deploy_serve_did_not_answer_is_sent_in_full_again_whatever_comes_next
     assert [v["version"] for v in serve.user_configs["endpoint-ep"]["versions"]] == [1, 2]
 
 
+def _refusing(serve: Serve, app: str, error: Exception) -> None:
+    """Serve refuses every submission of ``app`` with ``error`` (the others go through)."""
+    answered = serve.deploy
+
+    def refuse(name: str, route_prefix: str | None, built: Any) -> None:
+        if name == app:
+            serve.calls.append(("deploy", name))
+            raise error
+        answered(name, route_prefix, built)
+
+    serve.deploy = refuse  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("placement", ["colocated", "isolated"])
+def test_a_refused_submission_is_sent_again_at_its_retry_not_every_pass(
+        deployments, clock, placement) -> None:
+    """A version's (or the endpoint's) application Serve refuses was built and sent again
+    on every pass, at whatever pace the passes ran, while the endpoint's state said it
+    waited for its retry."""
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    app = "endpoint-ep-v1" if placement == "isolated" else "endpoint-ep"
+    _refusing(serve, app, ValueError("the model's artifact does not load"))
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1", placement=placement), ALICE)
+    rec.reconcile()
+    assert serve.deploys().count(app) == 1
+    for _ in range(5):  # passes before the retry is due
+        clock.now += 0.5
+        rec.reconcile()
+        state = rec.states()["ep"]
+        assert state.state == "failed" and "does not load" in state.error, state
+    assert serve.deploys().count(app) == 1
+    clock.now += RETRY_BASE_S
+    rec.reconcile()
+    assert serve.deploys().count(app) == 2  # at its retry, once
+    rec.reconcile()
+    assert serve.deploys().count(app) == 2  # and the next wait is longer
+    assert rec.states()["ep"].retry_at == datetime.fromtimestamp(clock.now + 2 * RETRY_BASE_S, UTC)
+    serve.deploy = Serve.deploy.__get__(serve)  # type: ignore[method-assign]
+    clock.now += 2 * RETRY_BASE_S
+    for _ in range(3):  # submitted, running (an isolated router submitted), running
+        rec.reconcile()
+    assert serve.deploys().count(app) == 3 and rec.states()["ep"].state == "applied"
+
+
+def test_a_changed_document_goes_at_once_while_a_refused_one_waits(deployments, clock) -> None:
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    canary(deployments)
+    rec.reconcile()
+    _refusing(serve, "endpoint-ep", ValueError("refused"))
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:3", weight=10), ALICE)
+    rec.reconcile("ep")
+    assert serve.deploys().count("endpoint-ep") == 2
+    deployments.set_traffic("ep", TrafficUpdate(weights={1: 100}), ALICE)  # a rollback
+    rec.reconcile("ep")
+    assert serve.deploys().count("endpoint-ep") == 3
+
+
+def test_an_unanswered_submission_is_sent_again_the_next_pass(deployments, clock) -> None:
+    """Unanswered is not refused: once Serve's controller answers, the next pass sends it."""
+    from control_plane.serve_writes import ServeWriteUnanswered
+
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    _refusing(serve, "endpoint-ep", ServeWriteUnanswered("Serve's controller did not answer"))
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1"), ALICE)
+    rec.reconcile()
+    serve.deploy = Serve.deploy.__get__(serve)  # type: ignore[method-assign]
+    clock.now += 0.5
+    rec.reconcile()
+    assert serve.deploys().count("endpoint-ep") == 2 and "endpoint-ep" in serve.apps
+
+
 def test_routes_go_through_serve_when_the_board_cannot_take_them(deployments, clock) -> None:
     serve = Serve()
     rec = reconciler(deployments, serve, clock)
