@@ -377,7 +377,13 @@ class PlatformWrites:
         advice = self.advice
         try:
             self._writes.run(what, write)
-        except ServeWriteUnanswered:
+        except ServeWriteUnanswered as error:
+            unreached = error.__cause__
+            if unreached is not None:  # dead or restarting, said at once rather than late
+                raise ControlPlaneUnavailableError(
+                    f"Serve's controller could not be reached for {what} "
+                    f"({type(unreached).__name__}: {unreached}): it may be restarting. {advice}",
+                    detail={"cause": "serve_controller_unreached", "write": what}) from None
             raise ControlPlaneUnavailableError(
                 f"Serve's controller did not take {what} within "
                 f"{self._writes.timeout_s:g} s: it may be restarting, overloaded or stuck. "

@@ -13,9 +13,9 @@ that fails (an exception, Serve's DEPLOY_FAILED, or not running within
 ``start_timeout_s``) is recorded with its error and retried with exponential backoff
 (:meth:`Reconciler.states`, shown by ``modelplane status``), while every other endpoint
 goes on; an application whose build or submission was refused is sent again at that
-retry, not every pass, unless what it carries changes. An isolated router only ever points at versions that run: versions that do not
-run yet are left out of it while they take no traffic, so a rollback that sets a broken
-candidate to 0% is applied at once. Endpoints with a rollout that just ended are applied
+retry, not every pass, unless what it carries changes. An isolated router only ever
+points at versions that run: versions that do not run yet are left out of it while they
+take no traffic, so a rollback that sets a broken candidate to 0% is applied at once. Endpoints with a rollout that just ended are applied
 first in a pass.
 
 A change to an endpoint's routes alone (weights, shadows, stickiness: every rollout step)
@@ -294,6 +294,8 @@ class Reconciler:
             self._acting()
             self.backend.forget_statistics(name)
             self._states.pop(name, None)  # undeployed
+            for app in [a for a in self._refused if is_endpoint_app(a, name)]:
+                self._refused.pop(app)
         return report
 
     def reconcile_pending(self) -> ReconcileReport:
@@ -400,6 +402,7 @@ class Reconciler:
         retry = self._retry_due(endpoint)
         waiting: dict[int, str] = {}  # version → why it is not running yet
         failure: str | None = None
+        held: str | None = None  # a version's refusal, waiting for the endpoint's retry
         if config.placement == "isolated":
             # Versions first: the router must never point at a version that is not up.
             for version in config.versions:
@@ -416,6 +419,7 @@ class Reconciler:
                 if refused is not None:
                     waiting[version.version] = refused
                     failure = failure or refused
+                    held = held or refused
                 elif self._changed(app, version_document) or (broken and retry):
                     route = None if config.link_address is None else link_route(endpoint, version.version)
                     self._acting()
@@ -465,7 +469,9 @@ class Reconciler:
             self._board_ahead.pop(name, None)
             report.applied.append(name)
             waiting.setdefault(0, "submitted to Serve")
-            failure = None  # a fresh submission: judged again on the next pass
+            # A fresh submission: judged again on the next pass. A version held back
+            # keeps the endpoint failed: pending, it was sent again within a second.
+            failure = held
         else:
             report.unchanged.append(name)
         if waiting or failure:
@@ -551,7 +557,12 @@ class Reconciler:
         to the board alone, or a change back to that, would leave it as it lands). A build
         or submission refused (not merely unanswered) waits for the endpoint's retry."""
         try:
-            self.backend.deploy(app, route_prefix, build())
+            built = build()
+        except Exception as error:  # nothing was sent: what Serve has is still known
+            self._refused[app] = (_digest(document), f"{type(error).__name__}: {error}")
+            raise
+        try:
+            self.backend.deploy(app, route_prefix, built)
         except ControlPlaneUnavailableError:
             self._forget(app)  # unanswered: sent again next pass, once writes go through
             raise
@@ -564,9 +575,9 @@ class Reconciler:
     def _refusal(self, endpoint: str, app: str, document: str) -> str | None:
         """Why ``document`` is not sent to ``app`` this pass: its last build or submission
         was refused and the endpoint's retry is not due. A refusal repeats; sent again every
-        pass, each cost a build (an artifact read, a model check) and a write to Serve's
-        controller, and flooded the log, while the endpoint's backoff said to wait. A
-        changed document goes at once (a rollback must not wait for a retry)."""
+        pass, each was a write to Serve's controller and a warning in the log, while the
+        endpoint's backoff said to wait. A changed document goes at once (a rollback must
+        not wait for a retry)."""
         refused = self._refused.get(app)
         state = self._states.get(endpoint)
         if refused is None or refused[0] != _digest(document) or state is None or \
@@ -577,6 +588,7 @@ class Reconciler:
 
     def _forget(self, app: str) -> None:
         """Forget what was applied to ``app``: the next pass submits it to Serve again."""
+        self._refused.pop(app, None)
         self._applied.pop(app, None)
         self._deployed.pop(app, None)
         self._board_ahead.pop(app, None)

@@ -80,6 +80,11 @@ class BoundedWrites:
                 "restarting or overloaded. The write lands when it answers, and the next "
                 "pass submits again whatever it applies")
         if failed:
+            if _unreachable(failed[0]):
+                raise ServeWriteUnanswered(
+                    f"Serve's controller could not be reached for {what} ({type(failed[0]).__name__}: "
+                    f"{failed[0]}); it may be restarting. The next pass submits again whatever "
+                    "it applies") from failed[0]
             raise failed[0]
 
     def wait_for_stalled(self, timeout_s: float) -> bool:
@@ -89,3 +94,12 @@ class BoundedWrites:
         for thread in stalled:
             thread.join(timeout_s)
         return not any(thread.is_alive() for thread in stalled)
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says Serve's controller was not reached (dead, restarting, the
+    cluster not answering) rather than that it refused the write: the reconciler sends an
+    unreached write again next pass, a refused one at the endpoint's backoff."""
+    from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError
+
+    return isinstance(error, (RayActorError, GetTimeoutError, RaySystemError, ConnectionError))

@@ -40,15 +40,15 @@ class TrackerCallback(UserCallback):
             values["checkpoint_epoch"] = float(epoch)
         print(progress_line(epoch, self.epochs, values), flush=True)
         self._reports += 1
-        from control_plane.schemas import MetricPoint
-
-        points = [MetricPoint(key=key, value=value, step=epoch) for key, value in values.items()]
-        # The run's latest figures are its highest step's: epochs run again from a
-        # checkpoint after a lost node change none of them, and the driver's stall watch
-        # (which reads them) would take a recovering job for a stuck one.
-        points.append(MetricPoint(key=REPORTS_METRIC, value=float(self._reports),
-                                  step=self._reports))
         try:
+            from control_plane.schemas import MetricPoint
+
+            points = [MetricPoint(key=key, value=value, step=epoch) for key, value in values.items()]
+            # The run's latest figures are its highest step's: epochs run again from a
+            # checkpoint after a lost node change none of them, and the driver's stall watch
+            # (which reads them) would take a recovering job for a stuck one.
+            points.append(MetricPoint(key=REPORTS_METRIC, value=float(self._reports),
+                                      step=self._reports))
             # One request an epoch: the next report waits for this callback to return
             # (Ray Train's controller runs it between its polls of the workers).
             self._tracker().log_points(self.run_id, points)

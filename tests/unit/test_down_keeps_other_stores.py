@@ -128,3 +128,23 @@ def test_serve_s_own_timeout_on_a_delete_is_said_as_what_to_do(
                        match=r"Serve did not finish the deletion of endpoint-mine: Application "
                              r"endpoint-mine did not get deleted within 60 seconds.*down` again"):
         platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=False)
+
+
+def test_a_serve_controller_that_died_is_said_as_not_reached_not_as_late(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        serve_calls: list[tuple[str, str | None]]) -> None:
+    from ray import serve
+    from ray.exceptions import RayActorError
+
+    from control_plane.errors import ControlPlaneUnavailableError
+
+    def delete(name: str) -> None:
+        raise RayActorError()
+
+    monkeypatch.setattr(serve, "delete", delete)
+    _details(monkeypatch, {"endpoint-mine": _app("store-b"), "endpoint-theirs": _app("store-a")})
+    with pytest.raises(ControlPlaneUnavailableError,
+                       match=r"could not be reached for the deletion of endpoint-mine "
+                             r"\(RayActorError.*down` again") as raised:
+        platform._shut_down_serve(Settings(home=tmp_path), lambda _: None, force=False)
+    assert raised.value.detail["cause"] == "serve_controller_unreached"

@@ -484,7 +484,7 @@ def test_a_refused_submission_is_sent_again_at_its_retry_not_every_pass(
     rec.reconcile()
     assert serve.deploys().count(app) == 2  # and the next wait is longer
     assert rec.states()["ep"].retry_at == datetime.fromtimestamp(clock.now + 2 * RETRY_BASE_S, UTC)
-    serve.deploy = Serve.deploy.__get__(serve)  # type: ignore[method-assign]
+    del serve.deploy  # Serve's own again
     clock.now += 2 * RETRY_BASE_S
     for _ in range(3):  # submitted, running (an isolated router submitted), running
         rec.reconcile()
@@ -499,10 +499,62 @@ def test_a_changed_document_goes_at_once_while_a_refused_one_waits(deployments, 
     _refusing(serve, "endpoint-ep", ValueError("refused"))
     deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:3", weight=10), ALICE)
     rec.reconcile("ep")
+    rec.reconcile("ep")  # held: its retry is not due
     assert serve.deploys().count("endpoint-ep") == 2
     deployments.set_traffic("ep", TrafficUpdate(weights={1: 100}), ALICE)  # a rollback
     rec.reconcile("ep")
     assert serve.deploys().count("endpoint-ep") == 3
+
+
+def test_a_held_version_keeps_the_endpoint_failed_while_its_router_is_submitted(
+        deployments, clock) -> None:
+    """The router submitted without the refused version made the endpoint pending, and the
+    pass for pending endpoints (every second) sent the version again at once."""
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1", placement="isolated"), ALICE)
+    for _ in range(3):  # the version, then its router, then both running
+        rec.reconcile()
+    assert rec.states()["ep"].state == "applied"
+    serve.board_up = False  # the routes go through Serve: the router is submitted in full
+    _refusing(serve, "endpoint-ep-v2", ValueError("refused"))
+    # At 0% the router goes on without it (a version taking traffic keeps the old router).
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:2", weight=0), ALICE)
+    rec.reconcile("ep")
+    retry_at = rec.states()["ep"].retry_at
+    routers = serve.deploys().count("endpoint-ep")
+    clock.now += 1
+    rec.reconcile("ep")
+    assert serve.deploys().count("endpoint-ep") == routers + 1  # the router, without v2
+    for _ in range(3):
+        clock.now += 0.5
+        rec.reconcile_pending()
+        rec.reconcile("ep")
+    state = rec.states()["ep"]
+    assert state.state == "failed" and state.retry_at == retry_at and "refused" in state.error
+    assert serve.deploys().count("endpoint-ep-v2") == 1
+
+
+def test_a_version_whose_build_fails_waits_for_its_retry(deployments, clock, monkeypatch) -> None:
+    import control_plane.reconciler as reconciler_module
+
+    serve = Serve()
+    rec = reconciler(deployments, serve, clock)
+    builds = []
+
+    def unbuildable(*args: Any, **kwargs: Any) -> Any:
+        builds.append(args)
+        raise ValueError("no such preprocess")
+
+    monkeypatch.setattr(reconciler_module, "build_version_app", unbuildable)
+    deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1", placement="isolated"), ALICE)
+    for _ in range(4):
+        rec.reconcile()
+        clock.now += 1
+    assert len(builds) == 1 and "no such preprocess" in rec.states()["ep"].error
+    clock.now += RETRY_BASE_S
+    rec.reconcile()
+    assert len(builds) == 2
 
 
 def test_an_unanswered_submission_is_sent_again_the_next_pass(deployments, clock) -> None:
@@ -514,7 +566,7 @@ def test_an_unanswered_submission_is_sent_again_the_next_pass(deployments, clock
     _refusing(serve, "endpoint-ep", ServeWriteUnanswered("Serve's controller did not answer"))
     deployments.deploy(DeployRequest(endpoint="ep", model_ref="iris:1"), ALICE)
     rec.reconcile()
-    serve.deploy = Serve.deploy.__get__(serve)  # type: ignore[method-assign]
+    del serve.deploy  # Serve's own again
     clock.now += 0.5
     rec.reconcile()
     assert serve.deploys().count("endpoint-ep") == 2 and "endpoint-ep" in serve.apps

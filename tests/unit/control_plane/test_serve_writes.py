@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from control_plane.errors import ControlPlaneUnavailableError
-from control_plane.serve_writes import BoundedWrites
+from control_plane.serve_writes import BoundedWrites, ServeWriteUnanswered
 
 
 def test_a_write_the_controller_does_not_take_fails_the_pass_and_holds_the_next() -> None:
@@ -72,3 +73,17 @@ def test_a_write_s_own_error_is_raised_as_it_is() -> None:
 
     with pytest.raises(ValueError, match="bad route prefix"):
         BoundedWrites(timeout_s=5).run("the deploy of e1", refused)
+
+
+@pytest.mark.parametrize("error", [
+    RayActorError(), GetTimeoutError("Get timed out"), ConnectionError("connection refused")],
+    ids=["actor died", "get timed out", "connection refused"])
+def test_a_controller_not_reached_is_unanswered_not_refused(error: Exception) -> None:
+    """Said as a refusal, the reconciler held the write to the endpoint's backoff (up to
+    5 minutes) after the controller came back."""
+    def unreached() -> None:
+        raise error
+
+    with pytest.raises(ServeWriteUnanswered, match="could not be reached") as raised:
+        BoundedWrites(timeout_s=5).run("the deploy of e1", unreached)
+    assert raised.value.__cause__ is error
