@@ -530,10 +530,14 @@ class Client:
         return self.log_points(
             run_id, [MetricPoint(key=k, value=float(v), step=step) for k, v in metrics.items()])
 
-    def log_points(self, run_id: str, points: list[MetricPoint]) -> int:
-        """Log metric points, each at its own step, in a single request."""
+    def log_points(self, run_id: str, points: list[MetricPoint], *, key: str | None = None) -> int:
+        """Log metric points, each at its own step, in a single request; ``key``, the
+        idempotency key of an earlier send of the same points (stored once whatever came
+        of that one)."""
         batch = MetricBatch(metrics=points)
-        response = self._request("POST", f"/runs/{run_id}/metrics", json=batch.model_dump(mode="json"))
+        headers = {KEY_HEADER: key} if key else {}
+        response = self._request("POST", f"/runs/{run_id}/metrics",
+                                 json=batch.model_dump(mode="json"), headers=headers)
         return int(response.json()["stored"])
 
     def metric_history(self, run_id: str, key: str, *, limit: int | None = None

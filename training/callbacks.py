@@ -3,11 +3,22 @@
 It runs in the Train controller, which Ray places on the driver's node: whatever
 control-plane address the job's driver can reach, the callback can too, while workers on
 other nodes might not.
+
+The controller runs the callback between its polls of the workers, and a worker's next
+report waits for it: a tracker call that waits holds the training. So a call waits
+:data:`TRACKER_TIMEOUT_S` at most, and while the control plane does not answer, the
+epochs' figures are held here and sent together once it does (the batch that may have
+landed again under its own idempotency key, so it is stored once), with a pause between
+tries: a control plane that hung made every epoch wait the client's 60 s, and one that was
+down lost the figures of every epoch meanwhile. Figures the tracker refuses (a run's limit,
+a revoked token) are dropped, saying so: sending them again would be refused again.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.train import UserCallback
@@ -15,6 +26,24 @@ from ray.train import UserCallback
 from training.tracking import epoch_metrics, progress_line
 
 REPORTS_METRIC = "train_reports"  # how many reports the run has had: it moves with every one
+TRACKER_TIMEOUT_S = 5.0  # the longest an epoch waits on the tracker
+FIRST_PAUSE_S, MAX_PAUSE_S = 2.0, 60.0  # between tries while it does not answer
+# Held while the tracker is away, every key of every epoch together (a run stores at most
+# control_plane.tracking.MAX_METRIC_POINTS): past it, later epochs' figures are dropped.
+MAX_HELD_POINTS = 200_000
+# The last report is sent however the pauses stand, and tried this long: nothing runs
+# after it in the controller that would send what is held.
+LAST_REPORT_WAIT_S = 30.0
+
+
+@dataclass
+class HeldBatch:
+    """Figures not yet stored. Once sent, a batch keeps its points and its key: the
+    control plane may have stored it and not answered, and stores a key's batch once."""
+
+    points: list[Any] = field(default_factory=list)
+    key: str | None = None  # set when first sent
+    epochs: int = 0
 
 
 class TrackerCallback(UserCallback):
@@ -25,6 +54,10 @@ class TrackerCallback(UserCallback):
         self._client: Any = None
         self._failures = 0
         self._reports = 0  # every report, epochs run again after a restart included
+        self._held: list[HeldBatch] = []
+        self._dropped_epochs = 0
+        self._pause_s, self._next_try = 0.0, 0.0
+        self._clock, self._sleep = time.monotonic, time.sleep
 
     def __getstate__(self) -> dict[str, Any]:
         # The callback is shipped to the controller actor; its HTTP client is made there.
@@ -45,21 +78,77 @@ class TrackerCallback(UserCallback):
 
             points = [MetricPoint(key=key, value=value, step=epoch) for key, value in values.items()]
             # The run's latest figures are its highest step's: epochs run again from a
-            # checkpoint after a lost node change none of them, and the driver's stall watch
-            # (which reads them) would take a recovering job for a stuck one.
+            # checkpoint after a lost node change none of them, and the driver's stall
+            # watch (which reads them) would take a recovering job for a stuck one.
             points.append(MetricPoint(key=REPORTS_METRIC, value=float(self._reports),
                                       step=self._reports))
-            # One request an epoch: the next report waits for this callback to return
-            # (Ray Train's controller runs it between its polls of the workers).
-            self._tracker().log_points(self.run_id, points)
-        except Exception as error:  # a tracker hiccup must not kill hours of training
-            self._failures += 1
-            print(f"warning: could not log epoch {epoch} to the tracker at {self.url}: {error}",
-                  file=sys.stderr, flush=True)
+        except Exception as error:  # a figure the tracker cannot take must not stop training
+            self._warn(f"could not log epoch {epoch} to the tracker at {self.url}: {error}")
+            return
+        self._hold(points)
+        last = epoch >= self.epochs or bool(values.get("stopped_early"))
+        self.send_held(wait_s=LAST_REPORT_WAIT_S if last else 0.0)
+
+    def send_held(self, *, wait_s: float = 0.0) -> None:
+        """Send what is held, oldest first, unless a pause after a failure runs (``wait_s``
+        > 0: try through the pauses for that long). Never raises."""
+        deadline = self._clock() + wait_s
+        while self._held:
+            now = self._clock()
+            if now < self._next_try:
+                if now + min(self._pause_s, 2.0) > deadline:
+                    return
+                self._sleep(min(self._next_try - now, 2.0))
+                continue
+            if not self._send_oldest() and self._clock() >= deadline:
+                return
+
+    def _send_oldest(self) -> bool:
+        """Whether the oldest batch was settled (stored, or refused and dropped)."""
+        from control_plane.idempotency import new_key
+        from training.watchdog import _away
+
+        batch = self._held[0]
+        batch.key = batch.key or new_key()
+        try:
+            self._tracker().log_points(self.run_id, batch.points, key=batch.key)
+        except Exception as error:
+            if _away(error):
+                self._pause_s = min(max(self._pause_s * 2, FIRST_PAUSE_S), MAX_PAUSE_S)
+                self._next_try = self._clock() + self._pause_s
+                held = sum(b.epochs for b in self._held)
+                self._warn(f"the tracker at {self.url} did not answer ({error}); {held} "
+                           f"epoch(s) of figures held, sent again in {self._pause_s:g} s")
+                return False
+            self._held.pop(0)
+            self._warn(f"the tracker at {self.url} refused {batch.epochs} epoch(s) of "
+                       f"figures, dropped: {error}")
+            return True
+        self._held.pop(0)
+        self._pause_s, self._next_try = 0.0, 0.0
+        return True
+
+    def _hold(self, points: list[Any]) -> None:
+        """Add an epoch's points: to the newest batch where it was never sent (one request
+        then carries every epoch held while the tracker was away), else to a new one."""
+        if sum(len(b.points) for b in self._held) + len(points) > MAX_HELD_POINTS:
+            self._dropped_epochs += 1
+            self._warn(f"{self._dropped_epochs} epoch(s) of figures dropped: "
+                       f"{MAX_HELD_POINTS:,} points are held already for the tracker at "
+                       f"{self.url}")
+            return
+        if not self._held or self._held[-1].key is not None:
+            self._held.append(HeldBatch())
+        self._held[-1].points.extend(points)
+        self._held[-1].epochs += 1
+
+    def _warn(self, message: str) -> None:
+        self._failures += 1
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def _tracker(self) -> Any:
         if self._client is None:
             from control_plane.client import Client
 
-            self._client = Client(self.url, self.token)
+            self._client = Client(self.url, self.token, timeout=TRACKER_TIMEOUT_S)
         return self._client

@@ -5,20 +5,68 @@ from __future__ import annotations
 
 import pytest
 
+from control_plane.errors import ConflictError, ControlPlaneUnavailableError
 from control_plane.schemas import MetricBatch, MetricPoint, RunCreate
 from control_plane.tracking import Tracker
 from tests.unit.control_plane.conftest import ALICE
-from training.callbacks import TrackerCallback
+from training import callbacks
+from training.callbacks import REPORTS_METRIC, TrackerCallback
 
 
 class Forward:
-    """The control plane's client, as the callback uses it, over a real tracker."""
+    """The control plane's client, as the callback uses it, over a real tracker: ``mode``
+    "up", "down" (cannot be reached), "lost" (stores the batch, its answer is lost) or
+    "refusing"; a batch sent again under its key is stored once, as the control plane's
+    idempotency keys make it."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
+        self.mode = "up"
+        self.calls = 0
+        self.replies: dict[str, int] = {}
 
-    def log_points(self, run_id: str, points: list[MetricPoint]) -> int:
-        return self.tracker.log_metrics(run_id, MetricBatch(metrics=points), ALICE)
+    def log_points(self, run_id: str, points: list[MetricPoint], *, key: str | None = None) -> int:
+        self.calls += 1
+        if self.mode == "down":
+            raise ControlPlaneUnavailableError("cannot reach the control plane (ConnectError)")
+        if self.mode == "refusing":
+            raise ConflictError("run holds 10,000 metric points and a run may hold at most 10,000")
+        if key is not None and key in self.replies:
+            return self.replies[key]
+        stored = self.tracker.log_metrics(run_id, MetricBatch(metrics=points), ALICE)
+        if key is not None:
+            self.replies[key] = stored
+        if self.mode == "lost":
+            raise ControlPlaneUnavailableError("did not answer within 5 s and may have acted")
+        return stored
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _callback(tracker: Tracker, epochs: int = 10) -> tuple[TrackerCallback, Forward, Clock, str]:
+    run = tracker.start_run(RunCreate(experiment="digits"), ALICE)
+    callback = TrackerCallback("http://control-plane", None, run.id, epochs=epochs)
+    forward, clock = Forward(tracker), Clock()
+    callback._client, callback._clock, callback._sleep = forward, clock, clock.sleep
+    return callback, forward, clock, run.id
+
+
+def _report(callback: TrackerCallback, epoch: int, **more: float) -> None:
+    callback.after_report(None, [{"epoch": epoch, "train_loss": 0.5, "val_loss": 1 / epoch,
+                                  **more}], None)
+
+
+def _steps(tracker: Tracker, run_id: str, key: str = "val_loss") -> list[int]:
+    return [point.step for point in tracker.metric_history(run_id, key)]
 
 
 def test_epochs_run_again_after_a_restart_move_the_run_s_progress(
@@ -43,3 +91,79 @@ def test_epochs_run_again_after_a_restart_move_the_run_s_progress(
         report(epoch)
         assert progress() not in seen
         seen.add(progress())
+
+
+def test_figures_held_while_the_tracker_is_away_are_stored_once_when_it_answers(
+        tracker: Tracker, capsys: pytest.CaptureFixture[str]) -> None:
+    """A control plane that hung made every epoch wait the client's timeout (the next
+    report waits for the callback), and one that was down lost every epoch's figures."""
+    callback, forward, clock, run_id = _callback(tracker, epochs=20)
+    for epoch in (1, 2, 3):
+        _report(callback, epoch)
+    forward.mode = "lost"  # stored, but the answer does not come back
+    clock.now += 0.3
+    _report(callback, 4)
+    forward.mode = "down"
+    calls = forward.calls
+    for epoch in range(5, 15):  # 0.3 s an epoch: 3 s
+        clock.now += 0.3
+        _report(callback, epoch)
+    # One try per pause (2 s, then 4 s), not one per epoch.
+    assert forward.calls - calls == 1
+    assert "epoch(s) of figures held" in capsys.readouterr().err
+    forward.mode = "up"
+    clock.now += 4
+    _report(callback, 15)
+    assert _steps(tracker, run_id) == list(range(1, 16))  # epoch 4 once, though sent twice
+    assert tracker.get_run(run_id).latest_metrics[REPORTS_METRIC] == 15
+    assert callback._held == []
+
+
+def test_figures_the_tracker_refuses_are_dropped_not_held(
+        tracker: Tracker, capsys: pytest.CaptureFixture[str]) -> None:
+    callback, forward, _, run_id = _callback(tracker)
+    forward.mode = "refusing"
+    _report(callback, 1)
+    assert callback._held == [] and "refused 1 epoch(s) of figures, dropped" in capsys.readouterr().err
+    forward.mode = "up"
+    _report(callback, 2)  # at once: a refusal starts no pause
+    assert _steps(tracker, run_id) == [2]
+
+
+def test_the_last_report_is_sent_through_the_pauses(tracker: Tracker) -> None:
+    """Nothing in the controller runs after the last report to send what is held."""
+    callback, forward, clock, run_id = _callback(tracker, epochs=5)
+    forward.mode = "down"
+    for epoch in (1, 2, 3, 4):
+        _report(callback, epoch)
+    slept = []
+
+    def back_after_a_while(seconds: float) -> None:
+        slept.append(seconds)
+        clock.sleep(seconds)
+        if sum(slept) > 10:
+            forward.mode = "up"
+
+    callback._sleep = back_after_a_while
+    _report(callback, 5)
+    assert _steps(tracker, run_id) == [1, 2, 3, 4, 5]
+    assert sum(slept) <= callbacks.LAST_REPORT_WAIT_S
+
+
+def test_an_early_stop_is_a_last_report_and_its_wait_is_bounded(tracker: Tracker) -> None:
+    callback, forward, clock, run_id = _callback(tracker, epochs=50)
+    forward.mode = "down"
+    _report(callback, 7, stopped_early=1.0)
+    assert callbacks.LAST_REPORT_WAIT_S - 2 <= clock.now - 100.0 <= callbacks.LAST_REPORT_WAIT_S
+    assert len(callback._held) == 1 and _steps(tracker, run_id) == []
+
+
+def test_held_figures_are_bounded(tracker: Tracker, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(callbacks, "MAX_HELD_POINTS", 10)  # an epoch here is 3 points
+    callback, forward, _, _ = _callback(tracker, epochs=20)
+    forward.mode = "down"
+    for epoch in range(1, 6):
+        _report(callback, epoch)
+    assert sum(batch.epochs for batch in callback._held) == 3
+    assert "2 epoch(s) of figures dropped" in capsys.readouterr().err
