@@ -114,6 +114,7 @@ class Client:
         *,
         timeout: float = 60.0,
         settings: Settings | None = None,
+        retries: int = 2,
     ) -> None:
         settings = settings or get_settings()
         self.url = (url or settings.url).rstrip("/")
@@ -123,7 +124,7 @@ class Client:
             base_url=f"{self.url}/api",
             headers=headers,
             timeout=timeout,
-            transport=httpx.HTTPTransport(retries=2),
+            transport=httpx.HTTPTransport(retries=retries),  # connections that failed
         )
         self._honors_keys = False
 

@@ -6,12 +6,13 @@ other nodes might not.
 
 The controller runs the callback between its polls of the workers, and a worker's next
 report waits for it: a tracker call that waits holds the training. So a call waits
-:data:`TRACKER_TIMEOUT_S` at most, and while the control plane does not answer, the
-epochs' figures are held here and sent together once it does (the batch that may have
-landed again under its own idempotency key, so it is stored once), with a pause between
-tries: a control plane that hung made every epoch wait the client's 60 s, and one that was
-down lost the figures of every epoch meanwhile. Figures the tracker refuses (a run's limit,
-a revoked token) are dropped, saying so: sending them again would be refused again.
+:data:`TRACKER_TIMEOUT_S` (once, not again on a failed connection), and while the control
+plane does not answer, the epochs' figures are held here and sent once it does (a batch
+that may have landed again under its own idempotency key, so it is stored once), with a
+pause between tries: a control plane that hung made every epoch wait the client's 60 s,
+and one that was down lost the figures of every epoch meanwhile. Figures the tracker
+refuses (a run's limit, a revoked token) are dropped, saying so: sending them again would
+be refused again.
 """
 
 from __future__ import annotations
@@ -27,13 +28,17 @@ from training.tracking import epoch_metrics, progress_line
 
 REPORTS_METRIC = "train_reports"  # how many reports the run has had: it moves with every one
 TRACKER_TIMEOUT_S = 5.0  # the longest an epoch waits on the tracker
-FIRST_PAUSE_S, MAX_PAUSE_S = 2.0, 60.0  # between tries while it does not answer
+# Between tries while it does not answer; at most a quarter of the job's stall timeout, so
+# the figures held through an outage reach the driver's stall watch in time.
+FIRST_PAUSE_S, MAX_PAUSE_S = 2.0, 60.0
 # Held while the tracker is away, every key of every epoch together (a run stores at most
 # control_plane.tracking.MAX_METRIC_POINTS): past it, later epochs' figures are dropped.
 MAX_HELD_POINTS = 200_000
-# The last report is sent however the pauses stand, and tried this long: nothing runs
-# after it in the controller that would send what is held.
-LAST_REPORT_WAIT_S = 30.0
+BATCH_POINTS = 10_000  # a request's most (control_plane.schemas.MetricBatch)
+# The last report is tried every FINAL_TRY_EVERY_S for this long, whatever the pause:
+# nothing runs after it in the controller that would send what is held. After workers
+# failed (the group restarts, or the run ends), for less.
+LAST_REPORT_WAIT_S, FAILURE_WAIT_S, FINAL_TRY_EVERY_S = 30.0, 10.0, 2.0
 
 
 @dataclass
@@ -49,8 +54,10 @@ class HeldBatch:
 class TrackerCallback(UserCallback):
     """Logs every epoch's metrics to the run (step = epoch) and prints a progress line."""
 
-    def __init__(self, url: str, token: str | None, run_id: str, epochs: int) -> None:
+    def __init__(self, url: str, token: str | None, run_id: str, epochs: int, *,
+                 stall_s: float | None = None) -> None:
         self.url, self.token, self.run_id, self.epochs = url, token, run_id, epochs
+        self.max_pause_s = min(MAX_PAUSE_S, stall_s / 4) if stall_s else MAX_PAUSE_S
         self._client: Any = None
         self._failures = 0
         self._reports = 0  # every report, epochs run again after a restart included
@@ -89,22 +96,31 @@ class TrackerCallback(UserCallback):
         last = epoch >= self.epochs or bool(values.get("stopped_early"))
         self.send_held(wait_s=LAST_REPORT_WAIT_S if last else 0.0)
 
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        # The workers restart from a checkpoint, or the run ends: what is held goes now.
+        self.send_held(wait_s=FAILURE_WAIT_S)
+
     def send_held(self, *, wait_s: float = 0.0) -> None:
-        """Send what is held, oldest first, unless a pause after a failure runs (``wait_s``
-        > 0: try through the pauses for that long). Never raises."""
+        """Send what is held, oldest first, unless a pause after a failure runs; with
+        ``wait_s``, at once and then every FINAL_TRY_EVERY_S for that long, whatever the
+        pause. Never raises."""
+        if wait_s <= 0:
+            if self._clock() >= self._next_try:
+                while self._held and self._send_oldest():
+                    pass
+            return
         deadline = self._clock() + wait_s
         while self._held:
-            now = self._clock()
-            if now < self._next_try:
-                if now + min(self._pause_s, 2.0) > deadline:
-                    return
-                self._sleep(min(self._next_try - now, 2.0))
+            if self._send_oldest():
                 continue
-            if not self._send_oldest() and self._clock() >= deadline:
+            left = deadline - self._clock()
+            if left <= 0:
                 return
+            self._sleep(min(FINAL_TRY_EVERY_S, left))
 
     def _send_oldest(self) -> bool:
         """Whether the oldest batch was settled (stored, or refused and dropped)."""
+        from control_plane.errors import RequestInProgressError
         from control_plane.idempotency import new_key
         from training.watchdog import _away
 
@@ -113,8 +129,10 @@ class TrackerCallback(UserCallback):
         try:
             self._tracker().log_points(self.run_id, batch.points, key=batch.key)
         except Exception as error:
-            if _away(error):
-                self._pause_s = min(max(self._pause_s * 2, FIRST_PAUSE_S), MAX_PAUSE_S)
+            # Still in progress: its first send runs, or its process died holding the key
+            # (freed in minutes). Neither is a refusal of the figures.
+            if _away(error) or isinstance(error, RequestInProgressError):
+                self._pause_s = min(max(self._pause_s * 2, FIRST_PAUSE_S), self.max_pause_s)
                 self._next_try = self._clock() + self._pause_s
                 held = sum(b.epochs for b in self._held)
                 self._warn(f"the tracker at {self.url} did not answer ({error}); {held} "
@@ -137,7 +155,9 @@ class TrackerCallback(UserCallback):
                        f"{MAX_HELD_POINTS:,} points are held already for the tracker at "
                        f"{self.url}")
             return
-        if not self._held or self._held[-1].key is not None:
+        newest = self._held[-1] if self._held else None
+        if newest is None or newest.key is not None or \
+                len(newest.points) + len(points) > BATCH_POINTS:
             self._held.append(HeldBatch())
         self._held[-1].points.extend(points)
         self._held[-1].epochs += 1
@@ -150,5 +170,5 @@ class TrackerCallback(UserCallback):
         if self._client is None:
             from control_plane.client import Client
 
-            self._client = Client(self.url, self.token, timeout=TRACKER_TIMEOUT_S)
+            self._client = Client(self.url, self.token, timeout=TRACKER_TIMEOUT_S, retries=0)
         return self._client

@@ -391,8 +391,8 @@ def _fit(spec: JobSpec, client: Any, token: str | None, run_id: str, dataset: Da
             # checkpoint, as often as the spec allows.
             failure_config=FailureConfig(max_failures=resources.max_failures,
                                          controller_failure_limit=0),
-            callbacks=[TrackerCallback(client.url, token, run_id,
-                                       spec.hyperparameters.epochs)],
+            callbacks=[TrackerCallback(client.url, token, run_id, spec.hyperparameters.epochs,
+                                       stall_s=resources.stall_timeout_s)],
             # Ray Train narrates every report at INFO; the callback prints one line an epoch.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.errors import ConflictError, ControlPlaneUnavailableError
+from control_plane.errors import ConflictError, ControlPlaneUnavailableError, RequestInProgressError
 from control_plane.schemas import MetricBatch, MetricPoint, RunCreate
 from control_plane.tracking import Tracker
 from tests.unit.control_plane.conftest import ALICE
@@ -31,6 +31,8 @@ class Forward:
             raise ControlPlaneUnavailableError("cannot reach the control plane (ConnectError)")
         if self.mode == "refusing":
             raise ConflictError("run holds 10,000 metric points and a run may hold at most 10,000")
+        if self.mode == "in progress":  # the key's first send still runs, or died holding it
+            raise RequestInProgressError("a request with this key is in progress")
         if key is not None and key in self.replies:
             return self.replies[key]
         stored = self.tracker.log_metrics(run_id, MetricBatch(metrics=points), ALICE)
@@ -52,9 +54,11 @@ class Clock:
         self.now += seconds
 
 
-def _callback(tracker: Tracker, epochs: int = 10) -> tuple[TrackerCallback, Forward, Clock, str]:
+def _callback(tracker: Tracker, epochs: int = 10, stall_s: float | None = None
+              ) -> tuple[TrackerCallback, Forward, Clock, str]:
     run = tracker.start_run(RunCreate(experiment="digits"), ALICE)
-    callback = TrackerCallback("http://control-plane", None, run.id, epochs=epochs)
+    callback = TrackerCallback("http://control-plane", None, run.id, epochs=epochs,
+                               stall_s=stall_s)
     forward, clock = Forward(tracker), Clock()
     callback._client, callback._clock, callback._sleep = forward, clock, clock.sleep
     return callback, forward, clock, run.id
@@ -131,31 +135,85 @@ def test_figures_the_tracker_refuses_are_dropped_not_held(
 
 
 def test_the_last_report_is_sent_through_the_pauses(tracker: Tracker) -> None:
-    """Nothing in the controller runs after the last report to send what is held."""
-    callback, forward, clock, run_id = _callback(tracker, epochs=5)
+    """Nothing in the controller runs after the last report to send what is held: it is
+    tried every FINAL_TRY_EVERY_S, however long the pause an outage had grown to."""
+    callback, forward, clock, run_id = _callback(tracker, epochs=40)
     forward.mode = "down"
-    for epoch in (1, 2, 3, 4):
+    for epoch in range(1, 39):  # 10 s an epoch: the pause grows to its most, 60 s
         _report(callback, epoch)
-    slept = []
+        clock.now += 10
+    clock.now = callback._next_try
+    _report(callback, 39)  # tried, and failed: the next try is a minute away
+    assert callback._pause_s == callbacks.MAX_PAUSE_S and callback._next_try == clock.now + 60
+    started = clock.now
 
     def back_after_a_while(seconds: float) -> None:
-        slept.append(seconds)
         clock.sleep(seconds)
-        if sum(slept) > 10:
+        if clock.now - started > 25:
             forward.mode = "up"
 
     callback._sleep = back_after_a_while
-    _report(callback, 5)
-    assert _steps(tracker, run_id) == [1, 2, 3, 4, 5]
-    assert sum(slept) <= callbacks.LAST_REPORT_WAIT_S
+    _report(callback, 40)
+    assert _steps(tracker, run_id) == list(range(1, 41))
 
 
 def test_an_early_stop_is_a_last_report_and_its_wait_is_bounded(tracker: Tracker) -> None:
     callback, forward, clock, run_id = _callback(tracker, epochs=50)
     forward.mode = "down"
     _report(callback, 7, stopped_early=1.0)
-    assert callbacks.LAST_REPORT_WAIT_S - 2 <= clock.now - 100.0 <= callbacks.LAST_REPORT_WAIT_S
+    assert clock.now - 100.0 == callbacks.LAST_REPORT_WAIT_S  # its last try at the deadline
+    assert forward.calls == 1 + callbacks.LAST_REPORT_WAIT_S / callbacks.FINAL_TRY_EVERY_S
     assert len(callback._held) == 1 and _steps(tracker, run_id) == []
+
+
+def test_figures_held_when_workers_fail_are_sent_then(tracker: Tracker) -> None:
+    callback, forward, _, run_id = _callback(tracker, epochs=50)
+    forward.mode = "down"
+    _report(callback, 1)
+    _report(callback, 2)
+    forward.mode = "up"
+    callback.after_exception(None, {0: RuntimeError("worker died")})
+    assert _steps(tracker, run_id) == [1, 2]
+
+
+def test_a_send_whose_key_is_still_in_progress_is_held_not_dropped(tracker: Tracker) -> None:
+    """A 409 for a key whose first send still runs (or whose process died holding it for
+    minutes) said nothing against the figures: dropped, those epochs were gone."""
+    callback, forward, clock, run_id = _callback(tracker, epochs=20)
+    forward.mode = "in progress"
+    _report(callback, 1)
+    assert sum(batch.epochs for batch in callback._held) == 1
+    forward.mode = "up"
+    clock.now += callbacks.FIRST_PAUSE_S
+    _report(callback, 2)
+    assert _steps(tracker, run_id) == [1, 2]
+
+
+def test_held_figures_go_in_batches_a_request_can_carry(
+        tracker: Tracker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merged into one, a long outage's epochs made a request the API refuses (over
+    MetricBatch's 10,000 points), and the refusal dropped all of them."""
+    monkeypatch.setattr(callbacks, "BATCH_POINTS", 7)  # two epochs of 3 points a batch
+    callback, forward, clock, run_id = _callback(tracker, epochs=20)
+    forward.mode = "down"
+    for epoch in range(1, 6):
+        _report(callback, epoch)
+    assert [batch.epochs for batch in callback._held] == [1, 2, 2]
+    forward.mode = "up"
+    clock.now += 60
+    _report(callback, 6)
+    assert _steps(tracker, run_id) == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_pause_is_a_quarter_of_the_stall_timeout_at_most(tracker: Tracker) -> None:
+    """The driver's stall watch sees the epochs held through an outage only once they are
+    sent: a 60 s pause against a 60 s stall timeout stopped a job that trained on."""
+    callback, forward, clock, _ = _callback(tracker, epochs=50, stall_s=60)
+    forward.mode = "down"
+    for epoch in range(1, 30):
+        _report(callback, epoch)
+        clock.now += 5
+    assert callback._pause_s == 15
 
 
 def test_held_figures_are_bounded(tracker: Tracker, monkeypatch: pytest.MonkeyPatch,
