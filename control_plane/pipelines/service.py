@@ -427,6 +427,7 @@ class Pipelines:
                 outcome = Outcome(StageState.FAILED, reason=f"{type(error).__name__}: "
                                   f"{message}; " + (stopped or "stopping its work failed too; "
                                                     "the control loop tries again"))
+            owed = owed or (outcome.stop_owed and outcome.state is StageState.FAILED)
         record = current.model_copy(update={
             "state": outcome.state,
             "outputs": {**current.outputs, **outcome.outputs},

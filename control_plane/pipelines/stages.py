@@ -68,6 +68,9 @@ class Outcome:
     reason: str = ""
     inputs: dict[str, Any] | None = None
     logs: str | None = None
+    # Failed with its work maybe still running: the control loop stops it (the stage's
+    # cancel) until that goes through, as for a stage that raised.
+    stop_owed: bool = False
 
 
 # The data stage's output a version trained on exactly the bytes it checked records as its
@@ -229,12 +232,16 @@ class TrainStage:
             return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs,
                            reason=f"training job {job_id}: {error.message}")
         if stage_elapsed_s(context) > timeout_s:
-            # A job Ray took late (or still runs unseen) must not register for a failed stage.
+            # A job Ray took late (or still runs unseen) must not register for a failed stage,
+            # nor hold the cluster's workers: its token is revoked now, and the job stopped
+            # once Ray's job API answers (left running, it trained on until its stall timeout).
             self._revoke_tokens(context, job_id)
-            return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
-                f"training job {job_id}: {error.message}; training.timeout_s ({timeout_s:g} "
-                f"s) has passed, so the stage fails and its job's token is revoked: stop the "
-                f"job with `modelplane train stop {job_id}` if it runs"))
+            return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, stop_owed=True,
+                           reason=(f"training job {job_id}: {error.message}; training.timeout_s "
+                                   f"({timeout_s:g} s) has passed, so the stage fails and its "
+                                   "job's token is revoked; the control loop stops the job once "
+                                   f"Ray's job API answers (`modelplane train stop {job_id}` "
+                                   "does it now)"))
         log.warning("training job %s: %s; asking again next pass", job_id, error.message)
         return Outcome(StageState.RUNNING, progress=progress, logs=logs, outputs={
             "job_id": job_id, "status": f"UNKNOWN: {error.message}"})

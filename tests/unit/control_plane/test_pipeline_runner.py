@@ -324,6 +324,23 @@ def test_a_stop_owed_is_tried_again_however_many_runs_ended_after_it(db: Databas
     assert not any(stage.stop_owed for stage in pipelines.run("bc", first.number).stages)
 
 
+def test_a_stage_that_fails_owing_a_stop_has_its_work_stopped_by_the_loop(db: Database) -> None:
+    """A training stage past its timeout while Ray's job API did not answer failed and left
+    its job running: the job trained on, holding the cluster's workers, until its stall
+    timeout found its revoked token."""
+    train = Scripted("train", Outcome(StageState.RUNNING, progress={"job": "j-5"}),
+                     Outcome(StageState.FAILED, reason="job API away past training.timeout_s",
+                             stop_owed=True))
+    pipelines = runner(db, all_passing(train=train), Clock())
+    pipelines.apply(parse_pipeline_spec(spec_document()), ALICE)
+    run = pipelines.start_run("bc", ALICE)
+    drive(pipelines, lambda: pipelines.run("bc", run.number).state is RunState.FAILED)
+    pipelines.tick()
+    # Stopped by the pass that failed it (its owed stops are tried at the end), once.
+    assert [context.record.progress for context in train.cancelled] == [{"job": "j-5"}]
+    assert not any(stage.stop_owed for stage in pipelines.run("bc", run.number).stages)
+
+
 def test_one_run_at_a_time_and_readers_cannot_start_one(db: Database) -> None:
     from control_plane.errors import PermissionDeniedError
 

@@ -193,6 +193,7 @@ def test_a_job_api_that_cannot_answer_leaves_the_stage_running_until_its_timeout
     assert "did not answer within 30 s" in after.reason
     assert "training.timeout_s (600 s) has passed" in after.reason
     assert "modelplane train stop pipeline-bc-1-ab" in after.reason
+    assert after.stop_owed  # the control loop stops the job once Ray's job API answers
     api.failing = None  # back: an overdue job is stopped as before
     overdue = stage.advance(_fresh(602, submitted))
     assert overdue.state is StageState.FAILED and api.stopped == ["pipeline-bc-1-ab"]
