@@ -491,6 +491,9 @@ def _progress(client: Any, run_id: str) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(client.get_run(run_id).latest_metrics.items()))
 
 
+GIVE_UP_WAIT_S = 30.0  # a stuck job's last calls (the run's end, its token's revocation)
+
+
 def _give_up(client: Any, run_id: str | None, reason: str) -> None:
     """The main thread is stuck past an interrupt's reach (native code, a hung read): end
     the run (where one exists yet) from here, one try each, and the process with it, which
@@ -499,6 +502,11 @@ def _give_up(client: Any, run_id: str | None, reason: str) -> None:
     import sys
 
     stopped = STOP_REQUESTED.is_set()
+    # Its calls wait on a control plane that may not answer either (60 s each, and their
+    # tries): the process ends GIVE_UP_WAIT_S from here whatever they do.
+    ending = threading.Timer(GIVE_UP_WAIT_S, os._exit, args=(EXIT_STOPPED if stopped else 1,))
+    ending.daemon = True
+    ending.start()
     if run_id is not None:
         with contextlib.suppress(Exception):
             client.log_params(run_id, {"failure_reason": reason[:2000]})
