@@ -163,9 +163,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, r
         ratios = {key: summary["2"][key] / summary["1"][key]
                   for key in ("train_samples_per_s", "epoch_samples_per_s", "submit_to_registered_s")}
     document = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_average_1m": {"start": load[0], "end": load[1]}},
+        "machine": machine(load),
         "settings": {"epochs": args.epochs, "copies": args.copies, "rows": rows,
                      "repeats": args.repeats},
         "summary": summary, "ratios_2_over_1": ratios, "runs": results,
@@ -201,6 +199,13 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, r
               "training, evaluation, ONNX export and check, and registration."]
     (RESULTS / "training.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def machine(load: tuple[float, float]) -> dict[str, Any]:
+    """The machine a training benchmark ran on, and its load before and after."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_1m": {"start": load[0], "end": load[1]}}
 
 
 def _version_count(client: Any, model: str) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.training import RESULTS, run_one
+from benchmarks.training import RESULTS, machine, run_one
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast_cancer.yaml"
 SETTINGS = {"poll 0.25 s (before)": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"},
@@ -93,9 +92,7 @@ def report(runs: dict[str, list[dict[str, Any]]], repeats: int,
     before, now = (summary[name] for name in SETTINGS)
     ratios = {key: now[key] / before[key] for key in ("epoch_s", "submit_to_registered_s")}
     document = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_average_1m": {"start": load[0], "end": load[1]}},
+        "machine": machine(load),
         "settings": {"example": EXAMPLE.name, "repeats": repeats,
                      "env": {name: env for name, env in SETTINGS.items()}},
         "summary": summary, "ratios_now_over_before": ratios, "runs": runs,
