@@ -6,7 +6,7 @@ other nodes might not.
 
 The controller runs the callback between its polls of the workers, and a worker's next
 report waits for it: a tracker call that waits holds the training. So a call waits
-:data:`TRACKER_TIMEOUT_S` (once, not again on a failed connection), and while the control
+:data:`TRACKER_TIMEOUT_S` (not again on a failed connection), and while the control
 plane does not answer, the epochs' figures are held here and sent once it does (a batch
 that may have landed again under its own idempotency key, so it is stored once), with a
 pause between tries: a control plane that hung made every epoch wait the client's 60 s,
@@ -105,18 +105,25 @@ class TrackerCallback(UserCallback):
         ``wait_s``, at once and then every FINAL_TRY_EVERY_S for that long, whatever the
         pause. Never raises."""
         if wait_s <= 0:
-            if self._clock() >= self._next_try:
-                while self._held and self._send_oldest():
+            # What an outage held goes a batch an epoch past the first: a slow control
+            # plane draining many would hold this epoch for a request each.
+            started = self._clock()
+            if started >= self._next_try:
+                while self._held and self._send_oldest() and \
+                        self._clock() - started < TRACKER_TIMEOUT_S:
                     pass
             return
         deadline = self._clock() + wait_s
         while self._held:
-            if self._send_oldest():
-                continue
+            settled = self._send_oldest()
             left = deadline - self._clock()
             if left <= 0:
+                if self._held:
+                    self._warn(f"{sum(b.epochs for b in self._held)} epoch(s) of figures "
+                               f"could not be logged to the tracker at {self.url}: lost")
                 return
-            self._sleep(min(FINAL_TRY_EVERY_S, left))
+            if not settled:
+                self._sleep(min(FINAL_TRY_EVERY_S, left))
 
     def _send_oldest(self) -> bool:
         """Whether the oldest batch was settled (stored, or refused and dropped)."""

@@ -507,6 +507,8 @@ def _give_up(client: Any, run_id: str | None, reason: str) -> None:
     ending = threading.Timer(GIVE_UP_WAIT_S, os._exit, args=(EXIT_STOPPED if stopped else 1,))
     ending.daemon = True
     ending.start()
+    # First: the job's last line is its failure's reason (a pipeline's stage shows it).
+    print(f"{'stopped' if stopped else 'error'}: {reason}", file=sys.stderr, flush=True)
     if run_id is not None:
         with contextlib.suppress(Exception):
             client.log_params(run_id, {"failure_reason": reason[:2000]})
@@ -516,7 +518,6 @@ def _give_up(client: Any, run_id: str | None, reason: str) -> None:
         from training.job_token import revoke_own_token
 
         revoke_own_token()
-    print(f"{'stopped' if stopped else 'error'}: {reason}", file=sys.stderr, flush=True)
     os._exit(EXIT_STOPPED if stopped else 1)
 
 

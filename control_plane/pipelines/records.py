@@ -62,7 +62,8 @@ class StageRecord(Wire):
     logs: str | None = Field(None, description="Where this stage's logs are (a command or a path).")
     stop_owed: bool = Field(False, description=(
         "The run ended while this stage's work (a training job, a rollout) went on, and "
-        "stopping it has not succeeded yet: the control loop tries again until it does."))
+        "stopping it has not succeeded yet: the control loop tries again, for a day after "
+        "the run ended."))
 
 
 def stored_stage(raw: dict[str, Any]) -> StageRecord:

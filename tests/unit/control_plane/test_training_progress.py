@@ -157,13 +157,39 @@ def test_the_last_report_is_sent_through_the_pauses(tracker: Tracker) -> None:
     assert _steps(tracker, run_id) == list(range(1, 41))
 
 
-def test_an_early_stop_is_a_last_report_and_its_wait_is_bounded(tracker: Tracker) -> None:
+def test_an_early_stop_is_a_last_report_and_its_wait_is_bounded(
+        tracker: Tracker, capsys: pytest.CaptureFixture[str]) -> None:
     callback, forward, clock, run_id = _callback(tracker, epochs=50)
     forward.mode = "down"
     _report(callback, 7, stopped_early=1.0)
     assert clock.now - 100.0 == callbacks.LAST_REPORT_WAIT_S  # its last try at the deadline
     assert forward.calls == 1 + callbacks.LAST_REPORT_WAIT_S / callbacks.FINAL_TRY_EVERY_S
     assert len(callback._held) == 1 and _steps(tracker, run_id) == []
+    assert "1 epoch(s) of figures could not be logged" in capsys.readouterr().err
+
+
+def test_an_epoch_drains_what_an_outage_held_for_a_request_s_time_at_most(
+        tracker: Tracker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(callbacks, "BATCH_POINTS", 3)  # a batch an epoch
+    callback, forward, clock, run_id = _callback(tracker, epochs=50)
+    forward.mode = "down"
+    for epoch in range(1, 9):
+        _report(callback, epoch)
+    forward.mode = "up"
+    answered = forward.log_points
+
+    def slow(*args: object, **kwargs: object) -> int:
+        clock.now += 2  # a control plane that answers, slowly
+        return answered(*args, **kwargs)
+
+    forward.log_points = slow  # type: ignore[method-assign]
+    clock.now += 60
+    calls = forward.calls
+    _report(callback, 9)
+    assert 1 < forward.calls - calls <= 1 + callbacks.TRACKER_TIMEOUT_S / 2
+    for epoch in range(10, 14):
+        _report(callback, epoch)
+    assert _steps(tracker, run_id) == list(range(1, 14)) and callback._held == []
 
 
 def test_figures_held_when_workers_fail_are_sent_then(tracker: Tracker) -> None:
