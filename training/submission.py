@@ -263,11 +263,11 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
     a job token living ``token_minutes`` at most, and (with ``wait``) follow it to the end."""
     from training.capacity import plan_placement
     from training.cluster import cluster_from_dashboard
-    from training.preflight import check_data
+    from training.preflight import check_data_within
 
     path = Path(spec_path)
     spec = load_job_spec(path, overrides)
-    check_data(spec)
+    check_data_within(spec)
     client = JobClient(address)
     if check_resources:
         # Never fits: refused here. Busy: say the job will wait (it checks again, exactly).

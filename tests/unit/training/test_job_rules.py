@@ -251,6 +251,33 @@ def test_a_cnn_image_must_fit_the_files_feature_columns(tmp_path) -> None:
     check_data(spec.model_copy(update={"model": spec.model.model_copy(update={"image_shape": (1, 2, 3)})}))
 
 
+def test_data_a_submitter_cannot_read_in_time_fails_the_submit_saying_so(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled mount held `train submit` for good: the job's setup deadline bounds its
+    own read, but nothing bounded the submitter's."""
+    import threading
+
+    from training import preflight
+    from training.errors import TrainingError
+
+    path = tmp_path / "rows.csv"
+    path.write_text("a,b,label\n1,2,0\n")
+    spec = parse_job_spec({"experiment": {"name": "x"}, "model": {"architecture": "mlp_classifier"},
+                           "data": {"path": str(path), "target": "label"}})
+    preflight.check_data_within(spec, timeout_s=30)  # read in time: nothing said
+    with pytest.raises(InvalidJobSpecError, match="nope"):  # its own errors, as they are
+        preflight.check_data_within(spec.model_copy(update={"data": spec.data.model_copy(
+            update={"target": "nope"})}), timeout_s=30)
+    stalled = threading.Event()
+    monkeypatch.setattr(preflight, "check_columns", lambda data: stalled.wait(60))
+    try:
+        with pytest.raises(TrainingError, match=r"rows.csv took longer than 0.2 s") as raised:
+            preflight.check_data_within(spec, timeout_s=0.2)
+        assert raised.value.detail["field"] == "data"
+    finally:
+        stalled.set()
+
+
 def test_progress_lines_and_tracked_values() -> None:
     values = epoch_metrics({"epoch": 3, "train_loss": 0.5, "val_loss": 0.25, "val_accuracy": 0.9,
                             "samples_per_s": 12345.6, "stopped_early": 1.0, "note": "x",
