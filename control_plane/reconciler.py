@@ -15,8 +15,8 @@ that fails (an exception, Serve's DEPLOY_FAILED, or not running within
 goes on; an application whose build or submission was refused is sent again at that
 retry, not every pass, unless what it carries changes. An isolated router only ever
 points at versions that run: versions that do not run yet are left out of it while they
-take no traffic, so a rollback that sets a broken candidate to 0% is applied at once. Endpoints with a rollout that just ended are applied
-first in a pass.
+take no traffic, so a rollback that sets a broken candidate to 0% is applied at once.
+Endpoints with a rollout that just ended are applied first in a pass.
 
 A change to an endpoint's routes alone (weights, shadows, stickiness: every rollout step)
 is posted to the route board (:mod:`serving.route_board`) instead of Serve: a Serve
@@ -559,7 +559,7 @@ class Reconciler:
         try:
             built = build()
         except Exception as error:  # nothing was sent: what Serve has is still known
-            self._refused[app] = (_digest(document), f"{type(error).__name__}: {error}")
+            self._refuse(app, document, error)
             raise
         try:
             self.backend.deploy(app, route_prefix, built)
@@ -568,9 +568,12 @@ class Reconciler:
             raise
         except Exception as error:
             self._forget(app)
-            self._refused[app] = (_digest(document), f"{type(error).__name__}: {error}")
+            self._refuse(app, document, error)
             raise
         self._refused.pop(app, None)
+
+    def _refuse(self, app: str, document: str, error: Exception) -> None:
+        self._refused[app] = (_digest(document), f"{type(error).__name__}: {error}")
 
     def _refusal(self, endpoint: str, app: str, document: str) -> str | None:
         """Why ``document`` is not sent to ``app`` this pass: its last build or submission

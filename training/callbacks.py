@@ -119,8 +119,8 @@ class TrackerCallback(UserCallback):
             left = deadline - self._clock()
             if left <= 0:
                 if self._held:
-                    self._warn(f"{sum(b.epochs for b in self._held)} epoch(s) of figures "
-                               f"could not be logged to the tracker at {self.url}: lost")
+                    self._warn(f"{self._held_epochs} epoch(s) of figures could not be "
+                               f"logged to the tracker at {self.url}: lost")
                 return
             if not settled:
                 self._sleep(min(FINAL_TRY_EVERY_S, left))
@@ -129,7 +129,7 @@ class TrackerCallback(UserCallback):
         """Whether the oldest batch was settled (stored, or refused and dropped)."""
         from control_plane.errors import RequestInProgressError
         from control_plane.idempotency import new_key
-        from training.watchdog import _away
+        from training.watchdog import control_plane_away
 
         batch = self._held[0]
         batch.key = batch.key or new_key()
@@ -138,12 +138,12 @@ class TrackerCallback(UserCallback):
         except Exception as error:
             # Still in progress: its first send runs, or its process died holding the key
             # (freed in minutes). Neither is a refusal of the figures.
-            if _away(error) or isinstance(error, RequestInProgressError):
+            if control_plane_away(error) or isinstance(error, RequestInProgressError):
                 self._pause_s = min(max(self._pause_s * 2, FIRST_PAUSE_S), self.max_pause_s)
                 self._next_try = self._clock() + self._pause_s
-                held = sum(b.epochs for b in self._held)
-                self._warn(f"the tracker at {self.url} did not answer ({error}); {held} "
-                           f"epoch(s) of figures held, sent again in {self._pause_s:g} s")
+                self._warn(f"the tracker at {self.url} did not answer ({error}); "
+                           f"{self._held_epochs} epoch(s) of figures held, sent again in "
+                           f"{self._pause_s:g} s")
                 return False
             self._held.pop(0)
             self._warn(f"the tracker at {self.url} refused {batch.epochs} epoch(s) of "
@@ -168,6 +168,10 @@ class TrackerCallback(UserCallback):
             self._held.append(HeldBatch())
         self._held[-1].points.extend(points)
         self._held[-1].epochs += 1
+
+    @property
+    def _held_epochs(self) -> int:
+        return sum(batch.epochs for batch in self._held)
 
     def _warn(self, message: str) -> None:
         self._failures += 1

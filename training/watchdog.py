@@ -64,7 +64,7 @@ class Watchdog:
             self.refusal = None
         except Exception as error:
             seen = self._seen
-            if _away(error):  # no evidence either way: the clock restarts when it answers
+            if control_plane_away(error):  # no evidence either way: the clock restarts when it answers
                 log.info("cannot read the run's progress: %s", error)
                 self._moved = now
             else:  # refused (the job's token expired or was revoked): the clock runs on
@@ -133,7 +133,7 @@ def _last_resort(stopped: threading.Event, firing: threading.Lock, grace_s: floa
             on_stuck(why)
 
 
-def _away(error: BaseException) -> bool:
+def control_plane_away(error: BaseException) -> bool:
     """Whether ``error`` says the control plane could not answer (not that it refused)."""
     from control_plane.errors import cannot_answer_now
 
