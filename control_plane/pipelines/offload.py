@@ -16,6 +16,10 @@ Python cannot stop a thread, so threads are rationed:
 
 A result (or error) is kept until nobody has looked at it for ``forget_after_s``, so a
 pass whose write failed after taking it finds it again rather than redoing the work.
+
+A pass may wait a moment (``wait_s``) for work that is running: quick work (a job API
+that answers) is then taken on the pass that asked for it, and slow work costs the pass
+that moment, never the work's own time.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,7 @@ class _Work:
     overdue: WorkOverdue | None = None
     value: Any = None
     error: Exception | None = None
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 class Offload:
@@ -88,13 +93,28 @@ class Offload:
 
     def poll(self, key: Hashable, work: Callable[[], T], *, deadline_s: float, what: str,
              resource: Hashable = None,
-             again_after: tuple[type[Exception], ...] = ()) -> Done[T] | Pending:
+             again_after: tuple[type[Exception], ...] = (), wait_s: float = 0.0) -> Done[T] | Pending:
         """``work``'s result once it has finished (its exception raised here, each time
         asked), else :class:`Pending`; :class:`WorkOverdue` once ``deadline_s`` have passed
         since ``key`` was first asked for. ``work`` is used only the first time, unless it
         raised one of ``again_after`` (trouble that passes, such as the store away for a
         moment): that is raised once, and the next poll starts ``work`` anew.
-        ``resource`` (default: ``key``) is what at most one thread works on at a time."""
+        ``resource`` (default: ``key``) is what at most one thread works on at a time.
+        ``wait_s``: how long to wait for the work to finish once it runs (not while it
+        waits for a thread or for its resource)."""
+        answer = self._poll(key, work, deadline_s=deadline_s, what=what, resource=resource,
+                            again_after=again_after)
+        if isinstance(answer, Pending) and answer.started and wait_s > 0:
+            with self._lock:
+                entry = self._work.get(key)
+            if entry is not None:
+                entry.ended.wait(min(wait_s, max(deadline_s - answer.waited_s, 0.0)))
+                return self._poll(key, work, deadline_s=deadline_s, what=what,
+                                  resource=resource, again_after=again_after)
+        return answer
+
+    def _poll(self, key: Hashable, work: Callable[[], T], *, deadline_s: float, what: str,
+              resource: Hashable, again_after: tuple[type[Exception], ...]) -> Done[T] | Pending:
         with self._lock:
             now = self._clock()
             self._forget(now)
@@ -159,6 +179,7 @@ class Offload:
                     self._running -= 1
                     self._busy.pop(entry.resource, None)
                     self._start_waiting()
+                entry.ended.set()
 
         thread = threading.Thread(target=run, name=f"pipeline-offload: {entry.what}"[:60],
                                   daemon=True)

@@ -10,6 +10,8 @@ find that action again after a crash (see :mod:`control_plane.pipelines.stages`)
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import threading
 import time
@@ -51,6 +53,11 @@ from control_plane.store.database import FencedOut
 from control_plane.store.models import PipelineRow, PipelineRunRow
 
 STOP_RETRY_S = 30.0  # a stop owed by an ended run's stage is tried again this often
+# A stop owed runs off the pass; the pass that starts it waits that long for it, and one
+# not done within STOP_DEADLINE_S (a job API whose every call takes its whole deadline)
+# counts as failed.
+STOP_WAIT_S = 1.0
+STOP_DEADLINE_S = 150.0
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,9 @@ class Pipelines:
         self._offload = offload or Offload()
         self._lock = threading.Lock()  # one pass at a time in this process
         self._stop_retry_at: dict[tuple[int, str], float] = {}  # (run id, stage): monotonic
+        # (run id, stage) → the key of its owed stop under way (a fresh one per try).
+        self._stop_asks: dict[tuple[int, str], int] = {}
+        self._stop_keys = itertools.count()
 
     # ------------------------------------------------------------ pipelines
 
@@ -235,9 +245,9 @@ class Pipelines:
         before this could end it cancelled. Work the pass starts meanwhile is stopped by the
         pass itself, whose record of it loses to this (``_stop_orphaned_work``).
 
-        It does not wait for this process's pass: a pass may wait on Ray's job API for
-        half a minute a run, and the run's revision orders the two writes anyway, as it
-        does a cancel through another control plane."""
+        It does not wait for this process's pass (which may be a moment on a stage's
+        work), and the run's revision orders the two writes anyway, as it does a cancel
+        through another control plane."""
         actor.require(Role.DEPLOYER)
         for _ in range(5):
             with self.db.session(readonly=True) as session:
@@ -310,12 +320,24 @@ class Pipelines:
             if self._stop_retry_at.get(key, 0.0) > clock or name not in self.stages:
                 continue
             record = next(s for s in run.out.stages if s.name == name)
+            first = key not in self._stop_asks
+            asked = self._stop_asks.setdefault(key, next(self._stop_keys))
+            stop = functools.partial(self.stages[name].cancel, self._context(run, record))
             try:
-                self.stages[name].cancel(self._context(run, record))
+                # Off the pass, as a stage's other calls to the outside are: a job API that
+                # never answers held every pipeline's pass, every STOP_RETRY_S, for a day.
+                answer = self._offload.poll(
+                    ("stop", asked), stop, deadline_s=STOP_DEADLINE_S, resource=("stop", name),
+                    what=f"stopping the {name} stage's work of {run.out.pipeline}#{run.out.number}",
+                    wait_s=STOP_WAIT_S if first else 0.0)
+                if isinstance(answer, Pending):
+                    continue
+                del self._stop_asks[key]
                 self._settle_stop(run.out.id, name)
             except FencedOut:
                 raise
             except Exception as error:
+                self._stop_asks.pop(key, None)
                 self._stop_retry_at[key] = clock + STOP_RETRY_S
                 log.warning("run %s#%d ended, but its %s stage's work could not be stopped yet "
                             "(%s); trying again in %g s", run.out.pipeline, run.out.number,

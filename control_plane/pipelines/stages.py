@@ -11,6 +11,7 @@ deploy stage looks for the rollout it may have started before starting one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 import secrets
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 
@@ -31,6 +32,7 @@ from control_plane.errors import (
 )
 from control_plane.job_api import cluster_job_client
 from control_plane.pipelines.champion import PIN, pin_at_start
+from control_plane.pipelines.offload import Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
 from control_plane.pipelines.spec import PipelineSpec, spec_problem
 from control_plane.read_gate import ReadGate
@@ -158,6 +160,14 @@ def stage_elapsed_s(context: StageContext) -> float:
 
 
 JobClientFactory = Callable[[], Any]
+T = TypeVar("T")
+JOB_API = "ray-job-api"  # the offload's resource: one call to Ray's job API at a time
+JOB_API_WAIT_S = 1.0  # how long a pass waits for the job API's answer before going on
+# A look makes at most four calls (the client's version check, the status, the info and
+# the logs of an ended job), a submission three and an upload, each within the client's
+# deadlines (training.submission.JOB_API_TIMEOUT_S, UPLOAD_TIMEOUT_S).
+JOB_LOOK_DEADLINE_S = 150.0
+JOB_SUBMIT_DEADLINE_S = 420.0
 MAX_SUBMIT_ATTEMPTS = 20  # submissions Ray took no answer on, within training.timeout_s
 # A training job's output shown with its run: the end says how it ended, and a long job's
 # whole output (every epoch of days) would be sent on every look. (Ray's job API answers
@@ -179,15 +189,46 @@ def _tail(text: str) -> str:
     return f"({len(text) - LOG_TAIL_CHARS} characters before these)\n" + text[-LOG_TAIL_CHARS:]
 
 
+@dataclass(frozen=True)
+class JobLook:
+    """What Ray's job API said of a submitted job on one look: its status, and once it has
+    ended, the last line of its output."""
+
+    status: str
+    last_words: str = ""
+    stopped: bool = False  # still running past training.timeout_s, and stopped
+
+
+@dataclass(frozen=True)
+class SubmissionTried:
+    """A submission made off the pass: the progress it leaves (the attempt it reached),
+    and the job API's error where it did not go through."""
+
+    progress: dict[str, Any]
+    error: Exception | None = None
+
+
 class TrainStage:
     """Submit the training job through Ray's job API and follow it to the end; pass with
-    the version it registered."""
+    the version it registered.
+
+    Ray's job API is asked off the pipelines' pass (:mod:`control_plane.pipelines.offload`),
+    one call at a time: a dashboard that takes calls and never answers held every
+    pipeline's pass for the client's deadline, on every call of every training run, pass
+    after pass. A pass waits :data:`JOB_API_WAIT_S` for an answer, then looks again on the
+    next one; work past its deadline counts as the API not answering."""
 
     name = "train"
 
-    def __init__(self, services: Any, job_client: JobClientFactory | None = None) -> None:
+    def __init__(self, services: Any, job_client: JobClientFactory | None = None,
+                 offload: Offload | None = None) -> None:
         self.services = services
         self._job_client = job_client or cluster_job_client
+        self.offload = offload or Offload()
+        # Job id → the key of its ask of the job API under way; each ask has a key never
+        # used before, so an answer taken is never taken again.
+        self._asks: dict[str, int] = {}
+        self._ask_keys = itertools.count()
 
     def advance(self, context: StageContext) -> Outcome:
         progress = dict(context.record.progress)
@@ -203,22 +244,105 @@ class TrainStage:
                                    PIN: pin_at_start(self.services, context)})
         job_id = str(progress["submission_id"])
         logs = f"modelplane train logs {job_id}"
+        outcome = self._advance_submitted(context, job_id, logs, progress)
+        if outcome.state.done:
+            self._asks.pop(job_id, None)
+        return outcome
+
+    def _advance_submitted(self, context: StageContext, job_id: str, logs: str,
+                           progress: dict[str, Any]) -> Outcome:
         from training.errors import JobSubmissionError
 
         try:
-            client = self._job_client()
             if not progress.get("submitted"):
-                if not self._exists(client, job_id):
-                    self._submit(context, client, job_id, progress)
+                tried = self._ask(job_id, "submitting", JOB_SUBMIT_DEADLINE_S,
+                                  lambda: self._submission(context, job_id, progress))
+                if tried is None:
+                    return Outcome(StageState.RUNNING, outputs={"job_id": job_id}, logs=logs)
+                progress = tried.progress
+                if tried.error is not None:
+                    raise tried.error
                 progress["submitted"] = True
                 return Outcome(StageState.RUNNING, progress=progress,
                                outputs={"job_id": job_id}, logs=logs)
-            return self._follow(context, client, job_id, logs)
+            look = self._ask(job_id, "looking at", JOB_LOOK_DEADLINE_S,
+                             lambda: self._look(job_id, context))
+            if look is None:
+                return Outcome(StageState.RUNNING, outputs={"job_id": job_id}, logs=logs)
+            return self._follow(context, look, job_id, logs)
         except JobSubmissionError as error:
             if not progress.get("submitted") and error.detail.get("refused"):
                 raise  # Ray refused the submission: the stage fails, saying why
             # Anything else (no connection, a 5xx, no answer) is asked again next pass.
             return self._unanswered(context, job_id, logs, progress, error)
+
+    def _ask(self, job_id: str, doing: str, deadline_s: float, work: Callable[[], T]) -> T | None:
+        """``work`` (calls to Ray's job API) done off the pass: its result once it is
+        there, None while it runs. Its error is raised once, then the next ask is anew;
+        work past ``deadline_s`` is raised as the API not answering."""
+        from training.errors import JobSubmissionError
+
+        asked = self._asks.setdefault(job_id, next(self._ask_keys))
+        try:
+            answer = self.offload.poll(("train", job_id, asked), work, deadline_s=deadline_s,
+                                       what=f"{doing} training job {job_id}", resource=JOB_API,
+                                       wait_s=JOB_API_WAIT_S)
+        except WorkOverdue as error:
+            self._asks[job_id] = next(self._ask_keys)
+            raise JobSubmissionError(f"Ray's job API: {error}",
+                                     detail={"answered": False}) from None
+        except BaseException:
+            self._asks[job_id] = next(self._ask_keys)
+            raise
+        if isinstance(answer, Pending):
+            return None
+        self._asks[job_id] = next(self._ask_keys)
+        return answer.value
+
+    def _look(self, job_id: str, context: StageContext) -> JobLook:
+        """The job's status (on the offload's thread); for one that ended, its token is
+        revoked and its last line read. A job still running past training.timeout_s is
+        stopped here, where Ray's job API is asked."""
+        client = self._job_client()
+        status = client.status(job_id)
+        if status in ("PENDING", "RUNNING"):
+            if stage_elapsed_s(context) > context.spec.training.timeout_s:
+                client.stop(job_id)
+                return JobLook(status, stopped=True)
+            return JobLook(status)
+        client.info(job_id)  # an ended job's token is revoked
+        return JobLook(status, self._last_words(client, job_id) if status != "SUCCEEDED" else "")
+
+    def _submission(self, context: StageContext, job_id: str,
+                    progress: dict[str, Any]) -> SubmissionTried:
+        """Submit the job unless Ray has it already (on the offload's thread). A run ended
+        meanwhile (cancelled through the API, which does not wait for the pass) has the job
+        it missed stopped here: no pass will look at that run again."""
+        from training.errors import JobSubmissionError
+
+        progress = dict(progress)
+        try:
+            client = self._job_client()
+            if self._exists(client, job_id):
+                return SubmissionTried(progress)
+            self._submit(context, client, job_id, progress)
+            if self._run_ended(context):
+                log.warning("run %s#%d ended while its training job %s was submitted; "
+                            "stopping the job", context.run.pipeline, context.run.number, job_id)
+                self.cancel(context)
+        except JobSubmissionError as error:
+            return SubmissionTried(progress, error)
+        return SubmissionTried(progress)
+
+    def _run_ended(self, context: StageContext) -> bool:
+        from control_plane.pipelines.records import ACTIVE_RUN_STATES
+        from control_plane.store.models import PipelineRunRow
+
+        with self.services.db.session(readonly=True) as session:
+            state = session.scalar(select(PipelineRunRow.state).where(
+                PipelineRunRow.pipeline == context.run.pipeline,
+                PipelineRunRow.number == context.run.number))
+        return state is not None and state not in ACTIVE_RUN_STATES
 
     def _unanswered(self, context: StageContext, job_id: str, logs: str,
                     progress: dict[str, Any], error: Any) -> Outcome:
@@ -246,22 +370,20 @@ class TrainStage:
         return Outcome(StageState.RUNNING, progress=progress, logs=logs, outputs={
             "job_id": job_id, "status": f"UNKNOWN: {error.message}"})
 
-    def _follow(self, context: StageContext, client: Any, job_id: str, logs: str) -> Outcome:
+    def _follow(self, context: StageContext, look: JobLook, job_id: str, logs: str) -> Outcome:
         """What the submitted job's status says of the stage."""
-        status = client.status(job_id)
+        status = look.status
+        if look.stopped:
+            return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
+                f"training job {job_id} still {status} after "
+                f"{context.spec.training.timeout_s:g} s (training.timeout_s); stopped"))
         if status in ("PENDING", "RUNNING"):
-            if stage_elapsed_s(context) > context.spec.training.timeout_s:
-                client.stop(job_id)
-                return Outcome(StageState.FAILED, outputs={"job_id": job_id}, logs=logs, reason=(
-                    f"training job {job_id} still {status} after "
-                    f"{context.spec.training.timeout_s:g} s (training.timeout_s); stopped"))
             return Outcome(StageState.RUNNING, outputs={"job_id": job_id, "status": status}, logs=logs)
-        client.info(job_id)  # an ended job's token is revoked
         # A job killed after it registered (its process lost, the OOM killer) ended FAILED
         # with its version standing: a failed stage had the pipeline run again for another.
         found = self._registered(context, job_id) if status in ("SUCCEEDED", "FAILED") else None
         if status != "SUCCEEDED" and found is None:
-            tail = self._last_words(client, job_id)
+            tail = look.last_words
             return Outcome(StageState.FAILED, outputs={"job_id": job_id, "status": status}, logs=logs,
                            reason=f"training job {job_id} ended {status}" + (f": {tail}" if tail else ""))
         if found is None:

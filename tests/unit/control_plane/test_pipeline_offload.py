@@ -301,3 +301,24 @@ def test_a_data_trigger_whose_read_hangs_says_so_and_holds_no_pass(db: Any, stal
     error = pipelines.get("bc").triggers["data_check_error"]
     assert "an earlier piece of work on the same data" in error
     assert offload.running == 1
+
+
+def test_a_poll_waits_a_moment_for_running_work_never_for_work_that_cannot_start() -> None:
+    """Quick work is taken on the pass that asked for it; slow work costs that pass the
+    wait, and work queued behind its resource costs it nothing."""
+    offload = Offload()
+    release = threading.Event()
+    quick = offload.poll("quick", lambda: 7, deadline_s=60, what="quick", wait_s=5.0)
+    assert quick == Done(7)
+    slow = offload.poll("slow", lambda: release.wait(30), deadline_s=60, what="slow",
+                        resource="api", wait_s=0.2)
+    assert isinstance(slow, Pending) and slow.started
+    queued = offload.poll("queued", lambda: 8, deadline_s=60, what="queued", resource="api",
+                          wait_s=30.0)  # would hold this test for 30 s if it waited
+    assert isinstance(queued, Pending) and not queued.started
+    release.set()
+    assert offload.poll("slow", lambda: None, deadline_s=60, what="slow", resource="api",
+                        wait_s=5.0) == Done(True)
+    assert wait_for(lambda: isinstance(offload.poll("queued", lambda: 8, deadline_s=60,
+                                                    what="queued", resource="api"), Done),
+                    10, "the queued work to run")

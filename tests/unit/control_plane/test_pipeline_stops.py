@@ -644,6 +644,41 @@ def test_a_cancel_whose_stop_fails_or_never_comes_is_stopped_by_the_loop(
     world.pipelines.tick()  # settled: not stopped again
 
 
+def test_an_owed_stop_that_hangs_holds_no_pass(world: World,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's stop runs off the pass: a stop that never answers (Ray's job API taking
+    the call and never answering) held every pipeline's pass, every 30 s, for a day."""
+    import time
+
+    from control_plane.errors import WorkNotStoppedError
+
+    run = world.run(world.cancer.frame, world.cancer.strong)
+    rollout_id = run.stages[-1].outputs["rollout_id"]
+    world.rollouts.tick()  # at 50%
+    real_abort, release = world.rollouts.abort, threading.Event()
+
+    def hung(*args: Any, **kwargs: Any) -> Any:
+        if not release.wait(30):
+            raise RuntimeError("never answered")
+        return real_abort(*args, **kwargs)
+
+    monkeypatch.setattr(world.rollouts, "abort", lambda *args, **kwargs: (_ for _ in ()).throw(
+        RuntimeError("the store refused the abort")))
+    with pytest.raises(WorkNotStoppedError):
+        world.pipelines.cancel("bc", ALICE, "not this one")
+    monkeypatch.setattr(world.rollouts, "abort", hung)
+    for _ in range(3):
+        started = time.monotonic()
+        world.pipelines.tick()
+        assert time.monotonic() - started < 10, "the pass waited for the stop"
+    assert world.pipelines.run("bc", run.number).stages[-1].stop_owed
+    release.set()
+    wait_for(lambda: (world.pipelines.tick(),
+                      not world.pipelines.run("bc", run.number).stages[-1].stop_owed)[1],
+             20, "the stop to be settled", interval=0.1)
+    assert world.rollouts.get(rollout_id).state.terminal
+
+
 def test_a_stage_whose_work_could_not_be_stopped_as_it_failed_is_stopped_later(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     run = world.run(world.cancer.frame, world.cancer.strong)

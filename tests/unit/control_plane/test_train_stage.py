@@ -3,6 +3,7 @@ and not being able to ask Ray is not taken for an answer about the job."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -21,6 +22,7 @@ import yaml
 from control_plane.pipelines.records import StageRecord, StageState
 from control_plane.pipelines.spec import parse_pipeline_spec
 from control_plane.pipelines.stages import VALIDATED_DIGEST, StageContext, TrainStage
+from tests.waiting import wait_for
 from training import submission
 from training.errors import JobSubmissionError
 from training.schemas import JobSpec
@@ -206,13 +208,31 @@ def test_a_job_the_cluster_no_longer_knows_fails_the_stage_at_once() -> None:
     assert outcome.state is StageState.FAILED and "no job pipeline-bc-1-ab" in outcome.reason
 
 
-def test_the_stage_never_waits_longer_than_the_job_api_deadline(stalling_dashboard: str) -> None:
-    """End to end through the real client: a pass over a stalled dashboard comes back."""
+def test_a_pass_over_a_stalled_dashboard_comes_back_at_once_and_the_look_goes_on_off_it(
+        stalling_dashboard: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end through the real client: one pipeline's pass waits a moment for Ray's
+    job API, never the client's deadline (every pipeline's pass waited on it); the look
+    goes on off the pass, and its failure to answer is what a later pass says."""
+    monkeypatch.setattr(submission, "JOB_API_TIMEOUT_S", (2.0, 1.5))
     stage = TrainStage(services=None, job_client=lambda: JobClient(stalling_dashboard))
-    outcomes: list[Any] = []
-    error = _within(15, lambda: outcomes.append(stage.advance(_context(after_s=60))))
-    assert error is None and outcomes[0].state is StageState.RUNNING
-    assert outcomes[0].outputs["status"].startswith("UNKNOWN: ")
+    context = _context(after_s=60)
+    other = dataclasses.replace(context, record=context.record.model_copy(update={
+        "progress": {"submission_id": "pipeline-other-1-cd", "submitted": True}}))
+    for passing in (context, other):  # the second waits for the API's one thread
+        started = time.monotonic()
+        outcome = stage.advance(passing)
+        assert time.monotonic() - started < 5.0, "the pass waited on the job API"
+        assert outcome.state is StageState.RUNNING and "status" not in outcome.outputs
+    assert stage.offload.running == 1  # one call to the job API at a time
+
+    def said() -> Any:
+        outcome = stage.advance(context)
+        return outcome if "status" in outcome.outputs else None
+
+    outcome = wait_for(said, 20, "the look to come back", interval=0.2)
+    assert outcome.state is StageState.RUNNING
+    assert outcome.outputs["status"].startswith("UNKNOWN: ")
+    assert "did not answer within 1.5 s" in outcome.outputs["status"]
 
 
 NO_ANSWER = JobSubmissionError("Ray's job API at http://head:8265 did not answer within 30 s",
@@ -266,6 +286,24 @@ def test_a_submission_ray_gave_no_answer_to_is_found_by_its_id_or_made_again(
     else:  # submitted again, with a token of its own; the unused one is revoked
         assert api.submissions == ["job-pipeline-bc-1-ab", "job-pipeline-bc-1-ab.2"]
         assert services.active_tokens() == ["job-pipeline-bc-1-ab.2"]
+
+
+@pytest.mark.parametrize("run_state", ["running", "cancelled"])
+def test_a_run_cancelled_while_its_job_was_submitted_has_that_job_stopped(
+        db: Any, run_state: str) -> None:
+    """The submission runs off the pass, and a cancel does not wait for the pass: a run
+    ended meanwhile is never looked at again, so the submission itself stops the job."""
+    from control_plane.store.models import PipelineRunRow
+
+    with db.session() as session:
+        session.add(PipelineRunRow(pipeline="bc", number=1, state=run_state, trigger="manual",
+                                   spec={}, created_by="alice"))
+    api = JobApi()
+    outcome = TrainStage(Services(db), job_client=api.connect).advance(
+        _fresh(10, {"submission_id": "pipeline-bc-1-ab"}))
+    assert api.submissions == ["job-pipeline-bc-1-ab"]
+    assert outcome.state is StageState.RUNNING and outcome.progress["submitted"] is True
+    assert api.stopped == ([] if run_state == "running" else ["pipeline-bc-1-ab"])
 
 
 def test_the_job_is_sent_the_digest_of_the_data_its_run_checked(db: Any) -> None:
