@@ -20,10 +20,15 @@ pass whose write failed after taking it finds it again rather than redoing the w
 A pass may wait a moment (``wait_s``) for work that is running: quick work (a job API
 that answers) is then taken on the pass that asked for it, and slow work costs the pass
 that moment, never the work's own time.
+
+Work runs in the context of the pass that asked for it: its store writes carry that
+pass's write fence (the control loops' lease), so work started after this process lost
+the lead writes nothing.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -73,6 +78,8 @@ class _Work:
     value: Any = None
     error: Exception | None = None
     ended: threading.Event = field(default_factory=threading.Event)
+    # The asker's context variables (the store's write fence among them).
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class Offload:
@@ -151,7 +158,8 @@ class Offload:
             return reason
         holder = self._busy.get(entry.resource)
         if holder is not None:
-            return f"{reason}: an earlier piece of work on the same data ({holder}) has not returned"
+            return (f"{reason}: an earlier piece of work on the same data or service ({holder}) "
+                    "has not returned")
         return f"{reason}: all {self._max_threads} threads were busy with work that had not returned"
 
     def _start_waiting(self) -> None:
@@ -167,7 +175,7 @@ class Offload:
     def _start(self, entry: _Work) -> None:
         def run() -> None:
             try:
-                entry.value = entry.work()
+                entry.value = entry.context.run(entry.work)
             except Exception as error:  # handed to whoever polls
                 entry.error = error
             except BaseException as error:  # a thread's SystemExit must not end the loop's

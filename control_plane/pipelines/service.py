@@ -315,6 +315,9 @@ class Pipelines:
                     log.exception("pipeline run %s#%d cannot be read", row.pipeline, row.number)
                     continue
                 owed += [(run, stage["name"]) for stage in row.stages if stage.get("stop_owed")]
+        still_owed = {(run.out.id, name) for run, name in owed}
+        for settled in [key for key in self._stop_asks if key not in still_owed]:
+            del self._stop_asks[settled]  # settled elsewhere (another control plane)
         for run, name in owed:
             key = (run.out.id, name)
             if self._stop_retry_at.get(key, 0.0) > clock or name not in self.stages:
@@ -327,7 +330,8 @@ class Pipelines:
                 # Off the pass, as a stage's other calls to the outside are: a job API that
                 # never answers held every pipeline's pass, every STOP_RETRY_S, for a day.
                 answer = self._offload.poll(
-                    ("stop", asked), stop, deadline_s=STOP_DEADLINE_S, resource=("stop", name),
+                    ("stop", asked), stop, deadline_s=STOP_DEADLINE_S,
+                    resource=getattr(self.stages[name], "stop_resource", ("stop", name)),
                     what=f"stopping the {name} stage's work of {run.out.pipeline}#{run.out.number}",
                     wait_s=STOP_WAIT_S if first else 0.0)
                 if isinstance(answer, Pending):
@@ -335,6 +339,7 @@ class Pipelines:
                 del self._stop_asks[key]
                 self._settle_stop(run.out.id, name)
             except FencedOut:
+                self._stop_asks.pop(key, None)  # asked anew once this process leads again
                 raise
             except Exception as error:
                 self._stop_asks.pop(key, None)

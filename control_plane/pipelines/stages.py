@@ -15,6 +15,7 @@ import itertools
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from control_plane.errors import (
 )
 from control_plane.job_api import cluster_job_client
 from control_plane.pipelines.champion import PIN, pin_at_start
-from control_plane.pipelines.offload import Offload, Pending, WorkOverdue
+from control_plane.pipelines.offload import FORGET_AFTER_S, Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
 from control_plane.pipelines.spec import PipelineSpec, spec_problem
 from control_plane.read_gate import ReadGate
@@ -219,15 +220,17 @@ class TrainStage:
     next one; work past its deadline counts as the API not answering."""
 
     name = "train"
+    stop_resource = JOB_API  # the loop's owed stops of its jobs: one job API call at a time
 
     def __init__(self, services: Any, job_client: JobClientFactory | None = None,
                  offload: Offload | None = None) -> None:
         self.services = services
         self._job_client = job_client or cluster_job_client
         self.offload = offload or Offload()
-        # Job id → the key of its ask of the job API under way; each ask has a key never
-        # used before, so an answer taken is never taken again.
-        self._asks: dict[str, int] = {}
+        # (what, job id) → the key of that ask of the job API under way and when a pass
+        # last asked for it; each ask has a key never used before, so an answer taken is
+        # never taken again.
+        self._asks: dict[tuple[str, str], tuple[int, float]] = {}
         self._ask_keys = itertools.count()
 
     def advance(self, context: StageContext) -> Outcome:
@@ -246,7 +249,8 @@ class TrainStage:
         logs = f"modelplane train logs {job_id}"
         outcome = self._advance_submitted(context, job_id, logs, progress)
         if outcome.state.done:
-            self._asks.pop(job_id, None)
+            for doing in ("submitting", "looking at"):
+                self._asks.pop((doing, job_id), None)
         return outcome
 
     def _advance_submitted(self, context: StageContext, job_id: str, logs: str,
@@ -282,21 +286,26 @@ class TrainStage:
         work past ``deadline_s`` is raised as the API not answering."""
         from training.errors import JobSubmissionError
 
-        asked = self._asks.setdefault(job_id, next(self._ask_keys))
+        now = time.monotonic()
+        for stale in [k for k, (_, at) in self._asks.items() if now - at > FORGET_AFTER_S]:
+            del self._asks[stale]  # its run ended elsewhere (cancelled), or another leads
+        which = (doing, job_id)
+        asked = self._asks[which][0] if which in self._asks else next(self._ask_keys)
+        self._asks[which] = (asked, now)
         try:
-            answer = self.offload.poll(("train", job_id, asked), work, deadline_s=deadline_s,
+            answer = self.offload.poll(("train", asked), work, deadline_s=deadline_s,
                                        what=f"{doing} training job {job_id}", resource=JOB_API,
                                        wait_s=JOB_API_WAIT_S)
         except WorkOverdue as error:
-            self._asks[job_id] = next(self._ask_keys)
+            del self._asks[which]
             raise JobSubmissionError(f"Ray's job API: {error}",
                                      detail={"answered": False}) from None
         except BaseException:
-            self._asks[job_id] = next(self._ask_keys)
+            del self._asks[which]
             raise
         if isinstance(answer, Pending):
             return None
-        self._asks[job_id] = next(self._ask_keys)
+        del self._asks[which]
         return answer.value
 
     def _look(self, job_id: str, context: StageContext) -> JobLook:
@@ -315,9 +324,11 @@ class TrainStage:
 
     def _submission(self, context: StageContext, job_id: str,
                     progress: dict[str, Any]) -> SubmissionTried:
-        """Submit the job unless Ray has it already (on the offload's thread). A run ended
-        meanwhile (cancelled through the API, which does not wait for the pass) has the job
-        it missed stopped here: no pass will look at that run again."""
+        """Submit the job unless Ray has it already (on the offload's thread). A cancel
+        does not wait for the pass, and a run that ended is never looked at again: so
+        nothing is submitted for a run that ended, and a run that ended while its job was
+        submitted (whether Ray answered or not) has that job stopped here, or its tokens
+        revoked where Ray cannot be asked."""
         from training.errors import JobSubmissionError
 
         progress = dict(progress)
@@ -325,13 +336,17 @@ class TrainStage:
             client = self._job_client()
             if self._exists(client, job_id):
                 return SubmissionTried(progress)
-            self._submit(context, client, job_id, progress)
             if self._run_ended(context):
+                return SubmissionTried(progress, JobSubmissionError(
+                    "the run ended before its job was submitted", detail={"refused": True}))
+            self._submit(context, client, job_id, progress)
+        except JobSubmissionError as error:
+            return SubmissionTried(progress, error)
+        finally:
+            if "attempt" in progress and self._run_ended(context):
                 log.warning("run %s#%d ended while its training job %s was submitted; "
                             "stopping the job", context.run.pipeline, context.run.number, job_id)
                 self.cancel(context)
-        except JobSubmissionError as error:
-            return SubmissionTried(progress, error)
         return SubmissionTried(progress)
 
     def _run_ended(self, context: StageContext) -> bool:

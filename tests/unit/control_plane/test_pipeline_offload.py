@@ -322,3 +322,24 @@ def test_a_poll_waits_a_moment_for_running_work_never_for_work_that_cannot_start
     assert wait_for(lambda: isinstance(offload.poll("queued", lambda: 8, deadline_s=60,
                                                     what="queued", resource="api"), Done),
                     10, "the queued work to run")
+
+
+def test_work_writes_under_the_fence_of_the_pass_that_asked_for_it(db: Any) -> None:
+    """A thread starts in a context of its own: work a pass handed off (a job's token
+    minted, a rollout aborted) wrote unfenced, so a control plane that had lost the lead
+    still wrote through it."""
+    from control_plane.store.database import FencedOut, fenced_writes
+
+    def another_leads(session: Any) -> None:
+        raise FencedOut("another control plane holds the lease")
+
+    def write() -> str:
+        with db.session():
+            return "written"
+
+    offload = Offload()
+    with fenced_writes(another_leads):
+        with pytest.raises(FencedOut):
+            offload.poll("fenced", write, deadline_s=60, what="a write", wait_s=10.0)
+    assert offload.poll("unfenced", write, deadline_s=60, what="a write", wait_s=10.0) == \
+        Done("written")

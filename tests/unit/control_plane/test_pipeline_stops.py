@@ -153,6 +153,16 @@ class World:
         return wait_for(there, 120, "the run to end or start its rollout", interval=0.05)
 
 
+
+@pytest.fixture(autouse=True)
+def stops_taken_on_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's owed stops and the training stage's calls run off the pass, which takes
+    their outcome when it comes within its wait; these tests read each tick's outcome, and
+    on a loaded machine a stop (a write to SQLite) may take longer than the second waited
+    in service."""
+    monkeypatch.setattr("control_plane.pipelines.service.STOP_WAIT_S", 30.0)
+    monkeypatch.setattr("control_plane.pipelines.stages.JOB_API_WAIT_S", 30.0)
+
 @pytest.fixture
 def world(registry: Registry, cancer: SimpleNamespace, tmp_path: Path) -> World:
     return World(registry, cancer, tmp_path)
@@ -667,6 +677,7 @@ def test_an_owed_stop_that_hangs_holds_no_pass(world: World,
     with pytest.raises(WorkNotStoppedError):
         world.pipelines.cancel("bc", ALICE, "not this one")
     monkeypatch.setattr(world.rollouts, "abort", hung)
+    monkeypatch.setattr("control_plane.pipelines.service.STOP_WAIT_S", 1.0)  # as in service
     for _ in range(3):
         started = time.monotonic()
         world.pipelines.tick()

@@ -19,6 +19,7 @@ import pytest
 import ray
 import yaml
 
+from control_plane.pipelines import stages
 from control_plane.pipelines.records import StageRecord, StageState
 from control_plane.pipelines.spec import parse_pipeline_spec
 from control_plane.pipelines.stages import VALIDATED_DIGEST, StageContext, TrainStage
@@ -30,6 +31,14 @@ from training.submission import JobClient, no_such_job
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 STARTED = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def answers_taken_on_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass takes the job API's answer when it comes within the wait, and these tests
+    read each pass's outcome: on a loaded machine a fake API's answer (a token written to
+    SQLite) may take longer than the second a pass waits in service."""
+    monkeypatch.setattr(stages, "JOB_API_WAIT_S", 30.0)
 
 
 class StallingDashboard(BaseHTTPRequestHandler):
@@ -214,6 +223,7 @@ def test_a_pass_over_a_stalled_dashboard_comes_back_at_once_and_the_look_goes_on
     job API, never the client's deadline (every pipeline's pass waited on it); the look
     goes on off the pass, and its failure to answer is what a later pass says."""
     monkeypatch.setattr(submission, "JOB_API_TIMEOUT_S", (2.0, 1.5))
+    monkeypatch.setattr(stages, "JOB_API_WAIT_S", 1.0)  # as in service
     stage = TrainStage(services=None, job_client=lambda: JobClient(stalling_dashboard))
     context = _context(after_s=60)
     other = dataclasses.replace(context, record=context.record.model_copy(update={
@@ -288,22 +298,39 @@ def test_a_submission_ray_gave_no_answer_to_is_found_by_its_id_or_made_again(
         assert services.active_tokens() == ["job-pipeline-bc-1-ab.2"]
 
 
-@pytest.mark.parametrize("run_state", ["running", "cancelled"])
+@pytest.mark.parametrize("cancelled", ["never", "before", "during", "during-unanswered"])
 def test_a_run_cancelled_while_its_job_was_submitted_has_that_job_stopped(
-        db: Any, run_state: str) -> None:
+        db: Any, cancelled: str) -> None:
     """The submission runs off the pass, and a cancel does not wait for the pass: a run
-    ended meanwhile is never looked at again, so the submission itself stops the job."""
+    ended meanwhile is never looked at again, so the submission itself makes no job for
+    an ended run, and stops the one Ray took while the run was cancelled (answered or not)."""
     from control_plane.store.models import PipelineRunRow
 
     with db.session() as session:
-        session.add(PipelineRunRow(pipeline="bc", number=1, state=run_state, trigger="manual",
-                                   spec={}, created_by="alice"))
+        session.add(PipelineRunRow(pipeline="bc", number=1, trigger="manual", spec={},
+                                   created_by="alice",
+                                   state="cancelled" if cancelled == "before" else "running"))
     api = JobApi()
-    outcome = TrainStage(Services(db), job_client=api.connect).advance(
-        _fresh(10, {"submission_id": "pipeline-bc-1-ab"}))
+    taking = api.submit
+
+    def cancelled_meanwhile(*args: Any, **kwargs: Any) -> str:
+        with db.session() as session:
+            session.query(PipelineRunRow).update({"state": "cancelled"})
+        return taking(*args, **kwargs)
+
+    if cancelled.startswith("during"):
+        api.submit = cancelled_meanwhile  # type: ignore[method-assign]
+        api.submit_fails = NO_ANSWER if cancelled == "during-unanswered" else None
+    stage = TrainStage(Services(db), job_client=api.connect)
+    try:
+        outcome = stage.advance(_fresh(10, {"submission_id": "pipeline-bc-1-ab"}))
+    except JobSubmissionError as error:  # the stage fails (its run has ended anyway)
+        assert cancelled == "before" and "ended before its job was submitted" in error.message
+        assert api.submissions == [] and api.stopped == []
+        return
     assert api.submissions == ["job-pipeline-bc-1-ab"]
-    assert outcome.state is StageState.RUNNING and outcome.progress["submitted"] is True
-    assert api.stopped == ([] if run_state == "running" else ["pipeline-bc-1-ab"])
+    assert outcome.state is StageState.RUNNING
+    assert api.stopped == ([] if cancelled == "never" else ["pipeline-bc-1-ab"])
 
 
 def test_the_job_is_sent_the_digest_of_the_data_its_run_checked(db: Any) -> None:
