@@ -253,6 +253,18 @@ class Submission:
     status: str | None = None
 
 
+def unwatched_training(spec: Any) -> str | None:
+    """What to say of a spec whose training nothing bounds (no stall timeout and no run
+    time limit): a worker stuck in native code then holds the job and its workers until
+    someone stops it. An explicit choice, said once at submission rather than refused."""
+    resources = spec.resources
+    if resources.stall_timeout_s is not None or resources.max_run_time_s is not None:
+        return None
+    return ("resources.stall_timeout_s and resources.max_run_time_s are both null, so nothing "
+            "stops a training that hangs: a stuck worker holds the job and its workers until "
+            "`modelplane train stop JOB_ID`; set either to bound it")
+
+
 def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None,
                 working_dir: str | os.PathLike[str] | None = None, wait: bool = False,
                 check_resources: bool = True, submission_id: str | None = None,
@@ -277,6 +289,9 @@ def submit_spec(spec_path: str | os.PathLike[str], *, address: str | None = None
             echo(f"the cluster is busy: the job will wait for its workers (needs "
                  f"{placement.needs}, free now {placement.free}), "
                  f"{spec.resources.placement_timeout_s:g} s at most (resources.placement_timeout_s)")
+    unwatched = unwatched_training(spec)
+    if unwatched:
+        echo(f"warning: {unwatched}")
     token = mint_job_token(spec.experiment.name, model=spec.model_name,
                            lifetime_minutes=token_minutes)
     env = {**job_environment(path.parent), **token.env()}

@@ -296,3 +296,19 @@ def test_the_spec_becomes_flat_run_params() -> None:
     assert params["hyperparameters.learning_rate"] == 1e-3
     assert params["model.hidden_sizes"] == [64, 64] and params["data.dataset"] == "wine"
     assert not any(key.startswith("experiment") for key in params)
+
+
+@pytest.mark.parametrize(("stall", "most", "warned"), [
+    (None, None, True), (600.0, None, False), (None, 3600.0, False), (600.0, 3600.0, False)])
+def test_a_training_nothing_bounds_is_said_at_submission(stall, most, warned) -> None:
+    """Both limits null is an explicit choice: a stuck worker then holds the job and its
+    workers until someone stops it, so submitting says so (and how to bound it)."""
+    from training.submission import unwatched_training
+
+    spec = parse_job_spec({"experiment": {"name": "x"}, "model": {"architecture": "mlp_classifier"},
+                           "data": {"path": "rows.csv", "target": "label"},
+                           "resources": {"stall_timeout_s": stall, "max_run_time_s": most}})
+    said = unwatched_training(spec)
+    assert (said is not None) == warned
+    if warned:
+        assert "nothing stops a training that hangs" in said and "modelplane train stop" in said
