@@ -36,6 +36,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from control_plane.store.database import FencedOut
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -134,7 +136,8 @@ class Offload:
             entry.looked_at = now
             if entry.finished:
                 if entry.error is not None:
-                    if isinstance(entry.error, again_after):
+                    # Refused for another control plane's lead: asked anew once this leads.
+                    if isinstance(entry.error, (*again_after, FencedOut)):
                         del self._work[key]
                     raise entry.error
                 return Done(entry.value)

@@ -89,6 +89,9 @@ class Pipelines:
         self._drift_alerts = drift_alerts
         # The data's digest is read off the pass: a read that hangs holds no pipeline.
         self._offload = offload or Offload()
+        # The owed stops of stages without an offload of their own (a rollout's abort): not
+        # on the data reads' threads, which reads that hang may hold.
+        self._stops = Offload(max_threads=2)
         self._lock = threading.Lock()  # one pass at a time in this process
         self._stop_retry_at: dict[tuple[int, str], float] = {}  # (run id, stage): monotonic
         # (run id, stage) → the key of its owed stop under way (a fresh one per try).
@@ -329,9 +332,10 @@ class Pipelines:
             try:
                 # Off the pass, as a stage's other calls to the outside are: a job API that
                 # never answers held every pipeline's pass, every STOP_RETRY_S, for a day.
-                answer = self._offload.poll(
+                stage = self.stages[name]
+                answer = (getattr(stage, "job_api", None) or self._stops).poll(
                     ("stop", asked), stop, deadline_s=STOP_DEADLINE_S,
-                    resource=getattr(self.stages[name], "stop_resource", ("stop", name)),
+                    resource=getattr(stage, "stop_resource", ("stop", name)),
                     what=f"stopping the {name} stage's work of {run.out.pipeline}#{run.out.number}",
                     wait_s=STOP_WAIT_S if first else 0.0)
                 if isinstance(answer, Pending):

@@ -165,9 +165,10 @@ T = TypeVar("T")
 JOB_API = "ray-job-api"  # the offload's resource: one call to Ray's job API at a time
 JOB_API_WAIT_S = 1.0  # how long a pass waits for the job API's answer before going on
 # A look makes at most four calls (the client's version check, the status, the info and
-# the logs of an ended job), a submission three and an upload, each within the client's
-# deadlines (training.submission.JOB_API_TIMEOUT_S, UPLOAD_TIMEOUT_S).
-JOB_LOOK_DEADLINE_S = 150.0
+# the logs of an ended job) and an ended job's token revoke, a submission three and an
+# upload, each within the client's deadlines (training.submission.JOB_API_TIMEOUT_S,
+# UPLOAD_TIMEOUT_S).
+JOB_LOOK_DEADLINE_S = 240.0
 JOB_SUBMIT_DEADLINE_S = 420.0
 MAX_SUBMIT_ATTEMPTS = 20  # submissions Ray took no answer on, within training.timeout_s
 # A training job's output shown with its run: the end says how it ended, and a long job's
@@ -214,19 +215,20 @@ class TrainStage:
     the version it registered.
 
     Ray's job API is asked off the pipelines' pass (:mod:`control_plane.pipelines.offload`),
-    one call at a time: a dashboard that takes calls and never answers held every
-    pipeline's pass for the client's deadline, on every call of every training run, pass
-    after pass. A pass waits :data:`JOB_API_WAIT_S` for an answer, then looks again on the
-    next one; work past its deadline counts as the API not answering."""
+    on a thread of its own (``job_api``), one call at a time: a dashboard that takes calls
+    and never answers held every pipeline's pass for the client's deadline, on every call
+    of every training run, pass after pass; and data reads that hang, on the other
+    offload's threads, hold none of its calls. A pass waits :data:`JOB_API_WAIT_S` for an
+    answer, then looks again on the next one; work past its deadline counts as the API not
+    answering."""
 
     name = "train"
     stop_resource = JOB_API  # the loop's owed stops of its jobs: one job API call at a time
 
-    def __init__(self, services: Any, job_client: JobClientFactory | None = None,
-                 offload: Offload | None = None) -> None:
+    def __init__(self, services: Any, job_client: JobClientFactory | None = None) -> None:
         self.services = services
         self._job_client = job_client or cluster_job_client
-        self.offload = offload or Offload()
+        self.job_api = Offload(max_threads=1)  # the loop's owed stops of its jobs run here too
         # (what, job id) → the key of that ask of the job API under way and when a pass
         # last asked for it; each ask has a key never used before, so an answer taken is
         # never taken again.
@@ -293,7 +295,7 @@ class TrainStage:
         asked = self._asks[which][0] if which in self._asks else next(self._ask_keys)
         self._asks[which] = (asked, now)
         try:
-            answer = self.offload.poll(("train", asked), work, deadline_s=deadline_s,
+            answer = self.job_api.poll(("train", asked), work, deadline_s=deadline_s,
                                        what=f"{doing} training job {job_id}", resource=JOB_API,
                                        wait_s=JOB_API_WAIT_S)
         except WorkOverdue as error:
@@ -332,22 +334,38 @@ class TrainStage:
         from training.errors import JobSubmissionError
 
         progress = dict(progress)
+        reached = False  # whether Ray has, or may have, a job of this id
         try:
             client = self._job_client()
             if self._exists(client, job_id):
-                return SubmissionTried(progress)
-            if self._run_ended(context):
-                return SubmissionTried(progress, JobSubmissionError(
-                    "the run ended before its job was submitted", detail={"refused": True}))
-            self._submit(context, client, job_id, progress)
+                reached = True
+            else:
+                if self._run_ended(context):
+                    return SubmissionTried(progress, JobSubmissionError(
+                        "the run ended before its job was submitted", detail={"refused": True}))
+                reached = True
+                self._submit(context, client, job_id, progress)
         except JobSubmissionError as error:
-            return SubmissionTried(progress, error)
-        finally:
-            if "attempt" in progress and self._run_ended(context):
-                log.warning("run %s#%d ended while its training job %s was submitted; "
-                            "stopping the job", context.run.pipeline, context.run.number, job_id)
-                self.cancel(context)
-        return SubmissionTried(progress)
+            tried = SubmissionTried(progress, error)
+        else:
+            tried = SubmissionTried(progress)
+        if reached:
+            self._stop_if_run_ended(context, job_id)
+        return tried
+
+    def _stop_if_run_ended(self, context: StageContext, job_id: str) -> None:
+        """Stop the job of a run that ended while it was submitted; trouble doing so is
+        logged, never put in place of what the submission itself came to."""
+        try:
+            if not self._run_ended(context):
+                return
+            log.warning("run %s#%d ended while its training job %s was submitted; stopping "
+                        "the job", context.run.pipeline, context.run.number, job_id)
+            self.cancel(context)  # where Ray cannot be asked, the job's tokens are revoked
+        except Exception:
+            log.exception("could not stop training job %s of the ended run %s#%d: stop it with "
+                          "`modelplane train stop %s`", job_id, context.run.pipeline,
+                          context.run.number, job_id)
 
     def _run_ended(self, context: StageContext) -> bool:
         from control_plane.pipelines.records import ACTIVE_RUN_STATES

@@ -21,10 +21,10 @@ DRIFT_METRICS = frozenset({"drift", "drifted_features", "drift_p_value", "predic
 
 def build_pipelines(plane: Any, *, job_client: Any = None) -> Pipelines:
     """The runner for ``plane`` (a :class:`control_plane.service.ControlPlane`)."""
-    offload = Offload()  # one bound on the threads of every pipeline's reads and job API calls
+    offload = Offload()  # one bound on the threads of every pipeline's reads
     stages: dict[str, Stage] = {
         "validate_data": ValidateDataStage(plane, offload),
-        "train": TrainStage(plane, job_client, offload),
+        "train": TrainStage(plane, job_client),
         "evaluate": EvaluateStage(plane, offload),
         "benchmark": BenchmarkStage(plane),
         "approve": ApproveStage(plane),

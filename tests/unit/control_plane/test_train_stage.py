@@ -233,7 +233,7 @@ def test_a_pass_over_a_stalled_dashboard_comes_back_at_once_and_the_look_goes_on
         outcome = stage.advance(passing)
         assert time.monotonic() - started < 5.0, "the pass waited on the job API"
         assert outcome.state is StageState.RUNNING and "status" not in outcome.outputs
-    assert stage.offload.running == 1  # one call to the job API at a time
+    assert stage.job_api.running == 1  # one call to the job API at a time
 
     def said() -> Any:
         outcome = stage.advance(context)
