@@ -102,7 +102,8 @@ class Offload:
 
     def poll(self, key: Hashable, work: Callable[[], T], *, deadline_s: float, what: str,
              resource: Hashable = None,
-             again_after: tuple[type[Exception], ...] = (), wait_s: float = 0.0) -> Done[T] | Pending:
+             again_after: tuple[type[Exception], ...] = (), wait_s: float = 0.0,
+             once: bool = False) -> Done[T] | Pending:
         """``work``'s result once it has finished (its exception raised here, each time
         asked), else :class:`Pending`; :class:`WorkOverdue` once ``deadline_s`` have passed
         since ``key`` was first asked for. ``work`` is used only the first time, unless it
@@ -110,20 +111,23 @@ class Offload:
         moment): that is raised once, and the next poll starts ``work`` anew.
         ``resource`` (default: ``key``) is what at most one thread works on at a time.
         ``wait_s``: how long to wait for the work to finish once it runs (not while it
-        waits for a thread or for its resource)."""
+        waits for a thread or for its resource). ``once``: its answer (a result, an error,
+        the deadline passed) is given once, and the next poll of ``key`` starts ``work``
+        anew: work asked again and again, such as a look at a job's status."""
         answer = self._poll(key, work, deadline_s=deadline_s, what=what, resource=resource,
-                            again_after=again_after)
+                            again_after=again_after, once=once)
         if isinstance(answer, Pending) and answer.started and wait_s > 0:
             with self._lock:
                 entry = self._work.get(key)
             if entry is not None:
                 entry.ended.wait(min(wait_s, max(deadline_s - answer.waited_s, 0.0)))
                 return self._poll(key, work, deadline_s=deadline_s, what=what,
-                                  resource=resource, again_after=again_after)
+                                  resource=resource, again_after=again_after, once=once)
         return answer
 
     def _poll(self, key: Hashable, work: Callable[[], T], *, deadline_s: float, what: str,
-              resource: Hashable, again_after: tuple[type[Exception], ...]) -> Done[T] | Pending:
+              resource: Hashable, again_after: tuple[type[Exception], ...],
+              once: bool) -> Done[T] | Pending:
         with self._lock:
             now = self._clock()
             self._forget(now)
@@ -135,18 +139,19 @@ class Offload:
                 self._start_waiting()
             entry.looked_at = now
             if entry.finished:
+                # Refused for another control plane's lead: asked anew once this leads.
+                if once or isinstance(entry.error, (*again_after, FencedOut)):
+                    del self._work[key]
                 if entry.error is not None:
-                    # Refused for another control plane's lead: asked anew once this leads.
-                    if isinstance(entry.error, (*again_after, FencedOut)):
-                        del self._work[key]
                     raise entry.error
                 return Done(entry.value)
+            if entry.overdue is None and now - entry.asked_at >= deadline_s:
+                entry.overdue = WorkOverdue(self._overdue_reason(entry, deadline_s))
             if entry.overdue is not None:
+                if once:
+                    del self._work[key]  # a thread still running it keeps its resource
                 raise entry.overdue
             waited = now - entry.asked_at
-            if waited >= deadline_s:
-                entry.overdue = WorkOverdue(self._overdue_reason(entry, deadline_s))
-                raise entry.overdue
             return Pending(waited_s=waited, started=entry.started)
 
     @property

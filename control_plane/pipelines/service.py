@@ -11,7 +11,6 @@ find that action again after a crash (see :mod:`control_plane.pipelines.stages`)
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import threading
 import time
@@ -94,9 +93,7 @@ class Pipelines:
         self._stops = Offload(max_threads=2)
         self._lock = threading.Lock()  # one pass at a time in this process
         self._stop_retry_at: dict[tuple[int, str], float] = {}  # (run id, stage): monotonic
-        # (run id, stage) → the key of its owed stop under way (a fresh one per try).
-        self._stop_asks: dict[tuple[int, str], int] = {}
-        self._stop_keys = itertools.count()
+        self._stopping: set[tuple[int, str]] = set()  # owed stops under way off the pass
 
     # ------------------------------------------------------------ pipelines
 
@@ -318,35 +315,32 @@ class Pipelines:
                     log.exception("pipeline run %s#%d cannot be read", row.pipeline, row.number)
                     continue
                 owed += [(run, stage["name"]) for stage in row.stages if stage.get("stop_owed")]
-        still_owed = {(run.out.id, name) for run, name in owed}
-        for settled in [key for key in self._stop_asks if key not in still_owed]:
-            del self._stop_asks[settled]  # settled elsewhere (another control plane)
+        self._stopping &= {(run.out.id, name) for run, name in owed}  # less those settled elsewhere
         for run, name in owed:
             key = (run.out.id, name)
             if self._stop_retry_at.get(key, 0.0) > clock or name not in self.stages:
                 continue
-            record = next(s for s in run.out.stages if s.name == name)
-            first = key not in self._stop_asks
-            asked = self._stop_asks.setdefault(key, next(self._stop_keys))
-            stop = functools.partial(self.stages[name].cancel, self._context(run, record))
+            record, stage = next(s for s in run.out.stages if s.name == name), self.stages[name]
+            first = key not in self._stopping
+            self._stopping.add(key)
             try:
                 # Off the pass, as a stage's other calls to the outside are: a job API that
                 # never answers held every pipeline's pass, every STOP_RETRY_S, for a day.
-                stage = self.stages[name]
                 answer = (getattr(stage, "job_api", None) or self._stops).poll(
-                    ("stop", asked), stop, deadline_s=STOP_DEADLINE_S,
+                    ("stop", *key), functools.partial(stage.cancel, self._context(run, record)),
+                    deadline_s=STOP_DEADLINE_S, once=True,
                     resource=getattr(stage, "stop_resource", ("stop", name)),
                     what=f"stopping the {name} stage's work of {run.out.pipeline}#{run.out.number}",
                     wait_s=STOP_WAIT_S if first else 0.0)
                 if isinstance(answer, Pending):
                     continue
-                del self._stop_asks[key]
+                self._stopping.discard(key)
                 self._settle_stop(run.out.id, name)
             except FencedOut:
-                self._stop_asks.pop(key, None)  # asked anew once this process leads again
+                self._stopping.discard(key)  # asked anew once this process leads again
                 raise
             except Exception as error:
-                self._stop_asks.pop(key, None)
+                self._stopping.discard(key)
                 self._stop_retry_at[key] = clock + STOP_RETRY_S
                 log.warning("run %s#%d ended, but its %s stage's work could not be stopped yet "
                             "(%s); trying again in %g s", run.out.pipeline, run.out.number,

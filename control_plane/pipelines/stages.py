@@ -11,11 +11,9 @@ deploy stage looks for the rollout it may have started before starting one.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import re
 import secrets
-import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from control_plane.errors import (
 )
 from control_plane.job_api import cluster_job_client
 from control_plane.pipelines.champion import PIN, pin_at_start
-from control_plane.pipelines.offload import FORGET_AFTER_S, Offload, Pending, WorkOverdue
+from control_plane.pipelines.offload import Offload, Pending, WorkOverdue
 from control_plane.pipelines.records import PipelineRunOut, StageRecord, StageState
 from control_plane.pipelines.spec import PipelineSpec, spec_problem
 from control_plane.read_gate import ReadGate
@@ -229,11 +227,6 @@ class TrainStage:
         self.services = services
         self._job_client = job_client or cluster_job_client
         self.job_api = Offload(max_threads=1)  # the loop's owed stops of its jobs run here too
-        # (what, job id) → the key of that ask of the job API under way and when a pass
-        # last asked for it; each ask has a key never used before, so an answer taken is
-        # never taken again.
-        self._asks: dict[tuple[str, str], tuple[int, float]] = {}
-        self._ask_keys = itertools.count()
 
     def advance(self, context: StageContext) -> Outcome:
         progress = dict(context.record.progress)
@@ -249,14 +242,6 @@ class TrainStage:
                                    PIN: pin_at_start(self.services, context)})
         job_id = str(progress["submission_id"])
         logs = f"modelplane train logs {job_id}"
-        outcome = self._advance_submitted(context, job_id, logs, progress)
-        if outcome.state.done:
-            for doing in ("submitting", "looking at"):
-                self._asks.pop((doing, job_id), None)
-        return outcome
-
-    def _advance_submitted(self, context: StageContext, job_id: str, logs: str,
-                           progress: dict[str, Any]) -> Outcome:
         from training.errors import JobSubmissionError
 
         try:
@@ -284,31 +269,18 @@ class TrainStage:
 
     def _ask(self, job_id: str, doing: str, deadline_s: float, work: Callable[[], T]) -> T | None:
         """``work`` (calls to Ray's job API) done off the pass: its result once it is
-        there, None while it runs. Its error is raised once, then the next ask is anew;
+        there, None while it runs. Each answer is taken once, and the next ask is anew;
         work past ``deadline_s`` is raised as the API not answering."""
         from training.errors import JobSubmissionError
 
-        now = time.monotonic()
-        for stale in [k for k, (_, at) in self._asks.items() if now - at > FORGET_AFTER_S]:
-            del self._asks[stale]  # its run ended elsewhere (cancelled), or another leads
-        which = (doing, job_id)
-        asked = self._asks[which][0] if which in self._asks else next(self._ask_keys)
-        self._asks[which] = (asked, now)
         try:
-            answer = self.job_api.poll(("train", asked), work, deadline_s=deadline_s,
+            answer = self.job_api.poll((doing, job_id), work, deadline_s=deadline_s,
                                        what=f"{doing} training job {job_id}", resource=JOB_API,
-                                       wait_s=JOB_API_WAIT_S)
+                                       wait_s=JOB_API_WAIT_S, once=True)
         except WorkOverdue as error:
-            del self._asks[which]
             raise JobSubmissionError(f"Ray's job API: {error}",
                                      detail={"answered": False}) from None
-        except BaseException:
-            del self._asks[which]
-            raise
-        if isinstance(answer, Pending):
-            return None
-        del self._asks[which]
-        return answer.value
+        return None if isinstance(answer, Pending) else answer.value
 
     def _look(self, job_id: str, context: StageContext) -> JobLook:
         """The job's status (on the offload's thread); for one that ended, its token is
